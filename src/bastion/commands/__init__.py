@@ -1,0 +1,1 @@
+"""Command families of the CLI; each module registers its commands on `bastion.cli.app`."""

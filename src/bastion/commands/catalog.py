@@ -1,0 +1,69 @@
+"""`bastion models` and `bastion hardware`: what the presets are."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from bastion.cli import app
+
+
+def _human_params(n: int) -> str:
+    return f"{n / 1e9:.4g}B" if n >= 1e9 else f"{n / 1e6:.4g}M"
+
+
+@app.command("models")
+def models_command(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """List the model presets with their parameter counts."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from bastion.specs.model import load_model, model_presets
+
+    rows = [load_model(name) for name in model_presets()]
+    if as_json:
+        print(json.dumps([{**m.to_dict(), "total_params": m.total_params()} for m in rows], indent=2))
+        return
+    table = Table(title="model presets")
+    for col in ("name", "params", "layers", "hidden", "heads/kv", "ffn", "vocab", "seq"):
+        table.add_column(col, justify="right" if col != "name" else "left")
+    for m in rows:
+        table.add_row(m.name, _human_params(m.total_params()), str(m.num_layers), str(m.hidden_size),
+                      f"{m.num_heads}/{m.num_kv_heads}", f"{m.ffn_hidden_size} {m.ffn_type}",
+                      str(m.vocab_size), str(m.seq_len))
+    Console().print(table)
+
+
+@app.command("hardware")
+def hardware_command(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables.")) -> None:
+    """List the accelerator catalog and the cluster presets (use them as --cluster NAME or ACCEL:N)."""
+    from dataclasses import asdict
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from bastion.specs.hardware import accelerator_names, cluster_presets, load_accelerator, load_cluster
+
+    accs = [load_accelerator(n) for n in accelerator_names()]
+    clusters = [load_cluster(n) for n in cluster_presets()]
+    if as_json:
+        print(json.dumps({"accelerators": [asdict(a) for a in accs],
+                          "clusters": [c.to_dict() for c in clusters]}, indent=2))
+        return
+    table = Table(title="accelerators (dense peaks)")
+    for col in ("name", "bf16 TF", "fp8 TF", "HBM GiB", "HBM GB/s", "scale-up GB/s/dir", "domain", "NIC Gb/s", "TDP W"):
+        table.add_column(col, justify="right" if col != "name" else "left")
+    for a in accs:
+        table.add_row(a.name, f"{a.peak_tflops_bf16:g}", f"{a.peak_tflops_fp8:g}" if a.peak_tflops_fp8 else "-",
+                      f"{a.hbm_gib:g}", f"{a.hbm_bandwidth_gbs:g}", f"{a.scale_up_bw_gbs:g}",
+                      str(a.scale_up_domain), f"{a.nic_gbit:g}", f"{a.tdp_w:g}")
+    console = Console()
+    console.print(table)
+    ctable = Table(title="cluster presets (resize with NAME:N)")
+    for col in ("name", "accelerator", "nodes × per node", "topology", "scale-out GB/s/dir"):
+        ctable.add_column(col)
+    for c in clusters:
+        ctable.add_row(c.name, c.accelerator.name, f"{c.num_nodes} × {c.gpus_per_node}", c.network.topology,
+                       f"{c.network.scale_out_bw_gbs:g}")
+    console.print(ctable)

@@ -1,0 +1,215 @@
+"""Accelerators, networks and clusters. The numbers live in data files (data/accelerators.toml,
+data/clusters/*.toml), each with its source; this module only gives them types and checks them."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import asdict, dataclass, fields, replace
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from bastion.errors import ConfigError, UnknownPresetError, did_you_mean
+from bastion.specs._files import DATA_DIR, check_keys, coerce, read_mapping
+
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16", "fp8")
+TOPOLOGIES = ("fat-tree", "rail-optimized", "torus")
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    """One device's datasheet figures (dense peaks, no sparsity)."""
+
+    name: str
+    vendor: str
+    peak_tflops_bf16: float
+    peak_tflops_fp16: float
+    peak_tflops_fp8: float
+    peak_tflops_fp32: float
+    peak_tflops_tf32: float
+    #: device memory usable by one process, GiB
+    hbm_gib: float
+    #: device memory bandwidth, GB/s
+    hbm_bandwidth_gbs: float
+    #: scale-up (NVLink-class) bandwidth per device per direction, GB/s
+    scale_up_bw_gbs: float
+    #: devices in the usual scale-up domain
+    scale_up_domain: int
+    #: usual scale-out NIC bandwidth per device, Gbit/s
+    nic_gbit: float
+    #: board power, W
+    tdp_w: float
+    #: fraction of the bf16 peak a large transformer GEMM reaches on this device
+    matmul_efficiency: float
+    source: str = ""
+
+    def peak_tflops(self, precision: str) -> float:
+        """Dense matmul peak for a precision; fp32 training on tensor cores uses tf32 where present."""
+        if precision not in PRECISIONS:
+            raise ConfigError(f"Unknown precision '{precision}'.", fix=f"use one of {', '.join(PRECISIONS)}.")
+        return float(getattr(self, f"peak_tflops_{precision}"))
+
+    def supports(self, precision: str) -> bool:
+        return self.peak_tflops(precision) > 0
+
+    @property
+    def hbm_bytes(self) -> float:
+        return self.hbm_gib * 2**30
+
+
+@dataclass(frozen=True)
+class Network:
+    """Two-level network: a scale-up domain (NVLink/NVSwitch) and a scale-out fabric (InfiniBand/RoCE)."""
+
+    #: devices per scale-up domain (the largest TP group that stays on NVLink)
+    scale_up_size: int
+    #: per-device, per-direction scale-up bandwidth, GB/s
+    scale_up_bw_gbs: float
+    scale_up_latency_us: float
+    #: per-device, per-direction scale-out bandwidth, GB/s (a 400 Gb/s NIC per GPU = 50)
+    scale_out_bw_gbs: float
+    scale_out_latency_us: float
+    #: `fat-tree`, `rail-optimized` or `torus`
+    topology: str = "fat-tree"
+    #: fat-tree oversubscription above the leaf (1.0 = full bisection; 2.0 = half)
+    oversubscription: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.topology not in TOPOLOGIES:
+            raise ConfigError(f"Unknown network topology '{self.topology}'.",
+                              fix=f"use one of {', '.join(TOPOLOGIES)}.")
+        if self.scale_up_size < 1 or self.scale_up_bw_gbs <= 0 or self.scale_out_bw_gbs < 0:
+            raise ConfigError("Network sizes and bandwidths must be positive.",
+                              fix="check scale_up_size, scale_up_bw_gbs and scale_out_bw_gbs.")
+        if self.oversubscription < 1.0:
+            raise ConfigError("oversubscription must be >= 1.0 (1.0 = full bisection bandwidth).")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """nodes × accelerator on a network."""
+
+    name: str
+    accelerator: Accelerator
+    num_nodes: int
+    gpus_per_node: int
+    network: Network
+
+    def __post_init__(self) -> None:
+        if self.num_nodes < 1 or self.gpus_per_node < 1:
+            raise ConfigError(f"Cluster '{self.name}' needs at least one node and one device per node.")
+
+    @property
+    def num_gpus(self) -> int:
+        return self.num_nodes * self.gpus_per_node
+
+    def with_gpus(self, num_gpus: int) -> Cluster:
+        """The same kind of cluster resized to `num_gpus` devices (whole nodes, or part of one)."""
+        if num_gpus <= self.gpus_per_node:
+            return replace(self, num_nodes=1, gpus_per_node=num_gpus)
+        if num_gpus % self.gpus_per_node:
+            raise ConfigError(f"{num_gpus} devices is not a whole number of {self.gpus_per_node}-device nodes.",
+                              fix=f"use a multiple of {self.gpus_per_node}.")
+        return replace(self, num_nodes=num_gpus // self.gpus_per_node)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "accelerator": self.accelerator.name, "num_nodes": self.num_nodes,
+                "gpus_per_node": self.gpus_per_node, "num_gpus": self.num_gpus, "network": asdict(self.network)}
+
+
+# ---- catalog -------------------------------------------------------------------------------------
+
+@cache
+def _accelerator_table() -> dict[str, dict[str, Any]]:
+    return tomllib.loads((DATA_DIR / "accelerators.toml").read_text())
+
+
+def accelerator_names() -> list[str]:
+    return sorted(_accelerator_table())
+
+
+def load_accelerator(name: str) -> Accelerator:
+    table = _accelerator_table()
+    if name not in table:
+        raise UnknownPresetError(f"Unknown accelerator '{name}'.{did_you_mean(name, table)}",
+                                 fix=f"use one of: {', '.join(sorted(table))}.",
+                                 hint="bastion hardware   # lists accelerators and cluster presets")
+    return Accelerator(name=name, **table[name])
+
+
+def default_network(acc: Accelerator) -> Network:
+    """The network an accelerator usually ships with: its NVLink-class domain plus one NIC per device."""
+    return Network(scale_up_size=acc.scale_up_domain, scale_up_bw_gbs=acc.scale_up_bw_gbs,
+                   scale_up_latency_us=3.0, scale_out_bw_gbs=max(acc.nic_gbit / 8.0, 1e-3),
+                   scale_out_latency_us=5.0,
+                   topology="torus" if acc.vendor == "Google" else "rail-optimized")
+
+
+def cluster_presets() -> list[str]:
+    return sorted(p.stem for p in (DATA_DIR / "clusters").glob("*.toml"))
+
+
+_SHORTHAND = re.compile(r"^(?P<acc>[a-z0-9][a-z0-9.\-]*):(?P<n>\d+)$")
+
+
+def cluster_from_mapping(data: dict[str, Any], what: str) -> Cluster:
+    check_keys(data, Cluster, what, extra_ok=("source",))
+    for key in ("accelerator", "num_nodes", "gpus_per_node"):
+        if key not in data:
+            raise ConfigError(f"{what} is missing '{key}'.",
+                              fix="a cluster file needs accelerator, num_nodes, gpus_per_node and "
+                                  "optionally a [network] table.")
+    acc = load_accelerator(str(data["accelerator"]))
+    net_data = data.get("network")
+    if net_data is None:
+        network = default_network(acc)
+    else:
+        if not isinstance(net_data, dict):
+            raise ConfigError(f"'network' in {what} must be a table.")
+        check_keys(net_data, Network, f"{what} [network]")
+        types = {f.name: f.type for f in fields(Network)}
+        defaults = asdict(default_network(acc))
+        values = {k: coerce(net_data.get(k, defaults[k]), types[k], k, what) for k in types}
+        network = Network(**values)
+    return Cluster(name=str(data.get("name", what)), accelerator=acc,
+                   num_nodes=coerce(data["num_nodes"], "int", "num_nodes", what),
+                   gpus_per_node=coerce(data["gpus_per_node"], "int", "gpus_per_node", what), network=network)
+
+
+def load_cluster(spec: str) -> Cluster:
+    """A preset (`dgx-h100`), a preset resized (`dgx-h100:1024`), `ACCEL:N` (`h100-sxm:1024` = 128 nodes of 8
+    on the accelerator's usual network), or a path to a TOML/JSON cluster file."""
+    path = Path(spec)
+    if path.suffix in (".toml", ".json") or path.exists():
+        data = read_mapping(path)
+        data.setdefault("name", path.stem)
+        return cluster_from_mapping(data, str(path))
+    match = _SHORTHAND.match(spec)
+    base, count = (match["acc"], int(match["n"])) if match else (spec, None)
+    if count == 0:
+        raise ConfigError(f"Cluster '{spec}' has zero devices.", fix="use ACCEL:N with N >= 1.")
+    preset = DATA_DIR / "clusters" / f"{base}.toml"
+    if preset.exists():
+        data = tomllib.loads(preset.read_text())
+        data["name"] = spec
+        cluster = cluster_from_mapping(data, f"cluster preset '{base}'")
+    elif base in _accelerator_table():
+        acc = load_accelerator(base)
+        per_node = min(acc.scale_up_domain, 8) if acc.vendor != "Google" else 4
+        if base == "gb200":
+            per_node = 72
+        if base == "cpu":
+            per_node = count or 4
+        cluster = Cluster(name=spec, accelerator=acc, num_nodes=1, gpus_per_node=per_node,
+                          network=default_network(acc))
+        if count is None:
+            raise ConfigError(f"Cluster '{spec}' names an accelerator but not how many.",
+                              fix=f"write '{base}:N', e.g. '{base}:{per_node * 16}'.")
+    else:
+        known = cluster_presets() + accelerator_names()
+        raise UnknownPresetError(
+            f"Unknown cluster '{spec}'.{did_you_mean(base, known)}",
+            fix="use a cluster preset, ACCEL:N (e.g. h100-sxm:1024), or a path to a .toml cluster file.",
+            hint="bastion hardware   # lists accelerators and cluster presets")
+    return cluster.with_gpus(count) if count else cluster

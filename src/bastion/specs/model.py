@@ -1,0 +1,183 @@
+"""ModelSpec: the shape of a decoder-only transformer, and its presets (data files in data/models/)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from bastion.errors import ConfigError, UnknownPresetError, did_you_mean
+from bastion.specs._files import DATA_DIR, check_keys, coerce, read_mapping
+
+MODELS_DIR = DATA_DIR / "models"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A decoder-only transformer. Counts are per model (not per device)."""
+
+    name: str
+    #: transformer layers L
+    num_layers: int
+    #: model width h
+    hidden_size: int
+    #: attention (query) heads
+    num_heads: int
+    #: MLP inner width
+    ffn_hidden_size: int
+    #: vocabulary size V (as padded for the run)
+    vocab_size: int
+    #: default training sequence length s
+    seq_len: int = 2048
+    #: key/value heads (GQA); 0 means equal to num_heads
+    num_kv_heads: int = 0
+    #: per-head width; 0 means hidden_size / num_heads
+    head_dim: int = 0
+    #: `gelu` (two matrices, GPT) or `swiglu` (three matrices, Llama)
+    ffn_type: str = "swiglu"
+    #: input embedding shared with the output head
+    tied_embeddings: bool = False
+    #: `rope`, `learned` (a seq_len×h table) or `alibi` (no parameters)
+    position_embedding: str = "rope"
+    #: biases in linear layers (GPT/BLOOM style); small, counted for parameter totals
+    bias: bool = False
+    #: mixture of experts: experts per layer (0 = dense)
+    num_experts: int = 0
+    #: experts each token is routed to
+    top_k: int = 0
+    #: MLP width of one expert (0 = ffn_hidden_size)
+    expert_ffn_hidden_size: int = 0
+    #: where the shape comes from
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.num_kv_heads == 0:
+            object.__setattr__(self, "num_kv_heads", self.num_heads)
+        if self.head_dim == 0 and self.num_heads > 0:
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+        self._check()
+
+    def _check(self) -> None:
+        what = f"model '{self.name}'"
+        for name in ("num_layers", "hidden_size", "num_heads", "ffn_hidden_size", "vocab_size", "seq_len"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{what}: {name} must be positive, got {getattr(self, name)}.",
+                                  fix=f"set {name} to a positive integer.")
+        if self.ffn_type not in ("gelu", "swiglu"):
+            raise ConfigError(f"{what}: ffn_type '{self.ffn_type}' is not known.",
+                              fix="use 'gelu' (two matrices) or 'swiglu' (three matrices).")
+        if self.position_embedding not in ("rope", "learned", "alibi"):
+            raise ConfigError(f"{what}: position_embedding '{self.position_embedding}' is not known.",
+                              fix="use 'rope', 'learned' or 'alibi'.")
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(f"{what}: num_heads {self.num_heads} is not a multiple of num_kv_heads "
+                              f"{self.num_kv_heads}.", fix="GQA needs each kv head shared by a whole group.")
+        if self.position_embedding == "rope" and self.head_dim % 2:
+            raise ConfigError(f"{what}: RoPE needs an even head_dim, got {self.head_dim}.")
+
+    # ---- derived shapes -------------------------------------------------------------------------
+    @property
+    def q_width(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_width(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    @property
+    def ffn_matrices(self) -> int:
+        return 3 if self.ffn_type == "swiglu" else 2
+
+    def attention_params_per_layer(self) -> int:
+        h = self.hidden_size
+        weights = h * self.q_width + 2 * h * self.kv_width + self.q_width * h
+        biases = (self.q_width + 2 * self.kv_width + h) if self.bias else 0
+        return weights + biases
+
+    def mlp_params_per_layer(self) -> int:
+        h, f = self.hidden_size, self.ffn_hidden_size
+        weights = self.ffn_matrices * h * f
+        biases = ((self.ffn_matrices - 1) * f + h) if self.bias else 0
+        dense = weights + biases
+        if self.num_experts:
+            ef = self.expert_ffn_hidden_size or f
+            return self.num_experts * self.ffn_matrices * h * ef + h * self.num_experts
+        return dense
+
+    def norm_params_per_layer(self) -> int:
+        # two norms per layer; LayerNorm (GPT) has a bias, RMSNorm (Llama) does not
+        return 2 * self.hidden_size * (2 if self.bias else 1)
+
+    def params_per_layer(self) -> int:
+        return self.attention_params_per_layer() + self.mlp_params_per_layer() + self.norm_params_per_layer()
+
+    def embedding_params(self) -> int:
+        table = self.vocab_size * self.hidden_size
+        if self.position_embedding == "learned":
+            table += self.seq_len * self.hidden_size
+        return table
+
+    def output_params(self) -> int:
+        """The LM head (0 when tied) plus the final norm."""
+        head = 0 if self.tied_embeddings else self.vocab_size * self.hidden_size
+        return head + self.hidden_size * (2 if self.bias else 1)
+
+    def total_params(self) -> int:
+        return self.embedding_params() + self.num_layers * self.params_per_layer() + self.output_params()
+
+    def active_params_per_layer(self) -> int:
+        """Parameters a token touches in one layer (differs from params_per_layer only for MoE)."""
+        if not self.num_experts:
+            return self.params_per_layer()
+        ef = self.expert_ffn_hidden_size or self.ffn_hidden_size
+        mlp = self.top_k * self.ffn_matrices * self.hidden_size * ef
+        return self.attention_params_per_layer() + mlp + self.norm_params_per_layer()
+
+    def matmul_params(self) -> int:
+        """Parameters that take part in matrix multiplies per token: layers + LM head (PaLM's N)."""
+        return self.num_layers * self.active_params_per_layer() + self.vocab_size * self.hidden_size
+
+    def with_seq_len(self, seq_len: int) -> ModelSpec:
+        data = asdict(self)
+        data["seq_len"] = seq_len
+        return ModelSpec(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def model_from_mapping(data: dict[str, Any], what: str) -> ModelSpec:
+    check_keys(data, ModelSpec, what)
+    types = {f.name: f.type for f in fields(ModelSpec)}
+    missing = [n for n in ("num_layers", "hidden_size", "num_heads", "ffn_hidden_size", "vocab_size")
+               if n not in data]
+    if missing:
+        raise ConfigError(f"{what} is missing {', '.join(missing)}.",
+                          fix="a model file needs at least num_layers, hidden_size, num_heads, "
+                              "ffn_hidden_size and vocab_size.")
+    values = {k: coerce(v, types[k], k, what) for k, v in data.items()}
+    values.setdefault("name", what)
+    return ModelSpec(**values)
+
+
+def model_presets() -> list[str]:
+    return sorted(p.stem for p in MODELS_DIR.glob("*.toml"))
+
+
+def load_model(name_or_path: str, seq_len: int | None = None) -> ModelSpec:
+    """A preset name (see `bastion models`) or a path to a TOML/JSON model file."""
+    path = Path(name_or_path)
+    if path.suffix in (".toml", ".json") or path.exists():
+        model = model_from_mapping(read_mapping(path), str(path))
+    else:
+        preset = MODELS_DIR / f"{name_or_path}.toml"
+        if not preset.exists():
+            raise UnknownPresetError(
+                f"Unknown model '{name_or_path}'.{did_you_mean(name_or_path, model_presets())}",
+                fix="use a preset name or a path to a .toml/.json model file.",
+                hint="bastion models   # lists the presets")
+        data = read_mapping(preset)
+        data.setdefault("name", name_or_path)
+        model = model_from_mapping(data, f"preset '{name_or_path}'")
+    return model.with_seq_len(seq_len) if seq_len else model
+

@@ -1,0 +1,211 @@
+"""ParallelPlan: the contract between the planner and the runtime.
+
+One flat object, stored as JSON or TOML with exactly these field names; the runtime executes the same file the
+planner writes. `validate(model, cluster)` raises a PlanError whose `reason` is a short category (the planner
+counts them) and whose message says how to fix the plan.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from bastion.errors import ConfigError, PlanError
+from bastion.specs._files import check_keys, coerce, read_mapping
+from bastion.specs.hardware import PRECISIONS, Cluster
+from bastion.specs.model import ModelSpec
+
+PP_SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b", "zero-bubble", "zbv", "dualpipev")
+RECOMPUTE_MODES = ("none", "selective", "full")
+#: schedules whose pipeline ranks each hold two model chunks in a V shape
+V_SCHEDULES = ("zbv", "dualpipev")
+
+
+@dataclass(frozen=True)
+class ParallelPlan:
+    """How one training step is split across devices."""
+
+    #: data-parallel degree (replicas, or ZeRO/FSDP shards when zero_stage > 0)
+    dp: int = 1
+    #: tensor-parallel degree (Megatron column/row split inside a layer)
+    tp: int = 1
+    #: pipeline-parallel degree (stages)
+    pp: int = 1
+    #: context-parallel degree (sequence split across devices for attention)
+    cp: int = 1
+    #: expert-parallel degree (MoE; 1 for dense models)
+    ep: int = 1
+    #: 0 plain data parallel; 1 shard optimizer state; 2 + gradients; 3 + parameters (FSDP full shard)
+    zero_stage: int = 0
+    #: sequences per micro-batch per model replica
+    micro_batch: int = 1
+    #: sequences per optimizer step, all replicas together
+    global_batch: int = 1
+    #: `gpipe`, `1f1b`, `interleaved-1f1b`, `zero-bubble` (ZB-H1), `zbv` or `dualpipev`
+    pp_schedule: str = "1f1b"
+    #: model chunks per pipeline rank (interleaved-1f1b: >= 2; zbv/dualpipev: 2; otherwise 1)
+    vpp: int = 1
+    #: activation recomputation: `none`, `selective` (attention core) or `full` (whole layer)
+    recompute: str = "none"
+    #: Megatron sequence parallelism for norms/dropout inside the TP group
+    sequence_parallel: bool = False
+    #: matmul precision: `fp32`, `bf16`, `fp16` or `fp8`
+    precision: str = "bf16"
+
+    def __post_init__(self) -> None:
+        self._check_self()
+
+    # ---- derived ----------------------------------------------------------------------------------
+    @property
+    def num_gpus(self) -> int:
+        return self.dp * self.tp * self.pp * self.cp
+
+    @property
+    def grad_accumulation(self) -> int:
+        """Micro-batches each replica runs per optimizer step."""
+        return self.global_batch // (self.micro_batch * self.dp)
+
+    @property
+    def num_microbatches(self) -> int:
+        return self.grad_accumulation
+
+    # ---- checks -----------------------------------------------------------------------------------
+    def _check_self(self) -> None:
+        for name in ("dp", "tp", "pp", "cp", "ep", "micro_batch", "global_batch", "vpp"):
+            if getattr(self, name) < 1:
+                raise PlanError(f"Plan field '{name}' must be >= 1, got {getattr(self, name)}.",
+                                fix=f"set {name} to a positive integer.", reason="bad field")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise PlanError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}.",
+                            fix="0 = replicate, 1 = shard optimizer, 2 = + gradients, 3 = + parameters (FSDP).",
+                            reason="bad field")
+        if self.pp_schedule not in PP_SCHEDULES:
+            raise PlanError(f"Unknown pp_schedule '{self.pp_schedule}'.",
+                            fix=f"use one of {', '.join(PP_SCHEDULES)}.", reason="bad field")
+        if self.recompute not in RECOMPUTE_MODES:
+            raise PlanError(f"Unknown recompute '{self.recompute}'.",
+                            fix=f"use one of {', '.join(RECOMPUTE_MODES)}.", reason="bad field")
+        if self.precision not in PRECISIONS or self.precision == "tf32":
+            raise PlanError(f"Unknown precision '{self.precision}'.",
+                            fix="use fp32, bf16, fp16 or fp8.", reason="bad field")
+        if self.global_batch % (self.micro_batch * self.dp):
+            raise PlanError(
+                f"global_batch {self.global_batch} is not divisible by micro_batch × dp = "
+                f"{self.micro_batch} × {self.dp} = {self.micro_batch * self.dp}.",
+                fix="choose a global batch that is a multiple of micro_batch × dp, or change either.",
+                reason="batch not divisible")
+        if self.pp_schedule == "interleaved-1f1b" and self.vpp < 2 and self.pp > 1:
+            raise PlanError("interleaved-1f1b needs vpp >= 2 model chunks per pipeline rank.",
+                            fix="set vpp to 2 or more, or use pp_schedule 1f1b.", reason="bad vpp")
+        if self.pp_schedule in V_SCHEDULES and self.vpp != 2 and self.pp > 1:
+            raise PlanError(f"{self.pp_schedule} places exactly two chunks per rank (a V), so vpp must be 2.",
+                            fix="set vpp = 2.", reason="bad vpp")
+        if self.pp_schedule in ("gpipe", "1f1b", "zero-bubble") and self.vpp != 1:
+            raise PlanError(f"{self.pp_schedule} runs one chunk per rank; vpp must be 1, got {self.vpp}.",
+                            fix="set vpp = 1, or use interleaved-1f1b for several chunks.", reason="bad vpp")
+        if self.pp == 1 and self.vpp != 1:
+            raise PlanError("vpp > 1 needs pipeline parallelism (pp > 1).", fix="set vpp = 1.",
+                            reason="bad vpp")
+
+    def validate(self, model: ModelSpec, cluster: Cluster | None = None, seq_len: int | None = None) -> None:
+        """Raise PlanError (with guidance) for every inconsistency with the model and the cluster."""
+        s = seq_len or model.seq_len
+        if cluster is not None and self.num_gpus != cluster.num_gpus:
+            raise PlanError(
+                f"dp × tp × pp × cp = {self.dp} × {self.tp} × {self.pp} × {self.cp} = {self.num_gpus}, "
+                f"but the cluster '{cluster.name}' has {cluster.num_gpus} devices.",
+                fix=f"make the product equal {cluster.num_gpus} (e.g. dp = "
+                    f"{cluster.num_gpus // max(1, self.tp * self.pp * self.cp)}), or size the cluster to "
+                    f"{self.num_gpus}.", reason="degrees != devices")
+        if model.num_heads % self.tp:
+            raise PlanError(f"tp = {self.tp} does not divide the {model.num_heads} attention heads of "
+                            f"{model.name}.", fix="pick tp among the divisors of num_heads.",
+                            reason="tp does not divide heads")
+        if model.num_kv_heads % self.tp:
+            raise PlanError(f"tp = {self.tp} does not divide the {model.num_kv_heads} key/value heads of "
+                            f"{model.name}.", fix="pick tp among the divisors of num_kv_heads.",
+                            reason="tp does not divide heads")
+        if model.ffn_hidden_size % self.tp:
+            raise PlanError(f"tp = {self.tp} does not divide ffn_hidden_size {model.ffn_hidden_size}.",
+                            fix="pick a tp that divides the MLP width.", reason="tp does not divide heads")
+        chunks = self.pp * self.vpp
+        if model.num_layers % chunks:
+            raise PlanError(
+                f"{model.num_layers} layers cannot be split evenly into pp × vpp = {self.pp} × {self.vpp} = "
+                f"{chunks} pipeline chunks.",
+                fix=f"choose pp × vpp dividing {model.num_layers}.", reason="layers not divisible by pp·vpp")
+        if self.cp > 1 and s % (2 * self.cp):
+            raise PlanError(f"seq_len {s} is not divisible by 2 × cp = {2 * self.cp} (load-balanced causal "
+                            f"context parallelism gives each rank two chunks).",
+                            fix="choose cp so that 2·cp divides the sequence length.", reason="cp does not divide seq")
+        if self.sequence_parallel and self.tp == 1:
+            raise PlanError("sequence_parallel needs tp > 1 (it splits the TP group's activations).",
+                            fix="set sequence_parallel = false, or tp > 1.", reason="sp without tp")
+        if self.sequence_parallel and s % self.tp:
+            raise PlanError(f"sequence_parallel splits the sequence by tp = {self.tp}, which does not divide "
+                            f"seq_len {s}.", fix="choose tp dividing the sequence length.",
+                            reason="sp does not divide seq")
+        if self.ep != 1 and not model.num_experts:
+            raise PlanError(f"ep = {self.ep} needs a mixture-of-experts model; {model.name} is dense.",
+                            fix="set ep = 1.", reason="ep on dense model")
+        if self.pp > 1 and self.pp_schedule == "interleaved-1f1b" and self.num_microbatches % self.pp:
+            raise PlanError(
+                f"interleaved-1f1b needs the micro-batch count ({self.num_microbatches}) to be a multiple of "
+                f"pp = {self.pp}.", fix="raise the global batch or lower micro_batch.",
+                reason="microbatches not multiple of pp")
+        if cluster is not None:
+            acc = cluster.accelerator
+            if not acc.supports(self.precision):
+                raise PlanError(f"{acc.name} has no {self.precision} matrix units.",
+                                fix="use bf16 (or fp16) on this accelerator.", reason="precision unsupported")
+            if self.tp > cluster.network.scale_up_size:
+                raise PlanError(
+                    f"tp = {self.tp} spans beyond the {cluster.network.scale_up_size}-device scale-up domain "
+                    f"(NVLink) of {cluster.name}: every layer would all-reduce over the slower scale-out network.",
+                    fix=f"keep tp <= {cluster.network.scale_up_size}; use pp or cp for the rest.",
+                    reason="tp beyond scale-up domain")
+
+    # ---- files ------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    def to_toml(self) -> str:
+        lines = []
+        for key, value in self.to_dict().items():
+            if isinstance(value, bool):
+                lines.append(f"{key} = {'true' if value else 'false'}")
+            elif isinstance(value, str):
+                lines.append(f'{key} = "{value}"')
+            else:
+                lines.append(f"{key} = {value}")
+        return "\n".join(lines) + "\n"
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_toml() if path.suffix == ".toml" else self.to_json())
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], what: str = "plan") -> ParallelPlan:
+        check_keys(data, cls, what)
+        types = {f.name: f.type for f in fields(cls)}
+        try:
+            return cls(**{k: coerce(v, types[k], k, what) for k, v in data.items()})
+        except ConfigError as exc:
+            raise PlanError(exc.problem, fix=exc.fix, reason="bad field") from exc
+
+    @classmethod
+    def load(cls, path: str | Path) -> ParallelPlan:
+        path = Path(path)
+        try:
+            data = read_mapping(path)
+        except ConfigError as exc:
+            raise PlanError(exc.problem, fix=exc.fix or "write the plan with `bastion plan --save PLAN.json`.",
+                            reason="bad plan file") from exc
+        return cls.from_dict(data, str(path))
