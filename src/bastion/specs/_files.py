@@ -19,10 +19,7 @@ def read_mapping(path: Path) -> dict[str, Any]:
         raise ConfigError(f"File not found: {path}", fix="check the path, or use a preset name instead.")
     try:
         text = path.read_text()
-        if path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            data = tomllib.loads(text)
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"Cannot parse {path}: {exc}",
                           fix="write it as TOML (.toml) or JSON (.json).") from exc
