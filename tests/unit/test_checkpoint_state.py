@@ -1,0 +1,102 @@
+"""Single-process DCP save/load of model + optimizer + JSON state, sync and async."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from bastion.errors import CheckpointError
+from bastion.runtime import checkpoint as ck
+from bastion.runtime import checkpoint_files as cf
+
+
+def _model_and_optim(seed=0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
+    optim = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.8, 0.95))
+    return model, optim
+
+
+def _train(model, optim, steps, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.randn(5, 8, generator=gen)
+        model(x).square().mean().backward()
+        optim.step()
+        optim.zero_grad()
+
+
+def _flat(model, optim):
+    tensors = [p.detach().clone() for p in model.parameters()]
+    for state in optim.state_dict()["state"].values():
+        tensors += [v.clone() for v in state.values()]
+    return tensors
+
+
+@pytest.mark.parametrize("async_save", [False, True])
+def test_round_trip_restores_model_optimizer_and_json(tmp_path, async_save):
+    model, optim = _model_and_optim()
+    _train(model, optim, 3)
+    expected = _flat(model, optim)
+    saver = ck.Checkpointer(ck.CheckpointConfig(tmp_path, every=3, async_save=async_save))
+    tensors, hparams = ck.capture_tensors_and_hparams([model], [optim])
+    saver.save(3, tensors, {"step": 3, "hparams": hparams, "data_position": 15}, {"rng": ck.capture_rng()})
+    _train(model, optim, 2)  # must not leak into the (possibly still being written) checkpoint
+    saver.wait()
+    info = saver.newest_valid()
+    assert info.step == 3 and cf.verify(info.path) is None
+
+    fresh, fresh_optim = _model_and_optim(seed=99)
+    template, _ = ck.capture_tensors_and_hparams([fresh], [fresh_optim])
+    ck.load_tensors(info.path, template, distributed=False)
+    run_state = ck.read_run_state(info.path)
+    ck.restore_tensors_and_hparams([fresh], [fresh_optim], template, run_state["hparams"])
+    assert run_state["data_position"] == 15
+    got = _flat(fresh, fresh_optim)
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected, strict=True):
+        assert torch.equal(a, b)
+    assert fresh_optim.param_groups[0]["betas"] == (0.8, 0.95)
+    # continuing from the checkpoint is bitwise identical to never stopping
+    reference, reference_optim = _model_and_optim()
+    _train(reference, reference_optim, 3)
+    _train(reference, reference_optim, 2, seed=7)
+    _train(fresh, fresh_optim, 2, seed=7)
+    for a, b in zip(_flat(fresh, fresh_optim), _flat(reference, reference_optim), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_rng_round_trip_through_json():
+    torch.manual_seed(3)
+    random.seed(4)
+    state = json.loads(json.dumps(ck.capture_rng()))
+    expected = (torch.rand(3), random.random())
+    torch.manual_seed(0)
+    random.seed(0)
+    ck.restore_rng(state)
+    assert torch.equal(torch.rand(3), expected[0]) and random.random() == expected[1]
+
+
+def test_loading_into_another_model_is_a_guidance_error(tmp_path):
+    model, optim = _model_and_optim()
+    _train(model, optim, 1)
+    saver = ck.Checkpointer(ck.CheckpointConfig(tmp_path, every=1, async_save=False))
+    tensors, _ = ck.capture_tensors_and_hparams([model], [optim])
+    saver.save(1, tensors, {"step": 1}, {})
+    other = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 4))
+    other_optim = torch.optim.AdamW(other.parameters())
+    template, _ = ck.capture_tensors_and_hparams([other], [other_optim])
+    with pytest.raises(CheckpointError, match="does not match this model"):
+        ck.load_tensors(tmp_path / cf.step_dir_name(1), template, distributed=False)
+
+
+def test_checkpoint_holds_no_pickled_objects_of_ours(tmp_path):
+    model, optim = _model_and_optim()
+    _train(model, optim, 1)
+    saver = ck.Checkpointer(ck.CheckpointConfig(tmp_path, every=1, async_save=False))
+    tensors, hparams = ck.capture_tensors_and_hparams([model], [optim])
+    assert all(isinstance(v, torch.Tensor) for v in tensors.values())
+    saver.save(1, tensors, {"step": 1, "hparams": hparams}, {"rng": ck.capture_rng()})
+    names = sorted(p.name for p in (tmp_path / cf.step_dir_name(1)).iterdir())
+    assert names == [".metadata", "__0_0.distcp", "manifest.json", "rank00000.json", "state.json"]
