@@ -1,0 +1,175 @@
+"""Fault injection: `--inject kill:rank=1,step=7`, `hang:rank=0,step=5`, `nan:step=9`,
+`kill-during-save:step=8`, `corrupt-latest` (repeatable).
+
+Every fault fires exactly once per run, even across restarts: the rank that fires it first creates
+`RUN_DIR/faults/<fault id>.fired` (O_EXCL) and only then acts, so a restarted worker that replays the same step
+does not fire it again. Each firing is recorded in metrics.jsonl as {"event": "fault", ...}.
+
+  kill              SIGKILL this rank at the start of `step` (a crashed process; the agent restarts the group)
+  hang              sleep forever at the start of `step` (the watchdog must notice, dump stacks and abort)
+  nan               poison this rank's gradients with NaN after the backward pass of `step` (the NaN guard
+                    must roll back and skip the batch)
+  kill-during-save  SIGKILL the committing rank after the checkpoint of the first save at or after `step` is
+                    written but before it is committed (no manifest, no rename)
+  corrupt-latest    after `step` (default: as soon as two checkpoints exist) flip bytes in the newest committed
+                    checkpoint, then SIGKILL, so the restart has to detect the corruption and fall back
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bastion.errors import ConfigError, did_you_mean
+from bastion.runtime import checkpoint_files
+from bastion.runtime.events import log_event
+
+KINDS = ("kill", "hang", "nan", "kill-during-save", "corrupt-latest")
+_NEEDS_STEP = ("kill", "hang", "nan", "kill-during-save")
+_EXAMPLES = "kill:rank=1,step=7 | hang:rank=0,step=5 | nan:step=9 | kill-during-save:step=8 | corrupt-latest"
+
+
+@dataclass(frozen=True)
+class FaultSpec:
+    """One fault to inject."""
+
+    #: one of KINDS
+    kind: str
+    #: optimizer step (1-based) at which it fires; None for corrupt-latest = as soon as two checkpoints exist
+    step: int | None = None
+    #: the rank that fires it (default 0)
+    rank: int = 0
+
+    @property
+    def fault_id(self) -> str:
+        step = "auto" if self.step is None else str(self.step)
+        return f"{self.kind}-rank{self.rank}-step{step}"
+
+    def describe(self) -> str:
+        return f"{self.kind}:rank={self.rank},step={'auto' if self.step is None else self.step}"
+
+
+def parse_fault(text: str) -> FaultSpec:
+    """Parse one --inject value, with guidance for every mistake."""
+    kind, _, args = text.strip().partition(":")
+    if kind not in KINDS:
+        raise ConfigError(f"Unknown fault '{kind}' in --inject {text!r}.{did_you_mean(kind, KINDS)}",
+                          fix=f"use one of: {_EXAMPLES}.")
+    values: dict[str, int] = {}
+    for item in filter(None, args.split(",")):
+        key, sep, raw = item.partition("=")
+        if not sep or key not in ("rank", "step"):
+            raise ConfigError(f"Cannot read '{item}' in --inject {text!r}.",
+                              fix=f"write KEY=N with KEY rank or step, e.g. {_EXAMPLES}.")
+        try:
+            values[key] = int(raw)
+        except ValueError:
+            raise ConfigError(f"'{raw}' in --inject {text!r} is not a whole number.",
+                              fix="write e.g. step=7.") from None
+    if kind in _NEEDS_STEP and "step" not in values:
+        raise ConfigError(f"--inject {text!r} needs a step.", fix=f"write e.g. {kind}:step=5.")
+    if values.get("step", 1) < 1 or values.get("rank", 0) < 0:
+        raise ConfigError(f"--inject {text!r}: step must be >= 1 and rank >= 0.")
+    return FaultSpec(kind, values.get("step"), values.get("rank", 0))
+
+
+def check_faults(faults: list[FaultSpec], world_size: int, total_steps: int) -> None:
+    """Reject faults that could never fire (before any process starts)."""
+    for fault in faults:
+        if fault.rank >= world_size:
+            raise ConfigError(f"--inject {fault.describe()} targets rank {fault.rank}, but the run has "
+                              f"{world_size} ranks.", fix=f"use a rank below {world_size}.")
+        if fault.step is not None and fault.step > total_steps:
+            raise ConfigError(f"--inject {fault.describe()} fires at step {fault.step}, after the last step "
+                              f"({total_steps}).", fix="choose a step within --steps.")
+
+
+class FaultInjector:
+    """Fires the configured faults at the right moments on this rank; a no-op when none are configured."""
+
+    def __init__(self, faults: list[FaultSpec], run_dir: Path, rank: int) -> None:
+        self.run_dir = Path(run_dir)
+        self.rank = rank
+        self.mine = [f for f in faults if f.rank == rank]
+        self.marker_dir = self.run_dir / "faults"
+
+    def _claim(self, fault: FaultSpec, step: int, **details) -> bool:
+        """True exactly once per run for `fault` (persisted), recording the event before acting."""
+        self.marker_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(self.marker_dir / f"{fault.fault_id}.fired", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        except FileExistsError:
+            return False
+        os.write(fd, f"{time.time()}\n".encode())
+        os.fsync(fd)
+        os.close(fd)
+        log_event(self.run_dir, "fault", fault=fault.kind, spec=fault.describe(), rank=self.rank, step=step,
+                  **details)
+        return True
+
+    def _pending(self, kind: str) -> list[FaultSpec]:
+        return [f for f in self.mine if f.kind == kind
+                and not (self.marker_dir / f"{f.fault_id}.fired").exists()]
+
+    @staticmethod
+    def _die() -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def at_step_start(self, step: int) -> None:
+        for fault in self._pending("kill"):
+            if fault.step == step and self._claim(fault, step):
+                self._die()
+        for fault in self._pending("hang"):
+            if fault.step == step and self._claim(fault, step):
+                while True:  # a rank stuck forever, e.g. in a driver call; only the watchdog gets us out
+                    time.sleep(3600)
+
+    def poison_gradients(self, step: int, parameters) -> bool:
+        """Fill this rank's gradients with NaN at the `nan` step; True if it did."""
+        for fault in self._pending("nan"):
+            if fault.step == step and self._claim(fault, step):
+                for param in parameters:
+                    if param.grad is not None:
+                        param.grad.fill_(float("nan"))
+                return True
+        return False
+
+    def before_commit(self, step: int) -> None:
+        """Checkpointer hook: runs after this rank's checkpoint files are written, before the commit."""
+        for fault in self._pending("kill-during-save"):
+            if step >= fault.step and self._claim(fault, step, checkpoint_step=step):
+                self._die()
+
+    def after_step(self, step: int, checkpoint_root: Path, wait_for_saves) -> None:
+        """corrupt-latest: damage the newest committed checkpoint, then crash."""
+        for fault in self._pending("corrupt-latest"):
+            if fault.step is not None and step != fault.step:
+                continue
+            wait_for_saves()
+            found = checkpoint_files.committed(checkpoint_root)
+            if fault.step is None and len(found) < 2:
+                continue
+            if not found:
+                continue
+            victim = found[-1]
+            if self._claim(fault, step, checkpoint_step=victim.step):
+                corrupt_checkpoint(victim.path)
+                self._die()
+
+
+def corrupt_checkpoint(path: Path) -> Path:
+    """Flip bytes in the middle of the largest data file of a checkpoint (as a bad disk or copy would)."""
+    data_files = [p for p in path.iterdir() if p.is_file() and p.name != checkpoint_files.MANIFEST]
+    victim = max(data_files, key=lambda p: p.stat().st_size)
+    with victim.open("r+b") as f:
+        middle = victim.stat().st_size // 2
+        f.seek(middle)
+        chunk = f.read(16)
+        f.seek(middle)
+        f.write(bytes(b ^ 0xFF for b in chunk))
+        f.flush()
+        os.fsync(f.fileno())
+    return victim
