@@ -1,0 +1,147 @@
+"""`bastion plan`: search every hybrid-parallel plan and show the best, why it wins, and what was rejected."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from bastion.cli import app
+from bastion.errors import ConfigError, did_you_mean
+
+_PRECISIONS = ("fp32", "bf16", "fp16", "fp8")
+
+
+def parse_gpus(text: str, gpus_per_node: int) -> tuple[int, ...]:
+    """`N` or `MIN..MAX`."""
+    from bastion.planner.space import gpu_counts_between
+
+    try:
+        if ".." in text:
+            low, high = (int(part) for part in text.split("..", 1))
+            return gpu_counts_between(low, high, gpus_per_node)
+        count = int(text)
+    except ValueError as exc:
+        raise ConfigError(f"--gpus '{text}' is not a device count.",
+                          fix="write N (e.g. --gpus 512) or MIN..MAX (e.g. --gpus 64..1024).") from exc
+    if count < 1:
+        raise ConfigError(f"--gpus must be >= 1, got {count}.", fix="e.g. --gpus 512.")
+    return (count,)
+
+
+def parse_precisions(text: str) -> tuple[str, ...]:
+    names = tuple(p.strip() for p in text.split(",") if p.strip())
+    for name in names:
+        if name not in _PRECISIONS:
+            raise ConfigError(f"Unknown precision '{name}'.{did_you_mean(name, _PRECISIONS)}",
+                              fix=f"give a comma-separated list of {', '.join(_PRECISIONS)} (e.g. bf16,fp8).")
+    if not names:
+        raise ConfigError("--precision is empty.", fix="e.g. --precision bf16 or --precision bf16,fp8.")
+    return names
+
+
+def parse_pins(items: list[str]) -> dict[str, Any]:
+    """`--fix FIELD=VALUE` entries, typed like the ParallelPlan field."""
+    from bastion.planner.space import PINNABLE
+    from bastion.specs._files import coerce
+    from bastion.specs.plan import ParallelPlan
+
+    types = {f.name: f.type for f in fields(ParallelPlan)}
+    pins: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not value.strip():
+            raise ConfigError(f"--fix '{item}' is not FIELD=VALUE.", fix="e.g. --fix tp=8 --fix recompute=none.")
+        if name not in PINNABLE:
+            raise ConfigError(f"--fix cannot pin '{name}'.{did_you_mean(name, PINNABLE)}",
+                              fix=f"pin one of: {', '.join(PINNABLE)}.")
+        pins[name] = coerce(value.strip(), types[name], name, "--fix")
+    return pins
+
+
+@app.command("plan")
+def plan_command(
+    model: str = typer.Option(..., "--model", "-m", help="Model preset (see `bastion models`) or model file."),
+    cluster: str = typer.Option(..., "--cluster", "-c", help="Cluster preset, ACCEL:N (e.g. h100-sxm:1024) or file."),
+    global_batch: int = typer.Option(..., "--global-batch", "-b", help="Sequences per optimizer step."),
+    seq_len: int = typer.Option(0, "--seq-len", "-s", help="Tokens per sequence (default: the model's)."),
+    gpus: str = typer.Option("", "--gpus", help="Device count N, or a range MIN..MAX to search several sizes "
+                                                "(default: the cluster's size)."),
+    top: int = typer.Option(5, "--top", "-k", help="How many plans to show."),
+    objective: str = typer.Option("throughput", "--objective", help="throughput, mfu or memory."),
+    precision: str = typer.Option("bf16", "--precision",
+                                  help="Matmul precisions allowed, comma-separated (e.g. bf16,fp8)."),
+    fix: list[str] = typer.Option([], "--fix", help="Pin a plan field, e.g. --fix tp=8 (repeatable)."),
+    save: Path | None = typer.Option(None, "--save", help="Write the winning plan here (JSON or .toml)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+    exhaustive: bool = typer.Option(False, "--no-prune", help="Predict every plan, even those the memory "
+                                                              "bound proves cannot fit (for checking)."),
+) -> None:
+    """Search every hybrid-parallel plan (dp·tp·pp·cp, ZeRO, micro-batch, schedule, recompute, sp,
+    precision) and rank the ones that fit."""
+    from bastion.planner.advice import nothing_fits
+    from bastion.planner.search import PlanRequest, search
+    from bastion.planner.space import SearchSpace
+    from bastion.specs.hardware import load_cluster
+    from bastion.specs.model import load_model
+
+    model_spec = load_model(model)
+    cluster_spec = load_cluster(cluster)
+    seq = seq_len or model_spec.seq_len
+    space = SearchSpace(precisions=parse_precisions(precision), pins=parse_pins(fix))
+    counts = parse_gpus(gpus, cluster_spec.gpus_per_node) if gpus else ()
+    request = PlanRequest(model=model_spec.with_seq_len(seq), cluster=cluster_spec, global_batch=global_batch,
+                          seq_len=seq, gpu_counts=counts, top_k=top, objective=objective, space=space,
+                          prune=not exhaustive)
+    result = search(request)
+    if not result.plans:
+        raise nothing_fits(result)
+    if save is not None:
+        result.plans[0].plan.save(save)
+    if as_json:
+        print(json.dumps(result_json(result), indent=2))
+    else:
+        print_result(result, save)
+
+
+def result_json(result: Any) -> dict[str, Any]:
+    return {"evaluated": result.evaluated, "feasible": result.feasible, "seconds": round(result.seconds, 4),
+            "rejected": dict(result.rejected.most_common()),
+            "plans": [p.to_dict() for p in result.plans]}
+
+
+def print_result(result: Any, saved: Path | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from bastion.planner.explain import describe, explain
+
+    req = result.request
+    console = Console(highlight=False)
+    counts = req.counts
+    where = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}..{counts[-1]} ({len(counts)} sizes)"
+    table = Table(title=f"{req.model.name} on {req.cluster.accelerator.name} × {where}, global batch "
+                        f"{req.global_batch}, seq {req.seq_len} — best by {req.objective}")
+    for col in ("#", "plan", "GPUs", "step s", "tokens/s", "MFU", "mem GiB"):
+        table.add_column(col, justify="left" if col == "plan" else "right")
+    for i, p in enumerate(result.plans, 1):
+        table.add_row(str(i), describe(p.plan), str(p.num_gpus), f"{p.step_time_s:.4g}", f"{p.tokens_per_s:,.0f}",
+                      f"{100 * p.mfu:.1f}%", f"{p.memory_gib:.1f}")
+    console.print(table)
+    best = result.plans[0]
+    terms = ", ".join(f"{k} {v:.3g}" for k, v in best.time_breakdown().items() if v)
+    mem = ", ".join(f"{k} {v / 2**30:.2f}" for k, v in best.memory_breakdown().items() if v)
+    console.print(f"[bold]winner time (s):[/] {terms}", soft_wrap=True)
+    console.print(f"[bold]winner memory (GiB/device):[/] {mem}", soft_wrap=True)
+    if result.runner_up is not None:
+        console.print(f"[bold]why #1 beats #2:[/] {explain(best, result.runner_up)}", soft_wrap=True)
+    census = ", ".join(f"{n:,} {r}" for r, n in result.rejected.most_common()) or "none"
+    console.print(f"[bold]searched[/] {result.evaluated:,} plans in {result.seconds:.2f} s "
+                  f"({result.predicted:,} predicted, the rest settled by rules and the memory bound): "
+                  f"{result.feasible:,} fit; rejected: {census}.", soft_wrap=True)
+    if saved is not None:
+        console.print(f"[bold]saved[/] the winner to {saved}  (run it: bastion train --plan {saved} ...)")

@@ -1,0 +1,47 @@
+"""Provable memory lower bound used to prune the search.
+
+A plan's predicted memory on its fullest stage is at least the parameters + gradients + optimizer state that
+stage holds (activations, logits, buffers and allocator overhead only add to it). Those model-state bytes
+depend on the degrees, the schedule's layer placement, the precision and the ZeRO stage — not on the
+micro-batch, recompute or sequence parallelism — so one bound settles every plan of that group at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from bastion.planner.space import Leaf
+from bastion.specs.hardware import Cluster
+from bastion.specs.model import ModelSpec
+from bastion.specs.plan import ParallelPlan
+
+StateBytesFn = Callable[[ModelSpec, ParallelPlan, int], dict[str, float]]
+
+
+def _default_state_bytes() -> StateBytesFn:
+    from bastion.predict.memory import model_state_bytes
+
+    return model_state_bytes
+
+
+class StateLowerBound:
+    """Model-state bytes of the fullest pipeline stage, cached per group of plans that share them."""
+
+    def __init__(self, model: ModelSpec, cluster: Cluster, state_bytes: StateBytesFn | None = None) -> None:
+        self.model = model
+        self.cluster = cluster
+        self._state_bytes = state_bytes or _default_state_bytes()
+        self._cache: dict[tuple, float] = {}
+
+    def state_bytes(self, leaf: Leaf, global_batch: int, zero_stage: int) -> float:
+        key = (leaf.dp, leaf.tp, leaf.pp, leaf.cp, leaf.ep, leaf.pp_schedule, leaf.vpp, leaf.precision, zero_stage)
+        cached = self._cache.get(key)
+        if cached is None:
+            plan = leaf.plan(global_batch, zero_stage)
+            cached = max(_state_total(self._state_bytes(self.model, plan, stage)) for stage in range(leaf.pp))
+            self._cache[key] = cached
+        return cached
+
+
+def _state_total(parts: dict[str, float]) -> float:
+    return float(parts["params"]) + float(parts["grads"]) + float(parts["optimizer"])

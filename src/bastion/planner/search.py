@@ -1,0 +1,209 @@
+"""The planner's search: enumerate → prune → rank.
+
+1. enumerate (space.py): every plan for every GPU count; plans that break a static rule are counted by reason
+   and never reach the predictor.
+2. prune (bounds.py): a memory lower bound — the exact model-state bytes of the fullest pipeline stage — is
+   computed once per (degrees, schedule, precision, ZeRO stage) group; when it already exceeds device memory,
+   every plan of the group is out of memory whatever its micro-batch, recompute or sequence parallelism.
+3. rank: the predictor evaluates the survivors; plans that fit are sorted by the objective.
+
+Pruning never changes the answer (tests compare against `prune=False`), only how many plans the predictor sees.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bastion.errors import ConfigError, PlanError
+from bastion.planner.bounds import StateBytesFn, StateLowerBound
+from bastion.planner.objectives import get_objective
+from bastion.planner.space import Enumeration, SearchSpace, enumerate_space
+from bastion.specs.hardware import Cluster
+from bastion.specs.model import ModelSpec
+from bastion.specs.plan import ParallelPlan
+
+OUT_OF_MEMORY = "out of memory"
+
+EstimateFn = Callable[[ModelSpec, Cluster, ParallelPlan, int], Any]
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """One planning question: which plan trains `model` fastest on `cluster` at this batch and length."""
+
+    model: ModelSpec
+    #: the kind of cluster; resized to each entry of `gpu_counts`
+    cluster: Cluster
+    #: sequences per optimizer step
+    global_batch: int
+    #: tokens per sequence
+    seq_len: int
+    #: device counts to search (default: the cluster's own size)
+    gpu_counts: tuple[int, ...] = ()
+    #: how many plans to return, best first
+    top_k: int = 5
+    #: `throughput`, `mfu` or `memory` (see objectives.py)
+    objective: str = "throughput"
+    #: which values each plan field may take
+    space: SearchSpace = field(default_factory=SearchSpace)
+    #: skip groups whose memory lower bound exceeds device memory (off only to check that it changes nothing)
+    prune: bool = True
+
+    def __post_init__(self) -> None:
+        if self.global_batch < 1:
+            raise ConfigError(f"--global-batch must be >= 1, got {self.global_batch}.",
+                              fix="give the number of sequences per optimizer step, e.g. --global-batch 1024.")
+        if self.seq_len < 1:
+            raise ConfigError(f"--seq-len must be >= 1, got {self.seq_len}.", fix="e.g. --seq-len 4096.")
+        if self.top_k < 1:
+            raise ConfigError(f"--top must be >= 1, got {self.top_k}.", fix="e.g. --top 5.")
+        if any(n < 1 for n in self.counts):
+            raise ConfigError("GPU counts must be >= 1.", fix="e.g. --gpus 64 or --gpus 64..512.")
+        get_objective(self.objective)
+
+    @property
+    def counts(self) -> tuple[int, ...]:
+        return self.gpu_counts or (self.cluster.num_gpus,)
+
+
+@dataclass(frozen=True)
+class RankedPlan:
+    """One evaluated plan that fits, with the predictor's figures."""
+
+    plan: ParallelPlan
+    num_gpus: int
+    step_time_s: float
+    tokens_per_s: float
+    mfu: float
+    #: bytes per device on the fullest pipeline stage
+    memory_bytes: float
+    #: the predictor's Estimate, for breakdowns
+    estimate: Any
+    #: position in enumeration order: the last tie-breaker, so that ranking is deterministic
+    order: int
+
+    @property
+    def memory_gib(self) -> float:
+        return self.memory_bytes / 2**30
+
+    def time_breakdown(self) -> dict[str, float]:
+        return _numbers(self.estimate.to_dict().get("time", {}))
+
+    def memory_breakdown(self) -> dict[str, float]:
+        return _numbers(self.estimate.to_dict().get("memory", {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `--json` entry for this plan."""
+        return {"plan": self.plan.to_dict(), "step_time_s": self.step_time_s,
+                "tokens_per_s": self.tokens_per_s, "mfu": self.mfu, "memory_gib": self.memory_gib,
+                "breakdown": {"time_s": self.time_breakdown(), "memory_gib": {
+                    k: v / 2**30 for k, v in self.memory_breakdown().items()}}}
+
+
+@dataclass
+class SearchResult:
+    request: PlanRequest
+    #: plans in the space, each either feasible or counted in `rejected`
+    evaluated: int
+    #: plans the predictor was asked about (the rest were settled by static rules or the memory bound)
+    predicted: int
+    feasible: int
+    #: reason -> number of plans
+    rejected: Counter[str]
+    #: reason -> the fix text of one plan rejected for it
+    fixes: dict[str, str]
+    #: the best plans, best first (at most top_k)
+    plans: list[RankedPlan]
+    seconds: float
+    #: the second-best plan (kept even when top_k = 1, to explain the winner)
+    runner_up: RankedPlan | None = None
+    #: per GPU count: the enumeration (for advice when nothing fits)
+    enumerations: list[Enumeration] = field(default_factory=list)
+    #: smallest predicted per-device memory seen among plans that did not fit, and its plan
+    leanest_oom: tuple[float, ParallelPlan] | None = None
+
+
+def _numbers(d: Any) -> dict[str, float]:
+    """The flat numeric entries of a breakdown dict (nested per-stage lists are left out)."""
+    if not isinstance(d, dict):
+        return {}
+    return {k: float(v) for k, v in d.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def default_estimate() -> EstimateFn:
+    """The predictor's `estimate`, imported on first use (the planner module loads without it)."""
+    from bastion.predict import estimate
+
+    def call(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int) -> Any:
+        return estimate(model, cluster, plan, seq_len)
+
+    return call
+
+
+def search(request: PlanRequest, estimate: EstimateFn | None = None,
+           state_bytes: StateBytesFn | None = None) -> SearchResult:
+    """Evaluate every plan in the request's space and return the best `top_k`.
+
+    `estimate` and `state_bytes` default to the predictor's `estimate` and `memory.model_state_bytes`; tests
+    pass others to check the search itself against brute force.
+    """
+    started = time.perf_counter()
+    estimate = estimate or default_estimate()
+    objective = get_objective(request.objective)
+    model, seq_len, batch = request.model, request.seq_len, request.global_batch
+    space = request.space
+    zeros = space.allowed("zero_stage", space.zero_stages)
+    recomputes = space.allowed("recompute", space.recompute)
+
+    rejected: Counter[str] = Counter()
+    fixes: dict[str, str] = {}
+    ranked: list[RankedPlan] = []
+    enumerations: list[Enumeration] = []
+    evaluated = predicted = 0
+    leanest: tuple[float, ParallelPlan] | None = None
+
+    for count in request.counts:
+        cluster = _resize(request.cluster, count)
+        enum = enumerate_space(model, cluster, batch, seq_len, space)
+        enumerations.append(enum)
+        evaluated += enum.total
+        rejected.update(enum.rejected)
+        fixes.update({r: f for r, f in enum.fixes.items() if r not in fixes})
+        bound = StateLowerBound(model, cluster, state_bytes) if request.prune else None
+        capacity = cluster.accelerator.hbm_bytes
+        for leaf in enum.leaves:
+            for zero in zeros:
+                if bound is not None and bound.state_bytes(leaf, batch, zero) > capacity:
+                    rejected[OUT_OF_MEMORY] += len(recomputes)
+                    continue
+                for recompute in recomputes:
+                    plan = leaf.plan(batch, zero, recompute)
+                    predicted += 1
+                    try:
+                        est = estimate(model, cluster, plan, seq_len)
+                    except PlanError as exc:
+                        rejected[exc.reason] += 1
+                        fixes.setdefault(exc.reason, exc.fix or exc.problem)
+                        continue
+                    total = float(est.memory.total)
+                    if not est.fits:
+                        rejected[OUT_OF_MEMORY] += 1
+                        if leanest is None or total < leanest[0]:
+                            leanest = (total, plan)
+                        continue
+                    ranked.append(RankedPlan(plan=plan, num_gpus=count, step_time_s=float(est.step_time_s),
+                                             tokens_per_s=float(est.tokens_per_s), mfu=float(est.mfu),
+                                             memory_bytes=total, estimate=est, order=len(ranked)))
+    ranked.sort(key=objective.key)
+    return SearchResult(request=request, evaluated=evaluated, predicted=predicted, feasible=len(ranked),
+                        rejected=rejected, fixes=fixes, plans=ranked[:request.top_k],
+                        runner_up=ranked[1] if len(ranked) > 1 else None,
+                        seconds=time.perf_counter() - started, enumerations=enumerations, leanest_oom=leanest)
+
+
+def _resize(cluster: Cluster, count: int) -> Cluster:
+    return cluster if count == cluster.num_gpus else cluster.with_gpus(count)

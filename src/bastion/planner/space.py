@@ -1,0 +1,230 @@
+"""The plan space: every ParallelPlan the planner considers, as a tree of choices.
+
+Choices are made coarse to fine — parallel degrees, pipeline schedule, micro-batch/precision/sequence
+parallelism, then ZeRO stage × recompute — and each inner node is checked with `ParallelPlan.validate` on a
+representative plan. A node that fails is not expanded: every plan under it fails the same check, so the census
+adds the size of the whole subtree under that reason. Only valid leaves reach the predictor.
+
+Canonical forms keep equal plans from being counted twice: with pp = 1 the schedule is irrelevant and only
+`1f1b`/vpp 1 is listed; with tp = 1 sequence parallelism does nothing and only `off` is listed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bastion.errors import ConfigError, PlanError
+from bastion.specs.hardware import Cluster
+from bastion.specs.model import ModelSpec
+from bastion.specs.plan import PP_SCHEDULES, RECOMPUTE_MODES, V_SCHEDULES, ParallelPlan
+
+#: plan fields a user may pin with `--fix FIELD=VALUE`
+PINNABLE = ("dp", "tp", "pp", "cp", "ep", "zero_stage", "micro_batch", "pp_schedule", "vpp", "recompute",
+            "sequence_parallel", "precision")
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """What the planner may vary. Each tuple lists the allowed values; `pins` narrows any plan field to one
+    value (plans with another value are outside the space, not rejected)."""
+
+    #: ZeRO stages to try
+    zero_stages: tuple[int, ...] = (0, 1, 2, 3)
+    #: activation recomputation modes to try
+    recompute: tuple[str, ...] = RECOMPUTE_MODES
+    #: pipeline schedules to try when pp > 1
+    schedules: tuple[str, ...] = PP_SCHEDULES
+    #: matmul precisions the user allows (an accelerator without fp8 units rejects fp8 plans)
+    precisions: tuple[str, ...] = ("bf16",)
+    #: sequence parallelism settings to try when tp > 1
+    sequence_parallel: tuple[bool, ...] = (False, True)
+    #: field -> required value, from `--fix`
+    pins: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.pins) - set(PINNABLE)
+        if unknown:
+            raise ConfigError(f"Cannot pin plan field(s) {', '.join(sorted(unknown))}.",
+                              fix=f"pin one of: {', '.join(PINNABLE)}.")
+
+    def allows(self, name: str, value: Any) -> bool:
+        return name not in self.pins or self.pins[name] == value
+
+    def allowed(self, name: str, values: tuple[Any, ...]) -> tuple[Any, ...]:
+        return tuple(v for v in values if self.allows(name, v))
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """A statically valid plan skeleton: everything except zero_stage and recompute, which are crossed in
+    at the leaf (neither can make a plan invalid)."""
+
+    dp: int
+    tp: int
+    pp: int
+    cp: int
+    ep: int
+    pp_schedule: str
+    vpp: int
+    micro_batch: int
+    precision: str
+    sequence_parallel: bool
+
+    def plan(self, global_batch: int, zero_stage: int = 0, recompute: str = "none") -> ParallelPlan:
+        return ParallelPlan(dp=self.dp, tp=self.tp, pp=self.pp, cp=self.cp, ep=self.ep, zero_stage=zero_stage,
+                            micro_batch=self.micro_batch, global_batch=global_batch,
+                            pp_schedule=self.pp_schedule, vpp=self.vpp, recompute=recompute,
+                            sequence_parallel=self.sequence_parallel, precision=self.precision)
+
+
+@dataclass
+class Enumeration:
+    """Valid leaves of one GPU count, and the census of plans rejected before any prediction."""
+
+    cluster: Cluster
+    leaves: list[Leaf]
+    rejected: Counter[str]
+    #: reason -> how to fix it (from the first plan rejected for that reason)
+    fixes: dict[str, str]
+    #: plans in the space (valid or not) = len(leaves) × leaf width + sum(rejected)
+    total: int
+
+
+def divisors(n: int) -> list[int]:
+    small = [d for d in range(1, int(n**0.5) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
+def factorisations(num_gpus: int) -> Iterator[tuple[int, int, int, int]]:
+    """Every ordered (dp, tp, pp, cp) with dp·tp·pp·cp = num_gpus, in a fixed order."""
+    for tp in divisors(num_gpus):
+        for pp in divisors(num_gpus // tp):
+            for cp in divisors(num_gpus // (tp * pp)):
+                yield num_gpus // (tp * pp * cp), tp, pp, cp
+
+
+def schedule_options(pp: int, num_layers: int, space: SearchSpace) -> list[tuple[str, int]]:
+    """(schedule, vpp) pairs to try for a pipeline degree: every vpp that gives whole layer chunks for the
+    interleaved schedule; exactly 2 for the V schedules; 1 otherwise."""
+    if pp == 1:
+        options = [("1f1b", 1)]
+    else:
+        options = []
+        for name in space.schedules:
+            if name == "interleaved-1f1b":
+                per_stage = max(1, num_layers // pp)
+                options += [(name, v) for v in divisors(per_stage) if v >= 2]
+                if per_stage < 2 or num_layers % pp:
+                    options.append((name, 2))  # listed so that the census names why it cannot run
+            elif name in V_SCHEDULES:
+                options.append((name, 2))
+            else:
+                options.append((name, 1))
+    return [(s, v) for s, v in options if space.allows("pp_schedule", s) and space.allows("vpp", v)]
+
+
+def ep_options(model: ModelSpec, dp: int, space: SearchSpace) -> list[int]:
+    if not model.num_experts:
+        return [1] if space.allows("ep", 1) else []
+    return [e for e in divisors(dp) if model.num_experts % e == 0 and space.allows("ep", e)]
+
+
+def _validate(plan_fields: dict[str, Any], model: ModelSpec, cluster: Cluster, seq_len: int,
+              fixes: dict[str, str]) -> str | None:
+    """None when the (representative) plan is valid, else the PlanError's reason (its fix is kept)."""
+    try:
+        ParallelPlan(**plan_fields).validate(model, cluster, seq_len)
+    except PlanError as exc:
+        fixes.setdefault(exc.reason, exc.fix or exc.problem)
+        return exc.reason
+    return None
+
+
+def enumerate_space(model: ModelSpec, cluster: Cluster, global_batch: int, seq_len: int,
+                    space: SearchSpace) -> Enumeration:
+    """All valid leaves for `cluster.num_gpus` devices, and a census of the invalid plans by reason."""
+    rejected: Counter[str] = Counter()
+    fixes: dict[str, str] = {}
+    leaves: list[Leaf] = []
+    zero = space.allowed("zero_stage", space.zero_stages)
+    recompute = space.allowed("recompute", space.recompute)
+    width = len(zero) * len(recompute)
+    precisions = space.allowed("precision", space.precisions)
+    total = 0
+
+    def micro_options(dp: int) -> list[int]:
+        per_replica = global_batch // dp if global_batch % dp == 0 else 1
+        return [m for m in divisors(per_replica) if space.allows("micro_batch", m)]
+
+    def sp_options(tp: int) -> tuple[bool, ...]:
+        return space.allowed("sequence_parallel", space.sequence_parallel if tp > 1 else (False,))
+
+    for dp, tp, pp, cp in factorisations(cluster.num_gpus):
+        if not (space.allows("dp", dp) and space.allows("tp", tp) and space.allows("pp", pp)
+                and space.allows("cp", cp)):
+            continue
+        schedules = schedule_options(pp, model.num_layers, space)
+        micros = micro_options(dp)
+        sps = sp_options(tp)
+        below_schedule = len(micros) * len(precisions) * len(sps) * width
+        for ep in ep_options(model, dp, space):
+            degrees = dict(dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, global_batch=global_batch)
+            subtree = len(schedules) * below_schedule
+            total += subtree
+            reason = _validate({**degrees, "pp_schedule": "1f1b", "vpp": 1}, model, cluster, seq_len, fixes)
+            if reason:
+                rejected[reason] += subtree
+                continue
+            base = {**degrees, "pp_schedule": "1f1b", "vpp": 1}
+            # precision and sequence parallelism are checked once per degrees: neither check looks at the
+            # schedule or the micro-batch
+            ok_precisions = []
+            for precision in precisions:
+                reason = _validate({**base, "precision": precision}, model, cluster, seq_len, fixes)
+                if reason:
+                    rejected[reason] += len(schedules) * len(micros) * len(sps) * width
+                else:
+                    ok_precisions.append(precision)
+            ok_sps = []
+            for sp in sps:
+                reason = _validate({**base, "sequence_parallel": sp}, model, cluster, seq_len, fixes)
+                if reason:
+                    rejected[reason] += len(schedules) * len(micros) * len(ok_precisions) * width
+                else:
+                    ok_sps.append(sp)
+            for schedule, vpp in schedules:
+                reason = _validate({**degrees, "pp_schedule": schedule, "vpp": vpp}, model, cluster, seq_len, fixes)
+                if reason:
+                    rejected[reason] += len(micros) * len(ok_precisions) * len(ok_sps) * width
+                    continue
+                for micro in micros:
+                    # only the interleaved schedule has a micro-batch-dependent rule (micro-batches % pp)
+                    if schedule == "interleaved-1f1b" and micro > 1:
+                        reason = _validate({**degrees, "pp_schedule": schedule, "vpp": vpp, "micro_batch": micro},
+                                        model, cluster, seq_len, fixes)
+                        if reason:
+                            rejected[reason] += len(ok_precisions) * len(ok_sps) * width
+                            continue
+                    leaves.extend(Leaf(dp, tp, pp, cp, ep, schedule, vpp, micro, precision, sp)
+                                  for precision in ok_precisions for sp in ok_sps)
+    return Enumeration(cluster=cluster, leaves=leaves, rejected=rejected, fixes=fixes, total=total)
+
+
+def gpu_counts_between(low: int, high: int, gpus_per_node: int) -> tuple[int, ...]:
+    """The device counts a `--gpus LOW..HIGH` range searches: LOW, HIGH, and every size in between that is
+    2^k or 3·2^k whole nodes (or that many devices inside one node) — the sizes clusters are built in."""
+    if low < 1 or high < low:
+        raise ConfigError(f"--gpus {low}..{high} is not a range of device counts.",
+                          fix="write MIN..MAX with 1 <= MIN <= MAX, e.g. --gpus 64..1024.")
+    counts = {low, high}
+    for unit in (1, gpus_per_node):
+        n = 1
+        while n * unit <= high:
+            for size in (n * unit, 3 * n * unit):
+                if low <= size <= high and (size <= gpus_per_node or size % gpus_per_node == 0):
+                    counts.add(size)
+            n *= 2
+    return tuple(sorted(counts))

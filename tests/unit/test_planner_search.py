@@ -1,0 +1,194 @@
+"""The search itself, checked against brute force with a small stand-in cost model.
+
+The stand-in (`toy_estimate`) is deliberately simple and fully known, so the optimum of a tiny space can be
+found by trying every combination of every plan field independently of the planner's enumeration; the real
+predictor is used in test_planner_predictor.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import pytest
+
+from bastion.errors import ConfigError, PlanError
+from bastion.planner.search import PlanRequest, search
+from bastion.planner.space import SearchSpace, enumerate_space, factorisations, gpu_counts_between
+from bastion.specs import ParallelPlan, load_cluster
+from bastion.specs.model import ModelSpec
+from bastion.specs.plan import PP_SCHEDULES, RECOMPUTE_MODES
+
+BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
+
+
+@dataclass
+class ToyMemory:
+    params: float
+    grads: float
+    optimizer: float
+    activations: float
+    total: float
+
+
+@dataclass
+class ToyEstimate:
+    memory: ToyMemory
+    step_time_s: float
+    tokens_per_s: float
+    mfu: float
+    fits: bool
+    time: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"time": self.time, "memory": vars(self.memory)}
+
+
+def toy_state_bytes(model: ModelSpec, plan: ParallelPlan, stage: int) -> dict[str, float]:
+    n = model.total_params() / (plan.tp * plan.pp)
+    shard = plan.dp * plan.cp
+    params = 2 * n / (shard if plan.zero_stage >= 3 else 1)
+    grads = 2 * n / (shard if plan.zero_stage >= 2 else 1)
+    optimizer = 12 * n / (shard if plan.zero_stage >= 1 else 1)
+    extra = 4 * model.vocab_size * model.hidden_size / plan.tp if stage in (0, plan.pp - 1) else 0.0
+    return {"params": params + extra, "grads": grads, "optimizer": optimizer}
+
+
+def toy_estimate(model: ModelSpec, cluster, plan: ParallelPlan, seq_len: int) -> ToyEstimate:
+    plan.validate(model, cluster, seq_len)
+    state = max((toy_state_bytes(model, plan, s) for s in range(plan.pp)), key=lambda d: sum(d.values()))
+    keep = {"none": 1.0, "selective": 0.6, "full": 0.1}[plan.recompute]
+    sp = plan.tp if plan.sequence_parallel else 1
+    act = (plan.micro_batch * seq_len * model.hidden_size * 20 * model.num_layers * keep
+           / (plan.pp * plan.cp * plan.tp ** 0.5 * sp ** 0.5) * min(plan.pp, plan.grad_accumulation))
+    total = sum(state.values()) + act
+    tokens = plan.global_batch * seq_len
+    flops = 6 * model.total_params() * tokens * {"none": 1.0, "selective": 1.05, "full": 1.33}[plan.recompute]
+    peak = cluster.accelerator.peak_tflops(plan.precision) * 1e12
+    compute = flops / (plan.num_gpus * peak * (0.3 + 0.1 * min(plan.micro_batch, 4) / 4))
+    bubble = compute * (plan.pp - 1) / (plan.grad_accumulation * plan.vpp) * (0.5 if plan.pp_schedule in (
+        "zero-bubble", "zbv", "dualpipev") else 1.0)
+    tp_comm = 1e-3 * (plan.tp - 1) * (0.8 if plan.sequence_parallel else 1.0)
+    dp_comm = 1e-3 * (plan.dp - 1) * (1 + 0.2 * plan.zero_stage) + 1e-4 * plan.cp
+    step = compute + bubble + tp_comm + dp_comm
+    return ToyEstimate(memory=ToyMemory(**state, activations=act, total=total), step_time_s=step,
+                       tokens_per_s=tokens / step, mfu=6 * model.total_params() * tokens / step / (plan.num_gpus * peak),
+                       fits=total <= cluster.accelerator.hbm_bytes,
+                       time={"compute": compute, "bubble": bubble, "tp_comm": tp_comm, "dp_comm": dp_comm,
+                             "step": step})
+
+
+TOY = ModelSpec(name="toy", num_layers=8, hidden_size=512, num_heads=8, num_kv_heads=4, ffn_hidden_size=1536,
+                vocab_size=1024, seq_len=512)
+
+
+def brute_force(model: ModelSpec, cluster, global_batch: int, seq_len: int, precisions=("bf16",)):
+    """Every combination of every field (a superset of the planner's space), independently of space.py."""
+    n = cluster.num_gpus
+    rng = range(1, n + 1)
+    feasible = {}
+    for dp, tp, pp, cp in itertools.product(rng, rng, rng, rng):
+        if dp * tp * pp * cp != n:
+            continue
+        # micro-batches above the per-replica batch and vpp above layers/pp can never be valid: not tried
+        for zero, micro, (sched, vpp), rc, sp, prec in itertools.product(
+                range(4), range(1, global_batch // dp + 1),
+                [(s, v) for s in PP_SCHEDULES for v in range(1, model.num_layers // pp + 1)],
+                RECOMPUTE_MODES, (False, True), precisions):
+            if pp == 1 and (sched, vpp) != ("1f1b", 1):
+                continue  # the schedule means nothing without a pipeline: one canonical form
+            try:
+                plan = ParallelPlan(dp=dp, tp=tp, pp=pp, cp=cp, zero_stage=zero, micro_batch=micro,
+                                    global_batch=global_batch, pp_schedule=sched, vpp=vpp, recompute=rc,
+                                    sequence_parallel=sp, precision=prec)
+                est = toy_estimate(model, cluster, plan, seq_len)
+            except PlanError:
+                continue
+            if est.fits:
+                feasible[plan] = est
+    return feasible
+
+
+@pytest.mark.parametrize("gpus,batch,hbm_scale", [(4, 8, 1.0), (8, 16, 1.0), (8, 16, 0.004)])
+def test_search_finds_the_brute_force_optimum_and_every_feasible_plan(gpus, batch, hbm_scale) -> None:
+    cluster = load_cluster(f"h100-sxm:{gpus}")
+    acc = cluster.accelerator.__class__(**{**vars(cluster.accelerator), "hbm_gib": 80 * hbm_scale})
+    cluster = cluster.__class__(cluster.name, acc, cluster.num_nodes, cluster.gpus_per_node, cluster.network)
+    truth = brute_force(TOY, cluster, batch, 512)
+    req = PlanRequest(model=TOY, cluster=cluster, global_batch=batch, seq_len=512, top_k=len(truth) + 5)
+    result = search(req, estimate=toy_estimate, state_bytes=toy_state_bytes)
+    assert truth, "the case must have feasible plans"
+    assert result.feasible == len(truth)
+    assert {p.plan for p in result.plans} == set(truth)
+    best = max(truth, key=lambda p: truth[p].tokens_per_s)
+    assert result.plans[0].tokens_per_s == pytest.approx(truth[best].tokens_per_s, rel=1e-12)
+    assert result.evaluated == result.feasible + sum(result.rejected.values())
+
+
+def test_pruning_changes_nothing_but_the_work() -> None:
+    cluster = load_cluster("h100-sxm:8")
+    small_hbm = cluster.accelerator.__class__(**{**vars(cluster.accelerator), "hbm_gib": 0.02})
+    cluster = cluster.__class__(cluster.name, small_hbm, 1, 8, cluster.network)
+    runs = [search(PlanRequest(model=TOY, cluster=cluster, global_batch=32, seq_len=512, top_k=10, prune=p),
+                   estimate=toy_estimate, state_bytes=toy_state_bytes) for p in (True, False)]
+    pruned, full = runs
+    assert [p.plan for p in pruned.plans] == [p.plan for p in full.plans]
+    assert (pruned.feasible, pruned.evaluated, pruned.rejected) == (full.feasible, full.evaluated, full.rejected)
+    assert pruned.predicted < full.predicted, "the bound must actually skip predictions in this case"
+
+
+def test_census_adds_up_and_counts_whole_subtrees() -> None:
+    wide = ModelSpec(name="wide", num_layers=8, hidden_size=512, num_heads=16, ffn_hidden_size=2048,
+                     vocab_size=1024, seq_len=512)
+    cluster = load_cluster("h100-sxm:16")  # tp 16 would span beyond the 8-GPU NVLink domain
+    enum = enumerate_space(wide, cluster, 32, 512, SearchSpace())
+    assert enum.total == len(enum.leaves) * 12 + sum(enum.rejected.values())
+    # tp = 16: dp = pp = cp = 1, one schedule, 32 micro-batch sizes, sp on/off, 12 zero×recompute
+    assert enum.rejected["tp beyond scale-up domain"] == 6 * 2 * 12
+    assert sorted({(lf.dp, lf.tp, lf.pp, lf.cp) for lf in enum.leaves}) == sorted(
+        f for f in factorisations(16) if f[1] <= 8 and 8 % f[2] == 0 and 32 % f[0] == 0)
+
+
+def test_search_is_deterministic() -> None:
+    cluster = load_cluster("h100-sxm:8")
+    req = PlanRequest(model=TOY, cluster=cluster, global_batch=16, seq_len=512, top_k=20)
+    first = search(req, estimate=toy_estimate, state_bytes=toy_state_bytes)
+    second = search(req, estimate=toy_estimate, state_bytes=toy_state_bytes)
+    assert [p.plan for p in first.plans] == [p.plan for p in second.plans]
+
+
+def test_pins_restrict_the_space_without_counting_rejections() -> None:
+    cluster = load_cluster("h100-sxm:8")
+    req = PlanRequest(model=TOY, cluster=cluster, global_batch=16, seq_len=512, top_k=50,
+                      space=SearchSpace(pins={"tp": 2, "recompute": "none"}))
+    result = search(req, estimate=toy_estimate, state_bytes=toy_state_bytes)
+    assert result.plans and all(p.plan.tp == 2 and p.plan.recompute == "none" for p in result.plans)
+    free = search(PlanRequest(model=TOY, cluster=cluster, global_batch=16, seq_len=512),
+                  estimate=toy_estimate, state_bytes=toy_state_bytes)
+    assert result.evaluated < free.evaluated
+    with pytest.raises(ConfigError):
+        SearchSpace(pins={"global_batch": 4})
+
+
+def test_fp8_is_searched_only_where_allowed_and_supported() -> None:
+    h100, a100 = load_cluster("h100-sxm:8"), load_cluster("a100-80g:8")
+    both = SearchSpace(precisions=("bf16", "fp8"))
+    on_h100 = search(PlanRequest(model=TOY, cluster=h100, global_batch=16, seq_len=512, top_k=1000, space=both),
+                     estimate=toy_estimate, state_bytes=toy_state_bytes)
+    assert {p.plan.precision for p in on_h100.plans} == {"bf16", "fp8"}
+    assert on_h100.plans[0].plan.precision == "fp8"  # twice the peak in the toy model
+    on_a100 = search(PlanRequest(model=TOY, cluster=a100, global_batch=16, seq_len=512, top_k=1000, space=both),
+                     estimate=toy_estimate, state_bytes=toy_state_bytes)
+    assert {p.plan.precision for p in on_a100.plans} == {"bf16"}
+    bf16_only = search(PlanRequest(model=TOY, cluster=a100, global_batch=16, seq_len=512),
+                       estimate=toy_estimate, state_bytes=toy_state_bytes)
+    assert on_a100.feasible == bf16_only.feasible
+    assert on_a100.evaluated == 2 * bf16_only.evaluated
+    assert on_a100.rejected["precision unsupported"] >= bf16_only.feasible
+
+
+def test_gpu_ranges_list_whole_node_sizes() -> None:
+    assert gpu_counts_between(64, 512, 8) == (64, 96, 128, 192, 256, 384, 512)
+    assert gpu_counts_between(1, 8, 8) == (1, 2, 3, 4, 6, 8)
+    with pytest.raises(ConfigError):
+        gpu_counts_between(16, 8, 8)
