@@ -1,0 +1,138 @@
+"""Measured efficiency curves, loaded once from the JSON/TOML files in `data/` and cached.
+
+Everything here is relative to the card the numbers were measured on (one H200, see data/README.md): GEMM and
+attention rates as fractions of that card's datasheet peak, memory-bound operations as effective bytes per element.
+`compute.py` scales them to other accelerators.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+DATA_DIR = Path(__file__).parent / "data"
+CALIBRATION_FILE = "h200-torch2.11-2026-11.json"
+CALIBRATION_OPS_FILE = "h200-torch2.11-2026-11-ops.json"
+#: datasheet dense peaks of the calibration card (H200 = H100 silicon), TFLOP/s
+H200_PEAK_BF16_TFLOPS = 989.4
+H200_PEAK_FP8_TFLOPS = 1978.9
+#: the H200's measured large-GEMM fraction of its bf16 datasheet peak (778.5 / 989.4); the accelerator catalog's
+#: `matmul_efficiency` is on the same scale, so their ratio carries the curves to other devices
+H200_MATMUL_EFFICIENCY = 0.787
+#: datasheet HBM bandwidth of the calibration card, GB/s
+H200_HBM_GBS = 4800.0
+
+
+@dataclass(frozen=True)
+class GemmPoint:
+    log_m: float
+    log_k: float
+    log_n: float
+    #: fraction of the datasheet peak of the precision it was measured in
+    efficiency: float
+
+
+@dataclass(frozen=True)
+class AttentionPoint:
+    seq_len: int
+    fwd_efficiency: float
+    fwdbwd_efficiency: float
+
+
+@dataclass(frozen=True)
+class Calibration:
+    gemm_bf16: tuple[GemmPoint, ...]
+    gemm_fp8: tuple[GemmPoint, ...]
+    #: causal flash attention at head_dim 128, by sequence length (fractions of the bf16 peak)
+    attention: tuple[AttentionPoint, ...]
+    #: fwd+bwd attention efficiency at head_dim d relative to head_dim 128, keyed by (seq_len, head_dim)
+    head_dim_factor: dict[tuple[int, int], float]
+    membound: dict[str, object]
+    network: dict[str, float]
+
+
+def _gemm_points(rows: list[dict], peak: float) -> tuple[GemmPoint, ...]:
+    return tuple(GemmPoint(math.log2(r["m"]), math.log2(r["k"]), math.log2(r["n"]), r["tflops"] / peak)
+                 for r in rows)
+
+
+@cache
+def load_calibration() -> Calibration:
+    """Read the calibration files once; every later call returns the same object (no file I/O)."""
+    main = json.loads((DATA_DIR / CALIBRATION_FILE).read_text())
+    ops = json.loads((DATA_DIR / CALIBRATION_OPS_FILE).read_text())
+    attention = tuple(sorted((AttentionPoint(r["seq"], r["fwd_tflops"] / H200_PEAK_BF16_TFLOPS,
+                                             r["fwdbwd_tflops"] / H200_PEAK_BF16_TFLOPS) for r in main["sdpa"]),
+                             key=lambda p: p.seq_len))
+    # sdpa2 measures head_dim 64/128/256 at the same sequence lengths; GQA barely changes the rate
+    # (402 vs 420 TFLOP/s), so the ratio to head_dim 128 (MHA-or-GQA, first row found) is the correction.
+    by_key: dict[tuple[int, int], float] = {}
+    for r in ops["sdpa2"]:
+        by_key.setdefault((r["seq"], r["head_dim"]), r["fwdbwd_tflops_causal"])
+    head_dim_factor = {(s, d): rate / by_key[(s, 128)] for (s, d), rate in by_key.items() if (s, 128) in by_key}
+    membound = tomllib.loads((DATA_DIR / "membound.toml").read_text())
+    network = tomllib.loads((DATA_DIR / "network.toml").read_text())
+    return Calibration(gemm_bf16=_gemm_points(main["gemm"], H200_PEAK_BF16_TFLOPS),
+                       gemm_fp8=_gemm_points(ops["gemm_fp8"], H200_PEAK_FP8_TFLOPS),
+                       attention=attention, head_dim_factor=head_dim_factor, membound=membound, network=network)
+
+
+def interpolate_log(x: float, xs: list[float], ys: list[float]) -> float:
+    """Piecewise-linear in log2(x) through (xs, ys), held flat outside the measured range."""
+    if x <= xs[0]:
+        return ys[0]
+    if x >= xs[-1]:
+        return ys[-1]
+    lx = math.log2(x)
+    for i in range(1, len(xs)):
+        if x <= xs[i]:
+            x0, x1 = math.log2(xs[i - 1]), math.log2(xs[i])
+            t = (lx - x0) / (x1 - x0)
+            return ys[i - 1] + t * (ys[i] - ys[i - 1])
+    return ys[-1]
+
+
+@cache
+def gemm_efficiency_measured(precision: str, m: int, k: int, n: int) -> float:
+    """Fraction of the datasheet peak an (m×k)·(k×n) GEMM reached on the calibration card.
+
+    Inverse-distance weighting in (log m, log k, log n) over the measured transformer shapes, with each dimension
+    clamped to the measured range first (the roofline in compute.py handles shapes too small to be compute-bound).
+    """
+    cal = load_calibration()
+    points = cal.gemm_fp8 if precision == "fp8" else cal.gemm_bf16
+    lm = min(max(math.log2(max(m, 1)), 11.0), 15.0)
+    lk = min(max(math.log2(max(k, 1)), 10.0), 16.0)
+    ln = min(max(math.log2(max(n, 1)), 10.0), 16.0)
+    weight_sum = 0.0
+    value_sum = 0.0
+    for p in points:
+        d2 = (p.log_m - lm) ** 2 + (p.log_k - lk) ** 2 + (p.log_n - ln) ** 2
+        if d2 < 1e-9:
+            return p.efficiency
+        w = 1.0 / (d2 * d2)
+        weight_sum += w
+        value_sum += w * p.efficiency
+    return value_sum / weight_sum
+
+
+@cache
+def attention_efficiency_measured(seq_len: int, head_dim: int, pass_: str) -> float:
+    """Fraction of the bf16 peak causal flash attention reached (pass_ `fwd` or `fwdbwd`)."""
+    cal = load_calibration()
+    xs = [float(p.seq_len) for p in cal.attention]
+    ys = [p.fwd_efficiency if pass_ == "fwd" else p.fwdbwd_efficiency for p in cal.attention]
+    base = interpolate_log(float(seq_len), xs, ys)
+    if head_dim == 128:
+        return base
+    # ratio at the nearest measured seq_len, interpolated in log2(head_dim) between 64, 128 and 256
+    seqs = sorted({s for s, _ in cal.head_dim_factor})
+    nearest = min(seqs, key=lambda s: abs(math.log2(s) - math.log2(max(seq_len, 1))))
+    dims = sorted(d for s, d in cal.head_dim_factor if s == nearest)
+    factor = interpolate_log(float(head_dim), [float(d) for d in dims],
+                             [cal.head_dim_factor[(nearest, d)] for d in dims])
+    return base * factor

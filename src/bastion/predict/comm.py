@@ -1,0 +1,98 @@
+"""Collective communication on a two-level network: a scale-up domain (NVLink) and a scale-out fabric.
+
+A process group is laid out on the device mesh with a stride (tensor parallelism innermost, then context, data,
+and pipeline outermost, as torchtitan and Megatron-LM place them). Members that share a scale-up domain talk over
+NVLink; the rest cross the scale-out fabric, each GPU through its own NIC, so a group with k members per domain
+moves its inter-domain traffic over k NICs in parallel. Collectives are hierarchical rings: intra-domain
+reduce-scatter, inter-domain all-reduce of the 1/k shard, intra-domain all-gather (NCCL's behaviour on
+multi-node jobs), with the latency of a tree across domains. Achieved bandwidth = link bandwidth × the measured
+large-message efficiency × a message-size ramp B/(B + B_half).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+from bastion.predict.calibration import load_calibration
+from bastion.specs.hardware import Cluster
+
+
+@dataclass(frozen=True)
+class GroupPlacement:
+    """How a process group of `size` ranks sits on the network."""
+
+    size: int
+    #: members that share one scale-up domain
+    local: int
+    #: scale-up domains the group spans
+    domains: int
+
+
+@lru_cache(maxsize=4096)
+def place_group(cluster: Cluster, size: int, stride: int) -> GroupPlacement:
+    """Placement of a group whose consecutive members are `stride` ranks apart."""
+    domain = max(1, min(cluster.network.scale_up_size, cluster.num_gpus))
+    local = 1 if stride >= domain else max(1, min(size, domain // stride))
+    return GroupPlacement(size=size, local=local, domains=math.ceil(size / local))
+
+
+def _scale_up_time(cluster: Cluster, nbytes: float) -> float:
+    cal = load_calibration().network
+    bw = cluster.network.scale_up_bw_gbs * 1e9 * cal["scale_up_efficiency"]
+    return nbytes / bw * (1.0 + cal["half_bandwidth_bytes_scale_up"] / max(nbytes, 1.0))
+
+
+def _scale_out_time(cluster: Cluster, nbytes: float, parallel_nics: int) -> float:
+    cal = load_calibration().network
+    net = cluster.network
+    bw = net.scale_out_bw_gbs * 1e9 * cal["scale_out_efficiency"] * parallel_nics / net.oversubscription
+    return nbytes / bw * (1.0 + cal["half_bandwidth_bytes_scale_out"] / max(nbytes / parallel_nics, 1.0))
+
+
+def _latency(cluster: Cluster, g: GroupPlacement, rounds: int) -> float:
+    """`rounds` = 2 for all-reduce (reduce + broadcast), 1 for all-gather / reduce-scatter."""
+    net = cluster.network
+    intra = (g.local - 1) * net.scale_up_latency_us
+    inter = math.ceil(math.log2(g.domains)) * net.scale_out_latency_us if g.domains > 1 else 0.0
+    return rounds * (intra + inter) * 1e-6
+
+
+@lru_cache(maxsize=65536)
+def all_reduce_time(cluster: Cluster, nbytes: float, g: GroupPlacement) -> float:
+    """Seconds to all-reduce `nbytes` (each rank's buffer) over group g."""
+    if g.size <= 1 or nbytes <= 0:
+        return 0.0
+    t = 0.0
+    if g.local > 1:
+        t += _scale_up_time(cluster, 2.0 * (g.local - 1) / g.local * nbytes)
+    if g.domains > 1:
+        t += _scale_out_time(cluster, 2.0 * (g.domains - 1) / g.domains * nbytes / g.local, g.local)
+    return t + _latency(cluster, g, 2)
+
+
+@lru_cache(maxsize=65536)
+def all_gather_time(cluster: Cluster, nbytes: float, g: GroupPlacement) -> float:
+    """Seconds to all-gather (or reduce-scatter) a buffer of `nbytes` in total (the unsharded size)."""
+    if g.size <= 1 or nbytes <= 0:
+        return 0.0
+    t = 0.0
+    if g.local > 1:
+        t += _scale_up_time(cluster, (g.local - 1) / g.local * nbytes)
+    if g.domains > 1:
+        t += _scale_out_time(cluster, (g.domains - 1) / g.domains * nbytes / g.local, g.local)
+    return t + _latency(cluster, g, 1)
+
+
+reduce_scatter_time = all_gather_time
+
+
+def p2p_time(cluster: Cluster, nbytes: float, crosses_domain: bool) -> float:
+    """Seconds to send `nbytes` to a neighbouring pipeline stage."""
+    if nbytes <= 0:
+        return 0.0
+    net = cluster.network
+    if crosses_domain:
+        return _scale_out_time(cluster, nbytes, 1) + net.scale_out_latency_us * 1e-6
+    return _scale_up_time(cluster, nbytes) + net.scale_up_latency_us * 1e-6

@@ -1,0 +1,104 @@
+"""Time of the on-device work: GEMMs at shape-dependent efficiency, attention by sequence length, and the
+memory-bound operations from HBM bandwidth.
+
+The curves are the H200 measurements (calibration.py) carried to another accelerator by the ratio of the catalog's
+`matmul_efficiency` to the H200's measured 0.787, and by the device's HBM bandwidth for memory-bound work.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from bastion.predict.calibration import (
+    H200_HBM_GBS,
+    H200_MATMUL_EFFICIENCY,
+    attention_efficiency_measured,
+    gemm_efficiency_measured,
+    interpolate_log,
+    load_calibration,
+)
+from bastion.specs.hardware import Accelerator
+from bastion.specs.model import ModelSpec
+
+#: an efficiency is never taken above this fraction of a datasheet peak, however the scaling lands
+MAX_EFFICIENCY = 0.95
+
+
+def compute_dtype_bytes(precision: str) -> int:
+    return {"fp32": 4, "fp8": 1}.get(precision, 2)
+
+
+def device_scale(acc: Accelerator) -> float:
+    """How much better (>1) or worse this device turns its datasheet peak into GEMM throughput than the H200."""
+    return acc.matmul_efficiency / H200_MATMUL_EFFICIENCY
+
+
+def _matmul_peak_flops(acc: Accelerator, precision: str) -> float:
+    return acc.peak_tflops(precision) * 1e12
+
+
+@lru_cache(maxsize=65536)
+def gemm_time(acc: Accelerator, precision: str, m: int, k: int, n: int) -> float:
+    """Seconds for one (m×k)·(k×n) matrix multiply: the calibrated compute rate, or the time to stream the three
+    operands from HBM when the shape is too small to be compute-bound (roofline)."""
+    if m <= 0 or k <= 0 or n <= 0:
+        return 0.0
+    curve = "fp8" if precision == "fp8" else "bf16"
+    eff = min(MAX_EFFICIENCY, gemm_efficiency_measured(curve, m, k, n) * device_scale(acc))
+    compute = 2.0 * m * k * n / (_matmul_peak_flops(acc, precision) * eff)
+    traffic = (m * k + k * n + m * n) * compute_dtype_bytes(precision) / (acc.hbm_bandwidth_gbs * 1e9)
+    return max(compute, traffic)
+
+
+def attention_peak_flops(acc: Accelerator, precision: str) -> float:
+    """Attention runs in bf16 under fp8 training (flash kernels), in fp32 under fp32."""
+    return acc.peak_tflops("fp32" if precision == "fp32" else "bf16") * 1e12
+
+
+@lru_cache(maxsize=65536)
+def flash_attention_time(acc: Accelerator, precision: str, flops_fwd: float, seq_len: int, head_dim: int,
+                         pass_: str) -> float:
+    """Seconds of causal flash attention given its forward FLOPs; pass_ `fwd` (forward only) or `fwdbwd`
+    (forward + backward = 3.5 × the forward FLOPs, as measured)."""
+    eff = min(MAX_EFFICIENCY, attention_efficiency_measured(seq_len, head_dim, pass_) * device_scale(acc))
+    flops = flops_fwd * (3.5 if pass_ == "fwdbwd" else 1.0)
+    return flops / (attention_peak_flops(acc, precision) * eff)
+
+
+def membound_time(acc: Accelerator, effective_bytes: float) -> float:
+    """Seconds for memory-bound work of `effective_bytes` (bytes as if streamed at the full HBM bandwidth)."""
+    return effective_bytes / (acc.hbm_bandwidth_gbs * 1e9)
+
+
+@lru_cache(maxsize=4096)
+def layer_membound_bytes_per_token(model: ModelSpec, tp: int, sequence_parallel: bool, precision: str,
+                                   dropout: bool) -> float:
+    """Effective bytes per token of one layer's memory-bound work, forward + backward: two norms, two residual
+    adds, the MLP activation, dropout. Norm/residual/dropout work on the full hidden state, split by tp only
+    under sequence parallelism; the MLP activation is split by tp."""
+    cal = load_calibration().membound
+    h, f = model.hidden_size, model.ffn_hidden_size
+    norm = interpolate_log(float(h), [float(x) for x in cal["norm_hidden"]], [float(x) for x in cal["norm_bytes"]])
+    replicated = (2 * norm + cal["residual_bytes"] + (cal["dropout_bytes"] if dropout else 0.0)) * h
+    act = (cal["swiglu_bytes"] if model.ffn_type == "swiglu" else cal["gelu_bytes"]) * f
+    per_token = replicated / (tp if sequence_parallel else 1) + act / tp
+    return per_token * (2.0 if precision == "fp32" else 1.0)
+
+
+def cross_entropy_bytes_per_token(model: ModelSpec, tp: int) -> float:
+    return load_calibration().membound["cross_entropy_bytes"] * model.vocab_size / tp
+
+
+def optimizer_bytes_per_param(precision: str) -> float:
+    cal = load_calibration().membound
+    return cal["adamw_bytes"] + (0.0 if precision == "fp32" else cal["mixed_precision_copy_bytes"])
+
+
+def unfused_softmax_bytes_per_score(dropout: bool) -> float:
+    cal = load_calibration().membound
+    return cal["unfused_softmax_bytes"] + (cal["unfused_dropout_bytes"] if dropout else 0.0)
+
+
+def memory_bandwidth_ratio(acc: Accelerator) -> float:
+    """This device's HBM bandwidth relative to the calibration card's (for reports)."""
+    return acc.hbm_bandwidth_gbs / H200_HBM_GBS

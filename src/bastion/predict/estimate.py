@@ -1,0 +1,316 @@
+"""`estimate()`: memory per device and time per optimizer step of a ParallelPlan on a cluster.
+
+Pure arithmetic over cached calibration data: no per-layer loops (layers of a stage are identical, so one layer
+is costed and multiplied) and no file I/O after the first call, because the planner calls it for every candidate.
+
+Time model, per pipeline rank and micro-batch: forward + backward GEMMs and attention (compute), recomputed
+forward passes (recompute), norms/activations/residuals/loss (memory_bound), exposed tensor- and context-parallel
+communication, and ZeRO-3 parameter gathering that the layer's compute does not hide (dp_comm). A step is
+m micro-batches of the slowest rank, plus the pipeline bubble, the pipeline's point-to-point transfers, the
+data-parallel gradient reduction that the last backward does not hide, and the optimizer step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from bastion.predict import comm, compute, flops, schedule
+from bastion.predict.memory import (
+    MemoryBreakdown,
+    _local_numel,
+    _stage_states_cached,
+    activation_dtype_bytes,
+    layer_param_shapes,
+    stage_layer_count,
+    stage_memory,
+    state_bytes_per_param,
+)
+from bastion.predict.options import PredictOptions
+from bastion.specs.hardware import Cluster
+from bastion.specs.model import ModelSpec
+from bastion.specs.plan import ParallelPlan
+
+MFU_CONVENTION = ("MFU = PaLM model FLOPs (6·N_matmul + 12·L·h·s per token, no recompute) / (step time × devices "
+                  "× dense peak of the plan's precision); HFU adds the recomputed forward passes")
+
+
+@dataclass(frozen=True)
+class TimeBreakdown:
+    """Seconds per optimizer step on the critical path; the parts add up to `step`."""
+
+    compute: float
+    recompute: float
+    memory_bound: float
+    tp_comm: float
+    cp_comm: float
+    dp_comm: float
+    pp_comm: float
+    bubble: float
+    optimizer: float
+    step: float
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What one plan costs: memory per device, time per step, and the derived rates."""
+
+    model: str
+    cluster: str
+    plan: ParallelPlan
+    seq_len: int
+    #: the worst pipeline stage (bytes per device)
+    memory: MemoryBreakdown
+    memory_by_stage: list[MemoryBreakdown]
+    time: TimeBreakdown
+    step_time_s: float
+    tokens_per_s: float
+    mfu: float
+    hfu: float
+    model_flops_per_step: float
+    hardware_flops_per_step: float
+    hbm_bytes: float
+    fits: bool
+    assumptions: list[str] = field(default_factory=list)
+
+    def time_to_train_s(self, tokens: float) -> float:
+        """Seconds to train on `tokens` tokens at this step rate."""
+        return tokens / self.tokens_per_s
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "cluster": self.cluster, "plan": self.plan.to_dict(), "seq_len": self.seq_len,
+            "fits": self.fits, "hbm_bytes": self.hbm_bytes,
+            "memory": self.memory.to_dict(), "memory_by_stage": [m.to_dict() for m in self.memory_by_stage],
+            "time": self.time.to_dict(), "step_time_s": self.step_time_s, "tokens_per_s": self.tokens_per_s,
+            "mfu": self.mfu, "hfu": self.hfu, "model_flops_per_step": self.model_flops_per_step,
+            "hardware_flops_per_step": self.hardware_flops_per_step, "mfu_convention": MFU_CONVENTION,
+            "assumptions": list(self.assumptions),
+        }
+
+
+@dataclass(frozen=True)
+class _StageTime:
+    """Per micro-batch seconds of one pipeline rank, by category."""
+
+    compute: float
+    recompute: float
+    memory_bound: float
+    tp_comm: float
+    cp_comm: float
+    fsdp_exposed: float
+    backward: float  # the window a data-parallel gradient reduction can hide under
+
+    @property
+    def total(self) -> float:
+        return (self.compute + self.recompute + self.memory_bound + self.tp_comm + self.cp_comm
+                + self.fsdp_exposed)
+
+
+def _layer_gemm_fwd_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, tokens: int) -> float:
+    acc, p, tp = cluster.accelerator, plan.precision, plan.tp
+    h, q, kv, f = model.hidden_size, model.q_width, model.kv_width, model.ffn_hidden_size
+    if model.num_experts:
+        f = (model.expert_ffn_hidden_size or f)
+        tokens_mlp = tokens * model.top_k
+    else:
+        tokens_mlp = tokens
+    t = compute.gemm_time(acc, p, tokens, h, (q + 2 * kv) // tp)          # QKV projection
+    t += compute.gemm_time(acc, p, tokens, q // tp, h)                     # attention output projection
+    t += compute.gemm_time(acc, p, tokens_mlp, h, (model.ffn_matrices - 1) * f // tp)  # fc1 (+ gate)
+    t += compute.gemm_time(acc, p, tokens_mlp, f // tp, h)                 # fc2
+    return t
+
+
+def _attention_times(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int,
+                     options: PredictOptions) -> tuple[float, float]:
+    """(forward, forward+backward) seconds of the attention core of one layer for one micro-batch."""
+    acc, b = cluster.accelerator, plan.micro_batch
+    heads_local = model.num_heads / plan.tp
+    if options.flash_attention:
+        # load-balanced causal context parallelism gives each rank 1/cp of the causal work
+        fwd_flops = b * flops.attention_flops_per_token(model, seq_len, causal=True) * seq_len / (plan.tp * plan.cp)
+        s_eff = max(seq_len // plan.cp, 1)
+        return (compute.flash_attention_time(acc, plan.precision, fwd_flops, s_eff, model.head_dim, "fwd"),
+                compute.flash_attention_time(acc, plan.precision, fwd_flops, s_eff, model.head_dim, "fwdbwd"))
+    # unfused: two batched GEMMs over the full s×s scores, plus the softmax (and dropout) as memory-bound passes
+    s_q = seq_len // plan.cp
+    batch = b * heads_local
+    bmm = batch * (compute.gemm_time(acc, plan.precision, s_q, model.head_dim, seq_len)
+                   + compute.gemm_time(acc, plan.precision, s_q, seq_len, model.head_dim))
+    scores = batch * s_q * seq_len
+    softmax = compute.membound_time(acc, scores * compute.unfused_softmax_bytes_per_score(options.dropout))
+    fwd = bmm + softmax / 3
+    return fwd, 3 * bmm + softmax
+
+
+@lru_cache(maxsize=8192)
+def _stage_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int, layers: int,
+                has_first: bool, has_last: bool, options: PredictOptions) -> _StageTime:
+    acc = cluster.accelerator
+    tokens = plan.micro_batch * seq_len // plan.cp
+    a = activation_dtype_bytes(plan.precision)
+
+    gemm_fwd = _layer_gemm_fwd_time(model, cluster, plan, tokens)
+    attn_fwd, attn_fwdbwd = _attention_times(model, cluster, plan, seq_len, options)
+    layer_compute = 3 * gemm_fwd + attn_fwdbwd
+    membound_per_token = compute.layer_membound_bytes_per_token(model, plan.tp, plan.sequence_parallel,
+                                                                plan.precision, options.dropout)
+    layer_membound = compute.membound_time(acc, tokens * membound_per_token)
+    if plan.recompute == "full":
+        layer_recompute = gemm_fwd + attn_fwd
+        layer_membound *= 4 / 3  # the forward third of the memory-bound work runs again
+    elif plan.recompute == "selective":
+        layer_recompute = attn_fwd
+    else:
+        layer_recompute = 0.0
+
+    # tensor parallelism: 2 all-reduces (or all-gather + reduce-scatter under SP) forward, 2 backward, 2 more
+    # when the whole layer is recomputed; Megatron does not overlap them with compute
+    layer_tp = 0.0
+    if plan.tp > 1:
+        tp_group = comm.place_group(cluster, plan.tp, 1)
+        collectives = 4 + (2 if plan.recompute == "full" else 0)
+        layer_tp = collectives * comm.all_reduce_time(cluster, float(tokens * model.hidden_size * a), tp_group)
+
+    # context parallelism: ring attention passes K,V chunks (forward) and K,V + their gradients (backward),
+    # overlapped with the attention of the chunk in hand
+    layer_cp = 0.0
+    if plan.cp > 1:
+        cp_group = comm.place_group(cluster, plan.cp, plan.tp)
+        kv_bytes = 2.0 * tokens * model.kv_width / plan.tp * a
+        hop = comm.p2p_time(cluster, kv_bytes, cp_group.domains > 1)
+        fwd_comm, bwd_comm = (plan.cp - 1) * hop, 2 * (plan.cp - 1) * hop
+        layer_cp = max(0.0, fwd_comm - attn_fwd) + max(0.0, bwd_comm - (attn_fwdbwd - attn_fwd))
+        if plan.recompute == "full":
+            layer_cp += max(0.0, fwd_comm - attn_fwd)
+
+    compute_t = layers * layer_compute
+    recompute_t = layers * layer_recompute
+    membound_t = layers * layer_membound
+    backward_t = layers * (layer_compute * (2 / 3) + layer_recompute)
+    head_compute = head_membound = 0.0
+    if has_last:
+        head_fwd = compute.gemm_time(acc, plan.precision, tokens, model.hidden_size, model.vocab_size // plan.tp)
+        head_compute = 3 * head_fwd
+        head_membound = compute.membound_time(acc, tokens * compute.cross_entropy_bytes_per_token(model, plan.tp))
+        backward_t += 2 * head_fwd
+    compute_t += head_compute
+    membound_t += head_membound
+
+    # ZeRO-3 / FSDP: each layer's parameters are all-gathered for the forward and again for the backward, and
+    # its gradients reduce-scattered; prefetching hides them under the neighbouring layer's compute
+    fsdp = 0.0
+    if plan.zero_stage == 3 and plan.dp > 1:
+        dp_group = comm.place_group(cluster, plan.dp, plan.tp * plan.cp)
+        layer_numel = sum(_local_numel(p, plan.tp, 0, 1, 0, False) for p in layer_param_shapes(model))
+        p_bytes, g_bytes, _ = state_bytes_per_param(plan.precision)
+        gather = comm.all_gather_time(cluster, float(layer_numel * p_bytes), dp_group)
+        scatter = comm.reduce_scatter_time(cluster, float(layer_numel * g_bytes), dp_group)
+        fwd_window = gemm_fwd + attn_fwd + layer_membound / 4
+        bwd_window = layer_compute - gemm_fwd - attn_fwd + layer_recompute + layer_membound * 3 / 4
+        per_layer = max(0.0, gather - fwd_window) + max(0.0, gather + scatter - bwd_window)
+        fsdp = layers * per_layer + gather  # the first gather of each pass has nothing to hide under
+        if has_first or has_last:
+            # embedding / LM head tables are gathered too (as their own FSDP unit)
+            table_numel = model.vocab_size * model.hidden_size // plan.tp * (int(has_first) + int(has_last))
+            t_gather = comm.all_gather_time(cluster, float(table_numel * p_bytes), dp_group)
+            t_scatter = comm.reduce_scatter_time(cluster, float(table_numel * g_bytes), dp_group)
+            fsdp += max(0.0, 2 * t_gather + t_scatter - head_compute)
+    return _StageTime(compute=compute_t, recompute=recompute_t, memory_bound=membound_t,
+                      tp_comm=layers * layer_tp, cp_comm=layers * layer_cp, fsdp_exposed=fsdp,
+                      backward=backward_t)
+
+
+def _stage_roles(model: ModelSpec, plan: ParallelPlan) -> list[tuple[int, bool, bool]]:
+    """(layers, holds the embedding, holds the LM head) for every pipeline rank."""
+    last_chunk = plan.pp * plan.vpp - 1
+    roles = []
+    for stage in range(plan.pp):
+        chunks = schedule.chunks_of_stage(plan.pp_schedule, plan.pp, plan.vpp, stage)
+        roles.append((stage_layer_count(model, plan, stage), 0 in chunks, last_chunk in chunks))
+    return roles
+
+
+def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int | None = None,
+             options: PredictOptions | None = None) -> Estimate:
+    """Predict memory per device and time per optimizer step. Raises PlanError for an inconsistent plan;
+    a plan that does not fit in memory is returned with `fits = False`."""
+    options = options or PredictOptions()
+    s = seq_len or model.seq_len
+    if s != model.seq_len:
+        model = model.with_seq_len(s)  # learned position tables are sized by the sequence length
+    plan.validate(model, cluster, s)
+    acc = cluster.accelerator
+    m = plan.num_microbatches
+    is_gpu = acc.name != "cpu"
+
+    memory_by_stage = [stage_memory(model, plan, s, i, is_gpu, options) for i in range(plan.pp)]
+    worst_memory = max(memory_by_stage, key=lambda mb: mb.total)
+
+    roles = _stage_roles(model, plan)
+    stage_times = [_stage_time(model, cluster, plan, s, layers, first, last, options)
+                   for layers, first, last in roles]
+    slowest = max(stage_times, key=lambda t: t.total)
+
+    # pipeline: bubble and the point-to-point transfers on the critical path
+    bubble = schedule.bubble_fraction(plan.pp_schedule, plan.pp, plan.vpp, m) * m * slowest.total
+    pp_comm = 0.0
+    if plan.pp > 1:
+        pp_group = comm.place_group(cluster, plan.pp, plan.tp * plan.cp * plan.dp)
+        tokens = plan.micro_batch * s // plan.cp
+        # Megatron's scatter/gather optimisation sends 1/tp of the activation per TP rank
+        act_bytes = tokens * model.hidden_size * activation_dtype_bytes(plan.precision) / plan.tp
+        hop = comm.p2p_time(cluster, float(act_bytes), pp_group.domains > 1)
+        pp_comm = 2 * hop * (m * plan.vpp + plan.pp - 1)
+
+    # data parallelism (ZeRO 0-2): gradients are reduced once per step; DDP's buckets overlap the reduction with
+    # the last micro-batch's backward, except the last bucket. ZeRO 1/2 then all-gather the updated parameters.
+    dp_comm = m * slowest.fsdp_exposed
+    worst_states = max((_stage_states_cached(model, plan, i) for i in range(plan.pp)), key=sum)
+    p_bytes, g_bytes, o_bytes = state_bytes_per_param(plan.precision)
+    if plan.dp > 1 and plan.zero_stage < 3:
+        dp_group = comm.place_group(cluster, plan.dp, plan.tp * plan.cp)
+        unsharded_grads = worst_states[1] if plan.zero_stage < 2 else worst_states[1] * plan.dp
+        numel = unsharded_grads / g_bytes
+        if plan.zero_stage == 0:
+            reduce = comm.all_reduce_time(cluster, numel * g_bytes, dp_group)
+            gather = 0.0
+        else:
+            reduce = comm.reduce_scatter_time(cluster, numel * g_bytes, dp_group)
+            gather = comm.all_gather_time(cluster, numel * p_bytes, dp_group)
+        last_bucket = comm.all_reduce_time(cluster, min(options.dp_bucket_bytes, numel * g_bytes), dp_group)
+        dp_comm += max(reduce - slowest.backward, last_bucket) + gather
+
+    optimizer = compute.membound_time(acc, worst_states[2] / o_bytes * compute.optimizer_bytes_per_param(
+        plan.precision))
+
+    time = TimeBreakdown(
+        compute=m * slowest.compute, recompute=m * slowest.recompute, memory_bound=m * slowest.memory_bound,
+        tp_comm=m * slowest.tp_comm, cp_comm=m * slowest.cp_comm, dp_comm=dp_comm, pp_comm=pp_comm,
+        bubble=bubble, optimizer=optimizer,
+        step=m * slowest.total + bubble + pp_comm + (dp_comm - m * slowest.fsdp_exposed) + optimizer)
+
+    tokens_per_step = plan.global_batch * s
+    model_flops = flops.model_flops_per_token(model, s) * tokens_per_step
+    hardware_flops = model_flops + flops.recompute_flops_per_token(model, s, plan.recompute) * tokens_per_step
+    peak = acc.peak_tflops(plan.precision) * 1e12 * plan.num_gpus
+    assumptions = [
+        MFU_CONVENTION,
+        "attention: fused flash kernel (causal blocks skipped, no s×s scores stored)" if options.flash_attention
+        else "attention: unfused softmax (s×s scores stored and streamed)",
+        schedule.BUBBLE_NOTES[plan.pp_schedule] if plan.pp > 1 else "no pipeline: no bubble",
+        f"efficiency curves measured on one H200, scaled by {acc.name} matmul_efficiency "
+        f"{acc.matmul_efficiency:g} / 0.787 and HBM {acc.hbm_bandwidth_gbs:g} GB/s",
+        "tensor-parallel collectives are not overlapped with compute" if plan.tp > 1 else "",
+    ]
+    return Estimate(model=model.name, cluster=cluster.name, plan=plan, seq_len=s, memory=worst_memory,
+                    memory_by_stage=memory_by_stage, time=time, step_time_s=time.step,
+                    tokens_per_s=tokens_per_step / time.step, mfu=model_flops / (time.step * peak),
+                    hfu=hardware_flops / (time.step * peak), model_flops_per_step=model_flops,
+                    hardware_flops_per_step=hardware_flops, hbm_bytes=acc.hbm_bytes,
+                    fits=worst_memory.total <= acc.hbm_bytes, assumptions=[a for a in assumptions if a])

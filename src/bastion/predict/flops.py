@@ -1,0 +1,55 @@
+"""FLOP counts of a decoder-only transformer, per token, and the model-FLOPs convention MFU is reported in.
+
+Convention for MFU (stated in every estimate): PaLM's model FLOPs per token = 6·N + 12·L·h_q·s, where N is the
+matrix parameters a token passes through (all layers + the LM head, no embedding lookups) and the attention term
+counts the full (non-causal) score and value products; divided by the dense peak of the plan's precision. HFU adds
+the recomputed forward passes.
+"""
+
+from __future__ import annotations
+
+from bastion.specs.model import ModelSpec
+
+
+def layer_matmul_params(model: ModelSpec) -> int:
+    """Weight-matrix parameters of one layer a token passes through (no norms, no biases)."""
+    h = model.hidden_size
+    attention = h * model.q_width + 2 * h * model.kv_width + model.q_width * h
+    if model.num_experts:
+        ffn, experts = (model.expert_ffn_hidden_size or model.ffn_hidden_size), model.top_k
+    else:
+        ffn, experts = model.ffn_hidden_size, 1
+    return attention + experts * model.ffn_matrices * h * ffn
+
+
+def layer_gemm_flops_per_token(model: ModelSpec) -> float:
+    """Forward GEMM FLOPs of one layer per token (2 per multiply-add)."""
+    return 2.0 * layer_matmul_params(model)
+
+
+def attention_flops_per_token(model: ModelSpec, seq_len: int, causal: bool) -> float:
+    """Forward FLOPs of QKᵀ and (softmax)·V per token of one layer; a causal kernel that skips masked blocks
+    (flash attention) does half."""
+    full = 4.0 * seq_len * model.q_width
+    return full / 2 if causal else full
+
+
+def head_flops_per_token(model: ModelSpec) -> float:
+    """Forward FLOPs of the LM head (logits) per token."""
+    return 2.0 * model.vocab_size * model.hidden_size
+
+
+def model_flops_per_token(model: ModelSpec, seq_len: int) -> float:
+    """PaLM-convention training FLOPs per token: 6·N_matmul + 12·L·h_q·s (forward + backward, no recompute)."""
+    n_matmul = model.num_layers * layer_matmul_params(model) + model.vocab_size * model.hidden_size
+    return 6.0 * n_matmul + 12.0 * model.num_layers * model.q_width * seq_len
+
+
+def recompute_flops_per_token(model: ModelSpec, seq_len: int, recompute: str) -> float:
+    """Extra FLOPs per token spent recomputing forward passes (model-FLOPs convention, full attention)."""
+    attention = attention_flops_per_token(model, seq_len, causal=False)
+    if recompute == "full":
+        return model.num_layers * (layer_gemm_flops_per_token(model) + attention)
+    if recompute == "selective":
+        return model.num_layers * attention
+    return 0.0

@@ -1,0 +1,22 @@
+"""Knobs of the performance model that are properties of the training software, not of the plan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How the training code behaves where the ParallelPlan does not say."""
+
+    #: attention runs as a fused flash kernel (no s×s score matrix is stored; causal blocks are skipped).
+    #: False models the unfused softmax attention of Megatron-LM before 2022.
+    flash_attention: bool = True
+    #: the model trains with dropout (GPT-3/Megatron style: masks on attention probabilities and after each block)
+    dropout: bool = False
+    #: bytes a ZeRO-0/1/2 data-parallel gradient bucket holds (PyTorch DDP's default bucket_cap_mb = 25)
+    dp_bucket_bytes: float = 25e6
+    #: device memory the CUDA context, cuBLAS/NCCL workspaces take before the first tensor, GiB (GPUs only)
+    runtime_reserve_gib: float = 1.0
+    #: fraction of the transient memory (activations, logits, buffers) the caching allocator loses to fragmentation
+    fragmentation: float = 0.10
