@@ -1,0 +1,70 @@
+"""The device mesh of a ParallelPlan: one 4-D DeviceMesh ("pp", "dp_replicate", "dp_shard", "tp").
+
+Data parallelism is always FSDP2 over the ("dp_replicate", "dp_shard") sub-mesh, because that is deterministic
+and bitwise-resumable (DDP is not: it rebuilds gradient buckets after the first step, see PYTORCH_NOTES):
+  zero 0     -> dp_replicate = dp, dp_shard = 1: HSDP with one shard per replica = all-reduce replication
+  zero 1, 2  -> dp_shard = dp, parameters kept unsharded between forward and backward (FSDP2 shards optimizer
+                state and gradients together; FSDP2 has no optimizer-only mode, and a reduce-scatter plus an
+                all-gather moves the same bytes as zero 1's all-reduce, so stage 1 runs as stage 2)
+  zero 3     -> dp_shard = dp, parameters resharded after forward (full shard)
+tp is the innermost dimension so that a TP group is made of neighbouring ranks (one NVLink domain on GPUs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+
+from bastion.runtime.preflight import check_world_size
+from bastion.specs.plan import ParallelPlan
+
+MESH_DIMS = ("pp", "dp_replicate", "dp_shard", "tp")
+
+
+def dp_layout(plan: ParallelPlan) -> tuple[int, int]:
+    """(replicate, shard) sizes of the data-parallel dimension for the plan's ZeRO stage."""
+    return (plan.dp, 1) if plan.zero_stage == 0 else (1, plan.dp)
+
+
+@dataclass
+class RuntimeMesh:
+    """The mesh plus this rank's coordinates; one object owns the parallel degrees."""
+
+    plan: ParallelPlan
+    mesh: DeviceMesh
+    device: torch.device
+
+    @property
+    def pp_rank(self) -> int:
+        return self.mesh.get_local_rank("pp")
+
+    @property
+    def tp_rank(self) -> int:
+        return self.mesh.get_local_rank("tp")
+
+    @property
+    def dp_rank(self) -> int:
+        replicate, shard = self.mesh.get_local_rank("dp_replicate"), self.mesh.get_local_rank("dp_shard")
+        return replicate * self.mesh.size(MESH_DIMS.index("dp_shard")) + shard
+
+    @property
+    def dp_mesh(self) -> DeviceMesh:
+        return self.mesh["dp_replicate", "dp_shard"]
+
+    @property
+    def tp_mesh(self) -> DeviceMesh:
+        return self.mesh["tp"]
+
+    @property
+    def pp_group(self) -> dist.ProcessGroup:
+        return self.mesh.get_group("pp")
+
+
+def build_mesh(plan: ParallelPlan, device: torch.device) -> RuntimeMesh:
+    check_world_size(plan, dist.get_world_size())
+    replicate, shard = dp_layout(plan)
+    mesh = init_device_mesh(device.type, (plan.pp, replicate, shard, plan.tp), mesh_dim_names=MESH_DIMS)
+    return RuntimeMesh(plan=plan, mesh=mesh, device=device)

@@ -1,0 +1,137 @@
+"""What a run measures and writes: metrics.jsonl lines, model FLOPs, memory probes, parameter hashes.
+
+Conventions:
+- model FLOPs follow PaLM (as ../shared/calibration does): 6 · matmul parameters + 12 · layers · q_width · seq
+  per token; MFU = model FLOPs per second / (devices · the accelerator's dense peak at the plan's precision).
+- mem_gib: CUDA's peak allocated memory on GPUs; on CPU the process's resident set (the closest thing).
+- params_sha256: sha256 over (name, little-endian fp32 bytes) of the full unsharded parameters, in the
+  canonical order of the plain model, so runs on different plans can be compared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bastion.runtime.model import build_model, canonical_name
+from bastion.specs.model import ModelSpec
+
+
+def model_flops_per_token(spec: ModelSpec, seq_len: int) -> float:
+    return 6.0 * spec.matmul_params() + 12.0 * spec.num_layers * spec.q_width * seq_len
+
+
+class MetricsWriter:
+    """Appends one JSON object per line to RUN_DIR/metrics.jsonl (rank 0 only; others are no-ops)."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path = path
+        self.enabled = enabled
+        if enabled:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(path, "a", buffering=1)  # noqa: SIM115 - kept open for the run
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+
+    def event(self, kind: str, **fields: Any) -> None:
+        self.write({"event": kind, **fields})
+
+    def close(self) -> None:
+        if self.enabled:
+            self._file.close()
+
+
+# ---- memory --------------------------------------------------------------------------------------------
+def current_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.tensor import DTensor
+
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    local = _local(tensor)
+    return local.numel() * local.element_size()
+
+
+def model_state_bytes_measured(parameters: list[nn.Parameter], optimizer: torch.optim.Optimizer) -> dict[str, int]:
+    """Bytes this rank holds for parameters, gradients and optimizer moments (AdamW exp_avg + exp_avg_sq).
+
+    The scalar `step` counters of AdamW (4 bytes per tensor) are not optimizer state in the predictor's sense
+    and are left out.
+    """
+    params = sum(_nbytes(p) for p in parameters)
+    grads = sum(_nbytes(p.grad) for p in parameters if p.grad is not None)
+    optim = 0
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if key != "step" and isinstance(value, torch.Tensor):
+                optim += _nbytes(value)
+    return {"params": params, "grads": grads, "optimizer": optim}
+
+
+class SavedActivationProbe:
+    """Counts the bytes autograd keeps for backward (saved tensors minus parameters), deduplicated by storage.
+
+    Used on one micro-batch to measure activation memory against the prediction.
+    """
+
+    def __init__(self) -> None:
+        self.storages: dict[int, int] = {}
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        from torch.distributed.tensor import DTensor
+
+        if isinstance(tensor, nn.Parameter) or isinstance(getattr(tensor, "_base", None), nn.Parameter):
+            return tensor
+        local = tensor.to_local() if isinstance(tensor, DTensor) else tensor
+        if local.device.type != "meta" and local.numel():
+            storage = local.untyped_storage()
+            self.storages[storage.data_ptr()] = max(self.storages.get(storage.data_ptr(), 0), storage.nbytes())
+        return tensor
+
+    def hooks(self) -> Any:
+        return torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.storages.values())
+
+
+# ---- parameter hashing ----------------------------------------------------------------------------------
+def full_parameters(named_params: list[tuple[str, nn.Parameter]]) -> dict[str, torch.Tensor]:
+    """Unsharded fp32 CPU copies of this rank's parameters (collective over each DTensor's mesh)."""
+    from torch.distributed.tensor import DTensor
+
+    out: dict[str, torch.Tensor] = {}
+    for name, param in named_params:
+        full = param.full_tensor() if isinstance(param, DTensor) else param.detach()
+        out[canonical_name(name)] = full.detach().float().cpu().clone()
+    return out
+
+
+def params_sha256(spec: ModelSpec, full: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name, _ in build_model(spec).named_parameters():
+        digest.update(name.encode())
+        digest.update(full[name].contiguous().numpy().astype("<f4").tobytes())
+    return digest.hexdigest()

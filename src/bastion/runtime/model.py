@@ -1,0 +1,219 @@
+"""A Llama-style decoder built from a ModelSpec, on the meta device, with a deterministic per-parameter init.
+
+The module tree is the one the parallelism chain expects (torchtitan's layout): `tok_embeddings`, `layers` (a
+ModuleDict keyed "0".."L-1" so a pipeline stage can delete the layers it does not own and keep the names),
+`norm`, `output`. A pipeline stage is the same class with some of those set to None.
+
+Deterministic init: every parameter is drawn from its own generator seeded by (seed, canonical name), so the
+weights do not depend on how the model is split, sharded or wrapped: every plan starts bit-identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bastion.runtime.preflight import check_runtime_supports
+from bastion.specs.model import ModelSpec
+
+#: prefixes that wrappers (activation checkpointing, torch.compile, FSDP1) insert into parameter names
+_WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.", "_fsdp_wrapped_module.")
+
+
+def canonical_name(name: str) -> str:
+    """The parameter's name in the plain, unwrapped full model."""
+    for prefix in _WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+def _norm(spec: ModelSpec) -> nn.Module:
+    # GPT/BLOOM-style models (bias = true) use LayerNorm with a bias; Llama-style models use RMSNorm
+    if spec.bias:
+        return nn.LayerNorm(spec.hidden_size, eps=1e-5)
+    return nn.RMSNorm(spec.hidden_size, eps=1e-5)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+def rope_table(seq_len: int, head_dim: int, theta: float = 10000.0, device: torch.device | None = None
+               ) -> torch.Tensor:
+    """cos and sin of RoPE angles, shape (2, seq_len, head_dim), rotate-half layout."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+    angles_SD = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)
+    angles_SD = torch.cat((angles_SD, angles_SD), dim=-1)
+    return torch.stack((angles_SD.cos(), angles_SD.sin()))
+
+
+class Attention(nn.Module):
+    """GQA self-attention through SDPA. Head counts are inferred from the (possibly TP-sharded) projections."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.head_dim = spec.head_dim
+        self.use_rope = spec.position_embedding == "rope"
+        #: selective recompute: re-run the attention core (SDPA) in backward instead of keeping its inputs
+        self.recompute_core = False
+        h = spec.hidden_size
+        self.wq = nn.Linear(h, spec.q_width, bias=spec.bias)
+        self.wk = nn.Linear(h, spec.kv_width, bias=spec.bias)
+        self.wv = nn.Linear(h, spec.kv_width, bias=spec.bias)
+        self.wo = nn.Linear(spec.q_width, h, bias=spec.bias)
+
+    def _core(self, q_BHSD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q_BHSD, k_BHSD, v_BHSD, is_causal=True)
+
+    def forward(self, x_BSH: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+        batch, seq, _ = x_BSH.shape
+        q = self.wq(x_BSH).view(batch, seq, -1, self.head_dim)
+        k = self.wk(x_BSH).view(batch, seq, -1, self.head_dim)
+        v = self.wv(x_BSH).view(batch, seq, -1, self.head_dim)
+        if self.use_rope:
+            cos, sin = rope[0, :seq, None, :], rope[1, :seq, None, :]
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        group = q.shape[1] // k.shape[1]
+        if group > 1:  # GQA: every kv head serves `group` query heads
+            k = k.repeat_interleave(group, dim=1)
+            v = v.repeat_interleave(group, dim=1)
+        if self.recompute_core and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            out = checkpoint(self._core, q, k, v, use_reentrant=False)
+        else:
+            out = self._core(q, k, v)
+        return self.wo(out.transpose(1, 2).reshape(batch, seq, -1))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU (w1 gate, w3 up, w2 down) or GELU (w1 up, w2 down)."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        h, f = spec.hidden_size, spec.ffn_hidden_size
+        self.swiglu = spec.ffn_type == "swiglu"
+        self.w1 = nn.Linear(h, f, bias=spec.bias)
+        self.w2 = nn.Linear(f, h, bias=spec.bias)
+        self.w3 = nn.Linear(h, f, bias=spec.bias) if self.swiglu else None
+
+    def forward(self, x_BSH: torch.Tensor) -> torch.Tensor:
+        if self.swiglu:
+            return self.w2(F.silu(self.w1(x_BSH)) * self.w3(x_BSH))
+        return self.w2(F.gelu(self.w1(x_BSH)))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.attention_norm = _norm(spec)
+        self.attention = Attention(spec)
+        self.ffn_norm = _norm(spec)
+        self.feed_forward = FeedForward(spec)
+
+    def forward(self, x_BSH: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+        x_BSH = x_BSH + self.attention(self.attention_norm(x_BSH), rope)
+        return x_BSH + self.feed_forward(self.ffn_norm(x_BSH))
+
+
+class Transformer(nn.Module):
+    """The whole decoder, or one pipeline stage of it (missing parts are None)."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        check_runtime_supports(spec)
+        self.spec = spec
+        self.tok_embeddings: nn.Embedding | None = nn.Embedding(spec.vocab_size, spec.hidden_size)
+        self.pos_embeddings: nn.Embedding | None = (
+            nn.Embedding(spec.seq_len, spec.hidden_size) if spec.position_embedding == "learned" else None)
+        self.layers = nn.ModuleDict({str(i): TransformerBlock(spec) for i in range(spec.num_layers)})
+        self.norm: nn.Module | None = _norm(spec)
+        self.output: nn.Linear | None = (
+            None if spec.tied_embeddings else nn.Linear(spec.hidden_size, spec.vocab_size, bias=False))
+        # recomputed in init_weights (buffers on the meta device have no values)
+        self.register_buffer("rope", torch.empty(2, spec.seq_len, spec.head_dim), persistent=False)
+
+    def forward(self, tokens_or_hidden: torch.Tensor) -> torch.Tensor:
+        if self.tok_embeddings is not None:
+            h = self.tok_embeddings(tokens_or_hidden)
+            if self.pos_embeddings is not None:
+                positions = torch.arange(tokens_or_hidden.shape[1], device=tokens_or_hidden.device)
+                h = h + self.pos_embeddings(positions)
+        else:
+            h = tokens_or_hidden
+        for layer in self.layers.values():
+            h = layer(h, self.rope)
+        if self.norm is not None:
+            h = self.norm(h)
+        if self.output is not None:
+            return self.output(h)
+        if self.spec.tied_embeddings and self.norm is not None:
+            return F.linear(h, self.tok_embeddings.weight)
+        return h
+
+
+def build_model(spec: ModelSpec) -> Transformer:
+    """The full model on the meta device (no memory); materialise with `to_empty` + `init_weights`."""
+    with torch.device("meta"):
+        return Transformer(spec)
+
+
+def _param_seed(seed: int, name: str) -> int:
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def _init_std(name: str, spec: ModelSpec) -> float | None:
+    """Std of a normal init, or None for constant-initialised tensors (norm weights 1, biases 0)."""
+    if "norm" in name:
+        return None
+    if name.endswith(".bias"):
+        return None
+    if name.endswith("wo.weight") or name.endswith("w2.weight"):
+        # residual-branch outputs are scaled down with depth (GPT-2 / Megatron)
+        return 0.02 / math.sqrt(2 * spec.num_layers)
+    return 0.02
+
+
+def full_init_tensor(name: str, shape: torch.Size, spec: ModelSpec, seed: int,
+                     device: torch.device) -> torch.Tensor:
+    """The full (unsharded) fp32 initial value of one parameter."""
+    std = _init_std(name, spec)
+    if std is None:
+        value = 0.0 if (name.endswith(".bias") or not name.endswith("weight")) else 1.0
+        return torch.full(shape, value, dtype=torch.float32, device=device)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(_param_seed(seed, name))
+    return torch.randn(shape, generator=generator, dtype=torch.float32, device=device) * std
+
+
+@torch.no_grad()
+def init_weights(module: nn.Module, spec: ModelSpec, seed: int) -> None:
+    """Fill every parameter (plain, DTensor-sharded or FSDP-sharded) and the RoPE buffer deterministically."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    for name, param in module.named_parameters():
+        cname = canonical_name(name)
+        full = full_init_tensor(cname, param.shape, spec, seed, param.device)
+        if isinstance(param, DTensor):
+            try:  # src_data_rank=None: every rank already holds the same full tensor, so slice locally
+                local = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
+            except TypeError:  # older torch without src_data_rank
+                local = distribute_tensor(full, param.device_mesh, param.placements)
+            param.to_local().copy_(local.to_local())
+        else:
+            param.copy_(full)
+    for name, buffer in module.named_buffers():
+        if canonical_name(name).split(".")[-1] == "rope":
+            buffer.copy_(rope_table(spec.seq_len, spec.head_dim, device=buffer.device))
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,248 @@
+"""Apply a ParallelPlan to the meta-device model: a fixed chain of small functions.
+
+Order (the one PyTorch documents, and torchtitan uses):
+  1. pipeline split   - cut the layer stack into pp × vpp chunks; this rank keeps its chunk(s)
+  2. tensor parallel  - DTensor column/row split (+ sequence parallel, + loss parallel on the LM head) on each chunk;
+                        must come before FSDP so that FSDP shards the already TP-sharded DTensors (2-D)
+  3. activation ckpt  - wraps whole blocks (full) or the attention core (selective); wraps TP'd modules
+  4. torch.compile    - per block (or the whole single-device model), after AC so the wrapper is traced
+  5. FSDP2            - outermost, so its all-gather/reduce-scatter hooks run around everything else
+Then the chunks are materialised (to_empty + deterministic init) and, with pp > 1, wrapped in PipelineStages and a
+schedule. Pipelining is an alpha API in torch 2.13: it is touched only here (`build_schedule`).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bastion.errors import PlanError
+from bastion.runtime.mesh import RuntimeMesh
+from bastion.runtime.model import Transformer, build_model, init_weights
+from bastion.specs.model import ModelSpec
+from bastion.specs.plan import V_SCHEDULES, ParallelPlan
+
+
+@dataclass
+class ParallelModel:
+    """This rank's share of the model and how to run it."""
+
+    #: model chunks held by this rank, in stage order of `stage_ids`
+    parts: list[nn.Module]
+    #: global pipeline stage index of each part
+    stage_ids: list[int]
+    num_stages: int
+    #: torch.distributed.pipelining schedule when pp > 1, else None
+    schedule: Any | None = None
+    #: wrap forward in torch.autocast(bf16): bf16 compute without FSDP's mixed-precision policy
+    autocast_dtype: torch.dtype | None = None
+    #: extra per-run notes (e.g. "bf16 requested, fp32 on CPU")
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def has_first_stage(self) -> bool:
+        return 0 in self.stage_ids
+
+    @property
+    def has_last_stage(self) -> bool:
+        return self.num_stages - 1 in self.stage_ids
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for part in self.parts for p in part.parameters()]
+
+    def named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [item for part in self.parts for item in part.named_parameters()]
+
+
+def cross_entropy_loss(logits_BSV: torch.Tensor, targets_BS: torch.Tensor) -> torch.Tensor:
+    """Mean token cross-entropy in fp32 (works on DTensor logits under loss_parallel)."""
+    return F.cross_entropy(logits_BSV.flatten(0, 1).float(), targets_BS.flatten(0, 1))
+
+
+# ---- 1. pipeline split ---------------------------------------------------------------------------------
+def stage_ids_for_rank(plan: ParallelPlan, pp_rank: int) -> list[int]:
+    """Global stage indices a pipeline rank holds: one, `vpp` interleaved (r, r+pp, ...), or a V (r, 2pp-1-r)."""
+    if plan.pp == 1:
+        return [0]
+    if plan.pp_schedule in V_SCHEDULES:
+        return [pp_rank, 2 * plan.pp - 1 - pp_rank]
+    return [pp_rank + k * plan.pp for k in range(plan.vpp)]
+
+
+def split_stage(model: Transformer, stage_id: int, num_stages: int) -> Transformer:
+    """A copy of the (meta) model that keeps only the layers, embedding and head of one stage."""
+    per_stage = model.spec.num_layers // num_stages
+    keep = {str(i) for i in range(stage_id * per_stage, (stage_id + 1) * per_stage)}
+    stage = copy.deepcopy(model)
+    for name in list(stage.layers.keys()):
+        if name not in keep:
+            del stage.layers[name]
+    if stage_id != 0:
+        stage.tok_embeddings = None
+        stage.pos_embeddings = None
+    if stage_id != num_stages - 1:
+        stage.norm = None
+        stage.output = None
+    return stage
+
+
+# ---- 2. tensor parallel (+ sequence parallel, + loss parallel) -------------------------------------------
+def apply_tensor_parallel(module: Transformer, rmesh: RuntimeMesh, sequence_parallel: bool) -> None:
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        PrepareModuleInput,
+        RowwiseParallel,
+        SequenceParallel,
+        parallelize_module,
+    )
+
+    tp_mesh = rmesh.tp_mesh
+    # between blocks the residual stream is sequence-sharded (SP) or replicated
+    stream = Shard(1) if sequence_parallel else Replicate()
+    top: dict[str, Any] = {}
+    if module.tok_embeddings is not None:
+        top["tok_embeddings"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=stream)
+    if module.pos_embeddings is not None:
+        raise PlanError("Tensor parallelism with learned position embeddings is not implemented.",
+                        fix="use tp = 1 for this model, or a RoPE model.", reason="runtime limitation")
+    if module.norm is not None and sequence_parallel:
+        top["norm"] = SequenceParallel()
+    if module.output is not None:
+        # loss parallel: logits stay vocab-sharded (Shard(-1)); cross-entropy runs under loss_parallel()
+        top["output"] = ColwiseParallel(input_layouts=stream, output_layouts=Shard(-1), use_local_output=False)
+    if top:
+        parallelize_module(module, tp_mesh, top)
+    for block in module.layers.values():
+        plan: dict[str, Any] = {
+            "attention.wq": ColwiseParallel(),
+            "attention.wk": ColwiseParallel(),
+            "attention.wv": ColwiseParallel(),
+            "attention.wo": RowwiseParallel(output_layouts=stream),
+            "feed_forward.w1": ColwiseParallel(),
+            "feed_forward.w2": RowwiseParallel(output_layouts=stream),
+        }
+        if block.feed_forward.w3 is not None:
+            plan["feed_forward.w3"] = ColwiseParallel()
+        if sequence_parallel:
+            plan.update({
+                "attention_norm": SequenceParallel(),
+                "attention": PrepareModuleInput(input_layouts=(Shard(1), None),
+                                                desired_input_layouts=(Replicate(), None)),
+                "ffn_norm": SequenceParallel(),
+                "feed_forward": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
+            })
+        parallelize_module(block, tp_mesh, plan)
+
+
+# ---- 3. activation checkpointing -------------------------------------------------------------------------
+def apply_activation_checkpointing(module: Transformer, mode: str) -> None:
+    if mode == "selective":
+        for block in module.layers.values():
+            block.attention.recompute_core = True
+    elif mode == "full":
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+        for name, block in list(module.layers.items()):
+            module.layers[name] = checkpoint_wrapper(block, preserve_rng_state=False)
+
+
+# ---- 4. compile ------------------------------------------------------------------------------------------
+def apply_compile(module: Transformer, whole_model: bool) -> None:
+    # nn.Module.compile() compiles in place, so parameter names (and the checkpoint keys) do not change
+    if whole_model:
+        module.compile()
+        return
+    for block in module.layers.values():
+        block.compile()
+
+
+# ---- 5. FSDP2 --------------------------------------------------------------------------------------------
+def apply_fsdp(module: Transformer, rmesh: RuntimeMesh, zero_stage: int, param_dtype: torch.dtype | None) -> None:
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp_policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
+    reshard = zero_stage == 3
+    for block in module.layers.values():
+        fully_shard(block, mesh=rmesh.dp_mesh, reshard_after_forward=reshard, mp_policy=mp_policy)
+    fully_shard(module, mesh=rmesh.dp_mesh, reshard_after_forward=reshard, mp_policy=mp_policy)
+
+
+# ---- pipeline schedule ------------------------------------------------------------------------------------
+def build_schedule(parts: list[nn.Module], stage_ids: list[int], num_stages: int, plan: ParallelPlan,
+                   rmesh: RuntimeMesh, loss_fn: Callable) -> Any:
+    from torch.distributed import pipelining
+
+    names = {"gpipe": "ScheduleGPipe", "1f1b": "Schedule1F1B", "interleaved-1f1b": "ScheduleInterleaved1F1B",
+             "zero-bubble": "ScheduleInterleavedZeroBubble", "zbv": "ScheduleZBVZeroBubble",
+             "dualpipev": "ScheduleDualPipeV"}
+    schedule_class = getattr(pipelining, names[plan.pp_schedule], None)
+    if schedule_class is None:
+        raise PlanError(f"pp_schedule '{plan.pp_schedule}' needs {names[plan.pp_schedule]}, which torch "
+                        f"{torch.__version__} does not have.", fix="use 1f1b or interleaved-1f1b.",
+                        reason="schedule unavailable")
+    # group= by keyword: torch 2.13 added positional parameters before it
+    stages = [pipelining.PipelineStage(part, stage_index=sid, num_stages=num_stages, device=rmesh.device,
+                                       group=rmesh.pp_group) for part, sid in zip(parts, stage_ids, strict=True)]
+    n_micro = plan.grad_accumulation
+    if issubclass(schedule_class, pipelining.schedules.PipelineScheduleSingle):
+        return schedule_class(stages[0], n_microbatches=n_micro, loss_fn=loss_fn)
+    return schedule_class(stages, n_microbatches=n_micro, loss_fn=loss_fn)
+
+
+# ---- the chain --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ParallelizeConfig:
+    """Options of the parallelism chain that are not part of the plan."""
+
+    #: compile each block (or the whole model on a single device) with torch.compile
+    compile: bool = False
+    #: seed of the deterministic parameter init
+    seed: int = 0
+
+
+def parallelize(spec: ModelSpec, plan: ParallelPlan, rmesh: RuntimeMesh, config: ParallelizeConfig
+                ) -> ParallelModel:
+    """Build this rank's model chunks for the plan, initialised bit-identically to the single-device model."""
+    if spec.tied_embeddings and (plan.pp > 1 or plan.tp > 1):
+        raise PlanError(f"{spec.name} ties its embedding and LM head; the runtime ties them only on a single "
+                        f"stage without tensor parallelism.", fix="use pp = 1 and tp = 1 for this model.",
+                        reason="runtime limitation")
+    device = rmesh.device
+    on_gpu = device.type == "cuda"
+    notes: list[str] = []
+    bf16 = plan.precision in ("bf16", "fp16", "fp8")
+    if bf16 and not on_gpu:
+        notes.append(f"plan precision {plan.precision}: running fp32 on CPU (bitwise-comparable runs)")
+    compute_dtype = torch.bfloat16 if (bf16 and on_gpu) else None
+    if plan.precision in ("fp16", "fp8") and on_gpu:
+        notes.append(f"plan precision {plan.precision}: running bf16 compute with fp32 master weights")
+    use_fsdp = plan.dp > 1
+    num_stages = plan.pp * (plan.vpp if plan.pp > 1 else 1)
+    stage_ids = stage_ids_for_rank(plan, rmesh.pp_rank)
+    full = build_model(spec)
+    parts: list[nn.Module] = []
+    for sid in stage_ids:
+        part = split_stage(full, sid, num_stages) if num_stages > 1 else full
+        if plan.tp > 1:
+            apply_tensor_parallel(part, rmesh, plan.sequence_parallel)
+        apply_activation_checkpointing(part, plan.recompute)
+        if config.compile:
+            apply_compile(part, whole_model=plan.num_gpus == 1)
+        if use_fsdp:
+            apply_fsdp(part, rmesh, plan.zero_stage, compute_dtype)
+        part.to_empty(device=device)
+        init_weights(part, spec, config.seed)
+        part.train()
+        parts.append(part)
+    model = ParallelModel(parts=parts, stage_ids=stage_ids, num_stages=num_stages, notes=notes,
+                          autocast_dtype=compute_dtype if not use_fsdp else None)
+    if plan.pp > 1:
+        model.schedule = build_schedule(parts, stage_ids, num_stages, plan, rmesh, cross_entropy_loss)
+    return model

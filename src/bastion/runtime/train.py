@@ -1,0 +1,474 @@
+"""The training loop of one worker: AdamW, warmup + cosine, global-norm clipping, gradient accumulation.
+
+`run_worker(config)` is what `bastion train` runs in every process started by torchrun/Slurm/Kubernetes: it
+creates the process group, calls `train(config)` and exits through the shutdown sequence PYTORCH_NOTES requires
+(barrier, destroy_process_group, flush, os._exit) so that no rank aborts at interpreter exit.
+`train(config)` works inside an existing process group, so a test can run several plans in one launch.
+
+Threads: every worker runs with OMP_NUM_THREADS (the launcher sets 1 on CPU; default 1 when unset), because
+results are bitwise reproducible only at a fixed thread count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from bastion.errors import BastionError
+from bastion.runtime.data import GlobalSampler, dp_slice, open_dataset
+from bastion.runtime.mesh import RuntimeMesh, build_mesh
+from bastion.runtime.metrics import (
+    MetricsWriter,
+    SavedActivationProbe,
+    current_memory_bytes,
+    full_parameters,
+    model_flops_per_token,
+    model_state_bytes_measured,
+    params_sha256,
+)
+from bastion.runtime.parallelize import ParallelizeConfig, ParallelModel, cross_entropy_loss, parallelize
+from bastion.specs.model import ModelSpec, load_model
+from bastion.specs.plan import ParallelPlan
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run (the CLI builds it from `bastion train` options)."""
+
+    #: model preset name or model file
+    model: str
+    #: ParallelPlan file (JSON/TOML)
+    plan: str
+    #: token dataset directory (`bastion data prepare`)
+    data: str
+    #: optimizer steps to run
+    steps: int
+    #: where metrics.jsonl, summary.json, plan.json, model.json and checkpoints/ go
+    run_dir: str
+    #: seed of the parameter init and the data order
+    seed: int = 0
+    #: sequence length (default: the model's)
+    seq_len: int | None = None
+    #: peak learning rate
+    lr: float = 1e-3
+    #: linear warmup steps (capped at a tenth of the run)
+    warmup_steps: int = 10
+    #: cosine decay floor as a fraction of lr
+    min_lr_ratio: float = 0.1
+    #: AdamW decoupled weight decay (matrices only)
+    weight_decay: float = 0.1
+    #: global gradient-norm clip
+    max_grad_norm: float = 1.0
+    #: torch.compile each block (the whole model on one device)
+    compile: bool = False
+    #: cluster spec used for MFU and the prediction (default cpu:<world> on CPU)
+    cluster: str | None = None
+    #: show a progress bar on rank 0
+    progress: bool = True
+    #: hash the full parameters into summary.json (gathers them to rank 0)
+    hash_params: bool = True
+
+
+# ---- optimizer and schedule ------------------------------------------------------------------------------
+def build_optimizer(model: ParallelModel, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    from torch.distributed.tensor import DTensor
+
+    plain_cuda = device.type == "cuda" and not any(isinstance(p, DTensor) for p in model.parameters())
+    return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=config.lr, betas=(0.9, 0.95), eps=1e-8,
+                             fused=True if plain_cuda else None)
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
+    """Warmup then cosine: the multiplier of the peak lr for optimizer step `step` (0-based)."""
+    warmup = min(warmup_steps, max(1, total_steps // 10))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, config.steps, config.warmup_steps, config.min_lr_ratio))
+
+
+# ---- gradient clipping across dp, tp and pp ----------------------------------------------------------------
+@torch.no_grad()
+def clip_grad_norm(model: ParallelModel, max_norm: float, rmesh: RuntimeMesh) -> float:
+    """Global L2 norm over every gradient of the whole model, then scale all gradients by min(1, max/norm).
+
+    Sharded DTensor gradients contribute the sum of squares of their local shards, reduced over the mesh
+    dimensions they are sharded (or partial) on; replicated ones count once. Pipeline stages then add their
+    sums over the pp group so every rank clips with the same norm.
+    """
+    from torch.distributed.tensor import DTensor
+
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    reduce_over: dict[tuple, list[dist.ProcessGroup]] = {}
+    for param in model.parameters():
+        grad = param.grad
+        if grad is None:
+            continue
+        if isinstance(grad, DTensor):
+            key = (id(grad.device_mesh), tuple(grad.placements))
+            if key not in reduce_over:
+                reduce_over[key] = [grad.device_mesh.get_group(i) for i, placement in enumerate(grad.placements)
+                                    if placement.is_shard() or placement.is_partial()]
+            groups.setdefault(key, []).append(grad.to_local())
+        else:
+            groups.setdefault(("plain",), []).append(grad)
+    total_sq = torch.zeros((), dtype=torch.float32, device=rmesh.device)
+    for key, grads in groups.items():
+        norms = torch._foreach_norm([g.float() for g in grads], 2)
+        sq = torch.stack(norms).pow(2).sum()
+        for group in reduce_over.get(key, []):
+            dist.all_reduce(sq, group=group)
+        total_sq += sq
+    if rmesh.plan.pp > 1:
+        dist.all_reduce(total_sq, group=rmesh.pp_group)
+    total = total_sq.sqrt()
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for grads in groups.values():
+        torch._foreach_mul_(grads, coef)
+    return float(total)
+
+
+# ---- one step ------------------------------------------------------------------------------------------------
+class Trainer:
+    """Everything one worker holds for a run; `train_step` advances one optimizer step."""
+
+    def __init__(self, config: TrainConfig, spec: ModelSpec, plan: ParallelPlan, rmesh: RuntimeMesh) -> None:
+        self.config = config
+        self.spec = spec
+        self.plan = plan
+        self.rmesh = rmesh
+        self.seq_len = spec.seq_len
+        self.model = parallelize(spec, plan, rmesh, ParallelizeConfig(compile=config.compile, seed=config.seed))
+        self.optimizer = build_optimizer(self.model, config, rmesh.device)
+        self.scheduler = build_scheduler(self.optimizer, config)
+        dataset = open_dataset(config.data, self.seq_len, spec.vocab_size)
+        self.sampler = GlobalSampler(dataset, plan.global_batch, config.seed)
+        #: optimizer steps completed
+        self.step = 0
+        #: global sample ids of the last step (every rank computes the same list)
+        self.last_sample_ids: list[int] = []
+        self.activation_bytes: int | None = None
+
+    def _context(self) -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        if self.plan.tp > 1:
+            from torch.distributed.tensor.parallel import loss_parallel
+
+            # under pipelining this must wrap the whole schedule.step(): the schedule runs backward
+            stack.enter_context(loss_parallel())
+        return stack
+
+    def _autocast(self) -> Any:
+        dtype = self.model.autocast_dtype
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.rmesh.device.type, dtype=dtype)
+
+    def _local_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self.last_sample_ids = self.sampler.next_global_batch()
+        mine = dp_slice(self.last_sample_ids, self.rmesh.dp_rank, self.plan.dp)
+        rows = torch.from_numpy(self.sampler.tokens_for(mine)).to(self.rmesh.device)
+        return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+
+    def _forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Sum over this rank's micro-batches of loss / n_micro (0 on ranks without the last stage)."""
+        model = self.model
+        n_micro = self.plan.grad_accumulation
+        with self._context():
+            if model.schedule is not None:
+                losses: list[torch.Tensor] = []
+                args = (inputs,) if model.has_first_stage else ()
+                target = targets if model.has_last_stage else None
+                with self._autocast():
+                    model.schedule.step(*args, target=target, losses=losses)
+                if not model.has_last_stage:
+                    return torch.zeros((), device=self.rmesh.device)
+                return torch.stack([_plain(loss).detach().float() for loss in losses]).mean()
+            part = model.parts[0]
+            total = torch.zeros((), device=self.rmesh.device)
+            for index in range(n_micro):
+                rows = slice(index * self.plan.micro_batch, (index + 1) * self.plan.micro_batch)
+                probe = SavedActivationProbe() if (self.step == 0 and index == 0) else None
+                hooks = probe.hooks() if probe else contextlib.nullcontext()
+                with hooks, self._autocast():
+                    loss = cross_entropy_loss(part(inputs[rows]), targets[rows]) / n_micro
+                if probe is not None:
+                    self.activation_bytes = probe.total_bytes
+                loss.backward()
+                total += _plain(loss).detach().float()
+            return total
+
+    def train_step(self) -> dict[str, Any]:
+        device = self.rmesh.device
+        start = time.perf_counter()
+        inputs, targets = self._local_batch()
+        self.optimizer.zero_grad(set_to_none=True)
+        local_loss = self._forward_backward(inputs, targets)
+        grad_norm = clip_grad_norm(self.model, self.config.max_grad_norm, self.rmesh)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        # every dp × tp rank of the last stage holds the same-sized share; the others contribute 0
+        dist.all_reduce(local_loss)
+        loss = float(local_loss) / (self.plan.dp * self.plan.tp)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        step_time = time.perf_counter() - start
+        self.step += 1
+        return {"step": self.step, "loss": loss, "grad_norm": grad_norm, "lr": lr, "step_time_s": step_time}
+
+
+def _plain(tensor: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+# ---- prediction ------------------------------------------------------------------------------------------
+def _cluster_name(config: TrainConfig, device: torch.device, world: int) -> str | None:
+    if config.cluster:
+        return config.cluster
+    if device.type == "cpu":
+        return f"cpu:{world}"
+    name = torch.cuda.get_device_name(device).lower()
+    for key in ("h200", "h100", "a100", "b200"):
+        if key in name:
+            return f"{key}-sxm:{world}" if key in ("h100", "a100") else f"{key}:{world}"
+    return None
+
+
+def predicted_figures(spec: ModelSpec, plan: ParallelPlan, cluster_name: str | None, seq_len: int,
+                      stage_ids: list[int]) -> dict[str, Any]:
+    """The predictor's figures for this run, or a note saying why there are none."""
+    if cluster_name is None:
+        return {"note": "no cluster spec for this device; pass --cluster for a prediction"}
+    try:
+        from bastion.predict import estimate
+        from bastion.specs.hardware import load_cluster
+    except ImportError as exc:
+        return {"note": f"bastion.predict is not available ({exc}); no prediction"}
+    try:
+        cluster = load_cluster(cluster_name)
+        est = estimate(spec, cluster, plan, seq_len)
+    except BastionError as exc:
+        return {"note": f"no prediction: {exc.problem}"}
+    memory = {name: float(getattr(est.memory, name)) for name in
+              ("params", "grads", "optimizer", "activations", "logits", "comm_buffers", "allocator_overhead",
+               "total")}
+    out: dict[str, Any] = {"cluster": cluster_name, "step_time_s": est.step_time_s, "tokens_per_s": est.tokens_per_s,
+                           "mfu": est.mfu, "fits": est.fits, "memory_bytes": memory}
+    try:
+        from bastion.predict.memory import model_state_bytes
+
+        out["model_state_bytes_by_stage"] = {
+            str(stage): {k: int(v) for k, v in model_state_bytes(spec, plan, stage).items()}
+            for stage in range(plan.pp)}
+    except (ImportError, AttributeError) as exc:
+        out["model_state_note"] = f"model_state_bytes unavailable ({exc})"
+    return out
+
+
+def _peak_flops(cluster_name: str | None, precision: str, device: torch.device) -> float | None:
+    if cluster_name is None:
+        return None
+    from bastion.specs.hardware import load_cluster
+
+    try:
+        accelerator = load_cluster(cluster_name).accelerator
+    except BastionError:
+        return None
+    used = precision if device.type == "cuda" else "fp32"
+    return accelerator.peak_tflops(used) * 1e12
+
+
+# ---- the run ------------------------------------------------------------------------------------------------
+def _write_run_files(run_dir: Path, spec: ModelSpec, plan: ParallelPlan) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    plan.save(run_dir / "plan.json")
+    (run_dir / "model.json").write_text(json.dumps(spec.to_dict(), indent=2) + "\n")
+
+
+def _progress(enabled: bool, total: int) -> Any:
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False)
+    progress.start()
+    progress.add_task("train", total=total, info="")
+    return progress
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Run `config.steps` optimizer steps in the current process group; returns summary.json's content (rank 0)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    spec = load_model(config.model, config.seq_len)
+    plan = ParallelPlan.load(config.plan)
+    plan.validate(spec, None, spec.seq_len)
+    rmesh = build_mesh(plan, device)
+    run_dir = Path(config.run_dir)
+    if rank == 0:
+        _write_run_files(run_dir, spec, plan)
+    trainer = Trainer(config, spec, plan, rmesh)
+    writer = MetricsWriter(run_dir / "metrics.jsonl", enabled=rank == 0)
+    cluster_name = _cluster_name(config, device, world)
+    peak = _peak_flops(cluster_name, plan.precision, device)
+    tokens_per_step = plan.global_batch * spec.seq_len
+    flops_per_step = model_flops_per_token(spec, spec.seq_len) * tokens_per_step
+    progress = _progress(config.progress and rank == 0, config.steps)
+    records: list[dict[str, Any]] = []
+    model_state = None
+    wall_start = time.perf_counter()
+    try:
+        while trainer.step < config.steps:
+            record = trainer.train_step()
+            if model_state is None:  # after the first step every gradient and moment exists
+                model_state = model_state_bytes_measured(trainer.model.parameters(), trainer.optimizer)
+            step_time = record["step_time_s"]
+            record["tokens_per_s"] = tokens_per_step / step_time
+            record["mfu"] = flops_per_step / (step_time * world * peak) if peak else None
+            record["mem_gib"] = current_memory_bytes(device) / 2**30
+            if rank == 0:
+                record["sample_ids"] = [trainer.last_sample_ids[0], trainer.last_sample_ids[-1] + 1]
+            writer.write(record)
+            records.append(record)
+            if progress is not None:
+                progress.update(progress.task_ids[0], advance=1,
+                                info=f"loss {record['loss']:.4f}  {record['tokens_per_s']:.0f} tok/s")
+    finally:
+        if progress is not None:
+            progress.stop()
+        writer.close()
+    wall = time.perf_counter() - wall_start
+    return _finish(config, trainer, spec, plan, rmesh, records, model_state, cluster_name, wall)
+
+
+def _finish(config: TrainConfig, trainer: Trainer, spec: ModelSpec, plan: ParallelPlan, rmesh: RuntimeMesh,
+            records: list[dict[str, Any]], model_state: dict[str, int] | None, cluster_name: str | None,
+            wall_s: float) -> dict[str, Any]:
+    rank, world = dist.get_rank(), dist.get_world_size()
+    # per-rank measured model state, gathered so the summary can be checked against the predictor per stage
+    mine = {"rank": rank, "pp_rank": rmesh.pp_rank, "dp_rank": rmesh.dp_rank, "tp_rank": rmesh.tp_rank,
+            "stages": trainer.model.stage_ids, **(model_state or {})}
+    per_rank: list[Any] = [None] * world
+    dist.all_gather_object(per_rank, mine)
+    activation_bytes: list[Any] = [None] * world
+    dist.all_gather_object(activation_bytes, trainer.activation_bytes)
+    digest = gather_params_sha256(trainer, spec, rmesh) if config.hash_params else None
+    if rank != 0:
+        return {}
+    steady = [r["step_time_s"] for r in records[1:]] or [r["step_time_s"] for r in records]
+    step_time = statistics.median(steady) if steady else None
+    first = records[0] if records else {}
+    measured = {
+        "step_time_s": step_time,
+        "first_step_s": first.get("step_time_s"),
+        "tokens_per_s": plan.global_batch * spec.seq_len / step_time if step_time else None,
+        "mfu": statistics.median([r["mfu"] for r in records[1:]]) if len(records) > 1 and records[1]["mfu"]
+        else first.get("mfu"),
+        "peak_mem_bytes": current_memory_bytes(rmesh.device),
+        "peak_mem_kind": "cuda max_memory_allocated" if rmesh.device.type == "cuda" else "process RSS",
+        "model_state_bytes_by_rank": per_rank,
+        "activation_bytes_by_rank": activation_bytes,
+        "wall_s": wall_s,
+    }
+    summary = {
+        "steps": trainer.step,
+        "final_loss": records[-1]["loss"] if records else None,
+        "losses": [r["loss"] for r in records],
+        "params_sha256": digest,
+        "world_size": world,
+        "plan": plan.to_dict(),
+        "model": spec.name,
+        "seed": config.seed,
+        "predicted": predicted_figures(spec, plan, cluster_name, spec.seq_len, trainer.model.stage_ids),
+        "measured": measured,
+        "notes": trainer.model.notes,
+        "config": asdict(config),
+    }
+    run_dir = Path(config.run_dir)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def gather_full_params(trainer: Trainer, rmesh: RuntimeMesh) -> dict[str, torch.Tensor] | None:
+    """Every full parameter on rank 0 (None elsewhere). Collective: all ranks must call it."""
+    full = full_parameters(trainer.model.named_parameters())
+    if dist.get_world_size() == 1:
+        return full
+    # one copy per pipeline stage is enough: the (dp 0, tp 0) rank of each stage sends its tensors
+    payload = full if (rmesh.dp_rank == 0 and rmesh.tp_rank == 0) else None
+    gathered: list[Any] = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(payload, gathered, dst=0)
+    if dist.get_rank() != 0:
+        return None
+    merged: dict[str, torch.Tensor] = {}
+    for part in gathered:
+        if part:
+            merged.update(part)
+    return merged
+
+
+def gather_params_sha256(trainer: Trainer, spec: ModelSpec, rmesh: RuntimeMesh) -> str | None:
+    full = gather_full_params(trainer, rmesh)
+    return params_sha256(spec, full) if full is not None else None
+
+
+# ---- process entry point ---------------------------------------------------------------------------------------
+def init_distributed() -> None:
+    if dist.is_initialized():
+        return
+    threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
+    torch.set_num_threads(threads)
+    backend = "cuda:nccl,cpu:gloo" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend=backend)
+
+
+def shutdown_and_exit(code: int) -> None:
+    """The exit sequence that avoids the SIGABRT-at-shutdown trap (PYTORCH_NOTES)."""
+    if dist.is_initialized():
+        with contextlib.suppress(Exception):
+            dist.barrier()
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def run_worker(config: TrainConfig) -> None:
+    """Entry point of a torchrun/Slurm/Kubernetes worker; never returns."""
+    init_distributed()
+    try:
+        train(config)
+    except BastionError as exc:
+        if dist.get_rank() == 0:
+            print(f"error: {exc.render()}", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(2)
+    shutdown_and_exit(0)
