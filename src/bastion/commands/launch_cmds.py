@@ -1,0 +1,228 @@
+"""`bastion launch`, `bastion status JOBID`, `bastion logs JOBID`: start a plan on torchrun, Slurm or Kubernetes,
+then follow the job through the scheduler and its run directory."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from bastion.cli import app
+from bastion.errors import DataError, LaunchError
+
+
+@app.command("launch", context_settings={"allow_extra_args": True})
+def launch_command(
+    ctx: typer.Context,
+    on: str = typer.Option(..., "--on", help="Engine: local (torchrun here), slurm (sbatch) or k8s (manifests)."),
+    model: str = typer.Option(..., "--model", help="Model preset or model file."),
+    plan_path: Path = typer.Option(..., "--plan", help="ParallelPlan file (JSON or TOML)."),
+    data: str = typer.Option(..., "--data", help="Token dataset directory (`bastion data prepare`)."),
+    run_dir: str = typer.Option(..., "--run-dir",
+                                help="Run directory (metrics, summary, checkpoints); every (re)start resumes from "
+                                     "it. For k8s, the path inside the pods where the claim is mounted."),
+    steps: int | None = typer.Option(None, "--steps", help="Optimizer steps to train."),
+    seq_len: int | None = typer.Option(None, "--seq-len", help="Sequence length (default: the model's)."),
+    nodes: int | None = typer.Option(None, "--nodes", help="Machines (Slurm nodes, pods)."),
+    gpus_per_node: int | None = typer.Option(None, "--gpus-per-node",
+                                             help="Workers per node: GPUs, or CPU workers with --device cpu."),
+    device: str = typer.Option("gpu", "--device", help="gpu, or cpu (gloo on CPU cores)."),
+    name: str | None = typer.Option(None, "--name", help="Job name (default: the run directory's name)."),
+    time: str | None = typer.Option(None, "--time", help="Slurm time limit, HH:MM:SS or D-HH:MM:SS."),
+    partition: str | None = typer.Option(None, "--partition", help="Slurm partition(s), comma-separated."),
+    signal_lead: int | None = typer.Option(None, "--signal-lead",
+                                           help="Slurm: seconds before the time limit to checkpoint and requeue."),
+    requeue_exit: int = typer.Option(42, "--requeue-exit", help="Slurm: the cluster's RequeueExit code."),
+    max_requeues: int = typer.Option(3, "--max-requeues", help="Slurm: requeues after worker failures."),
+    cpus_per_worker: int = typer.Option(1, "--cpus-per-worker", help="Slurm: cores per worker (OMP threads)."),
+    max_restarts: int = typer.Option(0, "--max-restarts",
+                                     help="torchrun restarts of the worker group within one allocation."),
+    image: str = typer.Option("", "--image", help="k8s: container image with bastion installed."),
+    k8s_kind: str = typer.Option("pytorchjob", "--k8s-kind", help="k8s: pytorchjob or jobset."),
+    queue: str = typer.Option("", "--queue", help="k8s: Kueue LocalQueue name."),
+    storage: str = typer.Option("100Gi", "--storage", help="k8s: size of the run directory's volume claim."),
+    manifest: Path | None = typer.Option(None, "--manifest",
+                                         help="k8s: where to write the YAML (default ./NAME-KIND.yaml)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the command, script or YAML; do nothing else."),
+    submit: bool = typer.Option(False, "--submit", help="Submit (sbatch / kubectl apply) after writing."),
+) -> None:
+    """Start a plan's training job: torchrun here, an sbatch job, or a PyTorchJob/JobSet.
+
+    Arguments after `--` go to `bastion train` unchanged (e.g. `-- --checkpoint-every 50 --seed 1`).
+    """
+    from bastion.launch import kubernetes, local, registry, slurm
+    from bastion.launch.request import (
+        LaunchRequest,
+        check_engine,
+        load_checked_plan,
+        parse_time_limit,
+        resolve_model,
+        worker_layout,
+    )
+
+    engine = check_engine(on)
+    if dry_run and submit:
+        raise LaunchError("--dry-run and --submit contradict each other.", fix="give one of them.")
+    if steps is not None and steps < 1:
+        raise LaunchError(f"--steps must be at least 1, got {steps}.", fix="give a positive number of steps.")
+    model_arg, model_spec = resolve_model(model, seq_len)
+    plan = load_checked_plan(plan_path, model_spec, seq_len)
+    layout = worker_layout(plan.num_gpus, nodes, gpus_per_node, device)
+    extra = list(ctx.args)
+    if seq_len is not None:
+        extra = ["--seq-len", str(seq_len), *extra]
+
+    if engine == "k8s":
+        run_dir_text, data_text = run_dir, data  # paths inside the pods
+    else:
+        run_dir_text, data_text = str(Path(run_dir).absolute()), str(Path(data).absolute())
+        if not Path(data_text).is_dir():
+            raise DataError(f"Data directory not found: {data_text}",
+                            fix="prepare a token dataset first.", hint="bastion data prepare TEXT... --out DIR")
+    job_name = name or Path(run_dir_text).name or "bastion"
+    req = LaunchRequest(engine=engine, model=model_arg, plan=plan, data_dir=data_text, run_dir=run_dir_text,
+                        steps=steps, layout=layout, device=device, name=job_name, extra_train_args=tuple(extra),
+                        max_restarts=max_restarts)
+    # the job reads its own copy of the plan, so editing the file later cannot change a requeued job
+    launch_dir = Path(run_dir_text) / "launch"
+    plan_copy = launch_dir / "plan.json"
+
+    if engine == "local":
+        command = local.torchrun_command(req, str(plan_copy))
+        if dry_run:
+            print(" ".join(_shell_quote(a) for a in command))
+            return
+        plan.save(plan_copy)
+        sys.exit(local.run(command))
+
+    if engine == "slurm":
+        opts = slurm.SlurmOptions(time_limit_s=parse_time_limit(time) if time else None, partition=partition,
+                                  signal_lead_s=signal_lead, requeue_exit=requeue_exit, max_requeues=max_requeues,
+                                  cpus_per_worker=cpus_per_worker)
+        script = slurm.render_sbatch(req, opts, str(plan_copy))
+        if dry_run:
+            print(script, end="")
+            return
+        launch_dir.mkdir(parents=True, exist_ok=True)
+        plan.save(plan_copy)
+        script_path = launch_dir / "job.sbatch"
+        script_path.write_text(script)
+        if not submit:
+            print(f"wrote {script_path}\nsubmit with: sbatch {_shell_quote(str(script_path))}")
+            return
+        job_id = slurm.submit(script_path)
+        registry.record("slurm", job_id, run_dir_text)
+        with (launch_dir / "jobs.txt").open("a") as out:
+            out.write(job_id + "\n")
+        print(f"submitted Slurm job {job_id}; output in {slurm.output_file(Path(run_dir_text), job_id)}")
+        print(f"follow it with: bastion status {job_id}   /   bastion logs {job_id}")
+        return
+
+    if time or partition:
+        raise LaunchError("--time and --partition are Slurm options.", fix="drop them for --on k8s.")
+    opts_k8s = kubernetes.KubernetesOptions(kind=k8s_kind, image=image, queue=queue, storage=storage)
+    text = kubernetes.render_manifests(req, opts_k8s)
+    if dry_run:
+        print(text, end="")
+        return
+    from bastion.launch.request import k8s_name
+
+    out_path = manifest or Path(f"{k8s_name(job_name)}-{k8s_kind}.yaml")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(text)
+    print(f"wrote {out_path}")
+    if submit:
+        print(kubernetes.apply(out_path), end="")
+    else:
+        print(f"submit with: kubectl apply -f {_shell_quote(str(out_path))}")
+
+
+def _shell_quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
+def _find_run_dir(job_id: str, given: Path | None, info: dict) -> Path | None:
+    from bastion.launch import registry
+
+    if given is not None:
+        return given
+    recorded = registry.run_dir_of("slurm", job_id)
+    if recorded:
+        return Path(recorded)
+    if info.get("stdout"):
+        return Path(info["stdout"]).parent
+    return None
+
+
+@app.command("status")
+def status_command(
+    job_id: str = typer.Argument(..., help="Slurm job id (as printed by `bastion launch --submit`)."),
+    run_dir: Path | None = typer.Option(None, "--run-dir", help="Run directory, if bastion did not submit it."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """A Slurm job's state (squeue, scontrol, sacct) and its progress from the run directory."""
+    from bastion.launch import slurm
+
+    info = slurm.job_info(job_id)
+    found = _find_run_dir(job_id, run_dir, info)
+    progress = slurm.run_dir_progress(found) if found else None
+    if as_json:
+        print(json.dumps({"job": info, "run": progress}, indent=2, default=str))
+        return
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    line = f"job {job_id}: [bold]{info['state']}[/]"
+    if info.get("reason") and info["reason"] not in ("None", "(null)"):
+        line += f" ({info['reason']})"
+    if info.get("elapsed"):
+        line += f", elapsed {info['elapsed']}"
+    if info.get("restarts"):
+        line += f", requeued {info['restarts']}x"
+    if info.get("nodelist"):
+        line += f", nodes {info['nodelist']}"
+    console.print(line)
+    if progress is None:
+        console.print("run directory unknown (pass --run-dir)")
+        return
+    console.print(f"run {progress['run_dir']}: last step {progress['last_step']}, "
+                  f"checkpoints {len(progress['checkpoints'])}"
+                  + (f" (newest {progress['checkpoints'][-1]})" if progress["checkpoints"] else ""))
+    if progress["events"]:
+        console.print("events: " + ", ".join(f"{k} ×{v}" for k, v in sorted(progress["events"].items())))
+    summary = progress.get("summary")
+    if summary:
+        console.print(f"finished: {summary.get('steps')} steps, final loss {summary.get('final_loss')}, "
+                      f"params_sha256 {str(summary.get('params_sha256'))[:16]}…")
+
+
+@app.command("logs")
+def logs_command(
+    job_id: str = typer.Argument(..., help="Slurm job id."),
+    run_dir: Path | None = typer.Option(None, "--run-dir", help="Run directory, if bastion did not submit it."),
+    lines: int = typer.Option(50, "--lines", "-n", help="Lines from the end of the job's output (0 = all)."),
+) -> None:
+    """The job's output (all requeues, appended) from its run directory."""
+    from bastion.launch import slurm
+
+    info: dict = {}
+    if run_dir is None:
+        from bastion.launch import registry
+
+        if registry.run_dir_of("slurm", job_id) is None:
+            info = slurm.job_info(job_id)
+    found = _find_run_dir(job_id, run_dir, info)
+    if found is None:
+        raise LaunchError(f"No run directory is known for job {job_id}.",
+                          fix="pass --run-dir DIR (the directory given to bastion launch).")
+    path = slurm.output_file(found, job_id)
+    if not path.exists():
+        raise LaunchError(f"No output yet for job {job_id} at {path}.",
+                          fix="the job may still be pending: check `bastion status " + job_id + "`.")
+    text = path.read_text(errors="replace").splitlines()
+    for line in text[-lines:] if lines > 0 else text:
+        print(line)

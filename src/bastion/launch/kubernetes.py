@@ -1,0 +1,219 @@
+"""Kubernetes manifests for a launch: a Kubeflow `PyTorchJob` (kubeflow.org/v1) or a `JobSet`
+(jobset.x-k8s.io/v1alpha2), each with a PersistentVolumeClaim for the run directory (metrics and checkpoints)
+and a ConfigMap holding the plan, optionally queued through Kueue.
+
+One pod per node runs `torchrun -m bastion train …`; torchrun reads its rendezvous settings from `PET_*`
+environment variables (the training operator sets them for a PyTorchJob; the JobSet sets them itself, pointing at
+the first pod's stable DNS name). Whatever restarts a pod or the whole set, the new workers see the same run
+directory on the claim and resume from its newest valid checkpoint.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bastion.errors import LaunchError
+from bastion.launch.request import LaunchRequest, check_plain_text, k8s_name
+from bastion.launch.yamltext import dump_all
+
+KINDS = ("pytorchjob", "jobset")
+#: the rendezvous port torchrun's c10d store listens on in the first pod
+RDZV_PORT = 29400
+#: where the plan's ConfigMap is mounted in every pod
+PLAN_MOUNT = "/etc/bastion"
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$")
+
+
+@dataclass(frozen=True)
+class KubernetesOptions:
+    """Kubernetes-specific choices for a launch."""
+
+    #: `pytorchjob` (Kubeflow training operator) or `jobset` (JobSet controller)
+    kind: str = "pytorchjob"
+    #: container image with bastion (and PyTorch) installed
+    image: str = ""
+    #: Kueue LocalQueue to submit through (adds the queue label and starts the job suspended); "" for none
+    queue: str = ""
+    #: size of the run directory's PersistentVolumeClaim
+    storage: str = "100Gi"
+    #: storage class of the claim ("" = the cluster's default); it must offer ReadWriteMany across nodes
+    storage_class: str = ""
+    #: restarts of the whole job (all pods) after a failure before it is marked failed
+    max_job_restarts: int = 3
+    #: Python inside the image
+    python: str = "python"
+
+
+def check_options(opts: KubernetesOptions) -> KubernetesOptions:
+    if opts.kind not in KINDS:
+        raise LaunchError(f"Unknown Kubernetes job kind '{opts.kind}'.",
+                          fix=f"use --k8s-kind with one of: {', '.join(KINDS)}.")
+    if not opts.image:
+        raise LaunchError("A Kubernetes launch needs a container image with bastion installed.",
+                          fix="pass --image REGISTRY/IMAGE:TAG (an image with bastion and PyTorch).")
+    if re.search(r"[\s\x00-\x1f\x7f]", opts.image):
+        raise LaunchError(f"Image {opts.image!r} contains white space or control characters.",
+                          fix="pass --image REGISTRY/IMAGE:TAG.")
+    if opts.queue and (len(opts.queue) > 63 or not _LABEL_VALUE.match(opts.queue)):
+        raise LaunchError(f"Kueue queue '{opts.queue}' is not a valid label value.",
+                          fix="use letters, digits, '-', '_' and '.', at most 63 characters, starting and "
+                              "ending with a letter or digit (the LocalQueue's name).")
+    if not _QUANTITY.match(opts.storage):
+        raise LaunchError(f"Storage size '{opts.storage}' is not a Kubernetes quantity.", fix="write e.g. 500Gi.")
+    if opts.max_job_restarts < 0:
+        raise LaunchError("Job restarts must be >= 0.", fix="give 0 or more.")
+    return opts
+
+
+def _check_pod_path(path: str, what: str) -> None:
+    check_plain_text(path, what)
+    if not path.startswith("/"):
+        raise LaunchError(f"The {what} '{path}' must be an absolute path inside the pods.",
+                          fix=f"give --{'run-dir' if what == 'run directory' else 'data'} as an absolute path "
+                              f"(the claim is mounted at the run directory).")
+
+
+def _container(req: LaunchRequest, opts: KubernetesOptions, env: list[dict[str, Any]]) -> dict[str, Any]:
+    per_node = req.layout.procs_per_node
+    if req.device == "gpu":
+        resources = {"limits": {"nvidia.com/gpu": per_node}}
+    else:
+        resources = {"requests": {"cpu": str(per_node)}, "limits": {"cpu": str(per_node)}}
+    command = [opts.python, "-m", "torch.distributed.run", "-m", "bastion", "train",
+               *req.train_args(f"{PLAN_MOUNT}/plan.json")]
+    common_env = [
+        # stale peer addresses after an elastic restart otherwise (../shared/PYTORCH_NOTES.md)
+        {"name": "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "value": "1"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    return {
+        "name": "trainer",
+        "image": opts.image,
+        "command": command,
+        "env": common_env + env,
+        "ports": [{"name": "rendezvous", "containerPort": RDZV_PORT}],
+        "resources": resources,
+        "volumeMounts": [
+            {"name": "run", "mountPath": req.run_dir},
+            {"name": "plan", "mountPath": PLAN_MOUNT, "readOnly": True},
+            {"name": "shm", "mountPath": "/dev/shm"},
+        ],
+    }
+
+
+def _volumes(name: str) -> list[dict[str, Any]]:
+    return [
+        {"name": "run", "persistentVolumeClaim": {"claimName": f"{name}-run"}},
+        {"name": "plan", "configMap": {"name": f"{name}-plan"}},
+        # PyTorch's shared-memory tensors outgrow the container runtime's 64 MiB default
+        {"name": "shm", "emptyDir": {"medium": "Memory"}},
+    ]
+
+
+def _metadata(name: str, opts: KubernetesOptions) -> dict[str, Any]:
+    labels = {"app.kubernetes.io/name": "bastion", "app.kubernetes.io/instance": name}
+    if opts.queue:
+        labels["kueue.x-k8s.io/queue-name"] = opts.queue
+    return {"name": name, "labels": labels}
+
+
+def _support_objects(req: LaunchRequest, opts: KubernetesOptions, name: str) -> list[dict[str, Any]]:
+    claim_spec: dict[str, Any] = {"accessModes": ["ReadWriteMany"],
+                                  "resources": {"requests": {"storage": opts.storage}}}
+    if opts.storage_class:
+        claim_spec["storageClassName"] = opts.storage_class
+    return [
+        {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+         "metadata": {"name": f"{name}-run", "labels": {"app.kubernetes.io/instance": name}},
+         "spec": claim_spec},
+        {"apiVersion": "v1", "kind": "ConfigMap",
+         "metadata": {"name": f"{name}-plan", "labels": {"app.kubernetes.io/instance": name}},
+         "data": {"plan.json": req.plan.to_json()}},
+    ]
+
+
+def pytorchjob(req: LaunchRequest, opts: KubernetesOptions, name: str) -> dict[str, Any]:
+    """Kubeflow PyTorchJob with an elastic policy: the operator sets torchrun's PET_* rendezvous variables."""
+    nodes = req.layout.nodes
+    spec: dict[str, Any] = {
+        "elasticPolicy": {"rdzvBackend": "c10d", "rdzvPort": RDZV_PORT, "minReplicas": nodes,
+                          "maxReplicas": nodes, "maxRestarts": req.max_restarts},
+        "nprocPerNode": str(req.layout.procs_per_node),
+        "runPolicy": {"backoffLimit": opts.max_job_restarts, "cleanPodPolicy": "None"},
+        "pytorchReplicaSpecs": {
+            "Worker": {
+                "replicas": nodes,
+                # a failed pod restarts in place and resumes from the run directory's newest checkpoint
+                "restartPolicy": "OnFailure",
+                "template": {"spec": {"containers": [_container(req, opts, [])], "volumes": _volumes(name)}},
+            }
+        },
+    }
+    if opts.queue:
+        spec["runPolicy"]["suspend"] = True  # Kueue resumes it once the queue admits it
+    return {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": _metadata(name, opts),
+            "spec": spec}
+
+
+def jobset(req: LaunchRequest, opts: KubernetesOptions, name: str) -> dict[str, Any]:
+    """JobSet of one indexed Job with a pod per node; the first pod hosts the c10d rendezvous."""
+    nodes = req.layout.nodes
+    replicated = "node"
+    first_pod = f"{name}-{replicated}-0-0.{name}"  # JobSet's stable host name: <set>-<job>-<index>-<pod>.<subdomain>
+    env = [
+        {"name": "PET_NNODES", "value": str(nodes)},
+        {"name": "PET_NPROC_PER_NODE", "value": str(req.layout.procs_per_node)},
+        {"name": "PET_RDZV_BACKEND", "value": "c10d"},
+        {"name": "PET_RDZV_ENDPOINT", "value": f"{first_pod}:{RDZV_PORT}"},
+        {"name": "PET_RDZV_ID", "value": name},
+        {"name": "PET_MAX_RESTARTS", "value": str(req.max_restarts)},
+    ]
+    spec: dict[str, Any] = {
+        # any failed pod fails its Job, and the whole set is recreated: every node resumes together
+        "failurePolicy": {"maxRestarts": opts.max_job_restarts},
+        "network": {"enableDNSHostnames": True, "subdomain": name},
+        "replicatedJobs": [{
+            "name": replicated,
+            "replicas": 1,
+            "template": {"spec": {
+                "parallelism": nodes, "completions": nodes, "completionMode": "Indexed", "backoffLimit": 0,
+                "template": {"spec": {"restartPolicy": "Never", "containers": [_container(req, opts, env)],
+                                      "volumes": _volumes(name)}},
+            }},
+        }],
+    }
+    if opts.queue:
+        spec["suspend"] = True  # Kueue resumes it once the queue admits it
+    return {"apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet", "metadata": _metadata(name, opts),
+            "spec": spec}
+
+
+def render_manifests(req: LaunchRequest, opts: KubernetesOptions) -> str:
+    """The YAML documents to apply: claim, plan ConfigMap, then the job."""
+    check_options(opts)
+    _check_pod_path(req.run_dir, "run directory")
+    _check_pod_path(req.data_dir, "data directory")
+    name = k8s_name(req.name)
+    job = pytorchjob(req, opts, name) if opts.kind == "pytorchjob" else jobset(req, opts, name)
+    return dump_all([*_support_objects(req, opts, name), job])
+
+
+def apply(manifest_path: Path) -> str:
+    """`kubectl apply -f`; what kubectl printed."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        raise LaunchError("kubectl is not installed here, so the manifests cannot be submitted.",
+                          fix=f"apply {manifest_path} from a machine with cluster access: "
+                              f"kubectl apply -f {manifest_path}")
+    done = subprocess.run([kubectl, "apply", "-f", str(manifest_path)], capture_output=True, text=True)
+    if done.returncode:
+        raise LaunchError(f"kubectl apply failed: {done.stderr.strip()}",
+                          fix="check the cluster context (kubectl config current-context) and the CRDs "
+                              "(PyTorchJob needs the Kubeflow training operator, JobSet the JobSet controller).")
+    return done.stdout

@@ -1,0 +1,37 @@
+"""Which run directory a submitted job writes to, so `bastion status/logs JOBID` can find it after the scheduler
+has forgotten the job. One JSON line per submission in `$BASTION_STATE_DIR/jobs.jsonl`
+(default `~/.local/state/bastion`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("BASTION_STATE_DIR") or Path.home() / ".local" / "state" / "bastion")
+
+
+def record(engine: str, job_id: str, run_dir: str) -> None:
+    path = state_dir() / "jobs.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as out:
+        out.write(json.dumps({"engine": engine, "job_id": job_id, "run_dir": run_dir, "time": time.time()}) + "\n")
+
+
+def run_dir_of(engine: str, job_id: str) -> str | None:
+    """The newest run directory recorded for this job id, or None."""
+    path = state_dir() / "jobs.jsonl"
+    if not path.exists():
+        return None
+    found = None
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if entry.get("engine") == engine and str(entry.get("job_id")) == job_id:
+            found = entry.get("run_dir")
+    return found

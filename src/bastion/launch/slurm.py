@@ -1,0 +1,289 @@
+"""Slurm: the sbatch script for a launch, and submit/status/logs through sbatch, squeue, scontrol and sacct.
+
+The batch script runs one torchrun agent per node (`srun --ntasks-per-node=1`), all meeting at a c10d rendezvous
+on the job's first node. Recovery is Slurm's requeue: the job always passes the same run directory, so each start
+resumes from its newest valid checkpoint.
+- Time limit: `--signal=B:USR1@LEAD` warns the batch shell LEAD seconds before the limit; it sends SIGTERM to the
+  job step (srun → torchrun → every worker), the workers checkpoint and stop, and the script exits with the
+  cluster's RequeueExit code so Slurm queues the job again.
+- Worker failure: a failed step is mapped to RequeueExit too (up to `max_requeues` times), so a crash costs the
+  steps since the last checkpoint, not the job.
+- A node marked down requeues the job by itself (`--requeue`).
+Every value that comes from the user reaches the shell through `shlex.quote`; the few that must sit on `#SBATCH`
+lines (job name, output path, partition, time) are checked or reduced to characters sbatch cannot misread.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bastion.errors import LaunchError
+from bastion.launch.request import (
+    LaunchRequest,
+    check_partition,
+    check_plain_text,
+    default_python,
+    format_time_limit,
+    slurm_job_name,
+)
+
+#: the job's output file inside the run directory (`%j` = job id; appended across requeues)
+OUTPUT_PATTERN = "slurm-%j.out"
+#: first port of the range the rendezvous port is picked from (by job id, so jobs sharing a host do not collide)
+RDZV_PORT_BASE = 20000
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """Slurm-specific choices for a launch."""
+
+    #: wall-clock limit in seconds (None: the partition's default)
+    time_limit_s: int | None = None
+    #: partition, or comma-separated candidates (None: the cluster's default)
+    partition: str | None = None
+    #: seconds before the time limit at which the job checkpoints and requeues itself (None: chosen from the limit)
+    signal_lead_s: int | None = None
+    #: exit code the cluster requeues automatically (slurm.conf `RequeueExit`)
+    requeue_exit: int = 42
+    #: how many times a failed worker step is requeued before the job is reported failed
+    max_requeues: int = 3
+    #: CPU cores reserved per worker process (also its OMP_NUM_THREADS)
+    cpus_per_worker: int = 1
+    #: Python with bastion installed, by absolute path, so the job runs without an activated environment
+    python: str = ""
+
+    def lead_seconds(self) -> int:
+        """The checkpoint warning: explicit, or 10% of the limit within [30 s, 600 s] and at most half of it."""
+        if self.signal_lead_s is not None:
+            return self.signal_lead_s
+        if self.time_limit_s is None:
+            return 120
+        return int(min(max(self.time_limit_s * 0.1, 30), 600, self.time_limit_s // 2))
+
+
+def check_options(opts: SlurmOptions) -> SlurmOptions:
+    if opts.partition is not None:
+        check_partition(opts.partition)
+    lead = opts.lead_seconds()
+    if lead < 1:
+        raise LaunchError(f"The checkpoint warning must come at least 1 s before the time limit, got {lead}.",
+                          fix="give --signal-lead a positive number of seconds.")
+    if opts.time_limit_s is not None and lead >= opts.time_limit_s:
+        raise LaunchError(
+            f"The checkpoint warning ({lead} s before the limit) would come before the job starts "
+            f"(time limit {opts.time_limit_s} s).",
+            fix="lower --signal-lead or raise --time.")
+    if not 1 <= opts.requeue_exit <= 255:
+        raise LaunchError(f"Requeue exit code {opts.requeue_exit} is not an exit status.",
+                          fix="use the cluster's RequeueExit value (1-255; scontrol show config | grep Requeue).")
+    if opts.cpus_per_worker < 1 or opts.max_requeues < 0:
+        raise LaunchError("--cpus-per-worker must be >= 1 and --max-requeues >= 0.", fix="give such values.")
+    return opts
+
+
+def _sbatch_output(directory: str) -> str:
+    """The `--output` value for an `#SBATCH` line. sbatch reads those lines with its own quote and backslash
+    rules and expands `%` patterns in file names, so a directory holding those characters (or control
+    characters) is refused; the rest is quoted the way both sbatch and the shell read back unchanged."""
+    check_plain_text(directory, "run directory")
+    bad = sorted({c for c in directory if c in "\\%"})
+    if bad:
+        raise LaunchError(f"The run directory {directory!r} contains {' and '.join(repr(c) for c in bad)}, which "
+                          f"sbatch reads as escape or file-name pattern characters.",
+                          fix="choose a run directory without backslashes or percent signs.")
+    return shlex.quote(str(Path(directory) / OUTPUT_PATTERN))
+
+
+def render_sbatch(req: LaunchRequest, opts: SlurmOptions, plan_path: str) -> str:
+    """The batch script: `sbatch` it as is; it is also what `bastion launch --on slurm --dry-run` prints."""
+    check_options(opts)
+    q = shlex.quote
+    layout = req.layout
+    python = opts.python or default_python()
+    run_dir = req.run_dir
+    directives = [
+        f"--job-name={slurm_job_name(req.name)}",
+        f"--nodes={layout.nodes}",
+        "--ntasks-per-node=1",  # one torchrun agent per node; it starts the node's workers
+        f"--cpus-per-task={layout.procs_per_node * opts.cpus_per_worker}",
+    ]
+    if req.device == "gpu":
+        directives.append(f"--gpus-per-node={layout.procs_per_node}")
+    if opts.time_limit_s is not None:
+        directives.append(f"--time={format_time_limit(opts.time_limit_s)}")
+    if opts.partition:
+        directives.append(f"--partition={opts.partition}")
+    directives += [
+        "--requeue",
+        f"--signal=B:USR1@{opts.lead_seconds()}",
+        "--open-mode=append",  # one output file across requeues
+        f"--output={_sbatch_output(run_dir)}",
+    ]
+    torchrun_words = [q(a) for a in (python, "-m", "torch.distributed.run", f"--nnodes={layout.nodes}",
+                                         f"--nproc-per-node={layout.procs_per_node}", "--rdzv-backend=c10d")]
+    # the only words left to the shell to expand: values Slurm gives the running job
+    torchrun_words += ['"--rdzv-endpoint=$head_node:$rdzv_port"', '"--rdzv-id=$SLURM_JOB_ID"']
+    torchrun_words += [q(a) for a in (f"--max-restarts={req.max_restarts}", "-m", "bastion", "train",
+                                      *req.train_args(plan_path))]
+    worker_cmd = " \\\n  ".join(torchrun_words)
+    header = "\n".join(f"#SBATCH {d}" for d in directives)
+    return f"""#!/bin/bash
+# Generated by `bastion launch --on slurm`: {slurm_job_name(req.name)}, {layout.nodes} node(s) x \
+{layout.procs_per_node} {req.device} worker(s).
+# Requeue = recovery: every start passes the same run directory and resumes from its newest valid checkpoint.
+{header}
+set -uo pipefail
+
+run_dir={q(run_dir)}
+requeue_exit={opts.requeue_exit}   # slurm.conf RequeueExit: Slurm queues the job again on this exit code
+max_requeues={opts.max_requeues}
+restart_count=${{SLURM_RESTART_COUNT:-0}}
+
+export OMP_NUM_THREADS={opts.cpus_per_worker}
+export PYTHONUNBUFFERED=1
+# without it a restarted gloo group reads stale peer addresses from torchrun's store (../shared/PYTORCH_NOTES.md)
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
+
+head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+rdzv_port=$(( {RDZV_PORT_BASE} + SLURM_JOB_ID % 20000 ))
+echo "[bastion] job $SLURM_JOB_ID start $restart_count on $SLURM_JOB_NODELIST, rendezvous $head_node:$rdzv_port"
+
+worker_cmd=(
+  {worker_cmd}
+)
+
+preempted=0
+srun_pid=
+on_time_limit() {{
+  preempted=1
+  echo "[bastion] time limit near: workers checkpoint and stop; the job requeues itself"
+  # srun passes SIGTERM to torchrun, torchrun to every worker, which saves a checkpoint and exits
+  [ -n "$srun_pid" ] && kill -TERM "$srun_pid" 2>/dev/null
+}}
+trap on_time_limit USR1
+
+srun --nodes="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 --cpus-per-task="$SLURM_CPUS_PER_TASK" \\
+  --kill-on-bad-exit=1 "${{worker_cmd[@]}}" &
+srun_pid=$!
+# a trapped signal ends `wait` early: keep waiting until the step has really finished
+wait "$srun_pid"; rc=$?
+while kill -0 "$srun_pid" 2>/dev/null; do wait "$srun_pid"; rc=$?; done
+
+if [ "$preempted" = 1 ]; then
+  echo "[bastion] checkpointed before the time limit; requeueing (exit $requeue_exit)"
+  exit "$requeue_exit"
+fi
+if [ "$rc" = 0 ]; then
+  echo "[bastion] training finished"
+  exit 0
+fi
+if [ "$restart_count" -lt "$max_requeues" ]; then
+  echo "[bastion] workers failed (exit $rc); requeue $((restart_count + 1)) of $max_requeues (exit $requeue_exit)"
+  exit "$requeue_exit"
+fi
+echo "[bastion] workers failed (exit $rc) after $restart_count requeues; giving up"
+exit "$rc"
+"""
+
+
+# ---- talking to Slurm -----------------------------------------------------------------------------
+
+def _slurm_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise LaunchError(f"'{name}' is not on PATH: this machine is not a Slurm client.",
+                          fix="run this on a Slurm login node, or use --dry-run to only write the script.")
+    return path
+
+
+def _run(args: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([_slurm_tool(args[0]), *args[1:]], capture_output=True, text=True, timeout=timeout)
+
+
+def submit(script: Path) -> str:
+    """`sbatch --parsable SCRIPT` → the job id."""
+    done = _run(["sbatch", "--parsable", str(script)])
+    if done.returncode:
+        raise LaunchError(f"sbatch refused the job: {done.stderr.strip() or done.stdout.strip()}",
+                          fix="check the partition, node count and time limit against `sinfo -s`; the script "
+                              f"is at {script}.")
+    return done.stdout.strip().split(";")[0]
+
+
+def _parse_scontrol(text: str) -> dict[str, str]:
+    """`scontrol show job -o` prints Key=Value pairs separated by spaces (values have none, except Command=…)."""
+    fields: dict[str, str] = {}
+    for token in text.split():
+        key, sep, value = token.partition("=")
+        if sep:
+            fields[key] = value
+    return fields
+
+
+def job_info(job_id: str) -> dict[str, Any]:
+    """What Slurm knows about a job: squeue while queued or running, scontrol until it is purged, then sacct."""
+    if not job_id.isdigit():
+        raise LaunchError(f"'{job_id}' is not a Slurm job id.", fix="pass the number sbatch printed.")
+    info: dict[str, Any] = {"job_id": job_id, "state": "UNKNOWN", "source": None}
+    queued = _run(["squeue", "-h", "-j", job_id, "-o", "%T|%r|%M|%l|%D|%N"])
+    if queued.returncode == 0 and queued.stdout.strip():
+        state, reason, elapsed, limit, nodes, nodelist = queued.stdout.strip().splitlines()[0].split("|")
+        info.update(state=state, reason=reason, elapsed=elapsed, time_limit=limit, nodes=nodes,
+                    nodelist=nodelist, source="squeue")
+    shown = _run(["scontrol", "show", "job", "-o", job_id])
+    if shown.returncode == 0 and shown.stdout.strip():
+        fields = _parse_scontrol(shown.stdout)
+        if info["source"] is None:
+            info.update(state=fields.get("JobState", "UNKNOWN"), reason=fields.get("Reason"),
+                        elapsed=fields.get("RunTime"), time_limit=fields.get("TimeLimit"),
+                        nodes=fields.get("NumNodes"), nodelist=fields.get("NodeList"), source="scontrol")
+        info.update(restarts=int(fields.get("Restarts", "0") or 0), exit_code=fields.get("ExitCode"),
+                    stdout=fields.get("StdOut"), name=fields.get("JobName"))
+    if info["source"] is None:
+        acct = _run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,ExitCode,Elapsed,NNodes,NodeList"])
+        if acct.returncode == 0 and acct.stdout.strip():
+            state, exit_code, elapsed, nodes, nodelist = acct.stdout.strip().splitlines()[0].split("|")
+            info.update(state=state.split()[0], exit_code=exit_code, elapsed=elapsed, nodes=nodes,
+                        nodelist=nodelist, source="sacct")
+    return info
+
+
+def run_dir_progress(run_dir: Path) -> dict[str, Any]:
+    """Where the run stands according to its run directory: last step, events, summary, checkpoints."""
+    progress: dict[str, Any] = {"run_dir": str(run_dir), "last_step": None, "events": {}, "summary": None,
+                                "checkpoints": []}
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.exists():
+        for line in metrics.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+            if not isinstance(record, dict):
+                continue
+            if "event" in record:
+                kind = str(record["event"])
+                progress["events"][kind] = progress["events"].get(kind, 0) + 1
+            elif "step" in record:
+                progress["last_step"] = record["step"]
+                progress["last_loss"] = record.get("loss")
+    summary = run_dir / "summary.json"
+    if summary.exists():
+        try:
+            progress["summary"] = json.loads(summary.read_text())
+        except json.JSONDecodeError:
+            progress["summary"] = None
+    checkpoints = run_dir / "checkpoints"
+    if checkpoints.is_dir():
+        progress["checkpoints"] = sorted(p.name for p in checkpoints.iterdir() if not p.name.startswith("."))
+    return progress
+
+
+def output_file(run_dir: Path, job_id: str) -> Path:
+    return run_dir / OUTPUT_PATTERN.replace("%j", job_id)
