@@ -1,3 +1,174 @@
-"""`bastion estimate` and `bastion validate` (filled in by the predictor work, issue 2)."""
+"""`bastion estimate` (memory and step time of one plan) and `bastion validate` (the predictor against published
+training runs)."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from bastion.cli import app
+
+GIB = 2**30
+
+
+def _build_plan(plan_file: Path | None, num_gpus: int, flags: dict[str, Any]) -> tuple[Any, list[str]]:
+    """The plan from a file, or from flags with dp (and the global batch) filled in; says what it inferred."""
+    from bastion.errors import PlanError
+    from bastion.specs.plan import ParallelPlan
+
+    given = {k: v for k, v in flags.items() if v is not None}
+    if plan_file is not None:
+        if given:
+            raise PlanError(f"--plan and plan flags ({', '.join('--' + k for k in given)}) were both given.",
+                            fix="use either --plan PLAN.json or the flags, not both.", reason="bad plan file")
+        return ParallelPlan.load(plan_file), []
+    notes: list[str] = []
+    tp, pp, cp = given.get("tp", 1), given.get("pp", 1), given.get("cp", 1)
+    if "dp" not in given:
+        if num_gpus % (tp * pp * cp):
+            raise PlanError(f"tp × pp × cp = {tp * pp * cp} does not divide the cluster's {num_gpus} devices, so "
+                            f"dp cannot fill it.", fix="choose degrees whose product divides the device count, "
+                            "or give --dp and a cluster of the matching size.", reason="degrees != devices")
+        given["dp"] = num_gpus // (tp * pp * cp)
+        notes.append(f"dp = {given['dp']} fills the cluster ({num_gpus} / (tp·pp·cp))")
+    vpp = given.get("vpp", 1)
+    if "pp_schedule" not in given and vpp > 1:
+        given["pp_schedule"] = "interleaved-1f1b"
+    if "global_batch" not in given:
+        micro = given.get("micro_batch", 1)
+        per_replica = 4 * pp * vpp if pp > 1 else 1  # enough micro-batches to keep the 1F1B bubble small
+        given["global_batch"] = micro * given["dp"] * per_replica
+        notes.append(f"global_batch = {given['global_batch']} (not given: micro_batch × dp"
+                     + (" × 4·pp·vpp micro-batches)" if pp > 1 else ")"))
+    return ParallelPlan(**given), notes
+
+
+def _gib(x: float) -> str:
+    return f"{x / GIB:,.2f}"
+
+
+def _print_estimate(est: Any, notes: list[str], tokens: float | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    plan = est.plan
+    console.print(f"[bold]{est.model}[/] on [bold]{est.cluster}[/], seq_len {est.seq_len}: dp {plan.dp} tp {plan.tp} "
+                  f"pp {plan.pp} cp {plan.cp}, zero {plan.zero_stage}, micro-batch {plan.micro_batch}, global batch "
+                  f"{plan.global_batch} ({plan.grad_accumulation} micro-batches), {plan.pp_schedule}"
+                  f"{f' vpp {plan.vpp}' if plan.vpp > 1 else ''}, recompute {plan.recompute}, "
+                  f"{'SP, ' if plan.sequence_parallel else ''}{plan.precision}")
+    mem = Table(title="memory per device (worst pipeline stage)")
+    mem.add_column("part")
+    mem.add_column("GiB", justify="right")
+    for name, value in est.memory.to_dict().items():
+        mem.add_row(name if name != "total" else "[bold]total[/]", _gib(value))
+    verdict = "[green]fits[/]" if est.fits else "[bold red]does NOT fit[/]"
+    mem.caption = f"{verdict} in {est.hbm_bytes / GIB:,.1f} GiB"
+    console.print(mem)
+    if plan.pp > 1:
+        stages = Table(title="memory by pipeline stage (GiB)")
+        for col in ("stage", "states", "activations", "logits", "total"):
+            stages.add_column(col, justify="right")
+        for i, m in enumerate(est.memory_by_stage):
+            stages.add_row(str(i), _gib(m.params + m.grads + m.optimizer), _gib(m.activations), _gib(m.logits),
+                           _gib(m.total))
+        console.print(stages)
+    tt = Table(title="time per optimizer step (critical path)")
+    tt.add_column("part")
+    tt.add_column("seconds", justify="right")
+    tt.add_column("share", justify="right")
+    for name, value in est.time.to_dict().items():
+        if name == "step":
+            continue
+        tt.add_row(name, f"{value:.4g}", f"{100 * value / est.step_time_s:.1f}%")
+    tt.add_row("[bold]step[/]", f"{est.step_time_s:.4g}", "100%")
+    console.print(tt)
+    console.print(f"tokens/s {est.tokens_per_s:,.0f}   MFU {100 * est.mfu:.1f}%   HFU {100 * est.hfu:.1f}%   "
+                  f"model FLOPs/step {est.model_flops_per_step:.3e}")
+    if tokens:
+        days = est.time_to_train_s(tokens) / 86400
+        console.print(f"time to train {tokens:.3g} tokens: {days:,.2f} days")
+    for note in notes + est.assumptions:
+        console.print(f"[dim]· {note}[/]", soft_wrap=True)
+
+
+@app.command("estimate")
+def estimate_command(
+    model: str = typer.Option(..., "--model", "-m", help="Model preset (see `bastion models`) or a .toml/.json file."),
+    cluster: str = typer.Option(..., "--cluster", "-c", help="Cluster preset, ACCEL:N (e.g. h100-sxm:1024) or a file."),
+    plan: Path | None = typer.Option(None, "--plan", help="ParallelPlan file (JSON/TOML); or give the flags below."),
+    dp: int | None = typer.Option(None, "--dp", help="Data-parallel degree (default: fills the cluster)."),
+    tp: int | None = typer.Option(None, "--tp", help="Tensor-parallel degree."),
+    pp: int | None = typer.Option(None, "--pp", help="Pipeline-parallel degree."),
+    cp: int | None = typer.Option(None, "--cp", help="Context-parallel degree."),
+    zero: int | None = typer.Option(None, "--zero", help="ZeRO stage 0-3 (3 = FSDP full shard)."),
+    micro_batch: int | None = typer.Option(None, "--micro-batch", help="Sequences per micro-batch per replica."),
+    global_batch: int | None = typer.Option(None, "--global-batch", help="Sequences per optimizer step."),
+    schedule: str | None = typer.Option(None, "--schedule", help="gpipe, 1f1b, interleaved-1f1b, zero-bubble, zbv, dualpipev."),
+    vpp: int | None = typer.Option(None, "--vpp", help="Model chunks per pipeline rank."),
+    recompute: str | None = typer.Option(None, "--recompute", help="none, selective or full."),
+    sp: bool | None = typer.Option(None, "--sp/--no-sp", help="Megatron sequence parallelism (needs tp > 1)."),
+    precision: str | None = typer.Option(None, "--precision", help="fp32, bf16, fp16 or fp8."),
+    seq_len: int | None = typer.Option(None, "--seq-len", help="Sequence length (default: the model's)."),
+    tokens: float | None = typer.Option(None, "--tokens", help="Token budget: also print the time to train it."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+) -> None:
+    """Predict memory per device and time per step of one parallel plan."""
+    from bastion.predict import estimate
+    from bastion.specs import load_cluster, load_model
+
+    model_spec = load_model(model, seq_len)
+    cluster_spec = load_cluster(cluster)
+    flags = {"dp": dp, "tp": tp, "pp": pp, "cp": cp, "zero_stage": zero, "micro_batch": micro_batch,
+             "global_batch": global_batch, "pp_schedule": schedule, "vpp": vpp, "recompute": recompute,
+             "sequence_parallel": sp, "precision": precision}
+    parallel_plan, notes = _build_plan(plan, cluster_spec.num_gpus, flags)
+    est = estimate(model_spec, cluster_spec, parallel_plan, seq_len)
+    if as_json:
+        out = est.to_dict()
+        out["assumptions"] = notes + out["assumptions"]
+        if tokens:
+            out["tokens"] = tokens
+            out["time_to_train_s"] = est.time_to_train_s(tokens)
+        print(json.dumps(out, indent=2))
+        return
+    _print_estimate(est, notes, tokens)
+
+
+@app.command("validate")
+def validate_command(
+    cases: Path | None = typer.Argument(None, help="Case file (CSV, see predict/data/CASES_SCHEMA.md); default: "
+                                                   "the published runs shipped with bastion."),
+    as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object: summary, cases, skipped."),
+) -> None:
+    """Predict the iteration time of every published run in a case file and report the errors."""
+    from bastion.predict.validate import PUBLIC_CASES, validate_cases
+
+    report = validate_cases(cases or PUBLIC_CASES)
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"predicted vs published iteration time ({cases or PUBLIC_CASES})")
+    for col in ("case", "published s", "predicted s", "error"):
+        table.add_column(col, justify="right")
+    for c in report.cases:
+        err = c.rel_error
+        style = "green" if abs(err) <= 0.10 else "yellow" if abs(err) <= 0.25 else "red"
+        table.add_row(c.case_id, f"{c.published_s:.4g}", f"{c.predicted_s:.4g}", f"[{style}]{100 * err:+.1f}%[/]")
+    console.print(table)
+    s = report.summary()
+    if s["predicted"]:
+        console.print(f"[bold]{s['predicted']} predicted[/], {s['skipped']} skipped of {s['n']}: |error| median "
+                      f"{100 * s['median_abs_rel_error']:.1f}%, p90 {100 * s['p90_abs_rel_error']:.1f}%, max "
+                      f"{100 * s['max_abs_rel_error']:.1f}%")
+    for skipped in report.skipped:
+        console.print(f"[yellow]skipped {skipped['case_id']}[/]: {skipped['reason']}", soft_wrap=True)
+    console.print("[dim]assumptions per case: `bastion validate --json`[/]")

@@ -44,11 +44,12 @@ def _scale_up_time(cluster: Cluster, nbytes: float) -> float:
     return nbytes / bw * (1.0 + cal["half_bandwidth_bytes_scale_up"] / max(nbytes, 1.0))
 
 
-def _scale_out_time(cluster: Cluster, nbytes: float, parallel_nics: int) -> float:
+def _scale_out_time(cluster: Cluster, bytes_per_nic: float) -> float:
+    """Seconds for each GPU to push `bytes_per_nic` through its own NIC (all NICs of a node work in parallel)."""
     cal = load_calibration().network
     net = cluster.network
-    bw = net.scale_out_bw_gbs * 1e9 * cal["scale_out_efficiency"] * parallel_nics / net.oversubscription
-    return nbytes / bw * (1.0 + cal["half_bandwidth_bytes_scale_out"] / max(nbytes / parallel_nics, 1.0))
+    bw = net.scale_out_bw_gbs * 1e9 * cal["scale_out_efficiency"] / net.oversubscription
+    return bytes_per_nic / bw * (1.0 + cal["half_bandwidth_bytes_scale_out"] / max(bytes_per_nic, 1.0))
 
 
 def _latency(cluster: Cluster, g: GroupPlacement, rounds: int) -> float:
@@ -68,7 +69,7 @@ def all_reduce_time(cluster: Cluster, nbytes: float, g: GroupPlacement) -> float
     if g.local > 1:
         t += _scale_up_time(cluster, 2.0 * (g.local - 1) / g.local * nbytes)
     if g.domains > 1:
-        t += _scale_out_time(cluster, 2.0 * (g.domains - 1) / g.domains * nbytes / g.local, g.local)
+        t += _scale_out_time(cluster, 2.0 * (g.domains - 1) / g.domains * nbytes / g.local)
     return t + _latency(cluster, g, 2)
 
 
@@ -81,7 +82,7 @@ def all_gather_time(cluster: Cluster, nbytes: float, g: GroupPlacement) -> float
     if g.local > 1:
         t += _scale_up_time(cluster, (g.local - 1) / g.local * nbytes)
     if g.domains > 1:
-        t += _scale_out_time(cluster, (g.domains - 1) / g.domains * nbytes / g.local, g.local)
+        t += _scale_out_time(cluster, (g.domains - 1) / g.domains * nbytes / g.local)
     return t + _latency(cluster, g, 1)
 
 
@@ -94,5 +95,5 @@ def p2p_time(cluster: Cluster, nbytes: float, crosses_domain: bool) -> float:
         return 0.0
     net = cluster.network
     if crosses_domain:
-        return _scale_out_time(cluster, nbytes, 1) + net.scale_out_latency_us * 1e-6
+        return _scale_out_time(cluster, nbytes) + net.scale_out_latency_us * 1e-6
     return _scale_up_time(cluster, nbytes) + net.scale_up_latency_us * 1e-6

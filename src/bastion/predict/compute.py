@@ -85,8 +85,11 @@ def layer_membound_bytes_per_token(model: ModelSpec, tp: int, sequence_parallel:
     return per_token * (2.0 if precision == "fp32" else 1.0)
 
 
-def cross_entropy_bytes_per_token(model: ModelSpec, tp: int) -> float:
-    return load_calibration().membound["cross_entropy_bytes"] * model.vocab_size / tp
+def cross_entropy_bytes_per_token(model: ModelSpec, tp: int, fused: bool) -> float:
+    """Effective bytes per token of the loss (forward + backward) over this rank's 1/tp of the vocabulary."""
+    cal = load_calibration().membound
+    per_entry = cal["fused_cross_entropy_bytes"] if fused else cal["cross_entropy_bytes"]
+    return per_entry * model.vocab_size / tp
 
 
 def optimizer_bytes_per_param(precision: str) -> float:

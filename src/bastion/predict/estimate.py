@@ -197,7 +197,8 @@ def _stage_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len:
     if has_last:
         head_fwd = compute.gemm_time(acc, plan.precision, tokens, model.hidden_size, model.vocab_size // plan.tp)
         head_compute = 3 * head_fwd
-        head_membound = compute.membound_time(acc, tokens * compute.cross_entropy_bytes_per_token(model, plan.tp))
+        head_membound = compute.membound_time(acc, tokens * compute.cross_entropy_bytes_per_token(
+            model, plan.tp, options.fused_cross_entropy))
         backward_t += 2 * head_fwd
     compute_t += head_compute
     membound_t += head_membound
@@ -307,6 +308,8 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
         f"efficiency curves measured on one H200, scaled by {acc.name} matmul_efficiency "
         f"{acc.matmul_efficiency:g} / 0.787 and HBM {acc.hbm_bandwidth_gbs:g} GB/s",
         "tensor-parallel collectives are not overlapped with compute" if plan.tp > 1 else "",
+        "loss: fused cross-entropy kernel" if options.fused_cross_entropy
+        else "loss: plain PyTorch cross-entropy on fp32 logits",
     ]
     return Estimate(model=model.name, cluster=cluster.name, plan=plan, seq_len=s, memory=worst_memory,
                     memory_by_stage=memory_by_stage, time=time, step_time_s=time.step,

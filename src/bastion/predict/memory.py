@@ -234,8 +234,10 @@ def stage_memory(model: ModelSpec, plan: ParallelPlan, seq_len: int, stage: int,
     chunks = chunks_of_stage(plan.pp_schedule, plan.pp, plan.vpp, stage)
     logits = 0.0
     if plan.pp * plan.vpp - 1 in chunks:
-        # logits in the compute dtype, their fp32 copy for the loss and the fp32 gradient, vocab-parallel over tp
-        logits = tokens * model.vocab_size / plan.tp * (a + 4 + 4)
+        # plain: logits in the compute dtype, their fp32 copy for the loss and the fp32 gradient; fused: the
+        # logits and their gradient written in place; vocab-parallel over tp either way
+        per_entry = a if options.fused_cross_entropy else a + 4 + 4
+        logits = tokens * model.vocab_size / plan.tp * per_entry
     comm = 0.0
     layer_params = sum(_local_numel(p, plan.tp, 0, 1, 0, False) for p in layer_param_shapes(model))
     if plan.dp > 1 and plan.zero_stage == 3:

@@ -14,9 +14,18 @@ class PredictOptions:
     flash_attention: bool = True
     #: the model trains with dropout (GPT-3/Megatron style: masks on attention probabilities and after each block)
     dropout: bool = False
+    #: the loss is a fused (or chunked) cross-entropy kernel that reads the logits once and writes their gradient
+    #: in place (Megatron's vocab-parallel loss, flash-attn's xentropy, Liger); False = plain PyTorch: the logits
+    #: upcast to fp32, log-softmax saved, a separate gradient tensor (what bastion's own runtime does)
+    fused_cross_entropy: bool = False
     #: bytes a ZeRO-0/1/2 data-parallel gradient bucket holds (PyTorch DDP's default bucket_cap_mb = 25)
     dp_bucket_bytes: float = 25e6
     #: device memory the CUDA context, cuBLAS/NCCL workspaces take before the first tensor, GiB (GPUs only)
     runtime_reserve_gib: float = 1.0
     #: fraction of the transient memory (activations, logits, buffers) the caching allocator loses to fragmentation
     fragmentation: float = 0.10
+
+
+#: the kernels of the published production stacks (Megatron-LM, llm-foundry, DeepSpeed) that `bastion validate`
+#: judges the model against: flash attention and a fused cross-entropy
+PRODUCTION_STACK = PredictOptions(flash_attention=True, fused_cross_entropy=True)

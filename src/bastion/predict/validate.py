@@ -1,0 +1,277 @@
+"""Judge the predictor against published training runs (a case file in the format of data/CASES_SCHEMA.md).
+
+Every row becomes a ModelSpec, a Cluster (accelerator × num_gpus, gpus_per_node per node) and a ParallelPlan;
+`estimate()` predicts its iteration time. One physical model serves every row: nothing here depends on the
+source, the model name or the row. Cells the publication left empty get the choice a practitioner would make
+(the fastest combination of the unknown settings that fits in memory), and each such choice is recorded.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from bastion.errors import BastionError, ConfigError
+from bastion.predict.calibration import DATA_DIR
+from bastion.predict.estimate import Estimate, estimate
+from bastion.predict.options import PRODUCTION_STACK, PredictOptions
+from bastion.specs.hardware import Cluster, default_network, load_accelerator
+from bastion.specs.model import ModelSpec
+from bastion.specs.plan import ParallelPlan
+
+#: the project's copy of the published runs
+PUBLIC_CASES = DATA_DIR / "public_cases.csv"
+
+COLUMNS = ("case_id", "source_group", "source", "model", "num_layers", "hidden_size", "num_heads", "num_kv_heads",
+           "ffn_hidden_size", "ffn_type", "vocab_size", "seq_len", "global_batch_size", "micro_batch_size", "tp",
+           "pp", "dp", "cp", "vpp", "zero_stage", "recompute", "sequence_parallel", "precision", "accelerator",
+           "num_gpus", "gpus_per_node", "metric", "value", "iteration_time_s", "flop_convention", "peak_tflops",
+           "inferred", "notes")
+#: columns a row cannot be predicted without
+REQUIRED = ("num_layers", "hidden_size", "num_heads", "ffn_hidden_size", "vocab_size", "seq_len",
+            "global_batch_size", "tp", "pp", "accelerator", "num_gpus")
+
+
+class RowSkipped(Exception):
+    """A row that cannot be predicted; the message is the reason reported for it."""
+
+
+@dataclass
+class CaseResult:
+    case_id: str
+    published_s: float
+    predicted_s: float
+    assumptions: list[str] = field(default_factory=list)
+
+    @property
+    def rel_error(self) -> float:
+        return (self.predicted_s - self.published_s) / self.published_s
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"case_id": self.case_id, "published_s": self.published_s, "predicted_s": self.predicted_s,
+                "rel_error": self.rel_error, "assumptions": self.assumptions}
+
+
+@dataclass
+class ValidationReport:
+    cases: list[CaseResult]
+    skipped: list[dict[str, str]]
+
+    def abs_errors(self) -> list[float]:
+        return sorted(abs(c.rel_error) for c in self.cases)
+
+    def summary(self) -> dict[str, Any]:
+        errors = self.abs_errors()
+        return {"n": len(self.cases) + len(self.skipped), "predicted": len(self.cases),
+                "skipped": len(self.skipped),
+                "median_abs_rel_error": percentile(errors, 50) if errors else None,
+                "p90_abs_rel_error": percentile(errors, 90) if errors else None,
+                "max_abs_rel_error": errors[-1] if errors else None}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"summary": self.summary(), "cases": [c.to_dict() for c in self.cases], "skipped": self.skipped}
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolation percentile of an ascending list (numpy's default method)."""
+    pos = (len(sorted_values) - 1) * q / 100
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def read_cases(path: Path) -> list[dict[str, str]]:
+    """Rows of a case file; a file that is missing, empty or lacks columns raises ConfigError."""
+    fix = "give a CSV with the columns of the case-file schema (see bastion/predict/data/CASES_SCHEMA.md)."
+    if not path.exists():
+        raise ConfigError(f"Case file not found: {path}", fix="check the path.",
+                          hint=f"bastion validate {PUBLIC_CASES}   # the published runs shipped with bastion")
+    try:
+        with path.open(newline="") as fh:
+            reader = csv.DictReader(fh)
+            header = reader.fieldnames or []
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"Cannot read {path} as CSV: {exc}", fix=fix) from exc
+    missing = [c for c in COLUMNS if c not in header]
+    if missing:
+        raise ConfigError(f"{path} is not a case file: missing column(s) {', '.join(missing)}.", fix=fix)
+    if not rows:
+        raise ConfigError(f"{path} has a header but no cases.", fix="add at least one row.")
+    return rows
+
+
+def _int(row: dict[str, str], key: str, default: int | None = None) -> int | None:
+    text = (row.get(key) or "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise RowSkipped(f"{key} = {text!r} is not a number") from None
+    if not value.is_integer():
+        raise RowSkipped(f"{key} = {text!r} is not a whole number")
+    return int(value)
+
+
+def _float(row: dict[str, str], key: str) -> float | None:
+    text = (row.get(key) or "").strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise RowSkipped(f"{key} = {text!r} is not a number") from None
+
+
+def case_model(row: dict[str, str], assumptions: list[str]) -> ModelSpec:
+    heads = _int(row, "num_heads")
+    kv = _int(row, "num_kv_heads")
+    if kv is None:
+        kv = heads
+        assumptions.append("num_kv_heads: not given, taken equal to num_heads (no GQA)")
+    ffn_type = (row.get("ffn_type") or "").strip()
+    if not ffn_type:
+        ffn_type = "gelu"
+        assumptions.append("ffn_type: not given, assumed gelu (two matrices)")
+    try:
+        # position embeddings and biases are not in the schema; both are negligible for time
+        return ModelSpec(name=(row.get("model") or row["case_id"]).strip(), num_layers=_int(row, "num_layers"),
+                         hidden_size=_int(row, "hidden_size"), num_heads=heads, num_kv_heads=kv,
+                         ffn_hidden_size=_int(row, "ffn_hidden_size"), ffn_type=ffn_type,
+                         vocab_size=_int(row, "vocab_size"), seq_len=_int(row, "seq_len"),
+                         position_embedding="alibi")
+    except BastionError as exc:
+        raise RowSkipped(exc.problem) from None
+
+
+def case_cluster(row: dict[str, str], assumptions: list[str]) -> Cluster:
+    try:
+        acc = load_accelerator((row.get("accelerator") or "").strip())
+    except BastionError as exc:
+        raise RowSkipped(exc.problem) from None
+    num_gpus = _int(row, "num_gpus")
+    per_node = _int(row, "gpus_per_node")
+    if per_node is None:
+        per_node = min(acc.scale_up_domain, 8)
+        assumptions.append(f"gpus_per_node: not given, assumed {per_node}")
+    per_node = min(per_node, num_gpus)
+    network = default_network(acc)
+    # NVLink spans one node, except on rack-scale systems whose domain is larger than any node (NVL72, TPU)
+    if acc.scale_up_domain <= 8 or per_node >= acc.scale_up_domain:
+        network = replace(network, scale_up_size=min(per_node, acc.scale_up_domain))
+    return Cluster(name=f"{acc.name}:{num_gpus}", accelerator=acc, num_nodes=math.ceil(num_gpus / per_node),
+                   gpus_per_node=per_node, network=network)
+
+
+def _vpp_choices(row: dict[str, str], model: ModelSpec, pp: int, assumptions: list[str]) -> list[int]:
+    vpp = _int(row, "vpp")
+    if vpp is not None:
+        return [vpp]
+    if pp == 1:
+        return [1]
+    options = [v for v in range(2, 9) if model.num_layers % (pp * v) == 0]
+    if not options:
+        assumptions.append("vpp: not given and no v >= 2 divides the layers per stage; assumed 1")
+        return [1]
+    return options
+
+
+def case_plan_choices(row: dict[str, str], model: ModelSpec, cluster: Cluster,
+                      assumptions: list[str]) -> tuple[list[ParallelPlan], list[str]]:
+    """Every plan consistent with the row; the names of the settings the row left open."""
+    tp, pp = _int(row, "tp"), _int(row, "pp")
+    cp = _int(row, "cp", 1)
+    dp = _int(row, "dp")
+    if dp is None:
+        dp = cluster.num_gpus // (tp * pp * cp)
+        assumptions.append(f"dp: not given, {dp} = num_gpus / (tp·pp·cp)")
+    micro = _int(row, "micro_batch_size")
+    if micro is None:
+        micro = 1
+        assumptions.append("micro_batch_size: not given, assumed 1")
+    open_settings = []
+    vpps = _vpp_choices(row, model, pp, assumptions)
+    if len(vpps) > 1:
+        open_settings.append("vpp")
+    zero = _int(row, "zero_stage")
+    zeros = [zero] if zero is not None else [0, 1, 2, 3]
+    if zero is None:
+        open_settings.append("zero_stage")
+    recompute = (row.get("recompute") or "").strip()
+    recomputes = [recompute] if recompute else ["none", "selective", "full"]
+    if not recompute:
+        open_settings.append("recompute")
+    sp = _int(row, "sequence_parallel")
+    sps = [bool(sp)] if sp is not None else ([False, True] if tp > 1 else [False])
+    if sp is None and tp > 1:
+        open_settings.append("sequence_parallel")
+    elif sp is None:
+        assumptions.append("sequence_parallel: not given, off (tp = 1)")
+    precision = (row.get("precision") or "").strip()
+    if not precision:
+        precision = "bf16" if cluster.accelerator.supports("bf16") else "fp16"
+        assumptions.append(f"precision: not given, assumed {precision}")
+    plans = []
+    for v, z, rc, s in itertools.product(vpps, zeros, recomputes, sps):
+        schedule = "interleaved-1f1b" if v > 1 else "1f1b"
+        try:
+            plans.append(ParallelPlan(dp=dp, tp=tp, pp=pp, cp=cp, zero_stage=z, micro_batch=micro,
+                                      global_batch=_int(row, "global_batch_size"), pp_schedule=schedule, vpp=v,
+                                      recompute=rc, sequence_parallel=s, precision=precision))
+        except BastionError as exc:
+            raise RowSkipped(exc.problem) from None
+    return plans, open_settings
+
+
+def predict_case(row: dict[str, str], options: PredictOptions = PRODUCTION_STACK) -> CaseResult:
+    """Predict one row's iteration time, or raise RowSkipped with the reason."""
+    case_id = (row.get("case_id") or "").strip() or "(no case_id)"
+    for key in REQUIRED:
+        if not (row.get(key) or "").strip():
+            raise RowSkipped(f"{key} is empty")
+    published = _float(row, "iteration_time_s")
+    if published is None or published <= 0:
+        raise RowSkipped("no published iteration_time_s to compare with")
+    assumptions: list[str] = []
+    model = case_model(row, assumptions)
+    cluster = case_cluster(row, assumptions)
+    plans, open_settings = case_plan_choices(row, model, cluster, assumptions)
+    results: list[Estimate] = []
+    errors: list[str] = []
+    for plan in plans:
+        try:
+            results.append(estimate(model, cluster, plan, options=options))
+        except BastionError as exc:
+            errors.append(exc.problem)
+    if not results:
+        raise RowSkipped(f"plan is inconsistent: {errors[0]}")
+    fitting = [e for e in results if e.fits]
+    if open_settings:
+        chosen = min(fitting, key=lambda e: e.step_time_s) if fitting else min(results, key=lambda e: e.memory.total)
+        picked = ", ".join(f"{name} = {getattr(chosen.plan, name)}" for name in open_settings)
+        how = "the fastest choice that fits in memory" if fitting else "none fits; the smallest in memory"
+        assumptions.append(f"{', '.join(open_settings)}: not given; {picked} ({how})")
+    else:
+        chosen = results[0]
+    if not chosen.fits:
+        assumptions.append(f"predicted memory {chosen.memory.total / 2**30:.1f} GiB exceeds "
+                           f"{chosen.hbm_bytes / 2**30:.0f} GiB per device")
+    return CaseResult(case_id=case_id, published_s=published, predicted_s=chosen.step_time_s,
+                      assumptions=assumptions)
+
+
+def validate_cases(path: Path | str = PUBLIC_CASES, options: PredictOptions = PRODUCTION_STACK) -> ValidationReport:
+    """Predict every row of a case file; rows that cannot be predicted are listed with their reason."""
+    rows = read_cases(Path(path))
+    cases: list[CaseResult] = []
+    skipped: list[dict[str, str]] = []
+    for i, row in enumerate(rows):
+        try:
+            cases.append(predict_case(row, options))
+        except RowSkipped as exc:
+            skipped.append({"case_id": (row.get("case_id") or "").strip() or f"row {i + 2}", "reason": str(exc)})
+    return ValidationReport(cases=cases, skipped=skipped)
