@@ -1,0 +1,113 @@
+"""Model-state memory: the ZeRO paper's figures and exact per-rank bytes for the runtime's models."""
+
+from __future__ import annotations
+
+import pytest
+
+from bastion.predict.memory import model_state_bytes, state_bytes_per_param
+from bastion.specs import ModelSpec, ParallelPlan, load_model
+
+GB = 1e9
+
+
+def zero_bytes_per_param(precision: str, zero_stage: int, dp: int) -> float:
+    p, g, o = state_bytes_per_param(precision)
+    return (p / dp if zero_stage >= 3 else p) + (g / dp if zero_stage >= 2 else g) + (o / dp if zero_stage >= 1 else o)
+
+
+@pytest.mark.parametrize(("zero_stage", "published_gb"), [(0, 120.0), (1, 31.4), (2, 16.6), (3, 1.9)])
+def test_zero_paper_figure1_7_5b_on_64_gpus(zero_stage: int, published_gb: float) -> None:
+    # Rajbhandari et al. 2020 (ZeRO), Figure 1: Ψ = 7.5B parameters, Nd = 64, K = 12 (mixed-precision Adam)
+    total = 7.5e9 * zero_bytes_per_param("bf16", zero_stage, 64)
+    assert total / GB == pytest.approx(published_gb, abs=0.05)
+
+
+def test_mixed_precision_and_fp32_bytes_per_parameter() -> None:
+    assert state_bytes_per_param("bf16") == (2, 2, 12)
+    assert state_bytes_per_param("fp16") == (2, 2, 12)
+    assert state_bytes_per_param("fp32") == (4, 4, 8)
+
+
+def _plan(**kw) -> ParallelPlan:
+    kw.setdefault("global_batch", kw.get("dp", 1) * 4)
+    kw.setdefault("precision", "fp32")
+    return ParallelPlan(**kw)
+
+
+def test_tiny_fp32_single_rank_is_16_bytes_per_parameter() -> None:
+    tiny = load_model("tiny")
+    states = model_state_bytes(tiny, _plan(), 0)
+    n = tiny.total_params()
+    assert states == {"params": 4 * n, "grads": 4 * n, "optimizer": 8 * n}
+
+
+def test_tiny_parameter_count_by_hand() -> None:
+    # tiny: 4 layers, h 64, 4 heads of 16, 2 kv heads, SwiGLU 256, vocab 256, untied, RMSNorm, no biases
+    per_layer = 64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 256 + 2 * 64
+    expected = 4 * per_layer + 256 * 64 + 64 + 256 * 64
+    assert model_state_bytes(load_model("tiny"), _plan(), 0)["params"] == 4 * expected
+
+
+@pytest.mark.parametrize("dp", [2, 3, 4])
+def test_fsdp_shards_sum_to_the_whole_and_rank0_is_largest(dp: int) -> None:
+    small = load_model("small")
+    plan = _plan(dp=dp, zero_stage=3)
+    whole = model_state_bytes(small, _plan(), 0)
+    shards = [model_state_bytes(small, plan, 0, dp_rank=r) for r in range(dp)]
+    for key in ("params", "grads", "optimizer"):
+        assert sum(s[key] for s in shards) == whole[key]
+        assert shards[0][key] == max(s[key] for s in shards)
+
+
+def test_zero_stages_shard_what_they_should() -> None:
+    tiny = load_model("tiny")
+    whole = model_state_bytes(tiny, _plan(), 0)
+    z1 = model_state_bytes(tiny, _plan(dp=2, zero_stage=1), 0)
+    z2 = model_state_bytes(tiny, _plan(dp=2, zero_stage=2), 0)
+    assert z1["params"] == whole["params"] and z1["grads"] == whole["grads"]
+    assert z1["optimizer"] == whole["optimizer"] // 2  # every dim 0 of tiny is even
+    assert z2["grads"] == whole["grads"] // 2 and z2["params"] == whole["params"]
+
+
+def test_tensor_parallel_replicates_norms_and_splits_matrices() -> None:
+    tiny = load_model("tiny")
+    whole = model_state_bytes(tiny, _plan(), 0)["params"] // 4
+    norms = 4 * 2 * 64 + 64
+    ranks = [model_state_bytes(tiny, _plan(tp=2), 0, tp_rank=r)["params"] // 4 for r in range(2)]
+    assert ranks[0] == ranks[1] == (whole - norms) // 2 + norms
+
+
+def test_pipeline_stages_split_layers_embedding_first_head_last() -> None:
+    tiny = load_model("tiny")
+    whole = model_state_bytes(tiny, _plan(), 0)["params"]
+    stages = [model_state_bytes(tiny, _plan(pp=2), i)["params"] for i in range(2)]
+    assert sum(stages) == whole
+    layer = tiny.params_per_layer() * 4
+    assert stages[0] == 2 * layer + 4 * 256 * 64                 # two layers + embedding
+    assert stages[1] == 2 * layer + 4 * (64 + 256 * 64)          # two layers + final norm + LM head
+
+
+def test_tied_embeddings_count_once_on_one_stage_and_twice_across_stages() -> None:
+    tied = ModelSpec(name="tied", num_layers=4, hidden_size=64, num_heads=4, num_kv_heads=2, ffn_hidden_size=256,
+                     vocab_size=256, seq_len=64, tied_embeddings=True)
+    one = model_state_bytes(tied, _plan(), 0)["params"]
+    assert one == 4 * tied.total_params()
+    split = sum(model_state_bytes(tied, _plan(pp=2), i)["params"] for i in range(2))
+    assert split == one + 4 * 256 * 64  # the last stage keeps its own copy of the table for the LM head
+
+
+def test_v_schedule_puts_embedding_and_head_on_rank_0() -> None:
+    tiny = load_model("tiny")
+    plan = _plan(pp=2, vpp=2, pp_schedule="zbv")
+    stage0 = model_state_bytes(tiny, plan, 0)["params"]
+    stage1 = model_state_bytes(tiny, plan, 1)["params"]
+    layer = tiny.params_per_layer() * 4
+    assert stage1 == 2 * layer
+    assert stage0 == 2 * layer + 4 * (2 * 256 * 64 + 64)
+
+
+def test_mixed_precision_counts_2_2_12() -> None:
+    small = load_model("small")
+    n = small.total_params()
+    states = model_state_bytes(small, _plan(precision="bf16"), 0)
+    assert states == {"params": 2 * n, "grads": 2 * n, "optimizer": 12 * n}

@@ -1,0 +1,88 @@
+"""`bastion estimate` and `bastion validate` through the CLI entry point, including the error path."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from bastion.cli import main
+from bastion.predict.validate import COLUMNS, PUBLIC_CASES
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    out, err = capsys.readouterr()
+    return int(exc.value.code or 0), out, err
+
+
+def test_estimate_json_infers_dp(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["estimate", "--model", "llama3-8b", "--cluster", "h100-sxm:64", "--tp", "8",
+                        "--global-batch", "64", "--seq-len", "8192", "--tokens", "1e12", "--json"], capsys)
+    assert code == 0
+    data = json.loads(out)
+    assert data["plan"]["dp"] == 8 and data["seq_len"] == 8192
+    assert data["time_to_train_s"] == pytest.approx(1e12 / data["tokens_per_s"])
+    assert any("dp = 8" in a for a in data["assumptions"])
+
+
+def test_estimate_tables_and_plan_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bastion.specs import ParallelPlan
+
+    plan = ParallelPlan(dp=2, tp=2, pp=2, global_batch=8, precision="fp32").save(tmp_path / "plan.json")
+    code, out, _ = run(["estimate", "--model", "tiny", "--cluster", "cpu:8", "--plan", str(plan)], capsys)
+    assert code == 0
+    assert "memory per device" in out and "memory by pipeline stage" in out and "MFU" in out
+
+
+@pytest.mark.parametrize("argv", [
+    ["estimate", "--model", "lama3-8b", "--cluster", "h100-sxm:8"],                  # unknown preset
+    ["estimate", "--model", "llama3-8b", "--cluster", "h100-sxm:8", "--tp", "3"],     # impossible plan
+    ["estimate", "--model", "llama3-8b", "--cluster", "h100-sxm:8", "--dp", "2"],     # degrees != devices
+])
+def test_bad_input_is_a_short_message_and_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(argv, capsys)
+    assert code == 2
+    assert "error:" in err and "To fix:" in err and "Traceback" not in err
+
+
+def test_validate_malformed_case_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "cases.csv"
+    bad.write_text("case_id,model\nX1,foo\n")
+    code, _, err = run(["validate", str(bad)], capsys)
+    assert code == 2 and "missing column" in err and "To fix:" in err
+    code, _, err = run(["validate", str(tmp_path / "nope.csv")], capsys)
+    assert code == 2 and "not found" in err
+
+
+def _rows(n: int) -> list[dict[str, str]]:
+    with PUBLIC_CASES.open(newline="") as fh:
+        return list(csv.DictReader(fh))[:n]
+
+
+def test_validate_json_format_and_nothing_dropped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = _rows(3)
+    rows[1] = {**rows[1], "recompute": "", "zero_stage": "", "sequence_parallel": "", "precision": ""}
+    rows[2] = {**rows[2], "tp": "seven"}
+    path = tmp_path / "cases.csv"
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    code, out, _ = run(["validate", str(path), "--json"], capsys)
+    assert code == 0
+    data = json.loads(out)
+    assert set(data) == {"summary", "cases", "skipped"}
+    assert set(data["summary"]) == {"n", "predicted", "skipped", "median_abs_rel_error", "p90_abs_rel_error",
+                                    "max_abs_rel_error"}
+    assert data["summary"]["n"] == 3 and data["summary"]["predicted"] == 2 and data["summary"]["skipped"] == 1
+    assert data["skipped"] == [{"case_id": rows[2]["case_id"], "reason": "tp = 'seven' is not a number"}]
+    first, second = data["cases"]
+    assert set(first) == {"case_id", "published_s", "predicted_s", "rel_error", "assumptions"}
+    assert first["rel_error"] == pytest.approx((first["predicted_s"] - first["published_s"]) / first["published_s"])
+    stated = " ".join(second["assumptions"])
+    for setting in ("recompute", "zero_stage", "precision"):
+        assert setting in stated
