@@ -17,6 +17,7 @@ from functools import lru_cache
 from typing import Any
 
 from bastion.predict import comm, compute, flops, schedule
+from bastion.predict.calibration import load_calibration
 from bastion.predict.memory import (
     MemoryBreakdown,
     _local_numel,
@@ -214,7 +215,11 @@ def _stage_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len:
         scatter = comm.reduce_scatter_time(cluster, float(layer_numel * g_bytes), dp_group)
         fwd_window = gemm_fwd + attn_fwd + layer_membound / 4
         bwd_window = layer_compute - gemm_fwd - attn_fwd + layer_recompute + layer_membound * 3 / 4
-        per_layer = max(0.0, gather - fwd_window) + max(0.0, gather + scatter - bwd_window)
+        # while a collective overlaps compute, its NCCL kernels hold SMs: the compute under it runs slower
+        slow = load_calibration().network["overlap_slowdown"]
+        fwd_comm, bwd_comm = gather, gather + scatter
+        per_layer = (max(0.0, fwd_comm - fwd_window) + slow * min(fwd_comm, fwd_window)
+                     + max(0.0, bwd_comm - bwd_window) + slow * min(bwd_comm, bwd_window))
         fsdp = layers * per_layer + gather  # the first gather of each pass has nothing to hide under
         if has_first or has_last:
             # embedding / LM head tables are gathered too (as their own FSDP unit)
@@ -285,7 +290,9 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
             reduce = comm.reduce_scatter_time(cluster, numel * g_bytes, dp_group)
             gather = comm.all_gather_time(cluster, numel * p_bytes, dp_group)
         last_bucket = comm.all_reduce_time(cluster, min(options.dp_bucket_bytes, numel * g_bytes), dp_group)
-        dp_comm += max(reduce - slowest.backward, last_bucket) + gather
+        slow = load_calibration().network["overlap_slowdown"]
+        hidden = min(reduce, slowest.backward)
+        dp_comm += max(reduce - slowest.backward, last_bucket) + slow * hidden + gather
 
     optimizer = compute.membound_time(acc, worst_states[2] / o_bytes * compute.optimizer_bytes_per_param(
         plan.precision))
