@@ -40,7 +40,7 @@ if ! have_slurm; then
     || unavailable "apt-get install slurm-wlm munge failed"
   have_slurm || unavailable "slurm-wlm installed but its daemons are not on PATH"
 fi
-# slurmd runs jobs as their submitting user and the daemons write under /etc/hosts and root-owned dirs
+# the daemons run as root (slurmd starts jobs as their user) and the node names go into /etc/hosts
 [ "$(id -u)" = 0 ] || unavailable "the daemons of a multi-node Slurm on one host must run as root"
 
 CONF=$DIR/slurm.conf
@@ -125,8 +125,10 @@ printf 'export SLURM_CONF=%q\n' "$CONF" >"$DIR/env.sh"
 export SLURM_CONF=$CONF
 
 # node names must resolve for srun and for torchrun's rendezvous on the first node
-sed -i "/$HOSTS_TAG\$/d" /etc/hosts
-echo "127.0.0.1 $(seq -f 'n%g' -s ' ' 1 "$NODES") $HOSTS_TAG" >>/etc/hosts
+# (rewritten in place, not renamed: container runtimes often bind-mount /etc/hosts)
+hosts=$(grep -v -- "$HOSTS_TAG\$" /etc/hosts || true)
+printf '%s\n127.0.0.1 %s %s\n' "$hosts" "$(seq -f 'n%g' -s ' ' 1 "$NODES")" "$HOSTS_TAG" >/etc/hosts 2>/dev/null \
+  || unavailable "cannot write /etc/hosts to make the node names n1..n$NODES resolve"
 
 # ---- daemons: each in the foreground of its own background job, so $! is the daemon ---------------------
 head -c 1024 /dev/urandom >"$DIR/munge/key"

@@ -51,7 +51,10 @@ terminate "${steps[@]}"
 [ -n "$ctld" ] && terminate "$ctld"
 m=$(saved_pid "$DIR/pids/munged.pid" munged) && terminate "$m"
 rm -f "$DIR"/pids/*.pid
-sed -i "/$HOSTS_TAG\$/d" /etc/hosts 2>/dev/null
+if grep -q -- "$HOSTS_TAG\$" /etc/hosts 2>/dev/null; then
+  hosts=$(grep -v -- "$HOSTS_TAG\$" /etc/hosts)
+  printf '%s\n' "$hosts" >/etc/hosts
+fi
 [ "${1:-}" = --wipe ] && rm -rf "$DIR"
 say "stopped ${#nodes[@]} slurmd, ${#steps[@]} stray slurmstepd${ctld:+, slurmctld}${m:+, munged}"
 exit 0

@@ -1,0 +1,231 @@
+"""`bastion launch`: request checks (layout, time, partition), the CLI's dry runs, and what it writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bastion.errors import LaunchError
+from bastion.launch.request import (
+    format_time_limit,
+    k8s_name,
+    parse_time_limit,
+    slurm_job_name,
+    worker_layout,
+)
+from bastion.launch.slurm import SlurmOptions, check_options
+from bastion.specs import ParallelPlan
+
+PYTHON = sys.executable
+
+
+# ---- request checks -------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("workers", "nodes", "per_node", "device", "expected"), [
+    (4, 2, None, "cpu", (2, 2)),
+    (16, None, None, "gpu", (2, 8)),     # GPU default: 8 per node
+    (4, None, None, "gpu", (1, 4)),
+    (6, None, None, "cpu", (1, 6)),      # CPU default: one node
+    (32, None, 4, "gpu", (8, 4)),
+    (8, 2, 4, "gpu", (2, 4)),
+])
+def test_worker_layout_splits_the_plan(workers, nodes, per_node, device, expected) -> None:
+    layout = worker_layout(workers, nodes, per_node, device)
+    assert (layout.nodes, layout.procs_per_node) == expected
+    assert layout.world_size == workers
+
+
+@pytest.mark.parametrize(("workers", "nodes", "per_node", "needle"), [
+    (8, None, 3, "3 GPUs per node do not divide the plan's 8 workers"),
+    (8, 3, None, "8 workers (dp × tp × pp × cp), which 3 nodes cannot share"),
+    (8, 2, 8, "--nodes 2 × --gpus-per-node 8 = 16"),
+    (8, 0, None, "--nodes must be at least 1"),
+])
+def test_worker_layout_refuses_uneven_splits(workers, nodes, per_node, needle) -> None:
+    with pytest.raises(LaunchError) as err:
+        worker_layout(workers, nodes, per_node, "gpu")
+    assert needle in err.value.problem
+    assert err.value.fix
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("00:01:00", 60), ("01:30:00", 5400), ("2-00:00:00", 172800), ("1-02:03:04", 93784), ("100:00:00", 360000),
+])
+def test_time_limit_parses_and_formats(text: str, seconds: int) -> None:
+    assert parse_time_limit(text) == seconds
+    assert parse_time_limit(format_time_limit(seconds)) == seconds
+
+
+@pytest.mark.parametrize("text", ["90", "1:2:3", "00:61:00", "00:00:75", "1h", "", "00:00:30", "-1:00:00"])
+def test_bad_time_limits_are_refused(text: str) -> None:
+    with pytest.raises(LaunchError) as err:
+        parse_time_limit(text)
+    assert "HH:MM:SS" in err.value.render() or "one minute" in err.value.problem
+
+
+def test_format_time_limit_uses_days_only_when_needed() -> None:
+    assert format_time_limit(3599) == "00:59:59"
+    assert format_time_limit(86400 + 61) == "1-00:01:01"
+
+
+@pytest.mark.parametrize("partition", ["gpu", "gpu,gpu-long", "a100_80g.x"])
+def test_partition_names_are_accepted(partition: str) -> None:
+    assert check_options(SlurmOptions(partition=partition)).partition == partition
+
+
+@pytest.mark.parametrize("partition", ["gpu part", "gpu;rm -rf ~", "gpu,", ",gpu", "$(id)", "gpu\nx"])
+def test_unknown_partition_syntax_is_refused(partition: str) -> None:
+    with pytest.raises(LaunchError, match="not a Slurm partition name"):
+        check_options(SlurmOptions(partition=partition))
+
+
+def test_signal_lead_follows_the_time_limit() -> None:
+    assert SlurmOptions().lead_seconds() == 120                        # partition default limit
+    assert SlurmOptions(time_limit_s=120).lead_seconds() == 30         # floor of 30 s
+    assert SlurmOptions(time_limit_s=4 * 3600).lead_seconds() == 600   # 10%, capped at 10 min
+    assert SlurmOptions(time_limit_s=3000).lead_seconds() == 300
+    assert SlurmOptions(time_limit_s=60).lead_seconds() == 30          # never more than half
+    with pytest.raises(LaunchError, match="before the job starts"):
+        check_options(SlurmOptions(time_limit_s=60, signal_lead_s=60))
+
+
+def test_names_are_reduced_to_what_schedulers_accept() -> None:
+    assert slurm_job_name('x"; rm -rf ~') == "x-rm--rf"
+    assert slurm_job_name("$(id)") == "id"
+    assert slurm_job_name("!!!") == "bastion"
+    assert k8s_name("My_Run.2026") == "my-run-2026"
+    assert k8s_name("7b-run") == "bastion-7b-run"   # a label must start with a letter here
+    assert len(k8s_name("a" * 100)) == 40
+
+
+# ---- the CLI ----------------------------------------------------------------------------------------------
+@pytest.fixture()
+def inputs(tmp_path: Path) -> dict[str, Path]:
+    plan = ParallelPlan(dp=4, zero_stage=3, global_batch=8, precision="fp32").save(tmp_path / "plan.json")
+    data = tmp_path / "data"
+    data.mkdir()
+    return {"plan": plan, "data": data, "run": tmp_path / "runs" / "r1"}
+
+
+def bastion(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "BASTION_DEBUG"}
+    return subprocess.run([PYTHON, "-m", "bastion", *args], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=120)
+
+
+def launch_args(inputs: dict[str, Path], *more: str) -> list[str]:
+    return ["launch", "--model", "tiny", "--plan", str(inputs["plan"]), "--data", str(inputs["data"]),
+            "--run-dir", str(inputs["run"]), "--steps", "12", *more]
+
+
+def test_slurm_dry_run_prints_the_script_and_writes_nothing(inputs) -> None:
+    done = bastion(*launch_args(inputs, "--on", "slurm", "--nodes", "2", "--device", "cpu", "--time", "00:10:00",
+                                "--partition", "debug", "--dry-run", "--", "--seed", "3"))
+    assert done.returncode == 0, done.stderr
+    script = done.stdout
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --cpus-per-task=2",
+                 "#SBATCH --time=00:10:00", "#SBATCH --partition=debug", "#SBATCH --requeue",
+                 "#SBATCH --signal=B:USR1@60", f"#SBATCH --output={inputs['run']}/slurm-%j.out"):
+        assert line in script.splitlines()
+    assert "--gpus-per-node" not in script   # a CPU job asks for no GPUs
+    assert f"  {Path(PYTHON).absolute()} \\" in script.splitlines()   # the venv's interpreter, no activation needed
+    assert "--nproc-per-node=2" in script and "--nnodes=2" in script
+    assert not inputs["run"].exists()
+
+
+def test_gpu_script_asks_for_gpus_per_node(inputs) -> None:
+    plan = ParallelPlan(dp=8, tp=2, global_batch=16).save(inputs["plan"])
+    done = bastion(*launch_args(inputs, "--on", "slurm", "--gpus-per-node", "8", "--plan", str(plan),
+                                "--dry-run"))
+    assert done.returncode == 0, done.stderr
+    assert "#SBATCH --nodes=2" in done.stdout and "#SBATCH --gpus-per-node=8" in done.stdout
+    assert "#SBATCH --cpus-per-task=8" in done.stdout
+
+
+def test_slurm_without_submit_writes_script_and_plan_copy(inputs) -> None:
+    done = bastion(*launch_args(inputs, "--on", "slurm", "--nodes", "2", "--device", "cpu"))
+    assert done.returncode == 0, done.stderr
+    script = inputs["run"] / "launch" / "job.sbatch"
+    copy = inputs["run"] / "launch" / "plan.json"
+    assert script.is_file() and f"sbatch {script}" in done.stdout
+    assert ParallelPlan.load(copy) == ParallelPlan.load(inputs["plan"])
+    assert str(copy) in script.read_text()   # a requeued job reads the copy, not the file the user may edit
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+
+
+def test_local_dry_run_is_one_torchrun_command(inputs) -> None:
+    done = bastion(*launch_args(inputs, "--on", "local", "--device", "cpu", "--dry-run"))
+    assert done.returncode == 0, done.stderr
+    words = done.stdout.split()
+    assert words[:3] == [str(Path(PYTHON).absolute()), "-m", "torch.distributed.run"]
+    assert "--nproc-per-node=4" in words and "--standalone" in words
+    tail = words[words.index("bastion"):]
+    assert tail[:3] == ["bastion", "train", "--model"]
+    assert "--nproc" not in tail            # under torchrun the process is a worker
+    assert not inputs["run"].exists()
+
+
+@pytest.mark.parametrize(("more", "needle"), [
+    (["--on", "slurm", "--time", "10 minutes"], "is not HH:MM:SS"),
+    (["--on", "slurm", "--partition", "gpu;reboot"], "not a Slurm partition name"),
+    (["--on", "slurm", "--gpus-per-node", "3"], "3 GPUs per node do not divide"),
+    (["--on", "local", "--nodes", "2"], "runs on this machine only"),
+    (["--on", "lsf"], "Unknown launch engine 'lsf'"),
+    (["--on", "k8s"], "needs a container image"),
+    (["--on", "k8s", "--image", "img:1", "--k8s-kind", "mpijob"], "Unknown Kubernetes job kind"),
+    (["--on", "slurm", "--dry-run", "--submit"], "contradict"),
+])
+def test_malformed_requests_get_guidance_and_exit_2(inputs, more, needle) -> None:
+    done = bastion(*launch_args(inputs, *more))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert needle in " ".join(done.stderr.split())
+    assert "To fix:" in done.stderr and "Traceback" not in done.stderr
+    assert not inputs["run"].exists()
+
+
+def test_plan_is_validated_against_the_model_before_anything_is_written(inputs) -> None:
+    bad = ParallelPlan(dp=1, tp=3, global_batch=4).save(inputs["plan"])  # tiny has 4 heads
+    done = bastion(*launch_args(inputs, "--on", "slurm", "--plan", str(bad)))
+    assert done.returncode == 2
+    assert "tp = 3 does not divide the 4 attention heads" in done.stderr
+    assert not inputs["run"].exists()
+
+
+def test_missing_data_directory_is_refused(inputs) -> None:
+    done = bastion(*launch_args(inputs, "--on", "slurm", "--data", str(inputs["data"] / "nope")))
+    assert done.returncode == 2 and "Data directory not found" in done.stderr
+    assert "bastion data prepare" in done.stderr
+
+
+def test_status_of_a_run_directory_reads_metrics_and_summary(tmp_path: Path) -> None:
+    from bastion.launch.slurm import run_dir_progress
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step_00000004").mkdir(parents=True)
+    (run / "checkpoints" / "step_00000008").mkdir()
+    lines = [{"step": 1, "loss": 5.0}, {"event": "checkpoint", "step": 4}, {"step": 2, "loss": 4.5},
+             {"event": "checkpoint", "step": 8}, {"event": "resume", "resumed_from_step": 8}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 3, "lo')
+    (run / "summary.json").write_text(json.dumps({"steps": 2, "final_loss": 4.5}))
+    progress = run_dir_progress(run)
+    assert progress["last_step"] == 2 and progress["last_loss"] == 4.5   # the cut-off last line is skipped
+    assert progress["events"] == {"checkpoint": 2, "resume": 1}
+    assert progress["checkpoints"] == ["step_00000004", "step_00000008"]
+    assert progress["summary"]["final_loss"] == 4.5
+
+
+def test_registry_remembers_the_newest_run_dir(tmp_path: Path, monkeypatch) -> None:
+    from bastion.launch import registry
+
+    monkeypatch.setenv("BASTION_STATE_DIR", str(tmp_path / "state"))
+    assert registry.run_dir_of("slurm", "7") is None
+    registry.record("slurm", "7", "/runs/a")
+    registry.record("slurm", "8", "/runs/b")
+    registry.record("slurm", "7", "/runs/c")
+    assert registry.run_dir_of("slurm", "7") == "/runs/c"
+    assert registry.run_dir_of("slurm", "8") == "/runs/b"
+    assert registry.run_dir_of("k8s", "7") is None
