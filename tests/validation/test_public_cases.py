@@ -1,0 +1,50 @@
+"""The predictor against 152 published training runs (the project's copy of public_cases.csv).
+
+Target (issue 2, section 5): median |relative error| <= 10% and p90 <= 25% on iteration time, one physical model
+for every row (no per-source, per-model or per-row factors).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bastion.predict.validate import PUBLIC_CASES, read_cases, validate_cases
+
+REPORT = validate_cases()
+
+# Measured with the model as committed: median 12.2%, p90 34.1%, max 78.5% (151 predicted, 1 skipped).
+# What is left is the attention kernels of the publications' software, which the case file does not record:
+# - llm-foundry's 2023 MPT benchmarks ran Triton flash attention; on the long-sequence rows (8k-65k) the time
+#   they imply for attention is ~0.34 of the A100 bf16 peak and ~0.17 of the H100's, against 0.6 for the torch
+#   2.11 SDPA the curves are calibrated on (24 rows, -18% to -58%; it also explains most of the -14% median of
+#   the short H100 rows).
+# - Megatron-LM 2021/22 and Megatron-DeepSpeed (BLOOM) materialised the s×s scores with dropout; costing those
+#   rows with the unfused-attention option (PredictOptions(flash_attention=False, dropout=True)) brings their
+#   median from -13% to -6%, but choosing it by publication would be a per-source setting.
+# - DeepSpeed ZeRO-3 without model parallelism in Narayanan et al. 2021 (R0011-R0016, -29% to -79%): the published
+#   times are flat in the data-parallel degree, far above the all-gather/reduce-scatter volume on that fabric.
+MISSED_TARGET = ("median 12.2%, p90 34.1% of 151 rows: the published runs' 2021-23 attention kernels (Triton flash "
+                 "attention in llm-foundry, unfused softmax in Megatron-LM) are slower than the torch 2.11 SDPA the "
+                 "curves are calibrated on, and the case file does not say which kernel a row used")
+
+
+def test_every_row_is_predicted_or_reported_with_a_reason() -> None:
+    rows = read_cases(PUBLIC_CASES)
+    s = REPORT.summary()
+    assert s["n"] == len(rows) == s["predicted"] + s["skipped"]
+    assert s["skipped"] <= 2
+    assert all(item["reason"] for item in REPORT.skipped)
+
+
+def test_errors_stay_where_they_were_measured() -> None:
+    # guards against regressions while the target below is not met
+    s = REPORT.summary()
+    assert s["median_abs_rel_error"] <= 0.13, s
+    assert s["p90_abs_rel_error"] <= 0.36, s
+
+
+@pytest.mark.xfail(reason=MISSED_TARGET, strict=False)
+def test_median_and_p90_error_meet_the_target() -> None:
+    s = REPORT.summary()
+    assert s["median_abs_rel_error"] <= 0.10, s
+    assert s["p90_abs_rel_error"] <= 0.25, s
