@@ -1,0 +1,83 @@
+"""`bastion cost`: what a training run costs on owned GPUs versus cloud list prices, and its energy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from bastion.cli import app
+
+
+@app.command("cost")
+def cost_command(
+    model: str = typer.Option(..., "--model", "-m", help="Preset name or path to a model file."),
+    cluster: str = typer.Option(..., "--cluster", "-c", help="Preset, ACCEL:N (e.g. h100-sxm:1024) or a file."),
+    tokens: float = typer.Option(..., "--tokens", help="Token budget of the run, e.g. 15e12."),
+    plan: Path = typer.Option(None, "--plan", help="ParallelPlan file; without it the planner picks the best plan."),
+    global_batch: int = typer.Option(None, "--global-batch", help="Sequences per step (for the planner)."),
+    seq_len: int = typer.Option(None, "--seq-len", help="Tokens per sequence (default: the model's)."),
+    capex_per_gpu: float = typer.Option(None, "--capex-per-gpu", help="All-in purchase price per GPU, USD."),
+    years: float = typer.Option(5.0, "--years", help="Depreciation period of owned GPUs, years."),
+    utilisation: float = typer.Option(0.8, "--utilisation", help="Busy fraction of owned GPU-hours."),
+    pue: float = typer.Option(1.3, "--pue", help="Data-centre power usage effectiveness."),
+    electricity: float = typer.Option(0.0825, "--electricity", help="USD per kWh."),
+    mtbf_hours: float = typer.Option(None, "--mtbf-hours", help="Job MTBF (default: scaled from Llama 3's run)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Predict wall time (with failures and checkpoints), energy, and cost owned vs cloud for a token budget."""
+    from bastion.cost import OnPremAssumptions, run_cost
+    from bastion.errors import ConfigError
+    from bastion.specs import ParallelPlan, load_cluster, load_model
+
+    spec = load_model(model, seq_len=seq_len)
+    target = load_cluster(cluster)
+    if plan is not None:
+        chosen = ParallelPlan.load(plan)
+        chosen.validate(spec, target, spec.seq_len)
+    else:
+        if global_batch is None:
+            raise ConfigError("Without --plan, bastion plans the run itself and needs --global-batch.",
+                              fix="pass --global-batch N, or --plan PLAN.json from `bastion plan --save`.")
+        from bastion.planner.search import PlanRequest, search
+
+        result = search(PlanRequest(model=spec, cluster=target, global_batch=global_batch,
+                                    seq_len=spec.seq_len, top_k=1))
+        if not result.plans:
+            raise ConfigError(f"No plan of {spec.name} fits on {target.name}.",
+                              hint=f"bastion plan --model {model} --cluster {cluster} "
+                                   f"--global-batch {global_batch}   # says what would")
+        chosen = result.plans[0].plan
+    onprem = OnPremAssumptions(capex_per_gpu_usd=capex_per_gpu, amortisation_years=years,
+                               utilisation=utilisation, pue=pue, electricity_usd_per_kwh=electricity)
+    cost = run_cost(spec, target, chosen, tokens, seq_len=spec.seq_len, onprem=onprem, mtbf_hours=mtbf_hours)
+    if as_json:
+        print(json.dumps({**cost.to_dict(), "plan": chosen.to_dict()}, indent=2))
+        return
+    _print_cost(cost, chosen)
+
+
+def _print_cost(cost, plan) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]{cost.model}[/] on {cost.cluster}, {cost.tokens:.3g} tokens — plan "
+                  f"dp{plan.dp} tp{plan.tp} pp{plan.pp} cp{plan.cp} zero{plan.zero_stage}")
+    console.print(f"step {cost.step_time_s:.3f} s, {cost.tokens_per_s:,.0f} tokens/s, MFU {cost.mfu:.1%}; "
+                  f"compute {cost.compute_hours:,.0f} h; expected goodput {cost.expected_goodput:.1%} "
+                  f"(MTBF {cost.mtbf_hours:.1f} h) → wall {cost.wall_hours:,.0f} h = {cost.wall_hours / 24:,.1f} days; "
+                  f"{cost.gpu_hours:,.0f} GPU-h; energy {cost.energy_mwh:,.0f} MWh")
+    table = Table(title="cost of the run")
+    for col in ("option", "pricing", "$/GPU-h", "total $", "as of"):
+        table.add_column(col, justify="right" if col in ("$/GPU-h", "total $") else "left")
+    if cost.onprem_usd is not None:
+        table.add_row("owned (amortised)", "capital+facility+energy",
+                      f"{cost.onprem_usd_per_gpu_hour['total']:.2f}", f"{cost.onprem_usd:,.0f}", "")
+    for row in cost.cloud:
+        table.add_row(f"{row['provider']} {row['offering']}", row["pricing"], f"{row['usd_per_gpu_hour']:.2f}",
+                      f"{row['usd']:,.0f}", row["as_of"])
+    console.print(table)
+    for note in cost.assumptions:
+        console.print(f"  · {note}", soft_wrap=True)
