@@ -37,6 +37,11 @@ def _lines(value: Any, indent: int) -> list[str]:
             if isinstance(item, dict | list) and item:
                 out.append(label)
                 out.extend(_lines(item, indent + (2 if isinstance(item, dict) else 0)))
+            elif _literal_block_ok(item):
+                # a file's text (the plan's JSON) stays readable as a literal block
+                body = item.removesuffix("\n")
+                out.append(f"{label} |" if item.endswith("\n") else f"{label} |-")  # keep or strip the last newline
+                out.extend(f"{pad}  {line}" if line else "" for line in body.split("\n"))
             else:
                 out.append(f"{label} {_empty_or_scalar(item)}")
     elif isinstance(value, list):
@@ -51,6 +56,13 @@ def _lines(value: Any, indent: int) -> list[str]:
     else:
         out.append(f"{pad}{_scalar(value)}")
     return out
+
+
+def _literal_block_ok(value: Any) -> bool:
+    """Multi-line text YAML can hold verbatim in a `|` block: no other control characters, and a first line
+    that does not start with a space (it would set the block's indentation)."""
+    return (isinstance(value, str) and "\n" in value and not value.startswith((" ", "\n"))
+            and not re.search(r"[\x00-\x09\x0b-\x1f\x7f]", value) and not value.endswith("\n\n"))
 
 
 def _empty_or_scalar(value: Any) -> str:

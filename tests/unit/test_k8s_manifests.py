@@ -1,0 +1,174 @@
+"""Kubernetes manifests: PyTorchJob and JobSet carry the plan's layout, pass the shared offline validator
+(`../shared/k8s/validate_manifests.py --strict`), and malformed requests are refused with guidance."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bastion.errors import LaunchError
+from bastion.launch.kubernetes import PLAN_MOUNT, RDZV_PORT, KubernetesOptions, render_manifests
+from bastion.launch.request import LaunchRequest, WorkerLayout
+from bastion.launch.yamltext import dump_all
+from bastion.specs import ParallelPlan
+
+yaml = pytest.importorskip("yaml", reason="PyYAML (dev extra) reads the manifests back")
+
+REPO = Path(__file__).resolve().parents[2]
+VALIDATOR = REPO.parent / "shared" / "k8s" / "validate_manifests.py"
+PLAN = ParallelPlan(dp=4, tp=4, pp=2, global_batch=64, pp_schedule="1f1b")
+
+
+def request(nodes: int = 4, per_node: int = 8, device: str = "gpu", extra: tuple[str, ...] = (),
+            run_dir: str = "/mnt/runs/llama") -> LaunchRequest:
+    return LaunchRequest(engine="k8s", model="llama3-8b", plan=PLAN, data_dir="/mnt/data/tokens", run_dir=run_dir,
+                         steps=1000, layout=WorkerLayout(nodes, per_node), device=device, name="Llama3 8B run",
+                         extra_train_args=extra, max_restarts=2)
+
+
+def documents(text: str) -> dict[str, dict]:
+    return {doc["kind"]: doc for doc in yaml.safe_load_all(text) if doc}
+
+
+def container_of(job: dict) -> dict:
+    if job["kind"] == "PyTorchJob":
+        pod = job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]
+    else:
+        pod = job["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    return container
+
+
+@pytest.mark.parametrize("kind", ["pytorchjob", "jobset"])
+def test_manifests_carry_the_plan_layout(kind: str) -> None:
+    text = render_manifests(request(), KubernetesOptions(kind=kind, image="reg.example/bastion:1.0"))
+    docs = documents(text)
+    assert set(docs) == {"PersistentVolumeClaim", "ConfigMap", "PyTorchJob" if kind == "pytorchjob" else "JobSet"}
+    job = docs["PyTorchJob" if kind == "pytorchjob" else "JobSet"]
+    name = job["metadata"]["name"]
+    assert name == "llama3-8b-run"
+    container = container_of(job)
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 8
+    assert container["image"] == "reg.example/bastion:1.0"
+    command = container["command"]
+    assert command[:6] == ["python", "-m", "torch.distributed.run", "-m", "bastion", "train"]
+    train = command[6:]
+    assert train[train.index("--plan") + 1] == f"{PLAN_MOUNT}/plan.json"
+    assert train[train.index("--run-dir") + 1] == "/mnt/runs/llama"
+    assert train[train.index("--steps") + 1] == "1000"
+    # the plan travels in a ConfigMap, byte for byte; the run directory on a claim every pod mounts
+    assert ParallelPlan.from_dict(json.loads(docs["ConfigMap"]["data"]["plan.json"])) == PLAN
+    assert docs["PersistentVolumeClaim"]["spec"]["accessModes"] == ["ReadWriteMany"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["run"] == "/mnt/runs/llama" and mounts["plan"] == PLAN_MOUNT
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1"
+    if kind == "pytorchjob":
+        worker = job["spec"]["pytorchReplicaSpecs"]["Worker"]
+        assert worker["replicas"] == 4 and worker["restartPolicy"] == "OnFailure"
+        assert job["spec"]["nprocPerNode"] == "8"
+        assert job["spec"]["elasticPolicy"] == {"rdzvBackend": "c10d", "rdzvPort": RDZV_PORT, "minReplicas": 4,
+                                                "maxReplicas": 4, "maxRestarts": 2}
+    else:
+        indexed = job["spec"]["replicatedJobs"][0]["template"]["spec"]
+        assert (indexed["parallelism"], indexed["completions"], indexed["completionMode"]) == (4, 4, "Indexed")
+        assert env["PET_NNODES"] == "4" and env["PET_NPROC_PER_NODE"] == "8"
+        assert env["PET_RDZV_ENDPOINT"] == f"{name}-node-0-0.{name}:{RDZV_PORT}"
+        assert env["PET_MAX_RESTARTS"] == "2"
+        assert job["spec"]["failurePolicy"]["maxRestarts"] == 3
+        assert job["spec"]["network"]["subdomain"] == name
+
+
+@pytest.mark.parametrize("kind", ["pytorchjob", "jobset"])
+def test_kueue_queue_label_and_suspend(kind: str) -> None:
+    job = [d for d in yaml.safe_load_all(render_manifests(
+        request(), KubernetesOptions(kind=kind, image="img:1", queue="team-a"))) if d][-1]
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    suspend = job["spec"]["runPolicy"]["suspend"] if kind == "pytorchjob" else job["spec"]["suspend"]
+    assert suspend is True
+    plain = [d for d in yaml.safe_load_all(render_manifests(request(), KubernetesOptions(kind=kind, image="i")))
+             if d][-1]
+    assert "kueue.x-k8s.io/queue-name" not in plain["metadata"]["labels"]
+
+
+def test_cpu_jobs_request_cores_not_gpus() -> None:
+    job = documents(render_manifests(request(nodes=2, per_node=2, device="cpu"),
+                                     KubernetesOptions(image="img:1")))["PyTorchJob"]
+    resources = container_of(job)["resources"]
+    assert resources == {"requests": {"cpu": "2"}, "limits": {"cpu": "2"}}
+
+
+@pytest.mark.skipif(not VALIDATOR.exists(), reason=f"{VALIDATOR} is absent (../shared not laid beside the repo)")
+@pytest.mark.parametrize("kind", ["pytorchjob", "jobset"])
+@pytest.mark.parametrize("queue", ["", "team-a"])
+def test_manifests_pass_the_strict_offline_validator(tmp_path: Path, kind: str, queue: str) -> None:
+    pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (dev extra) checks built-in kinds")
+    pytest.importorskip("jsonschema", reason="jsonschema (dev extra) checks custom resources")
+    extra = ("--checkpoint-every", "auto", "--note", 'x"; rm -rf ~')
+    path = tmp_path / f"{kind}.yaml"
+    path.write_text(render_manifests(request(extra=extra), KubernetesOptions(kind=kind, image="img:1",
+                                                                             queue=queue)))
+    done = subprocess.run([sys.executable, str(VALIDATOR), "--strict", str(path)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("ok ") == 3   # claim, ConfigMap, job
+
+
+@pytest.mark.skipif(not VALIDATOR.exists(), reason=f"{VALIDATOR} is absent (../shared not laid beside the repo)")
+def test_the_validator_catches_a_broken_manifest(tmp_path: Path) -> None:
+    """The check above can fail: a field the PyTorchJob schema does not know is rejected in strict mode."""
+    pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (dev extra) checks built-in kinds")
+    docs = [d for d in yaml.safe_load_all(render_manifests(request(), KubernetesOptions(image="img:1"))) if d]
+    docs[-1]["spec"]["pytorchReplicaSpecs"]["Worker"]["replicaz"] = 4
+    path = tmp_path / "broken.yaml"
+    path.write_text(dump_all(docs))
+    done = subprocess.run([sys.executable, str(VALIDATOR), "--strict", str(path)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1 and "replicaz" in done.stdout
+
+
+def test_hostile_arguments_survive_the_yaml_round_trip() -> None:
+    hostile = ('x"; rm -rf ~', "yes", "1e3", "- item", "a: b", "#c", "", "'", "~", "null", "ünï ✓", "@x", "{a}")
+    job = documents(render_manifests(request(extra=("--note", *hostile)), KubernetesOptions(image="i")))
+    assert container_of(job["PyTorchJob"])["command"][-len(hostile):] == list(hostile)
+
+
+def test_yaml_writer_round_trips_nested_values() -> None:
+    doc = {"a": [1, 2.5, True, None, "on"], "b": {"c": [], "d": {}, "e": [{"f": "g", "h": [["x", "y"]]}]},
+           "0": "007", "k": "multi\nline", "j": "{\n  \"dp\": 4\n}\n", "t": "a\n\nb \n"}
+    assert next(yaml.safe_load_all(dump_all([doc]))) == doc
+
+
+@pytest.mark.parametrize(("opts", "req", "needle"), [
+    (KubernetesOptions(image=""), request(), "needs a container image"),
+    (KubernetesOptions(image="my image"), request(), "white space"),
+    (KubernetesOptions(image="i", kind="mpijob"), request(), "Unknown Kubernetes job kind"),
+    (KubernetesOptions(image="i", queue="-bad-"), request(), "not a valid label value"),
+    (KubernetesOptions(image="i", storage="lots"), request(), "not a Kubernetes quantity"),
+    (KubernetesOptions(image="i"), request(run_dir="runs/rel"), "must be an absolute path inside the pods"),
+    (KubernetesOptions(image="i"), request(run_dir="/runs/a\nb"), "control character"),
+])
+def test_malformed_kubernetes_requests_are_refused(opts, req, needle) -> None:
+    with pytest.raises(LaunchError) as err:
+        render_manifests(req, opts)
+    assert needle in err.value.problem
+    assert err.value.fix
+
+
+def test_cli_writes_yaml_without_submitting(tmp_path: Path) -> None:
+    plan = ParallelPlan(dp=2, tp=2, global_batch=4).save(tmp_path / "plan.json")
+    out = tmp_path / "job.yaml"
+    done = subprocess.run(
+        [sys.executable, "-m", "bastion", "launch", "--on", "k8s", "--k8s-kind", "jobset", "--model", "tiny",
+         "--plan", str(plan), "--data", "/mnt/data", "--run-dir", "/mnt/run", "--steps", "10",
+         "--gpus-per-node", "2", "--image", "img:1", "--queue", "q1", "--manifest", str(out)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "kubectl apply -f" in done.stdout
+    job = documents(out.read_text())["JobSet"]
+    assert job["spec"]["replicatedJobs"][0]["template"]["spec"]["parallelism"] == 2
+    assert not Path("/mnt/run").exists()
