@@ -236,7 +236,10 @@ def predict_case(row: dict[str, str], options: PredictOptions = PRODUCTION_STACK
     published = _float(row, "iteration_time_s")
     if published is None or published <= 0:
         raise RowSkipped("no published iteration_time_s to compare with")
-    assumptions: list[str] = []
+    assumptions: list[str] = [
+        "kernels: " + ("flash attention" if options.flash_attention else "unfused attention")
+        + (" and a fused cross-entropy" if options.fused_cross_entropy else " and a plain fp32 cross-entropy")
+        + " (the case file does not say; the same for every row)"]
     model = case_model(row, assumptions)
     cluster = case_cluster(row, assumptions)
     plans, open_settings = case_plan_choices(row, model, cluster, assumptions)
