@@ -8,7 +8,7 @@ predictor is used in test_planner_predictor.py.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -46,7 +46,7 @@ class ToyEstimate:
 
 def toy_state_bytes(model: ModelSpec, plan: ParallelPlan, stage: int) -> dict[str, float]:
     n = model.total_params() / (plan.tp * plan.pp)
-    shard = plan.dp * plan.cp
+    shard = plan.dp
     params = 2 * n / (shard if plan.zero_stage >= 3 else 1)
     grads = 2 * n / (shard if plan.zero_stage >= 2 else 1)
     optimizer = 12 * n / (shard if plan.zero_stage >= 1 else 1)
@@ -97,6 +97,8 @@ def brute_force(model: ModelSpec, cluster, global_batch: int, seq_len: int, prec
                 RECOMPUTE_MODES, (False, True), precisions):
             if pp == 1 and (sched, vpp) != ("1f1b", 1):
                 continue  # the schedule means nothing without a pipeline: one canonical form
+            if dp == 1 and zero > 0:
+                continue  # nothing to shard: one canonical form
             try:
                 plan = ParallelPlan(dp=dp, tp=tp, pp=pp, cp=cp, zero_stage=zero, micro_batch=micro,
                                     global_batch=global_batch, pp_schedule=sched, vpp=vpp, recompute=rc,
@@ -142,19 +144,23 @@ def test_census_adds_up_and_counts_whole_subtrees() -> None:
                      vocab_size=1024, seq_len=512)
     cluster = load_cluster("h100-sxm:16")  # tp 16 would span beyond the 8-GPU NVLink domain
     enum = enumerate_space(wide, cluster, 32, 512, SearchSpace())
-    assert enum.total == len(enum.leaves) * 12 + sum(enum.rejected.values())
-    # tp = 16: dp = pp = cp = 1, one schedule, 32 micro-batch sizes, sp on/off, 12 zero×recompute
-    assert enum.rejected["tp beyond scale-up domain"] == 6 * 2 * 12
+    assert enum.total == sum(len(lf.zero_stages) * 3 for lf in enum.leaves) + sum(enum.rejected.values())
+    # tp = 16: dp = pp = cp = 1, one schedule, 6 micro-batch sizes (divisors of 32), sp on/off, ZeRO 0 only
+    # (dp = 1) × 3 recompute modes
+    assert enum.rejected["tp beyond scale-up domain"] == 6 * 2 * 3
     assert sorted({(lf.dp, lf.tp, lf.pp, lf.cp) for lf in enum.leaves}) == sorted(
         f for f in factorisations(16) if f[1] <= 8 and 8 % f[2] == 0 and 32 % f[0] == 0)
 
 
-def test_search_is_deterministic() -> None:
+def test_search_is_deterministic_and_worker_processes_change_nothing() -> None:
     cluster = load_cluster("h100-sxm:8")
-    req = PlanRequest(model=TOY, cluster=cluster, global_batch=16, seq_len=512, top_k=20)
+    req = PlanRequest(model=TOY, cluster=cluster, global_batch=16, seq_len=512, top_k=50, workers=1)
     first = search(req, estimate=toy_estimate, state_bytes=toy_state_bytes)
     second = search(req, estimate=toy_estimate, state_bytes=toy_state_bytes)
-    assert [p.plan for p in first.plans] == [p.plan for p in second.plans]
+    forked = search(replace(req, workers=2), estimate=toy_estimate, state_bytes=toy_state_bytes)
+    assert [p.plan for p in first.plans] == [p.plan for p in second.plans] == [p.plan for p in forked.plans]
+    assert (first.feasible, first.rejected) == (forked.feasible, forked.rejected)
+    assert [p.step_time_s for p in first.plans] == [p.step_time_s for p in forked.plans]
 
 
 def test_pins_restrict_the_space_without_counting_rejections() -> None:

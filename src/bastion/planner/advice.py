@@ -38,13 +38,12 @@ def probe_fit(model: ModelSpec, cluster: Cluster, global_batch: int, seq_len: in
         return None
     bound = StateLowerBound(model, cluster, state_bytes)
     capacity = cluster.accelerator.hbm_bytes
-    zeros = sorted(space.allowed("zero_stage", space.zero_stages), reverse=True)
     recomputes = [r for r in _LEANEST_RECOMPUTE if r in space.allowed("recompute", space.recompute)]
-    if not zeros or not recomputes:
+    if not recomputes:
         return None
     candidates = []
     for order, leaf in enumerate(enum.leaves):
-        for zero in zeros:
+        for zero in sorted(leaf.zero_stages, reverse=True):
             lower = bound.state_bytes(leaf, global_batch, zero)
             if lower <= capacity:
                 candidates.append((leaf.micro_batch, lower, order, leaf, zero))

@@ -15,12 +15,13 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bastion.errors import ConfigError, PlanError
 from bastion.planner.bounds import StateBytesFn, StateLowerBound
 from bastion.planner.objectives import get_objective
+from bastion.planner.parallel import predict_all
 from bastion.planner.space import Enumeration, SearchSpace, enumerate_space
 from bastion.specs.hardware import Cluster
 from bastion.specs.model import ModelSpec
@@ -52,6 +53,8 @@ class PlanRequest:
     space: SearchSpace = field(default_factory=SearchSpace)
     #: skip groups whose memory lower bound exceeds device memory (off only to check that it changes nothing)
     prune: bool = True
+    #: processes that run predictions: 0 = one per available CPU when there are many plans, 1 = this one only
+    workers: int = 0
 
     def __post_init__(self) -> None:
         if self.global_batch < 1:
@@ -156,16 +159,14 @@ def search(request: PlanRequest, estimate: EstimateFn | None = None,
     objective = get_objective(request.objective)
     model, seq_len, batch = request.model, request.seq_len, request.global_batch
     space = request.space
-    zeros = space.allowed("zero_stage", space.zero_stages)
     recomputes = space.allowed("recompute", space.recompute)
 
     rejected: Counter[str] = Counter()
     fixes: dict[str, str] = {}
-    ranked: list[RankedPlan] = []
     enumerations: list[Enumeration] = []
-    evaluated = predicted = 0
-    leanest: tuple[float, ParallelPlan] | None = None
-
+    evaluated = 0
+    # 1-2. enumerate every GPU count and drop the groups the memory bound settles
+    jobs: list[tuple[Cluster, ParallelPlan]] = []
     for count in request.counts:
         cluster = _resize(request.cluster, count)
         enum = enumerate_space(model, cluster, batch, seq_len, space)
@@ -176,33 +177,41 @@ def search(request: PlanRequest, estimate: EstimateFn | None = None,
         bound = StateLowerBound(model, cluster, state_bytes) if request.prune else None
         capacity = cluster.accelerator.hbm_bytes
         for leaf in enum.leaves:
-            for zero in zeros:
+            for zero in leaf.zero_stages:
                 if bound is not None and bound.state_bytes(leaf, batch, zero) > capacity:
                     rejected[OUT_OF_MEMORY] += len(recomputes)
                     continue
-                for recompute in recomputes:
-                    plan = leaf.plan(batch, zero, recompute)
-                    predicted += 1
-                    try:
-                        est = estimate(model, cluster, plan, seq_len)
-                    except PlanError as exc:
-                        rejected[exc.reason] += 1
-                        fixes.setdefault(exc.reason, exc.fix or exc.problem)
-                        continue
-                    total = float(est.memory.total)
-                    if not est.fits:
-                        rejected[OUT_OF_MEMORY] += 1
-                        if leanest is None or total < leanest[0]:
-                            leanest = (total, plan)
-                        continue
-                    ranked.append(RankedPlan(plan=plan, num_gpus=count, step_time_s=float(est.step_time_s),
-                                             tokens_per_s=float(est.tokens_per_s), mfu=float(est.mfu),
-                                             memory_bytes=total, estimate=est, order=len(ranked)))
+                jobs.extend((cluster, leaf.plan(batch, zero, recompute)) for recompute in recomputes)
+
+    # 3. predict the survivors (in worker processes when there are many), then rank
+    outcomes = predict_all(estimate, model, seq_len, jobs, request.workers)
+    ranked: list[RankedPlan] = []
+    leanest: tuple[float, ParallelPlan] | None = None
+    for (cluster, plan), outcome in zip(jobs, outcomes, strict=True):
+        if isinstance(outcome, PlanError):
+            rejected[outcome.reason] += 1
+            fixes.setdefault(outcome.reason, outcome.fix or outcome.problem)
+            continue
+        fits, step, tokens_per_s, mfu, total = outcome
+        if not fits:
+            rejected[OUT_OF_MEMORY] += 1
+            if leanest is None or total < leanest[0]:
+                leanest = (total, plan)
+            continue
+        ranked.append(RankedPlan(plan=plan, num_gpus=cluster.num_gpus, step_time_s=step, tokens_per_s=tokens_per_s,
+                                 mfu=mfu, memory_bytes=total, estimate=None, order=len(ranked)))
     ranked.sort(key=objective.key)
-    return SearchResult(request=request, evaluated=evaluated, predicted=predicted, feasible=len(ranked),
-                        rejected=rejected, fixes=fixes, plans=ranked[:request.top_k],
-                        runner_up=ranked[1] if len(ranked) > 1 else None,
+    # the few plans shown get their full Estimate (breakdowns) from one more, exact, prediction
+    kept = [_with_estimate(p, estimate, model, request.cluster, seq_len) for p in ranked[:max(request.top_k, 2)]]
+    return SearchResult(request=request, evaluated=evaluated, predicted=len(jobs), feasible=len(ranked),
+                        rejected=rejected, fixes=fixes, plans=kept[:request.top_k],
+                        runner_up=kept[1] if len(kept) > 1 else None,
                         seconds=time.perf_counter() - started, enumerations=enumerations, leanest_oom=leanest)
+
+
+def _with_estimate(p: RankedPlan, estimate: EstimateFn, model: ModelSpec, base: Cluster, seq_len: int) -> RankedPlan:
+    est = estimate(model, _resize(base, p.num_gpus), p.plan, seq_len)
+    return replace(p, estimate=est)
 
 
 def _resize(cluster: Cluster, count: int) -> Cluster:

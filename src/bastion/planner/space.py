@@ -6,7 +6,8 @@ representative plan. A node that fails is not expanded: every plan under it fail
 adds the size of the whole subtree under that reason. Only valid leaves reach the predictor.
 
 Canonical forms keep equal plans from being counted twice: with pp = 1 the schedule is irrelevant and only
-`1f1b`/vpp 1 is listed; with tp = 1 sequence parallelism does nothing and only `off` is listed.
+`1f1b`/vpp 1 is listed; with tp = 1 sequence parallelism does nothing and only `off` is listed; with dp = 1
+there is nothing to shard, so only the lowest allowed ZeRO stage is listed.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ class Leaf:
     micro_batch: int
     precision: str
     sequence_parallel: bool
+    #: ZeRO stages to cross in (one when dp = 1)
+    zero_stages: tuple[int, ...] = (0,)
 
     def plan(self, global_batch: int, zero_stage: int = 0, recompute: str = "none") -> ParallelPlan:
         return ParallelPlan(dp=self.dp, tp=self.tp, pp=self.pp, cp=self.cp, ep=self.ep, zero_stage=zero_stage,
@@ -89,7 +92,7 @@ class Enumeration:
     rejected: Counter[str]
     #: reason -> how to fix it (from the first plan rejected for that reason)
     fixes: dict[str, str]
-    #: plans in the space (valid or not) = len(leaves) × leaf width + sum(rejected)
+    #: plans in the space (valid or not) = Σ leaves' zero stages × recompute modes + sum(rejected)
     total: int
 
 
@@ -149,9 +152,8 @@ def enumerate_space(model: ModelSpec, cluster: Cluster, global_batch: int, seq_l
     rejected: Counter[str] = Counter()
     fixes: dict[str, str] = {}
     leaves: list[Leaf] = []
-    zero = space.allowed("zero_stage", space.zero_stages)
+    all_zeros = space.allowed("zero_stage", space.zero_stages)
     recompute = space.allowed("recompute", space.recompute)
-    width = len(zero) * len(recompute)
     precisions = space.allowed("precision", space.precisions)
     total = 0
 
@@ -169,6 +171,8 @@ def enumerate_space(model: ModelSpec, cluster: Cluster, global_batch: int, seq_l
         schedules = schedule_options(pp, model.num_layers, space)
         micros = micro_options(dp)
         sps = sp_options(tp)
+        zeros = all_zeros[:1] if dp == 1 else all_zeros
+        width = len(zeros) * len(recompute)
         below_schedule = len(micros) * len(precisions) * len(sps) * width
         for ep in ep_options(model, dp, space):
             degrees = dict(dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, global_batch=global_batch)
@@ -208,7 +212,7 @@ def enumerate_space(model: ModelSpec, cluster: Cluster, global_batch: int, seq_l
                         if reason:
                             rejected[reason] += len(ok_precisions) * len(ok_sps) * width
                             continue
-                    leaves.extend(Leaf(dp, tp, pp, cp, ep, schedule, vpp, micro, precision, sp)
+                    leaves.extend(Leaf(dp, tp, pp, cp, ep, schedule, vpp, micro, precision, sp, zeros)
                                   for precision in ok_precisions for sp in ok_sps)
     return Enumeration(cluster=cluster, leaves=leaves, rejected=rejected, fixes=fixes, total=total)
 
