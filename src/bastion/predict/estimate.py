@@ -253,7 +253,7 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     plan.validate(model, cluster, s)
     acc = cluster.accelerator
     m = plan.num_microbatches
-    is_gpu = acc.name != "cpu"
+    is_gpu = not compute.is_cpu(acc)
 
     memory_by_stage = [stage_memory(model, plan, s, i, is_gpu, options) for i in range(plan.pp)]
     worst_memory = max(memory_by_stage, key=lambda mb: mb.total)
