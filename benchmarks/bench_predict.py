@@ -25,7 +25,7 @@ estimate_module = importlib.import_module("bastion.predict.estimate")
 def clear_caches() -> None:
     for fn in (compute.gemm_time, compute.flash_attention_time, compute.layer_membound_bytes_per_token,
                comm.place_group, comm.all_reduce_time, comm.all_gather_time, estimate_module._stage_time,
-               memory._stage_states_cached):
+               memory._states_of_role, memory._layer_shapes, memory.layer_numel):
         fn.cache_clear()
 
 

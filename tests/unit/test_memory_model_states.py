@@ -111,3 +111,17 @@ def test_mixed_precision_counts_2_2_12() -> None:
     n = small.total_params()
     states = model_state_bytes(small, _plan(precision="bf16"), 0)
     assert states == {"params": 2 * n, "grads": 2 * n, "optimizer": 12 * n}
+
+
+@pytest.mark.parametrize("plan", [
+    ParallelPlan(dp=2, tp=2, pp=2, global_batch=8, zero_stage=1),
+    ParallelPlan(dp=3, pp=2, vpp=2, pp_schedule="zbv", global_batch=6, zero_stage=3, precision="fp32"),
+    ParallelPlan(dp=4, tp=2, pp=4, vpp=2, pp_schedule="interleaved-1f1b", global_batch=16, zero_stage=2),
+])
+def test_estimate_fast_path_equals_the_exact_count(plan: ParallelPlan) -> None:
+    from bastion.predict.memory import stage_states
+
+    model = load_model("llama2-7b")
+    for stage in range(plan.pp):
+        exact = model_state_bytes(model, plan, stage)
+        assert stage_states(model, plan, stage) == (exact["params"], exact["grads"], exact["optimizer"])

@@ -20,12 +20,11 @@ from bastion.predict import comm, compute, flops, schedule
 from bastion.predict.calibration import load_calibration
 from bastion.predict.memory import (
     MemoryBreakdown,
-    _local_numel,
-    _stage_states_cached,
     activation_dtype_bytes,
-    layer_param_shapes,
+    layer_numel,
     stage_layer_count,
     stage_memory,
+    stage_states,
     state_bytes_per_param,
 )
 from bastion.predict.options import PredictOptions
@@ -209,10 +208,10 @@ def _stage_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len:
     fsdp = 0.0
     if plan.zero_stage == 3 and plan.dp > 1:
         dp_group = comm.place_group(cluster, plan.dp, plan.tp * plan.cp)
-        layer_numel = sum(_local_numel(p, plan.tp, 0, 1, 0, False) for p in layer_param_shapes(model))
+        numel = layer_numel(model, plan.tp)
         p_bytes, g_bytes, _ = state_bytes_per_param(plan.precision)
-        gather = comm.all_gather_time(cluster, float(layer_numel * p_bytes), dp_group)
-        scatter = comm.reduce_scatter_time(cluster, float(layer_numel * g_bytes), dp_group)
+        gather = comm.all_gather_time(cluster, float(numel * p_bytes), dp_group)
+        scatter = comm.reduce_scatter_time(cluster, float(numel * g_bytes), dp_group)
         fwd_window = gemm_fwd + attn_fwd + layer_membound / 4
         bwd_window = layer_compute - gemm_fwd - attn_fwd + layer_recompute + layer_membound * 3 / 4
         # while a collective overlaps compute, its NCCL kernels hold SMs: the compute under it runs slower
@@ -277,7 +276,7 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     # data parallelism (ZeRO 0-2): gradients are reduced once per step; DDP's buckets overlap the reduction with
     # the last micro-batch's backward, except the last bucket. ZeRO 1/2 then all-gather the updated parameters.
     dp_comm = m * slowest.fsdp_exposed
-    worst_states = max((_stage_states_cached(model, plan, i) for i in range(plan.pp)), key=sum)
+    worst_states = max((stage_states(model, plan, i) for i in range(plan.pp)), key=sum)
     p_bytes, g_bytes, o_bytes = state_bytes_per_param(plan.precision)
     if plan.dp > 1 and plan.zero_stage < 3:
         dp_group = comm.place_group(cluster, plan.dp, plan.tp * plan.cp)

@@ -105,7 +105,7 @@ def stage_param_shapes(model: ModelSpec, plan: ParallelPlan, stage: int) -> list
     chunks = chunks_of_stage(plan.pp_schedule, plan.pp, plan.vpp, stage)
     num_chunks = plan.pp * plan.vpp
     layers = len(chunks) * model.num_layers // num_chunks
-    held: list[tuple[ParamShape, int]] = [(p, layers) for p in layer_param_shapes(model)]
+    held: list[tuple[ParamShape, int]] = [(p, layers) for p in _layer_shapes(model)]
     has_first, has_last = 0 in chunks, (num_chunks - 1) in chunks
     if has_first:
         held += [(p, 1) for p in embedding_param_shapes(model)]
@@ -146,10 +146,44 @@ def model_state_bytes(model: ModelSpec, plan: ParallelPlan, stage: int, dp_rank:
     return {"params": params * p_bytes, "grads": grads * g_bytes, "optimizer": optimizer * o_bytes}
 
 
+def stage_states(model: ModelSpec, plan: ParallelPlan, stage: int) -> tuple[int, int, int]:
+    """(params, grads, optimizer) bytes on rank 0 of a stage, cached by what they depend on: the planner varies
+    batch, recompute and schedule far more often than the degrees that shape the model states."""
+    chunks = chunks_of_stage(plan.pp_schedule, plan.pp, plan.vpp, stage)
+    last = plan.pp * plan.vpp - 1
+    return _states_of_role(model, plan.tp, plan.dp, plan.zero_stage, plan.precision,
+                           len(chunks) * model.num_layers // (plan.pp * plan.vpp), 0 in chunks, last in chunks)
+
+
+@lru_cache(maxsize=8192)
+def _states_of_role(model: ModelSpec, tp: int, dp: int, zero_stage: int, precision: str, layers: int,
+                    has_first: bool, has_last: bool) -> tuple[int, int, int]:
+    p_bytes, g_bytes, o_bytes = state_bytes_per_param(precision)
+    held = [(p, layers) for p in _layer_shapes(model)]
+    if has_first:
+        held += [(p, 1) for p in embedding_param_shapes(model)]
+    if has_last:
+        held += [(p, 1) for p in head_param_shapes(model, not (model.tied_embeddings and has_first))]
+    z = zero_stage
+    params = grads = optimizer = 0
+    for shape, copies in held:
+        full = _local_numel(shape, tp, 0, dp, 0, dp_sharded=False)
+        sharded = _local_numel(shape, tp, 0, dp, 0, dp_sharded=True)
+        params += copies * (sharded if z >= 3 else full)
+        grads += copies * (sharded if z >= 2 else full)
+        optimizer += copies * (sharded if z >= 1 else full)
+    return params * p_bytes, grads * g_bytes, optimizer * o_bytes
+
+
+@lru_cache(maxsize=1024)
+def _layer_shapes(model: ModelSpec) -> tuple[ParamShape, ...]:
+    return tuple(layer_param_shapes(model))
+
+
 @lru_cache(maxsize=4096)
-def _stage_states_cached(model: ModelSpec, plan: ParallelPlan, stage: int) -> tuple[int, int, int]:
-    s = model_state_bytes(model, plan, stage)
-    return s["params"], s["grads"], s["optimizer"]
+def layer_numel(model: ModelSpec, tp: int) -> int:
+    """Parameters of one layer on one tensor-parallel rank (rank 0, the largest)."""
+    return sum(_local_numel(p, tp, 0, 1, 0, False) for p in _layer_shapes(model))
 
 
 def stage_layer_count(model: ModelSpec, plan: ParallelPlan, stage: int) -> int:
@@ -219,7 +253,7 @@ MEMORY_FIELDS = tuple(f.name for f in fields(MemoryBreakdown))
 def stage_memory(model: ModelSpec, plan: ParallelPlan, seq_len: int, stage: int, is_gpu: bool,
                  options: PredictOptions) -> MemoryBreakdown:
     """Peak memory of one rank of pipeline stage `stage`."""
-    params, grads, optimizer = _stage_states_cached(model, plan, stage)
+    params, grads, optimizer = stage_states(model, plan, stage)
     a = activation_dtype_bytes(plan.precision)
     tokens = plan.micro_batch * seq_len / plan.cp  # tokens of one micro-batch on this device
     in_flight = layer_microbatches_in_flight(plan.pp_schedule, plan.pp, plan.vpp, plan.num_microbatches, stage,
@@ -239,7 +273,7 @@ def stage_memory(model: ModelSpec, plan: ParallelPlan, seq_len: int, stage: int,
         per_entry = a if options.fused_cross_entropy else a + 4 + 4
         logits = tokens * model.vocab_size / plan.tp * per_entry
     comm = 0.0
-    layer_params = sum(_local_numel(p, plan.tp, 0, 1, 0, False) for p in layer_param_shapes(model))
+    layer_params = layer_numel(model, plan.tp)
     if plan.dp > 1 and plan.zero_stage == 3:
         comm += 3 * a * layer_params  # two gathered layers (current + prefetched) and one unsharded gradient
     elif plan.dp > 1:
