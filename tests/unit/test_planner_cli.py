@@ -1,0 +1,79 @@
+"""`bastion plan` as a user runs it: JSON shape, --save, the explanation, and guidance errors (exit 2)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bastion.specs import ParallelPlan
+
+
+def bastion(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bastion", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_json_is_the_documented_object_best_first_and_save_writes_the_winner(tmp_path: Path) -> None:
+    saved = tmp_path / "plan.json"
+    out = bastion("plan", "--model", "tiny", "--cluster", "cpu:4", "--global-batch", "8", "--top", "3", "--json",
+                  "--save", str(saved))
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert set(data) == {"evaluated", "feasible", "seconds", "rejected", "plans"}
+    assert data["evaluated"] == data["feasible"] + sum(data["rejected"].values())
+    assert len(data["plans"]) == 3
+    for entry in data["plans"]:
+        assert set(entry) == {"plan", "step_time_s", "tokens_per_s", "mfu", "memory_gib", "breakdown"}
+        assert entry["breakdown"]["time_s"]["step"] == pytest.approx(entry["step_time_s"])
+        assert entry["breakdown"]["memory_gib"]["total"] == pytest.approx(entry["memory_gib"])
+        assert entry["tokens_per_s"] == pytest.approx(8 * 64 / entry["step_time_s"])
+    steps = [p["step_time_s"] for p in data["plans"]]
+    assert steps == sorted(steps)
+    assert ParallelPlan.load(saved) == ParallelPlan.from_dict(data["plans"][0]["plan"])
+
+
+def test_text_output_explains_the_winner_and_counts_rejections() -> None:
+    out = bastion("plan", "-m", "tiny", "-c", "cpu:4", "-b", "8", "--top", "2")
+    assert out.returncode == 0, out.stderr
+    assert "why #1 beats #2" in out.stdout
+    assert "rejected:" in out.stdout and "tp does not divide heads" in out.stdout
+
+
+def test_nothing_fits_names_a_computed_way_out_that_really_fits() -> None:
+    out = bastion("plan", "-m", "llama2-7b", "-c", "a100-40g:1", "-b", "8", "-s", "4096")
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert "To fix" in out.stderr and "fits" in out.stderr
+    # the suggestion names a GPU count; planning with it must find a plan
+    line = next(ln for ln in out.stderr.splitlines() if "--gpus" in ln)
+    count = line.split("--gpus ")[1].split(")")[0]
+    again = bastion("plan", "-m", "llama2-7b", "-c", "a100-40g:1", "-b", "8", "-s", "4096", "--gpus", count, "--json",
+                    "--top", "1")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["feasible"] > 0
+
+
+def test_no_valid_plan_reports_the_rule_and_the_pin_to_drop() -> None:
+    out = bastion("plan", "-m", "tiny", "-c", "cpu:4", "-b", "6", "--fix", "dp=4")
+    assert out.returncode == 2
+    assert "batch not divisible" in out.stderr
+    assert "drop --fix dp=4" in out.stderr
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--gpus", "8..4"], "--gpus 8..4"),
+    (["--gpus", "lots"], "not a device count"),
+    (["--objective", "speed"], "Unknown objective"),
+    (["--precision", "bf17"], "Did you mean 'bf16'"),
+    (["--fix", "tq=2"], "Did you mean 'tp'"),
+    (["--fix", "tp"], "FIELD=VALUE"),
+    (["--top", "0"], "--top"),
+])
+def test_bad_input_is_a_guidance_error(args: list[str], expected: str) -> None:
+    out = bastion("plan", "-m", "tiny", "-c", "cpu:4", "-b", "8", *args)
+    assert out.returncode == 2, out.stdout
+    assert expected in out.stderr
+    assert "To fix" in out.stderr and "Traceback" not in out.stderr

@@ -1,0 +1,96 @@
+"""The planner on top of the real predictor: brute-force optimum on tiny spaces, pruning changes nothing, and
+the memory bound really is a lower bound of the predictor's memory."""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+from dataclasses import replace
+
+import pytest
+
+from bastion.errors import PlanError
+from bastion.planner.bounds import StateLowerBound
+from bastion.planner.search import PlanRequest, search
+from bastion.planner.space import SearchSpace, enumerate_space
+from bastion.predict import estimate
+from bastion.specs import ParallelPlan, load_cluster, load_model
+from bastion.specs.plan import PP_SCHEDULES, RECOMPUTE_MODES
+
+
+def with_hbm(cluster, gib: float):
+    return replace(cluster, accelerator=replace(cluster.accelerator, hbm_gib=gib))
+
+
+def every_plan(model, cluster, global_batch: int):
+    """Every combination of every field (a superset of the planner's space, built without space.py)."""
+    n = cluster.num_gpus
+    for dp, tp, pp, cp in itertools.product(range(1, n + 1), repeat=4):
+        if dp * tp * pp * cp != n:
+            continue
+        for zero, micro, sched, vpp, rc, sp in itertools.product(
+                range(4), range(1, global_batch // dp + 1), PP_SCHEDULES, range(1, model.num_layers // pp + 1),
+                RECOMPUTE_MODES, (False, True)):
+            if (pp == 1 and (sched, vpp) != ("1f1b", 1)) or (dp == 1 and zero > 0):
+                continue  # the planner's canonical forms: no schedule without a pipeline, no ZeRO without dp
+            try:
+                yield ParallelPlan(dp=dp, tp=tp, pp=pp, cp=cp, zero_stage=zero, micro_batch=micro,
+                                   global_batch=global_batch, pp_schedule=sched, vpp=vpp, recompute=rc,
+                                   sequence_parallel=sp)
+            except PlanError:
+                continue
+
+
+@pytest.fixture(scope="module")
+def tiny_case():
+    model = load_model("tiny")
+    cluster = load_cluster("h100-sxm:4")
+    truth = {}
+    for plan in every_plan(model, cluster, 8):
+        try:
+            truth[plan] = estimate(model, cluster, plan, model.seq_len)
+        except PlanError:
+            continue
+    # a memory size that about half of the valid plans fit in, so that both branches are exercised
+    hbm_gib = statistics.median(e.memory.total for e in truth.values()) / 2**30
+    return model, with_hbm(cluster, hbm_gib), truth
+
+
+def test_tiny_space_matches_brute_force_with_the_real_predictor(tiny_case) -> None:
+    model, cluster, truth = tiny_case
+    fitting = {p: e for p, e in truth.items() if e.memory.total <= cluster.accelerator.hbm_bytes}
+    assert 0 < len(fitting) < len(truth)
+    result = search(PlanRequest(model=model, cluster=cluster, global_batch=8, seq_len=model.seq_len,
+                                top_k=len(fitting) + 1, workers=1))
+    assert result.feasible == len(fitting)
+    assert {p.plan for p in result.plans} == set(fitting)
+    best = min(fitting.values(), key=lambda e: e.step_time_s)
+    assert result.plans[0].step_time_s == pytest.approx(best.step_time_s, rel=1e-12)
+    assert result.rejected["out of memory"] == len(truth) - len(fitting)
+
+
+def test_pruning_never_changes_the_answer_with_the_real_predictor() -> None:
+    model = load_model("llama2-7b")
+    cluster = load_cluster("a100-40g:8")
+    req = PlanRequest(model=model, cluster=cluster, global_batch=16, seq_len=2048, top_k=20, workers=1,
+                      space=SearchSpace(pins={"micro_batch": 1}))
+    pruned, full = search(req), search(replace(req, prune=False))
+    assert [p.plan for p in pruned.plans] == [p.plan for p in full.plans]
+    assert (pruned.feasible, pruned.rejected, pruned.evaluated) == (full.feasible, full.rejected, full.evaluated)
+    assert pruned.predicted < full.predicted  # the bound did skip work
+
+
+def test_state_bound_is_below_the_predicted_memory_of_every_plan() -> None:
+    model = load_model("llama2-7b")
+    cluster = load_cluster("h100-sxm:16")
+    enum = enumerate_space(model, cluster, 32, 4096, SearchSpace(pins={"micro_batch": 1, "recompute": "full"}))
+    bound = StateLowerBound(model, cluster)
+    checked = 0
+    for leaf in enum.leaves[::7]:
+        for zero in leaf.zero_stages:
+            est = estimate(model, cluster, leaf.plan(32, zero, "full"), 4096)
+            lower = bound.state_bytes(leaf, 32, zero)
+            assert lower <= est.memory.total
+            assert lower == max(m.params + m.grads + m.optimizer for m in est.memory_by_stage)
+            checked += 1
+    assert checked > 50
