@@ -118,8 +118,8 @@ def test_account_splits_wall_time_into_productive_lost_recovery_and_stall():
     assert result["restarts"] == 1 and result["faults_injected"] == 1
     assert result["lost_steps"] == 1
     assert result["checkpoint_stall_s"] == 0.5
-    # failure at 4.6 (last record before the restart) → first step after it starts at 12.6 − 1.0 = 11.6
-    assert result["recovery_s"] == pytest.approx(7.0)
+    # the failure began after the last progress (step 3 at 4.5); the first step after it starts at 12.6 − 1.0
+    assert result["recovery_s"] == pytest.approx(11.6 - 4.5)
     breakdown = result["time_breakdown_s"]
     assert breakdown["productive_s"] == 4.0 and breakdown["lost_s"] == 1.0 and breakdown["wall_s"] == 14.0
     assert result["goodput"] == pytest.approx(4.0 / 14.0, abs=1e-4)

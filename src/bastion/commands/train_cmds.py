@@ -53,10 +53,38 @@ def train_command(
     cluster: str | None = typer.Option(None, "--cluster", help="Cluster spec for MFU and the prediction "
                                                                "(default cpu:<world> on CPU)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on rank 0."),
+    # ---- fault tolerance (runtime/resilience.py) ----
+    checkpoint_every: str = typer.Option("0", "--checkpoint-every", help="Checkpoint every N steps, or `auto` "
+                                         "(Young/Daly from the measured save stall and the MTBF); 0 = never."),
+    mtbf_hours: float | None = typer.Option(None, "--mtbf-hours", help="MTBF for `auto` (default: published "
+                                            "failure rate × number of devices)."),
+    inject: list[str] = typer.Option([], "--inject", help="Inject a fault (repeatable): kill:rank=1,step=7, "
+                                     "hang:rank=0,step=5, nan:step=9, kill-during-save:step=8, corrupt-latest."),
+    max_restarts: int = typer.Option(0, "--max-restarts", help="Restarts torchrun's elastic agent may make; a "
+                                     "restarted group resumes from the newest valid checkpoint."),
+    keep_last: int = typer.Option(3, "--keep-last", help="Keep the newest K checkpoints."),
+    keep_every: int = typer.Option(0, "--keep-every", help="Also keep every checkpoint whose step is a multiple "
+                                   "of N (0 = none)."),
+    async_checkpoint: bool = typer.Option(True, "--async-checkpoint/--sync-checkpoint",
+                                          help="Write checkpoints in the background (dcp.async_save) or block."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from the newest valid checkpoint "
+                                "in RUN_DIR/checkpoints when there is one."),
+    resume_from: Path | None = typer.Option(None, "--resume-from", help="Start from this checkpoint (or run "
+                                            "directory) when RUN_DIR has none; the plan may differ."),
+    stop_after_step: int = typer.Option(0, "--stop-after-step", help="Checkpoint and stop after this step "
+                                        "(e.g. before maintenance or a plan change); 0 = run to --steps."),
+    hang_timeout_s: float = typer.Option(60.0, "--hang-timeout-s", help="A step is hung after max(10× the "
+                                         "recent median, this many seconds), or 10× this before any step time "
+                                         "is known: stacks dumped, worker aborted, group restarted."),
+    skip_batch: list[int] = typer.Option([], "--skip-batch", hidden=True, help="Skip the batch of this step "
+                                         "(what the NaN guard does; for reference runs)."),
 ) -> None:
     """Train MODEL with a parallel PLAN on a token dataset; writes metrics and predicted-vs-measured."""
     from bastion.runtime.launcher import LaunchConfig, in_launched_worker, launch
     from bastion.runtime.preflight import check_request
+
+    resilience = _resilience_config(checkpoint_every, mtbf_hours, inject, keep_last, keep_every, async_checkpoint,
+                                    resume, resume_from, stop_after_step, hang_timeout_s, skip_batch)
 
     if in_launched_worker() and nproc is None:
         import os
@@ -65,25 +93,70 @@ def train_command(
 
         config = TrainConfig(model=model, plan=str(plan), data=str(data), steps=steps, run_dir=str(run_dir),
                              seed=seed, seq_len=seq_len, lr=lr, compile=compile_model, cluster=cluster,
-                             progress=progress)
-        check_request(model, str(plan), str(data), int(os.environ["WORLD_SIZE"]), steps, seq_len)
+                             progress=progress, resilience=resilience)
+        request = check_request(model, str(plan), str(data), int(os.environ["WORLD_SIZE"]), steps, seq_len)
+        _check_fault_tolerance(resilience, request, run_dir, int(os.environ["WORLD_SIZE"]), steps)
         run_worker(config)
         return
     from bastion.specs.plan import ParallelPlan
 
     world = nproc if nproc is not None else ParallelPlan.load(plan).num_gpus
     request = check_request(model, str(plan), str(data), world, steps, seq_len)
+    _check_fault_tolerance(resilience, request, run_dir, world, steps)
     from rich.console import Console
 
     Console(stderr=True).print(
         f"[bold]bastion train[/]: {request.spec.name} on {world} process(es), plan dp{request.plan.dp} "
         f"tp{request.plan.tp} pp{request.plan.pp} zero{request.plan.zero_stage}, {steps} steps → {run_dir}")
-    code = launch(LaunchConfig(nproc=world), _args_from_context(ctx, drop={"nproc"}))
+    code = launch(LaunchConfig(nproc=world, max_restarts=max_restarts), _args_from_context(ctx, drop={"nproc"}))
     if code != 0:
         from bastion.errors import LaunchError
 
         raise LaunchError(f"The training workers exited with code {code}.",
                           fix="read the worker output above; rerun with BASTION_DEBUG=1 for tracebacks.")
+
+
+def _resilience_config(checkpoint_every: str, mtbf_hours: float | None, inject: list[str], keep_last: int,
+                       keep_every: int, async_checkpoint: bool, resume: bool, resume_from: Path | None,
+                       stop_after_step: int, hang_timeout_s: float, skip_batch: list[int]):
+    from bastion.errors import ConfigError
+    from bastion.runtime.faults import parse_fault
+    from bastion.runtime.resilience_config import ResilienceConfig
+
+    text = checkpoint_every.strip().lower()
+    if text == "auto":
+        every = -1
+    elif text.isdigit():
+        every = int(text)
+    else:
+        raise ConfigError(f"--checkpoint-every {checkpoint_every!r} is neither a step count nor 'auto'.",
+                          fix="pass --checkpoint-every N (N >= 0) or --checkpoint-every auto.")
+    if mtbf_hours is not None and mtbf_hours <= 0:
+        raise ConfigError(f"--mtbf-hours must be > 0, got {mtbf_hours}.")
+    if keep_last < 1 or keep_every < 0 or stop_after_step < 0 or hang_timeout_s <= 0:
+        raise ConfigError("--keep-last must be >= 1; --keep-every and --stop-after-step >= 0; "
+                          "--hang-timeout-s > 0.")
+    for spec in inject:
+        parse_fault(spec)  # a guidance error now, not in N workers later
+    return ResilienceConfig(checkpoint_every=every, mtbf_hours=mtbf_hours, keep_last=keep_last,
+                            keep_every=keep_every, async_checkpoint=async_checkpoint, inject=tuple(inject),
+                            resume=resume, resume_from=str(resume_from) if resume_from else None,
+                            skip_batches=tuple(skip_batch), stop_after_step=stop_after_step,
+                            hang_min_s=hang_timeout_s)
+
+
+def _check_fault_tolerance(resilience, request, run_dir: Path, world: int, steps: int) -> None:
+    """Faults that can fire and a resume source that fits, before any process starts (nothing is written)."""
+    from bastion.errors import ConfigError
+    from bastion.runtime.faults import check_faults, parse_fault
+    from bastion.runtime.resume_source import preflight_resume
+
+    check_faults([parse_fault(s) for s in resilience.inject], world, steps)
+    needs_checkpoints = [s for s in resilience.inject if s.split(":")[0] in ("kill-during-save", "corrupt-latest")]
+    if needs_checkpoints and resilience.checkpoint_every == 0:
+        raise ConfigError(f"--inject {needs_checkpoints[0]} needs checkpoints, but --checkpoint-every is 0.",
+                          fix="add --checkpoint-every N.")
+    preflight_resume(run_dir, resilience.resume, resilience.resume_from, request.spec, request.plan)
 
 
 @data_app.command("prepare")

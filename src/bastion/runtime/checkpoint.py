@@ -177,6 +177,7 @@ class Checkpointer:
             pending = _PendingSave(step, temp_dir, final_dir, None, time.perf_counter())
             self._finish(pending)
             self._raise_if_failed(pending)
+            self._barrier()  # synchronous means committed on return, on every rank
         blocked = time.perf_counter() - start
         self.stall_s += blocked
         return blocked

@@ -84,8 +84,9 @@ def account(records: list[dict[str, Any]], end_time: float) -> dict[str, Any]:
     """restarts, lost_steps, recovery_s, checkpoint_stall_s, goodput (+ the breakdown) from metrics records.
 
     A step record superseded by a later record of the same step (recomputed after a restart or a rollback) is
-    lost work. Recovery is the time from a failure (the last record before a restart, or a rollback) to the
-    start of the first step completed afterwards. Wall time runs from the first `run_start` event.
+    lost work. Recovery runs from the last sign of progress before a restart (a step or a save; so detecting a
+    hang counts) or from a rollback, to the start of the first step completed afterwards. Wall time runs from
+    the first `run_start` event.
     """
     starts = [r["time"] for r in records if r.get("event") == "run_start"]
     steps = [r for r in records if "event" not in r and "step" in r]
@@ -112,8 +113,11 @@ def account(records: list[dict[str, Any]], end_time: float) -> dict[str, Any]:
     for record in records:
         kind = record.get("event")
         if kind in ("restart", "rollback") and failure_time is None:
-            previous = [r["time"] for r in records if r["time"] < record["time"] and r.get("event") != "run_start"]
-            failure_time = max(previous) if previous and kind == "restart" else record["time"]
+            # the failure began after the last sign of progress (a step or a save), not when it was noticed:
+            # a hang's detection time is part of its cost
+            progress = [r["time"] for r in records if r["time"] < record["time"]
+                        and (r.get("event") is None or r.get("event") in ("checkpoint", "run_start"))]
+            failure_time = max(progress) if progress and kind == "restart" else record["time"]
         elif kind is None and "step" in record and failure_time is not None:
             gap = record["time"] - record.get("step_time_s", 0.0) - failure_time
             recoveries.append(max(0.0, gap))

@@ -18,7 +18,7 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,8 @@ from bastion.runtime.metrics import (
     params_sha256,
 )
 from bastion.runtime.parallelize import ParallelizeConfig, ParallelModel, cross_entropy_loss, parallelize
+from bastion.runtime.resilience import BadStep, Resilience
+from bastion.runtime.resilience_config import ResilienceConfig
 from bastion.specs.model import ModelSpec, load_model
 from bastion.specs.plan import ParallelPlan
 
@@ -78,6 +80,8 @@ class TrainConfig:
     progress: bool = True
     #: hash the full parameters into summary.json (gathers them to rank 0)
     hash_params: bool = True
+    #: checkpoints, resume, fault injection, watchdog, NaN rollback (runtime/resilience.py)
+    resilience: ResilienceConfig = field(default_factory=ResilienceConfig)
 
 
 # ---- optimizer and schedule ------------------------------------------------------------------------------
@@ -168,6 +172,8 @@ class Trainer:
         #: global sample ids of the last step (every rank computes the same list)
         self.last_sample_ids: list[int] = []
         self.activation_bytes: int | None = None
+        #: fault-tolerance hooks (NaN injection and guard), set by train(); None = none
+        self.guard: Resilience | None = None
 
     def _context(self) -> contextlib.ExitStack:
         stack = contextlib.ExitStack()
@@ -224,7 +230,11 @@ class Trainer:
         inputs, targets = self._local_batch()
         self.optimizer.zero_grad(set_to_none=True)
         local_loss = self._forward_backward(inputs, targets)
+        if self.guard is not None:
+            self.guard.after_backward(self.step + 1, self.model.parameters())
         grad_norm = clip_grad_norm(self.model, self.config.max_grad_norm, self.rmesh)
+        if self.guard is not None:  # raises BadStep before a NaN/spiking update is applied
+            self.guard.check_grad_norm(self.step + 1, grad_norm)
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
@@ -335,6 +345,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if rank == 0:
         _write_run_files(run_dir, spec, plan)
     trainer = Trainer(config, spec, plan, rmesh)
+    resilience = Resilience(config.resilience, run_dir, trainer, spec, plan)
+    trainer.guard = resilience
+    resilience.start()
     writer = MetricsWriter(run_dir / "metrics.jsonl", enabled=rank == 0)
     cluster_name = _cluster_name(config, device, world)
     peak = _peak_flops(cluster_name, plan.precision, device)
@@ -345,8 +358,15 @@ def train(config: TrainConfig) -> dict[str, Any]:
     model_state = None
     wall_start = time.perf_counter()
     try:
-        while trainer.step < config.steps:
-            record = trainer.train_step()
+        while trainer.step < config.steps and not resilience.should_stop():
+            resilience.before_step(trainer.step + 1)
+            try:
+                record = trainer.train_step()
+            except BadStep as bad:
+                resilience.rollback(bad)
+                records = [r for r in records if r["step"] <= trainer.step]
+                continue
+            record["time"] = time.time()
             if model_state is None:  # after the first step every gradient and moment exists
                 model_state = model_state_bytes_measured(trainer.model.parameters(), trainer.optimizer)
             step_time = record["step_time_s"]
@@ -357,20 +377,22 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 record["sample_ids"] = [trainer.last_sample_ids[0], trainer.last_sample_ids[-1] + 1]
             writer.write(record)
             records.append(record)
+            resilience.after_step(record)
             if progress is not None:
-                progress.update(progress.task_ids[0], advance=1,
+                progress.update(progress.task_ids[0], completed=trainer.step,
                                 info=f"loss {record['loss']:.4f}  {record['tokens_per_s']:.0f} tok/s")
     finally:
         if progress is not None:
             progress.stop()
         writer.close()
     wall = time.perf_counter() - wall_start
-    return _finish(config, trainer, spec, plan, rmesh, records, model_state, cluster_name, wall)
+    fault_tolerance = resilience.finish()
+    return _finish(config, trainer, spec, plan, rmesh, records, model_state, cluster_name, wall, fault_tolerance)
 
 
 def _finish(config: TrainConfig, trainer: Trainer, spec: ModelSpec, plan: ParallelPlan, rmesh: RuntimeMesh,
             records: list[dict[str, Any]], model_state: dict[str, int] | None, cluster_name: str | None,
-            wall_s: float) -> dict[str, Any]:
+            wall_s: float, fault_tolerance: dict[str, Any] | None = None) -> dict[str, Any]:
     rank, world = dist.get_rank(), dist.get_world_size()
     # per-rank measured model state, gathered so the summary can be checked against the predictor per stage
     mine = {"rank": rank, "pp_rank": rmesh.pp_rank, "dp_rank": rmesh.dp_rank, "tp_rank": rmesh.tp_rank,
@@ -410,6 +432,7 @@ def _finish(config: TrainConfig, trainer: Trainer, spec: ModelSpec, plan: Parall
         "measured": measured,
         "notes": trainer.model.notes,
         "config": asdict(config),
+        **(fault_tolerance or {}),
     }
     run_dir = Path(config.run_dir)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

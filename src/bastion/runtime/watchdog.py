@@ -31,8 +31,8 @@ class WatchdogConfig:
     factor: float = 10.0
     #: ... but never sooner than this many seconds (CPU noise on shared machines)
     min_timeout_s: float = 60.0
-    #: deadline of the first steps, before there is a median (start-up, allocation, compile)
-    startup_timeout_s: float = 900.0
+    #: deadline of the first steps of each (re)start, before any step time is known (allocation, compile)
+    startup_timeout_s: float = 600.0
     #: step times in the running median
     window: int = 20
     #: first steps of each (re)start whose times are not used (warm-up)
@@ -58,8 +58,8 @@ class StepWatchdog:
         self._thread.start()
 
     def deadline_s(self) -> float:
-        if len(self._times) < 2:
-            return self.config.startup_timeout_s
+        if not self._times:
+            return max(self.config.startup_timeout_s, self.config.min_timeout_s)
         return max(self.config.min_timeout_s, self.config.factor * statistics.median(self._times))
 
     def step_began(self, step: int) -> None:

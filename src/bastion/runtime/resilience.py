@@ -1,0 +1,272 @@
+"""Fault tolerance of one worker, as a few calls the training loop makes: resume, checkpoint, inject, watch, roll back.
+
+    res = Resilience(config.resilience, run_dir, trainer, spec, plan)
+    res.start()                           # resume from the newest valid checkpoint (collective)
+    while trainer.step < steps:
+        res.before_step(trainer.step + 1) # skip known-bad batches, fire kill/hang faults, arm the watchdog
+        try:
+            record = trainer.train_step() #   calls res.after_backward / res.check_grad_norm (NaN guard)
+        except BadStep as bad:
+            res.rollback(bad)             # last good checkpoint, skip the offending batch
+            continue
+        res.after_step(record)            # checkpoint when due, corrupt-latest fault, disarm the watchdog
+    summary |= res.finish()               # restarts, lost steps, recovery, stall, goodput
+
+Which checkpoint a run starts from: the newest valid one in RUN_DIR/checkpoints (a restarted worker, or a run
+continued with --resume); if there is none, --resume-from PATH. Elastic restarts come from torchrun's agent
+(`--max-restarts`); everything a restarted worker needs is on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from bastion.errors import CheckpointError
+from bastion.runtime import checkpoint as ck
+from bastion.runtime import checkpoint_files
+from bastion.runtime.events import log_event, read_records
+from bastion.runtime.faults import FaultInjector, parse_fault
+from bastion.runtime.recovery import NanGuard, NanGuardConfig, account, choose_interval
+from bastion.runtime.resilience_config import ResilienceConfig
+from bastion.runtime.resume_source import resolve_resume_source, same_model
+from bastion.runtime.watchdog import StepWatchdog, WatchdogConfig
+
+#: the first save of `--checkpoint-every auto` (its stall is measured) happens after this many steps
+AUTO_PROBE_STEP = 3
+
+
+class BadStep(Exception):
+    """A step whose gradients must not be applied (NaN/Inf or a spike)."""
+
+    def __init__(self, step: int, batch_start: int, reason: str) -> None:
+        super().__init__(f"step {step}: {reason}")
+        self.step = step
+        self.batch_start = batch_start
+        self.reason = reason
+
+
+def _state_module(parts: list[torch.nn.Module]) -> torch.nn.Module:
+    """One module holding all of this rank's chunks under the full model's parameter names."""
+    if len(parts) == 1:
+        return parts[0]
+    container = torch.nn.Module()
+    layers = torch.nn.ModuleDict()
+    for part in parts:
+        for name, child in part.named_children():
+            if name == "layers":
+                layers.update(child.items())
+            elif child is not None:
+                container.add_module(name, child)
+    container.add_module("layers", layers)
+    return container
+
+
+class Resilience:
+    def __init__(self, config: ResilienceConfig, run_dir: Path, trainer: Any, spec: Any, plan: Any) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.trainer = trainer
+        self.spec = spec
+        self.plan = plan
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        self.attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        self.state_module = _state_module(trainer.model.parts)
+        every = max(0, config.checkpoint_every)
+        if config.checkpoint_every < 0:
+            every = 0  # decided after the probe save
+        async_group = dist.new_group(backend="gloo") if (config.async_checkpoint and self.world > 1) else None
+        self.checkpointer = ck.Checkpointer(
+            ck.CheckpointConfig(self.run_dir / "checkpoints", every=every,
+                                retention=checkpoint_files.RetentionPolicy(config.keep_last, config.keep_every),
+                                async_save=config.async_checkpoint),
+            rank=self.rank, world_size=self.world, async_group=async_group)
+        self.injector = FaultInjector([parse_fault(s) for s in config.inject], self.run_dir, self.rank)
+        self.checkpointer.before_commit = self.injector.before_commit
+        self.guard = NanGuard(NanGuardConfig(spike_factor=config.spike_factor))
+        self.watchdog = StepWatchdog(WatchdogConfig(factor=config.hang_factor, min_timeout_s=config.hang_min_s,
+                                                    startup_timeout_s=10 * config.hang_min_s),
+                                     self.run_dir, self.rank)
+        self.skip_starts: set[int] = {(s - 1) * plan.global_batch for s in config.skip_batches}
+        self.skip_starts |= self._persisted_skips()
+        self.resumed_from: int | None = None
+        self._step_times: list[float] = []
+
+    # ---- persisted run-level state ------------------------------------------------------------------
+    @property
+    def _skips_file(self) -> Path:
+        return self.run_dir / "skipped_batches.json"
+
+    def _persisted_skips(self) -> set[int]:
+        if self._skips_file.is_file():
+            return set(json.loads(self._skips_file.read_text()))
+        return set()
+
+    # ---- start / resume -----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Resume when there is something to resume from (collective); log the start or restart."""
+        if self.rank == 0 and self.attempt == 0 and not any(
+                r.get("event") == "run_start" for r in read_records(self.run_dir)):
+            log_event(self.run_dir, "run_start", world_size=self.world, plan=self.plan.to_dict())
+        source = None
+        if self.config.resume or self.attempt > 0:
+            source = self.checkpointer.newest_valid(on_bad=self._report_bad)
+        if source is None and self.config.resume_from:
+            source = resolve_resume_source(Path(self.config.resume_from))
+        if source is not None:
+            self.restore(source)
+        if self.rank == 0 and (self.attempt > 0 or source is not None):
+            log_event(self.run_dir, "restart" if self.attempt > 0 else "resume", attempt=self.attempt,
+                      resumed_from_step=self.trainer.step, world_size=self.world, plan=self.plan.to_dict())
+
+    def _report_bad(self, info: checkpoint_files.CheckpointInfo, reason: str, moved: Path) -> None:
+        log_event(self.run_dir, "checkpoint_corrupt", step=info.step, reason=reason, moved_to=str(moved))
+        print(f"bastion: checkpoint of step {info.step} failed its manifest check ({reason}); "
+              f"set aside at {moved}, using the previous one", flush=True)
+
+    def _capture(self) -> tuple[dict, dict]:
+        return ck.capture_tensors_and_hparams([self.state_module], [self.trainer.optimizer])
+
+    def restore(self, source: checkpoint_files.CheckpointInfo) -> None:
+        """Load model, optimizer, schedule, data position and (same layout only) RNG from `source`."""
+        trainer = self.trainer
+        state = ck.read_run_state(source.path)
+        if not same_model(state.get("model", {}), self.spec.to_dict()):
+            raise CheckpointError(f"The checkpoint at {source.path} holds model '{state.get('model', {}).get('name')}'"
+                                  f", not '{self.spec.name}'.", fix="resume with the model it was saved with.")
+        trainer.optimizer.zero_grad(set_to_none=True)
+        tensors, _ = self._capture()
+        ck.load_tensors(source.path, tensors, distributed=dist.is_initialized())
+        ck.restore_tensors_and_hparams([self.state_module], [trainer.optimizer], tensors, state["optimizer"])
+        trainer.scheduler.load_state_dict(state["scheduler"])
+        trainer.sampler.load_state_dict(state["sampler"])
+        trainer.step = int(state["step"])
+        self.skip_starts |= set(state.get("skipped_batch_starts", []))
+        same_layout = state.get("world_size") == self.world and state.get("plan") == self.plan.to_dict()
+        rank_state = ck.read_rank_state(source.path, self.rank)
+        if same_layout and rank_state is not None:
+            ck.restore_rng(rank_state["rng"])
+        self.resumed_from = trainer.step
+
+    # ---- per step ------------------------------------------------------------------------------------
+    def before_step(self, step: int) -> None:
+        sampler = self.trainer.sampler
+        while sampler.consumed_samples in self.skip_starts:
+            start = sampler.consumed_samples
+            sampler.next_global_batch()
+            if self.rank == 0:
+                log_event(self.run_dir, "skip_batch", step=step, sample_ids=[start, start + self.plan.global_batch])
+        self.watchdog.step_began(step)  # armed first, so a hang fault is caught on the hung rank itself
+        self.injector.at_step_start(step)
+
+    def after_backward(self, step: int, parameters: list[torch.nn.Parameter]) -> None:
+        self.injector.poison_gradients(step, parameters)
+
+    def check_grad_norm(self, step: int, grad_norm: float) -> None:
+        reason = self.guard.check(grad_norm)
+        if reason is not None:
+            batch_start = self.trainer.sampler.consumed_samples - self.plan.global_batch
+            raise BadStep(step, batch_start, reason)
+
+    def after_step(self, record: dict[str, Any]) -> None:
+        step = record["step"]
+        self.watchdog.step_ended(step)
+        self._step_times.append(record["step_time_s"])
+        self.checkpointer.poll()
+        if self.config.checkpoint_every < 0 and self.checkpointer.config.every == 0 and step >= AUTO_PROBE_STEP:
+            self.save(step)
+            self._choose_auto_interval()
+        elif self.checkpointer.due(step) or step == self.config.stop_after_step:
+            self.save(step)
+        self.injector.after_step(step, self.checkpointer.config.directory, self.checkpointer.wait)
+
+    def should_stop(self) -> bool:
+        return 0 < self.config.stop_after_step <= self.trainer.step
+
+    def save(self, step: int) -> float:
+        trainer = self.trainer
+        tensors, hparams = self._capture()
+        run_state = {"format": 1, "step": step, "sampler": trainer.sampler.state_dict(),
+                     "scheduler": _jsonable(trainer.scheduler.state_dict()), "optimizer": hparams,
+                     "plan": self.plan.to_dict(), "model": self.spec.to_dict(), "world_size": self.world,
+                     "skipped_batch_starts": sorted(self.skip_starts), "saved_unix": time.time()}
+        stall = self.checkpointer.save(step, tensors, run_state, {"rng": ck.capture_rng()})
+        if self.rank == 0:
+            log_event(self.run_dir, "checkpoint", step=step, stall_s=round(stall, 6),
+                      mode="async" if self.config.async_checkpoint else "sync")
+        return stall
+
+    def _choose_auto_interval(self) -> None:
+        measured = self._step_times[1:] or self._step_times
+        step_s = sorted(measured)[len(measured) // 2]
+        stall = self.checkpointer.stall_s
+        # every rank must pick the same interval: take the slowest rank's figures
+        figures = torch.tensor([stall, step_s], dtype=torch.float64)
+        if dist.is_initialized():
+            dist.all_reduce(figures, op=dist.ReduceOp.MAX)
+        choice = choose_interval(float(figures[0]), float(figures[1]), self.world, self.config.mtbf_hours)
+        self.checkpointer.config = ck.CheckpointConfig(
+            self.checkpointer.config.directory, every=choice.every_steps, retention=self.checkpointer.config.retention,
+            async_save=self.checkpointer.config.async_save)
+        if self.rank == 0:
+            print(f"bastion: {choice.explain()}", flush=True)
+            log_event(self.run_dir, "checkpoint_interval", every_steps=choice.every_steps,
+                      interval_s=choice.interval_s, stall_s=choice.stall_s, step_s=choice.step_s,
+                      mtbf_hours=choice.mtbf_s / 3600, why=choice.explain())
+
+    # ---- NaN / spike rollback ----------------------------------------------------------------------
+    def rollback(self, bad: BadStep) -> None:
+        """Skip the offending batch from now on and continue from the last good checkpoint."""
+        self.watchdog.step_ended(bad.step)
+        self.skip_starts.add(bad.batch_start)
+        if self.rank == 0:
+            self._skips_file.write_text(json.dumps(sorted(self.skip_starts)))
+        self.checkpointer.wait()
+        source = self.checkpointer.newest_valid(on_bad=self._report_bad)
+        if source is not None:
+            self.restore(source)
+        else:
+            # nothing to roll back to: the update was never applied, so dropping the batch is enough
+            self.trainer.optimizer.zero_grad(set_to_none=True)
+        if self.rank == 0:
+            log_event(self.run_dir, "rollback", step=bad.step, reason=bad.reason,
+                      skipped_sample_ids=[bad.batch_start, bad.batch_start + self.plan.global_batch],
+                      resumed_from_step=self.trainer.step, checkpoint=source is not None)
+            print(f"bastion: step {bad.step} rejected ({bad.reason}); rolled back to step {self.trainer.step} "
+                  f"and skipping samples {bad.batch_start}..{bad.batch_start + self.plan.global_batch - 1}",
+                  flush=True)
+
+    # ---- end ---------------------------------------------------------------------------------------------
+    def finish(self) -> dict[str, Any]:
+        """Wait for the last save; rank 0 returns the accounting fields for summary.json."""
+        self.checkpointer.wait()
+        self.watchdog.close()
+        if dist.is_initialized():
+            dist.barrier()  # every rank's last save is committed before the summary is written
+        if self.rank != 0:
+            return {}
+        fields = account(read_records(self.run_dir), time.time())
+        fields["restarts"] = max(fields["restarts"], self.attempt)
+        fields["checkpoints"] = [c.step for c in checkpoint_files.committed(self.checkpointer.config.directory)]
+        fields["skipped_batch_starts"] = sorted(self.skip_starts)
+        return fields
+
+
+def _jsonable(value: Any) -> Any:
+    """LR-scheduler state as JSON (tensors to numbers, callables dropped: they are rebuilt from the config)."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if callable(value):
+        return None
+    return value

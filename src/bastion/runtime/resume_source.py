@@ -1,0 +1,91 @@
+"""Where a run resumes from, checked before any process starts. Pure Python (no torch): reads JSON only.
+
+`--resume-from PATH` accepts a checkpoint (`.../checkpoints/step-NNNNNNNN`), a checkpoints directory or a run
+directory; the newest checkpoint whose manifest checks out is used. Nothing is moved or written here: a bad
+request is reported with guidance and the run does not start.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bastion.errors import CheckpointError, PlanError
+from bastion.runtime import checkpoint_files as cf
+from bastion.specs.model import ModelSpec, model_from_mapping
+from bastion.specs.plan import ParallelPlan
+
+STATE_JSON = "state.json"
+
+
+def resolve_resume_source(path: Path, verify: bool = False) -> cf.CheckpointInfo:
+    """The checkpoint `path` designates (verified against its manifest when `verify`), or a CheckpointError."""
+    path = Path(path)
+    hint = "ls RUN_DIR/checkpoints   # committed checkpoints are step-NNNNNNNN directories with a manifest.json"
+    if not path.exists():
+        raise CheckpointError(f"--resume-from {path}: no such file or directory.",
+                              fix="point it at a run directory or one of its checkpoints/step-NNNNNNNN.", hint=hint)
+    if (path / cf.MANIFEST).is_file() or path.name.startswith("step-"):
+        step = path.name.removeprefix("step-")
+        candidates = [cf.CheckpointInfo(int(step) if step.isdigit() else -1, path)]
+    else:
+        root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+        candidates = list(reversed(cf.committed(root)))
+    reasons = []
+    for info in candidates:
+        reason = cf.verify(info.path) if verify else (None if (info.path / cf.MANIFEST).is_file() else "no manifest")
+        if reason is None:
+            return info
+        reasons.append(f"{info.path.name}: {reason}")
+    detail = f" ({'; '.join(reasons)})" if reasons else ""
+    raise CheckpointError(f"--resume-from {path}: no valid checkpoint there{detail}.",
+                          fix="point it at a run directory whose checkpoints/ holds a committed step-NNNNNNNN "
+                              "(one with manifest.json), or drop --resume-from to start fresh.", hint=hint)
+
+
+def same_model(saved: dict, current: dict) -> bool:
+    """Same parameters: every field but the sequence length (RoPE is not a parameter) and the source note."""
+    ignore = ("seq_len", "source")
+    return {k: v for k, v in saved.items() if k not in ignore} == {k: v for k, v in current.items() if k not in ignore}
+
+
+def checkpoint_model(info: cf.CheckpointInfo) -> ModelSpec:
+    try:
+        state = json.loads((info.path / STATE_JSON).read_text())
+        return model_from_mapping(dict(state["model"]), f"{info.path}/{STATE_JSON}")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{info.path} has no readable model description ({exc}).",
+                              fix="resume from a checkpoint written by `bastion train`.") from exc
+
+
+def check_resume_compatible(info: cf.CheckpointInfo, spec: ModelSpec, plan: ParallelPlan) -> None:
+    """The checkpoint holds this model, and the plan can hold the checkpoint's model."""
+    saved = checkpoint_model(info)
+    if not same_model(saved.to_dict(), spec.to_dict()):
+        differences = [k for k, v in saved.to_dict().items()
+                       if spec.to_dict().get(k) != v and k not in ("source", "seq_len")]
+        raise CheckpointError(
+            f"The checkpoint at {info.path} holds model '{saved.name}', but this run builds '{spec.name}' "
+            f"(they differ in {', '.join(differences) or 'name'}).",
+            fix=f"resume with --model {saved.name} (or the model file it was trained with), or start a new run "
+                f"without --resume-from.")
+    try:
+        plan.validate(saved)
+    except PlanError as exc:
+        raise PlanError(f"This plan cannot hold the checkpoint's model '{saved.name}': {exc.problem}",
+                        fix=exc.fix, reason=exc.reason) from exc
+
+
+def preflight_resume(run_dir: Path, resume: bool, resume_from: str | None, spec: ModelSpec,
+                     plan: ParallelPlan) -> cf.CheckpointInfo | None:
+    """The checkpoint the workers will start from (checked), or None for a fresh start."""
+    own = cf.committed(Path(run_dir) / "checkpoints") if resume else []
+    for info in reversed(own):
+        if (info.path / cf.MANIFEST).is_file():
+            check_resume_compatible(info, spec, plan)
+            return info
+    if resume_from:
+        info = resolve_resume_source(Path(resume_from), verify=True)
+        check_resume_compatible(info, spec, plan)
+        return info
+    return None

@@ -1,0 +1,119 @@
+"""Bad resume requests are refused by `bastion train` before any worker starts, and nothing is written.
+
+Checkpoints here are built directly with checkpoint_files (state.json + a fake tensor file + manifest): the
+checks under test read JSON and manifests only, never tensors, so no training run is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bastion.runtime import checkpoint_files as cf
+from bastion.specs.model import load_model
+
+
+def fake_checkpoint(run_dir: Path, model: str, step: int = 4) -> Path:
+    root = run_dir / "checkpoints"
+    temp = root / cf.temp_dir_name(step)
+    temp.mkdir(parents=True)
+    (temp / "state.json").write_text(json.dumps({"step": step, "model": load_model(model).to_dict()}))
+    (temp / "__0_0.distcp").write_bytes(b"\0" * 64)
+    return cf.commit(temp, root / cf.step_dir_name(step), step)
+
+
+def snapshot(path: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data")
+    (out / "tokens.bin").write_bytes(bytes(range(256)) * 40)
+    (out / "meta.json").write_text(json.dumps({"dtype": "uint16", "num_tokens": 5120, "vocab_size": 256,
+                                               "tokenizer": "byte", "documents": 1}))
+    return out
+
+
+@pytest.fixture()
+def plan_file(tmp_path) -> Path:
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"dp": 2, "zero_stage": 3, "micro_batch": 1, "global_batch": 2,
+                                "precision": "fp32"}))
+    return path
+
+
+def train(dataset: Path, plan: Path, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "BASTION_DEBUG": "0"}
+    return subprocess.run([sys.executable, "-m", "bastion", "train", "--model", "tiny", "--plan", str(plan),
+                           "--data", str(dataset), "--steps", "4", "--run-dir", str(run_dir), "--nproc", "2",
+                           *extra], capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_resume_from_a_path_without_checkpoint(tmp_path, dataset, plan_file):
+    empty = tmp_path / "old-run"
+    (empty / "checkpoints" / cf.temp_dir_name(2)).mkdir(parents=True)  # an unfinished save is not a checkpoint
+    before = snapshot(empty)
+    result = train(dataset, plan_file, tmp_path / "new-run", "--resume-from", str(empty))
+    assert result.returncode == 2
+    assert "no valid checkpoint there" in result.stderr and "To fix:" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert snapshot(empty) == before and not (tmp_path / "new-run").exists()
+    missing = train(dataset, plan_file, tmp_path / "new-run", "--resume-from", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and "no such file or directory" in missing.stderr
+
+
+def test_resume_from_a_corrupt_checkpoint_names_the_damage(tmp_path, dataset, plan_file):
+    old = tmp_path / "old-run"
+    path = fake_checkpoint(old, "tiny")
+    (path / "__0_0.distcp").write_bytes(b"\1" * 64)
+    before = snapshot(old)
+    result = train(dataset, plan_file, tmp_path / "new-run", "--resume-from", str(path))
+    assert result.returncode == 2 and "does not match its sha256" in result.stderr
+    assert snapshot(old) == before  # reported, not quarantined: it is not this run's checkpoint
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path, dataset, plan_file):
+    old = tmp_path / "old-run"
+    fake_checkpoint(old, "small")
+    before = snapshot(old)
+    result = train(dataset, plan_file, tmp_path / "new-run", "--resume-from", str(old))
+    assert result.returncode == 2
+    assert "holds model 'small'" in result.stderr and "--model small" in result.stderr
+    assert snapshot(old) == before and not (tmp_path / "new-run").exists()
+    # the same when the run directory itself holds the other model's checkpoints (a restart with a wrong flag)
+    result = train(dataset, plan_file, old)
+    assert result.returncode == 2 and "holds model 'small'" in result.stderr
+    assert snapshot(old) == before
+
+
+def test_plan_that_cannot_hold_the_checkpoint_model_is_refused(tmp_path, dataset):
+    old = tmp_path / "old-run"
+    fake_checkpoint(old, "tiny")
+    before = snapshot(old)
+    plan = tmp_path / "tp3.json"  # tiny has 4 heads: tp = 3 cannot split them
+    plan.write_text(json.dumps({"tp": 3, "micro_batch": 1, "global_batch": 1, "precision": "fp32"}))
+    env = {**os.environ}
+    result = subprocess.run([sys.executable, "-m", "bastion", "train", "--model", "tiny", "--plan", str(plan),
+                             "--data", str(dataset), "--steps", "4", "--run-dir", str(tmp_path / "new"),
+                             "--nproc", "3", "--resume-from", str(old)],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 2 and "does not divide the 4 attention heads" in result.stderr
+    assert snapshot(old) == before and not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--checkpoint-every", "often"], "neither a step count nor 'auto'"),
+    (["--inject", "kil:step=2"], "Did you mean 'kill'"),
+    (["--inject", "kill:rank=5,step=2"], "targets rank 5"),
+    (["--inject", "corrupt-latest"], "needs checkpoints"),
+])
+def test_bad_fault_tolerance_options_are_guidance_errors(tmp_path, dataset, plan_file, args, message):
+    result = train(dataset, plan_file, tmp_path / "run", *args)
+    assert result.returncode == 2 and message in result.stderr
+    assert not (tmp_path / "run").exists()
