@@ -6,6 +6,11 @@ Cases: llama3-405b on 16,384 H100s (global batch 2048, seq 8192 — the issue's 
 benchmarks/results/planner.json.
 
     .venv/bin/python benchmarks/bench_planner.py [--repeats 3]
+    .venv/bin/python benchmarks/bench_planner.py --published   # planner vs the published expert plans
+
+`--published` compares, for every published run in the predictor's case file, the experts' plan under the
+predictor with the planner's best (whole space, and same techniques only; see bastion/planner/published.py)
+and writes benchmarks/results/planner_vs_published.json.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "planner.json"
+PUBLISHED_RESULTS = ROOT / "benchmarks" / "results" / "planner_vs_published.json"
 
 CASES = [
     {"name": "llama3-405b/h100-sxm:16384", "model": "llama3-405b", "cluster": "h100-sxm:16384",
@@ -58,10 +64,59 @@ def run_in_process(case: dict) -> dict:
             "predictions_per_s": result.predicted / seconds}
 
 
+def published(workers: int) -> None:
+    from bastion.planner.published import PublishedRuns
+    from bastion.predict.validate import PUBLIC_CASES, RowSkipped, read_cases
+
+    runs = PublishedRuns(workers=workers)
+    compared, skipped = [], []
+    started = time.perf_counter()
+    # cheapest searches first (fewest devices), and the file is rewritten after every row, so an interrupted
+    # run still leaves every row it finished
+    rows = sorted(read_cases(PUBLIC_CASES), key=lambda r: (int(r["num_gpus"] or 0), r["case_id"]))
+    for row in rows:
+        try:
+            c = runs.compare(row)
+        except RowSkipped as exc:
+            skipped.append({"case_id": row["case_id"], "reason": str(exc)})
+            print(f"{row['case_id']}: skipped ({exc})", flush=True)
+            continue
+        compared.append(c.to_dict())
+        write_published(compared, skipped, started)
+        fmt = lambda g: "n/a" if g is None else f"{100 * g:+.0f}%"  # noqa: E731
+        print(f"{c.case_id} {c.model[:24]:24} {c.num_gpus:5d} {c.accelerator:9} published plan predicted "
+              f"{c.predicted_s:8.3f} s (published {c.published_s:8.3f} s, fits {c.published_fits}); planner gain "
+              f"free {fmt(c.free_gain)}, same techniques {fmt(c.same_techniques_gain)}", flush=True)
+    summary = write_published(compared, skipped, started)
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {PUBLISHED_RESULTS.relative_to(ROOT)}")
+
+
+def write_published(compared: list[dict], skipped: list[dict], started: float) -> dict:
+    from bastion.planner.published import CLAIM_THRESHOLD
+
+    def claims(key: str) -> list[str]:
+        return sorted(r["case_id"] for r in compared if (r[key] or 0) > CLAIM_THRESHOLD)
+
+    summary = {"rows_done": len(compared) + len(skipped), "compared": len(compared), "skipped": len(skipped),
+               "published_plan_infeasible": sorted(r["case_id"] for r in compared if not r["published_fits"]),
+               "free_claims_over_25pct": claims("free_gain"),
+               "same_techniques_claims_over_25pct": claims("same_techniques_gain"),
+               "seconds": time.perf_counter() - started}
+    PUBLISHED_RESULTS.write_text(json.dumps({"summary": summary, "cases": compared, "skipped": skipped},
+                                            indent=2) + "\n")
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--published", action="store_true", help="compare with the published expert plans")
+    parser.add_argument("--workers", type=int, default=0, help="prediction processes (0 = auto)")
     args = parser.parse_args()
+    if args.published:
+        published(args.workers)
+        return
     rows = []
     for case in CASES:
         walls = []

@@ -1,0 +1,73 @@
+"""The planner against published expert plans (bastion/predict/data/public_cases.csv).
+
+- Every published plan that bastion can express must fit in memory under the predictor.
+- The planner's best can never be slower than the experts' plan (which lies in its space): a search that
+  missed it would not be exhaustive.
+- How far apart they are is reported (run with -s); the full table over every row comes from
+  `benchmarks/bench_planner.py --published`. Here the single-node rows are searched, to keep the suite fast.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bastion.planner.published import CLAIM_THRESHOLD, PublishedRuns
+from bastion.predict import estimate
+from bastion.predict.options import PRODUCTION_STACK
+from bastion.predict.validate import PUBLIC_CASES, RowSkipped, case_cluster, case_model, case_plan_choices, read_cases
+
+ROWS = read_cases(PUBLIC_CASES)
+#: rows whose published plan bastion cannot express, and why (ParallelPlan needs equal layers per stage)
+INEXPRESSIBLE = {"R0040": "70 layers cannot be split evenly into pp × vpp = 12 × 1"}
+#: published plans the predictor says do not fit, though they ran. R0014 (530B, DeepSpeed ZeRO-3, mb 4 on 640
+#: A100-80GB): 86.7 GiB predicted, of which 28 GiB are ZeRO-3 buffers for two whole gathered layers + one
+#: unsharded layer gradient (3 × 2 B × 5.0e9 parameters); DeepSpeed gathers per sub-module (bounded by
+#: stage3_max_live_parameters), so the predictor is pessimistic for very wide layers. Reported to the predictor
+#: work; when it is fixed this list must shrink (the assertion below says so).
+KNOWN_INFEASIBLE = {"R0014"}
+
+
+def test_every_expressible_published_plan_fits_under_the_predictor() -> None:
+    infeasible, skipped = [], {}
+    for row in ROWS:
+        notes: list[str] = []
+        try:
+            model, cluster = case_model(row, notes), case_cluster(row, notes)
+            plans, _ = case_plan_choices(row, model, cluster, notes)
+            estimates = [estimate(model, cluster, plan, options=PRODUCTION_STACK) for plan in plans]
+        except Exception as exc:  # noqa: BLE001 - recorded and compared with the known list below
+            skipped[row["case_id"]] = str(exc)
+            continue
+        if not any(e.fits for e in estimates):
+            worst = min(e.memory.total for e in estimates) / 2**30
+            infeasible.append(f"{row['case_id']} {row['model']} ({worst:.1f} GiB > {cluster.accelerator.hbm_gib:g})")
+    assert {i.split()[0] for i in infeasible} == KNOWN_INFEASIBLE, f"published plans predicted not to fit: {infeasible}"
+    assert set(skipped) == set(INEXPRESSIBLE), skipped
+    for case_id, why in INEXPRESSIBLE.items():
+        assert why in skipped[case_id]
+
+
+SINGLE_NODE = [r for r in ROWS if int(r["num_gpus"]) <= 8 and r["case_id"] not in INEXPRESSIBLE]
+
+
+@pytest.fixture(scope="module")
+def runs() -> PublishedRuns:
+    return PublishedRuns(workers=1)
+
+
+@pytest.mark.parametrize("row", SINGLE_NODE[::3], ids=lambda r: r["case_id"])
+def test_planner_is_never_worse_than_the_published_plan(row, runs: PublishedRuns) -> None:
+    try:
+        c = runs.compare(row)
+    except RowSkipped as exc:
+        pytest.fail(f"{row['case_id']}: {exc}")
+    assert c.published_fits
+    assert c.free is not None and c.same_techniques is not None
+    # the published plan is in both spaces, so neither best may be slower (to rounding)
+    assert c.free.step_time_s <= c.predicted_s * (1 + 1e-9)
+    assert c.same_techniques.step_time_s <= c.predicted_s * (1 + 1e-9)
+    assert c.free.step_time_s <= c.same_techniques.step_time_s * (1 + 1e-9)
+    claim = " (over the claim threshold)" if c.free_gain > CLAIM_THRESHOLD else ""
+    print(f"\n{c.case_id} {c.model} × {c.num_gpus} {c.accelerator}: published plan {c.predicted_s:.3f} s predicted "
+          f"({c.published_s:.3f} s published); planner {c.free.step_time_s:.3f} s ({100 * c.free_gain:+.0f}%){claim}, "
+          f"same techniques {c.same_techniques.step_time_s:.3f} s ({100 * c.same_techniques_gain:+.0f}%)")
