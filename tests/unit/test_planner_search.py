@@ -198,3 +198,22 @@ def test_gpu_ranges_list_whole_node_sizes() -> None:
     assert gpu_counts_between(1, 8, 8) == (1, 2, 3, 4, 6, 8)
     with pytest.raises(ConfigError):
         gpu_counts_between(16, 8, 8)
+
+
+def test_explanation_names_the_fields_and_the_terms_that_differ() -> None:
+    from bastion.planner.explain import compare, explain
+
+    cluster = load_cluster("h100-sxm:8")
+    result = search(PlanRequest(model=TOY, cluster=cluster, global_batch=16, seq_len=512, top_k=2),
+                    estimate=toy_estimate, state_bytes=toy_state_bytes)
+    best, second = result.plans
+    c = compare(best, second)
+    a, b = best.plan.to_dict(), second.plan.to_dict()
+    assert c.plan_changes == [(k, a[k], b[k]) for k in a if a[k] != b[k]] and c.plan_changes
+    ta, tb = best.estimate.time, second.estimate.time
+    expected = {k: ta[k] - tb[k] for k in ta if k != "step" and abs(ta[k] - tb[k]) > 0.005 * best.step_time_s}
+    assert {t.term: t.delta_s for t in c.terms} == pytest.approx(expected)
+    assert [abs(t.delta_s) for t in c.terms] == sorted((abs(t.delta_s) for t in c.terms), reverse=True)
+    assert c.step_delta_s == pytest.approx(best.step_time_s - second.step_time_s) and c.step_delta_s <= 0
+    text = explain(best, second)
+    assert all(f"instead of {b[k]}" in text for k, _, _ in c.plan_changes)

@@ -139,6 +139,10 @@ def print_result(result: Any, saved: Path | None) -> None:
     console.print(f"[bold]winner memory (GiB/device):[/] {mem}", soft_wrap=True)
     if result.runner_up is not None:
         console.print(f"[bold]why #1 beats #2:[/] {explain(best, result.runner_up)}", soft_wrap=True)
+    alt = result.alternative
+    if alt is not None and alt is not result.runner_up and alt.plan != result.runner_up.plan:
+        console.print(f"[bold]best with other degrees:[/] {describe(alt.plan)} — {explain(best, alt, 'that plan')}",
+                      soft_wrap=True)
     census = ", ".join(f"{n:,} {r}" for r, n in result.rejected.most_common()) or "none"
     console.print(f"[bold]searched[/] {result.evaluated:,} plans in {result.seconds:.2f} s "
                   f"({result.predicted:,} predicted, the rest settled by rules and the memory bound): "

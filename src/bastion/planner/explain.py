@@ -67,18 +67,18 @@ def compare(winner: RankedPlan, runner_up: RankedPlan) -> Comparison:
                       terms=terms, memory_delta_gib=winner.memory_gib - runner_up.memory_gib)
 
 
-def explain(winner: RankedPlan, runner_up: RankedPlan) -> str:
-    """One paragraph: what differs and which predicted terms it moves."""
+def explain(winner: RankedPlan, runner_up: RankedPlan, other: str = "the runner-up") -> str:
+    """One paragraph: what differs from `other` and which predicted terms it moves."""
     c = compare(winner, runner_up)
     changes = ", ".join(f"{_SHORT.get(k) or k} {w} instead of {r}" for k, w, r in c.plan_changes) or "nothing"
     if winner.num_gpus != runner_up.num_gpus:
         changes = f"{winner.num_gpus} GPUs instead of {runner_up.num_gpus}; " + changes
     if abs(c.step_delta_s) <= NEGLIGIBLE_SHARE * winner.step_time_s:
-        lead = (f"The winner and the runner-up are within {100 * NEGLIGIBLE_SHARE:.1f}% of each other "
+        lead = (f"The winner and {other} are within {100 * NEGLIGIBLE_SHARE:.1f}% of each other "
                 f"({winner.step_time_s:.4g} s vs {runner_up.step_time_s:.4g} s per step); they differ in: {changes}.")
     else:
         lead = (f"The winner's step is {abs(c.step_delta_s):.4g} s ({100 * abs(c.advantage):.1f}%) "
-                f"{'shorter' if c.step_delta_s < 0 else 'longer'} than the runner-up's; it differs in: {changes}.")
+                f"{'shorter' if c.step_delta_s < 0 else 'longer'} than {other}'s; it differs in: {changes}.")
     if c.terms:
         moved = "; ".join(f"{t.term} {t.winner_s:.4g} s vs {t.runner_up_s:.4g} s ({t.delta_s:+.4g} s)"
                           for t in c.terms[:5])

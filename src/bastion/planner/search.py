@@ -124,6 +124,8 @@ class SearchResult:
     seconds: float
     #: the second-best plan (kept even when top_k = 1, to explain the winner)
     runner_up: RankedPlan | None = None
+    #: the best plan whose parallel degrees (dp, tp, pp, cp, ep) differ from the winner's
+    alternative: RankedPlan | None = None
     #: per GPU count: the enumeration (for advice when nothing fits)
     enumerations: list[Enumeration] = field(default_factory=list)
     #: smallest predicted per-device memory seen among plans that did not fit, and its plan
@@ -203,10 +205,18 @@ def search(request: PlanRequest, estimate: EstimateFn | None = None,
     ranked.sort(key=objective.key)
     # the few plans shown get their full Estimate (breakdowns) from one more, exact, prediction
     kept = [_with_estimate(p, estimate, model, request.cluster, seq_len) for p in ranked[:max(request.top_k, 2)]]
+    alternative = None
+    if ranked:
+        other = next((p for p in ranked if _degrees(p.plan) != _degrees(ranked[0].plan)), None)
+        alternative = other and _with_estimate(other, estimate, model, request.cluster, seq_len)
     return SearchResult(request=request, evaluated=evaluated, predicted=len(jobs), feasible=len(ranked),
                         rejected=rejected, fixes=fixes, plans=kept[:request.top_k],
-                        runner_up=kept[1] if len(kept) > 1 else None,
+                        runner_up=kept[1] if len(kept) > 1 else None, alternative=alternative,
                         seconds=time.perf_counter() - started, enumerations=enumerations, leanest_oom=leanest)
+
+
+def _degrees(plan: ParallelPlan) -> tuple[int, int, int, int, int]:
+    return plan.dp, plan.tp, plan.pp, plan.cp, plan.ep
 
 
 def _with_estimate(p: RankedPlan, estimate: EstimateFn, model: ModelSpec, base: Cluster, seq_len: int) -> RankedPlan:
