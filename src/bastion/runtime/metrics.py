@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import resource
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,10 @@ def _nbytes(tensor: torch.Tensor) -> int:
     return local.numel() * local.element_size()
 
 
+def param_bytes(parameters: Iterable[torch.Tensor]) -> int:
+    return sum(_nbytes(p) for p in parameters)
+
+
 def model_state_bytes_measured(parameters: list[nn.Parameter], optimizer: torch.optim.Optimizer) -> dict[str, int]:
     """Bytes this rank holds for parameters, gradients and optimizer moments (AdamW exp_avg + exp_avg_sq).
 
@@ -105,8 +110,12 @@ class SavedActivationProbe:
             return tensor
         local = tensor.to_local() if isinstance(tensor, DTensor) else tensor
         if local.device.type != "meta" and local.numel():
-            storage = local.untyped_storage()
-            self.storages[storage.data_ptr()] = max(self.storages.get(storage.data_ptr(), 0), storage.nbytes())
+            try:
+                storage = local.untyped_storage()
+                key, nbytes = storage.data_ptr(), storage.nbytes()
+            except RuntimeError:  # wrapper subclasses without a real storage: count their elements
+                key, nbytes = id(local), local.numel() * local.element_size()
+            self.storages[key] = max(self.storages.get(key, 0), nbytes)
         return tensor
 
     def hooks(self) -> Any:

@@ -1,0 +1,98 @@
+"""Helpers of the multi-process equivalence tests: a torchrun launcher for groups of cases, and a single-process
+fp32 reference written independently of the parallel runtime (plain loop, torch's own clip_grad_norm_, the whole
+global batch in one forward)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+WORKER = Path(__file__).with_name("equivalence_worker.py")
+STEPS = 6
+
+
+@dataclass
+class CaseResult:
+    name: str
+    summary: dict
+    params: dict
+
+
+def run_cases(tmp_path: Path, data: Path, world: int, cases: dict[str, dict], model: str = "tiny",
+              steps: int = STEPS, timeout: int = 900) -> dict[str, CaseResult]:
+    """Run every plan of `cases` (name -> plan dict) in one torchrun launch of `world` processes."""
+    import torch
+
+    from bastion.specs.plan import ParallelPlan
+
+    entries = []
+    for name, plan in cases.items():
+        plan_path = ParallelPlan(**plan).save(tmp_path / f"{name}.json")
+        entries.append({"name": name, "model": model, "plan": str(plan_path), "run_dir": str(tmp_path / name)})
+    cases_path = tmp_path / "cases.json"
+    cases_path.write_text(json.dumps({"data": str(data), "steps": steps, "cases": entries}))
+    env = dict(os.environ, OMP_NUM_THREADS="1", TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
+    from bastion.runtime.launcher import free_port
+
+    port = free_port()
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={world}", "--rdzv-backend=c10d",
+               f"--rdzv-endpoint=127.0.0.1:{port}", str(WORKER), str(cases_path)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"torchrun failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-8000:]}"
+    results = {}
+    for entry in entries:
+        run_dir = Path(entry["run_dir"])
+        summary = json.loads((run_dir / "summary.json").read_text())
+        params = torch.load(run_dir / "final_params.pt")
+        results[entry["name"]] = CaseResult(entry["name"], summary, params)
+    return results
+
+
+def reference_run(data: Path, model: str, global_batch: int, steps: int = STEPS, seed: int = 0
+                  ) -> tuple[list[float], dict]:
+    """Single-process fp32 training with the same model init, data order and hyper-parameters."""
+    import torch
+
+    from bastion.runtime.data import GlobalSampler, open_dataset
+    from bastion.runtime.model import build_model, init_weights
+    from bastion.runtime.train import TrainConfig, lr_factor
+    from bastion.specs.model import load_model
+
+    defaults = TrainConfig(model=model, plan="", data="", steps=steps, run_dir="")
+    spec = load_model(model)
+    net = build_model(spec)
+    net.to_empty(device="cpu")
+    init_weights(net, spec, seed)
+    decay = [p for p in net.parameters() if p.ndim >= 2]
+    no_decay = [p for p in net.parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": defaults.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=defaults.lr, betas=(0.9, 0.95), eps=1e-8)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, steps, defaults.warmup_steps, defaults.min_lr_ratio))
+    sampler = GlobalSampler(open_dataset(data, spec.seq_len, spec.vocab_size), global_batch, seed)
+    losses = []
+    for _ in range(steps):
+        rows = torch.from_numpy(sampler.tokens_for(sampler.next_global_batch()))
+        logits = net(rows[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), defaults.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        losses.append(float(loss.detach()))
+    return losses, {name: p.detach().clone() for name, p in net.named_parameters()}
+
+
+def max_differences(result: CaseResult, ref_losses: list[float], ref_params: dict) -> tuple[float, float]:
+    losses = result.summary["losses"]
+    assert len(losses) == len(ref_losses)
+    loss_diff = max(abs(a - b) for a, b in zip(losses, ref_losses, strict=True))
+    assert set(result.params) == set(ref_params), "parameter names differ from the plain model's"
+    param_diff = max(float((result.params[n] - ref_params[n]).abs().max()) for n in ref_params)
+    return loss_diff, param_diff

@@ -1,0 +1,37 @@
+"""Run several training cases in one torchrun launch (start-up costs 10-15 s per launch on 2 cores).
+
+Usage (by tests/dist/conftest.py): torchrun --nproc-per-node N equivalence_worker.py CASES.json
+CASES.json: {"data": DIR, "steps": N, "cases": [{"name", "model", "plan", "run_dir"}, ...]}. Each case is a full
+`bastion.runtime.train.train` run in the same process group; rank 0 writes summary.json and final_params.pt.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+
+from bastion.runtime.train import TrainConfig, init_distributed, shutdown_and_exit, train
+
+
+def main(cases_path: str) -> None:
+    spec = json.loads(Path(cases_path).read_text())
+    init_distributed()
+    try:
+        for case in spec["cases"]:
+            train(TrainConfig(model=case["model"], plan=case["plan"], data=spec["data"], steps=spec["steps"],
+                              run_dir=case["run_dir"], seed=spec.get("seed", 0), progress=False,
+                              save_final_params=True, **case.get("options", {})))
+    except Exception:  # noqa: BLE001 - report and fail the launch, the test reads the exit code
+        traceback.print_exc()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        import os
+
+        os._exit(1)
+    shutdown_and_exit(0)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,92 @@
+"""Every parallel plan trains exactly like one process: per-step loss and final parameters within 1e-5.
+
+Real gloo processes (torchrun), several plans per launch; the reference is an independent single-process loop
+(conftest.reference_run). Also checks, on the same runs, that each rank's parameter/gradient/optimizer bytes
+equal the predictor's `model_state_bytes` exactly, and that every plan reports the same params_sha256 layout.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from equivalence_helpers import max_differences, reference_run, run_cases
+
+pytestmark = [pytest.mark.dist, pytest.mark.timeout(1200)]
+
+TOLERANCE = 1e-5
+FP32 = {"precision": "fp32"}
+RESULTS_FILE = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "equivalence.json"
+
+WORLD4 = {
+    "dp4-zero0": dict(dp=4, zero_stage=0, micro_batch=1, global_batch=8, **FP32),
+    "dp4-zero2": dict(dp=4, zero_stage=2, micro_batch=2, global_batch=8, **FP32),
+    "dp4-zero3": dict(dp=4, zero_stage=3, micro_batch=1, global_batch=8, **FP32),
+    "tp2-dp2-sp": dict(dp=2, tp=2, sequence_parallel=True, zero_stage=3, micro_batch=2, global_batch=8, **FP32),
+    "tp2-dp2-zero0-full-recompute": dict(dp=2, tp=2, zero_stage=0, recompute="full", micro_batch=2,
+                                         global_batch=8, **FP32),
+}
+WORLD2 = {
+    "pp2-gpipe": dict(pp=2, pp_schedule="gpipe", micro_batch=2, global_batch=8, **FP32),
+    "pp2-1f1b": dict(pp=2, pp_schedule="1f1b", micro_batch=2, global_batch=8, **FP32),
+    "pp2-interleaved-1f1b": dict(pp=2, pp_schedule="interleaved-1f1b", vpp=2, micro_batch=2, global_batch=8,
+                                 **FP32),
+    "pp2-zero-bubble": dict(pp=2, pp_schedule="zero-bubble", micro_batch=2, global_batch=8, **FP32),
+    "pp2-zbv": dict(pp=2, pp_schedule="zbv", vpp=2, micro_batch=2, global_batch=8, **FP32),
+    "pp2-dualpipev": dict(pp=2, pp_schedule="dualpipev", vpp=2, micro_batch=2, global_batch=8, **FP32),
+    "tp2-selective-recompute": dict(tp=2, sequence_parallel=True, recompute="selective", micro_batch=4,
+                                    global_batch=8, **FP32),
+}
+WORLD8 = {
+    "pp2-dp2-tp2": dict(pp=2, dp=2, tp=2, sequence_parallel=True, zero_stage=3, pp_schedule="1f1b",
+                        micro_batch=1, global_batch=8, **FP32),
+}
+
+
+@pytest.fixture(scope="module")
+def reference(token_data: Path) -> tuple[list[float], dict]:
+    return reference_run(token_data, "tiny", global_batch=8)
+
+
+def _record(results: dict) -> None:
+    """Keep the measured differences (quoted in the README / report) next to the benchmark results."""
+    RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
+    table = json.loads(RESULTS_FILE.read_text()) if RESULTS_FILE.exists() else {}
+    table.update(results)
+    RESULTS_FILE.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
+
+
+def _check_group(results: dict, reference: tuple[list[float], dict]) -> None:
+    from bastion.predict.memory import model_state_bytes
+    from bastion.specs.model import load_model
+    from bastion.specs.plan import ParallelPlan
+
+    ref_losses, ref_params = reference
+    spec = load_model("tiny")
+    found = {}
+    for name, result in results.items():
+        loss_diff, param_diff = max_differences(result, ref_losses, ref_params)
+        found[name] = {"max_loss_diff": loss_diff, "max_param_diff": param_diff,
+                       "losses": result.summary["losses"]}
+        print(f"{name:32s} max |loss - ref| {loss_diff:.2e}   max |param - ref| {param_diff:.2e}")
+        assert loss_diff < TOLERANCE, f"{name}: loss differs by {loss_diff}"
+        assert param_diff < TOLERANCE, f"{name}: parameters differ by {param_diff}"
+        plan = ParallelPlan.from_dict(result.summary["plan"])
+        for rank in result.summary["measured"]["model_state_bytes_by_rank"]:
+            predicted = model_state_bytes(spec, plan, rank["pp_rank"], rank["dp_rank"], rank["tp_rank"])
+            measured = {k: rank[k] for k in ("params", "grads", "optimizer")}
+            assert measured == predicted, f"{name} rank {rank['rank']}: measured {measured} != {predicted}"
+    _record(found)
+
+
+def test_data_parallel_and_tensor_parallel_on_4_processes(tmp_path, token_data, reference):
+    _check_group(run_cases(tmp_path, token_data, 4, WORLD4), reference)
+
+
+def test_every_pipeline_schedule_on_2_processes(tmp_path, token_data, reference):
+    _check_group(run_cases(tmp_path, token_data, 2, WORLD2), reference)
+
+
+def test_pp2_dp2_tp2_on_8_processes(tmp_path, token_data, reference):
+    _check_group(run_cases(tmp_path, token_data, 8, WORLD8), reference)
