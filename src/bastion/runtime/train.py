@@ -80,6 +80,8 @@ class TrainConfig:
     progress: bool = True
     #: hash the full parameters into summary.json (gathers them to rank 0)
     hash_params: bool = True
+    #: also save the full final parameters to RUN_DIR/final_params.pt (equivalence tests)
+    save_final_params: bool = False
     #: checkpoints, resume, fault injection, watchdog, NaN rollback (runtime/resilience.py)
     resilience: ResilienceConfig = field(default_factory=ResilienceConfig)
 
@@ -113,6 +115,22 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> to
 
 # ---- gradient clipping across dp, tp and pp ----------------------------------------------------------------
 @torch.no_grad()
+def align_gradient_placements(model: ParallelModel) -> None:
+    """Give every DTensor gradient its parameter's placements.
+
+    Under sequence parallelism the gradient of a replicated norm weight comes out Partial (each TP rank saw part
+    of the sequence) and a vocab-sharded embedding's gradient comes out Replicate; reducing/slicing here makes
+    the norm, the clipping and the optimizer see the true gradient, and its memory the predicted size.
+    """
+    from torch.distributed.tensor import DTensor
+
+    for param in model.parameters():
+        grad = param.grad
+        if isinstance(grad, DTensor) and tuple(grad.placements) != tuple(param.placements):
+            param.grad = grad.redistribute(param.device_mesh, param.placements)
+
+
+@torch.no_grad()
 def clip_grad_norm(model: ParallelModel, max_norm: float, rmesh: RuntimeMesh) -> float:
     """Global L2 norm over every gradient of the whole model, then scale all gradients by min(1, max/norm).
 
@@ -132,7 +150,7 @@ def clip_grad_norm(model: ParallelModel, max_norm: float, rmesh: RuntimeMesh) ->
             key = (id(grad.device_mesh), tuple(grad.placements))
             if key not in reduce_over:
                 reduce_over[key] = [grad.device_mesh.get_group(i) for i, placement in enumerate(grad.placements)
-                                    if placement.is_shard() or placement.is_partial()]
+                                    if not placement.is_replicate()]  # Shard, _StridedShard (FSDP×TP)
             groups.setdefault(key, []).append(grad.to_local())
         else:
             groups.setdefault(("plain",), []).append(grad)
@@ -172,6 +190,9 @@ class Trainer:
         #: global sample ids of the last step (every rank computes the same list)
         self.last_sample_ids: list[int] = []
         self.activation_bytes: int | None = None
+        #: parameter bytes as the step computes with them (between forward and backward of the first
+        #: micro-batch): FSDP2 holds zero 0-2 parameters unsharded there, zero 3 parameters sharded
+        self.params_in_step_bytes: int | None = None
         #: fault-tolerance hooks (NaN injection and guard), set by train(); None = none
         self.guard: Resilience | None = None
 
@@ -220,6 +241,7 @@ class Trainer:
                     loss = cross_entropy_loss(part(inputs[rows]), targets[rows]) / n_micro
                 if probe is not None:
                     self.activation_bytes = probe.total_bytes
+                    self.params_in_step_bytes = param_bytes(part.parameters())
                 loss.backward()
                 total += _plain(loss).detach().float()
             return total
@@ -230,6 +252,7 @@ class Trainer:
         inputs, targets = self._local_batch()
         self.optimizer.zero_grad(set_to_none=True)
         local_loss = self._forward_backward(inputs, targets)
+        align_gradient_placements(self.model)
         if self.guard is not None:
             self.guard.after_backward(self.step + 1, self.model.parameters())
         grad_norm = clip_grad_norm(self.model, self.config.max_grad_norm, self.rmesh)
@@ -369,6 +392,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
             record["time"] = time.time()
             if model_state is None:  # after the first step every gradient and moment exists
                 model_state = model_state_bytes_measured(trainer.model.parameters(), trainer.optimizer)
+                if trainer.params_in_step_bytes is not None:
+                    model_state["params_at_rest"] = model_state["params"]
+                    model_state["params"] = trainer.params_in_step_bytes
             step_time = record["step_time_s"]
             record["tokens_per_s"] = tokens_per_step / step_time
             record["mfu"] = flops_per_step / (step_time * world * peak) if peak else None
@@ -401,7 +427,13 @@ def _finish(config: TrainConfig, trainer: Trainer, spec: ModelSpec, plan: Parall
     dist.all_gather_object(per_rank, mine)
     activation_bytes: list[Any] = [None] * world
     dist.all_gather_object(activation_bytes, trainer.activation_bytes)
-    digest = gather_params_sha256(trainer, spec, rmesh) if config.hash_params else None
+    digest = None
+    if config.hash_params or config.save_final_params:
+        full = gather_full_params(trainer, rmesh)
+        if full is not None:
+            digest = params_sha256(spec, full)
+            if config.save_final_params:
+                torch.save(full, Path(config.run_dir) / "final_params.pt")
     if rank != 0:
         return {}
     steady = [r["step_time_s"] for r in records[1:]] or [r["step_time_s"] for r in records]
@@ -457,9 +489,6 @@ def gather_full_params(trainer: Trainer, rmesh: RuntimeMesh) -> dict[str, torch.
     return merged
 
 
-def gather_params_sha256(trainer: Trainer, spec: ModelSpec, rmesh: RuntimeMesh) -> str | None:
-    full = gather_full_params(trainer, rmesh)
-    return params_sha256(spec, full) if full is not None else None
 
 
 # ---- process entry point ---------------------------------------------------------------------------------------
