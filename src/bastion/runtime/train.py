@@ -38,6 +38,7 @@ from bastion.runtime.metrics import (
     params_sha256,
 )
 from bastion.runtime.parallelize import ParallelizeConfig, ParallelModel, cross_entropy_loss, parallelize
+from bastion.runtime.preemption import PreemptionNotice
 from bastion.runtime.resilience import BadStep, Resilience
 from bastion.runtime.resilience_config import ResilienceConfig
 from bastion.specs.model import ModelSpec, load_model
@@ -371,6 +372,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     resilience = Resilience(config.resilience, run_dir, trainer, spec, plan)
     trainer.guard = resilience
     resilience.start()
+    preemption = PreemptionNotice().install()  # SIGTERM: checkpoint after the current step, stop
     writer = MetricsWriter(run_dir / "metrics.jsonl", enabled=rank == 0)
     cluster_name = _cluster_name(config, device, world)
     peak = _peak_flops(cluster_name, plan.precision, device)
@@ -403,6 +405,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 record["sample_ids"] = [trainer.last_sample_ids[0], trainer.last_sample_ids[-1] + 1]
             writer.write(record)
             records.append(record)
+            preemption.stop_here_if_asked(resilience, trainer.step)
             resilience.after_step(record)
             if progress is not None:
                 progress.update(progress.task_ids[0], completed=trainer.step,
