@@ -205,8 +205,10 @@ def test_status_of_a_run_directory_reads_metrics_and_summary(tmp_path: Path) -> 
     from bastion.launch.slurm import run_dir_progress
 
     run = tmp_path / "run"
-    (run / "checkpoints" / "step_00000004").mkdir(parents=True)
-    (run / "checkpoints" / "step_00000008").mkdir()
+    for name in ("step-00000004", "step-00000008", ".tmp-step-00000012", "quarantine", "step-00000010"):
+        (run / "checkpoints" / name).mkdir(parents=True)
+    for name in ("step-00000004", "step-00000008"):   # step 10 has no manifest: not committed
+        (run / "checkpoints" / name / "manifest.json").write_text("{}")
     lines = [{"step": 1, "loss": 5.0}, {"event": "checkpoint", "step": 4}, {"step": 2, "loss": 4.5},
              {"event": "checkpoint", "step": 8}, {"event": "resume", "resumed_from_step": 8}]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 3, "lo')
@@ -214,7 +216,7 @@ def test_status_of_a_run_directory_reads_metrics_and_summary(tmp_path: Path) -> 
     progress = run_dir_progress(run)
     assert progress["last_step"] == 2 and progress["last_loss"] == 4.5   # the cut-off last line is skipped
     assert progress["events"] == {"checkpoint": 2, "resume": 1}
-    assert progress["checkpoints"] == ["step_00000004", "step_00000008"]
+    assert progress["checkpoints"] == ["step-00000004", "step-00000008"]
     assert progress["summary"]["final_loss"] == 4.5
 
 

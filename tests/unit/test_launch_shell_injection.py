@@ -42,9 +42,15 @@ case "${SRUN_MODE:-ok}" in
   fail) exit 1 ;;
   wait-for-term)
     trap 'echo TERM >> "$RECORD.signals"; exit 143' TERM
-    touch "$RECORD.started"
+    echo $$ > "$RECORD.started"
     while :; do sleep 0.05; done ;;
 esac
+"""
+FAKE_SCANCEL = """#!/bin/bash
+# records its arguments; `--signal=TERM JOBID` reaches the job step, here the stub srun
+printf '%s\\0' "$@" > "$RECORD.scancel"
+[ "$1" = --signal=TERM ] && kill -TERM "$(cat "$RECORD.started")"
+exit 0
 """
 FAKE_SCONTROL = """#!/bin/bash
 [ "$1 $2" = "show hostnames" ] && { echo n7; echo n8; exit 0; }
@@ -57,7 +63,7 @@ def sandbox(tmp_path: Path) -> Path:
     """A directory with stub srun/scontrol first on PATH, and a place for hostile run directories."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
+    for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL), ("scancel", FAKE_SCANCEL)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     return tmp_path
@@ -170,7 +176,8 @@ def test_time_limit_warning_stops_the_step_and_requeues(sandbox: Path) -> None:
     script = render_sbatch(req, SlurmOptions(python="/py", requeue_exit=99, time_limit_s=600), "/p.json")
     code, record = run_script(sandbox, script, mode="wait-for-term", send_usr1=True)
     assert code == 99                                            # requeue, even though the step "failed"
-    assert (sandbox / "srun.args.signals").read_text() == "TERM\n"   # srun got exactly one SIGTERM
+    assert recorded_args(Path(f"{record}.scancel")) == ["--signal=TERM", "123"]   # the job's steps, not srun
+    assert (sandbox / "srun.args.signals").read_text() == "TERM\n"   # the step got exactly one SIGTERM
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="bash is needed to check the script")

@@ -4,8 +4,8 @@ The batch script runs one torchrun agent per node (`srun --ntasks-per-node=1`), 
 on the job's first node. Recovery is Slurm's requeue: the job always passes the same run directory, so each start
 resumes from its newest valid checkpoint.
 - Time limit: `--signal=B:USR1@LEAD` warns the batch shell LEAD seconds before the limit; it sends SIGTERM to the
-  job step (srun → torchrun → every worker), the workers checkpoint and stop, and the script exits with the
-  cluster's RequeueExit code so Slurm queues the job again.
+  job step (`scancel --signal=TERM`: torchrun and every worker), the workers checkpoint and stop, and the script
+  exits with the cluster's RequeueExit code so Slurm queues the job again.
 - Worker failure: a failed step is mapped to RequeueExit too (up to `max_requeues` times), so a crash costs the
   steps since the last checkpoint, not the job.
 - A node marked down requeues the job by itself (`--requeue`).
@@ -16,6 +16,7 @@ lines (job name, output path, partition, time) are checked or reduced to charact
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import shutil
 import subprocess
@@ -35,6 +36,7 @@ from bastion.launch.request import (
 
 #: the job's output file inside the run directory (`%j` = job id; appended across requeues)
 OUTPUT_PATTERN = "slurm-%j.out"
+_COMMITTED = re.compile(r"^step-\d+$")
 #: first port of the range the rendezvous port is picked from (by job id, so jobs sharing a host do not collide)
 RDZV_PORT_BASE = 20000
 
@@ -159,12 +161,12 @@ worker_cmd=(
 )
 
 preempted=0
-srun_pid=
 on_time_limit() {{
   preempted=1
   echo "[bastion] time limit near: workers checkpoint and stop; the job requeues itself"
-  # srun passes SIGTERM to torchrun, torchrun to every worker, which saves a checkpoint and exits
-  [ -n "$srun_pid" ] && kill -TERM "$srun_pid" 2>/dev/null
+  # SIGTERM to every process of the job's steps (torchrun and its workers; not this script): each worker saves
+  # a checkpoint after its current step and exits. Not `kill $srun_pid`: srun turns SIGTERM into SIGKILL.
+  scancel --signal=TERM "$SLURM_JOB_ID"
 }}
 trap on_time_limit USR1
 
@@ -281,7 +283,9 @@ def run_dir_progress(run_dir: Path) -> dict[str, Any]:
             progress["summary"] = None
     checkpoints = run_dir / "checkpoints"
     if checkpoints.is_dir():
-        progress["checkpoints"] = sorted(p.name for p in checkpoints.iterdir() if not p.name.startswith("."))
+        # committed ones only: `step-NNNNNNNN/` with its manifest (temporary and quarantined ones do not count)
+        progress["checkpoints"] = sorted(p.name for p in checkpoints.iterdir()
+                                         if _COMMITTED.match(p.name) and (p / "manifest.json").is_file())
     return progress
 
 
