@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -41,27 +42,35 @@ def bastion_cmd() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "bastion"]
 
 
-def run_process(case: dict) -> tuple[float, dict]:
+def run_process(case: dict) -> tuple[float, float, dict]:
+    """(wall seconds, CPU seconds of the process and its workers, the --json output)."""
     cmd = [*bastion_cmd(), "plan", "--model", case["model"], "--cluster", case["cluster"],
            "--global-batch", str(case["global_batch"]), "--seq-len", str(case["seq_len"]), "--json"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
-    return time.perf_counter() - started, json.loads(out.stdout)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, json.loads(out.stdout)
 
 
 def run_in_process(case: dict) -> dict:
+    from dataclasses import replace
+
     from bastion.planner.search import PlanRequest, search
     from bastion.specs import load_cluster, load_model
 
     model = load_model(case["model"], seq_len=case["seq_len"])
     request = PlanRequest(model=model, cluster=load_cluster(case["cluster"]), global_batch=case["global_batch"],
                           seq_len=case["seq_len"])
-    started = time.perf_counter()
-    result = search(request)
-    seconds = time.perf_counter() - started
-    return {"search_s": seconds, "evaluated": result.evaluated, "predicted": result.predicted,
+    started, cpu_started = time.perf_counter(), time.process_time()
+    result = search(replace(request, workers=1))
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    return {"search_s": seconds, "search_cpu_s_serial": cpu, "evaluated": result.evaluated, "predicted": result.predicted,
             "feasible": result.feasible, "plans_per_s": result.evaluated / seconds,
-            "predictions_per_s": result.predicted / seconds}
+            "predictions_per_s": result.predicted / seconds, "plans_per_cpu_s": result.evaluated / cpu,
+            "predictions_per_cpu_s": result.predicted / cpu}
 
 
 def published(workers: int) -> None:
@@ -119,21 +128,24 @@ def main() -> None:
         return
     rows = []
     for case in CASES:
-        walls = []
+        walls, cpus = [], []
         for _ in range(args.repeats):
-            wall, payload = run_process(case)
+            wall, cpu, payload = run_process(case)
             walls.append(wall)
+            cpus.append(cpu)
         inproc = run_in_process(case)
         best = payload["plans"][0]
-        row = {**case, "wall_s_best": min(walls), "wall_s_all": walls, **inproc,
+        row = {**case, "wall_s_best": min(walls), "wall_s_all": walls, "process_cpu_s_best": min(cpus), **inproc,
                "winner": best["plan"], "winner_step_time_s": best["step_time_s"], "winner_mfu": best["mfu"],
                "runner_up": payload["plans"][1]["plan"] if len(payload["plans"]) > 1 else None,
                "rejected": payload["rejected"]}
         rows.append(row)
         target = f" (target {case['target_wall_s']} s)" if case["target_wall_s"] else ""
-        print(f"{case['name']}: wall {min(walls):.2f} s best of {args.repeats}{target}; search "
-              f"{inproc['search_s']:.2f} s; {inproc['evaluated']:,} plans ({inproc['plans_per_s']:,.0f}/s), "
-              f"{inproc['predicted']:,} predicted ({inproc['predictions_per_s']:,.0f}/s), "
+        print(f"{case['name']}: wall {min(walls):.2f} s best of {args.repeats}{target}, CPU {min(cpus):.2f} s "
+              f"(process + workers); serial search {inproc['search_s']:.2f} s wall, "
+              f"{inproc['search_cpu_s_serial']:.2f} s CPU; {inproc['evaluated']:,} plans "
+              f"({inproc['plans_per_cpu_s']:,.0f}/CPU-s), {inproc['predicted']:,} predicted "
+              f"({inproc['predictions_per_cpu_s']:,.0f}/CPU-s), "
               f"{inproc['feasible']:,} feasible; winner step {best['step_time_s']:.3f} s MFU {best['mfu']:.3f}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None

@@ -55,7 +55,8 @@ def runs() -> PublishedRuns:
     return PublishedRuns(workers=1)
 
 
-@pytest.mark.parametrize("row", SINGLE_NODE[::3], ids=lambda r: r["case_id"])
+# one row in eight of the single-node runs (Megatron 22B and llm-foundry MPT on A100/H100) keeps this quick
+@pytest.mark.parametrize("row", SINGLE_NODE[::8], ids=lambda r: r["case_id"])
 def test_planner_is_never_worse_than_the_published_plan(row, runs: PublishedRuns) -> None:
     try:
         c = runs.compare(row)
