@@ -41,7 +41,7 @@ def test_round_trip_restores_model_optimizer_and_json(tmp_path, async_save):
     expected = _flat(model, optim)
     saver = ck.Checkpointer(ck.CheckpointConfig(tmp_path, every=3, async_save=async_save))
     tensors, hparams = ck.capture_tensors_and_hparams([model], [optim])
-    saver.save(3, tensors, {"step": 3, "hparams": hparams, "data_position": 15}, {"rng": ck.capture_rng()})
+    saver.save(3, tensors, {"step": 3, "data_position": 15}, {"rng": ck.capture_rng(), "optimizer": hparams})
     _train(model, optim, 2)  # must not leak into the (possibly still being written) checkpoint
     saver.wait()
     info = saver.newest_valid()
@@ -51,7 +51,7 @@ def test_round_trip_restores_model_optimizer_and_json(tmp_path, async_save):
     template, _ = ck.capture_tensors_and_hparams([fresh], [fresh_optim])
     ck.load_tensors(info.path, template, distributed=False)
     run_state = ck.read_run_state(info.path)
-    ck.restore_tensors_and_hparams([fresh], [fresh_optim], template, run_state["hparams"])
+    ck.restore_tensors_and_hparams([fresh], [fresh_optim], template, ck.read_all_rank_hparams(info.path))
     assert run_state["data_position"] == 15
     got = _flat(fresh, fresh_optim)
     assert len(got) == len(expected)
@@ -97,6 +97,17 @@ def test_checkpoint_holds_no_pickled_objects_of_ours(tmp_path):
     saver = ck.Checkpointer(ck.CheckpointConfig(tmp_path, every=1, async_save=False))
     tensors, hparams = ck.capture_tensors_and_hparams([model], [optim])
     assert all(isinstance(v, torch.Tensor) for v in tensors.values())
-    saver.save(1, tensors, {"step": 1, "hparams": hparams}, {"rng": ck.capture_rng()})
+    saver.save(1, tensors, {"step": 1}, {"rng": ck.capture_rng(), "optimizer": hparams})
     names = sorted(p.name for p in (tmp_path / cf.step_dir_name(1)).iterdir())
     assert names == [".metadata", "__0_0.distcp", "manifest.json", "rank00000.json", "state.json"]
+
+
+def test_missing_optimizer_setting_is_an_error_not_a_silent_default(tmp_path):
+    # Under pipeline parallelism each rank saves the settings of its own parameters; a restore that found none
+    # for a parameter used to keep the live (initial) lr and diverge quietly.
+    model, optim = _model_and_optim()
+    _train(model, optim, 1)
+    tensors, hparams = ck.capture_tensors_and_hparams([model], [optim])
+    partial = {k: v for k, v in hparams.items() if not k.startswith("param_groups.2.")}
+    with pytest.raises(CheckpointError, match="no optimizer setting 'param_groups.2."):
+        ck.restore_tensors_and_hparams([model], [optim], tensors, partial)

@@ -114,6 +114,25 @@ def train_command(
 
         raise LaunchError(f"The training workers exited with code {code}.",
                           fix="read the worker output above; rerun with BASTION_DEBUG=1 for tracebacks.")
+    _print_time_breakdown(run_dir)
+
+
+def _print_time_breakdown(run_dir: Path) -> None:
+    """Where the run's wall time went (from summary.json's fault-tolerance accounting), one line."""
+    import json
+
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        parts = summary["time_breakdown_s"]
+    except (OSError, ValueError, KeyError):
+        return
+    from rich.console import Console
+
+    shares = ", ".join(f"{name.removesuffix('_s').replace('_', ' ')} {parts[name]:.1f} s"
+                       for name in ("productive_s", "lost_s", "checkpoint_stall_s", "recovery_s", "other_s"))
+    Console(stderr=True).print(
+        f"[bold]where the time went[/] ({parts['wall_s']:.1f} s): {shares}; goodput {summary['goodput']:.1%}, "
+        f"{summary['restarts']} restart(s), {summary['rollbacks']} rollback(s), {summary['lost_steps']} lost step(s)")
 
 
 def _resilience_config(checkpoint_every: str, mtbf_hours: float | None, inject: list[str], keep_last: int,

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -92,8 +93,9 @@ def restore_tensors_and_hparams(model_parts: Sequence[torch.nn.Module], optimize
             elif key in hparams:
                 saved = hparams[key]
                 optim_sd[key] = tuple(saved) if isinstance(current, tuple) else saved
-            else:
-                optim_sd[key] = current
+            else:  # a silently kept live value (e.g. the initial lr) would make the resumed run diverge
+                raise CheckpointError(f"The checkpoint has no optimizer setting '{key}'.",
+                                      fix="resume from a checkpoint of the same model written by bastion.")
         set_optimizer_state_dict(part, optimizer, optim_sd, options=_FLAT)
 
 
@@ -142,6 +144,9 @@ class Checkpointer:
         self.stall_s = 0.0
         #: hook for fault injection: called on every rank after the data is written, before the commit
         self.before_commit = None
+        # One stager for the run: it keeps its CPU copies between saves, so only the first save allocates
+        # (fresh pages cost more than the copy itself). Options: no pinning/shared memory, stage on the caller.
+        self._stager = DefaultStager(StagingOptions(False, False, False, False)) if config.async_save else None
 
     @property
     def distributed(self) -> bool:
@@ -167,7 +172,7 @@ class Checkpointer:
         files.write_json_durably(temp_dir / f"rank{self.rank:05d}.json", rank_state)
         if self.config.async_save:
             future = dcp.async_save(tensors, checkpoint_id=str(temp_dir), process_group=self.async_group,
-                                    no_dist=not self.distributed)
+                                    async_stager=self._stager, no_dist=not self.distributed)
             future = getattr(future, "upload_completion", future)
             pending = _PendingSave(step, temp_dir, final_dir, future, time.perf_counter())
             future.add_done_callback(lambda f, p=pending: self._finish(p))
@@ -222,6 +227,13 @@ class Checkpointer:
         self._pending = None
         self._raise_if_failed(pending)
 
+    def close(self) -> None:
+        """Finish the save in flight and free the staging copies."""
+        self.wait()
+        if self._stager is not None:
+            self._stager.close()
+            self._stager = None
+
     def _barrier(self) -> None:
         if self.distributed:
             dist.barrier()
@@ -250,6 +262,14 @@ def read_run_state(path: Path) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{path} has no readable {STATE_JSON}: {exc}",
                               fix="point --resume-from at a step-NNNNNNNN directory written by bastion.") from exc
+
+
+def read_all_rank_hparams(path: Path) -> dict[str, Any]:
+    """Optimizer settings of every parameter, merged from all ranks' JSON (each rank saved its own share)."""
+    merged: dict[str, Any] = {}
+    for file in sorted(path.glob("rank*.json")):
+        merged.update(json.loads(file.read_text()).get("optimizer", {}))
+    return merged
 
 
 def read_rank_state(path: Path, rank: int) -> dict[str, Any] | None:

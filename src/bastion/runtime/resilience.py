@@ -144,7 +144,9 @@ class Resilience:
         trainer.optimizer.zero_grad(set_to_none=True)
         tensors, _ = self._capture()
         ck.load_tensors(source.path, tensors, distributed=dist.is_initialized())
-        ck.restore_tensors_and_hparams([self.state_module], [trainer.optimizer], tensors, state["optimizer"])
+        # each rank saved the settings of the parameters it held; under another plan a rank needs others'
+        hparams = ck.read_all_rank_hparams(source.path)
+        ck.restore_tensors_and_hparams([self.state_module], [trainer.optimizer], tensors, hparams)
         trainer.scheduler.load_state_dict(state["scheduler"])
         trainer.sampler.load_state_dict(state["sampler"])
         trainer.step = int(state["step"])
@@ -194,10 +196,10 @@ class Resilience:
         trainer = self.trainer
         tensors, hparams = self._capture()
         run_state = {"format": 1, "step": step, "sampler": trainer.sampler.state_dict(),
-                     "scheduler": _jsonable(trainer.scheduler.state_dict()), "optimizer": hparams,
+                     "scheduler": _jsonable(trainer.scheduler.state_dict()),
                      "plan": self.plan.to_dict(), "model": self.spec.to_dict(), "world_size": self.world,
                      "skipped_batch_starts": sorted(self.skip_starts), "saved_unix": time.time()}
-        stall = self.checkpointer.save(step, tensors, run_state, {"rng": ck.capture_rng()})
+        stall = self.checkpointer.save(step, tensors, run_state, {"rng": ck.capture_rng(), "optimizer": hparams})
         if self.rank == 0:
             log_event(self.run_dir, "checkpoint", step=step, stall_s=round(stall, 6),
                       mode="async" if self.config.async_checkpoint else "sync")
@@ -246,7 +248,7 @@ class Resilience:
     # ---- end ---------------------------------------------------------------------------------------------
     def finish(self) -> dict[str, Any]:
         """Wait for the last save; rank 0 returns the accounting fields for summary.json."""
-        self.checkpointer.wait()
+        self.checkpointer.close()
         self.watchdog.close()
         if dist.is_initialized():
             dist.barrier()  # every rank's last save is committed before the summary is written
