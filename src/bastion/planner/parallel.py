@@ -43,6 +43,18 @@ def outcome_of(estimate: Callable[..., Any], model: Any, cluster: Any, plan: Any
             float(est.memory.total))
 
 
+def _die_with_parent() -> None:
+    """Worker initializer: a worker whose parent is killed (not just interrupted) must not linger."""
+    try:
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux/glibc: the pool's own cleanup still applies
+        pass
+
+
 def _run_slice(bounds: tuple[int, int]) -> list[Outcome]:
     assert _BATCH is not None, "workers are forked after the batch is set"
     estimate, model, seq_len, jobs = _BATCH
@@ -62,7 +74,7 @@ def predict_all(estimate: Callable[..., Any], model: Any, seq_len: int, jobs: Se
     bounds = [(i, min(i + size, len(jobs))) for i in range(0, len(jobs), size)]
     _BATCH = (estimate, model, seq_len, jobs)
     try:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
+        with multiprocessing.get_context("fork").Pool(workers, initializer=_die_with_parent) as pool:
             parts = pool.map(_run_slice, bounds, chunksize=1)
     finally:
         _BATCH = None
