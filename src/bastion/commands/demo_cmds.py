@@ -1,0 +1,151 @@
+"""`bastion demo` (what `make run` does): the whole loop on this machine in a minute or two.
+
+1. a corpus every machine has: the Python standard library's own .py files (bounded), byte-level tokens
+2. a plan for the local CPU cluster from the planner (the best hybrid plan: at least two parallel dimensions)
+3. `bastion train` of the `small` model on 4 processes with a progress bar
+4. predicted vs measured step time, throughput and per-device memory
+"""
+
+from __future__ import annotations
+
+import json
+import sysconfig
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from bastion.cli import app
+
+#: the fixed hybrid plan used when the planner is not available (or finds nothing runnable)
+FALLBACK_PLAN = {"dp": 2, "pp": 2, "pp_schedule": "1f1b", "zero_stage": 0, "micro_batch": 2, "precision": "fp32"}
+
+
+def _stdlib_corpus(out: Path, max_bytes: int) -> dict:
+    from bastion.runtime.data import prepare_dataset
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in stdlib.glob("*.py"))
+    return prepare_dataset(files, out, max_bytes=max_bytes)
+
+
+def _runnable(plan: Any) -> bool:
+    """Plans the runtime executes and that show more than one kind of parallelism."""
+    degrees = [plan.dp, plan.tp, plan.pp]
+    return plan.cp == 1 and plan.ep == 1 and plan.zero_stage != 1 and sum(d > 1 for d in degrees) >= 2
+
+
+def choose_plan(model_name: str, nproc: int, global_batch: int, seq_len: int) -> tuple[Any, str]:
+    """(plan, how it was chosen)."""
+    from bastion.specs.hardware import load_cluster
+    from bastion.specs.model import load_model
+    from bastion.specs.plan import ParallelPlan
+
+    fallback = ParallelPlan(**FALLBACK_PLAN, global_batch=global_batch)
+    try:
+        from bastion.planner.search import PlanRequest, search
+        from bastion.planner.space import SearchSpace
+    except ImportError:
+        return fallback, "fixed PP2×DP2 plan (the planner is not installed)"
+    request = PlanRequest(model=load_model(model_name, seq_len), cluster=load_cluster(f"cpu:{nproc}"),
+                          global_batch=global_batch, seq_len=seq_len, top_k=200, workers=1,
+                          space=SearchSpace(precisions=("fp32",), pins={"cp": 1, "ep": 1}))
+    try:
+        result = search(request)
+    except Exception as exc:  # noqa: BLE001 - the demo must run even if the planner has a bad day
+        return fallback, f"fixed PP2×DP2 plan (the planner failed: {exc})"
+    for ranked in result.plans:
+        if _runnable(ranked.plan):
+            rank = result.plans.index(ranked) + 1
+            return ranked.plan, (f"planner: best hybrid plan (#{rank} of {result.feasible} feasible; "
+                                 f"overall best {_describe(result.plans[0].plan)})")
+    return fallback, "fixed PP2×DP2 plan (the planner found no runnable hybrid plan)"
+
+
+def _describe(plan: Any) -> str:
+    parts = [f"{name}{getattr(plan, name)}" for name in ("dp", "tp", "pp") if getattr(plan, name) > 1]
+    extra = f" {plan.pp_schedule}" if plan.pp > 1 else ""
+    return "×".join(parts or ["single"]) + extra + f" zero{plan.zero_stage} mb{plan.micro_batch}"
+
+
+def _fmt_bytes(value: float | None) -> str:
+    return "—" if value is None else f"{value / 2**20:,.1f} MiB"
+
+
+def print_comparison(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    predicted, measured = summary["predicted"], summary["measured"]
+    table = Table(title="predicted vs measured (per device)")
+    table.add_column("figure")
+    table.add_column("predicted", justify="right")
+    table.add_column("measured", justify="right")
+    table.add_column("measured / predicted", justify="right")
+
+    def row(name: str, p: float | None, m: float | None, fmt: Any) -> None:
+        ratio = f"{m / p:.2f}" if p and m else "—"
+        table.add_row(name, fmt(p), fmt(m), ratio)
+
+    seconds = lambda v: "—" if v is None else f"{v:.3f} s"  # noqa: E731
+    rate = lambda v: "—" if v is None else f"{v:,.0f}"  # noqa: E731
+    pct = lambda v: "—" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+    row("step time", predicted.get("step_time_s"), measured.get("step_time_s"), seconds)
+    row("tokens/s", predicted.get("tokens_per_s"), measured.get("tokens_per_s"), rate)
+    row("MFU", predicted.get("mfu"), measured.get("mfu"), pct)
+    ranks = measured.get("model_state_bytes_by_rank") or [{}]
+    worst = max(ranks, key=lambda r: sum(r.get(k, 0) for k in ("params", "grads", "optimizer")))
+    memory = predicted.get("memory_bytes", {})
+    for key in ("params", "grads", "optimizer"):
+        row(f"{key} (fullest rank)", memory.get(key), worst.get(key), _fmt_bytes)
+    activations = [a for a in measured.get("activation_bytes_by_rank") or [] if a]
+    row("activations, 1 micro-batch", None, max(activations) if activations else None, _fmt_bytes)
+    row("process memory", memory.get("total"), measured.get("peak_mem_bytes"), _fmt_bytes)
+    console = Console()
+    console.print(table)
+    if predicted.get("note"):
+        console.print(f"[yellow]prediction:[/] {predicted['note']}")
+    console.print(f"final loss {summary['final_loss']:.4f} after {summary['steps']} steps; "
+                  f"params_sha256 {str(summary['params_sha256'])[:16]}…")
+    console.print("[dim]CPU notes: memory on CPU is the process RSS (includes torch itself); the predictor's "
+                  "total counts only tensors.[/]")
+
+
+@app.command("demo")
+def demo_command(
+    steps: int = typer.Option(40, "--steps", help="Optimizer steps to train."),
+    nproc: int = typer.Option(4, "--nproc", help="Worker processes (the CPU cluster cpu:N)."),
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Where the corpus and the run go."),
+    quick: bool = typer.Option(False, "--quick", help="Tiny model, small corpus, 4 steps (for tests)."),
+    as_json: bool = typer.Option(False, "--json", help="Print summary.json instead of the table."),
+) -> None:
+    """Prepare a corpus, plan for the local CPU cluster, train on 4 processes, print predicted vs measured."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    model, seq_len, global_batch = ("tiny", 64, 8) if quick else ("small", 256, 16)
+    if quick:
+        steps = min(steps, 4)
+    out.mkdir(parents=True, exist_ok=True)
+    data_dir = out / "data"
+    meta = _stdlib_corpus(data_dir, 300_000 if quick else 4_000_000)
+    console.print(f"[bold]1. corpus[/]: {meta['num_tokens']:,} byte tokens from {meta['documents']} standard-"
+                  f"library files → {data_dir}")
+    plan, how = choose_plan(model, nproc, global_batch, seq_len)
+    plan_path = plan.save(out / "plan.json")
+    console.print(f"[bold]2. plan[/] for cpu:{nproc}: {_describe(plan)} — {how}")
+    run_dir = out / "run"
+    if run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)  # the demo always starts fresh (no resume from an earlier demo)
+    console.print(f"[bold]3. train[/] {model} for {steps} steps on {nproc} processes")
+    # the same path as a user's `bastion train --nproc N` (checks first, then torchrun)
+    app(args=["train", "--model", model, "--plan", str(plan_path), "--data", str(data_dir), "--steps", str(steps),
+              "--run-dir", str(run_dir), "--nproc", str(nproc)], standalone_mode=False)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    console.print("[bold]4. predicted vs measured[/]")
+    print_comparison(summary)
