@@ -14,7 +14,14 @@ import pytest
 from bastion.planner.published import CLAIM_THRESHOLD, PublishedRuns
 from bastion.predict import estimate
 from bastion.predict.options import PRODUCTION_STACK
-from bastion.predict.validate import PUBLIC_CASES, RowSkipped, case_cluster, case_model, case_plan_choices, read_cases
+from bastion.predict.validate import (
+    PUBLIC_CASES,
+    RowSkipped,
+    case_cluster,
+    case_model,
+    case_plan_choices,
+    read_cases,
+)
 
 ROWS = read_cases(PUBLIC_CASES)
 #: rows whose published plan bastion cannot express, and why (ParallelPlan needs equal layers per stage)
