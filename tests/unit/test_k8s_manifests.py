@@ -34,12 +34,14 @@ def documents(text: str) -> dict[str, dict]:
     return {doc["kind"]: doc for doc in yaml.safe_load_all(text) if doc}
 
 
-def container_of(job: dict) -> dict:
+def pod_of(job: dict) -> dict:
     if job["kind"] == "PyTorchJob":
-        pod = job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]
-    else:
-        pod = job["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
+        return job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]
+    return job["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+
+
+def container_of(job: dict) -> dict:
+    (container,) = pod_of(job)["containers"]
     return container
 
 
@@ -67,6 +69,7 @@ def test_manifests_carry_the_plan_layout(kind: str) -> None:
     assert mounts["run"] == "/mnt/runs/llama" and mounts["plan"] == PLAN_MOUNT
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1"
+    assert pod_of(job)["terminationGracePeriodSeconds"] == 120   # SIGTERM → last checkpoint before SIGKILL
     if kind == "pytorchjob":
         worker = job["spec"]["pytorchReplicaSpecs"]["Worker"]
         assert worker["replicas"] == 4 and worker["restartPolicy"] == "OnFailure"

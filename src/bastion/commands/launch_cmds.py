@@ -23,7 +23,8 @@ def launch_command(
     run_dir: str = typer.Option(..., "--run-dir",
                                 help="Run directory (metrics, summary, checkpoints); every (re)start resumes from "
                                      "it. For k8s, the path inside the pods where the claim is mounted."),
-    steps: int | None = typer.Option(None, "--steps", help="Optimizer steps to train."),
+    steps: int = typer.Option(..., "--steps", help="Optimizer steps to train (the total: a requeued job "
+                                                   "resumes and stops there)."),
     seq_len: int | None = typer.Option(None, "--seq-len", help="Sequence length (default: the model's)."),
     nodes: int | None = typer.Option(None, "--nodes", help="Machines (Slurm nodes, pods)."),
     gpus_per_node: int | None = typer.Option(None, "--gpus-per-node",
@@ -35,7 +36,9 @@ def launch_command(
     signal_lead: int | None = typer.Option(None, "--signal-lead",
                                            help="Slurm: seconds before the time limit to checkpoint and requeue."),
     requeue_exit: int = typer.Option(42, "--requeue-exit", help="Slurm: the cluster's RequeueExit code."),
-    max_requeues: int = typer.Option(3, "--max-requeues", help="Slurm: requeues after worker failures."),
+    max_requeues: int = typer.Option(3, "--max-requeues",
+                                     help="Slurm: a failed step is requeued while the job has been restarted "
+                                          "fewer times than this (all restarts count)."),
     cpus_per_worker: int = typer.Option(1, "--cpus-per-worker", help="Slurm: cores per worker (OMP threads)."),
     max_restarts: int = typer.Option(0, "--max-restarts",
                                      help="torchrun restarts of the worker group within one allocation."),
@@ -65,7 +68,7 @@ def launch_command(
     engine = check_engine(on)
     if dry_run and submit:
         raise LaunchError("--dry-run and --submit contradict each other.", fix="give one of them.")
-    if steps is not None and steps < 1:
+    if steps < 1:
         raise LaunchError(f"--steps must be at least 1, got {steps}.", fix="give a positive number of steps.")
     model_arg, model_spec = resolve_model(model, seq_len)
     plan = load_checked_plan(plan_path, model_spec, seq_len)

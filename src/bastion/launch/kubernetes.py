@@ -48,6 +48,8 @@ class KubernetesOptions:
     max_job_restarts: int = 3
     #: Python inside the image
     python: str = "python"
+    #: seconds between SIGTERM (pod deletion, eviction, preemption) and SIGKILL: time to write the last checkpoint
+    grace_period_s: int = 120
 
 
 def check_options(opts: KubernetesOptions) -> KubernetesOptions:
@@ -66,8 +68,8 @@ def check_options(opts: KubernetesOptions) -> KubernetesOptions:
                               "ending with a letter or digit (the LocalQueue's name).")
     if not _QUANTITY.match(opts.storage):
         raise LaunchError(f"Storage size '{opts.storage}' is not a Kubernetes quantity.", fix="write e.g. 500Gi.")
-    if opts.max_job_restarts < 0:
-        raise LaunchError("Job restarts must be >= 0.", fix="give 0 or more.")
+    if opts.max_job_restarts < 0 or opts.grace_period_s < 0:
+        raise LaunchError("Job restarts and the grace period must be >= 0.", fix="give 0 or more.")
     return opts
 
 
@@ -116,6 +118,16 @@ def _volumes(name: str) -> list[dict[str, Any]]:
     ]
 
 
+def _pod_spec(req: LaunchRequest, opts: KubernetesOptions, name: str, env: list[dict[str, Any]],
+              restart: str) -> dict[str, Any]:
+    spec: dict[str, Any] = {"restartPolicy": restart} if restart else {}
+    # SIGTERM makes every worker checkpoint after its current step (runtime/preemption.py); this is its time
+    spec["terminationGracePeriodSeconds"] = opts.grace_period_s
+    spec["containers"] = [_container(req, opts, env)]
+    spec["volumes"] = _volumes(name)
+    return spec
+
+
 def _metadata(name: str, opts: KubernetesOptions) -> dict[str, Any]:
     labels = {"app.kubernetes.io/name": "bastion", "app.kubernetes.io/instance": name}
     if opts.queue:
@@ -151,7 +163,7 @@ def pytorchjob(req: LaunchRequest, opts: KubernetesOptions, name: str) -> dict[s
                 "replicas": nodes,
                 # a failed pod restarts in place and resumes from the run directory's newest checkpoint
                 "restartPolicy": "OnFailure",
-                "template": {"spec": {"containers": [_container(req, opts, [])], "volumes": _volumes(name)}},
+                "template": {"spec": _pod_spec(req, opts, name, [], restart="")},
             }
         },
     }
@@ -183,8 +195,7 @@ def jobset(req: LaunchRequest, opts: KubernetesOptions, name: str) -> dict[str, 
             "replicas": 1,
             "template": {"spec": {
                 "parallelism": nodes, "completions": nodes, "completionMode": "Indexed", "backoffLimit": 0,
-                "template": {"spec": {"restartPolicy": "Never", "containers": [_container(req, opts, env)],
-                                      "volumes": _volumes(name)}},
+                "template": {"spec": _pod_spec(req, opts, name, env, restart="Never")},
             }},
         }],
     }

@@ -21,6 +21,8 @@ def torchrun_command(req: LaunchRequest, plan_path: str, python: str = "") -> li
 
 def worker_environment() -> dict[str, str]:
     env = dict(os.environ)
+    # a fixed thread count keeps runs bitwise reproducible (and N workers from oversubscribing the cores)
+    env.setdefault("OMP_NUM_THREADS", "1")
     # without it a restarted gloo group reads stale peer addresses from torchrun's store (../shared/PYTORCH_NOTES.md)
     env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     env.setdefault("PYTHONUNBUFFERED", "1")
