@@ -77,3 +77,25 @@ def test_bad_input_is_a_guidance_error(args: list[str], expected: str) -> None:
     assert out.returncode == 2, out.stdout
     assert expected in out.stderr
     assert "To fix" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_gpu_range_searches_every_listed_size() -> None:
+    def run(gpus: str) -> dict:
+        out = bastion("plan", "-m", "tiny", "-c", "cpu:4", "-b", "8", "--gpus", gpus, "--json", "--top", "50")
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    from bastion.planner.space import SearchSpace, enumerate_space
+    from bastion.specs import load_cluster, load_model
+
+    ranged, singles = run("2..4"), [run(n) for n in ("2", "4")]
+    # 3 devices: no valid plan for tiny (an error on its own), but its plans are counted in the range
+    three = enumerate_space(load_model("tiny"), load_cluster("cpu:3"), 8, 64, SearchSpace())
+    assert not three.leaves
+    assert bastion("plan", "-m", "tiny", "-c", "cpu:4", "-b", "8", "--gpus", "3").returncode == 2
+    assert ranged["evaluated"] == sum(s["evaluated"] for s in singles) + three.total
+    assert ranged["feasible"] == sum(s["feasible"] for s in singles)
+    sizes = {p["plan"]["dp"] * p["plan"]["tp"] * p["plan"]["pp"] * p["plan"]["cp"] for p in ranged["plans"]}
+    assert sizes == {2, 4}
+    best = max(p["tokens_per_s"] for s in singles for p in s["plans"])
+    assert ranged["plans"][0]["tokens_per_s"] == pytest.approx(best)
