@@ -231,3 +231,25 @@ def test_registry_remembers_the_newest_run_dir(tmp_path: Path, monkeypatch) -> N
     assert registry.run_dir_of("slurm", "7") == "/runs/c"
     assert registry.run_dir_of("slurm", "8") == "/runs/b"
     assert registry.run_dir_of("k8s", "7") is None
+
+
+def test_status_of_an_unknown_job_gets_guidance(tmp_path: Path) -> None:
+    """Slurm clients that know no such job (stubs that answer like squeue/scontrol/sacct do for a purged id)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("squeue", "scontrol", "sacct"):
+        (bin_dir / tool).write_text("#!/bin/sh\necho 'Invalid job id specified' >&2\nexit 1\n")
+        (bin_dir / tool).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "BASTION_STATE_DIR": str(tmp_path / "s")}
+    done = subprocess.run([PYTHON, "-m", "bastion", "status", "4242"], capture_output=True, text=True, env=env,
+                          timeout=60)
+    assert done.returncode == 2
+    assert "Slurm does not know job 4242" in done.stderr and "--run-dir" in done.stderr
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 5, "loss": 1.0}\n')
+    done = subprocess.run([PYTHON, "-m", "bastion", "status", "4242", "--run-dir", str(run), "--json"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    reported = json.loads(done.stdout)
+    assert reported["job"]["state"].startswith("gone from Slurm") and reported["run"]["last_step"] == 5

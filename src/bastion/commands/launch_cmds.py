@@ -172,6 +172,11 @@ def status_command(
 
     info = slurm.job_info(job_id)
     found = _find_run_dir(job_id, run_dir, info)
+    if info["source"] is None and found is None:
+        raise LaunchError(f"Slurm does not know job {job_id} (any more), and no run directory is recorded for it.",
+                          fix="check the id (squeue -u $USER), or pass --run-dir DIR to read the run's progress.")
+    if info["source"] is None:
+        info["state"] = "gone from Slurm (finished and purged)"
     progress = slurm.run_dir_progress(found) if found else None
     if as_json:
         print(json.dumps({"job": info, "run": progress}, indent=2, default=str))
