@@ -132,7 +132,7 @@ def test_slurm_dry_run_prints_the_script_and_writes_nothing(inputs) -> None:
                  "#SBATCH --signal=B:USR1@60", f"#SBATCH --output={inputs['run']}/slurm-%j.out"):
         assert line in script.splitlines()
     assert "--gpus-per-node" not in script   # a CPU job asks for no GPUs
-    assert f"  {Path(PYTHON).absolute()} \\" in script.splitlines()   # the venv's interpreter, no activation needed
+    assert f"  {Path(PYTHON).absolute()}" in script.splitlines()   # the venv's interpreter: no activation needed
     assert "--nproc-per-node=2" in script and "--nnodes=2" in script
     assert not inputs["run"].exists()
 
