@@ -5,7 +5,8 @@ on the job's first node. Recovery is Slurm's requeue: the job always passes the 
 resumes from its newest valid checkpoint.
 - Time limit: `--signal=B:USR1@LEAD` warns the batch shell LEAD seconds before the limit; it sends SIGTERM to the
   job step (`scancel --signal=TERM`: torchrun and every worker), the workers checkpoint and stop, and the script
-  exits with the cluster's RequeueExit code so Slurm queues the job again.
+  exits with the cluster's RequeueExit code so Slurm queues the job again. (Not `kill $srun_pid`: srun turns
+  SIGTERM into SIGKILL.) torchrun gives its workers 30 s after SIGTERM before it kills them: the save must fit.
 - Worker failure: a failed step is mapped to RequeueExit too (up to `max_requeues` times), so a crash costs the
   steps since the last checkpoint, not the job.
 - A node marked down requeues the job by itself (`--requeue`).

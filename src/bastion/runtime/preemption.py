@@ -1,9 +1,9 @@
 """A polite stop: SIGTERM asks the training loop to checkpoint after the current step and stop.
 
 Schedulers announce the end of an allocation with SIGTERM: Slurm's time-limit warning (the batch script traps
-`--signal=B:USR1@…` and terminates the job step, so srun, torchrun and every worker receive SIGTERM, with
-KillWait seconds before SIGKILL), Kubernetes deleting or evicting a pod (terminationGracePeriodSeconds), torchrun
-shutting its workers down. The handler only sets a flag; at the next step boundary the ranks agree on it with one
+`--signal=B:USR1@…` and sends SIGTERM to the job step: torchrun and every worker), Kubernetes deleting or evicting a
+pod (terminationGracePeriodSeconds), torchrun shutting its workers down. torchrun forwards SIGTERM and kills what
+is left 30 s later (its shutdown timeout), so the save must fit in that time. The handler only sets a flag; at the next step boundary the ranks agree on it with one
 all-reduce, so all of them save the same step, and the requeued or restarted job resumes from that checkpoint.
 The save and the stop are the fault-tolerance layer's own "stop after step N" (`--stop-after-step`), with N set
 to the step just finished.
