@@ -35,6 +35,7 @@ from bastion.runtime.metrics import (
     full_parameters,
     model_flops_per_token,
     model_state_bytes_measured,
+    param_bytes,
     params_sha256,
 )
 from bastion.runtime.parallelize import ParallelizeConfig, ParallelModel, cross_entropy_loss, parallelize
@@ -182,6 +183,9 @@ class Trainer:
         self.rmesh = rmesh
         self.seq_len = spec.seq_len
         self.model = parallelize(spec, plan, rmesh, ParallelizeConfig(compile=config.compile, seed=config.seed))
+        # compiled, the loss fuses the fp32 upcast into the cross-entropy, so the fp32 copy of the
+        # (tokens × vocab) logits is never materialised (DTensor logits under loss_parallel stay eager)
+        self.loss_fn = torch.compile(cross_entropy_loss) if config.compile and plan.tp == 1 else cross_entropy_loss
         self.optimizer = build_optimizer(self.model, config, rmesh.device)
         self.scheduler = build_scheduler(self.optimizer, config)
         dataset = open_dataset(config.data, self.seq_len, spec.vocab_size)
@@ -239,7 +243,7 @@ class Trainer:
                 probe = SavedActivationProbe() if (self.step == 0 and index == 0) else None
                 hooks = probe.hooks() if probe else contextlib.nullcontext()
                 with hooks, self._autocast():
-                    loss = cross_entropy_loss(part(inputs[rows]), targets[rows]) / n_micro
+                    loss = self.loss_fn(part(inputs[rows]), targets[rows]) / n_micro
                 if probe is not None:
                     self.activation_bytes = probe.total_bytes
                     self.params_in_step_bytes = param_bytes(part.parameters())
