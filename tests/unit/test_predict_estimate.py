@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bastion.errors import PlanError
-from bastion.predict import PredictOptions, estimate
+from bastion.predict import PredictOptions, comm, estimate
 from bastion.predict.calibration import DATA_DIR
 from bastion.predict.memory import MEMORY_FIELDS
 from bastion.specs import ModelSpec, ParallelPlan, load_cluster, load_model
@@ -123,3 +123,24 @@ def test_reproduces_the_h200_calibration_training_steps(run: dict) -> None:
     est = estimate(model, load_cluster("h200:1"), plan, options=PredictOptions())
     assert est.step_time_s == pytest.approx(run["step_s"], rel=0.15)
     assert est.memory.total / 2**30 == pytest.approx(run["peak_mem_GiB"] + 1.0, rel=0.15)
+
+
+def test_ring_collectives_pay_one_hop_latency_per_rank_all_reduce_a_tree() -> None:
+    # NCCL runs all-gather / reduce-scatter only as rings: n - 1 steps, each waiting for one hop (NVLink inside a
+    # node, the network between nodes); all-reduce's tree crosses log2(nodes) network hops
+    cluster = load_cluster("a100-80g:2048")
+    net = cluster.network
+    small, large = comm.place_group(cluster, 512, 1), comm.place_group(cluster, 2048, 1)
+    assert (small.local, small.domains, large.domains) == (8, 64, 256)
+
+    def ring(g: comm.GroupPlacement) -> float:
+        return ((g.size - g.domains) * net.scale_up_latency_us + (g.domains - 1) * net.scale_out_latency_us) * 1e-6
+
+    one_byte = 1.0  # the bandwidth terms are nearly the same constant for both groups
+    gap = comm.all_gather_time(cluster, one_byte, large) - comm.all_gather_time(cluster, one_byte, small)
+    assert gap == pytest.approx(ring(large) - ring(small), rel=1e-3)
+    assert ring(large) > 5e-3  # thousands of ranks: milliseconds per collective, whatever its size
+    tree_gap = comm.all_reduce_time(cluster, one_byte, large) - comm.all_reduce_time(cluster, one_byte, small)
+    assert tree_gap == pytest.approx(2 * 2 * net.scale_out_latency_us * 1e-6, rel=0.05)  # two more tree levels
+    # the reduce-scatter of a ZeRO-3 step over 2048 ranks is latency-dominated for a 1 MB bucket
+    assert comm.reduce_scatter_time(cluster, 1e6, large) > 3 * comm.reduce_scatter_time(cluster, 1e6, small) / 2

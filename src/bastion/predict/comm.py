@@ -52,12 +52,22 @@ def _scale_out_time(cluster: Cluster, bytes_per_nic: float) -> float:
     return bytes_per_nic / bw * (1.0 + cal["half_bandwidth_bytes_scale_out"] / max(bytes_per_nic, 1.0))
 
 
-def _latency(cluster: Cluster, g: GroupPlacement, rounds: int) -> float:
-    """`rounds` = 2 for all-reduce (reduce + broadcast), 1 for all-gather / reduce-scatter."""
+def _tree_latency(cluster: Cluster, g: GroupPlacement) -> float:
+    """All-reduce: NCCL's tree (a chain inside each domain, a binary tree across domains), up and down."""
     net = cluster.network
     intra = (g.local - 1) * net.scale_up_latency_us
     inter = math.ceil(math.log2(g.domains)) * net.scale_out_latency_us if g.domains > 1 else 0.0
-    return rounds * (intra + inter) * 1e-6
+    return 2 * (intra + inter) * 1e-6
+
+
+def _ring_latency(cluster: Cluster, g: GroupPlacement) -> float:
+    """All-gather / reduce-scatter: NCCL runs them only as rings, whose size-1 steps each wait for one hop
+    (NCCL's own tuning model, src/graph/tuning.cc: (nranks - nnodes)·intra-hop + (nnodes - 1)·network-hop
+    latency), so the latency grows linearly with the group, not with its logarithm."""
+    net = cluster.network
+    inter_steps = g.domains - 1
+    intra_steps = g.size - 1 - inter_steps
+    return (intra_steps * net.scale_up_latency_us + inter_steps * net.scale_out_latency_us) * 1e-6
 
 
 @lru_cache(maxsize=65536)
@@ -70,7 +80,7 @@ def all_reduce_time(cluster: Cluster, nbytes: float, g: GroupPlacement) -> float
         t += _scale_up_time(cluster, 2.0 * (g.local - 1) / g.local * nbytes)
     if g.domains > 1:
         t += _scale_out_time(cluster, 2.0 * (g.domains - 1) / g.domains * nbytes / g.local)
-    return t + _latency(cluster, g, 2)
+    return t + _tree_latency(cluster, g)
 
 
 @lru_cache(maxsize=65536)
@@ -83,7 +93,7 @@ def all_gather_time(cluster: Cluster, nbytes: float, g: GroupPlacement) -> float
         t += _scale_up_time(cluster, (g.local - 1) / g.local * nbytes)
     if g.domains > 1:
         t += _scale_out_time(cluster, (g.domains - 1) / g.domains * nbytes / g.local)
-    return t + _latency(cluster, g, 1)
+    return t + _ring_latency(cluster, g)
 
 
 reduce_scatter_time = all_gather_time

@@ -126,7 +126,7 @@ def _layer_gemm_fwd_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan,
     return t
 
 
-def _attention_times(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int,
+def attention_times(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int,
                      options: PredictOptions) -> tuple[float, float]:
     """(forward, forward+backward) seconds of the attention core of one layer for one micro-batch."""
     acc, b = cluster.accelerator, plan.micro_batch
@@ -135,8 +135,9 @@ def _attention_times(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq
         # load-balanced causal context parallelism gives each rank 1/cp of the causal work
         fwd_flops = b * flops.attention_flops_per_token(model, seq_len, causal=True) * seq_len / (plan.tp * plan.cp)
         s_eff = max(seq_len // plan.cp, 1)
-        return (compute.flash_attention_time(acc, plan.precision, fwd_flops, s_eff, model.head_dim, "fwd"),
-                compute.flash_attention_time(acc, plan.precision, fwd_flops, s_eff, model.head_dim, "fwdbwd"))
+        cap = options.attention_efficiency_cap
+        return (compute.flash_attention_time(acc, plan.precision, fwd_flops, s_eff, model.head_dim, "fwd", cap),
+                compute.flash_attention_time(acc, plan.precision, fwd_flops, s_eff, model.head_dim, "fwdbwd", cap))
     # unfused: two batched GEMMs over the full s×s scores, plus the softmax (and dropout) as memory-bound passes
     s_q = seq_len // plan.cp
     batch = b * heads_local
@@ -156,7 +157,7 @@ def _stage_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len:
     a = activation_dtype_bytes(plan.precision)
 
     gemm_fwd = _layer_gemm_fwd_time(model, cluster, plan, tokens)
-    attn_fwd, attn_fwdbwd = _attention_times(model, cluster, plan, seq_len, options)
+    attn_fwd, attn_fwdbwd = attention_times(model, cluster, plan, seq_len, options)
     layer_compute = 3 * gemm_fwd + attn_fwdbwd
     membound_per_token = compute.layer_membound_bytes_per_token(model, plan.tp, plan.sequence_parallel,
                                                                 plan.precision, options.dropout)
@@ -308,7 +309,9 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     peak = acc.peak_tflops(plan.precision) * 1e12 * plan.num_gpus
     assumptions = [
         MFU_CONVENTION,
-        "attention: fused flash kernel (causal blocks skipped, no s×s scores stored)" if options.flash_attention
+        ("attention: fused flash kernel (causal blocks skipped, no s×s scores stored)"
+         + (f", at most {options.attention_efficiency_cap:g} of the bf16 peak"
+            if options.attention_efficiency_cap is not None else "")) if options.flash_attention
         else "attention: unfused softmax (s×s scores stored and streamed)",
         schedule.BUBBLE_NOTES[plan.pp_schedule] if plan.pp > 1 else "no pipeline: no bubble",
         f"efficiency curves measured on one H200, scaled by {acc.name} matmul_efficiency "

@@ -229,6 +229,13 @@ def case_plan_choices(row: dict[str, str], model: ModelSpec, cluster: Cluster,
 
 def predict_case(row: dict[str, str], options: PredictOptions = PRODUCTION_STACK) -> CaseResult:
     """Predict one row's iteration time, or raise RowSkipped with the reason."""
+    return case_estimate(row, options)[0]
+
+
+def case_estimate(row: dict[str, str],
+                  options: PredictOptions = PRODUCTION_STACK) -> tuple[CaseResult, Estimate, ModelSpec, Cluster]:
+    """The row's result together with the estimate it came from (and the model and cluster the row describes),
+    for analyses that need the breakdown; raises RowSkipped like predict_case."""
     case_id = (row.get("case_id") or "").strip() or "(no case_id)"
     for key in REQUIRED:
         if not (row.get(key) or "").strip():
@@ -236,8 +243,10 @@ def predict_case(row: dict[str, str], options: PredictOptions = PRODUCTION_STACK
     published = _float(row, "iteration_time_s")
     if published is None or published <= 0:
         raise RowSkipped("no published iteration_time_s to compare with")
+    cap = options.attention_efficiency_cap
     assumptions: list[str] = [
         "kernels: " + ("flash attention" if options.flash_attention else "unfused attention")
+        + (f" (at most {cap:g} of the bf16 peak)" if options.flash_attention and cap is not None else "")
         + (" and a fused cross-entropy" if options.fused_cross_entropy else " and a plain fp32 cross-entropy")
         + " (the case file does not say; the same for every row)"]
     model = case_model(row, assumptions)
@@ -263,8 +272,9 @@ def predict_case(row: dict[str, str], options: PredictOptions = PRODUCTION_STACK
     if not chosen.fits:
         assumptions.append(f"predicted memory {chosen.memory.total / 2**30:.1f} GiB exceeds "
                            f"{chosen.hbm_bytes / 2**30:.0f} GiB per device")
-    return CaseResult(case_id=case_id, published_s=published, predicted_s=chosen.step_time_s,
-                      assumptions=assumptions)
+    result = CaseResult(case_id=case_id, published_s=published, predicted_s=chosen.step_time_s,
+                        assumptions=assumptions)
+    return result, chosen, model, cluster
 
 
 def validate_cases(path: Path | str = PUBLIC_CASES, options: PredictOptions = PRODUCTION_STACK) -> ValidationReport:
