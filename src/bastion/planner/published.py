@@ -3,8 +3,8 @@ planner's best plan for the same model, devices, batch and sequence length.
 
 Two searches per run:
 - `free`: the whole space (what bastion would recommend today);
-- `same techniques`: only the ZeRO stage, recompute mode and sequence-parallel setting the publication used,
-  and the classic 1F1B / interleaved schedules — so a large gain here cannot come from software the authors
+- `same techniques`: only the ZeRO stage, recompute mode, sequence-parallel setting and context-parallel
+  degree the publication used, and the classic 1F1B / interleaved schedules — so a large gain here cannot come from software the authors
   did not have, only from the degrees and micro-batch they chose (or from the predictor misjudging them).
 
 Rows are read with the predictor's own case reader (bastion.predict.validate), so both sides see the same
@@ -72,7 +72,7 @@ class PublishedComparison:
 def same_techniques_space(plan: ParallelPlan) -> SearchSpace:
     return SearchSpace(precisions=(plan.precision,), schedules=("1f1b", "interleaved-1f1b"),
                        pins={"zero_stage": plan.zero_stage, "recompute": plan.recompute,
-                             "sequence_parallel": plan.sequence_parallel})
+                             "sequence_parallel": plan.sequence_parallel, "cp": plan.cp})
 
 
 class PublishedRuns:
