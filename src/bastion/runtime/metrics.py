@@ -101,29 +101,40 @@ class SavedActivationProbe:
     """
 
     def __init__(self) -> None:
-        self.storages: dict[int, int] = {}
+        #: storage pointer -> the storage (kept to read its size after forward)
+        self.storages: dict[int, Any] = {}
+        self.wrapper_bytes = 0
 
     def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
         from torch.distributed.tensor import DTensor
 
-        if isinstance(tensor, nn.Parameter) or isinstance(getattr(tensor, "_base", None), nn.Parameter):
-            return tensor
         local = tensor.to_local() if isinstance(tensor, DTensor) else tensor
         if local.device.type != "meta" and local.numel():
             try:
                 storage = local.untyped_storage()
-                key, nbytes = storage.data_ptr(), storage.nbytes()
+                self.storages.setdefault(storage.data_ptr(), storage)
             except RuntimeError:  # wrapper subclasses without a real storage: count their elements
-                key, nbytes = id(local), local.numel() * local.element_size()
-            self.storages[key] = max(self.storages.get(key, 0), nbytes)
+                self.wrapper_bytes += local.numel() * local.element_size()
         return tensor
 
     def hooks(self) -> Any:
         return torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor)
 
-    @property
-    def total_bytes(self) -> int:
-        return sum(self.storages.values())
+    def activation_bytes(self, parameters: Iterable[torch.Tensor]) -> int:
+        """Saved bytes that are not parameter storage, read after forward.
+
+        Parameters are recognised by storage, since autograd saves weights as views (weight.t()). FSDP2 frees
+        the unsharded parameters it all-gathered (zero 3) by resizing their storage to 0, so they count 0.
+        """
+        param_storages = set()
+        for param in parameters:
+            local = _local(param)
+            try:
+                param_storages.add(local.untyped_storage().data_ptr())
+            except RuntimeError:
+                continue
+        return self.wrapper_bytes + sum(storage.nbytes() for ptr, storage in self.storages.items()
+                                        if ptr not in param_storages)
 
 
 # ---- parameter hashing ----------------------------------------------------------------------------------

@@ -68,7 +68,10 @@ class Attention(nn.Module):
         self.wo = nn.Linear(spec.q_width, h, bias=spec.bias)
 
     def _core(self, q_BHSD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor) -> torch.Tensor:
-        return F.scaled_dot_product_attention(q_BHSD, k_BHSD, v_BHSD, is_causal=True)
+        # GQA inside SDPA (flash kernels read each kv head for its whole query group): no repeated k/v copies
+        # are materialised or kept for backward
+        return F.scaled_dot_product_attention(q_BHSD, k_BHSD, v_BHSD, is_causal=True,
+                                              enable_gqa=q_BHSD.shape[1] != k_BHSD.shape[1])
 
     def forward(self, x_BSH: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
         batch, seq, _ = x_BSH.shape
@@ -80,10 +83,6 @@ class Attention(nn.Module):
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        group = q.shape[1] // k.shape[1]
-        if group > 1:  # GQA: every kv head serves `group` query heads
-            k = k.repeat_interleave(group, dim=1)
-            v = v.repeat_interleave(group, dim=1)
         if self.recompute_core and torch.is_grad_enabled():
             from torch.utils.checkpoint import checkpoint
 

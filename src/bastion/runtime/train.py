@@ -245,7 +245,7 @@ class Trainer:
                 with hooks, self._autocast():
                     loss = self.loss_fn(part(inputs[rows]), targets[rows]) / n_micro
                 if probe is not None:
-                    self.activation_bytes = probe.total_bytes
+                    self.activation_bytes = probe.activation_bytes(part.parameters())
                     self.params_in_step_bytes = param_bytes(part.parameters())
                 loss.backward()
                 total += _plain(loss).detach().float()

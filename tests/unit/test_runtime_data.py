@@ -1,0 +1,98 @@
+"""Token datasets and the global-index sampler: every dp degree sees the same global batches."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bastion.errors import DataError
+from bastion.runtime.data import GlobalSampler, dp_slice, open_dataset, prepare_dataset
+
+
+@pytest.fixture()
+def dataset_dir(tmp_path):
+    text = tmp_path / "a.txt"
+    text.write_bytes(bytes(range(256)) * 40)
+    out = tmp_path / "data"
+    prepare_dataset([text], out)
+    return out
+
+
+def test_prepare_writes_byte_tokens_and_meta(dataset_dir):
+    meta = json.loads((dataset_dir / "meta.json").read_text())
+    assert meta == {"dtype": "uint16", "num_tokens": 256 * 40 + 2, "vocab_size": 256, "tokenizer": "byte",
+                    "documents": 1}
+    tokens = np.memmap(dataset_dir / "tokens.bin", dtype=np.uint16, mode="r")
+    assert list(tokens[:3]) == [0, 1, 2] and list(tokens[-2:]) == [10, 10]
+
+
+def test_prepare_with_a_huggingface_tokenizer(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import models, pre_tokenizers
+
+    tok = tokenizers.Tokenizer(models.WordLevel({"hello": 0, "world": 1, "[UNK]": 2}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "t.txt").write_text("hello world hello there")
+    meta = prepare_dataset([tmp_path / "t.txt"], tmp_path / "d", tokenizer_json=tmp_path / "tokenizer.json")
+    assert meta["vocab_size"] == 3 and meta["tokenizer"] == "hf:tokenizer.json"
+    assert list(np.fromfile(tmp_path / "d" / "tokens.bin", dtype=np.uint16)) == [0, 1, 0, 2]
+
+
+def test_windows_are_input_plus_shifted_target(dataset_dir):
+    ds = open_dataset(dataset_dir, seq_len=16)
+    assert ds.num_windows == (256 * 40 + 2 - 1) // 16
+    sampler = GlobalSampler(ds, global_batch=4, seed=0)
+    rows = sampler.tokens_for([0, 1])
+    assert rows.shape == (2, 17)
+    # byte text 0..255 repeated: each window is consecutive bytes
+    assert all(((row[1:] - row[:-1]) % 256 == 1).all() for row in rows)
+
+
+def test_global_batches_are_identical_for_every_dp_degree(dataset_dir):
+    ds = open_dataset(dataset_dir, seq_len=16)
+    sampler = GlobalSampler(ds, global_batch=8, seed=3)
+    for _ in range(5):
+        ids = sampler.next_global_batch()
+        for dp in (1, 2, 4, 8):
+            shares = [dp_slice(ids, r, dp) for r in range(dp)]
+            assert sum(shares, []) == ids
+    assert sampler.consumed_samples == 40
+
+
+def test_every_window_once_per_epoch_and_epochs_differ(dataset_dir):
+    ds = open_dataset(dataset_dir, seq_len=16)
+    sampler = GlobalSampler(ds, global_batch=1, seed=0)
+    n = ds.num_windows
+    first = [sampler.window_of(i) for i in range(n)]
+    second = [sampler.window_of(i) for i in range(n, 2 * n)]
+    assert sorted(first) == list(range(n)) and sorted(second) == list(range(n))
+    assert first != second
+
+
+def test_sampler_state_round_trip_continues_the_sequence(dataset_dir):
+    ds = open_dataset(dataset_dir, seq_len=16)
+    a = GlobalSampler(ds, global_batch=4, seed=1)
+    a.next_global_batch()
+    a.next_global_batch()
+    b = GlobalSampler(ds, global_batch=4, seed=1)
+    b.load_state_dict(json.loads(json.dumps(a.state_dict())))
+    assert b.next_global_batch() == a.next_global_batch() == [8, 9, 10, 11]
+    with pytest.raises(DataError, match="seed"):
+        GlobalSampler(ds, global_batch=4, seed=2).load_state_dict(a.state_dict())
+
+
+def test_missing_or_foreign_directories_give_guidance(tmp_path):
+    with pytest.raises(DataError, match="does not exist") as err:
+        open_dataset(tmp_path / "nope", seq_len=16)
+    assert "bastion data prepare" in err.value.render()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="not a bastion token dataset"):
+        open_dataset(tmp_path / "empty", seq_len=16)
+
+
+def test_vocabulary_larger_than_the_model_is_refused(dataset_dir):
+    with pytest.raises(DataError, match="larger than the model"):
+        open_dataset(dataset_dir, seq_len=16, model_vocab=100)

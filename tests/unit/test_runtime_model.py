@@ -1,0 +1,97 @@
+"""The runtime's model: exact parameter counts, deterministic init that does not depend on the split."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from bastion.runtime.model import build_model, canonical_name, count_parameters, init_weights
+from bastion.runtime.parallelize import split_stage, stage_ids_for_rank
+from bastion.specs.model import load_model
+from bastion.specs.plan import ParallelPlan
+
+
+@pytest.mark.parametrize("name", ["tiny", "small", "llama-1.5b", "llama3-8b", "llama2-70b"])
+def test_parameter_count_equals_the_spec(name):
+    spec = load_model(name)
+    assert count_parameters(build_model(spec)) == spec.total_params()
+
+
+@pytest.mark.parametrize("changes", [
+    {"ffn_type": "gelu", "bias": True, "position_embedding": "learned", "num_kv_heads": 4},
+    {"tied_embeddings": True},
+])
+def test_parameter_count_of_gpt_style_and_tied_variants(changes):
+    spec = dataclasses.replace(load_model("tiny"), **changes)
+    model = build_model(spec)
+    assert count_parameters(model) == spec.total_params()
+    if not spec.bias:
+        assert not [n for n, _ in model.named_parameters() if n.endswith("bias")]
+
+
+def test_mixture_of_experts_is_refused_with_guidance():
+    from bastion.errors import ConfigError
+
+    spec = dataclasses.replace(load_model("tiny"), num_experts=4, top_k=2)
+    with pytest.raises(ConfigError, match="mixture of experts"):
+        build_model(spec)
+
+
+def _materialise(module, spec, seed):
+    module.to_empty(device="cpu")
+    init_weights(module, spec, seed)
+    return dict(module.named_parameters())
+
+
+def test_init_is_deterministic_and_seeded():
+    spec = load_model("tiny")
+    first = _materialise(build_model(spec), spec, 0)
+    again = _materialise(build_model(spec), spec, 0)
+    other = _materialise(build_model(spec), spec, 1)
+    assert all(torch.equal(first[n], again[n]) for n in first)
+    assert not torch.equal(first["layers.0.attention.wq.weight"], other["layers.0.attention.wq.weight"])
+    # norms start at one, residual projections are scaled down with depth
+    assert torch.equal(first["norm.weight"], torch.ones(spec.hidden_size))
+    assert first["layers.0.attention.wo.weight"].std() < first["layers.0.attention.wq.weight"].std()
+
+
+@pytest.mark.parametrize("schedule,vpp", [("1f1b", 1), ("interleaved-1f1b", 2), ("zbv", 2)])
+def test_pipeline_stages_hold_the_same_weights_as_the_full_model(schedule, vpp):
+    spec = load_model("tiny")
+    full = _materialise(build_model(spec), spec, 0)
+    plan = ParallelPlan(pp=2, vpp=vpp, pp_schedule=schedule, micro_batch=1, global_batch=4)
+    seen = {}
+    for pp_rank in range(2):
+        for sid in stage_ids_for_rank(plan, pp_rank):
+            stage = split_stage(build_model(spec), sid, 2 * vpp)
+            for name, value in _materialise(stage, spec, 0).items():
+                assert name not in seen, f"{name} held by two stages"
+                seen[name] = value
+    assert set(seen) == set(full)
+    assert all(torch.equal(seen[n], full[n]) for n in full)
+
+
+def test_v_schedule_puts_first_and_last_chunk_on_rank_0():
+    plan = ParallelPlan(pp=2, vpp=2, pp_schedule="dualpipev", micro_batch=1, global_batch=4)
+    assert stage_ids_for_rank(plan, 0) == [0, 3]
+    assert stage_ids_for_rank(plan, 1) == [1, 2]
+    interleaved = ParallelPlan(pp=2, vpp=2, pp_schedule="interleaved-1f1b", micro_batch=1, global_batch=4)
+    assert stage_ids_for_rank(interleaved, 1) == [1, 3]
+
+
+def test_canonical_names_strip_wrappers():
+    assert canonical_name("layers.0._checkpoint_wrapped_module.attention.wq.weight") == "layers.0.attention.wq.weight"
+    assert canonical_name("_orig_mod.layers.1.ffn_norm.weight") == "layers.1.ffn_norm.weight"
+
+
+def test_forward_gives_uniform_loss_at_init():
+    spec = load_model("tiny")
+    model = build_model(spec)
+    _materialise(model, spec, 0)
+    tokens = torch.randint(0, spec.vocab_size, (2, spec.seq_len))
+    logits = model(tokens)
+    assert logits.shape == (2, spec.seq_len, spec.vocab_size)
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens.flatten())
+    assert abs(float(loss.detach()) - torch.log(torch.tensor(256.0)).item()) < 0.1
