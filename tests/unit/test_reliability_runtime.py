@@ -104,6 +104,8 @@ def test_auto_interval_uses_daly_and_default_failure_data():
 
 def test_account_splits_wall_time_into_productive_lost_recovery_and_stall():
     records = [
+        {"event": "run_start", "time": -50.0},  # an earlier run in the same directory: ignored
+        {"step": 1, "step_time_s": 9.0, "time": -40.0},
         {"event": "run_start", "time": 0.0},
         {"step": 1, "step_time_s": 1.0, "time": 2.0},
         {"step": 2, "step_time_s": 1.0, "time": 3.0},

@@ -86,8 +86,10 @@ def account(records: list[dict[str, Any]], end_time: float) -> dict[str, Any]:
     A step record superseded by a later record of the same step (recomputed after a restart or a rollback) is
     lost work. Recovery runs from the last sign of progress before a restart (a step or a save; so detecting a
     hang counts) or from a rollback, to the start of the first step completed afterwards. Wall time runs from
-    the first `run_start` event.
+    the last `run_start` event (records before it belong to an earlier run in the same directory).
     """
+    last_start = max((i for i, r in enumerate(records) if r.get("event") == "run_start"), default=0)
+    records = records[last_start:]  # an earlier, unrelated run in the same directory does not count
     starts = [r["time"] for r in records if r.get("event") == "run_start"]
     steps = [r for r in records if "event" not in r and "step" in r]
     if not starts and steps:

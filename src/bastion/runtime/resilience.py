@@ -112,14 +112,17 @@ class Resilience:
     # ---- start / resume -----------------------------------------------------------------------------
     def start(self) -> None:
         """Resume when there is something to resume from (collective); log the start or restart."""
-        if self.rank == 0 and self.attempt == 0 and not any(
-                r.get("event") == "run_start" for r in read_records(self.run_dir)):
-            log_event(self.run_dir, "run_start", world_size=self.world, plan=self.plan.to_dict())
+        started = time.time()
         source = None
         if self.config.resume or self.attempt > 0:
             source = self.checkpointer.newest_valid(on_bad=self._report_bad)
+        continuing = source is not None
         if source is None and self.config.resume_from:
             source = resolve_resume_source(Path(self.config.resume_from))
+        # a new run (fresh, or seeded from another run's checkpoint) starts the wall clock of the accounting;
+        # a restart or a continuation of this run directory's own checkpoints keeps counting
+        if self.rank == 0 and self.attempt == 0 and not continuing:
+            log_event(self.run_dir, "run_start", world_size=self.world, plan=self.plan.to_dict(), time=started)
         if source is not None:
             self.restore(source)
         if self.rank == 0 and (self.attempt > 0 or source is not None):
