@@ -144,3 +144,20 @@ def test_ring_collectives_pay_one_hop_latency_per_rank_all_reduce_a_tree() -> No
     assert tree_gap == pytest.approx(2 * 2 * net.scale_out_latency_us * 1e-6, rel=0.05)  # two more tree levels
     # the reduce-scatter of a ZeRO-3 step over 2048 ranks is latency-dominated for a 1 MB bucket
     assert comm.reduce_scatter_time(cluster, 1e6, large) > 3 * comm.reduce_scatter_time(cluster, 1e6, small) / 2
+
+
+def test_fp8_pays_for_casting_gemm_operands_and_keeps_the_lm_head_in_bf16() -> None:
+    model, cluster = load_model("llama3-8b"), load_cluster("h100-sxm:8")
+    plans = {p: ParallelPlan(dp=8, global_batch=8, zero_stage=1, precision=p) for p in ("bf16", "fp8")}
+    bf16, fp8 = (estimate(model, cluster, plans[p], 4096) for p in ("bf16", "fp8"))
+    t, h, kv, f = 4096, 4096, 1024, 14336
+    shapes = [(t, h, h + 2 * kv), (t, h, h), (t, h, 2 * f), (t, f, h)]
+    elements = sum(m * k + k * n + m * n for m, k, n in shapes)
+    cast_s = model.num_layers * elements * 4.4 / 3350e9  # membound.toml fp8_cast_bytes over the H100's HBM
+    assert fp8.time.memory_bound - bf16.time.memory_bound == pytest.approx(cast_s, rel=1e-6)
+    assert 0.05 < cast_s / fp8.time.compute < 0.25  # at h = 4096: about a tenth of the fp8 GEMM time
+    # twice the peak does not make the step twice as fast: attention, casts, the optimizer and the head remain
+    assert 1.1 < bf16.step_time_s / fp8.step_time_s < 1.6
+    assert fp8.time.compute < 0.8 * bf16.time.compute  # the GEMMs themselves run at the fp8 rate...
+    head_bf16 = 3 * 2 * t * h * model.vocab_size / (989.4e12 * 0.95)
+    assert fp8.time.compute > head_bf16  # ...except the LM head, which stays in bf16

@@ -4,13 +4,13 @@ record. Two checks that keep the diagnosis honest as the model changes:
 1. On every row where attention dominates the predicted step (long sequences), the attention rate the published
    time implies — all other parts costed as predicted — is one number per card, whatever the model size,
    head_dim (64/128), sequence length (8k-65k) or memory variant: a property of a kernel, not of the rows. It is
-   ~0.34 of the A100 bf16 peak and ~0.17 of the H100's, against the calibrated torch 2.11 SDPA's ~0.6. The rows
+   0.33 of the A100 bf16 peak and 0.17 of the H100's, against the calibrated torch 2.11 SDPA's ~0.6. The rows
    are llm-foundry's 2023 benchmarks, whose submit script defaults to `attn_impl: triton` (Triton flash attention).
 2. What-if, not the predictor: given each publication's documented attention implementation (Megatron-LM
    2021-22 and Megatron-DeepSpeed: unfused softmax with dropout; llm-foundry 2023: flash attention at the rate
-   check 1 finds on each card), the same physical model meets the target. The llm-foundry rate is read off the
-   long-sequence rows themselves (two numbers for 38 rows of 151), so this bounds what knowing the software
-   would give; it is not a validation of those two numbers.
+   check 1 finds on each card), the same physical model meets the target (median 6.1%, p90 21.1%). The
+   llm-foundry rates are read off 31 long-sequence rows themselves (two numbers, applied to that source's 108
+   rows), so this bounds what knowing the software would give; it does not validate those two numbers.
 """
 
 from __future__ import annotations

@@ -81,6 +81,12 @@ def flash_attention_time(acc: Accelerator, precision: str, flops_fwd: float, seq
     return flops / (attention_peak_flops(acc, precision) * eff)
 
 
+def fp8_cast_bytes(m: int, k: int, n: int) -> float:
+    """Effective bytes of casting one (m×k)·(k×n) GEMM's operands to fp8 in training: the input and the weight
+    for the forward, the output gradient for the backward, each with a transposed copy (data/membound.toml)."""
+    return (m * k + k * n + m * n) * load_calibration().membound["fp8_cast_bytes"]
+
+
 def membound_time(acc: Accelerator, effective_bytes: float) -> float:
     """Seconds for memory-bound work of `effective_bytes` (bytes as if streamed at the full HBM bandwidth)."""
     return effective_bytes / (acc.hbm_bandwidth_gbs * 1e9)

@@ -111,19 +111,32 @@ class _StageTime:
                 + self.fsdp_exposed)
 
 
-def _layer_gemm_fwd_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, tokens: int) -> float:
-    acc, p, tp = cluster.accelerator, plan.precision, plan.tp
+def _layer_gemm_shapes(model: ModelSpec, plan: ParallelPlan, tokens: int) -> tuple[tuple[int, int, int], ...]:
+    """(m, k, n) of one layer's forward GEMMs on one tensor-parallel rank."""
+    tp = plan.tp
     h, q, kv, f = model.hidden_size, model.q_width, model.kv_width, model.ffn_hidden_size
     if model.num_experts:
         f = (model.expert_ffn_hidden_size or f)
         tokens_mlp = tokens * model.top_k
     else:
         tokens_mlp = tokens
-    t = compute.gemm_time(acc, p, tokens, h, (q + 2 * kv) // tp)          # QKV projection
-    t += compute.gemm_time(acc, p, tokens, q // tp, h)                     # attention output projection
-    t += compute.gemm_time(acc, p, tokens_mlp, h, (model.ffn_matrices - 1) * f // tp)  # fc1 (+ gate)
-    t += compute.gemm_time(acc, p, tokens_mlp, f // tp, h)                 # fc2
-    return t
+    return ((tokens, h, (q + 2 * kv) // tp),                              # QKV projection
+            (tokens, q // tp, h),                                         # attention output projection
+            (tokens_mlp, h, (model.ffn_matrices - 1) * f // tp),          # fc1 (+ gate)
+            (tokens_mlp, f // tp, h))                                     # fc2
+
+
+def _layer_gemm_fwd_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, tokens: int) -> float:
+    acc, p = cluster.accelerator, plan.precision
+    return sum(compute.gemm_time(acc, p, m, k, n) for m, k, n in _layer_gemm_shapes(model, plan, tokens))
+
+
+def _layer_fp8_cast_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, tokens: int) -> float:
+    """Forward + backward seconds of casting one layer's GEMM operands to fp8 (zero unless the plan is fp8)."""
+    if plan.precision != "fp8":
+        return 0.0
+    return compute.membound_time(cluster.accelerator, sum(
+        compute.fp8_cast_bytes(m, k, n) for m, k, n in _layer_gemm_shapes(model, plan, tokens)))
 
 
 def attention_times(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int,
@@ -161,7 +174,8 @@ def _stage_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len:
     layer_compute = 3 * gemm_fwd + attn_fwdbwd
     membound_per_token = compute.layer_membound_bytes_per_token(model, plan.tp, plan.sequence_parallel,
                                                                 plan.precision, options.dropout)
-    layer_membound = compute.membound_time(acc, tokens * membound_per_token)
+    layer_membound = (compute.membound_time(acc, tokens * membound_per_token)
+                      + _layer_fp8_cast_time(model, cluster, plan, tokens))
     if plan.recompute == "full":
         layer_recompute = gemm_fwd + attn_fwd
         layer_membound *= 4 / 3  # the forward third of the memory-bound work runs again
@@ -196,7 +210,9 @@ def _stage_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len:
     backward_t = layers * (layer_compute * (2 / 3) + layer_recompute)
     head_compute = head_membound = 0.0
     if has_last:
-        head_fwd = compute.gemm_time(acc, plan.precision, tokens, model.hidden_size, model.vocab_size // plan.tp)
+        # fp8 recipes (Transformer Engine, torchao/torchtitan) keep the LM head in bf16
+        head_precision = "bf16" if plan.precision == "fp8" else plan.precision
+        head_fwd = compute.gemm_time(acc, head_precision, tokens, model.hidden_size, model.vocab_size // plan.tp)
         head_compute = 3 * head_fwd
         head_membound = compute.membound_time(acc, tokens * compute.cross_entropy_bytes_per_token(
             model, plan.tp, options.fused_cross_entropy))
