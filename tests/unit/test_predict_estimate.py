@@ -161,3 +161,19 @@ def test_fp8_pays_for_casting_gemm_operands_and_keeps_the_lm_head_in_bf16() -> N
     assert fp8.time.compute < 0.8 * bf16.time.compute  # the GEMMs themselves run at the fp8 rate...
     head_bf16 = 3 * 2 * t * h * model.vocab_size / (989.4e12 * 0.95)
     assert fp8.time.compute > head_bf16  # ...except the LM head, which stays in bf16
+
+
+def test_attention_efficiency_cap_models_an_older_kernel() -> None:
+    model, cluster = load_model("llama2-7b"), load_cluster("h100-sxm:8")
+    plan = ParallelPlan(dp=8, global_batch=8, zero_stage=3)
+    calibrated = estimate(model, cluster, plan, 16384)
+    cap = 0.17  # llm-foundry's 2023 Triton kernel on an H100, as its published runs imply
+    older = estimate(model, cluster, plan, 16384, options=PredictOptions(attention_efficiency_cap=cap))
+    # causal attention per layer: 2·b·s²·h forward (half of 4·b·s²·h), 3.5x that forward + backward
+    attention_flops = model.num_layers * 3.5 * 2 * 16384**2 * model.hidden_size
+    measured = 586.68 / 989.4 * 0.75 / 0.787  # H200 SDPA fwd+bwd at 16k tokens, carried to the H100
+    assert older.time.compute - calibrated.time.compute == pytest.approx(
+        attention_flops / (989.4e12 * cap) - attention_flops / (989.4e12 * measured), rel=0.005)
+    assert any("at most 0.17 of the bf16 peak" in a for a in older.assumptions)
+    loose = estimate(model, cluster, plan, 16384, options=PredictOptions(attention_efficiency_cap=0.95))
+    assert loose.step_time_s == calibrated.step_time_s  # a cap above the calibrated rate changes nothing
