@@ -14,8 +14,8 @@ class PredictOptions:
     flash_attention: bool = True
     #: the flash kernel never exceeds this fraction of the card's bf16 peak (None: the calibrated rate of torch
     #: 2.11's SDPA, scaled by matmul_efficiency). For kernels that do not use the card's newest tensor-core
-    #: instructions: FlashAttention-2 on Hopper reaches about 0.35 (Shah et al. 2024, FlashAttention-3, Sec. 1),
-    #: llm-foundry's 2023 Triton kernel implies about 0.34 on A100 and 0.17 on H100 (see tests/validation).
+    #: instructions: FlashAttention-2 on Hopper reaches about 0.35 (Shah et al. 2024, FlashAttention-3, abstract),
+    #: llm-foundry's 2023 Triton kernel implies about 0.33 on A100 and 0.17 on H100 (tests/validation).
     attention_efficiency_cap: float | None = None
     #: the model trains with dropout (GPT-3/Megatron style: masks on attention probabilities and after each block)
     dropout: bool = False
