@@ -175,3 +175,23 @@ def test_cli_writes_yaml_without_submitting(tmp_path: Path) -> None:
     job = documents(out.read_text())["JobSet"]
     assert job["spec"]["replicatedJobs"][0]["template"]["spec"]["parallelism"] == 2
     assert not Path("/mnt/run").exists()
+
+
+def test_submit_applies_the_written_manifest_with_kubectl(tmp_path: Path) -> None:
+    """A stub kubectl on PATH records what `--submit` runs."""
+    import os
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "kubectl").write_text('#!/bin/sh\necho "$@" > "$KUBECTL_RECORD"\necho "pytorchjob.kubeflow.org/x created"\n')
+    (bin_dir / "kubectl").chmod(0o755)
+    plan = ParallelPlan(dp=2, global_batch=2).save(tmp_path / "plan.json")
+    out = tmp_path / "job.yaml"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "KUBECTL_RECORD": str(tmp_path / "rec")}
+    done = subprocess.run(
+        [sys.executable, "-m", "bastion", "launch", "--on", "k8s", "--model", "tiny", "--plan", str(plan),
+         "--data", "/mnt/data", "--run-dir", "/mnt/run", "--steps", "10", "--image", "img:1",
+         "--manifest", str(out), "--submit"], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "rec").read_text().split() == ["apply", "-f", str(out)]
+    assert "created" in done.stdout and documents(out.read_text())["PyTorchJob"]
