@@ -111,3 +111,20 @@ def test_missing_optimizer_setting_is_an_error_not_a_silent_default(tmp_path):
     partial = {k: v for k, v in hparams.items() if not k.startswith("param_groups.2.")}
     with pytest.raises(CheckpointError, match="no optimizer setting 'param_groups.2."):
         ck.restore_tensors_and_hparams([model], [optim], tensors, partial)
+
+
+def test_state_module_keeps_full_model_names_for_several_pipeline_chunks():
+    # interleaved/V schedules give a rank two chunks; the checkpoint must see one module with the full names
+    from bastion.runtime.model import build_model
+    from bastion.runtime.parallelize import split_stage
+    from bastion.runtime.resilience import _state_module
+    from bastion.specs.model import load_model
+
+    full = build_model(load_model("tiny"))
+    first, last = split_stage(full, 0, 4), split_stage(full, 3, 4)
+    names = [n for n, _ in _state_module([first, last]).named_parameters()]
+    assert sorted(names) == sorted(n for part in (first, last) for n, _ in part.named_parameters())
+    assert "tok_embeddings.weight" in names and "output.weight" in names
+    assert {n.split(".")[1] for n in names if n.startswith("layers.")} == {"0", "3"}
+    assert set(names) <= {n for n, _ in full.named_parameters()}
+    assert _state_module([first]) is first
