@@ -5,7 +5,8 @@ record. Two checks that keep the diagnosis honest as the model changes:
    time implies — all other parts costed as predicted — is one number per card, whatever the model size,
    head_dim (64/128), sequence length (8k-65k) or memory variant: a property of a kernel, not of the rows. It is
    0.33 of the A100 bf16 peak and 0.17 of the H100's, against the calibrated torch 2.11 SDPA's ~0.6. The rows
-   are llm-foundry's 2023 benchmarks, whose submit script defaults to `attn_impl: triton` (Triton flash attention).
+   are llm-foundry's 2023 benchmarks, whose submit script defaulted to `attn_impl: triton` (Triton flash attention;
+   later versions install flash-attn 2, which on Hopper does not use its wgmma/TMA instructions either).
 2. What-if, not the predictor: given each publication's documented attention implementation (Megatron-LM
    2021-22 and Megatron-DeepSpeed: unfused softmax with dropout; llm-foundry 2023: flash attention at the rate
    check 1 finds on each card), the same physical model meets the target (median 6.1%, p90 21.1%). The

@@ -15,7 +15,8 @@ class PredictOptions:
     #: the flash kernel never exceeds this fraction of the card's bf16 peak (None: the calibrated rate of torch
     #: 2.11's SDPA, scaled by matmul_efficiency). For kernels that do not use the card's newest tensor-core
     #: instructions: FlashAttention-2 on Hopper reaches about 0.35 (Shah et al. 2024, FlashAttention-3, abstract),
-    #: llm-foundry's 2023 Triton kernel implies about 0.33 on A100 and 0.17 on H100 (tests/validation).
+    #: llm-foundry's 2023 kernels (Triton flash attention, later flash-attn 2) imply about 0.33 on A100 and 0.17
+    #: on H100 (tests/validation).
     attention_efficiency_cap: float | None = None
     #: the model trains with dropout (GPT-3/Megatron style: masks on attention probabilities and after each block)
     dropout: bool = False
