@@ -106,15 +106,17 @@ def test_cpu_jobs_request_cores_not_gpus() -> None:
 
 
 @pytest.mark.skipif(not VALIDATOR.exists(), reason=f"{VALIDATOR} is absent (../shared not laid beside the repo)")
-@pytest.mark.parametrize("kind", ["pytorchjob", "jobset"])
-@pytest.mark.parametrize("queue", ["", "team-a"])
-def test_manifests_pass_the_strict_offline_validator(tmp_path: Path, kind: str, queue: str) -> None:
+@pytest.mark.parametrize(("kind", "queue", "device"), [
+    ("pytorchjob", "", "gpu"), ("pytorchjob", "team-a", "gpu"), ("jobset", "", "gpu"), ("jobset", "team-a", "gpu"),
+    ("jobset", "", "cpu"),
+])
+def test_manifests_pass_the_strict_offline_validator(tmp_path: Path, kind: str, queue: str, device: str) -> None:
     pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (dev extra) checks built-in kinds")
     pytest.importorskip("jsonschema", reason="jsonschema (dev extra) checks custom resources")
     extra = ("--checkpoint-every", "auto", "--note", 'x"; rm -rf ~')
     path = tmp_path / f"{kind}.yaml"
-    path.write_text(render_manifests(request(extra=extra), KubernetesOptions(kind=kind, image="img:1",
-                                                                             queue=queue)))
+    path.write_text(render_manifests(request(extra=extra, device=device),
+                                     KubernetesOptions(kind=kind, image="img:1", queue=queue)))
     done = subprocess.run([sys.executable, str(VALIDATOR), "--strict", str(path)], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
