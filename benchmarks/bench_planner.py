@@ -73,7 +73,7 @@ def run_in_process(case: dict) -> dict:
             "predictions_per_cpu_s": result.predicted / cpu}
 
 
-def published(workers: int) -> None:
+def published(workers: int, only: set[str], out: Path) -> None:
     from bastion.planner.published import PublishedRuns
     from bastion.predict.validate import PUBLIC_CASES, RowSkipped, read_cases
 
@@ -82,7 +82,8 @@ def published(workers: int) -> None:
     started = time.perf_counter()
     # cheapest searches first (fewest devices), and the file is rewritten after every row, so an interrupted
     # run still leaves every row it finished
-    rows = sorted(read_cases(PUBLIC_CASES), key=lambda r: (int(r["num_gpus"] or 0), r["case_id"]))
+    rows = sorted((r for r in read_cases(PUBLIC_CASES) if not only or r["case_id"] in only),
+                  key=lambda r: (int(r["num_gpus"] or 0), r["case_id"]))
     for row in rows:
         try:
             c = runs.compare(row)
@@ -91,17 +92,17 @@ def published(workers: int) -> None:
             print(f"{row['case_id']}: skipped ({exc})", flush=True)
             continue
         compared.append(c.to_dict())
-        write_published(compared, skipped, started)
+        write_published(compared, skipped, started, out)
         fmt = lambda g: "n/a" if g is None else f"{100 * g:+.0f}%"  # noqa: E731
         print(f"{c.case_id} {c.model[:24]:24} {c.num_gpus:5d} {c.accelerator:9} published plan predicted "
               f"{c.predicted_s:8.3f} s (published {c.published_s:8.3f} s, fits {c.published_fits}); planner gain "
               f"free {fmt(c.free_gain)}, same techniques {fmt(c.same_techniques_gain)}", flush=True)
-    summary = write_published(compared, skipped, started)
+    summary = write_published(compared, skipped, started, out)
     print(json.dumps(summary, indent=2))
-    print(f"wrote {PUBLISHED_RESULTS.relative_to(ROOT)}")
+    print(f"wrote {out}")
 
 
-def write_published(compared: list[dict], skipped: list[dict], started: float) -> dict:
+def write_published(compared: list[dict], skipped: list[dict], started: float, out: Path) -> dict:
     from bastion.planner.published import CLAIM_THRESHOLD
 
     def claims(key: str) -> list[str]:
@@ -112,7 +113,7 @@ def write_published(compared: list[dict], skipped: list[dict], started: float) -
                "free_claims_over_25pct": claims("free_gain"),
                "same_techniques_claims_over_25pct": claims("same_techniques_gain"),
                "seconds": time.perf_counter() - started}
-    PUBLISHED_RESULTS.write_text(json.dumps({"summary": summary, "cases": compared, "skipped": skipped},
+    out.write_text(json.dumps({"summary": summary, "cases": compared, "skipped": skipped},
                                             indent=2) + "\n")
     return summary
 
@@ -122,9 +123,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--published", action="store_true", help="compare with the published expert plans")
     parser.add_argument("--workers", type=int, default=0, help="prediction processes (0 = auto)")
+    parser.add_argument("--cases", default="", help="with --published: only these case ids (comma-separated)")
+    parser.add_argument("--out", type=Path, default=PUBLISHED_RESULTS, help="with --published: output file")
     args = parser.parse_args()
     if args.published:
-        published(args.workers)
+        published(args.workers, {c.strip() for c in args.cases.split(",") if c.strip()}, args.out)
         return
     rows = []
     for case in CASES:
