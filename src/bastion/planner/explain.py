@@ -54,14 +54,20 @@ class Comparison:
     memory_delta_gib: float
 
 
+def term_floor(step_s: float, step_delta_s: float) -> float:
+    """Smallest term difference worth naming: 0.5 % of the step, or a tenth of the gap between the two plans
+    when they are closer than that (so near-ties still name what moves), never rounding noise."""
+    return max(1e-9 * step_s, min(NEGLIGIBLE_SHARE * step_s, 0.1 * abs(step_delta_s)))
+
+
 def compare(winner: RankedPlan, runner_up: RankedPlan) -> Comparison:
     a, b = winner.plan.to_dict(), runner_up.plan.to_dict()
     changes = [(k, a[k], b[k]) for k in a if a[k] != b[k]]
     ta, tb = winner.time_breakdown(), runner_up.time_breakdown()
-    floor = NEGLIGIBLE_SHARE * winner.step_time_s
+    step_delta = winner.step_time_s - runner_up.step_time_s
+    floor = term_floor(winner.step_time_s, step_delta)
     terms = [TermDelta(k, ta.get(k, 0.0), tb.get(k, 0.0)) for k in dict.fromkeys([*ta, *tb]) if k != "step"]
     terms = sorted((t for t in terms if abs(t.delta_s) > floor), key=lambda t: (-abs(t.delta_s), t.term))
-    step_delta = winner.step_time_s - runner_up.step_time_s
     return Comparison(plan_changes=changes, step_delta_s=step_delta,
                       advantage=-step_delta / runner_up.step_time_s if runner_up.step_time_s else 0.0,
                       terms=terms, memory_delta_gib=winner.memory_gib - runner_up.memory_gib)
@@ -84,7 +90,7 @@ def explain(winner: RankedPlan, runner_up: RankedPlan, other: str = "the runner-
                           for t in c.terms[:5])
         lead += f" Terms that differ: {moved}."
     else:
-        lead += " No time term differs by more than 0.5% of the step."
+        lead += " No time term differs noticeably."
     if abs(c.memory_delta_gib) >= 0.05:
         lead += (f" It needs {abs(c.memory_delta_gib):.1f} GiB {'more' if c.memory_delta_gib > 0 else 'less'} "
                  f"memory per device ({winner.memory_gib:.1f} vs {runner_up.memory_gib:.1f} GiB).")
