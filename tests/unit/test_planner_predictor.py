@@ -94,3 +94,21 @@ def test_state_bound_is_below_the_predicted_memory_of_every_plan() -> None:
             assert lower == max(m.params + m.grads + m.optimizer for m in est.memory_by_stage)
             checked += 1
     assert checked > 50
+
+
+def test_the_bound_uses_exactly_the_contracts_model_state_bytes() -> None:
+    from bastion.planner.bounds import _default_state_bytes
+    from bastion.predict.memory import model_state_bytes
+
+    model = load_model("llama2-13b")
+    cluster = load_cluster("h100-sxm:32")
+    state_bytes = _default_state_bytes()
+    enum = enumerate_space(model, cluster, 64, 4096, SearchSpace(pins={"micro_batch": 1}))
+    checked = 0
+    for leaf in enum.leaves[::9]:
+        for zero in leaf.zero_stages:
+            plan = leaf.plan(64, zero)
+            for stage in range(plan.pp):
+                assert state_bytes(model, plan, stage) == model_state_bytes(model, plan, stage)
+                checked += 1
+    assert checked > 100

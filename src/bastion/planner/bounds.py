@@ -19,9 +19,19 @@ StateBytesFn = Callable[[ModelSpec, ParallelPlan, int], dict[str, float]]
 
 
 def _default_state_bytes() -> StateBytesFn:
-    from bastion.predict.memory import model_state_bytes
+    """The predictor's model-state bytes of a stage's rank 0 (the largest shard). `stage_states` is the same
+    figure as the contract's `model_state_bytes`, cached by what it depends on — and it is the cache the
+    predictor's own memory estimate reads, so bounding first also warms the predictions that follow."""
+    from bastion.predict import memory
 
-    return model_state_bytes
+    if not hasattr(memory, "stage_states"):
+        return memory.model_state_bytes
+
+    def cached(model: ModelSpec, plan: ParallelPlan, stage: int) -> dict[str, float]:
+        params, grads, optimizer = memory.stage_states(model, plan, stage)
+        return {"params": params, "grads": grads, "optimizer": optimizer}
+
+    return cached
 
 
 class StateLowerBound:
