@@ -71,7 +71,7 @@ def reference(tmp_path_factory, dataset, plan_file) -> dict:
 def gauntlet(tmp_path_factory, dataset, plan_file) -> tuple[Path, dict, str]:
     run_dir = tmp_path_factory.mktemp("gauntlet")
     injects = [arg for fault in FAULTS for arg in ("--inject", fault)]
-    result = train(run_dir, dataset, plan_file, "--checkpoint-every", "2", "--sync-checkpoint",
+    result = train(run_dir, dataset, plan_file, "--checkpoint-every", "2",  # async saves (the default)
                    "--max-restarts", "8", "--hang-timeout-s", "10", *injects)
     return run_dir, json.loads((run_dir / "summary.json").read_text()), result.stdout + result.stderr
 

@@ -42,6 +42,7 @@ def test_round_trip_restores_model_optimizer_and_json(tmp_path, async_save):
     saver = ck.Checkpointer(ck.CheckpointConfig(tmp_path, every=3, async_save=async_save))
     tensors, hparams = ck.capture_tensors_and_hparams([model], [optim])
     saver.save(3, tensors, {"step": 3, "data_position": 15}, {"rng": ck.capture_rng(), "optimizer": hparams})
+    saver.wait_staged()  # what the trainer does before its next optimizer step
     _train(model, optim, 2)  # must not leak into the (possibly still being written) checkpoint
     saver.wait()
     info = saver.newest_valid()

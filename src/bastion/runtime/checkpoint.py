@@ -145,8 +145,11 @@ class Checkpointer:
         #: hook for fault injection: called on every rank after the data is written, before the commit
         self.before_commit = None
         # One stager for the run: it keeps its CPU copies between saves, so only the first save allocates
-        # (fresh pages cost more than the copy itself). Options: no pinning/shared memory, stage on the caller.
-        self._stager = DefaultStager(StagingOptions(False, False, False, False)) if config.async_save else None
+        # (fresh pages cost more than the copy itself). It copies on its own thread (no pinned or shared memory):
+        # the copy overlaps the next forward/backward, and `wait_staged()` holds the optimizer step until the
+        # copy is complete, so no update can leak into the checkpoint.
+        self._stager = DefaultStager(StagingOptions(False, False, True, False)) if config.async_save else None
+        self._staging: Any = None
 
     @property
     def distributed(self) -> bool:
@@ -173,6 +176,7 @@ class Checkpointer:
         if self.config.async_save:
             future = dcp.async_save(tensors, checkpoint_id=str(temp_dir), process_group=self.async_group,
                                     async_stager=self._stager, no_dist=not self.distributed)
+            self._staging = getattr(future, "staging_completion", None)
             future = getattr(future, "upload_completion", future)
             pending = _PendingSave(step, temp_dir, final_dir, future, time.perf_counter())
             future.add_done_callback(lambda f, p=pending: self._finish(p))
@@ -218,8 +222,20 @@ class Checkpointer:
             self._pending = None
             self._raise_if_failed(pending)
 
+    def wait_staged(self) -> float:
+        """Block until the save in flight has copied the state (call before anything modifies it)."""
+        staging, self._staging = self._staging, None
+        if staging is None:
+            return 0.0
+        start = time.perf_counter()
+        staging.result()
+        blocked = time.perf_counter() - start
+        self.stall_s += blocked
+        return blocked
+
     def wait(self) -> None:
         """Block until the save in flight (if any) is written and, on rank 0, committed."""
+        self.wait_staged()
         pending = self._pending
         if pending is None:
             return

@@ -109,7 +109,10 @@ def account(records: list[dict[str, Any]], end_time: float) -> dict[str, Any]:
         else:
             lost += record.get("step_time_s", 0.0)
             lost_steps += 1
-    stall = sum(r.get("stall_s", 0.0) for r in records if r.get("event") == "checkpoint")
+    stall = sum(r.get("stall_s", 0.0) for r in records if r.get("event") in ("checkpoint", "checkpoint_wait"))
+    # an optimizer step that waited for an async save's copy counted that wait in its step time
+    productive = max(0.0, productive - sum(r.get("stall_s", 0.0) for r in records
+                                           if r.get("event") == "checkpoint_wait"))
     recovery, recoveries = 0.0, []
     failure_time = None
     for record in records:

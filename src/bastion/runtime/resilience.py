@@ -79,9 +79,7 @@ class Resilience:
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self.attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
         self.state_module = _state_module(trainer.model.parts)
-        every = max(0, config.checkpoint_every)
-        if config.checkpoint_every < 0:
-            every = 0  # decided after the probe save
+        every = max(0, config.checkpoint_every)  # `auto` (-1) is decided after the probe save
         async_group = dist.new_group(backend="gloo") if (config.async_checkpoint and self.world > 1) else None
         self.checkpointer = ck.Checkpointer(
             ck.CheckpointConfig(self.run_dir / "checkpoints", every=every,
@@ -95,7 +93,6 @@ class Resilience:
                                                     startup_timeout_s=10 * config.hang_min_s),
                                      self.run_dir, self.rank)
         self.skip_starts: set[int] = {(s - 1) * plan.global_batch for s in config.skip_batches}
-        self.skip_starts |= self._persisted_skips()
         self.resumed_from: int | None = None
         self._step_times: list[float] = []
 
@@ -117,6 +114,8 @@ class Resilience:
         if self.config.resume or self.attempt > 0:
             source = self.checkpointer.newest_valid(on_bad=self._report_bad)
         continuing = source is not None
+        if continuing or self.attempt > 0:  # batches this run rejected before it was restarted
+            self.skip_starts |= self._persisted_skips()
         if source is None and self.config.resume_from:
             source = resolve_resume_source(Path(self.config.resume_from))
         # a new run (fresh, or seeded from another run's checkpoint) starts the wall clock of the accounting;
@@ -175,6 +174,10 @@ class Resilience:
         self.injector.poison_gradients(step, parameters)
 
     def check_grad_norm(self, step: int, grad_norm: float) -> None:
+        """Right before the optimizer step: hold it until an async save has copied the state, then judge."""
+        waited = self.checkpointer.wait_staged()
+        if waited > 0 and self.rank == 0:
+            log_event(self.run_dir, "checkpoint_wait", step=step, stall_s=round(waited, 6))
         reason = self.guard.check(grad_norm)
         if reason is not None:
             batch_start = self.trainer.sampler.consumed_samples - self.plan.global_batch
@@ -211,6 +214,7 @@ class Resilience:
     def _choose_auto_interval(self) -> None:
         measured = self._step_times[1:] or self._step_times
         step_s = sorted(measured)[len(measured) // 2]
+        self.checkpointer.wait_staged()  # count the whole copy: an upper bound of what the loop will wait
         stall = self.checkpointer.stall_s
         # every rank must pick the same interval: take the slowest rank's figures
         figures = torch.tensor([stall, step_s], dtype=torch.float64)
