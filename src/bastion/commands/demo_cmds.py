@@ -99,7 +99,8 @@ def print_comparison(summary: dict) -> None:
     for key in ("params", "grads", "optimizer"):
         row(f"{key} (fullest rank)", memory.get(key), worst.get(key), _fmt_bytes)
     activations = [a for a in measured.get("activation_bytes_by_rank") or [] if a]
-    row("activations, 1 micro-batch", None, max(activations) if activations else None, _fmt_bytes)
+    row("activations (pred: in flight; meas: 1 micro-batch, pp=1)", memory.get("activations"),
+        max(activations) if activations else None, _fmt_bytes)
     row("process memory", memory.get("total"), measured.get("peak_mem_bytes"), _fmt_bytes)
     console = Console()
     console.print(table)
@@ -113,7 +114,7 @@ def print_comparison(summary: dict) -> None:
 
 @app.command("demo")
 def demo_command(
-    steps: int = typer.Option(40, "--steps", help="Optimizer steps to train."),
+    steps: int = typer.Option(20, "--steps", help="Optimizer steps to train."),
     nproc: int = typer.Option(4, "--nproc", help="Worker processes (the CPU cluster cpu:N)."),
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Where the corpus and the run go."),
     quick: bool = typer.Option(False, "--quick", help="Tiny model, small corpus, 4 steps (for tests)."),
@@ -123,7 +124,7 @@ def demo_command(
     from rich.console import Console
 
     console = Console(stderr=True)
-    model, seq_len, global_batch = ("tiny", 64, 8) if quick else ("small", 256, 16)
+    model, seq_len, global_batch = ("tiny", 64, 8) if quick else ("small", 256, 8)
     if quick:
         steps = min(steps, 4)
     out.mkdir(parents=True, exist_ok=True)
