@@ -183,6 +183,12 @@ def build_schedule(parts: list[nn.Module], stage_ids: list[int], num_stages: int
              "zero-bubble": "ScheduleInterleavedZeroBubble", "zbv": "ScheduleZBVZeroBubble",
              "dualpipev": "ScheduleDualPipeV"}
     schedule_class = getattr(pipelining, names[plan.pp_schedule], None)
+    if plan.pp_schedule in V_SCHEDULES and rmesh.device.type == "cpu" and _torch_older_than(2, 13):
+        # seen on torch 2.11 + gloo: "Pair is not connected" in the first step (benchmarks/results/
+        # equivalence_torch211.json); a guidance error beats a crash of every rank
+        raise PlanError(f"pp_schedule '{plan.pp_schedule}' fails on CPU/gloo with torch {torch.__version__}.",
+                        fix="use interleaved-1f1b or zero-bubble here, or torch >= 2.13.",
+                        reason="schedule unavailable")
     if schedule_class is None:
         raise PlanError(f"pp_schedule '{plan.pp_schedule}' needs {names[plan.pp_schedule]}, which torch "
                         f"{torch.__version__} does not have.", fix="use 1f1b or interleaved-1f1b.",
@@ -246,3 +252,8 @@ def parallelize(spec: ModelSpec, plan: ParallelPlan, rmesh: RuntimeMesh, config:
     if plan.pp > 1:
         model.schedule = build_schedule(parts, stage_ids, num_stages, plan, rmesh, cross_entropy_loss)
     return model
+
+
+def _torch_older_than(major: int, minor: int) -> bool:
+    version = torch.__version__.split("+")[0].split(".")
+    return (int(version[0]), int(version[1])) < (major, minor)
