@@ -1,14 +1,17 @@
-"""Device memory of a training step: model states (exact, per rank) and activations (Korthikanti et al. 2022).
+"""Device memory of a training step: model states (exact, per rank) and activations (per saved tensor).
 
 Model states follow the ZeRO paper (Rajbhandari et al. 2020, Sec. 3.1 and Fig. 1): mixed precision keeps
 2 (bf16/fp16 parameters) + 2 (gradients) + 12 (fp32 master copy, Adam m and v) bytes per parameter; pure fp32
 keeps 4 + 4 + 8. ZeRO stage 1 shards the optimizer state over the data-parallel group, 2 also the gradients,
 3 (FSDP full shard) also the parameters.
 
-Activations per layer per token follow Korthikanti et al. 2022, Sec. 4 and Table 2, generalised from GPT
-(4h GELU MLP, multi-head attention, dropout, unfused softmax) to GQA, SwiGLU, no dropout and flash attention:
-with those four set back to GPT's, `activation_bytes_per_token` reproduces sbh(34 + 5as/h) and its TP, SP,
-selective and full recompute variants exactly (see tests/unit/test_memory_activations.py).
+Activations are enumerated per tensor, as autograd keeps them for backward (`layer_saved_tensors`): norm
+inputs and statistics, matmul inputs, the attention core's Q/K/V/output/log-sum-exp, the MLP's elementwise
+inputs. The enumeration equals, byte for byte, what bastion's runtime layer keeps on CPU (composite RMSNorm,
+tests/unit/test_runtime_memory.py) and what one bf16 layer kept on an H200 (fused RMSNorm, flash SDPA;
+the calibration's `layer` rows, tests/unit/test_memory_activations.py). With GPT's choices (GELU MLP,
+multi-head attention, dropout, unfused softmax) and the norm statistics left out, it reproduces Korthikanti
+et al. 2022 (Sec. 4, Table 2): sbh(34 + 5as/h) and its TP, SP, selective and full recompute variants.
 """
 
 from __future__ import annotations
@@ -198,32 +201,132 @@ def activation_dtype_bytes(precision: str) -> int:
     return 4 if precision == "fp32" else 2
 
 
-def activation_bytes_per_token(model: ModelSpec, seq_len: int, tp: int, sequence_parallel: bool, recompute: str,
-                               precision: str = "bf16", options: PredictOptions = PredictOptions()) -> float:
-    """Bytes one layer keeps for backward per token of a micro-batch (per device, before cp and pipelining).
+#: bytes of one fp32 per-row statistic (norm 1/rms or mean, attention log-sum-exp)
+STAT_BYTES = 4
 
-    Korthikanti et al. 2022, Sec. 4.1, per layer: norms' inputs, QKV input, MLP input (the "replicated" part,
-    split by tp only under sequence parallelism); Q, K, V, the output-projection input and the MLP's
-    intermediate tensors (split by tp); the attention core's s×s scores (only without flash attention).
+
+@dataclass(frozen=True)
+class SavedTensor:
+    """One tensor autograd keeps for backward: bytes per token of a micro-batch, before any parallel split."""
+
+    name: str
+    bytes_per_token: float
+    #: "tp": split by tensor parallelism (per head or per FFN column); "seq": replicated in the TP group unless
+    #: sequence parallelism splits the sequence
+    split: str
+    #: a small per-row statistic (norm 1/rms, mean, log-sum-exp); Korthikanti et al. leave these out
+    statistic: bool = False
+
+
+def norm_saved_tensors(prefix: str, model: ModelSpec, a: int, fused_rmsnorm: bool) -> list[SavedTensor]:
+    """What one norm keeps; its output is kept by the matmuls that read it and is counted there."""
+    h = model.hidden_size
+    if model.bias:  # LayerNorm (the runtime's choice for biased GPT/BLOOM models): one kernel everywhere
+        return [SavedTensor(f"{prefix}.input", a * h, "seq"),
+                SavedTensor(f"{prefix}.mean_rstd", 2 * STAT_BYTES, "seq", statistic=True)]
+    if fused_rmsnorm:
+        return [SavedTensor(f"{prefix}.input", a * h, "seq"),
+                SavedTensor(f"{prefix}.rstd", STAT_BYTES, "seq", statistic=True)]
+    # composite x.float() * rsqrt(mean(x²) + eps), cast back, * weight: pow and the first mul keep the fp32
+    # input, the weight's mul keeps the normalised x in the input dtype
+    return [SavedTensor(f"{prefix}.input_fp32", 4 * h, "seq"),
+            SavedTensor(f"{prefix}.rstd", STAT_BYTES, "seq", statistic=True),
+            SavedTensor(f"{prefix}.normalized", a * h, "seq")]
+
+
+@lru_cache(maxsize=1024)
+def layer_saved_tensors(model: ModelSpec, seq_len: int, recompute: str, precision: str = "bf16",
+                        options: PredictOptions = PredictOptions(), fused_rmsnorm: bool = True
+                        ) -> tuple[SavedTensor, ...]:
+    """Every tensor one transformer layer keeps for backward without full recomputation, per token.
+
+    Per op, as autograd saves them (enumerated on torch 2.13 CPU and matched to the H200's per-layer
+    measurements, see tests/unit/test_memory_activations.py): each norm's input (+ statistics); each matmul's
+    input (the norm outputs once for QKV and once for the MLP, the attention output for `wo`, the MLP's last
+    intermediate for `w2`); the attention core's Q, K, V (after RoPE: multiplying by the constant cos/sin
+    tables keeps only the tables) and, with flash attention, its output and fp32 log-sum-exp per head; the
+    MLP's elementwise inputs. Residual additions keep nothing. The attention output and `wo`'s input are one
+    tensor: flash kernels write it in (batch, seq, heads, dim) order, so the reshape is a view. Without flash
+    attention, softmax keeps its s×s output (and dropout its mask and the dropped copy), which selective
+    recomputation drops (Korthikanti et al. 2022, Sec. 4.2).
     """
     a = activation_dtype_bytes(precision)
     h, f, heads = model.hidden_size, model.ffn_hidden_size, model.num_heads
-    sp_split = tp if sequence_parallel else 1
-    if recompute == "full":
-        return a * h / sp_split  # only each layer's input (Sec. 4.3)
-    # replicated in the TP group unless SP: two norm inputs, the QKV input and the MLP input (4h elements)
-    replicated = 4 * h * a + (2 * h if options.dropout else 0)  # + two 1-byte dropout masks
-    # split by tp: Q, K, V; the output-projection input; the MLP's intermediates
-    mlp = (2 if model.ffn_type == "gelu" else 4) * f  # GELU: fc1 out + GELU out; SwiGLU: x1, x3, silu, product
-    split = a * (model.q_width + 2 * model.kv_width + model.q_width + mlp)
+    q, kv = model.q_width, model.kv_width
+    saved = norm_saved_tensors("attention_norm", model, a, fused_rmsnorm)
+    saved += [SavedTensor("attention.qkv_input", a * h, "seq"),
+              SavedTensor("attention.q", a * q, "tp"), SavedTensor("attention.k", a * kv, "tp"),
+              SavedTensor("attention.v", a * kv, "tp"),
+              SavedTensor("attention.output", a * q, "tp")]  # = the output projection's input
     if options.flash_attention:
-        core = 4 * heads  # fp32 log-sum-exp per query and head
-    elif recompute == "selective":
-        core = 0  # the score matrix is what selective recomputation drops (Sec. 4.2)
+        saved.append(SavedTensor("attention.logsumexp", STAT_BYTES * heads, "tp", statistic=True))
+    elif recompute != "selective":
+        saved.append(SavedTensor("attention.softmax", a * heads * seq_len, "tp"))
+        if options.dropout:
+            saved += [SavedTensor("attention.dropout_mask", heads * seq_len, "tp"),
+                      SavedTensor("attention.dropout_output", a * heads * seq_len, "tp")]
+    if options.dropout:
+        saved.append(SavedTensor("attention.residual_dropout_mask", h, "seq"))
+    saved += norm_saved_tensors("ffn_norm", model, a, fused_rmsnorm)
+    saved.append(SavedTensor("feed_forward.input", a * h, "seq"))
+    if model.ffn_type == "gelu":
+        saved += [SavedTensor("feed_forward.w1_output", a * f, "tp"),
+                  SavedTensor("feed_forward.gelu_output", a * f, "tp")]
     else:
-        # softmax output (a bytes) per score; with dropout also its 1-byte mask and the dropped-out copy
-        core = heads * seq_len * (2 * a + 1 if options.dropout else a)
-    return replicated / sp_split + (split + core) / tp
+        saved += [SavedTensor("feed_forward.w1_output", a * f, "tp"),  # silu's input
+                  SavedTensor("feed_forward.silu_output", a * f, "tp"),
+                  SavedTensor("feed_forward.w3_output", a * f, "tp"),
+                  SavedTensor("feed_forward.w2_input", a * f, "tp")]
+    if options.dropout:
+        saved.append(SavedTensor("feed_forward.residual_dropout_mask", h, "seq"))
+    return tuple(saved)
+
+
+def head_saved_tensors(model: ModelSpec, precision: str = "bf16", fused_rmsnorm: bool = True
+                       ) -> tuple[SavedTensor, ...]:
+    """What the last stage keeps ahead of the logits: the final norm's tensors and the LM head's input.
+
+    The logits and the loss's buffers are counted apart (`stage_memory`'s `logits`)."""
+    a = activation_dtype_bytes(precision)
+    return (*norm_saved_tensors("norm", model, a, fused_rmsnorm),
+            SavedTensor("output.input", a * model.hidden_size, "seq"))
+
+
+def loss_saved_bytes_per_token(model: ModelSpec, tp: int, precision: str = "bf16",
+                               options: PredictOptions = PredictOptions()) -> float:
+    """What the loss keeps for backward per token, vocab-parallel over tp: plain PyTorch's cross-entropy keeps
+    the fp32 log-softmax output; a fused kernel keeps the logits, whose gradient it writes in place."""
+    per_entry = activation_dtype_bytes(precision) if options.fused_cross_entropy else 4
+    return model.vocab_size / tp * per_entry
+
+
+def saved_bytes_per_token(saved: tuple[SavedTensor, ...], tp: int, sequence_parallel: bool,
+                          statistics: bool = True) -> float:
+    """Sum of the saved tensors' bytes per token on one tensor-parallel rank."""
+    sp_split = tp if sequence_parallel else 1
+    return sum(t.bytes_per_token / (tp if t.split == "tp" else sp_split)
+               for t in saved if statistics or not t.statistic)
+
+
+@lru_cache(maxsize=4096)
+def activation_bytes_per_token(model: ModelSpec, seq_len: int, tp: int, sequence_parallel: bool, recompute: str,
+                               precision: str = "bf16", options: PredictOptions = PredictOptions(),
+                               fused_rmsnorm: bool = True) -> float:
+    """Bytes one layer keeps for backward per token of a micro-batch (per device, before cp and pipelining).
+
+    The sum of `layer_saved_tensors`. With GPT's choices (GELU MLP, multi-head attention, dropout, no flash
+    attention) and the norm statistics left out, as Korthikanti et al. 2022 (Sec. 4.1, Table 2) leave out
+    small buffers, this is their sbh(34 + 5as/h) and its TP, SP and selective-recompute variants exactly.
+    Full recomputation keeps only each layer's input (Sec. 4.3).
+    """
+    if recompute == "full":
+        return activation_dtype_bytes(precision) * model.hidden_size / (tp if sequence_parallel else 1)
+    saved = layer_saved_tensors(model, seq_len, recompute, precision, options, fused_rmsnorm)
+    return saved_bytes_per_token(saved, tp, sequence_parallel)
+
+
+def uses_fused_rmsnorm(options: PredictOptions, is_gpu: bool) -> bool:
+    return is_gpu if options.fused_rmsnorm is None else options.fused_rmsnorm
 
 
 @dataclass(frozen=True)
@@ -258,20 +361,24 @@ def stage_memory(model: ModelSpec, plan: ParallelPlan, seq_len: int, stage: int,
     tokens = plan.micro_batch * seq_len / plan.cp  # tokens of one micro-batch on this device
     in_flight = layer_microbatches_in_flight(plan.pp_schedule, plan.pp, plan.vpp, plan.num_microbatches, stage,
                                              model.num_layers)
+    fused_rmsnorm = uses_fused_rmsnorm(options, is_gpu)
     per_token = activation_bytes_per_token(model, seq_len, plan.tp, plan.sequence_parallel, plan.recompute,
-                                           plan.precision, options)
+                                           plan.precision, options, fused_rmsnorm)
     activations = in_flight * tokens * per_token
     if plan.recompute != "none":
         # backward re-materialises one layer's full activations at a time on top of the checkpoints
         activations += tokens * activation_bytes_per_token(model, seq_len, plan.tp, plan.sequence_parallel,
-                                                           "none", plan.precision, options)
+                                                           "none", plan.precision, options, fused_rmsnorm)
     chunks = chunks_of_stage(plan.pp_schedule, plan.pp, plan.vpp, stage)
     logits = 0.0
     if plan.pp * plan.vpp - 1 in chunks:
-        # plain: logits in the compute dtype, their fp32 copy for the loss and the fp32 gradient; fused: the
-        # logits and their gradient written in place; vocab-parallel over tp either way
-        per_entry = a if options.fused_cross_entropy else a + 4 + 4
-        logits = tokens * model.vocab_size / plan.tp * per_entry
+        # the final norm and the LM head's input, once per micro-batch (the head is never checkpointed)
+        activations += tokens * saved_bytes_per_token(head_saved_tensors(model, plan.precision, fused_rmsnorm),
+                                                      plan.tp, plan.sequence_parallel)
+        # plain: besides the saved log-softmax output, the logits in the compute dtype (or their fp32 copy) and
+        # the fp32 gradient at the loss; fused: the logits and their gradient written in place
+        transient = 0.0 if options.fused_cross_entropy else (a + 4) * model.vocab_size / plan.tp
+        logits = tokens * (loss_saved_bytes_per_token(model, plan.tp, plan.precision, options) + transient)
     comm = 0.0
     layer_params = layer_numel(model, plan.tp)
     if plan.dp > 1 and plan.zero_stage == 3:

@@ -20,6 +20,11 @@ class PredictOptions:
     attention_efficiency_cap: float | None = None
     #: the model trains with dropout (GPT-3/Megatron style: masks on attention probabilities and after each block)
     dropout: bool = False
+    #: RMSNorm is one fused kernel that keeps only its input and the fp32 1/rms per token for backward (torch's
+    #: CUDA `_fused_rms_norm`, Apex, Megatron). False: PyTorch's composite path (on CPU in torch 2.13), which also
+    #: keeps the normalised x·(1/rms) and, below fp32, an fp32 copy of the input instead of the input.
+    #: None: fused on GPUs, composite on CPUs. LayerNorm is always one kernel (input, mean, 1/std).
+    fused_rmsnorm: bool | None = None
     #: the loss is a fused (or chunked) cross-entropy kernel that reads the logits once and writes their gradient
     #: in place (Megatron's vocab-parallel loss, flash-attn's xentropy, Liger); False = plain PyTorch: the logits
     #: upcast to fp32, log-softmax saved, a separate gradient tensor (what bastion's own runtime does)
