@@ -282,6 +282,7 @@ def layer_saved_tensors(model: ModelSpec, seq_len: int, recompute: str, precisio
     return tuple(saved)
 
 
+@lru_cache(maxsize=256)
 def head_saved_tensors(model: ModelSpec, precision: str = "bf16", fused_rmsnorm: bool = True
                        ) -> tuple[SavedTensor, ...]:
     """What the last stage keeps ahead of the logits: the final norm's tensors and the LM head's input.
