@@ -69,17 +69,19 @@ def test_tiny_model_state_bytes_equal_the_predictor():
     assert states == {"params": est.memory.params, "grads": est.memory.grads, "optimizer": est.memory.optimizer}
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("name", ["tiny", "small"])
-def test_one_layer_saves_exactly_the_enumerated_tensors(name):
-    # CPU eager: composite RMSNorm (keeps its fp32 input, 1/rms and x·(1/rms)), flash SDPA (q, k, v, output =
-    # wo's input, log-sum-exp), SwiGLU's four ffn-wide tensors
+def test_one_layer_saves_exactly_the_enumerated_tensors(name, precision):
+    # CPU eager: composite RMSNorm (keeps an fp32 copy of its input, 1/rms and the fp32 x·(1/rms)), flash SDPA
+    # (q, k, v, output = wo's input, fp32 log-sum-exp), SwiGLU's four ffn-wide tensors
     spec = load_model(name)
-    model = _materialised(spec)
-    x = torch.randn(2, spec.seq_len, spec.hidden_size, requires_grad=True)
+    dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+    model = _materialised(spec).to(dtype)
+    x = torch.randn(2, spec.seq_len, spec.hidden_size, dtype=dtype, requires_grad=True)
     probe = SavedActivationProbe()
     with probe.hooks():
         model.layers["0"](x, model.rope)
     # the RoPE table is a buffer shared by every layer (cos and sin are constants: the products keep only them)
     saved = probe.activation_bytes([*model.parameters(), model.rope])
-    per_token = activation_bytes_per_token(spec, spec.seq_len, 1, False, "none", "fp32", fused_rmsnorm=False)
+    per_token = activation_bytes_per_token(spec, spec.seq_len, 1, False, "none", precision, fused_rmsnorm=False)
     assert saved == per_token * 2 * spec.seq_len

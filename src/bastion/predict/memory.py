@@ -227,11 +227,11 @@ def norm_saved_tensors(prefix: str, model: ModelSpec, a: int, fused_rmsnorm: boo
     if fused_rmsnorm:
         return [SavedTensor(f"{prefix}.input", a * h, "seq"),
                 SavedTensor(f"{prefix}.rstd", STAT_BYTES, "seq", statistic=True)]
-    # composite x.float() * rsqrt(mean(x²) + eps), cast back, * weight: pow and the first mul keep the fp32
-    # input, the weight's mul keeps the normalised x in the input dtype
+    # composite (x.float() * rsqrt(mean(x²) + eps) * weight) cast back: pow and the first mul keep the fp32
+    # input, the weight's mul the fp32 normalised x (measured on torch 2.13 CPU in fp32 and bf16)
     return [SavedTensor(f"{prefix}.input_fp32", 4 * h, "seq"),
             SavedTensor(f"{prefix}.rstd", STAT_BYTES, "seq", statistic=True),
-            SavedTensor(f"{prefix}.normalized", a * h, "seq")]
+            SavedTensor(f"{prefix}.normalized_fp32", 4 * h, "seq")]
 
 
 @lru_cache(maxsize=1024)

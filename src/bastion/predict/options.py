@@ -21,8 +21,8 @@ class PredictOptions:
     #: the model trains with dropout (GPT-3/Megatron style: masks on attention probabilities and after each block)
     dropout: bool = False
     #: RMSNorm is one fused kernel that keeps only its input and the fp32 1/rms per token for backward (torch's
-    #: CUDA `_fused_rms_norm`, Apex, Megatron). False: PyTorch's composite path (on CPU in torch 2.13), which also
-    #: keeps the normalised x·(1/rms) and, below fp32, an fp32 copy of the input instead of the input.
+    #: CUDA `_fused_rms_norm`, Apex, Megatron). False: PyTorch's composite path (on CPU in torch 2.13), which
+    #: keeps an fp32 copy of the input (the input itself in fp32), the 1/rms and the fp32 normalised x·(1/rms).
     #: None: fused on GPUs, composite on CPUs. LayerNorm is always one kernel (input, mean, 1/std).
     fused_rmsnorm: bool | None = None
     #: the loss is a fused (or chunked) cross-entropy kernel that reads the logits once and writes their gradient
