@@ -17,7 +17,6 @@ lines (job name, output path, partition, time) are checked or reduced to charact
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import shutil
 import subprocess
@@ -34,10 +33,11 @@ from bastion.launch.request import (
     format_time_limit,
     slurm_job_name,
 )
+from bastion.runtime import checkpoint_files
+from bastion.runtime.events import read_records
 
 #: the job's output file inside the run directory (`%j` = job id; appended across requeues)
 OUTPUT_PATTERN = "slurm-%j.out"
-_COMMITTED = re.compile(r"^step-\d+$")
 #: first port of the range the rendezvous port is picked from (by job id, so jobs sharing a host do not collide)
 RDZV_PORT_BASE = 20000
 
@@ -272,32 +272,24 @@ def run_dir_progress(run_dir: Path) -> dict[str, Any]:
     """Where the run stands according to its run directory: last step, events, summary, checkpoints."""
     progress: dict[str, Any] = {"run_dir": str(run_dir), "last_step": None, "events": {}, "summary": None,
                                 "checkpoints": []}
-    metrics = run_dir / "metrics.jsonl"
-    if metrics.exists():
-        for line in metrics.read_text(errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a kill
-            if not isinstance(record, dict):
-                continue
-            if "event" in record:
-                kind = str(record["event"])
-                progress["events"][kind] = progress["events"].get(kind, 0) + 1
-            elif "step" in record:
-                progress["last_step"] = record["step"]
-                progress["last_loss"] = record.get("loss")
+    for record in read_records(run_dir):
+        if not isinstance(record, dict):
+            continue
+        if "event" in record:
+            kind = str(record["event"])
+            progress["events"][kind] = progress["events"].get(kind, 0) + 1
+        elif "step" in record:
+            progress["last_step"] = record["step"]
+            progress["last_loss"] = record.get("loss")
     summary = run_dir / "summary.json"
     if summary.exists():
         try:
             progress["summary"] = json.loads(summary.read_text())
         except json.JSONDecodeError:
             progress["summary"] = None
-    checkpoints = run_dir / "checkpoints"
-    if checkpoints.is_dir():
-        # committed ones only: `step-NNNNNNNN/` with its manifest (temporary and quarantined ones do not count)
-        progress["checkpoints"] = sorted(p.name for p in checkpoints.iterdir()
-                                         if _COMMITTED.match(p.name) and (p / "manifest.json").is_file())
+    # committed ones only (temporary and quarantined ones do not count), with their manifest
+    progress["checkpoints"] = [c.path.name for c in checkpoint_files.committed(run_dir / "checkpoints")
+                               if (c.path / "manifest.json").is_file()]
     return progress
 
 
