@@ -70,17 +70,24 @@ def _ring_latency(cluster: Cluster, g: GroupPlacement) -> float:
     return (intra_steps * net.scale_up_latency_us + inter_steps * net.scale_out_latency_us) * 1e-6
 
 
+def _hierarchical_transfer_time(cluster: Cluster, passes: float, nbytes: float, g: GroupPlacement) -> float:
+    """Bandwidth time of a collective moving `passes` × (n−1)/n of `nbytes` per level: first inside the scale-up
+    domain, then across domains, where each of the `local` ranks carries 1/local of the data on its own NIC
+    (all-reduce = 2 passes: reduce-scatter + all-gather; all-gather or reduce-scatter = 1)."""
+    t = 0.0
+    if g.local > 1:
+        t += _scale_up_time(cluster, passes * (g.local - 1) / g.local * nbytes)
+    if g.domains > 1:
+        t += _scale_out_time(cluster, passes * (g.domains - 1) / g.domains * nbytes / g.local)
+    return t
+
+
 @lru_cache(maxsize=65536)
 def all_reduce_time(cluster: Cluster, nbytes: float, g: GroupPlacement) -> float:
     """Seconds to all-reduce `nbytes` (each rank's buffer) over group g."""
     if g.size <= 1 or nbytes <= 0:
         return 0.0
-    t = 0.0
-    if g.local > 1:
-        t += _scale_up_time(cluster, 2.0 * (g.local - 1) / g.local * nbytes)
-    if g.domains > 1:
-        t += _scale_out_time(cluster, 2.0 * (g.domains - 1) / g.domains * nbytes / g.local)
-    return t + _tree_latency(cluster, g)
+    return _hierarchical_transfer_time(cluster, 2.0, nbytes, g) + _tree_latency(cluster, g)
 
 
 @lru_cache(maxsize=65536)
@@ -88,12 +95,7 @@ def all_gather_time(cluster: Cluster, nbytes: float, g: GroupPlacement) -> float
     """Seconds to all-gather (or reduce-scatter) a buffer of `nbytes` in total (the unsharded size)."""
     if g.size <= 1 or nbytes <= 0:
         return 0.0
-    t = 0.0
-    if g.local > 1:
-        t += _scale_up_time(cluster, (g.local - 1) / g.local * nbytes)
-    if g.domains > 1:
-        t += _scale_out_time(cluster, (g.domains - 1) / g.domains * nbytes / g.local)
-    return t + _ring_latency(cluster, g)
+    return _hierarchical_transfer_time(cluster, 1.0, nbytes, g) + _ring_latency(cluster, g)
 
 
 reduce_scatter_time = all_gather_time
