@@ -25,14 +25,9 @@ app = typer.Typer(
 )
 
 # Registration order is the order in `--help`.
-from bastion.commands import catalog, predict_cmds  # noqa: E402,F401
-
-for _optional in ("plan_cmds", "train_cmds", "launch_cmds", "cost_cmds", "demo_cmds"):
-    try:
-        __import__(f"bastion.commands.{_optional}")
-    except ModuleNotFoundError as _exc:  # a command family not built yet must not break the others
-        if _exc.name != f"bastion.commands.{_optional}":
-            raise
+from bastion.commands import (  # noqa: E402,F401,I001
+    catalog, predict_cmds, plan_cmds, train_cmds, launch_cmds, cost_cmds, demo_cmds,
+)
 
 
 def report_error(exc: BastionError) -> None:
