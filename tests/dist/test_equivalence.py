@@ -40,6 +40,10 @@ WORLD2 = {
     "tp2-selective-recompute": dict(tp=2, sequence_parallel=True, recompute="selective", micro_batch=4,
                                     global_batch=8, **FP32),
 }
+#: tiny's 4 layers on 3 stages: the embedding and the LM head take a layer's slot each (1 + 2 + 1 layers)
+WORLD3 = {
+    "pp3-1f1b-uneven": dict(pp=3, pp_schedule="1f1b", micro_batch=2, global_batch=8, **FP32),
+}
 WORLD8 = {
     "pp2-dp2-tp2": dict(pp=2, dp=2, tp=2, sequence_parallel=True, zero_stage=3, pp_schedule="1f1b",
                         micro_batch=1, global_batch=8, **FP32),
@@ -91,6 +95,10 @@ def test_data_parallel_and_tensor_parallel_on_4_processes(tmp_path, token_data, 
 
 def test_every_pipeline_schedule_on_2_processes(tmp_path, token_data, reference):
     _check_group(run_cases(tmp_path, token_data, 2, WORLD2), reference)
+
+
+def test_uneven_pipeline_split_on_3_processes(tmp_path, token_data, reference):
+    _check_group(run_cases(tmp_path, token_data, 3, WORLD3), reference)
 
 
 def test_pp2_dp2_tp2_on_8_processes(tmp_path, token_data, reference):

@@ -117,17 +117,17 @@ def test_the_norm_kernel_follows_the_device_unless_the_options_say() -> None:
 
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_1f1b_stage_i_holds_p_minus_i_microbatches(stage: int) -> None:
-    assert layer_microbatches_in_flight("1f1b", 4, 1, 16, stage, 32) == (4 - stage) * 8
+    assert layer_microbatches_in_flight("1f1b", 4, 1, 16, stage, 8) == (4 - stage) * 8
 
 
 def test_gpipe_holds_every_microbatch_and_few_microbatches_cap_1f1b() -> None:
-    assert layer_microbatches_in_flight("gpipe", 4, 1, 16, 3, 32) == 16 * 8
-    assert layer_microbatches_in_flight("1f1b", 8, 1, 2, 0, 32) == 2 * 4
+    assert layer_microbatches_in_flight("gpipe", 4, 1, 16, 3, 8) == 16 * 8
+    assert layer_microbatches_in_flight("1f1b", 8, 1, 2, 0, 4) == 2 * 4
 
 
 def test_interleaved_adds_chunks_on_the_first_stage() -> None:
     # Megatron: warm-up (p - 1)·2 + (v - 1)·p chunk-microbatches + 1, each of L/(p·v) layers
-    assert layer_microbatches_in_flight("interleaved-1f1b", 4, 2, 16, 0, 32) == (6 + 4 + 1) * 4
+    assert layer_microbatches_in_flight("interleaved-1f1b", 4, 2, 16, 0, 8) == (6 + 4 + 1) * 4
     # Korthikanti Sec. 4.2.3: interleaving costs a factor (1 + (p-1)/(p·v)) on stage 0 against L layers' worth
     assert pytest.approx(1 + 3 / 8, rel=0.01) == (6 + 4 + 1) * 4 / 32
 

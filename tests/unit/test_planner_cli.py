@@ -85,17 +85,12 @@ def test_gpu_range_searches_every_listed_size() -> None:
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout)
 
-    from bastion.planner.space import SearchSpace, enumerate_space
-    from bastion.specs import load_cluster, load_model
-
-    ranged, singles = run("2..4"), [run(n) for n in ("2", "4")]
-    # 3 devices: no valid plan for tiny (an error on its own), but its plans are counted in the range
-    three = enumerate_space(load_model("tiny"), load_cluster("cpu:3"), 8, 64, SearchSpace())
-    assert not three.leaves
-    assert bastion("plan", "-m", "tiny", "-c", "cpu:4", "-b", "8", "--gpus", "3").returncode == 2
-    assert ranged["evaluated"] == sum(s["evaluated"] for s in singles) + three.total
+    ranged, singles = run("2..4"), [run(n) for n in ("2", "3", "4")]
+    assert ranged["evaluated"] == sum(s["evaluated"] for s in singles)
     assert ranged["feasible"] == sum(s["feasible"] for s in singles)
+    # 3 devices run tiny's 4 layers as pp 3: the embedding and the head take a layer's slot each
+    assert {p["plan"]["pp"] for p in singles[1]["plans"]} == {3}
     sizes = {p["plan"]["dp"] * p["plan"]["tp"] * p["plan"]["pp"] * p["plan"]["cp"] for p in ranged["plans"]}
-    assert sizes == {2, 4}
+    assert sizes <= {2, 3, 4} and 4 in sizes
     best = max(p["tokens_per_s"] for s in singles for p in s["plans"])
     assert ranged["plans"][0]["tokens_per_s"] == pytest.approx(best)

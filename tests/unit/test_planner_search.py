@@ -15,7 +15,8 @@ import pytest
 from bastion.errors import ConfigError, PlanError
 from bastion.planner.search import PlanRequest, search
 from bastion.planner.space import SearchSpace, enumerate_space, factorisations, gpu_counts_between
-from bastion.specs import ParallelPlan, load_cluster
+from bastion.predict import estimate
+from bastion.specs import ParallelPlan, load_cluster, load_model
 from bastion.specs.model import ModelSpec
 from bastion.specs.plan import PP_SCHEDULES, RECOMPUTE_MODES
 
@@ -137,6 +138,58 @@ def test_pruning_changes_nothing_but_the_work() -> None:
     assert [p.plan for p in pruned.plans] == [p.plan for p in full.plans]
     assert (pruned.feasible, pruned.evaluated, pruned.rejected) == (full.feasible, full.evaluated, full.rejected)
     assert pruned.predicted < full.predicted, "the bound must actually skip predictions in this case"
+
+
+def test_step_time_bound_changes_nothing_but_the_work() -> None:
+    """With the real predictor: the time bound settles most plans unpredicted, and the answer (top K, runner-up,
+    the best plan with other degrees) is the exhaustive search's; the census still adds up."""
+    from bastion.planner.search import BOUNDED_OUT, OUT_OF_MEMORY
+
+    req = PlanRequest(model=load_model("llama2-7b"), cluster=load_cluster("h100-sxm:16"), global_batch=64,
+                      seq_len=4096, top_k=5, workers=1)
+    pruned, full = search(req), search(replace(req, prune=False))
+    assert [p.plan for p in pruned.plans] == [p.plan for p in full.plans]
+    assert [p.step_time_s for p in pruned.plans] == [p.step_time_s for p in full.plans]
+    assert pruned.runner_up.plan == full.runner_up.plan
+    assert pruned.alternative.plan == full.alternative.plan
+    assert pruned.predicted * 4 < full.predicted, "the bound must actually skip most predictions here"
+    assert BOUNDED_OUT not in full.rejected and pruned.rejected[BOUNDED_OUT] > 0
+    assert pruned.evaluated == full.evaluated == pruned.feasible + sum(pruned.rejected.values())
+    # what the bound settled is, in the exhaustive run, either feasible-but-slower or out of memory
+    assert (pruned.feasible + pruned.rejected[BOUNDED_OUT] + pruned.rejected[OUT_OF_MEMORY]
+            == full.feasible + full.rejected[OUT_OF_MEMORY])
+    slowest_shown = max(p.step_time_s for p in pruned.plans + [pruned.alternative])
+    for cluster, plan in _some_bounded_plans(req, pruned):
+        assert estimate(req.model, cluster, plan, req.seq_len).step_time_s > slowest_shown
+
+
+def test_step_time_floor_is_below_every_zero_stage_and_recompute_mode() -> None:
+    from bastion.predict.estimate import step_time_lower_bound
+
+    model, cluster = load_model("llama3-8b"), load_cluster("h100-sxm:32")
+    enum = enumerate_space(model, cluster, 128, 8192, SearchSpace())
+    checked = 0
+    for leaf in enum.leaves[::23]:
+        floor = step_time_lower_bound(model, cluster, leaf.plan(128), 8192)
+        for zero in leaf.zero_stages:
+            for recompute in RECOMPUTE_MODES:
+                step = estimate(model, cluster, leaf.plan(128, zero, recompute), 8192).step_time_s
+                assert floor <= step, (leaf, zero, recompute)
+                checked += 1
+    assert checked > 500
+
+
+def _some_bounded_plans(req: PlanRequest, result) -> list:
+    """A few plans of the space that the bounded search did not predict (by re-deriving the floors)."""
+    from bastion.planner.space import enumerate_space
+    from bastion.predict.estimate import step_time_lower_bound
+
+    threshold = max(p.step_time_s for p in result.plans + [result.alternative])
+    enum = enumerate_space(req.model, req.cluster, req.global_batch, req.seq_len, req.space)
+    bounded = [leaf for leaf in enum.leaves
+               if step_time_lower_bound(req.model, req.cluster, leaf.plan(req.global_batch), req.seq_len) > threshold]
+    assert bounded
+    return [(req.cluster, leaf.plan(req.global_batch, leaf.zero_stages[-1], "full")) for leaf in bounded[::97]]
 
 
 def test_census_adds_up_and_counts_whole_subtrees() -> None:

@@ -152,3 +152,37 @@ def test_help_does_not_import_torch() -> None:
     code = "import sys\nfrom bastion.cli import app\nprint('torch' in sys.modules, 'matplotlib' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "False False"
+
+
+@pytest.mark.parametrize(
+    ("layers", "chunks", "counts"),
+    [
+        (32, 4, (8, 8, 8, 8)),                  # even split
+        (126, 16, (7,) + (8,) * 14 + (7,)),     # Llama 3 405B: one layer fewer on the first and last stage
+        (70, 12, (5,) + (6,) * 10 + (5,)),      # BLOOM 176B (embedding and head partitioned as layers)
+        (4, 3, (1, 2, 1)),
+        (4, 6, None),                            # a chunk would hold only the embedding
+        (32, 5, None),
+        (32, 1, (32,)),
+    ],
+)
+def test_pipeline_chunks_split_evenly_or_give_the_ends_a_layer_less(layers, chunks, counts) -> None:
+    from bastion.specs.plan import chunk_layer_counts
+
+    assert chunk_layer_counts(layers, chunks) == counts
+    if counts is not None:
+        assert sum(counts) == layers
+
+
+def test_llama3_405b_published_pipeline_is_valid_and_predicted_per_stage() -> None:
+    from bastion.predict import estimate
+
+    model, cluster = load_model("llama3-405b"), load_cluster("h100-sxm:16384")
+    plan = ParallelPlan(dp=128, tp=8, pp=16, global_batch=2048, pp_schedule="1f1b", recompute="selective",
+                        sequence_parallel=True, zero_stage=1)
+    est = estimate(model, cluster, plan, seq_len=8192)
+    first, middle, last = est.memory_by_stage[0], est.memory_by_stage[1], est.memory_by_stage[-1]
+    # 7 layers + embedding on the first stage, 8 layers in the middle: fewer layer parameters, more table
+    assert first.params != middle.params and last.params != middle.params
+    per_layer = (middle.params - 0) / 8
+    assert first.params == pytest.approx(7 * per_layer + 128_256 * 16_384 // 8 * 2, rel=1e-6)

@@ -24,8 +24,9 @@ from bastion.predict.validate import (
 )
 
 ROWS = read_cases(PUBLIC_CASES)
-#: rows whose published plan bastion cannot express, and why (ParallelPlan needs equal layers per stage)
-INEXPRESSIBLE = {"R0040": "70 layers cannot be split evenly into pp × vpp = 12 × 1"}
+#: rows whose published plan bastion cannot express, and why. Empty since R0040 (BLOOM, 70 layers on 12 stages,
+#: the embedding and the head each in a layer's slot) became expressible.
+INEXPRESSIBLE: dict[str, str] = {}
 #: published plans the predictor says do not fit, though they ran. R0014 (530B, DeepSpeed ZeRO-3, mb 4 on 640
 #: A100-80GB): 86.7 GiB predicted, of which 28 GiB are ZeRO-3 buffers for two whole gathered layers + one
 #: unsharded layer gradient (3 × 2 B × 5.0e9 parameters); DeepSpeed gathers per sub-module (bounded by

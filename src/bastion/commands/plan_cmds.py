@@ -145,7 +145,7 @@ def print_result(result: Any, saved: Path | None) -> None:
                       soft_wrap=True)
     census = ", ".join(f"{n:,} {r}" for r, n in result.rejected.most_common()) or "none"
     console.print(f"[bold]searched[/] {result.evaluated:,} plans in {result.seconds:.2f} s "
-                  f"({result.predicted:,} predicted, the rest settled by rules and the memory bound): "
-                  f"{result.feasible:,} fit; rejected: {census}.", soft_wrap=True)
+                  f"({result.predicted:,} predicted, the rest settled by rules and provable memory and step-time "
+                  f"bounds): {result.feasible:,} of the predicted fit; rejected: {census}.", soft_wrap=True)
     if saved is not None:
         console.print(f"[bold]saved[/] the winner to {saved}  (run it: bastion train --plan {saved} ...)")

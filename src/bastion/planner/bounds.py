@@ -42,16 +42,32 @@ class StateLowerBound:
         self.cluster = cluster
         self._state_bytes = state_bytes or _default_state_bytes()
         self._cache: dict[tuple, float] = {}
+        # the predictor's model states depend on a rank only through its role (first, middle, last): one rank
+        # per role is enough; any other state_bytes function is asked about every rank
+        self._stages = _representative_stages(model) if state_bytes is None else _every_stage
 
     def state_bytes(self, leaf: Leaf, global_batch: int, zero_stage: int) -> float:
         key = (leaf.dp, leaf.tp, leaf.pp, leaf.cp, leaf.ep, leaf.pp_schedule, leaf.vpp, leaf.precision, zero_stage)
         cached = self._cache.get(key)
         if cached is None:
             plan = leaf.plan(global_batch, zero_stage)
-            cached = max(_state_total(self._state_bytes(self.model, plan, stage)) for stage in range(leaf.pp))
+            cached = max(_state_total(self._state_bytes(self.model, plan, stage)) for stage in self._stages(plan))
             self._cache[key] = cached
         return cached
 
 
 def _state_total(parts: dict[str, float]) -> float:
     return float(parts["params"]) + float(parts["grads"]) + float(parts["optimizer"])
+
+
+def _every_stage(plan: ParallelPlan) -> range:
+    return range(plan.pp)
+
+
+def _representative_stages(model: ModelSpec) -> Callable[[ParallelPlan], tuple[int, ...]]:
+    from bastion.predict.schedule import representative_stages
+
+    def stages(plan: ParallelPlan) -> tuple[int, ...]:
+        return representative_stages(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp)
+
+    return stages

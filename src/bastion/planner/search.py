@@ -12,6 +12,8 @@ Pruning never changes the answer (tests compare against `prune=False`), only how
 
 from __future__ import annotations
 
+import bisect
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -20,9 +22,9 @@ from typing import Any
 
 from bastion.errors import ConfigError, PlanError
 from bastion.planner.bounds import StateBytesFn, StateLowerBound
-from bastion.planner.objectives import get_objective
+from bastion.planner.objectives import Objective, get_objective
 from bastion.planner.parallel import predict_all
-from bastion.planner.space import Enumeration, SearchSpace, enumerate_space
+from bastion.planner.space import Enumeration, Leaf, SearchSpace, enumerate_space
 from bastion.specs.hardware import Cluster
 from bastion.specs.model import ModelSpec
 from bastion.specs.plan import ParallelPlan
@@ -30,6 +32,12 @@ from bastion.specs.plan import ParallelPlan
 OUT_OF_MEMORY = "out of memory"
 
 EstimateFn = Callable[[ModelSpec, Cluster, ParallelPlan, int], Any]
+TimeBoundFn = Callable[[ModelSpec, Cluster, ParallelPlan, int], float]
+
+#: plans settled by the step-time bound: provably slower than every plan the answer shows
+BOUNDED_OUT = "slower than the plans shown (step-time bound)"
+#: plans predicted in the first round under the time bound; each later round doubles
+FIRST_CHUNK = 1024
 
 
 @dataclass(frozen=True)
@@ -144,31 +152,44 @@ def default_estimate() -> EstimateFn:
     from bastion.predict import estimate
 
     def call(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int) -> Any:
-        return estimate(model, cluster, plan, seq_len)
+        # one rank per pipeline role is enough for every figure the planner shows (no per-rank memory list)
+        return estimate(model, cluster, plan, seq_len, detail=False)
 
     return call
 
 
+def default_time_bound() -> TimeBoundFn:
+    """The predictor's step-time lower bound (valid for a plan and all its ZeRO stages and recompute modes)."""
+    from bastion.predict.estimate import step_time_lower_bound
+
+    return step_time_lower_bound
+
+
 def search(request: PlanRequest, estimate: EstimateFn | None = None,
-           state_bytes: StateBytesFn | None = None) -> SearchResult:
+           state_bytes: StateBytesFn | None = None, time_bound: TimeBoundFn | None = None) -> SearchResult:
     """Evaluate every plan in the request's space and return the best `top_k`.
 
     `estimate` and `state_bytes` default to the predictor's `estimate` and `memory.model_state_bytes`; tests
-    pass others to check the search itself against brute force.
+    pass others to check the search itself against brute force. `time_bound` (a step time no plan of a leaf
+    can beat) defaults to the predictor's when `estimate` does; it is only used for the throughput objective.
     """
     started = time.perf_counter()
-    estimate = estimate or default_estimate()
+    if estimate is None:
+        estimate, time_bound = default_estimate(), time_bound or default_time_bound()
     objective = get_objective(request.objective)
     model, seq_len, batch = request.model, request.seq_len, request.global_batch
     space = request.space
     recomputes = space.allowed("recompute", space.recompute)
+    by_time = request.prune and time_bound is not None and objective.name == "throughput"
 
     rejected: Counter[str] = Counter()
     fixes: dict[str, str] = {}
     enumerations: list[Enumeration] = []
     evaluated = 0
     # 1-2. enumerate every GPU count and drop the groups the memory bound settles
-    jobs: list[tuple[Cluster, ParallelPlan]] = []
+    # a job is (cluster, leaf, zero stage, recompute); its ParallelPlan is built only if it is predicted
+    jobs: list[tuple[Cluster, Leaf, int, str]] = []
+    floors: list[float] = []  # per job: the step time it cannot beat (0 when not bounding by time)
     for count in request.counts:
         cluster = _resize(request.cluster, count)
         enum = enumerate_space(model, cluster, batch, seq_len, space)
@@ -179,40 +200,79 @@ def search(request: PlanRequest, estimate: EstimateFn | None = None,
         bound = StateLowerBound(model, cluster, state_bytes) if request.prune else None
         capacity = cluster.accelerator.hbm_bytes
         for leaf in enum.leaves:
+            floor = None
             for zero in leaf.zero_stages:
                 if bound is not None and bound.state_bytes(leaf, batch, zero) > capacity:
                     rejected[OUT_OF_MEMORY] += len(recomputes)
                     continue
-                jobs.extend((cluster, leaf.plan(batch, zero, recompute)) for recompute in recomputes)
+                if floor is None:
+                    floor = time_bound(model, cluster, leaf.plan(batch), seq_len) if by_time else 0.0
+                jobs.extend((cluster, leaf, zero, recompute) for recompute in recomputes)
+                floors.extend([floor] * len(recomputes))
 
-    # 3. predict the survivors (in worker processes when there are many), then rank
-    outcomes = predict_all(estimate, model, seq_len, jobs, request.workers)
+    # 3. predict the survivors (in worker processes when there are many), then rank. Under the time bound,
+    # plans are predicted in order of their floor, and once the top K (and the best plan with other degrees,
+    # which the report explains) are known, every plan whose floor is slower than all of them is settled
+    # unpredicted: it cannot enter the answer.
+    order = sorted(range(len(jobs)), key=lambda i: (floors[i], i)) if by_time else list(range(len(jobs)))
+    keep = max(request.top_k, 2)
     ranked: list[RankedPlan] = []
     leanest: tuple[float, ParallelPlan] | None = None
-    for (cluster, plan), outcome in zip(jobs, outcomes, strict=True):
-        if isinstance(outcome, PlanError):
-            rejected[outcome.reason] += 1
-            fixes.setdefault(outcome.reason, outcome.fix or outcome.problem)
-            continue
-        fits, step, tokens_per_s, mfu, total = outcome
-        if not fits:
-            rejected[OUT_OF_MEMORY] += 1
-            if leanest is None or total < leanest[0]:
-                leanest = (total, plan)
-            continue
-        ranked.append(RankedPlan(plan=plan, num_gpus=cluster.num_gpus, step_time_s=step, tokens_per_s=tokens_per_s,
-                                 mfu=mfu, memory_bytes=total, estimate=None, order=len(ranked)))
+    done, chunk, predicted = 0, FIRST_CHUNK, 0
+    threshold = math.inf
+    while done < len(order):
+        end = min(len(order), done + chunk) if by_time else len(order)
+        end = bisect.bisect_right(order, threshold, lo=done, hi=end, key=lambda i: floors[i])
+        if end == done:
+            break
+        batch_jobs = [(c, leaf.plan(batch, zero, recompute)) for c, leaf, zero, recompute in
+                      (jobs[i] for i in order[done:end])]
+        outcomes = predict_all(estimate, model, seq_len, batch_jobs, request.workers)
+        predicted += len(batch_jobs)
+        for index, (cluster, plan), outcome in zip(order[done:end], batch_jobs, outcomes, strict=True):
+            if isinstance(outcome, PlanError):
+                rejected[outcome.reason] += 1
+                fixes.setdefault(outcome.reason, outcome.fix or outcome.problem)
+                continue
+            fits, step, tokens_per_s, mfu, total = outcome
+            if not fits:
+                rejected[OUT_OF_MEMORY] += 1
+                if leanest is None or total < leanest[0]:
+                    leanest = (total, plan)
+                continue
+            ranked.append(RankedPlan(plan=plan, num_gpus=cluster.num_gpus, step_time_s=step,
+                                     tokens_per_s=tokens_per_s, mfu=mfu, memory_bytes=total, estimate=None,
+                                     order=index))
+        done, chunk = end, chunk * 2
+        if by_time:
+            threshold = _time_threshold(ranked, objective, keep)
+    if done < len(order):
+        rejected[BOUNDED_OUT] += len(order) - done
     ranked.sort(key=objective.key)
     # the few plans shown get their full Estimate (breakdowns) from one more, exact, prediction
-    kept = [_with_estimate(p, estimate, model, request.cluster, seq_len) for p in ranked[:max(request.top_k, 2)]]
+    kept = [_with_estimate(p, estimate, model, request.cluster, seq_len) for p in ranked[:keep]]
     alternative = None
     if ranked:
         other = next((p for p in ranked if _degrees(p.plan) != _degrees(ranked[0].plan)), None)
         alternative = other and _with_estimate(other, estimate, model, request.cluster, seq_len)
-    return SearchResult(request=request, evaluated=evaluated, predicted=len(jobs), feasible=len(ranked),
+    return SearchResult(request=request, evaluated=evaluated, predicted=predicted, feasible=len(ranked),
                         rejected=rejected, fixes=fixes, plans=kept[:request.top_k],
                         runner_up=kept[1] if len(kept) > 1 else None, alternative=alternative,
                         seconds=time.perf_counter() - started, enumerations=enumerations, leanest_oom=leanest)
+
+
+def _time_threshold(ranked: list[RankedPlan], objective: Objective, keep: int) -> float:
+    """The slowest step among the plans the answer needs: the K best, and the best with other degrees than the
+    winner. A plan whose floor is slower than this can be neither (also if the winner changes later: the old
+    winner or the old alternative then has other degrees than the new one and is faster still)."""
+    if len(ranked) < keep:
+        return math.inf
+    ranked.sort(key=objective.key)
+    winner = _degrees(ranked[0].plan)
+    other = next((p for p in ranked if _degrees(p.plan) != winner), None)
+    if other is None:
+        return math.inf
+    return max(ranked[keep - 1].step_time_s, other.step_time_s)
 
 
 def _degrees(plan: ParallelPlan) -> tuple[int, int, int, int, int]:

@@ -20,7 +20,7 @@ from typing import Any
 from bastion.errors import ConfigError, PlanError
 from bastion.specs.hardware import Cluster
 from bastion.specs.model import ModelSpec
-from bastion.specs.plan import PP_SCHEDULES, RECOMPUTE_MODES, V_SCHEDULES, ParallelPlan
+from bastion.specs.plan import PP_SCHEDULES, RECOMPUTE_MODES, V_SCHEDULES, ParallelPlan, chunk_layer_counts
 
 #: plan fields a user may pin with `--fix FIELD=VALUE`
 PINNABLE = ("dp", "tp", "pp", "cp", "ep", "zero_stage", "micro_batch", "pp_schedule", "vpp", "recompute",
@@ -118,9 +118,9 @@ def schedule_options(pp: int, num_layers: int, space: SearchSpace) -> list[tuple
         options = []
         for name in space.schedules:
             if name == "interleaved-1f1b":
-                per_stage = max(1, num_layers // pp)
-                options += [(name, v) for v in divisors(per_stage) if v >= 2]
-                if per_stage < 2 or num_layers % pp:
+                vpps = [v for v in range(2, num_layers // pp + 2) if chunk_layer_counts(num_layers, pp * v)]
+                options += [(name, v) for v in vpps]
+                if not vpps:
                     options.append((name, 2))  # listed so that the census names why it cannot run
             elif name in V_SCHEDULES:
                 options.append((name, 2))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from bastion.predict import comm, compute, flops, schedule
 from bastion.predict.calibration import load_calibration
@@ -22,7 +22,6 @@ from bastion.predict.memory import (
     MemoryBreakdown,
     activation_dtype_bytes,
     layer_numel,
-    stage_layer_count,
     stage_memory,
     stage_states,
     state_bytes_per_param,
@@ -31,6 +30,8 @@ from bastion.predict.options import PredictOptions
 from bastion.specs.hardware import Cluster
 from bastion.specs.model import ModelSpec
 from bastion.specs.plan import ParallelPlan
+
+DEFAULT_OPTIONS = PredictOptions()
 
 MFU_CONVENTION = ("MFU = PaLM model FLOPs (6·N_matmul + 12·L·h·s per token, no recompute) / (step time × devices "
                   "× dense peak of the plan's precision); HFU adds the recomputed forward passes")
@@ -111,7 +112,7 @@ class _StageTime:
                 + self.fsdp_exposed)
 
 
-def _layer_gemm_shapes(model: ModelSpec, plan: ParallelPlan, tokens: int) -> tuple[tuple[int, int, int], ...]:
+def _layer_gemm_shapes(model: ModelSpec, plan: ParallelPlan | _StageKey, tokens: int) -> tuple[tuple[int, int, int], ...]:
     """(m, k, n) of one layer's forward GEMMs on one tensor-parallel rank."""
     tp = plan.tp
     h, q, kv, f = model.hidden_size, model.q_width, model.kv_width, model.ffn_hidden_size
@@ -126,12 +127,12 @@ def _layer_gemm_shapes(model: ModelSpec, plan: ParallelPlan, tokens: int) -> tup
             (tokens_mlp, f // tp, h))                                     # fc2
 
 
-def _layer_gemm_fwd_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, tokens: int) -> float:
+def _layer_gemm_fwd_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan | _StageKey, tokens: int) -> float:
     acc, p = cluster.accelerator, plan.precision
     return sum(compute.gemm_time(acc, p, m, k, n) for m, k, n in _layer_gemm_shapes(model, plan, tokens))
 
 
-def _layer_fp8_cast_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, tokens: int) -> float:
+def _layer_fp8_cast_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan | _StageKey, tokens: int) -> float:
     """Forward + backward seconds of casting one layer's GEMM operands to fp8 (zero unless the plan is fp8)."""
     if plan.precision != "fp8":
         return 0.0
@@ -139,7 +140,7 @@ def _layer_fp8_cast_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan,
         compute.fp8_cast_bytes(m, k, n) for m, k, n in _layer_gemm_shapes(model, plan, tokens)))
 
 
-def attention_times(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int,
+def attention_times(model: ModelSpec, cluster: Cluster, plan: ParallelPlan | _StageKey, seq_len: int,
                      options: PredictOptions) -> tuple[float, float]:
     """(forward, forward+backward) seconds of the attention core of one layer for one micro-batch."""
     acc, b = cluster.accelerator, plan.micro_batch
@@ -162,13 +163,47 @@ def attention_times(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_
     return fwd, 3 * bmm + softmax
 
 
-@lru_cache(maxsize=8192)
+class _StageKey(NamedTuple):
+    """The plan fields a rank's per-micro-batch time depends on (not the schedule, vpp or global batch): the
+    planner's many schedules and batch splits of one configuration share one cached stage time."""
+
+    dp: int
+    tp: int
+    cp: int
+    zero_stage: int
+    micro_batch: int
+    recompute: str
+    sequence_parallel: bool
+    precision: str
+
+
 def _stage_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int, layers: int,
                 has_first: bool, has_last: bool, options: PredictOptions) -> _StageTime:
+    # only ZeRO-3 (parameter gathering) makes a rank's time depend on dp or the ZeRO stage
+    zero3 = plan.zero_stage == 3 and plan.dp > 1
+    key = _StageKey(plan.dp if zero3 else 1, plan.tp, plan.cp, 3 if zero3 else 0, plan.micro_batch,
+                    plan.recompute, plan.sequence_parallel, plan.precision)
+    return _stage_time_of(model, cluster, key, seq_len, layers, has_first, has_last, options)
+
+
+class _LayerCosts(NamedTuple):
+    """Per micro-batch seconds of one layer on one rank."""
+
+    gemm_fwd: float
+    attn_fwd: float
+    compute: float  # forward + backward GEMMs and attention
+    recompute: float
+    membound: float
+    tp: float
+    cp: float
+
+
+@lru_cache(maxsize=16384)
+def _layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: int,
+                 options: PredictOptions) -> _LayerCosts:
     acc = cluster.accelerator
     tokens = plan.micro_batch * seq_len // plan.cp
     a = activation_dtype_bytes(plan.precision)
-
     gemm_fwd = _layer_gemm_fwd_time(model, cluster, plan, tokens)
     attn_fwd, attn_fwdbwd = attention_times(model, cluster, plan, seq_len, options)
     layer_compute = 3 * gemm_fwd + attn_fwdbwd
@@ -203,6 +238,17 @@ def _stage_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len:
         layer_cp = max(0.0, fwd_comm - attn_fwd) + max(0.0, bwd_comm - (attn_fwdbwd - attn_fwd))
         if plan.recompute == "full":
             layer_cp += max(0.0, fwd_comm - attn_fwd)
+
+    return _LayerCosts(gemm_fwd, attn_fwd, layer_compute, layer_recompute, layer_membound, layer_tp, layer_cp)
+
+
+@lru_cache(maxsize=65536)
+def _stage_time_of(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: int, layers: int,
+                   has_first: bool, has_last: bool, options: PredictOptions) -> _StageTime:
+    acc = cluster.accelerator
+    tokens = plan.micro_batch * seq_len // plan.cp
+    gemm_fwd, attn_fwd, layer_compute, layer_recompute, layer_membound, layer_tp, layer_cp = _layer_costs(
+        model, cluster, plan._replace(dp=1, zero_stage=0), seq_len, options)
 
     compute_t = layers * layer_compute
     recompute_t = layers * layer_recompute
@@ -248,21 +294,34 @@ def _stage_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len:
                       backward=backward_t)
 
 
-def _stage_roles(model: ModelSpec, plan: ParallelPlan) -> list[tuple[int, bool, bool]]:
-    """(layers, holds the embedding, holds the LM head) for every pipeline rank."""
-    last_chunk = plan.pp * plan.vpp - 1
-    roles = []
-    for stage in range(plan.pp):
-        chunks = schedule.chunks_of_stage(plan.pp_schedule, plan.pp, plan.vpp, stage)
-        roles.append((stage_layer_count(model, plan, stage), 0 in chunks, last_chunk in chunks))
-    return roles
+def step_time_lower_bound(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int | None = None,
+                          options: PredictOptions | None = None) -> float:
+    """A bound `estimate(...).step_time_s` can never go below, for `plan` and every plan that differs from it
+    only in zero_stage or recompute (the planner prunes with it; pruned == unpruned is tested).
+
+    Why it holds: with no recompute and no ZeRO-3 a rank's per-micro-batch time has the least of every term
+    (recompute adds a forward, full recompute more memory-bound and TP work, ZeRO-3 exposed gathers), and the
+    step is m times the slowest rank's time, plus the bubble proportional to it, plus terms that are never
+    negative."""
+    options = options or DEFAULT_OPTIONS
+    s = seq_len or model.seq_len
+    if s != model.seq_len:
+        model = model.with_seq_len(s)
+    key = _StageKey(1, plan.tp, plan.cp, 0, plan.micro_batch, "none", plan.sequence_parallel, plan.precision)
+    roles = schedule.stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp)
+    slowest = max(_stage_time_of(model, cluster, key, s, *roles[i], options).total
+                  for i in schedule.representative_stages(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp))
+    m = plan.num_microbatches
+    bubble = schedule.bubble_fraction(plan.pp_schedule, plan.pp, plan.vpp, m) * m * slowest
+    return (m * slowest + bubble) * (1 - 1e-12)  # the margin absorbs rounding in a differently ordered sum
 
 
 def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int | None = None,
-             options: PredictOptions | None = None) -> Estimate:
+             options: PredictOptions | None = None, detail: bool = True) -> Estimate:
     """Predict memory per device and time per optimizer step. Raises PlanError for an inconsistent plan;
-    a plan that does not fit in memory is returned with `fits = False`."""
-    options = options or PredictOptions()
+    a plan that does not fit in memory is returned with `fits = False`. With `detail=False` (the planner's
+    bulk calls) `memory_by_stage` lists only one rank per role; every other figure is the same."""
+    options = options or DEFAULT_OPTIONS
     s = seq_len or model.seq_len
     if s != model.seq_len:
         model = model.with_seq_len(s)  # learned position tables are sized by the sequence length
@@ -271,12 +330,14 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     m = plan.num_microbatches
     is_gpu = not compute.is_cpu(acc)
 
-    memory_by_stage = [stage_memory(model, plan, s, i, is_gpu, options) for i in range(plan.pp)]
+    roles = schedule.stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp)
+    # the fullest and the slowest rank are among the first rank of each role (schedule.representative_stages)
+    representatives = schedule.representative_stages(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp)
+    memory_by_stage = [stage_memory(model, plan, s, i, is_gpu, options)
+                       for i in (range(plan.pp) if detail else representatives)]
     worst_memory = max(memory_by_stage, key=lambda mb: mb.total)
 
-    roles = _stage_roles(model, plan)
-    stage_times = [_stage_time(model, cluster, plan, s, layers, first, last, options)
-                   for layers, first, last in roles]
+    stage_times = [_stage_time(model, cluster, plan, s, *roles[i], options) for i in representatives]
     slowest = max(stage_times, key=lambda t: t.total)
 
     # pipeline: bubble and the point-to-point transfers on the critical path
@@ -293,7 +354,7 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     # data parallelism (ZeRO 0-2): gradients are reduced once per step; DDP's buckets overlap the reduction with
     # the last micro-batch's backward, except the last bucket. ZeRO 1/2 then all-gather the updated parameters.
     dp_comm = m * slowest.fsdp_exposed
-    worst_states = max((stage_states(model, plan, i) for i in range(plan.pp)), key=sum)
+    worst_states = max((stage_states(model, plan, i) for i in representatives), key=sum)
     p_bytes, g_bytes, o_bytes = state_bytes_per_param(plan.precision)
     if plan.dp > 1 and plan.zero_stage < 3:
         dp_group = comm.place_group(cluster, plan.dp, plan.tp * plan.cp)

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 
 from bastion.predict.options import PredictOptions
-from bastion.predict.schedule import chunks_of_stage, layer_microbatches_in_flight
+from bastion.predict.schedule import layer_microbatches_in_flight, stage_layers, stage_roles
 from bastion.specs.model import ModelSpec
 from bastion.specs.plan import ParallelPlan
 
@@ -105,11 +105,8 @@ def _local_numel(p: ParamShape, tp: int, tp_rank: int, dp: int, dp_rank: int, dp
 
 def stage_param_shapes(model: ModelSpec, plan: ParallelPlan, stage: int) -> list[tuple[ParamShape, int]]:
     """(parameter, how many copies of it) held by pipeline rank `stage`."""
-    chunks = chunks_of_stage(plan.pp_schedule, plan.pp, plan.vpp, stage)
-    num_chunks = plan.pp * plan.vpp
-    layers = len(chunks) * model.num_layers // num_chunks
+    layers, has_first, has_last = stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp)[stage]
     held: list[tuple[ParamShape, int]] = [(p, layers) for p in _layer_shapes(model)]
-    has_first, has_last = 0 in chunks, (num_chunks - 1) in chunks
     if has_first:
         held += [(p, 1) for p in embedding_param_shapes(model)]
     if has_last:
@@ -152,10 +149,8 @@ def model_state_bytes(model: ModelSpec, plan: ParallelPlan, stage: int, dp_rank:
 def stage_states(model: ModelSpec, plan: ParallelPlan, stage: int) -> tuple[int, int, int]:
     """(params, grads, optimizer) bytes on rank 0 of a stage, cached by what they depend on: the planner varies
     batch, recompute and schedule far more often than the degrees that shape the model states."""
-    chunks = chunks_of_stage(plan.pp_schedule, plan.pp, plan.vpp, stage)
-    last = plan.pp * plan.vpp - 1
-    return _states_of_role(model, plan.tp, plan.dp, plan.zero_stage, plan.precision,
-                           len(chunks) * model.num_layers // (plan.pp * plan.vpp), 0 in chunks, last in chunks)
+    layers, has_first, has_last = stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp)[stage]
+    return _states_of_role(model, plan.tp, plan.dp, plan.zero_stage, plan.precision, layers, has_first, has_last)
 
 
 @lru_cache(maxsize=8192)
@@ -190,8 +185,7 @@ def layer_numel(model: ModelSpec, tp: int) -> int:
 
 
 def stage_layer_count(model: ModelSpec, plan: ParallelPlan, stage: int) -> int:
-    return len(chunks_of_stage(plan.pp_schedule, plan.pp, plan.vpp, stage)) * model.num_layers // (
-        plan.pp * plan.vpp)
+    return stage_layers(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp, stage)
 
 
 # ---- activations --------------------------------------------------------------------------------
@@ -357,11 +351,12 @@ MEMORY_FIELDS = tuple(f.name for f in fields(MemoryBreakdown))
 def stage_memory(model: ModelSpec, plan: ParallelPlan, seq_len: int, stage: int, is_gpu: bool,
                  options: PredictOptions) -> MemoryBreakdown:
     """Peak memory of one rank of pipeline stage `stage`."""
+    layers, _, has_last = stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp)[stage]
     params, grads, optimizer = stage_states(model, plan, stage)
     a = activation_dtype_bytes(plan.precision)
     tokens = plan.micro_batch * seq_len / plan.cp  # tokens of one micro-batch on this device
     in_flight = layer_microbatches_in_flight(plan.pp_schedule, plan.pp, plan.vpp, plan.num_microbatches, stage,
-                                             model.num_layers)
+                                             layers)
     fused_rmsnorm = uses_fused_rmsnorm(options, is_gpu)
     per_token = activation_bytes_per_token(model, seq_len, plan.tp, plan.sequence_parallel, plan.recompute,
                                            plan.precision, options, fused_rmsnorm)
@@ -370,9 +365,8 @@ def stage_memory(model: ModelSpec, plan: ParallelPlan, seq_len: int, stage: int,
         # backward re-materialises one layer's full activations at a time on top of the checkpoints
         activations += tokens * activation_bytes_per_token(model, seq_len, plan.tp, plan.sequence_parallel,
                                                            "none", plan.precision, options, fused_rmsnorm)
-    chunks = chunks_of_stage(plan.pp_schedule, plan.pp, plan.vpp, stage)
     logits = 0.0
-    if plan.pp * plan.vpp - 1 in chunks:
+    if has_last:
         # the final norm and the LM head's input, once per micro-batch (the head is never checkpointed)
         activations += tokens * saved_bytes_per_token(head_saved_tensors(model, plan.precision, fused_rmsnorm),
                                                       plan.tp, plan.sequence_parallel)

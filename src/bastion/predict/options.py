@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bastion.specs._hashing import cached_hash
+
 
 @dataclass(frozen=True)
 class PredictOptions:
     """How the training code behaves where the ParallelPlan does not say."""
+
+    __hash__ = cached_hash
 
     #: attention runs as a fused flash kernel (no s×s score matrix is stored; causal blocks are skipped).
     #: False models the unfused softmax attention of Megatron-LM before 2022.

@@ -6,6 +6,10 @@ micro-batches of its L/p layers holds k·L/p of them.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
+from bastion.specs.plan import chunk_layer_counts
+
 #: how each schedule's bubble is modelled (stated in estimates)
 BUBBLE_NOTES = {
     "gpipe": "GPipe bubble (p-1)/m",
@@ -38,23 +42,57 @@ def chunks_of_stage(schedule: str, pp: int, vpp: int, stage: int) -> list[int]:
     return [stage + k * pp for k in range(vpp)]
 
 
+@lru_cache(maxsize=4096)
+def stage_roles(num_layers: int, schedule: str, pp: int, vpp: int) -> tuple[tuple[int, bool, bool], ...]:
+    """(layers, holds the embedding, holds the LM head) of every pipeline rank, for an even split or one where
+    the embedding and the head take a layer's slot (specs.plan.chunk_layer_counts)."""
+    counts = chunk_layer_counts(num_layers, pp * vpp)
+    if counts is None:
+        raise ValueError(f"{num_layers} layers cannot be split into {pp} x {vpp} chunks")
+    last = pp * vpp - 1
+    roles = []
+    for stage in range(pp):
+        chunks = chunks_of_stage(schedule, pp, vpp, stage)
+        roles.append((sum(counts[c] for c in chunks), 0 in chunks, last in chunks))
+    return tuple(roles)
+
+
+@lru_cache(maxsize=4096)
+def representative_stages(num_layers: int, schedule: str, pp: int, vpp: int) -> tuple[int, ...]:
+    """The lowest rank of each distinct role (at most four: first, middle, last, or the V's ends).
+
+    Everything the predictor computes for a rank depends on the rank only through its role, except the
+    micro-batches in flight, which never grow with the rank index (layer_microbatches_in_flight). So the
+    fullest and the slowest rank are always among these, and a deep pipeline costs no more to predict than
+    a shallow one."""
+    first_of: dict[tuple[int, bool, bool], int] = {}
+    for stage, role in enumerate(stage_roles(num_layers, schedule, pp, vpp)):
+        first_of.setdefault(role, stage)
+    return tuple(sorted(first_of.values()))
+
+
+def stage_layers(num_layers: int, schedule: str, pp: int, vpp: int, stage: int) -> int:
+    """Transformer layers pipeline rank `stage` holds."""
+    return stage_roles(num_layers, schedule, pp, vpp)[stage][0]
+
+
 def layer_microbatches_in_flight(schedule: str, pp: int, vpp: int, microbatches: int, stage: int,
-                                 num_layers: int) -> float:
-    """Peak number of layer-microbatches whose activations pipeline rank `stage` keeps for backward."""
+                                 layers: int) -> float:
+    """Peak number of layer-microbatches whose activations pipeline rank `stage`, holding `layers` layers,
+    keeps for backward."""
     m = microbatches
-    per_stage = num_layers / pp
     if pp == 1:
-        return float(num_layers)  # micro-batches run one after another: one in flight
+        return float(layers)  # micro-batches run one after another: one in flight
     if schedule == "gpipe":
-        return m * per_stage
+        return m * layers
     if schedule == "interleaved-1f1b":
         # Megatron's interleaved schedule warms up (p - i - 1)·2 + (v - 1)·p chunk-microbatches, plus one
         chunks = min(m * vpp, (pp - stage - 1) * 2 + (vpp - 1) * pp + 1)
-        return chunks * num_layers / (pp * vpp)
+        return chunks * layers / vpp
     if schedule == "zbv":
         # ZB-V keeps 1F1B's peak, p micro-batches of a stage, on every rank (Qi et al. 2024, Table 3)
-        return min(pp, m) * per_stage
+        return min(pp, m) * layers
     if schedule == "dualpipev":
         # DualPipe(V): activations of PP + 1 micro-batches of a stage (DeepSeek-V3 report, Table 2)
-        return min(pp + 1, m) * per_stage
-    return min(pp - stage, m) * per_stage  # 1f1b and zero-bubble (ZB-H1 keeps 1F1B's memory)
+        return min(pp + 1, m) * layers
+    return min(pp - stage, m) * layers  # 1f1b and zero-bubble (ZB-H1 keeps 1F1B's memory)

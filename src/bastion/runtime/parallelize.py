@@ -26,7 +26,7 @@ from bastion.errors import PlanError
 from bastion.runtime.mesh import RuntimeMesh
 from bastion.runtime.model import Transformer, build_model, init_weights
 from bastion.specs.model import ModelSpec
-from bastion.specs.plan import V_SCHEDULES, ParallelPlan
+from bastion.specs.plan import V_SCHEDULES, ParallelPlan, chunk_layer_counts
 
 
 @dataclass
@@ -76,9 +76,13 @@ def stage_ids_for_rank(plan: ParallelPlan, pp_rank: int) -> list[int]:
 
 
 def split_stage(model: Transformer, stage_id: int, num_stages: int) -> Transformer:
-    """A copy of the (meta) model that keeps only the layers, embedding and head of one stage."""
-    per_stage = model.spec.num_layers // num_stages
-    keep = {str(i) for i in range(stage_id * per_stage, (stage_id + 1) * per_stage)}
+    """A copy of the (meta) model that keeps only the layers, embedding and head of one stage (an even split, or
+    the first and last stages one layer short when the embedding and the head take a layer's slot)."""
+    counts = chunk_layer_counts(model.spec.num_layers, num_stages)
+    if counts is None:
+        raise ValueError(f"{model.spec.num_layers} layers cannot be split into {num_stages} stages")
+    start = sum(counts[:stage_id])
+    keep = {str(i) for i in range(start, start + counts[stage_id])}
     stage = copy.deepcopy(model)
     for name in list(stage.layers.keys()):
         if name not in keep:

@@ -12,6 +12,7 @@ from typing import Any
 
 from bastion.errors import ConfigError, UnknownPresetError, did_you_mean
 from bastion.specs._files import DATA_DIR, check_keys, coerce, read_mapping
+from bastion.specs._hashing import cached_hash
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16", "fp8")
 TOPOLOGIES = ("fat-tree", "rail-optimized", "torus")
@@ -20,6 +21,8 @@ TOPOLOGIES = ("fat-tree", "rail-optimized", "torus")
 @dataclass(frozen=True)
 class Accelerator:
     """One device's datasheet figures (dense peaks, no sparsity)."""
+
+    __hash__ = cached_hash
 
     name: str
     vendor: str
@@ -62,6 +65,8 @@ class Accelerator:
 class Network:
     """Two-level network: a scale-up domain (NVLink/NVSwitch) and a scale-out fabric (InfiniBand/RoCE)."""
 
+    __hash__ = cached_hash
+
     #: devices per scale-up domain (the largest TP group that stays on NVLink)
     scale_up_size: int
     #: per-device, per-direction scale-up bandwidth, GB/s
@@ -89,6 +94,8 @@ class Network:
 @dataclass(frozen=True)
 class Cluster:
     """nodes × accelerator on a network."""
+
+    __hash__ = cached_hash
 
     name: str
     accelerator: Accelerator

@@ -8,6 +8,7 @@ from typing import Any
 
 from bastion.errors import ConfigError, UnknownPresetError, did_you_mean
 from bastion.specs._files import DATA_DIR, check_keys, coerce, read_mapping
+from bastion.specs._hashing import cached_hash
 
 MODELS_DIR = DATA_DIR / "models"
 
@@ -15,6 +16,8 @@ MODELS_DIR = DATA_DIR / "models"
 @dataclass(frozen=True)
 class ModelSpec:
     """A decoder-only transformer. Counts are per model (not per device)."""
+
+    __hash__ = cached_hash
 
     name: str
     #: transformer layers L

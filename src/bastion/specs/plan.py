@@ -14,6 +14,7 @@ from typing import Any
 
 from bastion.errors import ConfigError, PlanError
 from bastion.specs._files import check_keys, coerce, read_mapping
+from bastion.specs._hashing import cached_hash
 from bastion.specs.hardware import PRECISIONS, Cluster
 from bastion.specs.model import ModelSpec
 
@@ -23,9 +24,30 @@ RECOMPUTE_MODES = ("none", "selective", "full")
 V_SCHEDULES = ("zbv", "dualpipev")
 
 
+def chunk_layer_counts(num_layers: int, chunks: int) -> tuple[int, ...] | None:
+    """Transformer layers in each of the pp·vpp pipeline chunks (chunk 0 holds the first layers), or None when
+    the layers cannot be split.
+
+    Even when `chunks` divides the layers. Otherwise, when it divides layers + 2, the embedding and the LM head
+    each take one layer's slot: the first and the last chunk hold one layer fewer (Megatron-LM's
+    --account-for-embedding-in-pipeline-split / --account-for-loss-in-pipeline-split; Llama 3 405B ran 126 layers
+    on 16 stages this way, BLOOM 70 layers on 12). Every chunk keeps at least one layer.
+    """
+    if chunks < 1:
+        return None
+    if num_layers % chunks == 0:
+        return (num_layers // chunks,) * chunks if num_layers >= chunks else None
+    per, rest = divmod(num_layers + 2, chunks)
+    if chunks < 2 or rest or per < 2:
+        return None
+    return (per - 1,) + (per,) * (chunks - 2) + (per - 1,)
+
+
 @dataclass(frozen=True)
 class ParallelPlan:
     """How one training step is split across devices."""
+
+    __hash__ = cached_hash
 
     #: data-parallel degree (replicas, or ZeRO/FSDP shards when zero_stage > 0)
     dp: int = 1
@@ -131,11 +153,13 @@ class ParallelPlan:
             raise PlanError(f"tp = {self.tp} does not divide ffn_hidden_size {model.ffn_hidden_size}.",
                             fix="pick a tp that divides the MLP width.", reason="tp does not divide heads")
         chunks = self.pp * self.vpp
-        if model.num_layers % chunks:
+        if chunk_layer_counts(model.num_layers, chunks) is None:
             raise PlanError(
-                f"{model.num_layers} layers cannot be split evenly into pp × vpp = {self.pp} × {self.vpp} = "
-                f"{chunks} pipeline chunks.",
-                fix=f"choose pp × vpp dividing {model.num_layers}.", reason="layers not divisible by pp·vpp")
+                f"{model.num_layers} layers cannot be split into pp × vpp = {self.pp} × {self.vpp} = {chunks} "
+                f"pipeline chunks: {chunks} divides neither the layers nor layers + 2 (the embedding and the LM "
+                f"head taking one layer's slot each).",
+                fix=f"choose pp × vpp dividing {model.num_layers} or {model.num_layers + 2}.",
+                reason="layers not divisible by pp·vpp")
         if self.cp > 1 and s % (2 * self.cp):
             raise PlanError(f"seq_len {s} is not divisible by 2 × cp = {2 * self.cp} (load-balanced causal "
                             f"context parallelism gives each rank two chunks).",
