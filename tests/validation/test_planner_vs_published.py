@@ -12,43 +12,30 @@ from __future__ import annotations
 import pytest
 
 from bastion.planner.published import CLAIM_THRESHOLD, PublishedRuns
-from bastion.predict import estimate
 from bastion.predict.options import PRODUCTION_STACK
-from bastion.predict.validate import (
-    PUBLIC_CASES,
-    RowSkipped,
-    case_cluster,
-    case_model,
-    case_plan_choices,
-    read_cases,
-)
+from bastion.predict.validate import PUBLIC_CASES, RowSkipped, case_estimate, read_cases
 
 ROWS = read_cases(PUBLIC_CASES)
 #: rows whose published plan bastion cannot express, and why. Empty since R0040 (BLOOM, 70 layers on 12 stages,
 #: the embedding and the head each in a layer's slot) became expressible.
 INEXPRESSIBLE: dict[str, str] = {}
-#: published plans the predictor says do not fit, though they ran. R0014 (530B, DeepSpeed ZeRO-3, mb 4 on 640
-#: A100-80GB): 86.7 GiB predicted, of which 28 GiB are ZeRO-3 buffers for two whole gathered layers + one
-#: unsharded layer gradient (3 × 2 B × 5.0e9 parameters); DeepSpeed gathers per sub-module (bounded by
-#: stage3_max_live_parameters), so the predictor is pessimistic for very wide layers. Reported to the predictor
-#: work; when it is fixed this list must shrink (the assertion below says so).
-KNOWN_INFEASIBLE = {"R0014"}
+#: published plans the predictor says do not fit, though they ran. Empty since R0014 (530B, DeepSpeed ZeRO-3, mb 4 on
+#: 640 A100-80GB) fits when ZeRO-3 gathers one sub-module at a time (validate's stated assumption when whole-layer
+#: gathers would not fit): 68 GiB instead of 87.
+KNOWN_INFEASIBLE: set[str] = set()
 
 
 def test_every_expressible_published_plan_fits_under_the_predictor() -> None:
     infeasible, skipped = [], {}
     for row in ROWS:
-        notes: list[str] = []
         try:
-            model, cluster = case_model(row, notes), case_cluster(row, notes)
-            plans, _ = case_plan_choices(row, model, cluster, notes)
-            estimates = [estimate(model, cluster, plan, options=PRODUCTION_STACK) for plan in plans]
-        except Exception as exc:  # noqa: BLE001 - recorded and compared with the known list below
+            _, chosen, _, cluster = case_estimate(row, PRODUCTION_STACK)
+        except RowSkipped as exc:
             skipped[row["case_id"]] = str(exc)
             continue
-        if not any(e.fits for e in estimates):
-            worst = min(e.memory.total for e in estimates) / 2**30
-            infeasible.append(f"{row['case_id']} {row['model']} ({worst:.1f} GiB > {cluster.accelerator.hbm_gib:g})")
+        if not chosen.fits:
+            infeasible.append(f"{row['case_id']} {row['model']} ({chosen.memory.total / 2**30:.1f} GiB > "
+                              f"{cluster.accelerator.hbm_gib:g})")
     new = [i for i in infeasible if i.split()[0] not in KNOWN_INFEASIBLE]
     assert not new, f"published plans predicted not to fit: {new}"
     now_fitting = KNOWN_INFEASIBLE - {i.split()[0] for i in infeasible}

@@ -21,7 +21,7 @@ from bastion.predict.calibration import load_calibration
 from bastion.predict.memory import (
     MemoryBreakdown,
     activation_dtype_bytes,
-    layer_numel,
+    fsdp_unit_numels,
     stage_memory,
     stage_states,
     state_bytes_per_param,
@@ -271,10 +271,10 @@ def _stage_time_of(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len:
     fsdp = 0.0
     if plan.zero_stage == 3 and plan.dp > 1:
         dp_group = comm.place_group(cluster, plan.dp, plan.tp * plan.cp)
-        numel = layer_numel(model, plan.tp)
+        units = fsdp_unit_numels(model, plan.tp, options.fsdp_unit)
         p_bytes, g_bytes, _ = state_bytes_per_param(plan.precision)
-        gather = comm.all_gather_time(cluster, float(numel * p_bytes), dp_group)
-        scatter = comm.reduce_scatter_time(cluster, float(numel * g_bytes), dp_group)
+        gather = sum(comm.all_gather_time(cluster, float(n * p_bytes), dp_group) for n in units)
+        scatter = sum(comm.reduce_scatter_time(cluster, float(n * g_bytes), dp_group) for n in units)
         fwd_window = gemm_fwd + attn_fwd + layer_membound / 4
         bwd_window = layer_compute - gemm_fwd - attn_fwd + layer_recompute + layer_membound * 3 / 4
         # while a collective overlaps compute, its NCCL kernels hold SMs: the compute under it runs slower

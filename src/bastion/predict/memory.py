@@ -184,6 +184,21 @@ def layer_numel(model: ModelSpec, tp: int) -> int:
     return sum(_local_numel(p, tp, 0, 1, 0, False) for p in _layer_shapes(model))
 
 
+@lru_cache(maxsize=4096)
+def fsdp_unit_numels(model: ModelSpec, tp: int, unit: str) -> tuple[int, ...]:
+    """Parameters (on one TP rank) of each group ZeRO-3 gathers at once inside one layer: the whole layer, or
+    each sub-module (a weight matrix with its bias; a norm) — see PredictOptions.fsdp_unit."""
+    if unit == "layer":
+        return (layer_numel(model, tp),)
+    if unit != "module":
+        raise ValueError(f"fsdp_unit must be 'layer' or 'module', got {unit!r}")
+    groups: dict[str, int] = {}
+    for p in _layer_shapes(model):
+        module = p.name.rsplit(".", 1)[0]
+        groups[module] = groups.get(module, 0) + _local_numel(p, tp, 0, 1, 0, False)
+    return tuple(groups.values())
+
+
 def stage_layer_count(model: ModelSpec, plan: ParallelPlan, stage: int) -> int:
     return stage_layers(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp, stage)
 
@@ -375,9 +390,9 @@ def stage_memory(model: ModelSpec, plan: ParallelPlan, seq_len: int, stage: int,
         transient = 0.0 if options.fused_cross_entropy else (a + 4) * model.vocab_size / plan.tp
         logits = tokens * (loss_saved_bytes_per_token(model, plan.tp, plan.precision, options) + transient)
     comm = 0.0
-    layer_params = layer_numel(model, plan.tp)
     if plan.dp > 1 and plan.zero_stage == 3:
-        comm += 3 * a * layer_params  # two gathered layers (current + prefetched) and one unsharded gradient
+        # two gathered units (current + prefetched) and one unsharded gradient, the largest unit each
+        comm += 3 * a * max(fsdp_unit_numels(model, plan.tp, options.fsdp_unit))
     elif plan.dp > 1:
         comm += 2 * options.dp_bucket_bytes
     if plan.tp > 1:

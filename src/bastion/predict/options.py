@@ -33,6 +33,10 @@ class PredictOptions:
     #: in place (Megatron's vocab-parallel loss, flash-attn's xentropy, Liger); False = plain PyTorch: the logits
     #: upcast to fp32, log-softmax saved, a separate gradient tensor (what bastion's own runtime does)
     fused_cross_entropy: bool = False
+    #: what ZeRO-3 gathers at once: `layer` (FSDP2 wrapping each transformer block: torchtitan, bastion's runtime)
+    #: or `module` (each weight matrix as it is about to run: DeepSpeed ZeRO-3's sub-module fetching) — more,
+    #: smaller collectives, and only one matrix (plus the prefetched one) unsharded at a time
+    fsdp_unit: str = "layer"
     #: bytes a ZeRO-0/1/2 data-parallel gradient bucket holds (PyTorch DDP's default bucket_cap_mb = 25)
     dp_bucket_bytes: float = 25e6
     #: device memory the CUDA context, cuBLAS/NCCL workspaces take before the first tensor, GiB (GPUs only)

@@ -252,15 +252,17 @@ def case_estimate(row: dict[str, str],
     model = case_model(row, assumptions)
     cluster = case_cluster(row, assumptions)
     plans, open_settings = case_plan_choices(row, model, cluster, assumptions)
-    results: list[Estimate] = []
-    errors: list[str] = []
-    for plan in plans:
-        try:
-            results.append(estimate(model, cluster, plan, options=options))
-        except BastionError as exc:
-            errors.append(exc.problem)
+    results, errors = _estimates(model, cluster, plans, options)
     if not results:
         raise RowSkipped(f"plan is inconsistent: {errors[0]}")
+    if not any(e.fits for e in results) and any(p.zero_stage == 3 for p in plans) and options.fsdp_unit == "layer":
+        # the case file does not say what ZeRO-3 gathers at once; when whole layers do not fit, the run must have
+        # gathered less (DeepSpeed's per-sub-module fetching), as it did run
+        by_module, _ = _estimates(model, cluster, plans, replace(options, fsdp_unit="module"))
+        if any(e.fits for e in by_module):
+            results = by_module
+            assumptions.append("ZeRO-3 gathers one sub-module at a time (whole-layer gathers would not fit; "
+                               "the case file does not say)")
     fitting = [e for e in results if e.fits]
     if open_settings:
         chosen = min(fitting, key=lambda e: e.step_time_s) if fitting else min(results, key=lambda e: e.memory.total)
@@ -275,6 +277,19 @@ def case_estimate(row: dict[str, str],
     result = CaseResult(case_id=case_id, published_s=published, predicted_s=chosen.step_time_s,
                         assumptions=assumptions)
     return result, chosen, model, cluster
+
+
+def _estimates(model: ModelSpec, cluster: Cluster, plans: list[ParallelPlan],
+               options: PredictOptions) -> tuple[list[Estimate], list[str]]:
+    """Estimates of the plans that are consistent, and the problems of those that are not."""
+    results: list[Estimate] = []
+    errors: list[str] = []
+    for plan in plans:
+        try:
+            results.append(estimate(model, cluster, plan, options=options))
+        except BastionError as exc:
+            errors.append(exc.problem)
+    return results, errors
 
 
 def validate_cases(path: Path | str = PUBLIC_CASES, options: PredictOptions = PRODUCTION_STACK) -> ValidationReport:
