@@ -97,18 +97,18 @@ def test_state_bound_is_below_the_predicted_memory_of_every_plan() -> None:
 
 
 def test_the_bound_uses_exactly_the_contracts_model_state_bytes() -> None:
-    from bastion.planner.bounds import _default_state_bytes
+    """The default bound is the largest `model_state_bytes` (the runtime contract) over every rank."""
     from bastion.predict.memory import model_state_bytes
 
-    model = load_model("llama2-13b")
-    cluster = load_cluster("h100-sxm:32")
-    state_bytes = _default_state_bytes()
+    model = load_model("llama3-405b")  # 126 layers: uneven first/last stages where pp·vpp divides 128
+    cluster = load_cluster("h100-sxm:256")
+    bound = StateLowerBound(model, cluster)
     enum = enumerate_space(model, cluster, 64, 4096, SearchSpace(pins={"micro_batch": 1}))
     checked = 0
     for leaf in enum.leaves[::9]:
         for zero in leaf.zero_stages:
             plan = leaf.plan(64, zero)
-            for stage in range(plan.pp):
-                assert state_bytes(model, plan, stage) == model_state_bytes(model, plan, stage)
-                checked += 1
+            exact = max(sum(model_state_bytes(model, plan, stage).values()) for stage in range(plan.pp))
+            assert bound.state_bytes(leaf, 64, zero) == exact
+            checked += 1
     assert checked > 100

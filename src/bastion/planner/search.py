@@ -12,7 +12,7 @@ Pruning never changes the answer (tests compare against `prune=False`), only how
 
 from __future__ import annotations
 
-import bisect
+import itertools
 import math
 import time
 from collections import Counter
@@ -186,10 +186,11 @@ def search(request: PlanRequest, estimate: EstimateFn | None = None,
     fixes: dict[str, str] = {}
     enumerations: list[Enumeration] = []
     evaluated = 0
-    # 1-2. enumerate every GPU count and drop the groups the memory bound settles
-    # a job is (cluster, leaf, zero stage, recompute); its ParallelPlan is built only if it is predicted
-    jobs: list[tuple[Cluster, Leaf, int, str]] = []
-    floors: list[float] = []  # per job: the step time it cannot beat (0 when not bounding by time)
+    # 1-2. enumerate every GPU count and drop the groups the memory bound settles. What survives is kept per
+    # leaf: (floor, index of its first plan, cluster, leaf, ZeRO stages); its plans are the ZeRO stages × recompute
+    # modes, and a ParallelPlan is built only for a plan that is predicted
+    groups: list[tuple[float, int, Cluster, Leaf, tuple[int, ...]]] = []
+    total_jobs = 0
     for count in request.counts:
         cluster = _resize(request.cluster, count)
         enum = enumerate_space(model, cluster, batch, seq_len, space)
@@ -200,36 +201,37 @@ def search(request: PlanRequest, estimate: EstimateFn | None = None,
         bound = StateLowerBound(model, cluster, state_bytes) if request.prune else None
         capacity = cluster.accelerator.hbm_bytes
         for leaf in enum.leaves:
-            floor = None
-            for zero in leaf.zero_stages:
-                if bound is not None and bound.state_bytes(leaf, batch, zero) > capacity:
-                    rejected[OUT_OF_MEMORY] += len(recomputes)
-                    continue
-                if floor is None:
-                    floor = time_bound(model, cluster, leaf.plan(batch), seq_len) if by_time else 0.0
-                jobs.extend((cluster, leaf, zero, recompute) for recompute in recomputes)
-                floors.extend([floor] * len(recomputes))
+            zeros = tuple(z for z in leaf.zero_stages
+                          if bound is None or bound.state_bytes(leaf, batch, z) <= capacity)
+            rejected[OUT_OF_MEMORY] += (len(leaf.zero_stages) - len(zeros)) * len(recomputes)
+            if zeros:
+                floor = time_bound(model, cluster, leaf.plan(batch), seq_len) if by_time else 0.0
+                groups.append((floor, total_jobs, cluster, leaf, zeros))
+                total_jobs += len(zeros) * len(recomputes)
 
     # 3. predict the survivors (in worker processes when there are many), then rank. Under the time bound,
     # plans are predicted in order of their floor, and once the top K (and the best plan with other degrees,
     # which the report explains) are known, every plan whose floor is slower than all of them is settled
     # unpredicted: it cannot enter the answer.
-    order = sorted(range(len(jobs)), key=lambda i: (floors[i], i)) if by_time else list(range(len(jobs)))
+    if by_time:
+        groups.sort(key=lambda g: (g[0], g[1]))
     keep = max(request.top_k, 2)
     ranked: list[RankedPlan] = []
     leanest: tuple[float, ParallelPlan] | None = None
-    done, chunk, predicted = 0, FIRST_CHUNK, 0
+    done, chunk, predicted = 0, FIRST_CHUNK if by_time else math.inf, 0
     threshold = math.inf
-    while done < len(order):
-        end = min(len(order), done + chunk) if by_time else len(order)
-        end = bisect.bisect_right(order, threshold, lo=done, hi=end, key=lambda i: floors[i])
-        if end == done:
-            break
-        batch_jobs = [(c, leaf.plan(batch, zero, recompute)) for c, leaf, zero, recompute in
-                      (jobs[i] for i in order[done:end])]
+    while done < len(groups) and groups[done][0] <= threshold:
+        indices: list[int] = []
+        batch_jobs: list[tuple[Cluster, ParallelPlan]] = []
+        while done < len(groups) and groups[done][0] <= threshold and len(batch_jobs) < chunk:
+            _, first, cluster, leaf, zeros = groups[done]
+            for k, (zero, recompute) in enumerate(itertools.product(zeros, recomputes)):
+                indices.append(first + k)
+                batch_jobs.append((cluster, leaf.plan(batch, zero, recompute)))
+            done += 1
         outcomes = predict_all(estimate, model, seq_len, batch_jobs, request.workers)
         predicted += len(batch_jobs)
-        for index, (cluster, plan), outcome in zip(order[done:end], batch_jobs, outcomes, strict=True):
+        for index, (cluster, plan), outcome in zip(indices, batch_jobs, outcomes, strict=True):
             if isinstance(outcome, PlanError):
                 rejected[outcome.reason] += 1
                 fixes.setdefault(outcome.reason, outcome.fix or outcome.problem)
@@ -243,11 +245,11 @@ def search(request: PlanRequest, estimate: EstimateFn | None = None,
             ranked.append(RankedPlan(plan=plan, num_gpus=cluster.num_gpus, step_time_s=step,
                                      tokens_per_s=tokens_per_s, mfu=mfu, memory_bytes=total, estimate=None,
                                      order=index))
-        done, chunk = end, chunk * 2
+        chunk *= 2
         if by_time:
             threshold = _time_threshold(ranked, objective, keep)
-    if done < len(order):
-        rejected[BOUNDED_OUT] += len(order) - done
+    if done < len(groups):
+        rejected[BOUNDED_OUT] += total_jobs - predicted
     ranked.sort(key=objective.key)
     # the few plans shown get their full Estimate (breakdowns) from one more, exact, prediction
     kept = [_with_estimate(p, estimate, model, request.cluster, seq_len) for p in ranked[:keep]]

@@ -20,7 +20,12 @@ from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 
 from bastion.predict.options import PredictOptions
-from bastion.predict.schedule import layer_microbatches_in_flight, stage_layers, stage_roles
+from bastion.predict.schedule import (
+    layer_microbatches_in_flight,
+    representative_stages,
+    stage_layers,
+    stage_roles,
+)
 from bastion.specs.model import ModelSpec
 from bastion.specs.plan import ParallelPlan
 
@@ -153,24 +158,43 @@ def stage_states(model: ModelSpec, plan: ParallelPlan, stage: int) -> tuple[int,
     return _states_of_role(model, plan.tp, plan.dp, plan.zero_stage, plan.precision, layers, has_first, has_last)
 
 
+@lru_cache(maxsize=65536)
+def fullest_stage_states(model: ModelSpec, tp: int, dp: int, zero_stage: int, precision: str, schedule: str,
+                         pp: int, vpp: int) -> int:
+    """Parameter + gradient + optimizer bytes on the fullest pipeline rank (the planner's memory lower bound:
+    no plan with these degrees, schedule, precision and ZeRO stage needs less)."""
+    roles = stage_roles(model.num_layers, schedule, pp, vpp)
+    return max(sum(_states_of_role(model, tp, dp, zero_stage, precision, *roles[i]))
+               for i in representative_stages(model.num_layers, schedule, pp, vpp))
+
+
 @lru_cache(maxsize=8192)
 def _states_of_role(model: ModelSpec, tp: int, dp: int, zero_stage: int, precision: str, layers: int,
                     has_first: bool, has_last: bool) -> tuple[int, int, int]:
     p_bytes, g_bytes, o_bytes = state_bytes_per_param(precision)
-    held = [(p, layers) for p in _layer_shapes(model)]
+    parts = [(_part_numels(model, "layer", tp, dp), layers)]
     if has_first:
-        held += [(p, 1) for p in embedding_param_shapes(model)]
+        parts.append((_part_numels(model, "embedding", tp, dp), 1))
     if has_last:
-        held += [(p, 1) for p in head_param_shapes(model, not (model.tied_embeddings and has_first))]
+        parts.append((_part_numels(model, "head" if model.tied_embeddings and has_first else "head+output", tp, dp),
+                      1))
     z = zero_stage
     params = grads = optimizer = 0
-    for shape, copies in held:
-        full = _local_numel(shape, tp, 0, dp, 0, dp_sharded=False)
-        sharded = _local_numel(shape, tp, 0, dp, 0, dp_sharded=True)
+    for (full, sharded), copies in parts:
         params += copies * (sharded if z >= 3 else full)
         grads += copies * (sharded if z >= 2 else full)
         optimizer += copies * (sharded if z >= 1 else full)
     return params * p_bytes, grads * g_bytes, optimizer * o_bytes
+
+
+@lru_cache(maxsize=8192)
+def _part_numels(model: ModelSpec, part: str, tp: int, dp: int) -> tuple[int, int]:
+    """(TP-local, TP-local and data-parallel-sharded) parameters of one layer / the embedding / the head, on
+    rank 0 (the largest shard), summed tensor by tensor as the runtime shards them."""
+    shapes = {"layer": _layer_shapes(model), "embedding": embedding_param_shapes(model),
+              "head": head_param_shapes(model, False), "head+output": head_param_shapes(model, True)}[part]
+    return (sum(_local_numel(p, tp, 0, dp, 0, dp_sharded=False) for p in shapes),
+            sum(_local_numel(p, tp, 0, dp, 0, dp_sharded=True) for p in shapes))
 
 
 @lru_cache(maxsize=1024)
