@@ -460,6 +460,9 @@ def _finish(config: TrainConfig, trainer: Trainer, spec: ModelSpec, plan: Parall
     }
     summary = {
         "steps": trainer.step,
+        # False when a stop (SIGTERM before a time limit or preemption, --stop-after-step) ended the run early: this
+        # summary is then partial and a requeued or restarted job resumes and rewrites it
+        "finished": trainer.step >= config.steps,
         "final_loss": records[-1]["loss"] if records else None,
         "losses": [r["loss"] for r in records],
         "params_sha256": digest,
