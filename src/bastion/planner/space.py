@@ -164,6 +164,18 @@ def enumerate_space(model: ModelSpec, cluster: Cluster, global_batch: int, seq_l
     def sp_options(tp: int) -> tuple[bool, ...]:
         return space.allowed("sequence_parallel", space.sequence_parallel if tp > 1 else (False,))
 
+    def passing(base: dict[str, Any], name: str, choices: tuple[Any, ...], weight: int) -> list[Any]:
+        """The `choices` for plan field `name` that pass validation on top of `base`; each failing one adds the
+        `weight` plans under it to the census."""
+        ok = []
+        for value in choices:
+            reason = _validate({**base, name: value}, model, cluster, seq_len, fixes)
+            if reason:
+                rejected[reason] += weight
+            else:
+                ok.append(value)
+        return ok
+
     for dp, tp, pp, cp in factorisations(cluster.num_gpus):
         if not (space.allows("dp", dp) and space.allows("tp", tp) and space.allows("pp", pp)
                 and space.allows("cp", cp)):
@@ -184,21 +196,10 @@ def enumerate_space(model: ModelSpec, cluster: Cluster, global_batch: int, seq_l
                 continue
             base = {**degrees, "pp_schedule": "1f1b", "vpp": 1}
             # precision and sequence parallelism are checked once per degrees: neither check looks at the
-            # schedule or the micro-batch
-            ok_precisions = []
-            for precision in precisions:
-                reason = _validate({**base, "precision": precision}, model, cluster, seq_len, fixes)
-                if reason:
-                    rejected[reason] += len(schedules) * len(micros) * len(sps) * width
-                else:
-                    ok_precisions.append(precision)
-            ok_sps = []
-            for sp in sps:
-                reason = _validate({**base, "sequence_parallel": sp}, model, cluster, seq_len, fixes)
-                if reason:
-                    rejected[reason] += len(schedules) * len(micros) * len(ok_precisions) * width
-                else:
-                    ok_sps.append(sp)
+            # schedule or the micro-batch. A failing sp setting counts only plans whose precision passed: the
+            # others are in the census already
+            ok_precisions = passing(base, "precision", precisions, len(schedules) * len(micros) * len(sps) * width)
+            ok_sps = passing(base, "sequence_parallel", sps, len(schedules) * len(micros) * len(ok_precisions) * width)
             for schedule, vpp in schedules:
                 reason = _validate({**degrees, "pp_schedule": schedule, "vpp": vpp}, model, cluster, seq_len, fixes)
                 if reason:
