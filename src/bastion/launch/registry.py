@@ -9,6 +9,8 @@ import os
 import time
 from pathlib import Path
 
+from bastion.jsonl import read_json_lines
+
 
 def state_dir() -> Path:
     return Path(os.environ.get("BASTION_STATE_DIR") or Path.home() / ".local" / "state" / "bastion")
@@ -23,15 +25,8 @@ def record(engine: str, job_id: str, run_dir: str) -> None:
 
 def run_dir_of(engine: str, job_id: str) -> str | None:
     """The newest run directory recorded for this job id, or None."""
-    path = state_dir() / "jobs.jsonl"
-    if not path.exists():
-        return None
     found = None
-    for line in path.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if entry.get("engine") == engine and str(entry.get("job_id")) == job_id:
+    for entry in read_json_lines(state_dir() / "jobs.jsonl"):
+        if isinstance(entry, dict) and entry.get("engine") == engine and str(entry.get("job_id")) == job_id:
             found = entry.get("run_dir")
     return found

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bastion.jsonl import read_json_lines
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -33,13 +35,4 @@ def log_event(run_dir: Path, event: str, **fields: Any) -> dict[str, Any]:
 
 def read_records(run_dir: Path) -> list[dict[str, Any]]:
     """Every parseable line of metrics.jsonl (a line cut short by a kill is skipped)."""
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue
-    return records
+    return read_json_lines(Path(run_dir) / METRICS_FILE)
