@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bastion.errors import BastionError
 from bastion.planner.search import PlanRequest, RankedPlan, search
 from bastion.planner.space import SearchSpace
 from bastion.specs.plan import ParallelPlan
@@ -80,11 +79,14 @@ class PublishedRuns:
 
     def __init__(self, workers: int = 0) -> None:
         from bastion.predict import estimate
+        from bastion.predict.estimate import step_time_lower_bound
         from bastion.predict.options import PRODUCTION_STACK
 
         self.options = PRODUCTION_STACK
         self.workers = workers
-        self._estimate = lambda m, c, p, s: estimate(m, c, p, s, options=PRODUCTION_STACK)
+        # the planner searches with the same options the published plans are predicted with, bound included
+        self._estimate = lambda m, c, p, s: estimate(m, c, p, s, options=PRODUCTION_STACK, detail=False)
+        self._bound = lambda m, c, p, s: step_time_lower_bound(m, c, p, s, options=PRODUCTION_STACK)
         self._searches: dict[tuple, RankedPlan | None] = {}
 
     def best(self, model: Any, cluster: Any, global_batch: int, space: SearchSpace) -> RankedPlan | None:
@@ -92,27 +94,16 @@ class PublishedRuns:
         if key not in self._searches:
             result = search(PlanRequest(model=model, cluster=cluster, global_batch=global_batch,
                                         seq_len=model.seq_len, top_k=1, space=space, workers=self.workers),
-                            estimate=self._estimate)
+                            estimate=self._estimate, time_bound=self._bound)
             self._searches[key] = result.plans[0] if result.plans else None
         return self._searches[key]
 
     def compare(self, row: dict[str, str], searches: tuple[str, ...] = ("free", "same")) -> PublishedComparison:
         """Raises bastion.predict.validate.RowSkipped when the row cannot be predicted."""
-        from bastion.predict import estimate
-        from bastion.predict.validate import RowSkipped, case_cluster, case_model, case_plan_choices
+        from bastion.predict.validate import case_estimate
 
-        notes: list[str] = []
-        model = case_model(row, notes)
-        cluster = case_cluster(row, notes)
-        plans, _ = case_plan_choices(row, model, cluster, notes)
-        estimates = []
-        for plan in plans:
-            try:
-                estimates.append(estimate(model, cluster, plan, options=self.options))
-            except BastionError as exc:  # the published plan breaks one of bastion's rules (e.g. uneven stages)
-                raise RowSkipped(f"published plan is not valid here: {exc}") from None
-        fitting = [e for e in estimates if e.fits]
-        chosen = min(fitting, key=lambda e: e.step_time_s) if fitting else min(estimates, key=lambda e: e.memory.total)
+        # the published plan as `bastion validate` predicts it (its stated assumptions included)
+        _, chosen, model, cluster = case_estimate(row, self.options)
         batch = chosen.plan.global_batch
         free = (self.best(model, cluster, batch, SearchSpace(precisions=(chosen.plan.precision,)))
                 if "free" in searches else None)
