@@ -178,6 +178,9 @@ def status_command(
     if info["source"] is None:
         info["state"] = "gone from Slurm (finished and purged)"
     progress = slurm.run_dir_progress(found) if found else None
+    if progress is not None:
+        progress["outcome"] = slurm.run_outcome(progress, str(info.get("state") or ""),
+                                                job_known=info["source"] is not None)
     if as_json:
         print(json.dumps({"job": info, "run": progress}, indent=2, default=str))
         return
@@ -202,10 +205,8 @@ def status_command(
                   + (f" (newest {progress['checkpoints'][-1]})" if progress["checkpoints"] else ""))
     if progress["events"]:
         console.print("events: " + ", ".join(f"{k} ×{v}" for k, v in sorted(progress["events"].items())))
-    summary = progress.get("summary")
-    if summary:
-        console.print(f"finished: {summary.get('steps')} steps, final loss {summary.get('final_loss')}, "
-                      f"params_sha256 {str(summary.get('params_sha256'))[:16]}…")
+    if progress["outcome"]:
+        console.print(progress["outcome"]["text"])
 
 
 @app.command("logs")

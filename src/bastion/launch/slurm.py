@@ -293,5 +293,67 @@ def run_dir_progress(run_dir: Path) -> dict[str, Any]:
     return progress
 
 
+#: Slurm job states after which the job will not run again by itself (sacct/scontrol/squeue spellings)
+ENDED_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
+                          "DEADLINE", "PREEMPTED", "REVOKED"})
+#: queued again (or not yet started): a partial summary is what the next start resumes from
+WAITING_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "SUSPENDED",
+                            "RESIZING"})
+#: the batch script is on the nodes: a stop just written may still turn into a requeue, or a restart be resuming
+RUNNING_STATES = frozenset({"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"})
+
+
+def summary_is_final(summary: dict[str, Any]) -> bool:
+    """Whether summary.json was written at the end of the run, not at a stop (preemption, time limit,
+    --stop-after-step) that a requeue or restart resumes from. Summaries from before the "finished" field compare
+    the steps done with the steps asked for."""
+    if "finished" in summary:
+        return bool(summary["finished"])
+    asked = (summary.get("config") or {}).get("steps")
+    done = summary.get("steps")
+    if isinstance(asked, int) and isinstance(done, int):
+        return done >= asked
+    return True  # nothing to tell by: read it as final, as status always did
+
+
+def run_outcome(progress: dict[str, Any], job_state: str, job_known: bool = True) -> dict[str, Any] | None:
+    """How the run ended so far, from its summary.json and the job's Slurm state; None when there is no summary.
+
+    `state` is "finished" (the run reached its --steps), "stopped" (a partial summary: `requeue_pending` says
+    whether the job will still resume it, None when its Slurm state does not tell) or "running again" (the
+    summary is from an earlier start: the metrics have moved past it). `text` is the line `bastion status` prints.
+    """
+    summary = progress.get("summary")
+    if not isinstance(summary, dict) or not summary:
+        return None
+    step = summary.get("steps")
+    asked = (summary.get("config") or {}).get("steps")
+    of = f" of {asked}" if asked is not None else ""
+    state = job_state.split()[0].rstrip("+").upper() if job_state else "UNKNOWN"
+    last_step = progress.get("last_step")
+    running = job_known and state in RUNNING_STATES
+    if running and isinstance(last_step, int) and isinstance(step, int) and last_step > step:
+        return {"state": "running again", "step": step, "requeue_pending": False,
+                "text": f"running again: stopped at step {step}{of} earlier, now at step {last_step}"}
+    if summary_is_final(summary):
+        return {"state": "finished", "step": step, "requeue_pending": False,
+                "text": f"finished: {step} steps, final loss {summary.get('final_loss')}, "
+                        f"params_sha256 {str(summary.get('params_sha256'))[:16]}…"}
+    loss = f", loss {summary.get('final_loss')}" if summary.get("final_loss") is not None else ""
+    if not job_known or state in ENDED_STATES:
+        why = f"job {state}" if job_known else "the job is gone from Slurm"
+        return {"state": "stopped", "step": step, "requeue_pending": False,
+                "text": f"stopped at step {step}{of}{loss} ({why}: nothing will resume it; launch again with "
+                        f"the same --run-dir to continue from its checkpoint)"}
+    if running:
+        return {"state": "stopped", "step": step, "requeue_pending": True,
+                "text": f"stopped at step {step}{of}{loss} (checkpointed; the job is requeueing or resuming)"}
+    if state in WAITING_STATES:
+        return {"state": "stopped", "step": step, "requeue_pending": True,
+                "text": f"stopped at step {step}{of}{loss} (checkpointed; requeue pending)"}
+    return {"state": "stopped", "step": step, "requeue_pending": None,
+            "text": f"stopped at step {step}{of}{loss} (job state {state})"}
+
+
 def output_file(run_dir: Path, job_id: str) -> Path:
     return run_dir / OUTPUT_PATTERN.replace("%j", job_id)
