@@ -140,27 +140,33 @@ def test_pruning_changes_nothing_but_the_work() -> None:
     assert pruned.predicted < full.predicted, "the bound must actually skip predictions in this case"
 
 
-def test_step_time_bound_changes_nothing_but_the_work() -> None:
-    """With the real predictor: the time bound settles most plans unpredicted, and the answer (top K, runner-up,
-    the best plan with other degrees) is the exhaustive search's; the census still adds up."""
-    from bastion.planner.search import BOUNDED_OUT, OUT_OF_MEMORY
+@pytest.mark.parametrize("objective", ["throughput", "mfu", "memory"])
+def test_objective_bounds_change_nothing_but_the_work(objective: str) -> None:
+    """With the real predictor: the bound (step-time floor; model-state floor for memory) settles most plans
+    unpredicted, and the answer (top K, runner-up, the best plan with other degrees) is the exhaustive search's;
+    the census still adds up. Two GPU counts, so that MFU and throughput rank differently."""
+    from bastion.planner.objectives import get_objective
+    from bastion.planner.search import OUT_OF_MEMORY
 
+    bounded_out = get_objective(objective).bounded_reason
     req = PlanRequest(model=load_model("llama2-7b"), cluster=load_cluster("h100-sxm:16"), global_batch=64,
-                      seq_len=4096, top_k=5, workers=1)
+                      seq_len=4096, top_k=5, workers=1, objective=objective, gpu_counts=(8, 16))
     pruned, full = search(req), search(replace(req, prune=False))
     assert [p.plan for p in pruned.plans] == [p.plan for p in full.plans]
     assert [p.step_time_s for p in pruned.plans] == [p.step_time_s for p in full.plans]
     assert pruned.runner_up.plan == full.runner_up.plan
     assert pruned.alternative.plan == full.alternative.plan
-    assert pruned.predicted * 4 < full.predicted, "the bound must actually skip most predictions here"
-    assert BOUNDED_OUT not in full.rejected and pruned.rejected[BOUNDED_OUT] > 0
+    assert [p.memory_bytes for p in pruned.plans] == [p.memory_bytes for p in full.plans]
+    assert pruned.predicted * 2 < full.predicted, "the bound must actually skip most predictions here"
+    assert bounded_out not in full.rejected and pruned.rejected[bounded_out] > 0
     assert pruned.evaluated == full.evaluated == pruned.feasible + sum(pruned.rejected.values())
-    # what the bound settled is, in the exhaustive run, either feasible-but-slower or out of memory
-    assert (pruned.feasible + pruned.rejected[BOUNDED_OUT] + pruned.rejected[OUT_OF_MEMORY]
+    # what the bound settled is, in the exhaustive run, either feasible-but-worse or out of memory
+    assert (pruned.feasible + pruned.rejected[bounded_out] + pruned.rejected[OUT_OF_MEMORY]
             == full.feasible + full.rejected[OUT_OF_MEMORY])
-    slowest_shown = max(p.step_time_s for p in pruned.plans + [pruned.alternative])
-    for cluster, plan in _some_bounded_plans(req, pruned):
-        assert estimate(req.model, cluster, plan, req.seq_len).step_time_s > slowest_shown
+    if objective == "throughput":
+        slowest_shown = max(p.step_time_s for p in pruned.plans + [pruned.alternative])
+        for cluster, plan in _some_bounded_plans(replace(req, gpu_counts=()), pruned):
+            assert estimate(req.model, cluster, plan, req.seq_len).step_time_s > slowest_shown
 
 
 def test_step_time_floor_is_below_every_zero_stage_and_recompute_mode() -> None:

@@ -22,6 +22,10 @@ class Objective:
     description: str
     #: sort key of an evaluated plan; the smallest key wins
     key: Callable[[RankedPlan], tuple]
+    #: the figure the key sorts by first, as a number where smaller is better (what the search bounds)
+    value: Callable[[RankedPlan], float]
+    #: census reason for plans a bound proves cannot enter the answer
+    bounded_reason: str
 
 
 def _throughput(p: RankedPlan) -> tuple:
@@ -39,11 +43,14 @@ def _memory(p: RankedPlan) -> tuple:
 
 OBJECTIVES: dict[str, Objective] = {
     o.name: o for o in (
+        # every plan of a request moves the same tokens per step, so tokens/s ranks like the step time
         Objective("throughput", "most tokens per second (fastest optimizer step for a fixed GPU count)",
-                  _throughput),
+                  _throughput, lambda p: p.step_time_s, "slower than the plans shown (step-time bound)"),
         Objective("mfu", "highest model FLOPs utilisation (most work per GPU; differs from throughput "
-                         "when several GPU counts are searched)", _mfu),
-        Objective("memory", "least memory per device among the plans that fit (most headroom)", _memory),
+                         "when several GPU counts are searched)", _mfu, lambda p: -p.mfu,
+                  "lower MFU than the plans shown (step-time bound)"),
+        Objective("memory", "least memory per device among the plans that fit (most headroom)", _memory,
+                  lambda p: p.memory_bytes, "more memory than the plans shown (model-state bound)"),
     )
 }
 

@@ -34,8 +34,8 @@ OUT_OF_MEMORY = "out of memory"
 EstimateFn = Callable[[ModelSpec, Cluster, ParallelPlan, int], Any]
 TimeBoundFn = Callable[[ModelSpec, Cluster, ParallelPlan, int], float]
 
-#: plans settled by the step-time bound: provably slower than every plan the answer shows
-BOUNDED_OUT = "slower than the plans shown (step-time bound)"
+#: the census reason of plans the step-time bound settles under the default (throughput) objective
+BOUNDED_OUT = get_objective("throughput").bounded_reason
 #: plans predicted in the first round under the time bound; each later round doubles
 FIRST_CHUNK = 1024
 
@@ -171,7 +171,7 @@ def search(request: PlanRequest, estimate: EstimateFn | None = None,
 
     `estimate` and `state_bytes` default to the predictor's `estimate` and `memory.model_state_bytes`; tests
     pass others to check the search itself against brute force. `time_bound` (a step time no plan of a leaf
-    can beat) defaults to the predictor's when `estimate` does; it is only used for the throughput objective.
+    can beat) defaults to the predictor's when `estimate` does (the memory objective needs only the state bound).
     """
     started = time.perf_counter()
     if estimate is None:
@@ -180,7 +180,9 @@ def search(request: PlanRequest, estimate: EstimateFn | None = None,
     model, seq_len, batch = request.model, request.seq_len, request.global_batch
     space = request.space
     recomputes = space.allowed("recompute", space.recompute)
-    by_time = request.prune and time_bound is not None and objective.name == "throughput"
+    # best-first with a bound on the objective: the step-time floor (throughput, MFU) or the model-state floor
+    by_bound = request.prune and (time_bound is not None or objective.name == "memory")
+    flops_per_step = _model_flops_per_step(model, seq_len, batch) if by_bound and objective.name == "mfu" else 0.0
 
     rejected: Counter[str] = Counter()
     fixes: dict[str, str] = {}
@@ -201,24 +203,32 @@ def search(request: PlanRequest, estimate: EstimateFn | None = None,
         bound = StateLowerBound(model, cluster, state_bytes) if request.prune else None
         capacity = cluster.accelerator.hbm_bytes
         for leaf in enum.leaves:
-            zeros = tuple(z for z in leaf.zero_stages
-                          if bound is None or bound.state_bytes(leaf, batch, z) <= capacity)
+            states = {z: bound.state_bytes(leaf, batch, z) if bound is not None else 0.0 for z in leaf.zero_stages}
+            zeros = tuple(z for z, state in states.items() if state <= capacity)
             rejected[OUT_OF_MEMORY] += (len(leaf.zero_stages) - len(zeros)) * len(recomputes)
-            if zeros:
-                floor = time_bound(model, cluster, leaf.plan(batch), seq_len) if by_time else 0.0
-                groups.append((floor, total_jobs, cluster, leaf, zeros))
-                total_jobs += len(zeros) * len(recomputes)
+            if not zeros:
+                continue
+            floor = 0.0
+            if by_bound and objective.name == "memory":
+                floor = min(states[z] for z in zeros)
+            elif by_bound:
+                floor = time_bound(model, cluster, leaf.plan(batch), seq_len)
+                if objective.name == "mfu":  # the highest MFU the floor allows, as a value where smaller is better
+                    peak = cluster.accelerator.peak_tflops(leaf.precision) * 1e12 * cluster.num_gpus
+                    floor = -flops_per_step / (floor * peak) * (1 + 1e-9)
+            groups.append((floor, total_jobs, cluster, leaf, zeros))
+            total_jobs += len(zeros) * len(recomputes)
 
     # 3. predict the survivors (in worker processes when there are many), then rank. Under the time bound,
     # plans are predicted in order of their floor, and once the top K (and the best plan with other degrees,
     # which the report explains) are known, every plan whose floor is slower than all of them is settled
     # unpredicted: it cannot enter the answer.
-    if by_time:
+    if by_bound:
         groups.sort(key=lambda g: (g[0], g[1]))
     keep = max(request.top_k, 2)
     ranked: list[RankedPlan] = []
     leanest: tuple[float, ParallelPlan] | None = None
-    done, chunk, predicted = 0, FIRST_CHUNK if by_time else math.inf, 0
+    done, chunk, predicted = 0, FIRST_CHUNK if by_bound else math.inf, 0
     threshold = math.inf
     while done < len(groups) and groups[done][0] <= threshold:
         indices: list[int] = []
@@ -246,10 +256,10 @@ def search(request: PlanRequest, estimate: EstimateFn | None = None,
                                      tokens_per_s=tokens_per_s, mfu=mfu, memory_bytes=total, estimate=None,
                                      order=index))
         chunk *= 2
-        if by_time:
-            threshold = _time_threshold(ranked, objective, keep)
+        if by_bound:
+            threshold = _threshold(ranked, objective, keep)
     if done < len(groups):
-        rejected[BOUNDED_OUT] += total_jobs - predicted
+        rejected[objective.bounded_reason] += total_jobs - predicted
     ranked.sort(key=objective.key)
     # the few plans shown get their full Estimate (breakdowns) from one more, exact, prediction
     kept = [_with_estimate(p, estimate, model, request.cluster, seq_len) for p in ranked[:keep]]
@@ -263,10 +273,10 @@ def search(request: PlanRequest, estimate: EstimateFn | None = None,
                         seconds=time.perf_counter() - started, enumerations=enumerations, leanest_oom=leanest)
 
 
-def _time_threshold(ranked: list[RankedPlan], objective: Objective, keep: int) -> float:
-    """The slowest step among the plans the answer needs: the K best, and the best with other degrees than the
-    winner. A plan whose floor is slower than this can be neither (also if the winner changes later: the old
-    winner or the old alternative then has other degrees than the new one and is faster still)."""
+def _threshold(ranked: list[RankedPlan], objective: Objective, keep: int) -> float:
+    """The worst objective value among the plans the answer needs: the K best, and the best with other degrees
+    than the winner. A plan whose floor is worse than this can be neither (also if the winner changes later: the
+    old winner or the old alternative then has other degrees than the new one and is better still)."""
     if len(ranked) < keep:
         return math.inf
     ranked.sort(key=objective.key)
@@ -274,7 +284,13 @@ def _time_threshold(ranked: list[RankedPlan], objective: Objective, keep: int) -
     other = next((p for p in ranked if _degrees(p.plan) != winner), None)
     if other is None:
         return math.inf
-    return max(ranked[keep - 1].step_time_s, other.step_time_s)
+    return max(objective.value(ranked[keep - 1]), objective.value(other))
+
+
+def _model_flops_per_step(model: ModelSpec, seq_len: int, global_batch: int) -> float:
+    from bastion.predict.flops import model_flops_per_token
+
+    return model_flops_per_token(model, seq_len) * global_batch * seq_len
 
 
 def _degrees(plan: ParallelPlan) -> tuple[int, int, int, int, int]:
