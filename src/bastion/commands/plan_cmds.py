@@ -78,8 +78,8 @@ def plan_command(
     fix: list[str] = typer.Option([], "--fix", help="Pin a plan field, e.g. --fix tp=8 (repeatable)."),
     save: Path | None = typer.Option(None, "--save", help="Write the winning plan here (JSON or .toml)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
-    exhaustive: bool = typer.Option(False, "--no-prune", help="Predict every plan, even those the memory "
-                                                              "bound proves cannot fit (for checking)."),
+    exhaustive: bool = typer.Option(False, "--no-prune", help="Predict every plan, even those the memory and "
+                                                              "step-time bounds settle (for checking; slow)."),
 ) -> None:
     """Search every hybrid-parallel plan (dp·tp·pp·cp, ZeRO, micro-batch, schedule, recompute, sp,
     precision) and rank the ones that fit."""
