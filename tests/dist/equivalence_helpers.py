@@ -23,8 +23,11 @@ class CaseResult:
 
 
 def run_cases(tmp_path: Path, data: Path, world: int, cases: dict[str, dict], model: str = "tiny",
-              steps: int = STEPS, timeout: int = 900) -> dict[str, CaseResult]:
-    """Run every plan of `cases` (name -> plan dict) in one torchrun launch of `world` processes."""
+              steps: int = STEPS, timeout: int = 900, models: dict[str, str] | None = None
+              ) -> dict[str, CaseResult]:
+    """Run every plan of `cases` (name -> plan dict) in one torchrun launch of `world` processes.
+
+    `models` (case name -> model preset or file) overrides `model` for some cases."""
     import torch
 
     from bastion.specs.plan import ParallelPlan
@@ -32,7 +35,8 @@ def run_cases(tmp_path: Path, data: Path, world: int, cases: dict[str, dict], mo
     entries = []
     for name, plan in cases.items():
         plan_path = ParallelPlan(**plan).save(tmp_path / f"{name}.json")
-        entries.append({"name": name, "model": model, "plan": str(plan_path), "run_dir": str(tmp_path / name)})
+        entries.append({"name": name, "model": (models or {}).get(name, model), "plan": str(plan_path),
+                        "run_dir": str(tmp_path / name)})
     cases_path = tmp_path / "cases.json"
     cases_path.write_text(json.dumps({"data": str(data), "steps": steps, "cases": entries}))
     env = dict(os.environ, OMP_NUM_THREADS="1", TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")

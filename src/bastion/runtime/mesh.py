@@ -1,4 +1,4 @@
-"""The device mesh of a ParallelPlan: one 4-D DeviceMesh ("pp", "dp_replicate", "dp_shard", "tp").
+"""The device mesh of a ParallelPlan: one 4-D DeviceMesh ("pp", "dp_replicate", "dp_shard", "tp"), plus a cp group.
 
 Data parallelism is always FSDP2 over the ("dp_replicate", "dp_shard") sub-mesh, because that is deterministic
 and bitwise-resumable (DDP is not: it rebuilds gradient buckets after the first step, see PYTORCH_NOTES):
@@ -8,6 +8,13 @@ and bitwise-resumable (DDP is not: it rebuilds gradient buckets after the first 
                 all-gather moves the same bytes as zero 1's all-reduce, so stage 1 runs as stage 2)
   zero 3     -> dp_shard = dp, parameters resharded after forward (full shard)
 tp is the innermost dimension so that a TP group is made of neighbouring ranks (one NVLink domain on GPUs).
+
+Context parallelism (cp > 1) sits between tp and dp, as the predictor places it (tp innermost, then cp, then dp,
+pp outermost; predict/comm.py): the data-parallel mesh dimension has dp × cp members, index = dp_index · cp +
+cp_index. Parameters and gradients are therefore sharded (zero 1-3) or replicated (zero 0) over dp × cp, and FSDP
+reduces gradients over cp as well as dp — torchtitan's flattened "dp_shard_cp" mesh, built here directly as one
+dimension, so no flattened-dim slicing (deprecated from torch 2.11) is needed. The cp ranks of one (pp, dp, tp)
+coordinate also get a plain process group (`cp_group`) for the attention's key/value all-gather.
 """
 
 from __future__ import annotations
@@ -25,8 +32,9 @@ MESH_DIMS = ("pp", "dp_replicate", "dp_shard", "tp")
 
 
 def dp_layout(plan: ParallelPlan) -> tuple[int, int]:
-    """(replicate, shard) sizes of the data-parallel dimension for the plan's ZeRO stage."""
-    return (plan.dp, 1) if plan.zero_stage == 0 else (1, plan.dp)
+    """(replicate, shard) sizes of the data-parallel (× context-parallel) dimension for the plan's ZeRO stage."""
+    members = plan.dp * plan.cp
+    return (members, 1) if plan.zero_stage == 0 else (1, members)
 
 
 @dataclass
@@ -36,6 +44,8 @@ class RuntimeMesh:
     plan: ParallelPlan
     mesh: DeviceMesh
     device: torch.device
+    #: the ranks that share this rank's (pp, dp, tp) coordinates, in cp order; None when cp = 1
+    cp_group: dist.ProcessGroup | None = None
 
     @property
     def pp_rank(self) -> int:
@@ -46,9 +56,18 @@ class RuntimeMesh:
         return self.mesh.get_local_rank("tp")
 
     @property
-    def dp_rank(self) -> int:
+    def _dp_cp_index(self) -> int:
         replicate, shard = self.mesh.get_local_rank("dp_replicate"), self.mesh.get_local_rank("dp_shard")
         return replicate * self.mesh.size(MESH_DIMS.index("dp_shard")) + shard
+
+    @property
+    def dp_rank(self) -> int:
+        """Data-parallel rank (which share of the global batch); the cp ranks of a replica share it."""
+        return self._dp_cp_index // self.plan.cp
+
+    @property
+    def cp_rank(self) -> int:
+        return self._dp_cp_index % self.plan.cp
 
     @property
     def dp_mesh(self) -> DeviceMesh:
@@ -67,4 +86,18 @@ def build_mesh(plan: ParallelPlan, device: torch.device) -> RuntimeMesh:
     check_world_size(plan, dist.get_world_size())
     replicate, shard = dp_layout(plan)
     mesh = init_device_mesh(device.type, (plan.pp, replicate, shard, plan.tp), mesh_dim_names=MESH_DIMS)
-    return RuntimeMesh(plan=plan, mesh=mesh, device=device)
+    return RuntimeMesh(plan=plan, mesh=mesh, device=device, cp_group=_cp_group(plan))
+
+
+def cp_group_ranks(plan: ParallelPlan) -> list[list[int]]:
+    """Global ranks of every cp group: rank = ((pp · dp + d) · cp + c) · tp + t (tp innermost, then cp, dp, pp)."""
+    return [[((p * plan.dp + d) * plan.cp + c) * plan.tp + t for c in range(plan.cp)]
+            for p in range(plan.pp) for d in range(plan.dp) for t in range(plan.tp)]
+
+
+def _cp_group(plan: ParallelPlan) -> dist.ProcessGroup | None:
+    if plan.cp == 1:
+        return None
+    # collective: every rank creates every group, in the same order, and keeps its own
+    group, _ = dist.new_subgroups_by_enumeration(cp_group_ranks(plan))
+    return group

@@ -61,16 +61,20 @@ class Attention(nn.Module):
         self.use_rope = spec.position_embedding == "rope"
         #: selective recompute: re-run the attention core (SDPA) in backward instead of keeping its inputs
         self.recompute_core = False
+        #: context parallelism (runtime/context_parallel.py): this rank holds part of the sequence and gathers
+        #: the keys/values of the rest; None = the whole sequence is local
+        self.cp = None
         h = spec.hidden_size
         self.wq = nn.Linear(h, spec.q_width, bias=spec.bias)
         self.wk = nn.Linear(h, spec.kv_width, bias=spec.bias)
         self.wv = nn.Linear(h, spec.kv_width, bias=spec.bias)
         self.wo = nn.Linear(spec.q_width, h, bias=spec.bias)
 
-    def _core(self, q_BHSD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor) -> torch.Tensor:
+    def _core(self, q_BHSD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor,
+              mask: torch.Tensor | None = None) -> torch.Tensor:
         # GQA inside SDPA (flash kernels read each kv head for its whole query group): no repeated k/v copies
-        # are materialised or kept for backward
-        return F.scaled_dot_product_attention(q_BHSD, k_BHSD, v_BHSD, is_causal=True,
+        # are materialised or kept for backward. With cp, the causal mask is by global position (`mask`).
+        return F.scaled_dot_product_attention(q_BHSD, k_BHSD, v_BHSD, attn_mask=mask, is_causal=mask is None,
                                               enable_gqa=q_BHSD.shape[1] != k_BHSD.shape[1])
 
     def forward(self, x_BSH: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
@@ -78,17 +82,21 @@ class Attention(nn.Module):
         q = self.wq(x_BSH).view(batch, seq, -1, self.head_dim)
         k = self.wk(x_BSH).view(batch, seq, -1, self.head_dim)
         v = self.wv(x_BSH).view(batch, seq, -1, self.head_dim)
-        if self.use_rope:
+        if self.use_rope:  # `rope` holds the angles of this rank's tokens (their global positions under cp)
             cos, sin = rope[0, :seq, None, :], rope[1, :seq, None, :]
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
+        mask = None
+        if self.cp is not None:
+            k, v = self.cp.gather_sequence(k), self.cp.gather_sequence(v)
+            mask = self.cp.causal_mask(seq, q.device)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if self.recompute_core and torch.is_grad_enabled():
             from torch.utils.checkpoint import checkpoint
 
-            out = checkpoint(self._core, q, k, v, use_reentrant=False)
+            out = checkpoint(self._core, q, k, v, mask, use_reentrant=False)
         else:
-            out = self._core(q, k, v)
+            out = self._core(q, k, v, mask)
         return self.wo(out.transpose(1, 2).reshape(batch, seq, -1))
 
 
@@ -138,17 +146,21 @@ class Transformer(nn.Module):
             None if spec.tied_embeddings else nn.Linear(spec.hidden_size, spec.vocab_size, bias=False))
         # recomputed in init_weights (buffers on the meta device have no values)
         self.register_buffer("rope", torch.empty(2, spec.seq_len, spec.head_dim), persistent=False)
+        #: context parallelism: the input holds this rank's chunks of each sequence (set by parallelize)
+        self.cp = None
 
     def forward(self, tokens_or_hidden: torch.Tensor) -> torch.Tensor:
+        seq, device = tokens_or_hidden.shape[1], tokens_or_hidden.device
+        positions = None if self.cp is None else self.cp.positions(seq, self.rope.device)
         if self.tok_embeddings is not None:
             h = self.tok_embeddings(tokens_or_hidden)
             if self.pos_embeddings is not None:
-                positions = torch.arange(tokens_or_hidden.shape[1], device=tokens_or_hidden.device)
-                h = h + self.pos_embeddings(positions)
+                h = h + self.pos_embeddings(torch.arange(seq, device=device) if positions is None else positions)
         else:
             h = tokens_or_hidden
+        rope = self.rope if positions is None else self.rope.index_select(1, positions)
         for layer in self.layers.values():
-            h = layer(h, self.rope)
+            h = layer(h, rope)
         if self.norm is not None:
             h = self.norm(h)
         if self.output is not None:

@@ -2,11 +2,14 @@
 
 Order (the one PyTorch documents, and torchtitan uses):
   1. pipeline split   - cut the layer stack into pp × vpp chunks; this rank keeps its chunk(s)
+  1b. context parallel - (cp > 1) the chunk's attention gathers keys/values over the cp group and masks by global
+                        position; positions are the global ones of this rank's tokens (runtime/context_parallel.py)
   2. tensor parallel  - DTensor column/row split (+ sequence parallel, + loss parallel on the LM head) on each chunk;
                         must come before FSDP so that FSDP shards the already TP-sharded DTensors (2-D)
   3. activation ckpt  - wraps whole blocks (full) or the attention core (selective); wraps TP'd modules
   4. torch.compile    - per block (or the whole single-device model), after AC so the wrapper is traced
-  5. FSDP2            - outermost, so its all-gather/reduce-scatter hooks run around everything else
+  5. FSDP2            - outermost, so its all-gather/reduce-scatter hooks run around everything else; over the
+                        dp × cp ranks (runtime/mesh.py), so gradients are reduced over cp as well as dp
 Then the chunks are materialised (to_empty + deterministic init) and, with pp > 1, wrapped in PipelineStages and a
 schedule. Pipelining is an alpha API in torch 2.13: it is touched only here (`build_schedule`).
 """
@@ -23,8 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from bastion.errors import PlanError
+from bastion.runtime.context_parallel import ContextParallel
 from bastion.runtime.mesh import RuntimeMesh
-from bastion.runtime.model import Transformer, build_model, init_weights
+from bastion.runtime.model import Attention, Transformer, build_model, init_weights
 from bastion.specs.model import ModelSpec
 from bastion.specs.plan import V_SCHEDULES, ParallelPlan, chunk_layer_counts
 
@@ -94,6 +98,16 @@ def split_stage(model: Transformer, stage_id: int, num_stages: int) -> Transform
         stage.norm = None
         stage.output = None
     return stage
+
+
+# ---- 1b. context parallel ----------------------------------------------------------------------------------
+def apply_context_parallel(module: Transformer, rmesh: RuntimeMesh) -> None:
+    """Attach this rank's cp view to the chunk and its attention modules (before any wrapper hides them)."""
+    context = ContextParallel(group=rmesh.cp_group, size=rmesh.plan.cp, rank=rmesh.cp_rank)
+    module.cp = context
+    for sub in module.modules():
+        if isinstance(sub, Attention):
+            sub.cp = context
 
 
 # ---- 2. tensor parallel (+ sequence parallel, + loss parallel) -------------------------------------------
@@ -233,13 +247,15 @@ def parallelize(spec: ModelSpec, plan: ParallelPlan, rmesh: RuntimeMesh, config:
     compute_dtype = torch.bfloat16 if (bf16 and on_gpu) else None
     if plan.precision in ("fp16", "fp8") and on_gpu:
         notes.append(f"plan precision {plan.precision}: running bf16 compute with fp32 master weights")
-    use_fsdp = plan.dp > 1
+    use_fsdp = plan.dp * plan.cp > 1  # gradients are reduced over the dp × cp ranks (runtime/mesh.py)
     num_stages = plan.pp * (plan.vpp if plan.pp > 1 else 1)
     stage_ids = stage_ids_for_rank(plan, rmesh.pp_rank)
     full = build_model(spec)
     parts: list[nn.Module] = []
     for sid in stage_ids:
         part = split_stage(full, sid, num_stages) if num_stages > 1 else full
+        if plan.cp > 1:
+            apply_context_parallel(part, rmesh)
         if plan.tp > 1:
             apply_tensor_parallel(part, rmesh, plan.sequence_parallel)
         apply_activation_checkpointing(part, plan.recompute)

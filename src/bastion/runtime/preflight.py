@@ -31,16 +31,16 @@ def check_runtime_supports(spec: ModelSpec) -> None:
 
 
 def check_world_size(plan: ParallelPlan, world_size: int) -> None:
-    if plan.cp != 1 or plan.ep != 1:
-        raise PlanError(f"The runtime executes dp × tp × pp plans; this plan has cp = {plan.cp}, ep = {plan.ep}.",
-                        fix="set cp = 1 and ep = 1 (context and expert parallelism are predicted, not run).",
-                        reason="cp/ep not executed")
+    if plan.ep != 1:
+        raise PlanError(f"The runtime executes dp × tp × pp × cp plans; this plan has ep = {plan.ep}.",
+                        fix="set ep = 1 (expert parallelism is predicted, not run).",
+                        reason="ep not executed")
     if plan.num_gpus != world_size:
         raise PlanError(
-            f"The plan needs dp × tp × pp = {plan.dp} × {plan.tp} × {plan.pp} = {plan.num_gpus} processes, "
-            f"but the world size is {world_size}.",
+            f"The plan needs dp × tp × pp × cp = {plan.dp} × {plan.tp} × {plan.pp} × {plan.cp} = {plan.num_gpus} "
+            f"processes, but the world size is {world_size}.",
             fix=f"start {plan.num_gpus} processes (--nproc {plan.num_gpus}), or change the plan so the product "
-                f"equals {world_size} (e.g. dp = {max(1, world_size // (plan.tp * plan.pp))}).",
+                f"equals {world_size} (e.g. dp = {max(1, world_size // (plan.tp * plan.pp * plan.cp))}).",
             reason="degrees != devices")
 
 

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from bastion.errors import BastionError
+from bastion.runtime.context_parallel import split_sequence
 from bastion.runtime.data import GlobalSampler, dp_slice, open_dataset
 from bastion.runtime.mesh import RuntimeMesh, build_mesh
 from bastion.runtime.metrics import (
@@ -220,7 +221,11 @@ class Trainer:
         self.last_sample_ids = self.sampler.next_global_batch()
         mine = dp_slice(self.last_sample_ids, self.rmesh.dp_rank, self.plan.dp)
         rows = torch.from_numpy(self.sampler.tokens_for(mine)).to(self.rmesh.device)
-        return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+        inputs, targets = rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+        if self.plan.cp > 1:  # every cp rank of a replica read the same sequences; each keeps its two chunks
+            inputs = split_sequence(inputs, self.plan.cp, self.rmesh.cp_rank)
+            targets = split_sequence(targets, self.plan.cp, self.rmesh.cp_rank)
+        return inputs, targets
 
     def _forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Sum over this rank's micro-batches of loss / n_micro (0 on ranks without the last stage)."""
@@ -266,9 +271,10 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
-        # every dp × tp rank of the last stage holds the same-sized share; the others contribute 0
+        # every dp × cp × tp rank of the last stage holds the mean over the same number of tokens (tp ranks the
+        # same value); the other stages contribute 0
         dist.all_reduce(local_loss)
-        loss = float(local_loss) / (self.plan.dp * self.plan.tp)
+        loss = float(local_loss) / (self.plan.dp * self.plan.cp * self.plan.tp)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         step_time = time.perf_counter() - start
@@ -428,7 +434,8 @@ def _finish(config: TrainConfig, trainer: Trainer, spec: ModelSpec, plan: Parall
             wall_s: float, fault_tolerance: dict[str, Any] | None = None) -> dict[str, Any]:
     rank, world = dist.get_rank(), dist.get_world_size()
     # per-rank measured model state, gathered so the summary can be checked against the predictor per stage
-    mine = {"rank": rank, "pp_rank": rmesh.pp_rank, "dp_rank": rmesh.dp_rank, "tp_rank": rmesh.tp_rank,
+    mine = {"rank": rank, "pp_rank": rmesh.pp_rank, "dp_rank": rmesh.dp_rank, "cp_rank": rmesh.cp_rank,
+            "tp_rank": rmesh.tp_rank,
             "stages": trainer.model.stage_ids, **(model_state or {})}
     per_rank: list[Any] = [None] * world
     dist.all_gather_object(per_rank, mine)
@@ -486,8 +493,8 @@ def gather_full_params(trainer: Trainer, rmesh: RuntimeMesh) -> dict[str, torch.
     full = full_parameters(trainer.model.named_parameters())
     if dist.get_world_size() == 1:
         return full
-    # one copy per pipeline stage is enough: the (dp 0, tp 0) rank of each stage sends its tensors
-    payload = full if (rmesh.dp_rank == 0 and rmesh.tp_rank == 0) else None
+    # one copy per pipeline stage is enough: the (dp 0, cp 0, tp 0) rank of each stage sends its tensors
+    payload = full if (rmesh.dp_rank == 0 and rmesh.cp_rank == 0 and rmesh.tp_rank == 0) else None
     gathered: list[Any] = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
     dist.gather_object(payload, gathered, dst=0)
     if dist.get_rank() != 0:

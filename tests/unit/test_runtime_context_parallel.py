@@ -1,0 +1,87 @@
+"""Context parallelism without processes: the load-balanced chunk split, global positions, the order of gathered
+keys, the causal mask by global position, the rank layout of cp groups, and what preflight accepts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bastion.errors import PlanError
+from bastion.runtime.context_parallel import (
+    ContextParallel,
+    chunk_ids,
+    gathered_order,
+    local_positions,
+    split_sequence,
+)
+from bastion.runtime.mesh import cp_group_ranks, dp_layout
+from bastion.runtime.preflight import check_world_size
+from bastion.specs.plan import ParallelPlan
+
+
+def test_rank_r_holds_chunks_r_and_2cp_minus_1_minus_r():
+    assert [chunk_ids(4, r) for r in range(4)] == [(0, 7), (1, 6), (2, 5), (3, 4)]
+    assert local_positions(8, 2, 0).tolist() == [0, 1, 6, 7]
+    assert local_positions(8, 2, 1).tolist() == [2, 3, 4, 5]
+    with pytest.raises(ValueError):
+        local_positions(12, 4, 0)  # 12 is not divisible by 2 · 4
+
+
+@pytest.mark.parametrize("cp", [1, 2, 3, 4])
+def test_split_covers_every_token_once_with_equal_causal_work(cp):
+    seq = 8 * cp
+    tokens = torch.arange(2 * seq).view(2, seq) * 10
+    shares = [split_sequence(tokens, cp, r) for r in range(cp)]
+    for r, share in enumerate(shares):
+        assert share.shape == (2, seq // cp)
+        # the tokens a rank holds are the ones at its global positions
+        assert torch.equal(share, tokens[:, local_positions(seq, cp, r)])
+    assert sorted(torch.cat(shares, dim=1)[0].tolist()) == tokens[0].tolist()
+    # load balance: every rank's queries see the same number of (causal) keys
+    work = {int((local_positions(seq, cp, r) + 1).sum()) for r in range(cp)}
+    assert len(work) == 1
+
+
+@pytest.mark.parametrize("cp", [2, 3])
+def test_gathered_keys_are_put_back_in_sequence_order(cp):
+    seq = 4 * cp
+    full = torch.randn(1, seq, 3)
+    gathered = torch.cat([split_sequence(full, cp, r) for r in range(cp)], dim=1)  # what all_gather returns
+    assert torch.equal(gathered.index_select(1, gathered_order(seq // cp, cp)), full)
+
+
+@pytest.mark.parametrize("cp", [2, 4])
+def test_local_queries_against_all_keys_equal_the_full_causal_attention(cp):
+    torch.manual_seed(0)
+    batch, heads, kv_heads, seq, dim = 2, 4, 2, 8 * cp, 16
+    q = torch.randn(batch, heads, seq, dim)
+    k, v = torch.randn(batch, kv_heads, seq, dim), torch.randn(batch, kv_heads, seq, dim)
+    full = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    for r in range(cp):
+        context = ContextParallel(group=None, size=cp, rank=r)
+        mask = context.causal_mask(seq // cp, torch.device("cpu"))
+        assert mask.shape == (seq // cp, seq)
+        local_q = split_sequence(q, cp, r, dim=2)
+        out = F.scaled_dot_product_attention(local_q, k, v, attn_mask=mask, enable_gqa=True)
+        torch.testing.assert_close(out, split_sequence(full, cp, r, dim=2), rtol=1e-5, atol=1e-6)
+
+
+def test_cp_groups_sit_between_tp_and_dp():
+    plan = ParallelPlan(pp=2, dp=2, cp=2, tp=2, zero_stage=3, micro_batch=1, global_batch=4)
+    groups = cp_group_ranks(plan)
+    assert len(groups) == plan.pp * plan.dp * plan.tp
+    assert sorted(r for g in groups for r in g) == list(range(plan.num_gpus))
+    # stride tp inside a cp group; the group of rank 0 is (0, tp)
+    assert groups[0] == [0, 2] and all(g[1] - g[0] == plan.tp for g in groups)
+    # the data-parallel mesh dimension has dp · cp members (ZeRO shards or replicates over both)
+    assert dp_layout(plan) == (1, 4)
+    assert dp_layout(ParallelPlan(dp=2, cp=2, zero_stage=0, micro_batch=1, global_batch=4)) == (4, 1)
+
+
+def test_preflight_accepts_cp_and_still_refuses_ep():
+    check_world_size(ParallelPlan(dp=2, cp=2, micro_batch=1, global_batch=4), 4)
+    with pytest.raises(PlanError, match=r"dp × tp × pp × cp = 2 × 1 × 1 × 2 = 4"):
+        check_world_size(ParallelPlan(dp=2, cp=2, micro_batch=1, global_batch=4), 2)
+    with pytest.raises(PlanError, match="ep = 2"):
+        check_world_size(ParallelPlan(ep=2, dp=2, micro_batch=1, global_batch=4), 2)
