@@ -157,7 +157,9 @@ def test_objective_bounds_change_nothing_but_the_work(objective: str) -> None:
     assert pruned.runner_up.plan == full.runner_up.plan
     assert pruned.alternative.plan == full.alternative.plan
     assert [p.memory_bytes for p in pruned.plans] == [p.memory_bytes for p in full.plans]
-    assert pruned.predicted * 2 < full.predicted, "the bound must actually skip most predictions here"
+    # the step-time floor is tight; the model-state floor ignores activations, so it settles fewer plans
+    factor = 1.5 if objective == "memory" else 3
+    assert pruned.predicted * factor < full.predicted, "the bound must actually skip predictions here"
     assert bounded_out not in full.rejected and pruned.rejected[bounded_out] > 0
     assert pruned.evaluated == full.evaluated == pruned.feasible + sum(pruned.rejected.values())
     # what the bound settled is, in the exhaustive run, either feasible-but-worse or out of memory

@@ -167,6 +167,7 @@ class _StageKey(NamedTuple):
     """The plan fields a rank's per-micro-batch time depends on (not the schedule, vpp or global batch): the
     planner's many schedules and batch splits of one configuration share one cached stage time."""
 
+    #: the ZeRO-3 shard degree dp × cp (1 unless ZeRO-3)
     dp: int
     tp: int
     cp: int
@@ -180,8 +181,8 @@ class _StageKey(NamedTuple):
 def _stage_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int, layers: int,
                 has_first: bool, has_last: bool, options: PredictOptions) -> _StageTime:
     # only ZeRO-3 (parameter gathering) makes a rank's time depend on dp or the ZeRO stage
-    zero3 = plan.zero_stage == 3 and plan.dp > 1
-    key = _StageKey(plan.dp if zero3 else 1, plan.tp, plan.cp, 3 if zero3 else 0, plan.micro_batch,
+    zero3 = plan.zero_stage == 3 and plan.shard_degree > 1
+    key = _StageKey(plan.shard_degree if zero3 else 1, plan.tp, plan.cp, 3 if zero3 else 0, plan.micro_batch,
                     plan.recompute, plan.sequence_parallel, plan.precision)
     return _stage_time_of(model, cluster, key, seq_len, layers, has_first, has_last, options)
 
@@ -227,18 +228,27 @@ def _layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: i
         collectives = 4 + (2 if plan.recompute == "full" else 0)
         layer_tp = collectives * comm.all_reduce_time(cluster, float(tokens * model.hidden_size * a), tp_group)
 
-    # context parallelism: ring attention passes K,V chunks (forward) and K,V + their gradients (backward),
-    # overlapped with the attention of the chunk in hand
+    # context parallelism (PredictOptions.context_parallel)
     layer_cp = 0.0
     if plan.cp > 1:
         cp_group = comm.place_group(cluster, plan.cp, plan.tp)
-        kv_bytes = 2.0 * tokens * model.kv_width / plan.tp * a
-        hop = comm.p2p_time(cluster, kv_bytes, cp_group.domains > 1)
-        fwd_comm, bwd_comm = (plan.cp - 1) * hop, 2 * (plan.cp - 1) * hop
-        layer_cp = max(0.0, fwd_comm - attn_fwd) + max(0.0, bwd_comm - (attn_fwdbwd - attn_fwd))
-        if plan.recompute == "full":
-            layer_cp += max(0.0, fwd_comm - attn_fwd)
-
+        kv_bytes = 2.0 * tokens * model.kv_width / plan.tp * a  # this rank's K and V
+        if options.context_parallel == "ring":
+            # K,V chunks pass around the ring (forward), K,V and their gradients (backward), each hop overlapped
+            # with the attention of the chunk in hand
+            hop = comm.p2p_time(cluster, kv_bytes, cp_group.domains > 1)
+            fwd_comm, bwd_comm = (plan.cp - 1) * hop, 2 * (plan.cp - 1) * hop
+            layer_cp = max(0.0, fwd_comm - attn_fwd) + max(0.0, bwd_comm - (attn_fwdbwd - attn_fwd))
+            if plan.recompute == "full":
+                layer_cp += max(0.0, fwd_comm - attn_fwd)
+        elif options.context_parallel == "all-gather":
+            # the whole sequence's K,V gathered before attention and their gradients all-reduced after it (what
+            # bastion's runtime does: exact on any backend), nothing overlapped; full recompute gathers again
+            gather = comm.all_gather_time(cluster, kv_bytes * plan.cp, cp_group)
+            layer_cp = gather * (2 if plan.recompute == "full" else 1) + comm.all_reduce_time(
+                cluster, kv_bytes * plan.cp, cp_group)
+        else:
+            raise ValueError(f"context_parallel must be 'all-gather' or 'ring', got {options.context_parallel!r}")
     return _LayerCosts(gemm_fwd, attn_fwd, layer_compute, layer_recompute, layer_membound, layer_tp, layer_cp)
 
 
@@ -270,7 +280,8 @@ def _stage_time_of(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len:
     # its gradients reduce-scattered; prefetching hides them under the neighbouring layer's compute
     fsdp = 0.0
     if plan.zero_stage == 3 and plan.dp > 1:
-        dp_group = comm.place_group(cluster, plan.dp, plan.tp * plan.cp)
+        # the key's dp is the shard degree dp × cp; its members are tp ranks apart (cp inside dp)
+        dp_group = comm.place_group(cluster, plan.dp, plan.tp)
         units = fsdp_unit_numels(model, plan.tp, options.fsdp_unit)
         p_bytes, g_bytes, _ = state_bytes_per_param(plan.precision)
         gather = sum(comm.all_gather_time(cluster, float(n * p_bytes), dp_group) for n in units)
@@ -356,9 +367,10 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     dp_comm = m * slowest.fsdp_exposed
     worst_states = max((stage_states(model, plan, i) for i in representatives), key=sum)
     p_bytes, g_bytes, o_bytes = state_bytes_per_param(plan.precision)
-    if plan.dp > 1 and plan.zero_stage < 3:
-        dp_group = comm.place_group(cluster, plan.dp, plan.tp * plan.cp)
-        unsharded_grads = worst_states[1] if plan.zero_stage < 2 else worst_states[1] * plan.dp
+    if plan.shard_degree > 1 and plan.zero_stage < 3:
+        # gradients are reduced over dp × cp (context-parallel ranks hold the same parameters)
+        dp_group = comm.place_group(cluster, plan.shard_degree, plan.tp)
+        unsharded_grads = worst_states[1] if plan.zero_stage < 2 else worst_states[1] * plan.shard_degree
         numel = unsharded_grads / g_bytes
         if plan.zero_stage == 0:
             reduce = comm.all_reduce_time(cluster, numel * g_bytes, dp_group)

@@ -128,12 +128,13 @@ def state_bytes_per_param(precision: str) -> tuple[int, int, int]:
 
 
 def model_state_bytes(model: ModelSpec, plan: ParallelPlan, stage: int, dp_rank: int = 0,
-                      tp_rank: int = 0) -> dict[str, int]:
+                      tp_rank: int = 0, cp_rank: int = 0) -> dict[str, int]:
     """Exact bytes of parameters, gradients and optimizer state on one rank of pipeline stage `stage`.
 
     Sharding is per tensor as PyTorch does it: tensor parallelism splits wq/wk/wv/w1/w3 and the vocabulary
     tables on dim 0 and wo/w2 on dim 1 (torch.chunk sizes); norms (and row-parallel biases) are replicated;
-    ZeRO/FSDP then splits each TP-local tensor on dim 0 over the data-parallel ranks. The optimizer is Adam:
+    ZeRO/FSDP then splits each TP-local tensor on dim 0 over the dp × cp ranks (shard index dp_rank·cp + cp_rank,
+    as torchtitan's dp_shard_cp mesh and bastion's runtime order them). The optimizer is Adam:
     m and v per parameter (the per-tensor `step` scalars are not counted) plus, under mixed precision, the fp32
     master copy. Rank 0 of each group holds the largest shard.
     """
@@ -142,9 +143,10 @@ def model_state_bytes(model: ModelSpec, plan: ParallelPlan, stage: int, dp_rank:
     p_bytes, g_bytes, o_bytes = state_bytes_per_param(plan.precision)
     z = plan.zero_stage
     params = grads = optimizer = 0
+    shards, shard = plan.shard_degree, dp_rank * plan.cp + cp_rank
     for shape, copies in stage_param_shapes(model, plan, stage):
-        full = _local_numel(shape, plan.tp, tp_rank, plan.dp, dp_rank, dp_sharded=False)
-        sharded = _local_numel(shape, plan.tp, tp_rank, plan.dp, dp_rank, dp_sharded=True)
+        full = _local_numel(shape, plan.tp, tp_rank, shards, shard, dp_sharded=False)
+        sharded = _local_numel(shape, plan.tp, tp_rank, shards, shard, dp_sharded=True)
         params += copies * (sharded if z >= 3 else full)
         grads += copies * (sharded if z >= 2 else full)
         optimizer += copies * (sharded if z >= 1 else full)
@@ -155,14 +157,15 @@ def stage_states(model: ModelSpec, plan: ParallelPlan, stage: int) -> tuple[int,
     """(params, grads, optimizer) bytes on rank 0 of a stage, cached by what they depend on: the planner varies
     batch, recompute and schedule far more often than the degrees that shape the model states."""
     layers, has_first, has_last = stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp)[stage]
-    return _states_of_role(model, plan.tp, plan.dp, plan.zero_stage, plan.precision, layers, has_first, has_last)
+    return _states_of_role(model, plan.tp, plan.shard_degree, plan.zero_stage, plan.precision, layers, has_first,
+                           has_last)
 
 
 @lru_cache(maxsize=65536)
 def fullest_stage_states(model: ModelSpec, tp: int, dp: int, zero_stage: int, precision: str, schedule: str,
                          pp: int, vpp: int) -> int:
     """Parameter + gradient + optimizer bytes on the fullest pipeline rank (the planner's memory lower bound:
-    no plan with these degrees, schedule, precision and ZeRO stage needs less)."""
+    no plan with these degrees, schedule, precision and ZeRO stage needs less); `dp` is the shard degree dp × cp."""
     roles = stage_roles(model.num_layers, schedule, pp, vpp)
     return max(sum(_states_of_role(model, tp, dp, zero_stage, precision, *roles[i]))
                for i in representative_stages(model.num_layers, schedule, pp, vpp))
@@ -400,6 +403,9 @@ def stage_memory(model: ModelSpec, plan: ParallelPlan, seq_len: int, stage: int,
     per_token = activation_bytes_per_token(model, seq_len, plan.tp, plan.sequence_parallel, plan.recompute,
                                            plan.precision, options, fused_rmsnorm)
     activations = in_flight * tokens * per_token
+    if plan.cp > 1 and options.context_parallel == "all-gather" and plan.recompute != "full":
+        # attention keeps the gathered K,V of the other cp - 1 ranks for backward, per layer in flight
+        activations += in_flight * tokens * (plan.cp - 1) * 2 * model.kv_width / plan.tp * a
     if plan.recompute != "none":
         # backward re-materialises one layer's full activations at a time on top of the checkpoints
         activations += tokens * activation_bytes_per_token(model, seq_len, plan.tp, plan.sequence_parallel,
@@ -414,10 +420,10 @@ def stage_memory(model: ModelSpec, plan: ParallelPlan, seq_len: int, stage: int,
         transient = 0.0 if options.fused_cross_entropy else (a + 4) * model.vocab_size / plan.tp
         logits = tokens * (loss_saved_bytes_per_token(model, plan.tp, plan.precision, options) + transient)
     comm = 0.0
-    if plan.dp > 1 and plan.zero_stage == 3:
+    if plan.shard_degree > 1 and plan.zero_stage == 3:
         # two gathered units (current + prefetched) and one unsharded gradient, the largest unit each
         comm += 3 * a * max(fsdp_unit_numels(model, plan.tp, options.fsdp_unit))
-    elif plan.dp > 1:
+    elif plan.shard_degree > 1:
         comm += 2 * options.dp_bucket_bytes
     if plan.tp > 1:
         comm += 2 * tokens * model.hidden_size * a  # gathered sequence / all-reduce staging

@@ -37,6 +37,11 @@ class PredictOptions:
     #: or `module` (each weight matrix as it is about to run: DeepSpeed ZeRO-3's sub-module fetching) — more,
     #: smaller collectives, and only one matrix (plus the prefetched one) unsharded at a time
     fsdp_unit: str = "layer"
+    #: how context-parallel attention gets the other ranks' keys and values: `all-gather` (bastion's runtime and
+    #: Llama 3: gather K,V of the whole sequence before attention, not overlapped; the backward all-reduces their
+    #: gradients; each rank keeps the gathered K,V for backward) or `ring` (ring attention as in Megatron/Transformer
+    #: Engine: K,V chunks pass around the ring while the chunk in hand is computed; only local K,V are kept)
+    context_parallel: str = "all-gather"
     #: bytes a ZeRO-0/1/2 data-parallel gradient bucket holds (PyTorch DDP's default bucket_cap_mb = 25)
     dp_bucket_bytes: float = 25e6
     #: device memory the CUDA context, cuBLAS/NCCL workspaces take before the first tensor, GiB (GPUs only)

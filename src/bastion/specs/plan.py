@@ -85,6 +85,12 @@ class ParallelPlan:
         return self.dp * self.tp * self.pp * self.cp
 
     @property
+    def shard_degree(self) -> int:
+        """Ranks that hold the same parameters of a stage and TP rank: dp × cp. ZeRO/FSDP shards over them and
+        gradients are reduced over them (context-parallel ranks see different tokens of the same sequences)."""
+        return self.dp * self.cp
+
+    @property
     def grad_accumulation(self) -> int:
         """Micro-batches each replica runs per optimizer step."""
         return self.global_batch // (self.micro_batch * self.dp)
