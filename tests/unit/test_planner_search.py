@@ -187,6 +187,24 @@ def test_step_time_floor_is_below_every_zero_stage_and_recompute_mode() -> None:
     assert checked > 500
 
 
+def test_memory_floor_is_below_every_recompute_mode() -> None:
+    from bastion.predict.estimate import memory_lower_bound
+
+    checked = 0
+    for name, cluster_name, batch, seq in (("llama3-8b", "h100-sxm:32", 128, 8192), ("tiny", "cpu:4", 8, 64),
+                                           ("gpt3-175b", "a100-80g:64", 64, 2048)):
+        model, cluster = load_model(name), load_cluster(cluster_name)
+        enum = enumerate_space(model, cluster, batch, seq, SearchSpace())
+        for leaf in enum.leaves[::17]:
+            for zero in leaf.zero_stages:
+                floor = memory_lower_bound(model, cluster, leaf.plan(batch, zero), seq)
+                totals = [estimate(model, cluster, leaf.plan(batch, zero, r), seq).memory.total
+                          for r in RECOMPUTE_MODES]
+                assert floor <= min(totals), (name, leaf, zero)
+                checked += 1
+    assert checked > 300
+
+
 def _some_bounded_plans(req: PlanRequest, result) -> list:
     """A few plans of the space that the bounded search did not predict (by re-deriving the floors)."""
     from bastion.planner.space import enumerate_space

@@ -79,7 +79,7 @@ class PublishedRuns:
 
     def __init__(self, workers: int = 0) -> None:
         from bastion.predict import estimate
-        from bastion.predict.estimate import step_time_lower_bound
+        from bastion.predict.estimate import memory_lower_bound, step_time_lower_bound
         from bastion.predict.options import PRODUCTION_STACK
 
         self.options = PRODUCTION_STACK
@@ -87,6 +87,7 @@ class PublishedRuns:
         # the planner searches with the same options the published plans are predicted with, bound included
         self._estimate = lambda m, c, p, s: estimate(m, c, p, s, options=PRODUCTION_STACK, detail=False)
         self._bound = lambda m, c, p, s: step_time_lower_bound(m, c, p, s, options=PRODUCTION_STACK)
+        self._memory_bound = lambda m, c, p, s: memory_lower_bound(m, c, p, s, options=PRODUCTION_STACK)
         self._searches: dict[tuple, RankedPlan | None] = {}
 
     def best(self, model: Any, cluster: Any, global_batch: int, space: SearchSpace) -> RankedPlan | None:
@@ -94,7 +95,7 @@ class PublishedRuns:
         if key not in self._searches:
             result = search(PlanRequest(model=model, cluster=cluster, global_batch=global_batch,
                                         seq_len=model.seq_len, top_k=1, space=space, workers=self.workers),
-                            estimate=self._estimate, time_bound=self._bound)
+                            estimate=self._estimate, time_bound=self._bound, memory_bound=self._memory_bound)
             self._searches[key] = result.plans[0] if result.plans else None
         return self._searches[key]
 

@@ -33,6 +33,7 @@ OUT_OF_MEMORY = "out of memory"
 
 EstimateFn = Callable[[ModelSpec, Cluster, ParallelPlan, int], Any]
 TimeBoundFn = Callable[[ModelSpec, Cluster, ParallelPlan, int], float]
+MemoryBoundFn = Callable[[ModelSpec, Cluster, ParallelPlan, int], float]
 
 #: the census reason of plans the step-time bound settles under the default (throughput) objective
 BOUNDED_OUT = get_objective("throughput").bounded_reason
@@ -165,17 +166,27 @@ def default_time_bound() -> TimeBoundFn:
     return step_time_lower_bound
 
 
+def default_memory_bound() -> MemoryBoundFn:
+    """The predictor's memory lower bound (valid for a plan and all its recompute modes)."""
+    from bastion.predict.estimate import memory_lower_bound
+
+    return memory_lower_bound
+
+
 def search(request: PlanRequest, estimate: EstimateFn | None = None,
-           state_bytes: StateBytesFn | None = None, time_bound: TimeBoundFn | None = None) -> SearchResult:
+           state_bytes: StateBytesFn | None = None, time_bound: TimeBoundFn | None = None,
+           memory_bound: MemoryBoundFn | None = None) -> SearchResult:
     """Evaluate every plan in the request's space and return the best `top_k`.
 
     `estimate` and `state_bytes` default to the predictor's `estimate` and `memory.model_state_bytes`; tests
     pass others to check the search itself against brute force. `time_bound` (a step time no plan of a leaf
-    can beat) defaults to the predictor's when `estimate` does (the memory objective needs only the state bound).
+    can beat) and `memory_bound` (bytes no recompute mode of a plan goes below) default to the predictor's when
+    `estimate` does; without them only the model-state bound prunes.
     """
     started = time.perf_counter()
     if estimate is None:
         estimate, time_bound = default_estimate(), time_bound or default_time_bound()
+        memory_bound = memory_bound or default_memory_bound()
     objective = get_objective(request.objective)
     model, seq_len, batch = request.model, request.seq_len, request.global_batch
     space = request.space
@@ -204,6 +215,11 @@ def search(request: PlanRequest, estimate: EstimateFn | None = None,
         capacity = cluster.accelerator.hbm_bytes
         for leaf in enum.leaves:
             states = {z: bound.state_bytes(leaf, batch, z) if bound is not None else 0.0 for z in leaf.zero_stages}
+            if bound is not None and memory_bound is not None and objective.name == "memory":
+                # the predictor's fuller floor (states + the layer inputs every recompute mode keeps); under the
+                # other objectives the step-time bound settles more for less work
+                states = {z: max(state, memory_bound(model, cluster, leaf.plan(batch, z), seq_len))
+                          if state <= capacity else state for z, state in states.items()}
             zeros = tuple(z for z, state in states.items() if state <= capacity)
             rejected[OUT_OF_MEMORY] += (len(leaf.zero_stages) - len(zeros)) * len(recomputes)
             if not zeros:

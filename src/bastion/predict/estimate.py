@@ -20,6 +20,7 @@ from bastion.predict import comm, compute, flops, schedule
 from bastion.predict.calibration import load_calibration
 from bastion.predict.memory import (
     MemoryBreakdown,
+    activation_bytes_per_token,
     activation_dtype_bytes,
     fsdp_unit_numels,
     stage_memory,
@@ -325,6 +326,28 @@ def step_time_lower_bound(model: ModelSpec, cluster: Cluster, plan: ParallelPlan
     m = plan.num_microbatches
     bubble = schedule.bubble_fraction(plan.pp_schedule, plan.pp, plan.vpp, m) * m * slowest
     return (m * slowest + bubble) * (1 - 1e-12)  # the margin absorbs rounding in a differently ordered sum
+
+
+def memory_lower_bound(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int | None = None,
+                       options: PredictOptions | None = None) -> float:
+    """Bytes per device `estimate(...).memory.total` can never go below, for `plan` and every plan that differs
+    from it only in recompute (the planner settles out-of-memory plans with it; pruned == unpruned is tested).
+
+    Per rank: the model states, plus the layer inputs of every micro-batch in flight — what full recompute keeps,
+    and every other mode keeps more — with the allocator's fragmentation share of them and its fixed reserve."""
+    options = options or DEFAULT_OPTIONS
+    s = seq_len or model.seq_len
+    if s != model.seq_len:
+        model = model.with_seq_len(s)
+    roles = schedule.stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp)
+    inputs_per_token = activation_bytes_per_token(model, s, plan.tp, plan.sequence_parallel, "full", plan.precision)
+    tokens = plan.micro_batch * s / plan.cp
+    m = plan.num_microbatches
+    worst = max(sum(stage_states(model, plan, i)) + (1 + options.fragmentation) * tokens * inputs_per_token
+                * schedule.layer_microbatches_in_flight(plan.pp_schedule, plan.pp, plan.vpp, m, i, roles[i][0])
+                for i in schedule.representative_stages(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp))
+    reserve = 0.0 if compute.is_cpu(cluster.accelerator) else options.runtime_reserve_gib * 2**30
+    return (worst + reserve) * (1 - 1e-12)  # the margin absorbs rounding in a differently ordered sum
 
 
 def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int | None = None,
