@@ -5,8 +5,13 @@ cp rank r keeps chunks r and 2·cp−1−r, so that under a causal mask every ra
 (load-balanced causal split, as Megatron-LM and torchtitan do it).
 
 Attention: each rank computes attention for its own queries against the keys and values of the *whole*
-sequence: K and V are all-gathered over the cp group (after RoPE, so they carry their global positions), put
-back into sequence order, and masked causally by global token position. This is the all-gather-KV scheme Llama 3
+sequence: K and V are all-gathered over the cp group (after RoPE, so they carry their global positions) and put
+back into sequence order. No (S/cp × S) mask is built: each of the two local query chunks (global positions
+[a, a+c)) attends to the gathered keys/values of positions [0, a+c) under a bottom-right-aligned causal mask
+(`torch.nn.attention.bias.causal_lower_right(c, a + c)`), which SDPA dispatches to the flash or memory-efficient
+kernel on CUDA (no mask tensor); the two outputs are concatenated in local order. This is exactly the causal mask
+by global position (`ContextParallel.causal_mask`, kept as the reference the tests compare with): query a+i may
+see keys 0..a+i, i.e. the first a+i+1 of the a+c keys. It is the all-gather-KV scheme Llama 3
 was trained with, chosen over ring attention because it is exact (one softmax over the same keys as a single
 process, no online-softmax merging of partial results) and needs only all-gather and all-reduce, which gloo has
 on every torch version we run (2.11 and 2.13). The backward of the gather is an all-reduce of the gathered
@@ -24,6 +29,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
 
 
 def chunk_ids(cp: int, cp_rank: int) -> tuple[int, int]:
@@ -59,6 +66,46 @@ def gathered_order(local_len: int, cp: int) -> torch.Tensor:
     seq_len = local_len * cp
     positions = torch.cat([local_positions(seq_len, cp, r) for r in range(cp)])
     return torch.argsort(positions)
+
+
+def _flash_cannot_take_gqa(q_BHSD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor) -> bool:
+    """True on CUDA when SDPA's flash kernel cannot run these GQA inputs (so CausalBias would build a mask)."""
+    if q_BHSD.device.type != "cuda":
+        return False  # CPU (and meta): the math / CPU kernels run with the mask either way
+    from torch.backends.cuda import SDPAParams, can_use_flash_attention
+
+    return not can_use_flash_attention(SDPAParams(q_BHSD, k_BHSD, v_BHSD, None, 0.0, True, True))
+
+
+def chunked_causal_attention(q_BHSD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor,
+                             cp: int, cp_rank: int) -> torch.Tensor:
+    """Causal attention of cp rank `cp_rank`'s local queries against the keys/values of the whole sequence.
+
+    q_BHSD: (B, H, S/cp, D), this rank's two chunks in local order; k_BHSD, v_BHSD: (B, Hkv, S, D) in sequence
+    order (Hkv may divide H: grouped-query attention). Returns (B, H, S/cp, D) in local order. Query chunk
+    [a, a+c) attends to keys [0, a+c) with a bottom-right-aligned causal mask, so no (S/cp × S) mask exists.
+    """
+    local_len = q_BHSD.shape[2]
+    if local_len % 2 or local_len * cp != k_BHSD.shape[2]:
+        raise ValueError(f"{local_len} local queries are not two equal chunks of a {k_BHSD.shape[2]}-token "
+                         f"sequence split over cp = {cp}")
+    chunk = local_len // 2
+    # CausalBias takes enable_gqa and hands it on (torch 2.13 source; an older torch's bias.py has the same
+    # signature). The flash kernel reads each kv head for its query group. The memory-efficient kernel takes no GQA
+    # (sdp_utils.cpp), so where flash cannot run on CUDA (fp32, large head dim) CausalBias would materialise the
+    # (c × (a+c)) mask and run the math kernel: repeat the kv heads for those calls instead.
+    gqa = q_BHSD.shape[1] != k_BHSD.shape[1]
+    if gqa and _flash_cannot_take_gqa(q_BHSD, k_BHSD, v_BHSD):
+        group = q_BHSD.shape[1] // k_BHSD.shape[1]
+        k_BHSD, v_BHSD = k_BHSD.repeat_interleave(group, dim=1), v_BHSD.repeat_interleave(group, dim=1)
+        gqa = False
+    outs = []
+    for i, chunk_id in enumerate(chunk_ids(cp, cp_rank)):
+        end = (chunk_id + 1) * chunk  # keys of positions [0, end) exist for this query chunk; the last c are its own
+        outs.append(F.scaled_dot_product_attention(
+            q_BHSD[:, :, i * chunk: (i + 1) * chunk], k_BHSD[:, :, :end], v_BHSD[:, :, :end],
+            attn_mask=causal_lower_right(chunk, end), enable_gqa=gqa))
+    return torch.cat(outs, dim=2)
 
 
 class _GatherSequence(torch.autograd.Function):
@@ -101,7 +148,9 @@ class ContextParallel:
         return self._cache[key]
 
     def causal_mask(self, local_len: int, device: torch.device) -> torch.Tensor:
-        """(local_len, seq_len) bool: query i (global position p_i) may attend to key j iff j <= p_i."""
+        """(local_len, seq_len) bool: query i (global position p_i) may attend to key j iff j <= p_i.
+
+        The reference `attention` is checked against; the model does not build it."""
         key = ("mask", local_len, str(device))
         if key not in self._cache:
             seq_len = local_len * self.size
@@ -117,3 +166,7 @@ class ContextParallel:
         if key not in self._cache:
             self._cache[key] = gathered_order(local_len, self.size).to(local_BSX.device)
         return gathered.index_select(1, self._cache[key])
+
+    def attention(self, q_BHSD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor) -> torch.Tensor:
+        """Causal attention of the local queries against the gathered keys/values (`chunked_causal_attention`)."""
+        return chunked_causal_attention(q_BHSD, k_BHSD, v_BHSD, self.size, self.rank)

@@ -70,11 +70,13 @@ class Attention(nn.Module):
         self.wv = nn.Linear(h, spec.kv_width, bias=spec.bias)
         self.wo = nn.Linear(spec.q_width, h, bias=spec.bias)
 
-    def _core(self, q_BHSD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor,
-              mask: torch.Tensor | None = None) -> torch.Tensor:
+    def _core(self, q_BHSD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor) -> torch.Tensor:
         # GQA inside SDPA (flash kernels read each kv head for its whole query group): no repeated k/v copies
-        # are materialised or kept for backward. With cp, the causal mask is by global position (`mask`).
-        return F.scaled_dot_product_attention(q_BHSD, k_BHSD, v_BHSD, attn_mask=mask, is_causal=mask is None,
+        # are materialised or kept for backward. With cp, the local queries attend to the gathered keys causally
+        # by global position, chunk by chunk with a bottom-right causal bias (no mask tensor; context_parallel.py).
+        if self.cp is not None:
+            return self.cp.attention(q_BHSD, k_BHSD, v_BHSD)
+        return F.scaled_dot_product_attention(q_BHSD, k_BHSD, v_BHSD, is_causal=True,
                                               enable_gqa=q_BHSD.shape[1] != k_BHSD.shape[1])
 
     def forward(self, x_BSH: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
@@ -86,17 +88,15 @@ class Attention(nn.Module):
             cos, sin = rope[0, :seq, None, :], rope[1, :seq, None, :]
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
-        mask = None
         if self.cp is not None:
             k, v = self.cp.gather_sequence(k), self.cp.gather_sequence(v)
-            mask = self.cp.causal_mask(seq, q.device)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if self.recompute_core and torch.is_grad_enabled():
             from torch.utils.checkpoint import checkpoint
 
-            out = checkpoint(self._core, q, k, v, mask, use_reentrant=False)
+            out = checkpoint(self._core, q, k, v, use_reentrant=False)
         else:
-            out = self._core(q, k, v, mask)
+            out = self._core(q, k, v)
         return self.wo(out.transpose(1, 2).reshape(batch, seq, -1))
 
 
