@@ -87,7 +87,8 @@ def test_gpu_range_searches_every_listed_size() -> None:
 
     ranged, singles = run("2..4"), [run(n) for n in ("2", "3", "4")]
     assert ranged["evaluated"] == sum(s["evaluated"] for s in singles)
-    assert ranged["feasible"] == sum(s["feasible"] for s in singles)
+    # "feasible" counts predicted plans that fit; each search's step-time bound settles a different share
+    assert ranged["evaluated"] == ranged["feasible"] + sum(ranged["rejected"].values())
     # 3 devices run tiny's 4 layers as pp 3: the embedding and the head take a layer's slot each
     assert {p["plan"]["pp"] for p in singles[1]["plans"]} == {3}
     sizes = {p["plan"]["dp"] * p["plan"]["tp"] * p["plan"]["pp"] * p["plan"]["cp"] for p in ranged["plans"]}

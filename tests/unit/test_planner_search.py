@@ -98,8 +98,8 @@ def brute_force(model: ModelSpec, cluster, global_batch: int, seq_len: int, prec
                 RECOMPUTE_MODES, (False, True), precisions):
             if pp == 1 and (sched, vpp) != ("1f1b", 1):
                 continue  # the schedule means nothing without a pipeline: one canonical form
-            if dp == 1 and zero > 0:
-                continue  # nothing to shard: one canonical form
+            if dp * cp == 1 and zero > 0:
+                continue  # nothing to shard (ZeRO spans dp × cp): one canonical form
             try:
                 plan = ParallelPlan(dp=dp, tp=tp, pp=pp, cp=cp, zero_stage=zero, micro_batch=micro,
                                     global_batch=global_batch, pp_schedule=sched, vpp=vpp, recompute=rc,
@@ -300,3 +300,25 @@ def test_explanation_names_the_fields_and_the_terms_that_differ() -> None:
     assert c.step_delta_s == pytest.approx(best.step_time_s - second.step_time_s) and c.step_delta_s <= 0
     text = explain(best, second)
     assert all(f"instead of {b[k]}" in text for k, _, _ in c.plan_changes)
+
+
+def test_nothing_fits_reports_the_same_leanest_plan_with_the_memory_floor() -> None:
+    """Under --objective memory the memory floor settles plans unpredicted; when nothing fits, the advice must
+    still name the leanest plan (not claim that the model state alone is too big)."""
+    model = load_model("llama-1.5b").with_seq_len(1_048_576)
+    req = PlanRequest(model=model, cluster=load_cluster("h100-sxm:1"), global_batch=1, seq_len=1_048_576,
+                      objective="memory", workers=1)
+    pruned, full = search(req), search(replace(req, prune=False))
+    assert not pruned.plans and not full.plans
+    assert pruned.leanest_oom is not None
+    assert pruned.leanest_oom == full.leanest_oom
+    assert pruned.rejected == full.rejected
+
+
+def test_zero_shards_over_context_parallel_ranks_when_dp_is_1() -> None:
+    """ZeRO spans dp × cp, so dp = 1, cp > 1 plans are searched at every ZeRO stage."""
+    model, cluster = load_model("llama3-8b"), load_cluster("h100-sxm:8")
+    enum = enumerate_space(model, cluster, 1, 65536, SearchSpace())
+    cp_only = [leaf for leaf in enum.leaves if leaf.dp == 1 and leaf.cp > 1]
+    assert cp_only and all(leaf.zero_stages == (0, 1, 2, 3) for leaf in cp_only)
+    assert all(leaf.zero_stages == (0,) for leaf in enum.leaves if leaf.dp * leaf.cp == 1)

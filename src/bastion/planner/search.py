@@ -23,7 +23,7 @@ from typing import Any
 from bastion.errors import ConfigError, PlanError
 from bastion.planner.bounds import StateBytesFn, StateLowerBound
 from bastion.planner.objectives import Objective, get_objective
-from bastion.planner.parallel import predict_all
+from bastion.planner.parallel import outcome_of, predict_all
 from bastion.planner.space import Enumeration, Leaf, SearchSpace, enumerate_space
 from bastion.specs.hardware import Cluster
 from bastion.specs.model import ModelSpec
@@ -203,6 +203,7 @@ def search(request: PlanRequest, estimate: EstimateFn | None = None,
     # leaf: (floor, index of its first plan, cluster, leaf, ZeRO stages); its plans are the ZeRO stages × recompute
     # modes, and a ParallelPlan is built only for a plan that is predicted
     groups: list[tuple[float, int, Cluster, Leaf, tuple[int, ...]]] = []
+    floor_oom: list[tuple[float, Cluster, Leaf, int]] = []  # out of memory by the memory floor only
     total_jobs = 0
     for count in request.counts:
         cluster = _resize(request.cluster, count)
@@ -218,8 +219,11 @@ def search(request: PlanRequest, estimate: EstimateFn | None = None,
             if bound is not None and memory_bound is not None and objective.name == "memory":
                 # the predictor's fuller floor (states + the layer inputs every recompute mode keeps); under the
                 # other objectives the step-time bound settles more for less work
-                states = {z: max(state, memory_bound(model, cluster, leaf.plan(batch, z), seq_len))
-                          if state <= capacity else state for z, state in states.items()}
+                for z, state in states.items():
+                    if state <= capacity:
+                        states[z] = max(state, memory_bound(model, cluster, leaf.plan(batch, z), seq_len))
+                        if states[z] > capacity:  # kept: if nothing fits, the leanest of these is reported
+                            floor_oom.append((states[z], cluster, leaf, z))
             zeros = tuple(z for z, state in states.items() if state <= capacity)
             rejected[OUT_OF_MEMORY] += (len(leaf.zero_stages) - len(zeros)) * len(recomputes)
             if not zeros:
@@ -276,6 +280,17 @@ def search(request: PlanRequest, estimate: EstimateFn | None = None,
             threshold = _threshold(ranked, objective, keep)
     if done < len(groups):
         rejected[objective.bounded_reason] += total_jobs - predicted
+    if not ranked and floor_oom:
+        # nothing fits: find the leanest plan for the advice among those the memory floor settled (already counted
+        # out of memory), best floor first, until no floor can beat the leanest found
+        for floor, cluster, leaf, zero in sorted(floor_oom, key=lambda f: f[0]):
+            if leanest is not None and floor >= leanest[0]:
+                break
+            for recompute in recomputes:
+                plan = leaf.plan(batch, zero, recompute)
+                outcome = outcome_of(estimate, model, cluster, plan, seq_len)
+                if not isinstance(outcome, PlanError) and (leanest is None or outcome[4] < leanest[0]):
+                    leanest = (outcome[4], plan)
     ranked.sort(key=objective.key)
     # the few plans shown get their full Estimate (breakdowns) from one more, exact, prediction
     kept = [_with_estimate(p, estimate, model, request.cluster, seq_len) for p in ranked[:keep]]

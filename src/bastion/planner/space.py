@@ -183,7 +183,8 @@ def enumerate_space(model: ModelSpec, cluster: Cluster, global_batch: int, seq_l
         schedules = schedule_options(pp, model.num_layers, space)
         micros = micro_options(dp)
         sps = sp_options(tp)
-        zeros = all_zeros[:1] if dp == 1 else all_zeros
+        # ZeRO shards over dp × cp (context-parallel ranks hold the same parameters): one form when both are 1
+        zeros = all_zeros[:1] if dp * cp == 1 else all_zeros
         width = len(zeros) * len(recompute)
         below_schedule = len(micros) * len(precisions) * len(sps) * width
         for ep in ep_options(model, dp, space):
