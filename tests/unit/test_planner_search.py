@@ -322,3 +322,21 @@ def test_zero_shards_over_context_parallel_ranks_when_dp_is_1() -> None:
     cp_only = [leaf for leaf in enum.leaves if leaf.dp == 1 and leaf.cp > 1]
     assert cp_only and all(leaf.zero_stages == (0, 1, 2, 3) for leaf in cp_only)
     assert all(leaf.zero_stages == (0,) for leaf in enum.leaves if leaf.dp * leaf.cp == 1)
+
+
+def test_bounds_see_the_model_at_the_requested_sequence_length() -> None:
+    """gpt3-175b has a learned position table sized by seq_len: asked at a shorter length than its preset, the
+    bounds must see the shorter table (as the predictor does), or they would overstate memory and drop plans."""
+    from bastion.predict.memory import model_state_bytes
+
+    model, short = load_model("gpt3-175b"), 512
+    seen: set[int] = set()
+
+    def spy(m: ModelSpec, plan: ParallelPlan, stage: int) -> dict[str, float]:
+        seen.add(m.seq_len)
+        return model_state_bytes(m, plan, stage)
+
+    search(PlanRequest(model=model, cluster=load_cluster("a100-80g:64"), global_batch=64, seq_len=short, workers=1,
+                       space=SearchSpace(pins={"tp": 8, "micro_batch": 1, "recompute": "full"})),
+           estimate=lambda m, c, p, s: estimate(m, c, p, s), state_bytes=spy)
+    assert seen == {short}
