@@ -35,11 +35,11 @@ def bastion(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
                           timeout=timeout, env=env)
 
 
-def train(run_dir: Path, data: Path, plan: dict, nproc: int, *extra: str) -> None:
-    plan_file = run_dir.parent / f"plan-{len(list(run_dir.parent.glob('plan-*')))}.json"
+def train(run_dir: Path, data: Path, plan: dict, nproc: int, *extra: str, steps: int = STEPS) -> None:
+    plan_file = run_dir.parent / f"plan-{run_dir.name}-{len(list(run_dir.parent.glob('plan-*')))}.json"
     plan_file.write_text(json.dumps({**BASE, **plan}))
     result = bastion("train", "--model", "tiny", "--plan", str(plan_file), "--data", str(data), "--steps",
-                     str(STEPS), "--run-dir", str(run_dir), "--nproc", str(nproc), "--no-progress",
+                     str(steps), "--run-dir", str(run_dir), "--nproc", str(nproc), "--no-progress",
                      "--checkpoint-every", "2", "--sync-checkpoint", *extra)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
 
@@ -49,12 +49,12 @@ def step_records(run_dir: Path) -> list[dict]:
     return [r for r in map(json.loads, lines) if "event" not in r]
 
 
-def final_state(run_dir: Path) -> dict:
+def final_state(run_dir: Path, steps: int = STEPS) -> dict:
     """Model weights and Adam moments of the last checkpoint, loaded through DCP into plain tensors."""
     import torch
     import torch.distributed.checkpoint as dcp
 
-    path = run_dir / "checkpoints" / f"step-{STEPS:08d}"
+    path = run_dir / "checkpoints" / f"step-{steps:08d}"
     metadata = dcp.FileSystemReader(str(path)).read_metadata()
     wanted = {k: torch.empty(m.size, dtype=m.properties.dtype)
               for k, m in metadata.state_dict_metadata.items()
@@ -63,19 +63,24 @@ def final_state(run_dir: Path) -> dict:
     return wanted
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("reshard")
+def reference_and_switched(root: Path, segments: list, steps: int = STEPS) -> tuple[Path, Path]:
+    """An uninterrupted single-process run, and one that runs `segments` (plan, processes, stop after step) in
+    turn in the same run directory, each resuming where the last stopped."""
     data = root / "data"
     assert bastion("data", "prepare", str(Path(json.__file__).parent), "--out", str(data)).returncode == 0
     reference = root / "reference"
     reference.mkdir()
-    train(reference, data, {}, 1)
+    train(reference, data, {}, 1, steps=steps)
     switched = root / "switched"
     switched.mkdir()
-    for plan, nproc, stop in SEGMENTS:
-        train(switched, data, plan, nproc, *(["--stop-after-step", str(stop)] if stop else []))
+    for plan, nproc, stop in segments:
+        train(switched, data, plan, nproc, *(["--stop-after-step", str(stop)] if stop else []), steps=steps)
     return reference, switched
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> tuple[Path, Path]:
+    return reference_and_switched(tmp_path_factory.mktemp("reshard"), SEGMENTS)
 
 
 def test_every_plan_change_resumed_where_the_last_stopped(runs):

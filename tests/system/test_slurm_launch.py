@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from slurm_harness import SlurmCluster, wait_for
 
+from bastion.jsonl import read_json_lines
 from bastion.specs import ParallelPlan
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(420)]
@@ -49,16 +50,7 @@ def submit(cluster: SlurmCluster, run_dir: Path, plan: Path, data: Path, steps: 
 
 
 def records(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
+    return read_json_lines(run_dir / "metrics.jsonl")
 
 
 def events(run_dir: Path, kind: str) -> list[dict]:
