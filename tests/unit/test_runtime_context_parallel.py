@@ -22,6 +22,12 @@ from bastion.runtime.preflight import check_world_size
 from bastion.specs.plan import ParallelPlan
 
 
+def causal_mask(cp: int, cp_rank: int, local_len: int) -> torch.Tensor:
+    """The reference: (local_len, seq_len) bool, query i (global position p_i) may attend to key j iff j <= p_i."""
+    positions = local_positions(local_len * cp, cp, cp_rank)
+    return torch.arange(local_len * cp)[None, :] <= positions[:, None]
+
+
 def test_rank_r_holds_chunks_r_and_2cp_minus_1_minus_r():
     assert [chunk_ids(4, r) for r in range(4)] == [(0, 7), (1, 6), (2, 5), (3, 4)]
     assert local_positions(8, 2, 0).tolist() == [0, 1, 6, 7]
@@ -62,7 +68,7 @@ def test_local_queries_against_all_keys_equal_the_full_causal_attention(cp):
     full = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
     for r in range(cp):
         context = ContextParallel(group=None, size=cp, rank=r)
-        mask = context.causal_mask(seq // cp, torch.device("cpu"))
+        mask = causal_mask(cp, context.rank, seq // cp)
         assert mask.shape == (seq // cp, seq)
         local_q = split_sequence(q, cp, r, dim=2)
         out = F.scaled_dot_product_attention(local_q, k, v, attn_mask=mask, enable_gqa=True)
@@ -79,7 +85,7 @@ def test_chunked_attention_equals_the_masked_reference_forward_and_backward(cp, 
         k = torch.randn(batch, kv_heads, seq, dim, dtype=torch.float64, requires_grad=True)
         v = torch.randn(batch, kv_heads, seq, dim, dtype=torch.float64, requires_grad=True)
         upstream = torch.randn(batch, heads, seq // cp, dim, dtype=torch.float64)
-        mask = ContextParallel(group=None, size=cp, rank=r).causal_mask(seq // cp, torch.device("cpu"))
+        mask = causal_mask(cp, r, seq // cp)
         reference = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=kv_heads != heads)
         ref_grads = torch.autograd.grad((reference * upstream).sum(), (q, k, v))
         out = ContextParallel(group=None, size=cp, rank=r).attention(q, k, v)
@@ -104,7 +110,7 @@ def test_gqa_without_flash_repeats_kv_heads_and_stays_exact(monkeypatch):
     k = torch.randn(1, 2, seq, 8, dtype=torch.float64, requires_grad=True)
     v = torch.randn(1, 2, seq, 8, dtype=torch.float64, requires_grad=True)
     for r in range(cp):
-        mask = ContextParallel(group=None, size=cp, rank=r).causal_mask(seq // cp, torch.device("cpu"))
+        mask = causal_mask(cp, r, seq // cp)
         reference = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         out = chunked_causal_attention(q, k, v, cp, r)
         torch.testing.assert_close(out, reference, rtol=1e-10, atol=1e-12)

@@ -10,7 +10,7 @@ back into sequence order. No (S/cp × S) mask is built: each of the two local qu
 [a, a+c)) attends to the gathered keys/values of positions [0, a+c) under a bottom-right-aligned causal mask
 (`torch.nn.attention.bias.causal_lower_right(c, a + c)`), which SDPA dispatches to the flash or memory-efficient
 kernel on CUDA (no mask tensor); the two outputs are concatenated in local order. This is exactly the causal mask
-by global position (`ContextParallel.causal_mask`, kept as the reference the tests compare with): query a+i may
+by global position (the reference the tests compare with builds that mask explicitly): query a+i may
 see keys 0..a+i, i.e. the first a+i+1 of the a+c keys. It is the all-gather-KV scheme Llama 3
 was trained with, chosen over ring attention because it is exact (one softmax over the same keys as a single
 process, no online-softmax merging of partial results) and needs only all-gather and all-reduce, which gloo has
@@ -145,17 +145,6 @@ class ContextParallel:
         key = ("positions", local_len, str(device))
         if key not in self._cache:
             self._cache[key] = local_positions(local_len * self.size, self.size, self.rank, device)
-        return self._cache[key]
-
-    def causal_mask(self, local_len: int, device: torch.device) -> torch.Tensor:
-        """(local_len, seq_len) bool: query i (global position p_i) may attend to key j iff j <= p_i.
-
-        The reference `attention` is checked against; the model does not build it."""
-        key = ("mask", local_len, str(device))
-        if key not in self._cache:
-            seq_len = local_len * self.size
-            self._cache[key] = (torch.arange(seq_len, device=device)[None, :]
-                                <= self.positions(local_len, device)[:, None])
         return self._cache[key]
 
     def gather_sequence(self, local_BSX: torch.Tensor) -> torch.Tensor:
