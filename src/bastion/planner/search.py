@@ -189,10 +189,9 @@ def search(request: PlanRequest, estimate: EstimateFn | None = None,
         memory_bound = memory_bound or default_memory_bound()
     objective = get_objective(request.objective)
     model, seq_len, batch = request.model, request.seq_len, request.global_batch
-    if model.seq_len != seq_len:
-        # learned position tables are sized by the sequence length: the bounds must see the model the predictor
-        # costs (estimate resizes it the same way)
-        model = model.with_seq_len(seq_len)
+    # learned position tables are sized by the sequence length: the bounds must see the model the predictor
+    # costs (estimate resizes it the same way)
+    model = model.with_seq_len(seq_len)
     space = request.space
     recomputes = space.allowed("recompute", space.recompute)
     # best-first with a bound on the objective: the step-time floor (throughput, MFU) or the model-state floor

@@ -317,8 +317,7 @@ def step_time_lower_bound(model: ModelSpec, cluster: Cluster, plan: ParallelPlan
     negative."""
     options = options or DEFAULT_OPTIONS
     s = seq_len or model.seq_len
-    if s != model.seq_len:
-        model = model.with_seq_len(s)
+    model = model.with_seq_len(s)
     key = _StageKey(1, plan.tp, plan.cp, 0, plan.micro_batch, "none", plan.sequence_parallel, plan.precision)
     roles = schedule.stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp)
     slowest = max(_stage_time_of(model, cluster, key, s, *roles[i], options).total
@@ -337,8 +336,7 @@ def memory_lower_bound(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, s
     and every other mode keeps more — with the allocator's fragmentation share of them and its fixed reserve."""
     options = options or DEFAULT_OPTIONS
     s = seq_len or model.seq_len
-    if s != model.seq_len:
-        model = model.with_seq_len(s)
+    model = model.with_seq_len(s)
     roles = schedule.stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp)
     inputs_per_token = activation_bytes_per_token(model, s, plan.tp, plan.sequence_parallel, "full", plan.precision)
     tokens = plan.micro_batch * s / plan.cp
@@ -357,8 +355,7 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     bulk calls) `memory_by_stage` lists only one rank per role; every other figure is the same."""
     options = options or DEFAULT_OPTIONS
     s = seq_len or model.seq_len
-    if s != model.seq_len:
-        model = model.with_seq_len(s)  # learned position tables are sized by the sequence length
+    model = model.with_seq_len(s)  # learned position tables are sized by the sequence length
     plan.validate(model, cluster, s)
     acc = cluster.accelerator
     m = plan.num_microbatches

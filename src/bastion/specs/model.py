@@ -141,6 +141,10 @@ class ModelSpec:
         return self.num_layers * self.active_params_per_layer() + self.vocab_size * self.hidden_size
 
     def with_seq_len(self, seq_len: int) -> ModelSpec:
+        """This model at another sequence length (learned position tables are sized by it); itself if unchanged,
+        so the predictor's caches keep hitting the same object."""
+        if seq_len == self.seq_len:
+            return self
         data = asdict(self)
         data["seq_len"] = seq_len
         return ModelSpec(**data)
