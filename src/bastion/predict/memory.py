@@ -23,7 +23,6 @@ from bastion.predict.options import PredictOptions
 from bastion.predict.schedule import (
     layer_microbatches_in_flight,
     representative_stages,
-    stage_layers,
     stage_roles,
 )
 from bastion.specs.model import ModelSpec
@@ -227,7 +226,7 @@ def fsdp_unit_numels(model: ModelSpec, tp: int, unit: str) -> tuple[int, ...]:
 
 
 def stage_layer_count(model: ModelSpec, plan: ParallelPlan, stage: int) -> int:
-    return stage_layers(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp, stage)
+    return stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp)[stage][0]
 
 
 # ---- activations --------------------------------------------------------------------------------

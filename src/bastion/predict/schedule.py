@@ -71,11 +71,6 @@ def representative_stages(num_layers: int, schedule: str, pp: int, vpp: int) -> 
     return tuple(sorted(first_of.values()))
 
 
-def stage_layers(num_layers: int, schedule: str, pp: int, vpp: int, stage: int) -> int:
-    """Transformer layers pipeline rank `stage` holds."""
-    return stage_roles(num_layers, schedule, pp, vpp)[stage][0]
-
-
 def layer_microbatches_in_flight(schedule: str, pp: int, vpp: int, microbatches: int, stage: int,
                                  layers: int) -> float:
     """Peak number of layer-microbatches whose activations pipeline rank `stage`, holding `layers` layers,
