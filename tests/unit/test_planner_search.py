@@ -242,6 +242,35 @@ def test_search_is_deterministic_and_worker_processes_change_nothing() -> None:
     assert [p.step_time_s for p in first.plans] == [p.step_time_s for p in forked.plans]
 
 
+def test_best_first_rounds_share_one_forked_pool_and_match_the_serial_search(monkeypatch) -> None:
+    """Rounds of 8, 16, 32 ... plans, predicted by two worker processes forked once and reused, give the serial
+    search's answer and census exactly (the workers see the groups as they were at the fork)."""
+    import sys
+
+    from bastion.planner import parallel
+
+    search_module = sys.modules["bastion.planner.search"]
+    pools: list[parallel.PredictionPool] = []
+
+    class CountingPool(parallel.PredictionPool):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            pools.append(self)
+
+    monkeypatch.setattr(search_module, "FIRST_CHUNK", 8)
+    monkeypatch.setattr(search_module, "PredictionPool", CountingPool)
+    req = PlanRequest(model=load_model("llama2-7b"), cluster=load_cluster("h100-sxm:16"), global_batch=64,
+                      seq_len=4096, top_k=5, workers=1, gpu_counts=(8, 16))
+    serial = search(req)
+    forked = search(replace(req, workers=2))
+    assert [p.plan for p in forked.plans] == [p.plan for p in serial.plans]
+    assert [p.step_time_s for p in forked.plans] == [p.step_time_s for p in serial.plans]
+    assert forked.alternative.plan == serial.alternative.plan
+    assert (forked.predicted, forked.rejected) == (serial.predicted, serial.rejected)
+    assert serial.predicted > 8 + 16 + 32, "the search must take several rounds for this test to mean anything"
+    assert [p.forks for p in pools] == [0, 1]
+
+
 def test_pins_restrict_the_space_without_counting_rejections() -> None:
     cluster = load_cluster("h100-sxm:8")
     req = PlanRequest(model=TOY, cluster=cluster, global_batch=16, seq_len=512, top_k=50,

@@ -1,9 +1,12 @@
 """Running many predictions on every CPU the process may use.
 
-Predictions are independent pure functions of (cluster, plan), so a large batch is cut into slices that forked
-worker processes evaluate; each returns compact outcomes, and the parent keeps the original order, so the
-result is the same as a serial loop (tests check that). Forking shares the parent's imported predictor and its
-warm caches without pickling them. Small batches, and platforms without `fork`, run in this process.
+Predictions are independent pure functions of (cluster, plan). The planner predicts in rounds (best-first: the
+most promising plans first, until a bound settles the rest), so the workers are forked once, at the first round
+big enough to need them, and kept for the later rounds. The plans to predict are described by *units* (the
+search's groups of plans), a list complete before any worker is forked: forking hands every worker that list and
+the parent's imported predictor with its warm caches, so a round only sends a range of unit indices and gets back
+compact outcomes, in order — the same as a serial loop (tests check that). Small rounds, and platforms without
+`fork`, run in this process.
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ SLICES_PER_WORKER = 8
 
 #: (fits, step_time_s, tokens_per_s, mfu, memory_total_bytes) or the PlanError the predictor raised
 Outcome = tuple[bool, float, float, float, float] | PlanError
+#: a unit's plans: (cluster, plan) pairs, in the order their outcomes are returned
+JobsFn = Callable[[Any], Sequence[tuple[Any, Any]]]
 
-# set by predict_all just before forking; read by the workers (fork copies it, nothing is pickled)
-_BATCH: tuple[Callable[..., Any], Any, int, Sequence[tuple[Any, Any]]] | None = None
+# set just before forking; read by the workers (fork copies it, nothing is pickled)
+_SHARED: tuple[Callable[..., Any], Any, int, Sequence[Any], JobsFn] | None = None
 
 
 def available_cpus() -> int:
@@ -55,27 +60,67 @@ def _die_with_parent() -> None:
         pass
 
 
+def _predict_units(estimate: Callable[..., Any], model: Any, seq_len: int, units: Sequence[Any], jobs_of: JobsFn,
+                   lo: int, hi: int) -> list[Outcome]:
+    return [outcome_of(estimate, model, cluster, plan, seq_len)
+            for unit in units[lo:hi] for cluster, plan in jobs_of(unit)]
+
+
 def _run_slice(bounds: tuple[int, int]) -> list[Outcome]:
-    assert _BATCH is not None, "workers are forked after the batch is set"
-    estimate, model, seq_len, jobs = _BATCH
-    return [outcome_of(estimate, model, cluster, plan, seq_len) for cluster, plan in jobs[bounds[0]:bounds[1]]]
+    assert _SHARED is not None, "workers are forked after the units are set"
+    return _predict_units(*_SHARED, *bounds)
 
 
-def predict_all(estimate: Callable[..., Any], model: Any, seq_len: int, jobs: Sequence[tuple[Any, Any]],
-                workers: int = 0) -> list[Outcome]:
-    """Outcomes of `estimate(model, cluster, plan, seq_len)` for every (cluster, plan), in order."""
-    global _BATCH
-    if workers == 0:
-        workers = available_cpus() if len(jobs) >= MIN_PARALLEL_JOBS else 1
-    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
-        return [outcome_of(estimate, model, cluster, plan, seq_len) for cluster, plan in jobs]
-    slices = workers * SLICES_PER_WORKER
-    size = -(-len(jobs) // slices)
-    bounds = [(i, min(i + size, len(jobs))) for i in range(0, len(jobs), size)]
-    _BATCH = (estimate, model, seq_len, jobs)
-    try:
-        with multiprocessing.get_context("fork").Pool(workers, initializer=_die_with_parent) as pool:
-            parts = pool.map(_run_slice, bounds, chunksize=1)
-    finally:
-        _BATCH = None
-    return [outcome for part in parts for outcome in part]
+class PredictionPool:
+    """Predicts ranges of `units` (each expands to plans through `jobs_of`), in this process or in workers forked
+    once and reused. Use as a context manager, so the workers end with the search.
+
+    `workers`: 0 = one per available CPU once a round has MIN_PARALLEL_JOBS plans, 1 = this process only,
+    n > 1 = n workers for every round.
+    """
+
+    def __init__(self, estimate: Callable[..., Any], model: Any, seq_len: int, units: Sequence[Any],
+                 jobs_of: JobsFn, workers: int = 0) -> None:
+        self._shared = (estimate, model, seq_len, units, jobs_of)
+        self._workers = workers
+        self._pool: Any = None
+        self._size = 1
+        #: how many times workers were forked (tests check it is at most once)
+        self.forks = 0
+
+    def __enter__(self) -> PredictionPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        global _SHARED
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+            _SHARED = None
+
+    def predict(self, lo: int, hi: int, jobs: int) -> list[Outcome]:
+        """Outcomes of every plan of units lo..hi-1 (`jobs` of them), in order."""
+        pool = self._pool or self._start(jobs)
+        if pool is None:
+            return _predict_units(*self._shared, lo, hi)
+        size = max(1, -(-(hi - lo) // (self._size * SLICES_PER_WORKER)))
+        bounds = [(i, min(i + size, hi)) for i in range(lo, hi, size)]
+        return [outcome for part in pool.map(_run_slice, bounds, chunksize=1) for outcome in part]
+
+    def _start(self, jobs: int) -> Any:
+        workers = self._workers
+        if workers == 0:
+            workers = available_cpus() if jobs >= MIN_PARALLEL_JOBS else 1
+        if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+            return None
+        global _SHARED
+        # the workers copy _SHARED as it is at the fork; it stays set while the pool lives (one pool at a time)
+        _SHARED = self._shared
+        self._pool = multiprocessing.get_context("fork").Pool(workers, initializer=_die_with_parent)
+        self._size = workers
+        self.forks += 1
+        return self._pool

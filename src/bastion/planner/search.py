@@ -18,12 +18,12 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from bastion.errors import ConfigError, PlanError
 from bastion.planner.bounds import StateBytesFn, StateLowerBound
 from bastion.planner.objectives import Objective, get_objective
-from bastion.planner.parallel import outcome_of, predict_all
+from bastion.planner.parallel import Outcome, PredictionPool, outcome_of
 from bastion.planner.space import Enumeration, Leaf, SearchSpace, enumerate_space
 from bastion.specs.hardware import Cluster
 from bastion.specs.model import ModelSpec
@@ -188,33 +188,87 @@ def search(request: PlanRequest, estimate: EstimateFn | None = None,
         estimate, time_bound = default_estimate(), time_bound or default_time_bound()
         memory_bound = memory_bound or default_memory_bound()
     objective = get_objective(request.objective)
-    model, seq_len, batch = request.model, request.seq_len, request.global_batch
     # learned position tables are sized by the sequence length: the bounds must see the model the predictor
     # costs (estimate resizes it the same way)
-    model = model.with_seq_len(seq_len)
-    space = request.space
-    recomputes = space.allowed("recompute", space.recompute)
-    # best-first with a bound on the objective: the step-time floor (throughput, MFU) or the model-state floor
+    model = request.model.with_seq_len(request.seq_len)
     by_bound = request.prune and (time_bound is not None or objective.name == "memory")
-    flops_per_step = _model_flops_per_step(model, seq_len, batch) if by_bound and objective.name == "mfu" else 0.0
+    space = _bound_groups(request, model, objective, by_bound, state_bytes, time_bound, memory_bound)
+    found = _predict_best_first(request, model, objective, by_bound, space, estimate)
+    leanest = found.leanest
+    if not found.ranked and space.floor_oom:
+        leanest = _leanest_settled(request, model, space, estimate, leanest)
+    ranked = sorted(found.ranked, key=objective.key)
+    # the few plans shown get their full Estimate (breakdowns) from one more, exact, prediction
+    keep = max(request.top_k, 2)
+    kept = [_with_estimate(p, estimate, model, request.cluster, request.seq_len) for p in ranked[:keep]]
+    alternative = None
+    if ranked:
+        other = next((p for p in ranked if _degrees(p.plan) != _degrees(ranked[0].plan)), None)
+        alternative = other and _with_estimate(other, estimate, model, request.cluster, request.seq_len)
+    return SearchResult(request=request, evaluated=space.evaluated, predicted=found.predicted,
+                        feasible=len(ranked), rejected=space.rejected, fixes=space.fixes,
+                        plans=kept[:request.top_k], runner_up=kept[1] if len(kept) > 1 else None,
+                        alternative=alternative, seconds=time.perf_counter() - started,
+                        enumerations=space.enumerations, leanest_oom=leanest)
 
-    rejected: Counter[str] = Counter()
-    fixes: dict[str, str] = {}
-    enumerations: list[Enumeration] = []
-    evaluated = 0
-    # 1-2. enumerate every GPU count and drop the groups the memory bound settles. What survives is kept per
-    # leaf: (floor, index of its first plan, cluster, leaf, ZeRO stages); its plans are the ZeRO stages × recompute
-    # modes, and a ParallelPlan is built only for a plan that is predicted
-    groups: list[tuple[float, int, Cluster, Leaf, tuple[int, ...]]] = []
-    floor_oom: list[tuple[float, Cluster, Leaf, int]] = []  # out of memory by the memory floor only
-    total_jobs = 0
+
+class _Group(NamedTuple):
+    """The plans of one leaf that the memory bound leaves: its ZeRO stages × the recompute modes."""
+
+    #: the objective's floor for every plan of the group (0 when the search is not best-first)
+    floor: float
+    #: enumeration index of its first plan (the deterministic tie-breaker)
+    first: int
+    cluster: Cluster
+    leaf: Leaf
+    zeros: tuple[int, ...]
+
+
+@dataclass
+class _BoundedSpace:
+    """Phases 1-2: the space enumerated for every GPU count, what the bounds settled, and what is left."""
+
+    groups: list[_Group]
+    #: plans in the groups
+    jobs: int
+    recomputes: tuple[str, ...]
+    evaluated: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    fixes: dict[str, str] = field(default_factory=dict)
+    enumerations: list[Enumeration] = field(default_factory=list)
+    #: (floor, cluster, leaf, zero) of groups only the predictor's memory floor put out of memory
+    floor_oom: list[tuple[float, Cluster, Leaf, int]] = field(default_factory=list)
+
+    def count(self, reason: str, plans: int, fix: str | None = None) -> None:
+        self.rejected[reason] += plans
+        if fix:
+            self.fixes.setdefault(reason, fix)
+
+
+@dataclass
+class _Predicted:
+    ranked: list[RankedPlan]
+    #: (bytes, plan) of the leanest predicted plan that did not fit
+    leanest: tuple[float, ParallelPlan] | None
+    predicted: int
+
+
+def _bound_groups(request: PlanRequest, model: ModelSpec, objective: Objective, by_bound: bool,
+                  state_bytes: StateBytesFn | None, time_bound: TimeBoundFn | None,
+                  memory_bound: MemoryBoundFn | None) -> _BoundedSpace:
+    """1-2. Enumerate every GPU count and drop the groups the memory bound settles; give each survivor the
+    objective's floor. A ParallelPlan is built only for a plan that is predicted."""
+    batch, seq_len = request.global_batch, request.seq_len
+    recomputes = request.space.allowed("recompute", request.space.recompute)
+    space = _BoundedSpace(groups=[], jobs=0, recomputes=recomputes)
+    flops_per_step = _model_flops_per_step(model, seq_len, batch) if by_bound and objective.name == "mfu" else 0.0
     for count in request.counts:
         cluster = _resize(request.cluster, count)
-        enum = enumerate_space(model, cluster, batch, seq_len, space)
-        enumerations.append(enum)
-        evaluated += enum.total
-        rejected.update(enum.rejected)
-        fixes.update({r: f for r, f in enum.fixes.items() if r not in fixes})
+        enum = enumerate_space(model, cluster, batch, seq_len, request.space)
+        space.enumerations.append(enum)
+        space.evaluated += enum.total
+        for reason, plans in enum.rejected.items():
+            space.count(reason, plans, enum.fixes.get(reason))
         bound = StateLowerBound(model, cluster, state_bytes) if request.prune else None
         capacity = cluster.accelerator.hbm_bytes
         for leaf in enum.leaves:
@@ -226,9 +280,9 @@ def search(request: PlanRequest, estimate: EstimateFn | None = None,
                     if state <= capacity:
                         states[z] = max(state, memory_bound(model, cluster, leaf.plan(batch, z), seq_len))
                         if states[z] > capacity:  # kept: if nothing fits, the leanest of these is reported
-                            floor_oom.append((states[z], cluster, leaf, z))
+                            space.floor_oom.append((states[z], cluster, leaf, z))
             zeros = tuple(z for z, state in states.items() if state <= capacity)
-            rejected[OUT_OF_MEMORY] += (len(leaf.zero_stages) - len(zeros)) * len(recomputes)
+            space.count(OUT_OF_MEMORY, (len(leaf.zero_stages) - len(zeros)) * len(recomputes))
             if not zeros:
                 continue
             floor = 0.0
@@ -239,72 +293,77 @@ def search(request: PlanRequest, estimate: EstimateFn | None = None,
                 if objective.name == "mfu":  # the highest MFU the floor allows, as a value where smaller is better
                     peak = cluster.accelerator.peak_tflops(leaf.precision) * 1e12 * cluster.num_gpus
                     floor = -flops_per_step / (floor * peak) * (1 + 1e-9)
-            groups.append((floor, total_jobs, cluster, leaf, zeros))
-            total_jobs += len(zeros) * len(recomputes)
-
-    # 3. predict the survivors (in worker processes when there are many), then rank. Under the time bound,
-    # plans are predicted in order of their floor, and once the top K (and the best plan with other degrees,
-    # which the report explains) are known, every plan whose floor is slower than all of them is settled
-    # unpredicted: it cannot enter the answer.
+            space.groups.append(_Group(floor, space.jobs, cluster, leaf, zeros))
+            space.jobs += len(zeros) * len(recomputes)
     if by_bound:
-        groups.sort(key=lambda g: (g[0], g[1]))
+        space.groups.sort(key=lambda g: (g.floor, g.first))
+    return space
+
+
+def _predict_best_first(request: PlanRequest, model: ModelSpec, objective: Objective, by_bound: bool,
+                        space: _BoundedSpace, estimate: EstimateFn) -> _Predicted:
+    """3. Predict the survivors (in worker processes when there are many). Under a bound, groups are predicted
+    in order of their floor, in rounds that double, and once the top K (and the best plan with other degrees,
+    which the report explains) are known, every plan whose floor is worse than all of them is settled
+    unpredicted: it cannot enter the answer."""
+    batch, recomputes = request.global_batch, space.recomputes
+
+    def jobs_of(group: _Group) -> list[tuple[Cluster, ParallelPlan]]:
+        return [(group.cluster, group.leaf.plan(batch, zero, recompute))
+                for zero, recompute in itertools.product(group.zeros, recomputes)]
+
     keep = max(request.top_k, 2)
-    ranked: list[RankedPlan] = []
-    leanest: tuple[float, ParallelPlan] | None = None
-    done, chunk, predicted = 0, FIRST_CHUNK if by_bound else math.inf, 0
-    threshold = math.inf
-    while done < len(groups) and groups[done][0] <= threshold:
-        indices: list[int] = []
-        batch_jobs: list[tuple[Cluster, ParallelPlan]] = []
-        while done < len(groups) and groups[done][0] <= threshold and len(batch_jobs) < chunk:
-            _, first, cluster, leaf, zeros = groups[done]
-            for k, (zero, recompute) in enumerate(itertools.product(zeros, recomputes)):
-                indices.append(first + k)
-                batch_jobs.append((cluster, leaf.plan(batch, zero, recompute)))
-            done += 1
-        outcomes = predict_all(estimate, model, seq_len, batch_jobs, request.workers)
-        predicted += len(batch_jobs)
-        for index, (cluster, plan), outcome in zip(indices, batch_jobs, outcomes, strict=True):
-            if isinstance(outcome, PlanError):
-                rejected[outcome.reason] += 1
-                fixes.setdefault(outcome.reason, outcome.fix or outcome.problem)
-                continue
-            fits, step, tokens_per_s, mfu, total = outcome
-            if not fits:
-                rejected[OUT_OF_MEMORY] += 1
-                if leanest is None or total < leanest[0]:
-                    leanest = (total, plan)
-                continue
-            ranked.append(RankedPlan(plan=plan, num_gpus=cluster.num_gpus, step_time_s=step,
-                                     tokens_per_s=tokens_per_s, mfu=mfu, memory_bytes=total, estimate=None,
-                                     order=index))
-        chunk *= 2
-        if by_bound:
-            threshold = _threshold(ranked, objective, keep)
+    found = _Predicted(ranked=[], leanest=None, predicted=0)
+    groups = space.groups
+    done, chunk, threshold = 0, FIRST_CHUNK if by_bound else math.inf, math.inf
+    with PredictionPool(estimate, model, request.seq_len, groups, jobs_of, request.workers) as pool:
+        while done < len(groups) and groups[done].floor <= threshold:
+            start, jobs = done, 0
+            while done < len(groups) and groups[done].floor <= threshold and jobs < chunk:
+                jobs += len(groups[done].zeros) * len(recomputes)
+                done += 1
+            outcomes = iter(pool.predict(start, done, jobs))
+            found.predicted += jobs
+            for group in groups[start:done]:
+                for k, (cluster, plan) in enumerate(jobs_of(group)):
+                    _record(found, space, group.first + k, cluster, plan, next(outcomes))
+            chunk *= 2
+            if by_bound:
+                threshold = _threshold(found.ranked, objective, keep)
     if done < len(groups):
-        rejected[objective.bounded_reason] += total_jobs - predicted
-    if not ranked and floor_oom:
-        # nothing fits: find the leanest plan for the advice among those the memory floor settled (already counted
-        # out of memory), best floor first, until no floor can beat the leanest found
-        for floor, cluster, leaf, zero in sorted(floor_oom, key=lambda f: f[0]):
-            if leanest is not None and floor >= leanest[0]:
-                break
-            for recompute in recomputes:
-                plan = leaf.plan(batch, zero, recompute)
-                outcome = outcome_of(estimate, model, cluster, plan, seq_len)
-                if not isinstance(outcome, PlanError) and (leanest is None or outcome[4] < leanest[0]):
-                    leanest = (outcome[4], plan)
-    ranked.sort(key=objective.key)
-    # the few plans shown get their full Estimate (breakdowns) from one more, exact, prediction
-    kept = [_with_estimate(p, estimate, model, request.cluster, seq_len) for p in ranked[:keep]]
-    alternative = None
-    if ranked:
-        other = next((p for p in ranked if _degrees(p.plan) != _degrees(ranked[0].plan)), None)
-        alternative = other and _with_estimate(other, estimate, model, request.cluster, seq_len)
-    return SearchResult(request=request, evaluated=evaluated, predicted=predicted, feasible=len(ranked),
-                        rejected=rejected, fixes=fixes, plans=kept[:request.top_k],
-                        runner_up=kept[1] if len(kept) > 1 else None, alternative=alternative,
-                        seconds=time.perf_counter() - started, enumerations=enumerations, leanest_oom=leanest)
+        space.count(objective.bounded_reason, space.jobs - found.predicted)
+    return found
+
+
+def _record(found: _Predicted, space: _BoundedSpace, order: int, cluster: Cluster, plan: ParallelPlan,
+            outcome: Outcome) -> None:
+    if isinstance(outcome, PlanError):
+        space.count(outcome.reason, 1, outcome.fix or outcome.problem)
+        return
+    fits, step, tokens_per_s, mfu, total = outcome
+    if not fits:
+        space.count(OUT_OF_MEMORY, 1)
+        if found.leanest is None or total < found.leanest[0]:
+            found.leanest = (total, plan)
+        return
+    found.ranked.append(RankedPlan(plan=plan, num_gpus=cluster.num_gpus, step_time_s=step,
+                                   tokens_per_s=tokens_per_s, mfu=mfu, memory_bytes=total, estimate=None,
+                                   order=order))
+
+
+def _leanest_settled(request: PlanRequest, model: ModelSpec, space: _BoundedSpace, estimate: EstimateFn,
+                     leanest: tuple[float, ParallelPlan] | None) -> tuple[float, ParallelPlan] | None:
+    """Nothing fits: the leanest plan for the advice, also among those the memory floor settled (already counted
+    out of memory), best floor first, until no floor can beat the leanest found."""
+    for floor, cluster, leaf, zero in sorted(space.floor_oom, key=lambda f: f[0]):
+        if leanest is not None and floor >= leanest[0]:
+            break
+        for recompute in space.recomputes:
+            plan = leaf.plan(request.global_batch, zero, recompute)
+            outcome = outcome_of(estimate, model, cluster, plan, request.seq_len)
+            if not isinstance(outcome, PlanError) and (leanest is None or outcome[4] < leanest[0]):
+                leanest = (outcome[4], plan)
+    return leanest
 
 
 def _threshold(ranked: list[RankedPlan], objective: Objective, keep: int) -> float:
