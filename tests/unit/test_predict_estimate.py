@@ -99,6 +99,11 @@ def test_context_parallel_splits_attention_and_activations() -> None:
     assert gathered.time.cp_comm > 0 and ring.time.cp_comm >= 0
     # ZeRO-3 shards over dp x cp = 8 ranks either way: the same model-state bytes as dp 8
     assert gathered.memory.params == pytest.approx(no_cp.memory.params, rel=1e-3)
+    # under full recompute only the layer being re-materialised holds the gathered K,V: one layer's worth
+    full = replace(plan, recompute="full")
+    ring_full = estimate(model, cluster, full, 32768, options=PredictOptions(context_parallel="ring"))
+    gathered_full = estimate(model, cluster, full, 32768)
+    assert gathered_full.memory.activations == pytest.approx(ring_full.memory.activations + extra / 32, rel=1e-9)
 
 
 def test_no_file_io_after_first_call(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -402,13 +402,18 @@ def stage_memory(model: ModelSpec, plan: ParallelPlan, seq_len: int, stage: int,
     per_token = activation_bytes_per_token(model, seq_len, plan.tp, plan.sequence_parallel, plan.recompute,
                                            plan.precision, options, fused_rmsnorm)
     activations = in_flight * tokens * per_token
-    if plan.cp > 1 and options.context_parallel == "all-gather" and plan.recompute != "full":
-        # attention keeps the gathered K,V of the other cp - 1 ranks for backward, per layer in flight
-        activations += in_flight * tokens * (plan.cp - 1) * 2 * model.kv_width / plan.tp * a
+    # all-gather context parallelism: attention keeps the gathered K,V of the other cp - 1 ranks for backward
+    gathered_kv = 0.0
+    if plan.cp > 1 and options.context_parallel == "all-gather":
+        gathered_kv = (plan.cp - 1) * 2 * model.kv_width / plan.tp * a
+    if plan.recompute != "full":  # kept by every layer in flight
+        activations += in_flight * tokens * gathered_kv
     if plan.recompute != "none":
-        # backward re-materialises one layer's full activations at a time on top of the checkpoints
-        activations += tokens * activation_bytes_per_token(model, seq_len, plan.tp, plan.sequence_parallel,
-                                                           "none", plan.precision, options, fused_rmsnorm)
+        # backward re-materialises one layer's full activations at a time on top of the checkpoints (under full
+        # recompute, with that layer's gathered K,V)
+        rematerialised = activation_bytes_per_token(model, seq_len, plan.tp, plan.sequence_parallel, "none",
+                                                    plan.precision, options, fused_rmsnorm)
+        activations += tokens * (rematerialised + (gathered_kv if plan.recompute == "full" else 0.0))
     logits = 0.0
     if has_last:
         # the final norm and the LM head's input, once per micro-batch (the head is never checkpointed)
