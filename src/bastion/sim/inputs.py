@@ -1,0 +1,285 @@
+"""The simulator's inputs: a cluster inventory (pools and tenants) and a workload (jobs), read from TOML/JSON.
+
+Inventory file::
+
+    name = "campus"
+    [[pool]]                      # a homogeneous set of nodes; a job runs inside one pool only
+    name = "h100"
+    accelerator = "h100-sxm"      # catalog name (`bastion hardware`); GPUs per node and network from the catalog
+    nodes = 128
+    [[tenant]]
+    name = "research"
+    quota_gpus = 512              # guaranteed share (the `fair` policy enforces it)
+    borrow = true                 # may run above quota on idle capacity
+
+Workload file::
+
+    [[job]]
+    id = "pretrain-8b"
+    tenant = "research"
+    model = "llama3-8b"           # preset or model file
+    tokens = 2e11
+    global_batch = 512            # sequences per step
+    seq_len = 8192                # optional (default: the model's)
+    gpus = 64                     # optional: omitted = smallest power-of-two number of nodes that a plan fits
+    submit_hours = 0.0
+    priority = 0                  # optional, higher first
+    pools = ["h100"]              # optional: pools the job may use
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from bastion.errors import BastionError, ConfigError, did_you_mean
+from bastion.specs import Cluster, load_cluster
+from bastion.specs._files import read_mapping
+
+#: divisible by every node size in the catalog (1..10 and 72): `ACCEL:PROBE` reveals the catalog's GPUs per node
+_NODE_PROBE = 2520
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A homogeneous group of nodes; jobs are gang-scheduled on whole nodes of one pool."""
+
+    #: name used in the workload's `pools` and in the output
+    name: str
+    #: catalog accelerator name
+    accelerator: str
+    #: number of nodes
+    nodes: int
+    #: GPUs per node (from the catalog)
+    gpus_per_node: int
+    #: the whole pool as a bastion Cluster (catalog network); resized per job for planning
+    cluster: Cluster
+
+    @property
+    def gpus(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """A team sharing the cluster."""
+
+    name: str
+    #: guaranteed GPUs (over all pools); the `fair` policy keeps a tenant within it unless it may borrow
+    quota_gpus: int
+    #: whether the tenant may use idle capacity above its quota
+    borrow: bool = True
+
+
+@dataclass(frozen=True)
+class Inventory:
+    name: str
+    pools: tuple[Pool, ...]
+    tenants: tuple[Tenant, ...]
+
+    @property
+    def gpus(self) -> int:
+        return sum(p.gpus for p in self.pools)
+
+    def pool(self, name: str) -> Pool:
+        for p in self.pools:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def tenant(self, name: str) -> Tenant:
+        for t in self.tenants:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training job of a workload."""
+
+    id: str
+    tenant: str
+    #: model preset name or model file path
+    model: str
+    #: token budget
+    tokens: float
+    #: sequences per optimizer step
+    global_batch: int
+    #: hours from the start of the simulation
+    submit_hours: float
+    #: tokens per sequence (None: the model's own)
+    seq_len: int | None = None
+    #: GPUs (None: bastion chooses per pool)
+    gpus: int | None = None
+    #: higher runs first (fifo/backfill order; fair breaks ties with it)
+    priority: int = 0
+    #: pools the job may use (empty: all)
+    pools: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    jobs: tuple[Job, ...]
+
+
+def _table_list(data: dict[str, Any], key: str, what: str, example: str) -> list[dict[str, Any]]:
+    items = data.get(key)
+    if items is None:
+        raise ConfigError(f"{what} has no [[{key}]] entries.", fix=f"add at least one, e.g.\n{example}")
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise ConfigError(f"'{key}' in {what} must be an array of tables ([[{key}]]).", fix=f"e.g.\n{example}")
+    if not items:
+        raise ConfigError(f"{what} has an empty '{key}' list.", fix=f"add at least one, e.g.\n{example}")
+    return items
+
+
+def _check_keys(item: dict[str, Any], known: set[str], what: str) -> None:
+    for key in item:
+        if key not in known:
+            raise ConfigError(f"Unknown field '{key}' in {what}.{did_you_mean(key, known)}",
+                              fix=f"use only these fields: {', '.join(sorted(known))}.")
+
+
+def _require(item: dict[str, Any], keys: tuple[str, ...], what: str, example: str) -> None:
+    for key in keys:
+        if key not in item:
+            raise ConfigError(f"{what} is missing '{key}'.", fix=f"every entry needs {', '.join(keys)}, e.g.\n{example}")
+
+
+def _number(value: Any, name: str, what: str, *, integer: bool = False, minimum: float | None = None,
+            strictly: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and integer:
+        ok = float(value).is_integer()
+    if not ok:
+        kind = "a whole number" if integer else "a number"
+        raise ConfigError(f"'{name}' in {what} must be {kind}, got {value!r}.", fix=f"correct '{name}'.")
+    if minimum is not None and (value < minimum or (strictly and value == minimum)):
+        bound = f"> {minimum:g}" if strictly else f">= {minimum:g}"
+        raise ConfigError(f"'{name}' in {what} must be {bound}, got {value!r}.", fix=f"correct '{name}'.")
+    return int(value) if integer else float(value)
+
+
+def _string(value: Any, name: str, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"'{name}' in {what} must be a non-empty string, got {value!r}.", fix=f"correct '{name}'.")
+    return value
+
+
+_POOL_EXAMPLE = '[[pool]]\nname = "h100"\naccelerator = "h100-sxm"\nnodes = 128'
+_TENANT_EXAMPLE = '[[tenant]]\nname = "research"\nquota_gpus = 512\nborrow = true'
+_JOB_EXAMPLE = ('[[job]]\nid = "j1"\ntenant = "research"\nmodel = "llama3-8b"\ntokens = 2e11\n'
+                'global_batch = 512\nsubmit_hours = 0')
+
+
+def make_pool(name: str, accelerator: str, nodes: int) -> Pool:
+    """A pool of `nodes` catalog nodes of `accelerator` (the catalog's GPUs per node and network)."""
+    probe = load_cluster(f"{accelerator}:{_NODE_PROBE}")
+    per_node = probe.gpus_per_node
+    return Pool(name=name, accelerator=probe.accelerator.name, nodes=nodes, gpus_per_node=per_node,
+                cluster=load_cluster(f"{accelerator}:{nodes * per_node}"))
+
+
+def inventory_from_mapping(data: dict[str, Any], what: str) -> Inventory:
+    _check_keys(data, {"name", "pool", "tenant", "source"}, what)
+    pools: list[Pool] = []
+    for i, item in enumerate(_table_list(data, "pool", what, _POOL_EXAMPLE)):
+        where = f"{what} [[pool]] #{i + 1}"
+        _check_keys(item, {"name", "accelerator", "nodes"}, where)
+        _require(item, ("name", "accelerator", "nodes"), where, _POOL_EXAMPLE)
+        name = _string(item["name"], "name", where)
+        if any(p.name == name for p in pools):
+            raise ConfigError(f"Pool name '{name}' appears twice in {what}.", fix="give each pool its own name.")
+        nodes = _number(item["nodes"], "nodes", where, integer=True, minimum=1)
+        try:
+            pools.append(make_pool(name, _string(item["accelerator"], "accelerator", where), int(nodes)))
+        except BastionError as exc:
+            raise ConfigError(f"{where}: {exc.problem}", fix=exc.fix or "use a catalog accelerator name.",
+                              hint="bastion hardware   # lists the accelerators") from exc
+    tenants: list[Tenant] = []
+    for i, item in enumerate(data.get("tenant") and _table_list(data, "tenant", what, _TENANT_EXAMPLE) or []):
+        where = f"{what} [[tenant]] #{i + 1}"
+        _check_keys(item, {"name", "quota_gpus", "borrow"}, where)
+        _require(item, ("name", "quota_gpus"), where, _TENANT_EXAMPLE)
+        name = _string(item["name"], "name", where)
+        if any(t.name == name for t in tenants):
+            raise ConfigError(f"Tenant '{name}' appears twice in {what}.", fix="give each tenant its own name.")
+        borrow = item.get("borrow", True)
+        if not isinstance(borrow, bool):
+            raise ConfigError(f"'borrow' in {where} must be true or false, got {borrow!r}.", fix="correct 'borrow'.")
+        quota = _number(item["quota_gpus"], "quota_gpus", where, integer=True, minimum=1)
+        tenants.append(Tenant(name=name, quota_gpus=int(quota), borrow=borrow))
+    total = sum(p.gpus for p in pools)
+    if not tenants:
+        tenants.append(Tenant(name="default", quota_gpus=total, borrow=True))
+    quota_sum = sum(t.quota_gpus for t in tenants)
+    if quota_sum > total:
+        raise ConfigError(f"Tenant quotas in {what} add up to {quota_sum} GPUs but the pools hold {total}.",
+                          fix="quotas are guaranteed shares: make them sum to at most the cluster's GPUs.")
+    return Inventory(name=str(data.get("name", what)), pools=tuple(pools), tenants=tuple(tenants))
+
+
+def load_inventory(path: str | Path) -> Inventory:
+    path = Path(path)
+    data = read_mapping(path)
+    data.setdefault("name", path.stem)
+    return inventory_from_mapping(data, str(path))
+
+
+_JOB_FIELDS = {f.name for f in fields(Job)}
+
+
+def job_from_mapping(item: dict[str, Any], where: str, inventory: Inventory) -> Job:
+    _check_keys(item, _JOB_FIELDS, where)
+    _require(item, ("id", "tenant", "model", "tokens", "global_batch", "submit_hours"), where, _JOB_EXAMPLE)
+    job_id = str(_string(item["id"], "id", where) if isinstance(item["id"], str) else
+                 _number(item["id"], "id", where, integer=True))
+    tenant = _string(item["tenant"], "tenant", where)
+    tenant_names = [t.name for t in inventory.tenants]
+    if tenant not in tenant_names:
+        raise ConfigError(f"{where} names tenant '{tenant}', which the inventory does not define."
+                          f"{did_you_mean(tenant, tenant_names)}",
+                          fix=f"use one of: {', '.join(tenant_names)}, or add a [[tenant]] to the cluster file.")
+    pools = item.get("pools", [])
+    if isinstance(pools, str):
+        pools = [pools]
+    if not isinstance(pools, list) or not all(isinstance(p, str) for p in pools):
+        raise ConfigError(f"'pools' in {where} must be a list of pool names, got {pools!r}.", fix='e.g. pools = ["h100"].')
+    pool_names = [p.name for p in inventory.pools]
+    for name in pools:
+        if name not in pool_names:
+            raise ConfigError(f"{where} allows pool '{name}', which the inventory does not define."
+                              f"{did_you_mean(name, pool_names)}", fix=f"use one of: {', '.join(pool_names)}.")
+    seq_len = item.get("seq_len")
+    gpus = item.get("gpus")
+    return Job(id=job_id, tenant=tenant, model=_string(item["model"], "model", where),
+               tokens=_number(item["tokens"], "tokens", where, minimum=0, strictly=True),
+               global_batch=int(_number(item["global_batch"], "global_batch", where, integer=True, minimum=1)),
+               submit_hours=_number(item["submit_hours"], "submit_hours", where, minimum=0),
+               seq_len=None if seq_len is None else int(_number(seq_len, "seq_len", where, integer=True, minimum=1)),
+               gpus=None if gpus is None else int(_number(gpus, "gpus", where, integer=True, minimum=1)),
+               priority=int(_number(item.get("priority", 0), "priority", where, integer=True)),
+               pools=tuple(pools))
+
+
+def workload_from_mapping(data: dict[str, Any], what: str, inventory: Inventory) -> Workload:
+    _check_keys(data, {"name", "job", "source"}, what)
+    jobs = [job_from_mapping(item, f"{what} [[job]] #{i + 1}", inventory)
+            for i, item in enumerate(_table_list(data, "job", what, _JOB_EXAMPLE))]
+    seen: set[str] = set()
+    for job in jobs:
+        if job.id in seen:
+            raise ConfigError(f"Job id '{job.id}' appears twice in {what}.", fix="give each job its own id.")
+        seen.add(job.id)
+    return Workload(name=str(data.get("name", what)), jobs=tuple(jobs))
+
+
+def load_workload(path: str | Path, inventory: Inventory) -> Workload:
+    path = Path(path)
+    data = read_mapping(path)
+    data.setdefault("name", path.stem)
+    return workload_from_mapping(data, str(path), inventory)

@@ -1,0 +1,156 @@
+"""How fast a job runs on a pool: the planner's best plan, priced by `bastion.cost.run_cost`, cached.
+
+For each (model, accelerator, GPUs, global batch, seq len) the planner searches once (top_k=1); `run_cost` turns
+the plan into tokens/s, the job's MTBF (the default published failure rate scaled by GPU count), the async
+checkpoint stall and Daly's interval. The job's token budget then only scales compute time, so the cache key
+leaves it out and a 1,000-job workload drawn from a few dozen shapes costs a few dozen searches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bastion.errors import BastionError
+from bastion.sim.inputs import Inventory, Job, Pool
+from bastion.specs import ModelSpec, load_model
+
+
+@dataclass(frozen=True)
+class Perf:
+    """The predicted figures of one job shape on one pool at one GPU count."""
+
+    gpus: int
+    step_time_s: float
+    tokens_per_s: float
+    #: checkpoint save stall (seconds per checkpoint)
+    checkpoint_stall_s: float
+    #: Daly's compute time between checkpoints, seconds
+    checkpoint_interval_s: float
+    #: the job's mean time between failures, hours
+    mtbf_hours: float
+    #: first-order expected goodput (checkpoint + failure losses), used for the scheduler's run-time estimate
+    expected_goodput: float
+    #: one-line plan summary
+    plan: str
+
+
+#: (model, pool, gpus, global_batch, seq_len) -> Perf, or None when no plan fits
+PerfFn = Callable[[ModelSpec, Pool, int, int, int], "Perf | None"]
+
+
+@dataclass(frozen=True)
+class Option:
+    """A pool a job can run in, at the GPU count it would use there."""
+
+    pool: str
+    gpus: int
+    nodes: int
+    perf: Perf
+
+    def compute_hours(self, tokens: float) -> float:
+        return tokens / self.perf.tokens_per_s / 3600.0
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A job with the pools it can use (in inventory order) and why the others are excluded."""
+
+    job: Job
+    options: tuple[Option, ...]
+    #: pool name -> reason it cannot run there
+    excluded: dict[str, str]
+
+
+def plan_summary(plan) -> str:
+    text = f"dp{plan.dp} tp{plan.tp} pp{plan.pp}"
+    if plan.cp > 1:
+        text += f" cp{plan.cp}"
+    if plan.ep > 1:
+        text += f" ep{plan.ep}"
+    return text + f" zero{plan.zero_stage} mb{plan.micro_batch}"
+
+
+class PlannerPerf:
+    """The real step-time model: planner search + run_cost, cached per (model, accelerator, GPUs, batch, seq)."""
+
+    def __init__(self, workers: int = 0) -> None:
+        self.workers = workers
+        self.cache: dict[tuple[str, str, int, int, int], Perf | None] = {}
+        self.searches = 0
+
+    def __call__(self, model: ModelSpec, pool: Pool, gpus: int, global_batch: int, seq_len: int) -> Perf | None:
+        key = (model.name, pool.accelerator, gpus, global_batch, seq_len)
+        if key not in self.cache:
+            self.cache[key] = self._predict(model, pool, gpus, global_batch, seq_len)
+        return self.cache[key]
+
+    def _predict(self, model: ModelSpec, pool: Pool, gpus: int, global_batch: int, seq_len: int) -> Perf | None:
+        from bastion.cost import run_cost
+        from bastion.planner.search import PlanRequest, search
+
+        self.searches += 1
+        cluster = pool.cluster.with_gpus(gpus)
+        result = search(PlanRequest(model=model, cluster=cluster, global_batch=global_batch, seq_len=seq_len,
+                                    top_k=1, workers=self.workers))
+        if not result.plans:
+            return None
+        plan = result.plans[0].plan
+        try:
+            cost = run_cost(model, cluster, plan, tokens=1e9, seq_len=seq_len)
+        except BastionError:  # a job so large that failures leave no progress: it cannot run there
+            return None
+        return Perf(gpus=gpus, step_time_s=cost.step_time_s, tokens_per_s=cost.tokens_per_s,
+                    checkpoint_stall_s=cost.checkpoint_stall_s, checkpoint_interval_s=cost.checkpoint_interval_s,
+                    mtbf_hours=cost.mtbf_hours, expected_goodput=cost.expected_goodput, plan=plan_summary(plan))
+
+
+def candidate_gpus(pool: Pool) -> list[int]:
+    """GPU counts bastion tries when a job leaves `gpus` out: 1, 2, 4, ... whole nodes, up to the pool."""
+    counts, nodes = [], 1
+    while nodes <= pool.nodes:
+        counts.append(nodes * pool.gpus_per_node)
+        nodes *= 2
+    return counts
+
+
+def resolve(jobs: tuple[Job, ...] | list[Job], inventory: Inventory, perf: PerfFn,
+            progress: Callable[[int, int], None] | None = None) -> list[Resolved]:
+    """Each job's options per pool: the GPU count it uses there and the predicted figures."""
+    models: dict[tuple[str, int | None], ModelSpec] = {}
+    resolved = []
+    for i, job in enumerate(jobs):
+        key = (job.model, job.seq_len)
+        if key not in models:
+            try:
+                models[key] = load_model(job.model, seq_len=job.seq_len)
+            except BastionError as exc:
+                raise type(exc)(f"Job '{job.id}': {exc.problem}", fix=exc.fix, hint=exc.hint) from exc
+        model = models[key]
+        options, excluded = [], {}
+        for pool in inventory.pools:
+            if job.pools and pool.name not in job.pools:
+                excluded[pool.name] = "not in the job's allowed pools"
+                continue
+            if job.gpus is not None:
+                nodes = -(-job.gpus // pool.gpus_per_node)
+                if nodes > pool.nodes:
+                    excluded[pool.name] = f"needs {job.gpus} GPUs, the pool has {pool.gpus}"
+                    continue
+                found = perf(model, pool, job.gpus, job.global_batch, model.seq_len)
+                if found is None:
+                    excluded[pool.name] = f"no plan of {model.name} fits on {job.gpus} {pool.accelerator}"
+                    continue
+                options.append(Option(pool.name, job.gpus, nodes, found))
+                continue
+            for gpus in candidate_gpus(pool):
+                found = perf(model, pool, gpus, job.global_batch, model.seq_len)
+                if found is not None:
+                    options.append(Option(pool.name, gpus, gpus // pool.gpus_per_node, found))
+                    break
+            else:
+                excluded[pool.name] = f"no plan of {model.name} fits on up to {pool.gpus} {pool.accelerator}"
+        resolved.append(Resolved(job, tuple(options), excluded))
+        if progress:
+            progress(i + 1, len(jobs))
+    return resolved
