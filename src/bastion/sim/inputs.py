@@ -129,11 +129,11 @@ class Workload:
 def _table_list(data: dict[str, Any], key: str, what: str, example: str) -> list[dict[str, Any]]:
     items = data.get(key)
     if items is None:
-        raise ConfigError(f"{what} has no [[{key}]] entries.", fix=f"add at least one, e.g.\n{example}")
+        raise ConfigError(f"{what} has no '{key}' tables.", fix=f"add at least one, e.g. {example}")
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-        raise ConfigError(f"'{key}' in {what} must be an array of tables ([[{key}]]).", fix=f"e.g.\n{example}")
+        raise ConfigError(f"'{key}' in {what} must be an array of tables.", fix=f"e.g. {example}")
     if not items:
-        raise ConfigError(f"{what} has an empty '{key}' list.", fix=f"add at least one, e.g.\n{example}")
+        raise ConfigError(f"{what} has an empty '{key}' list.", fix=f"add at least one, e.g. {example}")
     return items
 
 
@@ -147,7 +147,7 @@ def _check_keys(item: dict[str, Any], known: set[str], what: str) -> None:
 def _require(item: dict[str, Any], keys: tuple[str, ...], what: str, example: str) -> None:
     for key in keys:
         if key not in item:
-            raise ConfigError(f"{what} is missing '{key}'.", fix=f"every entry needs {', '.join(keys)}, e.g.\n{example}")
+            raise ConfigError(f"{what} is missing '{key}'.", fix=f"every entry needs {', '.join(keys)}, e.g. {example}")
 
 
 def _number(value: Any, name: str, what: str, *, integer: bool = False, minimum: float | None = None,
@@ -170,10 +170,11 @@ def _string(value: Any, name: str, what: str) -> str:
     return value
 
 
-_POOL_EXAMPLE = '[[pool]]\nname = "h100"\naccelerator = "h100-sxm"\nnodes = 128'
-_TENANT_EXAMPLE = '[[tenant]]\nname = "research"\nquota_gpus = 512\nborrow = true'
-_JOB_EXAMPLE = ('[[job]]\nid = "j1"\ntenant = "research"\nmodel = "llama3-8b"\ntokens = 2e11\n'
-                'global_batch = 512\nsubmit_hours = 0')
+# inline-table form: the usual double-bracket headers would be eaten by rich markup when the CLI prints them
+_POOL_EXAMPLE = 'pool = [{name = "h100", accelerator = "h100-sxm", nodes = 128}]'
+_TENANT_EXAMPLE = 'tenant = [{name = "research", quota_gpus = 512, borrow = true}]'
+_JOB_EXAMPLE = ('job = [{id = "j1", tenant = "research", model = "llama3-8b", tokens = 2e11, global_batch = 512, '
+                'submit_hours = 0}]')
 
 
 def make_pool(name: str, accelerator: str, nodes: int) -> Pool:
@@ -188,7 +189,7 @@ def inventory_from_mapping(data: dict[str, Any], what: str) -> Inventory:
     _check_keys(data, {"name", "pool", "tenant", "source"}, what)
     pools: list[Pool] = []
     for i, item in enumerate(_table_list(data, "pool", what, _POOL_EXAMPLE)):
-        where = f"{what} [[pool]] #{i + 1}"
+        where = f"{what}, pool #{i + 1}"
         _check_keys(item, {"name", "accelerator", "nodes"}, where)
         _require(item, ("name", "accelerator", "nodes"), where, _POOL_EXAMPLE)
         name = _string(item["name"], "name", where)
@@ -202,7 +203,7 @@ def inventory_from_mapping(data: dict[str, Any], what: str) -> Inventory:
                               hint="bastion hardware   # lists the accelerators") from exc
     tenants: list[Tenant] = []
     for i, item in enumerate(data.get("tenant") and _table_list(data, "tenant", what, _TENANT_EXAMPLE) or []):
-        where = f"{what} [[tenant]] #{i + 1}"
+        where = f"{what}, tenant #{i + 1}"
         _check_keys(item, {"name", "quota_gpus", "borrow"}, where)
         _require(item, ("name", "quota_gpus"), where, _TENANT_EXAMPLE)
         name = _string(item["name"], "name", where)
@@ -243,7 +244,7 @@ def job_from_mapping(item: dict[str, Any], where: str, inventory: Inventory) -> 
     if tenant not in tenant_names:
         raise ConfigError(f"{where} names tenant '{tenant}', which the inventory does not define."
                           f"{did_you_mean(tenant, tenant_names)}",
-                          fix=f"use one of: {', '.join(tenant_names)}, or add a [[tenant]] to the cluster file.")
+                          fix=f"use one of: {', '.join(tenant_names)}, or add that tenant to the cluster file.")
     pools = item.get("pools", [])
     if isinstance(pools, str):
         pools = [pools]
@@ -268,7 +269,7 @@ def job_from_mapping(item: dict[str, Any], where: str, inventory: Inventory) -> 
 
 def workload_from_mapping(data: dict[str, Any], what: str, inventory: Inventory) -> Workload:
     _check_keys(data, {"name", "job", "source"}, what)
-    jobs = [job_from_mapping(item, f"{what} [[job]] #{i + 1}", inventory)
+    jobs = [job_from_mapping(item, f"{what}, job #{i + 1}", inventory)
             for i, item in enumerate(_table_list(data, "job", what, _JOB_EXAMPLE))]
     seen: set[str] = set()
     for job in jobs:

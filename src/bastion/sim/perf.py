@@ -74,7 +74,9 @@ def plan_summary(plan) -> str:
 class PlannerPerf:
     """The real step-time model: planner search + run_cost, cached per (model, accelerator, GPUs, batch, seq)."""
 
-    def __init__(self, workers: int = 0) -> None:
+    def __init__(self, workers: int = 1) -> None:
+        # one process: a job shape's search is small (≤ ~1 s), and on a shared 2-core machine the search's
+        # process pool cost more wall time than it saved (1,000-job bench: 10 s serial vs 20 s pooled)
         self.workers = workers
         self.cache: dict[tuple[str, str, int, int, int], Perf | None] = {}
         self.searches = 0

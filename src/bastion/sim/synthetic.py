@@ -34,9 +34,9 @@ class JobClass:
 
 JOB_CLASSES = (
     JobClass("finetune-1.5b", 0.52, "llama-1.5b", (), 256, 4096, (2e9, 2e10)),
-    JobClass("train-8b", 0.30, "llama3-8b", (32, 64, 128), 512, 8192, (1e10, 1e11)),
-    JobClass("train-13b", 0.13, "llama2-13b", (128, 256), 1024, 4096, (3e10, 2e11)),
-    JobClass("train-70b", 0.05, "llama3-70b", (512, 1024), 1024, 8192, (5e10, 3e11)),
+    JobClass("train-8b", 0.30, "llama3-8b", (32, 64, 128), 512, 8192, (1e10, 8e10)),
+    JobClass("train-13b", 0.13, "llama2-13b", (128, 256), 1024, 4096, (3e10, 1.5e11)),
+    JobClass("train-70b", 0.05, "llama3-70b", (512, 1024), 1024, 8192, (5e10, 2e11)),
 )
 
 
@@ -56,7 +56,7 @@ def synthetic_workload(inventory: Inventory, num_jobs: int, seed: int = 0, span_
         cls = rng.choices(JOB_CLASSES, weights=[c.weight for c in JOB_CLASSES])[0]
         gpus = None
         if cls.gpus:
-            fitting = [g for g in cls.gpus if g <= largest] or [min(cls.gpus)]
+            fitting = [g for g in cls.gpus if g <= largest] or [largest]
             gpus = rng.choice(fitting)
         low, high = cls.tokens
         tokens = float(f"{math.exp(rng.uniform(math.log(low), math.log(high))):.3g}")

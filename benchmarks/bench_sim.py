@@ -1,0 +1,81 @@
+"""Cluster simulator: a synthetic 1,000-job month on a 3-pool cluster under fifo, backfill and fair.
+
+Cluster: 2,048 H100 + 1,024 A100-80GB + 512 H200 (8 per node), tenants pretrain (1,792 GPUs, may borrow),
+research (1,280, may borrow), product (512, may not). Jobs: `bastion.sim.synthetic` (seed 0, Poisson arrivals
+over 720 h). Records wall seconds of the planner phase (one search per job shape and pool, shared by the three
+policies; wall and CPU, since the machine may be shared) and of each policy's simulation, with utilisation, goodput, waits, failures and energy. Writes
+benchmarks/results/sim.json.
+
+    .venv/bin/python benchmarks/bench_sim.py [--jobs 1000] [--seed 0] [--placement fastest]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "sim.json"
+
+INVENTORY = {
+    "name": "bench-3-pools",
+    "pool": [{"name": "h100", "accelerator": "h100-sxm", "nodes": 256},
+             {"name": "a100", "accelerator": "a100-80g", "nodes": 128},
+             {"name": "h200", "accelerator": "h200", "nodes": 64}],
+    "tenant": [{"name": "pretrain", "quota_gpus": 1792, "borrow": True},
+               {"name": "research", "quota_gpus": 1280, "borrow": True},
+               {"name": "product", "quota_gpus": 512, "borrow": False}],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--placement", default="fastest", choices=("fastest", "first-fit"))
+    args = parser.parse_args()
+
+    from bastion.sim import PlannerPerf, SimConfig, resolve, simulate
+    from bastion.sim.inputs import inventory_from_mapping
+    from bastion.sim.synthetic import synthetic_workload
+
+    started, cpu_started = time.perf_counter(), time.process_time()
+    inventory = inventory_from_mapping(INVENTORY, "bench inventory")
+    workload = synthetic_workload(inventory, args.jobs, seed=args.seed)
+    perf = PlannerPerf()
+    resolved = resolve(workload.jobs, inventory, perf)
+    resolve_s, resolve_cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
+    print(f"{args.jobs} jobs, {perf.searches} planner searches: {resolve_s:.1f} s wall, {resolve_cpu_s:.1f} s CPU")
+    policies = []
+    for policy in ("fifo", "backfill", "fair"):
+        t0 = time.perf_counter()
+        result = simulate(resolved, inventory, SimConfig(policy=policy, placement=args.placement, seed=args.seed))
+        seconds = time.perf_counter() - t0
+        c = result.cluster
+        row = {"policy": policy, "simulate_s": seconds, "jobs": c.jobs, "unschedulable": c.unschedulable,
+               "makespan_h": c.makespan_h, "utilisation": c.utilisation, "goodput": c.goodput,
+               "mean_wait_h": c.mean_wait_h, "p90_wait_h": c.p90_wait_h, "failures": c.failures,
+               "lost_gpu_hours": c.lost_gpu_hours, "energy_mwh": c.energy_kwh / 1000.0,
+               "pool_utilisation": {p.name: p.utilisation for p in result.pools},
+               "tenant_mean_wait_h": {t.name: t.mean_wait_h for t in result.tenants}, "events": result.events}
+        policies.append(row)
+        print(f"{policy:9s} {seconds:5.2f} s  makespan {c.makespan_h:7.1f} h  utilisation {c.utilisation:6.1%}  "
+              f"goodput {c.goodput:6.2%}  mean wait {c.mean_wait_h:6.1f} h  p90 {c.p90_wait_h:6.1f} h  "
+              f"failures {c.failures}  unschedulable {c.unschedulable}")
+    total = time.perf_counter() - started
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({
+        "benchmark": "sim", "machine": platform.platform(), "cpus": os.cpu_count(), "load_avg_1m": load,
+        "python": platform.python_version(), "inventory": INVENTORY, "jobs": args.jobs, "seed": args.seed,
+        "placement": args.placement, "planner_searches": perf.searches, "resolve_s": resolve_s, "resolve_cpu_s": resolve_cpu_s,
+        "total_wall_s": total, "policies": policies}, indent=2) + "\n")
+    print(f"total {total:.1f} s → {RESULTS.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
