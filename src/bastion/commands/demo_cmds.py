@@ -16,6 +16,7 @@ from typing import Any
 import typer
 
 from bastion.cli import app
+from bastion.report.comparison import print_comparison
 
 #: the fixed hybrid plan used when the planner is not available (or finds nothing runnable)
 FALLBACK_PLAN = {"dp": 2, "pp": 2, "pp_schedule": "1f1b", "zero_stage": 0, "micro_batch": 2, "precision": "fp32"}
@@ -66,50 +67,6 @@ def _describe(plan: Any) -> str:
     parts = [f"{name}{getattr(plan, name)}" for name in ("dp", "tp", "pp") if getattr(plan, name) > 1]
     extra = f" {plan.pp_schedule}" if plan.pp > 1 else ""
     return "×".join(parts or ["single"]) + extra + f" zero{plan.zero_stage} mb{plan.micro_batch}"
-
-
-def _fmt_bytes(value: float | None) -> str:
-    return "—" if value is None else f"{value / 2**20:,.1f} MiB"
-
-
-def print_comparison(summary: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    predicted, measured = summary["predicted"], summary["measured"]
-    table = Table(title="predicted vs measured (per device)")
-    table.add_column("figure")
-    table.add_column("predicted", justify="right")
-    table.add_column("measured", justify="right")
-    table.add_column("measured / predicted", justify="right")
-
-    def row(name: str, p: float | None, m: float | None, fmt: Any) -> None:
-        ratio = f"{m / p:.2f}" if p and m else "—"
-        table.add_row(name, fmt(p), fmt(m), ratio)
-
-    seconds = lambda v: "—" if v is None else f"{v:.3f} s"  # noqa: E731
-    rate = lambda v: "—" if v is None else f"{v:,.0f}"  # noqa: E731
-    pct = lambda v: "—" if v is None else f"{100 * v:.2f}%"  # noqa: E731
-    row("step time", predicted.get("step_time_s"), measured.get("step_time_s"), seconds)
-    row("tokens/s", predicted.get("tokens_per_s"), measured.get("tokens_per_s"), rate)
-    row("MFU", predicted.get("mfu"), measured.get("mfu"), pct)
-    ranks = measured.get("model_state_bytes_by_rank") or [{}]
-    worst = max(ranks, key=lambda r: sum(r.get(k, 0) for k in ("params", "grads", "optimizer")))
-    memory = predicted.get("memory_bytes", {})
-    for key in ("params", "grads", "optimizer"):
-        row(f"{key} (fullest rank)", memory.get(key), worst.get(key), _fmt_bytes)
-    activations = [a for a in measured.get("activation_bytes_by_rank") or [] if a]
-    row("activations (pred: in flight; meas: 1 micro-batch, pp=1)", memory.get("activations"),
-        max(activations) if activations else None, _fmt_bytes)
-    row("process memory", memory.get("total"), measured.get("peak_mem_bytes"), _fmt_bytes)
-    console = Console()
-    console.print(table)
-    if predicted.get("note"):
-        console.print(f"[yellow]prediction:[/] {predicted['note']}")
-    console.print(f"final loss {summary['final_loss']:.4f} after {summary['steps']} steps; "
-                  f"params_sha256 {str(summary['params_sha256'])[:16]}…")
-    console.print("[dim]CPU notes: memory on CPU is the process RSS (includes torch itself); the predictor's "
-                  "total counts only tensors.[/]")
 
 
 @app.command("demo")

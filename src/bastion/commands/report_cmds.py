@@ -1,0 +1,45 @@
+"""`bastion report RUN_DIR`: predicted vs measured, what failures cost, and the loss of a run (reads files only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from bastion.cli import app
+
+
+@app.command("report")
+def report_command(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `bastion train --run-dir`."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole report as one JSON object."),
+    html: Path | None = typer.Option(None, "--html", help="Also write a self-contained HTML page (tables and "
+                                                          "SVG charts) to this file."),
+    warmup_steps: int = typer.Option(1, "--warmup-steps", min=0, help="Step records at the start of the run "
+                                     "left out of the measured step time (the first step after each restart "
+                                     "is always left out)."),
+    cluster: str | None = typer.Option(None, "--cluster", help="Predict from plan.json + model.json on this "
+                                       "cluster (default: the prediction summary.json recorded, if any)."),
+) -> None:
+    """Predicted vs measured step time, throughput, MFU and memory; wall time, restarts, recomputed steps,
+    checkpoint stalls and goodput against the reliability model; loss and NaN rollbacks."""
+    import json
+
+    from bastion.report import build_report, load_run
+
+    run = load_run(run_dir)
+    report = build_report(run, warmup_steps=warmup_steps, cluster=cluster)
+    if html is not None:
+        from bastion.report.analysis import current_run
+        from bastion.report.html import render_html
+
+        html.parent.mkdir(parents=True, exist_ok=True)
+        html.write_text(render_html(report, run.summary, current_run(run.records)))
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, default=str))
+        return
+    from bastion.report.text import print_report
+
+    print_report(report, run.summary)
+    if html is not None:
+        typer.echo(f"wrote {html}")
