@@ -286,8 +286,8 @@ def build_report(run: RunFiles, warmup_steps: int = WARMUP_STEPS, cluster: str |
             "predicted": predicted_source,
             "measured": (f"metrics.jsonl: median step_time_s of {measured['steps_used']} steady step(s), leaving "
                          f"out {measured['steps_left_out_warmup']} warm-up step(s) and "
-                         f"{measured['steps_left_out_after_restart']} first step(s) after a restart; memory: "
-                         f"{measured['peak_mem_kind']}"),
+                         f"{measured['steps_left_out_after_restart']} first step(s) after a restart; memory: rank 0's "
+                         f"peak ({measured['peak_mem_kind']})"),
             "failures": accounting_source,
             "recomputed": "metrics.jsonl: step records superseded by a later record of the same step",
         },
