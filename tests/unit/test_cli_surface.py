@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-COMMANDS = ("models", "hardware", "estimate", "validate", "plan", "train", "launch", "status", "logs", "cost",
-            "demo", "data")
+COMMANDS = ("models", "hardware", "estimate", "validate", "plan", "train", "launch", "status", "logs", "report",
+            "cost", "simulate", "demo", "data")
 
 
 def test_help_lists_every_command_without_importing_torch() -> None:
