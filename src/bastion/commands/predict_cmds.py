@@ -26,6 +26,11 @@ def _build_plan(plan_file: Path | None, num_gpus: int, flags: dict[str, Any]) ->
                             fix="use either --plan PLAN.json or the flags, not both.", reason="bad plan file")
         return ParallelPlan.load(plan_file), []
     notes: list[str] = []
+    for name in ("dp", "tp", "pp", "cp", "micro_batch", "vpp"):
+        if name in given and given[name] < 1:
+            raise PlanError(f"--{name.replace('_', '-')} must be >= 1, got {given[name]}.",
+                            fix=f"give --{name.replace('_', '-')} a positive integer (1 = not split that way).",
+                            reason="bad field")
     tp, pp, cp = given.get("tp", 1), given.get("pp", 1), given.get("cp", 1)
     if "dp" not in given:
         if num_gpus % (tp * pp * cp):
@@ -44,6 +49,26 @@ def _build_plan(plan_file: Path | None, num_gpus: int, flags: dict[str, Any]) ->
         notes.append(f"global_batch = {given['global_batch']} (not given: micro_batch × dp"
                      + (" × 4·pp·vpp micro-batches)" if pp > 1 else ")"))
     return ParallelPlan(**given), notes
+
+
+def check_seq_len(seq_len: int | None) -> None:
+    """--seq-len, when given, is a positive token count (0 must not silently mean "the model's")."""
+    from bastion.errors import ConfigError
+
+    if seq_len is not None and seq_len < 1:
+        raise ConfigError(f"--seq-len must be >= 1, got {seq_len}.",
+                          fix="give the tokens per sequence (e.g. --seq-len 4096), or leave it out for the model's.")
+
+
+def check_tokens(tokens: float | None) -> None:
+    """--tokens, when given, is a finite positive token budget."""
+    import math
+
+    from bastion.errors import ConfigError
+
+    if tokens is not None and not (math.isfinite(tokens) and tokens > 0):
+        raise ConfigError(f"--tokens must be a positive number of tokens, got {tokens:g}.",
+                          fix="give the token budget, e.g. --tokens 15e12.")
 
 
 def _gib(x: float) -> str:
@@ -121,6 +146,8 @@ def estimate_command(
     from bastion.predict import estimate
     from bastion.specs import load_cluster, load_model
 
+    check_seq_len(seq_len)
+    check_tokens(tokens)
     model_spec = load_model(model, seq_len)
     cluster_spec = load_cluster(cluster)
     flags = {"dp": dp, "tp": tp, "pp": pp, "cp": cp, "zero_stage": zero, "micro_batch": micro_batch,

@@ -89,6 +89,9 @@ def read_cases(path: Path) -> list[dict[str, str]]:
     if not path.exists():
         raise ConfigError(f"Case file not found: {path}", fix="check the path.",
                           hint=f"bastion validate {PUBLIC_CASES}   # the published runs shipped with bastion")
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory, not a case file.", fix="give the path of the CSV file itself.",
+                          hint=f"bastion validate {PUBLIC_CASES}   # the published runs shipped with bastion")
     try:
         with path.open(newline="") as fh:
             reader = csv.DictReader(fh)
@@ -96,6 +99,9 @@ def read_cases(path: Path) -> list[dict[str, str]]:
             rows = list(reader)
     except (UnicodeDecodeError, csv.Error) as exc:
         raise ConfigError(f"Cannot read {path} as CSV: {exc}", fix=fix) from exc
+    except OSError as exc:
+        raise ConfigError(f"Cannot read {path}: {exc.strerror or exc}.",
+                          fix="check the file's permissions, or give another path.") from exc
     missing = [c for c in COLUMNS if c not in header]
     if missing:
         raise ConfigError(f"{path} is not a case file: missing column(s) {', '.join(missing)}.", fix=fix)
@@ -122,9 +128,12 @@ def _float(row: dict[str, str], key: str) -> float | None:
     if not text:
         return None
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise RowSkipped(f"{key} = {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise RowSkipped(f"{key} = {text!r} is not a finite number")
+    return value
 
 
 def case_model(row: dict[str, str], assumptions: list[str]) -> ModelSpec:
@@ -155,6 +164,9 @@ def case_cluster(row: dict[str, str], assumptions: list[str]) -> Cluster:
         raise RowSkipped(exc.problem) from None
     num_gpus = _int(row, "num_gpus")
     per_node = _int(row, "gpus_per_node")
+    for key, value in (("num_gpus", num_gpus), ("gpus_per_node", per_node)):
+        if value is not None and value < 1:
+            raise RowSkipped(f"{key} = {value} is not a positive device count")
     if per_node is None:
         per_node = min(acc.scale_up_domain, 8)
         assumptions.append(f"gpus_per_node: not given, assumed {per_node}")
@@ -163,8 +175,11 @@ def case_cluster(row: dict[str, str], assumptions: list[str]) -> Cluster:
     # NVLink spans one node, except on rack-scale systems whose domain is larger than any node (NVL72, TPU)
     if acc.scale_up_domain <= 8 or per_node >= acc.scale_up_domain:
         network = replace(network, scale_up_size=min(per_node, acc.scale_up_domain))
-    return Cluster(name=f"{acc.name}:{num_gpus}", accelerator=acc, num_nodes=math.ceil(num_gpus / per_node),
-                   gpus_per_node=per_node, network=network)
+    try:
+        return Cluster(name=f"{acc.name}:{num_gpus}", accelerator=acc, num_nodes=math.ceil(num_gpus / per_node),
+                       gpus_per_node=per_node, network=network)
+    except BastionError as exc:
+        raise RowSkipped(exc.problem) from None
 
 
 def _vpp_choices(row: dict[str, str], model: ModelSpec, pp: int, assumptions: list[str]) -> list[int]:
@@ -241,8 +256,10 @@ def case_estimate(row: dict[str, str],
         if not (row.get(key) or "").strip():
             raise RowSkipped(f"{key} is empty")
     published = _float(row, "iteration_time_s")
-    if published is None or published <= 0:
+    if published is None:
         raise RowSkipped("no published iteration_time_s to compare with")
+    if published <= 0:
+        raise RowSkipped(f"iteration_time_s = {published:g} is not a positive time")
     cap = options.attention_efficiency_cap
     assumptions: list[str] = [
         "kernels: " + ("flash attention" if options.flash_attention else "unfused attention")

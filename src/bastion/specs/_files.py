@@ -17,14 +17,22 @@ def read_mapping(path: Path) -> dict[str, Any]:
     """Load a TOML or JSON file as a dict; any problem becomes a ConfigError naming the file."""
     if not path.exists():
         raise ConfigError(f"File not found: {path}", fix="check the path, or use a preset name instead.")
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory, not a TOML/JSON file.", fix="give the path of the file itself.")
     try:
         text = path.read_text()
         data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"Cannot parse {path}: {exc}",
                           fix="write it as TOML (.toml) or JSON (.json).") from exc
+    except OSError as exc:
+        raise ConfigError(f"Cannot read {path}: {exc.strerror or exc}.",
+                          fix="check the file's permissions, or give another path.") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold one object (a table of fields), not {type(data).__name__}.")
+    if not data:
+        raise ConfigError(f"{path} is empty: it holds no fields.",
+                          fix="write the fields into it (TOML `name = value` lines or one JSON object).")
     return data
 
 

@@ -84,9 +84,15 @@ class Network:
         if self.topology not in TOPOLOGIES:
             raise ConfigError(f"Unknown network topology '{self.topology}'.",
                               fix=f"use one of {', '.join(TOPOLOGIES)}.")
-        if self.scale_up_size < 1 or self.scale_up_bw_gbs <= 0 or self.scale_out_bw_gbs < 0:
-            raise ConfigError("Network sizes and bandwidths must be positive.",
+        if self.scale_up_size < 1 or self.scale_up_bw_gbs <= 0 or self.scale_out_bw_gbs <= 0:
+            raise ConfigError(f"Network sizes and bandwidths must be positive, got scale_up_size "
+                              f"{self.scale_up_size}, scale_up_bw_gbs {self.scale_up_bw_gbs:g}, scale_out_bw_gbs "
+                              f"{self.scale_out_bw_gbs:g}.",
                               fix="check scale_up_size, scale_up_bw_gbs and scale_out_bw_gbs.")
+        if self.scale_up_latency_us < 0 or self.scale_out_latency_us < 0:
+            raise ConfigError(f"Network latencies must be >= 0, got scale_up_latency_us {self.scale_up_latency_us:g}"
+                              f", scale_out_latency_us {self.scale_out_latency_us:g}.",
+                              fix="give latencies in microseconds, e.g. 3.0 (NVLink) and 5.0 (InfiniBand).")
         if self.oversubscription < 1.0:
             raise ConfigError("oversubscription must be >= 1.0 (1.0 = full bisection bandwidth).")
 
@@ -105,7 +111,9 @@ class Cluster:
 
     def __post_init__(self) -> None:
         if self.num_nodes < 1 or self.gpus_per_node < 1:
-            raise ConfigError(f"Cluster '{self.name}' needs at least one node and one device per node.")
+            raise ConfigError(f"Cluster '{self.name}' needs at least one node and one device per node, got "
+                              f"num_nodes {self.num_nodes}, gpus_per_node {self.gpus_per_node}.",
+                              fix="set num_nodes and gpus_per_node to positive integers.")
 
     @property
     def num_gpus(self) -> int:
@@ -158,6 +166,8 @@ def cluster_presets() -> list[str]:
 
 
 _SHORTHAND = re.compile(r"^(?P<acc>[a-z0-9][a-z0-9.\-]*):(?P<n>\d+)$")
+#: NAME:COUNT where COUNT is not a device count (negative, a word, a fraction)
+_BAD_COUNT = re.compile(r"^(?P<acc>[a-z0-9][a-z0-9.\-]*):(?P<n>.*)$")
 
 
 def cluster_from_mapping(data: dict[str, Any], what: str) -> Cluster:
@@ -166,7 +176,7 @@ def cluster_from_mapping(data: dict[str, Any], what: str) -> Cluster:
         if key not in data:
             raise ConfigError(f"{what} is missing '{key}'.",
                               fix="a cluster file needs accelerator, num_nodes, gpus_per_node and "
-                                  "optionally a [network] table.")
+                                  "optionally a network table.")
     acc = load_accelerator(str(data["accelerator"]))
     net_data = data.get("network")
     if net_data is None:
@@ -194,6 +204,10 @@ def load_cluster(spec: str) -> Cluster:
         return cluster_from_mapping(data, str(path))
     match = _SHORTHAND.match(spec)
     base, count = (match["acc"], int(match["n"])) if match else (spec, None)
+    bad = None if match else _BAD_COUNT.match(spec)
+    if bad and (bad["acc"] in _accelerator_table() or (DATA_DIR / "clusters" / f"{bad['acc']}.toml").exists()):
+        raise ConfigError(f"Cluster '{spec}': '{bad['n']}' is not a device count.",
+                          fix=f"write {bad['acc']}:N with N a positive whole number, e.g. {bad['acc']}:64.")
     if count == 0:
         raise ConfigError(f"Cluster '{spec}' has zero devices.", fix="use ACCEL:N with N >= 1.")
     preset = DATA_DIR / "clusters" / f"{base}.toml"

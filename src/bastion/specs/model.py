@@ -57,6 +57,10 @@ class ModelSpec:
         if self.num_kv_heads == 0:
             object.__setattr__(self, "num_kv_heads", self.num_heads)
         if self.head_dim == 0 and self.num_heads > 0:
+            if self.hidden_size % self.num_heads:
+                raise ConfigError(f"model '{self.name}': hidden_size {self.hidden_size} is not divisible by "
+                                  f"num_heads {self.num_heads}, so the head width is undefined.",
+                                  fix="choose num_heads dividing hidden_size, or set head_dim explicitly.")
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
         self._check()
 
@@ -66,6 +70,14 @@ class ModelSpec:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{what}: {name} must be positive, got {getattr(self, name)}.",
                                   fix=f"set {name} to a positive integer.")
+        for name in ("num_kv_heads", "head_dim", "num_experts", "top_k", "expert_ffn_hidden_size"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{what}: {name} must be >= 0, got {getattr(self, name)}.",
+                                  fix=f"set {name} to 0 (its default) or a positive integer.")
+        if self.num_experts and not 1 <= self.top_k <= self.num_experts:
+            raise ConfigError(f"{what}: a mixture of {self.num_experts} experts needs 1 <= top_k <= "
+                              f"{self.num_experts}, got top_k = {self.top_k}.",
+                              fix="set top_k to the number of experts each token is routed to (e.g. 2).")
         if self.ffn_type not in ("gelu", "swiglu"):
             raise ConfigError(f"{what}: ffn_type '{self.ffn_type}' is not known.",
                               fix="use 'gelu' (two matrices) or 'swiglu' (three matrices).")

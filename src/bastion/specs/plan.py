@@ -8,11 +8,12 @@ counts them) and whose message says how to fix the plan.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from bastion.errors import ConfigError, PlanError
+from bastion.errors import ConfigError, PlanError, did_you_mean
 from bastion.specs._files import check_keys, coerce, read_mapping
 from bastion.specs._hashing import cached_hash
 from bastion.specs.hardware import PRECISIONS, Cluster
@@ -110,13 +111,14 @@ class ParallelPlan:
                             fix="0 = replicate, 1 = shard optimizer, 2 = + gradients, 3 = + parameters (FSDP).",
                             reason="bad field")
         if self.pp_schedule not in PP_SCHEDULES:
-            raise PlanError(f"Unknown pp_schedule '{self.pp_schedule}'.",
+            raise PlanError(f"Unknown pp_schedule '{self.pp_schedule}'.{did_you_mean(self.pp_schedule, PP_SCHEDULES)}",
                             fix=f"use one of {', '.join(PP_SCHEDULES)}.", reason="bad field")
         if self.recompute not in RECOMPUTE_MODES:
-            raise PlanError(f"Unknown recompute '{self.recompute}'.",
+            raise PlanError(f"Unknown recompute '{self.recompute}'.{did_you_mean(self.recompute, RECOMPUTE_MODES)}",
                             fix=f"use one of {', '.join(RECOMPUTE_MODES)}.", reason="bad field")
         if self.precision not in PRECISIONS or self.precision == "tf32":
-            raise PlanError(f"Unknown precision '{self.precision}'.",
+            known = [p for p in PRECISIONS if p != "tf32"]
+            raise PlanError(f"Unknown precision '{self.precision}'.{did_you_mean(self.precision, known)}",
                             fix="use fp32, bf16, fp16 or fp8.", reason="bad field")
         if self.global_batch % (self.micro_batch * self.dp):
             raise PlanError(
@@ -215,10 +217,32 @@ class ParallelPlan:
                 lines.append(f"{key} = {value}")
         return "\n".join(lines) + "\n"
 
-    def save(self, path: str | Path) -> Path:
+    @staticmethod
+    def check_save_path(path: str | Path) -> Path:
+        """Where a plan can be written so that `load` reads it back: a .json or .toml file, not a directory."""
         path = Path(path)
+        if path.suffix not in (".json", ".toml"):
+            raise ConfigError(f"Cannot save a plan as '{path}': plan files end in .json or .toml.",
+                              fix=f"use e.g. {path.with_suffix('.json').name}.")
+        if path.is_dir():
+            raise ConfigError(f"Cannot save the plan to {path}: it is a directory.",
+                              fix=f"give a file name, e.g. {path / 'plan.json'}.")
+        return path
+
+    def save(self, path: str | Path) -> Path:
+        """Write the plan (TOML for .toml, else JSON) atomically: a reader sees the old file or the new one."""
+        path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"Cannot save the plan to {path}: it is a directory.",
+                              fix=f"give a file name, e.g. {path / 'plan.json'}.")
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_toml() if path.suffix == ".toml" else self.to_json())
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(self.to_toml() if path.suffix == ".toml" else self.to_json())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return path
 
     @classmethod
@@ -236,6 +260,9 @@ class ParallelPlan:
         try:
             data = read_mapping(path)
         except ConfigError as exc:
-            raise PlanError(exc.problem, fix=exc.fix or "write the plan with `bastion plan --save PLAN.json`.",
+            fix = exc.fix
+            if not path.exists():
+                fix = "check the path, or write a plan with `bastion plan ... --save PLAN.json`."
+            raise PlanError(exc.problem, fix=fix or "write the plan with `bastion plan --save PLAN.json`.",
                             reason="bad plan file") from exc
         return cls.from_dict(data, str(path))
