@@ -166,6 +166,12 @@ def clip_grad_norm(model: ParallelModel, max_norm: float, rmesh: RuntimeMesh) ->
         total_sq += sq
     if rmesh.plan.pp > 1:
         dist.all_reduce(total_sq, group=rmesh.pp_group)
+    # replicated gradients (plain data parallel, TP-replicated norms) are not reduced above, so a replica whose
+    # gradients went non-finite on its own (a bit flip, an injected fault) would be judged alone: it would roll
+    # back while the others step on, and the next collective would deadlock. Every rank sees a NaN/inf anywhere.
+    anywhere = total_sq.clone()
+    dist.all_reduce(anywhere)
+    total_sq = torch.where(torch.isfinite(anywhere), total_sq, anywhere)
     total = total_sq.sqrt()
     coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
     for grads in groups.values():
