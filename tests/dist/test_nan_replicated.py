@@ -38,4 +38,9 @@ def test_a_nan_on_one_replica_rolls_every_rank_back(tmp_path: Path) -> None:
     assert len(rollbacks) == 1 and rollbacks[0]["step"] == NAN_STEP and "nan" in rollbacks[0]["reason"]
     assert not [r for r in recs if r.get("event") in ("hang", "restart")]  # handled in place, no watchdog
     assert poisoned["steps"] == STEPS
+    # every save that began (async, the default) is later logged as committed, at or after its start
+    began = {r["step"]: r["time"] for r in recs if r.get("event") == "checkpoint"}
+    committed = {r["step"]: r["committed_unix"] for r in recs if r.get("event") == "checkpoint_committed"}
+    assert began and set(committed) == set(began) >= set(poisoned["checkpoints"])
+    assert all(committed[step] >= began[step] for step in began)
     assert poisoned["params_sha256"] == reference["params_sha256"]

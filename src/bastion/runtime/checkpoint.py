@@ -138,8 +138,8 @@ class Checkpointer:
         self.world_size = world_size
         self.async_group = async_group
         self._pending: _PendingSave | None = None
-        #: steps committed by this process (rank 0 only), for events
-        self.committed_steps: list[int] = []
+        #: (step, unix time) of every commit by this process (rank 0 only), in order, for events
+        self.commits: list[tuple[int, float]] = []
         #: seconds the training loop spent blocked in saves (staging + waiting for a previous save)
         self.stall_s = 0.0
         #: hook for fault injection: called on every rank after the data is written, before the commit
@@ -202,7 +202,7 @@ class Checkpointer:
             # so rank 0 finishing means the whole checkpoint is on disk.
             if self.rank == 0:
                 files.commit(pending.temp_dir, pending.final_dir, pending.step)
-                self.committed_steps.append(pending.step)
+                self.commits.append((pending.step, time.time()))
                 files.prune(self.config.directory, self.config.retention)
         except BaseException as exc:  # surfaced on the training thread by wait()/poll()
             pending.error = exc

@@ -95,6 +95,7 @@ class Resilience:
         self.skip_starts: set[int] = {(s - 1) * plan.global_batch for s in config.skip_batches}
         self.resumed_from: int | None = None
         self._step_times: list[float] = []
+        self._commits_logged = 0
 
     # ---- persisted run-level state ------------------------------------------------------------------
     @property
@@ -188,6 +189,7 @@ class Resilience:
         self.watchdog.step_ended(step)
         self._step_times.append(record["step_time_s"])
         self.checkpointer.poll()
+        self._log_commits()
         if self.config.checkpoint_every < 0 and self.checkpointer.config.every == 0 and step >= AUTO_PROBE_STEP:
             self.save(step)
             self._choose_auto_interval()
@@ -207,9 +209,19 @@ class Resilience:
                      "skipped_batch_starts": sorted(self.skip_starts), "saved_unix": time.time()}
         stall = self.checkpointer.save(step, tensors, run_state, {"rng": ck.capture_rng(), "optimizer": hparams})
         if self.rank == 0:
+            # where a save began; an async one reaches disk a step or more later (`checkpoint_committed`)
             log_event(self.run_dir, "checkpoint", step=step, stall_s=round(stall, 6),
                       mode="async" if self.config.async_checkpoint else "sync")
+        self._log_commits()
         return stall
+
+    def _log_commits(self) -> None:
+        """Rank 0: a `checkpoint_committed` event for each save committed on disk since the last call, with the
+        time of its commit (logged from the training thread, which owns metrics.jsonl)."""
+        commits = self.checkpointer.commits
+        for step, when in commits[self._commits_logged:]:
+            log_event(self.run_dir, "checkpoint_committed", step=step, committed_unix=when)
+        self._commits_logged = len(commits)
 
     def _choose_auto_interval(self) -> None:
         measured = self._step_times[1:] or self._step_times
@@ -238,6 +250,7 @@ class Resilience:
         if self.rank == 0:
             self._skips_file.write_text(json.dumps(sorted(self.skip_starts)))
         self.checkpointer.wait()
+        self._log_commits()
         source = self.checkpointer.newest_valid(on_bad=self._report_bad)
         if source is not None:
             self.restore(source)
@@ -256,6 +269,7 @@ class Resilience:
     def finish(self) -> dict[str, Any]:
         """Wait for the last save; rank 0 returns the accounting fields for summary.json."""
         self.checkpointer.close()
+        self._log_commits()
         self.watchdog.close()
         if dist.is_initialized():
             dist.barrier()  # every rank's last save is committed before the summary is written
