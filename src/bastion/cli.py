@@ -32,13 +32,15 @@ from bastion.commands import (  # noqa: E402,F401,I001
 
 def report_error(exc: BastionError) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
+    # the texts are plain: a "[network] table" or "--gpus [64]" must print as written, not as rich markup
     console = Console(stderr=True, highlight=False)
-    console.print(f"[bold red]error:[/] {exc.problem}", soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(exc.problem)}", soft_wrap=True)
     if exc.fix:
-        console.print(f"[bold]To fix:[/] {exc.fix}", soft_wrap=True)
+        console.print(f"[bold]To fix:[/] {escape(exc.fix)}", soft_wrap=True)
     if exc.hint:
-        console.print(f"[bold]Hint:[/] {exc.hint}", soft_wrap=True)
+        console.print(f"[bold]Hint:[/] {escape(exc.hint)}", soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> None:

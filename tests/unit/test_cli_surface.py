@@ -24,3 +24,13 @@ def test_every_command_has_help() -> None:
         proc = subprocess.run([sys.executable, "-m", "bastion", name, "--help"], capture_output=True, text=True)
         assert proc.returncode == 0, (name, proc.stderr)
         assert "Usage: " in proc.stdout
+
+
+def test_error_texts_print_as_written_not_as_markup(capsys) -> None:
+    from bastion.cli import report_error
+    from bastion.errors import ConfigError
+
+    report_error(ConfigError("a cluster file needs [accelerator] and optionally a [network] table.",
+                             fix="add [network] with scale_out_bw_gbs = 50.", hint="see --gpus [64]"))
+    err = capsys.readouterr().err
+    assert "optionally a [network] table" in err and "add [network] with" in err and "--gpus [64]" in err
