@@ -52,6 +52,7 @@ def simulate_command(
 
 
 def _print(inventory, workload, results, jobs_shown: int) -> None:
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
@@ -63,15 +64,20 @@ def _print(inventory, workload, results, jobs_shown: int) -> None:
         reasons = "; ".join(f"{pool}: {why}" for pool, why in row["reasons"].items())
         console.print(f"  [yellow]cannot run[/] {row['id']} ({first.policy}): {reasons}", soft_wrap=True)
     if len(results) > 1:
-        table = Table(title=f"policies compared (placement {first.placement})")
-        for col in ("policy", "jobs", "span h", "util", "goodput", "wait h", "p90 h", "fails", "lost GPU-h",
-                    "MWh"):
-            table.add_column(col, justify="left" if col == "policy" else "right")
-        for r in results:
-            c = r.cluster
-            table.add_row(r.policy, f"{c.jobs}", f"{c.makespan_h:,.1f}", f"{c.utilisation:.1%}", f"{c.goodput:.1%}",
-                          f"{c.mean_wait_h:,.1f}", f"{c.p90_wait_h:,.1f}", f"{c.failures}",
-                          f"{c.lost_gpu_hours:,.0f}", f"{c.energy_kwh / 1000:,.1f}")
+        # ten columns: no vertical rules, so that they fit 80 columns (what a pipe gets)
+        table = Table(title=f"policies compared (placement {first.placement})", box=box.SIMPLE_HEAD)
+        columns = ("policy", "jobs", "span\nh", "util", "goodput", "wait\nh", "p90\nh", "fails", "lost\nGPU-h",
+                   "MWh")
+        rows = [(r.policy, f"{r.cluster.jobs}", f"{r.cluster.makespan_h:,.1f}", f"{r.cluster.utilisation:.1%}",
+                 f"{r.cluster.goodput:.1%}", f"{r.cluster.mean_wait_h:,.1f}", f"{r.cluster.p90_wait_h:,.1f}",
+                 f"{r.cluster.failures}", f"{r.cluster.lost_gpu_hours:,.0f}", f"{r.cluster.energy_kwh / 1000:,.1f}")
+                for r in results]
+        for i, col in enumerate(columns):
+            # names, headers and figures are never cut, whatever the terminal's width (80 columns when piped)
+            width = max([*map(len, col.split("\n")), *(len(row[i]) for row in rows)])
+            table.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True, min_width=width)
+        for row in rows:
+            table.add_row(*row)
         console.print(table)
     else:
         c = first.cluster
