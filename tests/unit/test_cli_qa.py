@@ -180,3 +180,221 @@ def test_validate_bad_row_is_skipped_with_its_reason(changes: dict[str, str], re
 
 def test_validate_directory(tmp_path: Path, capsys: CaptureFixture) -> None:
     user_error(["validate", str(tmp_path), "--json"], capsys, "is a directory, not a case file")
+
+
+# ---- plan ---------------------------------------------------------------------------------------------
+PLAN = ["plan", "--model", "small", "--cluster", "cpu:4", "--global-batch", "8"]
+
+
+@pytest.mark.parametrize(("pin", "expected"), [
+    ("tp=0", "--fix tp=0: tp must be >= 1"),
+    ("pp_schedule=1fb1", "Did you mean '1f1b'?"),
+    ("zero_stage=4", "--fix zero_stage=4 is not a possible value"),
+    ("recompute=ful", "Did you mean 'full'?"),
+])
+def test_plan_impossible_pin_is_named(pin: str, expected: str, capsys: CaptureFixture) -> None:
+    # used to search an empty space and answer "No valid plan ... Rejected: ." with a "drop --fix" advice
+    user_error([*PLAN, "--fix", pin, "--json"], capsys, expected)
+
+
+def test_plan_pin_that_excludes_everything_says_so(capsys: CaptureFixture) -> None:
+    msg = user_error([*PLAN, "--fix", "tp=64"], capsys, "--fix tp=64 excludes every plan", "drop --fix tp=64")
+    assert "Rejected: ." not in msg
+
+
+@pytest.mark.parametrize("name", ["plan.yaml", "plan", "adir"])
+def test_plan_save_path_is_checked_before_the_search(name: str, tmp_path: Path, capsys: CaptureFixture) -> None:
+    # plan.yaml used to be written as JSON that `--plan plan.yaml` could not read back (parsed as TOML);
+    # a directory used to raise IsADirectoryError after the whole search
+    target = tmp_path / name
+    if name == "adir":
+        target = tmp_path / "adir.json"
+        target.mkdir()
+    user_error([*PLAN, "--save", str(target)], capsys, "Cannot save")
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["adir.json"] if name == "adir" else [])
+
+
+def test_plan_save_round_trips_and_leaves_no_temporary_file(tmp_path: Path, capsys: CaptureFixture) -> None:
+    from bastion.specs.plan import ParallelPlan
+
+    target = tmp_path / "sub" / "plan.toml"
+    code, out, _ = run([*PLAN, "--save", str(target), "--json"], capsys)
+    assert code == 0
+    assert ParallelPlan.load(target).to_dict() == json.loads(out)["plans"][0]["plan"]
+    assert [p.name for p in target.parent.iterdir()] == ["plan.toml"]
+
+
+# ---- cost ---------------------------------------------------------------------------------------------
+COST = ["cost", "--model", "llama3-8b", "--cluster", "h100-sxm:64", "--tokens", "1e12", "--global-batch", "512"]
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    (["--mtbf-hours", "-5"], "--mtbf-hours must be > 0, got -5."),  # used to say "got -18000.0" (seconds)
+    (["--capex-per-gpu", "-1"], "--capex-per-gpu must be >= 0 USD"),  # used to price owned GPUs negative
+    (["--seq-len", "0"], "--seq-len must be >= 1, got 0"),  # used to fall back to the model's
+    (["--pue", "0.5"], "PUE must be >= 1"),
+    (["--years", "0"], "amortisation period must be > 0 years"),
+    (["--electricity", "-1"], "electricity price must be >= 0"),
+])
+def test_cost_impossible_values(extra: list[str], expected: str, capsys: CaptureFixture) -> None:
+    user_error([*COST, *extra, "--json"], capsys, expected)
+
+
+@pytest.mark.parametrize("tokens", ["nan", "inf"])
+def test_cost_token_budget_must_be_finite(tokens: str, capsys: CaptureFixture) -> None:
+    # used to print "nan tokens ... wall nan h" (and NaN in --json)
+    argv = list(COST)
+    argv[argv.index("--tokens") + 1] = tokens
+    user_error([*argv, "--json"], capsys, "--tokens must be a positive number")
+
+
+def test_cost_plan_and_global_batch_conflict(tmp_path: Path, capsys: CaptureFixture) -> None:
+    from bastion.specs.plan import ParallelPlan
+
+    plan = ParallelPlan(dp=64, global_batch=512).save(tmp_path / "plan.json")
+    user_error([*COST, "--plan", str(plan)], capsys, "--plan and --global-batch were both given")
+
+
+# ---- data prepare -------------------------------------------------------------------------------------
+@pytest.fixture()
+def dataset(tmp_path: Path) -> Path:
+    from bastion.runtime.data import prepare_dataset
+
+    text = tmp_path / "text.txt"
+    text.write_text("some text to train on\n" * 400)
+    out = tmp_path / "data"
+    prepare_dataset([text], out)
+    return out
+
+
+def _snapshot(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
+
+
+@pytest.mark.parametrize("max_mb", ["0", "-1"])
+def test_data_prepare_max_mb_must_be_positive(max_mb: str, dataset: Path, tmp_path: Path,
+                                              capsys: CaptureFixture) -> None:
+    # --max-mb 0 used to mean "no limit"; --max-mb -1 overwrote the dataset with 0 tokens
+    before = _snapshot(dataset)
+    user_error(["data", "prepare", str(tmp_path / "text.txt"), "--out", str(dataset), "--max-mb", max_mb], capsys,
+               "--max-mb must be > 0")
+    assert _snapshot(dataset) == before
+
+
+def test_data_prepare_empty_text_keeps_the_old_dataset(dataset: Path, tmp_path: Path,
+                                                       capsys: CaptureFixture) -> None:
+    # used to replace the dataset with a 0-token one and exit 0
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    before = _snapshot(dataset)
+    user_error(["data", "prepare", str(empty), "--out", str(dataset), "--json"], capsys, "hold no text")
+    assert _snapshot(dataset) == before
+
+
+def test_data_prepare_interrupted_keeps_the_old_dataset(dataset: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from bastion.runtime import data as data_module
+
+    def interrupted(text: bytes):
+        raise KeyboardInterrupt
+
+    before = _snapshot(dataset)
+    monkeypatch.setattr(data_module, "_tokenize_bytes", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        data_module.prepare_dataset([tmp_path / "text.txt"], dataset)
+    assert _snapshot(dataset) == before  # no half-written tokens.bin, no temporary files left
+
+
+@pytest.mark.parametrize(("option", "expected"), [("--out", "is a file, not a directory"),
+                                                  ("--tokenizer", "Cannot read")])
+def test_data_prepare_bad_paths(option: str, expected: str, tmp_path: Path, capsys: CaptureFixture) -> None:
+    text = tmp_path / "text.txt"
+    text.write_text("hello\n")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"version": "1.0"}')  # JSON, but not a tokenizer: used to raise a bare Exception
+    argv = ["data", "prepare", str(text), "--out", str(tmp_path / "out")]
+    argv = argv[:-2] + ["--out", str(bad)] if option == "--out" else argv + ["--tokenizer", str(bad)]
+    user_error(argv, capsys, expected)
+
+
+# ---- train and launch: refused before any process starts ----------------------------------------------
+def _plan(tmp_path: Path, **fields: object) -> Path:
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"dp": 2, "global_batch": 2, "precision": "fp32", **fields}))
+    return path
+
+
+def _train(tmp_path: Path, dataset: Path, *extra: str) -> list[str]:
+    return ["train", "--model", "tiny", "--plan", str(_plan(tmp_path)), "--data", str(dataset), "--steps", "2",
+            "--run-dir", str(tmp_path / "run"), *extra]
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    (["--nproc", "0"], "--nproc must be >= 1, got 0"),
+    (["--seq-len", "0"], "--seq-len must be >= 1, got 0"),  # used to mean the model's length
+    (["--lr", "-1"], "--lr must be a positive learning rate"),  # used to crash every worker
+    (["--lr", "nan"], "--lr must be a positive learning rate"),
+    (["--max-restarts", "-1"], "--max-restarts must be >= 0"),  # used to be an AssertionError in torchrun
+    (["--cluster", "h100-sxmm:4"], "Did you mean 'h100-sxm'?"),  # used to be ignored (no prediction)
+])
+def test_train_flag_values(extra: list[str], expected: str, tmp_path: Path, dataset: Path,
+                           capsys: CaptureFixture) -> None:
+    user_error(_train(tmp_path, dataset, *extra), capsys, expected)
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_run_dir_that_is_a_file(tmp_path: Path, dataset: Path, capsys: CaptureFixture) -> None:
+    argv = _train(tmp_path, dataset)
+    (tmp_path / "run").write_text("not a directory")
+    user_error(argv, capsys, "is a file, not a directory")
+
+
+def _fake_checkpoint(run_dir: Path, model: str, step: int = 4) -> Path:
+    from bastion.runtime import checkpoint_files as cf
+    from bastion.specs.model import load_model
+
+    root = run_dir / "checkpoints"
+    temp = root / cf.temp_dir_name(step)
+    temp.mkdir(parents=True)
+    (temp / "state.json").write_text(json.dumps({"step": step, "model": load_model(model).to_dict()}))
+    (temp / "__0_0.distcp").write_bytes(b"\0" * 64)
+    return cf.commit(temp, root / cf.step_dir_name(step), step)
+
+
+def test_train_in_another_models_run_dir(tmp_path: Path, dataset: Path, capsys: CaptureFixture) -> None:
+    _fake_checkpoint(tmp_path / "run", "small")
+    msg = user_error(_train(tmp_path, dataset), capsys, "holds model 'small', but this run builds 'tiny'",
+                     "give a new --run-dir")
+    assert "without --resume-from" not in msg  # --resume-from was not given
+
+
+def test_train_no_resume_over_existing_checkpoints(tmp_path: Path, dataset: Path, capsys: CaptureFixture) -> None:
+    # used to start N workers that failed at the first save (or deleted the old run's checkpoints by retention)
+    checkpoint = _fake_checkpoint(tmp_path / "run", "tiny")
+    user_error(_train(tmp_path, dataset, "--no-resume"), capsys, "--no-resume, but", "1 checkpoint(s)")
+    assert checkpoint.is_dir()
+
+
+def _launch(tmp_path: Path, dataset: Path, *extra: str) -> list[str]:
+    return ["launch", "--on", "slurm", "--device", "cpu", "--model", "tiny", "--plan", str(_plan(tmp_path)),
+            "--data", str(dataset), "--run-dir", str(tmp_path / "run"), "--steps", "2", "--dry-run", *extra]
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    (["--seq-len", "0"], "--seq-len must be >= 1"),  # the job's workers used to get --seq-len 0
+    (["--max-restarts", "-1"], "--max-restarts must be >= 0"),  # used to write torchrun --max-restarts=-1
+])
+def test_launch_flag_values(extra: list[str], expected: str, tmp_path: Path, dataset: Path,
+                            capsys: CaptureFixture) -> None:
+    user_error(_launch(tmp_path, dataset, *extra), capsys, expected)
+
+
+def test_launch_checks_the_dataset_and_the_run_dir_before_writing_a_job(tmp_path: Path, dataset: Path,
+                                                                       capsys: CaptureFixture) -> None:
+    not_data = tmp_path / "not-data"
+    not_data.mkdir()
+    user_error(_launch(tmp_path, not_data), capsys, "is not a bastion token dataset")
+    _fake_checkpoint(tmp_path / "run", "small")
+    user_error(_launch(tmp_path, dataset), capsys, "holds model 'small', but this run builds 'tiny'")
+    code, out, _ = run(_launch(tmp_path, dataset, "--model", "small"), capsys)
+    assert code == 0 and out.startswith("#!/bin/bash")

@@ -19,6 +19,7 @@ from bastion.launch.request import (
     worker_layout,
 )
 from bastion.launch.slurm import SlurmOptions, check_options
+from bastion.runtime.data import prepare_dataset
 from bastion.specs import ParallelPlan
 
 PYTHON = sys.executable
@@ -106,8 +107,10 @@ def test_names_are_reduced_to_what_schedulers_accept() -> None:
 @pytest.fixture()
 def inputs(tmp_path: Path) -> dict[str, Path]:
     plan = ParallelPlan(dp=4, zero_stage=3, global_batch=8, precision="fp32").save(tmp_path / "plan.json")
+    text = tmp_path / "text.txt"
+    text.write_text("a small corpus for the launch tests\n" * 200)
     data = tmp_path / "data"
-    data.mkdir()
+    prepare_dataset([text], data)  # launch checks the dataset before writing a job
     return {"plan": plan, "data": data, "run": tmp_path / "runs" / "r1"}
 
 

@@ -27,7 +27,8 @@ def models_command(as_json: bool = typer.Option(False, "--json", help="Print JSO
         return
     table = Table(title="model presets")
     for col in ("name", "params", "layers", "hidden", "heads/kv", "ffn", "vocab", "seq"):
-        table.add_column(col, justify="right" if col != "name" else "left")
+        # names are what users type: never cut them ("llama3-4…"); the figures wrap instead
+        table.add_column(col, justify="right" if col != "name" else "left", no_wrap=col == "name")
     for m in rows:
         table.add_row(m.name, _human_params(m.total_params()), str(m.num_layers), str(m.hidden_size),
                       f"{m.num_heads}/{m.num_kv_heads}", f"{m.ffn_hidden_size} {m.ffn_type}",
@@ -53,7 +54,7 @@ def hardware_command(as_json: bool = typer.Option(False, "--json", help="Print J
         return
     table = Table(title="accelerators (dense peaks)")
     for col in ("name", "bf16 TF", "fp8 TF", "HBM GiB", "HBM GB/s", "scale-up GB/s/dir", "domain", "NIC Gb/s", "TDP W"):
-        table.add_column(col, justify="right" if col != "name" else "left")
+        table.add_column(col, justify="right" if col != "name" else "left", no_wrap=col == "name")
     for a in accs:
         table.add_row(a.name, f"{a.peak_tflops_bf16:g}", f"{a.peak_tflops_fp8:g}" if a.peak_tflops_fp8 else "-",
                       f"{a.hbm_gib:g}", f"{a.hbm_bandwidth_gbs:g}", f"{a.scale_up_bw_gbs:g}",
@@ -62,7 +63,7 @@ def hardware_command(as_json: bool = typer.Option(False, "--json", help="Print J
     console.print(table)
     ctable = Table(title="cluster presets (resize with NAME:N)")
     for col in ("name", "accelerator", "nodes × per node", "topology", "scale-out GB/s/dir"):
-        ctable.add_column(col)
+        ctable.add_column(col, no_wrap=col in ("name", "accelerator"))
     for c in clusters:
         ctable.add_row(c.name, c.accelerator.name, f"{c.num_nodes} × {c.gpus_per_node}", c.network.topology,
                        f"{c.network.scale_out_bw_gbs:g}")

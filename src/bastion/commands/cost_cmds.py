@@ -27,10 +27,24 @@ def cost_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Predict wall time (with failures and checkpoints), energy, and cost owned vs cloud for a token budget."""
+    from bastion.commands.predict_cmds import check_seq_len, check_tokens
     from bastion.cost import OnPremAssumptions, run_cost
     from bastion.errors import ConfigError
     from bastion.specs import ParallelPlan, load_cluster, load_model
 
+    check_seq_len(seq_len)
+    check_tokens(tokens)
+    if mtbf_hours is not None and not mtbf_hours > 0:
+        raise ConfigError(f"--mtbf-hours must be > 0, got {mtbf_hours:g}.",
+                          fix="give the job's mean time between failures in hours, or leave it out for the "
+                              "published rate scaled to this cluster.")
+    if capex_per_gpu is not None and not capex_per_gpu >= 0:
+        raise ConfigError(f"--capex-per-gpu must be >= 0 USD, got {capex_per_gpu:g}.",
+                          fix="give the all-in purchase price per GPU, e.g. --capex-per-gpu 45000.")
+    if plan is not None and global_batch is not None:
+        raise ConfigError("--plan and --global-batch were both given; the plan file holds its own global batch.",
+                          fix="drop --global-batch to cost the plan file, or drop --plan to let bastion plan "
+                              "the run at that batch.")
     spec = load_model(model, seq_len=seq_len)
     target = load_cluster(cluster)
     if plan is not None:

@@ -70,6 +70,12 @@ def launch_command(
         raise LaunchError("--dry-run and --submit contradict each other.", fix="give one of them.")
     if steps < 1:
         raise LaunchError(f"--steps must be at least 1, got {steps}.", fix="give a positive number of steps.")
+    if seq_len is not None and seq_len < 1:
+        raise LaunchError(f"--seq-len must be >= 1, got {seq_len}.",
+                          fix="give the tokens per sequence, or leave --seq-len out for the model's.")
+    if max_restarts < 0:
+        raise LaunchError(f"--max-restarts must be >= 0, got {max_restarts}.",
+                          fix="give how many times torchrun may restart the worker group (0 = never).")
     model_arg, model_spec = resolve_model(model, seq_len)
     plan = load_checked_plan(plan_path, model_spec, seq_len)
     layout = worker_layout(plan.num_gpus, nodes, gpus_per_node, device)
@@ -84,6 +90,7 @@ def launch_command(
         if not Path(data_text).is_dir():
             raise DataError(f"Data directory not found: {data_text}",
                             fix="prepare a token dataset first.", hint="bastion data prepare TEXT... --out DIR")
+        _check_job_inputs(model_arg, model_spec, plan, plan_path, data_text, run_dir_text, steps, seq_len)
     job_name = name or Path(run_dir_text).name or "bastion"
     req = LaunchRequest(engine=engine, model=model_arg, plan=plan, data_dir=data_text, run_dir=run_dir_text,
                         steps=steps, layout=layout, device=device, name=job_name, extra_train_args=tuple(extra),
@@ -140,6 +147,23 @@ def launch_command(
         print(kubernetes.apply(out_path), end="")
     else:
         print(f"submit with: kubectl apply -f {_shell_quote(str(out_path))}")
+
+
+def _check_job_inputs(model_arg: str, model_spec, plan, plan_path: Path, data_dir: str, run_dir: str, steps: int,
+                      seq_len: int | None) -> None:
+    """What `bastion train` would refuse once the job starts, refused now (the paths are visible here): a
+    directory that is not a token dataset or is too small, a run directory that is a file or holds another
+    model's checkpoints."""
+    from bastion.errors import ConfigError
+    from bastion.runtime.preflight import check_request
+    from bastion.runtime.resume_source import preflight_resume
+
+    check_request(model_arg, str(plan_path), data_dir, plan.num_gpus, steps, seq_len)
+    run_path = Path(run_dir)
+    if run_path.exists() and not run_path.is_dir():
+        raise ConfigError(f"--run-dir {run_dir} is a file, not a directory.",
+                          fix="give a new directory (it is created) or an existing run directory to continue.")
+    preflight_resume(run_path, True, None, model_spec, plan)
 
 
 def _shell_quote(text: str) -> str:

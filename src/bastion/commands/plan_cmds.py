@@ -60,7 +60,22 @@ def parse_pins(items: list[str]) -> dict[str, Any]:
             raise ConfigError(f"--fix cannot pin '{name}'.{did_you_mean(name, PINNABLE)}",
                               fix=f"pin one of: {', '.join(PINNABLE)}.")
         pins[name] = coerce(value.strip(), types[name], name, "--fix")
+        _check_pin(name, pins[name])
     return pins
+
+
+def _check_pin(name: str, value: Any) -> None:
+    """A pinned value the plan field can hold, so a bad pin is named instead of emptying the search."""
+    from bastion.specs.plan import PP_SCHEDULES, RECOMPUTE_MODES
+
+    choices = {"pp_schedule": PP_SCHEDULES, "recompute": RECOMPUTE_MODES, "precision": _PRECISIONS,
+               "zero_stage": (0, 1, 2, 3)}.get(name)
+    if choices is not None and value not in choices:
+        hint = did_you_mean(value, choices) if isinstance(value, str) else ""
+        raise ConfigError(f"--fix {name}={value} is not a possible value.{hint}",
+                          fix=f"use one of: {', '.join(str(c) for c in choices)}.")
+    if choices is None and isinstance(value, int) and not isinstance(value, bool) and value < 1:
+        raise ConfigError(f"--fix {name}={value}: {name} must be >= 1.", fix=f"e.g. --fix {name}=2.")
 
 
 @app.command("plan")
@@ -89,6 +104,13 @@ def plan_command(
     from bastion.specs.hardware import load_cluster
     from bastion.specs.model import load_model
 
+    if seq_len < 0:
+        raise ConfigError(f"--seq-len must be >= 1, got {seq_len}.",
+                          fix="give the tokens per sequence (e.g. --seq-len 4096), or leave it out for the model's.")
+    if save is not None:
+        from bastion.specs.plan import ParallelPlan
+
+        ParallelPlan.check_save_path(save)  # before the search, not after it
     model_spec = load_model(model)
     cluster_spec = load_cluster(cluster)
     seq = seq_len or model_spec.seq_len
@@ -133,7 +155,7 @@ def print_result(result: Any, saved: Path | None) -> None:
                       f"{100 * p.mfu:.1f}%", f"{p.memory_gib:.1f}")
     console.print(table)
     best = result.plans[0]
-    terms = ", ".join(f"{k} {v:.3g}" for k, v in best.time_breakdown().items() if v)
+    terms = ", ".join(f"{k} {v:.4g}" for k, v in best.time_breakdown().items() if v)
     mem = ", ".join(f"{k} {v / 2**30:.2f}" for k, v in best.memory_breakdown().items() if v)
     console.print(f"[bold]winner time (s):[/] {terms}", soft_wrap=True)
     console.print(f"[bold]winner memory (GiB/device):[/] {mem}", soft_wrap=True)
@@ -143,7 +165,7 @@ def print_result(result: Any, saved: Path | None) -> None:
     if alt is not None and alt is not result.runner_up and alt.plan != result.runner_up.plan:
         console.print(f"[bold]best with other degrees:[/] {describe(alt.plan)} — {explain(best, alt, 'that plan')}",
                       soft_wrap=True)
-    census = ", ".join(f"{n:,} {r}" for r, n in result.rejected.most_common()) or "none"
+    census = ", ".join(f"{n:,} {r}" for r, n in result.rejected.most_common() if n) or "none"
     console.print(f"[bold]searched[/] {result.evaluated:,} plans in {result.seconds:.2f} s "
                   f"({result.predicted:,} predicted, the rest settled by rules and provable memory and step-time "
                   f"bounds): {result.feasible:,} of the predicted fit; rejected: {census}.", soft_wrap=True)

@@ -83,6 +83,7 @@ def train_command(
     from bastion.runtime.launcher import LaunchConfig, in_launched_worker, launch
     from bastion.runtime.preflight import check_request
 
+    _check_train_flags(nproc, seq_len, lr, max_restarts, cluster)
     resilience = _resilience_config(checkpoint_every, mtbf_hours, inject, keep_last, keep_every, async_checkpoint,
                                     resume, resume_from, stop_after_step, hang_timeout_s, skip_batch)
 
@@ -102,6 +103,7 @@ def train_command(
 
     world = nproc if nproc is not None else ParallelPlan.load(plan).num_gpus
     request = check_request(model, str(plan), str(data), world, steps, seq_len)
+    _check_run_dir(run_dir, resilience.resume)
     _check_fault_tolerance(resilience, request, run_dir, world, steps)
     from rich.console import Console
 
@@ -115,6 +117,48 @@ def train_command(
         raise LaunchError(f"The training workers exited with code {code}.",
                           fix="read the worker output above; rerun with BASTION_DEBUG=1 for tracebacks.")
     _print_time_breakdown(run_dir)
+
+
+def _check_train_flags(nproc: int | None, seq_len: int | None, lr: float, max_restarts: int,
+                       cluster: str | None) -> None:
+    """Flag values that would otherwise fail inside N workers (or silently mean something else)."""
+    import math
+
+    from bastion.errors import ConfigError
+
+    if nproc is not None and nproc < 1:
+        raise ConfigError(f"--nproc must be >= 1, got {nproc}.",
+                          fix="give the number of worker processes, dp × tp × pp × cp of the plan.")
+    if seq_len is not None and seq_len < 1:
+        raise ConfigError(f"--seq-len must be >= 1, got {seq_len}.",
+                          fix="give the tokens per sequence, or leave --seq-len out for the model's.")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"--lr must be a positive learning rate, got {lr:g}.", fix="e.g. --lr 3e-4.")
+    if max_restarts < 0:
+        raise ConfigError(f"--max-restarts must be >= 0, got {max_restarts}.",
+                          fix="give how many times the worker group may restart (0 = never).")
+    if cluster is not None:
+        from bastion.specs.hardware import load_cluster
+
+        load_cluster(cluster)  # an unknown name is a guidance error now, not a missing prediction later
+
+
+def _check_run_dir(run_dir: Path, resume: bool) -> None:
+    """The run directory can take this run: a directory (or nothing yet), and with --no-resume free of another
+    run's checkpoints (new ones would collide with them, and retention would delete them). Launcher only: a
+    restarted worker group finds this run's own checkpoints there."""
+    from bastion.errors import ConfigError
+    from bastion.runtime import checkpoint_files as cf
+
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--run-dir {run_dir} is a file, not a directory.",
+                          fix="give a new directory (it is created) or an existing run directory to continue.")
+    existing = cf.committed(run_dir / "checkpoints")
+    if not resume and existing:
+        raise ConfigError(f"--no-resume, but {run_dir} already holds {len(existing)} checkpoint(s) of a run "
+                          f"(newest: step {existing[-1].step}); starting over there would overwrite or delete them.",
+                          fix="give a new --run-dir for a fresh start (--resume-from can seed it from this one), "
+                              "or drop --no-resume to continue the run.")
 
 
 def _print_time_breakdown(run_dir: Path) -> None:
@@ -190,7 +234,12 @@ def data_prepare_command(
     """Tokenise TEXT... into a memory-mapped token dataset for `bastion train --data`."""
     import json
 
+    from bastion.errors import ConfigError
     from bastion.runtime.data import prepare_dataset
+
+    if max_mb is not None and not max_mb > 0:
+        raise ConfigError(f"--max-mb must be > 0, got {max_mb:g}.",
+                          fix="give how many MB of text to read (e.g. --max-mb 100), or leave it out for all.")
 
     meta = prepare_dataset(texts, out, tokenizer, int(max_mb * 1e6) if max_mb else None)
     if as_json:

@@ -46,8 +46,15 @@ class OnPremAssumptions:
         if not 0 < self.utilisation <= 1:
             raise ConfigError(f"utilisation must be in (0, 1], got {self.utilisation}.",
                               fix="give the fraction of owned GPU-hours that are busy, e.g. 0.8.")
-        if self.amortisation_years <= 0 or self.pue < 1 or self.electricity_usd_per_kwh < 0:
-            raise ConfigError("amortisation years must be > 0, PUE >= 1 and electricity price >= 0.")
+        if not self.amortisation_years > 0:
+            raise ConfigError(f"The amortisation period must be > 0 years, got {self.amortisation_years:g}.",
+                              fix="give the depreciation period of owned GPUs, e.g. --years 5.")
+        if not self.pue >= 1:
+            raise ConfigError(f"PUE must be >= 1 (facility power over IT power), got {self.pue:g}.",
+                              fix="e.g. --pue 1.3; 1.0 would be a data centre with no cooling overhead.")
+        if not self.electricity_usd_per_kwh >= 0:
+            raise ConfigError(f"The electricity price must be >= 0 USD/kWh, got {self.electricity_usd_per_kwh:g}.",
+                              fix="e.g. --electricity 0.0825.")
 
 
 def gpu_power_kw(acc: Accelerator) -> float:

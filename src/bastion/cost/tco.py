@@ -7,6 +7,7 @@ compute hours / goodput; wall GPU-hours are priced at each cloud list price and 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -53,7 +54,7 @@ def run_cost(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, tokens: flo
              onprem: OnPremAssumptions | None = None, mtbf_hours: float | None = None,
              checkpoint_stall_s: float | None = None, restart_s: float = DEFAULT_RESTART_S) -> RunCost:
     """Predict the wall time, energy and cost of training `model` on `tokens` tokens with `plan`."""
-    if tokens <= 0:
+    if not (math.isfinite(tokens) and tokens > 0):
         raise ConfigError(f"token budget must be positive, got {tokens:g}.", fix="pass --tokens, e.g. 1e12.")
     onprem = onprem or OnPremAssumptions()
     assumptions: list[str] = []

@@ -69,7 +69,11 @@ def nothing_fits(result: SearchResult, estimate: EstimateFn | None = None,
     counts = req.counts
     where = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}..{counts[-1]}"
     acc = req.cluster.accelerator
-    census = ", ".join(f"{n:,} {r}" for r, n in result.rejected.most_common())
+    census = ", ".join(f"{n:,} {r}" for r, n in result.rejected.most_common() if n)
+    if not census:
+        pinned = " ".join(f"--fix {k}={v}" for k, v in sorted(req.space.pins.items()))
+        census = (f"none — no plan was left to evaluate ({pinned} excludes every plan)" if pinned
+                  else "none — no plan was left to evaluate")
     any_valid = any(e.leaves for e in result.enumerations)
     suggestions: list[str] = []
 

@@ -49,43 +49,70 @@ def _tokenize_bytes(text: bytes) -> np.ndarray:
 
 def prepare_dataset(inputs: Iterable[str | Path], out_dir: str | Path, tokenizer_json: str | Path | None = None,
                     max_bytes: int | None = None) -> dict:
-    """Tokenise text files into `out_dir` (byte-level, or with a HF `tokenizers` tokenizer.json)."""
+    """Tokenise text files into `out_dir` (byte-level, or with a HF `tokenizers` tokenizer.json).
+
+    Nothing is half-written: the tokens and meta go to temporary files first and replace the old dataset's only
+    once complete (meta.json last, so a reader never pairs new tokens with old metadata); an interrupted or
+    failed run leaves the directory as it was. A dataset of no tokens is refused, not written.
+    """
     files = _text_files(inputs)
     encoder = None
     if tokenizer_json is not None:
         if not Path(tokenizer_json).is_file():
-            raise DataError(f"Tokenizer file '{tokenizer_json}' does not exist.",
+            what = "is a directory" if Path(tokenizer_json).is_dir() else "does not exist"
+            raise DataError(f"Tokenizer file '{tokenizer_json}' {what}.",
                             fix="pass a HuggingFace tokenizer.json, or leave --tokenizer out for byte-level tokens.")
         from tokenizers import Tokenizer
 
-        encoder = Tokenizer.from_file(str(tokenizer_json))
+        try:
+            encoder = Tokenizer.from_file(str(tokenizer_json))
+        except Exception as exc:  # the tokenizers library raises plain Exception for a malformed file
+            raise DataError(f"Cannot read '{tokenizer_json}' as a HuggingFace tokenizer: {exc}.",
+                            fix="pass the tokenizer.json saved by `tokenizers` / `transformers` (the file that "
+                                "holds a \"model\" section), or leave --tokenizer out.") from exc
         vocab_size = encoder.get_vocab_size()
     else:
         vocab_size = BYTE_VOCAB
     dtype = np.uint16 if vocab_size <= 1 << 16 else np.uint32
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is a file, not a directory.",
+                        fix="give a new or existing dataset directory for --out.")
     out.mkdir(parents=True, exist_ok=True)
+    tmp_tokens = out / f".{TOKENS_FILE}.tmp"
+    tmp_meta = out / f".{META_FILE}.tmp"
     num_tokens, documents, total_bytes = 0, 0, 0
-    with open(out / TOKENS_FILE, "wb") as sink:
-        for path in files:
-            raw = path.read_bytes()
-            if max_bytes is not None and total_bytes + len(raw) > max_bytes:
-                raw = raw[: max(0, max_bytes - total_bytes)]
-            if not raw:
-                continue
-            total_bytes += len(raw)
-            if encoder is None:
-                ids = _tokenize_bytes(raw + b"\n\n")
-            else:
-                ids = np.asarray(encoder.encode(raw.decode("utf-8", errors="replace")).ids, dtype=np.int64)
-            sink.write(ids.astype(dtype).tobytes())
-            num_tokens += len(ids)
-            documents += 1
-            if max_bytes is not None and total_bytes >= max_bytes:
-                break
-    meta = {"dtype": np.dtype(dtype).name, "num_tokens": num_tokens, "vocab_size": vocab_size,
-            "tokenizer": "byte" if encoder is None else f"hf:{Path(tokenizer_json).name}", "documents": documents}
-    (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    try:
+        with open(tmp_tokens, "wb") as sink:
+            for path in files:
+                raw = path.read_bytes()
+                if max_bytes is not None and total_bytes + len(raw) > max_bytes:
+                    raw = raw[: max(0, max_bytes - total_bytes)]
+                if not raw:
+                    continue
+                total_bytes += len(raw)
+                if encoder is None:
+                    ids = _tokenize_bytes(raw + b"\n\n")
+                else:
+                    ids = np.asarray(encoder.encode(raw.decode("utf-8", errors="replace")).ids, dtype=np.int64)
+                sink.write(ids.astype(dtype).tobytes())
+                num_tokens += len(ids)
+                documents += 1
+                if max_bytes is not None and total_bytes >= max_bytes:
+                    break
+        if num_tokens == 0:
+            raise DataError(f"The inputs hold no text ({len(files)} file(s), all empty): nothing to tokenise.",
+                            fix="pass non-empty text files; the dataset in --out was left as it was.")
+        meta = {"dtype": np.dtype(dtype).name, "num_tokens": num_tokens, "vocab_size": vocab_size,
+                "tokenizer": "byte" if encoder is None else f"hf:{Path(tokenizer_json).name}",
+                "documents": documents}
+        tmp_meta.write_text(json.dumps(meta, indent=2) + "\n")
+        (out / META_FILE).unlink(missing_ok=True)  # between the two renames the directory is "not a dataset"
+        tmp_tokens.replace(out / TOKENS_FILE)
+        tmp_meta.replace(out / META_FILE)
+    finally:
+        tmp_tokens.unlink(missing_ok=True)
+        tmp_meta.unlink(missing_ok=True)
     return meta
 
 

@@ -58,8 +58,10 @@ def checkpoint_model(info: cf.CheckpointInfo) -> ModelSpec:
                               fix="resume from a checkpoint written by `bastion train`.") from exc
 
 
-def check_resume_compatible(info: cf.CheckpointInfo, spec: ModelSpec, plan: ParallelPlan) -> None:
-    """The checkpoint holds this model, and the plan can hold the checkpoint's model."""
+def check_resume_compatible(info: cf.CheckpointInfo, spec: ModelSpec, plan: ParallelPlan,
+                            own_run_dir: bool = False) -> None:
+    """The checkpoint holds this model, and the plan can hold the checkpoint's model. `own_run_dir`: the checkpoint
+    is in this run's --run-dir (the run dir belongs to another run), not one named by --resume-from."""
     saved = checkpoint_model(info)
     if not same_model(saved.to_dict(), spec.to_dict()):
         differences = [k for k, v in saved.to_dict().items()
@@ -67,8 +69,9 @@ def check_resume_compatible(info: cf.CheckpointInfo, spec: ModelSpec, plan: Para
         raise CheckpointError(
             f"The checkpoint at {info.path} holds model '{saved.name}', but this run builds '{spec.name}' "
             f"(they differ in {', '.join(differences) or 'name'}).",
-            fix=f"resume with --model {saved.name} (or the model file it was trained with), or start a new run "
-                f"without --resume-from.")
+            fix=f"resume with --model {saved.name} (or the model file it was trained with), or "
+                + (f"give a new --run-dir for '{spec.name}' (this one holds another run)." if own_run_dir
+                   else "start a new run without --resume-from."))
     try:
         plan.validate(saved)
     except PlanError as exc:
@@ -82,7 +85,7 @@ def preflight_resume(run_dir: Path, resume: bool, resume_from: str | None, spec:
     own = cf.committed(Path(run_dir) / "checkpoints") if resume else []
     for info in reversed(own):
         if (info.path / cf.MANIFEST).is_file():
-            check_resume_compatible(info, spec, plan)
+            check_resume_compatible(info, spec, plan, own_run_dir=True)
             return info
     if resume_from:
         info = resolve_resume_source(Path(resume_from), verify=True)
