@@ -398,3 +398,12 @@ def test_launch_checks_the_dataset_and_the_run_dir_before_writing_a_job(tmp_path
     user_error(_launch(tmp_path, dataset), capsys, "holds model 'small', but this run builds 'tiny'")
     code, out, _ = run(_launch(tmp_path, dataset, "--model", "small"), capsys)
     assert code == 0 and out.startswith("#!/bin/bash")
+
+
+# ---- status / logs ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["status", "logs"])
+def test_status_and_logs_with_a_run_dir_that_does_not_exist(command: str, tmp_path: Path,
+                                                            capsys: CaptureFixture) -> None:
+    # status used to print "run X: last step None, checkpoints 0" for a typo'd directory
+    user_error([command, "12345", "--run-dir", str(tmp_path / "typo")], capsys,
+               "is not a directory (it does not exist)")

@@ -176,6 +176,10 @@ def _find_run_dir(job_id: str, given: Path | None, info: dict) -> Path | None:
     from bastion.launch import registry
 
     if given is not None:
+        if not given.is_dir():
+            raise LaunchError(f"--run-dir {given} is not a directory"
+                              f"{' (it does not exist)' if not given.exists() else ''}.",
+                              fix="give the run directory the job was launched with (bastion launch --run-dir).")
         return given
     recorded = registry.run_dir_of("slurm", job_id)
     if recorded:
@@ -224,7 +228,8 @@ def status_command(
     if progress is None:
         console.print("run directory unknown (pass --run-dir)")
         return
-    console.print(f"run {progress['run_dir']}: last step {progress['last_step']}, "
+    last = progress["last_step"]
+    console.print(f"run {progress['run_dir']}: {'no step yet' if last is None else f'last step {last}'}, "
                   f"checkpoints {len(progress['checkpoints'])}"
                   + (f" (newest {progress['checkpoints'][-1]})" if progress["checkpoints"] else ""))
     if progress["events"]:
