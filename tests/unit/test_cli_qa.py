@@ -407,3 +407,43 @@ def test_status_and_logs_with_a_run_dir_that_does_not_exist(command: str, tmp_pa
     # status used to print "run X: last step None, checkpoints 0" for a typo'd directory
     user_error([command, "12345", "--run-dir", str(tmp_path / "typo")], capsys,
                "is not a directory (it does not exist)")
+
+
+# ---- demo ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("flag", "value"), [("--steps", "0"), ("--nproc", "0")])
+def test_demo_checks_its_flags_before_building_the_corpus(flag: str, value: str, tmp_path: Path,
+                                                           capsys: CaptureFixture) -> None:
+    # used to tokenise 4 MB of standard library first, then fail in `train` (or at cpu:0)
+    user_error(["demo", flag, value, "--out", str(tmp_path / "demo")], capsys, f"{flag} must be")
+    assert not (tmp_path / "demo").exists()
+
+
+def test_demo_does_not_replace_a_run_it_did_not_write(tmp_path: Path, capsys: CaptureFixture) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text("{}\n")
+    user_error(["demo", "--quick", "--out", str(tmp_path)], capsys, "was not written by `bastion demo`")
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == "{}\n"
+    (tmp_path / "file").write_text("x")
+    user_error(["demo", "--quick", "--out", str(tmp_path / "file")], capsys, "is a file, not a directory")
+
+
+def test_demo_json_turns_the_workers_progress_bar_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: CaptureFixture) -> None:
+    # the rank-0 progress bar went to stdout ahead of the JSON object
+    from bastion.commands import demo_cmds
+    from bastion.specs.plan import ParallelPlan
+
+    calls: list[list[str]] = []
+
+    def fake_train(args: list[str], standalone_mode: bool) -> None:
+        calls.append(args)
+        run_dir = Path(args[args.index("--run-dir") + 1])
+        run_dir.mkdir(parents=True)
+        (run_dir / "summary.json").write_text(json.dumps({"steps": 4}))
+
+    monkeypatch.setattr(demo_cmds, "_stdlib_corpus", lambda data_dir, max_bytes: {"num_tokens": 1, "documents": 1})
+    monkeypatch.setattr(demo_cmds, "choose_plan", lambda *args: (ParallelPlan(dp=4, global_batch=8), "test"))
+    monkeypatch.setattr(demo_cmds, "app", fake_train)
+    code, out, _ = run(["demo", "--quick", "--json", "--out", str(tmp_path)], capsys)
+    assert code == 0 and json.loads(out) == {"steps": 4}
+    assert "--no-progress" in calls[0]

@@ -69,6 +69,10 @@ def _describe(plan: Any) -> str:
     return "×".join(parts or ["single"]) + extra + f" zero{plan.zero_stage} mb{plan.micro_batch}"
 
 
+#: a file in --out saying the directory is the demo's own (its run/ may be replaced)
+DEMO_MARKER = ".bastion-demo"
+
+
 @app.command("demo")
 def demo_command(
     steps: int = typer.Option(20, "--steps", help="Optimizer steps to train."),
@@ -80,11 +84,24 @@ def demo_command(
     """Prepare a corpus, plan for the local CPU cluster, train on 4 processes, print predicted vs measured."""
     from rich.console import Console
 
+    from bastion.errors import ConfigError
+
     console = Console(stderr=True)
     model, seq_len, global_batch = ("tiny", 64, 8) if quick else ("small", 256, 8)
+    # checked before minutes of corpus preparation, not after
+    if steps < 1:
+        raise ConfigError(f"--steps must be at least 1, got {steps}.", fix="pass --steps N with N >= 1.")
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be >= 1, got {nproc}.", fix="e.g. --nproc 4.")
     if quick:
         steps = min(steps, 4)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a directory.", fix="give a directory for the demo's files.")
+    if (out / "run").exists() and not (out / DEMO_MARKER).exists() and not (out / "plan.json").is_file():
+        raise ConfigError(f"{out / 'run'} exists and was not written by `bastion demo`; the demo replaces its run "
+                          f"directory, so it will not use this --out.", fix="give another --out (e.g. runs/demo).")
     out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARKER).write_text("written by `bastion demo`: its run/ is replaced on every demo\n")
     data_dir = out / "data"
     meta = _stdlib_corpus(data_dir, 300_000 if quick else 4_000_000)
     console.print(f"[bold]1. corpus[/]: {meta['num_tokens']:,} byte tokens from {meta['documents']} standard-"
@@ -100,7 +117,9 @@ def demo_command(
     console.print(f"[bold]3. train[/] {model} for {steps} steps on {nproc} processes")
     # the same path as a user's `bastion train --nproc N` (checks first, then torchrun)
     app(args=["train", "--model", model, "--plan", str(plan_path), "--data", str(data_dir), "--steps", str(steps),
-              "--run-dir", str(run_dir), "--nproc", str(nproc)], standalone_mode=False)
+              "--run-dir", str(run_dir), "--nproc", str(nproc),
+              # the workers' progress bar is written to stdout, which --json keeps for the one JSON object
+              *(["--no-progress"] if as_json else [])], standalone_mode=False)
     summary = json.loads((run_dir / "summary.json").read_text())
     if as_json:
         typer.echo(json.dumps(summary))
