@@ -396,7 +396,7 @@ def test_launch_checks_the_dataset_and_the_run_dir_before_writing_a_job(tmp_path
     user_error(_launch(tmp_path, not_data), capsys, "is not a bastion token dataset")
     _fake_checkpoint(tmp_path / "run", "small")
     user_error(_launch(tmp_path, dataset), capsys, "holds model 'small', but this run builds 'tiny'")
-    code, out, _ = run(_launch(tmp_path, dataset, "--model", "small"), capsys)
+    code, out, _ = run(_launch(tmp_path, dataset, "--model", "small", "--steps", "8"), capsys)
     assert code == 0 and out.startswith("#!/bin/bash")
 
 
@@ -447,3 +447,12 @@ def test_demo_json_turns_the_workers_progress_bar_off(tmp_path: Path, monkeypatc
     code, out, _ = run(["demo", "--quick", "--json", "--out", str(tmp_path)], capsys)
     assert code == 0 and json.loads(out) == {"steps": 4}
     assert "--no-progress" in calls[0]
+
+
+@pytest.mark.parametrize("command", ["train", "launch"])
+def test_a_run_already_past_steps(command: str, tmp_path: Path, dataset: Path, capsys: CaptureFixture) -> None:
+    # train used to start the workers, train nothing and report "goodput 1.6%" over the idle time since the
+    # last session; a Slurm job would have done the same on the cluster
+    _fake_checkpoint(tmp_path / "run", "tiny", step=4)
+    argv = _train(tmp_path, dataset) if command == "train" else _launch(tmp_path, dataset)
+    user_error(argv, capsys, "resumes from step 4", "past --steps 2", "give --steps above 4")

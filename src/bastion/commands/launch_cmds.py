@@ -163,7 +163,11 @@ def _check_job_inputs(model_arg: str, model_spec, plan, plan_path: Path, data_di
     if run_path.exists() and not run_path.is_dir():
         raise ConfigError(f"--run-dir {run_dir} is a file, not a directory.",
                           fix="give a new directory (it is created) or an existing run directory to continue.")
-    preflight_resume(run_path, True, None, model_spec, plan)
+    source = preflight_resume(run_path, True, None, model_spec, plan)
+    if source is not None and source.step > steps:
+        raise ConfigError(f"{run_dir} resumes from step {source.step}, past --steps {steps}: the job would have "
+                          f"nothing to train.", fix=f"give --steps above {source.step} to continue the run, or a "
+                                                   f"new --run-dir to start another.")
 
 
 def _shell_quote(text: str) -> str:

@@ -104,7 +104,13 @@ def train_command(
     world = nproc if nproc is not None else ParallelPlan.load(plan).num_gpus
     request = check_request(model, str(plan), str(data), world, steps, seq_len)
     _check_run_dir(run_dir, resilience.resume)
-    _check_fault_tolerance(resilience, request, run_dir, world, steps)
+    source = _check_fault_tolerance(resilience, request, run_dir, world, steps)
+    if source is not None and source.step > steps:
+        from bastion.errors import ConfigError
+
+        raise ConfigError(f"The run resumes from step {source.step} ({source.path}), past --steps {steps}: there is "
+                          f"nothing to train.", fix=f"give --steps above {source.step} to continue the run, or a "
+                                                   f"new --run-dir to start another.")
     from rich.console import Console
 
     Console(stderr=True).print(
@@ -208,7 +214,7 @@ def _resilience_config(checkpoint_every: str, mtbf_hours: float | None, inject: 
                             hang_min_s=hang_timeout_s)
 
 
-def _check_fault_tolerance(resilience, request, run_dir: Path, world: int, steps: int) -> None:
+def _check_fault_tolerance(resilience, request, run_dir: Path, world: int, steps: int):
     """Faults that can fire and a resume source that fits, before any process starts (nothing is written)."""
     from bastion.errors import ConfigError
     from bastion.runtime.faults import check_faults, parse_fault
@@ -219,7 +225,7 @@ def _check_fault_tolerance(resilience, request, run_dir: Path, world: int, steps
     if needs_checkpoints and resilience.checkpoint_every == 0:
         raise ConfigError(f"--inject {needs_checkpoints[0]} needs checkpoints, but --checkpoint-every is 0.",
                           fix="add --checkpoint-every N.")
-    preflight_resume(run_dir, resilience.resume, resilience.resume_from, request.spec, request.plan)
+    return preflight_resume(run_dir, resilience.resume, resilience.resume_from, request.spec, request.plan)
 
 
 @data_app.command("prepare")
