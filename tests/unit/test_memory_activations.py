@@ -71,6 +71,27 @@ def test_flash_attention_drops_the_s_squared_term() -> None:
     assert flash == pytest.approx(2 * (4 * 4096 + 4 * 4096 + 2 * 4 * 4096) + 4 * 32 + 2 * 4)
 
 
+def test_transformer_engine_style_fp8_and_fused_swiglu_keep_less() -> None:
+    """fp8 matmuls that keep their fp8-cast inputs (Transformer Engine): the QKV, MLP and w2 inputs drop from 2
+    bytes to 1, and the output projection keeps a 1-byte copy beside the attention's bf16 output; a fused SwiGLU
+    keeps its two inputs but not silu's output. Per token, one TP rank, no SP."""
+    model = load_model("llama3-8b")
+    h, q, f = model.hidden_size, model.q_width, model.ffn_hidden_size
+    plain = activation_bytes_per_token(model, 8192, 1, False, "none", "fp8", PredictOptions())
+    te = PredictOptions(fp8_saved_inputs=True)
+    fp8 = activation_bytes_per_token(model, 8192, 1, False, "none", "fp8", te)
+    assert plain - fp8 == pytest.approx((2 * h + f) * (2 - 1) - q)
+    # bf16 matmuls are untouched by the fp8 option
+    assert activation_bytes_per_token(model, 8192, 1, False, "none", "bf16", te) == activation_bytes_per_token(
+        model, 8192, 1, False, "none", "bf16", PredictOptions())
+    fused = activation_bytes_per_token(model, 8192, 1, False, "none", "bf16", PredictOptions(fused_swiglu=True))
+    eager = activation_bytes_per_token(model, 8192, 1, False, "none", "bf16", PredictOptions())
+    assert eager - fused == pytest.approx(2 * f)
+    names = {t.name for t in layer_saved_tensors(model, 8192, "none", "fp8", PredictOptions(
+        fp8_saved_inputs=True, fused_swiglu=True))}
+    assert "feed_forward.silu_output" not in names and "attention.output_fp8" in names
+
+
 H200_LAYERS = [r for r in json.loads((DATA_DIR / CALIBRATION_OPS_FILE).read_text())["layer"] if r["mode"] == "eager"]
 
 

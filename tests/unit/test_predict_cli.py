@@ -86,3 +86,17 @@ def test_validate_json_format_and_nothing_dropped(tmp_path: Path, capsys: pytest
     stated = " ".join(second["assumptions"])
     for setting in ("recompute", "zero_stage", "precision"):
         assert setting in stated
+
+
+def test_a_job_filling_rack_scale_domains_in_part_is_split_evenly() -> None:
+    """128 GPUs on GB200 NVL72 racks: two NVLink domains of 64 (said as an assumption), not 144 GPUs."""
+    from bastion.predict.validate import case_cluster
+
+    assumptions: list[str] = []
+    cluster = case_cluster({"accelerator": "gb200", "num_gpus": "128", "gpus_per_node": "72"}, assumptions)
+    assert (cluster.num_gpus, cluster.gpus_per_node, cluster.network.scale_up_size) == (128, 64, 64)
+    assert any("2 domains of 64" in a for a in assumptions)
+    whole = case_cluster({"accelerator": "gb200", "num_gpus": "72", "gpus_per_node": "72"}, [])
+    assert (whole.num_gpus, whole.network.scale_up_size) == (72, 72)
+    dgx = case_cluster({"accelerator": "h100-sxm", "num_gpus": "64", "gpus_per_node": "8"}, [])
+    assert (dgx.num_nodes, dgx.network.scale_up_size) == (8, 8)

@@ -190,3 +190,27 @@ def test_attention_efficiency_cap_models_an_older_kernel() -> None:
     assert any("at most 0.17 of the bf16 peak" in a for a in older.assumptions)
     loose = estimate(model, cluster, plan, 16384, options=PredictOptions(attention_efficiency_cap=0.95))
     assert loose.step_time_s == calibrated.step_time_s  # a cap above the calibrated rate changes nothing
+
+
+def test_zero_1_2_parameter_gathers_hide_under_the_next_forward() -> None:
+    """FSDP2 (reshard_after_forward=False) and Megatron's --overlap-param-gather all-gather the updated
+    parameters layer by layer in the next forward; DeepSpeed ZeRO-1/2 gathers them in one block after the
+    optimizer step. Overlapped, only the first bucket's gather and the SM slowdown under the rest are paid."""
+    from bastion.predict import comm
+    from bastion.predict.calibration import load_calibration
+
+    model, cluster = load_model("llama2-13b"), load_cluster("h100-sxm:64")
+    plan = ParallelPlan(dp=64, zero_stage=1, micro_batch=1, global_batch=64)
+    hidden = estimate(model, cluster, plan, 4096)
+    exposed = estimate(model, cluster, plan, 4096, options=PredictOptions(overlap_param_gather=False))
+    assert exposed.time.dp_comm > hidden.time.dp_comm > 0
+    group = comm.place_group(cluster, 64, 1)
+    gather = comm.all_gather_time(cluster, float(model.total_params() * 2), group)  # bf16 parameters
+    first = comm.all_gather_time(cluster, PredictOptions().dp_bucket_bytes, group)  # one bucket, bf16 both ways
+    slow = load_calibration().network["overlap_slowdown"]
+    # here the forward (~0.5 s) outlasts the gather, so all of it is under compute
+    assert exposed.time.dp_comm - hidden.time.dp_comm == pytest.approx(gather - first - slow * gather, rel=1e-6)
+    # ZeRO 0 has nothing to gather: the option changes nothing
+    plain = replace(plan, zero_stage=0)
+    assert estimate(model, cluster, plain, 4096).step_time_s == estimate(
+        model, cluster, plain, 4096, options=PredictOptions(overlap_param_gather=False)).step_time_s

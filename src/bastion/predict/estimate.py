@@ -106,6 +106,7 @@ class _StageTime:
     cp_comm: float
     fsdp_exposed: float
     backward: float  # the window a data-parallel gradient reduction can hide under
+    forward: float  # the window a ZeRO-1/2 parameter all-gather can hide under
 
     @property
     def total(self) -> float:
@@ -265,6 +266,7 @@ def _stage_time_of(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len:
     recompute_t = layers * layer_recompute
     membound_t = layers * layer_membound
     backward_t = layers * (layer_compute * (2 / 3) + layer_recompute)
+    forward_t = layers * (gemm_fwd + attn_fwd + layer_membound / 4)
     head_compute = head_membound = 0.0
     if has_last:
         # fp8 recipes (Transformer Engine, torchao/torchtitan) keep the LM head in bf16
@@ -303,7 +305,7 @@ def _stage_time_of(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len:
             fsdp += max(0.0, 2 * t_gather + t_scatter - head_compute)
     return _StageTime(compute=compute_t, recompute=recompute_t, memory_bound=membound_t,
                       tp_comm=layers * layer_tp, cp_comm=layers * layer_cp, fsdp_exposed=fsdp,
-                      backward=backward_t)
+                      backward=backward_t, forward=forward_t)
 
 
 def step_time_lower_bound(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int | None = None,
@@ -392,16 +394,24 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
         dp_group = comm.place_group(cluster, plan.shard_degree, plan.tp)
         unsharded_grads = worst_states[1] if plan.zero_stage < 2 else worst_states[1] * plan.shard_degree
         numel = unsharded_grads / g_bytes
+        bucket = min(options.dp_bucket_bytes, numel * g_bytes)
         if plan.zero_stage == 0:
             reduce = comm.all_reduce_time(cluster, numel * g_bytes, dp_group)
             gather = 0.0
         else:
             reduce = comm.reduce_scatter_time(cluster, numel * g_bytes, dp_group)
             gather = comm.all_gather_time(cluster, numel * p_bytes, dp_group)
-        last_bucket = comm.all_reduce_time(cluster, min(options.dp_bucket_bytes, numel * g_bytes), dp_group)
+        last_bucket = comm.all_reduce_time(cluster, bucket, dp_group)
         slow = load_calibration().network["overlap_slowdown"]
         hidden = min(reduce, slowest.backward)
-        dp_comm += max(reduce - slowest.backward, last_bucket) + slow * hidden + gather
+        dp_comm += max(reduce - slowest.backward, last_bucket) + slow * hidden
+        if gather and options.overlap_param_gather:
+            # the next step's first forward hides the gathers, but for the first bucket's
+            first = comm.all_gather_time(cluster, bucket / g_bytes * p_bytes, dp_group)
+            shown = min(gather, slowest.forward)
+            dp_comm += max(gather - slowest.forward, first) + slow * shown
+        else:
+            dp_comm += gather
 
     optimizer = compute.membound_time(acc, worst_states[2] / o_bytes * compute.optimizer_bytes_per_param(
         plan.precision))

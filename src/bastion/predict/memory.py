@@ -286,13 +286,18 @@ def layer_saved_tensors(model: ModelSpec, seq_len: int, recompute: str, precisio
     recomputation drops (Korthikanti et al. 2022, Sec. 4.2).
     """
     a = activation_dtype_bytes(precision)
+    # a matmul's saved input: its fp8 cast (1 byte) where the fp8 recipe keeps that instead of the bf16 tensor
+    fp8_inputs = precision == "fp8" and options.fp8_saved_inputs
+    mm = 1 if fp8_inputs else a
     h, f, heads = model.hidden_size, model.ffn_hidden_size, model.num_heads
     q, kv = model.q_width, model.kv_width
     saved = norm_saved_tensors("attention_norm", model, a, fused_rmsnorm)
-    saved += [SavedTensor("attention.qkv_input", a * h, "seq"),
+    saved += [SavedTensor("attention.qkv_input", mm * h, "seq"),
               SavedTensor("attention.q", a * q, "tp"), SavedTensor("attention.k", a * kv, "tp"),
               SavedTensor("attention.v", a * kv, "tp"),
               SavedTensor("attention.output", a * q, "tp")]  # = the output projection's input
+    if fp8_inputs:  # the attention kernel keeps its bf16 output; the projection its own fp8 copy
+        saved.append(SavedTensor("attention.output_fp8", q, "tp"))
     if options.flash_attention:
         saved.append(SavedTensor("attention.logsumexp", STAT_BYTES * heads, "tp", statistic=True))
     elif recompute != "selective":
@@ -303,15 +308,16 @@ def layer_saved_tensors(model: ModelSpec, seq_len: int, recompute: str, precisio
     if options.dropout:
         saved.append(SavedTensor("attention.residual_dropout_mask", h, "seq"))
     saved += norm_saved_tensors("ffn_norm", model, a, fused_rmsnorm)
-    saved.append(SavedTensor("feed_forward.input", a * h, "seq"))
+    saved.append(SavedTensor("feed_forward.input", mm * h, "seq"))
     if model.ffn_type == "gelu":
         saved += [SavedTensor("feed_forward.w1_output", a * f, "tp"),
-                  SavedTensor("feed_forward.gelu_output", a * f, "tp")]
+                  SavedTensor("feed_forward.gelu_output", mm * f, "tp")]  # = w2's input
     else:
-        saved += [SavedTensor("feed_forward.w1_output", a * f, "tp"),  # silu's input
-                  SavedTensor("feed_forward.silu_output", a * f, "tp"),
-                  SavedTensor("feed_forward.w3_output", a * f, "tp"),
-                  SavedTensor("feed_forward.w2_input", a * f, "tp")]
+        saved.append(SavedTensor("feed_forward.w1_output", a * f, "tp"))  # silu's input
+        if not options.fused_swiglu:
+            saved.append(SavedTensor("feed_forward.silu_output", a * f, "tp"))
+        saved += [SavedTensor("feed_forward.w3_output", a * f, "tp"),
+                  SavedTensor("feed_forward.w2_input", mm * f, "tp")]
     if options.dropout:
         saved.append(SavedTensor("feed_forward.residual_dropout_mask", h, "seq"))
     return tuple(saved)

@@ -42,6 +42,18 @@ class PredictOptions:
     #: gradients; each rank keeps the gathered K,V for backward) or `ring` (ring attention as in Megatron/Transformer
     #: Engine: K,V chunks pass around the ring while the chunk in hand is computed; only local K,V are kept)
     context_parallel: str = "all-gather"
+    #: ZeRO-1/2: the parameters updated on each shard are all-gathered during the next forward, layer by layer,
+    #: under its compute (FSDP2 with reshard_after_forward=False — bastion's runtime —, Megatron's distributed
+    #: optimizer with --overlap-param-gather, NeMo's default). False: gathered in one exposed block after the
+    #: optimizer step (DeepSpeed ZeRO-1/2)
+    overlap_param_gather: bool = True
+    #: what an fp8 matmul keeps of its input for the weight gradient: 1 byte per element (Transformer Engine
+    #: saves the fp8-cast input, as NeMo / Megatron-LM / llm-foundry run fp8) or the bf16 input (torchao's
+    #: float8 training, which casts again in backward)
+    fp8_saved_inputs: bool = False
+    #: SwiGLU as one fused kernel that recomputes silu in backward and keeps only its two inputs (Transformer
+    #: Engine, Megatron's bias_swiglu, Liger); False: PyTorch eager keeps silu's output too
+    fused_swiglu: bool = False
     #: bytes a ZeRO-0/1/2 data-parallel gradient bucket holds (PyTorch DDP's default bucket_cap_mb = 25)
     dp_bucket_bytes: float = 25e6
     #: device memory the CUDA context, cuBLAS/NCCL workspaces take before the first tensor, GiB (GPUs only)
@@ -50,6 +62,8 @@ class PredictOptions:
     fragmentation: float = 0.10
 
 
-#: the kernels of the published production stacks (Megatron-LM, llm-foundry, DeepSpeed) that `bastion validate`
-#: judges the model against: flash attention and a fused cross-entropy
-PRODUCTION_STACK = PredictOptions(flash_attention=True, fused_cross_entropy=True)
+#: the kernels of the published production stacks (Megatron-LM / NeMo with Transformer Engine, llm-foundry,
+#: DeepSpeed) that `bastion validate` judges the model against: flash attention, a fused cross-entropy, a fused
+#: SwiGLU, and fp8 matmuls that keep their fp8-cast inputs for backward
+PRODUCTION_STACK = PredictOptions(flash_attention=True, fused_cross_entropy=True, fused_swiglu=True,
+                                  fp8_saved_inputs=True)

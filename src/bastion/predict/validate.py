@@ -171,9 +171,17 @@ def case_cluster(row: dict[str, str], assumptions: list[str]) -> Cluster:
         per_node = min(acc.scale_up_domain, 8)
         assumptions.append(f"gpus_per_node: not given, assumed {per_node}")
     per_node = min(per_node, num_gpus)
+    if num_gpus % per_node and per_node > 8:
+        # a rack-scale domain (NVL72) the job fills only in part: 128 GPUs run as two domains of 64
+        domains = math.ceil(num_gpus / per_node)
+        if num_gpus % domains == 0:
+            assumptions.append(f"gpus_per_node: {num_gpus} GPUs do not fill domains of {per_node}; assumed "
+                               f"{domains} domains of {num_gpus // domains}")
+            per_node = num_gpus // domains
     network = default_network(acc)
-    # NVLink spans one node, except on rack-scale systems whose domain is larger than any node (NVL72, TPU)
-    if acc.scale_up_domain <= 8 or per_node >= acc.scale_up_domain:
+    # NVLink spans one node, except on rack-scale systems whose domain is larger than a tray (NVL72, TPU): a row
+    # giving more than 8 there names the part of the domain the job uses
+    if acc.scale_up_domain <= 8 or per_node > 8:
         network = replace(network, scale_up_size=min(per_node, acc.scale_up_domain))
     try:
         return Cluster(name=f"{acc.name}:{num_gpus}", accelerator=acc, num_nodes=math.ceil(num_gpus / per_node),
@@ -264,7 +272,11 @@ def case_estimate(row: dict[str, str],
     assumptions: list[str] = [
         "kernels: " + ("flash attention" if options.flash_attention else "unfused attention")
         + (f" (at most {cap:g} of the bf16 peak)" if options.flash_attention and cap is not None else "")
-        + (" and a fused cross-entropy" if options.fused_cross_entropy else " and a plain fp32 cross-entropy")
+        + (", a fused cross-entropy" if options.fused_cross_entropy else ", a plain fp32 cross-entropy")
+        + (", a fused SwiGLU" if options.fused_swiglu and row.get("ffn_type") == "swiglu" else "")
+        + (", fp8 matmul inputs kept in fp8" if options.fp8_saved_inputs and row.get("precision") == "fp8" else "")
+        + (", ZeRO-1/2 parameter gathers under the next forward" if options.overlap_param_gather
+           and (row.get("zero_stage") or "").strip() in ("1", "2") else "")
         + " (the case file does not say; the same for every row)"]
     model = case_model(row, assumptions)
     cluster = case_cluster(row, assumptions)
