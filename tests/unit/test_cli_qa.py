@@ -456,3 +456,11 @@ def test_a_run_already_past_steps(command: str, tmp_path: Path, dataset: Path, c
     _fake_checkpoint(tmp_path / "run", "tiny", step=4)
     argv = _train(tmp_path, dataset) if command == "train" else _launch(tmp_path, dataset)
     user_error(argv, capsys, "resumes from step 4", "past --steps 2", "give --steps above 4")
+
+
+def test_train_injected_kill_without_restarts(tmp_path: Path, dataset: Path, capsys: CaptureFixture) -> None:
+    # used to start the workers, kill one, and end in torchrun's ChildFailedError traceback
+    argv = _train(tmp_path, dataset, "--checkpoint-every", "1", "--inject", "kill:rank=1,step=1",
+                  "--inject", "corrupt-latest:step=2")
+    user_error(argv, capsys, "2 injected fault(s)", "--max-restarts is 0", "add --max-restarts 2")
+    user_error([*argv, "--max-restarts", "1"], capsys, "--max-restarts is 1")

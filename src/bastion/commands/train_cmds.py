@@ -105,6 +105,14 @@ def train_command(
     request = check_request(model, str(plan), str(data), world, steps, seq_len)
     _check_run_dir(run_dir, resilience.resume)
     source = _check_fault_tolerance(resilience, request, run_dir, world, steps)
+    fatal = [spec for spec in inject if spec.split(":")[0] in ("kill", "hang", "kill-during-save", "corrupt-latest")]
+    if len(fatal) > max_restarts:
+        from bastion.errors import ConfigError
+
+        raise ConfigError(f"{len(fatal)} injected fault(s) ({', '.join(fatal)}) each end the worker group, but "
+                          f"--max-restarts is {max_restarts}: the run would fail instead of recovering.",
+                          fix=f"add --max-restarts {len(fatal)} (or more) so torchrun restarts the group and it "
+                              f"resumes from its newest checkpoint.")
     if source is not None and source.step > steps:
         from bastion.errors import ConfigError
 
