@@ -256,3 +256,18 @@ def test_status_of_an_unknown_job_gets_guidance(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     reported = json.loads(done.stdout)
     assert reported["job"]["state"].startswith("gone from Slurm") and reported["run"]["last_step"] == 5
+
+
+def test_launched_jobs_checkpoint_unless_told_otherwise() -> None:
+    """A requeued or restarted job resumes from its run directory: with no checkpoints it would start over."""
+    from bastion.launch.request import LaunchRequest, WorkerLayout
+
+    def args(*extra: str) -> list[str]:
+        req = LaunchRequest(engine="slurm", model="tiny", plan=ParallelPlan(dp=2, global_batch=4), data_dir="d",
+                            run_dir="r", steps=10, layout=WorkerLayout(nodes=1, procs_per_node=2), device="cpu",
+                            name="n", extra_train_args=extra)
+        return req.train_args("p.json")
+
+    assert args()[-2:] == ["--checkpoint-every", "auto"]
+    assert args("--checkpoint-every", "5").count("--checkpoint-every") == 1
+    assert "auto" not in args("--checkpoint-every=0")

@@ -120,7 +120,7 @@ def test_hostile_values_reach_the_workers_unchanged(sandbox: Path, hostile: str)
         "/opt/venv/bin/python", "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=2",
         "--rdzv-backend=c10d", "--rdzv-endpoint=n7:20123", "--rdzv-id=123", "--max-restarts=0",
         "-m", "bastion", "train", "--model", "tiny", "--plan", plan_path, "--data", req.data_dir,
-        "--run-dir", req.run_dir, "--steps", "5", "--note", hostile, hostile,
+        "--run-dir", req.run_dir, "--steps", "5", "--checkpoint-every", "auto", "--note", hostile, hostile,
     ]
     assert not list(sandbox.rglob("PWNED"))
     assert not (sandbox / "home").exists()   # nothing touched (or removed under) $HOME

@@ -74,6 +74,11 @@ class LaunchRequest:
         args = ["--model", self.model, "--plan", plan_path, "--data", self.data_dir, "--run-dir", self.run_dir]
         if self.steps is not None:
             args += ["--steps", str(self.steps)]
+        # a launched job is restarted (torchrun) or requeued (Slurm, Kubernetes) into the same run directory:
+        # without checkpoints that restart begins again from step 0, so unless told otherwise it checkpoints at
+        # the Young/Daly interval for its size
+        if not any(a == "--checkpoint-every" or a.startswith("--checkpoint-every=") for a in self.extra_train_args):
+            args += ["--checkpoint-every", "auto"]
         return args + list(self.extra_train_args)
 
 
