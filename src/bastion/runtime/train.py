@@ -361,10 +361,13 @@ def _write_run_files(run_dir: Path, spec: ModelSpec, plan: ParallelPlan) -> None
 def _progress(enabled: bool, total: int) -> Any:
     if not enabled:
         return None
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    # on stderr: stdout carries what a script reads (the final summary, `--json`)
     progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False)
+                        TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False,
+                        console=Console(stderr=True))
     progress.start()
     progress.add_task("train", total=total, info="")
     return progress
