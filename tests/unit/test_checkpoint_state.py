@@ -129,3 +129,31 @@ def test_state_module_keeps_full_model_names_for_several_pipeline_chunks():
     assert {n.split(".")[1] for n in names if n.startswith("layers.")} == {"0", "3"}
     assert set(names) <= {n for n, _ in full.named_parameters()}
     assert _state_module([first]) is first
+
+
+def test_one_checkpointer_makes_several_async_saves(tmp_path):
+    """Every async save of a run goes through one Checkpointer. On torch 2.11 a DefaultStager cannot be reused
+    (its second save failed with KeyError: <class 'type'>), so there each save gets its own stager."""
+    model, optim = _model_and_optim()
+    saver = ck.Checkpointer(ck.CheckpointConfig(tmp_path, every=1, async_save=True))
+    saved = {}
+    for step in (1, 2, 3):
+        _train(model, optim, 1, seed=step)
+        tensors, hparams = ck.capture_tensors_and_hparams([model], [optim])
+        saver.save(step, tensors, {"step": step}, {"rng": ck.capture_rng(), "optimizer": hparams})
+        saver.wait_staged()
+        saved[step] = _flat(model, optim)
+    saver.close()
+    for step, expected in saved.items():
+        fresh, fresh_optim = _model_and_optim(seed=99)
+        template, _ = ck.capture_tensors_and_hparams([fresh], [fresh_optim])
+        ck.load_tensors(tmp_path / cf.step_dir_name(step), template, distributed=False)
+        ck.restore_tensors_and_hparams([fresh], [fresh_optim], template,
+                                       ck.read_all_rank_hparams(tmp_path / cf.step_dir_name(step)))
+        for a, b in zip(_flat(fresh, fresh_optim), expected, strict=True):
+            assert torch.equal(a, b)
+
+
+def test_stager_reuse_follows_the_torch_version():
+    assert not ck.stager_survives_a_save("2.11.0+cu130")
+    assert ck.stager_survives_a_save("2.13.0+cpu") and ck.stager_survives_a_save("2.14.1")

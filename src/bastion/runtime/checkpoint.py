@@ -117,6 +117,18 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 # ---- saving ------------------------------------------------------------------------------------------
 
+#: how the async stager copies: on its own thread, no pinned or shared memory
+STAGING = StagingOptions(False, False, True, False)
+
+
+def stager_survives_a_save(version: str = torch.__version__) -> bool:
+    """Whether one DefaultStager can serve several saves. torch 2.11's closes its state-dict copier after every
+    staging (clearing its deepcopy table), so a second save through it fails with KeyError: <class 'type'>;
+    torch 2.13's stays open and keeps its CPU copies between saves."""
+    major, minor = (int(part) for part in version.split("+")[0].split(".")[:2])
+    return (major, minor) >= (2, 13)
+
+
 @dataclass
 class _PendingSave:
     step: int
@@ -126,6 +138,8 @@ class _PendingSave:
     started: float
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
+    #: a stager made for this save alone (closed once it is written)
+    own_stager: Any = None
 
 
 class Checkpointer:
@@ -144,11 +158,12 @@ class Checkpointer:
         self.stall_s = 0.0
         #: hook for fault injection: called on every rank after the data is written, before the commit
         self.before_commit = None
-        # One stager for the run: it keeps its CPU copies between saves, so only the first save allocates
+        # One stager for the run (torch >= 2.13; one per save before, see stager_survives_a_save): it keeps its
+        # CPU copies between saves, so only the first save allocates
         # (fresh pages cost more than the copy itself). It copies on its own thread (no pinned or shared memory):
         # the copy overlaps the next forward/backward, and `wait_staged()` holds the optimizer step until the
         # copy is complete, so no update can leak into the checkpoint.
-        self._stager = DefaultStager(StagingOptions(False, False, True, False)) if config.async_save else None
+        self._stager = DefaultStager(STAGING) if config.async_save and stager_survives_a_save() else None
         self._staging: Any = None
 
     @property
@@ -174,11 +189,12 @@ class Checkpointer:
         self._barrier()  # the temp dir exists before anyone writes into it
         files.write_json_durably(temp_dir / f"rank{self.rank:05d}.json", rank_state)
         if self.config.async_save:
+            own = None if self._stager is not None else DefaultStager(STAGING)
             future = dcp.async_save(tensors, checkpoint_id=str(temp_dir), process_group=self.async_group,
-                                    async_stager=self._stager, no_dist=not self.distributed)
+                                    async_stager=self._stager or own, no_dist=not self.distributed)
             self._staging = getattr(future, "staging_completion", None)
             future = getattr(future, "upload_completion", future)
-            pending = _PendingSave(step, temp_dir, final_dir, future, time.perf_counter())
+            pending = _PendingSave(step, temp_dir, final_dir, future, time.perf_counter(), own_stager=own)
             future.add_done_callback(lambda f, p=pending: self._finish(p))
             self._pending = pending
         else:
@@ -207,6 +223,8 @@ class Checkpointer:
         except BaseException as exc:  # surfaced on the training thread by wait()/poll()
             pending.error = exc
         finally:
+            if pending.own_stager is not None:
+                pending.own_stager.close()
             pending.done.set()
 
     def _raise_if_failed(self, pending: _PendingSave) -> None:
