@@ -94,7 +94,13 @@ def test_data_parallel_and_tensor_parallel_on_4_processes(tmp_path, token_data, 
 
 
 def test_every_pipeline_schedule_on_2_processes(tmp_path, token_data, reference):
-    _check_group(run_cases(tmp_path, token_data, 2, WORLD2), reference)
+    from bastion.runtime.parallelize import _torch_older_than
+    from bastion.specs.plan import V_SCHEDULES
+
+    # torch < 2.13 on gloo crashes in the V schedules; the runtime refuses them there with guidance
+    runnable = {name: plan for name, plan in WORLD2.items()
+                if not (plan.get("pp_schedule") in V_SCHEDULES and _torch_older_than(2, 13))}
+    _check_group(run_cases(tmp_path, token_data, 2, runnable), reference)
 
 
 def test_uneven_pipeline_split_on_3_processes(tmp_path, token_data, reference):
