@@ -49,13 +49,17 @@ class SimConfig:
             raise ConfigError(f"restart time must be >= 0, got {self.restart_hours}.")
 
 
-@dataclass
+@dataclass(eq=False)  # identity: the queue's list operations must not compare every field
 class Queued:
     """A schedulable job in the simulation."""
 
     index: int
     job: Job
     options: tuple[Option, ...]
+    #: static queue order: priority, then submit time, then input order
+    key: tuple[int, float, int] = (0, 0.0, 0)
+    #: pool -> estimated run hours there (the scheduler's figure, cached)
+    estimates: dict[str, float] = field(default_factory=dict)
     started: bool = False
     pool: str | None = None
     option: Option | None = None
@@ -90,15 +94,16 @@ class _PoolState:
 class ClusterState:
     """What a policy sees and does: the queue, free nodes, estimated ends, tenant usage; `start`."""
 
-    def __init__(self, inventory: Inventory, config: SimConfig, running: list[Queued], on_start) -> None:
+    def __init__(self, inventory: Inventory, config: SimConfig, running: dict[int, Queued], on_start) -> None:
         self.inventory = inventory
         self.config = config
         self.pools = {p.name: _PoolState(p.nodes, p.gpus_per_node, p.nodes) for p in inventory.pools}
         self.pool_order = {p.name: i for i, p in enumerate(inventory.pools)}
+        #: submitted, unstarted jobs in static queue order (`Queued.key`)
         self.waiting: list[Queued] = []
         self.running_gpus = {t.name: 0 for t in inventory.tenants}
         self.done_gpu_hours = {t.name: 0.0 for t in inventory.tenants}
-        #: started, unfinished jobs (the engine keeps it)
+        #: started, unfinished jobs by index (the engine keeps it)
         self.running = running
         self._on_start = on_start
 
@@ -106,6 +111,12 @@ class ClusterState:
     def estimate(self, option: Option, job: Job) -> float:
         hours = option.compute_hours(job.tokens)
         return hours / option.perf.expected_goodput if self.config.failures else hours
+
+    def _estimate_of(self, queued: Queued, option: Option) -> float:
+        hours = queued.estimates.get(option.pool)
+        if hours is None:
+            hours = queued.estimates[option.pool] = self.estimate(option, queued.job)
+        return hours
 
     def _profile(self, pool: str, now: float) -> tuple[list[float], list[int]]:
         state = self.pools[pool]
@@ -138,7 +149,7 @@ class ClusterState:
 
     def rank(self, queued: Queued, now: float) -> list[Placement]:
         """The job's pools, best first, under the configured placement."""
-        places = [Placement(o, self.earliest_start(o.pool, o.nodes, now), self.estimate(o, queued.job))
+        places = [Placement(o, self.earliest_start(o.pool, o.nodes, now), self._estimate_of(queued, o))
                   for o in queued.options]
         if self.config.placement == "fastest":
             places.sort(key=lambda p: (p.finish, p.start, self.pool_order[p.option.pool]))
@@ -152,14 +163,20 @@ class ClusterState:
         assert queued.option is not None
         return queued.option.nodes * self.pools[queued.option.pool].gpus_per_node
 
+    def submit(self, queued: Queued) -> None:
+        bisect.insort(self.waiting, queued, key=_queue_key)
+
     def ordered(self, fair: bool = False, now: float = 0.0) -> list[Queued]:
+        """The queue: priority, submit time, input order; with `fair`, tenants by usage / quota first."""
         if not fair:
-            return sorted(self.waiting, key=lambda q: (-q.job.priority, q.job.submit_hours, q.index))
+            return list(self.waiting)
         usage: dict[str, float] = {t.name: self.done_gpu_hours[t.name] for t in self.inventory.tenants}
-        for q in self.running:
+        for q in self.running.values():
+            assert q.start is not None
             usage[q.job.tenant] += self.gpus_of(q) * (now - q.start)
         share = {t.name: usage[t.name] / t.quota_gpus for t in self.inventory.tenants}
-        return sorted(self.waiting, key=lambda q: (share[q.job.tenant], -q.job.priority, q.job.submit_hours, q.index))
+        # stable sort of the static order: equal shares keep priority, submit time, input order
+        return sorted(self.waiting, key=lambda q: share[q.job.tenant])
 
     def within_quota(self, queued: Queued, place: Placement) -> bool:
         tenant = self.inventory.tenant(queued.job.tenant)
@@ -174,11 +191,13 @@ class ClusterState:
                                  f"{state.free} free")
         state.free -= option.nodes
         queued.started, queued.pool, queued.option, queued.start = True, option.pool, option, now
-        queued.estimate_hours = self.estimate(option, queued.job)
+        queued.estimate_hours = self._estimate_of(queued, option)
         state.running[queued.index] = (option.nodes, now + queued.estimate_hours)
         state.profile = None
         self.running_gpus[queued.job.tenant] += self.gpus_of(queued)
-        self.waiting.remove(queued)
+        i = bisect.bisect_left(self.waiting, queued.key, key=_queue_key)
+        assert self.waiting[i] is queued
+        del self.waiting[i]
         self._on_start(queued, now)
 
     def finish(self, queued: Queued) -> None:
@@ -190,6 +209,10 @@ class ClusterState:
         gpus = self.gpus_of(queued)
         self.running_gpus[queued.job.tenant] -= gpus
         self.done_gpu_hours[queued.job.tenant] += gpus * (queued.end - queued.start)
+
+
+def _queue_key(queued: Queued) -> tuple[int, float, int]:
+    return queued.key
 
 
 _FINISH, _FAILURE, _SUBMIT = 0, 1, 2
@@ -224,11 +247,12 @@ def simulate(resolved: list[Resolved], inventory: Inventory, config: SimConfig) 
         if not options:
             unschedulable.append(r)
             continue
-        queued = Queued(index=len(jobs), job=r.job, options=options)
+        queued = Queued(index=len(jobs), job=r.job, options=options,
+                        key=(-r.job.priority, r.job.submit_hours, len(jobs)))
         jobs.append(queued)
         heapq.heappush(heap, (r.job.submit_hours, _SUBMIT, counter, queued.index))
         counter += 1
-    running: list[Queued] = []
+    running: dict[int, Queued] = {}
 
     def on_start(queued: Queued, now: float) -> None:
         nonlocal counter
@@ -242,7 +266,7 @@ def simulate(resolved: list[Resolved], inventory: Inventory, config: SimConfig) 
         else:
             run = SampledRun(compute, compute, 0.0, 0.0, ())
         queued.run, queued.end = run, now + run.wall_hours
-        running.append(queued)
+        running[queued.index] = queued
         for at in run.failure_at:
             heapq.heappush(heap, (now + at, _FAILURE, counter, queued.index))
             counter += 1
@@ -257,11 +281,11 @@ def simulate(resolved: list[Resolved], inventory: Inventory, config: SimConfig) 
             _, kind, _, index = heapq.heappop(heap)
             queued = jobs[index]
             if kind == _SUBMIT:
-                state.waiting.append(queued)
+                state.submit(queued)
                 events["submit"] += 1
             elif kind == _FINISH:
                 state.finish(queued)
-                running.remove(queued)
+                del running[queued.index]
                 events["finish"] += 1
             else:
                 events["failure"] += 1

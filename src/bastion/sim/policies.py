@@ -22,8 +22,9 @@ EPS = 1e-9
 
 @dataclass
 class Reservation:
-    """EASY's promise to the queue's head: `nodes` nodes of `pool` at `start`; `spare` nodes free then too."""
+    """EASY's promise to the queue's head (`job`'s id): `nodes` nodes of `pool` at `start`; `spare` nodes free then too."""
 
+    job: str
     pool: str
     start: float
     nodes: int
@@ -48,8 +49,8 @@ def _easy(state: ClusterState, now: float, order: list[Queued], allow=None) -> R
     `allow(queued, place)` filters placements (the fair policy's quota check)."""
     reservation = None
     for queued in order:
-        if queued.started:
-            continue
+        if queued.started or (reservation is not None and not state.can_start_now(queued)):
+            continue  # behind the head only a start now matters; ranking a job that cannot is the 10k-job cost
         ranked = state.rank(queued, now)
         if allow is not None:
             ranked = [place for place in ranked if allow(queued, place)]
@@ -60,7 +61,7 @@ def _easy(state: ClusterState, now: float, order: list[Queued], allow=None) -> R
             if best.start <= now + EPS:
                 state.start(queued, best.option, now)
             else:
-                reservation = Reservation(best.option.pool, best.start, best.option.nodes,
+                reservation = Reservation(queued.job.id, best.option.pool, best.start, best.option.nodes,
                                           state.free_at(best.option.pool, best.start, now) - best.option.nodes)
             continue
         for place in ranked:
@@ -109,7 +110,7 @@ class Fair:
         order = state.ordered(fair=True, now=now)
         reservation = _easy(state, now, order, allow=state.within_quota)
         for queued in order:
-            if queued.started or not state.inventory.tenant(queued.job.tenant).borrow:
+            if queued.started or not state.inventory.tenant(queued.job.tenant).borrow or not state.can_start_now(queued):
                 continue
             for place in state.rank(queued, now):
                 if place.start > now + EPS:
