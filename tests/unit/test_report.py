@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -286,3 +287,53 @@ def test_nan_values_become_null_in_json(tmp_path):
     assert report["loss"]["non_finite_steps"] == [2]
     assert (report["loss"]["min"], report["loss"]["last"]) == (4.0, 4.0)
     json.dumps(report, allow_nan=False)  # raises if a NaN leaked into the report
+
+
+# ---- resumed runs, restarts over several launches, committed checkpoints --------------------------------------
+def test_a_summary_left_by_an_earlier_process_of_a_resumed_run_is_set_aside(failing_run):
+    # the first launch stopped early at step 3 and wrote summary.json at t=105; the restart at 110 is later
+    early = {"finished": False, "steps": 3, "world_size": 2, "restarts": 0, "time_breakdown_s": {"wall_s": 5.0},
+             "goodput": 0.6, "config": {"steps": 5}}
+    path = failing_run / "summary.json"
+    path.write_text(json.dumps(early))
+    os.utime(path, (105.0, 105.0))
+    report = build_report(load_run(failing_run))
+    assert report["state"].startswith("unfinished: summary.json set aside") and not report["finished"]
+    assert "restart" in report["state"]
+    assert report["sources"]["failures"].startswith("metrics.jsonl")  # not the earlier process's accounting
+    assert report["failures"]["time_breakdown_s"]["wall_s"] == pytest.approx(15.5)
+    # written after every record but ending at step 3 while the records reach step 5: set aside too
+    os.utime(path, None)
+    run = load_run(failing_run)
+    assert run.summary is None and "step 3" in run.stale_summary and "step 5" in run.state()
+    # the summary of the run that wrote every record is used
+    path.write_text(json.dumps({**early, "finished": True, "steps": 5}))
+    run = load_run(failing_run)
+    assert run.summary is not None and run.stale_summary is None and run.finished
+
+
+def test_restarts_are_counted_over_every_launch_of_a_resumed_run(failing_run):
+    # a second launch (--resume): its attempt counter starts from 0 again, so its restart is attempt 1 too
+    log_event(failing_run, "resume", time=130.0, attempt=0, resumed_from_step=5, world_size=2)
+    step(failing_run, 6, 131.0, 1.0)
+    log_event(failing_run, "restart", time=140.0, attempt=1, resumed_from_step=5, world_size=2)
+    step(failing_run, 6, 141.0, 1.0)
+    report = build_report(load_run(failing_run))
+    assert report["failures"]["restarts"] == 2
+
+
+def test_committed_checkpoints_come_from_checkpoint_committed_events(tmp_path):
+    run = new_run(tmp_path)
+    log_event(run, "run_start", time=0.0, world_size=2)
+    for number in range(1, 7):
+        step(run, number, float(number), 1.0)
+        if number % 2 == 0:  # async saves at 2, 4, 6; 2 and 4 reached disk a step later, 6 never did (killed)
+            log_event(run, "checkpoint", time=number + 0.1, step=number, stall_s=0.01, mode="async")
+        if number in (3, 5):
+            log_event(run, "checkpoint_committed", time=number + 0.2, step=number - 1, committed_unix=number + 0.15)
+    report = build_report(load_run(run))
+    assert report["failures"]["checkpoint_saves"] == 3
+    assert report["failures"]["checkpoints_committed"] == 2
+    result = CliRunner().invoke(app, ["report", str(run)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "3 / 2" in result.output

@@ -260,6 +260,12 @@ def build_report(run: RunFiles, warmup_steps: int = WARMUP_STEPS, cluster: str |
     predicted, predicted_source = predicted_figures(run, cluster)
     accounting, accounting_source = failure_accounting(run)
     saves = [r for r in records if r.get("event") == "checkpoint"]
+    committed = [r["step"] for r in records if r.get("event") == "checkpoint_committed"]
+    # checkpoints on disk but no commit events: a runtime that did not log them (None: not known)
+    committed_count = None if not committed and run.checkpoint_steps else len(committed)
+    # restart events, over every launch of the run: each launch's `attempt` counts from 0 again (--resume)
+    restart_events = sum(1 for r in records if r.get("event") == "restart")
+    accounting["restarts"] = max(accounting.get("restarts", 0), restart_events)
     return {
         "run_dir": str(run.path),
         "state": run.state(),
@@ -277,6 +283,7 @@ def build_report(run: RunFiles, warmup_steps: int = WARMUP_STEPS, cluster: str |
             **accounting,
             "recomputed": recomputed_steps(records),
             "checkpoint_saves": len(saves),
+            "checkpoints_committed": committed_count,
             "checkpoints_on_disk": run.checkpoint_steps,
             "predicted_goodput": predicted_goodput(run, measured["step_time_s"], accounting),
         },

@@ -8,6 +8,9 @@ A run directory holds (runtime/train.py, metrics.py, events.py, resilience.py):
   summary.json            written by rank 0 when the run ends ("predicted", "measured", the accounting fields)
   checkpoints/step-NNNNNNNN/   committed checkpoints (runtime/checkpoint_files.py)
 A run still in progress (or killed) has no summary.json yet; the report then works from metrics.jsonl alone.
+Nor does a run resumed in the same directory: the summary.json of the process that stopped early stays until the
+new one ends, so a summary older than the records (a start, resume or restart logged after it was written, or
+steps past its `steps`) is set aside and the report works from metrics.jsonl, saying so.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ class RunFiles:
     checkpoint_steps: list[int] = field(default_factory=list)
     #: seconds since metrics.jsonl was last written (to tell a live run from a dead one)
     metrics_age_s: float | None = None
+    #: why summary.json was set aside (it belongs to an earlier process of a resumed run), else None
+    stale_summary: str | None = None
 
     @property
     def step_records(self) -> list[dict[str, Any]]:
@@ -69,7 +74,9 @@ class RunFiles:
         steps = max((r["step"] for r in self.step_records), default=0)
         if self.summary is None:
             age = f"; metrics.jsonl last written {self.metrics_age_s:.0f} s ago" if self.metrics_age_s else ""
-            return (f"unfinished: no summary.json yet (still running, or stopped before the end); "
+            why = (f"summary.json set aside: {self.stale_summary}" if self.stale_summary
+                   else "no summary.json yet")
+            return (f"unfinished: {why} (still running, or stopped before the end); "
                     f"{steps} step(s) recorded so far{age}")
         target = (self.summary.get("config") or {}).get("steps")
         if not self.summary.get("finished", True):
@@ -115,6 +122,24 @@ def _read_metrics(path: Path) -> tuple[list[dict[str, Any]], int]:
     return records, bad
 
 
+#: a file system may keep modification times to the second (or two): a record this much later is after the write
+_MTIME_SLACK_S = 2.0
+
+
+def _stale_summary(summary: dict[str, Any], written: float, records: list[dict[str, Any]]) -> str | None:
+    """Why `summary` (written at `written`, Unix time) is not the current run's, or None when it is."""
+    last_start = max((i for i, r in enumerate(records) if r.get("event") == "run_start"), default=0)
+    current = records[last_start:]
+    later = [r for r in current if r.get("event") in ("run_start", "resume", "restart")
+             and r["time"] > written + _MTIME_SLACK_S]
+    if later:
+        return f"it was written before the {later[-1]['event']} logged in metrics.jsonl (an earlier process's)"
+    steps = max((r["step"] for r in current if "event" not in r and "step" in r), default=None)
+    if isinstance(summary.get("steps"), int) and steps is not None and steps > summary["steps"]:
+        return f"it ends at step {summary['steps']}, metrics.jsonl has reached step {steps} since"
+    return None
+
+
 def _checkpoint_steps(run_dir: Path) -> list[int]:
     from bastion.runtime.checkpoint_files import committed  # pure Python
 
@@ -152,8 +177,13 @@ def load_run(run_dir: Path) -> RunFiles:
                               "`bastion train`).",
                           hint=f"bastion report {run_dir}")
     age = time.time() - metrics_path.stat().st_mtime if metrics_path.is_file() else None
+    stale = None
+    if summary is not None:
+        stale = _stale_summary(summary, (run_dir / SUMMARY_FILE).stat().st_mtime, records)
+        if stale is not None:
+            summary = None
     return RunFiles(path=run_dir, records=records, unreadable_lines=bad, summary=summary, plan=plan, model=model,
-                    checkpoint_steps=_checkpoint_steps(run_dir), metrics_age_s=age)
+                    checkpoint_steps=_checkpoint_steps(run_dir), metrics_age_s=age, stale_summary=stale)
 
 
 def finite(value: Any) -> float | None:

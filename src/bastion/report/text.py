@@ -36,12 +36,17 @@ def time_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("restarts / rollbacks / faults injected",
          f"{failures.get('restarts', 0)} / {failures.get('rollbacks', 0)} / {failures.get('faults_injected', 0)}", ""),
         ("steps recomputed", f"{recomputed['count']}" + (f" ({causes})" if causes else ""), ""),
-        ("checkpoint saves (committed on disk)",
-         f"{failures['checkpoint_saves']} ({', '.join(map(str, failures['checkpoints_on_disk'])) or 'none'})", ""),
+        ("checkpoint saves begun / committed (steps kept on disk)",
+         f"{failures['checkpoint_saves']} / {_count(failures.get('checkpoints_committed'))} "
+         f"({', '.join(map(str, failures['checkpoints_on_disk'])) or 'none'})", ""),
         ("goodput measured (productive / wall)", fmt_pct(failures.get("goodput")), ""),
         ("goodput predicted (reliability model)", fmt_pct(failures["predicted_goodput"].get("goodput")), ""),
     ]
     return rows
+
+
+def _count(value: int | None) -> str:
+    return "not logged" if value is None else f"{value}"
 
 
 def loss_line(loss: dict[str, Any]) -> str:
