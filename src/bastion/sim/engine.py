@@ -112,7 +112,7 @@ class ClusterState:
         hours = option.compute_hours(job.tokens)
         return hours / option.perf.expected_goodput if self.config.failures else hours
 
-    def _estimate_of(self, queued: Queued, option: Option) -> float:
+    def estimate_of(self, queued: Queued, option: Option) -> float:
         hours = queued.estimates.get(option.pool)
         if hours is None:
             hours = queued.estimates[option.pool] = self.estimate(option, queued.job)
@@ -149,7 +149,7 @@ class ClusterState:
 
     def rank(self, queued: Queued, now: float) -> list[Placement]:
         """The job's pools, best first, under the configured placement."""
-        places = [Placement(o, self.earliest_start(o.pool, o.nodes, now), self._estimate_of(queued, o))
+        places = [Placement(o, self.earliest_start(o.pool, o.nodes, now), self.estimate_of(queued, o))
                   for o in queued.options]
         if self.config.placement == "fastest":
             places.sort(key=lambda p: (p.finish, p.start, self.pool_order[p.option.pool]))
@@ -191,7 +191,7 @@ class ClusterState:
                                  f"{state.free} free")
         state.free -= option.nodes
         queued.started, queued.pool, queued.option, queued.start = True, option.pool, option, now
-        queued.estimate_hours = self._estimate_of(queued, option)
+        queued.estimate_hours = self.estimate_of(queued, option)
         state.running[queued.index] = (option.nodes, now + queued.estimate_hours)
         state.profile = None
         self.running_gpus[queued.job.tenant] += self.gpus_of(queued)

@@ -43,14 +43,26 @@ def _backfill_ok(state: ClusterState, place: Placement, now: float, reservation:
     return False
 
 
+def _may_backfill(state: ClusterState, queued: Queued, now: float, reservation: Reservation | None) -> bool:
+    """Whether some pool has room for `queued` now that `_backfill_ok` would accept: a cheap test (no ranking)
+    that rules out most of a long queue behind the head, which only a start now concerns."""
+    for option in queued.options:
+        if option.nodes > state.pools[option.pool].free:
+            continue
+        if (reservation is None or option.pool != reservation.pool or option.nodes <= reservation.spare
+                or now + state.estimate_of(queued, option) <= reservation.start + EPS):
+            return True
+    return False
+
+
 def _easy(state: ClusterState, now: float, order: list[Queued], allow=None) -> Reservation | None:
     """Start `order`'s head when it fits, else reserve for it; start later jobs that keep the reservation.
 
     `allow(queued, place)` filters placements (the fair policy's quota check)."""
     reservation = None
     for queued in order:
-        if queued.started or (reservation is not None and not state.can_start_now(queued)):
-            continue  # behind the head only a start now matters; ranking a job that cannot is the 10k-job cost
+        if queued.started or (reservation is not None and not _may_backfill(state, queued, now, reservation)):
+            continue  # ranking every job of a long queue at every event was the 10k-job cost
         ranked = state.rank(queued, now)
         if allow is not None:
             ranked = [place for place in ranked if allow(queued, place)]
@@ -110,7 +122,8 @@ class Fair:
         order = state.ordered(fair=True, now=now)
         reservation = _easy(state, now, order, allow=state.within_quota)
         for queued in order:
-            if queued.started or not state.inventory.tenant(queued.job.tenant).borrow or not state.can_start_now(queued):
+            if (queued.started or not state.inventory.tenant(queued.job.tenant).borrow
+                    or not _may_backfill(state, queued, now, reservation)):
                 continue
             for place in state.rank(queued, now):
                 if place.start > now + EPS:
