@@ -48,6 +48,8 @@ def test_report_counts_the_restart_and_the_recomputed_step(token_data, tmp_path)
     assert failures["recomputed"] == {"count": 1, "steps": [3], "by_cause": {"restart": 1, "rollback": 0,
                                                                              "other": 0}}
     assert failures["lost_steps"] == 1  # the runtime's own count (summary.json) agrees
+    # sync saves at 2 (first launch), 4 and 6: each one logged as begun and as committed
+    assert failures["checkpoint_saves"] == failures["checkpoints_committed"] == 3
     assert 0 < failures["goodput"] < 1 and failures["time_breakdown_s"]["recovery_s"] > 0
     assert 0 < failures["predicted_goodput"]["goodput"] <= 1
     assert [(e["event"], e["after_step"]) for e in report["timeline"] if e["event"] in ("fault", "restart")] \

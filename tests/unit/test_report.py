@@ -337,3 +337,18 @@ def test_committed_checkpoints_come_from_checkpoint_committed_events(tmp_path):
     result = CliRunner().invoke(app, ["report", str(run)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "3 / 2" in result.output
+
+
+def test_a_run_seeded_with_resume_from_marks_its_resume_at_the_step_it_resumed_from(tmp_path):
+    from bastion.report.html import failure_markers
+
+    run = new_run(tmp_path)
+    log_event(run, "run_start", time=0.0, world_size=2)
+    log_event(run, "resume", time=1.0, attempt=0, resumed_from_step=10, world_size=2)
+    for number in range(11, 15):
+        step(run, number, float(number), 1.0)
+    report = build_report(load_run(run))
+    assert report["steps_completed"] == 14 and report["failures"]["recomputed"]["count"] == 0
+    assert report["measured"]["steps_left_out_warmup"] == 1
+    # at step 10, not 0: a marker at 0 would stretch the charts' step axis over steps this run never ran
+    assert [(m.x, m.label) for m in failure_markers(report)] == [(10, "resume → step 10")]

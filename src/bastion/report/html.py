@@ -30,12 +30,13 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def failure_markers(report: dict[str, Any]) -> list[Marker]:
-    """A vertical line at the last completed step before each restart and each rollback."""
+    """A vertical line at the last completed step before each restart, resume and rollback (for a run seeded
+    with --resume-from, which has no step of its own before it: at the step it resumed from)."""
     out = []
     for entry in report["timeline"]:
         if entry["event"] in ("restart", "resume", "rollback"):
             label = f"{entry['event']} → step {entry.get('resumed_from_step', '?')}"
-            out.append(Marker(entry["after_step"], label))
+            out.append(Marker(entry["after_step"] or entry.get("resumed_from_step") or 0, label))
     return out
 
 
