@@ -217,3 +217,18 @@ def test_same_seed_same_failures_across_policies() -> None:
         if a[job_id].pool == b[job_id].pool:
             assert a[job_id].failures == b[job_id].failures
             assert a[job_id].run_h == pytest.approx(b[job_id].run_h)
+
+
+
+def test_fair_reserves_for_a_borrowers_job_above_its_quota_instead_of_starving_it() -> None:
+    # 3 nodes; R and S may borrow, quota one node each. S holds its node for 100 h and submits a 1-node, 1-hour
+    # job every quarter hour: each borrows. R's 2-node job (above its quota) comes at 0.5 with R's share at 0.
+    # Without a reservation in the borrowers' pass, every node freed went to a later S job: `big` waited 40 h.
+    inv = inventory(pools=(("h100", "h100-sxm", 3),), tenants=(("R", 8, True), ("S", 8, True)))
+    jobs = [job("hold", 100.0, 8, 0.0, "S"), job("big", 1.0, 16, 0.5, "R")] + \
+        [job(f"s{i}", 1.0, 8, 0.25 * i, "S") for i in range(1, 80)]
+    _, fair = run(inv, jobs, "fair")
+    # s1 (0.25-1.25) and s2 (0.5-1.5) hold the two other nodes; big is reserved at 1.25, when s1 ends:
+    # s3 (1.25-2.25) may not take s1's node, which the reservation needs
+    assert fair["big"].start_h == pytest.approx(1.25)
+    assert fair["s3"].start_h >= fair["big"].start_h

@@ -55,11 +55,12 @@ def _may_backfill(state: ClusterState, queued: Queued, now: float, reservation: 
     return False
 
 
-def _easy(state: ClusterState, now: float, order: list[Queued], allow=None) -> Reservation | None:
+def _easy(state: ClusterState, now: float, order: list[Queued], allow=None,
+          reservation: Reservation | None = None) -> Reservation | None:
     """Start `order`'s head when it fits, else reserve for it; start later jobs that keep the reservation.
 
-    `allow(queued, place)` filters placements (the fair policy's quota check)."""
-    reservation = None
+    `allow(queued, place)` filters placements (the fair policy's quota check); a `reservation` given is an
+    earlier pass's, which this pass keeps (its jobs only backfill)."""
     for queued in order:
         if queued.started or (reservation is not None and not _may_backfill(state, queued, now, reservation)):
             continue  # ranking every job of a long queue at every event was the 10k-job cost
@@ -112,8 +113,10 @@ class Fair:
 
     Tenants are served in order of usage / quota (GPU-hours so far over guaranteed GPUs). First pass: only jobs
     that keep their tenant within its quota (GPUs running + the job's ≤ quota). Second pass: jobs of tenants
-    that may borrow, on capacity that is free now and does not delay the first pass's reservation. Borrowed
-    nodes are not preempted when their owner's tenant comes back: it waits for them like any other job.
+    that may borrow, on capacity that is free now and does not delay the first pass's reservation; when the
+    first pass reserved nothing, the second pass's own head gets the reservation (else a borrower's job larger
+    than its quota would wait behind every later, smaller borrower's). Borrowed nodes are not preempted when
+    their owner's tenant comes back: it waits for them like any other job.
     """
 
     name = "fair"
@@ -121,16 +124,8 @@ class Fair:
     def schedule(self, state: ClusterState, now: float) -> None:
         order = state.ordered(fair=True, now=now)
         reservation = _easy(state, now, order, allow=state.within_quota)
-        for queued in order:
-            if (queued.started or not state.inventory.tenant(queued.job.tenant).borrow
-                    or not _may_backfill(state, queued, now, reservation)):
-                continue
-            for place in state.rank(queued, now):
-                if place.start > now + EPS:
-                    break
-                if _backfill_ok(state, place, now, reservation):
-                    state.start(queued, place.option, now)
-                    break
+        borrowers = [q for q in order if not q.started and state.inventory.tenant(q.job.tenant).borrow]
+        _easy(state, now, borrowers, reservation=reservation)
 
 
 POLICIES = {"fifo": Fifo, "backfill": Backfill, "fair": Fair}
