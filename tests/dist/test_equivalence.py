@@ -35,6 +35,9 @@ WORLD2 = {
     "pp2-interleaved-1f1b": dict(pp=2, pp_schedule="interleaved-1f1b", vpp=2, micro_batch=2, global_batch=8,
                                  **FP32),
     "pp2-zero-bubble": dict(pp=2, pp_schedule="zero-bubble", micro_batch=2, global_batch=8, **FP32),
+    # tiny's 4 layers on 2 × 3 = layers + 2 chunks: the first holds the embedding alone, the last the head alone
+    "pp2-interleaved-ends-alone": dict(pp=2, pp_schedule="interleaved-1f1b", vpp=3, micro_batch=2,
+                                       global_batch=8, **FP32),
     "pp2-zbv": dict(pp=2, pp_schedule="zbv", vpp=2, micro_batch=2, global_batch=8, **FP32),
     "pp2-dualpipev": dict(pp=2, pp_schedule="dualpipev", vpp=2, micro_batch=2, global_batch=8, **FP32),
     "tp2-selective-recompute": dict(tp=2, sequence_parallel=True, recompute="selective", micro_batch=4,

@@ -29,7 +29,7 @@ def every_plan(model, cluster, global_batch: int):
         if dp * tp * pp * cp != n:
             continue
         for zero, micro, sched, vpp, rc, sp in itertools.product(
-                range(4), range(1, global_batch // dp + 1), PP_SCHEDULES, range(1, model.num_layers // pp + 1),
+                range(4), range(1, global_batch // dp + 1), PP_SCHEDULES, range(1, model.num_layers // pp + 2),
                 RECOMPUTE_MODES, (False, True)):
             if (pp == 1 and (sched, vpp) != ("1f1b", 1)) or (dp * cp == 1 and zero > 0):
                 continue  # the planner's canonical forms: no schedule without a pipeline, no ZeRO without dp

@@ -94,7 +94,7 @@ def brute_force(model: ModelSpec, cluster, global_batch: int, seq_len: int, prec
         # micro-batches above the per-replica batch and vpp above layers/pp can never be valid: not tried
         for zero, micro, (sched, vpp), rc, sp, prec in itertools.product(
                 range(4), range(1, global_batch // dp + 1),
-                [(s, v) for s in PP_SCHEDULES for v in range(1, model.num_layers // pp + 1)],
+                [(s, v) for s in PP_SCHEDULES for v in range(1, model.num_layers // pp + 2)],
                 RECOMPUTE_MODES, (False, True), precisions):
             if pp == 1 and (sched, vpp) != ("1f1b", 1):
                 continue  # the schedule means nothing without a pipeline: one canonical form

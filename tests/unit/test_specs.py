@@ -161,7 +161,10 @@ def test_help_does_not_import_torch() -> None:
         (126, 16, (7,) + (8,) * 14 + (7,)),     # Llama 3 405B: one layer fewer on the first and last stage
         (70, 12, (5,) + (6,) * 10 + (5,)),      # BLOOM 176B (embedding and head partitioned as layers)
         (4, 3, (1, 2, 1)),
-        (4, 6, None),                            # a chunk would hold only the embedding
+        (4, 6, (0, 1, 1, 1, 1, 0)),              # layers + 2 chunks: the embedding and the head alone at the ends
+        (126, 128, (0,) + (1,) * 126 + (0,)),    # NeMo's Llama 3.1 405B on pp 16 × vpp 8
+        (4, 7, None),
+        (4, 2 * 4 + 4, None),
         (32, 5, None),
         (32, 1, (32,)),
     ],

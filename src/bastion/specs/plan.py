@@ -32,14 +32,15 @@ def chunk_layer_counts(num_layers: int, chunks: int) -> tuple[int, ...] | None:
     Even when `chunks` divides the layers. Otherwise, when it divides layers + 2, the embedding and the LM head
     each take one layer's slot: the first and the last chunk hold one layer fewer (Megatron-LM's
     --account-for-embedding-in-pipeline-split / --account-for-loss-in-pipeline-split; Llama 3 405B ran 126 layers
-    on 16 stages this way, BLOOM 70 layers on 12). Every chunk keeps at least one layer.
+    on 16 stages this way, BLOOM 70 layers on 12). When there are exactly layers + 2 chunks, the first holds the
+    embedding alone and the last the LM head alone (NeMo's Llama 3.1 405B: 126 layers on pp 16 × vpp 8).
     """
     if chunks < 1:
         return None
     if num_layers % chunks == 0:
         return (num_layers // chunks,) * chunks if num_layers >= chunks else None
     per, rest = divmod(num_layers + 2, chunks)
-    if chunks < 2 or rest or per < 2:
+    if chunks < 3 or rest or per < 1:
         return None
     return (per - 1,) + (per,) * (chunks - 2) + (per - 1,)
 
