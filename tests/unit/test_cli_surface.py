@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 COMMANDS = ("models", "hardware", "estimate", "validate", "plan", "train", "launch", "status", "logs", "report",
             "cost", "simulate", "demo", "data")
@@ -34,3 +35,17 @@ def test_error_texts_print_as_written_not_as_markup(capsys) -> None:
                              fix="add [network] with scale_out_bw_gbs = 50.", hint="see --gpus [64]"))
     err = capsys.readouterr().err
     assert "optionally a [network] table" in err and "add [network] with" in err and "--gpus [64]" in err
+
+
+def test_simulate_and_report_mistakes_are_guidance(tmp_path, capsys) -> None:
+    import pytest
+
+    from bastion.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["simulate", "--synthetic", "3", "-p", "fifoo", "--cluster",
+              str(Path(__file__).parents[2] / "examples" / "sim" / "cluster.toml")])
+    assert exc.value.code == 2 and "Did you mean 'fifo'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["report", str(tmp_path), "--html", str(tmp_path)])
+    assert exc.value.code == 2 and f"--html {tmp_path} is a directory" in capsys.readouterr().err

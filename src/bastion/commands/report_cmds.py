@@ -27,6 +27,10 @@ def report_command(
 
     from bastion.report import build_report, load_run
 
+    if html is not None and html.is_dir():
+        from bastion.errors import ConfigError
+
+        raise ConfigError(f"--html {html} is a directory.", fix=f"name the page to write: --html {html / 'report.html'}")
     run = load_run(run_dir)
     report = build_report(run, warmup_steps=warmup_steps, cluster=cluster)
     if html is not None:

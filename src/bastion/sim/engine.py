@@ -15,7 +15,7 @@ from typing import Any
 
 from bastion.cost.onprem import OnPremAssumptions, gpu_power_kw
 from bastion.cost.tco import DEFAULT_RESTART_S
-from bastion.errors import ConfigError
+from bastion.errors import ConfigError, did_you_mean
 from bastion.sim.failures import SampledRun, job_rng, sample_run
 from bastion.sim.inputs import Inventory, Job
 from bastion.sim.perf import Option, Resolved
@@ -42,9 +42,11 @@ class SimConfig:
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
-            raise ConfigError(f"Unknown policy '{self.policy}'.", fix=f"use one of: {', '.join(POLICIES)}.")
+            raise ConfigError(f"Unknown policy '{self.policy}'.{did_you_mean(self.policy, POLICIES)}",
+                              fix=f"use one of: {', '.join(POLICIES)}.")
         if self.placement not in PLACEMENTS:
-            raise ConfigError(f"Unknown placement '{self.placement}'.", fix=f"use one of: {', '.join(PLACEMENTS)}.")
+            raise ConfigError(f"Unknown placement '{self.placement}'.{did_you_mean(self.placement, PLACEMENTS)}",
+                              fix=f"use one of: {', '.join(PLACEMENTS)}.")
         if self.restart_hours < 0:
             raise ConfigError(f"restart time must be >= 0, got {self.restart_hours}.")
 
