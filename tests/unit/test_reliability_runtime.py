@@ -127,6 +127,21 @@ def test_account_splits_wall_time_into_productive_lost_recovery_and_stall():
     assert result["goodput"] == pytest.approx(4.0 / 14.0, abs=1e-4)
 
 
+def test_restarts_are_counted_across_launches():
+    """A --resume launch (or a Slurm requeue) numbers its torchrun attempts from 0 again: two restarts in two
+    launches are two, not the highest attempt number (1)."""
+    records = [
+        {"event": "run_start", "time": 0.0},
+        {"step": 1, "step_time_s": 1.0, "time": 1.0},
+        {"event": "restart", "attempt": 1, "resumed_from_step": 0, "time": 5.0},
+        {"step": 1, "step_time_s": 1.0, "time": 6.0},
+        {"event": "resume", "attempt": 0, "resumed_from_step": 1, "time": 50.0},
+        {"event": "restart", "attempt": 1, "resumed_from_step": 1, "time": 60.0},
+        {"step": 2, "step_time_s": 1.0, "time": 62.0},
+    ]
+    assert account(records, end_time=63.0)["restarts"] == 2
+
+
 def test_watchdog_dumps_stacks_and_aborts_a_hung_step(tmp_path):
     script = textwrap.dedent(f"""
         import time

@@ -130,7 +130,9 @@ def account(records: list[dict[str, Any]], end_time: float) -> dict[str, Any]:
     recovery = sum(recoveries)
     breakdown = GoodputBreakdown(wall_s=wall, productive_s=productive, lost_s=lost,
                                  checkpoint_stall_s=stall, recovery_s=recovery)
-    restarts = max([r.get("attempt", 0) for r in records if r.get("event") == "restart"], default=0)
+    # each launch (a --resume, a Slurm requeue) counts its torchrun attempts from 0 again: count the events too
+    restart_events = [r for r in records if r.get("event") == "restart"]
+    restarts = max([r.get("attempt", 0) for r in restart_events] + [len(restart_events)])
     return {"restarts": restarts,
             "rollbacks": sum(1 for r in records if r.get("event") == "rollback"),
             "faults_injected": sum(1 for r in records if r.get("event") == "fault"),
