@@ -78,3 +78,13 @@ def test_cost_cli_json(tmp_path) -> None:
     proc = subprocess.run([sys.executable, "-m", "bastion", "cost", "--model", "llama3-70b", "--cluster",
                            "h100-sxm:1024", "--tokens", "1e12"], capture_output=True, text=True)
     assert proc.returncode == 2 and "--global-batch" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_an_accelerator_without_a_published_power_figure_has_no_energy_not_zero() -> None:
+    from bastion.cost.onprem import gpu_power_kw
+    from bastion.errors import ConfigError
+    from bastion.specs.hardware import load_accelerator
+
+    with pytest.raises(ConfigError, match="no published power figure for tpu-v5p"):
+        gpu_power_kw(load_accelerator("tpu-v5p"))
+    assert gpu_power_kw(load_accelerator("h100-sxm")) > 0.7

@@ -59,6 +59,11 @@ class OnPremAssumptions:
 
 def gpu_power_kw(acc: Accelerator) -> float:
     """Wall power of one GPU with its share of the server (CPUs, NICs, fans), before PUE."""
+    if acc.tdp_w <= 0:  # not published (tpu-v5p): no energy figure rather than a silent 0 kWh
+        raise ConfigError(f"bastion's catalog has no published power figure for {acc.name}, so its energy and "
+                          "owned cost cannot be computed.",
+                          fix="describe the cluster in a TOML file whose [accelerator] table sets tdp_w, and pass "
+                              "it as --cluster FILE.")
     return acc.tdp_w * SERVER_POWER_OVER_GPU_TDP / 1000.0
 
 
