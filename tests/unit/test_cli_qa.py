@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from test_checkpoint_resume_cli import fake_checkpoint
 
 from bastion.cli import main
 from bastion.predict.validate import PUBLIC_CASES
@@ -349,20 +350,8 @@ def test_train_run_dir_that_is_a_file(tmp_path: Path, dataset: Path, capsys: Cap
     user_error(argv, capsys, "is a file, not a directory")
 
 
-def _fake_checkpoint(run_dir: Path, model: str, step: int = 4) -> Path:
-    from bastion.runtime import checkpoint_files as cf
-    from bastion.specs.model import load_model
-
-    root = run_dir / "checkpoints"
-    temp = root / cf.temp_dir_name(step)
-    temp.mkdir(parents=True)
-    (temp / "state.json").write_text(json.dumps({"step": step, "model": load_model(model).to_dict()}))
-    (temp / "__0_0.distcp").write_bytes(b"\0" * 64)
-    return cf.commit(temp, root / cf.step_dir_name(step), step)
-
-
 def test_train_in_another_models_run_dir(tmp_path: Path, dataset: Path, capsys: CaptureFixture) -> None:
-    _fake_checkpoint(tmp_path / "run", "small")
+    fake_checkpoint(tmp_path / "run", "small")
     msg = user_error(_train(tmp_path, dataset), capsys, "holds model 'small', but this run builds 'tiny'",
                      "give a new --run-dir")
     assert "without --resume-from" not in msg  # --resume-from was not given
@@ -370,7 +359,7 @@ def test_train_in_another_models_run_dir(tmp_path: Path, dataset: Path, capsys: 
 
 def test_train_no_resume_over_existing_checkpoints(tmp_path: Path, dataset: Path, capsys: CaptureFixture) -> None:
     # used to start N workers that failed at the first save (or deleted the old run's checkpoints by retention)
-    checkpoint = _fake_checkpoint(tmp_path / "run", "tiny")
+    checkpoint = fake_checkpoint(tmp_path / "run", "tiny")
     user_error(_train(tmp_path, dataset, "--no-resume"), capsys, "--no-resume, but", "1 checkpoint(s)")
     assert checkpoint.is_dir()
 
@@ -394,7 +383,7 @@ def test_launch_checks_the_dataset_and_the_run_dir_before_writing_a_job(tmp_path
     not_data = tmp_path / "not-data"
     not_data.mkdir()
     user_error(_launch(tmp_path, not_data), capsys, "is not a bastion token dataset")
-    _fake_checkpoint(tmp_path / "run", "small")
+    fake_checkpoint(tmp_path / "run", "small")
     user_error(_launch(tmp_path, dataset), capsys, "holds model 'small', but this run builds 'tiny'")
     code, out, _ = run(_launch(tmp_path, dataset, "--model", "small", "--steps", "8"), capsys)
     assert code == 0 and out.startswith("#!/bin/bash")
@@ -453,7 +442,7 @@ def test_demo_json_turns_the_workers_progress_bar_off(tmp_path: Path, monkeypatc
 def test_a_run_already_past_steps(command: str, tmp_path: Path, dataset: Path, capsys: CaptureFixture) -> None:
     # train used to start the workers, train nothing and report "goodput 1.6%" over the idle time since the
     # last session; a Slurm job would have done the same on the cluster
-    _fake_checkpoint(tmp_path / "run", "tiny", step=4)
+    fake_checkpoint(tmp_path / "run", "tiny", step=4)
     argv = _train(tmp_path, dataset) if command == "train" else _launch(tmp_path, dataset)
     user_error(argv, capsys, "resumes from step 4", "past --steps 2", "give --steps above 4")
 
