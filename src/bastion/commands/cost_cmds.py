@@ -27,7 +27,7 @@ def cost_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Predict wall time (with failures and checkpoints), energy, and cost owned vs cloud for a token budget."""
-    from bastion.commands.predict_cmds import check_seq_len, check_tokens
+    from bastion.commands.checks import check_seq_len, check_tokens
     from bastion.cost import OnPremAssumptions, run_cost
     from bastion.errors import ConfigError
     from bastion.specs import ParallelPlan, load_cluster, load_model

@@ -70,9 +70,9 @@ def launch_command(
         raise LaunchError("--dry-run and --submit contradict each other.", fix="give one of them.")
     if steps < 1:
         raise LaunchError(f"--steps must be at least 1, got {steps}.", fix="give a positive number of steps.")
-    if seq_len is not None and seq_len < 1:
-        raise LaunchError(f"--seq-len must be >= 1, got {seq_len}.",
-                          fix="give the tokens per sequence, or leave --seq-len out for the model's.")
+    from bastion.commands.checks import check_seq_len
+
+    check_seq_len(seq_len)
     if max_restarts < 0:
         raise LaunchError(f"--max-restarts must be >= 0, got {max_restarts}.",
                           fix="give how many times torchrun may restart the worker group (0 = never).")

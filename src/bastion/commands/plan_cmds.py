@@ -98,15 +98,14 @@ def plan_command(
 ) -> None:
     """Search every hybrid-parallel plan (dp·tp·pp·cp, ZeRO, micro-batch, schedule, recompute, sp,
     precision) and rank the ones that fit."""
+    from bastion.commands.checks import check_seq_len
     from bastion.planner.advice import nothing_fits
     from bastion.planner.search import PlanRequest, search
     from bastion.planner.space import SearchSpace
     from bastion.specs.hardware import load_cluster
     from bastion.specs.model import load_model
 
-    if seq_len < 0:
-        raise ConfigError(f"--seq-len must be >= 1, got {seq_len}.",
-                          fix="give the tokens per sequence (e.g. --seq-len 4096), or leave it out for the model's.")
+    check_seq_len(seq_len or None)  # 0, the default, is the model's length
     if save is not None:
         from bastion.specs.plan import ParallelPlan
 

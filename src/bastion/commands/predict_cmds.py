@@ -51,26 +51,6 @@ def _build_plan(plan_file: Path | None, num_gpus: int, flags: dict[str, Any]) ->
     return ParallelPlan(**given), notes
 
 
-def check_seq_len(seq_len: int | None) -> None:
-    """--seq-len, when given, is a positive token count (0 must not silently mean "the model's")."""
-    from bastion.errors import ConfigError
-
-    if seq_len is not None and seq_len < 1:
-        raise ConfigError(f"--seq-len must be >= 1, got {seq_len}.",
-                          fix="give the tokens per sequence (e.g. --seq-len 4096), or leave it out for the model's.")
-
-
-def check_tokens(tokens: float | None) -> None:
-    """--tokens, when given, is a finite positive token budget."""
-    import math
-
-    from bastion.errors import ConfigError
-
-    if tokens is not None and not (math.isfinite(tokens) and tokens > 0):
-        raise ConfigError(f"--tokens must be a positive number of tokens, got {tokens:g}.",
-                          fix="give the token budget, e.g. --tokens 15e12.")
-
-
 def _gib(x: float) -> str:
     return f"{x / GIB:,.2f}"
 
@@ -143,6 +123,7 @@ def estimate_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Predict memory per device and time per step of one parallel plan."""
+    from bastion.commands.checks import check_seq_len, check_tokens
     from bastion.predict import estimate
     from bastion.specs import load_cluster, load_model
 

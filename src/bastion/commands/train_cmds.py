@@ -138,14 +138,13 @@ def _check_train_flags(nproc: int | None, seq_len: int | None, lr: float, max_re
     """Flag values that would otherwise fail inside N workers (or silently mean something else)."""
     import math
 
+    from bastion.commands.checks import check_seq_len
     from bastion.errors import ConfigError
 
     if nproc is not None and nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {nproc}.",
                           fix="give the number of worker processes, dp × tp × pp × cp of the plan.")
-    if seq_len is not None and seq_len < 1:
-        raise ConfigError(f"--seq-len must be >= 1, got {seq_len}.",
-                          fix="give the tokens per sequence, or leave --seq-len out for the model's.")
+    check_seq_len(seq_len)
     if not (math.isfinite(lr) and lr > 0):
         raise ConfigError(f"--lr must be a positive learning rate, got {lr:g}.", fix="e.g. --lr 3e-4.")
     if max_restarts < 0:
