@@ -17,6 +17,7 @@ from bastion.predict.calibration import (
     interpolate_log,
     load_calibration,
 )
+from bastion.predict.kernels import DEFAULT_KERNEL, kernel_efficiency
 from bastion.specs.hardware import Accelerator
 from bastion.specs.model import ModelSpec
 
@@ -67,14 +68,18 @@ def attention_peak_flops(acc: Accelerator, precision: str) -> float:
 
 @lru_cache(maxsize=65536)
 def flash_attention_time(acc: Accelerator, precision: str, flops_fwd: float, seq_len: int, head_dim: int,
-                         pass_: str, efficiency_cap: float | None = None) -> float:
+                         pass_: str, efficiency_cap: float | None = None, kernel: str = DEFAULT_KERNEL) -> float:
     """Seconds of causal flash attention given its forward FLOPs; pass_ `fwd` (forward only) or `fwdbwd`
-    (forward + backward = 3.5 × the forward FLOPs, as measured). `efficiency_cap` bounds the fraction of the
-    peak the kernel reaches (an older or portable kernel, PredictOptions.attention_efficiency_cap)."""
+    (forward + backward = 3.5 × the forward FLOPs, as measured). `kernel` names the flash kernel
+    (kernels.py); `efficiency_cap` bounds the fraction of the peak it reaches
+    (PredictOptions.attention_efficiency_cap)."""
     if is_cpu(acc):
         eff = acc.matmul_efficiency
     else:
         eff = min(MAX_EFFICIENCY, attention_efficiency_measured(seq_len, head_dim, pass_) * device_scale(acc))
+        if kernel != DEFAULT_KERNEL:
+            best = min(MAX_EFFICIENCY, attention_efficiency_measured(1 << 30, head_dim, pass_) * device_scale(acc))
+            eff = kernel_efficiency(kernel, acc.arch, eff, best)
     if efficiency_cap is not None:
         eff = min(eff, efficiency_cap)
     flops = flops_fwd * (3.5 if pass_ == "fwdbwd" else 1.0)

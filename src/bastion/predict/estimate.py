@@ -152,8 +152,11 @@ def attention_times(model: ModelSpec, cluster: Cluster, plan: ParallelPlan | _St
         fwd_flops = b * flops.attention_flops_per_token(model, seq_len, causal=True) * seq_len / (plan.tp * plan.cp)
         s_eff = max(seq_len // plan.cp, 1)
         cap = options.attention_efficiency_cap
-        return (compute.flash_attention_time(acc, plan.precision, fwd_flops, s_eff, model.head_dim, "fwd", cap),
-                compute.flash_attention_time(acc, plan.precision, fwd_flops, s_eff, model.head_dim, "fwdbwd", cap))
+        kernel = options.attention_kernel
+        return (compute.flash_attention_time(acc, plan.precision, fwd_flops, s_eff, model.head_dim, "fwd", cap,
+                                             kernel),
+                compute.flash_attention_time(acc, plan.precision, fwd_flops, s_eff, model.head_dim, "fwdbwd", cap,
+                                             kernel))
     # unfused: two batched GEMMs over the full s×s scores, plus the softmax (and dropout) as memory-bound passes
     s_q = seq_len // plan.cp
     batch = b * heads_local
@@ -428,7 +431,7 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     peak = acc.peak_tflops(plan.precision) * 1e12 * plan.num_gpus
     assumptions = [
         MFU_CONVENTION,
-        ("attention: fused flash kernel (causal blocks skipped, no s×s scores stored)"
+        (f"attention: fused flash kernel '{options.attention_kernel}' (causal blocks skipped, no s×s scores stored)"
          + (f", at most {options.attention_efficiency_cap:g} of the bf16 peak"
             if options.attention_efficiency_cap is not None else "")) if options.flash_attention
         else "attention: unfused softmax (s×s scores stored and streamed)",

@@ -16,6 +16,10 @@ class PredictOptions:
     #: attention runs as a fused flash kernel (no s×s score matrix is stored; causal blocks are skipped).
     #: False models the unfused softmax attention of Megatron-LM before 2022.
     flash_attention: bool = True
+    #: which flash kernel (data/attention_kernels.toml): `sdpa` reaches the calibrated rate (the card's newest
+    #: instructions); `flash-attn-2` stays at ~35% of the peak on Hopper and later; `flash-attn-triton` (2022-23)
+    #: is slower still
+    attention_kernel: str = "sdpa"
     #: the flash kernel never exceeds this fraction of the card's bf16 peak (None: the calibrated rate of torch
     #: 2.11's SDPA, scaled by matmul_efficiency). For kernels that do not use the card's newest tensor-core
     #: instructions: FlashAttention-2 on Hopper reaches about 0.35 (Shah et al. 2024, FlashAttention-3, abstract),
@@ -60,6 +64,11 @@ class PredictOptions:
     runtime_reserve_gib: float = 1.0
     #: fraction of the transient memory (activations, logits, buffers) the caching allocator loses to fragmentation
     fragmentation: float = 0.10
+
+    def __post_init__(self) -> None:
+        from bastion.predict.kernels import attention_kernel
+
+        attention_kernel(self.attention_kernel)  # a ConfigError with the known names if it is not one
 
 
 #: the kernels of the published production stacks (Megatron-LM / NeMo with Transformer Engine, llm-foundry,

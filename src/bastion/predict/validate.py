@@ -1,9 +1,12 @@
 """Judge the predictor against published training runs (a case file in the format of data/CASES_SCHEMA.md).
 
 Every row becomes a ModelSpec, a Cluster (accelerator × num_gpus, gpus_per_node per node) and a ParallelPlan;
-`estimate()` predicts its iteration time. One physical model serves every row: nothing here depends on the
-source, the model name or the row. Cells the publication left empty get the choice a practitioner would make
-(the fastest combination of the unknown settings that fits in memory), and each such choice is recorded.
+`estimate()` predicts its iteration time. One physical model serves every row, with no per-source, per-model or
+per-row factor. What differs between publications is their software — which attention kernel, dropout, which
+ZeRO implementation — and that is an input, like the plan: a row's optional `software` column, else the stack
+data/software.toml documents for its `source_group` (with the evidence), else `production`. Cells the
+publication left empty get the choice a practitioner would make (the fastest combination of the unknown settings
+that fits in memory), and each such choice is recorded.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from typing import Any
 from bastion.errors import BastionError, ConfigError
 from bastion.predict.calibration import DATA_DIR
 from bastion.predict.estimate import Estimate, estimate
-from bastion.predict.options import PRODUCTION_STACK, PredictOptions
+from bastion.predict.options import PredictOptions
+from bastion.predict.software import DEFAULT_PUBLISHED_STACK, published_stack, software_stack
 from bastion.specs.hardware import Cluster, default_network, load_accelerator
 from bastion.specs.model import ModelSpec
 from bastion.specs.plan import ParallelPlan
@@ -250,15 +254,40 @@ def case_plan_choices(row: dict[str, str], model: ModelSpec, cluster: Cluster,
     return plans, open_settings
 
 
-def predict_case(row: dict[str, str], options: PredictOptions = PRODUCTION_STACK) -> CaseResult:
+def predict_case(row: dict[str, str], options: PredictOptions | None = None,
+                 software: str | None = None) -> CaseResult:
     """Predict one row's iteration time, or raise RowSkipped with the reason."""
-    return case_estimate(row, options)[0]
+    return case_estimate(row, options, software)[0]
 
 
-def case_estimate(row: dict[str, str],
-                  options: PredictOptions = PRODUCTION_STACK) -> tuple[CaseResult, Estimate, ModelSpec, Cluster]:
+def row_software(row: dict[str, str], software: str | None = None) -> tuple[PredictOptions, str]:
+    """The options a row is predicted with and the assumption that says where they come from: `software` when
+    given (every row), else the row's `software` column, else its publication's documented stack, else
+    `production`."""
+    if software:
+        stack = software_stack(software)
+        return stack.options, f"software: {stack.name} (given for every row)"
+    named = (row.get("software") or "").strip()
+    if named:
+        try:
+            stack = software_stack(named)
+        except BastionError as exc:
+            raise RowSkipped(f"software: {exc.problem} ({exc.fix})") from None
+        return stack.options, f"software: {stack.name} (the row's software column)"
+    group = (row.get("source_group") or "").strip()
+    stack = published_stack(group)
+    if stack is not None:
+        return stack.options, f"software: {stack.name}, what {group} ran ({stack.source})"
+    stack = software_stack(DEFAULT_PUBLISHED_STACK)
+    return stack.options, (f"software: not documented for source_group '{group}', assumed {stack.name} "
+                           f"({stack.description})")
+
+
+def case_estimate(row: dict[str, str], options: PredictOptions | None = None,
+                  software: str | None = None) -> tuple[CaseResult, Estimate, ModelSpec, Cluster]:
     """The row's result together with the estimate it came from (and the model and cluster the row describes),
-    for analyses that need the breakdown; raises RowSkipped like predict_case."""
+    for analyses that need the breakdown; raises RowSkipped like predict_case. `options` (the same for every
+    row) replaces the software lookup of row_software."""
     case_id = (row.get("case_id") or "").strip() or "(no case_id)"
     for key in REQUIRED:
         if not (row.get(key) or "").strip():
@@ -268,16 +297,20 @@ def case_estimate(row: dict[str, str],
         raise RowSkipped("no published iteration_time_s to compare with")
     if published <= 0:
         raise RowSkipped(f"iteration_time_s = {published:g} is not a positive time")
+    if options is None:
+        options, where = row_software(row, software)
+    else:
+        where = "software: options given for every row"
     cap = options.attention_efficiency_cap
-    assumptions: list[str] = [
-        "kernels: " + ("flash attention" if options.flash_attention else "unfused attention")
+    assumptions: list[str] = [where,
+        "kernels: " + (f"flash attention ({options.attention_kernel})" if options.flash_attention
+                       else "unfused attention" + (" with dropout" if options.dropout else ""))
         + (f" (at most {cap:g} of the bf16 peak)" if options.flash_attention and cap is not None else "")
         + (", a fused cross-entropy" if options.fused_cross_entropy else ", a plain fp32 cross-entropy")
         + (", a fused SwiGLU" if options.fused_swiglu and row.get("ffn_type") == "swiglu" else "")
         + (", fp8 matmul inputs kept in fp8" if options.fp8_saved_inputs and row.get("precision") == "fp8" else "")
         + (", ZeRO-1/2 parameter gathers under the next forward" if options.overlap_param_gather
-           and (row.get("zero_stage") or "").strip() in ("1", "2") else "")
-        + " (the case file does not say; the same for every row)"]
+           and (row.get("zero_stage") or "").strip() in ("1", "2") else "")]
     model = case_model(row, assumptions)
     cluster = case_cluster(row, assumptions)
     plans, open_settings = case_plan_choices(row, model, cluster, assumptions)
@@ -321,14 +354,18 @@ def _estimates(model: ModelSpec, cluster: Cluster, plans: list[ParallelPlan],
     return results, errors
 
 
-def validate_cases(path: Path | str = PUBLIC_CASES, options: PredictOptions = PRODUCTION_STACK) -> ValidationReport:
-    """Predict every row of a case file; rows that cannot be predicted are listed with their reason."""
+def validate_cases(path: Path | str = PUBLIC_CASES, options: PredictOptions | None = None,
+                   software: str | None = None) -> ValidationReport:
+    """Predict every row of a case file, each with its software (row_software) unless `software` or `options`
+    says otherwise; rows that cannot be predicted are listed with their reason."""
+    if software:
+        software_stack(software)  # an unknown name is the caller's mistake, not every row's
     rows = read_cases(Path(path))
     cases: list[CaseResult] = []
     skipped: list[dict[str, str]] = []
     for i, row in enumerate(rows):
         try:
-            cases.append(predict_case(row, options))
+            cases.append(predict_case(row, options, software))
         except RowSkipped as exc:
             skipped.append({"case_id": (row.get("case_id") or "").strip() or f"row {i + 2}", "reason": str(exc)})
     return ValidationReport(cases=cases, skipped=skipped)

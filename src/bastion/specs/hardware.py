@@ -46,6 +46,9 @@ class Accelerator:
     #: fraction of the bf16 peak a large transformer GEMM reaches on this device
     matmul_efficiency: float
     source: str = ""
+    #: tensor-core generation (`ampere`, `hopper`, `blackwell`, `cdna3`, `tpu`, `cpu`): a kernel written for an
+    #: older one cannot use this card's newest instructions (predict/data/attention_kernels.toml)
+    arch: str = ""
 
     def peak_tflops(self, precision: str) -> float:
         """Dense matmul peak for a precision; fp32 training on tensor cores uses tf32 where present."""

@@ -1,0 +1,69 @@
+"""Which flash-attention kernel the training software runs, and what that does to its rate.
+
+The calibrated attention curve is a kernel that uses the card's newest tensor-core instructions. Kernels written
+for an older generation (FlashAttention-2 on a Hopper card) stay far below it, and some are slower everywhere
+(FlashAttention in Triton, 2022-23). data/attention_kernels.toml lists them with their sources.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from functools import cache
+
+from bastion.errors import ConfigError
+from bastion.predict.calibration import DATA_DIR
+
+#: NVIDIA tensor-core generations, oldest first (a kernel written for one cannot use a later one's instructions)
+GENERATIONS = ("ampere", "hopper", "blackwell")
+DEFAULT_KERNEL = "sdpa"
+
+
+@dataclass(frozen=True)
+class AttentionKernel:
+    name: str
+    description: str
+    source: str
+    #: the generation whose instructions the kernel uses ("" = the card's newest)
+    written_for: str = ""
+    #: at most this fraction of the bf16 peak on a generation newer than `written_for`
+    newer_arch_cap: float | None = None
+    #: the kernel's ceiling is that of `relative_to` divided by `slowdown`
+    relative_to: str = ""
+    slowdown: float = 1.0
+
+
+@cache
+def attention_kernels() -> dict[str, AttentionKernel]:
+    table = tomllib.loads((DATA_DIR / "attention_kernels.toml").read_text())
+    return {name: AttentionKernel(name=name, **fields) for name, fields in table.items()}
+
+
+def attention_kernel(name: str) -> AttentionKernel:
+    kernels = attention_kernels()
+    if name not in kernels:
+        raise ConfigError(f"Unknown attention kernel '{name}'.", fix=f"use one of: {', '.join(kernels)}.")
+    return kernels[name]
+
+
+def _is_newer(arch: str, written_for: str) -> bool:
+    if not written_for or arch not in GENERATIONS or written_for not in GENERATIONS:
+        return False
+    return GENERATIONS.index(arch) > GENERATIONS.index(written_for)
+
+
+@cache
+def kernel_efficiency(name: str, arch: str, calibrated: float, calibrated_peak: float) -> float:
+    """The fraction of the bf16 peak kernel `name` reaches on a card of generation `arch`, where the calibrated
+    kernel reaches `calibrated` at this shape and `calibrated_peak` at its best (long sequences). A `slowdown`
+    lowers the kernel's ceiling, not its short-sequence rate, where launch and occupancy limits bind every kernel
+    alike."""
+    kernel = attention_kernel(name)
+    if kernel.relative_to:
+        eff = kernel_efficiency(kernel.relative_to, arch, calibrated, calibrated_peak)
+        ceiling = kernel_efficiency(kernel.relative_to, arch, calibrated_peak, calibrated_peak)
+    else:
+        eff, ceiling = calibrated, calibrated_peak
+    if kernel.newer_arch_cap is not None and _is_newer(arch, kernel.written_for):
+        eff = min(eff, kernel.newer_arch_cap)
+    return min(eff, ceiling / kernel.slowdown)
