@@ -22,7 +22,8 @@ def test_json_is_the_documented_object_best_first_and_save_writes_the_winner(tmp
                   "--save", str(saved))
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
-    assert set(data) == {"evaluated", "feasible", "seconds", "rejected", "plans"}
+    assert set(data) == {"evaluated", "feasible", "seconds", "rejected", "plans", "software"}
+    assert data["software"] == "bastion"
     assert data["evaluated"] == data["feasible"] + sum(data["rejected"].values())
     assert len(data["plans"]) == 3
     for entry in data["plans"]:

@@ -1,4 +1,4 @@
-"""`bastion models` and `bastion hardware`: what the presets are."""
+"""`bastion models`, `bastion hardware` and `bastion software`: what the presets are."""
 
 from __future__ import annotations
 
@@ -68,3 +68,46 @@ def hardware_command(as_json: bool = typer.Option(False, "--json", help="Print J
         ctable.add_row(c.name, c.accelerator.name, f"{c.num_nodes} × {c.gpus_per_node}", c.network.topology,
                        f"{c.network.scale_out_bw_gbs:g}")
     console.print(ctable)
+
+
+@app.command("software")
+def software_command(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables.")) -> None:
+    """List the software stacks (`--software NAME` of estimate and validate) and the attention kernels they run."""
+    from dataclasses import asdict
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from bastion.predict.kernels import attention_kernels
+    from bastion.predict.options import PredictOptions
+    from bastion.predict.software import software_stacks
+
+    stacks = software_stacks()
+    kernels = attention_kernels()
+    defaults = asdict(PredictOptions())
+    if as_json:
+        print(json.dumps({"stacks": [{"name": s.name, "description": s.description, "source": s.source,
+                                      "publications": list(s.publications), "options": asdict(s.options)}
+                                     for s in stacks.values()],
+                          "attention_kernels": [asdict(k) for k in kernels.values()]}, indent=2))
+        return
+    table = Table(title="software stacks (what differs from bastion's own runtime)")
+    for col in ("name", "settings", "publications it describes"):
+        table.add_column(col, no_wrap=col == "name", overflow="fold")
+    for s in stacks.values():
+        changed = {k: v for k, v in asdict(s.options).items() if v != defaults[k]}
+        table.add_row(s.name, ", ".join(f"{k}={v}" for k, v in changed.items()) or "(defaults)",
+                      ", ".join(s.publications) or "-")
+    console = Console()
+    console.print(table)
+    ktable = Table(title="attention kernels")
+    for col in ("name", "what it is", "rate"):
+        ktable.add_column(col, no_wrap=col == "name")
+    for k in kernels.values():
+        rate = "the calibrated curve"
+        if k.relative_to:
+            rate = f"ceiling of {k.relative_to} / {k.slowdown:g}"
+        if k.newer_arch_cap is not None:
+            rate += f"; at most {k.newer_arch_cap:g} of the bf16 peak after {k.written_for}"
+        ktable.add_row(k.name, k.description, rate)
+    console.print(ktable)

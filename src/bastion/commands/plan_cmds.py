@@ -92,6 +92,8 @@ def plan_command(
                                   help="Matmul precisions allowed, comma-separated (e.g. bf16,fp8)."),
     fix: list[str] = typer.Option([], "--fix", help="Pin a plan field, e.g. --fix tp=8 (repeatable)."),
     save: Path | None = typer.Option(None, "--save", help="Write the winning plan here (JSON or .toml)."),
+    software: str = typer.Option("bastion", "--software", help="Software stack the plan will run on (`bastion "
+                                 "software`): bastion's runtime by default."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
     exhaustive: bool = typer.Option(False, "--no-prune", help="Predict every plan, even those the memory and "
                                                               "step-time bounds settle (for checking; slow)."),
@@ -100,12 +102,14 @@ def plan_command(
     precision) and rank the ones that fit."""
     from bastion.commands.checks import check_seq_len
     from bastion.planner.advice import nothing_fits
-    from bastion.planner.search import PlanRequest, search
+    from bastion.planner.search import PlanRequest, default_estimate, search
     from bastion.planner.space import SearchSpace
+    from bastion.predict.software import software_stack
     from bastion.specs.hardware import load_cluster
     from bastion.specs.model import load_model
 
     check_seq_len(seq_len or None)  # 0, the default, is the model's length
+    options = software_stack(software).options
     if save is not None:
         from bastion.specs.plan import ParallelPlan
 
@@ -118,15 +122,16 @@ def plan_command(
     request = PlanRequest(model=model_spec.with_seq_len(seq), cluster=cluster_spec, global_batch=global_batch,
                           seq_len=seq, gpu_counts=counts, top_k=top, objective=objective, space=space,
                           prune=not exhaustive)
-    result = search(request)
+    result = search(request, options=options)
     if not result.plans:
-        raise nothing_fits(result)
+        raise nothing_fits(result, estimate=default_estimate(options))
     if save is not None:
         result.plans[0].plan.save(save)
     if as_json:
-        print(json.dumps(result_json(result), indent=2))
+        print(json.dumps({**result_json(result), "software": software}, indent=2))
     else:
         print_result(result, save)
+        print(f"predicted for software stack '{software}' (`bastion software` lists them; --software to change)")
 
 
 def result_json(result: Any) -> dict[str, Any]:

@@ -120,22 +120,27 @@ def estimate_command(
     precision: str | None = typer.Option(None, "--precision", help="fp32, bf16, fp16 or fp8."),
     seq_len: int | None = typer.Option(None, "--seq-len", help="Sequence length (default: the model's)."),
     tokens: float | None = typer.Option(None, "--tokens", help="Token budget: also print the time to train it."),
+    software: str = typer.Option("bastion", "--software", help="Software stack the plan runs on (`bastion software`"
+                                 " lists them): bastion's runtime by default, e.g. production for Megatron-Core + TE."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Predict memory per device and time per step of one parallel plan."""
     from bastion.commands.checks import check_seq_len, check_tokens
     from bastion.predict import estimate
+    from bastion.predict.software import software_stack
     from bastion.specs import load_cluster, load_model
 
     check_seq_len(seq_len)
     check_tokens(tokens)
+    stack = software_stack(software)
     model_spec = load_model(model, seq_len)
     cluster_spec = load_cluster(cluster)
     flags = {"dp": dp, "tp": tp, "pp": pp, "cp": cp, "zero_stage": zero, "micro_batch": micro_batch,
              "global_batch": global_batch, "pp_schedule": schedule, "vpp": vpp, "recompute": recompute,
              "sequence_parallel": sp, "precision": precision}
     parallel_plan, notes = _build_plan(plan, cluster_spec.num_gpus, flags)
-    est = estimate(model_spec, cluster_spec, parallel_plan, seq_len)
+    est = estimate(model_spec, cluster_spec, parallel_plan, seq_len, options=stack.options)
+    notes.append(f"software: {stack.name} ({stack.description})")
     if as_json:
         out = est.to_dict()
         out["assumptions"] = notes + out["assumptions"]
@@ -151,12 +156,15 @@ def estimate_command(
 def validate_command(
     cases: Path | None = typer.Argument(None, help="Case file (CSV, see predict/data/CASES_SCHEMA.md); default: "
                                                    "the published runs shipped with bastion."),
+    software: str | None = typer.Option(None, "--software", help="Predict every row with this software stack "
+                                        "(`bastion software`); default: each row's `software` column, else what "
+                                        "its publication ran, else production."),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object: summary, cases, skipped."),
 ) -> None:
     """Predict the iteration time of every published run in a case file and report the errors."""
     from bastion.predict.validate import PUBLIC_CASES, validate_cases
 
-    report = validate_cases(cases or PUBLIC_CASES)
+    report = validate_cases(cases or PUBLIC_CASES, software=software)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
         return

@@ -148,45 +148,47 @@ def _numbers(d: Any) -> dict[str, float]:
     return {k: float(v) for k, v in d.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
-def default_estimate() -> EstimateFn:
-    """The predictor's `estimate`, imported on first use (the planner module loads without it)."""
+def default_estimate(options: Any = None) -> EstimateFn:
+    """The predictor's `estimate` with `options` (a PredictOptions; None = bastion's runtime), imported on first
+    use (the planner module loads without it)."""
     from bastion.predict import estimate
 
     def call(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int) -> Any:
         # one rank per pipeline role is enough for every figure the planner shows (no per-rank memory list)
-        return estimate(model, cluster, plan, seq_len, detail=False)
+        return estimate(model, cluster, plan, seq_len, options=options, detail=False)
 
     return call
 
 
-def default_time_bound() -> TimeBoundFn:
+def default_time_bound(options: Any = None) -> TimeBoundFn:
     """The predictor's step-time lower bound (valid for a plan and all its ZeRO stages and recompute modes)."""
     from bastion.predict.estimate import step_time_lower_bound
 
-    return step_time_lower_bound
+    return lambda model, cluster, plan, seq_len: step_time_lower_bound(model, cluster, plan, seq_len, options=options)
 
 
-def default_memory_bound() -> MemoryBoundFn:
+def default_memory_bound(options: Any = None) -> MemoryBoundFn:
     """The predictor's memory lower bound (valid for a plan and all its recompute modes)."""
     from bastion.predict.estimate import memory_lower_bound
 
-    return memory_lower_bound
+    return lambda model, cluster, plan, seq_len: memory_lower_bound(model, cluster, plan, seq_len, options=options)
 
 
 def search(request: PlanRequest, estimate: EstimateFn | None = None,
            state_bytes: StateBytesFn | None = None, time_bound: TimeBoundFn | None = None,
-           memory_bound: MemoryBoundFn | None = None) -> SearchResult:
+           memory_bound: MemoryBoundFn | None = None, options: Any = None) -> SearchResult:
     """Evaluate every plan in the request's space and return the best `top_k`.
 
     `estimate` and `state_bytes` default to the predictor's `estimate` and `memory.model_state_bytes`; tests
     pass others to check the search itself against brute force. `time_bound` (a step time no plan of a leaf
     can beat) and `memory_bound` (bytes no recompute mode of a plan goes below) default to the predictor's when
-    `estimate` does; without them only the model-state bound prunes.
+    `estimate` does; without them only the model-state bound prunes. `options` (a PredictOptions: the software
+    the plan will run on) goes to the predictor's functions; None = bastion's runtime.
     """
     started = time.perf_counter()
     if estimate is None:
-        estimate, time_bound = default_estimate(), time_bound or default_time_bound()
-        memory_bound = memory_bound or default_memory_bound()
+        estimate, time_bound = default_estimate(options), time_bound or default_time_bound(options)
+        memory_bound = memory_bound or default_memory_bound(options)
     objective = get_objective(request.objective)
     # learned position tables are sized by the sequence length: the bounds must see the model the predictor
     # costs (estimate resizes it the same way)

@@ -79,7 +79,7 @@ def flash_attention_time(acc: Accelerator, precision: str, flops_fwd: float, seq
         eff = min(MAX_EFFICIENCY, attention_efficiency_measured(seq_len, head_dim, pass_) * device_scale(acc))
         if kernel != DEFAULT_KERNEL:
             best = min(MAX_EFFICIENCY, attention_efficiency_measured(1 << 30, head_dim, pass_) * device_scale(acc))
-            eff = kernel_efficiency(kernel, acc.arch, eff, best)
+            eff = kernel_efficiency(kernel, acc.arch, eff, best, acc.matmul_efficiency)
     if efficiency_cap is not None:
         eff = min(eff, efficiency_cap)
     flops = flops_fwd * (3.5 if pass_ == "fwdbwd" else 1.0)

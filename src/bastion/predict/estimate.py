@@ -129,6 +129,17 @@ def _layer_gemm_shapes(model: ModelSpec, plan: ParallelPlan | _StageKey, tokens:
             (tokens_mlp, f // tp, h))                                     # fc2
 
 
+def _every_second_matmul_shapes(model: ModelSpec, plan: ParallelPlan | _StageKey,
+                                tokens: int) -> tuple[tuple[int, int, int], ...]:
+    """(m, k, n) of the matmuls op-level selective checkpointing recomputes (flops.every_second_matmul_params)."""
+    tp = plan.tp
+    h, q, kv = model.hidden_size, model.q_width, model.kv_width
+    f = model.expert_ffn_hidden_size or model.ffn_hidden_size if model.num_experts else model.ffn_hidden_size
+    tokens_mlp = tokens * model.top_k if model.num_experts else tokens
+    third = (tokens_mlp, h, f // tp) if model.ffn_type == "swiglu" else (tokens_mlp, f // tp, h)
+    return ((tokens, h, kv // tp), (tokens, q // tp, h), third)
+
+
 def _layer_gemm_fwd_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan | _StageKey, tokens: int) -> float:
     acc, p = cluster.accelerator, plan.precision
     return sum(compute.gemm_time(acc, p, m, k, n) for m, k, n in _layer_gemm_shapes(model, plan, tokens))
@@ -220,6 +231,10 @@ def _layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: i
     if plan.recompute == "full":
         layer_recompute = gemm_fwd + attn_fwd
         layer_membound *= 4 / 3  # the forward third of the memory-bound work runs again
+    elif plan.recompute == "selective" and options.selective_recompute == "every-second-matmul":
+        layer_recompute = sum(compute.gemm_time(acc, plan.precision, m, k, n)
+                              for m, k, n in _every_second_matmul_shapes(model, plan, tokens))
+        layer_membound *= 4 / 3  # every elementwise op of the forward runs again
     elif plan.recompute == "selective":
         layer_recompute = attn_fwd
     else:
@@ -427,7 +442,8 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
 
     tokens_per_step = plan.global_batch * s
     model_flops = flops.model_flops_per_token(model, s) * tokens_per_step
-    hardware_flops = model_flops + flops.recompute_flops_per_token(model, s, plan.recompute) * tokens_per_step
+    hardware_flops = model_flops + flops.recompute_flops_per_token(model, s, plan.recompute,
+                                                                  options.selective_recompute) * tokens_per_step
     peak = acc.peak_tflops(plan.precision) * 1e12 * plan.num_gpus
     assumptions = [
         MFU_CONVENTION,

@@ -45,11 +45,23 @@ def model_flops_per_token(model: ModelSpec, seq_len: int) -> float:
     return 6.0 * n_matmul + 12.0 * model.num_layers * model.q_width * seq_len
 
 
-def recompute_flops_per_token(model: ModelSpec, seq_len: int, recompute: str) -> float:
-    """Extra FLOPs per token spent recomputing forward passes (model-FLOPs convention, full attention)."""
+def every_second_matmul_params(model: ModelSpec) -> int:
+    """Weights of the matmuls op-level selective checkpointing recomputes: the 2nd, 4th and 6th of a block in
+    forward order (wq, wk, wv, wo, w1, w3, w2): wk, wo and, with a gated MLP, w3 (fc2 for a GELU MLP)."""
+    h, ffn = model.hidden_size, (model.expert_ffn_hidden_size or model.ffn_hidden_size)
+    experts = model.top_k if model.num_experts else 1
+    return h * model.kv_width + model.q_width * h + experts * ffn * h
+
+
+def recompute_flops_per_token(model: ModelSpec, seq_len: int, recompute: str,
+                              selective: str = "attention-core") -> float:
+    """Extra FLOPs per token spent recomputing forward passes (model-FLOPs convention, full attention);
+    `selective` is what the software's selective mode re-runs (PredictOptions.selective_recompute)."""
     attention = attention_flops_per_token(model, seq_len, causal=False)
     if recompute == "full":
         return model.num_layers * (layer_gemm_flops_per_token(model) + attention)
     if recompute == "selective":
+        if selective == "every-second-matmul":
+            return model.num_layers * 2.0 * every_second_matmul_params(model)
         return model.num_layers * attention
     return 0.0

@@ -26,8 +26,10 @@ class AttentionKernel:
     source: str
     #: the generation whose instructions the kernel uses ("" = the card's newest)
     written_for: str = ""
-    #: at most this fraction of the bf16 peak on a generation newer than `written_for`
+    #: at most this fraction of the bf16 peak on a generation newer than `written_for`, on `cap_measured_on`
     newer_arch_cap: float | None = None
+    #: the accelerator the cap was measured on (another card scales it by its matmul_efficiency)
+    cap_measured_on: str = ""
     #: the kernel's ceiling is that of `relative_to` divided by `slowdown`
     relative_to: str = ""
     slowdown: float = 1.0
@@ -53,17 +55,26 @@ def _is_newer(arch: str, written_for: str) -> bool:
 
 
 @cache
-def kernel_efficiency(name: str, arch: str, calibrated: float, calibrated_peak: float) -> float:
-    """The fraction of the bf16 peak kernel `name` reaches on a card of generation `arch`, where the calibrated
-    kernel reaches `calibrated` at this shape and `calibrated_peak` at its best (long sequences). A `slowdown`
-    lowers the kernel's ceiling, not its short-sequence rate, where launch and occupancy limits bind every kernel
-    alike."""
+def kernel_efficiency(name: str, arch: str, calibrated: float, calibrated_peak: float,
+                      matmul_efficiency: float | None = None) -> float:
+    """The fraction of the bf16 peak kernel `name` reaches on a card of generation `arch` (whose catalog
+    matmul_efficiency is `matmul_efficiency`; None = the card a cap was measured on), where the calibrated kernel
+    reaches `calibrated` at this shape and `calibrated_peak` at its best (long sequences). A `slowdown` lowers the
+    kernel's ceiling, not its short-sequence rate, where launch and occupancy limits bind every kernel alike."""
     kernel = attention_kernel(name)
     if kernel.relative_to:
-        eff = kernel_efficiency(kernel.relative_to, arch, calibrated, calibrated_peak)
-        ceiling = kernel_efficiency(kernel.relative_to, arch, calibrated_peak, calibrated_peak)
+        eff = kernel_efficiency(kernel.relative_to, arch, calibrated, calibrated_peak, matmul_efficiency)
+        ceiling = kernel_efficiency(kernel.relative_to, arch, calibrated_peak, calibrated_peak, matmul_efficiency)
     else:
         eff, ceiling = calibrated, calibrated_peak
     if kernel.newer_arch_cap is not None and _is_newer(arch, kernel.written_for):
-        eff = min(eff, kernel.newer_arch_cap)
+        eff = min(eff, kernel.newer_arch_cap * _card_ratio(kernel.cap_measured_on, matmul_efficiency))
     return min(eff, ceiling / kernel.slowdown)
+
+
+def _card_ratio(measured_on: str, matmul_efficiency: float | None) -> float:
+    if not measured_on or matmul_efficiency is None:
+        return 1.0
+    from bastion.specs.hardware import load_accelerator
+
+    return matmul_efficiency / load_accelerator(measured_on).matmul_efficiency

@@ -286,6 +286,8 @@ def layer_saved_tensors(model: ModelSpec, seq_len: int, recompute: str, precisio
     recomputation drops (Korthikanti et al. 2022, Sec. 4.2).
     """
     a = activation_dtype_bytes(precision)
+    if recompute == "selective" and options.selective_recompute == "every-second-matmul":
+        return every_second_matmul_saved_tensors(model, a, options.flash_attention)
     # a matmul's saved input: its fp8 cast (1 byte) where the fp8 recipe keeps that instead of the bf16 tensor
     fp8_inputs = precision == "fp8" and options.fp8_saved_inputs
     mm = 1 if fp8_inputs else a
@@ -320,6 +322,21 @@ def layer_saved_tensors(model: ModelSpec, seq_len: int, recompute: str, precisio
                   SavedTensor("feed_forward.w2_input", mm * f, "tp")]
     if options.dropout:
         saved.append(SavedTensor("feed_forward.residual_dropout_mask", h, "seq"))
+    return tuple(saved)
+
+
+def every_second_matmul_saved_tensors(model: ModelSpec, a: int, flash_attention: bool) -> tuple[SavedTensor, ...]:
+    """What op-level selective checkpointing keeps of one layer (torchtitan's `op` policy): the block's input,
+    the outputs of the 1st, 3rd, 5th and 7th matmul (wq, wv, w1, w2; w2's is its reduce-scattered output under
+    TP with sequence parallelism) and the attention kernel's output and log-sum-exp. Everything else is
+    recomputed from those."""
+    h, f = model.hidden_size, model.ffn_hidden_size
+    saved = [SavedTensor("block.input", a * h, "seq"), SavedTensor("attention.wq_output", a * model.q_width, "tp"),
+             SavedTensor("attention.wv_output", a * model.kv_width, "tp"),
+             SavedTensor("attention.output", a * model.q_width, "tp"),
+             SavedTensor("feed_forward.w1_output", a * f, "tp"), SavedTensor("feed_forward.w2_output", a * h, "seq")]
+    if flash_attention:
+        saved.append(SavedTensor("attention.logsumexp", STAT_BYTES * model.num_heads, "tp", statistic=True))
     return tuple(saved)
 
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from bastion.specs._hashing import cached_hash
 
+SELECTIVE_RECOMPUTE = ("attention-core", "every-second-matmul")
+
 
 @dataclass(frozen=True)
 class PredictOptions:
@@ -26,6 +28,11 @@ class PredictOptions:
     #: llm-foundry's 2023 kernels (Triton flash attention, later flash-attn 2) imply about 0.33 on A100 and 0.17
     #: on H100 (tests/validation).
     attention_efficiency_cap: float | None = None
+    #: what the plan's `selective` recompute re-runs: `attention-core` (Megatron-LM, Korthikanti et al. 2022, and
+    #: bastion's runtime: the attention core's scores/softmax) or `every-second-matmul` (torchtitan's op-level
+    #: selective checkpointing: it saves the outputs of the 1st, 3rd, ... matmul of a block and of the attention
+    #: kernel, and recomputes the other matmuls — wk, wo, w3 — and every elementwise op)
+    selective_recompute: str = "attention-core"
     #: the model trains with dropout (GPT-3/Megatron style: masks on attention probabilities and after each block)
     dropout: bool = False
     #: RMSNorm is one fused kernel that keeps only its input and the fp32 1/rms per token for backward (torch's
@@ -69,10 +76,15 @@ class PredictOptions:
         from bastion.predict.kernels import attention_kernel
 
         attention_kernel(self.attention_kernel)  # a ConfigError with the known names if it is not one
+        if self.selective_recompute not in SELECTIVE_RECOMPUTE:
+            from bastion.errors import ConfigError
+
+            raise ConfigError(f"Unknown selective_recompute '{self.selective_recompute}'.",
+                              fix=f"use one of: {', '.join(SELECTIVE_RECOMPUTE)}.")
 
 
-#: the kernels of the published production stacks (Megatron-LM / NeMo with Transformer Engine, llm-foundry,
-#: DeepSpeed) that `bastion validate` judges the model against: flash attention, a fused cross-entropy, a fused
-#: SwiGLU, and fp8 matmuls that keep their fp8-cast inputs for backward
+#: today's production stack (Megatron-Core / NeMo / Megatron-Bridge with Transformer Engine): flash attention at
+#: the calibrated rate, ring context parallelism, a fused cross-entropy, a fused SwiGLU, and fp8 matmuls that keep
+#: their fp8-cast inputs for backward. `production` in data/software.toml, which names the other stacks.
 PRODUCTION_STACK = PredictOptions(flash_attention=True, fused_cross_entropy=True, fused_swiglu=True,
-                                  fp8_saved_inputs=True)
+                                  fp8_saved_inputs=True, context_parallel="ring")

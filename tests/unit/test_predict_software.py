@@ -1,0 +1,243 @@
+"""Attention kernels and software stacks: the rules of kernels.py, the data files behind them, and how
+`validate`, `estimate` and `plan` pick the software a prediction is made for."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from bastion.cli import main
+from bastion.errors import ConfigError
+from bastion.predict import PredictOptions, estimate
+from bastion.predict.kernels import attention_kernels, kernel_efficiency
+from bastion.predict.options import PRODUCTION_STACK
+from bastion.predict.software import published_stack, software_stack, software_stacks
+from bastion.predict.validate import PUBLIC_CASES, predict_case, read_cases, row_software
+from bastion.specs import ParallelPlan, load_cluster, load_model
+from bastion.specs.hardware import accelerator_names, load_accelerator
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    out, err = capsys.readouterr()
+    return int(exc.value.code or 0), out, err
+
+
+# ---- kernels -------------------------------------------------------------------------------------------------
+
+def test_the_calibrated_kernel_is_unchanged_on_every_card() -> None:
+    for arch in ("ampere", "hopper", "blackwell", "cdna3", ""):
+        assert kernel_efficiency("sdpa", arch, 0.41, 0.6) == 0.41
+
+
+def test_flash_attention_2_is_capped_only_on_cards_newer_than_ampere() -> None:
+    assert kernel_efficiency("flash-attn-2", "ampere", 0.6, 0.6) == 0.6
+    assert kernel_efficiency("flash-attn-2", "hopper", 0.6, 0.6) == 0.35
+    assert kernel_efficiency("flash-attn-2", "blackwell", 0.6, 0.6) == 0.35
+    # below the cap (short sequences) the calibrated rate stands
+    assert kernel_efficiency("flash-attn-2", "hopper", 0.25, 0.6) == 0.25
+    # not an NVIDIA generation: no rule applies
+    assert kernel_efficiency("flash-attn-2", "cdna3", 0.6, 0.6) == 0.6
+
+
+def test_the_triton_kernel_lowers_the_ceiling_of_flash_attention_2() -> None:
+    slowdown = attention_kernels()["flash-attn-triton"].slowdown
+    assert kernel_efficiency("flash-attn-triton", "ampere", 0.6, 0.6) == pytest.approx(0.6 / slowdown)
+    assert kernel_efficiency("flash-attn-triton", "hopper", 0.6, 0.6) == pytest.approx(0.35 / slowdown)
+    # where every kernel is limited alike (short sequences) it is no slower than the rate there
+    assert kernel_efficiency("flash-attn-triton", "ampere", 0.2, 0.6) == 0.2
+
+
+def test_every_kernel_names_its_source_and_a_known_reference() -> None:
+    kernels = attention_kernels()
+    assert "sdpa" in kernels
+    for k in kernels.values():
+        assert k.source and k.description
+        assert not k.relative_to or k.relative_to in kernels
+        assert k.slowdown >= 1.0
+
+
+def test_every_accelerator_names_its_generation() -> None:
+    for name in accelerator_names():
+        assert load_accelerator(name).arch, name
+
+
+def test_an_unknown_kernel_is_a_guidance_error() -> None:
+    with pytest.raises(ConfigError, match="flash-attn-2"):
+        PredictOptions(attention_kernel="flash3")
+
+
+def test_an_older_kernel_makes_a_long_sequence_step_slower_on_hopper_not_on_ampere() -> None:
+    model = load_model("llama3-8b", 32768)
+    plan = ParallelPlan(dp=8, zero_stage=3, global_batch=8, recompute="full")
+    step = {}
+    for acc in ("h100-sxm", "a100-80g"):
+        cluster = load_cluster(f"{acc}:8")
+        for kernel in ("sdpa", "flash-attn-2"):
+            step[acc, kernel] = estimate(model, cluster, plan, options=PredictOptions(attention_kernel=kernel)
+                                         ).step_time_s
+    assert step["h100-sxm", "flash-attn-2"] > 1.2 * step["h100-sxm", "sdpa"]
+    assert step["a100-80g", "flash-attn-2"] == step["a100-80g", "sdpa"]
+
+
+# ---- stacks --------------------------------------------------------------------------------------------------
+
+def test_the_production_stack_in_the_data_file_is_the_one_the_code_names() -> None:
+    assert software_stack("production").options == PRODUCTION_STACK
+    assert software_stack("bastion").options == PredictOptions()
+
+
+def test_each_publication_is_listed_once_and_every_stack_cites_its_evidence() -> None:
+    seen: dict[str, str] = {}
+    for stack in software_stacks().values():
+        assert stack.source and stack.description
+        for group in stack.publications:
+            assert group not in seen, (group, seen.get(group), stack.name)
+            seen[group] = stack.name
+    groups = {r["source_group"] for r in read_cases(PUBLIC_CASES)}
+    assert groups <= set(seen), groups - set(seen)
+
+
+def test_a_publication_the_table_does_not_list_has_no_stack() -> None:
+    assert published_stack("someone_elses_2027_runs") is None
+    assert published_stack("mosaicml_llm_foundry").name == "llm-foundry-2023"
+
+
+def test_an_unknown_stack_name_suggests_the_close_one() -> None:
+    with pytest.raises(ConfigError, match="Did you mean 'production'"):
+        software_stack("prodution")
+
+
+# ---- validate's choice per row -------------------------------------------------------------------------------
+
+def _row(**cells: str) -> dict[str, str]:
+    row = dict(read_cases(PUBLIC_CASES)[0])  # R0001, Megatron-LM 2021
+    row.update(cells)
+    return row
+
+
+def test_a_row_takes_its_publications_stack_then_its_column_then_the_flag() -> None:
+    options, where = row_software(_row())
+    assert where.startswith("software: megatron-lm-2021") and not options.flash_attention
+    options, where = row_software(_row(software="torchtitan-2024"))
+    assert where == "software: torchtitan-2024 (the row's software column)"
+    assert options.attention_kernel == "flash-attn-2"
+    options, where = row_software(_row(software="torchtitan-2024"), software="production")
+    assert where == "software: production (given for every row)" and options == PRODUCTION_STACK
+
+
+def test_a_row_of_an_unlisted_publication_is_predicted_with_production_and_says_so() -> None:
+    options, where = row_software(_row(source_group="new_vendor_2027"))
+    assert options == PRODUCTION_STACK
+    assert "not documented for source_group 'new_vendor_2027', assumed production" in where
+
+
+def test_an_unknown_software_cell_skips_that_row_with_the_names_it_knows() -> None:
+    from bastion.predict.validate import RowSkipped
+
+    with pytest.raises(RowSkipped, match="megatron-lm-2021"):
+        predict_case(_row(software="megatron-2099"))
+
+
+def test_the_software_changes_the_prediction_of_the_same_row() -> None:
+    row = _row()
+    own = predict_case(row)
+    other = predict_case(row, software="production")
+    assert own.assumptions[0].startswith("software: megatron-lm-2021")
+    assert other.predicted_s < own.predicted_s  # flash attention without dropout is faster
+
+
+def test_a_software_column_in_a_case_file_is_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = read_cases(PUBLIC_CASES)[:2]
+    path = tmp_path / "cases.csv"
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=[*rows[0].keys(), "software"])
+        writer.writeheader()
+        writer.writerow({**rows[0], "software": "production"})
+        writer.writerow({**rows[1], "software": ""})
+    code, out, _ = run(["validate", str(path), "--json"], capsys)
+    assert code == 0
+    first, second = json.loads(out)["cases"]
+    assert first["assumptions"][0] == "software: production (the row's software column)"
+    assert second["assumptions"][0].startswith("software: megatron-lm-2021")
+
+
+# ---- commands ------------------------------------------------------------------------------------------------
+
+def test_software_lists_stacks_and_kernels(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["software", "--json"], capsys)
+    assert code == 0
+    data = json.loads(out)
+    assert {s["name"] for s in data["stacks"]} == set(software_stacks())
+    assert {k["name"] for k in data["attention_kernels"]} == set(attention_kernels())
+    code, out, _ = run(["software"], capsys)
+    assert code == 0 and "llm-foundry-2023" in out and "flash-attn-triton" in out
+
+
+@pytest.mark.parametrize("command", [
+    ["validate", "--software", "nope"],
+    ["estimate", "-m", "tiny", "-c", "cpu:2", "--software", "nope"],
+    ["plan", "-m", "tiny", "-c", "cpu:2", "-b", "4", "--software", "nope"],
+])
+def test_an_unknown_software_flag_is_exit_2_with_the_names(command: list[str],
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(command, capsys)
+    assert code == 2
+    assert "Unknown software stack 'nope'" in err and "production" in err and "Traceback" not in err + out
+
+
+def test_estimate_and_plan_predict_for_the_software_named(capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["-m", "llama3-8b", "-c", "h100-sxm:8", "--seq-len", "32768"]
+    steps = {}
+    for software in ("bastion", "torchtitan-2024"):
+        code, out, _ = run(["estimate", *base, "--zero", "3", "--recompute", "full", "--software", software,
+                            "--json"], capsys)
+        assert code == 0
+        data = json.loads(out)
+        assert any(a.startswith(f"software: {software}") for a in data["assumptions"])
+        steps[software] = data["step_time_s"]
+    assert steps["torchtitan-2024"] > steps["bastion"]  # FlashAttention-2 on a Hopper card
+    code, out, _ = run(["plan", *base, "-b", "8", "-k", "1", "--software", "torchtitan-2024", "--json"], capsys)
+    assert code == 0
+    data = json.loads(out)
+    assert data["software"] == "torchtitan-2024"
+
+
+def test_replace_keeps_the_kernel_check() -> None:
+    with pytest.raises(ConfigError):
+        replace(PRODUCTION_STACK, attention_kernel="nope")
+
+
+# ---- op-level selective checkpointing (torchtitan) -----------------------------------------------------------
+
+def test_every_second_matmul_keeps_more_than_full_and_less_than_none_and_costs_in_between() -> None:
+    from bastion.predict import flops
+    from bastion.predict.memory import activation_bytes_per_token
+
+    model = load_model("llama3-8b")
+    op = PredictOptions(selective_recompute="every-second-matmul")
+    kept = {mode: activation_bytes_per_token(model, 8192, 1, False, mode, "bf16", op)
+            for mode in ("none", "selective", "full")}
+    assert kept["full"] < kept["selective"] < kept["none"]
+    # block input, wq and wv outputs, attention output and log-sum-exp, w1 and w2 outputs: 2 bytes each
+    h, q, kv, f = model.hidden_size, model.q_width, model.kv_width, model.ffn_hidden_size
+    assert kept["selective"] == 2 * (h + q + kv + q + f + h) + 4 * model.num_heads
+    # the FLOPs it repeats: wk, wo and w3 forward, nothing of attention
+    assert flops.recompute_flops_per_token(model, 8192, "selective", "every-second-matmul") == (
+        model.num_layers * 2 * (h * kv + q * h + f * h))
+    cluster = load_cluster("h100-sxm:8")
+    step = {}
+    for mode in ("none", "selective", "full"):
+        plan = ParallelPlan(dp=8, zero_stage=3, global_batch=8, recompute=mode)
+        step[mode] = estimate(model, cluster, plan, options=op).step_time_s
+    assert step["none"] < step["selective"] < step["full"]
+
+
+def test_an_unknown_selective_scope_is_a_guidance_error() -> None:
+    with pytest.raises(ConfigError, match="every-second-matmul"):
+        PredictOptions(selective_recompute="some-ops")
