@@ -8,7 +8,8 @@ Two searches per run:
   did not have, only from the degrees and micro-batch they chose (or from the predictor misjudging them).
 
 Rows are read with the predictor's own case reader (bastion.predict.validate), so both sides see the same
-model, cluster and plan; the options are the predictor's validation stack.
+model, cluster and plan, and the same software: the stack the publication ran (validate.row_software), for the
+published plan and for the planner's search alike.
 """
 
 from __future__ import annotations
@@ -78,37 +79,33 @@ class PublishedRuns:
     """Compares rows of a case file; searches are shared between rows that ask the same question."""
 
     def __init__(self, workers: int = 0) -> None:
-        from bastion.predict import estimate
-        from bastion.predict.estimate import memory_lower_bound, step_time_lower_bound
-        from bastion.predict.options import PRODUCTION_STACK
-
-        self.options = PRODUCTION_STACK
         self.workers = workers
-        # the planner searches with the same options the published plans are predicted with, bound included
-        self._estimate = lambda m, c, p, s: estimate(m, c, p, s, options=PRODUCTION_STACK, detail=False)
-        self._bound = lambda m, c, p, s: step_time_lower_bound(m, c, p, s, options=PRODUCTION_STACK)
-        self._memory_bound = lambda m, c, p, s: memory_lower_bound(m, c, p, s, options=PRODUCTION_STACK)
         self._searches: dict[tuple, RankedPlan | None] = {}
 
-    def best(self, model: Any, cluster: Any, global_batch: int, space: SearchSpace) -> RankedPlan | None:
-        key = (model, cluster, global_batch, space.precisions, space.schedules, tuple(sorted(space.pins.items())))
+    def best(self, model: Any, cluster: Any, global_batch: int, space: SearchSpace,
+             options: Any = None) -> RankedPlan | None:
+        """The planner's best plan with the predictor's `options` (the bounds included)."""
+        key = (model, cluster, global_batch, space.precisions, space.schedules, tuple(sorted(space.pins.items())),
+               options)
         if key not in self._searches:
             result = search(PlanRequest(model=model, cluster=cluster, global_batch=global_batch,
                                         seq_len=model.seq_len, top_k=1, space=space, workers=self.workers),
-                            estimate=self._estimate, time_bound=self._bound, memory_bound=self._memory_bound)
+                            options=options)
             self._searches[key] = result.plans[0] if result.plans else None
         return self._searches[key]
 
     def compare(self, row: dict[str, str], searches: tuple[str, ...] = ("free", "same")) -> PublishedComparison:
         """Raises bastion.predict.validate.RowSkipped when the row cannot be predicted."""
-        from bastion.predict.validate import case_estimate
+        from bastion.predict.validate import case_estimate, row_software
 
-        # the published plan as `bastion validate` predicts it (its stated assumptions included)
-        _, chosen, model, cluster = case_estimate(row, self.options)
+        # the published plan as `bastion validate` predicts it (its software and stated assumptions included)
+        options, _ = row_software(row)
+        _, chosen, model, cluster = case_estimate(row, options)
         batch = chosen.plan.global_batch
-        free = (self.best(model, cluster, batch, SearchSpace(precisions=(chosen.plan.precision,)))
+        free = (self.best(model, cluster, batch, SearchSpace(precisions=(chosen.plan.precision,)), options)
                 if "free" in searches else None)
-        same = self.best(model, cluster, batch, same_techniques_space(chosen.plan)) if "same" in searches else None
+        same = (self.best(model, cluster, batch, same_techniques_space(chosen.plan), options)
+                if "same" in searches else None)
         return PublishedComparison(
             case_id=row["case_id"], source_group=row.get("source_group", ""), model=model.name,
             accelerator=cluster.accelerator.name, num_gpus=cluster.num_gpus, published_plan=chosen.plan,
