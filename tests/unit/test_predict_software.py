@@ -241,3 +241,13 @@ def test_every_second_matmul_keeps_more_than_full_and_less_than_none_and_costs_i
 def test_an_unknown_selective_scope_is_a_guidance_error() -> None:
     with pytest.raises(ConfigError, match="every-second-matmul"):
         PredictOptions(selective_recompute="some-ops")
+
+
+def test_a_row_of_an_unlisted_publication_whose_source_names_the_software_gets_that_stack() -> None:
+    options, where = row_software(_row(source_group="torchtitan_b200_2026",
+                                       source="torchtitan benchmarks/llama3_b200.md (pytorch/torchtitan @abc)"))
+    assert options == software_stack("torchtitan-2024").options
+    assert "which the row's source names" in where
+    # a source naming two stacks' software decides nothing: production, and the row says so
+    options, where = row_software(_row(source_group="x", source="torchtitan vs Megatron-DeepSpeed"))
+    assert options == PRODUCTION_STACK and "assumed production" in where

@@ -13,7 +13,7 @@ from bastion.predict.options import PredictOptions
 
 #: what a row of a publication the table does not list is predicted with
 DEFAULT_PUBLISHED_STACK = "production"
-_META = ("description", "source", "publications")
+_META = ("description", "source", "publications", "mentions")
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,8 @@ class SoftwareStack:
     source: str
     options: PredictOptions
     publications: tuple[str, ...] = ()
+    #: how a case row's `source` names this software (case-insensitive substrings)
+    mentions: tuple[str, ...] = ()
 
 
 @cache
@@ -36,7 +38,8 @@ def software_stacks() -> dict[str, SoftwareStack]:
             raise ConfigError(f"software.toml [{name}] has unknown fields: {', '.join(sorted(unknown))}.")
         options = PredictOptions(**{k: v for k, v in entry.items() if k in known})
         stacks[name] = SoftwareStack(name=name, description=entry["description"], source=entry["source"],
-                                     options=options, publications=tuple(entry.get("publications", ())))
+                                     options=options, publications=tuple(entry.get("publications", ())),
+                                     mentions=tuple(entry.get("mentions", ())))
     return stacks
 
 
@@ -55,3 +58,10 @@ def published_stack(source_group: str) -> SoftwareStack | None:
         if source_group in stack.publications:
             return stack
     return None
+
+
+def mentioned_stack(source: str) -> SoftwareStack | None:
+    """The stack whose software a row's `source` text names, or None (no stack, or more than one, is named)."""
+    text = source.lower()
+    named = [s for s in software_stacks().values() if any(m.lower() in text for m in s.mentions)]
+    return named[0] if len(named) == 1 else None

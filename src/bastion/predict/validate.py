@@ -22,7 +22,7 @@ from bastion.errors import BastionError, ConfigError
 from bastion.predict.calibration import DATA_DIR
 from bastion.predict.estimate import Estimate, estimate
 from bastion.predict.options import PredictOptions
-from bastion.predict.software import DEFAULT_PUBLISHED_STACK, published_stack, software_stack
+from bastion.predict.software import DEFAULT_PUBLISHED_STACK, mentioned_stack, published_stack, software_stack
 from bastion.specs.hardware import Cluster, default_network, load_accelerator
 from bastion.specs.model import ModelSpec
 from bastion.specs.plan import ParallelPlan
@@ -262,8 +262,8 @@ def predict_case(row: dict[str, str], options: PredictOptions | None = None,
 
 def row_software(row: dict[str, str], software: str | None = None) -> tuple[PredictOptions, str]:
     """The options a row is predicted with and the assumption that says where they come from: `software` when
-    given (every row), else the row's `software` column, else its publication's documented stack, else
-    `production`."""
+    given (every row), else the row's `software` column, else its publication's documented stack, else the stack
+    whose software its `source` names, else `production`."""
     if software:
         stack = software_stack(software)
         return stack.options, f"software: {stack.name} (given for every row)"
@@ -278,6 +278,10 @@ def row_software(row: dict[str, str], software: str | None = None) -> tuple[Pred
     stack = published_stack(group)
     if stack is not None:
         return stack.options, f"software: {stack.name}, what {group} ran ({stack.source})"
+    stack = mentioned_stack(row.get("source") or "")
+    if stack is not None:
+        return stack.options, (f"software: {stack.name}, which the row's source names (source_group '{group}' is "
+                               f"not documented in software.toml)")
     stack = software_stack(DEFAULT_PUBLISHED_STACK)
     return stack.options, (f"software: not documented for source_group '{group}', assumed {stack.name} "
                            f"({stack.description})")
