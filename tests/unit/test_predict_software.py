@@ -251,3 +251,30 @@ def test_a_row_of_an_unlisted_publication_whose_source_names_the_software_gets_t
     # a source naming two stacks' software decides nothing: production, and the row says so
     options, where = row_software(_row(source_group="x", source="torchtitan vs Megatron-DeepSpeed"))
     assert options == PRODUCTION_STACK and "assumed production" in where
+
+
+# ---- a host CPU's ranks share its cores ----------------------------------------------------------------------
+
+def test_ranks_on_a_host_cpu_share_its_cores_and_memory_bandwidth() -> None:
+    from bastion.predict.estimate import per_rank
+
+    cpu = load_accelerator("cpu")
+    assert cpu.host_cores == 2
+    one, two, four = (per_rank(load_cluster(f"cpu:{n}")).accelerator for n in (1, 2, 4))
+    # one thread per rank: at most one core each, half a core each when four ranks share two
+    assert one.peak_tflops("fp32") == two.peak_tflops("fp32") == cpu.peak_tflops("fp32")
+    assert four.peak_tflops("fp32") == pytest.approx(cpu.peak_tflops("fp32") / 2)
+    assert four.hbm_bandwidth_gbs == pytest.approx(cpu.hbm_bandwidth_gbs / 4)
+    assert one.hbm_bandwidth_gbs == pytest.approx(cpu.hbm_bandwidth_gbs / 2)
+    # dedicated devices are what the catalog says, however many share a node
+    h100 = load_cluster("h100-sxm:8")
+    assert per_rank(h100) is h100
+
+
+def test_four_ranks_on_two_cores_take_twice_as_long_per_flop_as_two() -> None:
+    model = load_model("small", 256)
+    plan = ParallelPlan(dp=2, tp=2, global_batch=8, micro_batch=4, sequence_parallel=True, precision="fp32")
+    two_each = estimate(model, load_cluster("cpu:4"), plan)  # 4 ranks, half a core each
+    plan_dp = ParallelPlan(dp=2, global_batch=8, micro_batch=4, precision="fp32")
+    one_each = estimate(model, load_cluster("cpu:2"), plan_dp)  # 2 ranks, a core each, twice the work per rank
+    assert two_each.time.compute == pytest.approx(one_each.time.compute, rel=0.05)

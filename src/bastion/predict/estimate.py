@@ -12,7 +12,7 @@ data-parallel gradient reduction that the last backward does not hide, and the o
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from typing import Any, NamedTuple
 
@@ -326,6 +326,15 @@ def _stage_time_of(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len:
                       backward=backward_t, forward=forward_t)
 
 
+def per_rank(cluster: Cluster) -> Cluster:
+    """The cluster as one rank sees it: a host CPU's ranks share its cores and memory bandwidth
+    (Accelerator.shared_by); dedicated devices are unchanged."""
+    acc = cluster.accelerator
+    if acc.host_cores <= 0:
+        return cluster
+    return replace(cluster, accelerator=acc.shared_by(cluster.gpus_per_node))
+
+
 def step_time_lower_bound(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int | None = None,
                           options: PredictOptions | None = None) -> float:
     """A bound `estimate(...).step_time_s` can never go below, for `plan` and every plan that differs from it
@@ -338,6 +347,7 @@ def step_time_lower_bound(model: ModelSpec, cluster: Cluster, plan: ParallelPlan
     options = options or DEFAULT_OPTIONS
     s = seq_len or model.seq_len
     model = model.with_seq_len(s)
+    cluster = per_rank(cluster)
     key = _StageKey(1, plan.tp, plan.cp, 0, plan.micro_batch, "none", plan.sequence_parallel, plan.precision)
     roles = schedule.stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp)
     slowest = max(_stage_time_of(model, cluster, key, s, *roles[i], options).total
@@ -377,6 +387,7 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     s = seq_len or model.seq_len
     model = model.with_seq_len(s)  # learned position tables are sized by the sequence length
     plan.validate(model, cluster, s)
+    cluster = per_rank(cluster)
     acc = cluster.accelerator
     m = plan.num_microbatches
     is_gpu = not compute.is_cpu(acc)

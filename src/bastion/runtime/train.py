@@ -341,10 +341,12 @@ def predicted_figures(spec: ModelSpec, plan: ParallelPlan, cluster_name: str | N
 def _peak_flops(cluster_name: str | None, precision: str, device: torch.device) -> float | None:
     if cluster_name is None:
         return None
+    from bastion.predict.estimate import per_rank
     from bastion.specs.hardware import load_cluster
 
     try:
-        accelerator = load_cluster(cluster_name).accelerator
+        # the same per-rank peak the prediction divides by (a host CPU's ranks share its cores)
+        accelerator = per_rank(load_cluster(cluster_name)).accelerator
     except BastionError:
         return None
     used = precision if device.type == "cuda" else "fp32"

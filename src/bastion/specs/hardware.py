@@ -49,6 +49,18 @@ class Accelerator:
     #: tensor-core generation (`ampere`, `hopper`, `blackwell`, `cdna3`, `tpu`, `cpu`): a kernel written for an
     #: older one cannot use this card's newest instructions (predict/data/attention_kernels.toml)
     arch: str = ""
+    #: a host CPU standing in for accelerators: the cores one node has, which its devices (single-threaded ranks)
+    #: share; its peaks are one core's and its memory bandwidth the node's. 0 = dedicated devices.
+    host_cores: int = 0
+
+    def shared_by(self, ranks: int) -> Accelerator:
+        """What one of `ranks` devices on a node gets: itself, unless it is a host CPU whose cores and memory
+        bandwidth the ranks share (each rank runs one thread: at most one core)."""
+        if self.host_cores <= 0 or ranks <= 0:
+            return self
+        share = min(1.0, self.host_cores / ranks)
+        return replace(self, **{f"peak_tflops_{p}": getattr(self, f"peak_tflops_{p}") * share for p in PRECISIONS},
+                       hbm_bandwidth_gbs=self.hbm_bandwidth_gbs / max(ranks, self.host_cores))
 
     def peak_tflops(self, precision: str) -> float:
         """Dense matmul peak for a precision; fp32 training on tensor cores uses tf32 where present."""
