@@ -183,6 +183,7 @@ def test_software_lists_stacks_and_kernels(capsys: pytest.CaptureFixture[str]) -
     ["validate", "--software", "nope"],
     ["estimate", "-m", "tiny", "-c", "cpu:2", "--software", "nope"],
     ["plan", "-m", "tiny", "-c", "cpu:2", "-b", "4", "--software", "nope"],
+    ["cost", "-m", "tiny", "-c", "cpu:2", "--global-batch", "4", "--tokens", "1e6", "--software", "nope"],
 ])
 def test_an_unknown_software_flag_is_exit_2_with_the_names(command: list[str],
                                                            capsys: pytest.CaptureFixture[str]) -> None:
@@ -278,3 +279,15 @@ def test_four_ranks_on_two_cores_take_twice_as_long_per_flop_as_two() -> None:
     plan_dp = ParallelPlan(dp=2, global_batch=8, micro_batch=4, precision="fp32")
     one_each = estimate(model, load_cluster("cpu:2"), plan_dp)  # 2 ranks, a core each, twice the work per rank
     assert two_each.time.compute == pytest.approx(one_each.time.compute, rel=0.05)
+
+
+def test_cost_prices_the_run_on_the_software_named(capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["cost", "-m", "llama3-8b", "-c", "h100-sxm:8", "--seq-len", "32768", "--global-batch", "8",
+            "--tokens", "1e9", "--json"]
+    code, out, _ = run([*base, "--software", "torchtitan-2024"], capsys)
+    assert code == 0
+    titan = json.loads(out)
+    code, out, _ = run(base, capsys)
+    own = json.loads(out)
+    assert (titan["software"], own["software"]) == ("torchtitan-2024", "bastion")
+    assert titan["step_time_s"] > own["step_time_s"]  # FlashAttention-2 on a Hopper card, op-level recompute

@@ -72,8 +72,8 @@ def hardware_command(as_json: bool = typer.Option(False, "--json", help="Print J
 
 @app.command("software")
 def software_command(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables.")) -> None:
-    """List the software stacks (`--software NAME` of estimate, plan and validate) and the attention kernels they
-    run."""
+    """List the software stacks (`--software NAME` of estimate, plan, cost and validate) and the attention kernels
+    they run."""
     from dataclasses import asdict
 
     from rich.console import Console

@@ -24,16 +24,19 @@ def cost_command(
     pue: float = typer.Option(1.3, "--pue", help="Data-centre power usage effectiveness."),
     electricity: float = typer.Option(0.0825, "--electricity", help="USD per kWh."),
     mtbf_hours: float = typer.Option(None, "--mtbf-hours", help="Job MTBF (default: scaled from Llama 3's run)."),
+    software: str = typer.Option("bastion", "--software", help="Software stack the run uses (`bastion software`)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Predict wall time (with failures and checkpoints), energy, and cost owned vs cloud for a token budget."""
     from bastion.commands.checks import check_seq_len, check_tokens
     from bastion.cost import OnPremAssumptions, run_cost
     from bastion.errors import ConfigError
+    from bastion.predict.software import software_stack
     from bastion.specs import ParallelPlan, load_cluster, load_model
 
     check_seq_len(seq_len)
     check_tokens(tokens)
+    options = software_stack(software).options
     if mtbf_hours is not None and not mtbf_hours > 0:
         raise ConfigError(f"--mtbf-hours must be > 0, got {mtbf_hours:g}.",
                           fix="give the job's mean time between failures in hours, or leave it out for the "
@@ -57,7 +60,7 @@ def cost_command(
         from bastion.planner.search import PlanRequest, search
 
         result = search(PlanRequest(model=spec, cluster=target, global_batch=global_batch,
-                                    seq_len=spec.seq_len, top_k=1))
+                                    seq_len=spec.seq_len, top_k=1), options=options)
         if not result.plans:
             raise ConfigError(f"No plan of {spec.name} fits on {target.name}.",
                               hint=f"bastion plan --model {model} --cluster {cluster} "
@@ -65,9 +68,10 @@ def cost_command(
         chosen = result.plans[0].plan
     onprem = OnPremAssumptions(capex_per_gpu_usd=capex_per_gpu, amortisation_years=years,
                                utilisation=utilisation, pue=pue, electricity_usd_per_kwh=electricity)
-    cost = run_cost(spec, target, chosen, tokens, seq_len=spec.seq_len, onprem=onprem, mtbf_hours=mtbf_hours)
+    cost = run_cost(spec, target, chosen, tokens, seq_len=spec.seq_len, onprem=onprem, mtbf_hours=mtbf_hours,
+                    options=options)
     if as_json:
-        print(json.dumps({**cost.to_dict(), "plan": chosen.to_dict()}, indent=2))
+        print(json.dumps({**cost.to_dict(), "plan": chosen.to_dict(), "software": software}, indent=2))
         return
     _print_cost(cost, chosen)
 

@@ -52,13 +52,15 @@ class RunCost:
 
 def run_cost(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, tokens: float, seq_len: int | None = None,
              onprem: OnPremAssumptions | None = None, mtbf_hours: float | None = None,
-             checkpoint_stall_s: float | None = None, restart_s: float = DEFAULT_RESTART_S) -> RunCost:
-    """Predict the wall time, energy and cost of training `model` on `tokens` tokens with `plan`."""
+             checkpoint_stall_s: float | None = None, restart_s: float = DEFAULT_RESTART_S,
+             options: Any = None) -> RunCost:
+    """Predict the wall time, energy and cost of training `model` on `tokens` tokens with `plan`, on the
+    software `options` (a PredictOptions; None = bastion's runtime) describes."""
     if not (math.isfinite(tokens) and tokens > 0):
         raise ConfigError(f"token budget must be positive, got {tokens:g}.", fix="pass --tokens, e.g. 1e12.")
     onprem = onprem or OnPremAssumptions()
     assumptions: list[str] = []
-    est = estimate(model, cluster, plan, seq_len=seq_len)
+    est = estimate(model, cluster, plan, seq_len=seq_len, options=options)
     if not est.fits:
         assumptions.append(f"the plan does NOT fit in memory ({est.memory.total / 2**30:.1f} GiB > "
                            f"{est.hbm_bytes / 2**30:.1f} GiB): costs are for a run that cannot start")
