@@ -26,6 +26,7 @@ from bastion.predict.software import DEFAULT_PUBLISHED_STACK, mentioned_stack, p
 from bastion.specs.hardware import Cluster, default_network, load_accelerator
 from bastion.specs.model import ModelSpec
 from bastion.specs.plan import ParallelPlan
+from bastion.stats import percentile
 
 #: the project's copy of the published runs
 PUBLIC_CASES = DATA_DIR / "public_cases.csv"
@@ -78,13 +79,6 @@ class ValidationReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"summary": self.summary(), "cases": [c.to_dict() for c in self.cases], "skipped": self.skipped}
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Linear-interpolation percentile of an ascending list (numpy's default method)."""
-    pos = (len(sorted_values) - 1) * q / 100
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
 def read_cases(path: Path) -> list[dict[str, str]]:

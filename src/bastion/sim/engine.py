@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import bisect
 import heapq
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,6 +19,7 @@ from bastion.sim.failures import SampledRun, job_rng, sample_run
 from bastion.sim.inputs import Inventory, Job
 from bastion.sim.perf import Option, Resolved
 from bastion.sim.policies import PLACEMENTS, POLICIES
+from bastion.stats import percentile
 
 #: a job that cannot start on free nodes now never gets a start time closer than this (hours)
 _NOT_NOW = 1e-6
@@ -377,14 +377,6 @@ class SimResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (0 for an empty list)."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100.0 * len(ordered)) - 1)]
 
 
 def _mean(values: list[float]) -> float:
