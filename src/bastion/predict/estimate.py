@@ -134,7 +134,7 @@ def _every_second_matmul_shapes(model: ModelSpec, plan: ParallelPlan | _StageKey
     """(m, k, n) of the matmuls op-level selective checkpointing recomputes (flops.every_second_matmul_params)."""
     tp = plan.tp
     h, q, kv = model.hidden_size, model.q_width, model.kv_width
-    f = model.expert_ffn_hidden_size or model.ffn_hidden_size if model.num_experts else model.ffn_hidden_size
+    f = (model.expert_ffn_hidden_size or model.ffn_hidden_size) if model.num_experts else model.ffn_hidden_size
     tokens_mlp = tokens * model.top_k if model.num_experts else tokens
     third = (tokens_mlp, h, f // tp) if model.ffn_type == "swiglu" else (tokens_mlp, f // tp, h)
     return ((tokens, h, kv // tp), (tokens, q // tp, h), third)
@@ -463,9 +463,17 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
             if options.attention_efficiency_cap is not None else "")) if options.flash_attention
         else "attention: unfused softmax (s×s scores stored and streamed)",
         schedule.BUBBLE_NOTES[plan.pp_schedule] if plan.pp > 1 else "no pipeline: no bubble",
-        f"efficiency curves measured on one H200, scaled by {acc.name} matmul_efficiency "
-        f"{acc.matmul_efficiency:g} / 0.787 and HBM {acc.hbm_bandwidth_gbs:g} GB/s",
+        (f"efficiency curves measured on one H200, scaled by {acc.name} matmul_efficiency "
+         f"{acc.matmul_efficiency:g} / 0.787 and HBM {acc.hbm_bandwidth_gbs:g} GB/s") if is_gpu
+        else (f"a CPU runs every GEMM and attention at its catalog matmul_efficiency {acc.matmul_efficiency:g}, "
+              f"memory-bound work at {acc.hbm_bandwidth_gbs:.3g} GB/s"),
         "tensor-parallel collectives are not overlapped with compute" if plan.tp > 1 else "",
+        ("selective recompute re-runs every second matmul of a block (wk, wo, w3) and its elementwise ops "
+         "(op-level checkpointing)") if plan.recompute == "selective"
+        and options.selective_recompute == "every-second-matmul" else "",
+        (f"{cluster.gpus_per_node} single-threaded ranks share the host's {acc.host_cores} cores: "
+         f"{min(1.0, acc.host_cores / cluster.gpus_per_node):.2g} of a core and {acc.hbm_bandwidth_gbs:.3g} GB/s "
+         f"each") if acc.host_cores else "",
         "loss: fused cross-entropy kernel" if options.fused_cross_entropy
         else "loss: plain PyTorch cross-entropy on fp32 logits",
     ]
