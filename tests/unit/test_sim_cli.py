@@ -63,6 +63,8 @@ BAD_CLUSTERS = {
     "borrow not a bool": ('[[pool]]\nname = "p"\naccelerator = "h100-sxm"\nnodes = 1\n'
                           '[[tenant]]\nname = "a"\nquota_gpus = 8\nborrow = "sometimes"\n', "'borrow'"),
     "not TOML": ("[[pool]\nname=", "Cannot parse"),
+    "unknown software": ('[[pool]]\nname = "p"\naccelerator = "h100-sxm"\nnodes = 1\nsoftware = "prodution"\n',
+                         "Did you mean 'production'"),
 }
 
 
@@ -166,3 +168,21 @@ def test_synthetic_workload_is_seeded_and_mostly_small() -> None:
         max(1, len(c.gpus)) for c in JOB_CLASSES)
     submits = [j.submit_hours for j in a.jobs]
     assert submits == sorted(submits) and submits[-1] < 720 * 1.2
+
+
+def test_a_pool_prices_its_jobs_on_its_own_software(tmp_path) -> None:
+    from bastion.sim import load_inventory as load
+
+    text = ('[[pool]]\nname = "own"\naccelerator = "h100-sxm"\nnodes = 1\n'
+            '[[pool]]\nname = "titan"\naccelerator = "h100-sxm"\nnodes = 1\nsoftware = "torchtitan-2024"\n')
+    (tmp_path / "c.toml").write_text(text)
+    inv = load(tmp_path / "c.toml")
+    assert [p.software for p in inv.pools] == ["bastion", "torchtitan-2024"]
+    job = Job(id="long", tenant="default", model="llama3-8b", tokens=1e10, global_batch=8, submit_hours=0.0,
+              seq_len=32768, gpus=8)
+    perf = PlannerPerf(workers=1)
+    (resolved,) = resolve([job], inv, perf)
+    by_pool = {o.pool: o for o in resolved.options}
+    # same cards, same job: FlashAttention-2 at 32K tokens makes the torchtitan pool's steps longer
+    assert by_pool["titan"].perf.step_time_s > by_pool["own"].perf.step_time_s
+    assert perf.searches == 2  # the cache tells the two stacks apart

@@ -7,6 +7,7 @@ Inventory file::
     name = "h100"
     accelerator = "h100-sxm"      # catalog name (`bastion hardware`); GPUs per node and network from the catalog
     nodes = 128
+    software = "production"       # optional: the stack its jobs run (`bastion software`; default: bastion)
     [[tenant]]
     name = "research"
     quota_gpus = 512              # guaranteed share (the `fair` policy enforces it)
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from bastion.errors import BastionError, ConfigError, did_you_mean
+from bastion.predict.software import software_stack
 from bastion.specs import Cluster, load_cluster
 from bastion.specs._files import read_mapping
 
@@ -56,6 +58,8 @@ class Pool:
     gpus_per_node: int
     #: the whole pool as a bastion Cluster (catalog network); resized per job for planning
     cluster: Cluster
+    #: the training software the pool's jobs run (a stack of `bastion software`): what their plans are priced on
+    software: str = "bastion"
 
     @property
     def gpus(self) -> int:
@@ -177,12 +181,14 @@ _JOB_EXAMPLE = ('job = [{id = "j1", tenant = "research", model = "llama3-8b", to
                 'submit_hours = 0}]')
 
 
-def make_pool(name: str, accelerator: str, nodes: int) -> Pool:
-    """A pool of `nodes` catalog nodes of `accelerator` (the catalog's GPUs per node and network)."""
+def make_pool(name: str, accelerator: str, nodes: int, software: str = "bastion") -> Pool:
+    """A pool of `nodes` catalog nodes of `accelerator` (the catalog's GPUs per node and network) whose jobs run
+    `software`."""
+    software_stack(software)  # an unknown name fails here, with the known ones
     probe = load_cluster(f"{accelerator}:{_NODE_PROBE}")
     per_node = probe.gpus_per_node
     return Pool(name=name, accelerator=probe.accelerator.name, nodes=nodes, gpus_per_node=per_node,
-                cluster=load_cluster(f"{accelerator}:{nodes * per_node}"))
+                cluster=load_cluster(f"{accelerator}:{nodes * per_node}"), software=software)
 
 
 def inventory_from_mapping(data: dict[str, Any], what: str) -> Inventory:
@@ -190,14 +196,20 @@ def inventory_from_mapping(data: dict[str, Any], what: str) -> Inventory:
     pools: list[Pool] = []
     for i, item in enumerate(_table_list(data, "pool", what, _POOL_EXAMPLE)):
         where = f"{what}, pool #{i + 1}"
-        _check_keys(item, {"name", "accelerator", "nodes"}, where)
+        _check_keys(item, {"name", "accelerator", "nodes", "software"}, where)
         _require(item, ("name", "accelerator", "nodes"), where, _POOL_EXAMPLE)
         name = _string(item["name"], "name", where)
         if any(p.name == name for p in pools):
             raise ConfigError(f"Pool name '{name}' appears twice in {what}.", fix="give each pool its own name.")
         nodes = _number(item["nodes"], "nodes", where, integer=True, minimum=1)
+        software = _string(item.get("software", "bastion"), "software", where)
         try:
-            pools.append(make_pool(name, _string(item["accelerator"], "accelerator", where), int(nodes)))
+            software_stack(software)
+        except BastionError as exc:
+            raise ConfigError(f"{where}: {exc.problem}", fix=exc.fix,
+                              hint="bastion software   # lists the stacks") from exc
+        try:
+            pools.append(make_pool(name, _string(item["accelerator"], "accelerator", where), int(nodes), software))
         except BastionError as exc:
             raise ConfigError(f"{where}: {exc.problem}", fix=exc.fix or "use a catalog accelerator name.",
                               hint="bastion hardware   # lists the accelerators") from exc

@@ -1,6 +1,7 @@
 """How fast a job runs on a pool: the planner's best plan, priced by `bastion.cost.run_cost`, cached.
 
-For each (model, accelerator, GPUs, global batch, seq len) the planner searches once (top_k=1); `run_cost` turns
+For each (model, accelerator, software, GPUs, global batch, seq len) the planner searches once (top_k=1) with
+the pool's software stack; `run_cost` turns
 the plan into tokens/s, the job's MTBF (the default published failure rate scaled by GPU count), the async
 checkpoint stall and Daly's interval. The job's token budget then only scales compute time, so the cache key
 leaves it out and a 1,000-job workload drawn from a few dozen shapes costs a few dozen searches.
@@ -72,17 +73,18 @@ def plan_summary(plan) -> str:
 
 
 class PlannerPerf:
-    """The real step-time model: planner search + run_cost, cached per (model, accelerator, GPUs, batch, seq)."""
+    """The real step-time model: planner search + run_cost on the pool's software, cached per (model,
+    accelerator, software, GPUs, batch, seq)."""
 
     def __init__(self, workers: int = 1) -> None:
         # one process: a job shape's search is small (≤ ~1 s), and on a shared 2-core machine the search's
         # process pool cost more wall time than it saved (1,000-job bench: 10 s serial vs 20 s pooled)
         self.workers = workers
-        self.cache: dict[tuple[str, str, int, int, int], Perf | None] = {}
+        self.cache: dict[tuple[str, str, str, int, int, int], Perf | None] = {}
         self.searches = 0
 
     def __call__(self, model: ModelSpec, pool: Pool, gpus: int, global_batch: int, seq_len: int) -> Perf | None:
-        key = (model.name, pool.accelerator, gpus, global_batch, seq_len)
+        key = (model.name, pool.accelerator, pool.software, gpus, global_batch, seq_len)
         if key not in self.cache:
             self.cache[key] = self._predict(model, pool, gpus, global_batch, seq_len)
         return self.cache[key]
@@ -90,16 +92,18 @@ class PlannerPerf:
     def _predict(self, model: ModelSpec, pool: Pool, gpus: int, global_batch: int, seq_len: int) -> Perf | None:
         from bastion.cost import run_cost
         from bastion.planner.search import PlanRequest, search
+        from bastion.predict.software import software_stack
 
         self.searches += 1
         cluster = pool.cluster.with_gpus(gpus)
+        options = software_stack(pool.software).options
         result = search(PlanRequest(model=model, cluster=cluster, global_batch=global_batch, seq_len=seq_len,
-                                    top_k=1, workers=self.workers))
+                                    top_k=1, workers=self.workers), options=options)
         if not result.plans:
             return None
         plan = result.plans[0].plan
         try:
-            cost = run_cost(model, cluster, plan, tokens=1e9, seq_len=seq_len)
+            cost = run_cost(model, cluster, plan, tokens=1e9, seq_len=seq_len, options=options)
         except BastionError:  # a job so large that failures leave no progress: it cannot run there
             return None
         return Perf(gpus=gpus, step_time_s=cost.step_time_s, tokens_per_s=cost.tokens_per_s,
