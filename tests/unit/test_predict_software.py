@@ -291,3 +291,11 @@ def test_cost_prices_the_run_on_the_software_named(capsys: pytest.CaptureFixture
     own = json.loads(out)
     assert (titan["software"], own["software"]) == ("torchtitan-2024", "bastion")
     assert titan["step_time_s"] > own["step_time_s"]  # FlashAttention-2 on a Hopper card, op-level recompute
+
+
+def test_the_validate_table_names_each_rows_stack(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["validate"], capsys)
+    assert code == 0
+    assert "software" in out and "megatron-lm-2021" in out and "llm-foundry-2023" in out
+    assert predict_case(_row()).software == "megatron-lm-2021"
+    assert predict_case(_row(), PRODUCTION_STACK).software == ""  # options given directly: no stack name

@@ -173,12 +173,13 @@ def validate_command(
 
     console = Console()
     table = Table(title=f"predicted vs published iteration time ({cases or PUBLIC_CASES})")
-    for col in ("case", "published s", "predicted s", "error"):
-        table.add_column(col, justify="right")
+    for col in ("case", "software", "published s", "predicted s", "error"):
+        table.add_column(col, justify="left" if col == "software" else "right")
     for c in report.cases:
         err = c.rel_error
         style = "green" if abs(err) <= 0.10 else "yellow" if abs(err) <= 0.25 else "red"
-        table.add_row(c.case_id, f"{c.published_s:.4g}", f"{c.predicted_s:.4g}", f"[{style}]{100 * err:+.1f}%[/]")
+        table.add_row(c.case_id, c.software, f"{c.published_s:.4g}", f"{c.predicted_s:.4g}",
+                      f"[{style}]{100 * err:+.1f}%[/]")
     console.print(table)
     s = report.summary()
     if s["predicted"]:

@@ -22,7 +22,13 @@ from bastion.errors import BastionError, ConfigError
 from bastion.predict.calibration import DATA_DIR
 from bastion.predict.estimate import Estimate, estimate
 from bastion.predict.options import PredictOptions
-from bastion.predict.software import DEFAULT_PUBLISHED_STACK, mentioned_stack, published_stack, software_stack
+from bastion.predict.software import (
+    DEFAULT_PUBLISHED_STACK,
+    SoftwareStack,
+    mentioned_stack,
+    published_stack,
+    software_stack,
+)
 from bastion.specs.hardware import Cluster, default_network, load_accelerator
 from bastion.specs.model import ModelSpec
 from bastion.specs.plan import ParallelPlan
@@ -51,6 +57,8 @@ class CaseResult:
     published_s: float
     predicted_s: float
     assumptions: list[str] = field(default_factory=list)
+    #: the software stack the row was predicted with ("" when options were given directly)
+    software: str = ""
 
     @property
     def rel_error(self) -> float:
@@ -258,27 +266,33 @@ def row_software(row: dict[str, str], software: str | None = None) -> tuple[Pred
     """The options a row is predicted with and the assumption that says where they come from: `software` when
     given (every row), else the row's `software` column, else its publication's documented stack, else the stack
     whose software its `source` names, else `production`."""
+    stack, where = row_stack(row, software)
+    return stack.options, where
+
+
+def row_stack(row: dict[str, str], software: str | None = None) -> tuple[SoftwareStack, str]:
+    """row_software's stack itself (its name, options and evidence), with the same assumption text."""
     if software:
         stack = software_stack(software)
-        return stack.options, f"software: {stack.name} (given for every row)"
+        return stack, f"software: {stack.name} (given for every row)"
     named = (row.get("software") or "").strip()
     if named:
         try:
             stack = software_stack(named)
         except BastionError as exc:
             raise RowSkipped(f"software: {exc.problem} ({exc.fix})") from None
-        return stack.options, f"software: {stack.name} (the row's software column)"
+        return stack, f"software: {stack.name} (the row's software column)"
     group = (row.get("source_group") or "").strip()
     stack = published_stack(group)
     if stack is not None:
-        return stack.options, f"software: {stack.name}, what {group} ran ({stack.source})"
+        return stack, f"software: {stack.name}, what {group} ran ({stack.source})"
     stack = mentioned_stack(row.get("source") or "")
     if stack is not None:
-        return stack.options, (f"software: {stack.name}, which the row's source names (source_group '{group}' is "
-                               f"not documented in software.toml)")
+        return stack, (f"software: {stack.name}, which the row's source names (source_group '{group}' is not "
+                       f"documented in software.toml)")
     stack = software_stack(DEFAULT_PUBLISHED_STACK)
-    return stack.options, (f"software: not documented for source_group '{group}', assumed {stack.name} "
-                           f"({stack.description})")
+    return stack, (f"software: not documented for source_group '{group}', assumed {stack.name} "
+                   f"({stack.description})")
 
 
 def case_estimate(row: dict[str, str], options: PredictOptions | None = None,
@@ -296,9 +310,10 @@ def case_estimate(row: dict[str, str], options: PredictOptions | None = None,
     if published <= 0:
         raise RowSkipped(f"iteration_time_s = {published:g} is not a positive time")
     if options is None:
-        options, where = row_software(row, software)
+        found, where = row_stack(row, software)
+        options, stack = found.options, found.name
     else:
-        where = "software: options given for every row"
+        where, stack = "software: options given for every row", ""
     cap = options.attention_efficiency_cap
     assumptions: list[str] = [where,
         "kernels: " + (f"flash attention ({options.attention_kernel})" if options.flash_attention
@@ -335,7 +350,7 @@ def case_estimate(row: dict[str, str], options: PredictOptions | None = None,
         assumptions.append(f"predicted memory {chosen.memory.total / 2**30:.1f} GiB exceeds "
                            f"{chosen.hbm_bytes / 2**30:.0f} GiB per device")
     result = CaseResult(case_id=case_id, published_s=published, predicted_s=chosen.step_time_s,
-                        assumptions=assumptions)
+                        assumptions=assumptions, software=stack)
     return result, chosen, model, cluster
 
 
