@@ -226,6 +226,8 @@ def _layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: i
     layer_compute = 3 * gemm_fwd + attn_fwdbwd
     membound_per_token = compute.layer_membound_bytes_per_token(model, plan.tp, plan.sequence_parallel,
                                                                 plan.precision, options.dropout)
+    if options.compiled:
+        membound_per_token *= load_calibration().membound["compiled_layer_membound_fraction"]
     layer_membound = (compute.membound_time(acc, tokens * membound_per_token)
                       + _layer_fp8_cast_time(model, cluster, plan, tokens))
     if plan.recompute == "full":

@@ -316,7 +316,7 @@ def layer_saved_tensors(model: ModelSpec, seq_len: int, recompute: str, precisio
                   SavedTensor("feed_forward.gelu_output", mm * f, "tp")]  # = w2's input
     else:
         saved.append(SavedTensor("feed_forward.w1_output", a * f, "tp"))  # silu's input
-        if not options.fused_swiglu:
+        if not (options.fused_swiglu or options.compiled):
             saved.append(SavedTensor("feed_forward.silu_output", a * f, "tp"))
         saved += [SavedTensor("feed_forward.w3_output", a * f, "tp"),
                   SavedTensor("feed_forward.w2_input", mm * f, "tp")]

@@ -62,6 +62,10 @@ class PredictOptions:
     #: saves the fp8-cast input, as NeMo / Megatron-LM / llm-foundry run fp8) or the bf16 input (torchao's
     #: float8 training, which casts again in backward)
     fp8_saved_inputs: bool = False
+    #: torch.compile of each transformer block (`bastion train --compile`, torchtitan's compile): the block's
+    #: elementwise ops fuse (its memory-bound time x data/membound.toml's compiled_layer_membound_fraction, from
+    #: the H200 layer runs) and SwiGLU keeps no silu output (39 -> 32 bytes per token x hidden measured there)
+    compiled: bool = False
     #: SwiGLU as one fused kernel that recomputes silu in backward and keeps only its two inputs (Transformer
     #: Engine, Megatron's bias_swiglu, Liger); False: PyTorch eager keeps silu's output too
     fused_swiglu: bool = False

@@ -308,18 +308,19 @@ def _cluster_name(config: TrainConfig, device: torch.device, world: int) -> str 
 
 
 def predicted_figures(spec: ModelSpec, plan: ParallelPlan, cluster_name: str | None, seq_len: int,
-                      stage_ids: list[int]) -> dict[str, Any]:
-    """The predictor's figures for this run, or a note saying why there are none."""
+                      stage_ids: list[int], compiled: bool = False) -> dict[str, Any]:
+    """The predictor's figures for this run (on bastion's runtime, compiled or not), or a note saying why there
+    are none."""
     if cluster_name is None:
         return {"note": "no cluster spec for this device; pass --cluster for a prediction"}
     try:
-        from bastion.predict import estimate
+        from bastion.predict import PredictOptions, estimate
         from bastion.specs.hardware import load_cluster
     except ImportError as exc:
         return {"note": f"bastion.predict is not available ({exc}); no prediction"}
     try:
         cluster = load_cluster(cluster_name)
-        est = estimate(spec, cluster, plan, seq_len)
+        est = estimate(spec, cluster, plan, seq_len, options=PredictOptions(compiled=compiled))
     except BastionError as exc:
         return {"note": f"no prediction: {exc.problem}"}
     memory = {name: float(getattr(est.memory, name)) for name in
@@ -488,7 +489,8 @@ def _finish(config: TrainConfig, trainer: Trainer, spec: ModelSpec, plan: Parall
         "plan": plan.to_dict(),
         "model": spec.name,
         "seed": config.seed,
-        "predicted": predicted_figures(spec, plan, cluster_name, spec.seq_len, trainer.model.stage_ids),
+        "predicted": predicted_figures(spec, plan, cluster_name, spec.seq_len, trainer.model.stage_ids,
+                                       compiled=config.compile),
         "measured": measured,
         "notes": trainer.model.notes,
         "config": asdict(config),
