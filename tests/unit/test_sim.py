@@ -6,10 +6,12 @@ so a job's run hours are chosen through its token budget. The real planner appea
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
 
+from bastion.errors import ConfigError
 from bastion.sim import SimConfig, simulate
 from bastion.sim.failures import job_rng, sample_run
 from bastion.sim.inputs import Inventory, Job, Tenant, make_pool
@@ -33,9 +35,9 @@ def job(job_id, hours, gpus, submit, tenant="t", accelerator="h100-sxm", **kw) -
                global_batch=8, submit_hours=submit, gpus=gpus, **kw)
 
 
-def run(inv, jobs, policy="backfill", placement="fastest", failures=False, seed=0):
+def run(inv, jobs, policy="backfill", placement="fastest", failures=False, seed=0, **config):
     result = simulate(resolve(jobs, inv, stub_perf), inv,
-                      SimConfig(policy=policy, placement=placement, failures=failures, seed=seed))
+                      SimConfig(policy=policy, placement=placement, failures=failures, seed=seed, **config))
     return result, {j.id: j for j in result.jobs}
 
 
@@ -232,3 +234,34 @@ def test_fair_reserves_for_a_borrowers_job_above_its_quota_instead_of_starving_i
     # s3 (1.25-2.25) may not take s1's node, which the reservation needs
     assert fair["big"].start_h == pytest.approx(1.25)
     assert fair["s3"].start_h >= fair["big"].start_h
+
+
+def test_decayed_usage_integrates_each_hour_at_its_age() -> None:
+    from bastion.sim.engine import decay, decayed_gpu_hours
+
+    assert decayed_gpu_hours(8, 0.0, 10.0, 10.0, math.inf) == 80.0
+    assert decay(168.0, 168.0) == pytest.approx(0.5) and decay(1e6, math.inf) == 1.0
+    # a short window long ago weighs what it weighed then, halved per half-life since
+    assert decayed_gpu_hours(8, 0.0, 0.01, 168.0, 168.0) == pytest.approx(0.08 * 0.5, rel=1e-3)
+    # a long window: the integral of 8 * 2^-(age / h), checked numerically
+    steps = 10_000
+    numeric = sum(8 * 2 ** (-(100.0 - (i + 0.5) * 50.0 / steps) / 24.0) * 50.0 / steps for i in range(steps))
+    assert decayed_gpu_hours(8, 0.0, 50.0, 100.0, 24.0) == pytest.approx(numeric, rel=1e-6)
+
+
+def test_fair_share_forgets_old_usage_with_its_half_life() -> None:
+    # A used the node for 100 h long ago; at 500 h A and B each submit a 1 h job, A's first (fifo would run A's)
+    inv = inventory(pools=(("h100", "h100-sxm", 1),), tenants=(("A", 4, True), ("B", 4, True)))
+    jobs = [job("old", 100.0, 8, 0.0, "A"), job("b0", 0.5, 8, 100.0, "B"),
+            job("a", 1.0, 8, 500.0, "A"), job("b", 1.0, 8, 500.0, "B"), job("blocker", 1.0, 8, 499.5, "B")]
+    _, never = run(inv, jobs, "fair", fair_half_life_hours=math.inf)
+    _, weekly = run(inv, jobs, "fair", fair_half_life_hours=24.0)
+    # never forgetting: A's 800 GPU-h outweigh B's 4 + 8 → B's job goes first when the node frees at 500.5
+    assert never["b"].start_h < never["a"].start_h
+    # a one-day half-life: A's usage is ~2^-16 of it by then, B's blocker just ran → A goes first
+    assert weekly["a"].start_h < weekly["b"].start_h
+
+
+def test_a_half_life_that_is_not_positive_is_a_guidance_error() -> None:
+    with pytest.raises(ConfigError, match="half-life"):
+        SimConfig(fair_half_life_hours=0)

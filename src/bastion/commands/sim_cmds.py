@@ -20,6 +20,8 @@ def simulate_command(
                                      help="fifo, backfill or fair; repeat to compare policies."),
     placement: str = typer.Option("fastest", "--placement", help="fastest (earliest predicted finish) or first-fit."),
     no_failures: bool = typer.Option(False, "--no-failures", help="Do not sample failures or checkpoint stalls."),
+    half_life: float = typer.Option(168.0, "--fair-half-life", help="Hours after which `fair` counts a GPU-hour "
+                                    "of past usage half (Slurm's default: 168); inf never forgets."),
     jobs_shown: int = typer.Option(15, "--jobs", help="Job rows to print for a single policy (0: none)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
@@ -33,7 +35,8 @@ def simulate_command(
                           fix="pass --workload JOBS.toml or --synthetic N [--seed S].",
                           hint="bastion simulate --cluster examples/sim/cluster.toml "
                                "--workload examples/sim/workload.toml")
-    configs = [SimConfig(policy=p, placement=placement, seed=seed, failures=not no_failures)
+    configs = [SimConfig(policy=p, placement=placement, seed=seed, failures=not no_failures,
+                         fair_half_life_hours=half_life)
                for p in dict.fromkeys(policy)]
     inventory = load_inventory(cluster)
     jobs = (load_workload(workload, inventory) if workload is not None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -39,6 +40,9 @@ class SimConfig:
     failures: bool = True
     #: hours a restart after a failure costs (reschedule, re-initialise, reload)
     restart_hours: float = DEFAULT_RESTART_S / 3600.0
+    #: `fair` forgets past usage with this half-life, hours (Slurm's PriorityDecayHalfLife, 7 days by default);
+    #: inf = usage counts forever
+    fair_half_life_hours: float = 168.0
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -49,6 +53,9 @@ class SimConfig:
                               fix=f"use one of: {', '.join(PLACEMENTS)}.")
         if self.restart_hours < 0:
             raise ConfigError(f"restart time must be >= 0, got {self.restart_hours}.")
+        if not self.fair_half_life_hours > 0:
+            raise ConfigError(f"the fair-share half-life must be > 0 hours, got {self.fair_half_life_hours}.",
+                              fix="give hours (Slurm's default is 168, a week), or inf to never forget usage.")
 
 
 @dataclass(eq=False)  # identity: the queue's list operations must not compare every field
@@ -104,7 +111,9 @@ class ClusterState:
         #: submitted, unstarted jobs in static queue order (`Queued.key`)
         self.waiting: list[Queued] = []
         self.running_gpus = {t.name: 0 for t in inventory.tenants}
+        #: finished jobs' GPU-hours per tenant, decayed to `usage_as_of` (config.fair_half_life_hours)
         self.done_gpu_hours = {t.name: 0.0 for t in inventory.tenants}
+        self.usage_as_of = {t.name: 0.0 for t in inventory.tenants}
         #: started, unfinished jobs by index (the engine keeps it)
         self.running = running
         self._on_start = on_start
@@ -172,10 +181,12 @@ class ClusterState:
         """The queue: priority, submit time, input order; with `fair`, tenants by usage / quota first."""
         if not fair:
             return list(self.waiting)
-        usage: dict[str, float] = {t.name: self.done_gpu_hours[t.name] for t in self.inventory.tenants}
+        half_life = self.config.fair_half_life_hours
+        usage = {t.name: self.done_gpu_hours[t.name] * decay(now - self.usage_as_of[t.name], half_life)
+                 for t in self.inventory.tenants}
         for q in self.running.values():
             assert q.start is not None
-            usage[q.job.tenant] += self.gpus_of(q) * (now - q.start)
+            usage[q.job.tenant] += decayed_gpu_hours(self.gpus_of(q), q.start, now, now, half_life)
         share = {t.name: usage[t.name] / t.quota_gpus for t in self.inventory.tenants}
         # stable sort of the static order: equal shares keep priority, submit time, input order
         return sorted(self.waiting, key=lambda q: share[q.job.tenant])
@@ -210,7 +221,24 @@ class ClusterState:
         state.profile = None
         gpus = self.gpus_of(queued)
         self.running_gpus[queued.job.tenant] -= gpus
-        self.done_gpu_hours[queued.job.tenant] += gpus * (queued.end - queued.start)
+        tenant, half_life = queued.job.tenant, self.config.fair_half_life_hours
+        self.done_gpu_hours[tenant] = (self.done_gpu_hours[tenant] * decay(queued.end - self.usage_as_of[tenant],
+                                                                             half_life)
+                                       + decayed_gpu_hours(gpus, queued.start, queued.end, queued.end, half_life))
+        self.usage_as_of[tenant] = queued.end
+
+
+def decay(hours: float, half_life: float) -> float:
+    """What one GPU-hour of usage weighs `hours` later."""
+    return 1.0 if math.isinf(half_life) else 2.0 ** (-hours / half_life)
+
+
+def decayed_gpu_hours(gpus: int, start: float, end: float, now: float, half_life: float) -> float:
+    """GPU-hours of `gpus` GPUs busy from `start` to `end`, each hour weighed by its age at `now`."""
+    if math.isinf(half_life):
+        return gpus * (end - start)
+    rate = math.log(2.0) / half_life
+    return gpus / rate * (math.exp(-rate * (now - end)) - math.exp(-rate * (now - start)))
 
 
 def _queue_key(queued: Queued) -> tuple[int, float, int]:

@@ -111,7 +111,8 @@ class Backfill:
 class Fair:
     """Fair share with quotas, then EASY backfill.
 
-    Tenants are served in order of usage / quota (GPU-hours so far over guaranteed GPUs). First pass: only jobs
+    Tenants are served in order of usage / quota (GPU-hours so far over guaranteed GPUs, each hour weighed by
+    2^-(age / SimConfig.fair_half_life_hours), as Slurm's fair-share decays usage). First pass: only jobs
     that keep their tenant within its quota (GPUs running + the job's ≤ quota). Second pass: jobs of tenants
     that may borrow, on capacity that is free now and does not delay the first pass's reservation; when the
     first pass reserved nothing, the second pass's own head gets the reservation (else a borrower's job larger
