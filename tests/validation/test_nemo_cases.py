@@ -32,14 +32,12 @@ showed the gap, and the evidence looked up afterwards — those rows are in-samp
 from __future__ import annotations
 
 import csv
-import statistics
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from targets import assert_meets_target
+from targets import assert_meets_target, errors_by
 
-from bastion.predict.validate import COLUMNS, PUBLIC_CASES, percentile, read_cases, validate_cases
+from bastion.predict.validate import COLUMNS, PUBLIC_CASES, read_cases, validate_cases
 
 NEMO_CASES = Path(__file__).parent / "data" / "nemo_cases.csv"
 REPORT = validate_cases(NEMO_CASES)
@@ -75,15 +73,7 @@ def test_every_row_is_predicted() -> None:
 
 def summary_by_accelerator() -> dict[str, dict[str, float]]:
     accel = {r["case_id"]: r["accelerator"] for r in ROWS}
-    groups: dict[str, list[float]] = defaultdict(list)
-    for case in REPORT.cases:
-        groups[accel[case.case_id]].append(case.rel_error)
-    out = {}
-    for name, errs in sorted(groups.items()):
-        abs_sorted = sorted(abs(e) for e in errs)
-        out[name] = {"n": len(errs), "median_abs": statistics.median(abs_sorted),
-                     "p90_abs": percentile(abs_sorted, 90), "median_signed": statistics.median(errs)}
-    return out
+    return errors_by(REPORT, accel.__getitem__)
 
 
 def test_record_the_measured_errors(record_property: pytest.RecordProperty) -> None:

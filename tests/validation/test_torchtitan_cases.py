@@ -40,15 +40,13 @@ from __future__ import annotations
 
 import csv
 import re
-import statistics
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from targets import assert_meets_target
+from targets import assert_meets_target, errors_by
 
-from bastion.predict.validate import COLUMNS, PUBLIC_CASES, percentile, read_cases, validate_cases
+from bastion.predict.validate import COLUMNS, PUBLIC_CASES, read_cases, validate_cases
 
 TORCHTITAN_CASES = Path(__file__).parent / "data" / "torchtitan_cases.csv"
 REPORT = validate_cases(TORCHTITAN_CASES)
@@ -101,15 +99,7 @@ def test_every_row_is_predicted() -> None:
 
 
 def summary_by(key: Callable[[dict[str, str]], str]) -> dict[str, dict[str, float]]:
-    groups: dict[str, list[float]] = defaultdict(list)
-    for case in REPORT.cases:
-        groups[key(BY_ID[case.case_id])].append(case.rel_error)
-    out = {}
-    for name, errs in sorted(groups.items()):
-        abs_sorted = sorted(abs(e) for e in errs)
-        out[name] = {"n": len(errs), "median_abs": statistics.median(abs_sorted),
-                     "p90_abs": percentile(abs_sorted, 90), "median_signed": statistics.median(errs)}
-    return out
+    return errors_by(REPORT, lambda case_id: key(BY_ID[case_id]))
 
 
 GROUPINGS: dict[str, Callable[[dict[str, str]], str]] = {
