@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, NamedTuple
 
 from bastion.errors import ConfigError, PlanError
@@ -164,14 +165,14 @@ def default_time_bound(options: Any = None) -> TimeBoundFn:
     """The predictor's step-time lower bound (valid for a plan and all its ZeRO stages and recompute modes)."""
     from bastion.predict.estimate import step_time_lower_bound
 
-    return lambda model, cluster, plan, seq_len: step_time_lower_bound(model, cluster, plan, seq_len, options=options)
+    return partial(step_time_lower_bound, options=options)
 
 
 def default_memory_bound(options: Any = None) -> MemoryBoundFn:
     """The predictor's memory lower bound (valid for a plan and all its recompute modes)."""
     from bastion.predict.estimate import memory_lower_bound
 
-    return lambda model, cluster, plan, seq_len: memory_lower_bound(model, cluster, plan, seq_len, options=options)
+    return partial(memory_lower_bound, options=options)
 
 
 def search(request: PlanRequest, estimate: EstimateFn | None = None,

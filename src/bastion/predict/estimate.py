@@ -114,15 +114,18 @@ class _StageTime:
                 + self.fsdp_exposed)
 
 
+def _mlp_width_and_tokens(model: ModelSpec, tokens: int) -> tuple[int, int]:
+    """The MLP's inner width and the tokens it sees: an expert's width and top_k routed copies under MoE."""
+    if model.num_experts:
+        return model.expert_ffn_hidden_size or model.ffn_hidden_size, tokens * model.top_k
+    return model.ffn_hidden_size, tokens
+
+
 def _layer_gemm_shapes(model: ModelSpec, plan: ParallelPlan | _StageKey, tokens: int) -> tuple[tuple[int, int, int], ...]:
     """(m, k, n) of one layer's forward GEMMs on one tensor-parallel rank."""
     tp = plan.tp
-    h, q, kv, f = model.hidden_size, model.q_width, model.kv_width, model.ffn_hidden_size
-    if model.num_experts:
-        f = (model.expert_ffn_hidden_size or f)
-        tokens_mlp = tokens * model.top_k
-    else:
-        tokens_mlp = tokens
+    h, q, kv = model.hidden_size, model.q_width, model.kv_width
+    f, tokens_mlp = _mlp_width_and_tokens(model, tokens)
     return ((tokens, h, (q + 2 * kv) // tp),                              # QKV projection
             (tokens, q // tp, h),                                         # attention output projection
             (tokens_mlp, h, (model.ffn_matrices - 1) * f // tp),          # fc1 (+ gate)
@@ -134,8 +137,7 @@ def _every_second_matmul_shapes(model: ModelSpec, plan: ParallelPlan | _StageKey
     """(m, k, n) of the matmuls op-level selective checkpointing recomputes (flops.every_second_matmul_params)."""
     tp = plan.tp
     h, q, kv = model.hidden_size, model.q_width, model.kv_width
-    f = (model.expert_ffn_hidden_size or model.ffn_hidden_size) if model.num_experts else model.ffn_hidden_size
-    tokens_mlp = tokens * model.top_k if model.num_experts else tokens
+    f, tokens_mlp = _mlp_width_and_tokens(model, tokens)
     third = (tokens_mlp, h, f // tp) if model.ffn_type == "swiglu" else (tokens_mlp, f // tp, h)
     return ((tokens, h, kv // tp), (tokens, q // tp, h), third)
 
