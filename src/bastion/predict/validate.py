@@ -4,7 +4,8 @@ Every row becomes a ModelSpec, a Cluster (accelerator × num_gpus, gpus_per_node
 `estimate()` predicts its iteration time. One physical model serves every row, with no per-source, per-model or
 per-row factor. What differs between publications is their software — which attention kernel, dropout, which
 ZeRO implementation — and that is an input, like the plan: a row's optional `software` column, else the stack
-data/software.toml documents for its `source_group` (with the evidence), else `production`. Cells the
+data/software.toml documents for its `source_group` (with the evidence), else the stack whose software the row's
+`source` names, else `production` (row_stack). Cells the
 publication left empty get the choice a practitioner would make (the fastest combination of the unknown settings
 that fits in memory), and each such choice is recorded.
 """
