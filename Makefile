@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.bastion-setup
 
-.PHONY: setup run test test-fast bench lint clean
+.PHONY: setup run test test-unit test-dist test-system test-fast bench lint clean
 
 setup: $(STAMP)
 
@@ -20,11 +20,23 @@ $(STAMP): pyproject.toml
 run: setup
 	$(BIN)/bastion demo
 
+# Every tier fails if a test rewrote a tracked file (tests/conftest.py).
+PYTEST := BASTION_CHECK_TRACKED=1 $(BIN)/python -m pytest -q
+
 test: setup
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
+
+test-unit: setup
+	$(PYTEST) tests/unit
+
+test-dist: setup
+	$(PYTEST) tests/dist
+
+test-system: setup
+	$(PYTEST) tests/system
 
 test-fast: setup
-	$(BIN)/python -m pytest -q tests/unit tests/validation
+	$(PYTEST) tests/unit tests/validation
 
 bench: setup
 	$(BIN)/python benchmarks/run_all.py

@@ -19,6 +19,8 @@ CPU_BENCHMARKS = [
     ["bench_overhead.py"],
     ["bench_checkpoint.py"],
     ["bench_recovery.py"],
+    ["bench_sim.py"],
+    ["bench_equivalence.py"],
 ]
 SLOW_BENCHMARKS = [["bench_planner.py", "--published"]]
 GPU_BENCHMARKS = [["gpu_1p5b.py"], ["bench_predict_device.py", "--out", str(HERE / "results" / "predict_device.json")]]
