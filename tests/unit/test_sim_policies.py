@@ -27,7 +27,6 @@ class OnePerTenant(Policy):
     running job per tenant, which the policy tracks itself through on_start / on_finish (own state)."""
 
     name = "one-per-tenant"
-    summary = "test only"
     max_gpus = 64
 
     def __init__(self, inventory, config) -> None:

@@ -10,8 +10,7 @@ The names below load on first use, so that `bastion --help` can read the objecti
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from bastion.lazy import lazy_attributes
 
 #: public name -> the module (under bastion.planner) that defines it
 _HOMES = {"PlanRequest": "search", "RankedPlan": "search", "SearchResult": "search", "SearchSpace": "space",
@@ -19,9 +18,4 @@ _HOMES = {"PlanRequest": "search", "RankedPlan": "search", "SearchResult": "sear
 
 __all__ = sorted(_HOMES)
 
-
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'bastion.planner' has no attribute '{name}'")
-    return getattr(importlib.import_module(f"bastion.planner.{home}"), name)
+__getattr__ = lazy_attributes(__name__, _HOMES)

@@ -10,8 +10,7 @@ The names below load on first use, so that `bastion --help` can read the policy 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from bastion.lazy import lazy_attributes
 
 #: public name -> the module (under bastion.sim) that defines it
 _HOMES = {
@@ -24,9 +23,4 @@ _HOMES = {
 
 __all__ = sorted(_HOMES)
 
-
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'bastion.sim' has no attribute '{name}'")
-    return getattr(importlib.import_module(f"bastion.sim.{home}"), name)
+__getattr__ = lazy_attributes(__name__, _HOMES)

@@ -1,7 +1,8 @@
 """The discrete-event loop: submit, start, failure and finish events on a heap; no time stepping.
 
 At each event time the loop applies every event due then (finishes first, so their nodes are free), then asks
-the policy to start jobs. Jobs are gang-scheduled on whole nodes of one pool and hold them until they finish,
+the policy to start jobs. The policy (policies/, by name from POLICIES) sees the cluster through state.py and
+hears of each job's admission, start and finish through its hooks (policies/base.py). Jobs are gang-scheduled on whole nodes of one pool and hold them until they finish,
 failures included (see failures.py). Times are hours from the start of the simulation.
 """
 

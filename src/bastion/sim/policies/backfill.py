@@ -12,8 +12,9 @@ if TYPE_CHECKING:
 
 
 class Backfill(Policy):
+    """EASY backfill: the head gets a reservation; a later job starts now only if it cannot delay it."""
+
     name = "backfill"
-    summary = "EASY: the head gets a reservation; later jobs start now only if they cannot delay it"
 
     def schedule(self, state: ClusterState, now: float) -> None:
         easy.schedule(state, now, self.order(state, now))

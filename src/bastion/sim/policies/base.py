@@ -29,8 +29,6 @@ class Policy:
 
     #: the name `bastion simulate --policy` takes
     name: ClassVar[str]
-    #: one line for `--help`
-    summary: ClassVar[str]
 
     def __init__(self, inventory: Inventory, config: SimConfig) -> None:
         self.inventory = inventory

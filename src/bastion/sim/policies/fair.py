@@ -31,7 +31,6 @@ class Fair(Policy):
     """
 
     name = "fair"
-    summary = "tenants by decayed usage / quota, quotas enforced, then EASY backfill"
 
     def __init__(self, inventory: Inventory, config: SimConfig) -> None:
         super().__init__(inventory, config)

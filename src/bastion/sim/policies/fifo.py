@@ -11,8 +11,9 @@ if TYPE_CHECKING:
 
 
 class Fifo(Policy):
+    """Strict order (priority, then submit time): nothing starts ahead of a waiting head."""
+
     name = "fifo"
-    summary = "strict order: nothing starts ahead of a waiting head"
 
     def schedule(self, state: ClusterState, now: float) -> None:
         for queued in self.order(state, now):
