@@ -13,10 +13,10 @@ import random
 import pytest
 
 from bastion.sim import SimConfig, simulate
-from bastion.sim import policies as policies_module
 from bastion.sim.failures import job_rng, sample_run
 from bastion.sim.inputs import Inventory, Job, Tenant, make_pool
 from bastion.sim.perf import Perf, resolve
+from bastion.sim.policies import easy
 
 RATE = {"h100-sxm": 1000.0, "a100-80g": 500.0}
 
@@ -50,7 +50,7 @@ POOLS = {"one pool": (("h100", "h100-sxm", 5),),
 def test_easy_never_delays_a_reserved_head_when_estimates_are_exact(monkeypatch, seed, pools, placement) -> None:
     inv, jobs = workload(seed, 70, POOLS[pools])
     promised: dict[str, float] = {}
-    original = policies_module._easy
+    original = easy.schedule
 
     def recording(state, now, order, allow=None):
         reservation = original(state, now, order, allow)
@@ -58,7 +58,7 @@ def test_easy_never_delays_a_reserved_head_when_estimates_are_exact(monkeypatch,
             promised.setdefault(reservation.job, reservation.start)
         return reservation
 
-    monkeypatch.setattr(policies_module, "_easy", recording)
+    monkeypatch.setattr(easy, "schedule", recording)
     result = simulate(resolve(jobs, inv, stub_perf), inv, SimConfig(policy="backfill", placement=placement,
                                                                       failures=False))
     assert promised, "the workload never made a head wait: the property was not exercised"

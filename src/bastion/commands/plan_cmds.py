@@ -11,6 +11,7 @@ import typer
 
 from bastion.cli import app
 from bastion.errors import ConfigError, did_you_mean
+from bastion.planner.objectives import OBJECTIVES
 
 _PRECISIONS = ("fp32", "bf16", "fp16", "fp8")
 
@@ -87,7 +88,7 @@ def plan_command(
     gpus: str = typer.Option("", "--gpus", help="Device count N, or a range MIN..MAX to search several sizes "
                                                 "(default: the cluster's size)."),
     top: int = typer.Option(5, "--top", "-k", help="How many plans to show."),
-    objective: str = typer.Option("throughput", "--objective", help="throughput, mfu or memory."),
+    objective: str = typer.Option("throughput", "--objective", help=f"{OBJECTIVES.prose()}."),
     precision: str = typer.Option("bf16", "--precision",
                                   help="Matmul precisions allowed, comma-separated (e.g. bf16,fp8)."),
     fix: list[str] = typer.Option([], "--fix", help="Pin a plan field, e.g. --fix tp=8 (repeatable)."),

@@ -7,6 +7,7 @@ import json
 import typer
 
 from bastion.cli import app
+from bastion.sim.policies import POLICIES
 
 
 @app.command("simulate")
@@ -17,7 +18,7 @@ def simulate_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic workload and of the sampled failures."),
     span_hours: float = typer.Option(720.0, "--span-hours", help="Synthetic arrivals spread over this many hours."),
     policy: list[str] = typer.Option(["backfill"], "--policy", "-p",
-                                     help="fifo, backfill or fair; repeat to compare policies."),
+                                     help=f"{POLICIES.prose()}; repeat to compare policies."),
     placement: str = typer.Option("fastest", "--placement", help="fastest (earliest predicted finish) or first-fit."),
     no_failures: bool = typer.Option(False, "--no-failures", help="Do not sample failures or checkpoint stalls."),
     half_life: float = typer.Option(168.0, "--fair-half-life", help="Hours after which `fair` counts a GPU-hour "

@@ -5,7 +5,8 @@
 2. prune (bounds.py): a memory lower bound — the exact model-state bytes of the fullest pipeline stage — is
    computed once per (degrees, schedule, precision, ZeRO stage) group; when it already exceeds device memory,
    every plan of the group is out of memory whatever its micro-batch, recompute or sequence parallelism.
-3. rank: the predictor evaluates the survivors; plans that fit are sorted by the objective.
+3. rank: the predictor evaluates the survivors; plans that fit are sorted by the objective (objectives/), whose
+   floor also orders the groups best first and settles those that cannot enter the answer.
 
 Pruning never changes the answer (tests compare against `prune=False`), only how many plans the predictor sees.
 """
@@ -23,7 +24,7 @@ from typing import Any, NamedTuple
 
 from bastion.errors import ConfigError, PlanError
 from bastion.planner.bounds import StateBytesFn, StateLowerBound
-from bastion.planner.objectives import Objective, get_objective
+from bastion.planner.objectives import Floors, Objective, get_objective
 from bastion.planner.parallel import Outcome, PredictionPool, outcome_of
 from bastion.planner.space import Enumeration, Leaf, SearchSpace, enumerate_space
 from bastion.specs.hardware import Cluster
@@ -57,7 +58,7 @@ class PlanRequest:
     gpu_counts: tuple[int, ...] = ()
     #: how many plans to return, best first
     top_k: int = 5
-    #: `throughput`, `mfu` or `memory` (see objectives.py)
+    #: a name in `bastion.planner.objectives.OBJECTIVES` (throughput, mfu, memory, ...)
     objective: str = "throughput"
     #: which values each plan field may take
     space: SearchSpace = field(default_factory=SearchSpace)
@@ -194,8 +195,9 @@ def search(request: PlanRequest, estimate: EstimateFn | None = None,
     # learned position tables are sized by the sequence length: the bounds must see the model the predictor
     # costs (estimate resizes it the same way)
     model = request.model.with_seq_len(request.seq_len)
-    by_bound = request.prune and (time_bound is not None or objective.name == "memory")
-    space = _bound_groups(request, model, objective, by_bound, state_bytes, time_bound, memory_bound)
+    floors = Floors(model, request.global_batch, request.seq_len, time_bound, memory_bound)
+    by_bound = request.prune and objective.can_bound(floors)
+    space = _bound_groups(request, model, objective, by_bound, state_bytes, floors)
     found = _predict_best_first(request, model, objective, by_bound, space, estimate)
     leanest = found.leanest
     if not found.ranked and space.floor_oom:
@@ -257,14 +259,12 @@ class _Predicted:
 
 
 def _bound_groups(request: PlanRequest, model: ModelSpec, objective: Objective, by_bound: bool,
-                  state_bytes: StateBytesFn | None, time_bound: TimeBoundFn | None,
-                  memory_bound: MemoryBoundFn | None) -> _BoundedSpace:
-    """1-2. Enumerate every GPU count and drop the groups the memory bound settles; give each survivor the
+                  state_bytes: StateBytesFn | None, floors: Floors) -> _BoundedSpace:
+    """1-2. Enumerate every GPU count and drop the groups the memory bounds settle; give each survivor the
     objective's floor. A ParallelPlan is built only for a plan that is predicted."""
     batch, seq_len = request.global_batch, request.seq_len
     recomputes = request.space.allowed("recompute", request.space.recompute)
     space = _BoundedSpace(groups=[], jobs=0, recomputes=recomputes)
-    flops_per_step = _model_flops_per_step(model, seq_len, batch) if by_bound and objective.name == "mfu" else 0.0
     for count in request.counts:
         cluster = _resize(request.cluster, count)
         enum = enumerate_space(model, cluster, batch, seq_len, request.space)
@@ -276,26 +276,17 @@ def _bound_groups(request: PlanRequest, model: ModelSpec, objective: Objective, 
         capacity = cluster.accelerator.hbm_bytes
         for leaf in enum.leaves:
             states = {z: bound.state_bytes(leaf, batch, z) if bound is not None else 0.0 for z in leaf.zero_stages}
-            if bound is not None and memory_bound is not None and objective.name == "memory":
-                # the predictor's fuller floor (states + the layer inputs every recompute mode keeps); under the
-                # other objectives the step-time bound settles more for less work
+            if bound is not None:
                 for z, state in states.items():
                     if state <= capacity:
-                        states[z] = max(state, memory_bound(model, cluster, leaf.plan(batch, z), seq_len))
+                        states[z] = objective.memory_floor(floors, cluster, leaf, z, state)
                         if states[z] > capacity:  # kept: if nothing fits, the leanest of these is reported
                             space.floor_oom.append((states[z], cluster, leaf, z))
             zeros = tuple(z for z, state in states.items() if state <= capacity)
             space.count(OUT_OF_MEMORY, (len(leaf.zero_stages) - len(zeros)) * len(recomputes))
             if not zeros:
                 continue
-            floor = 0.0
-            if by_bound and objective.name == "memory":
-                floor = min(states[z] for z in zeros)
-            elif by_bound:
-                floor = time_bound(model, cluster, leaf.plan(batch), seq_len)
-                if objective.name == "mfu":  # the highest MFU the floor allows, as a value where smaller is better
-                    peak = cluster.accelerator.peak_tflops(leaf.precision) * 1e12 * cluster.num_gpus
-                    floor = -flops_per_step / (floor * peak) * (1 + 1e-9)
+            floor = objective.floor(floors, cluster, leaf, {z: states[z] for z in zeros}) if by_bound else 0.0
             space.groups.append(_Group(floor, space.jobs, cluster, leaf, zeros))
             space.jobs += len(zeros) * len(recomputes)
     if by_bound:
@@ -381,12 +372,6 @@ def _threshold(ranked: list[RankedPlan], objective: Objective, keep: int) -> flo
     if other is None:
         return math.inf
     return max(objective.value(ranked[keep - 1]), objective.value(other))
-
-
-def _model_flops_per_step(model: ModelSpec, seq_len: int, global_batch: int) -> float:
-    from bastion.predict.flops import model_flops_per_token
-
-    return model_flops_per_token(model, seq_len) * global_batch * seq_len
 
 
 def _degrees(plan: ParallelPlan) -> tuple[int, int, int, int, int]:

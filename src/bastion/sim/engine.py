@@ -1,36 +1,33 @@
 """The discrete-event loop: submit, start, failure and finish events on a heap; no time stepping.
 
 At each event time the loop applies every event due then (finishes first, so their nodes are free), then asks
-the policy to start jobs. Jobs are gang-scheduled on whole nodes of one pool and hold them until they finish,
+the policy to start jobs. The policy (policies/, by name from POLICIES) sees the cluster through state.py and
+hears of each job's admission, start and finish through its hooks (policies/base.py). Jobs are gang-scheduled on whole nodes of one pool and hold them until they finish,
 failures included (see failures.py). Times are hours from the start of the simulation.
 """
 
 from __future__ import annotations
 
-import bisect
 import heapq
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from bastion.cost.onprem import OnPremAssumptions, gpu_power_kw
 from bastion.cost.tco import DEFAULT_RESTART_S
 from bastion.errors import ConfigError, did_you_mean
 from bastion.sim.failures import SampledRun, job_rng, sample_run
-from bastion.sim.inputs import Inventory, Job
-from bastion.sim.perf import Option, Resolved
-from bastion.sim.policies import PLACEMENTS, POLICIES
+from bastion.sim.inputs import Inventory
+from bastion.sim.perf import Resolved
+from bastion.sim.policies import POLICIES
+from bastion.sim.state import PLACEMENTS, ClusterState, Queued
 from bastion.stats import percentile
-
-#: a job that cannot start on free nodes now never gets a start time closer than this (hours)
-_NOT_NOW = 1e-6
 
 
 @dataclass(frozen=True)
 class SimConfig:
     """How to run one simulation."""
 
-    #: fifo, backfill or fair
+    #: a name in `bastion.sim.policies.POLICIES` (fifo, backfill, fair, ...)
     policy: str = "backfill"
     #: fastest or first-fit
     placement: str = "fastest"
@@ -45,9 +42,7 @@ class SimConfig:
     fair_half_life_hours: float = 168.0
 
     def __post_init__(self) -> None:
-        if self.policy not in POLICIES:
-            raise ConfigError(f"Unknown policy '{self.policy}'.{did_you_mean(self.policy, POLICIES)}",
-                              fix=f"use one of: {', '.join(POLICIES)}.")
+        POLICIES.named(self.policy)
         if self.placement not in PLACEMENTS:
             raise ConfigError(f"Unknown placement '{self.placement}'.{did_you_mean(self.placement, PLACEMENTS)}",
                               fix=f"use one of: {', '.join(PLACEMENTS)}.")
@@ -58,226 +53,22 @@ class SimConfig:
                               fix="give hours (Slurm's default is 168, a week), or inf to never forget usage.")
 
 
-@dataclass(eq=False)  # identity: the queue's list operations must not compare every field
-class Queued:
-    """A schedulable job in the simulation."""
-
-    index: int
-    job: Job
-    options: tuple[Option, ...]
-    #: static queue order: priority, then submit time, then input order
-    key: tuple[int, float, int] = (0, 0.0, 0)
-    #: pool -> estimated run hours there (the scheduler's figure, cached)
-    estimates: dict[str, float] = field(default_factory=dict)
-    started: bool = False
-    pool: str | None = None
-    option: Option | None = None
-    start: float | None = None
-    end: float | None = None
-    estimate_hours: float | None = None
-    run: SampledRun | None = None
-
-
-@dataclass(frozen=True)
-class Placement:
-    option: Option
-    start: float
-    estimate_hours: float
-
-    @property
-    def finish(self) -> float:
-        return self.start + self.estimate_hours
-
-
-@dataclass
-class _PoolState:
-    nodes: int
-    gpus_per_node: int
-    free: int
-    #: job index -> (nodes, estimated end)
-    running: dict[int, tuple[int, float]] = field(default_factory=dict)
-    #: cached (sorted estimated ends, cumulative nodes freed by then); None when stale
-    profile: tuple[list[float], list[int]] | None = None
-
-
-class ClusterState:
-    """What a policy sees and does: the queue, free nodes, estimated ends, tenant usage; `start`."""
-
-    def __init__(self, inventory: Inventory, config: SimConfig, running: dict[int, Queued], on_start) -> None:
-        self.inventory = inventory
-        self.config = config
-        self.pools = {p.name: _PoolState(p.nodes, p.gpus_per_node, p.nodes) for p in inventory.pools}
-        self.pool_order = {p.name: i for i, p in enumerate(inventory.pools)}
-        #: submitted, unstarted jobs in static queue order (`Queued.key`)
-        self.waiting: list[Queued] = []
-        self.running_gpus = {t.name: 0 for t in inventory.tenants}
-        #: finished jobs' GPU-hours per tenant, decayed to `usage_as_of` (config.fair_half_life_hours)
-        self.done_gpu_hours = {t.name: 0.0 for t in inventory.tenants}
-        self.usage_as_of = {t.name: 0.0 for t in inventory.tenants}
-        #: started, unfinished jobs by index (the engine keeps it)
-        self.running = running
-        self._on_start = on_start
-
-    # ---- estimates ---------------------------------------------------------------------------
-    def estimate(self, option: Option, job: Job) -> float:
-        hours = option.compute_hours(job.tokens)
-        return hours / option.perf.expected_goodput if self.config.failures else hours
-
-    def estimate_of(self, queued: Queued, option: Option) -> float:
-        hours = queued.estimates.get(option.pool)
-        if hours is None:
-            hours = queued.estimates[option.pool] = self.estimate(option, queued.job)
-        return hours
-
-    def _profile(self, pool: str, now: float) -> tuple[list[float], list[int]]:
-        state = self.pools[pool]
-        if state.profile is None:
-            ends = sorted((max(end, now), nodes) for nodes, end in state.running.values())
-            times, cumulative, total = [], [], 0
-            for end, nodes in ends:
-                total += nodes
-                times.append(end)
-                cumulative.append(total)
-            state.profile = (times, cumulative)
-        return state.profile
-
-    def earliest_start(self, pool: str, nodes: int, now: float) -> float:
-        state = self.pools[pool]
-        if state.free >= nodes:
-            return now
-        times, cumulative = self._profile(pool, now)
-        i = bisect.bisect_left(cumulative, nodes - state.free)
-        return max(times[i], now + _NOT_NOW)
-
-    def free_at(self, pool: str, when: float, now: float) -> int:
-        """Nodes free at `when` if running jobs end as estimated."""
-        times, cumulative = self._profile(pool, now)
-        i = bisect.bisect_right(times, when)
-        return self.pools[pool].free + (cumulative[i - 1] if i else 0)
-
-    def can_start_now(self, queued: Queued) -> bool:
-        return any(o.nodes <= self.pools[o.pool].free for o in queued.options)
-
-    def rank(self, queued: Queued, now: float) -> list[Placement]:
-        """The job's pools, best first, under the configured placement."""
-        places = [Placement(o, self.earliest_start(o.pool, o.nodes, now), self.estimate_of(queued, o))
-                  for o in queued.options]
-        if self.config.placement == "fastest":
-            places.sort(key=lambda p: (p.finish, p.start, self.pool_order[p.option.pool]))
-        else:
-            places.sort(key=lambda p: (p.start > now, p.start, self.pool_order[p.option.pool]))
-        return places
-
-    # ---- queue order and tenants -------------------------------------------------------------
-    def gpus_of(self, queued: Queued) -> int:
-        """GPUs a running job holds: whole nodes."""
-        assert queued.option is not None
-        return queued.option.nodes * self.pools[queued.option.pool].gpus_per_node
-
-    def submit(self, queued: Queued) -> None:
-        bisect.insort(self.waiting, queued, key=_queue_key)
-
-    def ordered(self, fair: bool = False, now: float = 0.0) -> list[Queued]:
-        """The queue: priority, submit time, input order; with `fair`, tenants by usage / quota first."""
-        if not fair:
-            return list(self.waiting)
-        half_life = self.config.fair_half_life_hours
-        usage = {t.name: self.done_gpu_hours[t.name] * decay(now - self.usage_as_of[t.name], half_life)
-                 for t in self.inventory.tenants}
-        for q in self.running.values():
-            assert q.start is not None
-            usage[q.job.tenant] += decayed_gpu_hours(self.gpus_of(q), q.start, now, now, half_life)
-        share = {t.name: usage[t.name] / t.quota_gpus for t in self.inventory.tenants}
-        # stable sort of the static order: equal shares keep priority, submit time, input order
-        return sorted(self.waiting, key=lambda q: share[q.job.tenant])
-
-    def within_quota(self, queued: Queued, place: Placement) -> bool:
-        tenant = self.inventory.tenant(queued.job.tenant)
-        gpus = place.option.nodes * self.pools[place.option.pool].gpus_per_node
-        return self.running_gpus[tenant.name] + gpus <= tenant.quota_gpus
-
-    # ---- actions -----------------------------------------------------------------------------
-    def start(self, queued: Queued, option: Option, now: float) -> None:
-        state = self.pools[option.pool]
-        if option.nodes > state.free:
-            raise AssertionError(f"policy started {queued.job.id} on {option.nodes} nodes of {option.pool}, "
-                                 f"{state.free} free")
-        state.free -= option.nodes
-        queued.started, queued.pool, queued.option, queued.start = True, option.pool, option, now
-        queued.estimate_hours = self.estimate_of(queued, option)
-        state.running[queued.index] = (option.nodes, now + queued.estimate_hours)
-        state.profile = None
-        self.running_gpus[queued.job.tenant] += self.gpus_of(queued)
-        i = bisect.bisect_left(self.waiting, queued.key, key=_queue_key)
-        assert self.waiting[i] is queued
-        del self.waiting[i]
-        self._on_start(queued, now)
-
-    def finish(self, queued: Queued) -> None:
-        assert queued.option is not None and queued.start is not None and queued.end is not None
-        state = self.pools[queued.option.pool]
-        state.free += queued.option.nodes
-        del state.running[queued.index]
-        state.profile = None
-        gpus = self.gpus_of(queued)
-        self.running_gpus[queued.job.tenant] -= gpus
-        tenant, half_life = queued.job.tenant, self.config.fair_half_life_hours
-        self.done_gpu_hours[tenant] = (self.done_gpu_hours[tenant] * decay(queued.end - self.usage_as_of[tenant],
-                                                                             half_life)
-                                       + decayed_gpu_hours(gpus, queued.start, queued.end, queued.end, half_life))
-        self.usage_as_of[tenant] = queued.end
-
-
-def decay(hours: float, half_life: float) -> float:
-    """What one GPU-hour of usage weighs `hours` later."""
-    return 1.0 if math.isinf(half_life) else 2.0 ** (-hours / half_life)
-
-
-def decayed_gpu_hours(gpus: int, start: float, end: float, now: float, half_life: float) -> float:
-    """GPU-hours of `gpus` GPUs busy from `start` to `end`, each hour weighed by its age at `now`."""
-    if math.isinf(half_life):
-        return gpus * (end - start)
-    rate = math.log(2.0) / half_life
-    return gpus / rate * (math.exp(-rate * (now - end)) - math.exp(-rate * (now - start)))
-
-
-def _queue_key(queued: Queued) -> tuple[int, float, int]:
-    return queued.key
-
-
 _FINISH, _FAILURE, _SUBMIT = 0, 1, 2
-
-
-def _within_quota_only(r: Resolved, inventory: Inventory) -> tuple[Resolved, tuple[Option, ...]]:
-    tenant = inventory.tenant(r.job.tenant)
-    if tenant.borrow:
-        return r, r.options
-    kept, excluded = [], dict(r.excluded)
-    for o in r.options:
-        gpus = o.nodes * inventory.pool(o.pool).gpus_per_node
-        if gpus <= tenant.quota_gpus:
-            kept.append(o)
-        else:
-            excluded[o.pool] = (f"needs {gpus} GPUs, above tenant '{tenant.name}''s quota of {tenant.quota_gpus}, "
-                                f"and the tenant may not borrow (policy fair)")
-    return Resolved(r.job, tuple(kept), excluded), tuple(kept)
 
 
 def simulate(resolved: list[Resolved], inventory: Inventory, config: SimConfig) -> SimResult:
     """Run the workload under one policy and placement; deterministic for a given seed."""
-    policy = POLICIES[config.policy]()
+    policy = POLICIES.named(config.policy)(inventory, config)
     heap: list[tuple[float, int, int, int]] = []
     counter = 0
     jobs: list[Queued] = []
     unschedulable = []
     for r in resolved:
-        options = r.options
-        if config.policy == "fair":  # a non-borrowing tenant never runs a job larger than its quota
-            r, options = _within_quota_only(r, inventory)
-        if not options:
+        r = policy.admit(r)
+        if not r.options:
             unschedulable.append(r)
             continue
-        queued = Queued(index=len(jobs), job=r.job, options=options,
+        queued = Queued(index=len(jobs), job=r.job, options=r.options,
                         key=(-r.job.priority, r.job.submit_hours, len(jobs)))
         jobs.append(queued)
         heapq.heappush(heap, (r.job.submit_hours, _SUBMIT, counter, queued.index))
@@ -302,6 +93,7 @@ def simulate(resolved: list[Resolved], inventory: Inventory, config: SimConfig) 
             counter += 1
         heapq.heappush(heap, (queued.end, _FINISH, counter, queued.index))
         counter += 1
+        policy.on_start(state, queued, now)
 
     state = ClusterState(inventory, config, running, on_start)
     events = {"submit": 0, "start": 0, "failure": 0, "finish": 0}
@@ -316,6 +108,7 @@ def simulate(resolved: list[Resolved], inventory: Inventory, config: SimConfig) 
             elif kind == _FINISH:
                 state.finish(queued)
                 del running[queued.index]
+                policy.on_finish(state, queued)
                 events["finish"] += 1
             else:
                 events["failure"] += 1

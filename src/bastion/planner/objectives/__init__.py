@@ -1,0 +1,24 @@
+"""Planner objectives, one file each, and the registry `bastion plan --objective` reads.
+
+A new objective is one file here (an `Objective` subclass with its sort key and its floor; base.py says what the
+search asks of it) plus one `OBJECTIVES.register` line below.
+"""
+
+from __future__ import annotations
+
+from bastion.planner.objectives.base import Floors, Objective
+from bastion.planner.objectives.memory import Memory
+from bastion.planner.objectives.mfu import Mfu
+from bastion.planner.objectives.throughput import Throughput
+from bastion.registry import Registry
+
+#: name -> objective, in `--help` order
+OBJECTIVES: Registry[Objective] = Registry("objective")
+OBJECTIVES.register(Throughput())
+OBJECTIVES.register(Mfu())
+OBJECTIVES.register(Memory())
+
+#: the objective called `name`; an unknown name is a guidance error
+get_objective = OBJECTIVES.named
+
+__all__ = ["OBJECTIVES", "Floors", "Objective", "get_objective"]

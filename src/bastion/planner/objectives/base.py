@@ -1,0 +1,88 @@
+"""What an objective is: what "best" means (a sort key over evaluated plans) and the floor that lets the search
+settle plans unpredicted (a value no plan of a group can beat).
+
+The search (search.py) asks an objective three things:
+  key(plan), value(plan)   the sort key (smallest first; it ends with the plan's own fields, so that ties break
+                           the same way on every run) and the figure it sorts by first, smaller is better
+  memory_floor(...)        per ZeRO stage of a group that the model-state bound leaves: bytes no plan of it goes
+                           below (default: that bound); above device memory settles the stage as out of memory
+  floor(...)               per group: the best `value` any plan of it can reach; groups are predicted best floor
+                           first, and those whose floor is worse than every plan the answer needs are settled
+A floor must never be better than a plan's real value (tests compare every objective's pruned search with the
+exhaustive one). `Floors` hands an objective the predictor's lower bounds for the request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from bastion.planner.search import MemoryBoundFn, RankedPlan, TimeBoundFn
+    from bastion.planner.space import Leaf
+    from bastion.specs.hardware import Cluster
+    from bastion.specs.model import ModelSpec
+
+
+@dataclass(frozen=True)
+class Floors:
+    """The request's model and shape and the predictor's lower bounds (None where the caller gave none)."""
+
+    model: ModelSpec
+    global_batch: int
+    seq_len: int
+    #: step time no ZeRO stage or recompute mode of a plan goes below
+    time_bound: TimeBoundFn | None
+    #: bytes per device no recompute mode of a plan goes below
+    memory_bound: MemoryBoundFn | None
+
+    def step_time(self, cluster: Cluster, leaf: Leaf) -> float:
+        """Seconds no plan of `leaf` (any ZeRO stage, any recompute mode) steps in less than."""
+        assert self.time_bound is not None
+        return self.time_bound(self.model, cluster, leaf.plan(self.global_batch), self.seq_len)
+
+    def memory(self, cluster: Cluster, leaf: Leaf, zero: int) -> float:
+        """Bytes per device no plan of `leaf` at ZeRO stage `zero` (any recompute mode) uses less than."""
+        assert self.memory_bound is not None
+        return self.memory_bound(self.model, cluster, leaf.plan(self.global_batch, zero), self.seq_len)
+
+    @cached_property
+    def flops_per_step(self) -> float:
+        """Model FLOPs of one optimizer step (the numerator of MFU)."""
+        from bastion.predict.flops import model_flops_per_token
+
+        return model_flops_per_token(self.model, self.seq_len) * self.global_batch * self.seq_len
+
+
+class Objective:
+    """What "best" means. Subclass it in one file under planner/objectives/ and register an instance in
+    objectives/__init__.py."""
+
+    #: the name `bastion plan --objective` takes
+    name: ClassVar[str]
+    #: one line for `--help` and the report header
+    description: ClassVar[str]
+    #: census reason for plans the floor proves cannot enter the answer
+    bounded_reason: ClassVar[str]
+
+    def key(self, plan: RankedPlan) -> tuple:
+        """Sort key of an evaluated plan; the smallest key wins."""
+        raise NotImplementedError
+
+    def value(self, plan: RankedPlan) -> float:
+        """The figure `key` sorts by first, as a number where smaller is better (what `floor` bounds)."""
+        raise NotImplementedError
+
+    def can_bound(self, floors: Floors) -> bool:
+        """Whether `floor` can be computed with these bounds; False = every plan that fits is predicted."""
+        return floors.time_bound is not None
+
+    def memory_floor(self, floors: Floors, cluster: Cluster, leaf: Leaf, zero: int, state_bytes: float) -> float:
+        """Bytes per device no plan of `leaf` at ZeRO stage `zero` goes below, given its model-state bytes."""
+        return state_bytes
+
+    def floor(self, floors: Floors, cluster: Cluster, leaf: Leaf, memory: dict[int, float]) -> float:
+        """The best `value` any plan of `leaf` can reach at the ZeRO stages kept (`memory`: stage -> its
+        `memory_floor`)."""
+        raise NotImplementedError

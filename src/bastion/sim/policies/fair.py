@@ -1,0 +1,99 @@
+"""`fair`: fair share with quotas, then EASY backfill; the policy keeps each tenant's decayed past usage."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from functools import partial
+from typing import TYPE_CHECKING
+
+from bastion.sim.policies import easy
+from bastion.sim.policies.base import Policy
+
+if TYPE_CHECKING:
+    from bastion.sim.engine import SimConfig
+    from bastion.sim.inputs import Inventory
+    from bastion.sim.perf import Resolved
+    from bastion.sim.state import ClusterState, Placement, Queued
+
+
+class Fair(Policy):
+    """Fair share with quotas, then EASY backfill.
+
+    Tenants are served in order of usage / quota (GPU-hours so far over guaranteed GPUs, each hour weighed by
+    2^-(age / SimConfig.fair_half_life_hours), as Slurm's fair-share decays usage). First pass: only jobs
+    that keep their tenant within its quota (GPUs running + the job's ≤ quota). Second pass: jobs of tenants
+    that may borrow, on capacity that is free now and does not delay the first pass's reservation; when the
+    first pass reserved nothing, the second pass's own head gets the reservation (else a borrower's job larger
+    than its quota would wait behind every later, smaller borrower's). Borrowed nodes are not preempted when
+    their owner's tenant comes back: it waits for them like any other job. A tenant that may not borrow never
+    runs a job larger than its quota: such a job is not admitted.
+    """
+
+    name = "fair"
+
+    def __init__(self, inventory: Inventory, config: SimConfig) -> None:
+        super().__init__(inventory, config)
+        #: finished jobs' GPU-hours per tenant, decayed to `usage_as_of` (config.fair_half_life_hours)
+        self.done_gpu_hours = {t.name: 0.0 for t in inventory.tenants}
+        self.usage_as_of = {t.name: 0.0 for t in inventory.tenants}
+
+    def admit(self, resolved: Resolved) -> Resolved:
+        tenant = self.inventory.tenant(resolved.job.tenant)
+        if tenant.borrow:
+            return resolved
+        kept, excluded = [], dict(resolved.excluded)
+        for o in resolved.options:
+            gpus = o.nodes * self.inventory.pool(o.pool).gpus_per_node
+            if gpus <= tenant.quota_gpus:
+                kept.append(o)
+            else:
+                excluded[o.pool] = (f"needs {gpus} GPUs, above tenant '{tenant.name}''s quota of "
+                                    f"{tenant.quota_gpus}, and the tenant may not borrow (policy fair)")
+        return replace(resolved, options=tuple(kept), excluded=excluded)
+
+    def order(self, state: ClusterState, now: float) -> list[Queued]:
+        """Tenants by usage / quota first; equal shares keep the static order."""
+        half_life = self.config.fair_half_life_hours
+        usage = {t.name: self.done_gpu_hours[t.name] * decay(now - self.usage_as_of[t.name], half_life)
+                 for t in self.inventory.tenants}
+        for q in state.running.values():
+            assert q.start is not None
+            usage[q.job.tenant] += decayed_gpu_hours(state.gpus_of(q), q.start, now, now, half_life)
+        share = {t.name: usage[t.name] / t.quota_gpus for t in self.inventory.tenants}
+        # stable sort of the static order: equal shares keep priority, submit time, input order
+        return sorted(state.ordered(), key=lambda q: share[q.job.tenant])
+
+    def schedule(self, state: ClusterState, now: float) -> None:
+        order = self.order(state, now)
+        reservation = easy.schedule(state, now, order, allow=partial(within_quota, state))
+        borrowers = [q for q in order if not q.started and self.inventory.tenant(q.job.tenant).borrow]
+        easy.schedule(state, now, borrowers, reservation=reservation)
+
+    def on_finish(self, state: ClusterState, queued: Queued) -> None:
+        assert queued.start is not None and queued.end is not None
+        tenant, half_life = queued.job.tenant, self.config.fair_half_life_hours
+        self.done_gpu_hours[tenant] = (
+            self.done_gpu_hours[tenant] * decay(queued.end - self.usage_as_of[tenant], half_life)
+            + decayed_gpu_hours(state.gpus_of(queued), queued.start, queued.end, queued.end, half_life))
+        self.usage_as_of[tenant] = queued.end
+
+
+def within_quota(state: ClusterState, queued: Queued, place: Placement) -> bool:
+    """Whether starting `queued` at `place` keeps its tenant's running GPUs within its quota."""
+    tenant = state.inventory.tenant(queued.job.tenant)
+    gpus = place.option.nodes * state.pools[place.option.pool].gpus_per_node
+    return state.running_gpus[tenant.name] + gpus <= tenant.quota_gpus
+
+
+def decay(hours: float, half_life: float) -> float:
+    """What one GPU-hour of usage weighs `hours` later."""
+    return 1.0 if math.isinf(half_life) else 2.0 ** (-hours / half_life)
+
+
+def decayed_gpu_hours(gpus: int, start: float, end: float, now: float, half_life: float) -> float:
+    """GPU-hours of `gpus` GPUs busy from `start` to `end`, each hour weighed by its age at `now`."""
+    if math.isinf(half_life):
+        return gpus * (end - start)
+    rate = math.log(2.0) / half_life
+    return gpus / rate * (math.exp(-rate * (now - end)) - math.exp(-rate * (now - start)))

@@ -1,0 +1,66 @@
+"""The objective seam: the registry, and an objective written and registered here (its sort key and its floor,
+no search edit) whose floor prunes without changing the answer."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from bastion.errors import ConfigError
+from bastion.planner.objectives import OBJECTIVES, Floors, Objective
+from bastion.planner.search import OUT_OF_MEMORY, PlanRequest, RankedPlan, search
+from bastion.planner.space import Leaf
+from bastion.specs import load_cluster, load_model
+from bastion.specs.hardware import Cluster
+
+
+class GpuSeconds(Objective):
+    """Test-only: the cheapest step, in GPU-seconds (step time × GPUs), floored by the step-time floor × GPUs."""
+
+    name = "gpu-seconds"
+    description = "fewest GPU-seconds per optimizer step"
+    bounded_reason = "more GPU-seconds per step than the plans shown"
+
+    def key(self, plan: RankedPlan) -> tuple:
+        return (self.value(plan), -plan.tokens_per_s, plan.memory_bytes, plan.order)
+
+    def value(self, plan: RankedPlan) -> float:
+        return plan.step_time_s * plan.num_gpus
+
+    def floor(self, floors: Floors, cluster: Cluster, leaf: Leaf, memory: dict[int, float]) -> float:
+        return floors.step_time(cluster, leaf) * cluster.num_gpus
+
+
+@pytest.fixture
+def gpu_seconds():
+    OBJECTIVES.register(GpuSeconds())
+    yield GpuSeconds.name
+    del OBJECTIVES[GpuSeconds.name]
+
+
+def test_an_objective_registered_from_a_test_prunes_without_changing_the_answer(gpu_seconds) -> None:
+    req = PlanRequest(model=load_model("llama2-7b"), cluster=load_cluster("h100-sxm:16"), global_batch=64,
+                      seq_len=4096, top_k=5, workers=1, objective=gpu_seconds, gpu_counts=(8, 16))
+    pruned, full = search(req), search(replace(req, prune=False))
+    assert [p.plan for p in pruned.plans] == [p.plan for p in full.plans]
+    assert pruned.runner_up.plan == full.runner_up.plan and pruned.alternative.plan == full.alternative.plan
+    costs = [p.step_time_s * p.num_gpus for p in pruned.plans]
+    assert costs == sorted(costs)
+    # its own ranking: the cheapest step is not the fastest one (16 GPUs step faster, 8 cost less)
+    fastest = search(replace(req, objective="throughput"))
+    assert pruned.plans[0].num_gpus == 8 and fastest.plans[0].num_gpus == 16
+    # its floor settled plans unpredicted, counted under its own reason; the census still adds up
+    assert pruned.predicted * 3 < full.predicted, "the floor must actually skip predictions here"
+    assert pruned.rejected[GpuSeconds.bounded_reason] > 0 and GpuSeconds.bounded_reason not in full.rejected
+    assert pruned.evaluated == full.evaluated == pruned.feasible + sum(pruned.rejected.values())
+    assert (pruned.feasible + pruned.rejected[GpuSeconds.bounded_reason] + pruned.rejected[OUT_OF_MEMORY]
+            == full.feasible + full.rejected[OUT_OF_MEMORY])
+
+
+def test_an_unknown_objective_is_a_guidance_error_listing_the_registered_ones(gpu_seconds) -> None:
+    with pytest.raises(ConfigError, match="Did you mean 'gpu-seconds'") as exc:
+        PlanRequest(model=load_model("small"), cluster=load_cluster("cpu:4"), global_batch=8, seq_len=256,
+                    objective="gpu-second")
+    assert exc.value.fix == "use one of: throughput, mfu, memory, gpu-seconds."
+    assert OBJECTIVES.prose() == "throughput, mfu, memory or gpu-seconds"
