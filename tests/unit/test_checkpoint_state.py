@@ -8,7 +8,7 @@ import torch
 
 from bastion.errors import CheckpointError
 from bastion.runtime import checkpoint as ck
-from bastion.runtime import checkpoint_files as cf
+from bastion.rundir import checkpoints as cf
 
 
 def _model_and_optim(seed=0):

@@ -70,7 +70,7 @@ def test_fault_fires_once_across_restarts(tmp_path):
 
 
 def test_corrupt_checkpoint_breaks_its_manifest(tmp_path):
-    from bastion.runtime import checkpoint_files as cf
+    from bastion.rundir import checkpoints as cf
 
     temp = tmp_path / cf.temp_dir_name(2)
     temp.mkdir()

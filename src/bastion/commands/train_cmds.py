@@ -161,7 +161,7 @@ def _check_run_dir(run_dir: Path, resume: bool) -> None:
     run's checkpoints (new ones would collide with them, and retention would delete them). Launcher only: a
     restarted worker group finds this run's own checkpoints there."""
     from bastion.errors import ConfigError
-    from bastion.runtime import checkpoint_files as cf
+    from bastion.rundir import checkpoints as cf
 
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--run-dir {run_dir} is a file, not a directory.",

@@ -33,7 +33,7 @@ from bastion.launch.request import (
     format_time_limit,
     slurm_job_name,
 )
-from bastion.runtime import checkpoint_files
+from bastion.rundir import checkpoints as checkpoint_files
 from bastion.runtime.events import read_records
 
 #: the job's output file inside the run directory (`%j` = job id; appended across requeues)

@@ -6,7 +6,7 @@ A run directory holds (runtime/train.py, metrics.py, events.py, resilience.py):
                           from rank 0's MetricsWriter, and event records ({"event": "run_start" | "restart" |
                           "checkpoint" | "rollback" | "fault" | ..., "time", ...}) appended by any rank
   summary.json            written by rank 0 when the run ends ("predicted", "measured", the accounting fields)
-  checkpoints/step-NNNNNNNN/   committed checkpoints (runtime/checkpoint_files.py)
+  checkpoints/step-NNNNNNNN/   committed checkpoints (rundir/checkpoints.py)
 A run still in progress (or killed) has no summary.json yet; the report then works from metrics.jsonl alone.
 Nor does a run resumed in the same directory: the summary.json of the process that stopped early stays until the
 new one ends, so a summary older than the records (a start, resume or restart logged after it was written, or
@@ -141,7 +141,7 @@ def _stale_summary(summary: dict[str, Any], written: float, records: list[dict[s
 
 
 def _checkpoint_steps(run_dir: Path) -> list[int]:
-    from bastion.runtime.checkpoint_files import committed  # pure Python
+    from bastion.rundir.checkpoints import committed  # pure Python
 
     return [info.step for info in committed(run_dir / "checkpoints")]
 

@@ -30,7 +30,7 @@ import torch.distributed as dist
 
 from bastion.errors import CheckpointError
 from bastion.runtime import checkpoint as ck
-from bastion.runtime import checkpoint_files
+from bastion.rundir import checkpoints as checkpoint_files
 from bastion.runtime.events import log_event, read_records
 from bastion.runtime.faults import FaultInjector, parse_fault
 from bastion.runtime.recovery import NanGuard, NanGuardConfig, account, choose_interval

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from bastion.errors import CheckpointError, PlanError
-from bastion.runtime import checkpoint_files as cf
+from bastion.rundir import checkpoints as cf
 from bastion.specs.model import ModelSpec, model_from_mapping
 from bastion.specs.plan import ParallelPlan
 
