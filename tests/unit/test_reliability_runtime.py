@@ -8,9 +8,10 @@ import pytest
 
 from bastion.errors import ConfigError
 from bastion.reliability import daly_interval, default_failure_model
+from bastion.rundir.accounting import account
+from bastion.rundir.metrics import read_records
 from bastion.runtime import faults
-from bastion.runtime.events import read_records
-from bastion.runtime.recovery import NanGuard, NanGuardConfig, account, choose_interval
+from bastion.runtime.recovery import NanGuard, NanGuardConfig, choose_interval
 from bastion.runtime.watchdog import HANG_EXIT_CODE
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bastion.errors import ConfigError, did_you_mean
 from bastion.rundir import checkpoints as checkpoint_files
-from bastion.runtime.events import log_event
+from bastion.rundir.metrics import log_event
 
 KINDS = ("kill", "hang", "nan", "kill-during-save", "corrupt-latest")
 _NEEDS_STEP = ("kill", "hang", "nan", "kill-during-save")

@@ -29,11 +29,12 @@ import torch
 import torch.distributed as dist
 
 from bastion.errors import CheckpointError
-from bastion.runtime import checkpoint as ck
 from bastion.rundir import checkpoints as checkpoint_files
-from bastion.runtime.events import log_event, read_records
+from bastion.rundir.accounting import account
+from bastion.rundir.metrics import log_event, read_metrics
+from bastion.runtime import checkpoint as ck
 from bastion.runtime.faults import FaultInjector, parse_fault
-from bastion.runtime.recovery import NanGuard, NanGuardConfig, account, choose_interval
+from bastion.runtime.recovery import NanGuard, NanGuardConfig, choose_interval
 from bastion.runtime.resilience_config import ResilienceConfig
 from bastion.runtime.resume_source import resolve_resume_source, same_model
 from bastion.runtime.watchdog import StepWatchdog, WatchdogConfig
@@ -275,7 +276,7 @@ class Resilience:
             dist.barrier()  # every rank's last save is committed before the summary is written
         if self.rank != 0:
             return {}
-        fields = account(read_records(self.run_dir), time.time())
+        fields = account(read_metrics(self.run_dir).records, time.time())
         fields["restarts"] = max(fields["restarts"], self.attempt)
         fields["checkpoints"] = [c.step for c in checkpoint_files.committed(self.checkpointer.config.directory)]
         fields["skipped_batch_starts"] = sorted(self.skip_starts)
