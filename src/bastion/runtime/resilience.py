@@ -31,6 +31,7 @@ import torch.distributed as dist
 from bastion.errors import CheckpointError
 from bastion.rundir import checkpoints as checkpoint_files
 from bastion.rundir.accounting import account
+from bastion.rundir.layout import checkpoints_dir
 from bastion.rundir.metrics import log_event, read_metrics
 from bastion.runtime import checkpoint as ck
 from bastion.runtime.faults import FaultInjector, parse_fault
@@ -83,7 +84,7 @@ class Resilience:
         every = max(0, config.checkpoint_every)  # `auto` (-1) is decided after the probe save
         async_group = dist.new_group(backend="gloo") if (config.async_checkpoint and self.world > 1) else None
         self.checkpointer = ck.Checkpointer(
-            ck.CheckpointConfig(self.run_dir / "checkpoints", every=every,
+            ck.CheckpointConfig(checkpoints_dir(self.run_dir), every=every,
                                 retention=checkpoint_files.RetentionPolicy(config.keep_last, config.keep_every),
                                 async_save=config.async_checkpoint),
             rank=self.rank, world_size=self.world, async_group=async_group)
