@@ -16,7 +16,7 @@ import pytest
 from bastion.report import build_report, load_run
 from bastion.rundir import layout
 from bastion.rundir.metrics import MetricsWriter, log_event, read_metrics
-from bastion.rundir.records import EVENT_KINDS, current_run
+from bastion.rundir.records import EVENT_KINDS, StepRecord, current_run, is_step
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "bastion"
 DATA = Path(__file__).parent / "data"
@@ -104,6 +104,16 @@ def test_a_torn_line_is_counted_and_untimed_lines_are_not_records(tmp_path: Path
     assert [r.get("step", r.get("event")) for r in metrics.records] == [1, "run_start"]
     assert metrics.unreadable == 3   # untimed, not an object, cut short; the blank line is nothing
     assert current_run(metrics.records) == metrics.records[1:]
+
+
+def test_the_record_types_match_what_the_runtime_wrote() -> None:
+    records = read_metrics(OLD_RUN).records
+    steps = [r for r in records if is_step(r)]
+    assert steps and all(set(r) == set(StepRecord.__annotations__) for r in steps)
+    events = [r for r in records if not is_step(r)]
+    assert {r["event"] for r in events} == {"run_start", "checkpoint", "checkpoint_committed", "fault", "restart"}
+    for record in events:
+        assert set(record) - {"event", "time"} <= set(EVENT_KINDS[record["event"]].fields), record
 
 
 def figures(report: dict) -> dict:

@@ -35,15 +35,15 @@ class RunFiles:
     """What was read from one run directory."""
 
     path: Path
-    #: every parseable line of metrics.jsonl, in file order
+    #: every record of metrics.jsonl (rundir/records.py), in file order
     records: list[dict[str, Any]]
-    #: lines of metrics.jsonl that did not parse (a writer killed mid-line leaves one)
+    #: lines of metrics.jsonl that are not a record (a writer killed mid-line leaves one)
     unreadable_lines: int
-    #: summary.json, or None while the run has not ended
+    #: summary.json (rundir/summary.py RunSummary), or None while the run has not ended
     summary: dict[str, Any] | None
     plan: dict[str, Any] | None
     model: dict[str, Any] | None
-    #: steps of the committed checkpoints under checkpoints/
+    #: steps of the committed checkpoints (with their manifest) under checkpoints/
     checkpoint_steps: list[int] = field(default_factory=list)
     #: seconds since metrics.jsonl was last written (to tell a live run from a dead one)
     metrics_age_s: float | None = None

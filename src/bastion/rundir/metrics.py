@@ -17,7 +17,7 @@ from typing import Any
 
 from bastion.jsonl import read_json_lines_counted
 from bastion.rundir.layout import METRICS_FILE
-from bastion.rundir.records import EVENT_KINDS
+from bastion.rundir.records import EVENT_KINDS, StepRecord
 
 
 def metrics_path(run_dir: Path) -> Path:
@@ -52,7 +52,7 @@ class MetricsWriter:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a", buffering=1)  # noqa: SIM115 - kept open for the run
 
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, record: StepRecord) -> None:
         if self.enabled:
             self._file.write(json.dumps(record) + "\n")
             self._file.flush()

@@ -17,6 +17,7 @@ import torch.distributed as dist
 from bastion.errors import BastionError
 from bastion.rundir.layout import FINAL_PARAMS_FILE
 from bastion.rundir.predicted import predicted_figures
+from bastion.rundir.records import StepRecord
 from bastion.rundir.summary import RunSummary, write_summary
 from bastion.runtime.mesh import RuntimeMesh
 from bastion.runtime.metrics import current_memory_bytes, full_parameters, params_sha256
@@ -43,7 +44,7 @@ def peak_flops(cluster_name: str | None, precision: str, device: torch.device) -
 
 
 def write_run_summary(config: TrainConfig, trainer: Trainer, spec: ModelSpec, plan: ParallelPlan,
-                      rmesh: RuntimeMesh, records: list[dict[str, Any]], model_state: dict[str, int] | None,
+                      rmesh: RuntimeMesh, records: list[StepRecord], model_state: dict[str, int] | None,
                       cluster_name: str | None, wall_s: float,
                       fault_tolerance: dict[str, Any] | None = None) -> RunSummary | dict[str, Any]:
     """Collective (every rank calls it); rank 0 writes summary.json and returns it, the others return {}."""
