@@ -17,6 +17,7 @@ from bastion.report import build_report, load_run
 from bastion.rundir import layout
 from bastion.rundir.metrics import MetricsWriter, log_event, read_metrics
 from bastion.rundir.records import EVENT_KINDS, StepRecord, current_run, is_step
+from bastion.rundir.summary import RunSummary, TimeBreakdown, read_summary
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "bastion"
 DATA = Path(__file__).parent / "data"
@@ -114,6 +115,9 @@ def test_the_record_types_match_what_the_runtime_wrote() -> None:
     assert {r["event"] for r in events} == {"run_start", "checkpoint", "checkpoint_committed", "fault", "restart"}
     for record in events:
         assert set(record) - {"event", "time"} <= set(EVENT_KINDS[record["event"]].fields), record
+    summary = read_summary(OLD_RUN)
+    assert set(summary) == set(RunSummary.__annotations__)
+    assert set(summary["time_breakdown_s"]) == set(TimeBreakdown.__annotations__)
 
 
 def figures(report: dict) -> dict:
@@ -147,3 +151,16 @@ def test_a_run_directory_from_before_the_package_reports_the_same_figures(old_ru
     unfinished = build_report(load_run(old_run))
     assert unfinished["state"].startswith("unfinished: no summary.json yet")
     assert json.loads(json.dumps(figures(unfinished))) == expected["no_summary"]
+
+
+def test_a_summary_from_before_the_finished_field_is_final_only_when_it_reached_its_steps(old_run: Path) -> None:
+    """`bastion report` and `bastion status` tell it the same way (rundir/summary.py summary_is_final)."""
+    path = old_run / layout.SUMMARY_FILE
+    summary = json.loads(path.read_text())
+    del summary["finished"]
+    summary["config"]["steps"] = 8
+    times = os.stat(path)
+    path.write_text(json.dumps(summary))
+    os.utime(path, (times.st_atime, times.st_mtime))
+    report = build_report(load_run(old_run))
+    assert report["state"] == "stopped early at step 6 of 8 (a restart resumes it)" and not report["finished"]

@@ -14,7 +14,7 @@ from bastion.rundir.layout import SUMMARY_FILE, RunDirError
 
 
 class TimeBreakdown(TypedDict):
-    """Where the wall time went, seconds (bastion.reliability.GoodputBreakdown.to_dict)."""
+    """Where the wall time went, seconds, and productive / wall (bastion.reliability.GoodputBreakdown.to_dict)."""
 
     wall_s: float
     productive_s: float
@@ -22,6 +22,7 @@ class TimeBreakdown(TypedDict):
     checkpoint_stall_s: float
     recovery_s: float
     other_s: float
+    goodput: float
 
 
 class Accounting(TypedDict):
