@@ -72,12 +72,13 @@ def ddp_loop(data_dir: str, steps: int, seed: int = 0) -> list[float]:
 
 
 def bastion_loop(data_dir: str, plan_path: str, run_dir: str, steps: int) -> list[float]:
+    from bastion.rundir.metrics import read_metrics
+    from bastion.rundir.records import is_step
     from bastion.runtime.train import TrainConfig, train
 
     train(TrainConfig(model=MODEL, plan=plan_path, data=data_dir, steps=steps, run_dir=run_dir, progress=False,
                       hash_params=False))
-    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line)["step_time_s"] for line in lines if '"step_time_s"' in line]
+    return [r["step_time_s"] for r in read_metrics(Path(run_dir)).records if is_step(r)]
 
 
 def worker(work: str) -> None:

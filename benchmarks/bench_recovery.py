@@ -33,7 +33,9 @@ def bastion(*args: str) -> subprocess.CompletedProcess:
 
 
 def records(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    from bastion.rundir.metrics import read_metrics
+
+    return read_metrics(run_dir).records
 
 
 def train(root: Path, name: str, data: Path, model: str, steps: int, *extra: str) -> tuple[Path, float]:
@@ -65,7 +67,9 @@ def goodput_run(root: Path, data: Path, model: str, steps: int) -> dict:
                           "--mtbf-hours", "0.05", "--max-restarts", "4", "--hang-timeout-s", "5",
                           "--inject", f"kill:rank=1,step={kill}", "--inject", f"hang:rank=0,step={hang}",
                           "--inject", f"nan:step={nan}")
-    summary = json.loads((run_dir / "summary.json").read_text())
+    from bastion.rundir.summary import read_summary
+
+    summary = read_summary(run_dir)
     recs = records(run_dir)
     interval = next((r for r in recs if r.get("event") == "checkpoint_interval"), {})
     return {"model": model, "steps": summary["steps"], "faults": [kill, hang, nan],

@@ -50,6 +50,8 @@ def run_mode(mode: str, model: str, plan_path: Path, data_dir: Path, steps: int,
              ) -> dict:
     import torch
 
+    from bastion.rundir.metrics import read_metrics
+    from bastion.rundir.records import is_step
     from bastion.runtime.train import TrainConfig, train
 
     if torch.cuda.is_available():
@@ -62,8 +64,7 @@ def run_mode(mode: str, model: str, plan_path: Path, data_dir: Path, steps: int,
                                 run_dir=str(run_dir), compile=mode == "compile", cluster=cluster, progress=False,
                                 hash_params=False, lr=3e-4))
     wall = time.perf_counter() - started
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-               if '"step_time_s"' in line]
+    records = [r for r in read_metrics(run_dir).records if is_step(r)]
     times = [r["step_time_s"] for r in records]
     steady = times[2:] if len(times) > 3 else times[1:] or times  # skip compile/warm-up steps
     step_s = statistics.median(steady)

@@ -11,19 +11,28 @@ from pathlib import Path
 from typing import Any
 
 
-def read_json_lines(path: Path) -> list[Any]:
-    """Every line of `path` that parses as JSON, in file order; [] when there is no such file.
+def read_json_lines_counted(path: Path) -> tuple[list[Any], int]:
+    """(every line of `path` that parses as JSON, in file order; how many non-blank lines did not parse).
 
-    A line that does not parse (cut short, or cut inside a multi-byte character) is skipped wherever it is. Lines
-    are split on newlines only (bytes), so a JSON string holding U+2028 and the like stays one line.
+    ([], 0) when there is no such file. A line that does not parse (cut short, or cut inside a multi-byte
+    character) is skipped wherever it is. Lines are split on newlines only (bytes), so a JSON string holding
+    U+2028 and the like stays one line.
     """
     path = Path(path)
     if not path.is_file():
-        return []
+        return [], 0
     values = []
+    bad = 0
     for line in path.read_bytes().splitlines():
+        if not line.strip():
+            continue
         try:
             values.append(json.loads(line))
         except ValueError:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
-            continue
-    return values
+            bad += 1
+    return values, bad
+
+
+def read_json_lines(path: Path) -> list[Any]:
+    """Every line of `path` that parses as JSON, in file order; [] when there is no such file."""
+    return read_json_lines_counted(path)[0]

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from bastion.errors import CheckpointError
-from bastion.runtime import checkpoint_files as cf
+from bastion.rundir import checkpoints as cf
 
 
 def _write_temp(root, step, payload=b"x" * 1000):

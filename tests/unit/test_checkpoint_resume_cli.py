@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bastion.runtime import checkpoint_files as cf
+from bastion.rundir import checkpoints as cf
 from bastion.specs.model import load_model
 
 

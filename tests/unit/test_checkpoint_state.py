@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from bastion.errors import CheckpointError
+from bastion.rundir import checkpoints as cf
 from bastion.runtime import checkpoint as ck
-from bastion.runtime import checkpoint_files as cf
 
 
 def _model_and_optim(seed=0):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from bastion.jsonl import read_json_lines
 from bastion.launch import registry
-from bastion.runtime.events import read_records
+from bastion.rundir.metrics import read_records
 
 
 def test_a_torn_last_line_is_skipped(tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bastion.launch.slurm import run_dir_progress, run_outcome, summary_is_final
+from bastion.launch.slurm import run_dir_progress, run_outcome
+from bastion.rundir.summary import summary_is_final
 
 PYTHON = sys.executable
 

@@ -8,9 +8,10 @@ import pytest
 
 from bastion.errors import ConfigError
 from bastion.reliability import daly_interval, default_failure_model
+from bastion.rundir.accounting import account
+from bastion.rundir.metrics import read_records
 from bastion.runtime import faults
-from bastion.runtime.events import read_records
-from bastion.runtime.recovery import NanGuard, NanGuardConfig, account, choose_interval
+from bastion.runtime.recovery import NanGuard, NanGuardConfig, choose_interval
 from bastion.runtime.watchdog import HANG_EXIT_CODE
 
 
@@ -70,7 +71,7 @@ def test_fault_fires_once_across_restarts(tmp_path):
 
 
 def test_corrupt_checkpoint_breaks_its_manifest(tmp_path):
-    from bastion.runtime import checkpoint_files as cf
+    from bastion.rundir import checkpoints as cf
 
     temp = tmp_path / cf.temp_dir_name(2)
     temp.mkdir()

@@ -19,7 +19,7 @@ import bastion.commands.report_cmds  # noqa: F401 - registers `report` (cli.py l
 from bastion.cli import app
 from bastion.report import RunDirError, build_report, load_run
 from bastion.report.analysis import steady_steps
-from bastion.runtime.events import append_record, log_event
+from bastion.rundir.metrics import append_record, log_event
 from bastion.specs.model import load_model
 from bastion.specs.plan import ParallelPlan
 

@@ -9,9 +9,9 @@ import pytest
 from test_report import failing_run  # noqa: F401 - the fixture, shared
 
 from bastion.report import build_report, load_run
-from bastion.report.analysis import current_run
 from bastion.report.html import render_html
 from bastion.report.svg import Frame, Level, Marker, Series, line_chart
+from bastion.rundir.records import current_run
 
 SVG = "{http://www.w3.org/2000/svg}"
 

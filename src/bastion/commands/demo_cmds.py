@@ -17,6 +17,8 @@ import typer
 
 from bastion.cli import app
 from bastion.report.comparison import print_comparison
+from bastion.rundir.layout import SUMMARY_FILE
+from bastion.rundir.summary import read_summary
 
 #: the fixed hybrid plan used when the planner is not available (or finds nothing runnable)
 FALLBACK_PLAN = {"dp": 2, "pp": 2, "pp_schedule": "1f1b", "zero_stage": 0, "micro_batch": 2, "precision": "fp32"}
@@ -120,7 +122,10 @@ def demo_command(
               "--run-dir", str(run_dir), "--nproc", str(nproc),
               # the workers' progress bar is written to stdout, which --json keeps for the one JSON object
               *(["--no-progress"] if as_json else [])], standalone_mode=False)
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = read_summary(run_dir)
+    if summary is None:
+        raise ConfigError(f"The demo's training run wrote no {SUMMARY_FILE} in {run_dir}.",
+                          fix="look at the training output above for the reason, and run the demo again.")
     if as_json:
         typer.echo(json.dumps(summary))
         return

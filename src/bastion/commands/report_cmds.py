@@ -34,8 +34,8 @@ def report_command(
     run = load_run(run_dir)
     report = build_report(run, warmup_steps=warmup_steps, cluster=cluster)
     if html is not None:
-        from bastion.report.analysis import current_run
         from bastion.report.html import render_html
+        from bastion.rundir.records import current_run
 
         html.parent.mkdir(parents=True, exist_ok=True)
         html.write_text(render_html(report, run.summary, current_run(run.records)))

@@ -161,12 +161,13 @@ def _check_run_dir(run_dir: Path, resume: bool) -> None:
     run's checkpoints (new ones would collide with them, and retention would delete them). Launcher only: a
     restarted worker group finds this run's own checkpoints there."""
     from bastion.errors import ConfigError
-    from bastion.runtime import checkpoint_files as cf
+    from bastion.rundir import checkpoints as cf
+    from bastion.rundir.layout import checkpoints_dir
 
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--run-dir {run_dir} is a file, not a directory.",
                           fix="give a new directory (it is created) or an existing run directory to continue.")
-    existing = cf.committed(run_dir / "checkpoints")
+    existing = cf.committed(checkpoints_dir(run_dir))
     if not resume and existing:
         raise ConfigError(f"--no-resume, but {run_dir} already holds {len(existing)} checkpoint(s) of a run "
                           f"(newest: step {existing[-1].step}); starting over there would overwrite or delete them.",
@@ -176,12 +177,15 @@ def _check_run_dir(run_dir: Path, resume: bool) -> None:
 
 def _print_time_breakdown(run_dir: Path) -> None:
     """Where the run's wall time went (from summary.json's fault-tolerance accounting), one line."""
-    import json
+    from bastion.errors import BastionError
+    from bastion.rundir.summary import read_summary
 
     try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-        parts = summary["time_breakdown_s"]
-    except (OSError, ValueError, KeyError):
+        summary = read_summary(run_dir)
+        parts = summary["time_breakdown_s"] if summary else None
+    except (OSError, BastionError, KeyError):
+        return
+    if parts is None:
         return
     from rich.console import Console
 

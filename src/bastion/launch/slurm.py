@@ -16,7 +16,6 @@ lines (job name, output path, partition, time) are checked or reduced to charact
 
 from __future__ import annotations
 
-import json
 import shlex
 import shutil
 import subprocess
@@ -33,8 +32,11 @@ from bastion.launch.request import (
     format_time_limit,
     slurm_job_name,
 )
-from bastion.runtime import checkpoint_files
-from bastion.runtime.events import read_records
+from bastion.rundir.checkpoints import with_manifest
+from bastion.rundir.layout import RunDirError, checkpoints_dir
+from bastion.rundir.metrics import read_records
+from bastion.rundir.records import is_event, is_step
+from bastion.rundir.summary import read_summary, summary_is_final
 
 #: the job's output file inside the run directory (`%j` = job id; appended across requeues)
 OUTPUT_PATTERN = "slurm-%j.out"
@@ -273,23 +275,17 @@ def run_dir_progress(run_dir: Path) -> dict[str, Any]:
     progress: dict[str, Any] = {"run_dir": str(run_dir), "last_step": None, "events": {}, "summary": None,
                                 "checkpoints": []}
     for record in read_records(run_dir):
-        if not isinstance(record, dict):
-            continue
-        if "event" in record:
+        if is_event(record):
             kind = str(record["event"])
             progress["events"][kind] = progress["events"].get(kind, 0) + 1
-        elif "step" in record:
+        elif is_step(record):
             progress["last_step"] = record["step"]
             progress["last_loss"] = record.get("loss")
-    summary = run_dir / "summary.json"
-    if summary.exists():
-        try:
-            progress["summary"] = json.loads(summary.read_text())
-        except json.JSONDecodeError:
-            progress["summary"] = None
-    # committed ones only (temporary and quarantined ones do not count), with their manifest
-    progress["checkpoints"] = [c.path.name for c in checkpoint_files.committed(run_dir / "checkpoints")
-                               if (c.path / "manifest.json").is_file()]
+    try:
+        progress["summary"] = read_summary(run_dir)
+    except RunDirError:  # being written: the next look reads it
+        progress["summary"] = None
+    progress["checkpoints"] = [c.path.name for c in with_manifest(checkpoints_dir(run_dir))]
     return progress
 
 
@@ -301,19 +297,6 @@ WAITING_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"
                             "RESIZING"})
 #: the batch script is on the nodes: a stop just written may still turn into a requeue, or a restart be resuming
 RUNNING_STATES = frozenset({"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"})
-
-
-def summary_is_final(summary: dict[str, Any]) -> bool:
-    """Whether summary.json was written at the end of the run, not at a stop (preemption, time limit,
-    --stop-after-step) that a requeue or restart resumes from. Summaries from before the "finished" field compare
-    the steps done with the steps asked for."""
-    if "finished" in summary:
-        return bool(summary["finished"])
-    asked = (summary.get("config") or {}).get("steps")
-    done = summary.get("steps")
-    if isinstance(asked, int) and isinstance(done, int):
-        return done >= asked
-    return True  # nothing to tell by: read it as final, as status always did
 
 
 def run_outcome(progress: dict[str, Any], job_state: str, job_known: bool = True) -> dict[str, Any] | None:

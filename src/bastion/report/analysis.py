@@ -16,24 +16,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from bastion.report.run_files import RunFiles, finite
+from bastion.rundir import records as kinds
+from bastion.rundir.accounting import account
+from bastion.rundir.layout import MODEL_FILE, PLAN_FILE
+from bastion.rundir.predicted import predicted_figures as predict_run
+from bastion.rundir.records import RESTART_EVENTS, current_run, is_event, is_step
 
 #: step records left out at the start of a run by default (summary.json's runtime figure leaves out one too)
 WARMUP_STEPS = 1
-#: events after which the next step runs in a freshly started process
-RESTART_EVENTS = ("restart", "resume")
 #: events shown on the timeline (checkpoints are summarised, there may be thousands)
-TIMELINE_EVENTS = ("run_start", "fault", "hang", "restart", "resume", "rollback", "skip_batch",
-                   "checkpoint_corrupt", "checkpoint_interval", "preempted")
-
-
-def current_run(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Records from the last `run_start` on (earlier ones belong to an older run in the same directory)."""
-    last_start = max((i for i, r in enumerate(records) if r.get("event") == "run_start"), default=0)
-    return records[last_start:]
-
-
-def is_step(record: dict[str, Any]) -> bool:
-    return "event" not in record and "step" in record
+TIMELINE_EVENTS = tuple(kind.name for kind in (
+    kinds.RUN_START, kinds.FAULT, kinds.HANG, kinds.RESTART, kinds.RESUME, kinds.ROLLBACK, kinds.SKIP_BATCH,
+    kinds.CHECKPOINT_CORRUPT, kinds.CHECKPOINT_INTERVAL, kinds.PREEMPTED))
 
 
 # ---- steady step time ---------------------------------------------------------------------------------
@@ -114,22 +108,18 @@ def predicted_figures(run: RunFiles, cluster: str | None = None) -> tuple[dict[s
     if run.plan is None or run.model is None:
         return {}, "none: plan.json or model.json is missing from the run directory"
     from bastion.errors import BastionError
-    from bastion.predict import estimate
-    from bastion.specs.hardware import load_cluster
     from bastion.specs.model import model_from_mapping
     from bastion.specs.plan import ParallelPlan
 
     try:
-        spec = model_from_mapping(dict(run.model), "model.json")
-        plan = ParallelPlan.from_dict(dict(run.plan), "plan.json")
-        est = estimate(spec, load_cluster(cluster), plan, spec.seq_len)
+        spec = model_from_mapping(dict(run.model), MODEL_FILE)
+        plan = ParallelPlan.from_dict(dict(run.plan), PLAN_FILE)
     except BastionError as exc:
         return {}, f"none: {exc.problem}"
-    memory = est.memory.to_dict()
-    return ({"cluster": cluster, "step_time_s": est.step_time_s, "tokens_per_s": est.tokens_per_s, "mfu": est.mfu,
-             "fits": est.fits, "memory_bytes": {k: float(v) for k, v in memory.items()
-                                                if isinstance(v, int | float)}},
-            f"computed now by bastion.predict from plan.json + model.json on {cluster}")
+    figures = predict_run(spec, plan, cluster, spec.seq_len)
+    if "note" in figures:
+        return {}, f"none: {figures['note']}"
+    return figures, f"computed now by bastion.predict from plan.json + model.json on {cluster}"
 
 
 # ---- failures and what they cost ------------------------------------------------------------------------
@@ -142,24 +132,22 @@ def recomputed_steps(records: list[dict[str, Any]]) -> dict[str, Any]:
         if not is_step(record) or last_index[record["step"]] == index:
             continue
         steps.append(record["step"])
-        cause = next((r["event"] for r in records[index + 1:] if r.get("event") in ("restart", "resume", "rollback")),
+        cause = next((r["event"] for r in records[index + 1:] if is_event(r, *RESTART_EVENTS, kinds.ROLLBACK.name)),
                      "other")
         by_cause["restart" if cause in RESTART_EVENTS else cause] += 1
     return {"count": len(steps), "steps": steps, "by_cause": by_cause}
 
 
 def failure_accounting(run: RunFiles) -> tuple[dict[str, Any], str]:
-    """The runtime's accounting (runtime/recovery.py `account`): from summary.json when the run wrote it, else
+    """The runtime's accounting (rundir/accounting.py `account`): from summary.json when the run wrote it, else
     recomputed from metrics.jsonl up to its last record."""
     if run.summary is not None and "time_breakdown_s" in run.summary:
         keys = ("restarts", "rollbacks", "faults_injected", "lost_steps", "recovery_s", "checkpoint_stall_s",
                 "goodput", "time_breakdown_s")
         return ({k: run.summary[k] for k in keys if k in run.summary},
-                "summary.json (runtime/recovery.py account() at the end of the run)")
-    from bastion.runtime.recovery import account  # pure Python, like the rest of this package
-
+                "summary.json (the runtime's account() at the end of the run)")
     end = max(r["time"] for r in run.records)
-    return account(run.records, end), "metrics.jsonl up to its last record (runtime/recovery.py account())"
+    return account(run.records, end), "metrics.jsonl up to its last record (rundir/accounting.py account())"
 
 
 def predicted_goodput(run: RunFiles, step_time_s: float | None, accounting: dict[str, Any]) -> dict[str, Any]:
@@ -177,8 +165,8 @@ def predicted_goodput(run: RunFiles, step_time_s: float | None, accounting: dict
     config = (run.summary or {}).get("config") or {}
     resilience = config.get("resilience") or {}
     every = resilience.get("checkpoint_every")
-    chosen = [r for r in records if r.get("event") == "checkpoint_interval"]
-    saves = [r for r in records if r.get("event") == "checkpoint"]
+    chosen = [r for r in records if is_event(r, kinds.CHECKPOINT_INTERVAL.name)]
+    saves = [r for r in records if is_event(r, kinds.CHECKPOINT.name)]
     if chosen:
         every, every_source = int(chosen[-1]["every_steps"]), "--checkpoint-every auto (checkpoint_interval event)"
     elif isinstance(every, int) and every > 0:
@@ -191,7 +179,7 @@ def predicted_goodput(run: RunFiles, step_time_s: float | None, accounting: dict
     interval_s = (every if every else steps) * step_time_s
     stall_s = accounting.get("checkpoint_stall_s", 0.0) / len(saves) if saves else 0.0
     world = (run.summary or {}).get("world_size") or next(
-        (r.get("world_size") for r in records if r.get("event") == "run_start"), None) or 1
+        (r.get("world_size") for r in records if is_event(r, kinds.RUN_START.name)), None) or 1
     if resilience.get("mtbf_hours"):
         mtbf_h, mtbf_source = float(resilience["mtbf_hours"]), "--mtbf-hours"
     else:
@@ -246,9 +234,9 @@ def loss_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
         "min": best[1], "min_step": best[0],
         "non_finite_steps": [s for s, v in finite_losses if v is None],
         "nan_faults": [{"step": r.get("step"), "rank": r.get("rank")} for r in records
-                       if r.get("event") == "fault" and r.get("fault") == "nan"],
+                       if is_event(r, kinds.FAULT.name) and r.get("fault") == "nan"],
         "rollbacks": [{k: r.get(k) for k in ("step", "reason", "resumed_from_step", "skipped_sample_ids")}
-                      for r in records if r.get("event") == "rollback"],
+                      for r in records if is_event(r, kinds.ROLLBACK.name)],
     }
 
 
@@ -259,12 +247,12 @@ def build_report(run: RunFiles, warmup_steps: int = WARMUP_STEPS, cluster: str |
     measured = measured_figures(run, warmup_steps)
     predicted, predicted_source = predicted_figures(run, cluster)
     accounting, accounting_source = failure_accounting(run)
-    saves = [r for r in records if r.get("event") == "checkpoint"]
-    committed = [r["step"] for r in records if r.get("event") == "checkpoint_committed"]
+    saves = [r for r in records if is_event(r, kinds.CHECKPOINT.name)]
+    committed = [r["step"] for r in records if is_event(r, kinds.CHECKPOINT_COMMITTED.name)]
     # checkpoints on disk but no commit events: a runtime that did not log them (None: not known)
     committed_count = None if not committed and run.checkpoint_steps else len(committed)
     # restart events, over every launch of the run: each launch's `attempt` counts from 0 again (--resume)
-    restart_events = sum(1 for r in records if r.get("event") == "restart")
+    restart_events = sum(1 for r in records if is_event(r, kinds.RESTART.name))
     accounting["restarts"] = max(accounting.get("restarts", 0), restart_events)
     return {
         "run_dir": str(run.path),
@@ -273,7 +261,7 @@ def build_report(run: RunFiles, warmup_steps: int = WARMUP_STEPS, cluster: str |
         "model": (run.model or {}).get("name") or (run.summary or {}).get("model"),
         "plan": run.plan or (run.summary or {}).get("plan"),
         "world_size": (run.summary or {}).get("world_size") or next(
-            (r.get("world_size") for r in records if r.get("event") == "run_start"), None),
+            (r.get("world_size") for r in records if is_event(r, kinds.RUN_START.name)), None),
         "steps_completed": max((r["step"] for r in records if is_step(r)), default=0),
         "step_records": sum(1 for r in records if is_step(r)),
         "unreadable_lines": run.unreadable_lines,

@@ -8,7 +8,7 @@ object of ours: tensors come back through DCP, the rest through `json`.
 Saving is synchronous (`dcp.save`, the loop waits) or asynchronous (`dcp.async_save`: the loop waits only while
 the state is staged into a copy; the write runs on a background thread over a dedicated gloo group, so its
 collectives never interleave with the training's). Either way the directory is sealed by
-`checkpoint_files.commit` (fsync, manifest, rename) on rank 0 once every rank's files are on disk.
+`rundir.checkpoints.commit` (fsync, manifest, rename) on rank 0 once every rank's files are on disk.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from bastion.errors import CheckpointError
-from bastion.runtime import checkpoint_files as files
+from bastion.rundir import checkpoints as files
 
 STATE_JSON = "state.json"
 _FLAT = StateDictOptions(flatten_optimizer_state_dict=True)

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bastion.errors import ConfigError, did_you_mean
-from bastion.runtime import checkpoint_files
-from bastion.runtime.events import log_event
+from bastion.rundir import checkpoints as checkpoint_files
+from bastion.rundir.metrics import log_event
 
 KINDS = ("kill", "hang", "nan", "kill-during-save", "corrupt-latest")
 _NEEDS_STEP = ("kill", "hang", "nan", "kill-during-save")

@@ -1,4 +1,4 @@
-"""What a run measures and writes: metrics.jsonl lines, model FLOPs, memory probes, parameter hashes.
+"""What a run measures: model FLOPs, memory probes, parameter hashes (metrics.jsonl itself: rundir/metrics.py).
 
 Conventions:
 - model FLOPs follow PaLM (as ../shared/calibration does): 6 · matmul parameters + 12 · layers · q_width · seq
@@ -11,11 +11,9 @@ Conventions:
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import resource
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,29 +25,6 @@ from bastion.specs.model import ModelSpec
 
 def model_flops_per_token(spec: ModelSpec, seq_len: int) -> float:
     return 6.0 * spec.matmul_params() + 12.0 * spec.num_layers * spec.q_width * seq_len
-
-
-class MetricsWriter:
-    """Appends one JSON object per line to RUN_DIR/metrics.jsonl (rank 0 only; others are no-ops)."""
-
-    def __init__(self, path: Path, enabled: bool) -> None:
-        self.path = path
-        self.enabled = enabled
-        if enabled:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(path, "a", buffering=1)  # noqa: SIM115 - kept open for the run
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.enabled:
-            self._file.write(json.dumps(record) + "\n")
-            self._file.flush()
-
-    def event(self, kind: str, **fields: Any) -> None:
-        self.write({"event": kind, **fields})
-
-    def close(self) -> None:
-        if self.enabled:
-            self._file.close()
 
 
 # ---- memory --------------------------------------------------------------------------------------------

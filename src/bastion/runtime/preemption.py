@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from bastion.runtime.events import log_event
+from bastion.rundir.metrics import log_event
 
 
 class PreemptionNotice:

@@ -1,9 +1,8 @@
-"""Deciding what to do after something went wrong, and accounting for what it cost. Pure Python.
+"""Deciding what to do after something went wrong. Pure Python (what it cost: rundir/accounting.py).
 
 - `NanGuard`: a step whose global gradient norm is NaN/Inf, or k× above the recent median, is "bad": the
   trainer rolls back to the last good checkpoint, replays up to the offending batch and skips it.
 - `choose_interval`: `--checkpoint-every auto` = Daly's optimum for the measured save stall and the MTBF.
-- `account`: restarts, lost steps, recovery time, checkpoint stall and goodput from metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -12,9 +11,8 @@ import math
 import statistics
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
 
-from bastion.reliability import GoodputBreakdown, daly_interval, default_failure_model
+from bastion.reliability import daly_interval, default_failure_model
 
 
 # ---- NaN / spike guard -------------------------------------------------------------------------------
@@ -77,65 +75,3 @@ def choose_interval(stall_s: float, step_s: float, num_devices: int,
     interval = daly_interval(max(stall_s, 1e-6), mtbf_s)
     every = max(1, round(interval / max(step_s, 1e-9)))
     return IntervalChoice(every, interval, stall_s, mtbf_s, step_s, source)
-
-
-# ---- accounting --------------------------------------------------------------------------------------
-def account(records: list[dict[str, Any]], end_time: float) -> dict[str, Any]:
-    """restarts, lost_steps, recovery_s, checkpoint_stall_s, goodput (+ the breakdown) from metrics records.
-
-    A step record superseded by a later record of the same step (recomputed after a restart or a rollback) is
-    lost work. Recovery runs from the last sign of progress before a restart (a step or a save; so detecting a
-    hang counts) or from a rollback, to the start of the first step completed afterwards. Wall time runs from
-    the last `run_start` event (records before it belong to an earlier run in the same directory).
-    """
-    last_start = max((i for i, r in enumerate(records) if r.get("event") == "run_start"), default=0)
-    records = records[last_start:]  # an earlier, unrelated run in the same directory does not count
-    starts = [r["time"] for r in records if r.get("event") == "run_start"]
-    steps = [r for r in records if "event" not in r and "step" in r]
-    if not starts and steps:
-        starts = [steps[0]["time"] - steps[0].get("step_time_s", 0.0)]
-    wall = end_time - (min(starts) if starts else end_time)
-    last_by_step: dict[int, int] = {}
-    for index, record in enumerate(records):
-        if "event" not in record and "step" in record:
-            last_by_step[record["step"]] = index
-    productive = lost = 0.0
-    lost_steps = 0
-    for index, record in enumerate(records):
-        if "event" in record or "step" not in record:
-            continue
-        if last_by_step[record["step"]] == index:
-            productive += record.get("step_time_s", 0.0)
-        else:
-            lost += record.get("step_time_s", 0.0)
-            lost_steps += 1
-    stall = sum(r.get("stall_s", 0.0) for r in records if r.get("event") in ("checkpoint", "checkpoint_wait"))
-    # an optimizer step that waited for an async save's copy counted that wait in its step time
-    productive = max(0.0, productive - sum(r.get("stall_s", 0.0) for r in records
-                                           if r.get("event") == "checkpoint_wait"))
-    recovery, recoveries = 0.0, []
-    failure_time = None
-    for record in records:
-        kind = record.get("event")
-        if kind in ("restart", "rollback") and failure_time is None:
-            # the failure began after the last sign of progress (a step or a save), not when it was noticed:
-            # a hang's detection time is part of its cost
-            progress = [r["time"] for r in records if r["time"] < record["time"]
-                        and (r.get("event") is None or r.get("event") in ("checkpoint", "run_start"))]
-            failure_time = max(progress) if progress and kind == "restart" else record["time"]
-        elif kind is None and "step" in record and failure_time is not None:
-            gap = record["time"] - record.get("step_time_s", 0.0) - failure_time
-            recoveries.append(max(0.0, gap))
-            failure_time = None
-    recovery = sum(recoveries)
-    breakdown = GoodputBreakdown(wall_s=wall, productive_s=productive, lost_s=lost,
-                                 checkpoint_stall_s=stall, recovery_s=recovery)
-    # each launch (a --resume, a Slurm requeue) counts its torchrun attempts from 0 again: count the events too
-    restart_events = [r for r in records if r.get("event") == "restart"]
-    restarts = max([r.get("attempt", 0) for r in restart_events] + [len(restart_events)])
-    return {"restarts": restarts,
-            "rollbacks": sum(1 for r in records if r.get("event") == "rollback"),
-            "faults_injected": sum(1 for r in records if r.get("event") == "fault"),
-            "lost_steps": lost_steps, "recovery_s": round(recovery, 3),
-            "checkpoint_stall_s": round(stall, 3), "goodput": round(breakdown.goodput, 4),
-            "time_breakdown_s": {k: round(v, 3) for k, v in breakdown.to_dict().items()}}

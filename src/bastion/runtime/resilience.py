@@ -29,11 +29,13 @@ import torch
 import torch.distributed as dist
 
 from bastion.errors import CheckpointError
+from bastion.rundir import checkpoints as checkpoint_files
+from bastion.rundir.accounting import account
+from bastion.rundir.layout import checkpoints_dir
+from bastion.rundir.metrics import log_event, read_metrics
 from bastion.runtime import checkpoint as ck
-from bastion.runtime import checkpoint_files
-from bastion.runtime.events import log_event, read_records
 from bastion.runtime.faults import FaultInjector, parse_fault
-from bastion.runtime.recovery import NanGuard, NanGuardConfig, account, choose_interval
+from bastion.runtime.recovery import NanGuard, NanGuardConfig, choose_interval
 from bastion.runtime.resilience_config import ResilienceConfig
 from bastion.runtime.resume_source import resolve_resume_source, same_model
 from bastion.runtime.watchdog import StepWatchdog, WatchdogConfig
@@ -82,7 +84,7 @@ class Resilience:
         every = max(0, config.checkpoint_every)  # `auto` (-1) is decided after the probe save
         async_group = dist.new_group(backend="gloo") if (config.async_checkpoint and self.world > 1) else None
         self.checkpointer = ck.Checkpointer(
-            ck.CheckpointConfig(self.run_dir / "checkpoints", every=every,
+            ck.CheckpointConfig(checkpoints_dir(self.run_dir), every=every,
                                 retention=checkpoint_files.RetentionPolicy(config.keep_last, config.keep_every),
                                 async_save=config.async_checkpoint),
             rank=self.rank, world_size=self.world, async_group=async_group)
@@ -275,7 +277,7 @@ class Resilience:
             dist.barrier()  # every rank's last save is committed before the summary is written
         if self.rank != 0:
             return {}
-        fields = account(read_records(self.run_dir), time.time())
+        fields = account(read_metrics(self.run_dir).records, time.time())
         fields["restarts"] = max(fields["restarts"], self.attempt)
         fields["checkpoints"] = [c.step for c in checkpoint_files.committed(self.checkpointer.config.directory)]
         fields["skipped_batch_starts"] = sorted(self.skip_starts)

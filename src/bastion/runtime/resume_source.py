@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 
 from bastion.errors import CheckpointError, PlanError
-from bastion.runtime import checkpoint_files as cf
+from bastion.rundir import checkpoints as cf
+from bastion.rundir.layout import checkpoints_dir
 from bastion.specs.model import ModelSpec, model_from_mapping
 from bastion.specs.plan import ParallelPlan
 
@@ -29,7 +30,7 @@ def resolve_resume_source(path: Path, verify: bool = False) -> cf.CheckpointInfo
         step = path.name.removeprefix("step-")
         candidates = [cf.CheckpointInfo(int(step) if step.isdigit() else -1, path)]
     else:
-        root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+        root = checkpoints_dir(path) if checkpoints_dir(path).is_dir() else path
         candidates = list(reversed(cf.committed(root)))
     reasons = []
     for info in candidates:
@@ -82,7 +83,7 @@ def check_resume_compatible(info: cf.CheckpointInfo, spec: ModelSpec, plan: Para
 def preflight_resume(run_dir: Path, resume: bool, resume_from: str | None, spec: ModelSpec,
                      plan: ParallelPlan) -> cf.CheckpointInfo | None:
     """The checkpoint the workers will start from (checked), or None for a fresh start."""
-    own = cf.committed(Path(run_dir) / "checkpoints") if resume else []
+    own = cf.committed(checkpoints_dir(run_dir)) if resume else []
     for info in reversed(own):
         if (info.path / cf.MANIFEST).is_file():
             check_resume_compatible(info, spec, plan, own_run_dir=True)

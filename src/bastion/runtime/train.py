@@ -12,13 +12,11 @@ results are bitwise reproducible only at a fixed thread count.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
-import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +24,23 @@ import torch
 import torch.distributed as dist
 
 from bastion.errors import BastionError
+from bastion.rundir.layout import write_run_files
+from bastion.rundir.metrics import MetricsWriter
 from bastion.runtime.context_parallel import split_sequence
 from bastion.runtime.data import GlobalSampler, dp_slice, open_dataset
 from bastion.runtime.mesh import RuntimeMesh, build_mesh
 from bastion.runtime.metrics import (
-    MetricsWriter,
     SavedActivationProbe,
     current_memory_bytes,
-    full_parameters,
     model_flops_per_token,
     model_state_bytes_measured,
     param_bytes,
-    params_sha256,
 )
 from bastion.runtime.parallelize import ParallelizeConfig, ParallelModel, cross_entropy_loss, parallelize
 from bastion.runtime.preemption import PreemptionNotice
 from bastion.runtime.resilience import BadStep, Resilience
 from bastion.runtime.resilience_config import ResilienceConfig
+from bastion.runtime.run_summary import peak_flops, write_run_summary
 from bastion.specs.model import ModelSpec, load_model
 from bastion.specs.plan import ParallelPlan
 
@@ -307,60 +305,7 @@ def _cluster_name(config: TrainConfig, device: torch.device, world: int) -> str 
     return None
 
 
-def predicted_figures(spec: ModelSpec, plan: ParallelPlan, cluster_name: str | None, seq_len: int,
-                      stage_ids: list[int], compiled: bool = False) -> dict[str, Any]:
-    """The predictor's figures for this run (on bastion's runtime, compiled or not), or a note saying why there
-    are none."""
-    if cluster_name is None:
-        return {"note": "no cluster spec for this device; pass --cluster for a prediction"}
-    try:
-        from bastion.predict import PredictOptions, estimate
-        from bastion.specs.hardware import load_cluster
-    except ImportError as exc:
-        return {"note": f"bastion.predict is not available ({exc}); no prediction"}
-    try:
-        cluster = load_cluster(cluster_name)
-        est = estimate(spec, cluster, plan, seq_len, options=PredictOptions(compiled=compiled))
-    except BastionError as exc:
-        return {"note": f"no prediction: {exc.problem}"}
-    memory = {name: float(getattr(est.memory, name)) for name in
-              ("params", "grads", "optimizer", "activations", "logits", "comm_buffers", "allocator_overhead",
-               "total")}
-    out: dict[str, Any] = {"cluster": cluster_name, "step_time_s": est.step_time_s, "tokens_per_s": est.tokens_per_s,
-                           "mfu": est.mfu, "fits": est.fits, "memory_bytes": memory}
-    try:
-        from bastion.predict.memory import model_state_bytes
-
-        out["model_state_bytes_by_stage"] = {
-            str(stage): {k: int(v) for k, v in model_state_bytes(spec, plan, stage).items()}
-            for stage in range(plan.pp)}
-    except (ImportError, AttributeError) as exc:
-        out["model_state_note"] = f"model_state_bytes unavailable ({exc})"
-    return out
-
-
-def _peak_flops(cluster_name: str | None, precision: str, device: torch.device) -> float | None:
-    if cluster_name is None:
-        return None
-    from bastion.predict.estimate import per_rank
-    from bastion.specs.hardware import load_cluster
-
-    try:
-        # the same per-rank peak the prediction divides by (a host CPU's ranks share its cores)
-        accelerator = per_rank(load_cluster(cluster_name)).accelerator
-    except BastionError:
-        return None
-    used = precision if device.type == "cuda" else "fp32"
-    return accelerator.peak_tflops(used) * 1e12
-
-
 # ---- the run ------------------------------------------------------------------------------------------------
-def _write_run_files(run_dir: Path, spec: ModelSpec, plan: ParallelPlan) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    plan.save(run_dir / "plan.json")
-    (run_dir / "model.json").write_text(json.dumps(spec.to_dict(), indent=2) + "\n")
-
-
 def _progress(enabled: bool, total: int) -> Any:
     if not enabled:
         return None
@@ -389,15 +334,15 @@ def train(config: TrainConfig) -> dict[str, Any]:
     rmesh = build_mesh(plan, device)
     run_dir = Path(config.run_dir)
     if rank == 0:
-        _write_run_files(run_dir, spec, plan)
+        write_run_files(run_dir, spec, plan)
     trainer = Trainer(config, spec, plan, rmesh)
     resilience = Resilience(config.resilience, run_dir, trainer, spec, plan)
     trainer.guard = resilience
     resilience.start()
     preemption = PreemptionNotice().install()  # SIGTERM: checkpoint after the current step, stop
-    writer = MetricsWriter(run_dir / "metrics.jsonl", enabled=rank == 0)
+    writer = MetricsWriter(run_dir, enabled=rank == 0)
     cluster_name = _cluster_name(config, device, world)
-    peak = _peak_flops(cluster_name, plan.precision, device)
+    peak = peak_flops(cluster_name, plan.precision, device)
     tokens_per_step = plan.global_batch * spec.seq_len
     flops_per_step = model_flops_per_token(spec, spec.seq_len) * tokens_per_step
     progress = _progress(config.progress and rank == 0, config.steps)
@@ -438,87 +383,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
         writer.close()
     wall = time.perf_counter() - wall_start
     fault_tolerance = resilience.finish()
-    return _finish(config, trainer, spec, plan, rmesh, records, model_state, cluster_name, wall, fault_tolerance)
-
-
-def _finish(config: TrainConfig, trainer: Trainer, spec: ModelSpec, plan: ParallelPlan, rmesh: RuntimeMesh,
-            records: list[dict[str, Any]], model_state: dict[str, int] | None, cluster_name: str | None,
-            wall_s: float, fault_tolerance: dict[str, Any] | None = None) -> dict[str, Any]:
-    rank, world = dist.get_rank(), dist.get_world_size()
-    # per-rank measured model state, gathered so the summary can be checked against the predictor per stage
-    mine = {"rank": rank, "pp_rank": rmesh.pp_rank, "dp_rank": rmesh.dp_rank, "cp_rank": rmesh.cp_rank,
-            "tp_rank": rmesh.tp_rank,
-            "stages": trainer.model.stage_ids, **(model_state or {})}
-    per_rank: list[Any] = [None] * world
-    dist.all_gather_object(per_rank, mine)
-    activation_bytes: list[Any] = [None] * world
-    dist.all_gather_object(activation_bytes, trainer.activation_bytes)
-    digest = None
-    if config.hash_params or config.save_final_params:
-        full = gather_full_params(trainer, rmesh)
-        if full is not None:
-            digest = params_sha256(spec, full)
-            if config.save_final_params:
-                torch.save(full, Path(config.run_dir) / "final_params.pt")
-    if rank != 0:
-        return {}
-    steady = [r["step_time_s"] for r in records[1:]] or [r["step_time_s"] for r in records]
-    step_time = statistics.median(steady) if steady else None
-    first = records[0] if records else {}
-    measured = {
-        "step_time_s": step_time,
-        "first_step_s": first.get("step_time_s"),
-        "tokens_per_s": plan.global_batch * spec.seq_len / step_time if step_time else None,
-        "mfu": statistics.median([r["mfu"] for r in records[1:]]) if len(records) > 1 and records[1]["mfu"]
-        else first.get("mfu"),
-        "peak_mem_bytes": current_memory_bytes(rmesh.device),
-        "peak_mem_kind": "cuda max_memory_allocated" if rmesh.device.type == "cuda" else "process RSS",
-        "model_state_bytes_by_rank": per_rank,
-        "activation_bytes_by_rank": activation_bytes,
-        "wall_s": wall_s,
-    }
-    summary = {
-        "steps": trainer.step,
-        # False when a stop (SIGTERM before a time limit or preemption, --stop-after-step) ended the run early: this
-        # summary is then partial and a requeued or restarted job resumes and rewrites it
-        "finished": trainer.step >= config.steps,
-        "final_loss": records[-1]["loss"] if records else None,
-        "losses": [r["loss"] for r in records],
-        "params_sha256": digest,
-        "world_size": world,
-        "plan": plan.to_dict(),
-        "model": spec.name,
-        "seed": config.seed,
-        "predicted": predicted_figures(spec, plan, cluster_name, spec.seq_len, trainer.model.stage_ids,
-                                       compiled=config.compile),
-        "measured": measured,
-        "notes": trainer.model.notes,
-        "config": asdict(config),
-        **(fault_tolerance or {}),
-    }
-    run_dir = Path(config.run_dir)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
-
-
-def gather_full_params(trainer: Trainer, rmesh: RuntimeMesh) -> dict[str, torch.Tensor] | None:
-    """Every full parameter on rank 0 (None elsewhere). Collective: all ranks must call it."""
-    full = full_parameters(trainer.model.named_parameters())
-    if dist.get_world_size() == 1:
-        return full
-    # one copy per pipeline stage is enough: the (dp 0, cp 0, tp 0) rank of each stage sends its tensors
-    payload = full if (rmesh.dp_rank == 0 and rmesh.cp_rank == 0 and rmesh.tp_rank == 0) else None
-    gathered: list[Any] = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
-    dist.gather_object(payload, gathered, dst=0)
-    if dist.get_rank() != 0:
-        return None
-    merged: dict[str, torch.Tensor] = {}
-    for part in gathered:
-        if part:
-            merged.update(part)
-    return merged
-
-
+    return write_run_summary(config, trainer, spec, plan, rmesh, records, model_state, cluster_name, wall,
+                             fault_tolerance)
 
 
 # ---- process entry point ---------------------------------------------------------------------------------------

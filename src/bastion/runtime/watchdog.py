@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from bastion.runtime.events import log_event
+from bastion.rundir.metrics import log_event
 
 #: exit status of a worker aborted by the watchdog (distinct from signals and Python errors)
 HANG_EXIT_CODE = 87

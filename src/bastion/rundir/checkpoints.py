@@ -128,6 +128,11 @@ def committed(root: Path) -> list[CheckpointInfo]:
     return sorted(found, key=lambda c: c.step)
 
 
+def with_manifest(root: Path) -> list[CheckpointInfo]:
+    """Committed checkpoints that have their manifest, oldest first: what a reader lists (not verified)."""
+    return [info for info in committed(root) if (info.path / MANIFEST).is_file()]
+
+
 def quarantine(path: Path, reason: str) -> Path:
     """Move a bad checkpoint aside (never delete evidence) and leave the reason next to it."""
     target_root = path.parent / "quarantine"

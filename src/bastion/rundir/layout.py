@@ -1,0 +1,47 @@
+"""The names of the files in a run directory, and the two a run writes before its first step.
+
+RUN_DIR/
+  plan.json, model.json       the ParallelPlan and the model, written by rank 0 before the first step
+  metrics.jsonl               step records and events, one JSON object a line (rundir/metrics.py, records.py)
+  summary.json                written by rank 0 when the run ends or stops early (rundir/summary.py)
+  checkpoints/step-NNNNNNNN/  committed checkpoints with their manifest (rundir/checkpoints.py)
+  final_params.pt             the full final parameters, only with save_final_params (equivalence tests)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bastion.errors import BastionError
+
+if TYPE_CHECKING:
+    from bastion.specs.model import ModelSpec
+    from bastion.specs.plan import ParallelPlan
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+PLAN_FILE = "plan.json"
+MODEL_FILE = "model.json"
+CHECKPOINTS_DIR = "checkpoints"
+FINAL_PARAMS_FILE = "final_params.pt"
+#: files only `bastion train` writes into a run directory; one of them makes a directory a run directory
+RUN_MARKERS = (METRICS_FILE, SUMMARY_FILE, PLAN_FILE, MODEL_FILE)
+
+
+class RunDirError(BastionError):
+    """A directory that is not (yet) a readable `bastion train` run directory."""
+
+    reason = "bad run directory"
+
+
+def checkpoints_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS_DIR
+
+
+def write_run_files(run_dir: Path, spec: ModelSpec, plan: ParallelPlan) -> None:
+    """plan.json and model.json: what the report predicts from when the run has no summary yet."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    plan.save(run_dir / PLAN_FILE)
+    (run_dir / MODEL_FILE).write_text(json.dumps(spec.to_dict(), indent=2) + "\n")

@@ -1,0 +1,44 @@
+"""The predictor's figures for a run, as summary.json's `predicted` holds them and `bastion report --cluster`
+computes them from plan.json + model.json. Torch-free (bastion.predict is)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bastion.errors import BastionError
+from bastion.specs.model import ModelSpec
+from bastion.specs.plan import ParallelPlan
+
+#: the memory components summary.json records (bastion.predict MemoryBreakdown fields)
+MEMORY_FIELDS = ("params", "grads", "optimizer", "activations", "logits", "comm_buffers", "allocator_overhead",
+                 "total")
+
+
+def predicted_figures(spec: ModelSpec, plan: ParallelPlan, cluster_name: str | None, seq_len: int,
+                      compiled: bool = False) -> dict[str, Any]:
+    """The predictor's figures for this run (on bastion's runtime, compiled or not), or {"note": why there are
+    none}."""
+    if cluster_name is None:
+        return {"note": "no cluster spec for this device; pass --cluster for a prediction"}
+    try:
+        from bastion.predict import PredictOptions, estimate
+        from bastion.specs.hardware import load_cluster
+    except ImportError as exc:
+        return {"note": f"bastion.predict is not available ({exc}); no prediction"}
+    try:
+        cluster = load_cluster(cluster_name)
+        est = estimate(spec, cluster, plan, seq_len, options=PredictOptions(compiled=compiled))
+    except BastionError as exc:
+        return {"note": f"no prediction: {exc.problem}"}
+    memory = {name: float(getattr(est.memory, name)) for name in MEMORY_FIELDS}
+    out: dict[str, Any] = {"cluster": cluster_name, "step_time_s": est.step_time_s, "tokens_per_s": est.tokens_per_s,
+                           "mfu": est.mfu, "fits": est.fits, "memory_bytes": memory}
+    try:
+        from bastion.predict.memory import model_state_bytes
+
+        out["model_state_bytes_by_stage"] = {
+            str(stage): {k: int(v) for k, v in model_state_bytes(spec, plan, stage).items()}
+            for stage in range(plan.pp)}
+    except (ImportError, AttributeError) as exc:
+        out["model_state_note"] = f"model_state_bytes unavailable ({exc})"
+    return out

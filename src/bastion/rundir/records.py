@@ -1,0 +1,92 @@
+"""The records of metrics.jsonl: one step record per completed optimizer step, one event record per event.
+
+A record is a JSON object with a wall-clock `time` (Unix seconds). A step record has a `step` and no `event`; an
+event record has an `event` naming its kind. The kinds, what each means and the fields its writer gives are
+registered here (`EVENT_KINDS`); `rundir.metrics.log_event` refuses a kind not registered, so every kind a reader
+may meet is listed here. The TypedDicts type the JSON objects as they are on disk (readers keep them as dicts:
+a run directory from an older bastion may lack newer optional fields).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NotRequired, TypedDict
+
+
+class StepRecord(TypedDict):
+    """One completed optimizer step (rank 0's MetricsWriter). A step recomputed after a restart or a rollback
+    appears again, later in the file; the last record of a step is the one the final model holds."""
+
+    step: int
+    loss: float
+    grad_norm: float
+    lr: float
+    step_time_s: float
+    time: float
+    tokens_per_s: float
+    #: None when the device has no known peak
+    mfu: float | None
+    mem_gib: float
+    #: [first, last + 1) of the global sample ids of the step (absent in records from before it was written)
+    sample_ids: NotRequired[list[int]]
+
+
+@dataclass(frozen=True)
+class EventKind:
+    """One kind of event record: its name (the `event` field), what it means and the fields its writer gives."""
+
+    name: str
+    meaning: str
+    #: the fields its writers give besides `event` and `time`
+    fields: tuple[str, ...]
+
+
+RUN_START = EventKind("run_start", "a new run begins in this directory (its wall clock starts here); records "
+                      "before the last one belong to an earlier run", ("world_size", "plan"))
+RESUME = EventKind("resume", "a launch continues this run from a checkpoint (--resume, a Slurm requeue)",
+                   ("attempt", "resumed_from_step", "world_size", "plan"))
+RESTART = EventKind("restart", "the worker group was restarted after a failure and resumed from a checkpoint; "
+                    "`attempt` counts from 0 again in each launch", ("attempt", "resumed_from_step", "world_size",
+                                                                     "plan"))
+FAULT = EventKind("fault", "an injected fault fired (checkpoint_step: the checkpoint a save fault hit)",
+                  ("fault", "spec", "rank", "step", "checkpoint_step"))
+HANG = EventKind("hang", "the watchdog found a step past its deadline and ended the process",
+                 ("rank", "step", "elapsed_s", "deadline_s", "stacks"))
+PREEMPTED = EventKind("preempted", "SIGTERM: the run checkpoints after this step and stops", ("step", "signal"))
+ROLLBACK = EventKind("rollback", "a bad step (NaN or spiking gradient norm) was refused; the run went back to "
+                     "the last good checkpoint and skips the batch", ("step", "reason", "skipped_sample_ids",
+                                                                      "resumed_from_step", "checkpoint"))
+SKIP_BATCH = EventKind("skip_batch", "a batch refused earlier was skipped", ("step", "sample_ids"))
+CHECKPOINT = EventKind("checkpoint", "a save began; `stall_s` is how long the loop was blocked (an async save "
+                       "reaches disk later: checkpoint_committed)", ("step", "stall_s", "mode"))
+CHECKPOINT_WAIT = EventKind("checkpoint_wait", "an optimizer step waited for an async save's copy (counted in "
+                            "its step time)", ("step", "stall_s"))
+CHECKPOINT_COMMITTED = EventKind("checkpoint_committed", "a save is committed on disk (manifest, rename)",
+                                 ("step", "committed_unix"))
+CHECKPOINT_CORRUPT = EventKind("checkpoint_corrupt", "a checkpoint failed its check and was set aside",
+                               ("step", "reason", "moved_to"))
+CHECKPOINT_INTERVAL = EventKind("checkpoint_interval", "--checkpoint-every auto chose its interval",
+                                ("every_steps", "interval_s", "stall_s", "step_s", "mtbf_hours", "why"))
+
+EVENT_KINDS: dict[str, EventKind] = {kind.name: kind for kind in (
+    RUN_START, RESUME, RESTART, FAULT, HANG, PREEMPTED, ROLLBACK, SKIP_BATCH, CHECKPOINT, CHECKPOINT_WAIT,
+    CHECKPOINT_COMMITTED, CHECKPOINT_CORRUPT, CHECKPOINT_INTERVAL)}
+#: events after which the next step runs in a freshly started process
+RESTART_EVENTS = (RESTART.name, RESUME.name)
+#: events whose blocking time is checkpoint stall
+STALL_EVENTS = (CHECKPOINT.name, CHECKPOINT_WAIT.name)
+
+
+def is_step(record: dict[str, Any]) -> bool:
+    return "event" not in record and "step" in record
+
+
+def is_event(record: dict[str, Any], *kinds: str) -> bool:
+    """An event record (of one of `kinds`, when given)."""
+    return "event" in record and (not kinds or record["event"] in kinds)
+
+
+def current_run(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records from the last `run_start` on (earlier ones belong to an older run in the same directory)."""
+    last_start = max((i for i, r in enumerate(records) if r.get("event") == RUN_START.name), default=0)
+    return records[last_start:]

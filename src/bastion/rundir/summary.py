@@ -1,0 +1,115 @@
+"""RUN_DIR/summary.json: what rank 0 writes when the run ends (or stops early), and reading it back.
+
+Summaries from before the `finished` field are read too: whether they are final is then told by comparing the
+steps done with the steps asked for.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, NotRequired, TypedDict
+
+from bastion.rundir.layout import SUMMARY_FILE, RunDirError
+
+
+class TimeBreakdown(TypedDict):
+    """Where the wall time went, seconds, and productive / wall (bastion.reliability.GoodputBreakdown.to_dict)."""
+
+    wall_s: float
+    productive_s: float
+    lost_s: float
+    checkpoint_stall_s: float
+    recovery_s: float
+    other_s: float
+    goodput: float
+
+
+class Accounting(TypedDict):
+    """What failures cost (rundir/accounting.py `account`); also the accounting fields of summary.json."""
+
+    restarts: int
+    rollbacks: int
+    faults_injected: int
+    lost_steps: int
+    recovery_s: float
+    checkpoint_stall_s: float
+    goodput: float
+    time_breakdown_s: TimeBreakdown
+
+
+class RunSummary(TypedDict):
+    """summary.json. The accounting fields (Accounting, `checkpoints`, `skipped_batch_starts`) are there when the
+    runtime's resilience wrote them (every run since they exist)."""
+
+    steps: int
+    #: False when a stop (SIGTERM before a time limit or preemption, --stop-after-step) ended the run early: the
+    #: summary is then partial and a requeued or restarted job resumes and rewrites it (absent in old summaries)
+    finished: NotRequired[bool]
+    final_loss: float | None
+    losses: list[float]
+    params_sha256: str | None
+    world_size: int
+    plan: dict[str, Any]
+    model: str
+    seed: int
+    #: rundir/predicted.py `predicted_figures`
+    predicted: dict[str, Any]
+    measured: dict[str, Any]
+    notes: list[str]
+    #: the TrainConfig, as a dict
+    config: dict[str, Any]
+    restarts: NotRequired[int]
+    rollbacks: NotRequired[int]
+    faults_injected: NotRequired[int]
+    lost_steps: NotRequired[int]
+    recovery_s: NotRequired[float]
+    checkpoint_stall_s: NotRequired[float]
+    goodput: NotRequired[float]
+    time_breakdown_s: NotRequired[TimeBreakdown]
+    checkpoints: NotRequired[list[int]]
+    skipped_batch_starts: NotRequired[list[int]]
+
+
+def summary_path(run_dir: Path) -> Path:
+    return Path(run_dir) / SUMMARY_FILE
+
+
+def write_summary(run_dir: Path, summary: RunSummary) -> None:
+    summary_path(run_dir).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """A JSON object file of the run directory; None when absent; RunDirError with guidance when unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, OSError) as exc:
+        raise RunDirError(
+            f"{path} is not valid JSON ({exc}); it was cut short or is being written.",
+            fix=(f"if the run is finishing, wait a moment and rerun; otherwise move {path.name} aside and "
+                 f"the report is made from metrics.jsonl alone."),
+            hint=f"bastion report {path.parent}") from exc
+    if not isinstance(data, dict):
+        raise RunDirError(f"{path} holds {type(data).__name__}, not a JSON object.",
+                          fix=f"move {path.name} aside; it was not written by `bastion train`.")
+    return data
+
+
+def read_summary(run_dir: Path) -> RunSummary | None:
+    """summary.json, or None while the run has not written it; RunDirError when it is not a JSON object."""
+    return read_json_object(summary_path(run_dir))  # type: ignore[return-value]
+
+
+def summary_is_final(summary: dict[str, Any]) -> bool:
+    """Whether summary.json was written at the end of the run, not at a stop (preemption, time limit,
+    --stop-after-step) that a requeue or restart resumes from. Summaries from before the "finished" field compare
+    the steps done with the steps asked for."""
+    if "finished" in summary:
+        return bool(summary["finished"])
+    asked = (summary.get("config") or {}).get("steps")
+    done = summary.get("steps")
+    if isinstance(asked, int) and isinstance(done, int):
+        return done >= asked
+    return True  # nothing to tell by: read it as final
