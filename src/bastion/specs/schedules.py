@@ -90,17 +90,22 @@ class PipelineSchedule:
             return [stage, 2 * pp - 1 - stage]
         return [stage + k * pp for k in range(vpp)]
 
+    def torch_needed(self, device_type: str) -> str:
+        """The oldest torch that runs this schedule on a device of `device_type` ("cpu", "cuda")."""
+        if device_type == "cpu" and self.min_torch_cpu and _version(self.min_torch_cpu) > _version(self.min_torch):
+            return self.min_torch_cpu
+        return self.min_torch
+
     def refusal(self, torch_version: str, device_type: str) -> PlanError | None:
         """Why the runtime cannot run this schedule on `torch_version` (torch.__version__) and a device of
-        `device_type` ("cpu", "cuda"), or None when it can."""
-        needed = self.min_torch
-        if device_type == "cpu" and self.min_torch_cpu and _version(self.min_torch_cpu) > _version(needed):
-            needed = self.min_torch_cpu
+        `device_type`, or None when it can."""
+        needed = self.torch_needed(device_type)
         if _version(torch_version) >= _version(needed):
             return None
         # a refusal beats a crash of every rank; it names the two newest schedules that do run here
-        runnable = [s.name for s in SCHEDULES.values() if s.refusal(torch_version, device_type) is None]
-        where = "on CPU/gloo " if needed == self.min_torch_cpu else ""
+        runnable = [s.name for s in SCHEDULES.values()
+                    if _version(torch_version) >= _version(s.torch_needed(device_type))]
+        where = "on CPU/gloo " if needed != self.min_torch else ""
         return PlanError(f"pp_schedule '{self.name}' fails {where}with torch {torch_version}.",
                          fix=f"use {' or '.join(runnable[-2:]) or 'pp = 1'} here, or torch >= {needed}.",
                          reason="schedule unavailable")
