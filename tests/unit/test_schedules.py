@@ -155,6 +155,10 @@ def test_runtime_resolves_a_registered_schedule(alias: PipelineSchedule) -> None
     from bastion.runtime.parallelize import schedule_class, stage_ids_for_rank
 
     assert schedule_class(alias, torch.device("cpu")) is pipelining.Schedule1F1B
+    by_path = PipelineSchedule(name="test-by-path", torch_class="torch.distributed.pipelining.schedules.ScheduleGPipe",
+                               layout=ONE_CHUNK, bubble=alias.bubble, bubble_note="",
+                               chunk_microbatches_in_flight=_alias_in_flight)
+    assert schedule_class(by_path, torch.device("cpu")) is pipelining.ScheduleGPipe
     assert stage_ids_for_rank(_plan(ALIAS), 3) == [3]
     too_new = PipelineSchedule(name="test-too-new", torch_class="Schedule1F1B", layout=V_SHAPE,
                                bubble=alias.bubble, bubble_note="", chunk_microbatches_in_flight=_alias_in_flight,

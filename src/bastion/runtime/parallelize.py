@@ -194,14 +194,17 @@ def apply_fsdp(module: Transformer, rmesh: RuntimeMesh, zero_stage: int, param_d
 
 # ---- pipeline schedule ------------------------------------------------------------------------------------
 def schedule_class(entry: PipelineSchedule, device: torch.device) -> type:
-    """The torch.distributed.pipelining class that runs a registered schedule on this torch and device, or a
-    PlanError saying why it cannot run here."""
+    """The class that runs a registered schedule on this torch and device — a torch.distributed.pipelining name,
+    or `package.module.Class` for one of your own — or a PlanError saying why it cannot run here."""
+    import importlib
+
     from torch.distributed import pipelining
 
     refusal = entry.refusal(torch.__version__, device.type)
     if refusal is not None:
         raise refusal
-    found = getattr(pipelining, entry.torch_class, None)
+    module_name, _, class_name = entry.torch_class.rpartition(".")
+    found = getattr(importlib.import_module(module_name) if module_name else pipelining, class_name, None)
     if found is None:
         raise PlanError(f"pp_schedule '{entry.name}' needs {entry.torch_class}, which torch {torch.__version__} "
                         f"does not have.", fix="use 1f1b or interleaved-1f1b.", reason="schedule unavailable")

@@ -5,7 +5,8 @@ CLI and the runtime (runtime/parallelize.py) all read `SCHEDULES`. An entry name
 class that runs it as a string, so this module stays torch-free; the runtime resolves it with getattr.
 
 Adding a schedule is one `register_schedule(PipelineSchedule(...))` call (below for the shipped ones, or from a
-plugin or a test) — plus the torch class, if torch has none for it.
+plugin or a test) — plus its class (a `PipelineScheduleSingle`/`PipelineScheduleMulti` subclass), if torch has
+none for it.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class PipelineSchedule:
 
     #: the `pp_schedule` value of a plan
     name: str
-    #: class in torch.distributed.pipelining that runs it (the runtime resolves the name)
+    #: class that runs it: a name in torch.distributed.pipelining, or `package.module.Class` (the runtime imports it)
     torch_class: str
     #: which model chunks each pipeline rank holds, and the vpp it allows
     layout: ChunkLayout
