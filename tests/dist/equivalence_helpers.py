@@ -23,11 +23,12 @@ class CaseResult:
 
 
 def run_cases(tmp_path: Path, data: Path, world: int, cases: dict[str, dict], model: str = "tiny",
-              steps: int = STEPS, timeout: int = 900, models: dict[str, str] | None = None
-              ) -> dict[str, CaseResult]:
+              steps: int = STEPS, timeout: int = 900, models: dict[str, str] | None = None,
+              worker: Path = WORKER) -> dict[str, CaseResult]:
     """Run every plan of `cases` (name -> plan dict) in one torchrun launch of `world` processes.
 
-    `models` (case name -> model preset or file) overrides `model` for some cases."""
+    `models` (case name -> model preset or file) overrides `model` for some cases; `worker` is the script
+    torchrun starts (equivalence_worker.py or one that wraps it)."""
     import torch
 
     from bastion.specs.plan import ParallelPlan
@@ -44,7 +45,7 @@ def run_cases(tmp_path: Path, data: Path, world: int, cases: dict[str, dict], mo
 
     port = free_port()
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={world}", "--rdzv-backend=c10d",
-               f"--rdzv-endpoint=127.0.0.1:{port}", str(WORKER), str(cases_path)]
+               f"--rdzv-endpoint=127.0.0.1:{port}", str(worker), str(cases_path)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"torchrun failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-8000:]}"
     results = {}

@@ -104,12 +104,13 @@ def test_data_parallel_and_tensor_parallel_on_4_processes(tmp_path, token_data, 
 
 
 def test_every_pipeline_schedule_on_2_processes(tmp_path, token_data, reference):
-    from bastion.runtime.parallelize import _torch_older_than
-    from bastion.specs.plan import V_SCHEDULES
+    import torch
+
+    from bastion.specs.schedules import get_schedule
 
     # torch < 2.13 on gloo crashes in the V schedules; the runtime refuses them there with guidance
     runnable = {name: plan for name, plan in WORLD2.items()
-                if not (plan.get("pp_schedule") in V_SCHEDULES and _torch_older_than(2, 13))}
+                if get_schedule(plan.get("pp_schedule", "1f1b")).refusal(torch.__version__, "cpu") is None}
     _check_group(run_cases(tmp_path, token_data, 2, runnable), reference)
 
 

@@ -15,7 +15,8 @@ from bastion.planner.search import PlanRequest, search
 from bastion.planner.space import SearchSpace, enumerate_space
 from bastion.predict import estimate
 from bastion.specs import ParallelPlan, load_cluster, load_model
-from bastion.specs.plan import PP_SCHEDULES, RECOMPUTE_MODES
+from bastion.specs.plan import RECOMPUTE_MODES
+from bastion.specs.schedules import schedule_names
 
 
 def with_hbm(cluster, gib: float):
@@ -29,7 +30,7 @@ def every_plan(model, cluster, global_batch: int):
         if dp * tp * pp * cp != n:
             continue
         for zero, micro, sched, vpp, rc, sp in itertools.product(
-                range(4), range(1, global_batch // dp + 1), PP_SCHEDULES, range(1, model.num_layers // pp + 2),
+                range(4), range(1, global_batch // dp + 1), schedule_names(), range(1, model.num_layers // pp + 2),
                 RECOMPUTE_MODES, (False, True)):
             if (pp == 1 and (sched, vpp) != ("1f1b", 1)) or (dp * cp == 1 and zero > 0):
                 continue  # the planner's canonical forms: no schedule without a pipeline, no ZeRO without dp

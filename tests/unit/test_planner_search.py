@@ -18,7 +18,8 @@ from bastion.planner.space import SearchSpace, enumerate_space, factorisations, 
 from bastion.predict import estimate
 from bastion.specs import ParallelPlan, load_cluster, load_model
 from bastion.specs.model import ModelSpec
-from bastion.specs.plan import PP_SCHEDULES, RECOMPUTE_MODES
+from bastion.specs.plan import RECOMPUTE_MODES
+from bastion.specs.schedules import schedule_names
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
 
@@ -94,7 +95,7 @@ def brute_force(model: ModelSpec, cluster, global_batch: int, seq_len: int, prec
         # micro-batches above the per-replica batch and vpp above layers/pp can never be valid: not tried
         for zero, micro, (sched, vpp), rc, sp, prec in itertools.product(
                 range(4), range(1, global_batch // dp + 1),
-                [(s, v) for s in PP_SCHEDULES for v in range(1, model.num_layers // pp + 2)],
+                [(s, v) for s in schedule_names() for v in range(1, model.num_layers // pp + 2)],
                 RECOMPUTE_MODES, (False, True), precisions):
             if pp == 1 and (sched, vpp) != ("1f1b", 1):
                 continue  # the schedule means nothing without a pipeline: one canonical form

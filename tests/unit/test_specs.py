@@ -61,6 +61,27 @@ def test_accelerator_shorthand_builds_standard_nodes() -> None:
     assert load_cluster("h100-sxm:4").num_gpus == 4
 
 
+def test_accelerator_facts_are_catalog_data_so_a_new_one_is_one_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bastion.cost.onprem import OnPremAssumptions, capex_per_gpu
+    from bastion.predict import estimate
+    from bastion.specs.hardware import _accelerator_table, accelerator_for_device
+
+    assert (load_cluster("tpu-v5p:64").gpus_per_node, load_cluster("tpu-v5p:64").network.topology) == (4, "torus")
+    assert load_cluster("cpu:6").gpus_per_node == 6 and load_cluster("mi300x:64").gpus_per_node == 8
+    assert accelerator_for_device("NVIDIA H100 80GB HBM3") == "h100-sxm"
+    assert accelerator_for_device("NVIDIA A100-SXM4-40GB") == "a100-40g"
+    assert accelerator_for_device("NVIDIA GB200") == "gb200" and accelerator_for_device("Tesla V100") is None
+    row = dict(_accelerator_table()["h100-sxm"], gpus_per_node=4, network_topology="fat-tree",
+               capex_per_gpu_usd=12_345.0, capex_source="a test quote", device_names=["test gpu 9000"])
+    monkeypatch.setitem(_accelerator_table(), "test-gpu", row)
+    cluster = load_cluster("test-gpu:64")
+    assert (cluster.num_nodes, cluster.gpus_per_node, cluster.network.topology) == (16, 4, "fat-tree")
+    assert capex_per_gpu(cluster.accelerator, OnPremAssumptions()) == (12_345.0, "a test quote")
+    assert accelerator_for_device("ACME Test GPU 9000") == "test-gpu"
+    plan = ParallelPlan(dp=8, tp=4, pp=2, global_batch=64)
+    assert estimate(load_model("llama3-8b"), cluster, plan).step_time_s > 0
+
+
 def test_unknown_names_suggest_the_closest() -> None:
     with pytest.raises(UnknownPresetError, match="Did you mean 'llama3-8b'"):
         load_model("llama3-8")

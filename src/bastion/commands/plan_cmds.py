@@ -67,9 +67,10 @@ def parse_pins(items: list[str]) -> dict[str, Any]:
 
 def _check_pin(name: str, value: Any) -> None:
     """A pinned value the plan field can hold, so a bad pin is named instead of emptying the search."""
-    from bastion.specs.plan import PP_SCHEDULES, RECOMPUTE_MODES
+    from bastion.specs.plan import RECOMPUTE_MODES
+    from bastion.specs.schedules import schedule_names
 
-    choices = {"pp_schedule": PP_SCHEDULES, "recompute": RECOMPUTE_MODES, "precision": _PRECISIONS,
+    choices = {"pp_schedule": schedule_names(), "recompute": RECOMPUTE_MODES, "precision": _PRECISIONS,
                "zero_stage": (0, 1, 2, 3)}.get(name)
     if choices is not None and value not in choices:
         hint = did_you_mean(value, choices) if isinstance(value, str) else ""

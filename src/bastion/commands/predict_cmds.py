@@ -18,6 +18,7 @@ def _build_plan(plan_file: Path | None, num_gpus: int, flags: dict[str, Any]) ->
     """The plan from a file, or from flags with dp (and the global batch) filled in; says what it inferred."""
     from bastion.errors import PlanError
     from bastion.specs.plan import ParallelPlan
+    from bastion.specs.schedules import schedule_for_vpp
 
     given = {k: v for k, v in flags.items() if v is not None}
     if plan_file is not None:
@@ -41,7 +42,7 @@ def _build_plan(plan_file: Path | None, num_gpus: int, flags: dict[str, Any]) ->
         notes.append(f"dp = {given['dp']} fills the cluster ({num_gpus} / (tp·pp·cp))")
     vpp = given.get("vpp", 1)
     if "pp_schedule" not in given and vpp > 1:
-        given["pp_schedule"] = "interleaved-1f1b"
+        given["pp_schedule"] = schedule_for_vpp(vpp)
     if "global_batch" not in given:
         micro = given.get("micro_batch", 1)
         per_replica = 4 * pp * vpp if pp > 1 else 1  # enough micro-batches to keep the 1F1B bubble small
@@ -113,7 +114,9 @@ def estimate_command(
     zero: int | None = typer.Option(None, "--zero", help="ZeRO stage 0-3 (3 = FSDP full shard)."),
     micro_batch: int | None = typer.Option(None, "--micro-batch", help="Sequences per micro-batch per replica."),
     global_batch: int | None = typer.Option(None, "--global-batch", help="Sequences per optimizer step."),
-    schedule: str | None = typer.Option(None, "--schedule", help="gpipe, 1f1b, interleaved-1f1b, zero-bubble, zbv, dualpipev."),
+    schedule: str | None = typer.Option(None, "--schedule", help="Pipeline schedule, e.g. 1f1b, "
+                                          "interleaved-1f1b, zbv (a wrong name lists them all); default 1f1b, or "
+                                          "interleaved-1f1b with --vpp > 1."),
     vpp: int | None = typer.Option(None, "--vpp", help="Model chunks per pipeline rank."),
     recompute: str | None = typer.Option(None, "--recompute", help="none, selective or full."),
     sp: bool | None = typer.Option(None, "--sp/--no-sp", help="Megatron sequence parallelism (needs tp > 1)."),

@@ -4,7 +4,9 @@ Defaults come from data/onprem_costs.csv (H100 era, 2023–2024): all-in cost pe
 $45,800 (small cluster) to $51,600 (large); a typical 8-GPU H100 server draws 6.5–8.5 kW (mid 7.5 kW, i.e.
 1.34 × the GPUs' 8 × 700 W TDP, which we apply to other accelerators' TDP); PUE 1.3 for a new large build;
 US industrial electricity ~8.25 ¢/kWh; 5-year depreciation (Meta) ; facility operations ~$50,000 per node over
-its life. Capital cost is known only for H100-class parts here: other accelerators need --capex-per-gpu.
+its life. The purchase price per GPU is catalog data (specs/data/accelerators.toml, capex_per_gpu_usd, quoting the
+row of onprem_costs.csv it comes from); it is published only for H100-class parts: other accelerators need
+--capex-per-gpu.
 """
 
 from __future__ import annotations
@@ -12,17 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bastion.errors import ConfigError
-from bastion.specs.hardware import Accelerator
+from bastion.specs.hardware import Accelerator, accelerator_names, load_accelerator
 
 HOURS_PER_YEAR = 8760.0
 #: typical 8-GPU H100 server power over its GPUs' TDP: 7.5 kW / (8 × 0.7 kW)
 SERVER_POWER_OVER_GPU_TDP = 7.5 / 5.6
-#: all-in capital per GPU including the cluster network (USD), by accelerator, with the row it comes from
-CAPEX_PER_GPU_USD = {
-    "h100-sxm": (45_800.0, "all_in_cost_per_h100_incl_ib_small (2024-08)"),
-    "h100-96g": (45_800.0, "all_in_cost_per_h100_incl_ib_small (2024-08); same GH100 part"),
-    "h200": (51_600.0, "all_in_cost_per_h100_incl_ib_large (2024-08) used as a floor for H200"),
-}
 
 
 @dataclass(frozen=True)
@@ -68,13 +64,15 @@ def gpu_power_kw(acc: Accelerator) -> float:
 
 
 def capex_per_gpu(acc: Accelerator, assumptions: OnPremAssumptions) -> tuple[float, str]:
+    """All-in purchase price per GPU (USD) and where it comes from: given, or the accelerator's catalog row."""
     if assumptions.capex_per_gpu_usd is not None:
         return assumptions.capex_per_gpu_usd, "given"
-    if acc.name not in CAPEX_PER_GPU_USD:
+    if acc.capex_per_gpu_usd <= 0:
+        known = [name for name in accelerator_names() if load_accelerator(name).capex_per_gpu_usd > 0]
         raise ConfigError(f"No published purchase price for {acc.name} in bastion's cost data.",
                           fix="pass --capex-per-gpu USD (all-in per GPU incl. server share and network).",
-                          hint=f"known: {', '.join(sorted(CAPEX_PER_GPU_USD))}")
-    return CAPEX_PER_GPU_USD[acc.name]
+                          hint=f"known: {', '.join(known)}")
+    return acc.capex_per_gpu_usd, acc.capex_source
 
 
 def onprem_usd_per_gpu_hour(acc: Accelerator, assumptions: OnPremAssumptions) -> dict[str, float]:

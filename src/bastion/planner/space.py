@@ -20,7 +20,8 @@ from typing import Any
 from bastion.errors import ConfigError, PlanError
 from bastion.specs.hardware import Cluster
 from bastion.specs.model import ModelSpec
-from bastion.specs.plan import PP_SCHEDULES, RECOMPUTE_MODES, V_SCHEDULES, ParallelPlan, chunk_layer_counts
+from bastion.specs.plan import RECOMPUTE_MODES, ParallelPlan, chunk_layer_counts
+from bastion.specs.schedules import DEFAULT_SCHEDULE, SCHEDULES, schedule_names
 
 #: plan fields a user may pin with `--fix FIELD=VALUE`
 PINNABLE = ("dp", "tp", "pp", "cp", "ep", "zero_stage", "micro_batch", "pp_schedule", "vpp", "recompute",
@@ -36,8 +37,8 @@ class SearchSpace:
     zero_stages: tuple[int, ...] = (0, 1, 2, 3)
     #: activation recomputation modes to try
     recompute: tuple[str, ...] = RECOMPUTE_MODES
-    #: pipeline schedules to try when pp > 1
-    schedules: tuple[str, ...] = PP_SCHEDULES
+    #: pipeline schedules to try when pp > 1 (default: every registered one)
+    schedules: tuple[str, ...] = field(default_factory=schedule_names)
     #: matmul precisions the user allows (an accelerator without fp8 units rejects fp8 plans)
     precisions: tuple[str, ...] = ("bf16",)
     #: sequence parallelism settings to try when tp > 1
@@ -110,22 +111,22 @@ def factorisations(num_gpus: int) -> Iterator[tuple[int, int, int, int]]:
 
 
 def schedule_options(pp: int, num_layers: int, space: SearchSpace) -> list[tuple[str, int]]:
-    """(schedule, vpp) pairs to try for a pipeline degree: every vpp that gives whole layer chunks for the
-    interleaved schedule; exactly 2 for the V schedules; 1 otherwise."""
+    """(schedule, vpp) pairs to try for a pipeline degree: each vpp the schedule's layout allows — for a layout
+    without an upper limit (interleaved), every one from its minimum that gives whole layer chunks."""
     if pp == 1:
-        options = [("1f1b", 1)]
+        options = [(DEFAULT_SCHEDULE, 1)]
     else:
         options = []
         for name in space.schedules:
-            if name == "interleaved-1f1b":
-                vpps = [v for v in range(2, num_layers // pp + 2) if chunk_layer_counts(num_layers, pp * v)]
+            layout = SCHEDULES[name].layout
+            if layout.max_vpp is None:
+                vpps = [v for v in range(layout.min_vpp, num_layers // pp + 2)
+                        if chunk_layer_counts(num_layers, pp * v)]
                 options += [(name, v) for v in vpps]
                 if not vpps:
-                    options.append((name, 2))  # listed so that the census names why it cannot run
-            elif name in V_SCHEDULES:
-                options.append((name, 2))
+                    options.append((name, layout.min_vpp))  # listed so that the census names why it cannot run
             else:
-                options.append((name, 1))
+                options += [(name, v) for v in range(layout.min_vpp, layout.max_vpp + 1)]
     return [(s, v) for s, v in options if space.allows("pp_schedule", s) and space.allows("vpp", v)]
 
 
@@ -191,11 +192,11 @@ def enumerate_space(model: ModelSpec, cluster: Cluster, global_batch: int, seq_l
             degrees = dict(dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, global_batch=global_batch)
             subtree = len(schedules) * below_schedule
             total += subtree
-            reason = _validate({**degrees, "pp_schedule": "1f1b", "vpp": 1}, model, cluster, seq_len, fixes)
+            base = {**degrees, "pp_schedule": DEFAULT_SCHEDULE, "vpp": 1}
+            reason = _validate(base, model, cluster, seq_len, fixes)
             if reason:
                 rejected[reason] += subtree
                 continue
-            base = {**degrees, "pp_schedule": "1f1b", "vpp": 1}
             # precision and sequence parallelism are checked once per degrees: neither check looks at the
             # schedule or the micro-batch. A failing sp setting counts only plans whose precision passed: the
             # others are in the census already
@@ -207,8 +208,8 @@ def enumerate_space(model: ModelSpec, cluster: Cluster, global_batch: int, seq_l
                     rejected[reason] += len(micros) * len(ok_precisions) * len(ok_sps) * width
                     continue
                 for micro in micros:
-                    # only the interleaved schedule has a micro-batch-dependent rule (micro-batches % pp)
-                    if schedule == "interleaved-1f1b" and micro > 1:
+                    # the only micro-batch-dependent rule is a schedule's micro-batches % pp
+                    if SCHEDULES[schedule].microbatches_multiple_of_pp and micro > 1:
                         reason = _validate({**degrees, "pp_schedule": schedule, "vpp": vpp, "micro_batch": micro},
                                         model, cluster, seq_len, fixes)
                         if reason:

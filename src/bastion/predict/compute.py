@@ -31,7 +31,7 @@ def compute_dtype_bytes(precision: str) -> int:
 
 def is_cpu(acc: Accelerator) -> bool:
     """A host CPU standing in for an accelerator (the CPU test runs)."""
-    return acc.name == "cpu" or "x86" in acc.vendor.lower()
+    return acc.arch == "cpu"
 
 
 def device_scale(acc: Accelerator) -> float:

@@ -466,7 +466,7 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
          + (f", at most {options.attention_efficiency_cap:g} of the bf16 peak"
             if options.attention_efficiency_cap is not None else "")) if options.flash_attention
         else "attention: unfused softmax (s×s scores stored and streamed)",
-        schedule.BUBBLE_NOTES[plan.pp_schedule] if plan.pp > 1 else "no pipeline: no bubble",
+        schedule.bubble_note(plan.pp_schedule) if plan.pp > 1 else "no pipeline: no bubble",
         (f"efficiency curves measured on one H200, scaled by {acc.name} matmul_efficiency "
          f"{acc.matmul_efficiency:g} / 0.787 and HBM {acc.hbm_bandwidth_gbs:g} GB/s") if is_gpu
         else (f"a CPU runs every GEMM and attention at its catalog matmul_efficiency {acc.matmul_efficiency:g}, "

@@ -33,6 +33,7 @@ from bastion.predict.software import (
 from bastion.specs.hardware import Cluster, default_network, load_accelerator
 from bastion.specs.model import ModelSpec
 from bastion.specs.plan import ParallelPlan
+from bastion.specs.schedules import schedule_for_vpp
 from bastion.stats import percentile
 
 #: the project's copy of the published runs
@@ -247,7 +248,7 @@ def case_plan_choices(row: dict[str, str], model: ModelSpec, cluster: Cluster,
         assumptions.append(f"precision: not given, assumed {precision}")
     plans = []
     for v, z, rc, s in itertools.product(vpps, zeros, recomputes, sps):
-        schedule = "interleaved-1f1b" if v > 1 else "1f1b"
+        schedule = schedule_for_vpp(v)
         try:
             plans.append(ParallelPlan(dp=dp, tp=tp, pp=pp, cp=cp, zero_stage=z, micro_batch=micro,
                                       global_batch=_int(row, "global_batch_size"), pp_schedule=schedule, vpp=v,

@@ -30,7 +30,8 @@ from bastion.runtime.context_parallel import ContextParallel
 from bastion.runtime.mesh import RuntimeMesh
 from bastion.runtime.model import Attention, Transformer, build_model, init_weights
 from bastion.specs.model import ModelSpec
-from bastion.specs.plan import V_SCHEDULES, ParallelPlan, chunk_layer_counts
+from bastion.specs.plan import ParallelPlan, chunk_layer_counts
+from bastion.specs.schedules import PipelineSchedule, chunks_of_stage, get_schedule
 
 
 @dataclass
@@ -71,12 +72,11 @@ def cross_entropy_loss(logits_BSV: torch.Tensor, targets_BS: torch.Tensor) -> to
 
 # ---- 1. pipeline split ---------------------------------------------------------------------------------
 def stage_ids_for_rank(plan: ParallelPlan, pp_rank: int) -> list[int]:
-    """Global stage indices a pipeline rank holds: one, `vpp` interleaved (r, r+pp, ...), or a V (r, 2pp-1-r)."""
+    """Global stage indices a pipeline rank holds: one, `vpp` interleaved (r, r+pp, ...), or a V (r, 2pp-1-r),
+    as the schedule's layout says (specs/schedules.py)."""
     if plan.pp == 1:
         return [0]
-    if plan.pp_schedule in V_SCHEDULES:
-        return [pp_rank, 2 * plan.pp - 1 - pp_rank]
-    return [pp_rank + k * plan.pp for k in range(plan.vpp)]
+    return chunks_of_stage(plan.pp_schedule, plan.pp, plan.vpp, pp_rank)
 
 
 def split_stage(model: Transformer, stage_id: int, num_stages: int) -> Transformer:
@@ -193,31 +193,36 @@ def apply_fsdp(module: Transformer, rmesh: RuntimeMesh, zero_stage: int, param_d
 
 
 # ---- pipeline schedule ------------------------------------------------------------------------------------
+def schedule_class(entry: PipelineSchedule, device: torch.device) -> type:
+    """The class that runs a registered schedule on this torch and device — a torch.distributed.pipelining name,
+    or `package.module.Class` for one of your own — or a PlanError saying why it cannot run here."""
+    import importlib
+
+    from torch.distributed import pipelining
+
+    refusal = entry.refusal(torch.__version__, device.type)
+    if refusal is not None:
+        raise refusal
+    module_name, _, class_name = entry.torch_class.rpartition(".")
+    found = getattr(importlib.import_module(module_name) if module_name else pipelining, class_name, None)
+    if found is None:
+        raise PlanError(f"pp_schedule '{entry.name}' needs {entry.torch_class}, which torch {torch.__version__} "
+                        f"does not have.", fix="use 1f1b or interleaved-1f1b.", reason="schedule unavailable")
+    return found
+
+
 def build_schedule(parts: list[nn.Module], stage_ids: list[int], num_stages: int, plan: ParallelPlan,
                    rmesh: RuntimeMesh, loss_fn: Callable) -> Any:
     from torch.distributed import pipelining
 
-    names = {"gpipe": "ScheduleGPipe", "1f1b": "Schedule1F1B", "interleaved-1f1b": "ScheduleInterleaved1F1B",
-             "zero-bubble": "ScheduleInterleavedZeroBubble", "zbv": "ScheduleZBVZeroBubble",
-             "dualpipev": "ScheduleDualPipeV"}
-    schedule_class = getattr(pipelining, names[plan.pp_schedule], None)
-    if plan.pp_schedule in V_SCHEDULES and rmesh.device.type == "cpu" and _torch_older_than(2, 13):
-        # seen on torch 2.11 + gloo: "Pair is not connected" in the first step (benchmarks/results/
-        # equivalence_torch211.json); a guidance error beats a crash of every rank
-        raise PlanError(f"pp_schedule '{plan.pp_schedule}' fails on CPU/gloo with torch {torch.__version__}.",
-                        fix="use interleaved-1f1b or zero-bubble here, or torch >= 2.13.",
-                        reason="schedule unavailable")
-    if schedule_class is None:
-        raise PlanError(f"pp_schedule '{plan.pp_schedule}' needs {names[plan.pp_schedule]}, which torch "
-                        f"{torch.__version__} does not have.", fix="use 1f1b or interleaved-1f1b.",
-                        reason="schedule unavailable")
+    found = schedule_class(get_schedule(plan.pp_schedule), rmesh.device)
     # group= by keyword: torch 2.13 added positional parameters before it
     stages = [pipelining.PipelineStage(part, stage_index=sid, num_stages=num_stages, device=rmesh.device,
                                        group=rmesh.pp_group) for part, sid in zip(parts, stage_ids, strict=True)]
     n_micro = plan.grad_accumulation
-    if issubclass(schedule_class, pipelining.schedules.PipelineScheduleSingle):
-        return schedule_class(stages[0], n_microbatches=n_micro, loss_fn=loss_fn)
-    return schedule_class(stages, n_microbatches=n_micro, loss_fn=loss_fn)
+    if issubclass(found, pipelining.schedules.PipelineScheduleSingle):
+        return found(stages[0], n_microbatches=n_micro, loss_fn=loss_fn)
+    return found(stages, n_microbatches=n_micro, loss_fn=loss_fn)
 
 
 # ---- the chain --------------------------------------------------------------------------------------------
@@ -272,8 +277,3 @@ def parallelize(spec: ModelSpec, plan: ParallelPlan, rmesh: RuntimeMesh, config:
     if plan.pp > 1:
         model.schedule = build_schedule(parts, stage_ids, num_stages, plan, rmesh, cross_entropy_loss)
     return model
-
-
-def _torch_older_than(major: int, minor: int) -> bool:
-    version = torch.__version__.split("+")[0].split(".")
-    return (int(version[0]), int(version[1])) < (major, minor)

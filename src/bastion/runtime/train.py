@@ -298,11 +298,10 @@ def _cluster_name(config: TrainConfig, device: torch.device, world: int) -> str 
         return config.cluster
     if device.type == "cpu":
         return f"cpu:{world}"
-    name = torch.cuda.get_device_name(device).lower()
-    for key in ("h200", "h100", "a100", "b200"):
-        if key in name:
-            return f"{key}-sxm:{world}" if key in ("h100", "a100") else f"{key}:{world}"
-    return None
+    from bastion.specs.hardware import accelerator_for_device
+
+    accelerator = accelerator_for_device(torch.cuda.get_device_name(device))  # the catalog's device_names
+    return f"{accelerator}:{world}" if accelerator else None
 
 
 # ---- the run ------------------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """Accelerators, networks and clusters. The numbers live in data files (data/accelerators.toml,
-data/clusters/*.toml), each with its source; this module only gives them types and checks them."""
+data/clusters/*.toml), each with its source; this module only gives them types and checks them. An accelerator is
+one table in accelerators.toml: its node size, usual network, purchase price and device names included — no code
+names an accelerator."""
 
 from __future__ import annotations
 
@@ -52,6 +54,16 @@ class Accelerator:
     #: a host CPU standing in for accelerators: the cores one node has, which its devices (single-threaded ranks)
     #: share; its peaks are one core's and its memory bandwidth the node's. 0 = dedicated devices.
     host_cores: int = 0
+    #: devices per node of an `ACCEL:N` cluster (a host CPU runs all N ranks on one node; this many without N)
+    gpus_per_node: int = 8
+    #: scale-out topology of the network the accelerator usually ships with (`fat-tree`, `rail-optimized`, `torus`)
+    network_topology: str = "rail-optimized"
+    #: all-in purchase price per device incl. its server share and the cluster network, USD; 0 = not published
+    capex_per_gpu_usd: float = 0.0
+    #: where capex_per_gpu_usd comes from
+    capex_source: str = ""
+    #: lower-case parts of torch.cuda.get_device_name() that identify this accelerator (the longest match wins)
+    device_names: tuple[str, ...] = ()
 
     def shared_by(self, ranks: int) -> Accelerator:
         """What one of `ranks` devices on a node gets: itself, unless it is a host CPU whose cores and memory
@@ -165,7 +177,18 @@ def load_accelerator(name: str) -> Accelerator:
         raise UnknownPresetError(f"Unknown accelerator '{name}'.{did_you_mean(name, table)}",
                                  fix=f"use one of: {', '.join(sorted(table))}.",
                                  hint="bastion hardware   # lists accelerators and cluster presets")
-    return Accelerator(name=name, **table[name])
+    row = dict(table[name])
+    row["device_names"] = tuple(row.get("device_names", ()))  # a frozen spec holds tuples, not lists
+    return Accelerator(name=name, **row)
+
+
+def accelerator_for_device(device_name: str) -> str | None:
+    """The catalog accelerator a device is (from torch.cuda.get_device_name(), e.g. "NVIDIA H100 80GB HBM3"), or
+    None when no catalog row names it."""
+    lowered = device_name.lower()
+    matches = [(len(part), name) for name in accelerator_names()
+               for part in load_accelerator(name).device_names if part in lowered]
+    return max(matches)[1] if matches else None
 
 
 def default_network(acc: Accelerator) -> Network:
@@ -173,7 +196,7 @@ def default_network(acc: Accelerator) -> Network:
     return Network(scale_up_size=acc.scale_up_domain, scale_up_bw_gbs=acc.scale_up_bw_gbs,
                    scale_up_latency_us=3.0, scale_out_bw_gbs=max(acc.nic_gbit / 8.0, 1e-3),
                    scale_out_latency_us=5.0,
-                   topology="torus" if acc.vendor == "Google" else "rail-optimized")
+                   topology=acc.network_topology)
 
 
 def cluster_presets() -> list[str]:
@@ -232,11 +255,7 @@ def load_cluster(spec: str) -> Cluster:
         cluster = cluster_from_mapping(data, f"cluster preset '{base}'")
     elif base in _accelerator_table():
         acc = load_accelerator(base)
-        per_node = min(acc.scale_up_domain, 8) if acc.vendor != "Google" else 4
-        if base == "gb200":
-            per_node = 72
-        if base == "cpu":
-            per_node = count or 4
+        per_node = (count or acc.gpus_per_node) if acc.host_cores > 0 else acc.gpus_per_node
         cluster = Cluster(name=spec, accelerator=acc, num_nodes=1, gpus_per_node=per_node,
                           network=default_network(acc))
         if count is None:

@@ -18,11 +18,9 @@ from bastion.specs._files import check_keys, coerce, read_mapping
 from bastion.specs._hashing import cached_hash
 from bastion.specs.hardware import PRECISIONS, Cluster
 from bastion.specs.model import ModelSpec
+from bastion.specs.schedules import DEFAULT_SCHEDULE, get_schedule
 
-PP_SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b", "zero-bubble", "zbv", "dualpipev")
 RECOMPUTE_MODES = ("none", "selective", "full")
-#: schedules whose pipeline ranks each hold two model chunks in a V shape
-V_SCHEDULES = ("zbv", "dualpipev")
 
 
 def chunk_layer_counts(num_layers: int, chunks: int) -> tuple[int, ...] | None:
@@ -67,9 +65,10 @@ class ParallelPlan:
     micro_batch: int = 1
     #: sequences per optimizer step, all replicas together
     global_batch: int = 1
-    #: `gpipe`, `1f1b`, `interleaved-1f1b`, `zero-bubble` (ZB-H1), `zbv` or `dualpipev`
-    pp_schedule: str = "1f1b"
-    #: model chunks per pipeline rank (interleaved-1f1b: >= 2; zbv/dualpipev: 2; otherwise 1)
+    #: a pipeline schedule of specs/schedules.py: `gpipe`, `1f1b`, `interleaved-1f1b`, `zero-bubble` (ZB-H1),
+    #: `zbv`, `dualpipev`, ...
+    pp_schedule: str = DEFAULT_SCHEDULE
+    #: model chunks per pipeline rank (the schedule's layout: interleaved-1f1b >= 2; zbv/dualpipev 2; others 1)
     vpp: int = 1
     #: activation recomputation: `none`, `selective` (attention core) or `full` (whole layer)
     recompute: str = "none"
@@ -111,9 +110,7 @@ class ParallelPlan:
             raise PlanError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}.",
                             fix="0 = replicate, 1 = shard optimizer, 2 = + gradients, 3 = + parameters (FSDP).",
                             reason="bad field")
-        if self.pp_schedule not in PP_SCHEDULES:
-            raise PlanError(f"Unknown pp_schedule '{self.pp_schedule}'.{did_you_mean(self.pp_schedule, PP_SCHEDULES)}",
-                            fix=f"use one of {', '.join(PP_SCHEDULES)}.", reason="bad field")
+        schedule = get_schedule(self.pp_schedule)
         if self.recompute not in RECOMPUTE_MODES:
             raise PlanError(f"Unknown recompute '{self.recompute}'.{did_you_mean(self.recompute, RECOMPUTE_MODES)}",
                             fix=f"use one of {', '.join(RECOMPUTE_MODES)}.", reason="bad field")
@@ -127,15 +124,7 @@ class ParallelPlan:
                 f"{self.micro_batch} × {self.dp} = {self.micro_batch * self.dp}.",
                 fix="choose a global batch that is a multiple of micro_batch × dp, or change either.",
                 reason="batch not divisible")
-        if self.pp_schedule == "interleaved-1f1b" and self.vpp < 2 and self.pp > 1:
-            raise PlanError("interleaved-1f1b needs vpp >= 2 model chunks per pipeline rank.",
-                            fix="set vpp to 2 or more, or use pp_schedule 1f1b.", reason="bad vpp")
-        if self.pp_schedule in V_SCHEDULES and self.vpp != 2 and self.pp > 1:
-            raise PlanError(f"{self.pp_schedule} places exactly two chunks per rank (a V), so vpp must be 2.",
-                            fix="set vpp = 2.", reason="bad vpp")
-        if self.pp_schedule in ("gpipe", "1f1b", "zero-bubble") and self.vpp != 1:
-            raise PlanError(f"{self.pp_schedule} runs one chunk per rank; vpp must be 1, got {self.vpp}.",
-                            fix="set vpp = 1, or use interleaved-1f1b for several chunks.", reason="bad vpp")
+        schedule.check_vpp(self.pp, self.vpp)
         if self.pp == 1 and self.vpp != 1:
             raise PlanError("vpp > 1 needs pipeline parallelism (pp > 1).", fix="set vpp = 1.",
                             reason="bad vpp")
@@ -183,9 +172,10 @@ class ParallelPlan:
         if self.ep != 1 and not model.num_experts:
             raise PlanError(f"ep = {self.ep} needs a mixture-of-experts model; {model.name} is dense.",
                             fix="set ep = 1.", reason="ep on dense model")
-        if self.pp > 1 and self.pp_schedule == "interleaved-1f1b" and self.num_microbatches % self.pp:
+        schedule = get_schedule(self.pp_schedule)
+        if self.pp > 1 and schedule.microbatches_multiple_of_pp and self.num_microbatches % self.pp:
             raise PlanError(
-                f"interleaved-1f1b needs the micro-batch count ({self.num_microbatches}) to be a multiple of "
+                f"{self.pp_schedule} needs the micro-batch count ({self.num_microbatches}) to be a multiple of "
                 f"pp = {self.pp}.", fix="raise the global batch or lower micro_batch.",
                 reason="microbatches not multiple of pp")
         if cluster is not None:
