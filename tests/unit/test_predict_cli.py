@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bastion.cli import main
-from bastion.predict.validate import COLUMNS, PUBLIC_CASES
+from bastion.predict.validate import PUBLIC_CASES
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -69,7 +69,7 @@ def test_validate_json_format_and_nothing_dropped(tmp_path: Path, capsys: pytest
     rows[2] = {**rows[2], "tp": "seven"}
     path = tmp_path / "cases.csv"
     with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     code, out, _ = run(["validate", str(path), "--json"], capsys)

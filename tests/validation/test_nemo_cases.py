@@ -37,6 +37,7 @@ from pathlib import Path
 import pytest
 from targets import assert_meets_target, errors_by
 
+from bastion.predict.frameworks import FACT_COLUMNS
 from bastion.predict.validate import COLUMNS, PUBLIC_CASES, read_cases, validate_cases
 
 NEMO_CASES = Path(__file__).parent / "data" / "nemo_cases.csv"
@@ -49,7 +50,7 @@ def _header(path: Path) -> list[str]:
 
 
 def test_columns_equal_the_schema() -> None:
-    assert _header(NEMO_CASES) == list(COLUMNS)
+    assert _header(NEMO_CASES) == list(COLUMNS) + list(FACT_COLUMNS)
     assert _header(NEMO_CASES) == _header(PUBLIC_CASES)
 
 

@@ -3,9 +3,10 @@
 Every row becomes a ModelSpec, a Cluster (accelerator × num_gpus, gpus_per_node per node) and a ParallelPlan;
 `estimate()` predicts its iteration time. One physical model serves every row, with no per-source, per-model or
 per-row factor. What differs between publications is their software — which attention kernel, dropout, which
-ZeRO implementation — and that is an input, like the plan: a row's optional `software` column, else the stack
-data/software.toml documents for its `source_group` (with the evidence), else the stack whose software the row's
-`source` names, else `production` (row_stack). Cells the
+ZeRO implementation — and that is an input, like the plan: a row's optional `software` column (a stack name),
+else its software facts (`framework`, `framework_version` and explicit behaviours, predict/frameworks.py), else
+the documented default for an unknown framework (row_stack). `source_group`, `source` and `notes` never enter a
+prediction. Cells the
 publication left empty get the choice a practitioner would make (the fastest combination of the unknown settings
 that fits in memory), and each such choice is recorded.
 """
@@ -22,14 +23,9 @@ from typing import Any
 from bastion.errors import BastionError, ConfigError
 from bastion.predict.calibration import DATA_DIR
 from bastion.predict.estimate import Estimate, estimate
+from bastion.predict.frameworks import facts_from_row, resolve
 from bastion.predict.options import PredictOptions
-from bastion.predict.software import (
-    DEFAULT_PUBLISHED_STACK,
-    SoftwareStack,
-    mentioned_stack,
-    published_stack,
-    software_stack,
-)
+from bastion.predict.software import SoftwareStack, software_stack
 from bastion.specs.hardware import Cluster, default_network, load_accelerator
 from bastion.specs.model import ModelSpec
 from bastion.specs.plan import ParallelPlan
@@ -264,36 +260,27 @@ def predict_case(row: dict[str, str], options: PredictOptions | None = None,
 
 
 def row_software(row: dict[str, str], software: str | None = None) -> tuple[PredictOptions, str]:
-    """The options a row is predicted with and the assumption that says where they come from: `software` when
-    given (every row), else the row's `software` column, else its publication's documented stack, else the stack
-    whose software its `source` names, else `production`."""
-    stack, where = row_stack(row, software)
-    return stack.options, where
+    """The options a row is predicted with and the assumptions that say where they come from (row_stack)."""
+    _, options, notes = row_stack(row, software)
+    return options, "; ".join(notes)
 
 
-def row_stack(row: dict[str, str], software: str | None = None) -> tuple[SoftwareStack, str]:
-    """row_software's stack itself (its name, options and evidence), with the same assumption text."""
+def row_stack(row: dict[str, str], software: str | None = None) -> tuple[SoftwareStack, PredictOptions, list[str]]:
+    """The stack a row is predicted with, its options and the assumptions that say why: `software` when given
+    (every row), else the row's `software` column (a stack name), else the row's software facts (framework,
+    framework_version and explicit behaviours, predict/frameworks.py; no framework = the documented default).
+    Never the row's source_group, source or notes."""
     if software:
         stack = software_stack(software)
-        return stack, f"software: {stack.name} (given for every row)"
-    named = (row.get("software") or "").strip()
-    if named:
-        try:
+        return stack, stack.options, [f"software: {stack.name} (given for every row)"]
+    try:
+        named = (row.get("software") or "").strip()
+        if named:
             stack = software_stack(named)
-        except BastionError as exc:
-            raise RowSkipped(f"software: {exc.problem} ({exc.fix})") from None
-        return stack, f"software: {stack.name} (the row's software column)"
-    group = (row.get("source_group") or "").strip()
-    stack = published_stack(group)
-    if stack is not None:
-        return stack, f"software: {stack.name}, what {group} ran ({stack.source})"
-    stack = mentioned_stack(row.get("source") or "")
-    if stack is not None:
-        return stack, (f"software: {stack.name}, which the row's source names (source_group '{group}' is not "
-                       f"documented in software.toml)")
-    stack = software_stack(DEFAULT_PUBLISHED_STACK)
-    return stack, (f"software: not documented for source_group '{group}', assumed {stack.name} "
-                   f"({stack.description})")
+            return stack, stack.options, [f"software: {stack.name} (the row's software column)"]
+        return resolve(facts_from_row(row))
+    except BastionError as exc:
+        raise RowSkipped(f"software: {exc.problem} ({exc.fix})") from None
 
 
 def case_estimate(row: dict[str, str], options: PredictOptions | None = None,
@@ -311,12 +298,12 @@ def case_estimate(row: dict[str, str], options: PredictOptions | None = None,
     if published <= 0:
         raise RowSkipped(f"iteration_time_s = {published:g} is not a positive time")
     if options is None:
-        found, where = row_stack(row, software)
-        options, stack = found.options, found.name
+        found, options, software_notes = row_stack(row, software)
+        stack = found.name
     else:
-        where, stack = "software: options given for every row", ""
+        software_notes, stack = ["software: options given for every row"], ""
     cap = options.attention_efficiency_cap
-    assumptions: list[str] = [where,
+    assumptions: list[str] = [*software_notes,
         "kernels: " + (f"flash attention ({options.attention_kernel})" if options.flash_attention
                        else "unfused attention" + (" with dropout" if options.dropout else ""))
         + (f" (at most {cap:g} of the bf16 peak)" if options.flash_attention and cap is not None else "")
