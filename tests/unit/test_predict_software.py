@@ -324,3 +324,29 @@ def test_the_validate_table_names_each_rows_stack(capsys: pytest.CaptureFixture[
     assert "software" in out and "megatron-lm-2021" in out and "llm-foundry-2023" in out
     assert predict_case(_row()).software == "megatron-lm-2021"
     assert predict_case(_row(), PRODUCTION_STACK).software == ""  # options given directly: no stack name
+
+
+def test_estimate_plan_and_cost_accept_a_framework_release(capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["-m", "llama3-8b", "-c", "h100-sxm:8", "--seq-len", "32768"]
+    code, out, _ = run(["estimate", *base, "--zero", "3", "--recompute", "full", "--framework", "torchtitan",
+                        "--framework-version", "2024-12", "--json"], capsys)
+    assert code == 0
+    titan = json.loads(out)
+    code, out, _ = run(["estimate", *base, "--zero", "3", "--recompute", "full", "--software", "torchtitan-2024",
+                        "--json"], capsys)
+    assert titan["step_time_s"] == json.loads(out)["step_time_s"]
+    assert any(a.startswith("software: torchtitan 2024-12 -> torchtitan-2024") for a in titan["assumptions"])
+    code, out, _ = run(["cost", *base, "--global-batch", "8", "--tokens", "1e9", "--framework", "nemo", "--json"],
+                       capsys)
+    assert code == 0 and json.loads(out)["software"] == "production"
+    code, out, _ = run(["plan", "-m", "tiny", "-c", "cpu:2", "-b", "4", "--framework", "maxtext", "--json"], capsys)
+    assert code == 0 and json.loads(out)["software"] == "production"  # no documented releases: the default
+
+
+@pytest.mark.parametrize("flags", [["--framework-version", "2024-03"], ["--framework", "megatron"],
+                                   ["--framework", "nemo", "--framework-version", "24.07"],
+                                   ["--framework", "nemo", "--software", "production"]])
+def test_a_bad_framework_request_is_exit_2_with_what_to_give(flags: list[str],
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["estimate", "-m", "tiny", "-c", "cpu:2", *flags], capsys)
+    assert code == 2 and "To fix" in err and "Traceback" not in err + out

@@ -94,6 +94,11 @@ def plan_command(
     save: Path | None = typer.Option(None, "--save", help="Write the winning plan here (JSON or .toml)."),
     software: str = typer.Option("bastion", "--software", help="Software stack the plan will run on (`bastion "
                                  "software`): bastion's runtime by default."),
+    framework: str | None = typer.Option(None, "--framework", help="Training framework instead of a named stack "
+                                         "(megatron-lm, nemo, megatron-bridge, torchtitan, ...): its release implies "
+                                         "the stack (`bastion software`)."),
+    framework_version: str | None = typer.Option(None, "--framework-version", help="Release month of --framework, "
+                                                 "YYYY-MM (default: its newest documented release)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
     exhaustive: bool = typer.Option(False, "--no-prune", help="Predict every plan, even those the memory and "
                                                               "step-time bounds settle (for checking; slow)."),
@@ -104,12 +109,13 @@ def plan_command(
     from bastion.planner.advice import nothing_fits
     from bastion.planner.search import PlanRequest, default_estimate, search
     from bastion.planner.space import SearchSpace
-    from bastion.predict.software import software_stack
+    from bastion.predict.frameworks import command_software
     from bastion.specs.hardware import load_cluster
     from bastion.specs.model import load_model
 
     check_seq_len(seq_len or None)  # 0, the default, is the model's length
-    options = software_stack(software).options
+    stack, options, _ = command_software(software, framework, framework_version)
+    software = stack.name
     if save is not None:
         from bastion.specs.plan import ParallelPlan
 

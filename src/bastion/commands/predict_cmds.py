@@ -122,25 +122,30 @@ def estimate_command(
     tokens: float | None = typer.Option(None, "--tokens", help="Token budget: also print the time to train it."),
     software: str = typer.Option("bastion", "--software", help="Software stack the plan runs on (`bastion software`"
                                  " lists them): bastion's runtime by default, e.g. production for Megatron-Core + TE."),
+    framework: str | None = typer.Option(None, "--framework", help="Training framework instead of a named stack "
+                                         "(megatron-lm, nemo, megatron-bridge, torchtitan, ...): its release implies "
+                                         "the stack (`bastion software`)."),
+    framework_version: str | None = typer.Option(None, "--framework-version", help="Release month of --framework, "
+                                                 "YYYY-MM (default: its newest documented release)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Predict memory per device and time per step of one parallel plan."""
     from bastion.commands.checks import check_seq_len, check_tokens
     from bastion.predict import estimate
-    from bastion.predict.software import software_stack
+    from bastion.predict.frameworks import command_software
     from bastion.specs import load_cluster, load_model
 
     check_seq_len(seq_len)
     check_tokens(tokens)
-    stack = software_stack(software)
+    _, options, software_notes = command_software(software, framework, framework_version)
     model_spec = load_model(model, seq_len)
     cluster_spec = load_cluster(cluster)
     flags = {"dp": dp, "tp": tp, "pp": pp, "cp": cp, "zero_stage": zero, "micro_batch": micro_batch,
              "global_batch": global_batch, "pp_schedule": schedule, "vpp": vpp, "recompute": recompute,
              "sequence_parallel": sp, "precision": precision}
     parallel_plan, notes = _build_plan(plan, cluster_spec.num_gpus, flags)
-    est = estimate(model_spec, cluster_spec, parallel_plan, seq_len, options=stack.options)
-    notes.append(f"software: {stack.name} ({stack.description})")
+    est = estimate(model_spec, cluster_spec, parallel_plan, seq_len, options=options)
+    notes.extend(software_notes)
     if as_json:
         out = est.to_dict()
         out["assumptions"] = notes + out["assumptions"]

@@ -175,3 +175,20 @@ def facts_from_row(row: dict[str, str]) -> SoftwareFacts:
                          attention_kernel=cell["attention_kernel"], tp_overlap=_flag(cell["tp_overlap"], "tp_overlap"),
                          activation_offload=_count(cell["activation_offload"], "activation_offload"),
                          recompute_layers=_count(cell["recompute_layers"], "recompute_layers"))
+
+
+def command_software(software: str, framework: str | None, version: str | None
+                     ) -> tuple[SoftwareStack, PredictOptions, list[str]]:
+    """What `estimate` / `plan` / `cost` predict for: the named stack (`--software`), or the stack a framework
+    release implies (`--framework`, `--framework-version`), with the assumptions that say which."""
+    if framework is None:
+        if version:
+            raise ConfigError("--framework-version was given without --framework.",
+                              fix="add --framework NAME (one of: " + ", ".join(FRAMEWORKS) + ").")
+        stack = software_stack(software)
+        return stack, stack.options, [f"software: {stack.name} ({stack.description})"]
+    if software != "bastion":
+        raise ConfigError(f"--software {software} and --framework {framework} were both given.",
+                          fix="give either a named stack (--software) or your framework and its release "
+                              "(--framework, --framework-version), not both.")
+    return resolve(SoftwareFacts(framework=framework, version=version or ""))
