@@ -24,6 +24,7 @@ from bastion.errors import BastionError, ConfigError
 from bastion.predict.calibration import DATA_DIR
 from bastion.predict.estimate import Estimate, estimate
 from bastion.predict.frameworks import facts_from_row, resolve
+from bastion.predict.intervals import step_interval
 from bastion.predict.options import PredictOptions
 from bastion.predict.software import SoftwareStack, software_stack
 from bastion.specs.hardware import Cluster, default_network, load_accelerator
@@ -56,14 +57,20 @@ class CaseResult:
     assumptions: list[str] = field(default_factory=list)
     #: the software stack the row was predicted with ("" when options were given directly)
     software: str = ""
+    #: the row names its software (a framework with documented releases, or a stack); False = the default stack
+    software_known: bool = True
+    #: the p10-p90 interval of the step time (predict/intervals.py), once attached
+    p10_s: float | None = None
+    p90_s: float | None = None
 
     @property
     def rel_error(self) -> float:
         return (self.predicted_s - self.published_s) / self.published_s
 
     def to_dict(self) -> dict[str, Any]:
+        interval = {} if self.p10_s is None else {"predicted_p10_s": self.p10_s, "predicted_p90_s": self.p90_s}
         return {"case_id": self.case_id, "published_s": self.published_s, "predicted_s": self.predicted_s,
-                "rel_error": self.rel_error, "assumptions": self.assumptions}
+                **interval, "rel_error": self.rel_error, "assumptions": self.assumptions}
 
 
 @dataclass
@@ -300,8 +307,9 @@ def case_estimate(row: dict[str, str], options: PredictOptions | None = None,
     if options is None:
         found, options, software_notes = row_stack(row, software)
         stack = found.name
+        known = bool(software or (row.get("software") or "").strip()) or facts_from_row(row).known
     else:
-        software_notes, stack = ["software: options given for every row"], ""
+        software_notes, stack, known = ["software: options given for every row"], "", True
     cap = options.attention_efficiency_cap
     assumptions: list[str] = [*software_notes,
         "kernels: " + (f"flash attention ({options.attention_kernel})" if options.flash_attention
@@ -338,7 +346,7 @@ def case_estimate(row: dict[str, str], options: PredictOptions | None = None,
         assumptions.append(f"predicted memory {chosen.memory.total / 2**30:.1f} GiB exceeds "
                            f"{chosen.hbm_bytes / 2**30:.0f} GiB per device")
     result = CaseResult(case_id=case_id, published_s=published, predicted_s=chosen.step_time_s,
-                        assumptions=assumptions, software=stack)
+                        assumptions=assumptions, software=stack, software_known=known)
     return result, chosen, model, cluster
 
 
@@ -358,7 +366,8 @@ def _estimates(model: ModelSpec, cluster: Cluster, plans: list[ParallelPlan],
 def validate_cases(path: Path | str = PUBLIC_CASES, options: PredictOptions | None = None,
                    software: str | None = None) -> ValidationReport:
     """Predict every row of a case file, each with its software (row_software) unless `software` or `options`
-    says otherwise; rows that cannot be predicted are listed with their reason."""
+    says otherwise, and its stored p10-p90 interval (predict/intervals.py; calibrated on the project's case
+    files, so in-sample for their rows); rows that cannot be predicted are listed with their reason."""
     if software:
         software_stack(software)  # an unknown name is the caller's mistake, not every row's
     rows = read_cases(Path(path))
@@ -366,7 +375,10 @@ def validate_cases(path: Path | str = PUBLIC_CASES, options: PredictOptions | No
     skipped: list[dict[str, str]] = []
     for i, row in enumerate(rows):
         try:
-            cases.append(predict_case(row, options, software))
+            case = predict_case(row, options, software)
         except RowSkipped as exc:
             skipped.append({"case_id": (row.get("case_id") or "").strip() or f"row {i + 2}", "reason": str(exc)})
+            continue
+        case.p10_s, case.p90_s = step_interval(case.predicted_s, case.software_known)
+        cases.append(case)
     return ValidationReport(cases=cases, skipped=skipped)
