@@ -2,7 +2,7 @@
 its interval calibrated on the other families only, and which families the predictor has seen.
 
 Measured (benchmarks/bench_holdout.py, benchmarks/results/holdout.json), 226 rows of 11 families:
-    software known    median |error| 7.3%, p90 22.3%, held-out interval coverage 84.1%, median width 34.4%
+    software known    median |error| 7.2%, p90 21.5%, held-out interval coverage 85.0%, median width 34.0%
     software unknown  median |error| 12.4%, p90 35.9%, coverage 80.5%, median width 65.0%
 Every family is in-sample for the point prediction (data/holdout.toml says why): no figure here is an
 out-of-sample accuracy of the point prediction; the interval coverage is held out by family.

@@ -27,6 +27,11 @@ long-context rows further off, -34% to -42% at 128K-1M). The NeMo 24.03 long-con
 under context parallelism came in mid-2024). Be clear about the order: that kernel was chosen after these 9 rows
 showed the gap, and the evidence looked up afterwards — those rows are in-sample now (-8% to +2%). Measured:
     all rows            median |error| 7.2%, p90 21.1%, max 36.4%
+Since issue 13 the rows state their software (framework, container month) and unstated recompute and sequence
+parallelism of NeMo 2 / Megatron-Bridge rows take those frameworks' default recipe (frameworks.toml: sequence
+parallelism on, no recompute — kept when predicted up to 10% over the device's memory, the shortfall reported)
+instead of the fastest plan that fits:
+    all rows            median |error| 7.2%, p90 17.7%, max 28.3%
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cache
+from typing import Any
 
 from bastion.errors import ConfigError, did_you_mean
 from bastion.predict.calibration import DATA_DIR
@@ -35,6 +36,12 @@ class FrameworkRelease:
     since: str
     stack: str
     source: str
+    #: settings of the framework's default recipe, for a request that leaves them unstated (RECIPE_SETTINGS)
+    recipe: dict[str, Any] = field(default_factory=dict)
+
+
+#: what a framework's default recipe may fill in: sequence_parallel (when tp > 1) and recompute
+RECIPE_SETTINGS = ("sequence_parallel", "recompute")
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,10 @@ def _releases() -> dict[str, tuple[FrameworkRelease, ...]]:
         if name not in FRAMEWORKS:  # a typo in the data file must not silently become "unknown framework"
             raise ConfigError(f"frameworks.toml names an unknown framework '{name}'.")
         releases = tuple(FrameworkRelease(framework=name, **entry) for entry in entries)
+        for r in releases:
+            if set(r.recipe) - set(RECIPE_SETTINGS):
+                raise ConfigError(f"frameworks.toml [[{name}]] since {r.since}: unknown recipe settings "
+                                  f"{', '.join(sorted(set(r.recipe) - set(RECIPE_SETTINGS)))}.")
         if [r.since for r in releases] != sorted(r.since for r in releases):
             raise ConfigError(f"frameworks.toml [[{name}]] entries are not in order of `since`.")
         out[name] = releases
@@ -109,6 +120,15 @@ def release_for(framework: str, version: str) -> tuple[FrameworkRelease | None, 
     if not found:
         return releases[0], f"{version} is before the first entry (since {releases[0].since}): that entry"
     return found[-1], f"{version} falls under the entry since {found[-1].since}"
+
+
+def default_recipe(facts: SoftwareFacts) -> tuple[dict[str, Any], str]:
+    """The settings the framework release's default recipe uses (empty when none is documented) and where that
+    is documented."""
+    release, _ = release_for(facts.framework, facts.version)
+    if release is None or not release.recipe:
+        return {}, ""
+    return dict(release.recipe), f"{facts.framework} from {release.since}, predict/data/frameworks.toml"
 
 
 def resolve(facts: SoftwareFacts) -> tuple[SoftwareStack, PredictOptions, list[str]]:

@@ -23,7 +23,7 @@ from typing import Any
 from bastion.errors import BastionError, ConfigError
 from bastion.predict.calibration import DATA_DIR
 from bastion.predict.estimate import Estimate, estimate
-from bastion.predict.frameworks import facts_from_row, resolve
+from bastion.predict.frameworks import default_recipe, facts_from_row, resolve
 from bastion.predict.intervals import step_interval
 from bastion.predict.options import PredictOptions
 from bastion.predict.software import SoftwareStack, software_stack
@@ -206,16 +206,29 @@ def _vpp_choices(row: dict[str, str], model: ModelSpec, pp: int, assumptions: li
         return [vpp]
     if pp == 1:
         return [1]
-    options = [v for v in range(2, 9) if model.num_layers % (pp * v) == 0]
+    # the layers split over pp·v chunks either evenly or with the embedding and the head taking a slot each
+    options = [v for v in range(2, 9) if model.num_layers % (pp * v) == 0 or (model.num_layers + 2) % (pp * v) == 0]
     if not options:
-        assumptions.append("vpp: not given and no v >= 2 divides the layers per stage; assumed 1")
+        assumptions.append("vpp: not given and pp·v divides neither the layers nor layers + 2 for any v >= 2; "
+                           "assumed 1")
         return [1]
     return options
 
 
-def case_plan_choices(row: dict[str, str], model: ModelSpec, cluster: Cluster,
-                      assumptions: list[str]) -> tuple[list[ParallelPlan], list[str]]:
-    """Every plan consistent with the row; the names of the settings the row left open."""
+def _default_recipe(row: dict[str, str]) -> tuple[dict[str, Any], str]:
+    """What the row's framework release's default recipe sets (frameworks.default_recipe); nothing for a row
+    whose software facts are not valid (row_stack reports those)."""
+    try:
+        return default_recipe(facts_from_row(row))
+    except BastionError:
+        return {}, ""
+
+
+def case_plan_choices(row: dict[str, str], model: ModelSpec, cluster: Cluster, assumptions: list[str],
+                      recipe_recompute: bool = True) -> tuple[list[ParallelPlan], list[str]]:
+    """Every plan consistent with the row; the names of the settings the row left open. Unstated settings the
+    row's framework release documents a default recipe for take the recipe's value (recompute only when
+    `recipe_recompute`), the others every value a practitioner might choose."""
     tp, pp = _int(row, "tp"), _int(row, "pp")
     cp = _int(row, "cp", 1)
     dp = _int(row, "dp")
@@ -234,11 +247,18 @@ def case_plan_choices(row: dict[str, str], model: ModelSpec, cluster: Cluster,
     zeros = [zero] if zero is not None else [0, 1, 2, 3]
     if zero is None:
         open_settings.append("zero_stage")
+    recipe, recipe_source = _default_recipe(row)
     recompute = (row.get("recompute") or "").strip()
+    if not recompute and "recompute" in recipe and recipe_recompute:
+        recompute = recipe["recompute"]
+        assumptions.append(f"recompute: not given; {recompute}, the framework's default recipe ({recipe_source})")
     recomputes = [recompute] if recompute else ["none", "selective", "full"]
     if not recompute:
         open_settings.append("recompute")
     sp = _int(row, "sequence_parallel")
+    if sp is None and tp > 1 and "sequence_parallel" in recipe:
+        sp = int(recipe["sequence_parallel"])
+        assumptions.append(f"sequence_parallel: not given; {'on' if sp else 'off'}, the framework's default recipe")
     sps = [bool(sp)] if sp is not None else ([False, True] if tp > 1 else [False])
     if sp is None and tp > 1:
         open_settings.append("sequence_parallel")
@@ -334,6 +354,17 @@ def case_estimate(row: dict[str, str], options: PredictOptions | None = None,
             results = by_module
             assumptions.append("ZeRO-3 gathers one sub-module at a time (whole-layer gathers would not fit; "
                                "the case file does not say)")
+    recipe_recompute = _recipe_recompute_overflows(results, row, open_settings)
+    if recipe_recompute is not None:
+        # the recipe's plan would need far more memory than the device has: the run must have recomputed
+        # (a recipe for another model, or partial recompute the case file does not state)
+        assumptions[:] = [a for a in assumptions if not a.startswith("recompute: not given;")]
+        assumptions.append(f"recompute: not given; the default recipe's {recipe_recompute} would need "
+                           f"{min(e.memory.total for e in results) / 2**30:.0f} GiB of "
+                           f"{results[0].hbm_bytes / 2**30:.0f} GiB (beyond the memory model's "
+                           f"{MEMORY_MARGIN:.0%} margin), so recompute is chosen as a practitioner would")
+        plans, open_settings = case_plan_choices(row, model, cluster, [], recipe_recompute=False)
+        results, _ = _estimates(model, cluster, plans, options)
     fitting = [e for e in results if e.fits]
     if open_settings:
         chosen = min(fitting, key=lambda e: e.step_time_s) if fitting else min(results, key=lambda e: e.memory.total)
@@ -344,10 +375,30 @@ def case_estimate(row: dict[str, str], options: PredictOptions | None = None,
         chosen = results[0]
     if not chosen.fits:
         assumptions.append(f"predicted memory {chosen.memory.total / 2**30:.1f} GiB exceeds "
-                           f"{chosen.hbm_bytes / 2**30:.0f} GiB per device")
+                           f"{chosen.hbm_bytes / 2**30:.0f} GiB per device (a memory shortfall of the prediction: "
+                           f"the time is predicted for the plan as run)")
     result = CaseResult(case_id=case_id, published_s=published, predicted_s=chosen.step_time_s,
                         assumptions=assumptions, software=stack, software_known=known)
     return result, chosen, model, cluster
+
+
+#: how far over the device's memory a framework recipe's plan may be predicted and still be taken to have fit
+#: (the shortfall is then reported, the plan kept): the memory model's own margin — its fragmentation allowance
+#: is 10% of transient memory and allocator behaviour varies by that much. Chosen from the mechanism, not from
+#: published times (the rows' predicted memories were seen: 189 GiB of 186 vs 300+ GiB of 186).
+MEMORY_MARGIN = 0.10
+
+
+def _recipe_recompute_overflows(results: list[Estimate], row: dict[str, str], open_settings: list[str]) -> str | None:
+    """The recipe's recompute when the row's recompute came from its framework's default recipe and even the
+    smallest of its plans needs more than MEMORY_MARGIN over the device; else None."""
+    if (row.get("recompute") or "").strip() or "recompute" in open_settings:
+        return None
+    recipe, _ = _default_recipe(row)
+    if "recompute" not in recipe or not results:
+        return None
+    smallest = min(results, key=lambda e: e.memory.total)
+    return recipe["recompute"] if smallest.memory.total > (1 + MEMORY_MARGIN) * smallest.hbm_bytes else None
 
 
 def _estimates(model: ModelSpec, cluster: Cluster, plans: list[ParallelPlan],
