@@ -126,3 +126,15 @@ def test_estimate_shows_the_interval_and_an_unknown_framework_widens_it(capsys: 
         assert any(a.startswith("interval p10-p90") for a in est["assumptions"])
         widths[bool(flags)] = est["predicted_p90_s"] / est["predicted_p10_s"]
     assert widths[True] > widths[False]
+
+
+def test_plan_and_cost_json_carry_the_interval(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["plan", "-m", "tiny", "-c", "cpu:2", "-b", "4", "--json"], capsys)
+    assert code == 0
+    for p in json.loads(out)["plans"]:
+        assert p["predicted_p10_s"] < p["step_time_s"] < p["predicted_p90_s"]
+    code, out, _ = run(["cost", "-m", "tiny", "-c", "cpu:2", "--global-batch", "4", "--tokens", "1e6", "--json"],
+                       capsys)
+    assert code == 0
+    cost = json.loads(out)
+    assert cost["predicted_p10_s"] < cost["step_time_s"] < cost["predicted_p90_s"]

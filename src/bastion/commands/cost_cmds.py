@@ -77,7 +77,12 @@ def cost_command(
     cost = run_cost(spec, target, chosen, tokens, seq_len=spec.seq_len, onprem=onprem, mtbf_hours=mtbf_hours,
                     options=options)
     if as_json:
-        print(json.dumps({**cost.to_dict(), "plan": chosen.to_dict(), "software": software}, indent=2))
+        from bastion.predict.frameworks import framework_releases
+        from bastion.predict.intervals import step_interval
+
+        p10, p90 = step_interval(cost.step_time_s, framework is None or framework in framework_releases())
+        print(json.dumps({**cost.to_dict(), "predicted_p10_s": p10, "predicted_p90_s": p90, "plan": chosen.to_dict(),
+                          "software": software}, indent=2))
         return
     _print_cost(cost, chosen)
 
