@@ -18,7 +18,7 @@ from bastion.predict.validate import validate_cases
 from bastion.specs import ParallelPlan, load_cluster, load_model
 
 RESULTS = Path(__file__).parent / "results" / "predict.json"
-#: the out-of-sample case files kept with the tests (each row predicted with its publication's software)
+#: the other case files kept with the tests (each row predicted from its software facts: framework and release)
 MORE_CASES = {name: Path(__file__).parent.parent / "tests" / "validation" / "data" / f"{name}_cases.csv"
               for name in ("nemo", "torchtitan")}
 # the package re-exports the function `estimate`, which hides the module of the same name

@@ -15,6 +15,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 CPU_BENCHMARKS = [
     ["bench_predict.py"],
+    ["bench_holdout.py"],
     ["bench_planner.py"],
     ["bench_overhead.py"],
     ["bench_checkpoint.py"],

@@ -27,7 +27,9 @@ def test_json_is_the_documented_object_best_first_and_save_writes_the_winner(tmp
     assert data["evaluated"] == data["feasible"] + sum(data["rejected"].values())
     assert len(data["plans"]) == 3
     for entry in data["plans"]:
-        assert set(entry) == {"plan", "step_time_s", "tokens_per_s", "mfu", "memory_gib", "breakdown"}
+        assert set(entry) == {"plan", "step_time_s", "predicted_p10_s", "predicted_p90_s", "tokens_per_s", "mfu",
+                              "memory_gib", "breakdown"}
+        assert entry["predicted_p10_s"] < entry["step_time_s"] < entry["predicted_p90_s"]
         assert entry["breakdown"]["time_s"]["step"] == pytest.approx(entry["step_time_s"])
         assert entry["breakdown"]["memory_gib"]["total"] == pytest.approx(entry["memory_gib"])
         assert entry["tokens_per_s"] == pytest.approx(8 * 64 / entry["step_time_s"])

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bastion.cli import main
-from bastion.predict.validate import COLUMNS, PUBLIC_CASES
+from bastion.predict.validate import PUBLIC_CASES
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -69,7 +69,7 @@ def test_validate_json_format_and_nothing_dropped(tmp_path: Path, capsys: pytest
     rows[2] = {**rows[2], "tp": "seven"}
     path = tmp_path / "cases.csv"
     with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     code, out, _ = run(["validate", str(path), "--json"], capsys)
@@ -81,7 +81,9 @@ def test_validate_json_format_and_nothing_dropped(tmp_path: Path, capsys: pytest
     assert data["summary"]["n"] == 3 and data["summary"]["predicted"] == 2 and data["summary"]["skipped"] == 1
     assert data["skipped"] == [{"case_id": rows[2]["case_id"], "reason": "tp = 'seven' is not a number"}]
     first, second = data["cases"]
-    assert set(first) == {"case_id", "published_s", "predicted_s", "rel_error", "assumptions"}
+    assert set(first) == {"case_id", "published_s", "predicted_s", "predicted_p10_s", "predicted_p90_s", "rel_error",
+                          "assumptions"}
+    assert first["predicted_p10_s"] < first["predicted_s"] < first["predicted_p90_s"]
     assert first["rel_error"] == pytest.approx((first["predicted_s"] - first["published_s"]) / first["published_s"])
     stated = " ".join(second["assumptions"])
     for setting in ("recompute", "zero_stage", "precision"):
@@ -100,3 +102,39 @@ def test_a_job_filling_rack_scale_domains_in_part_is_split_evenly() -> None:
     assert (whole.num_gpus, whole.network.scale_up_size) == (72, 72)
     dgx = case_cluster({"accelerator": "h100-sxm", "num_gpus": "64", "gpus_per_node": "8"}, [])
     assert (dgx.num_nodes, dgx.network.scale_up_size) == (8, 8)
+
+
+def test_validate_holdout_family_reports_each_family_held_out(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["validate", str(PUBLIC_CASES), "--holdout", "family", "--json"], capsys)
+    assert code == 0
+    data = json.loads(out)
+    assert set(data["families"]) == {"megatron_sc21", "megatron_seqsel", "bloom", "bloom_prequel",
+                                     "mosaicml_llm_foundry"}
+    assert all(f["in_sample"] for f in data["families"].values())  # all were seen (predict/data/holdout.toml)
+    assert data["summary"]["out_of_sample_families_only"]["software known"] == {"n": 0}
+    code, out, err = run(["validate", "--holdout", "publication"], capsys)
+    assert code == 2 and "--holdout family" in err
+
+
+def test_estimate_shows_the_interval_and_an_unknown_framework_widens_it(capsys: pytest.CaptureFixture[str]) -> None:
+    widths = {}
+    for flags in ([], ["--framework", "maxtext"]):
+        code, out, _ = run(["estimate", "-m", "tiny", "-c", "cpu:2", "--json", *flags], capsys)
+        assert code == 0
+        est = json.loads(out)
+        assert est["predicted_p10_s"] < est["step_time_s"] < est["predicted_p90_s"]
+        assert any(a.startswith("interval p10-p90") for a in est["assumptions"])
+        widths[bool(flags)] = est["predicted_p90_s"] / est["predicted_p10_s"]
+    assert widths[True] > widths[False]
+
+
+def test_plan_and_cost_json_carry_the_interval(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["plan", "-m", "tiny", "-c", "cpu:2", "-b", "4", "--json"], capsys)
+    assert code == 0
+    for p in json.loads(out)["plans"]:
+        assert p["predicted_p10_s"] < p["step_time_s"] < p["predicted_p90_s"]
+    code, out, _ = run(["cost", "-m", "tiny", "-c", "cpu:2", "--global-batch", "4", "--tokens", "1e6", "--json"],
+                       capsys)
+    assert code == 0
+    cost = json.loads(out)
+    assert cost["predicted_p10_s"] < cost["step_time_s"] < cost["predicted_p90_s"]

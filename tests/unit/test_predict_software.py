@@ -13,9 +13,10 @@ import pytest
 from bastion.cli import main
 from bastion.errors import ConfigError
 from bastion.predict import PredictOptions, estimate
+from bastion.predict.frameworks import SoftwareFacts, framework_releases, resolve
 from bastion.predict.kernels import attention_kernels, kernel_efficiency
 from bastion.predict.options import PRODUCTION_STACK
-from bastion.predict.software import published_stack, software_stack, software_stacks
+from bastion.predict.software import software_stack, software_stacks
 from bastion.predict.validate import PUBLIC_CASES, predict_case, read_cases, row_software
 from bastion.specs import ParallelPlan, load_cluster, load_model
 from bastion.specs.hardware import accelerator_names, load_accelerator
@@ -92,20 +93,53 @@ def test_the_production_stack_in_the_data_file_is_the_one_the_code_names() -> No
     assert software_stack("bastion").options == PredictOptions()
 
 
-def test_each_publication_is_listed_once_and_every_stack_cites_its_evidence() -> None:
-    seen: dict[str, str] = {}
+def test_every_stack_and_every_framework_release_cites_its_evidence() -> None:
     for stack in software_stacks().values():
         assert stack.source and stack.description
-        for group in stack.publications:
-            assert group not in seen, (group, seen.get(group), stack.name)
-            seen[group] = stack.name
-    groups = {r["source_group"] for r in read_cases(PUBLIC_CASES)}
-    assert groups <= set(seen), groups - set(seen)
+    releases = framework_releases()
+    assert {"megatron-lm", "nemo", "megatron-bridge", "torchtitan", "llm-foundry", "bastion"} <= set(releases)
+    for entries in releases.values():
+        for r in entries:
+            assert r.source and r.stack in software_stacks(), r
 
 
-def test_a_publication_the_table_does_not_list_has_no_stack() -> None:
-    assert published_stack("someone_elses_2027_runs") is None
-    assert published_stack("mosaicml_llm_foundry").name == "llm-foundry-2023"
+def test_a_framework_release_picks_the_entry_it_falls_under() -> None:
+    stack, _, notes = resolve(SoftwareFacts(framework="nemo", version="2024-03"))
+    assert stack.name == "nemo-2024-03" and "falls under the entry since 2024-01" in notes[0]
+    assert resolve(SoftwareFacts(framework="nemo", version="2024-07"))[0].name == "production"
+    # before the first entry: the first; no version: the newest, and the assumptions say so
+    assert resolve(SoftwareFacts(framework="megatron-lm", version="2018-01"))[0].name == "megatron-lm-2021"
+    stack, _, notes = resolve(SoftwareFacts(framework="megatron-lm"))
+    assert stack.name == "production" and "framework_version not given" in notes[0]
+
+
+def test_an_unknown_framework_takes_the_documented_default_and_says_so() -> None:
+    for facts in (SoftwareFacts(), SoftwareFacts(framework="maxtext", version="2025-01")):
+        stack, options, notes = resolve(facts)
+        assert stack.name == "production" and options == PRODUCTION_STACK
+        assert "assumed production" in notes[0]
+
+
+def test_explicit_behaviours_override_what_the_release_implies() -> None:
+    _, options, notes = resolve(SoftwareFacts(framework="torchtitan", version="2024-12", compile=True,
+                                              attention_kernel="cudnn"))
+    assert options.compiled and options.attention_kernel == "sdpa"
+    _, options, _ = resolve(SoftwareFacts(framework="nemo", version="2025-01", attention_kernel="unfused"))
+    assert not options.flash_attention
+    # accepted and validated, but not modelled: the options stay, the assumptions say so
+    _, options, notes = resolve(SoftwareFacts(framework="nemo", version="2025-01", fp8_recipe="mxfp8",
+                                              tp_overlap=True, recompute_layers=4))
+    assert options == PRODUCTION_STACK and any("not modelled yet" in n for n in notes)
+
+
+@pytest.mark.parametrize("cells", [{"framework": "megatron"}, {"framework_version": "2024"},
+                                   {"fp8_recipe": "per-tensor"}, {"compile": "yes"},
+                                   {"recompute_layers": "-1"}, {"attention_kernel": "fa3"}])
+def test_a_bad_software_fact_skips_the_row_with_what_to_give(cells: dict[str, str]) -> None:
+    from bastion.predict.validate import RowSkipped
+
+    with pytest.raises(RowSkipped, match="software: "):
+        predict_case(_row(**cells))
 
 
 def test_an_unknown_stack_name_suggests_the_close_one() -> None:
@@ -121,9 +155,9 @@ def _row(**cells: str) -> dict[str, str]:
     return row
 
 
-def test_a_row_takes_its_publications_stack_then_its_column_then_the_flag() -> None:
+def test_a_row_takes_its_frameworks_stack_then_its_column_then_the_flag() -> None:
     options, where = row_software(_row())
-    assert where.startswith("software: megatron-lm-2021") and not options.flash_attention
+    assert where.startswith("software: megatron-lm 2021-04 -> megatron-lm-2021") and not options.flash_attention
     options, where = row_software(_row(software="torchtitan-2024"))
     assert where == "software: torchtitan-2024 (the row's software column)"
     assert options.attention_kernel == "flash-attn-2"
@@ -131,10 +165,11 @@ def test_a_row_takes_its_publications_stack_then_its_column_then_the_flag() -> N
     assert where == "software: production (given for every row)" and options == PRODUCTION_STACK
 
 
-def test_a_row_of_an_unlisted_publication_is_predicted_with_production_and_says_so() -> None:
-    options, where = row_software(_row(source_group="new_vendor_2027"))
-    assert options == PRODUCTION_STACK
-    assert "not documented for source_group 'new_vendor_2027', assumed production" in where
+def test_the_publication_never_picks_the_software() -> None:
+    for cells in ({"source_group": "bloom"}, {"source": "torchtitan benchmarks"}, {"notes": "Megatron-DeepSpeed"}):
+        assert row_software(_row(**cells)) == row_software(_row())
+    options, where = row_software(_row(framework="", framework_version=""))
+    assert options == PRODUCTION_STACK and "framework not given; assumed production" in where
 
 
 def test_an_unknown_software_cell_skips_that_row_with_the_names_it_knows() -> None:
@@ -148,7 +183,7 @@ def test_the_software_changes_the_prediction_of_the_same_row() -> None:
     row = _row()
     own = predict_case(row)
     other = predict_case(row, software="production")
-    assert own.assumptions[0].startswith("software: megatron-lm-2021")
+    assert own.software == "megatron-lm-2021"
     assert other.predicted_s < own.predicted_s  # flash attention without dropout is faster
 
 
@@ -164,7 +199,7 @@ def test_a_software_column_in_a_case_file_is_read(tmp_path: Path, capsys: pytest
     assert code == 0
     first, second = json.loads(out)["cases"]
     assert first["assumptions"][0] == "software: production (the row's software column)"
-    assert second["assumptions"][0].startswith("software: megatron-lm-2021")
+    assert second["assumptions"][0].startswith("software: megatron-lm 2021-04 -> megatron-lm-2021")
 
 
 # ---- commands ------------------------------------------------------------------------------------------------
@@ -244,16 +279,6 @@ def test_an_unknown_selective_scope_is_a_guidance_error() -> None:
         PredictOptions(selective_recompute="some-ops")
 
 
-def test_a_row_of_an_unlisted_publication_whose_source_names_the_software_gets_that_stack() -> None:
-    options, where = row_software(_row(source_group="torchtitan_b200_2026",
-                                       source="torchtitan benchmarks/llama3_b200.md (pytorch/torchtitan @abc)"))
-    assert options == software_stack("torchtitan-2024").options
-    assert "which the row's source names" in where
-    # a source naming two stacks' software decides nothing: production, and the row says so
-    options, where = row_software(_row(source_group="x", source="torchtitan vs Megatron-DeepSpeed"))
-    assert options == PRODUCTION_STACK and "assumed production" in where
-
-
 # ---- a host CPU's ranks share its cores ----------------------------------------------------------------------
 
 def test_ranks_on_a_host_cpu_share_its_cores_and_memory_bandwidth() -> None:
@@ -299,3 +324,29 @@ def test_the_validate_table_names_each_rows_stack(capsys: pytest.CaptureFixture[
     assert "software" in out and "megatron-lm-2021" in out and "llm-foundry-2023" in out
     assert predict_case(_row()).software == "megatron-lm-2021"
     assert predict_case(_row(), PRODUCTION_STACK).software == ""  # options given directly: no stack name
+
+
+def test_estimate_plan_and_cost_accept_a_framework_release(capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["-m", "llama3-8b", "-c", "h100-sxm:8", "--seq-len", "32768"]
+    code, out, _ = run(["estimate", *base, "--zero", "3", "--recompute", "full", "--framework", "torchtitan",
+                        "--framework-version", "2024-12", "--json"], capsys)
+    assert code == 0
+    titan = json.loads(out)
+    code, out, _ = run(["estimate", *base, "--zero", "3", "--recompute", "full", "--software", "torchtitan-2024",
+                        "--json"], capsys)
+    assert titan["step_time_s"] == json.loads(out)["step_time_s"]
+    assert any(a.startswith("software: torchtitan 2024-12 -> torchtitan-2024") for a in titan["assumptions"])
+    code, out, _ = run(["cost", *base, "--global-batch", "8", "--tokens", "1e9", "--framework", "nemo", "--json"],
+                       capsys)
+    assert code == 0 and json.loads(out)["software"] == "production"
+    code, out, _ = run(["plan", "-m", "tiny", "-c", "cpu:2", "-b", "4", "--framework", "maxtext", "--json"], capsys)
+    assert code == 0 and json.loads(out)["software"] == "production"  # no documented releases: the default
+
+
+@pytest.mark.parametrize("flags", [["--framework-version", "2024-03"], ["--framework", "megatron"],
+                                   ["--framework", "nemo", "--framework-version", "24.07"],
+                                   ["--framework", "nemo", "--software", "production"]])
+def test_a_bad_framework_request_is_exit_2_with_what_to_give(flags: list[str],
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["estimate", "-m", "tiny", "-c", "cpu:2", *flags], capsys)
+    assert code == 2 and "To fix" in err and "Traceback" not in err + out

@@ -79,26 +79,31 @@ def software_command(as_json: bool = typer.Option(False, "--json", help="Print J
     from rich.console import Console
     from rich.table import Table
 
+    from bastion.predict.frameworks import framework_releases
     from bastion.predict.kernels import attention_kernels
     from bastion.predict.options import PredictOptions
     from bastion.predict.software import software_stacks
 
     stacks = software_stacks()
+    releases: dict[str, list[str]] = {name: [] for name in stacks}
+    for framework, entries in framework_releases().items():
+        for r in entries:
+            releases[r.stack].append(f"{framework} from {r.since}")
     kernels = attention_kernels()
     defaults = asdict(PredictOptions())
     if as_json:
         print(json.dumps({"stacks": [{"name": s.name, "description": s.description, "source": s.source,
-                                      "publications": list(s.publications), "options": asdict(s.options)}
+                                      "framework_releases": releases[s.name], "options": asdict(s.options)}
                                      for s in stacks.values()],
                           "attention_kernels": [asdict(k) for k in kernels.values()]}, indent=2))
         return
     table = Table(title="software stacks (what differs from bastion's own runtime)")
-    for col in ("name", "settings", "publications it describes"):
+    for col in ("name", "settings", "framework releases that run it"):
         table.add_column(col, no_wrap=col == "name", overflow="fold")
     for s in stacks.values():
         changed = {k: v for k, v in asdict(s.options).items() if v != defaults[k]}
         table.add_row(s.name, ", ".join(f"{k}={v}" for k, v in changed.items()) or "(defaults)",
-                      ", ".join(s.publications) or "-")
+                      ", ".join(releases[s.name]) or "-")
     console = Console()
     console.print(table)
     ktable = Table(title="attention kernels")

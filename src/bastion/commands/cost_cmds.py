@@ -25,18 +25,24 @@ def cost_command(
     electricity: float = typer.Option(0.0825, "--electricity", help="USD per kWh."),
     mtbf_hours: float = typer.Option(None, "--mtbf-hours", help="Job MTBF (default: scaled from Llama 3's run)."),
     software: str = typer.Option("bastion", "--software", help="Software stack the run uses (`bastion software`)."),
+    framework: str | None = typer.Option(None, "--framework", help="Training framework instead of a named stack "
+                                         "(megatron-lm, nemo, megatron-bridge, torchtitan, ...): its release implies "
+                                         "the stack (`bastion software`)."),
+    framework_version: str | None = typer.Option(None, "--framework-version", help="Release month of --framework, "
+                                                 "YYYY-MM (default: its newest documented release)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Predict wall time (with failures and checkpoints), energy, and cost owned vs cloud for a token budget."""
     from bastion.commands.checks import check_seq_len, check_tokens
     from bastion.cost import OnPremAssumptions, run_cost
     from bastion.errors import ConfigError
-    from bastion.predict.software import software_stack
+    from bastion.predict.frameworks import command_software
     from bastion.specs import ParallelPlan, load_cluster, load_model
 
     check_seq_len(seq_len)
     check_tokens(tokens)
-    options = software_stack(software).options
+    stack, options, _ = command_software(software, framework, framework_version)
+    software = stack.name
     if mtbf_hours is not None and not mtbf_hours > 0:
         raise ConfigError(f"--mtbf-hours must be > 0, got {mtbf_hours:g}.",
                           fix="give the job's mean time between failures in hours, or leave it out for the "
@@ -71,7 +77,12 @@ def cost_command(
     cost = run_cost(spec, target, chosen, tokens, seq_len=spec.seq_len, onprem=onprem, mtbf_hours=mtbf_hours,
                     options=options)
     if as_json:
-        print(json.dumps({**cost.to_dict(), "plan": chosen.to_dict(), "software": software}, indent=2))
+        from bastion.predict.frameworks import framework_releases
+        from bastion.predict.intervals import step_interval
+
+        p10, p90 = step_interval(cost.step_time_s, framework is None or framework in framework_releases())
+        print(json.dumps({**cost.to_dict(), "predicted_p10_s": p10, "predicted_p90_s": p90, "plan": chosen.to_dict(),
+                          "software": software}, indent=2))
         return
     _print_cost(cost, chosen)
 

@@ -96,6 +96,11 @@ def plan_command(
     save: Path | None = typer.Option(None, "--save", help="Write the winning plan here (JSON or .toml)."),
     software: str = typer.Option("bastion", "--software", help="Software stack the plan will run on (`bastion "
                                  "software`): bastion's runtime by default."),
+    framework: str | None = typer.Option(None, "--framework", help="Training framework instead of a named stack "
+                                         "(megatron-lm, nemo, megatron-bridge, torchtitan, ...): its release implies "
+                                         "the stack (`bastion software`)."),
+    framework_version: str | None = typer.Option(None, "--framework-version", help="Release month of --framework, "
+                                                 "YYYY-MM (default: its newest documented release)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
     exhaustive: bool = typer.Option(False, "--no-prune", help="Predict every plan, even those the memory and "
                                                               "step-time bounds settle (for checking; slow)."),
@@ -106,12 +111,14 @@ def plan_command(
     from bastion.planner.advice import nothing_fits
     from bastion.planner.search import PlanRequest, default_estimate, search
     from bastion.planner.space import SearchSpace
-    from bastion.predict.software import software_stack
+    from bastion.predict.frameworks import command_software, framework_releases
+    from bastion.predict.intervals import interval_note, step_interval
     from bastion.specs.hardware import load_cluster
     from bastion.specs.model import load_model
 
     check_seq_len(seq_len or None)  # 0, the default, is the model's length
-    options = software_stack(software).options
+    stack, options, _ = command_software(software, framework, framework_version)
+    software = stack.name
     if save is not None:
         from bastion.specs.plan import ParallelPlan
 
@@ -129,17 +136,26 @@ def plan_command(
         raise nothing_fits(result, estimate=default_estimate(options))
     if save is not None:
         result.plans[0].plan.save(save)
+    known = framework is None or framework in framework_releases()
     if as_json:
-        print(json.dumps({**result_json(result), "software": software}, indent=2))
+        print(json.dumps({**result_json(result, known), "software": software}, indent=2))
     else:
         print_result(result, save)
         print(f"predicted for software stack '{software}' (`bastion software` lists them; --software to change)")
+        p10, p90 = step_interval(result.plans[0].step_time_s, known)
+        print(f"winner's step p10-p90: {p10:.4g}-{p90:.4g} s ({interval_note(known)})")
 
 
-def result_json(result: Any) -> dict[str, Any]:
+def result_json(result: Any, software_known: bool = True) -> dict[str, Any]:
+    from bastion.predict.intervals import step_interval
+
+    def entry(p: Any) -> dict[str, Any]:
+        p10, p90 = step_interval(p.step_time_s, software_known)
+        return {**p.to_dict(), "predicted_p10_s": p10, "predicted_p90_s": p90}
+
     return {"evaluated": result.evaluated, "feasible": result.feasible, "seconds": round(result.seconds, 4),
             "rejected": dict(result.rejected.most_common()),
-            "plans": [p.to_dict() for p in result.plans]}
+            "plans": [entry(p) for p in result.plans]}
 
 
 def print_result(result: Any, saved: Path | None) -> None:

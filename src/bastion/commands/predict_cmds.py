@@ -56,7 +56,7 @@ def _gib(x: float) -> str:
     return f"{x / GIB:,.2f}"
 
 
-def _print_estimate(est: Any, notes: list[str], tokens: float | None) -> None:
+def _print_estimate(est: Any, notes: list[str], tokens: float | None, interval: tuple[float, float]) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -92,6 +92,7 @@ def _print_estimate(est: Any, notes: list[str], tokens: float | None) -> None:
             continue
         tt.add_row(name, f"{value:.4g}", f"{100 * value / est.step_time_s:.1f}%")
     tt.add_row("[bold]step[/]", f"{est.step_time_s:.4g}", "100%")
+    tt.add_row("step p10-p90", f"{interval[0]:.4g}-{interval[1]:.4g}", "")
     console.print(tt)
     console.print(f"tokens/s {est.tokens_per_s:,.0f}   MFU {100 * est.mfu:.1f}%   HFU {100 * est.hfu:.1f}%   "
                   f"model FLOPs/step {est.model_flops_per_step:.3e}")
@@ -125,49 +126,68 @@ def estimate_command(
     tokens: float | None = typer.Option(None, "--tokens", help="Token budget: also print the time to train it."),
     software: str = typer.Option("bastion", "--software", help="Software stack the plan runs on (`bastion software`"
                                  " lists them): bastion's runtime by default, e.g. production for Megatron-Core + TE."),
+    framework: str | None = typer.Option(None, "--framework", help="Training framework instead of a named stack "
+                                         "(megatron-lm, nemo, megatron-bridge, torchtitan, ...): its release implies "
+                                         "the stack (`bastion software`)."),
+    framework_version: str | None = typer.Option(None, "--framework-version", help="Release month of --framework, "
+                                                 "YYYY-MM (default: its newest documented release)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Predict memory per device and time per step of one parallel plan."""
     from bastion.commands.checks import check_seq_len, check_tokens
     from bastion.predict import estimate
-    from bastion.predict.software import software_stack
+    from bastion.predict.frameworks import command_software, framework_releases
+    from bastion.predict.intervals import interval_note, step_interval
     from bastion.specs import load_cluster, load_model
 
     check_seq_len(seq_len)
     check_tokens(tokens)
-    stack = software_stack(software)
+    _, options, software_notes = command_software(software, framework, framework_version)
     model_spec = load_model(model, seq_len)
     cluster_spec = load_cluster(cluster)
     flags = {"dp": dp, "tp": tp, "pp": pp, "cp": cp, "zero_stage": zero, "micro_batch": micro_batch,
              "global_batch": global_batch, "pp_schedule": schedule, "vpp": vpp, "recompute": recompute,
              "sequence_parallel": sp, "precision": precision}
     parallel_plan, notes = _build_plan(plan, cluster_spec.num_gpus, flags)
-    est = estimate(model_spec, cluster_spec, parallel_plan, seq_len, options=stack.options)
-    notes.append(f"software: {stack.name} ({stack.description})")
+    est = estimate(model_spec, cluster_spec, parallel_plan, seq_len, options=options)
+    notes.extend(software_notes)
+    known = framework is None or framework in framework_releases()
+    p10, p90 = step_interval(est.step_time_s, known)
+    notes.append(interval_note(known))
     if as_json:
         out = est.to_dict()
+        out["predicted_p10_s"], out["predicted_p90_s"] = p10, p90
         out["assumptions"] = notes + out["assumptions"]
         if tokens:
             out["tokens"] = tokens
             out["time_to_train_s"] = est.time_to_train_s(tokens)
         print(json.dumps(out, indent=2))
         return
-    _print_estimate(est, notes, tokens)
+    _print_estimate(est, notes, tokens, (p10, p90))
 
 
 @app.command("validate")
 def validate_command(
-    cases: Path | None = typer.Argument(None, help="Case file (CSV, see predict/data/CASES_SCHEMA.md); default: "
-                                                   "the published runs shipped with bastion."),
+    cases: list[Path] | None = typer.Argument(None, help="Case file(s) (CSV, see predict/data/CASES_SCHEMA.md); "
+                                                         "default: the published runs shipped with bastion."),
     software: str | None = typer.Option(None, "--software", help="Predict every row with this software stack "
-                                        "(`bastion software`); default: each row's `software` column, else what "
-                                        "its publication ran, else production."),
+                                        "(`bastion software`); default: each row's `software` column, else its "
+                                        "framework and release (`framework`, `framework_version`)."),
+    holdout: str | None = typer.Option(None, "--holdout", help="`family`: leave-one-family-out — each "
+                                       "publication family's interval calibrated on the other families, with "
+                                       "and without its software facts, and which families are in-sample."),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object: summary, cases, skipped."),
 ) -> None:
     """Predict the iteration time of every published run in a case file and report the errors."""
-    from bastion.predict.validate import PUBLIC_CASES, validate_cases
+    from bastion.predict.validate import PUBLIC_CASES, ValidationReport, validate_cases
 
-    report = validate_cases(cases or PUBLIC_CASES, software=software)
+    paths = cases or [PUBLIC_CASES]
+    if holdout is not None:
+        _holdout_command(paths, holdout, software, as_json)
+        return
+    reports = [validate_cases(path, software=software) for path in paths]
+    report = ValidationReport(cases=[c for r in reports for c in r.cases],
+                              skipped=[s for r in reports for s in r.skipped])
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
         return
@@ -175,14 +195,14 @@ def validate_command(
     from rich.table import Table
 
     console = Console()
-    table = Table(title=f"predicted vs published iteration time ({cases or PUBLIC_CASES})")
-    for col in ("case", "software", "published s", "predicted s", "error"):
+    table = Table(title=f"predicted vs published iteration time ({', '.join(map(str, paths))})")
+    for col in ("case", "software", "published s", "predicted s", "p10-p90 s", "error"):
         table.add_column(col, justify="left" if col == "software" else "right")
     for c in report.cases:
         err = c.rel_error
         style = "green" if abs(err) <= 0.10 else "yellow" if abs(err) <= 0.25 else "red"
         table.add_row(c.case_id, c.software, f"{c.published_s:.4g}", f"{c.predicted_s:.4g}",
-                      f"[{style}]{100 * err:+.1f}%[/]")
+                      f"{c.p10_s:.3g}-{c.p90_s:.3g}", f"[{style}]{100 * err:+.1f}%[/]")
     console.print(table)
     s = report.summary()
     if s["predicted"]:
@@ -191,4 +211,46 @@ def validate_command(
                       f"{100 * s['max_abs_rel_error']:.1f}%")
     for skipped in report.skipped:
         console.print(f"[yellow]skipped {skipped['case_id']}[/]: {skipped['reason']}", soft_wrap=True)
-    console.print("[dim]assumptions per case: `bastion validate --json`[/]")
+    console.print("[dim]assumptions per case: `bastion validate --json`; intervals are calibrated on the "
+                  "project's case files (in-sample for them): `--holdout family` holds each family out[/]")
+
+
+def _holdout_command(paths: list[Path], holdout: str, software: str | None, as_json: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from bastion.errors import ConfigError
+    from bastion.predict.holdout import leave_one_family_out
+    from bastion.predict.intervals import KNOWN, STRATA, UNKNOWN
+
+    if holdout != "family":
+        raise ConfigError(f"Unknown --holdout '{holdout}'.", fix="use --holdout family (publication families, "
+                                                                 "the case file's source_group).")
+    if software:
+        raise ConfigError("--holdout and --software were both given.",
+                          fix="drop --software: a held-out family is predicted from its own software facts.")
+    report = leave_one_family_out(paths)
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return
+    console = Console()
+    table = Table(title="leave-one-family-out (interval calibrated on the other families)")
+    for col in ("family", "rows", "seen", "|err| p50", "p90", "covered", "width", "no sw: p50", "covered "):
+        table.add_column(col, justify="left" if col in ("family", "seen") else "right", no_wrap=True)
+    pct = "{:.1%}".format
+    for name, f in report.families().items():
+        k, u = f[KNOWN], f[UNKNOWN]
+        table.add_row(name, str(k["n"]), "yes" if f["in_sample"] else "no", pct(k["median_abs_rel_error"]),
+                      pct(k["p90_abs_rel_error"]), pct(k["coverage"]), pct(k["median_interval_width"]),
+                      pct(u["median_abs_rel_error"]), pct(u["coverage"]))
+    console.print(table)
+    summary = report.summary()
+    for scope in ("all_families", "out_of_sample_families_only"):
+        for stratum in STRATA:
+            e = summary[scope][stratum]
+            line = (f"{e['n']} rows: |error| median {pct(e['median_abs_rel_error'])}, p90 "
+                    f"{pct(e['p90_abs_rel_error'])}; interval coverage {pct(e['coverage'])}, median width "
+                    f"{pct(e['median_interval_width'])}") if e["n"] else "no rows"
+            console.print(f"[bold]{scope.replace('_', ' ')}[/] ({stratum}): {line}")
+    console.print("[dim]seen = in-sample: a stack or mapping entry was chosen after seeing the family "
+                  "(predict/data/holdout.toml says why); no sw = its software facts blanked[/]")

@@ -1,5 +1,5 @@
-"""Named software stacks (data/software.toml): the PredictOptions a training code implies, and which
-publications ran which, so `validate` predicts each published run with the kernels it actually used."""
+"""Named software stacks (data/software.toml): the PredictOptions a training code implies. `--software NAME`
+names one; a framework release implies one (predict/frameworks.py)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,7 @@ from bastion.errors import ConfigError, did_you_mean
 from bastion.predict.calibration import DATA_DIR
 from bastion.predict.options import PredictOptions
 
-#: what a row of a publication the table does not list is predicted with
-DEFAULT_PUBLISHED_STACK = "production"
-_META = ("description", "source", "publications", "mentions")
+_META = ("description", "source")
 
 
 @dataclass(frozen=True)
@@ -22,9 +20,6 @@ class SoftwareStack:
     description: str
     source: str
     options: PredictOptions
-    publications: tuple[str, ...] = ()
-    #: how a case row's `source` names this software (case-insensitive substrings)
-    mentions: tuple[str, ...] = ()
 
 
 @cache
@@ -38,8 +33,7 @@ def software_stacks() -> dict[str, SoftwareStack]:
             raise ConfigError(f"software.toml [{name}] has unknown fields: {', '.join(sorted(unknown))}.")
         options = PredictOptions(**{k: v for k, v in entry.items() if k in known})
         stacks[name] = SoftwareStack(name=name, description=entry["description"], source=entry["source"],
-                                     options=options, publications=tuple(entry.get("publications", ())),
-                                     mentions=tuple(entry.get("mentions", ())))
+                                     options=options)
     return stacks
 
 
@@ -49,19 +43,3 @@ def software_stack(name: str) -> SoftwareStack:
         raise ConfigError(f"Unknown software stack '{name}'.{did_you_mean(name, stacks)}",
                           fix=f"use one of: {', '.join(stacks)}.")
     return stacks[name]
-
-
-@cache
-def published_stack(source_group: str) -> SoftwareStack | None:
-    """The stack a publication's runs used, or None when the table does not list it."""
-    for stack in software_stacks().values():
-        if source_group in stack.publications:
-            return stack
-    return None
-
-
-def mentioned_stack(source: str) -> SoftwareStack | None:
-    """The stack whose software a row's `source` text names, or None (no stack, or more than one, is named)."""
-    text = source.lower()
-    named = [s for s in software_stacks().values() if any(m.lower() in text for m in s.mentions)]
-    return named[0] if len(named) == 1 else None

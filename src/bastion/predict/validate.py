@@ -3,9 +3,10 @@
 Every row becomes a ModelSpec, a Cluster (accelerator × num_gpus, gpus_per_node per node) and a ParallelPlan;
 `estimate()` predicts its iteration time. One physical model serves every row, with no per-source, per-model or
 per-row factor. What differs between publications is their software — which attention kernel, dropout, which
-ZeRO implementation — and that is an input, like the plan: a row's optional `software` column, else the stack
-data/software.toml documents for its `source_group` (with the evidence), else the stack whose software the row's
-`source` names, else `production` (row_stack). Cells the
+ZeRO implementation — and that is an input, like the plan: a row's optional `software` column (a stack name),
+else its software facts (`framework`, `framework_version` and explicit behaviours, predict/frameworks.py), else
+the documented default for an unknown framework (row_stack). `source_group`, `source` and `notes` never enter a
+prediction. Cells the
 publication left empty get the choice a practitioner would make (the fastest combination of the unknown settings
 that fits in memory), and each such choice is recorded.
 """
@@ -22,14 +23,10 @@ from typing import Any
 from bastion.errors import BastionError, ConfigError
 from bastion.predict.calibration import DATA_DIR
 from bastion.predict.estimate import Estimate, estimate
+from bastion.predict.frameworks import default_recipe, facts_from_row, resolve
+from bastion.predict.intervals import step_interval
 from bastion.predict.options import PredictOptions
-from bastion.predict.software import (
-    DEFAULT_PUBLISHED_STACK,
-    SoftwareStack,
-    mentioned_stack,
-    published_stack,
-    software_stack,
-)
+from bastion.predict.software import SoftwareStack, software_stack
 from bastion.specs.hardware import Cluster, default_network, load_accelerator
 from bastion.specs.model import ModelSpec
 from bastion.specs.plan import ParallelPlan
@@ -61,14 +58,20 @@ class CaseResult:
     assumptions: list[str] = field(default_factory=list)
     #: the software stack the row was predicted with ("" when options were given directly)
     software: str = ""
+    #: the row names its software (a framework with documented releases, or a stack); False = the default stack
+    software_known: bool = True
+    #: the p10-p90 interval of the step time (predict/intervals.py), once attached
+    p10_s: float | None = None
+    p90_s: float | None = None
 
     @property
     def rel_error(self) -> float:
         return (self.predicted_s - self.published_s) / self.published_s
 
     def to_dict(self) -> dict[str, Any]:
+        interval = {} if self.p10_s is None else {"predicted_p10_s": self.p10_s, "predicted_p90_s": self.p90_s}
         return {"case_id": self.case_id, "published_s": self.published_s, "predicted_s": self.predicted_s,
-                "rel_error": self.rel_error, "assumptions": self.assumptions}
+                **interval, "rel_error": self.rel_error, "assumptions": self.assumptions}
 
 
 @dataclass
@@ -204,16 +207,29 @@ def _vpp_choices(row: dict[str, str], model: ModelSpec, pp: int, assumptions: li
         return [vpp]
     if pp == 1:
         return [1]
-    options = [v for v in range(2, 9) if model.num_layers % (pp * v) == 0]
+    # the layers split over pp·v chunks either evenly or with the embedding and the head taking a slot each
+    options = [v for v in range(2, 9) if model.num_layers % (pp * v) == 0 or (model.num_layers + 2) % (pp * v) == 0]
     if not options:
-        assumptions.append("vpp: not given and no v >= 2 divides the layers per stage; assumed 1")
+        assumptions.append("vpp: not given and pp·v divides neither the layers nor layers + 2 for any v >= 2; "
+                           "assumed 1")
         return [1]
     return options
 
 
-def case_plan_choices(row: dict[str, str], model: ModelSpec, cluster: Cluster,
-                      assumptions: list[str]) -> tuple[list[ParallelPlan], list[str]]:
-    """Every plan consistent with the row; the names of the settings the row left open."""
+def _default_recipe(row: dict[str, str]) -> tuple[dict[str, Any], str]:
+    """What the row's framework release's default recipe sets (frameworks.default_recipe); nothing for a row
+    whose software facts are not valid (row_stack reports those)."""
+    try:
+        return default_recipe(facts_from_row(row))
+    except BastionError:
+        return {}, ""
+
+
+def case_plan_choices(row: dict[str, str], model: ModelSpec, cluster: Cluster, assumptions: list[str],
+                      recipe_recompute: bool = True) -> tuple[list[ParallelPlan], list[str]]:
+    """Every plan consistent with the row; the names of the settings the row left open. Unstated settings the
+    row's framework release documents a default recipe for take the recipe's value (recompute only when
+    `recipe_recompute`), the others every value a practitioner might choose."""
     tp, pp = _int(row, "tp"), _int(row, "pp")
     cp = _int(row, "cp", 1)
     dp = _int(row, "dp")
@@ -232,11 +248,18 @@ def case_plan_choices(row: dict[str, str], model: ModelSpec, cluster: Cluster,
     zeros = [zero] if zero is not None else [0, 1, 2, 3]
     if zero is None:
         open_settings.append("zero_stage")
+    recipe, recipe_source = _default_recipe(row)
     recompute = (row.get("recompute") or "").strip()
+    if not recompute and "recompute" in recipe and recipe_recompute:
+        recompute = recipe["recompute"]
+        assumptions.append(f"recompute: not given; {recompute}, the framework's default recipe ({recipe_source})")
     recomputes = [recompute] if recompute else ["none", "selective", "full"]
     if not recompute:
         open_settings.append("recompute")
     sp = _int(row, "sequence_parallel")
+    if sp is None and tp > 1 and "sequence_parallel" in recipe:
+        sp = int(recipe["sequence_parallel"])
+        assumptions.append(f"sequence_parallel: not given; {'on' if sp else 'off'}, the framework's default recipe")
     sps = [bool(sp)] if sp is not None else ([False, True] if tp > 1 else [False])
     if sp is None and tp > 1:
         open_settings.append("sequence_parallel")
@@ -265,36 +288,27 @@ def predict_case(row: dict[str, str], options: PredictOptions | None = None,
 
 
 def row_software(row: dict[str, str], software: str | None = None) -> tuple[PredictOptions, str]:
-    """The options a row is predicted with and the assumption that says where they come from: `software` when
-    given (every row), else the row's `software` column, else its publication's documented stack, else the stack
-    whose software its `source` names, else `production`."""
-    stack, where = row_stack(row, software)
-    return stack.options, where
+    """The options a row is predicted with and the assumptions that say where they come from (row_stack)."""
+    _, options, notes = row_stack(row, software)
+    return options, "; ".join(notes)
 
 
-def row_stack(row: dict[str, str], software: str | None = None) -> tuple[SoftwareStack, str]:
-    """row_software's stack itself (its name, options and evidence), with the same assumption text."""
+def row_stack(row: dict[str, str], software: str | None = None) -> tuple[SoftwareStack, PredictOptions, list[str]]:
+    """The stack a row is predicted with, its options and the assumptions that say why: `software` when given
+    (every row), else the row's `software` column (a stack name), else the row's software facts (framework,
+    framework_version and explicit behaviours, predict/frameworks.py; no framework = the documented default).
+    Never the row's source_group, source or notes."""
     if software:
         stack = software_stack(software)
-        return stack, f"software: {stack.name} (given for every row)"
-    named = (row.get("software") or "").strip()
-    if named:
-        try:
+        return stack, stack.options, [f"software: {stack.name} (given for every row)"]
+    try:
+        named = (row.get("software") or "").strip()
+        if named:
             stack = software_stack(named)
-        except BastionError as exc:
-            raise RowSkipped(f"software: {exc.problem} ({exc.fix})") from None
-        return stack, f"software: {stack.name} (the row's software column)"
-    group = (row.get("source_group") or "").strip()
-    stack = published_stack(group)
-    if stack is not None:
-        return stack, f"software: {stack.name}, what {group} ran ({stack.source})"
-    stack = mentioned_stack(row.get("source") or "")
-    if stack is not None:
-        return stack, (f"software: {stack.name}, which the row's source names (source_group '{group}' is not "
-                       f"documented in software.toml)")
-    stack = software_stack(DEFAULT_PUBLISHED_STACK)
-    return stack, (f"software: not documented for source_group '{group}', assumed {stack.name} "
-                   f"({stack.description})")
+            return stack, stack.options, [f"software: {stack.name} (the row's software column)"]
+        return resolve(facts_from_row(row))
+    except BastionError as exc:
+        raise RowSkipped(f"software: {exc.problem} ({exc.fix})") from None
 
 
 def case_estimate(row: dict[str, str], options: PredictOptions | None = None,
@@ -312,12 +326,13 @@ def case_estimate(row: dict[str, str], options: PredictOptions | None = None,
     if published <= 0:
         raise RowSkipped(f"iteration_time_s = {published:g} is not a positive time")
     if options is None:
-        found, where = row_stack(row, software)
-        options, stack = found.options, found.name
+        found, options, software_notes = row_stack(row, software)
+        stack = found.name
+        known = bool(software or (row.get("software") or "").strip()) or facts_from_row(row).known
     else:
-        where, stack = "software: options given for every row", ""
+        software_notes, stack, known = ["software: options given for every row"], "", True
     cap = options.attention_efficiency_cap
-    assumptions: list[str] = [where,
+    assumptions: list[str] = [*software_notes,
         "kernels: " + (f"flash attention ({options.attention_kernel})" if options.flash_attention
                        else "unfused attention" + (" with dropout" if options.dropout else ""))
         + (f" (at most {cap:g} of the bf16 peak)" if options.flash_attention and cap is not None else "")
@@ -340,6 +355,17 @@ def case_estimate(row: dict[str, str], options: PredictOptions | None = None,
             results = by_module
             assumptions.append("ZeRO-3 gathers one sub-module at a time (whole-layer gathers would not fit; "
                                "the case file does not say)")
+    recipe_recompute = _recipe_recompute_overflows(results, row, open_settings)
+    if recipe_recompute is not None:
+        # the recipe's plan would need far more memory than the device has: the run must have recomputed
+        # (a recipe for another model, or partial recompute the case file does not state)
+        assumptions[:] = [a for a in assumptions if not a.startswith("recompute: not given;")]
+        assumptions.append(f"recompute: not given; the default recipe's {recipe_recompute} would need "
+                           f"{min(e.memory.total for e in results) / 2**30:.0f} GiB of "
+                           f"{results[0].hbm_bytes / 2**30:.0f} GiB (beyond the memory model's "
+                           f"{MEMORY_MARGIN:.0%} margin), so recompute is chosen as a practitioner would")
+        plans, open_settings = case_plan_choices(row, model, cluster, [], recipe_recompute=False)
+        results, _ = _estimates(model, cluster, plans, options)
     fitting = [e for e in results if e.fits]
     if open_settings:
         chosen = min(fitting, key=lambda e: e.step_time_s) if fitting else min(results, key=lambda e: e.memory.total)
@@ -350,10 +376,30 @@ def case_estimate(row: dict[str, str], options: PredictOptions | None = None,
         chosen = results[0]
     if not chosen.fits:
         assumptions.append(f"predicted memory {chosen.memory.total / 2**30:.1f} GiB exceeds "
-                           f"{chosen.hbm_bytes / 2**30:.0f} GiB per device")
+                           f"{chosen.hbm_bytes / 2**30:.0f} GiB per device (a memory shortfall of the prediction: "
+                           f"the time is predicted for the plan as run)")
     result = CaseResult(case_id=case_id, published_s=published, predicted_s=chosen.step_time_s,
-                        assumptions=assumptions, software=stack)
+                        assumptions=assumptions, software=stack, software_known=known)
     return result, chosen, model, cluster
+
+
+#: how far over the device's memory a framework recipe's plan may be predicted and still be taken to have fit
+#: (the shortfall is then reported, the plan kept): the memory model's own margin — its fragmentation allowance
+#: is 10% of transient memory and allocator behaviour varies by that much. Chosen from the mechanism, not from
+#: published times (the rows' predicted memories were seen: 189 GiB of 186 vs 300+ GiB of 186).
+MEMORY_MARGIN = 0.10
+
+
+def _recipe_recompute_overflows(results: list[Estimate], row: dict[str, str], open_settings: list[str]) -> str | None:
+    """The recipe's recompute when the row's recompute came from its framework's default recipe and even the
+    smallest of its plans needs more than MEMORY_MARGIN over the device; else None."""
+    if (row.get("recompute") or "").strip() or "recompute" in open_settings:
+        return None
+    recipe, _ = _default_recipe(row)
+    if "recompute" not in recipe or not results:
+        return None
+    smallest = min(results, key=lambda e: e.memory.total)
+    return recipe["recompute"] if smallest.memory.total > (1 + MEMORY_MARGIN) * smallest.hbm_bytes else None
 
 
 def _estimates(model: ModelSpec, cluster: Cluster, plans: list[ParallelPlan],
@@ -372,7 +418,8 @@ def _estimates(model: ModelSpec, cluster: Cluster, plans: list[ParallelPlan],
 def validate_cases(path: Path | str = PUBLIC_CASES, options: PredictOptions | None = None,
                    software: str | None = None) -> ValidationReport:
     """Predict every row of a case file, each with its software (row_software) unless `software` or `options`
-    says otherwise; rows that cannot be predicted are listed with their reason."""
+    says otherwise, and its stored p10-p90 interval (predict/intervals.py; calibrated on the project's case
+    files, so in-sample for their rows); rows that cannot be predicted are listed with their reason."""
     if software:
         software_stack(software)  # an unknown name is the caller's mistake, not every row's
     rows = read_cases(Path(path))
@@ -380,7 +427,10 @@ def validate_cases(path: Path | str = PUBLIC_CASES, options: PredictOptions | No
     skipped: list[dict[str, str]] = []
     for i, row in enumerate(rows):
         try:
-            cases.append(predict_case(row, options, software))
+            case = predict_case(row, options, software)
         except RowSkipped as exc:
             skipped.append({"case_id": (row.get("case_id") or "").strip() or f"row {i + 2}", "reason": str(exc)})
+            continue
+        case.p10_s, case.p90_s = step_interval(case.predicted_s, case.software_known)
+        cases.append(case)
     return ValidationReport(cases=cases, skipped=skipped)

@@ -1,0 +1,58 @@
+"""The predictor's honest figures: leave-one-family-out over the project's three case files (issue 13 §3).
+
+Prints the per-family table (which families are in-sample and why, |error| with the software known and with it
+blanked, held-out interval coverage and width) and writes benchmarks/results/holdout.json. With
+--write-intervals it also rewrites src/bastion/predict/data/intervals.json, the interval calibration every
+prediction carries (run it after a change to the predictor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from pathlib import Path
+
+from bastion.predict.holdout import calibrate, leave_one_family_out
+from bastion.predict.intervals import INTERVALS, KNOWN, UNKNOWN
+from bastion.predict.validate import PUBLIC_CASES
+
+ROOT = Path(__file__).parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "holdout.json"
+CASE_FILES = (PUBLIC_CASES, ROOT / "tests" / "validation" / "data" / "nemo_cases.csv",
+              ROOT / "tests" / "validation" / "data" / "torchtitan_cases.csv")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--write-intervals", action="store_true", help=f"rewrite {INTERVALS}")
+    args = parser.parse_args()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=ROOT).stdout.strip()
+    report = leave_one_family_out(CASE_FILES)
+    out = report.to_dict()
+    out["commit"] = commit
+    RESULTS.write_text(json.dumps(out, indent=1) + "\n")
+    print(f"{'family':30s} {'n':>4s} in-sample  |err| med  p90   cover  width | unknown: med   p90  cover")
+    for name, f in report.families().items():
+        k, u = f[KNOWN], f[UNKNOWN]
+        print(f"{name:30s} {k['n']:4d} {'yes' if f['in_sample'] else 'no':9s} {k['median_abs_rel_error']:6.1%} "
+              f"{k['p90_abs_rel_error']:6.1%} {k['coverage']:6.0%} {k['median_interval_width']:6.1%} | "
+              f"{u['median_abs_rel_error']:12.1%} {u['p90_abs_rel_error']:6.1%} {u['coverage']:5.0%}")
+    for scope, figures in report.summary().items():
+        if isinstance(figures, dict):
+            for stratum, e in figures.items():
+                if e["n"]:
+                    print(f"{scope} ({stratum}): {e['n']} rows, median |error| {e['median_abs_rel_error']:.1%}, "
+                          f"p90 {e['p90_abs_rel_error']:.1%}, coverage {e['coverage']:.1%}, median width "
+                          f"{e['median_interval_width']:.1%}")
+                else:
+                    print(f"{scope} ({stratum}): no rows")
+    print(f"recorded in {RESULTS}")
+    if args.write_intervals:
+        INTERVALS.write_text(json.dumps(calibrate(CASE_FILES, commit), indent=1) + "\n")
+        print(f"interval calibration written to {INTERVALS}")
+
+
+if __name__ == "__main__":
+    main()
