@@ -75,7 +75,7 @@ class Resilience:
             rank=self.rank, world_size=self.world, async_group=async_group)
         self.injector = FaultInjector([parse_fault(s) for s in config.inject], self.run_dir, self.rank)
         self.checkpointer.before_commit = self.injector.before_commit
-        self.guard = NanGuard(NanGuardConfig(spike_factor=config.spike_factor))
+        self.nan_guard = NanGuard(NanGuardConfig(spike_factor=config.spike_factor))
         self.watchdog = StepWatchdog(WatchdogConfig(factor=config.hang_factor, min_timeout_s=config.hang_min_s,
                                                     startup_timeout_s=10 * config.hang_min_s),
                                      self.run_dir, self.rank)
@@ -162,7 +162,7 @@ class Resilience:
         waited = self.checkpointer.wait_staged()
         if waited > 0 and self.rank == 0:
             log_event(self.run_dir, "checkpoint_wait", step=step, stall_s=round(waited, 6))
-        reason = self.guard.check(grad_norm)
+        reason = self.nan_guard.check(grad_norm)
         if reason is not None:
             raise BadStep(step, batch_start, reason)
 

@@ -152,7 +152,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             try:
                 record = trainer.train_step(hooks=resilience)
             except BadStep as bad:
-                trainer.optimizer.zero_grad(set_to_none=True)  # never applied; a rollback restores a clean state
+                trainer.optimizer.zero_grad(set_to_none=True)  # the update is never applied: drop its gradients
                 resilience.rollback(bad)
                 records = [r for r in records if r["step"] <= trainer.step]
                 continue
