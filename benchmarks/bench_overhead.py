@@ -36,7 +36,8 @@ def ddp_loop(data_dir: str, steps: int, seed: int = 0) -> list[float]:
 
     from bastion.runtime.data import GlobalSampler, dp_slice, open_dataset
     from bastion.runtime.model import build_model, init_weights
-    from bastion.runtime.train import TrainConfig, lr_factor
+    from bastion.runtime.optim import lr_factor
+    from bastion.runtime.train_config import TrainConfig
     from bastion.specs.model import load_model
 
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -74,7 +75,8 @@ def ddp_loop(data_dir: str, steps: int, seed: int = 0) -> list[float]:
 def bastion_loop(data_dir: str, plan_path: str, run_dir: str, steps: int) -> list[float]:
     from bastion.rundir.metrics import read_metrics
     from bastion.rundir.records import is_step
-    from bastion.runtime.train import TrainConfig, train
+    from bastion.runtime.train import train
+    from bastion.runtime.train_config import TrainConfig
 
     train(TrainConfig(model=MODEL, plan=plan_path, data=data_dir, steps=steps, run_dir=run_dir, progress=False,
                       hash_params=False))
@@ -84,7 +86,7 @@ def bastion_loop(data_dir: str, plan_path: str, run_dir: str, steps: int) -> lis
 def worker(work: str) -> None:
     import torch.distributed as dist
 
-    from bastion.runtime.train import init_distributed, shutdown_and_exit
+    from bastion.runtime.worker import init_distributed, shutdown_and_exit
 
     init_distributed()
     results: dict[str, list[float]] = {"ddp": [], "bastion": []}

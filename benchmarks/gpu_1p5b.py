@@ -41,7 +41,7 @@ def _single_process_group() -> None:
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("OMP_NUM_THREADS", "8")
     if not dist.is_initialized():
-        from bastion.runtime.train import init_distributed
+        from bastion.runtime.worker import init_distributed
 
         init_distributed()
 
@@ -52,7 +52,8 @@ def run_mode(mode: str, model: str, plan_path: Path, data_dir: Path, steps: int,
 
     from bastion.rundir.metrics import read_metrics
     from bastion.rundir.records import is_step
-    from bastion.runtime.train import TrainConfig, train
+    from bastion.runtime.train import train
+    from bastion.runtime.train_config import TrainConfig
 
     if torch.cuda.is_available():
         gc.collect()

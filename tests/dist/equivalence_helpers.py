@@ -64,7 +64,8 @@ def reference_run(data: Path, model: str, global_batch: int, steps: int = STEPS,
 
     from bastion.runtime.data import GlobalSampler, open_dataset
     from bastion.runtime.model import build_model, init_weights
-    from bastion.runtime.train import TrainConfig, lr_factor
+    from bastion.runtime.optim import lr_factor
+    from bastion.runtime.train_config import TrainConfig
     from bastion.specs.model import load_model
 
     defaults = TrainConfig(model=model, plan="", data="", steps=steps, run_dir="")

@@ -12,7 +12,9 @@ import sys
 import traceback
 from pathlib import Path
 
-from bastion.runtime.train import TrainConfig, init_distributed, shutdown_and_exit, train
+from bastion.runtime.train import train
+from bastion.runtime.train_config import TrainConfig
+from bastion.runtime.worker import init_distributed, shutdown_and_exit
 
 
 def main(cases_path: str) -> None:

@@ -118,7 +118,7 @@ def test_state_module_keeps_full_model_names_for_several_pipeline_chunks():
     # interleaved/V schedules give a rank two chunks; the checkpoint must see one module with the full names
     from bastion.runtime.model import build_model
     from bastion.runtime.parallelize import split_stage
-    from bastion.runtime.resilience import _state_module
+    from bastion.runtime.trainer import _state_module
     from bastion.specs.model import load_model
 
     full = build_model(load_model("tiny"))

@@ -90,7 +90,8 @@ def train_command(
     if in_launched_worker() and nproc is None:
         import os
 
-        from bastion.runtime.train import TrainConfig, run_worker
+        from bastion.runtime.train_config import TrainConfig
+        from bastion.runtime.worker import run_worker
 
         config = TrainConfig(model=model, plan=str(plan), data=str(data), steps=steps, run_dir=str(run_dir),
                              seed=seed, seq_len=seq_len, lr=lr, compile=compile_model, cluster=cluster,

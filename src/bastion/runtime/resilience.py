@@ -1,15 +1,16 @@
 """Fault tolerance of one worker, as a few calls the training loop makes: resume, checkpoint, inject, watch, roll back.
 
-    res = Resilience(config.resilience, run_dir, trainer, spec, plan)
-    res.start()                           # resume from the newest valid checkpoint (collective)
-    while trainer.step < steps:
-        res.before_step(trainer.step + 1) # skip known-bad batches, fire kill/hang faults, arm the watchdog
+    res = Resilience(config.resilience, run_dir, trainer, spec, plan)  # the trainer: the Stateful it checkpoints
+    res.start()                                      # resume from the newest valid checkpoint (collective)
+    while trainer.step < steps and not res.should_stop(trainer.step):
+        res.before_step(trainer.step + 1, trainer.sampler)  # skip known-bad batches, fire faults, arm the watchdog
         try:
-            record = trainer.train_step() #   calls res.after_backward / res.check_grad_norm (NaN guard)
+            record = trainer.train_step(hooks=res)   # calls res.after_backward / res.check_grad_norm (NaN guard)
         except BadStep as bad:
-            res.rollback(bad)             # last good checkpoint, skip the offending batch
+            trainer.optimizer.zero_grad(set_to_none=True)
+            res.rollback(bad)                        # last good checkpoint, skip the offending batch
             continue
-        res.after_step(record)            # checkpoint when due, corrupt-latest fault, disarm the watchdog
+        res.after_step(record)                       # checkpoint when due, corrupt-latest fault, disarm the watchdog
     summary |= res.finish()               # restarts, lost steps, recovery, stall, goodput
 
 Which checkpoint a run starts from: the newest valid one in RUN_DIR/checkpoints (a restarted worker, or a run
@@ -27,6 +28,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.stateful import Stateful
 
 from bastion.errors import CheckpointError
 from bastion.rundir import checkpoints as checkpoint_files
@@ -34,6 +36,7 @@ from bastion.rundir.accounting import account
 from bastion.rundir.layout import checkpoints_dir
 from bastion.rundir.metrics import log_event, read_metrics
 from bastion.runtime import checkpoint as ck
+from bastion.runtime.data import GlobalSampler
 from bastion.runtime.faults import FaultInjector, parse_fault
 from bastion.runtime.recovery import NanGuard, NanGuardConfig, choose_interval
 from bastion.runtime.resilience_config import ResilienceConfig
@@ -54,33 +57,17 @@ class BadStep(Exception):
         self.reason = reason
 
 
-def _state_module(parts: list[torch.nn.Module]) -> torch.nn.Module:
-    """One module holding all of this rank's chunks under the full model's parameter names."""
-    if len(parts) == 1:
-        return parts[0]
-    container = torch.nn.Module()
-    layers = torch.nn.ModuleDict()
-    for part in parts:
-        for name, child in part.named_children():
-            if name == "layers":
-                layers.update(child.items())
-            elif child is not None:
-                container.add_module(name, child)
-    container.add_module("layers", layers)
-    return container
-
-
 class Resilience:
-    def __init__(self, config: ResilienceConfig, run_dir: Path, trainer: Any, spec: Any, plan: Any) -> None:
+    def __init__(self, config: ResilienceConfig, run_dir: Path, train_state: Stateful, spec: Any, plan: Any) -> None:
         self.config = config
         self.run_dir = Path(run_dir)
-        self.trainer = trainer
+        #: what a checkpoint holds of the training (runtime/trainer.py's Trainer): read and restored as a whole
+        self.train_state = train_state
         self.spec = spec
         self.plan = plan
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self.attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-        self.state_module = _state_module(trainer.model.parts)
         every = max(0, config.checkpoint_every)  # `auto` (-1) is decided after the probe save
         async_group = dist.new_group(backend="gloo") if (config.async_checkpoint and self.world > 1) else None
         self.checkpointer = ck.Checkpointer(
@@ -90,7 +77,7 @@ class Resilience:
             rank=self.rank, world_size=self.world, async_group=async_group)
         self.injector = FaultInjector([parse_fault(s) for s in config.inject], self.run_dir, self.rank)
         self.checkpointer.before_commit = self.injector.before_commit
-        self.guard = NanGuard(NanGuardConfig(spike_factor=config.spike_factor))
+        self.nan_guard = NanGuard(NanGuardConfig(spike_factor=config.spike_factor))
         self.watchdog = StepWatchdog(WatchdogConfig(factor=config.hang_factor, min_timeout_s=config.hang_min_s,
                                                     startup_timeout_s=10 * config.hang_min_s),
                                      self.run_dir, self.rank)
@@ -129,42 +116,37 @@ class Resilience:
             self.restore(source)
         if self.rank == 0 and (self.attempt > 0 or source is not None):
             log_event(self.run_dir, "restart" if self.attempt > 0 else "resume", attempt=self.attempt,
-                      resumed_from_step=self.trainer.step, world_size=self.world, plan=self.plan.to_dict())
+                      resumed_from_step=self.resumed_from or 0, world_size=self.world, plan=self.plan.to_dict())
 
     def _report_bad(self, info: checkpoint_files.CheckpointInfo, reason: str, moved: Path) -> None:
         log_event(self.run_dir, "checkpoint_corrupt", step=info.step, reason=reason, moved_to=str(moved))
         print(f"bastion: checkpoint of step {info.step} failed its manifest check ({reason}); "
               f"set aside at {moved}, using the previous one", flush=True)
 
-    def _capture(self) -> tuple[dict, dict]:
-        return ck.capture_tensors_and_hparams([self.state_module], [self.trainer.optimizer])
-
-    def restore(self, source: checkpoint_files.CheckpointInfo) -> None:
-        """Load model, optimizer, schedule, data position and (same layout only) RNG from `source`."""
-        trainer = self.trainer
+    def restore(self, source: checkpoint_files.CheckpointInfo) -> int:
+        """Load the training state (model, optimizer, schedule, data position, step) and, same layout only, the
+        RNG from `source`; returns the step it resumes from."""
         state = ck.read_run_state(source.path)
         if not same_model(state.get("model", {}), self.spec.to_dict()):
             raise CheckpointError(f"The checkpoint at {source.path} holds model '{state.get('model', {}).get('name')}'"
                                   f", not '{self.spec.name}'.", fix="resume with the model it was saved with.")
-        trainer.optimizer.zero_grad(set_to_none=True)
-        tensors, _ = self._capture()
-        ck.load_tensors(source.path, tensors, distributed=dist.is_initialized())
+        train_state = self.train_state.state_dict()  # this rank's layout: DCP fills its tensors in place
+        ck.load_tensors(source.path, train_state["tensors"], distributed=dist.is_initialized())
         # each rank saved the settings of the parameters it held; under another plan a rank needs others'
-        hparams = ck.read_all_rank_hparams(source.path)
-        ck.restore_tensors_and_hparams([self.state_module], [trainer.optimizer], tensors, hparams)
-        trainer.scheduler.load_state_dict(state["scheduler"])
-        trainer.sampler.load_state_dict(state["sampler"])
-        trainer.step = int(state["step"])
+        train_state["optimizer"] = ck.read_all_rank_hparams(source.path)
+        train_state.update(step=state["step"], sampler=state["sampler"], scheduler=state["scheduler"])
+        self.train_state.load_state_dict(train_state)
         self.skip_starts |= set(state.get("skipped_batch_starts", []))
         same_layout = state.get("world_size") == self.world and state.get("plan") == self.plan.to_dict()
         rank_state = ck.read_rank_state(source.path, self.rank)
         if same_layout and rank_state is not None:
             ck.restore_rng(rank_state["rng"])
-        self.resumed_from = trainer.step
+        self.resumed_from = int(state["step"])
+        return self.resumed_from
 
     # ---- per step ------------------------------------------------------------------------------------
-    def before_step(self, step: int) -> None:
-        sampler = self.trainer.sampler
+    def before_step(self, step: int, sampler: GlobalSampler) -> None:
+        """Advance `sampler` (the trainer's data position) past known-bad batches; fire step-start faults."""
         while sampler.consumed_samples in self.skip_starts:
             start = sampler.consumed_samples
             sampler.next_global_batch()
@@ -176,14 +158,14 @@ class Resilience:
     def after_backward(self, step: int, parameters: list[torch.nn.Parameter]) -> None:
         self.injector.poison_gradients(step, parameters)
 
-    def check_grad_norm(self, step: int, grad_norm: float) -> None:
-        """Right before the optimizer step: hold it until an async save has copied the state, then judge."""
+    def check_grad_norm(self, step: int, grad_norm: float, batch_start: int) -> None:
+        """Right before the optimizer step: hold it until an async save has copied the state, then judge the
+        batch that starts at global sample `batch_start`."""
         waited = self.checkpointer.wait_staged()
         if waited > 0 and self.rank == 0:
             log_event(self.run_dir, "checkpoint_wait", step=step, stall_s=round(waited, 6))
-        reason = self.guard.check(grad_norm)
+        reason = self.nan_guard.check(grad_norm)
         if reason is not None:
-            batch_start = self.trainer.sampler.consumed_samples - self.plan.global_batch
             raise BadStep(step, batch_start, reason)
 
     def after_step(self, record: dict[str, Any]) -> None:
@@ -199,17 +181,20 @@ class Resilience:
             self.save(step)
         self.injector.after_step(step, self.checkpointer.config.directory, self.checkpointer.wait)
 
-    def should_stop(self) -> bool:
-        return 0 < self.config.stop_after_step <= self.trainer.step
+    def should_stop(self, step: int) -> bool:
+        """Whether the loop ends after `step` optimizer steps (--stop-after-step, or a preemption notice)."""
+        return 0 < self.config.stop_after_step <= step
 
     def save(self, step: int) -> float:
-        trainer = self.trainer
-        tensors, hparams = self._capture()
-        run_state = {"format": 1, "step": step, "sampler": trainer.sampler.state_dict(),
-                     "scheduler": _jsonable(trainer.scheduler.state_dict()),
+        train_state = self.train_state.state_dict()
+        # tensors go to DCP; the JSON parts to state.json (shared) and rankNNNNN.json (this rank's), whose keys
+        # are the checkpoint format: `restore` reads every checkpoint bastion has written through them
+        run_state = {"format": 1, "step": train_state["step"], "sampler": train_state["sampler"],
+                     "scheduler": train_state["scheduler"],
                      "plan": self.plan.to_dict(), "model": self.spec.to_dict(), "world_size": self.world,
                      "skipped_batch_starts": sorted(self.skip_starts), "saved_unix": time.time()}
-        stall = self.checkpointer.save(step, tensors, run_state, {"rng": ck.capture_rng(), "optimizer": hparams})
+        stall = self.checkpointer.save(step, train_state["tensors"], run_state,
+                                       {"rng": ck.capture_rng(), "optimizer": train_state["optimizer"]})
         if self.rank == 0:
             # where a save began; an async one reaches disk a step or more later (`checkpoint_committed`)
             log_event(self.run_dir, "checkpoint", step=step, stall_s=round(stall, 6),
@@ -254,16 +239,13 @@ class Resilience:
         self.checkpointer.wait()
         self._log_commits()
         source = self.checkpointer.newest_valid(on_bad=self._report_bad)
-        if source is not None:
-            self.restore(source)
-        else:
-            # nothing to roll back to: the update was never applied, so dropping the batch is enough
-            self.trainer.optimizer.zero_grad(set_to_none=True)
+        # nothing to roll back to: the update was never applied, so dropping the batch is enough
+        resumed = self.restore(source) if source is not None else bad.step - 1
         if self.rank == 0:
             log_event(self.run_dir, "rollback", step=bad.step, reason=bad.reason,
                       skipped_sample_ids=[bad.batch_start, bad.batch_start + self.plan.global_batch],
-                      resumed_from_step=self.trainer.step, checkpoint=source is not None)
-            print(f"bastion: step {bad.step} rejected ({bad.reason}); rolled back to step {self.trainer.step} "
+                      resumed_from_step=resumed, checkpoint=source is not None)
+            print(f"bastion: step {bad.step} rejected ({bad.reason}); rolled back to step {resumed} "
                   f"and skipping samples {bad.batch_start}..{bad.batch_start + self.plan.global_batch - 1}",
                   flush=True)
 
@@ -282,16 +264,3 @@ class Resilience:
         fields["checkpoints"] = [c.step for c in checkpoint_files.committed(self.checkpointer.config.directory)]
         fields["skipped_batch_starts"] = sorted(self.skip_starts)
         return fields
-
-
-def _jsonable(value: Any) -> Any:
-    """LR-scheduler state as JSON (tensors to numbers, callables dropped: they are rebuilt from the config)."""
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return value.item() if value.numel() == 1 else value.tolist()
-    if callable(value):
-        return None
-    return value

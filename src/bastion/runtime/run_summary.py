@@ -25,7 +25,8 @@ from bastion.specs.model import ModelSpec
 from bastion.specs.plan import ParallelPlan
 
 if TYPE_CHECKING:
-    from bastion.runtime.train import TrainConfig, Trainer
+    from bastion.runtime.train_config import TrainConfig
+    from bastion.runtime.trainer import Trainer
 
 
 def peak_flops(cluster_name: str | None, precision: str, device: torch.device) -> float | None:

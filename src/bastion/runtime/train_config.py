@@ -1,0 +1,49 @@
+"""The options of one training run, as a plain dataclass (the CLI builds it; every worker receives it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bastion.runtime.resilience_config import ResilienceConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run (the CLI builds it from `bastion train` options)."""
+
+    #: model preset name or model file
+    model: str
+    #: ParallelPlan file (JSON/TOML)
+    plan: str
+    #: token dataset directory (`bastion data prepare`)
+    data: str
+    #: optimizer steps to run
+    steps: int
+    #: where metrics.jsonl, summary.json, plan.json, model.json and checkpoints/ go
+    run_dir: str
+    #: seed of the parameter init and the data order
+    seed: int = 0
+    #: sequence length (default: the model's)
+    seq_len: int | None = None
+    #: peak learning rate
+    lr: float = 1e-3
+    #: linear warmup steps (capped at a tenth of the run)
+    warmup_steps: int = 10
+    #: cosine decay floor as a fraction of lr
+    min_lr_ratio: float = 0.1
+    #: AdamW decoupled weight decay (matrices only)
+    weight_decay: float = 0.1
+    #: global gradient-norm clip
+    max_grad_norm: float = 1.0
+    #: torch.compile each block (the whole model on one device)
+    compile: bool = False
+    #: cluster spec used for MFU and the prediction (default cpu:<world> on CPU)
+    cluster: str | None = None
+    #: show a progress bar on rank 0
+    progress: bool = True
+    #: hash the full parameters into summary.json (gathers them to rank 0)
+    hash_params: bool = True
+    #: also save the full final parameters to RUN_DIR/final_params.pt (equivalence tests)
+    save_final_params: bool = False
+    #: checkpoints, resume, fault injection, watchdog, NaN rollback (runtime/resilience.py)
+    resilience: ResilienceConfig = field(default_factory=ResilienceConfig)

@@ -1,0 +1,196 @@
+"""One worker's training state and its step: forward, backward, clipping, the optimizer update.
+
+`Trainer` is a `torch.distributed.checkpoint.stateful.Stateful`: the fault-tolerance layer (runtime/resilience.py)
+receives it as the state to checkpoint and restore, and never reaches into its optimizer, scheduler, sampler or
+step. What happens inside a step on its behalf (poison gradients, judge the gradient norm) comes in as `StepHooks`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.stateful import Stateful
+
+from bastion.runtime.checkpoint import capture_tensors_and_hparams, restore_tensors_and_hparams
+from bastion.runtime.context_parallel import split_sequence
+from bastion.runtime.data import GlobalSampler, dp_slice, open_dataset
+from bastion.runtime.mesh import RuntimeMesh
+from bastion.runtime.metrics import SavedActivationProbe, param_bytes
+from bastion.runtime.optim import (
+    align_gradient_placements,
+    build_optimizer,
+    build_scheduler,
+    clip_grad_norm,
+    scheduler_state,
+)
+from bastion.runtime.parallelize import ParallelizeConfig, cross_entropy_loss, parallelize
+from bastion.runtime.train_config import TrainConfig
+from bastion.specs.model import ModelSpec
+from bastion.specs.plan import ParallelPlan
+
+
+class StepHooks(Protocol):
+    """What another layer does inside a step (runtime/resilience.py: fault injection and the NaN guard)."""
+
+    def after_backward(self, step: int, parameters: Iterator[torch.nn.Parameter]) -> None:
+        """Gradients are reduced and placed, not yet clipped."""
+
+    def check_grad_norm(self, step: int, grad_norm: float, batch_start: int) -> None:
+        """Right before the optimizer update; raises to keep it from being applied."""
+
+
+def _state_module(parts: list[torch.nn.Module]) -> torch.nn.Module:
+    """One module holding all of this rank's chunks under the full model's parameter names."""
+    if len(parts) == 1:
+        return parts[0]
+    container = torch.nn.Module()
+    layers = torch.nn.ModuleDict()
+    for part in parts:
+        for name, child in part.named_children():
+            if name == "layers":
+                layers.update(child.items())
+            elif child is not None:
+                container.add_module(name, child)
+    container.add_module("layers", layers)
+    return container
+
+
+class Trainer(Stateful):
+    """Everything one worker holds for a run; `train_step` advances one optimizer step."""
+
+    def __init__(self, config: TrainConfig, spec: ModelSpec, plan: ParallelPlan, rmesh: RuntimeMesh) -> None:
+        self.config = config
+        self.spec = spec
+        self.plan = plan
+        self.rmesh = rmesh
+        self.seq_len = spec.seq_len
+        self.model = parallelize(spec, plan, rmesh, ParallelizeConfig(compile=config.compile, seed=config.seed))
+        # compiled, the loss fuses the fp32 upcast into the cross-entropy, so the fp32 copy of the
+        # (tokens × vocab) logits is never materialised (DTensor logits under loss_parallel stay eager)
+        self.loss_fn = torch.compile(cross_entropy_loss) if config.compile and plan.tp == 1 else cross_entropy_loss
+        self.optimizer = build_optimizer(self.model, config, rmesh.device)
+        self.scheduler = build_scheduler(self.optimizer, config)
+        dataset = open_dataset(config.data, self.seq_len, spec.vocab_size)
+        self.sampler = GlobalSampler(dataset, plan.global_batch, config.seed)
+        #: optimizer steps completed
+        self.step = 0
+        #: global sample ids of the last step (every rank computes the same list)
+        self.last_sample_ids: list[int] = []
+        self.activation_bytes: int | None = None
+        #: parameter bytes as the step computes with them (between forward and backward of the first
+        #: micro-batch): FSDP2 holds zero 0-2 parameters unsharded there, zero 3 parameters sharded
+        self.params_in_step_bytes: int | None = None
+        #: all of this rank's pipeline chunks as one module under the full model's parameter names
+        self._rank_module = _state_module(self.model.parts)
+
+    # ---- Stateful: what a checkpoint keeps of this rank's training --------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """This rank's training state, one entry per part of a checkpoint (runtime/resilience.py files them):
+
+        "tensors": model and optimizer tensors for DCP, keyed `model.<name>` / `optim.<name>` with the full
+        model's parameter names, so a checkpoint saved under one plan loads under any other; "optimizer": the
+        optimizer's per-parameter settings this rank holds (JSON); "scheduler", "sampler", "step": the LR
+        schedule, the data position and the optimizer steps done (JSON). The tensors are the live ones: loading
+        fills them in place and hands the dict back to `load_state_dict`.
+        """
+        tensors, hparams = capture_tensors_and_hparams([self._rank_module], [self.optimizer])
+        return {"step": self.step, "sampler": self.sampler.state_dict(), "scheduler": scheduler_state(self.scheduler),
+                "tensors": tensors, "optimizer": hparams}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        restore_tensors_and_hparams([self._rank_module], [self.optimizer], state_dict["tensors"],
+                                    state_dict["optimizer"])
+        self.scheduler.load_state_dict(state_dict["scheduler"])
+        self.sampler.load_state_dict(state_dict["sampler"])
+        self.step = int(state_dict["step"])
+
+    # ---- one step ------------------------------------------------------------------------------------------
+    def _context(self) -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        if self.plan.tp > 1:
+            from torch.distributed.tensor.parallel import loss_parallel
+
+            # under pipelining this must wrap the whole schedule.step(): the schedule runs backward
+            stack.enter_context(loss_parallel())
+        return stack
+
+    def _autocast(self) -> Any:
+        dtype = self.model.autocast_dtype
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.rmesh.device.type, dtype=dtype)
+
+    def _local_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self.last_sample_ids = self.sampler.next_global_batch()
+        mine = dp_slice(self.last_sample_ids, self.rmesh.dp_rank, self.plan.dp)
+        rows = torch.from_numpy(self.sampler.tokens_for(mine)).to(self.rmesh.device)
+        inputs, targets = rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+        if self.plan.cp > 1:  # every cp rank of a replica read the same sequences; each keeps its two chunks
+            inputs = split_sequence(inputs, self.plan.cp, self.rmesh.cp_rank)
+            targets = split_sequence(targets, self.plan.cp, self.rmesh.cp_rank)
+        return inputs, targets
+
+    def _forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Sum over this rank's micro-batches of loss / n_micro (0 on ranks without the last stage)."""
+        model = self.model
+        n_micro = self.plan.grad_accumulation
+        with self._context():
+            if model.schedule is not None:
+                losses: list[torch.Tensor] = []
+                args = (inputs,) if model.has_first_stage else ()
+                target = targets if model.has_last_stage else None
+                with self._autocast():
+                    model.schedule.step(*args, target=target, losses=losses)
+                if not model.has_last_stage:
+                    return torch.zeros((), device=self.rmesh.device)
+                return torch.stack([_plain(loss).detach().float() for loss in losses]).mean()
+            part = model.parts[0]
+            total = torch.zeros((), device=self.rmesh.device)
+            for index in range(n_micro):
+                rows = slice(index * self.plan.micro_batch, (index + 1) * self.plan.micro_batch)
+                probe = SavedActivationProbe() if (self.step == 0 and index == 0) else None
+                hooks = probe.hooks() if probe else contextlib.nullcontext()
+                with hooks, self._autocast():
+                    loss = self.loss_fn(part(inputs[rows]), targets[rows]) / n_micro
+                if probe is not None:
+                    self.activation_bytes = probe.activation_bytes(part.parameters())
+                    self.params_in_step_bytes = param_bytes(part.parameters())
+                loss.backward()
+                total += _plain(loss).detach().float()
+            return total
+
+    def train_step(self, hooks: StepHooks | None = None) -> dict[str, Any]:
+        device = self.rmesh.device
+        start = time.perf_counter()
+        inputs, targets = self._local_batch()
+        self.optimizer.zero_grad(set_to_none=True)
+        local_loss = self._forward_backward(inputs, targets)
+        align_gradient_placements(self.model)
+        if hooks is not None:
+            hooks.after_backward(self.step + 1, self.model.parameters())
+        grad_norm = clip_grad_norm(self.model, self.config.max_grad_norm, self.rmesh)
+        if hooks is not None:  # raises BadStep before a NaN/spiking update is applied
+            hooks.check_grad_norm(self.step + 1, grad_norm, self.last_sample_ids[0])
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        # every dp × cp × tp rank of the last stage holds the mean over the same number of tokens (tp ranks the
+        # same value); the other stages contribute 0
+        dist.all_reduce(local_loss)
+        loss = float(local_loss) / (self.plan.dp * self.plan.cp * self.plan.tp)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        step_time = time.perf_counter() - start
+        self.step += 1
+        return {"step": self.step, "loss": loss, "grad_norm": grad_norm, "lr": lr, "step_time_s": step_time}
+
+
+def _plain(tensor: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
