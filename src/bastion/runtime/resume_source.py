@@ -110,13 +110,18 @@ def preflight_resume(run_dir: Path, resume: bool, resume_from: str | None, spec:
     checkpoints were all quarantined is refused unless `restart_from_scratch` (or another start is named)."""
     own = cf.committed(Path(run_dir) / "checkpoints") if resume else []
     for info in reversed(own):
-        if (info.path / cf.MANIFEST).is_file():
-            check_resume_compatible(info, spec, plan, own_run_dir=True)
-            return info
+        if not (info.path / cf.MANIFEST).is_file():
+            continue
+        try:
+            checkpoint_model(info)
+        except CheckpointError:  # damaged: the workers verify it, set it aside and fall back
+            continue
+        check_resume_compatible(info, spec, plan, own_run_dir=True)
+        return info
     if resume_from:
         info = resolve_resume_source(Path(resume_from), verify=True, key=key)
         check_resume_compatible(info, spec, plan)
         return info
-    if resume and not restart_from_scratch and cf.quarantined_checkpoints(Path(run_dir) / "checkpoints"):
+    if resume and not own and not restart_from_scratch and cf.quarantined_checkpoints(Path(run_dir) / "checkpoints"):
         raise all_checkpoints_bad(run_dir)
     return None
