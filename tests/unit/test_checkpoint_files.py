@@ -135,6 +135,7 @@ def test_quarantine_never_writes_through_a_link_the_checkpoint_holds(tmp_path):
     moved = cf.quarantine(path, "bad")
     assert victim.read_text() == "precious\n"
     assert (moved.parent / f"{moved.name}.QUARANTINED.txt").read_text() == "bad\n"
+    assert cf.quarantine_reason(moved) == "bad"
     assert [p.name for p in cf.quarantined_checkpoints(tmp_path / "checkpoints")] == [moved.name]
 
 

@@ -173,14 +173,30 @@ def quarantine(path: Path, reason: str) -> Path:
     target = target_root / f"{path.name.lstrip('.')}-{int(time.time() * 1000)}"
     os.rename(path, target)
     # never written through a link the checkpoint holds (or is): that could overwrite any file of the user
-    beside, create = target.parent / f"{target.name}.QUARANTINED.txt", os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    inside, beside = _reason_files(target)
+    create = os.O_WRONLY | os.O_CREAT | os.O_EXCL
     try:
-        fd = os.open(beside if target.is_symlink() else target / "QUARANTINED.txt", create, 0o644)
+        fd = os.open(beside if target.is_symlink() else inside, create, 0o644)
     except FileExistsError:  # the checkpoint brought its own file (or link) of that name
         fd = os.open(beside, create, 0o644)
     with os.fdopen(fd, "w") as f:
         f.write(reason + "\n")
     return target
+
+
+def _reason_files(moved: Path) -> tuple[Path, Path]:
+    """Where `quarantine` leaves its reason: inside the directory, or beside it when that is not safe."""
+    return moved / "QUARANTINED.txt", moved.with_name(f"{moved.name}.QUARANTINED.txt")
+
+
+def quarantine_reason(moved: Path) -> str:
+    """The first line of the reason a quarantined checkpoint was set aside for."""
+    inside, beside = _reason_files(moved)
+    note = beside if beside.is_file() else inside
+    try:
+        return note.read_text().strip().splitlines()[0][:200]
+    except (OSError, IndexError):
+        return "reason not recorded"
 
 
 def discard_unfinished(root: Path) -> list[Path]:

@@ -48,16 +48,7 @@ def resolve_resume_source(path: Path, verify: bool = False, key: bytes | None = 
 def all_checkpoints_bad(run_dir: Path) -> CheckpointError:
     """The refusal when every checkpoint of the run in `run_dir` was set aside as bad: what, where, what now."""
     root = Path(run_dir) / "checkpoints"
-    lines = []
-    for moved in cf.quarantined_checkpoints(root):
-        note = moved / "QUARANTINED.txt"
-        if not note.is_file() or note.is_symlink():
-            note = moved.with_name(f"{moved.name}.QUARANTINED.txt")
-        try:
-            reason = note.read_text().strip().splitlines()[0][:200]
-        except (OSError, IndexError):
-            reason = "reason not recorded"
-        lines.append(f"  {moved.name}: {reason}")
+    lines = [f"  {moved.name}: {cf.quarantine_reason(moved)}" for moved in cf.quarantined_checkpoints(root)]
     return CheckpointError(
         f"Every checkpoint of the run in {run_dir} is bad and was set aside under {root / 'quarantine'}, so "
         f"there is nothing to resume from (starting at step 0 instead would throw the run's progress away "
