@@ -45,9 +45,9 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("torch.distributed.checkpoint.filesystem", "_StorageInfo"): _StorageInfo,
     ("torch", "Size"): torch.Size,
     ("torch.serialization", "_get_layout"): torch.serialization._get_layout,
-    # StorageMeta.checkpoint_id: the path the checkpoint was saved under (a string, or a Path on some versions)
-    ("pathlib", "PosixPath"): pathlib.PosixPath,
-    ("pathlib", "PurePosixPath"): pathlib.PurePosixPath,
+    # StorageMeta.checkpoint_id: the path the checkpoint was saved under (Python >= 3.13 pickles pathlib._local)
+    **{(module, name): getattr(pathlib, name)
+       for module in ("pathlib", "pathlib._local") for name in ("PosixPath", "PurePosixPath")},
 }
 
 

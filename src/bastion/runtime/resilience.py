@@ -123,7 +123,7 @@ class Resilience:
         source = None
         if self.config.resume or self.attempt > 0:
             source = self._restore_newest()
-            deliberate = self.config.restart_from_scratch or not self.config.resume or self.config.resume_from
+            deliberate = self.config.restart_from_scratch or not self.config.resume or bool(self.config.resume_from)
             if source is None and not deliberate and checkpoint_files.quarantined_checkpoints(
                     self.checkpointer.config.directory):
                 raise all_checkpoints_bad(self.run_dir)
