@@ -85,3 +85,74 @@ def test_retention_keeps_last_k_and_every_nth(tmp_path):
     assert deleted == [2, 4, 6, 10, 12, 14]
     assert not list(tmp_path.glob(".trash-*"))
     assert cf.RetentionPolicy(keep_last=0).keeps([1, 2]) == {2}  # never delete the newest
+
+
+KEY = b"0123456789abcdef0123456789abcdef"
+
+
+def test_keyed_manifest_is_authenticated(tmp_path):
+    temp = _write_temp(tmp_path, 5)
+    path = cf.commit(temp, tmp_path / cf.step_dir_name(5), 5, key=KEY)
+    assert cf.verify(path, KEY) is None and cf.verify(path) is None  # without a key: a checksum, as before
+    assert "does not match the checkpoint key" in cf.verify(path, b"another key of the same length!!")
+    # an attacker edits a file and recomputes the manifest's sha256 (not the HMAC: no key)
+    (path / "__0_0.distcp").write_bytes(b"evil")
+    manifest = json.loads((path / cf.MANIFEST).read_text())
+    manifest["files"]["__0_0.distcp"] = {"bytes": 4, "sha256": cf._sha256(path / "__0_0.distcp")}
+    (path / cf.MANIFEST).write_text(json.dumps(manifest))
+    assert "does not match the checkpoint key" in cf.verify(path, KEY)
+    del manifest[cf.MANIFEST_MAC]
+    (path / cf.MANIFEST).write_text(json.dumps(manifest))
+    assert cf.verify(path) is None  # the checksum alone is satisfied ...
+    assert "not authenticated" in cf.verify(path, KEY)  # ... a key is not
+
+
+def test_symbolic_links_are_refused(tmp_path):
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"x" * 1000)  # the same bytes: the manifest's sha256 alone would accept the link
+    path = _commit(tmp_path / "a", 1)
+    (path / "__0_0.distcp").unlink()
+    (path / "__0_0.distcp").symlink_to(outside)
+    assert "__0_0.distcp is a symbolic link" in cf.verify(path)
+    linked_dir = _commit(tmp_path / "b", 1)
+    (linked_dir / "sub").symlink_to(tmp_path, target_is_directory=True)
+    assert "sub is a symbolic link" in cf.verify(linked_dir)
+    elsewhere = _commit(tmp_path / "c", 1)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / cf.step_dir_name(1)).symlink_to(elsewhere, target_is_directory=True)
+    reasons = []
+    assert cf.newest_valid(tmp_path / "d", on_bad=lambda i, why, moved: reasons.append((why, moved))) is None
+    assert "symbolic link" in reasons[0][0] and elsewhere.is_dir()  # only the link was moved aside
+    assert not (elsewhere / "QUARANTINED.txt").exists()  # nothing written through it
+
+
+def test_quarantine_never_writes_through_a_link_the_checkpoint_holds(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    path = _commit(tmp_path / "checkpoints", 1)
+    (path / "QUARANTINED.txt").symlink_to(victim)
+    assert "symbolic link" in cf.verify(path)
+    moved = cf.quarantine(path, "bad")
+    assert victim.read_text() == "precious\n"
+    assert (moved.parent / f"{moved.name}.QUARANTINED.txt").read_text() == "bad\n"
+    assert cf.quarantine_reason(moved) == "bad"
+    assert [p.name for p in cf.quarantined_checkpoints(tmp_path / "checkpoints")] == [moved.name]
+
+
+def test_checkpoint_key_comes_from_the_file_or_the_environment(tmp_path, monkeypatch):
+    from bastion.errors import ConfigError
+    from bastion.runtime.checkpoint_key import KEY_ENV, checkpoint_key
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    assert checkpoint_key() is None
+    monkeypatch.setenv(KEY_ENV, " env-key-of-enough-bytes \n")
+    assert checkpoint_key() == b"env-key-of-enough-bytes"
+    key_file = tmp_path / "ckpt.key"
+    key_file.write_bytes(KEY + b"\n")
+    assert checkpoint_key(key_file) == KEY  # the file, when given, wins
+    key_file.write_text("short")
+    with pytest.raises(ConfigError, match="5 byte") as short:
+        checkpoint_key(key_file)
+    assert short.value.fix and short.value.hint
+    with pytest.raises(ConfigError, match="cannot read it"):
+        checkpoint_key(tmp_path / "missing.key")

@@ -16,6 +16,7 @@ import pytest
 
 from bastion.rundir import checkpoints as cf
 from bastion.specs.model import load_model
+from bastion.specs.plan import ParallelPlan
 
 
 def fake_checkpoint(run_dir: Path, model: str, step: int = 4) -> Path:
@@ -117,3 +118,35 @@ def test_bad_fault_tolerance_options_are_guidance_errors(tmp_path, dataset, plan
     result = train(dataset, plan_file, tmp_path / "run", *args)
     assert result.returncode == 2 and message in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_whose_checkpoints_were_all_quarantined_is_refused(tmp_path, dataset, plan_file):
+    from bastion.runtime.resume_source import preflight_resume
+
+    run_dir = tmp_path / "run"
+    bad = fake_checkpoint(run_dir, "tiny", step=6)
+    cf.quarantine(bad, "untrusted checkpoint: .metadata names posix.system")
+    cf.discard_unfinished(run_dir / "checkpoints")  # an unfinished save alone would not count
+    before = snapshot(run_dir)
+    result = train(dataset, plan_file, run_dir)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "Every checkpoint of the run" in result.stderr and "step-00000006" in result.stderr
+    assert "posix.system" in result.stderr and "--restart-from-scratch" in result.stderr
+    assert snapshot(run_dir) == before
+    spec, plan = load_model("tiny"), ParallelPlan.load(plan_file)
+    assert preflight_resume(run_dir, True, None, spec, plan, restart_from_scratch=True) is None
+    assert preflight_resume(run_dir, False, None, spec, plan) is None  # --no-resume: a deliberate new start
+
+
+def test_with_a_key_an_unauthenticated_checkpoint_is_refused(tmp_path, dataset, plan_file):
+    old = tmp_path / "old-run"
+    fake_checkpoint(old, "tiny")  # written without a key
+    key_file = tmp_path / "ckpt.key"
+    key_file.write_text("a key of more than sixteen bytes")
+    result = train(dataset, plan_file, tmp_path / "new-run", "--resume-from", str(old),
+                   "--checkpoint-key-file", str(key_file))
+    assert result.returncode == 2 and "not authenticated" in result.stderr and "To fix:" in result.stderr
+    key_file.write_text("short")
+    result = train(dataset, plan_file, tmp_path / "new-run", "--checkpoint-key-file", str(key_file))
+    assert result.returncode == 2 and "at least 16 are needed" in result.stderr
+    assert not (tmp_path / "new-run").exists()

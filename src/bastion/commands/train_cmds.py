@@ -71,6 +71,13 @@ def train_command(
                                 "in RUN_DIR/checkpoints when there is one."),
     resume_from: Path | None = typer.Option(None, "--resume-from", help="Start from this checkpoint (or run "
                                             "directory) when RUN_DIR has none; the plan may differ."),
+    restart_from_scratch: bool = typer.Option(False, "--restart-from-scratch", help="Start at step 0 although "
+                                              "every checkpoint of RUN_DIR was quarantined as bad (refused "
+                                              "otherwise; they stay in checkpoints/quarantine/)."),
+    checkpoint_key_file: Path | None = typer.Option(None, "--checkpoint-key-file", help="Key that authenticates "
+                                                    "checkpoints (HMAC-SHA256 in each manifest; default: "
+                                                    "$BASTION_CHECKPOINT_KEY): ones it does not authenticate are "
+                                                    "never resumed."),
     stop_after_step: int = typer.Option(0, "--stop-after-step", help="Checkpoint and stop after this step "
                                         "(e.g. before maintenance or a plan change); 0 = run to --steps."),
     hang_timeout_s: float = typer.Option(60.0, "--hang-timeout-s", help="A step is hung after max(10× the "
@@ -85,7 +92,8 @@ def train_command(
 
     _check_train_flags(nproc, seq_len, lr, max_restarts, cluster)
     resilience = _resilience_config(checkpoint_every, mtbf_hours, inject, keep_last, keep_every, async_checkpoint,
-                                    resume, resume_from, stop_after_step, hang_timeout_s, skip_batch)
+                                    resume, resume_from, stop_after_step, hang_timeout_s, skip_batch,
+                                    restart_from_scratch, checkpoint_key_file)
 
     if in_launched_worker() and nproc is None:
         import os
@@ -199,7 +207,8 @@ def _print_time_breakdown(run_dir: Path) -> None:
 
 def _resilience_config(checkpoint_every: str, mtbf_hours: float | None, inject: list[str], keep_last: int,
                        keep_every: int, async_checkpoint: bool, resume: bool, resume_from: Path | None,
-                       stop_after_step: int, hang_timeout_s: float, skip_batch: list[int]):
+                       stop_after_step: int, hang_timeout_s: float, skip_batch: list[int],
+                       restart_from_scratch: bool = False, checkpoint_key_file: Path | None = None):
     from bastion.errors import ConfigError
     from bastion.runtime.faults import parse_fault
     from bastion.runtime.resilience_config import ResilienceConfig
@@ -223,12 +232,14 @@ def _resilience_config(checkpoint_every: str, mtbf_hours: float | None, inject: 
                             keep_every=keep_every, async_checkpoint=async_checkpoint, inject=tuple(inject),
                             resume=resume, resume_from=str(resume_from) if resume_from else None,
                             skip_batches=tuple(skip_batch), stop_after_step=stop_after_step,
-                            hang_min_s=hang_timeout_s)
+                            hang_min_s=hang_timeout_s, restart_from_scratch=restart_from_scratch,
+                            checkpoint_key_file=str(checkpoint_key_file) if checkpoint_key_file else None)
 
 
 def _check_fault_tolerance(resilience, request, run_dir: Path, world: int, steps: int):
     """Faults that can fire and a resume source that fits, before any process starts (nothing is written)."""
     from bastion.errors import ConfigError
+    from bastion.runtime.checkpoint_key import checkpoint_key
     from bastion.runtime.faults import check_faults, parse_fault
     from bastion.runtime.resume_source import preflight_resume
 
@@ -237,7 +248,9 @@ def _check_fault_tolerance(resilience, request, run_dir: Path, world: int, steps
     if needs_checkpoints and resilience.checkpoint_every == 0:
         raise ConfigError(f"--inject {needs_checkpoints[0]} needs checkpoints, but --checkpoint-every is 0.",
                           fix="add --checkpoint-every N.")
-    return preflight_resume(run_dir, resilience.resume, resilience.resume_from, request.spec, request.plan)
+    return preflight_resume(run_dir, resilience.resume, resilience.resume_from, request.spec, request.plan,
+                            key=checkpoint_key(resilience.checkpoint_key_file),
+                            restart_from_scratch=resilience.restart_from_scratch)
 
 
 @data_app.command("prepare")

@@ -6,11 +6,17 @@ and fsynced, and only then is the directory renamed into place (and the parent f
 POSIX file systems, so a reader sees either no checkpoint or a complete one. A directory without a manifest, or
 whose files disagree with it, does not count as a checkpoint: `newest_valid` sets it aside under `quarantine/`
 and falls back to the previous one.
+
+With a checkpoint key (`checkpoint_key.py`) the manifest also carries an HMAC-SHA256 of its own content, so
+whoever can write the checkpoint volume but lacks the key cannot forge one: `verify` with the key refuses a
+manifest without it or with a mismatching one. A checkpoint holding a symbolic link is refused either way (its
+files must be the ones the manifest hashed, inside the directory).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -23,6 +29,8 @@ from bastion.errors import CheckpointError
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "bastion-checkpoint-v1"
+#: manifest field holding the HMAC-SHA256 (hex) of the rest of the manifest, present when saved with a key
+MANIFEST_MAC = "hmac_sha256"
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 _HASH_CHUNK = 1 << 22
 
@@ -65,8 +73,16 @@ def _data_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
 
 
-def commit(temp_dir: Path, final_dir: Path, step: int) -> Path:
-    """Seal a fully written temporary checkpoint directory: fsync, manifest, rename. Returns the final path."""
+def manifest_mac(manifest: dict, key: bytes) -> str:
+    """HMAC-SHA256 of the manifest's content (every field but the HMAC itself, as canonical JSON)."""
+    content = {k: v for k, v in manifest.items() if k != MANIFEST_MAC}
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
+
+
+def commit(temp_dir: Path, final_dir: Path, step: int, key: bytes | None = None) -> Path:
+    """Seal a fully written temporary checkpoint directory: fsync, manifest (authenticated with `key` when one is
+    given), rename. Returns the final path."""
     if final_dir.exists():
         raise CheckpointError(f"Checkpoint {final_dir} already exists; refusing to overwrite it.",
                               fix="resume from it, or use a new --run-dir.")
@@ -75,6 +91,8 @@ def commit(temp_dir: Path, final_dir: Path, step: int) -> Path:
         _fsync_path(path)
         files[str(path.relative_to(temp_dir))] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
     manifest = {"format": MANIFEST_FORMAT, "step": step, "created_unix": time.time(), "files": files}
+    if key is not None:
+        manifest[MANIFEST_MAC] = manifest_mac(manifest, key)
     write_json_durably(temp_dir / MANIFEST, manifest)
     _fsync_path(temp_dir)
     os.rename(temp_dir, final_dir)
@@ -90,8 +108,22 @@ class CheckpointInfo:
     path: Path
 
 
-def verify(path: Path) -> str | None:
-    """None if the manifest matches every file byte for byte, else the reason it does not."""
+def _symbolic_link(directory: Path) -> str | None:
+    """The first symbolic link at or under `directory` (relative name), if any."""
+    if directory.is_symlink():
+        return "."
+    for parent, dirs, names in os.walk(directory):  # does not follow links: they are listed, not entered
+        for name in sorted(dirs + names):
+            if os.path.islink(os.path.join(parent, name)):
+                return os.path.relpath(os.path.join(parent, name), directory)
+    return None
+
+
+def verify(path: Path, key: bytes | None = None) -> str | None:
+    """None if the manifest matches every file byte for byte (and, given `key`, carries that key's HMAC), else
+    the reason it does not."""
+    if (link := _symbolic_link(path)) is not None:
+        return f"{link} is a symbolic link (a checkpoint holds regular files only)"
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         return "no manifest (the save never finished)"
@@ -102,6 +134,12 @@ def verify(path: Path) -> str | None:
         return "manifest is not valid JSON"
     if manifest.get("format") != MANIFEST_FORMAT:
         return f"unknown manifest format {manifest.get('format')!r}"
+    if key is not None:
+        mac = manifest.get(MANIFEST_MAC)
+        if not isinstance(mac, str):
+            return "manifest is not authenticated (no HMAC), but a checkpoint key is set"
+        if not hmac.compare_digest(mac, manifest_mac(manifest, key)):
+            return "manifest HMAC does not match the checkpoint key (another key, or altered)"
     present = {str(p.relative_to(path)) for p in _data_files(path)}
     if missing := sorted(set(files) - present):
         return f"missing file {missing[0]}"
@@ -139,8 +177,31 @@ def quarantine(path: Path, reason: str) -> Path:
     target_root.mkdir(exist_ok=True)
     target = target_root / f"{path.name.lstrip('.')}-{int(time.time() * 1000)}"
     os.rename(path, target)
-    (target / "QUARANTINED.txt").write_text(reason + "\n")
+    # never written through a link the checkpoint holds (or is): that could overwrite any file of the user
+    inside, beside = _reason_files(target)
+    create = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    try:
+        fd = os.open(beside if target.is_symlink() else inside, create, 0o644)
+    except FileExistsError:  # the checkpoint brought its own file (or link) of that name
+        fd = os.open(beside, create, 0o644)
+    with os.fdopen(fd, "w") as f:
+        f.write(reason + "\n")
     return target
+
+
+def _reason_files(moved: Path) -> tuple[Path, Path]:
+    """Where `quarantine` leaves its reason: inside the directory, or beside it when that is not safe."""
+    return moved / "QUARANTINED.txt", moved.with_name(f"{moved.name}.QUARANTINED.txt")
+
+
+def quarantine_reason(moved: Path) -> str:
+    """The first line of the reason a quarantined checkpoint was set aside for."""
+    inside, beside = _reason_files(moved)
+    note = beside if beside.is_file() else inside
+    try:
+        return note.read_text().strip().splitlines()[0][:200]
+    except (OSError, IndexError):
+        return "reason not recorded"
 
 
 def discard_unfinished(root: Path) -> list[Path]:
@@ -151,10 +212,22 @@ def discard_unfinished(root: Path) -> list[Path]:
             for child in sorted(root.iterdir()) if child.name.startswith(".tmp-") and child.is_dir()]
 
 
-def newest_valid(root: Path, on_bad=None) -> CheckpointInfo | None:
-    """The newest checkpoint whose manifest checks out. Bad ones are quarantined and reported via `on_bad`."""
+def quarantined_checkpoints(root: Path) -> list[Path]:
+    """Committed checkpoints of `root` that were set aside as bad (not unfinished saves), oldest first."""
+    quarantine_dir = root / "quarantine"
+    if not quarantine_dir.is_dir():
+        return []
+    return sorted(p for p in quarantine_dir.iterdir()
+                  if _STEP_DIR.match(p.name[:len("step-00000000")]) and not p.name.endswith(".QUARANTINED.txt"))
+
+
+def newest_valid(root: Path, on_bad=None, key: bytes | None = None, check=None) -> CheckpointInfo | None:
+    """The newest checkpoint whose manifest checks out (with `key`: and is authenticated by it) and that passes
+    `check(path) -> reason | None` when given. Bad ones are quarantined and reported via `on_bad`."""
     for info in reversed(committed(root)):
-        reason = verify(info.path)
+        reason = verify(info.path, key)
+        if reason is None and check is not None:
+            reason = check(info.path)
         if reason is None:
             return info
         moved = quarantine(info.path, reason)

@@ -3,7 +3,8 @@
 What is saved: the model and optimizer (as DCP tensors keyed by the full model's parameter names, so a checkpoint
 saved under one plan loads under any other: DCP reshards), plus JSON for the rest: step, data position, LR
 schedule, plan, model spec, the optimizer's hyper-parameters and per-rank RNG states. Loading never unpickles an
-object of ours: tensors come back through DCP, the rest through `json`.
+object of ours: tensors come back through DCP, the rest through `json`; DCP's own metadata pickle is read through
+a restricted unpickler (`checkpoint_trust.py`), so a checkpoint cannot run code.
 
 Saving is synchronous (`dcp.save`, the loop waits) or asynchronous (`dcp.async_save`: the loop waits only while
 the state is staged into a copy; the write runs on a background thread over a dedicated gloo group, so its
@@ -38,6 +39,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from bastion.errors import CheckpointError
 from bastion.rundir import checkpoints as files
+from bastion.runtime import checkpoint_trust
 
 STATE_JSON = "state.json"
 _FLAT = StateDictOptions(flatten_optimizer_state_dict=True)
@@ -55,6 +57,8 @@ class CheckpointConfig:
     retention: files.RetentionPolicy = field(default_factory=files.RetentionPolicy)
     #: overlap writing with training (`dcp.async_save`) instead of blocking the loop
     async_save: bool = True
+    #: authenticate manifests with this key (HMAC-SHA256) and refuse checkpoints it does not authenticate
+    key: bytes | None = field(default=None, repr=False)
 
 
 # ---- model + optimizer state <-> (tensors for DCP, JSON for the rest) --------------------------------
@@ -217,7 +221,7 @@ class Checkpointer:
             # DCP's coordinator (rank 0) writes its metadata only after every rank reported its files written,
             # so rank 0 finishing means the whole checkpoint is on disk.
             if self.rank == 0:
-                files.commit(pending.temp_dir, pending.final_dir, pending.step)
+                files.commit(pending.temp_dir, pending.final_dir, pending.step, key=self.config.key)
                 self.commits.append((pending.step, time.time()))
                 files.prune(self.config.directory, self.config.retention)
         except BaseException as exc:  # surfaced on the training thread by wait()/poll()
@@ -274,11 +278,12 @@ class Checkpointer:
 
     # ---- loading ---------------------------------------------------------------------------------
     def newest_valid(self, on_bad=None) -> files.CheckpointInfo | None:
-        """Rank 0 verifies manifests (quarantining bad ones) and every rank gets its answer."""
+        """Rank 0 verifies manifests and DCP metadata (quarantining bad ones) and every rank gets its answer."""
         step = -1
         if self.rank == 0:
             files.discard_unfinished(self.config.directory)
-            info = files.newest_valid(self.config.directory, on_bad=on_bad)
+            info = files.newest_valid(self.config.directory, on_bad=on_bad, key=self.config.key,
+                                      check=checkpoint_trust.metadata_problem)
             step = info.step if info else -1
         if self.distributed:
             box = torch.tensor([step], dtype=torch.int64)
@@ -313,9 +318,15 @@ def read_rank_state(path: Path, rank: int) -> dict[str, Any] | None:
 
 
 def load_tensors(path: Path, tensors: dict, distributed: bool) -> None:
-    """Fill `tensors` (this rank's layout) in place from the checkpoint at `path`; DCP reshards as needed."""
+    """Fill `tensors` (this rank's layout) in place from the checkpoint at `path`; DCP reshards as needed.
+    Its DCP metadata is checked first (and read again by DCP under the same rules): it cannot run code."""
+    if (problem := checkpoint_trust.metadata_problem(path)) is not None:
+        raise CheckpointError(f"The checkpoint at {path} cannot be loaded: {problem}.",
+                              fix="resume from a checkpoint written by bastion that nobody else could alter "
+                                  "(with a checkpoint key, only ones it authenticates are resumed).")
     try:
-        dcp.load(tensors, checkpoint_id=str(path), no_dist=not distributed)
+        dcp.load(tensors, checkpoint_id=str(path), storage_reader=checkpoint_trust.SafeFileSystemReader(path),
+                 planner=checkpoint_trust.TensorsOnlyLoadPlanner(), no_dist=not distributed)
     except (Exception, CheckpointException) as exc:  # DCP wraps per-rank errors in a BaseException
         first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"The checkpoint at {path} does not match this model: {first_line[:300]}",

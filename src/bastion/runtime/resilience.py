@@ -14,12 +14,16 @@
     summary |= res.finish()               # restarts, lost steps, recovery, stall, goodput
 
 Which checkpoint a run starts from: the newest valid one in RUN_DIR/checkpoints (a restarted worker, or a run
-continued with --resume); if there is none, --resume-from PATH. Elastic restarts come from torchrun's agent
-(`--max-restarts`); everything a restarted worker needs is on disk.
+continued with --resume); if there is none, --resume-from PATH. Valid means its manifest checks out (and is
+authenticated, with a checkpoint key), its DCP metadata is the kind bastion writes, and it loads: one that fails
+any of these is quarantined and the previous one is tried. When every one was bad the run is refused rather
+than restarted at step 0, unless --restart-from-scratch says that is intended. Elastic restarts come from
+torchrun's agent (`--max-restarts`); everything a restarted worker needs is on disk.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -36,15 +40,20 @@ from bastion.rundir.accounting import account
 from bastion.rundir.layout import checkpoints_dir
 from bastion.rundir.metrics import log_event, read_metrics
 from bastion.runtime import checkpoint as ck
+from bastion.runtime.checkpoint_key import checkpoint_key
 from bastion.runtime.data import GlobalSampler
 from bastion.runtime.faults import FaultInjector, parse_fault
 from bastion.runtime.recovery import NanGuard, NanGuardConfig, choose_interval
 from bastion.runtime.resilience_config import ResilienceConfig
-from bastion.runtime.resume_source import resolve_resume_source, same_model
+from bastion.runtime.resume_source import all_checkpoints_bad, resolve_resume_source, same_model
 from bastion.runtime.watchdog import StepWatchdog, WatchdogConfig
 
 #: the first save of `--checkpoint-every auto` (its stall is measured) happens after this many steps
 AUTO_PROBE_STEP = 3
+
+
+class _OtherModel(CheckpointError):
+    """The checkpoint holds another model: the request is wrong, not the checkpoint (never quarantined)."""
 
 
 class BadStep(Exception):
@@ -73,7 +82,7 @@ class Resilience:
         self.checkpointer = ck.Checkpointer(
             ck.CheckpointConfig(checkpoints_dir(self.run_dir), every=every,
                                 retention=checkpoint_files.RetentionPolicy(config.keep_last, config.keep_every),
-                                async_save=config.async_checkpoint),
+                                async_save=config.async_checkpoint, key=checkpoint_key(config.checkpoint_key_file)),
             rank=self.rank, world_size=self.world, async_group=async_group)
         self.injector = FaultInjector([parse_fault(s) for s in config.inject], self.run_dir, self.rank)
         self.checkpointer.before_commit = self.injector.before_commit
@@ -102,33 +111,69 @@ class Resilience:
         started = time.time()
         source = None
         if self.config.resume or self.attempt > 0:
-            source = self.checkpointer.newest_valid(on_bad=self._report_bad)
+            source = self._restore_newest()
+            deliberate = self.config.restart_from_scratch or not self.config.resume or bool(self.config.resume_from)
+            if source is None and not deliberate and checkpoint_files.quarantined_checkpoints(
+                    self.checkpointer.config.directory):
+                raise all_checkpoints_bad(self.run_dir)
         continuing = source is not None
         if continuing or self.attempt > 0:  # batches this run rejected before it was restarted
             self.skip_starts |= self._persisted_skips()
         if source is None and self.config.resume_from:
             source = resolve_resume_source(Path(self.config.resume_from))
+            self.restore(source)
         # a new run (fresh, or seeded from another run's checkpoint) starts the wall clock of the accounting;
         # a restart or a continuation of this run directory's own checkpoints keeps counting
         if self.rank == 0 and self.attempt == 0 and not continuing:
             log_event(self.run_dir, "run_start", world_size=self.world, plan=self.plan.to_dict(), time=started)
-        if source is not None:
-            self.restore(source)
         if self.rank == 0 and (self.attempt > 0 or source is not None):
             log_event(self.run_dir, "restart" if self.attempt > 0 else "resume", attempt=self.attempt,
                       resumed_from_step=self.resumed_from or 0, world_size=self.world, plan=self.plan.to_dict())
 
     def _report_bad(self, info: checkpoint_files.CheckpointInfo, reason: str, moved: Path) -> None:
         log_event(self.run_dir, "checkpoint_corrupt", step=info.step, reason=reason, moved_to=str(moved))
-        print(f"bastion: checkpoint of step {info.step} failed its manifest check ({reason}); "
+        print(f"bastion: checkpoint of step {info.step} is bad ({reason}); "
               f"set aside at {moved}, using the previous one", flush=True)
+
+    def _restore_newest(self) -> checkpoint_files.CheckpointInfo | None:
+        """Restore the newest of this run's checkpoints that verifies and loads (collective). One that verifies
+        but fails to load is quarantined like a corrupt one and the previous one is tried. Returns None when
+        none is left; raises when one failed half-way and none is left (the state is no longer a fresh start)."""
+        half_loaded = False
+        while (source := self.checkpointer.newest_valid(on_bad=self._report_bad)) is not None:
+            failure = None
+            try:
+                self.restore(source)
+            except _OtherModel:
+                raise
+            except Exception as exc:  # any failure of a verified checkpoint: it cannot be resumed
+                text = str(exc).strip()
+                failure = "verified but failed to load: " + (text.splitlines()[-1][:300] if text
+                                                               else type(exc).__name__)
+                print(f"bastion: rank {self.rank}: checkpoint of step {source.step} {failure}", flush=True)
+            if not self._failed_on_any_rank(failure is not None):
+                return source
+            half_loaded = True
+            if self.rank == 0:
+                reason = failure or "verified but failed to load on another rank (see its output)"
+                self._report_bad(source, reason, checkpoint_files.quarantine(source.path, reason))
+        if half_loaded:
+            raise all_checkpoints_bad(self.run_dir)
+        return None
+
+    def _failed_on_any_rank(self, failed: bool) -> bool:
+        if not dist.is_initialized():
+            return failed
+        flag = torch.tensor([int(failed)], dtype=torch.int64)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
     def restore(self, source: checkpoint_files.CheckpointInfo) -> int:
         """Load the training state (model, optimizer, schedule, data position, step) and, same layout only, the
         RNG from `source`; returns the step it resumes from."""
         state = ck.read_run_state(source.path)
         if not same_model(state.get("model", {}), self.spec.to_dict()):
-            raise CheckpointError(f"The checkpoint at {source.path} holds model '{state.get('model', {}).get('name')}'"
+            raise _OtherModel(f"The checkpoint at {source.path} holds model '{state.get('model', {}).get('name')}'"
                                   f", not '{self.spec.name}'.", fix="resume with the model it was saved with.")
         train_state = self.train_state.state_dict()  # this rank's layout: DCP fills its tensors in place
         ck.load_tensors(source.path, train_state["tensors"], distributed=dist.is_initialized())
@@ -220,9 +265,7 @@ class Resilience:
         if dist.is_initialized():
             dist.all_reduce(figures, op=dist.ReduceOp.MAX)
         choice = choose_interval(float(figures[0]), float(figures[1]), self.world, self.config.mtbf_hours)
-        self.checkpointer.config = ck.CheckpointConfig(
-            self.checkpointer.config.directory, every=choice.every_steps, retention=self.checkpointer.config.retention,
-            async_save=self.checkpointer.config.async_save)
+        self.checkpointer.config = dataclasses.replace(self.checkpointer.config, every=choice.every_steps)
         if self.rank == 0:
             print(f"bastion: {choice.explain()}", flush=True)
             log_event(self.run_dir, "checkpoint_interval", every_steps=choice.every_steps,
@@ -238,9 +281,9 @@ class Resilience:
             self._skips_file.write_text(json.dumps(sorted(self.skip_starts)))
         self.checkpointer.wait()
         self._log_commits()
-        source = self.checkpointer.newest_valid(on_bad=self._report_bad)
+        source = self._restore_newest()
         # nothing to roll back to: the update was never applied, so dropping the batch is enough
-        resumed = self.restore(source) if source is not None else bad.step - 1
+        resumed = self.resumed_from if source is not None else bad.step - 1
         if self.rank == 0:
             log_event(self.run_dir, "rollback", step=bad.step, reason=bad.reason,
                       skipped_sample_ids=[bad.batch_start, bad.batch_start + self.plan.global_batch],

@@ -25,6 +25,10 @@ class ResilienceConfig:
     resume: bool = True
     #: a checkpoint directory (or run directory) to start from when RUN_DIR has none
     resume_from: str | None = None
+    #: start at step 0 although every checkpoint of RUN_DIR was quarantined as bad (else that is refused)
+    restart_from_scratch: bool = False
+    #: file holding the key that authenticates checkpoint manifests (else $BASTION_CHECKPOINT_KEY, else none)
+    checkpoint_key_file: str | None = None
     #: skip the batch of these (1-based) steps, as the NaN guard would (for reference runs)
     skip_batches: tuple[int, ...] = ()
     #: stop (with a checkpoint) after this step, e.g. before a maintenance window; 0 = run to the end

@@ -2,7 +2,8 @@
 
 `--resume-from PATH` accepts a checkpoint (`.../checkpoints/step-NNNNNNNN`), a checkpoints directory or a run
 directory; the newest checkpoint whose manifest checks out is used. Nothing is moved or written here: a bad
-request is reported with guidance and the run does not start.
+request is reported with guidance and the run does not start. Neither does a run whose own checkpoints were all
+quarantined as bad: starting at step 0 after them takes `--restart-from-scratch`.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from bastion.specs.plan import ParallelPlan
 STATE_JSON = "state.json"
 
 
-def resolve_resume_source(path: Path, verify: bool = False) -> cf.CheckpointInfo:
-    """The checkpoint `path` designates (verified against its manifest when `verify`), or a CheckpointError."""
+def resolve_resume_source(path: Path, verify: bool = False, key: bytes | None = None) -> cf.CheckpointInfo:
+    """The checkpoint `path` designates (verified against its manifest, and authenticated by `key` when one is
+    given, when `verify`), or a CheckpointError."""
     path = Path(path)
     hint = "ls RUN_DIR/checkpoints   # committed checkpoints are step-NNNNNNNN directories with a manifest.json"
     if not path.exists():
@@ -34,7 +36,7 @@ def resolve_resume_source(path: Path, verify: bool = False) -> cf.CheckpointInfo
         candidates = list(reversed(cf.committed(root)))
     reasons = []
     for info in candidates:
-        reason = cf.verify(info.path) if verify else (None if (info.path / cf.MANIFEST).is_file() else "no manifest")
+        reason = cf.verify(info.path, key) if verify else (None if (info.path / cf.MANIFEST).is_file() else "no manifest")
         if reason is None:
             return info
         reasons.append(f"{info.path.name}: {reason}")
@@ -42,6 +44,19 @@ def resolve_resume_source(path: Path, verify: bool = False) -> cf.CheckpointInfo
     raise CheckpointError(f"--resume-from {path}: no valid checkpoint there{detail}.",
                           fix="point it at a run directory whose checkpoints/ holds a committed step-NNNNNNNN "
                               "(one with manifest.json), or drop --resume-from to start fresh.", hint=hint)
+
+
+def all_checkpoints_bad(run_dir: Path) -> CheckpointError:
+    """The refusal when every checkpoint of the run in `run_dir` was set aside as bad: what, where, what now."""
+    root = Path(run_dir) / "checkpoints"
+    lines = [f"  {moved.name}: {cf.quarantine_reason(moved)}" for moved in cf.quarantined_checkpoints(root)]
+    return CheckpointError(
+        f"Every checkpoint of the run in {run_dir} is bad and was set aside under {root / 'quarantine'}, so "
+        f"there is nothing to resume from (starting at step 0 instead would throw the run's progress away "
+        f"silently):\n" + "\n".join(lines),
+        fix="inspect them (each one's QUARANTINED.txt says why); to start over from step 0 in this run directory "
+            "on purpose, rerun with --restart-from-scratch; or resume a checkpoint you trust into a new run "
+            "directory with --run-dir NEW --resume-from CHECKPOINT.")
 
 
 def same_model(saved: dict, current: dict) -> bool:
@@ -81,15 +96,24 @@ def check_resume_compatible(info: cf.CheckpointInfo, spec: ModelSpec, plan: Para
 
 
 def preflight_resume(run_dir: Path, resume: bool, resume_from: str | None, spec: ModelSpec,
-                     plan: ParallelPlan) -> cf.CheckpointInfo | None:
-    """The checkpoint the workers will start from (checked), or None for a fresh start."""
+                     plan: ParallelPlan, key: bytes | None = None,
+                     restart_from_scratch: bool = False) -> cf.CheckpointInfo | None:
+    """The checkpoint the workers will start from (checked), or None for a fresh start. A run directory whose
+    checkpoints were all quarantined is refused unless `restart_from_scratch` (or another start is named)."""
     own = cf.committed(checkpoints_dir(run_dir)) if resume else []
     for info in reversed(own):
-        if (info.path / cf.MANIFEST).is_file():
-            check_resume_compatible(info, spec, plan, own_run_dir=True)
-            return info
+        if not (info.path / cf.MANIFEST).is_file():
+            continue
+        try:
+            checkpoint_model(info)
+        except CheckpointError:  # damaged: the workers verify it, set it aside and fall back
+            continue
+        check_resume_compatible(info, spec, plan, own_run_dir=True)
+        return info
     if resume_from:
-        info = resolve_resume_source(Path(resume_from), verify=True)
+        info = resolve_resume_source(Path(resume_from), verify=True, key=key)
         check_resume_compatible(info, spec, plan)
         return info
+    if resume and not own and not restart_from_scratch and cf.quarantined_checkpoints(checkpoints_dir(run_dir)):
+        raise all_checkpoints_bad(run_dir)
     return None
