@@ -138,8 +138,8 @@ _LAUNCH_OWNED = ("--model", "--plan", "--data", "--run-dir", "--steps", "--seq-l
 def _resolve_train_args(train_args: list[str], extra: list[str], paths_here: bool):
     """The job's `bastion train` options (launch's own plus the ones after `--`) parsed by `bastion train`'s own
     parser and checked by its own pre-check now, at launch time, not when the job starts on the cluster."""
-    import click
     import typer.main
+    from typer.exceptions import TyperException
 
     from bastion.commands.train_cmds import resolve_run
 
@@ -156,9 +156,9 @@ def _resolve_train_args(train_args: list[str], extra: list[str], paths_here: boo
     train = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
     try:
         ctx = train.make_context("bastion train", [*train_args, *extra])
-    except click.ClickException as exc:
+    except TyperException as exc:  # click's usage errors (typer bundles click)
         raise LaunchError(f"The arguments after `--` are not valid `bastion train` options: "
-                          f"{exc.format_message()}",
+                          f"{getattr(exc, 'format_message', exc.__str__)()}",
                           fix="pass only `bastion train` options after `--` (`bastion train --help` lists them).",
                           ) from None
     params = dict(ctx.params)
