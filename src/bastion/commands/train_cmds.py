@@ -164,8 +164,10 @@ def worker_command(
 ) -> None:
     """One training worker, started by torchrun (locally, under srun, in a pod); reads only CONFIG_PATH."""
     from bastion.errors import ConfigError
-    from bastion.launch.worker import read_run_config
+    from bastion.launch.worker import LOCAL_NAMES_ONLY, confine_name_lookups, read_run_config
 
+    if os.environ.get(LOCAL_NAMES_ONLY) == "1":
+        confine_name_lookups()  # before torch opens its first socket
     config = read_run_config(config_path)
     world = os.environ.get("WORLD_SIZE")
     if world is None or int(world) != config["world_size"]:

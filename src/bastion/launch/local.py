@@ -1,7 +1,8 @@
 """Local launch: torchrun on this machine, for `bastion train` and `bastion launch --on local`.
 
 Single host and offline: the rendezvous and the agent's own address are given as 127.0.0.1 (not `localhost` or the
-host name), so neither torchrun's agent nor the workers ask the name service anything and nothing leaves the host.
+host name), gloo binds the loopback interface, and the agent (`runtime/local_agent.py`, torchrun itself) and the
+workers answer host-name lookups from /etc/hosts only: nothing is sent to a name server, no packet leaves the host.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ def free_port() -> int:
 
 
 def torchrun_command(nproc: int, max_restarts: int, config_path: str, python: str = "") -> list[str]:
-    """`python -m torch.distributed.run … -m bastion _worker CONFIG` as an argument list (no shell)."""
+    """`python -m bastion.runtime.local_agent (torchrun's options) -m bastion _worker CONFIG` as an argument list
+    (no shell)."""
     port = free_port()
-    return [python or default_python(), "-m", "torch.distributed.run", "--nnodes=1", f"--nproc-per-node={nproc}",
+    return [python or default_python(), "-m", "bastion.runtime.local_agent", "--nnodes=1", f"--nproc-per-node={nproc}",
             "--rdzv-backend=c10d", f"--rdzv-endpoint={LOOPBACK}:{port}", f"--rdzv-id=bastion-{port}",
             f"--local-addr={LOOPBACK}", f"--max-restarts={max_restarts}", *worker_command(config_path)]
 

@@ -36,10 +36,30 @@ def worker_env(omp_threads: int = 1, single_host: bool = False) -> dict[str, str
         "PYTHONUNBUFFERED": "1",
     }
     if single_host:
-        # gloo takes the loopback interface's address instead of resolving the host name (no name-service lookup,
-        # nothing leaves the machine)
+        # gloo takes the loopback interface's address instead of resolving the host name
         env["GLOO_SOCKET_IFNAME"] = "lo"
+        # the worker answers host-name lookups from /etc/hosts only: nothing asks the network's name server
+        env[LOCAL_NAMES_ONLY] = "1"
     return env
+
+
+#: set in a single-host run's worker environment: `bastion _worker` then calls `confine_name_lookups()`
+LOCAL_NAMES_ONLY = "BASTION_LOCAL_NAMES_ONLY"
+
+
+def confine_name_lookups() -> None:
+    """Answer this process's host-name lookups from /etc/hosts only (glibc's `__nss_configure_lookup`), so a
+    single-host run sends nothing to the network's name server: torch's c10d reverse-resolves every store
+    connection's address (`getnameinfo` without NI_NUMERICHOST; a dual-stack socket's ::ffff:127.0.0.1 matches no
+    /etc/hosts line) and torchrun's agent calls `socket.getfqdn()`. A lookup /etc/hosts cannot answer falls back to
+    the numeric address. Call it before any lookup; a no-op where the C library has no such call (musl, macOS)."""
+    import ctypes
+
+    try:
+        configure = ctypes.CDLL(None).__nss_configure_lookup
+    except (OSError, AttributeError):
+        return
+    configure(b"hosts", b"files")
 
 
 def process_environment(env: Mapping[str, str]) -> dict[str, str]:
