@@ -166,7 +166,7 @@ def test_local_dry_run_is_one_torchrun_command(inputs) -> None:
     done = bastion(*launch_args(inputs, "--on", "local", "--device", "cpu", "--dry-run"))
     assert done.returncode == 0, done.stderr
     words = done.stdout.split()
-    assert words[:3] == [str(Path(PYTHON).absolute()), "-m", "torch.distributed.run"]
+    assert words[:3] == [str(Path(PYTHON).absolute()), "-m", "bastion.runtime.local_agent"]   # torchrun, offline
     assert "--nproc-per-node=4" in words and "--local-addr=127.0.0.1" in words   # addresses, not host names
     assert words[-3:] == ["bastion", "_worker", str(inputs["run"].absolute() / RUN_CONFIG_FILE)]
     assert not inputs["run"].exists()

@@ -56,6 +56,7 @@ def test_a_valid_request_writes_the_run_config_and_starts_the_worker_entry(setup
     config = json.loads(config_path.read_text())
     assert config["world_size"] == 4 and config["train"]["seed"] == 7 and config["train"]["model"] == "tiny"
     assert config["plan"]["dp"] == 4 and config["model"]["name"] == "tiny"   # the worker reads only this file
+    assert config["run_dir_lock"] == "launcher"   # this process held the run directory; the workers do not lock
     assert not (tmp_path / "run" / "run.lock").read_text()   # released (the owner record cleared) at exit
 
 
@@ -91,7 +92,7 @@ def test_unknown_model(setup, capsys):
 
 def test_local_torchrun_command_names_addresses_not_hosts():
     command = local.torchrun_command(4, 2, "/runs/r/run_config.json")
-    assert command[1:3] == ["-m", "torch.distributed.run"]
+    assert command[1:3] == ["-m", "bastion.runtime.local_agent"]   # torchrun, its name lookups kept local
     assert "--nproc-per-node=4" in command and "--max-restarts=2" in command
     assert "--local-addr=127.0.0.1" in command
     assert any(word.startswith("--rdzv-endpoint=127.0.0.1:") for word in command)
@@ -146,3 +147,31 @@ def test_train_and_data_commands_do_not_import_torch():
             "import bastion.launch.local, bastion.launch.worker, bastion.runtime.preflight, bastion.rundir.lock; "
             "sys.exit(1 if 'torch' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def _written_config(setup, monkeypatch) -> str:
+    tmp_path, plan, launches = setup
+    with pytest.raises(SystemExit):
+        main(_train(tmp_path, plan, "--nproc", "4"))
+    path = tmp_path / "run" / worker.RUN_CONFIG_FILE
+    config = json.loads(path.read_text())
+    del config["run_dir_lock"]   # as `bastion launch --on slurm|k8s` writes it: the job's rank 0 locks
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
+def test_a_scheduled_jobs_rank_zero_refuses_a_run_dir_in_use(setup, capsys, monkeypatch):
+    from bastion.rundir.lock import acquire
+
+    config = _written_config(setup, monkeypatch)
+    for key, value in (("RANK", "0"), ("WORLD_SIZE", "4"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(key, value)
+    with acquire(setup[0] / "run"):   # another run holds it
+        _fails_with(["_worker", config], capsys, "is in use by another run", "To fix:")
+
+
+def test_a_worker_refuses_a_config_for_another_world_size(setup, capsys, monkeypatch):
+    config = _written_config(setup, monkeypatch)
+    for key, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "1")):
+        monkeypatch.setenv(key, value)
+    _fails_with(["_worker", config], capsys, "is a run of 4 workers", "WORLD_SIZE is 2")

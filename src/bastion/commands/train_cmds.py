@@ -154,7 +154,7 @@ def run_locally(run: ResolvedRun, python: str = "") -> int:
 
     with acquire(run.run_dir):
         config_path = run.run_dir / RUN_CONFIG_FILE
-        write_run_config(config_path, run.config)
+        write_run_config(config_path, {**run.config, "run_dir_lock": "launcher"})
         return local.run(local.torchrun_command(run.world_size, run.max_restarts, str(config_path), python))
 
 
@@ -173,9 +173,19 @@ def worker_command(
     if world is None or int(world) != config["world_size"]:
         raise ConfigError(f"{config_path} is a run of {config['world_size']} workers, but this process's "
                           f"WORLD_SIZE is {world}.", fix="start workers with `bastion train` or `bastion launch`.")
+    if config.get("run_dir_lock") != "launcher" and os.environ.get("RANK") == "0":
+        # a scheduler started the job (Slurm, Kubernetes): rank 0 holds the run directory until it exits (the
+        # kernel releases a flock with its process; a restarted group's new rank 0 takes it again)
+        from bastion.rundir.lock import acquire
+
+        _held.append(acquire(Path(config["train"]["run_dir"])))
     from bastion.runtime.train import run_worker
 
     run_worker(_train_config(config))
+
+
+#: the run directory's lock, when this worker holds it (for the life of the process)
+_held: list[Any] = []
 
 
 def _train_config(config: dict[str, Any]):

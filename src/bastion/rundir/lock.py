@@ -1,7 +1,8 @@
 """One run per run directory: an exclusive `flock` on RUN_DIR/run.lock.
 
-The process that owns the run takes it (the `bastion train` / `bastion launch --on local` process, which waits for
-torchrun), so the lock covers every elastic restart of the worker group; workers never take it. The kernel drops a
+The process that owns the run takes it: on one host the `bastion train` / `bastion launch --on local` process, which
+waits for torchrun, so the lock covers every elastic restart of the worker group; in a Slurm or Kubernetes job,
+which no bastion process waits for, the rank-0 worker (each restarted group's new rank 0 takes it again). The kernel drops a
 flock when its holder dies, so a run killed with SIGKILL leaves no lock behind, only its owner record (pid, host,
 start time, command), which the next run reports and takes over. Where the file system offers no flock (some
 network file systems), the record is the lock: a record whose process is gone is a stale lock, refused with the
