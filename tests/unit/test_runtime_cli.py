@@ -175,3 +175,21 @@ def test_a_worker_refuses_a_config_for_another_world_size(setup, capsys, monkeyp
     for key, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "1")):
         monkeypatch.setenv(key, value)
     _fails_with(["_worker", config], capsys, "is a run of 4 workers", "WORLD_SIZE is 2")
+
+
+def test_the_worker_builds_its_train_config_from_the_run_config_alone(setup, monkeypatch, tmp_path):
+    pytest.importorskip("torch", reason="TrainConfig lives with the runtime")
+    from bastion.commands.train_cmds import _train_config
+    from bastion.specs.model import load_model
+    from bastion.specs.plan import ParallelPlan
+
+    with open(_written_config(setup, monkeypatch)) as file:
+        config = json.load(file)
+    train = _train_config(config)
+    assert train.model == "tiny" and ParallelPlan.load(train.plan).dp == 4 and train.steps == 3
+    assert train.resilience.inject == () and train.seq_len is None
+    # a model file: the worker loads the spec shipped in the config, not the launching machine's file
+    config["train"]["model"] = "/nowhere/on/this/machine.toml"
+    config["model"]["num_layers"] = 3
+    train = _train_config(config)
+    assert train.model != config["train"]["model"] and load_model(train.model).num_layers == 3

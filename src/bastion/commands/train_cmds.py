@@ -204,7 +204,7 @@ def _train_config(config: dict[str, Any]):
     own = Path(tempfile.mkdtemp(prefix="bastion-worker-"))
     (own / "plan.json").write_text(json.dumps(config["plan"]))
     train["plan"] = str(own / "plan.json")
-    if _model_argument(train["model"]) != train["model"] or Path(train["model"]).is_absolute():
+    if Path(train["model"]).is_absolute():  # a model file (`_model_argument`), maybe not on this machine
         (own / "model.json").write_text(json.dumps(config["model"]))
         train["model"] = str(own / "model.json")
     return TrainConfig(**train, resilience=ResilienceConfig(**resilience))
