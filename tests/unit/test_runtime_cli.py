@@ -166,6 +166,9 @@ def test_a_scheduled_jobs_rank_zero_refuses_a_run_dir_in_use(setup, capsys, monk
     config = _written_config(setup, monkeypatch)
     for key, value in (("RANK", "0"), ("WORLD_SIZE", "4"), ("LOCAL_RANK", "0")):
         monkeypatch.setenv(key, value)
+    from bastion.commands import train_cmds
+
+    monkeypatch.setattr(train_cmds, "_PREDECESSOR_EXIT_S", 1.0)   # a requeued job waits this long, then gives up
     with acquire(setup[0] / "run"):   # another run holds it
         _fails_with(["_worker", config], capsys, "is in use by another run", "To fix:")
 

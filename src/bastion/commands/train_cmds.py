@@ -178,12 +178,15 @@ def worker_command(
         # kernel releases a flock with its process; a restarted group's new rank 0 takes it again)
         from bastion.rundir.lock import acquire
 
-        _held.append(acquire(Path(config["train"]["run_dir"])))
+        _held.append(acquire(Path(config["train"]["run_dir"]), wait_s=_PREDECESSOR_EXIT_S))
     from bastion.runtime.train import run_worker
 
     run_worker(_train_config(config))
 
 
+#: how long a scheduled job's rank 0 waits for the run directory's lock (a requeued job's predecessor may still be
+#: exiting on another node)
+_PREDECESSOR_EXIT_S = 60.0
 #: the run directory's lock, when this worker holds it (for the life of the process)
 _held: list[Any] = []
 

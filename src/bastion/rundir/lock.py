@@ -89,9 +89,20 @@ def _same_host(record: dict[str, Any]) -> bool:
     return record.get("host") == socket.gethostname()
 
 
-def acquire(run_dir: Path) -> RunDirLock:
-    """Take the run directory (creating it); a directory in use by another run is a guidance error (exit 2)."""
-    run_dir = Path(run_dir)
+def acquire(run_dir: Path, wait_s: float = 0.0) -> RunDirLock:
+    """Take the run directory (creating it); a directory in use by another run is a guidance error (exit 2).
+    `wait_s`: keep trying that long first (a requeued job's predecessor may still be exiting)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return _acquire(Path(run_dir))
+        except ConfigError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _acquire(run_dir: Path) -> RunDirLock:
     path = run_dir / LOCK_FILE
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
