@@ -101,8 +101,8 @@ def worker(work: str) -> None:
 
 
 def main() -> None:
+    from bastion.launch.local import free_port
     from bastion.runtime.data import prepare_dataset
-    from bastion.runtime.launcher import free_port
     from bastion.specs.plan import ParallelPlan
 
     work = tempfile.mkdtemp(prefix="bastion-overhead-")

@@ -41,7 +41,7 @@ def run_cases(tmp_path: Path, data: Path, world: int, cases: dict[str, dict], mo
     cases_path = tmp_path / "cases.json"
     cases_path.write_text(json.dumps({"data": str(data), "steps": steps, "cases": entries}))
     env = dict(os.environ, OMP_NUM_THREADS="1", TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
-    from bastion.runtime.launcher import free_port
+    from bastion.launch.local import free_port
 
     port = free_port()
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={world}", "--rdzv-backend=c10d",

@@ -1,4 +1,4 @@
-"""Kubernetes manifests: PyTorchJob and JobSet carry the plan's layout, pass the shared offline validator
+"""Kubernetes manifests: PyTorchJob and JobSet carry the plan's layout and the resolved run (a ConfigMap), pass the shared offline validator
 (`../shared/k8s/validate_manifests.py --strict`), and malformed requests are refused with guidance."""
 
 from __future__ import annotations
@@ -11,10 +11,13 @@ from pathlib import Path
 import pytest
 
 from bastion.errors import LaunchError
-from bastion.launch.kubernetes import PLAN_MOUNT, RDZV_PORT, KubernetesOptions, render_manifests
+from bastion.launch.kubernetes import CONFIG_MOUNT, RDZV_PORT, KubernetesOptions, render_manifests
 from bastion.launch.request import LaunchRequest, WorkerLayout
+from bastion.launch.worker import run_config
 from bastion.launch.yamltext import dump_all
+from bastion.rundir.layout import RUN_CONFIG_FILE
 from bastion.specs import ParallelPlan
+from bastion.specs.model import load_model
 
 yaml = pytest.importorskip("yaml", reason="PyYAML (dev extra) reads the manifests back")
 
@@ -23,11 +26,16 @@ VALIDATOR = REPO.parent / "shared" / "k8s" / "validate_manifests.py"
 PLAN = ParallelPlan(dp=4, tp=4, pp=2, global_batch=64, pp_schedule="1f1b")
 
 
-def request(nodes: int = 4, per_node: int = 8, device: str = "gpu", extra: tuple[str, ...] = (),
+def request(nodes: int = 4, per_node: int = 8, device: str = "gpu", note: tuple[str, ...] = (),
             run_dir: str = "/mnt/runs/llama") -> LaunchRequest:
-    return LaunchRequest(engine="k8s", model="llama3-8b", plan=PLAN, data_dir="/mnt/data/tokens", run_dir=run_dir,
-                         steps=1000, layout=WorkerLayout(nodes, per_node), device=device, name="Llama3 8B run",
-                         extra_train_args=extra, max_restarts=2)
+    train = {"model": "llama3-8b", "data": "/mnt/data/tokens", "run_dir": run_dir, "steps": 1000, "note": list(note)}
+    return LaunchRequest(engine="k8s", run_config=run_config(train, load_model("llama3-8b"), PLAN, 64),
+                         data_dir="/mnt/data/tokens", run_dir=run_dir, layout=WorkerLayout(nodes, per_node),
+                         device=device, name="Llama3 8B run", max_restarts=2)
+
+
+def config_of(docs: dict[str, dict]) -> dict:
+    return json.loads(docs["ConfigMap"]["data"][RUN_CONFIG_FILE])
 
 
 def documents(text: str) -> dict[str, dict]:
@@ -56,17 +64,16 @@ def test_manifests_carry_the_plan_layout(kind: str) -> None:
     container = container_of(job)
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 8
     assert container["image"] == "reg.example/bastion:1.0"
-    command = container["command"]
-    assert command[:6] == ["python", "-m", "torch.distributed.run", "-m", "bastion", "train"]
-    train = command[6:]
-    assert train[train.index("--plan") + 1] == f"{PLAN_MOUNT}/plan.json"
-    assert train[train.index("--run-dir") + 1] == "/mnt/runs/llama"
-    assert train[train.index("--steps") + 1] == "1000"
-    # the plan travels in a ConfigMap, byte for byte; the run directory on a claim every pod mounts
-    assert ParallelPlan.from_dict(json.loads(docs["ConfigMap"]["data"]["plan.json"])) == PLAN
+    assert container["command"] == ["python", "-m", "torch.distributed.run", "-m", "bastion", "_worker",
+                                    f"{CONFIG_MOUNT}/{RUN_CONFIG_FILE}"]
+    # the resolved run (train options, plan, model spec) travels in a ConfigMap; the run directory on a claim
+    # every pod mounts
+    config = config_of(docs)
+    assert ParallelPlan.from_dict(config["plan"]) == PLAN and config["model"]["name"] == "llama3-8b"
+    assert config["train"]["run_dir"] == "/mnt/runs/llama" and config["train"]["steps"] == 1000
     assert docs["PersistentVolumeClaim"]["spec"]["accessModes"] == ["ReadWriteMany"]
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
-    assert mounts["run"] == "/mnt/runs/llama" and mounts["plan"] == PLAN_MOUNT
+    assert mounts["run"] == "/mnt/runs/llama" and mounts["config"] == CONFIG_MOUNT
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1"
     assert pod_of(job)["terminationGracePeriodSeconds"] == 120   # SIGTERM → last checkpoint before SIGKILL
@@ -113,9 +120,8 @@ def test_cpu_jobs_request_cores_not_gpus() -> None:
 def test_manifests_pass_the_strict_offline_validator(tmp_path: Path, kind: str, queue: str, device: str) -> None:
     pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (dev extra) checks built-in kinds")
     pytest.importorskip("jsonschema", reason="jsonschema (dev extra) checks custom resources")
-    extra = ("--checkpoint-every", "auto", "--note", 'x"; rm -rf ~')
     path = tmp_path / f"{kind}.yaml"
-    path.write_text(render_manifests(request(extra=extra, device=device),
+    path.write_text(render_manifests(request(note=('x"; rm -rf ~',), device=device),
                                      KubernetesOptions(kind=kind, image="img:1", queue=queue)))
     done = subprocess.run([sys.executable, str(VALIDATOR), "--strict", str(path)], capture_output=True, text=True,
                           timeout=120)
@@ -138,8 +144,8 @@ def test_the_validator_catches_a_broken_manifest(tmp_path: Path) -> None:
 
 def test_hostile_arguments_survive_the_yaml_round_trip() -> None:
     hostile = ('x"; rm -rf ~', "yes", "1e3", "- item", "a: b", "#c", "", "'", "~", "null", "ünï ✓", "@x", "{a}")
-    job = documents(render_manifests(request(extra=("--note", *hostile)), KubernetesOptions(image="i")))
-    assert container_of(job["PyTorchJob"])["command"][-len(hostile):] == list(hostile)
+    docs = documents(render_manifests(request(note=hostile), KubernetesOptions(image="i")))
+    assert config_of(docs)["train"]["note"] == list(hostile)
 
 
 def test_yaml_writer_round_trips_nested_values() -> None:
@@ -174,9 +180,46 @@ def test_cli_writes_yaml_without_submitting(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "kubectl apply -f" in done.stdout
-    job = documents(out.read_text())["JobSet"]
-    assert job["spec"]["replicatedJobs"][0]["template"]["spec"]["parallelism"] == 2
+    docs = documents(out.read_text())
+    assert docs["JobSet"]["spec"]["replicatedJobs"][0]["template"]["spec"]["parallelism"] == 2
+    assert config_of(docs)["train"]["resilience"]["checkpoint_every"] == -1   # a launched job checkpoints (auto)
     assert not Path("/mnt/run").exists()
+
+
+def test_a_model_file_travels_in_the_config_map_not_as_a_local_path(tmp_path: Path) -> None:
+    from bastion.specs.model import load_model as load
+
+    model = tmp_path / "mine.toml"
+    spec = load("tiny").to_dict()
+    model.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in spec.items() if v is not None) + "\n")
+    plan = ParallelPlan(dp=2, global_batch=2).save(tmp_path / "plan.json")
+    out = tmp_path / "job.yaml"
+    done = subprocess.run(
+        [sys.executable, "-m", "bastion", "launch", "--on", "k8s", "--model", str(model), "--plan", str(plan),
+         "--data", "/mnt/data", "--run-dir", "/mnt/run", "--steps", "10", "--image", "img:1",
+         "--manifest", str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    docs = documents(out.read_text())
+    assert config_of(docs)["model"] == load(str(model)).to_dict()
+    assert str(tmp_path) not in json.dumps(container_of(docs["PyTorchJob"]))   # no local path in the pod
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--", "--seed", "-1"], "--seed must be a whole number"),
+    (["--", "--bogus", "1"], "not valid `bastion train` options"),
+    (["--", "--steps", "5"], "is an option of `bastion launch` itself"),
+    (["--manifest", "/proc/x/job.yaml"], "Cannot write /proc/x/job.yaml"),
+])
+def test_pass_through_arguments_and_the_manifest_path_are_checked_at_launch(tmp_path: Path, args, needle) -> None:
+    plan = ParallelPlan(dp=2, global_batch=2).save(tmp_path / "plan.json")
+    manifest = [] if "--manifest" in args else ["--manifest", str(tmp_path / "job.yaml")]
+    done = subprocess.run(
+        [sys.executable, "-m", "bastion", "launch", "--on", "k8s", "--model", "tiny", "--plan", str(plan),
+         "--data", "/mnt/data", "--run-dir", "/mnt/run", "--steps", "10", "--image", "img:1", *manifest, *args],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert needle in " ".join(done.stderr.split()) and "To fix:" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "job.yaml").exists()
 
 
 def test_submit_applies_the_written_manifest_with_kubectl(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from bastion.launch.request import (
     worker_layout,
 )
 from bastion.launch.slurm import SlurmOptions, check_options
+from bastion.rundir.layout import RUN_CONFIG_FILE
 from bastion.runtime.data import prepare_dataset
 from bastion.specs import ParallelPlan
 
@@ -149,14 +150,15 @@ def test_gpu_script_asks_for_gpus_per_node(inputs) -> None:
     assert "#SBATCH --cpus-per-task=8" in done.stdout
 
 
-def test_slurm_without_submit_writes_script_and_plan_copy(inputs) -> None:
+def test_slurm_without_submit_writes_script_and_run_config(inputs) -> None:
     done = bastion(*launch_args(inputs, "--on", "slurm", "--nodes", "2", "--device", "cpu"))
     assert done.returncode == 0, done.stderr
     script = inputs["run"] / "launch" / "job.sbatch"
-    copy = inputs["run"] / "launch" / "plan.json"
+    copy = inputs["run"] / RUN_CONFIG_FILE
     assert script.is_file() and f"sbatch {script}" in done.stdout
-    assert ParallelPlan.load(copy) == ParallelPlan.load(inputs["plan"])
-    assert str(copy) in script.read_text()   # a requeued job reads the copy, not the file the user may edit
+    assert ParallelPlan.from_dict(json.loads(copy.read_text())["plan"]) == ParallelPlan.load(inputs["plan"])
+    # a requeued job reads the copy, not the files the user may edit
+    assert f"-m bastion _worker {copy}" in " ".join(script.read_text().split())
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
 
 
@@ -164,11 +166,9 @@ def test_local_dry_run_is_one_torchrun_command(inputs) -> None:
     done = bastion(*launch_args(inputs, "--on", "local", "--device", "cpu", "--dry-run"))
     assert done.returncode == 0, done.stderr
     words = done.stdout.split()
-    assert words[:3] == [str(Path(PYTHON).absolute()), "-m", "torch.distributed.run"]
-    assert "--nproc-per-node=4" in words and "--standalone" in words
-    tail = words[words.index("bastion"):]
-    assert tail[:3] == ["bastion", "train", "--model"]
-    assert "--nproc" not in tail            # under torchrun the process is a worker
+    assert words[:3] == [str(Path(PYTHON).absolute()), "-m", "bastion.runtime.local_agent"]   # torchrun, offline
+    assert "--nproc-per-node=4" in words and "--local-addr=127.0.0.1" in words   # addresses, not host names
+    assert words[-3:] == ["bastion", "_worker", str(inputs["run"].absolute() / RUN_CONFIG_FILE)]
     assert not inputs["run"].exists()
 
 
@@ -200,7 +200,7 @@ def test_plan_is_validated_against_the_model_before_anything_is_written(inputs) 
 
 def test_missing_data_directory_is_refused(inputs) -> None:
     done = bastion(*launch_args(inputs, "--on", "slurm", "--data", str(inputs["data"] / "nope")))
-    assert done.returncode == 2 and "Data directory not found" in done.stderr
+    assert done.returncode == 2 and "does not exist" in done.stderr
     assert "bastion data prepare" in done.stderr
 
 
@@ -258,16 +258,27 @@ def test_status_of_an_unknown_job_gets_guidance(tmp_path: Path) -> None:
     assert reported["job"]["state"].startswith("gone from Slurm") and reported["run"]["last_step"] == 5
 
 
-def test_launched_jobs_checkpoint_unless_told_otherwise() -> None:
+def test_launched_jobs_checkpoint_unless_told_otherwise(inputs) -> None:
     """A requeued or restarted job resumes from its run directory: with no checkpoints it would start over."""
-    from bastion.launch.request import LaunchRequest, WorkerLayout
+    def every(*extra: str) -> int:
+        done = bastion(*launch_args(inputs, "--on", "slurm", "--nodes", "2", "--device", "cpu", "--", *extra))
+        assert done.returncode == 0, done.stderr
+        return json.loads((inputs["run"] / RUN_CONFIG_FILE).read_text())["train"]["resilience"]["checkpoint_every"]
 
-    def args(*extra: str) -> list[str]:
-        req = LaunchRequest(engine="slurm", model="tiny", plan=ParallelPlan(dp=2, global_batch=4), data_dir="d",
-                            run_dir="r", steps=10, layout=WorkerLayout(nodes=1, procs_per_node=2), device="cpu",
-                            name="n", extra_train_args=extra)
-        return req.train_args("p.json")
+    assert every() == -1   # auto
+    assert every("--checkpoint-every", "5") == 5
+    assert every("--checkpoint-every=0") == 0
 
-    assert args()[-2:] == ["--checkpoint-every", "auto"]
-    assert args("--checkpoint-every", "5").count("--checkpoint-every") == 1
-    assert "auto" not in args("--checkpoint-every=0")
+
+@pytest.mark.parametrize(("more", "needle"), [
+    (["--", "--hang-timeout-s", "nan"], "--hang-timeout-s must be a positive number"),
+    (["--", "--inject", "kill:rank=9,step=3", "--max-restarts", "1"], "is an option of `bastion launch`"),
+    (["--", "--inject", "kill:rank=9,step=3"], "targets rank 9"),
+    (["--", "--no-such-flag"], "No such option"),
+    (["--run-dir", "/proc/bastion/run"], "is not writable"),
+])
+def test_train_arguments_are_checked_at_launch_time(inputs, more, needle) -> None:
+    done = bastion(*launch_args(inputs, "--on", "slurm", "--device", "cpu", *more))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert needle in " ".join(done.stderr.split()) and "To fix:" in done.stderr
+    assert "Traceback" not in done.stderr and not inputs["run"].exists()

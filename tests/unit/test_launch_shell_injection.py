@@ -16,7 +16,6 @@ import pytest
 from bastion.errors import LaunchError
 from bastion.launch.request import LaunchRequest, WorkerLayout
 from bastion.launch.slurm import SlurmOptions, render_sbatch
-from bastion.specs import ParallelPlan
 
 HOSTILE = [
     'x"; touch PWNED; echo "',
@@ -69,13 +68,11 @@ def sandbox(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def hostile_request(base: Path, name: str, extra: tuple[str, ...]) -> LaunchRequest:
+def hostile_request(base: Path, name: str) -> LaunchRequest:
     run_dir = base / "runs" / "r 1; touch PWNED 'q' \"dq\" $(touch PWNED) `touch PWNED`"
     data_dir = base / "data $(touch PWNED)" / "x'y\"z"
-    return LaunchRequest(engine="slurm", model="tiny", plan=ParallelPlan(dp=4, global_batch=8),
-                         data_dir=str(data_dir), run_dir=str(run_dir), steps=5,
-                         layout=WorkerLayout(nodes=2, procs_per_node=2), device="cpu", name=name,
-                         extra_train_args=extra)
+    return LaunchRequest(engine="slurm", run_config={}, data_dir=str(data_dir), run_dir=str(run_dir),
+                         layout=WorkerLayout(nodes=2, procs_per_node=2), device="cpu", name=name)
 
 
 def run_script(sandbox: Path, script: str, mode: str = "ok", restart_count: int = 0,
@@ -106,9 +103,9 @@ def recorded_args(record: Path) -> list[str]:
 
 @pytest.mark.parametrize("hostile", HOSTILE)
 def test_hostile_values_reach_the_workers_unchanged(sandbox: Path, hostile: str) -> None:
-    req = hostile_request(sandbox, name=hostile, extra=("--note", hostile, hostile))
-    plan_path = str(Path(req.run_dir) / "launch" / "plan.json")
-    script = render_sbatch(req, SlurmOptions(python="/opt/venv/bin/python"), plan_path)
+    req = hostile_request(sandbox, name=hostile)
+    config_path = f"{req.run_dir}/{hostile}.json"
+    script = render_sbatch(req, SlurmOptions(python="/opt/venv/bin/python"), config_path)
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
 
     code, record = run_script(sandbox, script)
@@ -119,8 +116,7 @@ def test_hostile_values_reach_the_workers_unchanged(sandbox: Path, hostile: str)
     assert worker == [
         "/opt/venv/bin/python", "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=2",
         "--rdzv-backend=c10d", "--rdzv-endpoint=n7:20123", "--rdzv-id=123", "--max-restarts=0",
-        "-m", "bastion", "train", "--model", "tiny", "--plan", plan_path, "--data", req.data_dir,
-        "--run-dir", req.run_dir, "--steps", "5", "--checkpoint-every", "auto", "--note", hostile, hostile,
+        "-m", "bastion", "_worker", config_path,
     ]
     assert not list(sandbox.rglob("PWNED"))
     assert not (sandbox / "home").exists()   # nothing touched (or removed under) $HOME
@@ -128,7 +124,7 @@ def test_hostile_values_reach_the_workers_unchanged(sandbox: Path, hostile: str)
 
 @pytest.mark.parametrize("hostile", HOSTILE)
 def test_job_name_on_the_sbatch_line_is_inert(hostile: str, tmp_path: Path) -> None:
-    req = hostile_request(tmp_path, name=hostile, extra=())
+    req = hostile_request(tmp_path, name=hostile)
     script = render_sbatch(req, SlurmOptions(), "/p.json")
     (line,) = [ln for ln in script.splitlines() if ln.startswith("#SBATCH --job-name=")]
     value = line.removeprefix("#SBATCH --job-name=")
@@ -142,17 +138,17 @@ def test_job_name_on_the_sbatch_line_is_inert(hostile: str, tmp_path: Path) -> N
     ("/runs/a\\b", "'\\\\'"),                      # sbatch's own escape character
 ])
 def test_run_dirs_sbatch_would_misread_are_refused(run_dir: str, needle: str) -> None:
-    req = LaunchRequest(engine="slurm", model="tiny", plan=ParallelPlan(dp=2, global_batch=2), data_dir="/d",
-                        run_dir=run_dir, steps=1, layout=WorkerLayout(1, 2), device="cpu", name="n")
+    req = LaunchRequest(engine="slurm", run_config={}, data_dir="/d", run_dir=run_dir, layout=WorkerLayout(1, 2),
+                        device="cpu", name="n")
     with pytest.raises(LaunchError) as err:
         render_sbatch(req, SlurmOptions(), "/p.json")
     assert needle in err.value.problem
     assert "To fix" in err.value.render()
 
 
-def test_newline_in_extra_arguments_stays_inside_one_argument(sandbox: Path) -> None:
-    req = hostile_request(sandbox, name="n", extra=("--note", "line1\ntouch PWNED\nline3"))
-    code, record = run_script(sandbox, render_sbatch(req, SlurmOptions(python="/py"), "/p.json"))
+def test_newline_in_the_config_path_stays_inside_one_argument(sandbox: Path) -> None:
+    req = hostile_request(sandbox, name="n")
+    code, record = run_script(sandbox, render_sbatch(req, SlurmOptions(python="/py"), "line1\ntouch PWNED\nline3"))
     assert code == 0
     assert recorded_args(record)[-1] == "line1\ntouch PWNED\nline3"
     assert not (sandbox / "PWNED").exists()
@@ -165,14 +161,14 @@ def test_newline_in_extra_arguments_stays_inside_one_argument(sandbox: Path) -> 
     ("fail", 3, 1),     # ...until max_requeues, then reported as the failure it is
 ])
 def test_worker_failures_map_to_the_requeue_exit_code(sandbox, mode, restart_count, expected) -> None:
-    req = hostile_request(sandbox, name="n", extra=())
+    req = hostile_request(sandbox, name="n")
     script = render_sbatch(req, SlurmOptions(python="/py", max_requeues=3), "/p.json")
     code, _ = run_script(sandbox, script, mode=mode, restart_count=restart_count)
     assert code == expected
 
 
 def test_time_limit_warning_stops_the_step_and_requeues(sandbox: Path) -> None:
-    req = hostile_request(sandbox, name="n", extra=())
+    req = hostile_request(sandbox, name="n")
     script = render_sbatch(req, SlurmOptions(python="/py", requeue_exit=99, time_limit_s=600), "/p.json")
     code, record = run_script(sandbox, script, mode="wait-for-term", send_usr1=True)
     assert code == 99                                            # requeue, even though the step "failed"
@@ -182,12 +178,10 @@ def test_time_limit_warning_stops_the_step_and_requeues(sandbox: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="bash is needed to check the script")
 def test_script_is_valid_bash_for_gpu_jobs_with_every_option() -> None:
-    req = LaunchRequest(engine="slurm", model="/models/m.toml", plan=ParallelPlan(dp=8, tp=2, global_batch=16),
-                        data_dir="/data", run_dir="/runs/big run", steps=1000, layout=WorkerLayout(2, 8),
-                        device="gpu", name="big", extra_train_args=("--checkpoint-every", "auto"),
-                        max_restarts=2)
+    req = LaunchRequest(engine="slurm", run_config={}, data_dir="/data", run_dir="/runs/big run",
+                        layout=WorkerLayout(2, 8), device="gpu", name="big", max_restarts=2)
     script = render_sbatch(req, SlurmOptions(time_limit_s=86400, partition="gpu,gpu-long", cpus_per_worker=12,
-                                             max_requeues=5), "/runs/big run/launch/plan.json")
+                                             max_requeues=5), "/runs/big run/run_config.json")
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
     lines = script.splitlines()
     for directive in ("--gpus-per-node=8", "--cpus-per-task=96", "--time=1-00:00:00", "--partition=gpu,gpu-long",

@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from bastion.cli import app
-from bastion.errors import DataError, LaunchError
+from bastion.errors import LaunchError
 
 
 @app.command("launch", context_settings={"allow_extra_args": True})
@@ -55,76 +55,60 @@ def launch_command(
 
     Arguments after `--` go to `bastion train` unchanged (e.g. `-- --checkpoint-every 50 --seed 1`).
     """
+    from bastion.commands.train_cmds import run_locally
     from bastion.launch import kubernetes, local, registry, slurm
-    from bastion.launch.request import (
-        LaunchRequest,
-        check_engine,
-        load_checked_plan,
-        parse_time_limit,
-        resolve_model,
-        worker_layout,
-    )
+    from bastion.launch.request import LaunchRequest, check_engine, parse_time_limit, worker_layout
+    from bastion.launch.worker import write_run_config
+    from bastion.rundir.layout import RUN_CONFIG_FILE
 
     engine = check_engine(on)
     if dry_run and submit:
         raise LaunchError("--dry-run and --submit contradict each other.", fix="give one of them.")
-    if steps < 1:
-        raise LaunchError(f"--steps must be at least 1, got {steps}.", fix="give a positive number of steps.")
-    from bastion.commands.checks import check_seq_len
-
-    check_seq_len(seq_len)
-    if max_restarts < 0:
-        raise LaunchError(f"--max-restarts must be >= 0, got {max_restarts}.",
-                          fix="give how many times torchrun may restart the worker group (0 = never).")
-    model_arg, model_spec = resolve_model(model, seq_len)
-    plan = load_checked_plan(plan_path, model_spec, seq_len)
-    layout = worker_layout(plan.num_gpus, nodes, gpus_per_node, device)
-    extra = list(ctx.args)
-    if seq_len is not None:
-        extra = ["--seq-len", str(seq_len), *extra]
-
     if engine == "k8s":
         run_dir_text, data_text = run_dir, data  # paths inside the pods
     else:
         run_dir_text, data_text = str(Path(run_dir).absolute()), str(Path(data).absolute())
-        if not Path(data_text).is_dir():
-            raise DataError(f"Data directory not found: {data_text}",
-                            fix="prepare a token dataset first.", hint="bastion data prepare TEXT... --out DIR")
-        _check_job_inputs(model_arg, model_spec, plan, plan_path, data_text, run_dir_text, steps, seq_len)
+    train_args = ["--model", model, "--plan", str(plan_path), "--data", data_text, "--run-dir", run_dir_text,
+                  "--steps", str(steps), "--max-restarts", str(max_restarts)]
+    if seq_len is not None:
+        train_args += ["--seq-len", str(seq_len)]
+    run = _resolve_train_args(train_args, list(ctx.args), paths_here=engine != "k8s")
+    layout = worker_layout(run.world_size, nodes, gpus_per_node, device)
     job_name = name or Path(run_dir_text).name or "bastion"
-    req = LaunchRequest(engine=engine, model=model_arg, plan=plan, data_dir=data_text, run_dir=run_dir_text,
-                        steps=steps, layout=layout, device=device, name=job_name, extra_train_args=tuple(extra),
-                        max_restarts=max_restarts)
-    # the job reads its own copy of the plan, so editing the file later cannot change a requeued job
-    launch_dir = Path(run_dir_text) / "launch"
-    plan_copy = launch_dir / "plan.json"
+    req = LaunchRequest(engine=engine, run_config=run.config, data_dir=data_text, run_dir=run_dir_text,
+                        layout=layout, device=device, name=job_name, max_restarts=max_restarts)
+    # the job reads its own copy of the resolved run, so editing the plan or model file later cannot change a
+    # requeued job
+    config_path = Path(run_dir_text) / RUN_CONFIG_FILE
 
     if engine == "local":
-        command = local.torchrun_command(req, str(plan_copy))
+        if layout.nodes != 1:
+            raise LaunchError(f"A local launch runs on this machine only, but {layout.nodes} nodes were asked for.",
+                              fix="drop --nodes (or use --nodes 1), or launch --on slurm / --on k8s for several "
+                                  "nodes.")
         if dry_run:
+            command = local.torchrun_command(run.world_size, max_restarts, str(config_path))
             print(" ".join(_shell_quote(a) for a in command))
             return
-        plan.save(plan_copy)
-        sys.exit(local.run(command))
+        sys.exit(run_locally(run))
 
     if engine == "slurm":
         opts = slurm.SlurmOptions(time_limit_s=parse_time_limit(time) if time else None, partition=partition,
                                   signal_lead_s=signal_lead, requeue_exit=requeue_exit, max_requeues=max_requeues,
                                   cpus_per_worker=cpus_per_worker)
-        script = slurm.render_sbatch(req, opts, str(plan_copy))
+        script = slurm.render_sbatch(req, opts, str(config_path))
         if dry_run:
             print(script, end="")
             return
-        launch_dir.mkdir(parents=True, exist_ok=True)
-        plan.save(plan_copy)
-        script_path = launch_dir / "job.sbatch"
-        script_path.write_text(script)
+        write_run_config(config_path, run.config)
+        script_path = Path(run_dir_text) / "launch" / "job.sbatch"
+        _write_text(script_path, script, "--run-dir")
         if not submit:
             print(f"wrote {script_path}\nsubmit with: sbatch {_shell_quote(str(script_path))}")
             return
         job_id = slurm.submit(script_path)
         registry.record("slurm", job_id, run_dir_text)
-        with (launch_dir / "jobs.txt").open("a") as out:
+        with (script_path.parent / "jobs.txt").open("a") as out:
             out.write(job_id + "\n")
         print(f"submitted Slurm job {job_id}; output in {slurm.output_file(Path(run_dir_text), job_id)}")
         print(f"follow it with: bastion status {job_id}   /   bastion logs {job_id}")
@@ -140,8 +124,7 @@ def launch_command(
     from bastion.launch.request import k8s_name
 
     out_path = manifest or Path(f"{k8s_name(job_name)}-{k8s_kind}.yaml")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(text)
+    _write_text(out_path, text, "--manifest")
     print(f"wrote {out_path}")
     if submit:
         print(kubernetes.apply(out_path), end="")
@@ -149,25 +132,48 @@ def launch_command(
         print(f"submit with: kubectl apply -f {_shell_quote(str(out_path))}")
 
 
-def _check_job_inputs(model_arg: str, model_spec, plan, plan_path: Path, data_dir: str, run_dir: str, steps: int,
-                      seq_len: int | None) -> None:
-    """What `bastion train` would refuse once the job starts, refused now (the paths are visible here): a
-    directory that is not a token dataset or is too small, a run directory that is a file or holds another
-    model's checkpoints."""
-    from bastion.errors import ConfigError
-    from bastion.runtime.preflight import check_request
-    from bastion.runtime.resume_source import preflight_resume
+#: `bastion train` options that `bastion launch` sets itself (a second value after `--` would be ambiguous)
+_LAUNCH_OWNED = ("--model", "--plan", "--data", "--run-dir", "--steps", "--seq-len", "--max-restarts", "--nproc")
 
-    check_request(model_arg, str(plan_path), data_dir, plan.num_gpus, steps, seq_len)
-    run_path = Path(run_dir)
-    if run_path.exists() and not run_path.is_dir():
-        raise ConfigError(f"--run-dir {run_dir} is a file, not a directory.",
-                          fix="give a new directory (it is created) or an existing run directory to continue.")
-    source = preflight_resume(run_path, True, None, model_spec, plan)
-    if source is not None and source.step > steps:
-        raise ConfigError(f"{run_dir} resumes from step {source.step}, past --steps {steps}: the job would have "
-                          f"nothing to train.", fix=f"give --steps above {source.step} to continue the run, or a "
-                                                   f"new --run-dir to start another.")
+
+def _resolve_train_args(train_args: list[str], extra: list[str], paths_here: bool):
+    """The job's `bastion train` options (launch's own plus the ones after `--`) parsed by `bastion train`'s own
+    parser and checked by its own pre-check now, at launch time, not when the job starts on the cluster."""
+    import typer.main
+    from typer.exceptions import TyperException
+
+    from bastion.commands.train_cmds import resolve_run
+
+    for arg in extra:
+        option = arg.split("=", 1)[0]
+        if option in _LAUNCH_OWNED:
+            raise LaunchError(f"{option} after `--` is an option of `bastion launch` itself.",
+                              fix=f"give {option} to `bastion launch`, before the `--`.")
+    # a launched job is restarted (torchrun) or requeued (Slurm, Kubernetes) into the same run directory: without
+    # checkpoints that restart begins again from step 0, so unless told otherwise it checkpoints at the Young/Daly
+    # interval for its size
+    if not any(a == "--checkpoint-every" or a.startswith("--checkpoint-every=") for a in extra):
+        train_args = [*train_args, "--checkpoint-every", "auto"]
+    train = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
+    try:
+        ctx = train.make_context("bastion train", [*train_args, *extra])
+    except TyperException as exc:  # click's usage errors (typer bundles click)
+        raise LaunchError(f"The arguments after `--` are not valid `bastion train` options: "
+                          f"{getattr(exc, 'format_message', exc.__str__)()}",
+                          fix="pass only `bastion train` options after `--` (`bastion train --help` lists them).",
+                          ) from None
+    params = dict(ctx.params)
+    params.pop("nproc", None)
+    return resolve_run(params, world_size=None, paths_here=paths_here)
+
+
+def _write_text(path: Path, text: str, option: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as exc:
+        raise LaunchError(f"Cannot write {path}: {exc.strerror or exc}.",
+                          fix=f"give {option} in a place you can write.") from None
 
 
 def _shell_quote(text: str) -> str:

@@ -1,40 +1,24 @@
-"""`bastion train` (start workers with torchrun, or be one) and `bastion data prepare`.
+"""`bastion train` (check the request, write the run config, start workers with torchrun), the hidden worker
+entry `bastion _worker CONFIG` every engine starts, and `bastion data prepare`.
 
 torch is imported only inside a worker; the checks that can fail on user input run first, in this process.
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from bastion.cli import app
+from bastion.specs.model import ModelSpec
+from bastion.specs.plan import ParallelPlan
 
 data_app = typer.Typer(help="Token datasets for `bastion train`.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-
-
-def _args_from_context(ctx: typer.Context, drop: set[str]) -> list[str]:
-    """The command's own options as a worker command line (every option, including ones added later)."""
-    args: list[str] = [ctx.command.name or "train"]
-    for param in ctx.command.params:
-        if getattr(param, "param_type_name", "") != "option" or param.name in drop:
-            continue
-        value = ctx.params.get(param.name)
-        if value is None:
-            continue
-        if param.is_flag:
-            if value:
-                args.append(param.opts[0])
-            elif param.secondary_opts:
-                args.append(param.secondary_opts[0])
-        elif param.multiple:
-            for item in value:
-                args += [param.opts[0], str(item)]
-        else:
-            args += [param.opts[0], str(value)]
-    return args
 
 
 @app.command("train")
@@ -71,13 +55,6 @@ def train_command(
                                 "in RUN_DIR/checkpoints when there is one."),
     resume_from: Path | None = typer.Option(None, "--resume-from", help="Start from this checkpoint (or run "
                                             "directory) when RUN_DIR has none; the plan may differ."),
-    restart_from_scratch: bool = typer.Option(False, "--restart-from-scratch", help="Start at step 0 although "
-                                              "every checkpoint of RUN_DIR was quarantined as bad (refused "
-                                              "otherwise; they stay in checkpoints/quarantine/)."),
-    checkpoint_key_file: Path | None = typer.Option(None, "--checkpoint-key-file", help="Key that authenticates "
-                                                    "checkpoints (HMAC-SHA256 in each manifest; default: "
-                                                    "$BASTION_CHECKPOINT_KEY): ones it does not authenticate are "
-                                                    "never resumed."),
     stop_after_step: int = typer.Option(0, "--stop-after-step", help="Checkpoint and stop after this step "
                                         "(e.g. before maintenance or a plan change); 0 = run to --steps."),
     hang_timeout_s: float = typer.Option(60.0, "--hang-timeout-s", help="A step is hung after max(10× the "
@@ -85,65 +62,168 @@ def train_command(
                                          "is known: stacks dumped, worker aborted, group restarted."),
     skip_batch: list[int] = typer.Option([], "--skip-batch", hidden=True, help="Skip the batch of this step "
                                          "(what the NaN guard does; for reference runs)."),
+    restart_from_scratch: bool = typer.Option(False, "--restart-from-scratch", help="Start at step 0 although "
+                                              "every checkpoint of RUN_DIR was quarantined as bad (refused "
+                                              "otherwise; they stay in checkpoints/quarantine/)."),
+    checkpoint_key_file: Path | None = typer.Option(None, "--checkpoint-key-file", help="Key that authenticates "
+                                                    "checkpoints (HMAC-SHA256 in each manifest; default: "
+                                                    "$BASTION_CHECKPOINT_KEY): ones it does not authenticate are "
+                                                    "never resumed."),
 ) -> None:
     """Train MODEL with a parallel PLAN on a token dataset; writes metrics and predicted-vs-measured."""
-    from bastion.runtime.launcher import LaunchConfig, in_launched_worker, launch
-    from bastion.runtime.preflight import check_request
+    from bastion.errors import ConfigError, LaunchError
 
-    _check_train_flags(nproc, seq_len, lr, max_restarts, cluster)
-    resilience = _resilience_config(checkpoint_every, mtbf_hours, inject, keep_last, keep_every, async_checkpoint,
-                                    resume, resume_from, stop_after_step, hang_timeout_s, skip_batch,
-                                    restart_from_scratch, checkpoint_key_file)
-
-    if in_launched_worker() and nproc is None:
-        import os
-
-        from bastion.runtime.train_config import TrainConfig
-        from bastion.runtime.worker import run_worker
-
-        config = TrainConfig(model=model, plan=str(plan), data=str(data), steps=steps, run_dir=str(run_dir),
-                             seed=seed, seq_len=seq_len, lr=lr, compile=compile_model, cluster=cluster,
-                             progress=progress, resilience=resilience)
-        request = check_request(model, str(plan), str(data), int(os.environ["WORLD_SIZE"]), steps, seq_len)
-        _check_fault_tolerance(resilience, request, run_dir, int(os.environ["WORLD_SIZE"]), steps)
-        run_worker(config)
-        return
-    from bastion.specs.plan import ParallelPlan
-
-    world = nproc if nproc is not None else ParallelPlan.load(plan).num_gpus
-    request = check_request(model, str(plan), str(data), world, steps, seq_len)
-    _check_run_dir(run_dir, resilience.resume)
-    source = _check_fault_tolerance(resilience, request, run_dir, world, steps)
-    fatal = [spec for spec in inject if spec.split(":")[0] in ("kill", "hang", "kill-during-save", "corrupt-latest")]
-    if len(fatal) > max_restarts:
-        from bastion.errors import ConfigError
-
-        raise ConfigError(f"{len(fatal)} injected fault(s) ({', '.join(fatal)}) each end the worker group, but "
-                          f"--max-restarts is {max_restarts}: the run would fail instead of recovering.",
-                          fix=f"add --max-restarts {len(fatal)} (or more) so torchrun restarts the group and it "
-                              f"resumes from its newest checkpoint.")
-    if source is not None and source.step > steps:
-        from bastion.errors import ConfigError
-
-        raise ConfigError(f"The run resumes from step {source.step} ({source.path}), past --steps {steps}: there is "
-                          f"nothing to train.", fix=f"give --steps above {source.step} to continue the run, or a "
-                                                   f"new --run-dir to start another.")
+    if all(key in os.environ for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK")):
+        raise ConfigError("`bastion train` runs under torchrun here (RANK, WORLD_SIZE and LOCAL_RANK are set), "
+                          "but it starts its own workers.",
+                          fix="run `bastion train` directly (--nproc N for N local workers), or `bastion launch "
+                              "--on slurm|k8s` for a cluster.")
+    params = dict(ctx.params)
+    run = resolve_run(params, world_size=params.pop("nproc"))
     from rich.console import Console
 
+    plan = run.plan
     Console(stderr=True).print(
-        f"[bold]bastion train[/]: {request.spec.name} on {world} process(es), plan dp{request.plan.dp} "
-        f"tp{request.plan.tp} pp{request.plan.pp} zero{request.plan.zero_stage}, {steps} steps → {run_dir}")
-    code = launch(LaunchConfig(nproc=world, max_restarts=max_restarts), _args_from_context(ctx, drop={"nproc"}))
+        f"[bold]bastion train[/]: {run.spec.name} on {run.world_size} process(es), plan dp{plan.dp} tp{plan.tp} "
+        f"pp{plan.pp} zero{plan.zero_stage}, {steps} steps → {run_dir}")
+    code = run_locally(run)
     if code != 0:
-        from bastion.errors import LaunchError
-
         raise LaunchError(f"The training workers exited with code {code}.",
                           fix="read the worker output above; rerun with BASTION_DEBUG=1 for tracebacks.")
     _print_time_breakdown(run_dir)
 
 
+@dataclass(frozen=True)
+class ResolvedRun:
+    """A checked `bastion train` request and the run config its workers read."""
+
+    config: dict[str, Any]
+    spec: ModelSpec
+    plan: ParallelPlan
+    world_size: int
+    max_restarts: int
+    run_dir: Path
+
+
+def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool = True) -> ResolvedRun:
+    """`bastion train`'s options (as click parsed them, for `train` and for `launch … -- ARGS`) checked and resolved
+    into the run config, before any process starts: flag values, the model, the plan against the model and the
+    world size (default: the plan's), the injected faults; where the paths are visible here (`paths_here`) also the
+    dataset and the run directory with its resume source (`runtime.preflight.check_run_dir`)."""
+    from bastion.errors import ConfigError
+    from bastion.launch.worker import run_config
+    from bastion.runtime.faults import check_faults, parse_fault
+    from bastion.runtime.preflight import check_request, check_run_dir
+
+    p = params
+    _check_train_flags(world_size, p["seq_len"], p["lr"], p["max_restarts"], p["cluster"], p["seed"])
+    resilience = _resilience_config(p["checkpoint_every"], p["mtbf_hours"], p["inject"], p["keep_last"],
+                                    p["keep_every"], p["async_checkpoint"], p["resume"], p["resume_from"],
+                                    p["stop_after_step"], p["hang_timeout_s"], p["skip_batch"],
+                                    p["restart_from_scratch"], p["checkpoint_key_file"])
+    model, plan_path, run_dir, steps = p["model"], Path(p["plan"]), Path(p["run_dir"]), p["steps"]
+    request = check_request(model, str(plan_path), str(p["data"]) if paths_here else None, world_size, steps,
+                            p["seq_len"])
+    world_size = request.plan.num_gpus
+    check_faults([parse_fault(s) for s in resilience.inject], world_size, steps)
+    needs_checkpoints = [s for s in resilience.inject if s.split(":")[0] in ("kill-during-save", "corrupt-latest")]
+    if needs_checkpoints and resilience.checkpoint_every == 0:
+        raise ConfigError(f"--inject {needs_checkpoints[0]} needs checkpoints, but --checkpoint-every is 0.",
+                          fix="add --checkpoint-every N.")
+    fatal = [spec for spec in resilience.inject
+             if spec.split(":")[0] in ("kill", "hang", "kill-during-save", "corrupt-latest")]
+    if len(fatal) > p["max_restarts"]:
+        raise ConfigError(f"{len(fatal)} injected fault(s) ({', '.join(fatal)}) each end the worker group, but "
+                          f"--max-restarts is {p['max_restarts']}: the run would fail instead of recovering.",
+                          fix=f"add --max-restarts {len(fatal)} (or more) so torchrun restarts the group and it "
+                              f"resumes from its newest checkpoint.")
+    if paths_here:
+        check_run_dir(run_dir, resilience, request.spec, request.plan, steps)
+    train = {"model": _model_argument(model), "plan": str(plan_path), "data": str(p["data"]), "steps": steps,
+             "run_dir": str(run_dir), "seed": p["seed"], "seq_len": p["seq_len"], "lr": p["lr"],
+             "compile": p["compile_model"], "cluster": p["cluster"], "progress": p["progress"],
+             "resilience": asdict(resilience)}
+    return ResolvedRun(config=run_config(train, request.spec, request.plan, world_size), spec=request.spec,
+                       plan=request.plan, world_size=world_size, max_restarts=p["max_restarts"], run_dir=run_dir)
+
+
+def _model_argument(model: str) -> str:
+    """A preset name as given; a model file by absolute path (for the record: workers read the spec itself)."""
+    path = Path(model)
+    return str(path.resolve()) if path.suffix in (".toml", ".json") or path.exists() else model
+
+
+def run_locally(run: ResolvedRun, python: str = "") -> int:
+    """Start the run's workers with torchrun on this machine and wait; holds the run directory's lock for the
+    whole run (every elastic restart included) and writes the run config into it. torchrun's exit code."""
+    from bastion.launch import local
+    from bastion.launch.worker import write_run_config
+    from bastion.rundir.layout import RUN_CONFIG_FILE
+    from bastion.rundir.lock import acquire
+
+    with acquire(run.run_dir):
+        config_path = run.run_dir / RUN_CONFIG_FILE
+        write_run_config(config_path, {**run.config, "run_dir_lock": "launcher"})
+        return local.run(local.torchrun_command(run.world_size, run.max_restarts, str(config_path), python))
+
+
+@app.command("_worker", hidden=True)
+def worker_command(
+    config_path: Path = typer.Argument(..., help="run_config.json written by `bastion train` / `bastion launch`."),
+) -> None:
+    """One training worker, started by torchrun (locally, under srun, in a pod); reads only CONFIG_PATH."""
+    from bastion.errors import ConfigError
+    from bastion.launch.worker import LOCAL_NAMES_ONLY, confine_name_lookups, read_run_config
+
+    if os.environ.get(LOCAL_NAMES_ONLY) == "1":
+        confine_name_lookups()  # before torch opens its first socket
+    config = read_run_config(config_path)
+    world = os.environ.get("WORLD_SIZE")
+    if world is None or int(world) != config["world_size"]:
+        raise ConfigError(f"{config_path} is a run of {config['world_size']} workers, but this process's "
+                          f"WORLD_SIZE is {world}.", fix="start workers with `bastion train` or `bastion launch`.")
+    if config.get("run_dir_lock") != "launcher" and os.environ.get("RANK") == "0":
+        # a scheduler started the job (Slurm, Kubernetes): rank 0 holds the run directory until it exits (the
+        # kernel releases a flock with its process; a restarted group's new rank 0 takes it again)
+        from bastion.rundir.lock import acquire
+
+        _held.append(acquire(Path(config["train"]["run_dir"]), wait_s=_PREDECESSOR_EXIT_S))
+    from bastion.runtime.worker import run_worker
+
+    run_worker(_train_config(config))
+
+
+#: how long a scheduled job's rank 0 waits for the run directory's lock (a requeued job's predecessor may still be
+#: exiting on another node)
+_PREDECESSOR_EXIT_S = 60.0
+#: the run directory's lock, when this worker holds it (for the life of the process)
+_held: list[Any] = []
+
+
+def _train_config(config: dict[str, Any]):
+    """TrainConfig from the run config; the plan (and a model file) come from the config itself, written to this
+    process's own temporary directory for the loaders that take paths."""
+    import json
+    import tempfile
+
+    from bastion.runtime.resilience_config import ResilienceConfig
+    from bastion.runtime.train_config import TrainConfig
+
+    train = dict(config["train"])
+    resilience = dict(train.pop("resilience"))
+    for key in ("inject", "skip_batches"):
+        resilience[key] = tuple(resilience[key])
+    own = Path(tempfile.mkdtemp(prefix="bastion-worker-"))
+    (own / "resolved_plan.json").write_text(json.dumps(config["plan"]))
+    train["plan"] = str(own / "resolved_plan.json")
+    if Path(train["model"]).is_absolute():  # a model file (`_model_argument`), maybe not on this machine
+        (own / "resolved_model.json").write_text(json.dumps(config["model"]))
+        train["model"] = str(own / "resolved_model.json")
+    return TrainConfig(**train, resilience=ResilienceConfig(**resilience))
+
+
 def _check_train_flags(nproc: int | None, seq_len: int | None, lr: float, max_restarts: int,
-                       cluster: str | None) -> None:
+                       cluster: str | None, seed: int) -> None:
     """Flag values that would otherwise fail inside N workers (or silently mean something else)."""
     import math
 
@@ -159,29 +239,12 @@ def _check_train_flags(nproc: int | None, seq_len: int | None, lr: float, max_re
     if max_restarts < 0:
         raise ConfigError(f"--max-restarts must be >= 0, got {max_restarts}.",
                           fix="give how many times the worker group may restart (0 = never).")
+    if not 0 <= seed < 2**63:
+        raise ConfigError(f"--seed must be a whole number from 0 to 2^63 - 1, got {seed}.", fix="e.g. --seed 0.")
     if cluster is not None:
         from bastion.specs.hardware import load_cluster
 
         load_cluster(cluster)  # an unknown name is a guidance error now, not a missing prediction later
-
-
-def _check_run_dir(run_dir: Path, resume: bool) -> None:
-    """The run directory can take this run: a directory (or nothing yet), and with --no-resume free of another
-    run's checkpoints (new ones would collide with them, and retention would delete them). Launcher only: a
-    restarted worker group finds this run's own checkpoints there."""
-    from bastion.errors import ConfigError
-    from bastion.rundir import checkpoints as cf
-    from bastion.rundir.layout import checkpoints_dir
-
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--run-dir {run_dir} is a file, not a directory.",
-                          fix="give a new directory (it is created) or an existing run directory to continue.")
-    existing = cf.committed(checkpoints_dir(run_dir))
-    if not resume and existing:
-        raise ConfigError(f"--no-resume, but {run_dir} already holds {len(existing)} checkpoint(s) of a run "
-                          f"(newest: step {existing[-1].step}); starting over there would overwrite or delete them.",
-                          fix="give a new --run-dir for a fresh start (--resume-from can seed it from this one), "
-                              "or drop --no-resume to continue the run.")
 
 
 def _print_time_breakdown(run_dir: Path) -> None:
@@ -209,6 +272,8 @@ def _resilience_config(checkpoint_every: str, mtbf_hours: float | None, inject: 
                        keep_every: int, async_checkpoint: bool, resume: bool, resume_from: Path | None,
                        stop_after_step: int, hang_timeout_s: float, skip_batch: list[int],
                        restart_from_scratch: bool = False, checkpoint_key_file: Path | None = None):
+    import math
+
     from bastion.errors import ConfigError
     from bastion.runtime.faults import parse_fault
     from bastion.runtime.resilience_config import ResilienceConfig
@@ -221,11 +286,24 @@ def _resilience_config(checkpoint_every: str, mtbf_hours: float | None, inject: 
     else:
         raise ConfigError(f"--checkpoint-every {checkpoint_every!r} is neither a step count nor 'auto'.",
                           fix="pass --checkpoint-every N (N >= 0) or --checkpoint-every auto.")
-    if mtbf_hours is not None and mtbf_hours <= 0:
-        raise ConfigError(f"--mtbf-hours must be > 0, got {mtbf_hours}.")
-    if keep_last < 1 or keep_every < 0 or stop_after_step < 0 or hang_timeout_s <= 0:
-        raise ConfigError("--keep-last must be >= 1; --keep-every and --stop-after-step >= 0; "
-                          "--hang-timeout-s > 0.")
+    if mtbf_hours is not None and not (math.isfinite(mtbf_hours) and mtbf_hours > 0):
+        raise ConfigError(f"--mtbf-hours must be a positive number of hours, got {mtbf_hours:g}.",
+                          fix="give the mean time between failures of the whole job, e.g. --mtbf-hours 24, or "
+                              "leave it out for the published failure rate × devices.")
+    if not (math.isfinite(hang_timeout_s) and hang_timeout_s > 0):
+        raise ConfigError(f"--hang-timeout-s must be a positive number of seconds, got {hang_timeout_s:g}.",
+                          fix="e.g. --hang-timeout-s 60 (the watchdog cannot be switched off: a hung collective "
+                              "would block the run for good).")
+    if keep_last < 1:
+        raise ConfigError(f"--keep-last must be >= 1, got {keep_last}: a run keeps at least its newest checkpoint "
+                          f"to resume from.", fix="e.g. --keep-last 3.")
+    if keep_every < 0 or stop_after_step < 0:
+        raise ConfigError(f"--keep-every and --stop-after-step must be >= 0, got {keep_every} and "
+                          f"{stop_after_step}.", fix="give 0 (off) or a step count.")
+    bad_skips = [step for step in skip_batch if step < 1]
+    if bad_skips:
+        raise ConfigError(f"--skip-batch {bad_skips[0]} is not a step: steps count from 1.",
+                          fix="give the (1-based) step whose batch to skip.")
     for spec in inject:
         parse_fault(spec)  # a guidance error now, not in N workers later
     return ResilienceConfig(checkpoint_every=every, mtbf_hours=mtbf_hours, keep_last=keep_last,
@@ -234,23 +312,6 @@ def _resilience_config(checkpoint_every: str, mtbf_hours: float | None, inject: 
                             skip_batches=tuple(skip_batch), stop_after_step=stop_after_step,
                             hang_min_s=hang_timeout_s, restart_from_scratch=restart_from_scratch,
                             checkpoint_key_file=str(checkpoint_key_file) if checkpoint_key_file else None)
-
-
-def _check_fault_tolerance(resilience, request, run_dir: Path, world: int, steps: int):
-    """Faults that can fire and a resume source that fits, before any process starts (nothing is written)."""
-    from bastion.errors import ConfigError
-    from bastion.runtime.checkpoint_key import checkpoint_key
-    from bastion.runtime.faults import check_faults, parse_fault
-    from bastion.runtime.resume_source import preflight_resume
-
-    check_faults([parse_fault(s) for s in resilience.inject], world, steps)
-    needs_checkpoints = [s for s in resilience.inject if s.split(":")[0] in ("kill-during-save", "corrupt-latest")]
-    if needs_checkpoints and resilience.checkpoint_every == 0:
-        raise ConfigError(f"--inject {needs_checkpoints[0]} needs checkpoints, but --checkpoint-every is 0.",
-                          fix="add --checkpoint-every N.")
-    return preflight_resume(run_dir, resilience.resume, resilience.resume_from, request.spec, request.plan,
-                            key=checkpoint_key(resilience.checkpoint_key_file),
-                            restart_from_scratch=resilience.restart_from_scratch)
 
 
 @data_app.command("prepare")

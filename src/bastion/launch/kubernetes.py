@@ -1,8 +1,8 @@
 """Kubernetes manifests for a launch: a Kubeflow `PyTorchJob` (kubeflow.org/v1) or a `JobSet`
 (jobset.x-k8s.io/v1alpha2), each with a PersistentVolumeClaim for the run directory (metrics and checkpoints)
-and a ConfigMap holding the plan, optionally queued through Kueue.
+and a ConfigMap holding the run config (train options, plan, model spec), optionally queued through Kueue.
 
-One pod per node runs `torchrun -m bastion train …`; torchrun reads its rendezvous settings from `PET_*`
+One pod per node runs `torchrun … -m bastion _worker /etc/bastion/run_config.json`; torchrun reads its rendezvous settings from `PET_*`
 environment variables (the training operator sets them for a PyTorchJob; the JobSet sets them itself, pointing at
 the first pod's stable DNS name). Whatever restarts a pod or the whole set, the new workers see the same run
 directory on the claim and resume from its newest valid checkpoint.
@@ -10,6 +10,7 @@ directory on the claim and resume from its newest valid checkpoint.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -19,13 +20,15 @@ from typing import Any
 
 from bastion.errors import LaunchError
 from bastion.launch.request import LaunchRequest, check_plain_text, k8s_name
+from bastion.launch.worker import worker_command, worker_env
 from bastion.launch.yamltext import dump_all
+from bastion.rundir.layout import RUN_CONFIG_FILE
 
 KINDS = ("pytorchjob", "jobset")
 #: the rendezvous port torchrun's c10d store listens on in the first pod
 RDZV_PORT = 29400
-#: where the plan's ConfigMap is mounted in every pod
-PLAN_MOUNT = "/etc/bastion"
+#: where the run config's ConfigMap is mounted in every pod
+CONFIG_MOUNT = "/etc/bastion"
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$")
 
@@ -87,13 +90,8 @@ def _container(req: LaunchRequest, opts: KubernetesOptions, env: list[dict[str, 
         resources = {"limits": {"nvidia.com/gpu": per_node}}
     else:
         resources = {"requests": {"cpu": str(per_node)}, "limits": {"cpu": str(per_node)}}
-    command = [opts.python, "-m", "torch.distributed.run", "-m", "bastion", "train",
-               *req.train_args(f"{PLAN_MOUNT}/plan.json")]
-    common_env = [
-        # stale peer addresses after an elastic restart otherwise (../shared/PYTORCH_NOTES.md)
-        {"name": "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "value": "1"},
-        {"name": "PYTHONUNBUFFERED", "value": "1"},
-    ]
+    command = [opts.python, "-m", "torch.distributed.run", *worker_command(f"{CONFIG_MOUNT}/{RUN_CONFIG_FILE}")]
+    common_env = [{"name": key, "value": value} for key, value in worker_env().items()]
     return {
         "name": "trainer",
         "image": opts.image,
@@ -103,7 +101,7 @@ def _container(req: LaunchRequest, opts: KubernetesOptions, env: list[dict[str, 
         "resources": resources,
         "volumeMounts": [
             {"name": "run", "mountPath": req.run_dir},
-            {"name": "plan", "mountPath": PLAN_MOUNT, "readOnly": True},
+            {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
             {"name": "shm", "mountPath": "/dev/shm"},
         ],
     }
@@ -112,7 +110,7 @@ def _container(req: LaunchRequest, opts: KubernetesOptions, env: list[dict[str, 
 def _volumes(name: str) -> list[dict[str, Any]]:
     return [
         {"name": "run", "persistentVolumeClaim": {"claimName": f"{name}-run"}},
-        {"name": "plan", "configMap": {"name": f"{name}-plan"}},
+        {"name": "config", "configMap": {"name": f"{name}-config"}},
         # PyTorch's shared-memory tensors outgrow the container runtime's 64 MiB default
         {"name": "shm", "emptyDir": {"medium": "Memory"}},
     ]
@@ -145,8 +143,9 @@ def _support_objects(req: LaunchRequest, opts: KubernetesOptions, name: str) -> 
          "metadata": {"name": f"{name}-run", "labels": {"app.kubernetes.io/instance": name}},
          "spec": claim_spec},
         {"apiVersion": "v1", "kind": "ConfigMap",
-         "metadata": {"name": f"{name}-plan", "labels": {"app.kubernetes.io/instance": name}},
-         "data": {"plan.json": req.plan.to_json()}},
+         "metadata": {"name": f"{name}-config", "labels": {"app.kubernetes.io/instance": name}},
+         # the whole resolved run, the model spec included: a model file on the launching machine reaches the pods
+         "data": {RUN_CONFIG_FILE: json.dumps(req.run_config, indent=2) + "\n"}},
     ]
 
 
@@ -206,7 +205,7 @@ def jobset(req: LaunchRequest, opts: KubernetesOptions, name: str) -> dict[str, 
 
 
 def render_manifests(req: LaunchRequest, opts: KubernetesOptions) -> str:
-    """The YAML documents to apply: claim, plan ConfigMap, then the job."""
+    """The YAML documents to apply: claim, run-config ConfigMap, then the job."""
     check_options(opts)
     _check_pod_path(req.run_dir, "run directory")
     _check_pod_path(req.data_dir, "data directory")

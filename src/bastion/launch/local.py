@@ -1,34 +1,43 @@
-"""Local launch: torchrun on this machine, one node, the same worker command the schedulers run."""
+"""Local launch: torchrun on this machine, for `bastion train` and `bastion launch --on local`.
+
+Single host and offline: the rendezvous and the agent's own address are given as 127.0.0.1 (not `localhost` or the
+host name), gloo binds the loopback interface, and the agent (`runtime/local_agent.py`, torchrun itself) and the
+workers answer host-name lookups from /etc/hosts only: nothing is sent to a name server, no packet leaves the host.
+"""
 
 from __future__ import annotations
 
-import os
+import socket
 import subprocess
 
 from bastion.errors import LaunchError
-from bastion.launch.request import LaunchRequest, default_python
+from bastion.launch.request import default_python
+from bastion.launch.worker import process_environment, worker_command, worker_env
+
+#: the address everything of a local run binds to and connects to
+LOOPBACK = "127.0.0.1"
 
 
-def torchrun_command(req: LaunchRequest, plan_path: str, python: str = "") -> list[str]:
-    """`python -m torch.distributed.run --standalone … -m bastion train …` as an argument list (no shell)."""
-    if req.layout.nodes != 1:
-        raise LaunchError(f"A local launch runs on this machine only, but {req.layout.nodes} nodes were asked for.",
-                          fix="drop --nodes (or use --nodes 1), or launch --on slurm / --on k8s for several nodes.")
-    return [python or default_python(), "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-            f"--nproc-per-node={req.layout.procs_per_node}", f"--max-restarts={req.max_restarts}",
-            "-m", "bastion", "train", *req.train_args(plan_path)]
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
 
 
-def worker_environment() -> dict[str, str]:
-    env = dict(os.environ)
-    # a fixed thread count keeps runs bitwise reproducible (and N workers from oversubscribing the cores)
-    env.setdefault("OMP_NUM_THREADS", "1")
-    # without it a restarted gloo group reads stale peer addresses from torchrun's store (../shared/PYTORCH_NOTES.md)
-    env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
+def torchrun_command(nproc: int, max_restarts: int, config_path: str, python: str = "") -> list[str]:
+    """`python -m bastion.runtime.local_agent (torchrun's options) -m bastion _worker CONFIG` as an argument list
+    (no shell)."""
+    port = free_port()
+    return [python or default_python(), "-m", "bastion.runtime.local_agent", "--nnodes=1", f"--nproc-per-node={nproc}",
+            "--rdzv-backend=c10d", f"--rdzv-endpoint={LOOPBACK}:{port}", f"--rdzv-id=bastion-{port}",
+            f"--local-addr={LOOPBACK}", f"--max-restarts={max_restarts}", *worker_command(config_path)]
 
 
 def run(command: list[str]) -> int:
-    """Run torchrun in the foreground; its exit status."""
-    return subprocess.run(command, env=worker_environment()).returncode
+    """Run torchrun in the foreground with the workers' environment; its exit status."""
+    try:
+        return subprocess.run(command, env=process_environment(worker_env(single_host=True))).returncode
+    except OSError as exc:
+        raise LaunchError(f"Could not start torchrun: {exc}.",
+                          fix="check that the runtime extra (torch) is installed in this environment.",
+                          hint="pip install -e '.[runtime]'") from exc

@@ -1,9 +1,9 @@
 """What a launch asks for, checked before anything is written: the plan against the model, the worker layout
 (nodes × processes per node) against the plan, the time limit, the partition and the names.
 
-Every engine (local torchrun, Slurm, Kubernetes) starts the same worker command, `torchrun … -m bastion train
-<train_args>`, with the same run directory each time, so a restarted or requeued job resumes from that directory's
-newest valid checkpoint.
+Every engine (local torchrun, Slurm, Kubernetes) starts the same worker command, `torchrun … -m bastion _worker
+CONFIG` (`launch/worker.py`), with the same run directory each time, so a restarted or requeued job resumes from
+that directory's newest valid checkpoint.
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bastion.errors import LaunchError
-from bastion.specs.model import ModelSpec, load_model
-from bastion.specs.plan import ParallelPlan
 
 ENGINES = ("local", "slurm", "k8s")
 DEVICES = ("gpu", "cpu")
@@ -48,38 +47,20 @@ class LaunchRequest:
 
     #: `local`, `slurm` or `k8s`
     engine: str
-    #: model preset name, or an absolute path to a model file
-    model: str
-    #: the plan, already validated against the model
-    plan: ParallelPlan
+    #: the resolved run the workers read (`launch/worker.py`: train options, plan, model spec)
+    run_config: dict[str, Any]
     #: token dataset directory as the workers will see it
     data_dir: str
     #: run directory as the workers will see it: metrics, summary and checkpoints; the job resumes from it
     run_dir: str
-    #: optimizer steps to train (None: the trainer's default)
-    steps: int | None
     #: nodes × processes per node
     layout: WorkerLayout
     #: `gpu` (one process per GPU, GPUs requested from the scheduler) or `cpu` (gloo on CPU cores)
     device: str
     #: job name shown by the scheduler
     name: str
-    #: further `bastion train` arguments, passed through verbatim (quoted, never interpreted)
-    extra_train_args: tuple[str, ...] = ()
     #: torchrun restarts of the worker group inside one allocation before the job fails or is requeued
     max_restarts: int = 0
-
-    def train_args(self, plan_path: str) -> list[str]:
-        """`bastion train` arguments for a worker (no --nproc: under torchrun it is a worker)."""
-        args = ["--model", self.model, "--plan", plan_path, "--data", self.data_dir, "--run-dir", self.run_dir]
-        if self.steps is not None:
-            args += ["--steps", str(self.steps)]
-        # a launched job is restarted (torchrun) or requeued (Slurm, Kubernetes) into the same run directory:
-        # without checkpoints that restart begins again from step 0, so unless told otherwise it checkpoints at
-        # the Young/Daly interval for its size
-        if not any(a == "--checkpoint-every" or a.startswith("--checkpoint-every=") for a in self.extra_train_args):
-            args += ["--checkpoint-every", "auto"]
-        return args + list(self.extra_train_args)
 
 
 def check_engine(engine: str) -> str:
@@ -176,22 +157,6 @@ def check_plain_text(value: str, what: str) -> str:
         raise LaunchError(f"{what} contains a control character (newline, tab, ...): {value!r}.",
                           fix=f"use a {what} without control characters.")
     return value
-
-
-def resolve_model(model: str, seq_len: int | None = None) -> tuple[str, ModelSpec]:
-    """The model argument as workers will see it (a file becomes an absolute path) and its spec."""
-    spec = load_model(model, seq_len)
-    path = Path(model)
-    if path.suffix in (".toml", ".json") or path.exists():
-        return str(path.resolve()), spec
-    return model, spec
-
-
-def load_checked_plan(plan_path: str | Path, model: ModelSpec, seq_len: int | None = None) -> ParallelPlan:
-    """Load the plan and validate it against the model (not a cluster: the job's machines are the cluster)."""
-    plan = ParallelPlan.load(plan_path)
-    plan.validate(model, None, seq_len)
-    return plan
 
 
 def default_python() -> str:

@@ -6,6 +6,9 @@ RUN_DIR/
   summary.json                written by rank 0 when the run ends or stops early (rundir/summary.py)
   checkpoints/step-NNNNNNNN/  committed checkpoints with their manifest (rundir/checkpoints.py)
   final_params.pt             the full final parameters, only with save_final_params (equivalence tests)
+  run_config.json             the resolved run (train options, plan, model, world size): all a worker reads
+                              (launch/worker.py)
+  run.lock                    held (flock) by the one run using the directory (rundir/lock.py)
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ PLAN_FILE = "plan.json"
 MODEL_FILE = "model.json"
 CHECKPOINTS_DIR = "checkpoints"
 FINAL_PARAMS_FILE = "final_params.pt"
+RUN_CONFIG_FILE = "run_config.json"
+LOCK_FILE = "run.lock"
 #: files only `bastion train` writes into a run directory; one of them makes a directory a run directory
 RUN_MARKERS = (METRICS_FILE, SUMMARY_FILE, PLAN_FILE, MODEL_FILE)
 

@@ -72,7 +72,8 @@ def parse_fault(text: str) -> FaultSpec:
     if kind in _NEEDS_STEP and "step" not in values:
         raise ConfigError(f"--inject {text!r} needs a step.", fix=f"write e.g. {kind}:step=5.")
     if values.get("step", 1) < 1 or values.get("rank", 0) < 0:
-        raise ConfigError(f"--inject {text!r}: step must be >= 1 and rank >= 0.")
+        raise ConfigError(f"--inject {text!r}: step must be >= 1 and rank >= 0.",
+                          fix=f"steps count from 1 and ranks from 0, e.g. {_EXAMPLES}.")
     return FaultSpec(kind, values.get("step"), values.get("rank", 0))
 
 

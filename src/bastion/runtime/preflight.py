@@ -7,10 +7,16 @@ must be reported as a guidance error by `bastion train` itself, not by N workers
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bastion.errors import ConfigError, DataError, PlanError
 from bastion.specs.model import ModelSpec, load_model
 from bastion.specs.plan import ParallelPlan
+
+if TYPE_CHECKING:
+    from bastion.rundir.checkpoints import CheckpointInfo
+    from bastion.runtime.resilience_config import ResilienceConfig
 
 
 @dataclass(frozen=True)
@@ -44,18 +50,22 @@ def check_world_size(plan: ParallelPlan, world_size: int) -> None:
             reason="degrees != devices")
 
 
-def check_request(model: str, plan_path: str, data_dir: str, world_size: int, steps: int,
+def check_request(model: str, plan_path: str, data_dir: str | None, world_size: int | None, steps: int,
                   seq_len: int | None = None) -> CheckedRequest:
-    """Everything `bastion train` can verify up front; raises a BastionError with guidance."""
+    """Everything `bastion train` can verify up front; raises a BastionError with guidance. `data_dir` None: the
+    dataset is not visible here (a Kubernetes launch), its checks wait for the workers. `world_size` None: the
+    plan's."""
     from bastion.runtime.data import check_dataset_dir
 
     spec = load_model(model, seq_len)
     check_runtime_supports(spec)
     plan = ParallelPlan.load(plan_path)
     plan.validate(spec, None, spec.seq_len)
-    check_world_size(plan, world_size)
+    check_world_size(plan, plan.num_gpus if world_size is None else world_size)
     if steps < 1:
         raise ConfigError(f"--steps must be at least 1, got {steps}.", fix="pass --steps N with N >= 1.")
+    if data_dir is None:
+        return CheckedRequest(spec=spec, plan=plan, data_meta={})
     meta = check_dataset_dir(data_dir)
     if meta["vocab_size"] > spec.vocab_size:
         raise DataError(f"The dataset's vocabulary ({meta['vocab_size']} tokens) is larger than the model's "
@@ -65,3 +75,54 @@ def check_request(model: str, plan_path: str, data_dir: str, world_size: int, st
         raise DataError(f"The dataset has {meta['num_tokens']} tokens, fewer than one sequence of "
                         f"{spec.seq_len + 1}.", fix="prepare more text, or lower --seq-len.")
     return CheckedRequest(spec=spec, plan=plan, data_meta=meta)
+
+
+def check_run_dir(run_dir: Path, resilience: ResilienceConfig, spec: ModelSpec, plan: ParallelPlan,
+                  steps: int) -> CheckpointInfo | None:
+    """The run directory can take this run (the one pre-check of `bastion train` and every `bastion launch`
+    engine whose paths are visible here): a directory or nothing yet, not in use by a running run, with --no-resume
+    free of another run's checkpoints (new ones would collide with them, and retention would delete them), and a
+    resume source that fits the model and plan and is not past --steps. Returns that source (None: a fresh start).
+    Reads only; nothing is written."""
+    from bastion.rundir import checkpoints as cf
+    from bastion.rundir.layout import checkpoints_dir
+    from bastion.rundir.lock import check_free
+    from bastion.runtime.checkpoint_key import checkpoint_key
+    from bastion.runtime.resume_source import preflight_resume
+
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--run-dir {run_dir} is a file, not a directory.",
+                          fix="give a new directory (it is created) or an existing run directory to continue.")
+    _check_creatable(run_dir)
+    check_free(run_dir)
+    existing = cf.committed(checkpoints_dir(run_dir))
+    if not resilience.resume and existing:
+        raise ConfigError(f"--no-resume, but {run_dir} already holds {len(existing)} checkpoint(s) of a run "
+                          f"(newest: step {existing[-1].step}); starting over there would overwrite or delete them.",
+                          fix="give a new --run-dir for a fresh start (--resume-from can seed it from this one), "
+                              "or drop --no-resume to continue the run.")
+    source = preflight_resume(run_dir, resilience.resume, resilience.resume_from, spec, plan,
+                              key=checkpoint_key(resilience.checkpoint_key_file),
+                              restart_from_scratch=resilience.restart_from_scratch)
+    if source is not None and source.step > steps:
+        raise ConfigError(f"The run resumes from step {source.step} ({source.path}), past --steps {steps}: there is "
+                          f"nothing to train.", fix=f"give --steps above {source.step} to continue the run, or a "
+                                                   f"new --run-dir to start another.")
+    return source
+
+
+def _check_creatable(run_dir: Path) -> None:
+    """An existing directory must be writable; a new one must have a directory it can be created in."""
+    import os
+
+    parent = run_dir
+    while not parent.exists():
+        if parent.parent == parent:
+            break
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"--run-dir {run_dir} cannot be created: {parent} is a file.",
+                          fix="give a run directory whose parent is a directory.")
+    if not os.access(parent, os.W_OK | os.X_OK) or str(parent.resolve()).startswith(("/proc", "/sys")):
+        raise ConfigError(f"--run-dir {run_dir} is not writable ({parent} refuses new files).",
+                          fix="give a run directory in a place you can write.")

@@ -1,0 +1,23 @@
+"""torchrun's agent for a single-host run (`bastion train`, `bastion launch --on local`), offline.
+
+The same agent as `python -m torch.distributed.run`, with this process's host-name lookups answered from /etc/hosts
+only (`launch.worker.confine_name_lookups`): torchrun calls `socket.getfqdn()` for every event it records, and
+torch's c10d reverse-resolves the address of every store connection, which on a dual-stack socket
+(::ffff:127.0.0.1) matches no /etc/hosts line and goes to the network's name server. The workers confine their own
+lookups the same way (`bastion _worker`, told by the worker environment).
+"""
+
+from __future__ import annotations
+
+
+def main() -> None:
+    from bastion.launch.worker import confine_name_lookups
+
+    confine_name_lookups()
+    from torch.distributed.run import main as torchrun
+
+    torchrun()
+
+
+if __name__ == "__main__":
+    main()
