@@ -208,6 +208,8 @@ def status_command(
     """A Slurm job's state (squeue, scontrol, sacct) and its progress from the run directory."""
     from bastion.launch import slurm
 
+    if run_dir is not None:
+        _find_run_dir(job_id, run_dir, {})  # a mistyped --run-dir is the user's error, whatever Slurm says
     info = slurm.job_info(job_id)
     found = _find_run_dir(job_id, run_dir, info)
     if info["source"] is None and found is None:
