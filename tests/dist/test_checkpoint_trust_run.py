@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 import pytest
-from test_fault_recovery import bastion, records
+from helpers.cli import bastion, records
 
 from bastion.rundir import checkpoints as cf
 

@@ -15,8 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from equivalence_helpers import max_differences, reference_run, run_cases
-from test_equivalence import TOLERANCE, _record
+from helpers.equivalence import TOLERANCE, max_differences, record, reference_run, run_cases
 
 pytestmark = [pytest.mark.dist, pytest.mark.timeout(1200)]
 
@@ -91,7 +90,7 @@ def _check(results: dict, references: dict, models: dict[str, str]) -> None:
             assert measured == expected, f"{name} rank {rank['rank']}: measured {measured} != {expected}"
         found[name] = {"max_loss_diff": loss_diff, "max_param_diff": param_diff,
                        "losses": result.summary["losses"]}
-    _record(found)
+    record(found)
 
 
 def test_context_parallel_alone_on_2_processes(tmp_path, token_data, references, gpt_model):

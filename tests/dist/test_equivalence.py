@@ -12,15 +12,11 @@ import os
 from pathlib import Path
 
 import pytest
-from equivalence_helpers import max_differences, reference_run, run_cases
+from helpers.equivalence import TOLERANCE, max_differences, record, reference_run, run_cases
 
 pytestmark = [pytest.mark.dist, pytest.mark.timeout(1200)]
 
-TOLERANCE = 1e-5
 FP32 = {"precision": "fp32"}
-#: benchmarks/bench_equivalence.py sets this to benchmarks/results; a plain test run records nothing, so the
-#: suite never rewrites a tracked file
-RESULTS_DIR_VARIABLE = "BASTION_RESULTS_DIR"
 
 WORLD4 = {
     "dp4-zero0": dict(dp=4, zero_stage=0, micro_batch=1, global_batch=8, **FP32),
@@ -61,18 +57,6 @@ def reference(token_data: Path) -> tuple[list[float], dict]:
     return reference_run(token_data, "tiny", global_batch=8)
 
 
-def _record(results: dict) -> None:
-    """Keep the measured differences (quoted in the README) with the benchmark results, when asked to."""
-    results_dir = os.environ.get(RESULTS_DIR_VARIABLE)
-    if not results_dir:
-        return
-    results_file = Path(results_dir) / "equivalence.json"
-    results_file.parent.mkdir(parents=True, exist_ok=True)
-    table = json.loads(results_file.read_text()) if results_file.exists() else {}
-    table.update(results)
-    results_file.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
-
-
 def _check_group(results: dict, reference: tuple[list[float], dict]) -> None:
     from bastion.predict.memory import model_state_bytes
     from bastion.specs.model import load_model
@@ -96,7 +80,7 @@ def _check_group(results: dict, reference: tuple[list[float], dict]) -> None:
                 assert measured["grads"] < predicted.pop("grads")
                 measured.pop("grads")
             assert measured == predicted, f"{name} rank {rank['rank']}: measured {measured} != {predicted}"
-    _record(found)
+    record(found)
 
 
 def test_data_parallel_and_tensor_parallel_on_4_processes(tmp_path, token_data, reference):

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.cli import bastion, records
 
 pytestmark = [pytest.mark.dist, pytest.mark.timeout(900)]
 
@@ -24,16 +25,6 @@ PLAN = {"dp": 2, "pp": 2, "tp": 1, "zero_stage": 3, "micro_batch": 2, "global_ba
         "pp_schedule": "1f1b", "precision": "fp32"}
 FAULTS = ["kill:rank=1,step=3", "hang:rank=0,step=5", "kill-during-save:step=8", "corrupt-latest:step=10",
           f"nan:rank=2,step={NAN_STEP}"]
-
-
-def bastion(*args: str, timeout: float = 800) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "bastion", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
-
-
-def records(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_fault_recovery import bastion, records
+from helpers.cli import bastion, records
 
 pytestmark = [pytest.mark.dist, pytest.mark.timeout(600)]
 

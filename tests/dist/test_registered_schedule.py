@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from equivalence_helpers import max_differences, reference_run, run_cases
+from helpers.equivalence import max_differences, reference_run, run_cases
 from registered_schedule_worker import ALIAS, register
 
 pytestmark = [pytest.mark.dist, pytest.mark.timeout(600)]

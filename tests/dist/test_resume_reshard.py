@@ -15,67 +15,18 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.checkpoints import final_state
+from helpers.cli import step_records
+from helpers.reshard import GLOBAL_BATCH, STEPS, reference_and_switched
 
 pytestmark = [pytest.mark.dist, pytest.mark.timeout(900)]
 
-STEPS = 8
-GLOBAL_BATCH = 8
-BASE = {"micro_batch": 2, "global_batch": GLOBAL_BATCH, "precision": "fp32"}
 SEGMENTS = [  # (plan, processes, stop after step)
     ({"dp": 4, "zero_stage": 3, "micro_batch": 1}, 4, 2),
     ({"tp": 2, "sequence_parallel": True}, 2, 4),
     ({"dp": 2, "zero_stage": 2}, 2, 6),
     ({"pp": 2, "pp_schedule": "1f1b"}, 2, 0),
 ]
-
-
-def bastion(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "bastion", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
-
-
-def train(run_dir: Path, data: Path, plan: dict, nproc: int, *extra: str, steps: int = STEPS) -> None:
-    plan_file = run_dir.parent / f"plan-{run_dir.name}-{len(list(run_dir.parent.glob('plan-*')))}.json"
-    plan_file.write_text(json.dumps({**BASE, **plan}))
-    result = bastion("train", "--model", "tiny", "--plan", str(plan_file), "--data", str(data), "--steps",
-                     str(steps), "--run-dir", str(run_dir), "--nproc", str(nproc), "--no-progress",
-                     "--checkpoint-every", "2", "--sync-checkpoint", *extra)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
-
-
-def step_records(run_dir: Path) -> list[dict]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if "event" not in r]
-
-
-def final_state(run_dir: Path, steps: int = STEPS) -> dict:
-    """Model weights and Adam moments of the last checkpoint, loaded through DCP into plain tensors."""
-    import torch
-    import torch.distributed.checkpoint as dcp
-
-    path = run_dir / "checkpoints" / f"step-{steps:08d}"
-    metadata = dcp.FileSystemReader(str(path)).read_metadata()
-    wanted = {k: torch.empty(m.size, dtype=m.properties.dtype)
-              for k, m in metadata.state_dict_metadata.items()
-              if k.startswith("model.") or k.endswith((".exp_avg", ".exp_avg_sq"))}
-    dcp.load(wanted, checkpoint_id=str(path), no_dist=True)
-    return wanted
-
-
-def reference_and_switched(root: Path, segments: list, steps: int = STEPS) -> tuple[Path, Path]:
-    """An uninterrupted single-process run, and one that runs `segments` (plan, processes, stop after step) in
-    turn in the same run directory, each resuming where the last stopped."""
-    data = root / "data"
-    assert bastion("data", "prepare", str(Path(json.__file__).parent), "--out", str(data)).returncode == 0
-    reference = root / "reference"
-    reference.mkdir()
-    train(reference, data, {}, 1, steps=steps)
-    switched = root / "switched"
-    switched.mkdir()
-    for plan, nproc, stop in segments:
-        train(switched, data, plan, nproc, *(["--stop-after-step", str(stop)] if stop else []), steps=steps)
-    return reference, switched
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +60,7 @@ def test_losses_weights_and_optimizer_state_carry_over(runs):
     ref_losses = [r["loss"] for r in step_records(reference)]
     got_losses = [r["loss"] for r in step_records(switched)]
     assert got_losses == pytest.approx(ref_losses, abs=1e-5)
-    expected, got = final_state(reference), final_state(switched)
+    expected, got = final_state(reference, STEPS), final_state(switched, STEPS)
     assert sorted(expected) == sorted(got)
     assert any(k.endswith("exp_avg_sq") for k in got)
     for key, tensor in expected.items():

@@ -12,7 +12,9 @@ import json
 from pathlib import Path
 
 import pytest
-from test_resume_reshard import final_state, reference_and_switched, step_records
+from helpers.checkpoints import final_state
+from helpers.cli import step_records
+from helpers.reshard import reference_and_switched
 
 pytestmark = [pytest.mark.dist, pytest.mark.timeout(900)]
 

@@ -17,15 +17,7 @@ import pytest
 from bastion.rundir import checkpoints as cf
 from bastion.specs.model import load_model
 from bastion.specs.plan import ParallelPlan
-
-
-def fake_checkpoint(run_dir: Path, model: str, step: int = 4) -> Path:
-    root = run_dir / "checkpoints"
-    temp = root / cf.temp_dir_name(step)
-    temp.mkdir(parents=True)
-    (temp / "state.json").write_text(json.dumps({"step": step, "model": load_model(model).to_dict()}))
-    (temp / "__0_0.distcp").write_bytes(b"\0" * 64)
-    return cf.commit(temp, root / cf.step_dir_name(step), step)
+from helpers.checkpoints import fake_checkpoint
 
 
 def snapshot(path: Path) -> dict[str, tuple[int, int]]:

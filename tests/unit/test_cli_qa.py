@@ -8,10 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
-from test_checkpoint_resume_cli import fake_checkpoint
 
 from bastion.cli import main
 from bastion.predict.validate import PUBLIC_CASES
+from helpers.checkpoints import fake_checkpoint
 
 CaptureFixture = pytest.CaptureFixture[str]
 

@@ -22,6 +22,7 @@ from bastion.launch.slurm import SlurmOptions, check_options
 from bastion.rundir.layout import RUN_CONFIG_FILE
 from bastion.runtime.data import prepare_dataset
 from bastion.specs import ParallelPlan
+from helpers.cli import bastion
 
 PYTHON = sys.executable
 
@@ -113,12 +114,6 @@ def inputs(tmp_path: Path) -> dict[str, Path]:
     data = tmp_path / "data"
     prepare_dataset([text], data)  # launch checks the dataset before writing a job
     return {"plan": plan, "data": data, "run": tmp_path / "runs" / "r1"}
-
-
-def bastion(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "BASTION_DEBUG"}
-    return subprocess.run([PYTHON, "-m", "bastion", *args], capture_output=True, text=True, cwd=cwd, env=env,
-                          timeout=120)
 
 
 def launch_args(inputs: dict[str, Path], *more: str) -> list[str]:

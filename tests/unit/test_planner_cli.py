@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bastion.specs import ParallelPlan
-
-
-def bastion(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bastion", *args], capture_output=True, text=True, timeout=300)
+from helpers.cli import bastion
 
 
 def test_json_is_the_documented_object_best_first_and_save_writes_the_winner(tmp_path: Path) -> None:

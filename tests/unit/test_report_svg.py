@@ -6,7 +6,6 @@ import math
 import xml.etree.ElementTree as ET
 
 import pytest
-from test_report import failing_run  # noqa: F401 - the fixture, shared
 
 from bastion.report import build_report, load_run
 from bastion.report.html import render_html

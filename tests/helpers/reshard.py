@@ -1,0 +1,37 @@
+"""Runs that change plan (and world size) in one run directory, against an uninterrupted single process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from helpers.cli import bastion
+
+#: the `tiny` runs of the resharding tests: 8 steps of 8 samples, fp32, checkpoint every 2 steps
+STEPS = 8
+GLOBAL_BATCH = 8
+BASE = {"micro_batch": 2, "global_batch": GLOBAL_BATCH, "precision": "fp32"}
+
+
+def train(run_dir: Path, data: Path, plan: dict, nproc: int, *extra: str, steps: int = STEPS) -> None:
+    plan_file = run_dir.parent / f"plan-{run_dir.name}-{len(list(run_dir.parent.glob('plan-*')))}.json"
+    plan_file.write_text(json.dumps({**BASE, **plan}))
+    result = bastion("train", "--model", "tiny", "--plan", str(plan_file), "--data", str(data), "--steps",
+                     str(steps), "--run-dir", str(run_dir), "--nproc", str(nproc), "--no-progress",
+                     "--checkpoint-every", "2", "--sync-checkpoint", *extra, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+
+
+def reference_and_switched(root: Path, segments: list, steps: int = STEPS) -> tuple[Path, Path]:
+    """An uninterrupted single-process run, and one that runs `segments` (plan, processes, stop after step) in
+    turn in the same run directory, each resuming where the last stopped."""
+    data = root / "data"
+    assert bastion("data", "prepare", str(Path(json.__file__).parent), "--out", str(data)).returncode == 0
+    reference = root / "reference"
+    reference.mkdir()
+    train(reference, data, {}, 1, steps=steps)
+    switched = root / "switched"
+    switched.mkdir()
+    for plan, nproc, stop in segments:
+        train(switched, data, plan, nproc, *(["--stop-after-step", str(stop)] if stop else []), steps=steps)
+    return reference, switched
