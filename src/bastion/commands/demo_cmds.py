@@ -16,6 +16,8 @@ from typing import Any
 import typer
 
 from bastion.cli import app
+from bastion.commands import options
+from bastion.outputs import dumps_json
 from bastion.report.comparison import print_comparison
 
 #: the fixed hybrid plan used when the planner is not available (or finds nothing runnable)
@@ -75,11 +77,11 @@ DEMO_MARKER = ".bastion-demo"
 
 @app.command("demo")
 def demo_command(
-    steps: int = typer.Option(20, "--steps", help="Optimizer steps to train."),
-    nproc: int = typer.Option(4, "--nproc", help="Worker processes (the CPU cluster cpu:N)."),
+    steps: options.Steps = 20,
+    nproc: options.Nproc = 4,
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Where the corpus and the run go."),
     quick: bool = typer.Option(False, "--quick", help="Tiny model, small corpus, 4 steps (for tests)."),
-    as_json: bool = typer.Option(False, "--json", help="Print summary.json instead of the table."),
+    as_json: options.AsJson = False,
 ) -> None:
     """Prepare a corpus, plan for the local CPU cluster, train on 4 processes, print predicted vs measured."""
     from rich.console import Console
@@ -88,11 +90,6 @@ def demo_command(
 
     console = Console(stderr=True)
     model, seq_len, global_batch = ("tiny", 64, 8) if quick else ("small", 256, 8)
-    # checked before minutes of corpus preparation, not after
-    if steps < 1:
-        raise ConfigError(f"--steps must be at least 1, got {steps}.", fix="pass --steps N with N >= 1.")
-    if nproc < 1:
-        raise ConfigError(f"--nproc must be >= 1, got {nproc}.", fix="e.g. --nproc 4.")
     if quick:
         steps = min(steps, 4)
     if out.exists() and not out.is_dir():
@@ -122,7 +119,7 @@ def demo_command(
               *(["--no-progress"] if as_json else [])], standalone_mode=False)
     summary = json.loads((run_dir / "summary.json").read_text())
     if as_json:
-        typer.echo(json.dumps(summary))
+        typer.echo(dumps_json(summary))
         return
     console.print("[bold]4. predicted vs measured[/]")
     print_comparison(summary)

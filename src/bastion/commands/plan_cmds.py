@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
 from bastion.cli import app
+from bastion.commands import options
+from bastion.commands.options import number_option
 from bastion.errors import ConfigError, did_you_mean
+from bastion.outputs import dumps_json
 
 _PRECISIONS = ("fp32", "bf16", "fp16", "fp8")
 
@@ -80,27 +82,26 @@ def _check_pin(name: str, value: Any) -> None:
 
 @app.command("plan")
 def plan_command(
-    model: str = typer.Option(..., "--model", "-m", help="Model preset (see `bastion models`) or model file."),
-    cluster: str = typer.Option(..., "--cluster", "-c", help="Cluster preset, ACCEL:N (e.g. h100-sxm:1024) or file."),
-    global_batch: int = typer.Option(..., "--global-batch", "-b", help="Sequences per optimizer step."),
-    seq_len: int = typer.Option(0, "--seq-len", "-s", help="Tokens per sequence (default: the model's)."),
+    model: options.Model,
+    cluster: options.Cluster,
+    global_batch: options.GlobalBatch,
+    seq_len: options.SeqLen = None,
     gpus: str = typer.Option("", "--gpus", help="Device count N, or a range MIN..MAX to search several sizes "
                                                 "(default: the cluster's size)."),
-    top: int = typer.Option(5, "--top", "-k", help="How many plans to show."),
+    top: Annotated[int, number_option("--top", "-k", help="How many plans to show.", integer=True, low=1,
+                                      high=1000)] = 5,
     objective: str = typer.Option("throughput", "--objective", help="throughput, mfu or memory."),
     precision: str = typer.Option("bf16", "--precision",
                                   help="Matmul precisions allowed, comma-separated (e.g. bf16,fp8)."),
     fix: list[str] = typer.Option([], "--fix", help="Pin a plan field, e.g. --fix tp=8 (repeatable)."),
     save: Path | None = typer.Option(None, "--save", help="Write the winning plan here (JSON or .toml)."),
-    software: str = typer.Option("bastion", "--software", help="Software stack the plan will run on (`bastion "
-                                 "software`): bastion's runtime by default."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+    software: options.Software = "bastion",
+    as_json: options.AsJson = False,
     exhaustive: bool = typer.Option(False, "--no-prune", help="Predict every plan, even those the memory and "
                                                               "step-time bounds settle (for checking; slow)."),
 ) -> None:
     """Search every hybrid-parallel plan (dp·tp·pp·cp, ZeRO, micro-batch, schedule, recompute, sp,
     precision) and rank the ones that fit."""
-    from bastion.commands.checks import check_seq_len
     from bastion.planner.advice import nothing_fits
     from bastion.planner.search import PlanRequest, default_estimate, search
     from bastion.planner.space import SearchSpace
@@ -108,7 +109,6 @@ def plan_command(
     from bastion.specs.hardware import load_cluster
     from bastion.specs.model import load_model
 
-    check_seq_len(seq_len or None)  # 0, the default, is the model's length
     options = software_stack(software).options
     if save is not None:
         from bastion.specs.plan import ParallelPlan
@@ -128,7 +128,7 @@ def plan_command(
     if save is not None:
         result.plans[0].plan.save(save)
     if as_json:
-        print(json.dumps({**result_json(result), "software": software}, indent=2))
+        print(dumps_json({**result_json(result), "software": software}, indent=2))
     else:
         print_result(result, save)
         print(f"predicted for software stack '{software}' (`bastion software` lists them; --software to change)")

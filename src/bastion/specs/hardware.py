@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bastion.errors import ConfigError, UnknownPresetError, did_you_mean
+from bastion.numbers import MAX_DEVICES, short_number
 from bastion.specs._files import DATA_DIR, check_keys, coerce, read_mapping
 from bastion.specs._hashing import cached_hash
 
@@ -129,6 +130,10 @@ class Cluster:
             raise ConfigError(f"Cluster '{self.name}' needs at least one node and one device per node, got "
                               f"num_nodes {self.num_nodes}, gpus_per_node {self.gpus_per_node}.",
                               fix="set num_nodes and gpus_per_node to positive integers.")
+        if self.num_nodes * self.gpus_per_node > MAX_DEVICES:
+            raise ConfigError(f"Cluster '{self.name}' has {short_number(self.num_nodes * self.gpus_per_node)} "
+                              f"devices, more than the {MAX_DEVICES:,} bastion plans for.",
+                              fix="give the cluster's real size (e.g. h100-sxm:1024).")
 
     @property
     def num_gpus(self) -> int:
