@@ -12,6 +12,7 @@ from bastion.cli import app
 from bastion.commands import options
 from bastion.commands.options import number_option
 from bastion.errors import ConfigError, did_you_mean
+from bastion.numbers import MAX_DEVICES, checked_number
 from bastion.outputs import dumps_json
 
 _PRECISIONS = ("fp32", "bf16", "fp16", "fp8")
@@ -22,16 +23,15 @@ def parse_gpus(text: str, gpus_per_node: int) -> tuple[int, ...]:
     from bastion.planner.space import gpu_counts_between
 
     try:
-        if ".." in text:
-            low, high = (int(part) for part in text.split("..", 1))
-            return gpu_counts_between(low, high, gpus_per_node)
-        count = int(text)
+        parts = [int(part) for part in text.split("..", 1)]
     except ValueError as exc:
         raise ConfigError(f"--gpus '{text}' is not a device count.",
                           fix="write N (e.g. --gpus 512) or MIN..MAX (e.g. --gpus 64..1024).") from exc
-    if count < 1:
-        raise ConfigError(f"--gpus must be >= 1, got {count}.", fix="e.g. --gpus 512.")
-    return (count,)
+    for part in parts:
+        checked_number(part, "--gpus", integer=True, low=1, high=MAX_DEVICES, fix="e.g. --gpus 512 or 64..1024.")
+    if len(parts) == 2:
+        return gpu_counts_between(parts[0], parts[1], gpus_per_node)
+    return (parts[0],)
 
 
 def parse_precisions(text: str) -> tuple[str, ...]:

@@ -29,15 +29,16 @@ BYTE_VOCAB = 256
 
 # ---- preparing a dataset -----------------------------------------------------------------------------
 def _text_files(paths: Iterable[str | Path], out: Path) -> list[Path]:
-    """The files to tokenise; none inside `out`, so `prepare DIR --out DIR/tokens` (or `--out DIR`) never reads
-    back a dataset it wrote before."""
+    """The files to tokenise, never the dataset files in `out`: `prepare DIR --out DIR` (or `--out DIR/tokens`)
+    must not read back the tokens it wrote the time before."""
     files: list[Path] = []
     own = out.resolve()
+    dataset_files = {TOKENS_FILE, META_FILE, f".{TOKENS_FILE}.tmp", f".{META_FILE}.tmp"}
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
             files.extend(sorted(p for p in path.rglob("*")
-                                if p.is_file() and own not in p.resolve().parents))
+                                if p.is_file() and not (p.name in dataset_files and p.resolve().parent == own)))
         elif path.is_file():
             files.append(path)
         else:
