@@ -269,3 +269,21 @@ def test_validate_with_no_predictable_row_fails(tmp_path: Path, capsys: CaptureF
 def test_report_with_an_unknown_cluster_fails(tmp_path: Path, capsys: CaptureFixture) -> None:
     # used to exit 0, printing a report without a prediction
     guidance(["report", str(tmp_path), "--cluster", "bogus:3"], capsys, "Unknown cluster 'bogus:3'")
+
+
+# ---- paths the operating system refuses ---------------------------------------------------------------
+LONG = "9" * 5000
+
+
+@pytest.mark.parametrize("argv", [
+    ["estimate", "--model", LONG, "--cluster", "cpu:4"],
+    ["estimate", "--model", "small", "--cluster", LONG],
+    ["plan", "--model", "small", "--cluster", "cpu:4", "--global-batch", "8", "--save", LONG + ".json"],
+    ["report", LONG],
+    ["validate", LONG],
+    ["simulate", "--cluster", LONG, "--synthetic", "3"],
+    ["data", "prepare", LONG, "--out", "data"],
+], ids=["model", "cluster", "plan-save", "report", "validate", "simulate", "data-prepare"])
+def test_a_name_too_long_for_the_file_system(argv: list[str], capsys: CaptureFixture) -> None:
+    # each used to end in an OSError traceback (exit 1)
+    guidance(argv, capsys, "File name too long", "characters)")
