@@ -287,3 +287,13 @@ LONG = "9" * 5000
 def test_a_name_too_long_for_the_file_system(argv: list[str], capsys: CaptureFixture) -> None:
     # each used to end in an OSError traceback (exit 1)
     guidance(argv, capsys, "File name too long", "characters)")
+
+
+# ---- run directories with damaged records --------------------------------------------------------------
+@pytest.mark.parametrize("damage", [{"step_time_s": None}, {"step": "3"}, {"loss": "low"}, {"step": True}])
+def test_report_counts_a_damaged_step_record_as_unreadable(damage: dict[str, object], tmp_path: Path,
+                                                          capsys: CaptureFixture) -> None:
+    # a step record with a null step time used to end in a TypeError traceback inside the failure accounting
+    record = {"step": 1, "loss": 5.0, "step_time_s": 0.1, "tokens_per_s": 100.0, "time": 1.7e9, **damage}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    guidance(["report", str(tmp_path), "--json"], capsys, "has no complete step record yet", "1 line(s) did not parse")

@@ -115,11 +115,28 @@ def _read_metrics(path: Path) -> tuple[list[dict[str, Any]], int]:
         except ValueError:
             bad += 1
             continue
-        if isinstance(value, dict) and isinstance(value.get("time"), int | float):
+        if isinstance(value, dict) and _is_number(value.get("time")) and _numbers_where_numbers_belong(value):
             records.append(value)
         else:
             bad += 1
     return records, bad
+
+
+#: fields of a step record that the accounting does arithmetic on (`mfu` and `mem_gib` may be null)
+_STEP_NUMBERS = ("step_time_s", "tokens_per_s", "loss")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _numbers_where_numbers_belong(record: dict[str, Any]) -> bool:
+    """A step record whose step is a whole number and whose figures are numbers (a damaged or foreign line is
+    counted as unreadable, not met later as a TypeError)."""
+    if "event" in record or "step" not in record:
+        return True
+    return (isinstance(record["step"], int) and not isinstance(record["step"], bool)
+            and all(_is_number(record[key]) for key in _STEP_NUMBERS if key in record))
 
 
 #: a file system may keep modification times to the second (or two): a record this much later is after the write
