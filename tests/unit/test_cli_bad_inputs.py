@@ -4,10 +4,8 @@ the suite). One class per section: output paths, datasets, numbers, sizes, spec 
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,22 +21,14 @@ SIM_CLUSTER = str(ROOT / "examples" / "sim" / "cluster.toml")
 HANG_S = 60
 
 
-@contextlib.contextmanager
-def hang_guard(seconds: int = HANG_S) -> Iterator[None]:
-    def hung(signum: int, frame: object) -> None:
-        raise TimeoutError(f"still running after {seconds} s: unbounded work")
-
-    previous = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(seconds)
-    try:
+@pytest.fixture(autouse=True)
+def _guarded(request: pytest.FixtureRequest, hang_guard) -> Iterator[None]:
+    with hang_guard(HANG_S, request.node.name):
         yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def run(argv: list[str], capsys: CaptureFixture) -> tuple[int, str, str]:
-    with hang_guard(), pytest.raises(SystemExit) as exc:
+    with pytest.raises(SystemExit) as exc:
         main(argv)
     out, err = capsys.readouterr()
     return int(exc.value.code or 0), out, err
@@ -161,7 +151,7 @@ def test_malformed_dataset_is_refused_before_any_worker(damage: str, expected: s
     elif damage == "meta-deep":
         (data / "meta.json").write_text("[" * 100_000 + "]" * 100_000)
     plan = ParallelPlan(dp=2, global_batch=2, precision="fp32").save(tmp_path / "plan.json")
-    with hang_guard(), pytest.raises(DataError) as exc:
+    with pytest.raises(DataError) as exc:
         check_request("tiny", str(plan), str(data), 2, 2)
     assert expected in str(exc.value) and exc.value.fix, exc.value
 

@@ -11,9 +11,9 @@ import io
 import json
 import random
 import re
-import signal
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -38,20 +38,6 @@ MODEL_TOML = {"num_layers": "4", "hidden_size": "256", "num_heads": "4", "num_kv
 CLUSTER_TOML = {"accelerator": '"h100-sxm"', "num_nodes": "1", "gpus_per_node": "4"}
 PLAN_TOML = {"dp": "2", "tp": "2", "global_batch": "8", "micro_batch": "1", "zero_stage": "1",
              "recompute": '"full"', "precision": '"bf16"'}
-
-
-@contextlib.contextmanager
-def hang_guard(seconds: int, argv: list[str]) -> Iterator[None]:
-    def hung(signum: int, frame: object) -> None:
-        raise TimeoutError(f"still running after {seconds} s: {argv}")
-
-    previous = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def mutate_fields(rng: random.Random, fields: dict[str, str]) -> str:
@@ -189,11 +175,12 @@ COMMANDS: dict[str, Callable[[random.Random, Path, bool], list[str]]] = {
 }
 
 
-def outcome(argv: list[str], must_succeed: bool = False) -> str | None:
+def outcome(argv: list[str], hang_guard: Callable[[int, str], AbstractContextManager[None]],
+            must_succeed: bool = False) -> str | None:
     """None when the command behaved (exit 0 with standard JSON, or exit 2 with guidance); else what went wrong."""
     out, err = io.StringIO(), io.StringIO()
     try:
-        with hang_guard(HANG_S, argv), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with hang_guard(HANG_S, str(argv)), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             main(argv)
         code = 0
     except SystemExit as exc:
@@ -216,8 +203,8 @@ def outcome(argv: list[str], must_succeed: bool = False) -> str | None:
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
-def test_random_mutations_end_in_success_or_guidance(command: str, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_random_mutations_end_in_success_or_guidance(command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     hang_guard: Callable[[int, str], AbstractContextManager[None]]) -> None:
     rng = random.Random(f"bastion-mutations/{command}")
     failures = []
     for case in range(CASES_PER_COMMAND):
@@ -230,7 +217,7 @@ def test_random_mutations_end_in_success_or_guidance(command: str, tmp_path: Pat
         argv = COMMANDS[command](rng, tmp, mode in ("files", "both"))
         if mode in ("options", "both"):
             argv = mutate_options(rng, argv)
-        problem = outcome(argv) if case else outcome(argv, must_succeed=True)
+        problem = outcome(argv, hang_guard, must_succeed=not case)
         if problem is not None:
             files = {p.name: p.read_text()[:300] for p in tmp.glob("*.to*")}
             failures.append(f"{argv}\nfiles: {files}\n{problem}")
