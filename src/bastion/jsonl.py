@@ -24,6 +24,6 @@ def read_json_lines(path: Path) -> list[Any]:
     for line in path.read_bytes().splitlines():
         try:
             values.append(json.loads(line))
-        except ValueError:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
+        except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
             continue
     return values

@@ -287,3 +287,17 @@ def test_report_counts_a_damaged_step_record_as_unreadable(damage: dict[str, obj
     record = {"step": 1, "loss": 5.0, "step_time_s": 0.1, "tokens_per_s": 100.0, "time": 1.7e9, **damage}
     (tmp_path / "metrics.jsonl").write_text(json.dumps(record) + "\n")
     guidance(["report", str(tmp_path), "--json"], capsys, "has no complete step record yet", "1 line(s) did not parse")
+
+
+@pytest.mark.parametrize("name", ["summary.json", "plan.json", "metrics.jsonl"])
+def test_report_of_a_run_file_nested_too_deeply(name: str, tmp_path: Path, capsys: CaptureFixture) -> None:
+    # a 100,000-deep summary.json used to be a RecursionError traceback; a metrics line so deep is unreadable
+    record = {"step": 1, "loss": 5.0, "step_time_s": 0.1, "tokens_per_s": 100.0, "time": 1.7e9}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    deep = "[" * 100_000 + "]" * 100_000
+    if name == "metrics.jsonl":
+        (tmp_path / name).write_text(deep + "\n")
+        guidance(["report", str(tmp_path), "--json"], capsys, "1 line(s) did not parse")
+    else:
+        (tmp_path / name).write_text(deep)
+        guidance(["report", str(tmp_path), "--json"], capsys, f"{name} is not valid JSON")

@@ -89,7 +89,7 @@ def _read_json_file(path: Path, run_dir: Path) -> dict[str, Any] | None:
         return None
     try:
         data = json.loads(path.read_text())
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, RecursionError) as exc:  # RecursionError: nested too deeply to be bastion's
         raise RunDirError(
             f"{path} is not valid JSON ({exc}); it was cut short or is being written.",
             fix=(f"if the run is finishing, wait a moment and rerun; otherwise move {path.name} aside and "
@@ -112,7 +112,7 @@ def _read_metrics(path: Path) -> tuple[list[dict[str, Any]], int]:
             continue
         try:
             value = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             bad += 1
             continue
         if isinstance(value, dict) and _is_number(value.get("time")) and _numbers_where_numbers_belong(value):
