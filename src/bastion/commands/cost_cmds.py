@@ -63,6 +63,7 @@ def cost_command(
                                     seq_len=spec.seq_len, top_k=1), options=stack)
         if not result.plans:
             raise ConfigError(f"No plan of {spec.name} fits on {target.name}.",
+                              fix="give a larger cluster, a smaller model or another --global-batch.",
                               hint=f"bastion plan --model {model} --cluster {cluster} "
                                    f"--global-batch {global_batch}   # says what would")
         chosen = result.plans[0].plan

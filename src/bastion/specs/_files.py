@@ -34,7 +34,8 @@ def read_mapping(path: Path) -> dict[str, Any]:
         raise ConfigError(f"Cannot read {path}: {exc.strerror or exc}.",
                           fix="check the file's permissions, or give another path.") from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold one object (a table of fields), not {type(data).__name__}.")
+        raise ConfigError(f"{path} must hold one object (a table of fields), not {type(data).__name__}.",
+                          fix="write the fields as TOML `name = value` lines or as one JSON object.")
     if not data:
         raise ConfigError(f"{path} is empty: it holds no fields.",
                           fix="write the fields into it (TOML `name = value` lines or one JSON object).")

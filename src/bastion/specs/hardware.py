@@ -110,7 +110,8 @@ class Network:
                               f", scale_out_latency_us {self.scale_out_latency_us:g}.",
                               fix="give latencies in microseconds, e.g. 3.0 (NVLink) and 5.0 (InfiniBand).")
         if self.oversubscription < 1.0:
-            raise ConfigError("oversubscription must be >= 1.0 (1.0 = full bisection bandwidth).")
+            raise ConfigError("oversubscription must be >= 1.0 (1.0 = full bisection bandwidth).",
+                              fix="set oversubscription in the network table to 1.0 or more.")
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,8 @@ def cluster_from_mapping(data: dict[str, Any], what: str) -> Cluster:
         network = default_network(acc)
     else:
         if not isinstance(net_data, dict):
-            raise ConfigError(f"'network' in {what} must be a table.")
+            raise ConfigError(f"'network' in {what} must be a table.",
+                              fix="write it as a [network] table of fields (see `bastion hardware`).")
         check_keys(net_data, Network, f"{what} [network]")
         types = {f.name: f.type for f in fields(Network)}
         defaults = asdict(default_network(acc))

@@ -97,7 +97,8 @@ class ModelSpec:
             raise ConfigError(f"{what}: num_heads {self.num_heads} is not a multiple of num_kv_heads "
                               f"{self.num_kv_heads}.", fix="GQA needs each kv head shared by a whole group.")
         if self.position_embedding == "rope" and self.head_dim % 2:
-            raise ConfigError(f"{what}: RoPE needs an even head_dim, got {self.head_dim}.")
+            raise ConfigError(f"{what}: RoPE needs an even head_dim, got {self.head_dim}.",
+                              fix="choose num_heads (or head_dim) so that the head width is even.")
 
     # ---- derived shapes -------------------------------------------------------------------------
     @property
