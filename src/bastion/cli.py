@@ -54,6 +54,17 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+    except OSError as exc:
+        # a path the operating system refuses (a name too long, no permission, a full disk) wherever bastion met
+        # it: the user's to fix, like a BastionError
+        if debug:
+            raise
+        name = str(exc.filename or "")
+        shown = name if len(name) <= 120 else f"{name[:60]}…({len(name)} characters)"
+        report_error(BastionError(f"{exc.strerror or exc}{': ' + shown if shown else ''}.",
+                                  fix="check the path (its length, that it exists, its permissions) and the free "
+                                      "space, or give another path."))
+        sys.exit(2)
 
 
 if __name__ == "__main__":

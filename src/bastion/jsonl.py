@@ -28,7 +28,7 @@ def read_json_lines_counted(path: Path) -> tuple[list[Any], int]:
             continue
         try:
             values.append(json.loads(line))
-        except ValueError:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
+        except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
             bad += 1
     return values, bad
 

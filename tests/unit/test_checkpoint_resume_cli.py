@@ -27,7 +27,8 @@ def snapshot(path: Path) -> dict[str, tuple[int, int]]:
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data")
-    (out / "tokens.bin").write_bytes(bytes(range(256)) * 40)
+    # 5,120 little-endian uint16 ids below the vocabulary of 256 (the pre-start check scans them)
+    (out / "tokens.bin").write_bytes(b"".join(i.to_bytes(2, "little") for i in range(256)) * 20)
     (out / "meta.json").write_text(json.dumps({"dtype": "uint16", "num_tokens": 5120, "vocab_size": 256,
                                                "tokenizer": "byte", "documents": 1}))
     return out

@@ -59,7 +59,7 @@ def test_estimate_seq_len_must_be_positive(value: str, capsys: CaptureFixture) -
 @pytest.mark.parametrize("value", ["-1", "0", "nan", "inf"])
 def test_estimate_token_budget_must_be_positive_and_finite(value: str, capsys: CaptureFixture) -> None:
     # --tokens -1 used to print a negative time to train (and "tokens": -1.0 in --json)
-    user_error([*ESTIMATE, "--tokens", value, "--json"], capsys, "--tokens must be a positive number")
+    user_error([*ESTIMATE, "--tokens", value, "--json"], capsys, "--tokens must be", "To fix: give the token budget")
 
 
 @pytest.mark.parametrize(("flag", "value", "suggestion"),
@@ -231,11 +231,13 @@ COST = ["cost", "--model", "llama3-8b", "--cluster", "h100-sxm:64", "--tokens", 
 
 @pytest.mark.parametrize(("extra", "expected"), [
     (["--mtbf-hours", "-5"], "--mtbf-hours must be > 0, got -5."),  # used to say "got -18000.0" (seconds)
-    (["--capex-per-gpu", "-1"], "--capex-per-gpu must be >= 0 USD"),  # used to price owned GPUs negative
+    (["--capex-per-gpu", "-1"], "--capex-per-gpu must be >= 0, got -1"),  # used to price owned GPUs negative
     (["--seq-len", "0"], "--seq-len must be >= 1, got 0"),  # used to fall back to the model's
-    (["--pue", "0.5"], "PUE must be >= 1"),
-    (["--years", "0"], "amortisation period must be > 0 years"),
-    (["--electricity", "-1"], "electricity price must be >= 0"),
+    (["--pue", "0.5"], "--pue must be >= 1, got 0.5"),
+    (["--years", "0"], "--years must be > 0, got 0"),
+    (["--electricity", "-1"], "--electricity must be >= 0, got -1"),
+    (["--electricity", "inf"], "--electricity must be finite, got inf"),  # used to print "Infinity" in --json
+    (["--mtbf-hours", "0"], "To fix: give the job's mean time between failures"),  # used to have no "To fix:"
 ])
 def test_cost_impossible_values(extra: list[str], expected: str, capsys: CaptureFixture) -> None:
     user_error([*COST, *extra, "--json"], capsys, expected)
@@ -246,7 +248,7 @@ def test_cost_token_budget_must_be_finite(tokens: str, capsys: CaptureFixture) -
     # used to print "nan tokens ... wall nan h" (and NaN in --json)
     argv = list(COST)
     argv[argv.index("--tokens") + 1] = tokens
-    user_error([*argv, "--json"], capsys, "--tokens must be a positive number")
+    user_error([*argv, "--json"], capsys, "--tokens must be", "To fix: give the token budget")
 
 
 def test_cost_plan_and_global_batch_conflict(tmp_path: Path, capsys: CaptureFixture) -> None:

@@ -49,3 +49,21 @@ def test_simulate_and_report_mistakes_are_guidance(tmp_path, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["report", str(tmp_path), "--html", str(tmp_path)])
     assert exc.value.code == 2 and f"--html {tmp_path} is a directory" in capsys.readouterr().err
+
+
+def test_shared_options_are_one_declaration() -> None:
+    # commands/options.py declares each shared option once: every command that takes it shows the same flags
+    # and help (a command that redeclared --model its own way would show it differently)
+    import typer.main
+
+    from bastion.cli import app
+
+    group = typer.main.get_command(app)
+    shared = {"--model": ("estimate", "plan", "cost"), "--cluster": ("estimate", "plan", "cost"),
+              "--software": ("estimate", "plan", "cost"), "--seq-len": ("estimate", "plan", "cost"),
+              "--global-batch": ("estimate", "plan", "cost"), "--tokens": ("estimate", "cost"),
+              "--json": ("models", "hardware", "software", "estimate", "validate", "plan", "report", "cost",
+                         "simulate", "demo")}
+    for flag, commands in shared.items():
+        seen = {(tuple(p.opts), p.help) for name in commands for p in group.commands[name].params if flag in p.opts}
+        assert len(seen) == 1, (flag, seen)

@@ -111,7 +111,7 @@ def test_bad_command_lines_are_guidance_errors(tmp_path, capsys) -> None:
                            (("--workload", "w.toml", "--synthetic", "3"), "not both"),
                            (("--synthetic", "3", "--policy", "lottery"), "Unknown policy 'lottery'"),
                            (("--synthetic", "3", "--placement", "best"), "Unknown placement"),
-                           (("--synthetic", "0"), "at least 1 job"),
+                           (("--synthetic", "0"), "--synthetic must be >= 1"),
                            (("--workload", str(tmp_path / "missing.toml")), "File not found")]:
         code, _, err = cli(capsys, "--cluster", cluster, *args)
         assert code == 2, (args, err)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
-import typer
-
 from bastion.cli import app
+from bastion.commands import options
+from bastion.outputs import dumps_json
 
 
 def _human_params(n: int) -> str:
@@ -14,7 +12,7 @@ def _human_params(n: int) -> str:
 
 
 @app.command("models")
-def models_command(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+def models_command(as_json: options.AsJson = False) -> None:
     """List the model presets with their parameter counts."""
     from rich.console import Console
     from rich.table import Table
@@ -23,7 +21,7 @@ def models_command(as_json: bool = typer.Option(False, "--json", help="Print JSO
 
     rows = [load_model(name) for name in model_presets()]
     if as_json:
-        print(json.dumps([{**m.to_dict(), "total_params": m.total_params()} for m in rows], indent=2))
+        print(dumps_json([{**m.to_dict(), "total_params": m.total_params()} for m in rows], indent=2))
         return
     table = Table(title="model presets")
     for col in ("name", "params", "layers", "hidden", "heads/kv", "ffn", "vocab", "seq"):
@@ -37,7 +35,7 @@ def models_command(as_json: bool = typer.Option(False, "--json", help="Print JSO
 
 
 @app.command("hardware")
-def hardware_command(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables.")) -> None:
+def hardware_command(as_json: options.AsJson = False) -> None:
     """List the accelerator catalog and the cluster presets (use them as --cluster NAME or ACCEL:N)."""
     from dataclasses import asdict
 
@@ -49,7 +47,7 @@ def hardware_command(as_json: bool = typer.Option(False, "--json", help="Print J
     accs = [load_accelerator(n) for n in accelerator_names()]
     clusters = [load_cluster(n) for n in cluster_presets()]
     if as_json:
-        print(json.dumps({"accelerators": [asdict(a) for a in accs],
+        print(dumps_json({"accelerators": [asdict(a) for a in accs],
                           "clusters": [c.to_dict() for c in clusters]}, indent=2))
         return
     table = Table(title="accelerators (dense peaks)")
@@ -71,7 +69,7 @@ def hardware_command(as_json: bool = typer.Option(False, "--json", help="Print J
 
 
 @app.command("software")
-def software_command(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables.")) -> None:
+def software_command(as_json: options.AsJson = False) -> None:
     """List the software stacks (`--software NAME` of estimate, plan, cost and validate) and the attention kernels
     they run."""
     from dataclasses import asdict
@@ -92,7 +90,7 @@ def software_command(as_json: bool = typer.Option(False, "--json", help="Print J
     kernels = attention_kernels()
     defaults = asdict(PredictOptions())
     if as_json:
-        print(json.dumps({"stacks": [{"name": s.name, "description": s.description, "source": s.source,
+        print(dumps_json({"stacks": [{"name": s.name, "description": s.description, "source": s.source,
                                       "framework_releases": releases[s.name], "options": asdict(s.options)}
                                      for s in stacks.values()],
                           "attention_kernels": [asdict(k) for k in kernels.values()]}, indent=2))

@@ -1,8 +1,10 @@
-"""Checks of flag values that several commands share (torch-free, cheap to import)."""
+"""Checks of flag values that several commands share (torch-free, cheap to import).
+
+TODO(issue 12): `train` and `launch` take `commands/options.py`'s SeqLen, which checks --seq-len as it is parsed;
+then this module goes.
+"""
 
 from __future__ import annotations
-
-import math
 
 from bastion.errors import ConfigError
 
@@ -12,10 +14,3 @@ def check_seq_len(seq_len: int | None) -> None:
     if seq_len is not None and seq_len < 1:
         raise ConfigError(f"--seq-len must be >= 1, got {seq_len}.",
                           fix="give the tokens per sequence (e.g. --seq-len 4096), or leave it out for the model's.")
-
-
-def check_tokens(tokens: float | None) -> None:
-    """--tokens, when given, is a finite positive token budget."""
-    if tokens is not None and not (math.isfinite(tokens) and tokens > 0):
-        raise ConfigError(f"--tokens must be a positive number of tokens, got {tokens:g}.",
-                          fix="give the token budget, e.g. --tokens 15e12.")

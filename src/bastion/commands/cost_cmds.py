@@ -2,54 +2,51 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from bastion.cli import app
+from bastion.commands import options
+from bastion.commands.options import number_option
+from bastion.outputs import dumps_json
 
 
 @app.command("cost")
 def cost_command(
-    model: str = typer.Option(..., "--model", "-m", help="Preset name or path to a model file."),
-    cluster: str = typer.Option(..., "--cluster", "-c", help="Preset, ACCEL:N (e.g. h100-sxm:1024) or a file."),
-    tokens: float = typer.Option(..., "--tokens", help="Token budget of the run, e.g. 15e12."),
-    plan: Path = typer.Option(None, "--plan", help="ParallelPlan file; without it the planner picks the best plan."),
-    global_batch: int = typer.Option(None, "--global-batch", help="Sequences per step (for the planner)."),
-    seq_len: int = typer.Option(None, "--seq-len", help="Tokens per sequence (default: the model's)."),
-    capex_per_gpu: float = typer.Option(None, "--capex-per-gpu", help="All-in purchase price per GPU, USD."),
-    years: float = typer.Option(5.0, "--years", help="Depreciation period of owned GPUs, years."),
-    utilisation: float = typer.Option(0.8, "--utilisation", help="Busy fraction of owned GPU-hours."),
-    pue: float = typer.Option(1.3, "--pue", help="Data-centre power usage effectiveness."),
-    electricity: float = typer.Option(0.0825, "--electricity", help="USD per kWh."),
-    mtbf_hours: float = typer.Option(None, "--mtbf-hours", help="Job MTBF (default: scaled from Llama 3's run)."),
-    software: str = typer.Option("bastion", "--software", help="Software stack the run uses (`bastion software`)."),
-    framework: str | None = typer.Option(None, "--framework", help="Training framework instead of a named stack "
-                                         "(megatron-lm, nemo, megatron-bridge, torchtitan, ...): its release implies "
-                                         "the stack (`bastion software`)."),
-    framework_version: str | None = typer.Option(None, "--framework-version", help="Release month of --framework, "
-                                                 "YYYY-MM (default: its newest documented release)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    model: options.Model,
+    cluster: options.Cluster,
+    tokens: options.Tokens,
+    plan: Annotated[Path | None, typer.Option("--plan", help="ParallelPlan file; without it the planner picks "
+                                                             "the best plan.")] = None,
+    global_batch: options.GlobalBatch = None,
+    seq_len: options.SeqLen = None,
+    capex_per_gpu: Annotated[float | None, number_option("--capex-per-gpu", help="All-in purchase price per GPU, "
+                                                         "USD.", low=0, high=1e9,
+                                                         fix="give the all-in purchase price per GPU, e.g. "
+                                                             "--capex-per-gpu 45000.")] = None,
+    years: Annotated[float, number_option("--years", help="Depreciation period of owned GPUs, years.", above=0,
+                                          high=100)] = 5.0,
+    utilisation: Annotated[float, number_option("--utilisation", help="Busy fraction of owned GPU-hours.",
+                                                above=0, high=1)] = 0.8,
+    pue: Annotated[float, number_option("--pue", help="Data-centre power usage effectiveness.", low=1,
+                                        high=10)] = 1.3,
+    electricity: Annotated[float, number_option("--electricity", help="USD per kWh.", low=0, high=1e6)] = 0.0825,
+    mtbf_hours: options.MtbfHours = None,
+    software: options.Software = "bastion",
+    framework: options.Framework = None,
+    framework_version: options.FrameworkVersion = None,
+    as_json: options.AsJson = False,
 ) -> None:
     """Predict wall time (with failures and checkpoints), energy, and cost owned vs cloud for a token budget."""
-    from bastion.commands.checks import check_seq_len, check_tokens
     from bastion.cost import OnPremAssumptions, run_cost
     from bastion.errors import ConfigError
     from bastion.predict.frameworks import command_software
     from bastion.specs import ParallelPlan, load_cluster, load_model
 
-    check_seq_len(seq_len)
-    check_tokens(tokens)
-    stack, options, _ = command_software(software, framework, framework_version)
+    stack, predict_options, _ = command_software(software, framework, framework_version)
     software = stack.name
-    if mtbf_hours is not None and not mtbf_hours > 0:
-        raise ConfigError(f"--mtbf-hours must be > 0, got {mtbf_hours:g}.",
-                          fix="give the job's mean time between failures in hours, or leave it out for the "
-                              "published rate scaled to this cluster.")
-    if capex_per_gpu is not None and not capex_per_gpu >= 0:
-        raise ConfigError(f"--capex-per-gpu must be >= 0 USD, got {capex_per_gpu:g}.",
-                          fix="give the all-in purchase price per GPU, e.g. --capex-per-gpu 45000.")
     if plan is not None and global_batch is not None:
         raise ConfigError("--plan and --global-batch were both given; the plan file holds its own global batch.",
                           fix="drop --global-batch to cost the plan file, or drop --plan to let bastion plan "
@@ -66,22 +63,23 @@ def cost_command(
         from bastion.planner.search import PlanRequest, search
 
         result = search(PlanRequest(model=spec, cluster=target, global_batch=global_batch,
-                                    seq_len=spec.seq_len, top_k=1), options=options)
+                                    seq_len=spec.seq_len, top_k=1), options=predict_options)
         if not result.plans:
             raise ConfigError(f"No plan of {spec.name} fits on {target.name}.",
+                              fix="give a larger cluster, a smaller model or another --global-batch.",
                               hint=f"bastion plan --model {model} --cluster {cluster} "
                                    f"--global-batch {global_batch}   # says what would")
         chosen = result.plans[0].plan
     onprem = OnPremAssumptions(capex_per_gpu_usd=capex_per_gpu, amortisation_years=years,
                                utilisation=utilisation, pue=pue, electricity_usd_per_kwh=electricity)
     cost = run_cost(spec, target, chosen, tokens, seq_len=spec.seq_len, onprem=onprem, mtbf_hours=mtbf_hours,
-                    options=options)
+                    options=predict_options)
     if as_json:
         from bastion.predict.frameworks import framework_releases
         from bastion.predict.intervals import step_interval
 
         p10, p90 = step_interval(cost.step_time_s, framework is None or framework in framework_releases())
-        print(json.dumps({**cost.to_dict(), "predicted_p10_s": p10, "predicted_p90_s": p90, "plan": chosen.to_dict(),
+        print(dumps_json({**cost.to_dict(), "predicted_p10_s": p10, "predicted_p90_s": p90, "plan": chosen.to_dict(),
                           "software": software}, indent=2))
         return
     _print_cost(cost, chosen)

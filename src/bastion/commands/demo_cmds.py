@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 import sysconfig
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,8 @@ from typing import Any
 import typer
 
 from bastion.cli import app
+from bastion.commands import options
+from bastion.outputs import dumps_json
 from bastion.report.comparison import print_comparison
 from bastion.rundir.layout import SUMMARY_FILE
 from bastion.rundir.summary import read_summary
@@ -77,11 +78,11 @@ DEMO_MARKER = ".bastion-demo"
 
 @app.command("demo")
 def demo_command(
-    steps: int = typer.Option(20, "--steps", help="Optimizer steps to train."),
-    nproc: int = typer.Option(4, "--nproc", help="Worker processes (the CPU cluster cpu:N)."),
+    steps: options.Steps = 20,
+    nproc: options.Nproc = 4,
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Where the corpus and the run go."),
     quick: bool = typer.Option(False, "--quick", help="Tiny model, small corpus, 4 steps (for tests)."),
-    as_json: bool = typer.Option(False, "--json", help="Print summary.json instead of the table."),
+    as_json: options.AsJson = False,
 ) -> None:
     """Prepare a corpus, plan for the local CPU cluster, train on 4 processes, print predicted vs measured."""
     from rich.console import Console
@@ -90,11 +91,6 @@ def demo_command(
 
     console = Console(stderr=True)
     model, seq_len, global_batch = ("tiny", 64, 8) if quick else ("small", 256, 8)
-    # checked before minutes of corpus preparation, not after
-    if steps < 1:
-        raise ConfigError(f"--steps must be at least 1, got {steps}.", fix="pass --steps N with N >= 1.")
-    if nproc < 1:
-        raise ConfigError(f"--nproc must be >= 1, got {nproc}.", fix="e.g. --nproc 4.")
     if quick:
         steps = min(steps, 4)
     if out.exists() and not out.is_dir():
@@ -127,7 +123,7 @@ def demo_command(
         raise ConfigError(f"The demo's training run wrote no {SUMMARY_FILE} in {run_dir}.",
                           fix="look at the training output above for the reason, and run the demo again.")
     if as_json:
-        typer.echo(json.dumps(summary))
+        typer.echo(dumps_json(summary))
         return
     console.print("[bold]4. predicted vs measured[/]")
     print_comparison(summary)

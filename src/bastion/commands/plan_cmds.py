@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
 from bastion.cli import app
+from bastion.commands import options
+from bastion.commands.options import number_option
 from bastion.errors import ConfigError, did_you_mean
+from bastion.numbers import MAX_DEVICES, checked_number
+from bastion.outputs import dumps_json
 from bastion.planner.objectives import OBJECTIVES
 
 _PRECISIONS = ("fp32", "bf16", "fp16", "fp8")
@@ -21,16 +24,15 @@ def parse_gpus(text: str, gpus_per_node: int) -> tuple[int, ...]:
     from bastion.planner.space import gpu_counts_between
 
     try:
-        if ".." in text:
-            low, high = (int(part) for part in text.split("..", 1))
-            return gpu_counts_between(low, high, gpus_per_node)
-        count = int(text)
+        parts = [int(part) for part in text.split("..", 1)]
     except ValueError as exc:
         raise ConfigError(f"--gpus '{text}' is not a device count.",
                           fix="write N (e.g. --gpus 512) or MIN..MAX (e.g. --gpus 64..1024).") from exc
-    if count < 1:
-        raise ConfigError(f"--gpus must be >= 1, got {count}.", fix="e.g. --gpus 512.")
-    return (count,)
+    for part in parts:
+        checked_number(part, "--gpus", integer=True, low=1, high=MAX_DEVICES, fix="e.g. --gpus 512 or 64..1024.")
+    if len(parts) == 2:
+        return gpu_counts_between(parts[0], parts[1], gpus_per_node)
+    return (parts[0],)
 
 
 def parse_precisions(text: str) -> tuple[str, ...]:
@@ -82,32 +84,28 @@ def _check_pin(name: str, value: Any) -> None:
 
 @app.command("plan")
 def plan_command(
-    model: str = typer.Option(..., "--model", "-m", help="Model preset (see `bastion models`) or model file."),
-    cluster: str = typer.Option(..., "--cluster", "-c", help="Cluster preset, ACCEL:N (e.g. h100-sxm:1024) or file."),
-    global_batch: int = typer.Option(..., "--global-batch", "-b", help="Sequences per optimizer step."),
-    seq_len: int = typer.Option(0, "--seq-len", "-s", help="Tokens per sequence (default: the model's)."),
+    model: options.Model,
+    cluster: options.Cluster,
+    global_batch: options.GlobalBatch,
+    seq_len: options.SeqLen = None,
     gpus: str = typer.Option("", "--gpus", help="Device count N, or a range MIN..MAX to search several sizes "
                                                 "(default: the cluster's size)."),
-    top: int = typer.Option(5, "--top", "-k", help="How many plans to show."),
+    top: Annotated[int, number_option("--top", "-k", help="How many plans to show.", integer=True, low=1,
+                                      high=1000)] = 5,
     objective: str = typer.Option("throughput", "--objective", help=f"{OBJECTIVES.prose()}."),
     precision: str = typer.Option("bf16", "--precision",
                                   help="Matmul precisions allowed, comma-separated (e.g. bf16,fp8)."),
     fix: list[str] = typer.Option([], "--fix", help="Pin a plan field, e.g. --fix tp=8 (repeatable)."),
     save: Path | None = typer.Option(None, "--save", help="Write the winning plan here (JSON or .toml)."),
-    software: str = typer.Option("bastion", "--software", help="Software stack the plan will run on (`bastion "
-                                 "software`): bastion's runtime by default."),
-    framework: str | None = typer.Option(None, "--framework", help="Training framework instead of a named stack "
-                                         "(megatron-lm, nemo, megatron-bridge, torchtitan, ...): its release implies "
-                                         "the stack (`bastion software`)."),
-    framework_version: str | None = typer.Option(None, "--framework-version", help="Release month of --framework, "
-                                                 "YYYY-MM (default: its newest documented release)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+    software: options.Software = "bastion",
+    framework: options.Framework = None,
+    framework_version: options.FrameworkVersion = None,
+    as_json: options.AsJson = False,
     exhaustive: bool = typer.Option(False, "--no-prune", help="Predict every plan, even those the memory and "
                                                               "step-time bounds settle (for checking; slow)."),
 ) -> None:
     """Search every hybrid-parallel plan (dp·tp·pp·cp, ZeRO, micro-batch, schedule, recompute, sp,
     precision) and rank the ones that fit."""
-    from bastion.commands.checks import check_seq_len
     from bastion.planner.advice import nothing_fits
     from bastion.planner.search import PlanRequest, default_estimate, search
     from bastion.planner.space import SearchSpace
@@ -116,8 +114,7 @@ def plan_command(
     from bastion.specs.hardware import load_cluster
     from bastion.specs.model import load_model
 
-    check_seq_len(seq_len or None)  # 0, the default, is the model's length
-    stack, options, _ = command_software(software, framework, framework_version)
+    stack, predict_options, _ = command_software(software, framework, framework_version)
     software = stack.name
     if save is not None:
         from bastion.specs.plan import ParallelPlan
@@ -131,14 +128,14 @@ def plan_command(
     request = PlanRequest(model=model_spec.with_seq_len(seq), cluster=cluster_spec, global_batch=global_batch,
                           seq_len=seq, gpu_counts=counts, top_k=top, objective=objective, space=space,
                           prune=not exhaustive)
-    result = search(request, options=options)
+    result = search(request, options=predict_options)
     if not result.plans:
-        raise nothing_fits(result, estimate=default_estimate(options))
+        raise nothing_fits(result, estimate=default_estimate(predict_options))
     if save is not None:
         result.plans[0].plan.save(save)
     known = framework is None or framework in framework_releases()
     if as_json:
-        print(json.dumps({**result_json(result, known), "software": software}, indent=2))
+        print(dumps_json({**result_json(result, known), "software": software}, indent=2))
     else:
         print_result(result, save)
         print(f"predicted for software stack '{software}' (`bastion software` lists them; --software to change)")

@@ -3,13 +3,14 @@ training runs)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from bastion.cli import app
+from bastion.commands import options
+from bastion.outputs import dumps_json
 
 GIB = 2**30
 
@@ -26,12 +27,7 @@ def _build_plan(plan_file: Path | None, num_gpus: int, flags: dict[str, Any]) ->
             raise PlanError(f"--plan and plan flags ({', '.join('--' + k for k in given)}) were both given.",
                             fix="use either --plan PLAN.json or the flags, not both.", reason="bad plan file")
         return ParallelPlan.load(plan_file), []
-    notes: list[str] = []
-    for name in ("dp", "tp", "pp", "cp", "micro_batch", "vpp"):
-        if name in given and given[name] < 1:
-            raise PlanError(f"--{name.replace('_', '-')} must be >= 1, got {given[name]}.",
-                            fix=f"give --{name.replace('_', '-')} a positive integer (1 = not split that way).",
-                            reason="bad field")
+    notes: list[str] = []  # the flags' ranges were checked as they were parsed (commands/options.py)
     tp, pp, cp = given.get("tp", 1), given.get("pp", 1), given.get("cp", 1)
     if "dp" not in given:
         if num_gpus % (tp * pp * cp):
@@ -105,51 +101,42 @@ def _print_estimate(est: Any, notes: list[str], tokens: float | None, interval: 
 
 @app.command("estimate")
 def estimate_command(
-    model: str = typer.Option(..., "--model", "-m", help="Model preset (see `bastion models`) or a .toml/.json file."),
-    cluster: str = typer.Option(..., "--cluster", "-c", help="Cluster preset, ACCEL:N (e.g. h100-sxm:1024) or a file."),
-    plan: Path | None = typer.Option(None, "--plan", help="ParallelPlan file (JSON/TOML); or give the flags below."),
-    dp: int | None = typer.Option(None, "--dp", help="Data-parallel degree (default: fills the cluster)."),
-    tp: int | None = typer.Option(None, "--tp", help="Tensor-parallel degree."),
-    pp: int | None = typer.Option(None, "--pp", help="Pipeline-parallel degree."),
-    cp: int | None = typer.Option(None, "--cp", help="Context-parallel degree."),
-    zero: int | None = typer.Option(None, "--zero", help="ZeRO stage 0-3 (3 = FSDP full shard)."),
-    micro_batch: int | None = typer.Option(None, "--micro-batch", help="Sequences per micro-batch per replica."),
-    global_batch: int | None = typer.Option(None, "--global-batch", help="Sequences per optimizer step."),
-    schedule: str | None = typer.Option(None, "--schedule", help="Pipeline schedule, e.g. 1f1b, "
-                                          "interleaved-1f1b, zbv (a wrong name lists them all); default 1f1b, or "
-                                          "interleaved-1f1b with --vpp > 1."),
-    vpp: int | None = typer.Option(None, "--vpp", help="Model chunks per pipeline rank."),
-    recompute: str | None = typer.Option(None, "--recompute", help="none, selective or full."),
-    sp: bool | None = typer.Option(None, "--sp/--no-sp", help="Megatron sequence parallelism (needs tp > 1)."),
-    precision: str | None = typer.Option(None, "--precision", help="fp32, bf16, fp16 or fp8."),
-    seq_len: int | None = typer.Option(None, "--seq-len", help="Sequence length (default: the model's)."),
-    tokens: float | None = typer.Option(None, "--tokens", help="Token budget: also print the time to train it."),
-    software: str = typer.Option("bastion", "--software", help="Software stack the plan runs on (`bastion software`"
-                                 " lists them): bastion's runtime by default, e.g. production for Megatron-Core + TE."),
-    framework: str | None = typer.Option(None, "--framework", help="Training framework instead of a named stack "
-                                         "(megatron-lm, nemo, megatron-bridge, torchtitan, ...): its release implies "
-                                         "the stack (`bastion software`)."),
-    framework_version: str | None = typer.Option(None, "--framework-version", help="Release month of --framework, "
-                                                 "YYYY-MM (default: its newest documented release)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+    model: options.Model,
+    cluster: options.Cluster,
+    plan: options.PlanFile = None,
+    dp: options.Dp = None,
+    tp: options.Tp = None,
+    pp: options.Pp = None,
+    cp: options.Cp = None,
+    zero: options.Zero = None,
+    micro_batch: options.MicroBatch = None,
+    global_batch: options.GlobalBatch = None,
+    schedule: options.Schedule = None,
+    vpp: options.Vpp = None,
+    recompute: options.Recompute = None,
+    sp: options.SequenceParallel = None,
+    precision: options.Precision = None,
+    seq_len: options.SeqLen = None,
+    tokens: options.Tokens = None,
+    software: options.Software = "bastion",
+    framework: options.Framework = None,
+    framework_version: options.FrameworkVersion = None,
+    as_json: options.AsJson = False,
 ) -> None:
     """Predict memory per device and time per step of one parallel plan."""
-    from bastion.commands.checks import check_seq_len, check_tokens
     from bastion.predict import estimate
     from bastion.predict.frameworks import command_software, framework_releases
     from bastion.predict.intervals import interval_note, step_interval
     from bastion.specs import load_cluster, load_model
 
-    check_seq_len(seq_len)
-    check_tokens(tokens)
-    _, options, software_notes = command_software(software, framework, framework_version)
+    _, predict_options, software_notes = command_software(software, framework, framework_version)
     model_spec = load_model(model, seq_len)
     cluster_spec = load_cluster(cluster)
     flags = {"dp": dp, "tp": tp, "pp": pp, "cp": cp, "zero_stage": zero, "micro_batch": micro_batch,
              "global_batch": global_batch, "pp_schedule": schedule, "vpp": vpp, "recompute": recompute,
              "sequence_parallel": sp, "precision": precision}
     parallel_plan, notes = _build_plan(plan, cluster_spec.num_gpus, flags)
-    est = estimate(model_spec, cluster_spec, parallel_plan, seq_len, options=options)
+    est = estimate(model_spec, cluster_spec, parallel_plan, seq_len, options=predict_options)
     notes.extend(software_notes)
     known = framework is None or framework in framework_releases()
     p10, p90 = step_interval(est.step_time_s, known)
@@ -161,7 +148,7 @@ def estimate_command(
         if tokens:
             out["tokens"] = tokens
             out["time_to_train_s"] = est.time_to_train_s(tokens)
-        print(json.dumps(out, indent=2))
+        print(dumps_json(out, indent=2))
         return
     _print_estimate(est, notes, tokens, (p10, p90))
 
@@ -176,7 +163,7 @@ def validate_command(
     holdout: str | None = typer.Option(None, "--holdout", help="`family`: leave-one-family-out — each "
                                        "publication family's interval calibrated on the other families, with "
                                        "and without its software facts, and which families are in-sample."),
-    as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object: summary, cases, skipped."),
+    as_json: options.AsJson = False,
 ) -> None:
     """Predict the iteration time of every published run in a case file and report the errors."""
     from bastion.predict.validate import PUBLIC_CASES, ValidationReport, validate_cases
@@ -188,8 +175,17 @@ def validate_command(
     reports = [validate_cases(path, software=software) for path in paths]
     report = ValidationReport(cases=[c for r in reports for c in r.cases],
                               skipped=[s for r in reports for s in r.skipped])
+    if not report.cases:
+        from bastion.errors import ConfigError
+
+        names = ", ".join(str(path) for path in paths)
+        reasons = "; ".join(f"{row['case_id']}: {row['reason']}" for row in report.skipped[:3])
+        raise ConfigError(f"No row of {names} could be predicted ({len(report.skipped)} skipped"
+                          f"{': ' + reasons if reasons else ''}{' …' if len(report.skipped) > 3 else ''}).",
+                          fix="correct the rows (predict/data/CASES_SCHEMA.md lists the columns), or give "
+                              "another case file.")
     if as_json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(dumps_json(report.to_dict(), indent=2))
         return
     from rich.console import Console
     from rich.table import Table
@@ -231,7 +227,7 @@ def _holdout_command(paths: list[Path], holdout: str, software: str | None, as_j
                           fix="drop --software: a held-out family is predicted from its own software facts.")
     report = leave_one_family_out(paths)
     if as_json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(dumps_json(report.to_dict(), indent=2))
         return
     console = Console()
     table = Table(title="leave-one-family-out (interval calibrated on the other families)")

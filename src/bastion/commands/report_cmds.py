@@ -3,44 +3,61 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from bastion.cli import app
+from bastion.commands import options
+from bastion.commands.options import number_option
 
 
 @app.command("report")
 def report_command(
     run_dir: Path = typer.Argument(..., help="A run directory written by `bastion train --run-dir`."),
-    as_json: bool = typer.Option(False, "--json", help="Print the whole report as one JSON object."),
+    as_json: options.AsJson = False,
     html: Path | None = typer.Option(None, "--html", help="Also write a self-contained HTML page (tables and "
                                                           "SVG charts) to this file."),
-    warmup_steps: int = typer.Option(1, "--warmup-steps", min=0, help="Step records at the start of the run "
-                                     "left out of the measured step time (the first step after each restart "
-                                     "is always left out)."),
+    warmup_steps: Annotated[int, number_option("--warmup-steps", help="Step records at the start of the run "
+                                               "left out of the measured step time (the first step after each "
+                                               "restart is always left out).", integer=True, low=0,
+                                               high=10**9)] = 1,
     cluster: str | None = typer.Option(None, "--cluster", help="Predict from plan.json + model.json on this "
                                        "cluster (default: the prediction summary.json recorded, if any)."),
 ) -> None:
     """Predicted vs measured step time, throughput, MFU and memory; wall time, restarts, recomputed steps,
     checkpoint stalls and goodput against the reliability model; loss and NaN rollbacks."""
-    import json
-
+    from bastion.outputs import dumps_json
     from bastion.report import build_report, load_run
 
     if html is not None and html.is_dir():
         from bastion.errors import ConfigError
 
         raise ConfigError(f"--html {html} is a directory.", fix=f"name the page to write: --html {html / 'report.html'}")
+    if html is not None:
+        from bastion.outputs import check_output_file
+
+        check_output_file(html, "the HTML report", fix=f"name a page to write in a directory you can write to, "
+                                                       f"e.g. --html {Path('report.html')}")
+    if cluster is not None:
+        from bastion.specs.hardware import load_cluster
+
+        load_cluster(cluster)  # a name that is no cluster is a guidance error, not a report without a prediction
     run = load_run(run_dir)
     report = build_report(run, warmup_steps=warmup_steps, cluster=cluster)
     if html is not None:
+        from bastion.outputs import write_error
         from bastion.report.html import render_html
         from bastion.rundir.records import current_run
 
-        html.parent.mkdir(parents=True, exist_ok=True)
-        html.write_text(render_html(report, run.summary, current_run(run.records)))
+        page = render_html(report, run.summary, current_run(run.records))
+        try:
+            html.parent.mkdir(parents=True, exist_ok=True)
+            html.write_text(page)
+        except OSError as exc:
+            raise write_error(exc, html, "the HTML report", "give --html a path you can write to.") from exc
     if as_json:
-        typer.echo(json.dumps(report, indent=2, default=str))
+        typer.echo(dumps_json(report, indent=2, default=str))
         return
     from bastion.report.text import print_report
 

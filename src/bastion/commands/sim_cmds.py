@@ -2,29 +2,41 @@
 
 from __future__ import annotations
 
-import json
+from typing import Annotated
 
 import typer
 
 from bastion.cli import app
+from bastion.commands import options
+from bastion.commands.options import number_option
+from bastion.outputs import dumps_json
 from bastion.sim.policies import POLICIES
+
+#: synthetic jobs one simulation draws (a month of a large shared cluster is a few thousand)
+MAX_SYNTHETIC_JOBS = 20_000
 
 
 @app.command("simulate")
 def simulate_command(
     cluster: str = typer.Option(..., "--cluster", "-c", help="Inventory file: [[pool]] and [[tenant]] tables."),
     workload: str = typer.Option(None, "--workload", "-w", help="Workload file: [[job]] tables."),
-    synthetic: int = typer.Option(None, "--synthetic", help="Instead of --workload: N seeded synthetic jobs."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the synthetic workload and of the sampled failures."),
-    span_hours: float = typer.Option(720.0, "--span-hours", help="Synthetic arrivals spread over this many hours."),
+    synthetic: Annotated[int | None, number_option("--synthetic", help="Instead of --workload: N seeded synthetic "
+                                                   "jobs.", integer=True, low=1, high=MAX_SYNTHETIC_JOBS,
+                                                   fix="e.g. --synthetic 200.")] = None,
+    seed: options.Seed = 0,
+    span_hours: Annotated[float, number_option("--span-hours", help="Synthetic arrivals spread over this many "
+                                               "hours.", above=0, high=24 * 365 * 10,
+                                               fix="e.g. --span-hours 720 (a month).")] = 720.0,
     policy: list[str] = typer.Option(["backfill"], "--policy", "-p",
                                      help=f"{POLICIES.prose()}; repeat to compare policies."),
     placement: str = typer.Option("fastest", "--placement", help="fastest (earliest predicted finish) or first-fit."),
     no_failures: bool = typer.Option(False, "--no-failures", help="Do not sample failures or checkpoint stalls."),
-    half_life: float = typer.Option(168.0, "--fair-half-life", help="Hours after which `fair` counts a GPU-hour "
-                                    "of past usage half (Slurm's default: 168); inf never forgets."),
-    jobs_shown: int = typer.Option(15, "--jobs", help="Job rows to print for a single policy (0: none)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    half_life: Annotated[float, number_option("--fair-half-life", help="Hours after which `fair` counts a GPU-hour "
+                                              "of past usage half (Slurm's default: 168); inf never forgets.",
+                                              above=0, allow_inf=True)] = 168.0,
+    jobs_shown: Annotated[int, number_option("--jobs", help="Job rows to print for a single policy (0: none).",
+                                             integer=True, low=0, high=10**6)] = 15,
+    as_json: options.AsJson = False,
 ) -> None:
     """Simulate gang-scheduled training jobs on a multi-pool, multi-tenant cluster: waits, utilisation, failures."""
     from bastion.errors import ConfigError
@@ -46,7 +58,7 @@ def simulate_command(
     resolved = resolve(jobs.jobs, inventory, perf)
     results = [simulate(resolved, inventory, config) for config in configs]
     if as_json:
-        print(json.dumps({"cluster": inventory.name, "workload": jobs.name, "jobs": len(jobs.jobs),
+        print(dumps_json({"cluster": inventory.name, "workload": jobs.name, "jobs": len(jobs.jobs),
                           "pools": [{"name": p.name, "accelerator": p.accelerator, "nodes": p.nodes,
                                      "gpus_per_node": p.gpus_per_node} for p in inventory.pools],
                           "planner_searches": perf.searches,

@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
 from bastion.cli import app
+from bastion.commands.options import number_option
 from bastion.specs.model import ModelSpec
 from bastion.specs.plan import ParallelPlan
 
@@ -320,18 +321,15 @@ def data_prepare_command(
     out: Path = typer.Option(..., "--out", help="Dataset directory to write."),
     tokenizer: Path | None = typer.Option(None, "--tokenizer", help="HuggingFace tokenizer.json "
                                                                      "(default: built-in byte-level)."),
-    max_mb: float | None = typer.Option(None, "--max-mb", help="Stop after this many MB of text."),
+    max_mb: Annotated[float | None, number_option("--max-mb", help="Stop after this many MB of text.", above=0,
+                                                  high=1e9, fix="give how many MB of text to read (e.g. --max-mb "
+                                                                "100), or leave it out for all.")] = None,
     as_json: bool = typer.Option(False, "--json", help="Print the dataset's meta.json."),
 ) -> None:
     """Tokenise TEXT... into a memory-mapped token dataset for `bastion train --data`."""
     import json
 
-    from bastion.errors import ConfigError
     from bastion.runtime.data import prepare_dataset
-
-    if max_mb is not None and not max_mb > 0:
-        raise ConfigError(f"--max-mb must be > 0, got {max_mb:g}.",
-                          fix="give how many MB of text to read (e.g. --max-mb 100), or leave it out for all.")
 
     meta = prepare_dataset(texts, out, tokenizer, int(max_mb * 1e6) if max_mb else None)
     if as_json:

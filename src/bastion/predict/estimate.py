@@ -34,8 +34,9 @@ from bastion.specs.plan import ParallelPlan
 
 DEFAULT_OPTIONS = PredictOptions()
 
-MFU_CONVENTION = ("MFU = PaLM model FLOPs (6·N_matmul + 12·L·h·s per token, no recompute) / (step time × devices "
-                  "× dense peak of the plan's precision); HFU adds the recomputed forward passes")
+MFU_CONVENTION = ("MFU = model FLOPs of a causal decoder (6·N_matmul + 6·L·h·s per token: PaLM's count with the "
+                  "masked half of attention left out, no recompute) / (step time × devices × dense peak of the "
+                  "plan's precision); HFU adds the recomputed forward passes")
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,12 @@
 """FLOP counts of a decoder-only transformer, per token, and the model-FLOPs convention MFU is reported in.
 
-Convention for MFU (stated in every estimate): PaLM's model FLOPs per token = 6·N + 12·L·h_q·s, where N is the
-matrix parameters a token passes through (all layers + the LM head, no embedding lookups) and the attention term
-counts the full (non-causal) score and value products; divided by the dense peak of the plan's precision. HFU adds
-the recomputed forward passes.
+Convention for MFU (stated in every estimate): model FLOPs per token = 6·N + 6·L·h_q·s, where N is the matrix
+parameters a token passes through (all layers + the LM head, no embedding lookups) and the attention term counts
+the score and value products a causal decoder needs: each token attends to the tokens before it, half of the s×s
+products (NeMo's flops formulas, `causal_self_attn`). PaLM's 12·L·h_q·s counts the masked half as well, work that
+a flash kernel skips and no device performs: with it, a long-sequence estimate (attention-bound, the kernel at
+~60-80% of the peak on half the products) reported an MFU above 100%. Divided by the dense peak of the plan's
+precision. HFU adds the recomputed forward passes (also causal).
 """
 
 from __future__ import annotations
@@ -40,9 +43,10 @@ def head_flops_per_token(model: ModelSpec) -> float:
 
 
 def model_flops_per_token(model: ModelSpec, seq_len: int) -> float:
-    """PaLM-convention training FLOPs per token: 6·N_matmul + 12·L·h_q·s (forward + backward, no recompute)."""
+    """Training FLOPs per token of a causal decoder: 6·N_matmul + 6·L·h_q·s (forward + backward = 3 forwards, no
+    recompute; the attention of a token covers the tokens before it)."""
     n_matmul = model.num_layers * layer_matmul_params(model) + model.vocab_size * model.hidden_size
-    return 6.0 * n_matmul + 12.0 * model.num_layers * model.q_width * seq_len
+    return 6.0 * n_matmul + 3.0 * model.num_layers * attention_flops_per_token(model, seq_len, causal=True)
 
 
 def every_second_matmul_params(model: ModelSpec) -> int:
@@ -55,9 +59,9 @@ def every_second_matmul_params(model: ModelSpec) -> int:
 
 def recompute_flops_per_token(model: ModelSpec, seq_len: int, recompute: str,
                               selective: str = "attention-core") -> float:
-    """Extra FLOPs per token spent recomputing forward passes (model-FLOPs convention, full attention);
+    """Extra FLOPs per token spent recomputing forward passes (model-FLOPs convention, causal attention);
     `selective` is what the software's selective mode re-runs (PredictOptions.selective_recompute)."""
-    attention = attention_flops_per_token(model, seq_len, causal=False)
+    attention = attention_flops_per_token(model, seq_len, causal=True)
     if recompute == "full":
         return model.num_layers * (layer_gemm_flops_per_token(model) + attention)
     if recompute == "selective":

@@ -75,7 +75,8 @@ class MetricsLines:
 def read_metrics(run_dir: Path) -> MetricsLines:
     """Every record of metrics.jsonl and the count of lines that are not one; empty when there is no file."""
     values, bad = read_json_lines_counted(metrics_path(run_dir))
-    records = [v for v in values if isinstance(v, dict) and _is_number(v.get("time"))]
+    records = [v for v in values if isinstance(v, dict) and _is_number(v.get("time"))
+               and _numbers_where_numbers_belong(v)]
     return MetricsLines(records, bad + len(values) - len(records))
 
 
@@ -86,3 +87,16 @@ def read_records(run_dir: Path) -> list[dict[str, Any]]:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+#: fields of a step record that the accounting does arithmetic on (`mfu` and `mem_gib` may be null)
+_STEP_NUMBERS = ("step_time_s", "tokens_per_s", "loss")
+
+
+def _numbers_where_numbers_belong(record: dict[str, Any]) -> bool:
+    """A step record whose step is a whole number and whose figures are numbers (a damaged or foreign line is
+    counted as unreadable, not met later as a TypeError)."""
+    if "event" in record or "step" not in record:
+        return True
+    return (isinstance(record["step"], int) and not isinstance(record["step"], bool)
+            and all(_is_number(record[key]) for key in _STEP_NUMBERS if key in record))

@@ -85,7 +85,7 @@ def read_json_object(path: Path) -> dict[str, Any] | None:
         return None
     try:
         data = json.loads(path.read_text())
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, RecursionError) as exc:  # RecursionError: nested too deeply to be bastion's
         raise RunDirError(
             f"{path} is not valid JSON ({exc}); it was cut short or is being written.",
             fix=(f"if the run is finishing, wait a moment and rerun; otherwise move {path.name} aside and "

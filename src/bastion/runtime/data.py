@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from bastion.errors import DataError
+from bastion.outputs import check_output_dir, write_error
 
 TOKENS_FILE = "tokens.bin"
 META_FILE = "meta.json"
@@ -27,12 +28,17 @@ BYTE_VOCAB = 256
 
 
 # ---- preparing a dataset -----------------------------------------------------------------------------
-def _text_files(paths: Iterable[str | Path]) -> list[Path]:
+def _text_files(paths: Iterable[str | Path], out: Path) -> list[Path]:
+    """The files to tokenise, never the dataset files in `out`: `prepare DIR --out DIR` (or `--out DIR/tokens`)
+    must not read back the tokens it wrote the time before."""
     files: list[Path] = []
+    own = out.resolve()
+    dataset_files = {TOKENS_FILE, META_FILE, f".{TOKENS_FILE}.tmp", f".{META_FILE}.tmp"}
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.is_file()))
+            files.extend(sorted(p for p in path.rglob("*")
+                                if p.is_file() and not (p.name in dataset_files and p.resolve().parent == own)))
         elif path.is_file():
             files.append(path)
         else:
@@ -55,7 +61,12 @@ def prepare_dataset(inputs: Iterable[str | Path], out_dir: str | Path, tokenizer
     once complete (meta.json last, so a reader never pairs new tokens with old metadata); an interrupted or
     failed run leaves the directory as it was. A dataset of no tokens is refused, not written.
     """
-    files = _text_files(inputs)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is a file, not a directory.",
+                        fix="give a new or existing dataset directory for --out.")
+    check_output_dir(out, "the dataset", fix="give --out a directory you can write to.")
+    files = _text_files(inputs, out)
     encoder = None
     if tokenizer_json is not None:
         if not Path(tokenizer_json).is_file():
@@ -74,18 +85,21 @@ def prepare_dataset(inputs: Iterable[str | Path], out_dir: str | Path, tokenizer
     else:
         vocab_size = BYTE_VOCAB
     dtype = np.uint16 if vocab_size <= 1 << 16 else np.uint32
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise DataError(f"--out {out} is a file, not a directory.",
-                        fix="give a new or existing dataset directory for --out.")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(exc, out, "the dataset", "give --out a directory you can write to.") from exc
     tmp_tokens = out / f".{TOKENS_FILE}.tmp"
     tmp_meta = out / f".{META_FILE}.tmp"
     num_tokens, documents, total_bytes = 0, 0, 0
     try:
         with open(tmp_tokens, "wb") as sink:
             for path in files:
-                raw = path.read_bytes()
+                try:
+                    raw = path.read_bytes()
+                except OSError as exc:
+                    raise DataError(f"Cannot read text input {path}: {exc.strerror or exc}.",
+                                    fix="check its permissions, or leave it out.") from exc
                 if max_bytes is not None and total_bytes + len(raw) > max_bytes:
                     raw = raw[: max(0, max_bytes - total_bytes)]
                 if not raw:
@@ -110,6 +124,9 @@ def prepare_dataset(inputs: Iterable[str | Path], out_dir: str | Path, tokenizer
         (out / META_FILE).unlink(missing_ok=True)  # between the two renames the directory is "not a dataset"
         tmp_tokens.replace(out / TOKENS_FILE)
         tmp_meta.replace(out / META_FILE)
+    except OSError as exc:
+        raise write_error(exc, out, "the dataset", "free space or give --out another directory; the dataset "
+                                                   "there was left as it was.") from exc
     finally:
         tmp_tokens.unlink(missing_ok=True)
         tmp_meta.unlink(missing_ok=True)
@@ -135,8 +152,16 @@ class TokenDataset:
         return self.tokens[start: start + self.seq_len + 1]
 
 
-def check_dataset_dir(data_dir: str | Path) -> dict:
-    """meta.json of a dataset, or a DataError saying how to make one (used before any process starts)."""
+#: token ids the pre-start check reads looking for ids outside the vocabulary (a bounded scan: 8 MiB of uint16)
+SCAN_TOKENS = 1 << 22
+
+
+def check_dataset_dir(data_dir: str | Path, model_vocab: int | None = None) -> dict:
+    """meta.json of a dataset whose files agree with it, or a DataError saying how to make one. Torch-free and
+    bounded, so `train` and every `launch` backend run it before any worker starts: meta.json is one UTF-8 JSON
+    object with a known dtype and integer counts; tokens.bin holds exactly num_tokens tokens (not truncated,
+    not empty); the first SCAN_TOKENS ids and the last ones are below the vocabulary (the dataset's, and
+    `model_vocab` when given)."""
     path = Path(data_dir)
     hint = "bastion data prepare FILE_OR_DIR... --out DIR"
     if not path.is_dir():
@@ -145,24 +170,54 @@ def check_dataset_dir(data_dir: str | Path) -> dict:
     if not (path / META_FILE).is_file() or not (path / TOKENS_FILE).is_file():
         raise DataError(f"'{path}' is not a bastion token dataset (no {META_FILE} / {TOKENS_FILE}).",
                         fix="point --data at a directory written by `bastion data prepare`.", hint=hint)
+    redo = "re-create the dataset with `bastion data prepare`."
     try:
-        meta = json.loads((path / META_FILE).read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path / META_FILE} is not valid JSON ({exc.msg}).",
-                        fix="re-create the dataset.", hint=hint) from exc
+        meta = json.loads((path / META_FILE).read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path / META_FILE} is not UTF-8 text.", fix=redo, hint=hint) from exc
+    except (ValueError, RecursionError) as exc:
+        raise DataError(f"{path / META_FILE} is not valid JSON ({getattr(exc, 'msg', exc)}).",
+                        fix=redo, hint=hint) from exc
+    except OSError as exc:
+        raise DataError(f"Cannot read {path / META_FILE}: {exc.strerror or exc}.", fix=redo, hint=hint) from exc
+    if not isinstance(meta, dict):
+        raise DataError(f"{path / META_FILE} must hold one JSON object, not {type(meta).__name__}.", fix=redo,
+                        hint=hint)
     if meta.get("dtype") not in ("uint16", "uint32"):
         raise DataError(f"{path / META_FILE}: dtype must be uint16 or uint32, got {meta.get('dtype')!r}.",
-                        fix="re-create the dataset.", hint=hint)
+                        fix=redo, hint=hint)
+    for key in ("num_tokens", "vocab_size"):
+        value = meta.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1 << 48:
+            raise DataError(f"{path / META_FILE}: {key} must be a positive whole number, got {value!r}.",
+                            fix=redo, hint=hint)
+    itemsize = np.dtype(meta["dtype"]).itemsize
+    size = (path / TOKENS_FILE).stat().st_size
+    if size != meta["num_tokens"] * itemsize:
+        held = f"{size // itemsize:,} tokens" + (f" and {size % itemsize} stray byte(s)" if size % itemsize else "")
+        raise DataError(f"{path / TOKENS_FILE} holds {held}, but {META_FILE} says {meta['num_tokens']:,}: the "
+                        f"dataset is truncated or its files do not belong together.", fix=redo, hint=hint)
+    if model_vocab is not None and meta["vocab_size"] > model_vocab:
+        raise DataError(f"The dataset's vocabulary ({meta['vocab_size']} tokens) is larger than the model's "
+                        f"({model_vocab}).", fix="use a model whose vocab_size covers the tokenizer, "
+                                             "or re-tokenise with a smaller vocabulary.")
+    vocab = meta["vocab_size"]
+    tokens = np.memmap(path / TOKENS_FILE, dtype=np.dtype(meta["dtype"]), mode="r")
+    for start in sorted({0, max(0, len(tokens) - SCAN_TOKENS)}):
+        chunk = np.asarray(tokens[start: start + SCAN_TOKENS])
+        bad = np.flatnonzero(chunk >= vocab)
+        if bad.size:
+            at = start + int(bad[0])
+            raise DataError(f"{path / TOKENS_FILE}: token {at:,} has id {int(tokens[at])}, outside the vocabulary "
+                            f"of {vocab:,} ids ({META_FILE}).",
+                            fix="tokenise the text with the model's tokenizer (`bastion data prepare "
+                                "--tokenizer`), or use a model whose vocab_size covers it.", hint=hint)
     return meta
 
 
 def open_dataset(data_dir: str | Path, seq_len: int, model_vocab: int | None = None) -> TokenDataset:
     path = Path(data_dir)
-    meta = check_dataset_dir(path)
-    if model_vocab is not None and meta["vocab_size"] > model_vocab:
-        raise DataError(f"The dataset's vocabulary ({meta['vocab_size']} tokens) is larger than the model's "
-                        f"({model_vocab}).", fix="use a model whose vocab_size covers the tokenizer, "
-                                                  "or re-tokenise with a smaller vocabulary.")
+    meta = check_dataset_dir(path, model_vocab)
     tokens = np.memmap(path / TOKENS_FILE, dtype=np.dtype(meta["dtype"]), mode="r")
     dataset = TokenDataset(path=path, tokens=tokens, vocab_size=int(meta["vocab_size"]), seq_len=seq_len)
     if dataset.num_windows < 1:

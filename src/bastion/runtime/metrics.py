@@ -19,12 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from bastion.predict.flops import model_flops_per_token  # noqa: F401 - the one count; train.py reads it here
 from bastion.runtime.model import build_model, canonical_name
 from bastion.specs.model import ModelSpec
-
-
-def model_flops_per_token(spec: ModelSpec, seq_len: int) -> float:
-    return 6.0 * spec.matmul_params() + 12.0 * spec.num_layers * spec.q_width * seq_len
 
 
 # ---- memory --------------------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ def check_request(model: str, plan_path: str, data_dir: str | None, world_size: 
         raise ConfigError(f"--steps must be at least 1, got {steps}.", fix="pass --steps N with N >= 1.")
     if data_dir is None:
         return CheckedRequest(spec=spec, plan=plan, data_meta={})
-    meta = check_dataset_dir(data_dir)
+    meta = check_dataset_dir(data_dir, spec.vocab_size)  # files agree with meta.json, ids inside the vocab
     if meta["vocab_size"] > spec.vocab_size:
         raise DataError(f"The dataset's vocabulary ({meta['vocab_size']} tokens) is larger than the model's "
                         f"({spec.vocab_size}).", fix="use a model whose vocab_size covers the tokenizer, "

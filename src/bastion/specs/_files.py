@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from dataclasses import fields
 from pathlib import Path
@@ -22,14 +23,19 @@ def read_mapping(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text()
         data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"Cannot parse {path}: {exc}",
+    except (ValueError, UnicodeDecodeError) as exc:  # JSON/TOML syntax, or a number of over 4,300 digits
+        raise ConfigError(f"Cannot parse {path}: {str(exc)[:300]}",
                           fix="write it as TOML (.toml) or JSON (.json).") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"Cannot parse {path}: it is nested too deeply.",
+                          fix="write it as one flat table of fields (TOML `name = value` lines or one JSON "
+                              "object).") from exc
     except OSError as exc:
         raise ConfigError(f"Cannot read {path}: {exc.strerror or exc}.",
                           fix="check the file's permissions, or give another path.") from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold one object (a table of fields), not {type(data).__name__}.")
+        raise ConfigError(f"{path} must hold one object (a table of fields), not {type(data).__name__}.",
+                          fix="write the fields as TOML `name = value` lines or as one JSON object.")
     if not data:
         raise ConfigError(f"{path} is empty: it holds no fields.",
                           fix="write the fields into it (TOML `name = value` lines or one JSON object).")
@@ -54,6 +60,8 @@ def coerce(value: Any, typ: Any, name: str, what: str) -> Any:
                 raise ValueError
             return int(value)
         if typ_name.startswith("float"):
+            if isinstance(value, bool) or not math.isfinite(float(value)):
+                raise ValueError
             return float(value)
         if typ_name.startswith("bool"):
             if isinstance(value, str):
@@ -65,7 +73,7 @@ def coerce(value: Any, typ: Any, name: str, what: str) -> Any:
             return bool(value)
         if typ_name.startswith("str"):
             return str(value)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ConfigError(f"Field '{name}' in {what} must be {typ_name.split(' ')[0]}, got {value!r}.",
                           fix=f"correct '{name}'.") from exc
     return value

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bastion.errors import ConfigError, UnknownPresetError, did_you_mean
+from bastion.numbers import MAX_DEVICES, short_number
 from bastion.specs._files import DATA_DIR, check_keys, coerce, read_mapping
 from bastion.specs._hashing import cached_hash
 
@@ -121,7 +122,8 @@ class Network:
                               f", scale_out_latency_us {self.scale_out_latency_us:g}.",
                               fix="give latencies in microseconds, e.g. 3.0 (NVLink) and 5.0 (InfiniBand).")
         if self.oversubscription < 1.0:
-            raise ConfigError("oversubscription must be >= 1.0 (1.0 = full bisection bandwidth).")
+            raise ConfigError("oversubscription must be >= 1.0 (1.0 = full bisection bandwidth).",
+                              fix="set oversubscription in the network table to 1.0 or more.")
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,10 @@ class Cluster:
             raise ConfigError(f"Cluster '{self.name}' needs at least one node and one device per node, got "
                               f"num_nodes {self.num_nodes}, gpus_per_node {self.gpus_per_node}.",
                               fix="set num_nodes and gpus_per_node to positive integers.")
+        if self.num_nodes * self.gpus_per_node > MAX_DEVICES:
+            raise ConfigError(f"Cluster '{self.name}' has {short_number(self.num_nodes * self.gpus_per_node)} "
+                              f"devices, more than the {MAX_DEVICES:,} bastion plans for.",
+                              fix="give the cluster's real size (e.g. h100-sxm:1024).")
 
     @property
     def num_gpus(self) -> int:
@@ -221,7 +227,8 @@ def cluster_from_mapping(data: dict[str, Any], what: str) -> Cluster:
         network = default_network(acc)
     else:
         if not isinstance(net_data, dict):
-            raise ConfigError(f"'network' in {what} must be a table.")
+            raise ConfigError(f"'network' in {what} must be a table.",
+                              fix="write it as a [network] table of fields (see `bastion hardware`).")
         check_keys(net_data, Network, f"{what} [network]")
         types = {f.name: f.type for f in fields(Network)}
         defaults = asdict(default_network(acc))

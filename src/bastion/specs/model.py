@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from bastion.errors import ConfigError, UnknownPresetError, did_you_mean
+from bastion.numbers import MAX_LAYERS, MAX_SEQ_LEN, MAX_WIDTH, short_number
 from bastion.specs._files import DATA_DIR, check_keys, coerce, read_mapping
 from bastion.specs._hashing import cached_hash
 
@@ -74,6 +75,14 @@ class ModelSpec:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{what}: {name} must be >= 0, got {getattr(self, name)}.",
                                   fix=f"set {name} to 0 (its default) or a positive integer.")
+        limits = {"num_layers": MAX_LAYERS, "seq_len": MAX_SEQ_LEN}
+        for name in ("num_layers", "hidden_size", "num_heads", "ffn_hidden_size", "vocab_size", "seq_len",
+                     "num_kv_heads", "head_dim", "num_experts", "top_k", "expert_ffn_hidden_size"):
+            high = limits.get(name, MAX_WIDTH)
+            if getattr(self, name) > high:
+                raise ConfigError(f"{what}: {name} must be <= {high:,}, got {short_number(getattr(self, name))}: "
+                                  f"that is beyond anything bastion plans for.", fix=f"set {name} to the model's "
+                                                                                     f"real value.")
         if self.num_experts and not 1 <= self.top_k <= self.num_experts:
             raise ConfigError(f"{what}: a mixture of {self.num_experts} experts needs 1 <= top_k <= "
                               f"{self.num_experts}, got top_k = {self.top_k}.",
@@ -88,7 +97,8 @@ class ModelSpec:
             raise ConfigError(f"{what}: num_heads {self.num_heads} is not a multiple of num_kv_heads "
                               f"{self.num_kv_heads}.", fix="GQA needs each kv head shared by a whole group.")
         if self.position_embedding == "rope" and self.head_dim % 2:
-            raise ConfigError(f"{what}: RoPE needs an even head_dim, got {self.head_dim}.")
+            raise ConfigError(f"{what}: RoPE needs an even head_dim, got {self.head_dim}.",
+                              fix="choose num_heads (or head_dim) so that the head width is even.")
 
     # ---- derived shapes -------------------------------------------------------------------------
     @property

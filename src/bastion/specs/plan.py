@@ -7,6 +7,7 @@ counts them) and whose message says how to fix the plan.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass, fields
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from bastion.errors import ConfigError, PlanError, did_you_mean
+from bastion.numbers import MAX_DEVICES, MAX_GLOBAL_BATCH, short_number
+from bastion.outputs import check_output_file, write_error
 from bastion.specs._files import check_keys, coerce, read_mapping
 from bastion.specs._hashing import cached_hash
 from bastion.specs.hardware import PRECISIONS, Cluster
@@ -106,6 +109,11 @@ class ParallelPlan:
             if getattr(self, name) < 1:
                 raise PlanError(f"Plan field '{name}' must be >= 1, got {getattr(self, name)}.",
                                 fix=f"set {name} to a positive integer.", reason="bad field")
+            high = MAX_GLOBAL_BATCH if name in ("micro_batch", "global_batch") else MAX_DEVICES
+            if getattr(self, name) > high:
+                raise PlanError(f"Plan field '{name}' must be <= {high:,}, got {short_number(getattr(self, name))}: that is "
+                                f"beyond anything bastion plans for.", fix=f"set {name} to a realistic value.",
+                                reason="bad field")
         if self.zero_stage not in (0, 1, 2, 3):
             raise PlanError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}.",
                             fix="0 = replicate, 1 = shard optimizer, 2 = + gradients, 3 = + parameters (FSDP).",
@@ -218,7 +226,7 @@ class ParallelPlan:
         if path.is_dir():
             raise ConfigError(f"Cannot save the plan to {path}: it is a directory.",
                               fix=f"give a file name, e.g. {path / 'plan.json'}.")
-        return path
+        return check_output_file(path, "the plan", fix="give --save a path in a directory you can write to.")
 
     def save(self, path: str | Path) -> Path:
         """Write the plan (TOML for .toml, else JSON) atomically: a reader sees the old file or the new one."""
@@ -226,11 +234,15 @@ class ParallelPlan:
         if path.is_dir():
             raise ConfigError(f"Cannot save the plan to {path}: it is a directory.",
                               fix=f"give a file name, e.g. {path / 'plan.json'}.")
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_text(self.to_toml() if path.suffix == ".toml" else self.to_json())
             os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise write_error(exc, path, "the plan", "give a path in a directory you can write to.") from exc
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise

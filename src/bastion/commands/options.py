@@ -1,0 +1,97 @@
+"""Options that several commands share, declared once with their help text (SkyPilot's `_TASK_OPTIONS`), and
+the one number type every numeric option parses with.
+
+A command uses an alias as its parameter's type and keeps the default in its signature, where typer reads it:
+
+    def cost_command(model: options.Model, seq_len: options.SeqLen = None, as_json: options.AsJson = False)
+
+A parameter without a default is required. `number_option` declares a numeric option of one command: its value
+is a real number in range (numbers.checked_number) or the command stops with a guidance error naming the flag,
+before any work starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from bastion.numbers import MAX_DEVICES, MAX_GLOBAL_BATCH, MAX_SEQ_LEN, checked_number
+
+
+def number_option(*names: str, help: str, integer: bool = False, low: float | None = None,  # noqa: A002
+                  above: float | None = None, high: float | None = None, allow_inf: bool = False,
+                  fix: str | None = None, **option: Any) -> Any:
+    """A typer.Option whose value is checked by numbers.checked_number under the first of `names`."""
+    flag = names[0]
+
+    def parse(value: Any) -> int | float:
+        return checked_number(value, flag, integer=integer, low=low, above=above, high=high, allow_inf=allow_inf,
+                              fix=fix)
+
+    return typer.Option(*names, help=help, parser=parse, metavar="<int>" if integer else "<float>", **option)
+
+
+def _degree(flag: str, help: str) -> Any:  # noqa: A002
+    return number_option(flag, help=help, integer=True, low=1, high=MAX_DEVICES,
+                         fix=f"give {flag} a positive integer (1 = not split that way).")
+
+
+# ---- what to plan, predict or run ------------------------------------------------------------------------
+Model = Annotated[str, typer.Option("--model", "-m", help="Model preset (see `bastion models`) or a .toml/.json "
+                                                          "model file.")]
+Cluster = Annotated[str, typer.Option("--cluster", "-c", help="Cluster preset, ACCEL:N (e.g. h100-sxm:1024) or a "
+                                                              "cluster file (see `bastion hardware`).")]
+PlanFile = Annotated[Path | None, typer.Option("--plan", help="ParallelPlan file (JSON/TOML), e.g. from "
+                                                              "`bastion plan --save`.")]
+Software = Annotated[str, typer.Option("--software", help="Software stack the plan runs on (`bastion software` "
+                                                          "lists them): bastion's runtime by default, e.g. "
+                                                          "production for Megatron-Core + TE.")]
+Framework = Annotated[str | None, typer.Option("--framework", help="Training framework instead of a named stack "
+                                                                "(megatron-lm, nemo, megatron-bridge, torchtitan, "
+                                                                "...): its release implies the stack (`bastion "
+                                                                "software`).")]
+FrameworkVersion = Annotated[str | None, typer.Option("--framework-version", help="Release month of --framework, "
+                                                                              "YYYY-MM (default: its newest "
+                                                                              "documented release).")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables (one object, for scripts).")]
+
+# ---- sizes of the run ------------------------------------------------------------------------------------
+SeqLen = Annotated[int | None, number_option("--seq-len", "-s", help="Tokens per sequence (default: the model's).",
+                                             integer=True, low=1, high=MAX_SEQ_LEN,
+                                             fix="give the tokens per sequence (e.g. --seq-len 4096), or leave "
+                                                 "it out for the model's.")]
+GlobalBatch = Annotated[int | None, number_option("--global-batch", "-b", help="Sequences per optimizer step.",
+                                                  integer=True, low=1, high=MAX_GLOBAL_BATCH)]
+Tokens = Annotated[float | None, number_option("--tokens", help="Token budget of the run, e.g. 15e12.", above=0,
+                                               fix="give the token budget, e.g. --tokens 15e12.")]
+MtbfHours = Annotated[float | None, number_option("--mtbf-hours", help="Job MTBF in hours (default: the published "
+                                                                      "failure rate scaled to the devices).",
+                                                  above=0, fix="give the job's mean time between failures in "
+                                                               "hours, or leave it out for the published rate "
+                                                               "scaled to this cluster.")]
+Seed = Annotated[int, number_option("--seed", help="Seed of the random draws (data order, init, sampling).",
+                                    integer=True, low=0, high=2**32 - 1)]
+Steps = Annotated[int, number_option("--steps", help="Optimizer steps to train.", integer=True, low=1,
+                                     high=10**9, fix="pass --steps N with N >= 1.")]
+Nproc = Annotated[int, number_option("--nproc", help="Worker processes on this machine (the CPU cluster cpu:N).",
+                                     integer=True, low=1, high=1024, fix="e.g. --nproc 4.")]
+
+# ---- one parallel plan as flags (estimate) ---------------------------------------------------------------
+Dp = Annotated[int | None, _degree("--dp", "Data-parallel degree (default: fills the cluster).")]
+Tp = Annotated[int | None, _degree("--tp", "Tensor-parallel degree.")]
+Pp = Annotated[int | None, _degree("--pp", "Pipeline-parallel degree.")]
+Cp = Annotated[int | None, _degree("--cp", "Context-parallel degree.")]
+Vpp = Annotated[int | None, _degree("--vpp", "Model chunks per pipeline rank.")]
+Zero = Annotated[int | None, number_option("--zero", help="ZeRO stage 0-3 (3 = FSDP full shard).", integer=True,
+                                           low=0, high=3)]
+MicroBatch = Annotated[int | None, number_option("--micro-batch", help="Sequences per micro-batch per replica.",
+                                                 integer=True, low=1, high=MAX_GLOBAL_BATCH)]
+Schedule = Annotated[str | None, typer.Option("--schedule", help="Pipeline schedule, e.g. 1f1b, interleaved-1f1b, "
+                                                                 "zbv (a wrong name lists them all); default 1f1b, or "
+                                                                 "interleaved-1f1b with --vpp > 1.")]
+Recompute = Annotated[str | None, typer.Option("--recompute", help="none, selective or full.")]
+SequenceParallel = Annotated[bool | None, typer.Option("--sp/--no-sp", help="Megatron sequence parallelism "
+                                                                            "(needs tp > 1).")]
+Precision = Annotated[str | None, typer.Option("--precision", help="fp32, bf16, fp16 or fp8.")]
