@@ -143,9 +143,9 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
                           f"--max-restarts is {p['max_restarts']}: the run would fail instead of recovering.",
                           fix=f"add --max-restarts {len(fatal)} (or more) so torchrun restarts the group and it "
                               f"resumes from its newest checkpoint.")
+    init_from = _init_from(p.get("init_from"), request.spec, resilience.resume_from, paths_here)
     if paths_here:
         check_run_dir(run_dir, resilience, request.spec, request.plan, steps)
-    init_from = _init_from(p.get("init_from"), request.spec, resilience.resume_from, paths_here)
     train = {"model": _model_argument(model), "plan": str(plan_path), "data": str(p["data"]), "steps": steps,
              "run_dir": str(run_dir), "seed": p["seed"], "seq_len": p["seq_len"], "lr": p["lr"],
              "compile": p["compile_model"], "cluster": p["cluster"], "progress": p["progress"],

@@ -66,9 +66,9 @@ def _refuse_unsupported(data: dict[str, Any], what: str) -> None:
 def spec_from_hf_config(data: dict[str, Any], what: str, name: str | None = None) -> ModelSpec:
     """The ModelSpec of a Hugging Face Llama config (a ConfigError with guidance for anything else)."""
     _refuse_unsupported(data, what)
-    heads = int(data["num_attention_heads"])
-    head_dim = data.get("head_dim") or int(data["hidden_size"]) // heads
     try:
+        heads = int(data["num_attention_heads"])
+        head_dim = data.get("head_dim") or int(data["hidden_size"]) // heads
         return ModelSpec(
             name=name or Path(what).parent.name or what, num_layers=int(data["num_hidden_layers"]),
             hidden_size=int(data["hidden_size"]), num_heads=heads, ffn_hidden_size=int(data["intermediate_size"]),
@@ -77,7 +77,7 @@ def spec_from_hf_config(data: dict[str, Any], what: str, name: str | None = None
             num_kv_heads=int(data.get("num_key_value_heads") or heads), head_dim=int(head_dim), ffn_type="swiglu",
             tied_embeddings=bool(data.get("tie_word_embeddings", False)), position_embedding="rope", bias=False,
             norm_eps=float(data.get("rms_norm_eps", 1e-6)), rope_theta=_rope(data, what), source=f"hf:{what}")
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, ZeroDivisionError) as exc:
         raise ConfigError(f"{what} holds a value of the wrong type: {exc}.",
                           fix="give integer sizes and numeric rms_norm_eps / rope_theta.") from exc
 
