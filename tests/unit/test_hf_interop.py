@@ -78,6 +78,15 @@ def test_a_model_without_a_llama_equivalent_is_not_exported():
     assert "gelu" in exc.value.problem and "learned" in exc.value.problem and exc.value.fix
 
 
+def test_a_checkpoint_saved_before_norm_eps_and_rope_theta_existed_still_resumes():
+    from bastion.runtime.resume_source import same_model
+
+    spec = load_model("tiny").to_dict()
+    older = {k: v for k, v in spec.items() if k not in ("norm_eps", "rope_theta")}
+    assert same_model(older, spec)   # the fields it lacks held their defaults when it was trained
+    assert not same_model({**older, "rope_theta": 5.0}, spec)
+
+
 # ---- weights in: logits equal transformers' --------------------------------------------------------------
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
