@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import json
 import sys
-import traceback
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from equivalence_worker import run_in_group
 
 from bastion.runtime.hf_weights import load_hf_weights
 from bastion.runtime.mesh import build_mesh
 from bastion.runtime.parallelize import ParallelizeConfig, parallelize
-from bastion.runtime.worker import init_distributed, shutdown_and_exit
 from bastion.specs.model import load_model
 from bastion.specs.plan import ParallelPlan
 
@@ -52,22 +51,16 @@ def logits_of(hf_dir: str, plan_path: str, tokens: torch.Tensor) -> torch.Tensor
 
 def main(cases_path: str) -> None:
     spec = json.loads(Path(cases_path).read_text())
-    init_distributed()
-    try:
+
+    def cases() -> None:
         tokens = torch.tensor(spec["tokens"])
         for case in spec["cases"]:
             logits = logits_of(spec["hf_dir"], case["plan"], tokens)
             if logits is not None:
                 torch.save(logits, case["out"])
             dist.barrier()
-    except Exception:  # noqa: BLE001 - report and fail the launch, the test reads the exit code
-        traceback.print_exc()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        import os
 
-        os._exit(1)
-    shutdown_and_exit(0)
+    run_in_group(cases)
 
 
 if __name__ == "__main__":
