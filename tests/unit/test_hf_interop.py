@@ -5,6 +5,7 @@ byte-identical, and every bad input a guidance error (exit 2) that leaves nothin
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -180,6 +181,22 @@ def test_export_loads_in_transformers_and_round_trips_byte_identically(tmp_path,
     assert _files(tmp_path / "b") == exported
 
 
+def test_export_of_tied_embeddings_in_bfloat16(tmp_path):
+    from bastion.interop.hf_files import read_header
+
+    make_llama(tmp_path / "hf", tie_word_embeddings=True)
+    save_as_checkpoint(tmp_path / "hf", tmp_path / "run")
+    main_ok(["export", str(tmp_path / "run"), "--out", str(tmp_path / "a"), "--dtype", "bfloat16"])
+    header = read_header(tmp_path / "a" / "model.safetensors")
+    assert {e.dtype for e in header.values()} == {"BF16"} and "lm_head.weight" not in header
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["dtype"] == "bfloat16"
+    tokens = tokens_for(96)
+    with torch.no_grad():
+        ours = _bastion_from_hf(tmp_path / "hf")(tokens)
+    difference = float((hf_logits(tmp_path / "a", tokens) - ours).abs().max())
+    assert difference < 0.01 * float(ours.abs().max())   # bf16 rounding only (measured ~0.3%)
+
+
 def main_ok(argv):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
@@ -258,4 +275,13 @@ def test_init_from_bad_inputs_are_guidance(train_setup, capsys):
     (hf / "pytorch_model.bin").write_bytes(b"pickle")
     _fails_with(_train(tmp_path, "--init-from", str(hf)), capsys, "pickle weights")
     _fails_with(_train(tmp_path, "--init-from", str(tmp_path / "nowhere")), capsys, "is not a directory")
+    assert launches == [] and not (tmp_path / "run" / "run_config.json").exists()
+
+
+def test_without_safetensors_installed_the_message_says_what_to_install(train_setup, capsys, monkeypatch):
+    tmp_path, launches = train_setup
+    monkeypatch.setitem(sys.modules, "safetensors", None)   # as if not installed
+    _fails_with(_train(tmp_path, "--init-from", str(tmp_path / "hf")), capsys, "pip install 'bastion[interop]'")
+    _fails_with(["export", str(tmp_path / "run"), "--out", str(tmp_path / "out")], capsys,
+                "`safetensors` package, which is not installed")
     assert launches == [] and not (tmp_path / "run" / "run_config.json").exists()

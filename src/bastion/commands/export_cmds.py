@@ -38,6 +38,7 @@ def export_command(
 ) -> None:
     """Write a committed checkpoint of RUN_DIR as a model directory other tools load (transformers, vLLM)."""
     from bastion.interop.hf_config import check_exportable
+    from bastion.interop.hf_files import require_safetensors
     from bastion.runtime.checkpoint_key import checkpoint_key
 
     if export_format not in FORMATS:
@@ -49,6 +50,7 @@ def export_command(
     if tokenizer is not None and no_tokenizer:
         raise ConfigError("--tokenizer and --no-tokenizer contradict each other.", fix="give one of them.")
     _check_out(out)
+    require_safetensors()
     checkpoint = _checkpoint(run_dir, step, checkpoint_key(checkpoint_key_file))
     spec = _checkpoint_spec(checkpoint)
     check_exportable(spec)

@@ -74,6 +74,16 @@ class TensorEntry:
     shape: tuple[int, ...]
 
 
+def require_safetensors() -> None:
+    """A guidance error when the optional `safetensors` package is missing (checked before any worker starts)."""
+    try:
+        import safetensors  # noqa: F401  (torch-free: the Rust reader only)
+    except ImportError as exc:
+        raise ConfigError("Hugging Face weights need the `safetensors` package, which is not installed.",
+                          fix="install the optional interop dependencies: pip install 'bastion[interop]'.") \
+            from exc
+
+
 def _bad(path: Path, why: str) -> ConfigError:
     return ConfigError(f"{path} is not a readable safetensors file: {why}.",
                        fix="re-download or re-export the weights (the file is truncated or corrupt).")
@@ -195,3 +205,4 @@ def check_init_from(hf_dir: Path, spec: ModelSpec) -> None:
         raise ConfigError(f"--init-from {hf_dir} holds another model than --model builds ({shown}).",
                           fix=f"train with --model {hf_dir / CONFIG_FILE} (the config saved with the weights).")
     check_weights_match(hf_dir, spec)
+    require_safetensors()

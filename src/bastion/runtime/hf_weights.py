@@ -27,16 +27,13 @@ from bastion.specs.model import ModelSpec
 
 #: transformers' default shard limit ("5GB")
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
-_NEEDS = "install the optional interop dependencies: pip install 'bastion[interop]'"
 
 
 def _safetensors() -> Any:
-    try:
-        import safetensors
-        import safetensors.torch  # noqa: F401  (save_file)
-    except ImportError as exc:
-        raise ConfigError("Hugging Face weights need the `safetensors` package, which is not installed.",
-                          fix=_NEEDS) from exc
+    hf_files.require_safetensors()
+    import safetensors
+    import safetensors.torch  # noqa: F401  (save_file)
+
     return safetensors
 
 
