@@ -15,7 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from hf_models import hf_logits, make_llama, tokens_for  # noqa: E402
+from helpers.hf_models import hf_logits, make_llama, tokens_for  # noqa: E402
 
 pytestmark = pytest.mark.dist
 WORKER = Path(__file__).with_name("hf_worker.py")

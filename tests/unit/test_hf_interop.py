@@ -95,7 +95,7 @@ pytest.importorskip("safetensors")
 
 from bastion.runtime.hf_weights import load_hf_weights  # noqa: E402
 from bastion.runtime.model import build_model, init_weights  # noqa: E402
-from hf_models import hf_logits, make_llama, tokens_for  # noqa: E402
+from helpers.hf_models import hf_logits, make_llama, tokens_for  # noqa: E402
 
 
 def _bastion_from_hf(hf_dir: Path):
