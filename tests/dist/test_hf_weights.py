@@ -108,5 +108,7 @@ def test_walkthrough_fine_tune_from_hf_and_export(tmp_path):
     assert float((theirs - before).abs().max()) > 1e-4   # fine-tuned: not the weights it started from
     from transformers import AutoTokenizer
 
+    exported = json.loads((tmp_path / "exported" / "generation_config.json").read_text())
+    assert (exported["bos_token_id"], exported["eos_token_id"]) == (1, 2)   # carried from the --init-from config
     loaded = AutoTokenizer.from_pretrained(tmp_path / "exported")
     assert loaded("the lazy cat")["input_ids"] == tokenizer.encode("the lazy cat").ids

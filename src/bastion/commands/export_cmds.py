@@ -54,14 +54,15 @@ def export_command(
     checkpoint = _checkpoint(run_dir, step, checkpoint_key(checkpoint_key_file))
     spec = _checkpoint_spec(checkpoint)
     check_exportable(spec)
-    tokenizer_files = [] if no_tokenizer else _tokenizer_files(run_dir, checkpoint, tokenizer)
+    train = _run_train_config(run_dir, checkpoint)
+    tokenizer_files = [] if no_tokenizer else _tokenizer_files(train, tokenizer)
 
     import torch
 
     from bastion.runtime.hf_weights import export_hf
 
     written = export_hf(checkpoint, spec, out, tokenizer_files, max_shard_bytes=int(max_shard_mb * 1e6),
-                        dtype=None if dtype == "saved" else getattr(torch, dtype))
+                        dtype=None if dtype == "saved" else getattr(torch, dtype), token_ids=_init_token_ids(train))
     written["step"] = int(checkpoint.name.removeprefix("step-"))
     if as_json:
         typer.echo(json.dumps(written))
@@ -117,7 +118,20 @@ def _checkpoint_spec(checkpoint: Path):
     return checkpoint_model(CheckpointInfo(-1, checkpoint))
 
 
-def _tokenizer_files(run_dir: Path, checkpoint: Path, given: Path | None) -> list[Path]:
+def _init_token_ids(train: dict | None) -> dict:
+    """bos/eos/pad ids of the --init-from model's config, when the run started from one."""
+    from bastion.interop.hf_config import token_ids
+    from bastion.interop.hf_files import CONFIG_FILE
+
+    if not train or not train.get("init_from"):
+        return {}
+    try:
+        return token_ids(json.loads((Path(train["init_from"]) / CONFIG_FILE).read_text()))
+    except (OSError, ValueError, AttributeError):
+        return {}   # moved or gone since the run: the export carries no token ids, as for a run from scratch
+
+
+def _tokenizer_files(train: dict | None, given: Path | None) -> list[Path]:
     """The tokenizer files to ship: --tokenizer's, else the run's dataset's copy (data prepare --tokenizer), else
     those of the --init-from directory; none for a byte-level dataset."""
     from bastion.interop.hf_files import TOKENIZER_FILES
@@ -131,7 +145,6 @@ def _tokenizer_files(run_dir: Path, checkpoint: Path, given: Path | None) -> lis
                             f"({', '.join(TOKENIZER_FILES)}).", fix="give the tokenizer.json the data was "
                                                                     "prepared with.")
         return found
-    train = _run_train_config(run_dir, checkpoint)
     if train is None:
         return []
     from bastion.runtime.data import META_FILE, TOKENIZER_FILE

@@ -115,10 +115,15 @@ def hf_config_from_spec(spec: ModelSpec) -> dict[str, Any]:
     }
 
 
+#: the special-token ids a config carries (bastion's spec does not: they belong to the tokenizer)
+TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def token_ids(config: dict[str, Any]) -> dict[str, Any]:
+    """The special-token ids a HF config sets (to carry from an --init-from model into its export)."""
+    return {key: config[key] for key in TOKEN_ID_KEYS if config.get(key) is not None}
+
+
 def generation_config(config: dict[str, Any]) -> dict[str, Any]:
     """generation_config.json: the token ids generation needs, as the model config gives them."""
-    out: dict[str, Any] = {"_from_model_config": True}
-    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        if config.get(key) is not None:
-            out[key] = config[key]
-    return out
+    return {"_from_model_config": True, **token_ids(config)}

@@ -139,12 +139,14 @@ def _read_shard(path: Path, tensors: dict[str, Any], names: list[str]) -> dict[s
 
 
 def export_hf(checkpoint: Path, spec: ModelSpec, out: Path, tokenizer_files: Sequence[Path] = (),
-              max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, dtype: torch.dtype | None = None) -> dict[str, Any]:
+              max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, dtype: torch.dtype | None = None,
+              token_ids: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write `out` as a HF Llama directory from a committed checkpoint: safetensors (sharded with an index above
-    `max_shard_bytes`), config.json, generation_config.json and the given tokenizer files. Written into a
+    `max_shard_bytes`), config.json (with `token_ids`: bos/eos/pad), generation_config.json and the given
+    tokenizer files. Written into a
     temporary sibling directory and renamed into place: `out` is complete or absent. Returns what was written."""
     safetensors = _safetensors()
-    config = hf_config_from_spec(spec)
+    config = {**hf_config_from_spec(spec), **(token_ids or {})}
     if dtype is not None:
         config["dtype"] = config["torch_dtype"] = str(dtype).removeprefix("torch.")
     tensors = _checkpoint_tensors(checkpoint, spec)
