@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from bastion.runtime.train import train
@@ -17,14 +18,12 @@ from bastion.runtime.train_config import TrainConfig
 from bastion.runtime.worker import init_distributed, shutdown_and_exit
 
 
-def main(cases_path: str) -> None:
-    spec = json.loads(Path(cases_path).read_text())
+def run_in_group(body: Callable[[], None]) -> None:
+    """Run `body` in torchrun's process group and exit cleanly; an exception fails the launch (the test reads
+    the exit code). Never returns."""
     init_distributed()
     try:
-        for case in spec["cases"]:
-            train(TrainConfig(model=case["model"], plan=case["plan"], data=spec["data"], steps=spec["steps"],
-                              run_dir=case["run_dir"], seed=spec.get("seed", 0), progress=False,
-                              save_final_params=True, **case.get("options", {})))
+        body()
     except Exception:  # noqa: BLE001 - report and fail the launch, the test reads the exit code
         traceback.print_exc()
         sys.stdout.flush()
@@ -33,6 +32,18 @@ def main(cases_path: str) -> None:
 
         os._exit(1)
     shutdown_and_exit(0)
+
+
+def main(cases_path: str) -> None:
+    spec = json.loads(Path(cases_path).read_text())
+
+    def cases() -> None:
+        for case in spec["cases"]:
+            train(TrainConfig(model=case["model"], plan=case["plan"], data=spec["data"], steps=spec["steps"],
+                              run_dir=case["run_dir"], seed=spec.get("seed", 0), progress=False,
+                              save_final_params=True, **case.get("options", {})))
+
+    run_in_group(cases)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 COMMANDS = ("models", "hardware", "estimate", "validate", "plan", "train", "launch", "status", "logs", "report",
-            "cost", "simulate", "demo", "data")
+            "cost", "simulate", "demo", "data", "export")
 
 
 def test_help_lists_every_command_without_importing_torch() -> None:

@@ -25,7 +25,8 @@ app.add_typer(data_app, name="data")
 @app.command("train")
 def train_command(
     ctx: typer.Context,
-    model: str = typer.Option(..., "--model", help="Model preset (see `bastion models`) or model file."),
+    model: str = typer.Option(..., "--model", help="Model preset (see `bastion models`), model file, "
+                                                  "or a Hugging Face config.json (or its directory)."),
     plan: Path = typer.Option(..., "--plan", help="ParallelPlan file (JSON/TOML), e.g. from `bastion plan --save`."),
     data: Path = typer.Option(..., "--data", help="Token dataset directory from `bastion data prepare`."),
     steps: int = typer.Option(..., "--steps", help="Optimizer steps to run."),
@@ -70,6 +71,11 @@ def train_command(
                                                     "checkpoints (HMAC-SHA256 in each manifest; default: "
                                                     "$BASTION_CHECKPOINT_KEY): ones it does not authenticate are "
                                                     "never resumed."),
+    # ---- Hugging Face weights (runtime/hf_weights.py) ----
+    init_from: Path | None = typer.Option(None, "--init-from", help="Start a fresh run from the weights of this "
+                                          "Hugging Face Llama directory (config.json + safetensors) instead of a "
+                                          "random init; --model is its config.json (or any spec of the same "
+                                          "shape)."),
 ) -> None:
     """Train MODEL with a parallel PLAN on a token dataset; writes metrics and predicted-vs-measured."""
     from bastion.errors import ConfigError, LaunchError
@@ -138,14 +144,33 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
                           f"--max-restarts is {p['max_restarts']}: the run would fail instead of recovering.",
                           fix=f"add --max-restarts {len(fatal)} (or more) so torchrun restarts the group and it "
                               f"resumes from its newest checkpoint.")
+    init_from = _init_from(p.get("init_from"), request.spec, resilience.resume_from, paths_here)
     if paths_here:
         check_run_dir(run_dir, resilience, request.spec, request.plan, steps)
     train = {"model": _model_argument(model), "plan": str(plan_path), "data": str(p["data"]), "steps": steps,
              "run_dir": str(run_dir), "seed": p["seed"], "seq_len": p["seq_len"], "lr": p["lr"],
              "compile": p["compile_model"], "cluster": p["cluster"], "progress": p["progress"],
-             "resilience": asdict(resilience)}
+             "init_from": init_from, "resilience": asdict(resilience)}
     return ResolvedRun(config=run_config(train, request.spec, request.plan, world_size), spec=request.spec,
                        plan=request.plan, world_size=world_size, max_restarts=p["max_restarts"], run_dir=run_dir)
+
+
+def _init_from(init_from: Path | None, spec: ModelSpec, resume_from: str | None, paths_here: bool) -> str | None:
+    """`--init-from`, checked against the model (config and safetensors headers) where the path is visible here;
+    an absolute path for the workers."""
+    if init_from is None:
+        return None
+    from bastion.errors import ConfigError
+    from bastion.interop.hf_files import check_init_from
+
+    if resume_from:
+        raise ConfigError("--init-from and --resume-from both say where the run starts.",
+                          fix="give --init-from HF_DIR for a fresh fine-tune, or --resume-from CHECKPOINT to "
+                              "continue a bastion run.")
+    if not paths_here:
+        return str(init_from)
+    check_init_from(Path(init_from), spec)
+    return str(Path(init_from).resolve())
 
 
 def _model_argument(model: str) -> str:

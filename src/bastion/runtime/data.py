@@ -3,6 +3,7 @@
 Layout of a dataset directory:
   tokens.bin  the token stream, little-endian uint16 (vocab <= 65,536) or uint32
   meta.json   {"dtype", "num_tokens", "vocab_size", "tokenizer", "documents"}
+  tokenizer.json  the HF tokenizer used (when one was), copied for `bastion export`
 
 Sample i of the run is a window of seq_len + 1 tokens; which window is a seeded permutation of the windows of
 one epoch. Global step n trains on samples [n·G, (n+1)·G) for a global batch G, and data-parallel rank r takes
@@ -24,6 +25,8 @@ from bastion.outputs import check_output_dir, write_error
 
 TOKENS_FILE = "tokens.bin"
 META_FILE = "meta.json"
+#: a copy of the HF tokenizer the tokens were made with (`bastion export` ships it with the weights)
+TOKENIZER_FILE = "tokenizer.json"
 BYTE_VOCAB = 256
 
 
@@ -91,6 +94,7 @@ def prepare_dataset(inputs: Iterable[str | Path], out_dir: str | Path, tokenizer
         raise write_error(exc, out, "the dataset", "give --out a directory you can write to.") from exc
     tmp_tokens = out / f".{TOKENS_FILE}.tmp"
     tmp_meta = out / f".{META_FILE}.tmp"
+    tmp_tokenizer = out / f".{TOKENIZER_FILE}.tmp"
     num_tokens, documents, total_bytes = 0, 0, 0
     try:
         with open(tmp_tokens, "wb") as sink:
@@ -121,8 +125,14 @@ def prepare_dataset(inputs: Iterable[str | Path], out_dir: str | Path, tokenizer
                 "tokenizer": "byte" if encoder is None else f"hf:{Path(tokenizer_json).name}",
                 "documents": documents}
         tmp_meta.write_text(json.dumps(meta, indent=2) + "\n")
+        if tokenizer_json is not None:
+            tmp_tokenizer.write_bytes(Path(tokenizer_json).read_bytes())
         (out / META_FILE).unlink(missing_ok=True)  # between the two renames the directory is "not a dataset"
         tmp_tokens.replace(out / TOKENS_FILE)
+        if tokenizer_json is not None:
+            tmp_tokenizer.replace(out / TOKENIZER_FILE)
+        else:
+            (out / TOKENIZER_FILE).unlink(missing_ok=True)
         tmp_meta.replace(out / META_FILE)
     except OSError as exc:
         raise write_error(exc, out, "the dataset", "free space or give --out another directory; the dataset "
@@ -130,6 +140,7 @@ def prepare_dataset(inputs: Iterable[str | Path], out_dir: str | Path, tokenizer
     finally:
         tmp_tokens.unlink(missing_ok=True)
         tmp_meta.unlink(missing_ok=True)
+        tmp_tokenizer.unlink(missing_ok=True)
     return meta
 
 

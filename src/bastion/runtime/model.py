@@ -34,8 +34,8 @@ def canonical_name(name: str) -> str:
 def _norm(spec: ModelSpec) -> nn.Module:
     # GPT/BLOOM-style models (bias = true) use LayerNorm with a bias; Llama-style models use RMSNorm
     if spec.bias:
-        return nn.LayerNorm(spec.hidden_size, eps=1e-5)
-    return nn.RMSNorm(spec.hidden_size, eps=1e-5)
+        return nn.LayerNorm(spec.hidden_size, eps=spec.norm_eps)
+    return nn.RMSNorm(spec.hidden_size, eps=spec.norm_eps)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -223,7 +223,7 @@ def init_weights(module: nn.Module, spec: ModelSpec, seed: int) -> None:
             param.copy_(full)
     for name, buffer in module.named_buffers():
         if canonical_name(name).split(".")[-1] == "rope":
-            buffer.copy_(rope_table(spec.seq_len, spec.head_dim, device=buffer.device))
+            buffer.copy_(rope_table(spec.seq_len, spec.head_dim, spec.rope_theta, device=buffer.device))
 
 
 def count_parameters(module: nn.Module) -> int:

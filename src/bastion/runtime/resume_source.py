@@ -60,9 +60,14 @@ def all_checkpoints_bad(run_dir: Path) -> CheckpointError:
 
 
 def same_model(saved: dict, current: dict) -> bool:
-    """Same parameters: every field but the sequence length (RoPE is not a parameter) and the source note."""
+    """Same parameters: every field but the sequence length (RoPE is not a parameter) and the source note. A field
+    a checkpoint of an older bastion lacks counts as its default (the value that checkpoint was trained with)."""
+    from dataclasses import MISSING, fields
+
+    defaults = {f.name: f.default for f in fields(ModelSpec) if f.default is not MISSING}
     ignore = ("seq_len", "source")
-    return {k: v for k, v in saved.items() if k not in ignore} == {k: v for k, v in current.items() if k not in ignore}
+    return ({k: v for k, v in {**defaults, **saved}.items() if k not in ignore}
+            == {k: v for k, v in {**defaults, **current}.items() if k not in ignore})
 
 
 def checkpoint_model(info: cf.CheckpointInfo) -> ModelSpec:

@@ -74,6 +74,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
     # the trainer is the state resilience checkpoints and restores (Stateful); its step hooks come per call
     resilience = Resilience(config.resilience, run_dir, trainer, spec, plan)
     resilience.start()
+    if config.init_from and trainer.step == 0:  # a fresh run: resumed runs hold their own weights
+        from bastion.runtime.hf_weights import load_hf_weights
+
+        load_hf_weights(trainer.model.parts, config.init_from)
     preemption = PreemptionNotice().install()  # SIGTERM: checkpoint after the current step, stop
     writer = MetricsWriter(run_dir, enabled=rank == 0)
     cluster_name = _cluster_name(config, device, world)

@@ -45,5 +45,7 @@ class TrainConfig:
     hash_params: bool = True
     #: also save the full final parameters to RUN_DIR/final_params.pt (equivalence tests)
     save_final_params: bool = False
+    #: Hugging Face Llama directory whose weights replace the random init of a fresh run (not on resume)
+    init_from: str | None = None
     #: checkpoints, resume, fault injection, watchdog, NaN rollback (runtime/resilience.py)
     resilience: ResilienceConfig = field(default_factory=ResilienceConfig)

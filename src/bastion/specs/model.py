@@ -45,6 +45,10 @@ class ModelSpec:
     position_embedding: str = "rope"
     #: biases in linear layers (GPT/BLOOM style); small, counted for parameter totals
     bias: bool = False
+    #: epsilon of the normalisation layers (RMSNorm, or LayerNorm with bias)
+    norm_eps: float = 1e-5
+    #: RoPE base frequency (10,000 for Llama 2; 500,000 for Llama 3)
+    rope_theta: float = 10000.0
     #: mixture of experts: experts per layer (0 = dense)
     num_experts: int = 0
     #: experts each token is routed to
@@ -96,6 +100,9 @@ class ModelSpec:
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(f"{what}: num_heads {self.num_heads} is not a multiple of num_kv_heads "
                               f"{self.num_kv_heads}.", fix="GQA needs each kv head shared by a whole group.")
+        if not self.norm_eps > 0 or not self.rope_theta > 0:
+            raise ConfigError(f"{what}: norm_eps and rope_theta must be positive, got {self.norm_eps:g} and "
+                              f"{self.rope_theta:g}.", fix="e.g. norm_eps = 1e-5, rope_theta = 10000.")
         if self.position_embedding == "rope" and self.head_dim % 2:
             raise ConfigError(f"{what}: RoPE needs an even head_dim, got {self.head_dim}.",
                               fix="choose num_heads (or head_dim) so that the head width is even.")
@@ -194,10 +201,16 @@ def model_presets() -> list[str]:
 
 
 def load_model(name_or_path: str, seq_len: int | None = None) -> ModelSpec:
-    """A preset name (see `bastion models`) or a path to a TOML/JSON model file."""
+    """A preset name (see `bastion models`), a path to a TOML/JSON model file, or a Hugging Face model's
+    `config.json` (or its directory; interop/hf_config.py maps it)."""
     path = Path(name_or_path)
+    if path.is_dir() and (path / "config.json").is_file():
+        path = path / "config.json"
     if path.suffix in (".toml", ".json") or path.exists():
-        model = model_from_mapping(read_mapping(path), str(path))
+        data = read_mapping(path)
+        from bastion.interop.hf_config import is_hf_config, spec_from_hf_config
+
+        model = spec_from_hf_config(data, str(path)) if is_hf_config(data) else model_from_mapping(data, str(path))
     else:
         preset = MODELS_DIR / f"{name_or_path}.toml"
         if not preset.exists():

@@ -1,0 +1,129 @@
+"""A Hugging Face `config.json` <-> a ModelSpec, for the architectures bastion's runtime builds (Llama-style).
+
+Bastion's dense decoder (runtime/model.py) is Llama's: RMSNorm, SwiGLU MLP (SiLU gate), rotate-half RoPE with
+plain frequencies, GQA, no biases, optionally tied embeddings. A config asking for anything else (another
+architecture, biases, RoPE scaling, another activation, dropout) is refused with what to change, never imported
+with a silently different model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bastion.errors import ConfigError
+from bastion.specs.model import ModelSpec
+
+#: the `model_type`s (and their `architectures` class) bastion maps
+SUPPORTED = {"llama": "LlamaForCausalLM"}
+_REQUIRED = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
+_LLAMA_DEFAULT_SEQ = 2048
+
+
+def is_hf_config(data: dict[str, Any]) -> bool:
+    """Whether a JSON mapping is a Hugging Face model config rather than a bastion model file."""
+    return "model_type" in data or "architectures" in data
+
+
+def _rope(data: dict[str, Any], what: str) -> float:
+    """The RoPE base of a transformers 5 (`rope_parameters`) or 4.x (`rope_theta`, `rope_scaling`) config."""
+    params = data.get("rope_parameters") or {}
+    scaling = data.get("rope_scaling") or {}
+    kind = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
+    if kind != "default":
+        raise ConfigError(f"{what} uses RoPE scaling '{kind}'; bastion's runtime implements plain RoPE only.",
+                          fix="use a model without rope_scaling (rope_type 'default'), e.g. a Llama 2 or a "
+                              "config you write yourself.")
+    return float(params.get("rope_theta", data.get("rope_theta", 10000.0)))
+
+
+def _refuse_unsupported(data: dict[str, Any], what: str) -> None:
+    model_type = data.get("model_type")
+    architectures = data.get("architectures") or []
+    if model_type not in SUPPORTED:
+        raise ConfigError(f"{what} is a '{model_type}' model ({', '.join(architectures) or 'no architectures'}); "
+                          f"bastion imports {', '.join(sorted(SUPPORTED))} configs only.",
+                          fix="give a Llama-style config (model_type \"llama\", LlamaForCausalLM), or a bastion "
+                              "model file (see `bastion models`).")
+    wrong = [a for a in architectures if a != SUPPORTED[model_type]]
+    if wrong:
+        raise ConfigError(f"{what} names architecture {wrong[0]}; bastion builds {SUPPORTED[model_type]} only.",
+                          fix=f"use a {SUPPORTED[model_type]} checkpoint.")
+    settings = {"hidden_act": ("silu", data.get("hidden_act", "silu")),
+                "attention_bias": (False, bool(data.get("attention_bias", False))),
+                "mlp_bias": (False, bool(data.get("mlp_bias", False))),
+                "attention_dropout": (0.0, float(data.get("attention_dropout", 0.0) or 0.0))}
+    for name, (supported, value) in settings.items():
+        if value != supported:
+            raise ConfigError(f"{what} sets {name} = {value!r}; bastion's Llama runtime supports {supported!r} "
+                              f"only.", fix=f"use a model with {name} = {supported!r}.")
+    missing = [k for k in _REQUIRED if k not in data]
+    if missing:
+        raise ConfigError(f"{what} is missing {', '.join(missing)}.",
+                          fix=f"a Llama config needs {', '.join(_REQUIRED)}.")
+
+
+def spec_from_hf_config(data: dict[str, Any], what: str, name: str | None = None) -> ModelSpec:
+    """The ModelSpec of a Hugging Face Llama config (a ConfigError with guidance for anything else)."""
+    _refuse_unsupported(data, what)
+    try:
+        heads = int(data["num_attention_heads"])
+        head_dim = data.get("head_dim") or int(data["hidden_size"]) // heads
+        return ModelSpec(
+            name=name or Path(what).parent.name or what, num_layers=int(data["num_hidden_layers"]),
+            hidden_size=int(data["hidden_size"]), num_heads=heads, ffn_hidden_size=int(data["intermediate_size"]),
+            vocab_size=int(data["vocab_size"]), seq_len=int(data.get("max_position_embeddings") or
+                                                            _LLAMA_DEFAULT_SEQ),
+            num_kv_heads=int(data.get("num_key_value_heads") or heads), head_dim=int(head_dim), ffn_type="swiglu",
+            tied_embeddings=bool(data.get("tie_word_embeddings", False)), position_embedding="rope", bias=False,
+            norm_eps=float(data.get("rms_norm_eps", 1e-6)), rope_theta=_rope(data, what), source=f"hf:{what}")
+    except (TypeError, ValueError, ZeroDivisionError) as exc:
+        raise ConfigError(f"{what} holds a value of the wrong type: {exc}.",
+                          fix="give integer sizes and numeric rms_norm_eps / rope_theta.") from exc
+
+
+def check_exportable(spec: ModelSpec) -> None:
+    """The spec is one `spec_from_hf_config` could have made (a Llama); else a ConfigError."""
+    reasons = []
+    if spec.ffn_type != "swiglu":
+        reasons.append(f"ffn_type '{spec.ffn_type}' (Llama is swiglu)")
+    if spec.position_embedding != "rope":
+        reasons.append(f"position_embedding '{spec.position_embedding}' (Llama is rope)")
+    if spec.bias:
+        reasons.append("biases and LayerNorm (Llama has neither)")
+    if spec.num_experts:
+        reasons.append(f"{spec.num_experts} experts (Llama is dense)")
+    if reasons:
+        raise ConfigError(f"model '{spec.name}' has no Hugging Face Llama equivalent: {'; '.join(reasons)}.",
+                          fix="export a Llama-style model (swiglu, rope, no bias, dense), e.g. the llama presets.")
+
+
+def hf_config_from_spec(spec: ModelSpec) -> dict[str, Any]:
+    """config.json for `LlamaForCausalLM` (fp32 weights), readable by transformers 4.x and 5.x."""
+    check_exportable(spec)
+    return {
+        "architectures": [SUPPORTED["llama"]], "model_type": "llama",
+        "vocab_size": spec.vocab_size, "hidden_size": spec.hidden_size, "intermediate_size": spec.ffn_hidden_size,
+        "num_hidden_layers": spec.num_layers, "num_attention_heads": spec.num_heads,
+        "num_key_value_heads": spec.num_kv_heads, "head_dim": spec.head_dim, "hidden_act": "silu",
+        "max_position_embeddings": spec.seq_len, "rms_norm_eps": spec.norm_eps,
+        # 5.x reads rope_parameters, 4.x rope_theta / rope_scaling
+        "rope_parameters": {"rope_type": "default", "rope_theta": spec.rope_theta}, "rope_theta": spec.rope_theta,
+        "rope_scaling": None, "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0,
+        "tie_word_embeddings": spec.tied_embeddings, "initializer_range": 0.02, "use_cache": True,
+        "dtype": "float32", "torch_dtype": "float32",
+    }
+
+
+#: the special-token ids a config carries (bastion's spec does not: they belong to the tokenizer)
+TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def token_ids(config: dict[str, Any]) -> dict[str, Any]:
+    """The special-token ids a HF config sets (to carry from an --init-from model into its export)."""
+    return {key: config[key] for key in TOKEN_ID_KEYS if config.get(key) is not None}
+
+
+def generation_config(config: dict[str, Any]) -> dict[str, Any]:
+    """generation_config.json: the token ids generation needs, as the model config gives them."""
+    return {"_from_model_config": True, **token_ids(config)}

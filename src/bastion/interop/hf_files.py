@@ -1,0 +1,208 @@
+"""Hugging Face weight files without torch: bastion's parameter names <-> transformers' Llama names, the tensors a
+spec must have, and the tensor directory of a `model.safetensors` (or a sharded one with its index), read from the
+files' headers and checked before any worker starts.
+
+Names: bastion's RoPE is the rotate-half layout (runtime/model.py `rotate_half`, cos/sin tables repeated over both
+halves), which is transformers' `LlamaRotaryEmbedding` + `rotate_half` layout, so q/k projections map unpermuted
+(Meta's original interleaved checkpoints are the ones that need a permutation; HF weights already carry it).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from bastion.errors import ConfigError
+from bastion.specs.model import ModelSpec
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+CONFIG_FILE = "config.json"
+GENERATION_CONFIG_FILE = "generation_config.json"
+#: tokenizer files copied with an export (those present); tokenizer.json is the one `data prepare` reads
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
+
+_TOP = {"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
+        "output.weight": "lm_head.weight"}
+_LAYER = {"attention.wq.weight": "self_attn.q_proj.weight", "attention.wk.weight": "self_attn.k_proj.weight",
+          "attention.wv.weight": "self_attn.v_proj.weight", "attention.wo.weight": "self_attn.o_proj.weight",
+          "feed_forward.w1.weight": "mlp.gate_proj.weight", "feed_forward.w3.weight": "mlp.up_proj.weight",
+          "feed_forward.w2.weight": "mlp.down_proj.weight", "attention_norm.weight": "input_layernorm.weight",
+          "ffn_norm.weight": "post_attention_layernorm.weight"}
+_LAYER_NAME = re.compile(r"^layers\.(\d+)\.(.+)$")
+#: safetensors dtype names -> bytes per element
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+_FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+
+
+def hf_name(name: str) -> str:
+    """transformers' Llama name of a bastion parameter (its canonical, unwrapped name)."""
+    if name in _TOP:
+        return _TOP[name]
+    match = _LAYER_NAME.match(name)
+    if match and match[2] in _LAYER:
+        return f"model.layers.{match[1]}.{_LAYER[match[2]]}"
+    raise KeyError(f"bastion parameter {name!r} has no Hugging Face Llama name")
+
+
+def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """Every HF tensor name of the spec's Llama and its shape, in the model's order."""
+    h, f, v = spec.hidden_size, spec.ffn_hidden_size, spec.vocab_size
+    shapes: dict[str, tuple[int, ...]] = {"tok_embeddings.weight": (v, h)}
+    for i in range(spec.num_layers):
+        layer = {"attention.wq.weight": (spec.q_width, h), "attention.wk.weight": (spec.kv_width, h),
+                 "attention.wv.weight": (spec.kv_width, h), "attention.wo.weight": (h, spec.q_width),
+                 "feed_forward.w1.weight": (f, h), "feed_forward.w3.weight": (f, h),
+                 "feed_forward.w2.weight": (h, f), "attention_norm.weight": (h,), "ffn_norm.weight": (h,)}
+        shapes.update({f"layers.{i}.{k}": s for k, s in layer.items()})
+    shapes["norm.weight"] = (h,)
+    if not spec.tied_embeddings:
+        shapes["output.weight"] = (v, h)
+    return {hf_name(k): s for k, s in shapes.items()}
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One tensor of a safetensors file, as its header describes it."""
+
+    file: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+def require_safetensors() -> None:
+    """A guidance error when the optional `safetensors` package is missing (checked before any worker starts)."""
+    try:
+        import safetensors  # noqa: F401  (torch-free: the Rust reader only)
+    except ImportError as exc:
+        raise ConfigError("Hugging Face weights need the `safetensors` package, which is not installed.",
+                          fix="install the optional interop dependencies: pip install 'bastion[interop]'.") \
+            from exc
+
+
+def _bad(path: Path, why: str) -> ConfigError:
+    return ConfigError(f"{path} is not a readable safetensors file: {why}.",
+                       fix="re-download or re-export the weights (the file is truncated or corrupt).")
+
+
+def read_header(path: Path) -> dict[str, TensorEntry]:
+    """The tensors of one safetensors file, checked against the file's size (a truncated file is refused)."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise _bad(path, "shorter than a header")
+            (length,) = struct.unpack("<Q", prefix)
+            if length > size - 8 or length > 100_000_000:
+                raise _bad(path, f"its header claims {length} bytes, the file has {size}")
+            header = json.loads(f.read(length))
+    except OSError as exc:
+        raise ConfigError(f"Cannot read {path}: {exc.strerror or exc}.", fix="check the path and permissions.") \
+            from exc
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise _bad(path, "its header is not JSON") from exc
+    if not isinstance(header, dict):
+        raise _bad(path, "its header is not a table of tensors")
+    data_bytes = size - 8 - length
+    entries: dict[str, TensorEntry] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (start, end) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
+            numel = 1
+            for d in shape:
+                numel *= d
+            expected = numel * _DTYPE_BYTES[dtype]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _bad(path, f"tensor {name!r} has a malformed entry") from exc
+        if not (0 <= start <= end <= data_bytes and end - start == expected):
+            raise _bad(path, f"tensor {name!r} lies outside the file or has the wrong byte count")
+        entries[name] = TensorEntry(path.name, dtype, shape)
+    return entries
+
+
+def weight_files(hf_dir: Path) -> list[Path]:
+    """The safetensors files of a HF model directory (the index's shards, or model.safetensors)."""
+    index = hf_dir / INDEX_FILE
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            names = sorted(set(weight_map.values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"{index} is not a safetensors index (no weight_map): {exc}.",
+                              fix="re-download or re-export the weights.") from exc
+        bad = [n for n in names if not isinstance(n, str) or "/" in n or n in ("", ".", "..")]
+        if bad:
+            raise ConfigError(f"{index} points at {bad[0]!r}, outside the model directory.",
+                              fix="use an index whose shards are files of the directory itself.")
+        return [hf_dir / n for n in names]
+    if (hf_dir / SINGLE_FILE).is_file():
+        return [hf_dir / SINGLE_FILE]
+    if list(hf_dir.glob("*.bin")) or list(hf_dir.glob("*.pt")):
+        raise ConfigError(f"{hf_dir} holds PyTorch pickle weights (.bin/.pt), not safetensors.",
+                          fix="convert them to safetensors (transformers: model.save_pretrained(dir, "
+                              "safe_serialization=True)); bastion never unpickles weights.")
+    raise ConfigError(f"{hf_dir} has no {SINGLE_FILE} or {INDEX_FILE}.",
+                      fix="point --init-from at a Hugging Face model directory (config.json + safetensors).")
+
+
+def tensor_directory(hf_dir: Path) -> dict[str, TensorEntry]:
+    """Every tensor of a HF model directory and where it lies, from the safetensors headers."""
+    entries: dict[str, TensorEntry] = {}
+    for path in weight_files(hf_dir):
+        if not path.is_file():
+            raise ConfigError(f"{path} is missing (named by {INDEX_FILE}).", fix="download every shard.")
+        entries.update(read_header(path))
+    return entries
+
+
+def check_weights_match(hf_dir: Path, spec: ModelSpec) -> dict[str, TensorEntry]:
+    """The directory's tensors cover the spec's Llama with the right shapes and float types; else a ConfigError
+    naming the first difference. Returns the directory (HF name -> entry)."""
+    entries = tensor_directory(hf_dir)
+    for name, shape in expected_shapes(spec).items():
+        entry = entries.get(name)
+        if entry is None:
+            raise ConfigError(f"{hf_dir} has no tensor {name}, which model '{spec.name}' needs.",
+                              fix="use weights saved for this config (config.json and the safetensors files of "
+                                  "one model).")
+        if entry.shape != shape:
+            raise ConfigError(f"{hf_dir}: {name} has shape {list(entry.shape)}, model '{spec.name}' needs "
+                              f"{list(shape)}.", fix="the weights do not belong to this config; use the "
+                                                     "config.json saved with them.")
+        if entry.dtype not in _FLOAT_DTYPES:
+            raise ConfigError(f"{hf_dir}: {name} is {entry.dtype}, not a float tensor.",
+                              fix="use unquantised weights (F32, BF16 or F16).")
+    return entries
+
+
+def check_init_from(hf_dir: Path, spec: ModelSpec) -> None:
+    """`--init-from HF_DIR` can initialise `spec`: its config describes the same model (sequence length aside)
+    and its safetensors hold every tensor with the right shape. Reads headers only."""
+    from dataclasses import asdict
+
+    from bastion.interop.hf_config import spec_from_hf_config
+    from bastion.specs._files import read_mapping
+
+    if not hf_dir.is_dir():
+        raise ConfigError(f"--init-from {hf_dir} is not a directory.",
+                          fix="give a Hugging Face model directory (config.json + model.safetensors).")
+    if not (hf_dir / CONFIG_FILE).is_file():
+        raise ConfigError(f"--init-from {hf_dir} has no {CONFIG_FILE}.",
+                          fix="give the directory `save_pretrained` wrote (it holds config.json).")
+    theirs = spec_from_hf_config(read_mapping(hf_dir / CONFIG_FILE), str(hf_dir / CONFIG_FILE))
+    ignore = ("name", "source", "seq_len")
+    mine, other = asdict(spec), asdict(theirs)
+    differences = [k for k in mine if k not in ignore and mine[k] != other[k]]
+    if differences:
+        shown = ", ".join(f"{k} {mine[k]} vs {other[k]}" for k in differences[:4])
+        raise ConfigError(f"--init-from {hf_dir} holds another model than --model builds ({shown}).",
+                          fix=f"train with --model {hf_dir / CONFIG_FILE} (the config saved with the weights).")
+    check_weights_match(hf_dir, spec)
+    require_safetensors()

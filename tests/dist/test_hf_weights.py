@@ -1,0 +1,114 @@
+"""Hugging Face weights under real multi-process plans: logits equal transformers' under dp2×tp2 and pp2×dp2, and
+the README walk-through (prepare with a HF tokenizer, fine-tune from --init-from under FSDP, export, load the
+export with transformers) with its logits equal to bastion's."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from helpers.hf_models import hf_logits, make_llama, tokens_for  # noqa: E402
+
+pytestmark = pytest.mark.dist
+WORKER = Path(__file__).with_name("hf_worker.py")
+#: the commands run in the test's directory: the package under test is found by absolute path
+_SOURCES = str(Path(__import__("bastion").__file__).parents[1])
+ENV = dict(os.environ, OMP_NUM_THREADS="1", TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1",
+           PYTHONPATH=os.pathsep.join([_SOURCES, *filter(None, [os.environ.get("PYTHONPATH")])]))
+
+
+def test_loaded_weights_give_transformers_logits_under_tp_dp_and_pp(tmp_path):
+    from bastion.launch.local import free_port
+
+    reference = make_llama(tmp_path / "hf")
+    tokens = tokens_for(96)
+    with torch.no_grad():
+        expected = reference(tokens).logits
+    plans = {"dp2tp2": {"dp": 2, "tp": 2, "zero_stage": 3},
+             "pp2dp2": {"dp": 2, "pp": 2, "pp_schedule": "1f1b", "zero_stage": 3}}
+    cases = []
+    for name, plan in plans.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({**plan, "micro_batch": 1, "global_batch": 4, "precision": "fp32"}))
+        cases.append({"plan": str(path), "out": str(tmp_path / f"{name}.pt")})
+    (tmp_path / "cases.json").write_text(json.dumps({"hf_dir": str(tmp_path / "hf"), "tokens": tokens.tolist(),
+                                                     "cases": cases}))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=4", "--rdzv-backend=c10d",
+               f"--rdzv-endpoint=127.0.0.1:{free_port()}", str(WORKER), str(tmp_path / "cases.json")]
+    done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-6000:]
+    for name in plans:
+        logits = torch.load(tmp_path / f"{name}.pt")
+        assert float((logits - expected).abs().max()) < 1e-5, name
+
+
+def _bastion(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "bastion", *args], cwd=cwd, env=ENV, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, f"bastion {' '.join(args)}:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    return done
+
+
+def test_walkthrough_fine_tune_from_hf_and_export(tmp_path):
+    """The README's walk-through, command by command."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from bastion.runtime.checkpoint import load_tensors
+    from bastion.runtime.data import GlobalSampler, open_dataset
+    from bastion.runtime.model import build_model, init_weights
+    from bastion.specs.model import load_model
+
+    # a tiny HF model with its tokenizer, as a downloaded one would be
+    text = "the quick brown fox jumps over the lazy dog while the cat sleeps " * 60
+    tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator([text], trainers.WordLevelTrainer(special_tokens=["[UNK]", "</s>"]))
+    reference = make_llama(tmp_path / "tiny-llama")
+    tokenizer.save(str(tmp_path / "tiny-llama" / "tokenizer.json"))
+    (tmp_path / "corpus.txt").write_text(text)
+    (tmp_path / "plan.json").write_text(json.dumps({"dp": 2, "zero_stage": 3, "micro_batch": 2, "global_batch": 4,
+                                                    "precision": "fp32"}))
+    _bastion("data", "prepare", "corpus.txt", "--out", "data", "--tokenizer", "tiny-llama/tokenizer.json",
+             cwd=tmp_path)
+    _bastion("train", "--model", "tiny-llama/config.json", "--init-from", "tiny-llama", "--plan", "plan.json",
+             "--data", "data", "--steps", "3", "--checkpoint-every", "3", "--lr", "1e-3", "--run-dir", "run",
+             "--nproc", "2", "--no-progress", cwd=tmp_path)
+    _bastion("export", "run", "--format", "hf", "--out", "exported", cwd=tmp_path)
+
+    # step 1 trained the HF weights: its loss is transformers' loss on the same batch
+    spec = load_model(str(tmp_path / "tiny-llama"))
+    sampler = GlobalSampler(open_dataset(tmp_path / "data", spec.seq_len, spec.vocab_size), 4, seed=0)
+    rows = torch.from_numpy(sampler.tokens_for(sampler.next_global_batch()))
+    with torch.no_grad():
+        first = torch.nn.functional.cross_entropy(reference(rows[:, :-1]).logits.flatten(0, 1), rows[:, 1:].flatten())
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert abs(losses[0] - float(first)) < 1e-5 and len(losses) == 3
+
+    # transformers loads the export; its logits are bastion's from the final checkpoint
+    net = build_model(spec)
+    net.to_empty(device="cpu")
+    init_weights(net, spec, 0)
+    load_tensors(tmp_path / "run" / "checkpoints" / "step-00000003",
+                 {f"model.{n}": p.detach() for n, p in net.named_parameters()}, distributed=False)
+    tokens = tokens_for(spec.vocab_size)
+    with torch.no_grad():
+        ours = net(tokens)
+        before = reference(tokens).logits
+    theirs = hf_logits(tmp_path / "exported", tokens)
+    assert float((theirs - ours).abs().max()) < 1e-5
+    assert float((theirs - before).abs().max()) > 1e-4   # fine-tuned: not the weights it started from
+    from transformers import AutoTokenizer
+
+    exported = json.loads((tmp_path / "exported" / "generation_config.json").read_text())
+    assert (exported["bos_token_id"], exported["eos_token_id"]) == (1, 2)   # carried from the --init-from config
+    loaded = AutoTokenizer.from_pretrained(tmp_path / "exported")
+    assert loaded("the lazy cat")["input_ids"] == tokenizer.encode("the lazy cat").ids

@@ -1,0 +1,44 @@
+"""Tiny random `transformers` Llama models built locally (no network), for the Hugging Face interop tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+#: a small Llama with GQA, a non-default RoPE base and norm epsilon, so each mapped setting matters
+TINY_LLAMA = {"vocab_size": 96, "hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "intermediate_size": 48, "max_position_embeddings": 32,
+              "rms_norm_eps": 1e-6, "rope_parameters": {"rope_type": "default", "rope_theta": 5000.0}}
+
+
+def make_llama(directory: Path, seed: int = 0, **overrides: Any):
+    """A random LlamaForCausalLM (norm weights random too) saved with `save_pretrained` into `directory`;
+    returns the model in eval mode."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(**{**TINY_LLAMA, **overrides})
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.copy_(1 + 0.1 * torch.randn_like(param))
+    model.save_pretrained(directory)
+    return model
+
+
+def hf_logits(directory: Path, tokens):
+    """Logits of the model `transformers` loads from `directory` (fp32)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(tokens).logits
+
+
+def tokens_for(vocab_size: int, batch: int = 2, seq: int = 24, seed: int = 1):
+    import torch
+
+    return torch.randint(0, vocab_size, (batch, seq), generator=torch.Generator().manual_seed(seed))

@@ -1,0 +1,287 @@
+"""Hugging Face interop in one process: a Llama config.json as --model, its weights loaded into bastion's model
+(logits equal transformers'), export of a checkpoint that transformers loads, export -> import -> export
+byte-identical, and every bad input a guidance error (exit 2) that leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from bastion.cli import main
+from bastion.errors import ConfigError
+from bastion.interop.hf_config import hf_config_from_spec, spec_from_hf_config
+from bastion.specs.model import load_model
+
+LLAMA = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 96, "hidden_size": 32,
+         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 48,
+         "max_position_embeddings": 64, "rms_norm_eps": 1e-6, "rope_theta": 500000.0, "hidden_act": "silu"}
+
+
+def _fails_with(argv, capsys, *phrases):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "To fix:" in err
+    for phrase in phrases:
+        assert phrase in err, err
+    return err
+
+
+# ---- config mapping (no torch) ------------------------------------------------------------------------
+def test_a_llama_config_maps_every_setting(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps(LLAMA))
+    spec = load_model(str(tmp_path / "m" / "config.json"))
+    assert (spec.num_layers, spec.hidden_size, spec.num_heads, spec.num_kv_heads, spec.ffn_hidden_size,
+            spec.vocab_size, spec.seq_len, spec.head_dim) == (2, 32, 4, 2, 48, 96, 64, 8)
+    assert spec.norm_eps == 1e-6 and spec.rope_theta == 500000.0 and spec.name == "m"
+    assert spec.ffn_type == "swiglu" and not spec.bias and not spec.tied_embeddings
+    assert load_model(str(tmp_path / "m")) == spec   # the model directory itself works too
+    assert load_model(str(tmp_path / "m"), seq_len=16).seq_len == 16
+    # transformers 5 writes the RoPE base into rope_parameters
+    five = {**LLAMA, "rope_parameters": {"rope_type": "default", "rope_theta": 1234.0}}
+    assert spec_from_hf_config(five, "x").rope_theta == 1234.0
+
+
+def test_export_config_maps_back_to_the_same_spec():
+    spec = spec_from_hf_config({**LLAMA, "tie_word_embeddings": True, "head_dim": 16}, "dir/config.json")
+    again = spec_from_hf_config(hf_config_from_spec(spec), "dir/config.json")
+    assert again == spec and again.head_dim == 16 and again.tied_embeddings
+
+
+@pytest.mark.parametrize(("change", "phrase"), [
+    ({"model_type": "mistral", "architectures": ["MistralForCausalLM"]}, "bastion imports llama configs only"),
+    ({"architectures": ["LlamaForSequenceClassification"]}, "LlamaForSequenceClassification"),
+    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "RoPE scaling 'llama3'"),
+    ({"attention_bias": True}, "attention_bias"),
+    ({"mlp_bias": True}, "mlp_bias"),
+    ({"hidden_act": "gelu"}, "hidden_act"),
+    ({"attention_dropout": 0.1}, "attention_dropout"),
+    ({"hidden_size": None}, "wrong type"),
+])
+def test_unsupported_configs_are_refused_with_guidance(change, phrase):
+    with pytest.raises(ConfigError) as exc:
+        spec_from_hf_config({**LLAMA, **change}, "config.json")
+    assert phrase in exc.value.problem and exc.value.fix
+
+
+def test_a_model_without_a_llama_equivalent_is_not_exported():
+    from bastion.specs.model import ModelSpec
+
+    gpt = ModelSpec(name="g", num_layers=1, hidden_size=8, num_heads=2, ffn_hidden_size=16, vocab_size=10,
+                    ffn_type="gelu", bias=True, position_embedding="learned")
+    with pytest.raises(ConfigError, match="no Hugging Face Llama equivalent") as exc:
+        hf_config_from_spec(gpt)
+    assert "gelu" in exc.value.problem and "learned" in exc.value.problem and exc.value.fix
+
+
+def test_a_checkpoint_saved_before_norm_eps_and_rope_theta_existed_still_resumes():
+    from bastion.runtime.resume_source import same_model
+
+    spec = load_model("tiny").to_dict()
+    older = {k: v for k, v in spec.items() if k not in ("norm_eps", "rope_theta")}
+    assert same_model(older, spec)   # the fields it lacks held their defaults when it was trained
+    assert not same_model({**older, "rope_theta": 5.0}, spec)
+
+
+# ---- weights in: logits equal transformers' --------------------------------------------------------------
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("safetensors")
+
+from bastion.runtime.hf_weights import load_hf_weights  # noqa: E402
+from bastion.runtime.model import build_model, init_weights  # noqa: E402
+from helpers.hf_models import hf_logits, make_llama, tokens_for  # noqa: E402
+
+
+def _bastion_from_hf(hf_dir: Path):
+    spec = load_model(str(hf_dir))
+    net = build_model(spec)
+    net.to_empty(device="cpu")
+    init_weights(net, spec, seed=0)
+    assert load_hf_weights([net], hf_dir) == len(list(net.parameters()))
+    return net.eval()
+
+
+@pytest.mark.parametrize("overrides", [{}, {"tie_word_embeddings": True, "num_key_value_heads": 4}])
+def test_imported_weights_give_transformers_logits(tmp_path, overrides):
+    reference = make_llama(tmp_path / "hf", **overrides)
+    tokens = tokens_for(96)
+    with torch.no_grad():
+        ours = _bastion_from_hf(tmp_path / "hf")(tokens)
+        theirs = reference(tokens).logits
+    assert float((ours - theirs).abs().max()) < 1e-5
+    assert float(theirs.abs().max()) > 1e-2   # logits of substance, not zeros
+
+
+# ---- weights out: export, and export -> import -> export ----------------------------------------------------
+def save_as_checkpoint(hf_dir: Path, run_dir: Path, step: int = 1, data: Path | None = None) -> Path:
+    """A committed bastion checkpoint of the weights in `hf_dir` (as a run of `bastion train` saves it)."""
+    import torch.distributed.checkpoint as dcp
+
+    from bastion.rundir import checkpoints as cf
+    from bastion.rundir.layout import RUN_CONFIG_FILE, checkpoints_dir
+
+    spec = load_model(str(hf_dir))
+    net = _bastion_from_hf(hf_dir)
+    root = checkpoints_dir(run_dir)
+    temp = root / cf.temp_dir_name(step)
+    temp.mkdir(parents=True)
+    dcp.save({f"model.{n}": p.detach() for n, p in net.named_parameters()}, checkpoint_id=str(temp), no_dist=True)
+    (temp / "state.json").write_text(json.dumps({"model": spec.to_dict(), "step": step}))
+    if data is not None:
+        (run_dir / RUN_CONFIG_FILE).write_text(json.dumps({"train": {"data": str(data)}}))
+    return cf.commit(temp, root / cf.step_dir_name(step), step)
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+@pytest.fixture()
+def tokenized_data(tmp_path):
+    """A dataset prepared with a Hugging Face tokenizer (trained here on a few words; no download)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from bastion.runtime.data import prepare_dataset
+
+    tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    text = "the quick brown fox jumps over the lazy dog " * 50
+    tokenizer.train_from_iterator([text], trainers.WordLevelTrainer(special_tokens=["[UNK]", "</s>"]))
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "corpus.txt").write_text(text)
+    prepare_dataset([tmp_path / "corpus.txt"], tmp_path / "data", tmp_path / "tokenizer.json")
+    return tmp_path / "data"
+
+
+def test_export_loads_in_transformers_and_round_trips_byte_identically(tmp_path, tokenized_data):
+    make_llama(tmp_path / "hf")
+    save_as_checkpoint(tmp_path / "hf", tmp_path / "run", data=tokenized_data)
+    main_ok(["export", str(tmp_path / "run"), "--format", "hf", "--out", str(tmp_path / "a"),
+             "--max-shard-mb", "0.03"])
+    exported = _files(tmp_path / "a")
+    shards = [name for name in exported if name.startswith("model-0")]
+    assert "model.safetensors.index.json" in exported and len(shards) > 1   # above the limit: sharded
+    assert "tokenizer.json" in exported and "generation_config.json" in exported
+    tokens = tokens_for(96)
+    with torch.no_grad():
+        ours = _bastion_from_hf(tmp_path / "hf")(tokens)
+    assert float((hf_logits(tmp_path / "a", tokens) - ours).abs().max()) < 1e-5
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(tmp_path / "a")("the lazy fox")["input_ids"]
+    # import the export, checkpoint it again, export again: the same bytes
+    save_as_checkpoint(tmp_path / "a", tmp_path / "run2", step=7, data=tokenized_data)
+    main_ok(["export", str(tmp_path / "run2"), "--out", str(tmp_path / "b"), "--max-shard-mb", "0.03"])
+    assert _files(tmp_path / "b") == exported
+
+
+def test_export_of_tied_embeddings_in_bfloat16(tmp_path):
+    from bastion.interop.hf_files import read_header
+
+    make_llama(tmp_path / "hf", tie_word_embeddings=True)
+    save_as_checkpoint(tmp_path / "hf", tmp_path / "run")
+    main_ok(["export", str(tmp_path / "run"), "--out", str(tmp_path / "a"), "--dtype", "bfloat16"])
+    header = read_header(tmp_path / "a" / "model.safetensors")
+    assert {e.dtype for e in header.values()} == {"BF16"} and "lm_head.weight" not in header
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["dtype"] == "bfloat16"
+    tokens = tokens_for(96)
+    with torch.no_grad():
+        ours = _bastion_from_hf(tmp_path / "hf")(tokens)
+    difference = float((hf_logits(tmp_path / "a", tokens) - ours).abs().max())
+    assert difference < 0.01 * float(ours.abs().max())   # bf16 rounding only (measured ~0.3%)
+
+
+def main_ok(argv):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0
+
+
+def test_export_bad_inputs_are_guidance_and_write_nothing(tmp_path, capsys, tokenized_data):
+    make_llama(tmp_path / "hf")
+    out = tmp_path / "out"
+    _fails_with(["export", str(tmp_path / "hf"), "--out", str(out)], capsys, "holds no committed checkpoint")
+    step_dir = save_as_checkpoint(tmp_path / "hf", tmp_path / "run", data=tokenized_data)
+    _fails_with(["export", str(tmp_path / "run"), "--out", str(out), "--format", "gguf"], capsys, "gguf")
+    _fails_with(["export", str(tmp_path / "run"), "--out", str(out), "--step", "3"], capsys, "no checkpoint of step 3")
+    # missing tokenizer: the dataset says it was tokenised with one, but its copy is gone
+    (tokenized_data / "tokenizer.json").unlink()
+    _fails_with(["export", str(tmp_path / "run"), "--out", str(out)], capsys, "holds no copy of it", "--tokenizer")
+    # a corrupted checkpoint is not exported
+    data_file = next(p for p in step_dir.iterdir() if p.suffix == ".distcp")
+    data_file.write_bytes(data_file.read_bytes()[:-9] + b"corrupted")
+    _fails_with(["export", str(tmp_path / "run"), "--out", str(out), "--no-tokenizer"], capsys,
+                "cannot be exported", "does not match its sha256")
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    _fails_with(["export", str(tmp_path / "run"), "--out", str(out)], capsys, "not an empty directory")
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+# ---- train --init-from: checked before any worker starts ------------------------------------------------
+@pytest.fixture()
+def train_setup(tmp_path, monkeypatch):
+    from bastion.launch import local
+    from bastion.runtime.data import prepare_dataset
+
+    (tmp_path / "t.txt").write_bytes(b"some text for tokens " * 200)
+    prepare_dataset([tmp_path / "t.txt"], tmp_path / "data")
+    (tmp_path / "plan.json").write_text(json.dumps({"dp": 1, "micro_batch": 1, "global_batch": 2,
+                                                    "precision": "fp32"}))
+    launches = []
+    monkeypatch.setattr(local, "run", lambda command: launches.append(list(command)) or 0)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    make_llama(tmp_path / "hf", vocab_size=256)
+    return tmp_path, launches
+
+
+def _train(tmp_path, *extra, model=None):
+    return ["train", "--model", model or str(tmp_path / "hf" / "config.json"), "--plan", str(tmp_path / "plan.json"),
+            "--data", str(tmp_path / "data"), "--steps", "2", "--run-dir", str(tmp_path / "run"), *extra]
+
+
+def test_init_from_goes_into_the_run_config(train_setup):
+    tmp_path, launches = train_setup
+    main_ok(_train(tmp_path, "--init-from", str(tmp_path / "hf")))
+    config = json.loads((tmp_path / "run" / "run_config.json").read_text())
+    assert config["train"]["init_from"] == str((tmp_path / "hf").resolve()) and len(launches) == 1
+    assert config["model"]["rope_theta"] == 5000.0 and config["model"]["norm_eps"] == 1e-6
+
+
+def test_init_from_bad_inputs_are_guidance(train_setup, capsys):
+    tmp_path, launches = train_setup
+    hf = tmp_path / "hf"
+    _fails_with(_train(tmp_path, "--init-from", str(hf), "--resume-from", str(tmp_path)), capsys,
+                "--init-from and --resume-from")
+    other = dict(json.loads((hf / "config.json").read_text()), intermediate_size=64)
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    _fails_with(_train(tmp_path, "--init-from", str(hf), model=str(tmp_path / "other.json")), capsys,
+                "holds another model", "ffn_hidden_size 64 vs 48")
+    weights = hf / "model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[: len(good) // 2])   # truncated download
+    _fails_with(_train(tmp_path, "--init-from", str(hf)), capsys, "not a readable safetensors file")
+    weights.write_bytes(b"\xff" * 64)
+    _fails_with(_train(tmp_path, "--init-from", str(hf)), capsys, "not a readable safetensors file")
+    weights.unlink()
+    (hf / "pytorch_model.bin").write_bytes(b"pickle")
+    _fails_with(_train(tmp_path, "--init-from", str(hf)), capsys, "pickle weights")
+    _fails_with(_train(tmp_path, "--init-from", str(tmp_path / "nowhere")), capsys, "is not a directory")
+    assert launches == [] and not (tmp_path / "run" / "run_config.json").exists()
+
+
+def test_without_safetensors_installed_the_message_says_what_to_install(train_setup, capsys, monkeypatch):
+    tmp_path, launches = train_setup
+    monkeypatch.setitem(sys.modules, "safetensors", None)   # as if not installed
+    _fails_with(_train(tmp_path, "--init-from", str(tmp_path / "hf")), capsys, "pip install 'bastion[interop]'")
+    _fails_with(["export", str(tmp_path / "run"), "--out", str(tmp_path / "out")], capsys,
+                "`safetensors` package, which is not installed")
+    assert launches == [] and not (tmp_path / "run" / "run_config.json").exists()
