@@ -12,9 +12,13 @@ import sys
 import traceback
 from pathlib import Path
 
+from bastion.runtime.resilience_config import ResilienceConfig
 from bastion.runtime.train import train
 from bastion.runtime.train_config import TrainConfig
 from bastion.runtime.worker import init_distributed, shutdown_and_exit
+
+#: the cases compare parameters and losses: no checkpoint, not even the final one (`--checkpoint-every never`)
+REFERENCE_RUN = ResilienceConfig(save_final=False)
 
 
 def main(cases_path: str) -> None:
@@ -24,7 +28,7 @@ def main(cases_path: str) -> None:
         for case in spec["cases"]:
             train(TrainConfig(model=case["model"], plan=case["plan"], data=spec["data"], steps=spec["steps"],
                               run_dir=case["run_dir"], seed=spec.get("seed", 0), progress=False,
-                              save_final_params=True, **case.get("options", {})))
+                              save_final_params=True, **{"resilience": REFERENCE_RUN, **case.get("options", {})}))
     except Exception:  # noqa: BLE001 - report and fail the launch, the test reads the exit code
         traceback.print_exc()
         sys.stdout.flush()

@@ -296,11 +296,11 @@ def test_data_prepare_interrupted_keeps_the_old_dataset(dataset: Path, tmp_path:
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from bastion.runtime import data as data_module
 
-    def interrupted(text: bytes):
+    def interrupted(tokenizer, document):
         raise KeyboardInterrupt
 
     before = _snapshot(dataset)
-    monkeypatch.setattr(data_module, "_tokenize_bytes", interrupted)
+    monkeypatch.setattr(data_module, "encode", interrupted)
     with pytest.raises(KeyboardInterrupt):
         data_module.prepare_dataset([tmp_path / "text.txt"], dataset)
     assert _snapshot(dataset) == before  # no half-written tokens.bin, no temporary files left

@@ -39,7 +39,8 @@ def train_command(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on rank 0."),
     # ---- fault tolerance (runtime/resilience.py) ----
     checkpoint_every: str = typer.Option("0", "--checkpoint-every", help="Checkpoint every N steps, or `auto` "
-                                         "(Young/Daly from the measured save stall and the MTBF); 0 = never."),
+                                         "(Young/Daly from the measured save stall and the MTBF); the final step "
+                                         "is always saved (0 = only the final; `never` = not even that)."),
     mtbf_hours: float | None = typer.Option(None, "--mtbf-hours", help="MTBF for `auto` (default: published "
                                             "failure rate × number of devices)."),
     inject: list[str] = typer.Option([], "--inject", help="Inject a fault (repeatable): kill:rank=1,step=7, "
@@ -278,14 +279,16 @@ def _resilience_config(checkpoint_every: str, mtbf_hours: float | None, inject: 
     from bastion.runtime.faults import parse_fault
     from bastion.runtime.resilience_config import ResilienceConfig
 
-    text = checkpoint_every.strip().lower()
+    text = str(checkpoint_every).strip().lower()
+    save_final = text != "never"
     if text == "auto":
         every = -1
-    elif text.isdigit():
-        every = int(text)
+    elif text.isdigit() or text == "never":
+        every = int(text) if save_final else 0
     else:
         raise ConfigError(f"--checkpoint-every {checkpoint_every!r} is neither a step count nor 'auto'.",
-                          fix="pass --checkpoint-every N (N >= 0) or --checkpoint-every auto.")
+                          fix="pass --checkpoint-every N (N >= 0; 0 = only the final step), --checkpoint-every "
+                              "auto, or --checkpoint-every never.")
     if mtbf_hours is not None and not (math.isfinite(mtbf_hours) and mtbf_hours > 0):
         raise ConfigError(f"--mtbf-hours must be a positive number of hours, got {mtbf_hours:g}.",
                           fix="give the mean time between failures of the whole job, e.g. --mtbf-hours 24, or "
@@ -306,7 +309,7 @@ def _resilience_config(checkpoint_every: str, mtbf_hours: float | None, inject: 
                           fix="give the (1-based) step whose batch to skip.")
     for spec in inject:
         parse_fault(spec)  # a guidance error now, not in N workers later
-    return ResilienceConfig(checkpoint_every=every, mtbf_hours=mtbf_hours, keep_last=keep_last,
+    return ResilienceConfig(checkpoint_every=every, save_final=save_final, mtbf_hours=mtbf_hours, keep_last=keep_last,
                             keep_every=keep_every, async_checkpoint=async_checkpoint, inject=tuple(inject),
                             resume=resume, resume_from=str(resume_from) if resume_from else None,
                             skip_batches=tuple(skip_batch), stop_after_step=stop_after_step,
@@ -316,14 +319,25 @@ def _resilience_config(checkpoint_every: str, mtbf_hours: float | None, inject: 
 
 @data_app.command("prepare")
 def data_prepare_command(
-    texts: list[Path] = typer.Argument(..., help="Text files or directories (read recursively)."),
+    texts: list[Path] = typer.Argument(..., help="Text, JSON Lines (*.jsonl) or Parquet files, directories of "
+                                                 "them (read recursively), or Hugging Face `datasets` "
+                                                 "directories (save_to_disk)."),
     out: Path = typer.Option(..., "--out", help="Dataset directory to write."),
     tokenizer: Path | None = typer.Option(None, "--tokenizer", help="HuggingFace tokenizer.json "
                                                                      "(default: built-in byte-level)."),
     max_mb: float | None = typer.Option(None, "--max-mb", help="Stop after this many MB of text."),
     as_json: bool = typer.Option(False, "--json", help="Print the dataset's meta.json."),
+    # ---- formats, end of document, held-out split, processes (runtime/documents.py, runtime/data.py) ----
+    field: str = typer.Option("text", "--field", "--jsonl-field", help="The JSON Lines field / Parquet or "
+                              "`datasets` column that holds each document's text."),
+    eod_token: str | None = typer.Option(None, "--eod-token", help="The tokenizer's end-of-document token "
+                                         "(default: its eos token; the byte tokenizer's is byte 0)."),
+    eval_fraction: float = typer.Option(0.0, "--eval-fraction", help="Hold out this last share of the tokens "
+                                        "for `bastion train --eval-every` (e.g. 0.01)."),
+    workers: int = typer.Option(1, "--workers", help="Tokenise in this many processes (order kept)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
 ) -> None:
-    """Tokenise TEXT... into a memory-mapped token dataset for `bastion train --data`."""
+    """Tokenise documents into a memory-mapped token dataset for `bastion train --data`."""
     import json
 
     from bastion.errors import ConfigError
@@ -332,10 +346,15 @@ def data_prepare_command(
     if max_mb is not None and not max_mb > 0:
         raise ConfigError(f"--max-mb must be > 0, got {max_mb:g}.",
                           fix="give how many MB of text to read (e.g. --max-mb 100), or leave it out for all.")
-
-    meta = prepare_dataset(texts, out, tokenizer, int(max_mb * 1e6) if max_mb else None)
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}.", fix="e.g. --workers 4 (or 1: no extra "
+                                                                          "processes).")
+    meta = prepare_dataset(texts, out, tokenizer, int(max_mb * 1e6) if max_mb else None, field=field,
+                           eod_token=eod_token, workers=workers, eval_fraction=eval_fraction,
+                           progress=progress and not as_json)
     if as_json:
         typer.echo(json.dumps(meta))
     else:
+        held_out = f", {meta['eval_tokens']:,} held out for evaluation" if meta.get("eval_tokens") else ""
         typer.echo(f"wrote {meta['num_tokens']:,} tokens ({meta['dtype']}, vocab {meta['vocab_size']}, "
-                   f"{meta['documents']} documents) to {out}")
+                   f"{meta['documents']} documents{held_out}) to {out}")

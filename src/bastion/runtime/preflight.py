@@ -108,6 +108,11 @@ def check_run_dir(run_dir: Path, resilience: ResilienceConfig, spec: ModelSpec, 
         raise ConfigError(f"The run resumes from step {source.step} ({source.path}), past --steps {steps}: there is "
                           f"nothing to train.", fix=f"give --steps above {source.step} to continue the run, or a "
                                                    f"new --run-dir to start another.")
+    if source is not None and source.step == steps and resilience.resume and not resilience.resume_from:
+        raise ConfigError(f"The run in {run_dir} already reached --steps {steps} (its final checkpoint is "
+                          f"{source.path}): there is nothing to train.",
+                          fix=f"give --steps above {steps} to continue the run, or a new --run-dir to start "
+                              f"another.")
     return source
 
 

@@ -109,7 +109,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             writer.write(record)
             records.append(record)
             preemption.stop_here_if_asked(resilience, trainer.step)
-            resilience.after_step(record)
+            resilience.after_step(record, last=trainer.step >= config.steps)
             if progress is not None:
                 progress.update(progress.task_ids[0], completed=trainer.step,
                                 info=f"loss {record['loss']:.4f}  {record['tokens_per_s']:.0f} tok/s")
