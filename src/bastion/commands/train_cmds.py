@@ -24,11 +24,16 @@ app.add_typer(data_app, name="data")
 @app.command("train")
 def train_command(
     ctx: typer.Context,
-    model: str = typer.Option(..., "--model", help="Model preset (see `bastion models`) or model file."),
-    plan: Path = typer.Option(..., "--plan", help="ParallelPlan file (JSON/TOML), e.g. from `bastion plan --save`."),
-    data: Path = typer.Option(..., "--data", help="Token dataset directory from `bastion data prepare`."),
-    steps: int = typer.Option(..., "--steps", help="Optimizer steps to run."),
-    run_dir: Path = typer.Option(..., "--run-dir", help="Where metrics.jsonl, summary.json and checkpoints go."),
+    model: str | None = typer.Option(None, "--model", help="Model preset (see `bastion models`) or model file. "
+                                     "Required, here or in --config."),
+    plan: Path | None = typer.Option(None, "--plan", help="ParallelPlan file (JSON/TOML), e.g. from `bastion plan "
+                                     "--save`. Required, here or in --config."),
+    data: str | None = typer.Option(None, "--data", help="Token dataset directory from `bastion data prepare`, "
+                                    "or a mixture by weight: DIR_A=0.7,DIR_B=0.3. Required, here or in --config."),
+    steps: int | None = typer.Option(None, "--steps", help="Optimizer steps to run. Required, here or in "
+                                     "--config."),
+    run_dir: Path | None = typer.Option(None, "--run-dir", help="Where metrics.jsonl, summary.json and "
+                                        "checkpoints go. Required, here or in --config."),
     nproc: int | None = typer.Option(None, "--nproc", help="Start this many local worker processes (torchrun)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the parameter init and the data order."),
     seq_len: int | None = typer.Option(None, "--seq-len", help="Sequence length (default: the model's)."),
@@ -70,6 +75,20 @@ def train_command(
                                                     "checkpoints (HMAC-SHA256 in each manifest; default: "
                                                     "$BASTION_CHECKPOINT_KEY): ones it does not authenticate are "
                                                     "never resumed."),
+    # ---- config file, evaluation, logs (commands/train_file.py, runtime/train.py) ----
+    config: Path | None = typer.Option(None, "--config", help="run.toml holding any of these settings and the "
+                                       "optimizer's (lr, betas, weight decay, eps, schedule, clipping); flags and "
+                                       "--set override it."),
+    set_values: list[str] = typer.Option([], "--set", help="Override one setting, e.g. --set optimizer.lr=3e-4 "
+                                         "(repeatable; keys as in --config)."),
+    eval_every: int = typer.Option(0, "--eval-every", help="Evaluate on the dataset's held-out split every N steps "
+                                   "and at the end: eval_loss and perplexity in metrics.jsonl (0 = never)."),
+    eval_batches: int = typer.Option(1, "--eval-batches", help="Global batches of held-out samples per "
+                                     "evaluation."),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write TensorBoard event files to "
+                                     "RUN_DIR/tensorboard."),
+    profile: str | None = typer.Option(None, "--profile", help="START:END: a torch.profiler Chrome trace of those "
+                                       "steps in RUN_DIR/profile."),
 ) -> None:
     """Train MODEL with a parallel PLAN on a token dataset; writes metrics and predicted-vs-measured."""
     from bastion.errors import ConfigError, LaunchError
@@ -79,19 +98,54 @@ def train_command(
                           "but it starts its own workers.",
                           fix="run `bastion train` directly (--nproc N for N local workers), or `bastion launch "
                               "--on slurm|k8s` for a cluster.")
-    params = dict(ctx.params)
+    params = train_params(ctx)
     run = resolve_run(params, world_size=params.pop("nproc"))
     from rich.console import Console
 
     plan = run.plan
     Console(stderr=True).print(
         f"[bold]bastion train[/]: {run.spec.name} on {run.world_size} process(es), plan dp{plan.dp} tp{plan.tp} "
-        f"pp{plan.pp} zero{plan.zero_stage}, {steps} steps → {run_dir}")
+        f"pp{plan.pp} zero{plan.zero_stage}, {params['steps']} steps → {run.run_dir}")
     code = run_locally(run)
     if code != 0:
         raise LaunchError(f"The training workers exited with code {code}.",
                           fix="read the worker output above; rerun with BASTION_DEBUG=1 for tracebacks.")
-    _print_time_breakdown(run_dir)
+    _print_time_breakdown(run.run_dir)
+
+
+#: what `bastion train` cannot run without (a flag or a --config key)
+REQUIRED = ("model", "plan", "data", "steps", "run_dir")
+
+
+def train_params(ctx: Any) -> dict[str, Any]:
+    """`bastion train`'s settings: flags given on the command line, then --set, then --config, then defaults;
+    the optimizer settings that have no flag are added under their TrainConfig names."""
+    from typer._click.core import ParameterSource
+    from typer._click.exceptions import BadParameter
+
+    from bastion.commands.train_file import check_optimizer_settings, load_config_file, parse_sets
+    from bastion.errors import ConfigError
+
+    params = dict(ctx.params)
+    file_values = load_config_file(params["config"]) if params["config"] is not None else {}
+    overrides = {**file_values, **parse_sets(params["set_values"])}
+    by_name = {param.name: param for param in ctx.command.params}
+    given = {name for name in params if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+    for name, value in overrides.items():
+        if name not in by_name or name in given:
+            continue
+        try:
+            value = by_name[name].process_value(ctx, str(value) if name == "checkpoint_every" else value)
+        except BadParameter as exc:
+            raise ConfigError(f"Setting {name}: {exc.format_message()}",
+                              fix="give it a value of the right type in --config or --set.") from None
+        params[name] = value
+    missing = [name for name in REQUIRED if params.get(name) is None]
+    if missing:
+        flags = ", ".join("--" + name.replace("_", "-") for name in missing)
+        raise ConfigError(f"`bastion train` needs {flags}.",
+                          fix=f"give {flags} on the command line, or {', '.join(missing)} in a --config file.")
+    return {**params, **check_optimizer_settings(overrides)}
 
 
 @dataclass(frozen=True)
@@ -111,6 +165,7 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
     into the run config, before any process starts: flag values, the model, the plan against the model and the
     world size (default: the plan's), the injected faults; where the paths are visible here (`paths_here`) also the
     dataset and the run directory with its resume source (`runtime.preflight.check_run_dir`)."""
+    from bastion.commands.train_file import FILE_ONLY
     from bastion.errors import ConfigError
     from bastion.launch.worker import run_config
     from bastion.runtime.faults import check_faults, parse_fault
@@ -118,13 +173,14 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
 
     p = params
     _check_train_flags(world_size, p["seq_len"], p["lr"], p["max_restarts"], p["cluster"], p["seed"])
+    _check_eval_and_logs(p["eval_every"], p["eval_batches"], p["tensorboard"], p["profile"], p["steps"])
     resilience = _resilience_config(p["checkpoint_every"], p["mtbf_hours"], p["inject"], p["keep_last"],
                                     p["keep_every"], p["async_checkpoint"], p["resume"], p["resume_from"],
                                     p["stop_after_step"], p["hang_timeout_s"], p["skip_batch"],
                                     p["restart_from_scratch"], p["checkpoint_key_file"])
     model, plan_path, run_dir, steps = p["model"], Path(p["plan"]), Path(p["run_dir"]), p["steps"]
     request = check_request(model, str(plan_path), str(p["data"]) if paths_here else None, world_size, steps,
-                            p["seq_len"])
+                            p["seq_len"], evaluate=p["eval_every"] > 0)
     world_size = request.plan.num_gpus
     check_faults([parse_fault(s) for s in resilience.inject], world_size, steps)
     needs_checkpoints = [s for s in resilience.inject if s.split(":")[0] in ("kill-during-save", "corrupt-latest")]
@@ -143,6 +199,8 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
     train = {"model": _model_argument(model), "plan": str(plan_path), "data": str(p["data"]), "steps": steps,
              "run_dir": str(run_dir), "seed": p["seed"], "seq_len": p["seq_len"], "lr": p["lr"],
              "compile": p["compile_model"], "cluster": p["cluster"], "progress": p["progress"],
+             "eval_every": p["eval_every"], "eval_batches": p["eval_batches"], "tensorboard": p["tensorboard"],
+             "profile": p["profile"], **{name: p[name] for name in FILE_ONLY if name in p},
              "resilience": asdict(resilience)}
     return ResolvedRun(config=run_config(train, request.spec, request.plan, world_size), spec=request.spec,
                        plan=request.plan, world_size=world_size, max_restarts=p["max_restarts"], run_dir=run_dir)
@@ -214,6 +272,8 @@ def _train_config(config: dict[str, Any]):
     resilience = dict(train.pop("resilience"))
     for key in ("inject", "skip_batches"):
         resilience[key] = tuple(resilience[key])
+    if "betas" in train:
+        train["betas"] = tuple(train["betas"])
     own = Path(tempfile.mkdtemp(prefix="bastion-worker-"))
     (own / "resolved_plan.json").write_text(json.dumps(config["plan"]))
     train["plan"] = str(own / "resolved_plan.json")
@@ -246,6 +306,38 @@ def _check_train_flags(nproc: int | None, seq_len: int | None, lr: float, max_re
         from bastion.specs.hardware import load_cluster
 
         load_cluster(cluster)  # an unknown name is a guidance error now, not a missing prediction later
+
+
+def _check_eval_and_logs(eval_every: int, eval_batches: int, tensorboard: bool, profile: str | None,
+                         steps: int) -> None:
+    from bastion.errors import ConfigError
+
+    if eval_every < 0 or eval_batches < 1:
+        raise ConfigError(f"--eval-every must be >= 0 and --eval-batches >= 1, got {eval_every} and {eval_batches}.",
+                          fix="e.g. --eval-every 50 --eval-batches 4 (--eval-every 0: no evaluation).")
+    if tensorboard:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("--tensorboard needs the tensorboard package, which is not installed.",
+                              fix="pip install tensorboard (or bastion[interop]), or drop --tensorboard: "
+                                  "metrics.jsonl has the same figures.")
+    if profile is not None:
+        parse_profile_steps(profile, steps)
+
+
+def parse_profile_steps(text: str, steps: int) -> tuple[int, int]:
+    """`--profile START:END` as the first and last (1-based) step traced."""
+    from bastion.errors import ConfigError
+
+    start, sep, end = str(text).partition(":")
+    if not (sep and start.strip().isdigit() and end.strip().isdigit()) or not 1 <= int(start) <= int(end):
+        raise ConfigError(f"--profile {text!r} is not START:END with 1 <= START <= END.",
+                          fix="give the steps to trace, e.g. --profile 5:7 (steps 5, 6 and 7).")
+    if int(end) > steps:
+        raise ConfigError(f"--profile {text} ends after the run's last step ({steps}).",
+                          fix=f"give steps from 1 to {steps}.")
+    return int(start), int(end)
 
 
 def _print_time_breakdown(run_dir: Path) -> None:

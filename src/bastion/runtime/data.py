@@ -251,6 +251,14 @@ def parse_data_mixture(text: str) -> list[tuple[str, float]]:
     return mixture
 
 
+def absolute_data(data: str) -> str:
+    """`--data` with every directory made absolute (a launched job may start elsewhere)."""
+    mixture = parse_data_mixture(data)
+    if len(mixture) == 1 and "=" not in data:
+        return str(Path(data).absolute())
+    return ",".join(f"{Path(name).absolute()}={weight!r}" for name, weight in mixture)
+
+
 def open_datasets(data: str, seq_len: int, model_vocab: int | None = None,
                   split: str = "train") -> tuple[list[TokenDataset], list[float]]:
     """The datasets of `--data` (one, or a mixture) and their weights."""
