@@ -1,7 +1,7 @@
 """Run several training cases in one torchrun launch (start-up costs 10-15 s per launch on 2 cores).
 
 Usage (by tests/dist/conftest.py): torchrun --nproc-per-node N equivalence_worker.py CASES.json
-CASES.json: {"data": DIR, "steps": N, "cases": [{"name", "model", "plan", "run_dir"}, ...]}. Each case is a full
+CASES.json: {"data": DIR, "steps": N, "cases": [{"name", "model", "plan", "run_dir", "data"?, "options"?}, ...]}. Each case is a full
 `bastion.runtime.train.train` run in the same process group; rank 0 writes summary.json and final_params.pt.
 """
 
@@ -26,7 +26,8 @@ def main(cases_path: str) -> None:
     init_distributed()
     try:
         for case in spec["cases"]:
-            train(TrainConfig(model=case["model"], plan=case["plan"], data=spec["data"], steps=spec["steps"],
+            train(TrainConfig(model=case["model"], plan=case["plan"], data=case.get("data", spec["data"]),
+                              steps=spec["steps"],
                               run_dir=case["run_dir"], seed=spec.get("seed", 0), progress=False,
                               save_final_params=True, **{"resilience": REFERENCE_RUN, **case.get("options", {})}))
     except Exception:  # noqa: BLE001 - report and fail the launch, the test reads the exit code
