@@ -174,7 +174,7 @@ def _resolve_train_args(train_args: list[str], extra: list[str], paths_here: boo
     import typer.main
     from typer.exceptions import TyperException
 
-    from bastion.commands.train_cmds import resolve_run
+    from bastion.commands.train_cmds import resolve_run, train_params
 
     for arg in extra:
         option = arg.split("=", 1)[0]
@@ -194,7 +194,7 @@ def _resolve_train_args(train_args: list[str], extra: list[str], paths_here: boo
                           f"{getattr(exc, 'format_message', exc.__str__)()}",
                           fix="pass only `bastion train` options after `--` (`bastion train --help` lists them).",
                           ) from None
-    params = dict(ctx.params)
+    params = train_params(ctx)  # --config and --set applied as `bastion train` applies them
     params.pop("nproc", None)
     return resolve_run(params, world_size=None, paths_here=paths_here)
 

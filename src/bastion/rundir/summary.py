@@ -76,6 +76,10 @@ class RunSummary(TypedDict):
     evals: NotRequired[list[dict[str, Any]]]
 
 
+#: the fields only a run with --eval-every has
+EVAL_FIELDS = ("eval_loss", "perplexity", "evals")
+
+
 def perplexity(loss: float) -> float:
     """exp(loss), capped where exp overflows (an untrained model's loss can be large)."""
     return math.exp(min(loss, 700.0))
