@@ -8,29 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_cli_qa import run, user_error
 
-from bastion.cli import main
 from bastion.errors import DataError
 from bastion.runtime.data import open_dataset, prepare_dataset
-
-CaptureFixture = pytest.CaptureFixture[str]
-
-
-def run(argv: list[str], capsys: CaptureFixture) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    out, err = capsys.readouterr()
-    return int(exc.value.code or 0), out, err
-
-
-def user_error(argv: list[str], capsys: CaptureFixture, *expected: str) -> str:
-    code, out, err = run(argv, capsys)
-    assert code == 2, (code, out, err)
-    flat = " ".join(err.split())
-    assert "Traceback" not in err and "To fix:" in flat, err
-    for text in expected:
-        assert text in flat, (text, err)
-    return flat
 
 
 def decoded(out: Path) -> list[str]:
@@ -76,7 +57,7 @@ def test_worker_processes_keep_the_order(corpus, tmp_path):
     lines = "".join(json.dumps({"text": f"document number {i}"}) + "\n" for i in range(1500))
     (tmp_path / "many.jsonl").write_text(lines)
     one = prepare_dataset([tmp_path / "many.jsonl"], tmp_path / "one")
-    two = prepare_dataset([tmp_path / "many.jsonl"], tmp_path / "two", workers=2)
+    two = prepare_dataset([tmp_path / "many.jsonl"], tmp_path / "two", workers=2, progress=True)
     assert one == two
     assert (tmp_path / "one" / "tokens.bin").read_bytes() == (tmp_path / "two" / "tokens.bin").read_bytes()
     assert decoded(tmp_path / "two")[1499] == "document number 1499"
@@ -88,7 +69,7 @@ def test_a_named_field(tmp_path, capsys):
                         "--jsonl-field", "body", "--no-progress"], capsys)
     assert code == 0, err
     assert decoded(tmp_path / "o") == ["in body"]
-    user_error(["data", "prepare", str(tmp_path / "x.jsonl"), "--out", str(tmp_path / "p")], capsys,
+    user_error(["data", "prepare", str(tmp_path / "x.jsonl"), "--out", str(tmp_path / "p")], capsys, "To fix:",
                "no field 'text'", "its fields: body", "--field body")
     assert not (tmp_path / "p").exists()
 
@@ -117,7 +98,7 @@ def test_hf_tokenizer_needs_an_end_of_document_token(tmp_path, capsys):
     tok.save(str(tmp_path / "tokenizer.json"))
     (tmp_path / "t.txt").write_text("hello world")
     argv = ["data", "prepare", str(tmp_path / "t.txt"), "--tokenizer", str(tmp_path / "tokenizer.json")]
-    user_error([*argv, "--out", str(tmp_path / "a")], capsys, "has no eos token", "--eod-token")
+    user_error([*argv, "--out", str(tmp_path / "a")], capsys, "To fix:", "has no eos token", "--eod-token")
     assert not (tmp_path / "a").exists()
     code, out, err = run([*argv, "--out", str(tmp_path / "b"), "--eod-token", "<end>", "--json"], capsys)
     assert code == 0 and json.loads(out)["eod_token"] == 3, err
@@ -131,11 +112,11 @@ def test_a_binary_file_is_refused_and_nothing_is_written(tmp_path, capsys):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "notes.txt").write_text("text\n")
     (tmp_path / "in" / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR" + bytes(100))
-    user_error(["data", "prepare", str(tmp_path / "in"), "--out", str(tmp_path / "out")], capsys,
+    user_error(["data", "prepare", str(tmp_path / "in"), "--out", str(tmp_path / "out")], capsys, "To fix:",
                "image.png' looks like a binary file", "pass only text files")
     assert not (tmp_path / "out").exists()
     (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
-    user_error(["data", "prepare", str(tmp_path / "latin1.txt"), "--out", str(tmp_path / "out")], capsys,
+    user_error(["data", "prepare", str(tmp_path / "latin1.txt"), "--out", str(tmp_path / "out")], capsys, "To fix:",
                "not UTF-8", "iconv")
 
 
@@ -144,11 +125,11 @@ def test_a_line_that_is_not_json_keeps_the_old_dataset(tmp_path, capsys):
     prepare_dataset([tmp_path / "good.txt"], tmp_path / "out")
     before = snapshot(tmp_path / "out")
     (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"text": "cut sh\n')
-    user_error(["data", "prepare", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "out")], capsys,
+    user_error(["data", "prepare", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "out")], capsys, "To fix:",
                "bad.jsonl:2 is not JSON", "fix or remove that line")
     assert snapshot(tmp_path / "out") == before
     (tmp_path / "list.jsonl").write_text('["not", "an object"]\n')
-    user_error(["data", "prepare", str(tmp_path / "list.jsonl"), "--out", str(tmp_path / "new")], capsys,
+    user_error(["data", "prepare", str(tmp_path / "list.jsonl"), "--out", str(tmp_path / "new")], capsys, "To fix:",
                "list.jsonl:1 has no field 'text'")
     assert not (tmp_path / "new").exists()
 
@@ -157,5 +138,5 @@ def test_a_line_that_is_not_json_keeps_the_old_dataset(tmp_path, capsys):
                                                 (["--workers", "0"], "--workers must be >= 1")])
 def test_bad_options(args, expected, tmp_path, capsys):
     (tmp_path / "t.txt").write_text("text\n")
-    user_error(["data", "prepare", str(tmp_path / "t.txt"), "--out", str(tmp_path / "o"), *args], capsys, expected)
+    user_error(["data", "prepare", str(tmp_path / "t.txt"), "--out", str(tmp_path / "o"), *args], capsys, "To fix:", expected)
     assert not (tmp_path / "o").exists()

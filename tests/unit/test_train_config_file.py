@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 import typer.main
+from test_cli_qa import user_error
 
 from bastion.cli import app, main
 from bastion.commands.train_cmds import resolve_run, train_params
 from bastion.rundir.layout import RUN_CONFIG_FILE
 from bastion.runtime.data import prepare_dataset
-
-CaptureFixture = pytest.CaptureFixture[str]
 
 RUN_TOML = """
 model = "tiny"
@@ -62,17 +61,6 @@ def resolved(argv: list[str]) -> dict:
     return resolve_run(params, world_size=params.pop("nproc")).config["train"]
 
 
-def user_error(argv: list[str], capsys: CaptureFixture, *expected: str) -> str:
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    out, err = capsys.readouterr()
-    flat = " ".join(err.split())
-    assert exc.value.code == 2 and "To fix:" in flat and "Traceback" not in err, (exc.value.code, out, err)
-    for text in expected:
-        assert text in flat, (text, err)
-    return flat
-
-
 def test_every_setting_comes_from_the_file(project):
     train = resolved(["--config", str(project / "run.toml")])
     assert train["model"] == "tiny" and train["steps"] == 8 and train["seq_len"] == 64
@@ -103,7 +91,7 @@ def test_flags_then_set_then_file(project):
 ])
 def test_unknown_keys_and_bad_values_in_the_file(project, capsys, old, new, expected):
     (project / "bad.toml").write_text(RUN_TOML.replace(old, new))
-    user_error(["train", "--config", str(project / "bad.toml")], capsys, *expected)
+    user_error(["train", "--config", str(project / "bad.toml")], capsys, "To fix:", *expected)
     assert not (project / "run").exists()
 
 
@@ -123,12 +111,12 @@ def test_bad_overrides_are_refused_before_anything_is_written(project, capsys, m
     (project / "p.txt").write_text("text without a held-out split\n" * 100)
     prepare_dataset([project / "p.txt"], project / "plain")
     monkeypatch.chdir(project)
-    user_error(["train", "--config", str(project / "run.toml"), *args], capsys, expected)
+    user_error(["train", "--config", str(project / "run.toml"), *args], capsys, "To fix:", expected)
     assert not (project / "run").exists()
 
 
 def test_required_settings_name_the_flag_and_the_key(tmp_path, capsys):
-    user_error(["train", "--model", "tiny"], capsys, "needs --plan, --data, --steps, --run-dir", "in a --config file")
+    user_error(["train", "--model", "tiny"], capsys, "To fix:", "needs --plan, --data, --steps, --run-dir", "in a --config file")
 
 
 def test_launch_takes_the_same_file(project, capsys, monkeypatch):

@@ -323,21 +323,12 @@ def _check_eval_and_logs(eval_every: int, eval_batches: int, tensorboard: bool, 
                               fix="pip install tensorboard (or bastion[interop]), or drop --tensorboard: "
                                   "metrics.jsonl has the same figures.")
     if profile is not None:
-        parse_profile_steps(profile, steps)
+        from bastion.runtime.train_config import profile_steps
 
-
-def parse_profile_steps(text: str, steps: int) -> tuple[int, int]:
-    """`--profile START:END` as the first and last (1-based) step traced."""
-    from bastion.errors import ConfigError
-
-    start, sep, end = str(text).partition(":")
-    if not (sep and start.strip().isdigit() and end.strip().isdigit()) or not 1 <= int(start) <= int(end):
-        raise ConfigError(f"--profile {text!r} is not START:END with 1 <= START <= END.",
-                          fix="give the steps to trace, e.g. --profile 5:7 (steps 5, 6 and 7).")
-    if int(end) > steps:
-        raise ConfigError(f"--profile {text} ends after the run's last step ({steps}).",
-                          fix=f"give steps from 1 to {steps}.")
-    return int(start), int(end)
+        window = profile_steps(profile)
+        if window is not None and window[1] > steps:
+            raise ConfigError(f"--profile {profile} ends after the run's last step ({steps}).",
+                              fix=f"give steps from 1 to {steps}.")
 
 
 def _print_time_breakdown(run_dir: Path) -> None:
@@ -431,6 +422,7 @@ def data_prepare_command(
 ) -> None:
     """Tokenise documents into a memory-mapped token dataset for `bastion train --data`."""
     import json
+    import sys
 
     from bastion.errors import ConfigError
     from bastion.runtime.data import prepare_dataset
@@ -443,7 +435,7 @@ def data_prepare_command(
                                                                           "processes).")
     meta = prepare_dataset(texts, out, tokenizer, int(max_mb * 1e6) if max_mb else None, field=field,
                            eod_token=eod_token, workers=workers, eval_fraction=eval_fraction,
-                           progress=progress and not as_json)
+                           progress=progress and not as_json and sys.stderr.isatty())
     if as_json:
         typer.echo(json.dumps(meta))
     else:

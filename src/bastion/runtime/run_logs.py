@@ -68,9 +68,12 @@ class StepProfiler:
         self.rank = rank
         self.device = device
         self._profiler: Any = None
+        self._written = False  # one trace per run, even if a rollback replays steps of the window
 
     def before_step(self, step: int) -> None:
-        if self.window is None or step != self.window[0] or self._profiler is not None:
+        # a run resumed inside the window traces from its first step there
+        if (self.window is None or not self.window[0] <= step <= self.window[1] or self._profiler is not None
+                or self._written):
             return
         from torch.profiler import ProfilerActivity, profile
 
@@ -90,7 +93,7 @@ class StepProfiler:
         """End the trace (at END, or wherever the run stops) and write it."""
         if self._profiler is None:
             return
-        profiler, self._profiler = self._profiler, None
+        profiler, self._profiler, self._written = self._profiler, None, True
         profiler.__exit__(None, None, None)
         profiler.export_chrome_trace(str(self.directory / f"trace-rank{self.rank:05d}.json"))
         if self.device.type == "cuda" and self.rank == 0:

@@ -24,7 +24,7 @@ from bastion.runtime.preemption import PreemptionNotice
 from bastion.runtime.resilience import BadStep, Resilience
 from bastion.runtime.run_logs import StepProfiler, TensorBoardLog
 from bastion.runtime.run_summary import peak_flops, write_run_summary
-from bastion.runtime.train_config import TrainConfig
+from bastion.runtime.train_config import TrainConfig, profile_steps
 from bastion.runtime.trainer import Trainer
 from bastion.specs.model import load_model
 from bastion.specs.plan import ParallelPlan
@@ -67,13 +67,6 @@ def _predicted_step_s(config: TrainConfig, spec: Any, plan: ParallelPlan, cluste
     return predicted_figures(spec, plan, cluster_name, spec.seq_len, compiled=config.compile).get("step_time_s")
 
 
-def _profile_window(text: str | None) -> tuple[int, int] | None:
-    if not text:
-        return None
-    start, _, end = text.partition(":")
-    return int(start), int(end)
-
-
 def _evaluate(trainer: Trainer, run_dir: Path, rank: int) -> dict[str, Any]:
     """Held-out loss after the trainer's current step (collective); rank 0 logs the `eval` record."""
     start = time.perf_counter()
@@ -114,7 +107,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     board = TensorBoardLog(run_dir, config.tensorboard and rank == 0,
                            predicted_step_s=_predicted_step_s(config, spec, plan, cluster_name),
                            restarts=resilience.attempt)
-    profiler = StepProfiler(run_dir, _profile_window(config.profile), rank, device)
+    profiler = StepProfiler(run_dir, profile_steps(config.profile), rank, device)
     records: list[dict[str, Any]] = []
     evals: list[dict[str, Any]] = []
     model_state = None

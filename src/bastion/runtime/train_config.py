@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bastion.errors import ConfigError
 from bastion.runtime.resilience_config import ResilienceConfig
+
+
+def profile_steps(text: str | None) -> tuple[int, int] | None:
+    """`--profile START:END` as the first and last (1-based) step traced; None when not asked for."""
+    if not text:
+        return None
+    start, sep, end = str(text).partition(":")
+    if not (sep and start.strip().isdigit() and end.strip().isdigit()) or not 1 <= int(start) <= int(end):
+        raise ConfigError(f"--profile {text!r} is not START:END with 1 <= START <= END.",
+                          fix="give the steps to trace, e.g. --profile 5:7 (steps 5, 6 and 7).")
+    return int(start), int(end)
 
 
 @dataclass(frozen=True)
