@@ -1,5 +1,5 @@
 """Evaluation on the held-out split and data mixtures under real multi-process gloo runs: the eval loss of every
-plan equals the single-process run's within 1e-5, and so do the training losses of a two-dataset mixture (the
+plan (dp×tp, pp×dp with 1f1b and interleaved-1f1b, zero 3, cp×dp) equals the single-process run's within 1e-5, and so do the training losses of a two-dataset mixture (the
 mixture's global sample order does not depend on the plan)."""
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ PLANS = {
     "dp2_tp2": {"dp": 2, "tp": 2, "micro_batch": 2, "global_batch": 4, "precision": "fp32"},
     "pp2_dp2": {"dp": 2, "pp": 2, "pp_schedule": "1f1b", "micro_batch": 1, "global_batch": 4, "precision": "fp32"},
     "dp4_zero3": {"dp": 4, "zero_stage": 3, "micro_batch": 1, "global_batch": 4, "precision": "fp32"},
+    "pp2_dp2_interleaved": {"dp": 2, "pp": 2, "pp_schedule": "interleaved-1f1b", "vpp": 2, "micro_batch": 1,
+                            "global_batch": 4, "precision": "fp32"},
+    "cp2_dp2": {"dp": 2, "cp": 2, "micro_batch": 2, "global_batch": 4, "precision": "fp32"},
 }
 SINGLE = {"dp": 1, "micro_batch": 2, "global_batch": 4, "precision": "fp32"}
 

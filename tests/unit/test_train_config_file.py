@@ -104,10 +104,13 @@ def test_unknown_keys_and_bad_values_in_the_file(project, capsys, old, new, expe
     (["--set", "data=data=0.7,other=0"], "is not DIR=WEIGHT with a positive weight"),
     (["--data", "data=0.7,data2=-1"], "is not DIR=WEIGHT with a positive weight"),
     (["--eval-every", "2", "--data", "plain"], "needs held-out samples"),
+    (["--eval-every", "2", "--plan", "zbv.json"], "cannot run under pp_schedule 'zbv'"),
     (["--profile", "3:2"], "is not START:END"),
     (["--profile", "2:99"], "ends after the run's last step"),
 ])
 def test_bad_overrides_are_refused_before_anything_is_written(project, capsys, monkeypatch, args, expected):
+    (project / "zbv.json").write_text(json.dumps({"pp": 2, "pp_schedule": "zbv", "vpp": 2, "micro_batch": 1,
+                                                  "global_batch": 2, "precision": "fp32"}))
     (project / "p.txt").write_text("text without a held-out split\n" * 100)
     prepare_dataset([project / "p.txt"], project / "plain")
     monkeypatch.chdir(project)

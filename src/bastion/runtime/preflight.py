@@ -66,8 +66,21 @@ def check_request(model: str, plan_path: str, data_dir: str | None, world_size: 
         raise ConfigError(f"--steps must be at least 1, got {steps}.", fix="pass --steps N with N >= 1.")
     if data_dir is None:
         return CheckedRequest(spec=spec, plan=plan, data_meta={})
+    if evaluate:
+        check_eval_schedule(plan)
     metas = [_check_dataset(name, spec, evaluate) for name, _ in parse_data_mixture(data_dir)]
     return CheckedRequest(spec=spec, plan=plan, data_meta=metas[0])
+
+
+def check_eval_schedule(plan: ParallelPlan) -> None:
+    """torch's pipelining evaluates (`schedule.eval`, forward only) with every schedule but the V-shaped ones."""
+    from bastion.specs.schedules import V_SHAPE, get_schedule
+
+    if plan.pp > 1 and get_schedule(plan.pp_schedule).layout is V_SHAPE:
+        raise ConfigError(f"--eval-every cannot run under pp_schedule '{plan.pp_schedule}': torch's V-shaped "
+                          f"schedules need a backward pass (their forward-only `eval` fails).",
+                          fix="use pp_schedule 1f1b, interleaved-1f1b, zero-bubble or gpipe for a run with "
+                              "evaluation, or leave --eval-every out.")
 
 
 def _check_dataset(data_dir: str, spec: ModelSpec, evaluate: bool) -> dict:

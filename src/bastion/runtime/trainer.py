@@ -29,6 +29,7 @@ from bastion.runtime.optim import (
     scheduler_state,
 )
 from bastion.runtime.parallelize import ParallelizeConfig, cross_entropy_loss, parallelize
+from bastion.runtime.preflight import check_eval_schedule
 from bastion.runtime.train_config import TrainConfig
 from bastion.specs.model import ModelSpec
 from bastion.specs.plan import ParallelPlan
@@ -80,6 +81,7 @@ class Trainer(Stateful):
         #: the held-out samples `evaluate` reads: always the first eval_batches × global_batch of the eval split
         self.eval_sampler: GlobalSampler | None = None
         if config.eval_every > 0:
+            check_eval_schedule(plan)
             held_out, weights = open_datasets(config.data, self.seq_len, spec.vocab_size, split="eval")
             self.eval_sampler = GlobalSampler(held_out, plan.global_batch, config.seed, weights)
         #: optimizer steps completed
