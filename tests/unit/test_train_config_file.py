@@ -118,6 +118,17 @@ def test_bad_overrides_are_refused_before_anything_is_written(project, capsys, m
     assert not (project / "run").exists()
 
 
+def test_the_plan_can_be_a_table_of_the_file(project, capsys):
+    text = RUN_TOML.replace('plan = "plan.json"\n', "")
+    (project / "inline.toml").write_text(text + '[plan]\ndp = 2\nmicro_batch = 1\nglobal_batch = 2\nprecision = "fp32"\n')
+    command = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
+    params = train_params(command.make_context("bastion train", ["--config", str(project / "inline.toml")]))
+    run = resolve_run(params, world_size=params.pop("nproc"))
+    assert run.plan.dp == 2 and run.config["plan"]["global_batch"] == 2 and run.world_size == 2
+    (project / "bad.toml").write_text(text + "[plan]\ndpp = 2\n")
+    user_error(["train", "--config", str(project / "bad.toml")], capsys, "To fix:", "dpp")
+
+
 def test_required_settings_name_the_flag_and_the_key(tmp_path, capsys):
     user_error(["train", "--model", "tiny"], capsys, "To fix:", "needs --plan, --data, --steps, --run-dir", "in a --config file")
 

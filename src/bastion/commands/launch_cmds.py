@@ -88,8 +88,10 @@ def launch_command(
         from bastion.runtime.data import absolute_data
 
         run_dir_text, data_text = str(Path(run_dir).absolute()), absolute_data(str(data))
-    train_args = ["--model", str(model), "--plan", str(plan_path), "--data", data_text, "--run-dir", run_dir_text,
+    train_args = ["--model", str(model), "--data", data_text, "--run-dir", run_dir_text,
                   "--steps", str(steps), "--max-restarts", str(max_restarts)]
+    if not isinstance(plan_path, dict):  # a [plan] table reaches `bastion train` through --config
+        train_args += ["--plan", str(plan_path)]
     if seq_len is not None:
         train_args += ["--seq-len", str(seq_len)]
     if config is not None:

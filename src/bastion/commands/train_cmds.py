@@ -134,6 +134,9 @@ def train_params(ctx: Any) -> dict[str, Any]:
     for name, value in overrides.items():
         if name not in by_name or name in given:
             continue
+        if name == "plan" and isinstance(value, dict):  # the [plan] table: checked as a plan by resolve_run
+            params[name] = value
+            continue
         try:
             value = by_name[name].process_value(ctx, str(value) if name == "checkpoint_every" else value)
         except BadParameter as exc:
@@ -178,8 +181,11 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
                                     p["keep_every"], p["async_checkpoint"], p["resume"], p["resume_from"],
                                     p["stop_after_step"], p["hang_timeout_s"], p["skip_batch"],
                                     p["restart_from_scratch"], p["checkpoint_key_file"])
-    model, plan_path, run_dir, steps = p["model"], Path(p["plan"]), Path(p["run_dir"]), p["steps"]
-    request = check_request(model, str(plan_path), str(p["data"]) if paths_here else None, world_size, steps,
+    model, run_dir, steps = p["model"], Path(p["run_dir"]), p["steps"]
+    # a plan file, or the [plan] table of --config
+    plan_source = (ParallelPlan.from_dict(p["plan"], "the [plan] table of --config") if isinstance(p["plan"], dict)
+                   else str(Path(p["plan"])))
+    request = check_request(model, plan_source, str(p["data"]) if paths_here else None, world_size, steps,
                             p["seq_len"], evaluate=p["eval_every"] > 0)
     world_size = request.plan.num_gpus
     check_faults([parse_fault(s) for s in resilience.inject], world_size, steps)
@@ -196,7 +202,8 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
                               f"resumes from its newest checkpoint.")
     if paths_here:
         check_run_dir(run_dir, resilience, request.spec, request.plan, steps)
-    train = {"model": _model_argument(model), "plan": str(plan_path), "data": str(p["data"]), "steps": steps,
+    plan_record = plan_source if isinstance(plan_source, str) else "[plan] of --config"
+    train = {"model": _model_argument(model), "plan": plan_record, "data": str(p["data"]), "steps": steps,
              "run_dir": str(run_dir), "seed": p["seed"], "seq_len": p["seq_len"], "lr": p["lr"],
              "compile": p["compile_model"], "cluster": p["cluster"], "progress": p["progress"],
              "eval_every": p["eval_every"], "eval_batches": p["eval_batches"], "tensorboard": p["tensorboard"],

@@ -2,6 +2,7 @@
 them overridden on the command line by its flag or by `--set KEY=VALUE`.
 
     model = "tiny"                 plan = "plan.json"         data = "data"   # or { "web" = 0.7, "code" = 0.3 }
+    # plan: a ParallelPlan file, or the plan itself: plan = { dp = 2, micro_batch = 1, global_batch = 8 }
     steps = 200                    run_dir = "runs/first"     seed = 0        seq_len = 128
     [optimizer]  lr = 3e-4   betas = [0.9, 0.95]   weight_decay = 0.1   eps = 1e-8
     [schedule]   warmup_steps = 10   decay = "cosine"   min_lr_ratio = 0.1      # decay: cosine, linear, constant
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bastion.errors import ConfigError, did_you_mean
+from bastion.runtime.train_config import TrainConfig
 
 #: file key -> the `bastion train` parameter it sets (a flag's name, or a TrainConfig field without a flag)
 KEYS: dict[str, str] = {
@@ -42,9 +44,9 @@ KEYS: dict[str, str] = {
 }
 #: keys whose values are paths (relative to the file's directory)
 PATH_KEYS = ("plan", "data", "run_dir", "checkpoint.resume_from", "checkpoint.key_file")
-#: settings with no flag of their own (set by the file or --set only), with their defaults (runtime/train_config.py)
-FILE_ONLY = {"betas": (0.9, 0.95), "weight_decay": 0.1, "eps": 1e-8, "warmup_steps": 10, "lr_decay": "cosine",
-             "min_lr_ratio": 0.1, "max_grad_norm": 1.0}
+#: settings with no flag of their own (set by the file or --set only): TrainConfig fields, with its defaults
+FILE_ONLY = {name: TrainConfig.__dataclass_fields__[name].default
+             for name in ("betas", "weight_decay", "eps", "warmup_steps", "lr_decay", "min_lr_ratio", "max_grad_norm")}
 LR_DECAYS = ("cosine", "linear", "constant")
 
 
@@ -52,7 +54,7 @@ def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in table.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict) and name != "data":
+        if isinstance(value, dict) and name not in ("data", "plan"):  # tables that are one setting
             flat.update(_flatten(value, f"{name}."))
         else:
             flat[name] = value

@@ -50,7 +50,7 @@ def check_world_size(plan: ParallelPlan, world_size: int) -> None:
             reason="degrees != devices")
 
 
-def check_request(model: str, plan_path: str, data_dir: str | None, world_size: int | None, steps: int,
+def check_request(model: str, plan_path: str | ParallelPlan, data_dir: str | None, world_size: int | None, steps: int,
                   seq_len: int | None = None, evaluate: bool = False) -> CheckedRequest:
     """Everything `bastion train` can verify up front; raises a BastionError with guidance. `data_dir` None: the
     dataset is not visible here (a Kubernetes launch), its checks wait for the workers; else one dataset directory
@@ -59,7 +59,7 @@ def check_request(model: str, plan_path: str, data_dir: str | None, world_size: 
 
     spec = load_model(model, seq_len)
     check_runtime_supports(spec)
-    plan = ParallelPlan.load(plan_path)
+    plan = plan_path if isinstance(plan_path, ParallelPlan) else ParallelPlan.load(plan_path)
     plan.validate(spec, None, spec.seq_len)
     check_world_size(plan, plan.num_gpus if world_size is None else world_size)
     if steps < 1:
