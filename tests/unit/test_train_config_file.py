@@ -141,3 +141,14 @@ def test_launch_takes_the_same_file(project, capsys, monkeypatch):
     train = json.loads((project / "run" / RUN_CONFIG_FILE).read_text())["train"]
     assert train["lr"] == 0.004 and train["betas"] == [0.8, 0.9] and train["eval_every"] == 4
     assert train["data"] == str(project / "data")
+
+
+def test_the_shipped_example_parses_and_checks():
+    from bastion.commands.train_file import check_optimizer_settings, load_config_file
+    from bastion.specs.plan import ParallelPlan
+
+    example = Path(__file__).parents[2] / "examples" / "train" / "run.toml"
+    values = load_config_file(example)
+    assert values["data"] == f"{example.parent / 'data/web'}=0.7,{example.parent / 'data/docs'}=0.3"
+    assert ParallelPlan.from_dict(values["plan"]).num_gpus == values["nproc"]
+    assert check_optimizer_settings(values)["lr_decay"] == "cosine"
