@@ -1,7 +1,7 @@
 """Run several training cases in one torchrun launch (start-up costs 10-15 s per launch on 2 cores).
 
 Usage (by tests/dist/conftest.py): torchrun --nproc-per-node N equivalence_worker.py CASES.json
-CASES.json: {"data": DIR, "steps": N, "cases": [{"name", "model", "plan", "run_dir"}, ...]}. Each case is a full
+CASES.json: {"data": DIR, "steps": N, "cases": [{"name", "model", "plan", "run_dir", "data"?, "options"?}, ...]}. Each case is a full
 `bastion.runtime.train.train` run in the same process group; rank 0 writes summary.json and final_params.pt.
 """
 
@@ -13,9 +13,13 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+from bastion.runtime.resilience_config import ResilienceConfig
 from bastion.runtime.train import train
 from bastion.runtime.train_config import TrainConfig
 from bastion.runtime.worker import init_distributed, shutdown_and_exit
+
+#: the cases compare parameters and losses: no checkpoint, not even the final one (`--checkpoint-every never`)
+REFERENCE_RUN = ResilienceConfig(save_final=False)
 
 
 def run_in_group(body: Callable[[], None]) -> None:
@@ -39,9 +43,10 @@ def main(cases_path: str) -> None:
 
     def cases() -> None:
         for case in spec["cases"]:
-            train(TrainConfig(model=case["model"], plan=case["plan"], data=spec["data"], steps=spec["steps"],
-                              run_dir=case["run_dir"], seed=spec.get("seed", 0), progress=False,
-                              save_final_params=True, **case.get("options", {})))
+            train(TrainConfig(model=case["model"], plan=case["plan"], data=case.get("data", spec["data"]),
+                              steps=spec["steps"], run_dir=case["run_dir"], seed=spec.get("seed", 0),
+                              progress=False, save_final_params=True,
+                              **{"resilience": REFERENCE_RUN, **case.get("options", {})}))
 
     run_in_group(cases)
 

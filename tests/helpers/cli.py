@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def bastion(*args: str, timeout: float = 800, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """`python -m bastion ARGS` with one thread per worker (runs are bitwise reproducible only at a fixed thread
@@ -25,3 +27,26 @@ def records(run_dir: Path) -> list[dict]:
 
 def step_records(run_dir: Path) -> list[dict]:
     return [r for r in records(run_dir) if "event" not in r]
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """`bastion ARGV` in this process (typer's app through cli.main): (exit code, stdout, stderr)."""
+    from bastion.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    out, err = capsys.readouterr()
+    return int(exc.value.code or 0), out, err
+
+
+def user_error(argv: list[str], capsys: pytest.CaptureFixture[str], *expected: str) -> str:
+    """A user mistake: exit 2, "error:" and a "To fix:" line on stderr, no traceback, nothing on stdout; every
+    `expected` text in the message. Returns the message on one line."""
+    code, out, err = run(argv, capsys)
+    assert code == 2, (argv, code, out, err)
+    assert out == "", out
+    assert err.startswith("error: ") and "\nTo fix: " in err and "Traceback" not in err, err
+    flat = " ".join(err.split())
+    for text in expected:
+        assert text in flat, (text, err)
+    return flat

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bastion.cli import main
+from helpers.cli import run, user_error
 
 CaptureFixture = pytest.CaptureFixture[str]
 ROOT = Path(__file__).parents[2]
@@ -25,25 +25,6 @@ HANG_S = 60
 def _guarded(request: pytest.FixtureRequest, hang_guard) -> Iterator[None]:
     with hang_guard(HANG_S, request.node.name):
         yield
-
-
-def run(argv: list[str], capsys: CaptureFixture) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    out, err = capsys.readouterr()
-    return int(exc.value.code or 0), out, err
-
-
-def guidance(argv: list[str], capsys: CaptureFixture, *expected: str) -> str:
-    """A user mistake: exit 2, "error:" and "To fix:" on stderr, no traceback, nothing on stdout."""
-    code, out, err = run(argv, capsys)
-    assert code == 2, (argv, code, out, err)
-    assert out == "", out
-    assert err.startswith("error: ") and "\nTo fix: " in err and "Traceback" not in err, err
-    flat = " ".join(err.split())
-    for text in expected:
-        assert text in flat, (text, err)
-    return flat
 
 
 def strict_json(text: str) -> object:
@@ -65,7 +46,7 @@ def a_file(tmp_path: Path) -> Path:
 def test_plan_save_where_nothing_can_be_written(where: str, a_file: Path, capsys: CaptureFixture) -> None:
     # used to search, then end in FileExistsError / FileNotFoundError tracebacks
     target = a_file / "plan.json" if where == "under-a-file" else Path("/proc/bastion-plan.json")
-    guidance([*PLAN, "--save", str(target)], capsys, "Cannot write the plan")
+    user_error([*PLAN, "--save", str(target)], capsys, "Cannot write the plan")
     assert a_file.read_text() == "not a directory"
 
 
@@ -73,7 +54,7 @@ def test_plan_save_where_nothing_can_be_written(where: str, a_file: Path, capsys
 def test_report_html_where_nothing_can_be_written(where: str, a_file: Path, tmp_path: Path,
                                                   capsys: CaptureFixture) -> None:
     target = a_file / "r.html" if where == "under-a-file" else Path("/proc/bastion-report.html")
-    guidance(["report", str(tmp_path), "--html", str(target)], capsys, "Cannot write the HTML report")
+    user_error(["report", str(tmp_path), "--html", str(target)], capsys, "Cannot write the HTML report")
 
 
 @pytest.mark.parametrize("where", ["under-a-file", "proc"])
@@ -82,7 +63,7 @@ def test_data_prepare_out_where_nothing_can_be_written(where: str, a_file: Path,
     text = tmp_path / "t.txt"
     text.write_text("hello\n")
     target = a_file / "data" if where == "under-a-file" else Path("/proc/bastion-data")
-    guidance(["data", "prepare", str(text), "--out", str(target)], capsys, "Cannot write the dataset")
+    user_error(["data", "prepare", str(text), "--out", str(target)], capsys, "Cannot write the dataset")
 
 
 def test_data_prepare_into_its_own_input_does_not_read_its_output(tmp_path: Path, capsys: CaptureFixture) -> None:
@@ -95,7 +76,7 @@ def test_data_prepare_into_its_own_input_does_not_read_its_output(tmp_path: Path
         code, out, err = run(["data", "prepare", str(corpus), "--out", str(corpus), "--json"], capsys)
         assert code == 0, err
         counts.append(json.loads(out)["num_tokens"])
-    assert counts[0] == counts[1] == len("some text to train on\n" * 50) + 2
+    assert counts[0] == counts[1] == len("some text to train on\n" * 50) + 1  # the end-of-document token
 
 
 # ---- malformed datasets: refused by the pre-start check train and every launch backend run ---------------
@@ -186,7 +167,7 @@ COST = ["cost", "--model", "llama3-8b", "--cluster", "h100-sxm:64", "--tokens", 
     (["demo", "--steps", "1.5"], "--steps must be a whole number"),
 ])
 def test_bad_numbers_are_named_with_their_range(argv: list[str], expected: str, capsys: CaptureFixture) -> None:
-    guidance([*argv, "--json"] if argv[0] != "demo" else argv, capsys, expected)
+    user_error([*argv, "--json"] if argv[0] != "demo" else argv, capsys, expected)
 
 
 def test_an_infinite_half_life_is_standard_json(capsys: CaptureFixture) -> None:
@@ -208,7 +189,7 @@ def test_an_infinite_half_life_is_standard_json(capsys: CaptureFixture) -> None:
     (["estimate", "--model", "small", "--cluster", "cpu:4", "--seq-len", str(2**40)], "--seq-len must be <="),
 ])
 def test_huge_sizes_are_bounded(argv: list[str], expected: str, capsys: CaptureFixture) -> None:
-    guidance(argv, capsys, expected)
+    user_error(argv, capsys, expected)
 
 
 MODEL = "num_layers = 4\nhidden_size = 256\nnum_heads = 4\nffn_hidden_size = 1024\nvocab_size = 1000\n"
@@ -223,7 +204,7 @@ def test_huge_model_fields_are_bounded(text: str, expected: str, tmp_path: Path,
     # num_layers = 1e18 used to send the planner into a divisor loop
     path = tmp_path / "m.toml"
     path.write_text(text)
-    guidance(["plan", "--model", str(path), "--cluster", "h100-sxm:8", "--global-batch", "8"], capsys, expected)
+    user_error(["plan", "--model", str(path), "--cluster", "h100-sxm:8", "--global-batch", "8"], capsys, expected)
 
 
 # ---- spec files a parser cannot take -----------------------------------------------------------------
@@ -236,7 +217,7 @@ def test_huge_model_fields_are_bounded(text: str, expected: str, tmp_path: Path,
 def test_plan_files_a_parser_cannot_take(text: str, expected: str, tmp_path: Path, capsys: CaptureFixture) -> None:
     path = tmp_path / "plan.json"
     path.write_text(text)
-    guidance(["estimate", "--model", "small", "--cluster", "cpu:4", "--plan", str(path)], capsys, expected)
+    user_error(["estimate", "--model", "small", "--cluster", "cpu:4", "--plan", str(path)], capsys, expected)
 
 
 # ---- results that were accepted as nonsense -----------------------------------------------------------
@@ -253,12 +234,12 @@ def test_validate_with_no_predictable_row_fails(tmp_path: Path, capsys: CaptureF
         writer = csv.DictWriter(fh, fieldnames=header)
         writer.writeheader()
         writer.writerows(rows)
-    guidance(["validate", str(path), "--json"], capsys, "No row of", "could be predicted", "2 skipped")
+    user_error(["validate", str(path), "--json"], capsys, "No row of", "could be predicted", "2 skipped")
 
 
 def test_report_with_an_unknown_cluster_fails(tmp_path: Path, capsys: CaptureFixture) -> None:
     # used to exit 0, printing a report without a prediction
-    guidance(["report", str(tmp_path), "--cluster", "bogus:3"], capsys, "Unknown cluster 'bogus:3'")
+    user_error(["report", str(tmp_path), "--cluster", "bogus:3"], capsys, "Unknown cluster 'bogus:3'")
 
 
 # ---- paths the operating system refuses ---------------------------------------------------------------
@@ -276,7 +257,7 @@ LONG = "9" * 5000
 ], ids=["model", "cluster", "plan-save", "report", "validate", "simulate", "data-prepare"])
 def test_a_name_too_long_for_the_file_system(argv: list[str], capsys: CaptureFixture) -> None:
     # each used to end in an OSError traceback (exit 1)
-    guidance(argv, capsys, "File name too long", "characters)")
+    user_error(argv, capsys, "File name too long", "characters)")
 
 
 # ---- run directories with damaged records --------------------------------------------------------------
@@ -286,7 +267,7 @@ def test_report_counts_a_damaged_step_record_as_unreadable(damage: dict[str, obj
     # a step record with a null step time used to end in a TypeError traceback inside the failure accounting
     record = {"step": 1, "loss": 5.0, "step_time_s": 0.1, "tokens_per_s": 100.0, "time": 1.7e9, **damage}
     (tmp_path / "metrics.jsonl").write_text(json.dumps(record) + "\n")
-    guidance(["report", str(tmp_path), "--json"], capsys, "has no complete step record yet", "1 line(s) did not parse")
+    user_error(["report", str(tmp_path), "--json"], capsys, "has no complete step record yet", "1 line(s) did not parse")
 
 
 @pytest.mark.parametrize("name", ["summary.json", "plan.json", "metrics.jsonl"])
@@ -297,7 +278,7 @@ def test_report_of_a_run_file_nested_too_deeply(name: str, tmp_path: Path, capsy
     deep = "[" * 100_000 + "]" * 100_000
     if name == "metrics.jsonl":
         (tmp_path / name).write_text(deep + "\n")
-        guidance(["report", str(tmp_path), "--json"], capsys, "1 line(s) did not parse")
+        user_error(["report", str(tmp_path), "--json"], capsys, "1 line(s) did not parse")
     else:
         (tmp_path / name).write_text(deep)
-        guidance(["report", str(tmp_path), "--json"], capsys, f"{name} is not valid JSON")
+        user_error(["report", str(tmp_path), "--json"], capsys, f"{name} is not valid JSON")

@@ -9,30 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from bastion.cli import main
 from bastion.predict.validate import PUBLIC_CASES
 from helpers.checkpoints import fake_checkpoint
+from helpers.cli import run, user_error
 
 CaptureFixture = pytest.CaptureFixture[str]
-
-
-def run(argv: list[str], capsys: CaptureFixture) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    out, err = capsys.readouterr()
-    return int(exc.value.code or 0), out, err
-
-
-def user_error(argv: list[str], capsys: CaptureFixture, *expected: str) -> str:
-    """Run a command that must fail as a user mistake; return its message."""
-    code, out, err = run(argv, capsys)
-    assert code == 2, (argv, code, out, err)
-    assert out == "", out
-    assert "Traceback" not in err and err.startswith("error: "), err
-    flat = " ".join(err.split())
-    for text in expected:
-        assert text in flat, (text, err)
-    return flat
 
 
 ESTIMATE = ["estimate", "--model", "llama3-70b", "--cluster", "h100-sxm:1024"]
@@ -298,11 +279,11 @@ def test_data_prepare_interrupted_keeps_the_old_dataset(dataset: Path, tmp_path:
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from bastion.runtime import data as data_module
 
-    def interrupted(text: bytes):
+    def interrupted(tokenizer, document):
         raise KeyboardInterrupt
 
     before = _snapshot(dataset)
-    monkeypatch.setattr(data_module, "_tokenize_bytes", interrupted)
+    monkeypatch.setattr(data_module, "encode", interrupted)
     with pytest.raises(KeyboardInterrupt):
         data_module.prepare_dataset([tmp_path / "text.txt"], dataset)
     assert _snapshot(dataset) == before  # no half-written tokens.bin, no temporary files left

@@ -8,15 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bastion.cli import main
 from bastion.predict.validate import PUBLIC_CASES
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    out, err = capsys.readouterr()
-    return int(exc.value.code or 0), out, err
+from helpers.cli import run
 
 
 def test_estimate_json_infers_dp(capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from bastion.cli import main
 from bastion.errors import ConfigError
 from bastion.predict import PredictOptions, estimate
 from bastion.predict.frameworks import SoftwareFacts, framework_releases, resolve
@@ -20,14 +19,7 @@ from bastion.predict.software import software_stack, software_stacks
 from bastion.predict.validate import PUBLIC_CASES, predict_case, read_cases, row_software
 from bastion.specs import ParallelPlan, load_cluster, load_model
 from bastion.specs.hardware import accelerator_names, load_accelerator
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    out, err = capsys.readouterr()
-    return int(exc.value.code or 0), out, err
-
+from helpers.cli import run
 
 # ---- kernels -------------------------------------------------------------------------------------------------
 

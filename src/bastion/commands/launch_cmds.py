@@ -17,14 +17,20 @@ from bastion.errors import LaunchError
 def launch_command(
     ctx: typer.Context,
     on: str = typer.Option(..., "--on", help="Engine: local (torchrun here), slurm (sbatch) or k8s (manifests)."),
-    model: str = typer.Option(..., "--model", help="Model preset or model file."),
-    plan_path: Path = typer.Option(..., "--plan", help="ParallelPlan file (JSON or TOML)."),
-    data: str = typer.Option(..., "--data", help="Token dataset directory (`bastion data prepare`)."),
-    run_dir: str = typer.Option(..., "--run-dir",
-                                help="Run directory (metrics, summary, checkpoints); every (re)start resumes from "
-                                     "it. For k8s, the path inside the pods where the claim is mounted."),
-    steps: int = typer.Option(..., "--steps", help="Optimizer steps to train (the total: a requeued job "
-                                                   "resumes and stops there)."),
+    model: str | None = typer.Option(None, "--model", help="Model preset or model file (or `model` in --config)."),
+    plan_path: Path | None = typer.Option(None, "--plan", help="ParallelPlan file (JSON or TOML) (or --config)."),
+    data: str | None = typer.Option(None, "--data", help="Token dataset directory (`bastion data prepare`), or "
+                                    "a mixture DIR_A=0.7,DIR_B=0.3 (or --config)."),
+    run_dir: str | None = typer.Option(None, "--run-dir",
+                                       help="Run directory (metrics, summary, checkpoints); every (re)start resumes "
+                                            "from it. For k8s, the path inside the pods where the claim is mounted "
+                                            "(or --config)."),
+    steps: int | None = typer.Option(None, "--steps", help="Optimizer steps to train (the total: a requeued job "
+                                                           "resumes and stops there) (or --config)."),
+    config: Path | None = typer.Option(None, "--config", help="The run.toml of `bastion train --config`: every "
+                                       "training setting; the options here override it."),
+    set_values: list[str] = typer.Option([], "--set", help="Override one --config setting (as `bastion train "
+                                         "--set`), e.g. --set optimizer.lr=3e-4."),
     seq_len: int | None = typer.Option(None, "--seq-len", help="Sequence length (default: the model's)."),
     nodes: int | None = typer.Option(None, "--nodes", help="Machines (Slurm nodes, pods)."),
     gpus_per_node: int | None = typer.Option(None, "--gpus-per-node",
@@ -64,14 +70,34 @@ def launch_command(
     engine = check_engine(on)
     if dry_run and submit:
         raise LaunchError("--dry-run and --submit contradict each other.", fix="give one of them.")
+    from_file = _from_config(config, set_values)
+    model = model or from_file.get("model")
+    plan_path = plan_path or from_file.get("plan")
+    data = data or from_file.get("data")
+    run_dir = run_dir or from_file.get("run_dir")
+    steps = steps if steps is not None else from_file.get("steps")
+    seq_len = seq_len if seq_len is not None else from_file.get("seq_len")
+    missing = [flag for flag, value in (("--model", model), ("--plan", plan_path), ("--data", data),
+                                        ("--run-dir", run_dir), ("--steps", steps)) if value is None]
+    if missing:
+        raise LaunchError(f"`bastion launch` needs {', '.join(missing)}.",
+                          fix="give them as options, or in the --config file (model, plan, data, run_dir, steps).")
     if engine == "k8s":
-        run_dir_text, data_text = run_dir, data  # paths inside the pods
+        run_dir_text, data_text = str(run_dir), str(data)  # paths inside the pods
     else:
-        run_dir_text, data_text = str(Path(run_dir).absolute()), str(Path(data).absolute())
-    train_args = ["--model", model, "--plan", str(plan_path), "--data", data_text, "--run-dir", run_dir_text,
+        from bastion.runtime.data import absolute_data
+
+        run_dir_text, data_text = str(Path(run_dir).absolute()), absolute_data(str(data))
+    train_args = ["--model", str(model), "--data", data_text, "--run-dir", run_dir_text,
                   "--steps", str(steps), "--max-restarts", str(max_restarts)]
+    if not isinstance(plan_path, dict):  # a [plan] table reaches `bastion train` through --config
+        train_args += ["--plan", str(plan_path)]
     if seq_len is not None:
         train_args += ["--seq-len", str(seq_len)]
+    if config is not None:
+        train_args += ["--config", str(config)]
+    for item in set_values:
+        train_args += ["--set", item]
     run = _resolve_train_args(train_args, list(ctx.args), paths_here=engine != "k8s")
     layout = worker_layout(run.world_size, nodes, gpus_per_node, device)
     job_name = name or Path(run_dir_text).name or "bastion"
@@ -133,7 +159,15 @@ def launch_command(
 
 
 #: `bastion train` options that `bastion launch` sets itself (a second value after `--` would be ambiguous)
-_LAUNCH_OWNED = ("--model", "--plan", "--data", "--run-dir", "--steps", "--seq-len", "--max-restarts", "--nproc")
+_LAUNCH_OWNED = ("--model", "--plan", "--data", "--run-dir", "--steps", "--seq-len", "--max-restarts", "--nproc",
+                 "--config", "--set")
+
+
+def _from_config(config: Path | None, set_values: list[str]) -> dict:
+    """The settings `bastion launch` needs itself from --config and --set (the rest reach `bastion train`)."""
+    from bastion.commands.train_file import load_config_file, parse_sets
+
+    return {**(load_config_file(config) if config is not None else {}), **parse_sets(set_values)}
 
 
 def _resolve_train_args(train_args: list[str], extra: list[str], paths_here: bool):
@@ -142,7 +176,7 @@ def _resolve_train_args(train_args: list[str], extra: list[str], paths_here: boo
     import typer.main
     from typer.exceptions import TyperException
 
-    from bastion.commands.train_cmds import resolve_run
+    from bastion.commands.train_cmds import resolve_run, train_params
 
     for arg in extra:
         option = arg.split("=", 1)[0]
@@ -162,7 +196,7 @@ def _resolve_train_args(train_args: list[str], extra: list[str], paths_here: boo
                           f"{getattr(exc, 'format_message', exc.__str__)()}",
                           fix="pass only `bastion train` options after `--` (`bastion train --help` lists them).",
                           ) from None
-    params = dict(ctx.params)
+    params = train_params(ctx)  # --config and --set applied as `bastion train` applies them
     params.pop("nproc", None)
     return resolve_run(params, world_size=None, paths_here=paths_here)
 

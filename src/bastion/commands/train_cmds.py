@@ -25,12 +25,16 @@ app.add_typer(data_app, name="data")
 @app.command("train")
 def train_command(
     ctx: typer.Context,
-    model: str = typer.Option(..., "--model", help="Model preset (see `bastion models`), model file, "
-                                                  "or a Hugging Face config.json (or its directory)."),
-    plan: Path = typer.Option(..., "--plan", help="ParallelPlan file (JSON/TOML), e.g. from `bastion plan --save`."),
-    data: Path = typer.Option(..., "--data", help="Token dataset directory from `bastion data prepare`."),
-    steps: int = typer.Option(..., "--steps", help="Optimizer steps to run."),
-    run_dir: Path = typer.Option(..., "--run-dir", help="Where metrics.jsonl, summary.json and checkpoints go."),
+    model: str | None = typer.Option(None, "--model", help="Model preset (see `bastion models`), model file, "
+                                     "or a Hugging Face config.json (or its directory). Required, here or in --config."),
+    plan: Path | None = typer.Option(None, "--plan", help="ParallelPlan file (JSON/TOML), e.g. from `bastion plan "
+                                     "--save`. Required, here or in --config."),
+    data: str | None = typer.Option(None, "--data", help="Token dataset directory from `bastion data prepare`, "
+                                    "or a mixture by weight: DIR_A=0.7,DIR_B=0.3. Required, here or in --config."),
+    steps: int | None = typer.Option(None, "--steps", help="Optimizer steps to run. Required, here or in "
+                                     "--config."),
+    run_dir: Path | None = typer.Option(None, "--run-dir", help="Where metrics.jsonl, summary.json and "
+                                        "checkpoints go. Required, here or in --config."),
     nproc: int | None = typer.Option(None, "--nproc", help="Start this many local worker processes (torchrun)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the parameter init and the data order."),
     seq_len: int | None = typer.Option(None, "--seq-len", help="Sequence length (default: the model's)."),
@@ -41,7 +45,8 @@ def train_command(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on rank 0."),
     # ---- fault tolerance (runtime/resilience.py) ----
     checkpoint_every: str = typer.Option("0", "--checkpoint-every", help="Checkpoint every N steps, or `auto` "
-                                         "(Young/Daly from the measured save stall and the MTBF); 0 = never."),
+                                         "(Young/Daly from the measured save stall and the MTBF); the final step "
+                                         "is always saved (0 = only the final; `never` = not even that)."),
     mtbf_hours: float | None = typer.Option(None, "--mtbf-hours", help="MTBF for `auto` (default: published "
                                             "failure rate × number of devices)."),
     inject: list[str] = typer.Option([], "--inject", help="Inject a fault (repeatable): kill:rank=1,step=7, "
@@ -76,6 +81,20 @@ def train_command(
                                           "Hugging Face Llama directory (config.json + safetensors) instead of a "
                                           "random init; --model is its config.json (or any spec of the same "
                                           "shape)."),
+    # ---- config file, evaluation, logs (commands/train_file.py, runtime/train.py) ----
+    config: Path | None = typer.Option(None, "--config", help="run.toml holding any of these settings and the "
+                                       "optimizer's (lr, betas, weight decay, eps, schedule, clipping); flags and "
+                                       "--set override it."),
+    set_values: list[str] = typer.Option([], "--set", help="Override one setting, e.g. --set optimizer.lr=3e-4 "
+                                         "(repeatable; keys as in --config)."),
+    eval_every: int = typer.Option(0, "--eval-every", help="Evaluate on the dataset's held-out split every N steps "
+                                   "and at the end: eval_loss and perplexity in metrics.jsonl (0 = never)."),
+    eval_batches: int = typer.Option(1, "--eval-batches", help="Global batches of held-out samples per "
+                                     "evaluation."),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write TensorBoard event files to "
+                                     "RUN_DIR/tensorboard."),
+    profile: str | None = typer.Option(None, "--profile", help="START:END: a torch.profiler Chrome trace of those "
+                                       "steps in RUN_DIR/profile."),
 ) -> None:
     """Train MODEL with a parallel PLAN on a token dataset; writes metrics and predicted-vs-measured."""
     from bastion.errors import ConfigError, LaunchError
@@ -85,19 +104,57 @@ def train_command(
                           "but it starts its own workers.",
                           fix="run `bastion train` directly (--nproc N for N local workers), or `bastion launch "
                               "--on slurm|k8s` for a cluster.")
-    params = dict(ctx.params)
+    params = train_params(ctx)
     run = resolve_run(params, world_size=params.pop("nproc"))
     from rich.console import Console
 
     plan = run.plan
     Console(stderr=True).print(
         f"[bold]bastion train[/]: {run.spec.name} on {run.world_size} process(es), plan dp{plan.dp} tp{plan.tp} "
-        f"pp{plan.pp} zero{plan.zero_stage}, {steps} steps → {run_dir}")
+        f"pp{plan.pp} zero{plan.zero_stage}, {params['steps']} steps → {run.run_dir}")
     code = run_locally(run)
     if code != 0:
         raise LaunchError(f"The training workers exited with code {code}.",
                           fix="read the worker output above; rerun with BASTION_DEBUG=1 for tracebacks.")
-    _print_time_breakdown(run_dir)
+    _print_time_breakdown(run.run_dir)
+
+
+#: what `bastion train` cannot run without (a flag or a --config key)
+REQUIRED = ("model", "plan", "data", "steps", "run_dir")
+
+
+def train_params(ctx: Any) -> dict[str, Any]:
+    """`bastion train`'s settings: flags given on the command line, then --set, then --config, then defaults;
+    the optimizer settings that have no flag are added under their TrainConfig names."""
+    from typer._click.core import ParameterSource
+    from typer._click.exceptions import BadParameter
+
+    from bastion.commands.train_file import check_optimizer_settings, load_config_file, parse_sets
+    from bastion.errors import ConfigError
+
+    params = dict(ctx.params)
+    file_values = load_config_file(params["config"]) if params["config"] is not None else {}
+    overrides = {**file_values, **parse_sets(params["set_values"])}
+    by_name = {param.name: param for param in ctx.command.params}
+    given = {name for name in params if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+    for name, value in overrides.items():
+        if name not in by_name or name in given:
+            continue
+        if name == "plan" and isinstance(value, dict):  # the [plan] table: checked as a plan by resolve_run
+            params[name] = value
+            continue
+        try:
+            value = by_name[name].process_value(ctx, str(value) if name == "checkpoint_every" else value)
+        except BadParameter as exc:
+            raise ConfigError(f"Setting {name}: {exc.format_message()}",
+                              fix="give it a value of the right type in --config or --set.") from None
+        params[name] = value
+    missing = [name for name in REQUIRED if params.get(name) is None]
+    if missing:
+        flags = ", ".join("--" + name.replace("_", "-") for name in missing)
+        raise ConfigError(f"`bastion train` needs {flags}.",
+                          fix=f"give {flags} on the command line, or {', '.join(missing)} in a --config file.")
+    return {**params, **check_optimizer_settings(overrides)}
 
 
 @dataclass(frozen=True)
@@ -117,6 +174,7 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
     into the run config, before any process starts: flag values, the model, the plan against the model and the
     world size (default: the plan's), the injected faults; where the paths are visible here (`paths_here`) also the
     dataset and the run directory with its resume source (`runtime.preflight.check_run_dir`)."""
+    from bastion.commands.train_file import FILE_ONLY
     from bastion.errors import ConfigError
     from bastion.launch.worker import run_config
     from bastion.runtime.faults import check_faults, parse_fault
@@ -124,13 +182,17 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
 
     p = params
     _check_train_flags(world_size, p["seq_len"], p["lr"], p["max_restarts"], p["cluster"], p["seed"])
+    _check_eval_and_logs(p["eval_every"], p["eval_batches"], p["tensorboard"], p["profile"], p["steps"])
     resilience = _resilience_config(p["checkpoint_every"], p["mtbf_hours"], p["inject"], p["keep_last"],
                                     p["keep_every"], p["async_checkpoint"], p["resume"], p["resume_from"],
                                     p["stop_after_step"], p["hang_timeout_s"], p["skip_batch"],
                                     p["restart_from_scratch"], p["checkpoint_key_file"])
-    model, plan_path, run_dir, steps = p["model"], Path(p["plan"]), Path(p["run_dir"]), p["steps"]
-    request = check_request(model, str(plan_path), str(p["data"]) if paths_here else None, world_size, steps,
-                            p["seq_len"])
+    model, run_dir, steps = p["model"], Path(p["run_dir"]), p["steps"]
+    # a plan file, or the [plan] table of --config
+    plan_source = (ParallelPlan.from_dict(p["plan"], "the [plan] table of --config") if isinstance(p["plan"], dict)
+                   else str(Path(p["plan"])))
+    request = check_request(model, plan_source, str(p["data"]) if paths_here else None, world_size, steps,
+                            p["seq_len"], evaluate=p["eval_every"] > 0)
     world_size = request.plan.num_gpus
     check_faults([parse_fault(s) for s in resilience.inject], world_size, steps)
     needs_checkpoints = [s for s in resilience.inject if s.split(":")[0] in ("kill-during-save", "corrupt-latest")]
@@ -147,10 +209,13 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
     init_from = _init_from(p.get("init_from"), request.spec, resilience.resume_from, paths_here)
     if paths_here:
         check_run_dir(run_dir, resilience, request.spec, request.plan, steps)
-    train = {"model": _model_argument(model), "plan": str(plan_path), "data": str(p["data"]), "steps": steps,
+    plan_record = plan_source if isinstance(plan_source, str) else "[plan] of --config"
+    train = {"model": _model_argument(model), "plan": plan_record, "data": str(p["data"]), "steps": steps,
              "run_dir": str(run_dir), "seed": p["seed"], "seq_len": p["seq_len"], "lr": p["lr"],
              "compile": p["compile_model"], "cluster": p["cluster"], "progress": p["progress"],
-             "init_from": init_from, "resilience": asdict(resilience)}
+             "init_from": init_from, "eval_every": p["eval_every"], "eval_batches": p["eval_batches"],
+             "tensorboard": p["tensorboard"], "profile": p["profile"],
+             **{name: p[name] for name in FILE_ONLY if name in p}, "resilience": asdict(resilience)}
     return ResolvedRun(config=run_config(train, request.spec, request.plan, world_size), spec=request.spec,
                        plan=request.plan, world_size=world_size, max_restarts=p["max_restarts"], run_dir=run_dir)
 
@@ -239,6 +304,8 @@ def _train_config(config: dict[str, Any]):
     resilience = dict(train.pop("resilience"))
     for key in ("inject", "skip_batches"):
         resilience[key] = tuple(resilience[key])
+    if "betas" in train:
+        train["betas"] = tuple(train["betas"])
     own = Path(tempfile.mkdtemp(prefix="bastion-worker-"))
     (own / "resolved_plan.json").write_text(json.dumps(config["plan"]))
     train["plan"] = str(own / "resolved_plan.json")
@@ -273,6 +340,29 @@ def _check_train_flags(nproc: int | None, seq_len: int | None, lr: float, max_re
         load_cluster(cluster)  # an unknown name is a guidance error now, not a missing prediction later
 
 
+def _check_eval_and_logs(eval_every: int, eval_batches: int, tensorboard: bool, profile: str | None,
+                         steps: int) -> None:
+    from bastion.errors import ConfigError
+
+    if eval_every < 0 or eval_batches < 1:
+        raise ConfigError(f"--eval-every must be >= 0 and --eval-batches >= 1, got {eval_every} and {eval_batches}.",
+                          fix="e.g. --eval-every 50 --eval-batches 4 (--eval-every 0: no evaluation).")
+    if tensorboard:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("--tensorboard needs the tensorboard package, which is not installed.",
+                              fix="pip install tensorboard (or bastion[interop]), or drop --tensorboard: "
+                                  "metrics.jsonl has the same figures.")
+    if profile is not None:
+        from bastion.runtime.train_config import profile_steps
+
+        window = profile_steps(profile)
+        if window is not None and window[1] > steps:
+            raise ConfigError(f"--profile {profile} ends after the run's last step ({steps}).",
+                              fix=f"give steps from 1 to {steps}.")
+
+
 def _print_time_breakdown(run_dir: Path) -> None:
     """Where the run's wall time went (from summary.json's fault-tolerance accounting), one line."""
     from bastion.errors import BastionError
@@ -304,14 +394,16 @@ def _resilience_config(checkpoint_every: str, mtbf_hours: float | None, inject: 
     from bastion.runtime.faults import parse_fault
     from bastion.runtime.resilience_config import ResilienceConfig
 
-    text = checkpoint_every.strip().lower()
+    text = str(checkpoint_every).strip().lower()
+    save_final = text != "never"
     if text == "auto":
         every = -1
-    elif text.isdigit():
-        every = int(text)
+    elif text.isdigit() or text == "never":
+        every = int(text) if save_final else 0
     else:
         raise ConfigError(f"--checkpoint-every {checkpoint_every!r} is neither a step count nor 'auto'.",
-                          fix="pass --checkpoint-every N (N >= 0) or --checkpoint-every auto.")
+                          fix="pass --checkpoint-every N (N >= 0; 0 = only the final step), --checkpoint-every "
+                              "auto, or --checkpoint-every never.")
     if mtbf_hours is not None and not (math.isfinite(mtbf_hours) and mtbf_hours > 0):
         raise ConfigError(f"--mtbf-hours must be a positive number of hours, got {mtbf_hours:g}.",
                           fix="give the mean time between failures of the whole job, e.g. --mtbf-hours 24, or "
@@ -332,7 +424,7 @@ def _resilience_config(checkpoint_every: str, mtbf_hours: float | None, inject: 
                           fix="give the (1-based) step whose batch to skip.")
     for spec in inject:
         parse_fault(spec)  # a guidance error now, not in N workers later
-    return ResilienceConfig(checkpoint_every=every, mtbf_hours=mtbf_hours, keep_last=keep_last,
+    return ResilienceConfig(checkpoint_every=every, save_final=save_final, mtbf_hours=mtbf_hours, keep_last=keep_last,
                             keep_every=keep_every, async_checkpoint=async_checkpoint, inject=tuple(inject),
                             resume=resume, resume_from=str(resume_from) if resume_from else None,
                             skip_batches=tuple(skip_batch), stop_after_step=stop_after_step,
@@ -342,7 +434,9 @@ def _resilience_config(checkpoint_every: str, mtbf_hours: float | None, inject: 
 
 @data_app.command("prepare")
 def data_prepare_command(
-    texts: list[Path] = typer.Argument(..., help="Text files or directories (read recursively)."),
+    texts: list[Path] = typer.Argument(..., help="Text, JSON Lines (*.jsonl) or Parquet files, directories of "
+                                                 "them (read recursively), or Hugging Face `datasets` "
+                                                 "directories (save_to_disk)."),
     out: Path = typer.Option(..., "--out", help="Dataset directory to write."),
     tokenizer: Path | None = typer.Option(None, "--tokenizer", help="HuggingFace tokenizer.json "
                                                                      "(default: built-in byte-level)."),
@@ -350,15 +444,30 @@ def data_prepare_command(
                                                   high=1e9, fix="give how many MB of text to read (e.g. --max-mb "
                                                                 "100), or leave it out for all.")] = None,
     as_json: bool = typer.Option(False, "--json", help="Print the dataset's meta.json."),
+    # ---- formats, end of document, held-out split, processes (runtime/documents.py, runtime/data.py) ----
+    field: str = typer.Option("text", "--field", "--jsonl-field", help="The JSON Lines field / Parquet or "
+                              "`datasets` column that holds each document's text."),
+    eod_token: str | None = typer.Option(None, "--eod-token", help="The tokenizer's end-of-document token "
+                                         "(default: its eos token; the byte tokenizer's is byte 0)."),
+    eval_fraction: float = typer.Option(0.0, "--eval-fraction", help="Hold out this last share of the tokens "
+                                        "for `bastion train --eval-every` (e.g. 0.01)."),
+    workers: Annotated[int, number_option("--workers", help="Tokenise in this many processes (order kept).",
+                                          integer=True, low=1, high=1024,
+                                          fix="e.g. --workers 4 (or 1: no extra processes).")] = 1,
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
 ) -> None:
-    """Tokenise TEXT... into a memory-mapped token dataset for `bastion train --data`."""
+    """Tokenise documents into a memory-mapped token dataset for `bastion train --data`."""
     import json
+    import sys
 
     from bastion.runtime.data import prepare_dataset
 
-    meta = prepare_dataset(texts, out, tokenizer, int(max_mb * 1e6) if max_mb else None)
+    meta = prepare_dataset(texts, out, tokenizer, int(max_mb * 1e6) if max_mb else None, field=field,
+                           eod_token=eod_token, workers=workers, eval_fraction=eval_fraction,
+                           progress=progress and not as_json and sys.stderr.isatty())
     if as_json:
         typer.echo(json.dumps(meta))
     else:
+        held_out = f", {meta['eval_tokens']:,} held out for evaluation" if meta.get("eval_tokens") else ""
         typer.echo(f"wrote {meta['num_tokens']:,} tokens ({meta['dtype']}, vocab {meta['vocab_size']}, "
-                   f"{meta['documents']} documents) to {out}")
+                   f"{meta['documents']} documents{held_out}) to {out}")

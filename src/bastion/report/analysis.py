@@ -237,7 +237,25 @@ def loss_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
                        if is_event(r, kinds.FAULT.name) and r.get("fault") == "nan"],
         "rollbacks": [{k: r.get(k) for k in ("step", "reason", "resumed_from_step", "skipped_sample_ids")}
                       for r in records if is_event(r, kinds.ROLLBACK.name)],
+        # only with --eval-every (a report of any other run is unchanged)
+        **({"eval": held_out_losses(records)} if any(is_event(r, kinds.EVAL.name) for r in records) else {}),
     }
+
+
+def held_out_losses(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The last `eval` record of every step (--eval-every), in step order."""
+    last = {r["step"]: r for r in records if is_event(r, kinds.EVAL.name)}
+    return [{k: last[step].get(k) for k in ("step", "eval_loss", "perplexity")} for step in sorted(last)]
+
+
+def log_files(run: RunFiles) -> dict[str, Any]:
+    """--tensorboard and --profile outputs in the run directory (paths relative to it), for the report's links."""
+    from bastion.rundir.layout import PROFILE_DIR, TENSORBOARD_DIR
+
+    board = run.path / TENSORBOARD_DIR
+    profile = run.path / PROFILE_DIR
+    return {"tensorboard": TENSORBOARD_DIR if board.is_dir() else None,
+            "profile": sorted(f"{PROFILE_DIR}/{p.name}" for p in profile.iterdir()) if profile.is_dir() else []}
 
 
 # ---- everything ------------------------------------------------------------------------------------------
@@ -254,6 +272,7 @@ def build_report(run: RunFiles, warmup_steps: int = WARMUP_STEPS, cluster: str |
     # restart events, over every launch of the run: each launch's `attempt` counts from 0 again (--resume)
     restart_events = sum(1 for r in records if is_event(r, kinds.RESTART.name))
     accounting["restarts"] = max(accounting.get("restarts", 0), restart_events)
+    logs = log_files(run)
     return {
         "run_dir": str(run.path),
         "state": run.state(),
@@ -277,6 +296,7 @@ def build_report(run: RunFiles, warmup_steps: int = WARMUP_STEPS, cluster: str |
         },
         "timeline": timeline(records),
         "loss": loss_summary(records),
+        **({"logs": logs} if logs["tensorboard"] or logs["profile"] else {}),  # --tensorboard, --profile
         "sources": {
             "predicted": predicted_source,
             "measured": (f"metrics.jsonl: median step_time_s of {measured['steps_used']} steady step(s), leaving "

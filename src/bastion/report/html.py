@@ -44,8 +44,10 @@ def charts(report: dict[str, Any], records: list[dict[str, Any]]) -> list[str]:
     """Loss by step and step time by step (the kept record of every step), failures marked."""
     kept = kept_steps(records)
     markers = failure_markers(report)
-    loss = line_chart([Series("loss", [(r["step"], r["loss"]) for r in kept])], title="loss by step",
-                      x_label="step", y_label="loss", markers=markers)
+    series = [Series("loss", [(r["step"], r["loss"]) for r in kept])]
+    if report["loss"].get("eval"):
+        series.append(Series("held-out loss", [(e["step"], e["eval_loss"]) for e in report["loss"]["eval"]]))
+    loss = line_chart(series, title="loss by step", x_label="step", y_label="loss", markers=markers)
     predicted = report["predicted"].get("step_time_s")
     levels = [Level(predicted, f"predicted {predicted:.3g} s")] if predicted else []
     measured = report["measured"].get("step_time_s")
@@ -86,6 +88,11 @@ def render_html(report: dict[str, Any], summary: dict[str, Any] | None, records:
         f"<p>{escape(loss_line(report['loss']))}</p>",
         loss_chart,
     ]
+    logs = report.get("logs") or {}
+    links = ([f"<a href=\"{escape(logs['tensorboard'])}\">TensorBoard event files</a>"] if logs.get("tensorboard")
+             else []) + [f"<a href=\"{escape(path)}\">{escape(path)}</a>" for path in logs.get("profile", [])]
+    if links:
+        body.append(f"<p>Logs: {', '.join(links)}</p>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"/>"
             f"<title>{escape(title)}</title><style>{_STYLE}</style></head>\n<body>\n" + "\n".join(body)
             + "\n</body></html>\n")

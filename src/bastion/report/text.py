@@ -62,7 +62,21 @@ def loss_line(loss: dict[str, Any]) -> str:
     for rb in loss["rollbacks"]:
         line += (f"; rollback at step {rb['step']} ({rb['reason']}) to step {rb['resumed_from_step']}, "
                  f"skipping samples {rb['skipped_sample_ids']}")
+    if loss.get("eval"):
+        last = loss["eval"][-1]
+        line += (f"; held-out loss {value(last['eval_loss'])} (perplexity {last['perplexity']:.4g}) at step "
+                 f"{last['step']}")
     return line
+
+
+def logs_line(logs: dict[str, Any] | None) -> str | None:
+    """Where --tensorboard and --profile wrote (None when neither was asked for)."""
+    if not logs or not (logs.get("tensorboard") or logs.get("profile")):
+        return None
+    parts = [f"TensorBoard: tensorboard --logdir {logs['tensorboard']}"] if logs.get("tensorboard") else []
+    if logs.get("profile"):
+        parts.append(f"profiler traces (chrome://tracing, ui.perfetto.dev): {', '.join(logs['profile'])}")
+    return "; ".join(parts)
 
 
 def _timeline_line(entry: dict[str, Any]) -> str:
@@ -100,3 +114,5 @@ def print_report(report: dict[str, Any], summary: dict[str, Any] | None, console
         for entry in report["timeline"]:
             console.print(_timeline_line(entry), soft_wrap=True)
     console.print(f"[bold]3.[/] {loss_line(report['loss'])}", soft_wrap=True)
+    if logs_line(report.get("logs")):
+        console.print(f"logs: {logs_line(report.get('logs'))}", soft_wrap=True)

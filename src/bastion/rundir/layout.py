@@ -9,6 +9,8 @@ RUN_DIR/
   run_config.json             the resolved run (train options, plan, model, world size): all a worker reads
                               (launch/worker.py)
   run.lock                    held (flock) by the one run using the directory (rundir/lock.py)
+  tensorboard/                TensorBoard event files of rank 0 (--tensorboard; runtime/run_logs.py)
+  profile/                    torch.profiler Chrome traces, trace-rankNNNNN.json (--profile START:END)
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ CHECKPOINTS_DIR = "checkpoints"
 FINAL_PARAMS_FILE = "final_params.pt"
 RUN_CONFIG_FILE = "run_config.json"
 LOCK_FILE = "run.lock"
+#: --tensorboard event files, and --profile's torch.profiler Chrome traces (one file per rank)
+TENSORBOARD_DIR = "tensorboard"
+PROFILE_DIR = "profile"
 #: files only `bastion train` writes into a run directory; one of them makes a directory a run directory
 RUN_MARKERS = (METRICS_FILE, SUMMARY_FILE, PLAN_FILE, MODEL_FILE)
 

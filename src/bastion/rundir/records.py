@@ -67,10 +67,13 @@ CHECKPOINT_CORRUPT = EventKind("checkpoint_corrupt", "a checkpoint failed its ch
                                ("step", "reason", "moved_to"))
 CHECKPOINT_INTERVAL = EventKind("checkpoint_interval", "--checkpoint-every auto chose its interval",
                                 ("every_steps", "interval_s", "stall_s", "step_s", "mtbf_hours", "why"))
+EVAL = EventKind("eval", "the held-out loss after `step` (--eval-every): the mean over `samples` held-out samples, "
+                 "the same ones under every plan; perplexity = exp(eval_loss)",
+                 ("step", "eval_loss", "perplexity", "samples", "eval_time_s"))
 
 EVENT_KINDS: dict[str, EventKind] = {kind.name: kind for kind in (
     RUN_START, RESUME, RESTART, FAULT, HANG, PREEMPTED, ROLLBACK, SKIP_BATCH, CHECKPOINT, CHECKPOINT_WAIT,
-    CHECKPOINT_COMMITTED, CHECKPOINT_CORRUPT, CHECKPOINT_INTERVAL)}
+    CHECKPOINT_COMMITTED, CHECKPOINT_CORRUPT, CHECKPOINT_INTERVAL, EVAL)}
 #: events after which the next step runs in a freshly started process
 RESTART_EVENTS = (RESTART.name, RESUME.name)
 #: events whose blocking time is checkpoint stall

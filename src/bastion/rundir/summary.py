@@ -7,6 +7,7 @@ steps done with the steps asked for.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, NotRequired, TypedDict
 
@@ -69,6 +70,27 @@ class RunSummary(TypedDict):
     time_breakdown_s: NotRequired[TimeBreakdown]
     checkpoints: NotRequired[list[int]]
     skipped_batch_starts: NotRequired[list[int]]
+    #: with --eval-every: the last evaluation's held-out loss and exp() of it, and every evaluation of the launch
+    eval_loss: NotRequired[float]
+    perplexity: NotRequired[float]
+    evals: NotRequired[list[dict[str, Any]]]
+
+
+#: the fields only a run with --eval-every has
+EVAL_FIELDS = ("eval_loss", "perplexity", "evals")
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss), capped where exp overflows (an untrained model's loss can be large)."""
+    return math.exp(min(loss, 700.0))
+
+
+def eval_summary(evals: list[dict[str, Any]]) -> dict[str, Any]:
+    """summary.json's evaluation fields from the run's `eval` records (none without --eval-every)."""
+    if not evals:
+        return {}
+    return {"eval_loss": evals[-1]["eval_loss"], "perplexity": evals[-1]["perplexity"],
+            "evals": [{k: e[k] for k in ("step", "eval_loss", "perplexity")} for e in evals]}
 
 
 def summary_path(run_dir: Path) -> Path:

@@ -2,11 +2,13 @@
 
 Layout of a dataset directory:
   tokens.bin  the token stream, little-endian uint16 (vocab <= 65,536) or uint32
-  meta.json   {"dtype", "num_tokens", "vocab_size", "tokenizer", "documents"}
+  meta.json   {"dtype", "num_tokens", "vocab_size", "tokenizer", "documents", "eod_token", "eval_tokens"?}
+              (the last `eval_tokens` tokens are the held-out split: never trained on, evaluated with --eval-every)
   tokenizer.json  the HF tokenizer used (when one was), copied for `bastion export`
 
 Sample i of the run is a window of seq_len + 1 tokens; which window is a seeded permutation of the windows of
-one epoch. Global step n trains on samples [n·G, (n+1)·G) for a global batch G, and data-parallel rank r takes
+one epoch (of a mixture, `--data a=0.7,b=0.3`: a seeded interleaving of the datasets, see GlobalSampler).
+Global step n trains on samples [n·G, (n+1)·G) for a global batch G, and data-parallel rank r takes
 the r-th contiguous slice of those: the sequence of global batches is the same for every dp degree, so a run
 can resume on another plan without skipping or repeating a sample. The sampler's whole state is one integer.
 """
@@ -14,80 +16,103 @@ can resume on another plan without skipping or repeating a sample. The sampler's
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+import math
+import shutil
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from bastion.errors import DataError
 from bastion.outputs import check_output_dir, write_error
+from bastion.runtime.documents import Source, find_sources, iter_documents
+from bastion.runtime.text_tokenizer import TokenizerRef, encode, resolve_tokenizer
 
 TOKENS_FILE = "tokens.bin"
 META_FILE = "meta.json"
 #: a copy of the HF tokenizer the tokens were made with (`bastion export` ships it with the weights)
 TOKENIZER_FILE = "tokenizer.json"
-BYTE_VOCAB = 256
 
 
 # ---- preparing a dataset -----------------------------------------------------------------------------
-def _text_files(paths: Iterable[str | Path], out: Path) -> list[Path]:
-    """The files to tokenise, never the dataset files in `out`: `prepare DIR --out DIR` (or `--out DIR/tokens`)
-    must not read back the tokens it wrote the time before."""
-    files: list[Path] = []
-    own = out.resolve()
-    dataset_files = {TOKENS_FILE, META_FILE, f".{TOKENS_FILE}.tmp", f".{META_FILE}.tmp"}
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*")
-                                if p.is_file() and not (p.name in dataset_files and p.resolve().parent == own)))
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise DataError(f"Text input '{path}' does not exist.",
-                            fix="pass text files or directories of text files to `bastion data prepare`.")
-    if not files:
-        raise DataError("No text files found in the given inputs.", fix="pass at least one non-empty text file.")
-    return files
+#: documents handed to the worker processes at a time (bounds memory: the corpus streams through)
+DOCUMENTS_PER_BATCH = 512
 
 
-def _tokenize_bytes(text: bytes) -> np.ndarray:
-    return np.frombuffer(text, dtype=np.uint8).astype(np.uint16)
+def _encode_batch(args: tuple[TokenizerRef, list[str | bytes]]) -> list[np.ndarray]:
+    ref, documents = args
+    return [encode(ref, document) for document in documents]
+
+
+def _batches(sources: list[Source], field: str, max_bytes: int | None, size: int) -> Iterator[list[str | bytes]]:
+    """Documents in order, `size` at a time, cut at `max_bytes` of text."""
+    batch: list[str | bytes] = []
+    total = 0
+    for source in sources:
+        for document in iter_documents(source, field):
+            length = len(document) if isinstance(document, bytes) else len(document.encode("utf-8"))
+            if max_bytes is not None and total + length > max_bytes:
+                keep = max(0, max_bytes - total)
+                document = document[:keep] if isinstance(document, bytes) else \
+                    document.encode("utf-8")[:keep].decode("utf-8", errors="ignore")
+                length = keep
+            if length == 0:
+                continue
+            total += length
+            batch.append(document)
+            if len(batch) >= size:
+                yield batch
+                batch = []
+            if max_bytes is not None and total >= max_bytes:
+                if batch:
+                    yield batch
+                return
+    if batch:
+        yield batch
+
+
+def _progress_bar(enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    progress = Progress(SpinnerColumn(), TextColumn("[bold]tokenise"), BarColumn(),
+                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=Console(stderr=True),
+                        transient=True)
+    progress.start()
+    progress.add_task("tokenise", total=None, info="")
+    return progress
 
 
 def prepare_dataset(inputs: Iterable[str | Path], out_dir: str | Path, tokenizer_json: str | Path | None = None,
-                    max_bytes: int | None = None) -> dict:
-    """Tokenise text files into `out_dir` (byte-level, or with a HF `tokenizers` tokenizer.json).
+                    max_bytes: int | None = None, field: str = "text", eod_token: str | None = None,
+                    workers: int = 1, eval_fraction: float = 0.0, progress: bool = False) -> dict:
+    """Tokenise documents (runtime/documents.py: text, JSON Lines, Parquet, `datasets`) into `out_dir`.
 
-    Nothing is half-written: the tokens and meta go to temporary files first and replace the old dataset's only
-    once complete (meta.json last, so a reader never pairs new tokens with old metadata); an interrupted or
-    failed run leaves the directory as it was. A dataset of no tokens is refused, not written.
+    Every document ends with the tokenizer's end-of-document token (runtime/text_tokenizer.py). `workers` > 1
+    tokenises in that many processes, in order. The last `eval_fraction` of the tokens is held out for evaluation
+    (meta "eval_tokens"; `open_dataset(..., split="eval")`). Nothing is half-written: every input is checked
+    first, the tokens and meta go to temporary files and replace the old dataset's only once complete (meta.json
+    last, so a reader never pairs new tokens with old metadata); a failed run leaves the directory as it was
+    (and does not create it). A dataset of no tokens is refused, not written.
     """
+    if not 0 <= eval_fraction < 1:
+        raise DataError(f"--eval-fraction must be from 0 to below 1, got {eval_fraction:g}.",
+                        fix="hold out a small share of the tokens, e.g. --eval-fraction 0.01.")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out} is a file, not a directory.",
                         fix="give a new or existing dataset directory for --out.")
     check_output_dir(out, "the dataset", fix="give --out a directory you can write to.")
-    files = _text_files(inputs, out)
-    encoder = None
-    if tokenizer_json is not None:
-        if not Path(tokenizer_json).is_file():
-            what = "is a directory" if Path(tokenizer_json).is_dir() else "does not exist"
-            raise DataError(f"Tokenizer file '{tokenizer_json}' {what}.",
-                            fix="pass a HuggingFace tokenizer.json, or leave --tokenizer out for byte-level tokens.")
-        from tokenizers import Tokenizer
-
-        try:
-            encoder = Tokenizer.from_file(str(tokenizer_json))
-        except Exception as exc:  # the tokenizers library raises plain Exception for a malformed file
-            raise DataError(f"Cannot read '{tokenizer_json}' as a HuggingFace tokenizer: {exc}.",
-                            fix="pass the tokenizer.json saved by `tokenizers` / `transformers` (the file that "
-                                "holds a \"model\" section), or leave --tokenizer out.") from exc
-        vocab_size = encoder.get_vocab_size()
-    else:
-        vocab_size = BYTE_VOCAB
-    dtype = np.uint16 if vocab_size <= 1 << 16 else np.uint32
+    # `prepare DIR --out DIR` (or --out DIR/tokens) must not read back the dataset it wrote the time before
+    own_files = {name for base in (TOKENS_FILE, META_FILE, TOKENIZER_FILE) for name in (base, f".{base}.tmp")}
+    sources = find_sources(inputs, skip=[out / name for name in own_files])
+    ref = resolve_tokenizer(tokenizer_json, eod_token)
+    dtype = np.uint16 if ref.vocab_size <= 1 << 16 else np.uint32
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -95,35 +120,39 @@ def prepare_dataset(inputs: Iterable[str | Path], out_dir: str | Path, tokenizer
     tmp_tokens = out / f".{TOKENS_FILE}.tmp"
     tmp_meta = out / f".{META_FILE}.tmp"
     tmp_tokenizer = out / f".{TOKENIZER_FILE}.tmp"
-    num_tokens, documents, total_bytes = 0, 0, 0
+    num_tokens, documents = 0, 0
+    bar = _progress_bar(progress)
+    pool = None
+    done = False
     try:
+        if workers > 1:
+            import multiprocessing
+
+            pool = multiprocessing.get_context("spawn").Pool(workers)
+        batches = ((ref, batch) for batch in _batches(sources, field, max_bytes, DOCUMENTS_PER_BATCH * workers))
         with open(tmp_tokens, "wb") as sink:
-            for path in files:
-                try:
-                    raw = path.read_bytes()
-                except OSError as exc:
-                    raise DataError(f"Cannot read text input {path}: {exc.strerror or exc}.",
-                                    fix="check its permissions, or leave it out.") from exc
-                if max_bytes is not None and total_bytes + len(raw) > max_bytes:
-                    raw = raw[: max(0, max_bytes - total_bytes)]
-                if not raw:
-                    continue
-                total_bytes += len(raw)
-                if encoder is None:
-                    ids = _tokenize_bytes(raw + b"\n\n")
-                else:
-                    ids = np.asarray(encoder.encode(raw.decode("utf-8", errors="replace")).ids, dtype=np.int64)
-                sink.write(ids.astype(dtype).tobytes())
-                num_tokens += len(ids)
-                documents += 1
-                if max_bytes is not None and total_bytes >= max_bytes:
-                    break
-        if num_tokens == 0:
-            raise DataError(f"The inputs hold no text ({len(files)} file(s), all empty): nothing to tokenise.",
-                            fix="pass non-empty text files; the dataset in --out was left as it was.")
-        meta = {"dtype": np.dtype(dtype).name, "num_tokens": num_tokens, "vocab_size": vocab_size,
-                "tokenizer": "byte" if encoder is None else f"hf:{Path(tokenizer_json).name}",
-                "documents": documents}
+            for args in batches:
+                if pool is None:
+                    encoded = _encode_batch(args)
+                else:  # split across the processes; `map` keeps the order
+                    docs = args[1]
+                    share = -(-len(docs) // workers)
+                    parts = pool.map(_encode_batch, [(ref, docs[i: i + share]) for i in range(0, len(docs), share)])
+                    encoded = [ids for part in parts for ids in part]
+                for ids in encoded:
+                    sink.write(ids.astype(dtype).tobytes())
+                    num_tokens += len(ids)
+                documents += len(encoded)
+                if bar is not None:
+                    bar.update(bar.task_ids[0], info=f"{documents:,} documents, {num_tokens:,} tokens")
+        if num_tokens == documents:  # only end-of-document tokens
+            raise DataError(f"The inputs hold no text ({len(sources)} input(s), all empty): nothing to tokenise.",
+                            fix="pass non-empty inputs; the dataset in --out was left as it was.")
+        eval_tokens = int(round(num_tokens * eval_fraction))
+        meta = {"dtype": np.dtype(dtype).name, "num_tokens": num_tokens, "vocab_size": ref.vocab_size,
+                "tokenizer": ref.name, "documents": documents, "eod_token": ref.eod_id}
+        if eval_tokens:
+            meta["eval_tokens"] = eval_tokens
         tmp_meta.write_text(json.dumps(meta, indent=2) + "\n")
         if tokenizer_json is not None:
             tmp_tokenizer.write_bytes(Path(tokenizer_json).read_bytes())
@@ -131,16 +160,18 @@ def prepare_dataset(inputs: Iterable[str | Path], out_dir: str | Path, tokenizer
         tmp_tokens.replace(out / TOKENS_FILE)
         if tokenizer_json is not None:
             tmp_tokenizer.replace(out / TOKENIZER_FILE)
-        else:
-            (out / TOKENIZER_FILE).unlink(missing_ok=True)
         tmp_meta.replace(out / META_FILE)
-    except OSError as exc:
-        raise write_error(exc, out, "the dataset", "free space or give --out another directory; the dataset "
-                                                   "there was left as it was.") from exc
+        done = True
     finally:
+        if pool is not None:
+            pool.terminate()
+        if bar is not None:
+            bar.stop()
         tmp_tokens.unlink(missing_ok=True)
         tmp_meta.unlink(missing_ok=True)
         tmp_tokenizer.unlink(missing_ok=True)
+        if created and not done:
+            shutil.rmtree(out, ignore_errors=True)
     return meta
 
 
@@ -226,38 +257,139 @@ def check_dataset_dir(data_dir: str | Path, model_vocab: int | None = None) -> d
     return meta
 
 
-def open_dataset(data_dir: str | Path, seq_len: int, model_vocab: int | None = None) -> TokenDataset:
+def open_dataset(data_dir: str | Path, seq_len: int, model_vocab: int | None = None,
+                 split: str = "train") -> TokenDataset:
+    """The training windows of a dataset, or (`split="eval"`) those of its held-out last `eval_tokens`."""
     path = Path(data_dir)
     meta = check_dataset_dir(path, model_vocab)
     tokens = np.memmap(path / TOKENS_FILE, dtype=np.dtype(meta["dtype"]), mode="r")
-    dataset = TokenDataset(path=path, tokens=tokens, vocab_size=int(meta["vocab_size"]), seq_len=seq_len)
+    held_out = int(meta.get("eval_tokens", 0))
+    if split == "eval" and not held_out:
+        raise DataError(f"The dataset in '{path}' has no held-out split to evaluate on.",
+                        fix="prepare it again with `bastion data prepare ... --eval-fraction 0.01`, or leave "
+                            "--eval-every out.")
+    part = tokens[len(tokens) - held_out:] if split == "eval" else tokens[: len(tokens) - held_out]
+    dataset = TokenDataset(path=path, tokens=part, vocab_size=int(meta["vocab_size"]), seq_len=seq_len)
     if dataset.num_windows < 1:
-        raise DataError(f"The dataset in '{path}' has {len(tokens)} tokens, fewer than one sequence of "
-                        f"{seq_len + 1}.", fix="prepare more text, or lower --seq-len.")
+        which = "held-out split" if split == "eval" else "training split"
+        raise DataError(f"The {which} of the dataset in '{path}' has {len(part)} tokens, fewer than one sequence "
+                        f"of {seq_len + 1}.", fix="prepare more text (or a larger --eval-fraction), or lower "
+                                                  "--seq-len.")
     return dataset
 
 
-# ---- sampling ----------------------------------------------------------------------------------------
-class GlobalSampler:
-    """Maps global sample indices to dataset windows; its state is the number of samples consumed."""
+# ---- mixtures --------------------------------------------------------------------------------------------
+def parse_data_mixture(text: str) -> list[tuple[str, float]]:
+    """`DIR` or `DIR_A=0.7,DIR_B=0.3` as (directory, weight) pairs, weights normalised to sum to 1."""
+    if "=" not in text:
+        return [(text, 1.0)]
+    pairs: list[tuple[str, float]] = []
+    for item in text.split(","):
+        name, sep, raw = item.strip().rpartition("=")
+        try:
+            weight = float(raw)
+        except ValueError:
+            weight = math.nan
+        if not sep or not name or not (math.isfinite(weight) and weight > 0):
+            raise DataError(f"--data {text!r}: '{item.strip()}' is not DIR=WEIGHT with a positive weight.",
+                            fix="give each prepared dataset a weight above 0, e.g. --data web=0.7,code=0.3 "
+                                "(weights are normalised; leave a dataset out instead of weighting it 0).")
+        if any(name == seen for seen, _ in pairs):
+            raise DataError(f"--data {text!r} names '{name}' twice.", fix="give each dataset once.")
+        pairs.append((name, weight))
+    total = sum(w for _, w in pairs)
+    mixture = [(name, w / total) for name, w in pairs]
+    small = [name for name, w in mixture if round(w * MIX_BLOCK) < 1]
+    if small:
+        raise DataError(f"--data {text!r}: the weight of '{small[0]}' is below 1/{MIX_BLOCK} of the total, too "
+                        f"small to draw from.", fix=f"give it at least 1/{MIX_BLOCK} of the total weight.")
+    return mixture
 
-    def __init__(self, dataset: TokenDataset, global_batch: int, seed: int) -> None:
-        self.dataset = dataset
+
+def absolute_data(data: str) -> str:
+    """`--data` with every directory made absolute (a launched job may start elsewhere)."""
+    mixture = parse_data_mixture(data)
+    if len(mixture) == 1 and "=" not in data:
+        return str(Path(data).absolute())
+    return ",".join(f"{Path(name).absolute()}={weight!r}" for name, weight in mixture)
+
+
+def open_datasets(data: str, seq_len: int, model_vocab: int | None = None,
+                  split: str = "train") -> tuple[list[TokenDataset], list[float]]:
+    """The datasets of `--data` (one, or a mixture) and their weights."""
+    mixture = parse_data_mixture(data)
+    return ([open_dataset(name, seq_len, model_vocab, split) for name, _ in mixture], [w for _, w in mixture])
+
+
+# ---- sampling ----------------------------------------------------------------------------------------
+#: a mixture draws its datasets in blocks of this many samples: each block holds every dataset's share (its
+#: weight × the block, rounded), in a seeded order, so sample i's dataset is known without counting from 0
+MIX_BLOCK = 1024
+
+
+def _block_counts(weights: Sequence[float]) -> np.ndarray:
+    """Samples of each dataset per block: largest remainders of weight × MIX_BLOCK."""
+    exact = np.asarray(weights, dtype=np.float64) * MIX_BLOCK
+    counts = np.floor(exact).astype(np.int64)
+    for index in np.argsort(-(exact - counts), kind="stable")[: MIX_BLOCK - int(counts.sum())]:
+        counts[index] += 1
+    return counts
+
+
+class GlobalSampler:
+    """Maps global sample indices to dataset windows; its state is the number of samples consumed.
+
+    One dataset: sample i is window perm_{i // N}[i % N] of a seeded permutation per epoch. A mixture: sample i
+    is the k-th sample of dataset d, by a deterministic interleaving in blocks of MIX_BLOCK (`_block_counts`), and
+    the k-th sample of a dataset is drawn as above with the dataset's own permutations. Either way a sample's
+    window depends only on (seed, i, the datasets and weights), never on the plan.
+    """
+
+    def __init__(self, dataset: TokenDataset | Sequence[TokenDataset], global_batch: int, seed: int,
+                 weights: Sequence[float] | None = None) -> None:
+        self.datasets = [dataset] if isinstance(dataset, TokenDataset) else list(dataset)
+        self.dataset = self.datasets[0]
+        self.weights = list(weights) if weights is not None else [1.0] * len(self.datasets)
         self.global_batch = global_batch
         self.seed = seed
         self.consumed_samples = 0
-        self._epoch_cache: tuple[int, np.ndarray] | None = None
+        self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
+        self._counts = _block_counts(self.weights)
+        self._block_cache: tuple[int, np.ndarray, np.ndarray] | None = None
 
-    # a seeded permutation per epoch: sample i -> window perm_{i // N}[i % N]
-    def _permutation(self, epoch: int) -> np.ndarray:
-        if self._epoch_cache is None or self._epoch_cache[0] != epoch:
-            rng = np.random.default_rng([self.seed, epoch])
-            self._epoch_cache = (epoch, rng.permutation(self.dataset.num_windows))
-        return self._epoch_cache[1]
+    # a seeded permutation per epoch (and dataset of a mixture)
+    def _permutation(self, dataset: int, epoch: int) -> np.ndarray:
+        key = (dataset, epoch)
+        if key not in self._perm_cache:
+            if len(self._perm_cache) > 2 * len(self.datasets):
+                self._perm_cache.clear()
+            entropy = [self.seed, epoch] if len(self.datasets) == 1 else [self.seed, epoch, dataset + 1]
+            self._perm_cache[key] = np.random.default_rng(entropy).permutation(self.datasets[dataset].num_windows)
+        return self._perm_cache[key]
+
+    def _block(self, block: int) -> tuple[np.ndarray, np.ndarray]:
+        """Dataset of each position of a mixture block, and its sample index within that dataset."""
+        if self._block_cache is None or self._block_cache[0] != block:
+            order = np.random.default_rng([self.seed, block, len(self.datasets)]).permutation(
+                np.repeat(np.arange(len(self.datasets)), self._counts))
+            local = np.empty(MIX_BLOCK, dtype=np.int64)
+            for index, count in enumerate(self._counts):
+                local[order == index] = block * count + np.arange(count)
+            self._block_cache = (block, order, local)
+        return self._block_cache[1], self._block_cache[2]
+
+    def locate(self, sample_id: int) -> tuple[int, int]:
+        """(dataset index, window) of a global sample."""
+        if len(self.datasets) == 1:
+            dataset, k = 0, sample_id
+        else:
+            order, local = self._block(sample_id // MIX_BLOCK)
+            dataset, k = int(order[sample_id % MIX_BLOCK]), int(local[sample_id % MIX_BLOCK])
+        epoch, offset = divmod(k, self.datasets[dataset].num_windows)
+        return dataset, int(self._permutation(dataset, epoch)[offset])
 
     def window_of(self, sample_id: int) -> int:
-        epoch, offset = divmod(sample_id, self.dataset.num_windows)
-        return int(self._permutation(epoch)[offset])
+        return self.locate(sample_id)[1]
 
     def batch_ids(self, step_index: int) -> list[int]:
         """Global sample ids of the step that starts after `step_index` full global batches."""
@@ -272,7 +404,11 @@ class GlobalSampler:
 
     def tokens_for(self, sample_ids: list[int]) -> np.ndarray:
         """(len(ids), seq_len + 1) int64 token windows."""
-        return np.stack([self.dataset.window(self.window_of(i)).astype(np.int64) for i in sample_ids])
+        rows = []
+        for sample_id in sample_ids:
+            dataset, window = self.locate(sample_id)
+            rows.append(self.datasets[dataset].window(window).astype(np.int64))
+        return np.stack(rows)
 
     def state_dict(self) -> dict:
         return {"consumed_samples": self.consumed_samples, "seed": self.seed}

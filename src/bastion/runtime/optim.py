@@ -25,22 +25,27 @@ def build_optimizer(model: ParallelModel, config: TrainConfig, device: torch.dev
     plain_cuda = device.type == "cuda" and not any(isinstance(p, DTensor) for p in model.parameters())
     return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}],
-                             lr=config.lr, betas=(0.9, 0.95), eps=1e-8,
+                             lr=config.lr, betas=tuple(config.betas), eps=config.eps,
                              fused=True if plain_cuda else None)
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
-    """Warmup then cosine: the multiplier of the peak lr for optimizer step `step` (0-based)."""
+def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float, decay: str = "cosine") -> float:
+    """Warmup, then `decay` (cosine, linear or constant) to min_ratio: the multiplier of the peak lr for optimizer
+    step `step` (0-based)."""
     warmup = min(warmup_steps, max(1, total_steps // 10))
     if step < warmup:
         return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total_steps - warmup)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    if decay == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    shape = 1 - progress if decay == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+    return min_ratio + (1 - min_ratio) * shape
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, config.steps, config.warmup_steps, config.min_lr_ratio))
+        optimizer, lambda step: lr_factor(step, config.steps, config.warmup_steps, config.min_lr_ratio,
+                                          config.lr_decay))
 
 
 def scheduler_state(scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:

@@ -50,31 +50,57 @@ def check_world_size(plan: ParallelPlan, world_size: int) -> None:
             reason="degrees != devices")
 
 
-def check_request(model: str, plan_path: str, data_dir: str | None, world_size: int | None, steps: int,
-                  seq_len: int | None = None) -> CheckedRequest:
+def check_request(model: str, plan_path: str | ParallelPlan, data_dir: str | None, world_size: int | None, steps: int,
+                  seq_len: int | None = None, evaluate: bool = False) -> CheckedRequest:
     """Everything `bastion train` can verify up front; raises a BastionError with guidance. `data_dir` None: the
-    dataset is not visible here (a Kubernetes launch), its checks wait for the workers. `world_size` None: the
-    plan's."""
-    from bastion.runtime.data import check_dataset_dir
+    dataset is not visible here (a Kubernetes launch), its checks wait for the workers; else one dataset directory
+    or a mixture (`A=0.7,B=0.3`), each with a held-out split when `evaluate`. `world_size` None: the plan's."""
+    from bastion.runtime.data import parse_data_mixture
 
     spec = load_model(model, seq_len)
     check_runtime_supports(spec)
-    plan = ParallelPlan.load(plan_path)
+    plan = plan_path if isinstance(plan_path, ParallelPlan) else ParallelPlan.load(plan_path)
     plan.validate(spec, None, spec.seq_len)
     check_world_size(plan, plan.num_gpus if world_size is None else world_size)
     if steps < 1:
         raise ConfigError(f"--steps must be at least 1, got {steps}.", fix="pass --steps N with N >= 1.")
     if data_dir is None:
         return CheckedRequest(spec=spec, plan=plan, data_meta={})
+    if evaluate:
+        check_eval_schedule(plan)
+    metas = [_check_dataset(name, spec, evaluate) for name, _ in parse_data_mixture(data_dir)]
+    return CheckedRequest(spec=spec, plan=plan, data_meta=metas[0])
+
+
+def check_eval_schedule(plan: ParallelPlan) -> None:
+    """torch's pipelining evaluates (`schedule.eval`, forward only) with every schedule but the V-shaped ones."""
+    from bastion.specs.schedules import V_SHAPE, get_schedule
+
+    if plan.pp > 1 and get_schedule(plan.pp_schedule).layout is V_SHAPE:
+        raise ConfigError(f"--eval-every cannot run under pp_schedule '{plan.pp_schedule}': torch's V-shaped "
+                          f"schedules need a backward pass (their forward-only `eval` fails).",
+                          fix="use pp_schedule 1f1b, interleaved-1f1b, zero-bubble or gpipe for a run with "
+                              "evaluation, or leave --eval-every out.")
+
+
+def _check_dataset(data_dir: str, spec: ModelSpec, evaluate: bool) -> dict:
+    from bastion.runtime.data import check_dataset_dir
+
     meta = check_dataset_dir(data_dir, spec.vocab_size)  # files agree with meta.json, ids inside the vocab
     if meta["vocab_size"] > spec.vocab_size:
         raise DataError(f"The dataset's vocabulary ({meta['vocab_size']} tokens) is larger than the model's "
                         f"({spec.vocab_size}).", fix="use a model whose vocab_size covers the tokenizer, "
                                                      "or re-tokenise the text.")
-    if meta["num_tokens"] < spec.seq_len + 1:
-        raise DataError(f"The dataset has {meta['num_tokens']} tokens, fewer than one sequence of "
-                        f"{spec.seq_len + 1}.", fix="prepare more text, or lower --seq-len.")
-    return CheckedRequest(spec=spec, plan=plan, data_meta=meta)
+    held_out = int(meta.get("eval_tokens", 0))
+    if meta["num_tokens"] - held_out < spec.seq_len + 1:
+        raise DataError(f"The dataset {data_dir} has {meta['num_tokens'] - held_out} tokens to train on, fewer than "
+                        f"one sequence of {spec.seq_len + 1}.", fix="prepare more text, or lower --seq-len.")
+    if evaluate and held_out < spec.seq_len + 1:
+        what = "no held-out split" if not held_out else f"a held-out split of {held_out} tokens, less than a sequence"
+        raise DataError(f"--eval-every needs held-out samples, but the dataset {data_dir} has {what}.",
+                        fix="prepare it with `bastion data prepare ... --eval-fraction 0.01` (or a larger "
+                            "fraction), or leave --eval-every out.")
+    return meta
 
 
 def check_run_dir(run_dir: Path, resilience: ResilienceConfig, spec: ModelSpec, plan: ParallelPlan,
@@ -108,6 +134,11 @@ def check_run_dir(run_dir: Path, resilience: ResilienceConfig, spec: ModelSpec, 
         raise ConfigError(f"The run resumes from step {source.step} ({source.path}), past --steps {steps}: there is "
                           f"nothing to train.", fix=f"give --steps above {source.step} to continue the run, or a "
                                                    f"new --run-dir to start another.")
+    if source is not None and source.step == steps and resilience.resume and not resilience.resume_from:
+        raise ConfigError(f"The run in {run_dir} already reached --steps {steps} (its final checkpoint is "
+                          f"{source.path}): there is nothing to train.",
+                          fix=f"give --steps above {steps} to continue the run, or a new --run-dir to start "
+                              f"another.")
     return source
 
 

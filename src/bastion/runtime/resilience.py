@@ -10,7 +10,7 @@
             trainer.optimizer.zero_grad(set_to_none=True)
             res.rollback(bad)                        # last good checkpoint, skip the offending batch
             continue
-        res.after_step(record)                       # checkpoint when due, corrupt-latest fault, disarm the watchdog
+        res.after_step(record, last=trainer.step >= steps)  # checkpoint when due (and the final step), disarm
     summary |= res.finish()               # restarts, lost steps, recovery, stall, goodput
 
 Which checkpoint a run starts from: the newest valid one in RUN_DIR/checkpoints (a restarted worker, or a run
@@ -213,7 +213,8 @@ class Resilience:
         if reason is not None:
             raise BadStep(step, batch_start, reason)
 
-    def after_step(self, record: dict[str, Any]) -> None:
+    def after_step(self, record: dict[str, Any], last: bool = False) -> None:
+        """`last`: `record` is the run's final step, which is always saved unless --checkpoint-every never."""
         step = record["step"]
         self.watchdog.step_ended(step)
         self._step_times.append(record["step_time_s"])
@@ -222,7 +223,8 @@ class Resilience:
         if self.config.checkpoint_every < 0 and self.checkpointer.config.every == 0 and step >= AUTO_PROBE_STEP:
             self.save(step)
             self._choose_auto_interval()
-        elif self.checkpointer.due(step) or step == self.config.stop_after_step:
+        elif (self.checkpointer.due(step) or step == self.config.stop_after_step
+              or (last and self.config.save_final)):
             self.save(step)
         self.injector.after_step(step, self.checkpointer.config.directory, self.checkpointer.wait)
 

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 class ResilienceConfig:
     """Fault-tolerance options of a run (the CLI builds it; every field is a plain value so it stays JSON-able)."""
 
-    #: save every N steps; 0 = never; -1 = `auto` (Young/Daly from the measured stall and the MTBF)
+    #: save every N steps; 0 = only the final step; -1 = `auto` (Young/Daly from the measured stall and the MTBF)
     checkpoint_every: int = 0
+    #: save the final step (off only with `--checkpoint-every never`, e.g. for equivalence reference runs)
+    save_final: bool = True
     #: MTBF for `auto` (default: published failure rate × devices)
     mtbf_hours: float | None = None
     #: keep the newest K checkpoints

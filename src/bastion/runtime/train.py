@@ -16,13 +16,15 @@ import torch
 import torch.distributed as dist
 
 from bastion.rundir.layout import write_run_files
-from bastion.rundir.metrics import MetricsWriter
+from bastion.rundir.metrics import MetricsWriter, log_event
+from bastion.rundir.summary import eval_summary, perplexity
 from bastion.runtime.mesh import build_mesh
 from bastion.runtime.metrics import current_memory_bytes, model_flops_per_token, model_state_bytes_measured
 from bastion.runtime.preemption import PreemptionNotice
 from bastion.runtime.resilience import BadStep, Resilience
+from bastion.runtime.run_logs import StepProfiler, TensorBoardLog
 from bastion.runtime.run_summary import peak_flops, write_run_summary
-from bastion.runtime.train_config import TrainConfig
+from bastion.runtime.train_config import TrainConfig, profile_steps
 from bastion.runtime.trainer import Trainer
 from bastion.specs.model import load_model
 from bastion.specs.plan import ParallelPlan
@@ -56,6 +58,27 @@ def _progress(enabled: bool, total: int) -> Any:
     return progress
 
 
+def _predicted_step_s(config: TrainConfig, spec: Any, plan: ParallelPlan, cluster_name: str | None) -> float | None:
+    """The predictor's step time, for TensorBoard (computed only when it is asked for)."""
+    if not config.tensorboard:
+        return None
+    from bastion.rundir.predicted import predicted_figures
+
+    return predicted_figures(spec, plan, cluster_name, spec.seq_len, compiled=config.compile).get("step_time_s")
+
+
+def _evaluate(trainer: Trainer, run_dir: Path, rank: int) -> dict[str, Any]:
+    """Held-out loss after the trainer's current step (collective); rank 0 logs the `eval` record."""
+    start = time.perf_counter()
+    loss = trainer.evaluate()
+    result = {"step": trainer.step, "eval_loss": loss, "perplexity": perplexity(loss),
+              "samples": trainer.config.eval_batches * trainer.plan.global_batch,
+              "eval_time_s": round(time.perf_counter() - start, 6)}
+    if rank == 0:
+        log_event(run_dir, "eval", **result)
+    return result
+
+
 def train(config: TrainConfig) -> dict[str, Any]:
     """Run `config.steps` optimizer steps in the current process group; returns summary.json's content (rank 0)."""
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -85,18 +108,25 @@ def train(config: TrainConfig) -> dict[str, Any]:
     tokens_per_step = plan.global_batch * spec.seq_len
     flops_per_step = model_flops_per_token(spec, spec.seq_len) * tokens_per_step
     progress = _progress(config.progress and rank == 0, config.steps)
+    board = TensorBoardLog(run_dir, config.tensorboard and rank == 0,
+                           predicted_step_s=_predicted_step_s(config, spec, plan, cluster_name),
+                           restarts=resilience.attempt)
+    profiler = StepProfiler(run_dir, profile_steps(config.profile), rank, device)
     records: list[dict[str, Any]] = []
+    evals: list[dict[str, Any]] = []
     model_state = None
     wall_start = time.perf_counter()
     try:
         while trainer.step < config.steps and not resilience.should_stop(trainer.step):
             resilience.before_step(trainer.step + 1, trainer.sampler)
+            profiler.before_step(trainer.step + 1)
             try:
                 record = trainer.train_step(hooks=resilience)
             except BadStep as bad:
                 trainer.optimizer.zero_grad(set_to_none=True)  # the update is never applied: drop its gradients
                 resilience.rollback(bad)
                 records = [r for r in records if r["step"] <= trainer.step]
+                evals = [e for e in evals if e["step"] <= trainer.step]
                 continue
             record["time"] = time.time()
             if model_state is None:  # after the first step every gradient and moment exists
@@ -111,9 +141,14 @@ def train(config: TrainConfig) -> dict[str, Any]:
             if rank == 0:
                 record["sample_ids"] = [trainer.last_sample_ids[0], trainer.last_sample_ids[-1] + 1]
             writer.write(record)
+            board.step(record)
+            profiler.after_step(trainer.step)
             records.append(record)
             preemption.stop_here_if_asked(resilience, trainer.step)
-            resilience.after_step(record)
+            resilience.after_step(record, last=trainer.step >= config.steps)
+            if config.eval_every and (trainer.step % config.eval_every == 0 or trainer.step >= config.steps):
+                evals.append(_evaluate(trainer, run_dir, rank))
+                board.evaluation(evals[-1])
             if progress is not None:
                 progress.update(progress.task_ids[0], completed=trainer.step,
                                 info=f"loss {record['loss']:.4f}  {record['tokens_per_s']:.0f} tok/s")
@@ -121,9 +156,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
         if progress is not None:
             progress.stop()
         writer.close()
+        board.close()
+        profiler.close()
     wall = time.perf_counter() - wall_start
     fault_tolerance = resilience.finish()
     return write_run_summary(config, trainer, spec, plan, rmesh, records, model_state, cluster_name, wall,
-                             fault_tolerance)
+                             {**fault_tolerance, **eval_summary(evals)} if rank == 0 else fault_tolerance)
 
 

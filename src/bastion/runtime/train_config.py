@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bastion.errors import ConfigError
 from bastion.runtime.resilience_config import ResilienceConfig
+
+
+def profile_steps(text: str | None) -> tuple[int, int] | None:
+    """`--profile START:END` as the first and last (1-based) step traced; None when not asked for."""
+    if not text:
+        return None
+    start, sep, end = str(text).partition(":")
+    if not (sep and start.strip().isdigit() and end.strip().isdigit()) or not 1 <= int(start) <= int(end):
+        raise ConfigError(f"--profile {text!r} is not START:END with 1 <= START <= END.",
+                          fix="give the steps to trace, e.g. --profile 5:7 (steps 5, 6 and 7).")
+    return int(start), int(end)
 
 
 @dataclass(frozen=True)
@@ -15,7 +27,7 @@ class TrainConfig:
     model: str
     #: ParallelPlan file (JSON/TOML)
     plan: str
-    #: token dataset directory (`bastion data prepare`)
+    #: token dataset directory (`bastion data prepare`), or a mixture `DIR_A=0.7,DIR_B=0.3`
     data: str
     #: optimizer steps to run
     steps: int
@@ -29,10 +41,15 @@ class TrainConfig:
     lr: float = 1e-3
     #: linear warmup steps (capped at a tenth of the run)
     warmup_steps: int = 10
-    #: cosine decay floor as a fraction of lr
+    #: decay after the warmup: cosine, linear or constant
+    lr_decay: str = "cosine"
+    #: decay floor as a fraction of lr
     min_lr_ratio: float = 0.1
     #: AdamW decoupled weight decay (matrices only)
     weight_decay: float = 0.1
+    #: AdamW betas and eps
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
     #: global gradient-norm clip
     max_grad_norm: float = 1.0
     #: torch.compile each block (the whole model on one device)
@@ -47,5 +64,13 @@ class TrainConfig:
     save_final_params: bool = False
     #: Hugging Face Llama directory whose weights replace the random init of a fresh run (not on resume)
     init_from: str | None = None
+    #: evaluate on the held-out split every N steps and at the end (0 = never)
+    eval_every: int = 0
+    #: global batches of held-out samples per evaluation
+    eval_batches: int = 1
+    #: also write TensorBoard event files to RUN_DIR/tensorboard
+    tensorboard: bool = False
+    #: "START:END": a torch.profiler Chrome trace of those steps in RUN_DIR/profile
+    profile: str | None = None
     #: checkpoints, resume, fault injection, watchdog, NaN rollback (runtime/resilience.py)
     resilience: ResilienceConfig = field(default_factory=ResilienceConfig)

@@ -18,7 +18,7 @@ from torch.distributed.checkpoint.stateful import Stateful
 
 from bastion.runtime.checkpoint import capture_tensors_and_hparams, restore_tensors_and_hparams
 from bastion.runtime.context_parallel import split_sequence
-from bastion.runtime.data import GlobalSampler, dp_slice, open_dataset
+from bastion.runtime.data import GlobalSampler, dp_slice, open_datasets
 from bastion.runtime.mesh import RuntimeMesh
 from bastion.runtime.metrics import SavedActivationProbe, param_bytes
 from bastion.runtime.optim import (
@@ -29,6 +29,7 @@ from bastion.runtime.optim import (
     scheduler_state,
 )
 from bastion.runtime.parallelize import ParallelizeConfig, cross_entropy_loss, parallelize
+from bastion.runtime.preflight import check_eval_schedule
 from bastion.runtime.train_config import TrainConfig
 from bastion.specs.model import ModelSpec
 from bastion.specs.plan import ParallelPlan
@@ -75,8 +76,14 @@ class Trainer(Stateful):
         self.loss_fn = torch.compile(cross_entropy_loss) if config.compile and plan.tp == 1 else cross_entropy_loss
         self.optimizer = build_optimizer(self.model, config, rmesh.device)
         self.scheduler = build_scheduler(self.optimizer, config)
-        dataset = open_dataset(config.data, self.seq_len, spec.vocab_size)
-        self.sampler = GlobalSampler(dataset, plan.global_batch, config.seed)
+        datasets, weights = open_datasets(config.data, self.seq_len, spec.vocab_size)
+        self.sampler = GlobalSampler(datasets, plan.global_batch, config.seed, weights)
+        #: the held-out samples `evaluate` reads: always the first eval_batches × global_batch of the eval split
+        self.eval_sampler: GlobalSampler | None = None
+        if config.eval_every > 0:
+            check_eval_schedule(plan)
+            held_out, weights = open_datasets(config.data, self.seq_len, spec.vocab_size, split="eval")
+            self.eval_sampler = GlobalSampler(held_out, plan.global_batch, config.seed, weights)
         #: optimizer steps completed
         self.step = 0
         #: global sample ids of the last step (every rank computes the same list)
@@ -127,8 +134,12 @@ class Trainer(Stateful):
 
     def _local_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         self.last_sample_ids = self.sampler.next_global_batch()
-        mine = dp_slice(self.last_sample_ids, self.rmesh.dp_rank, self.plan.dp)
-        rows = torch.from_numpy(self.sampler.tokens_for(mine)).to(self.rmesh.device)
+        return self._local_rows(self.sampler, self.last_sample_ids)
+
+    def _local_rows(self, sampler: GlobalSampler, sample_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's inputs and targets of a global batch."""
+        mine = dp_slice(sample_ids, self.rmesh.dp_rank, self.plan.dp)
+        rows = torch.from_numpy(sampler.tokens_for(mine)).to(self.rmesh.device)
         inputs, targets = rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
         if self.plan.cp > 1:  # every cp rank of a replica read the same sequences; each keeps its two chunks
             inputs = split_sequence(inputs, self.plan.cp, self.rmesh.cp_rank)
@@ -163,6 +174,35 @@ class Trainer(Stateful):
                 loss.backward()
                 total += _plain(loss).detach().float()
             return total
+
+    def _forward_only(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Like `_forward_backward` without the backward: the mean micro-batch loss on this rank."""
+        model = self.model
+        n_micro = self.plan.grad_accumulation
+        with self._context(), self._autocast():
+            if model.schedule is not None:
+                losses: list[torch.Tensor] = []
+                args = (inputs,) if model.has_first_stage else ()
+                model.schedule.eval(*args, target=targets if model.has_last_stage else None, losses=losses)
+                if not model.has_last_stage:
+                    return torch.zeros((), device=self.rmesh.device)
+                return torch.stack([_plain(loss).detach().float() for loss in losses]).mean()
+            total = torch.zeros((), device=self.rmesh.device)
+            for index in range(n_micro):
+                rows = slice(index * self.plan.micro_batch, (index + 1) * self.plan.micro_batch)
+                loss = self.loss_fn(model.parts[0](inputs[rows]), targets[rows]) / n_micro
+                total += _plain(loss).detach().float()
+            return total
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss over the held-out batches (collective; the same samples under every plan)."""
+        assert self.eval_sampler is not None, "evaluate() needs config.eval_every > 0"
+        total = torch.zeros((), device=self.rmesh.device)
+        for batch in range(self.config.eval_batches):
+            total += self._forward_only(*self._local_rows(self.eval_sampler, self.eval_sampler.batch_ids(batch)))
+        dist.all_reduce(total)
+        return float(total) / (self.config.eval_batches * self.plan.dp * self.plan.cp * self.plan.tp)
 
     def train_step(self, hooks: StepHooks | None = None) -> dict[str, Any]:
         device = self.rmesh.device
