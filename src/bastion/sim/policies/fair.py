@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from bastion.sim.policies import easy
 from bastion.sim.policies.base import Policy
+from bastion.sim.state import Demand
 
 if TYPE_CHECKING:
     from bastion.sim.engine import SimConfig
@@ -44,7 +45,8 @@ class Fair(Policy):
             return resolved
         kept, excluded = [], dict(resolved.excluded)
         for o in resolved.options:
-            gpus = o.nodes * self.inventory.pool(o.pool).gpus_per_node
+            per_node = self.inventory.pool(o.pool).gpus_per_node
+            gpus = Demand.of(o.gpus, per_node).held(per_node)
             if gpus <= tenant.quota_gpus:
                 kept.append(o)
             else:
@@ -60,15 +62,16 @@ class Fair(Policy):
         for q in state.running.values():
             assert q.start is not None
             usage[q.job.tenant] += decayed_gpu_hours(state.gpus_of(q), q.start, now, now, half_life)
-        share = {t.name: usage[t.name] / t.quota_gpus for t in self.inventory.tenants}
+        # a queue without quota (the default queue) comes after every queue with one
+        share = {t.name: usage[t.name] / t.quota_gpus if t.quota_gpus else math.inf for t in self.inventory.tenants}
         # stable sort of the static order: equal shares keep priority, submit time, input order
         return sorted(state.ordered(), key=lambda q: share[q.job.tenant])
 
     def schedule(self, state: ClusterState, now: float) -> None:
         order = self.order(state, now)
-        reservation = easy.schedule(state, now, order, allow=partial(within_quota, state))
+        reservations = easy.schedule(state, now, order, allow=partial(within_quota, state))
         borrowers = [q for q in order if not q.started and self.inventory.tenant(q.job.tenant).borrow]
-        easy.schedule(state, now, borrowers, reservation=reservation)
+        easy.schedule(state, now, borrowers, reservations=reservations)
 
     def on_finish(self, state: ClusterState, queued: Queued) -> None:
         assert queued.start is not None and queued.end is not None
@@ -82,8 +85,8 @@ class Fair(Policy):
 def within_quota(state: ClusterState, queued: Queued, place: Placement) -> bool:
     """Whether starting `queued` at `place` keeps its tenant's running GPUs within its quota."""
     tenant = state.inventory.tenant(queued.job.tenant)
-    gpus = place.option.nodes * state.pools[place.option.pool].gpus_per_node
-    return state.running_gpus[tenant.name] + gpus <= tenant.quota_gpus
+    gpus = state.demand(place.option).held(state.pools[place.option.pool].gpus_per_node)
+    return state.running_gpus[tenant.name] + gpus <= tenant.quota_gpus + 1e-9  # shares add up inexactly
 
 
 def decay(hours: float, half_life: float) -> float:
@@ -91,7 +94,7 @@ def decay(hours: float, half_life: float) -> float:
     return 1.0 if math.isinf(half_life) else 2.0 ** (-hours / half_life)
 
 
-def decayed_gpu_hours(gpus: int, start: float, end: float, now: float, half_life: float) -> float:
+def decayed_gpu_hours(gpus: float, start: float, end: float, now: float, half_life: float) -> float:
     """GPU-hours of `gpus` GPUs busy from `start` to `end`, each hour weighed by its age at `now`."""
     if math.isinf(half_life):
         return gpus * (end - start)
