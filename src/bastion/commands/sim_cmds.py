@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import typer
 
@@ -25,34 +26,114 @@ def simulate_command(
                                     "of past usage half (Slurm's default: 168); inf never forgets."),
     jobs_shown: int = typer.Option(15, "--jobs", help="Job rows to print for a single policy (0: none)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    # ---- recorded traces, queues, seeds (issue 17) ----
+    trace: str = typer.Option(None, "--trace", help="Instead of --workload: a recorded trace (CSV) to replay."),
+    trace_format: str = typer.Option("generic", "--trace-format", help="generic (submit_time,duration_s,gpus,queue,"
+                                     "user,time_limit_s,final_state,accelerator), pai (Alibaba PAI 2020 task "
+                                     "table) or helios (Helios / Acme cluster log)."),
+    queues: str = typer.Option(None, "--queues", help="per-queue (a blocked head stalls only its tenant's queue) "
+                               "or global (one queue); default: per-queue with --trace, else global."),
+    seeds: int = typer.Option(1, "--seeds", min=1, help="Run seeds SEED..SEED+N-1; print each figure's mean "
+                              "± 95% confidence interval over them."),
 ) -> None:
     """Simulate gang-scheduled training jobs on a multi-pool, multi-tenant cluster: waits, utilisation, failures."""
     from bastion.errors import ConfigError
     from bastion.sim import PlannerPerf, SimConfig, load_inventory, load_workload, resolve, simulate
     from bastion.sim.synthetic import synthetic_workload
 
-    if (workload is None) == (synthetic is None):
-        raise ConfigError("Give the jobs either as a file or as a synthetic count, not both and not neither.",
-                          fix="pass --workload JOBS.toml or --synthetic N [--seed S].",
+    if sum(source is not None for source in (workload, synthetic, trace)) != 1:
+        raise ConfigError("Give the jobs as one of a workload file, a synthetic count or a trace.",
+                          fix="pass --workload JOBS.toml, --synthetic N [--seed S] or --trace FILE.",
                           hint="bastion simulate --cluster examples/sim/cluster.toml "
                                "--workload examples/sim/workload.toml")
+    if queues not in (None, "global", "per-queue"):
+        raise ConfigError(f"Unknown --queues '{queues}'.", fix="use global or per-queue.")
+    per_queue = queues == "per-queue" if queues is not None else trace is not None
     configs = [SimConfig(policy=p, placement=placement, seed=seed, failures=not no_failures,
-                         fair_half_life_hours=half_life)
+                         fair_half_life_hours=half_life, per_queue=per_queue)
                for p in dict.fromkeys(policy)]
     inventory = load_inventory(cluster)
-    jobs = (load_workload(workload, inventory) if workload is not None
-            else synthetic_workload(inventory, synthetic, seed=seed, span_hours=span_hours))
+    trace_notes: list[str] = []
+    if trace is not None:
+        from bastion.sim.traces import load_trace
+
+        loaded = load_trace(trace, trace_format, inventory)
+        inventory, jobs = loaded.inventory, loaded.workload
+        trace_notes = [*loaded.notes, *(f"left out {n} rows: {why}" for why, n in loaded.skipped.items())]
+    elif workload is not None:
+        jobs = load_workload(workload, inventory)
     perf = PlannerPerf()
-    resolved = resolve(jobs.jobs, inventory, perf)
-    results = [simulate(resolved, inventory, config) for config in configs]
+    runs: dict[str, list] = {config.policy: [] for config in configs}
+    for run_seed in range(seed, seed + seeds):
+        if synthetic is not None:
+            jobs = synthetic_workload(inventory, synthetic, seed=run_seed, span_hours=span_hours)
+        if run_seed == seed or synthetic is not None:
+            resolved = resolve(jobs.jobs, inventory, perf)
+        for config in configs:
+            runs[config.policy].append(simulate(resolved, inventory, replace(config, seed=run_seed)))
+    results = [r[0] for r in runs.values()]
+    if synthetic is not None:  # the first seed's workload, whose runs are shown
+        jobs = synthetic_workload(inventory, synthetic, seed=seed, span_hours=span_hours)
+    spread = {policy: seed_spread(r) for policy, r in runs.items()} if seeds > 1 else {}
     if as_json:
         print(json.dumps({"cluster": inventory.name, "workload": jobs.name, "jobs": len(jobs.jobs),
                           "pools": [{"name": p.name, "accelerator": p.accelerator, "nodes": p.nodes,
                                      "gpus_per_node": p.gpus_per_node} for p in inventory.pools],
-                          "planner_searches": perf.searches,
-                          "runs": [r.to_dict() for r in results]}, indent=2))
+                          "planner_searches": perf.searches, "trace_notes": trace_notes,
+                          "runs": [r.to_dict() for r in results],
+                          "seeds": {"first": seed, "count": seeds, "mean_ci95": spread}}, indent=2))
         return
     _print(inventory, jobs, results, jobs_shown)
+    _print_scheduling(results, spread, seeds)
+    from rich.console import Console
+
+    for note in trace_notes:
+        Console().print(f"  · trace: {note}", soft_wrap=True)
+
+
+#: the figures `--seeds` gives a mean and confidence interval of (ClusterResult fields)
+SPREAD_FIGURES = ("window_utilisation", "window_used_utilisation", "utilisation", "mean_jct_h",
+                  "mean_bounded_slowdown", "mean_wait_h", "p50_wait_h", "p90_wait_h", "p99_wait_h", "jain_fairness",
+                  "goodput", "makespan_h")
+
+
+def seed_spread(results: list) -> dict[str, tuple[float, float]]:
+    """figure -> (mean, 95% CI half-width) over one policy's runs, one per seed."""
+    from bastion.sim.metrics import mean_ci
+
+    return {name: mean_ci(getattr(r.cluster, name) for r in results) for name in SPREAD_FIGURES}
+
+
+def _print_scheduling(results, spread: dict, seeds: int) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="scheduling (in-window: first to last submission; wait percentiles in hours)",
+                  box=box.SIMPLE_HEAD)
+    for col in ("policy", "util held", "util used", "JCT h", "slowdown", "p50", "p90", "p99", "Jain"):
+        table.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True)
+    for r in results:
+        c = r.cluster
+        table.add_row(r.policy, f"{c.window_utilisation:.1%}", f"{c.window_used_utilisation:.1%}",
+                      f"{c.mean_jct_h:,.2f}", f"{c.mean_bounded_slowdown:,.2f}", f"{c.p50_wait_h:,.2f}",
+                      f"{c.p90_wait_h:,.2f}", f"{c.p99_wait_h:,.2f}", f"{c.jain_fairness:.3f}")
+    console = Console()
+    console.print(table)
+    recorded = results[0].cluster
+    if recorded.recorded_mean_wait_h is not None:
+        console.print(f"  recorded waits (the trace's own): mean {recorded.recorded_mean_wait_h:,.2f} h, "
+                      f"p50 {recorded.recorded_p50_wait_h:,.2f} h, p90 {recorded.recorded_p90_wait_h:,.2f} h")
+    if spread:
+        table = Table(title=f"mean ± 95% CI over {seeds} seeds", box=box.SIMPLE_HEAD)
+        for col in ("policy", "util held", "JCT h", "slowdown", "mean wait h", "p90 wait h", "Jain"):
+            table.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True)
+        for policy, figures in spread.items():
+            cells = [f"{figures['window_utilisation'][0]:.1%} ± {figures['window_utilisation'][1]:.1%}"]
+            cells += [f"{figures[name][0]:,.2f} ± {figures[name][1]:,.2f}"
+                      for name in ("mean_jct_h", "mean_bounded_slowdown", "mean_wait_h", "p90_wait_h", "jain_fairness")]
+            table.add_row(policy, *cells)
+        console.print(table)
 
 
 def _print(inventory, workload, results, jobs_shown: int) -> None:

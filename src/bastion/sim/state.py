@@ -244,7 +244,7 @@ class PoolState:
         if found is not None:
             return found
         best: tuple[float, int] = (math.inf, -1)
-        for index, (nodes, end) in self.running.items():  # a gang's nodes become idle
+        for index, (_, end) in self.running.items():  # a gang's nodes become idle
             best = min(best, (max(end, now), min(self.gang_nodes[index])))
         need = max(demand.gpus, 1)
         for node, slots in self.slots.items():
