@@ -104,40 +104,48 @@ def seed_spread(results: list) -> dict[str, tuple[float, float]]:
     return {name: mean_ci(getattr(r.cluster, name) for r in results) for name in SPREAD_FIGURES}
 
 
-def _print_scheduling(results, spread: dict, seeds: int) -> None:
+def _figures_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]):
+    """A table of one row per policy that fits 80 columns (what a pipe gets): no vertical rules, and names,
+    headers and figures never cut, whatever the terminal's width."""
     from rich import box
-    from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="scheduling (in-window: first to last submission; wait percentiles in hours)",
-                  box=box.SIMPLE_HEAD)
-    for col in ("policy", "util held", "util used", "JCT h", "slowdown", "p50", "p90", "p99", "Jain"):
-        table.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True)
-    for r in results:
-        c = r.cluster
-        table.add_row(r.policy, f"{c.window_utilisation:.1%}", f"{c.window_used_utilisation:.1%}",
-                      f"{c.mean_jct_h:,.2f}", f"{c.mean_bounded_slowdown:,.2f}", f"{c.p50_wait_h:,.2f}",
-                      f"{c.p90_wait_h:,.2f}", f"{c.p99_wait_h:,.2f}", f"{c.jain_fairness:.3f}")
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    for i, col in enumerate(columns):
+        width = max([*map(len, col.split("\n")), *(len(row[i]) for row in rows)])
+        table.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True, min_width=width)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _print_scheduling(results, spread: dict, seeds: int) -> None:
+    from rich.console import Console
+
     console = Console()
-    console.print(table)
+    columns = ("policy", "util\nheld", "util\nused", "JCT\nh", "slow-\ndown", "wait\np50 h", "wait\np90 h",
+               "wait\np99 h", "Jain")
+    rows = [(r.policy, f"{r.cluster.window_utilisation:.1%}", f"{r.cluster.window_used_utilisation:.1%}",
+             f"{r.cluster.mean_jct_h:,.2f}", f"{r.cluster.mean_bounded_slowdown:,.2f}", f"{r.cluster.p50_wait_h:,.2f}",
+             f"{r.cluster.p90_wait_h:,.2f}", f"{r.cluster.p99_wait_h:,.2f}", f"{r.cluster.jain_fairness:.3f}")
+            for r in results]
+    console.print(_figures_table("scheduling (utilisation in the window from first to last submission)", columns,
+                                 rows))
     recorded = results[0].cluster
     if recorded.recorded_mean_wait_h is not None:
         console.print(f"  recorded waits (the trace's own): mean {recorded.recorded_mean_wait_h:,.2f} h, "
                       f"p50 {recorded.recorded_p50_wait_h:,.2f} h, p90 {recorded.recorded_p90_wait_h:,.2f} h")
     if spread:
-        table = Table(title=f"mean ± 95% CI over {seeds} seeds", box=box.SIMPLE_HEAD)
-        for col in ("policy", "util held", "JCT h", "slowdown", "mean wait h", "p90 wait h", "Jain"):
-            table.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True)
-        for policy, figures in spread.items():
-            cells = [f"{figures['window_utilisation'][0]:.1%} ± {figures['window_utilisation'][1]:.1%}"]
-            cells += [f"{figures[name][0]:,.2f} ± {figures[name][1]:,.2f}"
-                      for name in ("mean_jct_h", "mean_bounded_slowdown", "mean_wait_h", "p90_wait_h", "jain_fairness")]
-            table.add_row(policy, *cells)
-        console.print(table)
+        columns = ("policy", "util %", "JCT h", "slowdown", "wait h", "p90 h", "Jain")
+        names = ("mean_jct_h", "mean_bounded_slowdown", "mean_wait_h", "p90_wait_h")
+        rows = [(policy, "{:.1f}±{:.1f}".format(*(100 * v for v in figures["window_utilisation"])),
+                 *("{:,.1f}±{:,.1f}".format(*figures[name]) for name in names),
+                 "{:.2f}±{:.2f}".format(*figures["jain_fairness"]))
+                for policy, figures in spread.items()]
+        console.print(_figures_table(f"mean ± 95% CI over {seeds} seeds", columns, rows))
 
 
 def _print(inventory, workload, results, jobs_shown: int) -> None:
-    from rich import box
     from rich.console import Console
     from rich.table import Table
 
@@ -149,21 +157,13 @@ def _print(inventory, workload, results, jobs_shown: int) -> None:
         reasons = "; ".join(f"{pool}: {why}" for pool, why in row["reasons"].items())
         console.print(f"  [yellow]cannot run[/] {row['id']} ({first.policy}): {reasons}", soft_wrap=True)
     if len(results) > 1:
-        # ten columns: no vertical rules, so that they fit 80 columns (what a pipe gets)
-        table = Table(title=f"policies compared (placement {first.placement})", box=box.SIMPLE_HEAD)
         columns = ("policy", "jobs", "span\nh", "util", "goodput", "wait\nh", "p90\nh", "fails", "lost\nGPU-h",
                    "MWh")
         rows = [(r.policy, f"{r.cluster.jobs}", f"{r.cluster.makespan_h:,.1f}", f"{r.cluster.utilisation:.1%}",
                  f"{r.cluster.goodput:.1%}", f"{r.cluster.mean_wait_h:,.1f}", f"{r.cluster.p90_wait_h:,.1f}",
                  f"{r.cluster.failures}", f"{r.cluster.lost_gpu_hours:,.0f}", f"{r.cluster.energy_kwh / 1000:,.1f}")
                 for r in results]
-        for i, col in enumerate(columns):
-            # names, headers and figures are never cut, whatever the terminal's width (80 columns when piped)
-            width = max([*map(len, col.split("\n")), *(len(row[i]) for row in rows)])
-            table.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True, min_width=width)
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
+        console.print(_figures_table(f"policies compared (placement {first.placement})", columns, rows))
     else:
         c = first.cluster
         console.print(f"policy {first.policy}, placement {first.placement}: makespan {c.makespan_h:,.1f} h, "

@@ -308,9 +308,12 @@ def summarise(jobs: list[Queued], unschedulable: list[Resolved], inventory: Inve
         recorded_p90_wait_h=percentile(recorded, 90) if recorded else None)
     notes = [f"energy: busy GPU-hours × each accelerator's wall power per GPU (1.34 × TDP, as `bastion cost`) "
              f"× PUE {pue:g}; idle GPUs are not counted"]
-    if config.failures:
+    if config.failures and any(q.job.recorded is None for q in jobs):
         notes.append(f"failures: Poisson at each job's MTBF (Llama 3's per-GPU rate × GPUs); Daly checkpoints; "
                      f"restart {config.restart_hours * 60:.0f} min; jobs keep their nodes")
+    if any(q.job.recorded is not None for q in jobs):
+        notes.append("recorded jobs: the recorded duration scaled by each pool's speed (planner, else bf16 peak), "
+                     "cut at the time limit, which is also what the scheduler plans with; no failures sampled")
     unsched = [{"id": r.job.id, "tenant": r.job.tenant, "reasons": r.excluded} for r in unschedulable]
     return SimResult(policy=config.policy, placement=config.placement, seed=config.seed,
                      failures_sampled=config.failures, cluster=cluster, pools=pools, tenants=tenants, jobs=results,
