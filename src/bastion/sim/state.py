@@ -111,6 +111,8 @@ class PoolState:
         self.within: dict[int, tuple[int, tuple[tuple[int, int], ...], float]] = {}
         #: partly used node -> indices of its jobs
         self.on_node: dict[int, set[int]] = {}
+        #: partly used node -> the latest estimated end of its jobs (when it becomes idle)
+        self.node_end: dict[int, float] = {}
         #: cached (sorted times at which nodes become idle, cumulative nodes by then); None when stale
         self.profile: tuple[list[float], list[int]] | None = None
         #: cached earliest (start, node) per single-node demand; cleared on every change
@@ -171,7 +173,7 @@ class PoolState:
         slots = self.slots[node]
         whole = slots.count(SHARES)
         if whole == self.gpus_per_node:
-            del self.slots[node], self.on_node[node]
+            del self.slots[node], self.on_node[node], self.node_end[node]
             self.idle.add(node)
             return
         self.by_free[whole].add(node)
@@ -205,6 +207,7 @@ class PoolState:
             self.slots[node][gpu] -= taken
         self.within[index] = (node, tuple((gpu, taken) for gpu in gpus), end)
         self.on_node[node].add(index)
+        self.node_end[node] = max(self.node_end.get(node, end), end)
         self._file(node)
 
     def release(self, index: int) -> None:
@@ -218,11 +221,13 @@ class PoolState:
         for gpu, shares in taken:
             self.slots[node][gpu] += shares
         self.on_node[node].discard(index)
+        if self.on_node[node]:
+            self.node_end[node] = max(self.within[i][2] for i in self.on_node[node])
         self._file(node)
 
     # ---- the future, as estimated ---------------------------------------------------------------------
     def _node_idle_at(self, node: int, now: float) -> float:
-        return max([now, *(self.within[i][2] for i in self.on_node[node])])
+        return max(now, self.node_end[node])
 
     def idle_profile(self, now: float) -> tuple[list[float], list[int]]:
         """(times, cumulative nodes): by times[i], cumulative[i] more nodes are idle, if jobs end as estimated."""
