@@ -343,10 +343,10 @@ class ClusterState:
     def can_start_now(self, queued: Queued) -> bool:
         return any(self.fits_now(o) for o in queued.options)
 
-    def rank(self, queued: Queued, now: float) -> list[Placement]:
-        """The job's pools, best first, under the configured placement."""
+    def rank(self, queued: Queued, now: float, options: tuple[Option, ...] | None = None) -> list[Placement]:
+        """The job's pools (or those of `options`), best first, under the configured placement."""
         places = [Placement(o, self.earliest_start(o.pool, self.demand(o), now), self.estimate_of(queued, o))
-                  for o in queued.options]
+                  for o in (queued.options if options is None else options)]
         if self.config.placement == "fastest":
             places.sort(key=lambda p: (p.finish, p.start, self.pool_order[p.option.pool]))
         else:

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 from bastion.sim.policies.base import EPS
 
 if TYPE_CHECKING:
-    from bastion.sim.state import ClusterState, Demand, Placement, Queued
+    from bastion.sim.perf import Option
+    from bastion.sim.state import ClusterState, Demand, Queued
 
 
 @dataclass(frozen=True)
@@ -60,12 +61,12 @@ def _may_backfill(state: ClusterState, queued: Queued, now: float, reservations:
 
 
 def schedule(state: ClusterState, now: float, order: list[Queued],
-             allow: Callable[[Queued, Placement], bool] | None = None,
+             allow: Callable[[Queued, Option], bool] | None = None,
              reservations: list[Reservation] | None = None) -> list[Reservation]:
     """Start each queue's head in `order` when it fits, else reserve for it; start later jobs that keep every
     reservation. Returns the reservations.
 
-    `allow(queued, place)` filters placements (the fair policy's quota check); `reservations` given are an
+    `allow(queued, option)` filters the pools a job may start in (the fair policy's quota check); `reservations` given are an
     earlier pass's, which this pass keeps (their queues' jobs only backfill)."""
     reservations = list(reservations or ())
     headed = {r.queue for r in reservations}  # queues whose head has been served or reserved for
@@ -77,11 +78,12 @@ def schedule(state: ClusterState, now: float, order: list[Queued],
         head = queue not in headed
         if not head and not _may_backfill(state, queued, now, reservations, too_big):
             continue  # ranking every job of a long queue at every event was the 10k-job cost
-        ranked = state.rank(queued, now)
+        options = queued.options
         if allow is not None:
-            ranked = [place for place in ranked if allow(queued, place)]
-            if not ranked:
+            options = tuple(option for option in options if allow(queued, option))
+            if not options:
                 continue
+        ranked = state.rank(queued, now, options)
         if head:
             best = ranked[0]
             headed.add(queue)

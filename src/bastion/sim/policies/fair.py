@@ -14,8 +14,8 @@ from bastion.sim.state import Demand
 if TYPE_CHECKING:
     from bastion.sim.engine import SimConfig
     from bastion.sim.inputs import Inventory
-    from bastion.sim.perf import Resolved
-    from bastion.sim.state import ClusterState, Placement, Queued
+    from bastion.sim.perf import Option, Resolved
+    from bastion.sim.state import ClusterState, Queued
 
 
 class Fair(Policy):
@@ -107,10 +107,10 @@ class Fair(Policy):
         self.usage_as_of[tenant] = queued.end
 
 
-def within_quota(state: ClusterState, queued: Queued, place: Placement) -> bool:
-    """Whether starting `queued` at `place` keeps its tenant's running GPUs within its quota."""
+def within_quota(state: ClusterState, queued: Queued, option: Option) -> bool:
+    """Whether starting `queued` on `option` keeps its tenant's running GPUs within its quota."""
     tenant = state.inventory.tenant(queued.job.tenant)
-    gpus = state.demand(place.option).held(state.pools[place.option.pool].gpus_per_node)
+    gpus = state.demand(option).held(state.pools[option.pool].gpus_per_node)
     return state.running_gpus[tenant.name] + gpus <= tenant.quota_gpus + 1e-9  # shares add up inexactly
 
 
