@@ -4,7 +4,9 @@ later job starts now only if it cannot delay any reservation.
 A reservation holds the nodes its head will take (state.reserved_nodes): a later job that would still run at
 the reservation's start must keep off them. With one queue (the default) this is EASY as published (Lifka 1995;
 Mu'alem & Feitelson 2001); with per-queue ordering each queue's head gets its own reservation, so a head
-blocked in one queue stalls only its own queue.
+blocked in one queue stalls only its own queue. Reservations are not stacked: each is computed from the running
+jobs alone, so two queues' heads may be promised the same nodes; the earlier in the order gets them and the
+other is promised again at the next event.
 """
 
 from __future__ import annotations
