@@ -42,7 +42,8 @@ def simulate_command(
     from bastion.sim.synthetic import synthetic_workload
 
     if sum(source is not None for source in (workload, synthetic, trace)) != 1:
-        raise ConfigError("Give the jobs as one of a workload file, a synthetic count or a trace.",
+        raise ConfigError("Give the jobs either as a file or as a synthetic count or a trace: one of them, not both "
+                          "and not none.",
                           fix="pass --workload JOBS.toml, --synthetic N [--seed S] or --trace FILE.",
                           hint="bastion simulate --cluster examples/sim/cluster.toml "
                                "--workload examples/sim/workload.toml")
