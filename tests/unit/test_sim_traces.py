@@ -372,3 +372,31 @@ def test_replays_keep_the_invariants_under_every_policy(policy, per_queue) -> No
         z = [r for r in result.jobs if r.tenant == "z"]
         for t in {r.start_h for r in z}:
             assert sum(r.held_gpus for r in z if r.start_h <= t < r.end_h) <= 8 + 1e-9
+
+
+def test_a_workload_file_may_hold_recorded_jobs_and_tenants_may_name_their_pools(tmp_path) -> None:
+    from bastion.sim import load_inventory, load_workload
+
+    (tmp_path / "c.toml").write_text('[[pool]]\nname = "h100"\naccelerator = "h100-sxm"\nnodes = 1\n'
+                                     '[[pool]]\nname = "a100"\naccelerator = "a100-80g"\nnodes = 1\n'
+                                     '[[tenant]]\nname = "research"\nquota_gpus = 8\npools = ["a100"]\n')
+    (tmp_path / "w.toml").write_text('[[job]]\nid = "r1"\ntenant = "research"\nsubmit_hours = 0.5\n'
+                                     'duration_hours = 3.0\naccelerator = "h100-sxm"\ngpus = 0.5\n'
+                                     'time_limit_hours = 4.0\nfinal_state = "failed"\nuser = "alice"\n')
+    inv = load_inventory(tmp_path / "c.toml")
+    (job,) = load_workload(tmp_path / "w.toml", inv).jobs
+    assert job.recorded == Recording(3.0, 0.5, "h100-sxm", "alice", 4.0, "failed")
+    result = simulate(resolve([job], inv, no_planner), inv, SimConfig(policy="backfill"))
+    (run_,) = result.jobs
+    ratio = load_accelerator("h100-sxm").peak_tflops("bf16") / load_accelerator("a100-80g").peak_tflops("bf16")
+    # the queue's only pool is a100, slower than the recording's h100: 3 h × 3.17 > the 4 h limit
+    assert (run_.pool, run_.run_h, run_.final_state) == ("a100", 4.0, "timeout") and 3.0 * ratio > 4.0
+    assert result.unschedulable == []
+    (tmp_path / "bad.toml").write_text('[[job]]\nid = "r1"\ntenant = "research"\nsubmit_hours = 0\n'
+                                       'duration_hours = 1.0\ngpus = 1\nfinal_state = "crashed"\n')
+    with pytest.raises(ConfigError, match="final_state"):
+        load_workload(tmp_path / "bad.toml", inv)
+    (tmp_path / "bad.toml").write_text('[[tenant]]\nname = "x"\nquota_gpus = 8\npools = ["h200"]\n'
+                                       '[[pool]]\nname = "h100"\naccelerator = "h100-sxm"\nnodes = 1\n')
+    with pytest.raises(ConfigError, match="pool 'h200'"):
+        load_inventory(tmp_path / "bad.toml")
