@@ -134,8 +134,14 @@ def _print_scheduling(results, spread: dict, seeds: int) -> None:
                                  rows))
     recorded = results[0].cluster
     if recorded.recorded_mean_wait_h is not None:
-        console.print(f"  recorded waits (the trace's own): mean {recorded.recorded_mean_wait_h:,.2f} h, "
-                      f"p50 {recorded.recorded_p50_wait_h:,.2f} h, p90 {recorded.recorded_p90_wait_h:,.2f} h")
+        console.print(f"  recorded waits (the trace's own, under the scheduler it ran): mean "
+                      f"{recorded.recorded_mean_wait_h:,.2f} h, p50 {recorded.recorded_p50_wait_h:,.2f} h, p90 "
+                      f"{recorded.recorded_p90_wait_h:,.2f} h; simulated minus recorded:", soft_wrap=True)
+        for r in results:
+            c = r.cluster
+            console.print(f"    {r.policy}: mean {c.mean_wait_h - c.recorded_mean_wait_h:+,.2f} h, p50 "
+                          f"{c.p50_wait_h - c.recorded_p50_wait_h:+,.2f} h, p90 "
+                          f"{c.p90_wait_h - c.recorded_p90_wait_h:+,.2f} h")
     if spread:
         columns = ("policy", "util %", "JCT h", "slowdown", "wait h", "p90 h", "Jain")
         names = ("mean_jct_h", "mean_bounded_slowdown", "mean_wait_h", "p90_wait_h")
