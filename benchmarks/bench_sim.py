@@ -1,4 +1,5 @@
-"""Cluster simulator: a synthetic 1,000-job month on a 3-pool cluster under fifo, backfill and fair.
+"""Cluster simulator: a synthetic 1,000-job month on a 3-pool cluster under fifo, backfill and fair; a 100,000-job
+recorded-trace replay per policy.
 
 Cluster: 2,048 H100 + 1,024 A100-80GB + 512 H200 (8 per node), tenants pretrain (1,792 GPUs, may borrow),
 research (1,280, may borrow), product (512, may not). Jobs: `bastion.sim.synthetic` (seed 0, Poisson arrivals
@@ -6,7 +7,13 @@ over 720 h). Records wall seconds of the planner phase (one search per job shape
 policies; wall and CPU, since the machine may be shared) and of each policy's simulation, with utilisation, goodput, waits, failures and energy. Writes
 benchmarks/results/sim.json.
 
+Trace replay (`--case trace`): `--trace-jobs` (100,000) synthetic recorded jobs (`synthetic_trace`: most on one
+GPU or less, a few gangs, 80% with user time limits, arrivals at 85% of the GPUs) on a 2-pool cluster of 768
+GPUs with three queues (per-queue ordering, first-fit placement), under fifo, backfill, fair and sjf: wall and
+CPU seconds of each policy's simulation, with in-window utilisation, waits, JCT, slowdown and Jain's fairness.
+
     .venv/bin/python benchmarks/bench_sim.py [--jobs 1000] [--seed 0] [--placement fastest]
+                                             [--case all|planner|trace] [--trace-jobs 100000]
 """
 
 from __future__ import annotations
@@ -32,12 +39,56 @@ INVENTORY = {
 }
 
 
+TRACE_INVENTORY = {
+    "name": "bench-trace-queues",
+    "pool": [{"name": "h100", "accelerator": "h100-sxm", "nodes": 64},
+             {"name": "a100", "accelerator": "a100-80g", "nodes": 32}],
+    "tenant": [{"name": "training", "quota_gpus": 448, "pools": ["h100"]},
+               {"name": "research", "quota_gpus": 224},
+               {"name": "serving", "quota_gpus": 96, "pools": ["a100"], "borrow": False}],
+}
+TRACE_POLICIES = ("fifo", "backfill", "fair", "sjf")
+
+
+def trace_replay(jobs: int, seed: int) -> dict:
+    """Each policy's wall and CPU seconds on `jobs` synthetic recorded jobs, with the figures it reached."""
+    from bastion.sim import PlannerPerf, SimConfig, resolve, simulate
+    from bastion.sim.inputs import inventory_from_mapping
+    from bastion.sim.synthetic import synthetic_trace
+
+    inventory = inventory_from_mapping(TRACE_INVENTORY, "bench trace inventory")
+    workload = synthetic_trace(inventory, jobs, seed=seed)
+    resolved = resolve(workload.jobs, inventory, PlannerPerf())  # recorded jobs without a model: no search
+    rows = []
+    for policy in TRACE_POLICIES:
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        result = simulate(resolved, inventory, SimConfig(policy=policy, placement="first-fit", per_queue=True,
+                                                         seed=seed))
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        c = result.cluster
+        rows.append({"policy": policy, "simulate_s": seconds, "simulate_cpu_s": cpu, "jobs": c.jobs,
+                     "window_utilisation": c.window_utilisation, "mean_wait_h": c.mean_wait_h,
+                     "p90_wait_h": c.p90_wait_h, "p99_wait_h": c.p99_wait_h, "mean_jct_h": c.mean_jct_h,
+                     "mean_bounded_slowdown": c.mean_bounded_slowdown, "jain_fairness": c.jain_fairness,
+                     "events": result.events})
+        print(f"trace {policy:9s} {seconds:6.1f} s wall ({cpu:6.1f} s CPU)  in-window util "
+              f"{c.window_utilisation:6.1%}  mean wait {c.mean_wait_h:6.2f} h  p90 {c.p90_wait_h:6.2f} h  "
+              f"slowdown {c.mean_bounded_slowdown:6.2f}  Jain {c.jain_fairness:.3f}")
+    return {"inventory": TRACE_INVENTORY, "jobs": jobs, "seed": seed, "placement": "first-fit",
+            "queues": "per-queue", "policies": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--placement", default="fastest", choices=("fastest", "first-fit"))
+    parser.add_argument("--case", default="all", choices=("all", "planner", "trace"))
+    parser.add_argument("--trace-jobs", type=int, default=100_000)
     args = parser.parse_args()
+    if args.case == "trace":
+        record({"benchmark": "sim", "trace_replay": trace_replay(args.trace_jobs, args.seed)})
+        return
 
     from bastion.sim import PlannerPerf, SimConfig, resolve, simulate
     from bastion.sim.inputs import inventory_from_mapping
@@ -67,14 +118,23 @@ def main() -> None:
               f"goodput {c.goodput:6.2%}  mean wait {c.mean_wait_h:6.1f} h  p90 {c.p90_wait_h:6.1f} h  "
               f"failures {c.failures}  unschedulable {c.unschedulable}")
     total = time.perf_counter() - started
+    replay = trace_replay(args.trace_jobs, args.seed) if args.case == "all" else None
+    record({"benchmark": "sim", "inventory": INVENTORY, "jobs": args.jobs, "seed": args.seed,
+            "placement": args.placement, "planner_searches": perf.searches, "resolve_s": resolve_s,
+            "resolve_cpu_s": resolve_cpu_s, "total_wall_s": total, "policies": policies, "trace_replay": replay})
+
+
+def record(results: dict) -> None:
+    """Write `results` with the machine's facts to benchmarks/results/sim.json (a case run alone keeps the other
+    case's figures from the file)."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    merged = {**previous, **{k: v for k, v in results.items() if v is not None}}
+    merged.update({"machine": platform.platform(), "cpus": os.cpu_count(), "load_avg_1m": load,
+                   "python": platform.python_version()})
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "benchmark": "sim", "machine": platform.platform(), "cpus": os.cpu_count(), "load_avg_1m": load,
-        "python": platform.python_version(), "inventory": INVENTORY, "jobs": args.jobs, "seed": args.seed,
-        "placement": args.placement, "planner_searches": perf.searches, "resolve_s": resolve_s, "resolve_cpu_s": resolve_cpu_s,
-        "total_wall_s": total, "policies": policies}, indent=2) + "\n")
-    print(f"total {total:.1f} s → {RESULTS.relative_to(ROOT)}")
+    RESULTS.write_text(json.dumps(merged, indent=2) + "\n")
+    print(f"→ {RESULTS.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -185,14 +185,14 @@ def test_invariants_on_random_workloads(seed, policy, placement) -> None:
         assert r.start_h >= by_id[r.id].submit_hours - 1e-9  # starts after submit
         assert r.end_h > r.start_h  # finishes
         assert r.run_h >= r.compute_h - 1e-9
-    for pool in inv.pools:  # no pool is ever over-allocated
-        changes = sorted([(r.start_h, r.nodes) for r in result.jobs if r.pool == pool.name]
-                         + [(r.end_h, -r.nodes) for r in result.jobs if r.pool == pool.name],
+    for pool in inv.pools:  # no pool is ever over-allocated (4-GPU jobs hold 4 GPUs of a node, gangs whole nodes)
+        changes = sorted([(r.start_h, r.held_gpus) for r in result.jobs if r.pool == pool.name]
+                         + [(r.end_h, -r.held_gpus) for r in result.jobs if r.pool == pool.name],
                          key=lambda e: (e[0], e[1]))  # releases before claims at the same instant
         used = 0
         for _, delta in changes:
             used += delta
-            assert 0 <= used <= pool.nodes
+            assert 0 <= used <= pool.gpus
     c = result.cluster
     assert c.busy_gpu_hours <= c.capacity_gpu_hours + 1e-6
     assert 0 < c.utilisation <= 1 and 0 < c.goodput <= 1
@@ -200,7 +200,7 @@ def test_invariants_on_random_workloads(seed, policy, placement) -> None:
     if policy == "fair":  # B may not borrow: never above its quota of 24 GPUs
         b_jobs = [r for r in result.jobs if r.tenant == "B"]
         for t in sorted({r.start_h for r in b_jobs}):
-            held = sum(r.nodes * 8 for r in b_jobs if r.start_h <= t < r.end_h)
+            held = sum(r.held_gpus for r in b_jobs if r.start_h <= t < r.end_h)
             assert held <= 24
     again = simulate(resolve(jobs, inv, flaky), inv, SimConfig(policy=policy, placement=placement, seed=seed))
     assert again == result  # deterministic

@@ -111,8 +111,8 @@ def test_the_cli_runs_a_registered_policy_and_names_it_when_misspelt(one_per_ten
 def test_an_unknown_policy_is_a_guidance_error_listing_the_registered_ones() -> None:
     with pytest.raises(ConfigError, match="Did you mean 'backfill'") as exc:
         SimConfig(policy="backfil")
-    assert exc.value.fix == "use one of: fifo, backfill, fair."
-    assert POLICIES.prose() == "fifo, backfill or fair"
+    assert exc.value.fix == "use one of: fifo, backfill, fair, sjf."
+    assert POLICIES.prose() == "fifo, backfill, fair or sjf"
 
 
 def flaky(model, pool, gpus, global_batch, seq_len):

@@ -53,10 +53,10 @@ def test_easy_never_delays_a_reserved_head_when_estimates_are_exact(monkeypatch,
     original = easy.schedule
 
     def recording(state, now, order, allow=None):
-        reservation = original(state, now, order, allow)
-        if reservation is not None:  # the earliest promise is the binding one
+        reservations = original(state, now, order, allow)
+        for reservation in reservations:  # the earliest promise is the binding one
             promised.setdefault(reservation.job, reservation.start)
-        return reservation
+        return reservations
 
     monkeypatch.setattr(easy, "schedule", recording)
     result = simulate(resolve(jobs, inv, stub_perf), inv, SimConfig(policy="backfill", placement=placement,
@@ -68,13 +68,16 @@ def test_easy_never_delays_a_reserved_head_when_estimates_are_exact(monkeypatch,
 
 
 def over_allocation(result, inv) -> None:
+    """No pool holds more GPUs than it has at any instant (jobs within a node hold GPUs, gangs whole nodes)."""
     for pool in inv.pools:
-        changes = sorted([(r.start_h, r.nodes) for r in result.jobs if r.pool == pool.name]
-                         + [(r.end_h, -r.nodes) for r in result.jobs if r.pool == pool.name])
-        used = 0
+        changes = sorted([(r.start_h, r.held_gpus) for r in result.jobs if r.pool == pool.name]
+                         + [(r.end_h, -r.held_gpus) for r in result.jobs if r.pool == pool.name])
+        used = 0.0
         for _, delta in changes:  # at one instant releases (negative) sort before claims
             used += delta
-            assert 0 <= used <= pool.nodes, pool.name
+            assert -1e-9 <= used <= pool.gpus + 1e-9, pool.name
+        assert all(r.held_gpus == (r.nodes * pool.gpus_per_node if r.gpus > pool.gpus_per_node else r.gpus)
+                   for r in result.jobs if r.pool == pool.name)
 
 
 @pytest.mark.parametrize("policy", ["fifo", "backfill", "fair"])

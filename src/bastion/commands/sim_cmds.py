@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated
 
 import typer
@@ -37,38 +38,133 @@ def simulate_command(
     jobs_shown: Annotated[int, number_option("--jobs", help="Job rows to print for a single policy (0: none).",
                                              integer=True, low=0, high=10**6)] = 15,
     as_json: options.AsJson = False,
+    # ---- recorded traces, queues, seeds (issue 17) ----
+    trace: str = typer.Option(None, "--trace", help="Instead of --workload: a recorded trace (CSV) to replay."),
+    trace_format: str = typer.Option("generic", "--trace-format", help="generic (submit_time,duration_s,gpus,queue,"
+                                     "user,time_limit_s,final_state,accelerator), pai (Alibaba PAI 2020 task "
+                                     "table) or helios (Helios / Acme cluster log)."),
+    queues: str = typer.Option(None, "--queues", help="per-queue (a blocked head stalls only its tenant's queue) "
+                               "or global (one queue); default: per-queue with --trace, else global."),
+    seeds: Annotated[int, number_option("--seeds", help="Run seeds SEED..SEED+N-1; print each figure's mean ± 95% "
+                                        "confidence interval over them.", integer=True, low=1, high=1000)] = 1,
 ) -> None:
     """Simulate gang-scheduled training jobs on a multi-pool, multi-tenant cluster: waits, utilisation, failures."""
     from bastion.errors import ConfigError
     from bastion.sim import PlannerPerf, SimConfig, load_inventory, load_workload, resolve, simulate
     from bastion.sim.synthetic import synthetic_workload
 
-    if (workload is None) == (synthetic is None):
-        raise ConfigError("Give the jobs either as a file or as a synthetic count, not both and not neither.",
-                          fix="pass --workload JOBS.toml or --synthetic N [--seed S].",
+    if sum(source is not None for source in (workload, synthetic, trace)) != 1:
+        raise ConfigError("Give the jobs either as a file or as a synthetic count or a trace: one of them, not both "
+                          "and not none.",
+                          fix="pass --workload JOBS.toml, --synthetic N [--seed S] or --trace FILE.",
                           hint="bastion simulate --cluster examples/sim/cluster.toml "
                                "--workload examples/sim/workload.toml")
+    if queues not in (None, "global", "per-queue"):
+        raise ConfigError(f"Unknown --queues '{queues}'.", fix="use global or per-queue.")
+    per_queue = queues == "per-queue" if queues is not None else trace is not None
     configs = [SimConfig(policy=p, placement=placement, seed=seed, failures=not no_failures,
-                         fair_half_life_hours=half_life)
+                         fair_half_life_hours=half_life, per_queue=per_queue)
                for p in dict.fromkeys(policy)]
     inventory = load_inventory(cluster)
-    jobs = (load_workload(workload, inventory) if workload is not None
-            else synthetic_workload(inventory, synthetic, seed=seed, span_hours=span_hours))
+    trace_notes: list[str] = []
+    if trace is not None:
+        from bastion.sim.traces import load_trace
+
+        loaded = load_trace(trace, trace_format, inventory)
+        inventory, jobs = loaded.inventory, loaded.workload
+        trace_notes = [*loaded.notes, *(f"left out {n} rows: {why}" for why, n in loaded.skipped.items())]
+    elif workload is not None:
+        jobs = load_workload(workload, inventory)
     perf = PlannerPerf()
-    resolved = resolve(jobs.jobs, inventory, perf)
-    results = [simulate(resolved, inventory, config) for config in configs]
+    runs: dict[str, list] = {config.policy: [] for config in configs}
+    for run_seed in range(seed, seed + seeds):
+        if synthetic is not None:
+            jobs = synthetic_workload(inventory, synthetic, seed=run_seed, span_hours=span_hours)
+        if run_seed == seed or synthetic is not None:
+            resolved = resolve(jobs.jobs, inventory, perf)
+        for config in configs:
+            runs[config.policy].append(simulate(resolved, inventory, replace(config, seed=run_seed)))
+    results = [r[0] for r in runs.values()]
+    if synthetic is not None:  # the first seed's workload, whose runs are shown
+        jobs = synthetic_workload(inventory, synthetic, seed=seed, span_hours=span_hours)
+    spread = {policy: seed_spread(r) for policy, r in runs.items()} if seeds > 1 else {}
     if as_json:
         print(dumps_json({"cluster": inventory.name, "workload": jobs.name, "jobs": len(jobs.jobs),
                           "pools": [{"name": p.name, "accelerator": p.accelerator, "nodes": p.nodes,
                                      "gpus_per_node": p.gpus_per_node} for p in inventory.pools],
-                          "planner_searches": perf.searches,
-                          "runs": [r.to_dict() for r in results]}, indent=2))
+                          "planner_searches": perf.searches, "trace_notes": trace_notes,
+                          "runs": [r.to_dict() for r in results],
+                          "seeds": {"first": seed, "count": seeds, "mean_ci95": spread}}, indent=2))
         return
     _print(inventory, jobs, results, jobs_shown)
+    _print_scheduling(results, spread, seeds)
+    from rich.console import Console
+
+    for note in trace_notes:
+        Console().print(f"  · trace: {note}", soft_wrap=True)
+
+
+#: the figures `--seeds` gives a mean and confidence interval of (ClusterResult fields)
+SPREAD_FIGURES = ("window_utilisation", "window_used_utilisation", "utilisation", "mean_jct_h",
+                  "mean_bounded_slowdown", "mean_wait_h", "p50_wait_h", "p90_wait_h", "p99_wait_h", "jain_fairness",
+                  "goodput", "makespan_h")
+
+
+def seed_spread(results: list) -> dict[str, tuple[float, float]]:
+    """figure -> (mean, 95% CI half-width) over one policy's runs, one per seed."""
+    from bastion.sim.metrics import mean_ci
+
+    return {name: mean_ci(getattr(r.cluster, name) for r in results) for name in SPREAD_FIGURES}
+
+
+def _figures_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]):
+    """A table of one row per policy that fits 80 columns (what a pipe gets): no vertical rules, and names,
+    headers and figures never cut, whatever the terminal's width."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    for i, col in enumerate(columns):
+        width = max([*map(len, col.split("\n")), *(len(row[i]) for row in rows)])
+        table.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True, min_width=width)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _print_scheduling(results, spread: dict, seeds: int) -> None:
+    from rich.console import Console
+
+    console = Console()
+    columns = ("policy", "util\nheld", "util\nused", "JCT\nh", "slow-\ndown", "wait\np50 h", "wait\np90 h",
+               "wait\np99 h", "Jain")
+    rows = [(r.policy, f"{r.cluster.window_utilisation:.1%}", f"{r.cluster.window_used_utilisation:.1%}",
+             f"{r.cluster.mean_jct_h:,.2f}", f"{r.cluster.mean_bounded_slowdown:,.2f}", f"{r.cluster.p50_wait_h:,.2f}",
+             f"{r.cluster.p90_wait_h:,.2f}", f"{r.cluster.p99_wait_h:,.2f}", f"{r.cluster.jain_fairness:.3f}")
+            for r in results]
+    console.print(_figures_table("scheduling (utilisation in the window from first to last submission)", columns,
+                                 rows))
+    recorded = results[0].cluster
+    if recorded.recorded_mean_wait_h is not None:
+        console.print(f"  recorded waits (the trace's own, under the scheduler it ran): mean "
+                      f"{recorded.recorded_mean_wait_h:,.2f} h, p50 {recorded.recorded_p50_wait_h:,.2f} h, p90 "
+                      f"{recorded.recorded_p90_wait_h:,.2f} h; simulated minus recorded:", soft_wrap=True)
+        for r in results:
+            c = r.cluster
+            console.print(f"    {r.policy}: mean {c.mean_wait_h - c.recorded_mean_wait_h:+,.2f} h, p50 "
+                          f"{c.p50_wait_h - c.recorded_p50_wait_h:+,.2f} h, p90 "
+                          f"{c.p90_wait_h - c.recorded_p90_wait_h:+,.2f} h")
+    if spread:
+        columns = ("policy", "util %", "JCT h", "slowdown", "wait h", "p90 h", "Jain")
+        names = ("mean_jct_h", "mean_bounded_slowdown", "mean_wait_h", "p90_wait_h")
+        rows = [(policy, "{:.1f}±{:.1f}".format(*(100 * v for v in figures["window_utilisation"])),
+                 *("{:,.1f}±{:,.1f}".format(*figures[name]) for name in names),
+                 "{:.2f}±{:.2f}".format(*figures["jain_fairness"]))
+                for policy, figures in spread.items()]
+        console.print(_figures_table(f"mean ± 95% CI over {seeds} seeds", columns, rows))
 
 
 def _print(inventory, workload, results, jobs_shown: int) -> None:
-    from rich import box
     from rich.console import Console
     from rich.table import Table
 
@@ -80,21 +176,13 @@ def _print(inventory, workload, results, jobs_shown: int) -> None:
         reasons = "; ".join(f"{pool}: {why}" for pool, why in row["reasons"].items())
         console.print(f"  [yellow]cannot run[/] {row['id']} ({first.policy}): {reasons}", soft_wrap=True)
     if len(results) > 1:
-        # ten columns: no vertical rules, so that they fit 80 columns (what a pipe gets)
-        table = Table(title=f"policies compared (placement {first.placement})", box=box.SIMPLE_HEAD)
         columns = ("policy", "jobs", "span\nh", "util", "goodput", "wait\nh", "p90\nh", "fails", "lost\nGPU-h",
                    "MWh")
         rows = [(r.policy, f"{r.cluster.jobs}", f"{r.cluster.makespan_h:,.1f}", f"{r.cluster.utilisation:.1%}",
                  f"{r.cluster.goodput:.1%}", f"{r.cluster.mean_wait_h:,.1f}", f"{r.cluster.p90_wait_h:,.1f}",
                  f"{r.cluster.failures}", f"{r.cluster.lost_gpu_hours:,.0f}", f"{r.cluster.energy_kwh / 1000:,.1f}")
                 for r in results]
-        for i, col in enumerate(columns):
-            # names, headers and figures are never cut, whatever the terminal's width (80 columns when piped)
-            width = max([*map(len, col.split("\n")), *(len(row[i]) for row in rows)])
-            table.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True, min_width=width)
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
+        console.print(_figures_table(f"policies compared (placement {first.placement})", columns, rows))
     else:
         c = first.cluster
         console.print(f"policy {first.policy}, placement {first.placement}: makespan {c.makespan_h:,.1f} h, "

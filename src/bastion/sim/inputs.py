@@ -12,6 +12,10 @@ Inventory file::
     name = "research"
     quota_gpus = 512              # guaranteed share (the `fair` policy enforces it)
     borrow = true                 # may run above quota on idle capacity
+    pools = ["h100"]              # optional: the pools its jobs may use (default: all)
+
+A tenant is also a queue: a recorded job's `queue` (`--trace`) names one; a queue the inventory does not name
+goes to the queue `default`, without quota, that may use every pool.
 
 Workload file::
 
@@ -26,12 +30,27 @@ Workload file::
     submit_hours = 0.0
     priority = 0                  # optional, higher first
     pools = ["h100"]              # optional: pools the job may use
+
+A recorded job (a trace's; `traces.py` reads public trace formats into these) gives what it did instead of
+what it trains: `duration_hours` (its run time on `accelerator`), `gpus` (fractional: a share of one GPU),
+optional `user`, `time_limit_hours` (what the scheduler plans with) and `final_state`; `model`, `tokens` and
+`global_batch` are then optional (with a model, the planner scales the duration to other pools)::
+
+    [[job]]
+    id = "r1"
+    tenant = "research"           # the queue
+    submit_hours = 0.5
+    duration_hours = 3.0
+    accelerator = "a100-80g"      # catalog name; omitted = the duration holds on every pool
+    gpus = 0.5
+    time_limit_hours = 4.0
+    final_state = "failed"        # completed (default), failed or cancelled: how the recorded run ended
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +94,12 @@ class Tenant:
     quota_gpus: int
     #: whether the tenant may use idle capacity above its quota
     borrow: bool = True
+    #: pools the tenant's jobs may use (empty: all)
+    pools: tuple[str, ...] = ()
+
+
+#: the queue of recorded jobs whose queue the inventory does not name: no quota, every pool
+DEFAULT_QUEUE = "default"
 
 
 @dataclass(frozen=True)
@@ -99,6 +124,37 @@ class Inventory:
                 return t
         raise KeyError(name)
 
+    def queue_for(self, name: str) -> str:
+        """The tenant a trace's queue name goes to: itself when the inventory names it, else `DEFAULT_QUEUE`."""
+        return name if any(t.name == name for t in self.tenants) else DEFAULT_QUEUE
+
+    def with_default_queue(self) -> Inventory:
+        """This inventory with the queue `DEFAULT_QUEUE` (no quota, every pool) when it has none of that name."""
+        if any(t.name == DEFAULT_QUEUE for t in self.tenants):
+            return self
+        return replace(self, tenants=(*self.tenants, Tenant(DEFAULT_QUEUE, 0, True)))
+
+
+#: how a recorded job ended
+FINAL_STATES = ("completed", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class Recording:
+    """What a trace recorded of a job: it ran `duration_hours` on `gpus` GPUs of `accelerator`."""
+
+    duration_hours: float
+    #: GPUs, fractional below one (a share of one GPU)
+    gpus: float
+    #: catalog accelerator of the recorded run; None: the duration holds on every pool
+    accelerator: str | None = None
+    user: str = ""
+    #: the user's time limit: what a scheduler plans with (None: it plans with the true duration)
+    time_limit_hours: float | None = None
+    final_state: str = "completed"
+    #: when the recorded run started, hours (None: not recorded): for the recorded wait
+    recorded_start_hours: float | None = None
+
 
 @dataclass(frozen=True)
 class Job:
@@ -122,6 +178,8 @@ class Job:
     priority: int = 0
     #: pools the job may use (empty: all)
     pools: tuple[str, ...] = field(default_factory=tuple)
+    #: a recorded job's run (then tokens and global_batch are unused, and model may be empty: not known)
+    recorded: Recording | None = None
 
 
 @dataclass(frozen=True)
@@ -216,7 +274,7 @@ def inventory_from_mapping(data: dict[str, Any], what: str) -> Inventory:
     tenants: list[Tenant] = []
     for i, item in enumerate(data.get("tenant") and _table_list(data, "tenant", what, _TENANT_EXAMPLE) or []):
         where = f"{what}, tenant #{i + 1}"
-        _check_keys(item, {"name", "quota_gpus", "borrow"}, where)
+        _check_keys(item, {"name", "quota_gpus", "borrow", "pools"}, where)
         _require(item, ("name", "quota_gpus"), where, _TENANT_EXAMPLE)
         name = _string(item["name"], "name", where)
         if any(t.name == name for t in tenants):
@@ -225,7 +283,8 @@ def inventory_from_mapping(data: dict[str, Any], what: str) -> Inventory:
         if not isinstance(borrow, bool):
             raise ConfigError(f"'borrow' in {where} must be true or false, got {borrow!r}.", fix="correct 'borrow'.")
         quota = _number(item["quota_gpus"], "quota_gpus", where, integer=True, minimum=1)
-        tenants.append(Tenant(name=name, quota_gpus=int(quota), borrow=borrow))
+        tenants.append(Tenant(name=name, quota_gpus=int(quota), borrow=borrow,
+                              pools=_pool_names(item.get("pools", []), where, [p.name for p in pools])))
     total = sum(p.gpus for p in pools)
     if not tenants:
         tenants.append(Tenant(name="default", quota_gpus=total, borrow=True))
@@ -247,8 +306,10 @@ _JOB_FIELDS = {f.name for f in fields(Job)}
 
 
 def job_from_mapping(item: dict[str, Any], where: str, inventory: Inventory) -> Job:
-    _check_keys(item, _JOB_FIELDS, where)
-    _require(item, ("id", "tenant", "model", "tokens", "global_batch", "submit_hours"), where, _JOB_EXAMPLE)
+    recorded = "duration_hours" in item
+    _check_keys(item, _RECORDED_FIELDS if recorded else _JOB_FIELDS - {"recorded"}, where)
+    _require(item, ("id", "tenant", "submit_hours") if recorded else
+             ("id", "tenant", "model", "tokens", "global_batch", "submit_hours"), where, _JOB_EXAMPLE)
     job_id = str(_string(item["id"], "id", where) if isinstance(item["id"], str) else
                  _number(item["id"], "id", where, integer=True))
     tenant = _string(item["tenant"], "tenant", where)
@@ -257,16 +318,9 @@ def job_from_mapping(item: dict[str, Any], where: str, inventory: Inventory) -> 
         raise ConfigError(f"{where} names tenant '{tenant}', which the inventory does not define."
                           f"{did_you_mean(tenant, tenant_names)}",
                           fix=f"use one of: {', '.join(tenant_names)}, or add that tenant to the cluster file.")
-    pools = item.get("pools", [])
-    if isinstance(pools, str):
-        pools = [pools]
-    if not isinstance(pools, list) or not all(isinstance(p, str) for p in pools):
-        raise ConfigError(f"'pools' in {where} must be a list of pool names, got {pools!r}.", fix='e.g. pools = ["h100"].')
-    pool_names = [p.name for p in inventory.pools]
-    for name in pools:
-        if name not in pool_names:
-            raise ConfigError(f"{where} allows pool '{name}', which the inventory does not define."
-                              f"{did_you_mean(name, pool_names)}", fix=f"use one of: {', '.join(pool_names)}.")
+    pools = _pool_names(item.get("pools", []), where, [p.name for p in inventory.pools])
+    if recorded:
+        return _recorded_job(item, where, job_id, tenant, pools)
     seq_len = item.get("seq_len")
     gpus = item.get("gpus")
     return Job(id=job_id, tenant=tenant, model=_string(item["model"], "model", where),
@@ -276,7 +330,71 @@ def job_from_mapping(item: dict[str, Any], where: str, inventory: Inventory) -> 
                seq_len=None if seq_len is None else int(_number(seq_len, "seq_len", where, integer=True, minimum=1)),
                gpus=None if gpus is None else int(_number(gpus, "gpus", where, integer=True, minimum=1)),
                priority=int(_number(item.get("priority", 0), "priority", where, integer=True)),
-               pools=tuple(pools))
+               pools=pools)
+
+
+def _pool_names(pools: Any, where: str, known: list[str]) -> tuple[str, ...]:
+    if isinstance(pools, str):
+        pools = [pools]
+    if not isinstance(pools, list) or not all(isinstance(p, str) for p in pools):
+        raise ConfigError(f"'pools' in {where} must be a list of pool names, got {pools!r}.", fix='e.g. pools = ["h100"].')
+    for name in pools:
+        if name not in known:
+            raise ConfigError(f"{where} allows pool '{name}', which the inventory does not define."
+                              f"{did_you_mean(name, known)}", fix=f"use one of: {', '.join(known)}.")
+    return tuple(pools)
+
+
+def catalog_accelerator(name: str, where: str) -> str:
+    """The catalog name of a recorded run's accelerator (a catalog name, or a device name the catalog knows)."""
+    from bastion.specs.hardware import accelerator_for_device, accelerator_names
+
+    if name in accelerator_names():
+        return name
+    found = accelerator_for_device(name)
+    if found is None:
+        raise ConfigError(f"{where} names accelerator '{name}', which the catalog does not know."
+                          f"{did_you_mean(name, accelerator_names())}",
+                          fix="use a catalog name, or leave it empty to take the duration as is on every pool.",
+                          hint="bastion hardware   # lists the accelerators")
+    return found
+
+
+def final_state(value: str, where: str) -> str:
+    state = value.strip().lower() or "completed"
+    if state not in FINAL_STATES:
+        raise ConfigError(f"final_state in {where} must be one of {', '.join(FINAL_STATES)}, got {value!r}.",
+                          fix="correct it, or leave it empty for completed.")
+    return state
+
+
+_RECORDED_FIELDS = {"id", "tenant", "submit_hours", "duration_hours", "gpus", "accelerator", "user",
+                    "time_limit_hours", "final_state", "model", "tokens", "global_batch", "seq_len", "priority",
+                    "pools"}
+
+
+def _recorded_job(item: dict[str, Any], where: str, job_id: str, tenant: str, pools: tuple[str, ...]) -> Job:
+    _require(item, ("gpus",), where, 'job = [{id = "r1", tenant = "research", submit_hours = 0, '
+                                     'duration_hours = 2.5, gpus = 0.5}]')
+    limit = item.get("time_limit_hours")
+    accelerator = item.get("accelerator")
+    seq_len = item.get("seq_len")
+    recording = Recording(
+        duration_hours=_number(item["duration_hours"], "duration_hours", where, minimum=0),
+        gpus=_number(item["gpus"], "gpus", where, minimum=0, strictly=True),
+        accelerator=None if accelerator is None else catalog_accelerator(_string(accelerator, "accelerator", where),
+                                                                         where),
+        user=str(item.get("user", "")),
+        time_limit_hours=None if limit is None else _number(limit, "time_limit_hours", where, minimum=0,
+                                                            strictly=True),
+        final_state=final_state(_string(item.get("final_state", "completed"), "final_state", where), where))
+    return Job(id=job_id, tenant=tenant, model=str(item.get("model", "")),
+               tokens=_number(item.get("tokens", 0), "tokens", where, minimum=0),
+               global_batch=int(_number(item.get("global_batch", 0), "global_batch", where, integer=True, minimum=0)),
+               submit_hours=_number(item["submit_hours"], "submit_hours", where, minimum=0),
+               seq_len=None if seq_len is None else int(_number(seq_len, "seq_len", where, integer=True, minimum=1)),
+               priority=int(_number(item.get("priority", 0), "priority", where, integer=True)),
+               pools=pools, recorded=recording)
 
 
 def workload_from_mapping(data: dict[str, Any], what: str, inventory: Inventory) -> Workload:

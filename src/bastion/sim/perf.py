@@ -9,12 +9,14 @@ leaves it out and a 1,000-job workload drawn from a few dozen shapes costs a few
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from bastion.errors import BastionError
 from bastion.sim.inputs import Inventory, Job, Pool
 from bastion.specs import ModelSpec, load_model
+from bastion.specs.hardware import load_accelerator
 
 
 @dataclass(frozen=True)
@@ -45,11 +47,16 @@ class Option:
     """A pool a job can run in, at the GPU count it would use there."""
 
     pool: str
-    gpus: int
+    #: GPUs the job uses there (a recorded job's may be a fraction of one)
+    gpus: float
     nodes: int
     perf: Perf
+    #: a recorded job's run hours on this pool (its recorded duration scaled by the pools' speeds)
+    hours: float | None = None
 
     def compute_hours(self, tokens: float) -> float:
+        if self.hours is not None:
+            return self.hours
         return tokens / self.perf.tokens_per_s / 3600.0
 
 
@@ -124,8 +131,17 @@ def resolve(jobs: tuple[Job, ...] | list[Job], inventory: Inventory, perf: PerfF
             progress: Callable[[int, int], None] | None = None) -> list[Resolved]:
     """Each job's options per pool: the GPU count it uses there and the predicted figures."""
     models: dict[tuple[str, int | None], ModelSpec] = {}
+    tenant_pools = {t.name: t.pools for t in inventory.tenants}
+    speeds = RecordedSpeeds(perf)
     resolved = []
     for i, job in enumerate(jobs):
+        allowed = set(job.pools or (p.name for p in inventory.pools)) & set(
+            tenant_pools.get(job.tenant) or (p.name for p in inventory.pools))
+        if job.recorded is not None:
+            resolved.append(_resolve_recorded(job, inventory, allowed, speeds))
+            if progress:
+                progress(i + 1, len(jobs))
+            continue
         key = (job.model, job.seq_len)
         if key not in models:
             try:
@@ -135,8 +151,8 @@ def resolve(jobs: tuple[Job, ...] | list[Job], inventory: Inventory, perf: PerfF
         model = models[key]
         options, excluded = [], {}
         for pool in inventory.pools:
-            if job.pools and pool.name not in job.pools:
-                excluded[pool.name] = "not in the job's allowed pools"
+            if pool.name not in allowed:
+                excluded[pool.name] = _not_allowed(job, pool)
                 continue
             if job.gpus is not None:
                 nodes = -(-job.gpus // pool.gpus_per_node)
@@ -160,3 +176,78 @@ def resolve(jobs: tuple[Job, ...] | list[Job], inventory: Inventory, perf: PerfF
         if progress:
             progress(i + 1, len(jobs))
     return resolved
+
+
+class RecordedSpeeds:
+    """How much faster a pool runs a recorded job than the accelerator it was recorded on.
+
+    With the job's model known (a preset or file, and its global batch), the planner's predicted tokens/s on the
+    pool over that on the recorded accelerator, at the job's GPU count (whole GPUs); otherwise, and when either
+    has no plan, the ratio of the two accelerators' dense bf16 peaks from the catalog. No recorded accelerator:
+    the recorded duration holds on every pool."""
+
+    def __init__(self, perf: PerfFn) -> None:
+        self.perf = perf
+        self.reference_pools: dict[tuple[str, int], Pool] = {}
+        self.models: dict[tuple[str, int | None], ModelSpec | None] = {}
+
+    def ratio(self, job: Job, pool: Pool) -> tuple[float, str]:
+        """(speed of `pool` over the recorded accelerator, the rule that gave it)."""
+        from bastion.sim.inputs import make_pool
+
+        recording = job.recorded
+        assert recording is not None
+        if recording.accelerator is None or recording.accelerator == pool.accelerator:
+            return 1.0, "as recorded"
+        model = self._model(job)
+        if model is not None:
+            gpus = max(1, math.ceil(recording.gpus))
+            per_node = pool.gpus_per_node
+            key = (recording.accelerator, gpus)
+            if key not in self.reference_pools:
+                self.reference_pools[key] = make_pool("reference", recording.accelerator, -(-gpus // per_node))
+            seq_len = job.seq_len or model.seq_len
+            here = self.perf(model, pool, gpus, job.global_batch, seq_len) if gpus <= pool.gpus else None
+            there = self.perf(model, self.reference_pools[key], gpus, job.global_batch, seq_len)
+            if here is not None and there is not None:
+                return here.tokens_per_s / there.tokens_per_s, "planner"
+        ours = pool.cluster.accelerator.peak_tflops("bf16")
+        theirs = load_accelerator(recording.accelerator).peak_tflops("bf16")
+        return ours / theirs, "bf16 peak"
+
+    def _model(self, job: Job) -> ModelSpec | None:
+        if not job.model or job.global_batch <= 0:
+            return None
+        key = (job.model, job.seq_len)
+        if key not in self.models:
+            try:
+                self.models[key] = load_model(job.model, seq_len=job.seq_len)
+            except BastionError as exc:
+                raise type(exc)(f"Job '{job.id}': {exc.problem}", fix=exc.fix, hint=exc.hint) from exc
+        return self.models[key]
+
+
+def _not_allowed(job: Job, pool: Pool) -> str:
+    if job.pools and pool.name not in job.pools:
+        return "not in the job's allowed pools"
+    return f"not a pool of queue '{job.tenant}'"
+
+
+def _resolve_recorded(job: Job, inventory: Inventory, allowed: set[str], speeds: RecordedSpeeds) -> Resolved:
+    recording = job.recorded
+    assert recording is not None
+    options, excluded = [], {}
+    for pool in inventory.pools:
+        if pool.name not in allowed:
+            excluded[pool.name] = _not_allowed(job, pool)
+            continue
+        nodes = max(1, math.ceil(recording.gpus / pool.gpus_per_node - 1e-9))
+        if nodes > pool.nodes:
+            excluded[pool.name] = f"needs {recording.gpus:g} GPUs, the pool has {pool.gpus}"
+            continue
+        ratio, rule = speeds.ratio(job, pool)
+        perf = Perf(gpus=max(1, math.ceil(recording.gpus)), step_time_s=0.0, tokens_per_s=0.0,
+                    checkpoint_stall_s=0.0, checkpoint_interval_s=math.inf, mtbf_hours=math.inf,
+                    expected_goodput=1.0, plan=f"recorded ×{1 / ratio:.2f} ({rule})")
+        options.append(Option(pool.name, recording.gpus, nodes, perf, hours=recording.duration_hours / ratio))
+    return Resolved(job, tuple(options), excluded)

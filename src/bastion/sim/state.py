@@ -4,12 +4,15 @@ The engine (engine.py) owns the clock and the events and calls `submit` and `fin
 reads the state and calls `start`. Placement ranks the pools a job can use:
   fastest    by predicted finish (earliest free time of enough nodes + the job's estimated run there)
   first-fit  pools with enough free nodes now, in inventory order; then the others by earliest start
-Estimated run times, not the sampled ones, drive every decision: the scheduler cannot know when a job will fail.
+Inside a pool, a job wider than a node takes whole idle nodes (a gang); any other takes GPUs, or a share of one,
+on one node (PoolState). Estimated run times, not the sampled ones, drive every decision: the scheduler cannot
+know when a job will fail, and plans a recorded job with its user's time limit when it has one.
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -57,36 +60,250 @@ class Placement:
         return self.start + self.estimate_hours
 
 
-@dataclass
+#: one GPU's capacity in shares: a fractional job takes whole hundredths of one GPU
+SHARES = 100
+
+
+@dataclass(frozen=True, order=True)
+class Demand:
+    """What a job takes in a pool: `nodes` whole nodes (a gang wider than one node), else on one node `gpus`
+    whole GPUs, else `share` hundredths of one GPU. Ordered so that when one demand does not fit, no larger
+    one does."""
+
+    nodes: int = 0
+    gpus: int = 0
+    share: int = 0
+
+    @staticmethod
+    def of(gpus: float, gpus_per_node: int) -> Demand:
+        if gpus >= gpus_per_node:
+            return Demand(nodes=math.ceil(gpus / gpus_per_node - 1e-9))
+        if gpus >= 1:
+            return Demand(gpus=math.ceil(gpus - 1e-9))
+        return Demand(share=max(1, round(gpus * SHARES)))
+
+    def held(self, gpus_per_node: int) -> float:
+        """GPUs the allocation holds (a gang holds its nodes' every GPU)."""
+        return self.nodes * gpus_per_node or self.gpus or self.share / SHARES
+
+
 class PoolState:
-    nodes: int
-    gpus_per_node: int
-    free: int
-    #: job index -> (nodes, estimated end)
-    running: dict[int, tuple[int, float]] = field(default_factory=dict)
-    #: cached (sorted estimated ends, cumulative nodes freed by then); None when stale
-    profile: tuple[list[float], list[int]] | None = None
+    """One pool's nodes: wholly idle ones, partly used ones with each GPU's free shares, and running jobs.
+
+    Gangs (multi-node jobs) take whole idle nodes; a job within one node takes GPUs (or a share of one) on the
+    partly used node that fits it most tightly, else on an idle node, so that idle nodes stay whole for gangs."""
+
+    def __init__(self, nodes: int, gpus_per_node: int) -> None:
+        self.nodes = nodes
+        self.gpus_per_node = gpus_per_node
+        self.idle: set[int] = set(range(nodes))
+        #: partly used node -> free shares of each of its GPUs
+        self.slots: dict[int, list[int]] = {}
+        #: partly used nodes by their number of wholly free GPUs (0 .. gpus_per_node - 1)
+        self.by_free: list[set[int]] = [set() for _ in range(gpus_per_node)]
+        #: partly used nodes with a GPU partly shared
+        self.shared: set[int] = set()
+        #: gangs: job index -> (nodes, estimated end)
+        self.running: dict[int, tuple[int, float]] = {}
+        #: gangs: job index -> its nodes
+        self.gang_nodes: dict[int, tuple[int, ...]] = {}
+        #: jobs within a node: job index -> (node, ((GPU, shares), ...), estimated end)
+        self.within: dict[int, tuple[int, tuple[tuple[int, int], ...], float]] = {}
+        #: partly used node -> indices of its jobs
+        self.on_node: dict[int, set[int]] = {}
+        #: partly used node -> the latest estimated end of its jobs (when it becomes idle)
+        self.node_end: dict[int, float] = {}
+        #: cached (sorted times at which nodes become idle, cumulative nodes by then); None when stale
+        self.profile: tuple[list[float], list[int]] | None = None
+        #: cached earliest (start, node) per single-node demand; cleared on every change
+        self.earliest: dict[Demand, tuple[float, int]] = {}
+
+    @property
+    def free(self) -> int:
+        """Wholly idle nodes."""
+        return len(self.idle)
+
+    def _changed(self) -> None:
+        self.profile = None
+        if self.earliest:
+            self.earliest = {}
+
+    # ---- fitting now ----------------------------------------------------------------------------------
+    @staticmethod
+    def _pick(nodes: set[int], avoid: frozenset[int]) -> int | None:
+        if not avoid:
+            return min(nodes) if nodes else None
+        return min(nodes - avoid, default=None)
+
+    def _shared_gpu(self, share: int, avoid: frozenset[int]) -> tuple[int, int] | None:
+        """The partly shared GPU that fits `share` most tightly: (node, GPU)."""
+        best = None
+        for node in self.shared:
+            if node in avoid:
+                continue
+            for gpu, free in enumerate(self.slots[node]):
+                if share <= free < SHARES and (best is None or (free, node, gpu) < best):
+                    best = (free, node, gpu)
+        return None if best is None else (best[1], best[2])
+
+    def _node_for(self, demand: Demand, avoid: frozenset[int]) -> int | None:
+        """The node a single-node demand goes on now (its GPUs: the lowest wholly free), or None."""
+        for free in range(max(demand.gpus, 1), self.gpus_per_node):
+            node = self._pick(self.by_free[free], avoid)
+            if node is not None:
+                return node
+        return self._pick(self.idle, avoid)
+
+    def fits(self, demand: Demand, avoid: frozenset[int] = frozenset()) -> bool:
+        """Whether `demand` can start now on nodes outside `avoid`."""
+        if demand.nodes:
+            return len(self.idle) - (len(self.idle & avoid) if avoid else 0) >= demand.nodes
+        if demand.share and self._shared_gpu(demand.share, avoid) is not None:
+            return True
+        return self._node_for(demand, avoid) is not None
+
+    # ---- starting and ending --------------------------------------------------------------------------
+    def _unfile(self, node: int) -> None:
+        whole = self.slots[node].count(SHARES)
+        if whole < self.gpus_per_node:  # else the node was idle a moment ago: in no bucket
+            self.by_free[whole].discard(node)
+        self.shared.discard(node)
+
+    def _file(self, node: int) -> None:
+        slots = self.slots[node]
+        whole = slots.count(SHARES)
+        if whole == self.gpus_per_node:
+            del self.slots[node], self.on_node[node], self.node_end[node]
+            self.idle.add(node)
+            return
+        self.by_free[whole].add(node)
+        if any(0 < free < SHARES for free in slots):
+            self.shared.add(node)
+
+    def place(self, index: int, demand: Demand, end: float, avoid: frozenset[int] = frozenset()) -> None:
+        """Start job `index` (estimated to end at `end`) on nodes outside `avoid`; it must fit."""
+        self._changed()
+        if demand.nodes:
+            nodes = tuple(sorted(self.idle - avoid)[:demand.nodes])
+            assert len(nodes) == demand.nodes
+            self.idle.difference_update(nodes)
+            self.gang_nodes[index] = nodes
+            self.running[index] = (demand.nodes, end)
+            return
+        spot = self._shared_gpu(demand.share, avoid) if demand.share else None
+        if spot is not None:
+            node, gpus = spot[0], [spot[1]]
+        else:
+            node = self._node_for(demand, avoid)
+            assert node is not None
+            if node in self.idle:
+                self.idle.remove(node)
+                self.slots[node] = [SHARES] * self.gpus_per_node
+                self.on_node[node] = set()
+            gpus = [g for g, free in enumerate(self.slots[node]) if free == SHARES][:max(demand.gpus, 1)]
+        self._unfile(node)
+        taken = demand.share or SHARES
+        for gpu in gpus:
+            self.slots[node][gpu] -= taken
+        self.within[index] = (node, tuple((gpu, taken) for gpu in gpus), end)
+        self.on_node[node].add(index)
+        self.node_end[node] = max(self.node_end.get(node, end), end)
+        self._file(node)
+
+    def release(self, index: int) -> None:
+        self._changed()
+        if index in self.running:
+            del self.running[index]
+            self.idle.update(self.gang_nodes.pop(index))
+            return
+        node, taken, _ = self.within.pop(index)
+        self._unfile(node)
+        for gpu, shares in taken:
+            self.slots[node][gpu] += shares
+        self.on_node[node].discard(index)
+        if self.on_node[node]:
+            self.node_end[node] = max(self.within[i][2] for i in self.on_node[node])
+        self._file(node)
+
+    # ---- the future, as estimated ---------------------------------------------------------------------
+    def _node_idle_at(self, node: int, now: float) -> float:
+        return max(now, self.node_end[node])
+
+    def idle_profile(self, now: float) -> tuple[list[float], list[int]]:
+        """(times, cumulative nodes): by times[i], cumulative[i] more nodes are idle, if jobs end as estimated."""
+        if self.profile is None:
+            ends = [(max(end, now), nodes) for nodes, end in self.running.values()]
+            ends += [(self._node_idle_at(node, now), 1) for node in self.slots]
+            ends.sort()
+            times, cumulative, total = [], [], 0
+            for end, nodes in ends:
+                total += nodes
+                times.append(end)
+                cumulative.append(total)
+            self.profile = (times, cumulative)
+        return self.profile
+
+    def single_node_start(self, demand: Demand, now: float) -> tuple[float, int]:
+        """(earliest estimated start, its node) of a single-node demand that does not fit now."""
+        found = self.earliest.get(demand)
+        if found is not None:
+            return found
+        best: tuple[float, int] = (math.inf, -1)
+        for index, (_, end) in self.running.items():  # a gang's nodes become idle
+            best = min(best, (max(end, now), min(self.gang_nodes[index])))
+        need = max(demand.gpus, 1)
+        for node, slots in self.slots.items():
+            free_at = [now if free == SHARES else 0.0 for free in slots]
+            for i in self.on_node[node]:
+                _, taken, end = self.within[i]
+                for gpu, _shares in taken:
+                    free_at[gpu] = max(free_at[gpu], end, now)
+            if demand.share:  # a GPU with room for the share now, else one that empties
+                times = sorted(now if 0 < free < SHARES and free >= demand.share else t
+                               for free, t in zip(slots, free_at, strict=True))
+            else:
+                times = sorted(free_at)
+            best = min(best, (times[need - 1], node))
+        self.earliest[demand] = best
+        return best
+
+    def gang_reservation(self, nodes: int, start: float, now: float) -> frozenset[int]:
+        """The `nodes` nodes a gang starting at `start` takes: those that become idle by then, busy ones first
+        (idle ones stay free for jobs that start now)."""
+        becoming = [(max(end, now), node) for index, (_, end) in self.running.items() if end <= start
+                    for node in self.gang_nodes[index]]
+        becoming += [(t, node) for node in self.slots if (t := self._node_idle_at(node, now)) <= start]
+        chosen = [node for _, node in sorted(becoming)[:nodes]]
+        chosen += sorted(self.idle)[:nodes - len(chosen)]
+        return frozenset(chosen)
 
 
 class ClusterState:
-    """What a policy sees and does: the queue, free nodes, estimated ends, tenant usage; `start`."""
+    """What a policy sees and does: the queue, free capacity, estimated ends, tenant usage; `start`."""
 
     def __init__(self, inventory: Inventory, config: SimConfig, running: dict[int, Queued],
                  on_start: Callable[[Queued, float], None]) -> None:
         self.inventory = inventory
         self.config = config
-        self.pools = {p.name: PoolState(p.nodes, p.gpus_per_node, p.nodes) for p in inventory.pools}
+        self.pools = {p.name: PoolState(p.nodes, p.gpus_per_node) for p in inventory.pools}
         self.pool_order = {p.name: i for i, p in enumerate(inventory.pools)}
         #: submitted, unstarted jobs in static queue order (`Queued.key`)
         self.waiting: list[Queued] = []
+        #: the same jobs per queue (`queue_of`)
+        self.queues: dict[str, list[Queued]] = {}
         #: GPUs each tenant's running jobs hold
-        self.running_gpus = {t.name: 0 for t in inventory.tenants}
+        self.running_gpus: dict[str, float] = {t.name: 0 for t in inventory.tenants}
         #: started, unfinished jobs by index (the engine keeps it)
         self.running = running
         self._on_start = on_start
+        self._demands: dict[tuple[str, float], Demand] = {}
 
     # ---- estimates ---------------------------------------------------------------------------
     def estimate(self, option: Option, job: Job) -> float:
+        """The run hours the scheduler plans with: a recorded job's time limit when it has one (real
+        schedulers know no more), else the predicted run (with the expected failure losses when sampled)."""
+        if job.recorded is not None and job.recorded.time_limit_hours is not None:
+            return job.recorded.time_limit_hours
         hours = option.compute_hours(job.tokens)
         return hours / option.perf.expected_goodput if self.config.failures else hours
 
@@ -96,39 +313,40 @@ class ClusterState:
             hours = queued.estimates[option.pool] = self.estimate(option, queued.job)
         return hours
 
-    def _profile(self, pool: str, now: float) -> tuple[list[float], list[int]]:
-        state = self.pools[pool]
-        if state.profile is None:
-            ends = sorted((max(end, now), nodes) for nodes, end in state.running.values())
-            times, cumulative, total = [], [], 0
-            for end, nodes in ends:
-                total += nodes
-                times.append(end)
-                cumulative.append(total)
-            state.profile = (times, cumulative)
-        return state.profile
+    def demand(self, option: Option) -> Demand:
+        key = (option.pool, option.gpus)
+        found = self._demands.get(key)
+        if found is None:
+            found = self._demands[key] = Demand.of(option.gpus, self.pools[option.pool].gpus_per_node)
+        return found
 
-    def earliest_start(self, pool: str, nodes: int, now: float) -> float:
+    def earliest_start(self, pool: str, demand: Demand, now: float) -> float:
         state = self.pools[pool]
-        if state.free >= nodes:
+        if state.fits(demand):
             return now
-        times, cumulative = self._profile(pool, now)
-        i = bisect.bisect_left(cumulative, nodes - state.free)
+        if not demand.nodes:
+            return max(state.single_node_start(demand, now)[0], now + _NOT_NOW)
+        times, cumulative = state.idle_profile(now)
+        i = bisect.bisect_left(cumulative, demand.nodes - state.free)
         return max(times[i], now + _NOT_NOW)
 
-    def free_at(self, pool: str, when: float, now: float) -> int:
-        """Nodes free at `when` if running jobs end as estimated."""
-        times, cumulative = self._profile(pool, now)
-        i = bisect.bisect_right(times, when)
-        return self.pools[pool].free + (cumulative[i - 1] if i else 0)
+    def reserved_nodes(self, pool: str, demand: Demand, start: float, now: float) -> frozenset[int]:
+        """The nodes a job reserved to start at `start` would take (EASY keeps later jobs off them)."""
+        state = self.pools[pool]
+        if demand.nodes:
+            return state.gang_reservation(demand.nodes, start, now)
+        return frozenset((state.single_node_start(demand, now)[1],))
+
+    def fits_now(self, option: Option, avoid: frozenset[int] = frozenset()) -> bool:
+        return self.pools[option.pool].fits(self.demand(option), avoid)
 
     def can_start_now(self, queued: Queued) -> bool:
-        return any(o.nodes <= self.pools[o.pool].free for o in queued.options)
+        return any(self.fits_now(o) for o in queued.options)
 
-    def rank(self, queued: Queued, now: float) -> list[Placement]:
-        """The job's pools, best first, under the configured placement."""
-        places = [Placement(o, self.earliest_start(o.pool, o.nodes, now), self.estimate_of(queued, o))
-                  for o in queued.options]
+    def rank(self, queued: Queued, now: float, options: tuple[Option, ...] | None = None) -> list[Placement]:
+        """The job's pools (or those of `options`), best first, under the configured placement."""
+        places = [Placement(o, self.earliest_start(o.pool, self.demand(o), now), self.estimate_of(queued, o))
+                  for o in (queued.options if options is None else options)]
         if self.config.placement == "fastest":
             places.sort(key=lambda p: (p.finish, p.start, self.pool_order[p.option.pool]))
         else:
@@ -136,41 +354,43 @@ class ClusterState:
         return places
 
     # ---- queue and tenants -------------------------------------------------------------------
-    def gpus_of(self, queued: Queued) -> int:
-        """GPUs a running job holds: whole nodes."""
+    def gpus_of(self, queued: Queued) -> float:
+        """GPUs a running job holds: a gang's whole nodes, else its GPUs (or share of one)."""
         assert queued.option is not None
-        return queued.option.nodes * self.pools[queued.option.pool].gpus_per_node
+        return self.demand(queued.option).held(self.pools[queued.option.pool].gpus_per_node)
+
+    def queue_of(self, queued: Queued) -> str:
+        """The queue a job waits in: its tenant's with per-queue ordering, else the one queue ("")."""
+        return queued.job.tenant if self.config.per_queue else ""
 
     def submit(self, queued: Queued) -> None:
         bisect.insort(self.waiting, queued, key=_queue_key)
+        bisect.insort(self.queues.setdefault(self.queue_of(queued), []), queued, key=_queue_key)
 
     def ordered(self) -> list[Queued]:
         """The queue in its static order: priority, submit time, input order."""
         return list(self.waiting)
 
     # ---- actions -----------------------------------------------------------------------------
-    def start(self, queued: Queued, option: Option, now: float) -> None:
+    def start(self, queued: Queued, option: Option, now: float, avoid: frozenset[int] = frozenset()) -> None:
+        """Start `queued` now on `option`'s pool, off the nodes in `avoid` (a reservation's)."""
         state = self.pools[option.pool]
-        if option.nodes > state.free:
-            raise AssertionError(f"policy started {queued.job.id} on {option.nodes} nodes of {option.pool}, "
-                                 f"{state.free} free")
-        state.free -= option.nodes
+        demand = self.demand(option)
+        if not state.fits(demand, avoid):
+            raise AssertionError(f"policy started {queued.job.id} ({demand}) on {option.pool}, which has no room")
         queued.started, queued.pool, queued.option, queued.start = True, option.pool, option, now
         queued.estimate_hours = self.estimate_of(queued, option)
-        state.running[queued.index] = (option.nodes, now + queued.estimate_hours)
-        state.profile = None
+        state.place(queued.index, demand, now + queued.estimate_hours, avoid)
         self.running_gpus[queued.job.tenant] += self.gpus_of(queued)
-        i = bisect.bisect_left(self.waiting, queued.key, key=_queue_key)
-        assert self.waiting[i] is queued
-        del self.waiting[i]
+        for line in (self.waiting, self.queues[self.queue_of(queued)]):
+            i = bisect.bisect_left(line, queued.key, key=_queue_key)
+            assert line[i] is queued
+            del line[i]
         self._on_start(queued, now)
 
     def finish(self, queued: Queued) -> None:
         assert queued.option is not None
-        state = self.pools[queued.option.pool]
-        state.free += queued.option.nodes
-        del state.running[queued.index]
-        state.profile = None
+        self.pools[queued.option.pool].release(queued.index)
         self.running_gpus[queued.job.tenant] -= self.gpus_of(queued)
 
 

@@ -15,7 +15,7 @@ import random
 from dataclasses import dataclass
 
 from bastion.errors import ConfigError
-from bastion.sim.inputs import Inventory, Job, Workload
+from bastion.sim.inputs import Inventory, Job, Recording, Workload
 
 
 @dataclass(frozen=True)
@@ -65,3 +65,35 @@ def synthetic_workload(inventory: Inventory, num_jobs: int, seed: int = 0, span_
                         seq_len=cls.seq_len, gpus=gpus))
         now += rng.expovariate(rate)
     return Workload(name=f"synthetic-{num_jobs}-seed{seed}", jobs=tuple(jobs))
+
+
+#: recorded-job GPU counts and their shares, shaped like public traces (Helios, PAI: most jobs use one GPU or
+#: less, a few use several nodes)
+TRACE_GPUS = ((0.5, 0.05), (1, 0.55), (2, 0.12), (4, 0.1), (8, 0.12), (16, 0.03), (32, 0.02), (64, 0.01))
+
+
+def synthetic_trace(inventory: Inventory, num_jobs: int, seed: int = 0, load: float = 0.85) -> Workload:
+    """`num_jobs` recorded jobs (no model: durations as recorded): log-normal durations (median 20 min, a heavy
+    tail), Poisson arrivals at `load` × the cluster's GPUs, queues drawn by quota, and for 80% of the jobs a
+    user time limit of 1.2–5× the true duration."""
+    if num_jobs < 1:
+        raise ConfigError(f"a synthetic trace needs at least 1 job, got {num_jobs}.", fix="e.g. 100000.")
+    rng = random.Random(f"bastion-synthetic-trace/{seed}")
+    largest = max(p.gpus for p in inventory.pools)
+    sizes = [(g, w) for g, w in TRACE_GPUS if g <= largest]
+    mean_gpus = sum(g * w for g, w in sizes) / sum(w for _, w in sizes)
+    median_h, sigma = 1 / 3, 1.5
+    mean_hours = median_h * math.exp(sigma * sigma / 2)
+    rate = load * inventory.gpus / (mean_gpus * mean_hours)  # jobs per hour
+    tenants = [t.name for t in inventory.tenants]
+    quotas = [max(t.quota_gpus, 1) for t in inventory.tenants]
+    now, jobs = 0.0, []
+    for i in range(num_jobs):
+        gpus = rng.choices([g for g, _ in sizes], weights=[w for _, w in sizes])[0]
+        hours = min(rng.lognormvariate(math.log(median_h), sigma), 72.0)
+        limit = hours * rng.uniform(1.2, 5.0) if rng.random() < 0.8 else None
+        jobs.append(Job(id=f"r{i:06d}", tenant=rng.choices(tenants, weights=quotas)[0], model="", tokens=0.0,
+                        global_batch=0, submit_hours=now,
+                        recorded=Recording(hours, gpus, time_limit_hours=limit, user=f"u{rng.randrange(50)}")))
+        now += rng.expovariate(rate)
+    return Workload(name=f"synthetic-trace-{num_jobs}-seed{seed}", jobs=tuple(jobs))

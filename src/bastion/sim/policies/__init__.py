@@ -1,7 +1,7 @@
 """Scheduling policies, one file each, and the registry `bastion simulate --policy` reads.
 
 A new policy is one file here (a `Policy` subclass; base.py lists its hooks) plus one `POLICIES.register`
-line below; fifo.py is the smallest example, fair.py one with admission, its own order and its own state.
+line below (sjf.py was added that way); fifo.py is the smallest example, fair.py one with admission, its own order and its own state.
 """
 
 from __future__ import annotations
@@ -11,11 +11,13 @@ from bastion.sim.policies.backfill import Backfill
 from bastion.sim.policies.base import Policy
 from bastion.sim.policies.fair import Fair
 from bastion.sim.policies.fifo import Fifo
+from bastion.sim.policies.sjf import ShortestFirst
 
 #: name -> policy class, in `--help` order
 POLICIES: Registry[type[Policy]] = Registry("policy")
 POLICIES.register(Fifo)
 POLICIES.register(Backfill)
 POLICIES.register(Fair)
+POLICIES.register(ShortestFirst)
 
 __all__ = ["POLICIES", "Policy"]

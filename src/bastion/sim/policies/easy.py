@@ -1,5 +1,13 @@
-"""EASY backfill, the pass `backfill` and `fair` share: the head of an order starts or gets a reservation; a
-later job starts now only if it cannot delay that reservation."""
+"""EASY backfill, the pass `backfill`, `fair` and `sjf` share: each queue's head starts or gets a reservation; a
+later job starts now only if it cannot delay any reservation.
+
+A reservation holds the nodes its head will take (state.reserved_nodes): a later job that would still run at
+the reservation's start must keep off them. With one queue (the default) this is EASY as published (Lifka 1995;
+Mu'alem & Feitelson 2001); with per-queue ordering each queue's head gets its own reservation, so a head
+blocked in one queue stalls only its own queue. Reservations are not stacked: each is computed from the running
+jobs alone, so two queues' heads may be promised the same nodes; the earlier in the order gets them and the
+other is promised again at the next event.
+"""
 
 from __future__ import annotations
 
@@ -10,71 +18,92 @@ from typing import TYPE_CHECKING
 from bastion.sim.policies.base import EPS
 
 if TYPE_CHECKING:
-    from bastion.sim.state import ClusterState, Placement, Queued
+    from bastion.sim.perf import Option
+    from bastion.sim.state import ClusterState, Demand, Queued
 
 
-@dataclass
+@dataclass(frozen=True)
 class Reservation:
-    """EASY's promise to the queue's head (`job`'s id): `nodes` nodes of `pool` at `start`; `spare` nodes free then too."""
+    """EASY's promise to a queue's head (`job`'s id): `nodes` of `pool` from `start`."""
 
     job: str
+    queue: str
     pool: str
     start: float
-    nodes: int
-    spare: int
+    nodes: frozenset[int]
 
 
-def _backfill_ok(state: ClusterState, place: Placement, now: float, reservation: Reservation | None) -> bool:
-    """Whether starting `place` now leaves the head's reservation intact (EASY's two rules)."""
-    if reservation is None or place.option.pool != reservation.pool:
-        return True
-    if now + place.estimate_hours <= reservation.start + EPS:  # done before the head needs the nodes
-        return True
-    if place.option.nodes <= reservation.spare:  # uses only nodes the head will not need
-        reservation.spare -= place.option.nodes
-        return True
-    return False
+def _keep_off(pool: str, estimate_hours: float, now: float, reservations: list[Reservation]) -> frozenset[int]:
+    """The reserved nodes a job starting now in `pool` for `estimate_hours` must not use (it would still run
+    when their reservation starts)."""
+    nodes: frozenset[int] = frozenset()
+    for r in reservations:
+        if r.pool == pool and now + estimate_hours > r.start + EPS:
+            nodes |= r.nodes
+    return nodes
 
 
-def _may_backfill(state: ClusterState, queued: Queued, now: float, reservation: Reservation | None) -> bool:
-    """Whether some pool has room for `queued` now that `_backfill_ok` would accept: a cheap test (no ranking)
-    that rules out most of a long queue behind the head, which only a start now concerns."""
+def _may_backfill(state: ClusterState, queued: Queued, now: float, reservations: list[Reservation],
+                  too_big: dict[str, Demand]) -> bool:
+    """Whether some pool has room for `queued` now that keeps every reservation: a cheap test (no ranking) that
+    rules out most of a long queue behind the heads. `too_big` holds, per pool, the smallest demand found not
+    to fit this pass (nothing larger fits either, and capacity only shrinks within a pass)."""
     for option in queued.options:
-        if option.nodes > state.pools[option.pool].free:
+        demand = state.demand(option)
+        smallest = too_big.get(option.pool)
+        if smallest is not None and demand >= smallest:
             continue
-        if (reservation is None or option.pool != reservation.pool or option.nodes <= reservation.spare
-                or now + state.estimate_of(queued, option) <= reservation.start + EPS):
+        if not state.fits_now(option):
+            too_big[option.pool] = demand if smallest is None else min(smallest, demand)
+            continue
+        avoid = _keep_off(option.pool, state.estimate_of(queued, option), now, reservations)
+        if not avoid or state.fits_now(option, avoid):
             return True
     return False
 
 
 def schedule(state: ClusterState, now: float, order: list[Queued],
-             allow: Callable[[Queued, Placement], bool] | None = None,
-             reservation: Reservation | None = None) -> Reservation | None:
-    """Start `order`'s head when it fits, else reserve for it; start later jobs that keep the reservation.
+             allow: Callable[[Queued, Option], bool] | None = None,
+             reservations: list[Reservation] | None = None) -> list[Reservation]:
+    """Start each queue's head in `order` when it fits, else reserve for it; start later jobs that keep every
+    reservation. Returns the reservations.
 
-    `allow(queued, place)` filters placements (the fair policy's quota check); a `reservation` given is an
-    earlier pass's, which this pass keeps (its jobs only backfill)."""
+    `allow(queued, option)` filters the pools a job may start in (the fair policy's quota check); `reservations` given are an
+    earlier pass's, which this pass keeps (their queues' jobs only backfill)."""
+    reservations = list(reservations or ())
+    headed = {r.queue for r in reservations}  # queues whose head has been served or reserved for
+    too_big: dict[str, Demand] = {}
     for queued in order:
-        if queued.started or (reservation is not None and not _may_backfill(state, queued, now, reservation)):
+        if queued.started:
+            continue
+        queue = state.queue_of(queued)
+        head = queue not in headed
+        if not head and not _may_backfill(state, queued, now, reservations, too_big):
             continue  # ranking every job of a long queue at every event was the 10k-job cost
-        ranked = state.rank(queued, now)
+        options = queued.options
         if allow is not None:
-            ranked = [place for place in ranked if allow(queued, place)]
-            if not ranked:
+            options = tuple(option for option in options if allow(queued, option))
+            if not options:
                 continue
-        if reservation is None:
+        ranked = state.rank(queued, now, options)
+        if head:
             best = ranked[0]
+            headed.add(queue)
             if best.start <= now + EPS:
-                state.start(queued, best.option, now)
-            else:
-                reservation = Reservation(queued.job.id, best.option.pool, best.start, best.option.nodes,
-                                          state.free_at(best.option.pool, best.start, now) - best.option.nodes)
+                avoid = _keep_off(best.option.pool, best.estimate_hours, now, reservations)
+                if state.fits_now(best.option, avoid):
+                    state.start(queued, best.option, now, avoid)
+                    headed.discard(queue)  # the queue's next job is its head now
+                # else another queue's reservation holds the room: this head waits without one
+                continue
+            nodes = state.reserved_nodes(best.option.pool, state.demand(best.option), best.start, now)
+            reservations.append(Reservation(queued.job.id, queue, best.option.pool, best.start, nodes))
             continue
         for place in ranked:
             if place.start > now + EPS:
                 break  # a better pool frees up later: wait for it
-            if _backfill_ok(state, place, now, reservation):
-                state.start(queued, place.option, now)
+            avoid = _keep_off(place.option.pool, place.estimate_hours, now, reservations)
+            if not avoid or state.fits_now(place.option, avoid):
+                state.start(queued, place.option, now, avoid)
                 break
-    return reservation
+    return reservations
