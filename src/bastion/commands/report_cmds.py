@@ -11,7 +11,7 @@ from bastion.cli import app
 
 @app.command("report")
 def report_command(
-    run_dirs: list[Path] = typer.Argument(..., help="Run directories written by `bastion train --run-dir`; "
+    run_dirs: list[Path] = typer.Argument(..., metavar="RUN_DIR...", help="Run directories written by `bastion train --run-dir`; "
                                           "several are compared on one page."),
     as_json: bool = typer.Option(False, "--json", help="Print the whole report as one JSON object (a list of "
                                                        "them for several runs)."),

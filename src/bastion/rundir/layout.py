@@ -9,6 +9,7 @@ RUN_DIR/
   run_config.json             the resolved run (train options, plan, model, world size): all a worker reads
                               (launch/worker.py)
   run.lock                    held (flock) by the one run using the directory (rundir/lock.py)
+  logs/rank-NNNNN.log         a worker's traceback when it failed (runtime/worker.py); the console gets one line
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ CHECKPOINTS_DIR = "checkpoints"
 FINAL_PARAMS_FILE = "final_params.pt"
 RUN_CONFIG_FILE = "run_config.json"
 LOCK_FILE = "run.lock"
+LOGS_DIR = "logs"
 #: files only `bastion train` writes into a run directory; one of them makes a directory a run directory
 RUN_MARKERS = (METRICS_FILE, SUMMARY_FILE, PLAN_FILE, MODEL_FILE)
 
@@ -43,6 +45,10 @@ class RunDirError(BastionError):
 
 def checkpoints_dir(run_dir: Path) -> Path:
     return Path(run_dir) / CHECKPOINTS_DIR
+
+
+def rank_log_path(run_dir: Path, rank: int) -> Path:
+    return Path(run_dir) / LOGS_DIR / f"rank-{rank:05d}.log"
 
 
 def write_run_files(run_dir: Path, spec: ModelSpec, plan: ParallelPlan) -> None:

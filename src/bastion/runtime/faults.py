@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +110,9 @@ class FaultInjector:
         os.close(fd)
         log_event(self.run_dir, "fault", fault=fault.kind, spec=fault.describe(), rank=self.rank, step=step,
                   **details)
+        # one line on the console (the other ranks' errors go to their log files: runtime/worker.py)
+        print(f"[rank {self.rank}] injected fault fired: {fault.describe()} at step {step}", file=sys.stderr,
+              flush=True)
         return True
 
     def _pending(self, kind: str) -> list[FaultSpec]:
