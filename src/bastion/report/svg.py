@@ -253,6 +253,33 @@ def _x_axis_parts(x_axis: Axis, bottom: float, x_label: str, frame: Frame) -> li
     return parts
 
 
+def _plot_box(frame: Frame, clip: str | None, pad: float = 0.0) -> list[str]:
+    """The plot area's white box, and the clip path (`pad` px taller each way) that keeps zoomed data inside it."""
+    left, right = frame.plot_x
+    top, bottom = frame.plot_y
+    parts = [f'<clipPath id="{clip}"><rect x="{left:.1f}" y="{top - pad:.1f}" width="{right - left:.1f}" '
+             f'height="{bottom - top + 2 * pad:.1f}"/></clipPath>'] if clip else []
+    parts.append(f'<rect class="plot" x="{left:.1f}" y="{top:.1f}" width="{right - left:.1f}" '
+                 f'height="{bottom - top:.1f}" fill="#ffffff" stroke="#999999"/>')
+    return parts
+
+
+def _y_axis_parts(y_axis: Axis, frame: Frame, y_label: str) -> list[str]:
+    """Grid lines and tick labels of the y axis, and its label turned upright beside the widest tick label."""
+    left, right = frame.plot_x
+    top, bottom = frame.plot_y
+    labels = tick_labels(y_axis.ticks)
+    parts = []
+    for tick, label in zip(y_axis.ticks, labels, strict=True):
+        y = y_axis(tick)
+        parts.append(f'<line x1="{left:.1f}" y1="{y:.1f}" x2="{right:.1f}" y2="{y:.1f}" stroke="#eeeeee"/>')
+        parts.append(f'<text x="{left - 4:.1f}" y="{y + 4:.1f}" text-anchor="end">{escape(label)}</text>')
+    label_x = max(12.0, left - max(text_width(label) for label in labels) - 10)
+    parts.append(f'<text x="{label_x:.1f}" y="{(top + bottom) / 2:.1f}" text-anchor="middle" '
+                 f'transform="rotate(-90 {label_x:.1f} {(top + bottom) / 2:.1f})">{escape(y_label)}</text>')
+    return parts
+
+
 def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: str,
                levels: Sequence[Level] = (), markers: Sequence[Marker] = (), frame: Frame | None = None) -> str:
     """An <svg> element (with its namespace, so it can stand alone or sit inside HTML) drawing `series`."""
@@ -272,24 +299,11 @@ def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: s
     top, bottom = frame.plot_y
     y_ticks = nice_ticks(*_range(ys), max(2, min(6, int((bottom - top) / 36))))
     y_axis = Axis(y_ticks[0], y_ticks[-1], bottom, top, ticks=y_ticks)
-    widest_y = max(text_width(label) for label in tick_labels(y_ticks))
     axes = {"x": [x_axis.low, x_axis.high], "y": [y_axis.low, y_axis.high], "plot": [left, right, top, bottom],
             "x_label": x_label, "y_label": y_label}
     clip = _clip_id(title, x_label, xs)
-    parts = _open(frame, title, "line-chart", axes)
-    parts += legend_parts
-    parts.append(f'<clipPath id="{clip}"><rect x="{left:.1f}" y="{top - 2:.1f}" width="{right - left:.1f}" '
-                 f'height="{bottom - top + 4:.1f}"/></clipPath>')
-    parts.append(f'<rect class="plot" x="{left:.1f}" y="{top:.1f}" width="{right - left:.1f}" '
-                 f'height="{bottom - top:.1f}" fill="#ffffff" stroke="#999999"/>')
-    for tick, label in zip(y_ticks, tick_labels(y_ticks), strict=True):
-        y = y_axis(tick)
-        parts.append(f'<line x1="{left:.1f}" y1="{y:.1f}" x2="{right:.1f}" y2="{y:.1f}" stroke="#eeeeee"/>')
-        parts.append(f'<text x="{left - 4:.1f}" y="{y + 4:.1f}" text-anchor="end">{escape(label)}</text>')
-    parts += _x_axis_parts(x_axis, bottom, x_label, frame)
-    label_x = max(12.0, left - widest_y - 10)
-    parts.append(f'<text x="{label_x:.1f}" y="{(top + bottom) / 2:.1f}" text-anchor="middle" '
-                 f'transform="rotate(-90 {label_x:.1f} {(top + bottom) / 2:.1f})">{escape(y_label)}</text>')
+    parts = [*_open(frame, title, "line-chart", axes), *legend_parts, *_plot_box(frame, clip, pad=2.0),
+             *_y_axis_parts(y_axis, frame, y_label), *_x_axis_parts(x_axis, bottom, x_label, frame)]
     parts.append(f'<g clip-path="url(#{clip})">')
     for level in levels:
         if not _finite([level.y]):
@@ -337,12 +351,7 @@ def gantt_chart(spans: Sequence[Span], *, rows: Sequence[str], title: str, x_lab
     x_axis = Axis(x_ticks[0], x_ticks[-1], left, right, ticks=x_ticks)
     axes = {"x": [x_axis.low, x_axis.high], "plot": [left, right, top, bottom], "x_label": x_label}
     clip = _clip_id(title, x_label, xs)
-    parts = _open(frame, title, "gantt-chart", axes)
-    parts += legend_parts
-    parts.append(f'<clipPath id="{clip}"><rect x="{left:.1f}" y="{top:.1f}" width="{right - left:.1f}" '
-                 f'height="{bottom - top:.1f}"/></clipPath>')
-    parts.append(f'<rect class="plot" x="{left:.1f}" y="{top:.1f}" width="{right - left:.1f}" '
-                 f'height="{bottom - top:.1f}" fill="#ffffff" stroke="#999999"/>')
+    parts = [*_open(frame, title, "gantt-chart", axes), *legend_parts, *_plot_box(frame, clip)]
     row_y = {name: top + 4 + bar_px * i for i, name in enumerate(rows)}
     for name, y in row_y.items():
         parts.append(f'<text x="{left - 6:.1f}" y="{y + bar_px / 2 + 3:.1f}" text-anchor="end">{escape(name)}</text>')
@@ -382,14 +391,8 @@ def bar_chart(categories: Sequence[str], series: Sequence[Series], *, title: str
     values = _finite([y for s in series for _, y in s.points] + [lv.y for lv in levels])
     y_ticks = nice_ticks(*_range([0.0, *values]), max(2, min(6, int((bottom - top) / 36))))
     y_axis = Axis(y_ticks[0], y_ticks[-1], bottom, top, ticks=y_ticks)
-    parts = _open(frame, title, "bar-chart", None)
-    parts += legend_parts
-    parts.append(f'<rect class="plot" x="{left:.1f}" y="{top:.1f}" width="{right - left:.1f}" '
-                 f'height="{bottom - top:.1f}" fill="#ffffff" stroke="#999999"/>')
-    for tick, label in zip(y_ticks, tick_labels(y_ticks), strict=True):
-        y = y_axis(tick)
-        parts.append(f'<line x1="{left:.1f}" y1="{y:.1f}" x2="{right:.1f}" y2="{y:.1f}" stroke="#eeeeee"/>')
-        parts.append(f'<text x="{left - 4:.1f}" y="{y + 4:.1f}" text-anchor="end">{escape(label)}</text>')
+    parts = [*_open(frame, title, "bar-chart", None), *legend_parts, *_plot_box(frame, None),
+             *_y_axis_parts(y_axis, frame, y_label)]
     group_px = (right - left) / max(len(categories), 1)
     bar_px = min(40.0, group_px * 0.8 / max(len(series), 1))
     show_every = max(1, math.ceil(max((text_width(c) for c in categories), default=0) / max(group_px - 6, 1)))
@@ -414,8 +417,5 @@ def bar_chart(categories: Sequence[str], series: Sequence[Series], *, title: str
                          f'stroke="{level.color}" stroke-dasharray="6 4"><title>{escape(level.label)}</title></line>')
     parts.append(f'<text x="{(left + right) / 2:.1f}" y="{frame.height - 6:.1f}" '
                  f'text-anchor="middle">{escape(x_label)}</text>')
-    label_x = max(12.0, left - max(text_width(t) for t in tick_labels(y_ticks)) - 10)
-    parts.append(f'<text x="{label_x:.1f}" y="{(top + bottom) / 2:.1f}" text-anchor="middle" '
-                 f'transform="rotate(-90 {label_x:.1f} {(top + bottom) / 2:.1f})">{escape(y_label)}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
