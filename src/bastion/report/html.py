@@ -58,11 +58,12 @@ HINT = "<p class=\"note hint\">Hover a chart for its values; drag across it to z
        "follow), double-click to reset.</p>"
 
 
-def _table(header: list[str], rows: list[list[str]], css: str = "") -> str:
-    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+def _table(header: list[str] | None, rows: list[list[str]], css: str = "") -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in header or [])
     body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
     cls = f' class="{css}"' if css else ""
-    return f"<table{cls}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    thead = f"<thead><tr>{head}</tr></thead>" if header else ""
+    return f"<table{cls}>{thead}<tbody>{body}</tbody></table>"
 
 
 def failure_markers(report: dict[str, Any]) -> list[Marker]:
@@ -222,7 +223,7 @@ def _page(title: str, body: list[str]) -> str:
 def _panel(report: dict[str, Any]) -> list[str]:
     panel = report["panel"]
     config = json.dumps(panel["config"], indent=2, default=str)
-    return ["<h2>The run</h2>", _table(["", ""], [list(r) for r in panel["rows"]], css="panel"),
+    return ["<h2>The run</h2>", _table(None, [list(r) for r in panel["rows"]], css="panel"),
             f"<details><summary>configuration ({escape(panel['config_source'])})</summary>"
             f"<pre>{escape(config)}</pre></details>"]
 

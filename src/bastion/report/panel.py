@@ -55,6 +55,15 @@ def _model_text(model: dict[str, Any] | None, name: Any) -> str:
     return f"{model.get('name', name)}: " + ", ".join(dims)
 
 
+def _checkpoint_text(resilience: dict[str, Any]) -> str:
+    every = resilience.get("checkpoint_every")
+    if not every:
+        return "none"
+    mode = "async (written in the background)" if resilience.get("async_checkpoint") else "sync (blocking)"
+    interval = f"every {every} steps" if isinstance(every, int) else f"{every} (the Young/Daly interval)"
+    return f"{interval}, {mode}, keep the last {resilience.get('keep_last', '?')}"
+
+
 def run_panel(run: RunFiles, report: dict[str, Any]) -> dict[str, Any]:
     """{"rows": [(what, value)], "precision": precision(), "config": the resolved config (a dict), "config_source"}."""
     config_file = run.run_config or {}
@@ -79,6 +88,8 @@ def run_panel(run: RunFiles, report: dict[str, Any]) -> dict[str, Any]:
         ("tokens seen", f"{steps * tokens_per_step:,} in {steps} kept steps of {tokens_per_step:,} tokens "
                         f"(global batch {plan.get('global_batch')} × sequence {seq_len})"
                         + (f"; {recomputed * tokens_per_step:,} more processed in redone steps" if recomputed else "")),
+        ("checkpoints", _checkpoint_text(train.get("resilience") or {})),
+        ("faults injected", ", ".join((train.get("resilience") or {}).get("inject") or []) or "none"),
         ("seed", str(train.get("seed", summary.get("seed", "—")))),
         ("learning rate", f"peak {train.get('lr', '—')}"),
         ("steps asked", str(train.get("steps", "—"))),
