@@ -88,7 +88,7 @@ SCRIPT = r"""
       guide.setAttribute("x1", px);
       guide.setAttribute("x2", px);
       guide.setAttribute("visibility", "visible");
-      var x = toData(px), lines = [axes.x_label + " " + fmt(x)];
+      var x = toData(px), lines = [axes.x_label + " " + fmt(x)], nearest = null;
       svg.querySelectorAll("polyline[data-xy]").forEach(function (line) {
         var best = null;
         (line.getAttribute("data-xy") || "").split(" ").forEach(function (pair) {
@@ -96,8 +96,11 @@ SCRIPT = r"""
           var xy = pair.split(",").map(Number);
           if (best === null || Math.abs(xy[0] - x) < Math.abs(best[0] - x)) { best = xy; }
         });
-        if (best !== null) { lines.push(line.getAttribute("data-series") + ": " + fmt(best[1]) + " at " + fmt(best[0])); }
+        if (best === null) { return; }
+        if (nearest === null) { nearest = best[0]; }
+        lines.push(line.getAttribute("data-series") + ": " + fmt(best[1]) + (best[0] === nearest ? "" : " at " + fmt(best[0])));
       });
+      if (nearest !== null) { lines[0] = axes.x_label + " " + fmt(nearest); }
       tip.textContent = "";
       lines.forEach(function (text) { var row = document.createElement("div"); row.textContent = text; tip.appendChild(row); });
       tip.style.display = "block";

@@ -23,6 +23,7 @@ import torch.distributed as dist
 
 from bastion.errors import BastionError
 from bastion.rundir.layout import rank_log_path
+from bastion.runtime.faults import fault_fired_recently
 from bastion.runtime.train import train
 from bastion.runtime.train_config import TrainConfig
 
@@ -106,7 +107,8 @@ def run_worker(config: TrainConfig) -> None:
         log = None if os.environ.get("BASTION_DEBUG") == "1" else log_failure(config.run_dir, rank, exc)
         if log is None:
             raise
-        print(failure_line(rank, exc, log), file=sys.stderr, flush=True)
+        if not fault_fired_recently(Path(config.run_dir)):  # else the injected fault's line says it all
+            print(failure_line(rank, exc, log), file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(1)
     shutdown_and_exit(0)
