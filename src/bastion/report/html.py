@@ -234,8 +234,10 @@ def _precision_warning(report: dict[str, Any]) -> str:
         return ""
     return (f"<p class=\"warn\">Precision: the plan asks for {escape(prec['plan'])}, this run computed in "
             f"{escape(prec['run'])} ({escape(str(prec['note']))}). Memory is predicted for the plan's "
-            f"{escape(prec['plan'])}: measured parameter, gradient and activation bytes are larger by the ratio of "
-            f"the two (2× for fp32 against bf16), and that is the precision, not a prediction error.</p>")
+            f"{escape(prec['plan'])}, so the memory rows compare {escape(prec['run'])} tensors with "
+            f"{escape(prec['plan'])} predictions: a measured / predicted ratio near the ratio of their sizes (2 for "
+            f"fp32 against bf16) on parameters, gradients or activations is the precision, not a prediction "
+            f"error.</p>")
 
 
 def render_html(report: dict[str, Any], summary: dict[str, Any] | None, records: list[dict[str, Any]]) -> str:

@@ -85,8 +85,9 @@ def print_report(report: dict[str, Any], summary: dict[str, Any] | None, console
     precision = (report.get("panel") or {}).get("precision") or {}
     if precision and precision["run"] != precision["plan"]:
         console.print(f"[yellow]precision:[/] the plan asks for {precision['plan']}, this run computed in "
-                      f"{precision['run']} ({precision['note']}): memory is predicted for {precision['plan']}, so "
-                      f"measured bytes are larger by that ratio, not by a prediction error.", soft_wrap=True)
+                      f"{precision['run']} ({precision['note']}): memory is predicted for {precision['plan']}; a "
+                      f"measured / predicted ratio near the ratio of their sizes on params, grads or activations "
+                      f"is the precision, not a prediction error.", soft_wrap=True)
     sources = report["sources"]
     console.print(f"[dim]predicted: {sources['predicted']}\nmeasured: {sources['measured']}[/]")
     if report["predicted"].get("note"):
