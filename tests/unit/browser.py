@@ -119,3 +119,11 @@ def screenshot(chromium: str, page: Path, out: Path, width: int = 1280, height: 
                     f"--window-size={width},{height}", f"--screenshot={out}", page.as_uri()],
                    capture_output=True, text=True, timeout=120, check=True)
     return out
+
+
+def print_pdf(chromium: str, page: Path, out: Path) -> bytes:
+    """The page as Chromium prints it (A4/Letter, print CSS), the PDF's bytes."""
+    subprocess.run([chromium, *FLAGS, f"--user-data-dir={out.parent / f'profile-pdf-{out.stem}'}",
+                    "--no-pdf-header-footer", f"--print-to-pdf={out}", page.as_uri()],
+                   capture_output=True, text=True, timeout=120, check=True)
+    return out.read_bytes()

@@ -11,12 +11,13 @@ left out. `.ci/run` installs chromium when it is absent; without it these tests 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from browser import find_chromium, probe_page, screenshot
+from browser import find_chromium, print_pdf, probe_page, screenshot
 
 DATA = Path(__file__).parent / "data"
 CHROMIUM = find_chromium()
@@ -68,3 +69,10 @@ def test_the_faulty_run_shows_its_failures_on_the_timeline_and_the_clean_run_its
         assert f">{row}</text>" in faults
     clean = write_report(tmp_path, "run_clean").read_text()
     assert "this run computed in fp32" in clean and "steps redone" not in clean
+
+
+def test_the_report_prints(tmp_path):
+    """Printed (the print stylesheet: no tooltip or hint, charts kept whole), a run's page is a PDF of a few pages."""
+    pdf = print_pdf(CHROMIUM, write_report(tmp_path, "run_faults"), tmp_path / "run_faults.pdf")
+    pages = len(re.findall(rb"/Type\s*/Page[^s]", pdf))
+    assert pdf.startswith(b"%PDF") and 2 <= pages <= 12
