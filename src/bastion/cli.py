@@ -18,11 +18,28 @@ app = typer.Typer(
     name="bastion",
     help="Plan, run, recover and account hybrid-parallel LLM training on your own GPUs.",
     no_args_is_help=True,
-    add_completion=False,
+    # typer's --install-completion / --show-completion (bash, zsh, fish, PowerShell)
+    add_completion=True,
+    # -h as well as --help, on every command (click passes help_option_names on to sub-commands)
+    context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
     # Plain click help: typer's rich help pulls in rich.markdown/markdown-it (~0.15 s), and `--help` must be instant.
     rich_markup_mode=None,
 )
+
+def _print_version(value: bool) -> None:
+    if value:
+        from bastion import __version__
+
+        typer.echo(f"bastion {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print bastion's version and exit.")) -> None:
+    """Plan, run, recover and account hybrid-parallel LLM training on your own GPUs."""
+
 
 # Registration order is the order in `--help`.
 from bastion.commands import (  # noqa: E402,F401,I001

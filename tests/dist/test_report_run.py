@@ -64,10 +64,15 @@ def test_report_counts_the_restart_and_the_recomputed_step(token_data, tmp_path)
 
     root = ET.fromstring(page.read_text().removeprefix("<!DOCTYPE html>\n"))
     svg = "{http://www.w3.org/2000/svg}"
-    charts = list(root.iter(f"{svg}svg"))
-    assert len(charts) == 2
-    for chart in charts:
-        assert len(next(chart.iter(f"{svg}polyline")).get("points").split()) == STEPS
+    charts = {c.find(f"{svg}title").text: c for c in root.iter(f"{svg}svg")}
+    # a chart per series the run logs (each a point per step), the memory per rank and the wall-clock timeline
+    by_step = ["loss by step", "step time by step", "throughput by step", "MFU by step", "memory by step",
+               "gradient norm by step", "learning rate by step"]
+    assert list(charts) == [*by_step[:5], "memory per rank vs predicted", *by_step[5:], "wall-clock timeline"]
+    for title in by_step:
+        assert len(next(charts[title].iter(f"{svg}polyline")).get("points").split()) == STEPS
+    rows = {t.text for t in charts["wall-clock timeline"].iter(f"{svg}text")}
+    assert {"steps kept", "steps redone", "recovery", "checkpoint stall", "events"} <= rows
 
     text = bastion("report", str(run_dir))
     assert text.returncode == 0, text.stderr

@@ -18,6 +18,10 @@ def test_help_lists_every_command_without_importing_torch() -> None:
     listed = {line.split()[0] for line in proc.stdout.split("Commands:")[1].splitlines() if line.strip()}
     assert set(COMMANDS) <= listed
     assert proc.stdout.strip().endswith("TORCH False 0")
+    # the root's own options: version, typer's shell completion, -h beside --help
+    options = proc.stdout.split("Options:")[1].split("Commands:")[0]
+    assert [line.split()[0].rstrip(",") for line in options.splitlines() if line.strip().startswith("-")] \
+        == ["--version", "--install-completion", "--show-completion", "-h"]
 
 
 def test_every_command_has_help() -> None:

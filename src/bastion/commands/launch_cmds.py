@@ -56,6 +56,9 @@ def launch_command(
                                          help="k8s: where to write the YAML (default ./NAME-KIND.yaml)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the command, script or YAML; do nothing else."),
     submit: bool = typer.Option(False, "--submit", help="Submit (sbatch / kubectl apply) after writing."),
+    as_json: bool = typer.Option(False, "--json", help="Print what was done as one JSON object: with --dry-run "
+                                 "the command, script or manifests and the run config; else what was written or "
+                                 "submitted (a local run: its summary)."),
 ) -> None:
     """Start a plan's training job: torchrun here, an sbatch job, or a PyTorchJob/JobSet.
 
@@ -114,9 +117,15 @@ def launch_command(
                                   "nodes.")
         if dry_run:
             command = local.torchrun_command(run.world_size, max_restarts, str(config_path))
-            print(" ".join(_shell_quote(a) for a in command))
+            shell = " ".join(_shell_quote(a) for a in command)
+            _done(as_json, shell, engine="local", dry_run=True, command=command, run_config=run.config)
             return
-        sys.exit(run_locally(run))
+        code = run_locally(run, workers_to_stderr=as_json)
+        if as_json and code == 0:
+            from bastion.commands.train_cmds import print_run_json
+
+            print_run_json(Path(run_dir_text))
+        sys.exit(code)
 
     if engine == "slurm":
         opts = slurm.SlurmOptions(time_limit_s=parse_time_limit(time) if time else None, partition=partition,
@@ -124,20 +133,24 @@ def launch_command(
                                   cpus_per_worker=cpus_per_worker)
         script = slurm.render_sbatch(req, opts, str(config_path))
         if dry_run:
-            print(script, end="")
+            _done(as_json, script.removesuffix("\n"), engine="slurm", dry_run=True, script=script,
+                  run_config=run.config)
             return
         write_run_config(config_path, run.config)
         script_path = Path(run_dir_text) / "launch" / "job.sbatch"
         _write_text(script_path, script, "--run-dir")
         if not submit:
-            print(f"wrote {script_path}\nsubmit with: sbatch {_shell_quote(str(script_path))}")
+            _done(as_json, f"wrote {script_path}\nsubmit with: sbatch {_shell_quote(str(script_path))}",
+                  engine="slurm", script_path=str(script_path), submitted=False)
             return
         job_id = slurm.submit(script_path)
         registry.record("slurm", job_id, run_dir_text)
         with (script_path.parent / "jobs.txt").open("a") as out:
             out.write(job_id + "\n")
-        print(f"submitted Slurm job {job_id}; output in {slurm.output_file(Path(run_dir_text), job_id)}")
-        print(f"follow it with: bastion status {job_id}   /   bastion logs {job_id}")
+        output = slurm.output_file(Path(run_dir_text), job_id)
+        _done(as_json, f"submitted Slurm job {job_id}; output in {output}\n"
+                       f"follow it with: bastion status {job_id}   /   bastion logs {job_id}",
+              engine="slurm", script_path=str(script_path), submitted=True, job_id=job_id, output=str(output))
         return
 
     if time or partition:
@@ -145,17 +158,24 @@ def launch_command(
     opts_k8s = kubernetes.KubernetesOptions(kind=k8s_kind, image=image, queue=queue, storage=storage)
     text = kubernetes.render_manifests(req, opts_k8s)
     if dry_run:
-        print(text, end="")
+        _done(as_json, text.removesuffix("\n"), engine="k8s", dry_run=True, manifests=text, run_config=run.config)
         return
     from bastion.launch.request import k8s_name
 
     out_path = manifest or Path(f"{k8s_name(job_name)}-{k8s_kind}.yaml")
     _write_text(out_path, text, "--manifest")
-    print(f"wrote {out_path}")
     if submit:
-        print(kubernetes.apply(out_path), end="")
+        applied = kubernetes.apply(out_path)
+        _done(as_json, f"wrote {out_path}\n{applied.removesuffix(chr(10))}", engine="k8s", manifest=str(out_path),
+              submitted=True, kubectl=applied)
     else:
-        print(f"submit with: kubectl apply -f {_shell_quote(str(out_path))}")
+        _done(as_json, f"wrote {out_path}\nsubmit with: kubectl apply -f {_shell_quote(str(out_path))}",
+              engine="k8s", manifest=str(out_path), submitted=False)
+
+
+def _done(as_json: bool, text: str, **fields: object) -> None:
+    """What `launch` did: `text` for people, or `fields` as one JSON object with --json."""
+    print(json.dumps(fields, default=str) if as_json else text)
 
 
 #: `bastion train` options that `bastion launch` sets itself (a second value after `--` would be ambiguous)

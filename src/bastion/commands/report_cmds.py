@@ -14,10 +14,12 @@ from bastion.commands.options import number_option
 
 @app.command("report")
 def report_command(
-    run_dir: Path = typer.Argument(..., help="A run directory written by `bastion train --run-dir`."),
-    as_json: options.AsJson = False,
-    html: Path | None = typer.Option(None, "--html", help="Also write a self-contained HTML page (tables and "
-                                                          "SVG charts) to this file."),
+    run_dirs: list[Path] = typer.Argument(..., metavar="RUN_DIR...", help="Run directories written by `bastion "
+                                          "train --run-dir`; several are compared on one page."),
+    as_json: options.AsJson = False,  # several runs: a list of reports
+    html: Path | None = typer.Option(None, "--html", help="Also write a self-contained HTML page (run panel, "
+                                                          "charts with hover and zoom, timeline; no network) to "
+                                                          "this file."),
     warmup_steps: Annotated[int, number_option("--warmup-steps", help="Step records at the start of the run "
                                                "left out of the measured step time (the first step after each "
                                                "restart is always left out).", integer=True, low=0,
@@ -43,24 +45,26 @@ def report_command(
         from bastion.specs.hardware import load_cluster
 
         load_cluster(cluster)  # a name that is no cluster is a guidance error, not a report without a prediction
-    run = load_run(run_dir)
-    report = build_report(run, warmup_steps=warmup_steps, cluster=cluster)
+    runs = [load_run(run_dir) for run_dir in run_dirs]
+    reports = [build_report(run, warmup_steps=warmup_steps, cluster=cluster) for run in runs]
     if html is not None:
         from bastion.outputs import write_error
-        from bastion.report.html import render_html
+        from bastion.report.html import render_comparison, render_html
         from bastion.rundir.records import current_run
 
-        page = render_html(report, run.summary, current_run(run.records))
+        pages = [(report, run.summary, current_run(run.records)) for report, run in zip(reports, runs, strict=True)]
+        page = render_html(*pages[0]) if len(pages) == 1 else render_comparison(pages)
         try:
             html.parent.mkdir(parents=True, exist_ok=True)
             html.write_text(page)
         except OSError as exc:
             raise write_error(exc, html, "the HTML report", "give --html a path you can write to.") from exc
     if as_json:
-        typer.echo(dumps_json(report, indent=2, default=str))
+        typer.echo(dumps_json(reports[0] if len(reports) == 1 else reports, indent=2, default=str))
         return
     from bastion.report.text import print_report
 
-    print_report(report, run.summary)
+    for report, run in zip(reports, runs, strict=True):
+        print_report(report, run.summary)
     if html is not None:
         typer.echo(f"wrote {html}")

@@ -95,6 +95,8 @@ def train_command(
                                      "RUN_DIR/tensorboard."),
     profile: str | None = typer.Option(None, "--profile", help="START:END: a torch.profiler Chrome trace of those "
                                        "steps in RUN_DIR/profile."),
+    as_json: bool = typer.Option(False, "--json", help="At the end print the run's summary (summary.json and "
+                                 "the run directory) as one JSON object on stdout; worker output goes to stderr."),
 ) -> None:
     """Train MODEL with a parallel PLAN on a token dataset; writes metrics and predicted-vs-measured."""
     from bastion.errors import ConfigError, LaunchError
@@ -112,11 +114,21 @@ def train_command(
     Console(stderr=True).print(
         f"[bold]bastion train[/]: {run.spec.name} on {run.world_size} process(es), plan dp{plan.dp} tp{plan.tp} "
         f"pp{plan.pp} zero{plan.zero_stage}, {params['steps']} steps → {run.run_dir}")
-    code = run_locally(run)
+    code = run_locally(run, workers_to_stderr=as_json)
     if code != 0:
         raise LaunchError(f"The training workers exited with code {code}.",
                           fix="read the worker output above; rerun with BASTION_DEBUG=1 for tracebacks.")
     _print_time_breakdown(run.run_dir)
+    if as_json:
+        print_run_json(run.run_dir)
+
+
+def print_run_json(run_dir: Path) -> None:
+    """`--json`: summary.json with the run directory, one object on stdout (what `bastion report --json` expands)."""
+    from bastion.outputs import dumps_json
+    from bastion.rundir.summary import read_summary
+
+    typer.echo(dumps_json({"run_dir": str(run_dir), **(read_summary(run_dir) or {})}, default=str))
 
 
 #: what `bastion train` cannot run without (a flag or a --config key)
@@ -244,9 +256,10 @@ def _model_argument(model: str) -> str:
     return str(path.resolve()) if path.suffix in (".toml", ".json") or path.exists() else model
 
 
-def run_locally(run: ResolvedRun, python: str = "") -> int:
+def run_locally(run: ResolvedRun, python: str = "", workers_to_stderr: bool = False) -> int:
     """Start the run's workers with torchrun on this machine and wait; holds the run directory's lock for the
-    whole run (every elastic restart included) and writes the run config into it. torchrun's exit code."""
+    whole run (every elastic restart included) and writes the run config into it. torchrun's exit code.
+    `workers_to_stderr`: their stdout too goes to stderr (stdout is kept for `--json`)."""
     from bastion.launch import local
     from bastion.launch.worker import write_run_config
     from bastion.rundir.layout import RUN_CONFIG_FILE
@@ -255,7 +268,8 @@ def run_locally(run: ResolvedRun, python: str = "") -> int:
     with acquire(run.run_dir):
         config_path = run.run_dir / RUN_CONFIG_FILE
         write_run_config(config_path, {**run.config, "run_dir_lock": "launcher"})
-        return local.run(local.torchrun_command(run.world_size, run.max_restarts, str(config_path), python))
+        return local.run(local.torchrun_command(run.world_size, run.max_restarts, str(config_path), python),
+                         stdout_to_stderr=workers_to_stderr)
 
 
 @app.command("_worker", hidden=True)

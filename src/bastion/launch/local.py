@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 
 from bastion.errors import LaunchError
 from bastion.launch.request import default_python
@@ -33,10 +34,12 @@ def torchrun_command(nproc: int, max_restarts: int, config_path: str, python: st
             f"--local-addr={LOOPBACK}", f"--max-restarts={max_restarts}", *worker_command(config_path)]
 
 
-def run(command: list[str]) -> int:
-    """Run torchrun in the foreground with the workers' environment; its exit status."""
+def run(command: list[str], stdout_to_stderr: bool = False) -> int:
+    """Run torchrun in the foreground with the workers' environment; its exit status. `stdout_to_stderr`: its
+    stdout joins stderr (a command printing JSON on stdout)."""
     try:
-        return subprocess.run(command, env=process_environment(worker_env(single_host=True))).returncode
+        return subprocess.run(command, env=process_environment(worker_env(single_host=True)),
+                              stdout=sys.stderr if stdout_to_stderr else None).returncode
     except OSError as exc:
         raise LaunchError(f"Could not start torchrun: {exc}.",
                           fix="check that the runtime extra (torch) is installed in this environment.",

@@ -1,7 +1,9 @@
 """Accounting for a finished (or running) run, torch-free: `bastion report RUN_DIR`.
 
 run_files.py reads the run directory; analysis.py computes the figures (predicted vs measured, where the wall time
-went, loss); comparison.py and text.py print them; svg.py and html.py write the self-contained HTML page.
+went, loss), wallclock.py the Gantt timeline's spans and panel.py what ran (and in which precision); comparison.py
+and text.py print them; svg.py (charts), interactive.py (hover and zoom) and html.py write the self-contained HTML
+page, one run's or several runs' compared.
 """
 
 from bastion.report.analysis import build_report

@@ -15,7 +15,9 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
+from bastion.report.panel import run_panel
 from bastion.report.run_files import RunFiles, finite
+from bastion.report.wallclock import wallclock_spans
 from bastion.rundir import records as kinds
 from bastion.rundir.accounting import account
 from bastion.rundir.layout import MODEL_FILE, PLAN_FILE
@@ -273,7 +275,7 @@ def build_report(run: RunFiles, warmup_steps: int = WARMUP_STEPS, cluster: str |
     restart_events = sum(1 for r in records if is_event(r, kinds.RESTART.name))
     accounting["restarts"] = max(accounting.get("restarts", 0), restart_events)
     logs = log_files(run)
-    return {
+    report = {
         "run_dir": str(run.path),
         "state": run.state(),
         "finished": run.finished,
@@ -306,4 +308,7 @@ def build_report(run: RunFiles, warmup_steps: int = WARMUP_STEPS, cluster: str |
             "failures": accounting_source,
             "recomputed": "metrics.jsonl: step records superseded by a later record of the same step",
         },
+        "wallclock": wallclock_spans(records),
     }
+    report["panel"] = run_panel(run, report)
+    return report

@@ -20,6 +20,7 @@ from bastion.rundir.layout import (
     METRICS_FILE,
     MODEL_FILE,
     PLAN_FILE,
+    RUN_CONFIG_FILE,
     RUN_MARKERS,
     SUMMARY_FILE,
     RunDirError,
@@ -49,6 +50,8 @@ class RunFiles:
     metrics_age_s: float | None = None
     #: why summary.json was set aside (it belongs to an earlier process of a resumed run), else None
     stale_summary: str | None = None
+    #: run_config.json: the resolved run (train options, model, plan), None for runs from before it
+    run_config: dict[str, Any] | None = None
 
     @property
     def step_records(self) -> list[dict[str, Any]]:
@@ -111,6 +114,7 @@ def load_run(run_dir: Path) -> RunFiles:
     summary = read_json_object(run_dir / SUMMARY_FILE)
     plan = read_json_object(run_dir / PLAN_FILE)
     model = read_json_object(run_dir / MODEL_FILE)
+    run_config = read_json_object(run_dir / RUN_CONFIG_FILE)
     metrics = read_metrics(run_dir)
     records, bad = metrics.records, metrics.unreadable
     if not any(is_step(r) for r in records):
@@ -134,7 +138,7 @@ def load_run(run_dir: Path) -> RunFiles:
             summary = None
     return RunFiles(path=run_dir, records=records, unreadable_lines=bad, summary=summary, plan=plan, model=model,
                     checkpoint_steps=[c.step for c in with_manifest(checkpoints_dir(run_dir))], metrics_age_s=age,
-                    stale_summary=stale)
+                    stale_summary=stale, run_config=run_config)
 
 
 def finite(value: Any) -> float | None:

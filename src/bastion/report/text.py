@@ -96,6 +96,12 @@ def print_report(report: dict[str, Any], summary: dict[str, Any] | None, console
         console.print(f"[yellow]{report['unreadable_lines']} line(s) of metrics.jsonl did not parse "
                       f"(cut short by a kill) and were skipped[/]")
     console.print(comparison_table(report_comparison_rows(report, summary), "1. predicted vs measured (per device)"))
+    precision = (report.get("panel") or {}).get("precision") or {}
+    if precision and precision["run"] != precision["plan"]:
+        console.print(f"[yellow]precision:[/] the plan asks for {precision['plan']}, this run computed in "
+                      f"{precision['run']} ({precision['note']}): memory is predicted for {precision['plan']}; a "
+                      f"measured / predicted ratio near the ratio of their sizes on params, grads or activations "
+                      f"is the precision, not a prediction error.", soft_wrap=True)
     sources = report["sources"]
     console.print(f"[dim]predicted: {sources['predicted']}\nmeasured: {sources['measured']}[/]")
     if report["predicted"].get("note"):

@@ -11,6 +11,7 @@ RUN_DIR/
   run.lock                    held (flock) by the one run using the directory (rundir/lock.py)
   tensorboard/                TensorBoard event files of rank 0 (--tensorboard; runtime/run_logs.py)
   profile/                    torch.profiler Chrome traces, trace-rankNNNNN.json (--profile START:END)
+  logs/rank-NNNNN.log         a worker's traceback when it failed (runtime/worker.py); the console gets one line
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ LOCK_FILE = "run.lock"
 #: --tensorboard event files, and --profile's torch.profiler Chrome traces (one file per rank)
 TENSORBOARD_DIR = "tensorboard"
 PROFILE_DIR = "profile"
+LOGS_DIR = "logs"
 #: files only `bastion train` writes into a run directory; one of them makes a directory a run directory
 RUN_MARKERS = (METRICS_FILE, SUMMARY_FILE, PLAN_FILE, MODEL_FILE)
 
@@ -48,6 +50,10 @@ class RunDirError(BastionError):
 
 def checkpoints_dir(run_dir: Path) -> Path:
     return Path(run_dir) / CHECKPOINTS_DIR
+
+
+def rank_log_path(run_dir: Path, rank: int) -> Path:
+    return Path(run_dir) / LOGS_DIR / f"rank-{rank:05d}.log"
 
 
 def write_run_files(run_dir: Path, spec: ModelSpec, plan: ParallelPlan) -> None:

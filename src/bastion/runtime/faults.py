@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,24 @@ def check_faults(faults: list[FaultSpec], world_size: int, total_steps: int) -> 
                               f"({total_steps}).", fix="choose a step within --steps.")
 
 
+#: a worker failing this soon after an injected fault fired is taken for its consequence (a peer of a killed rank
+#: fails in its next collective): its traceback goes to its log file, the console keeps the fault's one line
+CONSEQUENCE_WINDOW_S = 120.0
+
+
+def fault_fired_recently(run_dir: Path, within_s: float = CONSEQUENCE_WINDOW_S) -> bool:
+    """Whether an injected fault of RUN_DIR fired (its marker's time) within the last `within_s` seconds."""
+    now = time.time()
+    for marker in (Path(run_dir) / "faults").glob("*.fired"):
+        try:
+            fired = float(marker.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        if now - fired <= within_s:
+            return True
+    return False
+
+
 class FaultInjector:
     """Fires the configured faults at the right moments on this rank; a no-op when none are configured."""
 
@@ -109,6 +128,9 @@ class FaultInjector:
         os.close(fd)
         log_event(self.run_dir, "fault", fault=fault.kind, spec=fault.describe(), rank=self.rank, step=step,
                   **details)
+        # one line on the console (the other ranks' errors go to their log files: runtime/worker.py)
+        print(f"[rank {self.rank}] injected fault fired: {fault.describe()} at step {step}", file=sys.stderr,
+              flush=True)
         return True
 
     def _pending(self, kind: str) -> list[FaultSpec]:

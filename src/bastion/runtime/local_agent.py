@@ -14,8 +14,14 @@ def main() -> None:
     from bastion.launch.worker import confine_name_lookups
 
     confine_name_lookups()
+    import logging
+
     from torch.distributed.run import main as torchrun
 
+    # after one worker fails, the agent logs a warning for each one it stops ("Sending process N closing signal
+    # SIGTERM"): a line per surviving rank on every restart, saying nothing that the failure's own line does not
+    logging.getLogger("torch.distributed.elastic.multiprocessing.api").addFilter(
+        lambda record: not str(record.msg).startswith("Sending process"))
     torchrun()
 
 

@@ -177,13 +177,28 @@ def accelerator_names() -> list[str]:
     return sorted(_accelerator_table())
 
 
+def accelerator_aliases() -> dict[str, str]:
+    """Every name an accelerator answers to (lower case: its catalog name and its `aliases`) -> catalog name."""
+    table = _accelerator_table()
+    out = {alias.lower(): name for name, row in table.items() for alias in row.get("aliases", ())}
+    return {**out, **{name: name for name in table}}
+
+
+def canonical_accelerator(name: str) -> str | None:
+    """The catalog name of an accelerator as people type it (`H100`, `h100-sxm5`, SkyPilot's `A100-80GB`), or None."""
+    return accelerator_aliases().get(name.strip().lower().replace("_", "-").replace(" ", "-"))
+
+
 def load_accelerator(name: str) -> Accelerator:
     table = _accelerator_table()
-    if name not in table:
-        raise UnknownPresetError(f"Unknown accelerator '{name}'.{did_you_mean(name, table)}",
+    canonical = canonical_accelerator(name)
+    if canonical is None:
+        raise UnknownPresetError(f"Unknown accelerator '{name}'.{did_you_mean(name.lower(), accelerator_aliases())}",
                                  fix=f"use one of: {', '.join(sorted(table))}.",
                                  hint="bastion hardware   # lists accelerators and cluster presets")
+    name = canonical
     row = dict(table[name])
+    row.pop("aliases", None)  # names people type, not a figure of the device
     row["device_names"] = tuple(row.get("device_names", ()))  # a frozen spec holds tuples, not lists
     return Accelerator(name=name, **row)
 
@@ -209,9 +224,9 @@ def cluster_presets() -> list[str]:
     return sorted(p.stem for p in (DATA_DIR / "clusters").glob("*.toml"))
 
 
-_SHORTHAND = re.compile(r"^(?P<acc>[a-z0-9][a-z0-9.\-]*):(?P<n>\d+)$")
+_SHORTHAND = re.compile(r"^(?P<acc>[a-z0-9][a-z0-9.\-_]*):(?P<n>\d+)$", re.IGNORECASE)
 #: NAME:COUNT where COUNT is not a device count (negative, a word, a fraction)
-_BAD_COUNT = re.compile(r"^(?P<acc>[a-z0-9][a-z0-9.\-]*):(?P<n>.*)$")
+_BAD_COUNT = re.compile(r"^(?P<acc>[a-z0-9][a-z0-9.\-_]*):(?P<n>.*)$", re.IGNORECASE)
 
 
 def cluster_from_mapping(data: dict[str, Any], what: str) -> Cluster:
@@ -250,28 +265,34 @@ def load_cluster(spec: str) -> Cluster:
     match = _SHORTHAND.match(spec)
     base, count = (match["acc"], int(match["n"])) if match else (spec, None)
     bad = None if match else _BAD_COUNT.match(spec)
-    if bad and (bad["acc"] in _accelerator_table() or (DATA_DIR / "clusters" / f"{bad['acc']}.toml").exists()):
+    if bad and (canonical_accelerator(bad["acc"]) or (DATA_DIR / "clusters" / f"{bad['acc'].lower()}.toml").exists()):
         raise ConfigError(f"Cluster '{spec}': '{bad['n']}' is not a device count.",
                           fix=f"write {bad['acc']}:N with N a positive whole number, e.g. {bad['acc']}:64.")
     if count == 0:
         raise ConfigError(f"Cluster '{spec}' has zero devices.", fix="use ACCEL:N with N >= 1.")
-    preset = DATA_DIR / "clusters" / f"{base}.toml"
+    preset = DATA_DIR / "clusters" / f"{base.lower()}.toml"
+    accelerator = canonical_accelerator(base)
     if preset.exists():
         data = tomllib.loads(preset.read_text())
-        data["name"] = spec
-        cluster = cluster_from_mapping(data, f"cluster preset '{base}'")
-    elif base in _accelerator_table():
-        acc = load_accelerator(base)
+        data["name"] = spec.lower()
+        cluster = cluster_from_mapping(data, f"cluster preset '{base.lower()}'")
+    elif accelerator is not None:
+        acc = load_accelerator(accelerator)
         per_node = (count or acc.gpus_per_node) if acc.host_cores > 0 else acc.gpus_per_node
-        cluster = Cluster(name=spec, accelerator=acc, num_nodes=1, gpus_per_node=per_node,
+        # the catalog's name, however it was typed (`H100:8` is h100-sxm:8 in every output)
+        name = f"{accelerator}:{count}" if count else accelerator
+        cluster = Cluster(name=name, accelerator=acc, num_nodes=1, gpus_per_node=per_node,
                           network=default_network(acc))
         if count is None:
             raise ConfigError(f"Cluster '{spec}' names an accelerator but not how many.",
-                              fix=f"write '{base}:N', e.g. '{base}:{per_node * 16}'.")
+                              fix=f"write '{accelerator}:N', e.g. '{accelerator}:{per_node * 16}'.")
     else:
-        known = cluster_presets() + accelerator_names()
+        # NAME:N names an accelerator: suggest one of those (and the names people type for them)
+        known = list(accelerator_aliases()) if match else cluster_presets() + accelerator_names()
         raise UnknownPresetError(
-            f"Unknown cluster '{spec}'.{did_you_mean(base, known)}",
-            fix="use a cluster preset, ACCEL:N (e.g. h100-sxm:1024), or a path to a .toml cluster file.",
+            f"Unknown {'accelerator' if match else 'cluster'} '{base if match else spec}'."
+            f"{did_you_mean(base.lower(), known)}",
+            fix="use a cluster preset, ACCEL:N (e.g. h100-sxm:1024, H100:8, A100-80GB:8), or a path to a .toml "
+                "cluster file.",
             hint="bastion hardware   # lists accelerators and cluster presets")
     return cluster.with_gpus(count) if count else cluster
