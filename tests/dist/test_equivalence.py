@@ -73,13 +73,13 @@ def _record(results: dict) -> None:
     results_file.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
 
 
-def _check_group(results: dict, reference: tuple[list[float], dict]) -> None:
+def _check_group(results: dict, reference: tuple[list[float], dict], model: str = "tiny") -> None:
     from bastion.predict.memory import model_state_bytes
     from bastion.specs.model import load_model
     from bastion.specs.plan import ParallelPlan
 
     ref_losses, ref_params = reference
-    spec = load_model("tiny")
+    spec = load_model(model)
     found = {}
     for name, result in results.items():
         loss_diff, param_diff = max_differences(result, ref_losses, ref_params)

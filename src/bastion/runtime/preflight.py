@@ -27,20 +27,29 @@ class CheckedRequest:
 
 
 def check_runtime_supports(spec: ModelSpec) -> None:
-    """The runtime builds dense decoders with RoPE or learned positions; say so early for anything else."""
-    if spec.num_experts:
-        raise ConfigError(f"model '{spec.name}' is a mixture of experts; the runtime builds dense models only.",
-                          fix="train a dense model (num_experts = 0); MoE is predicted but not executed.")
+    """The runtime builds decoders (dense or mixture-of-experts) with RoPE or learned positions; say so early for
+    anything else."""
     if spec.position_embedding == "alibi":
         raise ConfigError(f"model '{spec.name}' uses ALiBi, which the runtime does not implement.",
                           fix="use position_embedding = 'rope' or 'learned'.")
 
 
+def check_runtime_executes(spec: ModelSpec, plan: ParallelPlan) -> None:
+    """The compositions the runtime executes for a mixture-of-experts model: ep (carved from dp) with dp, ZeRO 0-3
+    and pp; not yet with tp (expert tensor parallelism) or cp (the sequence-wise aux loss would need the cp
+    ranks' counts)."""
+    if not spec.num_experts:
+        return
+    for degree, what in (("tp", "tensor parallelism"), ("cp", "context parallelism")):
+        if getattr(plan, degree) > 1:
+            raise PlanError(f"The runtime does not yet run a mixture-of-experts model with {what} "
+                            f"({degree} = {getattr(plan, degree)}).",
+                            fix=f"set {degree} = 1 and split the experts with ep (carved from dp) instead.",
+                            hint="executed for MoE: dp, ep, ZeRO 0-3 and pp; predicted and planned: all.",
+                            reason="runtime limitation")
+
+
 def check_world_size(plan: ParallelPlan, world_size: int) -> None:
-    if plan.ep != 1:
-        raise PlanError(f"The runtime executes dp × tp × pp × cp plans; this plan has ep = {plan.ep}.",
-                        fix="set ep = 1 (expert parallelism is predicted, not run).",
-                        reason="ep not executed")
     if plan.num_gpus != world_size:
         raise PlanError(
             f"The plan needs dp × tp × pp × cp = {plan.dp} × {plan.tp} × {plan.pp} × {plan.cp} = {plan.num_gpus} "
@@ -61,6 +70,7 @@ def check_request(model: str, plan_path: str, data_dir: str | None, world_size: 
     check_runtime_supports(spec)
     plan = ParallelPlan.load(plan_path)
     plan.validate(spec, None, spec.seq_len)
+    check_runtime_executes(spec, plan)
     check_world_size(plan, plan.num_gpus if world_size is None else world_size)
     if steps < 1:
         raise ConfigError(f"--steps must be at least 1, got {steps}.", fix="pass --steps N with N >= 1.")
