@@ -55,3 +55,35 @@ def test_expert_parallel_with_zero_and_pipeline_on_4_processes(tmp_path, token_d
     results = run_cases(tmp_path, token_data, 4, WORLD4, model=MODEL)
     _check_group(results, reference, MODEL)
     _check_routing_logged(results)
+
+
+def test_quick_moe_demo_trains_an_expert_parallel_plan(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "bastion", "demo", "--moe", "--quick", "--json", "--out",
+                           str(tmp_path)], capture_output=True, text=True, timeout=850)
+    assert done.returncode == 0, done.stderr[-4000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["model"] == "tiny-moe" and summary["plan"]["ep"] > 1 and summary["world_size"] == 4
+    assert summary["steps"] == 4 and summary["losses"][-1] < summary["losses"][0]
+
+
+def test_resharding_resume_from_ep4_to_ep2_keeps_losses_weights_and_samples(tmp_path):
+    """DCP reshards the experts' DTensors: 2 steps on ep4 (4 processes), then 2 on ep2 × dp2 ZeRO-3, against an
+    uninterrupted single-process run; the global sample ids are 0..4·G−1 exactly once."""
+    import torch
+    from test_resume_reshard import GLOBAL_BATCH, final_state, reference_and_switched, step_records
+
+    segments = [({"dp": 4, "ep": 4, "zero_stage": 2, "micro_batch": 1}, 4, 2),
+                ({"dp": 2, "ep": 2, "zero_stage": 3}, 2, 0)]
+    reference, switched = reference_and_switched(tmp_path, segments, steps=4, model=MODEL)
+    recs = step_records(switched)
+    assert [r["step"] for r in recs] == [1, 2, 3, 4]
+    assert [i for r in recs for i in range(*r["sample_ids"])] == list(range(4 * GLOBAL_BATCH))
+    assert [r["loss"] for r in recs] == pytest.approx([r["loss"] for r in step_records(reference)], abs=1e-5)
+    expected, got = final_state(reference, 4), final_state(switched, 4)
+    assert sorted(expected) == sorted(got) and any(".moe.experts.w1" in k for k in got)
+    for key, tensor in expected.items():
+        torch.testing.assert_close(got[key], tensor, rtol=1e-4, atol=1e-5, msg=key)

@@ -69,3 +69,26 @@ def test_expert_parallelism_shards_only_the_routed_experts():
     assert sum(stage_states(tiny, z3, 0)) == sum(model_state_bytes(tiny, z3, 0, 0).values())
     dense = dataclasses.replace(tiny, num_experts=0, top_k=0, num_shared_experts=0, dense_layers=0)
     assert model_state_bytes(dense, ParallelPlan(**fp32), 0)["params"] == dense.total_params() * 4
+
+
+def test_plans_with_ep_are_checked_and_what_the_runtime_cannot_run_is_refused():
+    from bastion.errors import PlanError
+    from bastion.runtime.preflight import check_runtime_executes
+
+    tiny = load_model("tiny-moe")
+    fp32 = dict(precision="fp32", global_batch=8)
+    for plan, reason in ((ParallelPlan(dp=2, ep=4, **fp32), "ep does not divide dp"),
+                         (ParallelPlan(dp=6, ep=3, global_batch=12), "ep does not divide experts"),
+                         (ParallelPlan(dp=2, ep=2, **fp32), None)):
+        if reason is None:
+            plan.validate(tiny)
+            continue
+        with pytest.raises(PlanError) as caught:
+            plan.validate(tiny)
+        assert caught.value.reason == reason
+    check_runtime_executes(tiny, ParallelPlan(dp=2, ep=2, pp=2, **fp32))
+    for plan in (ParallelPlan(dp=2, ep=2, tp=2, **fp32), ParallelPlan(dp=2, ep=2, cp=2, **fp32)):
+        with pytest.raises(PlanError, match="does not yet run a mixture-of-experts") as caught:
+            check_runtime_executes(tiny, plan)
+        assert "ep" in caught.value.fix
+    check_runtime_executes(load_model("tiny"), ParallelPlan(tp=2, cp=2, **fp32))  # dense: not its business

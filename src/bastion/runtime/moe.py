@@ -147,10 +147,8 @@ class MoE(nn.Module):
         self.reset_stats()
 
     def reset_stats(self) -> None:
-        #: tokens routed to each expert (all choices) and the summed aux loss, since the last reset
-        self.tokens_per_expert = torch.zeros(self.num_experts, dtype=torch.int64, device="cpu")
-        self.aux_loss_sum = 0.0
-        self.aux_loss_calls = 0
+        #: per training forward since the last reset: (tokens routed to each expert, aux loss or None)
+        self.calls: list[tuple[torch.Tensor, float | None]] = []
 
     def _aux_loss(self, scores_BSE: torch.Tensor, chosen_BSK: torch.Tensor) -> torch.Tensor:
         batch, seq, experts = scores_BSE.shape
@@ -162,14 +160,10 @@ class MoE(nn.Module):
         return self.aux_loss_coeff * experts * (share_BE * probs.mean(dim=1)).sum(dim=1).mean()
 
     def _record(self, counts: torch.Tensor, aux: torch.Tensor | None) -> None:
-        # training forwards only: not a forward re-run for activation recomputation (inside backward), nor the
-        # pipeline stage's shape inference on the first step (no grad)
+        # not a forward re-run for activation recomputation (inside backward), nor one without grad
         if not torch.is_grad_enabled() or torch._C._current_graph_task_id() != -1:
             return
-        self.tokens_per_expert += counts.detach().cpu()
-        if aux is not None:
-            self.aux_loss_sum += float(aux.detach())
-            self.aux_loss_calls += 1
+        self.calls.append((counts.detach().cpu(), None if aux is None else float(aux.detach())))
 
     def forward(self, x_BSH: torch.Tensor) -> torch.Tensor:
         batch, seq, hidden = x_BSH.shape
@@ -251,17 +245,23 @@ def scale_expert_gradients(parts: list[nn.Module], ep: int) -> None:
                 param.grad.mul_(1.0 / ep)
 
 
-def step_stats(parts: list[nn.Module], spec: ModelSpec, replicas: int, device: torch.device) -> dict:
-    """The step's routing figures over every rank (collective; every rank calls it), and the counters reset:
+def step_stats(parts: list[nn.Module], spec: ModelSpec, replicas: int, micro_batches: int, device: torch.device
+               ) -> dict:
+    """The step's routing figures over every rank (collective; every rank calls it), and the counters reset.
+    Only the last `micro_batches` forwards of a block count: torch 2.13's pipeline stages run one more forward
+    with grad on their first step to infer shapes (on empty tensors past the first stage).
     `moe_aux_loss` the load-balancing loss (coefficient included) summed over layers, mean over micro-batches and
     replicas; `expert_tokens` the tokens routed to each expert, summed over layers; `expert_imbalance` the
     largest per-layer ratio of the busiest expert's tokens to the mean (1.0 = perfectly balanced)."""
     counts = torch.zeros(spec.num_layers, spec.num_experts, dtype=torch.float64)
     aux = torch.zeros(spec.num_layers, dtype=torch.float64)
     for index, block in moe_blocks(parts):
-        counts[index] += block.tokens_per_expert.double()
-        if block.aux_loss_calls:
-            aux[index] += block.aux_loss_sum / block.aux_loss_calls
+        calls = block.calls[-micro_batches:]
+        for tokens, _ in calls:
+            counts[index] += tokens.double()
+        losses = [loss for _, loss in calls if loss is not None]
+        if losses:
+            aux[index] += sum(losses) / len(losses)
         block.reset_stats()
     packed = torch.cat([counts.flatten(), aux]).to(device)
     dist.all_reduce(packed)
