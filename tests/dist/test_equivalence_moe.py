@@ -1,5 +1,5 @@
 """Expert parallelism trains exactly like one process: tiny-moe (first layer dense, 8 experts, top-2, one shared
-expert, aux loss) under ep2, ep4, ep2 × dp2 with ZeRO-3 and ep2 × pp2, against the independent single-process
+expert, aux loss) under ep2, ep4, ep2 × dp2 with ZeRO-3, ep2 × tp2 and ep2 × pp2, against the independent single-process
 fp32 reference; per-step loss and final parameters within 1e-5, and each rank's parameter/gradient/optimizer
 bytes equal to the predictor's `model_state_bytes` (routed experts split over ep, then sharded over dp / ep)."""
 
@@ -22,6 +22,8 @@ WORLD4 = {
     "moe-ep4-zero2": dict(dp=4, ep=4, zero_stage=2, micro_batch=1, global_batch=8, **FP32),
     # experts split over 2 ranks and each half sharded over the 2 ranks that hold it
     "moe-ep2-dp2-zero3": dict(dp=4, ep=2, zero_stage=3, micro_batch=1, global_batch=8, **FP32),
+    # etp 1: router and routed experts replicated over tp, attention and shared experts split
+    "moe-ep2-tp2": dict(dp=2, ep=2, tp=2, zero_stage=3, micro_batch=2, global_batch=8, **FP32),
     "moe-ep2-pp2-1f1b": dict(dp=2, ep=2, pp=2, zero_stage=3, pp_schedule="1f1b", micro_batch=2,
                              global_batch=8, **FP32),
 }

@@ -86,9 +86,9 @@ def test_plans_with_ep_are_checked_and_what_the_runtime_cannot_run_is_refused():
         with pytest.raises(PlanError) as caught:
             plan.validate(tiny)
         assert caught.value.reason == reason
-    check_runtime_executes(tiny, ParallelPlan(dp=2, ep=2, pp=2, **fp32))
-    for plan in (ParallelPlan(dp=2, ep=2, tp=2, **fp32), ParallelPlan(dp=2, ep=2, cp=2, **fp32)):
+    check_runtime_executes(tiny, ParallelPlan(dp=2, ep=2, pp=2, tp=2, **fp32))
+    for plan in (ParallelPlan(dp=2, ep=2, tp=2, sequence_parallel=True, **fp32), ParallelPlan(dp=2, ep=2, cp=2, **fp32)):
         with pytest.raises(PlanError, match="does not yet run a mixture-of-experts") as caught:
             check_runtime_executes(tiny, plan)
         assert "ep" in caught.value.fix
-    check_runtime_executes(load_model("tiny"), ParallelPlan(tp=2, cp=2, **fp32))  # dense: not its business
+    check_runtime_executes(load_model("tiny"), ParallelPlan(tp=2, cp=2, sequence_parallel=True, **fp32))  # dense: not its business

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bastion.specs.model import ModelSpec
+from bastion.specs.plan import ParallelPlan
 
 
 @dataclass
@@ -245,14 +246,14 @@ def scale_expert_gradients(parts: list[nn.Module], ep: int) -> None:
                 param.grad.mul_(1.0 / ep)
 
 
-def step_stats(parts: list[nn.Module], spec: ModelSpec, replicas: int, micro_batches: int, device: torch.device
-               ) -> dict:
-    """The step's routing figures over every rank (collective; every rank calls it), and the counters reset.
-    Only the last `micro_batches` forwards of a block count: torch 2.13's pipeline stages run one more forward
-    with grad on their first step to infer shapes (on empty tensors past the first stage).
+def step_stats(parts: list[nn.Module], spec: ModelSpec, plan: ParallelPlan, device: torch.device) -> dict:
+    """The step's routing figures over every rank (collective; every rank calls it), and the counters reset:
     `moe_aux_loss` the load-balancing loss (coefficient included) summed over layers, mean over micro-batches and
-    replicas; `expert_tokens` the tokens routed to each expert, summed over layers; `expert_imbalance` the
-    largest per-layer ratio of the busiest expert's tokens to the mean (1.0 = perfectly balanced)."""
+    data-parallel replicas; `expert_tokens` the tokens routed to each expert, summed over layers; `expert_imbalance`
+    the largest per-layer ratio of the busiest expert's tokens to the mean (1.0 = perfectly balanced). The tp ranks
+    of a replica route the same tokens and count once. Only the last micro-batch forwards of a block count: torch
+    2.13's pipeline stages run one more forward with grad on their first step to infer shapes."""
+    micro_batches, copies = plan.grad_accumulation, plan.dp * plan.cp * plan.tp
     counts = torch.zeros(spec.num_layers, spec.num_experts, dtype=torch.float64)
     aux = torch.zeros(spec.num_layers, dtype=torch.float64)
     for index, block in moe_blocks(parts):
@@ -266,8 +267,8 @@ def step_stats(parts: list[nn.Module], spec: ModelSpec, replicas: int, micro_bat
     packed = torch.cat([counts.flatten(), aux]).to(device)
     dist.all_reduce(packed)
     packed = packed.cpu()
-    moe_counts = packed[:counts.numel()].view_as(counts)[spec.dense_layers:]
+    moe_counts = packed[:counts.numel()].view_as(counts)[spec.dense_layers:] / plan.tp
     mean = moe_counts.mean(dim=1, keepdim=True).clamp(min=1e-12)
-    return {"moe_aux_loss": float(packed[counts.numel():].sum()) / replicas,
-            "expert_tokens": [int(n) for n in moe_counts.sum(dim=0).tolist()],
+    return {"moe_aux_loss": float(packed[counts.numel():].sum()) / copies,
+            "expert_tokens": [round(n) for n in moe_counts.sum(dim=0).tolist()],
             "expert_imbalance": float((moe_counts.max(dim=1, keepdim=True).values / mean).max())}

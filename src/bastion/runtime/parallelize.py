@@ -166,7 +166,18 @@ def apply_tensor_parallel(module: Transformer, rmesh: RuntimeMesh, sequence_para
             "feed_forward.w1": ColwiseParallel(),
             "feed_forward.w2": RowwiseParallel(output_layouts=stream),
         }
-        if block.feed_forward is not None and block.feed_forward.w3 is not None:
+        if block.moe is not None:
+            # an MoE block: router and routed experts replicated over tp (etp = 1: every tp rank routes the same
+            # tokens and runs its ep group's experts on them), the shared experts split like a dense MLP
+            for name in list(plan):
+                if name.startswith("feed_forward"):
+                    del plan[name]
+            if block.moe.shared_experts is not None:
+                plan.update({"moe.shared_experts.w1": ColwiseParallel(),
+                             "moe.shared_experts.w2": RowwiseParallel(output_layouts=stream)})
+                if block.moe.shared_experts.w3 is not None:
+                    plan["moe.shared_experts.w3"] = ColwiseParallel()
+        elif block.feed_forward.w3 is not None:
             plan["feed_forward.w3"] = ColwiseParallel()
         if sequence_parallel:
             plan.update({

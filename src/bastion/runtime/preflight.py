@@ -35,17 +35,19 @@ def check_runtime_supports(spec: ModelSpec) -> None:
 
 
 def check_runtime_executes(spec: ModelSpec, plan: ParallelPlan) -> None:
-    """The compositions the runtime executes for a mixture-of-experts model: ep (carved from dp) with dp, ZeRO 0-3
-    and pp; not yet with tp (expert tensor parallelism) or cp (the sequence-wise aux loss would need the cp
-    ranks' counts)."""
+    """The compositions the runtime executes for a mixture-of-experts model: ep (carved from dp) with dp, ZeRO 0-3,
+    pp and tp (experts replicated over tp, etp = 1); not yet sequence parallelism (the MoE block would need the
+    tp group's whole sequence) or cp (the sequence-wise aux loss would need the cp ranks' counts)."""
     if not spec.num_experts:
         return
-    for degree, what in (("tp", "tensor parallelism"), ("cp", "context parallelism")):
-        if getattr(plan, degree) > 1:
+    for field, what in (("sequence_parallel", "sequence parallelism"), ("cp", "context parallelism")):
+        value = getattr(plan, field)
+        if value is True or (value is not False and value > 1):
             raise PlanError(f"The runtime does not yet run a mixture-of-experts model with {what} "
-                            f"({degree} = {getattr(plan, degree)}).",
-                            fix=f"set {degree} = 1 and split the experts with ep (carved from dp) instead.",
-                            hint="executed for MoE: dp, ep, ZeRO 0-3 and pp; predicted and planned: all.",
+                            f"({field} = {value}).",
+                            fix=f"set {field} = {'false' if field == 'sequence_parallel' else 1}; split the "
+                                f"experts with ep (carved from dp) instead.",
+                            hint="executed for MoE: dp, ep, tp, pp and ZeRO 0-3; predicted and planned: all.",
                             reason="runtime limitation")
 
 

@@ -191,8 +191,7 @@ class Trainer(Stateful):
         self.step += 1
         record = {"step": self.step, "loss": loss, "grad_norm": grad_norm, "lr": lr, "step_time_s": step_time}
         if self.spec.num_experts:  # after the step's timing: one small all-reduce of routing counters
-            record.update(step_stats(self.model.parts, self.spec, self.plan.dp * self.plan.cp,
-                                     self.plan.grad_accumulation, device))
+            record.update(step_stats(self.model.parts, self.spec, self.plan, device))
         return record
 
 
