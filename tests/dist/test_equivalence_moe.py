@@ -17,6 +17,9 @@ MODEL = "tiny-moe"
 WORLD2 = {
     # zero 0: non-expert parameters replicated, experts split in two (the HSDP mesh's replicate dim unflattened)
     "moe-ep2-zero0": dict(dp=2, ep=2, zero_stage=0, micro_batch=2, global_batch=8, **FP32),
+    # the recomputed forward re-runs the dispatch and combine all_to_alls inside backward
+    "moe-ep2-full-recompute": dict(dp=2, ep=2, zero_stage=3, recompute="full", micro_batch=2, global_batch=8,
+                                   **FP32),
 }
 WORLD4 = {
     "moe-ep4-zero2": dict(dp=4, ep=4, zero_stage=2, micro_batch=1, global_batch=8, **FP32),
