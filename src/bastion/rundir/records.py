@@ -37,6 +37,10 @@ class StepRecord(TypedDict):
     expert_imbalance: NotRequired[float]
 
 
+#: the step-record fields only a mixture-of-experts run writes
+MOE_STEP_FIELDS = ("moe_aux_loss", "expert_tokens", "expert_imbalance")
+
+
 @dataclass(frozen=True)
 class EventKind:
     """One kind of event record: its name (the `event` field), what it means and the fields its writer gives."""
