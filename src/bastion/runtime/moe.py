@@ -149,7 +149,7 @@ class MoE(nn.Module):
 
     def reset_stats(self) -> None:
         #: per training forward since the last reset: (tokens routed to each expert, aux loss or None)
-        self.calls: list[tuple[torch.Tensor, float | None]] = []
+        self.calls: list[tuple[torch.Tensor, torch.Tensor | None]] = []
 
     def _aux_loss(self, scores_BSE: torch.Tensor, chosen_BSK: torch.Tensor) -> torch.Tensor:
         batch, seq, experts = scores_BSE.shape
@@ -164,7 +164,8 @@ class MoE(nn.Module):
         # not a forward re-run for activation recomputation (inside backward), nor one without grad
         if not torch.is_grad_enabled() or torch._C._current_graph_task_id() != -1:
             return
-        self.calls.append((counts.detach().cpu(), None if aux is None else float(aux.detach())))
+        # kept on the device: read once per step (step_stats), not once per layer and micro-batch
+        self.calls.append((counts.detach(), None if aux is None else aux.detach()))
 
     def forward(self, x_BSH: torch.Tensor) -> torch.Tensor:
         batch, seq, hidden = x_BSH.shape
@@ -259,8 +260,8 @@ def step_stats(parts: list[nn.Module], spec: ModelSpec, plan: ParallelPlan, devi
     for index, block in moe_blocks(parts):
         calls = block.calls[-micro_batches:]
         for tokens, _ in calls:
-            counts[index] += tokens.double()
-        losses = [loss for _, loss in calls if loss is not None]
+            counts[index] += tokens.double().cpu()
+        losses = [float(loss) for _, loss in calls if loss is not None]
         if losses:
             aux[index] += sum(losses) / len(losses)
         block.reset_stats()

@@ -43,8 +43,9 @@ def check_runtime_executes(spec: ModelSpec, plan: ParallelPlan) -> None:
     for field, what in (("sequence_parallel", "sequence parallelism"), ("cp", "context parallelism")):
         value = getattr(plan, field)
         if value is True or (value is not False and value > 1):
+            shown = "true" if value is True else value
             raise PlanError(f"The runtime does not yet run a mixture-of-experts model with {what} "
-                            f"({field} = {value}).",
+                            f"({field} = {shown}).",
                             fix=f"set {field} = {'false' if field == 'sequence_parallel' else 1}; split the "
                                 f"experts with ep (carved from dp) instead.",
                             hint="executed for MoE: dp, ep, tp, pp and ZeRO 0-3; predicted and planned: all.",
