@@ -7,16 +7,14 @@ equal the predictor's `model_state_bytes` exactly, and that every plan reports t
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import pytest
-from helpers.equivalence import TOLERANCE, max_differences, record, reference_run, run_cases
+
+from helpers.equivalence import FP32, check_group, reference_run, run_cases
 
 pytestmark = [pytest.mark.dist, pytest.mark.timeout(1200)]
 
-FP32 = {"precision": "fp32"}
 
 WORLD4 = {
     "dp4-zero0": dict(dp=4, zero_stage=0, micro_batch=1, global_batch=8, **FP32),
@@ -57,34 +55,8 @@ def reference(token_data: Path) -> tuple[list[float], dict]:
     return reference_run(token_data, "tiny", global_batch=8)
 
 
-def _check_group(results: dict, reference: tuple[list[float], dict]) -> None:
-    from bastion.predict.memory import model_state_bytes
-    from bastion.specs.model import load_model
-    from bastion.specs.plan import ParallelPlan
-
-    ref_losses, ref_params = reference
-    spec = load_model("tiny")
-    found = {}
-    for name, result in results.items():
-        loss_diff, param_diff = max_differences(result, ref_losses, ref_params)
-        found[name] = {"max_loss_diff": loss_diff, "max_param_diff": param_diff,
-                       "losses": result.summary["losses"]}
-        print(f"{name:32s} max |loss - ref| {loss_diff:.2e}   max |param - ref| {param_diff:.2e}")
-        assert loss_diff < TOLERANCE, f"{name}: loss differs by {loss_diff}"
-        assert param_diff < TOLERANCE, f"{name}: parameters differ by {param_diff}"
-        plan = ParallelPlan.from_dict(result.summary["plan"])
-        for rank in result.summary["measured"]["model_state_bytes_by_rank"]:
-            predicted = model_state_bytes(spec, plan, rank["pp_rank"], rank["dp_rank"], rank["tp_rank"])
-            measured = {k: rank[k] for k in ("params", "grads", "optimizer")}
-            if plan.zero_stage == 1:  # gradients sharded too: fewer bytes than ZeRO-1's full gradients
-                assert measured["grads"] < predicted.pop("grads")
-                measured.pop("grads")
-            assert measured == predicted, f"{name} rank {rank['rank']}: measured {measured} != {predicted}"
-    record(found)
-
-
 def test_data_parallel_and_tensor_parallel_on_4_processes(tmp_path, token_data, reference):
-    _check_group(run_cases(tmp_path, token_data, 4, WORLD4), reference)
+    check_group(run_cases(tmp_path, token_data, 4, WORLD4), reference)
 
 
 def test_every_pipeline_schedule_on_2_processes(tmp_path, token_data, reference):
@@ -95,12 +67,12 @@ def test_every_pipeline_schedule_on_2_processes(tmp_path, token_data, reference)
     # torch < 2.13 on gloo crashes in the V schedules; the runtime refuses them there with guidance
     runnable = {name: plan for name, plan in WORLD2.items()
                 if get_schedule(plan.get("pp_schedule", "1f1b")).refusal(torch.__version__, "cpu") is None}
-    _check_group(run_cases(tmp_path, token_data, 2, runnable), reference)
+    check_group(run_cases(tmp_path, token_data, 2, runnable), reference)
 
 
 def test_uneven_pipeline_split_on_3_processes(tmp_path, token_data, reference):
-    _check_group(run_cases(tmp_path, token_data, 3, WORLD3), reference)
+    check_group(run_cases(tmp_path, token_data, 3, WORLD3), reference)
 
 
 def test_pp2_dp2_tp2_on_8_processes(tmp_path, token_data, reference):
-    _check_group(run_cases(tmp_path, token_data, 8, WORLD8), reference)
+    check_group(run_cases(tmp_path, token_data, 8, WORLD8), reference)

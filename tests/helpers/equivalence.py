@@ -104,6 +104,8 @@ def max_differences(result: CaseResult, ref_losses: list[float], ref_params: dic
     return loss_diff, param_diff
 
 
+#: the plans of the equivalence tests train in fp32, as the reference does
+FP32 = {"precision": "fp32"}
 #: every plan matches the single-process reference to within this (loss per step, each parameter)
 TOLERANCE = 1e-5
 #: benchmarks/bench_equivalence.py sets this to benchmarks/results; a plain test run records nothing, so the
@@ -121,3 +123,31 @@ def record(results: dict) -> None:
     table = json.loads(results_file.read_text()) if results_file.exists() else {}
     table.update(results)
     results_file.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
+
+
+def check_group(results: dict, reference: tuple[list[float], dict], model: str = "tiny") -> None:
+    """Every run of `results` matches the single-process `reference` within TOLERANCE, and each rank's
+    parameter / gradient / optimizer bytes equal the predictor's `model_state_bytes`; the differences are recorded."""
+    from bastion.predict.memory import model_state_bytes
+    from bastion.specs.model import load_model
+    from bastion.specs.plan import ParallelPlan
+
+    ref_losses, ref_params = reference
+    spec = load_model(model)
+    found = {}
+    for name, result in results.items():
+        loss_diff, param_diff = max_differences(result, ref_losses, ref_params)
+        found[name] = {"max_loss_diff": loss_diff, "max_param_diff": param_diff,
+                       "losses": result.summary["losses"]}
+        print(f"{name:32s} max |loss - ref| {loss_diff:.2e}   max |param - ref| {param_diff:.2e}")
+        assert loss_diff < TOLERANCE, f"{name}: loss differs by {loss_diff}"
+        assert param_diff < TOLERANCE, f"{name}: parameters differ by {param_diff}"
+        plan = ParallelPlan.from_dict(result.summary["plan"])
+        for rank in result.summary["measured"]["model_state_bytes_by_rank"]:
+            predicted = model_state_bytes(spec, plan, rank["pp_rank"], rank["dp_rank"], rank["tp_rank"])
+            measured = {k: rank[k] for k in ("params", "grads", "optimizer")}
+            if plan.zero_stage == 1:  # gradients sharded too: fewer bytes than ZeRO-1's full gradients
+                assert measured["grads"] < predicted.pop("grads")
+                measured.pop("grads")
+            assert measured == predicted, f"{name} rank {rank['rank']}: measured {measured} != {predicted}"
+    record(found)

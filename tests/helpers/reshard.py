@@ -13,25 +13,28 @@ GLOBAL_BATCH = 8
 BASE = {"micro_batch": 2, "global_batch": GLOBAL_BATCH, "precision": "fp32"}
 
 
-def train(run_dir: Path, data: Path, plan: dict, nproc: int, *extra: str, steps: int = STEPS) -> None:
+def train(run_dir: Path, data: Path, plan: dict, nproc: int, *extra: str, steps: int = STEPS,
+          model: str = "tiny") -> None:
     plan_file = run_dir.parent / f"plan-{run_dir.name}-{len(list(run_dir.parent.glob('plan-*')))}.json"
     plan_file.write_text(json.dumps({**BASE, **plan}))
-    result = bastion("train", "--model", "tiny", "--plan", str(plan_file), "--data", str(data), "--steps",
+    result = bastion("train", "--model", model, "--plan", str(plan_file), "--data", str(data), "--steps",
                      str(steps), "--run-dir", str(run_dir), "--nproc", str(nproc), "--no-progress",
                      "--checkpoint-every", "2", "--sync-checkpoint", *extra, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
 
 
-def reference_and_switched(root: Path, segments: list, steps: int = STEPS) -> tuple[Path, Path]:
+def reference_and_switched(root: Path, segments: list, steps: int = STEPS, model: str = "tiny"
+                           ) -> tuple[Path, Path]:
     """An uninterrupted single-process run, and one that runs `segments` (plan, processes, stop after step) in
     turn in the same run directory, each resuming where the last stopped."""
     data = root / "data"
     assert bastion("data", "prepare", str(Path(json.__file__).parent), "--out", str(data)).returncode == 0
     reference = root / "reference"
     reference.mkdir()
-    train(reference, data, {}, 1, steps=steps)
+    train(reference, data, {}, 1, steps=steps, model=model)
     switched = root / "switched"
     switched.mkdir()
     for plan, nproc, stop in segments:
-        train(switched, data, plan, nproc, *(["--stop-after-step", str(stop)] if stop else []), steps=steps)
+        train(switched, data, plan, nproc, *(["--stop-after-step", str(stop)] if stop else []), steps=steps,
+              model=model)
     return reference, switched

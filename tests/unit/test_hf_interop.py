@@ -236,7 +236,7 @@ def train_setup(tmp_path, monkeypatch):
     (tmp_path / "plan.json").write_text(json.dumps({"dp": 1, "micro_batch": 1, "global_batch": 2,
                                                     "precision": "fp32"}))
     launches = []
-    monkeypatch.setattr(local, "run", lambda command: launches.append(list(command)) or 0)
+    monkeypatch.setattr(local, "run", lambda command, **_: launches.append(list(command)) or 0)
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(key, raising=False)
     make_llama(tmp_path / "hf", vocab_size=256)

@@ -4,6 +4,7 @@
 2. a plan for the local CPU cluster from the planner (the best hybrid plan: at least two parallel dimensions)
 3. `bastion train` of the `small` model on 4 processes with a progress bar
 4. predicted vs measured step time, throughput and per-device memory
+With --moe: the `small-moe` mixture-of-experts model (tiny-moe with --quick) on a plan with expert parallelism.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from bastion.rundir.summary import read_summary
 
 #: the fixed hybrid plan used when the planner is not available (or finds nothing runnable)
 FALLBACK_PLAN = {"dp": 2, "pp": 2, "pp_schedule": "1f1b", "zero_stage": 0, "micro_batch": 2, "precision": "fp32"}
+#: --moe: experts split over 2 ranks, each half sharded over the other data-parallel ranks
+FALLBACK_MOE_PLAN = {"ep": 2, "zero_stage": 3, "micro_batch": 1, "precision": "fp32"}
 
 
 def _stdlib_corpus(out: Path, max_bytes: int) -> dict:
@@ -33,41 +36,50 @@ def _stdlib_corpus(out: Path, max_bytes: int) -> dict:
     return prepare_dataset(files, out, max_bytes=max_bytes)
 
 
-def _runnable(plan: Any) -> bool:
-    """Plans the runtime executes and that show more than one kind of parallelism."""
+def _runnable(plan: Any, moe: bool = False) -> bool:
+    """Plans the runtime executes and that show more than one kind of parallelism (for --moe: expert
+    parallelism, which the runtime composes with dp and pp)."""
+    if moe:
+        return plan.ep > 1 and plan.tp == 1 and plan.cp == 1 and plan.zero_stage != 1
     degrees = [plan.dp, plan.tp, plan.pp]
     return plan.cp == 1 and plan.ep == 1 and plan.zero_stage != 1 and sum(d > 1 for d in degrees) >= 2
 
 
-def choose_plan(model_name: str, nproc: int, global_batch: int, seq_len: int) -> tuple[Any, str]:
+def choose_plan(model_name: str, nproc: int, global_batch: int, seq_len: int, moe: bool = False
+                ) -> tuple[Any, str]:
     """(plan, how it was chosen)."""
     from bastion.specs.hardware import load_cluster
     from bastion.specs.model import load_model
     from bastion.specs.plan import ParallelPlan
 
-    fallback = ParallelPlan(**FALLBACK_PLAN, global_batch=global_batch)
+    if moe:
+        fallback = ParallelPlan(**FALLBACK_MOE_PLAN, dp=nproc, global_batch=global_batch)
+    else:
+        fallback = ParallelPlan(**FALLBACK_PLAN, global_batch=global_batch)
+    kind = "EP2×DP" if moe else "PP2×DP2"
     try:
         from bastion.planner.search import PlanRequest, search
         from bastion.planner.space import SearchSpace
     except ImportError:
-        return fallback, "fixed PP2×DP2 plan (the planner is not installed)"
+        return fallback, f"fixed {kind} plan (the planner is not installed)"
+    pins = {"cp": 1, "tp": 1} if moe else {"cp": 1, "ep": 1}
     request = PlanRequest(model=load_model(model_name, seq_len), cluster=load_cluster(f"cpu:{nproc}"),
                           global_batch=global_batch, seq_len=seq_len, top_k=200, workers=1,
-                          space=SearchSpace(precisions=("fp32",), pins={"cp": 1, "ep": 1}))
+                          space=SearchSpace(precisions=("fp32",), pins=pins))
     try:
         result = search(request)
     except Exception as exc:  # noqa: BLE001 - the demo must run even if the planner has a bad day
-        return fallback, f"fixed PP2×DP2 plan (the planner failed: {exc})"
+        return fallback, f"fixed {kind} plan (the planner failed: {exc})"
     for ranked in result.plans:
-        if _runnable(ranked.plan):
+        if _runnable(ranked.plan, moe):
             rank = result.plans.index(ranked) + 1
             return ranked.plan, (f"planner: best hybrid plan (#{rank} of {result.feasible} feasible; "
                                  f"overall best {_describe(result.plans[0].plan)})")
-    return fallback, "fixed PP2×DP2 plan (the planner found no runnable hybrid plan)"
+    return fallback, f"fixed {kind} plan (the planner found no runnable hybrid plan)"
 
 
 def _describe(plan: Any) -> str:
-    parts = [f"{name}{getattr(plan, name)}" for name in ("dp", "tp", "pp") if getattr(plan, name) > 1]
+    parts = [f"{name}{getattr(plan, name)}" for name in ("dp", "ep", "tp", "pp") if getattr(plan, name) > 1]
     extra = f" {plan.pp_schedule}" if plan.pp > 1 else ""
     return "×".join(parts or ["single"]) + extra + f" zero{plan.zero_stage} mb{plan.micro_batch}"
 
@@ -83,6 +95,8 @@ def demo_command(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Where the corpus and the run go."),
     quick: bool = typer.Option(False, "--quick", help="Tiny model, small corpus, 4 steps (for tests)."),
     as_json: options.AsJson = False,
+    moe: bool = typer.Option(False, "--moe", help="Train the mixture-of-experts model small-moe (tiny-moe with "
+                                                  "--quick) on a plan with expert parallelism."),
 ) -> None:
     """Prepare a corpus, plan for the local CPU cluster, train on 4 processes, print predicted vs measured."""
     from rich.console import Console
@@ -90,7 +104,10 @@ def demo_command(
     from bastion.errors import ConfigError
 
     console = Console(stderr=True)
-    model, seq_len, global_batch = ("tiny", 64, 8) if quick else ("small", 256, 8)
+    if moe:
+        model, seq_len, global_batch = ("tiny-moe", 64, 8) if quick else ("small-moe", 128, 8)
+    else:
+        model, seq_len, global_batch = ("tiny", 64, 8) if quick else ("small", 256, 8)
     if quick:
         steps = min(steps, 4)
     if out.exists() and not out.is_dir():
@@ -104,7 +121,7 @@ def demo_command(
     meta = _stdlib_corpus(data_dir, 300_000 if quick else 4_000_000)
     console.print(f"[bold]1. corpus[/]: {meta['num_tokens']:,} byte tokens from {meta['documents']} standard-"
                   f"library files → {data_dir}")
-    plan, how = choose_plan(model, nproc, global_batch, seq_len)
+    plan, how = choose_plan(model, nproc, global_batch, seq_len, moe)
     plan_path = plan.save(out / "plan.json")
     console.print(f"[bold]2. plan[/] for cpu:{nproc}: {_describe(plan)} — {how}")
     run_dir = out / "run"
@@ -127,3 +144,17 @@ def demo_command(
         return
     console.print("[bold]4. predicted vs measured[/]")
     print_comparison(summary)
+    if moe:
+        _print_routing(run_dir, console)
+
+
+def _print_routing(run_dir: Path, console: Any) -> None:
+    """The last step's routing figures (runtime/moe.py step_stats), as metrics.jsonl has them."""
+    from bastion.rundir.metrics import read_records
+    from bastion.rundir.records import is_step
+
+    steps = [r for r in read_records(run_dir) if is_step(r) and "expert_tokens" in r]
+    if steps:
+        last = steps[-1]
+        console.print(f"experts (step {last['step']}): tokens per expert {last['expert_tokens']}, imbalance "
+                      f"{last['expert_imbalance']:.2f} (busiest / mean), aux loss {last['moe_aux_loss']:.4f}")

@@ -34,7 +34,7 @@ class StateLowerBound:
     def state_bytes(self, leaf: Leaf, global_batch: int, zero_stage: int) -> float:
         if self._state_bytes is None:
             return self._fullest(self.model, leaf.tp, leaf.dp * leaf.cp, zero_stage, leaf.precision,
-                                 leaf.pp_schedule, leaf.pp, leaf.vpp)
+                                 leaf.pp_schedule, leaf.pp, leaf.vpp, leaf.ep)
         key = (leaf.dp, leaf.tp, leaf.pp, leaf.cp, leaf.ep, leaf.pp_schedule, leaf.vpp, leaf.precision, zero_stage)
         cached = self._cache.get(key)
         if cached is None:

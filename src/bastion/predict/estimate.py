@@ -118,7 +118,7 @@ class _StageTime:
 def _mlp_width_and_tokens(model: ModelSpec, tokens: int) -> tuple[int, int]:
     """The MLP's inner width and the tokens it sees: an expert's width and top_k routed copies under MoE."""
     if model.num_experts:
-        return model.expert_ffn_hidden_size or model.ffn_hidden_size, tokens * model.top_k
+        return model.expert_width, tokens * (model.top_k + model.num_shared_experts)
     return model.ffn_hidden_size, tokens
 
 

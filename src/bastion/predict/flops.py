@@ -19,7 +19,7 @@ def layer_matmul_params(model: ModelSpec) -> int:
     h = model.hidden_size
     attention = h * model.q_width + 2 * h * model.kv_width + model.q_width * h
     if model.num_experts:
-        ffn, experts = (model.expert_ffn_hidden_size or model.ffn_hidden_size), model.top_k
+        ffn, experts = model.expert_width, model.top_k + model.num_shared_experts
     else:
         ffn, experts = model.ffn_hidden_size, 1
     return attention + experts * model.ffn_matrices * h * ffn
@@ -52,8 +52,8 @@ def model_flops_per_token(model: ModelSpec, seq_len: int) -> float:
 def every_second_matmul_params(model: ModelSpec) -> int:
     """Weights of the matmuls op-level selective checkpointing recomputes: the 2nd, 4th and 6th of a block in
     forward order (wq, wk, wv, wo, w1, w3, w2): wk, wo and, with a gated MLP, w3 (fc2 for a GELU MLP)."""
-    h, ffn = model.hidden_size, (model.expert_ffn_hidden_size or model.ffn_hidden_size)
-    experts = model.top_k if model.num_experts else 1
+    h, ffn = model.hidden_size, model.expert_width
+    experts = model.top_k + model.num_shared_experts if model.num_experts else 1
     return h * model.kv_width + model.q_width * h + experts * ffn * h
 
 

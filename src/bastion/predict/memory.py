@@ -26,7 +26,8 @@ from bastion.predict.schedule import (
     stage_roles,
 )
 from bastion.specs.model import ModelSpec
-from bastion.specs.plan import ParallelPlan
+from bastion.specs.plan import ParallelPlan, chunk_layer_counts
+from bastion.specs.schedules import chunks_of_stage
 
 # ---- model states --------------------------------------------------------------------------------
 
@@ -38,37 +39,54 @@ class ParamShape:
     shape: tuple[int, ...]
     #: dimension split by tensor parallelism (0 = colwise / vocab-parallel, 1 = rowwise), None = replicated
     tp_dim: int | None = None
+    #: a routed-expert tensor: expert parallelism splits its dim 0 (the experts) over ep ranks, and ZeRO/FSDP
+    #: then shards the local experts over the dp × cp / ep ranks that hold the same experts
+    expert: bool = False
 
 
-def layer_param_shapes(model: ModelSpec) -> list[ParamShape]:
-    """The parameters of one transformer block, separate q/k/v and MLP projections (torchtitan layout)."""
+def _mlp_shapes(prefix: str, h: int, f: int, gated: bool, bias: bool) -> list[ParamShape]:
+    shapes = [ParamShape(f"{prefix}.w1.weight", (f, h), 0)]
+    if gated:
+        shapes.append(ParamShape(f"{prefix}.w3.weight", (f, h), 0))
+    shapes.append(ParamShape(f"{prefix}.w2.weight", (h, f), 1))
+    if bias:
+        shapes.append(ParamShape(f"{prefix}.w1.bias", (f,), 0))
+        if gated:
+            shapes.append(ParamShape(f"{prefix}.w3.bias", (f,), 0))
+        shapes.append(ParamShape(f"{prefix}.w2.bias", (h,)))
+    return shapes
+
+
+def layer_param_shapes(model: ModelSpec, moe: bool | None = None) -> list[ParamShape]:
+    """The parameters of one transformer block, separate q/k/v and MLP projections (torchtitan layout); `moe`:
+    a mixture-of-experts block (default: when the model has experts) or one of its leading dense blocks.
+
+    An MoE block holds the router (num_experts × h), the routed experts as three (num_experts, ·, ·) tensors that
+    expert parallelism splits on dim 0, and the shared experts as one MLP of their summed width
+    (runtime/moe.py)."""
     h, q, kv, f = model.hidden_size, model.q_width, model.kv_width, model.ffn_hidden_size
+    moe = bool(model.num_experts) if moe is None else moe
     shapes = [ParamShape("attention_norm.weight", (h,)),
               ParamShape("attention.wq.weight", (q, h), 0),
               ParamShape("attention.wk.weight", (kv, h), 0),
               ParamShape("attention.wv.weight", (kv, h), 0),
               ParamShape("attention.wo.weight", (h, q), 1),
               ParamShape("ffn_norm.weight", (h,))]
-    if model.num_experts:
-        ef = model.expert_ffn_hidden_size or f
-        shapes.append(ParamShape("moe.router.weight", (model.num_experts, h)))
-        for name in ("w1", "w3", "w2") if model.ffn_matrices == 3 else ("w1", "w2"):
-            shape = (model.num_experts, h, ef) if name == "w2" else (model.num_experts, ef, h)
-            shapes.append(ParamShape(f"moe.experts.{name}", shape))
+    gated = model.ffn_matrices == 3
+    if moe:
+        ef, e = model.expert_width, model.num_experts
+        shapes.append(ParamShape("moe.router.weight", (e, h)))
+        for name in ("w1", "w3", "w2") if gated else ("w1", "w2"):
+            shapes.append(ParamShape(f"moe.experts.{name}", (e, h, ef) if name == "w2" else (e, ef, h),
+                                     expert=True))
+        if model.num_shared_experts:
+            shapes += _mlp_shapes("moe.shared_experts", h, model.num_shared_experts * ef, gated, False)
     else:
-        shapes.append(ParamShape("feed_forward.w1.weight", (f, h), 0))
-        if model.ffn_matrices == 3:
-            shapes.append(ParamShape("feed_forward.w3.weight", (f, h), 0))
-        shapes.append(ParamShape("feed_forward.w2.weight", (h, f), 1))
+        shapes += _mlp_shapes("feed_forward", h, f, gated, model.bias)
     if model.bias:
         shapes += [ParamShape("attention_norm.bias", (h,)), ParamShape("ffn_norm.bias", (h,)),
                    ParamShape("attention.wq.bias", (q,), 0), ParamShape("attention.wk.bias", (kv,), 0),
                    ParamShape("attention.wv.bias", (kv,), 0), ParamShape("attention.wo.bias", (h,))]
-        if not model.num_experts:
-            shapes.append(ParamShape("feed_forward.w1.bias", (f,), 0))
-            if model.ffn_matrices == 3:
-                shapes.append(ParamShape("feed_forward.w3.bias", (f,), 0))
-            shapes.append(ParamShape("feed_forward.w2.bias", (h,)))
     return shapes
 
 
@@ -95,10 +113,16 @@ def chunk_length(size: int, parts: int, index: int) -> int:
     return max(0, min(piece, size - index * piece))
 
 
-def _local_numel(p: ParamShape, tp: int, tp_rank: int, dp: int, dp_rank: int, dp_sharded: bool) -> int:
+def _local_numel(p: ParamShape, tp: int, tp_rank: int, dp: int, dp_rank: int, dp_sharded: bool, ep: int = 1
+                 ) -> int:
+    """Elements of `p` on one rank; `dp_rank` is the shard index among the `dp` (dp × cp) ranks, of which
+    consecutive groups of `ep` split the experts (runtime/mesh.py: ep is innermost in the data-parallel ranks)."""
     shape = list(p.shape)
     if p.tp_dim is not None and tp > 1:
         shape[p.tp_dim] = chunk_length(shape[p.tp_dim], tp, tp_rank)
+    if p.expert and ep > 1:
+        shape[0] = chunk_length(shape[0], ep, dp_rank % ep)
+        dp, dp_rank = dp // ep, dp_rank // ep
     if dp_sharded and dp > 1:
         shape[0] = chunk_length(shape[0], dp, dp_rank)  # FSDP2 shards the (TP-local) tensor on dim 0
     n = 1
@@ -110,7 +134,10 @@ def _local_numel(p: ParamShape, tp: int, tp_rank: int, dp: int, dp_rank: int, dp
 def stage_param_shapes(model: ModelSpec, plan: ParallelPlan, stage: int) -> list[tuple[ParamShape, int]]:
     """(parameter, how many copies of it) held by pipeline rank `stage`."""
     layers, has_first, has_last = stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp)[stage]
-    held: list[tuple[ParamShape, int]] = [(p, layers) for p in _layer_shapes(model)]
+    dense = stage_dense_layers(model, plan.pp_schedule, plan.pp, plan.vpp, stage)
+    held: list[tuple[ParamShape, int]] = [(p, layers - dense) for p in _layer_shapes(model)]
+    if dense:
+        held += [(p, dense) for p in _layer_shapes(model, False)]
     if has_first:
         held += [(p, 1) for p in embedding_param_shapes(model)]
     if has_last:
@@ -144,8 +171,8 @@ def model_state_bytes(model: ModelSpec, plan: ParallelPlan, stage: int, dp_rank:
     params = grads = optimizer = 0
     shards, shard = plan.shard_degree, dp_rank * plan.cp + cp_rank
     for shape, copies in stage_param_shapes(model, plan, stage):
-        full = _local_numel(shape, plan.tp, tp_rank, shards, shard, dp_sharded=False)
-        sharded = _local_numel(shape, plan.tp, tp_rank, shards, shard, dp_sharded=True)
+        full = _local_numel(shape, plan.tp, tp_rank, shards, shard, dp_sharded=False, ep=plan.ep)
+        sharded = _local_numel(shape, plan.tp, tp_rank, shards, shard, dp_sharded=True, ep=plan.ep)
         params += copies * (sharded if z >= 3 else full)
         grads += copies * (sharded if z >= 2 else full)
         optimizer += copies * (sharded if z >= 1 else full)
@@ -156,30 +183,34 @@ def stage_states(model: ModelSpec, plan: ParallelPlan, stage: int) -> tuple[int,
     """(params, grads, optimizer) bytes on rank 0 of a stage, cached by what they depend on: the planner varies
     batch, recompute and schedule far more often than the degrees that shape the model states."""
     layers, has_first, has_last = stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp)[stage]
+    dense = stage_dense_layers(model, plan.pp_schedule, plan.pp, plan.vpp, stage)
     return _states_of_role(model, plan.tp, plan.shard_degree, plan.zero_stage, plan.precision, layers, has_first,
-                           has_last)
+                           has_last, dense, plan.ep)
 
 
 @lru_cache(maxsize=65536)
 def fullest_stage_states(model: ModelSpec, tp: int, dp: int, zero_stage: int, precision: str, schedule: str,
-                         pp: int, vpp: int) -> int:
+                         pp: int, vpp: int, ep: int = 1) -> int:
     """Parameter + gradient + optimizer bytes on the fullest pipeline rank (the planner's memory lower bound:
     no plan with these degrees, schedule, precision and ZeRO stage needs less); `dp` is the shard degree dp × cp."""
     roles = stage_roles(model.num_layers, schedule, pp, vpp)
-    return max(sum(_states_of_role(model, tp, dp, zero_stage, precision, *roles[i]))
-               for i in representative_stages(model.num_layers, schedule, pp, vpp))
+    stages = range(pp) if model.dense_layers else representative_stages(model.num_layers, schedule, pp, vpp)
+    return max(sum(_states_of_role(model, tp, dp, zero_stage, precision, *roles[i],
+                                   stage_dense_layers(model, schedule, pp, vpp, i), ep)) for i in stages)
 
 
 @lru_cache(maxsize=8192)
 def _states_of_role(model: ModelSpec, tp: int, dp: int, zero_stage: int, precision: str, layers: int,
-                    has_first: bool, has_last: bool) -> tuple[int, int, int]:
+                    has_first: bool, has_last: bool, dense_layers: int = 0, ep: int = 1) -> tuple[int, int, int]:
     p_bytes, g_bytes, o_bytes = state_bytes_per_param(precision)
-    parts = [(_part_numels(model, "layer", tp, dp), layers)]
+    parts = [(_part_numels(model, "layer", tp, dp, ep), layers - dense_layers)]
+    if dense_layers:
+        parts.append((_part_numels(model, "dense layer", tp, dp, ep), dense_layers))
     if has_first:
-        parts.append((_part_numels(model, "embedding", tp, dp), 1))
+        parts.append((_part_numels(model, "embedding", tp, dp, ep), 1))
     if has_last:
-        parts.append((_part_numels(model, "head" if model.tied_embeddings and has_first else "head+output", tp, dp),
-                      1))
+        parts.append((_part_numels(model, "head" if model.tied_embeddings and has_first else "head+output", tp, dp,
+                                   ep), 1))
     z = zero_stage
     params = grads = optimizer = 0
     for (full, sharded), copies in parts:
@@ -190,18 +221,34 @@ def _states_of_role(model: ModelSpec, tp: int, dp: int, zero_stage: int, precisi
 
 
 @lru_cache(maxsize=8192)
-def _part_numels(model: ModelSpec, part: str, tp: int, dp: int) -> tuple[int, int]:
-    """(TP-local, TP-local and data-parallel-sharded) parameters of one layer / the embedding / the head, on
-    rank 0 (the largest shard), summed tensor by tensor as the runtime shards them."""
-    shapes = {"layer": _layer_shapes(model), "embedding": embedding_param_shapes(model),
+def _part_numels(model: ModelSpec, part: str, tp: int, dp: int, ep: int = 1) -> tuple[int, int]:
+    """(TP-local, TP-local and data-parallel-sharded) parameters of one (MoE) layer / a leading dense layer / the
+    embedding / the head, on rank 0 (the largest shard), summed tensor by tensor as the runtime shards them."""
+    shapes = {"layer": _layer_shapes(model), "dense layer": _layer_shapes(model, False),
+              "embedding": embedding_param_shapes(model),
               "head": head_param_shapes(model, False), "head+output": head_param_shapes(model, True)}[part]
-    return (sum(_local_numel(p, tp, 0, dp, 0, dp_sharded=False) for p in shapes),
-            sum(_local_numel(p, tp, 0, dp, 0, dp_sharded=True) for p in shapes))
+    return (sum(_local_numel(p, tp, 0, dp, 0, dp_sharded=False, ep=ep) for p in shapes),
+            sum(_local_numel(p, tp, 0, dp, 0, dp_sharded=True, ep=ep) for p in shapes))
 
 
 @lru_cache(maxsize=1024)
-def _layer_shapes(model: ModelSpec) -> tuple[ParamShape, ...]:
-    return tuple(layer_param_shapes(model))
+def _layer_shapes(model: ModelSpec, moe: bool | None = None) -> tuple[ParamShape, ...]:
+    return tuple(layer_param_shapes(model, moe))
+
+
+@lru_cache(maxsize=4096)
+def stage_dense_layers(model: ModelSpec, schedule: str, pp: int, vpp: int, stage: int) -> int:
+    """How many of the model's leading dense layers (an MoE model's `dense_layers`) pipeline rank `stage` holds."""
+    if not model.num_experts or not model.dense_layers:
+        return 0
+    counts = chunk_layer_counts(model.num_layers, pp * vpp)
+    if counts is None:
+        raise ValueError(f"{model.num_layers} layers cannot be split into {pp} x {vpp} chunks")
+    dense = 0
+    for chunk in (chunks_of_stage(schedule, pp, vpp, stage) if pp > 1 else [0]):
+        start = sum(counts[:chunk])
+        dense += max(0, min(start + counts[chunk], model.dense_layers) - start)
+    return dense
 
 
 @lru_cache(maxsize=4096)

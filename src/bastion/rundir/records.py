@@ -29,6 +29,16 @@ class StepRecord(TypedDict):
     mem_gib: float
     #: [first, last + 1) of the global sample ids of the step (absent in records from before it was written)
     sample_ids: NotRequired[list[int]]
+    #: mixture-of-experts models only (runtime/moe.py step_stats): the load-balancing loss (coefficient included,
+    #: summed over layers; not part of `loss`), the tokens routed to each expert summed over the MoE layers, and
+    #: the largest per-layer ratio of the busiest expert's tokens to the mean (1.0 = balanced)
+    moe_aux_loss: NotRequired[float]
+    expert_tokens: NotRequired[list[int]]
+    expert_imbalance: NotRequired[float]
+
+
+#: the step-record fields only a mixture-of-experts run writes
+MOE_STEP_FIELDS = ("moe_aux_loss", "expert_tokens", "expert_imbalance")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,12 @@ cp_index. Parameters and gradients are therefore sharded (zero 1-3) or replicate
 reduces gradients over cp as well as dp — torchtitan's flattened "dp_shard_cp" mesh, built here directly as one
 dimension, so no flattened-dim slicing (deprecated from torch 2.11) is needed. The cp ranks of one (pp, dp, tp)
 coordinate also get a plain process group (`cp_group`) for the attention's key/value all-gather.
+
+Expert parallelism (ep > 1) is carved from the data-parallel ranks, as in Megatron-Core and torchtitan: the dp × cp
+dimension is unflattened into (dp × cp / ep, ep), ep innermost, so rank i of that dimension holds expert group
+i mod ep. Routed experts are split over "ep" and sharded (zero 1-3) or replicated (zero 0) over the other factor
+(`expert_dp_mesh`); every other parameter keeps the whole dp × cp dimension. Both meshes are views of one root mesh,
+which FSDP2 needs to compose the experts' DTensor placements with its own.
 """
 
 from __future__ import annotations
@@ -46,6 +52,24 @@ class RuntimeMesh:
     device: torch.device
     #: the ranks that share this rank's (pp, dp, tp) coordinates, in cp order; None when cp = 1
     cp_group: dist.ProcessGroup | None = None
+    #: `mesh` with the data-parallel dimension unflattened into (expert data parallel, ep) when ep > 1: (pp,
+    #: dp_replicate, edp_shard, ep, tp) under zero 1-3, (pp, edp_replicate, ep, dp_shard, tp) under zero 0
+    expert_mesh: DeviceMesh | None = None
+
+    @property
+    def ep_mesh(self) -> DeviceMesh:
+        return self.expert_mesh["ep"]
+
+    @property
+    def ep_rank(self) -> int:
+        return 0 if self.expert_mesh is None else self.expert_mesh.get_local_rank("ep")
+
+    @property
+    def expert_dp_mesh(self) -> DeviceMesh:
+        """The ranks over which one expert group's tensors are sharded (zero 1-3) or replicated (zero 0)."""
+        if dp_layout(self.plan)[1] > 1:
+            return self.expert_mesh["dp_replicate", "edp_shard"]
+        return self.expert_mesh["edp_replicate", "dp_shard"]
 
     @property
     def pp_rank(self) -> int:
@@ -86,7 +110,18 @@ def build_mesh(plan: ParallelPlan, device: torch.device) -> RuntimeMesh:
     check_world_size(plan, dist.get_world_size())
     replicate, shard = dp_layout(plan)
     mesh = init_device_mesh(device.type, (plan.pp, replicate, shard, plan.tp), mesh_dim_names=MESH_DIMS)
-    return RuntimeMesh(plan=plan, mesh=mesh, device=device, cp_group=_cp_group(plan))
+    return RuntimeMesh(plan=plan, mesh=mesh, device=device, cp_group=_cp_group(plan),
+                       expert_mesh=_expert_mesh(plan, mesh))
+
+
+def _expert_mesh(plan: ParallelPlan, mesh: DeviceMesh) -> DeviceMesh | None:
+    if plan.ep == 1:
+        return None
+    replicate, shard = dp_layout(plan)
+    if shard > 1:  # zero 1-3: (pp, dp_replicate, edp_shard, ep, tp)
+        return mesh._unflatten("dp_shard", (shard // plan.ep, plan.ep), ("edp_shard", "ep"))
+    # zero 0: (pp, edp_replicate, ep, dp_shard, tp); expert_dp_mesh picks the two data-parallel names
+    return mesh._unflatten("dp_replicate", (replicate // plan.ep, plan.ep), ("edp_replicate", "ep"))
 
 
 def cp_group_ranks(plan: ParallelPlan) -> list[list[int]]:

@@ -101,11 +101,11 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """SwiGLU (w1 gate, w3 up, w2 down) or GELU (w1 up, w2 down)."""
+    """SwiGLU (w1 gate, w3 up, w2 down) or GELU (w1 up, w2 down); `width` defaults to ffn_hidden_size."""
 
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: ModelSpec, width: int | None = None) -> None:
         super().__init__()
-        h, f = spec.hidden_size, spec.ffn_hidden_size
+        h, f = spec.hidden_size, width or spec.ffn_hidden_size
         self.swiglu = spec.ffn_type == "swiglu"
         self.w1 = nn.Linear(h, f, bias=spec.bias)
         self.w2 = nn.Linear(f, h, bias=spec.bias)
@@ -118,16 +118,23 @@ class FeedForward(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, spec: ModelSpec) -> None:
+    """Attention and an MLP: `feed_forward` (dense), or `moe` (runtime/moe.py) for an MoE layer of the spec."""
+
+    def __init__(self, spec: ModelSpec, index: int = 0) -> None:
         super().__init__()
+        from bastion.runtime.moe import MoE
+
         self.attention_norm = _norm(spec)
         self.attention = Attention(spec)
         self.ffn_norm = _norm(spec)
-        self.feed_forward = FeedForward(spec)
+        moe = spec.is_moe_layer(index)
+        self.feed_forward: FeedForward | None = None if moe else FeedForward(spec)
+        self.moe: MoE | None = MoE(spec) if moe else None
 
     def forward(self, x_BSH: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
         x_BSH = x_BSH + self.attention(self.attention_norm(x_BSH), rope)
-        return x_BSH + self.feed_forward(self.ffn_norm(x_BSH))
+        mlp = self.moe if self.moe is not None else self.feed_forward
+        return x_BSH + mlp(self.ffn_norm(x_BSH))
 
 
 class Transformer(nn.Module):
@@ -140,7 +147,7 @@ class Transformer(nn.Module):
         self.tok_embeddings: nn.Embedding | None = nn.Embedding(spec.vocab_size, spec.hidden_size)
         self.pos_embeddings: nn.Embedding | None = (
             nn.Embedding(spec.seq_len, spec.hidden_size) if spec.position_embedding == "learned" else None)
-        self.layers = nn.ModuleDict({str(i): TransformerBlock(spec) for i in range(spec.num_layers)})
+        self.layers = nn.ModuleDict({str(i): TransformerBlock(spec, i) for i in range(spec.num_layers)})
         self.norm: nn.Module | None = _norm(spec)
         self.output: nn.Linear | None = (
             None if spec.tied_embeddings else nn.Linear(spec.hidden_size, spec.vocab_size, bias=False))
@@ -187,7 +194,7 @@ def _init_std(name: str, spec: ModelSpec) -> float | None:
         return None
     if name.endswith(".bias"):
         return None
-    if name.endswith("wo.weight") or name.endswith("w2.weight"):
+    if name.endswith(("wo.weight", "w2.weight", "experts.w2")):
         # residual-branch outputs are scaled down with depth (GPT-2 / Megatron)
         return 0.02 / math.sqrt(2 * spec.num_layers)
     return 0.02

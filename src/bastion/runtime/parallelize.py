@@ -4,12 +4,16 @@ Order (the one PyTorch documents, and torchtitan uses):
   1. pipeline split   - cut the layer stack into pp × vpp chunks; this rank keeps its chunk(s)
   1b. context parallel - (cp > 1) the chunk's attention gathers keys/values over the cp group and masks by global
                         position; positions are the global ones of this rank's tokens (runtime/context_parallel.py)
+  1c. expert parallel  - (ep > 1) routed experts become DTensors split on dim 0 over the ep ranks, and each MoE block
+                        dispatches its tokens to them with all_to_all (runtime/moe.py); before FSDP, which then shards
+                        the local experts over the remaining data-parallel ranks (runtime/mesh.py)
   2. tensor parallel  - DTensor column/row split (+ sequence parallel, + loss parallel on the LM head) on each chunk;
                         must come before FSDP so that FSDP shards the already TP-sharded DTensors (2-D)
   3. activation ckpt  - wraps whole blocks (full) or the attention core (selective); wraps TP'd modules
   4. torch.compile    - per block (or the whole single-device model), after AC so the wrapper is traced
   5. FSDP2            - outermost, so its all-gather/reduce-scatter hooks run around everything else; over the
-                        dp × cp ranks (runtime/mesh.py), so gradients are reduced over cp as well as dp
+                        dp × cp ranks (runtime/mesh.py), so gradients are reduced over cp as well as dp; routed
+                        experts get their own FSDP unit over the expert data-parallel ranks
 Then the chunks are materialised (to_empty + deterministic init) and, with pp > 1, wrapped in PipelineStages and a
 schedule. Pipelining is an alpha API in torch 2.13: it is touched only here (`build_schedule`).
 """
@@ -29,6 +33,8 @@ from bastion.errors import PlanError
 from bastion.runtime.context_parallel import ContextParallel
 from bastion.runtime.mesh import RuntimeMesh
 from bastion.runtime.model import Attention, Transformer, build_model, init_weights
+from bastion.runtime.moe import ExpertParallelGroup, GroupedExperts, MoE
+from bastion.runtime.preflight import check_runtime_executes
 from bastion.specs.model import ModelSpec
 from bastion.specs.plan import ParallelPlan, chunk_layer_counts
 from bastion.specs.schedules import PipelineSchedule, chunks_of_stage, get_schedule
@@ -110,6 +116,20 @@ def apply_context_parallel(module: Transformer, rmesh: RuntimeMesh) -> None:
             sub.cp = context
 
 
+# ---- 1c. expert parallel -----------------------------------------------------------------------------------
+def apply_expert_parallel(module: Transformer, rmesh: RuntimeMesh) -> None:
+    """Split every routed-expert tensor on dim 0 over the ep ranks and give each MoE block its ep group."""
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    ep_mesh = rmesh.ep_mesh
+    group = ExpertParallelGroup(group=ep_mesh.get_group(), size=ep_mesh.size(), rank=rmesh.ep_rank)
+    for sub in module.modules():
+        if isinstance(sub, MoE):
+            sub.ep = group
+            for name, param in list(sub.experts.named_parameters(recurse=False)):
+                sub.experts.register_parameter(name, nn.Parameter(distribute_tensor(param, ep_mesh, [Shard(0)])))
+
+
 # ---- 2. tensor parallel (+ sequence parallel, + loss parallel) -------------------------------------------
 def apply_tensor_parallel(module: Transformer, rmesh: RuntimeMesh, sequence_parallel: bool) -> None:
     from torch.distributed.tensor import Replicate, Shard
@@ -146,7 +166,18 @@ def apply_tensor_parallel(module: Transformer, rmesh: RuntimeMesh, sequence_para
             "feed_forward.w1": ColwiseParallel(),
             "feed_forward.w2": RowwiseParallel(output_layouts=stream),
         }
-        if block.feed_forward.w3 is not None:
+        if block.moe is not None:
+            # an MoE block: router and routed experts replicated over tp (etp = 1: every tp rank routes the same
+            # tokens and runs its ep group's experts on them), the shared experts split like a dense MLP
+            for name in list(plan):
+                if name.startswith("feed_forward"):
+                    del plan[name]
+            if block.moe.shared_experts is not None:
+                plan.update({"moe.shared_experts.w1": ColwiseParallel(),
+                             "moe.shared_experts.w2": RowwiseParallel(output_layouts=stream)})
+                if block.moe.shared_experts.w3 is not None:
+                    plan["moe.shared_experts.w3"] = ColwiseParallel()
+        elif block.feed_forward.w3 is not None:
             plan["feed_forward.w3"] = ColwiseParallel()
         if sequence_parallel:
             plan.update({
@@ -188,6 +219,10 @@ def apply_fsdp(module: Transformer, rmesh: RuntimeMesh, zero_stage: int, param_d
     mp_policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
     reshard = zero_stage == 3
     for block in module.layers.values():
+        if rmesh.expert_mesh is not None:  # first, so the block's unit leaves the expert tensors to it
+            for sub in block.modules():
+                if isinstance(sub, GroupedExperts):
+                    fully_shard(sub, mesh=rmesh.expert_dp_mesh, reshard_after_forward=reshard, mp_policy=mp_policy)
         fully_shard(block, mesh=rmesh.dp_mesh, reshard_after_forward=reshard, mp_policy=mp_policy)
     fully_shard(module, mesh=rmesh.dp_mesh, reshard_after_forward=reshard, mp_policy=mp_policy)
 
@@ -243,6 +278,7 @@ def parallelize(spec: ModelSpec, plan: ParallelPlan, rmesh: RuntimeMesh, config:
         raise PlanError(f"{spec.name} ties its embedding and LM head; the runtime ties them only on a single "
                         f"stage without tensor parallelism.", fix="use pp = 1 and tp = 1 for this model.",
                         reason="runtime limitation")
+    check_runtime_executes(spec, plan)
     device = rmesh.device
     on_gpu = device.type == "cuda"
     notes: list[str] = []
@@ -261,6 +297,8 @@ def parallelize(spec: ModelSpec, plan: ParallelPlan, rmesh: RuntimeMesh, config:
         part = split_stage(full, sid, num_stages) if num_stages > 1 else full
         if plan.cp > 1:
             apply_context_parallel(part, rmesh)
+        if plan.ep > 1:
+            apply_expert_parallel(part, rmesh)
         if plan.tp > 1:
             apply_tensor_parallel(part, rmesh, plan.sequence_parallel)
         apply_activation_checkpointing(part, plan.recompute)
@@ -274,6 +312,12 @@ def parallelize(spec: ModelSpec, plan: ParallelPlan, rmesh: RuntimeMesh, config:
         parts.append(part)
     model = ParallelModel(parts=parts, stage_ids=stage_ids, num_stages=num_stages, notes=notes,
                           autocast_dtype=compute_dtype if not use_fsdp else None)
+    # the aux loss's gradient per micro-batch: the loop divides each micro-batch's loss by their number; a
+    # pipeline schedule divides the gradients by it at the end instead (scale_grads)
+    for part in parts:
+        for sub in part.modules():
+            if isinstance(sub, MoE):
+                sub.aux_grad_scale = 1.0 if plan.pp > 1 else 1.0 / plan.grad_accumulation
     if plan.pp > 1:
         model.schedule = build_schedule(parts, stage_ids, num_stages, plan, rmesh, cross_entropy_loss)
     return model

@@ -27,20 +27,32 @@ class CheckedRequest:
 
 
 def check_runtime_supports(spec: ModelSpec) -> None:
-    """The runtime builds dense decoders with RoPE or learned positions; say so early for anything else."""
-    if spec.num_experts:
-        raise ConfigError(f"model '{spec.name}' is a mixture of experts; the runtime builds dense models only.",
-                          fix="train a dense model (num_experts = 0); MoE is predicted but not executed.")
+    """The runtime builds decoders (dense or mixture-of-experts) with RoPE or learned positions; say so early for
+    anything else."""
     if spec.position_embedding == "alibi":
         raise ConfigError(f"model '{spec.name}' uses ALiBi, which the runtime does not implement.",
                           fix="use position_embedding = 'rope' or 'learned'.")
 
 
+def check_runtime_executes(spec: ModelSpec, plan: ParallelPlan) -> None:
+    """The compositions the runtime executes for a mixture-of-experts model: ep (carved from dp) with dp, ZeRO 0-3,
+    pp and tp (experts replicated over tp, etp = 1); not yet sequence parallelism (the MoE block would need the
+    tp group's whole sequence) or cp (the sequence-wise aux loss would need the cp ranks' counts)."""
+    if not spec.num_experts:
+        return
+    for field, what in (("sequence_parallel", "sequence parallelism"), ("cp", "context parallelism")):
+        value = getattr(plan, field)
+        if value is True or (value is not False and value > 1):
+            shown = "true" if value is True else value
+            raise PlanError(f"The runtime does not yet run a mixture-of-experts model with {what} "
+                            f"({field} = {shown}).",
+                            fix=f"set {field} = {'false' if field == 'sequence_parallel' else 1}; split the "
+                                f"experts with ep (carved from dp) instead.",
+                            hint="executed for MoE: dp, ep, tp, pp and ZeRO 0-3; predicted and planned: all.",
+                            reason="runtime limitation")
+
+
 def check_world_size(plan: ParallelPlan, world_size: int) -> None:
-    if plan.ep != 1:
-        raise PlanError(f"The runtime executes dp × tp × pp × cp plans; this plan has ep = {plan.ep}.",
-                        fix="set ep = 1 (expert parallelism is predicted, not run).",
-                        reason="ep not executed")
     if plan.num_gpus != world_size:
         raise PlanError(
             f"The plan needs dp × tp × pp × cp = {plan.dp} × {plan.tp} × {plan.pp} × {plan.cp} = {plan.num_gpus} "
@@ -61,6 +73,7 @@ def check_request(model: str, plan_path: str | ParallelPlan, data_dir: str | Non
     check_runtime_supports(spec)
     plan = plan_path if isinstance(plan_path, ParallelPlan) else ParallelPlan.load(plan_path)
     plan.validate(spec, None, spec.seq_len)
+    check_runtime_executes(spec, plan)
     check_world_size(plan, plan.num_gpus if world_size is None else world_size)
     if steps < 1:
         raise ConfigError(f"--steps must be at least 1, got {steps}.", fix="pass --steps N with N >= 1.")

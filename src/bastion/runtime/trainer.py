@@ -21,6 +21,7 @@ from bastion.runtime.context_parallel import split_sequence
 from bastion.runtime.data import GlobalSampler, dp_slice, open_datasets
 from bastion.runtime.mesh import RuntimeMesh
 from bastion.runtime.metrics import SavedActivationProbe, param_bytes
+from bastion.runtime.moe import scale_expert_gradients, step_stats
 from bastion.runtime.optim import (
     align_gradient_placements,
     build_optimizer,
@@ -210,6 +211,7 @@ class Trainer(Stateful):
         inputs, targets = self._local_batch()
         self.optimizer.zero_grad(set_to_none=True)
         local_loss = self._forward_backward(inputs, targets)
+        scale_expert_gradients(self.model.parts, self.plan.ep)
         align_gradient_placements(self.model)
         if hooks is not None:
             hooks.after_backward(self.step + 1, self.model.parameters())
@@ -227,7 +229,10 @@ class Trainer(Stateful):
             torch.cuda.synchronize(device)
         step_time = time.perf_counter() - start
         self.step += 1
-        return {"step": self.step, "loss": loss, "grad_norm": grad_norm, "lr": lr, "step_time_s": step_time}
+        record = {"step": self.step, "loss": loss, "grad_norm": grad_norm, "lr": lr, "step_time_s": step_time}
+        if self.spec.num_experts:  # after the step's timing: one small all-reduce of routing counters
+            record.update(step_stats(self.model.parts, self.spec, self.plan, device))
+        return record
 
 
 def _plain(tensor: torch.Tensor) -> torch.Tensor:

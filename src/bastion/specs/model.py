@@ -49,12 +49,23 @@ class ModelSpec:
     norm_eps: float = 1e-5
     #: RoPE base frequency (10,000 for Llama 2; 500,000 for Llama 3)
     rope_theta: float = 10000.0
-    #: mixture of experts: experts per layer (0 = dense)
+    #: mixture of experts: routed experts per MoE layer (0 = dense)
     num_experts: int = 0
-    #: experts each token is routed to
+    #: routed experts each token is sent to
     top_k: int = 0
-    #: MLP width of one expert (0 = ffn_hidden_size)
-    expert_ffn_hidden_size: int = 0
+    #: MLP width of one expert, routed and shared alike (0 = ffn_hidden_size)
+    moe_ffn_hidden_size: int = 0
+    #: always-active experts of each MoE layer (DeepSeek, Qwen2-MoE); run as one MLP of their summed width
+    num_shared_experts: int = 0
+    #: the first k layers keep a dense MLP of ffn_hidden_size (DeepSeek's first_k_dense_replace)
+    dense_layers: int = 0
+    #: router scores: `softmax` over all experts (Mixtral, Qwen3) or per-expert `sigmoid` (DeepSeek-V3)
+    router: str = "softmax"
+    #: rescale the top-k scores of a token to sum to one (Qwen3's norm_topk_prob; softmax over the top-k
+    #: logits, as Mixtral computes it, is the same thing)
+    router_norm_topk: bool = True
+    #: weight of the load-balancing loss added to the training loss (0 = none)
+    aux_loss_coeff: float = 0.0
     #: where the shape comes from
     source: str = ""
 
@@ -75,13 +86,15 @@ class ModelSpec:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{what}: {name} must be positive, got {getattr(self, name)}.",
                                   fix=f"set {name} to a positive integer.")
-        for name in ("num_kv_heads", "head_dim", "num_experts", "top_k", "expert_ffn_hidden_size"):
+        for name in ("num_kv_heads", "head_dim", "num_experts", "top_k", "moe_ffn_hidden_size", "num_shared_experts",
+                     "dense_layers", "aux_loss_coeff"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{what}: {name} must be >= 0, got {getattr(self, name)}.",
                                   fix=f"set {name} to 0 (its default) or a positive integer.")
         limits = {"num_layers": MAX_LAYERS, "seq_len": MAX_SEQ_LEN}
         for name in ("num_layers", "hidden_size", "num_heads", "ffn_hidden_size", "vocab_size", "seq_len",
-                     "num_kv_heads", "head_dim", "num_experts", "top_k", "expert_ffn_hidden_size"):
+                     "num_kv_heads", "head_dim", "num_experts", "top_k", "moe_ffn_hidden_size",
+                     "num_shared_experts", "dense_layers"):
             high = limits.get(name, MAX_WIDTH)
             if getattr(self, name) > high:
                 raise ConfigError(f"{what}: {name} must be <= {high:,}, got {short_number(getattr(self, name))}: "
@@ -91,6 +104,8 @@ class ModelSpec:
             raise ConfigError(f"{what}: a mixture of {self.num_experts} experts needs 1 <= top_k <= "
                               f"{self.num_experts}, got top_k = {self.top_k}.",
                               fix="set top_k to the number of experts each token is routed to (e.g. 2).")
+        if self.num_experts:
+            self._check_moe(what)
         if self.ffn_type not in ("gelu", "swiglu"):
             raise ConfigError(f"{what}: ffn_type '{self.ffn_type}' is not known.",
                               fix="use 'gelu' (two matrices) or 'swiglu' (three matrices).")
@@ -106,6 +121,16 @@ class ModelSpec:
         if self.position_embedding == "rope" and self.head_dim % 2:
             raise ConfigError(f"{what}: RoPE needs an even head_dim, got {self.head_dim}.",
                               fix="choose num_heads (or head_dim) so that the head width is even.")
+
+    def _check_moe(self, what: str) -> None:
+        if self.dense_layers >= self.num_layers:
+            raise ConfigError(f"{what}: dense_layers {self.dense_layers} leaves no mixture-of-experts layer of "
+                              f"{self.num_layers}.", fix="set dense_layers below num_layers, or num_experts = 0.")
+        if self.router not in ("softmax", "sigmoid"):
+            raise ConfigError(f"{what}: router '{self.router}' is not known.", fix="use 'softmax' or 'sigmoid'.")
+        if self.bias:
+            raise ConfigError(f"{what}: mixture-of-experts layers with linear biases are not modelled.",
+                              fix="set bias = false (no published MoE model uses them).")
 
     # ---- derived shapes -------------------------------------------------------------------------
     @property
@@ -126,22 +151,50 @@ class ModelSpec:
         biases = (self.q_width + 2 * self.kv_width + h) if self.bias else 0
         return weights + biases
 
-    def mlp_params_per_layer(self) -> int:
+    @property
+    def expert_width(self) -> int:
+        """Inner width of one expert (routed or shared)."""
+        return self.moe_ffn_hidden_size or self.ffn_hidden_size
+
+    @property
+    def num_moe_layers(self) -> int:
+        return self.num_layers - self.dense_layers if self.num_experts else 0
+
+    def is_moe_layer(self, index: int) -> bool:
+        """Layer `index` (0-based) has a mixture of experts; the first `dense_layers` keep a dense MLP."""
+        return bool(self.num_experts) and index >= self.dense_layers
+
+    def dense_mlp_params(self) -> int:
         h, f = self.hidden_size, self.ffn_hidden_size
-        weights = self.ffn_matrices * h * f
         biases = ((self.ffn_matrices - 1) * f + h) if self.bias else 0
-        dense = weights + biases
-        if self.num_experts:
-            ef = self.expert_ffn_hidden_size or f
-            return self.num_experts * self.ffn_matrices * h * ef + h * self.num_experts
-        return dense
+        return self.ffn_matrices * h * f + biases
+
+    def routed_expert_params(self) -> int:
+        """Weights of all routed experts of one MoE layer (what expert parallelism shards)."""
+        return self.num_experts * self.ffn_matrices * self.hidden_size * self.expert_width
+
+    def moe_mlp_params(self, active: bool = False) -> int:
+        """One MoE layer's MLP: router, routed experts (only top_k of them when `active`) and shared experts."""
+        one_expert = self.ffn_matrices * self.hidden_size * self.expert_width
+        routed = self.top_k * one_expert if active else self.routed_expert_params()
+        return self.hidden_size * self.num_experts + routed + self.num_shared_experts * one_expert
+
+    def mlp_params_per_layer(self) -> int:
+        """MLP parameters of an MoE layer (of every layer for a dense model)."""
+        return self.moe_mlp_params() if self.num_experts else self.dense_mlp_params()
 
     def norm_params_per_layer(self) -> int:
         # two norms per layer; LayerNorm (GPT) has a bias, RMSNorm (Llama) does not
         return 2 * self.hidden_size * (2 if self.bias else 1)
 
+    def layer_params(self, index: int, active: bool = False) -> int:
+        """Parameters of layer `index`; `active`: those one token passes through (top_k of the routed experts)."""
+        mlp = self.moe_mlp_params(active) if self.is_moe_layer(index) else self.dense_mlp_params()
+        return self.attention_params_per_layer() + mlp + self.norm_params_per_layer()
+
     def params_per_layer(self) -> int:
-        return self.attention_params_per_layer() + self.mlp_params_per_layer() + self.norm_params_per_layer()
+        """Parameters of the last layer (an MoE layer when the model has experts)."""
+        return self.layer_params(self.num_layers - 1)
 
     def embedding_params(self) -> int:
         table = self.vocab_size * self.hidden_size
@@ -155,19 +208,22 @@ class ModelSpec:
         return head + self.hidden_size * (2 if self.bias else 1)
 
     def total_params(self) -> int:
-        return self.embedding_params() + self.num_layers * self.params_per_layer() + self.output_params()
+        layers = sum(self.layer_params(i) for i in range(self.num_layers))
+        return self.embedding_params() + layers + self.output_params()
+
+    def active_params(self) -> int:
+        """Parameters one token passes through (the published "activated" count of an MoE model)."""
+        layers = sum(self.layer_params(i, active=True) for i in range(self.num_layers))
+        return self.embedding_params() + layers + self.output_params()
 
     def active_params_per_layer(self) -> int:
-        """Parameters a token touches in one layer (differs from params_per_layer only for MoE)."""
-        if not self.num_experts:
-            return self.params_per_layer()
-        ef = self.expert_ffn_hidden_size or self.ffn_hidden_size
-        mlp = self.top_k * self.ffn_matrices * self.hidden_size * ef
-        return self.attention_params_per_layer() + mlp + self.norm_params_per_layer()
+        """Parameters a token touches in the last layer (differs from params_per_layer only for MoE)."""
+        return self.layer_params(self.num_layers - 1, active=True)
 
     def matmul_params(self) -> int:
         """Parameters that take part in matrix multiplies per token: layers + LM head (PaLM's N)."""
-        return self.num_layers * self.active_params_per_layer() + self.vocab_size * self.hidden_size
+        layers = sum(self.layer_params(i, active=True) for i in range(self.num_layers))
+        return layers + self.vocab_size * self.hidden_size
 
     def with_seq_len(self, seq_len: int) -> ModelSpec:
         """This model at another sequence length (learned position tables are sized by it); itself if unchanged,
@@ -182,7 +238,12 @@ class ModelSpec:
         return asdict(self)
 
 
+#: field names of earlier bastion versions (model.json of older run directories and checkpoints) -> today's
+RENAMED_FIELDS = {"expert_ffn_hidden_size": "moe_ffn_hidden_size"}
+
+
 def model_from_mapping(data: dict[str, Any], what: str) -> ModelSpec:
+    data = {RENAMED_FIELDS.get(k, k): v for k, v in data.items()}
     check_keys(data, ModelSpec, what)
     types = {f.name: f.type for f in fields(ModelSpec)}
     missing = [n for n in ("num_layers", "hidden_size", "num_heads", "ffn_hidden_size", "vocab_size")

@@ -180,6 +180,13 @@ class ParallelPlan:
         if self.ep != 1 and not model.num_experts:
             raise PlanError(f"ep = {self.ep} needs a mixture-of-experts model; {model.name} is dense.",
                             fix="set ep = 1.", reason="ep on dense model")
+        if self.ep > 1 and model.num_experts % self.ep:
+            raise PlanError(f"ep = {self.ep} does not divide the {model.num_experts} experts of {model.name}.",
+                            fix="pick ep among the divisors of num_experts.", reason="ep does not divide experts")
+        if (self.dp * self.cp) % self.ep:
+            raise PlanError(f"ep = {self.ep} does not divide dp × cp = {self.dp * self.cp}: expert parallelism "
+                            f"splits the experts over ranks of the data-parallel group (Megatron-Core, torchtitan).",
+                            fix=f"pick ep dividing {self.dp * self.cp}, or raise dp.", reason="ep does not divide dp")
         schedule = get_schedule(self.pp_schedule)
         if self.pp > 1 and schedule.microbatches_multiple_of_pp and self.num_microbatches % self.pp:
             raise PlanError(

@@ -1,0 +1,275 @@
+"""The mixture-of-experts block: router, token permutation, grouped experts, un-permutation, shared experts, and
+the expert-parallel dispatch and combine over `all_to_all_single`.
+
+One code path for every plan, so a run on many ranks computes what one process computes:
+  route     scores = softmax (or sigmoid) of x·W_router; the top_k experts of each token by a *stable* descending
+            sort (ties go to the lower expert index, so routing is bit-reproducible), optionally renormalised
+  permute   the (token, choice) pairs sorted by expert, stably (token order kept inside an expert)
+  dispatch  (ep > 1) the per-expert counts are exchanged first (all_to_all of E integers), then the rows move
+            to the rank owning their expert with uneven splits; received rows, grouped by source rank, are
+            regrouped by local expert. torch's functional `all_to_all_single_autograd` carries the gradient
+            back with the splits swapped (the same collective torchtitan's ExpertParallel uses)
+  experts   one SwiGLU/GELU MLP per expert over its contiguous rows: `torch._grouped_mm` on CUDA cards that have
+            it (bf16), otherwise an exact per-expert loop (CPU); dropless, no capacity factor
+  combine   the reverse all_to_all, un-permute, and the top_k outputs of a token summed with their router weights
+            in a fixed order; the shared experts (one MLP of their summed width) are added for every token
+
+Load balancing: the sequence-wise auxiliary loss of DeepSeek-V3 (arXiv 2412.19437, Eq. 17-20; Switch
+Transformer's loss applied per sequence): aux = coeff · E · Σ_i f_i · P_i per sequence, f_i the share of the
+sequence's top_k choices that went to expert i, P_i the mean (normalised) score of expert i; the mean over
+sequences. Per sequence, so splitting the batch into micro-batches and data-parallel ranks does not change it.
+Its gradient enters backward through `AuxLossInjector` (Megatron's MoEAuxLossAutoScaler habit): the block's
+output is returned unchanged and backward adds d(aux)·scale, so the loss function and the pipeline schedule do
+not need to know about it. The trainer sets the scale (1 / micro-batches when it divides the loss itself).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from bastion.specs.model import ModelSpec
+from bastion.specs.plan import ParallelPlan
+
+
+@dataclass
+class ExpertParallelGroup:
+    """This rank's place among the ranks that split the experts of a layer."""
+
+    group: dist.ProcessGroup
+    size: int
+    rank: int
+
+
+class AuxLossInjector(torch.autograd.Function):
+    """Returns `output` unchanged; backward also sends `scale` as the gradient of `aux_loss`."""
+
+    @staticmethod
+    def forward(ctx, output: torch.Tensor, aux_loss: torch.Tensor, scale: float) -> torch.Tensor:  # noqa: ANN001
+        ctx.scale = scale
+        ctx.aux_shape = aux_loss.shape
+        return output.view_as(output)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> tuple:  # noqa: ANN001
+        grad_aux = torch.full(ctx.aux_shape, ctx.scale, dtype=torch.float32, device=grad_output.device)
+        return grad_output, grad_aux, None
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.tensor import DTensor
+
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def grouped_mm_available(weight: torch.Tensor) -> bool:
+    """torch._grouped_mm needs a CUDA card of compute capability 9.0 or later and bf16 operands."""
+    return (weight.is_cuda and weight.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm")
+            and torch.cuda.get_device_capability(weight.device) >= (9, 0))
+
+
+class GroupedExperts(nn.Module):
+    """`num_experts` MLPs as three (experts, out, in) tensors; expert parallelism shards them on dim 0."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        h, f, e = spec.hidden_size, spec.expert_width, spec.num_experts
+        self.swiglu = spec.ffn_type == "swiglu"
+        self.w1 = nn.Parameter(torch.empty(e, f, h))
+        self.w2 = nn.Parameter(torch.empty(e, h, f))
+        self.w3 = nn.Parameter(torch.empty(e, f, h)) if self.swiglu else None
+
+    def _act(self, up: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
+        return F.silu(up) * gate if gate is not None else F.gelu(up)
+
+    def forward(self, x_TH: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """Rows of `x_TH` grouped by local expert, `counts[e]` rows for local expert e."""
+        w1, w2 = _local(self.w1), _local(self.w2)
+        w3 = _local(self.w3) if self.w3 is not None else None
+        if grouped_mm_available(w1) and x_TH.shape[0]:
+            offsets = torch.cumsum(torch.tensor(counts, device=x_TH.device), 0).to(torch.int32)
+            x = x_TH.to(w1.dtype)
+            up = torch._grouped_mm(x, w1.transpose(-2, -1), offs=offsets)
+            gate = torch._grouped_mm(x, w3.transpose(-2, -1), offs=offsets) if w3 is not None else None
+            return torch._grouped_mm(self._act(up, gate), w2.transpose(-2, -1), offs=offsets).to(x_TH.dtype)
+        outputs = []
+        for expert, rows in enumerate(torch.split(x_TH, counts)):
+            up = rows @ w1[expert].T
+            gate = rows @ w3[expert].T if w3 is not None else None
+            outputs.append(self._act(up, gate) @ w2[expert].T)
+        if not outputs:
+            return x_TH.new_zeros(0, w2.shape[1])
+        return torch.cat(outputs)
+
+
+class Router(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.top_k = spec.top_k
+        self.sigmoid = spec.router == "sigmoid"
+        self.norm_topk = spec.router_norm_topk
+        self.weight = nn.Parameter(torch.empty(spec.num_experts, spec.hidden_size))
+
+    def forward(self, x_TH: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(scores (T, E) fp32, chosen experts (T, k), their weights (T, k) fp32)."""
+        logits = F.linear(x_TH, self.weight).float()
+        scores = torch.sigmoid(logits) if self.sigmoid else torch.softmax(logits, dim=-1)
+        # stable descending sort: equal scores keep expert order, so ties go to the lower index deterministically
+        order = torch.sort(scores.detach(), dim=-1, descending=True, stable=True).indices
+        chosen = order[:, :self.top_k]
+        weights = scores.gather(1, chosen)
+        if self.norm_topk:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        return scores, chosen, weights
+
+
+class MoE(nn.Module):
+    """Routed experts + shared experts in place of a block's MLP (module tree: router, experts, shared_experts)."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        from bastion.runtime.model import FeedForward
+
+        self.num_experts = spec.num_experts
+        self.top_k = spec.top_k
+        self.aux_loss_coeff = spec.aux_loss_coeff
+        self.router = Router(spec)
+        self.experts = GroupedExperts(spec)
+        self.shared_experts = (FeedForward(spec, spec.num_shared_experts * spec.expert_width)
+                               if spec.num_shared_experts else None)
+        #: expert parallelism (set by parallelize); None = every expert is local
+        self.ep: ExpertParallelGroup | None = None
+        #: gradient of the aux loss per unit (the trainer's 1 / micro-batches when it divides the loss)
+        self.aux_grad_scale = 1.0
+        self.reset_stats()
+
+    def reset_stats(self) -> None:
+        #: per training forward since the last reset: (tokens routed to each expert, aux loss or None)
+        self.calls: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+
+    def _aux_loss(self, scores_BSE: torch.Tensor, chosen_BSK: torch.Tensor) -> torch.Tensor:
+        batch, seq, experts = scores_BSE.shape
+        picked = torch.zeros(batch, experts, device=scores_BSE.device, dtype=torch.float32)
+        picked.scatter_add_(1, chosen_BSK.reshape(batch, -1),
+                            torch.ones(batch, seq * self.top_k, device=scores_BSE.device))
+        share_BE = picked / (seq * self.top_k)
+        probs = scores_BSE / scores_BSE.sum(dim=-1, keepdim=True) if self.router.sigmoid else scores_BSE
+        return self.aux_loss_coeff * experts * (share_BE * probs.mean(dim=1)).sum(dim=1).mean()
+
+    def _record(self, counts: torch.Tensor, aux: torch.Tensor | None) -> None:
+        # not a forward re-run for activation recomputation (inside backward), nor one without grad
+        if not torch.is_grad_enabled() or torch._C._current_graph_task_id() != -1:
+            return
+        # kept on the device: read once per step (step_stats), not once per layer and micro-batch
+        self.calls.append((counts.detach(), None if aux is None else aux.detach()))
+
+    def forward(self, x_BSH: torch.Tensor) -> torch.Tensor:
+        batch, seq, hidden = x_BSH.shape
+        x_TH = x_BSH.reshape(-1, hidden)
+        scores, chosen, weights = self.router(x_TH)
+        flat = chosen.reshape(-1)
+        # (token, choice) pairs grouped by expert; the stable sort keeps token order inside each expert
+        order = torch.sort(flat, stable=True).indices
+        counts = torch.bincount(flat, minlength=self.num_experts)
+        routed = x_TH.index_select(0, order // self.top_k)
+        if self.ep is None:
+            out = self.experts(routed, counts.tolist())
+        else:
+            out = self._expert_parallel(routed, counts)
+        # un-permute: row j of `out` belongs to pair order[j]
+        unsorted = torch.empty_like(out).index_copy(0, order, out)
+        combined = (unsorted.view(-1, self.top_k, hidden).float() * weights.unsqueeze(-1)).sum(dim=1)
+        y_BSH = combined.to(x_BSH.dtype).view(batch, seq, hidden)
+        if self.shared_experts is not None:
+            y_BSH = y_BSH + self.shared_experts(x_BSH)
+        aux = None
+        if self.aux_loss_coeff and torch.is_grad_enabled():
+            aux = self._aux_loss(scores.view(batch, seq, -1), chosen.view(batch, seq, -1))
+            y_BSH = AuxLossInjector.apply(y_BSH, aux, self.aux_grad_scale)
+        self._record(counts, aux)
+        return y_BSH
+
+    def _expert_parallel(self, routed: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        from torch.distributed._functional_collectives import all_to_all_single, all_to_all_single_autograd
+
+        ep = self.ep
+        local_experts = self.num_experts // ep.size
+        # how many rows each rank sends to each of my local experts: [source][local expert]
+        received = torch.ops._c10d_functional.wait_tensor(all_to_all_single(counts, None, None, group=ep.group))
+        send_splits = counts.view(ep.size, local_experts).sum(dim=1).tolist()
+        from_rank = received.view(ep.size, local_experts).tolist()
+        recv_splits = [sum(row) for row in from_rank]
+        arrived = all_to_all_single_autograd(routed, recv_splits, send_splits, ep.group)
+        # regroup the arrived rows (by source, then expert) by local expert, sources in rank order
+        starts, offset = [], 0
+        for row in from_rank:
+            starts.append([])
+            for n in row:
+                starts[-1].append(offset)
+                offset += n
+        by_expert = [torch.arange(starts[s][e], starts[s][e] + from_rank[s][e], device=routed.device)
+                     for e in range(local_experts) for s in range(ep.size)]
+        regroup = torch.cat(by_expert) if by_expert else torch.zeros(0, dtype=torch.int64, device=routed.device)
+        local_counts = [sum(from_rank[s][e] for s in range(ep.size)) for e in range(local_experts)]
+        out = self.experts(arrived.index_select(0, regroup), local_counts)
+        back = torch.empty_like(out).index_copy(0, regroup, out)
+        return all_to_all_single_autograd(back, send_splits, recv_splits, ep.group)
+
+
+# ---- what the trainer does around a step ---------------------------------------------------------------------
+def moe_blocks(parts: list[nn.Module]) -> list[tuple[int, MoE]]:
+    """(layer index, block) of every MoE block in this rank's model chunks."""
+    from bastion.runtime.model import canonical_name
+
+    found = []
+    for part in parts:
+        for name, sub in part.named_modules():
+            if isinstance(sub, MoE):
+                found.append((int(canonical_name(name).split(".")[1]), sub))
+    return found
+
+
+@torch.no_grad()
+def scale_expert_gradients(parts: list[nn.Module], ep: int) -> None:
+    """Make routed-expert gradients the data-parallel mean. An expert's gradient arrives (through the combine
+    all_to_all) summed over the ep ranks whose tokens it served, and FSDP then averages it over the dp × cp / ep
+    ranks holding the same experts only: one more 1 / ep gives the mean over all dp × cp ranks, as for every other
+    parameter (torchtitan sets FSDP's gradient divide factor to the same effect)."""
+    if ep == 1:
+        return
+    for _, block in moe_blocks(parts):
+        for param in block.experts.parameters():
+            if param.grad is not None:
+                param.grad.mul_(1.0 / ep)
+
+
+def step_stats(parts: list[nn.Module], spec: ModelSpec, plan: ParallelPlan, device: torch.device) -> dict:
+    """The step's routing figures over every rank (collective; every rank calls it), and the counters reset:
+    `moe_aux_loss` the load-balancing loss (coefficient included) summed over layers, mean over micro-batches and
+    data-parallel replicas; `expert_tokens` the tokens routed to each expert, summed over layers; `expert_imbalance`
+    the largest per-layer ratio of the busiest expert's tokens to the mean (1.0 = perfectly balanced). The tp ranks
+    of a replica route the same tokens and count once. Only the last micro-batch forwards of a block count: torch
+    2.13's pipeline stages run one more forward with grad on their first step to infer shapes."""
+    micro_batches, copies = plan.grad_accumulation, plan.dp * plan.cp * plan.tp
+    counts = torch.zeros(spec.num_layers, spec.num_experts, dtype=torch.float64)
+    aux = torch.zeros(spec.num_layers, dtype=torch.float64)
+    for index, block in moe_blocks(parts):
+        calls = block.calls[-micro_batches:]
+        for tokens, _ in calls:
+            counts[index] += tokens.double().cpu()
+        losses = [float(loss) for _, loss in calls if loss is not None]
+        if losses:
+            aux[index] += sum(losses) / len(losses)
+        block.reset_stats()
+    packed = torch.cat([counts.flatten(), aux]).to(device)
+    dist.all_reduce(packed)
+    packed = packed.cpu()
+    moe_counts = packed[:counts.numel()].view_as(counts)[spec.dense_layers:] / plan.tp
+    mean = moe_counts.mean(dim=1, keepdim=True).clamp(min=1e-12)
+    return {"moe_aux_loss": float(packed[counts.numel():].sum()) / copies,
+            "expert_tokens": [round(n) for n in moe_counts.sum(dim=0).tolist()],
+            "expert_imbalance": float((moe_counts.max(dim=1, keepdim=True).values / mean).max())}

@@ -1,0 +1,94 @@
+"""Mixture-of-experts specs: presets match the published totals and active counts, fields are checked, the
+predictor's model states shard routed experts over ep."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from bastion.errors import ConfigError
+from bastion.specs.model import load_model, model_from_mapping
+from bastion.specs.plan import ParallelPlan
+
+# (total, active): Mixtral 8x7B as counted from its config.json (the paper's 46.7B / 12.9B); Qwen3-30B-A3B
+# without its per-head q/k norms (12,288 weights; the report's 30.5B / 3.3B)
+PUBLISHED = {
+    "mixtral-8x7b": (46_702_792_704, 12_879_925_248),
+    "qwen3-30b-a3b": (30_532_122_624 - 12_288, None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_moe_presets_match_the_published_counts(name):
+    model = load_model(name)
+    total, active = PUBLISHED[name]
+    assert model.total_params() == total
+    if active is not None:
+        assert model.active_params() == active
+    assert 3.3e9 <= load_model("qwen3-30b-a3b").active_params() < 3.4e9  # "3.3B activated"
+
+
+def test_tiny_moe_is_the_issue_shape():
+    tiny = load_model("tiny-moe")
+    assert (tiny.num_layers, tiny.num_experts, tiny.top_k, tiny.num_shared_experts, tiny.dense_layers) == (
+        4, 8, 2, 1, 1)
+    assert [tiny.is_moe_layer(i) for i in range(4)] == [False, True, True, True]
+    # a dense layer, then three MoE layers of router + 8 experts + 1 shared expert
+    h, ef = tiny.hidden_size, tiny.expert_width
+    moe_mlp = h * 8 + 8 * 3 * h * ef + 3 * h * ef
+    assert tiny.layer_params(1) - tiny.layer_params(0) == moe_mlp - 3 * h * tiny.ffn_hidden_size
+    assert tiny.active_params() < tiny.total_params()
+    assert load_model("small-moe").total_params() > tiny.total_params()
+
+
+def test_earlier_field_name_is_read_and_bad_moe_fields_are_refused():
+    base = {"num_layers": 2, "hidden_size": 8, "num_heads": 2, "ffn_hidden_size": 16, "vocab_size": 32,
+            "num_experts": 4, "top_k": 2}
+    assert model_from_mapping({**base, "expert_ffn_hidden_size": 4}, "old model.json").moe_ffn_hidden_size == 4
+    with pytest.raises(ConfigError, match="dense_layers"):
+        model_from_mapping({**base, "dense_layers": 2}, "m")
+    with pytest.raises(ConfigError, match="router"):
+        model_from_mapping({**base, "router": "argmax"}, "m")
+    with pytest.raises(ConfigError, match="top_k"):
+        model_from_mapping({**base, "top_k": 5}, "m")
+
+
+def test_expert_parallelism_shards_only_the_routed_experts():
+    from bastion.predict.memory import model_state_bytes, stage_states
+
+    tiny = load_model("tiny-moe")
+    fp32 = dict(precision="fp32", global_batch=8)
+    one = model_state_bytes(tiny, ParallelPlan(**fp32), 0)["params"]
+    ep2 = [model_state_bytes(tiny, ParallelPlan(dp=2, ep=2, **fp32), 0, r)["params"] for r in range(2)]
+    routed = 3 * tiny.routed_expert_params() * 4  # three MoE layers, fp32
+    assert ep2 == [one - routed // 2] * 2
+    # ZeRO-3 over dp 4 with ep 2: experts split over ep, then over the 2 ranks holding the same experts
+    z3 = ParallelPlan(dp=4, ep=2, zero_stage=3, **fp32)
+    assert sum(model_state_bytes(tiny, z3, 0, r)["params"] for r in range(4)) == one
+    assert sum(stage_states(tiny, z3, 0)) == sum(model_state_bytes(tiny, z3, 0, 0).values())
+    dense = dataclasses.replace(tiny, num_experts=0, top_k=0, num_shared_experts=0, dense_layers=0)
+    assert model_state_bytes(dense, ParallelPlan(**fp32), 0)["params"] == dense.total_params() * 4
+
+
+def test_plans_with_ep_are_checked_and_what_the_runtime_cannot_run_is_refused():
+    from bastion.errors import PlanError
+    from bastion.runtime.preflight import check_runtime_executes
+
+    tiny = load_model("tiny-moe")
+    fp32 = dict(precision="fp32", global_batch=8)
+    for plan, reason in ((ParallelPlan(dp=2, ep=4, **fp32), "ep does not divide dp"),
+                         (ParallelPlan(dp=6, ep=3, global_batch=12), "ep does not divide experts"),
+                         (ParallelPlan(dp=2, ep=2, **fp32), None)):
+        if reason is None:
+            plan.validate(tiny)
+            continue
+        with pytest.raises(PlanError) as caught:
+            plan.validate(tiny)
+        assert caught.value.reason == reason
+    check_runtime_executes(tiny, ParallelPlan(dp=2, ep=2, pp=2, tp=2, **fp32))
+    for plan in (ParallelPlan(dp=2, ep=2, tp=2, sequence_parallel=True, **fp32), ParallelPlan(dp=2, ep=2, cp=2, **fp32)):
+        with pytest.raises(PlanError, match="does not yet run a mixture-of-experts") as caught:
+            check_runtime_executes(tiny, plan)
+        assert "ep" in caught.value.fix
+    check_runtime_executes(load_model("tiny"), ParallelPlan(tp=2, cp=2, sequence_parallel=True, **fp32))  # dense: not its business
