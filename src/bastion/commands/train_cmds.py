@@ -69,6 +69,10 @@ def train_command(
                                                     "checkpoints (HMAC-SHA256 in each manifest; default: "
                                                     "$BASTION_CHECKPOINT_KEY): ones it does not authenticate are "
                                                     "never resumed."),
+    # ---- health (runtime/stragglers.py, runtime/health.py) ----
+    straggler_factor: float = typer.Option(1.5, "--straggler-factor", help="Report a rank whose median compute "
+                                           "time over 5 steps is this many times its peers' (or the predicted "
+                                           "step time, with --cluster) as a straggler."),
 ) -> None:
     """Train MODEL with a parallel PLAN on a token dataset; writes metrics and predicted-vs-measured."""
     from bastion.errors import ConfigError, LaunchError
@@ -117,6 +121,7 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
 
     p = params
     _check_train_flags(world_size, p["seq_len"], p["lr"], p["max_restarts"], p["cluster"], p["seed"])
+    health = _health_options(p)
     resilience = _resilience_config(p["checkpoint_every"], p["mtbf_hours"], p["inject"], p["keep_last"],
                                     p["keep_every"], p["async_checkpoint"], p["resume"], p["resume_from"],
                                     p["stop_after_step"], p["hang_timeout_s"], p["skip_batch"],
@@ -142,9 +147,22 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
     train = {"model": _model_argument(model), "plan": str(plan_path), "data": str(p["data"]), "steps": steps,
              "run_dir": str(run_dir), "seed": p["seed"], "seq_len": p["seq_len"], "lr": p["lr"],
              "compile": p["compile_model"], "cluster": p["cluster"], "progress": p["progress"],
-             "resilience": asdict(resilience)}
+             **health, "resilience": asdict(resilience)}
     return ResolvedRun(config=run_config(train, request.spec, request.plan, world_size), spec=request.spec,
                        plan=request.plan, world_size=world_size, max_restarts=p["max_restarts"], run_dir=run_dir)
+
+
+def _health_options(p: dict[str, Any]) -> dict[str, Any]:
+    """The run config's health fields from `bastion train`'s options (runtime/train_config.py)."""
+    import math
+
+    from bastion.errors import ConfigError
+
+    factor = p.get("straggler_factor", 1.5)
+    if not (math.isfinite(factor) and factor > 1.0):
+        raise ConfigError(f"--straggler-factor must be a number above 1, got {factor:g}.",
+                          fix="e.g. --straggler-factor 1.5 (a rank 1.5× slower than its peers is reported).")
+    return {"straggler_factor": factor}
 
 
 def _model_argument(model: str) -> str:

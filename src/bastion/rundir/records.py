@@ -29,6 +29,9 @@ class StepRecord(TypedDict):
     mem_gib: float
     #: [first, last + 1) of the global sample ids of the step (absent in records from before it was written)
     sample_ids: NotRequired[list[int]]
+    #: every rank's section times of the step, seconds: {"forward_backward" | "optimizer" | "sync_wait" | "step":
+    #: [rank 0's, rank 1's, ...]} (runtime/stragglers.py says what each covers; absent before they were recorded)
+    rank_sections_s: NotRequired[dict[str, list[float]]]
 
 
 @dataclass(frozen=True)
@@ -67,10 +70,13 @@ CHECKPOINT_CORRUPT = EventKind("checkpoint_corrupt", "a checkpoint failed its ch
                                ("step", "reason", "moved_to"))
 CHECKPOINT_INTERVAL = EventKind("checkpoint_interval", "--checkpoint-every auto chose its interval",
                                 ("every_steps", "interval_s", "stall_s", "step_s", "mtbf_hours", "why"))
+STRAGGLER = EventKind("straggler", "a rank's median compute time over the last `window` steps is `factor` × the "
+                      "baseline (`baseline`: the median of its peers, or the predicted step time); once per "
+                      "episode", ("rank", "step", "factor", "compute_s", "baseline_s", "baseline", "window"))
 
 EVENT_KINDS: dict[str, EventKind] = {kind.name: kind for kind in (
     RUN_START, RESUME, RESTART, FAULT, HANG, PREEMPTED, ROLLBACK, SKIP_BATCH, CHECKPOINT, CHECKPOINT_WAIT,
-    CHECKPOINT_COMMITTED, CHECKPOINT_CORRUPT, CHECKPOINT_INTERVAL)}
+    CHECKPOINT_COMMITTED, CHECKPOINT_CORRUPT, CHECKPOINT_INTERVAL, STRAGGLER)}
 #: events after which the next step runs in a freshly started process
 RESTART_EVENTS = (RESTART.name, RESUME.name)
 #: events whose blocking time is checkpoint stall

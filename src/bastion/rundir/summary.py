@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, NotRequired, TypedDict
 
 from bastion.rundir.layout import SUMMARY_FILE, RunDirError
+from bastion.rundir.records import STRAGGLER, current_run, is_event
 
 
 class TimeBreakdown(TypedDict):
@@ -36,6 +37,16 @@ class Accounting(TypedDict):
     checkpoint_stall_s: float
     goodput: float
     time_breakdown_s: TimeBreakdown
+
+
+class StragglerEntry(TypedDict):
+    """A rank found persistently slow (a `straggler` event of metrics.jsonl)."""
+
+    rank: int
+    #: the step at which it was found
+    step: int
+    #: its median compute time / the baseline (its peers' median, or the predicted step time)
+    factor: float
 
 
 class RunSummary(TypedDict):
@@ -69,6 +80,14 @@ class RunSummary(TypedDict):
     time_breakdown_s: NotRequired[TimeBreakdown]
     checkpoints: NotRequired[list[int]]
     skipped_batch_starts: NotRequired[list[int]]
+    #: ranks found persistently slow, in the order found (absent in summaries from before it was recorded)
+    stragglers: NotRequired[list[StragglerEntry]]
+
+
+def straggler_entries(records: list[dict[str, Any]]) -> list[StragglerEntry]:
+    """summary.json's `stragglers` from the `straggler` events of the current run."""
+    return [{"rank": r["rank"], "step": r["step"], "factor": r["factor"]}
+            for r in current_run(records) if is_event(r, STRAGGLER.name)]
 
 
 def summary_path(run_dir: Path) -> Path:

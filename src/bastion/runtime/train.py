@@ -22,6 +22,7 @@ from bastion.runtime.metrics import current_memory_bytes, model_flops_per_token,
 from bastion.runtime.preemption import PreemptionNotice
 from bastion.runtime.resilience import BadStep, Resilience
 from bastion.runtime.run_summary import peak_flops, write_run_summary
+from bastion.runtime.stragglers import StragglerReporter
 from bastion.runtime.train_config import TrainConfig
 from bastion.runtime.trainer import Trainer
 from bastion.specs.model import load_model
@@ -81,6 +82,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     tokens_per_step = plan.global_batch * spec.seq_len
     flops_per_step = model_flops_per_token(spec, spec.seq_len) * tokens_per_step
     progress = _progress(config.progress and rank == 0, config.steps)
+    stragglers = StragglerReporter(config, spec, plan, run_dir) if rank == 0 else None
     records: list[dict[str, Any]] = []
     model_state = None
     wall_start = time.perf_counter()
@@ -108,6 +110,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 record["sample_ids"] = [trainer.last_sample_ids[0], trainer.last_sample_ids[-1] + 1]
             writer.write(record)
             records.append(record)
+            if stragglers is not None:
+                stragglers.observe(record)
             preemption.stop_here_if_asked(resilience, trainer.step)
             resilience.after_step(record)
             if progress is not None:

@@ -45,5 +45,8 @@ class TrainConfig:
     hash_params: bool = True
     #: also save the full final parameters to RUN_DIR/final_params.pt (equivalence tests)
     save_final_params: bool = False
+    #: a rank this many times slower than its peers (or the predicted step time) is a straggler
+    #: (runtime/stragglers.py)
+    straggler_factor: float = 1.5
     #: checkpoints, resume, fault injection, watchdog, NaN rollback (runtime/resilience.py)
     resilience: ResilienceConfig = field(default_factory=ResilienceConfig)
