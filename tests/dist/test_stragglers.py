@@ -1,7 +1,9 @@
-"""Straggler detection end to end: real `bastion train` launches of 2 gloo processes (dp2, ZeRO-3).
+"""Straggler detection and the health check end to end: real `bastion train` launches of 2 gloo processes (dp2,
+ZeRO-3).
 
 A rank made three times slower (`--inject slow:rank=1,factor=3`) is named as a straggler within a few steps, in
-metrics.jsonl, summary.json and `bastion report`; a clean run of the same plan names none.
+metrics.jsonl, summary.json and `bastion report`; a clean run of the same plan names none. Every start runs the
+health check; a rank whose link waits before each collective (`flaky-link`) fails its bandwidth test.
 """
 
 from __future__ import annotations
@@ -63,3 +65,22 @@ def test_a_slow_rank_is_named_and_a_clean_run_names_none(tmp_path: Path, token_d
     clean, _ = train(tmp_path, token_data, "clean")
     assert [r for r in records(clean) if r.get("event") == "straggler"] == []
     assert json.loads((clean / "summary.json").read_text())["stragglers"] == []
+    health = [r for r in records(clean) if r.get("event") == "health_check"]
+    assert len(health) == 1 and health[0]["cluster"] == "cpu:2" and health[0]["gpus"] == {
+        "skipped": "CPU run: no GPU to check"}
+    assert len(health[0]["all_reduce_s_by_rank"]) == 2 and health[0]["predicted_s"] > 0
+    # cpu:2 is the device's default, not a named cluster: the bandwidth is compared, not judged
+    assert health[0]["ok"] is True and "not judged" in health[0]["bandwidth_note"]
+
+
+def test_a_flaky_link_fails_the_health_check(tmp_path: Path, token_data: Path) -> None:
+    run_dir, output = train(tmp_path, token_data, "flaky", "--inject", "flaky-link:rank=1,delay_ms=300",
+                            "--cluster", "cpu:2")
+    health = [r for r in records(run_dir) if r.get("event") == "health_check"]
+    # 300 ms before each all-reduce of 4 MiB, predicted in milliseconds on cpu:2
+    assert len(health) == 1 and health[0]["ok"] is False and health[0]["ratio"] >= 3
+    assert any("all-reduce of 4 MiB" in p for p in health[0]["problems"])
+    assert "health check found" in output
+    # its peers wait for it at every closing collective too
+    # (with a named cluster each rank is also judged against the predicted step time, which cpu:2 misses here)
+    assert [e["rank"] for e in records(run_dir) if e.get("event") == "straggler" and e["baseline"] == "peers"] == [1]

@@ -28,7 +28,7 @@ WARMUP_STEPS = 1
 #: events shown on the timeline (checkpoints are summarised, there may be thousands)
 TIMELINE_EVENTS = tuple(kind.name for kind in (
     kinds.RUN_START, kinds.FAULT, kinds.HANG, kinds.RESTART, kinds.RESUME, kinds.ROLLBACK, kinds.SKIP_BATCH,
-    kinds.CHECKPOINT_CORRUPT, kinds.CHECKPOINT_INTERVAL, kinds.PREEMPTED, kinds.STRAGGLER))
+    kinds.CHECKPOINT_CORRUPT, kinds.CHECKPOINT_INTERVAL, kinds.PREEMPTED, kinds.STRAGGLER, kinds.HEALTH_CHECK))
 
 
 # ---- steady step time ---------------------------------------------------------------------------------
@@ -208,7 +208,7 @@ def timeline(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         entry = {"t_s": round(record["time"] - t0, 3), "event": record["event"], "after_step": last_step}
         for key in ("step", "attempt", "resumed_from_step", "fault", "spec", "rank", "reason", "world_size",
-                    "every_steps", "skipped_sample_ids", "sample_ids", "factor", "baseline"):
+                    "every_steps", "skipped_sample_ids", "sample_ids", "factor", "baseline", "ok", "problems"):
             if key in record:
                 entry[key] = record[key]
         out.append(entry)

@@ -73,10 +73,17 @@ CHECKPOINT_INTERVAL = EventKind("checkpoint_interval", "--checkpoint-every auto 
 STRAGGLER = EventKind("straggler", "a rank's median compute time over the last `window` steps is `factor` × the "
                       "baseline (`baseline`: the median of its peers, or the predicted step time); once per "
                       "episode", ("rank", "step", "factor", "compute_s", "baseline_s", "baseline", "window"))
+HEALTH_CHECK = EventKind("health_check", "the pre-flight check of a worker group (at start and after each restart): "
+                         "a timed all-reduce on the job's own group against the predictor's time for the cluster, "
+                         "and each GPU's ECC/clock/throttling state (or why it was skipped); `ok` false with "
+                         "`problems` when something is wrong (runtime/health.py)",
+                         ("attempt", "world_size", "cluster", "bytes", "all_reduce_s", "all_reduce_s_by_rank",
+                          "busbw_gbs", "predicted_s", "predicted_busbw_gbs", "ratio", "ok", "problems", "gpus",
+                          "took_s", "bandwidth_note"))
 
 EVENT_KINDS: dict[str, EventKind] = {kind.name: kind for kind in (
     RUN_START, RESUME, RESTART, FAULT, HANG, PREEMPTED, ROLLBACK, SKIP_BATCH, CHECKPOINT, CHECKPOINT_WAIT,
-    CHECKPOINT_COMMITTED, CHECKPOINT_CORRUPT, CHECKPOINT_INTERVAL, STRAGGLER)}
+    CHECKPOINT_COMMITTED, CHECKPOINT_CORRUPT, CHECKPOINT_INTERVAL, STRAGGLER, HEALTH_CHECK)}
 #: events after which the next step runs in a freshly started process
 RESTART_EVENTS = (RESTART.name, RESUME.name)
 #: events whose blocking time is checkpoint stall

@@ -220,6 +220,10 @@ class Resilience:
         self.injector.slow_down(step, compute_s)
         self.injector.link_delay(step)
 
+    def before_collective(self) -> None:
+        """Before a collective outside the step (the health check): the flaky-link fault waits here."""
+        self.injector.link_delay(self.resumed_from or 0)
+
     def after_step(self, record: dict[str, Any]) -> None:
         step = record["step"]
         self.watchdog.step_ended(step)

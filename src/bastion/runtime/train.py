@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from bastion.rundir.layout import write_run_files
 from bastion.rundir.metrics import MetricsWriter
+from bastion.runtime.health import run_health_check
 from bastion.runtime.mesh import build_mesh
 from bastion.runtime.metrics import current_memory_bytes, model_flops_per_token, model_state_bytes_measured
 from bastion.runtime.preemption import PreemptionNotice
@@ -78,6 +79,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
     preemption = PreemptionNotice().install()  # SIGTERM: checkpoint after the current step, stop
     writer = MetricsWriter(run_dir, enabled=rank == 0)
     cluster_name = _cluster_name(config, device, world)
+    # every process start (the first, each restart) checks the group it got before spending a step on it
+    run_health_check(run_dir, cluster_name, device, resilience.attempt, resilience.before_collective,
+                     cluster_named=bool(config.cluster))
     peak = peak_flops(cluster_name, plan.precision, device)
     tokens_per_step = plan.global_batch * spec.seq_len
     flops_per_step = model_flops_per_token(spec, spec.seq_len) * tokens_per_step
