@@ -16,12 +16,11 @@ from bastion.cost.prices import cloud_prices
 from bastion.errors import ConfigError
 from bastion.predict import estimate
 from bastion.reliability import daly_interval, default_failure_model, expected_goodput
+from bastion.reliability.policies import DEFAULT_RESTART_S
 from bastion.specs import Cluster, ModelSpec, ParallelPlan
 
 #: device-to-host copy rate an async checkpoint stalls on (PCIe Gen5 x16 at about half its 64 GB/s peak)
 ASYNC_SNAPSHOT_GBPS = 25.0
-#: restart cost after a failure: reschedule, re-initialise, reload (Kokolis et al., Meta RSC: 5–20 min)
-DEFAULT_RESTART_S = 600.0
 
 
 @dataclass(frozen=True)
