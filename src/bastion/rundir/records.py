@@ -80,10 +80,14 @@ HEALTH_CHECK = EventKind("health_check", "the pre-flight check of a worker group
                          ("attempt", "world_size", "cluster", "bytes", "all_reduce_s", "all_reduce_s_by_rank",
                           "busbw_gbs", "predicted_s", "predicted_busbw_gbs", "ratio", "ok", "problems", "gpus",
                           "took_s", "bandwidth_note"))
+PLAN_CHANGE = EventKind("plan_change", "the launcher re-planned the run for another world size (--on-failure "
+                        "shrink: ranks lost their node) and relaunched it from the checkpoint of `step`",
+                        ("step", "from_world", "to_world", "plan", "from_plan", "lost_ranks", "reason"))
 
 EVENT_KINDS: dict[str, EventKind] = {kind.name: kind for kind in (
     RUN_START, RESUME, RESTART, FAULT, HANG, PREEMPTED, ROLLBACK, SKIP_BATCH, CHECKPOINT, CHECKPOINT_WAIT,
-    CHECKPOINT_COMMITTED, CHECKPOINT_CORRUPT, CHECKPOINT_INTERVAL, STRAGGLER, HEALTH_CHECK)}
+    CHECKPOINT_COMMITTED, CHECKPOINT_CORRUPT, CHECKPOINT_INTERVAL, STRAGGLER, HEALTH_CHECK,
+    PLAN_CHANGE)}
 #: events after which the next step runs in a freshly started process
 RESTART_EVENTS = (RESTART.name, RESUME.name)
 #: events whose blocking time is checkpoint stall

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, NotRequired, TypedDict
 
 from bastion.rundir.layout import SUMMARY_FILE, RunDirError
-from bastion.rundir.records import STRAGGLER, current_run, is_event
+from bastion.rundir.records import PLAN_CHANGE, STRAGGLER, current_run, is_event
 
 
 class TimeBreakdown(TypedDict):
@@ -49,6 +49,17 @@ class StragglerEntry(TypedDict):
     factor: float
 
 
+class PlanChangeEntry(TypedDict):
+    """A re-plan for another world size (a `plan_change` event of metrics.jsonl)."""
+
+    #: the checkpoint step the new plan resumed from
+    step: int
+    from_world: int
+    to_world: int
+    #: the new plan (ParallelPlan.to_dict)
+    plan: dict[str, Any]
+
+
 class RunSummary(TypedDict):
     """summary.json. The accounting fields (Accounting, `checkpoints`, `skipped_batch_starts`) are there when the
     runtime's resilience wrote them (every run since they exist)."""
@@ -82,12 +93,20 @@ class RunSummary(TypedDict):
     skipped_batch_starts: NotRequired[list[int]]
     #: ranks found persistently slow, in the order found (absent in summaries from before it was recorded)
     stragglers: NotRequired[list[StragglerEntry]]
+    #: re-plans for another world size, in order (absent in summaries from before they existed)
+    plan_changes: NotRequired[list[PlanChangeEntry]]
 
 
 def straggler_entries(records: list[dict[str, Any]]) -> list[StragglerEntry]:
     """summary.json's `stragglers` from the `straggler` events of the current run."""
     return [{"rank": r["rank"], "step": r["step"], "factor": r["factor"]}
             for r in current_run(records) if is_event(r, STRAGGLER.name)]
+
+
+def plan_change_entries(records: list[dict[str, Any]]) -> list[PlanChangeEntry]:
+    """summary.json's `plan_changes` from the `plan_change` events of the current run."""
+    return [{"step": r["step"], "from_world": r["from_world"], "to_world": r["to_world"], "plan": r["plan"]}
+            for r in current_run(records) if is_event(r, PLAN_CHANGE.name)]
 
 
 def summary_path(run_dir: Path) -> Path:

@@ -1,5 +1,6 @@
 """Fault injection: `--inject kill:rank=1,step=7`, `hang:rank=0,step=5`, `nan:step=9`,
-`kill-during-save:step=8`, `corrupt-latest`, `slow:rank=1,factor=3`, `flaky-link:rank=1` (repeatable).
+`kill-during-save:step=8`, `corrupt-latest`, `slow:rank=1,factor=3`, `flaky-link:rank=1`, `lose-node:rank=3,step=5`
+(repeatable).
 
 Every fault fires exactly once per run, even across restarts: the rank that fires it first creates
 `RUN_DIR/faults/<fault id>.fired` (O_EXCL) and only then acts, so a restarted worker that replays the same step
@@ -9,6 +10,9 @@ does not fire it again. Each firing is recorded in metrics.jsonl as {"event": "f
   hang              sleep forever at the start of `step` (the watchdog must notice, dump stacks and abort)
   nan               poison this rank's gradients with NaN after the backward pass of `step` (the NaN guard
                     must roll back and skip the batch)
+  lose-node         like kill, but the rank's node is gone for good: under --on-failure shrink the launcher
+                    re-plans for the ranks left and continues (launch/shrink.py); under requeue it is a kill whose
+                    restart gets a replacement node
   kill-during-save  SIGKILL the committing rank after the checkpoint of the first save at or after `step` is
                     written but before it is committed (no manifest, no rename)
   corrupt-latest    after `step` (default: as soon as two checkpoints exist) flip bytes in the newest committed
@@ -35,15 +39,17 @@ from bastion.errors import ConfigError, did_you_mean
 from bastion.rundir import checkpoints as checkpoint_files
 from bastion.rundir.metrics import log_event
 
-KINDS = ("kill", "hang", "nan", "kill-during-save", "corrupt-latest", "slow", "flaky-link")
-_NEEDS_STEP = ("kill", "hang", "nan", "kill-during-save")
+KINDS = ("kill", "hang", "nan", "kill-during-save", "corrupt-latest", "slow", "flaky-link", "lose-node")
+_NEEDS_STEP = ("kill", "hang", "nan", "kill-during-save", "lose-node")
+#: faults that end the worker group (a restart, a relaunch or a re-plan must follow)
+FATAL = ("kill", "hang", "kill-during-save", "corrupt-latest", "lose-node")
 #: faults that act on every step from their first one on (the others fire once)
 CONTINUOUS = ("slow", "flaky-link")
 #: the keys each kind takes besides `rank` (whole numbers unless listed in _FLOAT_KEYS)
 _KEYS = {"slow": ("factor", "from_step"), "flaky-link": ("delay_ms",)}
 _FLOAT_KEYS = ("factor", "delay_ms")
 _EXAMPLES = ("kill:rank=1,step=7 | hang:rank=0,step=5 | nan:step=9 | kill-during-save:step=8 | corrupt-latest | "
-             "slow:rank=1,factor=3[,from_step=5] | flaky-link:rank=1[,delay_ms=50]")
+             "slow:rank=1,factor=3[,from_step=5] | flaky-link:rank=1[,delay_ms=50] | lose-node:rank=3,step=5")
 #: flaky-link's wait before each collective when `delay_ms` is not given
 DEFAULT_LINK_DELAY_MS = 50.0
 
@@ -160,7 +166,7 @@ class FaultInjector:
         os.kill(os.getpid(), signal.SIGKILL)
 
     def at_step_start(self, step: int) -> None:
-        for fault in self._pending("kill"):
+        for fault in self._pending("kill") + self._pending("lose-node"):
             if fault.step == step and self._claim(fault, step):
                 self._die()
         for fault in self._pending("hang"):

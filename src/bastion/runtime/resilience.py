@@ -40,7 +40,7 @@ from bastion.rundir import checkpoints as checkpoint_files
 from bastion.rundir.accounting import account
 from bastion.rundir.layout import checkpoints_dir
 from bastion.rundir.metrics import log_event, read_metrics
-from bastion.rundir.summary import straggler_entries
+from bastion.rundir.summary import plan_change_entries, straggler_entries
 from bastion.runtime import checkpoint as ck
 from bastion.runtime.checkpoint_key import checkpoint_key
 from bastion.runtime.data import GlobalSampler
@@ -316,6 +316,7 @@ class Resilience:
         records = read_metrics(self.run_dir).records
         fields = account(records, time.time())
         fields["stragglers"] = straggler_entries(records)
+        fields["plan_changes"] = plan_change_entries(records)
         fields["restarts"] = max(fields["restarts"], self.attempt)
         fields["checkpoints"] = [c.step for c in checkpoint_files.committed(self.checkpointer.config.directory)]
         fields["skipped_batch_starts"] = sorted(self.skip_starts)
