@@ -9,7 +9,9 @@ import time
 
 import pytest
 
-from bastion.launch.shrink import lost_ranks, resolve_on_failure, shrink_plan
+from bastion.errors import ConfigError
+from bastion.launch.shrink import _back_at, _with_stop, grow_boundary, lost_ranks, resolve_on_failure, shrink_plan
+from bastion.runtime.faults import parse_fault
 from bastion.rundir.metrics import log_event
 from bastion.specs.model import load_model
 from bastion.specs.plan import ParallelPlan
@@ -36,6 +38,27 @@ def test_nothing_to_shrink_to_is_none() -> None:
     assert shrink_plan(plan(dp=1, tp=2), TINY, 1) is None   # no replica to drop
     assert shrink_plan(plan(dp=2, tp=2), TINY, 1) is None   # one tp2 replica needs 2 ranks
     assert shrink_plan(plan(dp=2, micro_batch=4), TINY, 1).dp == 1
+
+
+def test_growing_back_waits_for_the_checkpoint_boundary_and_honours_an_earlier_stop() -> None:
+    assert [grow_boundary(7, 2), grow_boundary(8, 2), grow_boundary(7, 0), grow_boundary(7, -1)] == [8, 8, 7, 7]
+    config = {"train": {"resilience": {"stop_after_step": 0, "inject": ["lose-node:rank=3,step=5,back_at=7",
+                                                                         "lose-node:rank=2,step=5"]}}}
+    assert _with_stop(config, 8)["train"]["resilience"]["stop_after_step"] == 8
+    assert config["train"]["resilience"]["stop_after_step"] == 0  # not changed in place
+    earlier = {"train": {"resilience": {**config["train"]["resilience"], "stop_after_step": 6}}}
+    assert _with_stop(earlier, 8)["train"]["resilience"]["stop_after_step"] == 6
+    # every lost node must come back for the world to grow
+    assert _back_at(config, [3]) == 7 and _back_at(config, [2, 3]) is None
+
+
+def test_lose_node_specs() -> None:
+    assert parse_fault("lose-node:rank=3,step=5,back_at=9").back_at == 9
+    assert parse_fault("lose-node:rank=3,step=5").back_at is None
+    with pytest.raises(ConfigError, match="back_at must come after"):
+        parse_fault("lose-node:rank=3,step=5,back_at=5")
+    with pytest.raises(ConfigError, match="needs a step"):
+        parse_fault("lose-node:rank=3")
 
 
 def test_auto_shrinks_only_plans_with_replicas_to_drop() -> None:

@@ -5,8 +5,10 @@ so the launcher does it: each launch runs torchrun without elastic restarts; whe
 metrics.jsonl for the `lose-node` faults that fired in that launch. With nodes lost it re-plans for the ranks
 left (`shrink_plan`), records a `plan_change` event and launches again — the workers resume from the newest
 checkpoint, which loads under any plan (runtime/resilience.py reshards) with the same data order (the global
-sampler depends on the global batch and seed, not on the plan). With no node lost (a crash) it relaunches the same
-plan, up to --max-restarts times.
+sampler depends on the global batch and seed, not on the plan). When the lost nodes come back (`back_at`), the
+smaller world stops at the first checkpoint boundary at or after that step (--stop-after-step's mechanism: it
+saves there) and the launcher grows back to the plan it had, another `plan_change`. With no node lost (a crash)
+it relaunches the same plan, up to --max-restarts times.
 
 The re-plan keeps every degree but data parallelism: the model's sharding across tp/pp/cp stays, dp drops to the
 largest value the ranks left hold that still divides the global batch into whole micro-batches (more gradient
@@ -63,17 +65,52 @@ def lost_ranks(run_dir: Path, since: float) -> list[int]:
                    if is_event(r, FAULT.name) and r.get("fault") == "lose-node" and r["time"] >= since})
 
 
+def grow_boundary(back_at: int, checkpoint_every: int) -> int:
+    """The first checkpoint boundary at or after `back_at` (`auto` or no interval: `back_at` itself)."""
+    if checkpoint_every <= 0:
+        return back_at
+    return -(-back_at // checkpoint_every) * checkpoint_every
+
+
+def _with_stop(config: dict[str, Any], stop_after_step: int) -> dict[str, Any]:
+    """The run config with --stop-after-step set (the earlier of the user's and `stop_after_step`)."""
+    train = dict(config["train"])
+    resilience = dict(train["resilience"])
+    asked = resilience.get("stop_after_step", 0)
+    resilience["stop_after_step"] = min(asked, stop_after_step) if asked else stop_after_step
+    train["resilience"] = resilience
+    return {**config, "train": train}
+
+
+def _back_at(config: dict[str, Any], lost: list[int]) -> int | None:
+    """The step by which every lost node is back, from the lose-node faults asked for (None: not all come back)."""
+    from bastion.runtime.faults import parse_fault
+
+    faults = [parse_fault(text) for text in config["train"]["resilience"]["inject"]]
+    back = [f.back_at for f in faults if f.kind == "lose-node" and f.rank in lost]
+    return max(back) if back and None not in back and len(back) >= len(lost) else None  # type: ignore[type-var]
+
+
 def run_shrinking(run_dir: Path, spec: ModelSpec, plan: ParallelPlan, config: dict[str, Any], max_restarts: int,
                   launch: Callable[[dict[str, Any], int], int],
                   config_for: Callable[[ParallelPlan], dict[str, Any]]) -> int:
-    """Launch (`launch(run config, world size)` → exit code) until the run succeeds, shrinking on lost nodes and
-    relaunching on other failures while restarts last; the last exit code."""
+    """Launch (`launch(run config, world size)` → exit code) until the run succeeds, shrinking on lost nodes (and
+    growing back when they return) and relaunching on other failures while restarts last; the last exit code."""
     restarts_left = max_restarts
+    steps, every = config["train"]["steps"], config["train"]["resilience"]["checkpoint_every"]
+    grow_to: tuple[int, ParallelPlan] | None = None  # (the step the smaller world stops at, the plan to grow to)
     while True:
         started = time.time()
         code = launch(config, plan.num_gpus)
         if code == 0:
-            return 0
+            if grow_to is None:
+                return 0
+            step, larger = grow_to
+            _change(run_dir, step, plan, larger, [], "node back")
+            print(f"bastion: the lost node(s) are back; growing to {larger.num_gpus} rank(s) at step {step}: dp "
+                  f"{plan.dp} → {larger.dp}", flush=True)
+            plan, config, grow_to = larger, config_for(larger), None
+            continue
         lost = lost_ranks(run_dir, started)
         if not lost:
             if restarts_left == 0:
@@ -90,9 +127,17 @@ def run_shrinking(run_dir: Path, spec: ModelSpec, plan: ParallelPlan, config: di
                               fix="resume on the full world once the node is back (rerun the same command), or "
                                   "choose a plan with more data parallelism.")
         newest = checkpoint_files.committed(checkpoints_dir(run_dir))
-        log_event(run_dir, "plan_change", step=newest[-1].step if newest else 0, from_world=plan.num_gpus,
-                  to_world=smaller.num_gpus, plan=smaller.to_dict(), from_plan=plan.to_dict(), lost_ranks=lost,
-                  reason="lose-node")
+        _change(run_dir, newest[-1].step if newest else 0, plan, smaller, lost, "lose-node")
         print(f"bastion: rank(s) {lost} lost their node; continuing on {smaller.num_gpus} rank(s): dp "
               f"{plan.dp} → {smaller.dp}", flush=True)
+        back_at = _back_at(config, lost)
+        boundary = grow_boundary(back_at, every) if back_at is not None else None
+        grow_to = (boundary, grow_to[1] if grow_to else plan) if boundary is not None and boundary < steps else None
         plan, config = smaller, config_for(smaller)
+        if grow_to is not None:
+            config = _with_stop(config, grow_to[0])
+
+
+def _change(run_dir: Path, step: int, old: ParallelPlan, new: ParallelPlan, lost: list[int], reason: str) -> None:
+    log_event(run_dir, "plan_change", step=step, from_world=old.num_gpus, to_world=new.num_gpus, plan=new.to_dict(),
+              from_plan=old.to_dict(), lost_ranks=lost, reason=reason)

@@ -10,8 +10,9 @@ does not fire it again. Each firing is recorded in metrics.jsonl as {"event": "f
   hang              sleep forever at the start of `step` (the watchdog must notice, dump stacks and abort)
   nan               poison this rank's gradients with NaN after the backward pass of `step` (the NaN guard
                     must roll back and skip the batch)
-  lose-node         like kill, but the rank's node is gone for good: under --on-failure shrink the launcher
-                    re-plans for the ranks left and continues (launch/shrink.py); under requeue it is a kill whose
+  lose-node         like kill, but the rank's node is gone (until step `back_at`, if given): under --on-failure
+                    shrink the launcher re-plans for the ranks left and continues, and grows back at the first
+                    checkpoint boundary at or after `back_at` (launch/shrink.py); under requeue it is a kill whose
                     restart gets a replacement node
   kill-during-save  SIGKILL the committing rank after the checkpoint of the first save at or after `step` is
                     written but before it is committed (no manifest, no rename)
@@ -46,7 +47,7 @@ FATAL = ("kill", "hang", "kill-during-save", "corrupt-latest", "lose-node")
 #: faults that act on every step from their first one on (the others fire once)
 CONTINUOUS = ("slow", "flaky-link")
 #: the keys each kind takes besides `rank` (whole numbers unless listed in _FLOAT_KEYS)
-_KEYS = {"slow": ("factor", "from_step"), "flaky-link": ("delay_ms",)}
+_KEYS = {"slow": ("factor", "from_step"), "flaky-link": ("delay_ms",), "lose-node": ("step", "back_at")}
 _FLOAT_KEYS = ("factor", "delay_ms")
 _EXAMPLES = ("kill:rank=1,step=7 | hang:rank=0,step=5 | nan:step=9 | kill-during-save:step=8 | corrupt-latest | "
              "slow:rank=1,factor=3[,from_step=5] | flaky-link:rank=1[,delay_ms=50] | lose-node:rank=3,step=5")
@@ -70,6 +71,8 @@ class FaultSpec:
     from_step: int = 1
     #: flaky-link: milliseconds this rank waits before each collective bastion issues
     delay_ms: float = DEFAULT_LINK_DELAY_MS
+    #: lose-node: the step from which the node is available again (None: never)
+    back_at: int | None = None
 
     @property
     def fault_id(self) -> str:
@@ -83,6 +86,8 @@ class FaultSpec:
             return f"slow:rank={self.rank},factor={self.factor:g},from_step={self.from_step}"
         if self.kind == "flaky-link":
             return f"flaky-link:rank={self.rank},delay_ms={self.delay_ms:g}"
+        if self.kind == "lose-node" and self.back_at is not None:
+            return f"lose-node:rank={self.rank},step={self.step},back_at={self.back_at}"
         return f"{self.kind}:rank={self.rank},step={'auto' if self.step is None else self.step}"
 
 
@@ -112,12 +117,16 @@ def parse_fault(text: str) -> FaultSpec:
     if min(values.get("step", 1), values.get("from_step", 1)) < 1 or values.get("rank", 0) < 0:
         raise ConfigError(f"--inject {text!r}: steps must be >= 1 and rank >= 0.",
                           fix=f"steps count from 1 and ranks from 0, e.g. {_EXAMPLES}.")
+    if "back_at" in values and values["back_at"] <= values.get("step", 0):
+        raise ConfigError(f"--inject {text!r}: back_at must come after the step the node is lost.",
+                          fix="e.g. lose-node:rank=3,step=5,back_at=9.")
     if not values.get("factor", 1.0) >= 1.0 or not values.get("delay_ms", 0.0) >= 0.0:
         raise ConfigError(f"--inject {text!r}: factor must be >= 1 and delay_ms >= 0.",
                           fix="e.g. slow:rank=1,factor=3 (three times slower) or flaky-link:rank=1,delay_ms=50.")
     return FaultSpec(kind, values.get("step"), int(values.get("rank", 0)), factor=float(values.get("factor", 1.0)),
                      from_step=int(values.get("from_step", 1)),
-                     delay_ms=float(values.get("delay_ms", DEFAULT_LINK_DELAY_MS)))
+                     delay_ms=float(values.get("delay_ms", DEFAULT_LINK_DELAY_MS)),
+                     back_at=int(values["back_at"]) if "back_at" in values else None)
 
 
 def check_faults(faults: list[FaultSpec], world_size: int, total_steps: int) -> None:
