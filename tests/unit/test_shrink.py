@@ -10,9 +10,16 @@ import time
 import pytest
 
 from bastion.errors import ConfigError
-from bastion.launch.shrink import _back_at, _with_stop, grow_boundary, lost_ranks, resolve_on_failure, shrink_plan
-from bastion.runtime.faults import parse_fault
+from bastion.launch.shrink import (
+    back_at_step,
+    grow_boundary,
+    lost_ranks,
+    resolve_on_failure,
+    shrink_plan,
+    with_stop_after,
+)
 from bastion.rundir.metrics import log_event
+from bastion.runtime.faults import parse_fault
 from bastion.specs.model import load_model
 from bastion.specs.plan import ParallelPlan
 
@@ -44,12 +51,12 @@ def test_growing_back_waits_for_the_checkpoint_boundary_and_honours_an_earlier_s
     assert [grow_boundary(7, 2), grow_boundary(8, 2), grow_boundary(7, 0), grow_boundary(7, -1)] == [8, 8, 7, 7]
     config = {"train": {"resilience": {"stop_after_step": 0, "inject": ["lose-node:rank=3,step=5,back_at=7",
                                                                          "lose-node:rank=2,step=5"]}}}
-    assert _with_stop(config, 8)["train"]["resilience"]["stop_after_step"] == 8
+    assert with_stop_after(config, 8)["train"]["resilience"]["stop_after_step"] == 8
     assert config["train"]["resilience"]["stop_after_step"] == 0  # not changed in place
     earlier = {"train": {"resilience": {**config["train"]["resilience"], "stop_after_step": 6}}}
-    assert _with_stop(earlier, 8)["train"]["resilience"]["stop_after_step"] == 6
+    assert with_stop_after(earlier, 8)["train"]["resilience"]["stop_after_step"] == 6
     # every lost node must come back for the world to grow
-    assert _back_at(config, [3]) == 7 and _back_at(config, [2, 3]) is None
+    assert back_at_step(config, [3]) == 7 and back_at_step(config, [2, 3]) is None
 
 
 def test_lose_node_specs() -> None:

@@ -72,7 +72,7 @@ def grow_boundary(back_at: int, checkpoint_every: int) -> int:
     return -(-back_at // checkpoint_every) * checkpoint_every
 
 
-def _with_stop(config: dict[str, Any], stop_after_step: int) -> dict[str, Any]:
+def with_stop_after(config: dict[str, Any], stop_after_step: int) -> dict[str, Any]:
     """The run config with --stop-after-step set (the earlier of the user's and `stop_after_step`)."""
     train = dict(config["train"])
     resilience = dict(train["resilience"])
@@ -82,7 +82,7 @@ def _with_stop(config: dict[str, Any], stop_after_step: int) -> dict[str, Any]:
     return {**config, "train": train}
 
 
-def _back_at(config: dict[str, Any], lost: list[int]) -> int | None:
+def back_at_step(config: dict[str, Any], lost: list[int]) -> int | None:
     """The step by which every lost node is back, from the lose-node faults asked for (None: not all come back)."""
     from bastion.runtime.faults import parse_fault
 
@@ -130,12 +130,12 @@ def run_shrinking(run_dir: Path, spec: ModelSpec, plan: ParallelPlan, config: di
         _change(run_dir, newest[-1].step if newest else 0, plan, smaller, lost, "lose-node")
         print(f"bastion: rank(s) {lost} lost their node; continuing on {smaller.num_gpus} rank(s): dp "
               f"{plan.dp} → {smaller.dp}", flush=True)
-        back_at = _back_at(config, lost)
+        back_at = back_at_step(config, lost)
         boundary = grow_boundary(back_at, every) if back_at is not None else None
         grow_to = (boundary, grow_to[1] if grow_to else plan) if boundary is not None and boundary < steps else None
         plan, config = smaller, config_for(smaller)
         if grow_to is not None:
-            config = _with_stop(config, grow_to[0])
+            config = with_stop_after(config, grow_to[0])
 
 
 def _change(run_dir: Path, step: int, old: ParallelPlan, new: ParallelPlan, lost: list[int], reason: str) -> None:
