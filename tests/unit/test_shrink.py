@@ -13,7 +13,7 @@ from bastion.errors import ConfigError
 from bastion.launch.shrink import (
     back_at_step,
     grow_boundary,
-    lost_ranks,
+    lost_nodes,
     resolve_on_failure,
     shrink_plan,
     with_stop_after,
@@ -49,14 +49,13 @@ def test_nothing_to_shrink_to_is_none() -> None:
 
 def test_growing_back_waits_for_the_checkpoint_boundary_and_honours_an_earlier_stop() -> None:
     assert [grow_boundary(7, 2), grow_boundary(8, 2), grow_boundary(7, 0), grow_boundary(7, -1)] == [8, 8, 7, 7]
-    config = {"train": {"resilience": {"stop_after_step": 0, "inject": ["lose-node:rank=3,step=5,back_at=7",
-                                                                         "lose-node:rank=2,step=5"]}}}
+    config = {"train": {"resilience": {"stop_after_step": 0}}}
     assert with_stop_after(config, 8)["train"]["resilience"]["stop_after_step"] == 8
     assert config["train"]["resilience"]["stop_after_step"] == 0  # not changed in place
     earlier = {"train": {"resilience": {**config["train"]["resilience"], "stop_after_step": 6}}}
     assert with_stop_after(earlier, 8)["train"]["resilience"]["stop_after_step"] == 6
     # every lost node must come back for the world to grow
-    assert back_at_step(config, [3]) == 7 and back_at_step(config, [2, 3]) is None
+    assert back_at_step({3: 7}) == 7 and back_at_step({3: 7, 1: 9}) == 9 and back_at_step({3: 7, 2: None}) is None
 
 
 def test_lose_node_specs() -> None:
@@ -74,13 +73,14 @@ def test_auto_shrinks_only_plans_with_replicas_to_drop() -> None:
     assert resolve_on_failure("requeue", plan()) == "requeue"
 
 
-def test_lost_ranks_are_the_lose_node_faults_of_this_launch(tmp_path) -> None:
-    log_event(tmp_path, "fault", fault="lose-node", spec="lose-node:rank=1,step=2", rank=1, step=2)
+def test_lost_nodes_are_the_lose_node_faults_of_this_launch(tmp_path) -> None:
+    log_event(tmp_path, "fault", fault="lose-node", spec="lose-node:rank=1,step=2", rank=1, step=2, back_at=None)
     since = time.time() + 1e-3
     time.sleep(0.01)
     log_event(tmp_path, "fault", fault="kill", spec="kill:rank=0,step=3", rank=0, step=3)
-    log_event(tmp_path, "fault", fault="lose-node", spec="lose-node:rank=3,step=4", rank=3, step=4)
-    assert lost_ranks(tmp_path, since) == [3]
+    log_event(tmp_path, "fault", fault="lose-node", spec="lose-node:rank=3,step=4,back_at=6", rank=3, step=4,
+              back_at=6)
+    assert lost_nodes(tmp_path, since) == {3: 6}
 
 
 @pytest.mark.parametrize(("args", "message"), [

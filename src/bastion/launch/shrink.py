@@ -59,10 +59,10 @@ def resolve_on_failure(on_failure: str, plan: ParallelPlan) -> str:
     return on_failure
 
 
-def lost_ranks(run_dir: Path, since: float) -> list[int]:
-    """Ranks whose node a `lose-node` fault took since `since` (Unix time)."""
-    return sorted({r["rank"] for r in read_metrics(run_dir).records
-                   if is_event(r, FAULT.name) and r.get("fault") == "lose-node" and r["time"] >= since})
+def lost_nodes(run_dir: Path, since: float) -> dict[int, int | None]:
+    """Rank -> the step its node is back (None: never), for the `lose-node` faults that fired since `since`."""
+    return {r["rank"]: r.get("back_at") for r in read_metrics(run_dir).records
+            if is_event(r, FAULT.name) and r.get("fault") == "lose-node" and r["time"] >= since}
 
 
 def grow_boundary(back_at: int, checkpoint_every: int) -> int:
@@ -82,13 +82,10 @@ def with_stop_after(config: dict[str, Any], stop_after_step: int) -> dict[str, A
     return {**config, "train": train}
 
 
-def back_at_step(config: dict[str, Any], lost: list[int]) -> int | None:
-    """The step by which every lost node is back, from the lose-node faults asked for (None: not all come back)."""
-    from bastion.runtime.faults import parse_fault
-
-    faults = [parse_fault(text) for text in config["train"]["resilience"]["inject"]]
-    back = [f.back_at for f in faults if f.kind == "lose-node" and f.rank in lost]
-    return max(back) if back and None not in back and len(back) >= len(lost) else None  # type: ignore[type-var]
+def back_at_step(lost: dict[int, int | None]) -> int | None:
+    """The step by which every lost node is back (None: one never comes back)."""
+    back = list(lost.values())
+    return None if not back or None in back else max(back)  # type: ignore[type-var]
 
 
 def run_shrinking(run_dir: Path, spec: ModelSpec, plan: ParallelPlan, config: dict[str, Any], max_restarts: int,
@@ -111,7 +108,8 @@ def run_shrinking(run_dir: Path, spec: ModelSpec, plan: ParallelPlan, config: di
                   f"{plan.dp} → {larger.dp}", flush=True)
             plan, config, grow_to = larger, config_for(larger), None
             continue
-        lost = lost_ranks(run_dir, started)
+        lost_back = lost_nodes(run_dir, started)
+        lost = sorted(lost_back)
         if not lost:
             if restarts_left == 0:
                 return code
@@ -130,7 +128,7 @@ def run_shrinking(run_dir: Path, spec: ModelSpec, plan: ParallelPlan, config: di
         _change(run_dir, newest[-1].step if newest else 0, plan, smaller, lost, "lose-node")
         print(f"bastion: rank(s) {lost} lost their node; continuing on {smaller.num_gpus} rank(s): dp "
               f"{plan.dp} → {smaller.dp}", flush=True)
-        back_at = back_at_step(config, lost)
+        back_at = back_at_step(lost_back)
         boundary = grow_boundary(back_at, every) if back_at is not None else None
         grow_to = (boundary, grow_to[1] if grow_to else plan) if boundary is not None and boundary < steps else None
         plan, config = smaller, config_for(smaller)

@@ -51,8 +51,9 @@ RESUME = EventKind("resume", "a launch continues this run from a checkpoint (--r
 RESTART = EventKind("restart", "the worker group was restarted after a failure and resumed from a checkpoint; "
                     "`attempt` counts from 0 again in each launch", ("attempt", "resumed_from_step", "world_size",
                                                                      "plan"))
-FAULT = EventKind("fault", "an injected fault fired (checkpoint_step: the checkpoint a save fault hit)",
-                  ("fault", "spec", "rank", "step", "checkpoint_step"))
+FAULT = EventKind("fault", "an injected fault fired (checkpoint_step: the checkpoint a save fault hit; back_at: "
+                  "the step a lost node is back, None for never)",
+                  ("fault", "spec", "rank", "step", "checkpoint_step", "back_at"))
 HANG = EventKind("hang", "the watchdog found a step past its deadline and ended the process",
                  ("rank", "step", "elapsed_s", "deadline_s", "stacks"))
 PREEMPTED = EventKind("preempted", "SIGTERM: the run checkpoints after this step and stops", ("step", "signal"))

@@ -115,7 +115,7 @@ def parse_fault(text: str) -> FaultSpec:
     if kind == "slow" and "factor" not in values:
         raise ConfigError(f"--inject {text!r} needs a factor.", fix="write e.g. slow:rank=1,factor=3.")
     if min(values.get("step", 1), values.get("from_step", 1)) < 1 or values.get("rank", 0) < 0:
-        raise ConfigError(f"--inject {text!r}: steps must be >= 1 and rank >= 0.",
+        raise ConfigError(f"--inject {text!r}: every step must be >= 1 and rank >= 0.",
                           fix=f"steps count from 1 and ranks from 0, e.g. {_EXAMPLES}.")
     if "back_at" in values and values["back_at"] <= values.get("step", 0):
         raise ConfigError(f"--inject {text!r}: back_at must come after the step the node is lost.",
@@ -175,8 +175,11 @@ class FaultInjector:
         os.kill(os.getpid(), signal.SIGKILL)
 
     def at_step_start(self, step: int) -> None:
-        for fault in self._pending("kill") + self._pending("lose-node"):
+        for fault in self._pending("kill"):
             if fault.step == step and self._claim(fault, step):
+                self._die()
+        for fault in self._pending("lose-node"):  # the launcher reads when the node is back from the event
+            if fault.step == step and self._claim(fault, step, back_at=fault.back_at):
                 self._die()
         for fault in self._pending("hang"):
             if fault.step == step and self._claim(fault, step):
