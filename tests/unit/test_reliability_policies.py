@@ -45,6 +45,7 @@ def test_requeue_is_the_existing_first_order_model_with_the_wait_added_to_the_re
 def test_what_does_not_apply_is_said_and_never_recommended() -> None:
     single = by_policy(PolicyInputs(mtbf_s=36000, nodes=1, step_s=10, checkpoint_stall_s=60, spares=0))
     assert not single["shrink"].applicable and "one node" in single["shrink"].note
+    assert single["shrink"].cost_per_failure_s is None  # JSON has no infinity
     assert not single["spares"].applicable and not single["replica-drop"].applicable
     assert recommend(list(single.values())).policy == "requeue"
 

@@ -97,8 +97,8 @@ class PolicyGoodput:
     policy: str
     #: kept work / allocated GPU time (0 where not applicable)
     goodput: float
-    #: average cost of one failure, seconds of the whole job's time (C)
-    cost_per_failure_s: float
+    #: average cost of one failure, seconds of the whole job's time (C); None where not applicable
+    cost_per_failure_s: float | None
     #: nodes allocated (N, or N + k with spares)
     allocated_nodes: int
     applicable: bool
@@ -129,7 +129,7 @@ def policy_goodputs(inputs: PolicyInputs) -> list[PolicyGoodput]:
         return PolicyGoodput(policy, goodput, cost, allocated, True, note)
 
     def not_applicable(policy: str, why: str) -> PolicyGoodput:
-        return PolicyGoodput(policy, 0.0, math.inf, nodes, False, why)
+        return PolicyGoodput(policy, 0.0, None, nodes, False, why)
 
     out = [result("requeue", lost + restart + wait, nodes,
                   f"C = L {lost:.0f} + R {restart:.0f} + W {wait:.0f} s")]
