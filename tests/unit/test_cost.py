@@ -75,9 +75,19 @@ def test_cost_cli_json(tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["plan"] == PLAN_70B.to_dict() and data["gpu_hours"] > 0
+    # the recovery policies side by side, for this plan's dp replicas and the cluster's nodes
+    policies = {p["policy"]: p for p in data["recovery_policies"]}
+    assert list(policies) == ["requeue", "shrink", "spares", "replica-drop"]
+    assert data["recommended_policy"] == max(policies.values(), key=lambda p: p["goodput"])["policy"]
+    assert policies["spares"]["allocated_nodes"] == policies["requeue"]["allocated_nodes"] + 1
+    assert policies["replica-drop"]["applicable"] == (PLAN_70B.dp >= 2)
     proc = subprocess.run([sys.executable, "-m", "bastion", "cost", "--model", "llama3-70b", "--cluster",
                            "h100-sxm:1024", "--tokens", "1e12"], capture_output=True, text=True)
     assert proc.returncode == 2 and "--global-batch" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "bastion", "cost", "--model", "llama3-70b", "--cluster",
+                           "h100-sxm:1024", "--tokens", "1e12", "--plan", str(plan), "--spares", "-1"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "--spares" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_an_accelerator_without_a_published_power_figure_has_no_energy_not_zero() -> None:

@@ -62,5 +62,33 @@ def test_an_unknown_objective_is_a_guidance_error_listing_the_registered_ones(gp
     with pytest.raises(ConfigError, match="Did you mean 'gpu-seconds'") as exc:
         PlanRequest(model=load_model("small"), cluster=load_cluster("cpu:4"), global_batch=8, seq_len=256,
                     objective="gpu-second")
-    assert exc.value.fix == "use one of: throughput, mfu, memory, gpu-seconds."
-    assert OBJECTIVES.prose() == "throughput, mfu, memory or gpu-seconds"
+    assert exc.value.fix == "use one of: throughput, mfu, memory, goodput, gpu-seconds."
+    assert OBJECTIVES.prose() == "throughput, mfu, memory, goodput or gpu-seconds"
+
+
+def test_goodput_ranks_by_tokens_times_the_best_policys_goodput() -> None:
+    """(That its floor changes nothing but the work is tests/unit/test_planner_search.py's, for every objective.)"""
+    from bastion.planner.objectives.goodput import plan_goodput
+    from bastion.reliability import default_failure_model
+    from bastion.reliability.policies import PolicyInputs, policy_goodputs, recommend
+
+    req = PlanRequest(model=load_model("llama2-7b"), cluster=load_cluster("h100-sxm:16"), global_batch=64,
+                      seq_len=4096, top_k=5, workers=1, objective="goodput", gpu_counts=(8, 16))
+    pruned = search(req)
+    adjusted = [p.tokens_per_s * plan_goodput(p.num_gpus, p.plan.dp, p.step_time_s, p.memory_bytes)
+                for p in pruned.plans]
+    assert adjusted == sorted(adjusted, reverse=True)
+    best = pruned.plans[0]
+    # by hand: 16 GPUs fail every 16384 × 1296 / 419 / 16 h; two 8-GPU nodes; the stall is the device's bytes
+    # copied at 25 GB/s
+    inputs = PolicyInputs(mtbf_s=16384 * 1296 / 419 / best.num_gpus * 3600, nodes=best.num_gpus // 8,
+                          step_s=best.step_time_s, checkpoint_stall_s=max(1.0, best.memory_bytes / 25e9),
+                          replicas=best.plan.dp)
+    assert default_failure_model().mtbf_hours(best.num_gpus) * 3600 == pytest.approx(inputs.mtbf_s)
+    expected = recommend(policy_goodputs(inputs)).goodput
+    assert plan_goodput(best.num_gpus, best.plan.dp, best.step_time_s, best.memory_bytes) == pytest.approx(expected)
+    assert 0.9 < expected < 1.0
+    # throughput ignores failures: its winner is never ahead of goodput's on goodput-adjusted tokens/s
+    fastest = search(replace(req, objective="throughput")).plans[0]
+    assert fastest.tokens_per_s * plan_goodput(fastest.num_gpus, fastest.plan.dp, fastest.step_time_s,
+                                               fastest.memory_bytes) <= adjusted[0]

@@ -11,6 +11,7 @@ from bastion.cli import app
 from bastion.commands import options
 from bastion.commands.options import number_option
 from bastion.outputs import dumps_json
+from bastion.reliability.policies import recommend
 
 
 @app.command("cost")
@@ -37,6 +38,15 @@ def cost_command(
     software: options.Software = "bastion",
     framework: options.Framework = None,
     framework_version: options.FrameworkVersion = None,
+    # ---- recovery policies (reliability/policies.py) ----
+    spares: Annotated[int, number_option("--spares", help="Hot spare nodes the `spares` recovery policy allocates.",
+                                         integer=True, low=0, high=10**5)] = 1,
+    requeue_wait_hours: Annotated[float, number_option("--requeue-wait-hours", help="Wait for a replacement node "
+                                                       "after a failure (a requeue); an assumption, state yours.",
+                                                       low=0, high=24 * 365)] = 1.0,
+    repair_hours: Annotated[float, number_option("--repair-hours", help="Until a failed node is repaired and back "
+                                                 "in service; an assumption, state yours.", above=0,
+                                                 high=24 * 365)] = 4.0,
     as_json: options.AsJson = False,
 ) -> None:
     """Predict wall time (with failures and checkpoints), energy, and cost owned vs cloud for a token budget."""
@@ -74,15 +84,62 @@ def cost_command(
                                utilisation=utilisation, pue=pue, electricity_usd_per_kwh=electricity)
     cost = run_cost(spec, target, chosen, tokens, seq_len=spec.seq_len, onprem=onprem, mtbf_hours=mtbf_hours,
                     options=predict_options)
+    policies = _recovery_policies(cost, target, chosen, spares, requeue_wait_hours, repair_hours)
     if as_json:
         from bastion.predict.frameworks import framework_releases
         from bastion.predict.intervals import step_interval
 
         p10, p90 = step_interval(cost.step_time_s, framework is None or framework in framework_releases())
         print(dumps_json({**cost.to_dict(), "predicted_p10_s": p10, "predicted_p90_s": p90, "plan": chosen.to_dict(),
-                          "software": software}, indent=2))
+                          "software": software, "recovery_policies": [p.to_dict() for p in policies],
+                          "recommended_policy": recommend(policies).policy}, indent=2))
         return
     _print_cost(cost, chosen)
+    _print_policies(policies, requeue_wait_hours, repair_hours)
+
+
+def _recovery_policies(cost, cluster, plan, spares: int, requeue_wait_hours: float, repair_hours: float):
+    """Each recovery policy's expected goodput for this run (reliability/policies.py)."""
+    import math
+
+    from bastion.errors import ConfigError
+    from bastion.reliability.policies import DEFAULT_RESTART_S, PolicyInputs, policy_goodputs
+
+    if spares < 0 or not all(math.isfinite(v) and v >= 0 for v in (requeue_wait_hours, repair_hours)):
+        raise ConfigError(f"--spares, --requeue-wait-hours and --repair-hours must be >= 0, got {spares}, "
+                          f"{requeue_wait_hours:g} and {repair_hours:g}.",
+                          fix="e.g. --spares 1 --requeue-wait-hours 1 --repair-hours 4.")
+    nodes = max(1, math.ceil(plan.num_gpus / cluster.gpus_per_node))
+    return policy_goodputs(PolicyInputs(
+        mtbf_s=cost.mtbf_hours * 3600.0, nodes=nodes, step_s=cost.step_time_s,
+        checkpoint_stall_s=cost.checkpoint_stall_s, checkpoint_interval_s=cost.checkpoint_interval_s,
+        restart_s=DEFAULT_RESTART_S, requeue_wait_s=requeue_wait_hours * 3600.0, repair_s=repair_hours * 3600.0,
+        spares=spares, replicas=plan.dp))
+
+
+def _print_policies(policies, requeue_wait_hours: float, repair_hours: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from bastion.reliability.policies import DEFAULT_RESTART_S
+
+    best = recommend(policies)
+    table = Table(title="recovery policies (expected goodput: kept work / allocated GPU time)")
+    for col in ("policy", "goodput", "cost per failure", "nodes allocated", "how"):
+        table.add_column(col, justify="right" if col in ("goodput", "cost per failure", "nodes allocated")
+                         else "left")
+    for p in policies:
+        mark = " ←" if p is best else ""
+        table.add_row(p.policy + mark, f"{p.goodput:.1%}" if p.applicable else "—",
+                      f"{p.cost_per_failure_s / 60:,.1f} min" if p.applicable else "—", str(p.allocated_nodes),
+                      p.note)
+    console = Console()
+    console.print(table)
+    console.print(f"  · recommended: [bold]{best.policy}[/]; requeue wait {requeue_wait_hours:g} h and repair "
+                  f"{repair_hours:g} h are assumptions (--requeue-wait-hours, --repair-hours), restart "
+                  f"{DEFAULT_RESTART_S / 60:.0f} min (Kokolis et al. 2024: 5–20 min). `bastion train` itself "
+                  f"restarts from the newest checkpoint (requeue); the other policies are predictions here.",
+                  soft_wrap=True)
 
 
 def _print_cost(cost, plan) -> None:

@@ -102,6 +102,10 @@ def launch_command(
     for item in set_values:
         train_args += ["--set", item]
     run = _resolve_train_args(train_args, list(ctx.args), paths_here=engine != "k8s")
+    if run.on_failure == "shrink" and engine != "local":
+        raise LaunchError(f"--on-failure shrink (or auto, for a plan with data-parallel replicas) re-plans and "
+                          f"relaunches from this machine's launcher, which a {engine} job does not have yet.",
+                          fix="drop --on-failure (the job is requeued on failure), or run it with --on local.")
     layout = worker_layout(run.world_size, nodes, gpus_per_node, device)
     job_name = name or Path(run_dir_text).name or "bastion"
     req = LaunchRequest(engine=engine, run_config=run.config, data_dir=data_text, run_dir=run_dir_text,

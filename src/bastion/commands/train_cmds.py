@@ -97,6 +97,14 @@ def train_command(
                                        "steps in RUN_DIR/profile."),
     as_json: bool = typer.Option(False, "--json", help="At the end print the run's summary (summary.json and "
                                  "the run directory) as one JSON object on stdout; worker output goes to stderr."),
+    # ---- health (runtime/stragglers.py, runtime/health.py) ----
+    straggler_factor: float = typer.Option(1.5, "--straggler-factor", help="Report a rank whose median compute "
+                                           "time over 5 steps is this many times its peers' (or the predicted "
+                                           "step time, with --cluster) as a straggler."),
+    on_failure: str = typer.Option("requeue", "--on-failure", help="When ranks fail: requeue (restart the same "
+                                   "world, --max-restarts times), shrink (a rank whose node is lost: re-plan for "
+                                   "the ranks left and continue from the newest checkpoint), auto (shrink when the "
+                                   "plan has dp replicas to drop)."),
 ) -> None:
     """Train MODEL with a parallel PLAN on a token dataset; writes metrics and predicted-vs-measured."""
     from bastion.errors import ConfigError, LaunchError
@@ -179,6 +187,8 @@ class ResolvedRun:
     world_size: int
     max_restarts: int
     run_dir: Path
+    #: requeue or shrink (`auto` resolved for the plan)
+    on_failure: str = "requeue"
 
 
 def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool = True) -> ResolvedRun:
@@ -188,13 +198,16 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
     dataset and the run directory with its resume source (`runtime.preflight.check_run_dir`)."""
     from bastion.commands.train_file import FILE_ONLY
     from bastion.errors import ConfigError
+    from bastion.launch.shrink import resolve_on_failure
     from bastion.launch.worker import run_config
-    from bastion.runtime.faults import check_faults, parse_fault
+    from bastion.runtime.faults import FATAL, check_faults, parse_fault
     from bastion.runtime.preflight import check_request, check_run_dir
 
     p = params
     _check_train_flags(world_size, p["seq_len"], p["lr"], p["max_restarts"], p["cluster"], p["seed"])
     _check_eval_and_logs(p["eval_every"], p["eval_batches"], p["tensorboard"], p["profile"], p["steps"])
+    health = _health_options(p)
+    on_failure = _on_failure(p)
     resilience = _resilience_config(p["checkpoint_every"], p["mtbf_hours"], p["inject"], p["keep_last"],
                                     p["keep_every"], p["async_checkpoint"], p["resume"], p["resume_from"],
                                     p["stop_after_step"], p["hang_timeout_s"], p["skip_batch"],
@@ -211,8 +224,13 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
     if needs_checkpoints and resilience.checkpoint_every == 0:
         raise ConfigError(f"--inject {needs_checkpoints[0]} needs checkpoints, but --checkpoint-every is 0.",
                           fix="add --checkpoint-every N.")
-    fatal = [spec for spec in resilience.inject
-             if spec.split(":")[0] in ("kill", "hang", "kill-during-save", "corrupt-latest")]
+    shrinking = resolve_on_failure(on_failure, request.plan) == "shrink"
+    if shrinking and resilience.checkpoint_every == 0:
+        raise ConfigError(f"--on-failure {on_failure} continues from the newest checkpoint, but --checkpoint-every "
+                          f"is 0.", fix="add --checkpoint-every N (or auto).")
+    # a lost node under shrink is a re-plan, not a restart
+    fatal = [spec for spec in resilience.inject if spec.split(":")[0] in FATAL
+             and not (shrinking and spec.startswith("lose-node"))]
     if len(fatal) > p["max_restarts"]:
         raise ConfigError(f"{len(fatal)} injected fault(s) ({', '.join(fatal)}) each end the worker group, but "
                           f"--max-restarts is {p['max_restarts']}: the run would fail instead of recovering.",
@@ -227,9 +245,34 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
              "compile": p["compile_model"], "cluster": p["cluster"], "progress": p["progress"],
              "init_from": init_from, "eval_every": p["eval_every"], "eval_batches": p["eval_batches"],
              "tensorboard": p["tensorboard"], "profile": p["profile"],
-             **{name: p[name] for name in FILE_ONLY if name in p}, "resilience": asdict(resilience)}
+             **{name: p[name] for name in FILE_ONLY if name in p}, **health, "resilience": asdict(resilience)}
     return ResolvedRun(config=run_config(train, request.spec, request.plan, world_size), spec=request.spec,
-                       plan=request.plan, world_size=world_size, max_restarts=p["max_restarts"], run_dir=run_dir)
+                       plan=request.plan, world_size=world_size, max_restarts=p["max_restarts"], run_dir=run_dir,
+                       on_failure=resolve_on_failure(on_failure, request.plan))
+
+
+def _health_options(p: dict[str, Any]) -> dict[str, Any]:
+    """The run config's health fields from `bastion train`'s options (runtime/train_config.py)."""
+    import math
+
+    from bastion.errors import ConfigError
+
+    factor = p.get("straggler_factor", 1.5)
+    if not (math.isfinite(factor) and factor > 1.0):
+        raise ConfigError(f"--straggler-factor must be a number above 1, got {factor:g}.",
+                          fix="e.g. --straggler-factor 1.5 (a rank 1.5× slower than its peers is reported).")
+    return {"straggler_factor": factor}
+
+
+def _on_failure(p: dict[str, Any]) -> str:
+    from bastion.errors import ConfigError, did_you_mean
+    from bastion.launch.shrink import ON_FAILURE
+
+    value = p.get("on_failure", "requeue")
+    if value not in ON_FAILURE:
+        raise ConfigError(f"--on-failure {value!r} is not a recovery policy.{did_you_mean(value, ON_FAILURE)}",
+                          fix=f"use one of: {', '.join(ON_FAILURE)}.")
+    return value
 
 
 def _init_from(init_from: Path | None, spec: ModelSpec, resume_from: str | None, paths_here: bool) -> str | None:
@@ -267,9 +310,26 @@ def run_locally(run: ResolvedRun, python: str = "", workers_to_stderr: bool = Fa
 
     with acquire(run.run_dir):
         config_path = run.run_dir / RUN_CONFIG_FILE
+        if run.on_failure == "shrink":
+            return _run_shrinking(run, config_path, python)
         write_run_config(config_path, {**run.config, "run_dir_lock": "launcher"})
         return local.run(local.torchrun_command(run.world_size, run.max_restarts, str(config_path), python),
                          stdout_to_stderr=workers_to_stderr)
+
+
+def _run_shrinking(run: ResolvedRun, config_path: Path, python: str) -> int:
+    """--on-failure shrink: torchrun without elastic restarts, relaunched (smaller when a node is lost) by
+    launch/shrink.py."""
+    from bastion.launch import local
+    from bastion.launch.shrink import run_shrinking
+    from bastion.launch.worker import run_config, write_run_config
+
+    def launch(config: dict[str, Any], world: int) -> int:
+        write_run_config(config_path, {**config, "run_dir_lock": "launcher"})
+        return local.run(local.torchrun_command(world, 0, str(config_path), python))
+
+    return run_shrinking(run.run_dir, run.spec, run.plan, run.config, run.max_restarts, launch,
+                         lambda plan: run_config(run.config["train"], run.spec, plan, plan.num_gpus))
 
 
 @app.command("_worker", hidden=True)

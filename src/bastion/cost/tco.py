@@ -16,12 +16,16 @@ from bastion.cost.prices import cloud_prices
 from bastion.errors import ConfigError
 from bastion.predict import estimate
 from bastion.reliability import daly_interval, default_failure_model, expected_goodput
+from bastion.reliability.policies import DEFAULT_RESTART_S
 from bastion.specs import Cluster, ModelSpec, ParallelPlan
 
 #: device-to-host copy rate an async checkpoint stalls on (PCIe Gen5 x16 at about half its 64 GB/s peak)
 ASYNC_SNAPSHOT_GBPS = 25.0
-#: restart cost after a failure: reschedule, re-initialise, reload (Kokolis et al., Meta RSC: 5–20 min)
-DEFAULT_RESTART_S = 600.0
+
+
+def async_checkpoint_stall_s(state_bytes: float) -> float:
+    """Seconds an async checkpoint blocks training: each GPU's parameters + optimizer copied to host (at least 1 s)."""
+    return max(1.0, state_bytes / (ASYNC_SNAPSHOT_GBPS * 1e9))
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,7 @@ def run_cost(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, tokens: flo
         assumptions.append(f"MTBF {mtbf_hours:.1f} h for {cluster.num_gpus} GPUs from {failures.source}")
     if checkpoint_stall_s is None:
         state_bytes = est.memory.params + est.memory.optimizer
-        checkpoint_stall_s = max(1.0, state_bytes / (ASYNC_SNAPSHOT_GBPS * 1e9))
+        checkpoint_stall_s = async_checkpoint_stall_s(state_bytes)
         assumptions.append(f"async checkpoint stall {checkpoint_stall_s:.1f} s: each GPU's "
                            f"{state_bytes / 1e9:.1f} GB of parameters + optimizer copied to host at "
                            f"{ASYNC_SNAPSHOT_GBPS:g} GB/s")

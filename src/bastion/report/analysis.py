@@ -23,13 +23,15 @@ from bastion.rundir.accounting import account
 from bastion.rundir.layout import MODEL_FILE, PLAN_FILE
 from bastion.rundir.predicted import predicted_figures as predict_run
 from bastion.rundir.records import RESTART_EVENTS, current_run, is_event, is_step
+from bastion.rundir.summary import plan_change_entries, straggler_entries
 
 #: step records left out at the start of a run by default (summary.json's runtime figure leaves out one too)
 WARMUP_STEPS = 1
 #: events shown on the timeline (checkpoints are summarised, there may be thousands)
 TIMELINE_EVENTS = tuple(kind.name for kind in (
     kinds.RUN_START, kinds.FAULT, kinds.HANG, kinds.RESTART, kinds.RESUME, kinds.ROLLBACK, kinds.SKIP_BATCH,
-    kinds.CHECKPOINT_CORRUPT, kinds.CHECKPOINT_INTERVAL, kinds.PREEMPTED))
+    kinds.CHECKPOINT_CORRUPT, kinds.CHECKPOINT_INTERVAL, kinds.PREEMPTED, kinds.STRAGGLER, kinds.HEALTH_CHECK,
+    kinds.PLAN_CHANGE))
 
 
 # ---- steady step time ---------------------------------------------------------------------------------
@@ -209,7 +211,8 @@ def timeline(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         entry = {"t_s": round(record["time"] - t0, 3), "event": record["event"], "after_step": last_step}
         for key in ("step", "attempt", "resumed_from_step", "fault", "spec", "rank", "reason", "world_size",
-                    "every_steps", "skipped_sample_ids", "sample_ids"):
+                    "every_steps", "skipped_sample_ids", "sample_ids", "factor", "baseline", "ok", "problems", "from_world", "to_world",
+                    "lost_ranks"):
             if key in record:
                 entry[key] = record[key]
         out.append(entry)
@@ -295,6 +298,8 @@ def build_report(run: RunFiles, warmup_steps: int = WARMUP_STEPS, cluster: str |
             "checkpoints_committed": committed_count,
             "checkpoints_on_disk": run.checkpoint_steps,
             "predicted_goodput": predicted_goodput(run, measured["step_time_s"], accounting),
+            "stragglers": straggler_entries(records),
+            "plan_changes": plan_change_entries(records),
         },
         "timeline": timeline(records),
         "loss": loss_summary(records),

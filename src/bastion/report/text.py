@@ -39,6 +39,12 @@ def time_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("checkpoint saves begun / committed (steps kept on disk)",
          f"{failures['checkpoint_saves']} / {_count(failures.get('checkpoints_committed'))} "
          f"({', '.join(map(str, failures['checkpoints_on_disk'])) or 'none'})", ""),
+        ("stragglers (rank at step: × its baseline)", ", ".join(
+            f"rank {s['rank']} at step {s['step']}: ×{s['factor']:.1f}" for s in failures.get("stragglers", []))
+         or "none", ""),
+        ("plan changes (world before → after, from the checkpoint of step)", ", ".join(
+            f"{c['from_world']} → {c['to_world']} at step {c['step']}" for c in failures.get("plan_changes", []))
+         or "none", ""),
         ("goodput measured (productive / wall)", fmt_pct(failures.get("goodput")), ""),
         ("goodput predicted (reliability model)", fmt_pct(failures["predicted_goodput"].get("goodput")), ""),
     ]

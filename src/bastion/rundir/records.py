@@ -36,6 +36,10 @@ class StepRecord(TypedDict):
     expert_tokens: NotRequired[list[int]]
     expert_imbalance: NotRequired[float]
 
+    #: every rank's section times of the step, seconds: {"forward_backward" | "optimizer" | "sync_wait" | "step":
+    #: [rank 0's, rank 1's, ...]} (runtime/stragglers.py says what each covers; absent before they were recorded)
+    rank_sections_s: NotRequired[dict[str, list[float]]]
+
 
 #: the step-record fields only a mixture-of-experts run writes
 MOE_STEP_FIELDS = ("moe_aux_loss", "expert_tokens", "expert_imbalance")
@@ -58,8 +62,9 @@ RESUME = EventKind("resume", "a launch continues this run from a checkpoint (--r
 RESTART = EventKind("restart", "the worker group was restarted after a failure and resumed from a checkpoint; "
                     "`attempt` counts from 0 again in each launch", ("attempt", "resumed_from_step", "world_size",
                                                                      "plan"))
-FAULT = EventKind("fault", "an injected fault fired (checkpoint_step: the checkpoint a save fault hit)",
-                  ("fault", "spec", "rank", "step", "checkpoint_step"))
+FAULT = EventKind("fault", "an injected fault fired (checkpoint_step: the checkpoint a save fault hit; back_at: "
+                  "the step a lost node is back, None for never)",
+                  ("fault", "spec", "rank", "step", "checkpoint_step", "back_at"))
 HANG = EventKind("hang", "the watchdog found a step past its deadline and ended the process",
                  ("rank", "step", "elapsed_s", "deadline_s", "stacks"))
 PREEMPTED = EventKind("preempted", "SIGTERM: the run checkpoints after this step and stops", ("step", "signal"))
@@ -81,9 +86,23 @@ EVAL = EventKind("eval", "the held-out loss after `step` (--eval-every): the mea
                  "the same ones under every plan; perplexity = exp(eval_loss)",
                  ("step", "eval_loss", "perplexity", "samples", "eval_time_s"))
 
+STRAGGLER = EventKind("straggler", "a rank's median compute time over the last `window` steps is `factor` × the "
+                      "baseline (`baseline`: the median of its peers, or the predicted step time); once per "
+                      "episode", ("rank", "step", "factor", "compute_s", "baseline_s", "baseline", "window"))
+HEALTH_CHECK = EventKind("health_check", "the pre-flight check of a worker group (at start and after each restart): "
+                         "a timed all-reduce on the job's own group against the predictor's time for the cluster, "
+                         "and each GPU's ECC/clock/throttling state (or why it was skipped); `ok` false with "
+                         "`problems` when something is wrong (runtime/health.py)",
+                         ("attempt", "world_size", "cluster", "bytes", "all_reduce_s", "all_reduce_s_by_rank",
+                          "busbw_gbs", "predicted_s", "predicted_busbw_gbs", "ratio", "ok", "problems", "gpus",
+                          "took_s", "bandwidth_note"))
+PLAN_CHANGE = EventKind("plan_change", "the launcher re-planned the run for another world size (--on-failure "
+                        "shrink: ranks lost their node) and relaunched it from the checkpoint of `step`",
+                        ("step", "from_world", "to_world", "plan", "from_plan", "lost_ranks", "reason"))
+
 EVENT_KINDS: dict[str, EventKind] = {kind.name: kind for kind in (
     RUN_START, RESUME, RESTART, FAULT, HANG, PREEMPTED, ROLLBACK, SKIP_BATCH, CHECKPOINT, CHECKPOINT_WAIT,
-    CHECKPOINT_COMMITTED, CHECKPOINT_CORRUPT, CHECKPOINT_INTERVAL, EVAL)}
+    CHECKPOINT_COMMITTED, CHECKPOINT_CORRUPT, CHECKPOINT_INTERVAL, EVAL, STRAGGLER, HEALTH_CHECK, PLAN_CHANGE)}
 #: events after which the next step runs in a freshly started process
 RESTART_EVENTS = (RESTART.name, RESUME.name)
 #: events whose blocking time is checkpoint stall

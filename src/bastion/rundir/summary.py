@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, NotRequired, TypedDict
 
 from bastion.rundir.layout import SUMMARY_FILE, RunDirError
+from bastion.rundir.records import PLAN_CHANGE, STRAGGLER, current_run, is_event
 
 
 class TimeBreakdown(TypedDict):
@@ -37,6 +38,27 @@ class Accounting(TypedDict):
     checkpoint_stall_s: float
     goodput: float
     time_breakdown_s: TimeBreakdown
+
+
+class StragglerEntry(TypedDict):
+    """A rank found persistently slow (a `straggler` event of metrics.jsonl)."""
+
+    rank: int
+    #: the step at which it was found
+    step: int
+    #: its median compute time / the baseline (its peers' median, or the predicted step time)
+    factor: float
+
+
+class PlanChangeEntry(TypedDict):
+    """A re-plan for another world size (a `plan_change` event of metrics.jsonl)."""
+
+    #: the checkpoint step the new plan resumed from
+    step: int
+    from_world: int
+    to_world: int
+    #: the new plan (ParallelPlan.to_dict)
+    plan: dict[str, Any]
 
 
 class RunSummary(TypedDict):
@@ -75,6 +97,11 @@ class RunSummary(TypedDict):
     perplexity: NotRequired[float]
     evals: NotRequired[list[dict[str, Any]]]
 
+    #: ranks found persistently slow, in the order found (absent in summaries from before it was recorded)
+    stragglers: NotRequired[list[StragglerEntry]]
+    #: re-plans for another world size, in order (absent in summaries from before they existed)
+    plan_changes: NotRequired[list[PlanChangeEntry]]
+
 
 #: the fields only a run with --eval-every has
 EVAL_FIELDS = ("eval_loss", "perplexity", "evals")
@@ -91,6 +118,18 @@ def eval_summary(evals: list[dict[str, Any]]) -> dict[str, Any]:
         return {}
     return {"eval_loss": evals[-1]["eval_loss"], "perplexity": evals[-1]["perplexity"],
             "evals": [{k: e[k] for k in ("step", "eval_loss", "perplexity")} for e in evals]}
+
+
+def straggler_entries(records: list[dict[str, Any]]) -> list[StragglerEntry]:
+    """summary.json's `stragglers` from the `straggler` events of the current run."""
+    return [{"rank": r["rank"], "step": r["step"], "factor": r["factor"]}
+            for r in current_run(records) if is_event(r, STRAGGLER.name)]
+
+
+def plan_change_entries(records: list[dict[str, Any]]) -> list[PlanChangeEntry]:
+    """summary.json's `plan_changes` from the `plan_change` events of the current run."""
+    return [{"step": r["step"], "from_world": r["from_world"], "to_world": r["to_world"], "plan": r["plan"]}
+            for r in current_run(records) if is_event(r, PLAN_CHANGE.name)]
 
 
 def summary_path(run_dir: Path) -> Path:

@@ -1,5 +1,6 @@
 """Fault injection: `--inject kill:rank=1,step=7`, `hang:rank=0,step=5`, `nan:step=9`,
-`kill-during-save:step=8`, `corrupt-latest` (repeatable).
+`kill-during-save:step=8`, `corrupt-latest`, `slow:rank=1,factor=3`, `flaky-link:rank=1`, `lose-node:rank=3,step=5`
+(repeatable).
 
 Every fault fires exactly once per run, even across restarts: the rank that fires it first creates
 `RUN_DIR/faults/<fault id>.fired` (O_EXCL) and only then acts, so a restarted worker that replays the same step
@@ -9,10 +10,22 @@ does not fire it again. Each firing is recorded in metrics.jsonl as {"event": "f
   hang              sleep forever at the start of `step` (the watchdog must notice, dump stacks and abort)
   nan               poison this rank's gradients with NaN after the backward pass of `step` (the NaN guard
                     must roll back and skip the batch)
+  lose-node         like kill, but the rank's node is gone (until step `back_at`, if given): under --on-failure
+                    shrink the launcher re-plans for the ranks left and continues, and grows back at the first
+                    checkpoint boundary at or after `back_at` (launch/shrink.py); under requeue it is a kill whose
+                    restart gets a replacement node
   kill-during-save  SIGKILL the committing rank after the checkpoint of the first save at or after `step` is
                     written but before it is committed (no manifest, no rename)
   corrupt-latest    after `step` (default: as soon as two checkpoints exist) flip bytes in the newest committed
                     checkpoint, then SIGKILL, so the restart has to detect the corruption and fall back
+  slow              from `from_step` (default 1) on, every step: this rank sleeps (factor - 1) × its own compute
+                    time of the step once its local work is done, before the step's closing collective (a slow
+                    host: the straggler detector, runtime/stragglers.py, must name it)
+  flaky-link        every step and in the health check: this rank waits `delay_ms` (default 50) before each
+                    collective bastion itself issues (a slow or lossy link: its peers wait for it)
+
+kill/hang/nan/kill-during-save/corrupt-latest act once; slow and flaky-link act on every step and are recorded
+once (the marker file) when they first act.
 """
 
 from __future__ import annotations
@@ -28,9 +41,19 @@ from bastion.errors import ConfigError, did_you_mean
 from bastion.rundir import checkpoints as checkpoint_files
 from bastion.rundir.metrics import log_event
 
-KINDS = ("kill", "hang", "nan", "kill-during-save", "corrupt-latest")
-_NEEDS_STEP = ("kill", "hang", "nan", "kill-during-save")
-_EXAMPLES = "kill:rank=1,step=7 | hang:rank=0,step=5 | nan:step=9 | kill-during-save:step=8 | corrupt-latest"
+KINDS = ("kill", "hang", "nan", "kill-during-save", "corrupt-latest", "slow", "flaky-link", "lose-node")
+_NEEDS_STEP = ("kill", "hang", "nan", "kill-during-save", "lose-node")
+#: faults that end the worker group (a restart, a relaunch or a re-plan must follow)
+FATAL = ("kill", "hang", "kill-during-save", "corrupt-latest", "lose-node")
+#: faults that act on every step from their first one on (the others fire once)
+CONTINUOUS = ("slow", "flaky-link")
+#: the keys each kind takes besides `rank` (whole numbers unless listed in _FLOAT_KEYS)
+_KEYS = {"slow": ("factor", "from_step"), "flaky-link": ("delay_ms",), "lose-node": ("step", "back_at")}
+_FLOAT_KEYS = ("factor", "delay_ms")
+_EXAMPLES = ("kill:rank=1,step=7 | hang:rank=0,step=5 | nan:step=9 | kill-during-save:step=8 | corrupt-latest | "
+             "slow:rank=1,factor=3[,from_step=5] | flaky-link:rank=1[,delay_ms=50] | lose-node:rank=3,step=5")
+#: flaky-link's wait before each collective when `delay_ms` is not given
+DEFAULT_LINK_DELAY_MS = 50.0
 
 
 @dataclass(frozen=True)
@@ -43,13 +66,29 @@ class FaultSpec:
     step: int | None = None
     #: the rank that fires it (default 0)
     rank: int = 0
+    #: slow: how many times its compute time a step of this rank takes
+    factor: float = 1.0
+    #: slow: the first step it is slow at
+    from_step: int = 1
+    #: flaky-link: milliseconds this rank waits before each collective bastion issues
+    delay_ms: float = DEFAULT_LINK_DELAY_MS
+    #: lose-node: the step from which the node is available again (None: never)
+    back_at: int | None = None
 
     @property
     def fault_id(self) -> str:
+        if self.kind in CONTINUOUS:
+            return f"{self.kind}-rank{self.rank}"
         step = "auto" if self.step is None else str(self.step)
         return f"{self.kind}-rank{self.rank}-step{step}"
 
     def describe(self) -> str:
+        if self.kind == "slow":
+            return f"slow:rank={self.rank},factor={self.factor:g},from_step={self.from_step}"
+        if self.kind == "flaky-link":
+            return f"flaky-link:rank={self.rank},delay_ms={self.delay_ms:g}"
+        if self.kind == "lose-node" and self.back_at is not None:
+            return f"lose-node:rank={self.rank},step={self.step},back_at={self.back_at}"
         return f"{self.kind}:rank={self.rank},step={'auto' if self.step is None else self.step}"
 
 
@@ -59,23 +98,36 @@ def parse_fault(text: str) -> FaultSpec:
     if kind not in KINDS:
         raise ConfigError(f"Unknown fault '{kind}' in --inject {text!r}.{did_you_mean(kind, KINDS)}",
                           fix=f"use one of: {_EXAMPLES}.")
-    values: dict[str, int] = {}
+    allowed = ("rank", *_KEYS.get(kind, ("step",)))
+    values: dict[str, float] = {}
     for item in filter(None, args.split(",")):
         key, sep, raw = item.partition("=")
-        if not sep or key not in ("rank", "step"):
+        if not sep or key not in allowed:
             raise ConfigError(f"Cannot read '{item}' in --inject {text!r}.",
-                              fix=f"write KEY=N with KEY rank or step, e.g. {_EXAMPLES}.")
+                              fix=f"write KEY=N with KEY one of {', '.join(allowed)}, e.g. {_EXAMPLES}.")
         try:
-            values[key] = int(raw)
+            values[key] = float(raw) if key in _FLOAT_KEYS else int(raw)
         except ValueError:
-            raise ConfigError(f"'{raw}' in --inject {text!r} is not a whole number.",
-                              fix="write e.g. step=7.") from None
+            kind_of = "number" if key in _FLOAT_KEYS else "whole number"
+            raise ConfigError(f"'{raw}' in --inject {text!r} is not a {kind_of}.",
+                              fix=f"write e.g. {key}=3.") from None
     if kind in _NEEDS_STEP and "step" not in values:
         raise ConfigError(f"--inject {text!r} needs a step.", fix=f"write e.g. {kind}:step=5.")
-    if values.get("step", 1) < 1 or values.get("rank", 0) < 0:
-        raise ConfigError(f"--inject {text!r}: step must be >= 1 and rank >= 0.",
+    if kind == "slow" and "factor" not in values:
+        raise ConfigError(f"--inject {text!r} needs a factor.", fix="write e.g. slow:rank=1,factor=3.")
+    if min(values.get("step", 1), values.get("from_step", 1)) < 1 or values.get("rank", 0) < 0:
+        raise ConfigError(f"--inject {text!r}: every step must be >= 1 and rank >= 0.",
                           fix=f"steps count from 1 and ranks from 0, e.g. {_EXAMPLES}.")
-    return FaultSpec(kind, values.get("step"), values.get("rank", 0))
+    if "back_at" in values and values["back_at"] <= values.get("step", 0):
+        raise ConfigError(f"--inject {text!r}: back_at must come after the step the node is lost.",
+                          fix="e.g. lose-node:rank=3,step=5,back_at=9.")
+    if not values.get("factor", 1.0) >= 1.0 or not values.get("delay_ms", 0.0) >= 0.0:
+        raise ConfigError(f"--inject {text!r}: factor must be >= 1 and delay_ms >= 0.",
+                          fix="e.g. slow:rank=1,factor=3 (three times slower) or flaky-link:rank=1,delay_ms=50.")
+    return FaultSpec(kind, values.get("step"), int(values.get("rank", 0)), factor=float(values.get("factor", 1.0)),
+                     from_step=int(values.get("from_step", 1)),
+                     delay_ms=float(values.get("delay_ms", DEFAULT_LINK_DELAY_MS)),
+                     back_at=int(values["back_at"]) if "back_at" in values else None)
 
 
 def check_faults(faults: list[FaultSpec], world_size: int, total_steps: int) -> None:
@@ -84,8 +136,9 @@ def check_faults(faults: list[FaultSpec], world_size: int, total_steps: int) -> 
         if fault.rank >= world_size:
             raise ConfigError(f"--inject {fault.describe()} targets rank {fault.rank}, but the run has "
                               f"{world_size} ranks.", fix=f"use a rank below {world_size}.")
-        if fault.step is not None and fault.step > total_steps:
-            raise ConfigError(f"--inject {fault.describe()} fires at step {fault.step}, after the last step "
+        first = fault.from_step if fault.kind == "slow" else fault.step
+        if first is not None and first > total_steps:
+            raise ConfigError(f"--inject {fault.describe()} fires at step {first}, after the last step "
                               f"({total_steps}).", fix="choose a step within --steps.")
 
 
@@ -115,6 +168,8 @@ class FaultInjector:
         self.rank = rank
         self.mine = [f for f in faults if f.rank == rank]
         self.marker_dir = self.run_dir / "faults"
+        #: continuous faults this process has already recorded or found recorded
+        self._recorded: set[str] = set()
 
     def _claim(self, fault: FaultSpec, step: int, **details) -> bool:
         """True exactly once per run for `fault` (persisted), recording the event before acting."""
@@ -145,10 +200,38 @@ class FaultInjector:
         for fault in self._pending("kill"):
             if fault.step == step and self._claim(fault, step):
                 self._die()
+        for fault in self._pending("lose-node"):  # the launcher reads when the node is back from the event
+            if fault.step == step and self._claim(fault, step, back_at=fault.back_at):
+                self._die()
         for fault in self._pending("hang"):
             if fault.step == step and self._claim(fault, step):
                 while True:  # a rank stuck forever, e.g. in a driver call; only the watchdog gets us out
                     time.sleep(3600)
+
+    def slow_down(self, step: int, compute_s: float) -> float:
+        """`slow`: sleep (factor - 1) × this step's compute time so far; the seconds slept."""
+        slept = 0.0
+        for fault in self.mine:
+            if fault.kind == "slow" and step >= fault.from_step:
+                self._first_time(fault, step)
+                slept += (fault.factor - 1.0) * compute_s
+        if slept > 0:
+            time.sleep(slept)
+        return slept
+
+    def link_delay(self, step: int) -> None:
+        """`flaky-link`: wait before a collective this rank issues."""
+        for fault in self.mine:
+            if fault.kind == "flaky-link":
+                self._first_time(fault, step)
+                time.sleep(fault.delay_ms / 1000.0)
+
+    def _first_time(self, fault: FaultSpec, step: int) -> None:
+        """Record a continuous fault once (its marker file), the first time it acts."""
+        if fault.fault_id not in self._recorded:
+            self._recorded.add(fault.fault_id)
+            if not (self.marker_dir / f"{fault.fault_id}.fired").exists():
+                self._claim(fault, step)
 
     def poison_gradients(self, step: int, parameters) -> bool:
         """Fill this rank's gradients with NaN at the `nan` step; True if it did."""

@@ -6,6 +6,7 @@
         res.before_step(trainer.step + 1, trainer.sampler)  # skip known-bad batches, fire faults, arm the watchdog
         try:
             record = trainer.train_step(hooks=res)   # calls res.after_backward / res.check_grad_norm (NaN guard)
+                                                     # and res.before_sync (slow / flaky-link faults)
         except BadStep as bad:
             trainer.optimizer.zero_grad(set_to_none=True)
             res.rollback(bad)                        # last good checkpoint, skip the offending batch
@@ -39,6 +40,7 @@ from bastion.rundir import checkpoints as checkpoint_files
 from bastion.rundir.accounting import account
 from bastion.rundir.layout import checkpoints_dir
 from bastion.rundir.metrics import log_event, read_metrics
+from bastion.rundir.summary import plan_change_entries, straggler_entries
 from bastion.runtime import checkpoint as ck
 from bastion.runtime.checkpoint_key import checkpoint_key
 from bastion.runtime.data import GlobalSampler
@@ -213,6 +215,15 @@ class Resilience:
         if reason is not None:
             raise BadStep(step, batch_start, reason)
 
+    def before_sync(self, step: int, compute_s: float) -> None:
+        """Local work done, the closing collective next: the slow and flaky-link faults act here."""
+        self.injector.slow_down(step, compute_s)
+        self.injector.link_delay(step)
+
+    def before_collective(self) -> None:
+        """Before a collective outside the step (the health check): the flaky-link fault waits here."""
+        self.injector.link_delay(self.resumed_from or 0)
+
     def after_step(self, record: dict[str, Any], last: bool = False) -> None:
         """`last`: `record` is the run's final step, which is always saved unless --checkpoint-every never."""
         step = record["step"]
@@ -304,7 +315,10 @@ class Resilience:
             dist.barrier()  # every rank's last save is committed before the summary is written
         if self.rank != 0:
             return {}
-        fields = account(read_metrics(self.run_dir).records, time.time())
+        records = read_metrics(self.run_dir).records
+        fields = account(records, time.time())
+        fields["stragglers"] = straggler_entries(records)
+        fields["plan_changes"] = plan_change_entries(records)
         fields["restarts"] = max(fields["restarts"], self.attempt)
         fields["checkpoints"] = [c.step for c in checkpoint_files.committed(self.checkpointer.config.directory)]
         fields["skipped_batch_starts"] = sorted(self.skip_starts)

@@ -18,12 +18,14 @@ import torch.distributed as dist
 from bastion.rundir.layout import write_run_files
 from bastion.rundir.metrics import MetricsWriter, log_event
 from bastion.rundir.summary import eval_summary, perplexity
+from bastion.runtime.health import run_health_check
 from bastion.runtime.mesh import build_mesh
 from bastion.runtime.metrics import current_memory_bytes, model_flops_per_token, model_state_bytes_measured
 from bastion.runtime.preemption import PreemptionNotice
 from bastion.runtime.resilience import BadStep, Resilience
 from bastion.runtime.run_logs import StepProfiler, TensorBoardLog
 from bastion.runtime.run_summary import peak_flops, write_run_summary
+from bastion.runtime.stragglers import StragglerReporter
 from bastion.runtime.train_config import TrainConfig, profile_steps
 from bastion.runtime.trainer import Trainer
 from bastion.specs.model import load_model
@@ -104,6 +106,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
     preemption = PreemptionNotice().install()  # SIGTERM: checkpoint after the current step, stop
     writer = MetricsWriter(run_dir, enabled=rank == 0)
     cluster_name = _cluster_name(config, device, world)
+    # every process start (the first, each restart) checks the group it got before spending a step on it
+    run_health_check(run_dir, cluster_name, device, resilience.attempt, resilience.before_collective,
+                     cluster_named=bool(config.cluster))
     peak = peak_flops(cluster_name, plan.precision, device)
     tokens_per_step = plan.global_batch * spec.seq_len
     flops_per_step = model_flops_per_token(spec, spec.seq_len) * tokens_per_step
@@ -112,6 +117,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
                            predicted_step_s=_predicted_step_s(config, spec, plan, cluster_name),
                            restarts=resilience.attempt)
     profiler = StepProfiler(run_dir, profile_steps(config.profile), rank, device)
+    stragglers = StragglerReporter(config, spec, plan, run_dir) if rank == 0 else None
     records: list[dict[str, Any]] = []
     evals: list[dict[str, Any]] = []
     model_state = None
@@ -144,6 +150,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
             board.step(record)
             profiler.after_step(trainer.step)
             records.append(record)
+            if stragglers is not None:
+                stragglers.observe(record)
             preemption.stop_here_if_asked(resilience, trainer.step)
             resilience.after_step(record, last=trainer.step >= config.steps)
             if config.eval_every and (trainer.step % config.eval_every == 0 or trainer.step >= config.steps):

@@ -72,5 +72,8 @@ class TrainConfig:
     tensorboard: bool = False
     #: "START:END": a torch.profiler Chrome trace of those steps in RUN_DIR/profile
     profile: str | None = None
+    #: a rank this many times slower than its peers (or the predicted step time) is a straggler
+    #: (runtime/stragglers.py)
+    straggler_factor: float = 1.5
     #: checkpoints, resume, fault injection, watchdog, NaN rollback (runtime/resilience.py)
     resilience: ResilienceConfig = field(default_factory=ResilienceConfig)

@@ -31,6 +31,7 @@ from bastion.runtime.optim import (
 )
 from bastion.runtime.parallelize import ParallelizeConfig, cross_entropy_loss, parallelize
 from bastion.runtime.preflight import check_eval_schedule
+from bastion.runtime.stragglers import gather_sections
 from bastion.runtime.train_config import TrainConfig
 from bastion.specs.model import ModelSpec
 from bastion.specs.plan import ParallelPlan
@@ -44,6 +45,9 @@ class StepHooks(Protocol):
 
     def check_grad_norm(self, step: int, grad_norm: float, batch_start: int) -> None:
         """Right before the optimizer update; raises to keep it from being applied."""
+
+    def before_sync(self, step: int, compute_s: float) -> None:
+        """This rank's local work of the step is done (`compute_s` so far); the closing collective follows."""
 
 
 def _state_module(parts: list[torch.nn.Module]) -> torch.nn.Module:
@@ -206,6 +210,8 @@ class Trainer(Stateful):
         return float(total) / (self.config.eval_batches * self.plan.dp * self.plan.cp * self.plan.tp)
 
     def train_step(self, hooks: StepHooks | None = None) -> dict[str, Any]:
+        """One optimizer step; the record holds every rank's section times (`rank_sections_s`, gathered: a
+        collective, runtime/stragglers.py)."""
         device = self.rmesh.device
         start = time.perf_counter()
         inputs, targets = self._local_batch()
@@ -215,21 +221,31 @@ class Trainer(Stateful):
         align_gradient_placements(self.model)
         if hooks is not None:
             hooks.after_backward(self.step + 1, self.model.parameters())
+        backward_done = time.perf_counter()
         grad_norm = clip_grad_norm(self.model, self.config.max_grad_norm, self.rmesh)
         if hooks is not None:  # raises BadStep before a NaN/spiking update is applied
             hooks.check_grad_norm(self.step + 1, grad_norm, self.last_sample_ids[0])
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        optimizer_done = time.perf_counter()
+        if hooks is not None:
+            hooks.before_sync(self.step + 1, optimizer_done - start)
+        sync_start = time.perf_counter()
         # every dp × cp × tp rank of the last stage holds the mean over the same number of tokens (tp ranks the
         # same value); the other stages contribute 0
         dist.all_reduce(local_loss)
         loss = float(local_loss) / (self.plan.dp * self.plan.cp * self.plan.tp)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        step_time = time.perf_counter() - start
+        end = time.perf_counter()
+        step_time = end - start
+        sections = gather_sections({"forward_backward": backward_done - start,
+                                    "optimizer": optimizer_done - backward_done, "sync_wait": end - sync_start,
+                                    "step": step_time}, device)
         self.step += 1
-        record = {"step": self.step, "loss": loss, "grad_norm": grad_norm, "lr": lr, "step_time_s": step_time}
+        record = {"step": self.step, "loss": loss, "grad_norm": grad_norm, "lr": lr, "step_time_s": step_time,
+                  "rank_sections_s": sections}
         if self.spec.num_experts:  # after the step's timing: one small all-reduce of routing counters
             record.update(step_stats(self.model.parts, self.spec, self.plan, device))
         return record

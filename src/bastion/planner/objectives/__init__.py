@@ -7,6 +7,7 @@ search asks of it) plus one `OBJECTIVES.register` line below.
 from __future__ import annotations
 
 from bastion.planner.objectives.base import Floors, Objective
+from bastion.planner.objectives.goodput import Goodput
 from bastion.planner.objectives.memory import Memory
 from bastion.planner.objectives.mfu import Mfu
 from bastion.planner.objectives.throughput import Throughput
@@ -17,6 +18,7 @@ OBJECTIVES: Registry[Objective] = Registry("objective")
 OBJECTIVES.register(Throughput())
 OBJECTIVES.register(Mfu())
 OBJECTIVES.register(Memory())
+OBJECTIVES.register(Goodput())
 
 #: the objective called `name`; an unknown name is a guidance error
 get_objective = OBJECTIVES.named
