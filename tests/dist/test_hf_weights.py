@@ -15,6 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from helpers.cli import bastion  # noqa: E402
 from helpers.hf_models import hf_logits, make_llama, tokens_for  # noqa: E402
 
 pytestmark = pytest.mark.dist
@@ -51,8 +52,7 @@ def test_loaded_weights_give_transformers_logits_under_tp_dp_and_pp(tmp_path):
 
 
 def _bastion(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "bastion", *args], cwd=cwd, env=ENV, capture_output=True,
-                          text=True, timeout=600)
+    done = bastion(*args, cwd=cwd, timeout=600)
     assert done.returncode == 0, f"bastion {' '.join(args)}:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
     return done
 

@@ -12,6 +12,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+from helpers.cli import bastion
 
 from bastion.runtime.data import prepare_dataset
 
@@ -34,16 +35,6 @@ progress = false
 tensorboard = true
 profile = "2:3"
 """
-
-
-def bastion(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    import bastion as package
-
-    source = str(Path(package.__file__).parents[1])  # this checkout's bastion, whatever the working directory
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([source, *filter(None, [os.environ.get("PYTHONPATH")])])}
-    return subprocess.run([sys.executable, "-m", "bastion", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env=env)
 
 
 def test_train_from_a_config_file_with_eval_tensorboard_profile_and_a_final_checkpoint(tmp_path):

@@ -13,9 +13,14 @@ import pytest
 
 def bastion(*args: str, timeout: float = 800, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """`python -m bastion ARGS` with one thread per worker (runs are bitwise reproducible only at a fixed thread
-    count) and no BASTION_DEBUG (errors print as a user sees them); wide columns so tables do not wrap."""
+    count) and no BASTION_DEBUG (errors print as a user sees them); wide columns so tables do not wrap. This
+    checkout's package comes first on PYTHONPATH, whatever `cwd` is."""
+    import bastion as package
+
+    source = str(Path(package.__file__).parents[1])
     env = {k: v for k, v in os.environ.items() if k != "BASTION_DEBUG"}
-    env.update(OMP_NUM_THREADS="1", COLUMNS="200")
+    env.update(OMP_NUM_THREADS="1", COLUMNS="200",
+               PYTHONPATH=os.pathsep.join([source, *filter(None, [os.environ.get("PYTHONPATH")])]))
     return subprocess.run([sys.executable, "-m", "bastion", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd, env=env)
 
