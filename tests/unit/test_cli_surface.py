@@ -63,11 +63,14 @@ def test_shared_options_are_one_declaration() -> None:
     from bastion.cli import app
 
     group = typer.main.get_command(app)
-    shared = {"--model": ("estimate", "plan", "cost"), "--cluster": ("estimate", "plan", "cost"),
-              "--software": ("estimate", "plan", "cost"), "--seq-len": ("estimate", "plan", "cost"),
-              "--global-batch": ("estimate", "plan", "cost"), "--tokens": ("estimate", "cost"),
-              "--json": ("models", "hardware", "software", "estimate", "validate", "plan", "report", "cost",
-                         "simulate", "demo")}
-    for flag, commands in shared.items():
+    shared = [("--model", ("estimate", "plan", "cost")), ("--cluster", ("estimate", "plan", "cost")),
+              ("--software", ("estimate", "plan", "cost")), ("--seq-len", ("estimate", "plan", "cost", "train", "launch")),
+              ("--global-batch", ("estimate", "plan", "cost")), ("--tokens", ("estimate", "cost")),
+              ("--json", ("models", "hardware", "software", "estimate", "validate", "plan", "report", "cost",
+                          "simulate", "demo")),
+              # one training run's settings: `train` and `launch` take them alike (or from --config)
+              *((flag, ("train", "launch")) for flag in ("--model", "--plan", "--data", "--steps", "--config",
+                                                         "--set", "--max-restarts"))]
+    for flag, commands in shared:
         seen = {(tuple(p.opts), p.help) for name in commands for p in group.commands[name].params if flag in p.opts}
         assert len(seen) == 1, (flag, seen)

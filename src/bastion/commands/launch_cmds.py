@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from bastion.cli import app
+from bastion.commands import options
 from bastion.errors import LaunchError
 
 
@@ -17,21 +18,17 @@ from bastion.errors import LaunchError
 def launch_command(
     ctx: typer.Context,
     on: str = typer.Option(..., "--on", help="Engine: local (torchrun here), slurm (sbatch) or k8s (manifests)."),
-    model: str | None = typer.Option(None, "--model", help="Model preset or model file (or `model` in --config)."),
-    plan_path: Path | None = typer.Option(None, "--plan", help="ParallelPlan file (JSON or TOML) (or --config)."),
-    data: str | None = typer.Option(None, "--data", help="Token dataset directory (`bastion data prepare`), or "
-                                    "a mixture DIR_A=0.7,DIR_B=0.3 (or --config)."),
+    model: options.RunModel = None,
+    plan_path: options.RunPlan = None,
+    data: options.RunData = None,
     run_dir: str | None = typer.Option(None, "--run-dir",
                                        help="Run directory (metrics, summary, checkpoints); every (re)start resumes "
                                             "from it. For k8s, the path inside the pods where the claim is mounted "
                                             "(or --config)."),
-    steps: int | None = typer.Option(None, "--steps", help="Optimizer steps to train (the total: a requeued job "
-                                                           "resumes and stops there) (or --config)."),
-    config: Path | None = typer.Option(None, "--config", help="The run.toml of `bastion train --config`: every "
-                                       "training setting; the options here override it."),
-    set_values: list[str] = typer.Option([], "--set", help="Override one --config setting (as `bastion train "
-                                         "--set`), e.g. --set optimizer.lr=3e-4."),
-    seq_len: int | None = typer.Option(None, "--seq-len", help="Sequence length (default: the model's)."),
+    steps: options.RunSteps = None,
+    config: options.ConfigFile = None,
+    set_values: options.SetValues = [],  # noqa: B006 - typer reads the default
+    seq_len: options.SeqLen = None,
     nodes: int | None = typer.Option(None, "--nodes", help="Machines (Slurm nodes, pods)."),
     gpus_per_node: int | None = typer.Option(None, "--gpus-per-node",
                                              help="Workers per node: GPUs, or CPU workers with --device cpu."),
@@ -46,8 +43,7 @@ def launch_command(
                                      help="Slurm: a failed step is requeued while the job has been restarted "
                                           "fewer times than this (all restarts count)."),
     cpus_per_worker: int = typer.Option(1, "--cpus-per-worker", help="Slurm: cores per worker (OMP threads)."),
-    max_restarts: int = typer.Option(0, "--max-restarts",
-                                     help="torchrun restarts of the worker group within one allocation."),
+    max_restarts: options.MaxRestarts = 0,
     image: str = typer.Option("", "--image", help="k8s: container image with bastion installed."),
     k8s_kind: str = typer.Option("pytorchjob", "--k8s-kind", help="k8s: pytorchjob or jobset."),
     queue: str = typer.Option("", "--queue", help="k8s: Kueue LocalQueue name."),

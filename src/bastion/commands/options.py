@@ -95,3 +95,26 @@ Recompute = Annotated[str | None, typer.Option("--recompute", help="none, select
 SequenceParallel = Annotated[bool | None, typer.Option("--sp/--no-sp", help="Megatron sequence parallelism "
                                                                             "(needs tp > 1).")]
 Precision = Annotated[str | None, typer.Option("--precision", help="fp32, bf16, fp16 or fp8.")]
+
+# ---- one training run, shared by `train` and `launch` (each may come from --config instead) ----------------
+RunModel = Annotated[str | None, typer.Option("--model", help="Model preset (see `bastion models`), model file, or a "
+                                                             "Hugging Face config.json (or its directory). Required, "
+                                                             "here or as `model` in --config.")]
+RunPlan = Annotated[Path | None, typer.Option("--plan", help="ParallelPlan file (JSON/TOML), e.g. from `bastion plan "
+                                                             "--save`. Required, here or in --config.")]
+RunData = Annotated[str | None, typer.Option("--data", help="Token dataset directory from `bastion data prepare`, or "
+                                                           "a mixture by weight: DIR_A=0.7,DIR_B=0.3. Required, here "
+                                                           "or in --config.")]
+RunSteps = Annotated[int | None, number_option("--steps", help="Optimizer steps to train (the total: a resumed or "
+                                                               "requeued run stops there). Required, here or in "
+                                                               "--config.", integer=True, low=1, high=10**12,
+                                               fix="e.g. --steps 1000.")]
+ConfigFile = Annotated[Path | None, typer.Option("--config", help="run.toml holding any training setting, the "
+                                                                  "optimizer's too (lr, betas, weight decay, eps, "
+                                                                  "schedule, clipping); flags and --set override it.")]
+SetValues = Annotated[list[str], typer.Option("--set", help="Override one --config setting, e.g. --set "
+                                                            "optimizer.lr=3e-4 (repeatable; keys as in --config).")]
+MaxRestarts = Annotated[int, number_option("--max-restarts", help="Restarts torchrun's elastic agent may make "
+                                                                  "within one allocation; a restarted group resumes "
+                                                                  "from the newest valid checkpoint.", integer=True,
+                                           low=0, high=10**4)]

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from bastion.cli import app
+from bastion.commands import options
 from bastion.commands.options import number_option
 from bastion.specs.model import ModelSpec
 from bastion.specs.plan import ParallelPlan
@@ -25,19 +26,15 @@ app.add_typer(data_app, name="data")
 @app.command("train")
 def train_command(
     ctx: typer.Context,
-    model: str | None = typer.Option(None, "--model", help="Model preset (see `bastion models`), model file, "
-                                     "or a Hugging Face config.json (or its directory). Required, here or in --config."),
-    plan: Path | None = typer.Option(None, "--plan", help="ParallelPlan file (JSON/TOML), e.g. from `bastion plan "
-                                     "--save`. Required, here or in --config."),
-    data: str | None = typer.Option(None, "--data", help="Token dataset directory from `bastion data prepare`, "
-                                    "or a mixture by weight: DIR_A=0.7,DIR_B=0.3. Required, here or in --config."),
-    steps: int | None = typer.Option(None, "--steps", help="Optimizer steps to run. Required, here or in "
-                                     "--config."),
+    model: options.RunModel = None,
+    plan: options.RunPlan = None,
+    data: options.RunData = None,
+    steps: options.RunSteps = None,
     run_dir: Path | None = typer.Option(None, "--run-dir", help="Where metrics.jsonl, summary.json and "
                                         "checkpoints go. Required, here or in --config."),
     nproc: int | None = typer.Option(None, "--nproc", help="Start this many local worker processes (torchrun)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the parameter init and the data order."),
-    seq_len: int | None = typer.Option(None, "--seq-len", help="Sequence length (default: the model's)."),
+    seq_len: options.SeqLen = None,
     lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (warmup, then cosine to a tenth)."),
     compile_model: bool = typer.Option(False, "--compile", help="torch.compile each block."),
     cluster: str | None = typer.Option(None, "--cluster", help="Cluster spec for MFU and the prediction "
@@ -51,8 +48,7 @@ def train_command(
                                             "failure rate × number of devices)."),
     inject: list[str] = typer.Option([], "--inject", help="Inject a fault (repeatable): kill:rank=1,step=7, "
                                      "hang:rank=0,step=5, nan:step=9, kill-during-save:step=8, corrupt-latest."),
-    max_restarts: int = typer.Option(0, "--max-restarts", help="Restarts torchrun's elastic agent may make; a "
-                                     "restarted group resumes from the newest valid checkpoint."),
+    max_restarts: options.MaxRestarts = 0,
     keep_last: int = typer.Option(3, "--keep-last", help="Keep the newest K checkpoints."),
     keep_every: int = typer.Option(0, "--keep-every", help="Also keep every checkpoint whose step is a multiple "
                                    "of N (0 = none)."),
@@ -82,11 +78,8 @@ def train_command(
                                           "random init; --model is its config.json (or any spec of the same "
                                           "shape)."),
     # ---- config file, evaluation, logs (commands/train_file.py, runtime/train.py) ----
-    config: Path | None = typer.Option(None, "--config", help="run.toml holding any of these settings and the "
-                                       "optimizer's (lr, betas, weight decay, eps, schedule, clipping); flags and "
-                                       "--set override it."),
-    set_values: list[str] = typer.Option([], "--set", help="Override one setting, e.g. --set optimizer.lr=3e-4 "
-                                         "(repeatable; keys as in --config)."),
+    config: options.ConfigFile = None,
+    set_values: options.SetValues = [],  # noqa: B006 - typer reads the default
     eval_every: int = typer.Option(0, "--eval-every", help="Evaluate on the dataset's held-out split every N steps "
                                    "and at the end: eval_loss and perplexity in metrics.jsonl (0 = never)."),
     eval_batches: int = typer.Option(1, "--eval-batches", help="Global batches of held-out samples per "
@@ -150,7 +143,7 @@ def train_params(ctx: Any) -> dict[str, Any]:
     from typer._click.exceptions import BadParameter
 
     from bastion.commands.train_file import check_optimizer_settings, load_config_file, parse_sets
-    from bastion.errors import ConfigError
+    from bastion.errors import BastionError, ConfigError
 
     params = dict(ctx.params)
     file_values = load_config_file(params["config"]) if params["config"] is not None else {}
@@ -168,6 +161,9 @@ def train_params(ctx: Any) -> dict[str, Any]:
         except BadParameter as exc:
             raise ConfigError(f"Setting {name}: {exc.format_message()}",
                               fix="give it a value of the right type in --config or --set.") from None
+        except BastionError as exc:  # a checked number (commands/options.py) out of its range
+            raise ConfigError(f"Setting {name} (--config or --set): {exc.problem}",
+                              fix=exc.fix or "give it a value of the right type in --config or --set.") from None
         params[name] = value
     missing = [name for name in REQUIRED if params.get(name) is None]
     if missing:
