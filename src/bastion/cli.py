@@ -27,6 +27,7 @@ app = typer.Typer(
 # Registration order is the order in `--help`.
 from bastion.commands import (  # noqa: E402,F401,I001
     catalog, predict_cmds, plan_cmds, train_cmds, launch_cmds, report_cmds, cost_cmds, sim_cmds, demo_cmds,
+    calibrate_cmds,
 )
 
 

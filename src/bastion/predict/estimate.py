@@ -51,6 +51,9 @@ class TimeBreakdown:
     pp_comm: float
     bubble: float
     optimizer: float
+    #: CPU work outside the kernels (eager and DTensor dispatch, FSDP hooks, the loop's bookkeeping), when a
+    #: machine profile measured it; 0 on datasheet rates
+    host_overhead: float
     step: float
 
     def to_dict(self) -> dict[str, float]:
@@ -107,11 +110,12 @@ class _StageTime:
     fsdp_exposed: float
     backward: float  # the window a data-parallel gradient reduction can hide under
     forward: float  # the window a ZeRO-1/2 parameter all-gather can hide under
+    host_overhead: float = 0.0
 
     @property
     def total(self) -> float:
         return (self.compute + self.recompute + self.memory_bound + self.tp_comm + self.cp_comm
-                + self.fsdp_exposed)
+                + self.fsdp_exposed + self.host_overhead)
 
 
 def _mlp_width_and_tokens(model: ModelSpec, tokens: int) -> tuple[int, int]:
@@ -203,6 +207,44 @@ def _stage_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len:
     key = _StageKey(plan.shard_degree if zero3 else 1, plan.tp, plan.cp, 3 if zero3 else 0, plan.micro_batch,
                     plan.recompute, plan.sequence_parallel, plan.precision)
     return _stage_time_of(model, cluster, key, seq_len, layers, has_first, has_last, options)
+
+
+def core_share(cluster: Cluster) -> float:
+    """The share of a core one rank runs on: 1 on dedicated devices; on a host CPU its cores over the ranks on
+    it, times how well the ranks share them (Accelerator.shared_by)."""
+    acc, ranks = cluster.accelerator, cluster.gpus_per_node
+    if acc.host_cores <= 0:
+        return 1.0
+    return min(1.0, acc.host_cores / ranks) * (acc.sharing_efficiency if ranks > 1 else 1.0)
+
+
+def _micro_batch_overhead(node: Cluster, plan: ParallelPlan, layers: int, has_first: bool, has_last: bool) -> float:
+    """Seconds of one micro-batch's host work on one rank (machine profile's [host] terms): each block's eager
+    dispatch, plus DTensor's under tensor parallelism and FSDP2's hooks when gradients are reduced over dp × cp;
+    a fully recomputed block dispatches its forward (a third of the work) again; the ends of the model once."""
+    host = node.profile.host_overheads
+    tp = (host.layer_tp_s + (host.layer_sp_s if plan.sequence_parallel else 0.0)) if plan.tp > 1 else 0.0
+    per_layer = (host.layer_s + tp) * (4 / 3 if plan.recompute == "full" else 1.0)
+    per_layer += host.layer_fsdp_s if plan.dp * plan.cp > 1 else 0.0
+    ends = host.micro_batch_s * (int(has_first) + int(has_last)) / 2
+    return (layers * per_layer + ends) / core_share(node)
+
+
+def _step_overhead(node: Cluster, model: ModelSpec, plan: ParallelPlan, layers: int, has_first: bool,
+                   has_last: bool) -> float:
+    """Seconds of one optimizer step's host work on one rank: AdamW, zero_grad and clipping per parameter
+    tensor, plus the loop's fixed bookkeeping."""
+    if node.profile is None:
+        return 0.0
+    host = node.profile.host_overheads
+    per_layer = 6 + model.ffn_matrices + (6 if model.bias else 0)  # 2 norms, q k v o, the MLP matrices
+    tensors = layers * per_layer + int(has_first) + 2 * int(has_last)  # embedding; final norm and LM head
+    dtensors = plan.tp > 1 or plan.dp * plan.cp > 1
+    per_tensor = host.optimizer_dtensor_per_tensor_s if dtensors else host.optimizer_per_tensor_s
+    # the loop's two scalar all-reduces over every rank (the gradient norm and the logged loss)
+    world = comm.place_group(node, plan.num_gpus, 1)
+    scalars = 2 * comm.all_reduce_time(node, 4.0, world)
+    return (tensors * per_tensor + host.step_s) / core_share(node) + scalars
 
 
 class _LayerCosts(NamedTuple):
@@ -391,6 +433,7 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     s = seq_len or model.seq_len
     model = model.with_seq_len(s)  # learned position tables are sized by the sequence length
     plan.validate(model, cluster, s)
+    node = cluster
     cluster = per_rank(cluster)
     acc = cluster.accelerator
     m = plan.num_microbatches
@@ -404,6 +447,9 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     worst_memory = max(memory_by_stage, key=lambda mb: mb.total)
 
     stage_times = [_stage_time(model, cluster, plan, s, *roles[i], options) for i in representatives]
+    if node.profile is not None:
+        stage_times = [replace(t, host_overhead=_micro_batch_overhead(node, plan, *roles[i]))
+                       for t, i in zip(stage_times, representatives, strict=True)]
     slowest = max(stage_times, key=lambda t: t.total)
 
     # pipeline: bubble and the point-to-point transfers on the critical path
@@ -449,11 +495,13 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     optimizer = compute.membound_time(acc, worst_states[2] / o_bytes * compute.optimizer_bytes_per_param(
         plan.precision))
 
+    step_overhead = max(_step_overhead(node, model, plan, *roles[i]) for i in representatives)
     time = TimeBreakdown(
         compute=m * slowest.compute, recompute=m * slowest.recompute, memory_bound=m * slowest.memory_bound,
         tp_comm=m * slowest.tp_comm, cp_comm=m * slowest.cp_comm, dp_comm=dp_comm, pp_comm=pp_comm,
-        bubble=bubble, optimizer=optimizer,
-        step=m * slowest.total + bubble + pp_comm + (dp_comm - m * slowest.fsdp_exposed) + optimizer)
+        bubble=bubble, optimizer=optimizer, host_overhead=m * slowest.host_overhead + step_overhead,
+        step=m * slowest.total + bubble + pp_comm + (dp_comm - m * slowest.fsdp_exposed) + optimizer
+        + step_overhead)
 
     tokens_per_step = plan.global_batch * s
     model_flops = flops.model_flops_per_token(model, s) * tokens_per_step
@@ -462,6 +510,10 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     peak = acc.peak_tflops(plan.precision) * 1e12 * plan.num_gpus
     assumptions = [
         MFU_CONVENTION,
+        f"rates: {node.rates_source}" + (
+            "; GEMM/attention efficiency by size, memory bandwidth, core sharing, collectives (latency + "
+            "bandwidth by group size) and host overheads (dispatch per block, DTensor, FSDP hooks, optimizer per "
+            "tensor) measured" if node.profile else ""),
         (f"attention: fused flash kernel '{options.attention_kernel}' (causal blocks skipped, no s×s scores stored)"
          + (f", at most {options.attention_efficiency_cap:g} of the bf16 peak"
             if options.attention_efficiency_cap is not None else "")) if options.flash_attention
@@ -470,7 +522,7 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
         (f"efficiency curves measured on one H200, scaled by {acc.name} matmul_efficiency "
          f"{acc.matmul_efficiency:g} / 0.787 and HBM {acc.hbm_bandwidth_gbs:g} GB/s") if is_gpu
         else (f"a CPU runs every GEMM and attention at its catalog matmul_efficiency {acc.matmul_efficiency:g}, "
-              f"memory-bound work at {acc.hbm_bandwidth_gbs:.3g} GB/s"),
+              f"memory-bound work at {acc.hbm_bandwidth_gbs:.3g} GB/s") if not node.profile else "",
         "tensor-parallel collectives are not overlapped with compute" if plan.tp > 1 else "",
         ("selective recompute re-runs every second matmul of a block (wk, wo, w3) and its elementwise ops "
          "(op-level checkpointing)") if plan.recompute == "selective"

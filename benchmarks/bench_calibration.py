@@ -1,0 +1,151 @@
+"""Predicted vs measured step time after `bastion calibrate --quick`, on this machine.
+
+1. `bastion calibrate --quick` writes a machine profile (benchmarks/results/calibration_profile.toml);
+2. each plan family of the equivalence suite (dp, ZeRO-3, tp+sp, a pipeline schedule, cp, hybrid) and the
+   `make run` demo's plan trains `tiny` and `small` for a few steps with `bastion train --cluster cpu:N@PROFILE`;
+3. the run's summary.json holds the measured median step (steps after the first) and the profile's prediction;
+   the datasheet prediction (plain `cpu:N`) is computed alongside. The table goes to
+   benchmarks/results/calibration.json and is printed.
+
+Nothing here is fitted to the measured step times: the profile comes from microbenchmarks only.
+
+    .venv/bin/python benchmarks/bench_calibration.py [--only tiny] [--plans dp,zero3] [--profile EXISTING.toml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+FP32 = {"precision": "fp32", "global_batch": 8}
+#: plan families of tests/dist/test_equivalence.py (and test_context_parallel.py), 2 or 4 processes
+FAMILIES = {
+    "dp": dict(dp=4, zero_stage=0, micro_batch=1, **FP32),
+    "zero3": dict(dp=4, zero_stage=3, micro_batch=1, **FP32),
+    "tp-sp": dict(dp=2, tp=2, sequence_parallel=True, zero_stage=3, micro_batch=2, **FP32),
+    "pp-1f1b": dict(pp=2, pp_schedule="1f1b", micro_batch=2, **FP32),
+    "cp": dict(cp=2, dp=2, micro_batch=2, **FP32),
+    "hybrid-pp-dp": dict(pp=2, dp=2, pp_schedule="1f1b", micro_batch=2, **FP32),
+}
+STEPS = {"tiny": 8, "small": 5}
+SEQ = {"tiny": 64, "small": 256}
+
+
+def _bastion(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run([sys.executable, "-m", "bastion", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True)
+
+
+def _demo_plan(model: str) -> dict:
+    sys.path.insert(0, str(ROOT / "src"))
+    from bastion.commands.demo_cmds import choose_plan
+
+    plan, _ = choose_plan(model, 4, 8, SEQ[model])
+    return plan.to_dict()
+
+
+def _world(plan: dict) -> int:
+    return plan.get("dp", 1) * plan.get("tp", 1) * plan.get("pp", 1) * plan.get("cp", 1)
+
+
+def _datasheet_prediction(model: str, plan: dict, world: int) -> float:
+    from bastion.predict import estimate
+    from bastion.specs import ParallelPlan, load_cluster, load_model
+
+    return estimate(load_model(model), load_cluster(f"cpu:{world}"), ParallelPlan.from_dict(plan)).step_time_s
+
+
+def _run(model: str, name: str, plan: dict, profile: Path, data: Path, work: Path) -> dict:
+    world = _world(plan)
+    plan_file = work / f"{model}-{name}.json"
+    plan_file.write_text(json.dumps(plan))
+    run_dir = work / f"run-{model}-{name}"
+    started = time.time()
+    done = _bastion("train", "--model", model, "--plan", str(plan_file), "--data", str(data), "--steps",
+                    str(STEPS[model]), "--run-dir", str(run_dir), "--nproc", str(world), "--no-progress",
+                    "--cluster", f"cpu:{world}@{profile}")
+    row = {"model": model, "plan": name, "processes": world, "plan_fields": plan, "wall_s": time.time() - started,
+           "load_avg_1m": os.getloadavg()[0]}
+    summary_file = run_dir / "summary.json"
+    if done.returncode != 0 or not summary_file.exists():
+        row["error"] = (done.stderr or done.stdout)[-600:]
+        return row
+    summary = json.loads(summary_file.read_text())
+    measured = summary["measured"]["step_time_s"] if "measured" in summary else summary.get("step_time_s")
+    predicted = summary["predicted"]["step_time_s"]
+    row.update(measured_s=measured, predicted_s=predicted, ratio=predicted / measured,
+               datasheet_s=_datasheet_prediction(model, plan, world))
+    return row
+
+
+def _table(rows: list[dict]) -> str:
+    lines = [f"{'model':6} {'plan':14} {'procs':>5} {'measured':>9} {'profile':>9} {'ratio':>6} {'datasheet':>9}"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['model']:6} {r['plan']:14} {r['processes']:5d}  failed: {r['error'][-120:]!r}")
+            continue
+        lines.append(f"{r['model']:6} {r['plan']:14} {r['processes']:5d} {r['measured_s']:9.3f} "
+                     f"{r['predicted_s']:9.3f} {r['ratio']:6.2f} {r['datasheet_s']:9.3f}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="tiny,small", help="models, comma-separated")
+    parser.add_argument("--plans", default="", help="plan names, comma-separated (default: all + demo)")
+    parser.add_argument("--profile", type=Path, help="use this profile instead of calibrating")
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    profile = args.profile or RESULTS / "calibration_profile.toml"
+    calibrate_s = None
+    if args.profile is None:
+        started = time.time()
+        done = _bastion("calibrate", "--quick", "--no-progress", "--out", str(profile))
+        calibrate_s = time.time() - started
+        print(done.stdout.strip() or done.stderr[-2000:])
+        if done.returncode != 0:
+            return done.returncode
+    profile = profile.resolve()
+    sys.path.insert(0, str(ROOT / "src"))
+    from bastion.commands.demo_cmds import _stdlib_corpus
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bastion-bench-calibration-") as tmp:
+        work = Path(tmp)
+        data = work / "data"
+        _stdlib_corpus(data, 1_000_000)
+        for model in [m for m in args.only.split(",") if m]:
+            plans = {**FAMILIES, "demo": _demo_plan(model)}
+            wanted = [p for p in args.plans.split(",") if p] or list(plans)
+            for name in wanted:
+                row = _run(model, name, plans[name], profile, data, work)
+                rows.append(row)
+                print(_table([row]).splitlines()[-1], flush=True)
+    within = [r for r in rows if "ratio" in r and abs(r["ratio"] - 1) <= 0.10]
+    result = {"machine": {"host": socket.gethostname(), "platform": platform.platform(),
+                          "cpus": os.cpu_count()},
+              "profile": str(profile.relative_to(ROOT)) if profile.is_relative_to(ROOT) else str(profile),
+              "calibrate_s": calibrate_s, "rows": rows,
+              "within_10pct": f"{len(within)} of {len(rows)}",
+              "note": "measured = median step time after the first step (summary.json); profile = the "
+                      "prediction with --cluster cpu:N@PROFILE; datasheet = plain cpu:N. The box may be shared "
+                      "with other work: load_avg_1m is recorded with each run."}
+    (RESULTS / "calibration.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(_table(rows))
+    print(f"within 10%: {result['within_10pct']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
