@@ -37,7 +37,7 @@ FAMILIES = {
     "cp": dict(cp=2, dp=2, micro_batch=2, **FP32),
     "hybrid-pp-dp": dict(pp=2, dp=2, pp_schedule="1f1b", micro_batch=2, **FP32),
 }
-STEPS = {"tiny": 8, "small": 5}
+STEPS = {"tiny": 6, "small": 3}
 SEQ = {"tiny": 64, "small": 256}
 
 

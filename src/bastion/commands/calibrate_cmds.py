@@ -86,7 +86,7 @@ def calibrate_command(
     raw_table = {"dispatch_s": raw["dispatch_s"], "gemm_m_k_n_s": raw["gemm"],
                  "attention_seq_headdim_heads_fwd_s_fwdbwd_s": raw["attention"],
                  "elementwise_bytes_s": raw["elementwise"], "shared_gemm_shape": raw["shared_gemm_shape"],
-                 "shared_gemm_s_per_rank": shared["gemm_s"], "shared_elementwise_bytes_s": shared["elementwise"],
+                 "shared_core_share_per_rank": shared["core_share"], "shared_elementwise_bytes_s": shared["elementwise"],
                  "collective_op_size_bytes_s": shared["collectives"]}
     data = {"machine": machine, **fitted, "raw": raw_table}
     header = ("bastion machine profile, written by `bastion calibrate`. Use it with --cluster PROFILE.toml or\n"
@@ -96,7 +96,7 @@ def calibrate_command(
     out.write_text(profile_toml(data, header))
     a, h = fitted["accelerator"], fitted["host"]
     typer.echo(f"wrote {out}: GEMM {a['matmul_efficiency']:.2f} of a core's peak at the largest shape, "
-               f"memory {a['hbm_bandwidth_gbs']:.2g} GB/s, sharing {a['sharing_efficiency']:.2f}, "
+               f"memory {a['hbm_bandwidth_gbs']:.2g} GB/s, background load {a['background_load']:.1f}, "
                f"block dispatch {1e3 * h['layer_s']:.2f} ms (+{1e3 * h['layer_tp_s']:.2f} DTensor, "
                f"+{1e3 * h['layer_fsdp_s']:.2f} FSDP), process start {h['process_start_s']:.1f} s")
 

@@ -209,15 +209,6 @@ def _stage_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len:
     return _stage_time_of(model, cluster, key, seq_len, layers, has_first, has_last, options)
 
 
-def core_share(cluster: Cluster) -> float:
-    """The share of a core one rank runs on: 1 on dedicated devices; on a host CPU its cores over the ranks on
-    it, times how well the ranks share them (Accelerator.shared_by)."""
-    acc, ranks = cluster.accelerator, cluster.gpus_per_node
-    if acc.host_cores <= 0:
-        return 1.0
-    return min(1.0, acc.host_cores / ranks) * (acc.sharing_efficiency if ranks > 1 else 1.0)
-
-
 def _micro_batch_overhead(node: Cluster, plan: ParallelPlan, layers: int, has_first: bool, has_last: bool) -> float:
     """Seconds of one micro-batch's host work on one rank (machine profile's [host] terms): each block's eager
     dispatch, plus DTensor's under tensor parallelism and FSDP2's hooks when gradients are reduced over dp × cp;
@@ -227,7 +218,7 @@ def _micro_batch_overhead(node: Cluster, plan: ParallelPlan, layers: int, has_fi
     per_layer = (host.layer_s + tp) * (4 / 3 if plan.recompute == "full" else 1.0)
     per_layer += host.layer_fsdp_s if plan.dp * plan.cp > 1 else 0.0
     ends = host.micro_batch_s * (int(has_first) + int(has_last)) / 2
-    return (layers * per_layer + ends) / core_share(node)
+    return (layers * per_layer + ends) / node.accelerator.core_share(node.gpus_per_node)
 
 
 def _step_overhead(node: Cluster, model: ModelSpec, plan: ParallelPlan, layers: int, has_first: bool,
@@ -244,7 +235,7 @@ def _step_overhead(node: Cluster, model: ModelSpec, plan: ParallelPlan, layers: 
     # the loop's two scalar all-reduces over every rank (the gradient norm and the logged loss)
     world = comm.place_group(node, plan.num_gpus, 1)
     scalars = 2 * comm.all_reduce_time(node, 4.0, world)
-    return (tensors * per_tensor + host.step_s) / core_share(node) + scalars
+    return (tensors * per_tensor + host.step_s) / node.accelerator.core_share(node.gpus_per_node) + scalars
 
 
 class _LayerCosts(NamedTuple):

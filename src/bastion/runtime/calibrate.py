@@ -35,17 +35,26 @@ from bastion.specs.model import ModelSpec
 Progress = Callable[[str], None]
 
 
-def _mean_time(fn: Callable[[], Any], budget_s: float, min_reps: int = 3, max_reps: int = 200) -> float:
-    """Mean seconds of fn() after one warm-up, repeated until `budget_s` is spent (at least min_reps). The mean,
-    not the median: a training step pays for every op's time including the moments the OS gave its core to
-    another process, and a median of short ops would leave those out."""
+def _mean_time(fn: Callable[[], Any], budget_s: float, min_reps: int = 3, max_reps: int = 200,
+               clock: Callable[[], float] = time.process_time) -> float:
+    """Mean seconds of fn() after one warm-up, repeated until `budget_s` of wall time is spent (at least
+    min_reps). By default the seconds are this process's CPU time: what the work costs a core, whatever else the
+    host runs meanwhile (how much of a core a rank gets is measured apart: `core_share`)."""
     fn()
     reps = 0
-    start = time.perf_counter()
+    start, start_clock = time.perf_counter(), clock()
     while reps < max_reps and (reps < min_reps or time.perf_counter() - start < budget_s):
         fn()
         reps += 1
-    return (time.perf_counter() - start) / reps
+    return (clock() - start_clock) / reps
+
+
+def core_share(work: Callable[[], Any], wall_s: float) -> float:
+    """The share of a core this process got while running `work` repeatedly for `wall_s`: CPU time / wall."""
+    start, start_cpu = time.perf_counter(), time.process_time()
+    while time.perf_counter() - start < wall_s:
+        work()
+    return (time.process_time() - start_cpu) / (time.perf_counter() - start)
 
 
 # ---- single-process kernels -------------------------------------------------------------------------------
@@ -244,7 +253,7 @@ def _rank_main(rank: int, world: int, init: str, out_dir: str, spawned_at: float
     m, k, n = config["gemm_shape"]
     a, b = torch.randn(m, k), torch.randn(k, n)
     dist.barrier()
-    result["gemm_s"] = _mean_time(lambda: a @ b, budget * 2)
+    result["core_share"] = core_share(lambda: a @ b, max(0.5, budget * 10))
     dist.barrier()
     result["elementwise"] = measure_elementwise((16,), budget * 2)
     collectives = []
@@ -260,7 +269,7 @@ def _rank_main(rank: int, world: int, init: str, out_dir: str, spawned_at: float
                 dist.barrier()
                 # every member runs the same number of repeats (a time budget would differ between ranks)
                 reps = config["collective_reps"]
-                t = _mean_time(fn, 0.0, min_reps=reps, max_reps=reps)
+                t = _mean_time(fn, 0.0, min_reps=reps, max_reps=reps, clock=time.perf_counter)
                 collectives.append([op, size, nbytes, t])
     result["collectives"] = collectives
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
@@ -271,7 +280,8 @@ def _rank_main(rank: int, world: int, init: str, out_dir: str, spawned_at: float
 def measure_shared(world: int, gemm_shape: tuple[int, int, int], message_bytes: list[int], budget_s: float,
                    collective_reps: int = 7) -> dict[str, Any]:
     """`world` processes on this host at once (gloo): start-up, shared GEMM and elementwise rates, collectives.
-    Collective times are the slowest rank's median (a collective is done when its last member is)."""
+    Collective times are wall time, the slowest rank's (a collective is done when its last member is).
+    `core_share` is each rank's share of a core while all ranks multiply matrices at once."""
     import torch.multiprocessing as mp
 
     with socket.socket() as s:
@@ -290,7 +300,7 @@ def measure_shared(world: int, gemm_shape: tuple[int, int, int], message_bytes: 
         for op, size, nbytes, t in r["collectives"]:
             slowest[(op, size, nbytes)] = max(slowest.get((op, size, nbytes), 0.0), t)
     return {"world": world, "process_start_s": statistics.median(r["start_s"] for r in ranks),
-            "gemm_s": [r["gemm_s"] for r in ranks],
+            "core_share": [r["core_share"] for r in ranks],
             "elementwise": [r["elementwise"][0] for r in ranks],
             "collectives": [[op, size, nbytes, t] for (op, size, nbytes), t in sorted(slowest.items())]}
 
@@ -309,10 +319,11 @@ def _line_fit(points: list[tuple[float, float]]) -> tuple[float, float]:
 
 def fit_profile(raw: dict[str, Any], peak_flops_core: float, host_cores: int) -> dict[str, Any]:
     """The rates of specs/profile.py from the raw measurements. Each rate is a measurement through a mechanism,
-    not a fit to step times: a GEMM's efficiency is its FLOPs over (time − one op's dispatch) over one core's
+    not a fit to step times: a GEMM's efficiency is its FLOPs over (CPU time − one op's dispatch) over one core's
     peak; attention's the same with the predictor's causal FLOPs; memory bandwidth the node's (each of N
-    processes' elementwise rate × max(N, cores)); sharing efficiency what N processes' GEMM rate keeps of a
-    free core's share; collectives a least-squares latency + bytes/bandwidth line per op and group size."""
+    processes' elementwise rate × the cores); the background load from the share of a core N busy processes
+    got; collectives a least-squares latency + bytes/bandwidth line (wall time) per
+    op and group size."""
     dispatch = raw["dispatch_s"]
     gemm = {}
     for m, k, n, t in raw["gemm"]:
@@ -326,11 +337,12 @@ def fit_profile(raw: dict[str, Any], peak_flops_core: float, host_cores: int) ->
     single_bw = statistics.median(b / t for b, t in raw["elementwise"])
     shared = raw["shared"]
     world = shared["world"]
-    m, k, n = raw["shared_gemm_shape"]
-    single_gemm = next(t for mm, kk, nn, t in raw["gemm"] if (mm, kk, nn) == (m, k, n))
-    per_rank_rate = statistics.fmean(single_gemm / t for t in shared["gemm_s"])  # of a free core
-    sharing = min(1.0, per_rank_rate / min(1.0, host_cores / world)) if world > 1 else 1.0
-    shared_bw = statistics.fmean(b / t for b, t in shared["elementwise"]) * max(world, host_cores)
+    # each of N busy ranks got s of a core; the OS shares the cores evenly among the runnable processes, so
+    # s = cores / (N + background): the rest is other load (and context-switch losses) the ranks competed with
+    share = min(1.0, statistics.fmean(shared["core_share"]))
+    background = max(0.0, host_cores / share - world) if share < 1.0 else 0.0
+    # CPU-time rates: what a running rank streams while the others run on the other cores
+    shared_bw = statistics.fmean(b / t for b, t in shared["elementwise"])
     by_line: dict[tuple[str, int], list[tuple[float, float]]] = {}
     for op, size, nbytes, t in shared["collectives"]:
         by_line.setdefault((op, size), []).append((float(nbytes), t))
@@ -345,9 +357,9 @@ def fit_profile(raw: dict[str, Any], peak_flops_core: float, host_cores: int) ->
     return {
         "accelerator": {
             "matmul_efficiency": gemm[top_gemm],
-            # what each of the profile's N ranks gets, times the ranks the predictor divides it among
-            "hbm_bandwidth_gbs": (shared_bw if world > 1 else single_bw * host_cores) / 1e9,
-            "sharing_efficiency": sharing,
+            # the node's: a running rank's rate times the cores (Accelerator.shared_by divides it among the ranks)
+            "hbm_bandwidth_gbs": (shared_bw if world > 1 else single_bw) * host_cores / 1e9,
+            "background_load": background,
             "gemm_efficiency_curve": [[f, e] for f, e in sorted(gemm.items())],
             "attention_efficiency_curve": [[x, *effs] for x, effs in sorted(attention.items())],
         },

@@ -67,9 +67,10 @@ class Accelerator:
     capex_source: str = ""
     #: lower-case parts of torch.cuda.get_device_name() that identify this accelerator (the longest match wins)
     device_names: tuple[str, ...] = ()
-    #: measured by `bastion calibrate` (specs/profile.py), never in the catalog. The throughput ranks that share a
-    #: host's cores get together, as a fraction of each core at full speed (context switches, caches).
-    sharing_efficiency: float = 1.0
+    #: measured by `bastion calibrate` (specs/profile.py), never in the catalog: on a host CPU, the runnable
+    #: processes besides the ranks that the OS shares the cores with (other jobs; context switches count too),
+    #: so that each rank gets host_cores / (ranks + background_load) of a core, at most one
+    background_load: float = 0.0
     #: (GEMM FLOPs, fraction of the peak) points, interpolated in log FLOPs; empty = matmul_efficiency everywhere
     gemm_efficiency_curve: tuple[tuple[float, ...], ...] = ()
     #: (sequence length, forward, forward + backward fraction of the peak) of causal SDPA; empty = matmul_efficiency
@@ -80,9 +81,16 @@ class Accelerator:
         bandwidth the ranks share (each rank runs one thread: at most one core)."""
         if self.host_cores <= 0 or ranks <= 0:
             return self
-        share = min(1.0, self.host_cores / ranks) * (self.sharing_efficiency if ranks > 1 else 1.0)
+        share = self.core_share(ranks)
         return replace(self, **{f"peak_tflops_{p}": getattr(self, f"peak_tflops_{p}") * share for p in PRECISIONS},
-                       hbm_bandwidth_gbs=self.hbm_bandwidth_gbs / max(ranks, self.host_cores))
+                       hbm_bandwidth_gbs=self.hbm_bandwidth_gbs * share / self.host_cores)
+
+    def core_share(self, ranks: int) -> float:
+        """The share of a core each of `ranks` single-threaded ranks on a host CPU gets (the OS time-slices the
+        cores evenly among the runnable processes); 1 on dedicated devices."""
+        if self.host_cores <= 0:
+            return 1.0
+        return min(1.0, self.host_cores / (max(ranks, 1) + self.background_load))
 
     def peak_tflops(self, precision: str) -> float:
         """Dense matmul peak for a precision; fp32 training on tensor cores uses tf32 where present."""

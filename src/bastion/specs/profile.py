@@ -28,7 +28,7 @@ from bastion.specs.hardware import Accelerator, Cluster, default_network, load_a
 PROFILE_FORMAT = 1
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "send_recv")
 #: Accelerator fields a profile may replace
-ACCELERATOR_FIELDS = ("matmul_efficiency", "hbm_bandwidth_gbs", "sharing_efficiency", "gemm_efficiency_curve",
+ACCELERATOR_FIELDS = ("matmul_efficiency", "hbm_bandwidth_gbs", "background_load", "gemm_efficiency_curve",
                       "attention_efficiency_curve")
 _FIX = "run `bastion calibrate --out PROFILE.toml` on the machine again, and pass that file."
 
