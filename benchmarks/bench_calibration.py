@@ -19,9 +19,11 @@ import json
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -41,10 +43,24 @@ STEPS = {"tiny": 6, "small": 3}
 SEQ = {"tiny": 64, "small": 256}
 
 
-def _bastion(*args: str) -> subprocess.CompletedProcess:
+def _bastion(*args: str, sample_after: Path | None = None) -> tuple[subprocess.CompletedProcess, list[int]]:
+    """Run the CLI; with `sample_after`, also count the host's runnable processes (/proc/loadavg) every 0.2 s
+    from when that file appears (the first training step is done) until the command ends."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    return subprocess.run([sys.executable, "-m", "bastion", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "bastion", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    samples: list[int] = []
+
+    def sample() -> None:
+        while proc.poll() is None:
+            if sample_after is not None and sample_after.exists():
+                samples.append(int(Path("/proc/loadavg").read_text().split()[3].split("/")[0]))
+            time.sleep(0.2)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = proc.communicate()
+    sampler.join()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), samples
 
 
 def _demo_plan(model: str) -> dict:
@@ -59,11 +75,18 @@ def _world(plan: dict) -> int:
     return plan.get("dp", 1) * plan.get("tp", 1) * plan.get("pp", 1) * plan.get("cp", 1)
 
 
-def _datasheet_prediction(model: str, plan: dict, world: int) -> float:
+def _prediction(model: str, plan: dict, cluster: str, background_load: float | None = None) -> float:
+    """The step time predicted for `cluster`; with `background_load`, as if the profile had measured that much
+    other load on the host."""
+    from dataclasses import replace
+
     from bastion.predict import estimate
     from bastion.specs import ParallelPlan, load_cluster, load_model
 
-    return estimate(load_model(model), load_cluster(f"cpu:{world}"), ParallelPlan.from_dict(plan)).step_time_s
+    target = load_cluster(cluster)
+    if background_load is not None:
+        target = replace(target, accelerator=replace(target.accelerator, background_load=background_load))
+    return estimate(load_model(model), target, ParallelPlan.from_dict(plan)).step_time_s
 
 
 def _run(model: str, name: str, plan: dict, profile: Path, data: Path, work: Path) -> dict:
@@ -72,11 +95,14 @@ def _run(model: str, name: str, plan: dict, profile: Path, data: Path, work: Pat
     plan_file.write_text(json.dumps(plan))
     run_dir = work / f"run-{model}-{name}"
     started = time.time()
-    done = _bastion("train", "--model", model, "--plan", str(plan_file), "--data", str(data), "--steps",
-                    str(STEPS[model]), "--run-dir", str(run_dir), "--nproc", str(world), "--no-progress",
-                    "--cluster", f"cpu:{world}@{profile}")
+    cluster = f"cpu:{world}@{profile}"
+    done, runnable = _bastion("train", "--model", model, "--plan", str(plan_file), "--data", str(data), "--steps",
+                              str(STEPS[model]), "--run-dir", str(run_dir), "--nproc", str(world), "--no-progress",
+                              "--cluster", cluster, sample_after=run_dir / "metrics.jsonl")
+    # runnable processes besides the ranks and the sampler while the steps ran
+    background = max(0.0, statistics.fmean(runnable) - world - 1) if runnable else None
     row = {"model": model, "plan": name, "processes": world, "plan_fields": plan, "wall_s": time.time() - started,
-           "load_avg_1m": os.getloadavg()[0]}
+           "load_avg_1m": os.getloadavg()[0], "background_load_during_steps": background}
     summary_file = run_dir / "summary.json"
     if done.returncode != 0 or not summary_file.exists():
         row["error"] = (done.stderr or done.stdout)[-600:]
@@ -85,18 +111,25 @@ def _run(model: str, name: str, plan: dict, profile: Path, data: Path, work: Pat
     measured = summary["measured"]["step_time_s"] if "measured" in summary else summary.get("step_time_s")
     predicted = summary["predicted"]["step_time_s"]
     row.update(measured_s=measured, predicted_s=predicted, ratio=predicted / measured,
-               datasheet_s=_datasheet_prediction(model, plan, world))
+               datasheet_s=_prediction(model, plan, f"cpu:{world}"))
+    if background is not None:
+        # the same profile with the load the run itself competed with (a measurement of the host, not a fit)
+        row["predicted_run_load_s"] = _prediction(model, plan, cluster, background)
+        row["ratio_run_load"] = row["predicted_run_load_s"] / measured
     return row
 
 
 def _table(rows: list[dict]) -> str:
-    lines = [f"{'model':6} {'plan':14} {'procs':>5} {'measured':>9} {'profile':>9} {'ratio':>6} {'datasheet':>9}"]
+    lines = [f"{'model':6} {'plan':14} {'procs':>5} {'measured':>9} {'profile':>9} {'ratio':>6} {'datasheet':>9} "
+             f"{'bg load':>7} {'at run load':>11} {'ratio':>6}"]
     for r in rows:
         if "error" in r:
             lines.append(f"{r['model']:6} {r['plan']:14} {r['processes']:5d}  failed: {r['error'][-120:]!r}")
             continue
+        run_load = (f"{r['background_load_during_steps']:7.1f} {r['predicted_run_load_s']:11.3f} "
+                    f"{r['ratio_run_load']:6.2f}") if "ratio_run_load" in r else ""
         lines.append(f"{r['model']:6} {r['plan']:14} {r['processes']:5d} {r['measured_s']:9.3f} "
-                     f"{r['predicted_s']:9.3f} {r['ratio']:6.2f} {r['datasheet_s']:9.3f}")
+                     f"{r['predicted_s']:9.3f} {r['ratio']:6.2f} {r['datasheet_s']:9.3f} {run_load}")
     return "\n".join(lines)
 
 
@@ -111,7 +144,7 @@ def main() -> int:
     calibrate_s = None
     if args.profile is None:
         started = time.time()
-        done = _bastion("calibrate", "--quick", "--no-progress", "--out", str(profile))
+        done, _ = _bastion("calibrate", "--quick", "--no-progress", "--out", str(profile))
         calibrate_s = time.time() - started
         print(done.stdout.strip() or done.stderr[-2000:])
         if done.returncode != 0:
@@ -133,17 +166,21 @@ def main() -> int:
                 rows.append(row)
                 print(_table([row]).splitlines()[-1], flush=True)
     within = [r for r in rows if "ratio" in r and abs(r["ratio"] - 1) <= 0.10]
+    within_run_load = [r for r in rows if "ratio_run_load" in r and abs(r["ratio_run_load"] - 1) <= 0.10]
     result = {"machine": {"host": socket.gethostname(), "platform": platform.platform(),
                           "cpus": os.cpu_count()},
               "profile": str(profile.relative_to(ROOT)) if profile.is_relative_to(ROOT) else str(profile),
               "calibrate_s": calibrate_s, "rows": rows,
               "within_10pct": f"{len(within)} of {len(rows)}",
+              "within_10pct_at_run_load": f"{len(within_run_load)} of {len(rows)}",
               "note": "measured = median step time after the first step (summary.json); profile = the "
-                      "prediction with --cluster cpu:N@PROFILE; datasheet = plain cpu:N. The box may be shared "
-                      "with other work: load_avg_1m is recorded with each run."}
+                      "prediction with --cluster cpu:N@PROFILE; datasheet = plain cpu:N; at run load = the "
+                      "profile with its background_load replaced by the runnable processes counted (/proc/loadavg) "
+                      "while the run's steps ran, less its own ranks."}
     (RESULTS / "calibration.json").write_text(json.dumps(result, indent=2) + "\n")
     print(_table(rows))
-    print(f"within 10%: {result['within_10pct']}")
+    print(f"within 10%: {result['within_10pct']} (at the run's own background load: "
+          f"{result['within_10pct_at_run_load']})")
     return 0
 
 

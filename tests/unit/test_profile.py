@@ -14,7 +14,7 @@ from bastion.specs.hardware import load_cluster
 from bastion.specs.profile import PROFILE_FORMAT, profile_toml, read_profile
 
 
-def profile_data(layer_s: float = 0.004, all_reduce_latency_us: float = 900.0) -> dict:
+def profile_data(layer_s: float = 0.004, all_gather_latency_us: float = 900.0) -> dict:
     return {
         "machine": {"format": PROFILE_FORMAT, "accelerator": "cpu", "nproc": 4, "date": "2026-12-07T00:00:00Z",
                     "host": "box", "torch": "2.13.0+cpu", "quick": True},
@@ -24,7 +24,7 @@ def profile_data(layer_s: float = 0.004, all_reduce_latency_us: float = 900.0) -
         "host": {"layer_s": layer_s, "layer_tp_s": 0.02, "layer_sp_s": 0.002, "layer_fsdp_s": 0.006,
                  "micro_batch_s": 0.002, "optimizer_per_tensor_s": 3e-4, "optimizer_dtensor_per_tensor_s": 1e-3,
                  "process_start_s": 12.0},
-        "collective": [{"op": op, "group_size": g, "latency_us": all_reduce_latency_us if op == "all_reduce"
+        "collective": [{"op": op, "group_size": g, "latency_us": all_gather_latency_us if op == "all_gather"
                         else 500.0, "bandwidth_gbs": 0.5}
                        for op in ("all_reduce", "all_gather", "reduce_scatter") for g in (2, 4)]
         + [{"op": "send_recv", "group_size": 2, "latency_us": 300.0, "bandwidth_gbs": 1.0}],
@@ -52,7 +52,7 @@ def test_profile_round_trips(tmp_path: Path) -> None:
     assert dict(profile.accelerator_overrides)["gemm_efficiency_curve"] == ((1e6, 0.4), (1e9, 0.7))
     assert dict(profile.accelerator_overrides)["hbm_bandwidth_gbs"] == 3.0
     assert profile.host_overheads.layer_tp_s == 0.02
-    line = next(c for c in profile.collectives if c.op == "all_reduce" and c.group_size == 4)
+    line = next(c for c in profile.collectives if c.op == "all_gather" and c.group_size == 4)
     assert line.seconds(0.5e9) == pytest.approx(900e-6 + 1.0)
     # the cluster it makes: the catalog's cpu row with the measured fields, as many ranks as measured
     cluster = load_cluster(str(tmp_path / "profile.toml"))
@@ -94,10 +94,10 @@ def test_estimate_uses_the_profiles_numbers(tmp_path: Path, capsys: pytest.Captu
     assert datasheet["time"]["host_overhead"] == 0.0 and profiled["time"]["host_overhead"] > 0
     assert any(str(base) in a for a in profiled["assumptions"])
     assert any("datasheet" in a for a in datasheet["assumptions"])
-    # a slower block dispatch and slower all-reduces in the profile make the same plan slower, by the profile's
+    # a slower block dispatch and slower all-gathers in the profile make the same plan slower, by the profile's
     # own arithmetic: 4 blocks × 2 micro-batches × 10 ms more dispatch, on 2 cores / (4 ranks + 0.5 background)
     slower = _estimate(str(write(tmp_path, profile_data(layer_s=0.014), "slower.toml")), capsys, *plan)
     expected = 4 * 2 * 0.010 / (2 / 4.5)
     assert slower["step_time_s"] - profiled["step_time_s"] == pytest.approx(expected, rel=1e-6)
-    later = _estimate(str(write(tmp_path, profile_data(all_reduce_latency_us=5000.0), "ar.toml")), capsys, *plan)
+    later = _estimate(str(write(tmp_path, profile_data(all_gather_latency_us=5000.0), "ar.toml")), capsys, *plan)
     assert later["time"]["tp_comm"] > profiled["time"]["tp_comm"]

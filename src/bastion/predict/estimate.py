@@ -221,6 +221,30 @@ def _micro_batch_overhead(node: Cluster, plan: ParallelPlan, layers: int, has_fi
     return (layers * per_layer + ends) / node.accelerator.core_share(node.gpus_per_node)
 
 
+def _host_saturated(node: Cluster) -> bool:
+    """A host CPU with measured rates: gloo's collectives run on the cores the ranks compute on, so nothing
+    hides them (no idle core, no separate engine), and the predictor follows what bastion's runtime does."""
+    return node.profile is not None and node.accelerator.host_cores > 0
+
+
+def _runtime_fsdp_comm(node: Cluster, model: ModelSpec, plan: ParallelPlan, layers: int, has_first: bool,
+                       has_last: bool) -> float:
+    """Seconds of one micro-batch's FSDP2 collectives on one rank of bastion's runtime, none hidden: every plan
+    with dp × cp > 1 runs FSDP2 (runtime/parallelize.py), which gathers each unit (a block; the rest of the
+    stage as one root unit) for the forward, again for the backward under ZeRO-3 (resharded after forward), and
+    reduce-scatters its gradients in every micro-batch's backward."""
+    shard = plan.dp * plan.cp
+    if shard <= 1:
+        return 0.0
+    group = comm.place_group(node, shard, plan.tp)
+    p_bytes, g_bytes, _ = state_bytes_per_param(plan.precision)
+    root = model.vocab_size * model.hidden_size // plan.tp * (int(has_first) + int(has_last)) + model.hidden_size
+    units = [sum(fsdp_unit_numels(model, plan.tp, "layer"))] * layers + [root]
+    gathers = 2 if plan.zero_stage == 3 else 1
+    return sum(gathers * comm.all_gather_time(node, float(n * p_bytes), group)
+               + comm.reduce_scatter_time(node, float(n * g_bytes), group) for n in units)
+
+
 def _step_overhead(node: Cluster, model: ModelSpec, plan: ParallelPlan, layers: int, has_first: bool,
                    has_last: bool) -> float:
     """Seconds of one optimizer step's host work on one rank: AdamW, zero_grad and clipping per parameter
@@ -283,7 +307,14 @@ def _layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: i
     if plan.tp > 1:
         tp_group = comm.place_group(cluster, plan.tp, 1)
         collectives = 4 + (2 if plan.recompute == "full" else 0)
-        layer_tp = collectives * comm.all_reduce_time(cluster, float(tokens * model.hidden_size * a), tp_group)
+        nbytes = float(tokens * model.hidden_size * a)
+        if plan.sequence_parallel and cluster.profile is not None:
+            # measured collectives: each all-reduce is an all-gather and a reduce-scatter under SP, two
+            # latencies (the bandwidth terms of the datasheet model are the same either way)
+            layer_tp = collectives * (comm.all_gather_time(cluster, nbytes, tp_group)
+                                      + comm.reduce_scatter_time(cluster, nbytes, tp_group))
+        else:
+            layer_tp = collectives * comm.all_reduce_time(cluster, nbytes, tp_group)
 
     # context parallelism (PredictOptions.context_parallel)
     layer_cp = 0.0
@@ -438,8 +469,10 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     worst_memory = max(memory_by_stage, key=lambda mb: mb.total)
 
     stage_times = [_stage_time(model, cluster, plan, s, *roles[i], options) for i in representatives]
-    if node.profile is not None:
-        stage_times = [replace(t, host_overhead=_micro_batch_overhead(node, plan, *roles[i]))
+    saturated = _host_saturated(node)
+    if saturated:
+        stage_times = [replace(t, host_overhead=_micro_batch_overhead(node, plan, *roles[i]),
+                               fsdp_exposed=_runtime_fsdp_comm(node, model, plan, *roles[i]))
                        for t, i in zip(stage_times, representatives, strict=True)]
     slowest = max(stage_times, key=lambda t: t.total)
 
@@ -459,7 +492,7 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     dp_comm = m * slowest.fsdp_exposed
     worst_states = max((stage_states(model, plan, i) for i in representatives), key=sum)
     p_bytes, g_bytes, o_bytes = state_bytes_per_param(plan.precision)
-    if plan.shard_degree > 1 and plan.zero_stage < 3:
+    if plan.shard_degree > 1 and plan.zero_stage < 3 and not saturated:
         # gradients are reduced over dp × cp (context-parallel ranks hold the same parameters)
         dp_group = comm.place_group(cluster, plan.shard_degree, plan.tp)
         unsharded_grads = worst_states[1] if plan.zero_stage < 2 else worst_states[1] * plan.shard_degree
