@@ -90,14 +90,15 @@ def all_reduce_time(cluster: Cluster, nbytes: float, g: GroupPlacement) -> float
     """Seconds to all-reduce `nbytes` (each rank's buffer) over group g."""
     if g.size <= 1 or nbytes <= 0:
         return 0.0
-    measured = _profiled(cluster, "all_reduce", g.size, nbytes)
-    if measured is not None:
-        return measured
-    return _hierarchical_transfer_time(cluster, 2.0, nbytes, g) + _tree_latency(cluster, g)
+    return _profiled(cluster, "all_reduce", g.size, nbytes) or _hierarchical_transfer_time(cluster, 2.0, nbytes, g) + _tree_latency(cluster, g)
 
 
 def _profiled(cluster: Cluster, op: str, size: int, nbytes: float) -> float | None:
-    return cluster.profile.collective_time(op, size, nbytes) if cluster.profile is not None else None
+    """The machine profile's measured time (always > 0), or None on datasheet rates."""
+    if cluster.profile is None:
+        return None
+    return cluster.profile.collective_wall_time(op, size, nbytes,
+                                                cluster.accelerator.core_share(cluster.gpus_per_node))
 
 
 @lru_cache(maxsize=65536)
@@ -105,10 +106,7 @@ def all_gather_time(cluster: Cluster, nbytes: float, g: GroupPlacement) -> float
     """Seconds to all-gather (or reduce-scatter) a buffer of `nbytes` in total (the unsharded size)."""
     if g.size <= 1 or nbytes <= 0:
         return 0.0
-    measured = _profiled(cluster, "all_gather", g.size, nbytes)
-    if measured is not None:
-        return measured
-    return _hierarchical_transfer_time(cluster, 1.0, nbytes, g) + _ring_latency(cluster, g)
+    return _profiled(cluster, "all_gather", g.size, nbytes) or _hierarchical_transfer_time(cluster, 1.0, nbytes, g) + _ring_latency(cluster, g)
 
 
 @lru_cache(maxsize=65536)
@@ -116,10 +114,7 @@ def reduce_scatter_time(cluster: Cluster, nbytes: float, g: GroupPlacement) -> f
     """Seconds to reduce-scatter a buffer of `nbytes` in total: an all-gather's traffic in reverse."""
     if g.size <= 1 or nbytes <= 0:
         return 0.0
-    measured = _profiled(cluster, "reduce_scatter", g.size, nbytes)
-    if measured is not None:
-        return measured
-    return all_gather_time(cluster, nbytes, g)
+    return _profiled(cluster, "reduce_scatter", g.size, nbytes) or all_gather_time(cluster, nbytes, g)
 
 
 def p2p_time(cluster: Cluster, nbytes: float, crosses_domain: bool) -> float:

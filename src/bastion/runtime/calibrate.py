@@ -357,7 +357,9 @@ def fit_profile(raw: dict[str, Any], peak_flops_core: float, host_cores: int) ->
         by_line.setdefault((op, size), []).append((float(nbytes), t))
     collectives = []
     for (op, size), points in sorted(by_line.items()):
-        latency, per_byte = _line_fit(points)
+        # a collective on shared cores progresses only while its ranks run: its wall time × the share of a core
+        # they had is its time on whole cores, which the predictor divides by the share a plan's ranks get
+        latency, per_byte = _line_fit([(b, t * share) for b, t in points])
         collectives.append({"op": op, "group_size": size, "latency_us": latency * 1e6,
                             "bandwidth_gbs": 1e-9 / per_byte})
     host = dict(raw["host"])

@@ -63,7 +63,9 @@ class HostOverheads:
 @dataclass(frozen=True)
 class CollectiveLine:
     """t = latency + bytes / bandwidth for one collective on `group_size` ranks, while the other groups of the
-    measured world run theirs at the same time (as a plan's groups do)."""
+    measured world run theirs at the same time (as a plan's groups do). On a host CPU the line is for ranks on
+    whole cores (measured wall time × the core share the ranks had): a collective progresses only while its ranks
+    run, so the predictor divides it by the share a plan's ranks get (Accelerator.core_share)."""
 
     op: str
     group_size: int
@@ -105,6 +107,11 @@ class MachineProfile:
         line = min(lines, key=lambda c: (abs(c.group_size - group_size), -c.group_size))
         steps = max(group_size - 1, 1) / max(line.group_size - 1, 1)
         return line.latency_us * 1e-6 * steps + nbytes / (line.bandwidth_gbs * 1e9)
+
+    def collective_wall_time(self, op: str, group_size: int, nbytes: float, core_share: float) -> float | None:
+        """`collective_time` on ranks that get `core_share` of a core each."""
+        seconds = self.collective_time(op, group_size, nbytes)
+        return None if seconds is None else seconds / core_share
 
 
 # ---- reading ----------------------------------------------------------------------------------------------
