@@ -43,18 +43,35 @@ STEPS = {"tiny": 6, "small": 3}
 SEQ = {"tiny": 64, "small": 256}
 
 
-def _bastion(*args: str, sample_after: Path | None = None) -> tuple[subprocess.CompletedProcess, list[int]]:
-    """Run the CLI; with `sample_after`, also count the host's runnable processes (/proc/loadavg) every 0.2 s
-    from when that file appears (the first training step is done) until the command ends."""
+def _worker_cpu_s(run_dir: Path) -> float:
+    """CPU seconds (user + system) the run's worker processes have used so far, summed."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if "_worker" in stat.read_text() and str(run_dir) in stat.read_text():
+                fields = (stat.parent / "stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def _bastion(*args: str, run_dir: Path | None = None) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run the CLI; with `run_dir` (a training run), also sample every 0.2 s, once its first step is recorded:
+    the host's runnable processes (/proc/loadavg), and the workers' CPU time at each newly recorded step."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.Popen([sys.executable, "-m", "bastion", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    samples: list[int] = []
+    samples: dict = {"runnable": [], "steps": []}  # steps: (records, wall, worker CPU s)
 
     def sample() -> None:
+        metrics = run_dir / "metrics.jsonl" if run_dir else None
         while proc.poll() is None:
-            if sample_after is not None and sample_after.exists():
-                samples.append(int(Path("/proc/loadavg").read_text().split()[3].split("/")[0]))
+            if metrics is not None and metrics.exists():
+                samples["runnable"].append(int(Path("/proc/loadavg").read_text().split()[3].split("/")[0]))
+                steps = metrics.read_text().count('"step_time_s"')
+                if not samples["steps"] or steps > samples["steps"][-1][0]:
+                    samples["steps"].append((steps, time.perf_counter(), _worker_cpu_s(run_dir)))
             time.sleep(0.2)
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -96,11 +113,13 @@ def _run(model: str, name: str, plan: dict, profile: Path, data: Path, work: Pat
     run_dir = work / f"run-{model}-{name}"
     started = time.time()
     cluster = f"cpu:{world}@{profile}"
-    done, runnable = _bastion("train", "--model", model, "--plan", str(plan_file), "--data", str(data), "--steps",
-                              str(STEPS[model]), "--run-dir", str(run_dir), "--nproc", str(world), "--no-progress",
-                              "--cluster", cluster, sample_after=run_dir / "metrics.jsonl")
+    done, samples = _bastion("train", "--model", model, "--plan", str(plan_file), "--data", str(data), "--steps",
+                             str(STEPS[model]), "--run-dir", str(run_dir), "--nproc", str(world), "--no-progress",
+                             "--cluster", cluster, run_dir=run_dir)
     # runnable processes besides the ranks and the sampler while the steps ran
+    runnable = samples["runnable"]
     background = max(0.0, statistics.fmean(runnable) - world - 1) if runnable else None
+    steps = samples["steps"]
     row = {"model": model, "plan": name, "processes": world, "plan_fields": plan, "wall_s": time.time() - started,
            "load_avg_1m": os.getloadavg()[0], "background_load_during_steps": background}
     summary_file = run_dir / "summary.json"
@@ -112,6 +131,13 @@ def _run(model: str, name: str, plan: dict, profile: Path, data: Path, work: Pat
     predicted = summary["predicted"]["step_time_s"]
     row.update(measured_s=measured, predicted_s=predicted, ratio=predicted / measured,
                datasheet_s=_prediction(model, plan, f"cpu:{world}"))
+    if len(steps) >= 2 and steps[-1][0] > steps[0][0]:
+        # CPU seconds per step per rank, whatever else the host ran: the profile's prediction on whole cores
+        # (core share 1) against what the ranks used between the first and the last sampled step
+        (n0, _, cpu0), (n1, _, cpu1) = steps[0], steps[-1]
+        row["measured_cpu_s_per_rank"] = (cpu1 - cpu0) / (n1 - n0) / world
+        row["predicted_cpu_s_per_rank"] = _prediction(model, plan, cluster, background_load=2.0 - world)
+        row["ratio_cpu"] = row["predicted_cpu_s_per_rank"] / row["measured_cpu_s_per_rank"]
     if background is not None:
         # the same profile with the load the run itself competed with (a measurement of the host, not a fit)
         row["predicted_run_load_s"] = _prediction(model, plan, cluster, background)
@@ -121,13 +147,16 @@ def _run(model: str, name: str, plan: dict, profile: Path, data: Path, work: Pat
 
 def _table(rows: list[dict]) -> str:
     lines = [f"{'model':6} {'plan':14} {'procs':>5} {'measured':>9} {'profile':>9} {'ratio':>6} {'datasheet':>9} "
-             f"{'bg load':>7} {'at run load':>11} {'ratio':>6}"]
+             f"{'bg load':>7} {'at run load':>11} {'ratio':>6} {'cpu meas':>8} {'cpu pred':>8} {'ratio':>6}"]
     for r in rows:
         if "error" in r:
             lines.append(f"{r['model']:6} {r['plan']:14} {r['processes']:5d}  failed: {r['error'][-120:]!r}")
             continue
         run_load = (f"{r['background_load_during_steps']:7.1f} {r['predicted_run_load_s']:11.3f} "
                     f"{r['ratio_run_load']:6.2f}") if "ratio_run_load" in r else ""
+        if "ratio_cpu" in r:
+            run_load += (f" {r['measured_cpu_s_per_rank']:8.3f} {r['predicted_cpu_s_per_rank']:8.3f} "
+                         f"{r['ratio_cpu']:6.2f}")
         lines.append(f"{r['model']:6} {r['plan']:14} {r['processes']:5d} {r['measured_s']:9.3f} "
                      f"{r['predicted_s']:9.3f} {r['ratio']:6.2f} {r['datasheet_s']:9.3f} {run_load}")
     return "\n".join(lines)
@@ -138,6 +167,7 @@ def main() -> int:
     parser.add_argument("--only", default="tiny,small", help="models, comma-separated")
     parser.add_argument("--plans", default="", help="plan names, comma-separated (default: all + demo)")
     parser.add_argument("--profile", type=Path, help="use this profile instead of calibrating")
+    parser.add_argument("--out", type=Path, default=RESULTS / "calibration.json", help="results file")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     profile = args.profile or RESULTS / "calibration_profile.toml"
@@ -177,7 +207,7 @@ def main() -> int:
                       "prediction with --cluster cpu:N@PROFILE; datasheet = plain cpu:N; at run load = the "
                       "profile with its background_load replaced by the runnable processes counted (/proc/loadavg) "
                       "while the run's steps ran, less its own ranks."}
-    (RESULTS / "calibration.json").write_text(json.dumps(result, indent=2) + "\n")
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(_table(rows))
     print(f"within 10%: {result['within_10pct']} (at the run's own background load: "
           f"{result['within_10pct_at_run_load']})")
