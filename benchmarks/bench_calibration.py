@@ -43,17 +43,18 @@ STEPS = {"tiny": 6, "small": 3}
 SEQ = {"tiny": 64, "small": 256}
 
 
-def _worker_cpu_s(run_dir: Path) -> float:
-    """CPU seconds (user + system) the run's worker processes have used so far, summed."""
-    total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/cmdline"):
+def _worker_cpu_s(run_dir: Path) -> dict[int, float]:
+    """CPU seconds (user + system) each of the run's worker processes has used so far, by pid."""
+    used = {}
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            if "_worker" in stat.read_text() and str(run_dir) in stat.read_text():
-                fields = (stat.parent / "stat").read_text().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            text = cmdline.read_text()
+            if "_worker" in text and str(run_dir) in text and "local_agent" not in text:
+                fields = (cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()
+                used[int(cmdline.parent.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         except (OSError, IndexError, ValueError):
             continue
-    return total
+    return used
 
 
 def _bastion(*args: str, run_dir: Path | None = None) -> tuple[subprocess.CompletedProcess, dict]:
@@ -62,7 +63,7 @@ def _bastion(*args: str, run_dir: Path | None = None) -> tuple[subprocess.Comple
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.Popen([sys.executable, "-m", "bastion", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    samples: dict = {"runnable": [], "steps": []}  # steps: (records, wall, worker CPU s)
+    samples: dict = {"runnable": [], "steps": []}  # steps: (records, wall, {worker pid: CPU s})
 
     def sample() -> None:
         metrics = run_dir / "metrics.jsonl" if run_dir else None
@@ -119,7 +120,8 @@ def _run(model: str, name: str, plan: dict, profile: Path, data: Path, work: Pat
     # runnable processes besides the ranks and the sampler while the steps ran
     runnable = samples["runnable"]
     background = max(0.0, statistics.fmean(runnable) - world - 1) if runnable else None
-    steps = samples["steps"]
+    # the samples taken while every worker of the first sample still ran (they exit at the end)
+    steps = [st for st in samples["steps"] if samples["steps"] and st[2] and set(samples["steps"][0][2]) <= set(st[2])]
     row = {"model": model, "plan": name, "processes": world, "plan_fields": plan, "wall_s": time.time() - started,
            "load_avg_1m": os.getloadavg()[0], "background_load_during_steps": background}
     summary_file = run_dir / "summary.json"
@@ -135,9 +137,11 @@ def _run(model: str, name: str, plan: dict, profile: Path, data: Path, work: Pat
         # CPU seconds per step per rank, whatever else the host ran: the profile's prediction on whole cores
         # (core share 1) against what the ranks used between the first and the last sampled step
         (n0, _, cpu0), (n1, _, cpu1) = steps[0], steps[-1]
-        row["measured_cpu_s_per_rank"] = (cpu1 - cpu0) / (n1 - n0) / world
+        ranks = [pid for pid in cpu0 if pid in cpu1]
+        row["measured_cpu_s_per_rank"] = sum(cpu1[p] - cpu0[p] for p in ranks) / (n1 - n0) / max(len(ranks), 1)
         row["predicted_cpu_s_per_rank"] = _prediction(model, plan, cluster, background_load=2.0 - world)
-        row["ratio_cpu"] = row["predicted_cpu_s_per_rank"] / row["measured_cpu_s_per_rank"]
+        if row["measured_cpu_s_per_rank"] > 0:
+            row["ratio_cpu"] = row["predicted_cpu_s_per_rank"] / row["measured_cpu_s_per_rank"]
     if background is not None:
         # the same profile with the load the run itself competed with (a measurement of the host, not a fit)
         row["predicted_run_load_s"] = _prediction(model, plan, cluster, background)
