@@ -44,7 +44,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_print_versi
 # Registration order is the order in `--help`.
 from bastion.commands import (  # noqa: E402,F401,I001
     catalog, predict_cmds, plan_cmds, train_cmds, launch_cmds, report_cmds, cost_cmds, sim_cmds, demo_cmds,
-    export_cmds,
+    export_cmds, calibrate_cmds,
 )
 
 

@@ -7,6 +7,9 @@ moves its inter-domain traffic over k NICs in parallel. Collectives are hierarch
 reduce-scatter, inter-domain all-reduce of the 1/k shard, intra-domain all-gather (NCCL's behaviour on
 multi-node jobs), with the latency of a tree across domains. Achieved bandwidth = link bandwidth × the measured
 large-message efficiency × a message-size ramp B/(B + B_half).
+
+A cluster read from a machine profile (specs/profile.py) replaces all of this with the latency/bandwidth lines
+`bastion calibrate` measured for each collective and group size (gloo on a host's shared cores, say).
 """
 
 from __future__ import annotations
@@ -87,7 +90,15 @@ def all_reduce_time(cluster: Cluster, nbytes: float, g: GroupPlacement) -> float
     """Seconds to all-reduce `nbytes` (each rank's buffer) over group g."""
     if g.size <= 1 or nbytes <= 0:
         return 0.0
-    return _hierarchical_transfer_time(cluster, 2.0, nbytes, g) + _tree_latency(cluster, g)
+    return _profiled(cluster, "all_reduce", g.size, nbytes) or _hierarchical_transfer_time(cluster, 2.0, nbytes, g) + _tree_latency(cluster, g)
+
+
+def _profiled(cluster: Cluster, op: str, size: int, nbytes: float) -> float | None:
+    """The machine profile's measured time (always > 0), or None on datasheet rates."""
+    if cluster.profile is None:
+        return None
+    return cluster.profile.collective_wall_time(op, size, nbytes,
+                                                cluster.accelerator.core_share(cluster.gpus_per_node))
 
 
 @lru_cache(maxsize=65536)
@@ -95,16 +106,24 @@ def all_gather_time(cluster: Cluster, nbytes: float, g: GroupPlacement) -> float
     """Seconds to all-gather (or reduce-scatter) a buffer of `nbytes` in total (the unsharded size)."""
     if g.size <= 1 or nbytes <= 0:
         return 0.0
-    return _hierarchical_transfer_time(cluster, 1.0, nbytes, g) + _ring_latency(cluster, g)
+    return _profiled(cluster, "all_gather", g.size, nbytes) or _hierarchical_transfer_time(cluster, 1.0, nbytes, g) + _ring_latency(cluster, g)
 
 
-reduce_scatter_time = all_gather_time
+@lru_cache(maxsize=65536)
+def reduce_scatter_time(cluster: Cluster, nbytes: float, g: GroupPlacement) -> float:
+    """Seconds to reduce-scatter a buffer of `nbytes` in total: an all-gather's traffic in reverse."""
+    if g.size <= 1 or nbytes <= 0:
+        return 0.0
+    return _profiled(cluster, "reduce_scatter", g.size, nbytes) or all_gather_time(cluster, nbytes, g)
 
 
 def p2p_time(cluster: Cluster, nbytes: float, crosses_domain: bool) -> float:
     """Seconds to send `nbytes` to a neighbouring pipeline stage."""
     if nbytes <= 0:
         return 0.0
+    measured = _profiled(cluster, "send_recv", 2, nbytes)
+    if measured is not None:
+        return measured
     net = cluster.network
     if crosses_domain:
         return _scale_out_time(cluster, nbytes) + net.scale_out_latency_us * 1e-6

@@ -39,6 +39,14 @@ def device_scale(acc: Accelerator) -> float:
     return acc.matmul_efficiency / H200_MATMUL_EFFICIENCY
 
 
+def cpu_curve_efficiency(curve: tuple[tuple[float, ...], ...], x: float, column: int, default: float) -> float:
+    """A machine profile's measured efficiency at `x` (log-interpolated in column 0, clamped at the ends), or
+    `default` when the profile measured none."""
+    if not curve:
+        return default
+    return interpolate_log(x, [row[0] for row in curve], [row[column] for row in curve])
+
+
 def _matmul_peak_flops(acc: Accelerator, precision: str) -> float:
     return acc.peak_tflops(precision) * 1e12
 
@@ -51,8 +59,9 @@ def gemm_time(acc: Accelerator, precision: str, m: int, k: int, n: int) -> float
         return 0.0
     if is_cpu(acc):
         # the GPU curve's small-shape losses come from filling ~100 SMs with tiles; a few CPU cores have none of
-        # that, so a CPU runs every shape at its catalog efficiency (bounded by memory traffic below)
-        eff = acc.matmul_efficiency
+        # that, so a CPU runs every shape at its catalog efficiency (bounded by memory traffic below), or at the
+        # efficiency a machine profile measured for GEMMs of this size
+        eff = cpu_curve_efficiency(acc.gemm_efficiency_curve, 2.0 * m * k * n, 1, acc.matmul_efficiency)
     else:
         curve = "fp8" if precision == "fp8" else "bf16"
         eff = min(MAX_EFFICIENCY, gemm_efficiency_measured(curve, m, k, n) * device_scale(acc))
@@ -74,7 +83,8 @@ def flash_attention_time(acc: Accelerator, precision: str, flops_fwd: float, seq
     (kernels.py); `efficiency_cap` bounds the fraction of the peak it reaches
     (PredictOptions.attention_efficiency_cap)."""
     if is_cpu(acc):
-        eff = acc.matmul_efficiency
+        eff = cpu_curve_efficiency(acc.attention_efficiency_curve, float(seq_len), 1 if pass_ == "fwd" else 2,
+                                   acc.matmul_efficiency)
     else:
         eff = min(MAX_EFFICIENCY, attention_efficiency_measured(seq_len, head_dim, pass_) * device_scale(acc))
         if kernel != DEFAULT_KERNEL:

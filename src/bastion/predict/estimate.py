@@ -52,6 +52,9 @@ class TimeBreakdown:
     pp_comm: float
     bubble: float
     optimizer: float
+    #: CPU work outside the kernels (eager and DTensor dispatch, FSDP hooks, the loop's bookkeeping), when a
+    #: machine profile measured it; 0 on datasheet rates
+    host_overhead: float
     step: float
 
     def to_dict(self) -> dict[str, float]:
@@ -108,11 +111,12 @@ class _StageTime:
     fsdp_exposed: float
     backward: float  # the window a data-parallel gradient reduction can hide under
     forward: float  # the window a ZeRO-1/2 parameter all-gather can hide under
+    host_overhead: float = 0.0
 
     @property
     def total(self) -> float:
         return (self.compute + self.recompute + self.memory_bound + self.tp_comm + self.cp_comm
-                + self.fsdp_exposed)
+                + self.fsdp_exposed + self.host_overhead)
 
 
 def _mlp_width_and_tokens(model: ModelSpec, tokens: int) -> tuple[int, int]:
@@ -206,6 +210,59 @@ def _stage_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len:
     return _stage_time_of(model, cluster, key, seq_len, layers, has_first, has_last, options)
 
 
+def _micro_batch_overhead(node: Cluster, plan: ParallelPlan, layers: int, has_first: bool, has_last: bool) -> float:
+    """Seconds of one micro-batch's host work on one rank (machine profile's [host] terms): each block's eager
+    dispatch, plus DTensor's under tensor parallelism and FSDP2's hooks when gradients are reduced over dp × cp;
+    a fully recomputed block dispatches its forward (a third of the work) again; the ends of the model once."""
+    host = node.profile.host_overheads
+    tp = (host.layer_tp_s + (host.layer_sp_s if plan.sequence_parallel else 0.0)) if plan.tp > 1 else 0.0
+    per_layer = (host.layer_s + tp) * (4 / 3 if plan.recompute == "full" else 1.0)
+    per_layer += host.layer_fsdp_s if plan.dp * plan.cp > 1 else 0.0
+    ends = host.micro_batch_s * (int(has_first) + int(has_last)) / 2
+    return (layers * per_layer + ends) / node.accelerator.core_share(node.gpus_per_node)
+
+
+def _host_saturated(node: Cluster) -> bool:
+    """A host CPU with measured rates: gloo's collectives run on the cores the ranks compute on, so nothing
+    hides them (no idle core, no separate engine), and the predictor follows what bastion's runtime does."""
+    return node.profile is not None and node.accelerator.host_cores > 0
+
+
+def _runtime_fsdp_comm(node: Cluster, model: ModelSpec, plan: ParallelPlan, layers: int, has_first: bool,
+                       has_last: bool) -> float:
+    """Seconds of one micro-batch's FSDP2 collectives on one rank of bastion's runtime, none hidden: every plan
+    with dp × cp > 1 runs FSDP2 (runtime/parallelize.py), which gathers each unit (a block; the rest of the
+    stage as one root unit) for the forward, again for the backward under ZeRO-3 (resharded after forward), and
+    reduce-scatters its gradients in every micro-batch's backward."""
+    shard = plan.dp * plan.cp
+    if shard <= 1:
+        return 0.0
+    group = comm.place_group(node, shard, plan.tp)
+    p_bytes, g_bytes, _ = state_bytes_per_param(plan.precision)
+    root = model.vocab_size * model.hidden_size // plan.tp * (int(has_first) + int(has_last)) + model.hidden_size
+    units = [sum(fsdp_unit_numels(model, plan.tp, "layer"))] * layers + [root]
+    gathers = 2 if plan.zero_stage == 3 else 1
+    return sum(gathers * comm.all_gather_time(node, float(n * p_bytes), group)
+               + comm.reduce_scatter_time(node, float(n * g_bytes), group) for n in units)
+
+
+def _step_overhead(node: Cluster, model: ModelSpec, plan: ParallelPlan, layers: int, has_first: bool,
+                   has_last: bool) -> float:
+    """Seconds of one optimizer step's host work on one rank: AdamW, zero_grad and clipping per parameter
+    tensor, plus the loop's fixed bookkeeping."""
+    if node.profile is None:
+        return 0.0
+    host = node.profile.host_overheads
+    per_layer = 6 + model.ffn_matrices + (6 if model.bias else 0)  # 2 norms, q k v o, the MLP matrices
+    tensors = layers * per_layer + int(has_first) + 2 * int(has_last)  # embedding; final norm and LM head
+    dtensors = plan.tp > 1 or plan.dp * plan.cp > 1
+    per_tensor = host.optimizer_dtensor_per_tensor_s if dtensors else host.optimizer_per_tensor_s
+    # the loop's two scalar all-reduces over every rank (the gradient norm and the logged loss)
+    world = comm.place_group(node, plan.num_gpus, 1)
+    scalars = 2 * comm.all_reduce_time(node, 4.0, world)
+    return (tensors * per_tensor + host.step_s) / node.accelerator.core_share(node.gpus_per_node) + scalars
+
+
 class _LayerCosts(NamedTuple):
     """Per micro-batch seconds of one layer on one rank."""
 
@@ -251,7 +308,14 @@ def _layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: i
     if plan.tp > 1:
         tp_group = comm.place_group(cluster, plan.tp, 1)
         collectives = 4 + (2 if plan.recompute == "full" else 0)
-        layer_tp = collectives * comm.all_reduce_time(cluster, float(tokens * model.hidden_size * a), tp_group)
+        nbytes = float(tokens * model.hidden_size * a)
+        if plan.sequence_parallel and cluster.profile is not None:
+            # measured collectives: each all-reduce is an all-gather and a reduce-scatter under SP, two
+            # latencies (the bandwidth terms of the datasheet model are the same either way)
+            layer_tp = collectives * (comm.all_gather_time(cluster, nbytes, tp_group)
+                                      + comm.reduce_scatter_time(cluster, nbytes, tp_group))
+        else:
+            layer_tp = collectives * comm.all_reduce_time(cluster, nbytes, tp_group)
 
     # context parallelism (PredictOptions.context_parallel)
     layer_cp = 0.0
@@ -392,6 +456,7 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     s = seq_len or model.seq_len
     model = model.with_seq_len(s)  # learned position tables are sized by the sequence length
     plan.validate(model, cluster, s)
+    node = cluster
     cluster = per_rank(cluster)
     acc = cluster.accelerator
     m = plan.num_microbatches
@@ -405,6 +470,11 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     worst_memory = max(memory_by_stage, key=lambda mb: mb.total)
 
     stage_times = [_stage_time(model, cluster, plan, s, *roles[i], options) for i in representatives]
+    saturated = _host_saturated(node)
+    if saturated:
+        stage_times = [replace(t, host_overhead=_micro_batch_overhead(node, plan, *roles[i]),
+                               fsdp_exposed=_runtime_fsdp_comm(node, model, plan, *roles[i]))
+                       for t, i in zip(stage_times, representatives, strict=True)]
     slowest = max(stage_times, key=lambda t: t.total)
 
     # pipeline: bubble and the point-to-point transfers on the critical path
@@ -423,7 +493,7 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     dp_comm = m * slowest.fsdp_exposed
     worst_states = max((stage_states(model, plan, i) for i in representatives), key=sum)
     p_bytes, g_bytes, o_bytes = state_bytes_per_param(plan.precision)
-    if plan.shard_degree > 1 and plan.zero_stage < 3:
+    if plan.shard_degree > 1 and plan.zero_stage < 3 and not saturated:
         # gradients are reduced over dp × cp (context-parallel ranks hold the same parameters)
         dp_group = comm.place_group(cluster, plan.shard_degree, plan.tp)
         unsharded_grads = worst_states[1] if plan.zero_stage < 2 else worst_states[1] * plan.shard_degree
@@ -450,11 +520,13 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     optimizer = compute.membound_time(acc, worst_states[2] / o_bytes * compute.optimizer_bytes_per_param(
         plan.precision))
 
+    step_overhead = max(_step_overhead(node, model, plan, *roles[i]) for i in representatives)
     time = TimeBreakdown(
         compute=m * slowest.compute, recompute=m * slowest.recompute, memory_bound=m * slowest.memory_bound,
         tp_comm=m * slowest.tp_comm, cp_comm=m * slowest.cp_comm, dp_comm=dp_comm, pp_comm=pp_comm,
-        bubble=bubble, optimizer=optimizer,
-        step=m * slowest.total + bubble + pp_comm + (dp_comm - m * slowest.fsdp_exposed) + optimizer)
+        bubble=bubble, optimizer=optimizer, host_overhead=m * slowest.host_overhead + step_overhead,
+        step=m * slowest.total + bubble + pp_comm + (dp_comm - m * slowest.fsdp_exposed) + optimizer
+        + step_overhead)
 
     tokens_per_step = plan.global_batch * s
     model_flops = flops.model_flops_per_token(model, s) * tokens_per_step
@@ -463,6 +535,10 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     peak = acc.peak_tflops(plan.precision) * 1e12 * plan.num_gpus
     assumptions = [
         MFU_CONVENTION,
+        f"rates: {node.rates_source}" + (
+            "; GEMM/attention efficiency by size, memory bandwidth, core sharing, collectives (latency + "
+            "bandwidth by group size) and host overheads (dispatch per block, DTensor, FSDP hooks, optimizer per "
+            "tensor) measured" if node.profile else ""),
         (f"attention: fused flash kernel '{options.attention_kernel}' (causal blocks skipped, no s×s scores stored)"
          + (f", at most {options.attention_efficiency_cap:g} of the bf16 peak"
             if options.attention_efficiency_cap is not None else "")) if options.flash_attention
@@ -471,7 +547,7 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
         (f"efficiency curves measured on one H200, scaled by {acc.name} matmul_efficiency "
          f"{acc.matmul_efficiency:g} / 0.787 and HBM {acc.hbm_bandwidth_gbs:g} GB/s") if is_gpu
         else (f"a CPU runs every GEMM and attention at its catalog matmul_efficiency {acc.matmul_efficiency:g}, "
-              f"memory-bound work at {acc.hbm_bandwidth_gbs:.3g} GB/s"),
+              f"memory-bound work at {acc.hbm_bandwidth_gbs:.3g} GB/s") if not node.profile else "",
         "tensor-parallel collectives are not overlapped with compute" if plan.tp > 1 else "",
         ("selective recompute re-runs every second matmul of a block (wk, wo, w3) and its elementwise ops "
          "(op-level checkpointing)") if plan.recompute == "selective"

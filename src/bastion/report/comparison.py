@@ -80,6 +80,11 @@ def print_comparison(summary: dict[str, Any], console: Any = None) -> None:
     console.print(comparison_table(comparison_rows(predicted, measured)))
     if predicted.get("note"):
         console.print(f"[yellow]prediction:[/] {predicted['note']}")
+    if predicted.get("step_time_p90_s"):
+        console.print(f"predicted step p10-p90: {fmt_seconds(predicted.get('step_time_p10_s'))} to "
+                      f"{fmt_seconds(predicted['step_time_p90_s'])} ({predicted.get('interval', '')})")
+    if predicted.get("rates"):
+        console.print(f"rates: {predicted['rates']}")
     console.print(f"final loss {summary['final_loss']:.4f} after {summary['steps']} steps; "
                   f"params_sha256 {str(summary['params_sha256'])[:16]}…")
     console.print("[dim]CPU notes: memory on CPU is the process RSS (includes torch itself); the predictor's "

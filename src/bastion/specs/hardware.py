@@ -10,12 +10,15 @@ import tomllib
 from dataclasses import asdict, dataclass, fields, replace
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bastion.errors import ConfigError, UnknownPresetError, did_you_mean
 from bastion.numbers import MAX_DEVICES, short_number
 from bastion.specs._files import DATA_DIR, check_keys, coerce, read_mapping
 from bastion.specs._hashing import cached_hash
+
+if TYPE_CHECKING:
+    from bastion.specs.profile import MachineProfile
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16", "fp8")
 TOPOLOGIES = ("fat-tree", "rail-optimized", "torus")
@@ -65,15 +68,30 @@ class Accelerator:
     capex_source: str = ""
     #: lower-case parts of torch.cuda.get_device_name() that identify this accelerator (the longest match wins)
     device_names: tuple[str, ...] = ()
+    #: measured by `bastion calibrate` (specs/profile.py), never in the catalog: on a host CPU, the runnable
+    #: processes besides the ranks that the OS shares the cores with (other jobs; context switches count too),
+    #: so that each rank gets host_cores / (ranks + background_load) of a core, at most one
+    background_load: float = 0.0
+    #: (GEMM FLOPs, fraction of the peak) points, interpolated in log FLOPs; empty = matmul_efficiency everywhere
+    gemm_efficiency_curve: tuple[tuple[float, ...], ...] = ()
+    #: (sequence length, forward, forward + backward fraction of the peak) of causal SDPA; empty = matmul_efficiency
+    attention_efficiency_curve: tuple[tuple[float, ...], ...] = ()
 
     def shared_by(self, ranks: int) -> Accelerator:
         """What one of `ranks` devices on a node gets: itself, unless it is a host CPU whose cores and memory
         bandwidth the ranks share (each rank runs one thread: at most one core)."""
         if self.host_cores <= 0 or ranks <= 0:
             return self
-        share = min(1.0, self.host_cores / ranks)
+        share = self.core_share(ranks)
         return replace(self, **{f"peak_tflops_{p}": getattr(self, f"peak_tflops_{p}") * share for p in PRECISIONS},
-                       hbm_bandwidth_gbs=self.hbm_bandwidth_gbs / max(ranks, self.host_cores))
+                       hbm_bandwidth_gbs=self.hbm_bandwidth_gbs * share / self.host_cores)
+
+    def core_share(self, ranks: int) -> float:
+        """The share of a core each of `ranks` single-threaded ranks on a host CPU gets (the OS time-slices the
+        cores evenly among the runnable processes); 1 on dedicated devices."""
+        if self.host_cores <= 0:
+            return 1.0
+        return min(1.0, self.host_cores / (max(ranks, 1) + self.background_load))
 
     def peak_tflops(self, precision: str) -> float:
         """Dense matmul peak for a precision; fp32 training on tensor cores uses tf32 where present."""
@@ -137,6 +155,8 @@ class Cluster:
     num_nodes: int
     gpus_per_node: int
     network: Network
+    #: measured rates (`bastion calibrate`) the predictor uses in place of datasheet scaling; None = datasheet
+    profile: MachineProfile | None = None
 
     def __post_init__(self) -> None:
         if self.num_nodes < 1 or self.gpus_per_node < 1:
@@ -163,7 +183,13 @@ class Cluster:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "accelerator": self.accelerator.name, "num_nodes": self.num_nodes,
-                "gpus_per_node": self.gpus_per_node, "num_gpus": self.num_gpus, "network": asdict(self.network)}
+                "gpus_per_node": self.gpus_per_node, "num_gpus": self.num_gpus, "network": asdict(self.network),
+                "rates": self.rates_source}
+
+    @property
+    def rates_source(self) -> str:
+        """Where this cluster's rates come from: a machine profile, or the catalog's datasheet figures."""
+        return self.profile.label if self.profile else f"datasheet: catalog row '{self.accelerator.name}'"
 
 
 # ---- catalog -------------------------------------------------------------------------------------
@@ -256,7 +282,12 @@ def cluster_from_mapping(data: dict[str, Any], what: str) -> Cluster:
 
 def load_cluster(spec: str) -> Cluster:
     """A preset (`dgx-h100`), a preset resized (`dgx-h100:1024`), `ACCEL:N` (`h100-sxm:1024` = 128 nodes of 8
-    on the accelerator's usual network), or a path to a TOML/JSON cluster file."""
+    on the accelerator's usual network), a path to a TOML/JSON cluster file, or a machine profile
+    (`PROFILE.toml`, `ACCEL:N@PROFILE.toml`: specs/profile.py)."""
+    from bastion.specs.profile import cluster_from_profile, is_profile_spec
+
+    if is_profile_spec(spec):
+        return cluster_from_profile(spec)
     path = Path(spec)
     if path.suffix in (".toml", ".json") or path.exists():
         data = read_mapping(path)

@@ -1,0 +1,379 @@
+"""`bastion calibrate`'s microbenchmarks: this machine's rates, measured with the ops bastion's runtime runs.
+
+Single process (one thread, as a training rank runs): GEMMs at the shapes the predictor costs for the models it
+is asked about, causal SDPA forward / backward by sequence length and head size, eager elementwise bandwidth,
+per-op dispatch, and the runtime's own blocks at shapes too small to compute anything (eager; under DTensor
+tensor parallelism with and without sequence parallelism; under FSDP2), the ends of the model and AdamW with
+clipping per parameter tensor. Then N processes on the host at once (gloo): their start-up, how GEMM throughput
+and elementwise bandwidth hold up when they share the cores, and all-reduce, all-gather, reduce-scatter and
+send/recv by message size, for every group size a plan of N ranks forms, all groups of a size at once.
+
+Every figure is the mean of repeats; each benchmark stops after a time budget. Memory: the largest tensors
+are 32 MiB (elementwise) and the collectives' buffers (at most 16 MiB per rank), a few hundred MiB per process
+with torch itself. `fit_profile` turns the raw measurements into the rates specs/profile.py reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from bastion.specs.model import ModelSpec
+
+Progress = Callable[[str], None]
+
+
+def _mean_time(fn: Callable[[], Any], budget_s: float, min_reps: int = 3, max_reps: int = 200,
+               clock: Callable[[], float] = time.process_time) -> float:
+    """Mean seconds of fn() after one warm-up, repeated until `budget_s` of wall time is spent (at least
+    min_reps). By default the seconds are this process's CPU time: what the work costs a core, whatever else the
+    host runs meanwhile (how much of a core a rank gets is measured apart: `core_share`)."""
+    fn()
+    reps = 0
+    start, start_clock = time.perf_counter(), clock()
+    while reps < max_reps and (reps < min_reps or time.perf_counter() - start < budget_s):
+        fn()
+        reps += 1
+    return (clock() - start_clock) / reps
+
+
+def core_share(work: Callable[[], Any], wall_s: float) -> float:
+    """The share of a core this process got while running `work` repeatedly for `wall_s`: CPU time / wall."""
+    start, start_cpu = time.perf_counter(), time.process_time()
+    while time.perf_counter() - start < wall_s:
+        work()
+    return (time.process_time() - start_cpu) / (time.perf_counter() - start)
+
+
+# ---- single-process kernels -------------------------------------------------------------------------------
+
+def gemm_shapes(models: list[ModelSpec], micro_batches: tuple[int, ...], tps: tuple[int, ...]
+                ) -> list[tuple[int, int, int]]:
+    """(m, k, n) of every forward GEMM the predictor costs for these models (estimate._layer_gemm_shapes and the
+    LM head), distinct."""
+    shapes = set()
+    for spec in models:
+        h, q, kv, f = spec.hidden_size, spec.q_width, spec.kv_width, spec.ffn_hidden_size
+        for b in micro_batches:
+            tokens = b * spec.seq_len
+            for tp in tps:
+                shapes |= {(tokens, h, (q + 2 * kv) // tp), (tokens, q // tp, h),
+                           (tokens, h, (spec.ffn_matrices - 1) * f // tp), (tokens, f // tp, h),
+                           (tokens, h, spec.vocab_size // tp)}
+    return sorted(shapes, key=lambda s: s[0] * s[1] * s[2])
+
+
+def measure_dispatch(budget_s: float) -> float:
+    """Seconds of one eager op on tiny tensors (what every op pays before its kernel does any work)."""
+    a, b = torch.ones(8), torch.ones(8)
+
+    def ops() -> None:
+        for _ in range(100):
+            torch.add(a, b)
+    return _mean_time(ops, budget_s) / 100
+
+
+def measure_gemms(shapes: list[tuple[int, int, int]], budget_s: float) -> list[list[float]]:
+    """[m, k, n, seconds] per shape (fp32, one thread)."""
+    rows = []
+    for m, k, n in shapes:
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        rows.append([m, k, n, _mean_time(lambda a=a, b=b: a @ b, budget_s)])
+    return rows
+
+
+def measure_attention(layouts: list[tuple[int, int, int]], budget_s: float) -> list[list[float]]:
+    """[seq_len, head_dim, heads, forward s, forward + backward s] of causal SDPA, batch 1 (fp32)."""
+    rows = []
+    for seq, head_dim, heads in layouts:
+        q, k, v = (torch.randn(1, heads, seq, head_dim, requires_grad=True) for _ in range(3))
+        fwd = _mean_time(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v, is_causal=True), budget_s)
+
+        def fwdbwd(q: torch.Tensor = q, k: torch.Tensor = k, v: torch.Tensor = v) -> None:
+            F.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward()
+        rows.append([seq, head_dim, heads, fwd, _mean_time(fwdbwd, budget_s)])
+    return rows
+
+
+def measure_elementwise(sizes_mib: tuple[int, ...], budget_s: float) -> list[list[float]]:
+    """[bytes moved, seconds] of an eager multiply into a fresh tensor (two reads, one write), as eager training
+    runs its norms, activations and residuals."""
+    rows = []
+    for mib in sizes_mib:
+        n = mib * 2**20 // 4
+        a, b = torch.randn(n), torch.randn(n)
+        rows.append([3.0 * n * 4, _mean_time(lambda a=a, b=b: a * b, budget_s)])
+    return rows
+
+
+# ---- the runtime's own blocks at negligible shapes --------------------------------------------------------
+
+def _probe_spec(base: ModelSpec, layers: int) -> ModelSpec:
+    return replace(base, num_layers=layers, seq_len=16)
+
+
+def _init_single_process_group() -> None:
+    if dist.is_initialized():
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+
+
+def _blocks_time(module: Any, spec: ModelSpec, budget_s: float) -> float:
+    """Median seconds of forward + backward through the module's blocks alone (micro-batch 1)."""
+    x = torch.randn(1, spec.seq_len, spec.hidden_size, requires_grad=True)
+    rope = module.rope
+
+    def run() -> None:
+        h = x
+        for block in module.layers.values():
+            h = block(h, rope)
+        h.sum().backward()
+    return _mean_time(run, budget_s)
+
+
+def measure_host_overheads(base: ModelSpec, budget_s: float) -> dict[str, float]:
+    """Seconds of host work of the runtime's model at negligible shapes, one process (a world-1 gloo group so
+    DTensor and FSDP2 run their real code paths): per block forward + backward eager, and the extra of tensor
+    parallelism (DTensor), of sequence parallelism and of FSDP2; the model's ends per micro-batch; AdamW +
+    gradient clipping per parameter tensor, plain and DTensor."""
+    from bastion.runtime.mesh import build_mesh
+    from bastion.runtime.model import build_model, init_weights
+    from bastion.runtime.optim import clip_grad_norm
+    from bastion.runtime.parallelize import (
+        ParallelModel,
+        apply_fsdp,
+        apply_tensor_parallel,
+        cross_entropy_loss,
+    )
+    from bastion.specs.plan import ParallelPlan
+
+    _init_single_process_group()
+    layers = 4
+    spec = _probe_spec(base, layers)
+    rmesh = build_mesh(ParallelPlan(precision="fp32", micro_batch=1, global_batch=1), torch.device("cpu"))
+
+    def built(tp: bool = False, sp: bool = False, fsdp: bool = False) -> Any:
+        module = build_model(spec)
+        if tp:
+            apply_tensor_parallel(module, rmesh, sp)
+        if fsdp:
+            apply_fsdp(module, rmesh, 3, None)
+        module.to_empty(device="cpu")
+        init_weights(module, spec, 0)
+        return module
+
+    eager = built()
+    per_layer = _blocks_time(eager, spec, budget_s) / layers
+    tp_extra = _blocks_time(built(tp=True), spec, budget_s) / layers - per_layer
+    sp_extra = _blocks_time(built(tp=True, sp=True), spec, budget_s) / layers - per_layer - tp_extra
+    fsdp = built(fsdp=True)
+    fsdp_extra = _blocks_time(fsdp, spec, budget_s) / layers - per_layer
+
+    tokens = torch.randint(0, spec.vocab_size, (1, spec.seq_len))
+
+    def whole() -> None:
+        cross_entropy_loss(eager(tokens), tokens).backward()
+    ends = max(0.0, _mean_time(whole, budget_s) - layers * per_layer)
+
+    def optimizer_time(module: Any) -> tuple[float, int]:
+        params = list(module.parameters())
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), eps=1e-8)
+        model = ParallelModel(parts=[module], stage_ids=[0], num_stages=1)
+
+        def step() -> None:
+            clip_grad_norm(model, 1.0, rmesh)
+            opt.step()
+        return _mean_time(step, budget_s), len(params)
+
+    plain_s, n_plain = optimizer_time(eager)
+    dtensor_s, n_dtensor = optimizer_time(fsdp)
+    return {"layer_s": per_layer, "layer_tp_s": max(0.0, tp_extra), "layer_sp_s": max(0.0, sp_extra),
+            "layer_fsdp_s": max(0.0, fsdp_extra), "micro_batch_s": ends,
+            "optimizer_per_tensor_s": plain_s / n_plain, "optimizer_dtensor_per_tensor_s": dtensor_s / n_dtensor}
+
+
+# ---- N processes sharing the host --------------------------------------------------------------------------
+
+def collective_groups(world: int) -> list[int]:
+    """Group sizes a plan of `world` ranks forms: every divisor above 1."""
+    return [g for g in range(2, world + 1) if world % g == 0]
+
+
+def _run_collective(op: str, group: Any, group_ranks: list[int], nbytes: int) -> Callable[[], None]:
+    size = len(group_ranks)
+    numel = max(size, nbytes // 4 // size * size)
+    if op == "all_reduce":
+        buf = torch.ones(numel)
+        return lambda: dist.all_reduce(buf, group=group)
+    if op == "all_gather":
+        out, mine = torch.empty(numel), torch.ones(numel // size)
+        return lambda: dist.all_gather_into_tensor(out, mine, group=group)
+    if op == "reduce_scatter":
+        full, mine = torch.ones(numel), torch.empty(numel // size)
+        return lambda: dist.reduce_scatter_tensor(mine, full, group=group)
+    # send_recv: pairs exchange (a pipeline hop in each direction at once)
+    me = dist.get_rank()
+    index = group_ranks.index(me)
+    peer = group_ranks[index ^ 1]
+    out, inbox = torch.ones(numel), torch.empty(numel)
+
+    def exchange() -> None:
+        reqs = [dist.isend(out, peer, group=group), dist.irecv(inbox, peer, group=group)]
+        for r in reqs:
+            r.wait()
+    return exchange
+
+
+def _rank_main(rank: int, world: int, init: str, out_dir: str, spawned_at: float, config: dict[str, Any]) -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # all_gather_into_tensor's rename (torch 2.13)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    dist.barrier()
+    result: dict[str, Any] = {"start_s": time.time() - spawned_at}
+    budget = config["budget_s"]
+    m, k, n = config["gemm_shape"]
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    shares = []
+    for _ in range(3):  # the host's other load comes and goes: three windows, the median
+        dist.barrier()
+        shares.append(core_share(lambda: a @ b, max(0.4, budget * 10)))
+    result["core_share"] = statistics.median(shares)
+    dist.barrier()
+    result["elementwise"] = measure_elementwise((16,), budget * 2)
+    collectives = []
+    for size in collective_groups(world):
+        groups = [list(range(start, start + size)) for start in range(0, world, size)]
+        handles = [dist.new_group(ranks) for ranks in groups]
+        mine = rank // size
+        for op in ("all_reduce", "all_gather", "reduce_scatter", "send_recv"):
+            if op == "send_recv" and size != 2:
+                continue
+            for nbytes in config["message_bytes"]:
+                fn = _run_collective(op, handles[mine], groups[mine], nbytes)
+                dist.barrier()
+                # every member runs the same number of repeats (a time budget would differ between ranks); the
+                # median, as a collective waits for its slowest member and a busy host stalls one now and then
+                fn()
+                times = []
+                for _ in range(config["collective_reps"]):
+                    start = time.perf_counter()
+                    fn()
+                    times.append(time.perf_counter() - start)
+                collectives.append([op, size, nbytes, statistics.median(times)])
+    result["collectives"] = collectives
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def measure_shared(world: int, gemm_shape: tuple[int, int, int], message_bytes: list[int], budget_s: float,
+                   collective_reps: int = 7) -> dict[str, Any]:
+    """`world` processes on this host at once (gloo): start-up, shared GEMM and elementwise rates, collectives.
+    Collective times are wall time, the slowest rank's (a collective is done when its last member is).
+    `core_share` is each rank's share of a core while all ranks multiply matrices at once."""
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = {"gemm_shape": list(gemm_shape), "message_bytes": message_bytes, "budget_s": budget_s,
+              "collective_reps": collective_reps}
+    with tempfile.TemporaryDirectory(prefix="bastion-calibrate-") as tmp:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        spawned_at = time.time()
+        mp.start_processes(_rank_main, args=(world, f"tcp://127.0.0.1:{port}", tmp, spawned_at, config),
+                           nprocs=world, start_method="spawn")
+        ranks = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(world)]
+    slowest: dict[tuple, float] = {}
+    for r in ranks:
+        for op, size, nbytes, t in r["collectives"]:
+            slowest[(op, size, nbytes)] = max(slowest.get((op, size, nbytes), 0.0), t)
+    return {"world": world, "process_start_s": statistics.median(r["start_s"] for r in ranks),
+            "core_share": [r["core_share"] for r in ranks],
+            "elementwise": [r["elementwise"][0] for r in ranks],
+            "collectives": [[op, size, nbytes, t] for (op, size, nbytes), t in sorted(slowest.items())]}
+
+
+# ---- fitting ----------------------------------------------------------------------------------------------
+
+def _line_fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """(latency, seconds per byte) of t = latency + bytes · per_byte, robust to a few slow repeats (a busy host
+    delays a collective now and then): the slope between the two largest messages, the latency the median of
+    what the smaller messages leave over."""
+    points = sorted(points)
+    (b1, t1), (b2, t2) = points[-2], points[-1]
+    per_byte = (t2 - t1) / (b2 - b1) if b2 > b1 and t2 > t1 else t2 / b2
+    latency = statistics.median(t - per_byte * b for b, t in points[:-1])
+    return max(0.0, latency), max(per_byte, 1e-15)
+
+
+def fit_profile(raw: dict[str, Any], peak_flops_core: float, host_cores: int) -> dict[str, Any]:
+    """The rates of specs/profile.py from the raw measurements. Each rate is a measurement through a mechanism,
+    not a fit to step times: a GEMM's efficiency is its FLOPs over (CPU time − one op's dispatch) over one core's
+    peak; attention's the same with the predictor's causal FLOPs; memory bandwidth the node's (each of N
+    processes' elementwise rate × the cores); the background load from the share of a core N busy processes
+    got; collectives a least-squares latency + bytes/bandwidth line (wall time) per
+    op and group size."""
+    dispatch = raw["dispatch_s"]
+    gemm = {}
+    for m, k, n, t in raw["gemm"]:
+        flops = 2.0 * m * k * n
+        gemm[flops] = min(1.0, flops / max(t - dispatch, 1e-9) / peak_flops_core)
+    attention = {}
+    for seq, head_dim, heads, fwd, fwdbwd in raw["attention"]:
+        flops = 2.0 * heads * seq * seq * head_dim  # the predictor's causal forward FLOPs (flops.py), batch 1
+        attention[seq * head_dim] = (min(1.0, flops / fwd / peak_flops_core),
+                                     min(1.0, 3.5 * flops / fwdbwd / peak_flops_core))
+    single_bw = statistics.median(b / t for b, t in raw["elementwise"])
+    shared = raw["shared"]
+    world = shared["world"]
+    # each of N busy ranks got s of a core; the OS shares the cores evenly among the runnable processes, so
+    # s = cores / (N + background): the rest is other load (and context-switch losses) the ranks competed with
+    share = min(1.0, statistics.fmean(shared["core_share"]))
+    background = max(0.0, host_cores / share - world) if share < 1.0 else 0.0
+    # CPU-time rates: what a running rank streams while the others run on the other cores
+    shared_bw = statistics.fmean(b / t for b, t in shared["elementwise"])
+    by_line: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    for op, size, nbytes, t in shared["collectives"]:
+        by_line.setdefault((op, size), []).append((float(nbytes), t))
+    collectives = []
+    for (op, size), points in sorted(by_line.items()):
+        # a collective on shared cores progresses only while its ranks run: its wall time × the share of a core
+        # they had is its time on whole cores, which the predictor divides by the share a plan's ranks get
+        latency, per_byte = _line_fit([(b, t * share) for b, t in points])
+        collectives.append({"op": op, "group_size": size, "latency_us": latency * 1e6,
+                            "bandwidth_gbs": 1e-9 / per_byte})
+    host = dict(raw["host"])
+    host["process_start_s"] = shared["process_start_s"]
+    top_gemm = max(gemm)
+    return {
+        "accelerator": {
+            "matmul_efficiency": gemm[top_gemm],
+            # the node's: a running rank's rate times the cores (Accelerator.shared_by divides it among the ranks)
+            "hbm_bandwidth_gbs": (shared_bw if world > 1 else single_bw) * host_cores / 1e9,
+            "background_load": background,
+            "gemm_efficiency_curve": [[f, e] for f, e in sorted(gemm.items())],
+            "attention_efficiency_curve": [[x, *effs] for x, effs in sorted(attention.items())],
+        },
+        "host": host,
+        "collective": collectives,
+    }

@@ -1,0 +1,261 @@
+"""Machine profiles (`bastion calibrate` writes them): measured rates that replace an accelerator's datasheet
+scaling in the predictor. Torch-free: reading, checking, writing and applying a profile.
+
+A profile is data. `[machine]` says where and when it was measured; `[accelerator]` overrides fields of the
+catalog row the predictor already reads (specs/hardware.py Accelerator: efficiencies, memory bandwidth, how well
+ranks share the cores); `[host]` holds the costs a datasheet has no field for (eager PyTorch's per-layer dispatch,
+the extra of DTensor and of FSDP2's hooks, fixed per micro-batch and per optimizer step); each `[[collective]]`
+a latency/bandwidth line for one collective on one group size (gloo on shared cores). `[raw]` keeps the
+measurements the rates were derived from.
+
+On the command line a profile is a cluster: `--cluster PROFILE.toml` (the accelerator and rank count it was
+measured with) or `--cluster ACCEL:N@PROFILE.toml` (N ranks, the profile's rates).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from bastion.errors import ConfigError
+from bastion.specs._hashing import cached_hash
+from bastion.specs.hardware import Accelerator, Cluster, default_network, load_accelerator
+
+PROFILE_FORMAT = 1
+COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "send_recv")
+#: Accelerator fields a profile may replace
+ACCELERATOR_FIELDS = ("matmul_efficiency", "hbm_bandwidth_gbs", "background_load", "gemm_efficiency_curve",
+                      "attention_efficiency_curve")
+_FIX = "run `bastion calibrate --out PROFILE.toml` on the machine again, and pass that file."
+
+
+@dataclass(frozen=True)
+class HostOverheads:
+    """Seconds of CPU work one rank spends outside the kernels, measured on one free core (a rank that shares
+    its core with others takes proportionally longer)."""
+
+    __hash__ = cached_hash
+
+    #: eager dispatch of one transformer block, forward + backward, at shapes too small to compute anything
+    layer_s: float = 0.0
+    #: extra per block under tensor parallelism (DTensor dispatch and sharding propagation)
+    layer_tp_s: float = 0.0
+    #: extra per block under sequence parallelism on top of layer_tp_s (redistributions around the norms)
+    layer_sp_s: float = 0.0
+    #: extra per block under FSDP2 (its pre/post forward and backward hooks)
+    layer_fsdp_s: float = 0.0
+    #: per micro-batch outside the blocks: embedding, final norm, LM head, loss, backward start
+    micro_batch_s: float = 0.0
+    #: per optimizer step and parameter tensor: AdamW and gradient clipping on plain tensors
+    optimizer_per_tensor_s: float = 0.0
+    #: the same on DTensor parameters (tensor parallelism or FSDP2)
+    optimizer_dtensor_per_tensor_s: float = 0.0
+    #: per optimizer step: the training loop's own bookkeeping (data batch, metrics, learning rate)
+    step_s: float = 0.0
+    #: one process's start-up to its first collective (not part of a step; reported)
+    process_start_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class CollectiveLine:
+    """t = latency + bytes / bandwidth for one collective on `group_size` ranks, while the other groups of the
+    measured world run theirs at the same time (as a plan's groups do). On a host CPU the line is for ranks on
+    whole cores (measured wall time × the core share the ranks had): a collective progresses only while its ranks
+    run, so the predictor divides it by the share a plan's ranks get (Accelerator.core_share)."""
+
+    op: str
+    group_size: int
+    latency_us: float
+    bandwidth_gbs: float
+
+    def seconds(self, nbytes: float) -> float:
+        return self.latency_us * 1e-6 + nbytes / (self.bandwidth_gbs * 1e9)
+
+
+@dataclass(frozen=True)
+class MachineProfile:
+    """The rates of one machine kind, as measured by `bastion calibrate`."""
+
+    __hash__ = cached_hash
+
+    path: str
+    accelerator: str
+    #: the ranks the shared-core measurements ran with
+    nproc: int
+    date: str
+    host: str
+    torch: str
+    accelerator_overrides: tuple[tuple[str, Any], ...]
+    host_overheads: HostOverheads
+    collectives: tuple[CollectiveLine, ...]
+
+    @property
+    def label(self) -> str:
+        return f"profile {self.path} (measured {self.date} on {self.host}, torch {self.torch})"
+
+    def collective_time(self, op: str, group_size: int, nbytes: float) -> float | None:
+        """Seconds for `op` over `group_size` ranks moving `nbytes` (the collective's buffer), from the measured
+        line of that size (else the nearest measured size, latency scaled by the ring steps); None when the
+        profile measured no such collective."""
+        lines = [c for c in self.collectives if c.op == op]
+        if not lines:
+            return None
+        line = min(lines, key=lambda c: (abs(c.group_size - group_size), -c.group_size))
+        steps = max(group_size - 1, 1) / max(line.group_size - 1, 1)
+        return line.latency_us * 1e-6 * steps + nbytes / (line.bandwidth_gbs * 1e9)
+
+    def collective_wall_time(self, op: str, group_size: int, nbytes: float, core_share: float) -> float | None:
+        """`collective_time` on ranks that get `core_share` of a core each."""
+        seconds = self.collective_time(op, group_size, nbytes)
+        return None if seconds is None else seconds / core_share
+
+
+# ---- reading ----------------------------------------------------------------------------------------------
+
+def _table(data: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
+    value = data.get(key)
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path} is not a bastion machine profile: it has no [{key}] table.", fix=_FIX)
+    return value
+
+
+def _number(table: dict[str, Any], key: str, where: str) -> float:
+    value = table.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{where}: '{key}' must be a non-negative number, got {value!r}.", fix=_FIX)
+    return float(value)
+
+
+def _curve(value: Any, width: int, where: str) -> tuple[tuple[float, ...], ...]:
+    if not isinstance(value, list) or not value or any(
+            not isinstance(row, list) or len(row) != width
+            or any(isinstance(x, bool) or not isinstance(x, int | float) or x <= 0 for x in row) for row in value):
+        raise ConfigError(f"{where} must be a list of [{width} positive numbers] rows.", fix=_FIX)
+    return tuple(sorted(tuple(float(x) for x in row) for row in value))
+
+
+def read_profile(path: str | Path) -> MachineProfile:
+    """A profile file, checked; a missing, unreadable or garbled file is a ConfigError that says what to do."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Machine profile not found: {path}", fix=_FIX,
+                          hint="bastion calibrate --quick --out profile.toml   # under a minute")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise ConfigError(f"Cannot read machine profile {path}: {exc}", fix=_FIX) from exc
+    machine = _table(data, "machine", path)
+    if machine.get("format") != PROFILE_FORMAT:
+        raise ConfigError(f"{path}: profile format {machine.get('format')!r}, this bastion reads {PROFILE_FORMAT}.",
+                          fix=_FIX)
+    acc_name = str(machine.get("accelerator", ""))
+    load_accelerator(acc_name)  # an unknown accelerator is a guidance error
+    nproc = int(_number(machine, "nproc", f"{path} [machine]"))
+    acc = _table(data, "accelerator", path)
+    overrides: dict[str, Any] = {}
+    for key, value in acc.items():
+        where = f"{path} [accelerator] {key}"
+        if key not in ACCELERATOR_FIELDS:
+            raise ConfigError(f"{where}: not a field a profile may set.",
+                              fix=f"use only {', '.join(ACCELERATOR_FIELDS)}.")
+        if key == "gemm_efficiency_curve":
+            overrides[key] = _curve(value, 2, where)
+        elif key == "attention_efficiency_curve":
+            overrides[key] = _curve(value, 3, where)
+        else:
+            overrides[key] = _number(acc, key, where)
+    host = _table(data, "host", path)
+    known = {f.name for f in fields(HostOverheads)}
+    unknown = sorted(set(host) - known)
+    if unknown:
+        raise ConfigError(f"{path} [host]: unknown field(s) {', '.join(unknown)}.", fix=_FIX)
+    overheads = HostOverheads(**{k: _number(host, k, f"{path} [host]") for k in host})
+    lines = []
+    for i, row in enumerate(data.get("collective", [])):
+        where = f"{path} [[collective]] #{i + 1}"
+        if not isinstance(row, dict) or row.get("op") not in COLLECTIVES:
+            raise ConfigError(f"{where}: 'op' must be one of {', '.join(COLLECTIVES)}.", fix=_FIX)
+        bandwidth = _number(row, "bandwidth_gbs", where)
+        if bandwidth <= 0:
+            raise ConfigError(f"{where}: bandwidth_gbs must be positive.", fix=_FIX)
+        lines.append(CollectiveLine(op=row["op"], group_size=int(_number(row, "group_size", where)),
+                                    latency_us=_number(row, "latency_us", where), bandwidth_gbs=bandwidth))
+    return MachineProfile(path=str(path), accelerator=acc_name, nproc=max(nproc, 1), date=str(machine.get("date")),
+                          host=str(machine.get("host")), torch=str(machine.get("torch")),
+                          accelerator_overrides=tuple(sorted(overrides.items())), host_overheads=overheads,
+                          collectives=tuple(lines))
+
+
+# ---- applying ---------------------------------------------------------------------------------------------
+
+def profiled_accelerator(profile: MachineProfile) -> Accelerator:
+    """The catalog row with the profile's measured fields in place of its datasheet ones."""
+    acc = load_accelerator(profile.accelerator)
+    return replace(acc, **dict(profile.accelerator_overrides),
+                   source=f"{profile.label}; catalog row '{acc.name}' for the rest")
+
+
+#: ACCEL:N@PROFILE
+_AT = re.compile(r"^(?P<acc>[a-z0-9][a-z0-9.\-]*):(?P<n>\d+)@(?P<path>.+)$")
+
+
+def is_profile_spec(spec: str) -> bool:
+    """Whether a --cluster value names a machine profile (ACCEL:N@FILE, or a TOML file with a [machine] table)."""
+    if "@" in spec:
+        return True
+    path = Path(spec)
+    if path.suffix != ".toml" or not path.is_file():
+        return False
+    try:
+        return isinstance(tomllib.loads(path.read_text()).get("machine"), dict)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError):
+        return False
+
+
+def cluster_from_profile(spec: str) -> Cluster:
+    """`PROFILE.toml` (the profile's accelerator × its measured rank count) or `ACCEL:N@PROFILE.toml`."""
+    match = _AT.match(spec)
+    if "@" in spec and not match:
+        raise ConfigError(f"Cluster '{spec}': expected ACCEL:N@PROFILE.toml.",
+                          fix="e.g. cpu:4@profile.toml, or just the profile's path.")
+    profile = read_profile(match["path"] if match else spec)
+    if match and match["acc"] != profile.accelerator:
+        raise ConfigError(f"Cluster '{spec}' asks for {match['acc']}, but the profile measured "
+                          f"'{profile.accelerator}'.", fix=f"write {profile.accelerator}:{match['n']}@{match['path']}.")
+    count = int(match["n"]) if match else profile.nproc
+    if count < 1:
+        raise ConfigError(f"Cluster '{spec}' has zero devices.", fix="use ACCEL:N@PROFILE with N >= 1.")
+    acc = profiled_accelerator(profile)
+    per_node = count if acc.host_cores > 0 else acc.gpus_per_node
+    cluster = Cluster(name=spec, accelerator=acc, num_nodes=1, gpus_per_node=per_node,
+                      network=default_network(acc), profile=profile)
+    return cluster.with_gpus(count)
+
+
+# ---- writing ----------------------------------------------------------------------------------------------
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(float(value)) if isinstance(value, float) else str(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def profile_toml(data: dict[str, Any], header: str = "") -> str:
+    """TOML text of a profile: top-level tables of scalars and lists, and arrays of tables (lists of dicts)."""
+    out = [f"# {line}" for line in header.splitlines()]
+    for name, table in data.items():
+        rows = table if isinstance(table, list) else [table]
+        for row in rows:
+            out.append(f"\n[[{name}]]" if isinstance(table, list) else f"\n[{name}]")
+            out.extend(f"{key} = {_toml_value(value)}" for key, value in row.items())
+    return "\n".join(out).lstrip("\n") + "\n"
