@@ -239,7 +239,7 @@ def test_validate_with_no_predictable_row_fails(tmp_path: Path, capsys: CaptureF
 
 def test_report_with_an_unknown_cluster_fails(tmp_path: Path, capsys: CaptureFixture) -> None:
     # used to exit 0, printing a report without a prediction
-    user_error(["report", str(tmp_path), "--cluster", "bogus:3"], capsys, "Unknown cluster 'bogus:3'")
+    user_error(["report", str(tmp_path), "--cluster", "bogus:3"], capsys, "Unknown accelerator 'bogus'")
 
 
 # ---- paths the operating system refuses ---------------------------------------------------------------

@@ -108,16 +108,23 @@ def test_hf_tokenizer_needs_an_end_of_document_token(tmp_path, capsys):
     assert list(np.fromfile(tmp_path / "c" / "tokens.bin", dtype=np.uint16)) == [0, 1, 3]
 
 
-def test_a_binary_file_is_refused_and_nothing_is_written(tmp_path, capsys):
-    (tmp_path / "in").mkdir()
+def test_a_binary_file_named_is_refused_and_one_in_a_directory_left_out(tmp_path, capsys):
+    (tmp_path / "in" / "__pycache__").mkdir(parents=True)
     (tmp_path / "in" / "notes.txt").write_text("text\n")
-    (tmp_path / "in" / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR" + bytes(100))
-    user_error(["data", "prepare", str(tmp_path / "in"), "--out", str(tmp_path / "out")], capsys, "To fix:",
-               "image.png' looks like a binary file", "pass only text files")
+    (tmp_path / "in" / "__pycache__" / "notes.cpython-311.pyc").write_text("cached\n")  # a cache: never read
+    png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR" + bytes(100)
+    (tmp_path / "in" / "image.png").write_bytes(png)
+    user_error(["data", "prepare", str(tmp_path / "in" / "image.png"), "--out", str(tmp_path / "out")], capsys,
+               "To fix:", "image.png' looks like a binary file", "pass only text files")
     assert not (tmp_path / "out").exists()
+    # a directory's binary files (an image, bytecode) are not text: left out, the text is tokenised
+    code, out, err = run(["data", "prepare", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["documents"] == 1
+    assert list(np.fromfile(tmp_path / "out" / "tokens.bin", dtype=np.uint16)) == [*b"text\n", 0]
     (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
-    user_error(["data", "prepare", str(tmp_path / "latin1.txt"), "--out", str(tmp_path / "out")], capsys, "To fix:",
-               "not UTF-8", "iconv")
+    user_error(["data", "prepare", str(tmp_path / "latin1.txt"), "--out", str(tmp_path / "out2")], capsys,
+               "To fix:", "not UTF-8", "iconv")
 
 
 def test_a_line_that_is_not_json_keeps_the_old_dataset(tmp_path, capsys):

@@ -48,24 +48,27 @@ def _kind_of_file(path: Path) -> str:
     return "text"
 
 
-def check_text_file(path: Path) -> None:
-    """Refuse a file that is not text (a NUL byte, or bytes that are not UTF-8, in its first 8 KiB), or that
-    cannot be read."""
+def binary_reason(path: Path) -> str | None:
+    """Why `path` is not text (a NUL byte, or bytes that are not UTF-8, in its first 8 KiB), or None."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(SNIFF_BYTES)
     except OSError as exc:
         raise DataError(f"Cannot read input {path}: {exc.strerror or exc}.",
                         fix="check its permissions, or leave it out.") from exc
-    reason = None
     if b"\0" in head:
-        reason = "it holds NUL bytes"
-    else:
-        try:
-            # a multi-byte character cut by the sniff's end is not an error
-            head.decode("utf-8") if len(head) < SNIFF_BYTES else head[:-4].decode("utf-8")
-        except UnicodeDecodeError:
-            reason = "it is not UTF-8 text"
+        return "it holds NUL bytes"
+    try:
+        # a multi-byte character cut by the sniff's end is not an error
+        head.decode("utf-8") if len(head) < SNIFF_BYTES else head[:-4].decode("utf-8")
+    except UnicodeDecodeError:
+        return "it is not UTF-8 text"
+    return None
+
+
+def check_text_file(path: Path) -> None:
+    """Refuse a file named as an input that is not text (`binary_reason`), or that cannot be read."""
+    reason = binary_reason(path)
     if reason:
         raise DataError(f"'{path}' looks like a binary file ({reason}); it would be tokenised as text.",
                         fix="pass only text files (e.g. DIR/*.txt), JSON Lines (*.jsonl), Parquet (*.parquet) or a "
@@ -73,9 +76,15 @@ def check_text_file(path: Path) -> None:
                             "(iconv -t utf-8).")
 
 
+#: directories a directory walk never enters: bytecode caches and hidden directories (.git, .venv, …)
+def _skipped_dir(path: Path, root: Path) -> bool:
+    return any(part == "__pycache__" or part.startswith(".") for part in path.relative_to(root).parts[:-1])
+
+
 def find_sources(inputs: Iterable[str | Path], skip: Iterable[Path] = ()) -> list[Source]:
     """Every input file or dataset, checked (exists, not binary); directories are read recursively in name order.
-    Files in `skip` (the output dataset's own files) are never inputs."""
+    A file named as an input must be text; inside a directory, binary files (an image, a .pyc) are left out, as
+    are bytecode caches and hidden directories. Files in `skip` (the output dataset's own files) are never inputs."""
     skipped = {Path(p).resolve() for p in skip}
     sources: list[Source] = []
     for raw in inputs:
@@ -83,9 +92,14 @@ def find_sources(inputs: Iterable[str | Path], skip: Iterable[Path] = ()) -> lis
         if _is_datasets_dir(path):
             sources.append(Source(path, "datasets"))
         elif path.is_dir():
-            for found in sorted(p for p in path.rglob("*") if p.is_file() and p.resolve() not in skipped):
-                if not any(_is_datasets_dir(parent) for parent in found.parents):
-                    sources.append(Source(found, _kind_of_file(found)))
+            for found in sorted(p for p in path.rglob("*") if p.is_file() and p.resolve() not in skipped
+                                and not _skipped_dir(p, path)):
+                if any(_is_datasets_dir(parent) for parent in found.parents):
+                    continue
+                kind = _kind_of_file(found)
+                if kind in ("text", "jsonl") and binary_reason(found):
+                    continue
+                sources.append(Source(found, kind))
             sources.extend(Source(d, "datasets") for d in sorted(path.rglob("*")) if _is_datasets_dir(d))
         elif path.is_file():
             sources.append(Source(path, _kind_of_file(path)))
