@@ -1,5 +1,5 @@
 """The re-plan for fewer ranks and the --on-failure choices (launch/shrink.py); the relaunch itself runs in
-tests/dist/test_shrink.py."""
+tests/dist/test_shrink.py (this file: the re-plan alone)."""
 
 from __future__ import annotations
 
