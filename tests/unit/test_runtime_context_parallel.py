@@ -18,7 +18,8 @@ from bastion.runtime.context_parallel import (
     split_sequence,
 )
 from bastion.runtime.mesh import cp_group_ranks, dp_layout
-from bastion.runtime.preflight import check_world_size
+from bastion.runtime.preflight import check_runtime_executes, check_world_size
+from bastion.specs.model import load_model
 from bastion.specs.plan import ParallelPlan
 
 
@@ -162,9 +163,13 @@ def test_cp_groups_sit_between_tp_and_dp():
     assert dp_layout(ParallelPlan(dp=2, cp=2, zero_stage=0, micro_batch=1, global_batch=4)) == (4, 1)
 
 
-def test_preflight_accepts_cp_and_still_refuses_ep():
+def test_preflight_accepts_cp_and_refuses_it_for_a_mixture_of_experts():
     check_world_size(ParallelPlan(dp=2, cp=2, micro_batch=1, global_batch=4), 4)
     with pytest.raises(PlanError, match=r"dp × tp × pp × cp = 2 × 1 × 1 × 2 = 4"):
         check_world_size(ParallelPlan(dp=2, cp=2, micro_batch=1, global_batch=4), 2)
-    with pytest.raises(PlanError, match="ep = 2"):
-        check_world_size(ParallelPlan(ep=2, dp=2, micro_batch=1, global_batch=4), 2)
+    # expert parallelism runs now (ep carved from dp); cp with an MoE model does not yet
+    check_world_size(ParallelPlan(ep=2, dp=2, micro_batch=1, global_batch=4), 2)
+    moe = load_model("tiny-moe")
+    check_runtime_executes(moe, ParallelPlan(ep=2, dp=2, micro_batch=1, global_batch=4))
+    with pytest.raises(PlanError, match="context parallelism"):
+        check_runtime_executes(moe, ParallelPlan(dp=2, cp=2, micro_batch=1, global_batch=4))
