@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -35,8 +36,11 @@ def test_dash_h_is_help(args) -> None:
 
 def test_shell_completion_is_offered_and_prints_a_script() -> None:
     assert "--install-completion" in bastion("--help").stdout
-    done = bastion("--show-completion", "bash")
-    assert done.returncode == 0 and "complete" in done.stdout and "COMP_WORDS" in done.stdout
+    # typer asks which shell started it (make runs recipes under sh, which it does not support): start it from
+    # bash, which stays its parent (`; exit $?`: not the last command, so bash does not exec it)
+    done = subprocess.run(["bash", "-c", f"{shlex.quote(sys.executable)} -m bastion --show-completion; exit $?"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "complete" in done.stdout and "COMP_WORDS" in done.stdout, done.stderr
 
 
 @pytest.mark.parametrize("typed", ["H100:8", "h100:8", "H100-SXM:8", "h100-sxm5:8", "H100-MEGA:8"])
