@@ -46,12 +46,11 @@ def calibrate_command(
     budget = QUICK_BUDGET_S if quick else FULL_BUDGET_S
     messages = QUICK_MESSAGES if quick else FULL_MESSAGES
 
-    import torch
     from rich.progress import Progress
 
     from bastion.runtime import calibrate as cal
 
-    torch.set_num_threads(1)  # a training rank runs one thread
+    cal.one_thread()  # a training rank runs one thread
     shapes = cal.gemm_shapes(specs, (1, 2) if quick else (1, 2, 4), (1, 2) if quick else (1, 2, 4))
     factors = (1,) if quick else (1, 2, 4)
     layouts = sorted({(s.seq_len * f, s.head_dim, s.num_heads) for s in specs for f in factors})
@@ -80,7 +79,7 @@ def calibrate_command(
     machine = {"format": PROFILE_FORMAT, "accelerator": accelerator, "nproc": nproc,
                "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                "host": socket.gethostname(), "platform": platform.platform(), "processor": platform.processor(),
-               "torch": torch.__version__, "cores": acc.host_cores, "os_cpus": _cpus(), "quick": quick,
+               "torch": cal.torch_version(), "cores": acc.host_cores, "os_cpus": _cpus(), "quick": quick,
                "models": [s.name for s in specs]}
     shared = raw.pop("shared")
     raw_table = {"dispatch_s": raw["dispatch_s"], "gemm_m_k_n_s": raw["gemm"],

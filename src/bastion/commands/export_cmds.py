@@ -57,12 +57,10 @@ def export_command(
     train = _run_train_config(run_dir, checkpoint)
     tokenizer_files = [] if no_tokenizer else _tokenizer_files(train, tokenizer)
 
-    import torch
-
-    from bastion.runtime.hf_weights import export_hf
+    from bastion.runtime.hf_weights import export_hf, torch_dtype
 
     written = export_hf(checkpoint, spec, out, tokenizer_files, max_shard_bytes=int(max_shard_mb * 1e6),
-                        dtype=None if dtype == "saved" else getattr(torch, dtype), token_ids=_init_token_ids(train))
+                        dtype=None if dtype == "saved" else torch_dtype(dtype), token_ids=_init_token_ids(train))
     written["step"] = int(checkpoint.name.removeprefix("step-"))
     if as_json:
         typer.echo(json.dumps(written))

@@ -377,3 +377,13 @@ def fit_profile(raw: dict[str, Any], peak_flops_core: float, host_cores: int) ->
         "host": host,
         "collective": collectives,
     }
+
+
+def one_thread() -> None:
+    """Measure as a training rank runs: one intra-op thread."""
+    torch.set_num_threads(1)
+
+
+def torch_version() -> str:
+    """The torch the profile was measured with (recorded in the profile)."""
+    return torch.__version__

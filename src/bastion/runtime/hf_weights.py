@@ -189,3 +189,8 @@ def export_hf(checkpoint: Path, spec: ModelSpec, out: Path, tokenizer_files: Seq
         raise
     return {"out": str(out), "files": sorted(set(weight_map.values())), "tensors": len(weight_map),
             "bytes": total, "tokenizer": [p.name for p in tokenizer_files]}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """`--dtype float32|bfloat16|float16` as the torch dtype the export writes."""
+    return getattr(torch, name)
