@@ -200,7 +200,7 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
     from bastion.runtime.preflight import check_request, check_run_dir
 
     p = params
-    _check_train_flags(world_size, p["seq_len"], p["lr"], p["max_restarts"], p["cluster"], p["seed"])
+    _check_train_flags(world_size, p["lr"], p["cluster"], p["seed"])
     _check_eval_and_logs(p["eval_every"], p["eval_batches"], p["tensorboard"], p["profile"], p["steps"])
     health = _health_options(p)
     on_failure = _on_failure(p)
@@ -385,23 +385,18 @@ def _train_config(config: dict[str, Any]):
     return TrainConfig(**train, resilience=ResilienceConfig(**resilience))
 
 
-def _check_train_flags(nproc: int | None, seq_len: int | None, lr: float, max_restarts: int,
-                       cluster: str | None, seed: int) -> None:
-    """Flag values that would otherwise fail inside N workers (or silently mean something else)."""
+def _check_train_flags(nproc: int | None, lr: float, cluster: str | None, seed: int) -> None:
+    """Flag values that would otherwise fail inside N workers (or silently mean something else); --seq-len and
+    --max-restarts are checked as they are parsed (commands/options.py)."""
     import math
 
-    from bastion.commands.checks import check_seq_len
     from bastion.errors import ConfigError
 
     if nproc is not None and nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {nproc}.",
                           fix="give the number of worker processes, dp × tp × pp × cp of the plan.")
-    check_seq_len(seq_len)
     if not (math.isfinite(lr) and lr > 0):
         raise ConfigError(f"--lr must be a positive learning rate, got {lr:g}.", fix="e.g. --lr 3e-4.")
-    if max_restarts < 0:
-        raise ConfigError(f"--max-restarts must be >= 0, got {max_restarts}.",
-                          fix="give how many times the worker group may restart (0 = never).")
     if not 0 <= seed < 2**63:
         raise ConfigError(f"--seed must be a whole number from 0 to 2^63 - 1, got {seed}.", fix="e.g. --seed 0.")
     if cluster is not None:
