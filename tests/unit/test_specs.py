@@ -10,7 +10,7 @@ import pytest
 from bastion.errors import ConfigError, PlanError, UnknownPresetError
 from bastion.specs import ParallelPlan, load_cluster, load_model
 from bastion.specs.hardware import accelerator_names, cluster_presets, load_accelerator
-from bastion.specs.model import model_presets
+from bastion.specs.model import ModelSpec, model_presets
 
 # Published totals: Llama 2 (HF configs: 6,738,415,616 / 13,015,864,320 / 68,976,648,192),
 # Llama 3 (8,030,261,248 / 70,553,706,496 / 405,853,388,800).
@@ -107,7 +107,50 @@ def test_plan_round_trips_through_json_and_toml(tmp_path) -> None:
         assert ParallelPlan.load(path) == plan
     assert plan.grad_accumulation == 8
     assert set(plan.to_dict()) == {"dp", "tp", "pp", "cp", "ep", "zero_stage", "micro_batch", "global_batch",
-                                   "pp_schedule", "vpp", "recompute", "sequence_parallel", "precision"}
+                                   "pp_schedule", "vpp", "recompute", "sequence_parallel", "precision", "etp",
+                                   "pipeline_layout", "recompute_layers", "activation_offload"}
+    uneven = ParallelPlan(dp=2, pp=2, global_batch=8, pipeline_layout="1,3", recompute="full", recompute_layers=1)
+    for suffix in (".json", ".toml"):
+        assert ParallelPlan.load(uneven.save(tmp_path / f"uneven{suffix}")) == uneven
+
+
+@pytest.mark.parametrize(("model", "total_b", "active_b"), [
+    ("deepseek-v3", 671.0, 37.6), ("qwen3-235b-a22b", 235.1, 22.2), ("mixtral-8x22b", 140.6, 39.2),
+    ("kimi-k2", 1026.4, 32.9), ("llama4-scout", 107.8, 17.2)])
+def test_modern_moe_presets_have_their_published_parameter_counts(model, total_b, active_b) -> None:
+    spec = load_model(model)
+    assert spec.total_params() / 1e9 == pytest.approx(total_b, abs=0.05)
+    assert spec.active_params() / 1e9 == pytest.approx(active_b, abs=0.05)
+
+
+def test_mla_is_described_by_its_ranks() -> None:
+    spec = load_model("deepseek-v3")
+    assert spec.attention_kind == "mla" and spec.head_dim == 192 and spec.v_width == 128 * 128
+    # DeepSeek-V3's attention: 187,107,328 weights per layer (HF DeepseekV3Attention at these ranks)
+    assert spec.attention_params_per_layer() == (7168 * 1536 + 1536 + 1536 * 128 * 192 + 7168 * (512 + 64) + 512
+                                                 + 512 * 128 * 256 + 128 * 128 * 7168)
+    with pytest.raises(ConfigError, match="kv_lora_rank"):
+        ModelSpec(name="x", num_layers=2, hidden_size=64, num_heads=4, ffn_hidden_size=128, vocab_size=64,
+                  q_lora_rank=16)
+
+
+def test_interleaved_moe_layers_follow_llama4() -> None:
+    spec = ModelSpec(name="x", num_layers=6, hidden_size=64, num_heads=4, ffn_hidden_size=128, vocab_size=64,
+                     num_experts=4, top_k=1, moe_layer_freq=2)
+    assert [spec.is_moe_layer(i) for i in range(6)] == [False, True, False, True, False, True]
+    assert spec.num_moe_layers == 3
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"pp": 2, "pipeline_layout": "1,2,1"}, "3 entries"),
+    ({"pp": 2, "pipeline_layout": "1,x"}, "comma-separated"),
+    ({"pp": 2, "pipeline_layout": "1,1"}, "holds 2 layers"),
+    ({"recompute_layers": 2}, "needs recompute"),
+    ({"etp": 2}, "needs a mixture-of-experts"),
+])
+def test_new_plan_fields_are_checked(fields, message) -> None:
+    with pytest.raises(PlanError, match=message):
+        ParallelPlan(global_batch=8, **fields).validate(load_model("tiny"))
 
 
 @pytest.mark.parametrize(

@@ -66,12 +66,29 @@ class ModelSpec:
     router_norm_topk: bool = True
     #: weight of the load-balancing loss added to the training loss (0 = none)
     aux_loss_coeff: float = 0.0
+    #: DeepSeek-V3's auxiliary-loss-free balancing: after each step every expert's routing bias moves by this
+    #: much towards balance (0 = no bias)
+    router_bias_update_rate: float = 0.0
+    #: tokens an expert takes, as a multiple of its balanced share; 0 = dropless (no token is dropped)
+    capacity_factor: float = 0.0
+    #: every k-th layer after the dense ones has experts (Llama 4's interleave_moe_layer_step; 1 = all)
+    moe_layer_freq: int = 1
+    #: multi-head latent attention (DeepSeek-V2/V3) when kv_lora_rank > 0: keys and values are rebuilt per head
+    #: from one compressed latent of kv_lora_rank; queries from one of q_lora_rank (0 = queries not compressed)
+    q_lora_rank: int = 0
+    kv_lora_rank: int = 0
+    #: MLA per-head widths: the rotary part of q/k (shared by all heads for k), the non-rotary part, and v
+    qk_rope_head_dim: int = 0
+    qk_nope_head_dim: int = 0
+    v_head_dim: int = 0
     #: where the shape comes from
     source: str = ""
 
     def __post_init__(self) -> None:
         if self.num_kv_heads == 0:
             object.__setattr__(self, "num_kv_heads", self.num_heads)
+        if self.kv_lora_rank and self.head_dim == 0:
+            object.__setattr__(self, "head_dim", self.qk_nope_head_dim + self.qk_rope_head_dim)
         if self.head_dim == 0 and self.num_heads > 0:
             if self.hidden_size % self.num_heads:
                 raise ConfigError(f"model '{self.name}': hidden_size {self.hidden_size} is not divisible by "
@@ -87,14 +104,16 @@ class ModelSpec:
                 raise ConfigError(f"{what}: {name} must be positive, got {getattr(self, name)}.",
                                   fix=f"set {name} to a positive integer.")
         for name in ("num_kv_heads", "head_dim", "num_experts", "top_k", "moe_ffn_hidden_size", "num_shared_experts",
-                     "dense_layers", "aux_loss_coeff"):
+                     "dense_layers", "aux_loss_coeff", "router_bias_update_rate", "capacity_factor",
+                     "q_lora_rank", "kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{what}: {name} must be >= 0, got {getattr(self, name)}.",
                                   fix=f"set {name} to 0 (its default) or a positive integer.")
         limits = {"num_layers": MAX_LAYERS, "seq_len": MAX_SEQ_LEN}
         for name in ("num_layers", "hidden_size", "num_heads", "ffn_hidden_size", "vocab_size", "seq_len",
                      "num_kv_heads", "head_dim", "num_experts", "top_k", "moe_ffn_hidden_size",
-                     "num_shared_experts", "dense_layers"):
+                     "num_shared_experts", "dense_layers", "moe_layer_freq", "q_lora_rank", "kv_lora_rank",
+                     "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim"):
             high = limits.get(name, MAX_WIDTH)
             if getattr(self, name) > high:
                 raise ConfigError(f"{what}: {name} must be <= {high:,}, got {short_number(getattr(self, name))}: "
@@ -106,6 +125,15 @@ class ModelSpec:
                               fix="set top_k to the number of experts each token is routed to (e.g. 2).")
         if self.num_experts:
             self._check_moe(what)
+        if self.moe_layer_freq < 1:
+            raise ConfigError(f"{what}: moe_layer_freq must be >= 1, got {self.moe_layer_freq}.",
+                              fix="1 puts experts in every layer after the dense ones, 2 in every other layer.")
+        if self.kv_lora_rank:
+            self._check_mla(what)
+        elif self.q_lora_rank or self.qk_rope_head_dim or self.qk_nope_head_dim or self.v_head_dim:
+            raise ConfigError(f"{what}: the MLA widths (q_lora_rank, qk_rope_head_dim, qk_nope_head_dim, "
+                              f"v_head_dim) need kv_lora_rank > 0.",
+                              fix="set kv_lora_rank for multi-head latent attention, or remove the MLA widths.")
         if self.ffn_type not in ("gelu", "swiglu"):
             raise ConfigError(f"{what}: ffn_type '{self.ffn_type}' is not known.",
                               fix="use 'gelu' (two matrices) or 'swiglu' (three matrices).")
@@ -122,6 +150,22 @@ class ModelSpec:
             raise ConfigError(f"{what}: RoPE needs an even head_dim, got {self.head_dim}.",
                               fix="choose num_heads (or head_dim) so that the head width is even.")
 
+    def _check_mla(self, what: str) -> None:
+        if not (self.qk_rope_head_dim and self.qk_nope_head_dim and self.v_head_dim):
+            raise ConfigError(f"{what}: multi-head latent attention needs qk_rope_head_dim, qk_nope_head_dim and "
+                              f"v_head_dim (got {self.qk_rope_head_dim}, {self.qk_nope_head_dim}, "
+                              f"{self.v_head_dim}).", fix="copy them from the model's config (DeepSeek-V3: 64, "
+                                                          "128, 128).")
+        if self.head_dim != self.qk_nope_head_dim + self.qk_rope_head_dim:
+            raise ConfigError(f"{what}: with MLA the query/key head width is qk_nope_head_dim + qk_rope_head_dim "
+                              f"= {self.qk_nope_head_dim + self.qk_rope_head_dim}, but head_dim is "
+                              f"{self.head_dim}.", fix="leave head_dim unset (0) for an MLA model.")
+        if self.num_kv_heads != self.num_heads:
+            raise ConfigError(f"{what}: MLA rebuilds keys and values for every head; num_kv_heads must equal "
+                              f"num_heads.", fix="leave num_kv_heads unset (0) for an MLA model.")
+        if self.bias:
+            raise ConfigError(f"{what}: MLA with linear biases is not modelled.", fix="set bias = false.")
+
     def _check_moe(self, what: str) -> None:
         if self.dense_layers >= self.num_layers:
             raise ConfigError(f"{what}: dense_layers {self.dense_layers} leaves no mixture-of-experts layer of "
@@ -134,6 +178,17 @@ class ModelSpec:
 
     # ---- derived shapes -------------------------------------------------------------------------
     @property
+    def is_mla(self) -> bool:
+        return self.kv_lora_rank > 0
+
+    @property
+    def attention_kind(self) -> str:
+        """`mla`, `mha` or `gqa` (the case files' `attention` column)."""
+        if self.is_mla:
+            return "mla"
+        return "mha" if self.num_kv_heads == self.num_heads else "gqa"
+
+    @property
     def q_width(self) -> int:
         return self.num_heads * self.head_dim
 
@@ -142,10 +197,31 @@ class ModelSpec:
         return self.num_kv_heads * self.head_dim
 
     @property
+    def v_width(self) -> int:
+        """Width of the attention output before the output projection (all heads' values)."""
+        return self.num_heads * (self.v_head_dim if self.is_mla else self.head_dim)
+
+    @property
     def ffn_matrices(self) -> int:
         return 3 if self.ffn_type == "swiglu" else 2
 
+    def mla_params_per_layer(self) -> int:
+        """MLA's weights (DeepSeek-V3, HF DeepseekV3Attention): query down/up projections (or one projection when
+        q_lora_rank is 0) with the latent's RMSNorm, the joint key/value down projection (latent plus the shared
+        rotary key) with its RMSNorm, the per-head key/value up projection, and the output projection."""
+        h, heads = self.hidden_size, self.num_heads
+        q_head = self.qk_nope_head_dim + self.qk_rope_head_dim
+        if self.q_lora_rank:
+            q = h * self.q_lora_rank + self.q_lora_rank + self.q_lora_rank * heads * q_head
+        else:
+            q = h * heads * q_head
+        kv = (h * (self.kv_lora_rank + self.qk_rope_head_dim) + self.kv_lora_rank
+              + self.kv_lora_rank * heads * (self.qk_nope_head_dim + self.v_head_dim))
+        return q + kv + heads * self.v_head_dim * h
+
     def attention_params_per_layer(self) -> int:
+        if self.is_mla:
+            return self.mla_params_per_layer()
         h = self.hidden_size
         weights = h * self.q_width + 2 * h * self.kv_width + self.q_width * h
         biases = (self.q_width + 2 * self.kv_width + h) if self.bias else 0
@@ -158,11 +234,14 @@ class ModelSpec:
 
     @property
     def num_moe_layers(self) -> int:
-        return self.num_layers - self.dense_layers if self.num_experts else 0
+        return sum(self.is_moe_layer(i) for i in range(self.num_layers))
 
     def is_moe_layer(self, index: int) -> bool:
-        """Layer `index` (0-based) has a mixture of experts; the first `dense_layers` keep a dense MLP."""
-        return bool(self.num_experts) and index >= self.dense_layers
+        """Layer `index` (0-based) has a mixture of experts: the first `dense_layers` keep a dense MLP, and with
+        moe_layer_freq k only every k-th layer has experts (HF Llama 4: index % k == k - 1)."""
+        if not self.num_experts or index < self.dense_layers:
+            return False
+        return index % self.moe_layer_freq == self.moe_layer_freq - 1
 
     def dense_mlp_params(self) -> int:
         h, f = self.hidden_size, self.ffn_hidden_size

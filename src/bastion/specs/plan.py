@@ -79,6 +79,18 @@ class ParallelPlan:
     sequence_parallel: bool = False
     #: matmul precision: `fp32`, `bf16`, `fp16` or `fp8`
     precision: str = "bf16"
+    #: expert tensor parallelism: each routed expert's matrices split over etp ranks (Megatron-Core's "parallel
+    #: folding" lets it differ from the attention's tp); 1 = experts whole on each rank (bastion's runtime today)
+    etp: int = 1
+    #: transformer layers per pipeline chunk, comma-separated, pp × vpp entries in chunk order (DeepSeek-V3-style
+    #: uneven stages); empty = the even split of chunk_layer_counts
+    pipeline_layout: str = ""
+    #: with recompute = "full": layers per pipeline chunk whose whole-layer activations are recomputed (Megatron
+    #: --recompute-num-layers); 0 = every layer
+    recompute_layers: int = 0
+    #: layers per pipeline chunk whose saved activations are offloaded to host memory during the forward pass
+    #: and fetched back for the backward (Grace-Hopper / Grace-Blackwell); 0 = none
+    activation_offload: int = 0
 
     def __post_init__(self) -> None:
         self._check_self()
@@ -103,9 +115,26 @@ class ParallelPlan:
     def num_microbatches(self) -> int:
         return self.grad_accumulation
 
+    def layout(self) -> tuple[int, ...] | None:
+        """The explicit per-chunk layer counts of `pipeline_layout`, or None when it is empty."""
+        if not self.pipeline_layout.strip():
+            return None
+        try:
+            counts = tuple(int(part) for part in self.pipeline_layout.split(","))
+        except ValueError:
+            raise PlanError(f"pipeline_layout '{self.pipeline_layout}' is not a comma-separated list of layer "
+                            f"counts.", fix="write one integer per pipeline chunk, e.g. \"3,4,4,3\".",
+                            reason="bad pipeline layout") from None
+        return counts
+
+    def chunk_layers(self, model: ModelSpec) -> tuple[int, ...] | None:
+        """Transformer layers in each of the pp × vpp chunks: the explicit layout, else the even split (None when
+        the layers cannot be split)."""
+        return self.layout() or chunk_layer_counts(model.num_layers, self.pp * self.vpp)
+
     # ---- checks -----------------------------------------------------------------------------------
     def _check_self(self) -> None:
-        for name in ("dp", "tp", "pp", "cp", "ep", "micro_batch", "global_batch", "vpp"):
+        for name in ("dp", "tp", "pp", "cp", "ep", "etp", "micro_batch", "global_batch", "vpp"):
             if getattr(self, name) < 1:
                 raise PlanError(f"Plan field '{name}' must be >= 1, got {getattr(self, name)}.",
                                 fix=f"set {name} to a positive integer.", reason="bad field")
@@ -136,6 +165,23 @@ class ParallelPlan:
         if self.pp == 1 and self.vpp != 1:
             raise PlanError("vpp > 1 needs pipeline parallelism (pp > 1).", fix="set vpp = 1.",
                             reason="bad vpp")
+        for name in ("recompute_layers", "activation_offload"):
+            if getattr(self, name) < 0:
+                raise PlanError(f"Plan field '{name}' must be >= 0, got {getattr(self, name)}.",
+                                fix=f"set {name} to 0 (none) or a number of layers.", reason="bad field")
+        if self.recompute_layers and self.recompute != "full":
+            raise PlanError(f"recompute_layers = {self.recompute_layers} needs recompute = \"full\" (it says how "
+                            f"many layers of each chunk are recomputed whole).",
+                            fix="set recompute = \"full\", or recompute_layers = 0.", reason="bad field")
+        layout = self.layout()
+        if layout is not None:
+            if len(layout) != self.pp * self.vpp:
+                raise PlanError(f"pipeline_layout has {len(layout)} entries, but pp × vpp = {self.pp} × {self.vpp} "
+                                f"= {self.pp * self.vpp} chunks.", fix="give one layer count per pipeline chunk.",
+                                reason="bad pipeline layout")
+            if min(layout) < 0:
+                raise PlanError("pipeline_layout has a negative layer count.",
+                                fix="give each chunk 0 or more layers.", reason="bad pipeline layout")
 
     def validate(self, model: ModelSpec, cluster: Cluster | None = None, seq_len: int | None = None) -> None:
         """Raise PlanError (with guidance) for every inconsistency with the model and the cluster."""
@@ -159,7 +205,14 @@ class ParallelPlan:
             raise PlanError(f"tp = {self.tp} does not divide ffn_hidden_size {model.ffn_hidden_size}.",
                             fix="pick a tp that divides the MLP width.", reason="tp does not divide heads")
         chunks = self.pp * self.vpp
-        if chunk_layer_counts(model.num_layers, chunks) is None:
+        layout = self.layout()
+        if layout is not None:
+            if sum(layout) != model.num_layers:
+                raise PlanError(f"pipeline_layout '{self.pipeline_layout}' holds {sum(layout)} layers, but "
+                                f"{model.name} has {model.num_layers}.",
+                                fix=f"make the per-chunk counts sum to {model.num_layers}.",
+                                reason="bad pipeline layout")
+        elif chunk_layer_counts(model.num_layers, chunks) is None:
             raise PlanError(
                 f"{model.num_layers} layers cannot be split into pp × vpp = {self.pp} × {self.vpp} = {chunks} "
                 f"pipeline chunks: {chunks} divides neither the layers nor layers + 2 (the embedding and the LM "
@@ -183,6 +236,19 @@ class ParallelPlan:
         if self.ep > 1 and model.num_experts % self.ep:
             raise PlanError(f"ep = {self.ep} does not divide the {model.num_experts} experts of {model.name}.",
                             fix="pick ep among the divisors of num_experts.", reason="ep does not divide experts")
+        if self.etp != 1 and not model.num_experts:
+            raise PlanError(f"etp = {self.etp} needs a mixture-of-experts model; {model.name} is dense.",
+                            fix="set etp = 1.", reason="ep on dense model")
+        if self.etp > 1 and model.expert_width % self.etp:
+            raise PlanError(f"etp = {self.etp} does not divide the expert width {model.expert_width}.",
+                            fix="pick etp among the divisors of moe_ffn_hidden_size.",
+                            reason="etp does not divide experts")
+        if (self.tp * self.dp * self.cp) % (self.ep * self.etp):
+            raise PlanError(f"ep × etp = {self.ep} × {self.etp} does not divide tp × dp × cp = "
+                            f"{self.tp * self.dp * self.cp}: the experts' grid (etp × ep × expert-dp) is folded onto "
+                            f"the ranks of one pipeline stage.", fix="pick ep and etp whose product divides "
+                                                                     "tp × dp × cp.",
+                            reason="ep does not divide dp")
         if (self.dp * self.cp) % self.ep:
             raise PlanError(f"ep = {self.ep} does not divide dp × cp = {self.dp * self.cp}: expert parallelism "
                             f"splits the experts over ranks of the data-parallel group (Megatron-Core, torchtitan).",
