@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from bastion.errors import BastionError
+from bastion.errors import USER_ERROR_EXIT, BastionError
 
 app = typer.Typer(
     name="bastion",
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         report_error(exc)
-        sys.exit(2)
+        sys.exit(USER_ERROR_EXIT)
     except KeyboardInterrupt:
         sys.exit(130)
     except OSError as exc:
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         report_error(BastionError(f"{exc.strerror or exc}{': ' + shown if shown else ''}.",
                                   fix="check the path (its length, that it exists, its permissions) and the free "
                                       "space, or give another path."))
-        sys.exit(2)
+        sys.exit(USER_ERROR_EXIT)
 
 
 if __name__ == "__main__":

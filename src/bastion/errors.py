@@ -10,6 +10,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
+#: the exit status of every user mistake (the CLI, a worker that refuses a request, the launchers passing it on)
+USER_ERROR_EXIT = 2
 
 class BastionError(Exception):
     """Base of every error a user can fix."""

@@ -15,6 +15,7 @@ import pytest
 
 from bastion.runtime.data import prepare_dataset
 from bastion.specs.plan import ParallelPlan
+from helpers.cli import bastion
 
 pytestmark = [pytest.mark.dist, pytest.mark.timeout(900)]
 
@@ -85,3 +86,20 @@ def test_eval_loss_and_mixture_are_the_same_under_every_plan(tmp_path, held_out_
     records = [json.loads(line) for line in (tmp_path / "pp2_dp2" / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if r.get("event") == "eval"]
     assert [r["step"] for r in evals] == [2, 4] and all(r["samples"] == 8 for r in evals)
+
+
+def test_resuming_a_mixture_with_other_weights_is_refused_and_keeps_the_checkpoint(tmp_path, held_out_data):
+    """A user error at resume (other mixture weights): exit 2 with the fix, no torchrun traceback, and the
+    checkpoint is kept (not quarantined as a bad one); the original --data then resumes it."""
+    first, second = held_out_data
+    plan = str(ParallelPlan(**SINGLE).save(tmp_path / "plan.json"))
+    common = ["train", "--model", "tiny", "--plan", plan, "--run-dir", str(tmp_path / "run"), "--nproc", "1"]
+    started = bastion(*common, "--data", f"{first}=0.7,{second}=0.3", "--steps", "2")
+    assert started.returncode == 0, started.stderr[-3000:]
+    changed = bastion(*common, "--data", f"{first}=0.5,{second}=0.5", "--steps", "4")
+    assert changed.returncode == 2, changed.stderr[-3000:]
+    assert "other data than this run's --data" in changed.stderr and "To fix:" in changed.stderr
+    assert "Traceback" not in changed.stderr and "ChildFailedError" not in changed.stderr
+    assert not (tmp_path / "run" / "checkpoints" / "quarantine").exists()
+    resumed = bastion(*common, "--data", f"{first}=0.7,{second}=0.3", "--steps", "4")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -128,6 +128,22 @@ def test_a_mixture_draws_by_weight_deterministically_and_resumes(two_datasets):
     assert [other.locate(i)[0] for i in range(64)] != [sampler.locate(i)[0] for i in range(64)]
 
 
+def test_resuming_with_other_mixture_weights_or_datasets_is_refused(two_datasets):
+    from bastion.runtime.data import open_datasets
+
+    a, b = two_datasets
+    datasets, weights = open_datasets(f"{a}=3,{b}=1", seq_len=8)
+    saved = json.loads(json.dumps(GlobalSampler(datasets, global_batch=8, seed=5, weights=weights).state_dict()))
+    for data in (f"{a}=1,{b}=1", f"{a}", f"{b}=3,{a}=1"):
+        other, other_weights = open_datasets(data, seq_len=8)
+        with pytest.raises(DataError, match="other data than this run's --data") as err:
+            GlobalSampler(other, global_batch=8, seed=5, weights=other_weights).load_state_dict(saved)
+        assert "resume with the --data" in err.value.fix
+    same = GlobalSampler(datasets, global_batch=8, seed=5, weights=weights)
+    same.load_state_dict(saved)  # unchanged data resumes
+    assert same.consumed_samples == 0
+
+
 @pytest.mark.parametrize("text", ["A=0.7,B=0", "A=0.7,B=-0.3", "A=x", "A=0.5,A=0.5", "=1", "A=0.7,B=0.0001"])
 def test_bad_mixture_weights_are_refused(text):
     from bastion.runtime.data import parse_data_mixture

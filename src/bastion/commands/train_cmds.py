@@ -100,7 +100,7 @@ def train_command(
                                    "plan has dp replicas to drop)."),
 ) -> None:
     """Train MODEL with a parallel PLAN on a token dataset; writes metrics and predicted-vs-measured."""
-    from bastion.errors import ConfigError, LaunchError
+    from bastion.errors import USER_ERROR_EXIT, ConfigError, LaunchError
 
     if all(key in os.environ for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK")):
         raise ConfigError("`bastion train` runs under torchrun here (RANK, WORLD_SIZE and LOCAL_RANK are set), "
@@ -116,6 +116,8 @@ def train_command(
         f"[bold]bastion train[/]: {run.spec.name} on {run.world_size} process(es), plan dp{plan.dp} tp{plan.tp} "
         f"pp{plan.pp} zero{plan.zero_stage}, {params['steps']} steps → {run.run_dir}")
     code = run_locally(run, workers_to_stderr=as_json)
+    if code == USER_ERROR_EXIT:
+        raise SystemExit(code)  # the workers refused the request and printed what to fix
     if code != 0:
         raise LaunchError(f"The training workers exited with code {code}.",
                           fix="read the worker output above; rerun with BASTION_DEBUG=1 for tracebacks.")

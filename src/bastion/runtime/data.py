@@ -410,14 +410,36 @@ class GlobalSampler:
             rows.append(self.datasets[dataset].window(window).astype(np.int64))
         return np.stack(rows)
 
+    def _order_inputs(self) -> list[list[int]]:
+        """What the sample order depends on besides the seed: each dataset's windows and its share of a mixture
+        block."""
+        return [[int(d.num_windows), int(c)] for d, c in zip(self.datasets, self._counts, strict=True)]
+
     def state_dict(self) -> dict:
-        return {"consumed_samples": self.consumed_samples, "seed": self.seed}
+        return {"consumed_samples": self.consumed_samples, "seed": self.seed, "order_inputs": self._order_inputs()}
 
     def load_state_dict(self, state: dict) -> None:
+        self.check_resumable(state)
+        self.consumed_samples = int(state["consumed_samples"])
+
+    def check_resumable(self, state: dict) -> None:
+        """Raise DataError when `state` (a checkpoint's data position) was drawn from another order than this
+        sampler's: another seed, other datasets or other mixture weights."""
         if int(state["seed"]) != self.seed:
             raise DataError(f"The checkpoint's data order was drawn with seed {state['seed']}, this run uses "
                             f"{self.seed}.", fix=f"resume with --seed {state['seed']}.")
-        self.consumed_samples = int(state["consumed_samples"])
+        saved = state.get("order_inputs")  # absent in checkpoints written before it was recorded
+        if saved is not None and [list(map(int, item)) for item in saved] != self._order_inputs():
+            raise DataError(self._order_change(saved),
+                            fix="resume with the --data (datasets and mixture weights) the run started with, or "
+                                "start a new run directory to train on different data.")
+
+    def _order_change(self, saved: list) -> str:
+        before = ", ".join(f"{w:,} samples × {c}/{MIX_BLOCK}" for w, c in saved)
+        now = ", ".join(f"{w:,} samples × {c}/{MIX_BLOCK}" for w, c in self._order_inputs())
+        what = "mixture weights or datasets" if len(saved) > 1 or len(self.datasets) > 1 else "dataset"
+        return (f"The checkpoint's data order was drawn from other data than this run's --data ({what} changed: "
+                f"then {before}; now {now}); resuming would repeat some samples and skip others.")
 
 
 def dp_slice(sample_ids: list[int], dp_rank: int, dp_degree: int) -> list[int]:

@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.stateful import Stateful
 
-from bastion.errors import CheckpointError
+from bastion.errors import BastionError, CheckpointError
 from bastion.rundir import checkpoints as checkpoint_files
 from bastion.rundir.accounting import account
 from bastion.rundir.layout import checkpoints_dir
@@ -54,8 +54,9 @@ from bastion.runtime.watchdog import StepWatchdog, WatchdogConfig
 AUTO_PROBE_STEP = 3
 
 
-class _OtherModel(CheckpointError):
-    """The checkpoint holds another model: the request is wrong, not the checkpoint (never quarantined)."""
+class _OtherRequest(CheckpointError):
+    """The checkpoint holds another model or was trained on other data: the request is wrong, not the checkpoint
+    (never quarantined)."""
 
 
 class BadStep(Exception):
@@ -146,7 +147,7 @@ class Resilience:
             failure = None
             try:
                 self.restore(source)
-            except _OtherModel:
+            except _OtherRequest:
                 raise
             except Exception as exc:  # any failure of a verified checkpoint: it cannot be resumed
                 text = str(exc).strip()
@@ -175,8 +176,14 @@ class Resilience:
         RNG from `source`; returns the step it resumes from."""
         state = ck.read_run_state(source.path)
         if not same_model(state.get("model", {}), self.spec.to_dict()):
-            raise _OtherModel(f"The checkpoint at {source.path} holds model '{state.get('model', {}).get('name')}'"
+            raise _OtherRequest(f"The checkpoint at {source.path} holds model '{state.get('model', {}).get('name')}'"
                                   f", not '{self.spec.name}'.", fix="resume with the model it was saved with.")
+        check_resumable = getattr(self.train_state, "check_resumable", None)
+        if check_resumable is not None:  # before any tensor is loaded: a refusal leaves the live state untouched
+            try:
+                check_resumable(state)
+            except BastionError as exc:
+                raise _OtherRequest(exc.problem, fix=exc.fix) from None
         train_state = self.train_state.state_dict()  # this rank's layout: DCP fills its tensors in place
         ck.load_tensors(source.path, train_state["tensors"], distributed=dist.is_initialized())
         # each rank saved the settings of the parameters it held; under another plan a rank needs others'

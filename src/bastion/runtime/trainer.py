@@ -114,6 +114,11 @@ class Trainer(Stateful):
         return {"step": self.step, "sampler": self.sampler.state_dict(), "scheduler": scheduler_state(self.scheduler),
                 "tensors": tensors, "optimizer": hparams}
 
+    def check_resumable(self, state: dict[str, Any]) -> None:
+        """Raise a BastionError when a checkpoint's run state cannot continue under this run's request (other
+        data or mixture weights), before anything is loaded."""
+        self.sampler.check_resumable(state["sampler"])
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         restore_tensors_and_hparams([self._rank_module], [self.optimizer], state_dict["tensors"],
                                     state_dict["optimizer"])

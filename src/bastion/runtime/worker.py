@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from bastion.errors import BastionError
+from bastion.errors import USER_ERROR_EXIT, BastionError
 from bastion.rundir.layout import rank_log_path
 from bastion.runtime.faults import fault_fired_recently
 from bastion.runtime.train import train
@@ -99,7 +99,7 @@ def run_worker(config: TrainConfig) -> None:
         if dist.get_rank() == 0:
             print(f"error: {exc.render()}", file=sys.stderr)
         sys.stderr.flush()
-        os._exit(2)
+        os._exit(USER_ERROR_EXIT)
     except Exception as exc:
         # e.g. a collective that failed because another rank died (an injected kill): the cause is that rank's
         # one line; this rank's traceback goes to its log file unless BASTION_DEBUG=1 asks for it here
