@@ -26,6 +26,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from test_software_facts import (
+    test_blanking_source_group_source_and_notes_changes_no_prediction as same_when_blanked,
+)
 
 from bastion.predict.frameworks import FACT_COLUMNS
 from bastion.predict.holdout import FAMILY_COLUMN, family_notes, leave_one_family_out
@@ -74,6 +77,11 @@ def test_its_families_are_out_of_sample() -> None:
     # predict/holdout.py treats a family holdout.toml does not list as out of sample
     assert not families & set(family_notes())
     assert not any(f["in_sample"] for f in leave_one_family_out([HELDOUT]).families().values())
+
+
+def test_no_prediction_depends_on_the_publication(tmp_path: Path) -> None:
+    # as for the in-sample files: blanking source_group, source, notes and facts_source changes nothing
+    same_when_blanked(HELDOUT, tmp_path)
 
 
 def test_every_row_is_predicted_or_refused_with_a_reason() -> None:
