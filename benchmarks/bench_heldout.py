@@ -39,8 +39,8 @@ def shipped_interval_figures(cases: list[CaseResult]) -> dict[str, Any]:
     assert all(c.p10_s is not None and c.p90_s is not None for c in cases)
     return {"n": len(cases), "median_abs_rel_error": statistics.median(errs),
             "p90_abs_rel_error": percentile(errs, 90), "median_rel_error": statistics.median(c.rel_error for c in cases),
-            "coverage": sum(c.p10_s <= c.published_s <= c.p90_s for c in cases) / len(cases),  # type: ignore[operator]
-            "median_interval_width": statistics.median((c.p90_s - c.p10_s) / c.predicted_s  # type: ignore[operator]
+            "coverage": sum(c.p10_s <= c.published_s <= c.p90_s for c in cases) / len(cases),
+            "median_interval_width": statistics.median((c.p90_s - c.p10_s) / c.predicted_s
                                                        for c in cases)}
 
 

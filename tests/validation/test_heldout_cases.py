@@ -88,7 +88,7 @@ def test_every_row_is_predicted_or_refused_with_a_reason() -> None:
     assert {c.case_id for c in REPORT.cases} | {s["case_id"] for s in REPORT.skipped} == {r["case_id"] for r in ROWS}
     assert all(s["reason"].strip() for s in REPORT.skipped)
     assert not REPORT.skipped  # every row was predicted when measured
-    assert all(c.p10_s is not None and c.p10_s < c.predicted_s < c.p90_s for c in REPORT.cases)  # type: ignore[operator]
+    assert all(c.p10_s is not None and c.p10_s < c.predicted_s < c.p90_s for c in REPORT.cases)
 
 
 @pytest.mark.parametrize("family", sorted(MEASURED))
@@ -97,7 +97,7 @@ def test_out_of_sample_figures_stay_near_what_was_measured(family: str) -> None:
     n, median, p90, coverage = MEASURED[family]
     errors = [abs(c.rel_error) for c in cases]
     got = {"n": len(cases), "median": statistics.median(errors), "p90": percentile(errors, 90),
-           "coverage": sum(c.p10_s <= c.published_s <= c.p90_s for c in cases) / len(cases)}  # type: ignore[operator]
+           "coverage": sum(c.p10_s <= c.published_s <= c.p90_s for c in cases) / len(cases)}
     print(f"\n{family}: {got}")
     assert got["n"] == n
     assert got["median"] <= median + MEDIAN_SLACK, got
