@@ -1,0 +1,91 @@
+"""The predictor's out-of-sample figures: tests/validation/data/heldout_cases.csv, published runs from publication
+families compiled after the predictor was frozen (issue 13, "honest figures"), so nothing in the predictor was chosen
+after seeing them.
+
+For each family and overall: median and p90 |error| of the point prediction (software facts as published, and with
+them blanked), and how often the published step time falls in the p10-p90 interval, two ways:
+  - shipped: the interval every prediction carries (predict/data/intervals.json, calibrated on the project's three
+    in-sample case files, none of these rows) — what a user is shown;
+  - held out within the file: `bastion validate FILE --holdout family`, each family's interval calibrated on the
+    other families of this file only.
+Prints the table and writes benchmarks/results/heldout_<date>.json (the date of the run).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bastion.predict.holdout import FAMILY_COLUMN, leave_one_family_out
+from bastion.predict.intervals import KNOWN, UNKNOWN
+from bastion.predict.validate import CaseResult, read_cases, validate_cases
+from bastion.stats import percentile
+
+ROOT = Path(__file__).parent.parent
+HELDOUT = ROOT / "tests" / "validation" / "data" / "heldout_cases.csv"
+RESULTS = ROOT / "benchmarks" / "results"
+#: what the predictor's code and data are: a later change to either makes these figures stale
+PREDICTOR_PATHS = ("src/bastion/predict", "src/bastion/planner")
+
+
+def shipped_interval_figures(cases: list[CaseResult]) -> dict[str, Any]:
+    """|error| and the coverage and width of the interval every prediction carries (intervals.json)."""
+    errs = [abs(c.rel_error) for c in cases]
+    assert all(c.p10_s is not None and c.p90_s is not None for c in cases)
+    return {"n": len(cases), "median_abs_rel_error": statistics.median(errs),
+            "p90_abs_rel_error": percentile(errs, 90), "median_rel_error": statistics.median(c.rel_error for c in cases),
+            "coverage": sum(c.p10_s <= c.published_s <= c.p90_s for c in cases) / len(cases),
+            "median_interval_width": statistics.median((c.p90_s - c.p10_s) / c.predicted_s
+                                                       for c in cases)}
+
+
+def measure() -> dict[str, Any]:
+    family_of = {r["case_id"]: r[FAMILY_COLUMN] for r in read_cases(HELDOUT)}
+    report = validate_cases(HELDOUT)
+    by_family: dict[str, list[CaseResult]] = defaultdict(list)
+    for case in report.cases:
+        by_family[family_of[case.case_id]].append(case)
+    held_out = leave_one_family_out([HELDOUT])
+    lofo = held_out.families()
+    git = ["git", "-C", str(ROOT)]
+    return {
+        "case_file": str(HELDOUT.relative_to(ROOT)),
+        "computed": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "commit": subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "predictor_commit": subprocess.run([*git, "log", "-1", "--format=%h", "--", *PREDICTOR_PATHS],
+                                           capture_output=True, text=True).stdout.strip(),
+        "rows": len(family_of), "predicted": len(report.cases), "skipped": report.skipped,
+        "shipped_interval": {"all": shipped_interval_figures(report.cases),
+                             **{f: shipped_interval_figures(cs) for f, cs in sorted(by_family.items())}},
+        "holdout_within_file": {"method": "bastion validate FILE --holdout family (predict/holdout.py)",
+                                "all": held_out.summary()["all_families"],
+                                **{f: {s: v[s] for s in (KNOWN, UNKNOWN)} for f, v in lofo.items()}},
+    }
+
+
+def main() -> None:
+    out = measure()
+    path = RESULTS / f"heldout_{out['computed']}.json"
+    path.write_text(json.dumps(out, indent=1) + "\n")
+    shipped, lofo = out["shipped_interval"], out["holdout_within_file"]
+    print(f"{out['case_file']}: {out['predicted']} of {out['rows']} rows predicted; predictor as of "
+          f"{out['predictor_commit']} (evaluated at {out['commit']})")
+    print(f"{'family':20s} {'rows':>4s} {'|err| med':>9s} {'p90':>6s} {'cover':>6s} {'width':>6s} | "
+          f"{'no sw med':>9s} {'held-out cover':>14s}")
+    for name in [*sorted(k for k in shipped if k != "all"), "all"]:
+        k = shipped[name]
+        u, h = lofo[name][UNKNOWN], lofo[name][KNOWN]
+        print(f"{name:20s} {k['n']:4d} {k['median_abs_rel_error']:9.1%} {k['p90_abs_rel_error']:6.1%} "
+              f"{k['coverage']:6.0%} {k['median_interval_width']:6.1%} | {u['median_abs_rel_error']:9.1%} "
+              f"{h['coverage']:14.0%}")
+    print("cover/width: the shipped interval (intervals.json); held-out cover: --holdout family within this file")
+    print(f"recorded in {path}")
+
+
+if __name__ == "__main__":
+    main()
