@@ -48,7 +48,9 @@ REQUIRED = ("num_layers", "hidden_size", "num_heads", "ffn_hidden_size", "vocab_
 #: fields, and those specs cannot express yet (a row using them is refused by case_moe_fields / case_moe_plan)
 MOE_MODEL_COLUMNS = ("num_experts", "top_k", "moe_ffn_hidden_size", "num_shared_experts", "dense_layers", "head_dim")
 MLA_COLUMNS = ("q_lora_rank", "kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
-MOE_COLUMNS = (*MOE_MODEL_COLUMNS, "attention", *MLA_COLUMNS, "ep", "etp", "pipeline_layout")
+#: all of them, in the schema's order
+MOE_COLUMNS = ("num_experts", "top_k", "moe_ffn_hidden_size", "num_shared_experts", "ep", "etp", "head_dim", "attention",
+               "dense_layers", *MLA_COLUMNS, "pipeline_layout")
 
 
 class RowSkipped(Exception):
