@@ -29,7 +29,7 @@ from bastion.predict.options import PredictOptions
 from bastion.predict.software import SoftwareStack, software_stack
 from bastion.specs.hardware import Cluster, default_network, load_accelerator
 from bastion.specs.model import ModelSpec
-from bastion.specs.plan import ParallelPlan
+from bastion.specs.plan import ParallelPlan, chunk_layer_counts
 from bastion.specs.schedules import schedule_for_vpp
 from bastion.stats import percentile
 
@@ -41,9 +41,16 @@ COLUMNS = ("case_id", "source_group", "source", "model", "num_layers", "hidden_s
            "pp", "dp", "cp", "vpp", "zero_stage", "recompute", "sequence_parallel", "precision", "accelerator",
            "num_gpus", "gpus_per_node", "metric", "value", "iteration_time_s", "flop_convention", "peak_tflops",
            "inferred", "notes")
-#: columns a row cannot be predicted without
+#: columns a row cannot be predicted without (ffn_hidden_size only where a layer is dense: _moe_without_dense)
 REQUIRED = ("num_layers", "hidden_size", "num_heads", "ffn_hidden_size", "vocab_size", "seq_len",
             "global_batch_size", "tp", "pp", "accelerator", "num_gpus")
+#: optional mixture-of-experts columns (CASES_SCHEMA.md), empty on dense rows: those that map onto ModelSpec
+#: fields, and those specs cannot express yet (a row using them is refused by case_moe_fields / case_moe_plan)
+MOE_MODEL_COLUMNS = ("num_experts", "top_k", "moe_ffn_hidden_size", "num_shared_experts", "dense_layers", "head_dim")
+MLA_COLUMNS = ("q_lora_rank", "kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
+#: all of them, in the schema's order
+MOE_COLUMNS = ("num_experts", "top_k", "moe_ffn_hidden_size", "num_shared_experts", "ep", "etp", "head_dim", "attention",
+               "dense_layers", *MLA_COLUMNS, "pipeline_layout")
 
 
 class RowSkipped(Exception):
@@ -147,6 +154,64 @@ def _float(row: dict[str, str], key: str) -> float | None:
     return value
 
 
+def _moe_without_dense(row: dict[str, str]) -> bool:
+    """A mixture-of-experts row whose every layer has experts: its ffn_hidden_size is not needed."""
+    return (row.get("num_experts") or "").strip() not in ("", "0") and (row.get("dense_layers") or "").strip() in ("", "0")
+
+
+def case_moe_fields(row: dict[str, str], assumptions: list[str]) -> dict[str, Any]:
+    """The ModelSpec fields a row's mixture-of-experts columns give ({} for a dense row). Raises RowSkipped for
+    what ModelSpec cannot express yet: multi-head latent attention (the `attention` column or an MLA rank).
+    Where MLA lands in ModelSpec, its columns map here (attention, q_lora_rank, kv_lora_rank, qk_rope_head_dim,
+    qk_nope_head_dim, v_head_dim)."""
+    attention = (row.get("attention") or "").strip()
+    mla = [c for c in MLA_COLUMNS if (row.get(c) or "").strip()]
+    if attention == "mla" or mla:
+        raise RowSkipped("multi-head latent attention (attention = mla" + (f", {', '.join(mla)}" if mla else "")
+                         + ") is not expressible in ModelSpec yet")
+    if attention not in ("", "mha", "gqa"):
+        raise RowSkipped(f"attention = {attention!r} is not one of mha, gqa, mla")
+    fields = {name: value for name in MOE_MODEL_COLUMNS if (value := _int(row, name)) is not None}
+    if fields.get("num_experts") and _moe_without_dense(row) and not (row.get("ffn_hidden_size") or "").strip():
+        # no layer is dense, so the dense MLP width is never used; ModelSpec still wants a positive one
+        fields["ffn_hidden_size"] = fields.get("moe_ffn_hidden_size", 0)
+        assumptions.append("ffn_hidden_size: not given (every layer has experts); set to the expert width, unused")
+    return fields
+
+
+def case_moe_plan(row: dict[str, str], model: ModelSpec, pp: int, vpp: int | None,
+                  assumptions: list[str]) -> tuple[int, int | None]:
+    """The row's expert-parallel degree and the vpp its pipeline_layout implies (None: not given). Raises
+    RowSkipped for what ParallelPlan cannot express yet: expert tensor parallelism (etp > 1; bastion's experts
+    are not split by tp) and a pipeline layout other than bastion's split (specs.plan.chunk_layer_counts). Where
+    ParallelPlan gains etp and explicit layouts, they map here."""
+    ep = _int(row, "ep", 1)
+    etp = _int(row, "etp")
+    if etp is None and model.num_experts and _int(row, "tp") > 1:
+        assumptions.append("etp: not given, assumed 1 (experts replicated over tp, as bastion runs them)")
+    if etp is not None and etp > 1:
+        raise RowSkipped(f"expert tensor parallelism etp = {etp} is not expressible in ParallelPlan yet "
+                         f"(bastion's routed experts are not split by tensor parallelism)")
+    text = (row.get("pipeline_layout") or "").strip()
+    if not text:
+        return ep, vpp
+    try:
+        layout = tuple(int(part) for part in text.split(";"))
+    except ValueError:
+        raise RowSkipped(f"pipeline_layout = {text!r} is not ';'-separated layer counts") from None
+    if len(layout) % pp or (vpp is not None and len(layout) != pp * vpp):
+        raise RowSkipped(f"pipeline_layout has {len(layout)} stages, not a multiple of pp = {pp}"
+                         + ("" if vpp is None else f" × vpp = {vpp}"))
+    if sum(layout) != model.num_layers:
+        raise RowSkipped(f"pipeline_layout places {sum(layout)} layers, the model has {model.num_layers}")
+    split = chunk_layer_counts(model.num_layers, len(layout))
+    if layout != split:
+        raise RowSkipped(f"pipeline_layout {text} is not expressible in ParallelPlan yet (bastion splits "
+                         f"{model.num_layers} layers over {len(layout)} chunks as "
+                         + (";".join(map(str, split)) if split else "nothing") + ")")
+    return ep, len(layout) // pp
+
+
 def case_model(row: dict[str, str], assumptions: list[str]) -> ModelSpec:
     heads = _int(row, "num_heads")
     kv = _int(row, "num_kv_heads")
@@ -157,13 +222,14 @@ def case_model(row: dict[str, str], assumptions: list[str]) -> ModelSpec:
     if not ffn_type:
         ffn_type = "gelu"
         assumptions.append("ffn_type: not given, assumed gelu (two matrices)")
+    moe = case_moe_fields(row, assumptions)
     try:
         # position embeddings and biases are not in the schema; both are negligible for time
         return ModelSpec(name=(row.get("model") or row["case_id"]).strip(), num_layers=_int(row, "num_layers"),
                          hidden_size=_int(row, "hidden_size"), num_heads=heads, num_kv_heads=kv,
-                         ffn_hidden_size=_int(row, "ffn_hidden_size"), ffn_type=ffn_type,
-                         vocab_size=_int(row, "vocab_size"), seq_len=_int(row, "seq_len"),
-                         position_embedding="alibi")
+                         ffn_hidden_size=moe.pop("ffn_hidden_size", None) or _int(row, "ffn_hidden_size"),
+                         ffn_type=ffn_type, vocab_size=_int(row, "vocab_size"), seq_len=_int(row, "seq_len"),
+                         position_embedding="alibi", **moe)
     except BastionError as exc:
         raise RowSkipped(exc.problem) from None
 
@@ -241,7 +307,8 @@ def case_plan_choices(row: dict[str, str], model: ModelSpec, cluster: Cluster, a
         micro = 1
         assumptions.append("micro_batch_size: not given, assumed 1")
     open_settings = []
-    vpps = _vpp_choices(row, model, pp, assumptions)
+    ep, layout_vpp = case_moe_plan(row, model, pp, _int(row, "vpp"), assumptions)
+    vpps = [layout_vpp] if layout_vpp is not None else _vpp_choices(row, model, pp, assumptions)
     if len(vpps) > 1:
         open_settings.append("vpp")
     zero = _int(row, "zero_stage")
@@ -273,7 +340,7 @@ def case_plan_choices(row: dict[str, str], model: ModelSpec, cluster: Cluster, a
     for v, z, rc, s in itertools.product(vpps, zeros, recomputes, sps):
         schedule = schedule_for_vpp(v)
         try:
-            plans.append(ParallelPlan(dp=dp, tp=tp, pp=pp, cp=cp, zero_stage=z, micro_batch=micro,
+            plans.append(ParallelPlan(dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, zero_stage=z, micro_batch=micro,
                                       global_batch=_int(row, "global_batch_size"), pp_schedule=schedule, vpp=v,
                                       recompute=rc, sequence_parallel=s, precision=precision))
         except BastionError as exc:
@@ -318,7 +385,7 @@ def case_estimate(row: dict[str, str], options: PredictOptions | None = None,
     row) replaces the software lookup of row_software."""
     case_id = (row.get("case_id") or "").strip() or "(no case_id)"
     for key in REQUIRED:
-        if not (row.get(key) or "").strip():
+        if not (row.get(key) or "").strip() and not (key == "ffn_hidden_size" and _moe_without_dense(row)):
             raise RowSkipped(f"{key} is empty")
     published = _float(row, "iteration_time_s")
     if published is None:
