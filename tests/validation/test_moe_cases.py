@@ -152,7 +152,7 @@ def test_a_dense_first_row_without_its_dense_width_is_refused() -> None:
 def test_ep_reaches_the_plan() -> None:
     result = predict_case(BY_ID["E0022"])
     assert result.predicted_s > 0
-    with pytest.raises(RowSkipped, match="ep = 16 does not divide dp × cp = 8"):
+    with pytest.raises(RowSkipped, match=r"ep × etp = 16 × 1 does not divide tp × dp × cp = 8"):
         predict_case(_row("E0022", ep="16"))
 
 

@@ -246,12 +246,14 @@ class ParallelPlan:
         if (self.tp * self.dp * self.cp) % (self.ep * self.etp):
             raise PlanError(f"ep × etp = {self.ep} × {self.etp} does not divide tp × dp × cp = "
                             f"{self.tp * self.dp * self.cp}: the experts' grid (etp × ep × expert-dp) is folded onto "
-                            f"the ranks of one pipeline stage.", fix="pick ep and etp whose product divides "
-                                                                     "tp × dp × cp.",
+                            f"the ranks of one pipeline stage (Megatron-Core's parallel folding).",
+                            fix="pick ep and etp whose product divides tp × dp × cp.",
                             reason="ep does not divide dp")
         if (self.dp * self.cp) % self.ep:
-            raise PlanError(f"ep = {self.ep} does not divide dp × cp = {self.dp * self.cp}: expert parallelism "
-                            f"splits the experts over ranks of the data-parallel group (Megatron-Core, torchtitan).",
+            # folding ep onto tensor-parallel ranks too (Megatron-Core) is not modelled yet: bastion's experts
+            # are split over ranks of the data-parallel group (as torchtitan and its runtime do)
+            raise PlanError(f"ep = {self.ep} does not divide dp × cp = {self.dp * self.cp}: bastion splits the "
+                            f"experts over ranks of the data-parallel group (as torchtitan does).",
                             fix=f"pick ep dividing {self.dp * self.cp}, or raise dp.", reason="ep does not divide dp")
         schedule = get_schedule(self.pp_schedule)
         if self.pp > 1 and schedule.microbatches_multiple_of_pp and self.num_microbatches % self.pp:
