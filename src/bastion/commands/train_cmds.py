@@ -364,13 +364,11 @@ _held: list[Any] = []
 
 
 def _train_config(config: dict[str, Any]):
-    """TrainConfig from the run config; the plan (and a model file) come from the config itself, written to this
-    process's own temporary directory for the loaders that take paths."""
-    import json
-    import tempfile
-
+    """TrainConfig from the run config, with the model and plan it resolved (read once, by the front process)."""
     from bastion.runtime.resilience_config import ResilienceConfig
     from bastion.runtime.train_config import TrainConfig
+    from bastion.specs.model import model_from_mapping
+    from bastion.specs.plan import ParallelPlan
 
     train = dict(config["train"])
     resilience = dict(train.pop("resilience"))
@@ -378,12 +376,8 @@ def _train_config(config: dict[str, Any]):
         resilience[key] = tuple(resilience[key])
     if "betas" in train:
         train["betas"] = tuple(train["betas"])
-    own = Path(tempfile.mkdtemp(prefix="bastion-worker-"))
-    (own / "resolved_plan.json").write_text(json.dumps(config["plan"]))
-    train["plan"] = str(own / "resolved_plan.json")
-    if Path(train["model"]).is_absolute():  # a model file (`_model_argument`), maybe not on this machine
-        (own / "resolved_model.json").write_text(json.dumps(config["model"]))
-        train["model"] = str(own / "resolved_model.json")
+    train["plan"] = ParallelPlan.from_dict(config["plan"], "the run config's plan")
+    train["model"] = model_from_mapping(config["model"], "the run config's model")
     return TrainConfig(**train, resilience=ResilienceConfig(**resilience))
 
 

@@ -28,7 +28,6 @@ from bastion.runtime.run_summary import peak_flops, write_run_summary
 from bastion.runtime.stragglers import StragglerReporter
 from bastion.runtime.train_config import TrainConfig, profile_steps
 from bastion.runtime.trainer import Trainer
-from bastion.specs.model import load_model
 from bastion.specs.plan import ParallelPlan
 
 
@@ -88,8 +87,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    spec = load_model(config.model, config.seq_len)
-    plan = ParallelPlan.load(config.plan)
+    spec, plan = config.resolved_model(), config.resolved_plan()
     plan.validate(spec, None, spec.seq_len)
     rmesh = build_mesh(plan, device)
     run_dir = Path(config.run_dir)

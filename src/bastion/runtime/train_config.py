@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from bastion.errors import ConfigError
 from bastion.runtime.resilience_config import ResilienceConfig
+from bastion.specs.model import ModelSpec, load_model
+from bastion.specs.plan import ParallelPlan
 
 
 def profile_steps(text: str | None) -> tuple[int, int] | None:
@@ -23,10 +25,10 @@ def profile_steps(text: str | None) -> tuple[int, int] | None:
 class TrainConfig:
     """One training run (the CLI builds it from `bastion train` options)."""
 
-    #: model preset name or model file
-    model: str
-    #: ParallelPlan file (JSON/TOML)
-    plan: str
+    #: model preset name or model file, or the resolved ModelSpec (a launched worker gets it from its run config)
+    model: str | ModelSpec
+    #: ParallelPlan file (JSON/TOML), or the resolved plan
+    plan: str | ParallelPlan
     #: token dataset directory (`bastion data prepare`), or a mixture `DIR_A=0.7,DIR_B=0.3`
     data: str
     #: optimizer steps to run
@@ -77,3 +79,10 @@ class TrainConfig:
     straggler_factor: float = 1.5
     #: checkpoints, resume, fault injection, watchdog, NaN rollback (runtime/resilience.py)
     resilience: ResilienceConfig = field(default_factory=ResilienceConfig)
+
+    def resolved_model(self) -> ModelSpec:
+        spec = self.model if isinstance(self.model, ModelSpec) else load_model(self.model)
+        return spec.with_seq_len(self.seq_len) if self.seq_len else spec
+
+    def resolved_plan(self) -> ParallelPlan:
+        return self.plan if isinstance(self.plan, ParallelPlan) else ParallelPlan.load(self.plan)
