@@ -63,6 +63,28 @@ def test_worker_processes_keep_the_order(corpus, tmp_path):
     assert decoded(tmp_path / "two")[1499] == "document number 1499"
 
 
+def test_a_text_file_larger_than_a_piece_streams_as_one_document(tmp_path, monkeypatch):
+    """A text file is read in pieces (never whole): the tokens equal a whole-file read, it is still one document
+    (one end-of-document token), every piece is bounded and cut at a line start, even with multi-byte text."""
+    from bastion.runtime import documents
+
+    lines = [f"line {i}: {'é' * (i % 7)} text\n" + ("   indented\n" if i % 5 == 0 else "") for i in range(400)]
+    text = "".join(lines) + "a long line without newlines " * 40
+    (tmp_path / "big.txt").write_text(text)
+    whole = prepare_dataset([tmp_path / "big.txt"], tmp_path / "whole")
+    monkeypatch.setattr(documents, "TEXT_PIECE_BYTES", 200)
+    pieces = list(documents.iter_documents(documents.Source(tmp_path / "big.txt", "text"), "text"))
+    assert len(pieces) > 20 and b"".join(pieces) == text.encode()
+    assert all(isinstance(piece, documents.Continued) for piece in pieces[:-1])
+    assert not isinstance(pieces[-1], documents.Continued)
+    assert max(len(piece) for piece in pieces) <= 4 * 200 + 200
+    for piece in pieces[:-1]:
+        piece.decode("utf-8")  # never cut inside a character
+    streamed = prepare_dataset([tmp_path / "big.txt"], tmp_path / "streamed", workers=2)
+    assert streamed["documents"] == whole["documents"] == 1
+    assert (tmp_path / "streamed" / "tokens.bin").read_bytes() == (tmp_path / "whole" / "tokens.bin").read_bytes()
+
+
 def test_a_named_field(tmp_path, capsys):
     (tmp_path / "x.jsonl").write_text('{"body": "in body"}\n')
     code, _, err = run(["data", "prepare", str(tmp_path / "x.jsonl"), "--out", str(tmp_path / "o"),

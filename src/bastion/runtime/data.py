@@ -27,7 +27,7 @@ import numpy as np
 
 from bastion.errors import DataError
 from bastion.outputs import check_output_dir, write_error
-from bastion.runtime.documents import Source, find_sources, iter_documents
+from bastion.runtime.documents import Continued, Source, find_sources, iter_documents
 from bastion.runtime.text_tokenizer import TokenizerRef, encode, resolve_tokenizer
 
 TOKENS_FILE = "tokens.bin"
@@ -37,8 +37,10 @@ TOKENIZER_FILE = "tokenizer.json"
 
 
 # ---- preparing a dataset -----------------------------------------------------------------------------
-#: documents handed to the worker processes at a time (bounds memory: the corpus streams through)
+#: documents handed to the worker processes at a time, and the most text a batch holds per worker (bounds memory:
+#: the corpus streams through)
 DOCUMENTS_PER_BATCH = 512
+BATCH_BYTES = 64 << 20
 
 
 def _encode_batch(args: tuple[TokenizerRef, list[str | bytes]]) -> list[np.ndarray]:
@@ -46,10 +48,11 @@ def _encode_batch(args: tuple[TokenizerRef, list[str | bytes]]) -> list[np.ndarr
     return [encode(ref, document) for document in documents]
 
 
-def _batches(sources: list[Source], field: str, max_bytes: int | None, size: int) -> Iterator[list[str | bytes]]:
-    """Documents in order, `size` at a time, cut at `max_bytes` of text."""
+def _batches(sources: list[Source], field: str, max_bytes: int | None, size: int,
+             batch_bytes: int = BATCH_BYTES) -> Iterator[list[str | bytes]]:
+    """Documents in order, `size` (or `batch_bytes` of text) at a time, cut at `max_bytes` of text."""
     batch: list[str | bytes] = []
-    total = 0
+    total = in_batch = 0
     for source in sources:
         for document in iter_documents(source, field):
             length = len(document) if isinstance(document, bytes) else len(document.encode("utf-8"))
@@ -61,10 +64,11 @@ def _batches(sources: list[Source], field: str, max_bytes: int | None, size: int
             if length == 0:
                 continue
             total += length
+            in_batch += length
             batch.append(document)
-            if len(batch) >= size:
+            if len(batch) >= size or in_batch >= batch_bytes:
                 yield batch
-                batch = []
+                batch, in_batch = [], 0
             if max_bytes is not None and total >= max_bytes:
                 if batch:
                     yield batch
@@ -129,7 +133,8 @@ def prepare_dataset(inputs: Iterable[str | Path], out_dir: str | Path, tokenizer
             import multiprocessing
 
             pool = multiprocessing.get_context("spawn").Pool(workers)
-        batches = ((ref, batch) for batch in _batches(sources, field, max_bytes, DOCUMENTS_PER_BATCH * workers))
+        batches = ((ref, batch) for batch in _batches(sources, field, max_bytes, DOCUMENTS_PER_BATCH * workers,
+                                                      BATCH_BYTES * workers))
         with open(tmp_tokens, "wb") as sink:
             for args in batches:
                 if pool is None:
@@ -142,7 +147,7 @@ def prepare_dataset(inputs: Iterable[str | Path], out_dir: str | Path, tokenizer
                 for ids in encoded:
                     sink.write(ids.astype(dtype).tobytes())
                     num_tokens += len(ids)
-                documents += len(encoded)
+                documents += sum(not isinstance(d, Continued) for d in args[1])  # pieces of one are not counted
                 if bar is not None:
                     bar.update(bar.task_ids[0], info=f"{documents:,} documents, {num_tokens:,} tokens")
         if num_tokens == documents:  # only end-of-document tokens

@@ -9,6 +9,12 @@ Formats, told by name: `*.jsonl` / `*.ndjson` (one JSON object a line, the text 
 (the `field` column), a directory holding `dataset_info.json` or `dataset_dict.json` (`save_to_disk`: its
 `field` column; of a DatasetDict, the "train" split), anything else a UTF-8 text file (one document). A
 directory that is none of these is read recursively.
+
+A text file larger than TEXT_PIECE_BYTES is still one document but is read in pieces: each piece but the last is a
+`Continued` (no end-of-document token after it), cut just after a newline that is followed by a non-space byte.
+Byte-level tokenisation is unchanged by the cuts; a BPE tokenizer whose pre-tokenizer splits at such a newline (the
+GPT-2 / Llama 3 regexes do) is unchanged too; one that merges across newlines (SentencePiece without
+pre-tokenisation) may tokenise the few bytes at a cut differently.
 """
 
 from __future__ import annotations
@@ -22,9 +28,50 @@ from bastion.errors import DataError
 
 #: how much of a file is looked at to tell text from binary
 SNIFF_BYTES = 8192
+#: a text file is read in pieces of about this size (a corpus of one huge file must not be read whole)
+TEXT_PIECE_BYTES = 16 << 20
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 PARQUET_SUFFIX = ".parquet"
 DATASETS_MARKERS = ("dataset_info.json", "dataset_dict.json")
+
+
+class Continued(bytes):
+    """A piece of a text document that the next piece continues: tokenised without an end-of-document token."""
+
+
+def _text_pieces(path: Path, piece_bytes: int) -> Iterator[bytes]:
+    """The file's bytes in pieces of about `piece_bytes`, cut after a newline followed by a non-space byte (or
+    wherever the piece ends when it has no such newline); every piece but the last is `Continued`."""
+    with open(path, "rb") as handle:
+        carry = b""
+        while True:
+            block = handle.read(piece_bytes)
+            data = carry + block
+            if not block:
+                if data:
+                    yield bytes(data)
+                return
+            cut = _cut_point(data)
+            if cut <= 0:  # no clean cut in this piece: keep reading (bounded by the next clean newline)
+                if len(data) < 4 * piece_bytes:
+                    carry = data
+                    continue
+                cut = len(data) - 1
+                while cut > 0 and data[cut] & 0xC0 == 0x80:  # not inside a UTF-8 character
+                    cut -= 1
+            yield Continued(data[:cut])
+            carry = data[cut:]
+
+
+def _cut_point(data: bytes) -> int:
+    """Just after the last newline of `data` that a non-space byte follows (0: none); never the very end, whose
+    next byte is not read yet."""
+    end = len(data) - 1
+    while (at := data.rfind(b"\n", 0, end)) >= 0:
+        if not data[at + 1: at + 2].isspace():
+            return at + 1
+        end = at
+    return 0
 
 
 @dataclass(frozen=True)
@@ -184,7 +231,7 @@ def _datasets_documents(path: Path, field: str) -> Iterator[str]:
 def iter_documents(source: Source, field: str) -> Iterator[str | bytes]:
     """The documents of one source, in order: a text file is one document (its bytes, as read)."""
     if source.kind == "text":
-        yield source.path.read_bytes()
+        yield from _text_pieces(source.path, TEXT_PIECE_BYTES)
     elif source.kind == "jsonl":
         yield from _jsonl_documents(source.path, field)
     elif source.kind == "parquet":

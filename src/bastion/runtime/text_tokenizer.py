@@ -97,16 +97,20 @@ _LOADED: dict[str, object] = {}
 
 
 def encode(ref: TokenizerRef, document: str | bytes) -> np.ndarray:
-    """Token ids of one document followed by the end-of-document token (int64)."""
+    """Token ids of one document followed by the end-of-document token (int64); a `Continued` piece of a document
+    (runtime/documents.py) gets no end-of-document token."""
+    from bastion.runtime.documents import Continued
+
+    continued = isinstance(document, Continued)
     if ref.path is None:
         raw = document if isinstance(document, bytes) else document.encode("utf-8")
         ids = np.frombuffer(raw, dtype=np.uint8).astype(np.int64)
-    else:
-        encoder = _LOADED.get(ref.path)
-        if encoder is None:
-            encoder = _LOADED[ref.path] = _load_hf(Path(ref.path))
-        text = document.decode("utf-8", errors="replace") if isinstance(document, bytes) else document
-        ids = np.asarray(encoder.encode(text).ids, dtype=np.int64)  # type: ignore[attr-defined]
-        if len(ids) and ids[-1] == ref.eod_id:  # its post-processor ends documents already
-            return ids
-    return np.append(ids, ref.eod_id)
+        return ids if continued else np.append(ids, ref.eod_id)
+    encoder = _LOADED.get(ref.path)
+    if encoder is None:
+        encoder = _LOADED[ref.path] = _load_hf(Path(ref.path))
+    text = document.decode("utf-8", errors="replace") if isinstance(document, bytes) else document
+    ids = np.asarray(encoder.encode(text).ids, dtype=np.int64)  # type: ignore[attr-defined]
+    if len(ids) and ids[-1] == ref.eod_id:  # its post-processor ends documents already
+        return ids[:-1] if continued else ids
+    return ids if continued else np.append(ids, ref.eod_id)
