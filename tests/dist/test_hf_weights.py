@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from helpers.cli import bastion  # noqa: E402
-from helpers.hf_models import hf_logits, make_llama, tokens_for  # noqa: E402
+from helpers.hf_models import hf_logits, make_llama, make_mixtral, tokens_for  # noqa: E402
 
 pytestmark = pytest.mark.dist
 WORKER = Path(__file__).with_name("hf_worker.py")
@@ -26,15 +26,20 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", TORCH_DISABLE_SHARE_RDZV_TCP_STORE="
            PYTHONPATH=os.pathsep.join([_SOURCES, *filter(None, [os.environ.get("PYTHONPATH")])]))
 
 
-def test_loaded_weights_give_transformers_logits_under_tp_dp_and_pp(tmp_path):
+@pytest.mark.parametrize(("make", "plans"), [
+    (make_llama, {"dp2tp2": {"dp": 2, "tp": 2, "zero_stage": 3},
+                  "pp2dp2": {"dp": 2, "pp": 2, "pp_schedule": "1f1b", "zero_stage": 3}}),
+    (make_mixtral, {"dp4ep2": {"dp": 4, "ep": 2, "zero_stage": 3}, "dp2tp2ep2": {"dp": 2, "tp": 2, "ep": 2}}),
+], ids=["llama", "mixtral"])
+def test_loaded_weights_give_transformers_logits_under_tp_dp_and_pp(tmp_path, make, plans):
+    """Each rank reads only its shard of every tensor (a Mixtral's experts: its own experts, each from its own
+    HF tensor) and the plan's logits equal transformers'."""
     from bastion.launch.local import free_port
 
-    reference = make_llama(tmp_path / "hf")
+    reference = make(tmp_path / "hf")
     tokens = tokens_for(96)
     with torch.no_grad():
         expected = reference(tokens).logits
-    plans = {"dp2tp2": {"dp": 2, "tp": 2, "zero_stage": 3},
-             "pp2dp2": {"dp": 2, "pp": 2, "pp_schedule": "1f1b", "zero_stage": 3}}
     cases = []
     for name, plan in plans.items():
         path = tmp_path / f"{name}.json"

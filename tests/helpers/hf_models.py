@@ -1,4 +1,5 @@
-"""Tiny random `transformers` Llama models built locally (no network), for the Hugging Face interop tests."""
+"""Tiny random `transformers` Llama and Mixtral models built locally (no network), for the Hugging Face interop
+tests."""
 
 from __future__ import annotations
 
@@ -11,15 +12,31 @@ TINY_LLAMA = {"vocab_size": 96, "hidden_size": 32, "num_hidden_layers": 4, "num_
               "rms_norm_eps": 1e-6, "rope_parameters": {"rope_type": "default", "rope_theta": 5000.0}}
 
 
+#: a small Mixtral: 4 experts, top-2, on TINY_LLAMA's attention
+TINY_MIXTRAL = {**TINY_LLAMA, "num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": None,
+                "router_aux_loss_coef": 0.01}
+
+
 def make_llama(directory: Path, seed: int = 0, **overrides: Any):
     """A random LlamaForCausalLM (norm weights random too) saved with `save_pretrained` into `directory`;
     returns the model in eval mode."""
-    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    return _make(LlamaConfig(**{**TINY_LLAMA, **overrides}), LlamaForCausalLM, directory, seed)
+
+
+def make_mixtral(directory: Path, seed: int = 0, **overrides: Any):
+    """A random MixtralForCausalLM saved into `directory` (as make_llama)."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    return _make(MixtralConfig(**{**TINY_MIXTRAL, **overrides}), MixtralForCausalLM, directory, seed)
+
+
+def _make(config: Any, model_class: Any, directory: Path, seed: int):
+    import torch
+
     torch.manual_seed(seed)
-    config = LlamaConfig(**{**TINY_LLAMA, **overrides})
-    model = LlamaForCausalLM(config).eval()
+    model = model_class(config).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "norm" in name:
@@ -31,9 +48,9 @@ def make_llama(directory: Path, seed: int = 0, **overrides: Any):
 def hf_logits(directory: Path, tokens):
     """Logits of the model `transformers` loads from `directory` (fp32)."""
     import torch
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    model = LlamaForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
     with torch.no_grad():
         return model(tokens).logits
 

@@ -54,7 +54,7 @@ def test_export_config_maps_back_to_the_same_spec():
 
 
 @pytest.mark.parametrize(("change", "phrase"), [
-    ({"model_type": "mistral", "architectures": ["MistralForCausalLM"]}, "bastion imports llama configs only"),
+    ({"model_type": "mistral", "architectures": ["MistralForCausalLM"]}, "bastion imports llama, mixtral configs only"),
     ({"architectures": ["LlamaForSequenceClassification"]}, "LlamaForSequenceClassification"),
     ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "RoPE scaling 'llama3'"),
     ({"attention_bias": True}, "attention_bias"),
@@ -62,6 +62,9 @@ def test_export_config_maps_back_to_the_same_spec():
     ({"hidden_act": "gelu"}, "hidden_act"),
     ({"attention_dropout": 0.1}, "attention_dropout"),
     ({"hidden_size": None}, "wrong type"),
+    ({"model_type": "mixtral", "architectures": ["MixtralForCausalLM"], "num_local_experts": 4,
+      "num_experts_per_tok": 2, "sliding_window": 4096}, "sliding_window"),
+    ({"model_type": "mixtral", "architectures": ["MixtralForCausalLM"]}, "without num_local_experts"),
 ])
 def test_unsupported_configs_are_refused_with_guidance(change, phrase):
     with pytest.raises(ConfigError) as exc:
@@ -74,7 +77,7 @@ def test_a_model_without_a_llama_equivalent_is_not_exported():
 
     gpt = ModelSpec(name="g", num_layers=1, hidden_size=8, num_heads=2, ffn_hidden_size=16, vocab_size=10,
                     ffn_type="gelu", bias=True, position_embedding="learned")
-    with pytest.raises(ConfigError, match="no Hugging Face Llama equivalent") as exc:
+    with pytest.raises(ConfigError, match="no Hugging Face Llama or Mixtral equivalent") as exc:
         hf_config_from_spec(gpt)
     assert "gelu" in exc.value.problem and "learned" in exc.value.problem and exc.value.fix
 
@@ -95,7 +98,7 @@ pytest.importorskip("safetensors")
 
 from bastion.runtime.hf_weights import load_hf_weights  # noqa: E402
 from bastion.runtime.model import build_model, init_weights  # noqa: E402
-from helpers.hf_models import hf_logits, make_llama, tokens_for  # noqa: E402
+from helpers.hf_models import hf_logits, make_llama, make_mixtral, tokens_for  # noqa: E402
 
 
 def _bastion_from_hf(hf_dir: Path):
@@ -116,6 +119,34 @@ def test_imported_weights_give_transformers_logits(tmp_path, overrides):
         theirs = reference(tokens).logits
     assert float((ours - theirs).abs().max()) < 1e-5
     assert float(theirs.abs().max()) > 1e-2   # logits of substance, not zeros
+
+
+def test_a_mixtral_imports_with_transformers_logits_and_exports_back_byte_identically(tmp_path):
+    """Mixtral: per-expert HF tensors stacked into bastion's expert tensors and back; the same logits as
+    transformers' (softmax router, top-2 renormalised) on import and after export, and export -> import ->
+    export is byte-identical."""
+    reference = make_mixtral(tmp_path / "hf")
+    spec = load_model(str(tmp_path / "hf"))
+    assert (spec.num_experts, spec.top_k, spec.expert_width, spec.num_shared_experts) == (4, 2, 48, 0)
+    tokens = tokens_for(96)
+    with torch.no_grad():
+        ours = _bastion_from_hf(tmp_path / "hf")(tokens)
+        theirs = reference(tokens).logits
+    assert float((ours - theirs).abs().max()) < 1e-5 and float(theirs.abs().max()) > 1e-2
+    save_as_checkpoint(tmp_path / "hf", tmp_path / "run")
+    main_ok(["export", str(tmp_path / "run"), "--format", "hf", "--out", str(tmp_path / "a")])
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert config["architectures"] == ["MixtralForCausalLM"] and config["num_local_experts"] == 4
+    assert float((hf_logits(tmp_path / "a", tokens) - ours).abs().max()) < 1e-5
+    save_as_checkpoint(tmp_path / "a", tmp_path / "run2", step=3)
+    main_ok(["export", str(tmp_path / "run2"), "--out", str(tmp_path / "b")])
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+
+
+def test_a_mixture_without_a_mixtral_form_is_not_exported():
+    with pytest.raises(ConfigError, match="no Hugging Face Llama or Mixtral equivalent") as exc:
+        hf_config_from_spec(load_model("tiny-moe"))  # a shared expert and a leading dense layer
+    assert "shared experts" in exc.value.problem and "leading dense layers" in exc.value.problem
 
 
 # ---- weights out: export, and export -> import -> export ----------------------------------------------------

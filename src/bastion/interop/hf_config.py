@@ -1,9 +1,11 @@
-"""A Hugging Face `config.json` <-> a ModelSpec, for the architectures bastion's runtime builds (Llama-style).
+"""A Hugging Face `config.json` <-> a ModelSpec, for the architectures bastion's runtime builds: Llama and Mixtral.
 
 Bastion's dense decoder (runtime/model.py) is Llama's: RMSNorm, SwiGLU MLP (SiLU gate), rotate-half RoPE with
-plain frequencies, GQA, no biases, optionally tied embeddings. A config asking for anything else (another
-architecture, biases, RoPE scaling, another activation, dropout) is refused with what to change, never imported
-with a silently different model.
+plain frequencies, GQA, no biases, optionally tied embeddings. Its mixture of experts (runtime/moe.py) with a
+softmax router, top-k weights renormalised, no shared experts and every layer routed is Mixtral's block
+(MixtralSparseMoeBlock). A config asking for anything else (another architecture, biases, RoPE scaling, sliding
+windows, another activation, dropout) is refused with what to change, never imported with a silently different
+model.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from bastion.errors import ConfigError
 from bastion.specs.model import ModelSpec
 
 #: the `model_type`s (and their `architectures` class) bastion maps
-SUPPORTED = {"llama": "LlamaForCausalLM"}
+SUPPORTED = {"llama": "LlamaForCausalLM", "mixtral": "MixtralForCausalLM"}
 _REQUIRED = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
 _LLAMA_DEFAULT_SEQ = 2048
 
@@ -53,6 +55,9 @@ def _refuse_unsupported(data: dict[str, Any], what: str) -> None:
                 "attention_bias": (False, bool(data.get("attention_bias", False))),
                 "mlp_bias": (False, bool(data.get("mlp_bias", False))),
                 "attention_dropout": (0.0, float(data.get("attention_dropout", 0.0) or 0.0))}
+    if model_type == "mixtral":
+        settings.update({"sliding_window": (None, data.get("sliding_window")),
+                         "router_jitter_noise": (0.0, float(data.get("router_jitter_noise", 0.0) or 0.0))})
     for name, (supported, value) in settings.items():
         if value != supported:
             raise ConfigError(f"{what} sets {name} = {value!r}; bastion's Llama runtime supports {supported!r} "
@@ -61,6 +66,9 @@ def _refuse_unsupported(data: dict[str, Any], what: str) -> None:
     if missing:
         raise ConfigError(f"{what} is missing {', '.join(missing)}.",
                           fix=f"a Llama config needs {', '.join(_REQUIRED)}.")
+    if model_type == "mixtral" and not (data.get("num_local_experts") and data.get("num_experts_per_tok")):
+        raise ConfigError(f"{what} is a Mixtral config without num_local_experts / num_experts_per_tok.",
+                          fix="use the config.json saved with the Mixtral weights.")
 
 
 def spec_from_hf_config(data: dict[str, Any], what: str, name: str | None = None) -> ModelSpec:
@@ -69,7 +77,12 @@ def spec_from_hf_config(data: dict[str, Any], what: str, name: str | None = None
     try:
         heads = int(data["num_attention_heads"])
         head_dim = data.get("head_dim") or int(data["hidden_size"]) // heads
-        return ModelSpec(
+        moe = {}
+        if data.get("model_type") == "mixtral":
+            moe = dict(num_experts=int(data["num_local_experts"]), top_k=int(data["num_experts_per_tok"]),
+                       moe_ffn_hidden_size=int(data["intermediate_size"]), router="softmax", router_norm_topk=True,
+                       aux_loss_coeff=float(data.get("router_aux_loss_coef", 0.0) or 0.0))
+        return ModelSpec(**moe,
             name=name or Path(what).parent.name or what, num_layers=int(data["num_hidden_layers"]),
             hidden_size=int(data["hidden_size"]), num_heads=heads, ffn_hidden_size=int(data["intermediate_size"]),
             vocab_size=int(data["vocab_size"]), seq_len=int(data.get("max_position_embeddings") or
@@ -82,8 +95,13 @@ def spec_from_hf_config(data: dict[str, Any], what: str, name: str | None = None
                           fix="give integer sizes and numeric rms_norm_eps / rope_theta.") from exc
 
 
+def architecture(spec: ModelSpec) -> str:
+    """The `model_type` a spec exports as: llama (dense) or mixtral (an MoE of Mixtral's form)."""
+    return "mixtral" if spec.num_experts else "llama"
+
+
 def check_exportable(spec: ModelSpec) -> None:
-    """The spec is one `spec_from_hf_config` could have made (a Llama); else a ConfigError."""
+    """The spec is one `spec_from_hf_config` could have made (a Llama or a Mixtral); else a ConfigError."""
     reasons = []
     if spec.ffn_type != "swiglu":
         reasons.append(f"ffn_type '{spec.ffn_type}' (Llama is swiglu)")
@@ -91,18 +109,35 @@ def check_exportable(spec: ModelSpec) -> None:
         reasons.append(f"position_embedding '{spec.position_embedding}' (Llama is rope)")
     if spec.bias:
         reasons.append("biases and LayerNorm (Llama has neither)")
+    if spec.is_mla:
+        reasons.append("multi-head latent attention (DeepSeek; not exported yet)")
     if spec.num_experts:
-        reasons.append(f"{spec.num_experts} experts (Llama is dense)")
+        mixtral = {"shared experts": spec.num_shared_experts == 0, "leading dense layers": spec.dense_layers == 0,
+                   "MoE only every k-th layer": spec.moe_layer_freq == 1, "a sigmoid router": spec.router == "softmax",
+                   "top-k weights not renormalised": spec.router_norm_topk,
+                   "a router bias": spec.router_bias_update_rate == 0, "a capacity limit": spec.capacity_factor == 0,
+                   "an expert width other than ffn_hidden_size": spec.expert_width == spec.ffn_hidden_size}
+        reasons += [f"{what} (Mixtral has none)" for what, ok in mixtral.items() if not ok]
     if reasons:
-        raise ConfigError(f"model '{spec.name}' has no Hugging Face Llama equivalent: {'; '.join(reasons)}.",
-                          fix="export a Llama-style model (swiglu, rope, no bias, dense), e.g. the llama presets.")
+        raise ConfigError(f"model '{spec.name}' has no Hugging Face Llama or Mixtral equivalent: "
+                          f"{'; '.join(reasons)}.",
+                          fix="export a Llama-style model (swiglu, rope, no bias, dense), e.g. the llama presets, or "
+                              "a Mixtral-style mixture of experts (softmax top-k router, no shared experts, every "
+                              "layer routed).")
 
 
 def hf_config_from_spec(spec: ModelSpec) -> dict[str, Any]:
-    """config.json for `LlamaForCausalLM` (fp32 weights), readable by transformers 4.x and 5.x."""
+    """config.json for `LlamaForCausalLM` or `MixtralForCausalLM` (fp32 weights), readable by transformers 4.x and
+    5.x."""
     check_exportable(spec)
+    kind = architecture(spec)
+    moe = {}
+    if kind == "mixtral":
+        moe = {"num_local_experts": spec.num_experts, "num_experts_per_tok": spec.top_k,
+               "router_aux_loss_coef": spec.aux_loss_coeff, "output_router_logits": False, "sliding_window": None,
+               "router_jitter_noise": 0.0}
     return {
-        "architectures": [SUPPORTED["llama"]], "model_type": "llama",
+        **moe, "architectures": [SUPPORTED[kind]], "model_type": kind,
         "vocab_size": spec.vocab_size, "hidden_size": spec.hidden_size, "intermediate_size": spec.ffn_hidden_size,
         "num_hidden_layers": spec.num_layers, "num_attention_heads": spec.num_heads,
         "num_key_value_heads": spec.num_kv_heads, "head_dim": spec.head_dim, "hidden_act": "silu",

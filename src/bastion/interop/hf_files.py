@@ -1,6 +1,10 @@
-"""Hugging Face weight files without torch: bastion's parameter names <-> transformers' Llama names, the tensors a
-spec must have, and the tensor directory of a `model.safetensors` (or a sharded one with its index), read from the
+"""Hugging Face weight files without torch: bastion's parameter names <-> transformers' Llama / Mixtral names, the
+tensors a spec must have, and the tensor directory of a `model.safetensors` (or a sharded one with its index), read from the
 files' headers and checked before any worker starts.
+
+Mixtral's experts are written as published Mixtral checkpoints (and vLLM) hold them, one tensor per expert
+(`block_sparse_moe.experts.J.w1.weight`, its w1/w2/w3 being bastion's gate/down/up); bastion keeps each layer's
+experts stacked in one (experts, out, in) tensor, so one bastion name maps to `num_experts` HF names, in order.
 
 Names: bastion's RoPE is the rotate-half layout (runtime/model.py `rotate_half`, cos/sin tables repeated over both
 halves), which is transformers' `LlamaRotaryEmbedding` + `rotate_half` layout, so q/k projections map unpermuted
@@ -32,6 +36,11 @@ _LAYER = {"attention.wq.weight": "self_attn.q_proj.weight", "attention.wk.weight
           "feed_forward.w1.weight": "mlp.gate_proj.weight", "feed_forward.w3.weight": "mlp.up_proj.weight",
           "feed_forward.w2.weight": "mlp.down_proj.weight", "attention_norm.weight": "input_layernorm.weight",
           "ffn_norm.weight": "post_attention_layernorm.weight"}
+_MOE_LAYER = {"moe.router.weight": "block_sparse_moe.gate.weight"}
+#: a stacked expert tensor of bastion -> the per-expert HF name pattern ({j}: the expert)
+_EXPERTS = {"moe.experts.w1": "block_sparse_moe.experts.{j}.w1.weight",
+            "moe.experts.w2": "block_sparse_moe.experts.{j}.w2.weight",
+            "moe.experts.w3": "block_sparse_moe.experts.{j}.w3.weight"}
 _LAYER_NAME = re.compile(r"^layers\.(\d+)\.(.+)$")
 #: safetensors dtype names -> bytes per element
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
@@ -39,30 +48,57 @@ _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I1
 _FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 
 
-def hf_name(name: str) -> str:
-    """transformers' Llama name of a bastion parameter (its canonical, unwrapped name)."""
+def hf_names(name: str, num_experts: int = 0) -> list[str]:
+    """transformers' names of a bastion parameter (its canonical, unwrapped name): one, or for a stacked expert
+    tensor of a `num_experts` mixture one per expert, in expert order."""
     if name in _TOP:
-        return _TOP[name]
+        return [_TOP[name]]
     match = _LAYER_NAME.match(name)
     if match and match[2] in _LAYER:
-        return f"model.layers.{match[1]}.{_LAYER[match[2]]}"
-    raise KeyError(f"bastion parameter {name!r} has no Hugging Face Llama name")
+        return [f"model.layers.{match[1]}.{_LAYER[match[2]]}"]
+    if match and match[2] in _MOE_LAYER:
+        return [f"model.layers.{match[1]}.{_MOE_LAYER[match[2]]}"]
+    if match and match[2] in _EXPERTS and num_experts:
+        return [f"model.layers.{match[1]}.{_EXPERTS[match[2]].format(j=j)}" for j in range(num_experts)]
+    raise KeyError(f"bastion parameter {name!r} has no Hugging Face Llama or Mixtral name")
 
 
-def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
-    """Every HF tensor name of the spec's Llama and its shape, in the model's order."""
+def is_stacked_experts(name: str) -> bool:
+    """Whether a bastion parameter holds a layer's experts stacked on dim 0 (one HF tensor per expert)."""
+    match = _LAYER_NAME.match(name)
+    return bool(match) and match[2] in _EXPERTS
+
+
+def bastion_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """Every parameter of the spec's model (a Llama, or a Mixtral) under its canonical name, in the model's
+    order, with its shape."""
     h, f, v = spec.hidden_size, spec.ffn_hidden_size, spec.vocab_size
     shapes: dict[str, tuple[int, ...]] = {"tok_embeddings.weight": (v, h)}
     for i in range(spec.num_layers):
-        layer = {"attention.wq.weight": (spec.q_width, h), "attention.wk.weight": (spec.kv_width, h),
-                 "attention.wv.weight": (spec.kv_width, h), "attention.wo.weight": (h, spec.q_width),
-                 "feed_forward.w1.weight": (f, h), "feed_forward.w3.weight": (f, h),
-                 "feed_forward.w2.weight": (h, f), "attention_norm.weight": (h,), "ffn_norm.weight": (h,)}
+        layer: dict[str, tuple[int, ...]] = {
+            "attention.wq.weight": (spec.q_width, h), "attention.wk.weight": (spec.kv_width, h),
+            "attention.wv.weight": (spec.kv_width, h), "attention.wo.weight": (h, spec.q_width),
+            "attention_norm.weight": (h,), "ffn_norm.weight": (h,)}
+        if spec.is_moe_layer(i):
+            e, ef = spec.num_experts, spec.expert_width
+            layer.update({"moe.router.weight": (e, h), "moe.experts.w1": (e, ef, h), "moe.experts.w2": (e, h, ef),
+                          "moe.experts.w3": (e, ef, h)})
+        else:
+            layer.update({"feed_forward.w1.weight": (f, h), "feed_forward.w3.weight": (f, h),
+                          "feed_forward.w2.weight": (h, f)})
         shapes.update({f"layers.{i}.{k}": s for k, s in layer.items()})
     shapes["norm.weight"] = (h,)
     if not spec.tied_embeddings:
         shapes["output.weight"] = (v, h)
-    return {hf_name(k): s for k, s in shapes.items()}
+    return shapes
+
+
+def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """Every HF tensor name of the spec's Llama or Mixtral and its shape, in the model's order."""
+    out: dict[str, tuple[int, ...]] = {}
+    for name, shape in bastion_shapes(spec).items():
+        out.update(dict.fromkeys(hf_names(name, spec.num_experts), shape[1:] if is_stacked_experts(name) else shape))
+    return out
 
 
 @dataclass(frozen=True)

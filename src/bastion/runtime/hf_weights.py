@@ -53,7 +53,7 @@ def _local_region(param: torch.Tensor) -> tuple[torch.Tensor, tuple[slice, ...] 
 
 @torch.no_grad()
 def load_hf_weights(parts: Sequence[nn.Module], hf_dir: str | Path) -> int:
-    """Fill the parameters of this rank's model chunks from a HF Llama directory (checked by
+    """Fill the parameters of this rank's model chunks from a HF Llama or Mixtral directory (checked by
     `hf_files.check_init_from` beforehand). Returns the number of tensors this rank read from."""
     safetensors = _safetensors()
     hf_dir = Path(hf_dir)
@@ -63,20 +63,31 @@ def load_hf_weights(parts: Sequence[nn.Module], hf_dir: str | Path) -> int:
     try:
         for part in parts:
             for name, param in part.named_parameters():
-                key = hf_files.hf_name(canonical_name(name))
-                entry = directory.get(key)
-                if entry is None:
-                    raise ConfigError(f"{hf_dir} has no tensor {key}.", fix="use the weights saved with the config.")
-                if entry.file not in handles:
-                    handles[entry.file] = safetensors.safe_open(str(hf_dir / entry.file), framework="pt")
+                canonical = canonical_name(name)
+                stacked = hf_files.is_stacked_experts(canonical)
+                keys = hf_files.hf_names(canonical, param.shape[0] if stacked else 0)
+                entries = [directory.get(key) for key in keys]
+                if None in entries:
+                    missing = keys[entries.index(None)]
+                    raise ConfigError(f"{hf_dir} has no tensor {missing}.",
+                                      fix="use the weights saved with the config.")
                 local, region = _local_region(param)
                 if local.numel() == 0:  # an uneven FSDP shard can be empty on the last ranks
                     continue
-                if tuple(entry.shape) != tuple(param.shape):
-                    raise ConfigError(f"{hf_dir}: {key} has shape {list(entry.shape)}, the model needs "
-                                      f"{list(param.shape)}.", fix="use the config.json saved with the weights.")
-                handle = handles[entry.file]
-                value = handle.get_tensor(key) if region is None else handle.get_slice(key)[region]
+                want = tuple(param.shape[1:]) if stacked else tuple(param.shape)
+                for key, entry in zip(keys, entries, strict=True):
+                    if tuple(entry.shape) != want:
+                        raise ConfigError(f"{hf_dir}: {key} has shape {list(entry.shape)}, the model needs "
+                                          f"{list(want)}.", fix="use the config.json saved with the weights.")
+                    if entry.file not in handles:
+                        handles[entry.file] = safetensors.safe_open(str(hf_dir / entry.file), framework="pt")
+                if stacked:  # this rank's experts (dim 0 of the region), each read as its own slice
+                    experts = range(param.shape[0]) if region is None else range(*region[0].indices(param.shape[0]))
+                    inner = (slice(None),) * (param.dim() - 1) if region is None else region[1:]
+                    value = torch.stack([handles[entries[j].file].get_slice(keys[j])[inner] for j in experts])
+                else:
+                    handle = handles[entries[0].file]
+                    value = handle.get_tensor(keys[0]) if region is None else handle.get_slice(keys[0])[region]
                 local.copy_(value.to(local.dtype))
                 loaded += 1
     finally:
@@ -96,19 +107,16 @@ def _checkpoint_tensors(path: Path, spec: ModelSpec) -> dict[str, Any]:
         raise CheckpointError(f"The checkpoint at {path} cannot be read: {exc}.",
                               fix="export a committed checkpoint written by `bastion train`.") from exc
     saved = {k.removeprefix("model."): v for k, v in metadata.state_dict_metadata.items() if k.startswith("model.")}
-    wanted = hf_files.expected_shapes(spec)
-    by_hf = {}
-    for name, meta in saved.items():
-        try:
-            by_hf[hf_files.hf_name(name)] = (name, meta)
-        except KeyError as exc:
-            raise CheckpointError(f"The checkpoint at {path} holds {name}, which a Llama has no place for.",
-                                  fix="export a checkpoint of a Llama-style model.") from exc
-    if set(by_hf) != set(wanted) or any(tuple(by_hf[k][1].size) != s for k, s in wanted.items()):
+    wanted = hf_files.bastion_shapes(spec)
+    unplaced = [name for name in saved if name not in wanted]
+    if unplaced:
+        raise CheckpointError(f"The checkpoint at {path} holds {unplaced[0]}, which a Llama or Mixtral has no place "
+                              f"for.", fix="export a checkpoint of a Llama- or Mixtral-style model.")
+    if set(saved) != set(wanted) or any(tuple(saved[k].size) != s for k, s in wanted.items()):
         raise CheckpointError(f"The checkpoint at {path} does not hold the tensors of its model '{spec.name}'.",
                               fix="export a checkpoint written by `bastion train` (its state.json and tensors "
                                   "belong together).")
-    return {by_hf[k][0]: by_hf[k][1] for k in wanted}
+    return {name: saved[name] for name in wanted}
 
 
 def _shards(tensors: dict[str, Any], max_shard_bytes: int, dtype: torch.dtype | None) -> list[list[str]]:
@@ -141,7 +149,7 @@ def _read_shard(path: Path, tensors: dict[str, Any], names: list[str]) -> dict[s
 def export_hf(checkpoint: Path, spec: ModelSpec, out: Path, tokenizer_files: Sequence[Path] = (),
               max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, dtype: torch.dtype | None = None,
               token_ids: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write `out` as a HF Llama directory from a committed checkpoint: safetensors (sharded with an index above
+    """Write `out` as a HF Llama or Mixtral directory from a committed checkpoint: safetensors (sharded with an index above
     `max_shard_bytes`), config.json (with `token_ids`: bos/eos/pad), generation_config.json and the given
     tokenizer files. Written into a
     temporary sibling directory and renamed into place: `out` is complete or absent. Returns what was written."""
@@ -164,7 +172,10 @@ def export_hf(checkpoint: Path, spec: ModelSpec, out: Path, tokenizer_files: Seq
             shard = {}
             for name, value in _read_shard(checkpoint, tensors, names).items():
                 value = value if dtype is None else value.to(dtype)
-                shard[hf_files.hf_name(name)] = value.contiguous()
+                keys = hf_files.hf_names(name, spec.num_experts)
+                pieces = value.unbind(0) if hf_files.is_stacked_experts(name) else (value,)
+                for key, piece in zip(keys, pieces, strict=True):
+                    shard[key] = piece.contiguous()
                 total += value.numel() * value.element_size()
             safetensors.torch.save_file(shard, str(temp / file), metadata={"format": "pt"})
             weight_map.update(dict.fromkeys(shard, file))
