@@ -27,8 +27,8 @@ from bastion.rundir.layout import (
     checkpoints_dir,
 )
 from bastion.rundir.metrics import metrics_path, read_metrics
-from bastion.rundir.records import RESTART_EVENTS, RUN_START, current_run, is_event, is_step
-from bastion.rundir.summary import read_json_object, summary_is_final
+from bastion.rundir.records import is_event, is_step
+from bastion.rundir.summary import read_json_object, stale_summary_reason, summary_is_final
 
 
 @dataclass(frozen=True)
@@ -81,23 +81,6 @@ class RunFiles:
         return f"finished: {self.summary.get('steps')} steps"
 
 
-#: a file system may keep modification times to the second (or two): a record this much later is after the write
-_MTIME_SLACK_S = 2.0
-
-
-def _stale_summary(summary: dict[str, Any], written: float, records: list[dict[str, Any]]) -> str | None:
-    """Why `summary` (written at `written`, Unix time) is not the current run's, or None when it is."""
-    current = current_run(records)
-    later = [r for r in current if is_event(r, RUN_START.name, *RESTART_EVENTS)
-             and r["time"] > written + _MTIME_SLACK_S]
-    if later:
-        return f"it was written before the {later[-1]['event']} logged in metrics.jsonl (an earlier process's)"
-    steps = max((r["step"] for r in current if is_step(r)), default=None)
-    if isinstance(summary.get("steps"), int) and steps is not None and steps > summary["steps"]:
-        return f"it ends at step {summary['steps']}, metrics.jsonl has reached step {steps} since"
-    return None
-
-
 def load_run(run_dir: Path) -> RunFiles:
     """Read RUN_DIR; raise RunDirError with guidance when there is nothing to report on."""
     run_dir = Path(run_dir)
@@ -133,7 +116,7 @@ def load_run(run_dir: Path) -> RunFiles:
     age = time.time() - path.stat().st_mtime if path.is_file() else None
     stale = None
     if summary is not None:
-        stale = _stale_summary(summary, (run_dir / SUMMARY_FILE).stat().st_mtime, records)
+        stale = stale_summary_reason(summary, (run_dir / SUMMARY_FILE).stat().st_mtime, records)
         if stale is not None:
             summary = None
     return RunFiles(path=run_dir, records=records, unreadable_lines=bad, summary=summary, plan=plan, model=model,

@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any, NotRequired, TypedDict
 
 from bastion.rundir.layout import SUMMARY_FILE, RunDirError
-from bastion.rundir.records import PLAN_CHANGE, STRAGGLER, current_run, is_event
+from bastion.rundir.records import (
+    PLAN_CHANGE,
+    RESTART_EVENTS,
+    RUN_START,
+    STRAGGLER,
+    current_run,
+    is_event,
+    is_step,
+)
 
 
 class TimeBreakdown(TypedDict):
@@ -174,3 +182,20 @@ def summary_is_final(summary: dict[str, Any]) -> bool:
     if isinstance(asked, int) and isinstance(done, int):
         return done >= asked
     return True  # nothing to tell by: read it as final
+
+
+#: a file system may keep modification times to the second (or two): a record this much later is after the write
+_MTIME_SLACK_S = 2.0
+
+
+def stale_summary_reason(summary: dict[str, Any], written: float, records: list[dict[str, Any]]) -> str | None:
+    """Why `summary` (written at `written`, Unix time) is not the current run's, or None when it is."""
+    current = current_run(records)
+    later = [r for r in current if is_event(r, RUN_START.name, *RESTART_EVENTS)
+             and r["time"] > written + _MTIME_SLACK_S]
+    if later:
+        return f"it was written before the {later[-1]['event']} logged in metrics.jsonl (an earlier process's)"
+    steps = max((r["step"] for r in current if is_step(r)), default=None)
+    if isinstance(summary.get("steps"), int) and steps is not None and steps > summary["steps"]:
+        return f"it ends at step {summary['steps']}, metrics.jsonl has reached step {steps} since"
+    return None
