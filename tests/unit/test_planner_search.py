@@ -141,7 +141,7 @@ def test_pruning_changes_nothing_but_the_work() -> None:
     assert pruned.predicted < full.predicted, "the bound must actually skip predictions in this case"
 
 
-@pytest.mark.parametrize("objective", ["throughput", "mfu", "memory", "goodput"])
+@pytest.mark.parametrize("objective", ["time-p90", "time-median", "throughput", "mfu", "memory", "goodput"])
 def test_objective_bounds_change_nothing_but_the_work(objective: str) -> None:
     """With the real predictor: the bound (step-time floor; model-state floor for memory) settles most plans
     unpredicted, and the answer (top K, runner-up, the best plan with other degrees) is the exhaustive search's;
