@@ -188,7 +188,8 @@ def derive_spread(rows: Sequence[tuple[str, float, StepShares]]) -> dict[str, An
     coverage = Coverage.of(s for _, _, s in rows)
     classified = [(family, r, class_shares(s, coverage)) for family, r, s in rows]
     baseline = [r for _, r, c in classified if all(v < LARGE_SHARE for v in c.values())]
-    s0 = conformal_quantile(baseline)
+    # rows where every class is large leave no baseline (a small case file): then every row is the baseline
+    s0 = conformal_quantile(baseline or [r for _, r, _ in classified])
     prior = 1.0 / s0
     classes: dict[str, dict[str, Any]] = {}
     for name in DERIVED_CLASSES:
