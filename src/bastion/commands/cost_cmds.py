@@ -86,10 +86,9 @@ def cost_command(
                     options=predict_options)
     policies = _recovery_policies(cost, target, chosen, spares, requeue_wait_hours, repair_hours)
     if as_json:
+        from bastion.predict.estimate import estimate
         from bastion.predict.frameworks import framework_releases
         from bastion.predict.intervals import step_interval
-
-        from bastion.predict.estimate import estimate
 
         p10, p90 = step_interval(estimate(spec, target, chosen, spec.seq_len, options=predict_options), spec,
                                  framework is None or framework in framework_releases())
