@@ -119,7 +119,9 @@ def test_search_finds_the_brute_force_optimum_and_every_feasible_plan(gpus, batc
     acc = cluster.accelerator.__class__(**{**vars(cluster.accelerator), "hbm_gib": 80 * hbm_scale})
     cluster = cluster.__class__(cluster.name, acc, cluster.num_nodes, cluster.gpus_per_node, cluster.network)
     truth = brute_force(TOY, cluster, batch, 512)
-    req = PlanRequest(model=TOY, cluster=cluster, global_batch=batch, seq_len=512, top_k=len(truth) + 5)
+    # the optimum of the point prediction (the default, time-p90, also weighs each plan's interval)
+    req = PlanRequest(model=TOY, cluster=cluster, global_batch=batch, seq_len=512, top_k=len(truth) + 5,
+                      objective="time-median")
     result = search(req, estimate=toy_estimate, state_bytes=toy_state_bytes)
     assert truth, "the case must have feasible plans"
     assert result.feasible == len(truth)

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 from bastion.errors import ConfigError, PlanError
 from bastion.planner.bounds import StateBytesFn, StateLowerBound
-from bastion.planner.objectives import Floors, Objective, get_objective
+from bastion.planner.objectives import DEFAULT_OBJECTIVE, Floors, Objective, get_objective
 from bastion.planner.parallel import Outcome, PredictionPool, outcome_of
 from bastion.planner.space import Enumeration, Leaf, SearchSpace, enumerate_space
 from bastion.specs.hardware import Cluster
@@ -37,8 +37,8 @@ EstimateFn = Callable[[ModelSpec, Cluster, ParallelPlan, int], Any]
 TimeBoundFn = Callable[[ModelSpec, Cluster, ParallelPlan, int], float]
 MemoryBoundFn = Callable[[ModelSpec, Cluster, ParallelPlan, int], float]
 
-#: the census reason of plans the step-time bound settles under the default (throughput) objective
-BOUNDED_OUT = get_objective("throughput").bounded_reason
+#: the census reason of plans the step-time bound settles under the default objective
+BOUNDED_OUT = get_objective(DEFAULT_OBJECTIVE).bounded_reason
 #: plans predicted in the first round under the time bound; each later round doubles
 FIRST_CHUNK = 1024
 
@@ -58,8 +58,8 @@ class PlanRequest:
     gpu_counts: tuple[int, ...] = ()
     #: how many plans to return, best first
     top_k: int = 5
-    #: a name in `bastion.planner.objectives.OBJECTIVES` (throughput, mfu, memory, ...)
-    objective: str = "throughput"
+    #: a name in `bastion.planner.objectives.OBJECTIVES` (time-p90, time-median, throughput, mfu, memory, ...)
+    objective: str = DEFAULT_OBJECTIVE
     #: which values each plan field may take
     space: SearchSpace = field(default_factory=SearchSpace)
     #: skip groups whose memory lower bound exceeds device memory (off only to check that it changes nothing)
