@@ -49,8 +49,15 @@ def main() -> None:
                 else:
                     print(f"{scope} ({stratum}): no rows")
     print(f"recorded in {RESULTS}")
+    stored = calibrate(CASE_FILES, commit)
+    for stratum, s in stored["strata"].items():
+        spread = s["spread"]
+        print(f"{stratum}: q {s['q']:.3f}; width factor s0 {spread['s0']:.3f} on {spread['baseline_rows']} "
+              f"baseline rows; coverage {spread['coverage']}")
+        for name, c in spread["classes"].items():
+            print(f"  {name:24s} kappa {c['kappa']:6.2f}  {c.get('large_rows', '-'):>4} large rows  {c['how']}")
     if args.write_intervals:
-        INTERVALS.write_text(json.dumps(calibrate(CASE_FILES, commit), indent=1) + "\n")
+        INTERVALS.write_text(json.dumps(stored, indent=1) + "\n")
         print(f"interval calibration written to {INTERVALS}")
 
 

@@ -17,7 +17,8 @@ def test_json_is_the_documented_object_best_first_and_save_writes_the_winner(tmp
                   "--save", str(saved))
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
-    assert set(data) == {"evaluated", "feasible", "seconds", "rejected", "plans", "software"}
+    assert set(data) == {"evaluated", "feasible", "seconds", "objective", "rejected", "plans", "software"}
+    assert data["objective"] == "time-p90"  # the default: ranked by the upper end of each plan's interval
     assert data["software"] == "bastion"
     assert data["evaluated"] == data["feasible"] + sum(data["rejected"].values())
     assert len(data["plans"]) == 3
@@ -28,8 +29,8 @@ def test_json_is_the_documented_object_best_first_and_save_writes_the_winner(tmp
         assert entry["breakdown"]["time_s"]["step"] == pytest.approx(entry["step_time_s"])
         assert entry["breakdown"]["memory_gib"]["total"] == pytest.approx(entry["memory_gib"])
         assert entry["tokens_per_s"] == pytest.approx(8 * 64 / entry["step_time_s"])
-    steps = [p["step_time_s"] for p in data["plans"]]
-    assert steps == sorted(steps)
+    upper = [p["predicted_p90_s"] for p in data["plans"]]
+    assert upper == sorted(upper)
     assert ParallelPlan.load(saved) == ParallelPlan.from_dict(data["plans"][0]["plan"])
 
 
@@ -37,6 +38,7 @@ def test_text_output_explains_the_winner_and_counts_rejections() -> None:
     out = bastion("plan", "-m", "tiny", "-c", "cpu:4", "-b", "8", "--top", "2")
     assert out.returncode == 0, out.stderr
     assert "why #1 beats #2" in out.stdout
+    assert "best by time-p90" in out.stdout and "p10-p90" in out.stdout
     assert "rejected:" in out.stdout and "tp does not divide heads" in out.stdout
 
 

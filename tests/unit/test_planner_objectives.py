@@ -11,7 +11,7 @@ from bastion.errors import ConfigError
 from bastion.planner.objectives import OBJECTIVES, Floors, Objective
 from bastion.planner.search import OUT_OF_MEMORY, PlanRequest, RankedPlan, search
 from bastion.planner.space import Leaf
-from bastion.specs import load_cluster, load_model
+from bastion.specs import ParallelPlan, load_cluster, load_model
 from bastion.specs.hardware import Cluster
 
 
@@ -62,8 +62,8 @@ def test_an_unknown_objective_is_a_guidance_error_listing_the_registered_ones(gp
     with pytest.raises(ConfigError, match="Did you mean 'gpu-seconds'") as exc:
         PlanRequest(model=load_model("small"), cluster=load_cluster("cpu:4"), global_batch=8, seq_len=256,
                     objective="gpu-second")
-    assert exc.value.fix == "use one of: throughput, mfu, memory, goodput, gpu-seconds."
-    assert OBJECTIVES.prose() == "throughput, mfu, memory, goodput or gpu-seconds"
+    assert exc.value.fix == "use one of: time-p90, time-median, throughput, mfu, memory, goodput, gpu-seconds."
+    assert OBJECTIVES.prose() == "time-p90, time-median, throughput, mfu, memory, goodput or gpu-seconds"
 
 
 def test_goodput_ranks_by_tokens_times_the_best_policys_goodput() -> None:
@@ -92,3 +92,18 @@ def test_goodput_ranks_by_tokens_times_the_best_policys_goodput() -> None:
     fastest = search(replace(req, objective="throughput")).plans[0]
     assert fastest.tokens_per_s * plan_goodput(fastest.num_gpus, fastest.plan.dp, fastest.step_time_s,
                                                fastest.memory_bytes) <= adjusted[0]
+
+
+def test_time_p90_ranks_by_the_upper_end_and_time_median_by_the_prediction() -> None:
+    from bastion.planner.objectives import DEFAULT_OBJECTIVE, get_objective
+
+    def ranked(order: int, step: float, p90: float) -> RankedPlan:
+        return RankedPlan(plan=ParallelPlan(), num_gpus=8, step_time_s=step, tokens_per_s=1.0 / step, mfu=0.4,
+                          memory_bytes=1.0, estimate=None, p10_s=step * 0.8, p90_s=p90, order=order)
+
+    # fast on its median but resting on unvalidated terms (wide) vs a little slower and well validated
+    fast_but_wide, validated = ranked(0, 1.0, 1.5), ranked(1, 1.1, 1.3)
+    assert DEFAULT_OBJECTIVE == "time-p90"
+    assert min((fast_but_wide, validated), key=get_objective("time-p90").key) is validated
+    assert min((fast_but_wide, validated), key=get_objective("time-median").key) is fast_but_wide
+    assert min((fast_but_wide, validated), key=get_objective("throughput").key) is fast_but_wide

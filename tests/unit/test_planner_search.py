@@ -119,7 +119,9 @@ def test_search_finds_the_brute_force_optimum_and_every_feasible_plan(gpus, batc
     acc = cluster.accelerator.__class__(**{**vars(cluster.accelerator), "hbm_gib": 80 * hbm_scale})
     cluster = cluster.__class__(cluster.name, acc, cluster.num_nodes, cluster.gpus_per_node, cluster.network)
     truth = brute_force(TOY, cluster, batch, 512)
-    req = PlanRequest(model=TOY, cluster=cluster, global_batch=batch, seq_len=512, top_k=len(truth) + 5)
+    # the optimum of the point prediction (the default, time-p90, also weighs each plan's interval)
+    req = PlanRequest(model=TOY, cluster=cluster, global_batch=batch, seq_len=512, top_k=len(truth) + 5,
+                      objective="time-median")
     result = search(req, estimate=toy_estimate, state_bytes=toy_state_bytes)
     assert truth, "the case must have feasible plans"
     assert result.feasible == len(truth)
@@ -141,7 +143,7 @@ def test_pruning_changes_nothing_but_the_work() -> None:
     assert pruned.predicted < full.predicted, "the bound must actually skip predictions in this case"
 
 
-@pytest.mark.parametrize("objective", ["throughput", "mfu", "memory", "goodput"])
+@pytest.mark.parametrize("objective", ["time-p90", "time-median", "throughput", "mfu", "memory", "goodput"])
 def test_objective_bounds_change_nothing_but_the_work(objective: str) -> None:
     """With the real predictor: the bound (step-time floor; model-state floor for memory) settles most plans
     unpredicted, and the answer (top K, runner-up, the best plan with other degrees) is the exhaustive search's;

@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 
-from bastion.predict.intervals import LEVEL, bounds, conformal_quantile, step_interval, stored_intervals
+from bastion.predict import estimate
+from bastion.predict.estimate import TimeBreakdown
+from bastion.predict.intervals import (
+    BUBBLE,
+    CORE_TERMS,
+    CP,
+    LEVEL,
+    TERM_CLASS,
+    UNVALIDATED,
+    Coverage,
+    StepShares,
+    bounds,
+    class_shares,
+    conformal_quantile,
+    shares_width,
+    step_interval,
+    stored_intervals,
+)
+from bastion.specs import ParallelPlan, load_cluster, load_model
 
 
 def test_the_conformal_quantile_is_the_ceil_n_plus_one_level_th_smallest_magnitude() -> None:
@@ -23,8 +42,53 @@ def test_bounds_are_symmetric_in_log_space() -> None:
     assert (lo, hi) == pytest.approx((1.6, 2.5))
 
 
+def test_every_term_of_the_step_has_a_class() -> None:
+    # a term estimate.py adds (MoE all-to-all, offload) must be classified here, or it counts as unvalidated
+    terms = {f.name for f in dataclasses.fields(TimeBreakdown)} - {"step"}
+    assert terms == set(TERM_CLASS) | set(CORE_TERMS)
+
+
+def shares(pp_schedule: str = "1f1b", pp: int = 1, cp: int = 1, seq_len: int = 8192, **terms: float) -> StepShares:
+    return StepShares(terms={"compute": 0.8, **terms}, attention=0.04, pp_schedule=pp_schedule, pp=pp, cp=cp,
+                      seq_len=seq_len)
+
+
+def test_what_the_case_files_never_ran_is_unvalidated() -> None:
+    coverage = Coverage(deepest_pp={"1f1b": 64, "interleaved-1f1b": 35}, shortest_cp_chunk=4096)
+    # a 1F1B bubble at a depth the case files ran is the derived bubble class; ZB-V's is unvalidated
+    assert class_shares(shares(pp=32, bubble=0.1), coverage)[BUBBLE] == pytest.approx(0.1)
+    zbv = class_shares(shares("zbv", pp=32, bubble=0.1), coverage)
+    assert (zbv[BUBBLE], zbv[UNVALIDATED]) == (0.0, pytest.approx(0.1))
+    # context parallelism: its communication and the attention it splits; chunks of 1024 tokens were never run
+    long = class_shares(shares(cp=2, seq_len=8192, cp_comm=0.02), coverage)
+    assert (long[CP], long[UNVALIDATED]) == (pytest.approx(0.06), 0.0)
+    short = class_shares(shares(cp=8, seq_len=8192, cp_comm=0.02), coverage)
+    assert (short[CP], short[UNVALIDATED]) == (0.0, pytest.approx(0.06))
+
+
+def test_a_plan_resting_on_cp_or_a_deep_zero_bubble_pipeline_gets_a_wider_interval_than_plain_dp() -> None:
+    plain = shares(memory_bound=0.1, dp_comm=0.05)
+    for risky in (shares(cp=8, cp_comm=0.1), shares("zbv", pp=32, bubble=0.15)):
+        assert shares_width(risky) > shares_width(plain) >= 1.0
+    # the same with the real predictor: 405B on 16,384 H100s, cp 8 at 8K tokens on a 32-stage ZB-V pipeline vs
+    # a plain data-parallel plan of the same model (whether it fits does not matter to the interval)
+    model, cluster = load_model("llama3-405b", 8192), load_cluster("h100-sxm:16384")
+    deep = ParallelPlan(dp=32, tp=2, pp=32, cp=8, zero_stage=2, micro_batch=1, global_batch=2048, pp_schedule="zbv",
+                        vpp=2, sequence_parallel=True)
+    flat = ParallelPlan(dp=16384, zero_stage=3, micro_batch=1, global_batch=16384)
+    widths = {}
+    for name, plan in (("deep", deep), ("flat", flat)):
+        est = estimate(model, cluster, plan, 8192)
+        lo, hi = step_interval(est, model)
+        assert lo < est.step_time_s < hi
+        widths[name] = math.log(hi / est.step_time_s)
+    assert widths["deep"] > widths["flat"]
+
+
 def test_a_stored_interval_brackets_the_prediction_and_unknown_software_is_wider() -> None:
     assert stored_intervals()["level"] == LEVEL
-    known, unknown = step_interval(1.0, True), step_interval(1.0, False)
-    assert known[0] < 1.0 < known[1]
+    model, cluster = load_model("llama3-8b", 4096), load_cluster("h100-sxm:8")
+    est = estimate(model, cluster, ParallelPlan(dp=8, micro_batch=1, global_batch=64), 4096)
+    known, unknown = step_interval(est, model, True), step_interval(est, model, False)
+    assert known[0] < est.step_time_s < known[1]
     assert unknown[0] < known[0] and unknown[1] > known[1]

@@ -86,10 +86,12 @@ def cost_command(
                     options=predict_options)
     policies = _recovery_policies(cost, target, chosen, spares, requeue_wait_hours, repair_hours)
     if as_json:
+        from bastion.predict.estimate import estimate
         from bastion.predict.frameworks import framework_releases
         from bastion.predict.intervals import step_interval
 
-        p10, p90 = step_interval(cost.step_time_s, framework is None or framework in framework_releases())
+        p10, p90 = step_interval(estimate(spec, target, chosen, spec.seq_len, options=predict_options), spec,
+                                 framework is None or framework in framework_releases())
         print(dumps_json({**cost.to_dict(), "predicted_p10_s": p10, "predicted_p90_s": p90, "plan": chosen.to_dict(),
                           "software": software, "recovery_policies": [p.to_dict() for p in policies],
                           "recommended_policy": recommend(policies).policy}, indent=2))

@@ -14,7 +14,7 @@ from bastion.commands.options import number_option
 from bastion.errors import ConfigError, did_you_mean
 from bastion.numbers import MAX_DEVICES, checked_number
 from bastion.outputs import dumps_json
-from bastion.planner.objectives import OBJECTIVES
+from bastion.planner.objectives import DEFAULT_OBJECTIVE, OBJECTIVES
 
 _PRECISIONS = ("fp32", "bf16", "fp16", "fp8")
 
@@ -92,7 +92,7 @@ def plan_command(
                                                 "(default: the cluster's size)."),
     top: Annotated[int, number_option("--top", "-k", help="How many plans to show.", integer=True, low=1,
                                       high=1000)] = 5,
-    objective: str = typer.Option("throughput", "--objective", help=f"{OBJECTIVES.prose()}."),
+    objective: str = typer.Option(DEFAULT_OBJECTIVE, "--objective", help=f"{OBJECTIVES.prose()}."),
     precision: str = typer.Option("bf16", "--precision",
                                   help="Matmul precisions allowed, comma-separated (e.g. bf16,fp8)."),
     fix: list[str] = typer.Option([], "--fix", help="Pin a plan field, e.g. --fix tp=8 (repeatable)."),
@@ -110,7 +110,7 @@ def plan_command(
     from bastion.planner.search import PlanRequest, default_estimate, search
     from bastion.planner.space import SearchSpace
     from bastion.predict.frameworks import command_software, framework_releases
-    from bastion.predict.intervals import interval_note, step_interval
+    from bastion.predict.intervals import interval_note
     from bastion.specs.hardware import load_cluster
     from bastion.specs.model import load_model
 
@@ -125,34 +125,29 @@ def plan_command(
     seq = seq_len or model_spec.seq_len
     space = SearchSpace(precisions=parse_precisions(precision), pins=parse_pins(fix))
     counts = parse_gpus(gpus, cluster_spec.gpus_per_node) if gpus else ()
+    known = framework is None or framework in framework_releases()
     request = PlanRequest(model=model_spec.with_seq_len(seq), cluster=cluster_spec, global_batch=global_batch,
                           seq_len=seq, gpu_counts=counts, top_k=top, objective=objective, space=space,
-                          prune=not exhaustive)
+                          prune=not exhaustive, software_known=known)
     result = search(request, options=predict_options)
     if not result.plans:
         raise nothing_fits(result, estimate=default_estimate(predict_options))
     if save is not None:
         result.plans[0].plan.save(save)
-    known = framework is None or framework in framework_releases()
     if as_json:
-        print(dumps_json({**result_json(result, known), "software": software}, indent=2))
+        print(dumps_json({**result_json(result), "software": software}, indent=2))
     else:
         print_result(result, save)
         print(f"predicted for software stack '{software}' (`bastion software` lists them; --software to change)")
-        p10, p90 = step_interval(result.plans[0].step_time_s, known)
-        print(f"winner's step p10-p90: {p10:.4g}-{p90:.4g} s ({interval_note(known)})")
+        best = result.plans[0]
+        print(f"winner's step p10-p90: {best.p10_s:.4g}-{best.p90_s:.4g} s "
+              f"({interval_note(best.estimate, request.model, known)})")
 
 
-def result_json(result: Any, software_known: bool = True) -> dict[str, Any]:
-    from bastion.predict.intervals import step_interval
-
-    def entry(p: Any) -> dict[str, Any]:
-        p10, p90 = step_interval(p.step_time_s, software_known)
-        return {**p.to_dict(), "predicted_p10_s": p10, "predicted_p90_s": p90}
-
+def result_json(result: Any) -> dict[str, Any]:
     return {"evaluated": result.evaluated, "feasible": result.feasible, "seconds": round(result.seconds, 4),
-            "rejected": dict(result.rejected.most_common()),
-            "plans": [entry(p) for p in result.plans]}
+            "objective": result.request.objective, "rejected": dict(result.rejected.most_common()),
+            "plans": [p.to_dict() for p in result.plans]}
 
 
 def print_result(result: Any, saved: Path | None) -> None:
@@ -167,11 +162,12 @@ def print_result(result: Any, saved: Path | None) -> None:
     where = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}..{counts[-1]} ({len(counts)} sizes)"
     table = Table(title=f"{req.model.name} on {req.cluster.accelerator.name} × {where}, global batch "
                         f"{req.global_batch}, seq {req.seq_len} — best by {req.objective}")
-    for col in ("#", "plan", "GPUs", "step s", "tokens/s", "MFU", "mem GiB"):
+    for col in ("#", "plan", "GPUs", "step s", "p10-p90 s", "tokens/s", "MFU", "mem GiB"):
         table.add_column(col, justify="left" if col == "plan" else "right")
     for i, p in enumerate(result.plans, 1):
-        table.add_row(str(i), describe(p.plan), str(p.num_gpus), f"{p.step_time_s:.4g}", f"{p.tokens_per_s:,.0f}",
-                      f"{100 * p.mfu:.1f}%", f"{p.memory_gib:.1f}")
+        table.add_row(str(i), describe(p.plan), str(p.num_gpus), f"{p.step_time_s:.4g}",
+                      f"{p.p10_s:.4g}-{p.p90_s:.4g}", f"{p.tokens_per_s:,.0f}", f"{100 * p.mfu:.1f}%",
+                      f"{p.memory_gib:.1f}")
     console.print(table)
     best = result.plans[0]
     terms = ", ".join(f"{k} {v:.4g}" for k, v in best.time_breakdown().items() if v)

@@ -139,8 +139,8 @@ def estimate_command(
     est = estimate(model_spec, cluster_spec, parallel_plan, seq_len, options=predict_options)
     notes.extend(software_notes)
     known = framework is None or framework in framework_releases()
-    p10, p90 = step_interval(est.step_time_s, known)
-    notes.append(interval_note(known))
+    p10, p90 = step_interval(est, model_spec, known)
+    notes.append(interval_note(est, model_spec, known))
     if as_json:
         out = est.to_dict()
         out["predicted_p10_s"], out["predicted_p90_s"] = p10, p90

@@ -85,6 +85,8 @@ def explain(winner: RankedPlan, runner_up: RankedPlan, other: str = "the runner-
     else:
         lead = (f"The winner's step is {abs(c.step_delta_s):.4g} s ({100 * abs(c.advantage):.1f}%) "
                 f"{'shorter' if c.step_delta_s < 0 else 'longer'} than {other}'s; it differs in: {changes}.")
+    lead += (f" Intervals (p10-p90): {winner.p10_s:.4g}-{winner.p90_s:.4g} s vs {runner_up.p10_s:.4g}-"
+             f"{runner_up.p90_s:.4g} s.")
     if c.terms:
         moved = "; ".join(f"{t.term} {t.winner_s:.4g} s vs {t.runner_up_s:.4g} s ({t.delta_s:+.4g} s)"
                           for t in c.terms[:5])

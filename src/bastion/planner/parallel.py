@@ -23,8 +23,9 @@ MIN_PARALLEL_JOBS = 1500
 #: slices per worker: more slices balance uneven plans (deep pipelines cost more) at a small overhead
 SLICES_PER_WORKER = 8
 
-#: (fits, step_time_s, tokens_per_s, mfu, memory_total_bytes) or the PlanError the predictor raised
-Outcome = tuple[bool, float, float, float, float] | PlanError
+#: (fits, step_time_s, tokens_per_s, mfu, memory_total_bytes, the step's term shares for its interval) or the
+#: PlanError the predictor raised
+Outcome = tuple[bool, float, float, float, float, Any] | PlanError
 #: a unit's plans: (cluster, plan) pairs, in the order their outcomes are returned
 JobsFn = Callable[[Any], Sequence[tuple[Any, Any]]]
 
@@ -40,12 +41,14 @@ def available_cpus() -> int:
 
 
 def outcome_of(estimate: Callable[..., Any], model: Any, cluster: Any, plan: Any, seq_len: int) -> Outcome:
+    from bastion.predict.intervals import step_shares
+
     try:
         est = estimate(model, cluster, plan, seq_len)
     except PlanError as exc:
         return exc
     return (bool(est.fits), float(est.step_time_s), float(est.tokens_per_s), float(est.mfu),
-            float(est.memory.total))
+            float(est.memory.total), step_shares(est.time, est.step_time_s, plan, seq_len, model))
 
 
 def _die_with_parent() -> None:

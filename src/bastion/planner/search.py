@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 from bastion.errors import ConfigError, PlanError
 from bastion.planner.bounds import StateBytesFn, StateLowerBound
-from bastion.planner.objectives import Floors, Objective, get_objective
+from bastion.planner.objectives import DEFAULT_OBJECTIVE, Floors, Objective, get_objective
 from bastion.planner.parallel import Outcome, PredictionPool, outcome_of
 from bastion.planner.space import Enumeration, Leaf, SearchSpace, enumerate_space
 from bastion.specs.hardware import Cluster
@@ -37,8 +37,8 @@ EstimateFn = Callable[[ModelSpec, Cluster, ParallelPlan, int], Any]
 TimeBoundFn = Callable[[ModelSpec, Cluster, ParallelPlan, int], float]
 MemoryBoundFn = Callable[[ModelSpec, Cluster, ParallelPlan, int], float]
 
-#: the census reason of plans the step-time bound settles under the default (throughput) objective
-BOUNDED_OUT = get_objective("throughput").bounded_reason
+#: the census reason of plans the step-time bound settles under the default objective
+BOUNDED_OUT = get_objective(DEFAULT_OBJECTIVE).bounded_reason
 #: plans predicted in the first round under the time bound; each later round doubles
 FIRST_CHUNK = 1024
 
@@ -58,14 +58,16 @@ class PlanRequest:
     gpu_counts: tuple[int, ...] = ()
     #: how many plans to return, best first
     top_k: int = 5
-    #: a name in `bastion.planner.objectives.OBJECTIVES` (throughput, mfu, memory, ...)
-    objective: str = "throughput"
+    #: a name in `bastion.planner.objectives.OBJECTIVES` (time-p90, time-median, throughput, mfu, memory, ...)
+    objective: str = DEFAULT_OBJECTIVE
     #: which values each plan field may take
     space: SearchSpace = field(default_factory=SearchSpace)
     #: skip groups whose memory lower bound exceeds device memory (off only to check that it changes nothing)
     prune: bool = True
     #: processes that run predictions: 0 = one per available CPU when there are many plans, 1 = this one only
     workers: int = 0
+    #: whether the software is known (predict/intervals.py's stratum): the plans' p10-p90 intervals depend on it
+    software_known: bool = True
 
     def __post_init__(self) -> None:
         if self.global_batch < 1:
@@ -97,6 +99,10 @@ class RankedPlan:
     memory_bytes: float
     #: the predictor's Estimate, for breakdowns
     estimate: Any
+    #: the p10-p90 interval of the step time (predict/intervals.py: wider where the plan's step rests on terms
+    #: the published runs validate least)
+    p10_s: float
+    p90_s: float
     #: position in enumeration order: the last tie-breaker, so that ranking is deterministic
     order: int
 
@@ -112,8 +118,8 @@ class RankedPlan:
 
     def to_dict(self) -> dict[str, Any]:
         """The `--json` entry for this plan."""
-        return {"plan": self.plan.to_dict(), "step_time_s": self.step_time_s,
-                "tokens_per_s": self.tokens_per_s, "mfu": self.mfu, "memory_gib": self.memory_gib,
+        return {"plan": self.plan.to_dict(), "step_time_s": self.step_time_s, "predicted_p10_s": self.p10_s,
+                "predicted_p90_s": self.p90_s, "tokens_per_s": self.tokens_per_s, "mfu": self.mfu, "memory_gib": self.memory_gib,
                 "breakdown": {"time_s": self.time_breakdown(), "memory_gib": {
                     k: v / 2**30 for k, v in self.memory_breakdown().items()}}}
 
@@ -195,7 +201,7 @@ def search(request: PlanRequest, estimate: EstimateFn | None = None,
     # learned position tables are sized by the sequence length: the bounds must see the model the predictor
     # costs (estimate resizes it the same way)
     model = request.model.with_seq_len(request.seq_len)
-    floors = Floors(model, request.global_batch, request.seq_len, time_bound, memory_bound)
+    floors = Floors(model, request.global_batch, request.seq_len, time_bound, memory_bound, request.software_known)
     by_bound = request.prune and objective.can_bound(floors)
     space = _bound_groups(request, model, objective, by_bound, state_bytes, floors)
     found = _predict_best_first(request, model, objective, by_bound, space, estimate)
@@ -320,7 +326,7 @@ def _predict_best_first(request: PlanRequest, model: ModelSpec, objective: Objec
             found.predicted += jobs
             for group in groups[start:done]:
                 for k, (cluster, plan) in enumerate(jobs_of(group)):
-                    _record(found, space, group.first + k, cluster, plan, next(outcomes))
+                    _record(found, space, group.first + k, cluster, plan, next(outcomes), request.software_known)
             chunk *= 2
             if by_bound:
                 threshold = _threshold(found.ranked, objective, keep)
@@ -330,19 +336,22 @@ def _predict_best_first(request: PlanRequest, model: ModelSpec, objective: Objec
 
 
 def _record(found: _Predicted, space: _BoundedSpace, order: int, cluster: Cluster, plan: ParallelPlan,
-            outcome: Outcome) -> None:
+            outcome: Outcome, software_known: bool) -> None:
+    from bastion.predict.intervals import bounds, shares_width, stratum_q
+
     if isinstance(outcome, PlanError):
         space.count(outcome.reason, 1, outcome.fix or outcome.problem)
         return
-    fits, step, tokens_per_s, mfu, total = outcome
+    fits, step, tokens_per_s, mfu, total, shares = outcome
     if not fits:
         space.count(OUT_OF_MEMORY, 1)
         if found.leanest is None or total < found.leanest[0]:
             found.leanest = (total, plan)
         return
+    p10, p90 = bounds(step, stratum_q(software_known) * shares_width(shares, software_known))
     found.ranked.append(RankedPlan(plan=plan, num_gpus=cluster.num_gpus, step_time_s=step,
                                    tokens_per_s=tokens_per_s, mfu=mfu, memory_bytes=total, estimate=None,
-                                   order=order))
+                                   p10_s=p10, p90_s=p90, order=order))
 
 
 def _leanest_settled(request: PlanRequest, model: ModelSpec, space: _BoundedSpace, estimate: EstimateFn,

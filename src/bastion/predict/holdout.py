@@ -3,7 +3,8 @@
 A family is a case file's `source_group` (one publication family), read here for grouping only: predictions never
 see it (tests/validation/test_software_facts.py). The point prediction has no constant fitted to published times,
 so holding a family out changes only what is calibrated on rows — the interval (predict/intervals.py): each
-family's interval comes from the residuals of every other family. What cannot be held out mechanically — a stack
+family's interval comes from the residuals of every other family (q per stratum, and the width factor's κ per
+class and the coverage of schedules and context-parallel chunks, predict/intervals.py). What cannot be held out mechanically — a stack
 or mapping entry chosen after looking at a family's rows — is declared in data/holdout.toml, and such a family is
 reported as in-sample.
 
@@ -24,8 +25,20 @@ from typing import Any
 
 from bastion.predict.calibration import DATA_DIR
 from bastion.predict.frameworks import FACT_COLUMNS
-from bastion.predict.intervals import KNOWN, LEVEL, STRATA, UNKNOWN, bounds, conformal_quantile, log_residual
-from bastion.predict.validate import CaseResult, RowSkipped, predict_case, read_cases
+from bastion.predict.intervals import (
+    KNOWN,
+    LEVEL,
+    STRATA,
+    UNKNOWN,
+    StepShares,
+    bounds,
+    conformal_quantile,
+    derive_spread,
+    estimate_shares,
+    log_residual,
+    width_factor,
+)
+from bastion.predict.validate import RowSkipped, case_estimate, read_cases
 from bastion.stats import percentile
 
 #: the column that names a row's publication family (for grouping only)
@@ -42,6 +55,8 @@ class HeldOutCase:
     published_s: float
     #: stratum -> predicted step time (software known: the row's facts; unknown: the default stack)
     predicted_s: dict[str, float]
+    #: stratum -> the prediction's term shares (what its interval's width factor reads)
+    shares: dict[str, StepShares]
     #: stratum -> (p10, p90), calibrated without this row's family
     interval: dict[str, tuple[float, float]] = field(default_factory=dict)
 
@@ -68,21 +83,43 @@ def predict_rows(paths: Sequence[Path]) -> tuple[list[HeldOutCase], list[dict[st
     for path in paths:
         for row in read_cases(Path(path)):
             try:
-                given: CaseResult = predict_case(row)
-                blank = predict_case({**row, **{c: "" for c in SOFTWARE_CELLS}})
+                given, given_est, model, _ = case_estimate(row)
+                blank, blank_est, _, _ = case_estimate({**row, **{c: "" for c in SOFTWARE_CELLS}})
             except RowSkipped as exc:
                 skipped.append({"case_id": row.get("case_id", ""), "reason": str(exc)})
                 continue
             cases.append(HeldOutCase(case_id=given.case_id, family=(row.get(FAMILY_COLUMN) or "").strip(),
                                      published_s=given.published_s,
-                                     predicted_s={KNOWN: given.predicted_s, UNKNOWN: blank.predicted_s}))
+                                     predicted_s={KNOWN: given.predicted_s, UNKNOWN: blank.predicted_s},
+                                     shares={KNOWN: estimate_shares(given_est, model),
+                                             UNKNOWN: estimate_shares(blank_est, model)}))
     return cases, skipped
 
 
-def quantiles(cases: Iterable[HeldOutCase]) -> dict[str, float]:
-    """Per stratum, the conformal quantile of |ln(published / predicted)| over `cases`."""
+@dataclass(frozen=True)
+class Calibration:
+    """An interval calibration from a set of rows, per stratum: the width factor's spread (κ per class, coverage)
+    and q (predict/intervals.py)."""
+
+    spread: dict[str, dict[str, Any]]
+    q: dict[str, float]
+
+    def width(self, case: HeldOutCase, stratum: str) -> float:
+        return width_factor(case.shares[stratum], self.spread[stratum])
+
+    def interval(self, case: HeldOutCase, stratum: str) -> tuple[float, float]:
+        return bounds(case.predicted_s[stratum], self.q[stratum] * self.width(case, stratum))
+
+
+def fit(cases: Iterable[HeldOutCase]) -> Calibration:
+    """Per stratum: κ and the coverage from its residuals, and the conformal quantile of |ln(published /
+    predicted)| over `cases` (the width factor only widens it, predict/intervals.py)."""
     cases = list(cases)
-    return {s: conformal_quantile(log_residual(c.published_s, c.predicted_s[s]) for c in cases) for s in STRATA}
+    residuals = {s: [log_residual(c.published_s, c.predicted_s[s]) for c in cases] for s in STRATA}
+    spread = {s: derive_spread([(c.family, r, c.shares[s]) for c, r in zip(cases, residuals[s], strict=True)])
+              for s in STRATA}
+    q = {s: conformal_quantile(residuals[s]) for s in STRATA}
+    return Calibration(spread, q)
 
 
 def attach_held_out_intervals(cases: list[HeldOutCase]) -> None:
@@ -91,9 +128,9 @@ def attach_held_out_intervals(cases: list[HeldOutCase]) -> None:
     for c in cases:
         by_family[c.family].append(c)
     for family, members in by_family.items():
-        q = quantiles(c for c in cases if c.family != family)
+        calibration = fit(c for c in cases if c.family != family)
         for c in members:
-            c.interval = {s: bounds(c.predicted_s[s], q[s]) for s in STRATA}
+            c.interval = {s: calibration.interval(c, s) for s in STRATA}
 
 
 def _errors(cases: list[HeldOutCase], stratum: str) -> dict[str, Any]:
@@ -141,8 +178,9 @@ class HoldoutReport:
 
 
 METHOD = (f"leave-one-family-out (family = {FAMILY_COLUMN}): point predictions have no constant fitted to "
-          f"published times, so only the interval is re-calibrated per held-out family: split-conformal quantile "
-          f"(level {LEVEL}) of |ln(published/predicted)| over the other families' rows, per stratum (software "
+          f"published times, so only the interval is re-calibrated per held-out family: the split-conformal quantile "
+          f"(level {LEVEL}) of |ln(published/predicted)| and the width factor's κ per class and coverage, over the "
+          f"other families' rows, per stratum (software "
           f"known: the row's facts; unknown: facts blanked, the documented default stack). Families whose "
           f"software was chosen after seeing them are marked in_sample (predict/data/holdout.toml).")
 
@@ -154,12 +192,14 @@ def leave_one_family_out(paths: Sequence[Path]) -> HoldoutReport:
 
 
 def calibrate(paths: Sequence[Path], commit: str = "") -> dict[str, Any]:
-    """The content of data/intervals.json: per stratum the quantile over every row of the case files."""
+    """The content of data/intervals.json: the calibration over every row of the case files."""
     cases, _ = predict_rows(paths)
-    q = quantiles(cases)
-    return {"method": "split-conformal: q = ceil((n+1)*level)-th smallest |ln(published/predicted)|; interval = "
-                      "predicted * exp(-q) .. predicted * exp(q) (p10-p90)",
+    calibration = fit(cases)
+    return {"method": "split-conformal widened per plan (predict/intervals.py): w = sqrt(1 + sum_c (kappa_c * "
+                      "share_c)^2) per plan; q = ceil((n+1)*level)-th smallest |ln(published/predicted)|; interval = "
+                      "predicted * exp(-q*w) .. predicted * exp(q*w) (p10-p90); kappa_c derived from the rows "
+                      "where class c is at least large_share of the step, or the stated prior",
             "level": LEVEL, "computed": datetime.now(UTC).strftime("%Y-%m-%d"), "commit": commit,
             "case_files": [Path(p).name for p in paths],
-            "strata": {s: {"q": q[s], "rows": len(cases), "families": sorted({c.family for c in cases})}
-                       for s in STRATA}}
+            "strata": {s: {"q": calibration.q[s], "rows": len(cases), "families": sorted({c.family for c in cases}),
+                           "spread": calibration.spread[s]} for s in STRATA}}

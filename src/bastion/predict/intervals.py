@@ -1,26 +1,59 @@
-"""The uncertainty of a step-time prediction: a p10-p90 interval from out-of-sample residuals.
+"""The uncertainty of a step-time prediction: a p10-p90 interval that depends on the plan.
 
-Method (split-conformal, symmetric in log space): for the published runs of the project's case files, the residual
-of a row is r = ln(published / predicted). For a request in stratum S, q_S is the conformal quantile of |r| over
-the rows of S at level 0.8 (the ceil((n+1)·0.8)-th smallest of n), and the interval is predicted × exp(∓q_S): under
-exchangeability it holds the measured step for at least 80% of new runs (10% below, 10% above when the errors are
-symmetric). Strata are what the request leaves unknown: whether the software is known (a framework with documented
-releases, or a named stack) or not (then the default stack, data/frameworks.toml, predicts it and the residuals
-are those of every row predicted with its framework blanked).
+The interval is predicted × exp(∓q_S · w(plan)): q_S is calibrated on out-of-sample residuals per stratum, w ≥ 1 is
+the plan's width factor, larger when more of its predicted step sits in terms the published runs validate least.
 
-data/intervals.json holds q per stratum with the rows and families it came from; benchmarks/bench_holdout.py
-computes it (`--write-intervals`); predict/holdout.py checks the method leave-one-family-out.
+Width factor. The estimate breaks a step into terms (estimate.TimeBreakdown); each term belongs to a class
+(TERM_CLASS). With share_c = the class's seconds / the predicted step, w = sqrt(1 + Σ_c (κ_c · share_c)²): the
+validated core (compute, memory-bound work, optimizer, host overhead) has κ = 0, so a plan made only of it gets the
+stratum's baseline interval. Classes:
+- exposed communication (tensor-, data-, pipeline-parallel collectives the compute does not hide), recompute, the
+  pipeline bubble of schedules the case files contain up to the depth they contain, and context parallelism at
+  chunk lengths (seq_len / cp) the case files contain: κ is DERIVED from the case files (derive_spread): with
+  "large" rows = those where the class is at least LARGE_SHARE of the predicted step and "baseline" rows = those
+  where no class is, s0 = the conformal quantile of |ln(published/predicted)| over the baseline rows and s_c over
+  the large rows, κ_c = sqrt(max(0, s_c² − s0²)) / (s0 · median share_c of the large rows): the width a typical
+  large-share row needs beyond the baseline's. It needs MIN_ROWS large rows from MIN_FAMILIES publication
+  families, else the class takes the prior below.
+- unvalidated: what the case files have no rows of — the bubble of a schedule they never ran (zero-bubble, V
+  schedules) or of a deeper pipeline than any they ran with that schedule, context parallelism (its exposed
+  communication and the attention it splits) at chunks shorter than any they ran, and any term estimate.py adds
+  that TERM_CLASS does not name yet (MoE all-to-all, offload). PRIOR, from the mechanism: an unvalidated term can
+  be off by its own size, so it widens the p10-p90 half-width by about its share of the step (κ = 1 / s0, in
+  quadrature with the baseline). No published time chooses it.
+Context parallelism's share is its exposed communication plus the attention core it splits: the compute share ×
+attention's part of the model FLOPs (flops.py), an approximation by FLOPs, not by kernel time.
+
+Calibration (split-conformal, widened per plan): for the published runs of the project's case files, r =
+ln(published / predicted); q_S is the conformal quantile of |r| over the rows of stratum S at level 0.8 (the
+ceil((n+1)·0.8)-th smallest of n): under exchangeability predicted × exp(∓q_S) holds the measured step for at
+least 80% of new runs. The width factor only widens that interval (w ≥ 1), so coverage can only rise. (Normalised
+conformal — q_S over |r| / w — gives narrower intervals at the same nominal level, but held out by family it
+covered 79.6% of the software-unknown rows, under the 80% the issue asks for; see predict/holdout.py.) Strata are
+what the request leaves unknown: whether the software is known (a framework with documented releases, or a named
+stack) or not (then the default stack, data/frameworks.toml, predicts it and the residuals are those of every row
+predicted with its framework blanked); κ, s0 and the coverage (which schedules, depths and chunk lengths the case
+files hold) are derived per stratum from its own predictions, like q_S.
+
+data/intervals.json holds q per stratum, κ per class with how each was obtained, and the coverage;
+benchmarks/bench_holdout.py computes it (`--write-intervals`); predict/holdout.py checks the method
+leave-one-family-out (everything above recomputed without the held-out family).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
-from functools import cache
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache, lru_cache
 from typing import Any
 
 from bastion.predict.calibration import DATA_DIR
+from bastion.predict.flops import attention_flops_per_token, model_flops_per_token
+from bastion.specs.model import ModelSpec
+from bastion.specs.plan import ParallelPlan
 
 INTERVALS = DATA_DIR / "intervals.json"
 #: the share of new runs an interval is meant to hold (p10 to p90)
@@ -28,9 +61,20 @@ LEVEL = 0.8
 KNOWN, UNKNOWN = "software known", "software unknown"
 STRATA = (KNOWN, UNKNOWN)
 
-
-def stratum(software_known: bool) -> str:
-    return KNOWN if software_known else UNKNOWN
+COMM, RECOMPUTE, BUBBLE, CP, UNVALIDATED = ("exposed communication", "recompute", "pipeline bubble",
+                                            "context parallelism", "unvalidated")
+#: classes whose κ the case files can give (derive_spread); UNVALIDATED always takes the prior
+DERIVED_CLASSES = (COMM, RECOMPUTE, BUBBLE, CP)
+#: estimate.TimeBreakdown terms outside the validated core -> their class (the schedule and chunk length may move
+#: the bubble and context parallelism to UNVALIDATED); a term in neither this nor CORE_TERMS is UNVALIDATED
+TERM_CLASS = {"tp_comm": COMM, "dp_comm": COMM, "pp_comm": COMM, "recompute": RECOMPUTE, "bubble": BUBBLE,
+              "cp_comm": CP}
+#: the terms every published row exercises (κ = 0)
+CORE_TERMS = ("compute", "memory_bound", "optimizer", "host_overhead")
+#: a class is "large" in a row from a tenth of the predicted step (stated before looking at the rows)
+LARGE_SHARE = 0.10
+#: the support a class needs to derive κ from rows
+MIN_ROWS, MIN_FAMILIES = 8, 2
 
 
 def log_residual(published_s: float, predicted_s: float) -> float:
@@ -51,17 +95,158 @@ def bounds(predicted_s: float, q: float) -> tuple[float, float]:
     return predicted_s * math.exp(-q), predicted_s * math.exp(q)
 
 
+@dataclass(frozen=True)
+class StepShares:
+    """What an interval needs of one prediction: each term's share of the predicted step, the attention core's
+    share, and the regime (schedule, depth, context-parallel chunk) that decides what is validated."""
+
+    terms: Mapping[str, float]
+    attention: float
+    pp_schedule: str
+    pp: int
+    cp: int
+    seq_len: int
+
+    @property
+    def cp_chunk(self) -> int:
+        return self.seq_len // self.cp
+
+
+@lru_cache(maxsize=256)
+def attention_fraction(model: ModelSpec, seq_len: int) -> float:
+    """The attention core's part of the model FLOPs per token."""
+    return (3.0 * model.num_layers * attention_flops_per_token(model, seq_len, causal=True)
+            / model_flops_per_token(model, seq_len))
+
+
+def step_shares(time: Any, step_s: float, plan: ParallelPlan, seq_len: int, model: ModelSpec) -> StepShares:
+    """`time`: an estimate's TimeBreakdown (or its dict)."""
+    seconds = time if isinstance(time, Mapping) else time.to_dict()
+    terms = {k: float(v) / step_s for k, v in seconds.items() if k != "step" and v}
+    return StepShares(terms=terms, attention=terms.get("compute", 0.0) * attention_fraction(model, seq_len),
+                      pp_schedule=plan.pp_schedule, pp=plan.pp, cp=plan.cp, seq_len=seq_len)
+
+
+def estimate_shares(est: Any, model: ModelSpec) -> StepShares:
+    """The shares of a predict.Estimate of `model`."""
+    return step_shares(est.time, est.step_time_s, est.plan, est.seq_len, model)
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """What the case files contain: per pipeline schedule the deepest pp, and the shortest context-parallel chunk."""
+
+    deepest_pp: Mapping[str, int]
+    shortest_cp_chunk: int | None
+
+    @classmethod
+    def of(cls, rows: Iterable[StepShares]) -> Coverage:
+        deepest: dict[str, int] = {}
+        chunks = []
+        for s in rows:
+            if s.pp > 1:
+                deepest[s.pp_schedule] = max(deepest.get(s.pp_schedule, 0), s.pp)
+            if s.cp > 1:
+                chunks.append(s.cp_chunk)
+        return cls(dict(sorted(deepest.items())), min(chunks) if chunks else None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"deepest_pp": dict(self.deepest_pp), "shortest_cp_chunk": self.shortest_cp_chunk}
+
+
+def class_shares(s: StepShares, coverage: Coverage) -> dict[str, float]:
+    """Share of the predicted step per class (the validated core left out)."""
+    out = dict.fromkeys((*DERIVED_CLASSES, UNVALIDATED), 0.0)
+    for term, share in s.terms.items():
+        if term not in CORE_TERMS:
+            out[TERM_CLASS.get(term, UNVALIDATED)] += share
+    if s.pp > 1 and s.pp > coverage.deepest_pp.get(s.pp_schedule, 0):
+        out[UNVALIDATED] += out[BUBBLE]
+        out[BUBBLE] = 0.0
+    if s.cp > 1:
+        out[CP] += s.attention
+        if coverage.shortest_cp_chunk is None or s.cp_chunk < coverage.shortest_cp_chunk:
+            out[UNVALIDATED] += out[CP]
+            out[CP] = 0.0
+    return out
+
+
+def width_factor(s: StepShares, spread: Mapping[str, Any]) -> float:
+    """w ≥ 1 of a prediction under a stratum's spread calibration (derive_spread's result)."""
+    kappa = spread["classes"]
+    return math.sqrt(1.0 + sum((kappa[c]["kappa"] * share) ** 2
+                               for c, share in class_shares(s, _coverage(spread)).items()))
+
+
+def _coverage(spread: Mapping[str, Any]) -> Coverage:
+    c = spread["coverage"]
+    return Coverage(c["deepest_pp"], c["shortest_cp_chunk"])
+
+
+def derive_spread(rows: Sequence[tuple[str, float, StepShares]]) -> dict[str, Any]:
+    """κ per class and the coverage from (family, log residual, shares) of one stratum's predictions."""
+    coverage = Coverage.of(s for _, _, s in rows)
+    classified = [(family, r, class_shares(s, coverage)) for family, r, s in rows]
+    baseline = [r for _, r, c in classified if all(v < LARGE_SHARE for v in c.values())]
+    # rows where every class is large leave no baseline (a small case file): then every row is the baseline
+    s0 = conformal_quantile(baseline or [r for _, r, _ in classified])
+    prior = 1.0 / s0
+    classes: dict[str, dict[str, Any]] = {}
+    for name in DERIVED_CLASSES:
+        large = [(family, r, c[name]) for family, r, c in classified if c[name] >= LARGE_SHARE]
+        families = sorted({f for f, _, _ in large})
+        entry: dict[str, Any] = {"large_rows": len(large), "families": families}
+        if len(large) >= MIN_ROWS and len(families) >= MIN_FAMILIES:
+            s_large = conformal_quantile(r for _, r, _ in large)
+            share = statistics.median(x for _, _, x in large)
+            entry.update(kappa=math.sqrt(max(0.0, s_large**2 - s0**2)) / (s0 * share), how="derived",
+                         spread_large=s_large, median_share=share)
+        else:
+            entry.update(kappa=prior, how=f"prior (fewer than {MIN_ROWS} rows from {MIN_FAMILIES} families with "
+                                          f"it at {LARGE_SHARE:.0%} of the step): κ = 1 / s0")
+        classes[name] = entry
+    classes[UNVALIDATED] = {"kappa": prior, "how": "prior: an unvalidated term can be off by its own size "
+                                                   "(κ = 1 / s0)"}
+    return {"large_share": LARGE_SHARE, "baseline_rows": len(baseline), "s0": s0, "classes": classes,
+            "coverage": coverage.to_dict()}
+
+
 @cache
 def stored_intervals() -> dict[str, Any]:
     return json.loads(INTERVALS.read_text())
 
 
-def step_interval(predicted_s: float, software_known: bool = True) -> tuple[float, float]:
-    """(p10, p90) of the step time around a prediction, from the stored calibration of its stratum."""
-    return bounds(predicted_s, stored_intervals()["strata"][stratum(software_known)]["q"])
+def stratum(software_known: bool) -> str:
+    return KNOWN if software_known else UNKNOWN
 
 
-def interval_note(software_known: bool = True) -> str:
-    s = stored_intervals()["strata"][stratum(software_known)]
-    return (f"interval p10-p90: × exp(±{s['q']:.3f}), split-conformal on {s['rows']} published runs of "
-            f"{len(s['families'])} publication families ({stratum(software_known)}; predict/data/intervals.json)")
+def stratum_q(software_known: bool = True) -> float:
+    """q_S: the half-width in ln(step) of a plan whose width factor is 1 (the narrowest any plan gets)."""
+    return stored_intervals()["strata"][stratum(software_known)]["q"]
+
+
+def shares_width(s: StepShares, software_known: bool = True) -> float:
+    """The width factor of a prediction under the stored calibration of its stratum."""
+    return width_factor(s, stored_intervals()["strata"][stratum(software_known)]["spread"])
+
+
+def step_interval(est: Any, model: ModelSpec, software_known: bool = True) -> tuple[float, float]:
+    """(p10, p90) of the step time of a predict.Estimate of `model`, from the stored calibration."""
+    return bounds(est.step_time_s,
+                  stratum_q(software_known) * shares_width(estimate_shares(est, model), software_known))
+
+
+def interval_note(est: Any, model: ModelSpec, software_known: bool = True) -> str:
+    """The assumption line that says how a prediction's interval was obtained."""
+    stored = stored_intervals()
+    s = stored["strata"][stratum(software_known)]
+    shares = estimate_shares(est, model)
+    w = shares_width(shares, software_known)
+    classes = s["spread"]["classes"]
+    widening = [f"{name} {share:.0%} of the step ({'prior' if classes[name]['how'].startswith('prior') else 'derived'})"
+                for name, share in class_shares(shares, _coverage(s["spread"])).items()
+                if share and classes[name]["kappa"] > 0]
+    return (f"interval p10-p90: × exp(±{s['q'] * w:.3f}) = split-conformal q {s['q']:.3f} on {s['rows']} "
+            f"published runs of {len(s['families'])} publication families ({stratum(software_known)}) × this "
+            f"plan's width factor {w:.2f}" + (f" ({'; '.join(widening)})" if widening else "")
+            + " (predict/intervals.py; predict/data/intervals.json)")

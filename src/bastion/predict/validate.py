@@ -494,10 +494,10 @@ def validate_cases(path: Path | str = PUBLIC_CASES, options: PredictOptions | No
     skipped: list[dict[str, str]] = []
     for i, row in enumerate(rows):
         try:
-            case = predict_case(row, options, software)
+            case, est, model, _ = case_estimate(row, options, software)
         except RowSkipped as exc:
             skipped.append({"case_id": (row.get("case_id") or "").strip() or f"row {i + 2}", "reason": str(exc)})
             continue
-        case.p10_s, case.p90_s = step_interval(case.predicted_s, case.software_known)
+        case.p10_s, case.p90_s = step_interval(est, model, case.software_known)
         cases.append(case)
     return ValidationReport(cases=cases, skipped=skipped)

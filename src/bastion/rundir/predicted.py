@@ -33,10 +33,10 @@ def predicted_figures(spec: ModelSpec, plan: ParallelPlan, cluster_name: str | N
     memory = {name: float(getattr(est.memory, name)) for name in MEMORY_FIELDS}
     from bastion.predict.intervals import interval_note, step_interval
 
-    p10, p90 = step_interval(est.step_time_s)
+    p10, p90 = step_interval(est, spec)
     out: dict[str, Any] = {"cluster": cluster_name, "step_time_s": est.step_time_s, "tokens_per_s": est.tokens_per_s,
                            "mfu": est.mfu, "fits": est.fits, "memory_bytes": memory,
-                           "step_time_p10_s": p10, "step_time_p90_s": p90, "interval": interval_note(),
+                           "step_time_p10_s": p10, "step_time_p90_s": p90, "interval": interval_note(est, spec),
                            "rates": cluster.rates_source}
     try:
         from bastion.predict.memory import model_state_bytes

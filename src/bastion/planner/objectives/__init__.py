@@ -10,11 +10,14 @@ from bastion.planner.objectives.base import Floors, Objective
 from bastion.planner.objectives.goodput import Goodput
 from bastion.planner.objectives.memory import Memory
 from bastion.planner.objectives.mfu import Mfu
-from bastion.planner.objectives.throughput import Throughput
+from bastion.planner.objectives.throughput import Throughput, TimeMedian
+from bastion.planner.objectives.time_p90 import TimeP90
 from bastion.registry import Registry
 
 #: name -> objective, in `--help` order
 OBJECTIVES: Registry[Objective] = Registry("objective")
+OBJECTIVES.register(TimeP90())
+OBJECTIVES.register(TimeMedian())
 OBJECTIVES.register(Throughput())
 OBJECTIVES.register(Mfu())
 OBJECTIVES.register(Memory())
@@ -23,4 +26,7 @@ OBJECTIVES.register(Goodput())
 #: the objective called `name`; an unknown name is a guidance error
 get_objective = OBJECTIVES.named
 
-__all__ = ["OBJECTIVES", "Floors", "Objective", "get_objective"]
+#: what `bastion plan` ranks by unless --objective says otherwise
+DEFAULT_OBJECTIVE = TimeP90.name
+
+__all__ = ["DEFAULT_OBJECTIVE", "OBJECTIVES", "Floors", "Objective", "get_objective"]

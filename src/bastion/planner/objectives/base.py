@@ -36,6 +36,8 @@ class Floors:
     time_bound: TimeBoundFn | None
     #: bytes per device no recompute mode of a plan goes below
     memory_bound: MemoryBoundFn | None
+    #: whether the software is known (the stratum of the plans' intervals, predict/intervals.py)
+    software_known: bool = True
 
     def step_time(self, cluster: Cluster, leaf: Leaf) -> float:
         """Seconds no plan of `leaf` (any ZeRO stage, any recompute mode) steps in less than."""

@@ -27,3 +27,10 @@ class Throughput(Objective):
 
     def floor(self, floors: Floors, cluster: Cluster, leaf: Leaf, memory: dict[int, float]) -> float:
         return floors.step_time(cluster, leaf)
+
+
+class TimeMedian(Throughput):
+    """The ranking before intervals: by the point (median) prediction alone, as `throughput`."""
+
+    name = "time-median"
+    description = "shortest predicted (median) step, its interval ignored: `throughput`'s ranking"

@@ -1,0 +1,36 @@
+"""`time-p90` (the default): the shortest step at the upper end of its p10-p90 interval. The interval widens with
+the share of the predicted step that rests on the terms the published runs validate least (predict/intervals.py:
+context parallelism at chunks shorter than any published run's, bubbles of schedules or depths none ran, ...), so
+a plan that looks fast only through those terms pays for the uncertainty instead of winning on it. Every plan's
+interval is at least the stratum's narrowest (width factor 1), so the step-time floor × exp(q) bounds it."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from bastion.planner.objectives.base import Floors, Objective
+
+if TYPE_CHECKING:
+    from bastion.planner.search import RankedPlan
+    from bastion.planner.space import Leaf
+    from bastion.specs.hardware import Cluster
+
+
+class TimeP90(Objective):
+    name = "time-p90"
+    description = ("shortest step at the upper end (p90) of its predicted interval: plans whose prediction rests "
+                   "on the least-validated terms pay for that uncertainty")
+    bounded_reason = "slower at p90 than the plans shown (step-time bound)"
+
+    def key(self, plan: RankedPlan) -> tuple:
+        # fewer devices, then less memory, break exact ties
+        return (plan.p90_s, plan.num_gpus, plan.memory_bytes, plan.order)
+
+    def value(self, plan: RankedPlan) -> float:
+        return plan.p90_s
+
+    def floor(self, floors: Floors, cluster: Cluster, leaf: Leaf, memory: dict[int, float]) -> float:
+        from bastion.predict.intervals import stratum_q
+
+        return floors.step_time(cluster, leaf) * math.exp(stratum_q(floors.software_known)) * (1 - 1e-9)
