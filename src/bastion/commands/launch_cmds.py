@@ -496,18 +496,18 @@ def cancel_command(
     target: str = typer.Argument(..., help=_TARGET_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print what was done as one JSON object."),
 ) -> None:
-    """Stop a launched run so that it saves first: SIGTERM to a local run's process group (each worker checkpoints
-    after its current step), scancel for Slurm, kubectl delete for Kubernetes (the volume keeps the run directory).
+    """Stop a launched run so that it saves first: SIGTERM to a local run's workers (each checkpoints after its
+    current step), scancel for Slurm, kubectl delete for Kubernetes (the volume keeps the run directory).
     Launching again with the same run directory continues the run."""
     found = _launched(target, None)
     if found.engine == "local":
         from bastion.launch import local
 
         assert found.run_dir is not None
-        pgid = local.cancel(found.record, found.run_dir)
-        _done(as_json, f"sent SIGTERM to the run's process group {pgid}: the workers checkpoint after their current "
-                       f"step and stop; `bastion status {found.run_dir}` shows when", engine="local",
-              run_dir=str(found.run_dir), process_group=pgid, signal="SIGTERM")
+        signalled = local.cancel(found.record, found.run_dir)
+        _done(as_json, f"sent SIGTERM to the run's workers (pid {', '.join(map(str, signalled))}): each checkpoints "
+                       f"after its current step and stops; `bastion status {found.run_dir}` shows when",
+              engine="local", run_dir=str(found.run_dir), signalled=signalled, signal="SIGTERM")
     elif found.engine == "slurm":
         from bastion.launch import slurm
 

@@ -48,8 +48,9 @@ def run(command: list[str], stdout_to_stderr: bool = False, run_dir: Path | None
     stdout joins stderr (a command printing JSON on stdout).
 
     torchrun gets a process group of its own, recorded with its pid in RUN_DIR/launch.json (`run_dir`), so `bastion
-    cancel RUN_DIR` can stop exactly this run's processes; the interrupts this terminal sends the launcher (Ctrl-C,
-    a closed terminal, SIGTERM) are passed on to that group, as they reached it when it shared the launcher's."""
+    status|cancel RUN_DIR` find exactly this run's processes from another terminal. The first interrupt the
+    launcher gets (Ctrl-C, a closed terminal, SIGTERM) stops the run as `bastion cancel` does (`stop`: the workers
+    checkpoint and stop); a second one goes to torchrun's group as it is, which ends the run at once."""
     try:
         process = subprocess.Popen(command, env=process_environment(worker_env(single_host=True)),
                                    stdout=sys.stderr if stdout_to_stderr else None, start_new_session=True)
@@ -63,8 +64,17 @@ def run(command: list[str], stdout_to_stderr: bool = False, run_dir: Path | None
         write_launch_record(run_dir, record)
     # (signal handlers can only be set from the main thread; a launcher in another thread passes nothing on)
     in_main = threading.current_thread() is threading.main_thread()
-    previous = {sig: signal.signal(sig, lambda signum, _frame: _pass_on(process.pid, signum))
-                for sig in (_PASSED_ON if in_main else ())}
+    interrupts: list[int] = []
+
+    def pass_on(signum: int, _frame: object) -> None:
+        interrupts.append(signum)
+        if len(interrupts) == 1:
+            stop(process.pid, process.pid)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM if signum == signal.SIGHUP else signum)
+
+    previous = {sig: signal.signal(sig, pass_on) for sig in (_PASSED_ON if in_main else ())}
     try:
         code = process.wait()
     finally:
@@ -75,13 +85,37 @@ def run(command: list[str], stdout_to_stderr: bool = False, run_dir: Path | None
     return code
 
 
-#: signals the launcher passes on to torchrun's process group (SIGHUP as SIGTERM: the workers save and stop)
+#: signals the launcher passes on (a closed terminal, SIGHUP, counts as SIGTERM)
 _PASSED_ON = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def _pass_on(pgid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGTERM if signum == signal.SIGHUP else signum)
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux /proc; empty where there is none)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # "PID (COMMAND) STATE PPID ...": the command may hold spaces and parentheses, the last ')' ends it
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields and int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def stop(agent_pid: int, pgid: int) -> list[int]:
+    """SIGTERM to the run's workers, torchrun's children (each in a session of its own, which torchrun gives them):
+    each checkpoints after its current step and exits cleanly, and torchrun, seeing its group done, exits too. Where
+    the workers cannot be listed, SIGTERM goes to torchrun's process group (torchrun passes it on to the workers
+    and exits with a traceback). The processes signalled."""
+    workers = _children(agent_pid)
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    if not workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+    return workers or [pgid]
 
 
 # ---- a local run seen from another terminal: bastion status / cancel RUN_DIR ---------------------------------
@@ -98,9 +132,9 @@ def is_running(record: dict[str, Any]) -> bool | None:
         return False
 
 
-def cancel(record: dict[str, Any], run_dir: Path) -> int:
-    """SIGTERM to the run's process group: every worker checkpoints after its current step and stops (as on a
-    Slurm time limit), torchrun exits, the launcher records the exit. Returns the process group."""
+def cancel(record: dict[str, Any], run_dir: Path) -> list[int]:
+    """Stop the recorded run (`stop`): every worker checkpoints after its current step and stops (as on a Slurm
+    time limit), torchrun exits, the launcher records the exit. The processes signalled."""
     running = is_running(record)
     if running is None:
         raise LaunchError(f"The run in {run_dir} was started on host {record.get('host')}, not here.",
@@ -108,9 +142,7 @@ def cancel(record: dict[str, Any], run_dir: Path) -> int:
     if not running:
         raise LaunchError(f"The run in {run_dir} is not running (its torchrun, pid {record.get('pid')}, has "
                           f"exited).", fix=f"`bastion status {run_dir}` says how it ended.")
-    pgid = int(record["pgid"])
-    os.killpg(pgid, signal.SIGTERM)
-    return pgid
+    return stop(int(record["pid"]), int(record["pgid"]))
 
 
 def outcome(record: dict[str, Any], progress: dict[str, Any]) -> dict[str, Any]:
