@@ -13,7 +13,7 @@ from pathlib import Path
 from helpers.cli import bastion, run, user_error
 
 
-def test_simulate_cluster_preset_or_accel_n_is_a_one_pool_inventory(capsys) -> None:
+def test_simulate_cluster_preset_or_accel_n_is_a_one_pool_inventory(capsys, tmp_path: Path) -> None:
     code, out, err = run(["simulate", "--cluster", "H100:32", "--synthetic", "4", "--json"], capsys)
     assert code == 0, err
     result = json.loads(out)
@@ -22,6 +22,11 @@ def test_simulate_cluster_preset_or_accel_n_is_a_one_pool_inventory(capsys) -> N
     code, out, err = run(["simulate", "--cluster", "dgx-h100", "--synthetic", "4", "--json"], capsys)
     assert code == 0, err
     assert [p["accelerator"] for p in json.loads(out)["pools"]] == ["h100-sxm"]
+    cluster_file = tmp_path / "two-nodes.toml"   # a cluster file, as `--cluster` takes it elsewhere
+    cluster_file.write_text('accelerator = "a100-80g"\nnum_nodes = 2\ngpus_per_node = 8\n')
+    code, out, err = run(["simulate", "--cluster", str(cluster_file), "--synthetic", "4", "--json"], capsys)
+    assert code == 0, err
+    assert [(p["accelerator"], p["nodes"]) for p in json.loads(out)["pools"]] == [("a100-80g", 2)]
     user_error(["simulate", "--cluster", "h100:x", "--synthetic", "4"], capsys, "is not a device count")
 
 

@@ -113,8 +113,9 @@ def simulate_command(
 
 
 def simulation_inventory(cluster: str):
-    """`--cluster` as `simulate` reads it: an inventory file (it has [[pool]] tables), else what `--cluster` means
-    in every other command (a preset, ACCEL:N, a cluster file) as an inventory of one pool and one tenant."""
+    """`--cluster` as `simulate` reads it: an inventory file ([[pool]] tables; a file with neither those nor a
+    cluster file's `accelerator` is read as an inventory, and its errors say so), else what `--cluster` means in
+    every other command (a preset, ACCEL:N, a cluster file) as an inventory of one pool and one tenant."""
     from pathlib import Path
 
     from bastion.sim.inputs import Inventory, Pool, Tenant, load_inventory
@@ -122,8 +123,10 @@ def simulation_inventory(cluster: str):
     from bastion.specs.hardware import load_cluster
 
     path = Path(cluster)
-    if (path.suffix in (".toml", ".json") or path.is_file()) and "pool" in read_mapping(path):
-        return load_inventory(path)
+    if path.suffix in (".toml", ".json") or path.is_file():
+        data = read_mapping(path)
+        if "pool" in data or "accelerator" not in data:
+            return load_inventory(path)
     spec = load_cluster(cluster)
     pool = Pool(name=spec.accelerator.name, accelerator=spec.accelerator.name, nodes=spec.num_nodes,
                 gpus_per_node=spec.gpus_per_node, cluster=spec)
