@@ -118,7 +118,8 @@ def find_occupant(run_dir: Path, config: dict[str, Any]) -> Occupant | None:
         differences.append("plan " + ", ".join(f"{k} {_short(held['plan'][k])} → {_short(config['plan'][k])}"
                                                for k in plan_keys))
     for key in _dict_differences(held["train"], config["train"]):
-        if key in IDENTITY_SETTINGS:
+        # --init-from seeds step 0 only: a resumed run may leave it out (its checkpoint holds the weights)
+        if key in IDENTITY_SETTINGS and not (key == "init_from" and config["train"][key] is None):
             differences.append(f"{key} {_short(held['train'][key])} → {_short(config['train'][key])}")
     return Occupant(run_dir, tuple(differences))
 
