@@ -166,3 +166,58 @@ def test_kubernetes_status_logs_cancel_through_kubectl(tmp_path: Path, capsys, m
         "kubectl logs -l training.kubeflow.org/job-name=r1 --all-containers --prefix --tail=5 --max-log-requests=64",
         "kubectl delete pytorchjobs.kubeflow.org r1 --wait=false",
     ]
+
+
+# ---- a task file: one reviewed file per run ----------------------------------------------------------------------
+
+TASK = """on = "slurm"
+name = "tiny-task"
+[resources]
+nodes = 1
+device = "cpu"
+[slurm]
+time = "00:30:00"
+partition = "debug"
+[train]
+model = "tiny"
+data = "data"
+steps = 20
+run_dir = "runs/task"
+[train.plan]
+dp = 2
+global_batch = 4
+precision = "fp32"
+[train.optimizer]
+lr = 3e-4
+"""
+
+
+def test_a_task_file_is_the_whole_launch_and_flags_override_it(inputs, capsys) -> None:
+    task = inputs["data"].parent / "task.toml"
+    task.write_text(TASK)
+    code, out, err = run(["launch", str(task), "--dry-run", "--json"], capsys)
+    assert code == 0, err
+    done = json.loads(out)
+    assert done["engine"] == "slurm"
+    lines = done["script"].splitlines()
+    for line in ("#SBATCH --job-name=tiny-task", "#SBATCH --nodes=1", "#SBATCH --time=00:30:00",
+                 "#SBATCH --partition=debug", f"#SBATCH --output={task.parent / 'runs' / 'task'}/slurm-%j.out"):
+        assert line in lines
+    train = done["run_config"]["train"]
+    assert (train["lr"], train["steps"], done["run_config"]["plan"]["dp"]) == (3e-4, 20, 2)
+    assert train["data"] == str(inputs["data"])   # [train] paths are relative to the task file
+
+    code, out, err = run(["launch", str(task), "--dry-run", "--json", "--partition", "long", "--on", "slurm",
+                          "--set", "optimizer.lr=1e-3", "--", "--seed", "7"], capsys)
+    assert code == 0, err
+    done = json.loads(out)
+    assert "#SBATCH --partition=long" in done["script"].splitlines()
+    assert (done["run_config"]["train"]["lr"], done["run_config"]["train"]["seed"]) == (1e-3, 7)
+
+    task.write_text(TASK.replace("partition =", "partiton ="))
+    user_error(["launch", str(task), "--dry-run"], capsys, "unknown setting 'slurm.partiton'",
+               "Did you mean 'slurm.partition'?")
+    task.write_text(TASK.replace('nodes = 1', 'nodes = "two"'))
+    user_error(["launch", str(task), "--dry-run"], capsys, "nodes:")
+    task.write_text(TASK.split("[train]")[0])
+    user_error(["launch", str(task), "--dry-run"], capsys, "has no [train] table")

@@ -19,7 +19,11 @@ from bastion.errors import LaunchError
 @app.command("launch", context_settings={"allow_extra_args": True})
 def launch_command(
     ctx: typer.Context,
-    on: str = typer.Option(..., "--on", help="Engine: local (torchrun here), slurm (sbatch) or k8s (manifests)."),
+    task: Path | None = typer.Argument(None, help="Task file: the engine, resources and scheduler options, and the "
+                                                  "training config as its [train] table (commands/task_file.py); "
+                                                  "flags override it."),
+    on: str | None = typer.Option(None, "--on", help="Engine: local (torchrun here), slurm (sbatch) or k8s "
+                                                     "(manifests). Required, here or in the task file."),
     model: options.RunModel = None,
     plan_path: options.RunPlan = None,
     data: options.RunData = None,
@@ -74,6 +78,27 @@ def launch_command(
     from bastion.rundir.launch_record import add_slurm_job
     from bastion.rundir.layout import LAUNCH_DIR, RUN_CONFIG_FILE
 
+    extra = list(ctx.args)
+    if task is not None and str(task).startswith("-"):  # no task file: click gave it the first word after `--`
+        extra, task = [str(task), *extra], None
+    if task is not None:
+        if config is not None:
+            raise LaunchError("A task file and --config both give the training settings.",
+                              fix="put them in the task file's [train] table (or give --config without a task "
+                                  "file); --set overrides one setting.")
+        config = task  # `bastion train --config TASK` reads its [train] table
+        settings = _task_settings(ctx, task)
+        on, name, nodes, gpus_per_node, device = (settings.get(k, v) for k, v in (
+            ("on", on), ("name", name), ("nodes", nodes), ("gpus_per_node", gpus_per_node), ("device", device)))
+        time, partition, signal_lead, requeue_exit, max_requeues, cpus_per_worker = (settings.get(k, v) for k, v in (
+            ("time", time), ("partition", partition), ("signal_lead", signal_lead), ("requeue_exit", requeue_exit),
+            ("max_requeues", max_requeues), ("cpus_per_worker", cpus_per_worker)))
+        image, k8s_kind, queue, storage, max_restarts = (settings.get(k, v) for k, v in (
+            ("image", image), ("k8s_kind", k8s_kind), ("queue", queue), ("storage", storage),
+            ("max_restarts", max_restarts)))
+    if on is None:
+        raise LaunchError("`bastion launch` needs --on.", fix="give --on local, slurm or k8s (or `on = ...` in a "
+                                                              "task file).")
     engine = check_engine(on)
     if dry_run and submit:
         raise LaunchError("--dry-run and --submit contradict each other.", fix="give one of them.")
@@ -109,7 +134,7 @@ def launch_command(
         raise LaunchError("--overwrite moves a run directory's files aside here, but a Kubernetes run directory is "
                           "on the job's volume.", fix="give the job a new --run-dir (or a new volume claim).")
     train_args += ["--resume"] * resume + ["--overwrite"] * overwrite
-    run = _resolve_train_args(train_args, list(ctx.args), paths_here=engine != "k8s")
+    run = _resolve_train_args(train_args, extra, paths_here=engine != "k8s")
     if run.on_failure == "shrink" and engine != "local":
         raise LaunchError(f"--on-failure shrink (or auto, for a plan with data-parallel replicas) re-plans and "
                           f"relaunches from this machine's launcher, which a {engine} job does not have yet.",
@@ -203,6 +228,28 @@ def _done(as_json: bool, text: str, **fields: object) -> None:
 #: `bastion train` options that `bastion launch` sets itself (a second value after `--` would be ambiguous)
 _LAUNCH_OWNED = ("--model", "--plan", "--data", "--run-dir", "--steps", "--seq-len", "--max-restarts", "--nproc",
                  "--config", "--set", "--resume", "--overwrite")
+
+
+def _task_settings(ctx: typer.Context, task: Path) -> dict:
+    """The task file's launch settings that no flag on the command line overrides, checked as their flags are."""
+    from typer._click.core import ParameterSource
+    from typer._click.exceptions import BadParameter
+
+    from bastion.commands.task_file import load_task_file
+    from bastion.errors import BastionError, ConfigError
+
+    by_name = {param.name: param for param in ctx.command.params}
+    settings = {}
+    for name, value in load_task_file(task).items():
+        if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
+            continue
+        try:
+            settings[name] = by_name[name].process_value(ctx, value)
+        except (BadParameter, BastionError) as exc:
+            message = exc.format_message() if isinstance(exc, BadParameter) else exc.problem
+            raise ConfigError(f"{task}: {name}: {message}",
+                              fix="give it a value of the right type in the task file.") from None
+    return settings
 
 
 def _from_config(config: Path | None, set_values: list[str]) -> dict:

@@ -97,6 +97,8 @@ def load_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"Cannot read --config {path}: {exc}.", fix="give a readable TOML file.") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"--config {path} is not valid TOML: {exc}.", fix="fix the file's syntax.") from None
+    if isinstance(table.get("train"), dict):  # a task file (`bastion launch TASK`): its [train] table is the config
+        table = table["train"]
     values: dict[str, Any] = {}
     for key, value in _flatten(table).items():
         _check_key(key, str(path))
