@@ -214,6 +214,10 @@ def test_a_task_file_is_the_whole_launch_and_flags_override_it(inputs, capsys) -
     assert "#SBATCH --partition=long" in done["script"].splitlines()
     assert (done["run_config"]["train"]["lr"], done["run_config"]["train"]["seed"]) == (1e-3, 7)
 
+    code, out, err = run(["launch", str(task), "--dry-run", "--json", "--on", "local"], capsys)
+    assert code == 0, err   # the [slurm] table is for Slurm: a local try of the same file ignores it
+    assert json.loads(out)["command"][-1] == str(task.parent / "runs" / "task" / "run_config.json")
+
     task.write_text(TASK.replace("partition =", "partiton ="))
     user_error(["launch", str(task), "--dry-run"], capsys, "unknown setting 'slurm.partiton'",
                "Did you mean 'slurm.partition'?")

@@ -235,13 +235,18 @@ def _task_settings(ctx: typer.Context, task: Path) -> dict:
     from typer._click.core import ParameterSource
     from typer._click.exceptions import BadParameter
 
-    from bastion.commands.task_file import load_task_file
+    from bastion.commands.task_file import TASK_KEYS, load_task_file
     from bastion.errors import BastionError, ConfigError
 
     by_name = {param.name: param for param in ctx.command.params}
+    in_file = load_task_file(task)
+    engine = ctx.params["on"] if ctx.get_parameter_source("on") == ParameterSource.COMMANDLINE else in_file.get("on")
     settings = {}
-    for name, value in load_task_file(task).items():
-        if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
+    for key, value in in_file.items():
+        name = TASK_KEYS[key]
+        table = key.partition(".")[0]
+        other_engine = table in ("slurm", "k8s") and table != engine
+        if other_engine or ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
             continue
         try:
             settings[name] = by_name[name].process_value(ctx, value)

@@ -10,8 +10,10 @@ resources, the scheduler's options) and, as its `[train]` table, the training co
     [train]      model = "llama3-8b"   plan = "plan.json"   data = "data"   steps = 20000   run_dir = "runs/8b"
     [train.optimizer]  lr = 3e-4
 
-A flag given on the command line overrides the file (`--set KEY=VALUE` overrides a [train] setting); paths in
-[train] are relative to the file's directory, as in a config file. An unknown key is an error naming the known ones.
+A flag given on the command line overrides the file (`--set KEY=VALUE` overrides a [train] setting); the [slurm]
+and [k8s] tables apply only when the run goes to that engine (so `--on local` tries a cluster's task file here).
+Paths in [train] are relative to the file's directory, as in a config file. An unknown key is an error naming the
+known ones.
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ _TABLES = ("resources", "slurm", "k8s")
 
 
 def load_task_file(path: Path) -> dict[str, Any]:
-    """The launch settings of a task file as {`bastion launch` parameter: value} (its [train] table is read as the
-    run's --config). Unreadable files, a missing [train] table and unknown keys are guidance errors."""
+    """The launch settings of a task file as {key (`slurm.time`): value}; TASK_KEYS names the `bastion launch`
+    parameter each sets (its [train] table is read as the run's --config). Unreadable files, a missing [train]
+    table and unknown keys are guidance errors."""
     try:
         table = tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -59,5 +62,5 @@ def load_task_file(path: Path) -> dict[str, Any]:
             if name not in TASK_KEYS:
                 raise ConfigError(f"{path}: unknown setting '{name}'.{did_you_mean(name, TASK_KEYS)}",
                                   fix=f"use one of: {', '.join(TASK_KEYS)}, and [train] for the training settings.")
-            values[TASK_KEYS[name]] = item
+            values[name] = item
     return values
