@@ -18,7 +18,6 @@ known ones.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +39,9 @@ def load_task_file(path: Path) -> dict[str, Any]:
     """The launch settings of a task file as {key (`slurm.time`): value}; TASK_KEYS names the `bastion launch`
     parameter each sets (its [train] table is read as the run's --config). Unreadable files, a missing [train]
     table and unknown keys are guidance errors."""
-    try:
-        table = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"Task file {path} does not exist.", fix="give the path of a task.toml.") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"Cannot read the task file {path}: {exc}.", fix="give a readable TOML file.") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"Task file {path} is not valid TOML: {exc}.", fix="fix the file's syntax.") from None
+    from bastion.commands.train_file import read_toml
+
+    table = read_toml(path, f"Task file {path}", "task.toml")
     if not isinstance(table.get("train"), dict):
         raise ConfigError(f"Task file {path} has no [train] table.",
                           fix="put the training settings (model, plan, data, steps, run_dir, ...) under [train], "
