@@ -19,6 +19,8 @@ from bastion.rundir.layout import LOGS_DIR, METRICS_FILE
 
 #: seconds between two looks at files being followed
 POLL_S = 0.5
+#: seconds between two questions whether the run still runs (for Slurm, a squeue and an scontrol call)
+RUNNING_CHECK_S = 5.0
 
 
 def record_line(record: dict[str, Any]) -> str:
@@ -89,9 +91,12 @@ def show(files: Callable[[], list[LogFile]], lines: int, follow: bool, running: 
                 emit(current, text, record)
 
     look(first=True)
+    asked = -RUNNING_CHECK_S
+    still = True
     while follow:
-        still = running()
+        if time.monotonic() - asked >= RUNNING_CHECK_S:
+            still, asked = running(), time.monotonic()
         time.sleep(POLL_S)
         look(first=False)
-        if not still:
+        if not still:  # one last look after the end: the lines written while it ended
             return
