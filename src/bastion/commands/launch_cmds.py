@@ -19,9 +19,9 @@ from bastion.errors import LaunchError
 @app.command("launch", context_settings={"allow_extra_args": True})
 def launch_command(
     ctx: typer.Context,
-    task: Path | None = typer.Argument(None, help="Task file: the engine, resources and scheduler options, and the "
-                                                  "training config as its [train] table (commands/task_file.py); "
-                                                  "flags override it."),
+    task: Path | None = typer.Argument(None, help="Task file (TOML): `on`, `name`, [resources], [slurm], [k8s], "
+                                                  "and the training config file as its [train] table; flags "
+                                                  "override it."),
     on: str | None = typer.Option(None, "--on", help="Engine: local (torchrun here), slurm (sbatch) or k8s "
                                                      "(manifests). Required, here or in the task file."),
     model: options.RunModel = None,
@@ -67,7 +67,8 @@ def launch_command(
                                  "the command, script or manifests and the run config; else what was written or "
                                  "submitted (a local run: its summary)."),
 ) -> None:
-    """Start a plan's training job: torchrun here, an sbatch job, or a PyTorchJob/JobSet.
+    """Start a plan's training job: torchrun here, an sbatch job, or a PyTorchJob/JobSet (from flags, or from one
+    task file: `bastion launch task.toml`).
 
     Arguments after `--` go to `bastion train` unchanged (e.g. `-- --checkpoint-every 50 --seed 1`).
     """
