@@ -14,7 +14,7 @@ RUN_DIR/
   logs/rank-NNNNN.log         a worker's traceback when it failed (runtime/worker.py); the console gets one line
   launch.json                 how the run was started and how to reach it: engine, torchrun's pid and process
                               group, Slurm job ids, Kubernetes job (rundir/launch_record.py)
-  launch/                     what `bastion launch --on slurm` wrote: job.sbatch, jobs.txt (the submitted ids)
+  launch/job.sbatch           the batch script `bastion launch --on slurm` wrote (its submissions: launch.json)
   replaced-DATE-TIME/         an earlier run set aside by --overwrite (rundir/occupant.py)
 """
 
