@@ -13,7 +13,7 @@ RUN_DIR/
   profile/                    torch.profiler Chrome traces, trace-rankNNNNN.json (--profile START:END)
   logs/rank-NNNNN.log         a worker's traceback when it failed (runtime/worker.py); the console gets one line
   launch.json                 how the run was started and how to reach it: engine, torchrun's pid and process
-                              group, Slurm job ids, Kubernetes job (rundir/launch_record.py)
+                              group, or the Slurm job ids (rundir/launch_record.py)
   launch/job.sbatch           the batch script `bastion launch --on slurm` wrote (its submissions: launch.json)
   replaced-DATE-TIME/         an earlier run set aside by --overwrite (rundir/occupant.py)
 """
