@@ -7,8 +7,10 @@ instant. Errors a user can fix print as a short paragraph and exit 2; BASTION_DE
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 
 import typer
 
@@ -61,7 +63,32 @@ def report_error(exc: BastionError) -> None:
         console.print(f"[bold]Hint:[/] {escape(exc.hint)}", soft_wrap=True)
 
 
+#: the line width rich assumes when stdout is a pipe or a file (it cannot ask a terminal): wide enough that no
+#: line is broken in the middle of a value; tables are as wide as their contents, not this
+PIPED_COLUMNS = 4096
+
+
+@contextlib.contextmanager
+def _whole_lines_when_piped() -> Iterator[None]:
+    """Output read by a program or kept in a file keeps its lines whole: rich wraps at 80 columns when stdout is
+    not a terminal, unless COLUMNS says otherwise (a COLUMNS the user set is kept). For the command's duration
+    (processes it starts inherit it), so a caller running `main` in-process gets its environment back."""
+    if "COLUMNS" in os.environ or sys.stdout.isatty():
+        yield
+        return
+    os.environ["COLUMNS"] = str(PIPED_COLUMNS)
+    try:
+        yield
+    finally:
+        os.environ.pop("COLUMNS", None)
+
+
 def main(argv: list[str] | None = None) -> None:
+    with _whole_lines_when_piped():
+        _main(argv)
+
+
+def _main(argv: list[str] | None) -> None:
     debug = os.environ.get("BASTION_DEBUG") == "1"
     try:
         app(args=argv, standalone_mode=True)

@@ -19,14 +19,15 @@ def train(run_dir: Path, data: Path, plan: dict, nproc: int, *extra: str, steps:
     plan_file.write_text(json.dumps({**BASE, **plan}))
     result = bastion("train", "--model", model, "--plan", str(plan_file), "--data", str(data), "--steps",
                      str(steps), "--run-dir", str(run_dir), "--nproc", str(nproc), "--no-progress",
-                     "--checkpoint-every", "2", "--sync-checkpoint", *extra, timeout=600)
+                     "--checkpoint-every", "2", "--sync-checkpoint", "--resume", *extra, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
 
 
 def reference_and_switched(root: Path, segments: list, steps: int = STEPS, model: str = "tiny"
                            ) -> tuple[Path, Path]:
     """An uninterrupted single-process run, and one that runs `segments` (plan, processes, stop after step) in
-    turn in the same run directory, each resuming where the last stopped."""
+    turn in the same run directory, each resuming where the last stopped (--resume: a new plan is another run's
+    unless told to continue, rundir/occupant.py)."""
     data = root / "data"
     assert bastion("data", "prepare", str(Path(json.__file__).parent), "--out", str(data)).returncode == 0
     reference = root / "reference"

@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-COMMANDS = ("models", "hardware", "estimate", "validate", "plan", "train", "launch", "status", "logs", "report",
-            "cost", "simulate", "demo", "data", "export")
+COMMANDS = ("models", "hardware", "estimate", "validate", "plan", "train", "launch", "status", "logs", "cancel",
+            "report", "cost", "simulate", "demo", "data", "export")
 
 
 def test_help_lists_every_command_without_importing_torch() -> None:

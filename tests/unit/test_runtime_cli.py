@@ -23,7 +23,7 @@ def setup(tmp_path, monkeypatch):
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"dp": 4, "micro_batch": 1, "global_batch": 8, "precision": "fp32"}))
     launches = []
-    monkeypatch.setattr(local, "run", lambda command, stdout_to_stderr=False: launches.append(list(command)) or 0)
+    monkeypatch.setattr(local, "run", lambda command, **_: launches.append(list(command)) or 0)
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(key, raising=False)
     return tmp_path, plan, launches

@@ -1,10 +1,12 @@
-"""`bastion launch`, `bastion status JOBID`, `bastion logs JOBID`: start a plan on torchrun, Slurm or Kubernetes,
-then follow the job through the scheduler and its run directory."""
+"""`bastion launch`, then `bastion status|logs|cancel RUN_DIR|JOBID|NAME`: start a plan on torchrun, Slurm or
+Kubernetes, then follow and stop it through its run directory's launch record (launch.json), the scheduler or
+kubectl."""
 
 from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
@@ -17,7 +19,11 @@ from bastion.errors import LaunchError
 @app.command("launch", context_settings={"allow_extra_args": True})
 def launch_command(
     ctx: typer.Context,
-    on: str = typer.Option(..., "--on", help="Engine: local (torchrun here), slurm (sbatch) or k8s (manifests)."),
+    task: Path | None = typer.Argument(None, help="Task file (TOML): `on`, `name`, [resources], [slurm], [k8s], "
+                                                  "and the training config file as its [train] table; flags "
+                                                  "override it."),
+    on: str | None = typer.Option(None, "--on", help="Engine: local (torchrun here), slurm (sbatch) or k8s "
+                                                     "(manifests). Required, here or in the task file."),
     model: options.RunModel = None,
     plan_path: options.RunPlan = None,
     data: options.RunData = None,
@@ -50,13 +56,19 @@ def launch_command(
     storage: str = typer.Option("100Gi", "--storage", help="k8s: size of the run directory's volume claim."),
     manifest: Path | None = typer.Option(None, "--manifest",
                                          help="k8s: where to write the YAML (default ./NAME-KIND.yaml)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --run-dir also when it was started "
+                                "with another model, plan or settings (a new plan reshards its checkpoint)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start over in a --run-dir that holds a run: its "
+                                   "files move to RUN_DIR/replaced-DATE-TIME/ when the job starts (nothing is "
+                                   "deleted)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the command, script or YAML; do nothing else."),
     submit: bool = typer.Option(False, "--submit", help="Submit (sbatch / kubectl apply) after writing."),
     as_json: bool = typer.Option(False, "--json", help="Print what was done as one JSON object: with --dry-run "
                                  "the command, script or manifests and the run config; else what was written or "
                                  "submitted (a local run: its summary)."),
 ) -> None:
-    """Start a plan's training job: torchrun here, an sbatch job, or a PyTorchJob/JobSet.
+    """Start a plan's training job: torchrun here, an sbatch job, or a PyTorchJob/JobSet (from flags, or from one
+    task file: `bastion launch task.toml`).
 
     Arguments after `--` go to `bastion train` unchanged (e.g. `-- --checkpoint-every 50 --seed 1`).
     """
@@ -64,8 +76,30 @@ def launch_command(
     from bastion.launch import kubernetes, local, registry, slurm
     from bastion.launch.request import LaunchRequest, check_engine, parse_time_limit, worker_layout
     from bastion.launch.worker import write_run_config
-    from bastion.rundir.layout import RUN_CONFIG_FILE
+    from bastion.rundir.launch_record import add_slurm_job
+    from bastion.rundir.layout import LAUNCH_DIR, RUN_CONFIG_FILE
 
+    extra = list(ctx.args)
+    if task is not None and str(task).startswith("-"):  # no task file: click gave it the first word after `--`
+        extra, task = [str(task), *extra], None
+    if task is not None:
+        if config is not None:
+            raise LaunchError("A task file and --config both give the training settings.",
+                              fix="put them in the task file's [train] table (or give --config without a task "
+                                  "file); --set overrides one setting.")
+        config = task  # `bastion train --config TASK` reads its [train] table
+        settings = _task_settings(ctx, task)
+        on, name, nodes, gpus_per_node, device = (settings.get(k, v) for k, v in (
+            ("on", on), ("name", name), ("nodes", nodes), ("gpus_per_node", gpus_per_node), ("device", device)))
+        time, partition, signal_lead, requeue_exit, max_requeues, cpus_per_worker = (settings.get(k, v) for k, v in (
+            ("time", time), ("partition", partition), ("signal_lead", signal_lead), ("requeue_exit", requeue_exit),
+            ("max_requeues", max_requeues), ("cpus_per_worker", cpus_per_worker)))
+        image, k8s_kind, queue, storage, max_restarts = (settings.get(k, v) for k, v in (
+            ("image", image), ("k8s_kind", k8s_kind), ("queue", queue), ("storage", storage),
+            ("max_restarts", max_restarts)))
+    if on is None:
+        raise LaunchError("`bastion launch` needs --on.", fix="give --on local, slurm or k8s (or `on = ...` in a "
+                                                              "task file).")
     engine = check_engine(on)
     if dry_run and submit:
         raise LaunchError("--dry-run and --submit contradict each other.", fix="give one of them.")
@@ -97,7 +131,11 @@ def launch_command(
         train_args += ["--config", str(config)]
     for item in set_values:
         train_args += ["--set", item]
-    run = _resolve_train_args(train_args, list(ctx.args), paths_here=engine != "k8s")
+    if overwrite and engine == "k8s":
+        raise LaunchError("--overwrite moves a run directory's files aside here, but a Kubernetes run directory is "
+                          "on the job's volume.", fix="give the job a new --run-dir (or a new volume claim).")
+    train_args += ["--resume"] * resume + ["--overwrite"] * overwrite
+    run = _resolve_train_args(train_args, extra, paths_here=engine != "k8s")
     if run.on_failure == "shrink" and engine != "local":
         raise LaunchError(f"--on-failure shrink (or auto, for a plan with data-parallel replicas) re-plans and "
                           f"relaunches from this machine's launcher, which a {engine} job does not have yet.",
@@ -136,8 +174,14 @@ def launch_command(
             _done(as_json, script.removesuffix("\n"), engine="slurm", dry_run=True, script=script,
                   run_config=run.config)
             return
+        if run.overwrite:
+            from bastion.commands.train_cmds import announce_set_aside
+            from bastion.rundir.lock import acquire
+
+            with acquire(run.run_dir):
+                announce_set_aside(run.run_dir)
         write_run_config(config_path, run.config)
-        script_path = Path(run_dir_text) / "launch" / "job.sbatch"
+        script_path = Path(run_dir_text) / LAUNCH_DIR / "job.sbatch"
         _write_text(script_path, script, "--run-dir")
         if not submit:
             _done(as_json, f"wrote {script_path}\nsubmit with: sbatch {_shell_quote(str(script_path))}",
@@ -145,11 +189,11 @@ def launch_command(
             return
         job_id = slurm.submit(script_path)
         registry.record("slurm", job_id, run_dir_text)
-        with (script_path.parent / "jobs.txt").open("a") as out:
-            out.write(job_id + "\n")
+        add_slurm_job(Path(run_dir_text), job_id)
         output = slurm.output_file(Path(run_dir_text), job_id)
         _done(as_json, f"submitted Slurm job {job_id}; output in {output}\n"
-                       f"follow it with: bastion status {job_id}   /   bastion logs {job_id}",
+                       f"follow it with: bastion status {job_id}   /   bastion logs -f {job_id}   /   "
+                       f"bastion cancel {job_id}",
               engine="slurm", script_path=str(script_path), submitted=True, job_id=job_id, output=str(output))
         return
 
@@ -162,15 +206,19 @@ def launch_command(
         return
     from bastion.launch.request import k8s_name
 
-    out_path = manifest or Path(f"{k8s_name(job_name)}-{k8s_kind}.yaml")
+    k8s_job = k8s_name(job_name)
+    out_path = manifest or Path(f"{k8s_job}-{k8s_kind}.yaml")
     _write_text(out_path, text, "--manifest")
+    # `bastion status|logs|cancel NAME` find the job by the name the manifest gives it
+    registry.record("k8s", k8s_job, run_dir_text, kind=k8s_kind, manifest=str(out_path.absolute()))
+    follow = f"follow it with: bastion status {k8s_job}   /   bastion logs -f {k8s_job}   /   bastion cancel {k8s_job}"
     if submit:
         applied = kubernetes.apply(out_path)
-        _done(as_json, f"wrote {out_path}\n{applied.removesuffix(chr(10))}", engine="k8s", manifest=str(out_path),
-              submitted=True, kubectl=applied)
+        _done(as_json, f"wrote {out_path}\n{applied.removesuffix(chr(10))}\n{follow}", engine="k8s",
+              manifest=str(out_path), submitted=True, kubectl=applied, name=k8s_job)
     else:
-        _done(as_json, f"wrote {out_path}\nsubmit with: kubectl apply -f {_shell_quote(str(out_path))}",
-              engine="k8s", manifest=str(out_path), submitted=False)
+        _done(as_json, f"wrote {out_path}\nsubmit with: kubectl apply -f {_shell_quote(str(out_path))}\nthen {follow}",
+              engine="k8s", manifest=str(out_path), submitted=False, name=k8s_job)
 
 
 def _done(as_json: bool, text: str, **fields: object) -> None:
@@ -180,7 +228,34 @@ def _done(as_json: bool, text: str, **fields: object) -> None:
 
 #: `bastion train` options that `bastion launch` sets itself (a second value after `--` would be ambiguous)
 _LAUNCH_OWNED = ("--model", "--plan", "--data", "--run-dir", "--steps", "--seq-len", "--max-restarts", "--nproc",
-                 "--config", "--set")
+                 "--config", "--set", "--resume", "--overwrite")
+
+
+def _task_settings(ctx: typer.Context, task: Path) -> dict:
+    """The task file's launch settings that no flag on the command line overrides, checked as their flags are."""
+    from typer._click.core import ParameterSource
+    from typer._click.exceptions import BadParameter
+
+    from bastion.commands.task_file import TASK_KEYS, load_task_file
+    from bastion.errors import BastionError, ConfigError
+
+    by_name = {param.name: param for param in ctx.command.params}
+    in_file = load_task_file(task)
+    engine = ctx.params["on"] if ctx.get_parameter_source("on") == ParameterSource.COMMANDLINE else in_file.get("on")
+    settings = {}
+    for key, value in in_file.items():
+        name = TASK_KEYS[key]
+        table = key.partition(".")[0]
+        other_engine = table in ("slurm", "k8s") and table != engine
+        if other_engine or ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
+            continue
+        try:
+            settings[name] = by_name[name].process_value(ctx, value)
+        except (BadParameter, BastionError) as exc:
+            message = exc.format_message() if isinstance(exc, BadParameter) else exc.problem
+            raise ConfigError(f"{task}: {name}: {message}",
+                              fix="give it a value of the right type in the task file.") from None
+    return settings
 
 
 def _from_config(config: Path | None, set_values: list[str]) -> dict:
@@ -253,12 +328,95 @@ def _find_run_dir(job_id: str, given: Path | None, info: dict) -> Path | None:
     return None
 
 
+@dataclass(frozen=True)
+class _Launched:
+    """What `status`, `logs` and `cancel` act on, and the engine that runs it (read, not retyped)."""
+
+    engine: str
+    #: the Slurm job id or the Kubernetes job name (None for a local run)
+    job: str | None
+    #: the run directory, where it is visible here
+    run_dir: Path | None
+    #: RUN_DIR/launch.json (local), or the registry's entry (Kubernetes)
+    record: dict
+
+
+_TARGET_HELP = ("A run directory (local and Slurm runs), a Slurm job id, or the name of a Kubernetes job bastion "
+                "launched.")
+
+
+def _launched(target: str, run_dir: Path | None) -> _Launched:
+    from bastion.launch import registry
+    from bastion.rundir.launch_record import read_launch_record
+    from bastion.rundir.layout import RUN_CONFIG_FILE, RUN_MARKERS
+
+    path = Path(target)
+    if target.isdigit() and not path.is_dir():
+        return _Launched("slurm", target, run_dir, {})
+    if path.is_dir():
+        record = read_launch_record(path)
+        if record is not None and record["engine"] == "slurm" and record.get("job_ids"):
+            return _Launched("slurm", str(record["job_ids"][-1]), path, record)
+        if record is not None and record["engine"] == "local":
+            return _Launched("local", None, path, record)
+        what = ("a run without a launch record (started by an older bastion, or by Slurm from a script bastion did "
+                "not submit)" if any((path / name).exists() for name in (*RUN_MARKERS, RUN_CONFIG_FILE))
+                else "not a run directory")
+        raise LaunchError(f"{target} is {what}: nothing says which engine runs it.",
+                          fix="for a Slurm job give its id (bastion status JOBID --run-dir DIR); `bastion report "
+                              f"{target}` reads a run directory whatever started it.")
+    entry = registry.entry_of(target, "k8s")
+    if entry is not None:
+        return _Launched("k8s", target, None, entry)
+    raise LaunchError(f"'{target}' is neither a run directory, a Slurm job id, nor a Kubernetes job launched by "
+                      f"bastion from here.",
+                      fix="give the --run-dir of `bastion launch` (or `bastion train`), the number sbatch printed, "
+                          "or the Kubernetes job's name (metadata.name in the manifest bastion wrote).")
+
+
 @app.command("status")
 def status_command(
-    job_id: str = typer.Argument(..., help="Slurm job id (as printed by `bastion launch --submit`)."),
-    run_dir: Path | None = typer.Option(None, "--run-dir", help="Run directory, if bastion did not submit it."),
+    target: str = typer.Argument(..., help=_TARGET_HELP),
+    run_dir: Path | None = typer.Option(None, "--run-dir", help="Slurm: the run directory, if bastion did not "
+                                                               "submit the job."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
+    """Where a launched run stands: running, finished, stopped (checkpointed) or failed, whatever engine runs it."""
+    found = _launched(target, run_dir)
+    if found.engine == "slurm":
+        _slurm_status(str(found.job), found.run_dir or run_dir, as_json)
+        return
+    if found.engine == "k8s":
+        from bastion.launch import kubernetes
+
+        kind = str(found.record.get("kind") or "pytorchjob")
+        job = kubernetes.job_status(kind, str(found.job))
+        if as_json:
+            print(json.dumps({"engine": "k8s", "job": job, "run_dir": found.record.get("run_dir")}, indent=2))
+            return
+        pods = ", ".join(f"{p['name']} {p['phase']}" + (f" (restarted {p['restarts']}x)" if p["restarts"] else "")
+                         for p in job["pods"])
+        print(f"{kind} {job['name']}: {job['state']}" + (f" ({job['message']})" if job.get("message") else ""))
+        print(f"pods: {pods or 'none'}")
+        print(f"run directory (in the pods): {found.record.get('run_dir')}")
+        return
+    from bastion.launch import local, slurm
+
+    assert found.run_dir is not None
+    progress = slurm.run_dir_progress(found.run_dir)
+    result = local.outcome(found.record, progress)
+    if as_json:
+        print(json.dumps({"engine": "local", "run_dir": str(found.run_dir), "state": result["state"],
+                          "text": result["text"], "process": found.record, "run": progress}, indent=2, default=str))
+        return
+    print(f"local run {found.run_dir}: {result['text']}")
+    print(f"checkpoints {len(progress['checkpoints'])}"
+          + (f" (newest {progress['checkpoints'][-1]})" if progress["checkpoints"] else ""))
+    if progress["events"]:
+        print("events: " + ", ".join(f"{k} ×{v}" for k, v in sorted(progress["events"].items())))
+
+
+def _slurm_status(job_id: str, run_dir: Path | None, as_json: bool) -> None:
     """A Slurm job's state (squeue, scontrol, sacct) and its progress from the run directory."""
     from bastion.launch import slurm
 
@@ -276,12 +434,9 @@ def status_command(
         progress["outcome"] = slurm.run_outcome(progress, str(info.get("state") or ""),
                                                 job_known=info["source"] is not None)
     if as_json:
-        print(json.dumps({"job": info, "run": progress}, indent=2, default=str))
+        print(json.dumps({"engine": "slurm", "job": info, "run": progress}, indent=2, default=str))
         return
-    from rich.console import Console
-
-    console = Console(highlight=False)
-    line = f"job {job_id}: [bold]{info['state']}[/]"
+    line = f"job {job_id}: {info['state']}"
     if info.get("reason") and info["reason"] not in ("None", "(null)"):
         line += f" ({info['reason']})"
     if info.get("elapsed"):
@@ -290,43 +445,133 @@ def status_command(
         line += f", requeued {info['restarts']}x"
     if info.get("nodelist"):
         line += f", nodes {info['nodelist']}"
-    console.print(line)
+    print(line)
     if progress is None:
-        console.print("run directory unknown (pass --run-dir)")
+        print("run directory unknown (pass --run-dir)")
         return
     last = progress["last_step"]
-    console.print(f"run {progress['run_dir']}: {'no step yet' if last is None else f'last step {last}'}, "
-                  f"checkpoints {len(progress['checkpoints'])}"
-                  + (f" (newest {progress['checkpoints'][-1]})" if progress["checkpoints"] else ""))
+    print(f"run {progress['run_dir']}: {'no step yet' if last is None else f'last step {last}'}, "
+          f"checkpoints {len(progress['checkpoints'])}"
+          + (f" (newest {progress['checkpoints'][-1]})" if progress["checkpoints"] else ""))
     if progress["events"]:
-        console.print("events: " + ", ".join(f"{k} ×{v}" for k, v in sorted(progress["events"].items())))
+        print("events: " + ", ".join(f"{k} ×{v}" for k, v in sorted(progress["events"].items())))
     if progress["outcome"]:
-        console.print(progress["outcome"]["text"])
+        print(progress["outcome"]["text"])
 
 
 @app.command("logs")
 def logs_command(
-    job_id: str = typer.Argument(..., help="Slurm job id."),
-    run_dir: Path | None = typer.Option(None, "--run-dir", help="Run directory, if bastion did not submit it."),
-    lines: int = typer.Option(50, "--lines", "-n", help="Lines from the end of the job's output (0 = all)."),
+    target: str = typer.Argument(..., help=_TARGET_HELP),
+    run_dir: Path | None = typer.Option(None, "--run-dir", help="Slurm: the run directory, if bastion did not "
+                                                               "submit the job."),
+    lines: int = typer.Option(50, "--lines", "-n", help="Lines from the end of each log (0 = all)."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing lines as they come, until the run "
+                                                              "ends (Ctrl-C stops following, not the run)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object a line: {source, line} (and the record, "
+                                                       "for metrics.jsonl)."),
 ) -> None:
-    """The job's output (all requeues, appended) from its run directory."""
+    """A launched run's logs: a local run's steps, events and rank logs from its run directory; a Slurm job's
+    output (all requeues, appended); a Kubernetes job's pods (kubectl logs)."""
+    from bastion.launch import logs
+
+    found = _launched(target, run_dir)
+
+    def emit(file: logs.LogFile, text: str, record: dict | None) -> None:
+        if as_json:
+            print(json.dumps({"source": file.name, "line": text, **({"record": record} if record else {})},
+                             default=str), flush=True)
+        else:
+            print(text if file.records or found.engine != "local" else f"[{file.name}] {text}", flush=True)
+
+    if found.engine == "k8s":
+        _kubernetes_logs(found, lines, follow, emit)
+        return
+    if found.engine == "local":
+        from bastion.launch import local
+
+        assert found.run_dir is not None
+        local_dir, record = found.run_dir, found.record
+
+        def still_running() -> bool:
+            from bastion.rundir.launch_record import read_launch_record
+
+            return local.is_running(read_launch_record(local_dir) or record) is True
+
+        logs.show(lambda: logs.run_dir_files(local_dir), lines, follow, still_running, emit)
+        return
     from bastion.launch import slurm
 
+    job_id = str(found.job)
     info: dict = {}
-    if run_dir is None:
+    if found.run_dir is None:
         from bastion.launch import registry
 
         if registry.run_dir_of("slurm", job_id) is None:
             info = slurm.job_info(job_id)
-    found = _find_run_dir(job_id, run_dir, info)
-    if found is None:
+    slurm_dir = _find_run_dir(job_id, found.run_dir, info)
+    if slurm_dir is None:
         raise LaunchError(f"No run directory is known for job {job_id}.",
                           fix="pass --run-dir DIR (the directory given to bastion launch).")
-    path = slurm.output_file(found, job_id)
-    if not path.exists():
+    path = slurm.output_file(slurm_dir, job_id)
+    if not path.exists() and not follow:
         raise LaunchError(f"No output yet for job {job_id} at {path}.",
                           fix="the job may still be pending: check `bastion status " + job_id + "`.")
-    text = path.read_text(errors="replace").splitlines()
-    for line in text[-lines:] if lines > 0 else text:
-        print(line)
+
+    def job_running() -> bool:
+        state = str(slurm.job_info(job_id).get("state") or "").split()[0].rstrip("+").upper()
+        return state in slurm.RUNNING_STATES or state in slurm.WAITING_STATES
+
+    logs.show(lambda: [logs.LogFile(path, path.name)], lines, follow, job_running, emit)
+
+
+def _kubernetes_logs(found: _Launched, lines: int, follow: bool, emit) -> None:
+    """`kubectl logs` of the job's pods: its output passed through (wrapped as JSON lines with --json)."""
+    import subprocess
+
+    from bastion.launch import kubernetes, logs
+
+    command = kubernetes.logs_command(str(found.record.get("kind") or "pytorchjob"), str(found.job), lines, follow)
+    source = logs.LogFile(Path("kubectl"), "kubectl")
+    try:
+        with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
+            assert process.stdout is not None
+            for line in process.stdout:
+                emit(source, line.rstrip("\n"), None)
+    except KeyboardInterrupt:
+        return
+    if process.returncode:
+        raise LaunchError(f"kubectl logs failed (exit code {process.returncode}); its message is above.",
+                          fix="check the job's name and the cluster context (kubectl config current-context).")
+
+
+@app.command("cancel")
+def cancel_command(
+    target: str = typer.Argument(..., help=_TARGET_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print what was done as one JSON object."),
+) -> None:
+    """Stop a launched run so that it saves first: SIGTERM to a local run's workers (each checkpoints after its
+    current step), scancel for Slurm, kubectl delete for Kubernetes (the volume keeps the run directory).
+    Launching again with the same run directory continues the run."""
+    found = _launched(target, None)
+    if found.engine == "local":
+        from bastion.launch import local
+
+        assert found.run_dir is not None
+        signalled = local.cancel(found.record, found.run_dir)
+        _done(as_json, f"sent SIGTERM to the run's workers (pid {', '.join(map(str, signalled))}): each checkpoints "
+                       f"after its current step and stops; `bastion status {found.run_dir}` shows when",
+              engine="local", run_dir=str(found.run_dir), signalled=signalled, signal="SIGTERM")
+    elif found.engine == "slurm":
+        from bastion.launch import slurm
+
+        slurm.cancel(str(found.job))
+        _done(as_json, f"cancelled Slurm job {found.job} (scancel: SIGTERM, then SIGKILL after the cluster's "
+                       f"KillWait; the workers checkpoint in between)", engine="slurm", job_id=found.job)
+    else:
+        from bastion.launch import kubernetes
+
+        kind = str(found.record.get("kind") or "pytorchjob")
+        said = kubernetes.cancel(kind, str(found.job))
+        _done(as_json, f"{said}\nthe pods get SIGTERM and checkpoint; the run directory stays on the claim "
+                       f"{found.job}-run (apply the manifest again to continue)", engine="k8s", kind=kind,
+              name=found.job, kubectl=said)

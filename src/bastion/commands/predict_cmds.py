@@ -153,10 +153,25 @@ def estimate_command(
     _print_estimate(est, notes, tokens, (p10, p90))
 
 
+def _case_file(path: Path, packaged: dict[str, Path]) -> Path:
+    """A case file by path, or one shipped with bastion by name (from any directory); a bare word that is neither
+    lists the names."""
+    if path.exists() or str(path) not in packaged and (path.suffix or len(path.parts) > 1):
+        return path  # validate_cases says what is wrong with a path
+    if str(path) in packaged:
+        return packaged[str(path)]
+    from bastion.errors import ConfigError, did_you_mean
+
+    raise ConfigError(f"No case file '{path}', and no case set of that name ships with bastion."
+                      f"{did_you_mean(str(path), packaged)}",
+                      fix=f"give a CSV case file's path, or one of: {', '.join(packaged)}.")
+
+
 @app.command("validate")
 def validate_command(
-    cases: list[Path] | None = typer.Argument(None, help="Case file(s) (CSV, see predict/data/CASES_SCHEMA.md); "
-                                                         "default: the published runs shipped with bastion."),
+    cases: list[Path] | None = typer.Argument(None, help="Case file(s) (CSV, see predict/data/CASES_SCHEMA.md), "
+                                                         "or `public`: the published runs shipped with bastion "
+                                                         "(the default)."),
     software: str | None = typer.Option(None, "--software", help="Predict every row with this software stack "
                                         "(`bastion software`); default: each row's `software` column, else its "
                                         "framework and release (`framework`, `framework_version`)."),
@@ -168,7 +183,7 @@ def validate_command(
     """Predict the iteration time of every published run in a case file and report the errors."""
     from bastion.predict.validate import PUBLIC_CASES, ValidationReport, validate_cases
 
-    paths = cases or [PUBLIC_CASES]
+    paths = [_case_file(path, {"public": PUBLIC_CASES}) for path in cases] if cases else [PUBLIC_CASES]
     if holdout is not None:
         _holdout_command(paths, holdout, software, as_json)
         return

@@ -19,8 +19,12 @@ MAX_SYNTHETIC_JOBS = 20_000
 
 @app.command("simulate")
 def simulate_command(
-    cluster: str = typer.Option(..., "--cluster", "-c", help="Inventory file: [[pool]] and [[tenant]] tables."),
-    workload: str = typer.Option(None, "--workload", "-w", help="Workload file: [[job]] tables."),
+    cluster: str = typer.Option(..., "--cluster", "-c", help="Inventory file ([[pool]] and [[tenant]] tables), or "
+                                "as elsewhere a cluster preset, ACCEL:N (e.g. h100:256) or cluster file: one pool, "
+                                "one tenant. example:sim and example:trace are the inventories shipped with "
+                                "bastion."),
+    workload: str = typer.Option(None, "--workload", "-w", help="Workload file: [[job]] tables (example:sim: the "
+                                 "one shipped with bastion)."),
     synthetic: Annotated[int | None, number_option("--synthetic", help="Instead of --workload: N seeded synthetic "
                                                    "jobs.", integer=True, low=1, high=MAX_SYNTHETIC_JOBS,
                                                    fix="e.g. --synthetic 200.")] = None,
@@ -39,7 +43,8 @@ def simulate_command(
                                              integer=True, low=0, high=10**6)] = 15,
     as_json: options.AsJson = False,
     # ---- recorded traces, queues, seeds (issue 17) ----
-    trace: str = typer.Option(None, "--trace", help="Instead of --workload: a recorded trace (CSV) to replay."),
+    trace: str = typer.Option(None, "--trace", help="Instead of --workload: a recorded trace (CSV) to replay "
+                              "(example:trace: the one shipped with bastion)."),
     trace_format: str = typer.Option("generic", "--trace-format", help="generic (submit_time,duration_s,gpus,queue,"
                                      "user,time_limit_s,final_state,accelerator), pai (Alibaba PAI 2020 task "
                                      "table) or helios (Helios / Acme cluster log)."),
@@ -50,22 +55,25 @@ def simulate_command(
 ) -> None:
     """Simulate gang-scheduled training jobs on a multi-pool, multi-tenant cluster: waits, utilisation, failures."""
     from bastion.errors import ConfigError
-    from bastion.sim import PlannerPerf, SimConfig, load_inventory, load_workload, resolve, simulate
+    from bastion.sim import PlannerPerf, SimConfig, load_workload, resolve, simulate
     from bastion.sim.synthetic import synthetic_workload
 
     if sum(source is not None for source in (workload, synthetic, trace)) != 1:
         raise ConfigError("Give the jobs either as a file or as a synthetic count or a trace: one of them, not both "
                           "and not none.",
                           fix="pass --workload JOBS.toml, --synthetic N [--seed S] or --trace FILE.",
-                          hint="bastion simulate --cluster examples/sim/cluster.toml "
-                               "--workload examples/sim/workload.toml")
+                          hint="bastion simulate --cluster example:sim --workload example:sim")
     if queues not in (None, "global", "per-queue"):
         raise ConfigError(f"Unknown --queues '{queues}'.", fix="use global or per-queue.")
     per_queue = queues == "per-queue" if queues is not None else trace is not None
     configs = [SimConfig(policy=p, placement=placement, seed=seed, failures=not no_failures,
                          fair_half_life_hours=half_life, per_queue=per_queue)
                for p in dict.fromkeys(policy)]
-    inventory = load_inventory(cluster)
+    from bastion.examples import resolve_example
+
+    inventory = simulation_inventory(resolve_example(cluster, "inventory", "--cluster"))
+    workload = workload and resolve_example(workload, "workload", "--workload")
+    trace = trace and resolve_example(trace, "trace", "--trace")
     trace_notes: list[str] = []
     if trace is not None:
         from bastion.sim.traces import load_trace
@@ -102,6 +110,28 @@ def simulate_command(
 
     for note in trace_notes:
         Console().print(f"  · trace: {note}", soft_wrap=True)
+
+
+def simulation_inventory(cluster: str):
+    """`--cluster` as `simulate` reads it: an inventory file ([[pool]] tables; a file with neither those nor a
+    cluster file's `accelerator` is read as an inventory, and its errors say so), else what `--cluster` means in
+    every other command (a preset, ACCEL:N, a cluster file) as an inventory of one pool and one tenant."""
+    from pathlib import Path
+
+    from bastion.sim.inputs import Inventory, Pool, Tenant, load_inventory
+    from bastion.specs._files import read_mapping
+    from bastion.specs.hardware import load_cluster
+
+    path = Path(cluster)
+    if path.suffix in (".toml", ".json") or path.is_file():
+        data = read_mapping(path)
+        if "pool" in data or "accelerator" not in data:
+            return load_inventory(path)
+    spec = load_cluster(cluster)
+    pool = Pool(name=spec.accelerator.name, accelerator=spec.accelerator.name, nodes=spec.num_nodes,
+                gpus_per_node=spec.gpus_per_node, cluster=spec)
+    return Inventory(name=spec.name, pools=(pool,),
+                     tenants=(Tenant(name="default", quota_gpus=pool.gpus, borrow=True),))
 
 
 #: the figures `--seeds` gives a mean and confidence interval of (ClusterResult fields)

@@ -54,8 +54,11 @@ def train_command(
                                    "of N (0 = none)."),
     async_checkpoint: bool = typer.Option(True, "--async-checkpoint/--sync-checkpoint",
                                           help="Write checkpoints in the background (dcp.async_save) or block."),
-    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from the newest valid checkpoint "
-                                "in RUN_DIR/checkpoints when there is one."),
+    resume: bool | None = typer.Option(None, "--resume/--no-resume", help="Continue from the newest valid "
+                                       "checkpoint in RUN_DIR/checkpoints when there is one (the default); given, "
+                                       "also when RUN_DIR holds a run of another model, plan or settings."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start over in a RUN_DIR that holds a run: its files "
+                                   "move to RUN_DIR/replaced-DATE-TIME/ (nothing is deleted)."),
     resume_from: Path | None = typer.Option(None, "--resume-from", help="Start from this checkpoint (or run "
                                             "directory) when RUN_DIR has none; the plan may differ."),
     stop_after_step: int = typer.Option(0, "--stop-after-step", help="Checkpoint and stop after this step "
@@ -187,6 +190,8 @@ class ResolvedRun:
     run_dir: Path
     #: requeue or shrink (`auto` resolved for the plan)
     on_failure: str = "requeue"
+    #: --overwrite of a run directory that holds a run: set that run aside before this one starts
+    overwrite: bool = False
 
 
 def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool = True) -> ResolvedRun:
@@ -198,6 +203,8 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
     from bastion.errors import ConfigError
     from bastion.launch.shrink import resolve_on_failure
     from bastion.launch.worker import run_config
+    from bastion.rundir.lock import check_free
+    from bastion.rundir.occupant import check_occupant
     from bastion.runtime.faults import FATAL, check_faults, parse_fault
     from bastion.runtime.preflight import check_request, check_run_dir
 
@@ -207,7 +214,8 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
     health = _health_options(p)
     on_failure = _on_failure(p)
     resilience = _resilience_config(p["checkpoint_every"], p["mtbf_hours"], p["inject"], p["keep_last"],
-                                    p["keep_every"], p["async_checkpoint"], p["resume"], p["resume_from"],
+                                    p["keep_every"], p["async_checkpoint"], p["resume"] is not False,
+                                    p["resume_from"],
                                     p["stop_after_step"], p["hang_timeout_s"], p["skip_batch"],
                                     p["restart_from_scratch"], p["checkpoint_key_file"])
     model, run_dir, steps = p["model"], Path(p["run_dir"]), p["steps"]
@@ -235,8 +243,6 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
                           fix=f"add --max-restarts {len(fatal)} (or more) so torchrun restarts the group and it "
                               f"resumes from its newest checkpoint.")
     init_from = _init_from(p.get("init_from"), request.spec, resilience.resume_from, paths_here)
-    if paths_here:
-        check_run_dir(run_dir, resilience, request.spec, request.plan, steps)
     plan_record = plan_source if isinstance(plan_source, str) else "[plan] of --config"
     train = {"model": _model_argument(model), "plan": plan_record, "data": str(p["data"]), "steps": steps,
              "run_dir": str(run_dir), "seed": p["seed"], "seq_len": p["seq_len"], "lr": p["lr"],
@@ -244,9 +250,18 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
              "init_from": init_from, "eval_every": p["eval_every"], "eval_batches": p["eval_batches"],
              "tensorboard": p["tensorboard"], "profile": p["profile"],
              **{name: p[name] for name in FILE_ONLY if name in p}, **health, "resilience": asdict(resilience)}
-    return ResolvedRun(config=run_config(train, request.spec, request.plan, world_size), spec=request.spec,
-                       plan=request.plan, world_size=world_size, max_restarts=p["max_restarts"], run_dir=run_dir,
-                       on_failure=resolve_on_failure(on_failure, request.plan))
+    config = run_config(train, request.spec, request.plan, world_size)
+    overwrite = bool(p.get("overwrite"))
+    if paths_here:
+        occupant = check_occupant(run_dir, config, resume=p["resume"] is True, overwrite=overwrite)
+        overwrite = overwrite and occupant is not None
+        if overwrite:  # the run there is set aside when this one starts: nothing of it is resumed
+            check_free(run_dir)
+        else:
+            check_run_dir(run_dir, resilience, request.spec, request.plan, steps)
+    return ResolvedRun(config=config, spec=request.spec, plan=request.plan, world_size=world_size,
+                       max_restarts=p["max_restarts"], run_dir=run_dir,
+                       on_failure=resolve_on_failure(on_failure, request.plan), overwrite=overwrite)
 
 
 def _health_options(p: dict[str, Any]) -> dict[str, Any]:
@@ -307,12 +322,28 @@ def run_locally(run: ResolvedRun, python: str = "", workers_to_stderr: bool = Fa
     from bastion.rundir.lock import acquire
 
     with acquire(run.run_dir):
+        if run.overwrite:
+            announce_set_aside(run.run_dir)
         config_path = run.run_dir / RUN_CONFIG_FILE
         if run.on_failure == "shrink":
             return _run_shrinking(run, config_path, python)
         write_run_config(config_path, {**run.config, "run_dir_lock": "launcher"})
         return local.run(local.torchrun_command(run.world_size, run.max_restarts, str(config_path), python),
-                         stdout_to_stderr=workers_to_stderr)
+                         stdout_to_stderr=workers_to_stderr, run_dir=run.run_dir)
+
+
+def announce_set_aside(run_dir: Path) -> None:
+    """--overwrite: move the run held in `run_dir` aside (rundir/occupant.py) and say where, on stderr."""
+    from rich.console import Console
+
+    from bastion.rundir.occupant import set_aside
+
+    moved = set_aside(run_dir)
+    if moved is not None:
+        folder, names = moved
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
+            f"--overwrite: moved the previous run's {', '.join(names)} to {folder}/ (delete it when no longer "
+            f"needed)")
 
 
 def _run_shrinking(run: ResolvedRun, config_path: Path, python: str) -> int:
@@ -324,7 +355,7 @@ def _run_shrinking(run: ResolvedRun, config_path: Path, python: str) -> int:
 
     def launch(config: dict[str, Any], world: int) -> int:
         write_run_config(config_path, {**config, "run_dir_lock": "launcher"})
-        return local.run(local.torchrun_command(world, 0, str(config_path), python))
+        return local.run(local.torchrun_command(world, 0, str(config_path), python), run_dir=run.run_dir)
 
     return run_shrinking(run.run_dir, run.spec, run.plan, run.config, run.max_restarts, launch,
                          lambda plan: run_config(run.config["train"], run.spec, plan, plan.num_gpus))

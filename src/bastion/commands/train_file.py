@@ -87,16 +87,24 @@ def _relative_to(value: Any, base: Path, key: str) -> Any:
     return str(base / value) if isinstance(value, str) else value
 
 
+def read_toml(path: Path, what: str, example: str) -> dict[str, Any]:
+    """A TOML file as a table; a missing, unreadable or malformed file is a guidance error naming it as `what`
+    (e.g. "--config run.toml")."""
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} does not exist.", fix=f"give the path of a {example}.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"Cannot read {what}: {exc}.", fix="give a readable TOML file.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{what} is not valid TOML: {exc}.", fix="fix the file's syntax.") from None
+
+
 def load_config_file(path: Path) -> dict[str, Any]:
     """The file's settings as {parameter name: value}; unknown keys and unreadable files are guidance errors."""
-    try:
-        table = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"--config {path} does not exist.", fix="give the path of a run.toml.") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"Cannot read --config {path}: {exc}.", fix="give a readable TOML file.") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"--config {path} is not valid TOML: {exc}.", fix="fix the file's syntax.") from None
+    table = read_toml(path, f"--config {path}", "run.toml")
+    if isinstance(table.get("train"), dict):  # a task file (`bastion launch TASK`): its [train] table is the config
+        table = table["train"]
     values: dict[str, Any] = {}
     for key, value in _flatten(table).items():
         _check_key(key, str(path))

@@ -227,3 +227,81 @@ def apply(manifest_path: Path) -> str:
                           fix="check the cluster context (kubectl config current-context) and the CRDs "
                               "(PyTorchJob needs the Kubeflow training operator, JobSet the JobSet controller).")
     return done.stdout
+
+
+# ---- a submitted job: bastion status / logs / cancel NAME ------------------------------------------------------
+
+#: the label each controller puts on the pods of a job it runs (selects the job's pods for `kubectl logs`)
+POD_SELECTOR = {"pytorchjob": "training.kubeflow.org/job-name", "jobset": "jobset.sigs.k8s.io/jobset-name"}
+#: the resource names kubectl knows the job kinds by
+RESOURCE = {"pytorchjob": "pytorchjobs.kubeflow.org", "jobset": "jobsets.jobset.x-k8s.io"}
+
+
+def _kubectl(action: str) -> str:
+    path = shutil.which("kubectl")
+    if path is None:
+        raise LaunchError(f"kubectl is not on PATH, and {action} a Kubernetes job goes through it.",
+                          fix="install kubectl and point it at the cluster (kubectl config current-context), or "
+                              "run this where kubectl is set up.",
+                          hint="https://kubernetes.io/docs/tasks/tools/")
+    return path
+
+
+def status_command(kind: str, name: str) -> list[str]:
+    return [_kubectl("reading the state of"), "get", RESOURCE[kind], name, "-o", "json"]
+
+
+def pods_command(kind: str, name: str) -> list[str]:
+    return [_kubectl("reading the state of"), "get", "pods", "-l", f"{POD_SELECTOR[kind]}={name}", "-o", "json"]
+
+
+def logs_command(kind: str, name: str, lines: int, follow: bool) -> list[str]:
+    """`kubectl logs` of every pod of the job, each line prefixed with its pod."""
+    command = [_kubectl("reading the logs of"), "logs", "-l", f"{POD_SELECTOR[kind]}={name}", "--all-containers",
+               "--prefix", f"--tail={lines if lines > 0 else -1}", "--max-log-requests=64"]
+    return [*command, "--follow"] if follow else command
+
+
+def cancel_command(kind: str, name: str) -> list[str]:
+    """Deleting the job: every pod gets SIGTERM and its grace period to checkpoint; the claim (the run directory)
+    and the ConfigMap stay, so applying the manifest again resumes the run."""
+    return [_kubectl("cancelling"), "delete", RESOURCE[kind], name, "--wait=false"]
+
+
+def _get_json(command: list[str]) -> dict[str, Any] | None:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    if done.returncode:
+        if "NotFound" in done.stderr or "not found" in done.stderr:
+            return None
+        raise LaunchError(f"kubectl failed: {done.stderr.strip()}",
+                          fix="check the cluster context (kubectl config current-context) and your access.")
+    try:
+        return json.loads(done.stdout)
+    except ValueError:
+        raise LaunchError(f"kubectl printed no JSON: {done.stdout[:200]!r}.",
+                          fix="check that `kubectl` is the Kubernetes client.") from None
+
+
+def job_status(kind: str, name: str) -> dict[str, Any]:
+    """The job's state (its newest true condition: Created, Running, Restarting, Succeeded, Failed, Suspended, ...)
+    and its pods' phases, as kubectl reports them."""
+    job = _get_json(status_command(kind, name))
+    if job is None:
+        return {"name": name, "kind": kind, "state": "not found (deleted, or never applied)", "pods": []}
+    conditions = [c for c in (job.get("status") or {}).get("conditions") or [] if c.get("status") == "True"]
+    state = conditions[-1].get("type", "Unknown") if conditions else "Pending"
+    pods = _get_json(pods_command(kind, name)) or {}
+    phases = [{"name": (p.get("metadata") or {}).get("name"), "phase": (p.get("status") or {}).get("phase"),
+               "restarts": sum(c.get("restartCount", 0) for c in (p.get("status") or {}).get("containerStatuses")
+                               or [])}
+              for p in pods.get("items") or []]
+    return {"name": name, "kind": kind, "state": state, "message": conditions[-1].get("message") if conditions
+            else None, "pods": phases}
+
+
+def cancel(kind: str, name: str) -> str:
+    done = subprocess.run(cancel_command(kind, name), capture_output=True, text=True, timeout=60)
+    if done.returncode:
+        raise LaunchError(f"kubectl delete failed: {done.stderr.strip()}",
+                          fix="check the job's name (kubectl get " + RESOURCE[kind] + ") and the cluster context.")
+    return done.stdout.strip()

@@ -1,4 +1,5 @@
-"""Slurm: the sbatch script for a launch, and submit/status/logs through sbatch, squeue, scontrol and sacct.
+"""Slurm: the sbatch script for a launch, and submit/status/logs/cancel through sbatch, squeue, scontrol, sacct
+and scancel.
 
 The batch script runs one torchrun agent per node (`srun --ntasks-per-node=1`), all meeting at a c10d rendezvous
 on the job's first node. Recovery is Slurm's requeue: the job always passes the same run directory, so each start
@@ -340,3 +341,16 @@ def run_outcome(progress: dict[str, Any], job_state: str, job_known: bool = True
 
 def output_file(run_dir: Path, job_id: str) -> Path:
     return run_dir / OUTPUT_PATTERN.replace("%j", job_id)
+
+
+def cancel(job_id: str) -> None:
+    """`scancel JOBID`: the job ends as CANCELLED, never requeued. Slurm sends SIGTERM to every process of the
+    job, so each worker checkpoints after its current step and stops, and sends SIGKILL after KillWait
+    (slurm.conf, 30 s by default): the save must fit in it. (Not `--signal=TERM`: that signals without ending the
+    job, and the batch script would requeue the stopped run.)"""
+    if not job_id.isdigit():
+        raise LaunchError(f"'{job_id}' is not a Slurm job id.", fix="pass the number sbatch printed.")
+    done = _run(["scancel", job_id])
+    if done.returncode:
+        raise LaunchError(f"scancel refused job {job_id}: {done.stderr.strip() or done.stdout.strip()}",
+                          fix=f"check the job id and its owner (squeue -j {job_id}).")

@@ -12,6 +12,10 @@ RUN_DIR/
   tensorboard/                TensorBoard event files of rank 0 (--tensorboard; runtime/run_logs.py)
   profile/                    torch.profiler Chrome traces, trace-rankNNNNN.json (--profile START:END)
   logs/rank-NNNNN.log         a worker's traceback when it failed (runtime/worker.py); the console gets one line
+  launch.json                 how the run was started and how to reach it: engine, torchrun's pid and process
+                              group, or the Slurm job ids (rundir/launch_record.py)
+  launch/job.sbatch           the batch script `bastion launch --on slurm` wrote (its submissions: launch.json)
+  replaced-DATE-TIME/         an earlier run set aside by --overwrite (rundir/occupant.py)
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ LOCK_FILE = "run.lock"
 TENSORBOARD_DIR = "tensorboard"
 PROFILE_DIR = "profile"
 LOGS_DIR = "logs"
+LAUNCH_RECORD_FILE = "launch.json"
+LAUNCH_DIR = "launch"
 #: files only `bastion train` writes into a run directory; one of them makes a directory a run directory
 RUN_MARKERS = (METRICS_FILE, SUMMARY_FILE, PLAN_FILE, MODEL_FILE)
 
