@@ -97,9 +97,12 @@ def test_resuming_a_mixture_with_other_weights_is_refused_and_keeps_the_checkpoi
     started = bastion(*common, "--data", f"{first}=0.7,{second}=0.3", "--steps", "2")
     assert started.returncode == 0, started.stderr[-3000:]
     changed = bastion(*common, "--data", f"{first}=0.5,{second}=0.5", "--steps", "4")
-    assert changed.returncode == 2, changed.stderr[-3000:]
-    assert "other data than this run's --data" in changed.stderr and "To fix:" in changed.stderr
-    assert "Traceback" not in changed.stderr and "ChildFailedError" not in changed.stderr
+    assert changed.returncode == 2 and "holds another run" in changed.stderr, changed.stderr[-3000:]
+    # told to resume anyway, the checkpoint itself refuses: its sample order came from other data
+    forced = bastion(*common, "--data", f"{first}=0.5,{second}=0.5", "--steps", "4", "--resume")
+    assert forced.returncode == 2, forced.stderr[-3000:]
+    assert "other data than this run's --data" in forced.stderr and "To fix:" in forced.stderr
+    assert "Traceback" not in forced.stderr and "ChildFailedError" not in forced.stderr
     assert not (tmp_path / "run" / "checkpoints" / "quarantine").exists()
     resumed = bastion(*common, "--data", f"{first}=0.7,{second}=0.3", "--steps", "4")
     assert resumed.returncode == 0, resumed.stderr[-3000:]

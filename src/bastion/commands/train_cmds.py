@@ -258,7 +258,8 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
         if overwrite:  # the run there is set aside when this one starts: nothing of it is resumed
             check_free(run_dir)
         else:
-            check_run_dir(run_dir, resilience, request.spec, request.plan, steps)
+            check_run_dir(run_dir, resilience, request.spec, request.plan, steps, data=str(p["data"]),
+                          seed=p["seed"])
     return ResolvedRun(config=config, spec=request.spec, plan=request.plan, world_size=world_size,
                        max_restarts=p["max_restarts"], run_dir=run_dir,
                        on_failure=resolve_on_failure(on_failure, request.plan), overwrite=overwrite)

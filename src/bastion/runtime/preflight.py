@@ -126,12 +126,13 @@ def _check_dataset(data_dir: str, spec: ModelSpec, evaluate: bool) -> dict:
 
 
 def check_run_dir(run_dir: Path, resilience: ResilienceConfig, spec: ModelSpec, plan: ParallelPlan,
-                  steps: int) -> CheckpointInfo | None:
+                  steps: int, data: str | None = None, seed: int = 0) -> CheckpointInfo | None:
     """The run directory can take this run (the one pre-check of `bastion train` and every `bastion launch`
     engine whose paths are visible here): a directory or nothing yet, not in use by a running run, with --no-resume
     free of another run's checkpoints (new ones would collide with them, and retention would delete them), and a
-    resume source that fits the model and plan and is not past --steps. Returns that source (None: a fresh start).
-    Reads only; nothing is written."""
+    resume source that fits the model and plan, whose sample order was drawn from `data` and `seed` (when given)
+    and is not past --steps. Returns that source (None: a fresh start). Reads only; nothing is written (so a
+    refused resume leaves the run directory as it was)."""
     from bastion.rundir import checkpoints as cf
     from bastion.rundir.layout import checkpoints_dir
     from bastion.rundir.lock import check_free
@@ -152,6 +153,8 @@ def check_run_dir(run_dir: Path, resilience: ResilienceConfig, spec: ModelSpec, 
     source = preflight_resume(run_dir, resilience.resume, resilience.resume_from, spec, plan,
                               key=checkpoint_key(resilience.checkpoint_key_file),
                               restart_from_scratch=resilience.restart_from_scratch)
+    if source is not None and data is not None:
+        _check_same_data(source, data, seed, spec, plan)
     if source is not None and source.step > steps:
         raise ConfigError(f"The run resumes from step {source.step} ({source.path}), past --steps {steps}: there is "
                           f"nothing to train.", fix=f"give --steps above {source.step} to continue the run, or a "
@@ -162,6 +165,18 @@ def check_run_dir(run_dir: Path, resilience: ResilienceConfig, spec: ModelSpec, 
                           fix=f"give --steps above {steps} to continue the run, or a new --run-dir to start "
                               f"another.")
     return source
+
+
+def _check_same_data(source: CheckpointInfo, data: str, seed: int, spec: ModelSpec, plan: ParallelPlan) -> None:
+    """The checkpoint's data position was drawn from this run's datasets, mixture weights and seed (the worker
+    checks it again before loading; here it is refused before run_config.json is rewritten)."""
+    from bastion.runtime.checkpoint import read_run_state
+    from bastion.runtime.data import GlobalSampler, open_datasets
+
+    saved = read_run_state(source.path).get("sampler")
+    if isinstance(saved, dict):
+        datasets, weights = open_datasets(data, spec.seq_len, spec.vocab_size)
+        GlobalSampler(datasets, plan.global_batch, seed, weights).check_resumable(saved)
 
 
 def _check_creatable(run_dir: Path) -> None:
