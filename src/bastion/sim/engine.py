@@ -67,6 +67,11 @@ class SimConfig:
                               fix="give hours (Slurm's default is 168, a week), or inf to never forget usage.")
 
 
+def node_failure_stream(seed: int, pool: str) -> random.Random:
+    """The random stream of one pool's node failures: the same for every policy under one seed."""
+    return random.Random(f"{seed}/nodes/{pool}")
+
+
 #: event kinds, in the order they apply at one instant
 _FINISH, _REPAIR, _NODE_FAILURE, _FAILURE, _SUBMIT = 0, 1, 2, 3, 4
 
@@ -143,7 +148,7 @@ def simulate(resolved: list[Resolved], inventory: Inventory, config: SimConfig) 
 
     state = ClusterState(inventory, config, running, on_start, on_interrupt)
     failing = inventory.node_failures if config.failures else None
-    node_rngs = [random.Random(f"{config.seed}/nodes/{pool.name}") for pool in inventory.pools]
+    node_rngs = [node_failure_stream(config.seed, pool.name) for pool in inventory.pools]
 
     def next_node_failure(pool_index: int, now: float) -> None:
         assert failing is not None
@@ -169,8 +174,9 @@ def simulate(resolved: list[Resolved], inventory: Inventory, config: SimConfig) 
                     nodes.bring_up(detail)
                     events["repair"] += 1
                     continue
-                if unfinished:
-                    next_node_failure(subject, now)
+                if not unfinished:
+                    continue  # every job has ended: the cluster's later failures change nothing
+                next_node_failure(subject, now)
                 node = node_rngs[subject].randrange(pool.nodes)
                 if node in nodes.down:
                     continue  # a failed node fails no further

@@ -1,0 +1,47 @@
+"""Which running jobs to stop so that a waiting one fits: the fewest, cheapest victims, shared by the preemptive
+policies (priority, kueue).
+
+A victim's cost is the work it would lose: GPU-hours since its last checkpoint (`ClusterState.predicted_loss`;
+a recorded job without a model has no checkpoints and loses its whole run). Victims are taken cheapest first
+until the job fits on a scratch copy of the pool, then any whose stop turns out not to be needed (dearest first)
+are spared, so no job is stopped for nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bastion.sim.perf import Option
+    from bastion.sim.state import ClusterState, Queued
+
+
+def cheapest_victims(state: ClusterState, option: Option, candidates: Iterable[Queued],
+                     now: float) -> list[Queued] | None:
+    """The running jobs among `candidates` to stop so that a job can start on `option` now, least predicted loss
+    first; None when stopping all of them in that pool would not make room."""
+    pool = state.pools[option.pool]
+    demand = state.demand(option)
+    mine = sorted((q for q in candidates if q.pool == option.pool),
+                  key=lambda q: (state.predicted_loss(q, now), q.index))
+    if not mine:
+        return None
+    scratch = copy.deepcopy(pool)
+    chosen: list[Queued] = []
+    for victim in mine:
+        scratch.release(victim.index)
+        chosen.append(victim)
+        if scratch.fits(demand):
+            break
+    else:
+        return None
+    for victim in sorted(chosen, key=lambda q: (-state.predicted_loss(q, now), -q.index)):
+        trial = copy.deepcopy(pool)
+        for other in chosen:
+            if other is not victim:
+                trial.release(other.index)
+        if trial.fits(demand):
+            chosen.remove(victim)
+    return chosen

@@ -1,0 +1,163 @@
+"""Interrupted runs: preemption by queue priority (victim by least predicted lost work), node failures that
+take capacity out for a repair, launch latency; on hand-made traces whose outcome is computed by hand, and the
+capacity invariant over every run of every job."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from bastion.sim import SimConfig, simulate
+from bastion.sim.inputs import Inventory, Job, NodeFailures, Recording, Tenant, make_pool
+from bastion.sim.perf import Perf, resolve
+
+#: tokens per second per GPU of the stub: a job of `hours` on `gpus` GPUs has hours × 3600 × RATE × gpus tokens
+RATE = 1000.0
+
+
+def hourly_checkpoints(model, pool, gpus, global_batch, seq_len):
+    """Exact runs that checkpoint every hour of compute, never fail on their own."""
+    return Perf(gpus=gpus, step_time_s=1.0, tokens_per_s=RATE * gpus, checkpoint_stall_s=0.0,
+                checkpoint_interval_s=3600.0, mtbf_hours=1e12, expected_goodput=1.0, plan="stub")
+
+
+def trained(job_id: str, tenant: str, hours: float, gpus: int, submit: float) -> Job:
+    return Job(id=job_id, tenant=tenant, model="tiny", tokens=hours * 3600 * RATE * gpus, global_batch=8,
+               submit_hours=submit, gpus=gpus)
+
+
+def recorded(job_id: str, tenant: str, hours: float, gpus: float, submit: float) -> Job:
+    return Job(id=job_id, tenant=tenant, model="", tokens=0.0, global_batch=0, submit_hours=submit,
+               recorded=Recording(hours, gpus))
+
+
+def two_queues(nodes: int = 1, **inventory) -> Inventory:
+    return Inventory("t", (make_pool("h100", "h100-sxm", nodes),),
+                     (Tenant("low", 4, True, priority=0), Tenant("high", 4, True, priority=10)), **inventory)
+
+
+def run(inv: Inventory, jobs: list[Job], policy: str = "priority", seed: int = 0):
+    return simulate(resolve(jobs, inv, hourly_checkpoints), inv, SimConfig(policy=policy, seed=seed))
+
+
+def capacity_kept(result, inv: Inventory) -> None:
+    """No pool ever holds more GPUs than it has, counting every run of every job."""
+    for pool in inv.pools:
+        changes = sorted((t, sign * held) for r in result.jobs for name, start, end, held, _ in r.held_runs()
+                         if name == pool.name for t, sign in ((start, 1), (end, -1)))
+        held = 0.0
+        for _, delta in changes:
+            held += delta
+            assert -1e-9 <= held <= pool.gpus + 1e-9
+
+
+# ---- preemption -----------------------------------------------------------------------------------------
+
+def test_a_higher_queue_preempts_a_lower_one_which_loses_its_uncheckpointed_run() -> None:
+    inv = two_queues()
+    jobs = [recorded("L", "low", 10.0, 8, 0.0), recorded("H", "high", 2.0, 8, 3.0)]
+    result = run(inv, jobs)
+    by_id = {j.id: j for j in result.jobs}
+    # a recorded job has no checkpoints: L loses its 3 h × 8 GPUs, waits for H (3..5), then runs 10 h again
+    assert (by_id["H"].start_h, by_id["H"].end_h) == (3.0, 5.0)
+    low = by_id["L"]
+    assert (low.start_h, low.end_h, low.run_h, low.interruptions) == (0.0, 15.0, 13.0, 1)
+    assert low.interrupted_lost_gpu_hours == pytest.approx(24.0)
+    assert [r[1:3] for r in low.runs] == [(0.0, 3.0), (5.0, 15.0)]
+    assert result.cluster.interrupted_lost_gpu_hours == pytest.approx(24.0)
+    assert result.events["preemption"] == 1 and result.events["start"] == 3
+    # the same trace without preemption: H waits for L
+    backfill = {j.id: (j.start_h, j.end_h) for j in run(inv, jobs, "backfill").jobs}
+    assert backfill == {"L": (0.0, 10.0), "H": (10.0, 12.0)}
+
+
+def test_the_victim_is_the_job_that_loses_least_since_its_last_checkpoint() -> None:
+    inv = two_queues()
+    # A (started 0) is 0.25 h past its checkpoint at 2.25; B (started 0.5) is 0.75 h past its own
+    jobs = [trained("A", "low", 5.0, 4, 0.0), trained("B", "low", 5.0, 4, 0.5), trained("H", "high", 1.0, 4, 2.25)]
+    by_id = {j.id: j for j in run(inv, jobs).jobs}
+    assert by_id["B"].interruptions == 0 and (by_id["B"].start_h, by_id["B"].end_h) == (0.5, 5.5)
+    a = by_id["A"]
+    # A keeps 2 h of its 5 h; restarts when H ends at 3.25 and runs the 3 h left
+    assert a.interruptions == 1 and a.interrupted_lost_gpu_hours == pytest.approx(0.25 * 4)
+    assert a.end_h == pytest.approx(6.25) and a.compute_h == pytest.approx(5.0)
+    assert (by_id["H"].start_h, by_id["H"].end_h) == (2.25, 3.25)
+
+
+def test_equal_or_lower_queues_never_preempt() -> None:
+    inv = two_queues()
+    jobs = [recorded("H1", "high", 4.0, 8, 0.0), recorded("L", "low", 1.0, 8, 1.0), recorded("H2", "high", 1.0, 8, 2.0)]
+    result = run(inv, jobs)
+    assert "preemption" not in result.events
+    assert {j.id: j.start_h for j in result.jobs} == {"H1": 0.0, "H2": 4.0, "L": 5.0}  # high first, then low
+
+
+# ---- node failures --------------------------------------------------------------------------------------
+
+class Scripted(random.Random):
+    """A stand-in for a pool's node-failure stream: failures after the scripted gaps, always on node 0."""
+
+    gaps: list[float] = []
+
+    def __init__(self) -> None:
+        super().__init__(0)
+        self.left = list(self.gaps)
+
+    def expovariate(self, _rate: float) -> float:
+        return self.left.pop(0) if self.left else 1e9
+
+    def randrange(self, *_args: object) -> int:
+        return 0
+
+
+def test_a_node_failure_requeues_its_jobs_from_their_checkpoint_and_removes_the_node_until_repaired(
+        monkeypatch) -> None:
+    import bastion.sim.engine as engine
+
+    monkeypatch.setattr(engine, "node_failure_stream", lambda *_: Scripted())
+    Scripted.gaps = [2.5]  # node 0 fails at 2.5 h, back at 4.5 h
+    inv = two_queues(nodes=2, node_failures=NodeFailures(repair_hours=2.0))
+    # G is a 2-node gang; S a 4-GPU job queued behind it
+    jobs = [trained("G", "low", 5.0, 16, 0.0), trained("S", "low", 1.0, 4, 0.0)]
+    result = run(inv, jobs, policy="fifo")
+    by_id = {j.id: j for j in result.jobs}
+    g = by_id["G"]
+    # G saved 2 h at 2.5 h and lost 0.5 h × 16 GPUs; the gang needs both nodes: it waits for the repair at 4.5
+    # and runs its 3 h left
+    assert g.interruptions == 1 and g.interrupted_lost_gpu_hours == pytest.approx(8.0)
+    assert [r[1:3] for r in g.runs] == [(0.0, 2.5), (4.5, 7.5)]
+    assert result.events["node_failure"] == 1 and result.events["repair"] == 1
+    assert by_id["S"].start_h == pytest.approx(7.5)  # fifo: S waits behind the head G, though a node is up
+    capacity_kept(result, inv)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("policy", ["fifo", "backfill", "fair", "priority"])
+def test_random_node_failures_keep_capacity_and_every_job_completes_its_work(seed, policy) -> None:
+    inv = two_queues(nodes=3, node_failures=NodeFailures(repair_hours=3.0, node_mtbf_hours=40.0))
+    rng = random.Random(seed)
+    jobs = [trained(f"j{i}", rng.choice(["low", "high"]), rng.uniform(0.5, 8.0), rng.choice([1, 2, 4, 8, 16]),
+                    rng.uniform(0.0, 30.0)) for i in range(40)]
+    result = run(inv, jobs, policy=policy, seed=seed)
+    assert len(result.jobs) == 40 and result.events.get("node_failure", 0) > 0
+    capacity_kept(result, inv)
+    by_id = {j.id: j for j in jobs}
+    for r in result.jobs:
+        work = by_id[r.id].tokens / (RATE * r.gpus * 3600.0)
+        assert r.compute_h == pytest.approx(work)  # saved work + the last run's = the job's work
+        lost = r.interrupted_lost_gpu_hours / r.held_gpus if r.interruptions else 0.0
+        assert r.run_h == pytest.approx(work + lost)  # every held hour was either work or lost
+        assert r.interrupted_lost_gpu_hours <= r.interruptions * r.held_gpus * 1.0 + 1e-9  # < 1 interval each
+    assert result.cluster.interrupted_lost_gpu_hours == pytest.approx(
+        sum(r.interrupted_lost_gpu_hours for r in result.jobs))
+    # the same seed replays the same failures
+    again = run(inv, jobs, policy=policy, seed=seed)
+    assert [(j.id, j.end_h) for j in again.jobs] == [(j.id, j.end_h) for j in result.jobs]
+
+
+def test_launch_latency_delays_every_run_and_the_scheduler_plans_with_it() -> None:
+    inv = two_queues(launch_hours=0.5)
+    jobs = [trained("A", "low", 2.0, 8, 0.0), trained("B", "low", 1.0, 8, 0.0)]
+    by_id = {j.id: (j.start_h, j.end_h, j.estimate_h) for j in run(inv, jobs, "fifo").jobs}
+    assert by_id == {"A": (0.0, 2.5, 2.5), "B": (2.5, 4.0, 1.5)}
