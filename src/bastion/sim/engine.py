@@ -166,7 +166,7 @@ def simulate(resolved: list[Resolved], inventory: Inventory, config: SimConfig) 
         now = heap[0][0]
         while heap and heap[0][0] == now:
             _, kind, _, subject, detail = heapq.heappop(heap)
-            if kind == _NODE_FAILURE or kind == _REPAIR:
+            if kind in (_NODE_FAILURE, _REPAIR):
                 assert failing is not None
                 pool = inventory.pools[subject]
                 nodes = state.pools[pool.name]
@@ -416,7 +416,7 @@ def summarise(jobs: list[Queued], unschedulable: list[Resolved], inventory: Inve
                      f"restart {config.restart_hours * 60:.0f} min; jobs keep their nodes")
     if any(q.job.recorded is not None for q in jobs):
         notes.append("recorded jobs: the recorded duration scaled by each pool's speed (planner, else bf16 peak), "
-                     "cut at the time limit, which is also what the scheduler plans with; no failures sampled")
+                     "cut at the time limit, which is also what the scheduler plans with; no job failures sampled")
     if config.failures and inventory.node_failures is not None:
         failing = inventory.node_failures
         mtbf = ", ".join(f"{p.name} {failing.mtbf_hours(p):,.0f} h" for p in inventory.pools)

@@ -417,7 +417,11 @@ class ClusterState:
     def gpus_of(self, queued: Queued) -> float:
         """GPUs a running job holds: a gang's whole nodes, else its GPUs (or share of one)."""
         assert queued.option is not None
-        return self.demand(queued.option).held(self.pools[queued.option.pool].gpus_per_node)
+        return self.gpus_of_option(queued.option)
+
+    def gpus_of_option(self, option: Option) -> float:
+        """GPUs a job holds on `option`: a gang's whole nodes, else its GPUs (or share of one)."""
+        return self.demand(option).held(self.pools[option.pool].gpus_per_node)
 
     def queue_of(self, queued: Queued) -> str:
         """The queue a job waits in: its tenant's with per-queue ordering, else the one queue ("")."""

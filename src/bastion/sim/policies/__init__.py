@@ -11,6 +11,7 @@ from bastion.sim.policies.backfill import Backfill
 from bastion.sim.policies.base import Policy
 from bastion.sim.policies.fair import Fair
 from bastion.sim.policies.fifo import Fifo
+from bastion.sim.policies.kueue import Kueue
 from bastion.sim.policies.priority import Priority
 from bastion.sim.policies.sjf import ShortestFirst
 
@@ -21,5 +22,6 @@ POLICIES.register(Backfill)
 POLICIES.register(Fair)
 POLICIES.register(ShortestFirst)
 POLICIES.register(Priority)
+POLICIES.register(Kueue)
 
 __all__ = ["POLICIES", "Policy"]

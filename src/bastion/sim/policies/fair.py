@@ -110,7 +110,7 @@ class Fair(Policy):
 def within_quota(state: ClusterState, queued: Queued, option: Option) -> bool:
     """Whether starting `queued` on `option` keeps its tenant's running GPUs within its quota."""
     tenant = state.inventory.tenant(queued.job.tenant)
-    gpus = state.demand(option).held(state.pools[option.pool].gpus_per_node)
+    gpus = state.gpus_of_option(option)
     return state.running_gpus[tenant.name] + gpus <= tenant.quota_gpus + 1e-9  # shares add up inexactly
 
 
