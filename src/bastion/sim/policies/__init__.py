@@ -12,6 +12,7 @@ from bastion.sim.policies.base import Policy
 from bastion.sim.policies.fair import Fair
 from bastion.sim.policies.fifo import Fifo
 from bastion.sim.policies.kueue import Kueue
+from bastion.sim.policies.multifactor import Multifactor
 from bastion.sim.policies.priority import Priority
 from bastion.sim.policies.sjf import ShortestFirst
 
@@ -23,5 +24,6 @@ POLICIES.register(Fair)
 POLICIES.register(ShortestFirst)
 POLICIES.register(Priority)
 POLICIES.register(Kueue)
+POLICIES.register(Multifactor)
 
 __all__ = ["POLICIES", "Policy"]
