@@ -132,3 +132,51 @@ def test_launch_latency_delays_every_run_and_the_scheduler_plans_with_it() -> No
     jobs = [trained("A", "low", 2.0, 8, 0.0), trained("B", "low", 1.0, 8, 0.0)]
     by_id = {j.id: (j.start_h, j.end_h, j.estimate_h) for j in run(inv, jobs, "fifo").jobs}
     assert by_id == {"A": (0.0, 2.5, 2.5), "B": (2.5, 4.0, 1.5)}
+
+
+# ---- shortest-service and least-attained-service policies ----------------------------------------------
+
+def test_srtf_stops_a_long_job_for_a_shorter_one_and_qssf_weighs_gpus() -> None:
+    inv = two_queues()
+    # L (8 h, 8 GPUs) runs from 0; S (1 h) arrives at 2.5: 5.5 h remain of L, so S preempts it; L kept 2 h
+    jobs = [trained("L", "low", 8.0, 8, 0.0), trained("S", "low", 1.0, 8, 2.5)]
+    result = {j.id: j for j in run(inv, jobs, "srtf").jobs}
+    assert (result["S"].start_h, result["S"].end_h) == (2.5, 3.5)
+    assert [r[1:3] for r in result["L"].runs] == [(0.0, 2.5), (3.5, 9.5)]
+    assert result["L"].interrupted_lost_gpu_hours == pytest.approx(0.5 * 8)
+    # not preemptive, sjf lets L finish
+    assert {j.id: j.start_h for j in run(inv, jobs, "sjf").jobs} == {"L": 0.0, "S": 8.0}
+    # qssf: W (2 h on 8 GPUs = 16 GPU-h) after N (3 h on 4 GPUs = 12 GPU-h), sjf the other way round
+    jobs = [trained("B", "low", 1.0, 8, 0.0), trained("W", "low", 2.0, 8, 0.5), trained("N", "low", 3.0, 4, 0.5),
+            trained("N2", "low", 3.0, 4, 0.5)]
+    assert {j.id: j.start_h for j in run(inv, jobs, "qssf").jobs} == {"B": 0.0, "N": 1.0, "N2": 1.0, "W": 4.0}
+    assert {j.id: j.start_h for j in run(inv, jobs, "sjf").jobs} == {"B": 0.0, "W": 1.0, "N": 3.0, "N2": 3.0}
+
+
+def test_las_serves_the_job_with_least_attained_service_and_demotes_a_long_runner() -> None:
+    inv = two_queues()
+    # L has run 2 h × 8 GPUs = 16 GPU-h (above 10: the second queue) when F arrives with none: F preempts it
+    jobs = [recorded("L", "low", 4.0, 8, 0.0), recorded("F", "low", 1.0, 8, 2.0)]
+    result = {j.id: j for j in run(inv, jobs, "las").jobs}
+    assert (result["F"].start_h, result["F"].end_h) == (2.0, 3.0)
+    assert [r[1:3] for r in result["L"].runs] == [(0.0, 2.0), (3.0, 7.0)]  # no checkpoints: L starts over
+    # L at 1 h (8 GPU-h, the first queue) is not preempted by F
+    jobs = [recorded("L", "low", 4.0, 8, 0.0), recorded("F", "low", 1.0, 8, 1.0)]
+    assert {j.id: j.start_h for j in run(inv, jobs, "las").jobs} == {"L": 0.0, "F": 4.0}
+
+
+@pytest.mark.parametrize("policy", ["priority", "srtf", "las", "qssf", "multifactor", "kueue"])
+def test_every_new_policy_keeps_capacity_and_finishes_every_job(policy) -> None:
+    inv = Inventory("t", (make_pool("h100", "h100-sxm", 3), make_pool("a100", "a100-80g", 2)),
+                    (Tenant("low", 16, True, priority=0, cohort="c"), Tenant("high", 16, True, priority=5,
+                                                                              cohort="c")))
+    rng = random.Random(7)
+    jobs = [trained(f"j{i}", rng.choice(["low", "high"]), rng.uniform(0.2, 12.0), rng.choice([1, 2, 4, 8, 16]),
+                    rng.uniform(0.0, 40.0)) for i in range(80)]
+    result = run(inv, jobs, policy)
+    assert len(result.jobs) == 80
+    capacity_kept(result, inv)
+    by_id = {j.id: j for j in jobs}
+    for r in result.jobs:
+        assert r.compute_h == pytest.approx(by_id[r.id].tokens / (RATE * r.gpus * 3600.0))
+        assert r.start_h >= r.submit_h

@@ -104,7 +104,8 @@ class Kueue(Policy):
                      if t is not tenant and state.running_gpus[t.name] > t.quota_gpus + EPS}
         if not borrowers:
             return
-        candidates = [q for q in state.running.values() if q.job.tenant in borrowers]
+        # a job started at this instant is no victim (it would have run for no time)
+        candidates = [q for q in state.running.values() if q.job.tenant in borrowers and q.start != now]
         for option in queued.options:
             if state.running_gpus[tenant.name] + state.gpus_of_option(option) > tenant.quota_gpus + EPS:
                 continue

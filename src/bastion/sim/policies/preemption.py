@@ -1,5 +1,5 @@
 """Which running jobs to stop so that a waiting one fits: the fewest, cheapest victims, shared by the preemptive
-policies (priority, kueue).
+policies (priority, kueue, srtf, las).
 
 A victim's cost is the work it would lose: GPU-hours since its last checkpoint (`ClusterState.predicted_loss`;
 a recorded job without a model has no checkpoints and loses its whole run). Victims are taken cheapest first
@@ -10,7 +10,7 @@ are spared, so no job is stopped for nothing.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -45,3 +45,26 @@ def cheapest_victims(state: ClusterState, option: Option, candidates: Iterable[Q
         if trial.fits(demand):
             chosen.remove(victim)
     return chosen
+
+
+def preempt_for(state: ClusterState, order: list[Queued], now: float,
+                outranks: Callable[[Queued, Queued], bool]) -> bool:
+    """Each job of `order` still waiting preempts the cheapest running jobs it `outranks(waiting, running)` in its
+    best pool (by `state.rank`) where that makes room, and starts there. Returns whether any job was stopped.
+    A job that started at this instant is no victim (it would have run for no time)."""
+    preempted = False
+    for queued in order:
+        if queued.started:
+            continue
+        beneath = [q for q in state.running.values() if q.start != now and outranks(queued, q)]
+        if not beneath:
+            continue
+        for place in state.rank(queued, now):
+            victims = cheapest_victims(state, place.option, beneath, now)
+            if victims is not None:
+                for victim in victims:
+                    state.preempt(victim, now)
+                state.start(queued, place.option, now)
+                preempted = True
+                break
+    return preempted

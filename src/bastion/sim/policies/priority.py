@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from bastion.sim.policies import easy
 from bastion.sim.policies.base import Policy
-from bastion.sim.policies.preemption import cheapest_victims
+from bastion.sim.policies.preemption import preempt_for
 
 if TYPE_CHECKING:
     from bastion.sim.engine import SimConfig
@@ -30,23 +30,7 @@ class Priority(Policy):
         return sorted(state.ordered(), key=lambda q: -self.level[q.job.tenant])
 
     def schedule(self, state: ClusterState, now: float) -> None:
-        order = self.order(state, now)
-        easy.schedule(state, now, order)
-        preempted = False
-        for queued in order:
-            if queued.started:
-                continue
-            level = self.level[queued.job.tenant]
-            lower = [q for q in state.running.values() if self.level[q.job.tenant] < level]
-            if not lower:
-                continue
-            for place in state.rank(queued, now):
-                victims = cheapest_victims(state, place.option, lower, now)
-                if victims is not None:
-                    for victim in victims:
-                        state.preempt(victim, now)
-                    state.start(queued, place.option, now)
-                    preempted = True
-                    break
-        if preempted:  # room the victims left beyond what their preemptors took
-            easy.schedule(state, now, self.order(state, now))
+        easy.schedule(state, now, self.order(state, now))
+        if preempt_for(state, self.order(state, now), now,
+                       lambda waiting, running: self.level[waiting.job.tenant] > self.level[running.job.tenant]):
+            easy.schedule(state, now, self.order(state, now))  # room the victims left beyond their preemptors'
