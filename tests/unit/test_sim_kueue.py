@@ -86,3 +86,22 @@ def test_queues_never_hold_more_than_quota_plus_what_they_may_borrow(seed) -> No
     for t in {start for _, start, _, _ in runs}:
         for queue, most in ceiling.items():
             assert sum(h for q, s, e, h in runs if q == queue and s <= t < e) <= most + 1e-9
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"tenant": [{"name": "a", "quota_gpus": 8, "cohort": 3}]}, "'cohort' in"),
+    ({"tenant": [{"name": "a", "quota_gpus": 8, "borrowing_limit_gpus": -1}]}, "must be >= 0"),
+    ({"tenant": [{"name": "a", "quota_gpus": 8, "priority": 1.5}]}, "must be a whole number"),
+    ({"tenant": [{"name": "a", "quota_gpus": 8, "lending_limt_gpus": 1}]}, "Did you mean 'lending_limit_gpus'"),
+    ({"node_failures": {"node_mtbf_hours": 100}}, "missing 'repair_hours'"),
+    ({"node_failures": {"repair_hours": 0}}, "must be > 0"),
+    ({"node_failures": 5}, "must be a table"),
+    ({"launch_latency_s": -5}, "must be >= 0"),
+])
+def test_bad_queue_and_failure_fields_are_guidance_errors(extra, message) -> None:
+    from bastion.errors import ConfigError
+    from bastion.sim.inputs import inventory_from_mapping
+
+    data = {"pool": [{"name": "h100", "accelerator": "h100-sxm", "nodes": 2}], **extra}
+    with pytest.raises(ConfigError, match=message):
+        inventory_from_mapping(data, "inv.toml")
