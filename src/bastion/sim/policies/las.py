@@ -10,9 +10,8 @@ from __future__ import annotations
 import bisect
 from typing import TYPE_CHECKING
 
-from bastion.sim.policies import easy
 from bastion.sim.policies.base import Policy
-from bastion.sim.policies.preemption import preempt_for
+from bastion.sim.policies.preemption import backfill_then_preempt
 
 if TYPE_CHECKING:
     from bastion.sim.state import ClusterState, Queued
@@ -40,7 +39,5 @@ class LeastAttained(Policy):
         return sorted(state.ordered(), key=lambda q: self.level(state, q, now))
 
     def schedule(self, state: ClusterState, now: float) -> None:
-        easy.schedule(state, now, self.order(state, now))
-        if preempt_for(state, self.order(state, now), now,
-                       lambda waiting, running: self.level(state, waiting, now) < self.level(state, running, now)):
-            easy.schedule(state, now, self.order(state, now))
+        backfill_then_preempt(self, state, now, lambda waiting, running:
+                              self.level(state, waiting, now) < self.level(state, running, now))

@@ -13,8 +13,11 @@ import copy
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
+from bastion.sim.policies import easy
+
 if TYPE_CHECKING:
     from bastion.sim.perf import Option
+    from bastion.sim.policies.base import Policy
     from bastion.sim.state import ClusterState, Queued
 
 
@@ -68,3 +71,12 @@ def preempt_for(state: ClusterState, order: list[Queued], now: float,
                 preempted = True
                 break
     return preempted
+
+
+def backfill_then_preempt(policy: Policy, state: ClusterState, now: float,
+                          outranks: Callable[[Queued, Queued], bool]) -> None:
+    """A preemptive policy's pass: EASY backfill in the policy's order, then `preempt_for`, then backfill again
+    into what the victims left beyond their preemptors' needs."""
+    easy.schedule(state, now, policy.order(state, now))
+    if preempt_for(state, policy.order(state, now), now, outranks):
+        easy.schedule(state, now, policy.order(state, now))

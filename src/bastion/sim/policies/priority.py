@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bastion.sim.policies import easy
 from bastion.sim.policies.base import Policy
-from bastion.sim.policies.preemption import preempt_for
+from bastion.sim.policies.preemption import backfill_then_preempt
 
 if TYPE_CHECKING:
     from bastion.sim.engine import SimConfig
@@ -30,7 +29,5 @@ class Priority(Policy):
         return sorted(state.ordered(), key=lambda q: -self.level[q.job.tenant])
 
     def schedule(self, state: ClusterState, now: float) -> None:
-        easy.schedule(state, now, self.order(state, now))
-        if preempt_for(state, self.order(state, now), now,
-                       lambda waiting, running: self.level[waiting.job.tenant] > self.level[running.job.tenant]):
-            easy.schedule(state, now, self.order(state, now))  # room the victims left beyond their preemptors'
+        backfill_then_preempt(self, state, now, lambda waiting, running:
+                              self.level[waiting.job.tenant] > self.level[running.job.tenant])

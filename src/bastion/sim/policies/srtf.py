@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bastion.sim.policies import easy
 from bastion.sim.policies.base import EPS, Policy
-from bastion.sim.policies.preemption import preempt_for
+from bastion.sim.policies.preemption import backfill_then_preempt
 from bastion.sim.policies.sjf import shortest_estimate
 
 if TYPE_CHECKING:
@@ -24,11 +23,8 @@ class ShortestRemaining(Policy):
         return sorted(state.ordered(), key=lambda q: shortest_estimate(state, q))
 
     def schedule(self, state: ClusterState, now: float) -> None:
-        easy.schedule(state, now, self.order(state, now))
-
         def outranks(waiting: Queued, running: Queued) -> bool:
             assert running.start is not None and running.estimate_hours is not None
             return shortest_estimate(state, waiting) + EPS < running.start + running.estimate_hours - now
 
-        if preempt_for(state, self.order(state, now), now, outranks):
-            easy.schedule(state, now, self.order(state, now))
+        backfill_then_preempt(self, state, now, outranks)
