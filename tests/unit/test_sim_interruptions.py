@@ -34,6 +34,7 @@ def test_a_higher_queue_preempts_a_lower_one_which_loses_its_uncheckpointed_run(
     assert (by_id["H"].start_h, by_id["H"].end_h) == (3.0, 5.0)
     low = by_id["L"]
     assert (low.start_h, low.end_h, low.run_h, low.interruptions) == (0.0, 15.0, 13.0, 1)
+    assert low.wait_h == 2.0  # requeued from 3 to 5
     assert low.interrupted_lost_gpu_hours == pytest.approx(24.0)
     assert [r[1:3] for r in low.runs] == [(0.0, 3.0), (5.0, 15.0)]
     assert result.cluster.interrupted_lost_gpu_hours == pytest.approx(24.0)

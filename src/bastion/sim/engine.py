@@ -234,7 +234,7 @@ class JobResult:
     #: the wait the trace recorded (None: not recorded)
     recorded_wait_h: float | None = None
     #: runs stopped by preemption or a node failure (then start_h is the first run's start, run_h the hours
-    #: of every run, and `runs` lists them)
+    #: of every run, wait_h every hour not running between submit and end, and `runs` lists them)
     interruptions: int = 0
     #: GPU-hours the interrupted runs held without saving (work since their last checkpoint, launch)
     interrupted_lost_gpu_hours: float = 0.0
@@ -347,11 +347,12 @@ def summarise(jobs: list[Queued], unschedulable: list[Resolved], inventory: Inve
         compute = q.run.compute_hours
         if q.done:  # the interrupted runs' saved work counts as done on the last run's pool
             compute += q.done * q.option.compute_hours(q.job.tokens)
+        run_h = sum(end - start for _, start, end, _, _ in runs) if runs else q.end - q.start
         results.append(JobResult(
             id=q.job.id, tenant=q.job.tenant, model=q.job.model, pool=q.option.pool, gpus=q.option.gpus,
             nodes=q.option.nodes, plan=q.option.perf.plan, submit_h=q.job.submit_hours, start_h=first,
-            end_h=q.end, wait_h=first - q.job.submit_hours,
-            run_h=sum(end - start for _, start, end, _, _ in runs) if runs else q.end - q.start,
+            end_h=q.end, wait_h=q.end - q.job.submit_hours - run_h if runs else first - q.job.submit_hours,
+            run_h=run_h,
             compute_h=compute, estimate_h=q.estimate_hours or 0.0, failures=q.run.failures,
             lost_h=q.run.lost_hours, held_gpus=held,
             user="" if recording is None else recording.user, final_state=state,
