@@ -237,7 +237,7 @@ def test_fair_reserves_for_a_borrowers_job_above_its_quota_instead_of_starving_i
 
 
 def test_decayed_usage_integrates_each_hour_at_its_age() -> None:
-    from bastion.sim.policies.fair import decay, decayed_gpu_hours
+    from bastion.sim.policies.usage import decay, decayed_gpu_hours
 
     assert decayed_gpu_hours(8, 0.0, 10.0, 10.0, math.inf) == 80.0
     assert decay(168.0, 168.0) == pytest.approx(0.5) and decay(1e6, math.inf) == 1.0

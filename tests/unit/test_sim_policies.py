@@ -111,8 +111,9 @@ def test_the_cli_runs_a_registered_policy_and_names_it_when_misspelt(one_per_ten
 def test_an_unknown_policy_is_a_guidance_error_listing_the_registered_ones() -> None:
     with pytest.raises(ConfigError, match="Did you mean 'backfill'") as exc:
         SimConfig(policy="backfil")
-    assert exc.value.fix == "use one of: fifo, backfill, fair, sjf."
-    assert POLICIES.prose() == "fifo, backfill, fair or sjf"
+    assert exc.value.fix == ("use one of: fifo, backfill, fair, sjf, priority, kueue, multifactor, qssf, srtf, "
+                             "las.")
+    assert POLICIES.prose() == "fifo, backfill, fair, sjf, priority, kueue, multifactor, qssf, srtf or las"
 
 
 def flaky(model, pool, gpus, global_batch, seq_len):

@@ -52,6 +52,9 @@ def simulate_command(
                                "or global (one queue); default: per-queue with --trace, else global."),
     seeds: Annotated[int, number_option("--seeds", help="Run seeds SEED..SEED+N-1; print each figure's mean ± 95% "
                                         "confidence interval over them.", integer=True, low=1, high=1000)] = 1,
+    sweep: str = typer.Option(None, "--sweep", help="NAME=V1,V2,...: rerun each policy under each value of "
+                              "cluster_size (GPUs; pools scaled alike), fair_half_life (hours) or launch_latency_s; "
+                              "a table of one row per value and policy (with --json, also an SVG chart)."),
 ) -> None:
     """Simulate gang-scheduled training jobs on a multi-pool, multi-tenant cluster: waits, utilisation, failures."""
     from bastion.errors import ConfigError
@@ -83,6 +86,13 @@ def simulate_command(
         trace_notes = [*loaded.notes, *(f"left out {n} rows: {why}" for why, n in loaded.skipped.items())]
     elif workload is not None:
         jobs = load_workload(workload, inventory)
+    if sweep is not None:
+        from bastion.sim.sweep import parse_sweep
+
+        if synthetic is not None:
+            jobs = synthetic_workload(inventory, synthetic, seed=seed, span_hours=span_hours)
+        _run_sweep(parse_sweep(sweep), inventory, jobs, configs, as_json)
+        return
     perf = PlannerPerf()
     runs: dict[str, list] = {config.policy: [] for config in configs}
     for run_seed in range(seed, seed + seeds):
@@ -132,6 +142,36 @@ def simulation_inventory(cluster: str):
                 gpus_per_node=spec.gpus_per_node, cluster=spec)
     return Inventory(name=spec.name, pools=(pool,),
                      tenants=(Tenant(name="default", quota_gpus=pool.gpus, borrow=True),))
+
+
+def _run_sweep(sweep, inventory, jobs, configs, as_json: bool) -> None:
+    """`--sweep`: every policy under every value of one parameter, the first seed's jobs; a table or JSON."""
+    from bastion.sim import PlannerPerf, resolve, simulate
+    from bastion.sim.sweep import sweep_chart, sweep_row
+
+    perf = PlannerPerf()
+    rows = []
+    for value in sweep.values:
+        swept, _ = sweep.apply(inventory, configs[0], value)
+        resolved = resolve(jobs.jobs, swept, perf)
+        for config in configs:
+            rows.append(sweep_row(value, simulate(resolved, swept, sweep.apply(inventory, config, value)[1]),
+                                  swept.gpus))
+    if as_json:
+        print(dumps_json({"cluster": inventory.name, "workload": jobs.name, "jobs": len(jobs.jobs),
+                          "sweep": {"parameter": sweep.parameter, "values": list(sweep.values), "rows": rows,
+                                    "chart_svg": sweep_chart(sweep.parameter, rows)}}, indent=2))
+        return
+    from rich.console import Console
+
+    columns = (sweep.parameter.replace("_", "\n", 1), "policy", "GPUs", "util\nheld", "wait\nmean h", "wait\np90 h",
+               "Jain", "lost\nGPU-h", "not\nrun")
+    table = [(f"{row['value']:g}", row["policy"], f"{row['gpus']}", f"{row['window_utilisation']:.1%}",
+              f"{row['mean_wait_h']:,.2f}", f"{row['p90_wait_h']:,.2f}", f"{row['jain_fairness']:.3f}",
+              f"{row['interrupted_lost_gpu_hours']:,.0f}", f"{row['unschedulable']}")
+             for row in rows]
+    Console().print(_figures_table(f"{jobs.name} ({len(jobs.jobs)} jobs) on {inventory.name}, by "
+                                   f"{sweep.parameter}", columns, table))
 
 
 #: the figures `--seeds` gives a mean and confidence interval of (ClusterResult fields)

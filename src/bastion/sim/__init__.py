@@ -3,9 +3,10 @@
 inputs.py (inventory and workload files; recorded jobs) and traces.py (public trace formats as recorded jobs)
 → perf.py (each job's plan and speed per pool, via the planner and `run_cost`; a recorded job's duration scaled
 per pool) → engine.py (discrete-event loop) over state.py (queues, pools' nodes and GPUs, running jobs;
-placement) with a policy from policies/ (fifo, backfill, fair, sjf: one file each, registered in POLICIES) and
-failures.py (sampled failures, Daly checkpoints); metrics.py defines the scheduling figures and their spread
-over seeds; synthetic.py draws seeded workloads and recorded traces.
+placement) with a policy from policies/ (fifo, backfill, fair, sjf, priority, kueue, multifactor, qssf, srtf,
+las: one file each, registered in POLICIES) and failures.py (sampled failures, Daly checkpoints); metrics.py
+defines the scheduling figures and their spread over seeds; synthetic.py draws seeded workloads and recorded
+traces; sweep.py reruns them over one parameter (`--sweep`).
 
 The names below load on first use, so that `bastion --help` can read the policy registry without the rest.
 """

@@ -13,6 +13,22 @@ Inventory file::
     quota_gpus = 512              # guaranteed share (the `fair` policy enforces it)
     borrow = true                 # may run above quota on idle capacity
     pools = ["h100"]              # optional: the pools its jobs may use (default: all)
+    priority = 0                  # optional: the `priority` policy lets a higher queue preempt a lower one;
+                                  # `multifactor` weighs it as the queue's QOS
+    cohort = "ml"                 # optional (`kueue` policy): the ClusterQueue cohort whose unused quota the
+                                  # queue may borrow and to which it lends its own
+    borrowing_limit_gpus = 64     # optional (`kueue`): at most this many GPUs above quota (default: no limit;
+                                  # borrow = false means 0)
+    lending_limit_gpus = 32       # optional (`kueue`): at most this much of its unused quota lent (default: all)
+    launch_latency_s = 90         # optional, top level: seconds from a job's start to its first step
+    [node_failures]               # optional: nodes fail and are repaired (off without this table or with
+                                  # --no-failures); jobs on a failed node lose their work since their last
+                                  # checkpoint and are requeued
+    repair_hours = 24             # how long a failed node is out
+    node_mtbf_hours = 6000        # optional: one node's mean time between failures (default: the published
+                                  # GPU-hours per failure of bastion's default failure model / GPUs per node)
+
+(`examples/sim/cohort-cluster.toml` is a complete example with cohorts, priorities and node failures.)
 
 A tenant is also a queue: a recorded job's `queue` (`--trace`) names one; a queue the inventory does not name
 goes to the queue `default`, without quota, that may use every pool.
@@ -96,6 +112,39 @@ class Tenant:
     borrow: bool = True
     #: pools the tenant's jobs may use (empty: all)
     pools: tuple[str, ...] = ()
+    #: the queue's priority (`priority` preempts lower queues for higher; `multifactor` weighs it as QOS)
+    priority: int = 0
+    #: the Kueue cohort the queue borrows from and lends to (`kueue` policy); None: none
+    cohort: str | None = None
+    #: GPUs the queue may hold above its quota, borrowed from its cohort (None: no limit; `borrow` false: 0)
+    borrowing_limit_gpus: int | None = None
+    #: GPUs of its unused quota the queue lends to its cohort (None: all of it)
+    lending_limit_gpus: int | None = None
+
+    @property
+    def max_borrow_gpus(self) -> float:
+        """GPUs above quota the queue may hold (`borrow` false: none)."""
+        if not self.borrow:
+            return 0.0
+        return math.inf if self.borrowing_limit_gpus is None else float(self.borrowing_limit_gpus)
+
+
+@dataclass(frozen=True)
+class NodeFailures:
+    """Whole nodes fail (a Poisson process per pool at `nodes / node_mtbf_hours`) and return after a repair."""
+
+    #: hours a failed node is out
+    repair_hours: float
+    #: one node's mean time between failures, hours (None: the default failure model's published GPU-hours
+    #: per failure over the pool's GPUs per node)
+    node_mtbf_hours: float | None = None
+
+    def mtbf_hours(self, pool: Pool) -> float:
+        if self.node_mtbf_hours is not None:
+            return self.node_mtbf_hours
+        from bastion.reliability.failures import default_failure_model
+
+        return default_failure_model().mtbf_hours(pool.gpus_per_node)
 
 
 #: the queue of recorded jobs whose queue the inventory does not name: no quota, every pool
@@ -107,6 +156,10 @@ class Inventory:
     name: str
     pools: tuple[Pool, ...]
     tenants: tuple[Tenant, ...]
+    #: hours from a job's start to its first step (scheduling, container pull, initialisation)
+    launch_hours: float = 0.0
+    #: node failures and repairs (None: nodes never fail)
+    node_failures: NodeFailures | None = None
 
     @property
     def gpus(self) -> int:
@@ -250,7 +303,7 @@ def make_pool(name: str, accelerator: str, nodes: int, software: str = "bastion"
 
 
 def inventory_from_mapping(data: dict[str, Any], what: str) -> Inventory:
-    _check_keys(data, {"name", "pool", "tenant", "source"}, what)
+    _check_keys(data, {"name", "pool", "tenant", "source", "launch_latency_s", "node_failures"}, what)
     pools: list[Pool] = []
     for i, item in enumerate(_table_list(data, "pool", what, _POOL_EXAMPLE)):
         where = f"{what}, pool #{i + 1}"
@@ -274,7 +327,7 @@ def inventory_from_mapping(data: dict[str, Any], what: str) -> Inventory:
     tenants: list[Tenant] = []
     for i, item in enumerate(data.get("tenant") and _table_list(data, "tenant", what, _TENANT_EXAMPLE) or []):
         where = f"{what}, tenant #{i + 1}"
-        _check_keys(item, {"name", "quota_gpus", "borrow", "pools"}, where)
+        _check_keys(item, {"name", "quota_gpus", "borrow", "pools", *_QUEUE_FIELDS}, where)
         _require(item, ("name", "quota_gpus"), where, _TENANT_EXAMPLE)
         name = _string(item["name"], "name", where)
         if any(t.name == name for t in tenants):
@@ -284,7 +337,8 @@ def inventory_from_mapping(data: dict[str, Any], what: str) -> Inventory:
             raise ConfigError(f"'borrow' in {where} must be true or false, got {borrow!r}.", fix="correct 'borrow'.")
         quota = _number(item["quota_gpus"], "quota_gpus", where, integer=True, minimum=1)
         tenants.append(Tenant(name=name, quota_gpus=int(quota), borrow=borrow,
-                              pools=_pool_names(item.get("pools", []), where, [p.name for p in pools])))
+                              pools=_pool_names(item.get("pools", []), where, [p.name for p in pools]),
+                              **_queue_fields(item, where)))
     total = sum(p.gpus for p in pools)
     if not tenants:
         tenants.append(Tenant(name="default", quota_gpus=total, borrow=True))
@@ -292,7 +346,39 @@ def inventory_from_mapping(data: dict[str, Any], what: str) -> Inventory:
     if quota_sum > total:
         raise ConfigError(f"Tenant quotas in {what} add up to {quota_sum} GPUs but the pools hold {total}.",
                           fix="quotas are guaranteed shares: make them sum to at most the cluster's GPUs.")
-    return Inventory(name=str(data.get("name", what)), pools=tuple(pools), tenants=tuple(tenants))
+    launch_s = _number(data.get("launch_latency_s", 0), "launch_latency_s", what, minimum=0)
+    return Inventory(name=str(data.get("name", what)), pools=tuple(pools), tenants=tuple(tenants),
+                     launch_hours=launch_s / 3600.0, node_failures=_node_failures(data.get("node_failures"), what))
+
+
+_QUEUE_FIELDS = ("priority", "cohort", "borrowing_limit_gpus", "lending_limit_gpus")
+
+
+def _queue_fields(item: dict[str, Any], where: str) -> dict[str, Any]:
+    fields_: dict[str, Any] = {}
+    if "priority" in item:
+        fields_["priority"] = int(_number(item["priority"], "priority", where, integer=True))
+    if "cohort" in item:
+        fields_["cohort"] = _string(item["cohort"], "cohort", where)
+    for key in ("borrowing_limit_gpus", "lending_limit_gpus"):
+        if key in item:
+            fields_[key] = int(_number(item[key], key, where, integer=True, minimum=0))
+    return fields_
+
+
+def _node_failures(item: Any, what: str) -> NodeFailures | None:
+    if item is None:
+        return None
+    where = f"{what}, [node_failures]"
+    example = "node_failures = {repair_hours = 24}"
+    if not isinstance(item, dict):
+        raise ConfigError(f"'node_failures' in {what} must be a table.", fix=f"e.g. {example}")
+    _check_keys(item, {"repair_hours", "node_mtbf_hours"}, where)
+    _require(item, ("repair_hours",), where, example)
+    repair = _number(item["repair_hours"], "repair_hours", where, minimum=0, strictly=True)
+    mtbf = item.get("node_mtbf_hours")
+    return NodeFailures(repair_hours=repair, node_mtbf_hours=None if mtbf is None else
+                        _number(mtbf, "node_mtbf_hours", where, minimum=0, strictly=True))
 
 
 def load_inventory(path: str | Path) -> Inventory:

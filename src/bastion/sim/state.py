@@ -47,6 +47,16 @@ class Queued:
     end: float | None = None
     estimate_hours: float | None = None
     run: SampledRun | None = None
+    #: when the job first started (`start` is its current run's start)
+    first_start: float | None = None
+    #: fraction of the job's work its checkpoints saved before the current run (interrupted runs)
+    done: float = 0.0
+    #: earlier, interrupted runs: (pool, start, end, GPUs held, GPUs used)
+    segments: list[tuple[str, float, float, float, float]] = field(default_factory=list)
+    #: GPU-hours its interrupted runs held without saving (work since the last checkpoint, launch)
+    interrupted_lost_gpu_hours: float = 0.0
+    #: bumped at each interruption: the engine drops the events of the runs before
+    epoch: int = 0
 
 
 @dataclass(frozen=True)
@@ -117,6 +127,8 @@ class PoolState:
         self.profile: tuple[list[float], list[int]] | None = None
         #: cached earliest (start, node) per single-node demand; cleared on every change
         self.earliest: dict[Demand, tuple[float, int]] = {}
+        #: failed nodes -> when their repair ends
+        self.down: dict[int, float] = {}
 
     @property
     def free(self) -> int:
@@ -225,6 +237,24 @@ class PoolState:
             self.node_end[node] = max(self.within[i][2] for i in self.on_node[node])
         self._file(node)
 
+    # ---- node failures --------------------------------------------------------------------------------
+    def jobs_on(self, node: int) -> list[int]:
+        """Indices of the jobs running on `node`."""
+        if node in self.slots:
+            return sorted(self.on_node[node])
+        return [index for index, nodes in self.gang_nodes.items() if node in nodes]
+
+    def take_down(self, node: int, until: float) -> None:
+        """Fail `node` (idle: its jobs released first) until `until`."""
+        self._changed()
+        self.idle.remove(node)
+        self.down[node] = until
+
+    def bring_up(self, node: int) -> None:
+        self._changed()
+        del self.down[node]
+        self.idle.add(node)
+
     # ---- the future, as estimated ---------------------------------------------------------------------
     def _node_idle_at(self, node: int, now: float) -> float:
         return max(now, self.node_end[node])
@@ -234,6 +264,7 @@ class PoolState:
         if self.profile is None:
             ends = [(max(end, now), nodes) for nodes, end in self.running.values()]
             ends += [(self._node_idle_at(node, now), 1) for node in self.slots]
+            ends += [(max(until, now), 1) for until in self.down.values()]
             ends.sort()
             times, cumulative, total = [], [], 0
             for end, nodes in ends:
@@ -251,6 +282,8 @@ class PoolState:
         best: tuple[float, int] = (math.inf, -1)
         for index, (_, end) in self.running.items():  # a gang's nodes become idle
             best = min(best, (max(end, now), min(self.gang_nodes[index])))
+        for node, until in self.down.items():  # a failed node is repaired
+            best = min(best, (max(until, now), node))
         need = max(demand.gpus, 1)
         for node, slots in self.slots.items():
             free_at = [now if free == SHARES else 0.0 for free in slots]
@@ -273,6 +306,7 @@ class PoolState:
         becoming = [(max(end, now), node) for index, (_, end) in self.running.items() if end <= start
                     for node in self.gang_nodes[index]]
         becoming += [(t, node) for node in self.slots if (t := self._node_idle_at(node, now)) <= start]
+        becoming += [(max(until, now), node) for node, until in self.down.items() if until <= start]
         chosen = [node for _, node in sorted(becoming)[:nodes]]
         chosen += sorted(self.idle)[:nodes - len(chosen)]
         return frozenset(chosen)
@@ -282,7 +316,8 @@ class ClusterState:
     """What a policy sees and does: the queue, free capacity, estimated ends, tenant usage; `start`."""
 
     def __init__(self, inventory: Inventory, config: SimConfig, running: dict[int, Queued],
-                 on_start: Callable[[Queued, float], None]) -> None:
+                 on_start: Callable[[Queued, float], None],
+                 on_interrupt: Callable[[Queued, float, str], None] | None = None) -> None:
         self.inventory = inventory
         self.config = config
         self.pools = {p.name: PoolState(p.nodes, p.gpus_per_node) for p in inventory.pools}
@@ -296,22 +331,47 @@ class ClusterState:
         #: started, unfinished jobs by index (the engine keeps it)
         self.running = running
         self._on_start = on_start
+        self._on_interrupt = on_interrupt
         self._demands: dict[tuple[str, float], Demand] = {}
 
     # ---- estimates ---------------------------------------------------------------------------
-    def estimate(self, option: Option, job: Job) -> float:
+    def estimate(self, option: Option, job: Job, done: float = 0.0) -> float:
         """The run hours the scheduler plans with: a recorded job's time limit when it has one (real
-        schedulers know no more), else the predicted run (with the expected failure losses when sampled)."""
+        schedulers know no more; a requeued job gets its whole limit again), else the predicted run of the
+        work left (with the expected failure losses when sampled) plus the launch latency."""
         if job.recorded is not None and job.recorded.time_limit_hours is not None:
             return job.recorded.time_limit_hours
         hours = option.compute_hours(job.tokens)
-        return hours / option.perf.expected_goodput if self.config.failures else hours
+        if done:
+            hours *= 1.0 - done
+        hours = hours / option.perf.expected_goodput if self.config.failures else hours
+        return hours + self.inventory.launch_hours if self.inventory.launch_hours else hours
 
     def estimate_of(self, queued: Queued, option: Option) -> float:
         hours = queued.estimates.get(option.pool)
         if hours is None:
-            hours = queued.estimates[option.pool] = self.estimate(option, queued.job)
+            hours = queued.estimates[option.pool] = self.estimate(option, queued.job, queued.done)
         return hours
+
+    def since_checkpoint(self, queued: Queued, now: float) -> tuple[float, float]:
+        """(compute hours the running job's checkpoints saved in this run, hours held since the last one): what
+        stopping it at `now` keeps and loses. Compute advances evenly over the run after its launch (sampled
+        failures included); a checkpoint every `checkpoint_interval_s` of compute (a recorded job without a
+        model has none: it loses the whole run)."""
+        assert queued.option is not None and queued.start is not None and queued.run is not None
+        held = now - queued.start
+        run = queued.run
+        running = max(0.0, held - self.inventory.launch_hours)
+        progress = running * run.compute_hours / run.wall_hours if run.wall_hours > 0 else 0.0
+        interval = queued.option.perf.checkpoint_interval_s / 3600.0
+        saved = math.floor(progress / interval + 1e-9) * interval if math.isfinite(interval) and interval > 0 else 0.0
+        saved = min(saved, run.compute_hours)
+        wall_saved = saved * run.wall_hours / run.compute_hours if run.compute_hours > 0 else 0.0
+        return saved, held - min(held, wall_saved + (self.inventory.launch_hours if saved else 0.0))
+
+    def predicted_loss(self, queued: Queued, now: float) -> float:
+        """GPU-hours stopping the running job at `now` would throw away (the victim's cost)."""
+        return self.gpus_of(queued) * self.since_checkpoint(queued, now)[1]
 
     def demand(self, option: Option) -> Demand:
         key = (option.pool, option.gpus)
@@ -357,7 +417,11 @@ class ClusterState:
     def gpus_of(self, queued: Queued) -> float:
         """GPUs a running job holds: a gang's whole nodes, else its GPUs (or share of one)."""
         assert queued.option is not None
-        return self.demand(queued.option).held(self.pools[queued.option.pool].gpus_per_node)
+        return self.gpus_of_option(queued.option)
+
+    def gpus_of_option(self, option: Option) -> float:
+        """GPUs a job holds on `option`: a gang's whole nodes, else its GPUs (or share of one)."""
+        return self.demand(option).held(self.pools[option.pool].gpus_per_node)
 
     def queue_of(self, queued: Queued) -> str:
         """The queue a job waits in: its tenant's with per-queue ordering, else the one queue ("")."""
@@ -379,6 +443,8 @@ class ClusterState:
         if not state.fits(demand, avoid):
             raise AssertionError(f"policy started {queued.job.id} ({demand}) on {option.pool}, which has no room")
         queued.started, queued.pool, queued.option, queued.start = True, option.pool, option, now
+        if queued.first_start is None:
+            queued.first_start = now
         queued.estimate_hours = self.estimate_of(queued, option)
         state.place(queued.index, demand, now + queued.estimate_hours, avoid)
         self.running_gpus[queued.job.tenant] += self.gpus_of(queued)
@@ -392,6 +458,18 @@ class ClusterState:
         assert queued.option is not None
         self.pools[queued.option.pool].release(queued.index)
         self.running_gpus[queued.job.tenant] -= self.gpus_of(queued)
+
+    def preempt(self, queued: Queued, now: float) -> None:
+        """Stop the running job at `now`: it loses its work since its last checkpoint and waits again."""
+        assert self._on_interrupt is not None and queued.index in self.running
+        self._on_interrupt(queued, now, "preemption")
+
+    def requeue(self, queued: Queued) -> None:
+        """An interrupted job waits again, in its old place in the queue (its priority and submit time)."""
+        queued.started, queued.pool, queued.option, queued.start = False, None, None, None
+        queued.end = queued.estimate_hours = queued.run = None
+        queued.estimates = {}
+        self.submit(queued)
 
 
 def _queue_key(queued: Queued) -> tuple[int, float, int]:

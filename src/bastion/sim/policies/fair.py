@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from bastion.sim.policies import easy
 from bastion.sim.policies.base import Policy
+from bastion.sim.policies.usage import DecayedUsage
 from bastion.sim.state import Demand
 
 if TYPE_CHECKING:
@@ -35,15 +36,7 @@ class Fair(Policy):
 
     def __init__(self, inventory: Inventory, config: SimConfig) -> None:
         super().__init__(inventory, config)
-        #: finished jobs' GPU-hours per tenant, decayed to `usage_as_of` (config.fair_half_life_hours)
-        self.done_gpu_hours = {t.name: 0.0 for t in inventory.tenants}
-        self.usage_as_of = {t.name: 0.0 for t in inventory.tenants}
-        #: running jobs per tenant, summed so that their decayed usage costs one step per tenant, not per job:
-        #: Σ GPUs, and Σ GPUs × e^(rate × start) (Σ GPUs × start when usage never decays)
-        self.running_gpus = {t.name: 0.0 for t in inventory.tenants}
-        self.running_weighted = {t.name: 0.0 for t in inventory.tenants}
-        half_life = config.fair_half_life_hours
-        self.rate = 0.0 if math.isinf(half_life) else math.log(2.0) / half_life
+        self.usage = DecayedUsage(inventory, config.fair_half_life_hours)
 
     def admit(self, resolved: Resolved) -> Resolved:
         tenant = self.inventory.tenant(resolved.job.tenant)
@@ -62,9 +55,7 @@ class Fair(Policy):
 
     def order(self, state: ClusterState, now: float) -> list[Queued]:
         """Tenants by usage / quota first; equal shares keep the static order."""
-        half_life = self.config.fair_half_life_hours
-        usage = {t.name: self.done_gpu_hours[t.name] * decay(now - self.usage_as_of[t.name], half_life)
-                 + self._running_usage(t.name, now) for t in self.inventory.tenants}
+        usage = {t.name: self.usage.at(t.name, now) for t in self.inventory.tenants}
         # a queue without quota (the default queue) comes after every queue with one
         share = {t.name: usage[t.name] / t.quota_gpus if t.quota_gpus else math.inf for t in self.inventory.tenants}
         # stable sort of the static order: equal shares keep priority, submit time, input order
@@ -76,52 +67,16 @@ class Fair(Policy):
         borrowers = [q for q in order if not q.started and self.inventory.tenant(q.job.tenant).borrow]
         easy.schedule(state, now, borrowers, reservations=reservations)
 
-    def _running_usage(self, tenant: str, now: float) -> float:
-        """Σ over the tenant's running jobs of `decayed_gpu_hours(gpus, start, now, now)`."""
-        gpus, weighted = self.running_gpus[tenant], self.running_weighted[tenant]
-        if not gpus:
-            return 0.0
-        if not self.rate:
-            return gpus * now - weighted
-        return (gpus - math.exp(-self.rate * now) * weighted) / self.rate
-
-    def _weight(self, start: float) -> float:
-        return start if not self.rate else math.exp(self.rate * start)
-
     def on_start(self, state: ClusterState, queued: Queued, now: float) -> None:
-        gpus = state.gpus_of(queued)
-        self.running_gpus[queued.job.tenant] += gpus
-        self.running_weighted[queued.job.tenant] += gpus * self._weight(now)
+        self.usage.started(queued.job.tenant, state.gpus_of(queued), now)
 
     def on_finish(self, state: ClusterState, queued: Queued) -> None:
         assert queued.start is not None and queued.end is not None
-        gpus = state.gpus_of(queued)
-        self.running_gpus[queued.job.tenant] -= gpus
-        self.running_weighted[queued.job.tenant] -= gpus * self._weight(queued.start)
-        if abs(self.running_gpus[queued.job.tenant]) < 1e-9:  # none left: drop the rounding residue
-            self.running_gpus[queued.job.tenant] = self.running_weighted[queued.job.tenant] = 0.0
-        tenant, half_life = queued.job.tenant, self.config.fair_half_life_hours
-        self.done_gpu_hours[tenant] = (
-            self.done_gpu_hours[tenant] * decay(queued.end - self.usage_as_of[tenant], half_life)
-            + decayed_gpu_hours(state.gpus_of(queued), queued.start, queued.end, queued.end, half_life))
-        self.usage_as_of[tenant] = queued.end
+        self.usage.ended(queued.job.tenant, state.gpus_of(queued), queued.start, queued.end)
 
 
 def within_quota(state: ClusterState, queued: Queued, option: Option) -> bool:
     """Whether starting `queued` on `option` keeps its tenant's running GPUs within its quota."""
     tenant = state.inventory.tenant(queued.job.tenant)
-    gpus = state.demand(option).held(state.pools[option.pool].gpus_per_node)
+    gpus = state.gpus_of_option(option)
     return state.running_gpus[tenant.name] + gpus <= tenant.quota_gpus + 1e-9  # shares add up inexactly
-
-
-def decay(hours: float, half_life: float) -> float:
-    """What one GPU-hour of usage weighs `hours` later."""
-    return 1.0 if math.isinf(half_life) else 2.0 ** (-hours / half_life)
-
-
-def decayed_gpu_hours(gpus: float, start: float, end: float, now: float, half_life: float) -> float:
-    """GPU-hours of `gpus` GPUs busy from `start` to `end`, each hour weighed by its age at `now`."""
-    if math.isinf(half_life):
-        return gpus * (end - start)
-    rate = math.log(2.0) / half_life
-    return gpus / rate * (math.exp(-rate * (now - end)) - math.exp(-rate * (now - start)))

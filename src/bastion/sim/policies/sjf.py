@@ -18,7 +18,12 @@ class ShortestFirst(Policy):
     name = "sjf"
 
     def order(self, state: ClusterState, now: float) -> list[Queued]:
-        return sorted(state.ordered(), key=lambda q: min(state.estimate_of(q, o) for o in q.options))
+        return sorted(state.ordered(), key=lambda q: shortest_estimate(state, q))
 
     def schedule(self, state: ClusterState, now: float) -> None:
         easy.schedule(state, now, self.order(state, now))
+
+
+def shortest_estimate(state: ClusterState, queued: Queued) -> float:
+    """The job's estimated run in the pool where it is shortest."""
+    return min(state.estimate_of(queued, o) for o in queued.options)

@@ -1,0 +1,82 @@
+"""Which running jobs to stop so that a waiting one fits: the fewest, cheapest victims, shared by the preemptive
+policies (priority, kueue, srtf, las).
+
+A victim's cost is the work it would lose: GPU-hours since its last checkpoint (`ClusterState.predicted_loss`;
+a recorded job without a model has no checkpoints and loses its whole run). Victims are taken cheapest first
+until the job fits on a scratch copy of the pool, then any whose stop turns out not to be needed (dearest first)
+are spared, so no job is stopped for nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from bastion.sim.policies import easy
+
+if TYPE_CHECKING:
+    from bastion.sim.perf import Option
+    from bastion.sim.policies.base import Policy
+    from bastion.sim.state import ClusterState, Queued
+
+
+def cheapest_victims(state: ClusterState, option: Option, candidates: Iterable[Queued],
+                     now: float) -> list[Queued] | None:
+    """The running jobs among `candidates` to stop so that a job can start on `option` now, least predicted loss
+    first; None when stopping all of them in that pool would not make room."""
+    pool = state.pools[option.pool]
+    demand = state.demand(option)
+    mine = sorted((q for q in candidates if q.pool == option.pool),
+                  key=lambda q: (state.predicted_loss(q, now), q.index))
+    if not mine:
+        return None
+    scratch = copy.deepcopy(pool)
+    chosen: list[Queued] = []
+    for victim in mine:
+        scratch.release(victim.index)
+        chosen.append(victim)
+        if scratch.fits(demand):
+            break
+    else:
+        return None
+    for victim in sorted(chosen, key=lambda q: (-state.predicted_loss(q, now), -q.index)):
+        trial = copy.deepcopy(pool)
+        for other in chosen:
+            if other is not victim:
+                trial.release(other.index)
+        if trial.fits(demand):
+            chosen.remove(victim)
+    return chosen
+
+
+def preempt_for(state: ClusterState, order: list[Queued], now: float,
+                outranks: Callable[[Queued, Queued], bool]) -> bool:
+    """Each job of `order` still waiting preempts the cheapest running jobs it `outranks(waiting, running)` in its
+    best pool (by `state.rank`) where that makes room, and starts there. Returns whether any job was stopped.
+    A job that started at this instant is no victim (it would have run for no time)."""
+    preempted = False
+    for queued in order:
+        if queued.started:
+            continue
+        beneath = [q for q in state.running.values() if q.start != now and outranks(queued, q)]
+        if not beneath:
+            continue
+        for place in state.rank(queued, now):
+            victims = cheapest_victims(state, place.option, beneath, now)
+            if victims is not None:
+                for victim in victims:
+                    state.preempt(victim, now)
+                state.start(queued, place.option, now)
+                preempted = True
+                break
+    return preempted
+
+
+def backfill_then_preempt(policy: Policy, state: ClusterState, now: float,
+                          outranks: Callable[[Queued, Queued], bool]) -> None:
+    """A preemptive policy's pass: EASY backfill in the policy's order, then `preempt_for`, then backfill again
+    into what the victims left beyond their preemptors' needs."""
+    easy.schedule(state, now, policy.order(state, now))
+    if preempt_for(state, policy.order(state, now), now, outranks):
+        easy.schedule(state, now, policy.order(state, now))
