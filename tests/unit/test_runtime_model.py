@@ -88,3 +88,25 @@ def test_forward_gives_uniform_loss_at_init():
     assert logits.shape == (2, spec.seq_len, spec.vocab_size)
     loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens.flatten())
     assert abs(float(loss.detach()) - torch.log(torch.tensor(256.0)).item()) < 0.1
+
+
+def test_an_uneven_pipeline_layout_splits_the_layers_as_written():
+    spec = load_model("tiny-moe")
+    plan = ParallelPlan(pp=2, pipeline_layout="1,3", micro_batch=1, global_batch=4)
+    first, last = (split_stage(build_model(spec), sid, 2, plan.chunk_layers(spec)) for sid in (0, 1))
+    assert list(first.layers) == ["0"] and list(last.layers) == ["1", "2", "3"]
+    assert first.tok_embeddings is not None and first.output is None and last.output is not None
+    assert list(split_stage(build_model(spec), 1, 2).layers) == ["2", "3"]  # no layout: the even split
+    with pytest.raises(ValueError, match="cannot be split"):
+        split_stage(build_model(spec), 0, 2, (1, 2))
+
+
+@pytest.mark.parametrize("full_layers,wrapped", [(0, ["2", "3"]), (1, ["2"]), (5, ["2", "3"])])
+def test_recompute_layers_wraps_the_first_layers_of_each_chunk(full_layers, wrapped):
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+
+    from bastion.runtime.parallelize import apply_activation_checkpointing
+
+    chunk = split_stage(build_model(load_model("tiny")), 1, 2)
+    apply_activation_checkpointing(chunk, "full", full_layers)
+    assert [n for n, block in chunk.layers.items() if isinstance(block, CheckpointWrapper)] == wrapped

@@ -107,19 +107,37 @@ class GroupedExperts(nn.Module):
 
 
 class Router(nn.Module):
+    """Scores, top-k choice and weights. With DeepSeek-V3's auxiliary-loss-free balancing (router_bias_update_rate
+    > 0) a per-expert `expert_bias` buffer is added to the scores for the choice only (the weights stay the plain
+    scores); `update_bias` moves it after each step. The buffer is part of the model's state dict, so checkpoints
+    keep it."""
+
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.top_k = spec.top_k
         self.sigmoid = spec.router == "sigmoid"
         self.norm_topk = spec.router_norm_topk
+        self.bias_update_rate = spec.router_bias_update_rate
         self.weight = nn.Parameter(torch.empty(spec.num_experts, spec.hidden_size))
+        if self.bias_update_rate:
+            self.register_buffer("expert_bias", torch.zeros(spec.num_experts, dtype=torch.float32))
+
+    @torch.no_grad()
+    def update_bias(self, load_E: torch.Tensor) -> None:
+        """DeepSeek-V3 (arXiv 2412.19437, Sec. 2.1.2): each expert's bias moves by the rate towards balance,
+        down when it took more than the mean of the step's tokens, up when fewer; `load_E` counts the whole
+        global batch, the same on every rank, so every copy of the bias stays bit-identical."""
+        load = load_E.to(self.expert_bias.device, torch.float64)
+        step = torch.sign(load.mean() - load) * self.bias_update_rate
+        self.expert_bias.add_(step.to(torch.float32))
 
     def forward(self, x_TH: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(scores (T, E) fp32, chosen experts (T, k), their weights (T, k) fp32)."""
         logits = F.linear(x_TH, self.weight).float()
         scores = torch.sigmoid(logits) if self.sigmoid else torch.softmax(logits, dim=-1)
+        choice = scores.detach() + self.expert_bias if self.bias_update_rate else scores.detach()
         # stable descending sort: equal scores keep expert order, so ties go to the lower index deterministically
-        order = torch.sort(scores.detach(), dim=-1, descending=True, stable=True).indices
+        order = torch.sort(choice, dim=-1, descending=True, stable=True).indices
         chosen = order[:, :self.top_k]
         weights = scores.gather(1, chosen)
         if self.norm_topk:
@@ -268,8 +286,23 @@ def step_stats(parts: list[nn.Module], spec: ModelSpec, plan: ParallelPlan, devi
     packed = torch.cat([counts.flatten(), aux]).to(device)
     dist.all_reduce(packed)
     packed = packed.cpu()
-    moe_counts = packed[:counts.numel()].view_as(counts)[spec.dense_layers:] / plan.tp
+    layer_counts = packed[:counts.numel()].view_as(counts) / plan.tp
+    moe_counts = layer_counts[[spec.is_moe_layer(i) for i in range(spec.num_layers)]]
     mean = moe_counts.mean(dim=1, keepdim=True).clamp(min=1e-12)
-    return {"moe_aux_loss": float(packed[counts.numel():].sum()) / copies,
-            "expert_tokens": [round(n) for n in moe_counts.sum(dim=0).tolist()],
-            "expert_imbalance": float((moe_counts.max(dim=1, keepdim=True).values / mean).max())}
+    stats = {"moe_aux_loss": float(packed[counts.numel():].sum()) / copies,
+             "expert_tokens": [round(n) for n in moe_counts.sum(dim=0).tolist()],
+             "expert_imbalance": float((moe_counts.max(dim=1, keepdim=True).values / mean).max())}
+    if spec.router_bias_update_rate:
+        stats["router_bias_absmax"] = update_router_biases(parts, layer_counts, device)
+    return stats
+
+
+def update_router_biases(parts: list[nn.Module], layer_counts: torch.Tensor, device: torch.device) -> float:
+    """Move every local router's bias by the step's global load of its layer (`layer_counts`: layers × experts,
+    the same on every rank); returns the largest |bias| over all layers after the update (collective)."""
+    absmax = torch.zeros((), dtype=torch.float32, device=device)
+    for index, block in moe_blocks(parts):
+        block.router.update_bias(layer_counts[index])
+        absmax = torch.maximum(absmax, block.router.expert_bias.abs().max().to(device))
+    dist.all_reduce(absmax, op=dist.ReduceOp.MAX)  # the pipeline stages hold different layers
+    return float(absmax)

@@ -32,9 +32,6 @@ def check_runtime_supports(spec: ModelSpec) -> None:
     if spec.position_embedding == "alibi":
         raise ConfigError(f"model '{spec.name}' uses ALiBi, which the runtime does not implement.",
                           fix="use position_embedding = 'rope' or 'learned'.")
-    if spec.is_mla:
-        raise ConfigError(f"model '{spec.name}' uses multi-head latent attention, which the runtime does not run "
-                          f"yet (the predictor and planner model it).", fix="train a GQA/MHA model.")
 
 
 def check_runtime_executes(spec: ModelSpec, plan: ParallelPlan) -> None:
@@ -42,7 +39,7 @@ def check_runtime_executes(spec: ModelSpec, plan: ParallelPlan) -> None:
     pp and tp (experts replicated over tp, etp = 1); not yet sequence parallelism (the MoE block would need the
     tp group's whole sequence) or cp (the sequence-wise aux loss would need the cp ranks' counts). Plan fields the
     runtime does not execute yet are refused for every model, never silently ignored."""
-    for field, default in (("etp", 1), ("pipeline_layout", ""), ("recompute_layers", 0), ("activation_offload", 0)):
+    for field, default in (("etp", 1), ("activation_offload", 0)):
         if getattr(plan, field) != default:
             raise PlanError(f"The runtime does not execute {field} = {getattr(plan, field)!r} yet (the predictor "
                             f"and planner model it).", fix=f"set {field} = {default!r} in the plan to train it.",
