@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers.equivalence import FP32, check_group, check_model_state_bytes, reference_run, run_cases
+from helpers.equivalence import (FP32, MOE_PARAM_TOLERANCE, check_group, check_model_state_bytes, reference_run,
+                                 run_cases)
 
 pytestmark = [pytest.mark.dist, pytest.mark.timeout(1200)]
 
@@ -117,3 +118,51 @@ def test_latent_attention_and_routing_bias_train_like_one_process(mla_runs, toke
                    reason="the predictor's memory model has no MLA tensors yet (issue 14, predictor)")
 def test_model_state_bytes_of_mla_equal_the_predictors(mla_runs):
     check_model_state_bytes(mla_runs, MLA)
+
+
+#: expert tensor parallelism: each expert's w1/w3 split colwise and w2 rowwise over the attention's tp ranks
+ETP_PLANS = {
+    # 2-D (ep, tp) expert DTensors
+    "moe-ep2-tp2-etp2-zero3": dict(dp=2, ep=2, tp=2, etp=2, zero_stage=3, micro_batch=2, global_batch=8, **FP32),
+    # no expert parallelism: the experts split over tp only, like a dense MLP
+    "moe-dp2-tp2-etp2-zero0": dict(dp=2, tp=2, etp=2, zero_stage=0, micro_batch=2, global_batch=8, **FP32),
+}
+
+
+def _predictor_models_etp() -> bool:
+    from bastion.predict.memory import model_state_bytes
+    from bastion.specs.model import load_model
+    from bastion.specs.plan import ParallelPlan
+
+    spec, plan = load_model("tiny-moe"), ETP_PLANS["moe-ep2-tp2-etp2-zero3"]
+    return model_state_bytes(spec, ParallelPlan(**plan), 0) != model_state_bytes(
+        spec, ParallelPlan(**{**plan, "etp": 1}), 0)
+
+
+@pytest.fixture(scope="module")
+def etp_runs(tmp_path_factory, token_data: Path) -> dict:
+    return run_cases(tmp_path_factory.mktemp("etp"), token_data, 4, ETP_PLANS, model="tiny-moe")
+
+
+def test_expert_tensor_parallelism_trains_like_one_process(etp_runs, token_data):
+    check_group(etp_runs, reference_run(token_data, "tiny-moe", global_batch=8), "tiny-moe",
+                param_tolerance=MOE_PARAM_TOLERANCE, state_bytes=False)
+    # the experts were split, not replicated over tp: each rank holds half its etp = 1 expert bytes (fp32; the
+    # expert data-parallel degree is 1 in both plans, so ZeRO does not shard the experts further)
+    from bastion.predict.memory import model_state_bytes
+    from bastion.specs.model import load_model
+    from bastion.specs.plan import ParallelPlan
+
+    spec = load_model("tiny-moe")
+    for name, plan in ETP_PLANS.items():
+        whole_experts = ParallelPlan(**{**plan, "etp": 1})
+        local_expert_bytes = 4 * spec.num_moe_layers * spec.routed_expert_params() // plan.get("ep", 1)
+        for rank in etp_runs[name].summary["measured"]["model_state_bytes_by_rank"]:
+            etp1 = model_state_bytes(spec, whole_experts, rank["pp_rank"], rank["dp_rank"], rank["tp_rank"])
+            assert rank["params"] == etp1["params"] - local_expert_bytes // 2, (name, rank)
+
+
+@pytest.mark.xfail(not _predictor_models_etp(), strict=True,
+                   reason="the predictor's memory model does not split experts by etp yet (issue 14, predictor)")
+def test_model_state_bytes_of_etp_equal_the_predictors(etp_runs):
+    check_model_state_bytes(etp_runs, "tiny-moe")

@@ -112,7 +112,7 @@ def test_recompute_layers_wraps_the_first_layers_of_each_chunk(full_layers, wrap
     assert [n for n, block in chunk.layers.items() if isinstance(block, CheckpointWrapper)] == wrapped
 
 
-def test_preflight_accepts_layouts_partial_recompute_and_mla_and_refuses_etp_and_offload():
+def test_preflight_accepts_layouts_partial_recompute_mla_and_etp_tp_and_refuses_other_etp_and_offload():
     from bastion.errors import PlanError
     from bastion.runtime.preflight import check_runtime_executes, check_runtime_supports
 
@@ -121,7 +121,8 @@ def test_preflight_accepts_layouts_partial_recompute_and_mla_and_refuses_etp_and
     fp32 = dict(precision="fp32", micro_batch=1, global_batch=4)
     check_runtime_executes(mla, ParallelPlan(pp=2, pipeline_layout="1,3", recompute="full", recompute_layers=1,
                                              **fp32))
-    for field, plan in (("etp", ParallelPlan(dp=2, tp=2, ep=2, etp=2, **fp32)),
+    check_runtime_executes(mla, ParallelPlan(dp=2, tp=2, ep=2, etp=2, **fp32))
+    for field, plan in (("etp", ParallelPlan(dp=4, tp=2, ep=2, etp=4, **fp32)),
                         ("activation_offload", ParallelPlan(activation_offload=1, **fp32))):
         with pytest.raises(PlanError, match=f"does not execute {field}"):
             check_runtime_executes(mla, plan)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,9 @@ from torch import nn
 
 from bastion.runtime.preflight import check_runtime_supports
 from bastion.specs.model import ModelSpec
+
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
 
 #: prefixes that wrappers (activation checkpointing, torch.compile, FSDP1) insert into parameter names
 _WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.", "_fsdp_wrapped_module.")
@@ -50,6 +54,23 @@ def rope_table(seq_len: int, head_dim: int, theta: float = 10000.0, device: torc
     angles_SD = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)
     angles_SD = torch.cat((angles_SD, angles_SD), dim=-1)
     return torch.stack((angles_SD.cos(), angles_SD.sin()))
+
+
+def sum_gradient_over(mesh: DeviceMesh, x: torch.Tensor) -> torch.Tensor:
+    """`x` unchanged; backward sums its gradient over `mesh` (each rank used the replicated `x` for its own share
+    of the work: Megatron's copy-to-tensor-parallel-region). A Replicate DTensor whose local gradient is declared
+    Partial: torch's own reduction."""
+    from torch.distributed.tensor import DTensor, Partial, Replicate
+
+    return DTensor.from_local(x, mesh, [Replicate()], run_check=False).to_local(grad_placements=[Partial()])
+
+
+def sum_over(mesh: DeviceMesh, x: torch.Tensor) -> torch.Tensor:
+    """The sum of the partial results `x` over `mesh`; backward passes the (replicated) gradient unchanged
+    (Megatron's reduce-from-tensor-parallel-region, what RowwiseParallel does to its output)."""
+    from torch.distributed.tensor import DTensor, Partial, Replicate
+
+    return DTensor.from_local(x, mesh, [Partial()], run_check=False).redistribute(mesh, [Replicate()]).to_local()
 
 
 def rope_width(spec: ModelSpec) -> int:
@@ -140,16 +161,6 @@ class LatentAttention(Attention):
         self.wkv_b = nn.Linear(spec.kv_lora_rank, heads * (spec.qk_nope_head_dim + spec.v_head_dim), bias=False)
         self.wo = nn.Linear(heads * spec.v_head_dim, h, bias=False)
 
-    def _shared_across_tp(self, x: torch.Tensor) -> torch.Tensor:
-        """Identity forward; backward sums the gradient over the tp ranks (a Replicate DTensor whose local
-        gradient is declared Partial: torch's own reduction, Megatron's copy-to-tensor-parallel-region)."""
-        if self.tp_mesh is None:
-            return x
-        from torch.distributed.tensor import DTensor, Partial, Replicate
-
-        return DTensor.from_local(x, self.tp_mesh, [Replicate()], run_check=False).to_local(
-            grad_placements=[Partial()])
-
     def forward(self, x_BSH: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
         batch, seq, _ = x_BSH.shape
         q = self.wq_b(self.q_norm(self.wq_a(x_BSH))) if self.q_latent else self.wq(x_BSH)
@@ -160,7 +171,8 @@ class LatentAttention(Attention):
         k_nope, v = kv.split((self.nope_dim, self.v_dim), dim=-1)
         cos, sin = rope[0, :seq, None, :], rope[1, :seq, None, :]
         q_rot = q_rot * cos + rotate_half(q_rot) * sin
-        k_rot = self._shared_across_tp(k_rot).unsqueeze(2)
+        k_rot = k_rot if self.tp_mesh is None else sum_gradient_over(self.tp_mesh, k_rot)
+        k_rot = k_rot.unsqueeze(2)
         k_rot = k_rot * cos + rotate_half(k_rot) * sin
         q = torch.cat((q_nope, q_rot), dim=-1)
         k = torch.cat((k_nope, k_rot.expand(-1, -1, k_nope.shape[2], -1)), dim=-1)

@@ -73,7 +73,8 @@ def grouped_mm_available(weight: torch.Tensor) -> bool:
 
 
 class GroupedExperts(nn.Module):
-    """`num_experts` MLPs as three (experts, out, in) tensors; expert parallelism shards them on dim 0."""
+    """`num_experts` MLPs as three (experts, out, in) tensors; expert parallelism shards them on dim 0, expert
+    tensor parallelism (etp) each expert's inner width (w1/w3 colwise, w2 rowwise)."""
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
@@ -82,12 +83,22 @@ class GroupedExperts(nn.Module):
         self.w1 = nn.Parameter(torch.empty(e, f, h))
         self.w2 = nn.Parameter(torch.empty(e, h, f))
         self.w3 = nn.Parameter(torch.empty(e, f, h)) if self.swiglu else None
+        #: expert tensor parallelism (set by parallelize): the tp sub-mesh over which each expert's inner width
+        #: is split; every rank of it holds the same rows, computes its slice, and the outputs are summed
+        self.etp_mesh = None
 
     def _act(self, up: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
         return F.silu(up) * gate if gate is not None else F.gelu(up)
 
     def forward(self, x_TH: torch.Tensor, counts: list[int]) -> torch.Tensor:
         """Rows of `x_TH` grouped by local expert, `counts[e]` rows for local expert e."""
+        if self.etp_mesh is None:
+            return self._local_experts(x_TH, counts)
+        from bastion.runtime.model import sum_gradient_over, sum_over
+
+        return sum_over(self.etp_mesh, self._local_experts(sum_gradient_over(self.etp_mesh, x_TH), counts))
+
+    def _local_experts(self, x_TH: torch.Tensor, counts: list[int]) -> torch.Tensor:
         w1, w2 = _local(self.w1), _local(self.w2)
         w3 = _local(self.w3) if self.w3 is not None else None
         if grouped_mm_available(w1) and x_TH.shape[0]:

@@ -6,8 +6,9 @@ Order (the one PyTorch documents, and torchtitan uses):
   1b. context parallel - (cp > 1) the chunk's attention gathers keys/values over the cp group and masks by global
                         position; positions are the global ones of this rank's tokens (runtime/context_parallel.py)
   1c. expert parallel  - (ep > 1) routed experts become DTensors split on dim 0 over the ep ranks, and each MoE block
-                        dispatches its tokens to them with all_to_all (runtime/moe.py); before FSDP, which then shards
-                        the local experts over the remaining data-parallel ranks (runtime/mesh.py)
+                        dispatches its tokens to them with all_to_all (runtime/moe.py); with etp = tp also split in
+                        width over tp; before FSDP, which then shards the local experts over the remaining
+                        data-parallel ranks (runtime/mesh.py)
   2. tensor parallel  - DTensor column/row split (+ sequence parallel, + loss parallel on the LM head) on each chunk;
                         must come before FSDP so that FSDP shards the already TP-sharded DTensors (2-D)
   3. activation ckpt  - wraps whole blocks (full; the first `recompute_layers` of each chunk when set) or the
@@ -123,16 +124,28 @@ def apply_context_parallel(module: Transformer, rmesh: RuntimeMesh) -> None:
 
 # ---- 1c. expert parallel -----------------------------------------------------------------------------------
 def apply_expert_parallel(module: Transformer, rmesh: RuntimeMesh) -> None:
-    """Split every routed-expert tensor on dim 0 over the ep ranks and give each MoE block its ep group."""
+    """Split every routed-expert tensor on dim 0 over the ep ranks and give each MoE block its ep group; with
+    etp = tp also each expert's inner width over the tp ranks (w1/w3 on dim 1, w2 on dim 2: colwise, rowwise),
+    one 2-D (ep, tp) DTensor, which FSDP2 then shards over the expert data-parallel ranks (EP + TP)."""
     from torch.distributed.tensor import Shard, distribute_tensor
 
-    ep_mesh = rmesh.ep_mesh
-    group = ExpertParallelGroup(group=ep_mesh.get_group(), size=ep_mesh.size(), rank=rmesh.ep_rank)
+    plan = rmesh.plan
+    group = None
+    if plan.ep > 1:
+        ep_mesh = rmesh.ep_mesh
+        group = ExpertParallelGroup(group=ep_mesh.get_group(), size=ep_mesh.size(), rank=rmesh.ep_rank)
+    if plan.etp > 1:
+        mesh = rmesh.expert_mesh["ep", "tp"] if plan.ep > 1 else rmesh.tp_mesh
+    else:
+        mesh = rmesh.ep_mesh
     for sub in module.modules():
         if isinstance(sub, MoE):
             sub.ep = group
+            sub.experts.etp_mesh = rmesh.tp_mesh if plan.etp > 1 else None
             for name, param in list(sub.experts.named_parameters(recurse=False)):
-                sub.experts.register_parameter(name, nn.Parameter(distribute_tensor(param, ep_mesh, [Shard(0)])))
+                width_dim = 2 if name == "w2" else 1
+                placements = ([Shard(0)] if plan.ep > 1 else []) + ([Shard(width_dim)] if plan.etp > 1 else [])
+                sub.experts.register_parameter(name, nn.Parameter(distribute_tensor(param, mesh, placements)))
 
 
 # ---- 2. tensor parallel (+ sequence parallel, + loss parallel) -------------------------------------------
@@ -311,7 +324,7 @@ def parallelize(spec: ModelSpec, plan: ParallelPlan, rmesh: RuntimeMesh, config:
         part = split_stage(full, sid, num_stages, plan.chunk_layers(spec)) if num_stages > 1 else full
         if plan.cp > 1:
             apply_context_parallel(part, rmesh)
-        if plan.ep > 1:
+        if plan.ep > 1 or plan.etp > 1:
             apply_expert_parallel(part, rmesh)
         if plan.tp > 1:
             apply_tensor_parallel(part, rmesh, plan.sequence_parallel)
