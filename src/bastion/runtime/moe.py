@@ -10,7 +10,8 @@ One code path for every plan, so a run on many ranks computes what one process c
             regrouped by local expert. torch's functional `all_to_all_single_autograd` carries the gradient
             back with the splits swapped (the same collective torchtitan's ExpertParallel uses)
   experts   one SwiGLU/GELU MLP per expert over its contiguous rows: `torch._grouped_mm` on CUDA cards that have
-            it (bf16), otherwise an exact per-expert loop (CPU); dropless, no capacity factor
+            it (bf16), otherwise an exact per-expert loop (CPU); dropless, no capacity factor. With etp = tp each
+            tp rank computes its slice of every expert's width on the same rows and the outputs are summed
   combine   the reverse all_to_all, un-permute, and the top_k outputs of a token summed with their router weights
             in a fixed order; the shared experts (one MLP of their summed width) are added for every token
 
@@ -18,9 +19,14 @@ Load balancing: the sequence-wise auxiliary loss of DeepSeek-V3 (arXiv 2412.1943
 Transformer's loss applied per sequence): aux = coeff · E · Σ_i f_i · P_i per sequence, f_i the share of the
 sequence's top_k choices that went to expert i, P_i the mean (normalised) score of expert i; the mean over
 sequences. Per sequence, so splitting the batch into micro-batches and data-parallel ranks does not change it.
-Its gradient enters backward through `AuxLossInjector` (Megatron's MoEAuxLossAutoScaler habit): the block's
-output is returned unchanged and backward adds d(aux)·scale, so the loss function and the pipeline schedule do
-not need to know about it. The trainer sets the scale (1 / micro-batches when it divides the loss itself).
+
+DeepSeek-V3's auxiliary-loss-free balancing (router_bias_update_rate > 0): a per-expert bias added to the scores
+for the choice only, moved after every step by rate × sign(mean load − load) from the step's global loads
+(`update_router_biases`, run by `step_stats`); a buffer of the router, so checkpoints keep it.
+
+The aux loss's gradient enters backward through `AuxLossInjector` (Megatron's MoEAuxLossAutoScaler habit): the
+block's output is returned unchanged and backward adds d(aux)·scale, so the loss function and the pipeline
+schedule do not need to know about it. The trainer sets the scale (1 / micro-batches when it divides the loss itself).
 """
 
 from __future__ import annotations
@@ -282,7 +288,8 @@ def step_stats(parts: list[nn.Module], spec: ModelSpec, plan: ParallelPlan, devi
     data-parallel replicas; `expert_tokens` the tokens routed to each expert, summed over layers; `expert_imbalance`
     the largest per-layer ratio of the busiest expert's tokens to the mean (1.0 = perfectly balanced). The tp ranks
     of a replica route the same tokens and count once. Only the last micro-batch forwards of a block count: torch
-    2.13's pipeline stages run one more forward with grad on their first step to infer shapes."""
+    2.13's pipeline stages run one more forward with grad on their first step to infer shapes. With the
+    aux-loss-free bias, the routers' biases are moved by these global loads and `router_bias_absmax` reported."""
     micro_batches, copies = plan.grad_accumulation, plan.dp * plan.cp * plan.tp
     counts = torch.zeros(spec.num_layers, spec.num_experts, dtype=torch.float64)
     aux = torch.zeros(spec.num_layers, dtype=torch.float64)
