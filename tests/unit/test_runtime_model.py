@@ -88,3 +88,41 @@ def test_forward_gives_uniform_loss_at_init():
     assert logits.shape == (2, spec.seq_len, spec.vocab_size)
     loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens.flatten())
     assert abs(float(loss.detach()) - torch.log(torch.tensor(256.0)).item()) < 0.1
+
+
+def test_an_uneven_pipeline_layout_splits_the_layers_as_written():
+    spec = load_model("tiny-moe")
+    plan = ParallelPlan(pp=2, pipeline_layout="1,3", micro_batch=1, global_batch=4)
+    first, last = (split_stage(build_model(spec), sid, 2, plan.chunk_layers(spec)) for sid in (0, 1))
+    assert list(first.layers) == ["0"] and list(last.layers) == ["1", "2", "3"]
+    assert first.tok_embeddings is not None and first.output is None and last.output is not None
+    assert list(split_stage(build_model(spec), 1, 2).layers) == ["2", "3"]  # no layout: the even split
+    with pytest.raises(ValueError, match="cannot be split"):
+        split_stage(build_model(spec), 0, 2, (1, 2))
+
+
+@pytest.mark.parametrize("full_layers,wrapped", [(0, ["2", "3"]), (1, ["2"]), (5, ["2", "3"])])
+def test_recompute_layers_wraps_the_first_layers_of_each_chunk(full_layers, wrapped):
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+
+    from bastion.runtime.parallelize import apply_activation_checkpointing
+
+    chunk = split_stage(build_model(load_model("tiny")), 1, 2)
+    apply_activation_checkpointing(chunk, "full", full_layers)
+    assert [n for n, block in chunk.layers.items() if isinstance(block, CheckpointWrapper)] == wrapped
+
+
+def test_preflight_accepts_layouts_partial_recompute_mla_and_etp_tp_and_refuses_other_etp_and_offload():
+    from bastion.errors import PlanError
+    from bastion.runtime.preflight import check_runtime_executes, check_runtime_supports
+
+    mla = load_model("tiny-mla")
+    check_runtime_supports(mla)
+    fp32 = dict(precision="fp32", micro_batch=1, global_batch=4)
+    check_runtime_executes(mla, ParallelPlan(pp=2, pipeline_layout="1,3", recompute="full", recompute_layers=1,
+                                             **fp32))
+    check_runtime_executes(mla, ParallelPlan(dp=2, tp=2, ep=2, etp=2, **fp32))
+    for field, plan in (("etp", ParallelPlan(dp=4, tp=2, ep=2, etp=4, **fp32)),
+                        ("activation_offload", ParallelPlan(activation_offload=1, **fp32))):
+        with pytest.raises(PlanError, match=f"does not execute {field}"):
+            check_runtime_executes(mla, plan)

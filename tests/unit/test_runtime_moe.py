@@ -92,3 +92,22 @@ def test_aux_loss_is_per_sequence_and_reaches_the_router(router):
 def _route(block, x):
     scores, chosen, _ = block.router(x.reshape(-1, x.shape[-1]))
     return scores.view(x.shape[0], x.shape[1], -1), chosen.view(x.shape[0], x.shape[1], -1)
+
+
+def test_routing_bias_steers_the_choice_not_the_weights_and_moves_towards_balance():
+    spec = dataclasses.replace(load_model("tiny-moe"), router="sigmoid", router_bias_update_rate=0.25)
+    block = _moe(spec)
+    assert "router.expert_bias" in block.state_dict()  # checkpointed with the model
+    x = torch.randn(7, spec.hidden_size)
+    scores, chosen, _ = block.router(x)
+    with torch.no_grad():
+        block.router.expert_bias.copy_(torch.tensor([0.0] * 6 + [5.0, 5.0]))
+    biased_scores, biased, weights = block.router(x)
+    assert torch.equal(biased_scores, scores) and [sorted(row) for row in biased.tolist()] == [[6, 7]] * 7
+    assert chosen.tolist() != biased.tolist()
+    expected = scores.gather(1, biased) / scores.gather(1, biased).sum(dim=-1, keepdim=True)
+    torch.testing.assert_close(weights, expected)
+    # the overloaded experts 6 and 7 lose a rate's worth, the idle ones gain it, the one at the mean stays
+    block.router.update_bias(torch.tensor([0, 0, 0, 0, 0, 14.0, 49.0, 49.0]))
+    assert block.router.expert_bias.tolist() == [0.25] * 5 + [0.0, 4.75, 4.75]
+    assert "router.expert_bias" not in _moe(load_model("tiny-moe")).state_dict()  # no rate: no buffer

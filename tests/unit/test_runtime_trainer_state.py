@@ -27,13 +27,16 @@ def make_trainer(tmp_path):
     (tmp_path / "t.txt").write_bytes(b"the quick brown fox jumps over the lazy dog. " * 400)
     prepare_dataset([tmp_path / "t.txt"], tmp_path / "data")
     (tmp_path / "plan.json").write_text(json.dumps(PLAN))
-    spec = load_model("tiny", 32)
     plan = ParallelPlan.load(tmp_path / "plan.json")
-    config = TrainConfig(model="tiny", plan=str(tmp_path / "plan.json"), data=str(tmp_path / "data"), steps=10,
-                         run_dir=str(tmp_path / "run"), seq_len=32, warmup_steps=2)
+
+    def make(model: str = "tiny") -> Trainer:
+        config = TrainConfig(model=model, plan=str(tmp_path / "plan.json"), data=str(tmp_path / "data"), steps=10,
+                             run_dir=str(tmp_path / "run"), seq_len=32, warmup_steps=2)
+        return Trainer(config, load_model(model, 32), plan, rmesh)
+
     rmesh = build_mesh(plan, torch.device("cpu"))
     try:
-        yield lambda: Trainer(config, spec, plan, rmesh)
+        yield make
     finally:
         dist.destroy_process_group()
 
@@ -99,3 +102,17 @@ def test_hooks_come_per_step_and_a_rejecting_check_keeps_the_update_out(make_tra
     assert trainer.step == 1 and trainer.scheduler.last_epoch == 1
     for name, value in before.items():
         assert torch.equal(_params(trainer)[name], value), name
+
+
+def test_the_routing_bias_is_checkpointed_state(make_trainer):
+    """DeepSeek-V3's aux-loss-free bias moves every step; a resumed run must route with the moved bias."""
+    trained = make_trainer("tiny-mla")
+    records = [trained.train_step() for _ in range(2)]
+    assert [r["router_bias_absmax"] for r in records] == pytest.approx([0.01, 0.02])
+    state = trained.state_dict()
+    key = "model.layers.1.moe.router.expert_bias"
+    assert float(state["tensors"][key].abs().max()) == pytest.approx(0.02)
+    fresh = make_trainer("tiny-mla")
+    fresh.load_state_dict({**state, "tensors": {k: v.clone() for k, v in state["tensors"].items()}})
+    assert torch.equal(fresh.state_dict()["tensors"][key], state["tensors"][key])
+    assert fresh.train_step()["loss"] == trained.train_step()["loss"]

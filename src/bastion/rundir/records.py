@@ -35,6 +35,9 @@ class StepRecord(TypedDict):
     moe_aux_loss: NotRequired[float]
     expert_tokens: NotRequired[list[int]]
     expert_imbalance: NotRequired[float]
+    #: with DeepSeek-V3's auxiliary-loss-free balancing (router_bias_update_rate > 0): the largest |routing bias|
+    #: over every MoE layer and expert after the step's update
+    router_bias_absmax: NotRequired[float]
 
     #: every rank's section times of the step, seconds: {"forward_backward" | "optimizer" | "sync_wait" | "step":
     #: [rank 0's, rank 1's, ...]} (runtime/stragglers.py says what each covers; absent before they were recorded)
@@ -42,7 +45,7 @@ class StepRecord(TypedDict):
 
 
 #: the step-record fields only a mixture-of-experts run writes
-MOE_STEP_FIELDS = ("moe_aux_loss", "expert_tokens", "expert_imbalance")
+MOE_STEP_FIELDS = ("moe_aux_loss", "expert_tokens", "expert_imbalance", "router_bias_absmax")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ coordinate also get a plain process group (`cp_group`) for the attention's key/v
 Expert parallelism (ep > 1) is carved from the data-parallel ranks, as in Megatron-Core and torchtitan: the dp × cp
 dimension is unflattened into (dp × cp / ep, ep), ep innermost, so rank i of that dimension holds expert group
 i mod ep. Routed experts are split over "ep" and sharded (zero 1-3) or replicated (zero 0) over the other factor
-(`expert_dp_mesh`); every other parameter keeps the whole dp × cp dimension. Both meshes are views of one root mesh,
+(`expert_dp_mesh`); every other parameter keeps the whole dp × cp dimension. With expert tensor parallelism
+(etp = tp) the experts are also split in width over "tp": 2-D ("ep", "tp") DTensors. Both meshes are views of one root mesh,
 which FSDP2 needs to compose the experts' DTensor placements with its own.
 """
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,9 @@ from torch import nn
 
 from bastion.runtime.preflight import check_runtime_supports
 from bastion.specs.model import ModelSpec
+
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
 
 #: prefixes that wrappers (activation checkpointing, torch.compile, FSDP1) insert into parameter names
 _WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.", "_fsdp_wrapped_module.")
@@ -50,6 +54,28 @@ def rope_table(seq_len: int, head_dim: int, theta: float = 10000.0, device: torc
     angles_SD = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)
     angles_SD = torch.cat((angles_SD, angles_SD), dim=-1)
     return torch.stack((angles_SD.cos(), angles_SD.sin()))
+
+
+def sum_gradient_over(mesh: DeviceMesh, x: torch.Tensor) -> torch.Tensor:
+    """`x` unchanged; backward sums its gradient over `mesh` (each rank used the replicated `x` for its own share
+    of the work: Megatron's copy-to-tensor-parallel-region). A Replicate DTensor whose local gradient is declared
+    Partial: torch's own reduction."""
+    from torch.distributed.tensor import DTensor, Partial, Replicate
+
+    return DTensor.from_local(x, mesh, [Replicate()], run_check=False).to_local(grad_placements=[Partial()])
+
+
+def sum_over(mesh: DeviceMesh, x: torch.Tensor) -> torch.Tensor:
+    """The sum of the partial results `x` over `mesh`; backward passes the (replicated) gradient unchanged
+    (Megatron's reduce-from-tensor-parallel-region, what RowwiseParallel does to its output)."""
+    from torch.distributed.tensor import DTensor, Partial, Replicate
+
+    return DTensor.from_local(x, mesh, [Partial()], run_check=False).redistribute(mesh, [Replicate()]).to_local()
+
+
+def rope_width(spec: ModelSpec) -> int:
+    """Channels RoPE rotates per head: the whole head, or MLA's rotary part."""
+    return spec.qk_rope_head_dim if spec.is_mla else spec.head_dim
 
 
 class Attention(nn.Module):
@@ -88,6 +114,10 @@ class Attention(nn.Module):
             cos, sin = rope[0, :seq, None, :], rope[1, :seq, None, :]
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
+        return self._attend(q, k, v, batch, seq)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: int, seq: int) -> torch.Tensor:
+        """The (B, S, heads, ·) queries, keys and values through the core, then the output projection."""
         if self.cp is not None:
             k, v = self.cp.gather_sequence(k), self.cp.gather_sequence(v)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
@@ -98,6 +128,55 @@ class Attention(nn.Module):
         else:
             out = self._core(q, k, v)
         return self.wo(out.transpose(1, 2).reshape(batch, seq, -1))
+
+
+class LatentAttention(Attention):
+    """Multi-head latent attention (DeepSeek-V2/V3; HF DeepseekV3Attention, torchtitan's names): queries through a
+    low-rank latent with its RMSNorm (or one projection when q_lora_rank is 0); keys and values rebuilt per head
+    from one compressed latent (RMSNorm'd) plus a rotary key shared by every head; RoPE on the rotary part only
+    (rotate-half layout, HF's rope_interleave = False); SDPA's default scale 1/sqrt(qk_nope + qk_rope).
+
+    Tensor parallelism splits the heads: wq/wq_b and wkv_b colwise, wo rowwise; the down projections and their
+    norms are replicated. `tp_group` (set by parallelize) sums the shared rotary key's gradient over the tp ranks,
+    each of which used it for its own heads only."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        nn.Module.__init__(self)
+        self.recompute_core = False
+        self.cp = None
+        #: the tp sub-mesh when tensor parallelism splits the heads (set by parallelize)
+        self.tp_mesh = None
+        self.nope_dim, self.rope_dim, self.v_dim = spec.qk_nope_head_dim, spec.qk_rope_head_dim, spec.v_head_dim
+        self.kv_rank = spec.kv_lora_rank
+        h, heads = spec.hidden_size, spec.num_heads
+        self.q_latent = spec.q_lora_rank > 0
+        if self.q_latent:
+            self.wq_a = nn.Linear(h, spec.q_lora_rank, bias=False)
+            self.q_norm = nn.RMSNorm(spec.q_lora_rank, eps=spec.norm_eps)
+            self.wq_b = nn.Linear(spec.q_lora_rank, heads * spec.head_dim, bias=False)
+        else:
+            self.wq = nn.Linear(h, heads * spec.head_dim, bias=False)
+        self.wkv_a = nn.Linear(h, spec.kv_lora_rank + spec.qk_rope_head_dim, bias=False)
+        self.kv_norm = nn.RMSNorm(spec.kv_lora_rank, eps=spec.norm_eps)
+        self.wkv_b = nn.Linear(spec.kv_lora_rank, heads * (spec.qk_nope_head_dim + spec.v_head_dim), bias=False)
+        self.wo = nn.Linear(heads * spec.v_head_dim, h, bias=False)
+
+    def forward(self, x_BSH: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+        batch, seq, _ = x_BSH.shape
+        q = self.wq_b(self.q_norm(self.wq_a(x_BSH))) if self.q_latent else self.wq(x_BSH)
+        q = q.view(batch, seq, -1, self.nope_dim + self.rope_dim)
+        q_nope, q_rot = q.split((self.nope_dim, self.rope_dim), dim=-1)
+        latent, k_rot = self.wkv_a(x_BSH).split((self.kv_rank, self.rope_dim), dim=-1)
+        kv = self.wkv_b(self.kv_norm(latent)).view(batch, seq, -1, self.nope_dim + self.v_dim)
+        k_nope, v = kv.split((self.nope_dim, self.v_dim), dim=-1)
+        cos, sin = rope[0, :seq, None, :], rope[1, :seq, None, :]
+        q_rot = q_rot * cos + rotate_half(q_rot) * sin
+        k_rot = k_rot if self.tp_mesh is None else sum_gradient_over(self.tp_mesh, k_rot)
+        k_rot = k_rot.unsqueeze(2)
+        k_rot = k_rot * cos + rotate_half(k_rot) * sin
+        q = torch.cat((q_nope, q_rot), dim=-1)
+        k = torch.cat((k_nope, k_rot.expand(-1, -1, k_nope.shape[2], -1)), dim=-1)
+        return self._attend(q, k, v, batch, seq)
 
 
 class FeedForward(nn.Module):
@@ -125,7 +204,7 @@ class TransformerBlock(nn.Module):
         from bastion.runtime.moe import MoE
 
         self.attention_norm = _norm(spec)
-        self.attention = Attention(spec)
+        self.attention = LatentAttention(spec) if spec.is_mla else Attention(spec)
         self.ffn_norm = _norm(spec)
         moe = spec.is_moe_layer(index)
         self.feed_forward: FeedForward | None = None if moe else FeedForward(spec)
@@ -152,7 +231,7 @@ class Transformer(nn.Module):
         self.output: nn.Linear | None = (
             None if spec.tied_embeddings else nn.Linear(spec.hidden_size, spec.vocab_size, bias=False))
         # recomputed in init_weights (buffers on the meta device have no values)
-        self.register_buffer("rope", torch.empty(2, spec.seq_len, spec.head_dim), persistent=False)
+        self.register_buffer("rope", torch.empty(2, spec.seq_len, rope_width(spec)), persistent=False)
         #: context parallelism: the input holds this rank's chunks of each sequence (set by parallelize)
         self.cp = None
 
@@ -214,7 +293,7 @@ def full_init_tensor(name: str, shape: torch.Size, spec: ModelSpec, seed: int,
 
 @torch.no_grad()
 def init_weights(module: nn.Module, spec: ModelSpec, seed: int) -> None:
-    """Fill every parameter (plain, DTensor-sharded or FSDP-sharded) and the RoPE buffer deterministically."""
+    """Fill every parameter (plain, DTensor-sharded or FSDP-sharded) and the buffers deterministically."""
     from torch.distributed.tensor import DTensor, distribute_tensor
 
     for name, param in module.named_parameters():
@@ -229,8 +308,11 @@ def init_weights(module: nn.Module, spec: ModelSpec, seed: int) -> None:
         else:
             param.copy_(full)
     for name, buffer in module.named_buffers():
-        if canonical_name(name).split(".")[-1] == "rope":
-            buffer.copy_(rope_table(spec.seq_len, spec.head_dim, spec.rope_theta, device=buffer.device))
+        leaf = canonical_name(name).split(".")[-1]
+        if leaf == "rope":
+            buffer.copy_(rope_table(spec.seq_len, rope_width(spec), spec.rope_theta, device=buffer.device))
+        elif leaf == "expert_bias":  # the aux-loss-free routing bias starts at zero (runtime/moe.py)
+            buffer.zero_()
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -10,7 +10,8 @@ One code path for every plan, so a run on many ranks computes what one process c
             regrouped by local expert. torch's functional `all_to_all_single_autograd` carries the gradient
             back with the splits swapped (the same collective torchtitan's ExpertParallel uses)
   experts   one SwiGLU/GELU MLP per expert over its contiguous rows: `torch._grouped_mm` on CUDA cards that have
-            it (bf16), otherwise an exact per-expert loop (CPU); dropless, no capacity factor
+            it (bf16), otherwise an exact per-expert loop (CPU); dropless, no capacity factor. With etp = tp each
+            tp rank computes its slice of every expert's width on the same rows and the outputs are summed
   combine   the reverse all_to_all, un-permute, and the top_k outputs of a token summed with their router weights
             in a fixed order; the shared experts (one MLP of their summed width) are added for every token
 
@@ -18,9 +19,14 @@ Load balancing: the sequence-wise auxiliary loss of DeepSeek-V3 (arXiv 2412.1943
 Transformer's loss applied per sequence): aux = coeff · E · Σ_i f_i · P_i per sequence, f_i the share of the
 sequence's top_k choices that went to expert i, P_i the mean (normalised) score of expert i; the mean over
 sequences. Per sequence, so splitting the batch into micro-batches and data-parallel ranks does not change it.
-Its gradient enters backward through `AuxLossInjector` (Megatron's MoEAuxLossAutoScaler habit): the block's
-output is returned unchanged and backward adds d(aux)·scale, so the loss function and the pipeline schedule do
-not need to know about it. The trainer sets the scale (1 / micro-batches when it divides the loss itself).
+
+DeepSeek-V3's auxiliary-loss-free balancing (router_bias_update_rate > 0): a per-expert bias added to the scores
+for the choice only, moved after every step by rate × sign(mean load − load) from the step's global loads
+(`update_router_biases`, run by `step_stats`); a buffer of the router, so checkpoints keep it.
+
+The aux loss's gradient enters backward through `AuxLossInjector` (Megatron's MoEAuxLossAutoScaler habit): the
+block's output is returned unchanged and backward adds d(aux)·scale, so the loss function and the pipeline
+schedule do not need to know about it. The trainer sets the scale (1 / micro-batches when it divides the loss itself).
 """
 
 from __future__ import annotations
@@ -73,7 +79,8 @@ def grouped_mm_available(weight: torch.Tensor) -> bool:
 
 
 class GroupedExperts(nn.Module):
-    """`num_experts` MLPs as three (experts, out, in) tensors; expert parallelism shards them on dim 0."""
+    """`num_experts` MLPs as three (experts, out, in) tensors; expert parallelism shards them on dim 0, expert
+    tensor parallelism (etp) each expert's inner width (w1/w3 colwise, w2 rowwise)."""
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
@@ -82,12 +89,22 @@ class GroupedExperts(nn.Module):
         self.w1 = nn.Parameter(torch.empty(e, f, h))
         self.w2 = nn.Parameter(torch.empty(e, h, f))
         self.w3 = nn.Parameter(torch.empty(e, f, h)) if self.swiglu else None
+        #: expert tensor parallelism (set by parallelize): the tp sub-mesh over which each expert's inner width
+        #: is split; every rank of it holds the same rows, computes its slice, and the outputs are summed
+        self.etp_mesh = None
 
     def _act(self, up: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
         return F.silu(up) * gate if gate is not None else F.gelu(up)
 
     def forward(self, x_TH: torch.Tensor, counts: list[int]) -> torch.Tensor:
         """Rows of `x_TH` grouped by local expert, `counts[e]` rows for local expert e."""
+        if self.etp_mesh is None:
+            return self._local_experts(x_TH, counts)
+        from bastion.runtime.model import sum_gradient_over, sum_over
+
+        return sum_over(self.etp_mesh, self._local_experts(sum_gradient_over(self.etp_mesh, x_TH), counts))
+
+    def _local_experts(self, x_TH: torch.Tensor, counts: list[int]) -> torch.Tensor:
         w1, w2 = _local(self.w1), _local(self.w2)
         w3 = _local(self.w3) if self.w3 is not None else None
         if grouped_mm_available(w1) and x_TH.shape[0]:
@@ -107,19 +124,37 @@ class GroupedExperts(nn.Module):
 
 
 class Router(nn.Module):
+    """Scores, top-k choice and weights. With DeepSeek-V3's auxiliary-loss-free balancing (router_bias_update_rate
+    > 0) a per-expert `expert_bias` buffer is added to the scores for the choice only (the weights stay the plain
+    scores); `update_bias` moves it after each step. The buffer is part of the model's state dict, so checkpoints
+    keep it."""
+
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.top_k = spec.top_k
         self.sigmoid = spec.router == "sigmoid"
         self.norm_topk = spec.router_norm_topk
+        self.bias_update_rate = spec.router_bias_update_rate
         self.weight = nn.Parameter(torch.empty(spec.num_experts, spec.hidden_size))
+        if self.bias_update_rate:
+            self.register_buffer("expert_bias", torch.zeros(spec.num_experts, dtype=torch.float32))
+
+    @torch.no_grad()
+    def update_bias(self, load_E: torch.Tensor) -> None:
+        """DeepSeek-V3 (arXiv 2412.19437, Sec. 2.1.2): each expert's bias moves by the rate towards balance,
+        down when it took more than the mean of the step's tokens, up when fewer; `load_E` counts the whole
+        global batch, the same on every rank, so every copy of the bias stays bit-identical."""
+        load = load_E.to(self.expert_bias.device, torch.float64)
+        step = torch.sign(load.mean() - load) * self.bias_update_rate
+        self.expert_bias.add_(step.to(torch.float32))
 
     def forward(self, x_TH: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(scores (T, E) fp32, chosen experts (T, k), their weights (T, k) fp32)."""
         logits = F.linear(x_TH, self.weight).float()
         scores = torch.sigmoid(logits) if self.sigmoid else torch.softmax(logits, dim=-1)
+        choice = scores.detach() + self.expert_bias if self.bias_update_rate else scores.detach()
         # stable descending sort: equal scores keep expert order, so ties go to the lower index deterministically
-        order = torch.sort(scores.detach(), dim=-1, descending=True, stable=True).indices
+        order = torch.sort(choice, dim=-1, descending=True, stable=True).indices
         chosen = order[:, :self.top_k]
         weights = scores.gather(1, chosen)
         if self.norm_topk:
@@ -253,7 +288,8 @@ def step_stats(parts: list[nn.Module], spec: ModelSpec, plan: ParallelPlan, devi
     data-parallel replicas; `expert_tokens` the tokens routed to each expert, summed over layers; `expert_imbalance`
     the largest per-layer ratio of the busiest expert's tokens to the mean (1.0 = perfectly balanced). The tp ranks
     of a replica route the same tokens and count once. Only the last micro-batch forwards of a block count: torch
-    2.13's pipeline stages run one more forward with grad on their first step to infer shapes."""
+    2.13's pipeline stages run one more forward with grad on their first step to infer shapes. With the
+    aux-loss-free bias, the routers' biases are moved by these global loads and `router_bias_absmax` reported."""
     micro_batches, copies = plan.grad_accumulation, plan.dp * plan.cp * plan.tp
     counts = torch.zeros(spec.num_layers, spec.num_experts, dtype=torch.float64)
     aux = torch.zeros(spec.num_layers, dtype=torch.float64)
@@ -268,8 +304,23 @@ def step_stats(parts: list[nn.Module], spec: ModelSpec, plan: ParallelPlan, devi
     packed = torch.cat([counts.flatten(), aux]).to(device)
     dist.all_reduce(packed)
     packed = packed.cpu()
-    moe_counts = packed[:counts.numel()].view_as(counts)[spec.dense_layers:] / plan.tp
+    layer_counts = packed[:counts.numel()].view_as(counts) / plan.tp
+    moe_counts = layer_counts[[spec.is_moe_layer(i) for i in range(spec.num_layers)]]
     mean = moe_counts.mean(dim=1, keepdim=True).clamp(min=1e-12)
-    return {"moe_aux_loss": float(packed[counts.numel():].sum()) / copies,
-            "expert_tokens": [round(n) for n in moe_counts.sum(dim=0).tolist()],
-            "expert_imbalance": float((moe_counts.max(dim=1, keepdim=True).values / mean).max())}
+    stats = {"moe_aux_loss": float(packed[counts.numel():].sum()) / copies,
+             "expert_tokens": [round(n) for n in moe_counts.sum(dim=0).tolist()],
+             "expert_imbalance": float((moe_counts.max(dim=1, keepdim=True).values / mean).max())}
+    if spec.router_bias_update_rate:
+        stats["router_bias_absmax"] = update_router_biases(parts, layer_counts, device)
+    return stats
+
+
+def update_router_biases(parts: list[nn.Module], layer_counts: torch.Tensor, device: torch.device) -> float:
+    """Move every local router's bias by the step's global load of its layer (`layer_counts`: layers × experts,
+    the same on every rank); returns the largest |bias| over all layers after the update (collective)."""
+    absmax = torch.zeros((), dtype=torch.float32, device=device)
+    for index, block in moe_blocks(parts):
+        block.router.update_bias(layer_counts[index])
+        absmax = torch.maximum(absmax, block.router.expert_bias.abs().max().to(device))
+    dist.all_reduce(absmax, op=dist.ReduceOp.MAX)  # the pipeline stages hold different layers
+    return float(absmax)

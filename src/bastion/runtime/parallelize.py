@@ -1,15 +1,18 @@
 """Apply a ParallelPlan to the meta-device model: a fixed chain of small functions.
 
 Order (the one PyTorch documents, and torchtitan uses):
-  1. pipeline split   - cut the layer stack into pp × vpp chunks; this rank keeps its chunk(s)
+  1. pipeline split   - cut the layer stack into pp × vpp chunks (the plan's `pipeline_layout`, or the even split);
+                        this rank keeps its chunk(s)
   1b. context parallel - (cp > 1) the chunk's attention gathers keys/values over the cp group and masks by global
                         position; positions are the global ones of this rank's tokens (runtime/context_parallel.py)
   1c. expert parallel  - (ep > 1) routed experts become DTensors split on dim 0 over the ep ranks, and each MoE block
-                        dispatches its tokens to them with all_to_all (runtime/moe.py); before FSDP, which then shards
-                        the local experts over the remaining data-parallel ranks (runtime/mesh.py)
+                        dispatches its tokens to them with all_to_all (runtime/moe.py); with etp = tp also split in
+                        width over tp; before FSDP, which then shards the local experts over the remaining
+                        data-parallel ranks (runtime/mesh.py)
   2. tensor parallel  - DTensor column/row split (+ sequence parallel, + loss parallel on the LM head) on each chunk;
                         must come before FSDP so that FSDP shards the already TP-sharded DTensors (2-D)
-  3. activation ckpt  - wraps whole blocks (full) or the attention core (selective); wraps TP'd modules
+  3. activation ckpt  - wraps whole blocks (full; the first `recompute_layers` of each chunk when set) or the
+                        attention core (selective); wraps TP'd modules
   4. torch.compile    - per block (or the whole single-device model), after AC so the wrapper is traced
   5. FSDP2            - outermost, so its all-gather/reduce-scatter hooks run around everything else; over the
                         dp × cp ranks (runtime/mesh.py), so gradients are reduced over cp as well as dp; routed
@@ -32,7 +35,7 @@ from torch import nn
 from bastion.errors import PlanError
 from bastion.runtime.context_parallel import ContextParallel
 from bastion.runtime.mesh import RuntimeMesh
-from bastion.runtime.model import Attention, Transformer, build_model, init_weights
+from bastion.runtime.model import Attention, LatentAttention, Transformer, build_model, init_weights
 from bastion.runtime.moe import ExpertParallelGroup, GroupedExperts, MoE
 from bastion.runtime.preflight import check_runtime_executes
 from bastion.specs.model import ModelSpec
@@ -85,12 +88,15 @@ def stage_ids_for_rank(plan: ParallelPlan, pp_rank: int) -> list[int]:
     return chunks_of_stage(plan.pp_schedule, plan.pp, plan.vpp, pp_rank)
 
 
-def split_stage(model: Transformer, stage_id: int, num_stages: int) -> Transformer:
-    """A copy of the (meta) model that keeps only the layers, embedding and head of one stage (an even split, or
-    the first and last stages one layer short when the embedding and the head take a layer's slot)."""
-    counts = chunk_layer_counts(model.spec.num_layers, num_stages)
-    if counts is None:
-        raise ValueError(f"{model.spec.num_layers} layers cannot be split into {num_stages} stages")
+def split_stage(model: Transformer, stage_id: int, num_stages: int,
+                layer_counts: tuple[int, ...] | None = None) -> Transformer:
+    """A copy of the (meta) model that keeps only the layers, embedding and head of one stage. `layer_counts`:
+    the layers of every chunk (the plan's `chunk_layers`: an explicit, possibly uneven `pipeline_layout`);
+    None: the even split, or the first and last stages one layer short when the embedding and the head take a
+    layer's slot (specs.plan.chunk_layer_counts)."""
+    counts = layer_counts or chunk_layer_counts(model.spec.num_layers, num_stages)
+    if counts is None or len(counts) != num_stages or sum(counts) != model.spec.num_layers:
+        raise ValueError(f"{model.spec.num_layers} layers cannot be split into {num_stages} stages as {counts}")
     start = sum(counts[:stage_id])
     keep = {str(i) for i in range(start, start + counts[stage_id])}
     stage = copy.deepcopy(model)
@@ -118,19 +124,39 @@ def apply_context_parallel(module: Transformer, rmesh: RuntimeMesh) -> None:
 
 # ---- 1c. expert parallel -----------------------------------------------------------------------------------
 def apply_expert_parallel(module: Transformer, rmesh: RuntimeMesh) -> None:
-    """Split every routed-expert tensor on dim 0 over the ep ranks and give each MoE block its ep group."""
+    """Split every routed-expert tensor on dim 0 over the ep ranks and give each MoE block its ep group; with
+    etp = tp also each expert's inner width over the tp ranks (w1/w3 on dim 1, w2 on dim 2: colwise, rowwise),
+    one 2-D (ep, tp) DTensor, which FSDP2 then shards over the expert data-parallel ranks (EP + TP)."""
     from torch.distributed.tensor import Shard, distribute_tensor
 
-    ep_mesh = rmesh.ep_mesh
-    group = ExpertParallelGroup(group=ep_mesh.get_group(), size=ep_mesh.size(), rank=rmesh.ep_rank)
+    plan = rmesh.plan
+    group = None
+    if plan.ep > 1:
+        ep_mesh = rmesh.ep_mesh
+        group = ExpertParallelGroup(group=ep_mesh.get_group(), size=ep_mesh.size(), rank=rmesh.ep_rank)
+    if plan.etp > 1:
+        mesh = rmesh.expert_mesh["ep", "tp"] if plan.ep > 1 else rmesh.tp_mesh
+    else:
+        mesh = rmesh.ep_mesh
     for sub in module.modules():
         if isinstance(sub, MoE):
             sub.ep = group
+            sub.experts.etp_mesh = rmesh.tp_mesh if plan.etp > 1 else None
             for name, param in list(sub.experts.named_parameters(recurse=False)):
-                sub.experts.register_parameter(name, nn.Parameter(distribute_tensor(param, ep_mesh, [Shard(0)])))
+                width_dim = 2 if name == "w2" else 1
+                placements = ([Shard(0)] if plan.ep > 1 else []) + ([Shard(width_dim)] if plan.etp > 1 else [])
+                sub.experts.register_parameter(name, nn.Parameter(distribute_tensor(param, mesh, placements)))
 
 
 # ---- 2. tensor parallel (+ sequence parallel, + loss parallel) -------------------------------------------
+def _head_split_projections(block: nn.Module) -> tuple[str, ...]:
+    """The attention projections whose outputs are per-head (colwise under tp): q, k, v; or MLA's query (up)
+    projection and per-head key/value up projection (its down projections and norms stay replicated)."""
+    if isinstance(block.attention, LatentAttention):
+        return ("wq_b" if block.attention.q_latent else "wq", "wkv_b")
+    return ("wq", "wk", "wv")
+
+
 def apply_tensor_parallel(module: Transformer, rmesh: RuntimeMesh, sequence_parallel: bool) -> None:
     from torch.distributed.tensor import Replicate, Shard
     from torch.distributed.tensor.parallel import (
@@ -158,14 +184,12 @@ def apply_tensor_parallel(module: Transformer, rmesh: RuntimeMesh, sequence_para
     if top:
         parallelize_module(module, tp_mesh, top)
     for block in module.layers.values():
-        plan: dict[str, Any] = {
-            "attention.wq": ColwiseParallel(),
-            "attention.wk": ColwiseParallel(),
-            "attention.wv": ColwiseParallel(),
-            "attention.wo": RowwiseParallel(output_layouts=stream),
-            "feed_forward.w1": ColwiseParallel(),
-            "feed_forward.w2": RowwiseParallel(output_layouts=stream),
-        }
+        plan: dict[str, Any] = {f"attention.{name}": ColwiseParallel() for name in _head_split_projections(block)}
+        plan.update({"attention.wo": RowwiseParallel(output_layouts=stream),
+                     "feed_forward.w1": ColwiseParallel(),
+                     "feed_forward.w2": RowwiseParallel(output_layouts=stream)})
+        if isinstance(block.attention, LatentAttention):
+            block.attention.tp_mesh = tp_mesh
         if block.moe is not None:
             # an MoE block: router and routed experts replicated over tp (etp = 1: every tp rank routes the same
             # tokens and runs its ep group's experts on them), the shared experts split like a dense MLP
@@ -191,15 +215,18 @@ def apply_tensor_parallel(module: Transformer, rmesh: RuntimeMesh, sequence_para
 
 
 # ---- 3. activation checkpointing -------------------------------------------------------------------------
-def apply_activation_checkpointing(module: Transformer, mode: str) -> None:
+def apply_activation_checkpointing(module: Transformer, mode: str, full_layers: int = 0) -> None:
+    """`selective`: the attention core of every block; `full`: whole blocks, the first `full_layers` of this chunk
+    (Megatron's --recompute-method block --recompute-num-layers), every block when 0."""
     if mode == "selective":
         for block in module.layers.values():
             block.attention.recompute_core = True
     elif mode == "full":
         from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
-        for name, block in list(module.layers.items()):
-            module.layers[name] = checkpoint_wrapper(block, preserve_rng_state=False)
+        names = list(module.layers.keys())  # this chunk's layers in model order
+        for name in names[:full_layers] if full_layers else names:
+            module.layers[name] = checkpoint_wrapper(module.layers[name], preserve_rng_state=False)
 
 
 # ---- 4. compile ------------------------------------------------------------------------------------------
@@ -294,14 +321,14 @@ def parallelize(spec: ModelSpec, plan: ParallelPlan, rmesh: RuntimeMesh, config:
     full = build_model(spec)
     parts: list[nn.Module] = []
     for sid in stage_ids:
-        part = split_stage(full, sid, num_stages) if num_stages > 1 else full
+        part = split_stage(full, sid, num_stages, plan.chunk_layers(spec)) if num_stages > 1 else full
         if plan.cp > 1:
             apply_context_parallel(part, rmesh)
-        if plan.ep > 1:
+        if plan.ep > 1 or plan.etp > 1:
             apply_expert_parallel(part, rmesh)
         if plan.tp > 1:
             apply_tensor_parallel(part, rmesh, plan.sequence_parallel)
-        apply_activation_checkpointing(part, plan.recompute)
+        apply_activation_checkpointing(part, plan.recompute, plan.recompute_layers)
         if config.compile:
             apply_compile(part, whole_model=plan.num_gpus == 1)
         if use_fsdp:
