@@ -16,13 +16,15 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from typing import Any, NamedTuple
 
-from bastion.predict import comm, compute, flops, schedule
+from bastion.predict import comm, compute, flops, moe, schedule
 from bastion.predict.calibration import load_calibration
 from bastion.predict.memory import (
     MemoryBreakdown,
     activation_bytes_per_token,
     activation_dtype_bytes,
     fsdp_unit_numels,
+    has_dense_layers,
+    stage_dense_layers,
     stage_memory,
     stage_states,
     state_bytes_per_param,
@@ -48,6 +50,9 @@ class TimeBreakdown:
     memory_bound: float
     tp_comm: float
     cp_comm: float
+    #: expert parallelism's dispatch/combine all-to-alls and the expert-tensor-parallel collectives that compute
+    #: does not hide (0 for dense models)
+    ep_comm: float
     dp_comm: float
     pp_comm: float
     bubble: float
@@ -112,29 +117,48 @@ class _StageTime:
     backward: float  # the window a data-parallel gradient reduction can hide under
     forward: float  # the window a ZeRO-1/2 parameter all-gather can hide under
     host_overhead: float = 0.0
+    ep_comm: float = 0.0
 
     @property
     def total(self) -> float:
         return (self.compute + self.recompute + self.memory_bound + self.tp_comm + self.cp_comm
-                + self.fsdp_exposed + self.host_overhead)
+                + self.fsdp_exposed + self.host_overhead + self.ep_comm)
 
 
-def _mlp_width_and_tokens(model: ModelSpec, tokens: int) -> tuple[int, int]:
-    """The MLP's inner width and the tokens it sees: an expert's width and top_k routed copies under MoE."""
+def _mlp_width(model: ModelSpec) -> int:
+    """Inner width of the MLP that runs on every token of a layer: the dense MLP, or an MoE layer's shared
+    experts as one MLP (0 when it has none); the routed experts are costed apart (predict/moe.py)."""
     if model.num_experts:
-        return model.expert_width, tokens * (model.top_k + model.num_shared_experts)
-    return model.ffn_hidden_size, tokens
+        return model.num_shared_experts * model.expert_width
+    return model.ffn_hidden_size
+
+
+def _attention_gemm_shapes(model: ModelSpec, tp: int, tokens: int) -> tuple[tuple[int, int, int], ...]:
+    """(m, k, n) of one layer's attention projections on one tensor-parallel rank. MLA (Megatron-Core's
+    MLASelfAttention): the query and the key/value down-projections to their latents are replicated in the tp
+    group, the up-projections (per head) and the output projection are split by it."""
+    h = model.hidden_size
+    if model.is_mla:
+        q_heads = model.num_heads * model.head_dim // tp
+        kv_heads = model.num_heads * (model.qk_nope_head_dim + model.v_head_dim) // tp
+        query = (((tokens, h, model.q_lora_rank), (tokens, model.q_lora_rank, q_heads)) if model.q_lora_rank
+                 else ((tokens, h, q_heads),))
+        return (*query,
+                (tokens, h, model.kv_lora_rank + model.qk_rope_head_dim),   # latent + the shared rotary key
+                (tokens, model.kv_lora_rank, kv_heads),                      # keys (non-rotary) and values
+                (tokens, model.v_width // tp, h))                            # output projection
+    q, kv = model.q_width, model.kv_width
+    return ((tokens, h, (q + 2 * kv) // tp),                              # QKV projection
+            (tokens, q // tp, h))                                         # attention output projection
 
 
 def _layer_gemm_shapes(model: ModelSpec, plan: ParallelPlan | _StageKey, tokens: int) -> tuple[tuple[int, int, int], ...]:
-    """(m, k, n) of one layer's forward GEMMs on one tensor-parallel rank."""
-    tp = plan.tp
-    h, q, kv = model.hidden_size, model.q_width, model.kv_width
-    f, tokens_mlp = _mlp_width_and_tokens(model, tokens)
-    return ((tokens, h, (q + 2 * kv) // tp),                              # QKV projection
-            (tokens, q // tp, h),                                         # attention output projection
-            (tokens_mlp, h, (model.ffn_matrices - 1) * f // tp),          # fc1 (+ gate)
-            (tokens_mlp, f // tp, h))                                     # fc2
+    """(m, k, n) of one layer's forward GEMMs on one tensor-parallel rank (an MoE layer's routed experts are
+    costed by predict/moe.py)."""
+    tp, h, f = plan.tp, model.hidden_size, _mlp_width(model)
+    mlp = ((tokens, h, (model.ffn_matrices - 1) * f // tp),               # fc1 (+ gate)
+           (tokens, f // tp, h)) if f else ()                             # fc2
+    return _attention_gemm_shapes(model, tp, tokens) + mlp
 
 
 def _every_second_matmul_shapes(model: ModelSpec, plan: ParallelPlan | _StageKey,
@@ -142,9 +166,9 @@ def _every_second_matmul_shapes(model: ModelSpec, plan: ParallelPlan | _StageKey
     """(m, k, n) of the matmuls op-level selective checkpointing recomputes (flops.every_second_matmul_params)."""
     tp = plan.tp
     h, q, kv = model.hidden_size, model.q_width, model.kv_width
-    f, tokens_mlp = _mlp_width_and_tokens(model, tokens)
-    third = (tokens_mlp, h, f // tp) if model.ffn_type == "swiglu" else (tokens_mlp, f // tp, h)
-    return ((tokens, h, kv // tp), (tokens, q // tp, h), third)
+    f = _mlp_width(model)
+    third = ((tokens, h, f // tp) if model.ffn_type == "swiglu" else (tokens, f // tp, h),) if f else ()
+    return ((tokens, h, kv // tp), (tokens, q // tp, h), *third)
 
 
 def _layer_gemm_fwd_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan | _StageKey, tokens: int) -> float:
@@ -199,15 +223,23 @@ class _StageKey(NamedTuple):
     recompute: str
     sequence_parallel: bool
     precision: str
+    #: expert parallelism, expert tensor parallelism, and the fraction of the all-to-all hidden under compute
+    ep: int = 1
+    etp: int = 1
+    a2a_overlap: float = 0.0
 
 
 def _stage_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int, layers: int,
-                has_first: bool, has_last: bool, options: PredictOptions) -> _StageTime:
+                has_first: bool, has_last: bool, options: PredictOptions, dense: int = 0) -> _StageTime:
     # only ZeRO-3 (parameter gathering) makes a rank's time depend on dp or the ZeRO stage
     zero3 = plan.zero_stage == 3 and plan.shard_degree > 1
     key = _StageKey(plan.shard_degree if zero3 else 1, plan.tp, plan.cp, 3 if zero3 else 0, plan.micro_batch,
-                    plan.recompute, plan.sequence_parallel, plan.precision)
-    return _stage_time_of(model, cluster, key, seq_len, layers, has_first, has_last, options)
+                    plan.recompute, plan.sequence_parallel, plan.precision, *_expert_key(plan, options))
+    return _stage_time_of(model, cluster, key, seq_len, layers, has_first, has_last, options, dense)
+
+
+def _expert_key(plan: ParallelPlan, options: PredictOptions) -> tuple[int, int, float]:
+    return plan.ep, plan.etp, moe.a2a_overlap(plan.pp_schedule, options)
 
 
 def _micro_batch_overhead(node: Cluster, plan: ParallelPlan, layers: int, has_first: bool, has_last: bool) -> float:
@@ -273,6 +305,8 @@ class _LayerCosts(NamedTuple):
     membound: float
     tp: float
     cp: float
+    #: exposed all-to-all and expert-tensor-parallel collectives (MoE layers)
+    ep: float = 0.0
 
 
 @lru_cache(maxsize=16384)
@@ -288,8 +322,19 @@ def _layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: i
                                                                 plan.precision, options.dropout)
     if options.compiled:
         membound_per_token *= load_calibration().membound["compiled_layer_membound_fraction"]
+    routed = None
+    if model.num_experts:
+        imbalance, _ = moe.imbalance(model, options)
+        routed = moe.routed_cost(model, cluster, tokens, plan.tp, plan.ep, plan.etp, plan.precision, imbalance)
+        # the per-token membound above counts a dense MLP's activation; an MoE layer runs its shared experts' on
+        # every token (the routed experts' is in the routed cost)
+        dtype = 2.0 if plan.precision == "fp32" else 1.0
+        membound_per_token += dtype * (moe.mlp_activation_bytes_per_token(model, _mlp_width(model))
+                                       - moe.mlp_activation_bytes_per_token(model, model.ffn_hidden_size)) / plan.tp
+        gemm_fwd += routed.gemm_fwd
+        layer_compute += 3 * routed.gemm_fwd
     layer_membound = (compute.membound_time(acc, tokens * membound_per_token)
-                      + _layer_fp8_cast_time(model, cluster, plan, tokens))
+                      + _layer_fp8_cast_time(model, cluster, plan, tokens) + (routed.membound if routed else 0.0))
     if plan.recompute == "full":
         layer_recompute = gemm_fwd + attn_fwd
         layer_membound *= 4 / 3  # the forward third of the memory-bound work runs again
@@ -307,7 +352,11 @@ def _layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: i
     layer_tp = 0.0
     if plan.tp > 1:
         tp_group = comm.place_group(cluster, plan.tp, 1)
+        # an MoE layer without shared experts has no tensor-parallel MLP: the router sees the sequence-parallel
+        # slice of the tokens, so only attention's collectives remain
         collectives = 4 + (2 if plan.recompute == "full" else 0)
+        if model.num_experts and not _mlp_width(model):
+            collectives //= 2
         nbytes = float(tokens * model.hidden_size * a)
         if plan.sequence_parallel and cluster.profile is not None:
             # measured collectives: each all-reduce is an all-gather and a reduce-scatter under SP, two
@@ -338,16 +387,28 @@ def _layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: i
                 cluster, kv_bytes * plan.cp, cp_group)
         else:
             raise ValueError(f"context_parallel must be 'all-gather' or 'ring', got {options.context_parallel!r}")
-    return _LayerCosts(gemm_fwd, attn_fwd, layer_compute, layer_recompute, layer_membound, layer_tp, layer_cp)
+    layer_ep = 0.0
+    if routed is not None:
+        again = 1.5 if plan.recompute == "full" else 1.0  # the recomputed forward dispatches and combines again
+        layer_ep = again * (moe.exposed_a2a(routed.a2a, layer_compute, plan.a2a_overlap) + routed.etp_comm)
+    return _LayerCosts(gemm_fwd, attn_fwd, layer_compute, layer_recompute, layer_membound, layer_tp, layer_cp,
+                       layer_ep)
 
 
 @lru_cache(maxsize=65536)
 def _stage_time_of(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: int, layers: int,
-                   has_first: bool, has_last: bool, options: PredictOptions) -> _StageTime:
+                   has_first: bool, has_last: bool, options: PredictOptions, dense: int = 0) -> _StageTime:
+    """`dense` of the stage's `layers` are an MoE model's layers without experts (leading or interleaved)."""
     acc = cluster.accelerator
     tokens = plan.micro_batch * seq_len // plan.cp
-    gemm_fwd, attn_fwd, layer_compute, layer_recompute, layer_membound, layer_tp, layer_cp = _layer_costs(
-        model, cluster, plan._replace(dp=1, zero_stage=0), seq_len, options)
+    key = plan._replace(dp=1, zero_stage=0)
+    costs = _layer_costs(model, cluster, key, seq_len, options)
+    if dense and layers:
+        # one average layer: every term below is linear in the layer count but the ZeRO-3 overlap windows
+        dense_costs = _layer_costs(moe.dense_layer_model(model), cluster, key, seq_len, options)
+        costs = _LayerCosts(*((c * (layers - dense) + d * dense) / layers for c, d in zip(costs, dense_costs,
+                                                                                          strict=True)))
+    gemm_fwd, attn_fwd, layer_compute, layer_recompute, layer_membound, layer_tp, layer_cp, layer_ep = costs
 
     compute_t = layers * layer_compute
     recompute_t = layers * layer_recompute
@@ -392,7 +453,26 @@ def _stage_time_of(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len:
             fsdp += max(0.0, 2 * t_gather + t_scatter - head_compute)
     return _StageTime(compute=compute_t, recompute=recompute_t, memory_bound=membound_t,
                       tp_comm=layers * layer_tp, cp_comm=layers * layer_cp, fsdp_exposed=fsdp,
-                      backward=backward_t, forward=forward_t)
+                      backward=backward_t, forward=forward_t, ep_comm=layers * layer_ep)
+
+
+class _Stages(NamedTuple):
+    """The pipeline ranks the predictor costs: every rank's (layers, has the embedding, has the LM head), the
+    ranks whose memory or time can be the worst, and each rank's layers without experts."""
+
+    roles: tuple[tuple[int, bool, bool], ...]
+    costed: tuple[int, ...]
+    dense: tuple[int, ...]
+
+
+def _stages(model: ModelSpec, plan: ParallelPlan) -> _Stages:
+    counts = plan.chunk_layers(model)
+    roles = schedule.stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp, counts)
+    # ranks of one role hold different kinds of layers when an MoE model has layers without experts
+    costed = (tuple(range(plan.pp)) if has_dense_layers(model)
+              else schedule.representative_stages(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp, counts))
+    dense = tuple(stage_dense_layers(model, plan.pp_schedule, plan.pp, plan.vpp, i, counts) for i in range(plan.pp))
+    return _Stages(roles, costed, dense)
 
 
 def per_rank(cluster: Cluster) -> Cluster:
@@ -417,10 +497,11 @@ def step_time_lower_bound(model: ModelSpec, cluster: Cluster, plan: ParallelPlan
     s = seq_len or model.seq_len
     model = model.with_seq_len(s)
     cluster = per_rank(cluster)
-    key = _StageKey(1, plan.tp, plan.cp, 0, plan.micro_batch, "none", plan.sequence_parallel, plan.precision)
-    roles = schedule.stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp)
-    slowest = max(_stage_time_of(model, cluster, key, s, *roles[i], options).total
-                  for i in schedule.representative_stages(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp))
+    key = _StageKey(1, plan.tp, plan.cp, 0, plan.micro_batch, "none", plan.sequence_parallel, plan.precision,
+                    *_expert_key(plan, options))
+    stages = _stages(model, plan)
+    slowest = max(_stage_time_of(model, cluster, key, s, *stages.roles[i], options, stages.dense[i]).total
+                  for i in stages.costed)
     m = plan.num_microbatches
     bubble = schedule.bubble_fraction(plan.pp_schedule, plan.pp, plan.vpp, m) * m * slowest
     return (m * slowest + bubble) * (1 - 1e-12)  # the margin absorbs rounding in a differently ordered sum
@@ -436,13 +517,14 @@ def memory_lower_bound(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, s
     options = options or DEFAULT_OPTIONS
     s = seq_len or model.seq_len
     model = model.with_seq_len(s)
-    roles = schedule.stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp)
+    stages = _stages(model, plan)
     inputs_per_token = activation_bytes_per_token(model, s, plan.tp, plan.sequence_parallel, "full", plan.precision)
     tokens = plan.micro_batch * s / plan.cp
     m = plan.num_microbatches
     worst = max(sum(stage_states(model, plan, i)) + (1 + options.fragmentation) * tokens * inputs_per_token
-                * schedule.layer_microbatches_in_flight(plan.pp_schedule, plan.pp, plan.vpp, m, i, roles[i][0])
-                for i in schedule.representative_stages(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp))
+                * schedule.layer_microbatches_in_flight(plan.pp_schedule, plan.pp, plan.vpp, m, i,
+                                                        stages.roles[i][0])
+                for i in stages.costed)
     reserve = 0.0 if compute.is_cpu(cluster.accelerator) else options.runtime_reserve_gib * 2**30
     return (worst + reserve) * (1 - 1e-12)  # the margin absorbs rounding in a differently ordered sum
 
@@ -462,14 +544,15 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     m = plan.num_microbatches
     is_gpu = not compute.is_cpu(acc)
 
-    roles = schedule.stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp)
+    stages = _stages(model, plan)
+    roles = stages.roles
     # the fullest and the slowest rank are among the first rank of each role (schedule.representative_stages)
-    representatives = schedule.representative_stages(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp)
+    representatives = stages.costed
     memory_by_stage = [stage_memory(model, plan, s, i, is_gpu, options)
                        for i in (range(plan.pp) if detail else representatives)]
     worst_memory = max(memory_by_stage, key=lambda mb: mb.total)
 
-    stage_times = [_stage_time(model, cluster, plan, s, *roles[i], options) for i in representatives]
+    stage_times = [_stage_time(model, cluster, plan, s, *roles[i], options, stages.dense[i]) for i in representatives]
     saturated = _host_saturated(node)
     if saturated:
         stage_times = [replace(t, host_overhead=_micro_batch_overhead(node, plan, *roles[i]),
@@ -523,7 +606,7 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     step_overhead = max(_step_overhead(node, model, plan, *roles[i]) for i in representatives)
     time = TimeBreakdown(
         compute=m * slowest.compute, recompute=m * slowest.recompute, memory_bound=m * slowest.memory_bound,
-        tp_comm=m * slowest.tp_comm, cp_comm=m * slowest.cp_comm, dp_comm=dp_comm, pp_comm=pp_comm,
+        tp_comm=m * slowest.tp_comm, cp_comm=m * slowest.cp_comm, ep_comm=m * slowest.ep_comm, dp_comm=dp_comm, pp_comm=pp_comm,
         bubble=bubble, optimizer=optimizer, host_overhead=m * slowest.host_overhead + step_overhead,
         step=m * slowest.total + bubble + pp_comm + (dp_comm - m * slowest.fsdp_exposed) + optimizer
         + step_overhead)

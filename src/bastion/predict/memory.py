@@ -42,6 +42,8 @@ class ParamShape:
     #: a routed-expert tensor: expert parallelism splits its dim 0 (the experts) over ep ranks, and ZeRO/FSDP
     #: then shards the local experts over the dp × cp / ep ranks that hold the same experts
     expert: bool = False
+    #: an expert tensor's inner-width dimension, which expert tensor parallelism (etp) splits
+    etp_dim: int | None = None
 
 
 def _mlp_shapes(prefix: str, h: int, f: int, gated: bool, bias: bool) -> list[ParamShape]:
@@ -78,7 +80,7 @@ def layer_param_shapes(model: ModelSpec, moe: bool | None = None) -> list[ParamS
         shapes.append(ParamShape("moe.router.weight", (e, h)))
         for name in ("w1", "w3", "w2") if gated else ("w1", "w2"):
             shapes.append(ParamShape(f"moe.experts.{name}", (e, h, ef) if name == "w2" else (e, ef, h),
-                                     expert=True))
+                                     expert=True, etp_dim=2 if name == "w2" else 1))
         if model.num_shared_experts:
             shapes += _mlp_shapes("moe.shared_experts", h, model.num_shared_experts * ef, gated, False)
     else:
@@ -113,13 +115,16 @@ def chunk_length(size: int, parts: int, index: int) -> int:
     return max(0, min(piece, size - index * piece))
 
 
-def _local_numel(p: ParamShape, tp: int, tp_rank: int, dp: int, dp_rank: int, dp_sharded: bool, ep: int = 1
-                 ) -> int:
+def _local_numel(p: ParamShape, tp: int, tp_rank: int, dp: int, dp_rank: int, dp_sharded: bool, ep: int = 1,
+                 etp: int = 1) -> int:
     """Elements of `p` on one rank; `dp_rank` is the shard index among the `dp` (dp × cp) ranks, of which
-    consecutive groups of `ep` split the experts (runtime/mesh.py: ep is innermost in the data-parallel ranks)."""
+    consecutive groups of `ep` split the experts (runtime/mesh.py: ep is innermost in the data-parallel ranks);
+    etp splits each expert's inner width (etp rank = tp_rank mod etp)."""
     shape = list(p.shape)
     if p.tp_dim is not None and tp > 1:
         shape[p.tp_dim] = chunk_length(shape[p.tp_dim], tp, tp_rank)
+    if p.etp_dim is not None and etp > 1:
+        shape[p.etp_dim] = chunk_length(shape[p.etp_dim], etp, tp_rank % etp)
     if p.expert and ep > 1:
         shape[0] = chunk_length(shape[0], ep, dp_rank % ep)
         dp, dp_rank = dp // ep, dp_rank // ep
@@ -133,8 +138,9 @@ def _local_numel(p: ParamShape, tp: int, tp_rank: int, dp: int, dp_rank: int, dp
 
 def stage_param_shapes(model: ModelSpec, plan: ParallelPlan, stage: int) -> list[tuple[ParamShape, int]]:
     """(parameter, how many copies of it) held by pipeline rank `stage`."""
-    layers, has_first, has_last = stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp)[stage]
-    dense = stage_dense_layers(model, plan.pp_schedule, plan.pp, plan.vpp, stage)
+    counts = plan.chunk_layers(model)
+    layers, has_first, has_last = stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp, counts)[stage]
+    dense = stage_dense_layers(model, plan.pp_schedule, plan.pp, plan.vpp, stage, counts)
     held: list[tuple[ParamShape, int]] = [(p, layers - dense) for p in _layer_shapes(model)]
     if dense:
         held += [(p, dense) for p in _layer_shapes(model, False)]
@@ -171,8 +177,8 @@ def model_state_bytes(model: ModelSpec, plan: ParallelPlan, stage: int, dp_rank:
     params = grads = optimizer = 0
     shards, shard = plan.shard_degree, dp_rank * plan.cp + cp_rank
     for shape, copies in stage_param_shapes(model, plan, stage):
-        full = _local_numel(shape, plan.tp, tp_rank, shards, shard, dp_sharded=False, ep=plan.ep)
-        sharded = _local_numel(shape, plan.tp, tp_rank, shards, shard, dp_sharded=True, ep=plan.ep)
+        full = _local_numel(shape, plan.tp, tp_rank, shards, shard, dp_sharded=False, ep=plan.ep, etp=plan.etp)
+        sharded = _local_numel(shape, plan.tp, tp_rank, shards, shard, dp_sharded=True, ep=plan.ep, etp=plan.etp)
         params += copies * (sharded if z >= 3 else full)
         grads += copies * (sharded if z >= 2 else full)
         optimizer += copies * (sharded if z >= 1 else full)
@@ -182,35 +188,45 @@ def model_state_bytes(model: ModelSpec, plan: ParallelPlan, stage: int, dp_rank:
 def stage_states(model: ModelSpec, plan: ParallelPlan, stage: int) -> tuple[int, int, int]:
     """(params, grads, optimizer) bytes on rank 0 of a stage, cached by what they depend on: the planner varies
     batch, recompute and schedule far more often than the degrees that shape the model states."""
-    layers, has_first, has_last = stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp)[stage]
-    dense = stage_dense_layers(model, plan.pp_schedule, plan.pp, plan.vpp, stage)
+    counts = plan.chunk_layers(model)
+    layers, has_first, has_last = stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp, counts)[stage]
+    dense = stage_dense_layers(model, plan.pp_schedule, plan.pp, plan.vpp, stage, counts)
     return _states_of_role(model, plan.tp, plan.shard_degree, plan.zero_stage, plan.precision, layers, has_first,
-                           has_last, dense, plan.ep)
+                           has_last, dense, plan.ep, plan.etp)
 
 
 @lru_cache(maxsize=65536)
 def fullest_stage_states(model: ModelSpec, tp: int, dp: int, zero_stage: int, precision: str, schedule: str,
-                         pp: int, vpp: int, ep: int = 1) -> int:
+                         pp: int, vpp: int, ep: int = 1, etp: int = 1, counts: tuple[int, ...] | None = None) -> int:
     """Parameter + gradient + optimizer bytes on the fullest pipeline rank (the planner's memory lower bound:
-    no plan with these degrees, schedule, precision and ZeRO stage needs less); `dp` is the shard degree dp × cp."""
-    roles = stage_roles(model.num_layers, schedule, pp, vpp)
-    stages = range(pp) if model.dense_layers else representative_stages(model.num_layers, schedule, pp, vpp)
+    no plan with these degrees, schedule, layout, precision and ZeRO stage needs less); `dp` is the shard degree
+    dp × cp; `counts` the chunks' layer counts (None: the even split)."""
+    roles = stage_roles(model.num_layers, schedule, pp, vpp, counts)
+    stages = (range(pp) if has_dense_layers(model)
+              else representative_stages(model.num_layers, schedule, pp, vpp, counts))
     return max(sum(_states_of_role(model, tp, dp, zero_stage, precision, *roles[i],
-                                   stage_dense_layers(model, schedule, pp, vpp, i), ep)) for i in stages)
+                                   stage_dense_layers(model, schedule, pp, vpp, i, counts), ep, etp))
+               for i in stages)
+
+
+def has_dense_layers(model: ModelSpec) -> bool:
+    """An MoE model with layers that have no experts (so ranks of one role may differ in their layers' kinds)."""
+    return bool(model.num_experts) and model.num_moe_layers < model.num_layers
 
 
 @lru_cache(maxsize=8192)
 def _states_of_role(model: ModelSpec, tp: int, dp: int, zero_stage: int, precision: str, layers: int,
-                    has_first: bool, has_last: bool, dense_layers: int = 0, ep: int = 1) -> tuple[int, int, int]:
+                    has_first: bool, has_last: bool, dense_layers: int = 0, ep: int = 1, etp: int = 1
+                    ) -> tuple[int, int, int]:
     p_bytes, g_bytes, o_bytes = state_bytes_per_param(precision)
-    parts = [(_part_numels(model, "layer", tp, dp, ep), layers - dense_layers)]
+    parts = [(_part_numels(model, "layer", tp, dp, ep, etp), layers - dense_layers)]
     if dense_layers:
-        parts.append((_part_numels(model, "dense layer", tp, dp, ep), dense_layers))
+        parts.append((_part_numels(model, "dense layer", tp, dp, ep, etp), dense_layers))
     if has_first:
-        parts.append((_part_numels(model, "embedding", tp, dp, ep), 1))
+        parts.append((_part_numels(model, "embedding", tp, dp, ep, etp), 1))
     if has_last:
         parts.append((_part_numels(model, "head" if model.tied_embeddings and has_first else "head+output", tp, dp,
-                                   ep), 1))
+                                   ep, etp), 1))
     z = zero_stage
     params = grads = optimizer = 0
     for (full, sharded), copies in parts:
@@ -221,14 +237,14 @@ def _states_of_role(model: ModelSpec, tp: int, dp: int, zero_stage: int, precisi
 
 
 @lru_cache(maxsize=8192)
-def _part_numels(model: ModelSpec, part: str, tp: int, dp: int, ep: int = 1) -> tuple[int, int]:
+def _part_numels(model: ModelSpec, part: str, tp: int, dp: int, ep: int = 1, etp: int = 1) -> tuple[int, int]:
     """(TP-local, TP-local and data-parallel-sharded) parameters of one (MoE) layer / a leading dense layer / the
     embedding / the head, on rank 0 (the largest shard), summed tensor by tensor as the runtime shards them."""
     shapes = {"layer": _layer_shapes(model), "dense layer": _layer_shapes(model, False),
               "embedding": embedding_param_shapes(model),
               "head": head_param_shapes(model, False), "head+output": head_param_shapes(model, True)}[part]
-    return (sum(_local_numel(p, tp, 0, dp, 0, dp_sharded=False, ep=ep) for p in shapes),
-            sum(_local_numel(p, tp, 0, dp, 0, dp_sharded=True, ep=ep) for p in shapes))
+    return (sum(_local_numel(p, tp, 0, dp, 0, dp_sharded=False, ep=ep, etp=etp) for p in shapes),
+            sum(_local_numel(p, tp, 0, dp, 0, dp_sharded=True, ep=ep, etp=etp) for p in shapes))
 
 
 @lru_cache(maxsize=1024)
@@ -237,17 +253,19 @@ def _layer_shapes(model: ModelSpec, moe: bool | None = None) -> tuple[ParamShape
 
 
 @lru_cache(maxsize=4096)
-def stage_dense_layers(model: ModelSpec, schedule: str, pp: int, vpp: int, stage: int) -> int:
-    """How many of the model's leading dense layers (an MoE model's `dense_layers`) pipeline rank `stage` holds."""
-    if not model.num_experts or not model.dense_layers:
+def stage_dense_layers(model: ModelSpec, schedule: str, pp: int, vpp: int, stage: int,
+                       counts: tuple[int, ...] | None = None) -> int:
+    """How many layers without experts (an MoE model's leading `dense_layers` and, with moe_layer_freq > 1, the
+    interleaved ones) pipeline rank `stage` holds, for the chunks' layer `counts` (None: the even split)."""
+    if not has_dense_layers(model):
         return 0
-    counts = chunk_layer_counts(model.num_layers, pp * vpp)
+    counts = counts or chunk_layer_counts(model.num_layers, pp * vpp)
     if counts is None:
         raise ValueError(f"{model.num_layers} layers cannot be split into {pp} x {vpp} chunks")
     dense = 0
     for chunk in (chunks_of_stage(schedule, pp, vpp, stage) if pp > 1 else [0]):
         start = sum(counts[:chunk])
-        dense += max(0, min(start + counts[chunk], model.dense_layers) - start)
+        dense += sum(not model.is_moe_layer(i) for i in range(start, start + counts[chunk]))
     return dense
 
 
@@ -273,7 +291,7 @@ def fsdp_unit_numels(model: ModelSpec, tp: int, unit: str) -> tuple[int, ...]:
 
 
 def stage_layer_count(model: ModelSpec, plan: ParallelPlan, stage: int) -> int:
-    return stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp)[stage][0]
+    return stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp, plan.chunk_layers(model))[stage][0]
 
 
 # ---- activations --------------------------------------------------------------------------------
@@ -462,7 +480,8 @@ MEMORY_FIELDS = tuple(f.name for f in fields(MemoryBreakdown))
 def stage_memory(model: ModelSpec, plan: ParallelPlan, seq_len: int, stage: int, is_gpu: bool,
                  options: PredictOptions) -> MemoryBreakdown:
     """Peak memory of one rank of pipeline stage `stage`."""
-    layers, _, has_last = stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp)[stage]
+    layers, _, has_last = stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp,
+                                      plan.chunk_layers(model))[stage]
     params, grads, optimizer = stage_states(model, plan, stage)
     a = activation_dtype_bytes(plan.precision)
     tokens = plan.micro_batch * seq_len / plan.cp  # tokens of one micro-batch on this device
