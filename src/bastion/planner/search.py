@@ -374,8 +374,8 @@ def _threshold(ranked: list[RankedPlan], objective: Objective, keep: int) -> flo
     return max(objective.value(ranked[keep - 1]), objective.value(other))
 
 
-def _degrees(plan: ParallelPlan) -> tuple[int, int, int, int, int]:
-    return plan.dp, plan.tp, plan.pp, plan.cp, plan.ep
+def _degrees(plan: ParallelPlan) -> tuple[int, int, int, int, int, int]:
+    return plan.dp, plan.tp, plan.pp, plan.cp, plan.ep, plan.etp
 
 
 def _with_estimate(p: RankedPlan, estimate: EstimateFn, model: ModelSpec, base: Cluster, seq_len: int) -> RankedPlan:

@@ -395,12 +395,32 @@ def _layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: i
                        layer_ep)
 
 
+@lru_cache(maxsize=16384)
+def _head_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: int, options: PredictOptions
+                ) -> tuple[float, float]:
+    """(forward + backward GEMM, loss memory-bound) seconds of the LM head for one micro-batch."""
+    acc = cluster.accelerator
+    tokens = plan.micro_batch * seq_len // plan.cp
+    # fp8 recipes (Transformer Engine, torchao/torchtitan) keep the LM head in bf16
+    head_precision = "bf16" if plan.precision == "fp8" else plan.precision
+    head_fwd = compute.gemm_time(acc, head_precision, tokens, model.hidden_size, model.vocab_size // plan.tp)
+    return 3 * head_fwd, compute.membound_time(acc, tokens * compute.cross_entropy_bytes_per_token(
+        model, plan.tp, options.fused_cross_entropy))
+
+
+@lru_cache(maxsize=16384)
+def _layer_total(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: int, options: PredictOptions,
+                 moe_layer: bool) -> float:
+    """Seconds of one layer (an MoE model's layer with experts, or without them) in a rank's per-micro-batch
+    total, with no ZeRO-3 gathers (the step-time bound's unit)."""
+    costs = _layer_costs(model if moe_layer else moe.dense_layer_model(model), cluster, plan, seq_len, options)
+    return costs.compute + costs.recompute + costs.membound + costs.tp + costs.cp + costs.ep
+
+
 @lru_cache(maxsize=65536)
 def _stage_time_of(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: int, layers: int,
                    has_first: bool, has_last: bool, options: PredictOptions, dense: int = 0) -> _StageTime:
     """`dense` of the stage's `layers` are an MoE model's layers without experts (leading or interleaved)."""
-    acc = cluster.accelerator
-    tokens = plan.micro_batch * seq_len // plan.cp
     key = plan._replace(dp=1, zero_stage=0)
     costs = _layer_costs(model, cluster, key, seq_len, options)
     if dense and layers:
@@ -417,13 +437,8 @@ def _stage_time_of(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len:
     forward_t = layers * (gemm_fwd + attn_fwd + layer_membound / 4)
     head_compute = head_membound = 0.0
     if has_last:
-        # fp8 recipes (Transformer Engine, torchao/torchtitan) keep the LM head in bf16
-        head_precision = "bf16" if plan.precision == "fp8" else plan.precision
-        head_fwd = compute.gemm_time(acc, head_precision, tokens, model.hidden_size, model.vocab_size // plan.tp)
-        head_compute = 3 * head_fwd
-        head_membound = compute.membound_time(acc, tokens * compute.cross_entropy_bytes_per_token(
-            model, plan.tp, options.fused_cross_entropy))
-        backward_t += 2 * head_fwd
+        head_compute, head_membound = _head_costs(model, cluster, key, seq_len, options)
+        backward_t += head_compute * 2 / 3
     compute_t += head_compute
     membound_t += head_membound
 
@@ -466,13 +481,19 @@ class _Stages(NamedTuple):
 
 
 def _stages(model: ModelSpec, plan: ParallelPlan) -> _Stages:
-    counts = plan.chunk_layers(model)
-    roles = schedule.stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp, counts)
-    # ranks of one role hold different kinds of layers when an MoE model has layers without experts
-    costed = (tuple(range(plan.pp)) if has_dense_layers(model)
-              else schedule.representative_stages(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp, counts))
-    dense = tuple(stage_dense_layers(model, plan.pp_schedule, plan.pp, plan.vpp, i, counts) for i in range(plan.pp))
-    return _Stages(roles, costed, dense)
+    return _stages_of(model, plan.pp_schedule, plan.pp, plan.vpp, plan.chunk_layers(model))
+
+
+@lru_cache(maxsize=4096)
+def _stages_of(model: ModelSpec, pp_schedule: str, pp: int, vpp: int, counts: tuple[int, ...] | None) -> _Stages:
+    roles = schedule.stage_roles(model.num_layers, pp_schedule, pp, vpp, counts)
+    dense = tuple(stage_dense_layers(model, pp_schedule, pp, vpp, i, counts) for i in range(pp))
+    # a rank's time and model states depend on it only through its role and its layers without experts, and the
+    # micro-batches in flight never grow with the rank index: the lowest rank of each (role, dense) is enough
+    first_of: dict[tuple[tuple[int, bool, bool], int], int] = {}
+    for stage in range(pp):
+        first_of.setdefault((roles[stage], dense[stage]), stage)
+    return _Stages(roles, tuple(sorted(first_of.values())), dense)
 
 
 def per_rank(cluster: Cluster) -> Cluster:
@@ -500,8 +521,12 @@ def step_time_lower_bound(model: ModelSpec, cluster: Cluster, plan: ParallelPlan
     key = _StageKey(1, plan.tp, plan.cp, 0, plan.micro_batch, "none", plan.sequence_parallel, plan.precision,
                     *_expert_key(plan, options))
     stages = _stages(model, plan)
-    slowest = max(_stage_time_of(model, cluster, key, s, *stages.roles[i], options, stages.dense[i]).total
-                  for i in stages.costed)
+    moe_layer = _layer_total(model, cluster, key, s, options, True)
+    dense_layer = _layer_total(model, cluster, key, s, options, False) if has_dense_layers(model) else 0.0
+    head = sum(_head_costs(model, cluster, key, s, options))
+    # what _stage_time_of(...).total is for this key (no ZeRO-3, no host overheads), from cached per-layer sums
+    slowest = max((layers - dense) * moe_layer + dense * dense_layer + (head if has_last else 0.0)
+                  for (layers, _, has_last), dense in ((stages.roles[i], stages.dense[i]) for i in stages.costed))
     m = plan.num_microbatches
     bubble = schedule.bubble_fraction(plan.pp_schedule, plan.pp, plan.vpp, m) * m * slowest
     return (m * slowest + bubble) * (1 - 1e-12)  # the margin absorbs rounding in a differently ordered sum

@@ -209,6 +209,7 @@ def fullest_stage_states(model: ModelSpec, tp: int, dp: int, zero_stage: int, pr
                for i in stages)
 
 
+@lru_cache(maxsize=1024)
 def has_dense_layers(model: ModelSpec) -> bool:
     """An MoE model with layers that have no experts (so ranks of one role may differ in their layers' kinds)."""
     return bool(model.num_experts) and model.num_moe_layers < model.num_layers
@@ -312,7 +313,7 @@ class SavedTensor:
     name: str
     bytes_per_token: float
     #: "tp": split by tensor parallelism (per head or per FFN column); "seq": replicated in the TP group unless
-    #: sequence parallelism splits the sequence
+    #: sequence parallelism splits the sequence; "replicated": whole on every rank of the TP group (MLA latents)
     split: str
     #: a small per-row statistic (norm 1/rms, mean, log-sum-exp); Korthikanti et al. leave these out
     statistic: bool = False
@@ -359,12 +360,15 @@ def layer_saved_tensors(model: ModelSpec, seq_len: int, recompute: str, precisio
     h, f, heads = model.hidden_size, model.ffn_hidden_size, model.num_heads
     q, kv = model.q_width, model.kv_width
     saved = norm_saved_tensors("attention_norm", model, a, fused_rmsnorm)
-    saved += [SavedTensor("attention.qkv_input", mm * h, "seq"),
-              SavedTensor("attention.q", a * q, "tp"), SavedTensor("attention.k", a * kv, "tp"),
-              SavedTensor("attention.v", a * kv, "tp"),
-              SavedTensor("attention.output", a * q, "tp")]  # = the output projection's input
+    saved.append(SavedTensor("attention.qkv_input", mm * h, "seq"))
+    if model.is_mla:
+        saved += mla_saved_tensors(model, a, mm)
+    else:
+        saved += [SavedTensor("attention.q", a * q, "tp"), SavedTensor("attention.k", a * kv, "tp"),
+                  SavedTensor("attention.v", a * kv, "tp")]
+    saved.append(SavedTensor("attention.output", a * model.v_width, "tp"))  # = the output projection's input
     if fp8_inputs:  # the attention kernel keeps its bf16 output; the projection its own fp8 copy
-        saved.append(SavedTensor("attention.output_fp8", q, "tp"))
+        saved.append(SavedTensor("attention.output_fp8", model.v_width, "tp"))
     if options.flash_attention:
         saved.append(SavedTensor("attention.logsumexp", STAT_BYTES * heads, "tp", statistic=True))
     elif recompute != "selective":
@@ -376,18 +380,62 @@ def layer_saved_tensors(model: ModelSpec, seq_len: int, recompute: str, precisio
         saved.append(SavedTensor("attention.residual_dropout_mask", h, "seq"))
     saved += norm_saved_tensors("ffn_norm", model, a, fused_rmsnorm)
     saved.append(SavedTensor("feed_forward.input", mm * h, "seq"))
-    if model.ffn_type == "gelu":
-        saved += [SavedTensor("feed_forward.w1_output", a * f, "tp"),
-                  SavedTensor("feed_forward.gelu_output", mm * f, "tp")]  # = w2's input
+    if model.num_experts:
+        saved += moe_saved_tensors(model, a, mm, options)
     else:
-        saved.append(SavedTensor("feed_forward.w1_output", a * f, "tp"))  # silu's input
-        if not (options.fused_swiglu or options.compiled):
-            saved.append(SavedTensor("feed_forward.silu_output", a * f, "tp"))
-        saved += [SavedTensor("feed_forward.w3_output", a * f, "tp"),
-                  SavedTensor("feed_forward.w2_input", mm * f, "tp")]
+        saved += mlp_saved_tensors("feed_forward", model, f, a, mm, options)
     if options.dropout:
         saved.append(SavedTensor("feed_forward.residual_dropout_mask", h, "seq"))
     return tuple(saved)
+
+
+def mlp_saved_tensors(prefix: str, model: ModelSpec, width: float, a: int, mm: int, options: PredictOptions
+                      ) -> list[SavedTensor]:
+    """What an MLP of inner `width` keeps beyond its input (split by tensor parallelism)."""
+    if model.ffn_type == "gelu":
+        return [SavedTensor(f"{prefix}.w1_output", a * width, "tp"),
+                SavedTensor(f"{prefix}.gelu_output", mm * width, "tp")]  # = w2's input
+    saved = [SavedTensor(f"{prefix}.w1_output", a * width, "tp")]  # silu's input
+    if not (options.fused_swiglu or options.compiled):
+        saved.append(SavedTensor(f"{prefix}.silu_output", a * width, "tp"))
+    return saved + [SavedTensor(f"{prefix}.w3_output", a * width, "tp"),
+                    SavedTensor(f"{prefix}.w2_input", mm * width, "tp")]
+
+
+def moe_saved_tensors(model: ModelSpec, a: int, mm: int, options: PredictOptions) -> list[SavedTensor]:
+    """What an MoE layer's MLP keeps beyond its input, per token: the router's fp32 probabilities, the top_k
+    permuted copies (the experts' grouped-GEMM input), each expert's MLP tensors for its rows, the expert outputs
+    the weighted un-permutation multiplies by the scores, and the shared experts' MLP. The routed tensors are
+    per routed copy at the mean load (the busiest rank holds more: PredictOptions.moe_imbalance is a time
+    assumption only); each tp rank routes its own sequence-parallel slice, so they split by tp."""
+    h, k = model.hidden_size, model.top_k
+    saved = [SavedTensor("moe.router_probs", STAT_BYTES * model.num_experts, "seq", statistic=True),
+             SavedTensor("moe.permuted_input", mm * h * k, "tp")]
+    saved += mlp_saved_tensors("moe.experts", model, k * model.expert_width, a, mm, options)
+    saved.append(SavedTensor("moe.expert_output", a * h * k, "tp"))
+    if model.num_shared_experts:
+        saved += mlp_saved_tensors("moe.shared_experts", model, model.num_shared_experts * model.expert_width, a,
+                                   mm, options)
+    return saved
+
+
+def mla_saved_tensors(model: ModelSpec, a: int, mm: int) -> list[SavedTensor]:
+    """What multi-head latent attention keeps between the block's normalised input and the attention output:
+    each latent's RMSNorm input and the up-projection's (normalised) input — the query latent (when q_lora_rank
+    > 0) and the key/value latent, computed whole on every tp rank (the down-projections are replicated) — the
+    shared rotary key, and the per-head rebuilt Q, K (query/key head width) and V (value head width) the
+    attention kernel keeps."""
+    heads = model.num_heads
+    saved = []
+    if model.q_lora_rank:
+        saved += [SavedTensor("attention.q_latent", a * model.q_lora_rank, "replicated"),
+                  SavedTensor("attention.q_latent_normed", mm * model.q_lora_rank, "replicated")]
+    return saved + [SavedTensor("attention.kv_latent", a * model.kv_lora_rank, "replicated"),
+                    SavedTensor("attention.kv_latent_normed", mm * model.kv_lora_rank, "replicated"),
+                    SavedTensor("attention.k_rope", a * model.qk_rope_head_dim, "replicated"),
+                    SavedTensor("attention.q", a * heads * model.head_dim, "tp"),
+                    SavedTensor("attention.k", a * heads * model.head_dim, "tp"),
+                    SavedTensor("attention.v", a * heads * model.v_head_dim, "tp")]
 
 
 def every_second_matmul_saved_tensors(model: ModelSpec, a: int, flash_attention: bool) -> tuple[SavedTensor, ...]:
@@ -427,9 +475,8 @@ def loss_saved_bytes_per_token(model: ModelSpec, tp: int, precision: str = "bf16
 def saved_bytes_per_token(saved: tuple[SavedTensor, ...], tp: int, sequence_parallel: bool,
                           statistics: bool = True) -> float:
     """Sum of the saved tensors' bytes per token on one tensor-parallel rank."""
-    sp_split = tp if sequence_parallel else 1
-    return sum(t.bytes_per_token / (tp if t.split == "tp" else sp_split)
-               for t in saved if statistics or not t.statistic)
+    divisor = {"tp": tp, "seq": tp if sequence_parallel else 1, "replicated": 1}
+    return sum(t.bytes_per_token / divisor[t.split] for t in saved if statistics or not t.statistic)
 
 
 @lru_cache(maxsize=4096)
