@@ -112,10 +112,14 @@ class RankedPlan:
 
     def to_dict(self) -> dict[str, Any]:
         """The `--json` entry for this plan."""
+        experts = getattr(self.estimate, "experts", None)
         return {"plan": self.plan.to_dict(), "step_time_s": self.step_time_s,
                 "tokens_per_s": self.tokens_per_s, "mfu": self.mfu, "memory_gib": self.memory_gib,
                 "breakdown": {"time_s": self.time_breakdown(), "memory_gib": {
-                    k: v / 2**30 for k, v in self.memory_breakdown().items()}}}
+                    k: v / 2**30 for k, v in self.memory_breakdown().items()}},
+                # MoE: where the experts sit (ep group in a node or across nodes, experts per rank, etp) and the
+                # all-to-all's share of the step
+                **({"experts": experts} if experts else {})}
 
 
 @dataclass

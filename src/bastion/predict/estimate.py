@@ -50,9 +50,11 @@ class TimeBreakdown:
     memory_bound: float
     tp_comm: float
     cp_comm: float
-    #: expert parallelism's dispatch/combine all-to-alls and the expert-tensor-parallel collectives that compute
-    #: does not hide (0 for dense models)
+    #: expert parallelism's dispatch/combine all-to-alls (forward and backward) that compute does not hide
+    #: (0 for dense models)
     ep_comm: float
+    #: expert tensor parallelism's all-gathers / reduce-scatters around the expert GEMMs (0 unless etp > 1)
+    etp_comm: float
     dp_comm: float
     pp_comm: float
     bubble: float
@@ -87,6 +89,9 @@ class Estimate:
     hbm_bytes: float
     fits: bool
     assumptions: list[str] = field(default_factory=list)
+    #: MoE models: the expert placement (moe.expert_placement), the all-to-all's seconds and share of the step,
+    #: the load imbalance and all-to-all overlap assumed; empty for dense models
+    experts: dict[str, Any] = field(default_factory=dict)
 
     def time_to_train_s(self, tokens: float) -> float:
         """Seconds to train on `tokens` tokens at this step rate."""
@@ -100,7 +105,7 @@ class Estimate:
             "time": self.time.to_dict(), "step_time_s": self.step_time_s, "tokens_per_s": self.tokens_per_s,
             "mfu": self.mfu, "hfu": self.hfu, "model_flops_per_step": self.model_flops_per_step,
             "hardware_flops_per_step": self.hardware_flops_per_step, "mfu_convention": MFU_CONVENTION,
-            "assumptions": list(self.assumptions),
+            "assumptions": list(self.assumptions), **({"experts": self.experts} if self.experts else {}),
         }
 
 
@@ -118,11 +123,12 @@ class _StageTime:
     forward: float  # the window a ZeRO-1/2 parameter all-gather can hide under
     host_overhead: float = 0.0
     ep_comm: float = 0.0
+    etp_comm: float = 0.0
 
     @property
     def total(self) -> float:
         return (self.compute + self.recompute + self.memory_bound + self.tp_comm + self.cp_comm
-                + self.fsdp_exposed + self.host_overhead + self.ep_comm)
+                + self.fsdp_exposed + self.host_overhead + self.ep_comm + self.etp_comm)
 
 
 def _mlp_width(model: ModelSpec) -> int:
@@ -305,8 +311,9 @@ class _LayerCosts(NamedTuple):
     membound: float
     tp: float
     cp: float
-    #: exposed all-to-all and expert-tensor-parallel collectives (MoE layers)
+    #: exposed all-to-all, and the expert-tensor-parallel collectives (MoE layers)
     ep: float = 0.0
+    etp: float = 0.0
 
 
 @lru_cache(maxsize=16384)
@@ -387,12 +394,13 @@ def _layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: i
                 cluster, kv_bytes * plan.cp, cp_group)
         else:
             raise ValueError(f"context_parallel must be 'all-gather' or 'ring', got {options.context_parallel!r}")
-    layer_ep = 0.0
+    layer_ep = layer_etp = 0.0
     if routed is not None:
         again = 1.5 if plan.recompute == "full" else 1.0  # the recomputed forward dispatches and combines again
-        layer_ep = again * (moe.exposed_a2a(routed.a2a, layer_compute, plan.a2a_overlap) + routed.etp_comm)
+        layer_ep = again * moe.exposed_a2a(routed.a2a, layer_compute, plan.a2a_overlap)
+        layer_etp = again * routed.etp_comm
     return _LayerCosts(gemm_fwd, attn_fwd, layer_compute, layer_recompute, layer_membound, layer_tp, layer_cp,
-                       layer_ep)
+                       layer_ep, layer_etp)
 
 
 @lru_cache(maxsize=16384)
@@ -414,7 +422,7 @@ def _layer_total(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: i
     """Seconds of one layer (an MoE model's layer with experts, or without them) in a rank's per-micro-batch
     total, with no ZeRO-3 gathers (the step-time bound's unit)."""
     costs = _layer_costs(model if moe_layer else moe.dense_layer_model(model), cluster, plan, seq_len, options)
-    return costs.compute + costs.recompute + costs.membound + costs.tp + costs.cp + costs.ep
+    return costs.compute + costs.recompute + costs.membound + costs.tp + costs.cp + costs.ep + costs.etp
 
 
 @lru_cache(maxsize=65536)
@@ -428,7 +436,7 @@ def _stage_time_of(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len:
         dense_costs = _layer_costs(moe.dense_layer_model(model), cluster, key, seq_len, options)
         costs = _LayerCosts(*((c * (layers - dense) + d * dense) / layers for c, d in zip(costs, dense_costs,
                                                                                           strict=True)))
-    gemm_fwd, attn_fwd, layer_compute, layer_recompute, layer_membound, layer_tp, layer_cp, layer_ep = costs
+    gemm_fwd, attn_fwd, layer_compute, layer_recompute, layer_membound, layer_tp, layer_cp, layer_ep, layer_etp = costs
 
     compute_t = layers * layer_compute
     recompute_t = layers * layer_recompute
@@ -468,7 +476,8 @@ def _stage_time_of(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len:
             fsdp += max(0.0, 2 * t_gather + t_scatter - head_compute)
     return _StageTime(compute=compute_t, recompute=recompute_t, memory_bound=membound_t,
                       tp_comm=layers * layer_tp, cp_comm=layers * layer_cp, fsdp_exposed=fsdp,
-                      backward=backward_t, forward=forward_t, ep_comm=layers * layer_ep)
+                      backward=backward_t, forward=forward_t, ep_comm=layers * layer_ep,
+                      etp_comm=layers * layer_etp)
 
 
 class _Stages(NamedTuple):
@@ -631,7 +640,8 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     step_overhead = max(_step_overhead(node, model, plan, *roles[i]) for i in representatives)
     time = TimeBreakdown(
         compute=m * slowest.compute, recompute=m * slowest.recompute, memory_bound=m * slowest.memory_bound,
-        tp_comm=m * slowest.tp_comm, cp_comm=m * slowest.cp_comm, ep_comm=m * slowest.ep_comm, dp_comm=dp_comm, pp_comm=pp_comm,
+        tp_comm=m * slowest.tp_comm, cp_comm=m * slowest.cp_comm, ep_comm=m * slowest.ep_comm,
+        etp_comm=m * slowest.etp_comm, dp_comm=dp_comm, pp_comm=pp_comm,
         bubble=bubble, optimizer=optimizer, host_overhead=m * slowest.host_overhead + step_overhead,
         step=m * slowest.total + bubble + pp_comm + (dp_comm - m * slowest.fsdp_exposed) + optimizer
         + step_overhead)
@@ -666,9 +676,27 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
         "loss: fused cross-entropy kernel" if options.fused_cross_entropy
         else "loss: plain PyTorch cross-entropy on fp32 logits",
     ]
+    experts: dict[str, Any] = {}
+    if model.num_experts:
+        imbalance, why = moe.imbalance(model, options)
+        overlap = moe.a2a_overlap(plan.pp_schedule, options)
+        experts = {"placement": moe.expert_placement(model, node, plan.ep, plan.etp, plan.tp, plan.dp, plan.cp),
+                   "all_to_all_s": time.ep_comm, "all_to_all_share": time.ep_comm / time.step,
+                   "etp_comm_s": time.etp_comm, "imbalance": imbalance, "imbalance_source": why,
+                   "all_to_all_overlap": overlap}
+        assumptions += [
+            moe.placement_line(experts["placement"]),
+            f"MoE load imbalance: the busiest expert gets {imbalance:g} × the mean tokens ({why}; "
+            f"predict/data/moe.toml); the slowest rank holds it, its other experts at the mean",
+            f"expert all-to-all: {100 * overlap:g}% hidden under compute"
+            + (" (dualpipev overlaps it with another micro-batch)" if plan.pp_schedule in moe.A2A_HIDING_SCHEDULES
+               else " (PredictOptions.moe_a2a_overlap of the software stack)")
+            + f"; {100 * time.ep_comm / time.step:.1f}% of the step exposed",
+            "expert GEMMs at the calibrated efficiency of each expert's own shape (rows = its tokens)"]
     return Estimate(model=model.name, cluster=cluster.name, plan=plan, seq_len=s, memory=worst_memory,
                     memory_by_stage=memory_by_stage, time=time, step_time_s=time.step,
                     tokens_per_s=tokens_per_step / time.step, mfu=model_flops / (time.step * peak),
                     hfu=hardware_flops / (time.step * peak), model_flops_per_step=model_flops,
                     hardware_flops_per_step=hardware_flops, hbm_bytes=acc.hbm_bytes,
-                    fits=worst_memory.total <= acc.hbm_bytes, assumptions=[a for a in assumptions if a])
+                    fits=worst_memory.total <= acc.hbm_bytes, assumptions=[a for a in assumptions if a],
+                    experts=experts)
