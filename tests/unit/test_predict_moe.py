@@ -123,10 +123,10 @@ def test_layers_without_experts_are_counted_per_stage() -> None:
     counts = plan.chunk_layers(ds)
     assert stage_dense_layers(ds, plan.pp_schedule, 16, 1, 0, counts) == min(3, counts[0])
     assert sum(stage_dense_layers(ds, plan.pp_schedule, 16, 1, i, counts) for i in range(16)) == 3
-    scout = load_model("llama4-scout")
-    if scout.moe_layer_freq > 1:
-        dense = sum(stage_dense_layers(scout, "1f1b", 4, 1, i) for i in range(4))
-        assert dense == scout.num_layers - scout.num_moe_layers
+    # Llama 4-style interleaving: every second layer has experts (layers 1, 3, 5, 7 of 8)
+    interleaved = replace(load_model("tiny-moe"), num_layers=8, moe_layer_freq=2)
+    assert [stage_dense_layers(interleaved, "1f1b", 4, 1, i) for i in range(4)] == [1, 1, 1, 1]
+    assert stage_dense_layers(interleaved, "1f1b", 2, 1, 0, (3, 5)) == 2
 
 
 def test_mla_flops_use_the_latent_projections_and_the_two_head_widths() -> None:
