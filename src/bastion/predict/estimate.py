@@ -245,7 +245,7 @@ def _stage_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len:
 
 
 def _expert_key(plan: ParallelPlan, options: PredictOptions) -> tuple[int, int, float]:
-    return plan.ep, plan.etp, moe.a2a_overlap(plan.pp_schedule, options)
+    return plan.ep, plan.etp, options.moe_a2a_overlap
 
 
 def _micro_batch_overhead(node: Cluster, plan: ParallelPlan, layers: int, has_first: bool, has_last: bool) -> float:
@@ -679,7 +679,7 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     experts: dict[str, Any] = {}
     if model.num_experts:
         imbalance, why = moe.imbalance(model, options)
-        overlap = moe.a2a_overlap(plan.pp_schedule, options)
+        overlap = options.moe_a2a_overlap
         experts = {"placement": moe.expert_placement(model, node, plan.ep, plan.etp, plan.tp, plan.dp, plan.cp),
                    "all_to_all_s": time.ep_comm, "all_to_all_share": time.ep_comm / time.step,
                    "etp_comm_s": time.etp_comm, "imbalance": imbalance, "imbalance_source": why,
@@ -689,8 +689,7 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
             f"MoE load imbalance: the busiest expert gets {imbalance:g} × the mean tokens ({why}; "
             f"predict/data/moe.toml); the slowest rank holds it, its other experts at the mean",
             f"expert all-to-all: {100 * overlap:g}% hidden under compute"
-            + (" (dualpipev overlaps it with another micro-batch)" if plan.pp_schedule in moe.A2A_HIDING_SCHEDULES
-               else " (PredictOptions.moe_a2a_overlap of the software stack)")
+            + " (the software stack's moe_a2a_overlap)"
             + f"; {100 * time.ep_comm / time.step:.1f}% of the step exposed",
             "expert GEMMs at the calibrated efficiency of each expert's own shape (rows = its tokens)"]
     return Estimate(model=model.name, cluster=cluster.name, plan=plan, seq_len=s, memory=worst_memory,

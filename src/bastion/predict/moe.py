@@ -27,9 +27,6 @@ from bastion.predict.options import PredictOptions
 from bastion.specs.hardware import Cluster
 from bastion.specs.model import ModelSpec
 
-#: a schedule that hides the all-to-all of one micro-batch under another's compute (DeepSeek-V3 report, 3.2.1)
-A2A_HIDING_SCHEDULES = ("dualpipev",)
-
 
 @cache
 def moe_facts() -> dict[str, float]:
@@ -48,11 +45,6 @@ def imbalance(model: ModelSpec, options: PredictOptions) -> tuple[float, str]:
     if model.aux_loss_coeff:
         return facts["imbalance_aux_loss"], "assumed for an auxiliary balancing loss"
     return facts["imbalance_unbalanced"], "assumed: the model states no balancing mechanism"
-
-
-def a2a_overlap(schedule: str, options: PredictOptions) -> float:
-    """Fraction of the all-to-all hidden under compute: the software's, or all of it under DualPipe(V)."""
-    return 1.0 if schedule in A2A_HIDING_SCHEDULES else options.moe_a2a_overlap
 
 
 @lru_cache(maxsize=256)

@@ -72,9 +72,10 @@ class PredictOptions:
     #: fraction of the expert-parallel all-to-all (dispatch and combine) the software hides under compute: 0 =
     #: none (bastion's runtime and Megatron-Core's default `alltoall` dispatcher run it between the layer's other
     #: kernels); Megatron-Core >= 0.14 (2025-09) hides it under another micro-batch's compute with the opt-in
-    #: --overlap-moe-expert-parallel-comm (Megatron-Core MoE README, "What's New", v0.14). A `dualpipev` plan hides
-    #: it fully whatever this says (DeepSeek-V3 report, Sec. 3.2.1: DualPipe overlaps the all-to-all of one
-    #: micro-batch with the computation of another)
+    #: --overlap-moe-expert-parallel-comm (Megatron-Core MoE README, "What's New", v0.14); DeepSeek's own DualPipe
+    #: hides all of it (DeepSeek-V3 report, Sec. 3.2.1: the all-to-all of one micro-batch runs under the computation
+    #: of another) — the `deepseek-dualpipe` stack. A schedule alone does not: torch's ScheduleDualPipeV runs a
+    #: paired forward and backward one after the other unless the model supplies the overlapping
     moe_a2a_overlap: float = 0.0
     #: the busiest expert's routed tokens / the mean in one micro-batch (1 = perfectly balanced); None: from the
     #: model's balancing mechanism (predict/data/moe.toml), as every estimate states
