@@ -47,6 +47,8 @@ def test_expert_gemms_run_at_their_own_shape_so_few_tokens_per_expert_run_slower
     split = moe.routed_cost(model, H100, 512, 1, 8, 1, "bf16", 1.0)
     assert split.gemm_fwd < whole.gemm_fwd
     assert whole.a2a == 0 and split.a2a > 0  # ep = 1 moves nothing
+    # fp8 expert GEMMs pay their operands' casts, as the dense ones do
+    assert moe.routed_cost(model, H100, 512, 1, 8, 1, "fp8", 1.0).membound > split.membound
 
 
 def test_imbalance_follows_the_balancing_mechanism_and_slows_the_step() -> None:
@@ -72,6 +74,10 @@ def test_all_to_all_share_is_reported_and_hidden_as_the_software_says() -> None:
     experts = exposed.to_dict()["experts"]
     assert experts["all_to_all_share"] == pytest.approx(exposed.time.ep_comm / exposed.step_time_s)
     assert experts["placement"]["experts_per_rank"] == 8 and experts["placement"]["ep_group"]["spans_domains"]
+    # the dispatch's send and receive buffers
+    no_ep = estimate(model, H100, replace(plan, ep=1), 4096)
+    assert exposed.memory.comm_buffers - no_ep.memory.comm_buffers == pytest.approx(
+        2 * 4096 * model.top_k * model.hidden_size * 2)
     assert sum(v for k, v in exposed.time.to_dict().items() if k != "step") == pytest.approx(exposed.step_time_s)
     overlapped = estimate(model, H100, plan, 4096, options=PredictOptions(moe_a2a_overlap=1.0))
     assert overlapped.time.ep_comm < exposed.time.ep_comm

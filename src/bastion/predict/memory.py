@@ -569,6 +569,9 @@ def stage_memory(model: ModelSpec, plan: ParallelPlan, seq_len: int, stage: int,
         comm += 2 * tokens * model.hidden_size * a  # gathered sequence / all-reduce staging
     if plan.pp > 1:
         comm += 2 * tokens * model.hidden_size * a / plan.tp  # p2p send and receive buffers
+    if plan.ep > 1 and model.num_experts:
+        # the all-to-all's send and receive buffers: this rank's top_k routed copies of its tokens
+        comm += 2 * tokens / plan.tp * model.top_k * model.hidden_size * a
     overhead = options.fragmentation * (activations + logits + comm)
     if is_gpu:
         overhead += options.runtime_reserve_gib * 2**30

@@ -91,10 +91,12 @@ def routed_cost(model: ModelSpec, cluster: Cluster, tokens: int, tp: int, ep: in
     mean_rows = etp * routed / local_experts
     width = ef // etp
 
-    def expert_fwd(rows: float) -> float:
+    def expert_shapes(rows: float) -> tuple[tuple[int, int, int], ...]:
         m = max(1, round(rows))
-        return (compute.gemm_time(acc, precision, m, h, (model.ffn_matrices - 1) * width)
-                + compute.gemm_time(acc, precision, m, width, h))
+        return (m, h, (model.ffn_matrices - 1) * width), (m, width, h)
+
+    def expert_fwd(rows: float) -> float:
+        return sum(compute.gemm_time(acc, precision, *shape) for shape in expert_shapes(rows))
 
     gemm_fwd = (compute.gemm_time(acc, precision, max(1, round(own_tokens)), h, model.num_experts)
                 + (local_experts - 1) * expert_fwd(mean_rows) + expert_fwd(imbalance_factor * mean_rows))
@@ -102,7 +104,12 @@ def routed_cost(model: ModelSpec, cluster: Cluster, tokens: int, tp: int, ep: in
     traffic = (received * h * a * facts["permute_elements"]
                + own_tokens * model.num_experts * 4 * facts["router_elements"]) / facts["permute_bandwidth_fraction"]
     activation = etp * received * mlp_activation_bytes_per_token(model, width) * (2.0 if precision == "fp32" else 1.0)
-    membound = compute.membound_time(acc, traffic + activation)
+    casts = 0.0
+    if precision == "fp8":  # each expert GEMM's operands cast to fp8, as for the dense GEMMs (estimate.py)
+        casts = sum((local_experts - 1) * compute.fp8_cast_bytes(*mean) + compute.fp8_cast_bytes(*busiest)
+                    for mean, busiest in zip(expert_shapes(mean_rows), expert_shapes(imbalance_factor * mean_rows),
+                                             strict=True))
+    membound = compute.membound_time(acc, traffic + activation + casts)
 
     a2a_bytes = received * h * a
     one_a2a = comm.all_to_all_time(cluster, a2a_bytes, comm.place_group(cluster, ep, etp)) if ep > 1 else 0.0
