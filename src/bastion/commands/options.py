@@ -84,6 +84,8 @@ Tp = Annotated[int | None, _degree("--tp", "Tensor-parallel degree.")]
 Pp = Annotated[int | None, _degree("--pp", "Pipeline-parallel degree.")]
 Cp = Annotated[int | None, _degree("--cp", "Context-parallel degree.")]
 Vpp = Annotated[int | None, _degree("--vpp", "Model chunks per pipeline rank.")]
+Ep = Annotated[int | None, _degree("--ep", "Expert-parallel degree (MoE models).")]
+Etp = Annotated[int | None, _degree("--etp", "Expert tensor-parallel degree (MoE models; 1 = experts whole).")]
 Zero = Annotated[int | None, number_option("--zero", help="ZeRO stage 0-3 (3 = FSDP full shard).", integer=True,
                                            low=0, high=3)]
 MicroBatch = Annotated[int | None, number_option("--micro-batch", help="Sequences per micro-batch per replica.",

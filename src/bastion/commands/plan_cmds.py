@@ -154,7 +154,7 @@ def print_result(result: Any, saved: Path | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from bastion.planner.explain import describe, explain
+    from bastion.planner.explain import describe, expert_placement_line, explain
 
     req = result.request
     console = Console(highlight=False)
@@ -174,6 +174,9 @@ def print_result(result: Any, saved: Path | None) -> None:
     mem = ", ".join(f"{k} {v / 2**30:.2f}" for k, v in best.memory_breakdown().items() if v)
     console.print(f"[bold]winner time (s):[/] {terms}", soft_wrap=True)
     console.print(f"[bold]winner memory (GiB/device):[/] {mem}", soft_wrap=True)
+    placement = expert_placement_line(best)
+    if placement:
+        console.print(f"[bold]winner {placement}[/]", soft_wrap=True)
     if result.runner_up is not None:
         console.print(f"[bold]why #1 beats #2:[/] {explain(best, result.runner_up)}", soft_wrap=True)
     alt = result.alternative

@@ -108,6 +108,8 @@ def estimate_command(
     tp: options.Tp = None,
     pp: options.Pp = None,
     cp: options.Cp = None,
+    ep: options.Ep = None,
+    etp: options.Etp = None,
     zero: options.Zero = None,
     micro_batch: options.MicroBatch = None,
     global_batch: options.GlobalBatch = None,
@@ -132,7 +134,8 @@ def estimate_command(
     _, predict_options, software_notes = command_software(software, framework, framework_version)
     model_spec = load_model(model, seq_len)
     cluster_spec = load_cluster(cluster)
-    flags = {"dp": dp, "tp": tp, "pp": pp, "cp": cp, "zero_stage": zero, "micro_batch": micro_batch,
+    flags = {"dp": dp, "tp": tp, "pp": pp, "cp": cp, "ep": ep, "etp": etp, "zero_stage": zero,
+             "micro_batch": micro_batch,
              "global_batch": global_batch, "pp_schedule": schedule, "vpp": vpp, "recompute": recompute,
              "sequence_parallel": sp, "precision": precision}
     parallel_plan, notes = _build_plan(plan, cluster_spec.num_gpus, flags)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from bastion.planner.space import Leaf
 from bastion.specs.hardware import Cluster
 from bastion.specs.model import ModelSpec
-from bastion.specs.plan import ParallelPlan
+from bastion.specs.plan import ParallelPlan, parse_layout
 
 StateBytesFn = Callable[[ModelSpec, ParallelPlan, int], dict[str, float]]
 
@@ -34,8 +34,10 @@ class StateLowerBound:
     def state_bytes(self, leaf: Leaf, global_batch: int, zero_stage: int) -> float:
         if self._state_bytes is None:
             return self._fullest(self.model, leaf.tp, leaf.dp * leaf.cp, zero_stage, leaf.precision,
-                                 leaf.pp_schedule, leaf.pp, leaf.vpp, leaf.ep)
-        key = (leaf.dp, leaf.tp, leaf.pp, leaf.cp, leaf.ep, leaf.pp_schedule, leaf.vpp, leaf.precision, zero_stage)
+                                 leaf.pp_schedule, leaf.pp, leaf.vpp, leaf.ep, leaf.etp,
+                                 parse_layout(leaf.pipeline_layout))
+        key = (leaf.dp, leaf.tp, leaf.pp, leaf.cp, leaf.ep, leaf.etp, leaf.pipeline_layout, leaf.pp_schedule,
+               leaf.vpp, leaf.precision, zero_stage)
         cached = self._cache.get(key)
         if cached is None:
             plan = leaf.plan(global_batch, zero_stage)

@@ -10,18 +10,24 @@ from bastion.specs.plan import ParallelPlan
 #: time terms smaller than this share of the winner's step are not worth naming
 NEGLIGIBLE_SHARE = 0.005
 
-_SHORT = {"dp": "dp", "tp": "tp", "pp": "pp", "cp": "cp", "ep": "ep", "zero_stage": "zero", "micro_batch": "mb",
+_SHORT = {"dp": "dp", "tp": "tp", "pp": "pp", "cp": "cp", "ep": "ep", "etp": "etp", "pipeline_layout": "layout",
+          "zero_stage": "zero", "micro_batch": "mb",
           "vpp": "vpp", "recompute": "recompute", "sequence_parallel": "sp", "precision": "", "pp_schedule": ""}
 
 
 def describe(plan: ParallelPlan) -> str:
-    """A one-line plan: `dp128 tp8 pp16 cp1 zero1 mb1 interleaved-1f1b×4 recompute=selective sp bf16`."""
+    """A one-line plan: `dp128 tp8 pp16 cp1 zero1 mb1 interleaved-1f1b×4 recompute=selective sp bf16` (with ep,
+    etp and an uneven layout `layout=3,4,...,4,3` where the plan has them)."""
     parts = [f"dp{plan.dp}", f"tp{plan.tp}", f"pp{plan.pp}", f"cp{plan.cp}"]
     if plan.ep > 1:
         parts.append(f"ep{plan.ep}")
+    if plan.etp > 1:
+        parts.append(f"etp{plan.etp}")
     parts += [f"zero{plan.zero_stage}", f"mb{plan.micro_batch}"]
     if plan.pp > 1:
         parts.append(plan.pp_schedule + (f"×{plan.vpp}" if plan.vpp > 1 else ""))
+    if plan.pipeline_layout:
+        parts.append(f"layout={plan.pipeline_layout}")
     parts.append(f"recompute={plan.recompute}")
     if plan.sequence_parallel:
         parts.append("sp")
@@ -97,3 +103,14 @@ def explain(winner: RankedPlan, runner_up: RankedPlan, other: str = "the runner-
         lead += (f" It needs {abs(c.memory_delta_gib):.1f} GiB {'more' if c.memory_delta_gib > 0 else 'less'} "
                  f"memory per device ({winner.memory_gib:.1f} vs {runner_up.memory_gib:.1f} GiB).")
     return lead
+
+
+def expert_placement_line(plan: RankedPlan) -> str:
+    """The winner's expert placement in words ("" for a dense model or a plan without its Estimate)."""
+    experts = getattr(plan.estimate, "experts", None)
+    if not experts:
+        return ""
+    from bastion.predict.moe import placement_line
+
+    return (f"{placement_line(experts['placement'])}; all-to-all {experts['all_to_all_s']:.4g} s "
+            f"({100 * experts['all_to_all_share']:.1f}% of the step)")

@@ -118,10 +118,15 @@ class RankedPlan:
 
     def to_dict(self) -> dict[str, Any]:
         """The `--json` entry for this plan."""
+        experts = getattr(self.estimate, "experts", None)
         return {"plan": self.plan.to_dict(), "step_time_s": self.step_time_s, "predicted_p10_s": self.p10_s,
-                "predicted_p90_s": self.p90_s, "tokens_per_s": self.tokens_per_s, "mfu": self.mfu, "memory_gib": self.memory_gib,
+                "predicted_p90_s": self.p90_s, "tokens_per_s": self.tokens_per_s, "mfu": self.mfu,
+                "memory_gib": self.memory_gib,
                 "breakdown": {"time_s": self.time_breakdown(), "memory_gib": {
-                    k: v / 2**30 for k, v in self.memory_breakdown().items()}}}
+                    k: v / 2**30 for k, v in self.memory_breakdown().items()}},
+                # MoE: where the experts sit (ep group in a node or across nodes, experts per rank, etp) and the
+                # all-to-all's share of the step
+                **({"experts": experts} if experts else {})}
 
 
 @dataclass
@@ -383,8 +388,8 @@ def _threshold(ranked: list[RankedPlan], objective: Objective, keep: int) -> flo
     return max(objective.value(ranked[keep - 1]), objective.value(other))
 
 
-def _degrees(plan: ParallelPlan) -> tuple[int, int, int, int, int]:
-    return plan.dp, plan.tp, plan.pp, plan.cp, plan.ep
+def _degrees(plan: ParallelPlan) -> tuple[int, int, int, int, int, int]:
+    return plan.dp, plan.tp, plan.pp, plan.cp, plan.ep, plan.etp
 
 
 def _with_estimate(p: RankedPlan, estimate: EstimateFn, model: ModelSpec, base: Cluster, seq_len: int) -> RankedPlan:

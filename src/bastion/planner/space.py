@@ -12,6 +12,7 @@ there is nothing to shard, so only the lowest allowed ZeRO stage is listed.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from bastion.specs.plan import RECOMPUTE_MODES, ParallelPlan, chunk_layer_counts
 from bastion.specs.schedules import DEFAULT_SCHEDULE, SCHEDULES, schedule_names
 
 #: plan fields a user may pin with `--fix FIELD=VALUE`
-PINNABLE = ("dp", "tp", "pp", "cp", "ep", "zero_stage", "micro_batch", "pp_schedule", "vpp", "recompute",
+PINNABLE = ("dp", "tp", "pp", "cp", "ep", "etp", "zero_stage", "micro_batch", "pp_schedule", "vpp", "recompute",
             "sequence_parallel", "precision")
 
 
@@ -76,12 +77,17 @@ class Leaf:
     sequence_parallel: bool
     #: ZeRO stages to cross in (one when dp = 1)
     zero_stages: tuple[int, ...] = (0,)
+    #: expert tensor parallelism (1: experts whole; tp: split like the attention)
+    etp: int = 1
+    #: per-chunk layer counts when the layers do not split evenly (uneven_layout), else ""
+    pipeline_layout: str = ""
 
     def plan(self, global_batch: int, zero_stage: int = 0, recompute: str = "none") -> ParallelPlan:
         return ParallelPlan(dp=self.dp, tp=self.tp, pp=self.pp, cp=self.cp, ep=self.ep, zero_stage=zero_stage,
                             micro_batch=self.micro_batch, global_batch=global_batch,
                             pp_schedule=self.pp_schedule, vpp=self.vpp, recompute=recompute,
-                            sequence_parallel=self.sequence_parallel, precision=self.precision)
+                            sequence_parallel=self.sequence_parallel, precision=self.precision, etp=self.etp,
+                            pipeline_layout=self.pipeline_layout)
 
 
 @dataclass
@@ -110,9 +116,30 @@ def factorisations(num_gpus: int) -> Iterator[tuple[int, int, int, int]]:
                 yield num_gpus // (tp * pp * cp), tp, pp, cp
 
 
+def uneven_layout(num_layers: int, chunks: int) -> str:
+    """A pipeline_layout for layers that do not split evenly over `chunks` (DeepSeek-V3's 61 layers on 16 stages):
+    the embedding and the LM head each count as one layer's slot, the layers + 2 slots are spread as evenly as the
+    counts allow, the extra slots going to the middle chunks, so the first and the last chunk are the lighter ones.
+    "" when the layers split evenly (chunk_layer_counts), or for a single chunk or fewer slots than chunks."""
+    if chunk_layer_counts(num_layers, chunks) is not None or chunks < 2:
+        return ""
+    per, extra = divmod(num_layers + 2, chunks)
+    if per < 1:
+        return ""
+    counts = [per] * chunks
+    middle = sorted(range(1, chunks - 1), key=lambda i: (abs(2 * i - (chunks - 1)), i))
+    for i in (middle + [0, chunks - 1])[:extra]:
+        counts[i] += 1
+    counts[0] -= 1
+    counts[-1] -= 1
+    return ",".join(str(c) for c in counts)
+
+
 def schedule_options(pp: int, num_layers: int, space: SearchSpace) -> list[tuple[str, int]]:
     """(schedule, vpp) pairs to try for a pipeline degree: each vpp the schedule's layout allows — for a layout
-    without an upper limit (interleaved), every one from its minimum that gives whole layer chunks."""
+    without an upper limit (interleaved), every one from its minimum that splits the layers evenly (uneven layouts
+    are searched for the schedules with a fixed number of chunks only: one, or the V's two — an interleaved
+    schedule's many chunk counts would multiply the space for little gain)."""
     if pp == 1:
         options = [(DEFAULT_SCHEDULE, 1)]
     else:
@@ -134,6 +161,14 @@ def ep_options(model: ModelSpec, dp: int, space: SearchSpace) -> list[int]:
     if not model.num_experts:
         return [1] if space.allows("ep", 1) else []
     return [e for e in divisors(dp) if model.num_experts % e == 0 and space.allows("ep", e)]
+
+
+def etp_options(model: ModelSpec, tp: int, space: SearchSpace) -> list[int]:
+    """Expert tensor parallelism: experts whole (1) or split like the attention (tp) — Megatron-Core's parallel
+    folding makes both common; other values are left to --fix."""
+    if "etp" in space.pins:
+        return [space.pins["etp"]]
+    return sorted({1, tp}) if model.num_experts else [1]
 
 
 def _validate(plan_fields: dict[str, Any], model: ModelSpec, cluster: Cluster, seq_len: int,
@@ -163,6 +198,11 @@ def enumerate_space(model: ModelSpec, cluster: Cluster, global_batch: int, seq_l
         return [m for m in divisors(per_replica) if space.allows("micro_batch", m)]
 
     def sp_options(tp: int) -> tuple[bool, ...]:
+        if tp > 1 and model.num_experts:
+            # an MoE layer routes each tp rank's own sequence-parallel slice of the tokens (Megatron-LM refuses
+            # expert parallelism with tensor parallelism but without sequence parallelism; predict/moe.py costs
+            # that layout), so only `on` is searched
+            return space.allowed("sequence_parallel", (True,))
         return space.allowed("sequence_parallel", space.sequence_parallel if tp > 1 else (False,))
 
     def passing(base: dict[str, Any], name: str, choices: tuple[Any, ...], weight: int) -> list[Any]:
@@ -188,11 +228,12 @@ def enumerate_space(model: ModelSpec, cluster: Cluster, global_batch: int, seq_l
         zeros = all_zeros[:1] if dp * cp == 1 else all_zeros
         width = len(zeros) * len(recompute)
         below_schedule = len(micros) * len(precisions) * len(sps) * width
-        for ep in ep_options(model, dp, space):
-            degrees = dict(dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, global_batch=global_batch)
+        for ep, etp in itertools.product(ep_options(model, dp, space), etp_options(model, tp, space)):
+            degrees = dict(dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, etp=etp, global_batch=global_batch)
             subtree = len(schedules) * below_schedule
             total += subtree
-            base = {**degrees, "pp_schedule": DEFAULT_SCHEDULE, "vpp": 1}
+            base = {**degrees, "pp_schedule": DEFAULT_SCHEDULE, "vpp": 1,
+                    "pipeline_layout": uneven_layout(model.num_layers, pp)}
             reason = _validate(base, model, cluster, seq_len, fixes)
             if reason:
                 rejected[reason] += subtree
@@ -203,19 +244,21 @@ def enumerate_space(model: ModelSpec, cluster: Cluster, global_batch: int, seq_l
             ok_precisions = passing(base, "precision", precisions, len(schedules) * len(micros) * len(sps) * width)
             ok_sps = passing(base, "sequence_parallel", sps, len(schedules) * len(micros) * len(ok_precisions) * width)
             for schedule, vpp in schedules:
-                reason = _validate({**degrees, "pp_schedule": schedule, "vpp": vpp}, model, cluster, seq_len, fixes)
+                layout = uneven_layout(model.num_layers, pp * vpp) if SCHEDULES[schedule].layout.max_vpp else ""
+                reason = _validate({**degrees, "pp_schedule": schedule, "vpp": vpp, "pipeline_layout": layout},
+                                   model, cluster, seq_len, fixes)
                 if reason:
                     rejected[reason] += len(micros) * len(ok_precisions) * len(ok_sps) * width
                     continue
                 for micro in micros:
                     # the only micro-batch-dependent rule is a schedule's micro-batches % pp
                     if SCHEDULES[schedule].microbatches_multiple_of_pp and micro > 1:
-                        reason = _validate({**degrees, "pp_schedule": schedule, "vpp": vpp, "micro_batch": micro},
-                                        model, cluster, seq_len, fixes)
+                        reason = _validate({**degrees, "pp_schedule": schedule, "vpp": vpp, "micro_batch": micro,
+                                            "pipeline_layout": layout}, model, cluster, seq_len, fixes)
                         if reason:
                             rejected[reason] += len(ok_precisions) * len(ok_sps) * width
                             continue
-                    leaves.extend(Leaf(dp, tp, pp, cp, ep, schedule, vpp, micro, precision, sp, zeros)
+                    leaves.extend(Leaf(dp, tp, pp, cp, ep, schedule, vpp, micro, precision, sp, zeros, etp, layout)
                                   for precision in ok_precisions for sp in ok_sps)
     return Enumeration(cluster=cluster, leaves=leaves, rejected=rejected, fixes=fixes, total=total)
 

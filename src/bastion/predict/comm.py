@@ -128,3 +128,26 @@ def p2p_time(cluster: Cluster, nbytes: float, crosses_domain: bool) -> float:
     if crosses_domain:
         return _scale_out_time(cluster, nbytes) + net.scale_out_latency_us * 1e-6
     return _scale_up_time(cluster, nbytes) + net.scale_up_latency_us * 1e-6
+
+
+@lru_cache(maxsize=65536)
+def all_to_all_time(cluster: Cluster, nbytes: float, g: GroupPlacement) -> float:
+    """Seconds for every rank of group g to send `nbytes` in total, spread evenly over the members (itself
+    included, which keeps its share), and to receive as much: an expert-parallel dispatch or combine.
+
+    NCCL's all-to-all posts a send and a receive to every peer at once: the shares for peers in the same scale-up
+    domain cross NVLink while the shares for the other domains leave through this GPU's own NIC, in parallel, so
+    the slower of the two sets the time. Message-size efficiency is the same ramp as for the other collectives,
+    taken at the bytes each link carries in the call; the exchanges wait one hop's latency."""
+    if g.size <= 1 or nbytes <= 0:
+        return 0.0
+    measured = _profiled(cluster, "all_to_all", g.size, nbytes)
+    if measured:
+        return measured
+    net = cluster.network
+    per_peer = nbytes / g.size
+    intra = (g.local - 1) * per_peer
+    inter = (g.size - g.local) * per_peer
+    t_intra = _scale_up_time(cluster, intra) + net.scale_up_latency_us * 1e-6 if intra > 0 else 0.0
+    t_inter = _scale_out_time(cluster, inter) + net.scale_out_latency_us * 1e-6 if inter > 0 else 0.0
+    return max(t_intra, t_inter)

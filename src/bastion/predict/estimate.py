@@ -16,13 +16,15 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from typing import Any, NamedTuple
 
-from bastion.predict import comm, compute, flops, schedule
+from bastion.predict import comm, compute, flops, moe, schedule
 from bastion.predict.calibration import load_calibration
 from bastion.predict.memory import (
     MemoryBreakdown,
     activation_bytes_per_token,
     activation_dtype_bytes,
     fsdp_unit_numels,
+    has_dense_layers,
+    stage_dense_layers,
     stage_memory,
     stage_states,
     state_bytes_per_param,
@@ -48,6 +50,11 @@ class TimeBreakdown:
     memory_bound: float
     tp_comm: float
     cp_comm: float
+    #: expert parallelism's dispatch/combine all-to-alls (forward and backward) that compute does not hide
+    #: (0 for dense models)
+    ep_comm: float
+    #: expert tensor parallelism's all-gathers / reduce-scatters around the expert GEMMs (0 unless etp > 1)
+    etp_comm: float
     dp_comm: float
     pp_comm: float
     bubble: float
@@ -82,6 +89,9 @@ class Estimate:
     hbm_bytes: float
     fits: bool
     assumptions: list[str] = field(default_factory=list)
+    #: MoE models: the expert placement (moe.expert_placement), the all-to-all's seconds and share of the step,
+    #: the load imbalance and all-to-all overlap assumed; empty for dense models
+    experts: dict[str, Any] = field(default_factory=dict)
 
     def time_to_train_s(self, tokens: float) -> float:
         """Seconds to train on `tokens` tokens at this step rate."""
@@ -95,7 +105,7 @@ class Estimate:
             "time": self.time.to_dict(), "step_time_s": self.step_time_s, "tokens_per_s": self.tokens_per_s,
             "mfu": self.mfu, "hfu": self.hfu, "model_flops_per_step": self.model_flops_per_step,
             "hardware_flops_per_step": self.hardware_flops_per_step, "mfu_convention": MFU_CONVENTION,
-            "assumptions": list(self.assumptions),
+            "assumptions": list(self.assumptions), **({"experts": self.experts} if self.experts else {}),
         }
 
 
@@ -112,29 +122,49 @@ class _StageTime:
     backward: float  # the window a data-parallel gradient reduction can hide under
     forward: float  # the window a ZeRO-1/2 parameter all-gather can hide under
     host_overhead: float = 0.0
+    ep_comm: float = 0.0
+    etp_comm: float = 0.0
 
     @property
     def total(self) -> float:
         return (self.compute + self.recompute + self.memory_bound + self.tp_comm + self.cp_comm
-                + self.fsdp_exposed + self.host_overhead)
+                + self.fsdp_exposed + self.host_overhead + self.ep_comm + self.etp_comm)
 
 
-def _mlp_width_and_tokens(model: ModelSpec, tokens: int) -> tuple[int, int]:
-    """The MLP's inner width and the tokens it sees: an expert's width and top_k routed copies under MoE."""
+def _mlp_width(model: ModelSpec) -> int:
+    """Inner width of the MLP that runs on every token of a layer: the dense MLP, or an MoE layer's shared
+    experts as one MLP (0 when it has none); the routed experts are costed apart (predict/moe.py)."""
     if model.num_experts:
-        return model.expert_width, tokens * (model.top_k + model.num_shared_experts)
-    return model.ffn_hidden_size, tokens
+        return model.num_shared_experts * model.expert_width
+    return model.ffn_hidden_size
+
+
+def _attention_gemm_shapes(model: ModelSpec, tp: int, tokens: int) -> tuple[tuple[int, int, int], ...]:
+    """(m, k, n) of one layer's attention projections on one tensor-parallel rank. MLA (Megatron-Core's
+    MLASelfAttention): the query and the key/value down-projections to their latents are replicated in the tp
+    group, the up-projections (per head) and the output projection are split by it."""
+    h = model.hidden_size
+    if model.is_mla:
+        q_heads = model.num_heads * model.head_dim // tp
+        kv_heads = model.num_heads * (model.qk_nope_head_dim + model.v_head_dim) // tp
+        query = (((tokens, h, model.q_lora_rank), (tokens, model.q_lora_rank, q_heads)) if model.q_lora_rank
+                 else ((tokens, h, q_heads),))
+        return (*query,
+                (tokens, h, model.kv_lora_rank + model.qk_rope_head_dim),   # latent + the shared rotary key
+                (tokens, model.kv_lora_rank, kv_heads),                      # keys (non-rotary) and values
+                (tokens, model.v_width // tp, h))                            # output projection
+    q, kv = model.q_width, model.kv_width
+    return ((tokens, h, (q + 2 * kv) // tp),                              # QKV projection
+            (tokens, q // tp, h))                                         # attention output projection
 
 
 def _layer_gemm_shapes(model: ModelSpec, plan: ParallelPlan | _StageKey, tokens: int) -> tuple[tuple[int, int, int], ...]:
-    """(m, k, n) of one layer's forward GEMMs on one tensor-parallel rank."""
-    tp = plan.tp
-    h, q, kv = model.hidden_size, model.q_width, model.kv_width
-    f, tokens_mlp = _mlp_width_and_tokens(model, tokens)
-    return ((tokens, h, (q + 2 * kv) // tp),                              # QKV projection
-            (tokens, q // tp, h),                                         # attention output projection
-            (tokens_mlp, h, (model.ffn_matrices - 1) * f // tp),          # fc1 (+ gate)
-            (tokens_mlp, f // tp, h))                                     # fc2
+    """(m, k, n) of one layer's forward GEMMs on one tensor-parallel rank (an MoE layer's routed experts are
+    costed by predict/moe.py)."""
+    tp, h, f = plan.tp, model.hidden_size, _mlp_width(model)
+    mlp = ((tokens, h, (model.ffn_matrices - 1) * f // tp),               # fc1 (+ gate)
+           (tokens, f // tp, h)) if f else ()                             # fc2
+    return _attention_gemm_shapes(model, tp, tokens) + mlp
 
 
 def _every_second_matmul_shapes(model: ModelSpec, plan: ParallelPlan | _StageKey,
@@ -142,9 +172,9 @@ def _every_second_matmul_shapes(model: ModelSpec, plan: ParallelPlan | _StageKey
     """(m, k, n) of the matmuls op-level selective checkpointing recomputes (flops.every_second_matmul_params)."""
     tp = plan.tp
     h, q, kv = model.hidden_size, model.q_width, model.kv_width
-    f, tokens_mlp = _mlp_width_and_tokens(model, tokens)
-    third = (tokens_mlp, h, f // tp) if model.ffn_type == "swiglu" else (tokens_mlp, f // tp, h)
-    return ((tokens, h, kv // tp), (tokens, q // tp, h), third)
+    f = _mlp_width(model)
+    third = ((tokens, h, f // tp) if model.ffn_type == "swiglu" else (tokens, f // tp, h),) if f else ()
+    return ((tokens, h, kv // tp), (tokens, q // tp, h), *third)
 
 
 def _layer_gemm_fwd_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan | _StageKey, tokens: int) -> float:
@@ -199,15 +229,23 @@ class _StageKey(NamedTuple):
     recompute: str
     sequence_parallel: bool
     precision: str
+    #: expert parallelism, expert tensor parallelism, and the fraction of the all-to-all hidden under compute
+    ep: int = 1
+    etp: int = 1
+    a2a_overlap: float = 0.0
 
 
 def _stage_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int, layers: int,
-                has_first: bool, has_last: bool, options: PredictOptions) -> _StageTime:
+                has_first: bool, has_last: bool, options: PredictOptions, dense: int = 0) -> _StageTime:
     # only ZeRO-3 (parameter gathering) makes a rank's time depend on dp or the ZeRO stage
     zero3 = plan.zero_stage == 3 and plan.shard_degree > 1
     key = _StageKey(plan.shard_degree if zero3 else 1, plan.tp, plan.cp, 3 if zero3 else 0, plan.micro_batch,
-                    plan.recompute, plan.sequence_parallel, plan.precision)
-    return _stage_time_of(model, cluster, key, seq_len, layers, has_first, has_last, options)
+                    plan.recompute, plan.sequence_parallel, plan.precision, *_expert_key(plan, options))
+    return _stage_time_of(model, cluster, key, seq_len, layers, has_first, has_last, options, dense)
+
+
+def _expert_key(plan: ParallelPlan, options: PredictOptions) -> tuple[int, int, float]:
+    return plan.ep, plan.etp, options.moe_a2a_overlap
 
 
 def _micro_batch_overhead(node: Cluster, plan: ParallelPlan, layers: int, has_first: bool, has_last: bool) -> float:
@@ -273,6 +311,9 @@ class _LayerCosts(NamedTuple):
     membound: float
     tp: float
     cp: float
+    #: exposed all-to-all, and the expert-tensor-parallel collectives (MoE layers)
+    ep: float = 0.0
+    etp: float = 0.0
 
 
 @lru_cache(maxsize=16384)
@@ -288,8 +329,19 @@ def _layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: i
                                                                 plan.precision, options.dropout)
     if options.compiled:
         membound_per_token *= load_calibration().membound["compiled_layer_membound_fraction"]
+    routed = None
+    if model.num_experts:
+        imbalance, _ = moe.imbalance(model, options)
+        routed = moe.routed_cost(model, cluster, tokens, plan.tp, plan.ep, plan.etp, plan.precision, imbalance)
+        # the per-token membound above counts a dense MLP's activation; an MoE layer runs its shared experts' on
+        # every token (the routed experts' is in the routed cost)
+        dtype = 2.0 if plan.precision == "fp32" else 1.0
+        membound_per_token += dtype * (moe.mlp_activation_bytes_per_token(model, _mlp_width(model))
+                                       - moe.mlp_activation_bytes_per_token(model, model.ffn_hidden_size)) / plan.tp
+        gemm_fwd += routed.gemm_fwd
+        layer_compute += 3 * routed.gemm_fwd
     layer_membound = (compute.membound_time(acc, tokens * membound_per_token)
-                      + _layer_fp8_cast_time(model, cluster, plan, tokens))
+                      + _layer_fp8_cast_time(model, cluster, plan, tokens) + (routed.membound if routed else 0.0))
     if plan.recompute == "full":
         layer_recompute = gemm_fwd + attn_fwd
         layer_membound *= 4 / 3  # the forward third of the memory-bound work runs again
@@ -307,7 +359,11 @@ def _layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: i
     layer_tp = 0.0
     if plan.tp > 1:
         tp_group = comm.place_group(cluster, plan.tp, 1)
+        # an MoE layer without shared experts has no tensor-parallel MLP: the router sees the sequence-parallel
+        # slice of the tokens, so only attention's collectives remain
         collectives = 4 + (2 if plan.recompute == "full" else 0)
+        if model.num_experts and not _mlp_width(model):
+            collectives //= 2
         nbytes = float(tokens * model.hidden_size * a)
         if plan.sequence_parallel and cluster.profile is not None:
             # measured collectives: each all-reduce is an all-gather and a reduce-scatter under SP, two
@@ -338,16 +394,49 @@ def _layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: i
                 cluster, kv_bytes * plan.cp, cp_group)
         else:
             raise ValueError(f"context_parallel must be 'all-gather' or 'ring', got {options.context_parallel!r}")
-    return _LayerCosts(gemm_fwd, attn_fwd, layer_compute, layer_recompute, layer_membound, layer_tp, layer_cp)
+    layer_ep = layer_etp = 0.0
+    if routed is not None:
+        again = 1.5 if plan.recompute == "full" else 1.0  # the recomputed forward dispatches and combines again
+        layer_ep = again * moe.exposed_a2a(routed.a2a, layer_compute, plan.a2a_overlap)
+        layer_etp = again * routed.etp_comm
+    return _LayerCosts(gemm_fwd, attn_fwd, layer_compute, layer_recompute, layer_membound, layer_tp, layer_cp,
+                       layer_ep, layer_etp)
+
+
+@lru_cache(maxsize=16384)
+def _head_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: int, options: PredictOptions
+                ) -> tuple[float, float]:
+    """(forward + backward GEMM, loss memory-bound) seconds of the LM head for one micro-batch."""
+    acc = cluster.accelerator
+    tokens = plan.micro_batch * seq_len // plan.cp
+    # fp8 recipes (Transformer Engine, torchao/torchtitan) keep the LM head in bf16
+    head_precision = "bf16" if plan.precision == "fp8" else plan.precision
+    head_fwd = compute.gemm_time(acc, head_precision, tokens, model.hidden_size, model.vocab_size // plan.tp)
+    return 3 * head_fwd, compute.membound_time(acc, tokens * compute.cross_entropy_bytes_per_token(
+        model, plan.tp, options.fused_cross_entropy))
+
+
+@lru_cache(maxsize=16384)
+def _layer_total(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: int, options: PredictOptions,
+                 moe_layer: bool) -> float:
+    """Seconds of one layer (an MoE model's layer with experts, or without them) in a rank's per-micro-batch
+    total, with no ZeRO-3 gathers (the step-time bound's unit)."""
+    costs = _layer_costs(model if moe_layer else moe.dense_layer_model(model), cluster, plan, seq_len, options)
+    return costs.compute + costs.recompute + costs.membound + costs.tp + costs.cp + costs.ep + costs.etp
 
 
 @lru_cache(maxsize=65536)
 def _stage_time_of(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: int, layers: int,
-                   has_first: bool, has_last: bool, options: PredictOptions) -> _StageTime:
-    acc = cluster.accelerator
-    tokens = plan.micro_batch * seq_len // plan.cp
-    gemm_fwd, attn_fwd, layer_compute, layer_recompute, layer_membound, layer_tp, layer_cp = _layer_costs(
-        model, cluster, plan._replace(dp=1, zero_stage=0), seq_len, options)
+                   has_first: bool, has_last: bool, options: PredictOptions, dense: int = 0) -> _StageTime:
+    """`dense` of the stage's `layers` are an MoE model's layers without experts (leading or interleaved)."""
+    key = plan._replace(dp=1, zero_stage=0)
+    costs = _layer_costs(model, cluster, key, seq_len, options)
+    if dense and layers:
+        # one average layer: every term below is linear in the layer count but the ZeRO-3 overlap windows
+        dense_costs = _layer_costs(moe.dense_layer_model(model), cluster, key, seq_len, options)
+        costs = _LayerCosts(*((c * (layers - dense) + d * dense) / layers for c, d in zip(costs, dense_costs,
+                                                                                          strict=True)))
+    gemm_fwd, attn_fwd, layer_compute, layer_recompute, layer_membound, layer_tp, layer_cp, layer_ep, layer_etp = costs
 
     compute_t = layers * layer_compute
     recompute_t = layers * layer_recompute
@@ -356,13 +445,8 @@ def _stage_time_of(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len:
     forward_t = layers * (gemm_fwd + attn_fwd + layer_membound / 4)
     head_compute = head_membound = 0.0
     if has_last:
-        # fp8 recipes (Transformer Engine, torchao/torchtitan) keep the LM head in bf16
-        head_precision = "bf16" if plan.precision == "fp8" else plan.precision
-        head_fwd = compute.gemm_time(acc, head_precision, tokens, model.hidden_size, model.vocab_size // plan.tp)
-        head_compute = 3 * head_fwd
-        head_membound = compute.membound_time(acc, tokens * compute.cross_entropy_bytes_per_token(
-            model, plan.tp, options.fused_cross_entropy))
-        backward_t += 2 * head_fwd
+        head_compute, head_membound = _head_costs(model, cluster, key, seq_len, options)
+        backward_t += head_compute * 2 / 3
     compute_t += head_compute
     membound_t += head_membound
 
@@ -392,7 +476,33 @@ def _stage_time_of(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len:
             fsdp += max(0.0, 2 * t_gather + t_scatter - head_compute)
     return _StageTime(compute=compute_t, recompute=recompute_t, memory_bound=membound_t,
                       tp_comm=layers * layer_tp, cp_comm=layers * layer_cp, fsdp_exposed=fsdp,
-                      backward=backward_t, forward=forward_t)
+                      backward=backward_t, forward=forward_t, ep_comm=layers * layer_ep,
+                      etp_comm=layers * layer_etp)
+
+
+class _Stages(NamedTuple):
+    """The pipeline ranks the predictor costs: every rank's (layers, has the embedding, has the LM head), the
+    ranks whose memory or time can be the worst, and each rank's layers without experts."""
+
+    roles: tuple[tuple[int, bool, bool], ...]
+    costed: tuple[int, ...]
+    dense: tuple[int, ...]
+
+
+def _stages(model: ModelSpec, plan: ParallelPlan) -> _Stages:
+    return _stages_of(model, plan.pp_schedule, plan.pp, plan.vpp, plan.chunk_layers(model))
+
+
+@lru_cache(maxsize=4096)
+def _stages_of(model: ModelSpec, pp_schedule: str, pp: int, vpp: int, counts: tuple[int, ...] | None) -> _Stages:
+    roles = schedule.stage_roles(model.num_layers, pp_schedule, pp, vpp, counts)
+    dense = tuple(stage_dense_layers(model, pp_schedule, pp, vpp, i, counts) for i in range(pp))
+    # a rank's time and model states depend on it only through its role and its layers without experts, and the
+    # micro-batches in flight never grow with the rank index: the lowest rank of each (role, dense) is enough
+    first_of: dict[tuple[tuple[int, bool, bool], int], int] = {}
+    for stage in range(pp):
+        first_of.setdefault((roles[stage], dense[stage]), stage)
+    return _Stages(roles, tuple(sorted(first_of.values())), dense)
 
 
 def per_rank(cluster: Cluster) -> Cluster:
@@ -417,10 +527,15 @@ def step_time_lower_bound(model: ModelSpec, cluster: Cluster, plan: ParallelPlan
     s = seq_len or model.seq_len
     model = model.with_seq_len(s)
     cluster = per_rank(cluster)
-    key = _StageKey(1, plan.tp, plan.cp, 0, plan.micro_batch, "none", plan.sequence_parallel, plan.precision)
-    roles = schedule.stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp)
-    slowest = max(_stage_time_of(model, cluster, key, s, *roles[i], options).total
-                  for i in schedule.representative_stages(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp))
+    key = _StageKey(1, plan.tp, plan.cp, 0, plan.micro_batch, "none", plan.sequence_parallel, plan.precision,
+                    *_expert_key(plan, options))
+    stages = _stages(model, plan)
+    moe_layer = _layer_total(model, cluster, key, s, options, True)
+    dense_layer = _layer_total(model, cluster, key, s, options, False) if has_dense_layers(model) else 0.0
+    head = sum(_head_costs(model, cluster, key, s, options))
+    # what _stage_time_of(...).total is for this key (no ZeRO-3, no host overheads), from cached per-layer sums
+    slowest = max((layers - dense) * moe_layer + dense * dense_layer + (head if has_last else 0.0)
+                  for (layers, _, has_last), dense in ((stages.roles[i], stages.dense[i]) for i in stages.costed))
     m = plan.num_microbatches
     bubble = schedule.bubble_fraction(plan.pp_schedule, plan.pp, plan.vpp, m) * m * slowest
     return (m * slowest + bubble) * (1 - 1e-12)  # the margin absorbs rounding in a differently ordered sum
@@ -436,13 +551,14 @@ def memory_lower_bound(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, s
     options = options or DEFAULT_OPTIONS
     s = seq_len or model.seq_len
     model = model.with_seq_len(s)
-    roles = schedule.stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp)
+    stages = _stages(model, plan)
     inputs_per_token = activation_bytes_per_token(model, s, plan.tp, plan.sequence_parallel, "full", plan.precision)
     tokens = plan.micro_batch * s / plan.cp
     m = plan.num_microbatches
     worst = max(sum(stage_states(model, plan, i)) + (1 + options.fragmentation) * tokens * inputs_per_token
-                * schedule.layer_microbatches_in_flight(plan.pp_schedule, plan.pp, plan.vpp, m, i, roles[i][0])
-                for i in schedule.representative_stages(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp))
+                * schedule.layer_microbatches_in_flight(plan.pp_schedule, plan.pp, plan.vpp, m, i,
+                                                        stages.roles[i][0])
+                for i in stages.costed)
     reserve = 0.0 if compute.is_cpu(cluster.accelerator) else options.runtime_reserve_gib * 2**30
     return (worst + reserve) * (1 - 1e-12)  # the margin absorbs rounding in a differently ordered sum
 
@@ -462,14 +578,15 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     m = plan.num_microbatches
     is_gpu = not compute.is_cpu(acc)
 
-    roles = schedule.stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp)
+    stages = _stages(model, plan)
+    roles = stages.roles
     # the fullest and the slowest rank are among the first rank of each role (schedule.representative_stages)
-    representatives = schedule.representative_stages(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp)
+    representatives = stages.costed
     memory_by_stage = [stage_memory(model, plan, s, i, is_gpu, options)
                        for i in (range(plan.pp) if detail else representatives)]
     worst_memory = max(memory_by_stage, key=lambda mb: mb.total)
 
-    stage_times = [_stage_time(model, cluster, plan, s, *roles[i], options) for i in representatives]
+    stage_times = [_stage_time(model, cluster, plan, s, *roles[i], options, stages.dense[i]) for i in representatives]
     saturated = _host_saturated(node)
     if saturated:
         stage_times = [replace(t, host_overhead=_micro_batch_overhead(node, plan, *roles[i]),
@@ -523,7 +640,8 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     step_overhead = max(_step_overhead(node, model, plan, *roles[i]) for i in representatives)
     time = TimeBreakdown(
         compute=m * slowest.compute, recompute=m * slowest.recompute, memory_bound=m * slowest.memory_bound,
-        tp_comm=m * slowest.tp_comm, cp_comm=m * slowest.cp_comm, dp_comm=dp_comm, pp_comm=pp_comm,
+        tp_comm=m * slowest.tp_comm, cp_comm=m * slowest.cp_comm, ep_comm=m * slowest.ep_comm,
+        etp_comm=m * slowest.etp_comm, dp_comm=dp_comm, pp_comm=pp_comm,
         bubble=bubble, optimizer=optimizer, host_overhead=m * slowest.host_overhead + step_overhead,
         step=m * slowest.total + bubble + pp_comm + (dp_comm - m * slowest.fsdp_exposed) + optimizer
         + step_overhead)
@@ -558,9 +676,26 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
         "loss: fused cross-entropy kernel" if options.fused_cross_entropy
         else "loss: plain PyTorch cross-entropy on fp32 logits",
     ]
+    experts: dict[str, Any] = {}
+    if model.num_experts:
+        imbalance, why = moe.imbalance(model, options)
+        overlap = options.moe_a2a_overlap
+        experts = {"placement": moe.expert_placement(model, node, plan.ep, plan.etp, plan.tp, plan.dp, plan.cp),
+                   "all_to_all_s": time.ep_comm, "all_to_all_share": time.ep_comm / time.step,
+                   "etp_comm_s": time.etp_comm, "imbalance": imbalance, "imbalance_source": why,
+                   "all_to_all_overlap": overlap}
+        assumptions += [
+            moe.placement_line(experts["placement"]),
+            f"MoE load imbalance: the busiest expert gets {imbalance:g} × the mean tokens ({why}; "
+            f"predict/data/moe.toml); the slowest rank holds it, its other experts at the mean",
+            f"expert all-to-all: {100 * overlap:g}% hidden under compute"
+            + " (the software stack's moe_a2a_overlap)"
+            + f"; {100 * time.ep_comm / time.step:.1f}% of the step exposed",
+            "expert GEMMs at the calibrated efficiency of each expert's own shape (rows = its tokens)"]
     return Estimate(model=model.name, cluster=cluster.name, plan=plan, seq_len=s, memory=worst_memory,
                     memory_by_stage=memory_by_stage, time=time, step_time_s=time.step,
                     tokens_per_s=tokens_per_step / time.step, mfu=model_flops / (time.step * peak),
                     hfu=hardware_flops / (time.step * peak), model_flops_per_step=model_flops,
                     hardware_flops_per_step=hardware_flops, hbm_bytes=acc.hbm_bytes,
-                    fits=worst_memory.total <= acc.hbm_bytes, assumptions=[a for a in assumptions if a])
+                    fits=worst_memory.total <= acc.hbm_bytes, assumptions=[a for a in assumptions if a],
+                    experts=experts)

@@ -42,6 +42,8 @@ class ParamShape:
     #: a routed-expert tensor: expert parallelism splits its dim 0 (the experts) over ep ranks, and ZeRO/FSDP
     #: then shards the local experts over the dp × cp / ep ranks that hold the same experts
     expert: bool = False
+    #: an expert tensor's inner-width dimension, which expert tensor parallelism (etp) splits
+    etp_dim: int | None = None
 
 
 def _mlp_shapes(prefix: str, h: int, f: int, gated: bool, bias: bool) -> list[ParamShape]:
@@ -78,7 +80,7 @@ def layer_param_shapes(model: ModelSpec, moe: bool | None = None) -> list[ParamS
         shapes.append(ParamShape("moe.router.weight", (e, h)))
         for name in ("w1", "w3", "w2") if gated else ("w1", "w2"):
             shapes.append(ParamShape(f"moe.experts.{name}", (e, h, ef) if name == "w2" else (e, ef, h),
-                                     expert=True))
+                                     expert=True, etp_dim=2 if name == "w2" else 1))
         if model.num_shared_experts:
             shapes += _mlp_shapes("moe.shared_experts", h, model.num_shared_experts * ef, gated, False)
     else:
@@ -113,13 +115,16 @@ def chunk_length(size: int, parts: int, index: int) -> int:
     return max(0, min(piece, size - index * piece))
 
 
-def _local_numel(p: ParamShape, tp: int, tp_rank: int, dp: int, dp_rank: int, dp_sharded: bool, ep: int = 1
-                 ) -> int:
+def _local_numel(p: ParamShape, tp: int, tp_rank: int, dp: int, dp_rank: int, dp_sharded: bool, ep: int = 1,
+                 etp: int = 1) -> int:
     """Elements of `p` on one rank; `dp_rank` is the shard index among the `dp` (dp × cp) ranks, of which
-    consecutive groups of `ep` split the experts (runtime/mesh.py: ep is innermost in the data-parallel ranks)."""
+    consecutive groups of `ep` split the experts (runtime/mesh.py: ep is innermost in the data-parallel ranks);
+    etp splits each expert's inner width (etp rank = tp_rank mod etp)."""
     shape = list(p.shape)
     if p.tp_dim is not None and tp > 1:
         shape[p.tp_dim] = chunk_length(shape[p.tp_dim], tp, tp_rank)
+    if p.etp_dim is not None and etp > 1:
+        shape[p.etp_dim] = chunk_length(shape[p.etp_dim], etp, tp_rank % etp)
     if p.expert and ep > 1:
         shape[0] = chunk_length(shape[0], ep, dp_rank % ep)
         dp, dp_rank = dp // ep, dp_rank // ep
@@ -133,8 +138,9 @@ def _local_numel(p: ParamShape, tp: int, tp_rank: int, dp: int, dp_rank: int, dp
 
 def stage_param_shapes(model: ModelSpec, plan: ParallelPlan, stage: int) -> list[tuple[ParamShape, int]]:
     """(parameter, how many copies of it) held by pipeline rank `stage`."""
-    layers, has_first, has_last = stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp)[stage]
-    dense = stage_dense_layers(model, plan.pp_schedule, plan.pp, plan.vpp, stage)
+    counts = plan.chunk_layers(model)
+    layers, has_first, has_last = stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp, counts)[stage]
+    dense = stage_dense_layers(model, plan.pp_schedule, plan.pp, plan.vpp, stage, counts)
     held: list[tuple[ParamShape, int]] = [(p, layers - dense) for p in _layer_shapes(model)]
     if dense:
         held += [(p, dense) for p in _layer_shapes(model, False)]
@@ -171,8 +177,8 @@ def model_state_bytes(model: ModelSpec, plan: ParallelPlan, stage: int, dp_rank:
     params = grads = optimizer = 0
     shards, shard = plan.shard_degree, dp_rank * plan.cp + cp_rank
     for shape, copies in stage_param_shapes(model, plan, stage):
-        full = _local_numel(shape, plan.tp, tp_rank, shards, shard, dp_sharded=False, ep=plan.ep)
-        sharded = _local_numel(shape, plan.tp, tp_rank, shards, shard, dp_sharded=True, ep=plan.ep)
+        full = _local_numel(shape, plan.tp, tp_rank, shards, shard, dp_sharded=False, ep=plan.ep, etp=plan.etp)
+        sharded = _local_numel(shape, plan.tp, tp_rank, shards, shard, dp_sharded=True, ep=plan.ep, etp=plan.etp)
         params += copies * (sharded if z >= 3 else full)
         grads += copies * (sharded if z >= 2 else full)
         optimizer += copies * (sharded if z >= 1 else full)
@@ -182,35 +188,46 @@ def model_state_bytes(model: ModelSpec, plan: ParallelPlan, stage: int, dp_rank:
 def stage_states(model: ModelSpec, plan: ParallelPlan, stage: int) -> tuple[int, int, int]:
     """(params, grads, optimizer) bytes on rank 0 of a stage, cached by what they depend on: the planner varies
     batch, recompute and schedule far more often than the degrees that shape the model states."""
-    layers, has_first, has_last = stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp)[stage]
-    dense = stage_dense_layers(model, plan.pp_schedule, plan.pp, plan.vpp, stage)
+    counts = plan.chunk_layers(model)
+    layers, has_first, has_last = stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp, counts)[stage]
+    dense = stage_dense_layers(model, plan.pp_schedule, plan.pp, plan.vpp, stage, counts)
     return _states_of_role(model, plan.tp, plan.shard_degree, plan.zero_stage, plan.precision, layers, has_first,
-                           has_last, dense, plan.ep)
+                           has_last, dense, plan.ep, plan.etp)
 
 
 @lru_cache(maxsize=65536)
 def fullest_stage_states(model: ModelSpec, tp: int, dp: int, zero_stage: int, precision: str, schedule: str,
-                         pp: int, vpp: int, ep: int = 1) -> int:
+                         pp: int, vpp: int, ep: int = 1, etp: int = 1, counts: tuple[int, ...] | None = None) -> int:
     """Parameter + gradient + optimizer bytes on the fullest pipeline rank (the planner's memory lower bound:
-    no plan with these degrees, schedule, precision and ZeRO stage needs less); `dp` is the shard degree dp × cp."""
-    roles = stage_roles(model.num_layers, schedule, pp, vpp)
-    stages = range(pp) if model.dense_layers else representative_stages(model.num_layers, schedule, pp, vpp)
+    no plan with these degrees, schedule, layout, precision and ZeRO stage needs less); `dp` is the shard degree
+    dp × cp; `counts` the chunks' layer counts (None: the even split)."""
+    roles = stage_roles(model.num_layers, schedule, pp, vpp, counts)
+    stages = (range(pp) if has_dense_layers(model)
+              else representative_stages(model.num_layers, schedule, pp, vpp, counts))
     return max(sum(_states_of_role(model, tp, dp, zero_stage, precision, *roles[i],
-                                   stage_dense_layers(model, schedule, pp, vpp, i), ep)) for i in stages)
+                                   stage_dense_layers(model, schedule, pp, vpp, i, counts), ep, etp))
+               for i in stages)
+
+
+@lru_cache(maxsize=1024)
+def has_dense_layers(model: ModelSpec) -> bool:
+    """An MoE model with layers that have no experts (so ranks of one role may differ in their layers' kinds)."""
+    return bool(model.num_experts) and model.num_moe_layers < model.num_layers
 
 
 @lru_cache(maxsize=8192)
 def _states_of_role(model: ModelSpec, tp: int, dp: int, zero_stage: int, precision: str, layers: int,
-                    has_first: bool, has_last: bool, dense_layers: int = 0, ep: int = 1) -> tuple[int, int, int]:
+                    has_first: bool, has_last: bool, dense_layers: int = 0, ep: int = 1, etp: int = 1
+                    ) -> tuple[int, int, int]:
     p_bytes, g_bytes, o_bytes = state_bytes_per_param(precision)
-    parts = [(_part_numels(model, "layer", tp, dp, ep), layers - dense_layers)]
+    parts = [(_part_numels(model, "layer", tp, dp, ep, etp), layers - dense_layers)]
     if dense_layers:
-        parts.append((_part_numels(model, "dense layer", tp, dp, ep), dense_layers))
+        parts.append((_part_numels(model, "dense layer", tp, dp, ep, etp), dense_layers))
     if has_first:
-        parts.append((_part_numels(model, "embedding", tp, dp, ep), 1))
+        parts.append((_part_numels(model, "embedding", tp, dp, ep, etp), 1))
     if has_last:
         parts.append((_part_numels(model, "head" if model.tied_embeddings and has_first else "head+output", tp, dp,
-                                   ep), 1))
+                                   ep, etp), 1))
     z = zero_stage
     params = grads = optimizer = 0
     for (full, sharded), copies in parts:
@@ -221,14 +238,14 @@ def _states_of_role(model: ModelSpec, tp: int, dp: int, zero_stage: int, precisi
 
 
 @lru_cache(maxsize=8192)
-def _part_numels(model: ModelSpec, part: str, tp: int, dp: int, ep: int = 1) -> tuple[int, int]:
+def _part_numels(model: ModelSpec, part: str, tp: int, dp: int, ep: int = 1, etp: int = 1) -> tuple[int, int]:
     """(TP-local, TP-local and data-parallel-sharded) parameters of one (MoE) layer / a leading dense layer / the
     embedding / the head, on rank 0 (the largest shard), summed tensor by tensor as the runtime shards them."""
     shapes = {"layer": _layer_shapes(model), "dense layer": _layer_shapes(model, False),
               "embedding": embedding_param_shapes(model),
               "head": head_param_shapes(model, False), "head+output": head_param_shapes(model, True)}[part]
-    return (sum(_local_numel(p, tp, 0, dp, 0, dp_sharded=False, ep=ep) for p in shapes),
-            sum(_local_numel(p, tp, 0, dp, 0, dp_sharded=True, ep=ep) for p in shapes))
+    return (sum(_local_numel(p, tp, 0, dp, 0, dp_sharded=False, ep=ep, etp=etp) for p in shapes),
+            sum(_local_numel(p, tp, 0, dp, 0, dp_sharded=True, ep=ep, etp=etp) for p in shapes))
 
 
 @lru_cache(maxsize=1024)
@@ -237,17 +254,19 @@ def _layer_shapes(model: ModelSpec, moe: bool | None = None) -> tuple[ParamShape
 
 
 @lru_cache(maxsize=4096)
-def stage_dense_layers(model: ModelSpec, schedule: str, pp: int, vpp: int, stage: int) -> int:
-    """How many of the model's leading dense layers (an MoE model's `dense_layers`) pipeline rank `stage` holds."""
-    if not model.num_experts or not model.dense_layers:
+def stage_dense_layers(model: ModelSpec, schedule: str, pp: int, vpp: int, stage: int,
+                       counts: tuple[int, ...] | None = None) -> int:
+    """How many layers without experts (an MoE model's leading `dense_layers` and, with moe_layer_freq > 1, the
+    interleaved ones) pipeline rank `stage` holds, for the chunks' layer `counts` (None: the even split)."""
+    if not has_dense_layers(model):
         return 0
-    counts = chunk_layer_counts(model.num_layers, pp * vpp)
+    counts = counts or chunk_layer_counts(model.num_layers, pp * vpp)
     if counts is None:
         raise ValueError(f"{model.num_layers} layers cannot be split into {pp} x {vpp} chunks")
     dense = 0
     for chunk in (chunks_of_stage(schedule, pp, vpp, stage) if pp > 1 else [0]):
         start = sum(counts[:chunk])
-        dense += max(0, min(start + counts[chunk], model.dense_layers) - start)
+        dense += sum(not model.is_moe_layer(i) for i in range(start, start + counts[chunk]))
     return dense
 
 
@@ -273,7 +292,7 @@ def fsdp_unit_numels(model: ModelSpec, tp: int, unit: str) -> tuple[int, ...]:
 
 
 def stage_layer_count(model: ModelSpec, plan: ParallelPlan, stage: int) -> int:
-    return stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp)[stage][0]
+    return stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp, plan.chunk_layers(model))[stage][0]
 
 
 # ---- activations --------------------------------------------------------------------------------
@@ -294,7 +313,7 @@ class SavedTensor:
     name: str
     bytes_per_token: float
     #: "tp": split by tensor parallelism (per head or per FFN column); "seq": replicated in the TP group unless
-    #: sequence parallelism splits the sequence
+    #: sequence parallelism splits the sequence; "replicated": whole on every rank of the TP group (MLA latents)
     split: str
     #: a small per-row statistic (norm 1/rms, mean, log-sum-exp); Korthikanti et al. leave these out
     statistic: bool = False
@@ -341,12 +360,15 @@ def layer_saved_tensors(model: ModelSpec, seq_len: int, recompute: str, precisio
     h, f, heads = model.hidden_size, model.ffn_hidden_size, model.num_heads
     q, kv = model.q_width, model.kv_width
     saved = norm_saved_tensors("attention_norm", model, a, fused_rmsnorm)
-    saved += [SavedTensor("attention.qkv_input", mm * h, "seq"),
-              SavedTensor("attention.q", a * q, "tp"), SavedTensor("attention.k", a * kv, "tp"),
-              SavedTensor("attention.v", a * kv, "tp"),
-              SavedTensor("attention.output", a * q, "tp")]  # = the output projection's input
+    saved.append(SavedTensor("attention.qkv_input", mm * h, "seq"))
+    if model.is_mla:
+        saved += mla_saved_tensors(model, a, mm)
+    else:
+        saved += [SavedTensor("attention.q", a * q, "tp"), SavedTensor("attention.k", a * kv, "tp"),
+                  SavedTensor("attention.v", a * kv, "tp")]
+    saved.append(SavedTensor("attention.output", a * model.v_width, "tp"))  # = the output projection's input
     if fp8_inputs:  # the attention kernel keeps its bf16 output; the projection its own fp8 copy
-        saved.append(SavedTensor("attention.output_fp8", q, "tp"))
+        saved.append(SavedTensor("attention.output_fp8", model.v_width, "tp"))
     if options.flash_attention:
         saved.append(SavedTensor("attention.logsumexp", STAT_BYTES * heads, "tp", statistic=True))
     elif recompute != "selective":
@@ -358,18 +380,62 @@ def layer_saved_tensors(model: ModelSpec, seq_len: int, recompute: str, precisio
         saved.append(SavedTensor("attention.residual_dropout_mask", h, "seq"))
     saved += norm_saved_tensors("ffn_norm", model, a, fused_rmsnorm)
     saved.append(SavedTensor("feed_forward.input", mm * h, "seq"))
-    if model.ffn_type == "gelu":
-        saved += [SavedTensor("feed_forward.w1_output", a * f, "tp"),
-                  SavedTensor("feed_forward.gelu_output", mm * f, "tp")]  # = w2's input
+    if model.num_experts:
+        saved += moe_saved_tensors(model, a, mm, options)
     else:
-        saved.append(SavedTensor("feed_forward.w1_output", a * f, "tp"))  # silu's input
-        if not (options.fused_swiglu or options.compiled):
-            saved.append(SavedTensor("feed_forward.silu_output", a * f, "tp"))
-        saved += [SavedTensor("feed_forward.w3_output", a * f, "tp"),
-                  SavedTensor("feed_forward.w2_input", mm * f, "tp")]
+        saved += mlp_saved_tensors("feed_forward", model, f, a, mm, options)
     if options.dropout:
         saved.append(SavedTensor("feed_forward.residual_dropout_mask", h, "seq"))
     return tuple(saved)
+
+
+def mlp_saved_tensors(prefix: str, model: ModelSpec, width: float, a: int, mm: int, options: PredictOptions
+                      ) -> list[SavedTensor]:
+    """What an MLP of inner `width` keeps beyond its input (split by tensor parallelism)."""
+    if model.ffn_type == "gelu":
+        return [SavedTensor(f"{prefix}.w1_output", a * width, "tp"),
+                SavedTensor(f"{prefix}.gelu_output", mm * width, "tp")]  # = w2's input
+    saved = [SavedTensor(f"{prefix}.w1_output", a * width, "tp")]  # silu's input
+    if not (options.fused_swiglu or options.compiled):
+        saved.append(SavedTensor(f"{prefix}.silu_output", a * width, "tp"))
+    return saved + [SavedTensor(f"{prefix}.w3_output", a * width, "tp"),
+                    SavedTensor(f"{prefix}.w2_input", mm * width, "tp")]
+
+
+def moe_saved_tensors(model: ModelSpec, a: int, mm: int, options: PredictOptions) -> list[SavedTensor]:
+    """What an MoE layer's MLP keeps beyond its input, per token: the router's fp32 probabilities, the top_k
+    permuted copies (the experts' grouped-GEMM input), each expert's MLP tensors for its rows, the expert outputs
+    the weighted un-permutation multiplies by the scores, and the shared experts' MLP. The routed tensors are
+    per routed copy at the mean load (the busiest rank holds more: PredictOptions.moe_imbalance is a time
+    assumption only); each tp rank routes its own sequence-parallel slice, so they split by tp."""
+    h, k = model.hidden_size, model.top_k
+    saved = [SavedTensor("moe.router_probs", STAT_BYTES * model.num_experts, "seq", statistic=True),
+             SavedTensor("moe.permuted_input", mm * h * k, "tp")]
+    saved += mlp_saved_tensors("moe.experts", model, k * model.expert_width, a, mm, options)
+    saved.append(SavedTensor("moe.expert_output", a * h * k, "tp"))
+    if model.num_shared_experts:
+        saved += mlp_saved_tensors("moe.shared_experts", model, model.num_shared_experts * model.expert_width, a,
+                                   mm, options)
+    return saved
+
+
+def mla_saved_tensors(model: ModelSpec, a: int, mm: int) -> list[SavedTensor]:
+    """What multi-head latent attention keeps between the block's normalised input and the attention output:
+    each latent's RMSNorm input and the up-projection's (normalised) input — the query latent (when q_lora_rank
+    > 0) and the key/value latent, computed whole on every tp rank (the down-projections are replicated) — the
+    shared rotary key, and the per-head rebuilt Q, K (query/key head width) and V (value head width) the
+    attention kernel keeps."""
+    heads = model.num_heads
+    saved = []
+    if model.q_lora_rank:
+        saved += [SavedTensor("attention.q_latent", a * model.q_lora_rank, "replicated"),
+                  SavedTensor("attention.q_latent_normed", mm * model.q_lora_rank, "replicated")]
+    return saved + [SavedTensor("attention.kv_latent", a * model.kv_lora_rank, "replicated"),
+                    SavedTensor("attention.kv_latent_normed", mm * model.kv_lora_rank, "replicated"),
+                    SavedTensor("attention.k_rope", a * model.qk_rope_head_dim, "replicated"),
+                    SavedTensor("attention.q", a * heads * model.head_dim, "tp"),
+                    SavedTensor("attention.k", a * heads * model.head_dim, "tp"),
+                    SavedTensor("attention.v", a * heads * model.v_head_dim, "tp")]
 
 
 def every_second_matmul_saved_tensors(model: ModelSpec, a: int, flash_attention: bool) -> tuple[SavedTensor, ...]:
@@ -409,9 +475,8 @@ def loss_saved_bytes_per_token(model: ModelSpec, tp: int, precision: str = "bf16
 def saved_bytes_per_token(saved: tuple[SavedTensor, ...], tp: int, sequence_parallel: bool,
                           statistics: bool = True) -> float:
     """Sum of the saved tensors' bytes per token on one tensor-parallel rank."""
-    sp_split = tp if sequence_parallel else 1
-    return sum(t.bytes_per_token / (tp if t.split == "tp" else sp_split)
-               for t in saved if statistics or not t.statistic)
+    divisor = {"tp": tp, "seq": tp if sequence_parallel else 1, "replicated": 1}
+    return sum(t.bytes_per_token / divisor[t.split] for t in saved if statistics or not t.statistic)
 
 
 @lru_cache(maxsize=4096)
@@ -462,7 +527,8 @@ MEMORY_FIELDS = tuple(f.name for f in fields(MemoryBreakdown))
 def stage_memory(model: ModelSpec, plan: ParallelPlan, seq_len: int, stage: int, is_gpu: bool,
                  options: PredictOptions) -> MemoryBreakdown:
     """Peak memory of one rank of pipeline stage `stage`."""
-    layers, _, has_last = stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp)[stage]
+    layers, _, has_last = stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp,
+                                      plan.chunk_layers(model))[stage]
     params, grads, optimizer = stage_states(model, plan, stage)
     a = activation_dtype_bytes(plan.precision)
     tokens = plan.micro_batch * seq_len / plan.cp  # tokens of one micro-batch on this device
@@ -503,6 +569,9 @@ def stage_memory(model: ModelSpec, plan: ParallelPlan, seq_len: int, stage: int,
         comm += 2 * tokens * model.hidden_size * a  # gathered sequence / all-reduce staging
     if plan.pp > 1:
         comm += 2 * tokens * model.hidden_size * a / plan.tp  # p2p send and receive buffers
+    if plan.ep > 1 and model.num_experts:
+        # the all-to-all's send and receive buffers: this rank's top_k routed copies of its tokens
+        comm += 2 * tokens / plan.tp * model.top_k * model.hidden_size * a
     overhead = options.fragmentation * (activations + logits + comm)
     if is_gpu:
         overhead += options.runtime_reserve_gib * 2**30

@@ -69,6 +69,17 @@ class PredictOptions:
     #: SwiGLU as one fused kernel that recomputes silu in backward and keeps only its two inputs (Transformer
     #: Engine, Megatron's bias_swiglu, Liger); False: PyTorch eager keeps silu's output too
     fused_swiglu: bool = False
+    #: fraction of the expert-parallel all-to-all (dispatch and combine) the software hides under compute: 0 =
+    #: none (bastion's runtime and Megatron-Core's default `alltoall` dispatcher run it between the layer's other
+    #: kernels); Megatron-Core >= 0.14 (2025-09) hides it under another micro-batch's compute with the opt-in
+    #: --overlap-moe-expert-parallel-comm (Megatron-Core MoE README, "What's New", v0.14); DeepSeek's own DualPipe
+    #: hides all of it (DeepSeek-V3 report, Sec. 3.2.1: the all-to-all of one micro-batch runs under the computation
+    #: of another) — the `deepseek-dualpipe` stack. A schedule alone does not: torch's ScheduleDualPipeV runs a
+    #: paired forward and backward one after the other unless the model supplies the overlapping
+    moe_a2a_overlap: float = 0.0
+    #: the busiest expert's routed tokens / the mean in one micro-batch (1 = perfectly balanced); None: from the
+    #: model's balancing mechanism (predict/data/moe.toml), as every estimate states
+    moe_imbalance: float | None = None
     #: bytes a ZeRO-0/1/2 data-parallel gradient bucket holds (PyTorch DDP's default bucket_cap_mb = 25)
     dp_bucket_bytes: float = 25e6
     #: device memory the CUDA context, cuBLAS/NCCL workspaces take before the first tensor, GiB (GPUs only)
@@ -80,6 +91,13 @@ class PredictOptions:
         from bastion.predict.kernels import attention_kernel
 
         attention_kernel(self.attention_kernel)  # a ConfigError with the known names if it is not one
+        if not 0.0 <= self.moe_a2a_overlap <= 1.0 or (self.moe_imbalance is not None and self.moe_imbalance < 1.0):
+            from bastion.errors import ConfigError
+
+            raise ConfigError(f"moe_a2a_overlap must be in [0, 1] and moe_imbalance >= 1, got "
+                              f"{self.moe_a2a_overlap:g} and {self.moe_imbalance}.",
+                              fix="give the hidden fraction of the all-to-all, and the busiest expert's tokens / "
+                                  "the mean.")
         if self.selective_recompute not in SELECTIVE_RECOMPUTE:
             from bastion.errors import ConfigError
 

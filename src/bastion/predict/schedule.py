@@ -26,10 +26,12 @@ def bubble_fraction(schedule: str, pp: int, vpp: int, microbatches: int) -> floa
 
 
 @lru_cache(maxsize=4096)
-def stage_roles(num_layers: int, schedule: str, pp: int, vpp: int) -> tuple[tuple[int, bool, bool], ...]:
-    """(layers, holds the embedding, holds the LM head) of every pipeline rank, for an even split or one where
-    the embedding and the head take a layer's slot (specs.plan.chunk_layer_counts)."""
-    counts = chunk_layer_counts(num_layers, pp * vpp)
+def stage_roles(num_layers: int, schedule: str, pp: int, vpp: int, counts: tuple[int, ...] | None = None
+                ) -> tuple[tuple[int, bool, bool], ...]:
+    """(layers, holds the embedding, holds the LM head) of every pipeline rank, for the chunks' layer `counts`
+    (ParallelPlan.chunk_layers: an explicit layout); None: an even split or one where the embedding and the head
+    take a layer's slot (specs.plan.chunk_layer_counts)."""
+    counts = counts or chunk_layer_counts(num_layers, pp * vpp)
     if counts is None:
         raise ValueError(f"{num_layers} layers cannot be split into {pp} x {vpp} chunks")
     last = pp * vpp - 1
@@ -41,7 +43,8 @@ def stage_roles(num_layers: int, schedule: str, pp: int, vpp: int) -> tuple[tupl
 
 
 @lru_cache(maxsize=4096)
-def representative_stages(num_layers: int, schedule: str, pp: int, vpp: int) -> tuple[int, ...]:
+def representative_stages(num_layers: int, schedule: str, pp: int, vpp: int,
+                          counts: tuple[int, ...] | None = None) -> tuple[int, ...]:
     """The lowest rank of each distinct role (at most four: first, middle, last, or the V's ends).
 
     Everything the predictor computes for a rank depends on the rank only through its role, except the
@@ -49,7 +52,7 @@ def representative_stages(num_layers: int, schedule: str, pp: int, vpp: int) -> 
     fullest and the slowest rank are always among these, and a deep pipeline costs no more to predict than
     a shallow one."""
     first_of: dict[tuple[int, bool, bool], int] = {}
-    for stage, role in enumerate(stage_roles(num_layers, schedule, pp, vpp)):
+    for stage, role in enumerate(stage_roles(num_layers, schedule, pp, vpp, counts)):
         first_of.setdefault(role, stage)
     return tuple(sorted(first_of.values()))
 

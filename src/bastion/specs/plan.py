@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,20 @@ def chunk_layer_counts(num_layers: int, chunks: int) -> tuple[int, ...] | None:
     if chunks < 3 or rest or per < 1:
         return None
     return (per - 1,) + (per,) * (chunks - 2) + (per - 1,)
+
+
+@lru_cache(maxsize=4096)
+def parse_layout(text: str) -> tuple[int, ...] | None:
+    """The per-chunk layer counts a `pipeline_layout` string names, or None when it is empty (cached: the
+    predictor and the planner ask for every candidate plan)."""
+    if not text.strip():
+        return None
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise PlanError(f"pipeline_layout '{text}' is not a comma-separated list of layer counts.",
+                        fix="write one integer per pipeline chunk, e.g. \"3,4,4,3\".",
+                        reason="bad pipeline layout") from None
 
 
 @dataclass(frozen=True)
@@ -117,15 +132,7 @@ class ParallelPlan:
 
     def layout(self) -> tuple[int, ...] | None:
         """The explicit per-chunk layer counts of `pipeline_layout`, or None when it is empty."""
-        if not self.pipeline_layout.strip():
-            return None
-        try:
-            counts = tuple(int(part) for part in self.pipeline_layout.split(","))
-        except ValueError:
-            raise PlanError(f"pipeline_layout '{self.pipeline_layout}' is not a comma-separated list of layer "
-                            f"counts.", fix="write one integer per pipeline chunk, e.g. \"3,4,4,3\".",
-                            reason="bad pipeline layout") from None
-        return counts
+        return parse_layout(self.pipeline_layout)
 
     def chunk_layers(self, model: ModelSpec) -> tuple[int, ...] | None:
         """Transformer layers in each of the pp × vpp chunks: the explicit layout, else the even split (None when

@@ -1,0 +1,152 @@
+"""Time of a mixture-of-experts layer's routed part on one rank: the router, token permutation, the experts'
+grouped GEMMs, the expert-parallel all-to-all and the expert-tensor-parallel collectives.
+
+Layout (Megatron-Core's "parallel folding", torchtitan's MoE): attention runs on tp ranks with sequence
+parallelism, so each rank routes its own 1/tp of the micro-batch's tokens; the experts' grid folds etp (innermost)
+× ep × expert-data-parallel onto the same ranks, so an ep group's members are etp ranks apart. Each routed copy of
+a token (top_k per token) is sent to the rank holding its expert (dispatch) and its output sent back (combine):
+four all-to-alls per layer per micro-batch (two forward, their gradients backward), two more when the layer is
+recomputed. With etp > 1 the ranks of an etp group all-gather their received tokens before the expert GEMMs and
+reduce-scatter the outputs after them (their gradients in reverse in the backward).
+
+The slowest rank sets the pace: it holds the busiest expert, which gets `imbalance` × the mean rows (the other
+experts of the rank the mean). Each expert's GEMM runs at the calibrated efficiency of its own shape (rows =
+that expert's tokens): many experts with few tokens each run far below the dense rate.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import replace
+from functools import cache, lru_cache
+from typing import NamedTuple
+
+from bastion.predict import comm, compute
+from bastion.predict.calibration import DATA_DIR, load_calibration
+from bastion.predict.options import PredictOptions
+from bastion.specs.hardware import Cluster
+from bastion.specs.model import ModelSpec
+
+
+@cache
+def moe_facts() -> dict[str, float]:
+    return tomllib.loads((DATA_DIR / "moe.toml").read_text())
+
+
+def imbalance(model: ModelSpec, options: PredictOptions) -> tuple[float, str]:
+    """The busiest expert's tokens / the mean, and where that figure comes from."""
+    if options.moe_imbalance is not None:
+        return options.moe_imbalance, "given"
+    facts = moe_facts()
+    if model.capacity_factor:
+        return model.capacity_factor, f"capacity factor {model.capacity_factor:g} caps the busiest expert"
+    if model.router_bias_update_rate:
+        return facts["imbalance_bias_balanced"], "assumed for auxiliary-loss-free bias balancing"
+    if model.aux_loss_coeff:
+        return facts["imbalance_aux_loss"], "assumed for an auxiliary balancing loss"
+    return facts["imbalance_unbalanced"], "assumed: the model states no balancing mechanism"
+
+
+@lru_cache(maxsize=256)
+def dense_layer_model(model: ModelSpec) -> ModelSpec:
+    """The model as its layers without experts see it (DeepSeek's leading dense layers, Llama 4's interleaved
+    ones): a dense MLP of ffn_hidden_size."""
+    return replace(model, num_experts=0, top_k=0, moe_ffn_hidden_size=0, num_shared_experts=0, dense_layers=0,
+                   aux_loss_coeff=0.0, router_bias_update_rate=0.0, capacity_factor=0.0, moe_layer_freq=1)
+
+
+def mlp_activation_bytes_per_token(model: ModelSpec, width: float) -> float:
+    """Effective bytes per token of the MLP's elementwise activation (forward + backward) over `width` units."""
+    cal = load_calibration().membound
+    return (cal["swiglu_bytes"] if model.ffn_type == "swiglu" else cal["gelu_bytes"]) * width
+
+
+class RoutedCost(NamedTuple):
+    """Per micro-batch seconds of one MoE layer's routed part on the slowest rank."""
+
+    #: forward GEMMs: the router and every local expert (the backward is twice these)
+    gemm_fwd: float
+    #: memory-bound work, forward + backward: router scores, permutation, un-permutation, expert activations
+    membound: float
+    #: the four dispatch/combine all-to-alls (forward + backward), before any overlap
+    a2a: float
+    #: the expert-tensor-parallel all-gathers / reduce-scatters, forward + backward (a full recompute runs the
+    #: forward half of both again)
+    etp_comm: float
+
+
+@lru_cache(maxsize=16384)
+def routed_cost(model: ModelSpec, cluster: Cluster, tokens: int, tp: int, ep: int, etp: int, precision: str,
+                imbalance_factor: float) -> RoutedCost:
+    """Costs of one MoE layer's routed experts for `tokens` tokens of a micro-batch on this rank's tp group."""
+    acc = cluster.accelerator
+    h, ef = model.hidden_size, model.expert_width
+    a = 4 if precision == "fp32" else 2  # activations travel in the compute dtype (fp8 recipes keep bf16)
+    own_tokens = max(tokens / tp, 1.0)  # sequence parallelism: each tp rank routes its own slice
+    routed = own_tokens * model.top_k
+    local_experts = max(model.num_experts // ep, 1)
+    # the slowest rank: its busiest expert has `imbalance` × the mean rows, its other experts the mean
+    rank_factor = 1.0 + (imbalance_factor - 1.0) / local_experts
+    received = routed * rank_factor
+    mean_rows = etp * routed / local_experts
+    width = ef // etp
+
+    def expert_shapes(rows: float) -> tuple[tuple[int, int, int], ...]:
+        m = max(1, round(rows))
+        return (m, h, (model.ffn_matrices - 1) * width), (m, width, h)
+
+    def expert_fwd(rows: float) -> float:
+        return sum(compute.gemm_time(acc, precision, *shape) for shape in expert_shapes(rows))
+
+    gemm_fwd = (compute.gemm_time(acc, precision, max(1, round(own_tokens)), h, model.num_experts)
+                + (local_experts - 1) * expert_fwd(mean_rows) + expert_fwd(imbalance_factor * mean_rows))
+    facts = moe_facts()
+    traffic = (received * h * a * facts["permute_elements"]
+               + own_tokens * model.num_experts * 4 * facts["router_elements"]) / facts["permute_bandwidth_fraction"]
+    activation = etp * received * mlp_activation_bytes_per_token(model, width) * (2.0 if precision == "fp32" else 1.0)
+    casts = 0.0
+    if precision == "fp8":  # each expert GEMM's operands cast to fp8, as for the dense GEMMs (estimate.py)
+        casts = sum((local_experts - 1) * compute.fp8_cast_bytes(*mean) + compute.fp8_cast_bytes(*busiest)
+                    for mean, busiest in zip(expert_shapes(mean_rows), expert_shapes(imbalance_factor * mean_rows),
+                                             strict=True))
+    membound = compute.membound_time(acc, traffic + activation + casts)
+
+    a2a_bytes = received * h * a
+    one_a2a = comm.all_to_all_time(cluster, a2a_bytes, comm.place_group(cluster, ep, etp)) if ep > 1 else 0.0
+    one_etp = comm.all_gather_time(cluster, etp * a2a_bytes, comm.place_group(cluster, etp, 1)) if etp > 1 else 0.0
+    return RoutedCost(gemm_fwd=gemm_fwd, membound=membound, a2a=4 * one_a2a, etp_comm=4 * one_etp)
+
+
+def exposed_a2a(a2a: float, window: float, overlap: float) -> float:
+    """Seconds of the all-to-all left on the critical path when `overlap` of it runs under `window` seconds of
+    compute; the hidden part still slows that compute (NCCL's kernels hold SMs: network.toml overlap_slowdown)."""
+    hidden = min(overlap * a2a, window)
+    return a2a - hidden + load_calibration().network["overlap_slowdown"] * hidden
+
+
+def expert_placement(model: ModelSpec, cluster: Cluster, ep: int, etp: int, tp: int, dp: int, cp: int
+                     ) -> dict[str, object]:
+    """Where a plan puts the experts: the ep group (members etp ranks apart) inside one scale-up domain or spread
+    over several, the experts and expert width each rank holds, and the ranks that replicate them."""
+    group = comm.place_group(cluster, ep, etp)
+    domain = cluster.network.scale_up_size
+    return {"ep": ep, "etp": etp, "experts_per_rank": model.num_experts // ep,
+            "expert_width_per_rank": model.expert_width // etp,
+            # ZeRO / FSDP shards the local experts over the dp × cp ranks that hold the same ones (memory.py)
+            "expert_data_parallel": dp * cp // ep,
+            "ep_group": {"ranks_per_scale_up_domain": group.local, "scale_up_domains": group.domains,
+                         "spans_domains": group.domains > 1, "scale_up_domain_size": domain,
+                         "all_to_all_over": "scale-out network (NICs)" if group.domains > 1 else "NVLink"},
+            "attention_tp": tp}
+
+
+def placement_line(placement: dict[str, object]) -> str:
+    """One line for reports: ep group inside a node or spanning nodes, experts per rank, etp."""
+    group = placement["ep_group"]
+    assert isinstance(group, dict)
+    where = (f"spans {group['scale_up_domains']} scale-up domains ({group['ranks_per_scale_up_domain']} ranks in "
+             f"each; all-to-all over the scale-out network)" if group["spans_domains"]
+             else "inside one scale-up domain (all-to-all over NVLink)")
+    return (f"experts: ep {placement['ep']} group {where}; {placement['experts_per_rank']} experts per rank, "
+            f"etp {placement['etp']} (expert width {placement['expert_width_per_rank']} per rank), replicated on "
+            f"{placement['expert_data_parallel']} expert-data-parallel ranks")

@@ -1,0 +1,191 @@
+"""Mixture-of-experts and MLA in the predictor and the planner: the all-to-all, grouped-GEMM shapes, imbalance,
+overlap, expert tensor parallelism, uneven pipeline layouts, MLA FLOPs and activations."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from bastion.planner.search import PlanRequest, search
+from bastion.planner.space import SearchSpace, enumerate_space, uneven_layout
+from bastion.predict import PredictOptions, comm, estimate, flops, moe
+from bastion.predict.estimate import step_time_lower_bound
+from bastion.predict.memory import (
+    activation_bytes_per_token,
+    layer_saved_tensors,
+    model_state_bytes,
+    stage_dense_layers,
+)
+from bastion.predict.software import software_stack
+from bastion.specs import ParallelPlan, load_cluster, load_model
+from bastion.specs.plan import RECOMPUTE_MODES
+
+H100 = load_cluster("h100-sxm:64")
+
+
+def test_all_to_all_inside_a_node_beats_one_across_nodes_and_small_messages_run_slower() -> None:
+    inside = comm.place_group(H100, 8, 1)
+    across = comm.place_group(H100, 8, 8)
+    assert (inside.domains, across.domains) == (1, 8)
+    nbytes = 64e6
+    assert comm.all_to_all_time(H100, nbytes, inside) < comm.all_to_all_time(H100, nbytes, across)
+    assert comm.all_to_all_time(H100, nbytes, comm.place_group(H100, 1, 1)) == 0.0
+    # message-size efficiency: a thousandth of the bytes takes more than a thousandth of the time
+    small = comm.all_to_all_time(H100, nbytes / 1000, across)
+    assert small > comm.all_to_all_time(H100, nbytes, across) / 1000
+    # only the peers' shares move: a bigger group sends a larger fraction of the same buffer over the NICs
+    assert comm.all_to_all_time(H100, nbytes, comm.place_group(H100, 32, 1)) > comm.all_to_all_time(
+        H100, nbytes, comm.place_group(H100, 16, 1))
+
+
+def test_expert_gemms_run_at_their_own_shape_so_few_tokens_per_expert_run_slower() -> None:
+    model = load_model("qwen3-30b-a3b")  # 128 experts, top-8
+    # the same routed FLOPs per rank: all 128 experts with 32 rows each (weight-streaming bound), or 16 experts
+    # with 8x the rows
+    whole = moe.routed_cost(model, H100, 512, 1, 1, 1, "bf16", 1.0)
+    split = moe.routed_cost(model, H100, 512, 1, 8, 1, "bf16", 1.0)
+    assert split.gemm_fwd < whole.gemm_fwd
+    assert whole.a2a == 0 and split.a2a > 0  # ep = 1 moves nothing
+    # fp8 expert GEMMs pay their operands' casts, as the dense ones do
+    assert moe.routed_cost(model, H100, 512, 1, 8, 1, "fp8", 1.0).membound > split.membound
+
+
+def test_imbalance_follows_the_balancing_mechanism_and_slows_the_step() -> None:
+    ds, mixtral = load_model("deepseek-v3"), load_model("mixtral-8x7b")
+    assert moe.imbalance(ds, PredictOptions())[0] == moe.moe_facts()["imbalance_bias_balanced"]
+    capped = replace(mixtral, capacity_factor=1.25)
+    assert moe.imbalance(capped, PredictOptions())[0] == 1.25
+    assert moe.imbalance(mixtral, PredictOptions(moe_imbalance=2.0)) == (2.0, "given")
+    plan = ParallelPlan(dp=64, ep=8, global_batch=64, zero_stage=3)
+    model = load_model("qwen3-30b-a3b")
+    even = estimate(model, H100, plan, 4096, options=PredictOptions(moe_imbalance=1.0))
+    skewed = estimate(model, H100, plan, 4096, options=PredictOptions(moe_imbalance=2.0))
+    assert skewed.step_time_s > even.step_time_s
+    assert skewed.time.ep_comm > even.time.ep_comm and skewed.time.compute > even.time.compute
+    assert any("imbalance" in a and "2" in a for a in skewed.assumptions)
+
+
+def test_all_to_all_share_is_reported_and_hidden_as_the_software_says() -> None:
+    model = load_model("qwen3-30b-a3b")
+    plan = ParallelPlan(dp=16, pp=4, ep=16, global_batch=64, zero_stage=1, pp_schedule="1f1b")
+    exposed = estimate(model, H100, plan, 4096)
+    assert exposed.time.ep_comm > 0
+    experts = exposed.to_dict()["experts"]
+    assert experts["all_to_all_share"] == pytest.approx(exposed.time.ep_comm / exposed.step_time_s)
+    assert experts["placement"]["experts_per_rank"] == 8 and experts["placement"]["ep_group"]["spans_domains"]
+    # the dispatch's send and receive buffers
+    no_ep = estimate(model, H100, replace(plan, ep=1), 4096)
+    assert exposed.memory.comm_buffers - no_ep.memory.comm_buffers == pytest.approx(
+        2 * 4096 * model.top_k * model.hidden_size * 2)
+    assert sum(v for k, v in exposed.time.to_dict().items() if k != "step") == pytest.approx(exposed.step_time_s)
+    overlapped = estimate(model, H100, plan, 4096, options=PredictOptions(moe_a2a_overlap=1.0))
+    assert overlapped.time.ep_comm < exposed.time.ep_comm
+    # the slowdown of the compute under the hidden part stays (network.toml overlap_slowdown), and no more than
+    # the layer's compute can hide it
+    slowdown = moe.load_calibration().network["overlap_slowdown"]
+    assert overlapped.time.ep_comm >= exposed.time.ep_comm * slowdown * (1 - 1e-9)
+    assert moe.exposed_a2a(1.0, 0.5, 1.0) == pytest.approx(0.5 + 0.5 * slowdown)
+    assert software_stack("deepseek-dualpipe").options.moe_a2a_overlap == 1.0
+    assert software_stack("bastion").options.moe_a2a_overlap == 0.0
+    dense = estimate(load_model("llama3-8b"), H100, ParallelPlan(dp=64, global_batch=64), 4096)
+    assert dense.time.ep_comm == 0 and "experts" not in dense.to_dict()
+
+
+def test_ep_group_inside_one_node_when_it_fits_there() -> None:
+    placement = moe.expert_placement(load_model("mixtral-8x7b"), H100, ep=8, etp=1, tp=1, dp=64, cp=1)
+    assert not placement["ep_group"]["spans_domains"] and placement["experts_per_rank"] == 1
+    assert moe.expert_placement(load_model("mixtral-8x7b"), H100, ep=8, etp=8, tp=8, dp=8, cp=1)[
+        "ep_group"]["spans_domains"]  # ep members etp ranks apart: one per node
+
+
+def test_etp_splits_expert_parameters_and_adds_its_collectives() -> None:
+    model = load_model("mixtral-8x7b")
+    base = ParallelPlan(dp=16, tp=4, ep=4, global_batch=64, sequence_parallel=True)
+    split = replace(base, etp=4)
+    whole_bytes = model_state_bytes(model, base, 0)["params"]
+    split_bytes = model_state_bytes(model, split, 0)["params"]
+    per_rank_experts = model.routed_expert_params() * model.num_layers // base.ep
+    assert whole_bytes - split_bytes == 2 * per_rank_experts * 3 // 4  # bf16 parameters, 3/4 of them gone
+    t_whole, t_split = estimate(model, H100, base, 4096), estimate(model, H100, split, 4096)
+    assert t_whole.time.etp_comm == 0 < t_split.time.etp_comm
+    assert t_split.memory.params < t_whole.memory.params
+
+
+def test_uneven_layout_puts_fewer_layers_on_the_ends_and_the_predictor_follows_it() -> None:
+    layout = uneven_layout(61, 16)
+    counts = [int(c) for c in layout.split(",")]
+    assert sum(counts) == 61 and len(counts) == 16
+    assert counts[0] < max(counts) and counts[-1] < max(counts) and max(counts) - min(counts) <= 1 + 1
+    assert uneven_layout(64, 16) == ""  # even splits need none
+    model = load_model("llama3-8b")  # 32 layers
+    even = ParallelPlan(dp=16, pp=4, global_batch=64)
+    explicit = replace(even, pipeline_layout="8,8,8,8")
+    skewed = replace(even, pipeline_layout="5,11,8,8")
+    e_even, e_explicit = estimate(model, H100, even, 4096), estimate(model, H100, explicit, 4096)
+    assert e_explicit.step_time_s == pytest.approx(e_even.step_time_s)
+    e_skewed = estimate(model, H100, skewed, 4096)
+    assert e_skewed.step_time_s > e_even.step_time_s  # the 11-layer stage paces the pipeline
+    per_stage = [m.params for m in e_skewed.memory_by_stage]
+    assert per_stage[1] > per_stage[2] > per_stage[0] - model.vocab_size * model.hidden_size * 2
+
+
+def test_layers_without_experts_are_counted_per_stage() -> None:
+    ds = load_model("deepseek-v3")  # 3 leading dense layers
+    plan = ParallelPlan(dp=8, pp=16, ep=8, global_batch=128, pipeline_layout=uneven_layout(61, 16))
+    counts = plan.chunk_layers(ds)
+    assert stage_dense_layers(ds, plan.pp_schedule, 16, 1, 0, counts) == min(3, counts[0])
+    assert sum(stage_dense_layers(ds, plan.pp_schedule, 16, 1, i, counts) for i in range(16)) == 3
+    # Llama 4-style interleaving: every second layer has experts (layers 1, 3, 5, 7 of 8)
+    interleaved = replace(load_model("tiny-moe"), num_layers=8, moe_layer_freq=2)
+    assert [stage_dense_layers(interleaved, "1f1b", 4, 1, i) for i in range(4)] == [1, 1, 1, 1]
+    assert stage_dense_layers(interleaved, "1f1b", 2, 1, 0, (3, 5)) == 2
+
+
+def test_mla_flops_use_the_latent_projections_and_the_two_head_widths() -> None:
+    ds = load_model("deepseek-v3")
+    assert flops.attention_matmul_params(ds) == ds.mla_params_per_layer() - ds.q_lora_rank - ds.kv_lora_rank
+    s = 4096
+    assert flops.attention_flops_per_token(ds, s, causal=False) == 2.0 * s * ds.num_heads * (192 + 128)
+    # the matmul parameters are the spec's active parameters less the norms and the routers
+    norms = ds.num_layers * (ds.norm_params_per_layer() + ds.q_lora_rank + ds.kv_lora_rank)
+    routers = ds.num_moe_layers * ds.hidden_size * ds.num_experts
+    assert flops.layers_matmul_params(ds) + ds.vocab_size * ds.hidden_size == ds.matmul_params() - norms - routers
+    # ~37B active parameters: about 6 x 37e9 FLOPs per token plus attention
+    assert 2.1e11 < flops.model_flops_per_token(ds, s) < 3.0e11
+
+
+def test_mla_activations_keep_the_latents_whole_on_every_tp_rank() -> None:
+    ds = load_model("deepseek-v3")
+    names = {t.name for t in layer_saved_tensors(ds, 4096, "none")}
+    assert {"attention.kv_latent", "attention.q_latent", "attention.k_rope", "moe.permuted_input"} <= names
+    one = activation_bytes_per_token(ds, 4096, 1, True, "none")
+    eight = activation_bytes_per_token(ds, 4096, 8, True, "none")
+    latents = 2 * 2 * (ds.q_lora_rank + ds.kv_lora_rank) + 2 * ds.qk_rope_head_dim
+    assert eight == pytest.approx((one - latents) / 8 + latents)
+
+
+def test_step_time_floor_holds_for_moe_plans_with_etp_and_layouts() -> None:
+    model = replace(load_model("tiny-moe"), num_layers=5)  # 5 layers: uneven layouts on pp 2 and 4
+    cluster = load_cluster("h100-sxm:16")
+    enum = enumerate_space(model, cluster, 32, 512, SearchSpace())
+    assert any(leaf.pipeline_layout for leaf in enum.leaves) and any(leaf.etp > 1 for leaf in enum.leaves)
+    checked = 0
+    for leaf in enum.leaves[::37]:
+        floor = step_time_lower_bound(model, cluster, leaf.plan(32), 512)
+        for zero in leaf.zero_stages:
+            for recompute in RECOMPUTE_MODES:
+                assert floor <= estimate(model, cluster, leaf.plan(32, zero, recompute), 512).step_time_s
+                checked += 1
+    assert checked > 100
+
+
+def test_planner_searches_ep_etp_and_layouts_and_explains_the_placement() -> None:
+    model = replace(load_model("tiny-moe"), num_layers=5)
+    result = search(PlanRequest(model=model, cluster=load_cluster("h100-sxm:16"), global_batch=32, seq_len=512,
+                                workers=1, space=SearchSpace(pins={"pp": 2})))
+    best = result.plans[0]
+    assert best.plan.pipeline_layout == uneven_layout(5, 2 * best.plan.vpp)
+    entry = best.to_dict()
+    assert entry["experts"]["placement"]["ep"] == best.plan.ep
+    assert "all_to_all_share" in entry["experts"]
