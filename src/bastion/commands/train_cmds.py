@@ -37,6 +37,8 @@ def train_command(
     seq_len: options.SeqLen = None,
     lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (warmup, then cosine to a tenth)."),
     compile_model: bool = typer.Option(False, "--compile", help="torch.compile each block."),
+    fp8_recipe: str = typer.Option("tensorwise", "--fp8-recipe", help="An fp8 plan's torchao scaling: tensorwise, "
+                                   "rowwise or rowwise_with_gw_hp (CUDA 8.9+ GPUs with torchao)."),
     cluster: str | None = typer.Option(None, "--cluster", help="Cluster spec for MFU and the prediction "
                                                                "(default cpu:<world> on CPU)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on rank 0."),
@@ -200,7 +202,7 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
     world size (default: the plan's), the injected faults; where the paths are visible here (`paths_here`) also the
     dataset and the run directory with its resume source (`runtime.preflight.check_run_dir`)."""
     from bastion.commands.train_file import FILE_ONLY
-    from bastion.errors import ConfigError
+    from bastion.errors import ConfigError, did_you_mean
     from bastion.launch.shrink import resolve_on_failure
     from bastion.launch.worker import run_config
     from bastion.rundir.lock import check_free
@@ -210,6 +212,11 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
 
     p = params
     _check_train_flags(world_size, p["lr"], p["cluster"], p["seed"])
+    from bastion.runtime.float8 import RECIPES
+
+    if p["fp8_recipe"] not in RECIPES:
+        raise ConfigError(f"Unknown --fp8-recipe '{p['fp8_recipe']}'.{did_you_mean(p['fp8_recipe'], RECIPES)}",
+                          fix=f"use one of {', '.join(RECIPES)}.")
     _check_eval_and_logs(p["eval_every"], p["eval_batches"], p["tensorboard"], p["profile"], p["steps"])
     health = _health_options(p)
     on_failure = _on_failure(p)
@@ -246,7 +253,8 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
     plan_record = plan_source if isinstance(plan_source, str) else "[plan] of --config"
     train = {"model": _model_argument(model), "plan": plan_record, "data": str(p["data"]), "steps": steps,
              "run_dir": str(run_dir), "seed": p["seed"], "seq_len": p["seq_len"], "lr": p["lr"],
-             "compile": p["compile_model"], "cluster": p["cluster"], "progress": p["progress"],
+             "compile": p["compile_model"], "fp8_recipe": p["fp8_recipe"], "cluster": p["cluster"],
+             "progress": p["progress"],
              "init_from": init_from, "eval_every": p["eval_every"], "eval_batches": p["eval_batches"],
              "tensorboard": p["tensorboard"], "profile": p["profile"],
              **{name: p[name] for name in FILE_ONLY if name in p}, **health, "resilience": asdict(resilience)}
@@ -322,6 +330,10 @@ def run_locally(run: ResolvedRun, python: str = "", workers_to_stderr: bool = Fa
     from bastion.rundir.layout import RUN_CONFIG_FILE
     from bastion.rundir.lock import acquire
 
+    if run.plan.precision == "fp8":  # refused here, before anything is written, when this machine cannot run it
+        from bastion.runtime.float8 import check_fp8_runnable_here
+
+        check_fp8_runnable_here(run.plan.tp)
     with acquire(run.run_dir):
         if run.overwrite:
             announce_set_aside(run.run_dir)

@@ -29,7 +29,8 @@ from bastion.runtime.train_config import TrainConfig
 #: file key -> the `bastion train` parameter it sets (a flag's name, or a TrainConfig field without a flag)
 KEYS: dict[str, str] = {
     "model": "model", "plan": "plan", "data": "data", "steps": "steps", "run_dir": "run_dir", "nproc": "nproc",
-    "seed": "seed", "seq_len": "seq_len", "compile": "compile_model", "cluster": "cluster",
+    "seed": "seed", "seq_len": "seq_len", "compile": "compile_model", "fp8_recipe": "fp8_recipe",
+    "cluster": "cluster",
     "max_restarts": "max_restarts",
     "optimizer.lr": "lr", "optimizer.betas": "betas", "optimizer.weight_decay": "weight_decay",
     "optimizer.eps": "eps",

@@ -34,6 +34,7 @@ from torch import nn
 
 from bastion.errors import PlanError
 from bastion.runtime.context_parallel import ContextParallel
+from bastion.runtime.float8 import apply_float8, check_fp8_runnable
 from bastion.runtime.mesh import RuntimeMesh
 from bastion.runtime.model import Attention, LatentAttention, Transformer, build_model, init_weights
 from bastion.runtime.moe import ExpertParallelGroup, GroupedExperts, MoE
@@ -296,6 +297,10 @@ class ParallelizeConfig:
     compile: bool = False
     #: seed of the deterministic parameter init
     seed: int = 0
+    #: torchao recipe of an fp8 plan (runtime/float8.py)
+    fp8_recipe: str = "tensorwise"
+    #: tests only: run an fp8 plan with torchao's emulation on CPU instead of refusing it
+    fp8_emulate: bool = False
 
 
 def parallelize(spec: ModelSpec, plan: ParallelPlan, rmesh: RuntimeMesh, config: ParallelizeConfig
@@ -309,12 +314,18 @@ def parallelize(spec: ModelSpec, plan: ParallelPlan, rmesh: RuntimeMesh, config:
     device = rmesh.device
     on_gpu = device.type == "cuda"
     notes: list[str] = []
+    fp8 = plan.precision == "fp8"
+    if fp8 and not config.fp8_emulate:
+        check_fp8_runnable(device, plan.tp)  # refused rather than trained in another precision
     bf16 = plan.precision in ("bf16", "fp16", "fp8")
     if bf16 and not on_gpu:
         notes.append(f"plan precision {plan.precision}: running fp32 on CPU (bitwise-comparable runs)")
     compute_dtype = torch.bfloat16 if (bf16 and on_gpu) else None
-    if plan.precision in ("fp16", "fp8") and on_gpu:
-        notes.append(f"plan precision {plan.precision}: running bf16 compute with fp32 master weights")
+    if plan.precision == "fp16" and on_gpu:
+        notes.append("plan precision fp16: running bf16 compute with fp32 master weights")
+    if fp8:
+        notes.append(f"plan precision fp8: torchao Float8 linear layers ({config.fp8_recipe} scaling"
+                     + (", emulated on CPU" if config.fp8_emulate else "") + "), the LM head and experts in bf16")
     use_fsdp = plan.dp * plan.cp > 1  # gradients are reduced over the dp × cp ranks (runtime/mesh.py)
     num_stages = plan.pp * (plan.vpp if plan.pp > 1 else 1)
     stage_ids = stage_ids_for_rank(plan, rmesh.pp_rank)
@@ -326,6 +337,8 @@ def parallelize(spec: ModelSpec, plan: ParallelPlan, rmesh: RuntimeMesh, config:
             apply_context_parallel(part, rmesh)
         if plan.ep > 1 or plan.etp > 1:
             apply_expert_parallel(part, rmesh)
+        if fp8:
+            apply_float8(part, config.fp8_recipe, emulate=config.fp8_emulate)
         if plan.tp > 1:
             apply_tensor_parallel(part, rmesh, plan.sequence_parallel)
         apply_activation_checkpointing(part, plan.recompute, plan.recompute_layers)

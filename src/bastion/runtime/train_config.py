@@ -56,6 +56,8 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     #: torch.compile each block (the whole model on one device)
     compile: bool = False
+    #: torchao scaling recipe of an fp8 plan (runtime/float8.py)
+    fp8_recipe: str = "tensorwise"
     #: cluster spec used for MFU and the prediction (default cpu:<world> on CPU)
     cluster: str | None = None
     #: show a progress bar on rank 0

@@ -75,7 +75,8 @@ class Trainer(Stateful):
         self.plan = plan
         self.rmesh = rmesh
         self.seq_len = spec.seq_len
-        self.model = parallelize(spec, plan, rmesh, ParallelizeConfig(compile=config.compile, seed=config.seed))
+        self.model = parallelize(spec, plan, rmesh, ParallelizeConfig(compile=config.compile, seed=config.seed,
+                                                                         fp8_recipe=config.fp8_recipe))
         # compiled, the loss fuses the fp32 upcast into the cross-entropy, so the fp32 copy of the
         # (tokens × vocab) logits is never materialised (DTensor logits under loss_parallel stay eager)
         self.loss_fn = torch.compile(cross_entropy_loss) if config.compile and plan.tp == 1 else cross_entropy_loss
