@@ -222,6 +222,17 @@ def _micro_batch_overhead(node: Cluster, plan: ParallelPlan, layers: int, has_fi
     return (layers * per_layer + ends) / node.accelerator.core_share(node.gpus_per_node)
 
 
+def _tp_ends_comm(cluster: Cluster, model: ModelSpec, plan: ParallelPlan, seq_len: int, layers: int,
+                  has_first: bool, has_last: bool) -> float:
+    """Seconds of one micro-batch's tensor-parallel collectives at the model's ends (embedding, final norm, LM
+    head, loss parallelism) the profile counted, half on the first and half on the last stage's rank."""
+    if plan.tp <= 1 or not (has_first or has_last):
+        return 0.0
+    nbytes = float(plan.micro_batch * seq_len // plan.cp * model.hidden_size * activation_dtype_bytes(plan.precision))
+    counted = _counted_tp_comm(cluster, plan, nbytes, "ends")
+    return (counted or 0.0) * (int(has_first) + int(has_last)) / 2
+
+
 def _host_saturated(node: Cluster) -> bool:
     """A host CPU with measured rates: gloo's collectives run on the cores the ranks compute on, so nothing
     hides them (no idle core, no separate engine), and the predictor follows what bastion's runtime does."""
@@ -275,6 +286,20 @@ class _LayerCosts(NamedTuple):
     cp: float
 
 
+def _counted_tp_comm(cluster: Cluster, plan: ParallelPlan | _StageKey, nbytes: float, where: str) -> float | None:
+    """Seconds of the tensor-parallel collectives a machine profile counted the runtime issuing (`where`:
+    per_layer or ends), each timed with the measured line of its op for an activation of `nbytes`; None when
+    the profile counted none (or on datasheet rates)."""
+    counts = [c for c in (cluster.profile.tp_collectives if cluster.profile else ())
+              if c.sequence_parallel == plan.sequence_parallel]
+    if not counts:
+        return None
+    group = comm.place_group(cluster, plan.tp, 1)
+    timed = {"all_reduce": comm.all_reduce_time, "all_gather": comm.all_gather_time,
+             "reduce_scatter": comm.reduce_scatter_time}
+    return sum(getattr(c, where) * timed[c.op](cluster, nbytes, group) for c in counts if c.op in timed)
+
+
 @lru_cache(maxsize=16384)
 def _layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: int,
                  options: PredictOptions) -> _LayerCosts:
@@ -309,7 +334,13 @@ def _layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: i
         tp_group = comm.place_group(cluster, plan.tp, 1)
         collectives = 4 + (2 if plan.recompute == "full" else 0)
         nbytes = float(tokens * model.hidden_size * a)
-        if plan.sequence_parallel and cluster.profile is not None:
+        counted = _counted_tp_comm(cluster, plan, nbytes, "per_layer")
+        if counted is not None:
+            # the collectives the profile counted the runtime issuing per block; a fully recomputed block
+            # issues its forward's two again
+            layer_tp = counted + (2 * comm.all_reduce_time(cluster, nbytes, tp_group)
+                                  if plan.recompute == "full" else 0.0)
+        elif plan.sequence_parallel and cluster.profile is not None:
             # measured collectives: each all-reduce is an all-gather and a reduce-scatter under SP, two
             # latencies (the bandwidth terms of the datasheet model are the same either way)
             layer_tp = collectives * (comm.all_gather_time(cluster, nbytes, tp_group)
@@ -473,7 +504,8 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     saturated = _host_saturated(node)
     if saturated:
         stage_times = [replace(t, host_overhead=_micro_batch_overhead(node, plan, *roles[i]),
-                               fsdp_exposed=_runtime_fsdp_comm(node, model, plan, *roles[i]))
+                               fsdp_exposed=_runtime_fsdp_comm(node, model, plan, *roles[i]),
+                               tp_comm=t.tp_comm + _tp_ends_comm(cluster, model, plan, s, *roles[i]))
                        for t, i in zip(stage_times, representatives, strict=True)]
     slowest = max(stage_times, key=lambda t: t.total)
 
