@@ -218,7 +218,9 @@ def _micro_batch_overhead(node: Cluster, plan: ParallelPlan, layers: int, has_fi
     tp = (host.layer_tp_s + (host.layer_sp_s if plan.sequence_parallel else 0.0)) if plan.tp > 1 else 0.0
     per_layer = (host.layer_s + tp) * (4 / 3 if plan.recompute == "full" else 1.0)
     per_layer += host.layer_fsdp_s if plan.dp * plan.cp > 1 else 0.0
-    ends = host.micro_batch_s * (int(has_first) + int(has_last)) / 2
+    ends_tp = (host.micro_batch_tp_s + (host.micro_batch_sp_s if plan.sequence_parallel else 0.0)
+               if plan.tp > 1 else 0.0)
+    ends = (host.micro_batch_s + ends_tp) * (int(has_first) + int(has_last)) / 2
     return (layers * per_layer + ends) / node.accelerator.core_share(node.gpus_per_node)
 
 
@@ -288,16 +290,20 @@ class _LayerCosts(NamedTuple):
 
 def _counted_tp_comm(cluster: Cluster, plan: ParallelPlan | _StageKey, nbytes: float, where: str) -> float | None:
     """Seconds of the tensor-parallel collectives a machine profile counted the runtime issuing (`where`:
-    per_layer or ends), each timed with the measured line of its op for an activation of `nbytes`; None when
-    the profile counted none (or on datasheet rates)."""
-    counts = [c for c in (cluster.profile.tp_collectives if cluster.profile else ())
-              if c.sequence_parallel == plan.sequence_parallel]
+    per_layer or ends), each the bandwidth term of the measured line of its op for an activation of `nbytes`
+    (their latency and host work are in the profile's measured layer_tp_s / micro_batch_tp_s, which ran the
+    same collectives at a negligible size); None when the profile counted none (or on datasheet rates)."""
+    profile = cluster.profile
+    counts = [c for c in (profile.tp_collectives if profile else ()) if c.sequence_parallel == plan.sequence_parallel]
     if not counts:
         return None
-    group = comm.place_group(cluster, plan.tp, 1)
-    timed = {"all_reduce": comm.all_reduce_time, "all_gather": comm.all_gather_time,
-             "reduce_scatter": comm.reduce_scatter_time}
-    return sum(getattr(c, where) * timed[c.op](cluster, nbytes, group) for c in counts if c.op in timed)
+    share = cluster.accelerator.core_share(cluster.gpus_per_node)
+    seconds = 0.0
+    for c in counts:
+        at_size = profile.collective_wall_time(c.op, plan.tp, nbytes, share)
+        if at_size is not None:
+            seconds += getattr(c, where) * (at_size - profile.collective_wall_time(c.op, plan.tp, 0.0, share))
+    return seconds
 
 
 @lru_cache(maxsize=16384)
@@ -336,10 +342,9 @@ def _layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: i
         nbytes = float(tokens * model.hidden_size * a)
         counted = _counted_tp_comm(cluster, plan, nbytes, "per_layer")
         if counted is not None:
-            # the collectives the profile counted the runtime issuing per block; a fully recomputed block
-            # issues its forward's two again
-            layer_tp = counted + (2 * comm.all_reduce_time(cluster, nbytes, tp_group)
-                                  if plan.recompute == "full" else 0.0)
+            # the collectives the profile counted the runtime issuing per block; a fully recomputed block runs
+            # its forward again (a third of the work, as _micro_batch_overhead counts its dispatch)
+            layer_tp = counted * (4 / 3 if plan.recompute == "full" else 1.0)
         elif plan.sequence_parallel and cluster.profile is not None:
             # measured collectives: each all-reduce is an all-gather and a reduce-scatter under SP, two
             # latencies (the bandwidth terms of the datasheet model are the same either way)

@@ -291,12 +291,22 @@ _COLLECTIVE_OPS = {"all_reduce": "all_reduce", "all_gather_into_tensor": "all_ga
                    "reduce_scatter_tensor": "reduce_scatter"}
 
 
-def count_tp_collectives(base: ModelSpec, world: int) -> list[dict[str, Any]]:
-    """The collectives the runtime issues under tensor parallelism of 2 (every rank of `world` calls this), as
-    [{sequence_parallel, op, per_layer, ends}]: per block and for the model's ends (embedding, norm, LM head and
-    loss parallelism), forward + backward, counted by DTensor's CommDebugMode on models of 1 and 3 blocks (the
-    difference is two blocks'). Exact counts of what runtime/parallelize.py does; the predictor times each
-    with the measured line of its op."""
+def measure_tensor_parallel(base: ModelSpec, world: int, reps: int) -> dict[str, Any]:
+    """What the runtime's tensor parallelism of 2 costs a rank (every rank of `world` calls this, all tensor-
+    parallel pairs at once), on models of 1 and 3 blocks at negligible shapes, forward + backward with loss
+    parallelism, without and with sequence parallelism:
+
+    - `counts`: [{sequence_parallel, op, per_layer, ends}] collectives issued per block and once for the
+      model's ends (embedding, final norm, LM head, loss), counted by DTensor's CommDebugMode: exact counts of
+      what runtime/parallelize.py does;
+    - CPU seconds (the median of `reps`, every rank the same number) over the same model without tensor
+      parallelism: per block (`layer_tp_s`; `layer_sp_s` the extra of sequence parallelism on top) and at the
+      ends per micro-batch (`micro_batch_tp_s`, `micro_batch_sp_s`): DTensor's dispatch and sharding
+      propagation, its redistributions and the host work of their collectives at a negligible message size
+      (so the predictor adds only the collectives' bytes / bandwidth on top);
+    - `times`: each variant's repeats by name, for the profile's [repeats]."""
+    import warnings
+
     from torch.distributed.tensor.debug import CommDebugMode
     from torch.distributed.tensor.parallel import loss_parallel
 
@@ -305,30 +315,53 @@ def count_tp_collectives(base: ModelSpec, world: int) -> list[dict[str, Any]]:
     from bastion.runtime.parallelize import apply_tensor_parallel, cross_entropy_loss
     from bastion.specs.plan import ParallelPlan
 
-    rows = []
-    for sp in (False, True):
-        rmesh = build_mesh(ParallelPlan(dp=world // 2, tp=2, sequence_parallel=sp, precision="fp32", micro_batch=1,
-                                        global_batch=world // 2), torch.device("cpu"))
-        by_layers: dict[int, dict[str, int]] = {}
+    # a full backward hook fires on the embedding's output, which needs no input gradient: expected here
+    warnings.filterwarnings("ignore", message="Full backward hook", category=UserWarning)
+    rows, cpu, times = [], {}, {}
+    for variant in ("eager", "tp", "tp+sp"):
+        sp = variant == "tp+sp"
+        rmesh = None if variant == "eager" else build_mesh(ParallelPlan(
+            dp=world // 2, tp=2, sequence_parallel=sp, precision="fp32", micro_batch=1, global_batch=world // 2),
+            torch.device("cpu"))
+        counted: dict[int, dict[str, int]] = {}
         for layers in (1, 3):
             spec = _probe_spec(base, layers)
             module = build_model(spec)
-            apply_tensor_parallel(module, rmesh, sp)
+            if rmesh is not None:
+                apply_tensor_parallel(module, rmesh, sp)
             module.to_empty(device="cpu")
             init_weights(module, spec, 0)
             tokens = torch.randint(0, spec.vocab_size, (1, spec.seq_len))
-            with CommDebugMode() as comms, loss_parallel():
-                cross_entropy_loss(module(tokens), tokens).backward()
-            by_layers[layers] = {}
+
+            def run(module: Any = module, tokens: torch.Tensor = tokens) -> None:
+                with loss_parallel():
+                    cross_entropy_loss(module(tokens), tokens).backward()
+            with CommDebugMode() as comms:
+                run()
+            counted[layers] = {}
             for op, n in comms.get_comm_counts().items():
                 name = _COLLECTIVE_OPS.get(str(op).rsplit(".", 1)[-1])
                 if name is not None:
-                    by_layers[layers][name] = by_layers[layers].get(name, 0) + n
-        for op in sorted(set(by_layers[1]) | set(by_layers[3])):
-            per_layer = (by_layers[3].get(op, 0) - by_layers[1].get(op, 0)) / 2
+                    counted[layers][name] = counted[layers].get(name, 0) + n
+            dist.barrier()
+            samples = []
+            for _ in range(reps):
+                before = time.process_time()
+                run()
+                samples.append(time.process_time() - before)
+            times[f"model x{layers} {variant}, tp pairs of {world} ranks"] = samples
+            cpu[(variant, layers)] = statistics.median(samples)
+        for op in sorted(set(counted[1]) | set(counted[3])) if rmesh is not None else ():
+            per_layer = (counted[3].get(op, 0) - counted[1].get(op, 0)) / 2
             rows.append({"sequence_parallel": sp, "op": op, "per_layer": per_layer,
-                         "ends": max(0.0, by_layers[1].get(op, 0) - per_layer)})
-    return rows
+                         "ends": max(0.0, counted[1].get(op, 0) - per_layer)})
+    layer = {v: (cpu[(v, 3)] - cpu[(v, 1)]) / 2 for v in ("eager", "tp", "tp+sp")}
+    ends = {v: cpu[(v, 1)] - layer[v] for v in layer}
+    return {"counts": rows, "times": times,
+            "layer_tp_s": max(0.0, layer["tp"] - layer["eager"]),
+            "layer_sp_s": max(0.0, layer["tp+sp"] - layer["tp"]),
+            "micro_batch_tp_s": max(0.0, ends["tp"] - ends["eager"]),
+            "micro_batch_sp_s": max(0.0, ends["tp+sp"] - ends["tp"])}
 
 
 def _rank_main(rank: int, world: int, init: str, out_dir: str, spawned_at: float, config: dict[str, Any]) -> None:
@@ -350,7 +383,8 @@ def _rank_main(rank: int, world: int, init: str, out_dir: str, spawned_at: float
     dist.barrier()
     result["elementwise"] = measure_elementwise((16,), budget * 2)
     if world % 2 == 0:
-        result["tp_collectives"] = count_tp_collectives(config["probe_model"], world)
+        result["tensor_parallel"] = measure_tensor_parallel(config["probe_model"], world,
+                                                            3 * config["collective_reps"])
     collectives = []
     for size in collective_groups(world):
         groups = [list(range(start, start + size)) for start in range(0, world, size)]
@@ -381,7 +415,7 @@ def measure_shared(world: int, gemm_shape: tuple[int, int, int], message_bytes: 
                    probe_model: ModelSpec, collective_reps: int = 7,
                    repeats: Repeats | None = None) -> dict[str, Any]:
     """`world` processes on this host at once (gloo): start-up, shared GEMM and elementwise rates, collectives,
-    and (an even world) the collectives tensor parallelism issues per block (`count_tp_collectives`).
+    and (an even world) what tensor parallelism costs a rank (`measure_tensor_parallel`, rank 0's).
     Collective times are wall time, the slowest rank's (a collective is done when its last member is), the
     median of the repeats. `core_share` is each rank's share of a core while all ranks multiply matrices at
     once, the median of three windows."""
@@ -409,10 +443,11 @@ def measure_shared(world: int, gemm_shape: tuple[int, int, int], message_bytes: 
             repeats[f"{op} {size} ranks {nbytes} B"] = times
         for rank, r in enumerate(ranks):
             repeats[f"core share rank {rank} of {world}"] = r["core_share"]
+        repeats.update(ranks[0].get("tensor_parallel", {}).get("times", {}))
     return {"world": world, "process_start_s": statistics.median(r["start_s"] for r in ranks),
             "core_share": [statistics.median(r["core_share"]) for r in ranks],
             "elementwise": [r["elementwise"][0] for r in ranks],
-            "tp_collectives": ranks[0].get("tp_collectives", []),
+            "tensor_parallel": ranks[0].get("tensor_parallel"),
             "collectives": [[op, size, nbytes, statistics.median(t)] for (op, size, nbytes), t in
                             sorted(slowest.items())]}
 
@@ -468,6 +503,10 @@ def fit_profile(raw: dict[str, Any], peak_flops_core: float, host_cores: int) ->
                             "bandwidth_gbs": 1e-9 / per_byte})
     host = dict(raw["host"])
     host["process_start_s"] = shared["process_start_s"]
+    tensor_parallel = shared.get("tensor_parallel")
+    if tensor_parallel:  # real tensor-parallel pairs: these replace the one-process DTensor figures
+        host.update({k: tensor_parallel[k] for k in ("layer_tp_s", "layer_sp_s", "micro_batch_tp_s",
+                                                       "micro_batch_sp_s")})
 
     top_gemm = max(gemm)
     return {
@@ -481,7 +520,7 @@ def fit_profile(raw: dict[str, Any], peak_flops_core: float, host_cores: int) ->
         },
         "host": host,
         "collective": collectives,
-        "tp_collective": shared.get("tp_collectives", []),
+        "tp_collective": tensor_parallel["counts"] if tensor_parallel else [],
     }
 
 

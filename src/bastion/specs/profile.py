@@ -45,7 +45,8 @@ class HostOverheads:
 
     #: eager dispatch of one transformer block, forward + backward, at shapes too small to compute anything
     layer_s: float = 0.0
-    #: extra per block under tensor parallelism (DTensor dispatch and sharding propagation)
+    #: extra per block under tensor parallelism: DTensor dispatch and sharding propagation, and (measured on
+    #: real tensor-parallel pairs) its redistributions and their collectives' host work at a negligible size
     layer_tp_s: float = 0.0
     #: extra per block under sequence parallelism on top of layer_tp_s (redistributions around the norms)
     layer_sp_s: float = 0.0
@@ -53,6 +54,10 @@ class HostOverheads:
     layer_fsdp_s: float = 0.0
     #: per micro-batch outside the blocks: embedding, final norm, LM head, loss, backward start
     micro_batch_s: float = 0.0
+    #: extra per micro-batch at the model's ends under tensor parallelism (loss parallelism, the embedding's and
+    #: LM head's redistributions), and under sequence parallelism on top of it
+    micro_batch_tp_s: float = 0.0
+    micro_batch_sp_s: float = 0.0
     #: per optimizer step and parameter tensor: AdamW and gradient clipping on plain tensors
     optimizer_per_tensor_s: float = 0.0
     #: the same on DTensor parameters (tensor parallelism or FSDP2)
