@@ -179,3 +179,14 @@ def test_compare_refuses_what_it_cannot_compare(tmp_path: Path, capsys: pytest.C
     extra = ["--min-change", "1.5"] if which == "min-change" else []
     code, _, err = run(["calibrate", "--compare", str(good), str(other), *extra], capsys)
     assert code == 2 and "To fix:" in err and "Traceback" not in err
+
+
+def test_report_says_which_profile_and_interval_its_prediction_used(tmp_path: Path, failing_run: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, profile_data())
+    code, out, err = run(["report", str(failing_run), "--cluster", f"cpu:2@{path}"], capsys)
+    assert code == 0, err
+    text = " ".join(out.split())  # rich wraps long lines
+    assert f"rates: profile {path}" in text and "predicted step p10-p90:" in text
+    code, out, _ = run(["report", str(failing_run), "--cluster", "cpu:2"], capsys)
+    assert "rates: datasheet: catalog row 'cpu'" in " ".join(out.split())

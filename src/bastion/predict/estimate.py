@@ -213,7 +213,8 @@ def _stage_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len:
 def _micro_batch_overhead(node: Cluster, plan: ParallelPlan, layers: int, has_first: bool, has_last: bool) -> float:
     """Seconds of one micro-batch's host work on one rank (machine profile's [host] terms): each block's eager
     dispatch, plus DTensor's under tensor parallelism and FSDP2's hooks when gradients are reduced over dp × cp;
-    a fully recomputed block dispatches its forward (a third of the work) again; the ends of the model once."""
+    a fully recomputed block dispatches its forward (a third of the work) again; the ends of the model once
+    (with tensor parallelism's extra there); the pipeline schedule's own work per micro-batch and stage."""
     host = node.profile.host_overheads
     tp = (host.layer_tp_s + (host.layer_sp_s if plan.sequence_parallel else 0.0)) if plan.tp > 1 else 0.0
     per_layer = (host.layer_s + tp) * (4 / 3 if plan.recompute == "full" else 1.0)
@@ -221,6 +222,7 @@ def _micro_batch_overhead(node: Cluster, plan: ParallelPlan, layers: int, has_fi
     ends_tp = (host.micro_batch_tp_s + (host.micro_batch_sp_s if plan.sequence_parallel else 0.0)
                if plan.tp > 1 else 0.0)
     ends = (host.micro_batch_s + ends_tp) * (int(has_first) + int(has_last)) / 2
+    ends += host.pipeline_micro_batch_s * plan.vpp if plan.pp > 1 else 0.0
     return (layers * per_layer + ends) / node.accelerator.core_share(node.gpus_per_node)
 
 

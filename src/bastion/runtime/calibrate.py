@@ -364,6 +364,59 @@ def measure_tensor_parallel(base: ModelSpec, world: int, reps: int) -> dict[str,
             "micro_batch_sp_s": max(0.0, ends["tp+sp"] - ends["tp"])}
 
 
+def measure_pipeline(base: ModelSpec, world: int, reps: int, micro_batches: int = 6) -> dict[str, Any]:
+    """CPU seconds per micro-batch that the runtime's pipeline schedule (1F1B over 2 stages, every pair of
+    `world` ranks at once) adds to its stage's own forward + backward: torch.distributed.pipelining's
+    bookkeeping and its send/recv's host work, at negligible shapes (one block per stage). The difference of a
+    step of `micro_batches` and a step of 2 (the fewest 2 stages run), per extra micro-batch, less the stage module's own forward +
+    backward timed plainly in the same process; the median of `reps` (every rank the same number)."""
+    from torch.distributed import pipelining
+
+    from bastion.runtime.model import build_model, init_weights
+    from bastion.runtime.parallelize import cross_entropy_loss, schedule_class, split_stage
+    from bastion.specs.schedules import get_schedule
+
+    rank = dist.get_rank()
+    pairs = [dist.new_group([r, r + 1]) for r in range(0, world, 2)]
+    stage_id = rank % 2
+    spec = _probe_spec(base, 2)
+    part = split_stage(build_model(spec), stage_id, 2)
+    part.to_empty(device="cpu")
+    init_weights(part, spec, 0)
+    found = schedule_class(get_schedule("1f1b"), torch.device("cpu"))
+
+    def step_time(m: int) -> float:
+        stage = pipelining.PipelineStage(part, stage_index=stage_id, num_stages=2, device=torch.device("cpu"),
+                                         group=pairs[rank // 2])
+        schedule = found(stage, n_microbatches=m, loss_fn=cross_entropy_loss)
+        tokens = torch.randint(0, spec.vocab_size, (m, spec.seq_len))
+
+        def run() -> None:
+            schedule.step(*((tokens,) if stage_id == 0 else ()), target=tokens if stage_id == 1 else None)
+        run()
+        dist.barrier()
+        samples = []
+        for _ in range(reps):
+            before = time.process_time()
+            run()
+            samples.append(time.process_time() - before)
+        return statistics.median(samples)
+
+    per_micro_batch = (step_time(micro_batches) - step_time(2)) / (micro_batches - 2)
+    tokens = torch.randint(0, spec.vocab_size, (1, spec.seq_len))
+    if stage_id == 0:
+        def plain() -> None:
+            out = part(tokens)
+            out.backward(torch.ones_like(out))
+    else:
+        hidden = torch.randn(1, spec.seq_len, spec.hidden_size, requires_grad=True)
+
+        def plain() -> None:
+            cross_entropy_loss(part(hidden), tokens).backward()
+    plain_s = statistics.median(_timings(plain, 0.0, min_reps=reps))
+    return {"pipeline_micro_batch_s": max(0.0, per_micro_batch - plain_s)}
+
+
 def _rank_main(rank: int, world: int, init: str, out_dir: str, spawned_at: float, config: dict[str, Any]) -> None:
     import warnings
 
@@ -385,6 +438,7 @@ def _rank_main(rank: int, world: int, init: str, out_dir: str, spawned_at: float
     if world % 2 == 0:
         result["tensor_parallel"] = measure_tensor_parallel(config["probe_model"], world,
                                                             3 * config["collective_reps"])
+        result["pipeline"] = measure_pipeline(config["probe_model"], world, 3 * config["collective_reps"])
     collectives = []
     for size in collective_groups(world):
         groups = [list(range(start, start + size)) for start in range(0, world, size)]
@@ -448,6 +502,9 @@ def measure_shared(world: int, gemm_shape: tuple[int, int, int], message_bytes: 
             "core_share": [statistics.median(r["core_share"]) for r in ranks],
             "elementwise": [r["elementwise"][0] for r in ranks],
             "tensor_parallel": ranks[0].get("tensor_parallel"),
+            # a pipeline step waits for its slowest stage: the larger of the two stages' extras
+            "pipeline_micro_batch_s": max((r["pipeline"]["pipeline_micro_batch_s"] for r in ranks if "pipeline" in r),
+                                          default=0.0),
             "collectives": [[op, size, nbytes, statistics.median(t)] for (op, size, nbytes), t in
                             sorted(slowest.items())]}
 
@@ -503,6 +560,7 @@ def fit_profile(raw: dict[str, Any], peak_flops_core: float, host_cores: int) ->
                             "bandwidth_gbs": 1e-9 / per_byte})
     host = dict(raw["host"])
     host["process_start_s"] = shared["process_start_s"]
+    host["pipeline_micro_batch_s"] = shared.get("pipeline_micro_batch_s", 0.0)
     tensor_parallel = shared.get("tensor_parallel")
     if tensor_parallel:  # real tensor-parallel pairs: these replace the one-process DTensor figures
         host.update({k: tensor_parallel[k] for k in ("layer_tp_s", "layer_sp_s", "micro_batch_tp_s",
