@@ -16,6 +16,7 @@ with torch itself. `fit_profile` turns the raw measurements into the rates specs
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import statistics
@@ -40,18 +41,27 @@ Progress = Callable[[str], None]
 Repeats = dict[str, list[float]]
 
 
+#: the shortest repeat: a faster call is repeated within one repeat (a clock tick, or the OS's accounting of CPU
+#: time, would otherwise be most of what is measured)
+MIN_REPEAT_S = 2e-3
+
+
 def _timings(fn: Callable[[], Any], budget_s: float, min_reps: int = 3, max_reps: int = 200,
              clock: Callable[[], float] = time.process_time) -> list[float]:
-    """Seconds of each fn() after one warm-up, repeated until `budget_s` of wall time is spent (at least
-    min_reps). By default the seconds are this process's CPU time: what the work costs a core, whatever else the
-    host runs meanwhile (how much of a core a rank gets is measured apart: `core_share`)."""
+    """Seconds of one fn() in each repeat, after one warm-up, repeated until `budget_s` of wall time is spent
+    (at least min_reps); a repeat runs fn() as many times as take MIN_REPEAT_S. By default the seconds are this
+    process's CPU time: what the work costs a core, whatever else the host runs meanwhile (how much of a core a
+    rank gets is measured apart: `core_share`)."""
+    start = time.perf_counter()
     fn()
-    times = []
+    calls = max(1, math.ceil(MIN_REPEAT_S / max(time.perf_counter() - start, 1e-9)))
+    times: list[float] = []
     start = time.perf_counter()
     while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start < budget_s):
         before = clock()
-        fn()
-        times.append(clock() - before)
+        for _ in range(calls):
+            fn()
+        times.append((clock() - before) / calls)
     return times
 
 

@@ -1,7 +1,7 @@
 """`bastion calibrate --compare A B`: which measurements of two machine profiles differ beyond their noise.
 
 Every measurement a profile holds comes with its repeats (`[repeats]`, specs/profile.py). Its noise band is half
-the spread of its repeats around their median; a measurement changed when the two medians are further apart than
+the p10-p90 spread of its repeats around their median; a measurement changed when the two medians are further apart than
 their two bands together (the bands do not overlap) and by at least `min_change` of the first. A slow GEMM, a
 degraded link (a collective's times) or a busier host (a rank's core share) shows up as such a change. Torch-free.
 """
@@ -20,9 +20,13 @@ DEFAULT_MIN_CHANGE = 0.05
 
 
 def noise_band(times: tuple[float, ...]) -> float:
-    """Half the spread of the repeats, relative to their median (0 for one repeat or a zero median)."""
+    """Half the p10-p90 spread of the repeats, relative to their median (0 for one repeat or a zero median): the
+    repeat a busy host stalled now and then does not widen it."""
     middle = statistics.median(times)
-    return (max(times) - min(times)) / 2 / middle if middle > 0 else 0.0
+    if len(times) < 2 or middle <= 0:
+        return 0.0
+    deciles = statistics.quantiles(times, n=10, method="inclusive")
+    return (deciles[-1] - deciles[0]) / 2 / middle
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,7 @@ class ProfileComparison:
                 "changed": [row(m) for m in self.changed], "measurements": [row(m) for m in self.measurements],
                 "only_before": list(self.only_before), "only_after": list(self.only_after),
                 "rule": "changed: the medians of the repeats differ by more than the two noise bands (half the "
-                        "spread of each one's repeats) together, and by at least min_change"}
+                        "p10-p90 spread of each one's repeats) together, and by at least min_change"}
 
     def text(self) -> str:
         changed = self.changed
