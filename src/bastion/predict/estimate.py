@@ -576,8 +576,10 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
         MFU_CONVENTION,
         f"rates: {node.rates_source}" + (
             "; GEMM/attention efficiency by size, memory bandwidth, core sharing, collectives (latency + "
-            "bandwidth by group size) and host overheads (dispatch per block, DTensor, FSDP hooks, optimizer per "
-            "tensor) measured" if node.profile else ""),
+            "bandwidth by group size) and host overheads (dispatch per block, DTensor with its redistributions "
+            "on real tensor-parallel pairs, FSDP hooks, the pipeline schedule per micro-batch, optimizer per "
+            "tensor) measured; tensor-parallel collectives per block counted as the runtime issues them"
+            if node.profile else ""),
         (f"attention: fused flash kernel '{options.attention_kernel}' (causal blocks skipped, no s×s scores stored)"
          + (f", at most {options.attention_efficiency_cap:g} of the bf16 peak"
             if options.attention_efficiency_cap is not None else "")) if options.flash_attention

@@ -296,6 +296,18 @@ def _run_collective(op: str, group: Any, group_ranks: list[int], nbytes: int) ->
     return exchange
 
 
+def _lockstep_cpu_times(run: Callable[[], Any], reps: int) -> list[float]:
+    """CPU seconds of each of `reps` calls of `run`, which issues collectives: from a barrier on, every rank the
+    same number of calls (a time budget would differ between ranks and leave one waiting for the others)."""
+    dist.barrier()
+    samples = []
+    for _ in range(reps):
+        before = time.process_time()
+        run()
+        samples.append(time.process_time() - before)
+    return samples
+
+
 #: the c10d functional ops DTensor issues, by the collective names of the profile
 _COLLECTIVE_OPS = {"all_reduce": "all_reduce", "all_gather_into_tensor": "all_gather",
                    "reduce_scatter_tensor": "reduce_scatter"}
@@ -353,12 +365,7 @@ def measure_tensor_parallel(base: ModelSpec, world: int, reps: int) -> dict[str,
                 name = _COLLECTIVE_OPS.get(str(op).rsplit(".", 1)[-1])
                 if name is not None:
                     counted[layers][name] = counted[layers].get(name, 0) + n
-            dist.barrier()
-            samples = []
-            for _ in range(reps):
-                before = time.process_time()
-                run()
-                samples.append(time.process_time() - before)
+            samples = _lockstep_cpu_times(run, reps)
             times[f"model x{layers} {variant}, tp pairs of {world} ranks"] = samples
             cpu[(variant, layers)] = statistics.median(samples)
         for op in sorted(set(counted[1]) | set(counted[3])) if rmesh is not None else ():
@@ -404,13 +411,7 @@ def measure_pipeline(base: ModelSpec, world: int, reps: int, micro_batches: int 
         def run() -> None:
             schedule.step(*((tokens,) if stage_id == 0 else ()), target=tokens if stage_id == 1 else None)
         run()
-        dist.barrier()
-        samples = []
-        for _ in range(reps):
-            before = time.process_time()
-            run()
-            samples.append(time.process_time() - before)
-        return statistics.median(samples)
+        return statistics.median(_lockstep_cpu_times(run, reps))
 
     per_micro_batch = (step_time(micro_batches) - step_time(2)) / (micro_batches - 2)
     tokens = torch.randint(0, spec.vocab_size, (1, spec.seq_len))
