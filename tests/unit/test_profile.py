@@ -130,6 +130,7 @@ def test_checkpoint_stall_comes_from_the_measured_write_bandwidth(tmp_path: Path
 
     data = profile_data()
     data["host"]["checkpoint_write_gbs"] = 0.25
+    data["host"]["checkpoint_read_gbs"] = 2.0
     cluster = load_cluster(str(write(tmp_path, data)))
     stall, source = checkpoint_stall(cluster, 1e9)
     assert stall == pytest.approx(4 * 1e9 / 0.25e9)  # the node's 4 ranks' states through one filesystem
@@ -138,7 +139,12 @@ def test_checkpoint_stall_comes_from_the_measured_write_bandwidth(tmp_path: Path
     assert datasheet_stall != stall and "async" in datasheet_source
     plan = ParallelPlan(dp=4, micro_batch=1, global_batch=8, precision="fp32")
     cost = run_cost(load_model("tiny"), cluster, plan, tokens=1e9)
-    assert any("0.25 GB/s" in a for a in cost.assumptions)
+    assert any("0.25 GB/s" in a for a in cost.assumptions) and any("read bandwidth 2 GB/s" in a
+                                                                   for a in cost.assumptions)
+    # the reload is part of what a failure costs: a slower read, a lower expected goodput
+    data["host"]["checkpoint_read_gbs"] = 1e-6
+    slow_read = run_cost(load_model("tiny"), load_cluster(str(write(tmp_path, data, "slow.toml"))), plan, tokens=1e9)
+    assert slow_read.expected_goodput < cost.expected_goodput
 
 
 def _with_repeats(**changed: list[float]) -> dict:
