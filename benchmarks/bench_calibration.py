@@ -180,15 +180,16 @@ def _plan_row(runs: list[dict]) -> dict:
                interval_s=done[0]["interval_s"], rates=done[0]["rates"])
     low, high = row["interval_s"]
     row["within_interval"] = low is not None and high is not None and low <= median <= high
-    cpu = [r["ratio_cpu"] for r in done if "ratio_cpu" in r]
-    if cpu:
-        row["ratio_cpu_median"] = statistics.median(cpu)
+    for key in ("ratio_cpu", "ratio_run_load"):
+        values = [r[key] for r in done if key in r]
+        if values:
+            row[f"{key}_median"] = statistics.median(values)
     return row
 
 
 def _table(rows: list[dict]) -> str:
     lines = [f"{'model':6} {'plan':14} {'procs':>5} {'measured':>9} {'spread':>7} {'profile':>9} {'ratio':>6} "
-             f"{'p10-p90':>15} {'datasheet':>9} {'cpu ratio':>9} {'load before/after':>17}"]
+             f"{'p10-p90':>15} {'datasheet':>9} {'cpu ratio':>9} {'at run load':>11} {'load before/after':>17}"]
     for r in rows:
         if "error" in r:
             lines.append(f"{r['model']:6} {r['plan']:14} {r['processes']:5d}  failed: {r['error'][-120:]!r}")
@@ -197,6 +198,7 @@ def _table(rows: list[dict]) -> str:
         interval = f"{low:.3f}-{high:.3f}" if low is not None and high is not None else "-"
         loads = " ".join(f"{run['load_avg_1m_before']:.1f}/{run['load_avg_1m_after']:.1f}" for run in r["runs"])
         cpu = f"{r['ratio_cpu_median']:9.2f}" if "ratio_cpu_median" in r else f"{'-':>9}"
+        cpu += f" {r['ratio_run_load_median']:11.2f}" if "ratio_run_load_median" in r else f" {'-':>11}"
         lines.append(f"{r['model']:6} {r['plan']:14} {r['processes']:5d} {r['measured_median_s']:9.3f} "
                      f"{r['measured_spread']:7.1%} {r['predicted_s']:9.3f} {r['ratio']:6.2f} {interval:>15} "
                      f"{r['datasheet_s']:9.3f} {cpu} {loads:>17}" + ("  LOADED" if r["loaded"] else ""))
@@ -252,8 +254,10 @@ def main() -> int:
               "note": "measured = the median over the repeats of each run's median step time after the first step "
                       "(summary.json); spread = half their range / that median; profile = the prediction with "
                       "--cluster cpu:N@PROFILE, p10-p90 its interval; datasheet = plain cpu:N; cpu ratio = the "
-                      "profile's prediction on whole cores / the ranks' CPU seconds per step; loaded = the 1-minute "
-                      "load average exceeded the host's cores before or after a run."}
+                      "profile's prediction on whole cores / the ranks' CPU seconds per step; at run load = the "
+                      "profile's prediction with its background_load replaced by the runnable processes counted "
+                      "(/proc/loadavg) while the run's steps ran, less its own ranks, / measured; loaded = the "
+                      "1-minute load average exceeded the host's cores before or after a run."}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(_table(rows))
     print(f"within 10%: {result['within_10pct']} ({result['within_10pct_unloaded']}); measured inside the "
