@@ -4,13 +4,18 @@ Single process (one thread, as a training rank runs): GEMMs at the shapes the pr
 is asked about, causal SDPA forward / backward by sequence length and head size, eager elementwise bandwidth,
 per-op dispatch, and the runtime's own blocks at shapes too small to compute anything (eager; under DTensor
 tensor parallelism with and without sequence parallelism; under FSDP2), the ends of the model and AdamW with
-clipping per parameter tensor. Then N processes on the host at once (gloo): their start-up, how GEMM throughput
-and elementwise bandwidth hold up when they share the cores, and all-reduce, all-gather, reduce-scatter and
-send/recv by message size, for every group size a plan of N ranks forms, all groups of a size at once.
+clipping per parameter tensor; checkpoint write / read bandwidth to the run directory's filesystem. Then N
+processes on the host at once (gloo): their start-up, how GEMM throughput and elementwise bandwidth hold up when
+they share the cores, all-reduce, all-gather, reduce-scatter and send/recv by message size for every group size a
+plan of N ranks forms (all groups of a size at once), and, on tensor-parallel and pipeline pairs of the runtime's
+real code, what tensor parallelism and the pipeline schedule cost a rank and which collectives they issue.
 
-Every figure is the mean of repeats; each benchmark stops after a time budget. Memory: the largest tensors
-are 32 MiB (elementwise) and the collectives' buffers (at most 16 MiB per rank), a few hundred MiB per process
-with torch itself. `fit_profile` turns the raw measurements into the rates specs/profile.py reads.
+Every figure is the median of repeats (CPU time unless said otherwise: what the work costs a core, whatever
+else the host runs); every repeat is kept (`Repeats`) for the profile's noise bands. Each benchmark stops after a
+time budget, or runs a fixed count where ranks must stay in step. Memory: the largest tensors are 64 MiB (the
+checkpoint state), 32 MiB (elementwise) and the collectives' buffers (at most 16 MiB per rank), a few hundred
+MiB per process with torch itself. `fit_profile` turns the raw measurements into the rates specs/profile.py
+reads.
 """
 
 from __future__ import annotations
