@@ -10,6 +10,7 @@ import pytest
 
 from bastion.cli import main
 from bastion.errors import ConfigError
+from bastion.specs import ParallelPlan, load_model
 from bastion.specs.hardware import load_cluster
 from bastion.specs.profile import PROFILE_FORMAT, profile_toml, read_profile
 
@@ -101,3 +102,97 @@ def test_estimate_uses_the_profiles_numbers(tmp_path: Path, capsys: pytest.Captu
     assert slower["step_time_s"] - profiled["step_time_s"] == pytest.approx(expected, rel=1e-6)
     later = _estimate(str(write(tmp_path, profile_data(all_gather_latency_us=5000.0), "ar.toml")), capsys, *plan)
     assert later["time"]["tp_comm"] > profiled["time"]["tp_comm"]
+
+
+# ---- what a profile adds: tensor-parallel collective counts, checkpoint bandwidth, repeats ------------------
+
+def _tp_counts(per_layer: float) -> list[dict]:
+    return [{"sequence_parallel": True, "op": op, "per_layer": per_layer, "ends": 2.0}
+            for op in ("all_gather", "reduce_scatter")]
+
+
+def test_counted_tp_collectives_are_timed_by_their_bandwidth_term(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    plan = ("--dp", "2", "--tp", "2", "--sp", "--zero", "3", "--micro-batch", "2", "--seq-len", "4096")
+    fewer = {**profile_data(), "tp_collective": _tp_counts(4.0)}
+    more = {**profile_data(), "tp_collective": _tp_counts(8.0)}
+    assert read_profile(write(tmp_path, more, "more.toml")).tp_collectives[0].per_layer == 8.0
+    t_fewer = _estimate(str(write(tmp_path, fewer, "fewer.toml")), capsys, *plan)["time"]["tp_comm"]
+    t_more = _estimate(str(tmp_path / "more.toml"), capsys, *plan)["time"]["tp_comm"]
+    # 4 more of each per block, 4 blocks, 2 micro-batches: all-gather + reduce-scatter of one activation
+    # (2 × 4096 tokens × 64 hidden × 4 B) at 0.5 GB/s, on 2 cores / (4 ranks + 0.5 background)
+    nbytes = 2 * 4096 * 64 * 4
+    assert t_more - t_fewer == pytest.approx(4 * 4 * 2 * 2 * nbytes / 0.5e9 / (2 / 4.5), rel=1e-6)
+
+
+def test_checkpoint_stall_comes_from_the_measured_write_bandwidth(tmp_path: Path) -> None:
+    from bastion.cost.tco import checkpoint_stall, run_cost
+
+    data = profile_data()
+    data["host"]["checkpoint_write_gbs"] = 0.25
+    data["host"]["checkpoint_read_gbs"] = 2.0
+    cluster = load_cluster(str(write(tmp_path, data)))
+    stall, source = checkpoint_stall(cluster, 1e9)
+    assert stall == pytest.approx(4 * 1e9 / 0.25e9)  # the node's 4 ranks' states through one filesystem
+    assert "0.25 GB/s" in source and str(tmp_path) in source
+    datasheet_stall, datasheet_source = checkpoint_stall(load_cluster("cpu:4"), 1e9)
+    assert datasheet_stall != stall and "async" in datasheet_source
+    plan = ParallelPlan(dp=4, micro_batch=1, global_batch=8, precision="fp32")
+    cost = run_cost(load_model("tiny"), cluster, plan, tokens=1e9)
+    assert any("0.25 GB/s" in a for a in cost.assumptions) and any("read bandwidth 2 GB/s" in a
+                                                                   for a in cost.assumptions)
+    # the reload is part of what a failure costs: a slower read, a lower expected goodput
+    data["host"]["checkpoint_read_gbs"] = 1e-6
+    slow_read = run_cost(load_model("tiny"), load_cluster(str(write(tmp_path, data, "slow.toml"))), plan, tokens=1e9)
+    assert slow_read.expected_goodput < cost.expected_goodput
+
+
+def _with_repeats(**changed: list[float]) -> dict:
+    data = profile_data()
+    data["repeats"] = {"gemm 256x64x192": [0.0010, 0.0011, 0.0012], "all_reduce 2 ranks 4096 B": [2e-4, 3e-4, 4e-4],
+                       "dispatch x100": [1e-4, 1e-4, 1e-4], **changed}
+    return data
+
+
+def test_compare_lists_what_changed_beyond_its_noise(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = write(tmp_path, _with_repeats(), "before.toml")
+    # a GEMM 1.5× slower: beyond its ±7% band; the all-reduce 1.2× slower: inside its ±27% band; dispatch 3%
+    # slower with no spread: beyond the noise but under --min-change
+    after = write(tmp_path, _with_repeats(**{"gemm 256x64x192": [0.00165, 0.00165, 0.0018],
+                                             "all_reduce 2 ranks 4096 B": [2.4e-4, 3.6e-4, 4.8e-4],
+                                             "dispatch x100": [1.03e-4] * 3}), "after.toml")
+    code, out, err = run(["calibrate", "--compare", str(before), str(after)], capsys)
+    assert code == 0, err
+    assert "1 of 3 measurements changed" in out and "gemm 256x64x192" in out and "all_reduce" not in out
+    code, out, _ = run(["calibrate", "--compare", str(before), str(after), "--json", "--min-change", "0.01"],
+                       capsys)
+    result = json.loads(out)
+    assert code == 0 and [m["name"] for m in result["changed"]] == ["gemm 256x64x192", "dispatch x100"]
+    assert result["changed"][0]["ratio"] == pytest.approx(1.5)
+    code, out, _ = run(["calibrate", "--compare", str(before), str(before)], capsys)
+    assert code == 0 and "0 of 3 measurements changed" in out
+
+
+@pytest.mark.parametrize("which", ["missing", "garbled", "no-repeats", "bad-repeats", "min-change"])
+def test_compare_refuses_what_it_cannot_compare(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                which: str) -> None:
+    good = write(tmp_path, _with_repeats(), "good.toml")
+    other = {"missing": tmp_path / "nowhere.toml", "garbled": tmp_path / "garbled.toml",
+             "no-repeats": write(tmp_path, profile_data(), "old.toml"),
+             "bad-repeats": write(tmp_path, _with_repeats(**{"dispatch x100": [-1.0]}), "bad.toml"),
+             "min-change": good}[which]
+    (tmp_path / "garbled.toml").write_text("[machine\nformat = 1\n")
+    extra = ["--min-change", "1.5"] if which == "min-change" else []
+    code, _, err = run(["calibrate", "--compare", str(good), str(other), *extra], capsys)
+    assert code == 2 and "To fix:" in err and "Traceback" not in err
+
+
+def test_report_says_which_profile_and_interval_its_prediction_used(tmp_path: Path, failing_run: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, profile_data())
+    code, out, err = run(["report", str(failing_run), "--cluster", f"cpu:2@{path}"], capsys)
+    assert code == 0, err
+    text = " ".join(out.split())  # rich wraps long lines
+    assert f"rates: profile {path}" in text and "predicted step p10-p90:" in text
+    code, out, _ = run(["report", str(failing_run), "--cluster", "cpu:2"], capsys)
+    assert "rates: datasheet: catalog row 'cpu'" in " ".join(out.split())

@@ -28,6 +28,30 @@ def async_checkpoint_stall_s(state_bytes: float) -> float:
     return max(1.0, state_bytes / (ASYNC_SNAPSHOT_GBPS * 1e9))
 
 
+def checkpoint_reload_s(cluster: Cluster, state_bytes: float) -> float:
+    """Seconds to read the node's states back after a restart, when a machine profile measured the run
+    directory's read bandwidth; 0 otherwise (the catalog has no such figure: the restart time stands alone)."""
+    read_gbs = cluster.profile.host_overheads.checkpoint_read_gbs if cluster.profile else 0.0
+    return state_bytes * cluster.gpus_per_node / (read_gbs * 1e9) if read_gbs > 0 else 0.0
+
+
+def checkpoint_stall(cluster: Cluster, state_bytes: float) -> tuple[float, str]:
+    """(seconds a checkpoint blocks training, where the figure comes from) for `state_bytes` of parameters +
+    optimizer per device. A machine profile that measured the run directory's filesystem (a host CPU's: its
+    background writer runs on the cores the ranks compute on, so nothing hides the write) gives the node's
+    states written at the measured bandwidth; otherwise the async device-to-host snapshot."""
+    profile = cluster.profile
+    write_gbs = profile.host_overheads.checkpoint_write_gbs if profile else 0.0
+    if write_gbs > 0:
+        node_bytes = state_bytes * cluster.gpus_per_node
+        return node_bytes / (write_gbs * 1e9), (
+            f"checkpoint stall {node_bytes / (write_gbs * 1e9):.2f} s: the node's {node_bytes / 1e9:.2f} GB of "
+            f"parameters + optimizer written at {write_gbs:.2g} GB/s, measured by {profile.label}")
+    stall = async_checkpoint_stall_s(state_bytes)
+    return stall, (f"async checkpoint stall {stall:.1f} s: each GPU's {state_bytes / 1e9:.1f} GB of parameters + "
+                   f"optimizer copied to host at {ASYNC_SNAPSHOT_GBPS:g} GB/s")
+
+
 @dataclass(frozen=True)
 class RunCost:
     model: str
@@ -75,13 +99,16 @@ def run_cost(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, tokens: flo
         mtbf_hours = failures.mtbf_hours(cluster.num_gpus)
         assumptions.append(f"MTBF {mtbf_hours:.1f} h for {cluster.num_gpus} GPUs from {failures.source}")
     if checkpoint_stall_s is None:
-        state_bytes = est.memory.params + est.memory.optimizer
-        checkpoint_stall_s = async_checkpoint_stall_s(state_bytes)
-        assumptions.append(f"async checkpoint stall {checkpoint_stall_s:.1f} s: each GPU's "
-                           f"{state_bytes / 1e9:.1f} GB of parameters + optimizer copied to host at "
-                           f"{ASYNC_SNAPSHOT_GBPS:g} GB/s")
+        checkpoint_stall_s, source = checkpoint_stall(cluster, est.memory.params + est.memory.optimizer)
+        assumptions.append(source)
     mtbf_s = mtbf_hours * 3600.0
     interval_s = daly_interval(checkpoint_stall_s, mtbf_s)
+    reload_s = checkpoint_reload_s(cluster, est.memory.params + est.memory.optimizer)
+    if reload_s:
+        assumptions.append(f"a restart also reloads the checkpoint: {reload_s:.2f} s at the read bandwidth "
+                           f"{cluster.profile.host_overheads.checkpoint_read_gbs:.2g} GB/s measured by "
+                           f"{cluster.profile.label}")
+        restart_s += reload_s
     goodput = expected_goodput(interval_s, checkpoint_stall_s, mtbf_s, restart_s)
     if goodput <= 0:
         raise ConfigError(f"With an MTBF of {mtbf_hours:.2f} h the job would never make progress.",

@@ -251,13 +251,28 @@ def _expert_key(plan: ParallelPlan, options: PredictOptions) -> tuple[int, int, 
 def _micro_batch_overhead(node: Cluster, plan: ParallelPlan, layers: int, has_first: bool, has_last: bool) -> float:
     """Seconds of one micro-batch's host work on one rank (machine profile's [host] terms): each block's eager
     dispatch, plus DTensor's under tensor parallelism and FSDP2's hooks when gradients are reduced over dp × cp;
-    a fully recomputed block dispatches its forward (a third of the work) again; the ends of the model once."""
+    a fully recomputed block dispatches its forward (a third of the work) again; the ends of the model once
+    (with tensor parallelism's extra there); the pipeline schedule's own work per micro-batch and stage."""
     host = node.profile.host_overheads
     tp = (host.layer_tp_s + (host.layer_sp_s if plan.sequence_parallel else 0.0)) if plan.tp > 1 else 0.0
     per_layer = (host.layer_s + tp) * (4 / 3 if plan.recompute == "full" else 1.0)
     per_layer += host.layer_fsdp_s if plan.dp * plan.cp > 1 else 0.0
-    ends = host.micro_batch_s * (int(has_first) + int(has_last)) / 2
+    ends_tp = (host.micro_batch_tp_s + (host.micro_batch_sp_s if plan.sequence_parallel else 0.0)
+               if plan.tp > 1 else 0.0)
+    ends = (host.micro_batch_s + ends_tp) * (int(has_first) + int(has_last)) / 2
+    ends += host.pipeline_micro_batch_s * plan.vpp if plan.pp > 1 else 0.0
     return (layers * per_layer + ends) / node.accelerator.core_share(node.gpus_per_node)
+
+
+def _tp_ends_comm(cluster: Cluster, model: ModelSpec, plan: ParallelPlan, seq_len: int, layers: int,
+                  has_first: bool, has_last: bool) -> float:
+    """Seconds of one micro-batch's tensor-parallel collectives at the model's ends (embedding, final norm, LM
+    head, loss parallelism) the profile counted, half on the first and half on the last stage's rank."""
+    if plan.tp <= 1 or not (has_first or has_last):
+        return 0.0
+    nbytes = float(plan.micro_batch * seq_len // plan.cp * model.hidden_size * activation_dtype_bytes(plan.precision))
+    counted = _counted_tp_comm(cluster, plan, nbytes, "ends")
+    return (counted or 0.0) * (int(has_first) + int(has_last)) / 2
 
 
 def _host_saturated(node: Cluster) -> bool:
@@ -316,6 +331,24 @@ class _LayerCosts(NamedTuple):
     etp: float = 0.0
 
 
+def _counted_tp_comm(cluster: Cluster, plan: ParallelPlan | _StageKey, nbytes: float, where: str) -> float | None:
+    """Seconds of the tensor-parallel collectives a machine profile counted the runtime issuing (`where`:
+    per_layer or ends), each the bandwidth term of the measured line of its op for an activation of `nbytes`
+    (their latency and host work are in the profile's measured layer_tp_s / micro_batch_tp_s, which ran the
+    same collectives at a negligible size); None when the profile counted none (or on datasheet rates)."""
+    profile = cluster.profile
+    counts = [c for c in (profile.tp_collectives if profile else ()) if c.sequence_parallel == plan.sequence_parallel]
+    if not counts:
+        return None
+    share = cluster.accelerator.core_share(cluster.gpus_per_node)
+    seconds = 0.0
+    for c in counts:
+        at_size = profile.collective_wall_time(c.op, plan.tp, nbytes, share)
+        if at_size is not None:
+            seconds += getattr(c, where) * (at_size - profile.collective_wall_time(c.op, plan.tp, 0.0, share))
+    return seconds
+
+
 @lru_cache(maxsize=16384)
 def _layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: int,
                  options: PredictOptions) -> _LayerCosts:
@@ -365,7 +398,12 @@ def _layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: i
         if model.num_experts and not _mlp_width(model):
             collectives //= 2
         nbytes = float(tokens * model.hidden_size * a)
-        if plan.sequence_parallel and cluster.profile is not None:
+        counted = _counted_tp_comm(cluster, plan, nbytes, "per_layer")
+        if counted is not None:
+            # the collectives the profile counted the runtime issuing per block; a fully recomputed block runs
+            # its forward again (a third of the work, as _micro_batch_overhead counts its dispatch)
+            layer_tp = counted * (4 / 3 if plan.recompute == "full" else 1.0)
+        elif plan.sequence_parallel and cluster.profile is not None:
             # measured collectives: each all-reduce is an all-gather and a reduce-scatter under SP, two
             # latencies (the bandwidth terms of the datasheet model are the same either way)
             layer_tp = collectives * (comm.all_gather_time(cluster, nbytes, tp_group)
@@ -590,7 +628,8 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     saturated = _host_saturated(node)
     if saturated:
         stage_times = [replace(t, host_overhead=_micro_batch_overhead(node, plan, *roles[i]),
-                               fsdp_exposed=_runtime_fsdp_comm(node, model, plan, *roles[i]))
+                               fsdp_exposed=_runtime_fsdp_comm(node, model, plan, *roles[i]),
+                               tp_comm=t.tp_comm + _tp_ends_comm(cluster, model, plan, s, *roles[i]))
                        for t, i in zip(stage_times, representatives, strict=True)]
     slowest = max(stage_times, key=lambda t: t.total)
 
@@ -655,8 +694,10 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
         MFU_CONVENTION,
         f"rates: {node.rates_source}" + (
             "; GEMM/attention efficiency by size, memory bandwidth, core sharing, collectives (latency + "
-            "bandwidth by group size) and host overheads (dispatch per block, DTensor, FSDP hooks, optimizer per "
-            "tensor) measured" if node.profile else ""),
+            "bandwidth by group size) and host overheads (dispatch per block, DTensor with its redistributions "
+            "on real tensor-parallel pairs, FSDP hooks, the pipeline schedule per micro-batch, optimizer per "
+            "tensor) measured; tensor-parallel collectives per block counted as the runtime issues them"
+            if node.profile else ""),
         (f"attention: fused flash kernel '{options.attention_kernel}' (causal blocks skipped, no s×s scores stored)"
          + (f", at most {options.attention_efficiency_cap:g} of the bf16 peak"
             if options.attention_efficiency_cap is not None else "")) if options.flash_attention

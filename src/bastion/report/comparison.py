@@ -71,6 +71,18 @@ def comparison_table(rows: list[dict[str, Any]], title: str = "predicted vs meas
     return table
 
 
+def provenance_lines(predicted: dict[str, Any]) -> list[str]:
+    """Where a prediction's figures came from: its step-time interval and the rates (a machine profile, or the
+    catalog's datasheet) it was computed with."""
+    lines = []
+    if predicted.get("step_time_p90_s"):
+        lines.append(f"predicted step p10-p90: {fmt_seconds(predicted.get('step_time_p10_s'))} to "
+                     f"{fmt_seconds(predicted['step_time_p90_s'])} ({predicted.get('interval', '')})")
+    if predicted.get("rates"):
+        lines.append(f"rates: {predicted['rates']}")
+    return lines
+
+
 def print_comparison(summary: dict[str, Any], console: Any = None) -> None:
     """The end of `bastion demo`: summary.json's predicted vs measured figures, final loss and hash."""
     from rich.console import Console
@@ -80,11 +92,8 @@ def print_comparison(summary: dict[str, Any], console: Any = None) -> None:
     console.print(comparison_table(comparison_rows(predicted, measured)))
     if predicted.get("note"):
         console.print(f"[yellow]prediction:[/] {predicted['note']}")
-    if predicted.get("step_time_p90_s"):
-        console.print(f"predicted step p10-p90: {fmt_seconds(predicted.get('step_time_p10_s'))} to "
-                      f"{fmt_seconds(predicted['step_time_p90_s'])} ({predicted.get('interval', '')})")
-    if predicted.get("rates"):
-        console.print(f"rates: {predicted['rates']}")
+    for line in provenance_lines(predicted):
+        console.print(line)
     console.print(f"final loss {summary['final_loss']:.4f} after {summary['steps']} steps; "
                   f"params_sha256 {str(summary['params_sha256'])[:16]}…")
     console.print("[dim]CPU notes: memory on CPU is the process RSS (includes torch itself); the predictor's "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bastion.report.comparison import comparison_rows, comparison_table, fmt_pct
+from bastion.report.comparison import comparison_rows, comparison_table, fmt_pct, provenance_lines
 
 
 def report_comparison_rows(report: dict[str, Any], summary: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -110,6 +110,8 @@ def print_report(report: dict[str, Any], summary: dict[str, Any] | None, console
                       f"is the precision, not a prediction error.", soft_wrap=True)
     sources = report["sources"]
     console.print(f"[dim]predicted: {sources['predicted']}\nmeasured: {sources['measured']}[/]")
+    for line in provenance_lines(report["predicted"]):
+        console.print(line, soft_wrap=True)
     if report["predicted"].get("note"):
         console.print(f"[yellow]prediction:[/] {report['predicted']['note']}")
     table = Table(title="2. where the wall time went, and what failures cost")

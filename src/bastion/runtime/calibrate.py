@@ -4,18 +4,24 @@ Single process (one thread, as a training rank runs): GEMMs at the shapes the pr
 is asked about, causal SDPA forward / backward by sequence length and head size, eager elementwise bandwidth,
 per-op dispatch, and the runtime's own blocks at shapes too small to compute anything (eager; under DTensor
 tensor parallelism with and without sequence parallelism; under FSDP2), the ends of the model and AdamW with
-clipping per parameter tensor. Then N processes on the host at once (gloo): their start-up, how GEMM throughput
-and elementwise bandwidth hold up when they share the cores, and all-reduce, all-gather, reduce-scatter and
-send/recv by message size, for every group size a plan of N ranks forms, all groups of a size at once.
+clipping per parameter tensor; checkpoint write / read bandwidth to the run directory's filesystem. Then N
+processes on the host at once (gloo): their start-up, how GEMM throughput and elementwise bandwidth hold up when
+they share the cores, all-reduce, all-gather, reduce-scatter and send/recv by message size for every group size a
+plan of N ranks forms (all groups of a size at once), and, on tensor-parallel and pipeline pairs of the runtime's
+real code, what tensor parallelism and the pipeline schedule cost a rank and which collectives they issue.
 
-Every figure is the mean of repeats; each benchmark stops after a time budget. Memory: the largest tensors
-are 32 MiB (elementwise) and the collectives' buffers (at most 16 MiB per rank), a few hundred MiB per process
-with torch itself. `fit_profile` turns the raw measurements into the rates specs/profile.py reads.
+Every figure is the median of repeats (CPU time unless said otherwise: what the work costs a core, whatever
+else the host runs); every repeat is kept (`Repeats`) for the profile's noise bands. Each benchmark stops after a
+time budget, or runs a fixed count where ranks must stay in step. Memory: the largest tensors are 64 MiB (the
+checkpoint state), 32 MiB (elementwise) and the collectives' buffers (at most 16 MiB per rank), a few hundred
+MiB per process with torch itself. `fit_profile` turns the raw measurements into the rates specs/profile.py
+reads.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import statistics
@@ -35,18 +41,42 @@ from bastion.specs.model import ModelSpec
 Progress = Callable[[str], None]
 
 
-def _mean_time(fn: Callable[[], Any], budget_s: float, min_reps: int = 3, max_reps: int = 200,
-               clock: Callable[[], float] = time.process_time) -> float:
-    """Mean seconds of fn() after one warm-up, repeated until `budget_s` of wall time is spent (at least
-    min_reps). By default the seconds are this process's CPU time: what the work costs a core, whatever else the
-    host runs meanwhile (how much of a core a rank gets is measured apart: `core_share`)."""
+#: every measurement's repeats, seconds, by name: written to the profile's [repeats] table, the noise band that
+#: `bastion calibrate --compare` judges a change against
+Repeats = dict[str, list[float]]
+
+
+#: the shortest repeat: a faster call is repeated within one repeat (a clock tick, or the OS's accounting of CPU
+#: time, would otherwise be most of what is measured)
+MIN_REPEAT_S = 2e-3
+
+
+def _timings(fn: Callable[[], Any], budget_s: float, min_reps: int = 3, max_reps: int = 200,
+             clock: Callable[[], float] = time.process_time) -> list[float]:
+    """Seconds of one fn() in each repeat, after one warm-up, repeated until `budget_s` of wall time is spent
+    (at least min_reps); a repeat runs fn() as many times as take MIN_REPEAT_S. By default the seconds are this
+    process's CPU time: what the work costs a core, whatever else the host runs meanwhile (how much of a core a
+    rank gets is measured apart: `core_share`)."""
+    start = time.perf_counter()
     fn()
-    reps = 0
-    start, start_clock = time.perf_counter(), clock()
-    while reps < max_reps and (reps < min_reps or time.perf_counter() - start < budget_s):
-        fn()
-        reps += 1
-    return (clock() - start_clock) / reps
+    calls = max(1, math.ceil(MIN_REPEAT_S / max(time.perf_counter() - start, 1e-9)))
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start < budget_s):
+        before = clock()
+        for _ in range(calls):
+            fn()
+        times.append((clock() - before) / calls)
+    return times
+
+
+def _median_time(fn: Callable[[], Any], budget_s: float, name: str, repeats: Repeats | None,
+                 clock: Callable[[], float] = time.process_time) -> float:
+    """The median of `_timings` (robust to the repeat a busy host delays), its repeats kept under `name`."""
+    times = _timings(fn, budget_s, clock=clock)
+    if repeats is not None:
+        repeats[name] = times
+    return statistics.median(times)
 
 
 def core_share(work: Callable[[], Any], wall_s: float) -> float:
@@ -75,47 +105,77 @@ def gemm_shapes(models: list[ModelSpec], micro_batches: tuple[int, ...], tps: tu
     return sorted(shapes, key=lambda s: s[0] * s[1] * s[2])
 
 
-def measure_dispatch(budget_s: float) -> float:
+def measure_dispatch(budget_s: float, repeats: Repeats | None = None) -> float:
     """Seconds of one eager op on tiny tensors (what every op pays before its kernel does any work)."""
     a, b = torch.ones(8), torch.ones(8)
 
     def ops() -> None:
         for _ in range(100):
             torch.add(a, b)
-    return _mean_time(ops, budget_s) / 100
+    return _median_time(ops, budget_s, "dispatch x100", repeats) / 100
 
 
-def measure_gemms(shapes: list[tuple[int, int, int]], budget_s: float) -> list[list[float]]:
+def measure_gemms(shapes: list[tuple[int, int, int]], budget_s: float,
+                  repeats: Repeats | None = None) -> list[list[float]]:
     """[m, k, n, seconds] per shape (fp32, one thread)."""
     rows = []
     for m, k, n in shapes:
         a, b = torch.randn(m, k), torch.randn(k, n)
-        rows.append([m, k, n, _mean_time(lambda a=a, b=b: a @ b, budget_s)])
+        rows.append([m, k, n, _median_time(lambda a=a, b=b: a @ b, budget_s, f"gemm {m}x{k}x{n}", repeats)])
     return rows
 
 
-def measure_attention(layouts: list[tuple[int, int, int]], budget_s: float) -> list[list[float]]:
+def measure_attention(layouts: list[tuple[int, int, int]], budget_s: float,
+                      repeats: Repeats | None = None) -> list[list[float]]:
     """[seq_len, head_dim, heads, forward s, forward + backward s] of causal SDPA, batch 1 (fp32)."""
     rows = []
     for seq, head_dim, heads in layouts:
         q, k, v = (torch.randn(1, heads, seq, head_dim, requires_grad=True) for _ in range(3))
-        fwd = _mean_time(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v, is_causal=True), budget_s)
+        name = f"attention s{seq} d{head_dim} h{heads}"
+        fwd = _median_time(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+                           budget_s, f"{name} fwd", repeats)
 
         def fwdbwd(q: torch.Tensor = q, k: torch.Tensor = k, v: torch.Tensor = v) -> None:
             F.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward()
-        rows.append([seq, head_dim, heads, fwd, _mean_time(fwdbwd, budget_s)])
+        rows.append([seq, head_dim, heads, fwd, _median_time(fwdbwd, budget_s, f"{name} fwd+bwd", repeats)])
     return rows
 
 
-def measure_elementwise(sizes_mib: tuple[int, ...], budget_s: float) -> list[list[float]]:
+def measure_elementwise(sizes_mib: tuple[int, ...], budget_s: float,
+                        repeats: Repeats | None = None) -> list[list[float]]:
     """[bytes moved, seconds] of an eager multiply into a fresh tensor (two reads, one write), as eager training
     runs its norms, activations and residuals."""
     rows = []
     for mib in sizes_mib:
         n = mib * 2**20 // 4
         a, b = torch.randn(n), torch.randn(n)
-        rows.append([3.0 * n * 4, _mean_time(lambda a=a, b=b: a * b, budget_s)])
+        rows.append([3.0 * n * 4, _median_time(lambda a=a, b=b: a * b, budget_s, f"elementwise {mib} MiB",
+                                                 repeats)])
     return rows
+
+
+def measure_checkpoint_io(directory: Path, mib: int, budget_s: float,
+                          repeats: Repeats | None = None) -> dict[str, float]:
+    """Write and read bandwidth, bytes/s, of `torch.save` / `torch.load` of a `mib` MiB state to a file in
+    `directory` (the run directory's filesystem), the write fsynced as a checkpoint commit is. Wall time: the
+    device's time is the point, not this process's CPU. The file is removed."""
+    state = {"weight": torch.randn(mib * 2**20 // 4)}
+    nbytes = float(mib * 2**20)
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".bastion-calibrate-io-", dir=directory) as tmp:
+        path = Path(tmp, "state.pt")
+
+        def write() -> None:
+            with path.open("wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+
+        write_s = _median_time(write, budget_s, f"checkpoint write {mib} MiB", repeats, time.perf_counter)
+        # the read finds the file in the page cache, as a restore soon after the save does
+        read_s = _median_time(lambda: torch.load(path, weights_only=True), budget_s,
+                              f"checkpoint read {mib} MiB", repeats, time.perf_counter)
+    return {"checkpoint_write_gbs": nbytes / write_s / 1e9, "checkpoint_read_gbs": nbytes / read_s / 1e9}
 
 
 # ---- the runtime's own blocks at negligible shapes --------------------------------------------------------
@@ -133,7 +193,7 @@ def _init_single_process_group() -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
 
 
-def _blocks_time(module: Any, spec: ModelSpec, budget_s: float) -> float:
+def _blocks_time(module: Any, spec: ModelSpec, budget_s: float, name: str, repeats: Repeats | None) -> float:
     """Median seconds of forward + backward through the module's blocks alone (micro-batch 1)."""
     x = torch.randn(1, spec.seq_len, spec.hidden_size, requires_grad=True)
     rope = module.rope
@@ -143,10 +203,10 @@ def _blocks_time(module: Any, spec: ModelSpec, budget_s: float) -> float:
         for block in module.layers.values():
             h = block(h, rope)
         h.sum().backward()
-    return _mean_time(run, budget_s)
+    return _median_time(run, budget_s, f"blocks x{len(module.layers)} {name}", repeats)
 
 
-def measure_host_overheads(base: ModelSpec, budget_s: float) -> dict[str, float]:
+def measure_host_overheads(base: ModelSpec, budget_s: float, repeats: Repeats | None = None) -> dict[str, float]:
     """Seconds of host work of the runtime's model at negligible shapes, one process (a world-1 gloo group so
     DTensor and FSDP2 run their real code paths): per block forward + backward eager, and the extra of tensor
     parallelism (DTensor), of sequence parallelism and of FSDP2; the model's ends per micro-batch; AdamW +
@@ -178,19 +238,19 @@ def measure_host_overheads(base: ModelSpec, budget_s: float) -> dict[str, float]
         return module
 
     eager = built()
-    per_layer = _blocks_time(eager, spec, budget_s) / layers
-    tp_extra = _blocks_time(built(tp=True), spec, budget_s) / layers - per_layer
-    sp_extra = _blocks_time(built(tp=True, sp=True), spec, budget_s) / layers - per_layer - tp_extra
+    per_layer = _blocks_time(eager, spec, budget_s, "eager", repeats) / layers
+    tp_extra = _blocks_time(built(tp=True), spec, budget_s, "tp", repeats) / layers - per_layer
+    sp_extra = _blocks_time(built(tp=True, sp=True), spec, budget_s, "tp+sp", repeats) / layers - per_layer - tp_extra
     fsdp = built(fsdp=True)
-    fsdp_extra = _blocks_time(fsdp, spec, budget_s) / layers - per_layer
+    fsdp_extra = _blocks_time(fsdp, spec, budget_s, "fsdp", repeats) / layers - per_layer
 
     tokens = torch.randint(0, spec.vocab_size, (1, spec.seq_len))
 
     def whole() -> None:
         cross_entropy_loss(eager(tokens), tokens).backward()
-    ends = max(0.0, _mean_time(whole, budget_s) - layers * per_layer)
+    ends = max(0.0, _median_time(whole, budget_s, f"model x{layers} eager", repeats) - layers * per_layer)
 
-    def optimizer_time(module: Any) -> tuple[float, int]:
+    def optimizer_time(module: Any, name: str) -> tuple[float, int]:
         params = list(module.parameters())
         for p in params:
             p.grad = torch.zeros_like(p)
@@ -200,10 +260,10 @@ def measure_host_overheads(base: ModelSpec, budget_s: float) -> dict[str, float]
         def step() -> None:
             clip_grad_norm(model, 1.0, rmesh)
             opt.step()
-        return _mean_time(step, budget_s), len(params)
+        return _median_time(step, budget_s, f"optimizer {name} x{len(params)} tensors", repeats), len(params)
 
-    plain_s, n_plain = optimizer_time(eager)
-    dtensor_s, n_dtensor = optimizer_time(fsdp)
+    plain_s, n_plain = optimizer_time(eager, "plain")
+    dtensor_s, n_dtensor = optimizer_time(fsdp, "dtensor")
     return {"layer_s": per_layer, "layer_tp_s": max(0.0, tp_extra), "layer_sp_s": max(0.0, sp_extra),
             "layer_fsdp_s": max(0.0, fsdp_extra), "micro_batch_s": ends,
             "optimizer_per_tensor_s": plain_s / n_plain, "optimizer_dtensor_per_tensor_s": dtensor_s / n_dtensor}
@@ -241,6 +301,138 @@ def _run_collective(op: str, group: Any, group_ranks: list[int], nbytes: int) ->
     return exchange
 
 
+def _lockstep_cpu_times(run: Callable[[], Any], reps: int) -> list[float]:
+    """CPU seconds of each of `reps` calls of `run`, which issues collectives: from a barrier on, every rank the
+    same number of calls (a time budget would differ between ranks and leave one waiting for the others)."""
+    dist.barrier()
+    samples = []
+    for _ in range(reps):
+        before = time.process_time()
+        run()
+        samples.append(time.process_time() - before)
+    return samples
+
+
+#: the c10d functional ops DTensor issues, by the collective names of the profile
+_COLLECTIVE_OPS = {"all_reduce": "all_reduce", "all_gather_into_tensor": "all_gather",
+                   "reduce_scatter_tensor": "reduce_scatter"}
+
+
+def measure_tensor_parallel(base: ModelSpec, world: int, reps: int) -> dict[str, Any]:
+    """What the runtime's tensor parallelism of 2 costs a rank (every rank of `world` calls this, all tensor-
+    parallel pairs at once), on models of 1 and 3 blocks at negligible shapes, forward + backward with loss
+    parallelism, without and with sequence parallelism:
+
+    - `counts`: [{sequence_parallel, op, per_layer, ends}] collectives issued per block and once for the
+      model's ends (embedding, final norm, LM head, loss), counted by DTensor's CommDebugMode: exact counts of
+      what runtime/parallelize.py does;
+    - CPU seconds (the median of `reps`, every rank the same number) over the same model without tensor
+      parallelism: per block (`layer_tp_s`; `layer_sp_s` the extra of sequence parallelism on top) and at the
+      ends per micro-batch (`micro_batch_tp_s`, `micro_batch_sp_s`): DTensor's dispatch and sharding
+      propagation, its redistributions and the host work of their collectives at a negligible message size
+      (so the predictor adds only the collectives' bytes / bandwidth on top);
+    - `times`: each variant's repeats by name, for the profile's [repeats]."""
+    import warnings
+
+    from torch.distributed.tensor.debug import CommDebugMode
+    from torch.distributed.tensor.parallel import loss_parallel
+
+    from bastion.runtime.mesh import build_mesh
+    from bastion.runtime.model import build_model, init_weights
+    from bastion.runtime.parallelize import apply_tensor_parallel, cross_entropy_loss
+    from bastion.specs.plan import ParallelPlan
+
+    # a full backward hook fires on the embedding's output, which needs no input gradient: expected here
+    warnings.filterwarnings("ignore", message="Full backward hook", category=UserWarning)
+    rows, cpu, times = [], {}, {}
+    for variant in ("eager", "tp", "tp+sp"):
+        sp = variant == "tp+sp"
+        rmesh = None if variant == "eager" else build_mesh(ParallelPlan(
+            dp=world // 2, tp=2, sequence_parallel=sp, precision="fp32", micro_batch=1, global_batch=world // 2),
+            torch.device("cpu"))
+        counted: dict[int, dict[str, int]] = {}
+        for layers in (1, 3):
+            spec = _probe_spec(base, layers)
+            module = build_model(spec)
+            if rmesh is not None:
+                apply_tensor_parallel(module, rmesh, sp)
+            module.to_empty(device="cpu")
+            init_weights(module, spec, 0)
+            tokens = torch.randint(0, spec.vocab_size, (1, spec.seq_len))
+
+            def run(module: Any = module, tokens: torch.Tensor = tokens) -> None:
+                with loss_parallel():
+                    cross_entropy_loss(module(tokens), tokens).backward()
+            with CommDebugMode() as comms:
+                run()
+            counted[layers] = {}
+            for op, n in comms.get_comm_counts().items():
+                name = _COLLECTIVE_OPS.get(str(op).rsplit(".", 1)[-1])
+                if name is not None:
+                    counted[layers][name] = counted[layers].get(name, 0) + n
+            samples = _lockstep_cpu_times(run, reps)
+            times[f"model x{layers} {variant}, tp pairs of {world} ranks"] = samples
+            cpu[(variant, layers)] = statistics.median(samples)
+        for op in sorted(set(counted[1]) | set(counted[3])) if rmesh is not None else ():
+            per_layer = (counted[3].get(op, 0) - counted[1].get(op, 0)) / 2
+            rows.append({"sequence_parallel": sp, "op": op, "per_layer": per_layer,
+                         "ends": max(0.0, counted[1].get(op, 0) - per_layer)})
+    layer = {v: (cpu[(v, 3)] - cpu[(v, 1)]) / 2 for v in ("eager", "tp", "tp+sp")}
+    ends = {v: cpu[(v, 1)] - layer[v] for v in layer}
+    return {"counts": rows, "times": times,
+            "layer_tp_s": max(0.0, layer["tp"] - layer["eager"]),
+            "layer_sp_s": max(0.0, layer["tp+sp"] - layer["tp"]),
+            "micro_batch_tp_s": max(0.0, ends["tp"] - ends["eager"]),
+            "micro_batch_sp_s": max(0.0, ends["tp+sp"] - ends["tp"])}
+
+
+def measure_pipeline(base: ModelSpec, world: int, reps: int, micro_batches: int = 6) -> dict[str, Any]:
+    """CPU seconds per micro-batch that the runtime's pipeline schedule (1F1B over 2 stages, every pair of
+    `world` ranks at once) adds to its stage's own forward + backward: torch.distributed.pipelining's
+    bookkeeping and its send/recv's host work, at negligible shapes (one block per stage). The difference of a
+    step of `micro_batches` and a step of 2 (the fewest 2 stages run), per extra micro-batch, less the stage module's own forward +
+    backward timed plainly in the same process; the median of `reps` (every rank the same number)."""
+    from torch.distributed import pipelining
+
+    from bastion.runtime.model import build_model, init_weights
+    from bastion.runtime.parallelize import cross_entropy_loss, schedule_class, split_stage
+    from bastion.specs.schedules import get_schedule
+
+    rank = dist.get_rank()
+    pairs = [dist.new_group([r, r + 1]) for r in range(0, world, 2)]
+    stage_id = rank % 2
+    spec = _probe_spec(base, 2)
+    part = split_stage(build_model(spec), stage_id, 2)
+    part.to_empty(device="cpu")
+    init_weights(part, spec, 0)
+    found = schedule_class(get_schedule("1f1b"), torch.device("cpu"))
+
+    def step_time(m: int) -> float:
+        stage = pipelining.PipelineStage(part, stage_index=stage_id, num_stages=2, device=torch.device("cpu"),
+                                         group=pairs[rank // 2])
+        schedule = found(stage, n_microbatches=m, loss_fn=cross_entropy_loss)
+        tokens = torch.randint(0, spec.vocab_size, (m, spec.seq_len))
+
+        def run() -> None:
+            schedule.step(*((tokens,) if stage_id == 0 else ()), target=tokens if stage_id == 1 else None)
+        run()
+        return statistics.median(_lockstep_cpu_times(run, reps))
+
+    per_micro_batch = (step_time(micro_batches) - step_time(2)) / (micro_batches - 2)
+    tokens = torch.randint(0, spec.vocab_size, (1, spec.seq_len))
+    if stage_id == 0:
+        def plain() -> None:
+            out = part(tokens)
+            out.backward(torch.ones_like(out))
+    else:
+        hidden = torch.randn(1, spec.seq_len, spec.hidden_size, requires_grad=True)
+
+        def plain() -> None:
+            cross_entropy_loss(part(hidden), tokens).backward()
+    plain_s = statistics.median(_timings(plain, 0.0, min_reps=reps))
+    return {"pipeline_micro_batch_s": max(0.0, per_micro_batch - plain_s)}
+
+
 def _rank_main(rank: int, world: int, init: str, out_dir: str, spawned_at: float, config: dict[str, Any]) -> None:
     import warnings
 
@@ -256,9 +448,13 @@ def _rank_main(rank: int, world: int, init: str, out_dir: str, spawned_at: float
     for _ in range(3):  # the host's other load comes and goes: three windows, the median
         dist.barrier()
         shares.append(core_share(lambda: a @ b, max(0.4, budget * 10)))
-    result["core_share"] = statistics.median(shares)
+    result["core_share"] = shares
     dist.barrier()
     result["elementwise"] = measure_elementwise((16,), budget * 2)
+    if world % 2 == 0:
+        result["tensor_parallel"] = measure_tensor_parallel(config["probe_model"], world,
+                                                            3 * config["collective_reps"])
+        result["pipeline"] = measure_pipeline(config["probe_model"], world, 3 * config["collective_reps"])
     collectives = []
     for size in collective_groups(world):
         groups = [list(range(start, start + size)) for start in range(0, world, size)]
@@ -278,7 +474,7 @@ def _rank_main(rank: int, world: int, init: str, out_dir: str, spawned_at: float
                     start = time.perf_counter()
                     fn()
                     times.append(time.perf_counter() - start)
-                collectives.append([op, size, nbytes, statistics.median(times)])
+                collectives.append([op, size, nbytes, times])
     result["collectives"] = collectives
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
     dist.barrier()
@@ -286,31 +482,47 @@ def _rank_main(rank: int, world: int, init: str, out_dir: str, spawned_at: float
 
 
 def measure_shared(world: int, gemm_shape: tuple[int, int, int], message_bytes: list[int], budget_s: float,
-                   collective_reps: int = 7) -> dict[str, Any]:
-    """`world` processes on this host at once (gloo): start-up, shared GEMM and elementwise rates, collectives.
-    Collective times are wall time, the slowest rank's (a collective is done when its last member is).
-    `core_share` is each rank's share of a core while all ranks multiply matrices at once."""
+                   probe_model: ModelSpec, collective_reps: int = 7,
+                   repeats: Repeats | None = None) -> dict[str, Any]:
+    """`world` processes on this host at once (gloo): start-up, shared GEMM and elementwise rates, collectives,
+    and (an even world) what tensor parallelism costs a rank (`measure_tensor_parallel`, rank 0's).
+    Collective times are wall time, the slowest rank's (a collective is done when its last member is), the
+    median of the repeats. `core_share` is each rank's share of a core while all ranks multiply matrices at
+    once, the median of three windows."""
     import torch.multiprocessing as mp
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     config = {"gemm_shape": list(gemm_shape), "message_bytes": message_bytes, "budget_s": budget_s,
-              "collective_reps": collective_reps}
+              "collective_reps": collective_reps, "probe_model": probe_model}
     with tempfile.TemporaryDirectory(prefix="bastion-calibrate-") as tmp:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         spawned_at = time.time()
         mp.start_processes(_rank_main, args=(world, f"tcp://127.0.0.1:{port}", tmp, spawned_at, config),
                            nprocs=world, start_method="spawn")
         ranks = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(world)]
-    slowest: dict[tuple, float] = {}
+    slowest: dict[tuple, list[float]] = {}
     for r in ranks:
-        for op, size, nbytes, t in r["collectives"]:
-            slowest[(op, size, nbytes)] = max(slowest.get((op, size, nbytes), 0.0), t)
+        for op, size, nbytes, times in r["collectives"]:
+            # repeat i of a collective ends when its slowest member's does
+            key = (op, size, nbytes)
+            slowest[key] = [max(a, b) for a, b in zip(slowest.get(key, times), times, strict=True)]
+    if repeats is not None:
+        for (op, size, nbytes), times in slowest.items():
+            repeats[f"{op} {size} ranks {nbytes} B"] = times
+        for rank, r in enumerate(ranks):
+            repeats[f"core share rank {rank} of {world}"] = r["core_share"]
+        repeats.update(ranks[0].get("tensor_parallel", {}).get("times", {}))
     return {"world": world, "process_start_s": statistics.median(r["start_s"] for r in ranks),
-            "core_share": [r["core_share"] for r in ranks],
+            "core_share": [statistics.median(r["core_share"]) for r in ranks],
             "elementwise": [r["elementwise"][0] for r in ranks],
-            "collectives": [[op, size, nbytes, t] for (op, size, nbytes), t in sorted(slowest.items())]}
+            "tensor_parallel": ranks[0].get("tensor_parallel"),
+            # a pipeline step waits for its slowest stage: the larger of the two stages' extras
+            "pipeline_micro_batch_s": max((r["pipeline"]["pipeline_micro_batch_s"] for r in ranks if "pipeline" in r),
+                                          default=0.0),
+            "collectives": [[op, size, nbytes, statistics.median(t)] for (op, size, nbytes), t in
+                            sorted(slowest.items())]}
 
 
 # ---- fitting ----------------------------------------------------------------------------------------------
@@ -364,6 +576,12 @@ def fit_profile(raw: dict[str, Any], peak_flops_core: float, host_cores: int) ->
                             "bandwidth_gbs": 1e-9 / per_byte})
     host = dict(raw["host"])
     host["process_start_s"] = shared["process_start_s"]
+    host["pipeline_micro_batch_s"] = shared.get("pipeline_micro_batch_s", 0.0)
+    tensor_parallel = shared.get("tensor_parallel")
+    if tensor_parallel:  # real tensor-parallel pairs: these replace the one-process DTensor figures
+        host.update({k: tensor_parallel[k] for k in ("layer_tp_s", "layer_sp_s", "micro_batch_tp_s",
+                                                       "micro_batch_sp_s")})
+
     top_gemm = max(gemm)
     return {
         "accelerator": {
@@ -376,6 +594,7 @@ def fit_profile(raw: dict[str, Any], peak_flops_core: float, host_cores: int) ->
         },
         "host": host,
         "collective": collectives,
+        "tp_collective": tensor_parallel["counts"] if tensor_parallel else [],
     }
 
 

@@ -4,9 +4,12 @@ scaling in the predictor. Torch-free: reading, checking, writing and applying a 
 A profile is data. `[machine]` says where and when it was measured; `[accelerator]` overrides fields of the
 catalog row the predictor already reads (specs/hardware.py Accelerator: efficiencies, memory bandwidth, how well
 ranks share the cores); `[host]` holds the costs a datasheet has no field for (eager PyTorch's per-layer dispatch,
-the extra of DTensor and of FSDP2's hooks, fixed per micro-batch and per optimizer step); each `[[collective]]`
-a latency/bandwidth line for one collective on one group size (gloo on shared cores). `[raw]` keeps the
-measurements the rates were derived from.
+the extra of DTensor and of FSDP2's hooks, fixed per micro-batch and per optimizer step, checkpoint write and
+read bandwidth to the run directory's filesystem); each `[[collective]]` a latency/bandwidth line for one
+collective on one group size (gloo on shared cores); each `[[tp_collective]]` how many collectives of an op the
+runtime's tensor parallelism issues per block and for the model's ends (counted, not timed). `[raw]` keeps the
+measurements the rates were derived from, `[repeats]` every measurement's repeats (seconds): its noise band,
+which `bastion calibrate --compare` (specs/profile_compare.py) judges a change against.
 
 On the command line a profile is a cluster: `--cluster PROFILE.toml` (the accelerator and rank count it was
 measured with) or `--cluster ACCEL:N@PROFILE.toml` (N ranks, the profile's rates).
@@ -42,7 +45,8 @@ class HostOverheads:
 
     #: eager dispatch of one transformer block, forward + backward, at shapes too small to compute anything
     layer_s: float = 0.0
-    #: extra per block under tensor parallelism (DTensor dispatch and sharding propagation)
+    #: extra per block under tensor parallelism: DTensor dispatch and sharding propagation, and (measured on
+    #: real tensor-parallel pairs) its redistributions and their collectives' host work at a negligible size
     layer_tp_s: float = 0.0
     #: extra per block under sequence parallelism on top of layer_tp_s (redistributions around the norms)
     layer_sp_s: float = 0.0
@@ -50,6 +54,13 @@ class HostOverheads:
     layer_fsdp_s: float = 0.0
     #: per micro-batch outside the blocks: embedding, final norm, LM head, loss, backward start
     micro_batch_s: float = 0.0
+    #: extra per micro-batch at the model's ends under tensor parallelism (loss parallelism, the embedding's and
+    #: LM head's redistributions), and under sequence parallelism on top of it
+    micro_batch_tp_s: float = 0.0
+    micro_batch_sp_s: float = 0.0
+    #: extra per micro-batch and pipeline stage of the runtime's pipeline schedule (torch.distributed.pipelining's
+    #: bookkeeping, its send/recv's host work at a negligible size)
+    pipeline_micro_batch_s: float = 0.0
     #: per optimizer step and parameter tensor: AdamW and gradient clipping on plain tensors
     optimizer_per_tensor_s: float = 0.0
     #: the same on DTensor parameters (tensor parallelism or FSDP2)
@@ -58,6 +69,22 @@ class HostOverheads:
     step_s: float = 0.0
     #: one process's start-up to its first collective (not part of a step; reported)
     process_start_s: float = 0.0
+    #: torch.save of a state to the run directory's filesystem, fsynced, GB/s (0 = not measured)
+    checkpoint_write_gbs: float = 0.0
+    #: torch.load of it back, GB/s (0 = not measured)
+    checkpoint_read_gbs: float = 0.0
+
+
+@dataclass(frozen=True)
+class TpCollectiveCount:
+    """How many `op` collectives the runtime's tensor parallelism issues in one micro-batch's forward + backward:
+    per transformer block, and once for the model's ends (embedding, final norm, LM head, loss parallelism),
+    each moving one activation (tokens × hidden) at most."""
+
+    sequence_parallel: bool
+    op: str
+    per_layer: float
+    ends: float
 
 
 @dataclass(frozen=True)
@@ -92,6 +119,10 @@ class MachineProfile:
     accelerator_overrides: tuple[tuple[str, Any], ...]
     host_overheads: HostOverheads
     collectives: tuple[CollectiveLine, ...]
+    #: counted by `bastion calibrate` (empty in a profile that did not count them)
+    tp_collectives: tuple[TpCollectiveCount, ...] = ()
+    #: (measurement, its repeats in seconds), as measured
+    repeats: tuple[tuple[str, tuple[float, ...]], ...] = ()
 
     @property
     def label(self) -> str:
@@ -187,7 +218,34 @@ def read_profile(path: str | Path) -> MachineProfile:
     return MachineProfile(path=str(path), accelerator=acc_name, nproc=max(nproc, 1), date=str(machine.get("date")),
                           host=str(machine.get("host")), torch=str(machine.get("torch")),
                           accelerator_overrides=tuple(sorted(overrides.items())), host_overheads=overheads,
-                          collectives=tuple(lines))
+                          collectives=tuple(lines), tp_collectives=_tp_collectives(data, path),
+                          repeats=_repeats(data, path))
+
+
+def _tp_collectives(data: dict[str, Any], path: Path) -> tuple[TpCollectiveCount, ...]:
+    rows = []
+    for i, row in enumerate(data.get("tp_collective", [])):
+        where = f"{path} [[tp_collective]] #{i + 1}"
+        if not isinstance(row, dict) or row.get("op") not in COLLECTIVES or not isinstance(
+                row.get("sequence_parallel"), bool):
+            raise ConfigError(f"{where}: needs 'op' (one of {', '.join(COLLECTIVES)}) and 'sequence_parallel' "
+                              "(true/false).", fix=_FIX)
+        rows.append(TpCollectiveCount(sequence_parallel=row["sequence_parallel"], op=row["op"],
+                                      per_layer=_number(row, "per_layer", where), ends=_number(row, "ends", where)))
+    return tuple(rows)
+
+
+def _repeats(data: dict[str, Any], path: Path) -> tuple[tuple[str, tuple[float, ...]], ...]:
+    table = data.get("repeats", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [repeats] must be a table of measurement = [seconds, ...].", fix=_FIX)
+    out = []
+    for name, times in table.items():
+        if not isinstance(times, list) or not times or any(
+                isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t < 0 for t in times):
+            raise ConfigError(f"{path} [repeats] '{name}': must be a list of non-negative seconds.", fix=_FIX)
+        out.append((str(name), tuple(float(t) for t in times)))
+    return tuple(out)
 
 
 # ---- applying ---------------------------------------------------------------------------------------------
@@ -250,6 +308,11 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
+def _toml_key(key: str) -> str:
+    """A bare key where TOML allows one, else a quoted one (measurement names have spaces)."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_value(key)
+
+
 def profile_toml(data: dict[str, Any], header: str = "") -> str:
     """TOML text of a profile: top-level tables of scalars and lists, and arrays of tables (lists of dicts)."""
     out = [f"# {line}" for line in header.splitlines()]
@@ -257,5 +320,5 @@ def profile_toml(data: dict[str, Any], header: str = "") -> str:
         rows = table if isinstance(table, list) else [table]
         for row in rows:
             out.append(f"\n[[{name}]]" if isinstance(table, list) else f"\n[{name}]")
-            out.extend(f"{key} = {_toml_value(value)}" for key, value in row.items())
+            out.extend(f"{_toml_key(key)} = {_toml_value(value)}" for key, value in row.items())
     return "\n".join(out).lstrip("\n") + "\n"
