@@ -143,6 +143,21 @@ def test_launch_takes_the_same_file(project, capsys, monkeypatch):
     assert train["data"] == str(project / "data")
 
 
+def test_launch_takes_max_restarts_from_the_file_unless_a_flag_overrides_it(project, capsys, monkeypatch):
+    monkeypatch.chdir(project)
+    (project / "run.toml").write_text(RUN_TOML.replace('seq_len = 64', 'seq_len = 64\nmax_restarts = 3'))
+
+    def torchrun_restarts(*flags: str) -> str:
+        with pytest.raises(SystemExit) as exc:
+            main(["launch", "--on", "local", "--config", "run.toml", "--dry-run", "--json", *flags])
+        out = capsys.readouterr().out
+        assert exc.value.code in (0, None), out
+        return " ".join(json.loads(out)["command"])
+
+    assert "--max-restarts=3" in torchrun_restarts()
+    assert "--max-restarts=1" in torchrun_restarts("--max-restarts", "1")
+
+
 def test_the_shipped_example_parses_and_checks():
     from bastion.commands.train_file import check_optimizer_settings, load_config_file
     from bastion.specs.plan import ParallelPlan

@@ -110,6 +110,8 @@ def launch_command(
     run_dir = run_dir or from_file.get("run_dir")
     steps = steps if steps is not None else from_file.get("steps")
     seq_len = seq_len if seq_len is not None else from_file.get("seq_len")
+    if "max_restarts" in from_file and not _given(ctx, "max_restarts"):  # the --config file's, unless overridden
+        max_restarts = int(from_file["max_restarts"])
     missing = [flag for flag, value in (("--model", model), ("--plan", plan_path), ("--data", data),
                                         ("--run-dir", run_dir), ("--steps", steps)) if value is None]
     if missing:
@@ -219,6 +221,13 @@ def launch_command(
     else:
         _done(as_json, f"wrote {out_path}\nsubmit with: kubectl apply -f {_shell_quote(str(out_path))}\nthen {follow}",
               engine="k8s", manifest=str(out_path), submitted=False, name=k8s_job)
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether option `name` was typed on the command line (not its default)."""
+    from typer._click.core import ParameterSource
+
+    return ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
 
 
 def _done(as_json: bool, text: str, **fields: object) -> None:
