@@ -2,7 +2,8 @@
 
 Everything here is relative to the card the numbers were measured on (one H200, see data/README.md): GEMM and
 attention rates as fractions of that card's datasheet peak, memory-bound operations as effective bytes per element.
-`compute.py` scales them to other accelerators.
+`device_scale` carries them to other accelerators: by a card's own published rates (data/accelerator_rates.toml)
+where there are some, else by its catalog matmul_efficiency.
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ import tomllib
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bastion.specs.hardware import Accelerator
 
 DATA_DIR = Path(__file__).parent / "data"
 CALIBRATION_FILE = "h200-torch2.11-2026-11.json"
@@ -136,3 +141,63 @@ def attention_efficiency_measured(seq_len: int, head_dim: int, pass_: str) -> fl
     factor = interpolate_log(float(head_dim), [float(d) for d in dims],
                              [cal.head_dim_factor[(nearest, d)] for d in dims])
     return base * factor
+
+
+#: published GEMM/attention rates of other accelerators, relative to the calibration card's in the same benchmark
+ACCELERATOR_RATES_FILE = "accelerator_rates.toml"
+#: the curves device_scale carries: GEMMs in bf16 (or fp16/fp32), GEMMs in fp8, flash attention
+CURVES = ("bf16", "fp8", "attention")
+
+
+@dataclass(frozen=True)
+class OwnRates:
+    """An accelerator's published rates as multipliers of the calibration curves (data/accelerator_rates.toml)."""
+
+    accelerator: str
+    #: curve (`bf16`, `fp8`, `attention`) -> (its fraction of its datasheet peak) / (the calibration card's), for
+    #: the curves it has a published rate of
+    scale: dict[str, float]
+    source: str
+
+
+def _fraction(row: dict, key: str) -> float | None:
+    if f"{key}_tflops" not in row:
+        return None
+    theory_key = "attention_theory" if key == "attention_fwd" else f"{key}_theory"
+    return float(row[f"{key}_tflops"]) / float(row[theory_key])
+
+
+@cache
+def own_rates(accelerator: str) -> OwnRates | None:
+    """The published rates of catalog accelerator `accelerator`, or None when data/accelerator_rates.toml has none."""
+    table = tomllib.loads((DATA_DIR / ACCELERATOR_RATES_FILE).read_text())
+    row = table.get(accelerator)
+    if row is None:
+        return None
+    ref = table["reference"]
+    scale = {curve: own / base for curve, key in (("bf16", "gemm_bf16"), ("fp8", "gemm_fp8"),
+                                                   ("attention", "attention_fwd"))
+             if (own := _fraction(row, key)) is not None and (base := _fraction(ref, key))}
+    return OwnRates(accelerator=accelerator, scale=scale, source=str(row["source"]))
+
+
+def device_scale(acc: Accelerator, curve: str = "bf16") -> float:
+    """How much better (>1) or worse this device turns its datasheet peak into throughput than the calibration card
+    on `curve` (CURVES): its own published rate where data/accelerator_rates.toml has one; else its bf16 GEMM rate
+    (an fp8 or attention rate not published); else the catalog's matmul_efficiency / the H200's 0.787."""
+    own = own_rates(acc.name)
+    if own is not None and own.scale:
+        return own.scale.get(curve, own.scale.get("bf16", acc.matmul_efficiency / H200_MATMUL_EFFICIENCY))
+    return acc.matmul_efficiency / H200_MATMUL_EFFICIENCY
+
+
+def rates_note(acc: Accelerator) -> str:
+    """The assumption line that says where a GPU's GEMM and attention rates come from."""
+    curves = f"H200 efficiency curves (measured) for shape; HBM {acc.hbm_bandwidth_gbs:g} GB/s for memory-bound work"
+    own = own_rates(acc.name)
+    if own is None or not own.scale:
+        return (f"{curves}; level scaled from the H200 calibration by {acc.name} matmul_efficiency "
+                f"{acc.matmul_efficiency:g} / 0.787")
+    levels = ", ".join(f"{curve} x{device_scale(acc, curve):.3f}" for curve in CURVES)
+    return (f"{curves}; level from {acc.name}'s own published measurements ({levels} of the H200's; "
+            f"predict/data/{ACCELERATOR_RATES_FILE}: {own.source})")

@@ -1,8 +1,9 @@
 """Time of the on-device work: GEMMs at shape-dependent efficiency, attention by sequence length, and the
 memory-bound operations from HBM bandwidth.
 
-The curves are the H200 measurements (calibration.py) carried to another accelerator by the ratio of the catalog's
-`matmul_efficiency` to the H200's measured 0.787, and by the device's HBM bandwidth for memory-bound work.
+The curves are the H200 measurements (calibration.py) carried to another accelerator by calibration.device_scale
+(its own published rates, else the catalog's `matmul_efficiency` / the H200's 0.787), and by the device's HBM
+bandwidth for memory-bound work.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from functools import lru_cache
 
 from bastion.predict.calibration import (
     H200_HBM_GBS,
-    H200_MATMUL_EFFICIENCY,
     attention_efficiency_measured,
+    device_scale,
     gemm_efficiency_measured,
     interpolate_log,
     load_calibration,
@@ -32,11 +33,6 @@ def compute_dtype_bytes(precision: str) -> int:
 def is_cpu(acc: Accelerator) -> bool:
     """A host CPU standing in for an accelerator (the CPU test runs)."""
     return acc.arch == "cpu"
-
-
-def device_scale(acc: Accelerator) -> float:
-    """How much better (>1) or worse this device turns its datasheet peak into GEMM throughput than the H200."""
-    return acc.matmul_efficiency / H200_MATMUL_EFFICIENCY
 
 
 def cpu_curve_efficiency(curve: tuple[tuple[float, ...], ...], x: float, column: int, default: float) -> float:
@@ -64,7 +60,7 @@ def gemm_time(acc: Accelerator, precision: str, m: int, k: int, n: int) -> float
         eff = cpu_curve_efficiency(acc.gemm_efficiency_curve, 2.0 * m * k * n, 1, acc.matmul_efficiency)
     else:
         curve = "fp8" if precision == "fp8" else "bf16"
-        eff = min(MAX_EFFICIENCY, gemm_efficiency_measured(curve, m, k, n) * device_scale(acc))
+        eff = min(MAX_EFFICIENCY, gemm_efficiency_measured(curve, m, k, n) * device_scale(acc, curve))
     compute = 2.0 * m * k * n / (_matmul_peak_flops(acc, precision) * eff)
     traffic = (m * k + k * n + m * n) * compute_dtype_bytes(precision) / (acc.hbm_bandwidth_gbs * 1e9)
     return max(compute, traffic)
@@ -86,9 +82,10 @@ def flash_attention_time(acc: Accelerator, precision: str, flops_fwd: float, seq
         eff = cpu_curve_efficiency(acc.attention_efficiency_curve, float(seq_len), 1 if pass_ == "fwd" else 2,
                                    acc.matmul_efficiency)
     else:
-        eff = min(MAX_EFFICIENCY, attention_efficiency_measured(seq_len, head_dim, pass_) * device_scale(acc))
+        scale = device_scale(acc, "attention")
+        eff = min(MAX_EFFICIENCY, attention_efficiency_measured(seq_len, head_dim, pass_) * scale)
         if kernel != DEFAULT_KERNEL:
-            best = min(MAX_EFFICIENCY, attention_efficiency_measured(1 << 30, head_dim, pass_) * device_scale(acc))
+            best = min(MAX_EFFICIENCY, attention_efficiency_measured(1 << 30, head_dim, pass_) * scale)
             eff = kernel_efficiency(kernel, acc.arch, eff, best, acc.matmul_efficiency)
     if efficiency_cap is not None:
         eff = min(eff, efficiency_cap)

@@ -17,7 +17,7 @@ from functools import lru_cache
 from typing import Any, NamedTuple
 
 from bastion.predict import comm, compute, flops, moe, schedule
-from bastion.predict.calibration import load_calibration
+from bastion.predict.calibration import load_calibration, rates_note
 from bastion.predict.memory import (
     MemoryBreakdown,
     activation_bytes_per_token,
@@ -703,8 +703,7 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
             if options.attention_efficiency_cap is not None else "")) if options.flash_attention
         else "attention: unfused softmax (s×s scores stored and streamed)",
         schedule.bubble_note(plan.pp_schedule) if plan.pp > 1 else "no pipeline: no bubble",
-        (f"efficiency curves measured on one H200, scaled by {acc.name} matmul_efficiency "
-         f"{acc.matmul_efficiency:g} / 0.787 and HBM {acc.hbm_bandwidth_gbs:g} GB/s") if is_gpu
+        rates_note(acc) if is_gpu
         else (f"a CPU runs every GEMM and attention at its catalog matmul_efficiency {acc.matmul_efficiency:g}, "
               f"memory-bound work at {acc.hbm_bandwidth_gbs:.3g} GB/s") if not node.profile else "",
         "tensor-parallel collectives are not overlapped with compute" if plan.tp > 1 else "",
