@@ -6,7 +6,8 @@ per pool) → engine.py (discrete-event loop) over state.py (queues, pools' node
 placement) with a policy from policies/ (fifo, backfill, fair, sjf, priority, kueue, multifactor, qssf, srtf,
 las: one file each, registered in POLICIES) and failures.py (sampled failures, Daly checkpoints); metrics.py
 defines the scheduling figures and their spread over seeds; synthetic.py draws seeded workloads and recorded
-traces; sweep.py reruns them over one parameter (`--sweep`).
+traces; sweep.py reruns them over one parameter (`--sweep`); validation.py compares a replay with the
+waits and utilisation its trace recorded.
 
 The names below load on first use, so that `bastion --help` can read the policy registry without the rest.
 """

@@ -5,7 +5,9 @@ Formats (`--trace-format`):
            column order). submit_time: seconds from the trace's start, or ISO 8601 (then hours count from the
            earliest); gpus may be fractional (a share of one GPU); time_limit_s, final_state (completed, failed,
            cancelled; empty = completed) and accelerator (catalog name or a device name the catalog knows;
-           empty = the duration holds on every pool) may be empty.
+           empty = the duration holds on every pool) may be empty. An optional `start_time` column (same form
+           as submit_time; may be empty) is when the recorded run started: the recorded wait is start_time -
+           submit_time, which `simulate` reports beside its own (bastion.sim.validation compares them).
   pai      Alibaba PAI cluster-trace-gpu-v2020: FILE is pai_task_table.csv (job_name, task_name, inst_num,
            status, start_time, end_time, plan_cpu, plan_mem, plan_gpu, gpu_type; header-less as released, a
            header line is accepted). A job is its tasks together: GPUs = Σ inst_num × plan_gpu / 100, run from
@@ -46,6 +48,8 @@ from bastion.sim.inputs import (
 
 GENERIC_COLUMNS = ("submit_time", "duration_s", "gpus", "queue", "user", "time_limit_s", "final_state",
                    "accelerator")
+#: generic columns a trace may leave out
+GENERIC_OPTIONAL_COLUMNS = ("start_time",)
 PAI_TASK_COLUMNS = ("job_name", "task_name", "inst_num", "status", "start_time", "end_time", "plan_cpu",
                     "plan_mem", "plan_gpu", "gpu_type")
 PAI_JOB_COLUMNS = ("job_name", "inst_id", "user", "status", "start_time", "end_time")
@@ -104,6 +108,22 @@ def _seconds(text: str) -> tuple[float, bool]:
         return stamp.timestamp(), True
 
 
+def _time(text: str, name: str, where: str) -> tuple[float, bool]:
+    """A generic trace's time cell as `_seconds` reads it; an error naming the cell otherwise."""
+    try:
+        return _seconds(text)
+    except ValueError:
+        raise ConfigError(f"{name} in {where} is neither seconds nor ISO 8601: {text!r}.",
+                          fix="give seconds from the trace's start, or e.g. 2024-03-01T09:30:00.") from None
+
+
+def _started_hours(recording: Recording, origin: float) -> Recording:
+    """`recording` with its recorded start (seconds, as read) made hours from the trace's start `origin`."""
+    if recording.recorded_start_hours is None:
+        return recording
+    return replace(recording, recorded_start_hours=(recording.recorded_start_hours - origin) / 3600.0)
+
+
 def _number(text: str, name: str, where: str, *, positive: bool = False) -> float:
     try:
         value = float(text)
@@ -127,11 +147,13 @@ def _queues(jobs: list[Job], inventory: Inventory) -> tuple[list[Job], Inventory
 
 def read_generic(path: Path, inventory: Inventory) -> Trace:
     names, rows = _header(path, "trace", GENERIC_COLUMNS)
-    unknown = [n for n in names if n not in GENERIC_COLUMNS]
+    known = (*GENERIC_COLUMNS, *GENERIC_OPTIONAL_COLUMNS)
+    unknown = [n for n in names if n not in known]
     if unknown:
         raise ConfigError(f"The trace '{path}' has an unknown column '{unknown[0]}'."
-                          f"{did_you_mean(unknown[0], GENERIC_COLUMNS)}",
-                          fix=f"the generic header is {','.join(GENERIC_COLUMNS)}.")
+                          f"{did_you_mean(unknown[0], known)}",
+                          fix=f"the generic header is {','.join(GENERIC_COLUMNS)} (and optionally "
+                              f"{','.join(GENERIC_OPTIONAL_COLUMNS)}).")
     parsed = []
     dated = set()
     for line, row in rows:
@@ -139,12 +161,15 @@ def read_generic(path: Path, inventory: Inventory) -> Trace:
         if len(row) != len(names):
             raise ConfigError(f"{where} has {len(row)} fields, the header {len(names)}.", fix="correct the row.")
         cell = {name: row[i] for name, i in names.items()}
-        try:
-            submit, is_date = _seconds(cell["submit_time"])
-        except ValueError:
-            raise ConfigError(f"submit_time in {where} is neither seconds nor ISO 8601: {cell['submit_time']!r}.",
-                              fix="give seconds from the trace's start, or e.g. 2024-03-01T09:30:00.") from None
+        submit, is_date = _time(cell["submit_time"], "submit_time", where)
         dated.add(is_date)
+        start = None
+        if cell.get("start_time"):
+            start, start_is_date = _time(cell["start_time"], "start_time", where)
+            dated.add(start_is_date)
+            if start < submit:
+                raise ConfigError(f"start_time in {where} is before its submit_time.",
+                                  fix="give the time the recorded run started (or leave start_time empty).")
         limit = cell["time_limit_s"]
         accelerator = cell["accelerator"]
         recording = Recording(
@@ -152,7 +177,7 @@ def read_generic(path: Path, inventory: Inventory) -> Trace:
             gpus=_number(cell["gpus"], "gpus", where, positive=True),
             accelerator=catalog_accelerator(accelerator, where) if accelerator else None, user=cell["user"],
             time_limit_hours=_number(limit, "time_limit_s", where, positive=True) / 3600.0 if limit else None,
-            final_state=final_state(cell["final_state"], where))
+            final_state=final_state(cell["final_state"], where), recorded_start_hours=start)  # seconds yet
         parsed.append((submit, cell["queue"] or DEFAULT_QUEUE, recording, line))
     if not parsed:
         raise ConfigError(f"The trace '{path}' has a header but no jobs.", fix="add rows below the header.")
@@ -161,7 +186,7 @@ def read_generic(path: Path, inventory: Inventory) -> Trace:
                           fix="use one form for every row.")
     origin = min(p[0] for p in parsed) if dated == {True} else 0.0
     jobs = [Job(id=f"line-{line}", tenant=queue, model="", tokens=0.0, global_batch=0,
-                submit_hours=(submit - origin) / 3600.0, recorded=recording)
+                submit_hours=(submit - origin) / 3600.0, recorded=_started_hours(recording, origin))
             for submit, queue, recording, line in parsed]
     if any(j.submit_hours < 0 for j in jobs):
         raise ConfigError(f"The trace '{path}' has a negative submit_time.", fix="give seconds from the trace's start.")
@@ -266,10 +291,8 @@ def _finish(path: Path, parsed: list[tuple[float, str, Recording]], inventory: I
     origin = min(submit for submit, _, _ in parsed)
     jobs = []
     for submit, key, recording in parsed:
-        if recording.recorded_start_hours is not None:  # still seconds: hours from the trace's start now
-            recording = replace(recording, recorded_start_hours=(recording.recorded_start_hours - origin) / 3600.0)
         jobs.append(Job(id=job_id(key), tenant=queue(key), model="", tokens=0.0, global_batch=0,
-                        submit_hours=(submit - origin) / 3600.0, recorded=recording))
+                        submit_hours=(submit - origin) / 3600.0, recorded=_started_hours(recording, origin)))
     jobs, inventory = _queues(jobs, inventory)
     notes = tuple(f"{n} jobs on {name}, which the catalog does not know: durations taken as recorded on every pool"
                   for name, n in sorted(unknown.items()))
