@@ -68,15 +68,20 @@ if code and lost is not None and not os.path.exists(marker):
 sys.exit(code)
 '''
 
+# as the real cluster does: with --no-kill a failed node is taken out of the job's NodeList, and is back in
+# service (sinfo: idle) a moment later (ReturnToService=2)
 SCONTROL = r'''#!/bin/bash
 echo "scontrol $*" >> "$FAKE_SLURM_LOG.scontrol"
-if [ "$1 $2" = "show hostnames" ]; then echo "$FAKE_NODES" | tr ' ' '\n'; fi
+if [ "$1 $2" = "show hostnames" ]; then
+  if [ "$3" = "n[1-2]" ]; then printf 'n1\nn2\n'; else echo "$3" | tr ',' '\n'; fi
+elif [ "$1 $2" = "show job" ]; then
+  left=$(for node in $FAKE_NODES; do [ -e "$FAKE_SLURM_STATE/$node" ] || echo "$node"; done | paste -sd, -)
+  echo "JobId=$SLURM_JOB_ID JobState=RUNNING NodeList=$left"
+fi
 '''
 
 SINFO = r'''#!/bin/bash
-for node in $FAKE_NODES; do
-  if [ -e "$FAKE_SLURM_STATE/$node" ]; then echo "$node down*"; else echo "$node allocated"; fi
-done
+for node in $FAKE_NODES; do echo "$node idle"; done
 '''
 
 
@@ -124,9 +129,9 @@ def test_a_lost_node_continues_the_job_on_the_node_left(tmp_path: Path, token_da
     (left,) = [n for n in NODES if n != lost]
     steps = [json.loads(line) for line in log.read_text().splitlines()]
     assert len(steps) == 2   # no requeue: the second job step ran inside the same allocation
-    assert steps[0]["options"][:2] == ["--nodes=2", "--nodelist=n1,n2"]
+    assert steps[0]["options"][:3] == ["--nodes=2", "--ntasks=2", "--nodelist=n1,n2"]
     assert not any(o.startswith("--exclude") for o in steps[0]["options"])
-    assert steps[1]["options"][:3] == ["--nodes=1", f"--nodelist={left}", f"--exclude={lost}"]
+    assert steps[1]["options"][:4] == ["--nodes=1", "--ntasks=1", f"--nodelist={left}", f"--exclude={lost}"]
     assert "--nnodes=1" in steps[1]["command"]
     assert f"job step 2 on {left} (excluded: {lost})" in output
 

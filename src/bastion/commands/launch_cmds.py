@@ -397,7 +397,7 @@ def slurm_nodes_command(
     job_id = os.environ.get("SLURM_JOB_ID", "")
     job_nodes = slurm_nodes.hostnames(os.environ.get("SLURM_JOB_NODELIST", ""))
     nodes, excluded = slurm_nodes.next_nodes(Path(config["train"]["run_dir"]), config, job_id, job_nodes,
-                                             slurm_nodes.node_states(job_nodes), since)
+                                             slurm_nodes.node_states(job_id, job_nodes), since)
     print(len(nodes), ",".join(nodes) or "-", ",".join(excluded) or "-")
     if not nodes:
         sys.exit(slurm_nodes.TOO_FEW_NODES)

@@ -338,7 +338,7 @@ while :; do
   worker_cmd=(
     {worker_cmd}
   )
-  srun --nodes="$nnodes" --nodelist="$nodes" "${{exclude_opt[@]}}" --ntasks-per-node=1 \\
+  srun --nodes="$nnodes" --ntasks="$nnodes" --nodelist="$nodes" "${{exclude_opt[@]}}" --ntasks-per-node=1 \\
     --cpus-per-task="$SLURM_CPUS_PER_TASK" --kill-on-bad-exit=1 {container}"${{worker_cmd[@]}}" &
   srun_pid=$!
   # a trapped signal ends `wait` early: keep waiting until the step has really finished
@@ -387,7 +387,7 @@ def submit(script: Path) -> str:
     return done.stdout.strip().split(";")[0]
 
 
-def _parse_scontrol(text: str) -> dict[str, str]:
+def parse_scontrol(text: str) -> dict[str, str]:
     """`scontrol show job -o` prints Key=Value pairs separated by spaces (values have none, except Command=…)."""
     fields: dict[str, str] = {}
     for token in text.split():
@@ -409,7 +409,7 @@ def job_info(job_id: str) -> dict[str, Any]:
                     nodelist=nodelist, source="squeue")
     shown = slurm_run(["scontrol", "show", "job", "-o", job_id])
     if shown.returncode == 0 and shown.stdout.strip():
-        fields = _parse_scontrol(shown.stdout)
+        fields = parse_scontrol(shown.stdout)
         if info["source"] is None:
             info.update(state=fields.get("JobState", "UNKNOWN"), reason=fields.get("Reason"),
                         elapsed=fields.get("RunTime"), time_limit=fields.get("TimeLimit"),

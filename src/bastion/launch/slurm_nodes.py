@@ -69,9 +69,11 @@ def next_nodes(run_dir: Path, config: dict[str, Any], job_id: str, job_nodes: li
     return (left[:max(usable)] if usable else []), excluded
 
 
-def node_states(nodes: list[str]) -> dict[str, str]:
-    """Each node's state from `sinfo` (a node sinfo does not list counts as gone)."""
-    from bastion.launch.slurm import slurm_run
+def node_states(job_id: str, nodes: list[str]) -> dict[str, str]:
+    """Each of the job's nodes' state: `down (…)` when Slurm took it out of the job's allocation (`scontrol show
+    job`: with --no-kill a failed node is removed from the job, and may be back in service a moment later) or
+    sinfo does not list it, else its state from `sinfo`."""
+    from bastion.launch.slurm import parse_scontrol, slurm_run
 
     done = slurm_run(["sinfo", "-h", "-N", "-n", ",".join(nodes), "-o", "%N %T"])
     states = {node: "down (not listed by sinfo)" for node in nodes}
@@ -80,6 +82,11 @@ def node_states(nodes: list[str]) -> dict[str, str]:
             name, _, state = line.strip().partition(" ")
             if name in states:
                 states[name] = state
+    shown = slurm_run(["scontrol", "show", "job", "-o", job_id])
+    current = parse_scontrol(shown.stdout).get("NodeList") if shown.returncode == 0 else None
+    if current:
+        still = set(hostnames(current))
+        states.update({node: "down (removed from the job)" for node in nodes if node not in still})
     return states
 
 
