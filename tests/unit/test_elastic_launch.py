@@ -101,20 +101,21 @@ UP = {"n1": "allocated", "n2": "allocated"}
 
 def test_a_down_node_is_excluded_and_an_elastic_job_continues_on_the_rest(tmp_path: Path) -> None:
     elastic = config(tmp_path, elastic={"min_nodes": 1, "max_nodes": 2, "procs_per_node": 2})
-    assert next_nodes(tmp_path, elastic, "7", NODES, UP, since=0) == (["n1", "n2"], [])
+    assert next_nodes(tmp_path, elastic, "7", 0, NODES, UP, since=0) == (["n1", "n2"], [])
     down = {"n1": "allocated", "n2": "down*"}
-    assert next_nodes(tmp_path, elastic, "7", NODES, down, since=0) == (["n1"], ["n2"])
+    assert next_nodes(tmp_path, elastic, "7", 0, NODES, down, since=0) == (["n1"], ["n2"])
     # resumed in Slurm's eyes: still excluded by this job, and recorded once
-    assert next_nodes(tmp_path, elastic, "7", NODES, UP, since=0) == (["n1"], ["n2"])
+    assert next_nodes(tmp_path, elastic, "7", 0, NODES, UP, since=0) == (["n1"], ["n2"])
     (excluded,) = events(tmp_path, "node_excluded")
     assert (excluded["node"], excluded["reason"], excluded["job_id"]) == ("n2", "down", "7")
-    # another job id starts afresh
-    assert next_nodes(tmp_path, elastic, "8", NODES, UP, since=0) == (["n1", "n2"], [])
+    # another job, or a requeued start of this one (a node Slurm allocates again is in service), starts afresh
+    assert next_nodes(tmp_path, elastic, "8", 0, NODES, UP, since=0) == (["n1", "n2"], [])
+    assert next_nodes(tmp_path, elastic, "7", 1, NODES, UP, since=0) == (["n1", "n2"], [])
 
 
 def test_a_job_that_is_not_elastic_needs_every_node(tmp_path: Path) -> None:
-    assert next_nodes(tmp_path, config(tmp_path), "7", NODES, UP, since=0) == (["n1", "n2"], [])
-    assert next_nodes(tmp_path, config(tmp_path), "7", NODES, {"n1": "idle+drain", "n2": "mixed"},
+    assert next_nodes(tmp_path, config(tmp_path), "7", 0, NODES, UP, since=0) == (["n1", "n2"], [])
+    assert next_nodes(tmp_path, config(tmp_path), "7", 0, NODES, {"n1": "idle+drain", "n2": "mixed"},
                       since=0) == ([], ["n1"])
 
 
@@ -125,10 +126,10 @@ def test_a_stragglers_node_is_excluded_from_the_next_job_step(tmp_path: Path) ->
         (tmp_path / "launch" / "nodes" / f"rank-{rank:05d}").write_text(node + "\n")
     old = log_event(tmp_path, "straggler", rank=0, step=3, factor=2.0, compute_s=1, baseline_s=0.5,
                     baseline="peers", window=5)
-    assert next_nodes(tmp_path, elastic, "7", NODES, UP, since=old["time"] + 1) == (["n1", "n2"], [])
+    assert next_nodes(tmp_path, elastic, "7", 0, NODES, UP, since=old["time"] + 1) == (["n1", "n2"], [])
     log_event(tmp_path, "straggler", rank=3, step=9, factor=3.1, compute_s=3, baseline_s=1, baseline="peers",
               window=5)
-    assert next_nodes(tmp_path, elastic, "7", NODES, UP, since=old["time"] + 1e-6) == (["n2"], ["n1"])
+    assert next_nodes(tmp_path, elastic, "7", 0, NODES, UP, since=old["time"] + 1e-6) == (["n2"], ["n1"])
     (excluded,) = events(tmp_path, "node_excluded")
     assert (excluded["node"], excluded["reason"], excluded["rank"]) == ("n1", "straggler", 3)
 

@@ -396,7 +396,8 @@ def slurm_nodes_command(
     config = read_run_config(config_path)
     job_id = os.environ.get("SLURM_JOB_ID", "")
     job_nodes = slurm_nodes.hostnames(os.environ.get("SLURM_JOB_NODELIST", ""))
-    nodes, excluded = slurm_nodes.next_nodes(Path(config["train"]["run_dir"]), config, job_id, job_nodes,
+    start = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    nodes, excluded = slurm_nodes.next_nodes(Path(config["train"]["run_dir"]), config, job_id, start, job_nodes,
                                              slurm_nodes.node_states(job_id, job_nodes), since)
     print(len(nodes), ",".join(nodes) or "-", ",".join(excluded) or "-")
     if not nodes:

@@ -12,8 +12,9 @@ resumes from its newest valid checkpoint.
 - A node lost mid-run (`--no-kill`: the allocation survives it): before every srun the script asks
   `bastion _slurm_nodes` (launch/slurm_nodes.py) which nodes are still usable; the job continues on the nodes it
   has (`--exclude` of the lost one) when the run is elastic (--on-failure shrink|auto: every worker takes the plan
-  for its world, launch/elastic.py), else it is requeued with the lost node kept out (`ExcNodeList`). A
-  straggler's node is excluded the same way from the next srun or requeue.
+  for its world, launch/elastic.py), else it is requeued. A straggler's node is excluded the same way from the
+  next srun. Exclusions hold for one start of the job: Slurm refuses `ExcNodeList` while a job runs, so a
+  requeue cannot be kept off a node, and a node it allocates again is in service.
 - The worker's Python is found when the job runs: `$BASTION_PYTHON`, else the `python3` first on the job's PATH
   (sbatch passes the submitting environment, so an activated virtual environment is the job's too).
 Every value that comes from the user reaches the shell through `shlex.quote`; the few that must sit on `#SBATCH`
@@ -300,11 +301,8 @@ on_time_limit() {{
 trap on_time_limit USR1
 
 requeue_or_fail() {{  # $1: the failed step's exit status
-  if [ "$excluded" != "-" ]; then
-    # keep the excluded nodes out of the next allocation (refused by some Slurm versions while running: harmless)
-    scontrol update JobId="$SLURM_JOB_ID" ExcNodeList="$excluded" \\
-      || echo "[bastion] could not exclude $excluded from the requeued job"
-  fi
+  # (Slurm refuses ExcNodeList for a running job, so a requeue cannot be kept off a node; the requeued job's
+  # steps still never use the nodes this job excluded: they are recorded in the run directory)
   if [ "$restart_count" -lt "$max_requeues" ]; then
     echo "[bastion] workers failed (exit $1); requeue $((restart_count + 1)) of $max_requeues (exit $requeue_exit)"
     exit "$requeue_exit"

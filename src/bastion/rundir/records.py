@@ -100,9 +100,10 @@ PLAN_CHANGE = EventKind("plan_change", "the launcher re-planned the run for anot
                         "shrink: ranks lost their node) and relaunched it from the checkpoint of `step`",
                         ("step", "from_world", "to_world", "plan", "from_plan", "lost_ranks", "reason"))
 
-NODE_EXCLUDED = EventKind("node_excluded", "a Slurm job stopped using one of its nodes (`reason`: down — a failed or "
-                          "drained node — or straggler, the node of slow `rank`); its next job steps and its "
-                          "requeue exclude it (launch/slurm_nodes.py)", ("node", "reason", "rank", "job_id"))
+NODE_EXCLUDED = EventKind("node_excluded", "a Slurm job stopped using one of its nodes (`reason`: down — failed, "
+                          "drained or taken out of the job — or straggler, the node of slow `rank`); the job "
+                          "steps of that start of the job (`start`: Slurm's restart count) exclude it "
+                          "(launch/slurm_nodes.py)", ("node", "reason", "rank", "job_id", "start"))
 
 EVENT_KINDS: dict[str, EventKind] = {kind.name: kind for kind in (
     RUN_START, RESUME, RESTART, FAULT, HANG, PREEMPTED, ROLLBACK, SKIP_BATCH, CHECKPOINT, CHECKPOINT_WAIT,
