@@ -7,7 +7,7 @@ node is lost (`lose-node` fault); srun fails and the stand-in marks that node DO
 then continue inside the same allocation: its next job step runs on the node left with `--exclude` of the lost
 one, the workers re-plan for 2 ranks (dp2, the same global batch) and resume from the step-4 checkpoint, and the run
 finishes all steps with every sample used once; summary.json's plan_changes shows the change. A straggler's node
-is excluded the same way (tests/unit/test_elastic_launch.py)."""
+is left out of the next job step the same way."""
 
 from __future__ import annotations
 
@@ -102,13 +102,15 @@ def fake_slurm(tmp_path: Path) -> Path:
     return bin_dir
 
 
-def test_a_lost_node_continues_the_job_on_the_node_left(tmp_path: Path, token_data: Path) -> None:
+def run_job(tmp_path: Path, token_data: Path, steps: int, *train_args: str,
+            lost_rank: int | None = None) -> tuple[Path, str, list[dict]]:
+    """Write the job with `bastion launch --on slurm` and run its batch script as Slurm would; (run directory,
+    the script's output, the options and command of every srun)."""
     plan = PLAN.save(tmp_path / "plan.json")
     run_dir = tmp_path / "run"
     written = bastion("launch", "--on", "slurm", "--model", "tiny", "--plan", str(plan), "--data", str(token_data),
-                      "--run-dir", str(run_dir), "--steps", str(STEPS), "--nodes", "2", "--device", "cpu", "--",
-                      "--on-failure", "shrink", "--checkpoint-every", "2", "--sync-checkpoint", "--no-progress",
-                      "--seed", "1", "--inject", "lose-node:rank=3,step=5")
+                      "--run-dir", str(run_dir), "--steps", str(steps), "--nodes", "2", "--device", "cpu", "--",
+                      "--on-failure", "shrink", "--sync-checkpoint", "--no-progress", "--seed", "1", *train_args)
     assert written.returncode == 0, written.stderr
     script = run_dir / "launch" / "job.sbatch"
     (tmp_path / "state").mkdir()
@@ -119,33 +121,58 @@ def test_a_lost_node_continues_the_job_on_the_node_left(tmp_path: Path, token_da
            "PYTHONPATH": source, "OMP_NUM_THREADS": "1", "SLURM_JOB_ID": str(port - 20000),
            "SLURM_JOB_NODELIST": "n[1-2]", "SLURM_JOB_NUM_NODES": "2", "SLURM_CPUS_PER_TASK": "2",
            "FAKE_NODES": " ".join(NODES), "FAKE_SLURM_STATE": str(tmp_path / "state"), "FAKE_SLURM_LOG": str(log),
-           "FAKE_LOST_RANK": "3", "FAKE_RUN_DIR": str(run_dir)}
+           "FAKE_RUN_DIR": str(run_dir)}
+    if lost_rank is not None:
+        env["FAKE_LOST_RANK"] = str(lost_rank)
     done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=800)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-6000:]
     assert "[bastion] training finished" in output
+    return run_dir, output, [json.loads(line) for line in log.read_text().splitlines()]
 
-    lost = (tmp_path / "state" / "lost-once").read_text()
-    (left,) = [n for n in NODES if n != lost]
-    steps = [json.loads(line) for line in log.read_text().splitlines()]
+
+def check_continued(run_dir: Path, output: str, steps: list[dict], total: int, node_out: str, reason: str,
+                    resumed_from: int) -> None:
+    """Two job steps in one allocation: the first on both nodes, the second on the other one with `node_out`
+    excluded; the workers re-planned 4 → 2 ranks at `resumed_from` and every sample was used once."""
+    (left,) = [n for n in NODES if n != node_out]
     assert len(steps) == 2   # no requeue: the second job step ran inside the same allocation
     assert steps[0]["options"][:3] == ["--nodes=2", "--ntasks=2", "--nodelist=n1,n2"]
     assert not any(o.startswith("--exclude") for o in steps[0]["options"])
-    assert steps[1]["options"][:4] == ["--nodes=1", "--ntasks=1", f"--nodelist={left}", f"--exclude={lost}"]
+    assert steps[1]["options"][:4] == ["--nodes=1", "--ntasks=1", f"--nodelist={left}", f"--exclude={node_out}"]
     assert "--nnodes=1" in steps[1]["command"]
-    assert f"job step 2 on {left} (excluded: {lost})" in output
+    assert f"job step 2 on {left} (excluded: {node_out})" in output
 
     history = records(run_dir)
     (excluded,) = [r for r in history if r.get("event") == "node_excluded"]
-    assert (excluded["node"], excluded["reason"]) == (lost, "down")
+    assert (excluded["node"], excluded["reason"]) == (node_out, reason)
     (change,) = [r for r in history if r.get("event") == "plan_change"]
-    assert (change["from_world"], change["to_world"], change["step"]) == (4, 2, 4)
+    assert (change["from_world"], change["to_world"], change["step"]) == (4, 2, resumed_from)
     assert change["plan"] == {**PLAN.to_dict(), "dp": 2}
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["finished"] and summary["steps"] == STEPS
-    assert summary["plan_changes"] == [{"step": 4, "from_world": 4, "to_world": 2, "plan": change["plan"]}]
-    # steps 1-4 on 4 ranks, 5-8 on the 2 left; the kept record of every step: each sample exactly once
+    assert summary["finished"] and summary["steps"] == total
+    assert summary["plan_changes"] == [{"step": resumed_from, "from_world": 4, "to_world": 2, "plan": change["plan"]}]
+    # steps up to the checkpoint on 4 ranks, the rest on the 2 left; the kept record of every step: each sample once
     kept = {r["step"]: r for r in history if "event" not in r}
-    assert sorted(kept) == list(range(1, STEPS + 1))
-    assert [len(kept[s]["rank_sections_s"]["step"]) for s in range(1, STEPS + 1)] == [4] * 4 + [2] * 4
-    assert sorted(i for r in kept.values() for i in range(*r["sample_ids"])) == list(range(STEPS * 8))
+    assert sorted(kept) == list(range(1, total + 1))
+    assert [len(kept[s]["rank_sections_s"]["step"]) for s in range(1, total + 1)] == (
+        [4] * resumed_from + [2] * (total - resumed_from))
+    assert sorted(i for r in kept.values() for i in range(*r["sample_ids"])) == list(range(total * 8))
+
+
+def test_a_lost_node_continues_the_job_on_the_node_left(tmp_path: Path, token_data: Path) -> None:
+    run_dir, output, steps = run_job(tmp_path, token_data, 8, "--checkpoint-every", "2", "--inject",
+                                     "lose-node:rank=3,step=5", lost_rank=3)
+    lost = (tmp_path / "state" / "lost-once").read_text()
+    check_continued(run_dir, output, steps, 8, lost, "down", resumed_from=4)
+
+
+def test_a_stragglers_node_is_left_out_of_the_next_job_step(tmp_path: Path, token_data: Path) -> None:
+    """Rank 3 is three times slower and named a straggler (by step 7); a crash at step 8 ends the job step, and
+    the next one runs without rank 3's node."""
+    run_dir, output, steps = run_job(tmp_path, token_data, 10, "--checkpoint-every", "2", "--inject",
+                                     "slow:rank=3,factor=3", "--inject", "kill:rank=0,step=8")
+    (straggler,) = [r for r in records(run_dir) if r.get("event") == "straggler"]
+    assert straggler["rank"] == 3 and straggler["step"] < 8
+    slow_node = (run_dir / "launch" / "nodes" / "rank-00003").read_text().strip()
+    check_continued(run_dir, output, steps, 10, slow_node, "straggler", resumed_from=6)

@@ -16,7 +16,15 @@ import time
 
 import pytest
 from slurm_harness import SlurmCluster, wait_for
-from test_slurm_launch import bastion, committed_steps, events, finished, output, records
+from test_slurm_launch import (
+    bastion,
+    events,
+    finished,
+    first_checkpoint_while_running,
+    job_nodes,
+    output,
+    records,
+)
 
 from bastion.specs import ParallelPlan
 
@@ -41,14 +49,8 @@ def test_a_node_set_down_mid_run_continues_on_the_node_left(slurm_cluster: Slurm
     assert done.returncode == 0, done.stderr
     job_id = re.search(r"submitted Slurm job (\d+)", done.stdout)[1]
 
-    def first_checkpoint_while_running() -> int | None:
-        steps = committed_steps(run_dir)
-        running = slurm_cluster.job(job_id).get("JobState") == "RUNNING"
-        return steps[0] if steps and running and not (run_dir / "summary.json").exists() else None
-
-    saved = wait_for("a committed checkpoint of the running job", first_checkpoint_while_running, timeout=300,
-                     every=0.2)
-    nodes = slurm_cluster.run("scontrol", "show", "hostnames", slurm_cluster.job(job_id)["NodeList"]).split()
+    saved = first_checkpoint_while_running(slurm_cluster, job_id, run_dir, timeout=300)
+    nodes = job_nodes(slurm_cluster, job_id)
     lost, left = nodes[-1], nodes[0]
     t_down = time.monotonic()
     slurm_cluster.run("scontrol", "update", f"nodename={lost}", "state=down", "reason=bastion-elastic-test")
