@@ -168,10 +168,11 @@ def test_a_lost_node_continues_the_job_on_the_node_left(tmp_path: Path, token_da
 
 
 def test_a_stragglers_node_is_left_out_of_the_next_job_step(tmp_path: Path, token_data: Path) -> None:
-    """Rank 3 is three times slower and named a straggler (by step 7); a crash at step 8 ends the job step, and
-    the next one runs without rank 3's node."""
+    """Rank 3 is three times slower and named a straggler (by step 7); rank 0 dies at step 8 (a lose-node fault
+    whose node the stand-in Slurm keeps in service: a crash as the job sees it), which ends the job step, and the
+    next one runs without rank 3's node."""
     run_dir, output, steps = run_job(tmp_path, token_data, 10, "--checkpoint-every", "2", "--inject",
-                                     "slow:rank=3,factor=3", "--inject", "kill:rank=0,step=8")
+                                     "slow:rank=3,factor=3", "--inject", "lose-node:rank=0,step=8")
     (straggler,) = [r for r in records(run_dir) if r.get("event") == "straggler"]
     assert straggler["rank"] == 3 and straggler["step"] < 8
     slow_node = (run_dir / "launch" / "nodes" / "rank-00003").read_text().strip()
