@@ -148,7 +148,8 @@ def launch_command(
                                   signal_lead_s=signal_lead, requeue_exit=requeue_exit, max_requeues=max_requeues,
                                   cpus_per_worker=cpus_per_worker, account=account, qos=qos, gres=gres,
                                   constraint=constraint, exclusive=exclusive, exclude=exclude,
-                                  container_image=container_image, sbatch_args=tuple(sbatch_args))
+                                  container_image=container_image, container_mounts=_data_dirs(data_text),
+                                  sbatch_args=tuple(sbatch_args))
         script = slurm.render_sbatch(req, opts, str(config_path))
         if dry_run:
             _done(as_json, script.removesuffix("\n"), engine="slurm", dry_run=True, script=script,
@@ -209,6 +210,13 @@ def _with_elastic(run, engine: str, layout, min_nodes: int | None) -> dict:
         return run.config
     section = elastic_section(run.spec, run.plan, layout.procs_per_node, layout.nodes, min_nodes)
     return {**run.config, ELASTIC_KEY: section}
+
+
+def _data_dirs(data: str) -> tuple[str, ...]:
+    """The directories of `--data` (one, or a mixture's), for a container to mount."""
+    from bastion.runtime.data import parse_data_mixture
+
+    return tuple(name for name, _ in parse_data_mixture(data))
 
 
 def _only_for(engine: str, **given: tuple) -> None:

@@ -85,9 +85,10 @@ class SlurmOptions:
     exclusive: bool = False
     #: nodes never to allocate, a Slurm node list (sbatch --exclude)
     exclude: str | None = None
-    #: container image for the workers (pyxis/enroot: srun --container-image); the run directory and the data
-    #: directories are mounted at the same paths
+    #: container image for the workers (pyxis/enroot: srun --container-image)
     container_image: str | None = None
+    #: directories mounted into the container at the same paths (the run directory always is)
+    container_mounts: tuple[str, ...] = ()
     #: further sbatch options, passed as they are (each one `#SBATCH` line; bastion's own options refused)
     sbatch_args: tuple[str, ...] = ()
 
@@ -215,12 +216,10 @@ def _directives(req: LaunchRequest, opts: SlurmOptions) -> list[str]:
 
 
 def _container_words(req: LaunchRequest, opts: SlurmOptions) -> list[str]:
-    """srun's pyxis options: the image, and the run and data directories mounted at the same paths."""
+    """srun's pyxis options: the image, and the run directory and `container_mounts` mounted at the same paths."""
     if not opts.container_image:
         return []
-    from bastion.runtime.data import parse_data_mixture  # torch-free: the `--data` syntax has its home there
-
-    mounts = [req.run_dir, *(name for name, _ in parse_data_mixture(req.data_dir))]
+    mounts = [req.run_dir, *opts.container_mounts]
     for path in mounts:
         if "," in path or ":" in path:
             raise LaunchError(f"The directory {path!r} holds ',' or ':', which pyxis's --container-mounts reads as "
