@@ -61,7 +61,7 @@ lost = os.environ.get("FAKE_LOST_RANK")
 marker = os.path.join(os.environ["FAKE_SLURM_STATE"], "lost-once")
 if code and lost is not None and not os.path.exists(marker):
     # the lost rank's node is gone: Slurm marks it DOWN
-    node_file = os.path.join(os.environ["FAKE_RUN_DIR"], "launch", "nodes", f"rank-{int(lost):05d}")
+    node_file = os.path.join(os.environ["FAKE_RUN_DIR"], "nodes", f"rank-{int(lost):05d}")
     node = open(node_file).read().strip()
     open(os.path.join(os.environ["FAKE_SLURM_STATE"], node), "w").write("down\n")
     open(marker, "w").write(node)
@@ -175,5 +175,5 @@ def test_a_stragglers_node_is_left_out_of_the_next_job_step(tmp_path: Path, toke
                                      "slow:rank=3,factor=3", "--inject", "lose-node:rank=0,step=8")
     (straggler,) = [r for r in records(run_dir) if r.get("event") == "straggler"]
     assert straggler["rank"] == 3 and straggler["step"] < 8
-    slow_node = (run_dir / "launch" / "nodes" / "rank-00003").read_text().strip()
+    slow_node = (run_dir / "nodes" / "rank-00003").read_text().strip()
     check_continued(run_dir, output, steps, 10, slow_node, "straggler", resumed_from=6)

@@ -82,7 +82,7 @@ def test_rank_0_records_each_change_of_world_once(tmp_path: Path, monkeypatch) -
     monkeypatch.setenv("SLURMD_NODENAME", "n1")
     prepare_worker(elastic, 2, 1)                # rank 1: records its node, not the change
     assert not events(tmp_path, "plan_change")
-    assert (tmp_path / "launch" / "nodes" / "rank-00001").read_text() == "n1\n"
+    assert (tmp_path / "nodes" / "rank-00001").read_text() == "n1\n"
     prepare_worker(elastic, 2, 0)
     (shrink,) = events(tmp_path, "plan_change")
     assert (shrink["from_world"], shrink["to_world"], shrink["reason"], shrink["step"]) == (4, 2, "fewer nodes", 0)
@@ -122,8 +122,8 @@ def test_a_job_that_is_not_elastic_needs_every_node(tmp_path: Path) -> None:
 def test_a_stragglers_node_is_excluded_from_the_next_job_step(tmp_path: Path) -> None:
     elastic = config(tmp_path, elastic={"min_nodes": 1, "max_nodes": 2, "procs_per_node": 2})
     for rank, node in enumerate(["n2", "n2", "n1", "n1"]):   # the rendezvous may order nodes either way
-        (tmp_path / "launch" / "nodes").mkdir(parents=True, exist_ok=True)
-        (tmp_path / "launch" / "nodes" / f"rank-{rank:05d}").write_text(node + "\n")
+        (tmp_path / "nodes").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "nodes" / f"rank-{rank:05d}").write_text(node + "\n")
     old = log_event(tmp_path, "straggler", rank=0, step=3, factor=2.0, compute_s=1, baseline_s=0.5,
                     baseline="peers", window=5)
     assert next_nodes(tmp_path, elastic, "7", 0, NODES, UP, since=old["time"] + 1) == (["n1", "n2"], [])

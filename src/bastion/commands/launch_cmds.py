@@ -6,12 +6,17 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from bastion.cli import app
 from bastion.commands import options
 from bastion.errors import LaunchError
+
+if TYPE_CHECKING:
+    from bastion.commands.train_cmds import ResolvedRun
+    from bastion.launch.request import WorkerLayout
 
 
 @app.command("launch", context_settings={"allow_extra_args": True})
@@ -197,7 +202,7 @@ def launch_command(
               engine="k8s", manifest=str(out_path), submitted=False)
 
 
-def _with_elastic(run, engine: str, layout, min_nodes: int | None) -> dict:
+def _with_elastic(run: ResolvedRun, engine: str, layout: WorkerLayout, min_nodes: int | None) -> dict:
     """The run config a scheduled job gets: with --on-failure shrink (or auto on a plan with data-parallel
     replicas) an `elastic` section, so the job continues on fewer nodes (launch/elastic.py)."""
     from bastion.launch.elastic import ELASTIC_KEY, elastic_section

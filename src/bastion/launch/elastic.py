@@ -17,10 +17,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from bastion.errors import ConfigError
+from bastion.errors import ConfigError, LaunchError
 from bastion.launch.shrink import record_plan_change, shrink_plan
 from bastion.rundir import checkpoints as checkpoint_files
-from bastion.rundir.layout import checkpoints_dir
+from bastion.rundir.layout import checkpoints_dir, rank_node_path
 from bastion.rundir.metrics import read_metrics
 from bastion.rundir.records import is_event
 from bastion.specs.model import ModelSpec, model_from_mapping
@@ -28,8 +28,6 @@ from bastion.specs.plan import ParallelPlan
 
 #: the run config's key for the elastic section
 ELASTIC_KEY = "elastic"
-#: where each worker of a Slurm job writes its node's name, one file per rank (the run directory's `launch/`)
-NODES_DIR = Path("launch") / "nodes"
 
 
 def plan_for_world(spec: ModelSpec, plan: ParallelPlan, world: int) -> ParallelPlan | None:
@@ -51,8 +49,6 @@ def elastic_section(spec: ModelSpec, plan: ParallelPlan, procs_per_node: int, ma
     """The run config's `elastic` section: the node counts the job may continue on, from `min_nodes` (default:
     the fewest that fit) up to `max_nodes`; refused when some count in that range has no plan (a scheduler may
     settle on any count between its minimum and maximum)."""
-    from bastion.errors import LaunchError
-
     counts = node_counts(spec, plan, procs_per_node, max_nodes)
     if min_nodes is None:
         # the longest run of workable counts ending at max_nodes
@@ -116,7 +112,7 @@ def record_node(run_dir: Path, rank: int) -> None:
     node = os.environ.get("SLURMD_NODENAME")
     if not node:
         return
-    path = Path(run_dir) / NODES_DIR / f"rank-{rank:05d}"
+    path = rank_node_path(run_dir, rank)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(node + "\n")
@@ -127,7 +123,7 @@ def record_node(run_dir: Path, rank: int) -> None:
 def nodes_of_ranks(run_dir: Path) -> dict[int, str]:
     """Rank -> node name, as the workers of the last start wrote them."""
     found = {}
-    for path in (Path(run_dir) / NODES_DIR).glob("rank-*"):
+    for path in rank_node_path(run_dir, 0).parent.glob("rank-*"):
         suffix = path.name.removeprefix("rank-")
         if suffix.isdigit():
             found[int(suffix)] = path.read_text().strip()

@@ -12,6 +12,7 @@ RUN_DIR/
   tensorboard/                TensorBoard event files of rank 0 (--tensorboard; runtime/run_logs.py)
   profile/                    torch.profiler Chrome traces, trace-rankNNNNN.json (--profile START:END)
   logs/rank-NNNNN.log         a worker's traceback when it failed (runtime/worker.py); the console gets one line
+  nodes/rank-NNNNN            under Slurm, the node each rank of the latest start runs on (launch/elastic.py)
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ LOCK_FILE = "run.lock"
 TENSORBOARD_DIR = "tensorboard"
 PROFILE_DIR = "profile"
 LOGS_DIR = "logs"
+NODES_DIR = "nodes"
 #: files only `bastion train` writes into a run directory; one of them makes a directory a run directory
 RUN_MARKERS = (METRICS_FILE, SUMMARY_FILE, PLAN_FILE, MODEL_FILE)
 
@@ -54,6 +56,10 @@ def checkpoints_dir(run_dir: Path) -> Path:
 
 def rank_log_path(run_dir: Path, rank: int) -> Path:
     return Path(run_dir) / LOGS_DIR / f"rank-{rank:05d}.log"
+
+
+def rank_node_path(run_dir: Path, rank: int) -> Path:
+    return Path(run_dir) / NODES_DIR / f"rank-{rank:05d}"
 
 
 def write_run_files(run_dir: Path, spec: ModelSpec, plan: ParallelPlan) -> None:
