@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 
 import pytest
@@ -79,3 +80,26 @@ def test_a_node_set_down_mid_run_continues_on_the_node_left(slurm_cluster: Slurm
     kept = {r["step"]: r for r in records(run_dir) if "step" in r and "event" not in r}
     assert sorted(kept) == list(range(1, STEPS + 1))
     assert sorted(i for r in kept.values() for i in range(*r["sample_ids"])) == list(range(STEPS * 8))
+
+
+def test_sbatch_accepts_the_script_with_its_options(slurm_cluster: SlurmCluster,
+                                                    tmp_path_factory: pytest.TempPathFactory) -> None:
+    """`sbatch --test-only` (the controller checks the request, nothing runs) on the script with Slurm options the
+    test cluster can satisfy, a quoted pass-through among them."""
+    root = tmp_path_factory.mktemp("slurm-options")
+    (root / "text.txt").write_text("options reach the script quoted " * 400)
+    assert bastion(slurm_cluster, "data", "prepare", str(root / "text.txt"), "--out", str(root / "data")).returncode == 0
+    plan = PLAN.save(root / "plan.json")
+    done = bastion(slurm_cluster, "launch", "--on", "slurm", "--dry-run", "--model", "tiny", "--plan", str(plan),
+                   "--data", str(root / "data"), "--run-dir", str(root / "run"), "--steps", "4", "--nodes", "2",
+                   "--device", "cpu", "--exclusive", "--exclude", "n4", "--partition", "debug",
+                   "--sbatch-arg=--comment=two words; $(id)", "--sbatch-arg", "--mail-type=NONE")
+    assert done.returncode == 0, done.stderr
+    script = root / "job.sbatch"
+    script.write_text(done.stdout)
+    tested = subprocess.run(["sbatch", "--test-only", str(script)], env=slurm_cluster.env, capture_output=True,
+                            text=True, timeout=60)
+    assert tested.returncode == 0 and "to start at" in tested.stderr, tested.stderr
+    refused = subprocess.run(["sbatch", "--test-only", "--nodes=9", str(script)], env=slurm_cluster.env,
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0   # the check above can fail: 9 nodes do not exist

@@ -304,16 +304,6 @@ def test_slurm_options_reach_the_script_quoted(inputs) -> None:
     assert subprocess.run(["bash", "-n"], input=done.stdout, text=True).returncode == 0
 
 
-@pytest.mark.skipif(not os.environ.get("SLURM_CONF"), reason="sbatch --test-only needs a running slurmctld")
-def test_sbatch_accepts_the_script_with_its_options(inputs, tmp_path: Path) -> None:
-    done = bastion(*launch_args(inputs, "--on", "slurm", "--nodes", "2", "--device", "cpu", "--dry-run",
-                                "--exclusive", "--sbatch-arg=--comment=two words"))
-    script = tmp_path / "job.sbatch"
-    script.write_text(done.stdout)
-    checked = subprocess.run(["sbatch", "--test-only", str(script)], capture_output=True, text=True, timeout=60)
-    assert checked.returncode == 0, checked.stderr
-
-
 @pytest.mark.parametrize(("more", "needle"), [
     (["--account", "a b"], "--account 'a b' is empty or contains white space"),
     (["--sbatch-arg", "--nodes=3"], "--sbatch-arg --nodes is an option bastion sets itself"),
