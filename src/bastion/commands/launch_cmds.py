@@ -403,15 +403,15 @@ def slurm_nodes_command(
     exit 3 when too few nodes are left."""
     import os
 
-    from bastion.launch import slurm_nodes
+    from bastion.launch import slurm, slurm_nodes
     from bastion.launch.worker import read_run_config
 
     config = read_run_config(config_path)
     job_id = os.environ.get("SLURM_JOB_ID", "")
-    job_nodes = slurm_nodes.hostnames(os.environ.get("SLURM_JOB_NODELIST", ""))
+    job_nodes = slurm.hostnames(os.environ.get("SLURM_JOB_NODELIST", ""))
     start = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
     nodes, excluded = slurm_nodes.next_nodes(Path(config["train"]["run_dir"]), config, job_id, start, job_nodes,
-                                             slurm_nodes.node_states(job_id, job_nodes), since)
+                                             slurm.node_states(job_id, job_nodes), since)
     print(len(nodes), ",".join(nodes) or "-", ",".join(excluded) or "-")
     if not nodes:
         sys.exit(slurm_nodes.TOO_FEW_NODES)

@@ -365,7 +365,7 @@ def _slurm_tool(name: str) -> str:
     return path
 
 
-def slurm_run(args: list[str], timeout: float = 30,
+def _run(args: list[str], timeout: float = 30,
               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([_slurm_tool(args[0]), *args[1:]], capture_output=True, text=True, timeout=timeout,
                           env=env)
@@ -376,7 +376,7 @@ def submit(script: Path) -> str:
     # the job finds its Python when it runs ($BASTION_PYTHON, else python3 on its PATH); submitted from here, it
     # is the Python running bastion now unless the environment names another
     env = {**os.environ, "BASTION_PYTHON": os.environ.get("BASTION_PYTHON") or default_python()}
-    done = slurm_run(["sbatch", "--parsable", str(script)], env=env)
+    done = _run(["sbatch", "--parsable", str(script)], env=env)
     if done.returncode:
         raise LaunchError(f"sbatch refused the job: {done.stderr.strip() or done.stdout.strip()}",
                           fix="check the partition, node count and time limit against `sinfo -s`; the script "
@@ -384,7 +384,7 @@ def submit(script: Path) -> str:
     return done.stdout.strip().split(";")[0]
 
 
-def parse_scontrol(text: str) -> dict[str, str]:
+def _parse_scontrol(text: str) -> dict[str, str]:
     """`scontrol show job -o` prints Key=Value pairs separated by spaces (values have none, except Command=…)."""
     fields: dict[str, str] = {}
     for token in text.split():
@@ -399,14 +399,14 @@ def job_info(job_id: str) -> dict[str, Any]:
     if not job_id.isdigit():
         raise LaunchError(f"'{job_id}' is not a Slurm job id.", fix="pass the number sbatch printed.")
     info: dict[str, Any] = {"job_id": job_id, "state": "UNKNOWN", "source": None}
-    queued = slurm_run(["squeue", "-h", "-j", job_id, "-o", "%T|%r|%M|%l|%D|%N"])
+    queued = _run(["squeue", "-h", "-j", job_id, "-o", "%T|%r|%M|%l|%D|%N"])
     if queued.returncode == 0 and queued.stdout.strip():
         state, reason, elapsed, limit, nodes, nodelist = queued.stdout.strip().splitlines()[0].split("|")
         info.update(state=state, reason=reason, elapsed=elapsed, time_limit=limit, nodes=nodes,
                     nodelist=nodelist, source="squeue")
-    shown = slurm_run(["scontrol", "show", "job", "-o", job_id])
+    shown = _run(["scontrol", "show", "job", "-o", job_id])
     if shown.returncode == 0 and shown.stdout.strip():
-        fields = parse_scontrol(shown.stdout)
+        fields = _parse_scontrol(shown.stdout)
         if info["source"] is None:
             info.update(state=fields.get("JobState", "UNKNOWN"), reason=fields.get("Reason"),
                         elapsed=fields.get("RunTime"), time_limit=fields.get("TimeLimit"),
@@ -414,7 +414,7 @@ def job_info(job_id: str) -> dict[str, Any]:
         info.update(restarts=int(fields.get("Restarts", "0") or 0), exit_code=fields.get("ExitCode"),
                     stdout=fields.get("StdOut"), name=fields.get("JobName"))
     if info["source"] is None:
-        acct = slurm_run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,ExitCode,Elapsed,NNodes,NodeList"])
+        acct = _run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,ExitCode,Elapsed,NNodes,NodeList"])
         if acct.returncode == 0 and acct.stdout.strip():
             state, exit_code, elapsed, nodes, nodelist = acct.stdout.strip().splitlines()[0].split("|")
             info.update(state=state.split()[0], exit_code=exit_code, elapsed=elapsed, nodes=nodes,
@@ -439,6 +439,34 @@ def run_dir_progress(run_dir: Path) -> dict[str, Any]:
         progress["summary"] = None
     progress["checkpoints"] = [c.path.name for c in with_manifest(checkpoints_dir(run_dir))]
     return progress
+
+
+def node_states(job_id: str, nodes: list[str]) -> dict[str, str]:
+    """Each of the job's nodes' state: `down (…)` when Slurm took it out of the job's allocation (`scontrol show
+    job`: with --no-kill a failed node is removed from the job, and may be back in service a moment later) or
+    sinfo does not list it, else its state from `sinfo`."""
+    done = _run(["sinfo", "-h", "-N", "-n", ",".join(nodes), "-o", "%N %T"])
+    states = {node: "down (not listed by sinfo)" for node in nodes}
+    if done.returncode == 0:
+        for line in done.stdout.splitlines():
+            name, _, state = line.strip().partition(" ")
+            if name in states:
+                states[name] = state
+    shown = _run(["scontrol", "show", "job", "-o", job_id])
+    current = _parse_scontrol(shown.stdout).get("NodeList") if shown.returncode == 0 else None
+    if current:
+        still = set(hostnames(current))
+        states.update({node: "down (removed from the job)" for node in nodes if node not in still})
+    return states
+
+
+def hostnames(nodelist: str) -> list[str]:
+    """`scontrol show hostnames` of a Slurm node list expression (n[1-3] → n1 n2 n3)."""
+    done = _run(["scontrol", "show", "hostnames", nodelist])
+    if done.returncode:
+        raise LaunchError(f"scontrol cannot expand the node list {nodelist!r}: {done.stderr.strip()}",
+                          fix="run this inside a Slurm job (the batch script calls it with $SLURM_JOB_NODELIST).")
+    return done.stdout.split()
 
 
 #: Slurm job states after which the job will not run again by itself (sacct/scontrol/squeue spellings)

@@ -16,7 +16,6 @@ nodes are left, so the script requeues the job.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -70,34 +69,3 @@ def next_nodes(run_dir: Path, config: dict[str, Any], job_id: str, start: int, j
     counts = range(elastic["min_nodes"], elastic["max_nodes"] + 1) if elastic else [len(job_nodes)]
     usable = [n for n in counts if n <= len(left)]
     return (left[:max(usable)] if usable else []), excluded
-
-
-def node_states(job_id: str, nodes: list[str]) -> dict[str, str]:
-    """Each of the job's nodes' state: `down (…)` when Slurm took it out of the job's allocation (`scontrol show
-    job`: with --no-kill a failed node is removed from the job, and may be back in service a moment later) or
-    sinfo does not list it, else its state from `sinfo`."""
-    from bastion.launch.slurm import parse_scontrol, slurm_run
-
-    done = slurm_run(["sinfo", "-h", "-N", "-n", ",".join(nodes), "-o", "%N %T"])
-    states = {node: "down (not listed by sinfo)" for node in nodes}
-    if done.returncode == 0:
-        for line in done.stdout.splitlines():
-            name, _, state = line.strip().partition(" ")
-            if name in states:
-                states[name] = state
-    shown = slurm_run(["scontrol", "show", "job", "-o", job_id])
-    current = parse_scontrol(shown.stdout).get("NodeList") if shown.returncode == 0 else None
-    if current:
-        still = set(hostnames(current))
-        states.update({node: "down (removed from the job)" for node in nodes if node not in still})
-    return states
-
-
-def hostnames(nodelist: str) -> list[str]:
-    """`scontrol show hostnames` of a Slurm node list expression (n[1-3] → n1 n2 n3)."""
-    from bastion.launch.slurm import slurm_run
-
-    done = slurm_run(["scontrol", "show", "hostnames", nodelist])
-    if done.returncode:
-        raise subprocess.SubprocessError(f"scontrol show hostnames {nodelist}: {done.stderr.strip()}")
-    return done.stdout.split()
