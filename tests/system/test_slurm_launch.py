@@ -64,6 +64,20 @@ def committed_steps(run_dir: Path) -> list[int]:
     return sorted(int(p.name.split("-")[1]) for p in root.glob("step-*") if (p / "manifest.json").is_file())
 
 
+def first_checkpoint_while_running(cluster: SlurmCluster, job_id: str, run_dir: Path, timeout: float) -> int:
+    """Wait for the first committed checkpoint of the job while it still runs (no summary yet); its step."""
+    def ready() -> int | None:
+        steps = committed_steps(run_dir)
+        running = cluster.job(job_id).get("JobState") == "RUNNING"
+        return steps[0] if steps and running and not (run_dir / "summary.json").exists() else None
+
+    return wait_for("a committed checkpoint of the running job", ready, timeout=timeout, every=0.2)
+
+
+def job_nodes(cluster: SlurmCluster, job_id: str) -> list[str]:
+    return cluster.run("scontrol", "show", "hostnames", cluster.job(job_id)["NodeList"]).split()
+
+
 def output(run_dir: Path, job_id: str) -> str:
     path = run_dir / f"slurm-{job_id}.out"
     return path.read_text(errors="replace") if path.exists() else ""
@@ -106,14 +120,8 @@ def test_node_down_requeues_and_resumes_to_the_same_parameters(slurm_cluster: Sl
     job_id, run_dir = jobs["requeued"]
     ref_id, ref_dir = jobs["reference"]
 
-    def first_checkpoint_while_running() -> int | None:
-        steps = committed_steps(run_dir)
-        running = slurm_cluster.job(job_id).get("JobState") == "RUNNING"
-        return steps[0] if steps and running and not (run_dir / "summary.json").exists() else None
-
-    saved = wait_for("a committed checkpoint of the running job", first_checkpoint_while_running, timeout=240,
-                     every=0.2)
-    nodes = slurm_cluster.run("scontrol", "show", "hostnames", slurm_cluster.job(job_id)["NodeList"]).split()
+    saved = first_checkpoint_while_running(slurm_cluster, job_id, run_dir, timeout=240)
+    nodes = job_nodes(slurm_cluster, job_id)
     slurm_cluster.run("scontrol", "update", f"nodename={nodes[-1]}", "state=down", "reason=bastion-system-test")
     try:
         wait_for("Slurm to requeue the job", lambda: int(slurm_cluster.job(job_id).get("Restarts", 0)) >= 1,

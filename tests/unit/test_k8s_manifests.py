@@ -240,3 +240,101 @@ def test_submit_applies_the_written_manifest_with_kubectl(tmp_path: Path) -> Non
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "rec").read_text().split() == ["apply", "-f", str(out)]
     assert "created" in done.stdout and documents(out.read_text())["PyTorchJob"]
+
+
+# ---- elastic jobs and placement options ----------------------------------------------------------------------
+ELASTIC = {"min_nodes": 2, "max_nodes": 4, "procs_per_node": 8}
+PLACEMENT = KubernetesOptions(
+    image="img:1", node_selector={"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"},
+    tolerations=("nvidia.com/gpu=present:NoSchedule", "spot:NoExecute", "dedicated"),
+    service_account="trainer", priority_class="high-priority", requests={"memory": "200Gi", "cpu": "32"},
+    limits={"memory": "250Gi"})
+
+
+def elastic_request() -> LaunchRequest:
+    req = request()
+    return LaunchRequest(**{**req.__dict__, "run_config": {**req.run_config, "elastic": ELASTIC}})
+
+
+@pytest.mark.parametrize("kind", ["pytorchjob", "jobset"])
+def test_an_elastic_run_lets_the_rendezvous_continue_on_fewer_pods(kind: str) -> None:
+    docs = documents(render_manifests(elastic_request(), KubernetesOptions(kind=kind, image="img:1")))
+    assert config_of(docs)["elastic"] == ELASTIC   # every worker takes the plan for the world it gets
+    if kind == "pytorchjob":
+        job = docs["PyTorchJob"]
+        policy = job["spec"]["elasticPolicy"]
+        assert (policy["minReplicas"], policy["maxReplicas"]) == (2, 4)
+        assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 4
+    else:
+        job = docs["JobSet"]
+        env = {e["name"]: e["value"] for e in container_of(job)["env"]}
+        assert env["PET_NNODES"] == "2:4"
+        indexed = job["spec"]["replicatedJobs"][0]["template"]["spec"]
+        assert indexed["parallelism"] == 4 and indexed["backoffLimit"] == 3 * 4   # a pod is replaced alone
+
+
+@pytest.mark.parametrize("kind", ["pytorchjob", "jobset"])
+def test_placement_options_reach_every_pod(kind: str) -> None:
+    job = [d for d in yaml.safe_load_all(render_manifests(
+        request(), KubernetesOptions(**{**PLACEMENT.__dict__, "kind": kind}))) if d][-1]
+    pod = pod_of(job)
+    assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
+    assert pod["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"},
+        {"key": "spot", "operator": "Exists", "effect": "NoExecute"}, {"key": "dedicated", "operator": "Exists"}]
+    assert pod["serviceAccountName"] == "trainer" and pod["priorityClassName"] == "high-priority"
+    assert container_of(job)["resources"] == {"limits": {"nvidia.com/gpu": 8, "memory": "250Gi"},
+                                              "requests": {"memory": "200Gi", "cpu": "32"}}
+    amd = [d for d in yaml.safe_load_all(render_manifests(
+        request(), KubernetesOptions(image="i", kind=kind, gpu_resource="amd.com/gpu"))) if d][-1]
+    assert container_of(amd)["resources"] == {"limits": {"amd.com/gpu": 8}}
+
+
+@pytest.mark.skipif(not VALIDATOR.exists(), reason=f"{VALIDATOR} is absent (../shared not laid beside the repo)")
+@pytest.mark.parametrize("kind", ["pytorchjob", "jobset"])
+def test_elastic_and_placed_manifests_pass_the_strict_validator(tmp_path: Path, kind: str) -> None:
+    pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (dev extra) checks built-in kinds")
+    pytest.importorskip("jsonschema", reason="jsonschema (dev extra) checks custom resources")
+    path = tmp_path / f"{kind}.yaml"
+    path.write_text(render_manifests(elastic_request(), KubernetesOptions(**{**PLACEMENT.__dict__, "kind": kind,
+                                                                             "queue": "team-a"})))
+    done = subprocess.run([sys.executable, str(VALIDATOR), "--strict", str(path)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("ok ") == 3
+
+
+@pytest.mark.parametrize(("opts", "needle"), [
+    (KubernetesOptions(image="i", tolerations=("key:Sometimes",)), "is not KEY[=VALUE][:EFFECT]"),
+    (KubernetesOptions(image="i", node_selector={"bad key": "x"}), "is not a Kubernetes label"),
+    (KubernetesOptions(image="i", service_account="Trainer_1"), "is not a Kubernetes object name"),
+    (KubernetesOptions(image="i", requests={"memory": "lots"}), "is not a resource name with a Kubernetes quantity"),
+])
+def test_malformed_placement_options_are_refused(opts, needle) -> None:
+    with pytest.raises(LaunchError) as err:
+        render_manifests(request(), opts)
+    assert needle in err.value.problem and err.value.fix
+
+
+def test_cli_places_an_elastic_job(tmp_path: Path) -> None:
+    # dp 4, 3, 2 and 1 all divide the global batch of 12: the job may continue on 1 to 4 pods
+    plan = ParallelPlan(dp=4, global_batch=12).save(tmp_path / "plan.json")
+    out = tmp_path / "job.yaml"
+    done = subprocess.run(
+        [sys.executable, "-m", "bastion", "launch", "--on", "k8s", "--model", "tiny", "--plan", str(plan),
+         "--data", "/mnt/data", "--run-dir", "/mnt/run", "--steps", "10", "--gpus-per-node", "1", "--image", "i:1",
+         "--manifest", str(out), "--node-selector", "pool=a3", "--toleration", "gpu=yes:NoSchedule",
+         "--service-account", "trainer", "--priority-class", "high", "--request", "memory=64Gi",
+         "--limit", "memory=80Gi", "--", "--on-failure", "shrink"],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    job = documents(out.read_text())["PyTorchJob"]
+    assert (job["spec"]["elasticPolicy"]["minReplicas"], job["spec"]["elasticPolicy"]["maxReplicas"]) == (1, 4)
+    pod = pod_of(job)
+    assert pod["nodeSelector"] == {"pool": "a3"} and pod["serviceAccountName"] == "trainer"
+    assert container_of(job)["resources"]["requests"] == {"memory": "64Gi"}
+    bad = subprocess.run(
+        [sys.executable, "-m", "bastion", "launch", "--on", "k8s", "--model", "tiny", "--plan", str(plan),
+         "--data", "/mnt/data", "--run-dir", "/mnt/run", "--steps", "10", "--image", "i:1", "--manifest",
+         str(tmp_path / "x.yaml"), "--node-selector", "pool"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "is not KEY=VALUE" in bad.stderr

@@ -131,8 +131,11 @@ def test_slurm_dry_run_prints_the_script_and_writes_nothing(inputs) -> None:
                  "#SBATCH --signal=B:USR1@60", f"#SBATCH --output={inputs['run']}/slurm-%j.out"):
         assert line in script.splitlines()
     assert "--gpus-per-node" not in script   # a CPU job asks for no GPUs
-    assert f"  {Path(PYTHON).absolute()}" in script.splitlines()   # the venv's interpreter: no activation needed
-    assert "--nproc-per-node=2" in script and "--nnodes=2" in script
+    # the workers' Python is found when the job runs, in its environment, not fixed here
+    assert str(Path(PYTHON).absolute()) not in script
+    assert 'python=$(command -v "${BASTION_PYTHON:-python3}" || true)' in script.splitlines()
+    assert "--nproc-per-node=2" in script and '"--nnodes=$nnodes"' in script
+    assert "#SBATCH --no-kill" in script.splitlines()   # a lost node does not end the allocation
     assert not inputs["run"].exists()
 
 
@@ -277,3 +280,53 @@ def test_train_arguments_are_checked_at_launch_time(inputs, more, needle) -> Non
     assert done.returncode == 2, done.stdout + done.stderr
     assert needle in " ".join(done.stderr.split()) and "To fix:" in done.stderr
     assert "Traceback" not in done.stderr and not inputs["run"].exists()
+
+
+# ---- Slurm options ----------------------------------------------------------------------------------------
+def test_slurm_options_reach_the_script_quoted(inputs) -> None:
+    done = bastion(*launch_args(
+        inputs, "--on", "slurm", "--nodes", "2", "--device", "cpu", "--dry-run", "--account", "proj-1",
+        "--qos", "high", "--gres", "gpu:a100:2", "--constraint", "a100&ib", "--exclusive", "--exclude", "n[3-4]",
+        "--container-image", "nvcr.io#nvidia/pytorch:25.01-py3", "--sbatch-arg=--comment=two words; $(id)",
+        "--sbatch-arg", "--mail-type=END"))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    for line in ("#SBATCH --account=proj-1", "#SBATCH --qos=high", "#SBATCH --gres=gpu:a100:2",
+                 "#SBATCH --constraint='a100&ib'", "#SBATCH --exclusive", "#SBATCH --exclude='n[3-4]'",
+                 "#SBATCH '--comment=two words; $(id)'", "#SBATCH --mail-type=END"):
+        assert line in lines
+    assert "--gpus-per-node" not in done.stdout   # --gres says what each node gets
+    script = " ".join(done.stdout.replace("\\\n", " ").split())   # bash's line continuations joined
+    run, data = inputs["run"], inputs["data"]
+    assert (f"'--container-image=nvcr.io#nvidia/pytorch:25.01-py3' --container-mounts={run}:{run},{data}:{data}"
+            in script)
+    assert "worker_cmd=( python3 -m torch.distributed.run" in script   # the image's Python runs the workers
+    assert subprocess.run(["bash", "-n"], input=done.stdout, text=True).returncode == 0
+
+
+@pytest.mark.parametrize(("more", "needle"), [
+    (["--account", "a b"], "--account 'a b' is empty or contains white space"),
+    (["--sbatch-arg", "--nodes=3"], "--sbatch-arg --nodes is an option bastion sets itself"),
+    (["--sbatch-arg", "mail"], "is not one sbatch option"),
+    (["--sbatch-arg", "--comment=a\nb"], "control character"),
+    (["--node-selector", "a=b"], "are options of --on k8s"),
+    (["--min-nodes", "1"], "this job is not elastic"),
+    (["--min-nodes", "1", "--", "--on-failure", "shrink", "--checkpoint-every", "2"], None),
+])
+def test_slurm_option_mistakes_get_guidance(inputs, more, needle) -> None:
+    done = bastion(*launch_args(inputs, "--on", "slurm", "--nodes", "2", "--device", "cpu", "--dry-run",
+                                *[m.replace("\\n", "\n") for m in more]))
+    if needle is None:
+        assert done.returncode == 0, done.stderr
+        return
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert needle in " ".join(done.stderr.split()) and "To fix:" in done.stderr
+
+
+def test_an_elastic_slurm_job_carries_its_node_range(inputs) -> None:
+    done = bastion(*launch_args(inputs, "--on", "slurm", "--nodes", "2", "--device", "cpu", "--dry-run", "--json",
+                                "--", "--on-failure", "shrink", "--checkpoint-every", "2"))
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["run_config"]["elastic"] == {"min_nodes": 1, "max_nodes": 2, "procs_per_node": 2}
+    assert "_slurm_nodes" in out["script"]

@@ -8,12 +8,17 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from bastion.cli import app
 from bastion.commands import options
 from bastion.errors import LaunchError
+
+if TYPE_CHECKING:
+    from bastion.commands.train_cmds import ResolvedRun
+    from bastion.launch.request import WorkerLayout
 
 
 @app.command("launch", context_settings={"allow_extra_args": True})
@@ -61,6 +66,22 @@ def launch_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over in a --run-dir that holds a run: its "
                                    "files move to RUN_DIR/replaced-DATE-TIME/ when the job starts (nothing is "
                                    "deleted)."),
+    min_nodes: options.MinNodes = None,
+    account: options.Account = None,
+    qos: options.Qos = None,
+    gres: options.Gres = None,
+    constraint: options.Constraint = None,
+    exclusive: options.Exclusive = False,
+    exclude: options.Exclude = None,
+    container_image: options.ContainerImage = None,
+    sbatch_args: options.SbatchArgs = [],  # noqa: B006 - typer reads the default
+    node_selector: options.NodeSelector = [],  # noqa: B006
+    tolerations: options.Toleration = [],  # noqa: B006
+    service_account: options.ServiceAccount = "",
+    priority_class: options.PriorityClass = "",
+    requests: options.Requests = [],  # noqa: B006
+    limits: options.Limits = [],  # noqa: B006
+    gpu_resource: options.GpuResource = "nvidia.com/gpu",
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the command, script or YAML; do nothing else."),
     submit: bool = typer.Option(False, "--submit", help="Submit (sbatch / kubectl apply) after writing."),
     as_json: bool = typer.Option(False, "--json", help="Print what was done as one JSON object: with --dry-run "
@@ -138,14 +159,14 @@ def launch_command(
                           "on the job's volume.", fix="give the job a new --run-dir (or a new volume claim).")
     train_args += ["--resume"] * resume + ["--overwrite"] * overwrite
     run = _resolve_train_args(train_args, extra, paths_here=engine != "k8s")
-    if run.on_failure == "shrink" and engine != "local":
-        raise LaunchError(f"--on-failure shrink (or auto, for a plan with data-parallel replicas) re-plans and "
-                          f"relaunches from this machine's launcher, which a {engine} job does not have yet.",
-                          fix="drop --on-failure (the job is requeued on failure), or run it with --on local.")
     layout = worker_layout(run.world_size, nodes, gpus_per_node, device)
     job_name = name or Path(run_dir_text).name or "bastion"
-    req = LaunchRequest(engine=engine, run_config=run.config, data_dir=data_text, run_dir=run_dir_text,
+    run_config = _with_elastic(run, engine, layout, min_nodes)
+    req = LaunchRequest(engine=engine, run_config=run_config, data_dir=data_text, run_dir=run_dir_text,
                         layout=layout, device=device, name=job_name, max_restarts=max_restarts)
+    _only_for(engine, slurm=(account, qos, gres, constraint, exclusive, exclude, container_image, sbatch_args),
+              k8s=(node_selector, tolerations, service_account, priority_class, requests, limits,
+                   gpu_resource != "nvidia.com/gpu"))
     # the job reads its own copy of the resolved run, so editing the plan or model file later cannot change a
     # requeued job
     config_path = Path(run_dir_text) / RUN_CONFIG_FILE
@@ -170,11 +191,14 @@ def launch_command(
     if engine == "slurm":
         opts = slurm.SlurmOptions(time_limit_s=parse_time_limit(time) if time else None, partition=partition,
                                   signal_lead_s=signal_lead, requeue_exit=requeue_exit, max_requeues=max_requeues,
-                                  cpus_per_worker=cpus_per_worker)
+                                  cpus_per_worker=cpus_per_worker, account=account, qos=qos, gres=gres,
+                                  constraint=constraint, exclusive=exclusive, exclude=exclude,
+                                  container_image=container_image, container_mounts=_data_dirs(data_text),
+                                  sbatch_args=tuple(sbatch_args))
         script = slurm.render_sbatch(req, opts, str(config_path))
         if dry_run:
             _done(as_json, script.removesuffix("\n"), engine="slurm", dry_run=True, script=script,
-                  run_config=run.config)
+                  run_config=run_config)
             return
         if run.overwrite:
             from bastion.commands.train_cmds import announce_set_aside
@@ -182,7 +206,7 @@ def launch_command(
 
             with acquire(run.run_dir):
                 announce_set_aside(run.run_dir)
-        write_run_config(config_path, run.config)
+        write_run_config(config_path, run_config)
         script_path = Path(run_dir_text) / LAUNCH_DIR / "job.sbatch"
         _write_text(script_path, script, "--run-dir")
         if not submit:
@@ -201,10 +225,15 @@ def launch_command(
 
     if time or partition:
         raise LaunchError("--time and --partition are Slurm options.", fix="drop them for --on k8s.")
-    opts_k8s = kubernetes.KubernetesOptions(kind=k8s_kind, image=image, queue=queue, storage=storage)
+    opts_k8s = kubernetes.KubernetesOptions(
+        kind=k8s_kind, image=image, queue=queue, storage=storage,
+        node_selector=kubernetes.key_values(node_selector, "--node-selector"), tolerations=tuple(tolerations),
+        service_account=service_account, priority_class=priority_class,
+        requests=kubernetes.key_values(requests, "--request"), limits=kubernetes.key_values(limits, "--limit"),
+        gpu_resource=gpu_resource)
     text = kubernetes.render_manifests(req, opts_k8s)
     if dry_run:
-        _done(as_json, text.removesuffix("\n"), engine="k8s", dry_run=True, manifests=text, run_config=run.config)
+        _done(as_json, text.removesuffix("\n"), engine="k8s", dry_run=True, manifests=text, run_config=run_config)
         return
     from bastion.launch.request import k8s_name
 
@@ -228,6 +257,39 @@ def _given(ctx: typer.Context, name: str) -> bool:
     from typer._click.core import ParameterSource
 
     return ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+
+
+def _with_elastic(run: ResolvedRun, engine: str, layout: WorkerLayout, min_nodes: int | None) -> dict:
+    """The run config a scheduled job gets: with --on-failure shrink (or auto on a plan with data-parallel
+    replicas) an `elastic` section, so the job continues on fewer nodes (launch/elastic.py)."""
+    from bastion.launch.elastic import ELASTIC_KEY, elastic_section
+
+    if run.on_failure != "shrink" or engine == "local":
+        if min_nodes is not None:
+            raise LaunchError("--min-nodes is the fewest nodes an elastic job continues on, but this job is not "
+                              "elastic.", fix="add `-- --on-failure shrink` for a Slurm or k8s job, or drop "
+                                              "--min-nodes.")
+        return run.config
+    section = elastic_section(run.spec, run.plan, layout.procs_per_node, layout.nodes, min_nodes)
+    return {**run.config, ELASTIC_KEY: section}
+
+
+def _data_dirs(data: str) -> tuple[str, ...]:
+    """The directories of `--data` (one, or a mixture's), for a container to mount."""
+    from bastion.runtime.data import parse_data_mixture
+
+    return tuple(name for name, _ in parse_data_mixture(data))
+
+
+def _only_for(engine: str, **given: tuple) -> None:
+    """Refuse a Slurm option on a k8s launch and the other way round (each group: values given or not)."""
+    flags = {"slurm": "--account, --qos, --gres, --constraint, --exclusive, --exclude, --container-image and "
+                      "--sbatch-arg",
+             "k8s": "--node-selector, --toleration, --service-account, --priority-class, --request, --limit and "
+                    "--gpu-resource"}
+    for owner, values in given.items():
+        if owner != engine and any(values):
+            raise LaunchError(f"{flags[owner]} are options of --on {owner}.", fix=f"drop them for --on {engine}.")
 
 
 def _done(as_json: bool, text: str, **fields: object) -> None:
@@ -584,3 +646,26 @@ def cancel_command(
         _done(as_json, f"{said}\nthe pods get SIGTERM and checkpoint; the run directory stays on the claim "
                        f"{found.job}-run (apply the manifest again to continue)", engine="k8s", kind=kind,
               name=found.job, kubectl=said)
+
+
+@app.command("_slurm_nodes", hidden=True)
+def slurm_nodes_command(
+    config_path: Path = typer.Argument(..., help="The job's run_config.json."),
+    since: float = typer.Option(0.0, "--since", help="Straggler events from this Unix time on count."),
+) -> None:
+    """Run by a Slurm batch script before each job step: prints `COUNT NODES EXCLUDED` (launch/slurm_nodes.py);
+    exit 3 when too few nodes are left."""
+    import os
+
+    from bastion.launch import slurm, slurm_nodes
+    from bastion.launch.worker import read_run_config
+
+    config = read_run_config(config_path)
+    job_id = os.environ.get("SLURM_JOB_ID", "")
+    job_nodes = slurm.hostnames(os.environ.get("SLURM_JOB_NODELIST", ""))
+    start = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    nodes, excluded = slurm_nodes.next_nodes(Path(config["train"]["run_dir"]), config, job_id, start, job_nodes,
+                                             slurm.node_states(job_id, job_nodes), since)
+    print(len(nodes), ",".join(nodes) or "-", ",".join(excluded) or "-")
+    if not nodes:
+        sys.exit(slurm_nodes.TOO_FEW_NODES)

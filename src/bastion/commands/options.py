@@ -120,3 +120,37 @@ MaxRestarts = Annotated[int, number_option("--max-restarts", help="Restarts torc
                                                                   "within one allocation; a restarted group resumes "
                                                                   "from the newest valid checkpoint.", integer=True,
                                            low=0, high=10**4)]
+
+# ---- where a launched job runs (`launch`; a task file's resources take the same names) -----------------------
+MinNodes = Annotated[int | None, number_option("--min-nodes", help="Fewest nodes an elastic job (--on-failure "
+                                                                   "shrink|auto after `--`) continues on (default: "
+                                                                   "the fewest with a plan that uses them all).",
+                                               integer=True, low=1, high=MAX_DEVICES)]
+Account = Annotated[str | None, typer.Option("--account", help="Slurm: account charged for the job.")]
+Qos = Annotated[str | None, typer.Option("--qos", help="Slurm: quality of service.")]
+Gres = Annotated[str | None, typer.Option("--gres", help="Slurm: generic resources per node, e.g. gpu:a100:8 "
+                                                         "(instead of --gpus-per-node on the #SBATCH line).")]
+Constraint = Annotated[str | None, typer.Option("--constraint", help="Slurm: node features required, e.g. "
+                                                                     "'a100&ib'.")]
+Exclusive = Annotated[bool, typer.Option("--exclusive", help="Slurm: whole nodes, shared with no other job.")]
+Exclude = Annotated[str | None, typer.Option("--exclude", help="Slurm: nodes never to use, e.g. node[01-03].")]
+ContainerImage = Annotated[str | None, typer.Option("--container-image", help="Slurm: run the workers in this "
+                                                                              "image (pyxis/enroot srun "
+                                                                              "--container-image); the run and "
+                                                                              "data directories are mounted.")]
+SbatchArgs = Annotated[list[str], typer.Option("--sbatch-arg", help="Slurm: one more sbatch option, passed on "
+                                                                    "quoted as one #SBATCH line (repeatable), e.g. "
+                                                                    "--sbatch-arg=--mail-type=END.")]
+NodeSelector = Annotated[list[str], typer.Option("--node-selector", help="k8s: KEY=VALUE node label the pods "
+                                                                         "need (repeatable).")]
+Toleration = Annotated[list[str], typer.Option("--toleration", help="k8s: a taint the pods tolerate, KEY[=VALUE]"
+                                                                    ":EFFECT as `kubectl taint` writes it "
+                                                                    "(repeatable).")]
+ServiceAccount = Annotated[str, typer.Option("--service-account", help="k8s: the pods' service account.")]
+PriorityClass = Annotated[str, typer.Option("--priority-class", help="k8s: the pods' PriorityClass.")]
+Requests = Annotated[list[str], typer.Option("--request", help="k8s: a container resource request, NAME=QUANTITY, "
+                                                               "e.g. memory=200Gi (repeatable).")]
+Limits = Annotated[list[str], typer.Option("--limit", help="k8s: a container resource limit, NAME=QUANTITY "
+                                                           "(repeatable).")]
+GpuResource = Annotated[str, typer.Option("--gpu-resource", help="k8s: the extended resource a GPU is requested "
+                                                                 "as (nvidia.com/gpu, amd.com/gpu, ...).")]

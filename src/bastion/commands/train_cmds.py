@@ -386,6 +386,10 @@ def worker_command(
         confine_name_lookups()  # before torch opens its first socket
     config = read_run_config(config_path)
     world = os.environ.get("WORLD_SIZE")
+    if world is not None:  # an elastic job (launch/elastic.py) runs the plan for the world it was started in
+        from bastion.launch.elastic import prepare_worker
+
+        config = prepare_worker(config, int(world), int(os.environ.get("RANK", "0")))
     if world is None or int(world) != config["world_size"]:
         raise ConfigError(f"{config_path} is a run of {config['world_size']} workers, but this process's "
                           f"WORLD_SIZE is {world}.", fix="start workers with `bastion train` or `bastion launch`.")

@@ -14,11 +14,12 @@ import json
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bastion.errors import LaunchError
+from bastion.launch.elastic import ELASTIC_KEY
 from bastion.launch.request import LaunchRequest, check_plain_text, k8s_name
 from bastion.launch.worker import worker_command, worker_env
 from bastion.launch.yamltext import dump_all
@@ -53,6 +54,19 @@ class KubernetesOptions:
     python: str = "python"
     #: seconds between SIGTERM (pod deletion, eviction, preemption) and SIGKILL: time to write the last checkpoint
     grace_period_s: int = 120
+    #: node labels the pods need (`nodeSelector`)
+    node_selector: dict[str, str] = field(default_factory=dict)
+    #: taints the pods tolerate, as `kubectl taint` writes them: KEY[=VALUE]:EFFECT (or KEY, or KEY:EFFECT)
+    tolerations: tuple[str, ...] = ()
+    #: the pods' service account ("" = the namespace's default)
+    service_account: str = ""
+    #: the pods' PriorityClass ("" = none)
+    priority_class: str = ""
+    #: container resource requests and limits beyond the workers' GPUs or cores (memory, ephemeral storage, ...)
+    requests: dict[str, str] = field(default_factory=dict)
+    limits: dict[str, str] = field(default_factory=dict)
+    #: the extended resource one GPU is requested as
+    gpu_resource: str = "nvidia.com/gpu"
 
 
 def check_options(opts: KubernetesOptions) -> KubernetesOptions:
@@ -73,7 +87,65 @@ def check_options(opts: KubernetesOptions) -> KubernetesOptions:
         raise LaunchError(f"Storage size '{opts.storage}' is not a Kubernetes quantity.", fix="write e.g. 500Gi.")
     if opts.max_job_restarts < 0 or opts.grace_period_s < 0:
         raise LaunchError("Job restarts and the grace period must be >= 0.", fix="give 0 or more.")
+    for key, value in opts.node_selector.items():
+        _check_label(key, value, "--node-selector", "KEY=VALUE, e.g. --node-selector cloud.google.com/gke-nodepool=a3")
+    for flag, what in (("--service-account", opts.service_account), ("--priority-class", opts.priority_class)):
+        if what and not _NAME.match(what):
+            raise LaunchError(f"{flag} {what!r} is not a Kubernetes object name.",
+                              fix="use lowercase letters, digits, '-' and '.', starting and ending with a letter or "
+                                  "digit.")
+    for flag, table in (("--request", opts.requests), ("--limit", opts.limits)):
+        for name, quantity in table.items():
+            _check_resource(flag, name, quantity)
+    _check_resource("--gpu-resource", opts.gpu_resource, "1")
+    for text in opts.tolerations:
+        toleration(text)
     return opts
+
+
+#: a qualified name: an optional DNS-subdomain prefix and '/', then a name of up to 63 characters
+_QUALIFIED = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
+def _check_label(key: str, value: str, flag: str, example: str) -> None:
+    if not _QUALIFIED.match(key) or len(value) > 63 or not _LABEL_VALUE.match(value):
+        raise LaunchError(f"{flag} {key}={value} is not a Kubernetes label (a qualified key, a value of letters, "
+                          f"digits, '-', '_', '.').", fix=f"give {example}.")
+
+
+def _check_resource(flag: str, name: str, quantity: str) -> None:
+    if not _QUALIFIED.match(name) or not _QUANTITY.match(quantity):
+        raise LaunchError(f"{flag} {name}={quantity} is not a resource name with a Kubernetes quantity.",
+                          fix=f"write e.g. {flag} memory=200Gi (names like cpu, memory, nvidia.com/gpu).")
+
+
+def toleration(text: str) -> dict[str, str]:
+    """`KEY[=VALUE][:EFFECT]` (kubectl taint's form) as a pod toleration: Equal with a value, else Exists."""
+    rest, _, effect = text.rpartition(":") if ":" in text else (text, "", "")
+    key, eq, value = rest.partition("=")
+    if (effect and effect not in _EFFECTS) or not _QUALIFIED.match(key) or (eq and not _LABEL_VALUE.match(value)):
+        raise LaunchError(f"--toleration {text!r} is not KEY[=VALUE][:EFFECT].",
+                          fix=f"write it as `kubectl taint` does, e.g. nvidia.com/gpu=present:NoSchedule (effects: "
+                              f"{', '.join(_EFFECTS)}).")
+    found = {"key": key, "operator": "Equal" if eq else "Exists"}
+    if eq:
+        found["value"] = value
+    if effect:
+        found["effect"] = effect
+    return found
+
+
+def key_values(items: list[str], flag: str) -> dict[str, str]:
+    """`--flag K=V` given several times as a dict; a guidance error for an item without '='."""
+    table = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise LaunchError(f"{flag} {item!r} is not KEY=VALUE.", fix=f"give {flag} KEY=VALUE (repeatable).")
+        table[key] = value
+    return table
 
 
 def _check_pod_path(path: str, what: str) -> None:
@@ -87,9 +159,12 @@ def _check_pod_path(path: str, what: str) -> None:
 def _container(req: LaunchRequest, opts: KubernetesOptions, env: list[dict[str, Any]]) -> dict[str, Any]:
     per_node = req.layout.procs_per_node
     if req.device == "gpu":
-        resources = {"limits": {"nvidia.com/gpu": per_node}}
+        resources: dict[str, dict[str, Any]] = {"limits": {opts.gpu_resource: per_node}}
     else:
         resources = {"requests": {"cpu": str(per_node)}, "limits": {"cpu": str(per_node)}}
+    for part, table in (("requests", opts.requests), ("limits", opts.limits)):
+        if table:
+            resources[part] = {**resources.get(part, {}), **table}
     command = [opts.python, "-m", "torch.distributed.run", *worker_command(f"{CONFIG_MOUNT}/{RUN_CONFIG_FILE}")]
     common_env = [{"name": key, "value": value} for key, value in worker_env().items()]
     return {
@@ -123,7 +198,23 @@ def _pod_spec(req: LaunchRequest, opts: KubernetesOptions, name: str, env: list[
     spec["terminationGracePeriodSeconds"] = opts.grace_period_s
     spec["containers"] = [_container(req, opts, env)]
     spec["volumes"] = _volumes(name)
+    if opts.node_selector:
+        spec["nodeSelector"] = dict(opts.node_selector)
+    if opts.tolerations:
+        spec["tolerations"] = [toleration(t) for t in opts.tolerations]
+    if opts.service_account:
+        spec["serviceAccountName"] = opts.service_account
+    if opts.priority_class:
+        spec["priorityClassName"] = opts.priority_class
     return spec
+
+
+def node_range(req: LaunchRequest) -> tuple[int, int]:
+    """(fewest, most) pods the job runs on: its run config's elastic range (launch/elastic.py), else its nodes."""
+    elastic = req.run_config.get(ELASTIC_KEY)
+    if elastic is None:
+        return req.layout.nodes, req.layout.nodes
+    return elastic["min_nodes"], elastic["max_nodes"]
 
 
 def _metadata(name: str, opts: KubernetesOptions) -> dict[str, Any]:
@@ -152,9 +243,12 @@ def _support_objects(req: LaunchRequest, opts: KubernetesOptions, name: str) -> 
 def pytorchjob(req: LaunchRequest, opts: KubernetesOptions, name: str) -> dict[str, Any]:
     """Kubeflow PyTorchJob with an elastic policy: the operator sets torchrun's PET_* rendezvous variables."""
     nodes = req.layout.nodes
+    fewest, most = node_range(req)
     spec: dict[str, Any] = {
-        "elasticPolicy": {"rdzvBackend": "c10d", "rdzvPort": RDZV_PORT, "minReplicas": nodes,
-                          "maxReplicas": nodes, "maxRestarts": req.max_restarts},
+        # minReplicas < maxReplicas (an elastic run): torchrun's rendezvous continues on the pods left, and each
+        # worker takes the plan for that world (launch/elastic.py)
+        "elasticPolicy": {"rdzvBackend": "c10d", "rdzvPort": RDZV_PORT, "minReplicas": fewest,
+                          "maxReplicas": most, "maxRestarts": req.max_restarts},
         "nprocPerNode": str(req.layout.procs_per_node),
         "runPolicy": {"backoffLimit": opts.max_job_restarts, "cleanPodPolicy": "None"},
         "pytorchReplicaSpecs": {
@@ -177,8 +271,10 @@ def jobset(req: LaunchRequest, opts: KubernetesOptions, name: str) -> dict[str, 
     nodes = req.layout.nodes
     replicated = "node"
     first_pod = f"{name}-{replicated}-0-0.{name}"  # JobSet's stable host name: <set>-<job>-<index>-<pod>.<subdomain>
+    fewest, most = node_range(req)
     env = [
-        {"name": "PET_NNODES", "value": str(nodes)},
+        # MIN:MAX for an elastic run: the rendezvous continues on the pods left (launch/elastic.py)
+        {"name": "PET_NNODES", "value": str(nodes) if fewest == most else f"{fewest}:{most}"},
         {"name": "PET_NPROC_PER_NODE", "value": str(req.layout.procs_per_node)},
         {"name": "PET_RDZV_BACKEND", "value": "c10d"},
         {"name": "PET_RDZV_ENDPOINT", "value": f"{first_pod}:{RDZV_PORT}"},
@@ -193,7 +289,10 @@ def jobset(req: LaunchRequest, opts: KubernetesOptions, name: str) -> dict[str, 
             "name": replicated,
             "replicas": 1,
             "template": {"spec": {
-                "parallelism": nodes, "completions": nodes, "completionMode": "Indexed", "backoffLimit": 0,
+                # an elastic run lets a failed pod be replaced alone (its index restarts, the others continue);
+                # otherwise any failed pod fails the Job and the whole set restarts
+                "parallelism": nodes, "completions": nodes, "completionMode": "Indexed",
+                "backoffLimit": 0 if fewest == most else opts.max_job_restarts * nodes,
                 "template": {"spec": _pod_spec(req, opts, name, env, restart="Never")},
             }},
         }],

@@ -103,7 +103,7 @@ def run_shrinking(run_dir: Path, spec: ModelSpec, plan: ParallelPlan, config: di
             if grow_to is None:
                 return 0
             step, larger = grow_to
-            _change(run_dir, step, plan, larger, [], "node back")
+            record_plan_change(run_dir, step, plan, larger, [], "node back")
             print(f"bastion: the lost node(s) are back; growing to {larger.num_gpus} rank(s) at step {step}: dp "
                   f"{plan.dp} → {larger.dp}", flush=True)
             plan, config, grow_to = larger, config_for(larger), None
@@ -125,7 +125,7 @@ def run_shrinking(run_dir: Path, spec: ModelSpec, plan: ParallelPlan, config: di
                               fix="resume on the full world once the node is back (rerun the same command), or "
                                   "choose a plan with more data parallelism.")
         newest = checkpoint_files.committed(checkpoints_dir(run_dir))
-        _change(run_dir, newest[-1].step if newest else 0, plan, smaller, lost, "lose-node")
+        record_plan_change(run_dir, newest[-1].step if newest else 0, plan, smaller, lost, "lose-node")
         print(f"bastion: rank(s) {lost} lost their node; continuing on {smaller.num_gpus} rank(s): dp "
               f"{plan.dp} → {smaller.dp}", flush=True)
         back_at = back_at_step(lost_back)
@@ -136,6 +136,8 @@ def run_shrinking(run_dir: Path, spec: ModelSpec, plan: ParallelPlan, config: di
             config = with_stop_after(config, grow_to[0])
 
 
-def _change(run_dir: Path, step: int, old: ParallelPlan, new: ParallelPlan, lost: list[int], reason: str) -> None:
+def record_plan_change(run_dir: Path, step: int, old: ParallelPlan, new: ParallelPlan, lost: list[int],
+                       reason: str) -> None:
+    """A `plan_change` event: the run continues from the checkpoint of `step` under `new`."""
     log_event(run_dir, "plan_change", step=step, from_world=old.num_gpus, to_world=new.num_gpus, plan=new.to_dict(),
               from_plan=old.to_dict(), lost_ranks=lost, reason=reason)

@@ -10,13 +10,22 @@ resumes from its newest valid checkpoint.
   SIGTERM into SIGKILL.) torchrun gives its workers 30 s after SIGTERM before it kills them: the save must fit.
 - Worker failure: a failed step is mapped to RequeueExit too (up to `max_requeues` times), so a crash costs the
   steps since the last checkpoint, not the job.
-- A node marked down requeues the job by itself (`--requeue`).
+- A node lost mid-run (`--no-kill`: the allocation survives it): before every srun the script asks
+  `bastion _slurm_nodes` (launch/slurm_nodes.py) which nodes are still usable; the job continues on the nodes it
+  has (`--exclude` of the lost one) when the run is elastic (--on-failure shrink|auto: every worker takes the plan
+  for its world, launch/elastic.py), else it is requeued. A straggler's node is excluded the same way from the
+  next srun. Exclusions hold for one start of the job: Slurm refuses `ExcNodeList` while a job runs, so a
+  requeue cannot be kept off a node, and a node it allocates again is in service.
+- The worker's Python is found when the job runs: `$BASTION_PYTHON`, else the `python3` first on the job's PATH
+  (sbatch passes the submitting environment, so an activated virtual environment is the job's too).
 Every value that comes from the user reaches the shell through `shlex.quote`; the few that must sit on `#SBATCH`
 lines (job name, output path, partition, time) are checked or reduced to characters sbatch cannot misread.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -62,8 +71,27 @@ class SlurmOptions:
     max_requeues: int = 3
     #: CPU cores reserved per worker process (also its OMP_NUM_THREADS)
     cpus_per_worker: int = 1
-    #: Python with bastion installed, by absolute path, so the job runs without an activated environment
+    #: Python with bastion installed, fixed in the script ("" = found when the job runs: $BASTION_PYTHON, else
+    #: the `python3` on the job's PATH)
     python: str = ""
+    #: account charged (sbatch --account)
+    account: str | None = None
+    #: quality of service (sbatch --qos)
+    qos: str | None = None
+    #: generic resources per node, e.g. `gpu:a100:8` (sbatch --gres; --gpus-per-node is not written then)
+    gres: str | None = None
+    #: node features required, e.g. `a100&ib` (sbatch --constraint)
+    constraint: str | None = None
+    #: whole nodes, shared with no other job (sbatch --exclusive)
+    exclusive: bool = False
+    #: nodes never to allocate, a Slurm node list (sbatch --exclude)
+    exclude: str | None = None
+    #: container image for the workers (pyxis/enroot: srun --container-image)
+    container_image: str | None = None
+    #: directories mounted into the container at the same paths (the run directory always is)
+    container_mounts: tuple[str, ...] = ()
+    #: further sbatch options, passed as they are (each one `#SBATCH` line; bastion's own options refused)
+    sbatch_args: tuple[str, ...] = ()
 
     def lead_seconds(self) -> int:
         """The checkpoint warning: explicit, or 10% of the limit within [30 s, 600 s] and at most half of it."""
@@ -91,7 +119,44 @@ def check_options(opts: SlurmOptions) -> SlurmOptions:
                           fix="use the cluster's RequeueExit value (1-255; scontrol show config | grep Requeue).")
     if opts.cpus_per_worker < 1 or opts.max_requeues < 0:
         raise LaunchError("--cpus-per-worker must be >= 1 and --max-requeues >= 0.", fix="give such values.")
+    for flag, value in (("--account", opts.account), ("--qos", opts.qos), ("--gres", opts.gres),
+                        ("--constraint", opts.constraint), ("--exclude", opts.exclude),
+                        ("--container-image", opts.container_image)):
+        if value is not None:
+            _check_directive_value(flag, value)
+    for arg in opts.sbatch_args:
+        _check_sbatch_arg(arg)
     return opts
+
+
+#: sbatch options the script sets itself (a second value from --sbatch-arg would silently win or conflict)
+OWN_SBATCH_OPTIONS = ("--job-name", "--nodes", "--ntasks-per-node", "--cpus-per-task", "--requeue", "--no-requeue",
+                      "--signal", "--open-mode", "--output", "--error", "--no-kill", "--time", "--partition",
+                      "--account", "--qos", "--gres", "--constraint", "--exclusive", "--exclude",
+                      "--gpus-per-node")
+
+
+def _check_directive_value(flag: str, value: str) -> None:
+    """A value for an `#SBATCH` line or srun: no control characters, white space or backslashes (sbatch reads
+    those lines with its own quoting rules)."""
+    if not value or re.search(r"[\\\s\x00-\x1f\x7f]", value):
+        raise LaunchError(f"{flag} {value!r} is empty or contains white space, a backslash or a control character.",
+                          fix=f"give {flag} as Slurm writes it, e.g. {_EXAMPLES.get(flag, 'a name')}.")
+
+
+_EXAMPLES = {"--gres": "gpu:a100:8", "--constraint": "'a100&ib'", "--exclude": "node[01-03]",
+             "--container-image": "nvcr.io#nvidia/pytorch:25.01-py3"}
+
+
+def _check_sbatch_arg(arg: str) -> None:
+    check_plain_text(arg, "--sbatch-arg")
+    option = arg.split("=", 1)[0]
+    if not arg.startswith("-") or "\\" in arg:
+        raise LaunchError(f"--sbatch-arg {arg!r} is not one sbatch option (it must start with '-' and hold no "
+                          f"backslash).", fix="give one option with its value, e.g. --sbatch-arg=--mail-type=END.")
+    if option in OWN_SBATCH_OPTIONS:
+        raise LaunchError(f"--sbatch-arg {option} is an option bastion sets itself.",
+                          fix=f"use `bastion launch {option}` (or the option that decides it) instead.")
 
 
 def _sbatch_output(directory: str) -> str:
@@ -115,7 +180,63 @@ def _option_lines(words: list[str]) -> str:
             lines.append([word])
         else:
             lines[-1].append(word)
-    return "\n  ".join(" ".join(line) for line in lines)
+    return "\n    ".join(" ".join(line) for line in lines)
+
+
+def _directives(req: LaunchRequest, opts: SlurmOptions) -> list[str]:
+    """The `#SBATCH` options (without the prefix), each value quoted the way sbatch reads it back unchanged."""
+    q = shlex.quote
+    layout = req.layout
+    directives = [
+        f"--job-name={slurm_job_name(req.name)}",
+        f"--nodes={layout.nodes}",
+        "--ntasks-per-node=1",  # one torchrun agent per node; it starts the node's workers
+        f"--cpus-per-task={layout.procs_per_node * opts.cpus_per_worker}",
+    ]
+    if opts.gres:
+        directives.append(f"--gres={q(opts.gres)}")
+    elif req.device == "gpu":
+        directives.append(f"--gpus-per-node={layout.procs_per_node}")
+    if opts.time_limit_s is not None:
+        directives.append(f"--time={format_time_limit(opts.time_limit_s)}")
+    for flag, value in (("--partition", opts.partition), ("--account", opts.account), ("--qos", opts.qos),
+                        ("--constraint", opts.constraint), ("--exclude", opts.exclude)):
+        if value:
+            directives.append(f"{flag}={q(value)}")
+    if opts.exclusive:
+        directives.append("--exclusive")
+    directives += [
+        "--requeue",
+        # a lost node does not end the allocation: the script continues on the nodes left, or requeues
+        "--no-kill",
+        f"--signal=B:USR1@{opts.lead_seconds()}",
+        "--open-mode=append",  # one output file across requeues
+        f"--output={_sbatch_output(req.run_dir)}",
+    ]
+    return directives + [q(arg) for arg in opts.sbatch_args]
+
+
+def _container_words(req: LaunchRequest, opts: SlurmOptions) -> list[str]:
+    """srun's pyxis options: the image, and the run directory and `container_mounts` mounted at the same paths."""
+    if not opts.container_image:
+        return []
+    mounts = [req.run_dir, *opts.container_mounts]
+    for path in mounts:
+        if "," in path or ":" in path:
+            raise LaunchError(f"The directory {path!r} holds ',' or ':', which pyxis's --container-mounts reads as "
+                              f"separators.", fix="choose run and data directories without them.")
+    return [f"--container-image={opts.container_image}",
+            "--container-mounts=" + ",".join(f"{p}:{p}" for p in dict.fromkeys(mounts))]
+
+
+_NO_BASTION = """\
+  echo "[bastion] no Python with bastion found (BASTION_PYTHON=${BASTION_PYTHON:-unset}, PATH=$PATH):" \\
+       "set BASTION_PYTHON to one, or submit from an environment that has bastion installed" >&2
+  exit 1"""
+# a containerised job without bastion on the batch host still runs: on its whole allocation every time
+_NO_BASTION_CONTAINER = """\
+  echo "[bastion] no Python with bastion on the batch host: every job step uses the whole allocation"
+  choose_nodes() { echo "$SLURM_JOB_NUM_NODES $(scontrol show hostnames "$SLURM_JOB_NODELIST" | paste -sd, -) -"; }"""
 
 
 def render_sbatch(req: LaunchRequest, opts: SlurmOptions, config_path: str) -> str:
@@ -124,56 +245,50 @@ def render_sbatch(req: LaunchRequest, opts: SlurmOptions, config_path: str) -> s
     check_options(opts)
     q = shlex.quote
     layout = req.layout
-    python = opts.python or default_python()
     run_dir = req.run_dir
-    directives = [
-        f"--job-name={slurm_job_name(req.name)}",
-        f"--nodes={layout.nodes}",
-        "--ntasks-per-node=1",  # one torchrun agent per node; it starts the node's workers
-        f"--cpus-per-task={layout.procs_per_node * opts.cpus_per_worker}",
-    ]
-    if req.device == "gpu":
-        directives.append(f"--gpus-per-node={layout.procs_per_node}")
-    if opts.time_limit_s is not None:
-        directives.append(f"--time={format_time_limit(opts.time_limit_s)}")
-    if opts.partition:
-        directives.append(f"--partition={opts.partition}")
-    directives += [
-        "--requeue",
-        f"--signal=B:USR1@{opts.lead_seconds()}",
-        "--open-mode=append",  # one output file across requeues
-        f"--output={_sbatch_output(run_dir)}",
-    ]
-    torchrun_words = [q(a) for a in (python, "-m", "torch.distributed.run", f"--nnodes={layout.nodes}",
-                                         f"--nproc-per-node={layout.procs_per_node}", "--rdzv-backend=c10d")]
-    # the only words left to the shell to expand: values Slurm gives the running job
-    torchrun_words += ['"--rdzv-endpoint=$head_node:$rdzv_port"', '"--rdzv-id=$SLURM_JOB_ID"']
+    # the only words left to the shell to expand: the Python found at job time and values Slurm gives the job
+    # in a container the workers run the image's python3; bastion's node choice still runs on the batch host
+    torchrun_words = ["python3" if opts.container_image else '"$python"', "-m", "torch.distributed.run"]
+    torchrun_words += ['"--nnodes=$nnodes"', f"--nproc-per-node={layout.procs_per_node}", "--rdzv-backend=c10d",
+                       '"--rdzv-endpoint=$head_node:$rdzv_port"', '"--rdzv-id=$SLURM_JOB_ID-$step_count"']
     torchrun_words += [q(a) for a in (f"--max-restarts={req.max_restarts}", *worker_command(config_path))]
     worker_cmd = _option_lines(torchrun_words)
-    header = "\n".join(f"#SBATCH {d}" for d in directives)
+    container = "".join(f"{q(w)} \\\n    " for w in _container_words(req, opts))
+    header = "\n".join(f"#SBATCH {d}" for d in _directives(req, opts))
     exports = "\n".join(f"export {key}={q(value)}" for key, value in worker_env(opts.cpus_per_worker).items())
+    find_python = (f"python={q(opts.python)}" if opts.python else
+                   'python=$(command -v "${BASTION_PYTHON:-python3}" || true)')
+    no_bastion = _NO_BASTION_CONTAINER if opts.container_image else _NO_BASTION
     return f"""#!/bin/bash
 # Generated by `bastion launch --on slurm`: {slurm_job_name(req.name)}, {layout.nodes} node(s) x \
 {layout.procs_per_node} {req.device} worker(s).
 # Requeue = recovery: every start passes the same run directory and resumes from its newest valid checkpoint.
+# A lost (or straggling) node: the next job step runs on the nodes left when the run is elastic, else the job
+# requeues without it.
 {header}
 set -uo pipefail
 
 run_dir={q(run_dir)}
+config={q(config_path)}
 requeue_exit={opts.requeue_exit}   # slurm.conf RequeueExit: Slurm queues the job again on this exit code
 max_requeues={opts.max_requeues}
 restart_count=${{SLURM_RESTART_COUNT:-0}}
 
+# the workers' Python, found now in the job's environment (not fixed when the script was written)
+{find_python}
+if [ -n "$python" ] && "$python" -c "import bastion" 2>/dev/null; then
+  # the nodes still usable (launch/slurm_nodes.py): how many and which the next step uses, every node excluded
+  choose_nodes() {{ "$python" -m bastion _slurm_nodes "$config" --since "$script_start"; }}
+else
+{no_bastion}
+fi
+
 # the workers' environment (bastion/launch/worker.py says why each is set)
 {exports}
 
-head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 rdzv_port=$(( {RDZV_PORT_BASE} + SLURM_JOB_ID % 20000 ))
-echo "[bastion] job $SLURM_JOB_ID start $restart_count on $SLURM_JOB_NODELIST, rendezvous $head_node:$rdzv_port"
-
-worker_cmd=(
-  {worker_cmd}
-)
+script_start=$(date +%s)
+echo "[bastion] job $SLURM_JOB_ID start $restart_count on $SLURM_JOB_NODELIST"
 
 preempted=0
 on_time_limit() {{
@@ -185,27 +300,59 @@ on_time_limit() {{
 }}
 trap on_time_limit USR1
 
-srun --nodes="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 --cpus-per-task="$SLURM_CPUS_PER_TASK" \\
-  --kill-on-bad-exit=1 "${{worker_cmd[@]}}" &
-srun_pid=$!
-# a trapped signal ends `wait` early: keep waiting until the step has really finished
-wait "$srun_pid"; rc=$?
-while kill -0 "$srun_pid" 2>/dev/null; do wait "$srun_pid"; rc=$?; done
+requeue_or_fail() {{  # $1: the failed step's exit status
+  # (Slurm refuses ExcNodeList for a running job, so a requeue cannot be kept off a node; the requeued job's
+  # steps still never use the nodes this job excluded: they are recorded in the run directory)
+  if [ "$restart_count" -lt "$max_requeues" ]; then
+    echo "[bastion] workers failed (exit $1); requeue $((restart_count + 1)) of $max_requeues (exit $requeue_exit)"
+    exit "$requeue_exit"
+  fi
+  echo "[bastion] workers failed (exit $1) after $restart_count requeues; giving up"
+  exit "$1"
+}}
 
-if [ "$preempted" = 1 ]; then
-  echo "[bastion] checkpointed before the time limit; requeueing (exit $requeue_exit)"
-  exit "$requeue_exit"
-fi
-if [ "$rc" = 0 ]; then
-  echo "[bastion] training finished"
-  exit 0
-fi
-if [ "$restart_count" -lt "$max_requeues" ]; then
-  echo "[bastion] workers failed (exit $rc); requeue $((restart_count + 1)) of $max_requeues (exit $requeue_exit)"
-  exit "$requeue_exit"
-fi
-echo "[bastion] workers failed (exit $rc) after $restart_count requeues; giving up"
-exit "$rc"
+step_count=0
+last_choice=""
+excluded="-"
+rc=0
+while :; do
+  choice=$(choose_nodes)
+  choice_rc=$?
+  read -r nnodes nodes excluded <<<"$choice"
+  if [ "$choice_rc" != 0 ] || [ "${{nnodes:-0}}" = 0 ]; then
+    echo "[bastion] too few usable nodes left (excluded: ${{excluded:-?}})"
+    if [ "$rc" = 0 ]; then rc=1; fi
+    requeue_or_fail "$rc"
+  fi
+  if [ -n "$last_choice" ] && [ "$choice" = "$last_choice" ]; then
+    requeue_or_fail "$rc"  # the same nodes failed again: not a node loss
+  fi
+  last_choice=$choice
+  step_count=$((step_count + 1))
+  exclude_opt=()
+  if [ "$excluded" != "-" ]; then exclude_opt=("--exclude=$excluded"); fi
+  head_node=${{nodes%%,*}}
+  echo "[bastion] job step $step_count on $nodes (excluded: $excluded), rendezvous $head_node:$rdzv_port"
+  worker_cmd=(
+    {worker_cmd}
+  )
+  srun --nodes="$nnodes" --ntasks="$nnodes" --nodelist="$nodes" "${{exclude_opt[@]}}" --ntasks-per-node=1 \\
+    --cpus-per-task="$SLURM_CPUS_PER_TASK" --kill-on-bad-exit=1 {container}"${{worker_cmd[@]}}" &
+  srun_pid=$!
+  # a trapped signal ends `wait` early: keep waiting until the step has really finished
+  wait "$srun_pid"; rc=$?
+  while kill -0 "$srun_pid" 2>/dev/null; do wait "$srun_pid"; rc=$?; done
+
+  if [ "$preempted" = 1 ]; then
+    echo "[bastion] checkpointed before the time limit; requeueing (exit $requeue_exit)"
+    exit "$requeue_exit"
+  fi
+  if [ "$rc" = 0 ]; then
+    echo "[bastion] training finished"
+    exit 0
+  fi
+  echo "[bastion] workers failed (exit $rc); checking the allocation's nodes"
+done
 """
 
 
@@ -219,13 +366,18 @@ def _slurm_tool(name: str) -> str:
     return path
 
 
-def _run(args: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([_slurm_tool(args[0]), *args[1:]], capture_output=True, text=True, timeout=timeout)
+def _run(args: list[str], timeout: float = 30,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([_slurm_tool(args[0]), *args[1:]], capture_output=True, text=True, timeout=timeout,
+                          env=env)
 
 
 def submit(script: Path) -> str:
     """`sbatch --parsable SCRIPT` → the job id."""
-    done = _run(["sbatch", "--parsable", str(script)])
+    # the job finds its Python when it runs ($BASTION_PYTHON, else python3 on its PATH); submitted from here, it
+    # is the Python running bastion now unless the environment names another
+    env = {**os.environ, "BASTION_PYTHON": os.environ.get("BASTION_PYTHON") or default_python()}
+    done = _run(["sbatch", "--parsable", str(script)], env=env)
     if done.returncode:
         raise LaunchError(f"sbatch refused the job: {done.stderr.strip() or done.stdout.strip()}",
                           fix="check the partition, node count and time limit against `sinfo -s`; the script "
@@ -288,6 +440,34 @@ def run_dir_progress(run_dir: Path) -> dict[str, Any]:
         progress["summary"] = None
     progress["checkpoints"] = [c.path.name for c in with_manifest(checkpoints_dir(run_dir))]
     return progress
+
+
+def node_states(job_id: str, nodes: list[str]) -> dict[str, str]:
+    """Each of the job's nodes' state: `down (…)` when Slurm took it out of the job's allocation (`scontrol show
+    job`: with --no-kill a failed node is removed from the job, and may be back in service a moment later) or
+    sinfo does not list it, else its state from `sinfo`."""
+    done = _run(["sinfo", "-h", "-N", "-n", ",".join(nodes), "-o", "%N %T"])
+    states = {node: "down (not listed by sinfo)" for node in nodes}
+    if done.returncode == 0:
+        for line in done.stdout.splitlines():
+            name, _, state = line.strip().partition(" ")
+            if name in states:
+                states[name] = state
+    shown = _run(["scontrol", "show", "job", "-o", job_id])
+    current = _parse_scontrol(shown.stdout).get("NodeList") if shown.returncode == 0 else None
+    if current:
+        still = set(hostnames(current))
+        states.update({node: "down (removed from the job)" for node in nodes if node not in still})
+    return states
+
+
+def hostnames(nodelist: str) -> list[str]:
+    """`scontrol show hostnames` of a Slurm node list expression (n[1-3] → n1 n2 n3)."""
+    done = _run(["scontrol", "show", "hostnames", nodelist])
+    if done.returncode:
+        raise LaunchError(f"scontrol cannot expand the node list {nodelist!r}: {done.stderr.strip()}",
+                          fix="run this inside a Slurm job (the batch script calls it with $SLURM_JOB_NODELIST).")
+    return done.stdout.split()
 
 
 #: Slurm job states after which the job will not run again by itself (sacct/scontrol/squeue spellings)

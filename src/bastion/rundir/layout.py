@@ -16,6 +16,7 @@ RUN_DIR/
                               group, or the Slurm job ids (rundir/launch_record.py)
   launch/job.sbatch           the batch script `bastion launch --on slurm` wrote (its submissions: launch.json)
   replaced-DATE-TIME/         an earlier run set aside by --overwrite (rundir/occupant.py)
+  nodes/rank-NNNNN            under Slurm, the node each rank of the latest start runs on (launch/elastic.py)
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ PROFILE_DIR = "profile"
 LOGS_DIR = "logs"
 LAUNCH_RECORD_FILE = "launch.json"
 LAUNCH_DIR = "launch"
+NODES_DIR = "nodes"
 #: files only `bastion train` writes into a run directory; one of them makes a directory a run directory
 RUN_MARKERS = (METRICS_FILE, SUMMARY_FILE, PLAN_FILE, MODEL_FILE)
 
@@ -60,6 +62,10 @@ def checkpoints_dir(run_dir: Path) -> Path:
 
 def rank_log_path(run_dir: Path, rank: int) -> Path:
     return Path(run_dir) / LOGS_DIR / f"rank-{rank:05d}.log"
+
+
+def rank_node_path(run_dir: Path, rank: int) -> Path:
+    return Path(run_dir) / NODES_DIR / f"rank-{rank:05d}"
 
 
 def write_run_files(run_dir: Path, spec: ModelSpec, plan: ParallelPlan) -> None:

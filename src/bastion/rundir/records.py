@@ -103,9 +103,15 @@ PLAN_CHANGE = EventKind("plan_change", "the launcher re-planned the run for anot
                         "shrink: ranks lost their node) and relaunched it from the checkpoint of `step`",
                         ("step", "from_world", "to_world", "plan", "from_plan", "lost_ranks", "reason"))
 
+NODE_EXCLUDED = EventKind("node_excluded", "a Slurm job stopped using one of its nodes (`reason`: down — failed, "
+                          "drained or taken out of the job — or straggler, the node of slow `rank`); the job "
+                          "steps of that start of the job (`start`: Slurm's restart count) exclude it "
+                          "(launch/slurm_nodes.py)", ("node", "reason", "rank", "job_id", "start"))
+
 EVENT_KINDS: dict[str, EventKind] = {kind.name: kind for kind in (
     RUN_START, RESUME, RESTART, FAULT, HANG, PREEMPTED, ROLLBACK, SKIP_BATCH, CHECKPOINT, CHECKPOINT_WAIT,
-    CHECKPOINT_COMMITTED, CHECKPOINT_CORRUPT, CHECKPOINT_INTERVAL, EVAL, STRAGGLER, HEALTH_CHECK, PLAN_CHANGE)}
+    CHECKPOINT_COMMITTED, CHECKPOINT_CORRUPT, CHECKPOINT_INTERVAL, EVAL, STRAGGLER, HEALTH_CHECK, PLAN_CHANGE,
+    NODE_EXCLUDED)}
 #: events after which the next step runs in a freshly started process
 RESTART_EVENTS = (RESTART.name, RESUME.name)
 #: events whose blocking time is checkpoint stall
