@@ -128,6 +128,29 @@ def test_account_splits_wall_time_into_productive_lost_recovery_and_stall():
     assert result["goodput"] == pytest.approx(4.0 / 14.0, abs=1e-4)
 
 
+def test_a_re_plan_and_the_grow_back_count_as_recovery():
+    """--on-failure shrink relaunches the workers (they log `resume`, not `restart`): the time from the last
+    progress before each `plan_change` to the next step's start is recovery, not `other`."""
+    records = [
+        {"event": "run_start", "time": 0.0},
+        {"step": 1, "step_time_s": 1.0, "time": 1.0},
+        {"event": "checkpoint", "step": 1, "stall_s": 0.5, "time": 1.5},
+        {"event": "fault", "fault": "lose-node", "step": 2, "time": 1.6},
+        {"event": "plan_change", "step": 1, "from_world": 4, "to_world": 2, "reason": "lose-node", "time": 3.0},
+        {"event": "resume", "attempt": 0, "resumed_from_step": 1, "time": 8.0},
+        {"step": 2, "step_time_s": 2.0, "time": 11.0},
+        {"event": "checkpoint", "step": 2, "stall_s": 0.5, "time": 11.5},
+        {"event": "plan_change", "step": 2, "from_world": 2, "to_world": 4, "reason": "node back", "time": 12.0},
+        {"event": "resume", "attempt": 0, "resumed_from_step": 2, "time": 15.0},
+        {"step": 3, "step_time_s": 1.0, "time": 17.0},
+    ]
+    result = account(records, end_time=17.0)
+    # lost at 1.5 → step 2 starts at 9.0; the smaller world saved at 11.5 → step 3 starts at 16.0
+    assert result["recovery_s"] == pytest.approx((9.0 - 1.5) + (16.0 - 11.5))
+    assert result["restarts"] == 0
+    assert result["time_breakdown_s"]["other_s"] == pytest.approx(17.0 - 4.0 - 1.0 - 12.0)
+
+
 def test_restarts_are_counted_across_launches():
     """A --resume launch (or a Slurm requeue) numbers its torchrun attempts from 0 again: two restarts in two
     launches are two, not the highest attempt number (1)."""
