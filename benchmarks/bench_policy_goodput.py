@@ -27,15 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_recovery import bastion, records  # noqa: E402
-from bench_shrink import machine, world  # noqa: E402
+from bench_shrink import machine, scratch_with_data, world  # noqa: E402
 
 PLAN = {"dp": 2, "zero_stage": 3, "micro_batch": 2, "global_batch": 4, "precision": "fp32"}
 EVERY, FAILURES, BACK_AFTER = 20, 3, 15
@@ -125,16 +123,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "policy_goodput.json")
     args = parser.parse_args()
     load_at_start = [round(x, 2) for x in os.getloadavg()]
-    root = Path(tempfile.mkdtemp(prefix="bastion-bench-policy-"))
-    try:
-        data = root / "data"
-        bastion("data", "prepare", str(Path(json.__file__).parent), "--out", str(data))
-        policies = {}
-        for policy in POLICY_FLAGS:
-            run_dir, summary = run_policy(root, data, policy, args.steps)
-            policies[policy] = compare(run_dir, summary, policy, args.steps)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    with scratch_with_data("bastion-bench-policy-") as (root, data):
+        policies = {policy: compare(*run_policy(root, data, policy, args.steps), policy, args.steps)
+                    for policy in POLICY_FLAGS}
     results = {"model": "tiny", "plan": PLAN, "steps": args.steps, "checkpoint_every": EVERY,
                "lost_nodes": [f"rank 1 at step {s}, back at {s + BACK_AFTER}" for s in fault_steps(args.steps)],
                "inputs": {"measured": ["step_s", "checkpoint_stall_s", "restart_s", "degraded_s (H)", "startup_s"],

@@ -22,6 +22,8 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -35,6 +37,18 @@ def machine() -> dict:
     """Where and when the figures were taken; the box is shared, so its load average goes with them."""
     return {"cpus": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()],
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+@contextmanager
+def scratch_with_data(prefix: str) -> Iterator[tuple[Path, Path]]:
+    """A temporary folder (removed afterwards) and a token dataset prepared in it."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        data = root / "data"
+        bastion("data", "prepare", str(Path(json.__file__).parent), "--out", str(data))
+        yield root, data
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def world(record: dict) -> int:
@@ -87,14 +101,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "shrink.json")
     args = parser.parse_args()
     load_at_start = [round(x, 2) for x in os.getloadavg()]
-    root = Path(tempfile.mkdtemp(prefix="bastion-bench-shrink-"))
-    try:
-        data = root / "data"
-        bastion("data", "prepare", str(Path(json.__file__).parent), "--out", str(data))
+    with scratch_with_data("bastion-bench-shrink-") as (root, data):
         results = {"shrink": shrink_and_grow(root, data, args.model),
                    "machine": {**machine(), "loadavg_at_start": load_at_start}}
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     s = results["shrink"]
