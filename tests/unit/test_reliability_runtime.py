@@ -151,6 +151,29 @@ def test_a_re_plan_and_the_grow_back_count_as_recovery():
     assert result["time_breakdown_s"]["other_s"] == pytest.approx(17.0 - 4.0 - 1.0 - 12.0)
 
 
+def test_a_re_plan_before_the_first_checkpoint_stays_in_the_run():
+    """A shrink before any checkpoint relaunches the smaller world from step 0, and its workers log `run_start`:
+    that start continues the run (its wall clock, its fault and its plan change), a later run's does not."""
+    from bastion.rundir.summary import plan_change_entries
+
+    records = [
+        {"event": "run_start", "time": 0.0},
+        {"step": 1, "step_time_s": 1.0, "time": 1.0},
+        {"event": "fault", "fault": "lose-node", "step": 2, "time": 1.1},
+        {"event": "plan_change", "step": 0, "from_world": 2, "to_world": 1, "plan": {"dp": 1}, "time": 2.0},
+        {"event": "run_start", "time": 5.0},
+        {"event": "health_check", "time": 5.5},
+        {"step": 1, "step_time_s": 1.0, "time": 7.0},
+        {"step": 2, "step_time_s": 1.0, "time": 8.0},
+    ]
+    result = account(records, end_time=8.0)
+    assert result["time_breakdown_s"]["wall_s"] == 8.0 and result["faults_injected"] == 1
+    assert result["lost_steps"] == 1 and result["recovery_s"] == pytest.approx(6.0 - 1.0)
+    assert plan_change_entries(records) == [{"step": 0, "from_world": 2, "to_world": 1, "plan": {"dp": 1}}]
+    later = [*records, {"event": "run_start", "time": 20.0}, {"step": 1, "step_time_s": 1.0, "time": 22.0}]
+    assert account(later, end_time=22.0)["time_breakdown_s"]["wall_s"] == 2.0 and not plan_change_entries(later)
+
+
 def test_restarts_are_counted_across_launches():
     """A --resume launch (or a Slurm requeue) numbers its torchrun attempts from 0 again: two restarts in two
     launches are two, not the highest attempt number (1)."""
