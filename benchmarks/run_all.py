@@ -20,6 +20,8 @@ CPU_BENCHMARKS = [
     ["bench_overhead.py"],
     ["bench_checkpoint.py"],
     ["bench_recovery.py"],
+    ["bench_shrink.py"],
+    ["bench_policy_goodput.py"],
     ["bench_sim.py"],
     ["bench_equivalence.py"],
 ]

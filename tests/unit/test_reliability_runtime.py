@@ -128,6 +128,52 @@ def test_account_splits_wall_time_into_productive_lost_recovery_and_stall():
     assert result["goodput"] == pytest.approx(4.0 / 14.0, abs=1e-4)
 
 
+def test_a_re_plan_and_the_grow_back_count_as_recovery():
+    """--on-failure shrink relaunches the workers (they log `resume`, not `restart`): the time from the last
+    progress before each `plan_change` to the next step's start is recovery, not `other`."""
+    records = [
+        {"event": "run_start", "time": 0.0},
+        {"step": 1, "step_time_s": 1.0, "time": 1.0},
+        {"event": "checkpoint", "step": 1, "stall_s": 0.5, "time": 1.5},
+        {"event": "fault", "fault": "lose-node", "step": 2, "time": 1.6},
+        {"event": "plan_change", "step": 1, "from_world": 4, "to_world": 2, "reason": "lose-node", "time": 3.0},
+        {"event": "resume", "attempt": 0, "resumed_from_step": 1, "time": 8.0},
+        {"step": 2, "step_time_s": 2.0, "time": 11.0},
+        {"event": "checkpoint", "step": 2, "stall_s": 0.5, "time": 11.5},
+        {"event": "plan_change", "step": 2, "from_world": 2, "to_world": 4, "reason": "node back", "time": 12.0},
+        {"event": "resume", "attempt": 0, "resumed_from_step": 2, "time": 15.0},
+        {"step": 3, "step_time_s": 1.0, "time": 17.0},
+    ]
+    result = account(records, end_time=17.0)
+    # lost at 1.5 → step 2 starts at 9.0; the smaller world saved at 11.5 → step 3 starts at 16.0
+    assert result["recovery_s"] == pytest.approx((9.0 - 1.5) + (16.0 - 11.5))
+    assert result["restarts"] == 0
+    assert result["time_breakdown_s"]["other_s"] == pytest.approx(17.0 - 4.0 - 1.0 - 12.0)
+
+
+def test_a_re_plan_before_the_first_checkpoint_stays_in_the_run():
+    """A shrink before any checkpoint relaunches the smaller world from step 0, and its workers log `run_start`:
+    that start continues the run (its wall clock, its fault and its plan change), a later run's does not."""
+    from bastion.rundir.summary import plan_change_entries
+
+    records = [
+        {"event": "run_start", "time": 0.0},
+        {"step": 1, "step_time_s": 1.0, "time": 1.0},
+        {"event": "fault", "fault": "lose-node", "step": 2, "time": 1.1},
+        {"event": "plan_change", "step": 0, "from_world": 2, "to_world": 1, "plan": {"dp": 1}, "time": 2.0},
+        {"event": "run_start", "time": 5.0},
+        {"event": "health_check", "time": 5.5},
+        {"step": 1, "step_time_s": 1.0, "time": 7.0},
+        {"step": 2, "step_time_s": 1.0, "time": 8.0},
+    ]
+    result = account(records, end_time=8.0)
+    assert result["time_breakdown_s"]["wall_s"] == 8.0 and result["faults_injected"] == 1
+    assert result["lost_steps"] == 1 and result["recovery_s"] == pytest.approx(6.0 - 1.0)
+    assert plan_change_entries(records) == [{"step": 0, "from_world": 2, "to_world": 1, "plan": {"dp": 1}}]
+    later = [*records, {"event": "run_start", "time": 20.0}, {"step": 1, "step_time_s": 1.0, "time": 22.0}]
+    assert account(later, end_time=22.0)["time_breakdown_s"]["wall_s"] == 2.0 and not plan_change_entries(later)
+
+
 def test_restarts_are_counted_across_launches():
     """A --resume launch (or a Slurm requeue) numbers its torchrun attempts from 0 again: two restarts in two
     launches are two, not the highest attempt number (1)."""

@@ -13,6 +13,7 @@ from bastion.rundir.records import (
     CHECKPOINT,
     CHECKPOINT_WAIT,
     FAULT,
+    PLAN_CHANGE,
     RESTART,
     ROLLBACK,
     RUN_START,
@@ -27,8 +28,10 @@ def account(records: list[dict[str, Any]], end_time: float) -> Accounting:
     """restarts, lost_steps, recovery_s, checkpoint_stall_s, goodput (+ the breakdown) from metrics records.
 
     A step record superseded by a later record of the same step (recomputed after a restart or a rollback) is
-    lost work. Recovery runs from the last sign of progress before a restart (a step or a save; so detecting a
-    hang counts) or from a rollback, to the start of the first step completed afterwards. Wall time runs from
+    lost work. Recovery runs from the last sign of progress before a restart or a re-plan (a step or a save; so
+    detecting a hang counts) or from a rollback, to the start of the first step completed afterwards. A re-plan
+    (`plan_change`, --on-failure shrink) relaunches the workers, which log `resume`, not `restart`: without it the
+    shrink and the grow-back would count as `other`. Wall time runs from
     the last `run_start` event (records before it belong to an earlier run in the same directory).
     """
     records = current_run(records)  # an earlier, unrelated run in the same directory does not count
@@ -56,12 +59,12 @@ def account(records: list[dict[str, Any]], end_time: float) -> Accounting:
     failure_time = None
     for record in records:
         kind = record.get("event")
-        if kind in (RESTART.name, ROLLBACK.name) and failure_time is None:
+        if kind in (RESTART.name, PLAN_CHANGE.name, ROLLBACK.name) and failure_time is None:
             # the failure began after the last sign of progress (a step or a save), not when it was noticed:
             # a hang's detection time is part of its cost
             progress = [r["time"] for r in records if r["time"] < record["time"]
                         and (r.get("event") is None or r.get("event") in (CHECKPOINT.name, RUN_START.name))]
-            failure_time = max(progress) if progress and kind == RESTART.name else record["time"]
+            failure_time = max(progress) if progress and kind != ROLLBACK.name else record["time"]
         elif is_step(record) and failure_time is not None:
             gap = record["time"] - record.get("step_time_s", 0.0) - failure_time
             recoveries.append(max(0.0, gap))

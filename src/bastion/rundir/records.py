@@ -128,6 +128,19 @@ def is_event(record: dict[str, Any], *kinds: str) -> bool:
 
 
 def current_run(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Records from the last `run_start` on (earlier ones belong to an older run in the same directory)."""
-    last_start = max((i for i, r in enumerate(records) if r.get("event") == RUN_START.name), default=0)
-    return records[last_start:]
+    """Records from the last `run_start` on (earlier ones belong to an older run in the same directory). A
+    `run_start` right after a `plan_change` (no step between) is the same run relaunched on another world
+    before its first checkpoint (--on-failure shrink), not a new one."""
+    starts = [i for i, r in enumerate(records) if r.get("event") == RUN_START.name]
+    while len(starts) > 1 and _relaunched_after_plan_change(records, starts[-1]):
+        starts.pop()
+    return records[starts[-1] if starts else 0:]
+
+
+def _relaunched_after_plan_change(records: list[dict[str, Any]], start: int) -> bool:
+    for record in reversed(records[:start]):
+        if is_step(record) or record.get("event") == RUN_START.name:
+            return False
+        if record.get("event") == PLAN_CHANGE.name:
+            return True
+    return False
