@@ -17,6 +17,38 @@ TINY_MIXTRAL = {**TINY_LLAMA, "num_local_experts": 4, "num_experts_per_tok": 2, 
                 "router_aux_loss_coef": 0.01}
 
 
+#: a small DeepSeek-V3: MLA with both latents, first layer dense, 8 routed experts (top-2) and one shared expert,
+#: one expert group, RoPE in the rotate-half layout
+TINY_DEEPSEEK = {"vocab_size": 96, "hidden_size": 32, "intermediate_size": 64, "moe_intermediate_size": 16,
+                 "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 4,
+                 "n_routed_experts": 8, "num_experts_per_tok": 2, "n_shared_experts": 1, "first_k_dense_replace": 1,
+                 "n_group": 1, "topk_group": 1, "routed_scaling_factor": 1.0, "norm_topk_prob": True,
+                 "q_lora_rank": 16, "kv_lora_rank": 16, "qk_rope_head_dim": 8, "qk_nope_head_dim": 16,
+                 "v_head_dim": 16, "max_position_embeddings": 32, "rms_norm_eps": 1e-6, "rope_interleave": False,
+                 "rope_parameters": {"rope_type": "default", "rope_theta": 5000.0}, "attn_implementation": "eager"}
+
+
+def make_deepseek(directory: Path, seed: int = 0, **overrides: Any):
+    """A random DeepseekV3ForCausalLM (its routers' selection bias random too) saved into `directory`."""
+    import torch
+    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+
+    config = DeepseekV3Config(**{**TINY_DEEPSEEK, **overrides})
+    torch.manual_seed(seed)
+    model = DeepseekV3ForCausalLM(config).eval().float()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.copy_(1 + 0.1 * torch.randn_like(param))
+            elif name.endswith("gate.weight"):  # transformers starts routers at zero: no routing to compare
+                param.copy_(0.2 * torch.randn_like(param))
+        for name, buffer in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                buffer.copy_(0.05 * torch.randn_like(buffer))
+    model.save_pretrained(directory)
+    return model
+
+
 def make_llama(directory: Path, seed: int = 0, **overrides: Any):
     """A random LlamaForCausalLM (norm weights random too) saved with `save_pretrained` into `directory`;
     returns the model in eval mode."""

@@ -54,7 +54,7 @@ def test_export_config_maps_back_to_the_same_spec():
 
 
 @pytest.mark.parametrize(("change", "phrase"), [
-    ({"model_type": "mistral", "architectures": ["MistralForCausalLM"]}, "bastion imports llama, mixtral configs only"),
+    ({"model_type": "mistral", "architectures": ["MistralForCausalLM"]}, "bastion imports deepseek_v3, llama, mixtral configs only"),
     ({"architectures": ["LlamaForSequenceClassification"]}, "LlamaForSequenceClassification"),
     ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "RoPE scaling 'llama3'"),
     ({"attention_bias": True}, "attention_bias"),
@@ -77,7 +77,7 @@ def test_a_model_without_a_llama_equivalent_is_not_exported():
 
     gpt = ModelSpec(name="g", num_layers=1, hidden_size=8, num_heads=2, ffn_hidden_size=16, vocab_size=10,
                     ffn_type="gelu", bias=True, position_embedding="learned")
-    with pytest.raises(ConfigError, match="no Hugging Face Llama or Mixtral equivalent") as exc:
+    with pytest.raises(ConfigError, match="no Hugging Face Llama, Mixtral or DeepSeek-V3 equivalent") as exc:
         hf_config_from_spec(gpt)
     assert "gelu" in exc.value.problem and "learned" in exc.value.problem and exc.value.fix
 
@@ -98,7 +98,7 @@ pytest.importorskip("safetensors")
 
 from bastion.runtime.hf_weights import load_hf_weights  # noqa: E402
 from bastion.runtime.model import build_model, init_weights  # noqa: E402
-from helpers.hf_models import hf_logits, make_llama, make_mixtral, tokens_for  # noqa: E402
+from helpers.hf_models import hf_logits, make_deepseek, make_llama, make_mixtral, tokens_for  # noqa: E402
 
 
 def _bastion_from_hf(hf_dir: Path):
@@ -106,7 +106,8 @@ def _bastion_from_hf(hf_dir: Path):
     net = build_model(spec)
     net.to_empty(device="cpu")
     init_weights(net, spec, seed=0)
-    assert load_hf_weights([net], hf_dir) == len(list(net.parameters()))
+    biases = sum(1 for n, _ in net.named_buffers() if n.endswith("expert_bias"))
+    assert load_hf_weights([net], hf_dir) == len(list(net.parameters())) + biases
     return net.eval()
 
 
@@ -143,8 +144,42 @@ def test_a_mixtral_imports_with_transformers_logits_and_exports_back_byte_identi
     assert _files(tmp_path / "a") == _files(tmp_path / "b")
 
 
+def test_a_deepseek_v3_imports_with_transformers_logits_and_exports_back_byte_identically(tmp_path):
+    """DeepSeek-V3: MLA, the sigmoid router whose bias (e_score_correction_bias) steers the choice only, shared
+    experts and a dense first layer; the same logits as transformers' on import and after export, and export ->
+    import -> export is byte-identical."""
+    reference = make_deepseek(tmp_path / "hf")
+    spec = load_model(str(tmp_path / "hf"))
+    assert (spec.attention_kind, spec.router, spec.num_shared_experts, spec.dense_layers) == ("mla", "sigmoid", 1, 1)
+    tokens = tokens_for(96)
+    with torch.no_grad():
+        ours = _bastion_from_hf(tmp_path / "hf")(tokens)
+        theirs = reference(tokens).logits
+    assert float((ours - theirs).abs().max()) < 1e-5 and float(theirs.abs().max()) > 1e-2
+    save_as_checkpoint(tmp_path / "hf", tmp_path / "run")
+    main_ok(["export", str(tmp_path / "run"), "--format", "hf", "--out", str(tmp_path / "a")])
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert config["architectures"] == ["DeepseekV3ForCausalLM"] and config["rope_interleave"] is False
+    assert float((hf_logits(tmp_path / "a", tokens) - ours).abs().max()) < 1e-5
+    save_as_checkpoint(tmp_path / "a", tmp_path / "run2", step=3)
+    main_ok(["export", str(tmp_path / "run2"), "--out", str(tmp_path / "b")])
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+
+
+@pytest.mark.parametrize(("change", "phrase"), [({"rope_interleave": True}, "rope_interleave"),
+                                                 ({"routed_scaling_factor": 2.5}, "routed_scaling_factor"),
+                                                 ({"n_group": 4, "topk_group": 2}, "topk_group")])
+def test_deepseek_settings_bastion_does_not_run_are_refused(tmp_path, change, phrase):
+    from helpers.hf_models import TINY_DEEPSEEK
+
+    config = {**TINY_DEEPSEEK, **change, "model_type": "deepseek_v3", "architectures": ["DeepseekV3ForCausalLM"]}
+    with pytest.raises(ConfigError) as exc:
+        spec_from_hf_config(config, "config.json")
+    assert phrase in exc.value.problem and exc.value.fix
+
+
 def test_a_mixture_without_a_mixtral_form_is_not_exported():
-    with pytest.raises(ConfigError, match="no Hugging Face Llama or Mixtral equivalent") as exc:
+    with pytest.raises(ConfigError, match="no Hugging Face Llama, Mixtral or DeepSeek-V3 equivalent") as exc:
         hf_config_from_spec(load_model("tiny-moe"))  # a shared expert and a leading dense layer
     assert "shared experts" in exc.value.problem and "leading dense layers" in exc.value.problem
 
@@ -162,7 +197,8 @@ def save_as_checkpoint(hf_dir: Path, run_dir: Path, step: int = 1, data: Path | 
     root = checkpoints_dir(run_dir)
     temp = root / cf.temp_dir_name(step)
     temp.mkdir(parents=True)
-    dcp.save({f"model.{n}": p.detach() for n, p in net.named_parameters()}, checkpoint_id=str(temp), no_dist=True)
+    # what a run saves: the parameters and the persistent buffers (a router's selection bias)
+    dcp.save({f"model.{n}": t.detach() for n, t in net.state_dict().items()}, checkpoint_id=str(temp), no_dist=True)
     (temp / "state.json").write_text(json.dumps({"model": spec.to_dict(), "step": step}))
     if data is not None:
         (run_dir / RUN_CONFIG_FILE).write_text(json.dumps({"train": {"data": str(data)}}))

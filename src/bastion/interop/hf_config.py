@@ -1,9 +1,13 @@
-"""A Hugging Face `config.json` <-> a ModelSpec, for the architectures bastion's runtime builds: Llama and Mixtral.
+"""A Hugging Face `config.json` <-> a ModelSpec, for the architectures bastion's runtime builds: Llama, Mixtral and
+DeepSeek-V3.
 
 Bastion's dense decoder (runtime/model.py) is Llama's: RMSNorm, SwiGLU MLP (SiLU gate), rotate-half RoPE with
 plain frequencies, GQA, no biases, optionally tied embeddings. Its mixture of experts (runtime/moe.py) with a
 softmax router, top-k weights renormalised, no shared experts and every layer routed is Mixtral's block
-(MixtralSparseMoeBlock). A config asking for anything else (another architecture, biases, RoPE scaling, sliding
+(MixtralSparseMoeBlock). With multi-head latent attention, a sigmoid router whose bias steers the choice only,
+shared experts and leading dense layers it is DeepSeek-V3's (DeepseekV3ForCausalLM with one expert group and a
+routed scaling factor of 1, RoPE in the rotate-half layout: `rope_interleave = false`). A config asking for
+anything else (another architecture, biases, RoPE scaling, sliding
 windows, another activation, dropout) is refused with what to change, never imported with a silently different
 model.
 """
@@ -17,7 +21,7 @@ from bastion.errors import ConfigError
 from bastion.specs.model import ModelSpec
 
 #: the `model_type`s (and their `architectures` class) bastion maps
-SUPPORTED = {"llama": "LlamaForCausalLM", "mixtral": "MixtralForCausalLM"}
+SUPPORTED = {"llama": "LlamaForCausalLM", "mixtral": "MixtralForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM"}
 _REQUIRED = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
 _LLAMA_DEFAULT_SEQ = 2048
 
@@ -58,9 +62,15 @@ def _refuse_unsupported(data: dict[str, Any], what: str) -> None:
     if model_type == "mixtral":
         settings.update({"sliding_window": (None, data.get("sliding_window")),
                          "router_jitter_noise": (0.0, float(data.get("router_jitter_noise", 0.0) or 0.0))})
+    if model_type == "deepseek_v3":
+        groups = int(data.get("n_group", 1) or 1)
+        settings.update({"rope_interleave": (False, bool(data.get("rope_interleave", True))),
+                         "routed_scaling_factor": (1.0, float(data.get("routed_scaling_factor", 1.0))),
+                         "topk_group": (groups, int(data.get("topk_group", groups) or groups)),
+                         "topk_method": ("noaux_tc", data.get("topk_method", "noaux_tc"))})
     for name, (supported, value) in settings.items():
         if value != supported:
-            raise ConfigError(f"{what} sets {name} = {value!r}; bastion's Llama runtime supports {supported!r} "
+            raise ConfigError(f"{what} sets {name} = {value!r}; bastion's runtime supports {supported!r} "
                               f"only.", fix=f"use a model with {name} = {supported!r}.")
     missing = [k for k in _REQUIRED if k not in data]
     if missing:
@@ -77,7 +87,20 @@ def spec_from_hf_config(data: dict[str, Any], what: str, name: str | None = None
     try:
         heads = int(data["num_attention_heads"])
         head_dim = data.get("head_dim") or int(data["hidden_size"]) // heads
-        moe = {}
+        moe: dict[str, Any] = {}
+        if data.get("model_type") == "deepseek_v3":
+            heads_kv = heads
+            head_dim = int(data["qk_nope_head_dim"]) + int(data["qk_rope_head_dim"])
+            moe = dict(num_experts=int(data["n_routed_experts"]), top_k=int(data["num_experts_per_tok"]),
+                       moe_ffn_hidden_size=int(data["moe_intermediate_size"]),
+                       num_shared_experts=int(data.get("n_shared_experts") or 0),
+                       dense_layers=int(data.get("first_k_dense_replace") or 0), router="sigmoid",
+                       router_norm_topk=bool(data.get("norm_topk_prob", True)),
+                       router_bias_update_rate=float(data.get("bastion_router_bias_update_rate", 0.001)),
+                       q_lora_rank=int(data.get("q_lora_rank") or 0), kv_lora_rank=int(data["kv_lora_rank"]),
+                       qk_rope_head_dim=int(data["qk_rope_head_dim"]),
+                       qk_nope_head_dim=int(data["qk_nope_head_dim"]), v_head_dim=int(data["v_head_dim"]),
+                       num_kv_heads=heads_kv)
         if data.get("model_type") == "mixtral":
             moe = dict(num_experts=int(data["num_local_experts"]), top_k=int(data["num_experts_per_tok"]),
                        moe_ffn_hidden_size=int(data["intermediate_size"]), router="softmax", router_norm_topk=True,
@@ -87,16 +110,22 @@ def spec_from_hf_config(data: dict[str, Any], what: str, name: str | None = None
             hidden_size=int(data["hidden_size"]), num_heads=heads, ffn_hidden_size=int(data["intermediate_size"]),
             vocab_size=int(data["vocab_size"]), seq_len=int(data.get("max_position_embeddings") or
                                                             _LLAMA_DEFAULT_SEQ),
-            num_kv_heads=int(data.get("num_key_value_heads") or heads), head_dim=int(head_dim), ffn_type="swiglu",
+            **({} if "num_kv_heads" in moe else {"num_kv_heads": int(data.get("num_key_value_heads") or heads)}),
+            head_dim=int(head_dim), ffn_type="swiglu",
             tied_embeddings=bool(data.get("tie_word_embeddings", False)), position_embedding="rope", bias=False,
             norm_eps=float(data.get("rms_norm_eps", 1e-6)), rope_theta=_rope(data, what), source=f"hf:{what}")
+    except KeyError as exc:
+        raise ConfigError(f"{what} is missing {exc.args[0]}.",
+                          fix="use the config.json saved with the weights.") from exc
     except (TypeError, ValueError, ZeroDivisionError) as exc:
         raise ConfigError(f"{what} holds a value of the wrong type: {exc}.",
                           fix="give integer sizes and numeric rms_norm_eps / rope_theta.") from exc
 
 
 def architecture(spec: ModelSpec) -> str:
-    """The `model_type` a spec exports as: llama (dense) or mixtral (an MoE of Mixtral's form)."""
+    """The `model_type` a spec exports as: llama (dense), deepseek_v3 (MLA) or mixtral (another MoE)."""
+    if spec.is_mla:
+        return "deepseek_v3"
     return "mixtral" if spec.num_experts else "llama"
 
 
@@ -109,9 +138,13 @@ def check_exportable(spec: ModelSpec) -> None:
         reasons.append(f"position_embedding '{spec.position_embedding}' (Llama is rope)")
     if spec.bias:
         reasons.append("biases and LayerNorm (Llama has neither)")
-    if spec.is_mla:
-        reasons.append("multi-head latent attention (DeepSeek; not exported yet)")
-    if spec.num_experts:
+    if architecture(spec) == "deepseek_v3":
+        deepseek = {"experts (a dense MLA model)": spec.num_experts > 0, "shared experts": spec.num_shared_experts > 0,
+                    "a softmax router": spec.router == "sigmoid", "MoE only every k-th layer": spec.moe_layer_freq == 1,
+                    "a capacity limit": spec.capacity_factor == 0}
+        reasons += [f"no {what} (DeepSeek-V3 has them)" if what in ("experts (a dense MLA model)", "shared experts")
+                    else f"{what} (DeepSeek-V3 has none)" for what, ok in deepseek.items() if not ok]
+    elif spec.num_experts:
         mixtral = {"shared experts": spec.num_shared_experts == 0, "leading dense layers": spec.dense_layers == 0,
                    "MoE only every k-th layer": spec.moe_layer_freq == 1, "a sigmoid router": spec.router == "softmax",
                    "top-k weights not renormalised": spec.router_norm_topk,
@@ -119,7 +152,7 @@ def check_exportable(spec: ModelSpec) -> None:
                    "an expert width other than ffn_hidden_size": spec.expert_width == spec.ffn_hidden_size}
         reasons += [f"{what} (Mixtral has none)" for what, ok in mixtral.items() if not ok]
     if reasons:
-        raise ConfigError(f"model '{spec.name}' has no Hugging Face Llama or Mixtral equivalent: "
+        raise ConfigError(f"model '{spec.name}' has no Hugging Face Llama, Mixtral or DeepSeek-V3 equivalent: "
                           f"{'; '.join(reasons)}.",
                           fix="export a Llama-style model (swiglu, rope, no bias, dense), e.g. the llama presets, or "
                               "a Mixtral-style mixture of experts (softmax top-k router, no shared experts, every "
@@ -131,7 +164,17 @@ def hf_config_from_spec(spec: ModelSpec) -> dict[str, Any]:
     5.x."""
     check_exportable(spec)
     kind = architecture(spec)
-    moe = {}
+    moe: dict[str, Any] = {}
+    if kind == "deepseek_v3":
+        moe = {"n_routed_experts": spec.num_experts, "num_experts_per_tok": spec.top_k,
+               "moe_intermediate_size": spec.expert_width, "n_shared_experts": spec.num_shared_experts,
+               "first_k_dense_replace": spec.dense_layers, "norm_topk_prob": spec.router_norm_topk,
+               "n_group": 1, "topk_group": 1, "routed_scaling_factor": 1.0, "topk_method": "noaux_tc",
+               "q_lora_rank": spec.q_lora_rank or None, "kv_lora_rank": spec.kv_lora_rank,
+               "qk_rope_head_dim": spec.qk_rope_head_dim, "qk_nope_head_dim": spec.qk_nope_head_dim,
+               "v_head_dim": spec.v_head_dim, "rope_interleave": False,
+               # the bias update's speed is a training setting transformers ignores; kept for a re-import
+               "bastion_router_bias_update_rate": spec.router_bias_update_rate}
     if kind == "mixtral":
         moe = {"num_local_experts": spec.num_experts, "num_experts_per_tok": spec.top_k,
                "router_aux_loss_coef": spec.aux_loss_coeff, "output_router_logits": False, "sliding_window": None,
@@ -140,7 +183,9 @@ def hf_config_from_spec(spec: ModelSpec) -> dict[str, Any]:
         **moe, "architectures": [SUPPORTED[kind]], "model_type": kind,
         "vocab_size": spec.vocab_size, "hidden_size": spec.hidden_size, "intermediate_size": spec.ffn_hidden_size,
         "num_hidden_layers": spec.num_layers, "num_attention_heads": spec.num_heads,
-        "num_key_value_heads": spec.num_kv_heads, "head_dim": spec.head_dim, "hidden_act": "silu",
+        "num_key_value_heads": spec.num_kv_heads, "hidden_act": "silu",
+        # DeepSeek-V3's head_dim is the rotary width (its RoPE table is built from it)
+        "head_dim": spec.qk_rope_head_dim if kind == "deepseek_v3" else spec.head_dim,
         "max_position_embeddings": spec.seq_len, "rms_norm_eps": spec.norm_eps,
         # 5.x reads rope_parameters, 4.x rope_theta / rope_scaling
         "rope_parameters": {"rope_type": "default", "rope_theta": spec.rope_theta}, "rope_theta": spec.rope_theta,

@@ -36,11 +36,31 @@ _LAYER = {"attention.wq.weight": "self_attn.q_proj.weight", "attention.wk.weight
           "feed_forward.w1.weight": "mlp.gate_proj.weight", "feed_forward.w3.weight": "mlp.up_proj.weight",
           "feed_forward.w2.weight": "mlp.down_proj.weight", "attention_norm.weight": "input_layernorm.weight",
           "ffn_norm.weight": "post_attention_layernorm.weight"}
-_MOE_LAYER = {"moe.router.weight": "block_sparse_moe.gate.weight"}
-#: a stacked expert tensor of bastion -> the per-expert HF name pattern ({j}: the expert)
-_EXPERTS = {"moe.experts.w1": "block_sparse_moe.experts.{j}.w1.weight",
-            "moe.experts.w2": "block_sparse_moe.experts.{j}.w2.weight",
-            "moe.experts.w3": "block_sparse_moe.experts.{j}.w3.weight"}
+#: the per-layer names that differ by architecture: Mixtral's MoE block, and DeepSeek-V3's MLA, router (with its
+#: selection bias) and shared experts (every other name is Llama's)
+_ARCH_LAYER = {
+    "mixtral": {"moe.router.weight": "block_sparse_moe.gate.weight"},
+    "deepseek_v3": {"attention.wq_a.weight": "self_attn.q_a_proj.weight",
+                    "attention.q_norm.weight": "self_attn.q_a_layernorm.weight",
+                    "attention.wq_b.weight": "self_attn.q_b_proj.weight",
+                    "attention.wkv_a.weight": "self_attn.kv_a_proj_with_mqa.weight",
+                    "attention.kv_norm.weight": "self_attn.kv_a_layernorm.weight",
+                    "attention.wkv_b.weight": "self_attn.kv_b_proj.weight",
+                    "moe.router.weight": "mlp.gate.weight",
+                    "moe.router.expert_bias": "mlp.gate.e_score_correction_bias",
+                    "moe.shared_experts.w1.weight": "mlp.shared_experts.gate_proj.weight",
+                    "moe.shared_experts.w3.weight": "mlp.shared_experts.up_proj.weight",
+                    "moe.shared_experts.w2.weight": "mlp.shared_experts.down_proj.weight"},
+}
+#: a stacked expert tensor of bastion -> the per-expert HF name pattern ({j}: the expert), per architecture
+_EXPERTS = {
+    "mixtral": {"moe.experts.w1": "block_sparse_moe.experts.{j}.w1.weight",
+                "moe.experts.w2": "block_sparse_moe.experts.{j}.w2.weight",
+                "moe.experts.w3": "block_sparse_moe.experts.{j}.w3.weight"},
+    "deepseek_v3": {"moe.experts.w1": "mlp.experts.{j}.gate_proj.weight",
+                    "moe.experts.w2": "mlp.experts.{j}.down_proj.weight",
+                    "moe.experts.w3": "mlp.experts.{j}.up_proj.weight"},
+}
 _LAYER_NAME = re.compile(r"^layers\.(\d+)\.(.+)$")
 #: safetensors dtype names -> bytes per element
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
@@ -48,41 +68,65 @@ _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I1
 _FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 
 
-def hf_names(name: str, num_experts: int = 0) -> list[str]:
-    """transformers' names of a bastion parameter (its canonical, unwrapped name): one, or for a stacked expert
-    tensor of a `num_experts` mixture one per expert, in expert order."""
+def hf_names(name: str, num_experts: int = 0, arch: str = "llama") -> list[str]:
+    """transformers' names of a bastion parameter (its canonical, unwrapped name) in architecture `arch` (llama,
+    mixtral, deepseek_v3): one, or for a stacked expert tensor of a `num_experts` mixture one per expert, in expert
+    order."""
     if name in _TOP:
         return [_TOP[name]]
     match = _LAYER_NAME.match(name)
+    layer = _ARCH_LAYER.get(arch, {})
+    if match and match[2] in layer:
+        return [f"model.layers.{match[1]}.{layer[match[2]]}"]
     if match and match[2] in _LAYER:
         return [f"model.layers.{match[1]}.{_LAYER[match[2]]}"]
-    if match and match[2] in _MOE_LAYER:
-        return [f"model.layers.{match[1]}.{_MOE_LAYER[match[2]]}"]
-    if match and match[2] in _EXPERTS and num_experts:
-        return [f"model.layers.{match[1]}.{_EXPERTS[match[2]].format(j=j)}" for j in range(num_experts)]
-    raise KeyError(f"bastion parameter {name!r} has no Hugging Face Llama or Mixtral name")
+    experts = _EXPERTS.get(arch, {})
+    if match and match[2] in experts and num_experts:
+        return [f"model.layers.{match[1]}.{experts[match[2]].format(j=j)}" for j in range(num_experts)]
+    raise KeyError(f"bastion parameter {name!r} has no Hugging Face {arch} name")
 
 
 def is_stacked_experts(name: str) -> bool:
     """Whether a bastion parameter holds a layer's experts stacked on dim 0 (one HF tensor per expert)."""
     match = _LAYER_NAME.match(name)
-    return bool(match) and match[2] in _EXPERTS
+    return bool(match) and match[2] in _EXPERTS["mixtral"]
+
+
+def _attention_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    h = spec.hidden_size
+    if not spec.is_mla:
+        return {"attention.wq.weight": (spec.q_width, h), "attention.wk.weight": (spec.kv_width, h),
+                "attention.wv.weight": (spec.kv_width, h), "attention.wo.weight": (h, spec.q_width)}
+    heads, q_head = spec.num_heads, spec.qk_nope_head_dim + spec.qk_rope_head_dim
+    shapes: dict[str, tuple[int, ...]] = (
+        {"attention.wq_a.weight": (spec.q_lora_rank, h), "attention.q_norm.weight": (spec.q_lora_rank,),
+         "attention.wq_b.weight": (heads * q_head, spec.q_lora_rank)} if spec.q_lora_rank
+        else {"attention.wq.weight": (heads * q_head, h)})
+    shapes.update({"attention.wkv_a.weight": (spec.kv_lora_rank + spec.qk_rope_head_dim, h),
+                   "attention.kv_norm.weight": (spec.kv_lora_rank,),
+                   "attention.wkv_b.weight": (heads * (spec.qk_nope_head_dim + spec.v_head_dim), spec.kv_lora_rank),
+                   "attention.wo.weight": (h, spec.v_width)})
+    return shapes
 
 
 def bastion_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
-    """Every parameter of the spec's model (a Llama, or a Mixtral) under its canonical name, in the model's
-    order, with its shape."""
+    """Every tensor of the spec's model's state (a Llama, a Mixtral or a DeepSeek-V3: parameters, and the router's
+    selection bias) under its canonical name, in the model's order, with its shape."""
     h, f, v = spec.hidden_size, spec.ffn_hidden_size, spec.vocab_size
     shapes: dict[str, tuple[int, ...]] = {"tok_embeddings.weight": (v, h)}
     for i in range(spec.num_layers):
-        layer: dict[str, tuple[int, ...]] = {
-            "attention.wq.weight": (spec.q_width, h), "attention.wk.weight": (spec.kv_width, h),
-            "attention.wv.weight": (spec.kv_width, h), "attention.wo.weight": (h, spec.q_width),
-            "attention_norm.weight": (h,), "ffn_norm.weight": (h,)}
+        layer: dict[str, tuple[int, ...]] = {**_attention_shapes(spec), "attention_norm.weight": (h,),
+                                             "ffn_norm.weight": (h,)}
         if spec.is_moe_layer(i):
             e, ef = spec.num_experts, spec.expert_width
-            layer.update({"moe.router.weight": (e, h), "moe.experts.w1": (e, ef, h), "moe.experts.w2": (e, h, ef),
-                          "moe.experts.w3": (e, ef, h)})
+            layer["moe.router.weight"] = (e, h)
+            if spec.router_bias_update_rate:
+                layer["moe.router.expert_bias"] = (e,)
+            layer.update({"moe.experts.w1": (e, ef, h), "moe.experts.w2": (e, h, ef), "moe.experts.w3": (e, ef, h)})
+            if spec.num_shared_experts:
+                sf = spec.num_shared_experts * ef
+                layer.update({"moe.shared_experts.w1.weight": (sf, h), "moe.shared_experts.w3.weight": (sf, h),
+                              "moe.shared_experts.w2.weight": (h, sf)})
         else:
             layer.update({"feed_forward.w1.weight": (f, h), "feed_forward.w3.weight": (f, h),
                           "feed_forward.w2.weight": (h, f)})
@@ -94,10 +138,14 @@ def bastion_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
 
 
 def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
-    """Every HF tensor name of the spec's Llama or Mixtral and its shape, in the model's order."""
+    """Every HF tensor name of the spec's Llama, Mixtral or DeepSeek-V3 and its shape, in the model's order."""
+    from bastion.interop.hf_config import architecture
+
+    arch = architecture(spec)
     out: dict[str, tuple[int, ...]] = {}
     for name, shape in bastion_shapes(spec).items():
-        out.update(dict.fromkeys(hf_names(name, spec.num_experts), shape[1:] if is_stacked_experts(name) else shape))
+        names = hf_names(name, spec.num_experts, arch)
+        out.update(dict.fromkeys(names, shape[1:] if is_stacked_experts(name) else shape))
     return out
 
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from bastion.errors import CheckpointError, ConfigError
 from bastion.interop import hf_files
-from bastion.interop.hf_config import generation_config, hf_config_from_spec
+from bastion.interop.hf_config import architecture, generation_config, hf_config_from_spec
 from bastion.runtime.model import canonical_name
 from bastion.specs.model import ModelSpec
 
@@ -58,14 +58,15 @@ def load_hf_weights(parts: Sequence[nn.Module], hf_dir: str | Path) -> int:
     safetensors = _safetensors()
     hf_dir = Path(hf_dir)
     directory = hf_files.tensor_directory(hf_dir)
+    arch = json.loads((hf_dir / hf_files.CONFIG_FILE).read_text()).get("model_type", "llama")
     handles: dict[str, Any] = {}
     loaded = 0
     try:
         for part in parts:
-            for name, param in part.named_parameters():
+            for name, param in _state_tensors(part):
                 canonical = canonical_name(name)
                 stacked = hf_files.is_stacked_experts(canonical)
-                keys = hf_files.hf_names(canonical, param.shape[0] if stacked else 0)
+                keys = hf_files.hf_names(canonical, param.shape[0] if stacked else 0, arch)
                 entries = [directory.get(key) for key in keys]
                 if None in entries:
                     missing = keys[entries.index(None)]
@@ -95,6 +96,13 @@ def load_hf_weights(parts: Sequence[nn.Module], hf_dir: str | Path) -> int:
     return loaded
 
 
+def _state_tensors(part: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """The parameters, and the persistent buffers that are model state (the router's selection bias), of a
+    chunk: what a checkpoint keeps and a HF directory holds."""
+    buffers = [(n, b) for n, b in part.named_buffers() if n.endswith("router.expert_bias")]
+    return [*part.named_parameters(), *buffers]
+
+
 # ---- out: a DCP checkpoint -> HF safetensors ----------------------------------------------------------
 def _checkpoint_tensors(path: Path, spec: ModelSpec) -> dict[str, Any]:
     """bastion name -> the checkpoint's TensorStorageMetadata of every model tensor, in HF order; the set must
@@ -110,8 +118,9 @@ def _checkpoint_tensors(path: Path, spec: ModelSpec) -> dict[str, Any]:
     wanted = hf_files.bastion_shapes(spec)
     unplaced = [name for name in saved if name not in wanted]
     if unplaced:
-        raise CheckpointError(f"The checkpoint at {path} holds {unplaced[0]}, which a Llama or Mixtral has no place "
-                              f"for.", fix="export a checkpoint of a Llama- or Mixtral-style model.")
+        raise CheckpointError(f"The checkpoint at {path} holds {unplaced[0]}, which its Hugging Face architecture "
+                              f"({architecture(spec)}) has no place for.",
+                              fix="export a checkpoint of a Llama-, Mixtral- or DeepSeek-V3-style model.")
     if set(saved) != set(wanted) or any(tuple(saved[k].size) != s for k, s in wanted.items()):
         raise CheckpointError(f"The checkpoint at {path} does not hold the tensors of its model '{spec.name}'.",
                               fix="export a checkpoint written by `bastion train` (its state.json and tensors "
@@ -172,7 +181,7 @@ def export_hf(checkpoint: Path, spec: ModelSpec, out: Path, tokenizer_files: Seq
             shard = {}
             for name, value in _read_shard(checkpoint, tensors, names).items():
                 value = value if dtype is None else value.to(dtype)
-                keys = hf_files.hf_names(name, spec.num_experts)
+                keys = hf_files.hf_names(name, spec.num_experts, architecture(spec))
                 pieces = value.unbind(0) if hf_files.is_stacked_experts(name) else (value,)
                 for key, piece in zip(keys, pieces, strict=True):
                     shard[key] = piece.contiguous()
