@@ -14,11 +14,18 @@ import pytest
 
 from bastion.errors import ConfigError, PlanError
 from bastion.planner.search import PlanRequest, search
-from bastion.planner.space import SearchSpace, enumerate_space, factorisations, gpu_counts_between
+from bastion.planner.space import (
+    OFFLOAD_SHARES,
+    PARTIAL_RECOMPUTE_SHARES,
+    SearchSpace,
+    enumerate_space,
+    factorisations,
+    gpu_counts_between,
+)
 from bastion.predict import estimate
 from bastion.specs import ParallelPlan, load_cluster, load_model
 from bastion.specs.model import ModelSpec
-from bastion.specs.plan import RECOMPUTE_MODES
+from bastion.specs.plan import RECOMPUTE_MODES, chunk_layer_counts
 from bastion.specs.schedules import schedule_names
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
@@ -84,6 +91,21 @@ TOY = ModelSpec(name="toy", num_layers=8, hidden_size=512, num_heads=8, num_kv_h
                 vocab_size=1024, seq_len=512)
 
 
+def memory_variants(model: ModelSpec, cluster, pp: int, vpp: int) -> list[tuple[str, int, int]]:
+    """(recompute, recompute_layers, activation_offload): every mode, full recompute of each share of a chunk's
+    layers (at least 1, at most all but one), and offloading each share under the modes that keep activations
+    where the accelerator has a host link."""
+    counts = chunk_layer_counts(model.num_layers, pp * vpp)
+    n = max(counts) if counts else 1
+    variants = [(mode, 0, 0) for mode in RECOMPUTE_MODES]
+    if n > 1:
+        variants += [("full", r, 0) for r in {min(n - 1, max(1, round(x * n))) for x in PARTIAL_RECOMPUTE_SHARES}]
+        if cluster.accelerator.host_link_gbs > 0:
+            variants += [(mode, 0, o) for mode in ("none", "selective")
+                         for o in {min(n - 1, max(1, round(x * n))) for x in OFFLOAD_SHARES}]
+    return variants
+
+
 def brute_force(model: ModelSpec, cluster, global_batch: int, seq_len: int, precisions=("bf16",)):
     """Every combination of every field (a superset of the planner's space), independently of space.py."""
     n = cluster.num_gpus
@@ -93,23 +115,25 @@ def brute_force(model: ModelSpec, cluster, global_batch: int, seq_len: int, prec
         if dp * tp * pp * cp != n:
             continue
         # micro-batches above the per-replica batch and vpp above layers/pp can never be valid: not tried
-        for zero, micro, (sched, vpp), rc, sp, prec in itertools.product(
+        for zero, micro, (sched, vpp), sp, prec in itertools.product(
                 range(4), range(1, global_batch // dp + 1),
                 [(s, v) for s in schedule_names() for v in range(1, model.num_layers // pp + 2)],
-                RECOMPUTE_MODES, (False, True), precisions):
+                (False, True), precisions):
             if pp == 1 and (sched, vpp) != ("1f1b", 1):
                 continue  # the schedule means nothing without a pipeline: one canonical form
             if dp * cp == 1 and zero > 0:
                 continue  # nothing to shard (ZeRO spans dp × cp): one canonical form
-            try:
-                plan = ParallelPlan(dp=dp, tp=tp, pp=pp, cp=cp, zero_stage=zero, micro_batch=micro,
-                                    global_batch=global_batch, pp_schedule=sched, vpp=vpp, recompute=rc,
-                                    sequence_parallel=sp, precision=prec)
-                est = toy_estimate(model, cluster, plan, seq_len)
-            except PlanError:
-                continue
-            if est.fits:
-                feasible[plan] = est
+            for rc, layers, offload in memory_variants(model, cluster, pp, vpp):
+                try:
+                    plan = ParallelPlan(dp=dp, tp=tp, pp=pp, cp=cp, zero_stage=zero, micro_batch=micro,
+                                        global_batch=global_batch, pp_schedule=sched, vpp=vpp, recompute=rc,
+                                        sequence_parallel=sp, precision=prec, recompute_layers=layers,
+                                        activation_offload=offload)
+                    est = toy_estimate(model, cluster, plan, seq_len)
+                except PlanError:
+                    continue
+                if est.fits:
+                    feasible[plan] = est
     return feasible
 
 
@@ -224,10 +248,12 @@ def test_census_adds_up_and_counts_whole_subtrees() -> None:
                      vocab_size=1024, seq_len=512)
     cluster = load_cluster("h100-sxm:16")  # tp 16 would span beyond the 8-GPU NVLink domain
     enum = enumerate_space(wide, cluster, 32, 512, SearchSpace())
-    assert enum.total == sum(len(lf.zero_stages) * 3 for lf in enum.leaves) + sum(enum.rejected.values())
+    assert enum.total == sum(len(lf.zero_stages) * len(memory_variants(wide, cluster, lf.pp, lf.vpp))
+                             for lf in enum.leaves) + sum(enum.rejected.values())
     # tp = 16: dp = pp = cp = 1, one schedule, 6 micro-batch sizes (divisors of 32), sp on/off, ZeRO 0 only
-    # (dp = 1) × 3 recompute modes
-    assert enum.rejected["tp beyond scale-up domain"] == 6 * 2 * 3
+    # (dp = 1) × 7 memory choices: 3 recompute modes, full recompute of 2 or 4 of the 8 layers, and (the H100
+    # has a host link) 4 layers offloaded under no or selective recompute
+    assert enum.rejected["tp beyond scale-up domain"] == 6 * 2 * 7
     assert sorted({(lf.dp, lf.tp, lf.pp, lf.cp) for lf in enum.leaves}) == sorted(
         f for f in factorisations(16) if f[1] <= 8 and 8 % f[2] == 0 and 32 % f[0] == 0)
 

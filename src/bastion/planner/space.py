@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from bastion.errors import ConfigError, PlanError
 from bastion.specs.hardware import Cluster
@@ -25,7 +25,23 @@ from bastion.specs.schedules import DEFAULT_SCHEDULE, SCHEDULES, schedule_names
 
 #: plan fields a user may pin with `--fix FIELD=VALUE`
 PINNABLE = ("dp", "tp", "pp", "cp", "ep", "zero_stage", "micro_batch", "pp_schedule", "vpp", "recompute",
-            "sequence_parallel", "precision")
+            "sequence_parallel", "precision", "recompute_layers", "activation_offload")
+
+#: partial full recompute the planner tries besides recomputing every layer: these shares of each pipeline
+#: chunk's layers recomputed whole (Megatron's --recompute-num-layers), the rest keeping their activations. Few,
+#: because each is one more prediction per plan; the planner picks the least recompute that fits.
+PARTIAL_RECOMPUTE_SHARES = (0.25, 0.5)
+#: activation offload the planner tries on an accelerator with a host link: this share of each chunk's layers
+OFFLOAD_SHARES = (0.5,)
+
+
+class MemoryChoice(NamedTuple):
+    """How a plan saves activation memory: its recompute mode, the layers per chunk recomputed whole under
+    "full" (0 = all) and the layers per chunk whose activations go to host memory."""
+
+    recompute: str
+    recompute_layers: int = 0
+    activation_offload: int = 0
 
 
 @dataclass(frozen=True)
@@ -77,11 +93,39 @@ class Leaf:
     #: ZeRO stages to cross in (one when dp = 1)
     zero_stages: tuple[int, ...] = (0,)
 
-    def plan(self, global_batch: int, zero_stage: int = 0, recompute: str = "none") -> ParallelPlan:
+    def plan(self, global_batch: int, zero_stage: int = 0, recompute: str | MemoryChoice = "none") -> ParallelPlan:
+        choice = MemoryChoice(recompute) if isinstance(recompute, str) else recompute
         return ParallelPlan(dp=self.dp, tp=self.tp, pp=self.pp, cp=self.cp, ep=self.ep, zero_stage=zero_stage,
                             micro_batch=self.micro_batch, global_batch=global_batch,
-                            pp_schedule=self.pp_schedule, vpp=self.vpp, recompute=recompute,
-                            sequence_parallel=self.sequence_parallel, precision=self.precision)
+                            pp_schedule=self.pp_schedule, vpp=self.vpp, recompute=choice.recompute,
+                            sequence_parallel=self.sequence_parallel, precision=self.precision,
+                            recompute_layers=choice.recompute_layers, activation_offload=choice.activation_offload)
+
+
+def memory_choices(space: SearchSpace, model: ModelSpec, cluster: Cluster, pp: int, vpp: int
+                   ) -> tuple[MemoryChoice, ...]:
+    """The recompute / offload combinations the planner tries for plans with pp × vpp chunks: each allowed
+    recompute mode; partial full recompute (PARTIAL_RECOMPUTE_SHARES of a chunk's layers) when "full" is
+    allowed; and, where the accelerator has a host link, offloading OFFLOAD_SHARES of a chunk's layers under the
+    modes that keep activations. A chunk of one layer has nothing to split."""
+    modes = space.allowed("recompute", space.recompute)
+    counts = chunk_layer_counts(model.num_layers, pp * vpp)
+    per_chunk = max(counts) if counts else 1
+    choices = [MemoryChoice(mode) for mode in modes]
+
+    def layers(name: str, shares: tuple[float, ...]) -> list[int]:
+        if name in space.pins:  # a pinned count is tried as given
+            return [space.pins[name]] if space.pins[name] > 0 else []
+        return sorted({min(per_chunk - 1, max(1, round(share * per_chunk))) for share in shares})
+
+    if per_chunk > 1:
+        if "full" in modes:
+            choices += [MemoryChoice("full", r) for r in layers("recompute_layers", PARTIAL_RECOMPUTE_SHARES)]
+        if cluster.accelerator.host_link_gbs > 0:
+            choices += [MemoryChoice(mode, 0, o) for o in layers("activation_offload", OFFLOAD_SHARES)
+                        for mode in modes if mode != "full"]
+    return tuple(c for c in choices if space.allows("recompute_layers", c.recompute_layers)
+                 and space.allows("activation_offload", c.activation_offload))
 
 
 @dataclass
@@ -93,7 +137,7 @@ class Enumeration:
     rejected: Counter[str]
     #: reason -> how to fix it (from the first plan rejected for that reason)
     fixes: dict[str, str]
-    #: plans in the space (valid or not) = Σ leaves' zero stages × recompute modes + sum(rejected)
+    #: plans in the space (valid or not) = Σ leaves' zero stages × memory choices + sum(rejected)
     total: int
 
 
@@ -154,7 +198,6 @@ def enumerate_space(model: ModelSpec, cluster: Cluster, global_batch: int, seq_l
     fixes: dict[str, str] = {}
     leaves: list[Leaf] = []
     all_zeros = space.allowed("zero_stage", space.zero_stages)
-    recompute = space.allowed("recompute", space.recompute)
     precisions = space.allowed("precision", space.precisions)
     total = 0
 
@@ -186,11 +229,14 @@ def enumerate_space(model: ModelSpec, cluster: Cluster, global_batch: int, seq_l
         sps = sp_options(tp)
         # ZeRO shards over dp × cp (context-parallel ranks hold the same parameters): one form when both are 1
         zeros = all_zeros[:1] if dp * cp == 1 else all_zeros
-        width = len(zeros) * len(recompute)
-        below_schedule = len(micros) * len(precisions) * len(sps) * width
+        # plans under one (schedule, vpp) per micro-batch, precision and sp setting: its memory choices depend
+        # on the layers per chunk
+        width = {(s, v): len(zeros) * len(memory_choices(space, model, cluster, pp, v)) for s, v in schedules}
+        widths = sum(width.values())
+        below_schedule = len(micros) * len(precisions) * len(sps)
         for ep in ep_options(model, dp, space):
             degrees = dict(dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, global_batch=global_batch)
-            subtree = len(schedules) * below_schedule
+            subtree = widths * below_schedule
             total += subtree
             base = {**degrees, "pp_schedule": DEFAULT_SCHEDULE, "vpp": 1}
             reason = _validate(base, model, cluster, seq_len, fixes)
@@ -200,12 +246,12 @@ def enumerate_space(model: ModelSpec, cluster: Cluster, global_batch: int, seq_l
             # precision and sequence parallelism are checked once per degrees: neither check looks at the
             # schedule or the micro-batch. A failing sp setting counts only plans whose precision passed: the
             # others are in the census already
-            ok_precisions = passing(base, "precision", precisions, len(schedules) * len(micros) * len(sps) * width)
-            ok_sps = passing(base, "sequence_parallel", sps, len(schedules) * len(micros) * len(ok_precisions) * width)
+            ok_precisions = passing(base, "precision", precisions, widths * len(micros) * len(sps))
+            ok_sps = passing(base, "sequence_parallel", sps, widths * len(micros) * len(ok_precisions))
             for schedule, vpp in schedules:
                 reason = _validate({**degrees, "pp_schedule": schedule, "vpp": vpp}, model, cluster, seq_len, fixes)
                 if reason:
-                    rejected[reason] += len(micros) * len(ok_precisions) * len(ok_sps) * width
+                    rejected[reason] += len(micros) * len(ok_precisions) * len(ok_sps) * width[schedule, vpp]
                     continue
                 for micro in micros:
                     # the only micro-batch-dependent rule is a schedule's micro-batches % pp
@@ -213,7 +259,7 @@ def enumerate_space(model: ModelSpec, cluster: Cluster, global_batch: int, seq_l
                         reason = _validate({**degrees, "pp_schedule": schedule, "vpp": vpp, "micro_batch": micro},
                                         model, cluster, seq_len, fixes)
                         if reason:
-                            rejected[reason] += len(ok_precisions) * len(ok_sps) * width
+                            rejected[reason] += len(ok_precisions) * len(ok_sps) * width[schedule, vpp]
                             continue
                     leaves.extend(Leaf(dp, tp, pp, cp, ep, schedule, vpp, micro, precision, sp, zeros)
                                   for precision in ok_precisions for sp in ok_sps)

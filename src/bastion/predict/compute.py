@@ -102,6 +102,18 @@ def fp8_cast_bytes(m: int, k: int, n: int) -> float:
     return (m * k + k * n + m * n) * load_calibration().membound["fp8_cast_bytes"]
 
 
+def ring_merge_bytes_per_token(q_width: int, kv_width: int, cp: int) -> tuple[float, float]:
+    """Effective bytes per token of ring attention's merges in one layer, forward + backward (Transformer
+    Engine's flash-attention output correction): after each of the cp - 1 steps past the first, the forward
+    rescales and adds the step's output into the running one (read both, write one: 3 × 2 bytes per element of
+    the output) and the backward adds the step's dQ into the running dQ and the step's dK, dV into the
+    accumulators that travel on (3 × 2 bytes per element each); at the ~90% of the peak bandwidth of a streaming
+    elementwise kernel, as membound.toml's residual_bytes. `q_width`, `kv_width`: this rank's (after tp).
+    Returns (forward, backward)."""
+    merges = (cp - 1) * 6 / 0.9
+    return merges * q_width, merges * (q_width + 2 * kv_width)
+
+
 def membound_time(acc: Accelerator, effective_bytes: float) -> float:
     """Seconds for memory-bound work of `effective_bytes` (bytes as if streamed at the full HBM bandwidth)."""
     return effective_bytes / (acc.hbm_bandwidth_gbs * 1e9)

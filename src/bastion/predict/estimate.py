@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from typing import Any, NamedTuple
 
+from bastion.errors import PlanError
 from bastion.predict import comm, compute, flops, schedule
 from bastion.predict.calibration import load_calibration
 from bastion.predict.memory import (
@@ -23,6 +24,9 @@ from bastion.predict.memory import (
     activation_bytes_per_token,
     activation_dtype_bytes,
     fsdp_unit_numels,
+    offloaded_layers,
+    recomputed_layers,
+    stage_chunk_layers,
     stage_memory,
     stage_states,
     state_bytes_per_param,
@@ -52,6 +56,9 @@ class TimeBreakdown:
     pp_comm: float
     bubble: float
     optimizer: float
+    #: activation offloading: the host-link copies (out in the forward, back in the backward) that the layers'
+    #: compute does not hide
+    offload: float
     #: CPU work outside the kernels (eager and DTensor dispatch, FSDP hooks, the loop's bookkeeping), when a
     #: machine profile measured it; 0 on datasheet rates
     host_overhead: float
@@ -112,11 +119,12 @@ class _StageTime:
     backward: float  # the window a data-parallel gradient reduction can hide under
     forward: float  # the window a ZeRO-1/2 parameter all-gather can hide under
     host_overhead: float = 0.0
+    offload: float = 0.0
 
     @property
     def total(self) -> float:
         return (self.compute + self.recompute + self.memory_bound + self.tp_comm + self.cp_comm
-                + self.fsdp_exposed + self.host_overhead)
+                + self.fsdp_exposed + self.host_overhead + self.offload)
 
 
 def _mlp_width_and_tokens(model: ModelSpec, tokens: int) -> tuple[int, int]:
@@ -199,14 +207,21 @@ class _StageKey(NamedTuple):
     recompute: str
     sequence_parallel: bool
     precision: str
+    #: partial recompute: the rank's layers recomputed whole when fewer than all (-1: all, or not "full")
+    recomputed: int = -1
+    #: the rank's layers whose activations are offloaded to host memory
+    offloaded: int = 0
 
 
 def _stage_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int, layers: int,
-                has_first: bool, has_last: bool, options: PredictOptions) -> _StageTime:
+                has_first: bool, has_last: bool, options: PredictOptions, stage: int = 0) -> _StageTime:
     # only ZeRO-3 (parameter gathering) makes a rank's time depend on dp or the ZeRO stage
     zero3 = plan.zero_stage == 3 and plan.shard_degree > 1
+    recomputed = recomputed_layers(model, plan, stage)
     key = _StageKey(plan.shard_degree if zero3 else 1, plan.tp, plan.cp, 3 if zero3 else 0, plan.micro_batch,
-                    plan.recompute, plan.sequence_parallel, plan.precision)
+                    plan.recompute, plan.sequence_parallel, plan.precision,
+                    recomputed if plan.recompute == "full" and recomputed < layers else -1,
+                    offloaded_layers(model, plan, stage))
     return _stage_time_of(model, cluster, key, seq_len, layers, has_first, has_last, options)
 
 
@@ -323,13 +338,16 @@ def _layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: i
         cp_group = comm.place_group(cluster, plan.cp, plan.tp)
         kv_bytes = 2.0 * tokens * model.kv_width / plan.tp * a  # this rank's K and V
         if options.context_parallel == "ring":
-            # K,V chunks pass around the ring (forward), K,V and their gradients (backward), each hop overlapped
-            # with the attention of the chunk in hand
-            hop = comm.p2p_time(cluster, kv_bytes, cp_group.domains > 1)
-            fwd_comm, bwd_comm = (plan.cp - 1) * hop, 2 * (plan.cp - 1) * hop
-            layer_cp = max(0.0, fwd_comm - attn_fwd) + max(0.0, bwd_comm - (attn_fwdbwd - attn_fwd))
+            # cp steps, each hop hidden under the previous step's attention (comm.ring_attention_exposed), and the
+            # merge of every step's partial output and gradients; full recompute runs the forward ring again
+            fwd_exposed, bwd_exposed = comm.ring_attention_exposed(cluster, kv_bytes, plan.cp, cp_group, attn_fwd,
+                                                                   attn_fwdbwd - attn_fwd)
+            fwd_merge, bwd_merge = (compute.membound_time(cluster.accelerator, tokens * nbytes)
+                                    for nbytes in compute.ring_merge_bytes_per_token(
+                                        model.q_width // plan.tp, model.kv_width // plan.tp, plan.cp))
+            layer_cp = fwd_exposed + bwd_exposed + fwd_merge + bwd_merge
             if plan.recompute == "full":
-                layer_cp += max(0.0, fwd_comm - attn_fwd)
+                layer_cp += fwd_exposed + fwd_merge
         elif options.context_parallel == "all-gather":
             # the whole sequence's K,V gathered before attention and their gradients all-reduced after it (what
             # bastion's runtime does: exact on any backend), nothing overlapped; full recompute gathers again
@@ -346,8 +364,8 @@ def _stage_time_of(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len:
                    has_first: bool, has_last: bool, options: PredictOptions) -> _StageTime:
     acc = cluster.accelerator
     tokens = plan.micro_batch * seq_len // plan.cp
-    gemm_fwd, attn_fwd, layer_compute, layer_recompute, layer_membound, layer_tp, layer_cp = _layer_costs(
-        model, cluster, plan._replace(dp=1, zero_stage=0), seq_len, options)
+    gemm_fwd, attn_fwd, layer_compute, layer_recompute, layer_membound, layer_tp, layer_cp = _mean_layer_costs(
+        model, cluster, plan, seq_len, layers, options)
 
     compute_t = layers * layer_compute
     recompute_t = layers * layer_recompute
@@ -390,9 +408,64 @@ def _stage_time_of(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len:
             t_gather = comm.all_gather_time(cluster, float(table_numel * p_bytes), dp_group)
             t_scatter = comm.reduce_scatter_time(cluster, float(table_numel * g_bytes), dp_group)
             fsdp += max(0.0, 2 * t_gather + t_scatter - head_compute)
+    offload = 0.0
+    if plan.offloaded:
+        # each offloaded layer's saved tensors go out over the host link during the next layer's forward and
+        # come back during the backward of the layer after it (Transformer Engine's CPU offloading: copies on
+        # their own stream, one layer ahead), exposed where the copy outlasts that layer's pass
+        stored = offloaded_bytes_per_token(model, plan, seq_len, layers, options) * tokens
+        copy = comm.host_transfer_time(cluster, stored)
+        fwd_window = gemm_fwd + attn_fwd + layer_membound / 4
+        bwd_window = layer_compute - gemm_fwd - attn_fwd + layer_recompute + layer_membound * 3 / 4
+        offload = plan.offloaded * (max(0.0, copy - fwd_window) + max(0.0, copy - bwd_window))
     return _StageTime(compute=compute_t, recompute=recompute_t, memory_bound=membound_t,
                       tp_comm=layers * layer_tp, cp_comm=layers * layer_cp, fsdp_exposed=fsdp,
-                      backward=backward_t, forward=forward_t)
+                      backward=backward_t, forward=forward_t, offload=offload)
+
+
+def _mean_layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: int, layers: int,
+                      options: PredictOptions) -> _LayerCosts:
+    """One layer's costs averaged over the rank's layers: under partial recompute, `plan.recomputed` of them
+    cost as fully recomputed layers and the rest as layers that keep their activations."""
+    key = plan._replace(dp=1, zero_stage=0, recomputed=-1, offloaded=0)
+    whole = _layer_costs(model, cluster, key, seq_len, options)
+    if plan.recomputed < 0 or not layers:
+        return whole
+    kept = _layer_costs(model, cluster, key._replace(recompute="none"), seq_len, options)
+    share = plan.recomputed / layers
+    return _LayerCosts(*(share * w + (1 - share) * k for w, k in zip(whole, kept, strict=True)))
+
+
+def offloaded_bytes_per_token(model: ModelSpec, plan: _StageKey, seq_len: int, layers: int,
+                              options: PredictOptions) -> float:
+    """What an offloaded layer sends to the host per token: its saved tensors (a recomputed layer its input),
+    averaged over the rank's layers like stage_memory's."""
+    def saved(mode: str) -> float:
+        return activation_bytes_per_token(model, seq_len, plan.tp, plan.sequence_parallel, mode, plan.precision,
+                                          options, True)
+
+    if plan.recompute != "full":
+        return saved(plan.recompute)
+    if plan.recomputed < 0 or not layers:
+        return saved("full")
+    share = plan.recomputed / layers
+    return share * saved("full") + (1 - share) * saved("none")
+
+
+def _recomputed_share(model: ModelSpec, plan: ParallelPlan) -> float:
+    """The share of the model's layers a recompute mode re-runs: all of them, but under partial full recompute
+    (recompute_layers) the layers it names."""
+    if plan.recompute != "full" or not plan.recompute_layers:
+        return 1.0
+    return sum(recomputed_layers(model, plan, i) for i in range(plan.pp)) / model.num_layers
+
+
+def _check_offload(plan: ParallelPlan, cluster: Cluster) -> None:
+    if plan.activation_offload and cluster.accelerator.host_link_gbs <= 0:
+        raise PlanError(f"activation_offload = {plan.activation_offload}, but the catalog gives "
+                        f"{cluster.accelerator.name} no host link to offload over.",
+                        fix="set activation_offload = 0, or add host_link_gbs (with its datasheet source) to the "
+                            "accelerator's catalog entry.", reason="no host link")
 
 
 def per_rank(cluster: Cluster) -> Cluster:
@@ -407,7 +480,8 @@ def per_rank(cluster: Cluster) -> Cluster:
 def step_time_lower_bound(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int | None = None,
                           options: PredictOptions | None = None) -> float:
     """A bound `estimate(...).step_time_s` can never go below, for `plan` and every plan that differs from it
-    only in zero_stage or recompute (the planner prunes with it; pruned == unpruned is tested).
+    only in zero_stage, recompute, recompute_layers or activation_offload (the planner prunes with it; pruned ==
+    unpruned is tested).
 
     Why it holds: with no recompute and no ZeRO-3 a rank's per-micro-batch time has the least of every term
     (recompute adds a forward, full recompute more memory-bound and TP work, ZeRO-3 exposed gathers), and the
@@ -429,7 +503,8 @@ def step_time_lower_bound(model: ModelSpec, cluster: Cluster, plan: ParallelPlan
 def memory_lower_bound(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int | None = None,
                        options: PredictOptions | None = None) -> float:
     """Bytes per device `estimate(...).memory.total` can never go below, for `plan` and every plan that differs
-    from it only in recompute (the planner settles out-of-memory plans with it; pruned == unpruned is tested).
+    from it only in recompute, recompute_layers or activation_offload (the planner settles out-of-memory plans with
+    it; pruned == unpruned is tested).
 
     Per rank: the model states, plus the layer inputs of every micro-batch in flight — what full recompute keeps,
     and every other mode keeps more — with the allocator's fragmentation share of them and its fixed reserve."""
@@ -440,8 +515,15 @@ def memory_lower_bound(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, s
     inputs_per_token = activation_bytes_per_token(model, s, plan.tp, plan.sequence_parallel, "full", plan.precision)
     tokens = plan.micro_batch * s / plan.cp
     m = plan.num_microbatches
+    # with a host link any layer but each chunk's last may be offloaded (memory.offloaded_layers): only those stay
+    offloadable = cluster.accelerator.host_link_gbs > 0
+
+    def kept(i: int) -> float:
+        return len(stage_chunk_layers(model, plan, i)) / roles[i][0] if offloadable and roles[i][0] else 1.0
+
     worst = max(sum(stage_states(model, plan, i)) + (1 + options.fragmentation) * tokens * inputs_per_token
                 * schedule.layer_microbatches_in_flight(plan.pp_schedule, plan.pp, plan.vpp, m, i, roles[i][0])
+                * kept(i)
                 for i in schedule.representative_stages(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp))
     reserve = 0.0 if compute.is_cpu(cluster.accelerator) else options.runtime_reserve_gib * 2**30
     return (worst + reserve) * (1 - 1e-12)  # the margin absorbs rounding in a differently ordered sum
@@ -456,6 +538,7 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     s = seq_len or model.seq_len
     model = model.with_seq_len(s)  # learned position tables are sized by the sequence length
     plan.validate(model, cluster, s)
+    _check_offload(plan, cluster)
     node = cluster
     cluster = per_rank(cluster)
     acc = cluster.accelerator
@@ -469,7 +552,7 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
                        for i in (range(plan.pp) if detail else representatives)]
     worst_memory = max(memory_by_stage, key=lambda mb: mb.total)
 
-    stage_times = [_stage_time(model, cluster, plan, s, *roles[i], options) for i in representatives]
+    stage_times = [_stage_time(model, cluster, plan, s, *roles[i], options, stage=i) for i in representatives]
     saturated = _host_saturated(node)
     if saturated:
         stage_times = [replace(t, host_overhead=_micro_batch_overhead(node, plan, *roles[i]),
@@ -524,14 +607,16 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     time = TimeBreakdown(
         compute=m * slowest.compute, recompute=m * slowest.recompute, memory_bound=m * slowest.memory_bound,
         tp_comm=m * slowest.tp_comm, cp_comm=m * slowest.cp_comm, dp_comm=dp_comm, pp_comm=pp_comm,
-        bubble=bubble, optimizer=optimizer, host_overhead=m * slowest.host_overhead + step_overhead,
+        bubble=bubble, optimizer=optimizer, offload=m * slowest.offload,
+        host_overhead=m * slowest.host_overhead + step_overhead,
         step=m * slowest.total + bubble + pp_comm + (dp_comm - m * slowest.fsdp_exposed) + optimizer
         + step_overhead)
 
     tokens_per_step = plan.global_batch * s
     model_flops = flops.model_flops_per_token(model, s) * tokens_per_step
     hardware_flops = model_flops + flops.recompute_flops_per_token(model, s, plan.recompute,
-                                                                  options.selective_recompute) * tokens_per_step
+                                                                  options.selective_recompute) * tokens_per_step \
+        * _recomputed_share(model, plan)
     peak = acc.peak_tflops(plan.precision) * 1e12 * plan.num_gpus
     assumptions = [
         MFU_CONVENTION,

@@ -431,6 +431,36 @@ def activation_bytes_per_token(model: ModelSpec, seq_len: int, tp: int, sequence
     return saved_bytes_per_token(saved, tp, sequence_parallel)
 
 
+def stage_chunk_layers(model: ModelSpec, plan: ParallelPlan, stage: int) -> tuple[int, ...]:
+    """Transformer layers of each pipeline chunk pipeline rank `stage` holds (the even split of stage_roles)."""
+    counts = chunk_layer_counts(model.num_layers, plan.pp * plan.vpp)
+    if counts is None:
+        raise ValueError(f"{model.num_layers} layers cannot be split into {plan.pp} x {plan.vpp} chunks")
+    return tuple(counts[c] for c in (chunks_of_stage(plan.pp_schedule, plan.pp, plan.vpp, stage)
+                                     if plan.pp > 1 else [0]))
+
+
+def recomputed_layers(model: ModelSpec, plan: ParallelPlan, stage: int) -> int:
+    """Layers of pipeline rank `stage` whose whole activations are recomputed: under recompute = "full", the
+    first `recompute_layers` of each chunk (Megatron's --recompute-method block --recompute-num-layers N), every
+    layer when recompute_layers is 0; none otherwise."""
+    if plan.recompute != "full":
+        return 0
+    counts = stage_chunk_layers(model, plan, stage)
+    if not plan.recompute_layers:
+        return sum(counts)
+    return sum(min(plan.recompute_layers, n) for n in counts)
+
+
+def offloaded_layers(model: ModelSpec, plan: ParallelPlan, stage: int) -> int:
+    """Layers of pipeline rank `stage` whose saved activations go to host memory: `activation_offload` per chunk,
+    never a chunk's last layer, whose backward follows its forward at once (Transformer Engine's
+    get_cpu_offload_context requires num_layers < model_layers for the same reason)."""
+    if not plan.activation_offload:
+        return 0
+    return sum(min(plan.activation_offload, max(n - 1, 0)) for n in stage_chunk_layers(model, plan, stage))
+
+
 def uses_fused_rmsnorm(options: PredictOptions, is_gpu: bool) -> bool:
     return is_gpu if options.fused_rmsnorm is None else options.fused_rmsnorm
 
@@ -469,15 +499,25 @@ def stage_memory(model: ModelSpec, plan: ParallelPlan, seq_len: int, stage: int,
     in_flight = layer_microbatches_in_flight(plan.pp_schedule, plan.pp, plan.vpp, plan.num_microbatches, stage,
                                              layers)
     fused_rmsnorm = uses_fused_rmsnorm(options, is_gpu)
-    per_token = activation_bytes_per_token(model, seq_len, plan.tp, plan.sequence_parallel, plan.recompute,
-                                           plan.precision, options, fused_rmsnorm)
-    activations = in_flight * tokens * per_token
     # all-gather context parallelism: attention keeps the gathered K,V of the other cp - 1 ranks for backward
     gathered_kv = 0.0
     if plan.cp > 1 and options.context_parallel == "all-gather":
         gathered_kv = (plan.cp - 1) * 2 * model.kv_width / plan.tp * a
-    if plan.recompute != "full":  # kept by every layer in flight
-        activations += in_flight * tokens * gathered_kv
+    # what an average layer of the stage keeps per token: recomputed layers their input, the others (partial
+    # recompute's rest, or every layer of another mode) their saved tensors and the gathered K,V
+    recomputed = recomputed_layers(model, plan, stage) / layers if layers else 0.0
+    kept_mode = "none" if plan.recompute == "full" else plan.recompute
+    per_token = (recomputed * activation_bytes_per_token(model, seq_len, plan.tp, plan.sequence_parallel, "full",
+                                                         plan.precision, options, fused_rmsnorm)
+                 + (1 - recomputed) * (activation_bytes_per_token(model, seq_len, plan.tp, plan.sequence_parallel,
+                                                                  kept_mode, plan.precision, options, fused_rmsnorm)
+                                       + gathered_kv))
+    offloaded = offloaded_layers(model, plan, stage) / layers if layers else 0.0
+    # offloaded layers keep nothing on the device between their forward and backward, but the copy in flight
+    # each way (one layer of one micro-batch going out, one coming back) is resident while it moves
+    activations = in_flight * tokens * per_token * (1 - offloaded)
+    if offloaded:
+        activations += min(2.0, in_flight * offloaded) * tokens * per_token
     if plan.recompute != "none":
         # backward re-materialises one layer's full activations at a time on top of the checkpoints (under full
         # recompute, with that layer's gathered K,V)
