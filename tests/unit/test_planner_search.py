@@ -93,16 +93,15 @@ TOY = ModelSpec(name="toy", num_layers=8, hidden_size=512, num_heads=8, num_kv_h
 
 def memory_variants(model: ModelSpec, cluster, pp: int, vpp: int) -> list[tuple[str, int, int]]:
     """(recompute, recompute_layers, activation_offload): every mode, full recompute of each share of a chunk's
-    layers (at least 1, at most all but one), and offloading each share under the modes that keep activations
-    where the accelerator has a host link."""
+    layers (at least 1, at most all but one), and offloading each share without recompute where the accelerator
+    has a host link."""
     counts = chunk_layer_counts(model.num_layers, pp * vpp)
     n = max(counts) if counts else 1
     variants = [(mode, 0, 0) for mode in RECOMPUTE_MODES]
     if n > 1:
         variants += [("full", r, 0) for r in {min(n - 1, max(1, round(x * n))) for x in PARTIAL_RECOMPUTE_SHARES}]
         if cluster.accelerator.host_link_gbs > 0:
-            variants += [(mode, 0, o) for mode in ("none", "selective")
-                         for o in {min(n - 1, max(1, round(x * n))) for x in OFFLOAD_SHARES}]
+            variants += [("none", 0, o) for o in {min(n - 1, max(1, round(x * n))) for x in OFFLOAD_SHARES}]
     return variants
 
 
@@ -251,9 +250,9 @@ def test_census_adds_up_and_counts_whole_subtrees() -> None:
     assert enum.total == sum(len(lf.zero_stages) * len(memory_variants(wide, cluster, lf.pp, lf.vpp))
                              for lf in enum.leaves) + sum(enum.rejected.values())
     # tp = 16: dp = pp = cp = 1, one schedule, 6 micro-batch sizes (divisors of 32), sp on/off, ZeRO 0 only
-    # (dp = 1) × 7 memory choices: 3 recompute modes, full recompute of 2 or 4 of the 8 layers, and (the H100
-    # has a host link) 4 layers offloaded under no or selective recompute
-    assert enum.rejected["tp beyond scale-up domain"] == 6 * 2 * 7
+    # (dp = 1) × 5 memory choices: 3 recompute modes, full recompute of 4 of the 8 layers, and (the H100 has a
+    # host link) 4 layers offloaded without recompute
+    assert enum.rejected["tp beyond scale-up domain"] == 6 * 2 * 5
     assert sorted({(lf.dp, lf.tp, lf.pp, lf.cp) for lf in enum.leaves}) == sorted(
         f for f in factorisations(16) if f[1] <= 8 and 8 % f[2] == 0 and 32 % f[0] == 0)
 

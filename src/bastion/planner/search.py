@@ -26,7 +26,14 @@ from bastion.errors import ConfigError, PlanError
 from bastion.planner.bounds import StateBytesFn, StateLowerBound
 from bastion.planner.objectives import Floors, Objective, get_objective
 from bastion.planner.parallel import Outcome, PredictionPool, outcome_of
-from bastion.planner.space import Enumeration, Leaf, MemoryChoice, SearchSpace, enumerate_space, memory_choices
+from bastion.planner.space import (
+    Enumeration,
+    Leaf,
+    MemoryChoice,
+    SearchSpace,
+    enumerate_space,
+    memory_choices,
+)
 from bastion.specs.hardware import Cluster
 from bastion.specs.model import ModelSpec
 from bastion.specs.plan import ParallelPlan

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 from bastion.errors import ConfigError, PlanError
@@ -30,8 +31,9 @@ PINNABLE = ("dp", "tp", "pp", "cp", "ep", "zero_stage", "micro_batch", "pp_sched
 #: partial full recompute the planner tries besides recomputing every layer: these shares of each pipeline
 #: chunk's layers recomputed whole (Megatron's --recompute-num-layers), the rest keeping their activations. Few,
 #: because each is one more prediction per plan; the planner picks the least recompute that fits.
-PARTIAL_RECOMPUTE_SHARES = (0.25, 0.5)
-#: activation offload the planner tries on an accelerator with a host link: this share of each chunk's layers
+PARTIAL_RECOMPUTE_SHARES = (0.5,)
+#: activation offload the planner tries on an accelerator with a host link: this share of each chunk's layers,
+#: under no recompute (what offloading replaces: it keeps the activations instead of recomputing them)
 OFFLOAD_SHARES = (0.5,)
 
 
@@ -106,26 +108,33 @@ def memory_choices(space: SearchSpace, model: ModelSpec, cluster: Cluster, pp: i
                    ) -> tuple[MemoryChoice, ...]:
     """The recompute / offload combinations the planner tries for plans with pp × vpp chunks: each allowed
     recompute mode; partial full recompute (PARTIAL_RECOMPUTE_SHARES of a chunk's layers) when "full" is
-    allowed; and, where the accelerator has a host link, offloading OFFLOAD_SHARES of a chunk's layers under the
-    modes that keep activations. A chunk of one layer has nothing to split."""
-    modes = space.allowed("recompute", space.recompute)
-    counts = chunk_layer_counts(model.num_layers, pp * vpp)
-    per_chunk = max(counts) if counts else 1
-    choices = [MemoryChoice(mode) for mode in modes]
+    allowed; and, where the accelerator has a host link, offloading OFFLOAD_SHARES of a chunk's layers under no
+    recompute. A chunk of one layer has nothing to split; a pinned recompute_layers / activation_offload is tried
+    as given."""
+    return _memory_choices(space.allowed("recompute", space.recompute), model.num_layers, pp * vpp,
+                           cluster.accelerator.host_link_gbs > 0, space.pins.get("recompute_layers"),
+                           space.pins.get("activation_offload"))
 
-    def layers(name: str, shares: tuple[float, ...]) -> list[int]:
-        if name in space.pins:  # a pinned count is tried as given
-            return [space.pins[name]] if space.pins[name] > 0 else []
+
+@lru_cache(maxsize=4096)
+def _memory_choices(modes: tuple[str, ...], num_layers: int, chunks: int, host_link: bool,
+                    pinned_layers: int | None, pinned_offload: int | None) -> tuple[MemoryChoice, ...]:
+    counts = chunk_layer_counts(num_layers, chunks)
+    per_chunk = max(counts) if counts else 1
+
+    def layers(pinned: int | None, shares: tuple[float, ...]) -> list[int]:
+        if pinned is not None:
+            return [pinned] if pinned > 0 else []
         return sorted({min(per_chunk - 1, max(1, round(share * per_chunk))) for share in shares})
 
+    choices = [MemoryChoice(mode) for mode in modes]
     if per_chunk > 1:
         if "full" in modes:
-            choices += [MemoryChoice("full", r) for r in layers("recompute_layers", PARTIAL_RECOMPUTE_SHARES)]
-        if cluster.accelerator.host_link_gbs > 0:
-            choices += [MemoryChoice(mode, 0, o) for o in layers("activation_offload", OFFLOAD_SHARES)
-                        for mode in modes if mode != "full"]
-    return tuple(c for c in choices if space.allows("recompute_layers", c.recompute_layers)
-                 and space.allows("activation_offload", c.activation_offload))
+            choices += [MemoryChoice("full", r) for r in layers(pinned_layers, PARTIAL_RECOMPUTE_SHARES)]
+        if host_link and "none" in modes:
+            choices += [MemoryChoice("none", 0, o) for o in layers(pinned_offload, OFFLOAD_SHARES)]
+    return tuple(c for c in choices if pinned_layers in (None, c.recompute_layers)
+                 and pinned_offload in (None, c.activation_offload))
 
 
 @dataclass

@@ -412,12 +412,14 @@ def _stage_time_of(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len:
     if plan.offloaded:
         # each offloaded layer's saved tensors go out over the host link during the next layer's forward and
         # come back during the backward of the layer after it (Transformer Engine's CPU offloading: copies on
-        # their own stream, one layer ahead), exposed where the copy outlasts that layer's pass
+        # their own stream, one layer ahead), exposed where the copy outlasts that layer's pass; the copy engine
+        # reads them from HBM going out and writes them coming back, bandwidth the layer's kernels lose
         stored = offloaded_bytes_per_token(model, plan, seq_len, layers, options) * tokens
         copy = comm.host_transfer_time(cluster, stored)
         fwd_window = gemm_fwd + attn_fwd + layer_membound / 4
         bwd_window = layer_compute - gemm_fwd - attn_fwd + layer_recompute + layer_membound * 3 / 4
-        offload = plan.offloaded * (max(0.0, copy - fwd_window) + max(0.0, copy - bwd_window))
+        offload = plan.offloaded * (max(0.0, copy - fwd_window) + max(0.0, copy - bwd_window)
+                                    + compute.membound_time(acc, 2 * stored))
     return _StageTime(compute=compute_t, recompute=recompute_t, memory_bound=membound_t,
                       tp_comm=layers * layer_tp, cp_comm=layers * layer_cp, fsdp_exposed=fsdp,
                       backward=backward_t, forward=forward_t, offload=offload)
