@@ -129,3 +129,39 @@ def test_a_case_row_stating_the_knobs_predicts_them() -> None:
     offload = predict_case({**row, "recompute": "none", "activation_offload": "10"})
     assert any("recompute: not given; full, as recompute_layers says" in a for a in partial.assumptions)
     assert partial.predicted_s > plain.predicted_s and offload.predicted_s > plain.predicted_s
+
+
+def test_fp8_recipes_differ_in_quantisation_traffic_and_gemm_rate() -> None:
+    model, cluster = load_model("llama3-8b"), load_cluster("h100-sxm:8")
+    fp8 = ParallelPlan(dp=8, global_batch=8, zero_stage=1, precision="fp8")
+    bf16 = estimate(model, cluster, ParallelPlan(dp=8, global_batch=8, zero_stage=1), 4096)
+    by_recipe = {r: estimate(model, cluster, fp8, 4096, options=PredictOptions(fp8_recipe=r))
+                 for r in ("delayed", "tensorwise", "rowwise", "blockwise", "mxfp8")}
+    cast = {r: e.time.memory_bound - bf16.time.memory_bound for r, e in by_recipe.items()}
+    # a per-tensor scale of the current tensor reads it once more for the amax; a scale per row quantises each
+    # operand once per axis, reading it twice each time; MXFP8's 32-element blocks cost one pass and the scales
+    assert cast["delayed"] < cast["mxfp8"] < cast["tensorwise"] < cast["rowwise"]
+    assert cast["tensorwise"] / cast["delayed"] == pytest.approx(6.7 / 4.4)
+    # blockwise: tiles along both axes for activations and gradients, one pass for the 128x128 weight blocks
+    assert cast["delayed"] < cast["blockwise"] < cast["tensorwise"]
+    # a rowwise recipe does not give a tensorwise speed-up
+    assert by_recipe["rowwise"].step_time_s > by_recipe["tensorwise"].step_time_s
+    # DeepGEMM's ceiling binds the blockwise GEMMs on Hopper only where the calibrated rate is above it
+    gemm = {r: compute.gemm_time(cluster.accelerator, "fp8", 8192, 8192, 8192, r) for r in ("delayed", "blockwise")}
+    assert gemm["blockwise"] >= gemm["delayed"]
+    assert compute.gemm_time(load_cluster("b200:8").accelerator, "fp8", 8192, 8192, 8192, "blockwise") == \
+        compute.gemm_time(load_cluster("b200:8").accelerator, "fp8", 8192, 8192, 8192, "delayed")
+    # every recipe keeps the bf16 plan's figures where nothing is fp8
+    assert estimate(model, cluster, bf16.plan, 4096, options=PredictOptions(fp8_recipe="rowwise")).step_time_s \
+        == bf16.step_time_s
+
+
+def test_fp8_recipe_fact_selects_the_recipe() -> None:
+    from bastion.predict.frameworks import SoftwareFacts, resolve
+
+    _, options, _ = resolve(SoftwareFacts(framework="torchtitan", version="2024-12"))
+    assert options.fp8_recipe == "tensorwise"  # torchao's default
+    _, options, _ = resolve(SoftwareFacts(framework="megatron-bridge", version="2025-11", fp8_recipe="current"))
+    assert options.fp8_recipe == "current"
+    _, options, _ = resolve(SoftwareFacts(framework="megatron-bridge", version="2025-11"))
+    assert options.fp8_recipe == "delayed"  # Transformer Engine's default recipe

@@ -155,17 +155,20 @@ def _every_second_matmul_shapes(model: ModelSpec, plan: ParallelPlan | _StageKey
     return ((tokens, h, kv // tp), (tokens, q // tp, h), third)
 
 
-def _layer_gemm_fwd_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan | _StageKey, tokens: int) -> float:
+def _layer_gemm_fwd_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan | _StageKey, tokens: int,
+                         recipe: str) -> float:
     acc, p = cluster.accelerator, plan.precision
-    return sum(compute.gemm_time(acc, p, m, k, n) for m, k, n in _layer_gemm_shapes(model, plan, tokens))
+    return sum(compute.gemm_time(acc, p, m, k, n, recipe) for m, k, n in _layer_gemm_shapes(model, plan, tokens))
 
 
-def _layer_fp8_cast_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan | _StageKey, tokens: int) -> float:
-    """Forward + backward seconds of casting one layer's GEMM operands to fp8 (zero unless the plan is fp8)."""
+def _layer_fp8_cast_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan | _StageKey, tokens: int,
+                         recipe: str) -> float:
+    """Forward + backward seconds of quantising one layer's GEMM operands to fp8 under `recipe` (zero unless the
+    plan is fp8)."""
     if plan.precision != "fp8":
         return 0.0
     return compute.membound_time(cluster.accelerator, sum(
-        compute.fp8_cast_bytes(m, k, n) for m, k, n in _layer_gemm_shapes(model, plan, tokens)))
+        compute.fp8_cast_bytes(m, k, n, recipe) for m, k, n in _layer_gemm_shapes(model, plan, tokens)))
 
 
 def attention_times(model: ModelSpec, cluster: Cluster, plan: ParallelPlan | _StageKey, seq_len: int,
@@ -296,7 +299,7 @@ def _layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: i
     acc = cluster.accelerator
     tokens = plan.micro_batch * seq_len // plan.cp
     a = activation_dtype_bytes(plan.precision)
-    gemm_fwd = _layer_gemm_fwd_time(model, cluster, plan, tokens)
+    gemm_fwd = _layer_gemm_fwd_time(model, cluster, plan, tokens, options.fp8_recipe)
     attn_fwd, attn_fwdbwd = attention_times(model, cluster, plan, seq_len, options)
     layer_compute = 3 * gemm_fwd + attn_fwdbwd
     membound_per_token = compute.layer_membound_bytes_per_token(model, plan.tp, plan.sequence_parallel,
@@ -304,12 +307,12 @@ def _layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: i
     if options.compiled:
         membound_per_token *= load_calibration().membound["compiled_layer_membound_fraction"]
     layer_membound = (compute.membound_time(acc, tokens * membound_per_token)
-                      + _layer_fp8_cast_time(model, cluster, plan, tokens))
+                      + _layer_fp8_cast_time(model, cluster, plan, tokens, options.fp8_recipe))
     if plan.recompute == "full":
         layer_recompute = gemm_fwd + attn_fwd
         layer_membound *= 4 / 3  # the forward third of the memory-bound work runs again
     elif plan.recompute == "selective" and options.selective_recompute == "every-second-matmul":
-        layer_recompute = sum(compute.gemm_time(acc, plan.precision, m, k, n)
+        layer_recompute = sum(compute.gemm_time(acc, plan.precision, m, k, n, options.fp8_recipe)
                               for m, k, n in _every_second_matmul_shapes(model, plan, tokens))
         layer_membound *= 4 / 3  # every elementwise op of the forward runs again
     elif plan.recompute == "selective":

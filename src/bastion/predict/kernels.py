@@ -78,3 +78,37 @@ def _card_ratio(measured_on: str, matmul_efficiency: float | None) -> float:
     from bastion.specs.hardware import load_accelerator
 
     return matmul_efficiency / load_accelerator(measured_on).matmul_efficiency
+
+
+@dataclass(frozen=True)
+class Fp8Recipe:
+    """How an fp8 training recipe scales its GEMM operands (data/fp8_recipes.toml, with the derivations)."""
+
+    name: str
+    description: str
+    source: str
+    #: effective bytes per element of quantising the layer input (m x k), the weight (k x n) and the output
+    #: gradient (m x n) of one GEMM, both layouts
+    input_bytes: float
+    weight_bytes: float
+    grad_bytes: float
+    #: at most this fraction of the dense fp8 peak on `gemm_cap_arch` (None: the calibrated per-tensor rate)
+    gemm_efficiency_cap: float | None = None
+    gemm_cap_arch: str = ""
+
+
+#: the recipe of a stack that does not say: Transformer Engine's default (DelayedScaling)
+DEFAULT_FP8_RECIPE = "delayed"
+
+
+@cache
+def fp8_recipes() -> dict[str, Fp8Recipe]:
+    table = tomllib.loads((DATA_DIR / "fp8_recipes.toml").read_text())
+    return {name: Fp8Recipe(name=name, **fields) for name, fields in table.items()}
+
+
+def fp8_recipe(name: str) -> Fp8Recipe:
+    recipes = fp8_recipes()
+    if name not in recipes:
+        raise ConfigError(f"Unknown fp8 recipe '{name}'.", fix=f"use one of: {', '.join(recipes)}.")
+    return recipes[name]
