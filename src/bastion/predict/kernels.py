@@ -1,8 +1,10 @@
-"""Which flash-attention kernel the training software runs, and what that does to its rate.
+"""Which kernels the training software runs, and what that does to their rates: the flash-attention kernel and
+the fp8 recipe.
 
 The calibrated attention curve is a kernel that uses the card's newest tensor-core instructions. Kernels written
 for an older generation (FlashAttention-2 on a Hopper card) stay far below it, and some are slower everywhere
-(FlashAttention in Triton, 2022-23). data/attention_kernels.toml lists them with their sources.
+(FlashAttention in Triton, 2022-23). data/attention_kernels.toml lists them with their sources. An fp8 recipe
+(data/fp8_recipes.toml) sets how much quantising the GEMM operands costs and the ceiling of its GEMM kernel.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass
 from functools import cache
+from typing import TypeVar
 
 from bastion.errors import ConfigError
 from bastion.predict.calibration import DATA_DIR
@@ -17,6 +20,7 @@ from bastion.predict.calibration import DATA_DIR
 #: NVIDIA tensor-core generations, oldest first (a kernel written for one cannot use a later one's instructions)
 GENERATIONS = ("ampere", "hopper", "blackwell")
 DEFAULT_KERNEL = "sdpa"
+_Entry = TypeVar("_Entry")
 
 
 @dataclass(frozen=True)
@@ -41,11 +45,15 @@ def attention_kernels() -> dict[str, AttentionKernel]:
     return {name: AttentionKernel(name=name, **fields) for name, fields in table.items()}
 
 
+def _named(entries: dict[str, _Entry], name: str, what: str) -> _Entry:
+    """The data file's entry `name`, or a ConfigError listing the known names."""
+    if name not in entries:
+        raise ConfigError(f"Unknown {what} '{name}'.", fix=f"use one of: {', '.join(entries)}.")
+    return entries[name]
+
+
 def attention_kernel(name: str) -> AttentionKernel:
-    kernels = attention_kernels()
-    if name not in kernels:
-        raise ConfigError(f"Unknown attention kernel '{name}'.", fix=f"use one of: {', '.join(kernels)}.")
-    return kernels[name]
+    return _named(attention_kernels(), name, "attention kernel")
 
 
 def _is_newer(arch: str, written_for: str) -> bool:
@@ -108,7 +116,4 @@ def fp8_recipes() -> dict[str, Fp8Recipe]:
 
 
 def fp8_recipe(name: str) -> Fp8Recipe:
-    recipes = fp8_recipes()
-    if name not in recipes:
-        raise ConfigError(f"Unknown fp8 recipe '{name}'.", fix=f"use one of: {', '.join(recipes)}.")
-    return recipes[name]
+    return _named(fp8_recipes(), name, "fp8 recipe")
