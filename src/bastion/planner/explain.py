@@ -11,7 +11,8 @@ from bastion.specs.plan import ParallelPlan
 NEGLIGIBLE_SHARE = 0.005
 
 _SHORT = {"dp": "dp", "tp": "tp", "pp": "pp", "cp": "cp", "ep": "ep", "zero_stage": "zero", "micro_batch": "mb",
-          "vpp": "vpp", "recompute": "recompute", "sequence_parallel": "sp", "precision": "", "pp_schedule": ""}
+          "vpp": "vpp", "recompute": "recompute", "sequence_parallel": "sp", "precision": "", "pp_schedule": "",
+          "recompute_layers": "layers recomputed per chunk", "activation_offload": "layers offloaded per chunk"}
 
 
 def describe(plan: ParallelPlan) -> str:
@@ -22,7 +23,9 @@ def describe(plan: ParallelPlan) -> str:
     parts += [f"zero{plan.zero_stage}", f"mb{plan.micro_batch}"]
     if plan.pp > 1:
         parts.append(plan.pp_schedule + (f"×{plan.vpp}" if plan.vpp > 1 else ""))
-    parts.append(f"recompute={plan.recompute}")
+    parts.append(f"recompute={plan.recompute}" + (f"({plan.recompute_layers}/chunk)" if plan.recompute_layers else ""))
+    if plan.activation_offload:
+        parts.append(f"offload={plan.activation_offload}/chunk")
     if plan.sequence_parallel:
         parts.append("sp")
     parts.append(plan.precision)

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 from bastion.errors import PlanError
 from bastion.predict import comm, compute, flops, schedule
 from bastion.predict.calibration import load_calibration
+from bastion.predict.kernels import fp8_recipe
 from bastion.predict.memory import (
     MemoryBreakdown,
     activation_bytes_per_token,
@@ -647,6 +648,13 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
          f"each") if acc.host_cores else "",
         "loss: fused cross-entropy kernel" if options.fused_cross_entropy
         else "loss: plain PyTorch cross-entropy on fp32 logits",
+        (f"partial recompute: the first {plan.recompute_layers} layers of each pipeline chunk recomputed whole, "
+         "the others keep their activations") if plan.recompute == "full" and plan.recompute_layers else "",
+        (f"activation offload: up to {plan.activation_offload} layers of each chunk (never its last) keep their "
+         f"activations in host memory, copied over {acc.host_link_gbs:g} GB/s each way ({acc.host_link_source}) "
+         "under the neighbouring layer's compute") if plan.activation_offload else "",
+        f"fp8 recipe: {options.fp8_recipe} ({fp8_recipe(options.fp8_recipe).description})"
+        if plan.precision == "fp8" else "",
     ]
     return Estimate(model=model.name, cluster=cluster.name, plan=plan, seq_len=s, memory=worst_memory,
                     memory_by_stage=memory_by_stage, time=time, step_time_s=time.step,
