@@ -15,18 +15,17 @@ import pytest
 from bastion.errors import ConfigError, PlanError
 from bastion.planner.search import PlanRequest, search
 from bastion.planner.space import (
-    OFFLOAD_SHARES,
-    PARTIAL_RECOMPUTE_SHARES,
     SearchSpace,
     enumerate_space,
     factorisations,
     gpu_counts_between,
+    memory_choices,
 )
 from bastion.predict import estimate
 from bastion.specs import ParallelPlan, load_cluster, load_model
 from bastion.specs.model import ModelSpec
-from bastion.specs.plan import RECOMPUTE_MODES, chunk_layer_counts
 from bastion.specs.schedules import schedule_names
+from helpers.plan_space import memory_variants
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
 
@@ -89,20 +88,6 @@ def toy_estimate(model: ModelSpec, cluster, plan: ParallelPlan, seq_len: int) ->
 
 TOY = ModelSpec(name="toy", num_layers=8, hidden_size=512, num_heads=8, num_kv_heads=4, ffn_hidden_size=1536,
                 vocab_size=1024, seq_len=512)
-
-
-def memory_variants(model: ModelSpec, cluster, pp: int, vpp: int) -> list[tuple[str, int, int]]:
-    """(recompute, recompute_layers, activation_offload): every mode, full recompute of each share of a chunk's
-    layers (at least 1, at most all but one), and offloading each share without recompute where the accelerator
-    has a host link."""
-    counts = chunk_layer_counts(model.num_layers, pp * vpp)
-    n = max(counts) if counts else 1
-    variants = [(mode, 0, 0) for mode in RECOMPUTE_MODES]
-    if n > 1:
-        variants += [("full", r, 0) for r in {min(n - 1, max(1, round(x * n))) for x in PARTIAL_RECOMPUTE_SHARES}]
-        if cluster.accelerator.host_link_gbs > 0:
-            variants += [("none", 0, o) for o in {min(n - 1, max(1, round(x * n))) for x in OFFLOAD_SHARES}]
-    return variants
 
 
 def brute_force(model: ModelSpec, cluster, global_batch: int, seq_len: int, precisions=("bf16",)):
@@ -195,7 +180,7 @@ def test_objective_bounds_change_nothing_but_the_work(objective: str) -> None:
             assert estimate(req.model, cluster, plan, req.seq_len).step_time_s > slowest_shown
 
 
-def test_step_time_floor_is_below_every_zero_stage_and_recompute_mode() -> None:
+def test_step_time_floor_is_below_every_zero_stage_and_memory_choice() -> None:
     from bastion.predict.estimate import step_time_lower_bound
 
     model, cluster = load_model("llama3-8b"), load_cluster("h100-sxm:32")
@@ -204,26 +189,27 @@ def test_step_time_floor_is_below_every_zero_stage_and_recompute_mode() -> None:
     for leaf in enum.leaves[::23]:
         floor = step_time_lower_bound(model, cluster, leaf.plan(128), 8192)
         for zero in leaf.zero_stages:
-            for recompute in RECOMPUTE_MODES:
+            for recompute in memory_choices(SearchSpace(), model, cluster, leaf.pp, leaf.vpp):
                 step = estimate(model, cluster, leaf.plan(128, zero, recompute), 8192).step_time_s
                 assert floor <= step, (leaf, zero, recompute)
                 checked += 1
     assert checked > 500
 
 
-def test_memory_floor_is_below_every_recompute_mode() -> None:
+def test_memory_floor_is_below_every_memory_choice() -> None:
     from bastion.predict.estimate import memory_lower_bound
 
     checked = 0
     for name, cluster_name, batch, seq in (("llama3-8b", "h100-sxm:32", 128, 8192), ("tiny", "cpu:4", 8, 64),
-                                           ("gpt3-175b", "a100-80g:64", 64, 2048)):
+                                           ("gpt3-175b", "a100-80g:64", 64, 2048),
+                                           ("llama3-70b", "gb200:64", 64, 8192)):
         model, cluster = load_model(name), load_cluster(cluster_name)
         enum = enumerate_space(model, cluster, batch, seq, SearchSpace())
         for leaf in enum.leaves[::17]:
             for zero in leaf.zero_stages:
                 floor = memory_lower_bound(model, cluster, leaf.plan(batch, zero), seq)
                 totals = [estimate(model, cluster, leaf.plan(batch, zero, r), seq).memory.total
-                          for r in RECOMPUTE_MODES]
+                          for r in memory_choices(SearchSpace(), model, cluster, leaf.pp, leaf.vpp)]
                 assert floor <= min(totals), (name, leaf, zero)
                 checked += 1
     assert checked > 300
