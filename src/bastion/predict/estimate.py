@@ -25,6 +25,7 @@ from bastion.predict.memory import (
     activation_bytes_per_token,
     activation_dtype_bytes,
     fsdp_unit_numels,
+    offloaded_bytes_per_token,
     offloaded_layers,
     recomputed_layers,
     stage_chunk_layers,
@@ -418,7 +419,10 @@ def _stage_time_of(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len:
         # come back during the backward of the layer after it (Transformer Engine's CPU offloading: copies on
         # their own stream, one layer ahead), exposed where the copy outlasts that layer's pass; the copy engine
         # reads them from HBM going out and writes them coming back, bandwidth the layer's kernels lose
-        stored = offloaded_bytes_per_token(model, plan, seq_len, layers, options) * tokens
+        share = plan.recomputed / layers if plan.recompute == "full" and plan.recomputed >= 0 and layers else \
+            float(plan.recompute == "full")
+        stored = tokens * offloaded_bytes_per_token(model, seq_len, plan.tp, plan.sequence_parallel, plan.recompute,
+                                                    share, plan.precision, options)
         copy = comm.host_transfer_time(cluster, stored)
         fwd_window = gemm_fwd + attn_fwd + layer_membound / 4
         bwd_window = layer_compute - gemm_fwd - attn_fwd + layer_recompute + layer_membound * 3 / 4
@@ -440,22 +444,6 @@ def _mean_layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_l
     kept = _layer_costs(model, cluster, key._replace(recompute="none"), seq_len, options)
     share = plan.recomputed / layers
     return _LayerCosts(*(share * w + (1 - share) * k for w, k in zip(whole, kept, strict=True)))
-
-
-def offloaded_bytes_per_token(model: ModelSpec, plan: _StageKey, seq_len: int, layers: int,
-                              options: PredictOptions) -> float:
-    """What an offloaded layer sends to the host per token: its saved tensors (a recomputed layer its input),
-    averaged over the rank's layers like stage_memory's."""
-    def saved(mode: str) -> float:
-        return activation_bytes_per_token(model, seq_len, plan.tp, plan.sequence_parallel, mode, plan.precision,
-                                          options, True)
-
-    if plan.recompute != "full":
-        return saved(plan.recompute)
-    if plan.recomputed < 0 or not layers:
-        return saved("full")
-    share = plan.recomputed / layers
-    return share * saved("full") + (1 - share) * saved("none")
 
 
 def _recomputed_share(model: ModelSpec, plan: ParallelPlan) -> float:

@@ -461,6 +461,19 @@ def offloaded_layers(model: ModelSpec, plan: ParallelPlan, stage: int) -> int:
     return sum(min(plan.activation_offload, max(n - 1, 0)) for n in stage_chunk_layers(model, plan, stage))
 
 
+def offloaded_bytes_per_token(model: ModelSpec, seq_len: int, tp: int, sequence_parallel: bool, recompute: str,
+                              recomputed_share: float, precision: str, options: PredictOptions) -> float:
+    """What an offloaded layer sends to the host per token (on a GPU: fused norms), averaged over a rank's layers
+    as stage_memory averages them: under full recompute `recomputed_share` of them send their input, the others
+    their saved tensors."""
+    def saved(mode: str) -> float:
+        return activation_bytes_per_token(model, seq_len, tp, sequence_parallel, mode, precision, options, True)
+
+    if recompute != "full":
+        return saved(recompute)
+    return recomputed_share * saved("full") + (1 - recomputed_share) * saved("none")
+
+
 def uses_fused_rmsnorm(options: PredictOptions, is_gpu: bool) -> bool:
     return is_gpu if options.fused_rmsnorm is None else options.fused_rmsnorm
 
