@@ -68,12 +68,11 @@ def layer_param_shapes(model: ModelSpec, moe: bool | None = None) -> list[ParamS
     (runtime/moe.py)."""
     h, q, kv, f = model.hidden_size, model.q_width, model.kv_width, model.ffn_hidden_size
     moe = bool(model.num_experts) if moe is None else moe
-    shapes = [ParamShape("attention_norm.weight", (h,)),
-              ParamShape("attention.wq.weight", (q, h), 0),
-              ParamShape("attention.wk.weight", (kv, h), 0),
-              ParamShape("attention.wv.weight", (kv, h), 0),
-              ParamShape("attention.wo.weight", (h, q), 1),
-              ParamShape("ffn_norm.weight", (h,))]
+    attention = _mla_shapes(model) if model.is_mla else [ParamShape("attention.wq.weight", (q, h), 0),
+                                                          ParamShape("attention.wk.weight", (kv, h), 0),
+                                                          ParamShape("attention.wv.weight", (kv, h), 0),
+                                                          ParamShape("attention.wo.weight", (h, q), 1)]
+    shapes = [ParamShape("attention_norm.weight", (h,)), *attention, ParamShape("ffn_norm.weight", (h,))]
     gated = model.ffn_matrices == 3
     if moe:
         ef, e = model.expert_width, model.num_experts
@@ -86,10 +85,31 @@ def layer_param_shapes(model: ModelSpec, moe: bool | None = None) -> list[ParamS
     else:
         shapes += _mlp_shapes("feed_forward", h, f, gated, model.bias)
     if model.bias:
-        shapes += [ParamShape("attention_norm.bias", (h,)), ParamShape("ffn_norm.bias", (h,)),
-                   ParamShape("attention.wq.bias", (q,), 0), ParamShape("attention.wk.bias", (kv,), 0),
-                   ParamShape("attention.wv.bias", (kv,), 0), ParamShape("attention.wo.bias", (h,))]
+        shapes += [ParamShape("attention_norm.bias", (h,)), ParamShape("ffn_norm.bias", (h,))]
+        if not model.is_mla:  # MLA's projections have no biases (DeepSeek-V3; runtime/model.py LatentAttention)
+            shapes += [ParamShape("attention.wq.bias", (q,), 0), ParamShape("attention.wk.bias", (kv,), 0),
+                       ParamShape("attention.wv.bias", (kv,), 0), ParamShape("attention.wo.bias", (h,))]
     return shapes
+
+
+def _mla_shapes(model: ModelSpec) -> list[ParamShape]:
+    """Multi-head latent attention's tensors as runtime/model.py's LatentAttention holds them: tensor
+    parallelism splits the per-head up projections (wq_b or wq, wkv_b) colwise and wo rowwise; the down
+    projections to the latents and the latents' norms are replicated over tp."""
+    h, heads = model.hidden_size, model.num_heads
+    q_heads = heads * (model.qk_nope_head_dim + model.qk_rope_head_dim)
+    if model.q_lora_rank:
+        query = [ParamShape("attention.wq_a.weight", (model.q_lora_rank, h)),
+                 ParamShape("attention.q_norm.weight", (model.q_lora_rank,)),
+                 ParamShape("attention.wq_b.weight", (q_heads, model.q_lora_rank), 0)]
+    else:
+        query = [ParamShape("attention.wq.weight", (q_heads, h), 0)]
+    return [*query,
+            ParamShape("attention.wkv_a.weight", (model.kv_lora_rank + model.qk_rope_head_dim, h)),
+            ParamShape("attention.kv_norm.weight", (model.kv_lora_rank,)),
+            ParamShape("attention.wkv_b.weight", (heads * (model.qk_nope_head_dim + model.v_head_dim),
+                                                  model.kv_lora_rank), 0),
+            ParamShape("attention.wo.weight", (h, heads * model.v_head_dim), 1)]
 
 
 def embedding_param_shapes(model: ModelSpec) -> list[ParamShape]:
