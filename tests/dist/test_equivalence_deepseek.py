@@ -4,10 +4,8 @@ uneven pipeline layouts (an explicit per-chunk layer list), full recomputation o
 only, multi-head latent attention (tiny-mla) under dp2, tp2, pp2 and ep2, and the sigmoid router with the
 auxiliary-loss-free bias update under ep2.
 
-Each rank's model-state bytes are compared with the predictor's too. Where the predictor's memory model does not
-describe the plan yet (an explicit pipeline_layout, MLA's tensors: the predictor's share of issue 14, another
-branch), that comparison is a strict expected failure, so it turns into a failure to remove the mark as soon as
-the predictor learns them."""
+Each rank's model-state bytes equal the predictor's too (predict/memory.py: explicit pipeline layouts, MLA's
+tensors, experts split by etp)."""
 
 from __future__ import annotations
 
@@ -30,25 +28,6 @@ LAYOUTS = {
     "dense-pp2-layout-3-1": ("tiny", dict(pp=2, pp_schedule="gpipe", pipeline_layout="3,1", micro_batch=2,
                                           global_batch=8, **FP32)),
 }
-
-
-def _predictor_models_layouts() -> bool:
-    from bastion.predict.memory import model_state_bytes
-    from bastion.specs.model import load_model
-    from bastion.specs.plan import ParallelPlan
-
-    spec, plan = load_model("tiny-moe"), dict(pp=2, micro_batch=2, global_batch=8, **FP32)
-    return (model_state_bytes(spec, ParallelPlan(**plan, pipeline_layout="1,3"), 0)
-            != model_state_bytes(spec, ParallelPlan(**plan), 0))
-
-
-def _predictor_models_mla() -> bool:
-    from bastion.predict.memory import model_state_bytes
-    from bastion.specs.model import load_model
-    from bastion.specs.plan import ParallelPlan
-
-    spec = load_model("tiny-mla")
-    return model_state_bytes(spec, ParallelPlan(**FP32), 0)["params"] == 4 * spec.total_params()
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +59,6 @@ def test_model_state_bytes_of_partial_recompute_equal_the_predictors(layout_runs
     check_model_state_bytes({"moe-ep2-recompute-1-layer": layout_runs["moe-ep2-recompute-1-layer"]}, "tiny-moe")
 
 
-@pytest.mark.xfail(not _predictor_models_layouts(), strict=True,
-                   reason="the predictor's memory model splits stages evenly (pipeline_layout: issue 14, predictor)")
 def test_model_state_bytes_of_uneven_layouts_equal_the_predictors(layout_runs):
     for model in ("tiny-moe", "tiny"):
         check_model_state_bytes({n: r for n, r in _of_model(layout_runs, model).items() if "layout" in n}, model)
@@ -114,8 +91,6 @@ def test_latent_attention_and_routing_bias_train_like_one_process(mla_runs, toke
         assert [r["router_bias_absmax"] for r in steps] == pytest.approx([0.01 * (i + 1) for i in range(6)]), name
 
 
-@pytest.mark.xfail(not _predictor_models_mla(), strict=True,
-                   reason="the predictor's memory model has no MLA tensors yet (issue 14, predictor)")
 def test_model_state_bytes_of_mla_equal_the_predictors(mla_runs):
     check_model_state_bytes(mla_runs, MLA)
 
@@ -127,16 +102,6 @@ ETP_PLANS = {
     # no expert parallelism: the experts split over tp only, like a dense MLP
     "moe-dp2-tp2-etp2-zero0": dict(dp=2, tp=2, etp=2, zero_stage=0, micro_batch=2, global_batch=8, **FP32),
 }
-
-
-def _predictor_models_etp() -> bool:
-    from bastion.predict.memory import model_state_bytes
-    from bastion.specs.model import load_model
-    from bastion.specs.plan import ParallelPlan
-
-    spec, plan = load_model("tiny-moe"), ETP_PLANS["moe-ep2-tp2-etp2-zero3"]
-    return model_state_bytes(spec, ParallelPlan(**plan), 0) != model_state_bytes(
-        spec, ParallelPlan(**{**plan, "etp": 1}), 0)
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +127,5 @@ def test_expert_tensor_parallelism_trains_like_one_process(etp_runs, token_data)
             assert rank["params"] == etp1["params"] - local_expert_bytes // 2, (name, rank)
 
 
-@pytest.mark.xfail(not _predictor_models_etp(), strict=True,
-                   reason="the predictor's memory model does not split experts by etp yet (issue 14, predictor)")
 def test_model_state_bytes_of_etp_equal_the_predictors(etp_runs):
     check_model_state_bytes(etp_runs, "tiny-moe")

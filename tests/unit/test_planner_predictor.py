@@ -15,8 +15,8 @@ from bastion.planner.search import PlanRequest, search
 from bastion.planner.space import SearchSpace, enumerate_space
 from bastion.predict import estimate
 from bastion.specs import ParallelPlan, load_cluster, load_model
-from bastion.specs.plan import RECOMPUTE_MODES
 from bastion.specs.schedules import schedule_names
+from helpers.plan_space import memory_variants
 
 
 def with_hbm(cluster, gib: float):
@@ -29,17 +29,18 @@ def every_plan(model, cluster, global_batch: int):
     for dp, tp, pp, cp in itertools.product(range(1, n + 1), repeat=4):
         if dp * tp * pp * cp != n:
             continue
-        for zero, micro, sched, vpp, rc, sp in itertools.product(
+        for zero, micro, sched, vpp, sp in itertools.product(
                 range(4), range(1, global_batch // dp + 1), schedule_names(), range(1, model.num_layers // pp + 2),
-                RECOMPUTE_MODES, (False, True)):
+                (False, True)):
             if (pp == 1 and (sched, vpp) != ("1f1b", 1)) or (dp * cp == 1 and zero > 0):
                 continue  # the planner's canonical forms: no schedule without a pipeline, no ZeRO without dp
-            try:
-                yield ParallelPlan(dp=dp, tp=tp, pp=pp, cp=cp, zero_stage=zero, micro_batch=micro,
-                                   global_batch=global_batch, pp_schedule=sched, vpp=vpp, recompute=rc,
-                                   sequence_parallel=sp)
-            except PlanError:
-                continue
+            for rc, layers, offload in memory_variants(model, cluster, pp, vpp):
+                try:
+                    yield ParallelPlan(dp=dp, tp=tp, pp=pp, cp=cp, zero_stage=zero, micro_batch=micro,
+                                       global_batch=global_batch, pp_schedule=sched, vpp=vpp, recompute=rc,
+                                       sequence_parallel=sp, recompute_layers=layers, activation_offload=offload)
+                except PlanError:
+                    continue
 
 
 @pytest.fixture(scope="module")

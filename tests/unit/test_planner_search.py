@@ -14,12 +14,18 @@ import pytest
 
 from bastion.errors import ConfigError, PlanError
 from bastion.planner.search import PlanRequest, search
-from bastion.planner.space import SearchSpace, enumerate_space, factorisations, gpu_counts_between
+from bastion.planner.space import (
+    SearchSpace,
+    enumerate_space,
+    factorisations,
+    gpu_counts_between,
+    memory_choices,
+)
 from bastion.predict import estimate
 from bastion.specs import ParallelPlan, load_cluster, load_model
 from bastion.specs.model import ModelSpec
-from bastion.specs.plan import RECOMPUTE_MODES
 from bastion.specs.schedules import schedule_names
+from helpers.plan_space import memory_variants
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
 
@@ -93,23 +99,25 @@ def brute_force(model: ModelSpec, cluster, global_batch: int, seq_len: int, prec
         if dp * tp * pp * cp != n:
             continue
         # micro-batches above the per-replica batch and vpp above layers/pp can never be valid: not tried
-        for zero, micro, (sched, vpp), rc, sp, prec in itertools.product(
+        for zero, micro, (sched, vpp), sp, prec in itertools.product(
                 range(4), range(1, global_batch // dp + 1),
                 [(s, v) for s in schedule_names() for v in range(1, model.num_layers // pp + 2)],
-                RECOMPUTE_MODES, (False, True), precisions):
+                (False, True), precisions):
             if pp == 1 and (sched, vpp) != ("1f1b", 1):
                 continue  # the schedule means nothing without a pipeline: one canonical form
             if dp * cp == 1 and zero > 0:
                 continue  # nothing to shard (ZeRO spans dp × cp): one canonical form
-            try:
-                plan = ParallelPlan(dp=dp, tp=tp, pp=pp, cp=cp, zero_stage=zero, micro_batch=micro,
-                                    global_batch=global_batch, pp_schedule=sched, vpp=vpp, recompute=rc,
-                                    sequence_parallel=sp, precision=prec)
-                est = toy_estimate(model, cluster, plan, seq_len)
-            except PlanError:
-                continue
-            if est.fits:
-                feasible[plan] = est
+            for rc, layers, offload in memory_variants(model, cluster, pp, vpp):
+                try:
+                    plan = ParallelPlan(dp=dp, tp=tp, pp=pp, cp=cp, zero_stage=zero, micro_batch=micro,
+                                        global_batch=global_batch, pp_schedule=sched, vpp=vpp, recompute=rc,
+                                        sequence_parallel=sp, precision=prec, recompute_layers=layers,
+                                        activation_offload=offload)
+                    est = toy_estimate(model, cluster, plan, seq_len)
+                except PlanError:
+                    continue
+                if est.fits:
+                    feasible[plan] = est
     return feasible
 
 
@@ -174,7 +182,7 @@ def test_objective_bounds_change_nothing_but_the_work(objective: str) -> None:
             assert estimate(req.model, cluster, plan, req.seq_len).step_time_s > slowest_shown
 
 
-def test_step_time_floor_is_below_every_zero_stage_and_recompute_mode() -> None:
+def test_step_time_floor_is_below_every_zero_stage_and_memory_choice() -> None:
     from bastion.predict.estimate import step_time_lower_bound
 
     model, cluster = load_model("llama3-8b"), load_cluster("h100-sxm:32")
@@ -183,26 +191,27 @@ def test_step_time_floor_is_below_every_zero_stage_and_recompute_mode() -> None:
     for leaf in enum.leaves[::23]:
         floor = step_time_lower_bound(model, cluster, leaf.plan(128), 8192)
         for zero in leaf.zero_stages:
-            for recompute in RECOMPUTE_MODES:
+            for recompute in memory_choices(SearchSpace(), model, cluster, leaf.pp, leaf.vpp):
                 step = estimate(model, cluster, leaf.plan(128, zero, recompute), 8192).step_time_s
                 assert floor <= step, (leaf, zero, recompute)
                 checked += 1
     assert checked > 500
 
 
-def test_memory_floor_is_below_every_recompute_mode() -> None:
+def test_memory_floor_is_below_every_memory_choice() -> None:
     from bastion.predict.estimate import memory_lower_bound
 
     checked = 0
     for name, cluster_name, batch, seq in (("llama3-8b", "h100-sxm:32", 128, 8192), ("tiny", "cpu:4", 8, 64),
-                                           ("gpt3-175b", "a100-80g:64", 64, 2048)):
+                                           ("gpt3-175b", "a100-80g:64", 64, 2048),
+                                           ("llama3-70b", "gb200:64", 64, 8192)):
         model, cluster = load_model(name), load_cluster(cluster_name)
         enum = enumerate_space(model, cluster, batch, seq, SearchSpace())
         for leaf in enum.leaves[::17]:
             for zero in leaf.zero_stages:
                 floor = memory_lower_bound(model, cluster, leaf.plan(batch, zero), seq)
                 totals = [estimate(model, cluster, leaf.plan(batch, zero, r), seq).memory.total
-                          for r in RECOMPUTE_MODES]
+                          for r in memory_choices(SearchSpace(), model, cluster, leaf.pp, leaf.vpp)]
                 assert floor <= min(totals), (name, leaf, zero)
                 checked += 1
     assert checked > 300
@@ -226,10 +235,12 @@ def test_census_adds_up_and_counts_whole_subtrees() -> None:
                      vocab_size=1024, seq_len=512)
     cluster = load_cluster("h100-sxm:16")  # tp 16 would span beyond the 8-GPU NVLink domain
     enum = enumerate_space(wide, cluster, 32, 512, SearchSpace())
-    assert enum.total == sum(len(lf.zero_stages) * 3 for lf in enum.leaves) + sum(enum.rejected.values())
+    assert enum.total == sum(len(lf.zero_stages) * len(memory_variants(wide, cluster, lf.pp, lf.vpp))
+                             for lf in enum.leaves) + sum(enum.rejected.values())
     # tp = 16: dp = pp = cp = 1, one schedule, 6 micro-batch sizes (divisors of 32), sp on/off, ZeRO 0 only
-    # (dp = 1) × 3 recompute modes
-    assert enum.rejected["tp beyond scale-up domain"] == 6 * 2 * 3
+    # (dp = 1) × 5 memory choices: 3 recompute modes, full recompute of 4 of the 8 layers, and (the H100 has a
+    # host link) 4 layers offloaded without recompute
+    assert enum.rejected["tp beyond scale-up domain"] == 6 * 2 * 5
     assert sorted({(lf.dp, lf.tp, lf.pp, lf.cp) for lf in enum.leaves}) == sorted(
         f for f in factorisations(16) if f[1] <= 8 and 8 % f[2] == 0 and 32 % f[0] == 0)
 

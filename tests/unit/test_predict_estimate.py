@@ -166,7 +166,7 @@ def test_fp8_pays_for_casting_gemm_operands_and_keeps_the_lm_head_in_bf16() -> N
     t, h, kv, f = 4096, 4096, 1024, 14336
     shapes = [(t, h, h + 2 * kv), (t, h, h), (t, h, 2 * f), (t, f, h)]
     elements = sum(m * k + k * n + m * n for m, k, n in shapes)
-    cast_s = model.num_layers * elements * 4.4 / 3350e9  # membound.toml fp8_cast_bytes over the H100's HBM
+    cast_s = model.num_layers * elements * 4.4 / 3350e9  # fp8_recipes.toml's delayed scaling over the H100's HBM
     assert fp8.time.memory_bound - bf16.time.memory_bound == pytest.approx(cast_s, rel=1e-6)
     assert 0.05 < cast_s / fp8.time.compute < 0.25  # at h = 4096: about a tenth of the fp8 GEMM time
     # twice the peak does not make the step twice as fast: attention, casts, the optimizer and the head remain

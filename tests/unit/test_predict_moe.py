@@ -13,6 +13,8 @@ from bastion.predict import PredictOptions, comm, estimate, flops, moe
 from bastion.predict.estimate import step_time_lower_bound
 from bastion.predict.memory import (
     activation_bytes_per_token,
+    layer_numel,
+    layer_param_shapes,
     layer_saved_tensors,
     model_state_bytes,
     stage_dense_layers,
@@ -163,6 +165,24 @@ def test_mla_activations_keep_the_latents_whole_on_every_tp_rank() -> None:
     eight = activation_bytes_per_token(ds, 4096, 8, True, "none")
     latents = 2 * 2 * (ds.q_lora_rank + ds.kv_lora_rank) + 2 * ds.qk_rope_head_dim
     assert eight == pytest.approx((one - latents) / 8 + latents)
+
+
+def test_mla_parameters_are_the_runtimes_tensors_split_by_head_under_tp() -> None:
+    mla = load_model("tiny-mla")
+    assert model_state_bytes(mla, ParallelPlan(precision="fp32"), 0)["params"] == 4 * mla.total_params()
+    names = {p.name for p in layer_param_shapes(mla)}
+    assert {"attention.wq_a.weight", "attention.q_norm.weight", "attention.wq_b.weight", "attention.wkv_a.weight",
+            "attention.kv_norm.weight", "attention.wkv_b.weight", "attention.wo.weight"} <= names
+    # tp 2: the per-head up projections and wo halve, the down projections to the latents and their norms stay
+    # whole on every rank (a layer without experts: its MLP halves too)
+    h, heads, nope, rope, v = (mla.hidden_size, mla.num_heads, mla.qk_nope_head_dim, mla.qk_rope_head_dim,
+                               mla.v_head_dim)
+    mlp = 3 * h * mla.ffn_hidden_size
+    for q_lora in (mla.q_lora_rank, 0):
+        dense = moe.dense_layer_model(replace(mla, q_lora_rank=q_lora))
+        query = q_lora * heads * (nope + rope) if q_lora else h * heads * (nope + rope)
+        per_head = query + mla.kv_lora_rank * heads * (nope + v) + heads * v * h
+        assert layer_numel(dense, 2) == layer_numel(dense, 1) - (per_head + mlp) // 2, q_lora
 
 
 def test_step_time_floor_holds_for_moe_plans_with_etp_and_layouts() -> None:

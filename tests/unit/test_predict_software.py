@@ -118,9 +118,12 @@ def test_explicit_behaviours_override_what_the_release_implies() -> None:
     assert options.compiled and options.attention_kernel == "sdpa"
     _, options, _ = resolve(SoftwareFacts(framework="nemo", version="2025-01", attention_kernel="unfused"))
     assert not options.flash_attention
-    # accepted and validated, but not modelled: the options stay, the assumptions say so
-    _, options, notes = resolve(SoftwareFacts(framework="nemo", version="2025-01", fp8_recipe="mxfp8",
-                                              tp_overlap=True, recompute_layers=4))
+    _, options, notes = resolve(SoftwareFacts(framework="nemo", version="2025-01", fp8_recipe="mxfp8"))
+    assert options == replace(PRODUCTION_STACK, fp8_recipe="mxfp8") and any("fp8_recipe: mxfp8" in n for n in notes)
+    # accepted and validated, but not modelled: the options stay, the assumptions say so (recompute_layers is a
+    # plan field the row's plan carries)
+    _, options, notes = resolve(SoftwareFacts(framework="nemo", version="2025-01", tp_overlap=True,
+                                              recompute_layers=4))
     assert options == PRODUCTION_STACK and any("not modelled yet" in n for n in notes)
 
 

@@ -61,7 +61,9 @@ def _print_estimate(est: Any, notes: list[str], tokens: float | None, interval: 
     console.print(f"[bold]{est.model}[/] on [bold]{est.cluster}[/], seq_len {est.seq_len}: dp {plan.dp} tp {plan.tp} "
                   f"pp {plan.pp} cp {plan.cp}, zero {plan.zero_stage}, micro-batch {plan.micro_batch}, global batch "
                   f"{plan.global_batch} ({plan.grad_accumulation} micro-batches), {plan.pp_schedule}"
-                  f"{f' vpp {plan.vpp}' if plan.vpp > 1 else ''}, recompute {plan.recompute}, "
+                  f"{f' vpp {plan.vpp}' if plan.vpp > 1 else ''}, recompute {plan.recompute}"
+                  f"{f' ({plan.recompute_layers} layers per chunk)' if plan.recompute_layers else ''}, "
+                  f"{f'{plan.activation_offload} layers per chunk offloaded, ' if plan.activation_offload else ''}"
                   f"{'SP, ' if plan.sequence_parallel else ''}{plan.precision}")
     mem = Table(title="memory per device (worst pipeline stage)")
     mem.add_column("part")

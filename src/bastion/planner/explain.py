@@ -12,7 +12,8 @@ NEGLIGIBLE_SHARE = 0.005
 
 _SHORT = {"dp": "dp", "tp": "tp", "pp": "pp", "cp": "cp", "ep": "ep", "etp": "etp", "pipeline_layout": "layout",
           "zero_stage": "zero", "micro_batch": "mb",
-          "vpp": "vpp", "recompute": "recompute", "sequence_parallel": "sp", "precision": "", "pp_schedule": ""}
+          "vpp": "vpp", "recompute": "recompute", "sequence_parallel": "sp", "precision": "", "pp_schedule": "",
+          "recompute_layers": "layers recomputed per chunk", "activation_offload": "layers offloaded per chunk"}
 
 
 def describe(plan: ParallelPlan) -> str:
@@ -28,7 +29,9 @@ def describe(plan: ParallelPlan) -> str:
         parts.append(plan.pp_schedule + (f"×{plan.vpp}" if plan.vpp > 1 else ""))
     if plan.pipeline_layout:
         parts.append(f"layout={plan.pipeline_layout}")
-    parts.append(f"recompute={plan.recompute}")
+    parts.append(f"recompute={plan.recompute}" + (f"({plan.recompute_layers}/chunk)" if plan.recompute_layers else ""))
+    if plan.activation_offload:
+        parts.append(f"offload={plan.activation_offload}/chunk")
     if plan.sequence_parallel:
         parts.append("sp")
     parts.append(plan.precision)

@@ -26,7 +26,14 @@ from bastion.errors import ConfigError, PlanError
 from bastion.planner.bounds import StateBytesFn, StateLowerBound
 from bastion.planner.objectives import DEFAULT_OBJECTIVE, Floors, Objective, get_objective
 from bastion.planner.parallel import Outcome, PredictionPool, outcome_of
-from bastion.planner.space import Enumeration, Leaf, SearchSpace, enumerate_space
+from bastion.planner.space import (
+    Enumeration,
+    Leaf,
+    MemoryChoice,
+    SearchSpace,
+    enumerate_space,
+    memory_choices,
+)
 from bastion.specs.hardware import Cluster
 from bastion.specs.model import ModelSpec
 from bastion.specs.plan import ParallelPlan
@@ -229,7 +236,7 @@ def search(request: PlanRequest, estimate: EstimateFn | None = None,
 
 
 class _Group(NamedTuple):
-    """The plans of one leaf that the memory bound leaves: its ZeRO stages × the recompute modes."""
+    """The plans of one leaf that the memory bound leaves: its ZeRO stages × its recompute / offload choices."""
 
     #: the objective's floor for every plan of the group (0 when the search is not best-first)
     floor: float
@@ -238,6 +245,7 @@ class _Group(NamedTuple):
     cluster: Cluster
     leaf: Leaf
     zeros: tuple[int, ...]
+    choices: tuple[MemoryChoice, ...]
 
 
 @dataclass
@@ -247,13 +255,12 @@ class _BoundedSpace:
     groups: list[_Group]
     #: plans in the groups
     jobs: int
-    recomputes: tuple[str, ...]
     evaluated: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     fixes: dict[str, str] = field(default_factory=dict)
     enumerations: list[Enumeration] = field(default_factory=list)
-    #: (floor, cluster, leaf, zero) of groups only the predictor's memory floor put out of memory
-    floor_oom: list[tuple[float, Cluster, Leaf, int]] = field(default_factory=list)
+    #: (floor, cluster, leaf, zero, choices) of groups only the predictor's memory floor put out of memory
+    floor_oom: list[tuple[float, Cluster, Leaf, int, tuple[MemoryChoice, ...]]] = field(default_factory=list)
 
     def count(self, reason: str, plans: int, fix: str | None = None) -> None:
         self.rejected[reason] += plans
@@ -274,8 +281,7 @@ def _bound_groups(request: PlanRequest, model: ModelSpec, objective: Objective, 
     """1-2. Enumerate every GPU count and drop the groups the memory bounds settle; give each survivor the
     objective's floor. A ParallelPlan is built only for a plan that is predicted."""
     batch, seq_len = request.global_batch, request.seq_len
-    recomputes = request.space.allowed("recompute", request.space.recompute)
-    space = _BoundedSpace(groups=[], jobs=0, recomputes=recomputes)
+    space = _BoundedSpace(groups=[], jobs=0)
     for count in request.counts:
         cluster = _resize(request.cluster, count)
         enum = enumerate_space(model, cluster, batch, seq_len, request.space)
@@ -286,20 +292,21 @@ def _bound_groups(request: PlanRequest, model: ModelSpec, objective: Objective, 
         bound = StateLowerBound(model, cluster, state_bytes) if request.prune else None
         capacity = cluster.accelerator.hbm_bytes
         for leaf in enum.leaves:
+            choices = memory_choices(request.space, model, cluster, leaf.pp, leaf.vpp)
             states = {z: bound.state_bytes(leaf, batch, z) if bound is not None else 0.0 for z in leaf.zero_stages}
             if bound is not None:
                 for z, state in states.items():
                     if state <= capacity:
                         states[z] = objective.memory_floor(floors, cluster, leaf, z, state)
                         if states[z] > capacity:  # kept: if nothing fits, the leanest of these is reported
-                            space.floor_oom.append((states[z], cluster, leaf, z))
+                            space.floor_oom.append((states[z], cluster, leaf, z, choices))
             zeros = tuple(z for z, state in states.items() if state <= capacity)
-            space.count(OUT_OF_MEMORY, (len(leaf.zero_stages) - len(zeros)) * len(recomputes))
+            space.count(OUT_OF_MEMORY, (len(leaf.zero_stages) - len(zeros)) * len(choices))
             if not zeros:
                 continue
             floor = objective.floor(floors, cluster, leaf, {z: states[z] for z in zeros}) if by_bound else 0.0
-            space.groups.append(_Group(floor, space.jobs, cluster, leaf, zeros))
-            space.jobs += len(zeros) * len(recomputes)
+            space.groups.append(_Group(floor, space.jobs, cluster, leaf, zeros, choices))
+            space.jobs += len(zeros) * len(choices)
     if by_bound:
         space.groups.sort(key=lambda g: (g.floor, g.first))
     return space
@@ -311,11 +318,11 @@ def _predict_best_first(request: PlanRequest, model: ModelSpec, objective: Objec
     in order of their floor, in rounds that double, and once the top K (and the best plan with other degrees,
     which the report explains) are known, every plan whose floor is worse than all of them is settled
     unpredicted: it cannot enter the answer."""
-    batch, recomputes = request.global_batch, space.recomputes
+    batch = request.global_batch
 
     def jobs_of(group: _Group) -> list[tuple[Cluster, ParallelPlan]]:
-        return [(group.cluster, group.leaf.plan(batch, zero, recompute))
-                for zero, recompute in itertools.product(group.zeros, recomputes)]
+        return [(group.cluster, group.leaf.plan(batch, zero, choice))
+                for zero, choice in itertools.product(group.zeros, group.choices)]
 
     keep = max(request.top_k, 2)
     found = _Predicted(ranked=[], leanest=None, predicted=0)
@@ -325,7 +332,7 @@ def _predict_best_first(request: PlanRequest, model: ModelSpec, objective: Objec
         while done < len(groups) and groups[done].floor <= threshold:
             start, jobs = done, 0
             while done < len(groups) and groups[done].floor <= threshold and jobs < chunk:
-                jobs += len(groups[done].zeros) * len(recomputes)
+                jobs += len(groups[done].zeros) * len(groups[done].choices)
                 done += 1
             outcomes = iter(pool.predict(start, done, jobs))
             found.predicted += jobs
@@ -363,11 +370,11 @@ def _leanest_settled(request: PlanRequest, model: ModelSpec, space: _BoundedSpac
                      leanest: tuple[float, ParallelPlan] | None) -> tuple[float, ParallelPlan] | None:
     """Nothing fits: the leanest plan for the advice, also among those the memory floor settled (already counted
     out of memory), best floor first, until no floor can beat the leanest found."""
-    for floor, cluster, leaf, zero in sorted(space.floor_oom, key=lambda f: f[0]):
+    for floor, cluster, leaf, zero, choices in sorted(space.floor_oom, key=lambda f: f[0]):
         if leanest is not None and floor >= leanest[0]:
             break
-        for recompute in space.recomputes:
-            plan = leaf.plan(request.global_batch, zero, recompute)
+        for choice in choices:
+            plan = leaf.plan(request.global_batch, zero, choice)
             outcome = outcome_of(estimate, model, cluster, plan, request.seq_len)
             if not isinstance(outcome, PlanError) and (leanest is None or outcome[4] < leanest[0]):
                 leanest = (outcome[4], plan)

@@ -16,17 +16,35 @@ import itertools
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from functools import lru_cache
+from typing import Any, NamedTuple
 
 from bastion.errors import ConfigError, PlanError
 from bastion.specs.hardware import Cluster
 from bastion.specs.model import ModelSpec
-from bastion.specs.plan import RECOMPUTE_MODES, ParallelPlan, chunk_layer_counts
+from bastion.specs.plan import RECOMPUTE_MODES, ParallelPlan, chunk_layer_counts, parse_layout
 from bastion.specs.schedules import DEFAULT_SCHEDULE, SCHEDULES, schedule_names
 
 #: plan fields a user may pin with `--fix FIELD=VALUE`
 PINNABLE = ("dp", "tp", "pp", "cp", "ep", "etp", "zero_stage", "micro_batch", "pp_schedule", "vpp", "recompute",
-            "sequence_parallel", "precision")
+            "sequence_parallel", "precision", "recompute_layers", "activation_offload")
+
+#: partial full recompute the planner tries besides recomputing every layer: these shares of each pipeline
+#: chunk's layers recomputed whole (Megatron's --recompute-num-layers), the rest keeping their activations. Few,
+#: because each is one more prediction per plan; the planner picks the least recompute that fits.
+PARTIAL_RECOMPUTE_SHARES = (0.5,)
+#: activation offload the planner tries on an accelerator with a host link: this share of each chunk's layers,
+#: under no recompute (what offloading replaces: it keeps the activations instead of recomputing them)
+OFFLOAD_SHARES = (0.5,)
+
+
+class MemoryChoice(NamedTuple):
+    """How a plan saves activation memory: its recompute mode, the layers per chunk recomputed whole under
+    "full" (0 = all) and the layers per chunk whose activations go to host memory."""
+
+    recompute: str
+    recompute_layers: int = 0
+    activation_offload: int = 0
 
 
 @dataclass(frozen=True)
@@ -82,12 +100,48 @@ class Leaf:
     #: per-chunk layer counts when the layers do not split evenly (uneven_layout), else ""
     pipeline_layout: str = ""
 
-    def plan(self, global_batch: int, zero_stage: int = 0, recompute: str = "none") -> ParallelPlan:
+    def plan(self, global_batch: int, zero_stage: int = 0, recompute: str | MemoryChoice = "none") -> ParallelPlan:
+        choice = MemoryChoice(recompute) if isinstance(recompute, str) else recompute
         return ParallelPlan(dp=self.dp, tp=self.tp, pp=self.pp, cp=self.cp, ep=self.ep, zero_stage=zero_stage,
                             micro_batch=self.micro_batch, global_batch=global_batch,
-                            pp_schedule=self.pp_schedule, vpp=self.vpp, recompute=recompute,
+                            pp_schedule=self.pp_schedule, vpp=self.vpp, recompute=choice.recompute,
                             sequence_parallel=self.sequence_parallel, precision=self.precision, etp=self.etp,
-                            pipeline_layout=self.pipeline_layout)
+                            pipeline_layout=self.pipeline_layout, recompute_layers=choice.recompute_layers,
+                            activation_offload=choice.activation_offload)
+
+
+def memory_choices(space: SearchSpace, model: ModelSpec, cluster: Cluster, pp: int, vpp: int
+                   ) -> tuple[MemoryChoice, ...]:
+    """The recompute / offload combinations the planner tries for plans with pp × vpp chunks: each allowed
+    recompute mode; partial full recompute (PARTIAL_RECOMPUTE_SHARES of a chunk's layers) when "full" is
+    allowed; and, where the accelerator has a host link, offloading OFFLOAD_SHARES of a chunk's layers under no
+    recompute. A chunk of one layer has nothing to split; a pinned recompute_layers / activation_offload is tried
+    as given."""
+    return _memory_choices(space.allowed("recompute", space.recompute), model.num_layers, pp * vpp,
+                           cluster.accelerator.host_link_gbs > 0, space.pins.get("recompute_layers"),
+                           space.pins.get("activation_offload"))
+
+
+@lru_cache(maxsize=4096)
+def _memory_choices(modes: tuple[str, ...], num_layers: int, chunks: int, host_link: bool,
+                    pinned_layers: int | None, pinned_offload: int | None) -> tuple[MemoryChoice, ...]:
+    # the even split, else the uneven layout the enumeration gives these chunks
+    counts = chunk_layer_counts(num_layers, chunks) or parse_layout(uneven_layout(num_layers, chunks))
+    per_chunk = max(counts) if counts else 1
+
+    def layers(pinned: int | None, shares: tuple[float, ...]) -> list[int]:
+        if pinned is not None:
+            return [pinned] if pinned > 0 else []
+        return sorted({min(per_chunk - 1, max(1, round(share * per_chunk))) for share in shares})
+
+    choices = [MemoryChoice(mode) for mode in modes]
+    if per_chunk > 1:
+        if "full" in modes:
+            choices += [MemoryChoice("full", r) for r in layers(pinned_layers, PARTIAL_RECOMPUTE_SHARES)]
+        if host_link and "none" in modes:
+            choices += [MemoryChoice("none", 0, o) for o in layers(pinned_offload, OFFLOAD_SHARES)]
+    return tuple(c for c in choices if pinned_layers in (None, c.recompute_layers)
+                 and pinned_offload in (None, c.activation_offload))
 
 
 @dataclass
@@ -99,7 +153,7 @@ class Enumeration:
     rejected: Counter[str]
     #: reason -> how to fix it (from the first plan rejected for that reason)
     fixes: dict[str, str]
-    #: plans in the space (valid or not) = Σ leaves' zero stages × recompute modes + sum(rejected)
+    #: plans in the space (valid or not) = Σ leaves' zero stages × memory choices + sum(rejected)
     total: int
 
 
@@ -189,7 +243,6 @@ def enumerate_space(model: ModelSpec, cluster: Cluster, global_batch: int, seq_l
     fixes: dict[str, str] = {}
     leaves: list[Leaf] = []
     all_zeros = space.allowed("zero_stage", space.zero_stages)
-    recompute = space.allowed("recompute", space.recompute)
     precisions = space.allowed("precision", space.precisions)
     total = 0
 
@@ -226,11 +279,14 @@ def enumerate_space(model: ModelSpec, cluster: Cluster, global_batch: int, seq_l
         sps = sp_options(tp)
         # ZeRO shards over dp × cp (context-parallel ranks hold the same parameters): one form when both are 1
         zeros = all_zeros[:1] if dp * cp == 1 else all_zeros
-        width = len(zeros) * len(recompute)
-        below_schedule = len(micros) * len(precisions) * len(sps) * width
+        # plans under one (schedule, vpp) per micro-batch, precision and sp setting: its memory choices depend
+        # on the layers per chunk
+        width = {(s, v): len(zeros) * len(memory_choices(space, model, cluster, pp, v)) for s, v in schedules}
+        widths = sum(width.values())
+        below_schedule = len(micros) * len(precisions) * len(sps)
         for ep, etp in itertools.product(ep_options(model, dp, space), etp_options(model, tp, space)):
             degrees = dict(dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, etp=etp, global_batch=global_batch)
-            subtree = len(schedules) * below_schedule
+            subtree = widths * below_schedule
             total += subtree
             base = {**degrees, "pp_schedule": DEFAULT_SCHEDULE, "vpp": 1,
                     "pipeline_layout": uneven_layout(model.num_layers, pp)}
@@ -241,14 +297,14 @@ def enumerate_space(model: ModelSpec, cluster: Cluster, global_batch: int, seq_l
             # precision and sequence parallelism are checked once per degrees: neither check looks at the
             # schedule or the micro-batch. A failing sp setting counts only plans whose precision passed: the
             # others are in the census already
-            ok_precisions = passing(base, "precision", precisions, len(schedules) * len(micros) * len(sps) * width)
-            ok_sps = passing(base, "sequence_parallel", sps, len(schedules) * len(micros) * len(ok_precisions) * width)
+            ok_precisions = passing(base, "precision", precisions, widths * len(micros) * len(sps))
+            ok_sps = passing(base, "sequence_parallel", sps, widths * len(micros) * len(ok_precisions))
             for schedule, vpp in schedules:
                 layout = uneven_layout(model.num_layers, pp * vpp) if SCHEDULES[schedule].layout.max_vpp else ""
                 reason = _validate({**degrees, "pp_schedule": schedule, "vpp": vpp, "pipeline_layout": layout},
                                    model, cluster, seq_len, fixes)
                 if reason:
-                    rejected[reason] += len(micros) * len(ok_precisions) * len(ok_sps) * width
+                    rejected[reason] += len(micros) * len(ok_precisions) * len(ok_sps) * width[schedule, vpp]
                     continue
                 for micro in micros:
                     # the only micro-batch-dependent rule is a schedule's micro-batches % pp
@@ -256,7 +312,7 @@ def enumerate_space(model: ModelSpec, cluster: Cluster, global_batch: int, seq_l
                         reason = _validate({**degrees, "pp_schedule": schedule, "vpp": vpp, "micro_batch": micro,
                                             "pipeline_layout": layout}, model, cluster, seq_len, fixes)
                         if reason:
-                            rejected[reason] += len(ok_precisions) * len(ok_sps) * width
+                            rejected[reason] += len(ok_precisions) * len(ok_sps) * width[schedule, vpp]
                             continue
                     leaves.extend(Leaf(dp, tp, pp, cp, ep, schedule, vpp, micro, precision, sp, zeros, etp, layout)
                                   for precision in ok_precisions for sp in ok_sps)

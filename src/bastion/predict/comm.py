@@ -151,3 +151,30 @@ def all_to_all_time(cluster: Cluster, nbytes: float, g: GroupPlacement) -> float
     t_intra = _scale_up_time(cluster, intra) + net.scale_up_latency_us * 1e-6 if intra > 0 else 0.0
     t_inter = _scale_out_time(cluster, inter) + net.scale_out_latency_us * 1e-6 if inter > 0 else 0.0
     return max(t_intra, t_inter)
+
+
+def host_transfer_time(cluster: Cluster, nbytes: float) -> float:
+    """Seconds to copy `nbytes` one way between a device and its host's memory (activation offloading) over the
+    catalog's host link (Accelerator.host_link_gbs, per direction), at the datasheet rate: a pinned-memory copy
+    runs on its own copy engine, and the link carries nothing else of the step."""
+    link = cluster.accelerator.host_link_gbs
+    if nbytes <= 0:
+        return 0.0
+    if link <= 0:
+        raise ValueError(f"{cluster.accelerator.name} has no host link in the catalog")
+    return nbytes / (link * 1e9)
+
+
+def ring_attention_exposed(cluster: Cluster, kv_bytes: float, cp: int, g: GroupPlacement, attn_fwd: float,
+                           attn_bwd: float) -> tuple[float, float]:
+    """(forward, backward) seconds of ring attention's K,V passing that one layer's attention does not hide
+    (Megatron-Core / Transformer Engine context parallelism, cp_comm_type "p2p"; Liu et al. 2023, Ring
+    Attention). The attention runs in cp steps; while step i computes with the K,V chunk in hand, the chunk for
+    step i + 1 travels to the next rank, so each of the cp - 1 hops is exposed by what it outlasts of one step.
+    With the causal load balance (each rank holds two sequence chunks, one from each end) every step does 1/cp
+    of the rank's attention. The backward passes the K,V and their gradient accumulators: twice the bytes."""
+    if cp <= 1:
+        return 0.0, 0.0
+    hop = p2p_time(cluster, kv_bytes, g.domains > 1)
+    steps = cp - 1
+    return (steps * max(0.0, hop - attn_fwd / cp), steps * max(0.0, 2 * hop - attn_bwd / cp))

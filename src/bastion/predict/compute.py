@@ -18,7 +18,7 @@ from bastion.predict.calibration import (
     interpolate_log,
     load_calibration,
 )
-from bastion.predict.kernels import DEFAULT_KERNEL, kernel_efficiency
+from bastion.predict.kernels import DEFAULT_FP8_RECIPE, DEFAULT_KERNEL, fp8_recipe, kernel_efficiency
 from bastion.specs.hardware import Accelerator
 from bastion.specs.model import ModelSpec
 
@@ -48,9 +48,10 @@ def _matmul_peak_flops(acc: Accelerator, precision: str) -> float:
 
 
 @lru_cache(maxsize=65536)
-def gemm_time(acc: Accelerator, precision: str, m: int, k: int, n: int) -> float:
+def gemm_time(acc: Accelerator, precision: str, m: int, k: int, n: int, recipe: str = DEFAULT_FP8_RECIPE) -> float:
     """Seconds for one (m×k)·(k×n) matrix multiply: the calibrated compute rate, or the time to stream the three
-    operands from HBM when the shape is too small to be compute-bound (roofline)."""
+    operands from HBM when the shape is too small to be compute-bound (roofline). An fp8 GEMM runs at most at
+    its `recipe`'s kernel ceiling (kernels.Fp8Recipe.gemm_efficiency_cap)."""
     if m <= 0 or k <= 0 or n <= 0:
         return 0.0
     if is_cpu(acc):
@@ -61,6 +62,9 @@ def gemm_time(acc: Accelerator, precision: str, m: int, k: int, n: int) -> float
     else:
         curve = "fp8" if precision == "fp8" else "bf16"
         eff = min(MAX_EFFICIENCY, gemm_efficiency_measured(curve, m, k, n) * device_scale(acc, curve))
+        kernel = fp8_recipe(recipe) if precision == "fp8" else None
+        if kernel is not None and kernel.gemm_efficiency_cap is not None and kernel.gemm_cap_arch == acc.arch:
+            eff = min(eff, kernel.gemm_efficiency_cap)
     compute = 2.0 * m * k * n / (_matmul_peak_flops(acc, precision) * eff)
     traffic = (m * k + k * n + m * n) * compute_dtype_bytes(precision) / (acc.hbm_bandwidth_gbs * 1e9)
     return max(compute, traffic)
@@ -93,10 +97,24 @@ def flash_attention_time(acc: Accelerator, precision: str, flops_fwd: float, seq
     return flops / (attention_peak_flops(acc, precision) * eff)
 
 
-def fp8_cast_bytes(m: int, k: int, n: int) -> float:
-    """Effective bytes of casting one (m×k)·(k×n) GEMM's operands to fp8 in training: the input and the weight
-    for the forward, the output gradient for the backward, each with a transposed copy (data/membound.toml)."""
-    return (m * k + k * n + m * n) * load_calibration().membound["fp8_cast_bytes"]
+def fp8_cast_bytes(m: int, k: int, n: int, recipe: str = DEFAULT_FP8_RECIPE) -> float:
+    """Effective bytes of quantising one (m×k)·(k×n) GEMM's operands to fp8 in training under `recipe`: the
+    input and the weight for the forward, the output gradient for the backward, each in both layouts
+    (data/fp8_recipes.toml)."""
+    kernel = fp8_recipe(recipe)
+    return m * k * kernel.input_bytes + k * n * kernel.weight_bytes + m * n * kernel.grad_bytes
+
+
+def ring_merge_bytes_per_token(q_width: int, kv_width: int, cp: int) -> tuple[float, float]:
+    """Effective bytes per token of ring attention's merges in one layer, forward + backward (Transformer
+    Engine's flash-attention output correction): after each of the cp - 1 steps past the first, the forward
+    rescales and adds the step's output into the running one (read both, write one: 3 × 2 bytes per element of
+    the output) and the backward adds the step's dQ into the running dQ and the step's dK, dV into the
+    accumulators that travel on (3 × 2 bytes per element each); at the ~90% of the peak bandwidth of a streaming
+    elementwise kernel, as membound.toml's residual_bytes. `q_width`, `kv_width`: this rank's (after tp).
+    Returns (forward, backward)."""
+    merges = (cp - 1) * 6 / 0.9
+    return merges * q_width, merges * (q_width + 2 * kv_width)
 
 
 def membound_time(acc: Accelerator, effective_bytes: float) -> float:

@@ -16,14 +16,21 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from typing import Any, NamedTuple
 
+from bastion.errors import PlanError
 from bastion.predict import comm, compute, flops, moe, schedule
 from bastion.predict.calibration import load_calibration, rates_note
+from bastion.predict.kernels import fp8_recipe
 from bastion.predict.memory import (
     MemoryBreakdown,
     activation_bytes_per_token,
     activation_dtype_bytes,
     fsdp_unit_numels,
     has_dense_layers,
+    offloaded_bytes_per_token,
+    offloaded_layers,
+    recomputed_dense_layers,
+    recomputed_layers,
+    stage_chunk_layers,
     stage_dense_layers,
     stage_memory,
     stage_states,
@@ -59,6 +66,9 @@ class TimeBreakdown:
     pp_comm: float
     bubble: float
     optimizer: float
+    #: activation offloading: the host-link copies (out in the forward, back in the backward) that the layers'
+    #: compute does not hide
+    offload: float
     #: CPU work outside the kernels (eager and DTensor dispatch, FSDP hooks, the loop's bookkeeping), when a
     #: machine profile measured it; 0 on datasheet rates
     host_overhead: float
@@ -124,11 +134,12 @@ class _StageTime:
     host_overhead: float = 0.0
     ep_comm: float = 0.0
     etp_comm: float = 0.0
+    offload: float = 0.0
 
     @property
     def total(self) -> float:
         return (self.compute + self.recompute + self.memory_bound + self.tp_comm + self.cp_comm
-                + self.fsdp_exposed + self.host_overhead + self.ep_comm + self.etp_comm)
+                + self.fsdp_exposed + self.host_overhead + self.ep_comm + self.etp_comm + self.offload)
 
 
 def _mlp_width(model: ModelSpec) -> int:
@@ -177,17 +188,20 @@ def _every_second_matmul_shapes(model: ModelSpec, plan: ParallelPlan | _StageKey
     return ((tokens, h, kv // tp), (tokens, q // tp, h), *third)
 
 
-def _layer_gemm_fwd_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan | _StageKey, tokens: int) -> float:
+def _layer_gemm_fwd_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan | _StageKey, tokens: int,
+                         recipe: str) -> float:
     acc, p = cluster.accelerator, plan.precision
-    return sum(compute.gemm_time(acc, p, m, k, n) for m, k, n in _layer_gemm_shapes(model, plan, tokens))
+    return sum(compute.gemm_time(acc, p, m, k, n, recipe) for m, k, n in _layer_gemm_shapes(model, plan, tokens))
 
 
-def _layer_fp8_cast_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan | _StageKey, tokens: int) -> float:
-    """Forward + backward seconds of casting one layer's GEMM operands to fp8 (zero unless the plan is fp8)."""
+def _layer_fp8_cast_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan | _StageKey, tokens: int,
+                         recipe: str) -> float:
+    """Forward + backward seconds of quantising one layer's GEMM operands to fp8 under `recipe` (zero unless the
+    plan is fp8)."""
     if plan.precision != "fp8":
         return 0.0
     return compute.membound_time(cluster.accelerator, sum(
-        compute.fp8_cast_bytes(m, k, n) for m, k, n in _layer_gemm_shapes(model, plan, tokens)))
+        compute.fp8_cast_bytes(m, k, n, recipe) for m, k, n in _layer_gemm_shapes(model, plan, tokens)))
 
 
 def attention_times(model: ModelSpec, cluster: Cluster, plan: ParallelPlan | _StageKey, seq_len: int,
@@ -233,15 +247,26 @@ class _StageKey(NamedTuple):
     ep: int = 1
     etp: int = 1
     a2a_overlap: float = 0.0
+    #: partial recompute: the rank's layers recomputed whole when fewer than all (-1: all, or not "full")
+    recomputed: int = -1
+    #: the rank's layers whose activations are offloaded to host memory
+    offloaded: int = 0
 
 
 def _stage_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int, layers: int,
-                has_first: bool, has_last: bool, options: PredictOptions, dense: int = 0) -> _StageTime:
+                has_first: bool, has_last: bool, options: PredictOptions, stage: int = 0, dense: int = 0
+                ) -> _StageTime:
     # only ZeRO-3 (parameter gathering) makes a rank's time depend on dp or the ZeRO stage
     zero3 = plan.zero_stage == 3 and plan.shard_degree > 1
+    recomputed = recomputed_layers(model, plan, stage)
     key = _StageKey(plan.shard_degree if zero3 else 1, plan.tp, plan.cp, 3 if zero3 else 0, plan.micro_batch,
-                    plan.recompute, plan.sequence_parallel, plan.precision, *_expert_key(plan, options))
-    return _stage_time_of(model, cluster, key, seq_len, layers, has_first, has_last, options, dense)
+                    plan.recompute, plan.sequence_parallel, plan.precision, *_expert_key(plan, options),
+                    recomputed if plan.recompute == "full" and recomputed < layers else -1,
+                    offloaded_layers(model, plan, stage))
+    # the layers without experts among the partially recomputed ones (leading dense layers sit in the first chunk)
+    dense_recomputed = recomputed_dense_layers(model, plan, stage) if key.recomputed >= 0 else 0
+    return _stage_time_of(model, cluster, key, seq_len, layers, has_first, has_last, options, dense,
+                          dense_recomputed)
 
 
 def _expert_key(plan: ParallelPlan, options: PredictOptions) -> tuple[int, int, float]:
@@ -355,7 +380,7 @@ def _layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: i
     acc = cluster.accelerator
     tokens = plan.micro_batch * seq_len // plan.cp
     a = activation_dtype_bytes(plan.precision)
-    gemm_fwd = _layer_gemm_fwd_time(model, cluster, plan, tokens)
+    gemm_fwd = _layer_gemm_fwd_time(model, cluster, plan, tokens, options.fp8_recipe)
     attn_fwd, attn_fwdbwd = attention_times(model, cluster, plan, seq_len, options)
     layer_compute = 3 * gemm_fwd + attn_fwdbwd
     membound_per_token = compute.layer_membound_bytes_per_token(model, plan.tp, plan.sequence_parallel,
@@ -365,7 +390,8 @@ def _layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: i
     routed = None
     if model.num_experts:
         imbalance, _ = moe.imbalance(model, options)
-        routed = moe.routed_cost(model, cluster, tokens, plan.tp, plan.ep, plan.etp, plan.precision, imbalance)
+        routed = moe.routed_cost(model, cluster, tokens, plan.tp, plan.ep, plan.etp, plan.precision, imbalance,
+                                 options.fp8_recipe)
         # the per-token membound above counts a dense MLP's activation; an MoE layer runs its shared experts' on
         # every token (the routed experts' is in the routed cost)
         dtype = 2.0 if plan.precision == "fp32" else 1.0
@@ -374,12 +400,13 @@ def _layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: i
         gemm_fwd += routed.gemm_fwd
         layer_compute += 3 * routed.gemm_fwd
     layer_membound = (compute.membound_time(acc, tokens * membound_per_token)
-                      + _layer_fp8_cast_time(model, cluster, plan, tokens) + (routed.membound if routed else 0.0))
+                      + _layer_fp8_cast_time(model, cluster, plan, tokens, options.fp8_recipe)
+                      + (routed.membound if routed else 0.0))
     if plan.recompute == "full":
         layer_recompute = gemm_fwd + attn_fwd
         layer_membound *= 4 / 3  # the forward third of the memory-bound work runs again
     elif plan.recompute == "selective" and options.selective_recompute == "every-second-matmul":
-        layer_recompute = sum(compute.gemm_time(acc, plan.precision, m, k, n)
+        layer_recompute = sum(compute.gemm_time(acc, plan.precision, m, k, n, options.fp8_recipe)
                               for m, k, n in _every_second_matmul_shapes(model, plan, tokens))
         layer_membound *= 4 / 3  # every elementwise op of the forward runs again
     elif plan.recompute == "selective":
@@ -417,13 +444,16 @@ def _layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: i
         cp_group = comm.place_group(cluster, plan.cp, plan.tp)
         kv_bytes = 2.0 * tokens * model.kv_width / plan.tp * a  # this rank's K and V
         if options.context_parallel == "ring":
-            # K,V chunks pass around the ring (forward), K,V and their gradients (backward), each hop overlapped
-            # with the attention of the chunk in hand
-            hop = comm.p2p_time(cluster, kv_bytes, cp_group.domains > 1)
-            fwd_comm, bwd_comm = (plan.cp - 1) * hop, 2 * (plan.cp - 1) * hop
-            layer_cp = max(0.0, fwd_comm - attn_fwd) + max(0.0, bwd_comm - (attn_fwdbwd - attn_fwd))
+            # cp steps, each hop hidden under the previous step's attention (comm.ring_attention_exposed), and the
+            # merge of every step's partial output and gradients; full recompute runs the forward ring again
+            fwd_exposed, bwd_exposed = comm.ring_attention_exposed(cluster, kv_bytes, plan.cp, cp_group, attn_fwd,
+                                                                   attn_fwdbwd - attn_fwd)
+            fwd_merge, bwd_merge = (compute.membound_time(cluster.accelerator, tokens * nbytes)
+                                    for nbytes in compute.ring_merge_bytes_per_token(
+                                        model.q_width // plan.tp, model.kv_width // plan.tp, plan.cp))
+            layer_cp = fwd_exposed + bwd_exposed + fwd_merge + bwd_merge
             if plan.recompute == "full":
-                layer_cp += max(0.0, fwd_comm - attn_fwd)
+                layer_cp += fwd_exposed + fwd_merge
         elif options.context_parallel == "all-gather":
             # the whole sequence's K,V gathered before attention and their gradients all-reduced after it (what
             # bastion's runtime does: exact on any backend), nothing overlapped; full recompute gathers again
@@ -465,15 +495,13 @@ def _layer_total(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: i
 
 @lru_cache(maxsize=65536)
 def _stage_time_of(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: int, layers: int,
-                   has_first: bool, has_last: bool, options: PredictOptions, dense: int = 0) -> _StageTime:
-    """`dense` of the stage's `layers` are an MoE model's layers without experts (leading or interleaved)."""
-    key = plan._replace(dp=1, zero_stage=0)
-    costs = _layer_costs(model, cluster, key, seq_len, options)
-    if dense and layers:
-        # one average layer: every term below is linear in the layer count but the ZeRO-3 overlap windows
-        dense_costs = _layer_costs(moe.dense_layer_model(model), cluster, key, seq_len, options)
-        costs = _LayerCosts(*((c * (layers - dense) + d * dense) / layers for c, d in zip(costs, dense_costs,
-                                                                                          strict=True)))
+                   has_first: bool, has_last: bool, options: PredictOptions, dense: int = 0,
+                   dense_recomputed: int = 0) -> _StageTime:
+    """`dense` of the stage's `layers` are an MoE model's layers without experts (leading or interleaved),
+    `dense_recomputed` of them among the `plan.recomputed` a partial recompute re-runs."""
+    key = plan._replace(dp=1, zero_stage=0, recomputed=-1, offloaded=0)
+    costs = _mean_layer_costs(model, cluster, key, seq_len, layers, dense, plan.recomputed, dense_recomputed,
+                              options)
     gemm_fwd, attn_fwd, layer_compute, layer_recompute, layer_membound, layer_tp, layer_cp, layer_ep, layer_etp = costs
 
     compute_t = layers * layer_compute
@@ -490,6 +518,9 @@ def _stage_time_of(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len:
 
     # ZeRO-3 / FSDP: each layer's parameters are all-gathered for the forward and again for the backward, and
     # its gradients reduce-scattered; prefetching hides them under the neighbouring layer's compute
+    # one layer's forward and backward passes: what a prefetched ZeRO-3 gather or an offload copy can hide under
+    fwd_window = gemm_fwd + attn_fwd + layer_membound / 4
+    bwd_window = layer_compute - gemm_fwd - attn_fwd + layer_recompute + layer_membound * 3 / 4
     fsdp = 0.0
     if plan.zero_stage == 3 and plan.dp > 1:
         # the key's dp is the shard degree dp × cp; its members are tp ranks apart (cp inside dp)
@@ -498,8 +529,6 @@ def _stage_time_of(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len:
         p_bytes, g_bytes, _ = state_bytes_per_param(plan.precision)
         gather = sum(comm.all_gather_time(cluster, float(n * p_bytes), dp_group) for n in units)
         scatter = sum(comm.reduce_scatter_time(cluster, float(n * g_bytes), dp_group) for n in units)
-        fwd_window = gemm_fwd + attn_fwd + layer_membound / 4
-        bwd_window = layer_compute - gemm_fwd - attn_fwd + layer_recompute + layer_membound * 3 / 4
         # while a collective overlaps compute, its NCCL kernels hold SMs: the compute under it runs slower
         slow = load_calibration().network["overlap_slowdown"]
         fwd_comm, bwd_comm = gather, gather + scatter
@@ -512,10 +541,61 @@ def _stage_time_of(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len:
             t_gather = comm.all_gather_time(cluster, float(table_numel * p_bytes), dp_group)
             t_scatter = comm.reduce_scatter_time(cluster, float(table_numel * g_bytes), dp_group)
             fsdp += max(0.0, 2 * t_gather + t_scatter - head_compute)
+    offload = 0.0
+    if plan.offloaded:
+        # each offloaded layer's saved tensors go out over the host link during the next layer's forward and
+        # come back during the backward of the layer after it (Transformer Engine's CPU offloading: copies on
+        # their own stream, one layer ahead), exposed where the copy outlasts that layer's pass; the copy engine
+        # reads them from HBM going out and writes them coming back, bandwidth the layer's kernels lose
+        share = plan.recomputed / layers if plan.recompute == "full" and plan.recomputed >= 0 and layers else \
+            float(plan.recompute == "full")
+        tokens = plan.micro_batch * seq_len // plan.cp
+        stored = tokens * offloaded_bytes_per_token(model, seq_len, plan.tp, plan.sequence_parallel, plan.recompute,
+                                                    share, plan.precision, options)
+        copy = comm.host_transfer_time(cluster, stored)
+        offload = plan.offloaded * (max(0.0, copy - fwd_window) + max(0.0, copy - bwd_window)
+                                    + compute.membound_time(cluster.accelerator, 2 * stored))
     return _StageTime(compute=compute_t, recompute=recompute_t, memory_bound=membound_t,
                       tp_comm=layers * layer_tp, cp_comm=layers * layer_cp, fsdp_exposed=fsdp,
                       backward=backward_t, forward=forward_t, ep_comm=layers * layer_ep,
-                      etp_comm=layers * layer_etp)
+                      etp_comm=layers * layer_etp, offload=offload)
+
+
+def _mean_layer_costs(model: ModelSpec, cluster: Cluster, key: _StageKey, seq_len: int, layers: int, dense: int,
+                      recomputed: int, dense_recomputed: int, options: PredictOptions) -> _LayerCosts:
+    """One layer's costs averaged over the rank's `layers`: every term of _stage_time_of but the ZeRO-3 and
+    offload overlap windows is linear in the layer count. `dense` of them are an MoE model's layers without
+    experts; under partial recompute (`recomputed` >= 0) that many cost as fully recomputed layers, the rest as
+    layers that keep their activations, `dense_recomputed` of the recomputed ones being layers without experts."""
+    whole = _layer_costs(model, cluster, key, seq_len, options)
+    if not layers or (not dense and recomputed < 0):
+        return whole
+    dense_model = moe.dense_layer_model(model) if dense else model
+    if recomputed < 0:
+        groups = [(model, key, layers - dense), (dense_model, key, dense)]
+    else:
+        kept = key._replace(recompute="none")
+        groups = [(model, key, recomputed - dense_recomputed),
+                  (model, kept, layers - dense - recomputed + dense_recomputed),
+                  (dense_model, key, dense_recomputed), (dense_model, kept, dense - dense_recomputed)]
+    costs = [(_layer_costs(m, cluster, k, seq_len, options), n) for m, k, n in groups if n]
+    return _LayerCosts(*(sum(c[i] * n for c, n in costs) / layers for i in range(len(whole))))
+
+
+def _recomputed_share(model: ModelSpec, plan: ParallelPlan) -> float:
+    """The share of the model's layers a recompute mode re-runs: all of them, but under partial full recompute
+    (recompute_layers) the layers it names."""
+    if plan.recompute != "full" or not plan.recompute_layers:
+        return 1.0
+    return sum(recomputed_layers(model, plan, i) for i in range(plan.pp)) / model.num_layers
+
+
+def _check_offload(plan: ParallelPlan, cluster: Cluster) -> None:
+    if plan.activation_offload and cluster.accelerator.host_link_gbs <= 0:
+        raise PlanError(f"activation_offload = {plan.activation_offload}, but the catalog gives "
+                        f"{cluster.accelerator.name} no host link to offload over.",
+                        fix="set activation_offload = 0, or add host_link_gbs (with its datasheet source) to the "
+                            "accelerator's catalog entry.", reason="no host link")
 
 
 class _Stages(NamedTuple):
@@ -555,7 +635,8 @@ def per_rank(cluster: Cluster) -> Cluster:
 def step_time_lower_bound(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int | None = None,
                           options: PredictOptions | None = None) -> float:
     """A bound `estimate(...).step_time_s` can never go below, for `plan` and every plan that differs from it
-    only in zero_stage or recompute (the planner prunes with it; pruned == unpruned is tested).
+    only in zero_stage, recompute, recompute_layers or activation_offload (the planner prunes with it; pruned ==
+    unpruned is tested).
 
     Why it holds: with no recompute and no ZeRO-3 a rank's per-micro-batch time has the least of every term
     (recompute adds a forward, full recompute more memory-bound and TP work, ZeRO-3 exposed gathers), and the
@@ -582,7 +663,8 @@ def step_time_lower_bound(model: ModelSpec, cluster: Cluster, plan: ParallelPlan
 def memory_lower_bound(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int | None = None,
                        options: PredictOptions | None = None) -> float:
     """Bytes per device `estimate(...).memory.total` can never go below, for `plan` and every plan that differs
-    from it only in recompute (the planner settles out-of-memory plans with it; pruned == unpruned is tested).
+    from it only in recompute, recompute_layers or activation_offload (the planner settles out-of-memory plans with
+    it; pruned == unpruned is tested).
 
     Per rank: the model states, plus the layer inputs of every micro-batch in flight — what full recompute keeps,
     and every other mode keeps more — with the allocator's fragmentation share of them and its fixed reserve."""
@@ -593,9 +675,19 @@ def memory_lower_bound(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, s
     inputs_per_token = activation_bytes_per_token(model, s, plan.tp, plan.sequence_parallel, "full", plan.precision)
     tokens = plan.micro_batch * s / plan.cp
     m = plan.num_microbatches
+    # with a host link any layer but each chunk's last may be offloaded (memory.offloaded_layers): only those stay
+    offloadable = cluster.accelerator.host_link_gbs > 0
+
+    def kept(i: int) -> float:
+        layers = stages.roles[i][0]
+        if not offloadable or not layers:
+            return 1.0
+        return sum(1 for n in stage_chunk_layers(model, plan, i) if n) / layers  # each non-empty chunk's last
+
     worst = max(sum(stage_states(model, plan, i)) + (1 + options.fragmentation) * tokens * inputs_per_token
                 * schedule.layer_microbatches_in_flight(plan.pp_schedule, plan.pp, plan.vpp, m, i,
                                                         stages.roles[i][0])
+                * kept(i)
                 for i in stages.costed)
     reserve = 0.0 if compute.is_cpu(cluster.accelerator) else options.runtime_reserve_gib * 2**30
     return (worst + reserve) * (1 - 1e-12)  # the margin absorbs rounding in a differently ordered sum
@@ -610,6 +702,7 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     s = seq_len or model.seq_len
     model = model.with_seq_len(s)  # learned position tables are sized by the sequence length
     plan.validate(model, cluster, s)
+    _check_offload(plan, cluster)
     node = cluster
     cluster = per_rank(cluster)
     acc = cluster.accelerator
@@ -624,7 +717,8 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
                        for i in (range(plan.pp) if detail else representatives)]
     worst_memory = max(memory_by_stage, key=lambda mb: mb.total)
 
-    stage_times = [_stage_time(model, cluster, plan, s, *roles[i], options, stages.dense[i]) for i in representatives]
+    stage_times = [_stage_time(model, cluster, plan, s, *roles[i], options, stage=i, dense=stages.dense[i])
+                   for i in representatives]
     saturated = _host_saturated(node)
     if saturated:
         stage_times = [replace(t, host_overhead=_micro_batch_overhead(node, plan, *roles[i]),
@@ -681,14 +775,16 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
         compute=m * slowest.compute, recompute=m * slowest.recompute, memory_bound=m * slowest.memory_bound,
         tp_comm=m * slowest.tp_comm, cp_comm=m * slowest.cp_comm, ep_comm=m * slowest.ep_comm,
         etp_comm=m * slowest.etp_comm, dp_comm=dp_comm, pp_comm=pp_comm,
-        bubble=bubble, optimizer=optimizer, host_overhead=m * slowest.host_overhead + step_overhead,
+        bubble=bubble, optimizer=optimizer, offload=m * slowest.offload,
+        host_overhead=m * slowest.host_overhead + step_overhead,
         step=m * slowest.total + bubble + pp_comm + (dp_comm - m * slowest.fsdp_exposed) + optimizer
         + step_overhead)
 
     tokens_per_step = plan.global_batch * s
     model_flops = flops.model_flops_per_token(model, s) * tokens_per_step
     hardware_flops = model_flops + flops.recompute_flops_per_token(model, s, plan.recompute,
-                                                                  options.selective_recompute) * tokens_per_step
+                                                                  options.selective_recompute) * tokens_per_step \
+        * _recomputed_share(model, plan)
     peak = acc.peak_tflops(plan.precision) * 1e12 * plan.num_gpus
     assumptions = [
         MFU_CONVENTION,
@@ -715,6 +811,13 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
          f"each") if acc.host_cores else "",
         "loss: fused cross-entropy kernel" if options.fused_cross_entropy
         else "loss: plain PyTorch cross-entropy on fp32 logits",
+        (f"partial recompute: the first {plan.recompute_layers} layers of each pipeline chunk recomputed whole, "
+         "the others keep their activations") if plan.recompute == "full" and plan.recompute_layers else "",
+        (f"activation offload: up to {plan.activation_offload} layers of each chunk (never its last) keep their "
+         f"activations in host memory, copied over {acc.host_link_gbs:g} GB/s each way ({acc.host_link_source}) "
+         "under the neighbouring layer's compute") if plan.activation_offload else "",
+        f"fp8 recipe: {options.fp8_recipe} ({fp8_recipe(options.fp8_recipe).description})"
+        if plan.precision == "fp8" else "",
     ]
     experts: dict[str, Any] = {}
     if model.num_experts:

@@ -162,10 +162,12 @@ def resolve(facts: SoftwareFacts) -> tuple[SoftwareStack, PredictOptions, list[s
         else:
             options = replace(options, flash_attention=True, attention_kernel=kernel)
             notes.append(f"attention_kernel: {facts.attention_kernel} (given), at the rate of {kernel}")
-    unmodelled = [f"{name} = {value}" for name, value in (
-        ("fp8_recipe", facts.fp8_recipe), ("tp_overlap", facts.tp_overlap),
-        ("activation_offload", facts.activation_offload), ("recompute_layers", facts.recompute_layers))
-        if value not in ("", None)]
+    if facts.fp8_recipe:
+        options = replace(options, fp8_recipe=facts.fp8_recipe)
+        notes.append(f"fp8_recipe: {facts.fp8_recipe} (given; its quantisation traffic and GEMM rate apply to fp8 "
+                     f"plans, predict/data/fp8_recipes.toml)")
+    # recompute_layers and activation_offload are plan fields (ParallelPlan), which the row's plan carries
+    unmodelled = [f"tp_overlap = {facts.tp_overlap}"] if facts.tp_overlap is not None else []
     if unmodelled:
         notes.append(f"{', '.join(unmodelled)}: accepted, not modelled yet (no effect on the prediction)")
     return stack, options, notes

@@ -1,8 +1,10 @@
-"""Which flash-attention kernel the training software runs, and what that does to its rate.
+"""Which kernels the training software runs, and what that does to their rates: the flash-attention kernel and
+the fp8 recipe.
 
 The calibrated attention curve is a kernel that uses the card's newest tensor-core instructions. Kernels written
 for an older generation (FlashAttention-2 on a Hopper card) stay far below it, and some are slower everywhere
-(FlashAttention in Triton, 2022-23). data/attention_kernels.toml lists them with their sources.
+(FlashAttention in Triton, 2022-23). data/attention_kernels.toml lists them with their sources. An fp8 recipe
+(data/fp8_recipes.toml) sets how much quantising the GEMM operands costs and the ceiling of its GEMM kernel.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass
 from functools import cache
+from typing import TypeVar
 
 from bastion.errors import ConfigError
 from bastion.predict.calibration import DATA_DIR
@@ -17,6 +20,7 @@ from bastion.predict.calibration import DATA_DIR
 #: NVIDIA tensor-core generations, oldest first (a kernel written for one cannot use a later one's instructions)
 GENERATIONS = ("ampere", "hopper", "blackwell")
 DEFAULT_KERNEL = "sdpa"
+_Entry = TypeVar("_Entry")
 
 
 @dataclass(frozen=True)
@@ -41,11 +45,15 @@ def attention_kernels() -> dict[str, AttentionKernel]:
     return {name: AttentionKernel(name=name, **fields) for name, fields in table.items()}
 
 
+def _named(entries: dict[str, _Entry], name: str, what: str) -> _Entry:
+    """The data file's entry `name`, or a ConfigError listing the known names."""
+    if name not in entries:
+        raise ConfigError(f"Unknown {what} '{name}'.", fix=f"use one of: {', '.join(entries)}.")
+    return entries[name]
+
+
 def attention_kernel(name: str) -> AttentionKernel:
-    kernels = attention_kernels()
-    if name not in kernels:
-        raise ConfigError(f"Unknown attention kernel '{name}'.", fix=f"use one of: {', '.join(kernels)}.")
-    return kernels[name]
+    return _named(attention_kernels(), name, "attention kernel")
 
 
 def _is_newer(arch: str, written_for: str) -> bool:
@@ -78,3 +86,34 @@ def _card_ratio(measured_on: str, matmul_efficiency: float | None) -> float:
     from bastion.specs.hardware import load_accelerator
 
     return matmul_efficiency / load_accelerator(measured_on).matmul_efficiency
+
+
+@dataclass(frozen=True)
+class Fp8Recipe:
+    """How an fp8 training recipe scales its GEMM operands (data/fp8_recipes.toml, with the derivations)."""
+
+    name: str
+    description: str
+    source: str
+    #: effective bytes per element of quantising the layer input (m x k), the weight (k x n) and the output
+    #: gradient (m x n) of one GEMM, both layouts
+    input_bytes: float
+    weight_bytes: float
+    grad_bytes: float
+    #: at most this fraction of the dense fp8 peak on `gemm_cap_arch` (None: the calibrated per-tensor rate)
+    gemm_efficiency_cap: float | None = None
+    gemm_cap_arch: str = ""
+
+
+#: the recipe of a stack that does not say: Transformer Engine's default (DelayedScaling)
+DEFAULT_FP8_RECIPE = "delayed"
+
+
+@cache
+def fp8_recipes() -> dict[str, Fp8Recipe]:
+    table = tomllib.loads((DATA_DIR / "fp8_recipes.toml").read_text())
+    return {name: Fp8Recipe(name=name, **fields) for name, fields in table.items()}
+
+
+def fp8_recipe(name: str) -> Fp8Recipe:
+    return _named(fp8_recipes(), name, "fp8 recipe")

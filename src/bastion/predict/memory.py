@@ -68,12 +68,11 @@ def layer_param_shapes(model: ModelSpec, moe: bool | None = None) -> list[ParamS
     (runtime/moe.py)."""
     h, q, kv, f = model.hidden_size, model.q_width, model.kv_width, model.ffn_hidden_size
     moe = bool(model.num_experts) if moe is None else moe
-    shapes = [ParamShape("attention_norm.weight", (h,)),
-              ParamShape("attention.wq.weight", (q, h), 0),
-              ParamShape("attention.wk.weight", (kv, h), 0),
-              ParamShape("attention.wv.weight", (kv, h), 0),
-              ParamShape("attention.wo.weight", (h, q), 1),
-              ParamShape("ffn_norm.weight", (h,))]
+    attention = _mla_shapes(model) if model.is_mla else [ParamShape("attention.wq.weight", (q, h), 0),
+                                                          ParamShape("attention.wk.weight", (kv, h), 0),
+                                                          ParamShape("attention.wv.weight", (kv, h), 0),
+                                                          ParamShape("attention.wo.weight", (h, q), 1)]
+    shapes = [ParamShape("attention_norm.weight", (h,)), *attention, ParamShape("ffn_norm.weight", (h,))]
     gated = model.ffn_matrices == 3
     if moe:
         ef, e = model.expert_width, model.num_experts
@@ -86,10 +85,31 @@ def layer_param_shapes(model: ModelSpec, moe: bool | None = None) -> list[ParamS
     else:
         shapes += _mlp_shapes("feed_forward", h, f, gated, model.bias)
     if model.bias:
-        shapes += [ParamShape("attention_norm.bias", (h,)), ParamShape("ffn_norm.bias", (h,)),
-                   ParamShape("attention.wq.bias", (q,), 0), ParamShape("attention.wk.bias", (kv,), 0),
-                   ParamShape("attention.wv.bias", (kv,), 0), ParamShape("attention.wo.bias", (h,))]
+        shapes += [ParamShape("attention_norm.bias", (h,)), ParamShape("ffn_norm.bias", (h,))]
+        if not model.is_mla:  # MLA's projections have no biases (DeepSeek-V3; runtime/model.py LatentAttention)
+            shapes += [ParamShape("attention.wq.bias", (q,), 0), ParamShape("attention.wk.bias", (kv,), 0),
+                       ParamShape("attention.wv.bias", (kv,), 0), ParamShape("attention.wo.bias", (h,))]
     return shapes
+
+
+def _mla_shapes(model: ModelSpec) -> list[ParamShape]:
+    """Multi-head latent attention's tensors as runtime/model.py's LatentAttention holds them: tensor
+    parallelism splits the per-head up projections (wq_b or wq, wkv_b) colwise and wo rowwise; the down
+    projections to the latents and the latents' norms are replicated over tp."""
+    h, heads = model.hidden_size, model.num_heads
+    q_heads = heads * (model.qk_nope_head_dim + model.qk_rope_head_dim)
+    if model.q_lora_rank:
+        query = [ParamShape("attention.wq_a.weight", (model.q_lora_rank, h)),
+                 ParamShape("attention.q_norm.weight", (model.q_lora_rank,)),
+                 ParamShape("attention.wq_b.weight", (q_heads, model.q_lora_rank), 0)]
+    else:
+        query = [ParamShape("attention.wq.weight", (q_heads, h), 0)]
+    return [*query,
+            ParamShape("attention.wkv_a.weight", (model.kv_lora_rank + model.qk_rope_head_dim, h)),
+            ParamShape("attention.kv_norm.weight", (model.kv_lora_rank,)),
+            ParamShape("attention.wkv_b.weight", (heads * (model.qk_nope_head_dim + model.v_head_dim),
+                                                  model.kv_lora_rank), 0),
+            ParamShape("attention.wo.weight", (h, heads * model.v_head_dim), 1)]
 
 
 def embedding_param_shapes(model: ModelSpec) -> list[ParamShape]:
@@ -496,6 +516,65 @@ def activation_bytes_per_token(model: ModelSpec, seq_len: int, tp: int, sequence
     return saved_bytes_per_token(saved, tp, sequence_parallel)
 
 
+def _stage_chunks(model: ModelSpec, plan: ParallelPlan, stage: int) -> tuple[tuple[int, int], ...]:
+    """(first layer, layers) of each pipeline chunk pipeline rank `stage` holds (the plan's layout, else the even
+    split, as stage_roles counts them)."""
+    counts = plan.chunk_layers(model)
+    if counts is None:
+        raise ValueError(f"{model.num_layers} layers cannot be split into {plan.pp} x {plan.vpp} chunks")
+    return tuple((sum(counts[:c]), counts[c]) for c in (chunks_of_stage(plan.pp_schedule, plan.pp, plan.vpp, stage)
+                                                        if plan.pp > 1 else [0]))
+
+
+def stage_chunk_layers(model: ModelSpec, plan: ParallelPlan, stage: int) -> tuple[int, ...]:
+    """Transformer layers of each pipeline chunk pipeline rank `stage` holds."""
+    return tuple(n for _, n in _stage_chunks(model, plan, stage))
+
+
+def recomputed_layers(model: ModelSpec, plan: ParallelPlan, stage: int) -> int:
+    """Layers of pipeline rank `stage` whose whole activations are recomputed: under recompute = "full", the
+    first `recompute_layers` of each chunk (Megatron's --recompute-method block --recompute-num-layers N), every
+    layer when recompute_layers is 0; none otherwise."""
+    if plan.recompute != "full":
+        return 0
+    return sum(_recomputed_of_chunk(plan, n) for n in stage_chunk_layers(model, plan, stage))
+
+
+def _recomputed_of_chunk(plan: ParallelPlan, layers: int) -> int:
+    return min(plan.recompute_layers, layers) if plan.recompute_layers else layers
+
+
+def recomputed_dense_layers(model: ModelSpec, plan: ParallelPlan, stage: int) -> int:
+    """Of recomputed_layers, those without experts (an MoE model's leading or interleaved dense layers): the
+    recomputed layers are the first of each chunk, where the leading dense layers are."""
+    if plan.recompute != "full" or not has_dense_layers(model):
+        return 0
+    return sum(sum(not model.is_moe_layer(i) for i in range(start, start + _recomputed_of_chunk(plan, n)))
+               for start, n in _stage_chunks(model, plan, stage))
+
+
+def offloaded_layers(model: ModelSpec, plan: ParallelPlan, stage: int) -> int:
+    """Layers of pipeline rank `stage` whose saved activations go to host memory: `activation_offload` per chunk,
+    never a chunk's last layer, whose backward follows its forward at once (Transformer Engine's
+    get_cpu_offload_context requires num_layers < model_layers for the same reason)."""
+    if not plan.activation_offload:
+        return 0
+    return sum(min(plan.activation_offload, max(n - 1, 0)) for n in stage_chunk_layers(model, plan, stage))
+
+
+def offloaded_bytes_per_token(model: ModelSpec, seq_len: int, tp: int, sequence_parallel: bool, recompute: str,
+                              recomputed_share: float, precision: str, options: PredictOptions) -> float:
+    """What an offloaded layer sends to the host per token (on a GPU: fused norms), averaged over a rank's layers
+    as stage_memory averages them: under full recompute `recomputed_share` of them send their input, the others
+    their saved tensors."""
+    def saved(mode: str) -> float:
+        return activation_bytes_per_token(model, seq_len, tp, sequence_parallel, mode, precision, options, True)
+
+    if recompute != "full":
+        return saved(recompute)
+    return recomputed_share * saved("full") + (1 - recomputed_share) * saved("none")
+
+
 def uses_fused_rmsnorm(options: PredictOptions, is_gpu: bool) -> bool:
     return is_gpu if options.fused_rmsnorm is None else options.fused_rmsnorm
 
@@ -535,15 +614,25 @@ def stage_memory(model: ModelSpec, plan: ParallelPlan, seq_len: int, stage: int,
     in_flight = layer_microbatches_in_flight(plan.pp_schedule, plan.pp, plan.vpp, plan.num_microbatches, stage,
                                              layers)
     fused_rmsnorm = uses_fused_rmsnorm(options, is_gpu)
-    per_token = activation_bytes_per_token(model, seq_len, plan.tp, plan.sequence_parallel, plan.recompute,
-                                           plan.precision, options, fused_rmsnorm)
-    activations = in_flight * tokens * per_token
     # all-gather context parallelism: attention keeps the gathered K,V of the other cp - 1 ranks for backward
     gathered_kv = 0.0
     if plan.cp > 1 and options.context_parallel == "all-gather":
         gathered_kv = (plan.cp - 1) * 2 * model.kv_width / plan.tp * a
-    if plan.recompute != "full":  # kept by every layer in flight
-        activations += in_flight * tokens * gathered_kv
+    # what an average layer of the stage keeps per token: recomputed layers their input, the others (partial
+    # recompute's rest, or every layer of another mode) their saved tensors and the gathered K,V
+    recomputed = recomputed_layers(model, plan, stage) / layers if layers else 0.0
+    kept_mode = "none" if plan.recompute == "full" else plan.recompute
+    per_token = (recomputed * activation_bytes_per_token(model, seq_len, plan.tp, plan.sequence_parallel, "full",
+                                                         plan.precision, options, fused_rmsnorm)
+                 + (1 - recomputed) * (activation_bytes_per_token(model, seq_len, plan.tp, plan.sequence_parallel,
+                                                                  kept_mode, plan.precision, options, fused_rmsnorm)
+                                       + gathered_kv))
+    offloaded = offloaded_layers(model, plan, stage) / layers if layers else 0.0
+    # offloaded layers keep nothing on the device between their forward and backward, but the copy in flight
+    # each way (one layer of one micro-batch going out, one coming back) is resident while it moves
+    activations = in_flight * tokens * per_token * (1 - offloaded)
+    if offloaded:
+        activations += min(2.0, in_flight * offloaded) * tokens * per_token
     if plan.recompute != "none":
         # backward re-materialises one layer's full activations at a time on top of the checkpoints (under full
         # recompute, with that layer's gathered K,V)

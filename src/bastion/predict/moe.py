@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 from bastion.predict import comm, compute
 from bastion.predict.calibration import DATA_DIR, load_calibration
+from bastion.predict.kernels import DEFAULT_FP8_RECIPE
 from bastion.predict.options import PredictOptions
 from bastion.specs.hardware import Cluster
 from bastion.specs.model import ModelSpec
@@ -77,8 +78,9 @@ class RoutedCost(NamedTuple):
 
 @lru_cache(maxsize=16384)
 def routed_cost(model: ModelSpec, cluster: Cluster, tokens: int, tp: int, ep: int, etp: int, precision: str,
-                imbalance_factor: float) -> RoutedCost:
-    """Costs of one MoE layer's routed experts for `tokens` tokens of a micro-batch on this rank's tp group."""
+                imbalance_factor: float, fp8_recipe: str = DEFAULT_FP8_RECIPE) -> RoutedCost:
+    """Costs of one MoE layer's routed experts for `tokens` tokens of a micro-batch on this rank's tp group (an
+    fp8 plan's expert GEMMs and their operand quantisation under `fp8_recipe`, as the dense GEMMs)."""
     acc = cluster.accelerator
     h, ef = model.hidden_size, model.expert_width
     a = 4 if precision == "fp32" else 2  # activations travel in the compute dtype (fp8 recipes keep bf16)
@@ -96,7 +98,7 @@ def routed_cost(model: ModelSpec, cluster: Cluster, tokens: int, tp: int, ep: in
         return (m, h, (model.ffn_matrices - 1) * width), (m, width, h)
 
     def expert_fwd(rows: float) -> float:
-        return sum(compute.gemm_time(acc, precision, *shape) for shape in expert_shapes(rows))
+        return sum(compute.gemm_time(acc, precision, *shape, fp8_recipe) for shape in expert_shapes(rows))
 
     gemm_fwd = (compute.gemm_time(acc, precision, max(1, round(own_tokens)), h, model.num_experts)
                 + (local_experts - 1) * expert_fwd(mean_rows) + expert_fwd(imbalance_factor * mean_rows))
@@ -106,7 +108,8 @@ def routed_cost(model: ModelSpec, cluster: Cluster, tokens: int, tp: int, ep: in
     activation = etp * received * mlp_activation_bytes_per_token(model, width) * (2.0 if precision == "fp32" else 1.0)
     casts = 0.0
     if precision == "fp8":  # each expert GEMM's operands cast to fp8, as for the dense GEMMs (estimate.py)
-        casts = sum((local_experts - 1) * compute.fp8_cast_bytes(*mean) + compute.fp8_cast_bytes(*busiest)
+        casts = sum((local_experts - 1) * compute.fp8_cast_bytes(*mean, fp8_recipe)
+                    + compute.fp8_cast_bytes(*busiest, fp8_recipe)
                     for mean, busiest in zip(expert_shapes(mean_rows), expert_shapes(imbalance_factor * mean_rows),
                                              strict=True))
     membound = compute.membound_time(acc, traffic + activation + casts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bastion.predict.kernels import DEFAULT_FP8_RECIPE
 from bastion.specs._hashing import cached_hash
 
 SELECTIVE_RECOMPUTE = ("attention-core", "every-second-matmul")
@@ -62,6 +63,11 @@ class PredictOptions:
     #: saves the fp8-cast input, as NeMo / Megatron-LM / llm-foundry run fp8) or the bf16 input (torchao's
     #: float8 training, which casts again in backward)
     fp8_saved_inputs: bool = False
+    #: how fp8 matmuls scale their operands (data/fp8_recipes.toml): `delayed` (Transformer Engine's default,
+    #: amax history), `current` / `tensorwise` (per-tensor scale of the current tensor: an amax pass first),
+    #: `rowwise` (a scale per row, quantised once per axis), `blockwise` (DeepSeek-V3 1x128 / 128x128 tiles),
+    #: `mxfp8` (Blackwell's 32-element blocks) — their quantisation traffic and GEMM kernel ceilings differ
+    fp8_recipe: str = DEFAULT_FP8_RECIPE
     #: torch.compile of each transformer block (`bastion train --compile`, torchtitan's compile): the block's
     #: elementwise ops fuse (its memory-bound time x data/membound.toml's compiled_layer_membound_fraction, from
     #: the H200 layer runs) and SwiGLU keeps no silu output (39 -> 32 bytes per token x hidden measured there)
@@ -91,6 +97,9 @@ class PredictOptions:
         from bastion.predict.kernels import attention_kernel
 
         attention_kernel(self.attention_kernel)  # a ConfigError with the known names if it is not one
+        from bastion.predict.kernels import fp8_recipe
+
+        fp8_recipe(self.fp8_recipe)  # likewise
         if not 0.0 <= self.moe_a2a_overlap <= 1.0 or (self.moe_imbalance is not None and self.moe_imbalance < 1.0):
             from bastion.errors import ConfigError
 

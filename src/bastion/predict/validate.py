@@ -291,6 +291,16 @@ def _default_recipe(row: dict[str, str]) -> tuple[dict[str, Any], str]:
         return {}, ""
 
 
+def _memory_facts(row: dict[str, str]) -> tuple[int, int]:
+    """The row's recompute_layers and activation_offload (plan fields a row states as software facts); 0 when
+    not stated or when the facts are not valid (row_stack reports those)."""
+    try:
+        facts = facts_from_row(row)
+    except BastionError:
+        return 0, 0
+    return facts.recompute_layers or 0, facts.activation_offload or 0
+
+
 def case_plan_choices(row: dict[str, str], model: ModelSpec, cluster: Cluster, assumptions: list[str],
                       recipe_recompute: bool = True) -> tuple[list[ParallelPlan], list[str]]:
     """Every plan consistent with the row; the names of the settings the row left open. Unstated settings the
@@ -316,7 +326,11 @@ def case_plan_choices(row: dict[str, str], model: ModelSpec, cluster: Cluster, a
     if zero is None:
         open_settings.append("zero_stage")
     recipe, recipe_source = _default_recipe(row)
+    recompute_layers, offload = _memory_facts(row)
     recompute = (row.get("recompute") or "").strip()
+    if not recompute and recompute_layers:
+        recompute = "full"
+        assumptions.append("recompute: not given; full, as recompute_layers says")
     if not recompute and "recompute" in recipe and recipe_recompute:
         recompute = recipe["recompute"]
         assumptions.append(f"recompute: not given; {recompute}, the framework's default recipe ({recipe_source})")
@@ -342,7 +356,9 @@ def case_plan_choices(row: dict[str, str], model: ModelSpec, cluster: Cluster, a
         try:
             plans.append(ParallelPlan(dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, zero_stage=z, micro_batch=micro,
                                       global_batch=_int(row, "global_batch_size"), pp_schedule=schedule, vpp=v,
-                                      recompute=rc, sequence_parallel=s, precision=precision))
+                                      recompute=rc, sequence_parallel=s, precision=precision,
+                                      recompute_layers=recompute_layers if rc == "full" else 0,
+                                      activation_offload=offload))
         except BastionError as exc:
             raise RowSkipped(exc.problem) from None
     return plans, open_settings

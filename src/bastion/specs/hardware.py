@@ -68,6 +68,11 @@ class Accelerator:
     capex_source: str = ""
     #: lower-case parts of torch.cuda.get_device_name() that identify this accelerator (the longest match wins)
     device_names: tuple[str, ...] = ()
+    #: the device's link to its host CPU's memory, GB/s per direction (what activation offloading moves over);
+    #: 0 = not in the catalog, and the planner does not offload activations on this device
+    host_link_gbs: float = 0.0
+    #: where host_link_gbs comes from
+    host_link_source: str = ""
     #: measured by `bastion calibrate` (specs/profile.py), never in the catalog: on a host CPU, the runnable
     #: processes besides the ranks that the OS shares the cores with (other jobs; context switches count too),
     #: so that each rank gets host_cores / (ranks + background_load) of a core, at most one
