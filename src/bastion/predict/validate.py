@@ -160,18 +160,19 @@ def _moe_without_dense(row: dict[str, str]) -> bool:
 
 
 def case_moe_fields(row: dict[str, str], assumptions: list[str]) -> dict[str, Any]:
-    """The ModelSpec fields a row's mixture-of-experts columns give ({} for a dense row). Raises RowSkipped for
-    what ModelSpec cannot express yet: multi-head latent attention (the `attention` column or an MLA rank).
-    Where MLA lands in ModelSpec, its columns map here (attention, q_lora_rank, kv_lora_rank, qk_rope_head_dim,
-    qk_nope_head_dim, v_head_dim)."""
+    """The ModelSpec fields a row's mixture-of-experts and MLA columns give ({} for a dense GQA row). An MLA row
+    (`attention` = mla, or an MLA rank given) needs kv_lora_rank and the three head widths; its head_dim is theirs."""
     attention = (row.get("attention") or "").strip()
-    mla = [c for c in MLA_COLUMNS if (row.get(c) or "").strip()]
-    if attention == "mla" or mla:
-        raise RowSkipped("multi-head latent attention (attention = mla" + (f", {', '.join(mla)}" if mla else "")
-                         + ") is not expressible in ModelSpec yet")
-    if attention not in ("", "mha", "gqa"):
+    mla = {c: value for c in MLA_COLUMNS if (value := _int(row, c)) is not None}
+    if attention not in ("", "mha", "gqa", "mla"):
         raise RowSkipped(f"attention = {attention!r} is not one of mha, gqa, mla")
     fields = {name: value for name in MOE_MODEL_COLUMNS if (value := _int(row, name)) is not None}
+    if attention == "mla" or mla:
+        missing = [c for c in MLA_COLUMNS if c != "q_lora_rank" and not mla.get(c)]
+        if missing:
+            raise RowSkipped(f"multi-head latent attention without {', '.join(missing)}")
+        fields.update(mla)
+        fields.pop("head_dim", None)  # MLA's query/key head is nope + rope (ModelSpec derives it)
     if fields.get("num_experts") and _moe_without_dense(row) and not (row.get("ffn_hidden_size") or "").strip():
         # no layer is dense, so the dense MLP width is never used; ModelSpec still wants a positive one
         fields["ffn_hidden_size"] = fields.get("moe_ffn_hidden_size", 0)
@@ -180,21 +181,18 @@ def case_moe_fields(row: dict[str, str], assumptions: list[str]) -> dict[str, An
 
 
 def case_moe_plan(row: dict[str, str], model: ModelSpec, pp: int, vpp: int | None,
-                  assumptions: list[str]) -> tuple[int, int | None]:
-    """The row's expert-parallel degree and the vpp its pipeline_layout implies (None: not given). Raises
-    RowSkipped for what ParallelPlan cannot express yet: expert tensor parallelism (etp > 1; bastion's experts
-    are not split by tp) and a pipeline layout other than bastion's split (specs.plan.chunk_layer_counts). Where
-    ParallelPlan gains etp and explicit layouts, they map here."""
+                  assumptions: list[str]) -> tuple[int, int, int | None, str]:
+    """The row's expert-parallel and expert-tensor-parallel degrees, the vpp its pipeline_layout implies (None:
+    not given) and that layout as ParallelPlan writes it ("" when bastion's own split is the same)."""
     ep = _int(row, "ep", 1)
     etp = _int(row, "etp")
-    if etp is None and model.num_experts and _int(row, "tp") > 1:
-        assumptions.append("etp: not given, assumed 1 (experts replicated over tp, as bastion runs them)")
-    if etp is not None and etp > 1:
-        raise RowSkipped(f"expert tensor parallelism etp = {etp} is not expressible in ParallelPlan yet "
-                         f"(bastion's routed experts are not split by tensor parallelism)")
+    if etp is None:
+        etp = 1
+        if model.num_experts and _int(row, "tp") > 1:
+            assumptions.append("etp: not given, assumed 1 (experts replicated over tp, as bastion runs them)")
     text = (row.get("pipeline_layout") or "").strip()
     if not text:
-        return ep, vpp
+        return ep, etp, vpp, ""
     try:
         layout = tuple(int(part) for part in text.split(";"))
     except ValueError:
@@ -205,11 +203,7 @@ def case_moe_plan(row: dict[str, str], model: ModelSpec, pp: int, vpp: int | Non
     if sum(layout) != model.num_layers:
         raise RowSkipped(f"pipeline_layout places {sum(layout)} layers, the model has {model.num_layers}")
     split = chunk_layer_counts(model.num_layers, len(layout))
-    if layout != split:
-        raise RowSkipped(f"pipeline_layout {text} is not expressible in ParallelPlan yet (bastion splits "
-                         f"{model.num_layers} layers over {len(layout)} chunks as "
-                         + (";".join(map(str, split)) if split else "nothing") + ")")
-    return ep, len(layout) // pp
+    return ep, etp, len(layout) // pp, "" if layout == split else ",".join(map(str, layout))
 
 
 def case_model(row: dict[str, str], assumptions: list[str]) -> ModelSpec:
@@ -317,7 +311,7 @@ def case_plan_choices(row: dict[str, str], model: ModelSpec, cluster: Cluster, a
         micro = 1
         assumptions.append("micro_batch_size: not given, assumed 1")
     open_settings = []
-    ep, layout_vpp = case_moe_plan(row, model, pp, _int(row, "vpp"), assumptions)
+    ep, etp, layout_vpp, layout = case_moe_plan(row, model, pp, _int(row, "vpp"), assumptions)
     vpps = [layout_vpp] if layout_vpp is not None else _vpp_choices(row, model, pp, assumptions)
     if len(vpps) > 1:
         open_settings.append("vpp")
@@ -354,7 +348,8 @@ def case_plan_choices(row: dict[str, str], model: ModelSpec, cluster: Cluster, a
     for v, z, rc, s in itertools.product(vpps, zeros, recomputes, sps):
         schedule = schedule_for_vpp(v)
         try:
-            plans.append(ParallelPlan(dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, zero_stage=z, micro_batch=micro,
+            plans.append(ParallelPlan(dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, etp=etp, pipeline_layout=layout,
+                                      zero_stage=z, micro_batch=micro,
                                       global_batch=_int(row, "global_batch_size"), pp_schedule=schedule, vpp=v,
                                       recompute=rc, sequence_parallel=s, precision=precision,
                                       recompute_layers=recompute_layers if rc == "full" else 0,
