@@ -93,7 +93,7 @@ def test_sbatch_accepts_the_script_with_its_options(slurm_cluster: SlurmCluster,
     done = bastion(slurm_cluster, "launch", "--on", "slurm", "--dry-run", "--model", "tiny", "--plan", str(plan),
                    "--data", str(root / "data"), "--run-dir", str(root / "run"), "--steps", "4", "--nodes", "2",
                    "--device", "cpu", "--exclusive", "--exclude", "n4", "--partition", "debug",
-                   "--sbatch-arg=--comment=two words; $(id)", "--sbatch-arg", "--mail-type=NONE")
+                   "--sbatch-arg=--comment=two words; $(id)", "--sbatch-arg", "--mail-type=NONE", "--switches", "auto")
     assert done.returncode == 0, done.stderr
     script = root / "job.sbatch"
     script.write_text(done.stdout)

@@ -296,8 +296,8 @@ def test_elastic_and_placed_manifests_pass_the_strict_validator(tmp_path: Path, 
     pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (dev extra) checks built-in kinds")
     pytest.importorskip("jsonschema", reason="jsonschema (dev extra) checks custom resources")
     path = tmp_path / f"{kind}.yaml"
-    path.write_text(render_manifests(elastic_request(), KubernetesOptions(**{**PLACEMENT.__dict__, "kind": kind,
-                                                                             "queue": "team-a"})))
+    path.write_text(render_manifests(elastic_request(), KubernetesOptions(**{
+        **PLACEMENT.__dict__, "kind": kind, "queue": "team-a", "topology_label": "cloud.google.com/gce-topology-block"})))
     done = subprocess.run([sys.executable, str(VALIDATOR), "--strict", str(path)], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -314,6 +314,31 @@ def test_malformed_placement_options_are_refused(opts, needle) -> None:
     with pytest.raises(LaunchError) as err:
         render_manifests(request(), opts)
     assert needle in err.value.problem and err.value.fix
+
+
+@pytest.mark.parametrize("kind", ["pytorchjob", "jobset"])
+def test_kueue_topology_keeps_the_pods_in_one_block(kind: str) -> None:
+    label = "cloud.google.com/gce-topology-block"
+    job = documents(render_manifests(request(), KubernetesOptions(image="i", kind=kind, queue="team-a",
+                                                                  topology_label=label)))
+    job = job["PyTorchJob" if kind == "pytorchjob" else "JobSet"]
+    template = (job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"] if kind == "pytorchjob"
+                else job["spec"]["replicatedJobs"][0]["template"]["spec"]["template"])
+    assert template["metadata"]["annotations"] == {"kueue.x-k8s.io/podset-preferred-topology": label}
+    with pytest.raises(LaunchError, match="not submitted through a Kueue queue"):
+        render_manifests(request(), KubernetesOptions(image="i", kind=kind, topology_label=label))
+    with pytest.raises(LaunchError, match="is not a node label key"):
+        render_manifests(request(), KubernetesOptions(image="i", kind=kind, queue="q", topology_label="a b"))
+
+
+def test_a_tensor_parallel_group_across_pods_is_refused(tmp_path: Path) -> None:
+    plan = ParallelPlan(dp=2, tp=4, global_batch=4).save(tmp_path / "plan.json")
+    base = [sys.executable, "-m", "bastion", "launch", "--on", "k8s", "--model", "small", "--plan", str(plan),
+            "--data", "/mnt/data", "--run-dir", "/mnt/run", "--steps", "10", "--image", "i:1", "--dry-run"]
+    split = subprocess.run([*base, "--gpus-per-node", "2"], capture_output=True, text=True, timeout=120)
+    assert split.returncode == 2 and "tensor-parallel groups would span machines" in split.stderr
+    whole = subprocess.run([*base, "--gpus-per-node", "4"], capture_output=True, text=True, timeout=120)
+    assert whole.returncode == 0, whole.stderr
 
 
 def test_cli_places_an_elastic_job(tmp_path: Path) -> None:

@@ -288,11 +288,12 @@ def test_slurm_options_reach_the_script_quoted(inputs) -> None:
         inputs, "--on", "slurm", "--nodes", "2", "--device", "cpu", "--dry-run", "--account", "proj-1",
         "--qos", "high", "--gres", "gpu:a100:2", "--constraint", "a100&ib", "--exclusive", "--exclude", "n[3-4]",
         "--container-image", "nvcr.io#nvidia/pytorch:25.01-py3", "--sbatch-arg=--comment=two words; $(id)",
-        "--sbatch-arg", "--mail-type=END"))
+        "--sbatch-arg", "--mail-type=END", "--switches", "auto"))
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     for line in ("#SBATCH --account=proj-1", "#SBATCH --qos=high", "#SBATCH --gres=gpu:a100:2",
                  "#SBATCH --constraint='a100&ib'", "#SBATCH --exclusive", "#SBATCH --exclude='n[3-4]'",
+                 "#SBATCH --switches=1@10:00",
                  "#SBATCH '--comment=two words; $(id)'", "#SBATCH --mail-type=END"):
         assert line in lines
     assert "--gpus-per-node" not in done.stdout   # --gres says what each node gets
@@ -310,6 +311,9 @@ def test_slurm_options_reach_the_script_quoted(inputs) -> None:
     (["--sbatch-arg", "mail"], "is not one sbatch option"),
     (["--sbatch-arg", "--comment=a\nb"], "control character"),
     (["--node-selector", "a=b"], "are options of --on k8s"),
+    (["--topology-label", "rack"], "are options of --on k8s"),
+    (["--switches", "two"], "is not COUNT[@MAX-WAIT]"),
+    (["--switches", "2@1-00:00:00"], None),
     (["--min-nodes", "1"], "this job is not elastic"),
     (["--min-nodes", "1", "--", "--on-failure", "shrink", "--checkpoint-every", "2"], None),
 ])

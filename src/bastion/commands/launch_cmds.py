@@ -75,6 +75,8 @@ def launch_command(
     exclude: options.Exclude = None,
     container_image: options.ContainerImage = None,
     sbatch_args: options.SbatchArgs = [],  # noqa: B006 - typer reads the default
+    switches: options.Switches = None,
+    topology_label: options.TopologyLabel = "",
     node_selector: options.NodeSelector = [],  # noqa: B006
     tolerations: options.Toleration = [],  # noqa: B006
     service_account: options.ServiceAccount = "",
@@ -95,7 +97,13 @@ def launch_command(
     """
     from bastion.commands.train_cmds import run_locally
     from bastion.launch import kubernetes, local, registry, slurm
-    from bastion.launch.request import LaunchRequest, check_engine, parse_time_limit, worker_layout
+    from bastion.launch.request import (
+        LaunchRequest,
+        check_engine,
+        check_tp_inside_nodes,
+        parse_time_limit,
+        worker_layout,
+    )
     from bastion.launch.worker import write_run_config
     from bastion.rundir.launch_record import add_slurm_job
     from bastion.rundir.layout import LAUNCH_DIR, RUN_CONFIG_FILE
@@ -164,9 +172,11 @@ def launch_command(
     run_config = _with_elastic(run, engine, layout, min_nodes)
     req = LaunchRequest(engine=engine, run_config=run_config, data_dir=data_text, run_dir=run_dir_text,
                         layout=layout, device=device, name=job_name, max_restarts=max_restarts)
-    _only_for(engine, slurm=(account, qos, gres, constraint, exclusive, exclude, container_image, sbatch_args),
+    _only_for(engine, slurm=(account, qos, gres, constraint, exclusive, exclude, container_image, sbatch_args,
+                             switches),
               k8s=(node_selector, tolerations, service_account, priority_class, requests, limits,
-                   gpu_resource != "nvidia.com/gpu"))
+                   gpu_resource != "nvidia.com/gpu", topology_label))
+    check_tp_inside_nodes(run.plan.tp, layout)
     # the job reads its own copy of the resolved run, so editing the plan or model file later cannot change a
     # requeued job
     config_path = Path(run_dir_text) / RUN_CONFIG_FILE
@@ -194,7 +204,7 @@ def launch_command(
                                   cpus_per_worker=cpus_per_worker, account=account, qos=qos, gres=gres,
                                   constraint=constraint, exclusive=exclusive, exclude=exclude,
                                   container_image=container_image, container_mounts=_data_dirs(data_text),
-                                  sbatch_args=tuple(sbatch_args))
+                                  sbatch_args=tuple(sbatch_args), switches=switches)
         script = slurm.render_sbatch(req, opts, str(config_path))
         if dry_run:
             _done(as_json, script.removesuffix("\n"), engine="slurm", dry_run=True, script=script,
@@ -230,7 +240,7 @@ def launch_command(
         node_selector=kubernetes.key_values(node_selector, "--node-selector"), tolerations=tuple(tolerations),
         service_account=service_account, priority_class=priority_class,
         requests=kubernetes.key_values(requests, "--request"), limits=kubernetes.key_values(limits, "--limit"),
-        gpu_resource=gpu_resource)
+        gpu_resource=gpu_resource, topology_label=topology_label)
     text = kubernetes.render_manifests(req, opts_k8s)
     if dry_run:
         _done(as_json, text.removesuffix("\n"), engine="k8s", dry_run=True, manifests=text, run_config=run_config)
@@ -283,10 +293,10 @@ def _data_dirs(data: str) -> tuple[str, ...]:
 
 def _only_for(engine: str, **given: tuple) -> None:
     """Refuse a Slurm option on a k8s launch and the other way round (each group: values given or not)."""
-    flags = {"slurm": "--account, --qos, --gres, --constraint, --exclusive, --exclude, --container-image and "
-                      "--sbatch-arg",
-             "k8s": "--node-selector, --toleration, --service-account, --priority-class, --request, --limit and "
-                    "--gpu-resource"}
+    flags = {"slurm": "--account, --qos, --gres, --constraint, --exclusive, --exclude, --container-image, "
+                      "--sbatch-arg and --switches",
+             "k8s": "--node-selector, --toleration, --service-account, --priority-class, --request, --limit, "
+                    "--gpu-resource and --topology-label"}
     for owner, values in given.items():
         if owner != engine and any(values):
             raise LaunchError(f"{flags[owner]} are options of --on {owner}.", fix=f"drop them for --on {engine}.")

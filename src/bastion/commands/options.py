@@ -141,6 +141,13 @@ ContainerImage = Annotated[str | None, typer.Option("--container-image", help="S
 SbatchArgs = Annotated[list[str], typer.Option("--sbatch-arg", help="Slurm: one more sbatch option, passed on "
                                                                     "quoted as one #SBATCH line (repeatable), e.g. "
                                                                     "--sbatch-arg=--mail-type=END.")]
+Switches = Annotated[str | None, typer.Option("--switches", help="Slurm: the most leaf switches the nodes may span, "
+                                                                 "COUNT[@MAX-WAIT] (sbatch --switches); auto = "
+                                                                 "1@10:00, data-parallel rings inside one leaf "
+                                                                 "switch.")]
+TopologyLabel = Annotated[str, typer.Option("--topology-label", help="k8s: node label of the network block (rack, "
+                                                                     "leaf switch) Kueue's topology-aware "
+                                                                     "scheduling keeps the pods in (needs --queue).")]
 NodeSelector = Annotated[list[str], typer.Option("--node-selector", help="k8s: KEY=VALUE node label the pods "
                                                                          "need (repeatable).")]
 Toleration = Annotated[list[str], typer.Option("--toleration", help="k8s: a taint the pods tolerate, KEY[=VALUE]"

@@ -67,6 +67,9 @@ class KubernetesOptions:
     limits: dict[str, str] = field(default_factory=dict)
     #: the extended resource one GPU is requested as
     gpu_resource: str = "nvidia.com/gpu"
+    #: node label of the network block (rack, leaf switch) Kueue's topology-aware scheduling should keep the pods
+    #: in, so that the data-parallel rings between them stay inside it ("" = no preference)
+    topology_label: str = ""
 
 
 def check_options(opts: KubernetesOptions) -> KubernetesOptions:
@@ -100,6 +103,15 @@ def check_options(opts: KubernetesOptions) -> KubernetesOptions:
     _check_resource("--gpu-resource", opts.gpu_resource, "1")
     for text in opts.tolerations:
         toleration(text)
+    if opts.topology_label:
+        if not opts.queue:
+            raise LaunchError("--topology-label asks Kueue's topology-aware scheduling to place the pods, but the job "
+                              "is not submitted through a Kueue queue.",
+                              fix="add --queue LOCALQUEUE (whose ClusterQueue's flavor has a Topology), or drop "
+                                  "--topology-label.")
+        if not _QUALIFIED.match(opts.topology_label):
+            raise LaunchError(f"--topology-label {opts.topology_label!r} is not a node label key.",
+                              fix="give the label of your Topology's level, e.g. cloud.google.com/gce-topology-block.")
     return opts
 
 
@@ -191,6 +203,17 @@ def _volumes(name: str) -> list[dict[str, Any]]:
     ]
 
 
+def _pod_template(req: LaunchRequest, opts: KubernetesOptions, name: str, env: list[dict[str, Any]],
+                  restart: str) -> dict[str, Any]:
+    """The pod template: its spec, and with --topology-label Kueue's topology request (one pod per node holds a
+    node's workers, so tensor-parallel groups — inside a node, launch/request.py checks — share its NVLink; the
+    pods, which the data-parallel rings join, are preferred inside one block of the label)."""
+    template: dict[str, Any] = {"spec": _pod_spec(req, opts, name, env, restart)}
+    if opts.topology_label:
+        template["metadata"] = {"annotations": {"kueue.x-k8s.io/podset-preferred-topology": opts.topology_label}}
+    return template
+
+
 def _pod_spec(req: LaunchRequest, opts: KubernetesOptions, name: str, env: list[dict[str, Any]],
               restart: str) -> dict[str, Any]:
     spec: dict[str, Any] = {"restartPolicy": restart} if restart else {}
@@ -256,7 +279,7 @@ def pytorchjob(req: LaunchRequest, opts: KubernetesOptions, name: str) -> dict[s
                 "replicas": nodes,
                 # a failed pod restarts in place and resumes from the run directory's newest checkpoint
                 "restartPolicy": "OnFailure",
-                "template": {"spec": _pod_spec(req, opts, name, [], restart="")},
+                "template": _pod_template(req, opts, name, [], restart=""),
             }
         },
     }
@@ -293,7 +316,7 @@ def jobset(req: LaunchRequest, opts: KubernetesOptions, name: str) -> dict[str, 
                 # otherwise any failed pod fails the Job and the whole set restarts
                 "parallelism": nodes, "completions": nodes, "completionMode": "Indexed",
                 "backoffLimit": 0 if fewest == most else opts.max_job_restarts * nodes,
-                "template": {"spec": _pod_spec(req, opts, name, env, restart="Never")},
+                "template": _pod_template(req, opts, name, env, restart="Never"),
             }},
         }],
     }

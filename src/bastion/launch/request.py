@@ -99,6 +99,17 @@ def check_partition(partition: str) -> str:
     return partition
 
 
+def check_tp_inside_nodes(tp: int, layout: WorkerLayout) -> None:
+    """Every tensor-parallel group inside one machine (its NVLink domain): ranks are numbered node by node and tp
+    is the innermost mesh dimension (runtime/mesh.py), so that holds exactly when tp divides the workers per
+    node. A group across machines would all-reduce every layer over the network."""
+    if layout.nodes > 1 and layout.procs_per_node % tp:
+        raise LaunchError(f"tp = {tp} does not divide the {layout.procs_per_node} workers per node: tensor-parallel "
+                          f"groups would span machines and all-reduce every layer over the network.",
+                          fix=f"give --gpus-per-node a multiple of {tp}, or plan with a tp dividing "
+                              f"{layout.procs_per_node}.")
+
+
 def worker_layout(num_workers: int, nodes: int | None, procs_per_node: int | None, device: str) -> WorkerLayout:
     """Split the plan's workers over nodes; refuse layouts that do not divide evenly."""
     if device not in DEVICES:

@@ -92,6 +92,9 @@ class SlurmOptions:
     container_mounts: tuple[str, ...] = ()
     #: further sbatch options, passed as they are (each one `#SBATCH` line; bastion's own options refused)
     sbatch_args: tuple[str, ...] = ()
+    #: leaf switches the allocation may span, COUNT[@WAIT] (sbatch --switches; "auto" = 1@10:00: the nodes under one
+    #: leaf switch, so the data-parallel rings between them stay there, waiting up to 10 minutes for such a set)
+    switches: str | None = None
 
     def lead_seconds(self) -> int:
         """The checkpoint warning: explicit, or 10% of the limit within [30 s, 600 s] and at most half of it."""
@@ -205,6 +208,8 @@ def _directives(req: LaunchRequest, opts: SlurmOptions) -> list[str]:
             directives.append(f"{flag}={q(value)}")
     if opts.exclusive:
         directives.append("--exclusive")
+    if opts.switches:
+        directives.append(f"--switches={switches_value(opts.switches)}")
     directives += [
         "--requeue",
         # a lost node does not end the allocation: the script continues on the nodes left, or requeues
@@ -214,6 +219,21 @@ def _directives(req: LaunchRequest, opts: SlurmOptions) -> list[str]:
         f"--output={_sbatch_output(req.run_dir)}",
     ]
     return directives + [q(arg) for arg in opts.sbatch_args]
+
+
+#: --switches auto: one leaf switch, waited for up to this long before Slurm takes what it has
+AUTO_SWITCHES = "1@10:00"
+_SWITCHES = re.compile(r"^[1-9][0-9]{0,4}(@([0-9]+-)?[0-9]{1,2}(:[0-9]{1,2}){0,2})?$")
+
+
+def switches_value(text: str) -> str:
+    """`--switches` as sbatch reads it: COUNT[@MAX-WAIT], or `auto`; a LaunchError otherwise."""
+    value = AUTO_SWITCHES if text == "auto" else text
+    if not _SWITCHES.match(value):
+        raise LaunchError(f"--switches {text!r} is not COUNT[@MAX-WAIT] (sbatch's form, e.g. 1@10:00) or auto.",
+                          fix="give the most leaf switches the nodes may span, optionally with how long to wait "
+                              "for such a set, e.g. --switches 1@30:00, or --switches auto.")
+    return value
 
 
 def _container_words(req: LaunchRequest, opts: SlurmOptions) -> list[str]:
