@@ -68,12 +68,15 @@ def test_status_logs_cancel_of_a_local_launch_then_overwrite(tmp_path: Path, tok
         # -f follows until the run ends: started now, it stops by itself after the cancel below
         follower = subprocess.Popen([sys.executable, "-m", "bastion", "logs", str(run), "-f", "--json", "-n", "1"],
                                     env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # its first line (the -n 1 backlog) printed: it is following before the run is cancelled
+        first_line = follower.stdout.readline()
         cancelled = bastion("cancel", str(run))
         assert cancelled.returncode == 0, cancelled.stderr
         assert "sent SIGTERM to the run's workers" in cancelled.stdout
         _, err = launcher.communicate(timeout=180)
         assert launcher.returncode == 0, err[-3000:]   # the workers saved and stopped: a clean exit, no traceback
-        followed, _ = follower.communicate(timeout=60)
+        rest, _ = follower.communicate(timeout=60)
+        followed = first_line + rest
     finally:
         for process in (launcher, follower):
             if process is not None and process.poll() is None:

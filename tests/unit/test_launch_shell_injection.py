@@ -112,10 +112,11 @@ def test_hostile_values_reach_the_workers_unchanged(sandbox: Path, hostile: str)
     assert code == 0
     argv = recorded_args(record)
     srun_options, worker = argv[:argv.index("/opt/venv/bin/python")], argv[argv.index("/opt/venv/bin/python"):]
-    assert srun_options == ["--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=2", "--kill-on-bad-exit=1"]
+    assert srun_options == ["--nodes=2", "--ntasks=2", "--nodelist=n7,n8", "--ntasks-per-node=1",
+                            "--cpus-per-task=2", "--kill-on-bad-exit=1"]
     assert worker == [
         "/opt/venv/bin/python", "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=2",
-        "--rdzv-backend=c10d", "--rdzv-endpoint=n7:20123", "--rdzv-id=123", "--max-restarts=0",
+        "--rdzv-backend=c10d", "--rdzv-endpoint=n7:20123", "--rdzv-id=123-1", "--max-restarts=0",
         "-m", "bastion", "_worker", config_path,
     ]
     assert not list(sandbox.rglob("PWNED"))

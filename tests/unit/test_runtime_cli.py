@@ -190,10 +190,12 @@ def test_the_worker_builds_its_train_config_from_the_run_config_alone(setup, mon
     with open(_written_config(setup, monkeypatch)) as file:
         config = json.load(file)
     train = _train_config(config)
-    assert train.model == "tiny" and ParallelPlan.load(train.plan).dp == 4 and train.steps == 3
+    # the resolved model and plan travel in the config: the worker reads no file (and writes none) for them
+    assert isinstance(train.plan, ParallelPlan) and train.plan.dp == 4 and train.steps == 3
+    assert train.model == load_model("tiny") and train.resolved_plan() is train.plan
     assert train.resilience.inject == () and train.seq_len is None
-    # a model file: the worker loads the spec shipped in the config, not the launching machine's file
+    # a model file: the worker takes the spec shipped in the config, not the launching machine's file
     config["train"]["model"] = "/nowhere/on/this/machine.toml"
     config["model"]["num_layers"] = 3
     train = _train_config(config)
-    assert train.model != config["train"]["model"] and load_model(train.model).num_layers == 3
+    assert train.resolved_model().num_layers == 3

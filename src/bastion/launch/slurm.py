@@ -299,6 +299,11 @@ restart_count=${{SLURM_RESTART_COUNT:-0}}
 if [ -n "$python" ] && "$python" -c "import bastion" 2>/dev/null; then
   # the nodes still usable (launch/slurm_nodes.py): how many and which the next step uses, every node excluded
   choose_nodes() {{ "$python" -m bastion _slurm_nodes "$config" --since "$script_start"; }}
+elif [ -n "$python" ]; then
+  # bastion is where the workers run (a node image, a path mounted only there) but not on the batch host: the
+  # steps run on the whole allocation, without leaving lost or slow nodes out
+  echo "[bastion] $python cannot import bastion on the batch host: every job step uses the whole allocation"
+  choose_nodes() {{ echo "$SLURM_JOB_NUM_NODES $(scontrol show hostnames "$SLURM_JOB_NODELIST" | paste -sd, -) -"; }}
 else
 {no_bastion}
 fi
