@@ -196,11 +196,13 @@ class ResolvedRun:
     overwrite: bool = False
 
 
-def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool = True) -> ResolvedRun:
+def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool = True,
+                engine_restarts: int = 0) -> ResolvedRun:
     """`bastion train`'s options (as click parsed them, for `train` and for `launch … -- ARGS`) checked and resolved
     into the run config, before any process starts: flag values, the model, the plan against the model and the
     world size (default: the plan's), the injected faults; where the paths are visible here (`paths_here`) also the
-    dataset and the run directory with its resume source (`runtime.preflight.check_run_dir`)."""
+    dataset and the run directory with its resume source (`runtime.preflight.check_run_dir`). `engine_restarts`:
+    the restarts the launch engine gives a failed worker group beyond torchrun's (a Slurm job's requeues)."""
     from bastion.commands.train_file import FILE_ONLY
     from bastion.errors import ConfigError, did_you_mean
     from bastion.launch.shrink import resolve_on_failure
@@ -244,9 +246,10 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
     # a lost node under shrink is a re-plan, not a restart
     fatal = [spec for spec in resilience.inject if spec.split(":")[0] in FATAL
              and not (shrinking and spec.startswith("lose-node"))]
-    if len(fatal) > p["max_restarts"]:
+    if len(fatal) > p["max_restarts"] + engine_restarts:
+        also = f" (and the engine restarts it {engine_restarts} time(s))" if engine_restarts else ""
         raise ConfigError(f"{len(fatal)} injected fault(s) ({', '.join(fatal)}) each end the worker group, but "
-                          f"--max-restarts is {p['max_restarts']}: the run would fail instead of recovering.",
+                          f"--max-restarts is {p['max_restarts']}{also}: the run would fail instead of recovering.",
                           fix=f"add --max-restarts {len(fatal)} (or more) so torchrun restarts the group and it "
                               f"resumes from its newest checkpoint.")
     init_from = _init_from(p.get("init_from"), request.spec, resilience.resume_from, paths_here)

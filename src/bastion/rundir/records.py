@@ -107,11 +107,14 @@ NODE_EXCLUDED = EventKind("node_excluded", "a Slurm job stopped using one of its
                           "drained or taken out of the job — or straggler, the node of slow `rank`); the job "
                           "steps of that start of the job (`start`: Slurm's restart count) exclude it "
                           "(launch/slurm_nodes.py)", ("node", "reason", "rank", "job_id", "start"))
+RESUBMITTED = EventKind("resubmitted", "a Slurm job that had to start again with fewer usable nodes than its plan "
+                        "needs submitted its script again as `new_job_id`, excluding `excluded`, instead of being "
+                        "requeued onto them (launch/slurm.py)", ("job_id", "new_job_id", "excluded"))
 
 EVENT_KINDS: dict[str, EventKind] = {kind.name: kind for kind in (
     RUN_START, RESUME, RESTART, FAULT, HANG, PREEMPTED, ROLLBACK, SKIP_BATCH, CHECKPOINT, CHECKPOINT_WAIT,
     CHECKPOINT_COMMITTED, CHECKPOINT_CORRUPT, CHECKPOINT_INTERVAL, EVAL, STRAGGLER, HEALTH_CHECK, PLAN_CHANGE,
-    NODE_EXCLUDED)}
+    NODE_EXCLUDED, RESUBMITTED)}
 #: events after which the next step runs in a freshly started process
 RESTART_EVENTS = (RESTART.name, RESUME.name)
 #: events whose blocking time is checkpoint stall
