@@ -27,6 +27,7 @@ from bastion.predict.kernels import DEFAULT_FP8_RECIPE
 from bastion.predict.options import PredictOptions
 from bastion.specs.hardware import Cluster
 from bastion.specs.model import ModelSpec
+from bastion.specs.plan import ParallelPlan
 
 
 @cache
@@ -127,20 +128,22 @@ def exposed_a2a(a2a: float, window: float, overlap: float) -> float:
     return a2a - hidden + load_calibration().network["overlap_slowdown"] * hidden
 
 
-def expert_placement(model: ModelSpec, cluster: Cluster, ep: int, etp: int, tp: int, dp: int, cp: int
-                     ) -> dict[str, object]:
+def expert_placement(model: ModelSpec, cluster: Cluster, plan: ParallelPlan) -> dict[str, object]:
     """Where a plan puts the experts: the ep group (members etp ranks apart) inside one scale-up domain or spread
-    over several, the experts and expert width each rank holds, and the ranks that replicate them."""
+    over several, the experts and expert width each rank holds, the ranks that replicate them, and whether the
+    expert groups fold over tensor-parallel ranks (predicted, not run by bastion's runtime)."""
+    ep, etp = plan.ep, plan.etp
     group = comm.place_group(cluster, ep, etp)
     domain = cluster.network.scale_up_size
     return {"ep": ep, "etp": etp, "experts_per_rank": model.num_experts // ep,
             "expert_width_per_rank": model.expert_width // etp,
-            # ZeRO / FSDP shards the local experts over the dp × cp ranks that hold the same ones (memory.py)
-            "expert_data_parallel": dp * cp // ep,
+            # ZeRO / FSDP shards the local experts over the ranks that hold the same ones (memory.py)
+            "expert_data_parallel": plan.expert_data_parallel,
+            "folded_over_tp": plan.folds_experts,
             "ep_group": {"ranks_per_scale_up_domain": group.local, "scale_up_domains": group.domains,
                          "spans_domains": group.domains > 1, "scale_up_domain_size": domain,
                          "all_to_all_over": "scale-out network (NICs)" if group.domains > 1 else "NVLink"},
-            "attention_tp": tp}
+            "attention_tp": plan.tp}
 
 
 def placement_line(placement: dict[str, object]) -> str:
@@ -150,6 +153,8 @@ def placement_line(placement: dict[str, object]) -> str:
     where = (f"spans {group['scale_up_domains']} scale-up domains ({group['ranks_per_scale_up_domain']} ranks in "
              f"each; all-to-all over the scale-out network)" if group["spans_domains"]
              else "inside one scale-up domain (all-to-all over NVLink)")
+    folded = (" (folded over tensor-parallel ranks, Megatron-Core's parallel folding: predicted, not run by "
+              "bastion's runtime)" if placement.get("folded_over_tp") else "")
     return (f"experts: ep {placement['ep']} group {where}; {placement['experts_per_rank']} experts per rank, "
             f"etp {placement['etp']} (expert width {placement['expert_width_per_rank']} per rank), replicated on "
-            f"{placement['expert_data_parallel']} expert-data-parallel ranks")
+            f"{placement['expert_data_parallel']} expert-data-parallel ranks{folded}")
