@@ -263,3 +263,27 @@ def test_planner_searches_ep_etp_and_layouts_and_explains_the_placement() -> Non
     entry = best.to_dict()
     assert entry["experts"]["placement"]["ep"] == best.plan.ep
     assert "all_to_all_share" in entry["experts"]
+
+
+# ---- node-limited routing (DeepSeek-V3: each token to at most 4 nodes) -------------------------------------------
+
+def test_node_limited_routing_bounds_the_cross_node_all_to_all() -> None:
+    model = load_model("deepseek-v3")
+    assert model.max_routed_nodes == 4 and load_model("qwen3-235b-a22b").max_routed_nodes == 0
+    cluster = load_cluster("h800:512")
+    plan = ParallelPlan(dp=64, pp=8, ep=64, zero_stage=1, global_batch=512, precision="fp8",
+                        pipeline_layout=uneven_layout(61, 8))
+    limited = estimate(model, cluster, plan, 4096)
+    free = estimate(replace(model, max_routed_nodes=0), cluster, plan, 4096)
+    # ep 64 spans 8 nodes: top-8 copies crossing to 7/8 remote nodes each against at most 4 nodes per token
+    assert limited.time.ep_comm < free.time.ep_comm
+    group = comm.place_group(cluster, 64, 1)
+    assert (group.domains, group.local) == (8, 8)
+    nbytes = 8 * 4096 * 7168 * 2.0
+    one = moe.node_limited_a2a_time(cluster, nbytes, 8, 4, group)
+    assert one == pytest.approx(comm.exchange_time(cluster, nbytes * 63 / 64, nbytes / 8 * 4 * 7 / 8))
+    # inside one node the limit changes nothing
+    inside = ParallelPlan(dp=64, pp=8, ep=8, zero_stage=1, global_batch=512, precision="fp8",
+                          pipeline_layout=uneven_layout(61, 8))
+    assert estimate(model, cluster, inside, 4096).time.ep_comm == \
+        estimate(replace(model, max_routed_nodes=0), cluster, inside, 4096).time.ep_comm

@@ -116,9 +116,30 @@ def routed_cost(model: ModelSpec, cluster: Cluster, tokens: int, tp: int, ep: in
     membound = compute.membound_time(acc, traffic + activation + casts)
 
     a2a_bytes = received * h * a
-    one_a2a = comm.all_to_all_time(cluster, a2a_bytes, comm.place_group(cluster, ep, etp)) if ep > 1 else 0.0
+    group = comm.place_group(cluster, ep, etp)
+    one_a2a = 0.0
+    if ep > 1:
+        one_a2a = comm.all_to_all_time(cluster, a2a_bytes, group)
+        if model.max_routed_nodes and group.domains > 1:
+            one_a2a = min(one_a2a, node_limited_a2a_time(cluster, a2a_bytes, model.top_k, model.max_routed_nodes,
+                                                         group))
     one_etp = comm.all_gather_time(cluster, etp * a2a_bytes, comm.place_group(cluster, etp, 1)) if etp > 1 else 0.0
     return RoutedCost(gemm_fwd=gemm_fwd, membound=membound, a2a=4 * one_a2a, etp_comm=4 * one_etp)
+
+
+def node_limited_a2a_time(cluster: Cluster, nbytes: float, top_k: int, max_nodes: int,
+                          group: comm.GroupPlacement) -> float:
+    """One dispatch or combine under node-limited routing (DeepSeek-V3 §2.1.2, §3.2.2): a token's top_k experts lie
+    on at most `max_nodes` of the group's scale-up domains, and it crosses the scale-out network once per remote
+    domain (to the GPU of the same local index there), which forwards it over NVLink to the GPUs holding its
+    experts. `nbytes` is this rank's top_k routed copies. Each domain is assumed equally likely among a token's
+    chosen ones, so max_nodes × (domains - 1) / domains of them are remote on average; every copy not kept on
+    this rank crosses NVLink once (directly, or forwarded after the scale-out hop)."""
+    reached = min(max_nodes, group.domains)
+    remote_per_token = min(reached * (group.domains - 1) / group.domains,
+                           top_k * (group.size - group.local) / group.size)
+    per_copy = nbytes / top_k
+    return comm.exchange_time(cluster, nbytes * (group.size - 1) / group.size, per_copy * remote_per_token)
 
 
 def exposed_a2a(a2a: float, window: float, overlap: float) -> float:

@@ -47,6 +47,25 @@ def chunk_layer_counts(num_layers: int, chunks: int) -> tuple[int, ...] | None:
     return (per - 1,) + (per,) * (chunks - 2) + (per - 1,)
 
 
+def uneven_layout(num_layers: int, chunks: int) -> str:
+    """A pipeline_layout for layers that do not split evenly over `chunks` (DeepSeek-V3's 61 layers on 16 stages):
+    the embedding and the LM head each count as one layer's slot, the layers + 2 slots are spread as evenly as the
+    counts allow, the extra slots going to the middle chunks, so the first and the last chunk are the lighter ones.
+    "" when the layers split evenly (chunk_layer_counts), or for a single chunk or fewer slots than chunks."""
+    if chunk_layer_counts(num_layers, chunks) is not None or chunks < 2:
+        return ""
+    per, extra = divmod(num_layers + 2, chunks)
+    if per < 1:
+        return ""
+    counts = [per] * chunks
+    middle = sorted(range(1, chunks - 1), key=lambda i: (abs(2 * i - (chunks - 1)), i))
+    for i in (middle + [0, chunks - 1])[:extra]:
+        counts[i] += 1
+    counts[0] -= 1
+    counts[-1] -= 1
+    return ",".join(str(c) for c in counts)
+
+
 @lru_cache(maxsize=4096)
 def parse_layout(text: str) -> tuple[int, ...] | None:
     """The per-chunk layer counts a `pipeline_layout` string names, or None when it is empty (cached: the
