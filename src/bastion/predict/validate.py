@@ -328,11 +328,14 @@ def case_plan_choices(row: dict[str, str], model: ModelSpec, cluster: Cluster, a
         assumptions.append(f"pipeline_layout: not given; {model.num_layers} layers over {pp * vpps[0]} chunks "
                            f"as {layout} (the embedding and the head counted as a layer each, the rest spread "
                            f"evenly: specs/plan.uneven_layout)")
+    recipe, recipe_source = _default_recipe(row)
     zero = _int(row, "zero_stage")
+    if zero is None and "zero_stage" in recipe:
+        zero = int(recipe["zero_stage"])
+        assumptions.append(f"zero_stage: not given; {zero}, the framework's default recipe ({recipe_source})")
     zeros = [zero] if zero is not None else [0, 1, 2, 3]
     if zero is None:
         open_settings.append("zero_stage")
-    recipe, recipe_source = _default_recipe(row)
     recompute_layers, offload = _memory_facts(row)
     recompute = (row.get("recompute") or "").strip()
     if not recompute and recompute_layers:
