@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 
+from bastion.errors import PlanError
 from bastion.planner.search import PlanRequest, search
 from bastion.planner.space import SearchSpace, enumerate_space, uneven_layout
 from bastion.predict import PredictOptions, comm, estimate, flops, moe
@@ -21,7 +22,6 @@ from bastion.predict.memory import (
 )
 from bastion.predict.software import software_stack
 from bastion.specs import ParallelPlan, load_cluster, load_model
-from bastion.errors import PlanError
 from bastion.specs.plan import RECOMPUTE_MODES
 
 H100 = load_cluster("h100-sxm:64")
