@@ -9,6 +9,10 @@ four all-to-alls per layer per micro-batch (two forward, their gradients backwar
 recomputed. With etp > 1 the ranks of an etp group all-gather their received tokens before the expert GEMMs and
 reduce-scatter the outputs after them (their gradients in reverse in the backward).
 
+When ep does not divide dp × cp the expert groups take in tensor-parallel ranks too (ParallelPlan.folds_experts):
+costed alike, and predicted only (bastion's runtime does not run it). Node-limited routing (ModelSpec.max_routed_nodes,
+DeepSeek-V3) caps the copies of a token that cross the scale-out network at one per remote node it reaches.
+
 The slowest rank sets the pace: it holds the busiest expert, which gets `imbalance` × the mean rows (the other
 experts of the rank the mean). Each expert's GEMM runs at the calibrated efficiency of its own shape (rows =
 that expert's tokens): many experts with few tokens each run far below the dense rate.
