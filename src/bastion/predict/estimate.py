@@ -701,7 +701,7 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     options = options or DEFAULT_OPTIONS
     s = seq_len or model.seq_len
     model = model.with_seq_len(s)  # learned position tables are sized by the sequence length
-    plan.validate(model, cluster, s)
+    plan.validate(model, cluster, s, allow_folding=True)
     _check_offload(plan, cluster)
     node = cluster
     cluster = per_rank(cluster)
@@ -823,7 +823,7 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     if model.num_experts:
         imbalance, why = moe.imbalance(model, options)
         overlap = options.moe_a2a_overlap
-        experts = {"placement": moe.expert_placement(model, node, plan.ep, plan.etp, plan.tp, plan.dp, plan.cp),
+        experts = {"placement": moe.expert_placement(model, node, plan),
                    "all_to_all_s": time.ep_comm, "all_to_all_share": time.ep_comm / time.step,
                    "etp_comm_s": time.etp_comm, "imbalance": imbalance, "imbalance_source": why,
                    "all_to_all_overlap": overlap}

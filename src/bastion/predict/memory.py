@@ -16,6 +16,7 @@ et al. 2022 (Sec. 4, Table 2): sbh(34 + 5as/h) and its TP, SP, selective and ful
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 
@@ -139,8 +140,21 @@ def _local_numel(p: ParamShape, tp: int, tp_rank: int, dp: int, dp_rank: int, dp
                  etp: int = 1) -> int:
     """Elements of `p` on one rank; `dp_rank` is the shard index among the `dp` (dp × cp) ranks, of which
     consecutive groups of `ep` split the experts (runtime/mesh.py: ep is innermost in the data-parallel ranks);
-    etp splits each expert's inner width (etp rank = tp_rank mod etp)."""
+    etp splits each expert's inner width (etp rank = tp_rank mod etp).
+
+    When ep does not divide dp (ParallelPlan.folds_experts) the experts' grid is folded over all tp × dp ranks of
+    the stage as Megatron-Core lays it out: with the stage's ranks numbered tp innermost, etp is innermost, then
+    ep, then the expert-data-parallel ranks that ZeRO shards over."""
     shape = list(p.shape)
+    if p.expert and ep > 1 and dp % ep:
+        flat = tp_rank + tp * dp_rank
+        if p.etp_dim is not None and etp > 1:
+            shape[p.etp_dim] = chunk_length(shape[p.etp_dim], etp, flat % etp)
+        shape[0] = chunk_length(shape[0], ep, flat // etp % ep)
+        edp = max(1, tp * dp // (ep * etp))
+        if dp_sharded and edp > 1:
+            shape[0] = chunk_length(shape[0], edp, flat // (etp * ep))
+        return math.prod(shape)
     if p.tp_dim is not None and tp > 1:
         shape[p.tp_dim] = chunk_length(shape[p.tp_dim], tp, tp_rank)
     if p.etp_dim is not None and etp > 1:

@@ -9,6 +9,10 @@ four all-to-alls per layer per micro-batch (two forward, their gradients backwar
 recomputed. With etp > 1 the ranks of an etp group all-gather their received tokens before the expert GEMMs and
 reduce-scatter the outputs after them (their gradients in reverse in the backward).
 
+When ep does not divide dp × cp the expert groups take in tensor-parallel ranks too (ParallelPlan.folds_experts):
+costed alike, and predicted only (bastion's runtime does not run it). Node-limited routing (ModelSpec.max_routed_nodes,
+DeepSeek-V3) caps the copies of a token that cross the scale-out network at one per remote node it reaches.
+
 The slowest rank sets the pace: it holds the busiest expert, which gets `imbalance` × the mean rows (the other
 experts of the rank the mean). Each expert's GEMM runs at the calibrated efficiency of its own shape (rows =
 that expert's tokens): many experts with few tokens each run far below the dense rate.
@@ -27,6 +31,7 @@ from bastion.predict.kernels import DEFAULT_FP8_RECIPE
 from bastion.predict.options import PredictOptions
 from bastion.specs.hardware import Cluster
 from bastion.specs.model import ModelSpec
+from bastion.specs.plan import ParallelPlan
 
 
 @cache
@@ -115,9 +120,30 @@ def routed_cost(model: ModelSpec, cluster: Cluster, tokens: int, tp: int, ep: in
     membound = compute.membound_time(acc, traffic + activation + casts)
 
     a2a_bytes = received * h * a
-    one_a2a = comm.all_to_all_time(cluster, a2a_bytes, comm.place_group(cluster, ep, etp)) if ep > 1 else 0.0
+    group = comm.place_group(cluster, ep, etp)
+    one_a2a = 0.0
+    if ep > 1:
+        one_a2a = comm.all_to_all_time(cluster, a2a_bytes, group)
+        if model.max_routed_nodes and group.domains > 1:
+            one_a2a = min(one_a2a, node_limited_a2a_time(cluster, a2a_bytes, model.top_k, model.max_routed_nodes,
+                                                         group))
     one_etp = comm.all_gather_time(cluster, etp * a2a_bytes, comm.place_group(cluster, etp, 1)) if etp > 1 else 0.0
     return RoutedCost(gemm_fwd=gemm_fwd, membound=membound, a2a=4 * one_a2a, etp_comm=4 * one_etp)
+
+
+def node_limited_a2a_time(cluster: Cluster, nbytes: float, top_k: int, max_nodes: int,
+                          group: comm.GroupPlacement) -> float:
+    """One dispatch or combine under node-limited routing (DeepSeek-V3 §2.1.2, §3.2.2): a token's top_k experts lie
+    on at most `max_nodes` of the group's scale-up domains, and it crosses the scale-out network once per remote
+    domain (to the GPU of the same local index there), which forwards it over NVLink to the GPUs holding its
+    experts. `nbytes` is this rank's top_k routed copies. Each domain is assumed equally likely among a token's
+    chosen ones, so max_nodes × (domains - 1) / domains of them are remote on average; every copy not kept on
+    this rank crosses NVLink once (directly, or forwarded after the scale-out hop)."""
+    reached = min(max_nodes, group.domains)
+    remote_per_token = min(reached * (group.domains - 1) / group.domains,
+                           top_k * (group.size - group.local) / group.size)
+    per_copy = nbytes / top_k
+    return comm.exchange_time(cluster, nbytes * (group.size - 1) / group.size, per_copy * remote_per_token)
 
 
 def exposed_a2a(a2a: float, window: float, overlap: float) -> float:
@@ -127,20 +153,22 @@ def exposed_a2a(a2a: float, window: float, overlap: float) -> float:
     return a2a - hidden + load_calibration().network["overlap_slowdown"] * hidden
 
 
-def expert_placement(model: ModelSpec, cluster: Cluster, ep: int, etp: int, tp: int, dp: int, cp: int
-                     ) -> dict[str, object]:
+def expert_placement(model: ModelSpec, cluster: Cluster, plan: ParallelPlan) -> dict[str, object]:
     """Where a plan puts the experts: the ep group (members etp ranks apart) inside one scale-up domain or spread
-    over several, the experts and expert width each rank holds, and the ranks that replicate them."""
+    over several, the experts and expert width each rank holds, the ranks that replicate them, and whether the
+    expert groups fold over tensor-parallel ranks (predicted, not run by bastion's runtime)."""
+    ep, etp = plan.ep, plan.etp
     group = comm.place_group(cluster, ep, etp)
     domain = cluster.network.scale_up_size
     return {"ep": ep, "etp": etp, "experts_per_rank": model.num_experts // ep,
             "expert_width_per_rank": model.expert_width // etp,
-            # ZeRO / FSDP shards the local experts over the dp × cp ranks that hold the same ones (memory.py)
-            "expert_data_parallel": dp * cp // ep,
+            # ZeRO / FSDP shards the local experts over the ranks that hold the same ones (memory.py)
+            "expert_data_parallel": plan.expert_data_parallel,
+            "folded_over_tp": plan.folds_experts,
             "ep_group": {"ranks_per_scale_up_domain": group.local, "scale_up_domains": group.domains,
                          "spans_domains": group.domains > 1, "scale_up_domain_size": domain,
                          "all_to_all_over": "scale-out network (NICs)" if group.domains > 1 else "NVLink"},
-            "attention_tp": tp}
+            "attention_tp": plan.tp}
 
 
 def placement_line(placement: dict[str, object]) -> str:
@@ -150,6 +178,8 @@ def placement_line(placement: dict[str, object]) -> str:
     where = (f"spans {group['scale_up_domains']} scale-up domains ({group['ranks_per_scale_up_domain']} ranks in "
              f"each; all-to-all over the scale-out network)" if group["spans_domains"]
              else "inside one scale-up domain (all-to-all over NVLink)")
+    folded = (" (folded over tensor-parallel ranks, Megatron-Core's parallel folding: predicted, not run by "
+              "bastion's runtime)" if placement.get("folded_over_tp") else "")
     return (f"experts: ep {placement['ep']} group {where}; {placement['experts_per_rank']} experts per rank, "
             f"etp {placement['etp']} (expert width {placement['expert_width_per_rank']} per rank), replicated on "
-            f"{placement['expert_data_parallel']} expert-data-parallel ranks")
+            f"{placement['expert_data_parallel']} expert-data-parallel ranks{folded}")

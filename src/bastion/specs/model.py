@@ -71,6 +71,10 @@ class ModelSpec:
     router_bias_update_rate: float = 0.0
     #: tokens an expert takes, as a multiple of its balanced share; 0 = dropless (no token is dropped)
     capacity_factor: float = 0.0
+    #: node-limited routing (DeepSeek-V3): each token's experts lie on at most this many nodes, picked by their
+    #: best expert scores, and the dispatch sends a token once to each of those nodes, which forward it to their
+    #: GPUs over NVLink; 0 = no limit
+    max_routed_nodes: int = 0
     #: every k-th layer after the dense ones has experts (Llama 4's interleave_moe_layer_step; 1 = all)
     moe_layer_freq: int = 1
     #: multi-head latent attention (DeepSeek-V2/V3) when kv_lora_rank > 0: keys and values are rebuilt per head
@@ -104,7 +108,7 @@ class ModelSpec:
                 raise ConfigError(f"{what}: {name} must be positive, got {getattr(self, name)}.",
                                   fix=f"set {name} to a positive integer.")
         for name in ("num_kv_heads", "head_dim", "num_experts", "top_k", "moe_ffn_hidden_size", "num_shared_experts",
-                     "dense_layers", "aux_loss_coeff", "router_bias_update_rate", "capacity_factor",
+                     "dense_layers", "aux_loss_coeff", "router_bias_update_rate", "capacity_factor", "max_routed_nodes",
                      "q_lora_rank", "kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{what}: {name} must be >= 0, got {getattr(self, name)}.",
