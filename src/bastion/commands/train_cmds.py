@@ -49,7 +49,9 @@ def train_command(
     mtbf_hours: float | None = typer.Option(None, "--mtbf-hours", help="MTBF for `auto` (default: published "
                                             "failure rate × number of devices)."),
     inject: list[str] = typer.Option([], "--inject", help="Inject a fault (repeatable): kill:rank=1,step=7, "
-                                     "hang:rank=0,step=5, nan:step=9, kill-during-save:step=8, corrupt-latest."),
+                                     "hang:rank=0,step=5, nan:step=9, kill-during-save:step=8, corrupt-latest, "
+                                     "lose-node:rank=3,step=5[,back_at=9], slow:rank=1,factor=3, flaky-link:rank=1, "
+                                     "bad-gpu:rank=2 (runtime/faults.py says what each does)."),
     max_restarts: options.MaxRestarts = 0,
     keep_last: int = typer.Option(3, "--keep-last", help="Keep the newest K checkpoints."),
     keep_every: int = typer.Option(0, "--keep-every", help="Also keep every checkpoint whose step is a multiple "
