@@ -286,15 +286,16 @@ def test_a_mixture_without_a_mixtral_form_is_not_exported():
 
 
 # ---- weights out: export, and export -> import -> export ----------------------------------------------------
-def save_as_checkpoint(hf_dir: Path, run_dir: Path, step: int = 1, data: Path | None = None) -> Path:
-    """A committed bastion checkpoint of the weights in `hf_dir` (as a run of `bastion train` saves it)."""
+def save_as_checkpoint(hf_dir: Path, run_dir: Path, step: int = 1, data: Path | None = None, net=None) -> Path:
+    """A committed bastion checkpoint of the weights in `hf_dir` (as a run of `bastion train` saves it), or of
+    `net`, a model of its config."""
     import torch.distributed.checkpoint as dcp
 
     from bastion.rundir import checkpoints as cf
     from bastion.rundir.layout import RUN_CONFIG_FILE, checkpoints_dir
 
     spec = load_model(str(hf_dir))
-    net = _bastion_from_hf(hf_dir)
+    net = net if net is not None else _bastion_from_hf(hf_dir)
     root = checkpoints_dir(run_dir)
     temp = root / cf.temp_dir_name(step)
     temp.mkdir(parents=True)
@@ -347,6 +348,29 @@ def test_export_loads_in_transformers_and_round_trips_byte_identically(tmp_path,
     save_as_checkpoint(tmp_path / "a", tmp_path / "run2", step=7, data=tokenized_data)
     main_ok(["export", str(tmp_path / "run2"), "--out", str(tmp_path / "b"), "--max-shard-mb", "0.03"])
     assert _files(tmp_path / "b") == exported
+
+
+def test_a_fine_tuned_qwen3_moe_exports_what_transformers_loads(tmp_path):
+    """A few optimizer steps on the imported Qwen3-MoE (every tensor moves, the q/k norms and routers too), then
+    export: transformers' logits on the export are bastion's."""
+    from bastion.runtime.parallelize import cross_entropy_loss
+
+    make_qwen3_moe(tmp_path / "hf")
+    net = _bastion_from_hf(tmp_path / "hf").train()
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    for step in range(3):
+        rows = tokens_for(96, batch=4, seq=17, seed=10 + step)
+        cross_entropy_loss(net(rows[:, :-1]), rows[:, 1:]).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert all(not torch.equal(p, before[n]) for n, p in net.named_parameters())
+    save_as_checkpoint(tmp_path / "hf", tmp_path / "run", step=3, net=net.eval())
+    main_ok(["export", str(tmp_path / "run"), "--out", str(tmp_path / "a")])
+    tokens = tokens_for(96)
+    with torch.no_grad():
+        ours = net(tokens)
+    assert float((hf_logits(tmp_path / "a", tokens) - ours).abs().max()) < 1e-5
 
 
 def test_export_of_tied_embeddings_in_bfloat16(tmp_path):
