@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from helpers.equivalence import TOLERANCE, max_differences, record, reference_run, run_cases
 
 pytestmark = [pytest.mark.dist, pytest.mark.timeout(1200)]
