@@ -116,7 +116,8 @@ def _leading_dense_layers(data: dict[str, Any], what: str) -> int | None:
 
 
 def spec_from_hf_config(data: dict[str, Any], what: str, name: str | None = None) -> ModelSpec:
-    """The ModelSpec of a Hugging Face Llama config (a ConfigError with guidance for anything else)."""
+    """The ModelSpec of a Hugging Face config of a SUPPORTED architecture (a ConfigError with guidance for anything
+    else)."""
     _refuse_unsupported(data, what)
     try:
         heads = int(data["num_attention_heads"])
