@@ -81,7 +81,8 @@ def train_command(
                                                     "never resumed."),
     # ---- Hugging Face weights (runtime/hf_weights.py) ----
     init_from: Path | None = typer.Option(None, "--init-from", help="Start a fresh run from the weights of this "
-                                          "Hugging Face Llama directory (config.json + safetensors) instead of a "
+                                          "Hugging Face model directory (Llama, Mixtral, DeepSeek-V3, Qwen3, "
+                                          "Qwen3-MoE: config.json + safetensors) instead of a "
                                           "random init; --model is its config.json (or any spec of the same "
                                           "shape)."),
     # ---- config file, evaluation, logs (commands/train_file.py, runtime/train.py) ----

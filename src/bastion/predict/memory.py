@@ -73,6 +73,9 @@ def layer_param_shapes(model: ModelSpec, moe: bool | None = None) -> list[ParamS
                                                           ParamShape("attention.wk.weight", (kv, h), 0),
                                                           ParamShape("attention.wv.weight", (kv, h), 0),
                                                           ParamShape("attention.wo.weight", (h, q), 1)]
+    if model.qk_norm:  # Qwen3's per-head q/k RMSNorms: one head_dim weight each, replicated over tp
+        attention += [ParamShape("attention.q_norm.weight", (model.head_dim,)),
+                      ParamShape("attention.k_norm.weight", (model.head_dim,))]
     shapes = [ParamShape("attention_norm.weight", (h,)), *attention, ParamShape("ffn_norm.weight", (h,))]
     gated = model.ffn_matrices == 3
     if moe:
@@ -353,20 +356,23 @@ class SavedTensor:
     statistic: bool = False
 
 
-def norm_saved_tensors(prefix: str, model: ModelSpec, a: int, fused_rmsnorm: bool) -> list[SavedTensor]:
-    """What one norm keeps; its output is kept by the matmuls that read it and is counted there."""
-    h = model.hidden_size
+def norm_saved_tensors(prefix: str, model: ModelSpec, a: int, fused_rmsnorm: bool, rows: int = 1,
+                       width: int | None = None, split: str = "seq") -> list[SavedTensor]:
+    """What one norm keeps; its output is kept by the matmuls that read it and is counted there. Per token: `rows`
+    normalised rows of `width` (default: one of hidden_size; Qwen3's q/k norms: one per head of head_dim, split
+    by tensor parallelism)."""
+    h = rows * (width or model.hidden_size)
     if model.bias:  # LayerNorm (the runtime's choice for biased GPT/BLOOM models): one kernel everywhere
-        return [SavedTensor(f"{prefix}.input", a * h, "seq"),
-                SavedTensor(f"{prefix}.mean_rstd", 2 * STAT_BYTES, "seq", statistic=True)]
+        return [SavedTensor(f"{prefix}.input", a * h, split),
+                SavedTensor(f"{prefix}.mean_rstd", 2 * STAT_BYTES * rows, split, statistic=True)]
     if fused_rmsnorm:
-        return [SavedTensor(f"{prefix}.input", a * h, "seq"),
-                SavedTensor(f"{prefix}.rstd", STAT_BYTES, "seq", statistic=True)]
+        return [SavedTensor(f"{prefix}.input", a * h, split),
+                SavedTensor(f"{prefix}.rstd", STAT_BYTES * rows, split, statistic=True)]
     # composite (x.float() * rsqrt(mean(x²) + eps) * weight) cast back: pow and the first mul keep the fp32
     # input, the weight's mul the fp32 normalised x (measured on torch 2.13 CPU in fp32 and bf16)
-    return [SavedTensor(f"{prefix}.input_fp32", 4 * h, "seq"),
-            SavedTensor(f"{prefix}.rstd", STAT_BYTES, "seq", statistic=True),
-            SavedTensor(f"{prefix}.normalized_fp32", 4 * h, "seq")]
+    return [SavedTensor(f"{prefix}.input_fp32", 4 * h, split),
+            SavedTensor(f"{prefix}.rstd", STAT_BYTES * rows, split, statistic=True),
+            SavedTensor(f"{prefix}.normalized_fp32", 4 * h, split)]
 
 
 @lru_cache(maxsize=1024)
@@ -398,6 +404,10 @@ def layer_saved_tensors(model: ModelSpec, seq_len: int, recompute: str, precisio
     if model.is_mla:
         saved += mla_saved_tensors(model, a, mm)
     else:
+        if model.qk_norm:  # the per-head q/k norms keep their inputs (the projections' outputs), before RoPE
+            saved += norm_saved_tensors("attention.q_norm", model, a, fused_rmsnorm, heads, model.head_dim, "tp")
+            saved += norm_saved_tensors("attention.k_norm", model, a, fused_rmsnorm, model.num_kv_heads,
+                                        model.head_dim, "tp")
         saved += [SavedTensor("attention.q", a * q, "tp"), SavedTensor("attention.k", a * kv, "tp"),
                   SavedTensor("attention.v", a * kv, "tp")]
     saved.append(SavedTensor("attention.output", a * model.v_width, "tp"))  # = the output projection's input

@@ -189,8 +189,7 @@ def apply_tensor_parallel(module: Transformer, rmesh: RuntimeMesh, sequence_para
         plan.update({"attention.wo": RowwiseParallel(output_layouts=stream),
                      "feed_forward.w1": ColwiseParallel(),
                      "feed_forward.w2": RowwiseParallel(output_layouts=stream)})
-        if isinstance(block.attention, LatentAttention):
-            block.attention.tp_mesh = tp_mesh
+        block.attention.tp_mesh = tp_mesh  # MLA's shared rotary key, Qwen3's q/k norm weights: gradients summed
         if block.moe is not None:
             # an MoE block: router and routed experts replicated over tp (etp = 1: every tp rank routes the same
             # tokens and runs its ep group's experts on them), the shared experts split like a dense MLP

@@ -49,6 +49,9 @@ class ModelSpec:
     norm_eps: float = 1e-5
     #: RoPE base frequency (10,000 for Llama 2; 500,000 for Llama 3)
     rope_theta: float = 10000.0
+    #: per-head RMSNorm of queries and keys over head_dim before RoPE (Qwen3's q_norm / k_norm; one head_dim
+    #: weight each, shared by every head)
+    qk_norm: bool = False
     #: mixture of experts: routed experts per MoE layer (0 = dense)
     num_experts: int = 0
     #: routed experts each token is sent to
@@ -153,6 +156,9 @@ class ModelSpec:
         if self.position_embedding == "rope" and self.head_dim % 2:
             raise ConfigError(f"{what}: RoPE needs an even head_dim, got {self.head_dim}.",
                               fix="choose num_heads (or head_dim) so that the head width is even.")
+        if self.qk_norm and self.bias:
+            raise ConfigError(f"{what}: per-head q/k RMSNorms (qk_norm) in a model with biases and LayerNorm are "
+                              f"not modelled.", fix="set qk_norm = false, or bias = false (Qwen3 has no biases).")
 
     def _check_mla(self, what: str) -> None:
         if not (self.qk_rope_head_dim and self.qk_nope_head_dim and self.v_head_dim):
@@ -169,6 +175,9 @@ class ModelSpec:
                               f"num_heads.", fix="leave num_kv_heads unset (0) for an MLA model.")
         if self.bias:
             raise ConfigError(f"{what}: MLA with linear biases is not modelled.", fix="set bias = false.")
+        if self.qk_norm:
+            raise ConfigError(f"{what}: per-head q/k norms (qk_norm) with MLA are not modelled (MLA normalises its "
+                              f"latents instead).", fix="set qk_norm = false for an MLA model.")
 
     def _check_moe(self, what: str) -> None:
         if self.dense_layers >= self.num_layers:
@@ -267,8 +276,9 @@ class ModelSpec:
         return self.moe_mlp_params() if self.num_experts else self.dense_mlp_params()
 
     def norm_params_per_layer(self) -> int:
-        # two norms per layer; LayerNorm (GPT) has a bias, RMSNorm (Llama) does not
-        return 2 * self.hidden_size * (2 if self.bias else 1)
+        # two norms per layer; LayerNorm (GPT) has a bias, RMSNorm (Llama) does not; Qwen3's q/k norms add two
+        # RMSNorms of head_dim
+        return 2 * self.hidden_size * (2 if self.bias else 1) + (2 * self.head_dim if self.qk_norm else 0)
 
     def layer_params(self, index: int, active: bool = False) -> int:
         """Parameters of layer `index`; `active`: those one token passes through (top_k of the routed experts)."""
