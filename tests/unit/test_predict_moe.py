@@ -10,7 +10,8 @@ import pytest
 from bastion.errors import PlanError
 from bastion.planner.search import PlanRequest, search
 from bastion.planner.space import SearchSpace, enumerate_space, uneven_layout
-from bastion.predict import PredictOptions, comm, estimate, flops, moe
+from bastion.predict import PredictOptions, comm, compute, estimate, flops, moe
+from bastion.predict.calibration import gemm_efficiency_measured, small_m_factor
 from bastion.predict.estimate import step_time_lower_bound
 from bastion.predict.memory import (
     activation_bytes_per_token,
@@ -52,6 +53,21 @@ def test_expert_gemms_run_at_their_own_shape_so_few_tokens_per_expert_run_slower
     assert whole.a2a == 0 and split.a2a > 0  # ep = 1 moves nothing
     # fp8 expert GEMMs pay their operands' casts, as the dense ones do
     assert moe.routed_cost(model, H100, 512, 1, 8, 1, "fp8", 1.0).membound > split.membound
+
+
+def test_gemms_with_fewer_rows_than_the_calibration_measured_follow_the_published_small_m_rates() -> None:
+    # at and above the calibration's smallest M nothing changes; below it the rate falls as DeepGEMM's tables
+    # show (M 256 per group ~3/4 of the large-M rate, M 64 about a quarter), continuous at the edge
+    assert small_m_factor(2048) == small_m_factor(8192) == 1.0
+    factors = [small_m_factor(m) for m in (32, 64, 128, 256, 512, 1024, 2047)]
+    assert factors == sorted(factors) and factors[-1] > 0.99
+    assert 0.7 < small_m_factor(256) < 0.85 and 0.2 < small_m_factor(64) < 0.35
+    assert small_m_factor(16) == small_m_factor(64)  # held flat below the smallest published M
+    # applied to every GEMM through the one shape curve: an expert GEMM of 256 rows takes longer per FLOP
+    edge = gemm_efficiency_measured("bf16", 2048, 4096, 1536)
+    assert gemm_efficiency_measured("bf16", 256, 4096, 1536) == pytest.approx(edge * small_m_factor(256))
+    per_flop = [compute.gemm_time(H100.accelerator, "bf16", m, 4096, 1536) / m for m in (256, 2048)]
+    assert per_flop[0] > per_flop[1] * 1.2
 
 
 def test_imbalance_follows_the_balancing_mechanism_and_slows_the_step() -> None:

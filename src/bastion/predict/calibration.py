@@ -106,8 +106,37 @@ def gemm_efficiency_measured(precision: str, m: int, k: int, n: int) -> float:
     """Fraction of the datasheet peak an (m×k)·(k×n) GEMM reached on the calibration card.
 
     Inverse-distance weighting in (log m, log k, log n) over the measured transformer shapes, with each dimension
-    clamped to the measured range first (the roofline in compute.py handles shapes too small to be compute-bound).
+    clamped to the measured range first (the roofline in compute.py handles shapes too small to be compute-bound);
+    below the smallest measured m, times small_m_factor (an expert's GEMM with few routed tokens).
     """
+    return _gemm_efficiency_in_range(precision, m, k, n) * small_m_factor(m)
+
+
+@cache
+def small_m_factor(m: int) -> float:
+    """Efficiency of a GEMM of `m` rows relative to one of the calibration's smallest measured m (1 at and above
+    it): the published small-M ratios of data/gemm_small_m.toml, geometric mean over their series, interpolated
+    in log2 m and held flat below the smallest published m."""
+    table = tomllib.loads((DATA_DIR / SMALL_M_FILE).read_text())
+    floor = int(table["calibrated_min_m"])
+    if m >= floor:
+        return 1.0
+    series = table["series"]
+
+    def ratio(rows: float) -> float:
+        logs = [math.log(interpolate_log(rows, [float(x) for x in s["m"]], [float(r) for r in s["ratio"]]))
+                for s in series]
+        return math.exp(sum(logs) / len(logs))
+
+    return ratio(float(max(m, 1))) / ratio(float(floor))
+
+
+#: published small-M GEMM rates (below the calibration's smallest M)
+SMALL_M_FILE = "gemm_small_m.toml"
+
+
+@cache
+def _gemm_efficiency_in_range(precision: str, m: int, k: int, n: int) -> float:
     cal = load_calibration()
     points = cal.gemm_fp8 if precision == "fp8" else cal.gemm_bf16
     lm = min(max(math.log2(max(m, 1)), 11.0), 15.0)
