@@ -20,6 +20,7 @@ from bastion.predict.memory import (
     layer_saved_tensors,
     model_state_bytes,
     stage_dense_layers,
+    stage_expert_grad_bytes,
 )
 from bastion.predict.software import software_stack
 from bastion.specs import ParallelPlan, load_cluster, load_model
@@ -171,6 +172,31 @@ def test_folded_plans_are_predicted_with_their_expert_memory() -> None:
     assert model_state_bytes(QWEN3_235B, FOLDED, 0)["params"] < model_state_bytes(QWEN3_235B, half, 0)["params"]
 
 
+def test_expert_gradients_reduce_over_the_ranks_that_hold_the_same_experts() -> None:
+    cluster = load_cluster("h100-sxm:16")
+    # folded ep 8 over tp 2 x dp 4: each rank holds its own eighth of the experts, nothing to reduce them with
+    assert moe.expert_data_parallel_group(cluster, FOLDED).size == 1
+    experts_bytes = 2 * QWEN3_235B.routed_expert_params() * 47 // 8  # 47 layers per stage, bf16 gradients
+    assert stage_expert_grad_bytes(QWEN3_235B, FOLDED, 0) == experts_bytes
+    # folded, the expert-data-parallel ranks are etp x ep apart; over dp ranks only, tp x ep apart
+    wide = ParallelPlan(dp=8, tp=4, pp=2, ep=16, global_batch=64, sequence_parallel=True)
+    assert moe.expert_data_parallel_group(load_cluster("h100-sxm:64"), wide) == comm.GroupPlacement(2, 1, 2)
+    split = ParallelPlan(dp=16, tp=2, pp=2, ep=4, global_batch=64, sequence_parallel=True)
+    assert moe.expert_data_parallel_group(load_cluster("h100-sxm:64"), split) == comm.GroupPlacement(4, 1, 4)
+    # so wider experts add no data-parallel traffic to the folded plan (the reduction hides under the backward
+    # and the gathers are exposed: only the dense parameters' part is left), but do where experts are replicated
+    options = PredictOptions(overlap_param_gather=False)
+    wider = replace(QWEN3_235B, moe_ffn_hidden_size=2 * QWEN3_235B.moe_ffn_hidden_size)
+
+    def dp_comm(model, plan):  # noqa: ANN001, ANN202
+        return estimate(model, cluster, plan, 4096, options=options).time.dp_comm
+
+    assert dp_comm(wider, FOLDED) == pytest.approx(dp_comm(QWEN3_235B, FOLDED))
+    replicated = replace(FOLDED, tp=1, dp=8, ep=4, sequence_parallel=False)
+    assert replicated.expert_data_parallel == 2 and not replicated.folds_experts
+    assert dp_comm(wider, replicated) > 1.2 * dp_comm(QWEN3_235B, replicated)
+
+
 def test_etp_splits_expert_parameters_and_adds_its_collectives() -> None:
     model = load_model("mixtral-8x7b")
     base = ParallelPlan(dp=16, tp=4, ep=4, global_batch=64, sequence_parallel=True)
@@ -286,6 +312,7 @@ def test_planner_searches_ep_etp_and_layouts_and_explains_the_placement() -> Non
 def test_node_limited_routing_bounds_the_cross_node_all_to_all() -> None:
     model = load_model("deepseek-v3")
     assert model.max_routed_nodes == 4 and load_model("qwen3-235b-a22b").max_routed_nodes == 0
+    assert load_model("kimi-k2").max_routed_nodes == 0  # its config: n_group 1, topk_group 1 (no node limit)
     cluster = load_cluster("h800:512")
     plan = ParallelPlan(dp=64, pp=8, ep=64, zero_stage=1, global_batch=512, precision="fp8",
                         pipeline_layout=uneven_layout(61, 8))

@@ -229,6 +229,20 @@ def stage_states(model: ModelSpec, plan: ParallelPlan, stage: int) -> tuple[int,
                            has_last, dense, plan.ep, plan.etp)
 
 
+def stage_expert_grad_bytes(model: ModelSpec, plan: ParallelPlan, stage: int) -> int:
+    """Bytes of the routed experts' gradients on rank 0 of a stage before any ZeRO sharding of them: the part of
+    its gradients that reduces over the expert-data-parallel ranks (ParallelPlan.expert_data_parallel), not over
+    dp × cp as the rest does."""
+    if not model.num_experts:
+        return 0
+    counts = plan.chunk_layers(model)
+    layers = stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp, counts)[stage][0]
+    moe_layers = layers - stage_dense_layers(model, plan.pp_schedule, plan.pp, plan.vpp, stage, counts)
+    numel = sum(_local_numel(p, plan.tp, 0, plan.shard_degree, 0, dp_sharded=False, ep=plan.ep, etp=plan.etp)
+                for p in _layer_shapes(model) if p.expert)
+    return moe_layers * numel * state_bytes_per_param(plan.precision)[1]
+
+
 @lru_cache(maxsize=65536)
 def fullest_stage_states(model: ModelSpec, tp: int, dp: int, zero_stage: int, precision: str, schedule: str,
                          pp: int, vpp: int, ep: int = 1, etp: int = 1, counts: tuple[int, ...] | None = None) -> int:

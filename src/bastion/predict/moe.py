@@ -153,6 +153,14 @@ def exposed_a2a(a2a: float, window: float, overlap: float) -> float:
     return a2a - hidden + load_calibration().network["overlap_slowdown"] * hidden
 
 
+def expert_data_parallel_group(cluster: Cluster, plan: ParallelPlan) -> comm.GroupPlacement:
+    """Where the ranks that hold the same experts sit (their gradients reduce over them): consecutive groups of
+    ep data-parallel ranks split the experts (runtime/mesh.py), so they are tp × ep ranks apart; folded over
+    tensor-parallel ranks, the experts' grid etp × ep is innermost (memory.py), so etp × ep apart."""
+    stride = plan.etp * plan.ep if plan.folds_experts else plan.tp * plan.ep
+    return comm.place_group(cluster, plan.expert_data_parallel, stride)
+
+
 def expert_placement(model: ModelSpec, cluster: Cluster, plan: ParallelPlan) -> dict[str, object]:
     """Where a plan puts the experts: the ep group (members etp ranks apart) inside one scale-up domain or spread
     over several, the experts and expert width each rank holds, the ranks that replicate them, and whether the
