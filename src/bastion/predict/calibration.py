@@ -213,11 +213,12 @@ def own_rates(accelerator: str) -> OwnRates | None:
 def device_scale(acc: Accelerator, curve: str = "bf16") -> float:
     """How much better (>1) or worse this device turns its datasheet peak into throughput than the calibration card
     on `curve` (CURVES): its own published rate where data/accelerator_rates.toml has one; else its bf16 GEMM rate
-    (an fp8 or attention rate not published); else the catalog's matmul_efficiency / the H200's 0.787."""
+    (an fp8 or attention rate not published); else the catalog's matmul_efficiency (times a power-capped part's
+    sustained_clock_fraction) / the H200's 0.787."""
     own = own_rates(acc.name)
     if own is not None and own.scale:
-        return own.scale.get(curve, own.scale.get("bf16", acc.matmul_efficiency / H200_MATMUL_EFFICIENCY))
-    return acc.matmul_efficiency / H200_MATMUL_EFFICIENCY
+        return own.scale.get(curve, own.scale.get("bf16", acc.sustained_matmul_efficiency / H200_MATMUL_EFFICIENCY))
+    return acc.sustained_matmul_efficiency / H200_MATMUL_EFFICIENCY
 
 
 def rates_note(acc: Accelerator) -> str:
@@ -225,8 +226,10 @@ def rates_note(acc: Accelerator) -> str:
     curves = f"H200 efficiency curves (measured) for shape; HBM {acc.hbm_bandwidth_gbs:g} GB/s for memory-bound work"
     own = own_rates(acc.name)
     if own is None or not own.scale:
+        capped = (f" x sustained clock {acc.sustained_clock_fraction:g} at {acc.tdp_w:g} W"
+                  if acc.sustained_clock_fraction < 1.0 else "")
         return (f"{curves}; level scaled from the H200 calibration by {acc.name} matmul_efficiency "
-                f"{acc.matmul_efficiency:g} / 0.787")
+                f"{acc.matmul_efficiency:g}{capped} / 0.787")
     levels = ", ".join(f"{curve} x{device_scale(acc, curve):.3f}" for curve in CURVES)
     return (f"{curves}; level from {acc.name}'s own published measurements ({levels} of the H200's; "
             f"predict/data/{ACCELERATOR_RATES_FILE}: {own.source})")
