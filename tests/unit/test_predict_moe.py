@@ -15,6 +15,8 @@ from bastion.predict.calibration import gemm_efficiency_measured, small_m_factor
 from bastion.predict.estimate import step_time_lower_bound
 from bastion.predict.memory import (
     activation_bytes_per_token,
+    fsdp_unit_numels,
+    fsdp_units,
     layer_numel,
     layer_param_shapes,
     layer_saved_tensors,
@@ -175,14 +177,19 @@ def test_folded_plans_are_predicted_with_their_expert_memory() -> None:
 def test_expert_gradients_reduce_over_the_ranks_that_hold_the_same_experts() -> None:
     cluster = load_cluster("h100-sxm:16")
     # folded ep 8 over tp 2 x dp 4: each rank holds its own eighth of the experts, nothing to reduce them with
-    assert moe.expert_data_parallel_group(cluster, FOLDED).size == 1
+    assert moe.expert_data_parallel_group(cluster, 4, 2, 8, 1).size == 1
     experts_bytes = 2 * QWEN3_235B.routed_expert_params() * 47 // 8  # 47 layers per stage, bf16 gradients
     assert stage_expert_grad_bytes(QWEN3_235B, FOLDED, 0) == experts_bytes
     # folded, the expert-data-parallel ranks are etp x ep apart; over dp ranks only, tp x ep apart
+    big = load_cluster("h100-sxm:64")
+
+    def group(plan: ParallelPlan) -> comm.GroupPlacement:
+        return moe.expert_data_parallel_group(big, plan.shard_degree, plan.tp, plan.ep, plan.etp)
+
     wide = ParallelPlan(dp=8, tp=4, pp=2, ep=16, global_batch=64, sequence_parallel=True)
-    assert moe.expert_data_parallel_group(load_cluster("h100-sxm:64"), wide) == comm.GroupPlacement(2, 1, 2)
+    assert group(wide) == comm.GroupPlacement(wide.expert_data_parallel, 1, 2)  # 16 ranks apart: two nodes
     split = ParallelPlan(dp=16, tp=2, pp=2, ep=4, global_batch=64, sequence_parallel=True)
-    assert moe.expert_data_parallel_group(load_cluster("h100-sxm:64"), split) == comm.GroupPlacement(4, 1, 4)
+    assert group(split) == comm.GroupPlacement(split.expert_data_parallel, 1, 4)  # 8 apart: four nodes
     # so wider experts add no data-parallel traffic to the folded plan (the reduction hides under the backward
     # and the gathers are exposed: only the dense parameters' part is left), but do where experts are replicated
     options = PredictOptions(overlap_param_gather=False)
@@ -195,6 +202,28 @@ def test_expert_gradients_reduce_over_the_ranks_that_hold_the_same_experts() -> 
     replicated = replace(FOLDED, tp=1, dp=8, ep=4, sequence_parallel=False)
     assert replicated.expert_data_parallel == 2 and not replicated.folds_experts
     assert dp_comm(wider, replicated) > 1.2 * dp_comm(QWEN3_235B, replicated)
+
+
+def test_zero3_gathers_only_this_ranks_experts_and_over_the_ranks_that_hold_them() -> None:
+    # a layer's routed experts are a unit of their own, this rank's 1/ep of them
+    layer = fsdp_units(QWEN3_235B, 1, "layer")
+    assert sum(n for n, _ in layer) == layer_numel(QWEN3_235B, 1) and [e for _, e in layer] == [False, True]
+    split = dict((e, n) for n, e in fsdp_units(QWEN3_235B, 1, "layer", 8, 1))
+    assert split[True] * 8 == dict((e, n) for n, e in layer)[True] and split[False] == layer[0][0]
+    assert max(fsdp_unit_numels(QWEN3_235B, 1, "module", 8, 1)) < max(fsdp_unit_numels(QWEN3_235B, 1, "module"))
+    # ep 8 over dp 8: no other rank holds this rank's experts, so wider experts add nothing to gather; ep 4
+    # leaves two copies of each expert, whose gathers grow with the experts
+    cluster = load_cluster("h100-sxm:16")
+    wider = replace(QWEN3_235B, moe_ffn_hidden_size=2 * QWEN3_235B.moe_ffn_hidden_size)
+    plan = ParallelPlan(dp=8, tp=2, pp=1, ep=8, zero_stage=3, global_batch=64, sequence_parallel=True,
+                        recompute="full")
+
+    def dp_comm(model, plan):  # noqa: ANN001, ANN202
+        return estimate(model, cluster, plan, 4096).time.dp_comm
+
+    assert dp_comm(wider, plan) == pytest.approx(dp_comm(QWEN3_235B, plan), rel=0.02)
+    half = replace(plan, ep=4)
+    assert dp_comm(wider, half) > 1.2 * dp_comm(QWEN3_235B, half)
 
 
 def test_etp_splits_expert_parameters_and_adds_its_collectives() -> None:

@@ -25,6 +25,7 @@ from bastion.predict.memory import (
     activation_bytes_per_token,
     activation_dtype_bytes,
     fsdp_unit_numels,
+    fsdp_units,
     has_dense_layers,
     offloaded_bytes_per_token,
     offloaded_layers,
@@ -526,10 +527,12 @@ def _stage_time_of(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len:
     if plan.zero_stage == 3 and plan.dp > 1:
         # the key's dp is the shard degree dp × cp; its members are tp ranks apart (cp inside dp)
         dp_group = comm.place_group(cluster, plan.dp, plan.tp)
-        units = fsdp_unit_numels(model, plan.tp, options.fsdp_unit)
+        expert_group = moe.expert_data_parallel_group(cluster, plan.dp, plan.tp, plan.ep, plan.etp)
+        units = [(n, expert_group if expert else dp_group)
+                 for n, expert in fsdp_units(model, plan.tp, options.fsdp_unit, plan.ep, plan.etp)]
         p_bytes, g_bytes, _ = state_bytes_per_param(plan.precision)
-        gather = sum(comm.all_gather_time(cluster, float(n * p_bytes), dp_group) for n in units)
-        scatter = sum(comm.reduce_scatter_time(cluster, float(n * g_bytes), dp_group) for n in units)
+        gather = sum(comm.all_gather_time(cluster, float(n * p_bytes), group) for n, group in units)
+        scatter = sum(comm.reduce_scatter_time(cluster, float(n * g_bytes), group) for n, group in units)
         # while a collective overlaps compute, its NCCL kernels hold SMs: the compute under it runs slower
         slow = load_calibration().network["overlap_slowdown"]
         fwd_comm, bwd_comm = gather, gather + scatter
@@ -750,7 +753,7 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
         # experts' over the ranks that hold the same experts (Megatron-Core's expert-data-parallel group; folded
         # over tp ranks it is not a subgroup of dp × cp)
         dp_group = comm.place_group(cluster, plan.shard_degree, plan.tp)
-        expert_group = moe.expert_data_parallel_group(cluster, plan)
+        expert_group = moe.expert_data_parallel_group(cluster, plan.shard_degree, plan.tp, plan.ep, plan.etp)
         expert_grads = stage_expert_grad_bytes(model, plan, worst)
         if plan.zero_stage < 2:
             dense_grads = worst_states[1] - expert_grads

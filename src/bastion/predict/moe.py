@@ -31,7 +31,7 @@ from bastion.predict.kernels import DEFAULT_FP8_RECIPE
 from bastion.predict.options import PredictOptions
 from bastion.specs.hardware import Cluster
 from bastion.specs.model import ModelSpec
-from bastion.specs.plan import ParallelPlan
+from bastion.specs.plan import ParallelPlan, expert_grid
 
 
 @cache
@@ -153,12 +153,14 @@ def exposed_a2a(a2a: float, window: float, overlap: float) -> float:
     return a2a - hidden + load_calibration().network["overlap_slowdown"] * hidden
 
 
-def expert_data_parallel_group(cluster: Cluster, plan: ParallelPlan) -> comm.GroupPlacement:
-    """Where the ranks that hold the same experts sit (their gradients reduce over them): consecutive groups of
-    ep data-parallel ranks split the experts (runtime/mesh.py), so they are tp × ep ranks apart; folded over
-    tensor-parallel ranks, the experts' grid etp × ep is innermost (memory.py), so etp × ep apart."""
-    stride = plan.etp * plan.ep if plan.folds_experts else plan.tp * plan.ep
-    return comm.place_group(cluster, plan.expert_data_parallel, stride)
+def expert_data_parallel_group(cluster: Cluster, shard_degree: int, tp: int, ep: int,
+                               etp: int) -> comm.GroupPlacement:
+    """Where the ranks that hold the same experts sit (their gradients reduce over them, ZeRO-3 gathers their
+    parameters over them) in a stage whose dp × cp is `shard_degree`: consecutive groups of ep data-parallel
+    ranks split the experts (runtime/mesh.py), so they are tp × ep ranks apart; folded over tensor-parallel
+    ranks, the experts' grid etp × ep is innermost (memory.py), so etp × ep apart."""
+    size, folded = expert_grid(shard_degree, tp, ep, etp)
+    return comm.place_group(cluster, size, etp * ep if folded else tp * ep)
 
 
 def expert_placement(model: ModelSpec, cluster: Cluster, plan: ParallelPlan) -> dict[str, object]:
