@@ -15,7 +15,9 @@ DeepSeek-V3) caps the copies of a token that cross the scale-out network at one 
 
 The slowest rank sets the pace: it holds the busiest expert, which gets `imbalance` × the mean rows (the other
 experts of the rank the mean). Each expert's GEMM runs at the calibrated efficiency of its own shape (rows =
-that expert's tokens): many experts with few tokens each run far below the dense rate.
+that expert's tokens): many experts with few tokens each run far below the dense rate (below the calibration's
+smallest M, at the published small-M rates of data/gemm_small_m.toml). The experts' gradients reduce, and ZeRO-3
+gathers their parameters, over the ranks that hold the same experts (expert_data_parallel_group), not dp × cp.
 """
 
 from __future__ import annotations
