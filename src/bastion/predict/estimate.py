@@ -24,7 +24,6 @@ from bastion.predict.memory import (
     MemoryBreakdown,
     activation_bytes_per_token,
     activation_dtype_bytes,
-    fsdp_unit_numels,
     fsdp_units,
     has_dense_layers,
     offloaded_bytes_per_token,
@@ -318,12 +317,16 @@ def _runtime_fsdp_comm(node: Cluster, model: ModelSpec, plan: ParallelPlan, laye
     if shard <= 1:
         return 0.0
     group = comm.place_group(node, shard, plan.tp)
+    # the routed experts are their own unit over the expert data-parallel ranks (runtime/parallelize.py)
+    expert_group = moe.expert_data_parallel_group(node, shard, plan.tp, plan.ep, plan.etp)
     p_bytes, g_bytes, _ = state_bytes_per_param(plan.precision)
     root = model.vocab_size * model.hidden_size // plan.tp * (int(has_first) + int(has_last)) + model.hidden_size
-    units = [sum(fsdp_unit_numels(model, plan.tp, "layer"))] * layers + [root]
+    layer = [(n, expert_group if expert else group) for n, expert in fsdp_units(model, plan.tp, "layer", plan.ep,
+                                                                                plan.etp)]
+    units = layer * layers + [(root, group)]
     gathers = 2 if plan.zero_stage == 3 else 1
-    return sum(gathers * comm.all_gather_time(node, float(n * p_bytes), group)
-               + comm.reduce_scatter_time(node, float(n * g_bytes), group) for n in units)
+    return sum(gathers * comm.all_gather_time(node, float(n * p_bytes), g)
+               + comm.reduce_scatter_time(node, float(n * g_bytes), g) for n, g in units)
 
 
 def _step_overhead(node: Cluster, model: ModelSpec, plan: ParallelPlan, layers: int, has_first: bool,
