@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 
+from bastion.errors import ConfigError
 from bastion.predict import compute, estimate
 from bastion.predict.calibration import (
     ACCELERATOR_RATES_FILE,
@@ -18,7 +19,7 @@ from bastion.predict.calibration import (
     own_rates,
 )
 from bastion.specs import ParallelPlan, load_cluster, load_model
-from bastion.specs.hardware import load_accelerator
+from bastion.specs.hardware import accelerator_for_device, load_accelerator
 
 RATES = tomllib.loads((DATA_DIR / ACCELERATOR_RATES_FILE).read_text())
 OWN = ("b200", "gb200", "mi300x")
@@ -72,3 +73,31 @@ def test_estimate_assumptions_name_where_the_rates_come_from(cluster: str, own: 
         assert "own published measurements" in line and ACCELERATOR_RATES_FILE in line and "MAMF" in line
     else:
         assert "scaled from the H200 calibration" in line and "matmul_efficiency" in line
+
+
+def test_a_power_capped_part_runs_at_its_sustained_clock_not_its_siblings() -> None:
+    pcie, sxm = load_accelerator("a100-pcie"), load_accelerator("a100-40g")
+    # the same die and datasheet peaks, 250 W against 400 W: only the clock it holds differs
+    assert pcie.peak_tflops("bf16") == sxm.peak_tflops("bf16") and pcie.tdp_w < sxm.tdp_w
+    assert pcie.sustained_clock_fraction < 1.0 == sxm.sustained_clock_fraction
+    assert pcie.sustained_clock_source
+    assert device_scale(pcie) == pytest.approx(device_scale(sxm) * pcie.sustained_clock_fraction)
+    shape = (8192, 8192, 8192)
+    assert compute.gemm_time(pcie, "bf16", *shape) == pytest.approx(
+        compute.gemm_time(sxm, "bf16", *shape) / pcie.sustained_clock_fraction)
+    # attention kernels capped relative to another card scale by the same sustained rate
+    flash2 = [compute.flash_attention_time(acc, "bf16", 1e12, 4096, 128, "fwdbwd", kernel="flash-attn-2")
+              for acc in (pcie, sxm)]
+    assert flash2[0] > flash2[1]
+    # memory-bound work keeps the HBM rate: the power cap slows the tensor cores, not the memory
+    assert compute.membound_time(pcie, 1e9) == compute.membound_time(sxm, 1e9)
+    # a run on the PCIe card finds its own catalog row, and `estimate` says the clock was applied
+    assert accelerator_for_device("NVIDIA A100-PCIE-40GB") == "a100-pcie-40g"
+    assert accelerator_for_device("NVIDIA A100-SXM4-40GB") == "a100-40g"
+    est = estimate(load_model("llama2-7b"), load_cluster("a100-pcie:8"), ParallelPlan(dp=8, global_batch=64), 4096)
+    assert any("sustained clock 0.933 at 250 W" in line for line in est.assumptions)
+
+
+def test_a_sustained_clock_fraction_outside_0_1_is_refused() -> None:
+    with pytest.raises(ConfigError, match="sustained_clock_fraction"):
+        replace(load_accelerator("a100-pcie"), sustained_clock_fraction=1.2)

@@ -10,15 +10,19 @@ import pytest
 from bastion.errors import PlanError
 from bastion.planner.search import PlanRequest, search
 from bastion.planner.space import SearchSpace, enumerate_space, uneven_layout
-from bastion.predict import PredictOptions, comm, estimate, flops, moe
+from bastion.predict import PredictOptions, comm, compute, estimate, flops, moe
+from bastion.predict.calibration import gemm_efficiency_measured, small_m_factor
 from bastion.predict.estimate import step_time_lower_bound
 from bastion.predict.memory import (
     activation_bytes_per_token,
+    fsdp_unit_numels,
+    fsdp_units,
     layer_numel,
     layer_param_shapes,
     layer_saved_tensors,
     model_state_bytes,
     stage_dense_layers,
+    stage_expert_grad_bytes,
 )
 from bastion.predict.software import software_stack
 from bastion.specs import ParallelPlan, load_cluster, load_model
@@ -52,6 +56,21 @@ def test_expert_gemms_run_at_their_own_shape_so_few_tokens_per_expert_run_slower
     assert whole.a2a == 0 and split.a2a > 0  # ep = 1 moves nothing
     # fp8 expert GEMMs pay their operands' casts, as the dense ones do
     assert moe.routed_cost(model, H100, 512, 1, 8, 1, "fp8", 1.0).membound > split.membound
+
+
+def test_gemms_with_fewer_rows_than_the_calibration_measured_follow_the_published_small_m_rates() -> None:
+    # at and above the calibration's smallest M nothing changes; below it the rate falls as DeepGEMM's tables
+    # show (M 256 per group ~3/4 of the large-M rate, M 64 about a quarter), continuous at the edge
+    assert small_m_factor(2048) == small_m_factor(8192) == 1.0
+    factors = [small_m_factor(m) for m in (32, 64, 128, 256, 512, 1024, 2047)]
+    assert factors == sorted(factors) and factors[-1] > 0.99
+    assert 0.7 < small_m_factor(256) < 0.85 and 0.2 < small_m_factor(64) < 0.35
+    assert small_m_factor(16) == small_m_factor(64)  # held flat below the smallest published M
+    # applied to every GEMM through the one shape curve: an expert GEMM of 256 rows takes longer per FLOP
+    edge = gemm_efficiency_measured("bf16", 2048, 4096, 1536)
+    assert gemm_efficiency_measured("bf16", 256, 4096, 1536) == pytest.approx(edge * small_m_factor(256))
+    per_flop = [compute.gemm_time(H100.accelerator, "bf16", m, 4096, 1536) / m for m in (256, 2048)]
+    assert per_flop[0] > per_flop[1] * 1.2
 
 
 def test_imbalance_follows_the_balancing_mechanism_and_slows_the_step() -> None:
@@ -153,6 +172,58 @@ def test_folded_plans_are_predicted_with_their_expert_memory() -> None:
     # folding ep 8 over tp 2 × dp 4 holds 1/8 of the experts per rank; ep 4 over the dp ranks holds 1/4
     half = replace(FOLDED, ep=4)
     assert model_state_bytes(QWEN3_235B, FOLDED, 0)["params"] < model_state_bytes(QWEN3_235B, half, 0)["params"]
+
+
+def test_expert_gradients_reduce_over_the_ranks_that_hold_the_same_experts() -> None:
+    cluster = load_cluster("h100-sxm:16")
+    # folded ep 8 over tp 2 x dp 4: each rank holds its own eighth of the experts, nothing to reduce them with
+    assert moe.expert_data_parallel_group(cluster, 4, 2, 8, 1).size == 1
+    experts_bytes = 2 * QWEN3_235B.routed_expert_params() * 47 // 8  # 47 layers per stage, bf16 gradients
+    assert stage_expert_grad_bytes(QWEN3_235B, FOLDED, 0) == experts_bytes
+    # folded, the expert-data-parallel ranks are etp x ep apart; over dp ranks only, tp x ep apart
+    big = load_cluster("h100-sxm:64")
+
+    def group(plan: ParallelPlan) -> comm.GroupPlacement:
+        return moe.expert_data_parallel_group(big, plan.shard_degree, plan.tp, plan.ep, plan.etp)
+
+    wide = ParallelPlan(dp=8, tp=4, pp=2, ep=16, global_batch=64, sequence_parallel=True)
+    assert group(wide) == comm.GroupPlacement(wide.expert_data_parallel, 1, 2)  # 16 ranks apart: two nodes
+    split = ParallelPlan(dp=16, tp=2, pp=2, ep=4, global_batch=64, sequence_parallel=True)
+    assert group(split) == comm.GroupPlacement(split.expert_data_parallel, 1, 4)  # 8 apart: four nodes
+    # so wider experts add no data-parallel traffic to the folded plan (the reduction hides under the backward
+    # and the gathers are exposed: only the dense parameters' part is left), but do where experts are replicated
+    options = PredictOptions(overlap_param_gather=False)
+    wider = replace(QWEN3_235B, moe_ffn_hidden_size=2 * QWEN3_235B.moe_ffn_hidden_size)
+
+    def dp_comm(model, plan):  # noqa: ANN001, ANN202
+        return estimate(model, cluster, plan, 4096, options=options).time.dp_comm
+
+    assert dp_comm(wider, FOLDED) == pytest.approx(dp_comm(QWEN3_235B, FOLDED))
+    replicated = replace(FOLDED, tp=1, dp=8, ep=4, sequence_parallel=False)
+    assert replicated.expert_data_parallel == 2 and not replicated.folds_experts
+    assert dp_comm(wider, replicated) > 1.2 * dp_comm(QWEN3_235B, replicated)
+
+
+def test_zero3_gathers_only_this_ranks_experts_and_over_the_ranks_that_hold_them() -> None:
+    # a layer's routed experts are a unit of their own, this rank's 1/ep of them
+    layer = fsdp_units(QWEN3_235B, 1, "layer")
+    assert sum(n for n, _ in layer) == layer_numel(QWEN3_235B, 1) and [e for _, e in layer] == [False, True]
+    split = dict((e, n) for n, e in fsdp_units(QWEN3_235B, 1, "layer", 8, 1))
+    assert split[True] * 8 == dict((e, n) for n, e in layer)[True] and split[False] == layer[0][0]
+    assert max(fsdp_unit_numels(QWEN3_235B, 1, "module", 8, 1)) < max(fsdp_unit_numels(QWEN3_235B, 1, "module"))
+    # ep 8 over dp 8: no other rank holds this rank's experts, so wider experts add nothing to gather; ep 4
+    # leaves two copies of each expert, whose gathers grow with the experts
+    cluster = load_cluster("h100-sxm:16")
+    wider = replace(QWEN3_235B, moe_ffn_hidden_size=2 * QWEN3_235B.moe_ffn_hidden_size)
+    plan = ParallelPlan(dp=8, tp=2, pp=1, ep=8, zero_stage=3, global_batch=64, sequence_parallel=True,
+                        recompute="full")
+
+    def dp_comm(model, plan):  # noqa: ANN001, ANN202
+        return estimate(model, cluster, plan, 4096).time.dp_comm
+
+    assert dp_comm(wider, plan) == pytest.approx(dp_comm(QWEN3_235B, plan), rel=0.02)
+    half = replace(plan, ep=4)
+    assert dp_comm(wider, half) > 1.2 * dp_comm(QWEN3_235B, half)
 
 
 def test_etp_splits_expert_parameters_and_adds_its_collectives() -> None:
@@ -270,6 +341,7 @@ def test_planner_searches_ep_etp_and_layouts_and_explains_the_placement() -> Non
 def test_node_limited_routing_bounds_the_cross_node_all_to_all() -> None:
     model = load_model("deepseek-v3")
     assert model.max_routed_nodes == 4 and load_model("qwen3-235b-a22b").max_routed_nodes == 0
+    assert load_model("kimi-k2").max_routed_nodes == 0  # its config: n_group 1, topk_group 1 (no node limit)
     cluster = load_cluster("h800:512")
     plan = ParallelPlan(dp=64, pp=8, ep=64, zero_stage=1, global_batch=512, precision="fp8",
                         pipeline_layout=uneven_layout(61, 8))

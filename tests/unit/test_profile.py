@@ -4,12 +4,14 @@ used by `estimate --cluster PROFILE` in place of the catalog's datasheet rates."
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from bastion.cli import main
 from bastion.errors import ConfigError
+from bastion.predict import estimate
 from bastion.specs import ParallelPlan, load_model
 from bastion.specs.hardware import load_cluster
 from bastion.specs.profile import PROFILE_FORMAT, profile_toml, read_profile
@@ -196,3 +198,18 @@ def test_report_says_which_profile_and_interval_its_prediction_used(tmp_path: Pa
     assert f"rates: profile {path}" in text and "predicted step p10-p90:" in text
     code, out, _ = run(["report", str(failing_run), "--cluster", "cpu:2"], capsys)
     assert "rates: datasheet: catalog row 'cpu'" in " ".join(out.split())
+
+
+def test_a_profiled_hosts_fsdp_gathers_only_its_own_experts_over_the_ranks_that_hold_them(tmp_path: Path) -> None:
+    # bastion's runtime gives the routed experts their own FSDP2 unit over the expert data-parallel ranks: with
+    # ep 4 over dp 4 no rank shares its experts, so wider experts add no FSDP collective; with ep 2 they do
+    cluster = load_cluster(str(write(tmp_path, profile_data())))
+    model = replace(load_model("tiny-moe"), num_shared_experts=0)  # only the routed experts grow below
+    wider = replace(model, moe_ffn_hidden_size=4 * model.moe_ffn_hidden_size)
+
+    def dp_comm(m, ep: int) -> float:  # noqa: ANN001
+        plan = ParallelPlan(dp=4, ep=ep, global_batch=8)
+        return estimate(m, cluster, plan, model.seq_len).time.dp_comm
+
+    assert dp_comm(wider, 4) == pytest.approx(dp_comm(model, 4))
+    assert dp_comm(wider, 2) > dp_comm(model, 2) > dp_comm(model, 4)

@@ -17,6 +17,12 @@ E0030 no GPU count published.
 Branch predict (2026-12-07): h800 and gb300 catalogued, folded expert parallelism predicted, DeepSeek-V3's node-limited
 routing in the all-to-all, an unpublished uneven pipeline split taken as the planner's: 29 of 31 predicted (E0030 no
 GPU count, E0031 TPU), median |error| 24.8%, p90 50.0%.
+
+Branch predict2 (2026-12-07), mechanisms chosen AFTER these rows' errors were seen (so no longer blind): expert GEMMs
+below the calibration's smallest M at DeepGEMM's published small-M rates, expert gradients reduced and ZeRO-3
+expert units gathered over the expert-data-parallel ranks (this rank's 1/ep of the experts): E0003 +173% -> +25%,
+E0004 -29% -> -28%, E0005 -45% -> -43%, torchtitan Qwen3-30B rows 1-1.5 points faster; median |error| 24.8%,
+p90 49.3%, interval coverage 75.9% (was 79.3%: torchtitan E0026, E0027 now 1-2% below their p10).
 """
 
 from __future__ import annotations

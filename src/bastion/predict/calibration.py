@@ -106,8 +106,37 @@ def gemm_efficiency_measured(precision: str, m: int, k: int, n: int) -> float:
     """Fraction of the datasheet peak an (m×k)·(k×n) GEMM reached on the calibration card.
 
     Inverse-distance weighting in (log m, log k, log n) over the measured transformer shapes, with each dimension
-    clamped to the measured range first (the roofline in compute.py handles shapes too small to be compute-bound).
+    clamped to the measured range first (the roofline in compute.py handles shapes too small to be compute-bound);
+    below the smallest measured m, times small_m_factor (an expert's GEMM with few routed tokens).
     """
+    return _gemm_efficiency_in_range(precision, m, k, n) * small_m_factor(m)
+
+
+@cache
+def small_m_factor(m: int) -> float:
+    """Efficiency of a GEMM of `m` rows relative to one of the calibration's smallest measured m (1 at and above
+    it): the published small-M ratios of data/gemm_small_m.toml, geometric mean over their series, interpolated
+    in log2 m and held flat below the smallest published m."""
+    table = tomllib.loads((DATA_DIR / SMALL_M_FILE).read_text())
+    floor = int(table["calibrated_min_m"])
+    if m >= floor:
+        return 1.0
+    series = table["series"]
+
+    def ratio(rows: float) -> float:
+        logs = [math.log(interpolate_log(rows, [float(x) for x in s["m"]], [float(r) for r in s["ratio"]]))
+                for s in series]
+        return math.exp(sum(logs) / len(logs))
+
+    return ratio(float(max(m, 1))) / ratio(float(floor))
+
+
+#: published small-M GEMM rates (below the calibration's smallest M)
+SMALL_M_FILE = "gemm_small_m.toml"
+
+
+@cache
+def _gemm_efficiency_in_range(precision: str, m: int, k: int, n: int) -> float:
     cal = load_calibration()
     points = cal.gemm_fp8 if precision == "fp8" else cal.gemm_bf16
     lm = min(max(math.log2(max(m, 1)), 11.0), 15.0)
@@ -184,11 +213,12 @@ def own_rates(accelerator: str) -> OwnRates | None:
 def device_scale(acc: Accelerator, curve: str = "bf16") -> float:
     """How much better (>1) or worse this device turns its datasheet peak into throughput than the calibration card
     on `curve` (CURVES): its own published rate where data/accelerator_rates.toml has one; else its bf16 GEMM rate
-    (an fp8 or attention rate not published); else the catalog's matmul_efficiency / the H200's 0.787."""
+    (an fp8 or attention rate not published); else the catalog's matmul_efficiency (times a power-capped part's
+    sustained_clock_fraction) / the H200's 0.787."""
     own = own_rates(acc.name)
     if own is not None and own.scale:
-        return own.scale.get(curve, own.scale.get("bf16", acc.matmul_efficiency / H200_MATMUL_EFFICIENCY))
-    return acc.matmul_efficiency / H200_MATMUL_EFFICIENCY
+        return own.scale.get(curve, own.scale.get("bf16", acc.sustained_matmul_efficiency / H200_MATMUL_EFFICIENCY))
+    return acc.sustained_matmul_efficiency / H200_MATMUL_EFFICIENCY
 
 
 def rates_note(acc: Accelerator) -> str:
@@ -196,8 +226,10 @@ def rates_note(acc: Accelerator) -> str:
     curves = f"H200 efficiency curves (measured) for shape; HBM {acc.hbm_bandwidth_gbs:g} GB/s for memory-bound work"
     own = own_rates(acc.name)
     if own is None or not own.scale:
+        capped = (f" x sustained clock {acc.sustained_clock_fraction:g} at {acc.tdp_w:g} W"
+                  if acc.sustained_clock_fraction < 1.0 else "")
         return (f"{curves}; level scaled from the H200 calibration by {acc.name} matmul_efficiency "
-                f"{acc.matmul_efficiency:g} / 0.787")
+                f"{acc.matmul_efficiency:g}{capped} / 0.787")
     levels = ", ".join(f"{curve} x{device_scale(acc, curve):.3f}" for curve in CURVES)
     return (f"{curves}; level from {acc.name}'s own published measurements ({levels} of the H200's; "
             f"predict/data/{ACCELERATOR_RATES_FILE}: {own.source})")

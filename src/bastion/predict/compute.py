@@ -90,7 +90,7 @@ def flash_attention_time(acc: Accelerator, precision: str, flops_fwd: float, seq
         eff = min(MAX_EFFICIENCY, attention_efficiency_measured(seq_len, head_dim, pass_) * scale)
         if kernel != DEFAULT_KERNEL:
             best = min(MAX_EFFICIENCY, attention_efficiency_measured(1 << 30, head_dim, pass_) * scale)
-            eff = kernel_efficiency(kernel, acc.arch, eff, best, acc.matmul_efficiency)
+            eff = kernel_efficiency(kernel, acc.arch, eff, best, acc.sustained_matmul_efficiency)
     if efficiency_cap is not None:
         eff = min(eff, efficiency_cap)
     flops = flops_fwd * (3.5 if pass_ == "fwdbwd" else 1.0)

@@ -24,7 +24,7 @@ from bastion.predict.memory import (
     MemoryBreakdown,
     activation_bytes_per_token,
     activation_dtype_bytes,
-    fsdp_unit_numels,
+    fsdp_units,
     has_dense_layers,
     offloaded_bytes_per_token,
     offloaded_layers,
@@ -32,6 +32,7 @@ from bastion.predict.memory import (
     recomputed_layers,
     stage_chunk_layers,
     stage_dense_layers,
+    stage_expert_grad_bytes,
     stage_memory,
     stage_states,
     state_bytes_per_param,
@@ -316,12 +317,16 @@ def _runtime_fsdp_comm(node: Cluster, model: ModelSpec, plan: ParallelPlan, laye
     if shard <= 1:
         return 0.0
     group = comm.place_group(node, shard, plan.tp)
+    # the routed experts are their own unit over the expert data-parallel ranks (runtime/parallelize.py)
+    expert_group = moe.expert_data_parallel_group(node, shard, plan.tp, plan.ep, plan.etp)
     p_bytes, g_bytes, _ = state_bytes_per_param(plan.precision)
     root = model.vocab_size * model.hidden_size // plan.tp * (int(has_first) + int(has_last)) + model.hidden_size
-    units = [sum(fsdp_unit_numels(model, plan.tp, "layer"))] * layers + [root]
+    layer = [(n, expert_group if expert else group) for n, expert in fsdp_units(model, plan.tp, "layer", plan.ep,
+                                                                                plan.etp)]
+    units = layer * layers + [(root, group)]
     gathers = 2 if plan.zero_stage == 3 else 1
-    return sum(gathers * comm.all_gather_time(node, float(n * p_bytes), group)
-               + comm.reduce_scatter_time(node, float(n * g_bytes), group) for n in units)
+    return sum(gathers * comm.all_gather_time(node, float(n * p_bytes), g)
+               + comm.reduce_scatter_time(node, float(n * g_bytes), g) for n, g in units)
 
 
 def _step_overhead(node: Cluster, model: ModelSpec, plan: ParallelPlan, layers: int, has_first: bool,
@@ -525,10 +530,12 @@ def _stage_time_of(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len:
     if plan.zero_stage == 3 and plan.dp > 1:
         # the key's dp is the shard degree dp × cp; its members are tp ranks apart (cp inside dp)
         dp_group = comm.place_group(cluster, plan.dp, plan.tp)
-        units = fsdp_unit_numels(model, plan.tp, options.fsdp_unit)
+        expert_group = moe.expert_data_parallel_group(cluster, plan.dp, plan.tp, plan.ep, plan.etp)
+        units = [(n, expert_group if expert else dp_group)
+                 for n, expert in fsdp_units(model, plan.tp, options.fsdp_unit, plan.ep, plan.etp)]
         p_bytes, g_bytes, _ = state_bytes_per_param(plan.precision)
-        gather = sum(comm.all_gather_time(cluster, float(n * p_bytes), dp_group) for n in units)
-        scatter = sum(comm.reduce_scatter_time(cluster, float(n * g_bytes), dp_group) for n in units)
+        gather = sum(comm.all_gather_time(cluster, float(n * p_bytes), group) for n, group in units)
+        scatter = sum(comm.reduce_scatter_time(cluster, float(n * g_bytes), group) for n, group in units)
         # while a collective overlaps compute, its NCCL kernels hold SMs: the compute under it runs slower
         slow = load_calibration().network["overlap_slowdown"]
         fwd_comm, bwd_comm = gather, gather + scatter
@@ -741,27 +748,38 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     # data parallelism (ZeRO 0-2): gradients are reduced once per step; DDP's buckets overlap the reduction with
     # the last micro-batch's backward, except the last bucket. ZeRO 1/2 then all-gather the updated parameters.
     dp_comm = m * slowest.fsdp_exposed
-    worst_states = max((stage_states(model, plan, i) for i in representatives), key=sum)
+    worst = max(representatives, key=lambda i: sum(stage_states(model, plan, i)))
+    worst_states = stage_states(model, plan, worst)
     p_bytes, g_bytes, o_bytes = state_bytes_per_param(plan.precision)
-    if plan.shard_degree > 1 and plan.zero_stage < 3 and not saturated:
-        # gradients are reduced over dp × cp (context-parallel ranks hold the same parameters)
+    if max(plan.shard_degree, plan.expert_data_parallel) > 1 and plan.zero_stage < 3 and not saturated:
+        # gradients are reduced over dp × cp (context-parallel ranks hold the same parameters), the routed
+        # experts' over the ranks that hold the same experts (Megatron-Core's expert-data-parallel group; folded
+        # over tp ranks it is not a subgroup of dp × cp)
         dp_group = comm.place_group(cluster, plan.shard_degree, plan.tp)
-        unsharded_grads = worst_states[1] if plan.zero_stage < 2 else worst_states[1] * plan.shard_degree
-        numel = unsharded_grads / g_bytes
-        bucket = min(options.dp_bucket_bytes, numel * g_bytes)
+        expert_group = moe.expert_data_parallel_group(cluster, plan.shard_degree, plan.tp, plan.ep, plan.etp)
+        expert_grads = stage_expert_grad_bytes(model, plan, worst)
+        if plan.zero_stage < 2:
+            dense_grads = worst_states[1] - expert_grads
+        else:
+            dense_grads = (worst_states[1] - expert_grads / expert_group.size) * plan.shard_degree
+        bucket = min(options.dp_bucket_bytes, dense_grads or expert_grads)
+        last_group = dp_group if dense_grads else expert_group
         if plan.zero_stage == 0:
-            reduce = comm.all_reduce_time(cluster, numel * g_bytes, dp_group)
+            reduce = (comm.all_reduce_time(cluster, dense_grads, dp_group)
+                      + comm.all_reduce_time(cluster, expert_grads, expert_group))
             gather = 0.0
         else:
-            reduce = comm.reduce_scatter_time(cluster, numel * g_bytes, dp_group)
-            gather = comm.all_gather_time(cluster, numel * p_bytes, dp_group)
-        last_bucket = comm.all_reduce_time(cluster, bucket, dp_group)
+            reduce = (comm.reduce_scatter_time(cluster, dense_grads, dp_group)
+                      + comm.reduce_scatter_time(cluster, expert_grads, expert_group))
+            gather = (comm.all_gather_time(cluster, dense_grads / g_bytes * p_bytes, dp_group)
+                      + comm.all_gather_time(cluster, expert_grads / g_bytes * p_bytes, expert_group))
+        last_bucket = comm.all_reduce_time(cluster, bucket, last_group)
         slow = load_calibration().network["overlap_slowdown"]
         hidden = min(reduce, slowest.backward)
         dp_comm += max(reduce - slowest.backward, last_bucket) + slow * hidden
         if gather and options.overlap_param_gather:
             # the next step's first forward hides the gathers, but for the first bucket's
-            first = comm.all_gather_time(cluster, bucket / g_bytes * p_bytes, dp_group)
+            first = comm.all_gather_time(cluster, bucket / g_bytes * p_bytes, last_group)
             shown = min(gather, slowest.forward)
             dp_comm += max(gather - slowest.forward, first) + slow * shown
         else:

@@ -32,7 +32,7 @@ class AttentionKernel:
     written_for: str = ""
     #: at most this fraction of the bf16 peak on a generation newer than `written_for`, on `cap_measured_on`
     newer_arch_cap: float | None = None
-    #: the accelerator the cap was measured on (another card scales it by its matmul_efficiency)
+    #: the accelerator the cap was measured on (another card scales it by its sustained matmul efficiency)
     cap_measured_on: str = ""
     #: the kernel's ceiling is that of `relative_to` divided by `slowdown`
     relative_to: str = ""
@@ -85,7 +85,7 @@ def _card_ratio(measured_on: str, matmul_efficiency: float | None) -> float:
         return 1.0
     from bastion.specs.hardware import load_accelerator
 
-    return matmul_efficiency / load_accelerator(measured_on).matmul_efficiency
+    return matmul_efficiency / load_accelerator(measured_on).sustained_matmul_efficiency
 
 
 @dataclass(frozen=True)

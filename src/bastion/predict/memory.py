@@ -232,6 +232,20 @@ def stage_states(model: ModelSpec, plan: ParallelPlan, stage: int) -> tuple[int,
                            has_last, dense, plan.ep, plan.etp)
 
 
+def stage_expert_grad_bytes(model: ModelSpec, plan: ParallelPlan, stage: int) -> int:
+    """Bytes of the routed experts' gradients on rank 0 of a stage before any ZeRO sharding of them: the part of
+    its gradients that reduces over the expert-data-parallel ranks (ParallelPlan.expert_data_parallel), not over
+    dp × cp as the rest does."""
+    if not model.num_experts:
+        return 0
+    counts = plan.chunk_layers(model)
+    layers = stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp, counts)[stage][0]
+    moe_layers = layers - stage_dense_layers(model, plan.pp_schedule, plan.pp, plan.vpp, stage, counts)
+    numel = sum(_local_numel(p, plan.tp, 0, plan.shard_degree, 0, dp_sharded=False, ep=plan.ep, etp=plan.etp)
+                for p in _layer_shapes(model) if p.expert)
+    return moe_layers * numel * state_bytes_per_param(plan.precision)[1]
+
+
 @lru_cache(maxsize=65536)
 def fullest_stage_states(model: ModelSpec, tp: int, dp: int, zero_stage: int, precision: str, schedule: str,
                          pp: int, vpp: int, ep: int = 1, etp: int = 1, counts: tuple[int, ...] | None = None) -> int:
@@ -314,18 +328,28 @@ def layer_numel(model: ModelSpec, tp: int) -> int:
 
 
 @lru_cache(maxsize=4096)
-def fsdp_unit_numels(model: ModelSpec, tp: int, unit: str) -> tuple[int, ...]:
-    """Parameters (on one TP rank) of each group ZeRO-3 gathers at once inside one layer: the whole layer, or
-    each sub-module (a weight matrix with its bias; a norm) — see PredictOptions.fsdp_unit."""
-    if unit == "layer":
-        return (layer_numel(model, tp),)
-    if unit != "module":
+def fsdp_units(model: ModelSpec, tp: int, unit: str, ep: int = 1, etp: int = 1) -> tuple[tuple[int, bool], ...]:
+    """(parameters on one rank, routed experts?) of each group ZeRO-3 gathers at once inside one layer: the whole
+    layer, or each sub-module (a weight matrix with its bias; a norm) — see PredictOptions.fsdp_unit. A layer's
+    routed experts are a unit of their own, this rank's 1/ep of them (1/etp of their width), gathered over the
+    ranks that hold the same experts rather than dp × cp (torchtitan's apply_fsdp shards them on their own mesh,
+    Megatron-FSDP over the expert-data-parallel group)."""
+    if unit not in ("layer", "module"):
         raise ValueError(f"fsdp_unit must be 'layer' or 'module', got {unit!r}")
-    groups: dict[str, int] = {}
+    groups: dict[tuple[str, bool], int] = {}
     for p in _layer_shapes(model):
-        module = p.name.rsplit(".", 1)[0]
-        groups[module] = groups.get(module, 0) + _local_numel(p, tp, 0, 1, 0, False)
-    return tuple(groups.values())
+        module = "layer" if unit == "layer" else p.name.rsplit(".", 1)[0]
+        key = (module, p.expert)
+        # dp = ep: this rank's experts before any data-parallel sharding (the gathered size)
+        groups[key] = groups.get(key, 0) + _local_numel(p, tp, 0, ep, 0, False, ep=ep, etp=etp)
+    return tuple((numel, expert) for (_, expert), numel in groups.items())
+
+
+def fsdp_unit_numels(model: ModelSpec, tp: int, unit: str, ep: int = 1, etp: int = 1) -> tuple[int, ...]:
+    """Parameters (on one rank) of each group ZeRO-3 gathers at once inside one layer (fsdp_units), the whole
+    layer's as one under `layer`."""
+    units = fsdp_units(model, tp, unit, ep, etp)
+    return (sum(n for n, _ in units),) if unit == "layer" else tuple(n for n, _ in units)
 
 
 def stage_layer_count(model: ModelSpec, plan: ParallelPlan, stage: int) -> int:
@@ -675,7 +699,7 @@ def stage_memory(model: ModelSpec, plan: ParallelPlan, seq_len: int, stage: int,
     comm = 0.0
     if plan.shard_degree > 1 and plan.zero_stage == 3:
         # two gathered units (current + prefetched) and one unsharded gradient, the largest unit each
-        comm += 3 * a * max(fsdp_unit_numels(model, plan.tp, options.fsdp_unit))
+        comm += 3 * a * max(fsdp_unit_numels(model, plan.tp, options.fsdp_unit, plan.ep, plan.etp))
     elif plan.shard_degree > 1:
         comm += 2 * options.dp_bucket_bytes
     if plan.tp > 1:

@@ -15,7 +15,9 @@ DeepSeek-V3) caps the copies of a token that cross the scale-out network at one 
 
 The slowest rank sets the pace: it holds the busiest expert, which gets `imbalance` × the mean rows (the other
 experts of the rank the mean). Each expert's GEMM runs at the calibrated efficiency of its own shape (rows =
-that expert's tokens): many experts with few tokens each run far below the dense rate.
+that expert's tokens): many experts with few tokens each run far below the dense rate (below the calibration's
+smallest M, at the published small-M rates of data/gemm_small_m.toml). The experts' gradients reduce, and ZeRO-3
+gathers their parameters, over the ranks that hold the same experts (expert_data_parallel_group), not dp × cp.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from bastion.predict.kernels import DEFAULT_FP8_RECIPE
 from bastion.predict.options import PredictOptions
 from bastion.specs.hardware import Cluster
 from bastion.specs.model import ModelSpec
-from bastion.specs.plan import ParallelPlan
+from bastion.specs.plan import ParallelPlan, expert_grid
 
 
 @cache
@@ -151,6 +153,16 @@ def exposed_a2a(a2a: float, window: float, overlap: float) -> float:
     compute; the hidden part still slows that compute (NCCL's kernels hold SMs: network.toml overlap_slowdown)."""
     hidden = min(overlap * a2a, window)
     return a2a - hidden + load_calibration().network["overlap_slowdown"] * hidden
+
+
+def expert_data_parallel_group(cluster: Cluster, shard_degree: int, tp: int, ep: int,
+                               etp: int) -> comm.GroupPlacement:
+    """Where the ranks that hold the same experts sit (their gradients reduce over them, ZeRO-3 gathers their
+    parameters over them) in a stage whose dp × cp is `shard_degree`: consecutive groups of ep data-parallel
+    ranks split the experts (runtime/mesh.py), so they are tp × ep ranks apart; folded over tensor-parallel
+    ranks, the experts' grid etp × ep is innermost (memory.py), so etp × ep apart."""
+    size, folded = expert_grid(shard_degree, tp, ep, etp)
+    return comm.place_group(cluster, size, etp * ep if folded else tp * ep)
 
 
 def expert_placement(model: ModelSpec, cluster: Cluster, plan: ParallelPlan) -> dict[str, object]:

@@ -81,6 +81,24 @@ class Accelerator:
     gemm_efficiency_curve: tuple[tuple[float, ...], ...] = ()
     #: (sequence length, forward, forward + backward fraction of the peak) of causal SDPA; empty = matmul_efficiency
     attention_efficiency_curve: tuple[tuple[float, ...], ...] = ()
+    #: a part sold at a lower board power than its sibling on the same die and datasheet peaks (PCIe cards): the
+    #: fraction of the sibling's sustained tensor-core clock it holds under a dense GEMM load at that power, which
+    #: scales the sibling's matmul_efficiency it shares (1 = the same part, or one whose power cap is already in
+    #: its own published rates, predict/data/accelerator_rates.toml)
+    sustained_clock_fraction: float = 1.0
+    #: where sustained_clock_fraction comes from
+    sustained_clock_source: str = ""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.sustained_clock_fraction <= 1.0:
+            raise ConfigError(f"{self.name}: sustained_clock_fraction must be in (0, 1], got "
+                              f"{self.sustained_clock_fraction:g}.",
+                              fix="give the fraction of its full-power sibling's sustained clock, e.g. 0.93.")
+
+    @property
+    def sustained_matmul_efficiency(self) -> float:
+        """The fraction of the bf16 datasheet peak a large GEMM reaches on this part at its own board power."""
+        return self.matmul_efficiency * self.sustained_clock_fraction
 
     def shared_by(self, ranks: int) -> Accelerator:
         """What one of `ranks` devices on a node gets: itself, unless it is a host CPU whose cores and memory

@@ -80,6 +80,15 @@ def parse_layout(text: str) -> tuple[int, ...] | None:
                         reason="bad pipeline layout") from None
 
 
+def expert_grid(shard_degree: int, tp: int, ep: int, etp: int) -> tuple[int, bool]:
+    """(expert-data-parallel ranks, folded over tensor-parallel ranks) of a stage whose dp × cp is
+    `shard_degree` (ParallelPlan.expert_data_parallel and folds_experts)."""
+    folded = ep > 1 and shard_degree % ep != 0
+    if folded:
+        return max(1, tp * shard_degree // (ep * etp)), True
+    return max(1, shard_degree // ep), False
+
+
 @dataclass(frozen=True)
 class ParallelPlan:
     """How one training step is split across devices."""
@@ -146,15 +155,13 @@ class ParallelPlan:
         expert groups span tensor-parallel ranks too (Megatron-Core's "parallel folding": the experts' grid etp ×
         ep × expert-dp is laid over the tp × cp × dp ranks of a pipeline stage). Predicted, not run by bastion's
         runtime, which splits the experts over data-parallel ranks only."""
-        return self.ep > 1 and (self.dp * self.cp) % self.ep != 0
+        return expert_grid(self.shard_degree, self.tp, self.ep, self.etp)[1]
 
     @property
     def expert_data_parallel(self) -> int:
         """Ranks of a pipeline stage that hold the same experts (ZeRO shards them, gradients reduce over them):
         dp × cp / ep when the experts split over data-parallel ranks, tp × cp × dp / (ep × etp) when folded."""
-        if self.folds_experts:
-            return max(1, self.tp * self.cp * self.dp // (self.ep * self.etp))
-        return max(1, self.shard_degree // self.ep)
+        return expert_grid(self.shard_degree, self.tp, self.ep, self.etp)[0]
 
     @property
     def grad_accumulation(self) -> int:
