@@ -391,7 +391,8 @@ def _layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: i
     if model.num_experts:
         imbalance, _ = moe.imbalance(model, options)
         routed = moe.routed_cost(model, cluster, tokens, plan.tp, plan.ep, plan.etp, plan.precision, imbalance,
-                                 options.fp8_recipe)
+                                 options.fp8_recipe, moe.routing_layout(plan.tp, plan.etp, plan.sequence_parallel,
+                                                                        options.moe_expert_layout))
         # the per-token membound above counts a dense MLP's activation; an MoE layer runs its shared experts' on
         # every token (the routed experts' is in the routed cost)
         dtype = 2.0 if plan.precision == "fp32" else 1.0
@@ -823,7 +824,10 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     if model.num_experts:
         imbalance, why = moe.imbalance(model, options)
         overlap = options.moe_a2a_overlap
-        experts = {"placement": moe.expert_placement(model, node, plan.ep, plan.etp, plan.tp, plan.dp, plan.cp),
+        layout = moe.routing_layout(plan.tp, plan.etp, plan.sequence_parallel, options.moe_expert_layout)
+        experts = {"placement": moe.expert_placement(model, node, plan.ep, plan.etp, plan.tp, plan.dp, plan.cp,
+                                                     layout),
+                   "layout": options.moe_expert_layout, "routed_token_share": layout.token_share,
                    "all_to_all_s": time.ep_comm, "all_to_all_share": time.ep_comm / time.step,
                    "etp_comm_s": time.etp_comm, "imbalance": imbalance, "imbalance_source": why,
                    "all_to_all_overlap": overlap}

@@ -659,8 +659,11 @@ def stage_memory(model: ModelSpec, plan: ParallelPlan, seq_len: int, stage: int,
     if plan.pp > 1:
         comm += 2 * tokens * model.hidden_size * a / plan.tp  # p2p send and receive buffers
     if plan.ep > 1 and model.num_experts:
-        # the all-to-all's send and receive buffers: this rank's top_k routed copies of its tokens
-        comm += 2 * tokens / plan.tp * model.top_k * model.hidden_size * a
+        # the all-to-all's send and receive buffers: this rank's top_k routed copies of the tokens it routes
+        from bastion.predict.moe import routing_layout
+
+        share = routing_layout(plan.tp, plan.etp, plan.sequence_parallel, options.moe_expert_layout).token_share
+        comm += 2 * tokens * share * model.top_k * model.hidden_size * a
     overhead = options.fragmentation * (activations + logits + comm)
     if is_gpu:
         overhead += options.runtime_reserve_gib * 2**30

@@ -9,6 +9,12 @@ four all-to-alls per layer per micro-batch (two forward, their gradients backwar
 recomputed. With etp > 1 the ranks of an etp group all-gather their received tokens before the expert GEMMs and
 reduce-scatter the outputs after them (their gradients in reverse in the backward).
 
+bastion's own runtime lays the experts out differently (PredictOptions.moe_expert_layout = "carved", the `bastion`
+software stacks): ep is carved from the dp × cp ranks (torchtitan's way), so an ep group's members are tp ranks
+apart; the tp ranks route their own 1/tp of the tokens only under sequence parallelism with etp = 1, otherwise
+every tp rank holds all of the micro-batch's tokens (etp = tp: each computes a slice of every expert's width on
+them and the outputs are all-reduced, the same bytes as the folded layout's all-gather and reduce-scatter).
+
 The slowest rank sets the pace: it holds the busiest expert, which gets `imbalance` × the mean rows (the other
 experts of the rank the mean). Each expert's GEMM runs at the calibrated efficiency of its own shape (rows =
 that expert's tokens): many experts with few tokens each run far below the dense rate.
@@ -77,20 +83,43 @@ class RoutedCost(NamedTuple):
 
 
 @lru_cache(maxsize=16384)
+class RoutingLayout(NamedTuple):
+    """How the ranks of a tp group share an MoE layer's routing (the module docstring's two layouts)."""
+
+    #: the share of the tp group's micro-batch tokens one rank routes and dispatches
+    token_share: float
+    #: how many ranks' received rows each rank's expert GEMMs take (the folded layout's etp all-gather)
+    gathered: int
+    #: how many ranks apart an ep group's members are
+    ep_stride: int
+
+
+def routing_layout(tp: int, etp: int, sequence_parallel: bool, layout: str) -> RoutingLayout:
+    if layout == "folded":  # Megatron-Core: MoE with tp needs sp, each rank routes its own slice
+        return RoutingLayout(1.0 / tp, etp, etp)
+    if layout != "carved":
+        raise ValueError(f"moe_expert_layout must be 'folded' or 'carved', got {layout!r}")
+    own_shard = sequence_parallel and etp == 1  # runtime/moe.py routes_sequence_shard
+    return RoutingLayout(1.0 / tp if own_shard else 1.0, 1, tp)
+
+
 def routed_cost(model: ModelSpec, cluster: Cluster, tokens: int, tp: int, ep: int, etp: int, precision: str,
-                imbalance_factor: float, fp8_recipe: str = DEFAULT_FP8_RECIPE) -> RoutedCost:
+                imbalance_factor: float, fp8_recipe: str = DEFAULT_FP8_RECIPE,
+                layout: RoutingLayout | None = None) -> RoutedCost:
     """Costs of one MoE layer's routed experts for `tokens` tokens of a micro-batch on this rank's tp group (an
-    fp8 plan's expert GEMMs and their operand quantisation under `fp8_recipe`, as the dense GEMMs)."""
+    fp8 plan's expert GEMMs and their operand quantisation under `fp8_recipe`, as the dense GEMMs); `layout`
+    None: the folded one."""
     acc = cluster.accelerator
     h, ef = model.hidden_size, model.expert_width
     a = 4 if precision == "fp32" else 2  # activations travel in the compute dtype (fp8 recipes keep bf16)
-    own_tokens = max(tokens / tp, 1.0)  # sequence parallelism: each tp rank routes its own slice
+    layout = layout or routing_layout(tp, etp, True, "folded")
+    own_tokens = max(tokens * layout.token_share, 1.0)
     routed = own_tokens * model.top_k
     local_experts = max(model.num_experts // ep, 1)
     # the slowest rank: its busiest expert has `imbalance` × the mean rows, its other experts the mean
     rank_factor = 1.0 + (imbalance_factor - 1.0) / local_experts
     received = routed * rank_factor
-    mean_rows = etp * routed / local_experts
+    mean_rows = layout.gathered * routed / local_experts
     width = ef // etp
 
     def expert_shapes(rows: float) -> tuple[tuple[int, int, int], ...]:
@@ -105,7 +134,8 @@ def routed_cost(model: ModelSpec, cluster: Cluster, tokens: int, tp: int, ep: in
     facts = moe_facts()
     traffic = (received * h * a * facts["permute_elements"]
                + own_tokens * model.num_experts * 4 * facts["router_elements"]) / facts["permute_bandwidth_fraction"]
-    activation = etp * received * mlp_activation_bytes_per_token(model, width) * (2.0 if precision == "fp32" else 1.0)
+    activation = (layout.gathered * received * mlp_activation_bytes_per_token(model, width)
+                  * (2.0 if precision == "fp32" else 1.0))
     casts = 0.0
     if precision == "fp8":  # each expert GEMM's operands cast to fp8, as for the dense GEMMs (estimate.py)
         casts = sum((local_experts - 1) * compute.fp8_cast_bytes(*mean, fp8_recipe)
@@ -115,8 +145,11 @@ def routed_cost(model: ModelSpec, cluster: Cluster, tokens: int, tp: int, ep: in
     membound = compute.membound_time(acc, traffic + activation + casts)
 
     a2a_bytes = received * h * a
-    one_a2a = comm.all_to_all_time(cluster, a2a_bytes, comm.place_group(cluster, ep, etp)) if ep > 1 else 0.0
-    one_etp = comm.all_gather_time(cluster, etp * a2a_bytes, comm.place_group(cluster, etp, 1)) if etp > 1 else 0.0
+    one_a2a = comm.all_to_all_time(cluster, a2a_bytes, comm.place_group(cluster, ep, layout.ep_stride)) if ep > 1 else 0.0
+    # folded: all-gather the etp group's received rows; carved: all-reduce the outputs (two all-gathers' bytes)
+    # of the rows every etp rank holds already: the same seconds
+    one_etp = (comm.all_gather_time(cluster, layout.gathered * a2a_bytes, comm.place_group(cluster, etp, 1))
+               if etp > 1 else 0.0)
     return RoutedCost(gemm_fwd=gemm_fwd, membound=membound, a2a=4 * one_a2a, etp_comm=4 * one_etp)
 
 
@@ -127,11 +160,12 @@ def exposed_a2a(a2a: float, window: float, overlap: float) -> float:
     return a2a - hidden + load_calibration().network["overlap_slowdown"] * hidden
 
 
-def expert_placement(model: ModelSpec, cluster: Cluster, ep: int, etp: int, tp: int, dp: int, cp: int
-                     ) -> dict[str, object]:
-    """Where a plan puts the experts: the ep group (members etp ranks apart) inside one scale-up domain or spread
-    over several, the experts and expert width each rank holds, and the ranks that replicate them."""
-    group = comm.place_group(cluster, ep, etp)
+def expert_placement(model: ModelSpec, cluster: Cluster, ep: int, etp: int, tp: int, dp: int, cp: int,
+                     layout: RoutingLayout | None = None) -> dict[str, object]:
+    """Where a plan puts the experts: the ep group (members `layout.ep_stride` ranks apart; None: the folded
+    layout's etp) inside one scale-up domain or spread over several, the experts and expert width each rank holds,
+    and the ranks that replicate them."""
+    group = comm.place_group(cluster, ep, layout.ep_stride if layout else etp)
     domain = cluster.network.scale_up_size
     return {"ep": ep, "etp": etp, "experts_per_rank": model.num_experts // ep,
             "expert_width_per_rank": model.expert_width // etp,
