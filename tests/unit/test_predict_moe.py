@@ -101,6 +101,34 @@ def test_ep_group_inside_one_node_when_it_fits_there() -> None:
         "ep_group"]["spans_domains"]  # ep members etp ranks apart: one per node
 
 
+def test_the_carved_layout_is_what_bastions_runtime_routes_and_where_it_puts_the_ep_group() -> None:
+    """bastion's runtime (the `bastion` stack): ep members tp ranks apart, and a tp rank routes its 1/tp of the
+    tokens only under sp with etp = 1 — the folded layout (Megatron-Core) always splits them."""
+    assert moe.routing_layout(4, 1, True, "folded") == (0.25, 1, 1)
+    assert moe.routing_layout(4, 4, True, "folded") == (0.25, 4, 4)
+    assert moe.routing_layout(4, 1, True, "carved") == (0.25, 1, 4)
+    assert moe.routing_layout(4, 1, False, "carved") == (1.0, 1, 4)
+    assert moe.routing_layout(4, 4, True, "carved") == (1.0, 1, 4)
+    model = load_model("mixtral-8x7b")
+    carved = software_stack("bastion").options
+    assert carved.moe_expert_layout == "carved"
+    # ep 8 × tp 4 under the carved layout spans 4 nodes of 8; folded, the ep group is 8 neighbouring ranks
+    plan = ParallelPlan(dp=16, tp=4, ep=8, global_batch=64, sequence_parallel=True)
+    folded_est, carved_est = estimate(model, H100, plan, 4096), estimate(model, H100, plan, 4096, options=carved)
+    assert not folded_est.experts["placement"]["ep_group"]["spans_domains"]
+    assert carved_est.experts["placement"]["ep_group"]["scale_up_domains"] == 4
+    assert carved_est.time.ep_comm > folded_est.time.ep_comm
+    # without sp every tp rank dispatches all of the micro-batch's tokens: tp times the all-to-all buffers
+    no_sp = replace(plan, sequence_parallel=False)
+    with_sp_buffers = estimate(model, H100, plan, 4096, options=carved).memory.comm_buffers
+    without = estimate(model, H100, no_sp, 4096, options=carved)
+    assert without.experts["routed_token_share"] == 1.0
+    a = 2
+    tokens = no_sp.micro_batch * 4096
+    assert without.memory.comm_buffers - with_sp_buffers == pytest.approx(
+        2 * tokens * (1 - 1 / 4) * model.top_k * model.hidden_size * a)
+
+
 def test_etp_splits_expert_parameters_and_adds_its_collectives() -> None:
     model = load_model("mixtral-8x7b")
     base = ParallelPlan(dp=16, tp=4, ep=4, global_batch=64, sequence_parallel=True)

@@ -427,7 +427,9 @@ def moe_saved_tensors(model: ModelSpec, a: int, mm: int, options: PredictOptions
     permuted copies (the experts' grouped-GEMM input), each expert's MLP tensors for its rows, the expert outputs
     the weighted un-permutation multiplies by the scores, and the shared experts' MLP. The routed tensors are
     per routed copy at the mean load (the busiest rank holds more: PredictOptions.moe_imbalance is a time
-    assumption only); each tp rank routes its own sequence-parallel slice, so they split by tp."""
+    assumption only); each tp rank routes its own sequence-parallel slice, so they split by tp (the folded layout,
+    and bastion's runtime under sp with etp = 1; where the runtime's tp ranks all hold every token — no sp, or
+    etp = tp — it keeps the permuted copies whole on each: TODO(issue 14) split by the layout)."""
     h, k = model.hidden_size, model.top_k
     saved = [SavedTensor("moe.router_probs", STAT_BYTES * model.num_experts, "seq", statistic=True),
              SavedTensor("moe.permuted_input", mm * h * k, "tp")]
