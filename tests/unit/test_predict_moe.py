@@ -127,6 +127,14 @@ def test_the_carved_layout_is_what_bastions_runtime_routes_and_where_it_puts_the
     tokens = no_sp.micro_batch * 4096
     assert without.memory.comm_buffers - with_sp_buffers == pytest.approx(
         2 * tokens * (1 - 1 / 4) * model.top_k * model.hidden_size * a)
+    # and keeps the permuted copies and the experts' tensors of all of them: whole on each tp rank, unless etp = tp
+    # splits the experts' width (the permuted copies stay whole)
+    per_token = {(layout, etp): activation_bytes_per_token(model, 4096, 4, False, "none", "bf16",
+                                                           PredictOptions(moe_expert_layout=layout), True, etp)
+                 for layout in ("folded", "carved") for etp in (1, 4)}
+    assert per_token["folded", 1] < per_token["carved", 4] < per_token["carved", 1]
+    assert activation_bytes_per_token(model, 4096, 4, True, "none", "bf16", carved, True, 1) == (
+        activation_bytes_per_token(model, 4096, 4, True, "none", "bf16", PredictOptions(), True, 1))
 
 
 def test_etp_splits_expert_parameters_and_adds_its_collectives() -> None:

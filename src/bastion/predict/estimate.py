@@ -552,7 +552,7 @@ def _stage_time_of(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len:
             float(plan.recompute == "full")
         tokens = plan.micro_batch * seq_len // plan.cp
         stored = tokens * offloaded_bytes_per_token(model, seq_len, plan.tp, plan.sequence_parallel, plan.recompute,
-                                                    share, plan.precision, options)
+                                                    share, plan.precision, options, plan.etp)
         copy = comm.host_transfer_time(cluster, stored)
         offload = plan.offloaded * (max(0.0, copy - fwd_window) + max(0.0, copy - bwd_window)
                                     + compute.membound_time(cluster.accelerator, 2 * stored))
