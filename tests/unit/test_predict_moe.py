@@ -101,27 +101,27 @@ def test_ep_group_inside_one_node_when_it_fits_there() -> None:
         "ep_group"]["spans_domains"]  # ep members etp ranks apart: one per node
 
 
-def test_the_carved_layout_is_what_bastions_runtime_routes_and_where_it_puts_the_ep_group() -> None:
+def test_the_bastion_layout_is_what_bastions_runtime_routes_and_where_it_puts_the_ep_group() -> None:
     """bastion's runtime (the `bastion` stack): ep members tp ranks apart, and a tp rank routes its 1/tp of the
-    tokens only under sp with etp = 1 — the folded layout (Megatron-Core) always splits them."""
-    assert moe.routing_layout(4, 1, True, "folded") == (0.25, 1, 1)
-    assert moe.routing_layout(4, 4, True, "folded") == (0.25, 4, 4)
-    assert moe.routing_layout(4, 1, True, "carved") == (0.25, 1, 4)
-    assert moe.routing_layout(4, 1, False, "carved") == (1.0, 1, 4)
-    assert moe.routing_layout(4, 4, True, "carved") == (1.0, 1, 4)
+    tokens only under sp with etp = 1 — the megatron layout (Megatron-Core) always splits them."""
+    assert moe.routing_layout(4, 1, True, "megatron") == (0.25, 1, 1)
+    assert moe.routing_layout(4, 4, True, "megatron") == (0.25, 4, 4)
+    assert moe.routing_layout(4, 1, True, "bastion") == (0.25, 1, 4)
+    assert moe.routing_layout(4, 1, False, "bastion") == (1.0, 1, 4)
+    assert moe.routing_layout(4, 4, True, "bastion") == (1.0, 1, 4)
     model = load_model("mixtral-8x7b")
-    carved = software_stack("bastion").options
-    assert carved.moe_expert_layout == "carved"
-    # ep 8 × tp 4 under the carved layout spans 4 nodes of 8; folded, the ep group is 8 neighbouring ranks
+    runtime_options = software_stack("bastion").options
+    assert runtime_options.moe_expert_layout == "bastion"
+    # ep 8 × tp 4 under the bastion layout spans 4 nodes of 8; megatron, the ep group is 8 neighbouring ranks
     plan = ParallelPlan(dp=16, tp=4, ep=8, global_batch=64, sequence_parallel=True)
-    folded_est, carved_est = estimate(model, H100, plan, 4096), estimate(model, H100, plan, 4096, options=carved)
-    assert not folded_est.experts["placement"]["ep_group"]["spans_domains"]
-    assert carved_est.experts["placement"]["ep_group"]["scale_up_domains"] == 4
-    assert carved_est.time.ep_comm > folded_est.time.ep_comm
+    megatron_est, bastion_est = estimate(model, H100, plan, 4096), estimate(model, H100, plan, 4096, options=runtime_options)
+    assert not megatron_est.experts["placement"]["ep_group"]["spans_domains"]
+    assert bastion_est.experts["placement"]["ep_group"]["scale_up_domains"] == 4
+    assert bastion_est.time.ep_comm > megatron_est.time.ep_comm
     # without sp every tp rank dispatches all of the micro-batch's tokens: tp times the all-to-all buffers
     no_sp = replace(plan, sequence_parallel=False)
-    with_sp_buffers = estimate(model, H100, plan, 4096, options=carved).memory.comm_buffers
-    without = estimate(model, H100, no_sp, 4096, options=carved)
+    with_sp_buffers = estimate(model, H100, plan, 4096, options=runtime_options).memory.comm_buffers
+    without = estimate(model, H100, no_sp, 4096, options=runtime_options)
     assert without.experts["routed_token_share"] == 1.0
     a = 2
     tokens = no_sp.micro_batch * 4096
@@ -131,9 +131,9 @@ def test_the_carved_layout_is_what_bastions_runtime_routes_and_where_it_puts_the
     # splits the experts' width (the permuted copies stay whole)
     per_token = {(layout, etp): activation_bytes_per_token(model, 4096, 4, False, "none", "bf16",
                                                            PredictOptions(moe_expert_layout=layout), True, etp)
-                 for layout in ("folded", "carved") for etp in (1, 4)}
-    assert per_token["folded", 1] < per_token["carved", 4] < per_token["carved", 1]
-    assert activation_bytes_per_token(model, 4096, 4, True, "none", "bf16", carved, True, 1) == (
+                 for layout in ("megatron", "bastion") for etp in (1, 4)}
+    assert per_token["megatron", 1] < per_token["bastion", 4] < per_token["bastion", 1]
+    assert activation_bytes_per_token(model, 4096, 4, True, "none", "bf16", runtime_options, True, 1) == (
         activation_bytes_per_token(model, 4096, 4, True, "none", "bf16", PredictOptions(), True, 1))
 
 

@@ -428,7 +428,7 @@ def moe_saved_tensors(model: ModelSpec, a: int, mm: int, options: PredictOptions
     permuted copies (the experts' grouped-GEMM input), each expert's MLP tensors for its rows, the expert outputs
     the weighted un-permutation multiplies by the scores, and the shared experts' MLP. The routed tensors are
     per routed copy at the mean load (the busiest rank holds more: PredictOptions.moe_imbalance is a time
-    assumption only); each tp rank routes its own sequence-parallel slice, so they split by tp (the folded layout,
+    assumption only); each tp rank routes its own sequence-parallel slice, so they split by tp (the megatron layout,
     and bastion's runtime under sp with etp = 1). `routed_whole`: every tp rank routes all the tokens (bastion's
     runtime without sp, or with etp = tp), so the router's probabilities and the permuted copies are whole on
     each, and the experts' MLP tensors too unless `experts_split` (etp = tp splits their width)."""

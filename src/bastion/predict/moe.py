@@ -9,11 +9,11 @@ four all-to-alls per layer per micro-batch (two forward, their gradients backwar
 recomputed. With etp > 1 the ranks of an etp group all-gather their received tokens before the expert GEMMs and
 reduce-scatter the outputs after them (their gradients in reverse in the backward).
 
-bastion's own runtime lays the experts out differently (PredictOptions.moe_expert_layout = "carved", the `bastion`
+bastion's own runtime lays the experts out differently (PredictOptions.moe_expert_layout = "bastion", the `bastion`
 software stacks): ep is carved from the dp × cp ranks (torchtitan's way), so an ep group's members are tp ranks
 apart; the tp ranks route their own 1/tp of the tokens only under sequence parallelism with etp = 1, otherwise
 every tp rank holds all of the micro-batch's tokens (etp = tp: each computes a slice of every expert's width on
-them and the outputs are all-reduced, the same bytes as the folded layout's all-gather and reduce-scatter).
+them and the outputs are all-reduced, the same bytes as the megatron layout's all-gather and reduce-scatter).
 
 The slowest rank sets the pace: it holds the busiest expert, which gets `imbalance` × the mean rows (the other
 experts of the rank the mean). Each expert's GEMM runs at the calibrated efficiency of its own shape (rows =
@@ -88,18 +88,19 @@ class RoutingLayout(NamedTuple):
 
     #: the share of the tp group's micro-batch tokens one rank routes and dispatches
     token_share: float
-    #: how many ranks' received rows each rank's expert GEMMs take (the folded layout's etp all-gather)
+    #: how many ranks' received rows each rank's expert GEMMs take (the megatron layout's etp all-gather)
     gathered: int
     #: how many ranks apart an ep group's members are
     ep_stride: int
 
 
 def routing_layout(tp: int, etp: int, sequence_parallel: bool, layout: str) -> RoutingLayout:
-    if layout == "folded":  # Megatron-Core: MoE with tp needs sp, each rank routes its own slice
+    """The routing of a tp group under the software's `layout` (PredictOptions.moe_expert_layout)."""
+    if layout == "megatron":  # Megatron-Core: MoE with tp needs sp, each rank routes its own slice
         return RoutingLayout(1.0 / tp, etp, etp)
-    if layout != "carved":
-        raise ValueError(f"moe_expert_layout must be 'folded' or 'carved', got {layout!r}")
-    own_shard = sequence_parallel and etp == 1  # runtime/moe.py routes_sequence_shard
+    if layout != "bastion":
+        raise ValueError(f"moe_expert_layout must be 'megatron' or 'bastion', got {layout!r}")
+    own_shard = sequence_parallel and etp == 1  # what runtime/moe.py executes (routes_sequence_shard)
     return RoutingLayout(1.0 / tp if own_shard else 1.0, 1, tp)
 
 
@@ -108,11 +109,11 @@ def routed_cost(model: ModelSpec, cluster: Cluster, tokens: int, tp: int, ep: in
                 layout: RoutingLayout | None = None) -> RoutedCost:
     """Costs of one MoE layer's routed experts for `tokens` tokens of a micro-batch on this rank's tp group (an
     fp8 plan's expert GEMMs and their operand quantisation under `fp8_recipe`, as the dense GEMMs); `layout`
-    None: the folded one."""
+    None: the megatron one."""
     acc = cluster.accelerator
     h, ef = model.hidden_size, model.expert_width
     a = 4 if precision == "fp32" else 2  # activations travel in the compute dtype (fp8 recipes keep bf16)
-    layout = layout or routing_layout(tp, etp, True, "folded")
+    layout = layout or routing_layout(tp, etp, True, "megatron")
     own_tokens = max(tokens * layout.token_share, 1.0)
     routed = own_tokens * model.top_k
     local_experts = max(model.num_experts // ep, 1)
@@ -146,7 +147,7 @@ def routed_cost(model: ModelSpec, cluster: Cluster, tokens: int, tp: int, ep: in
 
     a2a_bytes = received * h * a
     one_a2a = comm.all_to_all_time(cluster, a2a_bytes, comm.place_group(cluster, ep, layout.ep_stride)) if ep > 1 else 0.0
-    # folded: all-gather the etp group's received rows; carved: all-reduce the outputs (two all-gathers' bytes)
+    # megatron: all-gather the etp group's received rows; bastion: all-reduce the outputs (two all-gathers' bytes)
     # of the rows every etp rank holds already: the same seconds
     one_etp = (comm.all_gather_time(cluster, layout.gathered * a2a_bytes, comm.place_group(cluster, etp, 1))
                if etp > 1 else 0.0)
@@ -162,7 +163,7 @@ def exposed_a2a(a2a: float, window: float, overlap: float) -> float:
 
 def expert_placement(model: ModelSpec, cluster: Cluster, ep: int, etp: int, tp: int, dp: int, cp: int,
                      layout: RoutingLayout | None = None) -> dict[str, object]:
-    """Where a plan puts the experts: the ep group (members `layout.ep_stride` ranks apart; None: the folded
+    """Where a plan puts the experts: the ep group (members `layout.ep_stride` ranks apart; None: the megatron
     layout's etp) inside one scale-up domain or spread over several, the experts and expert width each rank holds,
     and the ranks that replicate them."""
     group = comm.place_group(cluster, ep, layout.ep_stride if layout else etp)

@@ -67,10 +67,10 @@ class SequenceSplit:
 def routes_sequence_shard(plan: ParallelPlan) -> bool:
     """Each tp rank routes its own sequence-parallel shard of the tokens (sp with etp = 1); otherwise the tp
     ranks of a replica route the same tokens (with etp = tp each computes a slice of every expert's width). The
-    predictor's "carved" layout (predict/moe.py) is the home of the rule."""
+    predictor's "bastion" layout (predict/moe.py) is the home of the rule."""
     from bastion.predict.moe import routing_layout
 
-    return routing_layout(plan.tp, plan.etp, plan.sequence_parallel, "carved").token_share < 1
+    return routing_layout(plan.tp, plan.etp, plan.sequence_parallel, "bastion").token_share < 1
 
 
 def with_summed_gradient(mesh: object, weight: torch.Tensor) -> torch.Tensor:
