@@ -1,7 +1,7 @@
-"""Load a Hugging Face Llama into bastion's model under several plans (one torchrun launch) and save the logits.
+"""Load Hugging Face models into bastion's model under several plans (one torchrun launch) and save the logits.
 
 Usage: torchrun --nproc-per-node N hf_worker.py CASES.json
-CASES.json: {"hf_dir": DIR, "tokens": [[...]], "cases": [{"plan": PLAN_FILE, "out": LOGITS_FILE}, ...]}. For each
+CASES.json: {"tokens": [[...]], "cases": [{"hf_dir": DIR, "plan": PLAN_FILE, "out": LOGITS_FILE}, ...]}. For each
 plan every rank builds its share of the model, loads only its shards of the weights (runtime/hf_weights.py) and
 runs a forward pass (pipeline stages by hand: stage 0 sends its hidden states to stage 1); the rank holding the
 last stage at dp rank 0 and tp rank 0 saves the full logits.
@@ -55,7 +55,7 @@ def main(cases_path: str) -> None:
     def cases() -> None:
         tokens = torch.tensor(spec["tokens"])
         for case in spec["cases"]:
-            logits = logits_of(spec["hf_dir"], case["plan"], tokens)
+            logits = logits_of(case["hf_dir"], case["plan"], tokens)
             if logits is not None:
                 torch.save(logits, case["out"])
             dist.barrier()

@@ -2,8 +2,9 @@
 
 Real gloo processes (torchrun), against the same independent single-process reference as test_equivalence.py:
 cp alone (cp2 and cp4; a RoPE model and a GPT-style model with learned positions, biases and LayerNorm), cp × dp
-with ZeRO 0 and 3, cp × tp with sequence parallelism, full and selective recompute, and pp × cp under a plain and a
-split-backward (zero-bubble) schedule.
+with ZeRO 0 and 3, cp × tp with sequence parallelism, full and selective recompute, pp × cp under a plain and a
+split-backward (zero-bubble) schedule, and a Qwen3-style model (per-head q/k norms, whose replicated weights take
+the gradients of every tp rank's heads) under cp × tp with FSDP.
 
 Model-state bytes: the runtime shards ZeRO 1-3 state over the dp × cp ranks (FSDP over the flattened dp × cp
 dimension, as torchtitan does), and each rank must hold exactly the predictor's `model_state_bytes` for its
@@ -15,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from helpers.equivalence import TOLERANCE, max_differences, record, reference_run, run_cases
 
 pytestmark = [pytest.mark.dist, pytest.mark.timeout(1200)]
@@ -33,6 +35,19 @@ position_embedding = "learned"
 bias = true
 source = "bastion test model"
 """
+#: tiny with Qwen3's per-head q/k RMSNorms and a head_dim other than hidden_size / heads
+QK_NORM_TINY = """name = "tiny-qk-norm"
+num_layers = 2
+hidden_size = 64
+num_heads = 4
+num_kv_heads = 2
+head_dim = 32
+qk_norm = true
+ffn_hidden_size = 128
+vocab_size = 256
+seq_len = 64
+source = "bastion test model"
+"""
 
 WORLD2 = {
     "cp2": dict(cp=2, micro_batch=2, global_batch=8, **FP32),
@@ -48,6 +63,7 @@ WORLD4 = {
                                            micro_batch=2, global_batch=8, **FP32),
     "pp2-cp2-1f1b": dict(pp=2, cp=2, pp_schedule="1f1b", micro_batch=2, global_batch=8, **FP32),
     "pp2-cp2-zero-bubble": dict(pp=2, cp=2, pp_schedule="zero-bubble", micro_batch=2, global_batch=8, **FP32),
+    "cp2-tp2-zero3-qk-norm": dict(cp=2, tp=2, zero_stage=3, micro_batch=2, global_batch=8, **FP32),
 }
 
 
@@ -59,9 +75,17 @@ def gpt_model(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="module")
-def references(token_data: Path, gpt_model: str) -> dict[str, tuple[list[float], dict]]:
+def qk_norm_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("models") / "tiny-qk-norm.toml"
+    path.write_text(QK_NORM_TINY)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def references(token_data: Path, gpt_model: str, qk_norm_model: str) -> dict[str, tuple[list[float], dict]]:
     return {"tiny": reference_run(token_data, "tiny", global_batch=8),
-            gpt_model: reference_run(token_data, gpt_model, global_batch=8)}
+            gpt_model: reference_run(token_data, gpt_model, global_batch=8),
+            qk_norm_model: reference_run(token_data, qk_norm_model, global_batch=8)}
 
 
 def _check(results: dict, references: dict, models: dict[str, str]) -> None:
@@ -98,5 +122,6 @@ def test_context_parallel_alone_on_2_processes(tmp_path, token_data, references,
     _check(run_cases(tmp_path, token_data, 2, WORLD2, models=models), references, models)
 
 
-def test_context_parallel_with_dp_tp_pp_on_4_processes(tmp_path, token_data, references):
-    _check(run_cases(tmp_path, token_data, 4, WORLD4), references, {})
+def test_context_parallel_with_dp_tp_pp_on_4_processes(tmp_path, token_data, references, qk_norm_model):
+    models = {"cp2-tp2-zero3-qk-norm": qk_norm_model}
+    _check(run_cases(tmp_path, token_data, 4, WORLD4, models=models), references, models)

@@ -1,4 +1,5 @@
-"""Hugging Face weights under real multi-process plans: logits equal transformers' under dp2×tp2 and pp2×dp2, and
+"""Hugging Face weights under real multi-process plans: logits equal transformers' under dp2×tp2 and pp2×dp2 (a
+Llama), dp4×ep2 and dp2×tp2×ep2 (a Mixtral), dp2×tp2×ep2 (a Qwen3-MoE: per-head q/k norms under tp), and
 the README walk-through (prepare with a HF tokenizer, fine-tune from --init-from under FSDP, export, load the
 export with transformers) with its logits equal to bastion's."""
 
@@ -16,7 +17,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from helpers.cli import bastion  # noqa: E402
-from helpers.hf_models import hf_logits, make_llama, make_mixtral, tokens_for  # noqa: E402
+from helpers.hf_models import hf_logits, make_llama, make_mixtral, make_qwen3_moe, tokens_for  # noqa: E402
 
 pytestmark = pytest.mark.dist
 WORKER = Path(__file__).with_name("hf_worker.py")
@@ -26,34 +27,37 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", TORCH_DISABLE_SHARE_RDZV_TCP_STORE="
            PYTHONPATH=os.pathsep.join([_SOURCES, *filter(None, [os.environ.get("PYTHONPATH")])]))
 
 
-@pytest.mark.parametrize(("make", "plans"), [
-    (make_llama, {"dp2tp2": {"dp": 2, "tp": 2, "zero_stage": 3},
-                  "pp2dp2": {"dp": 2, "pp": 2, "pp_schedule": "1f1b", "zero_stage": 3}}),
-    (make_mixtral, {"dp4ep2": {"dp": 4, "ep": 2, "zero_stage": 3}, "dp2tp2ep2": {"dp": 2, "tp": 2, "ep": 2}}),
-], ids=["llama", "mixtral"])
-def test_loaded_weights_give_transformers_logits_under_tp_dp_and_pp(tmp_path, make, plans):
-    """Each rank reads only its shard of every tensor (a Mixtral's experts: its own experts, each from its own
-    HF tensor) and the plan's logits equal transformers'."""
+@pytest.mark.parametrize("models", [
+    {make_llama: {"dp2tp2": {"dp": 2, "tp": 2, "zero_stage": 3},
+                  "pp2dp2": {"dp": 2, "pp": 2, "pp_schedule": "1f1b", "zero_stage": 3}}},
+    {make_mixtral: {"dp4ep2": {"dp": 4, "ep": 2, "zero_stage": 3}, "dp2tp2ep2": {"dp": 2, "tp": 2, "ep": 2}},
+     make_qwen3_moe: {"dp2tp2ep2": {"dp": 2, "tp": 2, "ep": 2, "zero_stage": 3}}},
+], ids=["llama", "mixtral-qwen3-moe"])
+def test_loaded_weights_give_transformers_logits_under_tp_dp_and_pp(tmp_path, models):
+    """Each rank reads only its shard of every tensor (a mixture's experts: its own experts, each from its own
+    HF tensor) and the plan's logits equal transformers' (one launch for the models of a parameter)."""
     from bastion.launch.local import free_port
 
-    reference = make(tmp_path / "hf")
     tokens = tokens_for(96)
-    with torch.no_grad():
-        expected = reference(tokens).logits
-    cases = []
-    for name, plan in plans.items():
-        path = tmp_path / f"{name}.json"
-        path.write_text(json.dumps({**plan, "micro_batch": 1, "global_batch": 4, "precision": "fp32"}))
-        cases.append({"plan": str(path), "out": str(tmp_path / f"{name}.pt")})
-    (tmp_path / "cases.json").write_text(json.dumps({"hf_dir": str(tmp_path / "hf"), "tokens": tokens.tolist(),
-                                                     "cases": cases}))
+    cases, expected = [], {}
+    for make, plans in models.items():
+        hf_dir = tmp_path / make.__name__
+        reference = make(hf_dir)
+        with torch.no_grad():
+            logits = reference(tokens).logits
+        for name, plan in plans.items():
+            case = f"{make.__name__}-{name}"
+            path = tmp_path / f"{case}.json"
+            path.write_text(json.dumps({**plan, "micro_batch": 1, "global_batch": 4, "precision": "fp32"}))
+            cases.append({"hf_dir": str(hf_dir), "plan": str(path), "out": str(tmp_path / f"{case}.pt")})
+            expected[case] = logits
+    (tmp_path / "cases.json").write_text(json.dumps({"tokens": tokens.tolist(), "cases": cases}))
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=4", "--rdzv-backend=c10d",
                f"--rdzv-endpoint=127.0.0.1:{free_port()}", str(WORKER), str(tmp_path / "cases.json")]
     done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-6000:]
-    for name in plans:
-        logits = torch.load(tmp_path / f"{name}.pt")
-        assert float((logits - expected).abs().max()) < 1e-5, name
+    for case, logits in expected.items():
+        assert float((torch.load(tmp_path / f"{case}.pt") - logits).abs().max()) < 1e-5, case
 
 
 def _bastion(*args: str, cwd: Path) -> subprocess.CompletedProcess:

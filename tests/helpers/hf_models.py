@@ -1,5 +1,5 @@
-"""Tiny random `transformers` Llama and Mixtral models built locally (no network), for the Hugging Face interop
-tests."""
+"""Tiny random `transformers` Llama, Mixtral, DeepSeek-V3, Qwen3 and Qwen3-MoE models built locally (no network),
+for the Hugging Face interop tests."""
 
 from __future__ import annotations
 
@@ -15,6 +15,16 @@ TINY_LLAMA = {"vocab_size": 96, "hidden_size": 32, "num_hidden_layers": 4, "num_
 #: a small Mixtral: 4 experts, top-2, on TINY_LLAMA's attention
 TINY_MIXTRAL = {**TINY_LLAMA, "num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": None,
                 "router_aux_loss_coef": 0.01}
+
+
+#: a small Qwen3: TINY_LLAMA's shape with a head_dim (16) other than hidden_size / heads (8), as Qwen3 allows
+TINY_QWEN3 = {**TINY_LLAMA, "head_dim": 16}
+
+
+#: a small Qwen3-MoE: 4 experts of width 16, top-2 renormalised, the first layer dense (mlp_only_layers)
+TINY_QWEN3_MOE = {**TINY_QWEN3, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
+                  "norm_topk_prob": True, "mlp_only_layers": [0], "decoder_sparse_step": 1,
+                  "router_aux_loss_coef": 0.01}
 
 
 #: a small DeepSeek-V3: MLA with both latents, first layer dense, 8 routed experts (top-2) and one shared expert,
@@ -64,6 +74,20 @@ def make_mixtral(directory: Path, seed: int = 0, **overrides: Any):
     return _make(MixtralConfig(**{**TINY_MIXTRAL, **overrides}), MixtralForCausalLM, directory, seed)
 
 
+def make_qwen3(directory: Path, seed: int = 0, **overrides: Any):
+    """A random Qwen3ForCausalLM (its per-head q/k norm weights random too) saved into `directory`."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    return _make(Qwen3Config(**{**TINY_QWEN3, **overrides}), Qwen3ForCausalLM, directory, seed)
+
+
+def make_qwen3_moe(directory: Path, seed: int = 0, **overrides: Any):
+    """A random Qwen3MoeForCausalLM saved into `directory`."""
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    return _make(Qwen3MoeConfig(**{**TINY_QWEN3_MOE, **overrides}), Qwen3MoeForCausalLM, directory, seed)
+
+
 def _make(config: Any, model_class: Any, directory: Path, seed: int):
     import torch
 
@@ -73,6 +97,8 @@ def _make(config: Any, model_class: Any, directory: Path, seed: int):
         for name, param in model.named_parameters():
             if "norm" in name:
                 param.copy_(1 + 0.1 * torch.randn_like(param))
+            elif name.endswith("mlp.gate.weight"):  # Qwen3-MoE's routers start at zero: no routing to compare
+                param.copy_(0.2 * torch.randn_like(param))
     model.save_pretrained(directory)
     return model
 

@@ -103,3 +103,43 @@ def test_sbatch_accepts_the_script_with_its_options(slurm_cluster: SlurmCluster,
     refused = subprocess.run(["sbatch", "--test-only", "--nodes=9", str(script)], env=slurm_cluster.env,
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode != 0   # the check above can fail: 9 nodes do not exist
+
+
+def test_a_job_that_must_start_again_is_kept_off_the_node_it_excluded(slurm_cluster: SlurmCluster,
+                                                                       tmp_path_factory: pytest.TempPathFactory
+                                                                       ) -> None:
+    """A 2-node job (not elastic) whose rank 1 is three times slower is named a straggler; rank 0 then crashes, so
+    the job must start again on 2 nodes. Its straggler's node is still in service, so a requeue could get it back:
+    instead the job submits itself again as a new job with `--exclude` of that node (after it ends), which resumes
+    from the newest checkpoint on two other nodes of the 4-node cluster and finishes."""
+    root = tmp_path_factory.mktemp("slurm-resubmit")
+    (root / "text.txt").write_text(" ".join(["the straggler's node is not allocated to the job again"] * 1200))
+    assert bastion(slurm_cluster, "data", "prepare", str(root / "text.txt"), "--out", str(root / "data")).returncode == 0
+    plan = ParallelPlan(dp=2, micro_batch=1, global_batch=4, precision="fp32").save(root / "plan.json")
+    run_dir = root / "resubmitted run"
+    steps = 14
+    done = bastion(slurm_cluster, "launch", "--on", "slurm", "--submit", "--model", "tiny", "--plan", str(plan),
+                   "--data", str(root / "data"), "--run-dir", str(run_dir), "--steps", str(steps), "--nodes", "2",
+                   "--device", "cpu", "--", "--checkpoint-every", "2", "--no-progress", "--seed", "1",
+                   "--inject", "slow:rank=1,factor=3", "--inject", "kill:rank=0,step=10")
+    assert done.returncode == 0, done.stderr
+    first = re.search(r"submitted Slurm job (\d+)", done.stdout)[1]
+    wait_for("the first job to end", lambda: finished(slurm_cluster, first), timeout=300)
+    log = output(run_dir, first)
+    straggler = next(r for r in events(run_dir, "straggler") if r["step"] < 10)
+    slow_node = (run_dir / "nodes" / f"rank-{straggler['rank']:05d}").read_text().strip()
+    assert f"continuing in the new job, without {slow_node}" in log, log
+    assert slurm_cluster.job(first)["Restarts"] == "0", log   # not requeued: a new job instead
+    (resubmitted,) = events(run_dir, "resubmitted")
+    assert (resubmitted["job_id"], resubmitted["excluded"]) == (first, [slow_node])
+    second = resubmitted["new_job_id"]
+    assert json.loads((run_dir / "launch.json").read_text())["job_ids"] == [first, second]
+
+    state = wait_for("the new job to finish", lambda: finished(slurm_cluster, second), timeout=300)
+    assert state == "COMPLETED", output(run_dir, second)
+    assert slow_node not in job_nodes(slurm_cluster, second)
+    assert slurm_cluster.job(second)["ExcNodeList"] == slow_node
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["finished"] and summary["steps"] == steps
+    kept = {r["step"]: r for r in records(run_dir) if "step" in r and "event" not in r}
+    assert sorted(i for r in kept.values() for i in range(*r["sample_ids"])) == list(range(steps * 4))

@@ -138,3 +138,17 @@ def test_node_states_that_rule_a_node_out() -> None:
     states = {"a": "allocated", "b": "down*", "c": "drained", "d": "mixed", "e": "allocated+drain", "f": "idle",
               "g": "fail", "h": "down (not listed by sinfo)"}
     assert unusable(states) == ["b", "c", "e", "g", "h"]
+
+
+def test_a_node_whose_device_failed_the_health_check_is_excluded(tmp_path: Path) -> None:
+    elastic = config(tmp_path, elastic={"min_nodes": 1, "max_nodes": 2, "procs_per_node": 2})
+    for rank, node in enumerate(["n1", "n1", "n2", "n2"]):
+        (tmp_path / "nodes").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "nodes" / f"rank-{rank:05d}").write_text(node + "\n")
+    healthy = log_event(tmp_path, "health_check", ok=True, problems=[], failing_ranks=[])
+    assert next_nodes(tmp_path, elastic, "7", 0, NODES, UP, since=healthy["time"]) == (["n1", "n2"], [])
+    log_event(tmp_path, "health_check", ok=False, problems=["rank 2: 1 uncorrected ECC error(s)"],
+              failing_ranks=[2])
+    assert next_nodes(tmp_path, elastic, "7", 0, NODES, UP, since=healthy["time"]) == (["n1"], ["n2"])
+    (excluded,) = events(tmp_path, "node_excluded")
+    assert (excluded["node"], excluded["reason"], excluded["rank"]) == ("n2", "unhealthy", 2)

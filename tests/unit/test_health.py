@@ -44,3 +44,19 @@ def test_the_prediction_is_the_predictors_all_reduce_on_the_cluster() -> None:
     assert predicted_all_reduce_s("cpu:2", 2, 4 * 2**20) == all_reduce_time(cluster, 4 * 2**20,
                                                                             place_group(cluster, 2, 1)) > 0
     assert predicted_all_reduce_s(None, 2) is None
+
+
+def test_an_injected_device_problem_is_reported_as_the_check_would() -> None:
+    assert gpu_checks(torch.device("cpu"), injected="1 uncorrected ECC error(s) (injected)") == {
+        "tool": "injected fault", "problems": ["1 uncorrected ECC error(s) (injected)"]}
+
+
+def test_a_failing_device_ends_the_job_step_only_under_slurm(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bastion.runtime import health
+
+    monkeypatch.setattr(health.dist, "get_rank", lambda: 1)
+    health.leave_out_failing_devices([], under_slurm=True)          # nothing failed
+    health.leave_out_failing_devices([2], under_slurm=False)        # no scheduler to leave the node out: go on
+    with pytest.raises(SystemExit) as stopped:
+        health.leave_out_failing_devices([2], under_slurm=True)
+    assert stopped.value.code == health.UNHEALTHY_EXIT

@@ -54,7 +54,8 @@ def test_export_config_maps_back_to_the_same_spec():
 
 
 @pytest.mark.parametrize(("change", "phrase"), [
-    ({"model_type": "mistral", "architectures": ["MistralForCausalLM"]}, "bastion imports deepseek_v3, llama, mixtral configs only"),
+    ({"model_type": "mistral", "architectures": ["MistralForCausalLM"]},
+     "bastion imports deepseek_v3, llama, mixtral, qwen3, qwen3_moe configs only"),
     ({"architectures": ["LlamaForSequenceClassification"]}, "LlamaForSequenceClassification"),
     ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "RoPE scaling 'llama3'"),
     ({"attention_bias": True}, "attention_bias"),
@@ -77,9 +78,74 @@ def test_a_model_without_a_llama_equivalent_is_not_exported():
 
     gpt = ModelSpec(name="g", num_layers=1, hidden_size=8, num_heads=2, ffn_hidden_size=16, vocab_size=10,
                     ffn_type="gelu", bias=True, position_embedding="learned")
-    with pytest.raises(ConfigError, match="no Hugging Face Llama, Mixtral or DeepSeek-V3 equivalent") as exc:
+    with pytest.raises(ConfigError, match="no Hugging Face Llama, Mixtral, DeepSeek-V3, Qwen3 or Qwen3-MoE "
+                                          "equivalent") as exc:
         hf_config_from_spec(gpt)
     assert "gelu" in exc.value.problem and "learned" in exc.value.problem and exc.value.fix
+
+
+#: Qwen/Qwen3-30B-A3B's config.json as published (the fields bastion reads)
+QWEN3_30B_A3B = {"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "attention_bias": False,
+                 "attention_dropout": 0.0, "decoder_sparse_step": 1, "head_dim": 128, "hidden_act": "silu",
+                 "hidden_size": 2048, "intermediate_size": 6144, "max_position_embeddings": 40960,
+                 "max_window_layers": 48, "mlp_only_layers": [], "moe_intermediate_size": 768,
+                 "norm_topk_prob": True, "num_attention_heads": 32, "num_experts": 128, "num_experts_per_tok": 8,
+                 "num_hidden_layers": 48, "num_key_value_heads": 4, "output_router_logits": False,
+                 "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 1000000.0, "router_aux_loss_coef": 0.001,
+                 "sliding_window": None, "tie_word_embeddings": False, "use_sliding_window": False,
+                 "vocab_size": 151936}
+
+
+def test_the_published_qwen3_moe_config_is_the_preset():
+    published = spec_from_hf_config(QWEN3_30B_A3B, "Qwen3-30B-A3B/config.json")
+    preset = load_model("qwen3-30b-a3b")
+    ignore = ("name", "source", "seq_len")
+    assert {k: v for k, v in published.to_dict().items() if k not in ignore} == \
+        {k: v for k, v in preset.to_dict().items() if k not in ignore}
+    assert published.qk_norm and published.total_params() == 30_532_122_624   # the checkpoint's tensor count
+    again = hf_config_from_spec(published)
+    assert again["architectures"] == ["Qwen3MoeForCausalLM"] and again["num_experts"] == 128
+    assert spec_from_hf_config(again, "Qwen3-30B-A3B/config.json") == published
+
+
+def test_qwen3_moe_layer_layouts_map_to_dense_layers_and_moe_layer_freq():
+    # mlp_only_layers [0, 1] are bastion's leading dense layers, decoder_sparse_step its moe_layer_freq, and
+    # transformers 5 writes num_experts under its attribute name num_local_experts
+    config = {**QWEN3_30B_A3B, "num_hidden_layers": 8, "mlp_only_layers": [1, 0], "decoder_sparse_step": 2,
+              "num_local_experts": 16, "norm_topk_prob": False}
+    del config["num_experts"]
+    spec = spec_from_hf_config(config, "config.json")
+    hf_moe = [i not in (0, 1) and (i + 1) % 2 == 0 for i in range(8)]   # Qwen3MoeDecoderLayer's rule
+    assert [spec.is_moe_layer(i) for i in range(8)] == hf_moe
+    assert (spec.num_experts, spec.router_norm_topk, spec.ffn_hidden_size, spec.expert_width) == (16, False, 6144, 768)
+    exported = hf_config_from_spec(spec)
+    assert (exported["mlp_only_layers"], exported["decoder_sparse_step"], exported["norm_topk_prob"]) == (
+        [0, 1], 2, False)
+
+
+@pytest.mark.parametrize(("change", "phrase"), [
+    ({"use_sliding_window": True, "sliding_window": 4096}, "use_sliding_window"),
+    ({"layer_types": ["full_attention"] * 47 + ["sliding_attention"]}, "sliding_attention"),
+    ({"mlp_only_layers": [3, 7]}, "mlp_only_layers = [3, 7]"),
+    ({"attention_bias": True}, "attention_bias"),
+    ({"num_experts": None}, "without num_experts"),
+])
+def test_qwen3_settings_bastion_does_not_run_are_refused(change, phrase):
+    with pytest.raises(ConfigError) as exc:
+        spec_from_hf_config({**QWEN3_30B_A3B, **change}, "config.json")
+    assert phrase in exc.value.problem and exc.value.fix
+    dense = {**QWEN3_30B_A3B, "model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], **change}
+    if "num_experts" not in change and "mlp_only_layers" not in change:
+        with pytest.raises(ConfigError, match=phrase):
+            spec_from_hf_config(dense, "config.json")
+
+
+def test_a_qwen3_mixture_with_shared_experts_is_not_exported():
+    from dataclasses import replace
+
+    shared = replace(load_model("qwen3-30b-a3b"), num_shared_experts=1)
+    with pytest.raises(ConfigError, match="shared experts \\(Qwen3-MoE has none\\)"):
+        hf_config_from_spec(shared)
 
 
 def test_a_checkpoint_saved_before_norm_eps_and_rope_theta_existed_still_resumes():
@@ -98,7 +164,15 @@ pytest.importorskip("safetensors")
 
 from bastion.runtime.hf_weights import load_hf_weights  # noqa: E402
 from bastion.runtime.model import build_model, init_weights  # noqa: E402
-from helpers.hf_models import hf_logits, make_deepseek, make_llama, make_mixtral, tokens_for  # noqa: E402
+from helpers.hf_models import (  # noqa: E402
+    hf_logits,
+    make_deepseek,
+    make_llama,
+    make_mixtral,
+    make_qwen3,
+    make_qwen3_moe,
+    tokens_for,
+)
 
 
 def _bastion_from_hf(hf_dir: Path):
@@ -111,9 +185,14 @@ def _bastion_from_hf(hf_dir: Path):
     return net.eval()
 
 
-@pytest.mark.parametrize("overrides", [{}, {"tie_word_embeddings": True, "num_key_value_heads": 4}])
-def test_imported_weights_give_transformers_logits(tmp_path, overrides):
-    reference = make_llama(tmp_path / "hf", **overrides)
+@pytest.mark.parametrize(("make", "overrides"), [
+    (make_llama, {}), (make_llama, {"tie_word_embeddings": True, "num_key_value_heads": 4}),
+    # transformers' default router (top-k weights not renormalised) and no dense layers; every other layer routed
+    (make_qwen3_moe, {"norm_topk_prob": False, "mlp_only_layers": [], "decoder_sparse_step": 2}),
+    (make_qwen3_moe, {"tie_word_embeddings": True, "num_key_value_heads": 4}),
+], ids=["llama", "llama-tied-mha", "qwen3-moe-unnormalised-sparse-step-2", "qwen3-moe-tied-mha"])
+def test_imported_weights_give_transformers_logits(tmp_path, make, overrides):
+    reference = make(tmp_path / "hf", **overrides)
     tokens = tokens_for(96)
     with torch.no_grad():
         ours = _bastion_from_hf(tmp_path / "hf")(tokens)
@@ -160,6 +239,27 @@ def test_a_deepseek_v3_imports_with_transformers_logits_and_exports_back_byte_id
     assert config["architectures"] == ["DeepseekV3ForCausalLM"] and config["rope_interleave"] is False
 
 
+def test_a_qwen3_imports_with_transformers_logits_and_exports_back_byte_identically(tmp_path):
+    """Qwen3: each query and key head RMSNorm'd over head_dim (q_norm / k_norm) before RoPE, a head_dim other
+    than hidden_size / heads."""
+    make_qwen3(tmp_path / "probe")
+    spec = load_model(str(tmp_path / "probe"))
+    assert spec.qk_norm and spec.head_dim == 16 and spec.q_width == 64
+    config = _round_trip(tmp_path, make_qwen3)
+    assert config["architectures"] == ["Qwen3ForCausalLM"] and config["head_dim"] == 16
+
+
+def test_a_qwen3_moe_imports_with_transformers_logits_and_exports_back_byte_identically(tmp_path):
+    """Qwen3-MoE: the q/k norms, per-expert HF tensors (mlp.experts.J.*) stacked into bastion's expert tensors
+    and back, the router as mlp.gate, a leading dense layer (mlp_only_layers) of another width."""
+    make_qwen3_moe(tmp_path / "probe")
+    spec = load_model(str(tmp_path / "probe"))
+    assert (spec.num_experts, spec.top_k, spec.expert_width, spec.ffn_hidden_size, spec.dense_layers) == (
+        4, 2, 16, 48, 1)
+    config = _round_trip(tmp_path, make_qwen3_moe)
+    assert config["architectures"] == ["Qwen3MoeForCausalLM"] and config["mlp_only_layers"] == [0]
+
+
 @pytest.mark.parametrize(("change", "phrase"), [({"rope_interleave": True}, "rope_interleave"),
                                                  ({"routed_scaling_factor": 2.5}, "routed_scaling_factor"),
                                                  ({"n_group": 4, "topk_group": 2}, "topk_group")])
@@ -173,21 +273,22 @@ def test_deepseek_settings_bastion_does_not_run_are_refused(tmp_path, change, ph
 
 
 def test_a_mixture_without_a_mixtral_form_is_not_exported():
-    with pytest.raises(ConfigError, match="no Hugging Face Llama, Mixtral or DeepSeek-V3 equivalent") as exc:
+    with pytest.raises(ConfigError, match="no Hugging Face Llama, Mixtral, DeepSeek-V3") as exc:
         hf_config_from_spec(load_model("tiny-moe"))  # a shared expert and a leading dense layer
     assert "shared experts" in exc.value.problem and "leading dense layers" in exc.value.problem
 
 
 # ---- weights out: export, and export -> import -> export ----------------------------------------------------
-def save_as_checkpoint(hf_dir: Path, run_dir: Path, step: int = 1, data: Path | None = None) -> Path:
-    """A committed bastion checkpoint of the weights in `hf_dir` (as a run of `bastion train` saves it)."""
+def save_as_checkpoint(hf_dir: Path, run_dir: Path, step: int = 1, data: Path | None = None, net=None) -> Path:
+    """A committed bastion checkpoint of the weights in `hf_dir` (as a run of `bastion train` saves it), or of
+    `net`, a model of its config."""
     import torch.distributed.checkpoint as dcp
 
     from bastion.rundir import checkpoints as cf
     from bastion.rundir.layout import RUN_CONFIG_FILE, checkpoints_dir
 
     spec = load_model(str(hf_dir))
-    net = _bastion_from_hf(hf_dir)
+    net = net if net is not None else _bastion_from_hf(hf_dir)
     root = checkpoints_dir(run_dir)
     temp = root / cf.temp_dir_name(step)
     temp.mkdir(parents=True)
@@ -240,6 +341,29 @@ def test_export_loads_in_transformers_and_round_trips_byte_identically(tmp_path,
     save_as_checkpoint(tmp_path / "a", tmp_path / "run2", step=7, data=tokenized_data)
     main_ok(["export", str(tmp_path / "run2"), "--out", str(tmp_path / "b"), "--max-shard-mb", "0.03"])
     assert _files(tmp_path / "b") == exported
+
+
+def test_a_fine_tuned_qwen3_moe_exports_what_transformers_loads(tmp_path):
+    """A few optimizer steps on the imported Qwen3-MoE (every tensor moves, the q/k norms and routers too), then
+    export: transformers' logits on the export are bastion's."""
+    from bastion.runtime.parallelize import cross_entropy_loss
+
+    make_qwen3_moe(tmp_path / "hf")
+    net = _bastion_from_hf(tmp_path / "hf").train()
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    for step in range(3):
+        rows = tokens_for(96, batch=4, seq=17, seed=10 + step)
+        cross_entropy_loss(net(rows[:, :-1]), rows[:, 1:]).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert all(not torch.equal(p, before[n]) for n, p in net.named_parameters())
+    save_as_checkpoint(tmp_path / "hf", tmp_path / "run", step=3, net=net.eval())
+    main_ok(["export", str(tmp_path / "run"), "--out", str(tmp_path / "a")])
+    tokens = tokens_for(96)
+    with torch.no_grad():
+        ours = net(tokens)
+    assert float((hf_logits(tmp_path / "a", tokens) - ours).abs().max()) < 1e-5
 
 
 def test_export_of_tied_embeddings_in_bfloat16(tmp_path):

@@ -125,6 +125,24 @@ def test_composite_rmsnorm_keeps_the_normalised_input_too() -> None:
         activation_bytes_per_token(biased, 256, 1, False, "none", "fp32", PredictOptions(), True)
 
 
+def test_qwen3_qk_norms_keep_their_inputs_per_head() -> None:
+    # the q/k RMSNorms keep the projections' outputs (before RoPE, whose constant tables keep nothing per token)
+    # and one statistic per head; composite on CPU, also the fp32 normalised copies (torch 2.13 CPU, fp32,
+    # saved_tensors_hooks on one block: 1,562 bytes per token more with the norms, 2 of them a constant)
+    plain = ModelSpec(name="q", num_layers=1, hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=32,
+                      ffn_hidden_size=128, vocab_size=256)
+    qwen = ModelSpec(**{**plain.to_dict(), "qk_norm": True})
+    q, kv = plain.q_width, plain.kv_width
+
+    def per_token(model: ModelSpec, fused: bool, tp: int = 1) -> float:
+        saved = layer_saved_tensors(model, 64, "none", "fp32", PredictOptions(), fused)
+        return saved_bytes_per_token(saved, tp, False)
+
+    assert per_token(qwen, True) - per_token(plain, True) == 4 * (q + kv) + 4 * (4 + 2)
+    assert per_token(qwen, False) - per_token(plain, False) == 2 * 4 * (q + kv) + 4 * (4 + 2)
+    assert per_token(qwen, True, tp=2) - per_token(plain, True, tp=2) == (4 * (q + kv) + 4 * (4 + 2)) / 2
+
+
 def test_the_norm_kernel_follows_the_device_unless_the_options_say() -> None:
     model = load_model("small")
     plan = ParallelPlan(micro_batch=2, global_batch=2, precision="fp32")

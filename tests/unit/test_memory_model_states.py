@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from bastion.predict.memory import model_state_bytes, state_bytes_per_param
@@ -46,6 +48,25 @@ def test_tiny_parameter_count_by_hand() -> None:
     per_layer = 64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 256 + 2 * 64
     expected = 4 * per_layer + 256 * 64 + 64 + 256 * 64
     assert model_state_bytes(load_model("tiny"), _plan(), 0)["params"] == 4 * expected
+
+
+def test_qwen3_qk_norms_are_counted_and_replicated_over_tp() -> None:
+    # two head_dim weights per layer, on every tp rank (the runtime's measured bytes: tests/dist/
+    # test_context_parallel.py, the qk-norm case)
+    qwen = load_model("qwen3-30b-a3b")
+    plain = dataclasses.replace(qwen, qk_norm=False)
+    extra = qwen.num_layers * 2 * qwen.head_dim
+    assert qwen.total_params() - plain.total_params() == extra
+    for tp_rank in range(2):
+        plan = _plan(tp=2)
+        assert (model_state_bytes(qwen, plan, 0, tp_rank=tp_rank)["params"]
+                - model_state_bytes(plain, plan, 0, tp_rank=tp_rank)["params"]) == 4 * extra   # fp32 bytes
+    assert model_state_bytes(qwen, _plan(), 0)["params"] == 4 * qwen.total_params()
+    from bastion.predict.memory import stage_states
+
+    plan = _plan(dp=2, tp=2, zero_stage=3)
+    exact = model_state_bytes(qwen, plan, 0)
+    assert stage_states(qwen, plan, 0) == (exact["params"], exact["grads"], exact["optimizer"])
 
 
 @pytest.mark.parametrize("dp", [2, 3, 4])

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 
+from bastion.errors import PlanError
 from bastion.planner.search import PlanRequest, search
 from bastion.planner.space import SearchSpace, enumerate_space, uneven_layout
 from bastion.predict import PredictOptions, comm, estimate, flops, moe
@@ -95,9 +96,11 @@ def test_all_to_all_share_is_reported_and_hidden_as_the_software_says() -> None:
 
 
 def test_ep_group_inside_one_node_when_it_fits_there() -> None:
-    placement = moe.expert_placement(load_model("mixtral-8x7b"), H100, ep=8, etp=1, tp=1, dp=64, cp=1)
+    mixtral = load_model("mixtral-8x7b")
+    placement = moe.expert_placement(mixtral, H100, ParallelPlan(dp=64, ep=8, global_batch=64))
     assert not placement["ep_group"]["spans_domains"] and placement["experts_per_rank"] == 1
-    assert moe.expert_placement(load_model("mixtral-8x7b"), H100, ep=8, etp=8, tp=8, dp=8, cp=1)[
+    assert not placement["folded_over_tp"] and placement["expert_data_parallel"] == 8
+    assert moe.expert_placement(mixtral, H100, ParallelPlan(dp=8, tp=8, ep=8, etp=8, global_batch=64))[
         "ep_group"]["spans_domains"]  # ep members etp ranks apart: one per node
 
 
@@ -135,6 +138,61 @@ def test_the_bastion_layout_is_what_bastions_runtime_routes_and_where_it_puts_th
     assert per_token["megatron", 1] < per_token["bastion", 4] < per_token["bastion", 1]
     assert activation_bytes_per_token(model, 4096, 4, True, "none", "bf16", runtime_options, True, 1) == (
         activation_bytes_per_token(model, 4096, 4, True, "none", "bf16", PredictOptions(), True, 1))
+
+
+# ---- parallel folding: ep wider than dp × cp (Megatron-Core lays the experts' grid over tp × cp × dp) -------
+
+QWEN3_235B = load_model("qwen3-235b-a22b")
+#: ep 8 over dp 4 and tp 2 (the shape of a published Megatron-Core run: tp 2, pp 32, dp 4, ep 8)
+FOLDED = ParallelPlan(dp=4, tp=2, pp=2, ep=8, zero_stage=1, global_batch=64, sequence_parallel=True)
+
+
+def test_folded_expert_parallelism_is_refused_unless_allowed() -> None:
+    assert FOLDED.folds_experts and not replace(FOLDED, ep=4).folds_experts
+    with pytest.raises(PlanError, match="parallel folding"):
+        FOLDED.validate(QWEN3_235B)  # the runtime's and the planner's check
+    FOLDED.validate(QWEN3_235B, allow_folding=True)
+    with pytest.raises(PlanError, match="does not divide tp × dp × cp"):
+        replace(FOLDED, ep=16).validate(QWEN3_235B, allow_folding=True)
+
+
+def test_folded_experts_split_over_tp_and_dp_ranks() -> None:
+    # 128 experts over ep 8: 16 per rank whichever ranks hold them; expert-data-parallel = tp·dp / ep = 1, so
+    # ZeRO-1 keeps every local expert's optimizer state whole, unlike ep 4 over the 4 dp ranks (2 tp replicas)
+    assert FOLDED.expert_data_parallel == 1 and replace(FOLDED, ep=4).expert_data_parallel == 1
+    assert replace(FOLDED, dp=8, ep=8, global_batch=64).expert_data_parallel == 1
+    assert replace(FOLDED, dp=16, ep=8, global_batch=64).expert_data_parallel == 2
+    assert ParallelPlan(dp=8, tp=2, ep=16, global_batch=64).expert_data_parallel == 1
+    assert ParallelPlan(dp=8, tp=4, ep=16, global_batch=64).expert_data_parallel == 2
+    # every (tp, dp) rank holds a different eighth of the experts: the same bytes on each
+    per_rank = {model_state_bytes(QWEN3_235B, FOLDED, 0, dp_rank=d, tp_rank=t)["params"]
+                for d in range(4) for t in range(2)}
+    assert len(per_rank) == 1
+    experts_bytes = 2 * QWEN3_235B.routed_expert_params() * 47 // 8  # 47 layers per stage, 2 bytes each
+    # ep 4 over the dp ranks holds a quarter of the experts (replicated over tp): an eighth more than folding
+    quarter = model_state_bytes(QWEN3_235B, replace(FOLDED, ep=4), 0)["params"]
+    assert quarter - per_rank.pop() == experts_bytes
+    # ZeRO-1 shards the local experts' optimizer state over the expert-data-parallel ranks: tp 4 × dp 8 / ep 16
+    # = 2 of them, so the state of this rank's experts is half what ZeRO-0 keeps
+    wide = ParallelPlan(dp=8, tp=4, pp=2, ep=16, global_batch=64, sequence_parallel=True)
+    assert wide.folds_experts and wide.expert_data_parallel == 2
+    kept = model_state_bytes(QWEN3_235B, wide, 0)["optimizer"]
+    sharded = model_state_bytes(QWEN3_235B, replace(wide, zero_stage=1), 0)["optimizer"]
+    local_expert_state = 12 * QWEN3_235B.routed_expert_params() * 47 // 16
+    assert kept - sharded >= local_expert_state // 2
+
+
+def test_folded_plans_are_predicted_with_their_expert_memory() -> None:
+    est = estimate(QWEN3_235B, load_cluster("h100-sxm:16"), FOLDED, 4096)
+    assert est.step_time_s > 0 and est.time.ep_comm > 0
+    assert est.to_dict()["experts"]["placement"]["folded_over_tp"]
+    # the bastion layout (ep carved from dp × cp) has no folded form: the bastion stack costs it as Megatron-Core
+    runtime_stack = estimate(QWEN3_235B, load_cluster("h100-sxm:16"), FOLDED, 4096,
+                             options=software_stack("bastion").options)
+    assert runtime_stack.experts["layout"] == "megatron" and runtime_stack.time.ep_comm == est.time.ep_comm
+    # folding ep 8 over tp 2 × dp 4 holds 1/8 of the experts per rank; ep 4 over the dp ranks holds 1/4
+    half = replace(FOLDED, ep=4)
+    assert model_state_bytes(QWEN3_235B, FOLDED, 0)["params"] < model_state_bytes(QWEN3_235B, half, 0)["params"]
 
 
 def test_etp_splits_expert_parameters_and_adds_its_collectives() -> None:
@@ -245,3 +303,27 @@ def test_planner_searches_ep_etp_and_layouts_and_explains_the_placement() -> Non
     entry = best.to_dict()
     assert entry["experts"]["placement"]["ep"] == best.plan.ep
     assert "all_to_all_share" in entry["experts"]
+
+
+# ---- node-limited routing (DeepSeek-V3: each token to at most 4 nodes) -------------------------------------------
+
+def test_node_limited_routing_bounds_the_cross_node_all_to_all() -> None:
+    model = load_model("deepseek-v3")
+    assert model.max_routed_nodes == 4 and load_model("qwen3-235b-a22b").max_routed_nodes == 0
+    cluster = load_cluster("h800:512")
+    plan = ParallelPlan(dp=64, pp=8, ep=64, zero_stage=1, global_batch=512, precision="fp8",
+                        pipeline_layout=uneven_layout(61, 8))
+    limited = estimate(model, cluster, plan, 4096)
+    free = estimate(replace(model, max_routed_nodes=0), cluster, plan, 4096)
+    # ep 64 spans 8 nodes: top-8 copies crossing to 7/8 remote nodes each against at most 4 nodes per token
+    assert limited.time.ep_comm < free.time.ep_comm
+    group = comm.place_group(cluster, 64, 1)
+    assert (group.domains, group.local) == (8, 8)
+    nbytes = 8 * 4096 * 7168 * 2.0
+    one = moe.node_limited_a2a_time(cluster, nbytes, 8, 4, group)
+    assert one == pytest.approx(comm.exchange_time(cluster, nbytes * 63 / 64, nbytes / 8 * 4 * 7 / 8))
+    # inside one node the limit changes nothing
+    inside = ParallelPlan(dp=64, pp=8, ep=8, zero_stage=1, global_batch=512, precision="fp8",
+                          pipeline_layout=uneven_layout(61, 8))
+    assert estimate(model, cluster, inside, 4096).time.ep_comm == \
+        estimate(replace(model, max_routed_nodes=0), cluster, inside, 4096).time.ep_comm

@@ -21,6 +21,7 @@ from bastion.runtime.watchdog import HANG_EXIT_CODE
     ("nan:step=9", faults.FaultSpec("nan", 9, 0)),
     ("kill-during-save:step=8", faults.FaultSpec("kill-during-save", 8, 0)),
     ("corrupt-latest", faults.FaultSpec("corrupt-latest", None, 0)),
+    ("bad-gpu:rank=2", faults.FaultSpec("bad-gpu", None, 2)),
 ])
 def test_parse_documented_faults(text, expected):
     assert faults.parse_fault(text) == expected
@@ -32,6 +33,7 @@ def test_parse_documented_faults(text, expected):
     ("hang:step=x", "not a whole number"),
     ("nan:when=3", "Cannot read"),
     ("nan:step=0", "step must be >= 1"),
+    ("bad-gpu:rank=1,step=3", "Cannot read"),
 ])
 def test_bad_fault_specs_explain_themselves(text, message):
     with pytest.raises(ConfigError, match=message):
@@ -68,6 +70,14 @@ def test_fault_fires_once_across_restarts(tmp_path):
     assert other_rank.mine == []
     events = [r for r in read_records(tmp_path) if r.get("event") == "fault"]
     assert len(events) == 1 and events[0]["fault"] == "nan" and events[0]["step"] == 3
+
+
+def test_a_bad_gpu_fails_one_health_check_per_run(tmp_path):
+    spec = faults.parse_fault("bad-gpu:rank=1")
+    assert spec.describe() == "bad-gpu:rank=1"
+    assert faults.FaultInjector([spec], tmp_path, rank=0).gpu_problem(0) is None   # another rank's device
+    assert "uncorrected ECC" in faults.FaultInjector([spec], tmp_path, rank=1).gpu_problem(0)
+    assert faults.FaultInjector([spec], tmp_path, rank=1).gpu_problem(0) is None   # replaced: healthy again
 
 
 def test_corrupt_checkpoint_breaks_its_manifest(tmp_path):

@@ -114,7 +114,8 @@ def test_recompute_layers_wraps_the_first_layers_of_each_chunk(full_layers, wrap
 
 def test_runtime_status_names_every_plan_train_refuses_with_its_fix():
     """What `plan` and `estimate` report per plan: tied embeddings split over stages or tp ranks, learned positions
-    under tp, ALiBi, and parallel folding are refused by `bastion train`; the rest executes."""
+    under tp, ALiBi, and parallel folding (etp other than 1 or tp; ep folded over tp ranks) are refused by
+    `bastion train`; the rest executes."""
     from bastion.runtime.preflight import runtime_status
 
     tiny = load_model("tiny")
@@ -124,7 +125,8 @@ def test_runtime_status_names_every_plan_train_refuses_with_its_fix():
              (dataclasses.replace(tiny, position_embedding="learned"), ParallelPlan(tp=2, **fp32),
               "learned position embeddings"),
              (load_model("bloom-176b"), ParallelPlan(**fp32), "ALiBi"),
-             (load_model("tiny-moe"), ParallelPlan(dp=4, tp=2, ep=2, etp=4, **fp32), "etp = 4"))
+             (load_model("tiny-moe"), ParallelPlan(dp=4, tp=2, ep=2, etp=4, **fp32), "etp = 4"),
+             (load_model("tiny-moe"), ParallelPlan(dp=4, tp=2, ep=8, **fp32), "ep = 8 does not divide dp × cp"))
     for spec, plan, problem in cases:
         status = runtime_status(spec, plan)
         assert status["executes"] is False and problem in status["refusal"] and status["fix"], problem

@@ -11,11 +11,11 @@ from bastion.errors import ConfigError
 from bastion.specs.model import load_model, model_from_mapping
 from bastion.specs.plan import ParallelPlan
 
-# (total, active): Mixtral 8x7B as counted from its config.json (the paper's 46.7B / 12.9B); Qwen3-30B-A3B
-# without its per-head q/k norms (12,288 weights; the report's 30.5B / 3.3B)
+# (total, active): Mixtral 8x7B as counted from its config.json (the paper's 46.7B / 12.9B); Qwen3-30B-A3B as its
+# checkpoint's tensors add up, per-head q/k norms included (the report's 30.5B / 3.3B)
 PUBLISHED = {
     "mixtral-8x7b": (46_702_792_704, 12_879_925_248),
-    "qwen3-30b-a3b": (30_532_122_624 - 12_288, None),
+    "qwen3-30b-a3b": (30_532_122_624, None),
 }
 
 

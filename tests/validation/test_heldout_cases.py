@@ -8,6 +8,9 @@ interval every prediction carries, calibrated on the three in-sample case files)
     dgxc_benchmarking   70 rows  6.1% / 12.7%  coverage 97%   (NVIDIA DGXC recipes, NeMo 24.05/24.09, H100)
     llama3_herd_paper    2 rows 15.7% / 19.7%  coverage 100%  (Meta's own stack: the default stack, wider interval)
     mt_nlg               3 rows 42.3% / 43.6%  coverage 0%    (predicted 42-44% too fast)
+Since (branch predict, 2026-12-07) megatron-deepspeed's default recipe fills the unstated recompute (full) and ZeRO
+stage (1) of the MT-NLG rows: 24.8% / 26.5%, coverage 33%. That recipe was added after these rows had been seen, so
+mt_nlg now counts as in-sample (predict/data/holdout.toml); the other two families stay out of sample.
     all                 75 rows  6.5% / 15.6%  coverage 93%,  median interval width 33%
 With the software facts blanked: median 6.8%. `--holdout family` within this file alone (each family's interval
 from the other two families' rows): coverage 93% overall, 100% / 0% / 0% by family.
@@ -43,7 +46,9 @@ ROWS = read_cases(HELDOUT)
 REPORT = validate_cases(HELDOUT)
 #: family -> (rows, median |error|, p90 |error|, coverage of the shipped interval), as measured at 810e6a1
 MEASURED = {"dgxc_benchmarking": (70, 0.061, 0.127, 0.97), "llama3_herd_paper": (2, 0.157, 0.197, 1.0),
-            "mt_nlg": (3, 0.423, 0.436, 0.0), "all": (75, 0.065, 0.156, 0.93)}
+            "mt_nlg": (3, 0.248, 0.265, 0.33), "all": (75, 0.065, 0.156, 0.93)}
+#: families whose predictions were changed after their rows had been seen (holdout.toml says why)
+SEEN = {"mt_nlg"}
 #: how far a figure may move before the test calls it a regression: 2 points of |error|, 3 of p90, 5 of coverage
 MEDIAN_SLACK, P90_SLACK, COVERAGE_SLACK = 0.02, 0.03, 0.05
 
@@ -75,8 +80,9 @@ def test_its_families_are_out_of_sample() -> None:
     seen = {r[FAMILY_COLUMN] for path in IN_SAMPLE_FILES for r in read_cases(path)}
     assert len(families) >= 2 and not families & seen
     # predict/holdout.py treats a family holdout.toml does not list as out of sample
-    assert not families & set(family_notes())
-    assert not any(f["in_sample"] for f in leave_one_family_out([HELDOUT]).families().values())
+    assert families & set(family_notes()) == SEEN
+    in_sample = {name for name, f in leave_one_family_out([HELDOUT]).families().items() if f["in_sample"]}
+    assert in_sample == SEEN
 
 
 def test_no_prediction_depends_on_the_publication(tmp_path: Path) -> None:

@@ -22,7 +22,8 @@ DTYPES = ("saved", "float32", "bfloat16", "float16")
 def export_command(
     run_dir: Path = typer.Argument(..., help="Run directory (or one of its checkpoints/step-NNNNNNNN)."),
     out: Path = typer.Option(..., "--out", help="Directory to write (new, or empty)."),
-    export_format: str = typer.Option("hf", "--format", help="Output format: hf (transformers' Llama)."),
+    export_format: str = typer.Option("hf", "--format", help="Output format: hf (transformers' Llama, Mixtral, "
+                                      "DeepSeek-V3, Qwen3 or Qwen3-MoE, as the model is)."),
     step: int | None = typer.Option(None, "--step", help="Export this step's checkpoint (default: the newest)."),
     tokenizer: Path | None = typer.Option(None, "--tokenizer", help="Tokenizer to ship (tokenizer.json or a "
                                           "directory of tokenizer files); default: the one the run's dataset "

@@ -166,7 +166,9 @@ def launch_command(
         raise LaunchError("--overwrite moves a run directory's files aside here, but a Kubernetes run directory is "
                           "on the job's volume.", fix="give the job a new --run-dir (or a new volume claim).")
     train_args += ["--resume"] * resume + ["--overwrite"] * overwrite
-    run = _resolve_train_args(train_args, extra, paths_here=engine != "k8s")
+    # a Slurm job requeues (or resubmits) itself after a failed job step: those restarts recover too
+    run = _resolve_train_args(train_args, extra, paths_here=engine != "k8s",
+                              engine_restarts=max_requeues if engine == "slurm" else 0)
     layout = worker_layout(run.world_size, nodes, gpus_per_node, device)
     job_name = name or Path(run_dir_text).name or "bastion"
     run_config = _with_elastic(run, engine, layout, min_nodes)
@@ -346,7 +348,7 @@ def _from_config(config: Path | None, set_values: list[str]) -> dict:
     return {**(load_config_file(config) if config is not None else {}), **parse_sets(set_values)}
 
 
-def _resolve_train_args(train_args: list[str], extra: list[str], paths_here: bool):
+def _resolve_train_args(train_args: list[str], extra: list[str], paths_here: bool, engine_restarts: int = 0):
     """The job's `bastion train` options (launch's own plus the ones after `--`) parsed by `bastion train`'s own
     parser and checked by its own pre-check now, at launch time, not when the job starts on the cluster."""
     import typer.main
@@ -374,7 +376,7 @@ def _resolve_train_args(train_args: list[str], extra: list[str], paths_here: boo
                           ) from None
     params = train_params(ctx)  # --config and --set applied as `bastion train` applies them
     params.pop("nproc", None)
-    return resolve_run(params, world_size=None, paths_here=paths_here)
+    return resolve_run(params, world_size=None, paths_here=paths_here, engine_restarts=engine_restarts)
 
 
 def _write_text(path: Path, text: str, option: str) -> None:
@@ -656,6 +658,36 @@ def cancel_command(
         _done(as_json, f"{said}\nthe pods get SIGTERM and checkpoint; the run directory stays on the claim "
                        f"{found.job}-run (apply the manifest again to continue)", engine="k8s", kind=kind,
               name=found.job, kubectl=said)
+
+
+@app.command("_slurm_resubmit", hidden=True)
+def slurm_resubmit_command(
+    config_path: Path = typer.Argument(..., help="The job's run_config.json."),
+    exclude: str = typer.Option(..., "--exclude", help="Nodes the new job must not get, comma-separated."),
+    starts: int = typer.Option(..., "--starts", help="Starts of the run so far, counted on in the new job."),
+) -> None:
+    """Run by a Slurm batch script that must start again without some of its nodes: submits the script again as
+    a new job excluding them (launch/slurm.py), records it in the launch record and metrics.jsonl, prints its id;
+    exit 1 when Slurm refuses (the script then requeues)."""
+    import os
+
+    from bastion.launch import slurm
+    from bastion.launch.worker import read_run_config
+    from bastion.rundir.launch_record import add_slurm_job
+    from bastion.rundir.metrics import log_event
+    from bastion.rundir.records import RESUBMITTED
+
+    run_dir = Path(read_run_config(config_path)["train"]["run_dir"])
+    job_id = os.environ.get("SLURM_JOB_ID", "")
+    nodes = [n for n in exclude.split(",") if n and n != "-"]
+    try:
+        new_job = slurm.resubmit_excluding(job_id, nodes, starts)
+    except LaunchError as err:
+        print(f"[bastion] {err.problem}", file=sys.stderr)
+        sys.exit(1)
+    add_slurm_job(run_dir, new_job)
+    log_event(run_dir, RESUBMITTED.name, job_id=job_id, new_job_id=new_job, excluded=nodes)
+    print(f"[bastion] submitted job {new_job} (after job {job_id}) without {','.join(nodes)}")
 
 
 @app.command("_slurm_nodes", hidden=True)

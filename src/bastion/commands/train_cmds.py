@@ -49,7 +49,9 @@ def train_command(
     mtbf_hours: float | None = typer.Option(None, "--mtbf-hours", help="MTBF for `auto` (default: published "
                                             "failure rate × number of devices)."),
     inject: list[str] = typer.Option([], "--inject", help="Inject a fault (repeatable): kill:rank=1,step=7, "
-                                     "hang:rank=0,step=5, nan:step=9, kill-during-save:step=8, corrupt-latest."),
+                                     "hang:rank=0,step=5, nan:step=9, kill-during-save:step=8, corrupt-latest, "
+                                     "lose-node:rank=3,step=5[,back_at=9], slow:rank=1,factor=3, flaky-link:rank=1, "
+                                     "bad-gpu:rank=2 (runtime/faults.py says what each does)."),
     max_restarts: options.MaxRestarts = 0,
     keep_last: int = typer.Option(3, "--keep-last", help="Keep the newest K checkpoints."),
     keep_every: int = typer.Option(0, "--keep-every", help="Also keep every checkpoint whose step is a multiple "
@@ -79,7 +81,8 @@ def train_command(
                                                     "never resumed."),
     # ---- Hugging Face weights (runtime/hf_weights.py) ----
     init_from: Path | None = typer.Option(None, "--init-from", help="Start a fresh run from the weights of this "
-                                          "Hugging Face Llama directory (config.json + safetensors) instead of a "
+                                          "Hugging Face model directory (Llama, Mixtral, DeepSeek-V3, Qwen3, "
+                                          "Qwen3-MoE: config.json + safetensors) instead of a "
                                           "random init; --model is its config.json (or any spec of the same "
                                           "shape)."),
     # ---- config file, evaluation, logs (commands/train_file.py, runtime/train.py) ----
@@ -196,11 +199,13 @@ class ResolvedRun:
     overwrite: bool = False
 
 
-def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool = True) -> ResolvedRun:
+def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool = True,
+                engine_restarts: int = 0) -> ResolvedRun:
     """`bastion train`'s options (as click parsed them, for `train` and for `launch … -- ARGS`) checked and resolved
     into the run config, before any process starts: flag values, the model, the plan against the model and the
     world size (default: the plan's), the injected faults; where the paths are visible here (`paths_here`) also the
-    dataset and the run directory with its resume source (`runtime.preflight.check_run_dir`)."""
+    dataset and the run directory with its resume source (`runtime.preflight.check_run_dir`). `engine_restarts`:
+    the restarts the launch engine gives a failed worker group beyond torchrun's (a Slurm job's requeues)."""
     from bastion.commands.train_file import FILE_ONLY
     from bastion.errors import ConfigError, did_you_mean
     from bastion.launch.shrink import resolve_on_failure
@@ -244,9 +249,10 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
     # a lost node under shrink is a re-plan, not a restart
     fatal = [spec for spec in resilience.inject if spec.split(":")[0] in FATAL
              and not (shrinking and spec.startswith("lose-node"))]
-    if len(fatal) > p["max_restarts"]:
+    if len(fatal) > p["max_restarts"] + engine_restarts:
+        also = f" (and the engine restarts it {engine_restarts} time(s))" if engine_restarts else ""
         raise ConfigError(f"{len(fatal)} injected fault(s) ({', '.join(fatal)}) each end the worker group, but "
-                          f"--max-restarts is {p['max_restarts']}: the run would fail instead of recovering.",
+                          f"--max-restarts is {p['max_restarts']}{also}: the run would fail instead of recovering.",
                           fix=f"add --max-restarts {len(fatal)} (or more) so torchrun restarts the group and it "
                               f"resumes from its newest checkpoint.")
     init_from = _init_from(p.get("init_from"), request.spec, resilience.resume_from, paths_here)

@@ -1,12 +1,15 @@
-"""A Hugging Face `config.json` <-> a ModelSpec, for the architectures bastion's runtime builds: Llama, Mixtral and
-DeepSeek-V3.
+"""A Hugging Face `config.json` <-> a ModelSpec, for the architectures bastion's runtime builds: Llama, Mixtral,
+DeepSeek-V3, Qwen3 and Qwen3-MoE.
 
 Bastion's dense decoder (runtime/model.py) is Llama's: RMSNorm, SwiGLU MLP (SiLU gate), rotate-half RoPE with
 plain frequencies, GQA, no biases, optionally tied embeddings. Its mixture of experts (runtime/moe.py) with a
 softmax router, top-k weights renormalised, no shared experts and every layer routed is Mixtral's block
 (MixtralSparseMoeBlock). With multi-head latent attention, a sigmoid router whose bias steers the choice only,
 shared experts and leading dense layers it is DeepSeek-V3's (DeepseekV3ForCausalLM with one expert group and a
-routed scaling factor of 1, RoPE in the rotate-half layout: `rope_interleave = false`). A config asking for
+routed scaling factor of 1, RoPE in the rotate-half layout: `rope_interleave = false`). With per-head q/k
+RMSNorms (`qk_norm`) the dense decoder is Qwen3's (Qwen3ForCausalLM) and the mixture Qwen3-MoE's
+(Qwen3MoeForCausalLM: softmax router, top-k renormalised or not, no shared experts, leading dense layers as
+`mlp_only_layers` = 0..k-1, every k-th layer routed as `decoder_sparse_step`). A config asking for
 anything else (another architecture, biases, RoPE scaling, sliding
 windows, another activation, dropout) is refused with what to change, never imported with a silently different
 model.
@@ -21,7 +24,10 @@ from bastion.errors import ConfigError
 from bastion.specs.model import ModelSpec
 
 #: the `model_type`s (and their `architectures` class) bastion maps
-SUPPORTED = {"llama": "LlamaForCausalLM", "mixtral": "MixtralForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM"}
+SUPPORTED = {"llama": "LlamaForCausalLM", "mixtral": "MixtralForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM",
+             "qwen3": "Qwen3ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}
+#: the architectures whose attention normalises every query and key head (ModelSpec.qk_norm)
+QK_NORM = ("qwen3", "qwen3_moe")
 _REQUIRED = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
 _LLAMA_DEFAULT_SEQ = 2048
 
@@ -68,6 +74,15 @@ def _refuse_unsupported(data: dict[str, Any], what: str) -> None:
                          "routed_scaling_factor": (1.0, float(data.get("routed_scaling_factor", 1.0))),
                          "topk_group": (groups, int(data.get("topk_group", groups) or groups)),
                          "topk_method": ("noaux_tc", data.get("topk_method", "noaux_tc"))})
+    if model_type in QK_NORM:
+        # transformers builds sliding-window layers only with use_sliding_window; layer_types names each layer
+        sliding = [t for t in data.get("layer_types") or [] if t != "full_attention"]
+        settings.update({"use_sliding_window": (False, bool(data.get("use_sliding_window", False))),
+                         "layer_types": ("full_attention only", sliding[0] if sliding else "full_attention only")})
+    if model_type == "qwen3_moe" and _leading_dense_layers(data, what) is None:
+        raise ConfigError(f"{what} sets mlp_only_layers = {data['mlp_only_layers']}; bastion keeps a dense MLP only "
+                          f"in the first k layers (mlp_only_layers = [0, ..., k-1]) or every decoder_sparse_step-th "
+                          f"layer routed.", fix="use a model whose dense layers lead the stack.")
     for name, (supported, value) in settings.items():
         if value != supported:
             raise ConfigError(f"{what} sets {name} = {value!r}; bastion's runtime supports {supported!r} "
@@ -79,10 +94,30 @@ def _refuse_unsupported(data: dict[str, Any], what: str) -> None:
     if model_type == "mixtral" and not (data.get("num_local_experts") and data.get("num_experts_per_tok")):
         raise ConfigError(f"{what} is a Mixtral config without num_local_experts / num_experts_per_tok.",
                           fix="use the config.json saved with the Mixtral weights.")
+    if model_type == "qwen3_moe" and not (_qwen3_experts(data) and data.get("num_experts_per_tok")
+                                          and data.get("moe_intermediate_size")):
+        raise ConfigError(f"{what} is a Qwen3-MoE config without num_experts / num_experts_per_tok / "
+                          f"moe_intermediate_size.", fix="use the config.json saved with the Qwen3-MoE weights.")
+
+
+def _qwen3_experts(data: dict[str, Any]) -> int:
+    # published configs write num_experts; transformers 5 saves it under its attribute name num_local_experts
+    return int(data.get("num_experts") or data.get("num_local_experts") or 0)
+
+
+def _leading_dense_layers(data: dict[str, Any], what: str) -> int | None:
+    """The k of a Qwen3-MoE whose `mlp_only_layers` are the first k layers (bastion's dense_layers); None when they
+    are any other set."""
+    layers = data.get("mlp_only_layers") or []
+    if not isinstance(layers, list) or not all(isinstance(i, int) for i in layers):
+        raise ConfigError(f"{what}: mlp_only_layers must be a list of layer indices, got {layers!r}.",
+                          fix="use the config.json saved with the weights.")
+    return len(layers) if sorted(layers) == list(range(len(layers))) else None
 
 
 def spec_from_hf_config(data: dict[str, Any], what: str, name: str | None = None) -> ModelSpec:
-    """The ModelSpec of a Hugging Face Llama config (a ConfigError with guidance for anything else)."""
+    """The ModelSpec of a Hugging Face config of a SUPPORTED architecture (a ConfigError with guidance for anything
+    else)."""
     _refuse_unsupported(data, what)
     try:
         heads = int(data["num_attention_heads"])
@@ -101,6 +136,14 @@ def spec_from_hf_config(data: dict[str, Any], what: str, name: str | None = None
                        qk_rope_head_dim=int(data["qk_rope_head_dim"]),
                        qk_nope_head_dim=int(data["qk_nope_head_dim"]), v_head_dim=int(data["v_head_dim"]),
                        num_kv_heads=heads_kv)
+        if data.get("model_type") == "qwen3_moe":
+            moe = dict(num_experts=_qwen3_experts(data), top_k=int(data["num_experts_per_tok"]),
+                       moe_ffn_hidden_size=int(data["moe_intermediate_size"]), router="softmax",
+                       # transformers' default is false; the published Qwen3-MoE configs set true
+                       router_norm_topk=bool(data.get("norm_topk_prob", False)),
+                       dense_layers=_leading_dense_layers(data, what) or 0,
+                       moe_layer_freq=int(data.get("decoder_sparse_step") or 1),
+                       aux_loss_coeff=float(data.get("router_aux_loss_coef", 0.0) or 0.0))
         if data.get("model_type") == "mixtral":
             moe = dict(num_experts=int(data["num_local_experts"]), top_k=int(data["num_experts_per_tok"]),
                        moe_ffn_hidden_size=int(data["intermediate_size"]), router="softmax", router_norm_topk=True,
@@ -113,7 +156,8 @@ def spec_from_hf_config(data: dict[str, Any], what: str, name: str | None = None
             **({} if "num_kv_heads" in moe else {"num_kv_heads": int(data.get("num_key_value_heads") or heads)}),
             head_dim=int(head_dim), ffn_type="swiglu",
             tied_embeddings=bool(data.get("tie_word_embeddings", False)), position_embedding="rope", bias=False,
-            norm_eps=float(data.get("rms_norm_eps", 1e-6)), rope_theta=_rope(data, what), source=f"hf:{what}")
+            norm_eps=float(data.get("rms_norm_eps", 1e-6)), rope_theta=_rope(data, what),
+            qk_norm=data.get("model_type") in QK_NORM, source=f"hf:{what}")
     except KeyError as exc:
         raise ConfigError(f"{what} is missing {exc.args[0]}.",
                           fix="use the config.json saved with the weights.") from exc
@@ -123,9 +167,12 @@ def spec_from_hf_config(data: dict[str, Any], what: str, name: str | None = None
 
 
 def architecture(spec: ModelSpec) -> str:
-    """The `model_type` a spec exports as: llama (dense), deepseek_v3 (MLA) or mixtral (another MoE)."""
+    """The `model_type` a spec exports as: deepseek_v3 (MLA); with per-head q/k norms qwen3 (dense) or qwen3_moe;
+    else llama (dense) or mixtral (MoE)."""
     if spec.is_mla:
         return "deepseek_v3"
+    if spec.qk_norm:
+        return "qwen3_moe" if spec.num_experts else "qwen3"
     return "mixtral" if spec.num_experts else "llama"
 
 
@@ -144,6 +191,10 @@ def check_exportable(spec: ModelSpec) -> None:
                     "a capacity limit": spec.capacity_factor == 0}
         reasons += [f"no {what} (DeepSeek-V3 has them)" if what in ("experts (a dense MLA model)", "shared experts")
                     else f"{what} (DeepSeek-V3 has none)" for what, ok in deepseek.items() if not ok]
+    elif architecture(spec) == "qwen3_moe":
+        qwen = {"shared experts": spec.num_shared_experts == 0, "a sigmoid router": spec.router == "softmax",
+                "a router bias": spec.router_bias_update_rate == 0, "a capacity limit": spec.capacity_factor == 0}
+        reasons += [f"{what} (Qwen3-MoE has none)" for what, ok in qwen.items() if not ok]
     elif spec.num_experts:
         mixtral = {"shared experts": spec.num_shared_experts == 0, "leading dense layers": spec.dense_layers == 0,
                    "MoE only every k-th layer": spec.moe_layer_freq == 1, "a sigmoid router": spec.router == "softmax",
@@ -152,15 +203,15 @@ def check_exportable(spec: ModelSpec) -> None:
                    "an expert width other than ffn_hidden_size": spec.expert_width == spec.ffn_hidden_size}
         reasons += [f"{what} (Mixtral has none)" for what, ok in mixtral.items() if not ok]
     if reasons:
-        raise ConfigError(f"model '{spec.name}' has no Hugging Face Llama, Mixtral or DeepSeek-V3 equivalent: "
-                          f"{'; '.join(reasons)}.",
+        raise ConfigError(f"model '{spec.name}' has no Hugging Face Llama, Mixtral, DeepSeek-V3, Qwen3 or "
+                          f"Qwen3-MoE equivalent: {'; '.join(reasons)}.",
                           fix="export a Llama-style model (swiglu, rope, no bias, dense), e.g. the llama presets, or "
                               "a Mixtral-style mixture of experts (softmax top-k router, no shared experts, every "
-                              "layer routed).")
+                              "layer routed), or a Qwen3 one (qk_norm = true).")
 
 
 def hf_config_from_spec(spec: ModelSpec) -> dict[str, Any]:
-    """config.json for `LlamaForCausalLM` or `MixtralForCausalLM` (fp32 weights), readable by transformers 4.x and
+    """config.json for the spec's architecture (`architecture`; fp32 weights), readable by transformers 4.x and
     5.x."""
     check_exportable(spec)
     kind = architecture(spec)
@@ -179,6 +230,13 @@ def hf_config_from_spec(spec: ModelSpec) -> dict[str, Any]:
         moe = {"num_local_experts": spec.num_experts, "num_experts_per_tok": spec.top_k,
                "router_aux_loss_coef": spec.aux_loss_coeff, "output_router_logits": False, "sliding_window": None,
                "router_jitter_noise": 0.0}
+    if kind in QK_NORM:
+        moe = {"use_sliding_window": False, "sliding_window": None, "max_window_layers": spec.num_layers}
+    if kind == "qwen3_moe":
+        moe.update({"num_experts": spec.num_experts, "num_experts_per_tok": spec.top_k,
+                    "moe_intermediate_size": spec.expert_width, "norm_topk_prob": spec.router_norm_topk,
+                    "mlp_only_layers": list(range(spec.dense_layers)), "decoder_sparse_step": spec.moe_layer_freq,
+                    "router_aux_loss_coef": spec.aux_loss_coeff, "output_router_logits": False})
     return {
         **moe, "architectures": [SUPPORTED[kind]], "model_type": kind,
         "vocab_size": spec.vocab_size, "hidden_size": spec.hidden_size, "intermediate_size": spec.ffn_hidden_size,

@@ -1,10 +1,13 @@
-"""Hugging Face weight files without torch: bastion's parameter names <-> transformers' Llama / Mixtral names, the
+"""Hugging Face weight files without torch: bastion's parameter names <-> transformers' Llama / Mixtral /
+DeepSeek-V3 / Qwen3 / Qwen3-MoE names, the
 tensors a spec must have, and the tensor directory of a `model.safetensors` (or a sharded one with its index), read from the
 files' headers and checked before any worker starts.
 
 Mixtral's experts are written as published Mixtral checkpoints (and vLLM) hold them, one tensor per expert
 (`block_sparse_moe.experts.J.w1.weight`, its w1/w2/w3 being bastion's gate/down/up); bastion keeps each layer's
 experts stacked in one (experts, out, in) tensor, so one bastion name maps to `num_experts` HF names, in order.
+DeepSeek-V3 and Qwen3-MoE checkpoints hold theirs the same way (`mlp.experts.J.gate_proj/up_proj/down_proj`;
+transformers 5 fuses them into one module on load and splits them again on save).
 
 Names: bastion's RoPE is the rotate-half layout (runtime/model.py `rotate_half`, cos/sin tables repeated over both
 halves), which is transformers' `LlamaRotaryEmbedding` + `rotate_half` layout, so q/k projections map unpermuted
@@ -36,9 +39,14 @@ _LAYER = {"attention.wq.weight": "self_attn.q_proj.weight", "attention.wk.weight
           "feed_forward.w1.weight": "mlp.gate_proj.weight", "feed_forward.w3.weight": "mlp.up_proj.weight",
           "feed_forward.w2.weight": "mlp.down_proj.weight", "attention_norm.weight": "input_layernorm.weight",
           "ffn_norm.weight": "post_attention_layernorm.weight"}
-#: the per-layer names that differ by architecture: Mixtral's MoE block, and DeepSeek-V3's MLA, router (with its
-#: selection bias) and shared experts (every other name is Llama's)
+_QWEN3_LAYER = {"attention.q_norm.weight": "self_attn.q_norm.weight",
+                "attention.k_norm.weight": "self_attn.k_norm.weight"}
+#: the per-layer names that differ by architecture: Mixtral's MoE block, DeepSeek-V3's MLA, router (with its
+#: selection bias) and shared experts, Qwen3's per-head q/k norms and Qwen3-MoE's router (every other name is
+#: Llama's)
 _ARCH_LAYER = {
+    "qwen3": _QWEN3_LAYER,
+    "qwen3_moe": {**_QWEN3_LAYER, "moe.router.weight": "mlp.gate.weight"},
     "mixtral": {"moe.router.weight": "block_sparse_moe.gate.weight"},
     "deepseek_v3": {"attention.wq_a.weight": "self_attn.q_a_proj.weight",
                     "attention.q_norm.weight": "self_attn.q_a_layernorm.weight",
@@ -52,14 +60,16 @@ _ARCH_LAYER = {
                     "moe.shared_experts.w3.weight": "mlp.shared_experts.up_proj.weight",
                     "moe.shared_experts.w2.weight": "mlp.shared_experts.down_proj.weight"},
 }
+_MLP_EXPERTS = {"moe.experts.w1": "mlp.experts.{j}.gate_proj.weight",
+                "moe.experts.w2": "mlp.experts.{j}.down_proj.weight",
+                "moe.experts.w3": "mlp.experts.{j}.up_proj.weight"}
 #: a stacked expert tensor of bastion -> the per-expert HF name pattern ({j}: the expert), per architecture
 _EXPERTS = {
     "mixtral": {"moe.experts.w1": "block_sparse_moe.experts.{j}.w1.weight",
                 "moe.experts.w2": "block_sparse_moe.experts.{j}.w2.weight",
                 "moe.experts.w3": "block_sparse_moe.experts.{j}.w3.weight"},
-    "deepseek_v3": {"moe.experts.w1": "mlp.experts.{j}.gate_proj.weight",
-                    "moe.experts.w2": "mlp.experts.{j}.down_proj.weight",
-                    "moe.experts.w3": "mlp.experts.{j}.up_proj.weight"},
+    "deepseek_v3": _MLP_EXPERTS,
+    "qwen3_moe": _MLP_EXPERTS,
 }
 _LAYER_NAME = re.compile(r"^layers\.(\d+)\.(.+)$")
 #: safetensors dtype names -> bytes per element
@@ -70,7 +80,7 @@ _FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 
 def hf_names(name: str, num_experts: int = 0, arch: str = "llama") -> list[str]:
     """transformers' names of a bastion parameter (its canonical, unwrapped name) in architecture `arch` (llama,
-    mixtral, deepseek_v3): one, or for a stacked expert tensor of a `num_experts` mixture one per expert, in expert
+    mixtral, deepseek_v3, qwen3, qwen3_moe): one, or for a stacked expert tensor of a `num_experts` mixture one per expert, in expert
     order."""
     if name in _TOP:
         return [_TOP[name]]
@@ -95,8 +105,10 @@ def is_stacked_experts(name: str) -> bool:
 def _attention_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     h = spec.hidden_size
     if not spec.is_mla:
+        norms = ({"attention.q_norm.weight": (spec.head_dim,), "attention.k_norm.weight": (spec.head_dim,)}
+                 if spec.qk_norm else {})
         return {"attention.wq.weight": (spec.q_width, h), "attention.wk.weight": (spec.kv_width, h),
-                "attention.wv.weight": (spec.kv_width, h), "attention.wo.weight": (h, spec.q_width)}
+                "attention.wv.weight": (spec.kv_width, h), "attention.wo.weight": (h, spec.q_width), **norms}
     heads, q_head = spec.num_heads, spec.qk_nope_head_dim + spec.qk_rope_head_dim
     shapes: dict[str, tuple[int, ...]] = (
         {"attention.wq_a.weight": (spec.q_lora_rank, h), "attention.q_norm.weight": (spec.q_lora_rank,),
@@ -110,8 +122,8 @@ def _attention_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
 
 
 def bastion_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
-    """Every tensor of the spec's model's state (a Llama, a Mixtral or a DeepSeek-V3: parameters, and the router's
-    selection bias) under its canonical name, in the model's order, with its shape."""
+    """Every tensor of the spec's model's state (a Llama, a Mixtral, a DeepSeek-V3, a Qwen3 or a Qwen3-MoE:
+    parameters, and the router's selection bias) under its canonical name, in the model's order, with its shape."""
     h, f, v = spec.hidden_size, spec.ffn_hidden_size, spec.vocab_size
     shapes: dict[str, tuple[int, ...]] = {"tok_embeddings.weight": (v, h)}
     for i in range(spec.num_layers):
@@ -138,7 +150,7 @@ def bastion_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
 
 
 def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
-    """Every HF tensor name of the spec's Llama, Mixtral or DeepSeek-V3 and its shape, in the model's order."""
+    """Every HF tensor name of the spec's architecture and its shape, in the model's order."""
     from bastion.interop.hf_config import architecture
 
     arch = architecture(spec)

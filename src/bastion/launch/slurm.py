@@ -14,8 +14,11 @@ resumes from its newest valid checkpoint.
   `bastion _slurm_nodes` (launch/slurm_nodes.py) which nodes are still usable; the job continues on the nodes it
   has (`--exclude` of the lost one) when the run is elastic (--on-failure shrink|auto: every worker takes the plan
   for its world, launch/elastic.py), else it is requeued. A straggler's node is excluded the same way from the
-  next srun. Exclusions hold for one start of the job: Slurm refuses `ExcNodeList` while a job runs, so a
-  requeue cannot be kept off a node, and a node it allocates again is in service.
+  next srun. When too few nodes are left and the job must start again, a requeue could land on a node it
+  excluded (Slurm refuses `ExcNodeList` while a job runs, and a straggler's node is still in service): so the
+  script instead submits its own batch script again as a new job with `--exclude` of those nodes, after this one
+  (`--dependency=afterany`), recorded in the run directory's launch record (`bastion status` follows it) and as a
+  `resubmitted` event; only when sbatch refuses that (too few nodes without them) does it requeue.
 - The worker's Python is found when the job runs: `$BASTION_PYTHON`, else the `python3` first on the job's PATH
   (sbatch passes the submitting environment, so an activated virtual environment is the job's too).
 Every value that comes from the user reaches the shell through `shlex.quote`; the few that must sit on `#SBATCH`
@@ -292,7 +295,8 @@ run_dir={q(run_dir)}
 config={q(config_path)}
 requeue_exit={opts.requeue_exit}   # slurm.conf RequeueExit: Slurm queues the job again on this exit code
 max_requeues={opts.max_requeues}
-restart_count=${{SLURM_RESTART_COUNT:-0}}
+# starts so far: Slurm's requeues of this job plus those of the jobs it was resubmitted from
+restart_count=$(( ${{BASTION_SLURM_STARTS:-0}} + ${{SLURM_RESTART_COUNT:-0}} ))
 
 # the workers' Python, found now in the job's environment (not fixed when the script was written)
 {find_python}
@@ -326,9 +330,14 @@ on_time_limit() {{
 trap on_time_limit USR1
 
 requeue_or_fail() {{  # $1: the failed step's exit status
-  # (Slurm refuses ExcNodeList for a running job, so a requeue cannot be kept off a node; the requeued job's
-  # steps still never use the nodes this job excluded: they are recorded in the run directory)
   if [ "$restart_count" -lt "$max_requeues" ]; then
+    # a requeue could land on the nodes this job excluded (Slurm refuses ExcNodeList for a running job): start
+    # again as a new job that excludes them; requeue only when sbatch refuses that
+    if [ "${{excluded:--}}" != "-" ] && [ -n "$python" ] && \
+       "$python" -m bastion _slurm_resubmit "$config" --exclude "$excluded" --starts "$((restart_count + 1))"; then
+      echo "[bastion] workers failed (exit $1); continuing in the new job, without $excluded"
+      exit 0
+    fi
     echo "[bastion] workers failed (exit $1); requeue $((restart_count + 1)) of $max_requeues (exit $requeue_exit)"
     exit "$requeue_exit"
   fi
@@ -465,6 +474,37 @@ def run_dir_progress(run_dir: Path) -> dict[str, Any]:
         progress["summary"] = None
     progress["checkpoints"] = [c.path.name for c in with_manifest(checkpoints_dir(run_dir))]
     return progress
+
+
+def resubmit_excluding(job_id: str, exclude: list[str], starts: int) -> str:
+    """Submit job `job_id`'s batch script again as a new job that never gets the nodes in `exclude` (nor those
+    the job already excluded) and starts once `job_id` has ended; `starts` travels to it as
+    $BASTION_SLURM_STARTS (its requeue budget goes on counting). The new job's id, or a LaunchError when
+    Slurm refuses (e.g. too few nodes are left without them)."""
+    shown = _run(["scontrol", "show", "job", job_id])
+    if shown.returncode:
+        raise LaunchError(f"scontrol does not know job {job_id}: {shown.stderr.strip()}",
+                          fix="run this inside the Slurm job (the batch script calls it).")
+    # `Command=` holds the script's path to the end of its line (a path may contain spaces)
+    script = next((line.strip().removeprefix("Command=") for line in shown.stdout.splitlines()
+                   if line.strip().startswith("Command=")), "")
+    already = _parse_scontrol(shown.stdout).get("ExcNodeList", "(null)")
+    nodes = list(dict.fromkeys([*(hostnames(already) if already not in ("", "(null)") else []), *exclude]))
+    if not script or not Path(script).is_file():
+        raise LaunchError(f"the batch script of job {job_id} ({script or 'unknown'}) is not readable here.",
+                          fix="keep the script where it was submitted from until the run has finished.")
+    # the new job's environment is the submitting one's without this job's own Slurm variables (which sbatch
+    # would read as options of the new job), but with where the cluster's configuration is
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SLURM_", "SBATCH_", "SRUN_")) or k == "SLURM_CONF"}
+    env["BASTION_SLURM_STARTS"] = str(starts)
+    done = _run(["sbatch", "--parsable", f"--dependency=afterany:{job_id}", f"--exclude={','.join(nodes)}",
+                 script], env=env)
+    if done.returncode:
+        raise LaunchError(f"sbatch refused the job without {','.join(nodes)}: "
+                          f"{done.stderr.strip() or done.stdout.strip()}",
+                          fix="the job is requeued instead (it may get one of those nodes again).")
+    return done.stdout.strip().split(";")[0]
 
 
 def node_states(job_id: str, nodes: list[str]) -> dict[str, str]:

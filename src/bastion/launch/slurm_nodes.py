@@ -3,10 +3,11 @@ before every srun).
 
 A job allocated with `--no-kill` keeps running when one of its nodes fails; the batch script then starts the next
 srun on the nodes it still has instead of waiting for a requeue. Before each srun it asks this module:
-- which nodes of the allocation are gone (taken out of the job, or down, drained, failing in `sinfo`) or slow (a
-  `straggler` event since the script started, mapped to its node through the workers' node records,
-  launch/elastic.py); each newly excluded node is a `node_excluded` event in metrics.jsonl, and is not used again
-  by this start of the job;
+- which nodes of the allocation are gone (taken out of the job, or down, drained, failing in `sinfo`), unhealthy
+  (a rank's device failed a `health_check` since the script started: runtime/health.py) or slow (a `straggler`
+  event since then), each mapped to its node through the workers' node records (launch/elastic.py); each newly
+  excluded node is a `node_excluded` event in metrics.jsonl, and is not used again by this start of the job (nor
+  by the job it starts again instead of a requeue, launch/slurm.py);
 - how many of the rest to use: the most that have a plan (the run config's `elastic` section; without one only
   the full count);
 and prints `COUNT NODES EXCLUDED` (how many nodes, which, and the nodes excluded so far; lists comma-separated,
@@ -21,7 +22,7 @@ from typing import Any
 
 from bastion.launch.elastic import ELASTIC_KEY, nodes_of_ranks
 from bastion.rundir.metrics import log_event, read_metrics
-from bastion.rundir.records import NODE_EXCLUDED, STRAGGLER, is_event
+from bastion.rundir.records import HEALTH_CHECK, NODE_EXCLUDED, STRAGGLER, is_event
 
 #: `bastion _slurm_nodes`'s exit status when too few nodes are left to continue
 TOO_FEW_NODES = 3
@@ -51,14 +52,24 @@ def straggler_nodes(run_dir: Path, since: float) -> dict[str, int]:
             if is_event(r, STRAGGLER.name) and r["time"] >= since and r["rank"] in nodes}
 
 
+def unhealthy_nodes(run_dir: Path, since: float) -> dict[str, int]:
+    """Node -> rank, for the ranks whose device failed a `health_check` since `since` (node known)."""
+    nodes = nodes_of_ranks(run_dir)
+    return {nodes[rank]: rank for r in read_metrics(run_dir).records
+            if is_event(r, HEALTH_CHECK.name) and r["time"] >= since
+            for rank in r.get("failing_ranks", []) if rank in nodes}
+
+
 def next_nodes(run_dir: Path, config: dict[str, Any], job_id: str, start: int, job_nodes: list[str],
                states: dict[str, str], since: float) -> tuple[list[str], list[str]]:
     """(the nodes the next srun uses, in allocation order; every node excluded so far); no nodes when too few
     are left. Records a `node_excluded` event for each node newly excluded."""
     excluded = excluded_nodes(run_dir, job_id, start)
     reasons = {node: ("down", None) for node in unusable(states) if node in job_nodes}
-    reasons.update({node: ("straggler", rank) for node, rank in straggler_nodes(run_dir, since).items()
-                    if node in job_nodes and node not in reasons})
+    for reason, found in (("unhealthy", unhealthy_nodes(run_dir, since)),
+                          ("straggler", straggler_nodes(run_dir, since))):
+        reasons.update({node: (reason, rank) for node, rank in found.items()
+                        if node in job_nodes and node not in reasons})
     for node, (reason, rank) in reasons.items():
         if node not in excluded:
             excluded.append(node)

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 from bastion.errors import ConfigError, PlanError
 from bastion.specs.hardware import Cluster
 from bastion.specs.model import ModelSpec
-from bastion.specs.plan import RECOMPUTE_MODES, ParallelPlan, chunk_layer_counts, parse_layout
+from bastion.specs.plan import RECOMPUTE_MODES, ParallelPlan, chunk_layer_counts, parse_layout, uneven_layout
 from bastion.specs.schedules import DEFAULT_SCHEDULE, SCHEDULES, schedule_names
 
 #: plan fields a user may pin with `--fix FIELD=VALUE`
@@ -168,25 +168,6 @@ def factorisations(num_gpus: int) -> Iterator[tuple[int, int, int, int]]:
         for pp in divisors(num_gpus // tp):
             for cp in divisors(num_gpus // (tp * pp)):
                 yield num_gpus // (tp * pp * cp), tp, pp, cp
-
-
-def uneven_layout(num_layers: int, chunks: int) -> str:
-    """A pipeline_layout for layers that do not split evenly over `chunks` (DeepSeek-V3's 61 layers on 16 stages):
-    the embedding and the LM head each count as one layer's slot, the layers + 2 slots are spread as evenly as the
-    counts allow, the extra slots going to the middle chunks, so the first and the last chunk are the lighter ones.
-    "" when the layers split evenly (chunk_layer_counts), or for a single chunk or fewer slots than chunks."""
-    if chunk_layer_counts(num_layers, chunks) is not None or chunks < 2:
-        return ""
-    per, extra = divmod(num_layers + 2, chunks)
-    if per < 1:
-        return ""
-    counts = [per] * chunks
-    middle = sorted(range(1, chunks - 1), key=lambda i: (abs(2 * i - (chunks - 1)), i))
-    for i in (middle + [0, chunks - 1])[:extra]:
-        counts[i] += 1
-    counts[0] -= 1
-    counts[-1] -= 1
-    return ",".join(str(c) for c in counts)
 
 
 def schedule_options(pp: int, num_layers: int, space: SearchSpace) -> list[tuple[str, int]]:

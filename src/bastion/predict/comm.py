@@ -144,10 +144,14 @@ def all_to_all_time(cluster: Cluster, nbytes: float, g: GroupPlacement) -> float
     measured = _profiled(cluster, "all_to_all", g.size, nbytes)
     if measured:
         return measured
-    net = cluster.network
     per_peer = nbytes / g.size
-    intra = (g.local - 1) * per_peer
-    inter = (g.size - g.local) * per_peer
+    return exchange_time(cluster, (g.local - 1) * per_peer, (g.size - g.local) * per_peer)
+
+
+def exchange_time(cluster: Cluster, intra: float, inter: float) -> float:
+    """Seconds for a rank to send `intra` bytes to peers in its scale-up domain and `inter` bytes to the other
+    domains at once (each receiving as much): the two sets of links work in parallel, the slower sets the time."""
+    net = cluster.network
     t_intra = _scale_up_time(cluster, intra) + net.scale_up_latency_us * 1e-6 if intra > 0 else 0.0
     t_inter = _scale_out_time(cluster, inter) + net.scale_out_latency_us * 1e-6 if inter > 0 else 0.0
     return max(t_intra, t_inter)

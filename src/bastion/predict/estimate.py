@@ -702,7 +702,11 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     options = options or DEFAULT_OPTIONS
     s = seq_len or model.seq_len
     model = model.with_seq_len(s)  # learned position tables are sized by the sequence length
-    plan.validate(model, cluster, s)
+    plan.validate(model, cluster, s, allow_folding=True)
+    if plan.folds_experts and options.moe_expert_layout == "bastion":
+        # bastion's layout carves ep from dp × cp and has no folded form: a folded plan (which train refuses) is
+        # costed as Megatron-Core lays it out
+        options = replace(options, moe_expert_layout="megatron")
     _check_offload(plan, cluster)
     node = cluster
     cluster = per_rank(cluster)
@@ -825,8 +829,7 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
         imbalance, why = moe.imbalance(model, options)
         overlap = options.moe_a2a_overlap
         layout = moe.routing_layout(plan.tp, plan.etp, plan.sequence_parallel, options.moe_expert_layout)
-        experts = {"placement": moe.expert_placement(model, node, plan.ep, plan.etp, plan.tp, plan.dp, plan.cp,
-                                                     layout),
+        experts = {"placement": moe.expert_placement(model, node, plan, layout),
                    "layout": options.moe_expert_layout, "routed_token_share": layout.token_share,
                    "all_to_all_s": time.ep_comm, "all_to_all_share": time.ep_comm / time.step,
                    "etp_comm_s": time.etp_comm, "imbalance": imbalance, "imbalance_source": why,

@@ -40,8 +40,8 @@ class FrameworkRelease:
     recipe: dict[str, Any] = field(default_factory=dict)
 
 
-#: what a framework's default recipe may fill in: sequence_parallel (when tp > 1) and recompute
-RECIPE_SETTINGS = ("sequence_parallel", "recompute")
+#: what a framework's default recipe may fill in: sequence_parallel (when tp > 1), recompute and zero_stage
+RECIPE_SETTINGS = ("sequence_parallel", "recompute", "zero_stage")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ et al. 2022 (Sec. 4, Table 2): sbh(34 + 5as/h) and its TP, SP, selective and ful
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from functools import lru_cache
 
@@ -72,6 +73,9 @@ def layer_param_shapes(model: ModelSpec, moe: bool | None = None) -> list[ParamS
                                                           ParamShape("attention.wk.weight", (kv, h), 0),
                                                           ParamShape("attention.wv.weight", (kv, h), 0),
                                                           ParamShape("attention.wo.weight", (h, q), 1)]
+    if model.qk_norm:  # Qwen3's per-head q/k RMSNorms: one head_dim weight each, replicated over tp
+        attention += [ParamShape("attention.q_norm.weight", (model.head_dim,)),
+                      ParamShape("attention.k_norm.weight", (model.head_dim,))]
     shapes = [ParamShape("attention_norm.weight", (h,)), *attention, ParamShape("ffn_norm.weight", (h,))]
     gated = model.ffn_matrices == 3
     if moe:
@@ -139,8 +143,21 @@ def _local_numel(p: ParamShape, tp: int, tp_rank: int, dp: int, dp_rank: int, dp
                  etp: int = 1) -> int:
     """Elements of `p` on one rank; `dp_rank` is the shard index among the `dp` (dp × cp) ranks, of which
     consecutive groups of `ep` split the experts (runtime/mesh.py: ep is innermost in the data-parallel ranks);
-    etp splits each expert's inner width (etp rank = tp_rank mod etp)."""
+    etp splits each expert's inner width (etp rank = tp_rank mod etp).
+
+    When ep does not divide dp (ParallelPlan.folds_experts) the experts' grid is folded over all tp × dp ranks of
+    the stage as Megatron-Core lays it out: with the stage's ranks numbered tp innermost, etp is innermost, then
+    ep, then the expert-data-parallel ranks that ZeRO shards over."""
     shape = list(p.shape)
+    if p.expert and ep > 1 and dp % ep:
+        flat = tp_rank + tp * dp_rank
+        if p.etp_dim is not None and etp > 1:
+            shape[p.etp_dim] = chunk_length(shape[p.etp_dim], etp, flat % etp)
+        shape[0] = chunk_length(shape[0], ep, flat // etp % ep)
+        edp = max(1, tp * dp // (ep * etp))
+        if dp_sharded and edp > 1:
+            shape[0] = chunk_length(shape[0], edp, flat // (etp * ep))
+        return math.prod(shape)
     if p.tp_dim is not None and tp > 1:
         shape[p.tp_dim] = chunk_length(shape[p.tp_dim], tp, tp_rank)
     if p.etp_dim is not None and etp > 1:
@@ -339,20 +356,23 @@ class SavedTensor:
     statistic: bool = False
 
 
-def norm_saved_tensors(prefix: str, model: ModelSpec, a: int, fused_rmsnorm: bool) -> list[SavedTensor]:
-    """What one norm keeps; its output is kept by the matmuls that read it and is counted there."""
-    h = model.hidden_size
+def norm_saved_tensors(prefix: str, model: ModelSpec, a: int, fused_rmsnorm: bool, rows: int = 1,
+                       width: int | None = None, split: str = "seq") -> list[SavedTensor]:
+    """What one norm keeps; its output is kept by the matmuls that read it and is counted there. Per token: `rows`
+    normalised rows of `width` (default: one of hidden_size; Qwen3's q/k norms: one per head of head_dim, split
+    by tensor parallelism)."""
+    h = rows * (width or model.hidden_size)
     if model.bias:  # LayerNorm (the runtime's choice for biased GPT/BLOOM models): one kernel everywhere
-        return [SavedTensor(f"{prefix}.input", a * h, "seq"),
-                SavedTensor(f"{prefix}.mean_rstd", 2 * STAT_BYTES, "seq", statistic=True)]
+        return [SavedTensor(f"{prefix}.input", a * h, split),
+                SavedTensor(f"{prefix}.mean_rstd", 2 * STAT_BYTES * rows, split, statistic=True)]
     if fused_rmsnorm:
-        return [SavedTensor(f"{prefix}.input", a * h, "seq"),
-                SavedTensor(f"{prefix}.rstd", STAT_BYTES, "seq", statistic=True)]
+        return [SavedTensor(f"{prefix}.input", a * h, split),
+                SavedTensor(f"{prefix}.rstd", STAT_BYTES * rows, split, statistic=True)]
     # composite (x.float() * rsqrt(mean(x²) + eps) * weight) cast back: pow and the first mul keep the fp32
     # input, the weight's mul the fp32 normalised x (measured on torch 2.13 CPU in fp32 and bf16)
-    return [SavedTensor(f"{prefix}.input_fp32", 4 * h, "seq"),
-            SavedTensor(f"{prefix}.rstd", STAT_BYTES, "seq", statistic=True),
-            SavedTensor(f"{prefix}.normalized_fp32", 4 * h, "seq")]
+    return [SavedTensor(f"{prefix}.input_fp32", 4 * h, split),
+            SavedTensor(f"{prefix}.rstd", STAT_BYTES * rows, split, statistic=True),
+            SavedTensor(f"{prefix}.normalized_fp32", 4 * h, split)]
 
 
 @lru_cache(maxsize=1024)
@@ -384,6 +404,10 @@ def layer_saved_tensors(model: ModelSpec, seq_len: int, recompute: str, precisio
     if model.is_mla:
         saved += mla_saved_tensors(model, a, mm)
     else:
+        if model.qk_norm:  # the per-head q/k norms keep their inputs (the projections' outputs), before RoPE
+            saved += norm_saved_tensors("attention.q_norm", model, a, fused_rmsnorm, heads, model.head_dim, "tp")
+            saved += norm_saved_tensors("attention.k_norm", model, a, fused_rmsnorm, model.num_kv_heads,
+                                        model.head_dim, "tp")
         saved += [SavedTensor("attention.q", a * q, "tp"), SavedTensor("attention.k", a * kv, "tp"),
                   SavedTensor("attention.v", a * kv, "tp")]
     saved.append(SavedTensor("attention.output", a * model.v_width, "tp"))  # = the output projection's input

@@ -15,6 +15,10 @@ apart; the tp ranks route their own 1/tp of the tokens only under sequence paral
 every tp rank holds all of the micro-batch's tokens (etp = tp: each computes a slice of every expert's width on
 them and the outputs are all-reduced, the same bytes as the megatron layout's all-gather and reduce-scatter).
 
+When ep does not divide dp × cp the expert groups take in tensor-parallel ranks too (ParallelPlan.folds_experts):
+costed alike, and predicted only (bastion's runtime does not run it). Node-limited routing (ModelSpec.max_routed_nodes,
+DeepSeek-V3) caps the copies of a token that cross the scale-out network at one per remote node it reaches.
+
 The slowest rank sets the pace: it holds the busiest expert, which gets `imbalance` × the mean rows (the other
 experts of the rank the mean). Each expert's GEMM runs at the calibrated efficiency of its own shape (rows =
 that expert's tokens): many experts with few tokens each run far below the dense rate.
@@ -33,6 +37,7 @@ from bastion.predict.kernels import DEFAULT_FP8_RECIPE
 from bastion.predict.options import PredictOptions
 from bastion.specs.hardware import Cluster
 from bastion.specs.model import ModelSpec
+from bastion.specs.plan import ParallelPlan
 
 
 @cache
@@ -82,7 +87,6 @@ class RoutedCost(NamedTuple):
     etp_comm: float
 
 
-@lru_cache(maxsize=16384)
 class RoutingLayout(NamedTuple):
     """How the ranks of a tp group share an MoE layer's routing (the module docstring's two layouts)."""
 
@@ -104,6 +108,7 @@ def routing_layout(tp: int, etp: int, sequence_parallel: bool, layout: str) -> R
     return RoutingLayout(1.0 / tp if own_shard else 1.0, 1, tp)
 
 
+@lru_cache(maxsize=16384)
 def routed_cost(model: ModelSpec, cluster: Cluster, tokens: int, tp: int, ep: int, etp: int, precision: str,
                 imbalance_factor: float, fp8_recipe: str = DEFAULT_FP8_RECIPE,
                 layout: RoutingLayout | None = None) -> RoutedCost:
@@ -146,12 +151,33 @@ def routed_cost(model: ModelSpec, cluster: Cluster, tokens: int, tp: int, ep: in
     membound = compute.membound_time(acc, traffic + activation + casts)
 
     a2a_bytes = received * h * a
-    one_a2a = comm.all_to_all_time(cluster, a2a_bytes, comm.place_group(cluster, ep, layout.ep_stride)) if ep > 1 else 0.0
+    group = comm.place_group(cluster, ep, layout.ep_stride)
+    one_a2a = 0.0
+    if ep > 1:
+        one_a2a = comm.all_to_all_time(cluster, a2a_bytes, group)
+        if model.max_routed_nodes and group.domains > 1:
+            one_a2a = min(one_a2a, node_limited_a2a_time(cluster, a2a_bytes, model.top_k, model.max_routed_nodes,
+                                                         group))
     # megatron: all-gather the etp group's received rows; bastion: all-reduce the outputs (two all-gathers' bytes)
     # of the rows every etp rank holds already: the same seconds
     one_etp = (comm.all_gather_time(cluster, layout.gathered * a2a_bytes, comm.place_group(cluster, etp, 1))
                if etp > 1 else 0.0)
     return RoutedCost(gemm_fwd=gemm_fwd, membound=membound, a2a=4 * one_a2a, etp_comm=4 * one_etp)
+
+
+def node_limited_a2a_time(cluster: Cluster, nbytes: float, top_k: int, max_nodes: int,
+                          group: comm.GroupPlacement) -> float:
+    """One dispatch or combine under node-limited routing (DeepSeek-V3 §2.1.2, §3.2.2): a token's top_k experts lie
+    on at most `max_nodes` of the group's scale-up domains, and it crosses the scale-out network once per remote
+    domain (to the GPU of the same local index there), which forwards it over NVLink to the GPUs holding its
+    experts. `nbytes` is this rank's top_k routed copies. Each domain is assumed equally likely among a token's
+    chosen ones, so max_nodes × (domains - 1) / domains of them are remote on average; every copy not kept on
+    this rank crosses NVLink once (directly, or forwarded after the scale-out hop)."""
+    reached = min(max_nodes, group.domains)
+    remote_per_token = min(reached * (group.domains - 1) / group.domains,
+                           top_k * (group.size - group.local) / group.size)
+    per_copy = nbytes / top_k
+    return comm.exchange_time(cluster, nbytes * (group.size - 1) / group.size, per_copy * remote_per_token)
 
 
 def exposed_a2a(a2a: float, window: float, overlap: float) -> float:
@@ -161,21 +187,24 @@ def exposed_a2a(a2a: float, window: float, overlap: float) -> float:
     return a2a - hidden + load_calibration().network["overlap_slowdown"] * hidden
 
 
-def expert_placement(model: ModelSpec, cluster: Cluster, ep: int, etp: int, tp: int, dp: int, cp: int,
+def expert_placement(model: ModelSpec, cluster: Cluster, plan: ParallelPlan,
                      layout: RoutingLayout | None = None) -> dict[str, object]:
     """Where a plan puts the experts: the ep group (members `layout.ep_stride` ranks apart; None: the megatron
     layout's etp) inside one scale-up domain or spread over several, the experts and expert width each rank holds,
-    and the ranks that replicate them."""
+    the ranks that replicate them, and whether the expert groups fold over tensor-parallel ranks (predicted, not
+    run by bastion's runtime)."""
+    ep, etp = plan.ep, plan.etp
     group = comm.place_group(cluster, ep, layout.ep_stride if layout else etp)
     domain = cluster.network.scale_up_size
     return {"ep": ep, "etp": etp, "experts_per_rank": model.num_experts // ep,
             "expert_width_per_rank": model.expert_width // etp,
-            # ZeRO / FSDP shards the local experts over the dp × cp ranks that hold the same ones (memory.py)
-            "expert_data_parallel": dp * cp // ep,
+            # ZeRO / FSDP shards the local experts over the ranks that hold the same ones (memory.py)
+            "expert_data_parallel": plan.expert_data_parallel,
+            "folded_over_tp": plan.folds_experts,
             "ep_group": {"ranks_per_scale_up_domain": group.local, "scale_up_domains": group.domains,
                          "spans_domains": group.domains > 1, "scale_up_domain_size": domain,
                          "all_to_all_over": "scale-out network (NICs)" if group.domains > 1 else "NVLink"},
-            "attention_tp": tp}
+            "attention_tp": plan.tp}
 
 
 def placement_line(placement: dict[str, object]) -> str:
@@ -185,6 +214,8 @@ def placement_line(placement: dict[str, object]) -> str:
     where = (f"spans {group['scale_up_domains']} scale-up domains ({group['ranks_per_scale_up_domain']} ranks in "
              f"each; all-to-all over the scale-out network)" if group["spans_domains"]
              else "inside one scale-up domain (all-to-all over NVLink)")
+    folded = (" (folded over tensor-parallel ranks, Megatron-Core's parallel folding: predicted, not run by "
+              "bastion's runtime)" if placement.get("folded_over_tp") else "")
     return (f"experts: ep {placement['ep']} group {where}; {placement['experts_per_rank']} experts per rank, "
             f"etp {placement['etp']} (expert width {placement['expert_width_per_rank']} per rank), replicated on "
-            f"{placement['expert_data_parallel']} expert-data-parallel ranks")
+            f"{placement['expert_data_parallel']} expert-data-parallel ranks{folded}")

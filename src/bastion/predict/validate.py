@@ -29,7 +29,7 @@ from bastion.predict.options import PredictOptions
 from bastion.predict.software import SoftwareStack, software_stack
 from bastion.specs.hardware import Cluster, default_network, load_accelerator
 from bastion.specs.model import ModelSpec
-from bastion.specs.plan import ParallelPlan, chunk_layer_counts
+from bastion.specs.plan import ParallelPlan, chunk_layer_counts, uneven_layout
 from bastion.specs.schedules import schedule_for_vpp
 from bastion.stats import percentile
 
@@ -46,11 +46,12 @@ REQUIRED = ("num_layers", "hidden_size", "num_heads", "ffn_hidden_size", "vocab_
             "global_batch_size", "tp", "pp", "accelerator", "num_gpus")
 #: optional mixture-of-experts columns (CASES_SCHEMA.md), empty on dense rows: those that map onto ModelSpec
 #: fields, and those specs cannot express yet (a row using them is refused by case_moe_fields / case_moe_plan)
-MOE_MODEL_COLUMNS = ("num_experts", "top_k", "moe_ffn_hidden_size", "num_shared_experts", "dense_layers", "head_dim")
+MOE_MODEL_COLUMNS = ("num_experts", "top_k", "moe_ffn_hidden_size", "num_shared_experts", "dense_layers", "head_dim",
+                     "max_routed_nodes")
 MLA_COLUMNS = ("q_lora_rank", "kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
 #: all of them, in the schema's order
 MOE_COLUMNS = ("num_experts", "top_k", "moe_ffn_hidden_size", "num_shared_experts", "ep", "etp", "head_dim", "attention",
-               "dense_layers", *MLA_COLUMNS, "pipeline_layout")
+               "dense_layers", *MLA_COLUMNS, "pipeline_layout", "max_routed_nodes")
 
 
 class RowSkipped(Exception):
@@ -229,9 +230,14 @@ def case_model(row: dict[str, str], assumptions: list[str]) -> ModelSpec:
 
 
 def case_cluster(row: dict[str, str], assumptions: list[str]) -> Cluster:
+    name = (row.get("accelerator") or "").strip()
     try:
-        acc = load_accelerator((row.get("accelerator") or "").strip())
+        acc = load_accelerator(name)
     except BastionError as exc:
+        if name.lower().startswith("tpu"):
+            raise RowSkipped(f"accelerator {name!r} is not in the catalogue: the predictor's GEMM and attention rates "
+                             f"are GPU kernel measurements (predict/data/accelerator_rates.toml) and no published "
+                             f"rate of XLA on this TPU generation is catalogued to scale them by") from None
         raise RowSkipped(exc.problem) from None
     num_gpus = _int(row, "num_gpus")
     per_node = _int(row, "gpus_per_node")
@@ -315,11 +321,21 @@ def case_plan_choices(row: dict[str, str], model: ModelSpec, cluster: Cluster, a
     vpps = [layout_vpp] if layout_vpp is not None else _vpp_choices(row, model, pp, assumptions)
     if len(vpps) > 1:
         open_settings.append("vpp")
+    if not layout and len(vpps) == 1 and (spread := uneven_layout(model.num_layers, pp * vpps[0])):
+        # the row publishes no layout and the layers split over the chunks neither evenly nor with the
+        # embedding and head taking a slot each: the practitioner's split, as the planner makes it
+        layout = spread
+        assumptions.append(f"pipeline_layout: not given; {model.num_layers} layers over {pp * vpps[0]} chunks "
+                           f"as {layout} (the embedding and the head counted as a layer each, the rest spread "
+                           f"evenly: specs/plan.uneven_layout)")
+    recipe, recipe_source = _default_recipe(row)
     zero = _int(row, "zero_stage")
+    if zero is None and "zero_stage" in recipe:
+        zero = int(recipe["zero_stage"])
+        assumptions.append(f"zero_stage: not given; {zero}, the framework's default recipe ({recipe_source})")
     zeros = [zero] if zero is not None else [0, 1, 2, 3]
     if zero is None:
         open_settings.append("zero_stage")
-    recipe, recipe_source = _default_recipe(row)
     recompute_layers, offload = _memory_facts(row)
     recompute = (row.get("recompute") or "").strip()
     if not recompute and recompute_layers:

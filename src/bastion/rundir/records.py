@@ -95,23 +95,28 @@ STRAGGLER = EventKind("straggler", "a rank's median compute time over the last `
 HEALTH_CHECK = EventKind("health_check", "the pre-flight check of a worker group (at start and after each restart): "
                          "a timed all-reduce on the job's own group against the predictor's time for the cluster, "
                          "and each GPU's ECC/clock/throttling state (or why it was skipped); `ok` false with "
-                         "`problems` when something is wrong (runtime/health.py)",
+                         "`problems` when something is wrong, `failing_ranks` the ranks whose own device failed "
+                         "(runtime/health.py)",
                          ("attempt", "world_size", "cluster", "bytes", "all_reduce_s", "all_reduce_s_by_rank",
-                          "busbw_gbs", "predicted_s", "predicted_busbw_gbs", "ratio", "ok", "problems", "gpus",
-                          "took_s", "bandwidth_note"))
+                          "busbw_gbs", "predicted_s", "predicted_busbw_gbs", "ratio", "ok", "problems",
+                          "failing_ranks", "gpus", "took_s", "bandwidth_note"))
 PLAN_CHANGE = EventKind("plan_change", "the launcher re-planned the run for another world size (--on-failure "
                         "shrink: ranks lost their node) and relaunched it from the checkpoint of `step`",
                         ("step", "from_world", "to_world", "plan", "from_plan", "lost_ranks", "reason"))
 
 NODE_EXCLUDED = EventKind("node_excluded", "a Slurm job stopped using one of its nodes (`reason`: down — failed, "
-                          "drained or taken out of the job — or straggler, the node of slow `rank`); the job "
+                          "drained or taken out of the job —, unhealthy, the node of `rank` whose device failed "
+                          "the health check, or straggler, the node of slow `rank`); the job "
                           "steps of that start of the job (`start`: Slurm's restart count) exclude it "
                           "(launch/slurm_nodes.py)", ("node", "reason", "rank", "job_id", "start"))
+RESUBMITTED = EventKind("resubmitted", "a Slurm job that had to start again with fewer usable nodes than its plan "
+                        "needs submitted its script again as `new_job_id`, excluding `excluded`, instead of being "
+                        "requeued onto them (launch/slurm.py)", ("job_id", "new_job_id", "excluded"))
 
 EVENT_KINDS: dict[str, EventKind] = {kind.name: kind for kind in (
     RUN_START, RESUME, RESTART, FAULT, HANG, PREEMPTED, ROLLBACK, SKIP_BATCH, CHECKPOINT, CHECKPOINT_WAIT,
     CHECKPOINT_COMMITTED, CHECKPOINT_CORRUPT, CHECKPOINT_INTERVAL, EVAL, STRAGGLER, HEALTH_CHECK, PLAN_CHANGE,
-    NODE_EXCLUDED)}
+    NODE_EXCLUDED, RESUBMITTED)}
 #: events after which the next step runs in a freshly started process
 RESTART_EVENTS = (RESTART.name, RESUME.name)
 #: events whose blocking time is checkpoint stall

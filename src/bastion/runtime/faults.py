@@ -1,6 +1,6 @@
 """Fault injection: `--inject kill:rank=1,step=7`, `hang:rank=0,step=5`, `nan:step=9`,
-`kill-during-save:step=8`, `corrupt-latest`, `slow:rank=1,factor=3`, `flaky-link:rank=1`, `lose-node:rank=3,step=5`
-(repeatable).
+`kill-during-save:step=8`, `corrupt-latest`, `slow:rank=1,factor=3`, `flaky-link:rank=1`, `lose-node:rank=3,step=5`,
+`bad-gpu:rank=2` (repeatable).
 
 Every fault fires exactly once per run, even across restarts: the rank that fires it first creates
 `RUN_DIR/faults/<fault id>.fired` (O_EXCL) and only then acts, so a restarted worker that replays the same step
@@ -23,6 +23,9 @@ does not fire it again. Each firing is recorded in metrics.jsonl as {"event": "f
                     host: the straggler detector, runtime/stragglers.py, must name it)
   flaky-link        every step and in the health check: this rank waits `delay_ms` (default 50) before each
                     collective bastion itself issues (a slow or lossy link: its peers wait for it)
+  bad-gpu           this rank's device fails its next pre-flight health check (an uncorrected ECC error, as NVML
+                    would report it): under Slurm the job step ends before training and the node is left out
+                    (runtime/health.py, launch/slurm_nodes.py)
 
 kill/hang/nan/kill-during-save/corrupt-latest act once; slow and flaky-link act on every step and are recorded
 once (the marker file) when they first act.
@@ -41,17 +44,19 @@ from bastion.errors import ConfigError, did_you_mean
 from bastion.rundir import checkpoints as checkpoint_files
 from bastion.rundir.metrics import log_event
 
-KINDS = ("kill", "hang", "nan", "kill-during-save", "corrupt-latest", "slow", "flaky-link", "lose-node")
+KINDS = ("kill", "hang", "nan", "kill-during-save", "corrupt-latest", "slow", "flaky-link", "lose-node", "bad-gpu")
 _NEEDS_STEP = ("kill", "hang", "nan", "kill-during-save", "lose-node")
 #: faults that end the worker group (a restart, a relaunch or a re-plan must follow)
 FATAL = ("kill", "hang", "kill-during-save", "corrupt-latest", "lose-node")
 #: faults that act on every step from their first one on (the others fire once)
 CONTINUOUS = ("slow", "flaky-link")
 #: the keys each kind takes besides `rank` (whole numbers unless listed in _FLOAT_KEYS)
-_KEYS = {"slow": ("factor", "from_step"), "flaky-link": ("delay_ms",), "lose-node": ("step", "back_at")}
+_KEYS = {"slow": ("factor", "from_step"), "flaky-link": ("delay_ms",), "lose-node": ("step", "back_at"),
+         "bad-gpu": ()}
 _FLOAT_KEYS = ("factor", "delay_ms")
 _EXAMPLES = ("kill:rank=1,step=7 | hang:rank=0,step=5 | nan:step=9 | kill-during-save:step=8 | corrupt-latest | "
-             "slow:rank=1,factor=3[,from_step=5] | flaky-link:rank=1[,delay_ms=50] | lose-node:rank=3,step=5")
+             "slow:rank=1,factor=3[,from_step=5] | flaky-link:rank=1[,delay_ms=50] | lose-node:rank=3,step=5 | "
+             "bad-gpu:rank=2")
 #: flaky-link's wait before each collective when `delay_ms` is not given
 DEFAULT_LINK_DELAY_MS = 50.0
 
@@ -87,6 +92,8 @@ class FaultSpec:
             return f"slow:rank={self.rank},factor={self.factor:g},from_step={self.from_step}"
         if self.kind == "flaky-link":
             return f"flaky-link:rank={self.rank},delay_ms={self.delay_ms:g}"
+        if self.kind == "bad-gpu":
+            return f"bad-gpu:rank={self.rank}"
         if self.kind == "lose-node" and self.back_at is not None:
             return f"lose-node:rank={self.rank},step={self.step},back_at={self.back_at}"
         return f"{self.kind}:rank={self.rank},step={'auto' if self.step is None else self.step}"
@@ -232,6 +239,13 @@ class FaultInjector:
             self._recorded.add(fault.fault_id)
             if not (self.marker_dir / f"{fault.fault_id}.fired").exists():
                 self._claim(fault, step)
+
+    def gpu_problem(self, step: int) -> str | None:
+        """`bad-gpu`: the problem this rank's device check reports, once per run (None: nothing injected)."""
+        for fault in self._pending("bad-gpu"):
+            if self._claim(fault, step):
+                return "1 uncorrected ECC error(s) (injected)"
+        return None
 
     def poison_gradients(self, step: int, parameters) -> bool:
         """Fill this rank's gradients with NaN at the `nan` step; True if it did."""

@@ -12,8 +12,11 @@ Two parts, bounded to well under a second on CPU:
                         ECC errors, SM clock against its maximum, hardware slowdown and thermal throttling,
                         temperature. Skipped with the reason when the run is on CPU or neither tool exists. (XID
                         events need an NVML event set held over time; a one-shot check cannot see past ones.)
-Rank 0 records one `health_check` event (rundir/records.py) and prints a line when something is wrong. Nothing is
-excluded here: the event is the evidence a scheduler-side exclusion would act on.
+Rank 0 records one `health_check` event (rundir/records.py; `failing_ranks`: the ranks whose own device failed) and
+prints a line when something is wrong. A failing device is excluded before the job spends a step on it where a
+scheduler can leave its node out: under Slurm every rank ends the job step (exit UNHEALTHY_EXIT) and the batch
+script's next step, or the job it starts again, runs without that node (launch/slurm_nodes.py). Elsewhere the
+run goes on and the event is the evidence. A slow all-reduce is the group's, not one node's: it is reported only.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ REPEATS = 5
 BUDGET_S = 0.3
 #: a group this many times slower than predicted is reported
 SLOW_FACTOR = 3.0
+#: a worker's exit status when a device of its job step failed the check (under Slurm)
+UNHEALTHY_EXIT = 75
 
 
 def measure_all_reduce(device: torch.device, nbytes: int = BANDWIDTH_BYTES,
@@ -88,9 +93,12 @@ def bus_bandwidth_gbs(nbytes: int, seconds: float, world: int) -> float:
 
 
 # ---- GPU checks ----------------------------------------------------------------------------------------------
-def gpu_checks(device: torch.device) -> dict[str, Any]:
+def gpu_checks(device: torch.device, injected: str | None = None) -> dict[str, Any]:
     """This rank's GPU: {"tool", "ecc_uncorrected", "sm_clock_mhz", "sm_clock_max_mhz", "throttled",
-    "temperature_c", "problems"}, or {"skipped": why}."""
+    "temperature_c", "problems"}, or {"skipped": why}. `injected`: a problem an injected fault reports instead
+    (runtime/faults.py `bad-gpu`)."""
+    if injected is not None:
+        return {"tool": "injected fault", "problems": [injected]}
     if device.type != "cuda":
         return {"skipped": "CPU run: no GPU to check"}
     index = device.index if device.index is not None else torch.cuda.current_device()
@@ -176,16 +184,18 @@ def _with_problems(figures: dict[str, Any]) -> dict[str, Any]:
 # ---- the check --------------------------------------------------------------------------------------------------
 def run_health_check(run_dir: Path, cluster_name: str | None, device: torch.device, attempt: int = 0,
                      before_collective: Callable[[], None] | None = None,
-                     cluster_named: bool = False) -> dict[str, Any] | None:
-    """Collective: every rank measures and checks its GPU; rank 0 logs the `health_check` event and returns it.
-    `cluster_named`: the user named the cluster, so a bandwidth far below its prediction is a problem."""
+                     cluster_named: bool = False, injected_problem: str | None = None) -> list[int]:
+    """Collective: every rank measures and checks its GPU; rank 0 logs the `health_check` event. Returns, on every
+    rank, the ranks whose own device failed. `cluster_named`: the user named the cluster, so a bandwidth far
+    below its prediction is a problem."""
     started = time.perf_counter()
     world, rank = dist.get_world_size(), dist.get_rank()
     gpus: list[Any] = [None] * world
-    dist.all_gather_object(gpus, gpu_checks(device))
+    dist.all_gather_object(gpus, gpu_checks(device, injected_problem))
+    failing = [r for r, g in enumerate(gpus) if g.get("problems")]
     per_rank = measure_all_reduce(device, before_collective=before_collective) if world > 1 else []
     if rank != 0:
-        return None
+        return failing
     measured = max(per_rank) if per_rank else None
     predicted = predicted_all_reduce_s(cluster_name, world)
     ratio = measured / predicted if measured and predicted else None
@@ -199,7 +209,7 @@ def run_health_check(run_dir: Path, cluster_name: str | None, device: torch.devi
               "busbw_gbs": bus_bandwidth_gbs(BANDWIDTH_BYTES, measured, world) if measured else None,
               "predicted_s": predicted,
               "predicted_busbw_gbs": bus_bandwidth_gbs(BANDWIDTH_BYTES, predicted, world) if predicted else None,
-              "ratio": ratio, "ok": not problems, "problems": problems,
+              "ratio": ratio, "ok": not problems, "problems": problems, "failing_ranks": failing,
               "gpus": {"skipped": skipped.pop()} if len(skipped) == 1 and all("skipped" in g for g in gpus) else gpus,
               "took_s": round(time.perf_counter() - started, 4)}
     if world == 1:
@@ -207,7 +217,17 @@ def run_health_check(run_dir: Path, cluster_name: str | None, device: torch.devi
     elif not cluster_named:
         fields["bandwidth_note"] = (f"compared, not judged: {cluster_name} is the device's default cluster, not "
                                     f"one named with --cluster")
-    record = log_event(run_dir, "health_check", **fields)
+    log_event(run_dir, "health_check", **fields)
     if problems:
         print(f"bastion: health check found: {'; '.join(problems)}", flush=True)
-    return record
+    return failing
+
+
+def leave_out_failing_devices(failing: list[int], under_slurm: bool) -> None:
+    """Every rank: end the job step before training when a device failed and a scheduler can leave its node out
+    (Slurm); elsewhere the run goes on with the problem reported."""
+    if failing and under_slurm:
+        if dist.get_rank() == 0:
+            print(f"bastion: rank(s) {', '.join(map(str, failing))} failed the health check: ending this job step "
+                  f"so the next one runs without their node(s)", flush=True)
+        raise SystemExit(UNHEALTHY_EXIT)

@@ -53,7 +53,7 @@ def _local_region(param: torch.Tensor) -> tuple[torch.Tensor, tuple[slice, ...] 
 
 @torch.no_grad()
 def load_hf_weights(parts: Sequence[nn.Module], hf_dir: str | Path) -> int:
-    """Fill the parameters of this rank's model chunks from a HF Llama or Mixtral directory (checked by
+    """Fill the parameters of this rank's model chunks from a HF model directory (checked by
     `hf_files.check_init_from` beforehand). Returns the number of tensors this rank read from."""
     safetensors = _safetensors()
     hf_dir = Path(hf_dir)
@@ -120,7 +120,8 @@ def _checkpoint_tensors(path: Path, spec: ModelSpec) -> dict[str, Any]:
     if unplaced:
         raise CheckpointError(f"The checkpoint at {path} holds {unplaced[0]}, which its Hugging Face architecture "
                               f"({architecture(spec)}) has no place for.",
-                              fix="export a checkpoint of a Llama-, Mixtral- or DeepSeek-V3-style model.")
+                              fix="export a checkpoint of a Llama-, Mixtral-, DeepSeek-V3-, Qwen3- or "
+                                  "Qwen3-MoE-style model.")
     if set(saved) != set(wanted) or any(tuple(saved[k].size) != s for k, s in wanted.items()):
         raise CheckpointError(f"The checkpoint at {path} does not hold the tensors of its model '{spec.name}'.",
                               fix="export a checkpoint written by `bastion train` (its state.json and tensors "
@@ -158,7 +159,7 @@ def _read_shard(path: Path, tensors: dict[str, Any], names: list[str]) -> dict[s
 def export_hf(checkpoint: Path, spec: ModelSpec, out: Path, tokenizer_files: Sequence[Path] = (),
               max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, dtype: torch.dtype | None = None,
               token_ids: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write `out` as a HF Llama or Mixtral directory from a committed checkpoint: safetensors (sharded with an index above
+    """Write `out` as a HF model directory (its architecture: `hf_config.architecture`) from a committed checkpoint: safetensors (sharded with an index above
     `max_shard_bytes`), config.json (with `token_ids`: bos/eos/pad), generation_config.json and the given
     tokenizer files. Written into a
     temporary sibling directory and renamed into place: `out` is complete or absent. Returns what was written."""

@@ -79,7 +79,11 @@ def rope_width(spec: ModelSpec) -> int:
 
 
 class Attention(nn.Module):
-    """GQA self-attention through SDPA. Head counts are inferred from the (possibly TP-sharded) projections."""
+    """GQA self-attention through SDPA. Head counts are inferred from the (possibly TP-sharded) projections.
+
+    With `qk_norm` (Qwen3) each query and key head is RMSNorm'd over head_dim before RoPE, one weight of head_dim
+    per norm shared by all heads: replicated over tp, where each rank normalises its own heads, so `tp_mesh` (set
+    by parallelize) sums the weights' gradients over the tp ranks (HF's `replicated_with_grad_allreduce`)."""
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
@@ -90,11 +94,20 @@ class Attention(nn.Module):
         #: context parallelism (runtime/context_parallel.py): this rank holds part of the sequence and gathers
         #: the keys/values of the rest; None = the whole sequence is local
         self.cp = None
+        #: the tp sub-mesh when tensor parallelism splits the heads (set by parallelize)
+        self.tp_mesh = None
         h = spec.hidden_size
         self.wq = nn.Linear(h, spec.q_width, bias=spec.bias)
         self.wk = nn.Linear(h, spec.kv_width, bias=spec.bias)
         self.wv = nn.Linear(h, spec.kv_width, bias=spec.bias)
         self.wo = nn.Linear(spec.q_width, h, bias=spec.bias)
+        self.q_norm = nn.RMSNorm(spec.head_dim, eps=spec.norm_eps) if spec.qk_norm else None
+        self.k_norm = nn.RMSNorm(spec.head_dim, eps=spec.norm_eps) if spec.qk_norm else None
+
+    def _head_norm(self, norm: nn.RMSNorm, x_BSND: torch.Tensor) -> torch.Tensor:
+        """`x` RMSNorm'd per head; under tp the weight's gradient is summed over the ranks' heads."""
+        weight = norm.weight if self.tp_mesh is None else sum_gradient_over(self.tp_mesh, norm.weight)
+        return F.rms_norm(x_BSND, (self.head_dim,), weight, norm.eps)
 
     def _core(self, q_BHSD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor) -> torch.Tensor:
         # GQA inside SDPA (flash kernels read each kv head for its whole query group): no repeated k/v copies
@@ -110,6 +123,8 @@ class Attention(nn.Module):
         q = self.wq(x_BSH).view(batch, seq, -1, self.head_dim)
         k = self.wk(x_BSH).view(batch, seq, -1, self.head_dim)
         v = self.wv(x_BSH).view(batch, seq, -1, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self._head_norm(self.q_norm, q), self._head_norm(self.k_norm, k)
         if self.use_rope:  # `rope` holds the angles of this rank's tokens (their global positions under cp)
             cos, sin = rope[0, :seq, None, :], rope[1, :seq, None, :]
             q = q * cos + rotate_half(q) * sin
@@ -144,7 +159,6 @@ class LatentAttention(Attention):
         nn.Module.__init__(self)
         self.recompute_core = False
         self.cp = None
-        #: the tp sub-mesh when tensor parallelism splits the heads (set by parallelize)
         self.tp_mesh = None
         self.nope_dim, self.rope_dim, self.v_dim = spec.qk_nope_head_dim, spec.qk_rope_head_dim, spec.v_head_dim
         self.kv_rank = spec.kv_lora_rank

@@ -239,8 +239,7 @@ def apply_tensor_parallel(module: Transformer, rmesh: RuntimeMesh, sequence_para
     for block in module.layers.values():
         plan: dict[str, Any] = {f"attention.{name}": ColwiseParallel() for name in _head_split_projections(block)}
         plan["attention.wo"] = RowwiseParallel(output_layouts=stream)
-        if isinstance(block.attention, LatentAttention):
-            block.attention.tp_mesh = tp_mesh
+        block.attention.tp_mesh = tp_mesh  # MLA's shared rotary key, Qwen3's q/k norm weights: gradients summed
         if sequence_parallel:
             plan.update({
                 "attention_norm": SequenceParallel(),

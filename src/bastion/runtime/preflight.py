@@ -37,8 +37,9 @@ def check_runtime_supports(spec: ModelSpec) -> None:
 def check_runtime_executes(spec: ModelSpec, plan: ParallelPlan) -> None:
     """Refuse what the runtime does not execute, for every model, never silently ignored. For a mixture-of-experts
     model it executes ep (carved from dp × cp) with dp, ZeRO 0-3, pp, cp, tp and sp, the experts replicated over
-    tp (etp = 1) or split in width over it (etp = tp); Megatron's parallel folding (1 < etp < tp, or etp > tp)
-    is predicted and planned only."""
+    tp (etp = 1) or split in width over it (etp = tp); Megatron-Core's parallel folding is not executed: other etp
+    (1 < etp < tp, or etp > tp) is predicted and planned only, ep groups folded over tp ranks (ep not dividing
+    dp × cp, ParallelPlan.folds_experts) predicted only."""
     refusal = runtime_refusal(spec, plan)
     if refusal is not None:
         raise refusal
@@ -62,6 +63,9 @@ def runtime_refusal(spec: ModelSpec, plan: ParallelPlan) -> BastionError | None:
     if spec.position_embedding == "learned" and plan.tp > 1:
         return PlanError("Tensor parallelism with learned position embeddings is not implemented.",
                          fix="use tp = 1 for this model, or a RoPE model.", reason="runtime limitation")
+    folding = plan.folding_refusal()  # `validate` refuses it too, except for `bastion estimate`
+    if folding is not None:
+        return folding
     if plan.etp not in (1, plan.tp):
         return PlanError(f"The runtime does not execute etp = {plan.etp} with tp = {plan.tp} yet: it splits the "
                          f"experts over the attention's tp ranks or not at all (the predictor and planner model "

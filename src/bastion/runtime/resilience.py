@@ -227,6 +227,10 @@ class Resilience:
         self.injector.slow_down(step, compute_s)
         self.injector.link_delay(step)
 
+    def injected_gpu_problem(self) -> str | None:
+        """The device problem a `bad-gpu` fault makes this rank's health check report (once per run)."""
+        return self.injector.gpu_problem(self.resumed_from or 0)
+
     def before_collective(self) -> None:
         """Before a collective outside the step (the health check): the flaky-link fault waits here."""
         self.injector.link_delay(self.resumed_from or 0)

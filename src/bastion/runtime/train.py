@@ -18,7 +18,7 @@ import torch.distributed as dist
 from bastion.rundir.layout import write_run_files
 from bastion.rundir.metrics import MetricsWriter, log_event
 from bastion.rundir.summary import eval_summary, perplexity
-from bastion.runtime.health import run_health_check
+from bastion.runtime.health import leave_out_failing_devices, run_health_check
 from bastion.runtime.mesh import build_mesh
 from bastion.runtime.metrics import current_memory_bytes, model_flops_per_token, model_state_bytes_measured
 from bastion.runtime.preemption import PreemptionNotice
@@ -105,8 +105,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
     writer = MetricsWriter(run_dir, enabled=rank == 0)
     cluster_name = _cluster_name(config, device, world)
     # every process start (the first, each restart) checks the group it got before spending a step on it
-    run_health_check(run_dir, cluster_name, device, resilience.attempt, resilience.before_collective,
-                     cluster_named=bool(config.cluster))
+    failing = run_health_check(run_dir, cluster_name, device, resilience.attempt, resilience.before_collective,
+                               cluster_named=bool(config.cluster), injected_problem=resilience.injected_gpu_problem())
+    leave_out_failing_devices(failing, under_slurm="SLURM_JOB_ID" in os.environ)
     peak = peak_flops(cluster_name, plan.precision, device)
     tokens_per_step = plan.global_batch * spec.seq_len
     flops_per_step = model_flops_per_token(spec, spec.seq_len) * tokens_per_step

@@ -49,6 +49,9 @@ class ModelSpec:
     norm_eps: float = 1e-5
     #: RoPE base frequency (10,000 for Llama 2; 500,000 for Llama 3)
     rope_theta: float = 10000.0
+    #: per-head RMSNorm of queries and keys over head_dim before RoPE (Qwen3's q_norm / k_norm; one head_dim
+    #: weight each, shared by every head)
+    qk_norm: bool = False
     #: mixture of experts: routed experts per MoE layer (0 = dense)
     num_experts: int = 0
     #: routed experts each token is sent to
@@ -71,6 +74,10 @@ class ModelSpec:
     router_bias_update_rate: float = 0.0
     #: tokens an expert takes, as a multiple of its balanced share; 0 = dropless (no token is dropped)
     capacity_factor: float = 0.0
+    #: node-limited routing (DeepSeek-V3): each token's experts lie on at most this many nodes, picked by their
+    #: best expert scores, and the dispatch sends a token once to each of those nodes, which forward it to their
+    #: GPUs over NVLink; 0 = no limit
+    max_routed_nodes: int = 0
     #: every k-th layer after the dense ones has experts (Llama 4's interleave_moe_layer_step; 1 = all)
     moe_layer_freq: int = 1
     #: multi-head latent attention (DeepSeek-V2/V3) when kv_lora_rank > 0: keys and values are rebuilt per head
@@ -104,7 +111,7 @@ class ModelSpec:
                 raise ConfigError(f"{what}: {name} must be positive, got {getattr(self, name)}.",
                                   fix=f"set {name} to a positive integer.")
         for name in ("num_kv_heads", "head_dim", "num_experts", "top_k", "moe_ffn_hidden_size", "num_shared_experts",
-                     "dense_layers", "aux_loss_coeff", "router_bias_update_rate", "capacity_factor",
+                     "dense_layers", "aux_loss_coeff", "router_bias_update_rate", "capacity_factor", "max_routed_nodes",
                      "q_lora_rank", "kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{what}: {name} must be >= 0, got {getattr(self, name)}.",
@@ -149,6 +156,9 @@ class ModelSpec:
         if self.position_embedding == "rope" and self.head_dim % 2:
             raise ConfigError(f"{what}: RoPE needs an even head_dim, got {self.head_dim}.",
                               fix="choose num_heads (or head_dim) so that the head width is even.")
+        if self.qk_norm and self.bias:
+            raise ConfigError(f"{what}: per-head q/k RMSNorms (qk_norm) in a model with biases and LayerNorm are "
+                              f"not modelled.", fix="set qk_norm = false, or bias = false (Qwen3 has no biases).")
 
     def _check_mla(self, what: str) -> None:
         if not (self.qk_rope_head_dim and self.qk_nope_head_dim and self.v_head_dim):
@@ -165,6 +175,9 @@ class ModelSpec:
                               f"num_heads.", fix="leave num_kv_heads unset (0) for an MLA model.")
         if self.bias:
             raise ConfigError(f"{what}: MLA with linear biases is not modelled.", fix="set bias = false.")
+        if self.qk_norm:
+            raise ConfigError(f"{what}: per-head q/k norms (qk_norm) with MLA are not modelled (MLA normalises its "
+                              f"latents instead).", fix="set qk_norm = false for an MLA model.")
 
     def _check_moe(self, what: str) -> None:
         if self.dense_layers >= self.num_layers:
@@ -263,8 +276,9 @@ class ModelSpec:
         return self.moe_mlp_params() if self.num_experts else self.dense_mlp_params()
 
     def norm_params_per_layer(self) -> int:
-        # two norms per layer; LayerNorm (GPT) has a bias, RMSNorm (Llama) does not
-        return 2 * self.hidden_size * (2 if self.bias else 1)
+        # two norms per layer; LayerNorm (GPT) has a bias, RMSNorm (Llama) does not; Qwen3's q/k norms add two
+        # RMSNorms of head_dim
+        return 2 * self.hidden_size * (2 if self.bias else 1) + (2 * self.head_dim if self.qk_norm else 0)
 
     def layer_params(self, index: int, active: bool = False) -> int:
         """Parameters of layer `index`; `active`: those one token passes through (top_k of the routed experts)."""

@@ -47,6 +47,25 @@ def chunk_layer_counts(num_layers: int, chunks: int) -> tuple[int, ...] | None:
     return (per - 1,) + (per,) * (chunks - 2) + (per - 1,)
 
 
+def uneven_layout(num_layers: int, chunks: int) -> str:
+    """A pipeline_layout for layers that do not split evenly over `chunks` (DeepSeek-V3's 61 layers on 16 stages):
+    the embedding and the LM head each count as one layer's slot, the layers + 2 slots are spread as evenly as the
+    counts allow, the extra slots going to the middle chunks, so the first and the last chunk are the lighter ones.
+    "" when the layers split evenly (chunk_layer_counts), or for a single chunk or fewer slots than chunks."""
+    if chunk_layer_counts(num_layers, chunks) is not None or chunks < 2:
+        return ""
+    per, extra = divmod(num_layers + 2, chunks)
+    if per < 1:
+        return ""
+    counts = [per] * chunks
+    middle = sorted(range(1, chunks - 1), key=lambda i: (abs(2 * i - (chunks - 1)), i))
+    for i in (middle + [0, chunks - 1])[:extra]:
+        counts[i] += 1
+    counts[0] -= 1
+    counts[-1] -= 1
+    return ",".join(str(c) for c in counts)
+
+
 @lru_cache(maxsize=4096)
 def parse_layout(text: str) -> tuple[int, ...] | None:
     """The per-chunk layer counts a `pipeline_layout` string names, or None when it is empty (cached: the
@@ -122,6 +141,34 @@ class ParallelPlan:
         return self.dp * self.cp
 
     @property
+    def folds_experts(self) -> bool:
+        """Expert parallelism wider than the data-parallel ranks can hold: ep does not divide dp × cp, so the
+        expert groups span tensor-parallel ranks too (Megatron-Core's "parallel folding": the experts' grid etp ×
+        ep × expert-dp is laid over the tp × cp × dp ranks of a pipeline stage). Predicted, not run by bastion's
+        runtime, which splits the experts over data-parallel ranks only."""
+        return self.ep > 1 and (self.dp * self.cp) % self.ep != 0
+
+    def folding_refusal(self) -> PlanError | None:
+        """Why bastion's runtime and planner refuse this plan's expert groups (None unless `folds_experts`):
+        `validate` raises it unless folding is allowed, `bastion estimate` marks the plan with it."""
+        if not self.folds_experts:
+            return None
+        return PlanError(f"ep = {self.ep} does not divide dp × cp = {self.dp * self.cp}: bastion's runtime splits "
+                         f"the experts over ranks of the data-parallel group (as torchtitan does); expert groups "
+                         f"folded over tensor-parallel ranks (Megatron-Core's parallel folding) are predicted by "
+                         f"`bastion estimate` but not run.",
+                         fix=f"pick ep dividing dp × cp = {self.dp * self.cp}, or raise dp.",
+                         reason="ep does not divide dp")
+
+    @property
+    def expert_data_parallel(self) -> int:
+        """Ranks of a pipeline stage that hold the same experts (ZeRO shards them, gradients reduce over them):
+        dp × cp / ep when the experts split over data-parallel ranks, tp × cp × dp / (ep × etp) when folded."""
+        if self.folds_experts:
+            return max(1, self.tp * self.cp * self.dp // (self.ep * self.etp))
+        return max(1, self.shard_degree // self.ep)
+
+    @property
     def grad_accumulation(self) -> int:
         """Micro-batches each replica runs per optimizer step."""
         return self.global_batch // (self.micro_batch * self.dp)
@@ -190,8 +237,11 @@ class ParallelPlan:
                 raise PlanError("pipeline_layout has a negative layer count.",
                                 fix="give each chunk 0 or more layers.", reason="bad pipeline layout")
 
-    def validate(self, model: ModelSpec, cluster: Cluster | None = None, seq_len: int | None = None) -> None:
-        """Raise PlanError (with guidance) for every inconsistency with the model and the cluster."""
+    def validate(self, model: ModelSpec, cluster: Cluster | None = None, seq_len: int | None = None,
+                 allow_folding: bool = False) -> None:
+        """Raise PlanError (with guidance) for every inconsistency with the model and the cluster.
+        `allow_folding`: accept expert parallelism folded over tensor-parallel ranks (`folds_experts`), which the
+        predictor costs but bastion's runtime and planner do not run."""
         s = seq_len or model.seq_len
         if cluster is not None and self.num_gpus != cluster.num_gpus:
             raise PlanError(
@@ -256,12 +306,9 @@ class ParallelPlan:
                             f"the ranks of one pipeline stage (Megatron-Core's parallel folding).",
                             fix="pick ep and etp whose product divides tp × dp × cp.",
                             reason="ep does not divide dp")
-        if (self.dp * self.cp) % self.ep:
-            # folding ep onto tensor-parallel ranks too (Megatron-Core) is not modelled yet: bastion's experts
-            # are split over ranks of the data-parallel group (as torchtitan and its runtime do)
-            raise PlanError(f"ep = {self.ep} does not divide dp × cp = {self.dp * self.cp}: bastion splits the "
-                            f"experts over ranks of the data-parallel group (as torchtitan does).",
-                            fix=f"pick ep dividing {self.dp * self.cp}, or raise dp.", reason="ep does not divide dp")
+        folding = None if allow_folding else self.folding_refusal()
+        if folding is not None:
+            raise folding
         schedule = get_schedule(self.pp_schedule)
         if self.pp > 1 and schedule.microbatches_multiple_of_pp and self.num_microbatches % self.pp:
             raise PlanError(
