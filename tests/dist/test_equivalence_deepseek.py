@@ -99,6 +99,9 @@ def test_model_state_bytes_of_mla_equal_the_predictors(mla_runs):
 ETP_PLANS = {
     # 2-D (ep, tp) expert DTensors
     "moe-ep2-tp2-etp2-zero3": dict(dp=2, ep=2, tp=2, etp=2, zero_stage=3, micro_batch=2, global_batch=8, **FP32),
+    # sp: the block gathers the whole sequence (every etp rank needs the same rows) and keeps its output's shard
+    "moe-ep2-tp2-etp2-sp-zero2": dict(dp=2, ep=2, tp=2, etp=2, sequence_parallel=True, zero_stage=2, micro_batch=2,
+                                      global_batch=8, **FP32),
     # no expert parallelism: the experts split over tp only, like a dense MLP
     "moe-dp2-tp2-etp2-zero0": dict(dp=2, tp=2, etp=2, zero_stage=0, micro_batch=2, global_batch=8, **FP32),
 }

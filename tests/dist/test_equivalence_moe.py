@@ -1,7 +1,9 @@
 """Expert parallelism trains exactly like one process: tiny-moe (first layer dense, 8 experts, top-2, one shared
-expert, aux loss) under ep2, ep4, ep2 × dp2 with ZeRO-3, ep2 × tp2 and ep2 × pp2, against the independent single-process
-fp32 reference; per-step loss and final parameters within 1e-5, and each rank's parameter/gradient/optimizer
-bytes equal to the predictor's `model_state_bytes` (routed experts split over ep, then sharded over dp / ep)."""
+expert, aux loss) under ep2, ep4, ep2 × dp2 with ZeRO-3, ep2 × tp2 (with and without sequence parallelism),
+ep4 carved from dp2 × cp2, and ep2 × pp2, against the independent single-process fp32 reference; per-step loss
+and final parameters within 1e-5, each rank's parameter/gradient/optimizer bytes equal to the predictor's
+`model_state_bytes` (routed experts split over ep, then sharded over dp × cp / ep), and the logged aux loss the
+same under every plan (a rank that routes only a shard of each sequence still computes the whole sequence's)."""
 
 from __future__ import annotations
 
@@ -26,6 +28,11 @@ WORLD4 = {
     "moe-ep2-dp2-zero3": dict(dp=4, ep=2, zero_stage=3, micro_batch=1, global_batch=8, **FP32),
     # etp 1: router and routed experts replicated over tp, attention and shared experts split
     "moe-ep2-tp2": dict(dp=2, ep=2, tp=2, zero_stage=3, micro_batch=2, global_batch=8, **FP32),
+    # sp with etp 1: each tp rank routes its own sequence shard; router and expert gradients summed over tp
+    "moe-ep2-tp2-sp": dict(dp=2, ep=2, tp=2, sequence_parallel=True, zero_stage=3, micro_batch=2, global_batch=8,
+                           **FP32),
+    # cp: each rank routes its sequence shard; ep carved from dp × cp spans both replicas' cp ranks
+    "moe-ep4-dp2-cp2-zero2": dict(dp=2, cp=2, ep=4, zero_stage=2, micro_batch=2, global_batch=8, **FP32),
     "moe-ep2-pp2-1f1b": dict(dp=2, ep=2, pp=2, zero_stage=3, pp_schedule="1f1b", micro_batch=2,
                              global_batch=8, **FP32),
 }
@@ -37,6 +44,7 @@ def reference(token_data: Path) -> tuple[list[float], dict]:
 
 
 def _check_routing_logged(results: dict) -> None:
+    aux_losses = {}
     for name, result in results.items():
         run_dir = Path(result.summary["config"]["run_dir"])
         from bastion.rundir.metrics import read_records
@@ -47,6 +55,10 @@ def _check_routing_logged(results: dict) -> None:
         for record in steps:  # every routed choice of every MoE layer is counted once
             assert sum(record["expert_tokens"]) == 3 * 8 * 64 * 2, name
             assert record["expert_imbalance"] >= 1.0 and record["moe_aux_loss"] > 0, name
+        aux_losses[name] = [record["moe_aux_loss"] for record in steps]
+    first = next(iter(aux_losses.values()))
+    for name, losses in aux_losses.items():  # the whole sequences' loss, however the tokens were split
+        assert losses == pytest.approx(first, rel=1e-5), name
 
 
 def test_expert_parallel_on_2_processes(tmp_path, token_data, reference):

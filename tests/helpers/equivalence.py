@@ -178,7 +178,8 @@ def check_model_state_bytes(results: dict, model: str) -> None:
     for name, result in results.items():
         plan = ParallelPlan.from_dict(result.summary["plan"])
         for rank in result.summary["measured"]["model_state_bytes_by_rank"]:
-            predicted = model_state_bytes(spec, plan, rank["pp_rank"], rank["dp_rank"], rank["tp_rank"])
+            predicted = model_state_bytes(spec, plan, rank["pp_rank"], rank["dp_rank"], rank["tp_rank"],
+                                          rank.get("cp_rank", 0))
             measured = {k: rank[k] for k in ("params", "grads", "optimizer")}
             if plan.zero_stage == 1:  # gradients sharded too: fewer bytes than ZeRO-1's full gradients
                 assert measured["grads"] < predicted.pop("grads")

@@ -24,7 +24,8 @@ def test_json_is_the_documented_object_best_first_and_save_writes_the_winner(tmp
     assert len(data["plans"]) == 3
     for entry in data["plans"]:
         assert set(entry) == {"plan", "step_time_s", "predicted_p10_s", "predicted_p90_s", "tokens_per_s", "mfu",
-                              "memory_gib", "breakdown"}
+                              "memory_gib", "breakdown", "runtime"}
+        assert entry["runtime"] == {"executes": True}  # `bastion train` runs every one of them
         assert entry["predicted_p10_s"] < entry["step_time_s"] < entry["predicted_p90_s"]
         assert entry["breakdown"]["time_s"]["step"] == pytest.approx(entry["step_time_s"])
         assert entry["breakdown"]["memory_gib"]["total"] == pytest.approx(entry["memory_gib"])
@@ -32,6 +33,29 @@ def test_json_is_the_documented_object_best_first_and_save_writes_the_winner(tmp
     upper = [p["predicted_p90_s"] for p in data["plans"]]
     assert upper == sorted(upper)
     assert ParallelPlan.load(saved) == ParallelPlan.from_dict(data["plans"][0]["plan"])
+
+
+def test_plans_the_runtime_does_not_execute_are_marked_in_plan_and_estimate() -> None:
+    """Megatron's parallel folding (etp 4 with tp 2) is predicted and planned, but `bastion train` refuses it:
+    both commands say so, in text and JSON, with the fix; so does estimate for ep folded over tp ranks."""
+    pins = ("--model", "tiny-moe", "--cluster", "cpu:8", "--global-batch", "8", "--fix", "tp=2", "--fix", "etp=4",
+            "--top", "2")
+    data = json.loads(bastion("plan", *pins, "--json").stdout)
+    for entry in data["plans"]:
+        assert entry["plan"]["etp"] == 4 and entry["runtime"]["executes"] is False
+        assert "etp = 4 with tp = 2" in entry["runtime"]["refusal"] and "etp = 1" in entry["runtime"]["fix"]
+    text = bastion("plan", *pins)
+    assert text.returncode == 0 and "does not execute #1, #2" in text.stdout
+    flags = ("-m", "tiny-moe", "-c", "cpu:8", "--dp", "4", "--tp", "2", "--ep", "2", "--global-batch", "8")
+    refused = json.loads(bastion("estimate", *flags, "--etp", "4", "--json").stdout)
+    assert refused["runtime"]["executes"] is False
+    assert refused["assumptions"][0].startswith("`bastion train` does not execute this plan")
+    assert json.loads(bastion("estimate", *flags, "--etp", "2", "--json").stdout)["runtime"] == {"executes": True}
+    # ep 8 over dp 4 folds the expert groups over the tp ranks: predicted (as Megatron-Core lays it out), marked
+    folded = json.loads(bastion("estimate", *flags[:8], "--ep", "8", "--global-batch", "8", "--json").stdout)
+    assert folded["experts"]["placement"]["folded_over_tp"] and folded["experts"]["layout"] == "megatron"
+    assert folded["runtime"]["executes"] is False and "ep = 8 does not divide" in folded["runtime"]["refusal"]
+    assert "pick ep dividing dp × cp = 4" in folded["runtime"]["fix"]
 
 
 def test_text_output_explains_the_winner_and_counts_rejections() -> None:

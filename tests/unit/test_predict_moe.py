@@ -123,6 +123,42 @@ def test_ep_group_inside_one_node_when_it_fits_there() -> None:
         "ep_group"]["spans_domains"]  # ep members etp ranks apart: one per node
 
 
+def test_the_bastion_layout_is_what_bastions_runtime_routes_and_where_it_puts_the_ep_group() -> None:
+    """bastion's runtime (the `bastion` stack): ep members tp ranks apart, and a tp rank routes its 1/tp of the
+    tokens only under sp with etp = 1 — the megatron layout (Megatron-Core) always splits them."""
+    assert moe.routing_layout(4, 1, True, "megatron") == (0.25, 1, 1)
+    assert moe.routing_layout(4, 4, True, "megatron") == (0.25, 4, 4)
+    assert moe.routing_layout(4, 1, True, "bastion") == (0.25, 1, 4)
+    assert moe.routing_layout(4, 1, False, "bastion") == (1.0, 1, 4)
+    assert moe.routing_layout(4, 4, True, "bastion") == (1.0, 1, 4)
+    model = load_model("mixtral-8x7b")
+    runtime_options = software_stack("bastion").options
+    assert runtime_options.moe_expert_layout == "bastion"
+    # ep 8 × tp 4 under the bastion layout spans 4 nodes of 8; megatron, the ep group is 8 neighbouring ranks
+    plan = ParallelPlan(dp=16, tp=4, ep=8, global_batch=64, sequence_parallel=True)
+    megatron_est, bastion_est = estimate(model, H100, plan, 4096), estimate(model, H100, plan, 4096, options=runtime_options)
+    assert not megatron_est.experts["placement"]["ep_group"]["spans_domains"]
+    assert bastion_est.experts["placement"]["ep_group"]["scale_up_domains"] == 4
+    assert bastion_est.time.ep_comm > megatron_est.time.ep_comm
+    # without sp every tp rank dispatches all of the micro-batch's tokens: tp times the all-to-all buffers
+    no_sp = replace(plan, sequence_parallel=False)
+    with_sp_buffers = estimate(model, H100, plan, 4096, options=runtime_options).memory.comm_buffers
+    without = estimate(model, H100, no_sp, 4096, options=runtime_options)
+    assert without.experts["routed_token_share"] == 1.0
+    a = 2
+    tokens = no_sp.micro_batch * 4096
+    assert without.memory.comm_buffers - with_sp_buffers == pytest.approx(
+        2 * tokens * (1 - 1 / 4) * model.top_k * model.hidden_size * a)
+    # and keeps the permuted copies and the experts' tensors of all of them: whole on each tp rank, unless etp = tp
+    # splits the experts' width (the permuted copies stay whole)
+    per_token = {(layout, etp): activation_bytes_per_token(model, 4096, 4, False, "none", "bf16",
+                                                           PredictOptions(moe_expert_layout=layout), True, etp)
+                 for layout in ("megatron", "bastion") for etp in (1, 4)}
+    assert per_token["megatron", 1] < per_token["bastion", 4] < per_token["bastion", 1]
+    assert activation_bytes_per_token(model, 4096, 4, True, "none", "bf16", runtime_options, True, 1) == (
+        activation_bytes_per_token(model, 4096, 4, True, "none", "bf16", PredictOptions(), True, 1))
+
+
 # ---- parallel folding: ep wider than dp × cp (Megatron-Core lays the experts' grid over tp × cp × dp) -------
 
 QWEN3_235B = load_model("qwen3-235b-a22b")
@@ -169,6 +205,10 @@ def test_folded_plans_are_predicted_with_their_expert_memory() -> None:
     est = estimate(QWEN3_235B, load_cluster("h100-sxm:16"), FOLDED, 4096)
     assert est.step_time_s > 0 and est.time.ep_comm > 0
     assert est.to_dict()["experts"]["placement"]["folded_over_tp"]
+    # the bastion layout (ep carved from dp × cp) has no folded form: the bastion stack costs it as Megatron-Core
+    runtime_stack = estimate(QWEN3_235B, load_cluster("h100-sxm:16"), FOLDED, 4096,
+                             options=software_stack("bastion").options)
+    assert runtime_stack.experts["layout"] == "megatron" and runtime_stack.time.ep_comm == est.time.ep_comm
     # folding ep 8 over tp 2 × dp 4 holds 1/8 of the experts per rank; ep 4 over the dp ranks holds 1/4
     half = replace(FOLDED, ep=4)
     assert model_state_bytes(QWEN3_235B, FOLDED, 0)["params"] < model_state_bytes(QWEN3_235B, half, 0)["params"]

@@ -163,13 +163,13 @@ def test_cp_groups_sit_between_tp_and_dp():
     assert dp_layout(ParallelPlan(dp=2, cp=2, zero_stage=0, micro_batch=1, global_batch=4)) == (4, 1)
 
 
-def test_preflight_accepts_cp_and_refuses_it_for_a_mixture_of_experts():
+def test_preflight_accepts_cp_for_dense_and_mixture_of_experts_models():
     check_world_size(ParallelPlan(dp=2, cp=2, micro_batch=1, global_batch=4), 4)
     with pytest.raises(PlanError, match=r"dp × tp × pp × cp = 2 × 1 × 1 × 2 = 4"):
         check_world_size(ParallelPlan(dp=2, cp=2, micro_batch=1, global_batch=4), 2)
-    # expert parallelism runs now (ep carved from dp); cp with an MoE model does not yet
-    check_world_size(ParallelPlan(ep=2, dp=2, micro_batch=1, global_batch=4), 2)
+    # expert parallelism carved from dp × cp: ep 4 over 2 replicas × 2 cp ranks
     moe = load_model("tiny-moe")
-    check_runtime_executes(moe, ParallelPlan(ep=2, dp=2, micro_batch=1, global_batch=4))
-    with pytest.raises(PlanError, match="context parallelism"):
-        check_runtime_executes(moe, ParallelPlan(dp=2, cp=2, micro_batch=1, global_batch=4))
+    for plan in (ParallelPlan(ep=2, dp=2, micro_batch=1, global_batch=4),
+                 ParallelPlan(dp=2, cp=2, ep=4, micro_batch=1, global_batch=4)):
+        plan.validate(moe)
+        check_runtime_executes(moe, plan)

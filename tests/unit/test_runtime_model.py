@@ -112,6 +112,26 @@ def test_recompute_layers_wraps_the_first_layers_of_each_chunk(full_layers, wrap
     assert [n for n, block in chunk.layers.items() if isinstance(block, CheckpointWrapper)] == wrapped
 
 
+def test_runtime_status_names_every_plan_train_refuses_with_its_fix():
+    """What `plan` and `estimate` report per plan: tied embeddings split over stages or tp ranks, learned positions
+    under tp, ALiBi, and parallel folding (etp other than 1 or tp; ep folded over tp ranks) are refused by
+    `bastion train`; the rest executes."""
+    from bastion.runtime.preflight import runtime_status
+
+    tiny = load_model("tiny")
+    fp32 = dict(precision="fp32", global_batch=8)
+    assert runtime_status(tiny, ParallelPlan(tp=2, pp=2, sequence_parallel=True, **fp32)) == {"executes": True}
+    cases = ((dataclasses.replace(tiny, tied_embeddings=True), ParallelPlan(pp=2, **fp32), "ties its embedding"),
+             (dataclasses.replace(tiny, position_embedding="learned"), ParallelPlan(tp=2, **fp32),
+              "learned position embeddings"),
+             (load_model("bloom-176b"), ParallelPlan(**fp32), "ALiBi"),
+             (load_model("tiny-moe"), ParallelPlan(dp=4, tp=2, ep=2, etp=4, **fp32), "etp = 4"),
+             (load_model("tiny-moe"), ParallelPlan(dp=4, tp=2, ep=8, **fp32), "ep = 8 does not divide dp × cp"))
+    for spec, plan, problem in cases:
+        status = runtime_status(spec, plan)
+        assert status["executes"] is False and problem in status["refusal"] and status["fix"], problem
+
+
 def test_preflight_accepts_layouts_partial_recompute_mla_and_etp_tp_and_refuses_other_etp_and_offload():
     from bastion.errors import PlanError
     from bastion.runtime.preflight import check_runtime_executes, check_runtime_supports

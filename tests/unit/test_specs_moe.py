@@ -29,6 +29,22 @@ def test_moe_presets_match_the_published_counts(name):
     assert 3.3e9 <= load_model("qwen3-30b-a3b").active_params() < 3.4e9  # "3.3B activated"
 
 
+def test_gpt_oss_120b_matches_the_model_card_once_its_biases_and_sinks_are_added_back():
+    """OpenAI's model card (arXiv 2508.10925, Table 1): 116.83B total, 5.13B active (the unembedding counted, the
+    embedding not). The preset leaves out the linear biases and attention sinks bastion cannot express."""
+    spec = load_model("gpt-oss-120b")
+    layers, per_expert_bias = 36, 2 * 2880 + 2880
+    attention_biases = layers * (64 * 64 + 2 * 8 * 64 + 2880)
+    router_biases, sinks = layers * 128, layers * 64
+    unmodelled = attention_biases + router_biases + sinks + layers * 128 * per_expert_bias
+    assert spec.total_params() + unmodelled == pytest.approx(116.83e9, abs=0.005e9)
+    active = spec.active_params() - spec.embedding_params()
+    assert active + attention_biases + router_biases + sinks + layers * 4 * per_expert_bias == pytest.approx(
+        5.13e9, abs=0.005e9)
+    assert unmodelled / spec.total_params() < 4e-4  # the approximation is small
+    assert (spec.num_experts, spec.top_k, spec.num_shared_experts, spec.q_width) == (128, 4, 0, 4096)
+
+
 def test_tiny_moe_is_the_issue_shape():
     tiny = load_model("tiny-moe")
     assert (tiny.num_layers, tiny.num_experts, tiny.top_k, tiny.num_shared_experts, tiny.dense_layers) == (
@@ -86,9 +102,14 @@ def test_plans_with_ep_are_checked_and_what_the_runtime_cannot_run_is_refused():
         with pytest.raises(PlanError) as caught:
             plan.validate(tiny)
         assert caught.value.reason == reason
-    check_runtime_executes(tiny, ParallelPlan(dp=2, ep=2, pp=2, tp=2, **fp32))
-    for plan in (ParallelPlan(dp=2, ep=2, tp=2, sequence_parallel=True, **fp32), ParallelPlan(dp=2, ep=2, cp=2, **fp32)):
-        with pytest.raises(PlanError, match="does not yet run a mixture-of-experts") as caught:
-            check_runtime_executes(tiny, plan)
-        assert "ep" in caught.value.fix
-    check_runtime_executes(load_model("tiny"), ParallelPlan(tp=2, cp=2, sequence_parallel=True, **fp32))  # dense: not its business
+    # every composition of ep with dp, pp, tp (etp 1 or tp), sp and cp runs; parallel folding does not
+    for plan in (ParallelPlan(dp=2, ep=2, pp=2, tp=2, **fp32), ParallelPlan(dp=2, ep=2, tp=2, sequence_parallel=True,
+                                                                            **fp32),
+                 ParallelPlan(dp=2, ep=2, tp=2, etp=2, sequence_parallel=True, **fp32),
+                 ParallelPlan(dp=2, ep=2, cp=2, **fp32)):
+        check_runtime_executes(tiny, plan)
+    folded = ParallelPlan(dp=4, ep=2, tp=2, etp=4, **fp32)
+    folded.validate(tiny)  # the spec and the predictor accept Megatron's parallel folding
+    with pytest.raises(PlanError, match="does not execute etp = 4 with tp = 2") as caught:
+        check_runtime_executes(tiny, folded)
+    assert caught.value.reason == "runtime limitation" and "etp = 1" in caught.value.fix

@@ -145,9 +145,29 @@ def plan_command(
 
 
 def result_json(result: Any) -> dict[str, Any]:
+    from bastion.runtime.preflight import runtime_status
+
+    model = result.request.model
     return {"evaluated": result.evaluated, "feasible": result.feasible, "seconds": round(result.seconds, 4),
             "objective": result.request.objective, "rejected": dict(result.rejected.most_common()),
-            "plans": [p.to_dict() for p in result.plans]}
+            "plans": [{**p.to_dict(), "runtime": runtime_status(model, p.plan)} for p in result.plans]}
+
+
+def _not_executed(result: Any) -> list[tuple[int, Any]]:
+    """(rank, refusal) of the shown plans `bastion train` refuses (the predictor models more than it runs)."""
+    from bastion.runtime.preflight import runtime_refusal
+
+    found = [(i, runtime_refusal(result.request.model, p.plan)) for i, p in enumerate(result.plans, 1)]
+    return [(i, refusal) for i, refusal in found if refusal is not None]
+
+
+def _group_refusals(refused: dict[int, Any]) -> dict[str, list[int]]:
+    """The plans' refusals, one line per distinct problem (with its fix)."""
+    grouped: dict[str, list[int]] = {}
+    for rank, refusal in refused.items():
+        line = refusal.problem + (f" To fix: {refusal.fix}" if refusal.fix else "")
+        grouped.setdefault(line, []).append(rank)
+    return grouped
 
 
 def print_result(result: Any, saved: Path | None) -> None:
@@ -164,11 +184,16 @@ def print_result(result: Any, saved: Path | None) -> None:
                         f"{req.global_batch}, seq {req.seq_len} — best by {req.objective}")
     for col in ("#", "plan", "GPUs", "step s", "p10-p90 s", "tokens/s", "MFU", "mem GiB"):
         table.add_column(col, justify="left" if col == "plan" else "right")
+    refused = dict(_not_executed(result))
     for i, p in enumerate(result.plans, 1):
-        table.add_row(str(i), describe(p.plan), str(p.num_gpus), f"{p.step_time_s:.4g}",
+        table.add_row(f"{i}*" if i in refused else str(i), describe(p.plan), str(p.num_gpus), f"{p.step_time_s:.4g}",
                       f"{p.p10_s:.4g}-{p.p90_s:.4g}", f"{p.tokens_per_s:,.0f}", f"{100 * p.mfu:.1f}%",
                       f"{p.memory_gib:.1f}")
     console.print(table)
+    for problem, ranks in _group_refusals(refused).items():
+        shown = ", ".join(f"#{i}" for i in ranks)
+        console.print(f"[yellow]* predicted, but `bastion train` does not execute {shown}:[/] {problem}",
+                      soft_wrap=True)
     best = result.plans[0]
     terms = ", ".join(f"{k} {v:.4g}" for k, v in best.time_breakdown().items() if v)
     mem = ", ".join(f"{k} {v / 2**30:.2f}" for k, v in best.memory_breakdown().items() if v)
@@ -187,5 +212,8 @@ def print_result(result: Any, saved: Path | None) -> None:
     console.print(f"[bold]searched[/] {result.evaluated:,} plans in {result.seconds:.2f} s "
                   f"({result.predicted:,} predicted, the rest settled by rules and provable memory and step-time "
                   f"bounds): {result.feasible:,} of the predicted fit; rejected: {census}.", soft_wrap=True)
-    if saved is not None:
+    if saved is not None and 1 in refused:
+        console.print(f"[bold]saved[/] the winner to {saved}  ([yellow]`bastion train` refuses it, see *[/]; "
+                      f"--fix pins a plan it executes)", soft_wrap=True)
+    elif saved is not None:
         console.print(f"[bold]saved[/] the winner to {saved}  (run it: bastion train --plan {saved} ...)")

@@ -142,6 +142,11 @@ def estimate_command(
              "sequence_parallel": sp, "precision": precision}
     parallel_plan, notes = _build_plan(plan, cluster_spec.num_gpus, flags)
     est = estimate(model_spec, cluster_spec, parallel_plan, seq_len, options=predict_options)
+    from bastion.runtime.preflight import runtime_status
+
+    runtime = runtime_status(model_spec, parallel_plan)
+    if not runtime["executes"]:  # predicted, but a user must not be handed it for `train` unwarned
+        notes.insert(0, f"`bastion train` does not execute this plan: {runtime['refusal']} To fix: {runtime['fix']}")
     notes.extend(software_notes)
     known = framework is None or framework in framework_releases()
     p10, p90 = step_interval(est, model_spec, known)
@@ -150,6 +155,7 @@ def estimate_command(
         out = est.to_dict()
         out["predicted_p10_s"], out["predicted_p90_s"] = p10, p90
         out["assumptions"] = notes + out["assumptions"]
+        out["runtime"] = runtime
         if tokens:
             out["tokens"] = tokens
             out["time_to_train_s"] = est.time_to_train_s(tokens)

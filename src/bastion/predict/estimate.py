@@ -396,7 +396,8 @@ def _layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: i
     if model.num_experts:
         imbalance, _ = moe.imbalance(model, options)
         routed = moe.routed_cost(model, cluster, tokens, plan.tp, plan.ep, plan.etp, plan.precision, imbalance,
-                                 options.fp8_recipe)
+                                 options.fp8_recipe, moe.routing_layout(plan.tp, plan.etp, plan.sequence_parallel,
+                                                                        options.moe_expert_layout))
         # the per-token membound above counts a dense MLP's activation; an MoE layer runs its shared experts' on
         # every token (the routed experts' is in the routed cost)
         dtype = 2.0 if plan.precision == "fp32" else 1.0
@@ -558,7 +559,7 @@ def _stage_time_of(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len:
             float(plan.recompute == "full")
         tokens = plan.micro_batch * seq_len // plan.cp
         stored = tokens * offloaded_bytes_per_token(model, seq_len, plan.tp, plan.sequence_parallel, plan.recompute,
-                                                    share, plan.precision, options)
+                                                    share, plan.precision, options, plan.etp)
         copy = comm.host_transfer_time(cluster, stored)
         offload = plan.offloaded * (max(0.0, copy - fwd_window) + max(0.0, copy - bwd_window)
                                     + compute.membound_time(cluster.accelerator, 2 * stored))
@@ -709,6 +710,10 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     s = seq_len or model.seq_len
     model = model.with_seq_len(s)  # learned position tables are sized by the sequence length
     plan.validate(model, cluster, s, allow_folding=True)
+    if plan.folds_experts and options.moe_expert_layout == "bastion":
+        # bastion's layout carves ep from dp × cp and has no folded form: a folded plan (which train refuses) is
+        # costed as Megatron-Core lays it out
+        options = replace(options, moe_expert_layout="megatron")
     _check_offload(plan, cluster)
     node = cluster
     cluster = per_rank(cluster)
@@ -841,7 +846,9 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     if model.num_experts:
         imbalance, why = moe.imbalance(model, options)
         overlap = options.moe_a2a_overlap
-        experts = {"placement": moe.expert_placement(model, node, plan),
+        layout = moe.routing_layout(plan.tp, plan.etp, plan.sequence_parallel, options.moe_expert_layout)
+        experts = {"placement": moe.expert_placement(model, node, plan, layout),
+                   "layout": options.moe_expert_layout, "routed_token_share": layout.token_share,
                    "all_to_all_s": time.ep_comm, "all_to_all_share": time.ep_comm / time.step,
                    "etp_comm_s": time.etp_comm, "imbalance": imbalance, "imbalance_source": why,
                    "all_to_all_overlap": overlap}

@@ -17,7 +17,7 @@ et al. 2022 (Sec. 4, Table 2): sbh(34 + 5as/h) and its TP, SP, selective and ful
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from functools import lru_cache
 
 from bastion.predict.options import PredictOptions
@@ -401,8 +401,8 @@ def norm_saved_tensors(prefix: str, model: ModelSpec, a: int, fused_rmsnorm: boo
 
 @lru_cache(maxsize=1024)
 def layer_saved_tensors(model: ModelSpec, seq_len: int, recompute: str, precision: str = "bf16",
-                        options: PredictOptions = PredictOptions(), fused_rmsnorm: bool = True
-                        ) -> tuple[SavedTensor, ...]:
+                        options: PredictOptions = PredictOptions(), fused_rmsnorm: bool = True,
+                        routed_whole: bool = False, experts_split: bool = False) -> tuple[SavedTensor, ...]:
     """Every tensor one transformer layer keeps for backward without full recomputation, per token.
 
     Per op, as autograd saves them (enumerated on torch 2.13 CPU and matched to the H200's per-layer
@@ -449,7 +449,7 @@ def layer_saved_tensors(model: ModelSpec, seq_len: int, recompute: str, precisio
     saved += norm_saved_tensors("ffn_norm", model, a, fused_rmsnorm)
     saved.append(SavedTensor("feed_forward.input", mm * h, "seq"))
     if model.num_experts:
-        saved += moe_saved_tensors(model, a, mm, options)
+        saved += moe_saved_tensors(model, a, mm, options, routed_whole, experts_split)
     else:
         saved += mlp_saved_tensors("feed_forward", model, f, a, mm, options)
     if options.dropout:
@@ -470,17 +470,26 @@ def mlp_saved_tensors(prefix: str, model: ModelSpec, width: float, a: int, mm: i
                     SavedTensor(f"{prefix}.w2_input", mm * width, "tp")]
 
 
-def moe_saved_tensors(model: ModelSpec, a: int, mm: int, options: PredictOptions) -> list[SavedTensor]:
+def moe_saved_tensors(model: ModelSpec, a: int, mm: int, options: PredictOptions, routed_whole: bool = False,
+                      experts_split: bool = False) -> list[SavedTensor]:
     """What an MoE layer's MLP keeps beyond its input, per token: the router's fp32 probabilities, the top_k
     permuted copies (the experts' grouped-GEMM input), each expert's MLP tensors for its rows, the expert outputs
     the weighted un-permutation multiplies by the scores, and the shared experts' MLP. The routed tensors are
     per routed copy at the mean load (the busiest rank holds more: PredictOptions.moe_imbalance is a time
-    assumption only); each tp rank routes its own sequence-parallel slice, so they split by tp."""
+    assumption only); each tp rank routes its own sequence-parallel slice, so they split by tp (the megatron layout,
+    and bastion's runtime under sp with etp = 1). `routed_whole`: every tp rank routes all the tokens (bastion's
+    runtime without sp, or with etp = tp), so the router's probabilities and the permuted copies are whole on
+    each, and the experts' MLP tensors too unless `experts_split` (etp = tp splits their width)."""
     h, k = model.hidden_size, model.top_k
-    saved = [SavedTensor("moe.router_probs", STAT_BYTES * model.num_experts, "seq", statistic=True),
-             SavedTensor("moe.permuted_input", mm * h * k, "tp")]
-    saved += mlp_saved_tensors("moe.experts", model, k * model.expert_width, a, mm, options)
-    saved.append(SavedTensor("moe.expert_output", a * h * k, "tp"))
+    routed = "replicated" if routed_whole else "tp"
+    saved = [SavedTensor("moe.router_probs", STAT_BYTES * model.num_experts, "replicated" if routed_whole else "seq",
+                         statistic=True),
+             SavedTensor("moe.permuted_input", mm * h * k, routed)]
+    experts = mlp_saved_tensors("moe.experts", model, k * model.expert_width, a, mm, options)
+    if routed_whole and not experts_split:
+        experts = [replace(t, split="replicated") for t in experts]
+    saved += experts
+    saved.append(SavedTensor("moe.expert_output", a * h * k, routed))
     if model.num_shared_experts:
         saved += mlp_saved_tensors("moe.shared_experts", model, model.num_shared_experts * model.expert_width, a,
                                    mm, options)
@@ -550,18 +559,28 @@ def saved_bytes_per_token(saved: tuple[SavedTensor, ...], tp: int, sequence_para
 @lru_cache(maxsize=4096)
 def activation_bytes_per_token(model: ModelSpec, seq_len: int, tp: int, sequence_parallel: bool, recompute: str,
                                precision: str = "bf16", options: PredictOptions = PredictOptions(),
-                               fused_rmsnorm: bool = True) -> float:
+                               fused_rmsnorm: bool = True, etp: int = 1) -> float:
     """Bytes one layer keeps for backward per token of a micro-batch (per device, before cp and pipelining).
 
     The sum of `layer_saved_tensors`. With GPT's choices (GELU MLP, multi-head attention, dropout, no flash
     attention) and the norm statistics left out, as Korthikanti et al. 2022 (Sec. 4.1, Table 2) leave out
     small buffers, this is their sbh(34 + 5as/h) and its TP, SP and selective-recompute variants exactly.
-    Full recomputation keeps only each layer's input (Sec. 4.3).
+    Full recomputation keeps only each layer's input (Sec. 4.3). `etp`: an MoE layer's expert tensor parallelism,
+    which with the tp ranks' routing layout (PredictOptions.moe_expert_layout) decides how its routed tensors split.
     """
     if recompute == "full":
         return activation_dtype_bytes(precision) * model.hidden_size / (tp if sequence_parallel else 1)
-    saved = layer_saved_tensors(model, seq_len, recompute, precision, options, fused_rmsnorm)
+    routed_whole = bool(model.num_experts) and tp > 1 and _routes_every_token(tp, etp, sequence_parallel, options)
+    saved = layer_saved_tensors(model, seq_len, recompute, precision, options, fused_rmsnorm,
+                                routed_whole=routed_whole, experts_split=etp > 1)
     return saved_bytes_per_token(saved, tp, sequence_parallel)
+
+
+def _routes_every_token(tp: int, etp: int, sequence_parallel: bool, options: PredictOptions) -> bool:
+    """Every tp rank routes all of the micro-batch's tokens (not its 1/tp) under the software's MoE layout."""
+    from bastion.predict.moe import routing_layout
+
+    return routing_layout(tp, etp, sequence_parallel, options.moe_expert_layout).token_share == 1.0
 
 
 def _stage_chunks(model: ModelSpec, plan: ParallelPlan, stage: int) -> tuple[tuple[int, int], ...]:
@@ -611,12 +630,12 @@ def offloaded_layers(model: ModelSpec, plan: ParallelPlan, stage: int) -> int:
 
 
 def offloaded_bytes_per_token(model: ModelSpec, seq_len: int, tp: int, sequence_parallel: bool, recompute: str,
-                              recomputed_share: float, precision: str, options: PredictOptions) -> float:
+                              recomputed_share: float, precision: str, options: PredictOptions, etp: int = 1) -> float:
     """What an offloaded layer sends to the host per token (on a GPU: fused norms), averaged over a rank's layers
     as stage_memory averages them: under full recompute `recomputed_share` of them send their input, the others
     their saved tensors."""
     def saved(mode: str) -> float:
-        return activation_bytes_per_token(model, seq_len, tp, sequence_parallel, mode, precision, options, True)
+        return activation_bytes_per_token(model, seq_len, tp, sequence_parallel, mode, precision, options, True, etp)
 
     if recompute != "full":
         return saved(recompute)
@@ -673,7 +692,8 @@ def stage_memory(model: ModelSpec, plan: ParallelPlan, seq_len: int, stage: int,
     per_token = (recomputed * activation_bytes_per_token(model, seq_len, plan.tp, plan.sequence_parallel, "full",
                                                          plan.precision, options, fused_rmsnorm)
                  + (1 - recomputed) * (activation_bytes_per_token(model, seq_len, plan.tp, plan.sequence_parallel,
-                                                                  kept_mode, plan.precision, options, fused_rmsnorm)
+                                                                  kept_mode, plan.precision, options, fused_rmsnorm,
+                                                                  plan.etp)
                                        + gathered_kv))
     offloaded = offloaded_layers(model, plan, stage) / layers if layers else 0.0
     # offloaded layers keep nothing on the device between their forward and backward, but the copy in flight
@@ -685,7 +705,7 @@ def stage_memory(model: ModelSpec, plan: ParallelPlan, seq_len: int, stage: int,
         # backward re-materialises one layer's full activations at a time on top of the checkpoints (under full
         # recompute, with that layer's gathered K,V)
         rematerialised = activation_bytes_per_token(model, seq_len, plan.tp, plan.sequence_parallel, "none",
-                                                    plan.precision, options, fused_rmsnorm)
+                                                    plan.precision, options, fused_rmsnorm, plan.etp)
         activations += tokens * (rematerialised + (gathered_kv if plan.recompute == "full" else 0.0))
     logits = 0.0
     if has_last:
@@ -707,8 +727,11 @@ def stage_memory(model: ModelSpec, plan: ParallelPlan, seq_len: int, stage: int,
     if plan.pp > 1:
         comm += 2 * tokens * model.hidden_size * a / plan.tp  # p2p send and receive buffers
     if plan.ep > 1 and model.num_experts:
-        # the all-to-all's send and receive buffers: this rank's top_k routed copies of its tokens
-        comm += 2 * tokens / plan.tp * model.top_k * model.hidden_size * a
+        # the all-to-all's send and receive buffers: this rank's top_k routed copies of the tokens it routes
+        from bastion.predict.moe import routing_layout
+
+        share = routing_layout(plan.tp, plan.etp, plan.sequence_parallel, options.moe_expert_layout).token_share
+        comm += 2 * tokens * share * model.top_k * model.hidden_size * a
     overhead = options.fragmentation * (activations + logits + comm)
     if is_gpu:
         overhead += options.runtime_reserve_gib * 2**30

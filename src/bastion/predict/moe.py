@@ -9,6 +9,12 @@ four all-to-alls per layer per micro-batch (two forward, their gradients backwar
 recomputed. With etp > 1 the ranks of an etp group all-gather their received tokens before the expert GEMMs and
 reduce-scatter the outputs after them (their gradients in reverse in the backward).
 
+bastion's own runtime lays the experts out differently (PredictOptions.moe_expert_layout = "bastion", the `bastion`
+software stacks): ep is carved from the dp × cp ranks (torchtitan's way), so an ep group's members are tp ranks
+apart; the tp ranks route their own 1/tp of the tokens only under sequence parallelism with etp = 1, otherwise
+every tp rank holds all of the micro-batch's tokens (etp = tp: each computes a slice of every expert's width on
+them and the outputs are all-reduced, the same bytes as the megatron layout's all-gather and reduce-scatter).
+
 When ep does not divide dp × cp the expert groups take in tensor-parallel ranks too (ParallelPlan.folds_experts):
 costed alike, and predicted only (bastion's runtime does not run it). Node-limited routing (ModelSpec.max_routed_nodes,
 DeepSeek-V3) caps the copies of a token that cross the scale-out network at one per remote node it reaches.
@@ -83,21 +89,45 @@ class RoutedCost(NamedTuple):
     etp_comm: float
 
 
+class RoutingLayout(NamedTuple):
+    """How the ranks of a tp group share an MoE layer's routing (the module docstring's two layouts)."""
+
+    #: the share of the tp group's micro-batch tokens one rank routes and dispatches
+    token_share: float
+    #: how many ranks' received rows each rank's expert GEMMs take (the megatron layout's etp all-gather)
+    gathered: int
+    #: how many ranks apart an ep group's members are
+    ep_stride: int
+
+
+def routing_layout(tp: int, etp: int, sequence_parallel: bool, layout: str) -> RoutingLayout:
+    """The routing of a tp group under the software's `layout` (PredictOptions.moe_expert_layout)."""
+    if layout == "megatron":  # Megatron-Core: MoE with tp needs sp, each rank routes its own slice
+        return RoutingLayout(1.0 / tp, etp, etp)
+    if layout != "bastion":
+        raise ValueError(f"moe_expert_layout must be 'megatron' or 'bastion', got {layout!r}")
+    own_shard = sequence_parallel and etp == 1  # what runtime/moe.py executes (routes_sequence_shard)
+    return RoutingLayout(1.0 / tp if own_shard else 1.0, 1, tp)
+
+
 @lru_cache(maxsize=16384)
 def routed_cost(model: ModelSpec, cluster: Cluster, tokens: int, tp: int, ep: int, etp: int, precision: str,
-                imbalance_factor: float, fp8_recipe: str = DEFAULT_FP8_RECIPE) -> RoutedCost:
+                imbalance_factor: float, fp8_recipe: str = DEFAULT_FP8_RECIPE,
+                layout: RoutingLayout | None = None) -> RoutedCost:
     """Costs of one MoE layer's routed experts for `tokens` tokens of a micro-batch on this rank's tp group (an
-    fp8 plan's expert GEMMs and their operand quantisation under `fp8_recipe`, as the dense GEMMs)."""
+    fp8 plan's expert GEMMs and their operand quantisation under `fp8_recipe`, as the dense GEMMs); `layout`
+    None: the megatron one."""
     acc = cluster.accelerator
     h, ef = model.hidden_size, model.expert_width
     a = 4 if precision == "fp32" else 2  # activations travel in the compute dtype (fp8 recipes keep bf16)
-    own_tokens = max(tokens / tp, 1.0)  # sequence parallelism: each tp rank routes its own slice
+    layout = layout or routing_layout(tp, etp, True, "megatron")
+    own_tokens = max(tokens * layout.token_share, 1.0)
     routed = own_tokens * model.top_k
     local_experts = max(model.num_experts // ep, 1)
     # the slowest rank: its busiest expert has `imbalance` × the mean rows, its other experts the mean
     rank_factor = 1.0 + (imbalance_factor - 1.0) / local_experts
     received = routed * rank_factor
-    mean_rows = etp * routed / local_experts
+    mean_rows = layout.gathered * routed / local_experts
     width = ef // etp
 
     def expert_shapes(rows: float) -> tuple[tuple[int, int, int], ...]:
@@ -112,7 +142,8 @@ def routed_cost(model: ModelSpec, cluster: Cluster, tokens: int, tp: int, ep: in
     facts = moe_facts()
     traffic = (received * h * a * facts["permute_elements"]
                + own_tokens * model.num_experts * 4 * facts["router_elements"]) / facts["permute_bandwidth_fraction"]
-    activation = etp * received * mlp_activation_bytes_per_token(model, width) * (2.0 if precision == "fp32" else 1.0)
+    activation = (layout.gathered * received * mlp_activation_bytes_per_token(model, width)
+                  * (2.0 if precision == "fp32" else 1.0))
     casts = 0.0
     if precision == "fp8":  # each expert GEMM's operands cast to fp8, as for the dense GEMMs (estimate.py)
         casts = sum((local_experts - 1) * compute.fp8_cast_bytes(*mean, fp8_recipe)
@@ -122,14 +153,17 @@ def routed_cost(model: ModelSpec, cluster: Cluster, tokens: int, tp: int, ep: in
     membound = compute.membound_time(acc, traffic + activation + casts)
 
     a2a_bytes = received * h * a
-    group = comm.place_group(cluster, ep, etp)
+    group = comm.place_group(cluster, ep, layout.ep_stride)
     one_a2a = 0.0
     if ep > 1:
         one_a2a = comm.all_to_all_time(cluster, a2a_bytes, group)
         if model.max_routed_nodes and group.domains > 1:
             one_a2a = min(one_a2a, node_limited_a2a_time(cluster, a2a_bytes, model.top_k, model.max_routed_nodes,
                                                          group))
-    one_etp = comm.all_gather_time(cluster, etp * a2a_bytes, comm.place_group(cluster, etp, 1)) if etp > 1 else 0.0
+    # megatron: all-gather the etp group's received rows; bastion: all-reduce the outputs (two all-gathers' bytes)
+    # of the rows every etp rank holds already: the same seconds
+    one_etp = (comm.all_gather_time(cluster, layout.gathered * a2a_bytes, comm.place_group(cluster, etp, 1))
+               if etp > 1 else 0.0)
     return RoutedCost(gemm_fwd=gemm_fwd, membound=membound, a2a=4 * one_a2a, etp_comm=4 * one_etp)
 
 
@@ -165,12 +199,14 @@ def expert_data_parallel_group(cluster: Cluster, shard_degree: int, tp: int, ep:
     return comm.place_group(cluster, size, etp * ep if folded else tp * ep)
 
 
-def expert_placement(model: ModelSpec, cluster: Cluster, plan: ParallelPlan) -> dict[str, object]:
-    """Where a plan puts the experts: the ep group (members etp ranks apart) inside one scale-up domain or spread
-    over several, the experts and expert width each rank holds, the ranks that replicate them, and whether the
-    expert groups fold over tensor-parallel ranks (predicted, not run by bastion's runtime)."""
+def expert_placement(model: ModelSpec, cluster: Cluster, plan: ParallelPlan,
+                     layout: RoutingLayout | None = None) -> dict[str, object]:
+    """Where a plan puts the experts: the ep group (members `layout.ep_stride` ranks apart; None: the megatron
+    layout's etp) inside one scale-up domain or spread over several, the experts and expert width each rank holds,
+    the ranks that replicate them, and whether the expert groups fold over tensor-parallel ranks (predicted, not
+    run by bastion's runtime)."""
     ep, etp = plan.ep, plan.etp
-    group = comm.place_group(cluster, ep, etp)
+    group = comm.place_group(cluster, ep, layout.ep_stride if layout else etp)
     domain = cluster.network.scale_up_size
     return {"ep": ep, "etp": etp, "experts_per_rank": model.num_experts // ep,
             "expert_width_per_rank": model.expert_width // etp,

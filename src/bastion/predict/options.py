@@ -83,6 +83,11 @@ class PredictOptions:
     #: of another) — the `deepseek-dualpipe` stack. A schedule alone does not: torch's ScheduleDualPipeV runs a
     #: paired forward and backward one after the other unless the model supplies the overlapping
     moe_a2a_overlap: float = 0.0
+    #: where the experts sit and which tokens a tp rank routes (predict/moe.py): "megatron" (Megatron-Core's parallel
+    #: folding: MoE with tp runs sequence parallel, each tp rank routes its 1/tp; ep members etp ranks apart) or
+    #: "bastion" (bastion's runtime: ep carved from dp × cp, members tp ranks apart; a tp rank routes its 1/tp only
+    #: under sp with etp = 1, otherwise every token of the micro-batch)
+    moe_expert_layout: str = "megatron"
     #: the busiest expert's routed tokens / the mean in one micro-batch (1 = perfectly balanced); None: from the
     #: model's balancing mechanism (predict/data/moe.toml), as every estimate states
     moe_imbalance: float | None = None
@@ -107,6 +112,11 @@ class PredictOptions:
                               f"{self.moe_a2a_overlap:g} and {self.moe_imbalance}.",
                               fix="give the hidden fraction of the all-to-all, and the busiest expert's tokens / "
                                   "the mean.")
+        if self.moe_expert_layout not in ("megatron", "bastion"):
+            from bastion.errors import ConfigError
+
+            raise ConfigError(f"moe_expert_layout must be 'megatron' or 'bastion', got {self.moe_expert_layout!r}.",
+                              fix="use 'megatron' (Megatron-Core) or 'bastion' (bastion's runtime).")
         if self.selective_recompute not in SELECTIVE_RECOMPUTE:
             from bastion.errors import ConfigError
 

@@ -20,6 +20,14 @@ Transformer's loss applied per sequence): aux = coeff · E · Σ_i f_i · P_i pe
 sequence's top_k choices that went to expert i, P_i the mean (normalised) score of expert i; the mean over
 sequences. Per sequence, so splitting the batch into micro-batches and data-parallel ranks does not change it.
 
+Split sequences (`SequenceSplit`): under context parallelism, and under sequence parallelism with etp = 1, a rank
+routes only its shard of each sequence (the block is token-wise; each rank dispatches its own tokens over ep).
+The aux loss then needs the whole sequence's counts f_i, which are summed over the ranks holding the other shards
+(no gradient flows through them); P_i is linear in the scores, so each rank keeps its shard's part of it and the
+parts add up to the single-process loss. Under sp each tp rank routes a different shard, so the router's and
+routed experts' gradients (replicated weights, `grad_sum_mesh`) are summed over tp, as Megatron sums the
+gradients of sequence-parallel replicated weights.
+
 DeepSeek-V3's auxiliary-loss-free balancing (router_bias_update_rate > 0): a per-expert bias added to the scores
 for the choice only, moved after every step by rate × sign(mean load − load) from the step's global loads
 (`update_router_biases`, run by `step_stats`); a buffer of the router, so checkpoints keep it.
@@ -40,6 +48,38 @@ from torch import nn
 
 from bastion.specs.model import ModelSpec
 from bastion.specs.plan import ParallelPlan
+
+
+@dataclass
+class SequenceSplit:
+    """The ranks over which the tokens of each sequence this rank routes are split (set by parallelize)."""
+
+    #: process groups whose members hold the other shards (the cp group; the tp group when sp routes shards);
+    #: summing over each in turn sums over all of them
+    groups: list[dist.ProcessGroup]
+    #: how many shards a sequence is cut into (the product of the groups' sizes)
+    shards: int
+    #: of `shards`, the factor whose gradients are averaged (FSDP over cp) rather than summed (tp): the aux loss's
+    #: gradient is scaled by it so that the mean over those ranks is the whole sequence's gradient
+    averaged: int
+
+
+def routes_sequence_shard(plan: ParallelPlan) -> bool:
+    """Each tp rank routes its own sequence-parallel shard of the tokens (sp with etp = 1); otherwise the tp
+    ranks of a replica route the same tokens (with etp = tp each computes a slice of every expert's width). The
+    predictor's "bastion" layout (predict/moe.py) is the home of the rule."""
+    from bastion.predict.moe import routing_layout
+
+    return routing_layout(plan.tp, plan.etp, plan.sequence_parallel, "bastion").token_share < 1
+
+
+def with_summed_gradient(mesh: object, weight: torch.Tensor) -> torch.Tensor:
+    """`weight` unchanged; backward sums its gradient over `mesh` (None: no change)."""
+    if mesh is None:
+        return weight
+    from bastion.runtime.model import sum_gradient_over
+
+    return sum_gradient_over(mesh, weight)
 
 
 @dataclass
@@ -92,6 +132,8 @@ class GroupedExperts(nn.Module):
         #: expert tensor parallelism (set by parallelize): the tp sub-mesh over which each expert's inner width
         #: is split; every rank of it holds the same rows, computes its slice, and the outputs are summed
         self.etp_mesh = None
+        #: the tp sub-mesh when each tp rank routes its own sequence shard (sp, etp = 1): gradients summed over it
+        self.grad_sum_mesh = None
 
     def _act(self, up: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
         return F.silu(up) * gate if gate is not None else F.gelu(up)
@@ -105,8 +147,8 @@ class GroupedExperts(nn.Module):
         return sum_over(self.etp_mesh, self._local_experts(sum_gradient_over(self.etp_mesh, x_TH), counts))
 
     def _local_experts(self, x_TH: torch.Tensor, counts: list[int]) -> torch.Tensor:
-        w1, w2 = _local(self.w1), _local(self.w2)
-        w3 = _local(self.w3) if self.w3 is not None else None
+        w1, w2 = (with_summed_gradient(self.grad_sum_mesh, _local(w)) for w in (self.w1, self.w2))
+        w3 = with_summed_gradient(self.grad_sum_mesh, _local(self.w3)) if self.w3 is not None else None
         if grouped_mm_available(w1) and x_TH.shape[0]:
             offsets = torch.cumsum(torch.tensor(counts, device=x_TH.device), 0).to(torch.int32)
             x = x_TH.to(w1.dtype)
@@ -136,6 +178,8 @@ class Router(nn.Module):
         self.norm_topk = spec.router_norm_topk
         self.bias_update_rate = spec.router_bias_update_rate
         self.weight = nn.Parameter(torch.empty(spec.num_experts, spec.hidden_size))
+        #: the tp sub-mesh when each tp rank routes its own sequence shard (sp, etp = 1): gradient summed over it
+        self.grad_sum_mesh = None
         if self.bias_update_rate:
             self.register_buffer("expert_bias", torch.zeros(spec.num_experts, dtype=torch.float32))
 
@@ -150,7 +194,7 @@ class Router(nn.Module):
 
     def forward(self, x_TH: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(scores (T, E) fp32, chosen experts (T, k), their weights (T, k) fp32)."""
-        logits = F.linear(x_TH, self.weight).float()
+        logits = F.linear(x_TH, with_summed_gradient(self.grad_sum_mesh, self.weight)).float()
         scores = torch.sigmoid(logits) if self.sigmoid else torch.softmax(logits, dim=-1)
         choice = scores.detach() + self.expert_bias if self.bias_update_rate else scores.detach()
         # stable descending sort: equal scores keep expert order, so ties go to the lower index deterministically
@@ -178,6 +222,8 @@ class MoE(nn.Module):
                                if spec.num_shared_experts else None)
         #: expert parallelism (set by parallelize); None = every expert is local
         self.ep: ExpertParallelGroup | None = None
+        #: the ranks holding the other shards of this rank's sequences (set by parallelize); None = whole sequences
+        self.sequence_split: SequenceSplit | None = None
         #: gradient of the aux loss per unit (the trainer's 1 / micro-batches when it divides the loss)
         self.aux_grad_scale = 1.0
         self.reset_stats()
@@ -187,13 +233,22 @@ class MoE(nn.Module):
         self.calls: list[tuple[torch.Tensor, torch.Tensor | None]] = []
 
     def _aux_loss(self, scores_BSE: torch.Tensor, chosen_BSK: torch.Tensor) -> torch.Tensor:
+        """The aux loss of this rank's sequences; with a split sequence, this shard's part of it (the parts of
+        one sequence's shards add up to its loss)."""
         batch, seq, experts = scores_BSE.shape
         picked = torch.zeros(batch, experts, device=scores_BSE.device, dtype=torch.float32)
         picked.scatter_add_(1, chosen_BSK.reshape(batch, -1),
                             torch.ones(batch, seq * self.top_k, device=scores_BSE.device))
-        share_BE = picked / (seq * self.top_k)
+        shards = 1
+        if self.sequence_split is not None:
+            shards = self.sequence_split.shards
+            if not picked.is_meta:  # pipeline shape inference runs forward on meta tensors
+                for group in self.sequence_split.groups:
+                    dist.all_reduce(picked, group=group)
+        share_BE = picked / (seq * shards * self.top_k)
         probs = scores_BSE / scores_BSE.sum(dim=-1, keepdim=True) if self.router.sigmoid else scores_BSE
-        return self.aux_loss_coeff * experts * (share_BE * probs.mean(dim=1)).sum(dim=1).mean()
+        mean_probs_BE = probs.mean(dim=1) if shards == 1 else probs.mean(dim=1) / shards
+        return self.aux_loss_coeff * experts * (share_BE * mean_probs_BE).sum(dim=1).mean()
 
     def _record(self, counts: torch.Tensor, aux: torch.Tensor | None) -> None:
         # not a forward re-run for activation recomputation (inside backward), nor one without grad
@@ -224,7 +279,10 @@ class MoE(nn.Module):
         aux = None
         if self.aux_loss_coeff and torch.is_grad_enabled():
             aux = self._aux_loss(scores.view(batch, seq, -1), chosen.view(batch, seq, -1))
-            y_BSH = AuxLossInjector.apply(y_BSH, aux, self.aux_grad_scale)
+            split = self.sequence_split
+            y_BSH = AuxLossInjector.apply(y_BSH, aux, self.aux_grad_scale * (split.averaged if split else 1))
+            if split is not None:  # recorded as the whole sequences' loss once per shard (step_stats' mean)
+                aux = aux * split.shards
         self._record(counts, aux)
         return y_BSH
 
@@ -287,7 +345,7 @@ def step_stats(parts: list[nn.Module], spec: ModelSpec, plan: ParallelPlan, devi
     `moe_aux_loss` the load-balancing loss (coefficient included) summed over layers, mean over micro-batches and
     data-parallel replicas; `expert_tokens` the tokens routed to each expert, summed over layers; `expert_imbalance`
     the largest per-layer ratio of the busiest expert's tokens to the mean (1.0 = perfectly balanced). The tp ranks
-    of a replica route the same tokens and count once. Only the last micro-batch forwards of a block count: torch
+    of a replica route the same tokens and count once (unless each routes its own sequence shard). Only the last micro-batch forwards of a block count: torch
     2.13's pipeline stages run one more forward with grad on their first step to infer shapes. With the
     aux-loss-free bias, the routers' biases are moved by these global loads and `router_bias_absmax` reported."""
     micro_batches, copies = plan.grad_accumulation, plan.dp * plan.cp * plan.tp
@@ -304,7 +362,7 @@ def step_stats(parts: list[nn.Module], spec: ModelSpec, plan: ParallelPlan, devi
     packed = torch.cat([counts.flatten(), aux]).to(device)
     dist.all_reduce(packed)
     packed = packed.cpu()
-    layer_counts = packed[:counts.numel()].view_as(counts) / plan.tp
+    layer_counts = packed[:counts.numel()].view_as(counts) / (1 if routes_sequence_shard(plan) else plan.tp)
     moe_counts = layer_counts[[spec.is_moe_layer(i) for i in range(spec.num_layers)]]
     mean = moe_counts.mean(dim=1, keepdim=True).clamp(min=1e-12)
     stats = {"moe_aux_loss": float(packed[counts.numel():].sum()) / copies,

@@ -9,6 +9,9 @@ Order (the one PyTorch documents, and torchtitan uses):
                         dispatches its tokens to them with all_to_all (runtime/moe.py); with etp = tp also split in
                         width over tp; before FSDP, which then shards the local experts over the remaining
                         data-parallel ranks (runtime/mesh.py)
+  1d. split sequences - (MoE with cp > 1, or sp with etp = 1) each rank routes only its shard of every sequence:
+                        the MoE blocks learn which ranks hold the other shards (for the sequence-wise aux loss)
+                        and, under sp, sum the router's and routed experts' gradients over tp (runtime/moe.py)
   2. tensor parallel  - DTensor column/row split (+ sequence parallel, + loss parallel on the LM head) on each chunk;
                         must come before FSDP so that FSDP shards the already TP-sharded DTensors (2-D)
   3. activation ckpt  - wraps whole blocks (full; the first `recompute_layers` of each chunk when set) or the
@@ -37,7 +40,7 @@ from bastion.runtime.context_parallel import ContextParallel
 from bastion.runtime.float8 import apply_float8, check_fp8_runnable
 from bastion.runtime.mesh import RuntimeMesh
 from bastion.runtime.model import Attention, LatentAttention, Transformer, build_model, init_weights
-from bastion.runtime.moe import ExpertParallelGroup, GroupedExperts, MoE
+from bastion.runtime.moe import ExpertParallelGroup, GroupedExperts, MoE, SequenceSplit, routes_sequence_shard
 from bastion.runtime.preflight import check_runtime_executes
 from bastion.specs.model import ModelSpec
 from bastion.specs.plan import ParallelPlan, chunk_layer_counts
@@ -149,6 +152,23 @@ def apply_expert_parallel(module: Transformer, rmesh: RuntimeMesh) -> None:
                 sub.experts.register_parameter(name, nn.Parameter(distribute_tensor(param, mesh, placements)))
 
 
+# ---- 1d. split sequences (MoE) ------------------------------------------------------------------------------
+def apply_moe_sequence_split(module: Transformer, rmesh: RuntimeMesh) -> None:
+    """Tell every MoE block over which ranks its sequences are split: the cp group, and the tp group when each tp
+    rank routes its own sequence-parallel shard (whose router and routed experts then sum gradients over tp)."""
+    plan = rmesh.plan
+    groups, averaged = ([rmesh.cp_group], plan.cp) if plan.cp > 1 else ([], 1)
+    tp_shards = routes_sequence_shard(plan)
+    if tp_shards:
+        groups.append(rmesh.tp_mesh.get_group())
+    split = SequenceSplit(groups=groups, shards=averaged * (plan.tp if tp_shards else 1), averaged=averaged)
+    for sub in module.modules():
+        if isinstance(sub, MoE):
+            sub.sequence_split = split
+            if tp_shards:
+                sub.router.grad_sum_mesh = sub.experts.grad_sum_mesh = rmesh.tp_mesh
+
+
 # ---- 2. tensor parallel (+ sequence parallel, + loss parallel) -------------------------------------------
 def _head_split_projections(block: nn.Module) -> tuple[str, ...]:
     """The attention projections whose outputs are per-head (colwise under tp): q, k, v; or MLA's query (up)
@@ -156,6 +176,41 @@ def _head_split_projections(block: nn.Module) -> tuple[str, ...]:
     if isinstance(block.attention, LatentAttention):
         return ("wq_b" if block.attention.q_latent else "wq", "wkv_b")
     return ("wq", "wk", "wv")
+
+
+def _moe_tensor_parallel_plan(block: nn.Module, sequence_parallel: bool, routes_shard: bool) -> dict[str, Any]:
+    """An MoE block's TP plan: router and routed experts replicated over tp (etp = 1: each tp rank routes the
+    tokens it holds and runs its ep group's experts on them) or split in width by apply_expert_parallel (etp = tp);
+    the shared experts split like a dense MLP. Under sp: with etp = 1 each rank routes its own sequence shard and
+    only the shared experts gather the sequence (as a dense MLP does); with etp = tp the block gathers the whole
+    sequence (every tp rank must hold the same rows) and hands back this rank's shard of the output (Megatron's
+    all-gather before and reduce-scatter after the experts, here an all-reduce and a slice)."""
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        PrepareModuleInput,
+        PrepareModuleInputOutput,
+        RowwiseParallel,
+    )
+
+    shared_out = Shard(1) if routes_shard else Replicate()  # the shared experts' output, added to the routed one
+    plan: dict[str, Any] = {}
+    if sequence_parallel and routes_shard:
+        plan["moe"] = PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Shard(1),),
+                                         use_local_output=True)
+        if block.moe.shared_experts is not None:
+            plan["moe.shared_experts"] = PrepareModuleInput(input_layouts=(Shard(1),),
+                                                            desired_input_layouts=(Replicate(),))
+    elif sequence_parallel:
+        plan["moe"] = PrepareModuleInputOutput(
+            input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),), use_local_input=True,
+            output_layouts=(Replicate(),), desired_output_layouts=(Shard(1),), use_local_output=True)
+    if block.moe.shared_experts is not None:
+        plan.update({"moe.shared_experts.w1": ColwiseParallel(),
+                     "moe.shared_experts.w2": RowwiseParallel(output_layouts=shared_out)})
+        if block.moe.shared_experts.w3 is not None:
+            plan["moe.shared_experts.w3"] = ColwiseParallel()
+    return plan
 
 
 def apply_tensor_parallel(module: Transformer, rmesh: RuntimeMesh, sequence_parallel: bool) -> None:
@@ -174,9 +229,6 @@ def apply_tensor_parallel(module: Transformer, rmesh: RuntimeMesh, sequence_para
     top: dict[str, Any] = {}
     if module.tok_embeddings is not None:
         top["tok_embeddings"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=stream)
-    if module.pos_embeddings is not None:
-        raise PlanError("Tensor parallelism with learned position embeddings is not implemented.",
-                        fix="use tp = 1 for this model, or a RoPE model.", reason="runtime limitation")
     if module.norm is not None and sequence_parallel:
         top["norm"] = SequenceParallel()
     if module.output is not None:
@@ -186,31 +238,24 @@ def apply_tensor_parallel(module: Transformer, rmesh: RuntimeMesh, sequence_para
         parallelize_module(module, tp_mesh, top)
     for block in module.layers.values():
         plan: dict[str, Any] = {f"attention.{name}": ColwiseParallel() for name in _head_split_projections(block)}
-        plan.update({"attention.wo": RowwiseParallel(output_layouts=stream),
-                     "feed_forward.w1": ColwiseParallel(),
-                     "feed_forward.w2": RowwiseParallel(output_layouts=stream)})
+        plan["attention.wo"] = RowwiseParallel(output_layouts=stream)
         block.attention.tp_mesh = tp_mesh  # MLA's shared rotary key, Qwen3's q/k norm weights: gradients summed
-        if block.moe is not None:
-            # an MoE block: router and routed experts replicated over tp (etp = 1: every tp rank routes the same
-            # tokens and runs its ep group's experts on them), the shared experts split like a dense MLP
-            for name in list(plan):
-                if name.startswith("feed_forward"):
-                    del plan[name]
-            if block.moe.shared_experts is not None:
-                plan.update({"moe.shared_experts.w1": ColwiseParallel(),
-                             "moe.shared_experts.w2": RowwiseParallel(output_layouts=stream)})
-                if block.moe.shared_experts.w3 is not None:
-                    plan["moe.shared_experts.w3"] = ColwiseParallel()
-        elif block.feed_forward.w3 is not None:
-            plan["feed_forward.w3"] = ColwiseParallel()
         if sequence_parallel:
             plan.update({
                 "attention_norm": SequenceParallel(),
                 "attention": PrepareModuleInput(input_layouts=(Shard(1), None),
                                                 desired_input_layouts=(Replicate(), None)),
                 "ffn_norm": SequenceParallel(),
-                "feed_forward": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
             })
+        if block.moe is not None:
+            plan.update(_moe_tensor_parallel_plan(block, sequence_parallel, routes_sequence_shard(rmesh.plan)))
+        else:
+            plan.update({"feed_forward.w1": ColwiseParallel(), "feed_forward.w2": RowwiseParallel(output_layouts=stream)})
+            if block.feed_forward.w3 is not None:
+                plan["feed_forward.w3"] = ColwiseParallel()
+            if sequence_parallel:
+                plan["feed_forward"] = PrepareModuleInput(input_layouts=(Shard(1),),
+                                                          desired_input_layouts=(Replicate(),))
         parallelize_module(block, tp_mesh, plan)
 
 
@@ -305,10 +350,6 @@ class ParallelizeConfig:
 def parallelize(spec: ModelSpec, plan: ParallelPlan, rmesh: RuntimeMesh, config: ParallelizeConfig
                 ) -> ParallelModel:
     """Build this rank's model chunks for the plan, initialised bit-identically to the single-device model."""
-    if spec.tied_embeddings and (plan.pp > 1 or plan.tp > 1):
-        raise PlanError(f"{spec.name} ties its embedding and LM head; the runtime ties them only on a single "
-                        f"stage without tensor parallelism.", fix="use pp = 1 and tp = 1 for this model.",
-                        reason="runtime limitation")
     check_runtime_executes(spec, plan)
     device = rmesh.device
     on_gpu = device.type == "cuda"
@@ -336,6 +377,8 @@ def parallelize(spec: ModelSpec, plan: ParallelPlan, rmesh: RuntimeMesh, config:
             apply_context_parallel(part, rmesh)
         if plan.ep > 1 or plan.etp > 1:
             apply_expert_parallel(part, rmesh)
+        if spec.num_experts and (plan.cp > 1 or routes_sequence_shard(plan)):
+            apply_moe_sequence_split(part, rmesh)
         if fp8:
             apply_float8(part, config.fp8_recipe, emulate=config.fp8_emulate)
         if plan.tp > 1:

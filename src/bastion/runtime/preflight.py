@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bastion.errors import ConfigError, DataError, PlanError
+from bastion.errors import BastionError, ConfigError, DataError, PlanError
 from bastion.specs.model import ModelSpec, load_model
 from bastion.specs.plan import ParallelPlan
 
@@ -35,31 +35,54 @@ def check_runtime_supports(spec: ModelSpec) -> None:
 
 
 def check_runtime_executes(spec: ModelSpec, plan: ParallelPlan) -> None:
-    """The compositions the runtime executes for a mixture-of-experts model: ep (carved from dp) with dp, ZeRO 0-3,
-    pp and tp (experts replicated over tp, etp = 1, or split in width over it, etp = tp); not yet sequence parallelism (the MoE block would need the
-    tp group's whole sequence) or cp (the sequence-wise aux loss would need the cp ranks' counts). Plan fields the
-    runtime does not execute yet are refused for every model, never silently ignored."""
+    """Refuse what the runtime does not execute, for every model, never silently ignored. For a mixture-of-experts
+    model it executes ep (carved from dp × cp) with dp, ZeRO 0-3, pp, cp, tp and sp, the experts replicated over
+    tp (etp = 1) or split in width over it (etp = tp); Megatron-Core's parallel folding is not executed: other etp
+    (1 < etp < tp, or etp > tp) is predicted and planned only, ep groups folded over tp ranks (ep not dividing
+    dp × cp, ParallelPlan.folds_experts) predicted only."""
+    refusal = runtime_refusal(spec, plan)
+    if refusal is not None:
+        raise refusal
+
+
+def runtime_refusal(spec: ModelSpec, plan: ParallelPlan) -> BastionError | None:
+    """Why `bastion train` would refuse a (valid) plan for this model, or None when the runtime executes it:
+    `plan` and `estimate` mark such plans, so a user is never handed one `train` refuses without being told."""
+    try:
+        check_runtime_supports(spec)
+    except ConfigError as refusal:
+        return refusal
     if plan.activation_offload:
-        raise PlanError(f"The runtime does not execute activation_offload = {plan.activation_offload} yet (the "
-                        f"predictor and planner model it).", fix="set activation_offload = 0 in the plan to train it.",
-                        reason="runtime limitation")
+        return PlanError(f"The runtime does not execute activation_offload = {plan.activation_offload} yet (the "
+                         f"predictor and planner model it).", fix="set activation_offload = 0 in the plan to train it.",
+                         reason="runtime limitation")
+    if spec.tied_embeddings and (plan.pp > 1 or plan.tp > 1):
+        return PlanError(f"{spec.name} ties its embedding and LM head; the runtime ties them only on a single "
+                         f"stage without tensor parallelism.", fix="use pp = 1 and tp = 1 for this model.",
+                         reason="runtime limitation")
+    if spec.position_embedding == "learned" and plan.tp > 1:
+        return PlanError("Tensor parallelism with learned position embeddings is not implemented.",
+                         fix="use tp = 1 for this model, or a RoPE model.", reason="runtime limitation")
+    folding = plan.folding_refusal()  # `validate` refuses it too, except for `bastion estimate`
+    if folding is not None:
+        return folding
     if plan.etp not in (1, plan.tp):
-        raise PlanError(f"The runtime does not execute etp = {plan.etp} with tp = {plan.tp} yet: it splits the "
-                        f"experts over the attention's tp ranks or not at all (the predictor and planner model "
-                        f"any etp).", fix=f"set etp = 1 or etp = tp = {plan.tp} in the plan to train it.",
-                        reason="runtime limitation")
-    if not spec.num_experts:
-        return
-    for field, what in (("sequence_parallel", "sequence parallelism"), ("cp", "context parallelism")):
-        value = getattr(plan, field)
-        if value is True or (value is not False and value > 1):
-            shown = "true" if value is True else value
-            raise PlanError(f"The runtime does not yet run a mixture-of-experts model with {what} "
-                            f"({field} = {shown}).",
-                            fix=f"set {field} = {'false' if field == 'sequence_parallel' else 1}; split the "
-                                f"experts with ep (carved from dp) instead.",
-                            hint="executed for MoE: dp, ep, tp, pp and ZeRO 0-3; predicted and planned: all.",
-                            reason="runtime limitation")
+        return PlanError(f"The runtime does not execute etp = {plan.etp} with tp = {plan.tp} yet: it splits the "
+                         f"experts over the attention's tp ranks or not at all (the predictor and planner model "
+                         f"any etp, Megatron-Core's parallel folding).",
+                         fix=f"set etp = 1 or etp = tp = {plan.tp} in the plan to train it.",
+                         hint="bastion plan ... --fix etp=1 finds the best plan the runtime executes.",
+                         reason="runtime limitation")
+    return None
+
+
+def runtime_status(spec: ModelSpec, plan: ParallelPlan) -> dict[str, object]:
+    """The `--json` entry of `plan` and `estimate` saying whether `bastion train` executes the plan: `executes`,
+    and when it does not, `refusal` (the problem) and `fix`."""
+    refusal = runtime_refusal(spec, plan)
+    if refusal is None:
+        return {"executes": True}
+    return {"executes": False, "refusal": refusal.problem, "fix": refusal.fix}
 
 
 def check_world_size(plan: ParallelPlan, world_size: int) -> None:

@@ -157,6 +157,18 @@ class ParallelPlan:
         runtime, which splits the experts over data-parallel ranks only."""
         return expert_grid(self.shard_degree, self.tp, self.ep, self.etp)[1]
 
+    def folding_refusal(self) -> PlanError | None:
+        """Why bastion's runtime and planner refuse this plan's expert groups (None unless `folds_experts`):
+        `validate` raises it unless folding is allowed, `bastion estimate` marks the plan with it."""
+        if not self.folds_experts:
+            return None
+        return PlanError(f"ep = {self.ep} does not divide dp × cp = {self.dp * self.cp}: bastion's runtime splits "
+                         f"the experts over ranks of the data-parallel group (as torchtitan does); expert groups "
+                         f"folded over tensor-parallel ranks (Megatron-Core's parallel folding) are predicted by "
+                         f"`bastion estimate` but not run.",
+                         fix=f"pick ep dividing dp × cp = {self.dp * self.cp}, or raise dp.",
+                         reason="ep does not divide dp")
+
     @property
     def expert_data_parallel(self) -> int:
         """Ranks of a pipeline stage that hold the same experts (ZeRO shards them, gradients reduce over them):
@@ -301,12 +313,9 @@ class ParallelPlan:
                             f"the ranks of one pipeline stage (Megatron-Core's parallel folding).",
                             fix="pick ep and etp whose product divides tp × dp × cp.",
                             reason="ep does not divide dp")
-        if self.folds_experts and not allow_folding:
-            raise PlanError(f"ep = {self.ep} does not divide dp × cp = {self.dp * self.cp}: bastion's runtime splits "
-                            f"the experts over ranks of the data-parallel group (as torchtitan does); expert groups "
-                            f"folded over tensor-parallel ranks (Megatron-Core's parallel folding) are predicted by "
-                            f"`bastion estimate` but not run.",
-                            fix=f"pick ep dividing {self.dp * self.cp}, or raise dp.", reason="ep does not divide dp")
+        folding = None if allow_folding else self.folding_refusal()
+        if folding is not None:
+            raise folding
         schedule = get_schedule(self.pp_schedule)
         if self.pp > 1 and schedule.microbatches_multiple_of_pp and self.num_microbatches % self.pp:
             raise PlanError(
