@@ -363,9 +363,9 @@ def run_locally(run: ResolvedRun, python: str = "", workers_to_stderr: bool = Fa
     whole run (every elastic restart included) and writes the run config into it. torchrun's exit code.
     `workers_to_stderr`: their stdout too goes to stderr (stdout is kept for `--json`)."""
     from bastion.launch import local
+    from bastion.launch.replica_groups import REPLICA_GROUPS_KEY
     from bastion.launch.worker import write_run_config
     from bastion.rundir.layout import RUN_CONFIG_FILE
-    from bastion.launch.replica_groups import REPLICA_GROUPS_KEY
     from bastion.rundir.lock import acquire
 
     if run.plan.precision == "fp8":  # refused here, before anything is written, when this machine cannot run it

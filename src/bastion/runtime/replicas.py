@@ -18,6 +18,7 @@ samples were dropped (`dropped_sample_ids`); drops and rejoins are events, and t
 from __future__ import annotations
 
 import logging
+import os
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -27,6 +28,8 @@ import torch
 import torch.distributed as dist
 
 from bastion.rundir.metrics import log_event, read_metrics
+from bastion.rundir.records import REPLICA_GROUP_DROP, REPLICA_GROUP_JOIN
+from bastion.rundir.summary import read_summary, summary_is_final
 from bastion.runtime.data import dp_slice
 
 #: collectives, checkpoint transfer and should_commit give up after this long (a dead peer fails faster: gloo
@@ -34,12 +37,14 @@ from bastion.runtime.data import dp_slice
 TIMEOUT_S = 60.0
 #: how long the first quorum waits for every group to be there before stepping with those that are
 JOIN_S = 120.0
-#: the event names (rundir/records.py documents them)
-DROP_EVENT, JOIN_EVENT = "replica_group_drop", "replica_group_join"
 
 
 class StepNotCommitted(Exception):
     """The groups did not agree to apply this step's update (a peer failed during it): retry the same batch."""
+
+
+class RunEndedWithoutGroup(Exception):
+    """A restarted group found the run finished by the others: nothing is left for it to do."""
 
 
 class ReplicaGroups:
@@ -59,6 +64,8 @@ class ReplicaGroups:
                                connect_timeout=timeout, rank=self.rank, world_size=dist.get_world_size(),
                                replica_id=f"bastion_group_{group}", hostname="127.0.0.1", init_sync=False)
         self._joined = False
+        #: this group's workers were restarted (torchrun): it has to heal from a live peer
+        self.restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
         #: the groups that took part in the last step
         self.participants: list[int] = list(range(groups))
 
@@ -69,9 +76,18 @@ class ReplicaGroups:
             return
         deadline = time.monotonic() + JOIN_S
         while self.manager.num_participants() < self.groups and time.monotonic() < deadline:
+            if self.restarted and self.manager.current_step() == 0 and self._run_finished():
+                raise RunEndedWithoutGroup(f"replica group {self.group} came back after the run had finished")
             time.sleep(0.5)
             self.manager.start_quorum()
+        if self.restarted and self.manager.current_step() == 0:
+            raise RuntimeError(f"Replica group {self.group} restarted, but no live replica group was there to heal "
+                               f"from within {JOIN_S:.0f} s (torchft keeps no checkpoints here).")
         self._joined = True
+
+    def _run_finished(self) -> bool:
+        summary = read_summary(self.run_dir)
+        return summary is not None and summary_is_final(summary)
 
     def average(self, tensors: list[torch.Tensor], loss: torch.Tensor) -> None:
         """Average `tensors` (this rank's gradient shards) and `loss` in place across the participating groups
@@ -109,9 +125,9 @@ class ReplicaGroups:
             gone = [g for g in previous if g not in self.participants]
             back = [g for g in self.participants if g not in previous]
             if gone:
-                log_event(self.run_dir, DROP_EVENT, step=step, groups=gone, participating=self.participants)
+                log_event(self.run_dir, REPLICA_GROUP_DROP.name, step=step, groups=gone, participating=self.participants)
             if back:
-                log_event(self.run_dir, JOIN_EVENT, step=step, groups=back, participating=self.participants)
+                log_event(self.run_dir, REPLICA_GROUP_JOIN.name, step=step, groups=back, participating=self.participants)
         return {"replica_groups": self.participants, "dropped_sample_ids": dropped}
 
     def shutdown(self) -> None:
@@ -129,6 +145,6 @@ def replica_summary(run_dir: Path, groups: int, global_batch: int) -> dict[str, 
     dropped = sum(end - start for r in steps.values() for start, end in r.get("dropped_sample_ids", []))
     return {"groups": groups,
             "steps_with_fewer_groups": sum(1 for r in steps.values() if len(r["replica_groups"]) < groups),
-            "drops": sum(1 for r in records if r.get("event") == DROP_EVENT),
-            "rejoins": sum(1 for r in records if r.get("event") == JOIN_EVENT),
+            "drops": sum(1 for r in records if r.get("event") == REPLICA_GROUP_DROP.name),
+            "rejoins": sum(1 for r in records if r.get("event") == REPLICA_GROUP_JOIN.name),
             "samples_trained": len(steps) * global_batch - dropped, "samples_dropped": dropped}
