@@ -50,6 +50,8 @@ class StepRecord(TypedDict):
 
 #: the step-record fields only a mixture-of-experts run writes
 MOE_STEP_FIELDS = ("moe_aux_loss", "expert_tokens", "expert_imbalance", "router_bias_absmax")
+#: step fields only a --fault-tolerance torchft run writes
+REPLICA_STEP_FIELDS = ("replica_groups", "dropped_sample_ids")
 
 
 @dataclass(frozen=True)
