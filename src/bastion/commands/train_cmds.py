@@ -549,6 +549,13 @@ def _print_time_breakdown(run_dir: Path) -> None:
     Console(stderr=True).print(
         f"[bold]where the time went[/] ({parts['wall_s']:.1f} s): {shares}; goodput {summary['goodput']:.1%}, "
         f"{summary['restarts']} restart(s), {summary['rollbacks']} rollback(s), {summary['lost_steps']} lost step(s)")
+    groups = summary.get("replica_groups")
+    if groups:  # --fault-tolerance torchft: say which samples were not trained on, never claim them all
+        Console(stderr=True).print(
+            f"[bold]replica groups[/] ({groups['groups']}): {groups['drops']} drop(s), {groups['rejoins']} "
+            f"rejoin(s), {groups['steps_with_fewer_groups']} step(s) without every group; "
+            f"{groups['samples_trained']} samples trained on, {groups['samples_dropped']} dropped (the missing "
+            f"groups' shares of those steps: dropped_sample_ids in metrics.jsonl)")
 
 
 def _resilience_config(checkpoint_every: str, mtbf_hours: float | None, inject: list[str], keep_last: int,

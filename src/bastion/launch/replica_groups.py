@@ -47,7 +47,7 @@ LIGHTHOUSE_ENV = "TORCHFT_LIGHTHOUSE"
 #: a replica silent this long is dead to the lighthouse (its peers then step without it)
 HEARTBEAT_TIMEOUT_MS = 3000
 #: how long a quorum waits for a live (heartbeating) group that has not asked to join yet
-JOIN_TIMEOUT_MS = 30000
+JOIN_TIMEOUT_MS = 10000
 #: how long the lighthouse takes to open its port
 _LIGHTHOUSE_START_S = 30.0
 
