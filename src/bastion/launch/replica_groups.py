@@ -69,11 +69,8 @@ def group_plan(plan: ParallelPlan, spec: ModelSpec, groups: int) -> ParallelPlan
                           f"equal groups.",
                           fix=f"give a divisor of {plan.dp} from 2 to {plan.dp} (default {plan.dp}: every "
                               f"replica its own group).")
+    # a valid plan's global batch is a multiple of dp × micro-batch, so each group gets whole micro-batches
     inner = dataclasses.replace(plan, dp=plan.dp // groups, global_batch=plan.global_batch // groups)
-    if plan.global_batch % groups or plan.global_batch // groups % (inner.dp * plan.micro_batch):
-        raise ConfigError(f"The global batch {plan.global_batch} does not split into {groups} replica groups of "
-                          f"whole micro-batches ({inner.dp} replica(s) × micro-batch {plan.micro_batch} each).",
-                          fix=f"make the global batch a multiple of {groups * inner.dp * plan.micro_batch}.")
     inner.validate(spec, None, spec.seq_len)
     return inner
 
