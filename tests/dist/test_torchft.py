@@ -21,8 +21,8 @@ import pytest
 pytest.importorskip("torchft")
 pytestmark = [pytest.mark.dist, pytest.mark.timeout(900)]
 
-STEPS = 10
-KILL_AT = 2
+STEPS = 12
+KILL_AT = 4
 PLAN = {"dp": 2, "pp": 1, "tp": 1, "zero_stage": 0, "micro_batch": 1, "global_batch": 4, "precision": "fp32"}
 
 
