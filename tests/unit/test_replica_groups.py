@@ -39,6 +39,7 @@ def _train(tmp_path: Path, plan: dict, *extra: str) -> list[str]:
     (DP4, ["--replica-groups", "3"], "--replica-groups 3 does not split the plan's dp 4"),
     (DP4, ["--checkpoint-every", "2"], "keeps no checkpoints"),
     (DP4, ["--on-failure", "shrink"], "--on-failure shrink and --fault-tolerance torchft"),
+    (DP4, ["--stop-after-step", "2"], "--stop-after-step checkpoints and stops"),
 ])
 def test_refused_before_anything_is_written(plan: dict, extra: list[str], expected: str, tmp_path: Path,
                                             capsys: CaptureFixture) -> None:

@@ -304,6 +304,9 @@ def _replica_groups(p: dict[str, Any], request: Any, resilience: Any, on_failure
         raise ConfigError(f"--on-failure {on_failure} and --fault-tolerance torchft both decide what a failure "
                           f"does.", fix="drop --on-failure: under torchft a failed replica group is restarted "
                                         "(--max-restarts) and heals from a live peer.")
+    if resilience.stop_after_step:
+        raise ConfigError("--stop-after-step checkpoints and stops, but --fault-tolerance torchft keeps no "
+                          "checkpoints.", fix="drop --stop-after-step (or --fault-tolerance).")
     if p["eval_every"]:
         raise ConfigError("--eval-every is not supported with --fault-tolerance torchft (each replica group "
                           "would evaluate only its share).", fix="drop --eval-every, or --fault-tolerance.")

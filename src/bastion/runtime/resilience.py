@@ -245,7 +245,9 @@ class Resilience:
         self._step_times.append(record["step_time_s"])
         self.checkpointer.poll()
         self._log_commits()
-        if self.config.checkpoint_every < 0 and self.checkpointer.config.every == 0 and step >= AUTO_PROBE_STEP:
+        if self.replica_group is not None:
+            pass  # torchft replica groups keep no checkpoints (all would write the same directory): peers heal
+        elif self.config.checkpoint_every < 0 and self.checkpointer.config.every == 0 and step >= AUTO_PROBE_STEP:
             self.save(step)
             self._choose_auto_interval()
         elif (self.checkpointer.due(step) or step == self.config.stop_after_step
