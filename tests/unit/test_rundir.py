@@ -16,7 +16,14 @@ import pytest
 from bastion.report import build_report, load_run
 from bastion.rundir import layout
 from bastion.rundir.metrics import MetricsWriter, log_event, read_metrics
-from bastion.rundir.records import EVENT_KINDS, MOE_STEP_FIELDS, StepRecord, current_run, is_step
+from bastion.rundir.records import (
+    EVENT_KINDS,
+    MOE_STEP_FIELDS,
+    REPLICA_STEP_FIELDS,
+    StepRecord,
+    current_run,
+    is_step,
+)
 from bastion.rundir.summary import EVAL_FIELDS, RunSummary, TimeBreakdown, read_summary
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "bastion"
@@ -111,15 +118,16 @@ def test_the_record_types_match_what_the_runtime_wrote() -> None:
     records = read_metrics(OLD_RUN).records
     steps = [r for r in records if is_step(r)]
     # a dense run from before the per-rank section times: every field but those and the mixture-of-experts ones
-    assert steps and all(set(r) == set(StepRecord.__annotations__) - set(MOE_STEP_FIELDS) - {"rank_sections_s"}
-                         for r in steps)
+    assert steps and all(set(r) == set(StepRecord.__annotations__) - set(MOE_STEP_FIELDS)
+                         - set(REPLICA_STEP_FIELDS) - {"rank_sections_s"} for r in steps)
     events = [r for r in records if not is_step(r)]
     assert {r["event"] for r in events} == {"run_start", "checkpoint", "checkpoint_committed", "fault", "restart"}
     for record in events:
         assert set(record) - {"event", "time"} <= set(EVENT_KINDS[record["event"]].fields), record
     summary = read_summary(OLD_RUN)
     # a run without --eval-every, recorded before stragglers and plan changes were
-    assert set(summary) == set(RunSummary.__annotations__) - set(EVAL_FIELDS) - {"stragglers", "plan_changes"}
+    assert set(summary) == set(RunSummary.__annotations__) - set(EVAL_FIELDS) - {"stragglers", "plan_changes",
+                                                                                  "replica_groups"}
     assert set(summary["time_breakdown_s"]) == set(TimeBreakdown.__annotations__)
 
 

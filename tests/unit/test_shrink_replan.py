@@ -109,3 +109,26 @@ def token_dir(tmp_path):
     out = tmp_path / "tokens"
     prepare_dataset([source], out)
     return out
+
+
+def test_a_crash_relaunched_under_shrink_counts_as_a_restart(tmp_path) -> None:
+    """--on-failure shrink relaunches a crashed launch (no node lost) with a fresh torchrun, whose workers log
+    `resume`: the launcher's `restart` event is what makes the accounting count it."""
+    from bastion.launch.shrink import run_shrinking
+    from bastion.rundir.accounting import account
+    from bastion.rundir.metrics import read_metrics
+
+    codes = iter([1, 1, 0])
+    launched = []
+
+    def launch(config, world):
+        launched.append(world)
+        log_event(tmp_path, "resume" if launched[1:] else "run_start", attempt=0, world_size=world, plan={})
+        return next(codes)
+
+    config = {"train": {"steps": 4, "resilience": {"checkpoint_every": 2}}}
+    assert run_shrinking(tmp_path, TINY, plan(), config, 2, launch, lambda p: config) == 0
+    assert launched == [4, 4, 4]
+    records = read_metrics(tmp_path).records
+    assert [r["attempt"] for r in records if r.get("event") == "restart"] == [1, 2]
+    assert account(records, time.time())["restarts"] == 2

@@ -376,6 +376,10 @@ def _resolve_train_args(train_args: list[str], extra: list[str], paths_here: boo
                           ) from None
     params = train_params(ctx)  # --config and --set applied as `bastion train` applies them
     params.pop("nproc", None)
+    if params.get("fault_tolerance", "none") != "none":
+        raise LaunchError("--fault-tolerance torchft runs its replica groups on this machine only (`bastion "
+                          "train`); `bastion launch` does not start torchft's lighthouse.",
+                          fix="run `bastion train --fault-tolerance torchft` here, or drop --fault-tolerance.")
     return resolve_run(params, world_size=None, paths_here=paths_here, engine_restarts=engine_restarts)
 
 

@@ -7,7 +7,7 @@ torch is imported only inside a worker; the checks that can fail on user input r
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -106,6 +106,15 @@ def train_command(
                                    "world, --max-restarts times), shrink (a rank whose node is lost: re-plan for "
                                    "the ranks left and continue from the newest checkpoint), auto (shrink when the "
                                    "plan has dp replicas to drop)."),
+    fault_tolerance: str = typer.Option("none", "--fault-tolerance", help="none, or torchft: the plan's "
+                                        "data-parallel replicas run as replica groups (each its own torchrun); "
+                                        "a failed group is restarted and heals from a live peer while the others "
+                                        "keep stepping (its samples of the steps it missed are not trained on). "
+                                        "Needs pip install 'bastion[ft]'."),
+    replica_groups: Annotated[int | None, number_option(
+        "--replica-groups", help="With --fault-tolerance torchft: how many groups the plan's dp replicas form (a "
+        "divisor of dp, >= 2; default dp: every replica its own group).", integer=True, low=2, high=1024,
+        fix="e.g. --replica-groups 2.")] = None,
 ) -> None:
     """Train MODEL with a parallel PLAN on a token dataset; writes metrics and predicted-vs-measured."""
     from bastion.errors import USER_ERROR_EXIT, ConfigError, LaunchError
@@ -242,7 +251,10 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
     if needs_checkpoints and resilience.checkpoint_every == 0:
         raise ConfigError(f"--inject {needs_checkpoints[0]} needs checkpoints, but --checkpoint-every is 0.",
                           fix="add --checkpoint-every N.")
-    shrinking = resolve_on_failure(on_failure, request.plan) == "shrink"
+    replica_section = _replica_groups(p, request, resilience, on_failure)
+    if replica_section is not None:  # every group would save into the same directory: no final checkpoint
+        resilience = replace(resilience, save_final=False)
+    shrinking = resolve_on_failure(on_failure, request.plan) == "shrink" and replica_section is None
     if shrinking and resilience.checkpoint_every == 0:
         raise ConfigError(f"--on-failure {on_failure} continues from the newest checkpoint, but --checkpoint-every "
                           f"is 0.", fix="add --checkpoint-every N (or auto).")
@@ -265,6 +277,10 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
              "tensorboard": p["tensorboard"], "profile": p["profile"],
              **{name: p[name] for name in FILE_ONLY if name in p}, **health, "resilience": asdict(resilience)}
     config = run_config(train, request.spec, request.plan, world_size)
+    if replica_section is not None:
+        from bastion.launch.replica_groups import REPLICA_GROUPS_KEY
+
+        config[REPLICA_GROUPS_KEY] = replica_section
     overwrite = bool(p.get("overwrite"))
     if paths_here:
         occupant = check_occupant(run_dir, config, resume=p["resume"] is True, overwrite=overwrite)
@@ -276,7 +292,31 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
                           seed=p["seed"])
     return ResolvedRun(config=config, spec=request.spec, plan=request.plan, world_size=world_size,
                        max_restarts=p["max_restarts"], run_dir=run_dir,
-                       on_failure=resolve_on_failure(on_failure, request.plan), overwrite=overwrite)
+                       on_failure="requeue" if replica_section else resolve_on_failure(on_failure, request.plan),
+                       overwrite=overwrite)
+
+
+def _replica_groups(p: dict[str, Any], request: Any, resilience: Any, on_failure: str) -> dict[str, Any] | None:
+    """--fault-tolerance / --replica-groups checked (launch/replica_groups.py): the run config's section."""
+    from bastion.errors import ConfigError
+    from bastion.launch.replica_groups import check_fault_tolerance
+
+    mode = p.get("fault_tolerance", "none")
+    section = check_fault_tolerance(mode, request.plan, request.spec, p.get("replica_groups"),
+                                    resilience.checkpoint_every, resilience.resume_from)
+    if section is None:
+        return None
+    if on_failure not in ("requeue", "auto"):
+        raise ConfigError(f"--on-failure {on_failure} and --fault-tolerance torchft both decide what a failure "
+                          f"does.", fix="drop --on-failure: under torchft a failed replica group is restarted "
+                                        "(--max-restarts) and heals from a live peer.")
+    if resilience.stop_after_step:
+        raise ConfigError("--stop-after-step checkpoints and stops, but --fault-tolerance torchft keeps no "
+                          "checkpoints.", fix="drop --stop-after-step (or --fault-tolerance).")
+    if p["eval_every"]:
+        raise ConfigError("--eval-every is not supported with --fault-tolerance torchft (each replica group "
+                          "would evaluate only its share).", fix="drop --eval-every, or --fault-tolerance.")
+    return section
 
 
 def _health_options(p: dict[str, Any]) -> dict[str, Any]:
@@ -332,6 +372,7 @@ def run_locally(run: ResolvedRun, python: str = "", workers_to_stderr: bool = Fa
     whole run (every elastic restart included) and writes the run config into it. torchrun's exit code.
     `workers_to_stderr`: their stdout too goes to stderr (stdout is kept for `--json`)."""
     from bastion.launch import local
+    from bastion.launch.replica_groups import REPLICA_GROUPS_KEY
     from bastion.launch.worker import write_run_config
     from bastion.rundir.layout import RUN_CONFIG_FILE
     from bastion.rundir.lock import acquire
@@ -344,6 +385,8 @@ def run_locally(run: ResolvedRun, python: str = "", workers_to_stderr: bool = Fa
         if run.overwrite:
             announce_set_aside(run.run_dir)
         config_path = run.run_dir / RUN_CONFIG_FILE
+        if REPLICA_GROUPS_KEY in run.config:
+            return _run_replica_groups(run, config_path, python, workers_to_stderr)
         if run.on_failure == "shrink":
             return _run_shrinking(run, config_path, python)
         write_run_config(config_path, {**run.config, "run_dir_lock": "launcher"})
@@ -363,6 +406,20 @@ def announce_set_aside(run_dir: Path) -> None:
         Console(stderr=True, highlight=False, soft_wrap=True).print(
             f"--overwrite: moved the previous run's {', '.join(names)} to {folder}/ (delete it when no longer "
             f"needed)")
+
+
+def _run_replica_groups(run: ResolvedRun, config_path: Path, python: str, workers_to_stderr: bool) -> int:
+    """--fault-tolerance torchft: the lighthouse and one torchrun per replica group (launch/replica_groups.py);
+    the run's plan files are written here (each group runs only its part of the plan)."""
+    from bastion.launch.replica_groups import REPLICA_GROUPS_KEY, run_replica_groups
+    from bastion.launch.worker import write_run_config
+    from bastion.rundir.layout import write_run_files
+
+    write_run_config(config_path, {**run.config, "run_dir_lock": "launcher"})
+    write_run_files(run.run_dir, run.spec, run.plan)
+    section = run.config[REPLICA_GROUPS_KEY]
+    return run_replica_groups(config_path, section["groups"], section["group_world_size"], run.max_restarts,
+                              run.run_dir, python, stdout_to_stderr=workers_to_stderr)
 
 
 def _run_shrinking(run: ResolvedRun, config_path: Path, python: str) -> int:
@@ -391,6 +448,10 @@ def worker_command(
     if os.environ.get(LOCAL_NAMES_ONLY) == "1":
         confine_name_lookups()  # before torch opens its first socket
     config = read_run_config(config_path)
+    from bastion.launch.replica_groups import GROUP_ENV, REPLICA_GROUPS_KEY, group_config
+
+    if REPLICA_GROUPS_KEY in config:  # --fault-tolerance torchft: this process runs one replica group's plan
+        config = group_config(config, int(os.environ.get(GROUP_ENV, "-1")))
     world = os.environ.get("WORLD_SIZE")
     if world is not None:  # an elastic job (launch/elastic.py) runs the plan for the world it was started in
         from bastion.launch.elastic import prepare_worker
@@ -497,6 +558,13 @@ def _print_time_breakdown(run_dir: Path) -> None:
     Console(stderr=True).print(
         f"[bold]where the time went[/] ({parts['wall_s']:.1f} s): {shares}; goodput {summary['goodput']:.1%}, "
         f"{summary['restarts']} restart(s), {summary['rollbacks']} rollback(s), {summary['lost_steps']} lost step(s)")
+    groups = summary.get("replica_groups")
+    if groups:  # --fault-tolerance torchft: say which samples were not trained on, never claim them all
+        Console(stderr=True).print(
+            f"[bold]replica groups[/] ({groups['groups']}): {groups['drops']} drop(s), {groups['rejoins']} "
+            f"rejoin(s), {groups['steps_with_fewer_groups']} step(s) without every group; "
+            f"{groups['samples_trained']} samples trained on, {groups['samples_dropped']} dropped (the missing "
+            f"groups' shares of those steps: dropped_sample_ids in metrics.jsonl)")
 
 
 def _resilience_config(checkpoint_every: str, mtbf_hours: float | None, inject: list[str], keep_last: int,

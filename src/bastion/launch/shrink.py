@@ -27,7 +27,7 @@ from bastion.errors import BastionError, LaunchError
 from bastion.rundir import checkpoints as checkpoint_files
 from bastion.rundir.layout import checkpoints_dir
 from bastion.rundir.metrics import log_event, read_metrics
-from bastion.rundir.records import FAULT, is_event
+from bastion.rundir.records import FAULT, RESTART, is_event
 from bastion.specs.model import ModelSpec
 from bastion.specs.plan import ParallelPlan
 
@@ -114,6 +114,7 @@ def run_shrinking(run_dir: Path, spec: ModelSpec, plan: ParallelPlan, config: di
             if restarts_left == 0:
                 return code
             restarts_left -= 1
+            record_relaunch(run_dir, plan, max_restarts - restarts_left)
             print(f"bastion: the workers failed (exit {code}); relaunching on {plan.num_gpus} ranks "
                   f"({restarts_left} restart(s) left)", flush=True)
             continue
@@ -134,6 +135,14 @@ def run_shrinking(run_dir: Path, spec: ModelSpec, plan: ParallelPlan, config: di
         plan, config = smaller, config_for(smaller)
         if grow_to is not None:
             config = with_stop_after(config, grow_to[0])
+
+
+def record_relaunch(run_dir: Path, plan: ParallelPlan, attempt: int) -> None:
+    """A `restart` event for a crashed launch relaunched on the same plan: its workers, a fresh torchrun, log a
+    `resume` (their restart count starts at 0 again), which the accounting does not count as a restart."""
+    newest = checkpoint_files.committed(checkpoints_dir(run_dir))
+    log_event(run_dir, RESTART.name, attempt=attempt, resumed_from_step=newest[-1].step if newest else 0,
+              world_size=plan.num_gpus, plan=plan.to_dict())
 
 
 def record_plan_change(run_dir: Path, step: int, old: ParallelPlan, new: ParallelPlan, lost: list[int],

@@ -31,7 +31,7 @@ WARMUP_STEPS = 1
 TIMELINE_EVENTS = tuple(kind.name for kind in (
     kinds.RUN_START, kinds.FAULT, kinds.HANG, kinds.RESTART, kinds.RESUME, kinds.ROLLBACK, kinds.SKIP_BATCH,
     kinds.CHECKPOINT_CORRUPT, kinds.CHECKPOINT_INTERVAL, kinds.PREEMPTED, kinds.STRAGGLER, kinds.HEALTH_CHECK,
-    kinds.PLAN_CHANGE))
+    kinds.PLAN_CHANGE, kinds.REPLICA_GROUP_DROP, kinds.REPLICA_GROUP_JOIN))
 
 
 # ---- steady step time ---------------------------------------------------------------------------------
@@ -212,7 +212,7 @@ def timeline(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         entry = {"t_s": round(record["time"] - t0, 3), "event": record["event"], "after_step": last_step}
         for key in ("step", "attempt", "resumed_from_step", "fault", "spec", "rank", "reason", "world_size",
                     "every_steps", "skipped_sample_ids", "sample_ids", "factor", "baseline", "ok", "problems", "from_world", "to_world",
-                    "lost_ranks"):
+                    "lost_ranks", "groups", "participating", "replica_group"):
             if key in record:
                 entry[key] = record[key]
         out.append(entry)

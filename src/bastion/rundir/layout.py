@@ -46,6 +46,7 @@ LOGS_DIR = "logs"
 LAUNCH_RECORD_FILE = "launch.json"
 LAUNCH_DIR = "launch"
 NODES_DIR = "nodes"
+REPLICA_GROUPS_DIR = "replica_groups"
 #: files only `bastion train` writes into a run directory; one of them makes a directory a run directory
 RUN_MARKERS = (METRICS_FILE, SUMMARY_FILE, PLAN_FILE, MODEL_FILE)
 
@@ -54,6 +55,11 @@ class RunDirError(BastionError):
     """A directory that is not (yet) a readable `bastion train` run directory."""
 
     reason = "bad run directory"
+
+
+def replica_group_path(run_dir: Path, group: int) -> Path:
+    """What replica group `group` (--fault-tolerance torchft) recorded at its end: steps, parameters' hash."""
+    return Path(run_dir) / REPLICA_GROUPS_DIR / f"group-{group}.json"
 
 
 def checkpoints_dir(run_dir: Path) -> Path:

@@ -42,10 +42,16 @@ class StepRecord(TypedDict):
     #: every rank's section times of the step, seconds: {"forward_backward" | "optimizer" | "sync_wait" | "step":
     #: [rank 0's, rank 1's, ...]} (runtime/stragglers.py says what each covers; absent before they were recorded)
     rank_sections_s: NotRequired[dict[str, list[float]]]
+    #: --fault-tolerance torchft: the replica groups that took part in the step, and the [start, end) global
+    #: sample ids of the groups that did not (not trained on: the step's batch was the participants' shares)
+    replica_groups: NotRequired[list[int]]
+    dropped_sample_ids: NotRequired[list[list[int]]]
 
 
 #: the step-record fields only a mixture-of-experts run writes
 MOE_STEP_FIELDS = ("moe_aux_loss", "expert_tokens", "expert_imbalance", "router_bias_absmax")
+#: step fields only a --fault-tolerance torchft run writes
+REPLICA_STEP_FIELDS = ("replica_groups", "dropped_sample_ids")
 
 
 @dataclass(frozen=True)
@@ -62,9 +68,16 @@ RUN_START = EventKind("run_start", "a new run begins in this directory (its wall
                       "before the last one belong to an earlier run", ("world_size", "plan"))
 RESUME = EventKind("resume", "a launch continues this run from a checkpoint (--resume, a Slurm requeue)",
                    ("attempt", "resumed_from_step", "world_size", "plan"))
-RESTART = EventKind("restart", "the worker group was restarted after a failure and resumed from a checkpoint; "
-                    "`attempt` counts from 0 again in each launch", ("attempt", "resumed_from_step", "world_size",
-                                                                     "plan"))
+RESTART = EventKind("restart", "the worker group was restarted after a failure and resumed from a checkpoint "
+                    "(a torchft replica group, `replica_group`: heals from a live peer instead); `attempt` counts "
+                    "from 0 again in each launch", ("attempt", "resumed_from_step", "world_size", "plan",
+                                                    "replica_group"))
+REPLICA_GROUP_DROP = EventKind("replica_group_drop", "--fault-tolerance torchft: from `step` on the run steps "
+                               "without replica groups `groups` (failed or gone); their shares of its batches are "
+                               "not trained on", ("step", "groups", "participating"))
+REPLICA_GROUP_JOIN = EventKind("replica_group_join", "--fault-tolerance torchft: replica groups `groups` take part "
+                               "again from `step` on (a restarted group, healed from a live peer)",
+                               ("step", "groups", "participating"))
 FAULT = EventKind("fault", "an injected fault fired (checkpoint_step: the checkpoint a save fault hit; back_at: "
                   "the step a lost node is back, None for never)",
                   ("fault", "spec", "rank", "step", "checkpoint_step", "back_at"))
@@ -116,7 +129,7 @@ RESUBMITTED = EventKind("resubmitted", "a Slurm job that had to start again with
 EVENT_KINDS: dict[str, EventKind] = {kind.name: kind for kind in (
     RUN_START, RESUME, RESTART, FAULT, HANG, PREEMPTED, ROLLBACK, SKIP_BATCH, CHECKPOINT, CHECKPOINT_WAIT,
     CHECKPOINT_COMMITTED, CHECKPOINT_CORRUPT, CHECKPOINT_INTERVAL, EVAL, STRAGGLER, HEALTH_CHECK, PLAN_CHANGE,
-    NODE_EXCLUDED, RESUBMITTED)}
+    NODE_EXCLUDED, RESUBMITTED, REPLICA_GROUP_DROP, REPLICA_GROUP_JOIN)}
 #: events after which the next step runs in a freshly started process
 RESTART_EVENTS = (RESTART.name, RESUME.name)
 #: events whose blocking time is checkpoint stall

@@ -109,6 +109,9 @@ class RunSummary(TypedDict):
     stragglers: NotRequired[list[StragglerEntry]]
     #: re-plans for another world size, in order (absent in summaries from before they existed)
     plan_changes: NotRequired[list[PlanChangeEntry]]
+    #: --fault-tolerance torchft only (runtime/replicas.py replica_summary): the number of replica groups, the
+    #: steps some group missed, drops, rejoins, and the samples trained on and dropped (the missing groups' shares)
+    replica_groups: NotRequired[dict[str, int]]
 
 
 #: the fields only a run with --eval-every has

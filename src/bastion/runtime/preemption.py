@@ -57,6 +57,10 @@ class PreemptionNotice:
         resilience.config = replace(resilience.config, stop_after_step=step)
         if resilience.rank == 0:
             log_event(resilience.run_dir, "preempted", step=step, signal=self.signal_number)
-            print(f"bastion: SIGTERM received: checkpointing step {step} and stopping; a restart resumes here",
-                  flush=True)
+            if getattr(resilience, "replica_group", None) is not None:
+                print(f"bastion: SIGTERM received: stopping after step {step} (torchft replica groups keep no "
+                      f"checkpoint: a new run starts at step 0)", flush=True)
+            else:
+                print(f"bastion: SIGTERM received: checkpointing step {step} and stopping; a restart resumes here",
+                      flush=True)
         return True

@@ -70,7 +70,10 @@ class BadStep(Exception):
 
 
 class Resilience:
-    def __init__(self, config: ResilienceConfig, run_dir: Path, train_state: Stateful, spec: Any, plan: Any) -> None:
+    def __init__(self, config: ResilienceConfig, run_dir: Path, train_state: Stateful, spec: Any, plan: Any,
+                 replica_group: int | None = None) -> None:
+        """`replica_group`: this worker's torchft replica group (runtime/replicas.py), whose ranks are numbered
+        after the lower groups' in --inject; its restarts are tagged with it, and only group 0 starts the run."""
         self.config = config
         self.run_dir = Path(run_dir)
         #: what a checkpoint holds of the training (runtime/trainer.py's Trainer): read and restored as a whole
@@ -87,7 +90,9 @@ class Resilience:
                                 retention=checkpoint_files.RetentionPolicy(config.keep_last, config.keep_every),
                                 async_save=config.async_checkpoint, key=checkpoint_key(config.checkpoint_key_file)),
             rank=self.rank, world_size=self.world, async_group=async_group)
-        self.injector = FaultInjector([parse_fault(s) for s in config.inject], self.run_dir, self.rank)
+        self.replica_group = replica_group
+        fault_rank = self.rank + (replica_group or 0) * self.world
+        self.injector = FaultInjector([parse_fault(s) for s in config.inject], self.run_dir, fault_rank)
         self.checkpointer.before_commit = self.injector.before_commit
         self.nan_guard = NanGuard(NanGuardConfig(spike_factor=config.spike_factor))
         self.watchdog = StepWatchdog(WatchdogConfig(factor=config.hang_factor, min_timeout_s=config.hang_min_s,
@@ -127,11 +132,13 @@ class Resilience:
             self.restore(source)
         # a new run (fresh, or seeded from another run's checkpoint) starts the wall clock of the accounting;
         # a restart or a continuation of this run directory's own checkpoints keeps counting
-        if self.rank == 0 and self.attempt == 0 and not continuing:
+        if self.rank == 0 and self.attempt == 0 and not continuing and not self.replica_group:
             log_event(self.run_dir, "run_start", world_size=self.world, plan=self.plan.to_dict(), time=started)
         if self.rank == 0 and (self.attempt > 0 or source is not None):
+            group = {} if self.replica_group is None else {"replica_group": self.replica_group}
             log_event(self.run_dir, "restart" if self.attempt > 0 else "resume", attempt=self.attempt,
-                      resumed_from_step=self.resumed_from or 0, world_size=self.world, plan=self.plan.to_dict())
+                      resumed_from_step=self.resumed_from or 0, world_size=self.world, plan=self.plan.to_dict(),
+                      **group)
 
     def _report_bad(self, info: checkpoint_files.CheckpointInfo, reason: str, moved: Path) -> None:
         log_event(self.run_dir, "checkpoint_corrupt", step=info.step, reason=reason, moved_to=str(moved))
@@ -242,7 +249,9 @@ class Resilience:
         self._step_times.append(record["step_time_s"])
         self.checkpointer.poll()
         self._log_commits()
-        if self.config.checkpoint_every < 0 and self.checkpointer.config.every == 0 and step >= AUTO_PROBE_STEP:
+        if self.replica_group is not None:
+            pass  # torchft replica groups keep no checkpoints (all would write the same directory): peers heal
+        elif self.config.checkpoint_every < 0 and self.checkpointer.config.every == 0 and step >= AUTO_PROBE_STEP:
             self.save(step)
             self._choose_auto_interval()
         elif (self.checkpointer.due(step) or step == self.config.stop_after_step

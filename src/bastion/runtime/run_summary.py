@@ -47,8 +47,10 @@ def peak_flops(cluster_name: str | None, precision: str, device: torch.device) -
 def write_run_summary(config: TrainConfig, trainer: Trainer, spec: ModelSpec, plan: ParallelPlan,
                       rmesh: RuntimeMesh, records: list[StepRecord], model_state: dict[str, int] | None,
                       cluster_name: str | None, wall_s: float,
-                      fault_tolerance: dict[str, Any] | None = None) -> RunSummary | dict[str, Any]:
-    """Collective (every rank calls it); rank 0 writes summary.json and returns it, the others return {}."""
+                      fault_tolerance: dict[str, Any] | None = None,
+                      write: bool = True) -> RunSummary | dict[str, Any]:
+    """Collective (every rank calls it); rank 0 writes summary.json (unless not `write`: a replica group that
+    does not lead) and returns it, the others return {}."""
     rank, world = dist.get_rank(), dist.get_world_size()
     # per-rank measured model state, gathered so the summary can be checked against the predictor per stage
     mine = {"rank": rank, "pp_rank": rmesh.pp_rank, "dp_rank": rmesh.dp_rank, "cp_rank": rmesh.cp_rank,
@@ -100,7 +102,8 @@ def write_run_summary(config: TrainConfig, trainer: Trainer, spec: ModelSpec, pl
         "config": asdict(config),
         **(fault_tolerance or {}),
     }
-    write_summary(Path(config.run_dir), summary)
+    if write:
+        write_summary(Path(config.run_dir), summary)
     return summary
 
 

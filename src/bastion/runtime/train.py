@@ -7,6 +7,8 @@ global-norm clipping, gradient accumulation) is runtime/trainer.py and runtime/o
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import time
 from pathlib import Path
@@ -22,6 +24,7 @@ from bastion.runtime.health import leave_out_failing_devices, run_health_check
 from bastion.runtime.mesh import build_mesh
 from bastion.runtime.metrics import current_memory_bytes, model_flops_per_token, model_state_bytes_measured
 from bastion.runtime.preemption import PreemptionNotice
+from bastion.runtime.replicas import StepNotCommitted
 from bastion.runtime.resilience import BadStep, Resilience
 from bastion.runtime.run_logs import StepProfiler, TensorBoardLog
 from bastion.runtime.run_summary import peak_flops, write_run_summary
@@ -91,11 +94,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
     plan.validate(spec, None, spec.seq_len)
     rmesh = build_mesh(plan, device)
     run_dir = Path(config.run_dir)
-    if rank == 0:
+    grouped = config.replica_groups > 1  # --fault-tolerance torchft: the launcher wrote the run's plan files
+    if rank == 0 and not grouped:
         write_run_files(run_dir, spec, plan)
     trainer = Trainer(config, spec, plan, rmesh)
     # the trainer is the state resilience checkpoints and restores (Stateful); its step hooks come per call
-    resilience = Resilience(config.resilience, run_dir, trainer, spec, plan)
+    resilience = Resilience(config.resilience, run_dir, trainer, spec, plan,
+                            replica_group=config.replica_group if grouped else None)
     resilience.start()
     if config.init_from and trainer.step == 0:  # a fresh run: resumed runs hold their own weights
         from bastion.runtime.hf_weights import load_hf_weights
@@ -108,6 +113,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
     failing = run_health_check(run_dir, cluster_name, device, resilience.attempt, resilience.before_collective,
                                cluster_named=bool(config.cluster), injected_problem=resilience.injected_gpu_problem())
     leave_out_failing_devices(failing, under_slurm="SLURM_JOB_ID" in os.environ)
+    if grouped:  # after the health check's collectives: the lighthouse then finds the group ready to step
+        from bastion.runtime.replicas import ReplicaGroups
+
+        trainer.replicas = ReplicaGroups(config.replica_group, config.replica_groups, trainer, run_dir)
     peak = peak_flops(cluster_name, plan.precision, device)
     tokens_per_step = plan.global_batch * spec.seq_len
     flops_per_step = model_flops_per_token(spec, spec.seq_len) * tokens_per_step
@@ -116,7 +125,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
                            predicted_step_s=_predicted_step_s(config, spec, plan, cluster_name),
                            restarts=resilience.attempt)
     profiler = StepProfiler(run_dir, profile_steps(config.profile), rank, device)
-    stragglers = StragglerReporter(config, spec, plan, run_dir) if rank == 0 else None
+    stragglers = StragglerReporter(config, spec, plan, run_dir) if rank == 0 and not config.replica_group else None
     records: list[dict[str, Any]] = []
     evals: list[dict[str, Any]] = []
     model_state = None
@@ -127,6 +136,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
             profiler.before_step(trainer.step + 1)
             try:
                 record = trainer.train_step(hooks=resilience)
+            except StepNotCommitted:  # a replica group failed during the step: the same batch again
+                continue
             except BadStep as bad:
                 trainer.optimizer.zero_grad(set_to_none=True)  # the update is never applied: drop its gradients
                 resilience.rollback(bad)
@@ -145,7 +156,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
             record["mem_gib"] = current_memory_bytes(device) / 2**30
             if rank == 0:
                 record["sample_ids"] = [trainer.last_sample_ids[0], trainer.last_sample_ids[-1] + 1]
-            writer.write(record)
+            if trainer.replicas is None or trainer.replicas.leads:  # one group writes each step
+                writer.write(record)
             board.step(record)
             profiler.after_step(trainer.step)
             records.append(record)
@@ -167,7 +179,40 @@ def train(config: TrainConfig) -> dict[str, Any]:
         profiler.close()
     wall = time.perf_counter() - wall_start
     fault_tolerance = resilience.finish()
-    return write_run_summary(config, trainer, spec, plan, rmesh, records, model_state, cluster_name, wall,
-                             {**fault_tolerance, **eval_summary(evals)} if rank == 0 else fault_tolerance)
+    if rank == 0:
+        fault_tolerance = {**fault_tolerance, **eval_summary(evals)}
+    if trainer.replicas is None:
+        return write_run_summary(config, trainer, spec, plan, rmesh, records, model_state, cluster_name, wall,
+                                 fault_tolerance)
+    return finish_replica_group(config, trainer, spec, plan, rmesh, records, model_state, cluster_name, wall,
+                                fault_tolerance)
+
+
+def finish_replica_group(config: TrainConfig, trainer: Trainer, spec: Any, plan: ParallelPlan, rmesh: Any,
+                         records: list[dict[str, Any]], model_state: dict[str, int] | None,
+                         cluster_name: str | None, wall: float, fault_tolerance: dict[str, Any]) -> dict[str, Any]:
+    """The end of a replica group's run: every group's rank 0 writes its own record (steps, final parameters'
+    hash) under RUN_DIR/replica_groups/; the leading group's writes summary.json, with the run's plan and the
+    `replica_groups` section."""
+    from bastion.rundir.layout import replica_group_path
+    from bastion.runtime.replicas import replica_summary
+
+    replicas = trainer.replicas
+    assert replicas is not None
+    leads = replicas.leads
+    replicas.shutdown()
+    groups = config.replica_groups
+    run_plan = dataclasses.replace(plan, dp=plan.dp * groups, global_batch=plan.global_batch * groups)
+    extra = {**fault_tolerance, "replica_groups": replica_summary(Path(config.run_dir), groups,
+                                                                  run_plan.global_batch)} if leads else {}
+    summary = write_run_summary(config, trainer, spec, run_plan, rmesh, records, model_state, cluster_name, wall,
+                                extra, write=leads)
+    if dist.get_rank() == 0:
+        path = replica_group_path(Path(config.run_dir), config.replica_group)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"group": config.replica_group, "steps": trainer.step,
+                                    "params_sha256": summary.get("params_sha256"), "restarts": int(
+                                        os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))}) + "\n")
+    return summary if leads else {}
 
 

@@ -79,6 +79,10 @@ class TrainConfig:
     #: a rank this many times slower than its peers (or the predicted step time) is a straggler
     #: (runtime/stragglers.py)
     straggler_factor: float = 1.5
+    #: this worker's replica group and the run's number of them (--fault-tolerance torchft,
+    #: launch/replica_groups.py; `plan` is then one group's plan)
+    replica_group: int = 0
+    replica_groups: int = 1
     #: checkpoints, resume, fault injection, watchdog, NaN rollback (runtime/resilience.py)
     resilience: ResilienceConfig = field(default_factory=ResilienceConfig)
 

@@ -31,6 +31,7 @@ from bastion.runtime.optim import (
 )
 from bastion.runtime.parallelize import ParallelizeConfig, cross_entropy_loss, parallelize
 from bastion.runtime.preflight import check_eval_schedule
+from bastion.runtime.replicas import ReplicaGroups, StepNotCommitted
 from bastion.runtime.stragglers import gather_sections
 from bastion.runtime.train_config import TrainConfig
 from bastion.specs.model import ModelSpec
@@ -83,7 +84,10 @@ class Trainer(Stateful):
         self.optimizer = build_optimizer(self.model, config, rmesh.device)
         self.scheduler = build_scheduler(self.optimizer, config)
         datasets, weights = open_datasets(config.data, self.seq_len, spec.vocab_size)
-        self.sampler = GlobalSampler(datasets, plan.global_batch, config.seed, weights)
+        # replica groups (--fault-tolerance torchft) each run `plan` on their share of the run's global batch
+        self.sampler = GlobalSampler(datasets, plan.global_batch * config.replica_groups, config.seed, weights)
+        #: the torchft replica groups this worker's group steps with (runtime/replicas.py; None: not used)
+        self.replicas: ReplicaGroups | None = None
         #: the held-out samples `evaluate` reads: always the first eval_batches × global_batch of the eval split
         self.eval_sampler: GlobalSampler | None = None
         if config.eval_every > 0:
@@ -149,7 +153,9 @@ class Trainer(Stateful):
 
     def _local_rows(self, sampler: GlobalSampler, sample_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's inputs and targets of a global batch."""
-        mine = dp_slice(sample_ids, self.rmesh.dp_rank, self.plan.dp)
+        groups = self.config.replica_groups
+        mine = dp_slice(sample_ids, self.config.replica_group * self.plan.dp + self.rmesh.dp_rank,
+                        self.plan.dp * groups)
         rows = torch.from_numpy(sampler.tokens_for(mine)).to(self.rmesh.device)
         inputs, targets = rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
         if self.plan.cp > 1:  # every cp rank of a replica read the same sequences; each keeps its two chunks
@@ -220,6 +226,12 @@ class Trainer(Stateful):
         collective, runtime/stragglers.py)."""
         device = self.rmesh.device
         start = time.perf_counter()
+        replicas = self.replicas
+        previous_groups: list[int] = []
+        if replicas is not None:  # the step's quorum: a restarted group heals here (state, data position, step)
+            replicas.begin_step()
+            position = self.sampler.state_dict()
+            previous_groups = replicas.participants
         inputs, targets = self._local_batch()
         self.optimizer.zero_grad(set_to_none=True)
         local_loss = self._forward_backward(inputs, targets)
@@ -227,10 +239,16 @@ class Trainer(Stateful):
         align_gradient_placements(self.model)
         if hooks is not None:
             hooks.after_backward(self.step + 1, self.model.parameters())
+        if replicas is not None:  # the group's reduced gradients averaged over the participating groups
+            replicas.average([_local(p.grad) for p in self.model.parameters() if p.grad is not None], local_loss)
         backward_done = time.perf_counter()
         grad_norm = clip_grad_norm(self.model, self.config.max_grad_norm, self.rmesh)
         if hooks is not None:  # raises BadStep before a NaN/spiking update is applied
             hooks.check_grad_norm(self.step + 1, grad_norm, self.last_sample_ids[0])
+        if replicas is not None and not replicas.should_commit():
+            self.sampler.load_state_dict(position)
+            self.optimizer.zero_grad(set_to_none=True)
+            raise StepNotCommitted(f"step {self.step + 1}")
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
@@ -252,9 +270,18 @@ class Trainer(Stateful):
         self.step += 1
         record = {"step": self.step, "loss": loss, "grad_norm": grad_norm, "lr": lr, "step_time_s": step_time,
                   "rank_sections_s": sections}
+        if replicas is not None:
+            record.update(replicas.step_fields(self.step, self.last_sample_ids, previous_groups))
         if self.spec.num_experts:  # after the step's timing: one small all-reduce of routing counters
             record.update(step_stats(self.model.parts, self.spec, self.plan, device))
         return record
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a (possibly sharded) tensor."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor._local_tensor if isinstance(tensor, DTensor) else tensor
 
 
 def _plain(tensor: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from bastion.errors import USER_ERROR_EXIT, BastionError
 from bastion.rundir.layout import rank_log_path
 from bastion.runtime.faults import fault_fired_recently
+from bastion.runtime.replicas import RunEndedWithoutGroup
 from bastion.runtime.train import train
 from bastion.runtime.train_config import TrainConfig
 
@@ -95,6 +96,9 @@ def run_worker(config: TrainConfig) -> None:
     init_distributed()
     try:
         train(config)
+    except RunEndedWithoutGroup as ended:  # --fault-tolerance torchft: the other groups finished the run
+        print(f"bastion: {ended}; it exits", file=sys.stderr, flush=True)
+        os._exit(0)
     except BastionError as exc:
         if dist.get_rank() == 0:
             print(f"error: {exc.render()}", file=sys.stderr)
@@ -103,7 +107,8 @@ def run_worker(config: TrainConfig) -> None:
     except Exception as exc:
         # e.g. a collective that failed because another rank died (an injected kill): the cause is that rank's
         # one line; this rank's traceback goes to its log file unless BASTION_DEBUG=1 asks for it here
-        rank = dist.get_rank()
+        # a replica group's ranks are numbered after the lower groups' (--fault-tolerance torchft)
+        rank = dist.get_rank() + config.replica_group * dist.get_world_size()
         log = None if os.environ.get("BASTION_DEBUG") == "1" else log_failure(config.run_dir, rank, exc)
         if log is None:
             raise

@@ -1,0 +1,150 @@
+"""One replica group's side of `--fault-tolerance torchft` (launch/replica_groups.py says what a group is).
+
+`ReplicaGroups` wraps torchft's `Manager` (one per worker; the group's rank 0 runs its ManagerServer, which talks
+to the lighthouse) and is what the trainer calls inside a step:
+
+    begin_step()               the step's quorum (sync: a restarted group heals here, from a live peer, before it
+                               reads its batch); the first call waits for every group to be there
+    average(tensors, loss)     one managed all-reduce across the participating groups, averaging the gradients
+                               (after the group's own reduction) and the loss, and telling which groups took part
+    should_commit()            every group agrees to apply the update (False after a failed all-reduce: the step
+                               is retried on the same batch)
+
+A group that misses a step (dead, not yet back) contributes nothing to it: its share of that step's global batch
+is not trained on (torchft's semantics). Each step record says which groups took part (`replica_groups`) and which
+samples were dropped (`dropped_sample_ids`); drops and rejoins are events, and the summary counts them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from bastion.rundir.metrics import log_event, read_metrics
+from bastion.rundir.records import REPLICA_GROUP_DROP, REPLICA_GROUP_JOIN
+from bastion.rundir.summary import read_summary, summary_is_final
+from bastion.runtime.data import dp_slice
+
+#: collectives, checkpoint transfer and should_commit give up after this long (a dead peer fails faster: gloo
+#: sees the closed connection)
+TIMEOUT_S = 60.0
+#: how long the first quorum waits for every group to be there before stepping with those that are
+JOIN_S = 120.0
+
+
+class StepNotCommitted(Exception):
+    """The groups did not agree to apply this step's update (a peer failed during it): retry the same batch."""
+
+
+class RunEndedWithoutGroup(Exception):
+    """A restarted group found the run finished by the others: nothing is left for it to do."""
+
+
+class ReplicaGroups:
+    def __init__(self, group: int, groups: int, train_state: Any, run_dir: Path) -> None:
+        from torchft import Manager, ProcessGroupGloo
+
+        # a warning on every reconfiguration that concerns NCCL's flight recorder, which gloo has not
+        logging.getLogger("torchft.manager").addFilter(lambda record: "flight recorder" not in str(record.msg))
+        self.group, self.groups = group, groups
+        self.run_dir = Path(run_dir)
+        self.rank = dist.get_rank()
+        timeout = timedelta(seconds=TIMEOUT_S)
+        # init_sync False: every group initialises the same parameters from the run's seed
+        self.manager = Manager(pg=ProcessGroupGloo(timeout=timeout), load_state_dict=train_state.load_state_dict,
+                               state_dict=train_state.state_dict, min_replica_size=1, use_async_quorum=False,
+                               timeout=timeout, quorum_timeout=timedelta(seconds=JOIN_S),
+                               connect_timeout=timeout, rank=self.rank, world_size=dist.get_world_size(),
+                               replica_id=f"bastion_group_{group}", hostname="127.0.0.1", init_sync=False)
+        self._joined = False
+        #: this group's workers were restarted (torchrun): it has to heal from a live peer
+        self.restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+        #: the groups that took part in the last step
+        self.participants: list[int] = list(range(groups))
+
+    def begin_step(self) -> None:
+        """The step's quorum. The first waits (up to JOIN_S) until every group is in it."""
+        self.manager.start_quorum()
+        if self._joined:
+            return
+        deadline = time.monotonic() + JOIN_S
+        while self.manager.num_participants() < self.groups and time.monotonic() < deadline:
+            if self.restarted and self.manager.current_step() == 0 and self._run_finished():
+                raise RunEndedWithoutGroup(f"replica group {self.group} came back after the run had finished")
+            time.sleep(0.5)
+            self.manager.start_quorum()
+        if self.restarted and self.manager.current_step() == 0:
+            raise RuntimeError(f"Replica group {self.group} restarted, but no live replica group was there to heal "
+                               f"from within {JOIN_S:.0f} s (torchft keeps no checkpoints here).")
+        self._joined = True
+
+    def _run_finished(self) -> bool:
+        summary = read_summary(self.run_dir)
+        return summary is not None and summary_is_final(summary)
+
+    def average(self, tensors: list[torch.Tensor], loss: torch.Tensor) -> None:
+        """Average `tensors` (this rank's gradient shards) and `loss` in place across the participating groups
+        (one all-reduce); records which groups took part."""
+        count = self.manager.num_participants()
+        present = torch.zeros(self.groups, dtype=torch.float32)
+        present[self.group] = count  # the average divides by `count`: the sum of these marks is 1 per group
+        flat = torch.cat([*(t.detach().reshape(-1).to(torch.float32) for t in tensors),
+                          loss.detach().reshape(1).to(torch.float32), present])
+        self.manager.allreduce(flat).wait()
+        offset = 0
+        for tensor in tensors:
+            tensor.copy_(flat[offset:offset + tensor.numel()].view_as(tensor))
+            offset += tensor.numel()
+        loss.copy_(flat[offset])
+        self.participants = [g for g in range(self.groups) if flat[offset + 1 + g] > 0.5]
+
+    def should_commit(self) -> bool:
+        return self.manager.should_commit()
+
+    @property
+    def leads(self) -> bool:
+        """This group is the first of the last quorum: its rank 0 writes metrics.jsonl and summary.json."""
+        return self.manager.participating_rank() == 0
+
+    def step_fields(self, step: int, sample_ids: list[int], previous: list[int]) -> dict[str, Any]:
+        """The step record's fields: the groups that took part and the samples of the groups that did not; the
+        leading group's rank 0 logs a drop/join event when the groups changed since `previous`."""
+        missing = [g for g in range(self.groups) if g not in self.participants]
+        dropped = []
+        for g in missing:
+            share = dp_slice(sample_ids, g, self.groups)
+            dropped.append([share[0], share[-1] + 1])
+        if self.rank == 0 and self.leads:
+            gone = [g for g in previous if g not in self.participants]
+            back = [g for g in self.participants if g not in previous]
+            if gone:
+                log_event(self.run_dir, REPLICA_GROUP_DROP.name, step=step, groups=gone, participating=self.participants)
+            if back:
+                log_event(self.run_dir, REPLICA_GROUP_JOIN.name, step=step, groups=back, participating=self.participants)
+        return {"replica_groups": self.participants, "dropped_sample_ids": dropped}
+
+    def shutdown(self) -> None:
+        self.manager.shutdown(wait=False)
+
+
+def replica_summary(run_dir: Path, groups: int, global_batch: int) -> dict[str, Any]:
+    """summary.json's `replica_groups` section from metrics.jsonl: steps some group missed, drops, rejoins and
+    the samples trained on and dropped (the last record of each step counts)."""
+    records = read_metrics(run_dir).records
+    steps: dict[int, dict[str, Any]] = {}
+    for record in records:
+        if record.get("event") is None and "replica_groups" in record:
+            steps[record["step"]] = record
+    dropped = sum(end - start for r in steps.values() for start, end in r.get("dropped_sample_ids", []))
+    return {"groups": groups,
+            "steps_with_fewer_groups": sum(1 for r in steps.values() if len(r["replica_groups"]) < groups),
+            "drops": sum(1 for r in records if r.get("event") == REPLICA_GROUP_DROP.name),
+            "rejoins": sum(1 for r in records if r.get("event") == REPLICA_GROUP_JOIN.name),
+            "samples_trained": len(steps) * global_batch - dropped, "samples_dropped": dropped}

@@ -1,0 +1,74 @@
+"""--fault-tolerance torchft end to end: real `bastion train` launches (gloo), 2 replica groups × 1 process.
+
+Two launches: a plain dp2 run as the reference, and a torchft run of the same plan in which group 1's worker is
+killed at step KILL_AT. Before the kill both groups step together and the losses are the dp2 run's; at the kill
+group 0 keeps stepping alone (never restarted; the step records say which groups took part and which samples were
+dropped), group 1's torchrun restarts it, it heals from group 0 and rejoins; at the end both groups hold
+bit-identical parameters. Group 0's rank waits 5 s before each step's closing collective (`flaky-link`) so that
+the run is still going when group 1 is back (a process start takes 10-20 s on this machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torchft")
+pytestmark = [pytest.mark.dist, pytest.mark.timeout(900)]
+
+STEPS = 12
+KILL_AT = 4
+PLAN = {"dp": 2, "pp": 1, "tp": 1, "zero_stage": 0, "micro_batch": 1, "global_batch": 4, "precision": "fp32"}
+
+
+def train(tmp_path: Path, token_data: Path, name: str, *extra: str) -> Path:
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(PLAN))
+    run_dir = tmp_path / name
+    result = subprocess.run(
+        [sys.executable, "-m", "bastion", "train", "--model", "tiny", "--plan", str(plan), "--data", str(token_data),
+         "--steps", str(STEPS), "--run-dir", str(run_dir), "--no-progress", *extra],
+        capture_output=True, text=True, timeout=800, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return run_dir
+
+
+def test_a_killed_replica_group_is_dropped_restarted_healed_and_rejoins(tmp_path, token_data) -> None:
+    reference = json.loads((train(tmp_path, token_data, "dp2", "--nproc", "2", "--checkpoint-every", "never")
+                            / "summary.json").read_text())["losses"]
+    run_dir = train(tmp_path, token_data, "ft", "--fault-tolerance", "torchft", "--max-restarts", "1",
+                    "--inject", f"kill:rank=1,step={KILL_AT}", "--inject", "flaky-link:rank=0,delay_ms=5000")
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    steps = {r["step"]: r for r in records if "event" not in r}
+    assert sorted(steps) == list(range(1, STEPS + 1))  # every step once: group 0 never went back
+    # no fault yet: both groups, the dp2 run's losses
+    for step in range(1, KILL_AT):
+        assert steps[step]["replica_groups"] == [0, 1] and steps[step]["dropped_sample_ids"] == []
+        assert steps[step]["loss"] == pytest.approx(reference[step - 1], abs=1e-5)
+    # group 1 died at the start of KILL_AT: group 0 stepped alone, group 1's share (samples 2..3 of the step's 4)
+    # was not trained on; then group 1 rejoined and both stepped to the end
+    alone = [s for s in steps if steps[s]["replica_groups"] == [0]]
+    assert alone and alone[0] == KILL_AT and alone == list(range(KILL_AT, alone[-1] + 1)) and alone[-1] < STEPS
+    for step in alone:
+        start = (step - 1) * 4
+        assert steps[step]["dropped_sample_ids"] == [[start + 2, start + 4]]
+    assert all(steps[s]["replica_groups"] == [0, 1] for s in range(alone[-1] + 1, STEPS + 1))
+    events = [(r["event"], r["step"], r["groups"]) for r in records
+              if r.get("event") in ("replica_group_drop", "replica_group_join")]
+    assert events == [("replica_group_drop", KILL_AT, [1]), ("replica_group_join", alone[-1] + 1, [1])]
+    restarts = [r for r in records if r.get("event") == "restart"]
+    assert [r["replica_group"] for r in restarts] == [1]  # group 0 was never restarted
+    groups = [json.loads((run_dir / "replica_groups" / f"group-{g}.json").read_text()) for g in (0, 1)]
+    assert [g["restarts"] for g in groups] == [0, 1] and [g["steps"] for g in groups] == [STEPS, STEPS]
+    assert groups[0]["params_sha256"] == groups[1]["params_sha256"] is not None  # healed: bit-identical
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["finished"] and summary["steps"] == STEPS and summary["plan"]["dp"] == 2
+    assert summary["replica_groups"] == {"groups": 2, "steps_with_fewer_groups": len(alone), "drops": 1,
+                                         "rejoins": 1, "samples_trained": STEPS * 4 - 2 * len(alone),
+                                         "samples_dropped": 2 * len(alone)}
+    assert summary["params_sha256"] == groups[0]["params_sha256"]
