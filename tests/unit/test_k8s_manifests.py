@@ -18,6 +18,7 @@ from bastion.launch.yamltext import dump_all
 from bastion.rundir.layout import RUN_CONFIG_FILE
 from bastion.specs import ParallelPlan
 from bastion.specs.model import load_model
+from helpers.cli import user_error
 
 yaml = pytest.importorskip("yaml", reason="PyYAML (dev extra) reads the manifests back")
 
@@ -210,16 +211,14 @@ def test_a_model_file_travels_in_the_config_map_not_as_a_local_path(tmp_path: Pa
     (["--", "--steps", "5"], "is an option of `bastion launch` itself"),
     (["--manifest", "/proc/x/job.yaml"], "Cannot write /proc/x/job.yaml"),
 ])
-def test_pass_through_arguments_and_the_manifest_path_are_checked_at_launch(tmp_path: Path, args, needle) -> None:
+def test_pass_through_arguments_and_the_manifest_path_are_checked_at_launch(tmp_path: Path, args, needle,
+                                                                           capsys) -> None:
     plan = ParallelPlan(dp=2, global_batch=2).save(tmp_path / "plan.json")
     manifest = [] if "--manifest" in args else ["--manifest", str(tmp_path / "job.yaml")]
-    done = subprocess.run(
-        [sys.executable, "-m", "bastion", "launch", "--on", "k8s", "--model", "tiny", "--plan", str(plan),
-         "--data", "/mnt/data", "--run-dir", "/mnt/run", "--steps", "10", "--image", "img:1", *manifest, *args],
-        capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2, done.stdout + done.stderr
-    assert needle in " ".join(done.stderr.split()) and "To fix:" in done.stderr
-    assert "Traceback" not in done.stderr and not (tmp_path / "job.yaml").exists()
+    # in this process: a refusal needs no interpreter of its own
+    user_error(["launch", "--on", "k8s", "--model", "tiny", "--plan", str(plan), "--data", "/mnt/data", "--run-dir",
+                "/mnt/run", "--steps", "10", "--image", "img:1", *manifest, *args], capsys, needle)
+    assert not (tmp_path / "job.yaml").exists()
 
 
 def test_submit_applies_the_written_manifest_with_kubectl(tmp_path: Path) -> None:
