@@ -185,18 +185,16 @@ def test_malformed_requests_get_guidance_and_exit_2(inputs, more, needle, capsys
     assert not inputs["run"].exists()
 
 
-def test_plan_is_validated_against_the_model_before_anything_is_written(inputs) -> None:
+def test_plan_is_validated_against_the_model_before_anything_is_written(inputs, capsys) -> None:
     bad = ParallelPlan(dp=1, tp=3, global_batch=4).save(inputs["plan"])  # tiny has 4 heads
-    done = bastion(*launch_args(inputs, "--on", "slurm", "--plan", str(bad)))
-    assert done.returncode == 2
-    assert "tp = 3 does not divide the 4 attention heads" in done.stderr
+    user_error(launch_args(inputs, "--on", "slurm", "--plan", str(bad)), capsys,
+               "tp = 3 does not divide the 4 attention heads")
     assert not inputs["run"].exists()
 
 
-def test_missing_data_directory_is_refused(inputs) -> None:
-    done = bastion(*launch_args(inputs, "--on", "slurm", "--data", str(inputs["data"] / "nope")))
-    assert done.returncode == 2 and "does not exist" in done.stderr
-    assert "bastion data prepare" in done.stderr
+def test_missing_data_directory_is_refused(inputs, capsys) -> None:
+    user_error(launch_args(inputs, "--on", "slurm", "--data", str(inputs["data"] / "nope")), capsys,
+               "does not exist", "bastion data prepare")
 
 
 def test_status_of_a_run_directory_reads_metrics_and_summary(tmp_path: Path) -> None:
@@ -253,11 +251,12 @@ def test_status_of_an_unknown_job_gets_guidance(tmp_path: Path) -> None:
     assert reported["job"]["state"].startswith("gone from Slurm") and reported["run"]["last_step"] == 5
 
 
-def test_launched_jobs_checkpoint_unless_told_otherwise(inputs) -> None:
+def test_launched_jobs_checkpoint_unless_told_otherwise(inputs, capsys) -> None:
     """A requeued or restarted job resumes from its run directory: with no checkpoints it would start over."""
     def every(*extra: str) -> int:
-        done = bastion(*launch_args(inputs, "--on", "slurm", "--nodes", "2", "--device", "cpu", "--", *extra))
-        assert done.returncode == 0, done.stderr
+        code, _, err = run(launch_args(inputs, "--on", "slurm", "--nodes", "2", "--device", "cpu", "--", *extra),
+                           capsys)
+        assert code == 0, err
         return json.loads((inputs["run"] / RUN_CONFIG_FILE).read_text())["train"]["resilience"]["checkpoint_every"]
 
     assert every() == -1   # auto
