@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from bastion.specs.profile import profile_toml, read_profile
+from helpers.cli import run
 
 ROOT = Path(__file__).parents[2]
 
@@ -48,15 +49,18 @@ def test_a_real_profile_reads_back_with_what_the_predictor_uses(profile: Path) -
     assert not list(profile.parent.glob(".bastion-calibrate-io-*"))  # the checkpoint I/O file is removed
 
 
-def test_compare_finds_the_edited_measurement(profile: Path, tmp_path: Path) -> None:
+def test_compare_finds_the_edited_measurement(profile: Path, tmp_path: Path, capsys) -> None:
     data = tomllib.loads(profile.read_text())
     gemm = next(name for name in data["repeats"] if name.startswith("gemm "))
     data["repeats"][gemm] = [3 * t for t in data["repeats"][gemm]]  # a GEMM 3× slower: a sick core
     edited = tmp_path / "edited.toml"
     edited.write_text(profile_toml(data))
-    done = _bastion("calibrate", "--compare", str(profile), str(edited), "--json")
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
+    # --compare reads two files: in this process (no interpreter start each)
+    code, out, err = run(["calibrate", "--compare", str(profile), str(edited), "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
     assert [m["name"] for m in result["changed"]] == [gemm] and result["changed"][0]["ratio"] == pytest.approx(3)
-    same = json.loads(_bastion("calibrate", "--compare", str(profile), str(profile), "--json").stdout)
+    code, out, err = run(["calibrate", "--compare", str(profile), str(profile), "--json"], capsys)
+    assert code == 0, err
+    same = json.loads(out)
     assert same["changed"] == [] and len(same["measurements"]) == len(data["repeats"])

@@ -86,17 +86,18 @@ def test_quick_moe_demo_trains_an_expert_parallel_plan(tmp_path):
     assert summary["steps"] == 4 and summary["losses"][-1] < summary["losses"][0]
 
 
-def test_resharding_resume_from_ep4_to_ep2_keeps_losses_weights_and_samples(tmp_path):
+def test_resharding_resume_from_ep4_to_ep2_keeps_losses_weights_and_samples(tmp_path, token_data):
     """DCP reshards the experts' DTensors: 2 steps on ep4 (4 processes), then 2 on ep2 × dp2 ZeRO-3, against an
     uninterrupted single-process run; the global sample ids are 0..4·G−1 exactly once."""
     import torch
     from helpers.checkpoints import final_state
     from helpers.cli import step_records
-    from helpers.reshard import GLOBAL_BATCH, reference_and_switched
+    from helpers.reshard import GLOBAL_BATCH, single_process_run, switched_run
 
     segments = [({"dp": 4, "ep": 4, "zero_stage": 2, "micro_batch": 1}, 4, 2),
                 ({"dp": 2, "ep": 2, "zero_stage": 3}, 2, 0)]
-    reference, switched = reference_and_switched(tmp_path, segments, steps=4, model=MODEL)
+    reference = single_process_run(tmp_path / "reference", token_data, steps=4, model=MODEL)
+    switched = switched_run(tmp_path / "switched", token_data, segments, steps=4, model=MODEL)
     recs = step_records(switched)
     assert [r["step"] for r in recs] == [1, 2, 3, 4]
     assert [i for r in recs for i in range(*r["sample_ids"])] == list(range(4 * GLOBAL_BATCH))

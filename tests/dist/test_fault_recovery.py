@@ -28,15 +28,6 @@ FAULTS = ["kill:rank=1,step=3", "hang:rank=0,step=5", "kill-during-save:step=8",
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data")
-    # the standard library's own sources: on every machine, same bytes for this Python
-    result = bastion("data", "prepare", str(Path(json.__file__).parent), "--out", str(out))
-    assert result.returncode == 0, result.stderr
-    return out
-
-
-@pytest.fixture(scope="module")
 def plan_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("plan") / "pp2dp2.json"
     path.write_text(json.dumps(PLAN))
@@ -51,18 +42,18 @@ def train(run_dir: Path, dataset: Path, plan_file: Path, *extra: str) -> subproc
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, dataset, plan_file) -> dict:
+def reference(tmp_path_factory, token_data, plan_file) -> dict:
     """Uninterrupted, no checkpoints, skipping the batch the NaN guard will skip."""
     run_dir = tmp_path_factory.mktemp("reference")
-    train(run_dir, dataset, plan_file, "--skip-batch", str(NAN_STEP))
+    train(run_dir, token_data, plan_file, "--skip-batch", str(NAN_STEP))
     return json.loads((run_dir / "summary.json").read_text())
 
 
 @pytest.fixture(scope="module")
-def gauntlet(tmp_path_factory, dataset, plan_file) -> tuple[Path, dict, str]:
+def gauntlet(tmp_path_factory, token_data, plan_file) -> tuple[Path, dict, str]:
     run_dir = tmp_path_factory.mktemp("gauntlet")
     injects = [arg for fault in FAULTS for arg in ("--inject", fault)]
-    result = train(run_dir, dataset, plan_file, "--checkpoint-every", "2",  # async saves (the default)
+    result = train(run_dir, token_data, plan_file, "--checkpoint-every", "2",  # async saves (the default)
                    "--max-restarts", "8", "--hang-timeout-s", "10", *injects)
     return run_dir, json.loads((run_dir / "summary.json").read_text()), result.stdout + result.stderr
 

@@ -24,15 +24,12 @@ def train(run_dir: Path, data: Path, plan: Path, *extra: str) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
-def test_a_nan_on_one_replica_rolls_every_rank_back(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    prepared = bastion("data", "prepare", str(Path(json.__file__).parent), "--out", str(data))
-    assert prepared.returncode == 0, prepared.stderr
+def test_a_nan_on_one_replica_rolls_every_rank_back(tmp_path: Path, token_data: Path) -> None:
     plan = tmp_path / "dp2.json"
     plan.write_text(json.dumps(PLAN))
-    reference = train(tmp_path / "reference", data, plan, "--skip-batch", str(NAN_STEP))
+    reference = train(tmp_path / "reference", token_data, plan, "--skip-batch", str(NAN_STEP))
     run_dir = tmp_path / "poisoned"
-    poisoned = train(run_dir, data, plan, "--checkpoint-every", "2", "--inject", f"nan:rank=1,step={NAN_STEP}")
+    poisoned = train(run_dir, token_data, plan, "--checkpoint-every", "2", "--inject", f"nan:rank=1,step={NAN_STEP}")
     recs = records(run_dir)
     rollbacks = [r for r in recs if r.get("event") == "rollback"]
     assert len(rollbacks) == 1 and rollbacks[0]["step"] == NAN_STEP and "nan" in rollbacks[0]["reason"]

@@ -1,9 +1,9 @@
-"""Resume on other plans: one 8-step run that changes plan (and world size) three times.
+"""Resume on other plans: one 10-step run that changes plan (and world size) three times.
 
-FSDP dp4 (4 processes) → TP2 (2) → DP2 (2) → PP2 (2), checkpointing and stopping every 2 steps; DCP reshards the
-model and optimizer at each change. Against an uninterrupted single-process run: every step's loss and the final
-weights and Adam moments agree to fp32 round-off, and the global sample ids of the 8 kept steps are exactly
-0..8·G−1 — none skipped, none repeated.
+FSDP dp4 (4 processes) → TP2 (2) → DP2 (2) → PP2 (2), checkpointing every 2 steps and stopping at steps 2, 4 and
+6; DCP reshards the model and optimizer at each change. Against an uninterrupted single-process run (the
+session's `tiny_reference`): every step's loss and the final weights and Adam moments agree to fp32 round-off, and
+the global sample ids of the 10 kept steps are exactly 0..10·G−1 — none skipped, none repeated.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from helpers.checkpoints import final_state
 from helpers.cli import step_records
-from helpers.reshard import GLOBAL_BATCH, STEPS, reference_and_switched
+from helpers.reshard import GLOBAL_BATCH, STEPS, switched_run
 
 pytestmark = [pytest.mark.dist, pytest.mark.timeout(900)]
 
@@ -30,8 +30,8 @@ SEGMENTS = [  # (plan, processes, stop after step)
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> tuple[Path, Path]:
-    return reference_and_switched(tmp_path_factory.mktemp("reshard"), SEGMENTS)
+def runs(tmp_path_factory, token_data, tiny_reference) -> tuple[Path, Path]:
+    return tiny_reference, switched_run(tmp_path_factory.mktemp("reshard") / "switched", token_data, SEGMENTS)
 
 
 def test_every_plan_change_resumed_where_the_last_stopped(runs):

@@ -1,9 +1,10 @@
-"""Resume a context-parallel run on other layouts: one 6-step run that changes plan twice.
+"""Resume a context-parallel run on other layouts: one 10-step run that changes plan twice.
 
 cp2 × dp2 ZeRO 3 (4 processes) → cp2 × tp2 with sequence parallelism (4) → dp2 ZeRO 2 without cp (2),
-checkpointing and stopping every 2 steps; DCP reshards the model and optimizer at each change (the ZeRO shards of
-the first layout are spread over dp × cp). Against an uninterrupted single-process run: every step's loss and the
-final weights and Adam moments agree to fp32 round-off, and no sample is skipped or repeated.
+checkpointing every 2 steps and stopping at steps 2 and 4; DCP reshards the model and optimizer at each change
+(the ZeRO shards of the first layout are spread over dp × cp). Against an uninterrupted single-process run (the
+session's `tiny_reference`): every step's loss and the final weights and Adam moments agree to fp32 round-off,
+and no sample is skipped or repeated.
 """
 
 from __future__ import annotations
@@ -14,12 +15,10 @@ from pathlib import Path
 import pytest
 from helpers.checkpoints import final_state
 from helpers.cli import step_records
-from helpers.reshard import reference_and_switched
+from helpers.reshard import GLOBAL_BATCH, STEPS, switched_run
 
 pytestmark = [pytest.mark.dist, pytest.mark.timeout(900)]
 
-STEPS = 6
-GLOBAL_BATCH = 8
 SEGMENTS = [  # (plan, processes, stop after step)
     ({"cp": 2, "dp": 2, "zero_stage": 3, "micro_batch": 1}, 4, 2),
     ({"cp": 2, "tp": 2, "sequence_parallel": True}, 4, 4),
@@ -28,8 +27,8 @@ SEGMENTS = [  # (plan, processes, stop after step)
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> tuple[Path, Path]:
-    return reference_and_switched(tmp_path_factory.mktemp("reshard-cp"), SEGMENTS, STEPS)
+def runs(tmp_path_factory, token_data, tiny_reference) -> tuple[Path, Path]:
+    return tiny_reference, switched_run(tmp_path_factory.mktemp("reshard-cp") / "switched", token_data, SEGMENTS)
 
 
 def test_cp_run_resumed_on_other_layouts_where_it_stopped(runs):

@@ -3,7 +3,8 @@
 Rank 3's node is lost at step 5 with no replacement: the launcher re-plans for the ranks left (dp2, more gradient
 accumulation, the same global batch) and relaunches from the newest checkpoint; the node is back at step 7, so the
 smaller world stops at the next checkpoint boundary (8) and the run grows back to dp4 and finishes. Every sample
-is used exactly once and the losses follow an uninterrupted dp4 run over the same samples.
+is used exactly once and the losses follow an uninterrupted run over the same samples (the session's single-process
+`tiny_reference`, which every plan matches within 1e-5: test_equivalence.py).
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.reshard import GLOBAL_BATCH, STEPS
 
 pytestmark = [pytest.mark.dist, pytest.mark.timeout(900)]
 
-STEPS = 10
-PLAN = {"dp": 4, "pp": 1, "tp": 1, "zero_stage": 3, "micro_batch": 1, "global_batch": 8, "precision": "fp32"}
+PLAN = {"dp": 4, "pp": 1, "tp": 1, "zero_stage": 3, "micro_batch": 1, "global_batch": GLOBAL_BATCH,
+        "precision": "fp32"}
 
 
 def train(tmp_path: Path, token_data: Path, name: str, *extra: str) -> tuple[Path, str]:
@@ -34,8 +36,8 @@ def train(tmp_path: Path, token_data: Path, name: str, *extra: str) -> tuple[Pat
     return run_dir, result.stdout + result.stderr
 
 
-def test_a_lost_node_shrinks_the_world_it_grows_back_and_the_run_keeps_its_samples(tmp_path, token_data) -> None:
-    reference, _ = train(tmp_path, token_data, "reference")
+def test_a_lost_node_shrinks_the_world_it_grows_back_and_the_run_keeps_its_samples(tmp_path, token_data,
+                                                                                   tiny_reference) -> None:
     shrunk, output = train(tmp_path, token_data, "shrunk", "--on-failure", "shrink", "--checkpoint-every", "2",
                            "--sync-checkpoint", "--inject", "lose-node:rank=3,step=5,back_at=7")
     records = [json.loads(line) for line in (shrunk / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -60,5 +62,5 @@ def test_a_lost_node_shrinks_the_world_it_grows_back_and_the_run_keeps_its_sampl
     assert sorted(seen) == list(range(STEPS * 8))
     report = subprocess.run([sys.executable, "-m", "bastion", "report", str(shrunk)], capture_output=True, text=True)
     assert report.returncode == 0 and "4 → 2 at step 4, 2 → 4 at step 8" in report.stdout, report.stderr
-    expected = json.loads((reference / "summary.json").read_text())["losses"]
+    expected = json.loads((tiny_reference / "summary.json").read_text())["losses"]
     assert [kept[s]["loss"] for s in range(1, STEPS + 1)] == pytest.approx(expected, abs=1e-5)

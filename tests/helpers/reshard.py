@@ -7,8 +7,8 @@ from pathlib import Path
 
 from helpers.cli import bastion
 
-#: the `tiny` runs of the resharding tests: 8 steps of 8 samples, fp32, checkpoint every 2 steps
-STEPS = 8
+#: the `tiny` runs of the resharding and shrinking tests: 10 steps of 8 samples, fp32, checkpoint every 2 steps
+STEPS = 10
 GLOBAL_BATCH = 8
 BASE = {"micro_batch": 2, "global_batch": GLOBAL_BATCH, "precision": "fp32"}
 
@@ -23,19 +23,19 @@ def train(run_dir: Path, data: Path, plan: dict, nproc: int, *extra: str, steps:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
 
 
-def reference_and_switched(root: Path, segments: list, steps: int = STEPS, model: str = "tiny"
-                           ) -> tuple[Path, Path]:
-    """An uninterrupted single-process run, and one that runs `segments` (plan, processes, stop after step) in
-    turn in the same run directory, each resuming where the last stopped (--resume: a new plan is another run's
-    unless told to continue, rundir/occupant.py)."""
-    data = root / "data"
-    assert bastion("data", "prepare", str(Path(json.__file__).parent), "--out", str(data)).returncode == 0
-    reference = root / "reference"
-    reference.mkdir()
-    train(reference, data, {}, 1, steps=steps, model=model)
-    switched = root / "switched"
-    switched.mkdir()
+def single_process_run(run_dir: Path, data: Path, steps: int = STEPS, model: str = "tiny") -> Path:
+    """An uninterrupted single-process run of `steps` steps (checkpointed every 2 steps, like the others)."""
+    run_dir.mkdir(parents=True)
+    train(run_dir, data, {}, 1, steps=steps, model=model)
+    return run_dir
+
+
+def switched_run(run_dir: Path, data: Path, segments: list, steps: int = STEPS, model: str = "tiny") -> Path:
+    """A run of `segments` (plan, processes, stop after step) in turn in the same run directory, each resuming
+    where the last stopped (--resume: a new plan is another run's unless told to continue, rundir/occupant.py)."""
+    run_dir.mkdir(parents=True)
     for plan, nproc, stop in segments:
-        train(switched, data, plan, nproc, *(["--stop-after-step", str(stop)] if stop else []), steps=steps,
+        train(run_dir, data, plan, nproc, *(["--stop-after-step", str(stop)] if stop else []), steps=steps,
               model=model)
-    return reference, switched
+    return run_dir
+

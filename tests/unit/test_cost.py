@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -12,6 +10,7 @@ from bastion.cost import OnPremAssumptions, cloud_prices, onprem_usd_per_gpu_hou
 from bastion.errors import ConfigError
 from bastion.specs import ParallelPlan, load_cluster, load_model
 from bastion.specs.hardware import load_accelerator
+from helpers.cli import run, user_error
 
 PLAN_70B = ParallelPlan(dp=128, tp=8, global_batch=1024, micro_batch=1, zero_stage=3, sequence_parallel=True)
 
@@ -67,13 +66,12 @@ def test_bad_inputs_are_guidance_errors() -> None:
         OnPremAssumptions(utilisation=1.5)
 
 
-def test_cost_cli_json(tmp_path) -> None:
+def test_cost_cli_json(tmp_path, capsys) -> None:
     plan = PLAN_70B.save(tmp_path / "plan.json")
-    proc = subprocess.run([sys.executable, "-m", "bastion", "cost", "--model", "llama3-70b", "--cluster",
-                           "h100-sxm:1024", "--tokens", "1e12", "--plan", str(plan), "--json"],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    data = json.loads(proc.stdout)
+    cost = ["cost", "--model", "llama3-70b", "--cluster", "h100-sxm:1024", "--tokens", "1e12"]
+    code, out, err = run([*cost, "--plan", str(plan), "--json"], capsys)   # in this process
+    assert code == 0, err
+    data = json.loads(out)
     assert data["plan"] == PLAN_70B.to_dict() and data["gpu_hours"] > 0
     # the recovery policies side by side, for this plan's dp replicas and the cluster's nodes
     policies = {p["policy"]: p for p in data["recovery_policies"]}
@@ -81,13 +79,8 @@ def test_cost_cli_json(tmp_path) -> None:
     assert data["recommended_policy"] == max(policies.values(), key=lambda p: p["goodput"])["policy"]
     assert policies["spares"]["allocated_nodes"] == policies["requeue"]["allocated_nodes"] + 1
     assert policies["replica-drop"]["applicable"] == (PLAN_70B.dp >= 2)
-    proc = subprocess.run([sys.executable, "-m", "bastion", "cost", "--model", "llama3-70b", "--cluster",
-                           "h100-sxm:1024", "--tokens", "1e12"], capture_output=True, text=True)
-    assert proc.returncode == 2 and "--global-batch" in proc.stderr and "Traceback" not in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "bastion", "cost", "--model", "llama3-70b", "--cluster",
-                           "h100-sxm:1024", "--tokens", "1e12", "--plan", str(plan), "--spares", "-1"],
-                          capture_output=True, text=True)
-    assert proc.returncode == 2 and "--spares" in proc.stderr and "Traceback" not in proc.stderr
+    user_error(cost, capsys, "--global-batch")
+    user_error([*cost, "--plan", str(plan), "--spares", "-1"], capsys, "--spares")
 
 
 def test_an_accelerator_without_a_published_power_figure_has_no_energy_not_zero() -> None:
