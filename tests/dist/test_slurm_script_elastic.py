@@ -177,3 +177,17 @@ def test_a_stragglers_node_is_left_out_of_the_next_job_step(tmp_path: Path, toke
     assert straggler["rank"] == 3 and straggler["step"] < 8
     slow_node = (run_dir / "nodes" / "rank-00003").read_text().strip()
     check_continued(run_dir, output, steps, 10, slow_node, "straggler", resumed_from=6)
+
+
+def test_a_node_whose_device_fails_the_health_check_is_left_out_before_a_step(tmp_path: Path,
+                                                                               token_data: Path) -> None:
+    """Rank 3's device reports an uncorrected ECC error in the pre-flight health check (a `bad-gpu` fault): every
+    rank ends the job step before step 1, and the next job step runs without that node, re-planned for 2 ranks
+    from the start; the run finishes with every sample used once."""
+    run_dir, output, steps = run_job(tmp_path, token_data, 4, "--checkpoint-every", "2", "--inject",
+                                     "bad-gpu:rank=3")
+    (check,) = [r for r in records(run_dir) if r.get("event") == "health_check" and not r["ok"]]
+    assert check["failing_ranks"] == [3] and "uncorrected ECC" in check["problems"][0]
+    assert "failed the health check: ending this job step" in output
+    bad_node = (run_dir / "nodes" / "rank-00003").read_text().strip()
+    check_continued(run_dir, output, steps, 4, bad_node, "unhealthy", resumed_from=0)
