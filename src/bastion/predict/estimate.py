@@ -300,6 +300,20 @@ def _tp_ends_comm(cluster: Cluster, model: ModelSpec, plan: ParallelPlan, seq_le
     return (counted or 0.0) * (int(has_first) + int(has_last)) / 2
 
 
+def _shared_core_bubble(node: Cluster, busy: float, bubble: float) -> float:
+    """The pipeline bubble of a rank on a host CPU whose ranks share its cores: a rank idle in the bubble blocks
+    in a receive and leaves its core to the others, so the step lasts the longer of the busy work at the share
+    all ranks get (`busy`, `bubble`: seconds at that share) and the rank's busy + idle path at the share of the
+    ranks busy on average (a fraction busy / (busy + bubble) of them). Returns the bubble that adds."""
+    acc = node.accelerator
+    ranks = node.gpus_per_node
+    if bubble <= 0 or busy <= 0:
+        return bubble
+    busy_ranks = ranks * busy / (busy + bubble)
+    path = (busy + bubble) * acc.core_share(ranks) / min(1.0, acc.host_cores / (busy_ranks + acc.background_load))
+    return max(0.0, path - busy)
+
+
 def _host_saturated(node: Cluster) -> bool:
     """A host CPU with measured rates: gloo's collectives run on the cores the ranks compute on, so nothing
     hides them (no idle core, no separate engine), and the predictor follows what bastion's runtime does."""
@@ -736,7 +750,14 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
         # Megatron's scatter/gather optimisation sends 1/tp of the activation per TP rank
         act_bytes = tokens * model.hidden_size * activation_dtype_bytes(plan.precision) / plan.tp
         hop = comm.p2p_time(cluster, float(act_bytes), pp_group.domains > 1)
+        if saturated and node.profile.host_overheads.pipeline_micro_batch_s > 0:
+            # the profile's pipeline_micro_batch_s ran the schedule's send/recv at a negligible size (their
+            # latency and host work): only the bytes remain
+            hop -= node.profile.collective_wall_time("send_recv", 2, 0.0,
+                                                     node.accelerator.core_share(node.gpus_per_node)) or 0.0
         pp_comm = 2 * hop * (m * plan.vpp + plan.pp - 1)
+        if saturated:
+            bubble = _shared_core_bubble(node, m * slowest.total + pp_comm, bubble)
 
     # data parallelism (ZeRO 0-2): gradients are reduced once per step; DDP's buckets overlap the reduction with
     # the last micro-batch's backward, except the last bucket. ZeRO 1/2 then all-gather the updated parameters.
