@@ -153,7 +153,8 @@ def _run(model: str, name: str, plan: dict, profile: Path, data: Path, work: Pat
     predicted = summary["predicted"]["step_time_s"]
     row.update(measured_s=measured, predicted_s=predicted, ratio=predicted / measured,
                interval_s=[summary["predicted"].get("step_time_p10_s"), summary["predicted"].get("step_time_p90_s")],
-               rates=summary["predicted"].get("rates"), datasheet_s=_prediction(model, plan, f"cpu:{world}"))
+               rates=summary["predicted"].get("rates"), datasheet_s=_prediction(model, plan, f"cpu:{world}"),
+               sections_s=_sections(run_dir))
     if len(steps) >= 2 and steps[-1][0] > steps[0][0]:
         # CPU seconds per step per rank, whatever else the host ran: the profile's prediction on whole cores
         # (core share 1) against what the ranks used between the first and the last sampled step
@@ -168,6 +169,19 @@ def _run(model: str, name: str, plan: dict, profile: Path, data: Path, work: Pat
         row["predicted_run_load_s"] = _prediction(model, plan, cluster, background)
         row["ratio_run_load"] = row["predicted_run_load_s"] / measured
     return row
+
+
+def _sections(run_dir: Path) -> dict[str, list[float]]:
+    """Each rank's median section times over the steps after the first (runtime/stragglers.py SECTIONS:
+    forward_backward, optimizer, sync_wait, step): within one run their ratios say which part of the step a
+    prediction misses, whatever the host's load did to the whole."""
+    from bastion.rundir.metrics import read_records
+
+    steps = [r["rank_sections_s"] for r in read_records(run_dir) if "rank_sections_s" in r][1:]
+    if not steps:
+        return {}
+    return {name: [statistics.median(s[name][rank] for s in steps) for rank in range(len(steps[0][name]))]
+            for name in steps[0]}
 
 
 def _plan_row(runs: list[dict]) -> dict:
