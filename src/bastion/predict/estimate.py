@@ -830,6 +830,8 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
         (f"{cluster.gpus_per_node} single-threaded ranks share the host's {acc.host_cores} cores: "
          f"{min(1.0, acc.host_cores / cluster.gpus_per_node):.2g} of a core and {acc.hbm_bandwidth_gbs:.3g} GB/s "
          f"each") if acc.host_cores else "",
+        ("pipeline ranks idle in the bubble leave their cores to the busy ranks; a hop adds only its bytes to "
+         "the schedule's measured per-micro-batch cost") if saturated and plan.pp > 1 else "",
         "loss: fused cross-entropy kernel" if options.fused_cross_entropy
         else "loss: plain PyTorch cross-entropy on fp32 logits",
         (f"partial recompute: the first {plan.recompute_layers} layers of each pipeline chunk recomputed whole, "
