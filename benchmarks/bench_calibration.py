@@ -236,9 +236,14 @@ def main() -> int:
     parser.add_argument("--plans", default="", help="plan names, comma-separated (default: all + demo)")
     parser.add_argument("--profile", type=Path, help="use this profile instead of calibrating")
     parser.add_argument("--out", type=Path, default=RESULTS / "calibration.json", help="results file")
+    parser.add_argument("--repredict", type=Path, metavar="RESULTS.json",
+                        help="run nothing: predict a recorded table's plans again with today's predictor and the "
+                             "profile (a model change judged against the same measurements); prints, writes --out")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     profile = args.profile or RESULTS / "calibration_profile.toml"
+    if args.repredict:
+        return _repredict(args.repredict, profile.resolve(), args.out)
     calibrate_s = None
     if args.profile is None:
         started = time.time()
@@ -286,6 +291,37 @@ def main() -> int:
     print(_table(rows))
     print(f"within 10%: {result['within_10pct']} ({result['within_10pct_unloaded']}); measured inside the "
           f"predicted p10-p90: {result['within_interval']}")
+    return 0
+
+
+def _repredict(recorded: Path, profile: Path, out: Path) -> int:
+    """Every row of a recorded table predicted again (same profile, same measured medians): what a change of the
+    predictor did, free of the noise a new run on a shared host would add."""
+    sys.path.insert(0, str(ROOT / "src"))
+    table = json.loads(recorded.read_text())
+    rows = []
+    for row in table["rows"]:
+        if "measured_median_s" not in row:
+            continue
+        cluster = f"cpu:{row['processes']}@{profile}"
+        predicted = _prediction(row["model"], row["plan_fields"], cluster)
+        rows.append({"model": row["model"], "plan": row["plan"], "processes": row["processes"],
+                     "loaded": row["loaded"], "measured_median_s": row["measured_median_s"],
+                     "recorded_predicted_s": row["predicted_s"], "recorded_ratio": row["ratio"],
+                     "predicted_s": predicted, "ratio": predicted / row["measured_median_s"]})
+        print(f"{row['model']:6} {row['plan']:14} measured {row['measured_median_s']:.4f}  recorded prediction "
+              f"{row['predicted_s']:.4f} ({row['ratio']:.2f}x)  now {predicted:.4f} ({predicted / row['measured_median_s']:.2f}x)"
+              + ("  LOADED" if row["loaded"] else ""))
+    within = sum(abs(r["ratio"] - 1) <= 0.10 for r in rows)
+    recorded_within = sum(abs(r["recorded_ratio"] - 1) <= 0.10 for r in rows)
+    result = {"recorded": str(recorded.relative_to(ROOT)) if recorded.resolve().is_relative_to(ROOT) else str(recorded),
+              "profile": str(profile.relative_to(ROOT)) if profile.is_relative_to(ROOT) else str(profile),
+              "rows": rows, "within_10pct": f"{within} of {len(rows)}",
+              "recorded_within_10pct": f"{recorded_within} of {len(rows)}",
+              "note": "the recorded table's measured medians and loaded flags (its own definition of loaded), "
+                      "predicted again with this checkout's predictor and the profile; nothing was run"}
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"within 10%: {result['within_10pct']} now, {result['recorded_within_10pct']} as recorded")
     return 0
 
 
