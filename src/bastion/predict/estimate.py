@@ -655,10 +655,12 @@ def step_time_lower_bound(model: ModelSpec, cluster: Cluster, plan: ParallelPlan
     Why it holds: with no recompute and no ZeRO-3 a rank's per-micro-batch time has the least of every term
     (recompute adds a forward, full recompute more memory-bound and TP work, ZeRO-3 exposed gathers), and the
     step is m times the slowest rank's time, plus the bubble proportional to it, plus terms that are never
-    negative."""
+    negative; on a host whose ranks share its cores, the busy time plus the bubble that adds
+    (`_shared_core_bubble`) grows with both, so the bound's smaller busy time and bubble give a smaller sum."""
     options = options or DEFAULT_OPTIONS
     s = seq_len or model.seq_len
     model = model.with_seq_len(s)
+    node = cluster
     cluster = per_rank(cluster)
     key = _StageKey(1, plan.tp, plan.cp, 0, plan.micro_batch, "none", plan.sequence_parallel, plan.precision,
                     *_expert_key(plan, options))
@@ -671,6 +673,8 @@ def step_time_lower_bound(model: ModelSpec, cluster: Cluster, plan: ParallelPlan
                   for (layers, _, has_last), dense in ((stages.roles[i], stages.dense[i]) for i in stages.costed))
     m = plan.num_microbatches
     bubble = schedule.bubble_fraction(plan.pp_schedule, plan.pp, plan.vpp, m) * m * slowest
+    if _host_saturated(node) and plan.pp > 1:
+        bubble = _shared_core_bubble(node, m * slowest, bubble)
     return (m * slowest + bubble) * (1 - 1e-12)  # the margin absorbs rounding in a differently ordered sum
 
 
