@@ -7,8 +7,10 @@
    with its p10-p90 interval; the datasheet prediction (plain `cpu:N`) is computed alongside;
 4. each plan runs `--repeats` times: the table gives the median of the runs' step times and their spread (half
    the range, relative to the median), and the host's 1-minute load average before and after every run; a run
-   whose load average exceeded the host's cores is marked `loaded` (another job shared the cores: its step time
-   says more about that job than about the prediction). The table goes to benchmarks/results/calibration.json.
+   during whose steps other processes (not its own ranks, not this script) were runnable on average
+   OTHER_LOAD_LIMIT or more is marked `loaded` (another job shared the cores: its step time says more about that
+   job than about the prediction). The load average is recorded but not judged: it lags a minute and counts
+   the benchmark's own ranks, of this run and the one before. The table goes to benchmarks/results/calibration.json.
 
 Nothing here is fitted to the measured step times: the profile comes from microbenchmarks only.
 
@@ -47,27 +49,32 @@ FAMILIES = {
 }
 STEPS = {"tiny": 6, "small": 3}
 SEQ = {"tiny": 64, "small": 256}
-#: the host's cores: a load average above them means other work shared the cores during a run
 CORES = os.cpu_count() or 1
+#: other processes runnable on average while a run's steps ran, at or above which the run is marked loaded (half
+#: a core's worth of other work)
+OTHER_LOAD_LIMIT = 0.5
 
 
-def _worker_cpu_s(run_dir: Path) -> dict[int, float]:
-    """CPU seconds (user + system) each of the run's worker processes has used so far, by pid."""
-    used = {}
+def _workers(run_dir: Path) -> dict[int, tuple[float, bool]]:
+    """Each of the run's worker processes, by pid: CPU seconds (user + system) used so far, and whether it is
+    runnable now (state R)."""
+    found = {}
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             text = cmdline.read_text()
             if "_worker" in text and str(run_dir) in text and "local_agent" not in text:
                 fields = (cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()
-                used[int(cmdline.parent.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+                found[int(cmdline.parent.name)] = ((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"),
+                                                   fields[0] == "R")
         except (OSError, IndexError, ValueError):
             continue
-    return used
+    return found
 
 
 def _bastion(*args: str, run_dir: Path | None = None) -> tuple[subprocess.CompletedProcess, dict]:
     """Run the CLI; with `run_dir` (a training run), also sample every 0.2 s, once its first step is recorded:
-    the host's runnable processes (/proc/loadavg), and the workers' CPU time at each newly recorded step."""
+    the host's runnable processes (/proc/loadavg) other than the run's runnable workers and this sampler, and
+    the workers' CPU time at each newly recorded step."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.Popen([sys.executable, "-m", "bastion", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -77,10 +84,12 @@ def _bastion(*args: str, run_dir: Path | None = None) -> tuple[subprocess.Comple
         metrics = run_dir / "metrics.jsonl" if run_dir else None
         while proc.poll() is None:
             if metrics is not None and metrics.exists():
-                samples["runnable"].append(int(Path("/proc/loadavg").read_text().split()[3].split("/")[0]))
+                runnable = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+                workers = _workers(run_dir)
+                samples["runnable"].append(max(0, runnable - sum(r for _, r in workers.values()) - 1))
                 steps = metrics.read_text().count('"step_time_s"')
                 if not samples["steps"] or steps > samples["steps"][-1][0]:
-                    samples["steps"].append((steps, time.perf_counter(), _worker_cpu_s(run_dir)))
+                    samples["steps"].append((steps, time.perf_counter(), {p: c for p, (c, _) in workers.items()}))
             time.sleep(0.2)
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -126,15 +135,15 @@ def _run(model: str, name: str, plan: dict, profile: Path, data: Path, work: Pat
     done, samples = _bastion("train", "--model", model, "--plan", str(plan_file), "--data", str(data), "--steps",
                              str(STEPS[model]), "--run-dir", str(run_dir), "--nproc", str(world), "--no-progress",
                              "--cluster", cluster, run_dir=run_dir)
-    # runnable processes besides the ranks and the sampler while the steps ran
+    # runnable processes besides the run's own ranks and the sampler while the steps ran
     runnable = samples["runnable"]
-    background = max(0.0, statistics.fmean(runnable) - world - 1) if runnable else None
+    background = statistics.fmean(runnable) if runnable else None
     # the samples taken while every worker of the first sample still ran (they exit at the end)
     steps = [st for st in samples["steps"] if samples["steps"] and st[2] and set(samples["steps"][0][2]) <= set(st[2])]
     load_after = os.getloadavg()[0]
     row = {"model": model, "plan": name, "processes": world, "plan_fields": plan, "wall_s": time.time() - started,
            "load_avg_1m_before": load_before, "load_avg_1m_after": load_after,
-           "loaded": max(load_before, load_after) > CORES, "background_load_during_steps": background}
+           "loaded": background is None or background >= OTHER_LOAD_LIMIT, "background_load_during_steps": background}
     summary_file = run_dir / "summary.json"
     if done.returncode != 0 or not summary_file.exists():
         row["error"] = (done.stderr or done.stdout)[-600:]
@@ -144,7 +153,8 @@ def _run(model: str, name: str, plan: dict, profile: Path, data: Path, work: Pat
     predicted = summary["predicted"]["step_time_s"]
     row.update(measured_s=measured, predicted_s=predicted, ratio=predicted / measured,
                interval_s=[summary["predicted"].get("step_time_p10_s"), summary["predicted"].get("step_time_p90_s")],
-               rates=summary["predicted"].get("rates"), datasheet_s=_prediction(model, plan, f"cpu:{world}"))
+               rates=summary["predicted"].get("rates"), datasheet_s=_prediction(model, plan, f"cpu:{world}"),
+               sections_s=_sections(run_dir))
     if len(steps) >= 2 and steps[-1][0] > steps[0][0]:
         # CPU seconds per step per rank, whatever else the host ran: the profile's prediction on whole cores
         # (core share 1) against what the ranks used between the first and the last sampled step
@@ -159,6 +169,19 @@ def _run(model: str, name: str, plan: dict, profile: Path, data: Path, work: Pat
         row["predicted_run_load_s"] = _prediction(model, plan, cluster, background)
         row["ratio_run_load"] = row["predicted_run_load_s"] / measured
     return row
+
+
+def _sections(run_dir: Path) -> dict[str, list[float]]:
+    """Each rank's median section times over the steps after the first (runtime/stragglers.py SECTIONS:
+    forward_backward, optimizer, sync_wait, step): within one run their ratios say which part of the step a
+    prediction misses, whatever the host's load did to the whole."""
+    from bastion.rundir.metrics import read_records
+
+    steps = [r["rank_sections_s"] for r in read_records(run_dir) if "rank_sections_s" in r][1:]
+    if not steps:
+        return {}
+    return {name: [statistics.median(s[name][rank] for s in steps) for rank in range(len(steps[0][name]))]
+            for name in steps[0]}
 
 
 def _plan_row(runs: list[dict]) -> dict:
@@ -213,9 +236,14 @@ def main() -> int:
     parser.add_argument("--plans", default="", help="plan names, comma-separated (default: all + demo)")
     parser.add_argument("--profile", type=Path, help="use this profile instead of calibrating")
     parser.add_argument("--out", type=Path, default=RESULTS / "calibration.json", help="results file")
+    parser.add_argument("--repredict", type=Path, metavar="RESULTS.json",
+                        help="run nothing: predict a recorded table's plans again with today's predictor and the "
+                             "profile (a model change judged against the same measurements); prints, writes --out")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     profile = args.profile or RESULTS / "calibration_profile.toml"
+    if args.repredict:
+        return _repredict(args.repredict, profile.resolve(), args.out)
     calibrate_s = None
     if args.profile is None:
         started = time.time()
@@ -256,12 +284,44 @@ def main() -> int:
                       "--cluster cpu:N@PROFILE, p10-p90 its interval; datasheet = plain cpu:N; cpu ratio = the "
                       "profile's prediction on whole cores / the ranks' CPU seconds per step; at run load = the "
                       "profile's prediction with its background_load replaced by the runnable processes counted "
-                      "(/proc/loadavg) while the run's steps ran, less its own ranks, / measured; loaded = the "
-                      "1-minute load average exceeded the host's cores before or after a run."}
+                      "(/proc/loadavg) while the run's steps ran, less its own runnable ranks and the sampler, / measured; "
+                      f"loaded = those other runnable processes averaged {OTHER_LOAD_LIMIT} or more (the 1-minute "
+                      "load average, which lags and counts the benchmark's own ranks, is recorded, not judged)."}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(_table(rows))
     print(f"within 10%: {result['within_10pct']} ({result['within_10pct_unloaded']}); measured inside the "
           f"predicted p10-p90: {result['within_interval']}")
+    return 0
+
+
+def _repredict(recorded: Path, profile: Path, out: Path) -> int:
+    """Every row of a recorded table predicted again (same profile, same measured medians): what a change of the
+    predictor did, free of the noise a new run on a shared host would add."""
+    sys.path.insert(0, str(ROOT / "src"))
+    table = json.loads(recorded.read_text())
+    rows = []
+    for row in table["rows"]:
+        if "measured_median_s" not in row:
+            continue
+        cluster = f"cpu:{row['processes']}@{profile}"
+        predicted = _prediction(row["model"], row["plan_fields"], cluster)
+        rows.append({"model": row["model"], "plan": row["plan"], "processes": row["processes"],
+                     "loaded": row["loaded"], "measured_median_s": row["measured_median_s"],
+                     "recorded_predicted_s": row["predicted_s"], "recorded_ratio": row["ratio"],
+                     "predicted_s": predicted, "ratio": predicted / row["measured_median_s"]})
+        print(f"{row['model']:6} {row['plan']:14} measured {row['measured_median_s']:.4f}  recorded prediction "
+              f"{row['predicted_s']:.4f} ({row['ratio']:.2f}x)  now {predicted:.4f} ({predicted / row['measured_median_s']:.2f}x)"
+              + ("  LOADED" if row["loaded"] else ""))
+    within = sum(abs(r["ratio"] - 1) <= 0.10 for r in rows)
+    recorded_within = sum(abs(r["recorded_ratio"] - 1) <= 0.10 for r in rows)
+    result = {"recorded": str(recorded.relative_to(ROOT)) if recorded.resolve().is_relative_to(ROOT) else str(recorded),
+              "profile": str(profile.relative_to(ROOT)) if profile.is_relative_to(ROOT) else str(profile),
+              "rows": rows, "within_10pct": f"{within} of {len(rows)}",
+              "recorded_within_10pct": f"{recorded_within} of {len(rows)}",
+              "note": "the recorded table's measured medians and loaded flags (its own definition of loaded), "
+                      "predicted again with this checkout's predictor and the profile; nothing was run"}
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"within 10%: {result['within_10pct']} now, {result['recorded_within_10pct']} as recorded")
     return 0
 
 

@@ -213,3 +213,85 @@ def test_a_profiled_hosts_fsdp_gathers_only_its_own_experts_over_the_ranks_that_
 
     assert dp_comm(wider, 4) == pytest.approx(dp_comm(model, 4))
     assert dp_comm(wider, 2) > dp_comm(model, 2) > dp_comm(model, 4)
+
+
+# ---- pipelines on a host whose ranks share its cores -------------------------------------------------------
+
+def test_a_pipeline_hop_adds_only_its_bytes_when_the_profile_timed_the_schedule(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """pipeline_micro_batch_s ran the schedule's send/recv at a negligible size: their latency is in it."""
+    plan = ("--pp", "2", "--dp", "1", "--micro-batch", "2", "--schedule", "1f1b", "--seq-len", "64")
+
+    def pp_comm(send_latency_us: float, pipeline_micro_batch_s: float) -> float:
+        data = profile_data()
+        data["host"]["pipeline_micro_batch_s"] = pipeline_micro_batch_s
+        data["collective"][-1]["latency_us"] = send_latency_us
+        name = f"pp-{send_latency_us}-{pipeline_micro_batch_s}.toml"
+        return _estimate(f"cpu:2@{write(tmp_path, data, name)}", capsys, *plan)["time"]["pp_comm"]
+
+    assert pp_comm(300.0, 0.003) == pytest.approx(pp_comm(3000.0, 0.003), rel=1e-9)
+    # 2 hops × (4 micro-batches + 1) of 2 × 64 tokens × 64 hidden × 4 B at 1 GB/s, on 2 cores / (2 + 0.5)
+    assert pp_comm(300.0, 0.003) == pytest.approx(10 * 2 * 64 * 64 * 4 / 1e9 / (2 / 2.5), rel=1e-6)
+    # a profile without the schedule's measurement: the hop's measured latency counts
+    assert pp_comm(3000.0, 0.0) > pp_comm(300.0, 0.0) > pp_comm(300.0, 0.003)
+
+
+def test_a_rank_idle_in_the_bubble_leaves_its_core_to_the_others(tmp_path: Path) -> None:
+    from bastion.predict.estimate import _shared_core_bubble
+
+    profile = write(tmp_path, profile_data())  # 2 cores, background load 0.5
+    four = load_cluster(f"cpu:4@{profile}")
+    # busy 1 s and idle 0.5 s at the share all 4 ranks get (2 / 4.5): on average 4 × 2/3 ranks are busy, and
+    # they get 2 / (8/3 + 0.5) of a core each
+    share_all, share_busy = 2 / 4.5, 2 / (8 / 3 + 0.5)
+    assert _shared_core_bubble(four, 1.0, 0.5) == pytest.approx(1.5 * share_all / share_busy - 1.0, rel=1e-9)
+    assert _shared_core_bubble(four, 1.0, 0.5) < 0.5
+    # so few ranks that every one has a whole core: the bubble is the schedule's
+    roomy = write(tmp_path, {**profile_data(), "accelerator": {**profile_data()["accelerator"],
+                                                                "background_load": 0.0}}, "roomy.toml")
+    assert _shared_core_bubble(load_cluster(f"cpu:2@{roomy}"), 1.0, 0.5) == pytest.approx(0.5, rel=1e-9)
+
+
+def test_pipeline_times_on_shared_cores_follow_the_busy_ranks(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """pp 2 × dp 2 on 4 ranks and 2 cores: the step's bubble is 1F1B's idle time (half the busy time at 2
+    stages and 2 micro-batches) shrunk by the cores the idle ranks leave to the busy ones."""
+    import importlib
+
+    estimate_module = importlib.import_module("bastion.predict.estimate")  # the module, not the function
+
+    real = estimate_module._shared_core_bubble
+    seen = []
+
+    def recording(node, busy: float, bubble: float) -> float:
+        seen.append((node, busy, bubble))
+        return real(node, busy, bubble)
+    monkeypatch.setattr(estimate_module, "_shared_core_bubble", recording)
+    cluster = load_cluster(f"cpu:4@{write(tmp_path, profile_data())}")
+    plan = ParallelPlan(pp=2, dp=2, micro_batch=2, global_batch=8, pp_schedule="1f1b", precision="fp32")
+    est = estimate_module.estimate(load_model("tiny"), cluster, plan, seq_len=64)
+    (node, busy, schedule_idle), = seen
+    assert schedule_idle == pytest.approx(0.5 * (busy - est.time.pp_comm), rel=1e-9)
+    assert est.time.bubble == pytest.approx(real(node, busy, schedule_idle), rel=1e-12)
+    assert 0 < est.time.bubble < schedule_idle
+
+
+def test_the_planners_step_time_bound_holds_for_pipelines_on_shared_cores(tmp_path: Path) -> None:
+    """The bound the planner prunes with stays below the estimate when idle pipeline ranks give their cores
+    away, also where compute dwarfs the host's overheads (a bubble at the schedule's full fraction would not)."""
+    from bastion.predict import estimate
+    from bastion.predict.estimate import step_time_lower_bound
+
+    light = profile_data(layer_s=1e-6)
+    light["host"] = {k: 1e-6 for k in light["host"]}
+    model = load_model("small")
+    bubbles = []
+    for name, data in (("measured.toml", profile_data()), ("light.toml", light)):
+        cluster = load_cluster(f"cpu:4@{write(tmp_path, data, name)}")
+        for schedule, micro_batch in (("1f1b", 1), ("1f1b", 4), ("gpipe", 2), ("interleaved-1f1b", 1)):
+            plan = ParallelPlan(pp=2, dp=2, micro_batch=micro_batch, global_batch=8, pp_schedule=schedule,
+                                vpp=2 if schedule == "interleaved-1f1b" else 1, precision="fp32")
+            est = estimate(model, cluster, plan, seq_len=256)
+            assert step_time_lower_bound(model, cluster, plan, 256) <= est.step_time_s
+            bubbles.append(est.time.bubble)
+    assert all(b > 0 for b in bubbles)

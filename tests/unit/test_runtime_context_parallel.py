@@ -173,3 +173,30 @@ def test_preflight_accepts_cp_for_dense_and_mixture_of_experts_models():
                  ParallelPlan(dp=2, cp=2, ep=4, micro_batch=1, global_batch=4)):
         plan.validate(moe)
         check_runtime_executes(moe, plan)
+
+
+
+def test_each_attention_gathers_its_keys_and_values_in_one_collective(monkeypatch):
+    """One all-gather forward (one all-reduce backward) per block, as the predictor costs it: K and V together."""
+    from dataclasses import replace
+
+    from bastion.runtime.model import build_model, init_weights
+
+    spec = replace(load_model("tiny"), num_layers=2, seq_len=16)
+    model = build_model(spec)
+    model.to_empty(device="cpu")
+    init_weights(model, spec, 0)
+    context = ContextParallel(group=None, size=1, rank=0)
+    for sub in model.modules():
+        if hasattr(sub, "cp"):
+            sub.cp = context
+    gathered = []
+
+    def one_rank_gather(self, local_BSX):  # a group of one: the gather returns the local tensor
+        gathered.append(tuple(local_BSX.shape))
+        return local_BSX
+    monkeypatch.setattr(ContextParallel, "gather_sequence", one_rank_gather)
+    tokens = torch.randint(0, spec.vocab_size, (1, spec.seq_len))
+    model(tokens).sum().backward()
+    kv_width = 2 * spec.kv_width // spec.num_kv_heads
+    assert gathered == [(1, spec.seq_len, spec.num_kv_heads, kv_width)] * spec.num_layers

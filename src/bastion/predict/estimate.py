@@ -301,6 +301,20 @@ def _tp_ends_comm(cluster: Cluster, model: ModelSpec, plan: ParallelPlan, seq_le
     return (counted or 0.0) * (int(has_first) + int(has_last)) / 2
 
 
+def _shared_core_bubble(node: Cluster, busy: float, bubble: float) -> float:
+    """The pipeline bubble of a rank on a host CPU whose ranks share its cores: a rank idle in the bubble blocks
+    in a receive and leaves its core to the others, so the step lasts the longer of the busy work at the share
+    all ranks get (`busy`, `bubble`: seconds at that share) and the rank's busy + idle path at the share of the
+    ranks busy on average (a fraction busy / (busy + bubble) of them). Returns the bubble that adds."""
+    acc = node.accelerator
+    ranks = node.gpus_per_node
+    if bubble <= 0 or busy <= 0:
+        return bubble
+    busy_ranks = ranks * busy / (busy + bubble)
+    path = (busy + bubble) * acc.core_share(ranks) / min(1.0, acc.host_cores / (busy_ranks + acc.background_load))
+    return max(0.0, path - busy)
+
+
 def _host_saturated(node: Cluster) -> bool:
     """A host CPU with measured rates: gloo's collectives run on the cores the ranks compute on, so nothing
     hides them (no idle core, no separate engine), and the predictor follows what bastion's runtime does."""
@@ -649,10 +663,12 @@ def step_time_lower_bound(model: ModelSpec, cluster: Cluster, plan: ParallelPlan
     Why it holds: with no recompute and no ZeRO-3 a rank's per-micro-batch time has the least of every term
     (recompute adds a forward, full recompute more memory-bound and TP work, ZeRO-3 exposed gathers), and the
     step is m times the slowest rank's time, plus the bubble proportional to it, plus terms that are never
-    negative."""
+    negative; on a host whose ranks share its cores, the busy time plus the bubble that adds
+    (`_shared_core_bubble`) grows with both, so the bound's smaller busy time and bubble give a smaller sum."""
     options = options or DEFAULT_OPTIONS
     s = seq_len or model.seq_len
     model = model.with_seq_len(s)
+    node = cluster
     cluster = per_rank(cluster)
     key = _StageKey(1, plan.tp, plan.cp, 0, plan.micro_batch, "none", plan.sequence_parallel, plan.precision,
                     *_expert_key(plan, options))
@@ -665,6 +681,8 @@ def step_time_lower_bound(model: ModelSpec, cluster: Cluster, plan: ParallelPlan
                   for (layers, _, has_last), dense in ((stages.roles[i], stages.dense[i]) for i in stages.costed))
     m = plan.num_microbatches
     bubble = schedule.bubble_fraction(plan.pp_schedule, plan.pp, plan.vpp, m) * m * slowest
+    if _host_saturated(node) and plan.pp > 1:
+        bubble = _shared_core_bubble(node, m * slowest, bubble)
     return (m * slowest + bubble) * (1 - 1e-12)  # the margin absorbs rounding in a differently ordered sum
 
 
@@ -748,7 +766,14 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
         # Megatron's scatter/gather optimisation sends 1/tp of the activation per TP rank
         act_bytes = tokens * model.hidden_size * activation_dtype_bytes(plan.precision) / plan.tp
         hop = comm.p2p_time(cluster, float(act_bytes), pp_group.domains > 1)
+        if saturated and node.profile.host_overheads.pipeline_micro_batch_s > 0:
+            # the profile's pipeline_micro_batch_s ran the schedule's send/recv at a negligible size (their
+            # latency and host work): only the bytes remain
+            hop -= node.profile.collective_wall_time("send_recv", 2, 0.0,
+                                                     node.accelerator.core_share(node.gpus_per_node)) or 0.0
         pp_comm = 2 * hop * (m * plan.vpp + plan.pp - 1)
+        if saturated:
+            bubble = _shared_core_bubble(node, m * slowest.total + pp_comm, bubble)
 
     # data parallelism (ZeRO 0-2): gradients are reduced once per step; DDP's buckets overlap the reduction with
     # the last micro-batch's backward, except the last bucket. ZeRO 1/2 then all-gather the updated parameters.
@@ -832,6 +857,8 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
         (f"{cluster.gpus_per_node} single-threaded ranks share the host's {acc.host_cores} cores: "
          f"{min(1.0, acc.host_cores / cluster.gpus_per_node):.2g} of a core and {acc.hbm_bandwidth_gbs:.3g} GB/s "
          f"each") if acc.host_cores else "",
+        ("pipeline ranks idle in the bubble leave their cores to the busy ranks; a hop adds only its bytes to "
+         "the schedule's measured per-micro-batch cost") if saturated and plan.pp > 1 else "",
         "loss: fused cross-entropy kernel" if options.fused_cross_entropy
         else "loss: plain PyTorch cross-entropy on fp32 logits",
         (f"partial recompute: the first {plan.recompute_layers} layers of each pipeline chunk recomputed whole, "

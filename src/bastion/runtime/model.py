@@ -134,7 +134,9 @@ class Attention(nn.Module):
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: int, seq: int) -> torch.Tensor:
         """The (B, S, heads, ·) queries, keys and values through the core, then the output projection."""
         if self.cp is not None:
-            k, v = self.cp.gather_sequence(k), self.cp.gather_sequence(v)
+            # K and V in one collective each way (one latency, as predict/estimate.py costs it), not two
+            kv = self.cp.gather_sequence(torch.cat([k, v], dim=-1))
+            k, v = kv.split([k.shape[-1], v.shape[-1]], dim=-1)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if self.recompute_core and torch.is_grad_enabled():
             from torch.utils.checkpoint import checkpoint
