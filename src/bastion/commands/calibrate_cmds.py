@@ -24,55 +24,147 @@ QUICK_CHECKPOINT_MIB, FULL_CHECKPOINT_MIB = 16, 64
 
 @app.command("calibrate")
 def calibrate_command(
-    out: Path = typer.Option(Path("bastion-profile.toml"), "--out", "-o", help="Where to write the profile."),
+    out: Path = typer.Option(Path("bastion-profile.toml"), "--out", "-o", help="Where to write the profile (a "
+                             "job: on the filesystem its nodes share; k8s: under --run-dir, on the job's volume)."),
     quick: bool = typer.Option(False, "--quick", help="Fewer shapes and repeats: under a minute."),
-    nproc: int = typer.Option(4, "--nproc", help="Ranks that will share this host (the collectives' world)."),
+    nproc: int = typer.Option(4, "--nproc", help="Ranks that will share each host (the collectives' world: "
+                              "--nodes × --nproc ranks in a job)."),
     models: str = typer.Option("tiny,small", "--models", help="Comma-separated models whose GEMM and attention "
                                "shapes to measure."),
     accelerator: str = typer.Option("cpu", "--accelerator", help="Catalog row the profile's rates replace."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     run_dir: Path = typer.Option(Path("."), "--run-dir", help="A directory on the filesystem checkpoints will be "
-                                 "written to (its write/read bandwidth is measured there)."),
+                                 "written to (its write/read bandwidth is measured there). A job also keeps its "
+                                 "script, config and output there (k8s: the path the job's volume is mounted at)."),
     compare: tuple[Path, Path] | None = typer.Option(None, "--compare", help="Measure nothing: list the "
                                                      "measurements of profile A that changed in profile B beyond "
                                                      "their noise."),
     min_change: float = typer.Option(0.05, "--min-change", help="With --compare: the smallest relative change "
                                      "reported."),
+    on: str = typer.Option("local", "--on", help="local (this machine), slurm (an sbatch job) or k8s (a "
+                                                 "PyTorchJob/JobSet): where to measure."),
+    nodes: int = typer.Option(1, "--nodes", help="Slurm / k8s: machines the job measures (collectives across "
+                                                 "them too)."),
+    name: str = typer.Option("bastion-calibrate", "--name", help="Slurm / k8s: the job's name."),
+    time: options.TimeLimit = None,
+    partition: options.Partition = None,
+    account: options.Account = None,
+    qos: options.Qos = None,
+    constraint: options.Constraint = None,
+    exclusive: options.Exclusive = False,
+    exclude: options.Exclude = None,
+    container_image: options.ContainerImage = None,
+    sbatch_args: options.SbatchArgs = [],  # noqa: B006 - typer reads the default
+    image: options.Image = "",
+    k8s_kind: options.K8sKind = "pytorchjob",
+    queue: options.Queue = "",
+    storage: options.Storage = "100Gi",
+    node_selector: options.NodeSelector = [],  # noqa: B006
+    tolerations: options.Toleration = [],  # noqa: B006
+    manifest: Path | None = typer.Option(None, "--manifest", help="k8s: where to write the YAML "
+                                                                  "(default ./NAME-KIND.yaml)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Slurm / k8s: print the batch script or manifests; "
+                                                          "do nothing else."),
+    submit: bool = typer.Option(False, "--submit", help="Slurm / k8s: submit (sbatch / kubectl apply) after "
+                                                        "writing."),
     as_json: options.AsJson = False,
 ) -> None:
     """Measure this machine's GEMM, attention, memory, dispatch, checkpoint I/O and gloo collective rates; write a
-    profile (or, with --compare A B, say which measurements changed between two profiles)."""
+    profile (or, with --compare A B, say which measurements changed between two profiles). With --on slurm|k8s the
+    measurements run as a job on the machines a training job would use, the collectives across their ranks."""
     from bastion.errors import ConfigError
-    from bastion.specs.hardware import load_accelerator
-    from bastion.specs.model import load_model
-    from bastion.specs.profile import PROFILE_FORMAT, profile_toml
+    from bastion.launch.request import check_engine
 
     if compare is not None:
+        if on != "local":
+            raise ConfigError("--compare reads two profiles here; it measures nothing, so it runs no job.",
+                              fix="drop --on (or give --on local) with --compare.")
         _compare(*compare, min_change, as_json)
         return
 
+    check_engine(on)
     if nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {nproc}.", fix="e.g. --nproc 4.")
     if out.exists() and out.is_dir():
         raise ConfigError(f"--out {out} is a directory.", fix="give a file name, e.g. --out profile.toml.")
+    settings = _settings(quick, nproc, models, accelerator, run_dir, out)
+    given = {"--time": time, "--partition": partition, "--account": account, "--qos": qos,
+             "--constraint": constraint, "--exclusive": exclusive, "--exclude": exclude,
+             "--container-image": container_image, "--sbatch-arg": sbatch_args, "--image": image,
+             "--k8s-kind": k8s_kind != "pytorchjob", "--queue": queue, "--storage": storage != "100Gi",
+             "--node-selector": node_selector, "--toleration": tolerations, "--manifest": manifest,
+             "--dry-run": dry_run, "--submit": submit, "--nodes": nodes != 1}
+    if on == "local":
+        _refuse_job_options("local", [flag for flag, value in given.items() if value],
+                            "they are options of a Slurm or Kubernetes job (--on slurm or --on k8s)")
+        _write_profile(settings, _measure_here(settings, progress), machine=_this_machine())
+        return
+    from bastion.commands.calibrate_job import CalibrateJob, run_job
+
+    other = ("--time", "--partition", "--account", "--qos", "--constraint", "--exclusive", "--exclude",
+             "--container-image", "--sbatch-arg") if on == "k8s" else (
+             "--image", "--k8s-kind", "--queue", "--storage", "--node-selector", "--toleration", "--manifest")
+    _refuse_job_options(on, [flag for flag in other if given[flag]], "they are options of the other job engine")
+    run_job(CalibrateJob(engine=on, settings=settings, nodes=nodes, name=name, time=time, partition=partition,
+                         account=account, qos=qos, constraint=constraint, exclusive=exclusive, exclude=exclude,
+                         container_image=container_image, sbatch_args=tuple(sbatch_args), image=image,
+                         k8s_kind=k8s_kind, queue=queue, storage=storage, node_selector=tuple(node_selector),
+                         tolerations=tuple(tolerations), manifest=manifest, dry_run=dry_run, submit=submit,
+                         as_json=as_json))
+
+
+def _refuse_job_options(on: str, flags: list[str], why: str) -> None:
+    from bastion.errors import ConfigError
+
+    if flags:
+        raise ConfigError(f"With --on {on}, {', '.join(flags)} cannot apply: {why}.",
+                          fix=f"drop {', '.join(flags)}, or choose the --on {'it' if len(flags) == 1 else 'they'} "
+                              f"belong{'s' if len(flags) == 1 else ''} to.")
+
+
+def _settings(quick: bool, nproc: int, models: str, accelerator: str, run_dir: Path, out: Path) -> dict:
+    """What to measure, checked, as JSON a calibrate job's workers read (the models as their specs, so a model
+    file need not exist where the job runs)."""
+    from bastion.errors import ConfigError
+    from bastion.specs.hardware import load_accelerator
+    from bastion.specs.model import load_model
+
     acc = load_accelerator(accelerator)
     if acc.arch != "cpu":
         raise ConfigError(f"`bastion calibrate` measures host CPUs here; '{accelerator}' is a {acc.arch} device.",
                           fix="use --accelerator cpu (GPU calibration is not implemented yet).")
     specs = [load_model(name.strip()) for name in models.split(",") if name.strip()]
-    budget = QUICK_BUDGET_S if quick else FULL_BUDGET_S
-    messages = QUICK_MESSAGES if quick else FULL_MESSAGES
+    return {"quick": quick, "nproc": nproc, "accelerator": accelerator, "run_dir": str(run_dir), "out": str(out),
+            "models": [spec.to_dict() for spec in specs]}
 
+
+def _specs(settings: dict) -> list:
+    from bastion.specs.model import model_from_mapping
+
+    return [model_from_mapping(data, "calibrate settings") for data in settings["models"]]
+
+
+def _plan(settings: dict) -> tuple[list, list, float, list[int]]:
+    """(model specs, GEMM shapes, per-measurement budget, collective message sizes)."""
+    from bastion.runtime import calibrate as cal
+
+    quick, specs = settings["quick"], _specs(settings)
+    shapes = cal.gemm_shapes(specs, (1, 2) if quick else (1, 2, 4), (1, 2) if quick else (1, 2, 4))
+    return specs, shapes, QUICK_BUDGET_S if quick else FULL_BUDGET_S, QUICK_MESSAGES if quick else FULL_MESSAGES
+
+
+def _measure_single(settings: dict, progress: bool) -> tuple[dict, dict]:
+    """The one-process measurements (one thread, as a training rank runs): (raw, repeats)."""
     from rich.progress import Progress
 
     from bastion.runtime import calibrate as cal
 
+    quick = settings["quick"]
+    specs, shapes, budget, _ = _plan(settings)
     cal.one_thread()  # a training rank runs one thread
-    shapes = cal.gemm_shapes(specs, (1, 2) if quick else (1, 2, 4), (1, 2) if quick else (1, 2, 4))
     factors = (1,) if quick else (1, 2, 4)
     layouts = sorted({(s.seq_len * f, s.head_dim, s.num_heads) for s in specs for f in factors})
-    steps = ["dispatch", "GEMMs", "attention", "elementwise", "runtime blocks", "checkpoint I/O",
-             f"{nproc} processes"]
+    steps = ["dispatch", "GEMMs", "attention", "elementwise", "runtime blocks", "checkpoint I/O"]
     raw: dict = {}
     repeats: dict[str, list[float]] = {}
     with Progress(disable=not progress, transient=True) as bar:
@@ -89,27 +181,62 @@ def calibrate_command(
                 raw["elementwise"] = cal.measure_elementwise((4, 16) if quick else (4, 16, 32), budget, repeats)
             elif name == "runtime blocks":
                 raw["host"] = cal.measure_host_overheads(specs[0], budget, repeats)
-            elif name == "checkpoint I/O":
-                raw["host"].update(cal.measure_checkpoint_io(
-                    run_dir, QUICK_CHECKPOINT_MIB if quick else FULL_CHECKPOINT_MIB, budget, repeats))
             else:
-                shared_shape = shapes[len(shapes) // 2]
-                raw["shared_gemm_shape"] = list(shared_shape)
-                raw["shared"] = cal.measure_shared(nproc, shared_shape, messages, budget, specs[0],
-                                                   repeats=repeats)
+                raw["host"].update(cal.measure_checkpoint_io(
+                    Path(settings["run_dir"]), QUICK_CHECKPOINT_MIB if quick else FULL_CHECKPOINT_MIB, budget,
+                    repeats))
             bar.advance(task)
+    raw["shared_gemm_shape"] = list(shapes[len(shapes) // 2])
+    return raw, repeats
+
+
+def ranks_config(settings: dict) -> dict:
+    """What every rank measures with (runtime/calibrate.py `ranks_config`)."""
+    from bastion.runtime import calibrate as cal
+
+    specs, shapes, budget, messages = _plan(settings)
+    return cal.ranks_config(shapes[len(shapes) // 2], messages, budget, specs[0])
+
+
+def _measure_here(settings: dict, progress: bool) -> tuple[dict, dict]:
+    """Everything, on this machine: the one-process measurements, then `nproc` processes at once."""
+    from bastion.runtime import calibrate as cal
+
+    raw, repeats = _measure_single(settings, progress)
+    config = ranks_config(settings)
+    if progress:
+        typer.echo(f"calibrate: {settings['nproc']} processes", err=True)
+    raw["shared"] = cal.measure_shared(settings["nproc"], tuple(config["gemm_shape"]), config["message_bytes"],
+                                       config["budget_s"], config["probe_model"], repeats=repeats)
+    return raw, repeats
+
+
+def _this_machine() -> dict:
+    return {"host": socket.gethostname(), "platform": platform.platform(), "processor": platform.processor(),
+            "os_cpus": _cpus(), "load_average_1m": _load_average()}
+
+
+def _write_profile(settings: dict, measured: tuple[dict, dict], machine: dict) -> None:
+    """Fit the rates (runtime/calibrate.py fit_profile), write the profile TOML to the settings' `out`, say so.
+    `machine`: where it was measured (host, platform, ...; a job: every host)."""
+    from bastion.runtime import calibrate as cal
+    from bastion.specs.hardware import load_accelerator
+    from bastion.specs.profile import PROFILE_FORMAT, profile_toml
+
+    raw, repeats = measured
+    acc = load_accelerator(settings["accelerator"])
+    out, run_dir = Path(settings["out"]), settings["run_dir"]
     fitted = cal.fit_profile(raw, acc.peak_tflops("fp32") * 1e12, acc.host_cores)
-    machine = {"format": PROFILE_FORMAT, "accelerator": accelerator, "nproc": nproc,
-               "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-               "host": socket.gethostname(), "platform": platform.platform(), "processor": platform.processor(),
-               "torch": cal.torch_version(), "cores": acc.host_cores, "os_cpus": _cpus(), "quick": quick,
-               "models": [s.name for s in specs], "load_average_1m": _load_average()}
+    machine = {"format": PROFILE_FORMAT, "accelerator": settings["accelerator"], "nproc": settings["nproc"],
+               "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), **machine,
+               "torch": cal.torch_version(), "cores": acc.host_cores, "quick": settings["quick"],
+               "models": [s["name"] for s in settings["models"]]}
     shared = raw.pop("shared")
     raw_table = {"dispatch_s": raw["dispatch_s"], "gemm_m_k_n_s": raw["gemm"],
                  "attention_seq_headdim_heads_fwd_s_fwdbwd_s": raw["attention"],
                  "elementwise_bytes_s": raw["elementwise"], "shared_gemm_shape": raw["shared_gemm_shape"],
                  "shared_core_share_per_rank": shared["core_share"], "shared_elementwise_bytes_s": shared["elementwise"],
-                 "collective_op_size_bytes_s": shared["collectives"]}
+                 "collective_op_size_bytes_s": [row[:4] for row in shared["collectives"]]}
     data = {"machine": machine, **fitted, "raw": raw_table, "repeats": repeats}
     header = ("bastion machine profile, written by `bastion calibrate`. Use it with --cluster PROFILE.toml or\n"
               "--cluster cpu:N@PROFILE.toml. [accelerator] replaces catalog fields; [host] and [[collective]] are\n"
@@ -124,6 +251,31 @@ def calibrate_command(
                f"+{1e3 * h['layer_fsdp_s']:.2f} FSDP), process start {h['process_start_s']:.1f} s, "
                f"checkpoint write {h['checkpoint_write_gbs']:.2g} GB/s / read {h['checkpoint_read_gbs']:.2g} GB/s "
                f"in {run_dir}")
+
+
+@app.command("_calibrate_worker", hidden=True)
+def calibrate_worker_command(
+    config_path: Path = typer.Argument(..., help="The job's config (commands/calibrate_job.py)."),
+) -> None:
+    """One rank of a `bastion calibrate --on slurm|k8s` job, started by torchrun: rank 0 measures on its node,
+    then every rank measures the shared rates and collectives over the whole job; rank 0 writes the profile,
+    with the hosts the ranks ran on."""
+    from bastion.errors import ConfigError
+    from bastion.launch.worker import read_run_config
+    from bastion.runtime import calibrate as cal
+
+    settings = read_run_config(config_path).get("calibrate")
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{config_path} is not a calibrate job's config (it has no `calibrate` table).",
+                          fix="start calibrate jobs with `bastion calibrate --on slurm|k8s`.")
+    done = cal.job_rank(ranks_config(settings), lambda: _measure_single(settings, progress=False))
+    if done is None:
+        return
+    hosts, (raw, repeats), ranks = done
+    raw["shared"] = cal.combine_ranks(ranks, settings["nproc"], repeats)
+    machine = {**_this_machine(), "hosts": sorted(set(hosts)), "nodes": len(set(hosts)),
+               "rank_hosts": hosts}
+    _write_profile(settings, (raw, repeats), machine)
 
 
 def _load_average() -> float:

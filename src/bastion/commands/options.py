@@ -126,6 +126,8 @@ MinNodes = Annotated[int | None, number_option("--min-nodes", help="Fewest nodes
                                                                    "shrink|auto after `--`) continues on (default: "
                                                                    "the fewest with a plan that uses them all).",
                                                integer=True, low=1, high=MAX_DEVICES)]
+TimeLimit = Annotated[str | None, typer.Option("--time", help="Slurm time limit, HH:MM:SS or D-HH:MM:SS.")]
+Partition = Annotated[str | None, typer.Option("--partition", help="Slurm partition(s), comma-separated.")]
 Account = Annotated[str | None, typer.Option("--account", help="Slurm: account charged for the job.")]
 Qos = Annotated[str | None, typer.Option("--qos", help="Slurm: quality of service.")]
 Gres = Annotated[str | None, typer.Option("--gres", help="Slurm: generic resources per node, e.g. gpu:a100:8 "
@@ -145,6 +147,10 @@ Switches = Annotated[str | None, typer.Option("--switches", help="Slurm: the mos
                                                                  "COUNT[@MAX-WAIT] (sbatch --switches); auto = "
                                                                  "1@10:00, data-parallel rings inside one leaf "
                                                                  "switch.")]
+Image = Annotated[str, typer.Option("--image", help="k8s: container image with bastion installed.")]
+K8sKind = Annotated[str, typer.Option("--k8s-kind", help="k8s: pytorchjob or jobset.")]
+Queue = Annotated[str, typer.Option("--queue", help="k8s: Kueue LocalQueue name.")]
+Storage = Annotated[str, typer.Option("--storage", help="k8s: size of the run directory's volume claim.")]
 TopologyLabel = Annotated[str, typer.Option("--topology-label", help="k8s: node label of the network block (rack, "
                                                                      "leaf switch) Kueue's topology-aware "
                                                                      "scheduling keeps the pods in (needs --queue).")]

@@ -177,7 +177,8 @@ def _container(req: LaunchRequest, opts: KubernetesOptions, env: list[dict[str, 
     for part, table in (("requests", opts.requests), ("limits", opts.limits)):
         if table:
             resources[part] = {**resources.get(part, {}), **table}
-    command = [opts.python, "-m", "torch.distributed.run", *worker_command(f"{CONFIG_MOUNT}/{RUN_CONFIG_FILE}")]
+    config_file = f"{CONFIG_MOUNT}/{RUN_CONFIG_FILE}"
+    command = [opts.python, "-m", "torch.distributed.run", *worker_command(config_file, req.worker_entry)]
     common_env = [{"name": key, "value": value} for key, value in worker_env().items()]
     return {
         "name": "trainer",

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bastion.errors import LaunchError
+from bastion.launch.worker import TRAIN_WORKER
 
 ENGINES = ("local", "slurm", "k8s")
 DEVICES = ("gpu", "cpu")
@@ -61,6 +62,9 @@ class LaunchRequest:
     name: str
     #: torchrun restarts of the worker group inside one allocation before the job fails or is requeued
     max_restarts: int = 0
+    #: the hidden bastion command every worker runs with the run config's path (launch/worker.py TRAIN_WORKER:
+    #: training; `_calibrate_worker` for a `bastion calibrate` job)
+    worker_entry: str = TRAIN_WORKER
 
 
 def check_engine(engine: str) -> str:

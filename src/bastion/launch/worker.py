@@ -69,9 +69,13 @@ def process_environment(env: Mapping[str, str]) -> dict[str, str]:
     return merged
 
 
-def worker_command(config_path: str) -> list[str]:
-    """The worker's part of a torchrun command line (after torchrun's own options)."""
-    return ["-m", "bastion", "_worker", config_path]
+#: the hidden command a training job's workers run (`bastion calibrate --on slurm|k8s` starts `_calibrate_worker`)
+TRAIN_WORKER = "_worker"
+
+
+def worker_command(config_path: str, entry: str = TRAIN_WORKER) -> list[str]:
+    """The worker's part of a torchrun command line (after torchrun's own options): `bastion ENTRY CONFIG`."""
+    return ["-m", "bastion", entry, config_path]
 
 
 def run_config(train: dict[str, Any], spec: ModelSpec, plan: ParallelPlan, world_size: int) -> dict[str, Any]:

@@ -433,18 +433,16 @@ def measure_pipeline(base: ModelSpec, world: int, reps: int, micro_batches: int 
     return {"pipeline_micro_batch_s": max(0.0, per_micro_batch - plain_s)}
 
 
-def _rank_main(rank: int, world: int, init: str, out_dir: str, spawned_at: float, config: dict[str, Any]) -> None:
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning)  # all_gather_into_tensor's rename (torch 2.13)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    dist.barrier()
-    result: dict[str, Any] = {"start_s": time.time() - spawned_at}
+def measure_ranks(rank: int, world: int, config: dict[str, Any], hosts: list[str] | None = None) -> dict[str, Any]:
+    """What every rank of an initialised gloo group of `world` ranks measures at once (ranks numbered host by
+    host): its share of a core while all multiply matrices, elementwise bandwidth, tensor-parallel and pipeline
+    pairs (an even world), and every collective on every group size (contiguous ranks, all groups at once).
+    `hosts`: each rank's host, so a collective row says how many hosts its groups span."""
     budget = config["budget_s"]
     m, k, n = config["gemm_shape"]
     a, b = torch.randn(m, k), torch.randn(k, n)
     shares = []
+    result: dict[str, Any] = {}
     for _ in range(3):  # the host's other load comes and goes: three windows, the median
         dist.barrier()
         shares.append(core_share(lambda: a @ b, max(0.4, budget * 10)))
@@ -460,6 +458,7 @@ def _rank_main(rank: int, world: int, init: str, out_dir: str, spawned_at: float
         groups = [list(range(start, start + size)) for start in range(0, world, size)]
         handles = [dist.new_group(ranks) for ranks in groups]
         mine = rank // size
+        spans = len({hosts[r] for r in groups[0]}) if hosts else 1
         for op in ("all_reduce", "all_gather", "reduce_scatter", "send_recv"):
             if op == "send_recv" and size != 2:
                 continue
@@ -474,11 +473,71 @@ def _rank_main(rank: int, world: int, init: str, out_dir: str, spawned_at: float
                     start = time.perf_counter()
                     fn()
                     times.append(time.perf_counter() - start)
-                collectives.append([op, size, nbytes, times])
+                collectives.append([op, size, nbytes, times, spans])
     result["collectives"] = collectives
+    return result
+
+
+def _rank_main(rank: int, world: int, init: str, out_dir: str, spawned_at: float, config: dict[str, Any]) -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # all_gather_into_tensor's rename (torch 2.13)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    dist.barrier()
+    result = {"start_s": time.time() - spawned_at, **measure_ranks(rank, world, config)}
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
     dist.barrier()
     dist.destroy_process_group()
+
+
+def ranks_config(gemm_shape: tuple[int, int, int], message_bytes: list[int], budget_s: float,
+                 probe_model: ModelSpec, collective_reps: int = 7) -> dict[str, Any]:
+    """What `measure_ranks` measures with: the shared GEMM's shape, the collectives' message sizes and repeats,
+    the time budget and the model whose blocks probe tensor parallelism and the pipeline schedule."""
+    return {"gemm_shape": list(gemm_shape), "message_bytes": message_bytes, "budget_s": budget_s,
+            "collective_reps": collective_reps, "probe_model": probe_model}
+
+
+def _process_age() -> float:
+    """Seconds since this process started (/proc's start time; on a system without it, since bastion loaded):
+    a job's ranks were started by torchrun, not by a parent that noted the time."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return time.time() - (boot + ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time() - _LOADED_AT
+
+
+_LOADED_AT = time.time()
+
+
+def job_rank(config: dict[str, Any], single: Callable[[], Any]) -> tuple[list[str], Any, list[dict[str, Any]]] | None:
+    """One rank of a calibrate job under torchrun (one agent per node, ranks numbered node by node): joins the
+    job's gloo group, rank 0 runs `single()` (the single-process measurements, on its node) while the others
+    wait, then every rank runs `measure_ranks` over the whole job, so collective groups larger than a node's
+    ranks span nodes. Rank 0 gets (each rank's host, single()'s result, every rank's measurements in rank
+    order); the other ranks None. A rank's host is its Slurm node name, else its host name (a Kubernetes pod's)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # all_gather_into_tensor's rename (torch 2.13)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    dist.barrier()
+    start_s = _process_age()
+    hosts: list[Any] = [None] * world
+    dist.all_gather_object(hosts, os.environ.get("SLURMD_NODENAME") or socket.gethostname())
+    single_result = single() if rank == 0 else None
+    dist.barrier()
+    result = {"start_s": start_s, **measure_ranks(rank, world, config, hosts)}
+    gathered: list[Any] | None = [None] * world if rank == 0 else None
+    dist.gather_object(result, gathered, dst=0)
+    dist.barrier()
+    dist.destroy_process_group()
+    return (hosts, single_result, gathered) if gathered is not None else None
 
 
 def measure_shared(world: int, gemm_shape: tuple[int, int, int], message_bytes: list[int], budget_s: float,
@@ -494,35 +553,44 @@ def measure_shared(world: int, gemm_shape: tuple[int, int, int], message_bytes: 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    config = {"gemm_shape": list(gemm_shape), "message_bytes": message_bytes, "budget_s": budget_s,
-              "collective_reps": collective_reps, "probe_model": probe_model}
+    config = ranks_config(gemm_shape, message_bytes, budget_s, probe_model, collective_reps)
     with tempfile.TemporaryDirectory(prefix="bastion-calibrate-") as tmp:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         spawned_at = time.time()
         mp.start_processes(_rank_main, args=(world, f"tcp://127.0.0.1:{port}", tmp, spawned_at, config),
                            nprocs=world, start_method="spawn")
         ranks = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(world)]
+    return combine_ranks(ranks, world, repeats)
+
+
+def combine_ranks(ranks: list[dict[str, Any]], ranks_per_host: int, repeats: Repeats | None = None
+                  ) -> dict[str, Any]:
+    """`measure_shared`'s result from every rank's `measure_ranks` (and `start_s`), in rank order; `ranks_per_host`
+    is the ranks that shared one host's cores (the world of one host)."""
+    world = len(ranks)
     slowest: dict[tuple, list[float]] = {}
+    spans: dict[tuple, int] = {}
     for r in ranks:
-        for op, size, nbytes, times in r["collectives"]:
+        for op, size, nbytes, times, *spanned in r["collectives"]:
             # repeat i of a collective ends when its slowest member's does
             key = (op, size, nbytes)
             slowest[key] = [max(a, b) for a, b in zip(slowest.get(key, times), times, strict=True)]
+            spans[key] = spanned[0] if spanned else 1
     if repeats is not None:
         for (op, size, nbytes), times in slowest.items():
             repeats[f"{op} {size} ranks {nbytes} B"] = times
         for rank, r in enumerate(ranks):
             repeats[f"core share rank {rank} of {world}"] = r["core_share"]
         repeats.update(ranks[0].get("tensor_parallel", {}).get("times", {}))
-    return {"world": world, "process_start_s": statistics.median(r["start_s"] for r in ranks),
+    return {"world": ranks_per_host, "process_start_s": statistics.median(r["start_s"] for r in ranks),
             "core_share": [statistics.median(r["core_share"]) for r in ranks],
             "elementwise": [r["elementwise"][0] for r in ranks],
             "tensor_parallel": ranks[0].get("tensor_parallel"),
             # a pipeline step waits for its slowest stage: the larger of the two stages' extras
             "pipeline_micro_batch_s": max((r["pipeline"]["pipeline_micro_batch_s"] for r in ranks if "pipeline" in r),
                                           default=0.0),
-            "collectives": [[op, size, nbytes, statistics.median(t)] for (op, size, nbytes), t in
-                            sorted(slowest.items())]}
+            "collectives": [[op, size, nbytes, statistics.median(t), spans[(op, size, nbytes)]]
+                            for (op, size, nbytes), t in sorted(slowest.items())]}
 
 
 # ---- fitting ----------------------------------------------------------------------------------------------
@@ -565,15 +633,18 @@ def fit_profile(raw: dict[str, Any], peak_flops_core: float, host_cores: int) ->
     # CPU-time rates: what a running rank streams while the others run on the other cores
     shared_bw = statistics.fmean(b / t for b, t in shared["elementwise"])
     by_line: dict[tuple[str, int], list[tuple[float, float]]] = {}
-    for op, size, nbytes, t in shared["collectives"]:
+    hosts_spanned: dict[tuple[str, int], int] = {}
+    for op, size, nbytes, t, *spanned in shared["collectives"]:
         by_line.setdefault((op, size), []).append((float(nbytes), t))
+        hosts_spanned[(op, size)] = spanned[0] if spanned else 1
     collectives = []
     for (op, size), points in sorted(by_line.items()):
         # a collective on shared cores progresses only while its ranks run: its wall time × the share of a core
         # they had is its time on whole cores, which the predictor divides by the share a plan's ranks get
         latency, per_byte = _line_fit([(b, t * share) for b, t in points])
+        # `hosts`: how many hosts one group spanned (1: inside a node; more: across the network, a calibrate job)
         collectives.append({"op": op, "group_size": size, "latency_us": latency * 1e6,
-                            "bandwidth_gbs": 1e-9 / per_byte})
+                            "bandwidth_gbs": 1e-9 / per_byte, "hosts": hosts_spanned[(op, size)]})
     host = dict(raw["host"])
     host["process_start_s"] = shared["process_start_s"]
     host["pipeline_micro_batch_s"] = shared.get("pipeline_micro_batch_s", 0.0)
