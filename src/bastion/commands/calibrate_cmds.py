@@ -273,7 +273,8 @@ def calibrate_worker_command(
         return
     hosts, (raw, repeats), ranks = done
     raw["shared"] = cal.combine_ranks(ranks, settings["nproc"], repeats)
-    machine = {**_this_machine(), "hosts": sorted(set(hosts)), "nodes": len(set(hosts)),
+    # `host`: where the one-process measurements ran (rank 0's); `hosts`: every host of the job's ranks
+    machine = {**_this_machine(), "host": hosts[0], "hosts": sorted(set(hosts)), "nodes": len(set(hosts)),
                "rank_hosts": hosts}
     _write_profile(settings, (raw, repeats), machine)
 

@@ -515,23 +515,27 @@ _LOADED_AT = time.time()
 
 
 def job_rank(config: dict[str, Any], single: Callable[[], Any]) -> tuple[list[str], Any, list[dict[str, Any]]] | None:
-    """One rank of a calibrate job under torchrun (one agent per node, ranks numbered node by node): joins the
-    job's gloo group, rank 0 runs `single()` (the single-process measurements, on its node) while the others
-    wait, then every rank runs `measure_ranks` over the whole job, so collective groups larger than a node's
-    ranks span nodes. Rank 0 gets (each rank's host, single()'s result, every rank's measurements in rank
-    order); the other ranks None. A rank's host is its Slurm node name, else its host name (a Kubernetes pod's)."""
+    """One rank of a calibrate job under torchrun (one agent per node, ranks numbered node by node): rank 0
+    first runs `single()` (the single-process measurements, on its node, in a group of its own, as
+    `bastion calibrate` does here) while the others wait to join the job's gloo group; then every rank runs
+    `measure_ranks` over the whole job, so collective groups larger than a node's ranks span nodes. Rank 0 gets
+    (each rank's host, single()'s result, every rank's measurements in rank order); the other ranks None. A
+    rank's host is its Slurm node name, else its host name (a Kubernetes pod's)."""
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)  # all_gather_into_tensor's rename (torch 2.13)
     torch.set_num_threads(1)
+    start_s = _process_age()
+    single_result = None
+    if int(os.environ["RANK"]) == 0:
+        single_result = single()
+        if dist.is_initialized():  # the world-1 group the runtime's blocks were measured in
+            dist.destroy_process_group()
+    # the other ranks wait here for rank 0 (the default init timeout, 30 minutes, bounds it)
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    dist.barrier()
-    start_s = _process_age()
     hosts: list[Any] = [None] * world
     dist.all_gather_object(hosts, os.environ.get("SLURMD_NODENAME") or socket.gethostname())
-    single_result = single() if rank == 0 else None
-    dist.barrier()
     result = {"start_s": start_s, **measure_ranks(rank, world, config, hosts)}
     gathered: list[Any] | None = [None] * world if rank == 0 else None
     dist.gather_object(result, gathered, dst=0)
