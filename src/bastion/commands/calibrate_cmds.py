@@ -109,7 +109,9 @@ def calibrate_command(
                  "attention_seq_headdim_heads_fwd_s_fwdbwd_s": raw["attention"],
                  "elementwise_bytes_s": raw["elementwise"], "shared_gemm_shape": raw["shared_gemm_shape"],
                  "shared_core_share_per_rank": shared["core_share"], "shared_elementwise_bytes_s": shared["elementwise"],
-                 "collective_op_size_bytes_s": shared["collectives"]}
+                 "collective_op_size_bytes_s": shared["collectives"],
+                 # zero_stage -1: the same models without FSDP2
+                 "fsdp_zero_size_layers_s": shared["fsdp"]}
     data = {"machine": machine, **fitted, "raw": raw_table, "repeats": repeats}
     header = ("bastion machine profile, written by `bastion calibrate`. Use it with --cluster PROFILE.toml or\n"
               "--cluster cpu:N@PROFILE.toml. [accelerator] replaces catalog fields; [host] and [[collective]] are\n"

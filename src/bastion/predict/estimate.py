@@ -12,6 +12,7 @@ data-parallel gradient reduction that the last backward does not hide, and the o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -41,6 +42,7 @@ from bastion.predict.options import PredictOptions
 from bastion.specs.hardware import Cluster
 from bastion.specs.model import ModelSpec
 from bastion.specs.plan import ParallelPlan
+from bastion.specs.profile import FsdpUnitCost
 
 DEFAULT_OPTIONS = PredictOptions()
 
@@ -282,7 +284,8 @@ def _micro_batch_overhead(node: Cluster, plan: ParallelPlan, layers: int, has_fi
     host = node.profile.host_overheads
     tp = (host.layer_tp_s + (host.layer_sp_s if plan.sequence_parallel else 0.0)) if plan.tp > 1 else 0.0
     per_layer = (host.layer_s + tp) * (4 / 3 if plan.recompute == "full" else 1.0)
-    per_layer += host.layer_fsdp_s if plan.dp * plan.cp > 1 else 0.0
+    if plan.dp * plan.cp > 1 and _measured_fsdp(node, plan) is None:
+        per_layer += host.layer_fsdp_s  # else the measured unit cost holds FSDP2's hooks (_runtime_fsdp_comm)
     ends_tp = (host.micro_batch_tp_s + (host.micro_batch_sp_s if plan.sequence_parallel else 0.0)
                if plan.tp > 1 else 0.0)
     ends = (host.micro_batch_s + ends_tp) * (int(has_first) + int(has_last)) / 2
@@ -339,8 +342,31 @@ def _runtime_fsdp_comm(node: Cluster, model: ModelSpec, plan: ParallelPlan, laye
                                                                                 plan.etp)]
     units = layer * layers + [(root, group)]
     gathers = 2 if plan.zero_stage == 3 else 1
-    return sum(gathers * comm.all_gather_time(node, float(n * p_bytes), g)
-               + comm.reduce_scatter_time(node, float(n * g_bytes), g) for n, g in units)
+    measured = _measured_fsdp(node, plan)
+    if measured is None:
+        return sum(gathers * comm.all_gather_time(node, float(n * p_bytes), g)
+                   + comm.reduce_scatter_time(node, float(n * g_bytes), g) for n, g in units)
+    # the profile timed FSDP2's units on real groups at a negligible size (hooks, the collectives' latency, the
+    # waiting): per unit that, plus only the bytes of its collectives at the measured bandwidth. ZeRO 0 runs
+    # FSDP2 replicated (runtime/mesh.py dp_layout): no gather, its gradients all-reduced.
+    def bytes_term(time_of: Callable[[Cluster, float, comm.GroupPlacement], float], nbytes: float,
+                   g: comm.GroupPlacement) -> float:
+        return time_of(node, nbytes, g) - time_of(node, 0.0, g) if g.size > 1 else 0.0
+
+    def unit_bytes(n: int, g: comm.GroupPlacement) -> float:
+        if plan.zero_stage == 0:
+            return bytes_term(comm.all_reduce_time, float(n * g_bytes), g)
+        return (gathers * bytes_term(comm.all_gather_time, float(n * p_bytes), g)
+                + bytes_term(comm.reduce_scatter_time, float(n * g_bytes), g))
+    fixed = (len(layer) * layers * measured.unit_s + measured.root_s) / node.accelerator.core_share(node.gpus_per_node)
+    return fixed + sum(unit_bytes(n, g) for n, g in units)
+
+
+def _measured_fsdp(node: Cluster, plan: ParallelPlan) -> FsdpUnitCost | None:
+    """The machine profile's measured FSDP2 unit cost for the plan's ZeRO layout and dp × cp group, if any."""
+    if node.profile is None:
+        return None
+    return node.profile.fsdp_unit_cost(plan.zero_stage, plan.dp * plan.cp)
 
 
 def _step_overhead(node: Cluster, model: ModelSpec, plan: ParallelPlan, layers: int, has_first: bool,
@@ -841,6 +867,8 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
             "bandwidth by group size) and host overheads (dispatch per block, DTensor with its redistributions "
             "on real tensor-parallel pairs, FSDP hooks, the pipeline schedule per micro-batch, optimizer per "
             "tensor) measured; tensor-parallel collectives per block counted as the runtime issues them"
+            + ("; FSDP2's fixed cost per unit (hooks, collective latency, waiting) measured on real groups, its "
+               "collectives adding only their bytes" if node.profile.fsdp_units else "")
             if node.profile else ""),
         (f"attention: fused flash kernel '{options.attention_kernel}' (causal blocks skipped, no s×s scores stored)"
          + (f", at most {options.attention_efficiency_cap:g} of the bf16 peak"
