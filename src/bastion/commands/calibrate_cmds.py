@@ -111,7 +111,8 @@ def calibrate_command(
                  "shared_core_share_per_rank": shared["core_share"], "shared_elementwise_bytes_s": shared["elementwise"],
                  "collective_op_size_bytes_s": shared["collectives"],
                  # zero_stage -1: the same models without FSDP2
-                 "fsdp_zero_size_layers_s": shared["fsdp"]}
+                 "fsdp_zero_size_layers_s": shared["fsdp"],
+                 "fsdp_core_share_size_share": [[g, s] for g, s in shared["fsdp_core_share"].items()]}
     data = {"machine": machine, **fitted, "raw": raw_table, "repeats": repeats}
     header = ("bastion machine profile, written by `bastion calibrate`. Use it with --cluster PROFILE.toml or\n"
               "--cluster cpu:N@PROFILE.toml. [accelerator] replaces catalog fields; [host] and [[collective]] are\n"

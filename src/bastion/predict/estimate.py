@@ -12,7 +12,6 @@ data-parallel gradient reduction that the last backward does not hide, and the o
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -349,16 +348,20 @@ def _runtime_fsdp_comm(node: Cluster, model: ModelSpec, plan: ParallelPlan, laye
     # the profile timed FSDP2's units on real groups at a negligible size (hooks, the collectives' latency, the
     # waiting): per unit that, plus only the bytes of its collectives at the measured bandwidth. ZeRO 0 runs
     # FSDP2 replicated (runtime/mesh.py dp_layout): no gather, its gradients all-reduced.
-    def bytes_term(time_of: Callable[[Cluster, float, comm.GroupPlacement], float], nbytes: float,
-                   g: comm.GroupPlacement) -> float:
-        return time_of(node, nbytes, g) - time_of(node, 0.0, g) if g.size > 1 else 0.0
+    share = node.accelerator.core_share(node.gpus_per_node)
+
+    def bytes_term(op: str, nbytes: float, g: comm.GroupPlacement) -> float:
+        if g.size <= 1 or nbytes <= 0:
+            return 0.0
+        at_size = node.profile.collective_wall_time(op, g.size, nbytes, share) or 0.0
+        return at_size - (node.profile.collective_wall_time(op, g.size, 0.0, share) or 0.0)
 
     def unit_bytes(n: int, g: comm.GroupPlacement) -> float:
         if plan.zero_stage == 0:
-            return bytes_term(comm.all_reduce_time, float(n * g_bytes), g)
-        return (gathers * bytes_term(comm.all_gather_time, float(n * p_bytes), g)
-                + bytes_term(comm.reduce_scatter_time, float(n * g_bytes), g))
-    fixed = (len(layer) * layers * measured.unit_s + measured.root_s) / node.accelerator.core_share(node.gpus_per_node)
+            return bytes_term("all_reduce", float(n * g_bytes), g)
+        return gathers * bytes_term("all_gather", float(n * p_bytes), g) + bytes_term("reduce_scatter",
+                                                                                       float(n * g_bytes), g)
+    fixed = (len(layer) * layers * measured.unit_s + measured.root_s) / share
     return fixed + sum(unit_bytes(n, g) for n, g in units)
 
 

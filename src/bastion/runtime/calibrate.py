@@ -450,7 +450,9 @@ def measure_fsdp(base: ModelSpec, world: int, group_size: int, reps: int) -> dic
     latency and the waiting for the group's other ranks, which on shared cores is most of it.
 
     Returns `rows`: [zero_stage, group_size, layers, this rank's repeats] (the rows without FSDP2 have
-    zero_stage -1) and `times`: the same repeats by measurement name."""
+    zero_stage -1), `times`: the same repeats by measurement name, and `core_share`: this rank's CPU time / wall
+    time over the models without FSDP2 (the share of a core it had while these ran: the host's other load comes
+    and goes, so it is measured in the same window)."""
     from bastion.runtime.mesh import MESH_DIMS, RuntimeMesh
     from bastion.runtime.model import build_model, init_weights
     from bastion.runtime.parallelize import apply_fsdp, cross_entropy_loss
@@ -464,6 +466,7 @@ def measure_fsdp(base: ModelSpec, world: int, group_size: int, reps: int) -> dic
         mesh = init_device_mesh("cpu", (world // group_size, replicate, shard, 1), mesh_dim_names=MESH_DIMS)
         meshes[zero] = RuntimeMesh(plan=plan, mesh=mesh, device=torch.device("cpu"))
     rows, times = [], {}
+    eager_cpu = eager_wall = 0.0
     for zero in (-1, *FSDP_STAGES):
         for layers in (1, 3):
             spec = _probe_spec(base, layers)
@@ -480,27 +483,32 @@ def measure_fsdp(base: ModelSpec, world: int, group_size: int, reps: int) -> dic
             samples = []
             for _ in range(reps):
                 dist.barrier()
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 run()
                 samples.append(time.perf_counter() - start)
+                if zero < 0:
+                    eager_cpu += time.process_time() - start_cpu
+                    eager_wall += samples[-1]
             name = "eager" if zero < 0 else f"fsdp zero {zero}"
             times[f"model x{layers} {name}, groups of {group_size} of {world} ranks"] = samples
             rows.append([zero, group_size, layers, samples])
-    return {"rows": rows, "times": times}
+    return {"rows": rows, "times": times, "core_share": eager_cpu / eager_wall}
 
 
-def fsdp_unit_costs(rows: list[list[Any]], share: float) -> list[dict[str, Any]]:
+def fsdp_unit_costs(rows: list[list[Any]], shares: dict[int, float]) -> list[dict[str, Any]]:
     """Per FSDP2 unit, forward + backward, from `measure_fsdp`'s rows ([zero_stage, group_size, layers,
     seconds]): a block's unit is what a block costs more under FSDP2 than without it (the difference of the 3-
     and 1-block models, over 2 blocks), the root unit (embedding, final norm, LM head) what the 1-block model
-    costs more beyond its block's unit. Wall seconds × the share of a core the ranks had: seconds on whole cores,
-    which the predictor divides by the share a plan's ranks get (as it does a collective line)."""
+    costs more beyond its block's unit. Wall seconds × the share of a core the ranks had meanwhile (`shares`, by
+    group size): seconds on whole cores, which the predictor divides by the share a plan's ranks get (as it does
+    a collective line)."""
     at = {(zero, size, layers): t for zero, size, layers, t in rows}
     costs = []
     for zero, size in sorted({(z, g) for z, g, _ in at if z >= 0}):
         eager_block = (at[(-1, size, 3)] - at[(-1, size, 1)]) / 2
         block = (at[(zero, size, 3)] - at[(zero, size, 1)]) / 2 - eager_block
         root = at[(zero, size, 1)] - at[(-1, size, 1)] - block
+        share = min(1.0, shares[size])
         costs.append({"zero_stage": zero, "group_size": size, "unit_s": max(0.0, block) * share,
                       "root_s": max(0.0, root) * share})
     return costs
@@ -586,8 +594,10 @@ def measure_shared(world: int, gemm_shape: tuple[int, int, int], message_bytes: 
             slowest[key] = [max(a, b) for a, b in zip(slowest.get(key, times), times, strict=True)]
     fsdp_slowest: dict[tuple, list[float]] = {}
     fsdp_names: dict[tuple, str] = {}
+    fsdp_shares: dict[int, list[float]] = {}
     for r in ranks:
-        for measured in r.get("fsdp", []):
+        for size, measured in zip(collective_groups(world), r.get("fsdp", []), strict=False):
+            fsdp_shares.setdefault(size, []).append(measured["core_share"])
             for (zero, size, layers, times), name in zip(measured["rows"], measured["times"], strict=True):
                 key = (zero, size, layers)
                 fsdp_slowest[key] = [max(a, b) for a, b in zip(fsdp_slowest.get(key, times), times, strict=True)]
@@ -609,7 +619,8 @@ def measure_shared(world: int, gemm_shape: tuple[int, int, int], message_bytes: 
                                           default=0.0),
             "collectives": [[op, size, nbytes, statistics.median(t)] for (op, size, nbytes), t in
                             sorted(slowest.items())],
-            "fsdp": [[*key, statistics.median(t)] for key, t in sorted(fsdp_slowest.items())]}
+            "fsdp": [[*key, statistics.median(t)] for key, t in sorted(fsdp_slowest.items())],
+            "fsdp_core_share": {size: statistics.fmean(s) for size, s in sorted(fsdp_shares.items())}}
 
 
 # ---- fitting ----------------------------------------------------------------------------------------------
@@ -661,7 +672,7 @@ def fit_profile(raw: dict[str, Any], peak_flops_core: float, host_cores: int) ->
         latency, per_byte = _line_fit([(b, t * share) for b, t in points])
         collectives.append({"op": op, "group_size": size, "latency_us": latency * 1e6,
                             "bandwidth_gbs": 1e-9 / per_byte})
-    fsdp_units = fsdp_unit_costs(shared.get("fsdp", []), share)
+    fsdp_units = fsdp_unit_costs(shared.get("fsdp", []), shared.get("fsdp_core_share", {}))
     host = dict(raw["host"])
     host["process_start_s"] = shared["process_start_s"]
     host["pipeline_micro_batch_s"] = shared.get("pipeline_micro_batch_s", 0.0)
