@@ -115,9 +115,9 @@ def calibrate_command(
                  "fsdp_core_share_size_share": [[g, s] for g, s in shared["fsdp_core_share"].items()]}
     data = {"machine": machine, **fitted, "raw": raw_table, "repeats": repeats}
     header = ("bastion machine profile, written by `bastion calibrate`. Use it with --cluster PROFILE.toml or\n"
-              "--cluster cpu:N@PROFILE.toml. [accelerator] replaces catalog fields; [host] and [[collective]] are\n"
-              "measured terms the catalog has no field for; [raw] holds the measurements (seconds), [repeats]\n"
-              "each measurement's repeats (its noise band, for `bastion calibrate --compare A B`).")
+              "--cluster cpu:N@PROFILE.toml. [accelerator] replaces catalog fields; [host], [[collective]] and\n"
+              "[[fsdp_unit]] are measured terms the catalog has no field for; [raw] holds the measurements\n"
+              "(seconds), [repeats] each measurement's repeats (its noise band, for `bastion calibrate --compare A B`).")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(profile_toml(data, header))
     a, h = fitted["accelerator"], fitted["host"]

@@ -465,8 +465,7 @@ def measure_fsdp(base: ModelSpec, world: int, group_size: int, reps: int) -> dic
                             global_batch=group_size)
         mesh = init_device_mesh("cpu", (world // group_size, replicate, shard, 1), mesh_dim_names=MESH_DIMS)
         meshes[zero] = RuntimeMesh(plan=plan, mesh=mesh, device=torch.device("cpu"))
-    rows, times = [], {}
-    eager_cpu = eager_wall = 0.0
+    runs = {}
     for zero in (-1, *FSDP_STAGES):
         for layers in (1, 3):
             spec = _probe_spec(base, layers)
@@ -480,18 +479,25 @@ def measure_fsdp(base: ModelSpec, world: int, group_size: int, reps: int) -> dic
             def run(module: Any = module, tokens: torch.Tensor = tokens) -> None:
                 cross_entropy_loss(module(tokens), tokens).backward()
             run()
-            samples = []
-            for _ in range(reps):
-                dist.barrier()
-                start, start_cpu = time.perf_counter(), time.process_time()
-                run()
-                samples.append(time.perf_counter() - start)
-                if zero < 0:
-                    eager_cpu += time.process_time() - start_cpu
-                    eager_wall += samples[-1]
-            name = "eager" if zero < 0 else f"fsdp zero {zero}"
-            times[f"model x{layers} {name}, groups of {group_size} of {world} ranks"] = samples
-            rows.append([zero, group_size, layers, samples])
+            runs[(zero, layers)] = run
+    # round-robin over the variants: the host's other load comes and goes, and each difference taken below is
+    # between variants measured under the same load
+    samples: dict[tuple[int, int], list[float]] = {key: [] for key in runs}
+    eager_cpu = eager_wall = 0.0
+    for _ in range(reps):
+        for (zero, layers), run in runs.items():
+            dist.barrier()
+            start, start_cpu = time.perf_counter(), time.process_time()
+            run()
+            samples[(zero, layers)].append(time.perf_counter() - start)
+            if zero < 0:
+                eager_cpu += time.process_time() - start_cpu
+                eager_wall += samples[(zero, layers)][-1]
+    rows, times = [], {}
+    for (zero, layers), taken in samples.items():
+        name = "eager" if zero < 0 else f"fsdp zero {zero}"
+        times[f"model x{layers} {name}, groups of {group_size} of {world} ranks"] = taken
+        rows.append([zero, group_size, layers, taken])
     return {"rows": rows, "times": times, "core_share": eager_cpu / eager_wall}
 
 
@@ -536,7 +542,7 @@ def _rank_main(rank: int, world: int, init: str, out_dir: str, spawned_at: float
         result["tensor_parallel"] = measure_tensor_parallel(config["probe_model"], world,
                                                             3 * config["collective_reps"])
         result["pipeline"] = measure_pipeline(config["probe_model"], world, 3 * config["collective_reps"])
-    result["fsdp"] = [measure_fsdp(config["probe_model"], world, size, 3 * config["collective_reps"])
+    result["fsdp"] = [measure_fsdp(config["probe_model"], world, size, 2 * config["collective_reps"])
                       for size in collective_groups(world)]
     collectives = []
     for size in collective_groups(world):
