@@ -277,7 +277,8 @@ def _expert_key(plan: ParallelPlan, options: PredictOptions) -> tuple[int, int, 
 
 def _micro_batch_overhead(node: Cluster, plan: ParallelPlan, layers: int, has_first: bool, has_last: bool) -> float:
     """Seconds of one micro-batch's host work on one rank (machine profile's [host] terms): each block's eager
-    dispatch, plus DTensor's under tensor parallelism and FSDP2's hooks when gradients are reduced over dp × cp;
+    dispatch, plus DTensor's under tensor parallelism and FSDP2's hooks when gradients are reduced over dp × cp
+    (unless the profile timed FSDP2's units on real groups: then `_runtime_fsdp_comm` holds them);
     a fully recomputed block dispatches its forward (a third of the work) again; the ends of the model once
     (with tensor parallelism's extra there); the pipeline schedule's own work per micro-batch and stage."""
     host = node.profile.host_overheads
@@ -328,7 +329,8 @@ def _runtime_fsdp_comm(node: Cluster, model: ModelSpec, plan: ParallelPlan, laye
     """Seconds of one micro-batch's FSDP2 collectives on one rank of bastion's runtime, none hidden: every plan
     with dp × cp > 1 runs FSDP2 (runtime/parallelize.py), which gathers each unit (a block; the rest of the
     stage as one root unit) for the forward, again for the backward under ZeRO-3 (resharded after forward), and
-    reduce-scatters its gradients in every micro-batch's backward."""
+    reduce-scatters its gradients in every micro-batch's backward. Where the profile timed FSDP2's units on real
+    groups of the plan's layout, each unit costs that (hooks, latency, waiting) plus its collectives' bytes."""
     shard = plan.dp * plan.cp
     if shard <= 1:
         return 0.0
