@@ -126,7 +126,16 @@ def calibrate_command(
                f"block dispatch {1e3 * h['layer_s']:.2f} ms (+{1e3 * h['layer_tp_s']:.2f} DTensor, "
                f"+{1e3 * h['layer_fsdp_s']:.2f} FSDP), process start {h['process_start_s']:.1f} s, "
                f"checkpoint write {h['checkpoint_write_gbs']:.2g} GB/s / read {h['checkpoint_read_gbs']:.2g} GB/s "
-               f"in {run_dir}")
+               f"in {run_dir}" + _fsdp_summary(fitted["fsdp_unit"]))
+
+
+def _fsdp_summary(units: list[dict]) -> str:
+    """FSDP2's measured cost per block on the largest group, by ZeRO layout (none measured with one process)."""
+    if not units:
+        return ""
+    size = max(u["group_size"] for u in units)
+    costs = ", ".join(f"ZeRO-{u['zero_stage']} {1e3 * u['unit_s']:.2f} ms" for u in units if u["group_size"] == size)
+    return f"; FSDP2 per block on {size} ranks (whole cores): {costs}"
 
 
 def _load_average() -> float:
