@@ -314,7 +314,8 @@ def _repredict(recorded: Path, profile: Path, out: Path) -> int:
               + ("  LOADED" if row["loaded"] else ""))
     within = sum(abs(r["ratio"] - 1) <= 0.10 for r in rows)
     recorded_within = sum(abs(r["recorded_ratio"] - 1) <= 0.10 for r in rows)
-    result = {"recorded": str(recorded.relative_to(ROOT)) if recorded.resolve().is_relative_to(ROOT) else str(recorded),
+    recorded = recorded.resolve()
+    result = {"recorded": str(recorded.relative_to(ROOT)) if recorded.is_relative_to(ROOT) else str(recorded),
               "profile": str(profile.relative_to(ROOT)) if profile.is_relative_to(ROOT) else str(profile),
               "rows": rows, "within_10pct": f"{within} of {len(rows)}",
               "recorded_within_10pct": f"{recorded_within} of {len(rows)}",

@@ -1,5 +1,6 @@
 """`bastion calibrate --quick` on this machine (2 gloo processes): the profile it writes reads back with every
-measurement's repeats, the tensor-parallel collective counts of the runtime and the checkpoint bandwidth; and
+measurement's repeats, the tensor-parallel collective counts of the runtime, FSDP2's per-unit cost and the
+checkpoint bandwidth; and
 `--compare` finds a measurement edited in a copy of it, and nothing between the profile and itself."""
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ def test_a_real_profile_reads_back_with_what_the_predictor_uses(profile: Path) -
     host = read.host_overheads
     assert host.checkpoint_write_gbs > 0 and host.checkpoint_read_gbs > 0 and host.layer_tp_s > 0
     assert not list(profile.parent.glob(".bastion-calibrate-io-*"))  # the checkpoint I/O file is removed
+    # FSDP2 timed on the real pair, in each layout a ZeRO stage runs, with every repeat kept
+    assert sorted((u.zero_stage, u.group_size) for u in read.fsdp_units) == [(0, 2), (2, 2), (3, 2)]
+    assert all(u.unit_s >= 0 and u.root_s >= 0 for u in read.fsdp_units)
+    assert "model x3 fsdp zero 3, groups of 2 of 2 ranks" in repeats
 
 
 def test_compare_finds_the_edited_measurement(profile: Path, tmp_path: Path, capsys) -> None:

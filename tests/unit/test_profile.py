@@ -295,3 +295,59 @@ def test_the_planners_step_time_bound_holds_for_pipelines_on_shared_cores(tmp_pa
             assert step_time_lower_bound(model, cluster, plan, 256) <= est.step_time_s
             bubbles.append(est.time.bubble)
     assert all(b > 0 for b in bubbles)
+
+
+# ---- FSDP2's measured per-unit cost ------------------------------------------------------------------------
+
+def _fsdp_units(unit_s: float = 0.01, root_s: float = 0.004) -> list[dict]:
+    return [{"zero_stage": zero, "group_size": g, "unit_s": unit_s * (1 + zero), "root_s": root_s}
+            for zero in (0, 2, 3) for g in (2, 4)]
+
+
+def test_fsdp_unit_costs_round_trip_and_are_looked_up_by_layout_and_group(tmp_path: Path) -> None:
+    profile = read_profile(write(tmp_path, {**profile_data(), "fsdp_unit": _fsdp_units()}))
+    assert len(profile.fsdp_units) == 6
+    assert profile.fsdp_unit_cost(3, 4).unit_s == pytest.approx(0.04)
+    # ZeRO 1 runs the layout measured as 2 (sharded, not resharded after forward); 8 ranks: the nearest, 4
+    assert profile.fsdp_unit_cost(1, 8) == profile.fsdp_unit_cost(2, 4)
+    assert profile.fsdp_unit_cost(0, 3).group_size == 4  # a tie: the larger
+    assert read_profile(write(tmp_path, profile_data(), "old.toml")).fsdp_unit_cost(3, 4) is None
+
+
+@pytest.mark.parametrize("row", [{"zero_stage": 1}, {"zero_stage": True}, {"group_size": 1},
+                                 {"group_size": 2.5}, {"unit_s": -0.1}, {"root_s": "x"}])
+def test_a_garbled_fsdp_unit_row_is_a_guidance_error(tmp_path: Path, row: dict) -> None:
+    units = _fsdp_units()
+    units[0] = {**units[0], **row}
+    with pytest.raises(ConfigError, match=r"\[\[fsdp_unit\]\] #1"):
+        read_profile(write(tmp_path, {**profile_data(), "fsdp_unit": units}))
+
+
+def _fsdp_estimate(tmp_path: Path, name: str, zero: int, **changes: object) -> estimate:
+    data = {**profile_data(), "fsdp_unit": _fsdp_units(changes.pop("unit_s", 0.01))}
+    data["host"]["layer_fsdp_s"] = changes.pop("layer_fsdp_s", 0.006)
+    for line in data["collective"]:
+        if line["op"] == changes.get("op"):
+            line.update(changes["line"])
+    cluster = load_cluster(str(write(tmp_path, data, f"{name}.toml")))
+    plan = ParallelPlan(dp=4, zero_stage=zero, micro_batch=1, global_batch=8, precision="fp32")
+    return estimate(load_model("tiny"), cluster, plan)
+
+
+@pytest.mark.parametrize("zero", [0, 2, 3])
+def test_a_profiled_hosts_fsdp_costs_the_measured_unit_plus_only_its_bytes(tmp_path: Path, zero: int) -> None:
+    base = _fsdp_estimate(tmp_path, "base", zero)
+    # the measured unit: 4 blocks × 2 micro-batches × 10 ms more per unit, on 2 cores / (4 ranks + 0.5 background)
+    dearer = _fsdp_estimate(tmp_path, "dearer", zero, unit_s=0.02)
+    assert dearer.time.step - base.time.step == pytest.approx(4 * 2 * 0.01 * (1 + zero) / (2 / 4.5), rel=1e-6)
+    # its hooks' host work is in it: the one-process FSDP figure no longer adds
+    hooks = _fsdp_estimate(tmp_path, "hooks", zero, layer_fsdp_s=0.5)
+    assert hooks.time.step == pytest.approx(base.time.step, rel=1e-12)
+    # and so is its collectives' latency: never counted twice
+    for op in ("all_gather", "reduce_scatter", "all_reduce"):
+        slow = _fsdp_estimate(tmp_path, f"latency-{op}", zero, op=op, line={"latency_us": 50_000.0})
+        assert slow.time.dp_comm == pytest.approx(base.time.dp_comm, rel=1e-12), op
+    # the bytes: ZeRO 0 runs FSDP2 replicated (gradients all-reduced, nothing gathered), 1-3 gather and scatter
+    for op in ("all_gather", "all_reduce"):
+        narrow = _fsdp_estimate(tmp_path, f"narrow-{op}", zero, op=op, line={"bandwidth_gbs": 0.001})
+        assert (narrow.time.dp_comm > base.time.dp_comm) == ((op == "all_reduce") == (zero == 0)), op

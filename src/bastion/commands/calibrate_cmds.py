@@ -236,12 +236,15 @@ def _write_profile(settings: dict, measured: tuple[dict, dict], machine: dict) -
                  "attention_seq_headdim_heads_fwd_s_fwdbwd_s": raw["attention"],
                  "elementwise_bytes_s": raw["elementwise"], "shared_gemm_shape": raw["shared_gemm_shape"],
                  "shared_core_share_per_rank": shared["core_share"], "shared_elementwise_bytes_s": shared["elementwise"],
-                 "collective_op_size_bytes_s": [row[:4] for row in shared["collectives"]]}
+                 "collective_op_size_bytes_s": [row[:4] for row in shared["collectives"]],
+                 # zero_stage -1: the same models without FSDP2
+                 "fsdp_zero_size_layers_s": shared["fsdp"],
+                 "fsdp_core_share_size_share": [[g, s] for g, s in shared["fsdp_core_share"].items()]}
     data = {"machine": machine, **fitted, "raw": raw_table, "repeats": repeats}
     header = ("bastion machine profile, written by `bastion calibrate`. Use it with --cluster PROFILE.toml or\n"
-              "--cluster cpu:N@PROFILE.toml. [accelerator] replaces catalog fields; [host] and [[collective]] are\n"
-              "measured terms the catalog has no field for; [raw] holds the measurements (seconds), [repeats]\n"
-              "each measurement's repeats (its noise band, for `bastion calibrate --compare A B`).")
+              "--cluster cpu:N@PROFILE.toml. [accelerator] replaces catalog fields; [host], [[collective]] and\n"
+              "[[fsdp_unit]] are measured terms the catalog has no field for; [raw] holds the measurements\n"
+              "(seconds), [repeats] each measurement's repeats (its noise band, for `bastion calibrate --compare A B`).")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(profile_toml(data, header))
     a, h = fitted["accelerator"], fitted["host"]
@@ -250,7 +253,16 @@ def _write_profile(settings: dict, measured: tuple[dict, dict], machine: dict) -
                f"block dispatch {1e3 * h['layer_s']:.2f} ms (+{1e3 * h['layer_tp_s']:.2f} DTensor, "
                f"+{1e3 * h['layer_fsdp_s']:.2f} FSDP), process start {h['process_start_s']:.1f} s, "
                f"checkpoint write {h['checkpoint_write_gbs']:.2g} GB/s / read {h['checkpoint_read_gbs']:.2g} GB/s "
-               f"in {run_dir}")
+               f"in {run_dir}" + _fsdp_summary(fitted["fsdp_unit"]))
+
+
+def _fsdp_summary(units: list[dict]) -> str:
+    """FSDP2's measured cost per block on the largest group, by ZeRO layout (none measured with one process)."""
+    if not units:
+        return ""
+    size = max(u["group_size"] for u in units)
+    costs = ", ".join(f"ZeRO-{u['zero_stage']} {1e3 * u['unit_s']:.2f} ms" for u in units if u["group_size"] == size)
+    return f"; FSDP2 per block on {size} ranks (whole cores): {costs}"
 
 
 @app.command("_calibrate_worker", hidden=True)

@@ -41,6 +41,7 @@ from bastion.predict.options import PredictOptions
 from bastion.specs.hardware import Cluster
 from bastion.specs.model import ModelSpec
 from bastion.specs.plan import ParallelPlan
+from bastion.specs.profile import FsdpUnitCost
 
 DEFAULT_OPTIONS = PredictOptions()
 
@@ -276,13 +277,15 @@ def _expert_key(plan: ParallelPlan, options: PredictOptions) -> tuple[int, int, 
 
 def _micro_batch_overhead(node: Cluster, plan: ParallelPlan, layers: int, has_first: bool, has_last: bool) -> float:
     """Seconds of one micro-batch's host work on one rank (machine profile's [host] terms): each block's eager
-    dispatch, plus DTensor's under tensor parallelism and FSDP2's hooks when gradients are reduced over dp × cp;
+    dispatch, plus DTensor's under tensor parallelism and FSDP2's hooks when gradients are reduced over dp × cp
+    (unless the profile timed FSDP2's units on real groups: then `_runtime_fsdp_comm` holds them);
     a fully recomputed block dispatches its forward (a third of the work) again; the ends of the model once
     (with tensor parallelism's extra there); the pipeline schedule's own work per micro-batch and stage."""
     host = node.profile.host_overheads
     tp = (host.layer_tp_s + (host.layer_sp_s if plan.sequence_parallel else 0.0)) if plan.tp > 1 else 0.0
     per_layer = (host.layer_s + tp) * (4 / 3 if plan.recompute == "full" else 1.0)
-    per_layer += host.layer_fsdp_s if plan.dp * plan.cp > 1 else 0.0
+    if plan.dp * plan.cp > 1 and _measured_fsdp(node, plan) is None:
+        per_layer += host.layer_fsdp_s  # else the measured unit cost holds FSDP2's hooks (_runtime_fsdp_comm)
     ends_tp = (host.micro_batch_tp_s + (host.micro_batch_sp_s if plan.sequence_parallel else 0.0)
                if plan.tp > 1 else 0.0)
     ends = (host.micro_batch_s + ends_tp) * (int(has_first) + int(has_last)) / 2
@@ -326,7 +329,8 @@ def _runtime_fsdp_comm(node: Cluster, model: ModelSpec, plan: ParallelPlan, laye
     """Seconds of one micro-batch's FSDP2 collectives on one rank of bastion's runtime, none hidden: every plan
     with dp × cp > 1 runs FSDP2 (runtime/parallelize.py), which gathers each unit (a block; the rest of the
     stage as one root unit) for the forward, again for the backward under ZeRO-3 (resharded after forward), and
-    reduce-scatters its gradients in every micro-batch's backward."""
+    reduce-scatters its gradients in every micro-batch's backward. Where the profile timed FSDP2's units on real
+    groups of the plan's layout, each unit costs that (hooks, latency, waiting) plus its collectives' bytes."""
     shard = plan.dp * plan.cp
     if shard <= 1:
         return 0.0
@@ -339,8 +343,35 @@ def _runtime_fsdp_comm(node: Cluster, model: ModelSpec, plan: ParallelPlan, laye
                                                                                 plan.etp)]
     units = layer * layers + [(root, group)]
     gathers = 2 if plan.zero_stage == 3 else 1
-    return sum(gathers * comm.all_gather_time(node, float(n * p_bytes), g)
-               + comm.reduce_scatter_time(node, float(n * g_bytes), g) for n, g in units)
+    measured = _measured_fsdp(node, plan)
+    if measured is None:
+        return sum(gathers * comm.all_gather_time(node, float(n * p_bytes), g)
+                   + comm.reduce_scatter_time(node, float(n * g_bytes), g) for n, g in units)
+    # the profile timed FSDP2's units on real groups at a negligible size (hooks, the collectives' latency, the
+    # waiting): per unit that, plus only the bytes of its collectives at the measured bandwidth. ZeRO 0 runs
+    # FSDP2 replicated (runtime/mesh.py dp_layout): no gather, its gradients all-reduced.
+    share = node.accelerator.core_share(node.gpus_per_node)
+
+    def bytes_term(op: str, nbytes: float, g: comm.GroupPlacement) -> float:
+        if g.size <= 1 or nbytes <= 0:
+            return 0.0
+        at_size = node.profile.collective_wall_time(op, g.size, nbytes, share) or 0.0
+        return at_size - (node.profile.collective_wall_time(op, g.size, 0.0, share) or 0.0)
+
+    def unit_bytes(n: int, g: comm.GroupPlacement) -> float:
+        if plan.zero_stage == 0:
+            return bytes_term("all_reduce", float(n * g_bytes), g)
+        return gathers * bytes_term("all_gather", float(n * p_bytes), g) + bytes_term("reduce_scatter",
+                                                                                       float(n * g_bytes), g)
+    fixed = (len(layer) * layers * measured.unit_s + measured.root_s) / share
+    return fixed + sum(unit_bytes(n, g) for n, g in units)
+
+
+def _measured_fsdp(node: Cluster, plan: ParallelPlan) -> FsdpUnitCost | None:
+    """The machine profile's measured FSDP2 unit cost for the plan's ZeRO layout and dp × cp group, if any."""
+    if node.profile is None:
+        return None
+    return node.profile.fsdp_unit_cost(plan.zero_stage, plan.dp * plan.cp)
 
 
 def _step_overhead(node: Cluster, model: ModelSpec, plan: ParallelPlan, layers: int, has_first: bool,
@@ -841,6 +872,8 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
             "bandwidth by group size) and host overheads (dispatch per block, DTensor with its redistributions "
             "on real tensor-parallel pairs, FSDP hooks, the pipeline schedule per micro-batch, optimizer per "
             "tensor) measured; tensor-parallel collectives per block counted as the runtime issues them"
+            + ("; FSDP2's fixed cost per unit (hooks, collective latency, waiting) measured on real groups, its "
+               "collectives adding only their bytes" if node.profile.fsdp_units else "")
             if node.profile else ""),
         (f"attention: fused flash kernel '{options.attention_kernel}' (causal blocks skipped, no s×s scores stored)"
          + (f", at most {options.attention_efficiency_cap:g} of the bf16 peak"

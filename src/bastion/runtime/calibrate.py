@@ -7,8 +7,9 @@ tensor parallelism with and without sequence parallelism; under FSDP2), the ends
 clipping per parameter tensor; checkpoint write / read bandwidth to the run directory's filesystem. Then N
 processes on the host at once (gloo): their start-up, how GEMM throughput and elementwise bandwidth hold up when
 they share the cores, all-reduce, all-gather, reduce-scatter and send/recv by message size for every group size a
-plan of N ranks forms (all groups of a size at once), and, on tensor-parallel and pipeline pairs of the runtime's
-real code, what tensor parallelism and the pipeline schedule cost a rank and which collectives they issue.
+plan of N ranks forms (all groups of a size at once), what the runtime's FSDP2 costs per unit on real groups of
+each of those sizes, and, on tensor-parallel and pipeline pairs of the runtime's real code, what tensor
+parallelism and the pipeline schedule cost a rank and which collectives they issue.
 
 Every figure is the median of repeats (CPU time unless said otherwise: what the work costs a core, whatever
 else the host runs); every repeat is kept (`Repeats`) for the profile's noise bands. Each benchmark stops after a
@@ -35,6 +36,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.distributed.device_mesh import init_device_mesh
 
 from bastion.specs.model import ModelSpec
 
@@ -433,11 +435,97 @@ def measure_pipeline(base: ModelSpec, world: int, reps: int, micro_batches: int 
     return {"pipeline_micro_batch_s": max(0.0, per_micro_batch - plain_s)}
 
 
+#: the runtime's FSDP2 layouts a plan's ZeRO stage picks (runtime/mesh.py dp_layout, parallelize.apply_fsdp):
+#: 0 replicates over the group (HSDP, shard 1: gradients all-reduced), 1-2 shard without resharding after
+#: forward, 3 reshards after forward (a second all-gather in backward); stage 2 stands for 1 and 2
+FSDP_STAGES = (0, 2, 3)
+
+
+def measure_fsdp(base: ModelSpec, world: int, group_size: int, reps: int) -> dict[str, Any]:
+    """What the runtime's FSDP2 costs a rank per unit on real groups of `group_size` (every rank of `world`
+    calls this, all groups at once): models of 1 and 3 blocks at negligible shapes (the collectives move almost
+    no bytes), forward + backward with the loss, for each of FSDP_STAGES through runtime/parallelize.apply_fsdp,
+    and the same models without FSDP2. Wall seconds of each repeat (from a barrier, every rank the same
+    number of repeats; a repeat ends when its slowest rank's does), the median: FSDP2's hooks, its collectives'
+    latency and the waiting for the group's other ranks, which on shared cores is most of it.
+
+    Returns `rows`: [zero_stage, group_size, layers, this rank's repeats] (the rows without FSDP2 have
+    zero_stage -1), `times`: the same repeats by measurement name, and `core_share`: this rank's CPU time / wall
+    time over the models without FSDP2 (the share of a core it had while these ran: the host's other load comes
+    and goes, so it is measured in the same window)."""
+    from bastion.runtime.mesh import MESH_DIMS, RuntimeMesh
+    from bastion.runtime.model import build_model, init_weights
+    from bastion.runtime.parallelize import apply_fsdp, cross_entropy_loss
+    from bastion.specs.plan import ParallelPlan
+
+    meshes = {}
+    for zero in FSDP_STAGES:
+        replicate, shard = (group_size, 1) if zero == 0 else (1, group_size)
+        plan = ParallelPlan(dp=group_size, zero_stage=zero, precision="fp32", micro_batch=1,
+                            global_batch=group_size)
+        mesh = init_device_mesh("cpu", (world // group_size, replicate, shard, 1), mesh_dim_names=MESH_DIMS)
+        meshes[zero] = RuntimeMesh(plan=plan, mesh=mesh, device=torch.device("cpu"))
+    runs = {}
+    for zero in (-1, *FSDP_STAGES):
+        for layers in (1, 3):
+            spec = _probe_spec(base, layers)
+            module = build_model(spec)
+            if zero >= 0:
+                apply_fsdp(module, meshes[zero], zero, None)
+            module.to_empty(device="cpu")
+            init_weights(module, spec, 0)
+            tokens = torch.randint(0, spec.vocab_size, (1, spec.seq_len))
+
+            def run(module: Any = module, tokens: torch.Tensor = tokens) -> None:
+                cross_entropy_loss(module(tokens), tokens).backward()
+            run()
+            runs[(zero, layers)] = run
+    # round-robin over the variants: the host's other load comes and goes, and each difference taken below is
+    # between variants measured under the same load
+    samples: dict[tuple[int, int], list[float]] = {key: [] for key in runs}
+    eager_cpu = eager_wall = 0.0
+    for _ in range(reps):
+        for (zero, layers), run in runs.items():
+            dist.barrier()
+            start, start_cpu = time.perf_counter(), time.process_time()
+            run()
+            samples[(zero, layers)].append(time.perf_counter() - start)
+            if zero < 0:
+                eager_cpu += time.process_time() - start_cpu
+                eager_wall += samples[(zero, layers)][-1]
+    rows, times = [], {}
+    for (zero, layers), taken in samples.items():
+        name = "eager" if zero < 0 else f"fsdp zero {zero}"
+        times[f"model x{layers} {name}, groups of {group_size} of {world} ranks"] = taken
+        rows.append([zero, group_size, layers, taken])
+    return {"rows": rows, "times": times, "core_share": eager_cpu / eager_wall}
+
+
+def fsdp_unit_costs(rows: list[list[Any]], shares: dict[int, float]) -> list[dict[str, Any]]:
+    """Per FSDP2 unit, forward + backward, from `measure_fsdp`'s rows ([zero_stage, group_size, layers,
+    seconds]): a block's unit is what a block costs more under FSDP2 than without it (the difference of the 3-
+    and 1-block models, over 2 blocks), the root unit (embedding, final norm, LM head) what the 1-block model
+    costs more beyond its block's unit. Wall seconds × the share of a core the ranks had meanwhile (`shares`, by
+    group size): seconds on whole cores, which the predictor divides by the share a plan's ranks get (as it does
+    a collective line)."""
+    at = {(zero, size, layers): t for zero, size, layers, t in rows}
+    costs = []
+    for zero, size in sorted({(z, g) for z, g, _ in at if z >= 0}):
+        eager_block = (at[(-1, size, 3)] - at[(-1, size, 1)]) / 2
+        block = (at[(zero, size, 3)] - at[(zero, size, 1)]) / 2 - eager_block
+        root = at[(zero, size, 1)] - at[(-1, size, 1)] - block
+        share = min(1.0, shares[size])
+        costs.append({"zero_stage": zero, "group_size": size, "unit_s": max(0.0, block) * share,
+                      "root_s": max(0.0, root) * share})
+    return costs
+
+
 def measure_ranks(rank: int, world: int, config: dict[str, Any], hosts: list[str] | None = None) -> dict[str, Any]:
     """What every rank of an initialised gloo group of `world` ranks measures at once (ranks numbered host by
     host): its share of a core while all multiply matrices, elementwise bandwidth, tensor-parallel and pipeline
-    pairs (an even world), and every collective on every group size (contiguous ranks, all groups at once).
-    `hosts`: each rank's host, so a collective row says how many hosts its groups span."""
+    pairs (an even world), FSDP2's per-unit cost (`measure_fsdp`) and every collective on every group size
+    (contiguous ranks, all groups at once). `hosts`: each rank's host, so a collective row says how many hosts
+    its groups span."""
     budget = config["budget_s"]
     m, k, n = config["gemm_shape"]
     a, b = torch.randn(m, k), torch.randn(k, n)
@@ -453,6 +541,8 @@ def measure_ranks(rank: int, world: int, config: dict[str, Any], hosts: list[str
         result["tensor_parallel"] = measure_tensor_parallel(config["probe_model"], world,
                                                             3 * config["collective_reps"])
         result["pipeline"] = measure_pipeline(config["probe_model"], world, 3 * config["collective_reps"])
+    result["fsdp"] = [measure_fsdp(config["probe_model"], world, size, 2 * config["collective_reps"])
+                      for size in collective_groups(world)]
     collectives = []
     for size in collective_groups(world):
         groups = [list(range(start, start + size)) for start in range(0, world, size)]
@@ -548,7 +638,8 @@ def measure_shared(world: int, gemm_shape: tuple[int, int, int], message_bytes: 
                    probe_model: ModelSpec, collective_reps: int = 7,
                    repeats: Repeats | None = None) -> dict[str, Any]:
     """`world` processes on this host at once (gloo): start-up, shared GEMM and elementwise rates, collectives,
-    and (an even world) what tensor parallelism costs a rank (`measure_tensor_parallel`, rank 0's).
+    what FSDP2 costs per unit on every group size (`measure_fsdp`: wall time, the slowest rank's per repeat,
+    the median) and (an even world) what tensor parallelism costs a rank (`measure_tensor_parallel`, rank 0's).
     Collective times are wall time, the slowest rank's (a collective is done when its last member is), the
     median of the repeats. `core_share` is each rank's share of a core while all ranks multiply matrices at
     once, the median of three windows."""
@@ -580,7 +671,19 @@ def combine_ranks(ranks: list[dict[str, Any]], ranks_per_host: int, repeats: Rep
             key = (op, size, nbytes)
             slowest[key] = [max(a, b) for a, b in zip(slowest.get(key, times), times, strict=True)]
             spans[key] = spanned[0] if spanned else 1
+    fsdp_slowest: dict[tuple, list[float]] = {}
+    fsdp_names: dict[tuple, str] = {}
+    fsdp_shares: dict[int, list[float]] = {}
+    for r in ranks:
+        for size, measured in zip(collective_groups(world), r.get("fsdp", []), strict=False):
+            fsdp_shares.setdefault(size, []).append(measured["core_share"])
+            for (zero, size, layers, times), name in zip(measured["rows"], measured["times"], strict=True):
+                key = (zero, size, layers)
+                fsdp_slowest[key] = [max(a, b) for a, b in zip(fsdp_slowest.get(key, times), times, strict=True)]
+                fsdp_names[key] = name
     if repeats is not None:
+        for key, times in fsdp_slowest.items():
+            repeats[fsdp_names[key]] = times
         for (op, size, nbytes), times in slowest.items():
             repeats[f"{op} {size} ranks {nbytes} B"] = times
         for rank, r in enumerate(ranks):
@@ -594,7 +697,9 @@ def combine_ranks(ranks: list[dict[str, Any]], ranks_per_host: int, repeats: Rep
             "pipeline_micro_batch_s": max((r["pipeline"]["pipeline_micro_batch_s"] for r in ranks if "pipeline" in r),
                                           default=0.0),
             "collectives": [[op, size, nbytes, statistics.median(t), spans[(op, size, nbytes)]]
-                            for (op, size, nbytes), t in sorted(slowest.items())]}
+                            for (op, size, nbytes), t in sorted(slowest.items())],
+            "fsdp": [[*key, statistics.median(t)] for key, t in sorted(fsdp_slowest.items())],
+            "fsdp_core_share": {size: statistics.fmean(s) for size, s in sorted(fsdp_shares.items())}}
 
 
 # ---- fitting ----------------------------------------------------------------------------------------------
@@ -616,7 +721,7 @@ def fit_profile(raw: dict[str, Any], peak_flops_core: float, host_cores: int) ->
     peak; attention's the same with the predictor's causal FLOPs; memory bandwidth the node's (each of N
     processes' elementwise rate × the cores); the background load from the share of a core N busy processes
     got; collectives a least-squares latency + bytes/bandwidth line (wall time) per
-    op and group size."""
+    op and group size; FSDP2's fixed cost per unit by ZeRO layout and group size (`fsdp_unit_costs`)."""
     dispatch = raw["dispatch_s"]
     gemm = {}
     for m, k, n, t in raw["gemm"]:
@@ -649,6 +754,7 @@ def fit_profile(raw: dict[str, Any], peak_flops_core: float, host_cores: int) ->
         # `hosts`: how many hosts one group spanned (1: inside a node; more: across the network, a calibrate job)
         collectives.append({"op": op, "group_size": size, "latency_us": latency * 1e6,
                             "bandwidth_gbs": 1e-9 / per_byte, "hosts": hosts_spanned[(op, size)]})
+    fsdp_units = fsdp_unit_costs(shared.get("fsdp", []), shared.get("fsdp_core_share", {}))
     host = dict(raw["host"])
     host["process_start_s"] = shared["process_start_s"]
     host["pipeline_micro_batch_s"] = shared.get("pipeline_micro_batch_s", 0.0)
@@ -670,6 +776,7 @@ def fit_profile(raw: dict[str, Any], peak_flops_core: float, host_cores: int) ->
         "host": host,
         "collective": collectives,
         "tp_collective": tensor_parallel["counts"] if tensor_parallel else [],
+        "fsdp_unit": fsdp_units,
     }
 
 

@@ -7,7 +7,9 @@ ranks share the cores); `[host]` holds the costs a datasheet has no field for (e
 the extra of DTensor and of FSDP2's hooks, fixed per micro-batch and per optimizer step, checkpoint write and
 read bandwidth to the run directory's filesystem); each `[[collective]]` a latency/bandwidth line for one
 collective on one group size (gloo on shared cores); each `[[tp_collective]]` how many collectives of an op the
-runtime's tensor parallelism issues per block and for the model's ends (counted, not timed). `[raw]` keeps the
+runtime's tensor parallelism issues per block and for the model's ends (counted, not timed); each
+`[[fsdp_unit]]` what the runtime's FSDP2 costs per unit (a block; the root unit apart) on real groups of one size
+under one ZeRO layout, at a negligible size (its hooks, its collectives' latency, the waiting). `[raw]` keeps the
 measurements the rates were derived from, `[repeats]` every measurement's repeats (seconds): its noise band,
 which `bastion calibrate --compare` (specs/profile_compare.py) judges a change against.
 
@@ -50,7 +52,8 @@ class HostOverheads:
     layer_tp_s: float = 0.0
     #: extra per block under sequence parallelism on top of layer_tp_s (redistributions around the norms)
     layer_sp_s: float = 0.0
-    #: extra per block under FSDP2 (its pre/post forward and backward hooks)
+    #: extra per block under FSDP2 (its pre/post forward and backward hooks), one process; a profile's
+    #: [[fsdp_unit]] rows (real groups, the collectives' latency and waiting included) take its place
     layer_fsdp_s: float = 0.0
     #: per micro-batch outside the blocks: embedding, final norm, LM head, loss, backward start
     micro_batch_s: float = 0.0
@@ -85,6 +88,32 @@ class TpCollectiveCount:
     op: str
     per_layer: float
     ends: float
+
+
+#: the ZeRO layouts an [[fsdp_unit]] row may measure (runtime/calibrate.py FSDP_STAGES): 0 replicated (HSDP,
+#: gradients all-reduced), 2 sharded without resharding after forward (stages 1 and 2), 3 resharded after forward
+FSDP_LAYOUTS = (0, 2, 3)
+
+
+@dataclass(frozen=True)
+class FsdpUnitCost:
+    """Seconds of forward + backward that the runtime's FSDP2 adds per unit on real groups of `group_size` (all
+    groups of the measured world at once) under ZeRO layout `zero_stage`, at shapes whose collectives move almost
+    no bytes: its hooks' host work, its collectives' latency and the waiting for the group's other ranks. On whole
+    cores (measured wall time × the ranks' core share), as a CollectiveLine is: the predictor divides it by the
+    share a plan's ranks get and adds only the collectives' bytes at the measured bandwidth."""
+
+    zero_stage: int
+    group_size: int
+    #: per block's unit
+    unit_s: float
+    #: the root unit (embedding, final norm, LM head), per micro-batch
+    root_s: float
+
+
+def _fsdp_layout(zero_stage: int) -> int:
+    """The measured layout a plan's ZeRO stage runs (stages 1 and 2 shard without resharding, as 2 does)."""
+    return 0 if zero_stage == 0 else 3 if zero_stage == 3 else 2
 
 
 @dataclass(frozen=True)
@@ -123,6 +152,8 @@ class MachineProfile:
     tp_collectives: tuple[TpCollectiveCount, ...] = ()
     #: (measurement, its repeats in seconds), as measured
     repeats: tuple[tuple[str, tuple[float, ...]], ...] = ()
+    #: measured by `bastion calibrate` on every group size of its world (empty in a profile that did not)
+    fsdp_units: tuple[FsdpUnitCost, ...] = ()
 
     @property
     def label(self) -> str:
@@ -138,6 +169,14 @@ class MachineProfile:
         line = min(lines, key=lambda c: (abs(c.group_size - group_size), -c.group_size))
         steps = max(group_size - 1, 1) / max(line.group_size - 1, 1)
         return line.latency_us * 1e-6 * steps + nbytes / (line.bandwidth_gbs * 1e9)
+
+    def fsdp_unit_cost(self, zero_stage: int, group_size: int) -> FsdpUnitCost | None:
+        """The measured FSDP2 cost of the layout ZeRO stage `zero_stage` runs, on `group_size` ranks (else the
+        nearest measured size, the larger on a tie); None when the profile measured no such layout."""
+        rows = [c for c in self.fsdp_units if c.zero_stage == _fsdp_layout(zero_stage)]
+        if not rows:
+            return None
+        return min(rows, key=lambda c: (abs(c.group_size - group_size), -c.group_size))
 
     def collective_wall_time(self, op: str, group_size: int, nbytes: float, core_share: float) -> float | None:
         """`collective_time` on ranks that get `core_share` of a core each."""
@@ -219,7 +258,22 @@ def read_profile(path: str | Path) -> MachineProfile:
                           host=str(machine.get("host")), torch=str(machine.get("torch")),
                           accelerator_overrides=tuple(sorted(overrides.items())), host_overheads=overheads,
                           collectives=tuple(lines), tp_collectives=_tp_collectives(data, path),
-                          repeats=_repeats(data, path))
+                          repeats=_repeats(data, path), fsdp_units=_fsdp_units(data, path))
+
+
+def _fsdp_units(data: dict[str, Any], path: Path) -> tuple[FsdpUnitCost, ...]:
+    rows = []
+    for i, row in enumerate(data.get("fsdp_unit", [])):
+        where = f"{path} [[fsdp_unit]] #{i + 1}"
+        if not isinstance(row, dict) or row.get("zero_stage") not in FSDP_LAYOUTS or isinstance(
+                row.get("zero_stage"), bool):
+            raise ConfigError(f"{where}: 'zero_stage' must be one of {', '.join(map(str, FSDP_LAYOUTS))}.", fix=_FIX)
+        size = _number(row, "group_size", where)
+        if size < 2 or size != int(size):
+            raise ConfigError(f"{where}: 'group_size' must be a whole number of at least 2, got {size:g}.", fix=_FIX)
+        rows.append(FsdpUnitCost(zero_stage=row["zero_stage"], group_size=int(size),
+                                 unit_s=_number(row, "unit_s", where), root_s=_number(row, "root_s", where)))
+    return tuple(rows)
 
 
 def _tp_collectives(data: dict[str, Any], path: Path) -> tuple[TpCollectiveCount, ...]:

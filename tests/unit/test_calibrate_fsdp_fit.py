@@ -1,0 +1,24 @@
+"""runtime/calibrate.py's fsdp_unit_costs: FSDP2's per-unit cost from the timed models of 1 and 3 blocks, with
+and without FSDP2 (what a [[fsdp_unit]] row of a profile holds)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bastion.runtime.calibrate import fsdp_unit_costs
+
+
+def test_a_unit_is_what_fsdp2_adds_per_block_and_the_root_what_remains() -> None:
+    # without FSDP2: 2 ms per block, 5 ms for the ends; under ZeRO 3 on 4 ranks: 12 ms per block, 9 ms ends
+    rows = [[-1, 4, 1, 0.007], [-1, 4, 3, 0.011], [3, 4, 1, 0.021], [3, 4, 3, 0.045]]
+    (cost,) = fsdp_unit_costs(rows, {4: 0.5})
+    assert (cost["zero_stage"], cost["group_size"]) == (3, 4)
+    # wall × the share of a core the ranks had: seconds on whole cores
+    assert cost["unit_s"] == pytest.approx((0.012 - 0.002) * 0.5)
+    assert cost["root_s"] == pytest.approx((0.021 - 0.007 - 0.010) * 0.5)
+
+
+def test_noise_that_makes_fsdp2_look_free_is_no_negative_cost() -> None:
+    rows = [[-1, 2, 1, 0.010], [-1, 2, 3, 0.020], [0, 2, 1, 0.009], [0, 2, 3, 0.018]]
+    (cost,) = fsdp_unit_costs(rows, {2: 1.0})
+    assert cost["unit_s"] == 0.0 and cost["root_s"] == 0.0
