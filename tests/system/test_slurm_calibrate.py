@@ -1,6 +1,6 @@
 """System tier: `bastion calibrate --on slurm --nodes 2 --quick --submit` on the real 4-node Slurm cluster (this
-host): the job runs one torchrun per node, measures the collectives across both nodes' ranks, and writes a profile
-that records both nodes and that `bastion estimate --cluster cpu:4@PROFILE` uses."""
+host): the job runs one torchrun per node, measures the collectives and FSDP2's per-unit cost across both nodes'
+ranks, and writes a profile that records both nodes and that `bastion estimate --cluster cpu:4@PROFILE` uses."""
 
 from __future__ import annotations
 
@@ -47,6 +47,8 @@ def test_a_calibrate_job_profiles_both_nodes(slurm_cluster: SlurmCluster, tmp_pa
     profile = read_profile(out)
     assert profile.nproc == 1 and any(line.group_size == 2 for line in profile.collectives)
     assert all(row["hosts"] == 2 for row in tomllib.loads(out.read_text())["collective"])  # across the nodes
+    # FSDP2's per-unit cost measured on the job's world too: its one group of 2 spans both nodes
+    assert {(u.zero_stage, u.group_size) for u in profile.fsdp_units} == {(0, 2), (2, 2), (3, 2)}
     estimate = bastion(slurm_cluster, "estimate", "--model", "tiny", "--cluster", f"cpu:4@{out}")
     assert estimate.returncode == 0, estimate.stderr
     assert f"profile {out}" in estimate.stdout

@@ -139,3 +139,32 @@ def test_collective_rows_say_how_many_hosts_their_groups_spanned() -> None:
     assert lines[("all_reduce", 2)]["hosts"] == 1 and lines[("all_reduce", 4)]["hosts"] == 2
     # a collective ends with its slowest member: rank 3's doubled latency is the group's (× the core share 0.5)
     assert lines[("all_gather", 4)]["latency_us"] == pytest.approx(2 * 100 * 0.5)
+
+
+def test_fsdp_measurements_travel_with_the_host_spanning_collectives() -> None:
+    """combine_ranks + fit_profile over 4 ranks on 2 hosts, each rank with `measure_ranks`' FSDP2 results too: the
+    collective rows keep the hosts their groups spanned and the FSDP2 units come from the slowest rank's repeats."""
+    from bastion.runtime.calibrate import FSDP_STAGES, combine_ranks, fit_profile
+
+    def fsdp(size: int, slow: float) -> dict:
+        # per block: 1 ms without FSDP2, +2 ms under it; the root unit +3 ms (wall, the slowest rank's)
+        rows = [[zero, size, layers, [(1e-3 * layers + (zero >= 0) * (2e-3 * layers + 3e-3)) * slow] * 3]
+                for zero in (-1, *FSDP_STAGES) for layers in (1, 3)]
+        return {"rows": rows, "times": {f"{zero} {size} {layers}": t for zero, size, layers, t in rows},
+                "core_share": 0.5}
+
+    def rank(slow: float) -> dict:
+        rows = [[op, size, nbytes, [1e-4 + nbytes * 1e-9] * 3, 1 if size == 2 else 2]
+                for op in ("all_reduce",) for size in (2, 4) for nbytes in (4096, 1 << 20)]
+        return {"start_s": 1.0, "core_share": [0.5] * 3, "elementwise": [[1 << 20, 1e-3]], "collectives": rows,
+                "fsdp": [fsdp(2, slow), fsdp(4, slow)]}
+
+    shared = combine_ranks([rank(1.0), rank(1.0), rank(1.0), rank(2.0)], ranks_per_host=2)
+    raw = {"dispatch_s": 1e-6, "gemm": [[64, 64, 64, 1e-4]], "attention": [[64, 16, 2, 1e-4, 3e-4]],
+           "elementwise": [[1 << 20, 1e-3]], "host": {"layer_s": 1e-3}, "shared": shared}
+    fitted = fit_profile(raw, 1e11, 2)
+    assert {(c["group_size"], c["hosts"]) for c in fitted["collective"]} == {(2, 1), (4, 2)}
+    units = {(u["zero_stage"], u["group_size"]): u for u in fitted["fsdp_unit"]}
+    assert set(units) == {(zero, size) for zero in FSDP_STAGES for size in (2, 4)}
+    # rank 3's doubled times are each repeat's: 2 × 2 ms a block, 2 × 3 ms the root, × the core share 0.5
+    assert units[(3, 4)]["unit_s"] == pytest.approx(2e-3) and units[(3, 4)]["root_s"] == pytest.approx(3e-3)
