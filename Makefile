@@ -26,12 +26,16 @@ browser:
 
 # Every tier fails if a test rewrote a tracked file (tests/conftest.py).
 PYTEST := BASTION_CHECK_TRACKED=1 $(BIN)/python -m pytest -q
+# The single-process tiers spread over two workers (pytest-xdist); the multi-process and Slurm tiers already
+# fill the cores with their own ranks, so they run one test at a time.
+PYTEST_SPREAD := $(PYTEST) -n 2
 
 test: setup browser
-	$(PYTEST)
+	$(PYTEST_SPREAD) tests/unit tests/validation
+	$(PYTEST) tests/dist tests/system
 
 test-unit: setup browser
-	$(PYTEST) tests/unit
+	$(PYTEST_SPREAD) tests/unit
 
 test-dist: setup
 	$(PYTEST) tests/dist
@@ -40,7 +44,7 @@ test-system: setup
 	$(PYTEST) tests/system
 
 test-fast: setup browser
-	$(PYTEST) tests/unit tests/validation
+	$(PYTEST_SPREAD) tests/unit tests/validation
 
 bench: setup
 	$(BIN)/python benchmarks/run_all.py
