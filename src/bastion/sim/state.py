@@ -36,8 +36,10 @@ class Queued:
     index: int
     job: Job
     options: tuple[Option, ...]
-    #: static queue order: priority, then submit time, then input order
-    key: tuple[int, float, int] = (0, 0.0, 0)
+    #: static queue order: inference services first, then priority, submit time, input order
+    key: tuple[int, int, float, int] = (1, 0, 0.0, 0)
+    #: an elastic job's sizes per pool, smallest first (`Resolved.sizes`)
+    sizes: dict[str, tuple[Option, ...]] = field(default_factory=dict)
     #: pool -> estimated run hours there (the scheduler's figure, cached)
     estimates: dict[str, float] = field(default_factory=dict)
     started: bool = False
@@ -361,13 +363,19 @@ class ClusterState:
         assert queued.option is not None and queued.start is not None and queued.run is not None
         held = now - queued.start
         run = queued.run
-        running = max(0.0, held - self.inventory.launch_hours)
-        progress = running * run.compute_hours / run.wall_hours if run.wall_hours > 0 else 0.0
+        progress = self.progress(queued, now)
         interval = queued.option.perf.checkpoint_interval_s / 3600.0
         saved = math.floor(progress / interval + 1e-9) * interval if math.isfinite(interval) and interval > 0 else 0.0
         saved = min(saved, run.compute_hours)
         wall_saved = saved * run.wall_hours / run.compute_hours if run.compute_hours > 0 else 0.0
         return saved, held - min(held, wall_saved + (self.inventory.launch_hours if saved else 0.0))
+
+    def progress(self, queued: Queued, now: float) -> float:
+        """Compute hours the running job has done in this run by `now` (evenly over the run after its launch)."""
+        assert queued.start is not None and queued.run is not None
+        run = queued.run
+        running = max(0.0, now - queued.start - self.inventory.launch_hours)
+        return min(run.compute_hours, running * run.compute_hours / run.wall_hours) if run.wall_hours > 0 else 0.0
 
     def predicted_loss(self, queued: Queued, now: float) -> float:
         """GPU-hours stopping the running job at `now` would throw away (the victim's cost)."""
@@ -462,7 +470,15 @@ class ClusterState:
     def preempt(self, queued: Queued, now: float) -> None:
         """Stop the running job at `now`: it loses its work since its last checkpoint and waits again."""
         assert self._on_interrupt is not None and queued.index in self.running
+        assert not queued.job.service, "an inference service is never preempted"
         self._on_interrupt(queued, now, "preemption")
+
+    def resize(self, queued: Queued, option: Option, now: float) -> None:
+        """Stop the running elastic job at `now`, keeping all its work (it checkpoints to resize), and start it
+        again on `option` (another size in its pool), after the launch latency."""
+        assert self._on_interrupt is not None and queued.index in self.running
+        self._on_interrupt(queued, now, "resize")
+        self.start(queued, option, now)
 
     def requeue(self, queued: Queued) -> None:
         """An interrupted job waits again, in its old place in the queue (its priority and submit time)."""
@@ -472,5 +488,5 @@ class ClusterState:
         self.submit(queued)
 
 
-def _queue_key(queued: Queued) -> tuple[int, float, int]:
+def _queue_key(queued: Queued) -> tuple[int, int, float, int]:
     return queued.key

@@ -4,7 +4,7 @@ policies (priority, kueue, srtf, las).
 A victim's cost is the work it would lose: GPU-hours since its last checkpoint (`ClusterState.predicted_loss`;
 a recorded job without a model has no checkpoints and loses its whole run). Victims are taken cheapest first
 until the job fits on a scratch copy of the pool, then any whose stop turns out not to be needed (dearest first)
-are spared, so no job is stopped for nothing.
+are spared, so no job is stopped for nothing. An inference service is never a victim.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def cheapest_victims(state: ClusterState, option: Option, candidates: Iterable[Q
     first; None when stopping all of them in that pool would not make room."""
     pool = state.pools[option.pool]
     demand = state.demand(option)
-    mine = sorted((q for q in candidates if q.pool == option.pool),
+    mine = sorted((q for q in candidates if q.pool == option.pool and not q.job.service),
                   key=lambda q: (state.predicted_loss(q, now), q.index))
     if not mine:
         return None
