@@ -214,6 +214,14 @@ def _print_scheduling(results, spread: dict, seeds: int) -> None:
             for r in results]
     console.print(_figures_table("scheduling (utilisation in the window from first to last submission)", columns,
                                  rows))
+    for r in results:
+        services = r.cluster.services
+        if services is not None:
+            objective = (f", wait objective met by {services.slo_met} of {services.with_slo}" if services.with_slo
+                         else "")
+            console.print(f"  inference services ({r.policy}, left out of the job figures): {services.services}, "
+                          f"{services.gpu_hours:,.0f} GPU-h, wait mean {services.mean_wait_h:,.2f} h, max "
+                          f"{services.max_wait_h:,.2f} h{objective}", soft_wrap=True)
     recorded = results[0].cluster
     if recorded.recorded_mean_wait_h is not None:
         console.print(f"  recorded waits (the trace's own, under the scheduler it ran): mean "

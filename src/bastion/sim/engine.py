@@ -9,7 +9,8 @@ finishes, its own sampled failures included (see failures.py); a recorded job ru
 to the pool, cut at its time limit, and ends as the trace recorded (failed and cancelled jobs at their recorded
 end). Each run starts with the inventory's launch latency.
 
-A run is interrupted when a policy preempts it (`ClusterState.preempt`) or a node under it fails (the
+A run is interrupted when a policy preempts it (`ClusterState.preempt`), resizes it (`ClusterState.resize`: it
+keeps all its work) or a node under it fails (the
 inventory's [node_failures]: a Poisson process per pool, seeded by the seed and the pool's name; the node is out
 for the repair time): the job keeps the work its checkpoints saved (`ClusterState.since_checkpoint`), loses the
 rest, and waits again in its old queue place; the policy hears of the stop through on_finish (`end` = the stop).
@@ -140,7 +141,8 @@ def simulate(resolved: list[Resolved], inventory: Inventory, config: SimConfig) 
         state.finish(queued)
         del running[queued.index]
         policy.on_finish(state, queued)
-        queued.segments.append((queued.option.pool, queued.start, now, held, queued.option.gpus))
+        if now > queued.start or cause != "resize":  # a job resized as it starts had no run to keep
+            queued.segments.append((queued.option.pool, queued.start, now, held, queued.option.gpus))
         queued.interrupted_lost_gpu_hours += held * lost_hours
         total = queued.option.compute_hours(queued.job.tokens)
         if total > 0:

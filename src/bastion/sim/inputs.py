@@ -46,6 +46,22 @@ Workload file::
     submit_hours = 0.0
     priority = 0                  # optional, higher first
     pools = ["h100"]              # optional: pools the job may use
+    kind = "fine-tuning"          # optional: training (default) or fine-tuning: scheduled alike, figures apart
+    # min_gpus = 8, max_gpus = 64 # instead of gpus: an elastic job (the `elastic` policy resizes it between;
+                                  # others run it at min_gpus)
+
+An inference service is a steady GPU reservation: first in every queue, never preempted, counted apart from
+the jobs in the results (`services`); `slo_wait_s` is its objective on the wait for its GPUs::
+
+    [[job]]
+    id = "chat"
+    tenant = "product"
+    kind = "inference"
+    gpus = 16
+    submit_hours = 0
+    duration_hours = 720          # how long it serves
+    slo_wait_s = 300              # optional
+    accelerator = "h100-sxm"      # optional, as a recorded job's
 
 A recorded job (a trace's; `traces.py` reads public trace formats into these) gives what it did instead of
 what it trains: `duration_hours` (its run time on `accelerator`), `gpus` (fractional: a share of one GPU),
