@@ -137,6 +137,20 @@ class PoolState:
         """Wholly idle nodes."""
         return len(self.idle)
 
+    def clone(self) -> PoolState:
+        """A scratch copy to try releases and placements on (what preemption and resizing weigh): the same
+        nodes and jobs, none of the caches; several times cheaper than copy.deepcopy."""
+        twin = PoolState.__new__(PoolState)
+        twin.nodes, twin.gpus_per_node = self.nodes, self.gpus_per_node
+        twin.idle, twin.shared = set(self.idle), set(self.shared)
+        twin.slots = {node: list(slots) for node, slots in self.slots.items()}
+        twin.by_free = [set(nodes) for nodes in self.by_free]
+        twin.running, twin.gang_nodes, twin.within = dict(self.running), dict(self.gang_nodes), dict(self.within)
+        twin.on_node = {node: set(jobs) for node, jobs in self.on_node.items()}
+        twin.node_end, twin.down = dict(self.node_end), dict(self.down)
+        twin.profile, twin.earliest = None, {}
+        return twin
+
     def _changed(self) -> None:
         self.profile = None
         if self.earliest:
@@ -330,6 +344,8 @@ class ClusterState:
         self.queues: dict[str, list[Queued]] = {}
         #: GPUs each tenant's running jobs hold
         self.running_gpus: dict[str, float] = {t.name: 0 for t in inventory.tenants}
+        #: GPUs each pool's running jobs hold
+        self.pool_held_gpus: dict[str, float] = {p.name: 0.0 for p in inventory.pools}
         #: started, unfinished jobs by index (the engine keeps it)
         self.running = running
         self._on_start = on_start
@@ -456,6 +472,7 @@ class ClusterState:
         queued.estimate_hours = self.estimate_of(queued, option)
         state.place(queued.index, demand, now + queued.estimate_hours, avoid)
         self.running_gpus[queued.job.tenant] += self.gpus_of(queued)
+        self.pool_held_gpus[option.pool] += self.gpus_of(queued)
         for line in (self.waiting, self.queues[self.queue_of(queued)]):
             i = bisect.bisect_left(line, queued.key, key=_queue_key)
             assert line[i] is queued
@@ -466,6 +483,7 @@ class ClusterState:
         assert queued.option is not None
         self.pools[queued.option.pool].release(queued.index)
         self.running_gpus[queued.job.tenant] -= self.gpus_of(queued)
+        self.pool_held_gpus[queued.option.pool] -= self.gpus_of(queued)
 
     def preempt(self, queued: Queued, now: float) -> None:
         """Stop the running job at `now`: it loses its work since its last checkpoint and waits again."""

@@ -18,7 +18,6 @@ Sia's heterogeneity are left out.
 
 from __future__ import annotations
 
-import copy
 from typing import TYPE_CHECKING
 
 from bastion.sim.policies.base import EPS, Policy
@@ -67,7 +66,7 @@ class Elastic(Policy):
             if state.fits_now(option):  # an earlier job's shrinking made room
                 state.start(queued, option, now)
                 return
-            scratch = copy.deepcopy(state.pools[option.pool])
+            scratch = state.pools[option.pool].clone()
             target: dict[int, int] = {}  # job index -> its size index after shrinking
             elastic = [q for q in state.running.values()
                        if q.pool == option.pool and q.sizes and _size_index(q) > 0]
@@ -110,7 +109,7 @@ class Elastic(Policy):
                 gain = (throughput(q, bigger) - throughput(q, q.option)) / (bigger.gpus - q.option.gpus)
                 if gain < GROW_EFFICIENCY * throughput(q, q.option) / q.option.gpus:
                     continue
-                scratch = copy.deepcopy(state.pools[q.option.pool])
+                scratch = state.pools[q.option.pool].clone()
                 scratch.release(q.index)
                 if scratch.fits(state.demand(bigger)) and (best is None or (-gain, q.index) < best[:2]):
                     best = (-gain, q.index, q, bigger)

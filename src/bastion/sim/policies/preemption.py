@@ -9,7 +9,6 @@ are spared, so no job is stopped for nothing. An inference service is never a vi
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -27,11 +26,16 @@ def cheapest_victims(state: ClusterState, option: Option, candidates: Iterable[Q
     first; None when stopping all of them in that pool would not make room."""
     pool = state.pools[option.pool]
     demand = state.demand(option)
-    mine = sorted((q for q in candidates if q.pool == option.pool and not q.job.service),
-                  key=lambda q: (state.predicted_loss(q, now), q.index))
+    mine = [q for q in candidates if q.pool == option.pool and not q.job.service]
     if not mine:
         return None
-    scratch = copy.deepcopy(pool)
+    # a bound before any copy: stopping every candidate cannot make room when the GPUs they hold and the pool's
+    # free GPUs fall short of the job's (most waiting jobs of a busy cluster, at every event)
+    free = (pool.nodes - len(pool.down)) * pool.gpus_per_node - state.pool_held_gpus[option.pool]
+    if free + sum(state.gpus_of(q) for q in mine) < state.gpus_of_option(option) - 1e-6:
+        return None
+    mine.sort(key=lambda q: (state.predicted_loss(q, now), q.index))
+    scratch = pool.clone()
     chosen: list[Queued] = []
     for victim in mine:
         scratch.release(victim.index)
@@ -41,7 +45,7 @@ def cheapest_victims(state: ClusterState, option: Option, candidates: Iterable[Q
     else:
         return None
     for victim in sorted(chosen, key=lambda q: (-state.predicted_loss(q, now), -q.index)):
-        trial = copy.deepcopy(pool)
+        trial = pool.clone()
         for other in chosen:
             if other is not victim:
                 trial.release(other.index)
