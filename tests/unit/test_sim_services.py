@@ -100,3 +100,25 @@ def test_a_bad_service_or_elastic_job_is_a_guidance_error(job, message) -> None:
     with pytest.raises(ConfigError, match=message):
         workload_from_mapping({"job": [{"id": "x", "tenant": "team", "submit_hours": 0, **job}]}, "w.toml",
                               one_node())
+
+
+def test_the_mixed_example_runs_a_service_a_fine_tuning_job_and_an_elastic_one(capsys) -> None:
+    import json
+
+    import bastion.commands.sim_cmds  # noqa: F401  (registers `simulate` until cli.py imports it)
+    from bastion.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["simulate", "--cluster", "example:sim", "--workload", "example:mixed", "-p", "fifo", "-p", "elastic",
+              "--no-failures", "--json"])
+    assert exc.value.code == 0
+    runs = {run["policy"]: run for run in json.loads(capsys.readouterr().out)["runs"]}
+    for run in runs.values():
+        assert run["cluster"]["services"] == {"services": 1, "gpu_hours": 384.0, "mean_wait_h": 0.0,
+                                              "max_wait_h": 0.0, "with_slo": 1, "slo_met": 1}
+        assert set(run["cluster"]["kinds"]) == {"training", "fine-tuning"}
+    gpus = {policy: {j["id"]: max(r[4] for r in j["runs"]) if j["runs"] else j["gpus"] for j in run["jobs"]}
+            for policy, run in runs.items()}
+    # fifo runs the elastic job at its minimum; elastic grows it where the planner predicts it pays
+    assert gpus["fifo"]["pretrain-8b"] == 64 and gpus["elastic"]["pretrain-8b"] > 64
+    assert runs["elastic"]["cluster"]["mean_jct_h"] < runs["fifo"]["cluster"]["mean_jct_h"]
