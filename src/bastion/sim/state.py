@@ -224,19 +224,35 @@ class PoolState:
         else:
             node = self._node_for(demand, avoid)
             assert node is not None
-            if node in self.idle:
-                self.idle.remove(node)
-                self.slots[node] = [SHARES] * self.gpus_per_node
-                self.on_node[node] = set()
-            gpus = [g for g, free in enumerate(self.slots[node]) if free == SHARES][:max(demand.gpus, 1)]
-        self._unfile(node)
+            slots = self.slots.get(node, [SHARES] * self.gpus_per_node)
+            gpus = [g for g, free in enumerate(slots) if free == SHARES][:max(demand.gpus, 1)]
         taken = demand.share or SHARES
-        for gpu in gpus:
-            self.slots[node][gpu] -= taken
-        self.within[index] = (node, tuple((gpu, taken) for gpu in gpus), end)
+        self._take(index, node, tuple((gpu, taken) for gpu in gpus), end)
+
+    def _take(self, index: int, node: int, taken: tuple[tuple[int, int], ...], end: float) -> None:
+        """Job `index` takes `taken` ((GPU, shares), ...) of `node`."""
+        if node in self.idle:
+            self.idle.remove(node)
+            self.slots[node] = [SHARES] * self.gpus_per_node
+            self.on_node[node] = set()
+        self._unfile(node)
+        for gpu, shares in taken:
+            self.slots[node][gpu] -= shares
+        self.within[index] = (node, taken, end)
         self.on_node[node].add(index)
         self.node_end[node] = max(self.node_end.get(node, end), end)
         self._file(node)
+
+    def restore(self, index: int, source: PoolState) -> None:
+        """Job `index`, released from this copy of `source`, takes back exactly what it holds in `source`."""
+        self._changed()
+        if index in source.running:
+            nodes = source.gang_nodes[index]
+            self.idle.difference_update(nodes)
+            self.gang_nodes[index], self.running[index] = nodes, source.running[index]
+            return
+        node, taken, end = source.within[index]
+        self._take(index, node, taken, end)
 
     def release(self, index: int) -> None:
         self._changed()

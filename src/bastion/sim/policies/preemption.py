@@ -44,13 +44,14 @@ def cheapest_victims(state: ClusterState, option: Option, candidates: Iterable[Q
             break
     else:
         return None
+    # spare, dearest first, each victim the job fits without: `scratch` has every chosen victim released; a spared
+    # one takes back exactly its GPUs (one release and one restore per victim, not a fresh copy each)
     for victim in sorted(chosen, key=lambda q: (-state.predicted_loss(q, now), -q.index)):
-        trial = pool.clone()
-        for other in chosen:
-            if other is not victim:
-                trial.release(other.index)
-        if trial.fits(demand):
+        scratch.restore(victim.index, pool)
+        if scratch.fits(demand):
             chosen.remove(victim)
+        else:
+            scratch.release(victim.index)
     return chosen
 
 
