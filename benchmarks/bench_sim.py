@@ -94,7 +94,8 @@ def main() -> None:
     args = parser.parse_args()
     policies = tuple(args.policies.split(","))
     if args.case == "trace":
-        record({"benchmark": "sim", "trace_replay": trace_replay(args.trace_jobs, args.seed, policies)})
+        record({"benchmark": "sim", "trace_replay": with_earlier_rows(trace_replay(args.trace_jobs, args.seed,
+                                                                                  policies))})
         return
 
     from bastion.sim import PlannerPerf, SimConfig, resolve, simulate
@@ -129,6 +130,19 @@ def main() -> None:
     record({"benchmark": "sim", "inventory": INVENTORY, "jobs": args.jobs, "seed": args.seed,
             "placement": args.placement, "planner_searches": perf.searches, "resolve_s": resolve_s,
             "resolve_cpu_s": resolve_cpu_s, "total_wall_s": total, "policies": policies, "trace_replay": replay})
+
+
+def with_earlier_rows(replay: dict) -> dict:
+    """The replay with the file's rows of the policies not rerun (same jobs and seed), so that `--policies`
+    can add policies to the figures without rerunning the others."""
+    previous = (json.loads(RESULTS.read_text()) if RESULTS.exists() else {}).get("trace_replay") or {}
+    if (previous.get("jobs"), previous.get("seed")) != (replay["jobs"], replay["seed"]):
+        return replay
+    rerun = {row["policy"] for row in replay["policies"]}
+    kept = [row for row in previous.get("policies", []) if row["policy"] not in rerun]
+    order = {policy: i for i, policy in enumerate(TRACE_POLICIES)}
+    rows = sorted([*kept, *replay["policies"]], key=lambda row: order.get(row["policy"], len(order)))
+    return {**replay, "policies": rows}
 
 
 def record(results: dict) -> None:

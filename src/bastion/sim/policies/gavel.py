@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from bastion.sim.policies.base import Policy
+from bastion.sim.policies.easy import fits_now_remembering
 
 if TYPE_CHECKING:
     from bastion.sim.engine import SimConfig
@@ -64,15 +65,9 @@ class Gavel(Policy):
             if queued.started:
                 continue  # started by an earlier pair (or this pass): its other pairs go
             kept.append(pair)
-            demand = state.demand(option)
-            smallest = too_big.get(option.pool)
-            if smallest is not None and demand >= smallest:
-                continue
-            if not state.fits_now(option):
-                too_big[option.pool] = demand if smallest is None else min(smallest, demand)
-                continue
-            state.start(queued, option, now)
-            kept.pop()
+            if fits_now_remembering(state, option, too_big):
+                state.start(queued, option, now)
+                kept.pop()
         self.pairs = [pair for pair in kept if not pair[3].started]
 
     def on_finish(self, state: ClusterState, queued: Queued) -> None:
