@@ -115,12 +115,17 @@ def sweep_page(title: str, parameter: str, rows: list[dict]) -> str:
 
     from bastion.report.html import _page, _table
 
-    header = [parameter, "policy", "GPUs", "util held", "wait mean h", "wait p90 h", "JCT h", "Jain", "not run"]
-    table = [[f"{row['value']:g}", row["policy"], f"{row['gpus']}", f"{row['window_utilisation']:.1%}",
+    # words that wrap, and few columns: the table fits a phone's width (a cluster size rounded to whole nodes
+    # shows the GPUs it came to)
+    header = [parameter.replace("_", " "), "policy", "util held", "wait mean h", "wait p90 h", "JCT h", "Jain"]
+    table = [[f"{row['value']:g}" + (f" ({row['gpus']})" if parameter == "cluster_size" and row["gpus"] != row["value"]
+                                     else ""), row["policy"], f"{row['window_utilisation']:.1%}",
               f"{row['mean_wait_h']:,.2f}", f"{row['p90_wait_h']:,.2f}", f"{row['mean_jct_h']:,.2f}",
-              f"{row['jain_fairness']:.3f}", f"{row['unschedulable']}"] for row in rows]
+              f"{row['jain_fairness']:.3f}"] for row in rows]
+    unrun = [f"{row['policy']} at {row['value']:g}: {row['unschedulable']}" for row in rows if row["unschedulable"]]
     body = [f"<h1>{escape(title)}</h1>", "<h2>Figures by " + escape(parameter) + "</h2>",
             "<div class=\"charts\">", *(sweep_chart(parameter, rows, figure, label) for figure, label in PAGE_CHARTS),
-            "</div>",
-            "<h2>Every run</h2>", _table(header, table)]
+            "</div>", "<h2>Every run</h2>", _table(header, table)]
+    if unrun:
+        body.append(f"<p class=\"note\">jobs no pool could run: {escape('; '.join(unrun))}</p>")
     return _page(title, body)
