@@ -105,6 +105,9 @@ def test_an_elastic_job_grows_while_the_marginal_gain_pays_and_shrinks_to_let_a_
     assert [(start, pytest.approx(end), used) for _, start, end, _, used in e.runs] == [
         (0.0, 2.0, 8), (2.0, 5.0, 4), (5.0, pytest.approx(5.0 + 86.0 / 7.0), 8)]
     assert e.interrupted_lost_gpu_hours == 0.0 and result.events["resize"] == 3  # grow at 0, shrink, grow
+    # useful GPU-hours are each run's GPUs × its compute: 8 × 2 + 4 × 3 + 8 × 86/7; nothing was lost
+    assert e.gpus * e.compute_h == pytest.approx(16.0 + 12.0 + 8.0 * 86.0 / 7.0)
+    assert result.cluster.goodput == pytest.approx(1.0)
     # other policies run an elastic job at its minimum size: 28 h on 4 GPUs, F beside it
     _, fifo = run(one_h100_node(), [elastic("E", 112.0), fixed("F", 3.0, 4, 2.0)], "fifo")
     assert fifo == {"E": ("h100", 0.0, 28.0), "F": ("h100", 2.0, 5.0)}

@@ -147,6 +147,7 @@ def simulate(resolved: list[Resolved], inventory: Inventory, config: SimConfig) 
         total = queued.option.compute_hours(queued.job.tokens)
         if total > 0:
             queued.done = min(1.0, queued.done + saved / total)
+        queued.saved_gpu_hours += queued.option.gpus * saved
         queued.epoch += 1  # the stopped run's finish and failures will not happen
         state.requeue(queued)
         events[cause] = events.get(cause, 0) + 1
@@ -238,7 +239,7 @@ class JobResult:
     final_state: str = "completed"
     #: the wait the trace recorded (None: not recorded)
     recorded_wait_h: float | None = None
-    #: runs stopped by preemption or a node failure (then start_h is the first run's start, run_h the hours
+    #: runs stopped by preemption, a node failure or a resize (then start_h is the first run's start, run_h the hours
     #: of every run, wait_h every hour not running between submit and end, and `runs` lists them)
     interruptions: int = 0
     #: GPU-hours the interrupted runs held without saving (work since their last checkpoint, launch)
@@ -393,7 +394,9 @@ def summarise(jobs: list[Queued], unschedulable: list[Resolved], inventory: Inve
         runs = (*q.segments, (q.option.pool, q.start, q.end, held, q.option.gpus)) if q.segments else ()
         first = q.start if q.first_start is None else q.first_start
         compute = q.run.compute_hours
-        if q.done:  # the interrupted runs' saved work counts as done on the last run's pool
+        if q.sizes:  # an elastic job's runs differ in size: its saved work in GPU-hours, over the last run's GPUs
+            compute += q.saved_gpu_hours / q.option.gpus
+        elif q.done:  # the interrupted runs' saved work counts as done on the last run's pool
             compute += q.done * q.option.compute_hours(q.job.tokens)
         run_h = sum(end - start for _, start, end, _, _ in runs) if runs else q.end - q.start
         results.append(JobResult(

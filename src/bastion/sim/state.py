@@ -59,6 +59,8 @@ class Queued:
     interrupted_lost_gpu_hours: float = 0.0
     #: bumped at each interruption: the engine drops the events of the runs before
     epoch: int = 0
+    #: an elastic job's saved work of its earlier runs, in GPU-hours at the sizes it ran (its runs differ in size)
+    saved_gpu_hours: float = 0.0
 
 
 @dataclass(frozen=True)
