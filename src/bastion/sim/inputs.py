@@ -50,8 +50,10 @@ Workload file::
     # min_gpus = 8, max_gpus = 64 # instead of gpus: an elastic job (the `elastic` policy resizes it between;
                                   # others run it at min_gpus)
 
-An inference service is a steady GPU reservation: first in every queue, never preempted, counted apart from
-the jobs in the results (`services`); `slo_wait_s` is its objective on the wait for its GPUs::
+An inference service is a steady GPU reservation: ahead of every job in the static queue order (the order of
+fifo, backfill, kueue, gavel and elastic, and the tie-break of the policies with an order of their own), never
+preempted, counted apart from the jobs in the results (`services`); `slo_wait_s` is its objective on the wait
+for its GPUs::
 
     [[job]]
     id = "chat"
@@ -259,7 +261,7 @@ class Job:
 
     @property
     def service(self) -> bool:
-        """An inference service: a steady GPU reservation, first in the queue, never preempted."""
+        """An inference service: a steady GPU reservation, first in the static queue order, never preempted."""
         return self.kind == "inference"
 
 
