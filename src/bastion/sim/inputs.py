@@ -51,7 +51,7 @@ Workload file::
                                   # others run it at min_gpus)
 
 An inference service is a steady GPU reservation: ahead of every job in the static queue order (the order of
-fifo, backfill, kueue, gavel and elastic, and the tie-break of the policies with an order of their own), never
+fifo, backfill, kueue and elastic, and the tie-break of the policies with an order of their own), never
 preempted, counted apart from the jobs in the results (`services`); `slo_wait_s` is its objective on the wait
 for its GPUs::
 
