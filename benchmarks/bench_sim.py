@@ -9,11 +9,13 @@ benchmarks/results/sim.json.
 
 Trace replay (`--case trace`): `--trace-jobs` (100,000) synthetic recorded jobs (`synthetic_trace`: most on one
 GPU or less, a few gangs, 80% with user time limits, arrivals at 85% of the GPUs) on a 2-pool cluster of 768
-GPUs with three queues (per-queue ordering, first-fit placement), under fifo, backfill, fair and sjf: wall and
-CPU seconds of each policy's simulation, with in-window utilisation, waits, JCT, slowdown and Jain's fairness.
+GPUs with three queues in one cohort (serving has the highest priority; per-queue ordering, first-fit placement),
+under fifo, backfill, fair, sjf and the preemptive or heterogeneity-aware priority, kueue, multifactor, srtf, las
+and gavel (`--policies` picks): wall and CPU seconds of each policy's simulation, with in-window utilisation, waits, JCT, slowdown and Jain's fairness.
 
     .venv/bin/python benchmarks/bench_sim.py [--jobs 1000] [--seed 0] [--placement fastest]
                                              [--case all|planner|trace] [--trace-jobs 100000]
+                                             [--policies fifo,backfill,...]
 """
 
 from __future__ import annotations
@@ -43,14 +45,16 @@ TRACE_INVENTORY = {
     "name": "bench-trace-queues",
     "pool": [{"name": "h100", "accelerator": "h100-sxm", "nodes": 64},
              {"name": "a100", "accelerator": "a100-80g", "nodes": 32}],
-    "tenant": [{"name": "training", "quota_gpus": 448, "pools": ["h100"]},
-               {"name": "research", "quota_gpus": 224},
-               {"name": "serving", "quota_gpus": 96, "pools": ["a100"], "borrow": False}],
+    # priority and cohort matter only to the preemptive policies (priority, kueue, multifactor's QOS)
+    "tenant": [{"name": "training", "quota_gpus": 448, "pools": ["h100"], "cohort": "all"},
+               {"name": "research", "quota_gpus": 224, "cohort": "all"},
+               {"name": "serving", "quota_gpus": 96, "pools": ["a100"], "borrow": False, "priority": 10,
+                "cohort": "all"}],
 }
-TRACE_POLICIES = ("fifo", "backfill", "fair", "sjf")
+TRACE_POLICIES = ("fifo", "backfill", "fair", "sjf", "priority", "kueue", "multifactor", "srtf", "las", "gavel")
 
 
-def trace_replay(jobs: int, seed: int) -> dict:
+def trace_replay(jobs: int, seed: int, policies: tuple[str, ...] = TRACE_POLICIES) -> dict:
     """Each policy's wall and CPU seconds on `jobs` synthetic recorded jobs, with the figures it reached."""
     from bastion.sim import PlannerPerf, SimConfig, resolve, simulate
     from bastion.sim.inputs import inventory_from_mapping
@@ -60,7 +64,7 @@ def trace_replay(jobs: int, seed: int) -> dict:
     workload = synthetic_trace(inventory, jobs, seed=seed)
     resolved = resolve(workload.jobs, inventory, PlannerPerf())  # recorded jobs without a model: no search
     rows = []
-    for policy in TRACE_POLICIES:
+    for policy in policies:
         t0, cpu0 = time.perf_counter(), time.process_time()
         result = simulate(resolved, inventory, SimConfig(policy=policy, placement="first-fit", per_queue=True,
                                                          seed=seed))
@@ -71,7 +75,7 @@ def trace_replay(jobs: int, seed: int) -> dict:
                      "p90_wait_h": c.p90_wait_h, "p99_wait_h": c.p99_wait_h, "mean_jct_h": c.mean_jct_h,
                      "mean_bounded_slowdown": c.mean_bounded_slowdown, "jain_fairness": c.jain_fairness,
                      "events": result.events})
-        print(f"trace {policy:9s} {seconds:6.1f} s wall ({cpu:6.1f} s CPU)  in-window util "
+        print(f"trace {policy:11s} {seconds:6.1f} s wall ({cpu:6.1f} s CPU)  in-window util "
               f"{c.window_utilisation:6.1%}  mean wait {c.mean_wait_h:6.2f} h  p90 {c.p90_wait_h:6.2f} h  "
               f"slowdown {c.mean_bounded_slowdown:6.2f}  Jain {c.jain_fairness:.3f}")
     return {"inventory": TRACE_INVENTORY, "jobs": jobs, "seed": seed, "placement": "first-fit",
@@ -85,9 +89,13 @@ def main() -> None:
     parser.add_argument("--placement", default="fastest", choices=("fastest", "first-fit"))
     parser.add_argument("--case", default="all", choices=("all", "planner", "trace"))
     parser.add_argument("--trace-jobs", type=int, default=100_000)
+    parser.add_argument("--policies", default=",".join(TRACE_POLICIES),
+                        help="the trace case's policies, comma-separated")
     args = parser.parse_args()
+    policies = tuple(args.policies.split(","))
     if args.case == "trace":
-        record({"benchmark": "sim", "trace_replay": trace_replay(args.trace_jobs, args.seed)})
+        record({"benchmark": "sim", "trace_replay": with_earlier_rows(trace_replay(args.trace_jobs, args.seed,
+                                                                                  policies))})
         return
 
     from bastion.sim import PlannerPerf, SimConfig, resolve, simulate
@@ -118,10 +126,23 @@ def main() -> None:
               f"goodput {c.goodput:6.2%}  mean wait {c.mean_wait_h:6.1f} h  p90 {c.p90_wait_h:6.1f} h  "
               f"failures {c.failures}  unschedulable {c.unschedulable}")
     total = time.perf_counter() - started
-    replay = trace_replay(args.trace_jobs, args.seed) if args.case == "all" else None
+    replay = trace_replay(args.trace_jobs, args.seed, policies) if args.case == "all" else None
     record({"benchmark": "sim", "inventory": INVENTORY, "jobs": args.jobs, "seed": args.seed,
             "placement": args.placement, "planner_searches": perf.searches, "resolve_s": resolve_s,
             "resolve_cpu_s": resolve_cpu_s, "total_wall_s": total, "policies": policies, "trace_replay": replay})
+
+
+def with_earlier_rows(replay: dict) -> dict:
+    """The replay with the file's rows of the policies not rerun (same jobs and seed), so that `--policies`
+    can add policies to the figures without rerunning the others."""
+    previous = (json.loads(RESULTS.read_text()) if RESULTS.exists() else {}).get("trace_replay") or {}
+    if (previous.get("jobs"), previous.get("seed")) != (replay["jobs"], replay["seed"]):
+        return replay
+    rerun = {row["policy"] for row in replay["policies"]}
+    kept = [row for row in previous.get("policies", []) if row["policy"] not in rerun]
+    order = {policy: i for i, policy in enumerate(TRACE_POLICIES)}
+    rows = sorted([*kept, *replay["policies"]], key=lambda row: order.get(row["policy"], len(order)))
+    return {**replay, "policies": rows}
 
 
 def record(results: dict) -> None:

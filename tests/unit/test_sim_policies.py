@@ -112,8 +112,9 @@ def test_an_unknown_policy_is_a_guidance_error_listing_the_registered_ones() -> 
     with pytest.raises(ConfigError, match="Did you mean 'backfill'") as exc:
         SimConfig(policy="backfil")
     assert exc.value.fix == ("use one of: fifo, backfill, fair, sjf, priority, kueue, multifactor, qssf, srtf, "
-                             "las.")
-    assert POLICIES.prose() == "fifo, backfill, fair, sjf, priority, kueue, multifactor, qssf, srtf or las"
+                             "las, gavel, elastic.")
+    assert POLICIES.prose() == ("fifo, backfill, fair, sjf, priority, kueue, multifactor, qssf, srtf, las, gavel "
+                                "or elastic")
 
 
 def flaky(model, pool, gpus, global_batch, seq_len):

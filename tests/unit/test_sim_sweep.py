@@ -71,3 +71,28 @@ def test_a_bad_sweep_is_a_guidance_error(tiny, capsys, text, message) -> None:
         main([*tiny, "--sweep", text])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_the_sweep_page_holds_the_charts_with_the_sweeps_values(tiny, tmp_path, capsys) -> None:
+    import xml.etree.ElementTree as ET
+
+    page = tmp_path / "out" / "sweep.html"
+    simulate_cli([*tiny, "-p", "fifo", "-p", "sjf", "--sweep", "cluster_size=8,16", "--html", str(page)])
+    assert str(page) in capsys.readouterr().out
+    root = ET.fromstring(page.read_text().removeprefix("<!DOCTYPE html>\n"))  # well-formed, as the report's
+    svgs = root.findall(".//{http://www.w3.org/2000/svg}svg") or root.findall(".//svg")
+    assert len(svgs) == 3
+    titles = [" ".join(svg.itertext()) for svg in svgs]
+    assert "mean wait by cluster_size" in titles[0] and "fifo" in titles[0] and "sjf" in titles[0]
+    cells = [[td.text for td in tr] for tr in root.iter("tr")]
+    # one row per value and policy, with the mean waits worked out by hand (0.5 h on one node, none on two; both
+    # submitted at once, so the window is the makespan, every GPU held throughout)
+    assert [row[:4] for row in cells[1:]] == [
+        ["8", "fifo", "100.0%", "0.50"], ["8", "sjf", "100.0%", "0.50"],
+        ["16", "fifo", "100.0%", "0.00"], ["16", "sjf", "100.0%", "0.00"]]
+
+
+def test_html_without_a_sweep_is_a_guidance_error(tiny, tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([*tiny, "--html", str(tmp_path / "x.html")])
+    assert exc.value.code == 2 and "needs --sweep" in capsys.readouterr().err

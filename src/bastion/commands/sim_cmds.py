@@ -55,6 +55,8 @@ def simulate_command(
     sweep: str = typer.Option(None, "--sweep", help="NAME=V1,V2,...: rerun each policy under each value of "
                               "cluster_size (GPUs; pools scaled alike), fair_half_life (hours) or launch_latency_s; "
                               "a table of one row per value and policy (with --json, also an SVG chart)."),
+    html: str = typer.Option(None, "--html", help="With --sweep: also write the sweep's charts (wait, "
+                             "utilisation by value, one line per policy) and table to this HTML page."),
 ) -> None:
     """Simulate gang-scheduled training jobs on a multi-pool, multi-tenant cluster: waits, utilisation, failures."""
     from bastion.errors import ConfigError
@@ -66,6 +68,9 @@ def simulate_command(
                           "and not none.",
                           fix="pass --workload JOBS.toml, --synthetic N [--seed S] or --trace FILE.",
                           hint="bastion simulate --cluster example:sim --workload example:sim")
+    if html is not None and sweep is None:
+        raise ConfigError("--html draws a sweep's charts: it needs --sweep.",
+                          fix="add --sweep NAME=V1,V2,... (e.g. cluster_size=64,128,256), or leave --html out.")
     if queues not in (None, "global", "per-queue"):
         raise ConfigError(f"Unknown --queues '{queues}'.", fix="use global or per-queue.")
     per_queue = queues == "per-queue" if queues is not None else trace is not None
@@ -91,7 +96,7 @@ def simulate_command(
 
         if synthetic is not None:
             jobs = synthetic_workload(inventory, synthetic, seed=seed, span_hours=span_hours)
-        _run_sweep(parse_sweep(sweep), inventory, jobs, configs, as_json)
+        _run_sweep(parse_sweep(sweep), inventory, jobs, configs, as_json, html)
         return
     perf = PlannerPerf()
     runs: dict[str, list] = {config.policy: [] for config in configs}
@@ -144,7 +149,7 @@ def simulation_inventory(cluster: str):
                      tenants=(Tenant(name="default", quota_gpus=pool.gpus, borrow=True),))
 
 
-def _run_sweep(sweep, inventory, jobs, configs, as_json: bool) -> None:
+def _run_sweep(sweep, inventory, jobs, configs, as_json: bool, html: str | None = None) -> None:
     """`--sweep`: every policy under every value of one parameter, the first seed's jobs; a table or JSON."""
     from bastion.sim import PlannerPerf, resolve, simulate
     from bastion.sim.sweep import sweep_chart, sweep_row
@@ -157,6 +162,19 @@ def _run_sweep(sweep, inventory, jobs, configs, as_json: bool) -> None:
         for config in configs:
             rows.append(sweep_row(value, simulate(resolved, swept, sweep.apply(inventory, config, value)[1]),
                                   swept.gpus))
+    title = f"{jobs.name} ({len(jobs.jobs)} jobs) on {inventory.name}, by {sweep.parameter}"
+    if html is not None:
+        from pathlib import Path
+
+        from bastion.outputs import write_error
+        from bastion.sim.sweep import sweep_page
+
+        page = Path(html)
+        try:
+            page.parent.mkdir(parents=True, exist_ok=True)
+            page.write_text(sweep_page(title, sweep.parameter, rows), encoding="utf-8")
+        except OSError as exc:
+            raise write_error(exc, page, "the sweep's HTML page", "give --html a path you can write to.") from exc
     if as_json:
         print(dumps_json({"cluster": inventory.name, "workload": jobs.name, "jobs": len(jobs.jobs),
                           "sweep": {"parameter": sweep.parameter, "values": list(sweep.values), "rows": rows,
@@ -170,8 +188,9 @@ def _run_sweep(sweep, inventory, jobs, configs, as_json: bool) -> None:
               f"{row['mean_wait_h']:,.2f}", f"{row['p90_wait_h']:,.2f}", f"{row['jain_fairness']:.3f}",
               f"{row['interrupted_lost_gpu_hours']:,.0f}", f"{row['unschedulable']}")
              for row in rows]
-    Console().print(_figures_table(f"{jobs.name} ({len(jobs.jobs)} jobs) on {inventory.name}, by "
-                                   f"{sweep.parameter}", columns, table))
+    Console().print(_figures_table(title, columns, table))
+    if html is not None:
+        Console().print(f"  → {html}")
 
 
 #: the figures `--seeds` gives a mean and confidence interval of (ClusterResult fields)
@@ -214,6 +233,14 @@ def _print_scheduling(results, spread: dict, seeds: int) -> None:
             for r in results]
     console.print(_figures_table("scheduling (utilisation in the window from first to last submission)", columns,
                                  rows))
+    for r in results:
+        services = r.cluster.services
+        if services is not None:
+            objective = (f", wait objective met by {services.slo_met} of {services.with_slo}" if services.with_slo
+                         else "")
+            console.print(f"  inference services ({r.policy}, left out of the job figures): {services.services}, "
+                          f"{services.gpu_hours:,.0f} GPU-h, wait mean {services.mean_wait_h:,.2f} h, max "
+                          f"{services.max_wait_h:,.2f} h{objective}", soft_wrap=True)
     recorded = results[0].cluster
     if recorded.recorded_mean_wait_h is not None:
         console.print(f"  recorded waits (the trace's own, under the scheduler it ran): mean "

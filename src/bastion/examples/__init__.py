@@ -15,7 +15,7 @@ PREFIX = "example:"
 #: what a flag takes -> {example name: file under EXAMPLES_DIR}
 EXAMPLES: dict[str, dict[str, str]] = {
     "inventory": {"sim": "sim/cluster.toml", "trace": "sim/trace-cluster.toml"},
-    "workload": {"sim": "sim/workload.toml"},
+    "workload": {"sim": "sim/workload.toml", "mixed": "sim/mixed-workload.toml"},
     "trace": {"trace": "sim/trace.csv"},
 }
 

@@ -4,7 +4,7 @@ inputs.py (inventory and workload files; recorded jobs) and traces.py (public tr
 → perf.py (each job's plan and speed per pool, via the planner and `run_cost`; a recorded job's duration scaled
 per pool) → engine.py (discrete-event loop) over state.py (queues, pools' nodes and GPUs, running jobs;
 placement) with a policy from policies/ (fifo, backfill, fair, sjf, priority, kueue, multifactor, qssf, srtf,
-las: one file each, registered in POLICIES) and failures.py (sampled failures, Daly checkpoints); metrics.py
+las, gavel, elastic: one file each, registered in POLICIES) and failures.py (sampled failures, Daly checkpoints); metrics.py
 defines the scheduling figures and their spread over seeds; synthetic.py draws seeded workloads and recorded
 traces; sweep.py reruns them over one parameter (`--sweep`); validation.py compares a replay with the
 waits and utilisation its trace recorded.

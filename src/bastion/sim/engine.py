@@ -9,7 +9,8 @@ finishes, its own sampled failures included (see failures.py); a recorded job ru
 to the pool, cut at its time limit, and ends as the trace recorded (failed and cancelled jobs at their recorded
 end). Each run starts with the inventory's launch latency.
 
-A run is interrupted when a policy preempts it (`ClusterState.preempt`) or a node under it fails (the
+A run is interrupted when a policy preempts it (`ClusterState.preempt`), resizes it (`ClusterState.resize`: it
+keeps all its work) or a node under it fails (the
 inventory's [node_failures]: a Poisson process per pool, seeded by the seed and the pool's name; the node is out
 for the repair time): the job keeps the work its checkpoints saved (`ClusterState.since_checkpoint`), loses the
 rest, and waits again in its old queue place; the policy hears of the stop through on_finish (`end` = the stop).
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bastion.cost.onprem import OnPremAssumptions, gpu_power_kw
@@ -95,8 +96,8 @@ def simulate(resolved: list[Resolved], inventory: Inventory, config: SimConfig) 
         if not r.options:
             unschedulable.append(r)
             continue
-        queued = Queued(index=len(jobs), job=r.job, options=r.options,
-                        key=(-r.job.priority, r.job.submit_hours, len(jobs)))
+        queued = Queued(index=len(jobs), job=r.job, options=r.options, sizes=r.sizes,
+                        key=(0 if r.job.service else 1, -r.job.priority, r.job.submit_hours, len(jobs)))
         jobs.append(queued)
         push(r.job.submit_hours, _SUBMIT, queued.index)
     running: dict[int, Queued] = {}
@@ -131,17 +132,22 @@ def simulate(resolved: list[Resolved], inventory: Inventory, config: SimConfig) 
 
     def on_interrupt(queued: Queued, now: float, cause: str) -> None:
         assert queued.option is not None and queued.start is not None
-        saved, lost_hours = state.since_checkpoint(queued, now)
+        if cause == "resize":  # an elastic job checkpoints to resize: it keeps all its work
+            saved, lost_hours = state.progress(queued, now), 0.0
+        else:
+            saved, lost_hours = state.since_checkpoint(queued, now)
         held = state.gpus_of(queued)
         queued.end = now
         state.finish(queued)
         del running[queued.index]
         policy.on_finish(state, queued)
-        queued.segments.append((queued.option.pool, queued.start, now, held, queued.option.gpus))
+        if now > queued.start or cause != "resize":  # a job resized as it starts had no run to keep
+            queued.segments.append((queued.option.pool, queued.start, now, held, queued.option.gpus))
         queued.interrupted_lost_gpu_hours += held * lost_hours
         total = queued.option.compute_hours(queued.job.tokens)
         if total > 0:
             queued.done = min(1.0, queued.done + saved / total)
+        queued.saved_gpu_hours += queued.option.gpus * saved
         queued.epoch += 1  # the stopped run's finish and failures will not happen
         state.requeue(queued)
         events[cause] = events.get(cause, 0) + 1
@@ -233,13 +239,17 @@ class JobResult:
     final_state: str = "completed"
     #: the wait the trace recorded (None: not recorded)
     recorded_wait_h: float | None = None
-    #: runs stopped by preemption or a node failure (then start_h is the first run's start, run_h the hours
+    #: runs stopped by preemption, a node failure or a resize (then start_h is the first run's start, run_h the hours
     #: of every run, wait_h every hour not running between submit and end, and `runs` lists them)
     interruptions: int = 0
     #: GPU-hours the interrupted runs held without saving (work since their last checkpoint, launch)
     interrupted_lost_gpu_hours: float = 0.0
     #: every run when interrupted: (pool, start, end, GPUs held, GPUs used); empty otherwise (one run)
     runs: tuple[tuple[str, float, float, float, float], ...] = ()
+    #: training, fine-tuning or inference (a service)
+    kind: str = "training"
+    #: an inference service with a wait objective: whether its wait met it (None: no objective)
+    slo_met: bool | None = None
 
     def held_runs(self) -> tuple[tuple[str, float, float, float, float], ...]:
         """(pool, start, end, GPUs held, GPUs used) of each run."""
@@ -304,6 +314,23 @@ class ClusterResult:
     #: runs stopped by preemption or node failures, and the GPU-hours they lost (part of lost_gpu_hours)
     interruptions: int = 0
     interrupted_lost_gpu_hours: float = 0.0
+    #: inference services, counted apart: the job figures above (waits, JCT, slowdown) leave them out
+    services: ServiceResult | None = None
+    #: per kind of job (training, fine-tuning) when the workload mixes kinds: jobs, mean and p90 wait, mean JCT
+    kinds: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServiceResult:
+    """The inference services of a run: steady GPU reservations, first in the queue, never preempted."""
+
+    services: int
+    gpu_hours: float
+    mean_wait_h: float
+    max_wait_h: float
+    #: services with a wait objective, and those that met it
+    with_slo: int
+    slo_met: int
 
 
 @dataclass(frozen=True)
@@ -329,6 +356,28 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
+def _services(served: list[JobResult]) -> ServiceResult:
+    waits = [r.wait_h for r in served]
+    objectives = [r.slo_met for r in served if r.slo_met is not None]
+    return ServiceResult(services=len(served), gpu_hours=sum(held * (end - start) for r in served
+                                                             for _, start, end, held, _ in r.held_runs()),
+                         mean_wait_h=_mean(waits), max_wait_h=max(waits), with_slo=len(objectives),
+                         slo_met=sum(objectives))
+
+
+def _kinds(trained: list[JobResult]) -> dict[str, dict[str, float]]:
+    """Figures per kind of job, when there is more than one kind."""
+    kinds = sorted({r.kind for r in trained})
+    if len(kinds) < 2:
+        return {}
+    figures = {}
+    for kind in kinds:
+        waits = [r.wait_h for r in trained if r.kind == kind]
+        figures[kind] = {"jobs": len(waits), "mean_wait_h": _mean(waits), "p90_wait_h": percentile(waits, 90),
+                         "mean_jct_h": _mean([r.end_h - r.submit_h for r in trained if r.kind == kind])}
+    return figures
+
+
 def summarise(jobs: list[Queued], unschedulable: list[Resolved], inventory: Inventory, config: SimConfig,
               events: dict[str, int]) -> SimResult:
     pue = OnPremAssumptions().pue
@@ -345,7 +394,9 @@ def summarise(jobs: list[Queued], unschedulable: list[Resolved], inventory: Inve
         runs = (*q.segments, (q.option.pool, q.start, q.end, held, q.option.gpus)) if q.segments else ()
         first = q.start if q.first_start is None else q.first_start
         compute = q.run.compute_hours
-        if q.done:  # the interrupted runs' saved work counts as done on the last run's pool
+        if q.sizes:  # an elastic job's runs differ in size: its saved work in GPU-hours, over the last run's GPUs
+            compute += q.saved_gpu_hours / q.option.gpus
+        elif q.done:  # the interrupted runs' saved work counts as done on the last run's pool
             compute += q.done * q.option.compute_hours(q.job.tokens)
         run_h = sum(end - start for _, start, end, _, _ in runs) if runs else q.end - q.start
         results.append(JobResult(
@@ -358,7 +409,9 @@ def summarise(jobs: list[Queued], unschedulable: list[Resolved], inventory: Inve
             user="" if recording is None else recording.user, final_state=state,
             recorded_wait_h=None if recording is None or recording.recorded_start_hours is None
             else recording.recorded_start_hours - q.job.submit_hours,
-            interruptions=len(q.segments), interrupted_lost_gpu_hours=q.interrupted_lost_gpu_hours, runs=runs))
+            interruptions=len(q.segments), interrupted_lost_gpu_hours=q.interrupted_lost_gpu_hours, runs=runs,
+            kind=q.job.kind, slo_met=None if q.job.slo_wait_hours is None
+            else first - q.job.submit_hours <= q.job.slo_wait_hours + 1e-9))
     first = min((r.submit_h for r in results), default=0.0)
     makespan = max((r.end_h for r in results), default=0.0) - first
     pools, busy_total, energy = [], 0.0, 0.0
@@ -373,7 +426,9 @@ def summarise(jobs: list[Queued], unschedulable: list[Resolved], inventory: Inve
     useful = sum(r.gpus * r.compute_h for r in results)
     lost = sum(r.held_gpus * r.lost_h + r.interrupted_lost_gpu_hours for r in results)
     capacity = inventory.gpus * makespan
-    waits = [r.wait_h for r in results]
+    served = [r for r in results if r.kind == "inference"]
+    trained = [r for r in results if r.kind != "inference"] if served else results
+    waits = [r.wait_h for r in trained]
     tenants = []
     for t in inventory.tenants:
         mine = [r for r in results if r.tenant == t.name]
@@ -401,15 +456,16 @@ def summarise(jobs: list[Queued], unschedulable: list[Resolved], inventory: Inve
         window_utilisation=held_in / window_capacity if window_capacity > 0 else 0.0,
         window_used_utilisation=used_in / window_capacity if window_capacity > 0 else 0.0,
         used_gpu_hours=sum(used * (end - start) for r in results for _, start, end, _, used in r.held_runs()),
-        mean_jct_h=_mean([r.end_h - r.submit_h for r in results]),
-        mean_bounded_slowdown=_mean([bounded_slowdown(r.wait_h, r.run_h) for r in results]),
+        mean_jct_h=_mean([r.end_h - r.submit_h for r in trained]),
+        mean_bounded_slowdown=_mean([bounded_slowdown(r.wait_h, r.run_h) for r in trained]),
         p50_wait_h=percentile(waits, 50), p99_wait_h=percentile(waits, 99),
         jain_fairness=jain([t.share_of_quota for t in tenants if t.quota_gpus and t.jobs]),
         recorded_mean_wait_h=_mean(recorded) if recorded else None,
         recorded_p50_wait_h=percentile(recorded, 50) if recorded else None,
         recorded_p90_wait_h=percentile(recorded, 90) if recorded else None,
         interruptions=sum(r.interruptions for r in results),
-        interrupted_lost_gpu_hours=sum(r.interrupted_lost_gpu_hours for r in results))
+        interrupted_lost_gpu_hours=sum(r.interrupted_lost_gpu_hours for r in results),
+        services=_services(served) if served else None, kinds=_kinds(trained))
     notes = [f"energy: busy GPU-hours × each accelerator's wall power per GPU (1.34 × TDP, as `bastion cost`) "
              f"× PUE {pue:g}; idle GPUs are not counted"]
     if config.failures and any(q.job.recorded is None for q in jobs):

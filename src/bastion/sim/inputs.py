@@ -46,6 +46,24 @@ Workload file::
     submit_hours = 0.0
     priority = 0                  # optional, higher first
     pools = ["h100"]              # optional: pools the job may use
+    kind = "fine-tuning"          # optional: training (default) or fine-tuning: scheduled alike, figures apart
+    # min_gpus = 8, max_gpus = 64 # instead of gpus: an elastic job (the `elastic` policy resizes it between;
+                                  # others run it at min_gpus)
+
+An inference service is a steady GPU reservation: ahead of every job in the static queue order (the order of
+fifo, backfill, kueue and elastic, and the tie-break of the policies with an order of their own), never
+preempted, counted apart from the jobs in the results (`services`); `slo_wait_s` is its objective on the wait
+for its GPUs::
+
+    [[job]]
+    id = "chat"
+    tenant = "product"
+    kind = "inference"
+    gpus = 16
+    submit_hours = 0
+    duration_hours = 720          # how long it serves
+    slo_wait_s = 300              # optional
+    accelerator = "h100-sxm"      # optional, as a recorded job's
 
 A recorded job (a trace's; `traces.py` reads public trace formats into these) gives what it did instead of
 what it trains: `duration_hours` (its run time on `accelerator`), `gpus` (fractional: a share of one GPU),
@@ -233,6 +251,22 @@ class Job:
     pools: tuple[str, ...] = field(default_factory=tuple)
     #: a recorded job's run (then tokens and global_batch are unused, and model may be empty: not known)
     recorded: Recording | None = None
+    #: training, fine-tuning (scheduled as training, its figures reported apart) or inference (a service)
+    kind: str = "training"
+    #: an elastic job's GPU range (`elastic` policy resizes it within; other policies run it at min_gpus)
+    min_gpus: int | None = None
+    max_gpus: int | None = None
+    #: an inference service's objective: the longest wait for its GPUs, hours (None: none)
+    slo_wait_hours: float | None = None
+
+    @property
+    def service(self) -> bool:
+        """An inference service: a steady GPU reservation, first in the static queue order, never preempted."""
+        return self.kind == "inference"
+
+
+#: what a workload job is (`kind`)
+JOB_KINDS = ("training", "fine-tuning", "inference")
 
 
 @dataclass(frozen=True)
@@ -388,12 +422,26 @@ def load_inventory(path: str | Path) -> Inventory:
     return inventory_from_mapping(data, str(path))
 
 
-_JOB_FIELDS = {f.name for f in fields(Job)}
+_JOB_FIELDS = {f.name for f in fields(Job)} - {"recorded", "slo_wait_hours"}
+_SERVICE_EXAMPLE = ('job = [{id = "chat", tenant = "product", kind = "inference", gpus = 16, submit_hours = 0, '
+                    'duration_hours = 720, slo_wait_s = 300}]')
+
+
+def _kind(item: dict[str, Any], where: str) -> str:
+    kind = _string(item.get("kind", "training"), "kind", where)
+    if kind not in JOB_KINDS:
+        raise ConfigError(f"'kind' in {where} must be one of {', '.join(JOB_KINDS)}, got {kind!r}.",
+                          fix="correct 'kind' (training is the default).")
+    return kind
 
 
 def job_from_mapping(item: dict[str, Any], where: str, inventory: Inventory) -> Job:
+    kind = _kind(item, where)
+    if kind == "inference" and "duration_hours" not in item:
+        raise ConfigError(f"{where} is an inference service without 'duration_hours' (how long it serves).",
+                          fix=f"give its GPUs and how long it serves, e.g. {_SERVICE_EXAMPLE}")
     recorded = "duration_hours" in item
-    _check_keys(item, _RECORDED_FIELDS if recorded else _JOB_FIELDS - {"recorded"}, where)
+    _check_keys(item, _RECORDED_FIELDS if recorded else _JOB_FIELDS, where)
     _require(item, ("id", "tenant", "submit_hours") if recorded else
              ("id", "tenant", "model", "tokens", "global_batch", "submit_hours"), where, _JOB_EXAMPLE)
     job_id = str(_string(item["id"], "id", where) if isinstance(item["id"], str) else
@@ -409,6 +457,11 @@ def job_from_mapping(item: dict[str, Any], where: str, inventory: Inventory) -> 
         return _recorded_job(item, where, job_id, tenant, pools)
     seq_len = item.get("seq_len")
     gpus = item.get("gpus")
+    sizes = {key: int(_number(item[key], key, where, integer=True, minimum=1))
+             for key in ("min_gpus", "max_gpus") if key in item}
+    if sizes and (len(sizes) != 2 or gpus is not None or sizes["min_gpus"] > sizes["max_gpus"]):
+        raise ConfigError(f"{where}: an elastic job gives 'min_gpus' <= 'max_gpus' and no 'gpus'.",
+                          fix="e.g. min_gpus = 8, max_gpus = 64 (or a fixed gpus = 16 alone).")
     return Job(id=job_id, tenant=tenant, model=_string(item["model"], "model", where),
                tokens=_number(item["tokens"], "tokens", where, minimum=0, strictly=True),
                global_batch=int(_number(item["global_batch"], "global_batch", where, integer=True, minimum=1)),
@@ -416,7 +469,7 @@ def job_from_mapping(item: dict[str, Any], where: str, inventory: Inventory) -> 
                seq_len=None if seq_len is None else int(_number(seq_len, "seq_len", where, integer=True, minimum=1)),
                gpus=None if gpus is None else int(_number(gpus, "gpus", where, integer=True, minimum=1)),
                priority=int(_number(item.get("priority", 0), "priority", where, integer=True)),
-               pools=pools)
+               pools=pools, kind=kind, **sizes)
 
 
 def _pool_names(pools: Any, where: str, known: list[str]) -> tuple[str, ...]:
@@ -456,12 +509,17 @@ def final_state(value: str, where: str) -> str:
 
 _RECORDED_FIELDS = {"id", "tenant", "submit_hours", "duration_hours", "gpus", "accelerator", "user",
                     "time_limit_hours", "final_state", "model", "tokens", "global_batch", "seq_len", "priority",
-                    "pools"}
+                    "pools", "kind", "slo_wait_s"}
 
 
 def _recorded_job(item: dict[str, Any], where: str, job_id: str, tenant: str, pools: tuple[str, ...]) -> Job:
     _require(item, ("gpus",), where, 'job = [{id = "r1", tenant = "research", submit_hours = 0, '
                                      'duration_hours = 2.5, gpus = 0.5}]')
+    kind = _kind(item, where)
+    slo = item.get("slo_wait_s")
+    if slo is not None and kind != "inference":
+        raise ConfigError(f"{where} has 'slo_wait_s', which only an inference service has.",
+                          fix=f'add kind = "inference" or remove slo_wait_s; e.g. {_SERVICE_EXAMPLE}')
     limit = item.get("time_limit_hours")
     accelerator = item.get("accelerator")
     seq_len = item.get("seq_len")
@@ -480,7 +538,8 @@ def _recorded_job(item: dict[str, Any], where: str, job_id: str, tenant: str, po
                submit_hours=_number(item["submit_hours"], "submit_hours", where, minimum=0),
                seq_len=None if seq_len is None else int(_number(seq_len, "seq_len", where, integer=True, minimum=1)),
                priority=int(_number(item.get("priority", 0), "priority", where, integer=True)),
-               pools=pools, recorded=recording)
+               pools=pools, recorded=recording, kind=kind,
+               slo_wait_hours=None if slo is None else _number(slo, "slo_wait_s", where, minimum=0) / 3600.0)
 
 
 def workload_from_mapping(data: dict[str, Any], what: str, inventory: Inventory) -> Workload:

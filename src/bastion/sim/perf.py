@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bastion.errors import BastionError
 from bastion.sim.inputs import Inventory, Job, Pool
@@ -68,6 +68,8 @@ class Resolved:
     options: tuple[Option, ...]
     #: pool name -> reason it cannot run there
     excluded: dict[str, str]
+    #: an elastic job's sizes per pool, smallest first (the first is its option there): the throughput curve
+    sizes: dict[str, tuple[Option, ...]] = field(default_factory=dict)
 
 
 def plan_summary(plan) -> str:
@@ -149,10 +151,21 @@ def resolve(jobs: tuple[Job, ...] | list[Job], inventory: Inventory, perf: PerfF
             except BastionError as exc:
                 raise type(exc)(f"Job '{job.id}': {exc.problem}", fix=exc.fix, hint=exc.hint) from exc
         model = models[key]
-        options, excluded = [], {}
+        options, excluded, sizes = [], {}, {}
         for pool in inventory.pools:
             if pool.name not in allowed:
                 excluded[pool.name] = _not_allowed(job, pool)
+                continue
+            if job.min_gpus is not None and job.max_gpus is not None:
+                curve = [Option(pool.name, gpus, -(-gpus // pool.gpus_per_node), found)
+                         for gpus in elastic_sizes(job.min_gpus, job.max_gpus, pool.gpus)
+                         if (found := perf(model, pool, gpus, job.global_batch, model.seq_len)) is not None]
+                if not curve:
+                    excluded[pool.name] = (f"no plan of {model.name} fits on {job.min_gpus}..{job.max_gpus} of "
+                                           f"{pool.gpus} {pool.accelerator}")
+                    continue
+                options.append(curve[0])
+                sizes[pool.name] = tuple(curve)
                 continue
             if job.gpus is not None:
                 nodes = -(-job.gpus // pool.gpus_per_node)
@@ -172,10 +185,20 @@ def resolve(jobs: tuple[Job, ...] | list[Job], inventory: Inventory, perf: PerfF
                     break
             else:
                 excluded[pool.name] = f"no plan of {model.name} fits on up to {pool.gpus} {pool.accelerator}"
-        resolved.append(Resolved(job, tuple(options), excluded))
+        resolved.append(Resolved(job, tuple(options), excluded, sizes))
         if progress:
             progress(i + 1, len(jobs))
     return resolved
+
+
+def elastic_sizes(min_gpus: int, max_gpus: int, pool_gpus: int) -> list[int]:
+    """The GPU counts an elastic job may run at: min_gpus doubled up to max_gpus, and max_gpus, within the pool."""
+    sizes, gpus = [], min_gpus
+    while gpus < max_gpus:
+        sizes.append(gpus)
+        gpus *= 2
+    sizes.append(max_gpus)
+    return [gpus for gpus in sizes if gpus <= pool_gpus]
 
 
 class RecordedSpeeds:

@@ -36,8 +36,10 @@ class Queued:
     index: int
     job: Job
     options: tuple[Option, ...]
-    #: static queue order: priority, then submit time, then input order
-    key: tuple[int, float, int] = (0, 0.0, 0)
+    #: static queue order: inference services first, then priority, submit time, input order
+    key: tuple[int, int, float, int] = (1, 0, 0.0, 0)
+    #: an elastic job's sizes per pool, smallest first (`Resolved.sizes`)
+    sizes: dict[str, tuple[Option, ...]] = field(default_factory=dict)
     #: pool -> estimated run hours there (the scheduler's figure, cached)
     estimates: dict[str, float] = field(default_factory=dict)
     started: bool = False
@@ -57,6 +59,8 @@ class Queued:
     interrupted_lost_gpu_hours: float = 0.0
     #: bumped at each interruption: the engine drops the events of the runs before
     epoch: int = 0
+    #: an elastic job's saved work of its earlier runs, in GPU-hours at the sizes it ran (its runs differ in size)
+    saved_gpu_hours: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,20 @@ class PoolState:
         """Wholly idle nodes."""
         return len(self.idle)
 
+    def clone(self) -> PoolState:
+        """A scratch copy to try releases and placements on (what preemption and resizing weigh): the same
+        nodes and jobs, none of the caches; several times cheaper than copy.deepcopy."""
+        twin = PoolState.__new__(PoolState)
+        twin.nodes, twin.gpus_per_node = self.nodes, self.gpus_per_node
+        twin.idle, twin.shared = set(self.idle), set(self.shared)
+        twin.slots = {node: list(slots) for node, slots in self.slots.items()}
+        twin.by_free = [set(nodes) for nodes in self.by_free]
+        twin.running, twin.gang_nodes, twin.within = dict(self.running), dict(self.gang_nodes), dict(self.within)
+        twin.on_node = {node: set(jobs) for node, jobs in self.on_node.items()}
+        twin.node_end, twin.down = dict(self.node_end), dict(self.down)
+        twin.profile, twin.earliest = None, {}
+        return twin
+
     def _changed(self) -> None:
         self.profile = None
         if self.earliest:
@@ -208,19 +226,35 @@ class PoolState:
         else:
             node = self._node_for(demand, avoid)
             assert node is not None
-            if node in self.idle:
-                self.idle.remove(node)
-                self.slots[node] = [SHARES] * self.gpus_per_node
-                self.on_node[node] = set()
-            gpus = [g for g, free in enumerate(self.slots[node]) if free == SHARES][:max(demand.gpus, 1)]
-        self._unfile(node)
+            slots = self.slots.get(node, [SHARES] * self.gpus_per_node)
+            gpus = [g for g, free in enumerate(slots) if free == SHARES][:max(demand.gpus, 1)]
         taken = demand.share or SHARES
-        for gpu in gpus:
-            self.slots[node][gpu] -= taken
-        self.within[index] = (node, tuple((gpu, taken) for gpu in gpus), end)
+        self._take(index, node, tuple((gpu, taken) for gpu in gpus), end)
+
+    def _take(self, index: int, node: int, taken: tuple[tuple[int, int], ...], end: float) -> None:
+        """Job `index` takes `taken` ((GPU, shares), ...) of `node`."""
+        if node in self.idle:
+            self.idle.remove(node)
+            self.slots[node] = [SHARES] * self.gpus_per_node
+            self.on_node[node] = set()
+        self._unfile(node)
+        for gpu, shares in taken:
+            self.slots[node][gpu] -= shares
+        self.within[index] = (node, taken, end)
         self.on_node[node].add(index)
         self.node_end[node] = max(self.node_end.get(node, end), end)
         self._file(node)
+
+    def restore(self, index: int, source: PoolState) -> None:
+        """Job `index`, released from this copy of `source`, takes back exactly what it holds in `source`."""
+        self._changed()
+        if index in source.running:
+            nodes = source.gang_nodes[index]
+            self.idle.difference_update(nodes)
+            self.gang_nodes[index], self.running[index] = nodes, source.running[index]
+            return
+        node, taken, end = source.within[index]
+        self._take(index, node, taken, end)
 
     def release(self, index: int) -> None:
         self._changed()
@@ -328,6 +362,8 @@ class ClusterState:
         self.queues: dict[str, list[Queued]] = {}
         #: GPUs each tenant's running jobs hold
         self.running_gpus: dict[str, float] = {t.name: 0 for t in inventory.tenants}
+        #: GPUs each pool's running jobs hold
+        self.pool_held_gpus: dict[str, float] = {p.name: 0.0 for p in inventory.pools}
         #: started, unfinished jobs by index (the engine keeps it)
         self.running = running
         self._on_start = on_start
@@ -361,13 +397,19 @@ class ClusterState:
         assert queued.option is not None and queued.start is not None and queued.run is not None
         held = now - queued.start
         run = queued.run
-        running = max(0.0, held - self.inventory.launch_hours)
-        progress = running * run.compute_hours / run.wall_hours if run.wall_hours > 0 else 0.0
+        progress = self.progress(queued, now)
         interval = queued.option.perf.checkpoint_interval_s / 3600.0
         saved = math.floor(progress / interval + 1e-9) * interval if math.isfinite(interval) and interval > 0 else 0.0
         saved = min(saved, run.compute_hours)
         wall_saved = saved * run.wall_hours / run.compute_hours if run.compute_hours > 0 else 0.0
         return saved, held - min(held, wall_saved + (self.inventory.launch_hours if saved else 0.0))
+
+    def progress(self, queued: Queued, now: float) -> float:
+        """Compute hours the running job has done in this run by `now` (evenly over the run after its launch)."""
+        assert queued.start is not None and queued.run is not None
+        run = queued.run
+        running = max(0.0, now - queued.start - self.inventory.launch_hours)
+        return min(run.compute_hours, running * run.compute_hours / run.wall_hours) if run.wall_hours > 0 else 0.0
 
     def predicted_loss(self, queued: Queued, now: float) -> float:
         """GPU-hours stopping the running job at `now` would throw away (the victim's cost)."""
@@ -448,6 +490,7 @@ class ClusterState:
         queued.estimate_hours = self.estimate_of(queued, option)
         state.place(queued.index, demand, now + queued.estimate_hours, avoid)
         self.running_gpus[queued.job.tenant] += self.gpus_of(queued)
+        self.pool_held_gpus[option.pool] += self.gpus_of(queued)
         for line in (self.waiting, self.queues[self.queue_of(queued)]):
             i = bisect.bisect_left(line, queued.key, key=_queue_key)
             assert line[i] is queued
@@ -458,11 +501,20 @@ class ClusterState:
         assert queued.option is not None
         self.pools[queued.option.pool].release(queued.index)
         self.running_gpus[queued.job.tenant] -= self.gpus_of(queued)
+        self.pool_held_gpus[queued.option.pool] -= self.gpus_of(queued)
 
     def preempt(self, queued: Queued, now: float) -> None:
         """Stop the running job at `now`: it loses its work since its last checkpoint and waits again."""
         assert self._on_interrupt is not None and queued.index in self.running
+        assert not queued.job.service, "an inference service is never preempted"
         self._on_interrupt(queued, now, "preemption")
+
+    def resize(self, queued: Queued, option: Option, now: float) -> None:
+        """Stop the running elastic job at `now`, keeping all its work (it checkpoints to resize), and start it
+        again on `option` (another size in its pool), after the launch latency."""
+        assert self._on_interrupt is not None and queued.index in self.running
+        self._on_interrupt(queued, now, "resize")
+        self.start(queued, option, now)
 
     def requeue(self, queued: Queued) -> None:
         """An interrupted job waits again, in its old place in the queue (its priority and submit time)."""
@@ -472,5 +524,5 @@ class ClusterState:
         self.submit(queued)
 
 
-def _queue_key(queued: Queued) -> tuple[int, float, int]:
+def _queue_key(queued: Queued) -> tuple[int, int, float, int]:
     return queued.key

@@ -6,7 +6,8 @@ Parameters:
   fair_half_life  hours after which `fair` and `multifactor` count past usage half (SimConfig)
   launch_latency_s  seconds from a job's start to its first step (the inventory's)
 The table has one row per value and policy with the scheduling figures; `sweep_chart` draws mean wait against
-the value, one line per policy (report/svg.py's line chart).
+the value, one line per policy (report/svg.py's line chart); `sweep_page` puts the charts (mean and p90 wait,
+utilisation) and the table in the report's HTML page (`--html PAGE`).
 """
 
 from __future__ import annotations
@@ -92,11 +93,39 @@ def sweep_row(value: float, result: SimResult, gpus: int) -> dict[str, float | s
             **{name: getattr(result.cluster, name) for name in SWEEP_FIGURES}}
 
 
-def sweep_chart(parameter: str, rows: list[dict]) -> str:
-    """An SVG line chart of mean wait against the swept value, one line per policy."""
+#: the page's charts: (figure, its axis label), one line per policy against the swept value
+PAGE_CHARTS = (("mean_wait_h", "mean wait, h"), ("p90_wait_h", "p90 wait, h"),
+               ("window_utilisation", "utilisation held in the window"))
+
+
+def sweep_chart(parameter: str, rows: list[dict], figure: str = "mean_wait_h", label: str = "mean wait, h") -> str:
+    """An SVG line chart of `figure` (mean wait) against the swept value, one line per policy."""
     from bastion.report.svg import Series, line_chart
 
     policies = list(dict.fromkeys(row["policy"] for row in rows))
-    series = [Series(p, [(row["value"], row["mean_wait_h"]) for row in rows if row["policy"] == p])
+    series = [Series(p, [(row["value"], row[figure]) for row in rows if row["policy"] == p])
               for p in policies]
-    return line_chart(series, title=f"mean wait by {parameter}", x_label=parameter, y_label="mean wait, h")
+    return line_chart(series, title=f"{label.split(',')[0]} by {parameter}", x_label=parameter, y_label=label)
+
+
+def sweep_page(title: str, parameter: str, rows: list[dict]) -> str:
+    """`--sweep ... --html PAGE`: the report's self-contained page (report/html.py: its style, chart script and
+    tables) with the sweep's charts and its table."""
+    from xml.sax.saxutils import escape
+
+    from bastion.report.html import _page, _table
+
+    # words that wrap, and few columns: the table fits a phone's width (a cluster size rounded to whole nodes
+    # shows the GPUs it came to)
+    header = [parameter.replace("_", " "), "policy", "util held", "wait mean h", "wait p90 h", "JCT h", "Jain"]
+    table = [[f"{row['value']:g}" + (f" ({row['gpus']})" if parameter == "cluster_size" and row["gpus"] != row["value"]
+                                     else ""), row["policy"], f"{row['window_utilisation']:.1%}",
+              f"{row['mean_wait_h']:,.2f}", f"{row['p90_wait_h']:,.2f}", f"{row['mean_jct_h']:,.2f}",
+              f"{row['jain_fairness']:.3f}"] for row in rows]
+    unrun = [f"{row['policy']} at {row['value']:g}: {row['unschedulable']}" for row in rows if row["unschedulable"]]
+    body = [f"<h1>{escape(title)}</h1>", "<h2>Figures by " + escape(parameter) + "</h2>",
+            "<div class=\"charts\">", *(sweep_chart(parameter, rows, figure, label) for figure, label in PAGE_CHARTS),
+            "</div>", "<h2>Every run</h2>", _table(header, table)]
+    if unrun:
+        body.append(f"<p class=\"note\">jobs no pool could run: {escape('; '.join(unrun))}</p>")
+    return _page(title, body)

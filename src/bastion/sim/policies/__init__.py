@@ -10,8 +10,10 @@ from __future__ import annotations
 from bastion.registry import Registry
 from bastion.sim.policies.backfill import Backfill
 from bastion.sim.policies.base import Policy
+from bastion.sim.policies.elastic import Elastic
 from bastion.sim.policies.fair import Fair
 from bastion.sim.policies.fifo import Fifo
+from bastion.sim.policies.gavel import Gavel
 from bastion.sim.policies.kueue import Kueue
 from bastion.sim.policies.las import LeastAttained
 from bastion.sim.policies.multifactor import Multifactor
@@ -32,5 +34,7 @@ POLICIES.register(Multifactor)
 POLICIES.register(QuasiShortestService)
 POLICIES.register(ShortestRemaining)
 POLICIES.register(LeastAttained)
+POLICIES.register(Gavel)
+POLICIES.register(Elastic)
 
 __all__ = ["POLICIES", "Policy"]

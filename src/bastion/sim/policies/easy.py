@@ -43,18 +43,26 @@ def _keep_off(pool: str, estimate_hours: float, now: float, reservations: list[R
     return nodes
 
 
+def fits_now_remembering(state: ClusterState, option: Option, too_big: dict[str, Demand]) -> bool:
+    """Whether `option` fits now, without a look when `too_big` (per pool, the smallest demand found not to fit in
+    this pass) rules it out, and remembering it there when it does not fit (capacity only shrinks in a pass)."""
+    demand = state.demand(option)
+    smallest = too_big.get(option.pool)
+    if smallest is not None and demand >= smallest:
+        return False
+    if not state.fits_now(option):
+        too_big[option.pool] = demand if smallest is None else min(smallest, demand)
+        return False
+    return True
+
+
 def _may_backfill(state: ClusterState, queued: Queued, now: float, reservations: list[Reservation],
                   too_big: dict[str, Demand]) -> bool:
     """Whether some pool has room for `queued` now that keeps every reservation: a cheap test (no ranking) that
     rules out most of a long queue behind the heads. `too_big` holds, per pool, the smallest demand found not
     to fit this pass (nothing larger fits either, and capacity only shrinks within a pass)."""
     for option in queued.options:
-        demand = state.demand(option)
-        smallest = too_big.get(option.pool)
-        if smallest is not None and demand >= smallest:
-            continue
-        if not state.fits_now(option):
-            too_big[option.pool] = demand if smallest is None else min(smallest, demand)
+        if not fits_now_remembering(state, option, too_big):
             continue
         avoid = _keep_off(option.pool, state.estimate_of(queued, option), now, reservations)
         if not avoid or state.fits_now(option, avoid):

@@ -23,8 +23,13 @@ class ShortestRemaining(Policy):
         return sorted(state.ordered(), key=lambda q: shortest_estimate(state, q))
 
     def schedule(self, state: ClusterState, now: float) -> None:
+        estimates: dict[int, float] = {}  # a waiting job's estimate, once per event, not once per running job
+
         def outranks(waiting: Queued, running: Queued) -> bool:
             assert running.start is not None and running.estimate_hours is not None
-            return shortest_estimate(state, waiting) + EPS < running.start + running.estimate_hours - now
+            estimate = estimates.get(waiting.index)
+            if estimate is None:
+                estimate = estimates[waiting.index] = shortest_estimate(state, waiting)
+            return estimate + EPS < running.start + running.estimate_hours - now
 
         backfill_then_preempt(self, state, now, outranks)
