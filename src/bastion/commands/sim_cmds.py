@@ -190,7 +190,7 @@ def _run_sweep(sweep, inventory, jobs, configs, as_json: bool, html: str | None 
              for row in rows]
     Console().print(_figures_table(title, columns, table))
     if html is not None:
-        Console().print(f"  → {html}")
+        Console().print(f"  → {html}", soft_wrap=True)  # a path stays whole, whatever the width
 
 
 #: the figures `--seeds` gives a mean and confidence interval of (ClusterResult fields)
