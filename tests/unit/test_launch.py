@@ -329,12 +329,21 @@ def test_a_slurm_job_with_spares_allocates_them_and_steps_on_the_plans_nodes(inp
     assert code == 0, err
     done = json.loads(out)
     assert "#SBATCH --nodes=3" in done["script"].splitlines()
+    # without bastion on the batch host the steps still leave the spare out
+    assert "step_nodes=$(( SLURM_JOB_NUM_NODES - 1 ))" in done["script"]
+    assert subprocess.run(["bash", "-n"], input=done["script"], text=True).returncode == 0
     assert done["run_config"]["spares"] == {"plan_nodes": 2, "spare_nodes": 1}
     # auto chose among what this job can run, said so, and the run config keeps the choice for the report
     decision = done["run_config"]["on_failure"]
     assert decision["asked"] == "auto" and set(decision["predicted_goodput"]) == {"requeue", "shrink", "spares"}
     assert decision["policy"] in decision["predicted_goodput"]
     assert f"on-failure auto: {decision['policy']} (predicted goodput requeue" in err
+
+
+def test_spares_on_this_machine_run_as_requeue(inputs, capsys) -> None:
+    code, _, err = run(launch_args(inputs, "--on", "local", "--dry-run", "--", "--on-failure", "spares"), capsys)
+    assert code == 0, err
+    assert "a restart gets its replacement at once, which is what requeue does" in err
 
 
 @pytest.mark.parametrize(("more", "needle"), [

@@ -25,6 +25,8 @@ def test_the_candidates_are_what_the_launch_can_run() -> None:
     assert candidate_policies(DP4, spare_nodes=0, torchft=False) == ("requeue", "shrink")
     assert candidate_policies(ParallelPlan(dp=1, tp=4, global_batch=8), 0, torchft=False) == ("requeue",)
     assert candidate_policies(DP4, spare_nodes=2, torchft=False) == ("requeue", "shrink", "spares")
+    # shrink continues from the newest checkpoint: none without checkpoints
+    assert candidate_policies(DP4, spare_nodes=0, torchft=False, checkpoints=False) == ("requeue",)
     # torchft's replica groups recover on their own: no shrink beside them
     assert candidate_policies(DP4, spare_nodes=0, torchft=True) == ("requeue", "replica-drop")
 

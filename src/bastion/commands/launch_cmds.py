@@ -278,8 +278,8 @@ def _given(ctx: typer.Context, name: str) -> bool:
 
 
 def _with_elastic(run: ResolvedRun, engine: str, layout: WorkerLayout, min_nodes: int | None) -> dict:
-    """The run config a scheduled job gets: with --on-failure shrink (or auto on a plan with data-parallel
-    replicas) an `elastic` section, so the job continues on fewer nodes (launch/elastic.py)."""
+    """The run config a scheduled job gets: with --on-failure shrink (given, or auto's choice) an `elastic`
+    section, so the job continues on fewer nodes (launch/elastic.py)."""
     from bastion.launch.elastic import ELASTIC_KEY, elastic_section
 
     if run.on_failure != "shrink" or engine == "local":

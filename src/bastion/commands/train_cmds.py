@@ -7,6 +7,7 @@ torch is imported only inside a worker; the checks that can fail on user input r
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -260,6 +261,10 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
     replica_section = _replica_groups(p, request, resilience, on_failure)
     if replica_section is not None:  # every group would save into the same directory: no final checkpoint
         resilience = replace(resilience, save_final=False)
+    if on_failure == "spares" and engine == "local":
+        print("bastion: --on-failure spares on this machine: a restart gets its replacement at once, which is what "
+              "requeue does, so it runs as requeue", file=sys.stderr, flush=True)
+        on_failure = "requeue"
     nodes = job_nodes(request.plan.num_gpus) if job_nodes is not None else None
     choice = _auto_policy(on_failure, p, request, resilience, engine, (spare_nodes, nodes), replica_section is not None)
     on_failure = choice.policy if choice is not None else on_failure
@@ -305,8 +310,7 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
                           seed=p["seed"])
     return ResolvedRun(config=config, spec=request.spec, plan=request.plan, world_size=world_size,
                        max_restarts=p["max_restarts"], run_dir=run_dir,
-                       on_failure="requeue" if replica_section or on_failure == "spares" and engine != "slurm"
-                       else on_failure,
+                       on_failure="requeue" if replica_section else on_failure,
                        overwrite=overwrite)
 
 
@@ -315,8 +319,6 @@ def _auto_policy(on_failure: str, p: dict[str, Any], request: Any, resilience: A
     """`--on-failure auto` decided by predicted goodput over what this launch can run (a PolicyChoice, printed
     on stderr; None for any other value, after refusing `spares` where it cannot run). `machines`: (spare
     nodes, the job's nodes or None for this machine)."""
-    import sys
-
     from bastion.launch.policy import candidate_policies, check_spares, choose_policy, run_policy_inputs
 
     spare_nodes, nodes = machines
@@ -325,8 +327,12 @@ def _auto_policy(on_failure: str, p: dict[str, Any], request: Any, resilience: A
         return None
     inputs = run_policy_inputs(request.spec, request.plan, p["cluster"], resilience.mtbf_hours,
                                resilience.checkpoint_every, spare_nodes, nodes)
-    choice = choose_policy(inputs, candidate_policies(request.plan, spare_nodes, torchft))
-    print(f"bastion: {choice.line()}", file=sys.stderr, flush=True)
+    candidates = candidate_policies(request.plan, spare_nodes, torchft, resilience.checkpoint_every != 0)
+    choice = choose_policy(inputs, candidates)
+    # under torchft a failed replica group is dropped and heals whatever auto predicts: say how to get the other
+    also = ("; --fault-tolerance torchft still drops and heals replica groups: drop it to requeue"
+            if torchft and choice.policy != "replica-drop" else "")
+    print(f"bastion: {choice.line()}{also}", file=sys.stderr, flush=True)
     return choice
 
 

@@ -8,7 +8,7 @@
            re-plan or a requeue. Locally a restart already gets a replacement at once (a lost node under requeue
            restarts with one), so there `spares` runs as requeue; Kubernetes has no spare pods: refused.
 - auto     the candidate with the best predicted goodput: requeue always, shrink where the plan has dp replicas to
-           drop (and no torchft), spares where spare nodes are allocated, replica-drop with --fault-tolerance
+           drop and checkpoints (and no torchft), spares where spare nodes are allocated, replica-drop with --fault-tolerance
            torchft. The inputs are the run's own: the predictor's step time on the run's cluster, the MTBF
            (--mtbf-hours or the failure data's default, as `--checkpoint-every auto` and `bastion cost` use), the
            checkpoint stall and interval `bastion cost` predicts. The decision goes into the run config
@@ -47,11 +47,13 @@ class PolicyChoice:
                 "predicted_goodput": {c.policy: c.goodput for c in self.candidates}}
 
 
-def candidate_policies(plan: ParallelPlan, spare_nodes: int, torchft: bool) -> tuple[str, ...]:
-    """The policies a launch can run: requeue always; shrink with dp replicas to drop (not under torchft, whose
-    groups recover on their own); spares with spare nodes allocated; replica-drop under torchft."""
+def candidate_policies(plan: ParallelPlan, spare_nodes: int, torchft: bool, checkpoints: bool = True
+                       ) -> tuple[str, ...]:
+    """The policies a launch can run: requeue always; shrink with dp replicas to drop and checkpoints to continue
+    from (not under torchft, whose groups recover on their own); spares with spare nodes allocated; replica-drop
+    under torchft."""
     found = ["requeue"]
-    if plan.dp > 1 and not torchft:
+    if plan.dp > 1 and checkpoints and not torchft:
         found.append("shrink")
     if spare_nodes > 0:
         found.append("spares")
