@@ -40,6 +40,7 @@ def test_auto_shrinks_a_large_job_whose_requeue_waits_long() -> None:
     shown = {c.policy: c.goodput for c in choice.candidates}
     assert shown["shrink"] > shown["requeue"] > 0
     assert choice.line().startswith("on-failure auto: shrink (predicted goodput requeue ")
+    assert choice.line().endswith("; job MTBF 3.0 h)")
     assert choice.to_dict()["predicted_goodput"] == shown
 
 

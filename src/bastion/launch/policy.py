@@ -37,13 +37,15 @@ class PolicyChoice:
 
     policy: str
     candidates: tuple[PolicyGoodput, ...]
+    #: the job's MTBF the goodputs were predicted for
+    mtbf_hours: float
 
     def line(self) -> str:
         shown = ", ".join(f"{c.policy} {c.goodput:.1%}" for c in self.candidates)
-        return f"on-failure auto: {self.policy} (predicted goodput {shown})"
+        return f"on-failure auto: {self.policy} (predicted goodput {shown}; job MTBF {self.mtbf_hours:,.1f} h)"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"asked": "auto", "policy": self.policy, "why": self.line(),
+        return {"asked": "auto", "policy": self.policy, "why": self.line(), "mtbf_hours": self.mtbf_hours,
                 "predicted_goodput": {c.policy: c.goodput for c in self.candidates}}
 
 
@@ -66,7 +68,7 @@ def choose_policy(inputs: PolicyInputs, candidates: tuple[str, ...]) -> PolicyCh
     """The candidate with the best predicted goodput (reliability/policies.py's `recommend` over the candidates
     that apply to `inputs`)."""
     applicable = [g for g in policy_goodputs(inputs) if g.policy in candidates and g.applicable]
-    return PolicyChoice(recommend(applicable).policy, tuple(applicable))
+    return PolicyChoice(recommend(applicable).policy, tuple(applicable), inputs.mtbf_s / 3600.0)
 
 
 def run_policy_inputs(spec: ModelSpec, plan: ParallelPlan, cluster_name: str | None, mtbf_hours: float | None,
