@@ -336,14 +336,16 @@ def test_a_slurm_job_with_spares_allocates_them_and_steps_on_the_plans_nodes(inp
     # auto chose among what this job can run, said so, and the run config keeps the choice for the report
     decision = done["run_config"]["on_failure"]
     assert decision["asked"] == "auto" and set(decision["predicted_goodput"]) == {"requeue", "shrink", "spares"}
-    assert decision["policy"] in decision["predicted_goodput"]
-    assert f"on-failure auto: {decision['policy']} (predicted goodput requeue" in err
+    assert decision["policy"] == decision["chosen"] and decision["chosen"] in decision["predicted_goodput"]
+    assert f"on-failure auto: {decision['chosen']} (predicted goodput requeue" in err
 
 
 def test_spares_on_this_machine_run_as_requeue(inputs, capsys) -> None:
-    code, _, err = run(launch_args(inputs, "--on", "local", "--dry-run", "--", "--on-failure", "spares"), capsys)
+    code, out, err = run(launch_args(inputs, "--on", "local", "--dry-run", "--json", "--", "--on-failure",
+                                     "spares"), capsys)
     assert code == 0, err
     assert "a restart gets its replacement at once, which is what requeue does" in err
+    assert json.loads(out)["run_config"]["on_failure"] == {"asked": "spares", "policy": "requeue"}
 
 
 @pytest.mark.parametrize(("more", "needle"), [

@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from bastion.errors import ConfigError
-from bastion.launch.policy import candidate_policies, check_spares, choose_policy, run_policy_inputs
+from bastion.launch.policy import (
+    candidate_policies,
+    check_spares,
+    choose_policy,
+    on_failure_record,
+    run_policy_inputs,
+)
 from bastion.launch.slurm_nodes import SPARES_KEY, next_nodes
 from bastion.launch.worker import run_config
 from bastion.reliability.policies import PolicyInputs
@@ -41,7 +47,7 @@ def test_auto_shrinks_a_large_job_whose_requeue_waits_long() -> None:
     assert shown["shrink"] > shown["requeue"] > 0
     assert choice.line().startswith("on-failure auto: shrink (predicted goodput requeue ")
     assert choice.line().endswith("; job MTBF 3.0 h)")
-    assert choice.to_dict()["predicted_goodput"] == shown
+    assert on_failure_record("auto", "shrink", choice)["predicted_goodput"] == shown
 
 
 def test_auto_requeues_a_small_job_whose_replacement_comes_at_once() -> None:
@@ -101,3 +107,22 @@ def test_a_lost_node_is_swapped_for_a_spare_at_the_next_step(tmp_path: Path) -> 
     assert [r["node"] for r in map(json.loads, lines) if r.get("event") == "node_excluded"] == ["n2"]
     # a second loss with no spare left: too few nodes, so the script requeues
     assert next_nodes(tmp_path, config, "7", 0, nodes, {**down, "n1": "down"}, since=0) == ([], ["n2", "n1"])
+
+
+def test_the_report_says_which_policy_ran_and_why(tmp_path: Path) -> None:
+    from bastion.report.panel import run_panel
+    from bastion.report.run_files import RunFiles
+
+    choice = choose_policy(PolicyInputs(mtbf_s=3 * HOUR, nodes=64, step_s=2.0, checkpoint_stall_s=10.0,
+                                        requeue_wait_s=2 * HOUR, replicas=64), ("requeue", "shrink"))
+    report = {"failures": {"recomputed": {"count": 0}}, "steps_completed": 0, "world_size": 4}
+
+    def row(section: dict | None) -> str:
+        files = RunFiles(tmp_path, [], 0, None, None, None,
+                         run_config={"on_failure": section} if section is not None else None)
+        return dict(run_panel(files, report)["rows"])["on failure"]
+
+    assert row(on_failure_record("auto", "shrink", choice)) == f"shrink (asked: auto) — {choice.line()}"
+    assert row(on_failure_record("spares", "requeue", None)) == "requeue (asked: spares)"
+    assert row(on_failure_record("shrink", "shrink", None)) == "shrink"
+    assert row(None) == "—"   # a run from before the record

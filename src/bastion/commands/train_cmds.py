@@ -261,6 +261,7 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
     replica_section = _replica_groups(p, request, resilience, on_failure)
     if replica_section is not None:  # every group would save into the same directory: no final checkpoint
         resilience = replace(resilience, save_final=False)
+    asked = on_failure
     if on_failure == "spares" and engine == "local":
         print("bastion: --on-failure spares on this machine: a restart gets its replacement at once, which is what "
               "requeue does, so it runs as requeue", file=sys.stderr, flush=True)
@@ -295,10 +296,9 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
         from bastion.launch.replica_groups import REPLICA_GROUPS_KEY
 
         config[REPLICA_GROUPS_KEY] = replica_section
-    if choice is not None:
-        from bastion.launch.policy import ON_FAILURE_KEY
+    from bastion.launch.policy import ON_FAILURE_KEY, on_failure_record
 
-        config[ON_FAILURE_KEY] = choice.to_dict()
+    config[ON_FAILURE_KEY] = on_failure_record(asked, "replica-drop" if replica_section else on_failure, choice)
     overwrite = bool(p.get("overwrite"))
     if paths_here:
         occupant = check_occupant(run_dir, config, resume=p["resume"] is True, overwrite=overwrite)

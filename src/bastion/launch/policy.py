@@ -11,8 +11,8 @@
            drop and checkpoints (and no torchft), spares where spare nodes are allocated, replica-drop with --fault-tolerance
            torchft. The inputs are the run's own: the predictor's step time on the run's cluster, the MTBF
            (--mtbf-hours or the failure data's default, as `--checkpoint-every auto` and `bastion cost` use), the
-           checkpoint stall and interval `bastion cost` predicts. The decision goes into the run config
-           (`on_failure`) so the report can say which policy ran and why.
+           checkpoint stall and interval `bastion cost` predicts.
+The run config's `on_failure` section records what was asked, what runs and (auto) why; the report shows it.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class PolicyChoice:
         return f"on-failure auto: {self.policy} (predicted goodput {shown}; job MTBF {self.mtbf_hours:,.1f} h)"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"asked": "auto", "policy": self.policy, "why": self.line(), "mtbf_hours": self.mtbf_hours,
+        return {"chosen": self.policy, "why": self.line(), "mtbf_hours": self.mtbf_hours,
                 "predicted_goodput": {c.policy: c.goodput for c in self.candidates}}
 
 
@@ -62,6 +62,12 @@ def candidate_policies(plan: ParallelPlan, spare_nodes: int, torchft: bool, chec
     if torchft:
         found.append("replica-drop")
     return tuple(found)
+
+
+def on_failure_record(asked: str, running: str, choice: PolicyChoice | None) -> dict[str, Any]:
+    """The run config's `on_failure` section: the value asked for, the policy that runs (`replica-drop` under
+    torchft, `requeue` for spares on this machine) and, for auto, its choice and why."""
+    return {"asked": asked, "policy": running, **(choice.to_dict() if choice is not None else {})}
 
 
 def choose_policy(inputs: PolicyInputs, candidates: tuple[str, ...]) -> PolicyChoice:
