@@ -310,6 +310,8 @@ def test_slurm_options_reach_the_script_quoted(inputs) -> None:
     (["--switches", "2@1-00:00:00"], None),
     (["--min-nodes", "1"], "this job is not elastic"),
     (["--min-nodes", "1", "--", "--on-failure", "shrink", "--checkpoint-every", "2"], None),
+    (["--", "--on-failure", "spares"], "add --spare-nodes K"),
+    (["--spare-nodes", "1", "--", "--on-failure", "spares"], None),
 ])
 def test_slurm_option_mistakes_get_guidance(inputs, more, needle, capsys) -> None:
     argv = launch_args(inputs, "--on", "slurm", "--nodes", "2", "--device", "cpu", "--dry-run",
@@ -319,6 +321,39 @@ def test_slurm_option_mistakes_get_guidance(inputs, more, needle, capsys) -> Non
         assert code == 0, err
         return
     user_error(argv, capsys, needle)
+
+
+def test_a_slurm_job_with_spares_allocates_them_and_steps_on_the_plans_nodes(inputs, capsys) -> None:
+    code, out, err = run(launch_args(inputs, "--on", "slurm", "--nodes", "2", "--device", "cpu", "--dry-run",
+                                     "--json", "--spare-nodes", "1", "--", "--on-failure", "auto"), capsys)
+    assert code == 0, err
+    done = json.loads(out)
+    assert "#SBATCH --nodes=3" in done["script"].splitlines()
+    # without bastion on the batch host the steps still leave the spare out
+    assert "step_nodes=$(( SLURM_JOB_NUM_NODES - 1 ))" in done["script"]
+    assert subprocess.run(["bash", "-n"], input=done["script"], text=True).returncode == 0
+    assert done["run_config"]["spares"] == {"plan_nodes": 2, "spare_nodes": 1}
+    # auto chose among what this job can run, said so, and the run config keeps the choice for the report
+    decision = done["run_config"]["on_failure"]
+    assert decision["asked"] == "auto" and set(decision["predicted_goodput"]) == {"requeue", "shrink", "spares"}
+    assert decision["policy"] == decision["chosen"] and decision["chosen"] in decision["predicted_goodput"]
+    assert f"on-failure auto: {decision['chosen']} (predicted goodput requeue" in err
+
+
+def test_spares_on_this_machine_run_as_requeue(inputs, capsys) -> None:
+    code, out, err = run(launch_args(inputs, "--on", "local", "--dry-run", "--json", "--", "--on-failure",
+                                     "spares"), capsys)
+    assert code == 0, err
+    assert "a restart gets its replacement at once, which is what requeue does" in err
+    assert json.loads(out)["run_config"]["on_failure"] == {"asked": "spares", "policy": "requeue"}
+
+
+@pytest.mark.parametrize(("more", "needle"), [
+    (["--on", "local", "--spare-nodes", "1"], "--spare-nodes allocates hot spare nodes for a Slurm job"),
+    (["--on", "k8s", "--", "--on-failure", "spares"], "Kubernetes job does not have"),
+])
+def test_spares_outside_slurm_are_refused(inputs, more, needle, capsys) -> None:
+    user_error(launch_args(inputs, "--dry-run", *more), capsys, needle)
 
 
 def test_an_elastic_slurm_job_carries_its_node_range(inputs) -> None:

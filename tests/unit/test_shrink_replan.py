@@ -14,7 +14,6 @@ from bastion.launch.shrink import (
     back_at_step,
     grow_boundary,
     lost_nodes,
-    resolve_on_failure,
     shrink_plan,
     with_stop_after,
 )
@@ -65,12 +64,6 @@ def test_lose_node_specs() -> None:
         parse_fault("lose-node:rank=3,step=5,back_at=5")
     with pytest.raises(ConfigError, match="needs a step"):
         parse_fault("lose-node:rank=3")
-
-
-def test_auto_shrinks_only_plans_with_replicas_to_drop() -> None:
-    assert resolve_on_failure("auto", plan()) == "shrink"
-    assert resolve_on_failure("auto", plan(dp=1, tp=4)) == "requeue"
-    assert resolve_on_failure("requeue", plan()) == "requeue"
 
 
 def test_lost_nodes_are_the_lose_node_faults_of_this_launch(tmp_path) -> None:

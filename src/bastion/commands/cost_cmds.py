@@ -139,8 +139,9 @@ def _print_policies(policies, requeue_wait_hours: float, repair_hours: float) ->
     console.print(table)
     console.print(f"  · recommended: [bold]{best.policy}[/]; requeue wait {requeue_wait_hours:g} h and repair "
                   f"{repair_hours:g} h are assumptions (--requeue-wait-hours, --repair-hours), restart "
-                  f"{DEFAULT_RESTART_S / 60:.0f} min (Kokolis et al. 2024: 5–20 min). `bastion train` itself "
-                  f"restarts from the newest checkpoint (requeue); the other policies are predictions here.",
+                  f"{DEFAULT_RESTART_S / 60:.0f} min (Kokolis et al. 2024: 5–20 min). `bastion train "
+                  f"--on-failure auto` runs the best of those its launch can (spares: `bastion launch --on slurm "
+                  f"--spare-nodes K`; replica-drop: --fault-tolerance torchft).",
                   soft_wrap=True)
 
 

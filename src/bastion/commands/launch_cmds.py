@@ -17,6 +17,8 @@ from bastion.commands import options
 from bastion.errors import LaunchError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from bastion.commands.train_cmds import ResolvedRun
     from bastion.launch.request import WorkerLayout
 
@@ -67,6 +69,7 @@ def launch_command(
                                    "files move to RUN_DIR/replaced-DATE-TIME/ when the job starts (nothing is "
                                    "deleted)."),
     min_nodes: options.MinNodes = None,
+    spare_nodes: options.SpareNodes = 0,
     account: options.Account = None,
     qos: options.Qos = None,
     gres: options.Gres = None,
@@ -168,10 +171,13 @@ def launch_command(
     train_args += ["--resume"] * resume + ["--overwrite"] * overwrite
     # a Slurm job requeues (or resubmits) itself after a failed job step: those restarts recover too
     run = _resolve_train_args(train_args, extra, paths_here=engine != "k8s",
-                              engine_restarts=max_requeues if engine == "slurm" else 0)
+                              engine_restarts=max_requeues if engine == "slurm" else 0, engine=engine,
+                              spare_nodes=spare_nodes,
+                              job_nodes=None if engine == "local"
+                              else lambda world: worker_layout(world, nodes, gpus_per_node, device).nodes)
     layout = worker_layout(run.world_size, nodes, gpus_per_node, device)
     job_name = name or Path(run_dir_text).name or "bastion"
-    run_config = _with_elastic(run, engine, layout, min_nodes)
+    run_config = _with_spares(_with_elastic(run, engine, layout, min_nodes), layout, spare_nodes)
     req = LaunchRequest(engine=engine, run_config=run_config, data_dir=data_text, run_dir=run_dir_text,
                         layout=layout, device=device, name=job_name, max_restarts=max_restarts)
     _only_for(engine, slurm=(account, qos, gres, constraint, exclusive, exclude, container_image, sbatch_args,
@@ -206,7 +212,7 @@ def launch_command(
                                   cpus_per_worker=cpus_per_worker, account=account, qos=qos, gres=gres,
                                   constraint=constraint, exclusive=exclusive, exclude=exclude,
                                   container_image=container_image, container_mounts=_data_dirs(data_text),
-                                  sbatch_args=tuple(sbatch_args), switches=switches)
+                                  sbatch_args=tuple(sbatch_args), switches=switches, spare_nodes=spare_nodes)
         script = slurm.render_sbatch(req, opts, str(config_path))
         if dry_run:
             _done(as_json, script.removesuffix("\n"), engine="slurm", dry_run=True, script=script,
@@ -272,8 +278,8 @@ def _given(ctx: typer.Context, name: str) -> bool:
 
 
 def _with_elastic(run: ResolvedRun, engine: str, layout: WorkerLayout, min_nodes: int | None) -> dict:
-    """The run config a scheduled job gets: with --on-failure shrink (or auto on a plan with data-parallel
-    replicas) an `elastic` section, so the job continues on fewer nodes (launch/elastic.py)."""
+    """The run config a scheduled job gets: with --on-failure shrink (given, or auto's choice) an `elastic`
+    section, so the job continues on fewer nodes (launch/elastic.py)."""
     from bastion.launch.elastic import ELASTIC_KEY, elastic_section
 
     if run.on_failure != "shrink" or engine == "local":
@@ -284,6 +290,15 @@ def _with_elastic(run: ResolvedRun, engine: str, layout: WorkerLayout, min_nodes
         return run.config
     section = elastic_section(run.spec, run.plan, layout.procs_per_node, layout.nodes, min_nodes)
     return {**run.config, ELASTIC_KEY: section}
+
+
+def _with_spares(run_config: dict, layout: WorkerLayout, spare_nodes: int) -> dict:
+    """With --spare-nodes a `spares` section: every job step runs on the plan's node count (launch/slurm_nodes.py)."""
+    from bastion.launch.slurm_nodes import SPARES_KEY
+
+    if not spare_nodes:
+        return run_config
+    return {**run_config, SPARES_KEY: {"plan_nodes": layout.nodes, "spare_nodes": spare_nodes}}
 
 
 def _data_dirs(data: str) -> tuple[str, ...]:
@@ -348,7 +363,9 @@ def _from_config(config: Path | None, set_values: list[str]) -> dict:
     return {**(load_config_file(config) if config is not None else {}), **parse_sets(set_values)}
 
 
-def _resolve_train_args(train_args: list[str], extra: list[str], paths_here: bool, engine_restarts: int = 0):
+def _resolve_train_args(train_args: list[str], extra: list[str], paths_here: bool, engine_restarts: int = 0,
+                        engine: str = "local", spare_nodes: int = 0,
+                        job_nodes: Callable[[int], int] | None = None):
     """The job's `bastion train` options (launch's own plus the ones after `--`) parsed by `bastion train`'s own
     parser and checked by its own pre-check now, at launch time, not when the job starts on the cluster."""
     import typer.main
@@ -380,7 +397,8 @@ def _resolve_train_args(train_args: list[str], extra: list[str], paths_here: boo
         raise LaunchError("--fault-tolerance torchft runs its replica groups on this machine only (`bastion "
                           "train`); `bastion launch` does not start torchft's lighthouse.",
                           fix="run `bastion train --fault-tolerance torchft` here, or drop --fault-tolerance.")
-    return resolve_run(params, world_size=None, paths_here=paths_here, engine_restarts=engine_restarts)
+    return resolve_run(params, world_size=None, paths_here=paths_here, engine_restarts=engine_restarts,
+                       engine=engine, spare_nodes=spare_nodes, job_nodes=job_nodes)
 
 
 def _write_text(path: Path, text: str, option: str) -> None:

@@ -128,6 +128,11 @@ MinNodes = Annotated[int | None, number_option("--min-nodes", help="Fewest nodes
                                                integer=True, low=1, high=MAX_DEVICES)]
 TimeLimit = Annotated[str | None, typer.Option("--time", help="Slurm time limit, HH:MM:SS or D-HH:MM:SS.")]
 Partition = Annotated[str | None, typer.Option("--partition", help="Slurm partition(s), comma-separated.")]
+SpareNodes = Annotated[int, number_option("--spare-nodes", help="Slurm: hot spare nodes allocated beside the "
+                                                                 "plan's (N + K); every job step runs on N usable "
+                                                                 "ones, so a lost node is replaced at once "
+                                                                 "(--on-failure spares|auto after `--`).",
+                                          integer=True, low=0, high=MAX_DEVICES)]
 Account = Annotated[str | None, typer.Option("--account", help="Slurm: account charged for the job.")]
 Qos = Annotated[str | None, typer.Option("--qos", help="Slurm: quality of service.")]
 Gres = Annotated[str | None, typer.Option("--gres", help="Slurm: generic resources per node, e.g. gpu:a100:8 "

@@ -7,6 +7,8 @@ torch is imported only inside a worker; the checks that can fail on user input r
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -104,8 +106,10 @@ def train_command(
                                            "step time, with --cluster) as a straggler."),
     on_failure: str = typer.Option("requeue", "--on-failure", help="When ranks fail: requeue (restart the same "
                                    "world, --max-restarts times), shrink (a rank whose node is lost: re-plan for "
-                                   "the ranks left and continue from the newest checkpoint), auto (shrink when the "
-                                   "plan has dp replicas to drop)."),
+                                   "the ranks left and continue from the newest checkpoint), spares (Slurm: a lost "
+                                   "node swapped for one of launch's --spare-nodes; locally a restart gets a "
+                                   "replacement at once, so it runs as requeue), auto (the one with the best "
+                                   "predicted goodput: launch/policy.py)."),
     fault_tolerance: str = typer.Option("none", "--fault-tolerance", help="none, or torchft: the plan's "
                                         "data-parallel replicas run as replica groups (each its own torchrun); "
                                         "a failed group is restarted and heals from a live peer while the others "
@@ -202,22 +206,25 @@ class ResolvedRun:
     world_size: int
     max_restarts: int
     run_dir: Path
-    #: requeue or shrink (`auto` resolved for the plan)
+    #: requeue, shrink or spares (a Slurm job with spare nodes; locally spares is requeue); `auto` resolved by
+    #: predicted goodput (launch/policy.py)
     on_failure: str = "requeue"
     #: --overwrite of a run directory that holds a run: set that run aside before this one starts
     overwrite: bool = False
 
 
 def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool = True,
-                engine_restarts: int = 0) -> ResolvedRun:
+                engine_restarts: int = 0, engine: str = "local", spare_nodes: int = 0,
+                job_nodes: Callable[[int], int] | None = None) -> ResolvedRun:
     """`bastion train`'s options (as click parsed them, for `train` and for `launch … -- ARGS`) checked and resolved
     into the run config, before any process starts: flag values, the model, the plan against the model and the
     world size (default: the plan's), the injected faults; where the paths are visible here (`paths_here`) also the
     dataset and the run directory with its resume source (`runtime.preflight.check_run_dir`). `engine_restarts`:
-    the restarts the launch engine gives a failed worker group beyond torchrun's (a Slurm job's requeues)."""
+    the restarts the launch engine gives a failed worker group beyond torchrun's (a Slurm job's requeues);
+    `engine` and `spare_nodes` (a Slurm job's hot spares): what `--on-failure` can run (launch/policy.py);
+    `job_nodes`: the machines a scheduler spreads the plan's N workers over (None: this machine)."""
     from bastion.commands.train_file import FILE_ONLY
     from bastion.errors import ConfigError, did_you_mean
-    from bastion.launch.shrink import resolve_on_failure
     from bastion.launch.worker import run_config
     from bastion.rundir.lock import check_free
     from bastion.rundir.occupant import check_occupant
@@ -254,7 +261,15 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
     replica_section = _replica_groups(p, request, resilience, on_failure)
     if replica_section is not None:  # every group would save into the same directory: no final checkpoint
         resilience = replace(resilience, save_final=False)
-    shrinking = resolve_on_failure(on_failure, request.plan) == "shrink" and replica_section is None
+    asked = on_failure
+    if on_failure == "spares" and engine == "local":
+        print("bastion: --on-failure spares on this machine: a restart gets its replacement at once, which is what "
+              "requeue does, so it runs as requeue", file=sys.stderr, flush=True)
+        on_failure = "requeue"
+    nodes = job_nodes(request.plan.num_gpus) if job_nodes is not None else None
+    choice = _auto_policy(on_failure, p, request, resilience, engine, (spare_nodes, nodes), replica_section is not None)
+    on_failure = choice.policy if choice is not None else on_failure
+    shrinking = on_failure == "shrink" and replica_section is None
     if shrinking and resilience.checkpoint_every == 0:
         raise ConfigError(f"--on-failure {on_failure} continues from the newest checkpoint, but --checkpoint-every "
                           f"is 0.", fix="add --checkpoint-every N (or auto).")
@@ -281,6 +296,9 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
         from bastion.launch.replica_groups import REPLICA_GROUPS_KEY
 
         config[REPLICA_GROUPS_KEY] = replica_section
+    from bastion.launch.policy import ON_FAILURE_KEY, on_failure_record
+
+    config[ON_FAILURE_KEY] = on_failure_record(asked, "replica-drop" if replica_section else on_failure, choice)
     overwrite = bool(p.get("overwrite"))
     if paths_here:
         occupant = check_occupant(run_dir, config, resume=p["resume"] is True, overwrite=overwrite)
@@ -292,8 +310,30 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
                           seed=p["seed"])
     return ResolvedRun(config=config, spec=request.spec, plan=request.plan, world_size=world_size,
                        max_restarts=p["max_restarts"], run_dir=run_dir,
-                       on_failure="requeue" if replica_section else resolve_on_failure(on_failure, request.plan),
+                       on_failure="requeue" if replica_section else on_failure,
                        overwrite=overwrite)
+
+
+def _auto_policy(on_failure: str, p: dict[str, Any], request: Any, resilience: Any, engine: str,
+                 machines: tuple[int, int | None], torchft: bool) -> Any:
+    """`--on-failure auto` decided by predicted goodput over what this launch can run (a PolicyChoice, printed
+    on stderr; None for any other value, after refusing `spares` where it cannot run). `machines`: (spare
+    nodes, the job's nodes or None for this machine)."""
+    from bastion.launch.policy import candidate_policies, check_spares, choose_policy, run_policy_inputs
+
+    spare_nodes, nodes = machines
+    check_spares(on_failure, engine, spare_nodes)
+    if on_failure != "auto":
+        return None
+    inputs = run_policy_inputs(request.spec, request.plan, p["cluster"], resilience.mtbf_hours,
+                               resilience.checkpoint_every, spare_nodes, nodes)
+    candidates = candidate_policies(request.plan, spare_nodes, torchft, resilience.checkpoint_every != 0)
+    choice = choose_policy(inputs, candidates)
+    # under torchft a failed replica group is dropped and heals whatever auto predicts: say how to get the other
+    also = ("; --fault-tolerance torchft still drops and heals replica groups: drop it to requeue"
+            if torchft and choice.policy != "replica-drop" else "")
+    print(f"bastion: {choice.line()}{also}", file=sys.stderr, flush=True)
+    return choice
 
 
 def _replica_groups(p: dict[str, Any], request: Any, resilience: Any, on_failure: str) -> dict[str, Any] | None:
@@ -334,7 +374,7 @@ def _health_options(p: dict[str, Any]) -> dict[str, Any]:
 
 def _on_failure(p: dict[str, Any]) -> str:
     from bastion.errors import ConfigError, did_you_mean
-    from bastion.launch.shrink import ON_FAILURE
+    from bastion.launch.policy import ON_FAILURE
 
     value = p.get("on_failure", "requeue")
     if value not in ON_FAILURE:

@@ -31,10 +31,6 @@ from bastion.rundir.records import FAULT, RESTART, is_event
 from bastion.specs.model import ModelSpec
 from bastion.specs.plan import ParallelPlan
 
-#: --on-failure values: requeue (torchrun restarts the same world), shrink (this module), auto (shrink when the
-#: plan has data-parallel replicas to drop: locally no replacement node ever comes, so a requeue would wait forever)
-ON_FAILURE = ("requeue", "shrink", "auto")
-
 
 def shrink_plan(plan: ParallelPlan, spec: ModelSpec, ranks_left: int) -> ParallelPlan | None:
     """The plan for at most `ranks_left` ranks: same degrees but dp, dp as large as fits and divides the global
@@ -50,13 +46,6 @@ def shrink_plan(plan: ParallelPlan, spec: ModelSpec, ranks_left: int) -> Paralle
             continue
         return candidate
     return None
-
-
-def resolve_on_failure(on_failure: str, plan: ParallelPlan) -> str:
-    """`auto` decided for this plan: shrink when it has data-parallel replicas to drop, else requeue."""
-    if on_failure == "auto":
-        return "shrink" if plan.dp > 1 else "requeue"
-    return on_failure
 
 
 def lost_nodes(run_dir: Path, since: float) -> dict[int, int | None]:

@@ -98,6 +98,9 @@ class SlurmOptions:
     #: leaf switches the allocation may span, COUNT[@WAIT] (sbatch --switches; "auto" = 1@10:00: the nodes under one
     #: leaf switch, so the data-parallel rings between them stay there, waiting up to 10 minutes for such a set)
     switches: str | None = None
+    #: hot spare nodes allocated beside the plan's (--spare-nodes; --on-failure spares): every job step runs on
+    #: the plan's count of the usable nodes (launch/slurm_nodes.py)
+    spare_nodes: int = 0
 
     def lead_seconds(self) -> int:
         """The checkpoint warning: explicit, or 10% of the limit within [30 s, 600 s] and at most half of it."""
@@ -195,7 +198,7 @@ def _directives(req: LaunchRequest, opts: SlurmOptions) -> list[str]:
     layout = req.layout
     directives = [
         f"--job-name={slurm_job_name(req.name)}",
-        f"--nodes={layout.nodes}",
+        f"--nodes={layout.nodes + opts.spare_nodes}",
         "--ntasks-per-node=1",  # one torchrun agent per node; it starts the node's workers
         f"--cpus-per-task={layout.procs_per_node * opts.cpus_per_worker}",
     ]
@@ -259,7 +262,7 @@ _NO_BASTION = """\
 # a containerised job without bastion on the batch host still runs: on its whole allocation every time
 _NO_BASTION_CONTAINER = """\
   echo "[bastion] no Python with bastion on the batch host: every job step uses the whole allocation"
-  choose_nodes() { echo "$SLURM_JOB_NUM_NODES $(scontrol show hostnames "$SLURM_JOB_NODELIST" | paste -sd, -) -"; }"""
+  choose_nodes() { echo "$step_nodes $(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n "$step_nodes" | paste -sd, -) -"; }"""
 
 
 def render_sbatch(req: LaunchRequest, opts: SlurmOptions, config_path: str) -> str:
@@ -298,6 +301,8 @@ max_requeues={opts.max_requeues}
 # starts so far: Slurm's requeues of this job plus those of the jobs it was resubmitted from
 restart_count=$(( ${{BASTION_SLURM_STARTS:-0}} + ${{SLURM_RESTART_COUNT:-0}} ))
 
+# without bastion on the batch host every job step runs on the allocation less its hot spares
+step_nodes=$(( SLURM_JOB_NUM_NODES - {opts.spare_nodes} ))
 # the workers' Python, found now in the job's environment (not fixed when the script was written)
 {find_python}
 if [ -n "$python" ] && "$python" -c "import bastion" 2>/dev/null; then
@@ -307,7 +312,7 @@ elif [ -n "$python" ]; then
   # bastion is where the workers run (a node image, a path mounted only there) but not on the batch host: the
   # steps run on the whole allocation, without leaving lost or slow nodes out
   echo "[bastion] $python cannot import bastion on the batch host: every job step uses the whole allocation"
-  choose_nodes() {{ echo "$SLURM_JOB_NUM_NODES $(scontrol show hostnames "$SLURM_JOB_NODELIST" | paste -sd, -) -"; }}
+  choose_nodes() {{ echo "$step_nodes $(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n "$step_nodes" | paste -sd, -) -"; }}
 else
 {no_bastion}
 fi

@@ -8,8 +8,9 @@ srun on the nodes it still has instead of waiting for a requeue. Before each sru
   event since then), each mapped to its node through the workers' node records (launch/elastic.py); each newly
   excluded node is a `node_excluded` event in metrics.jsonl, and is not used again by this start of the job (nor
   by the job it starts again instead of a requeue, launch/slurm.py);
-- how many of the rest to use: the most that have a plan (the run config's `elastic` section; without one only
-  the full count);
+- how many of the rest to use: the most that have a plan (the run config's `elastic` section), or with hot spares
+  (`--spare-nodes`, the run config's `spares` section) the plan's node count, so a lost node's place is taken by a
+  spare at the next step without a re-plan or a requeue; without either, the full count;
 and prints `COUNT NODES EXCLUDED` (how many nodes, which, and the nodes excluded so far; lists comma-separated,
 `-` for none). Exit status 3: too few
 nodes are left, so the script requeues the job.
@@ -17,6 +18,7 @@ nodes are left, so the script requeues the job.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,8 @@ from bastion.launch.elastic import ELASTIC_KEY, nodes_of_ranks
 from bastion.rundir.metrics import log_event, read_metrics
 from bastion.rundir.records import HEALTH_CHECK, NODE_EXCLUDED, STRAGGLER, is_event
 
+#: the run config's section of a job with hot spare nodes: {"plan_nodes": N, "spare_nodes": K}
+SPARES_KEY = "spares"
 #: `bastion _slurm_nodes`'s exit status when too few nodes are left to continue
 TOO_FEW_NODES = 3
 #: node states (sinfo %T, lowercase; a flag may be appended, e.g. `idle+drain`) a job step must not use
@@ -76,7 +80,10 @@ def next_nodes(run_dir: Path, config: dict[str, Any], job_id: str, start: int, j
             log_event(run_dir, NODE_EXCLUDED.name, node=node, reason=reason, rank=rank, job_id=job_id,
                       start=start)
     left = [n for n in job_nodes if n not in excluded]
-    elastic = config.get(ELASTIC_KEY)
-    counts = range(elastic["min_nodes"], elastic["max_nodes"] + 1) if elastic else [len(job_nodes)]
+    elastic, spares = config.get(ELASTIC_KEY), config.get(SPARES_KEY)
+    if elastic:
+        counts: Sequence[int] = range(elastic["min_nodes"], elastic["max_nodes"] + 1)
+    else:
+        counts = [spares["plan_nodes"]] if spares else [len(job_nodes)]
     usable = [n for n in counts if n <= len(left)]
     return (left[:max(usable)] if usable else []), excluded

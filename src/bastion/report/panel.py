@@ -64,6 +64,14 @@ def _checkpoint_text(resilience: dict[str, Any]) -> str:
     return f"{interval}, {mode}, keep the last {resilience.get('keep_last', '?')}"
 
 
+def _recovery_text(on_failure: dict[str, Any] | None) -> str:
+    """The run config's `on_failure` section (launch/policy.py): the policy that ran, and why for `auto`."""
+    if not on_failure:
+        return "—"
+    asked = f" (asked: {on_failure['asked']})" if on_failure.get("asked") != on_failure.get("policy") else ""
+    return f"{on_failure.get('policy')}{asked}" + (f" — {on_failure['why']}" if on_failure.get("why") else "")
+
+
 def run_panel(run: RunFiles, report: dict[str, Any]) -> dict[str, Any]:
     """{"rows": [(what, value)], "precision": precision(), "config": the resolved config (a dict), "config_source"}."""
     config_file = run.run_config or {}
@@ -89,6 +97,7 @@ def run_panel(run: RunFiles, report: dict[str, Any]) -> dict[str, Any]:
                         f"(global batch {plan.get('global_batch')} × sequence {seq_len})"
                         + (f"; {recomputed * tokens_per_step:,} more processed in redone steps" if recomputed else "")),
         ("checkpoints", _checkpoint_text(train.get("resilience") or {})),
+        ("on failure", _recovery_text(config_file.get("on_failure"))),
         ("faults injected", ", ".join((train.get("resilience") or {}).get("inject") or []) or "none"),
         ("seed", str(train.get("seed", summary.get("seed", "—")))),
         ("learning rate", f"peak {train.get('lr', '—')}"),
