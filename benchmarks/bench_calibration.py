@@ -7,7 +7,7 @@
    with its p10-p90 interval; the datasheet prediction (plain `cpu:N`) is computed alongside;
 4. each plan runs `--repeats` times: the table gives the median of the runs' step times and their spread (half
    the range, relative to the median), and the host's 1-minute load average before and after every run; a run
-   during whose steps other processes (not its own ranks, not this script) were runnable on average
+   during whose steps other threads (not its own workers', agent's or front process's, not this script's) were runnable on average
    OTHER_LOAD_LIMIT or more is marked `loaded` (another job shared the cores: its step time says more about that
    job than about the prediction). The load average is recorded but not judged: it lags a minute and counts
    the benchmark's own ranks, of this run and the one before. The table goes to benchmarks/results/calibration.json.
@@ -71,6 +71,23 @@ def _workers(run_dir: Path) -> dict[int, tuple[float, bool]]:
     return found
 
 
+def _own_runnable_threads(run_dir: Path) -> int:
+    """Threads runnable now (state R) of every process of the run: its workers, torchrun's agent and the front
+    `bastion train` process (each names the run directory on its command line). /proc/loadavg counts threads,
+    and a gloo worker runs several, so counting the run's processes alone would take its own threads for other
+    load."""
+    count = 0
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(run_dir) not in cmdline.read_text():
+                continue
+            for stat in (cmdline.parent / "task").glob("*/stat"):
+                count += stat.read_text().rsplit(")", 1)[1].split()[0] == "R"
+        except (OSError, IndexError):
+            continue
+    return count
+
+
 def _bastion(*args: str, run_dir: Path | None = None) -> tuple[subprocess.CompletedProcess, dict]:
     """Run the CLI; with `run_dir` (a training run), also sample every 0.2 s, once its first step is recorded:
     the host's runnable processes (/proc/loadavg) other than the run's runnable workers and this sampler, and
@@ -86,7 +103,8 @@ def _bastion(*args: str, run_dir: Path | None = None) -> tuple[subprocess.Comple
             if metrics is not None and metrics.exists():
                 runnable = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
                 workers = _workers(run_dir)
-                samples["runnable"].append(max(0, runnable - sum(r for _, r in workers.values()) - 1))
+                # other load: runnable threads that are neither the run's nor this sampler's
+                samples["runnable"].append(max(0, runnable - _own_runnable_threads(run_dir) - 1))
                 steps = metrics.read_text().count('"step_time_s"')
                 if not samples["steps"] or steps > samples["steps"][-1][0]:
                     samples["steps"].append((steps, time.perf_counter(), {p: c for p, (c, _) in workers.items()}))
