@@ -119,3 +119,20 @@ def test_gpu_range_searches_every_listed_size() -> None:
     assert sizes <= {2, 3, 4} and 4 in sizes
     best = max(p["tokens_per_s"] for s in singles for p in s["plans"])
     assert ranged["plans"][0]["tokens_per_s"] == pytest.approx(best)
+
+
+def test_goodput_shows_the_recovery_policies_side_by_side_and_recommends_one() -> None:
+    args = ["plan", "--model", "llama2-7b", "--cluster", "h100-sxm:16", "--global-batch", "64", "--seq-len", "4096",
+            "--objective", "goodput", "--gpus", "16", "--top", "2"]
+    found = json.loads(bastion(*args, "--json").stdout)
+    winner = found["plans"][0]["recovery_policies"]
+    by_name = {p["policy"]: p for p in winner["policies"]}
+    assert list(by_name) == ["requeue", "shrink", "spares", "replica-drop"]
+    best = max((p for p in winner["policies"] if p["applicable"]), key=lambda p: p["goodput"])
+    assert winner["recommended"] == best["policy"] and 0 < best["goodput"] <= 1
+    assert not by_name["spares"]["applicable"] or by_name["spares"]["allocated_nodes"] > 2
+    text = bastion(*args).stdout
+    line = next(line for line in text.splitlines() if line.startswith("winner's recovery policies"))
+    assert f"→ {winner['recommended']}" in line and "requeue " in line and "shrink " in line
+    # other objectives leave the policies out
+    assert "recovery_policies" not in json.loads(bastion(*args[:-6], "--gpus", "16", "--json").stdout)["plans"][0]

@@ -148,9 +148,28 @@ def result_json(result: Any) -> dict[str, Any]:
     from bastion.runtime.preflight import runtime_status
 
     model = result.request.model
+    goodput = result.request.objective == "goodput"
     return {"evaluated": result.evaluated, "feasible": result.feasible, "seconds": round(result.seconds, 4),
             "objective": result.request.objective, "rejected": dict(result.rejected.most_common()),
-            "plans": [{**p.to_dict(), "runtime": runtime_status(model, p.plan)} for p in result.plans]}
+            "plans": [{**p.to_dict(), "runtime": runtime_status(model, p.plan),
+                       **({"recovery_policies": _recovery_policies(p)} if goodput else {})} for p in result.plans]}
+
+
+def _recovery_policies(plan: Any) -> dict[str, Any]:
+    """Under --objective goodput: each recovery policy's predicted goodput for the plan, and the one recommended
+    (what `bastion train --on-failure auto` would weigh; planner/objectives/goodput.py)."""
+    from bastion.planner.objectives.goodput import policies_of
+    from bastion.reliability.policies import recommend
+
+    policies = list(policies_of(plan))
+    return {"recommended": recommend(policies).policy, "policies": [p.to_dict() for p in policies]}
+
+
+def _policies_line(plan: Any) -> str:
+    found = _recovery_policies(plan)
+    shown = ", ".join(f"{p['policy']} {100 * p['goodput']:.1f}%" if p["applicable"] else f"{p['policy']} n/a"
+                      for p in found["policies"])
+    return f"{shown} → {found['recommended']}"
 
 
 def _not_executed(result: Any) -> list[tuple[int, Any]]:
@@ -199,6 +218,9 @@ def print_result(result: Any, saved: Path | None) -> None:
     mem = ", ".join(f"{k} {v / 2**30:.2f}" for k, v in best.memory_breakdown().items() if v)
     console.print(f"[bold]winner time (s):[/] {terms}", soft_wrap=True)
     console.print(f"[bold]winner memory (GiB/device):[/] {mem}", soft_wrap=True)
+    if req.objective == "goodput":
+        console.print(f"[bold]winner's recovery policies (predicted goodput; default failure figures):[/] "
+                      f"{_policies_line(best)}", soft_wrap=True)
     placement = expert_placement_line(best)
     if placement:
         console.print(f"[bold]winner {placement}[/]", soft_wrap=True)

@@ -21,6 +21,7 @@ from bastion.planner.objectives.base import Floors, Objective
 if TYPE_CHECKING:
     from bastion.planner.search import RankedPlan
     from bastion.planner.space import Leaf
+    from bastion.reliability.policies import PolicyGoodput
     from bastion.specs.hardware import Cluster
 
 
@@ -30,16 +31,29 @@ NODE_GPUS = 8
 
 
 @lru_cache(maxsize=4096)
-def plan_goodput(num_gpus: int, dp: int, step_s: float, device_bytes: float) -> float:
-    """Expected goodput of the best recovery policy for a plan of this shape (default failure figures)."""
+def plan_policies(num_gpus: int, dp: int, step_s: float, device_bytes: float) -> tuple[PolicyGoodput, ...]:
+    """Every recovery policy's expected goodput for a plan of this shape (default failure figures)."""
     from bastion.cost.tco import async_checkpoint_stall_s
     from bastion.reliability import default_failure_model
-    from bastion.reliability.policies import PolicyInputs, best_goodput
+    from bastion.reliability.policies import PolicyInputs, policy_goodputs
 
     mtbf_s = default_failure_model().mtbf_hours(num_gpus) * 3600.0
-    return best_goodput(PolicyInputs(mtbf_s=mtbf_s, nodes=max(1, math.ceil(num_gpus / NODE_GPUS)),
-                                     step_s=step_s, checkpoint_stall_s=async_checkpoint_stall_s(device_bytes),
-                                     replicas=dp))
+    return tuple(policy_goodputs(PolicyInputs(mtbf_s=mtbf_s, nodes=max(1, math.ceil(num_gpus / NODE_GPUS)),
+                                              step_s=step_s,
+                                              checkpoint_stall_s=async_checkpoint_stall_s(device_bytes),
+                                              replicas=dp)))
+
+
+def policies_of(plan: RankedPlan) -> tuple[PolicyGoodput, ...]:
+    """What `plan --objective goodput` shows side by side for a plan, the recommended one included."""
+    return plan_policies(plan.num_gpus, plan.plan.dp, plan.step_time_s, float(plan.memory_bytes))
+
+
+def plan_goodput(num_gpus: int, dp: int, step_s: float, device_bytes: float) -> float:
+    """Expected goodput of the best recovery policy for a plan of this shape (default failure figures)."""
+    from bastion.reliability.policies import recommend
+
+    return recommend(list(plan_policies(num_gpus, dp, step_s, device_bytes))).goodput
 
 
 def goodput_of(plan: RankedPlan) -> float:
