@@ -1,10 +1,11 @@
 """A Slurm job left with too few usable nodes starts again as a new job that cannot get the nodes it excluded.
 
-The batch script is executed with stand-ins for srun (fails: the job step ended), sinfo (n2 is drained), scontrol
-and sbatch (both record what they were asked). A requeue could land on n2 again, so the script submits its own
-script once more with `--exclude=n2`, after this job, and ends; the run directory's launch record and
-metrics.jsonl name the new job. When sbatch refuses that, the job is requeued as before. (The real-Slurm
-version of the node-loss story is tests/system/test_slurm_elastic.py.)"""
+The batch script is executed with stand-ins for srun (the job step ends in a failure after rank 1, on n2, was named
+a straggler), sinfo (n2 still in service), scontrol and sbatch (both record what they were asked). A requeue could
+land on n2 again, so the script submits its own script once more with `--exclude=n2`, after this job, and ends;
+the run directory's launch record and metrics.jsonl name the new job. When sbatch refuses that, or the node is
+down or drained (Slurm keeps a requeue off it by itself), the job is requeued as before. (The real-Slurm version
+is tests/system/test_slurm_elastic.py.)"""
 
 from __future__ import annotations
 
@@ -24,8 +25,14 @@ from bastion.rundir.launch_record import add_slurm_job, read_launch_record
 REQUEUE_EXIT = 42
 
 STUBS = {
-    "srun": "#!/bin/bash\nexit 1\n",
-    "sinfo": "#!/bin/bash\necho 'n1 idle'\necho 'n2 drained'\n",
+    # the step: rank 1 (on n2) was a straggler, then a worker failed
+    "srun": r"""#!/bin/bash
+mkdir -p "$FAKE_RUN_DIR/nodes"
+echo n1 > "$FAKE_RUN_DIR/nodes/rank-00000"; echo n2 > "$FAKE_RUN_DIR/nodes/rank-00001"
+echo "{\"event\": \"straggler\", \"rank\": 1, \"step\": 3, \"time\": $(date +%s).5}" >> "$FAKE_RUN_DIR/metrics.jsonl"
+exit 1
+""",
+    "sinfo": "#!/bin/bash\necho 'n1 allocated'\necho \"n2 $FAKE_N2_STATE\"\n",
     # `show job -o` (the nodes still in the job) and `show job` (the script's path, on a line of its own)
     "scontrol": r"""#!/bin/bash
 if [ "$1 $2" = "show hostnames" ]; then
@@ -47,8 +54,8 @@ echo "4243"
 }
 
 
-def run_job(tmp_path: Path, sbatch: str = "ok", already_excluded: str = "(null)",
-            restarts: int = 0) -> tuple[int, str, Path]:
+def run_job(tmp_path: Path, sbatch: str = "ok", already_excluded: str = "(null)", restarts: int = 0,
+            n2_state: str = "allocated") -> tuple[int, str, Path]:
     """Write a 2-node non-elastic job's script into a run directory with a space in its path and run it as
     job 4242; (exit status, output, run directory)."""
     bin_dir = tmp_path / "bin"
@@ -69,7 +76,8 @@ def run_job(tmp_path: Path, sbatch: str = "ok", already_excluded: str = "(null)"
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "BASTION_PYTHON": sys.executable,
            "PYTHONPATH": src, "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "n[1-2]", "SLURM_JOB_NUM_NODES": "2",
            "SLURM_CPUS_PER_TASK": "1", "SLURM_RESTART_COUNT": str(restarts), "FAKE_SCRIPT": str(script),
-           "FAKE_EXCLUDED": already_excluded, "FAKE_SBATCH": sbatch,
+           "FAKE_EXCLUDED": already_excluded, "FAKE_SBATCH": sbatch, "FAKE_N2_STATE": n2_state,
+           "FAKE_RUN_DIR": str(run_dir),
            "FAKE_SBATCH_ARGS": str(tmp_path / "sbatch.args")}
     done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=120)
     return done.returncode, done.stdout + done.stderr, run_dir
@@ -86,7 +94,7 @@ def test_a_job_with_too_few_nodes_starts_again_as_a_new_job_without_them(tmp_pat
     assert read_launch_record(run_dir)["job_ids"] == ["4242", "4243"]
     events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [(e["event"], e.get("node"), e.get("reason")) for e in events if e["event"] == "node_excluded"] == [
-        ("node_excluded", "n2", "down")]
+        ("node_excluded", "n2", "straggler")]
     (resubmitted,) = [e for e in events if e["event"] == "resubmitted"]
     assert (resubmitted["job_id"], resubmitted["new_job_id"], resubmitted["excluded"]) == ("4242", "4243", ["n2"])
 
@@ -95,6 +103,14 @@ def test_the_nodes_the_job_was_already_kept_off_stay_excluded(tmp_path: Path) ->
     code, output, _ = run_job(tmp_path, already_excluded="n9")
     assert code == 0, output
     assert "--exclude=n9,n2" in (tmp_path / "sbatch.args").read_text().splitlines()
+
+
+def test_a_down_node_is_left_to_slurm_and_the_job_requeued(tmp_path: Path) -> None:
+    code, output, run_dir = run_job(tmp_path, n2_state="down*")
+    assert code == REQUEUE_EXIT, output
+    assert not (tmp_path / "sbatch.args").exists()   # no new job: Slurm keeps a requeue off a down node
+    assert "Slurm keeps a requeue off them" in output
+    assert read_launch_record(run_dir)["job_ids"] == ["4242"]
 
 
 @pytest.mark.parametrize(("restarts", "expected"), [(0, REQUEUE_EXIT), (3, 1)])

@@ -15,8 +15,9 @@ resumes from its newest valid checkpoint.
   has (`--exclude` of the lost one) when the run is elastic (--on-failure shrink|auto: every worker takes the plan
   for its world, launch/elastic.py), else it is requeued. A straggler's node is excluded the same way from the
   next srun. When too few nodes are left and the job must start again, a requeue could land on a node it
-  excluded (Slurm refuses `ExcNodeList` while a job runs, and a straggler's node is still in service): so the
-  script instead submits its own batch script again as a new job with `--exclude` of those nodes, after this one
+  excluded that is still in service (a straggler's, or one whose device failed the health check; Slurm refuses
+  `ExcNodeList` while a job runs, and keeps only down or drained nodes out of a requeue by itself): so the
+  script then submits its own batch script again as a new job with `--exclude` of those nodes, after this one
   (`--dependency=afterany`), recorded in the run directory's launch record (`bastion status` follows it) and as a
   `resubmitted` event; only when sbatch refuses that (too few nodes without them) does it requeue.
 - The worker's Python is found when the job runs: `$BASTION_PYTHON`, else the `python3` first on the job's PATH
@@ -482,10 +483,18 @@ def run_dir_progress(run_dir: Path) -> dict[str, Any]:
 
 
 def resubmit_excluding(job_id: str, exclude: list[str], starts: int) -> str:
-    """Submit job `job_id`'s batch script again as a new job that never gets the nodes in `exclude` (nor those
-    the job already excluded) and starts once `job_id` has ended; `starts` travels to it as
-    $BASTION_SLURM_STARTS (its requeue budget goes on counting). The new job's id, or a LaunchError when
-    Slurm refuses (e.g. too few nodes are left without them)."""
+    """Submit job `job_id`'s batch script again as a new job that never gets the nodes in `exclude` still in
+    service (a down or drained node Slurm keeps out of a requeue by itself) nor those the job already excluded,
+    and starts once `job_id` has ended; `starts` travels to it as $BASTION_SLURM_STARTS (its requeue budget goes
+    on counting). The new job's id, or a LaunchError when there is nothing Slurm would not avoid anyway (requeue
+    then) or Slurm refuses (e.g. too few nodes are left without them)."""
+    from bastion.launch.slurm_nodes import unusable
+
+    out_of_service = set(unusable(node_states(job_id, exclude))) if exclude else set()
+    exclude = [node for node in exclude if node not in out_of_service]
+    if not exclude:
+        raise LaunchError("every node this job left out is down or drained: Slurm keeps a requeue off them.",
+                          fix="nothing to do: the job is requeued.")
     shown = _run(["scontrol", "show", "job", job_id])
     if shown.returncode:
         raise LaunchError(f"scontrol does not know job {job_id}: {shown.stderr.strip()}",
