@@ -55,37 +55,26 @@ CORES = os.cpu_count() or 1
 OTHER_LOAD_LIMIT = 0.5
 
 
-def _workers(run_dir: Path) -> dict[int, tuple[float, bool]]:
-    """Each of the run's worker processes, by pid: CPU seconds (user + system) used so far, and whether it is
-    runnable now (state R)."""
-    found = {}
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            text = cmdline.read_text()
-            if "_worker" in text and str(run_dir) in text and "local_agent" not in text:
-                fields = (cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()
-                found[int(cmdline.parent.name)] = ((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"),
-                                                   fields[0] == "R")
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
-
-
-def _own_runnable_threads(run_dir: Path) -> int:
-    """Threads runnable now (state R) of every process of the run: its workers, torchrun's agent and the front
+def _run_processes(run_dir: Path) -> tuple[dict[int, float], int]:
+    """One pass over /proc: each of the run's worker processes' CPU seconds (user + system) so far, by pid, and
+    the threads runnable now (state R) of every process of the run — its workers, torchrun's agent and the front
     `bastion train` process (each names the run directory on its command line). /proc/loadavg counts threads,
     and a gloo worker runs several, so counting the run's processes alone would take its own threads for other
     load."""
-    count = 0
+    workers, runnable = {}, 0
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            if str(run_dir) not in cmdline.read_text():
+            text = cmdline.read_text()
+            if str(run_dir) not in text:
                 continue
             for stat in (cmdline.parent / "task").glob("*/stat"):
-                count += stat.read_text().rsplit(")", 1)[1].split()[0] == "R"
-        except (OSError, IndexError):
+                runnable += stat.read_text().rsplit(")", 1)[1].split()[0] == "R"
+            if "_worker" in text and "local_agent" not in text:
+                fields = (cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()
+                workers[int(cmdline.parent.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
             continue
-    return count
+    return workers, runnable
 
 
 def _bastion(*args: str, run_dir: Path | None = None) -> tuple[subprocess.CompletedProcess, dict]:
@@ -102,12 +91,12 @@ def _bastion(*args: str, run_dir: Path | None = None) -> tuple[subprocess.Comple
         while proc.poll() is None:
             if metrics is not None and metrics.exists():
                 runnable = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
-                workers = _workers(run_dir)
+                workers, own_runnable = _run_processes(run_dir)
                 # other load: runnable threads that are neither the run's nor this sampler's
-                samples["runnable"].append(max(0, runnable - _own_runnable_threads(run_dir) - 1))
+                samples["runnable"].append(max(0, runnable - own_runnable - 1))
                 steps = metrics.read_text().count('"step_time_s"')
                 if not samples["steps"] or steps > samples["steps"][-1][0]:
-                    samples["steps"].append((steps, time.perf_counter(), {p: c for p, (c, _) in workers.items()}))
+                    samples["steps"].append((steps, time.perf_counter(), workers))
             time.sleep(0.2)
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()

@@ -81,7 +81,9 @@ def job_paths(job: CalibrateJob) -> tuple[str, str]:
 
 def run_job(job: CalibrateJob) -> None:
     """Write (and with --submit submit) the job, or with --dry-run print its script or manifests."""
-    from bastion.commands.launch_cmds import _done, _shell_quote, _write_text
+    from shlex import quote
+
+    from bastion.commands.launch_cmds import _done, _write_text
     from bastion.launch import kubernetes, registry, slurm
     from bastion.launch.request import LaunchRequest, WorkerLayout, k8s_name, parse_time_limit
     from bastion.launch.worker import write_run_config
@@ -113,7 +115,7 @@ def run_job(job: CalibrateJob) -> None:
         script_path = Path(run_dir) / SCRIPT_FILE
         _write_text(script_path, script, "--run-dir")
         if not job.submit:
-            _done(job.as_json, f"wrote {script_path}\nsubmit with: sbatch {_shell_quote(str(script_path))}\n{where}",
+            _done(job.as_json, f"wrote {script_path}\nsubmit with: sbatch {quote(str(script_path))}\n{where}",
                   engine="slurm", script_path=str(script_path), submitted=False, out=out)
             return
         job_id = slurm.submit(script_path)
@@ -139,6 +141,6 @@ def run_job(job: CalibrateJob) -> None:
         _done(job.as_json, f"wrote {out_path}\n{applied.removesuffix(chr(10))}\n{where} (on the job's volume)",
               engine="k8s", manifest=str(out_path), submitted=True, kubectl=applied, name=k8s_job, out=out)
     else:
-        _done(job.as_json, f"wrote {out_path}\nsubmit with: kubectl apply -f {_shell_quote(str(out_path))}\n{where} "
+        _done(job.as_json, f"wrote {out_path}\nsubmit with: kubectl apply -f {quote(str(out_path))}\n{where} "
                            f"(on the job's volume)", engine="k8s", manifest=str(out_path), submitted=False,
               name=k8s_job, out=out)
