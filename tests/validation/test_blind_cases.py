@@ -18,27 +18,15 @@ so that a regression shows; they do not assert a target.
 
 from __future__ import annotations
 
-import re
-import statistics
-from collections import defaultdict
 from pathlib import Path
 
+import published_case_checks as checks
 import pytest
-from test_software_facts import (
-    test_blanking_source_group_source_and_notes_changes_no_prediction as same_when_blanked,
-)
+import test_software_facts
 
 from bastion.predict.frameworks import FACT_COLUMNS
 from bastion.predict.holdout import FAMILY_COLUMN, family_notes
-from bastion.predict.validate import (
-    COLUMNS,
-    MOE_COLUMNS,
-    PUBLIC_CASES,
-    CaseResult,
-    read_cases,
-    validate_cases,
-)
-from bastion.stats import percentile
+from bastion.predict.validate import COLUMNS, MOE_COLUMNS, PUBLIC_CASES, read_cases, validate_cases
 
 DATA = Path(__file__).parent / "data"
 BLIND = DATA / "blind_cases.csv"
@@ -50,62 +38,29 @@ REPORT = validate_cases(BLIND)
 MEASURED = {"dgxc_maxtext": (12, 0.195, 0.234, 1.0), "dgxc_paxml": (13, 0.233, 0.291, 0.69),
             "jax_toolbox_pax": (11, 0.248, 0.519, 0.64), "tpu_recipes_v5p": (4, 0.208, 0.344, 1.0),
             "maxtext_tiering": (1, 0.191, 0.191, 1.0), "all": (41, 0.204, 0.355, 0.80)}
-#: rows refused when measured, with the reason's gist (none were)
-REFUSED: dict[str, str] = {}
-#: how far a figure may move before the test calls it a regression: 2 points of |error|, 3 of p90, 5 of coverage
-MEDIAN_SLACK, P90_SLACK, COVERAGE_SLACK = 0.02, 0.03, 0.05
-
-
-def by_family() -> dict[str, list[CaseResult]]:
-    family_of = {r["case_id"]: r[FAMILY_COLUMN] for r in ROWS}
-    groups: dict[str, list[CaseResult]] = defaultdict(list)
-    for case in REPORT.cases:
-        groups[family_of[case.case_id]].append(case)
-        groups["all"].append(case)
-    return groups
 
 
 def test_the_file_has_the_moe_case_file_columns_and_states_its_evidence() -> None:
-    assert BLIND.read_text().splitlines()[0].split(",") == [*COLUMNS, *FACT_COLUMNS, *MOE_COLUMNS]
-    for row in ROWS:
-        assert row["source"].strip() and row["notes"].strip() and row["facts_source"].strip(), row["case_id"]
-        assert row["framework"].strip(), row["case_id"]
-        version = row["framework_version"].strip()
-        assert not version or re.fullmatch(r"20\d\d-(0[1-9]|1[0-2])", version), row["case_id"]
-        for column in filter(None, row["inferred"].split(";")):
-            assert column in row, (row["case_id"], column)
-    assert len({r["case_id"] for r in ROWS}) == len(ROWS)
-    assert sum(bool(r["num_experts"]) for r in ROWS) == 4
+    checks.assert_rows_state_their_evidence(BLIND, [*COLUMNS, *FACT_COLUMNS, *MOE_COLUMNS])
+    assert sum(bool(r["num_experts"]) for r in ROWS) == 4  # Llama 4 Scout and Maverick, DeepSeek-V3, Mixtral
 
 
 def test_its_families_are_new_and_declared_out_of_sample() -> None:
     families = {r[FAMILY_COLUMN] for r in ROWS}
     seen = {r[FAMILY_COLUMN] for path in OTHER_CASE_FILES for r in read_cases(path)}
-    assert not families & seen
+    assert len(families) == 5 and not families & seen
     notes = family_notes()
     assert all(notes[f]["in_sample"] is False and "blind" in notes[f]["why"] for f in families)
 
 
 def test_no_prediction_depends_on_the_publication(tmp_path: Path) -> None:
-    same_when_blanked(BLIND, tmp_path)
+    test_software_facts.test_blanking_source_group_source_and_notes_changes_no_prediction(BLIND, tmp_path)
 
 
 def test_every_row_is_predicted_or_refused_with_a_reason() -> None:
-    assert {c.case_id for c in REPORT.cases} | {s["case_id"] for s in REPORT.skipped} == {r["case_id"] for r in ROWS}
-    assert all(s["reason"].strip() for s in REPORT.skipped)
-    assert {s["case_id"]: s["reason"] for s in REPORT.skipped}.keys() == REFUSED.keys()
-    assert all(c.p10_s is not None and c.p10_s < c.predicted_s < c.p90_s for c in REPORT.cases)
+    checks.assert_each_row_predicted_or_refused(BLIND, REPORT, refused=set())  # none was refused when measured
 
 
 @pytest.mark.parametrize("family", sorted(MEASURED))
 def test_blind_figures_stay_near_what_was_measured(family: str) -> None:
-    cases = by_family()[family]
-    n, median, p90, coverage = MEASURED[family]
-    errors = [abs(c.rel_error) for c in cases]
-    got = {"n": len(cases), "median": statistics.median(errors), "p90": percentile(errors, 90),
-           "coverage": sum(c.p10_s <= c.published_s <= c.p90_s for c in cases) / len(cases)}
-    print(f"\n{family}: {got}")
-    assert got["n"] == n
-    assert got["median"] <= median + MEDIAN_SLACK, got
-    assert got["p90"] <= p90 + P90_SLACK, got
-    assert got["coverage"] >= coverage - COVERAGE_SLACK, got
+    checks.assert_figures_near(checks.cases_by_family(BLIND, REPORT)[family], MEASURED[family])

@@ -23,12 +23,15 @@ These assertions hold the figures near what was measured so that a regression sh
 
 from __future__ import annotations
 
-import re
-import statistics
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from published_case_checks import (
+    assert_each_row_predicted_or_refused,
+    assert_figures_near,
+    assert_rows_state_their_evidence,
+    cases_by_family,
+)
 from test_software_facts import (
     test_blanking_source_group_source_and_notes_changes_no_prediction as same_when_blanked,
 )
@@ -36,8 +39,7 @@ from test_software_facts import (
 from bastion.predict.frameworks import FACT_COLUMNS
 from bastion.predict.holdout import FAMILY_COLUMN, family_notes, leave_one_family_out
 from bastion.predict.intervals import KNOWN
-from bastion.predict.validate import COLUMNS, PUBLIC_CASES, CaseResult, read_cases, validate_cases
-from bastion.stats import percentile
+from bastion.predict.validate import COLUMNS, PUBLIC_CASES, read_cases, validate_cases
 
 DATA = Path(__file__).parent / "data"
 HELDOUT = DATA / "heldout_cases.csv"
@@ -49,30 +51,10 @@ MEASURED = {"dgxc_benchmarking": (70, 0.061, 0.127, 0.97), "llama3_herd_paper": 
             "mt_nlg": (3, 0.248, 0.265, 0.33), "all": (75, 0.065, 0.156, 0.93)}
 #: families whose predictions were changed after their rows had been seen (holdout.toml says why)
 SEEN = {"mt_nlg"}
-#: how far a figure may move before the test calls it a regression: 2 points of |error|, 3 of p90, 5 of coverage
-MEDIAN_SLACK, P90_SLACK, COVERAGE_SLACK = 0.02, 0.03, 0.05
-
-
-def by_family() -> dict[str, list[CaseResult]]:
-    family_of = {r["case_id"]: r[FAMILY_COLUMN] for r in ROWS}
-    groups: dict[str, list[CaseResult]] = defaultdict(list)
-    for case in REPORT.cases:
-        groups[family_of[case.case_id]].append(case)
-        groups["all"].append(case)
-    return groups
 
 
 def test_the_file_has_the_case_file_columns_and_states_its_evidence() -> None:
-    header = HELDOUT.read_text().splitlines()[0].split(",")
-    assert header == [*COLUMNS, *FACT_COLUMNS]
-    for row in ROWS:
-        assert row["source"].strip() and row["facts_source"].strip() and row["notes"].strip(), row["case_id"]
-        assert row["framework"].strip(), row["case_id"]
-        version = row["framework_version"].strip()
-        assert not version or re.fullmatch(r"20\d\d-(0[1-9]|1[0-2])", version), row["case_id"]
-        for column in filter(None, row["inferred"].split(";")):
-            assert column in header, (row["case_id"], column)
-    assert len({r["case_id"] for r in ROWS}) == len(ROWS)
+    assert_rows_state_their_evidence(HELDOUT, [*COLUMNS, *FACT_COLUMNS])
 
 
 def test_its_families_are_out_of_sample() -> None:
@@ -91,24 +73,12 @@ def test_no_prediction_depends_on_the_publication(tmp_path: Path) -> None:
 
 
 def test_every_row_is_predicted_or_refused_with_a_reason() -> None:
-    assert {c.case_id for c in REPORT.cases} | {s["case_id"] for s in REPORT.skipped} == {r["case_id"] for r in ROWS}
-    assert all(s["reason"].strip() for s in REPORT.skipped)
-    assert not REPORT.skipped  # every row was predicted when measured
-    assert all(c.p10_s is not None and c.p10_s < c.predicted_s < c.p90_s for c in REPORT.cases)
+    assert_each_row_predicted_or_refused(HELDOUT, REPORT, refused=set())  # every row was predicted when measured
 
 
 @pytest.mark.parametrize("family", sorted(MEASURED))
 def test_out_of_sample_figures_stay_near_what_was_measured(family: str) -> None:
-    cases = by_family()[family]
-    n, median, p90, coverage = MEASURED[family]
-    errors = [abs(c.rel_error) for c in cases]
-    got = {"n": len(cases), "median": statistics.median(errors), "p90": percentile(errors, 90),
-           "coverage": sum(c.p10_s <= c.published_s <= c.p90_s for c in cases) / len(cases)}
-    print(f"\n{family}: {got}")
-    assert got["n"] == n
-    assert got["median"] <= median + MEDIAN_SLACK, got
-    assert got["p90"] <= p90 + P90_SLACK, got
-    assert got["coverage"] >= coverage - COVERAGE_SLACK, got
+    assert_figures_near(cases_by_family(HELDOUT, REPORT)[family], MEASURED[family])
 
 
 def test_holding_a_family_out_within_the_file_matches_the_shipped_point_predictions() -> None:
