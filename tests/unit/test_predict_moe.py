@@ -392,10 +392,65 @@ def test_node_limited_routing_bounds_the_cross_node_all_to_all() -> None:
     group = comm.place_group(cluster, 64, 1)
     assert (group.domains, group.local) == (8, 8)
     nbytes = 8 * 4096 * 7168 * 2.0
-    one = moe.node_limited_a2a_time(cluster, nbytes, 8, 4, group)
+    assert moe.remote_domains_per_token(model, group, hierarchical=False) == 4 * 7 / 8
+    one = moe.hierarchical_a2a_time(cluster, nbytes, 8, 4 * 7 / 8, group)
     assert one == pytest.approx(comm.exchange_time(cluster, nbytes * 63 / 64, nbytes / 8 * 4 * 7 / 8))
     # inside one node the limit changes nothing
     inside = ParallelPlan(dp=64, pp=8, ep=8, zero_stage=1, global_batch=512, precision="fp8",
                           pipeline_layout=uneven_layout(61, 8))
     assert estimate(model, cluster, inside, 4096).time.ep_comm == \
         estimate(replace(model, max_routed_nodes=0), cluster, inside, 4096).time.ep_comm
+
+
+# ---- token dispatchers: DeepEP / Hybrid-EP's once-per-node crossing, Megatron's allgather ------------------------
+
+def test_a_hierarchical_dispatcher_sends_a_token_once_per_remote_node_it_reaches() -> None:
+    model = load_model("qwen3-235b-a22b")  # 128 experts, top-8, no node limit
+    group = comm.place_group(H100, 32, 1)
+    assert (group.domains, group.local) == (4, 8)
+    # 32 experts per node: a node holds none of a token's 8 experts with probability C(96, 8) / C(128, 8)
+    missed = 1.0
+    for i in range(8):
+        missed *= (96 - i) / (128 - i)
+    remote = moe.remote_domains_per_token(model, group, hierarchical=True)
+    assert remote == pytest.approx(3 * (1 - missed))
+    assert 2.5 < remote < 3 < 8 * 24 / 32  # fewer crossings than the 6 remote copies NCCL's all-to-all sends
+    # every copy crosses on its own without the hierarchy or the node limit, and inside one node nothing changes
+    assert moe.remote_domains_per_token(model, group, hierarchical=False) is None
+    assert moe.remote_domains_per_token(model, comm.place_group(H100, 8, 1), hierarchical=True) is None
+    # node-limited routing and the hierarchy together: the tighter of the two
+    limited = replace(model, max_routed_nodes=2)
+    assert moe.remote_domains_per_token(limited, group, hierarchical=True) == pytest.approx(2 * 3 / 4)
+
+
+@pytest.mark.parametrize("dispatcher", ["deepep", "hybridep"])
+def test_deepep_and_hybrid_ep_shorten_only_an_all_to_all_that_crosses_nodes(dispatcher: str) -> None:
+    model = load_model("qwen3-235b-a22b")
+    across = ParallelPlan(tp=2, dp=16, pp=2, ep=32, sequence_parallel=True, zero_stage=1, global_batch=128)
+    inside = replace(across, ep=8)
+    nccl, hierarchical = PredictOptions(moe_dispatcher="alltoall"), PredictOptions(moe_dispatcher=dispatcher)
+    fast = estimate(model, H100, across, 4096, options=hierarchical)
+    assert fast.time.ep_comm < 0.7 * estimate(model, H100, across, 4096, options=nccl).time.ep_comm
+    assert fast.to_dict()["experts"]["dispatcher"] == dispatcher
+    assert any(a.startswith(f"token dispatcher: {dispatcher}") for a in fast.assumptions)
+    assert estimate(model, H100, inside, 4096, options=hierarchical).time.ep_comm == \
+        estimate(model, H100, inside, 4096, options=nccl).time.ep_comm
+
+
+def test_the_allgather_dispatcher_gathers_every_token_of_the_ep_group() -> None:
+    model = load_model("mixtral-8x7b")  # top-2 of 8: the gather moves 8 tokens' rows per own token, all-to-all 2
+    plan = ParallelPlan(dp=64, ep=8, zero_stage=1, global_batch=64)
+    gathered = estimate(model, H100, plan, 4096, options=PredictOptions(moe_dispatcher="allgather"))
+    assert gathered.time.ep_comm > 2 * estimate(model, H100, plan, 4096).time.ep_comm
+    tokens, a = 4096, 2
+    one = comm.all_gather_time(H100, tokens * model.hidden_size * a * 8, comm.place_group(H100, 8, 1))
+    layers = model.num_layers
+    assert gathered.time.ep_comm == pytest.approx(4 * one * layers)
+
+
+def test_an_unknown_dispatcher_is_a_guidance_error() -> None:
+    from bastion.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="Unknown moe_dispatcher 'nccl'") as info:
+        PredictOptions(moe_dispatcher="nccl")
+    assert "deepep" in info.value.fix

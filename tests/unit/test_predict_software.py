@@ -12,7 +12,7 @@ import pytest
 
 from bastion.errors import ConfigError
 from bastion.predict import PredictOptions, estimate
-from bastion.predict.frameworks import SoftwareFacts, framework_releases, resolve
+from bastion.predict.frameworks import SoftwareFacts, facts_from_row, framework_releases, resolve
 from bastion.predict.kernels import attention_kernels, kernel_efficiency
 from bastion.predict.options import PRODUCTION_STACK
 from bastion.predict.software import software_stack, software_stacks
@@ -128,9 +128,29 @@ def test_explicit_behaviours_override_what_the_release_implies() -> None:
     assert options == PRODUCTION_STACK and any("not modelled yet" in n for n in notes)
 
 
+def test_the_moe_dispatcher_follows_the_release_and_the_moe_facts_override_it() -> None:
+    # Megatron-LM's --moe-token-dispatcher-type defaults to allgather; torchtitan and unknown frameworks keep the
+    # stack's all-to-all
+    _, options, _ = resolve(SoftwareFacts(framework="megatron-lm", version="2025-09"))
+    assert options.moe_dispatcher == "allgather" and options.moe_a2a_overlap == 0.0
+    assert resolve(SoftwareFacts(framework="torchtitan", version="2025-10"))[1].moe_dispatcher == "alltoall"
+    assert resolve(SoftwareFacts())[1].moe_dispatcher == "alltoall"
+    _, options, notes = resolve(SoftwareFacts(framework="megatron-lm", version="2025-09", moe_dispatcher="deepep",
+                                              moe_a2a_overlap=True))
+    assert (options.moe_dispatcher, options.moe_a2a_overlap) == ("deepep", 1.0)
+    assert "moe_dispatcher: deepep (given)" in notes and any(n.startswith("moe_a2a_overlap: on") for n in notes)
+    # the case-file columns are read like the other facts
+    facts = facts_from_row({"framework": "torchtitan", "moe_dispatcher": "hybridep", "moe_a2a_overlap": "0"})
+    assert (facts.moe_dispatcher, facts.moe_a2a_overlap) == ("hybridep", False)
+    assert facts_from_row({"framework": "torchtitan"}).moe_a2a_overlap is None  # a file without the columns
+    with pytest.raises(ConfigError, match="Unknown moe_dispatcher 'nccl'"):
+        SoftwareFacts(moe_dispatcher="nccl")
+
+
 @pytest.mark.parametrize("cells", [{"framework": "megatron"}, {"framework_version": "2024"},
                                    {"fp8_recipe": "per-tensor"}, {"compile": "yes"},
-                                   {"recompute_layers": "-1"}, {"attention_kernel": "fa3"}])
+                                   {"recompute_layers": "-1"}, {"attention_kernel": "fa3"},
+                                   {"moe_dispatcher": "flex"}, {"moe_a2a_overlap": "yes"}])
 def test_a_bad_software_fact_skips_the_row_with_what_to_give(cells: dict[str, str]) -> None:
     from bastion.predict.validate import RowSkipped
 

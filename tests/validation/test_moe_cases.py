@@ -23,6 +23,17 @@ below the calibration's smallest M at DeepGEMM's published small-M rates, expert
 expert units gathered over the expert-data-parallel ranks (this rank's 1/ep of the experts): E0003 +173% -> +25%,
 E0004 -29% -> -28%, E0005 -45% -> -43%, torchtitan Qwen3-30B rows 1-1.5 points faster; median |error| 24.8%,
 p90 49.3%, interval coverage 75.9% (was 79.3%: torchtitan E0026, E0027 now 1-2% below their p10).
+
+Branch moeacc (2026-12-07), two MoE software facts added as columns AFTER these rows' errors were seen (the values
+come from what each row's notes already recorded; the mechanisms from the frameworks' code and docs, nothing fitted):
+`moe_dispatcher` (DeepEP / Hybrid-EP send a token across the scale-out network once per remote node it reaches,
+DeepEP internode.cu; Megatron-LM's own default is the allgather dispatcher) and `moe_a2a_overlap` (Megatron-Core
+--overlap-moe-expert-parallel-comm, DeepSeek's DualPipe): E0001 +49% -> +5.5% (DeepEP over 4 nodes), E0002 +67% ->
+-16.8% (DeepEP and '+1f1b overlap'), E0015 +11.3% -> -11.4% (A2A_OVERLAP=1), E0029 +35.0% -> -9.3% (DualPipe);
+median |error| 16.8%, p90 31.0% (issue 14's 20% / 35% met, in-sample), interval coverage 75.9%. Still outside
+35%: E0005 -43% (TP4 EP8 on H100), E0018 -53% (the DeepSeek-V3 GB200 baseline, MCore 0.13), E0028 -50%
+(torchtitan's default all-to-all, the same inputs as E0022 but for the dispatcher, which bastion costs alike inside
+one node).
 """
 
 from __future__ import annotations
@@ -33,12 +44,13 @@ from pathlib import Path
 
 import pytest
 
-from bastion.predict.frameworks import FACT_COLUMNS
+from bastion.predict.frameworks import FACT_COLUMNS, MOE_FACT_COLUMNS
 from bastion.predict.validate import (
     COLUMNS,
     MLA_COLUMNS,
     MOE_COLUMNS,
     RowSkipped,
+    case_estimate,
     case_model,
     case_moe_plan,
     predict_case,
@@ -55,6 +67,12 @@ REPORT = validate_cases(MOE_CASES)
 SKIPPED = {s["case_id"]: s["reason"] for s in REPORT.skipped}
 #: accelerators the rows name that bastion's catalogue lacks (SOURCES.md says so)
 NOT_IN_CATALOGUE = {"tpu-v6e"}
+#: (rows predicted, median |error|, p90 |error|, interval coverage) as measured on branch moeacc; in-sample (the
+#: dispatcher and overlap facts were added after the rows' errors were seen)
+RECORDED = (29, 0.168, 0.310, 0.759)
+#: how far a figure may move, either way, before the record must be updated: 2 points of median, 3 of p90, one row
+#: of coverage
+MEDIAN_SLACK, P90_SLACK, COVERAGE_SLACK = 0.02, 0.03, 1 / 29
 
 
 def _header() -> list[str]:
@@ -67,7 +85,7 @@ def _row(case_id: str, **changes: str) -> dict[str, str]:
 
 
 def test_columns_are_the_schema_with_the_moe_columns() -> None:
-    assert _header() == [*COLUMNS, *FACT_COLUMNS, *MOE_COLUMNS]
+    assert _header() == [*COLUMNS, *FACT_COLUMNS, *MOE_COLUMNS, *MOE_FACT_COLUMNS]
 
 
 def test_at_least_25_published_runs_every_row_moe() -> None:
@@ -96,6 +114,30 @@ def test_every_row_is_predicted_or_refused_with_a_reason() -> None:
         print(f"  {case.case_id} {BY_ID[case.case_id]['model']:16} {case.rel_error:+.1%}")
     for case_id, reason in sorted(SKIPPED.items()):
         print(f"  {case_id} refused: {reason}")
+
+
+def test_the_figure_is_the_recorded_one_and_meets_issue_14s_target() -> None:
+    summary = REPORT.summary()
+    covered = sum(c.p10_s <= c.published_s <= c.p90_s for c in REPORT.cases) / len(REPORT.cases)
+    rows, median, p90, coverage = RECORDED
+    assert summary["predicted"] == rows
+    assert summary["median_abs_rel_error"] == pytest.approx(median, abs=MEDIAN_SLACK)
+    assert summary["p90_abs_rel_error"] == pytest.approx(p90, abs=P90_SLACK)
+    assert covered == pytest.approx(coverage, abs=COVERAGE_SLACK)
+    assert summary["median_abs_rel_error"] <= 0.20 and summary["p90_abs_rel_error"] <= 0.35
+
+
+def test_the_moe_software_facts_reach_the_prediction() -> None:
+    # E0001 and E0002 differ only in the all-to-all overlap ('+1f1b overlap')
+    differ = [k for k in BY_ID["E0001"] if BY_ID["E0001"][k] != BY_ID["E0002"][k]]
+    assert set(differ) <= {"case_id", "value", "iteration_time_s", "notes", "facts_source", "moe_a2a_overlap"}
+    assert predict_case(BY_ID["E0002"]).predicted_s < predict_case(BY_ID["E0001"]).predicted_s
+    # DeepEP's once-per-node crossing of the 4 nodes E0001's ep 32 spans, against NCCL's all-to-all
+    assert predict_case(BY_ID["E0001"]).predicted_s < 0.8 * predict_case(_row("E0001", moe_dispatcher="alltoall")
+                                                                          ).predicted_s
+    # without the columns a row takes its framework release's dispatcher (Megatron-LM: allgather)
+    _, bare, _, _ = case_estimate(_row("E0001", moe_dispatcher="", moe_a2a_overlap=""))
+    assert bare.experts["dispatcher"] == "allgather" and bare.experts["all_to_all_overlap"] == 0.0
 
 
 def test_refusals_name_what_bastion_cannot_express() -> None:

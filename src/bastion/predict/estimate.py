@@ -442,7 +442,8 @@ def _layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: i
         imbalance, _ = moe.imbalance(model, options)
         routed = moe.routed_cost(model, cluster, tokens, plan.tp, plan.ep, plan.etp, plan.precision, imbalance,
                                  options.fp8_recipe, moe.routing_layout(plan.tp, plan.etp, plan.sequence_parallel,
-                                                                        options.moe_expert_layout))
+                                                                        options.moe_expert_layout),
+                                 options.moe_dispatcher)
         # the per-token membound above counts a dense MLP's activation; an MoE layer runs its shared experts' on
         # every token (the routed experts' is in the routed cost)
         dtype = 2.0 if plan.precision == "fp32" else 1.0
@@ -911,11 +912,12 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
                    "layout": options.moe_expert_layout, "routed_token_share": layout.token_share,
                    "all_to_all_s": time.ep_comm, "all_to_all_share": time.ep_comm / time.step,
                    "etp_comm_s": time.etp_comm, "imbalance": imbalance, "imbalance_source": why,
-                   "all_to_all_overlap": overlap}
+                   "all_to_all_overlap": overlap, "dispatcher": options.moe_dispatcher}
         assumptions += [
             moe.placement_line(experts["placement"]),
             f"MoE load imbalance: the busiest expert gets {imbalance:g} × the mean tokens ({why}; "
             f"predict/data/moe.toml); the slowest rank holds it, its other experts at the mean",
+            f"token dispatcher: {options.moe_dispatcher} ({moe.DISPATCHER_NOTES[options.moe_dispatcher]})",
             f"expert all-to-all: {100 * overlap:g}% hidden under compute"
             + " (the software stack's moe_a2a_overlap)"
             + f"; {100 * time.ep_comm / time.step:.1f}% of the step exposed",

@@ -12,7 +12,7 @@ from typing import Any
 
 from bastion.errors import ConfigError, did_you_mean
 from bastion.predict.calibration import DATA_DIR
-from bastion.predict.options import PredictOptions
+from bastion.predict.options import MOE_DISPATCHERS, PredictOptions
 from bastion.predict.software import SoftwareStack, software_stack
 
 FRAMEWORKS = ("megatron-lm", "megatron-deepspeed", "deepspeed", "nemo", "megatron-bridge", "nemo-automodel",
@@ -27,6 +27,9 @@ ATTENTION_KERNELS: dict[str, str | None] = {"flash-attn-2": "flash-attn-2", "fla
 #: the software columns a case file may carry (after the schema's fixed columns)
 FACT_COLUMNS = ("framework", "framework_version", "compile", "fp8_recipe", "attention_kernel", "tp_overlap",
                 "activation_offload", "recompute_layers", "facts_source")
+#: the mixture-of-experts software columns a case file may carry (after the MoE columns): the token dispatcher and
+#: whether the expert-parallel all-to-all is hidden under another micro-batch's compute
+MOE_FACT_COLUMNS = ("moe_dispatcher", "moe_a2a_overlap")
 _VERSION = re.compile(r"^(19|20)\d\d-(0[1-9]|1[0-2])$")
 
 
@@ -38,6 +41,10 @@ class FrameworkRelease:
     source: str
     #: settings of the framework's default recipe, for a request that leaves them unstated (RECIPE_SETTINGS)
     recipe: dict[str, Any] = field(default_factory=dict)
+    #: the MoE token dispatcher the release runs unless told otherwise ("" = the stack's), and where that is
+    #: documented
+    moe_dispatcher: str = ""
+    moe_dispatcher_source: str = ""
 
 
 #: what a framework's default recipe may fill in: sequence_parallel (when tp > 1), recompute and zero_stage
@@ -56,9 +63,14 @@ class SoftwareFacts:
     tp_overlap: bool | None = None
     activation_offload: int | None = None
     recompute_layers: int | None = None
+    #: the MoE token dispatcher (options.MOE_DISPATCHERS) and whether the expert-parallel all-to-all is hidden
+    #: under another micro-batch's compute (Megatron-Core --overlap-moe-expert-parallel-comm, DeepSeek's DualPipe)
+    moe_dispatcher: str = ""
+    moe_a2a_overlap: bool | None = None
 
     def __post_init__(self) -> None:
         _one_of("framework", self.framework, FRAMEWORKS)
+        _one_of("moe_dispatcher", self.moe_dispatcher, MOE_DISPATCHERS)
         if self.version and not _VERSION.match(self.version):
             raise ConfigError(f"framework_version '{self.version}' is not a release month.",
                               fix="give it as YYYY-MM (the container or release month; for a commit, its month).")
@@ -95,6 +107,7 @@ def _releases() -> dict[str, tuple[FrameworkRelease, ...]]:
             raise ConfigError(f"frameworks.toml names an unknown framework '{name}'.")
         releases = tuple(FrameworkRelease(framework=name, **entry) for entry in entries)
         for r in releases:
+            _one_of("moe_dispatcher", r.moe_dispatcher, MOE_DISPATCHERS)
             if set(r.recipe) - set(RECIPE_SETTINGS):
                 raise ConfigError(f"frameworks.toml [[{name}]] since {r.since}: unknown recipe settings "
                                   f"{', '.join(sorted(set(r.recipe) - set(RECIPE_SETTINGS)))}.")
@@ -148,6 +161,16 @@ def resolve(facts: SoftwareFacts) -> tuple[SoftwareStack, PredictOptions, list[s
         notes.append(f"software: {facts.framework} {facts.version or '(version not given)'} -> {stack.name}; "
                      f"{how} ({release.source})")
     options = stack.options
+    if release is not None and release.moe_dispatcher:
+        options = replace(options, moe_dispatcher=release.moe_dispatcher)
+    if facts.moe_dispatcher:
+        options = replace(options, moe_dispatcher=facts.moe_dispatcher)
+        notes.append(f"moe_dispatcher: {facts.moe_dispatcher} (given)")
+    if facts.moe_a2a_overlap is not None:
+        options = replace(options, moe_a2a_overlap=1.0 if facts.moe_a2a_overlap else 0.0)
+        notes.append(f"moe_a2a_overlap: {'on' if facts.moe_a2a_overlap else 'off'} (given: the expert-parallel "
+                     f"all-to-all {'hidden under' if facts.moe_a2a_overlap else 'not overlapped with'} another "
+                     f"micro-batch's compute)")
     if facts.compile is not None and facts.compile != options.compiled:
         options = replace(options, compiled=facts.compile)
         notes.append(f"compile: {'on' if facts.compile else 'off'} (given)")
@@ -191,12 +214,14 @@ def _count(text: str, name: str) -> int | None:
 
 def facts_from_row(row: dict[str, str]) -> SoftwareFacts:
     """The software facts of a case-file row (its optional columns); a bad value raises ConfigError."""
-    cell = {k: (row.get(k) or "").strip() for k in FACT_COLUMNS}
+    cell = {k: (row.get(k) or "").strip() for k in (*FACT_COLUMNS, *MOE_FACT_COLUMNS)}
     return SoftwareFacts(framework=cell["framework"], version=cell["framework_version"],
                          compile=_flag(cell["compile"], "compile"), fp8_recipe=cell["fp8_recipe"],
                          attention_kernel=cell["attention_kernel"], tp_overlap=_flag(cell["tp_overlap"], "tp_overlap"),
                          activation_offload=_count(cell["activation_offload"], "activation_offload"),
-                         recompute_layers=_count(cell["recompute_layers"], "recompute_layers"))
+                         recompute_layers=_count(cell["recompute_layers"], "recompute_layers"),
+                         moe_dispatcher=cell["moe_dispatcher"],
+                         moe_a2a_overlap=_flag(cell["moe_a2a_overlap"], "moe_a2a_overlap"))
 
 
 def command_software(software: str, framework: str | None, version: str | None

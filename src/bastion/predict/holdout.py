@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bastion.predict.calibration import DATA_DIR
-from bastion.predict.frameworks import FACT_COLUMNS
+from bastion.predict.frameworks import FACT_COLUMNS, MOE_FACT_COLUMNS
 from bastion.predict.intervals import (
     KNOWN,
     LEVEL,
@@ -45,7 +45,7 @@ from bastion.stats import percentile
 FAMILY_COLUMN = "source_group"
 HOLDOUT_NOTES = DATA_DIR / "holdout.toml"
 #: what "software unknown" blanks: every software fact and a named stack
-SOFTWARE_CELLS = (*FACT_COLUMNS, "software")
+SOFTWARE_CELLS = (*FACT_COLUMNS, *MOE_FACT_COLUMNS, "software")
 
 
 @dataclass

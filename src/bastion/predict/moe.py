@@ -17,7 +17,10 @@ them and the outputs are all-reduced, the same bytes as the megatron layout's al
 
 When ep does not divide dp × cp the expert groups take in tensor-parallel ranks too (ParallelPlan.folds_experts):
 costed alike, and predicted only (bastion's runtime does not run it). Node-limited routing (ModelSpec.max_routed_nodes,
-DeepSeek-V3) caps the copies of a token that cross the scale-out network at one per remote node it reaches.
+DeepSeek-V3) caps the copies of a token that cross the scale-out network at one per remote node it reaches; a
+hierarchical dispatcher (PredictOptions.moe_dispatcher `deepep` / `hybridep`) sends each token across once per remote
+node holding one of its experts, whatever the routing (remote_domains_per_token). Megatron-Core's `allgather`
+dispatcher gathers every token of the ep group instead of exchanging the routed copies.
 
 The slowest rank sets the pace: it holds the busiest expert, which gets `imbalance` × the mean rows (the other
 experts of the rank the mean). Each expert's GEMM runs at the calibrated efficiency of its own shape (rows =
@@ -28,6 +31,7 @@ gathers their parameters, over the ranks that hold the same experts (expert_data
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import replace
 from functools import cache, lru_cache
@@ -40,6 +44,17 @@ from bastion.predict.options import PredictOptions
 from bastion.specs.hardware import Cluster
 from bastion.specs.model import ModelSpec
 from bastion.specs.plan import ParallelPlan, expert_grid
+
+#: token dispatchers that send a token across the scale-out network once per remote domain (remote_domains_per_token)
+HIERARCHICAL_DISPATCHERS = ("deepep", "hybridep")
+#: how each token dispatcher (options.MOE_DISPATCHERS) is costed, for the estimate's assumptions
+DISPATCHER_NOTES = {
+    "alltoall": "every routed copy sent to its expert's rank by one all-to-all per dispatch and combine",
+    "allgather": "the ep group's tokens all-gathered for the dispatch, the outputs reduce-scattered for the combine",
+    "deepep": "a token crosses the scale-out network once per remote scale-up domain holding one of its experts, "
+              "then NVLink",
+    "hybridep": "as deepep: a token crosses the scale-out network once per remote scale-up domain, then NVLink",
+}
 
 
 @cache
@@ -113,10 +128,10 @@ def routing_layout(tp: int, etp: int, sequence_parallel: bool, layout: str) -> R
 @lru_cache(maxsize=16384)
 def routed_cost(model: ModelSpec, cluster: Cluster, tokens: int, tp: int, ep: int, etp: int, precision: str,
                 imbalance_factor: float, fp8_recipe: str = DEFAULT_FP8_RECIPE,
-                layout: RoutingLayout | None = None) -> RoutedCost:
+                layout: RoutingLayout | None = None, dispatcher: str = "alltoall") -> RoutedCost:
     """Costs of one MoE layer's routed experts for `tokens` tokens of a micro-batch on this rank's tp group (an
     fp8 plan's expert GEMMs and their operand quantisation under `fp8_recipe`, as the dense GEMMs); `layout`
-    None: the megatron one."""
+    None: the megatron one; `dispatcher` the token dispatcher (PredictOptions.moe_dispatcher)."""
     acc = cluster.accelerator
     h, ef = model.hidden_size, model.expert_width
     a = 4 if precision == "fp32" else 2  # activations travel in the compute dtype (fp8 recipes keep bf16)
@@ -155,11 +170,15 @@ def routed_cost(model: ModelSpec, cluster: Cluster, tokens: int, tp: int, ep: in
     a2a_bytes = received * h * a
     group = comm.place_group(cluster, ep, layout.ep_stride)
     one_a2a = 0.0
-    if ep > 1:
+    if ep > 1 and dispatcher == "allgather":
+        # Megatron-Core's MoEAllGatherTokenDispatcher: the ep group's tokens all-gathered (every rank's own
+        # tokens, whatever their experts), the outputs reduce-scattered back; the backward the reverse
+        one_a2a = comm.all_gather_time(cluster, own_tokens * h * a * ep, group)
+    elif ep > 1:
         one_a2a = comm.all_to_all_time(cluster, a2a_bytes, group)
-        if model.max_routed_nodes and group.domains > 1:
-            one_a2a = min(one_a2a, node_limited_a2a_time(cluster, a2a_bytes, model.top_k, model.max_routed_nodes,
-                                                         group))
+        remote = remote_domains_per_token(model, group, dispatcher in HIERARCHICAL_DISPATCHERS)
+        if remote is not None:
+            one_a2a = min(one_a2a, hierarchical_a2a_time(cluster, a2a_bytes, model.top_k, remote, group))
     # megatron: all-gather the etp group's received rows; bastion: all-reduce the outputs (two all-gathers' bytes)
     # of the rows every etp rank holds already: the same seconds
     one_etp = (comm.all_gather_time(cluster, layout.gathered * a2a_bytes, comm.place_group(cluster, etp, 1))
@@ -167,19 +186,43 @@ def routed_cost(model: ModelSpec, cluster: Cluster, tokens: int, tp: int, ep: in
     return RoutedCost(gemm_fwd=gemm_fwd, membound=membound, a2a=4 * one_a2a, etp_comm=4 * one_etp)
 
 
-def node_limited_a2a_time(cluster: Cluster, nbytes: float, top_k: int, max_nodes: int,
+def remote_domains_per_token(model: ModelSpec, group: comm.GroupPlacement, hierarchical: bool) -> float | None:
+    """Remote scale-up domains a token's routed copies reach, on average, when the dispatch sends each token
+    across the scale-out network once per remote domain (None: every copy crosses on its own, NCCL's
+    all-to-all).
+
+    Two mechanisms send a token once per domain. Node-limited routing (ModelSpec.max_routed_nodes, DeepSeek-V3
+    §2.1.2, §3.2.2): a token's experts lie on at most that many domains, each assumed equally likely among a
+    token's chosen ones. A hierarchical dispatcher (`hierarchical`: DeepEP's normal kernels — deepseek-ai/DeepEP
+    csrc/kernels/internode.cu sends a token over RDMA once per destination node with a bit mask of that node's
+    GPUs that need it (SourceMeta: src_rdma_rank, is_token_in_nvl_rank_bits), and that node's GPU of the same
+    local index forwards it over NVLink, as DeepSeek-V3 §3.2.2 describes; NVIDIA's Hybrid-EP taken to keep that
+    hierarchy): the token reaches every domain holding one of its top_k experts, with the experts spread evenly
+    over the group's domains and chosen without repetition, a domain holding none of them with probability
+    C(E − E/D, k) / C(E, k)."""
+    d = group.domains
+    if d <= 1 or not (model.max_routed_nodes or hierarchical):
+        return None
+    remote = float("inf")
+    if model.max_routed_nodes:
+        remote = min(model.max_routed_nodes, d) * (d - 1) / d
+    if hierarchical:
+        experts, k = model.num_experts, model.top_k
+        elsewhere = experts - experts // d  # the experts of the other domains
+        missed = math.comb(elsewhere, k) / math.comb(experts, k)  # a domain holds none of a token's experts
+        remote = min(remote, (d - 1) * (1.0 - missed))
+    return remote
+
+
+def hierarchical_a2a_time(cluster: Cluster, nbytes: float, top_k: int, remote_per_token: float,
                           group: comm.GroupPlacement) -> float:
-    """One dispatch or combine under node-limited routing (DeepSeek-V3 §2.1.2, §3.2.2): a token's top_k experts lie
-    on at most `max_nodes` of the group's scale-up domains, and it crosses the scale-out network once per remote
-    domain (to the GPU of the same local index there), which forwards it over NVLink to the GPUs holding its
-    experts. `nbytes` is this rank's top_k routed copies. Each domain is assumed equally likely among a token's
-    chosen ones, so max_nodes × (domains - 1) / domains of them are remote on average; every copy not kept on
-    this rank crosses NVLink once (directly, or forwarded after the scale-out hop)."""
-    reached = min(max_nodes, group.domains)
-    remote_per_token = min(reached * (group.domains - 1) / group.domains,
-                           top_k * (group.size - group.local) / group.size)
+    """One dispatch or combine whose tokens cross the scale-out network once per remote domain they reach
+    (`remote_per_token`, remote_domains_per_token), to the GPU of the same local index there, which forwards
+    them over NVLink to the GPUs holding their experts. `nbytes` is this rank's top_k routed copies; every copy
+    not kept on this rank crosses NVLink once (directly, or forwarded after the scale-out hop)."""
+    remote = min(remote_per_token, top_k * (group.size - group.local) / group.size)
     per_copy = nbytes / top_k
-    return comm.exchange_time(cluster, nbytes * (group.size - 1) / group.size, per_copy * remote_per_token)
+    return comm.exchange_time(cluster, nbytes * (group.size - 1) / group.size, per_copy * remote)
 
 
 def exposed_a2a(a2a: float, window: float, overlap: float) -> float:

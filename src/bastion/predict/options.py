@@ -8,6 +8,8 @@ from bastion.predict.kernels import DEFAULT_FP8_RECIPE
 from bastion.specs._hashing import cached_hash
 
 SELECTIVE_RECOMPUTE = ("attention-core", "every-second-matmul")
+#: how an MoE layer's tokens reach their experts' ranks (PredictOptions.moe_dispatcher, predict/moe.py)
+MOE_DISPATCHERS = ("alltoall", "allgather", "deepep", "hybridep")
 
 
 @dataclass(frozen=True)
@@ -76,18 +78,27 @@ class PredictOptions:
     #: Engine, Megatron's bias_swiglu, Liger); False: PyTorch eager keeps silu's output too
     fused_swiglu: bool = False
     #: fraction of the expert-parallel all-to-all (dispatch and combine) the software hides under compute: 0 =
-    #: none (bastion's runtime and Megatron-Core's default `alltoall` dispatcher run it between the layer's other
+    #: none (bastion's runtime and Megatron-Core's token dispatchers run it between the layer's other
     #: kernels); Megatron-Core >= 0.14 (2025-09) hides it under another micro-batch's compute with the opt-in
     #: --overlap-moe-expert-parallel-comm (Megatron-Core MoE README, "What's New", v0.14); DeepSeek's own DualPipe
     #: hides all of it (DeepSeek-V3 report, Sec. 3.2.1: the all-to-all of one micro-batch runs under the computation
     #: of another) — the `deepseek-dualpipe` stack. A schedule alone does not: torch's ScheduleDualPipeV runs a
-    #: paired forward and backward one after the other unless the model supplies the overlapping
+    #: paired forward and backward one after the other unless the model supplies the overlapping. A user's
+    #: `moe_a2a_overlap` fact (predict/frameworks.py) sets 1 (on) or 0 (off)
     moe_a2a_overlap: float = 0.0
     #: where the experts sit and which tokens a tp rank routes (predict/moe.py): "megatron" (Megatron-Core's parallel
     #: folding: MoE with tp runs sequence parallel, each tp rank routes its 1/tp; ep members etp ranks apart) or
     #: "bastion" (bastion's runtime: ep carved from dp × cp, members tp ranks apart; a tp rank routes its 1/tp only
     #: under sp with etp = 1, otherwise every token of the micro-batch)
     moe_expert_layout: str = "megatron"
+    #: the token dispatcher (predict/moe.py): `alltoall` (one all-to-all per dispatch and combine, every routed
+    #: copy sent to its expert's rank: NCCL's all_to_all_single as torchtitan's default expert parallelism and
+    #: bastion's runtime run it, Megatron-Core's `alltoall` dispatcher), `allgather` (Megatron-Core's `allgather`
+    #: dispatcher, its argument default: every rank gathers the whole ep group's tokens and reduce-scatters the
+    #: outputs), `deepep` / `hybridep` (DeepEP's normal kernels, NVIDIA's Hybrid-EP: a token crosses the
+    #: scale-out network once per remote scale-up domain holding one of its experts and is forwarded over NVLink
+    #: there). Framework releases imply one (data/frameworks.toml); a user's explicit fact overrides it
+    moe_dispatcher: str = "alltoall"
     #: the busiest expert's routed tokens / the mean in one micro-batch (1 = perfectly balanced); None: from the
     #: model's balancing mechanism (predict/data/moe.toml), as every estimate states
     moe_imbalance: float | None = None
@@ -112,6 +123,11 @@ class PredictOptions:
                               f"{self.moe_a2a_overlap:g} and {self.moe_imbalance}.",
                               fix="give the hidden fraction of the all-to-all, and the busiest expert's tokens / "
                                   "the mean.")
+        if self.moe_dispatcher not in MOE_DISPATCHERS:
+            from bastion.errors import ConfigError
+
+            raise ConfigError(f"Unknown moe_dispatcher '{self.moe_dispatcher}'.",
+                              fix=f"use one of: {', '.join(MOE_DISPATCHERS)}.")
         if self.moe_expert_layout not in ("megatron", "bastion"):
             from bastion.errors import ConfigError
 
