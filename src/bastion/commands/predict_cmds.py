@@ -15,19 +15,23 @@ from bastion.outputs import dumps_json
 GIB = 2**30
 
 
-#: the plan fields a framework recipe may fill (recipes.recipe_values names) and the ParallelPlan default each
-#: takes otherwise
-_RECIPE_FIELDS = {"micro_batch": 1, "vpp": 1, "recompute": "none", "zero_stage": 0, "sequence_parallel": False}
+#: the plan fields a framework recipe may fill (recipes.recipe_values names); otherwise their ParallelPlan default
+_RECIPE_FIELDS = ("micro_batch", "vpp", "recompute", "zero_stage", "sequence_parallel")
 
 
 def _fill_from_recipe(given: dict[str, Any], recipe: Any) -> list[str]:
     """Fill the plan fields the flags left unstated from the framework's recipe (`recipe`: recipes.RecipeValues,
     None without --framework); say per field where its value came from."""
-    from bastion.predict.recipes import PRACTITIONER
+    import dataclasses
 
+    from bastion.predict.recipes import PRACTITIONER
+    from bastion.specs.plan import ParallelPlan
+
+    plan_defaults = {f.name: f.default for f in dataclasses.fields(ParallelPlan)}
     notes: list[str] = []
     defaults = []
-    for name, default in _RECIPE_FIELDS.items():
+    for name in _RECIPE_FIELDS:
+        default = plan_defaults[name]
         if name in given:
             continue
         taken = recipe.values.get(name) if recipe is not None else None
