@@ -51,7 +51,8 @@ def test_unstated_settings_take_the_frameworks_default_recipe_not_the_fastest_pl
     assert any(a.startswith("sequence_parallel: not given; on") for a in case.assumptions)
     # with a framework that documents no recipe the practitioner's choice stands: the fastest plan that fits
     other = predict_case(_nemo("N0042", framework="other", framework_version=""))
-    assert any("the fastest choice that fits in memory" in a for a in other.assumptions)
+    assert any("the practitioner's choice where no recipe says: the fastest combination that fits in memory" in a
+               for a in other.assumptions)
 
 
 def test_a_small_memory_shortfall_keeps_the_recipes_plan_and_says_so() -> None:

@@ -15,8 +15,55 @@ from bastion.outputs import dumps_json
 GIB = 2**30
 
 
-def _build_plan(plan_file: Path | None, num_gpus: int, flags: dict[str, Any]) -> tuple[Any, list[str]]:
-    """The plan from a file, or from flags with dp (and the global batch) filled in; says what it inferred."""
+#: the plan fields a framework recipe may fill (recipes.recipe_values names); otherwise their ParallelPlan default
+_RECIPE_FIELDS = ("micro_batch", "vpp", "recompute", "zero_stage", "sequence_parallel")
+
+
+def _fill_from_recipe(given: dict[str, Any], recipe: Any) -> list[str]:
+    """Fill the plan fields the flags left unstated from the framework's recipe (`recipe`: recipes.RecipeValues,
+    None without --framework); say per field where its value came from."""
+    import dataclasses
+
+    from bastion.predict.recipes import PRACTITIONER
+    from bastion.specs.plan import ParallelPlan
+
+    plan_defaults = {f.name: f.default for f in dataclasses.fields(ParallelPlan)}
+    notes: list[str] = []
+    defaults = []
+    for name in _RECIPE_FIELDS:
+        default = plan_defaults[name]
+        if name in given:
+            continue
+        taken = recipe.values.get(name) if recipe is not None else None
+        if name == "sequence_parallel" and given.get("tp", 1) == 1:
+            taken = None  # sequence parallelism splits the TP group's activations: off without TP
+        if name == "vpp" and taken is not None and "pp_schedule" in given:
+            notes.append(f"vpp: not given; the recipe's {taken.value} not taken (--schedule was given)")
+            taken = None
+        if name == "micro_batch" and taken is not None and "global_batch" in given \
+                and given["global_batch"] % (taken.value * given["dp"]):
+            notes.append(f"micro_batch: not given; the recipe's {taken.value} does not divide the global batch "
+                         f"{given['global_batch']} over dp {given['dp']}, not taken")
+            taken = None
+        if taken is not None:
+            given[name] = taken.value
+            notes.append(f"{name}: not given; {taken.value}, {taken.why}")
+        elif name == "micro_batch":
+            notes.append(f"micro_batch: not given; {PRACTITIONER['micro_batch']}")
+        else:
+            defaults.append(f"{name} {default}")
+    if recipe is not None:
+        notes.extend(f"vpp: not given; {note}: the recipe's interleaving not taken" for note in recipe.skipped)
+    if defaults:
+        notes.append(f"not given, the plan's defaults: {', '.join(defaults)} (no framework recipe sets them)")
+    return notes
+
+
+def _build_plan(plan_file: Path | None, num_gpus: int, flags: dict[str, Any],
+                recipe: Any = None) -> tuple[Any, list[str]]:
+    """The plan from a file, or from flags with dp (and the global batch) filled in and the settings they leave
+    unstated taken from the framework's `recipe` (recipes.RecipeValues) or the plan's defaults; says what it
+    inferred."""
     from bastion.errors import PlanError
     from bastion.specs.plan import ParallelPlan
     from bastion.specs.schedules import schedule_for_vpp
@@ -36,6 +83,7 @@ def _build_plan(plan_file: Path | None, num_gpus: int, flags: dict[str, Any]) ->
                             "or give --dp and a cluster of the matching size.", reason="degrees != devices")
         given["dp"] = num_gpus // (tp * pp * cp)
         notes.append(f"dp = {given['dp']} fills the cluster ({num_gpus} / (tp·pp·cp))")
+    notes.extend(_fill_from_recipe(given, recipe))
     vpp = given.get("vpp", 1)
     if "pp_schedule" not in given and vpp > 1:
         given["pp_schedule"] = schedule_for_vpp(vpp)
@@ -140,7 +188,14 @@ def estimate_command(
              "micro_batch": micro_batch,
              "global_batch": global_batch, "pp_schedule": schedule, "vpp": vpp, "recompute": recompute,
              "sequence_parallel": sp, "precision": precision}
-    parallel_plan, notes = _build_plan(plan, cluster_spec.num_gpus, flags)
+    recipe = None
+    if framework is not None:
+        from bastion.predict.frameworks import SoftwareFacts
+        from bastion.predict.recipes import recipe_values
+
+        recipe = recipe_values(SoftwareFacts(framework=framework, version=framework_version or ""), model_spec,
+                               pp or 1)
+    parallel_plan, notes = _build_plan(plan, cluster_spec.num_gpus, flags, recipe)
     est = estimate(model_spec, cluster_spec, parallel_plan, seq_len, options=predict_options)
     from bastion.runtime.preflight import runtime_status
 

@@ -7,8 +7,9 @@ ZeRO implementation — and that is an input, like the plan: a row's optional `s
 else its software facts (`framework`, `framework_version` and explicit behaviours, predict/frameworks.py), else
 the documented default for an unknown framework (row_stack). `source_group`, `source` and `notes` never enter a
 prediction. Cells the
-publication left empty get the choice a practitioner would make (the fastest combination of the unknown settings
-that fits in memory), and each such choice is recorded.
+publication left empty take the row's framework recipe for that model where one is catalogued (predict/recipes.py),
+else the practitioner's choice (recipes.PRACTITIONER: micro-batch 1; the fastest combination of the remaining
+unknown settings that fits in memory), and each assumption says which.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from typing import Any
 from bastion.errors import BastionError, ConfigError
 from bastion.predict.calibration import DATA_DIR
 from bastion.predict.estimate import Estimate, estimate
-from bastion.predict.frameworks import default_recipe, facts_from_row, resolve
+from bastion.predict.frameworks import facts_from_row, resolve
 from bastion.predict.intervals import step_interval
 from bastion.predict.options import PredictOptions
+from bastion.predict.recipes import PRACTITIONER, RecipeValues, recipe_values
 from bastion.predict.software import SoftwareStack, software_stack
 from bastion.specs.hardware import Cluster, default_network, load_accelerator
 from bastion.specs.model import ModelSpec
@@ -267,12 +269,18 @@ def case_cluster(row: dict[str, str], assumptions: list[str]) -> Cluster:
         raise RowSkipped(exc.problem) from None
 
 
-def _vpp_choices(row: dict[str, str], model: ModelSpec, pp: int, assumptions: list[str]) -> list[int]:
+def _vpp_choices(row: dict[str, str], model: ModelSpec, pp: int, recipe: RecipeValues,
+                 assumptions: list[str]) -> list[int]:
     vpp = _int(row, "vpp")
     if vpp is not None:
         return [vpp]
     if pp == 1:
         return [1]
+    if "vpp" in recipe.values:
+        taken = recipe.values["vpp"]
+        assumptions.append(f"vpp: not given; {taken.value}, {taken.why}")
+        return [taken.value]
+    assumptions.extend(f"vpp: not given; {note}: the recipe's interleaving not taken" for note in recipe.skipped)
     # the layers split over pp·v chunks either evenly or with the embedding and the head taking a slot each
     options = [v for v in range(2, 9) if model.num_layers % (pp * v) == 0 or (model.num_layers + 2) % (pp * v) == 0]
     if not options:
@@ -282,13 +290,22 @@ def _vpp_choices(row: dict[str, str], model: ModelSpec, pp: int, assumptions: li
     return options
 
 
-def _default_recipe(row: dict[str, str]) -> tuple[dict[str, Any], str]:
-    """What the row's framework release's default recipe sets (frameworks.default_recipe); nothing for a row
-    whose software facts are not valid (row_stack reports those)."""
+def _recipe_values(row: dict[str, str], model: ModelSpec, pp: int) -> RecipeValues:
+    """What the row's framework recipes fix for its model (recipes.recipe_values); nothing for a row whose
+    software facts are not valid (row_stack reports those)."""
     try:
-        return default_recipe(facts_from_row(row))
+        return recipe_values(facts_from_row(row), model, pp)
     except BastionError:
-        return {}, ""
+        return RecipeValues()
+
+
+def _from_recipe(name: str, column: str, recipe: RecipeValues, assumptions: list[str]) -> Any:
+    """The recipe's value of an unstated setting (None when no recipe fixes it), said in the assumptions."""
+    taken = recipe.values.get(name)
+    if taken is None:
+        return None
+    assumptions.append(f"{column}: not given; {taken.value}, {taken.why}")
+    return taken.value
 
 
 def _memory_facts(row: dict[str, str]) -> tuple[int, int]:
@@ -304,21 +321,30 @@ def _memory_facts(row: dict[str, str]) -> tuple[int, int]:
 def case_plan_choices(row: dict[str, str], model: ModelSpec, cluster: Cluster, assumptions: list[str],
                       recipe_recompute: bool = True) -> tuple[list[ParallelPlan], list[str]]:
     """Every plan consistent with the row; the names of the settings the row left open. Unstated settings the
-    row's framework release documents a default recipe for take the recipe's value (recompute only when
-    `recipe_recompute`), the others every value a practitioner might choose."""
+    row's framework recipes fix for its model (recipes.recipe_values) take the recipe's value (recompute only
+    when `recipe_recompute`), the micro-batch otherwise the practitioner's 1, the others every value a
+    practitioner might choose."""
     tp, pp = _int(row, "tp"), _int(row, "pp")
     cp = _int(row, "cp", 1)
     dp = _int(row, "dp")
     if dp is None:
         dp = cluster.num_gpus // (tp * pp * cp)
         assumptions.append(f"dp: not given, {dp} = num_gpus / (tp·pp·cp)")
+    recipe = _recipe_values(row, model, pp)
     micro = _int(row, "micro_batch_size")
     if micro is None:
-        micro = 1
-        assumptions.append("micro_batch_size: not given, assumed 1")
+        micro = _from_recipe("micro_batch", "micro_batch_size", recipe, assumptions)
+        global_batch = _int(row, "global_batch_size")
+        if micro is not None and global_batch % (micro * dp):
+            assumptions[-1] += (f"; but global_batch_size {global_batch} is not a multiple of it × dp = "
+                                f"{micro * dp}, so not taken")
+            micro = None
+        if micro is None:
+            micro = 1
+            assumptions.append(f"micro_batch_size: not given; {PRACTITIONER['micro_batch']}")
     open_settings = []
     ep, etp, layout_vpp, layout = case_moe_plan(row, model, pp, _int(row, "vpp"), assumptions)
-    vpps = [layout_vpp] if layout_vpp is not None else _vpp_choices(row, model, pp, assumptions)
+    vpps = [layout_vpp] if layout_vpp is not None else _vpp_choices(row, model, pp, recipe, assumptions)
     if len(vpps) > 1:
         open_settings.append("vpp")
     if not layout and len(vpps) == 1 and (spread := uneven_layout(model.num_layers, pp * vpps[0])):
@@ -328,11 +354,9 @@ def case_plan_choices(row: dict[str, str], model: ModelSpec, cluster: Cluster, a
         assumptions.append(f"pipeline_layout: not given; {model.num_layers} layers over {pp * vpps[0]} chunks "
                            f"as {layout} (the embedding and the head counted as a layer each, the rest spread "
                            f"evenly: specs/plan.uneven_layout)")
-    recipe, recipe_source = _default_recipe(row)
     zero = _int(row, "zero_stage")
-    if zero is None and "zero_stage" in recipe:
-        zero = int(recipe["zero_stage"])
-        assumptions.append(f"zero_stage: not given; {zero}, the framework's default recipe ({recipe_source})")
+    if zero is None:
+        zero = _from_recipe("zero_stage", "zero_stage", recipe, assumptions)
     zeros = [zero] if zero is not None else [0, 1, 2, 3]
     if zero is None:
         open_settings.append("zero_stage")
@@ -341,16 +365,16 @@ def case_plan_choices(row: dict[str, str], model: ModelSpec, cluster: Cluster, a
     if not recompute and recompute_layers:
         recompute = "full"
         assumptions.append("recompute: not given; full, as recompute_layers says")
-    if not recompute and "recompute" in recipe and recipe_recompute:
-        recompute = recipe["recompute"]
-        assumptions.append(f"recompute: not given; {recompute}, the framework's default recipe ({recipe_source})")
+    if not recompute and recipe_recompute:
+        recompute = _from_recipe("recompute", "recompute", recipe, assumptions) or ""
     recomputes = [recompute] if recompute else ["none", "selective", "full"]
     if not recompute:
         open_settings.append("recompute")
     sp = _int(row, "sequence_parallel")
-    if sp is None and tp > 1 and "sequence_parallel" in recipe:
-        sp = int(recipe["sequence_parallel"])
-        assumptions.append(f"sequence_parallel: not given; {'on' if sp else 'off'}, the framework's default recipe")
+    if sp is None and tp > 1 and "sequence_parallel" in recipe.values:
+        sp = int(recipe.values["sequence_parallel"].value)
+        assumptions.append(f"sequence_parallel: not given; {'on' if sp else 'off'}, "
+                           f"{recipe.values['sequence_parallel'].why}")
     sps = [bool(sp)] if sp is not None else ([False, True] if tp > 1 else [False])
     if sp is None and tp > 1:
         open_settings.append("sequence_parallel")
@@ -449,7 +473,7 @@ def case_estimate(row: dict[str, str], options: PredictOptions | None = None,
             results = by_module
             assumptions.append("ZeRO-3 gathers one sub-module at a time (whole-layer gathers would not fit; "
                                "the case file does not say)")
-    recipe_recompute = _recipe_recompute_overflows(results, row, open_settings)
+    recipe_recompute = _recipe_recompute_overflows(results, row, model, open_settings)
     if recipe_recompute is not None:
         # the recipe's plan would need far more memory than the device has: the run must have recomputed
         # (a recipe for another model, or partial recompute the case file does not state)
@@ -464,7 +488,7 @@ def case_estimate(row: dict[str, str], options: PredictOptions | None = None,
     if open_settings:
         chosen = min(fitting, key=lambda e: e.step_time_s) if fitting else min(results, key=lambda e: e.memory.total)
         picked = ", ".join(f"{name} = {getattr(chosen.plan, name)}" for name in open_settings)
-        how = "the fastest choice that fits in memory" if fitting else "none fits; the smallest in memory"
+        how = PRACTITIONER["fastest"] if fitting else "none fits; the smallest in memory"
         assumptions.append(f"{', '.join(open_settings)}: not given; {picked} ({how})")
     else:
         chosen = results[0]
@@ -484,16 +508,17 @@ def case_estimate(row: dict[str, str], options: PredictOptions | None = None,
 MEMORY_MARGIN = 0.10
 
 
-def _recipe_recompute_overflows(results: list[Estimate], row: dict[str, str], open_settings: list[str]) -> str | None:
+def _recipe_recompute_overflows(results: list[Estimate], row: dict[str, str], model: ModelSpec,
+                                open_settings: list[str]) -> str | None:
     """The recipe's recompute when the row's recompute came from its framework's default recipe and even the
     smallest of its plans needs more than MEMORY_MARGIN over the device; else None."""
     if (row.get("recompute") or "").strip() or "recompute" in open_settings:
         return None
-    recipe, _ = _default_recipe(row)
+    recipe = _recipe_values(row, model, _int(row, "pp")).values
     if "recompute" not in recipe or not results:
         return None
     smallest = min(results, key=lambda e: e.memory.total)
-    return recipe["recompute"] if smallest.memory.total > (1 + MEMORY_MARGIN) * smallest.hbm_bytes else None
+    return recipe["recompute"].value if smallest.memory.total > (1 + MEMORY_MARGIN) * smallest.hbm_bytes else None
 
 
 def _estimates(model: ModelSpec, cluster: Cluster, plans: list[ParallelPlan],
