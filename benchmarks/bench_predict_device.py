@@ -27,6 +27,12 @@ CONFIGS = [
 ]
 
 
+def tiny_configs() -> list[tuple]:
+    """CONFIGS at tiny shapes (a smoke test of a script on a CPU): the same names, kinds and checkpointing."""
+    return [(n, 2, 64, 4, 2 if t == "swiglu" else 4, 128, t, 256, 64, 2, c)
+            for n, _, _, _, _, _, t, _, _, _, c in CONFIGS]
+
+
 def build(cfg, device):
     import torch
     import torch.nn.functional as F
@@ -116,19 +122,27 @@ def measure_steps(cfg, device, steps: int, warmup: int) -> dict:
             "step_s": times[len(times) // 2], "peak_mem_GiB": peak}
 
 
+def timeit(fn, reps: int = 20, warmup: int = 3) -> float:
+    """Mean seconds of fn() over `reps` calls after `warmup` calls, the device synchronised around them."""
+    import torch
+
+    def synchronize() -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    for _ in range(warmup):
+        fn()
+    synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    synchronize()
+    return (time.perf_counter() - t0) / reps
+
+
 def measure_kernels(device) -> dict:
     import torch
     import torch.nn.functional as F
-
-    def timeit(fn, reps=20):
-        for _ in range(3):
-            fn()
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        torch.cuda.synchronize()
-        return (time.perf_counter() - t0) / reps
 
     out = {"gemm": [], "sdpa": []}
     for m, k, n in [(8192, 8192, 8192), (8192, 4096, 12288), (8192, 4096, 16384), (8192, 16384, 4096),
@@ -159,11 +173,7 @@ def run_device(out_path: Path, steps: int, warmup: int, tiny: bool) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     result = {"torch": torch.__version__, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "steps": []}
-    configs = CONFIGS
-    if tiny:  # a smoke test of this script on a CPU
-        configs = [(n, 2, 64, 4, 2 if t == "swiglu" else 4, 128, t, 256, 64, 2, c)
-                   for n, _, _, _, _, _, t, _, _, _, c in CONFIGS]
-    for cfg in configs:
+    for cfg in tiny_configs() if tiny else CONFIGS:
         try:
             result["steps"].append(measure_steps(cfg, device, steps, warmup))
         except torch.cuda.OutOfMemoryError as exc:
@@ -176,26 +186,30 @@ def run_device(out_path: Path, steps: int, warmup: int, tiny: bool) -> None:
     out_path.write_text(json.dumps(result, indent=2) + "\n")
 
 
-def compare(path: Path, cluster_name: str) -> None:
+def predicted_step(row: dict, cluster_name: str) -> tuple[float, float]:
+    """(step seconds, peak memory GiB incl. the 1 GiB runtime reserve) the predictor gives for a measured row."""
     from bastion.predict import PredictOptions, estimate
     from bastion.specs import ModelSpec, ParallelPlan, load_cluster
 
+    model = ModelSpec(name=row["name"], num_layers=row["layers"], hidden_size=row["hidden"], num_heads=row["heads"],
+                      num_kv_heads=row["kv_heads"], ffn_hidden_size=row["ffn"], ffn_type=row["ffn_type"],
+                      vocab_size=row["vocab"], seq_len=row["seq"])
+    plan = ParallelPlan(micro_batch=row["micro_batch"], global_batch=row["micro_batch"],
+                        recompute="full" if row["checkpoint"] else "none")
+    est = estimate(model, load_cluster(cluster_name), plan, options=PredictOptions())
+    return est.step_time_s, est.memory.total / 2**30
+
+
+def compare(path: Path, cluster_name: str) -> None:
     data = json.loads(path.read_text())
-    cluster = load_cluster(cluster_name)
     print(f"measured on {data['device']} (torch {data['torch']}), predicted for {cluster_name}")
     for r in data["steps"]:
         if "error" in r:
             print(f"{r['name']:20s} {r['error'][:60]}")
             continue
-        model = ModelSpec(name=r["name"], num_layers=r["layers"], hidden_size=r["hidden"], num_heads=r["heads"],
-                          num_kv_heads=r["kv_heads"], ffn_hidden_size=r["ffn"], ffn_type=r["ffn_type"],
-                          vocab_size=r["vocab"], seq_len=r["seq"])
-        plan = ParallelPlan(micro_batch=r["micro_batch"], global_batch=r["micro_batch"],
-                            recompute="full" if r["checkpoint"] else "none")
-        est = estimate(model, cluster, plan, options=PredictOptions())
-        mem = est.memory.total / 2**30
-        print(f"{r['name']:20s} step measured {r['step_s']:.4f} s predicted {est.step_time_s:.4f} s "
-              f"({100 * (est.step_time_s / r['step_s'] - 1):+.1f}%)   peak memory measured "
+        step_s, mem = predicted_step(r, cluster_name)
+        print(f"{r['name']:20s} step measured {r['step_s']:.4f} s predicted {step_s:.4f} s "
+              f"({100 * (step_s / r['step_s'] - 1):+.1f}%)   peak memory measured "
               f"{r['peak_mem_GiB'] or 0:.1f} GiB predicted {mem:.1f} GiB (incl. 1 GiB runtime reserve)")
 
 

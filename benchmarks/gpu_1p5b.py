@@ -13,69 +13,17 @@ MFU follows PaLM (6 · matmul params + 12 · layers · hidden · seq FLOPs per t
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
-import statistics
 import sys
-import sysconfig
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from gpu_runs import ROOT, device_cluster, prepare_corpus, single_process_group, train_run
 
 H200_BF16_PEAK = 989.4e12
 REFERENCE = {"plain_pytorch_eager_mfu": 0.4543, "plain_pytorch_compile_mfu": 0.5402,
              "source": "shared/calibration/h200-torch2.11-2026-11.json (llama-1B-ish rows)"}
-
-
-def _single_process_group() -> None:
-    import torch.distributed as dist
-
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29533")
-    os.environ.setdefault("RANK", "0")
-    os.environ.setdefault("WORLD_SIZE", "1")
-    os.environ.setdefault("LOCAL_RANK", "0")
-    os.environ.setdefault("OMP_NUM_THREADS", "8")
-    if not dist.is_initialized():
-        from bastion.runtime.worker import init_distributed
-
-        init_distributed()
-
-
-def run_mode(mode: str, model: str, plan_path: Path, data_dir: Path, steps: int, work: Path, cluster: str | None
-             ) -> dict:
-    import torch
-
-    from bastion.rundir.metrics import read_metrics
-    from bastion.rundir.records import is_step
-    from bastion.runtime.train import train
-    from bastion.runtime.train_config import TrainConfig
-
-    if torch.cuda.is_available():
-        gc.collect()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    run_dir = work / f"run-{mode}"
-    started = time.perf_counter()
-    summary = train(TrainConfig(model=model, plan=str(plan_path), data=str(data_dir), steps=steps,
-                                run_dir=str(run_dir), compile=mode == "compile", cluster=cluster, progress=False,
-                                hash_params=False, lr=3e-4))
-    wall = time.perf_counter() - started
-    records = [r for r in read_metrics(run_dir).records if is_step(r)]
-    times = [r["step_time_s"] for r in records]
-    steady = times[2:] if len(times) > 3 else times[1:] or times  # skip compile/warm-up steps
-    step_s = statistics.median(steady)
-    measured = summary["measured"]
-    return {"mode": mode, "step_time_s": step_s, "first_step_s": times[0], "step_times_s": times,
-            "losses": summary["losses"], "peak_mem_bytes": measured["peak_mem_bytes"],
-            "peak_mem_gib": measured["peak_mem_bytes"] / 2**30, "wall_s": wall,
-            "model_state_bytes": measured["model_state_bytes_by_rank"][0],
-            "activation_bytes_first_microbatch": measured["activation_bytes_by_rank"][0],
-            "predicted": summary["predicted"], "notes": summary["notes"]}
 
 
 def main() -> None:
@@ -88,7 +36,6 @@ def main() -> None:
 
     import torch
 
-    from bastion.runtime.data import prepare_dataset
     from bastion.runtime.metrics import model_flops_per_token
     from bastion.specs.model import load_model
     from bastion.specs.plan import ParallelPlan
@@ -101,11 +48,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bastion-gpu-"))
     plan = ParallelPlan(micro_batch=micro_batch, global_batch=micro_batch, precision="bf16" if on_gpu else "fp32")
     plan_path = plan.save(work / "plan.json")
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    # byte-level tokens (vocab 256) fit any model vocabulary; the step cost does not depend on token values
-    prepare_dataset(sorted(stdlib.glob("*.py")), work / "data", max_bytes=3_000_000)
-    cluster = "h200:1" if on_gpu else "cpu:1"
-    _single_process_group()
+    prepare_corpus(work / "data")
+    _, cluster = device_cluster()  # the card's catalog row (the H200 figures were recorded with "h200:1")
+    single_process_group()
 
     flops_per_step = model_flops_per_token(spec, spec.seq_len) * plan.global_batch * spec.seq_len
     peak = H200_BF16_PEAK if on_gpu else None
@@ -119,7 +64,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
         try:
-            row = run_mode(mode, model, plan_path, work / "data", steps, work, cluster)
+            row = train_run(mode, model, plan_path, work / "data", steps, work, cluster, compile=mode == "compile")
+            row["mode"] = row.pop("run")
         except Exception as exc:  # noqa: BLE001 - keep the other mode's figures
             row = {"mode": mode, "error": f"{type(exc).__name__}: {exc}"}
         else:

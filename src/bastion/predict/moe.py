@@ -125,6 +125,21 @@ def routing_layout(tp: int, etp: int, sequence_parallel: bool, layout: str) -> R
     return RoutingLayout(1.0 / tp if own_shard else 1.0, 1, tp)
 
 
+def expert_gemm_shapes(model: ModelSpec, rows: float, etp: int = 1) -> tuple[tuple[int, int, int], ...]:
+    """(m, k, n) of one expert's forward GEMMs on `rows` tokens (its up and gate projections as one GEMM, then
+    its down projection), each expert's width split over `etp` ranks."""
+    m, width = max(1, round(rows)), model.expert_width // etp
+    return (m, model.hidden_size, (model.ffn_matrices - 1) * width), (m, width, model.hidden_size)
+
+
+def expert_forward_time(model: ModelSpec, cluster: Cluster, rows: float, etp: int, precision: str,
+                        fp8_recipe: str = DEFAULT_FP8_RECIPE) -> float:
+    """Seconds of one expert's forward GEMMs on `rows` tokens: each at the calibrated efficiency of its own
+    shape (the grouped GEMM's rate at that many tokens per expert)."""
+    return sum(compute.gemm_time(cluster.accelerator, precision, *shape, fp8_recipe)
+               for shape in expert_gemm_shapes(model, rows, etp))
+
+
 @lru_cache(maxsize=16384)
 def routed_cost(model: ModelSpec, cluster: Cluster, tokens: int, tp: int, ep: int, etp: int, precision: str,
                 imbalance_factor: float, fp8_recipe: str = DEFAULT_FP8_RECIPE,
@@ -146,11 +161,10 @@ def routed_cost(model: ModelSpec, cluster: Cluster, tokens: int, tp: int, ep: in
     width = ef // etp
 
     def expert_shapes(rows: float) -> tuple[tuple[int, int, int], ...]:
-        m = max(1, round(rows))
-        return (m, h, (model.ffn_matrices - 1) * width), (m, width, h)
+        return expert_gemm_shapes(model, rows, etp)
 
     def expert_fwd(rows: float) -> float:
-        return sum(compute.gemm_time(acc, precision, *shape, fp8_recipe) for shape in expert_shapes(rows))
+        return expert_forward_time(model, cluster, rows, etp, precision, fp8_recipe)
 
     gemm_fwd = (compute.gemm_time(acc, precision, max(1, round(own_tokens)), h, model.num_experts)
                 + (local_experts - 1) * expert_fwd(mean_rows) + expert_fwd(imbalance_factor * mean_rows))

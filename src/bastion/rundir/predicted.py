@@ -12,12 +12,15 @@ from bastion.specs.plan import ParallelPlan
 #: the memory components summary.json records (bastion.predict MemoryBreakdown fields)
 MEMORY_FIELDS = ("params", "grads", "optimizer", "activations", "logits", "comm_buffers", "allocator_overhead",
                  "total")
+#: the predictor's fp8 recipe (predict/data/fp8_recipes.toml) for each torchao recipe the runtime runs
+#: (runtime/float8.py RECIPES); rowwise_with_gw_hp's bf16 weight-gradient GEMM is not modelled apart
+RUNTIME_FP8_RECIPES = {"tensorwise": "tensorwise", "rowwise": "rowwise", "rowwise_with_gw_hp": "rowwise"}
 
 
 def predicted_figures(spec: ModelSpec, plan: ParallelPlan, cluster_name: str | None, seq_len: int,
-                      compiled: bool = False) -> dict[str, Any]:
-    """The predictor's figures for this run (on bastion's runtime, compiled or not), or {"note": why there are
-    none}."""
+                      compiled: bool = False, fp8_recipe: str = "tensorwise") -> dict[str, Any]:
+    """The predictor's figures for this run (on bastion's runtime, compiled or not; an fp8 plan under the
+    runtime's torchao `fp8_recipe`), or {"note": why there are none}."""
     if cluster_name is None:
         return {"note": "no cluster spec for this device; pass --cluster for a prediction"}
     try:
@@ -27,7 +30,8 @@ def predicted_figures(spec: ModelSpec, plan: ParallelPlan, cluster_name: str | N
         return {"note": f"bastion.predict is not available ({exc}); no prediction"}
     try:
         cluster = load_cluster(cluster_name)
-        est = estimate(spec, cluster, plan, seq_len, options=PredictOptions(compiled=compiled))
+        options = PredictOptions(compiled=compiled, fp8_recipe=RUNTIME_FP8_RECIPES.get(fp8_recipe, fp8_recipe))
+        est = estimate(spec, cluster, plan, seq_len, options=options)
     except BastionError as exc:
         return {"note": f"no prediction: {exc.problem}"}
     memory = {name: float(getattr(est.memory, name)) for name in MEMORY_FIELDS}

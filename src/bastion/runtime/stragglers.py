@@ -144,8 +144,8 @@ class StragglerReporter:
         if config.cluster:  # a named cluster: the prediction is for this hardware (cpu:N is not calibrated)
             from bastion.rundir.predicted import predicted_figures
 
-            predicted = predicted_figures(spec, plan, config.cluster, spec.seq_len,
-                                          compiled=config.compile).get("step_time_s")
+            predicted = predicted_figures(spec, plan, config.cluster, spec.seq_len, compiled=config.compile,
+                                          fp8_recipe=config.fp8_recipe).get("step_time_s")
         self.config = StragglerConfig(factor=config.straggler_factor, predicted_step_s=predicted)
         self.detector = StragglerDetector(self.config)
         self.run_dir = run_dir

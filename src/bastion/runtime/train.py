@@ -68,7 +68,8 @@ def _predicted_step_s(config: TrainConfig, spec: Any, plan: ParallelPlan, cluste
         return None
     from bastion.rundir.predicted import predicted_figures
 
-    return predicted_figures(spec, plan, cluster_name, spec.seq_len, compiled=config.compile).get("step_time_s")
+    return predicted_figures(spec, plan, cluster_name, spec.seq_len, compiled=config.compile,
+                             fp8_recipe=config.fp8_recipe).get("step_time_s")
 
 
 def _evaluate(trainer: Trainer, run_dir: Path, rank: int) -> dict[str, Any]:
