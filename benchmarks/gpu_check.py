@@ -284,7 +284,46 @@ def grouped_gemm_rate(spec: Any, rows_per_expert: int, variant: str, ctx: dict) 
             per_expert = expert_forward_time(spec, load_cluster(cluster), rows_per_expert, 1, precision)
             row[f"{source}_tflops"] = flops / spec.num_experts / per_expert / 1e12
             row[f"{source}_rate_ratio"] = row["forward_tflops"] / row[f"{source}_tflops"]
+    with autocast:
+        row["uneven_routing"] = grouped_against_loop(experts, spec, rows_per_expert, x_TH.dtype)
     return row
+
+
+def grouped_against_loop(experts: Any, spec: Any, rows_per_expert: int, dtype: Any) -> dict:
+    """The runtime's expert matmul on uneven routing (one expert without tokens, group sizes that are not
+    multiples of 8), on the path it chooses, against its loop over experts on the same rows: the largest
+    difference of the output and of the input's gradient, relative to the loop's largest value. On a card with
+    torch._grouped_mm this is the first check of that path (the CPU tests run the loop only)."""
+    import torch
+
+    from bastion.runtime import moe as runtime_moe
+
+    counts = [0] + [round(rows_per_expert * (0.5 + e / spec.num_experts)) + e % 7 for e in range(1, spec.num_experts)]
+    generator = torch.Generator(device=experts.w1.device).manual_seed(0)
+    x_TH = torch.randn(sum(counts), spec.hidden_size, device=experts.w1.device, dtype=dtype, generator=generator)
+    grad = torch.randn(sum(counts), spec.hidden_size, device=experts.w1.device, dtype=dtype, generator=generator)
+
+    def run() -> tuple[Any, Any]:
+        x = x_TH.clone().requires_grad_(True)
+        out = experts(x, counts)
+        out.backward(grad.to(out.dtype))
+        return out.detach().float(), x.grad.float()
+
+    chosen = "torch._grouped_mm" if runtime_moe.grouped_mm_available(experts.w1) else "loop over experts"
+    out, x_grad = run()
+    available = runtime_moe.grouped_mm_available
+    runtime_moe.grouped_mm_available = lambda weight: False
+    try:
+        loop_out, loop_x_grad = run()
+    finally:
+        runtime_moe.grouped_mm_available = available
+
+    def relative(a: Any, b: Any) -> float:
+        return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+    return {"path": chosen, "against": "loop over experts", "counts_min_max": [min(counts), max(counts)],
+            "rows": sum(counts), "output_max_rel_diff": relative(out, loop_out),
+            "input_grad_max_rel_diff": relative(x_grad, loop_x_grad)}
 
 
 def part_single_card(part: Part) -> None:
@@ -414,10 +453,13 @@ def table(results: dict) -> str:
             lines.append(f"{name:11} {'(part)':30} {part.get('error') or part.get('skipped')}"[:200])
         for row in part.get("rows", []):
             if "path" in row:  # a grouped-GEMM row
+                uneven = row.get("uneven_routing", {})
                 lines.append(f"{name:11} {row['run'][:30]:30} {row['forward_s']:8.5f} fwd {row['forward_tflops']:.3g} "
                              f"TFLOP/s on {row['rows_per_expert']} rows/expert via {row['path']}; predictor "
                              f"{number(row.get('datasheet_tflops'), '.3g')} TFLOP/s "
-                             f"(measured/predicted {number(row.get('datasheet_rate_ratio'), '.2f')})")
+                             f"(measured/predicted {number(row.get('datasheet_rate_ratio'), '.2f')}); uneven "
+                             f"routing vs the loop: output {number(uneven.get('output_max_rel_diff'), '.1e')}, "
+                             f"input grad {number(uneven.get('input_grad_max_rel_diff'), '.1e')}")
                 continue
             note = row.get("error") or row.get("skipped") or ", ".join(f"{k} ×{v}" for k, v in
                                                                        row.get("expert_matmul_calls", {}).items())

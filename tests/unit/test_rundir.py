@@ -181,3 +181,23 @@ def test_a_summary_from_before_the_finished_field_is_final_only_when_it_reached_
     os.utime(path, (times.st_atime, times.st_mtime))
     report = build_report(load_run(old_run))
     assert report["state"] == "stopped early at step 6 of 8 (a restart resumes it)" and not report["finished"]
+
+
+def test_an_fp8_runs_prediction_is_for_the_torchao_recipe_the_runtime_runs() -> None:
+    """summary.json's prediction of an fp8 plan costs the recipe `bastion train --fp8-recipe` runs (torchao's
+    tensorwise by default), not the predictor's general default (Transformer Engine's delayed scaling)."""
+    from bastion.predict import PredictOptions, estimate
+    from bastion.rundir.predicted import predicted_figures
+    from bastion.specs import ParallelPlan, load_cluster, load_model
+
+    spec = load_model("llama-1.5b")
+    plan = ParallelPlan(micro_batch=8, global_batch=8, precision="fp8")
+    step = {recipe: predicted_figures(spec, plan, "h100-sxm:1", spec.seq_len, fp8_recipe=recipe)["step_time_s"]
+            for recipe in ("tensorwise", "rowwise", "rowwise_with_gw_hp")}
+    assert predicted_figures(spec, plan, "h100-sxm:1", spec.seq_len)["step_time_s"] == step["tensorwise"]
+    delayed = estimate(spec, load_cluster("h100-sxm:1"), plan, options=PredictOptions(fp8_recipe="delayed"))
+    assert step["tensorwise"] != delayed.step_time_s
+    # rowwise scales cost more quantisation traffic than one scale per tensor (predict/data/fp8_recipes.toml);
+    # the bf16 weight-gradient GEMM of rowwise_with_gw_hp is costed as rowwise
+    assert step["rowwise"] > step["tensorwise"]
+    assert step["rowwise_with_gw_hp"] == step["rowwise"]
