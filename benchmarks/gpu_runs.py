@@ -65,9 +65,11 @@ def device_cluster() -> tuple[str, str | None]:
 
 
 def release_device_memory() -> None:
-    """Free what the last run left cached, so the next run's peak is its own."""
+    """Free what the last run left, so the next run's peak is its own (a compiled model's graphs hold on to
+    its module until torch.compile's caches are reset)."""
     import torch
 
+    torch._dynamo.reset()
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -78,12 +80,15 @@ def train_run(name: str, model: Any, plan_path: Path, data_dir: Path, steps: int
               compile: bool = False, fp8_recipe: str = "tensorwise") -> dict:
     """One `bastion train` of `model` (a preset name, a file or a ModelSpec) on this process's device: the
     median step after WARMUP_STEPS, peak memory and the run's own prediction (summary.json's)."""
+    import torch
+
     from bastion.rundir.metrics import read_metrics
     from bastion.rundir.records import is_step
     from bastion.runtime.train import train
     from bastion.runtime.train_config import TrainConfig
 
     release_device_memory()
+    left_over = torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
     run_dir = work / f"run-{name}"
     started = time.perf_counter()
     summary = train(TrainConfig(model=model, plan=str(plan_path), data=str(data_dir), steps=steps,
@@ -96,6 +101,6 @@ def train_run(name: str, model: Any, plan_path: Path, data_dir: Path, steps: int
     return {"run": name, "step_time_s": statistics.median(steady), "first_step_s": times[0], "step_times_s": times,
             "mfu": measured.get("mfu"), "losses": summary["losses"], "peak_mem_bytes": measured["peak_mem_bytes"],
             "peak_mem_gib": measured["peak_mem_bytes"] / 2**30, "peak_mem_kind": measured.get("peak_mem_kind"),
-            "wall_s": wall, "model_state_bytes": measured["model_state_bytes_by_rank"][0],
+            "allocated_before_run_bytes": left_over, "wall_s": wall, "model_state_bytes": measured["model_state_bytes_by_rank"][0],
             "activation_bytes_first_microbatch": measured["activation_bytes_by_rank"][0],
             "predicted": summary["predicted"], "notes": summary["notes"]}
