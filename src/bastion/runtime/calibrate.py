@@ -451,8 +451,8 @@ def measure_fsdp(base: ModelSpec, world: int, group_size: int, reps: int) -> dic
 
     Returns `rows`: [zero_stage, group_size, layers, this rank's repeats] (the rows without FSDP2 have
     zero_stage -1), `times`: the same repeats by measurement name, and `core_share`: this rank's CPU time / wall
-    time over the models without FSDP2 (the share of a core it had while these ran: the host's other load comes
-    and goes, so it is measured in the same window)."""
+    time over the models without FSDP2 (the share of a core it had while these ran; recorded in the profile's
+    [raw], not what the fit converts with: `fsdp_unit_costs` says why)."""
     from bastion.runtime.mesh import MESH_DIMS, RuntimeMesh
     from bastion.runtime.model import build_model, init_weights
     from bastion.runtime.parallelize import apply_fsdp, cross_entropy_loss
@@ -501,20 +501,24 @@ def measure_fsdp(base: ModelSpec, world: int, group_size: int, reps: int) -> dic
     return {"rows": rows, "times": times, "core_share": eager_cpu / eager_wall}
 
 
-def fsdp_unit_costs(rows: list[list[Any]], shares: dict[int, float]) -> list[dict[str, Any]]:
+def fsdp_unit_costs(rows: list[list[Any]], share: float) -> list[dict[str, Any]]:
     """Per FSDP2 unit, forward + backward, from `measure_fsdp`'s rows ([zero_stage, group_size, layers,
     seconds]): a block's unit is what a block costs more under FSDP2 than without it (the difference of the 3-
     and 1-block models, over 2 blocks), the root unit (embedding, final norm, LM head) what the 1-block model
-    costs more beyond its block's unit. Wall seconds × the share of a core the ranks had meanwhile (`shares`, by
-    group size): seconds on whole cores, which the predictor divides by the share a plan's ranks get (as it does
-    a collective line)."""
+    costs more beyond its block's unit. Wall seconds × `share`, the share of a core each of the measured world's
+    ranks gets when all are busy (the GEMM windows' share, which the profile's background_load says): seconds on
+    whole cores, which the predictor divides by Accelerator.core_share of a plan's ranks, so a plan of the
+    measured world's size at the measured load gets back the wall time measured. (The share the ranks had while
+    the models without FSDP2 ran, `measure_fsdp`'s `core_share`, is higher: they wait at each repeat's barrier
+    and then run on a partly idle host; converting with it and back with the busy share made every unit
+    0.60 / 0.485 = 1.24× (groups of 4) and 0.64 / 0.485 = 1.33× (groups of 2) its measured wall time on the
+    2026-12-07 4-rank profile.)"""
     at = {(zero, size, layers): t for zero, size, layers, t in rows}
     costs = []
     for zero, size in sorted({(z, g) for z, g, _ in at if z >= 0}):
         eager_block = (at[(-1, size, 3)] - at[(-1, size, 1)]) / 2
         block = (at[(zero, size, 3)] - at[(zero, size, 1)]) / 2 - eager_block
         root = at[(zero, size, 1)] - at[(-1, size, 1)] - block
-        share = min(1.0, shares[size])
         costs.append({"zero_stage": zero, "group_size": size, "unit_s": max(0.0, block) * share,
                       "root_s": max(0.0, root) * share})
     return costs
@@ -754,7 +758,7 @@ def fit_profile(raw: dict[str, Any], peak_flops_core: float, host_cores: int) ->
         # `hosts`: how many hosts one group spanned (1: inside a node; more: across the network, a calibrate job)
         collectives.append({"op": op, "group_size": size, "latency_us": latency * 1e6,
                             "bandwidth_gbs": 1e-9 / per_byte, "hosts": hosts_spanned[(op, size)]})
-    fsdp_units = fsdp_unit_costs(shared.get("fsdp", []), shared.get("fsdp_core_share", {}))
+    fsdp_units = fsdp_unit_costs(shared.get("fsdp", []), share)
     host = dict(raw["host"])
     host["process_start_s"] = shared["process_start_s"]
     host["pipeline_micro_batch_s"] = shared.get("pipeline_micro_batch_s", 0.0)
