@@ -1,8 +1,9 @@
 """Predicted vs measured step time after `bastion calibrate --quick`, on this machine.
 
 1. `bastion calibrate --quick` writes a machine profile (benchmarks/results/calibration_profile.toml);
-2. each plan family of the equivalence suite (dp, ZeRO-3, tp+sp, a pipeline schedule, cp, hybrid) and the
-   `make run` demo's plan trains `tiny` and `small` for a few steps with `bastion train --cluster cpu:N@PROFILE`;
+2. each plan family of the equivalence suite (dp, ZeRO-3, tp+sp, pipeline schedules 1F1B and interleaved 1F1B,
+   cp, hybrid pp × dp) and the `make run` demo's plan (pp × dp zero-bubble on `tiny`) trains `tiny` and `small`
+   for a few steps with `bastion train --cluster cpu:N@PROFILE`;
 3. the run's summary.json holds the measured median step (steps after the first) and the profile's prediction
    with its p10-p90 interval; the datasheet prediction (plain `cpu:N`) is computed alongside;
 4. each plan runs `--repeats` times: the table gives the median of the runs' step times and their spread (half
@@ -17,7 +18,9 @@ Nothing here is fitted to the measured step times: the profile comes from microb
     .venv/bin/python benchmarks/bench_calibration.py [--quick] [--only tiny] [--plans dp,zero3] [--repeats 3]
                                                      [--profile EXISTING.toml]
 
-`--quick` (tiny only, 3 repeats) takes under 10 minutes on an idle 2-core host.
+`--quick` (tiny only, 3 repeats) takes about 11 minutes on an idle 2-core host; `small` with one repeat against
+the profile that wrote (`--only small --repeats 1 --profile benchmarks/results/calibration_profile.toml --out
+benchmarks/results/calibration_small.json`) about 5 more.
 """
 
 from __future__ import annotations
@@ -44,10 +47,12 @@ FAMILIES = {
     "zero3": dict(dp=4, zero_stage=3, micro_batch=1, **FP32),
     "tp-sp": dict(dp=2, tp=2, sequence_parallel=True, zero_stage=3, micro_batch=2, **FP32),
     "pp-1f1b": dict(pp=2, pp_schedule="1f1b", micro_batch=2, **FP32),
+    # a second schedule, with two chunks per rank (the demo's plan runs a third, zero-bubble, with dp)
+    "pp-interleaved": dict(pp=2, pp_schedule="interleaved-1f1b", vpp=2, micro_batch=2, **FP32),
     "cp": dict(cp=2, dp=2, micro_batch=2, **FP32),
     "hybrid-pp-dp": dict(pp=2, dp=2, pp_schedule="1f1b", micro_batch=2, **FP32),
 }
-STEPS = {"tiny": 6, "small": 3}
+STEPS = {"tiny": 6, "small": 4}
 SEQ = {"tiny": 64, "small": 256}
 CORES = os.cpu_count() or 1
 #: other processes runnable on average while a run's steps ran, at or above which the run is marked loaded (half
@@ -237,12 +242,13 @@ def _table(rows: list[dict]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny only: under 10 minutes on an idle 2-core host")
+    parser.add_argument("--quick", action="store_true", help="tiny only: about 11 minutes on an idle 2-core host")
     parser.add_argument("--only", default=None, help="models, comma-separated (default tiny,small; --quick tiny)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each plan (the median is reported)")
     parser.add_argument("--plans", default="", help="plan names, comma-separated (default: all + demo)")
     parser.add_argument("--profile", type=Path, help="use this profile instead of calibrating")
-    parser.add_argument("--out", type=Path, default=RESULTS / "calibration.json", help="results file")
+    parser.add_argument("--out", type=Path, help="results file (default calibration.json; with --repredict "
+                                                 "calibration_repredicted.json, never the table it reads)")
     parser.add_argument("--repredict", type=Path, metavar="RESULTS.json",
                         help="run nothing: predict a recorded table's plans again with today's predictor and the "
                              "profile (a model change judged against the same measurements); prints, writes --out")
@@ -250,7 +256,8 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     profile = args.profile or RESULTS / "calibration_profile.toml"
     if args.repredict:
-        return _repredict(args.repredict, profile.resolve(), args.out)
+        return _repredict(args.repredict, profile.resolve(), args.out or RESULTS / "calibration_repredicted.json")
+    args.out = args.out or RESULTS / "calibration.json"
     calibrate_s = None
     if args.profile is None:
         started = time.time()
