@@ -908,6 +908,9 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
          f"each") if acc.host_cores else "",
         ("pipeline ranks idle in the bubble leave their cores to the busy ranks; a hop adds only its bytes to "
          "the schedule's measured per-micro-batch cost") if saturated and plan.pp > 1 else "",
+        ("under the pipeline schedule FSDP2 reduces gradients once per step (its sync off for each micro-batch)"
+         + ("; ZeRO-3 gathers every micro-batch" if plan.zero_stage == 3 else ", gathers once, its hooks run "
+            "every micro-batch")) if saturated and plan.pp > 1 and plan.dp * plan.cp > 1 else "",
         "loss: fused cross-entropy kernel" if options.fused_cross_entropy
         else "loss: plain PyTorch cross-entropy on fp32 logits",
         (f"partial recompute: the first {plan.recompute_layers} layers of each pipeline chunk recomputed whole, "
