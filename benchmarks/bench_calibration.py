@@ -60,48 +60,38 @@ CORES = os.cpu_count() or 1
 OTHER_LOAD_LIMIT = 0.5
 
 
-def _run_processes(run_dir: Path) -> tuple[dict[int, float], int]:
-    """One pass over /proc: each of the run's worker processes' CPU seconds (user + system) so far, by pid, and
-    the threads runnable now (state R) of every process of the run — its workers, torchrun's agent and the front
-    `bastion train` process (each names the run directory on its command line). /proc/loadavg counts threads,
-    and a gloo worker runs several, so counting the run's processes alone would take its own threads for other
-    load."""
-    workers, runnable = {}, 0
+def _run_runnable(run_dir: Path) -> int:
+    """One pass over /proc: the threads runnable now (state R) of every process of the run — its workers,
+    torchrun's agent and the front `bastion train` process (each names the run directory on its command line).
+    /proc/loadavg counts threads, and a gloo worker runs several, so counting the run's processes alone would take
+    its own threads for other load."""
+    runnable = 0
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            text = cmdline.read_text()
-            if str(run_dir) not in text:
+            if str(run_dir) not in cmdline.read_text():
                 continue
             for stat in (cmdline.parent / "task").glob("*/stat"):
                 runnable += stat.read_text().rsplit(")", 1)[1].split()[0] == "R"
-            if "_worker" in text and "local_agent" not in text:
-                fields = (cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()
-                workers[int(cmdline.parent.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         except (OSError, IndexError, ValueError):
             continue
-    return workers, runnable
+    return runnable
 
 
 def _bastion(*args: str, run_dir: Path | None = None) -> tuple[subprocess.CompletedProcess, dict]:
     """Run the CLI; with `run_dir` (a training run), also sample every 0.2 s, once its first step is recorded:
-    the host's runnable processes (/proc/loadavg) other than the run's runnable workers and this sampler, and
-    the workers' CPU time at each newly recorded step."""
+    the host's runnable processes (/proc/loadavg) other than the run's runnable workers and this sampler."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.Popen([sys.executable, "-m", "bastion", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    samples: dict = {"runnable": [], "steps": []}  # steps: (records, wall, {worker pid: CPU s})
+    samples: dict = {"runnable": []}
 
     def sample() -> None:
         metrics = run_dir / "metrics.jsonl" if run_dir else None
         while proc.poll() is None:
             if metrics is not None and metrics.exists():
                 runnable = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
-                workers, own_runnable = _run_processes(run_dir)
                 # other load: runnable threads that are neither the run's nor this sampler's
-                samples["runnable"].append(max(0, runnable - own_runnable - 1))
-                steps = metrics.read_text().count('"step_time_s"')
-                if not samples["steps"] or steps > samples["steps"][-1][0]:
-                    samples["steps"].append((steps, time.perf_counter(), workers))
+                samples["runnable"].append(max(0, runnable - _run_runnable(run_dir) - 1))
             time.sleep(0.2)
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -150,8 +140,6 @@ def _run(model: str, name: str, plan: dict, profile: Path, data: Path, work: Pat
     # runnable processes besides the run's own ranks and the sampler while the steps ran
     runnable = samples["runnable"]
     background = statistics.fmean(runnable) if runnable else None
-    # the samples taken while every worker of the first sample still ran (they exit at the end)
-    steps = [st for st in samples["steps"] if samples["steps"] and st[2] and set(samples["steps"][0][2]) <= set(st[2])]
     load_after = os.getloadavg()[0]
     row = {"model": model, "plan": name, "processes": world, "plan_fields": plan, "wall_s": time.time() - started,
            "load_avg_1m_before": load_before, "load_avg_1m_after": load_after,
@@ -166,14 +154,12 @@ def _run(model: str, name: str, plan: dict, profile: Path, data: Path, work: Pat
     row.update(measured_s=measured, predicted_s=predicted, ratio=predicted / measured,
                interval_s=[summary["predicted"].get("step_time_p10_s"), summary["predicted"].get("step_time_p90_s")],
                rates=summary["predicted"].get("rates"), datasheet_s=_prediction(model, plan, f"cpu:{world}"),
-               sections_s=_sections(run_dir))
-    if len(steps) >= 2 and steps[-1][0] > steps[0][0]:
-        # CPU seconds per step per rank, whatever else the host ran: the profile's prediction on whole cores
-        # (core share 1) against what the ranks used between the first and the last sampled step
-        (n0, _, cpu0), (n1, _, cpu1) = steps[0], steps[-1]
-        ranks = [pid for pid in cpu0 if pid in cpu1]
-        row["measured_cpu_s_per_rank"] = sum(cpu1[p] - cpu0[p] for p in ranks) / (n1 - n0) / max(len(ranks), 1)
-        row["predicted_cpu_s_per_rank"] = _prediction(model, plan, cluster, background_load=2.0 - world)
+               sections_s=_sections(run_dir), cpu_sections_s=_sections(run_dir, "rank_cpu_sections_s"))
+    if row["cpu_sections_s"].get("step"):
+        # CPU seconds per step per rank (the trainer's own per-section CPU time, whatever else the host ran): the
+        # profile's prediction on whole cores (core share 1) against what the ranks used, on average
+        row["measured_cpu_s_per_rank"] = statistics.fmean(row["cpu_sections_s"]["step"])
+        row["predicted_cpu_s_per_rank"] = _prediction(model, plan, cluster, background_load=CORES - world)
         if row["measured_cpu_s_per_rank"] > 0:
             row["ratio_cpu"] = row["predicted_cpu_s_per_rank"] / row["measured_cpu_s_per_rank"]
     if background is not None:
@@ -183,13 +169,14 @@ def _run(model: str, name: str, plan: dict, profile: Path, data: Path, work: Pat
     return row
 
 
-def _sections(run_dir: Path) -> dict[str, list[float]]:
+def _sections(run_dir: Path, key: str = "rank_sections_s") -> dict[str, list[float]]:
     """Each rank's median section times over the steps after the first (runtime/stragglers.py SECTIONS:
-    forward_backward, optimizer, sync_wait, step): within one run their ratios say which part of the step a
-    prediction misses, whatever the host's load did to the whole."""
+    forward_backward, optimizer, sync_wait, step), wall (`rank_sections_s`) or CPU (`rank_cpu_sections_s`):
+    within one run their ratios say which part of the step a prediction misses, whatever the host's load did to
+    the whole; the CPU seconds say how much of a section a rank computed rather than waited."""
     from bastion.rundir.metrics import read_records
 
-    steps = [r["rank_sections_s"] for r in read_records(run_dir) if "rank_sections_s" in r][1:]
+    steps = [r[key] for r in read_records(run_dir) if key in r][1:]
     if not steps:
         return {}
     return {name: [statistics.median(s[name][rank] for s in steps) for rank in range(len(steps[0][name]))]
@@ -296,8 +283,8 @@ def main() -> int:
               "note": "measured = the median over the repeats of each run's median step time after the first step "
                       "(summary.json); spread = half their range / that median; profile = the prediction with "
                       "--cluster cpu:N@PROFILE, p10-p90 its interval; datasheet = plain cpu:N; cpu ratio = the "
-                      "profile's prediction on whole cores / the ranks' CPU seconds per step; at run load = the "
-                      "profile's prediction with its background_load replaced by the runnable processes counted "
+                      "profile's prediction on whole cores / the ranks' CPU seconds per step (the trainer's own, "
+                      "mean over ranks); at run load = the profile's prediction with its background_load replaced by the runnable processes counted "
                       "(/proc/loadavg) while the run's steps ran, less its own runnable ranks and the sampler, / measured; "
                       f"loaded = those other runnable processes averaged {OTHER_LOAD_LIMIT} or more (the 1-minute "
                       "load average, which lags and counts the benchmark's own ranks, is recorded, not judged)."}
