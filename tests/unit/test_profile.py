@@ -323,14 +323,16 @@ def test_a_garbled_fsdp_unit_row_is_a_guidance_error(tmp_path: Path, row: dict) 
         read_profile(write(tmp_path, {**profile_data(), "fsdp_unit": units}))
 
 
-def _fsdp_estimate(tmp_path: Path, name: str, zero: int, **changes: object) -> estimate:
+def _fsdp_estimate(tmp_path: Path, name: str, zero: int, plan: ParallelPlan | None = None,
+                   **changes: object) -> estimate:
+    """`tiny` on a profile with [[fsdp_unit]] rows (dp 4 unless `plan`), `changes` made to it."""
     data = {**profile_data(), "fsdp_unit": _fsdp_units(changes.pop("unit_s", 0.01))}
     data["host"]["layer_fsdp_s"] = changes.pop("layer_fsdp_s", 0.006)
     for line in data["collective"]:
         if line["op"] == changes.get("op"):
             line.update(changes["line"])
     cluster = load_cluster(str(write(tmp_path, data, f"{name}.toml")))
-    plan = ParallelPlan(dp=4, zero_stage=zero, micro_batch=1, global_batch=8, precision="fp32")
+    plan = plan or ParallelPlan(dp=4, zero_stage=zero, micro_batch=1, global_batch=8, precision="fp32")
     return estimate(load_model("tiny"), cluster, plan)
 
 
@@ -354,14 +356,8 @@ def test_a_profiled_hosts_fsdp_costs_the_measured_unit_plus_only_its_bytes(tmp_p
 
 
 def _pipelined_fsdp(tmp_path: Path, name: str, zero: int, micro_batch: int, **changes: object) -> estimate:
-    data = {**profile_data(), "fsdp_unit": _fsdp_units(changes.pop("unit_s", 0.01))}
-    data["host"]["layer_fsdp_s"] = changes.pop("layer_fsdp_s", 0.001)
-    for line in data["collective"]:
-        if line["op"] == changes.get("op"):
-            line.update(changes["line"])
-    cluster = load_cluster(str(write(tmp_path, data, f"{name}.toml")))
     plan = ParallelPlan(pp=2, dp=2, zero_stage=zero, micro_batch=micro_batch, global_batch=8, precision="fp32")
-    return estimate(load_model("tiny"), cluster, plan)
+    return _fsdp_estimate(tmp_path, name, zero, plan, **{"layer_fsdp_s": 0.001, **changes})
 
 
 @pytest.mark.parametrize("zero", [0, 2])
