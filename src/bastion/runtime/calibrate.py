@@ -392,8 +392,10 @@ def measure_pipeline(base: ModelSpec, world: int, reps: int, micro_batches: int 
     """CPU seconds per micro-batch that the runtime's pipeline schedule (1F1B over 2 stages, every pair of
     `world` ranks at once) adds to its stage's own forward + backward: torch.distributed.pipelining's
     bookkeeping and its send/recv's host work, at negligible shapes (one block per stage). The difference of a
-    step of `micro_batches` and a step of 2 (the fewest 2 stages run), per extra micro-batch, less the stage module's own forward +
-    backward timed plainly in the same process; the median of `reps` (every rank the same number)."""
+    step of `micro_batches` and a step of 2 (the fewest 2 stages run), per extra micro-batch, less the stage
+    module's own forward + backward timed plainly in the same process; the median of `reps` (every rank the same
+    number). `times`: this rank's repeats of the three by name, for the profile's [repeats] (each rank's, as the
+    fitted figure is the larger of the stages' and a noisy rank sets it)."""
     from torch.distributed import pipelining
 
     from bastion.runtime.model import build_model, init_weights
@@ -409,6 +411,8 @@ def measure_pipeline(base: ModelSpec, world: int, reps: int, micro_batches: int 
     init_weights(part, spec, 0)
     found = schedule_class(get_schedule("1f1b"), torch.device("cpu"))
 
+    times: dict[str, list[float]] = {}
+
     def step_time(m: int) -> float:
         stage = pipelining.PipelineStage(part, stage_index=stage_id, num_stages=2, device=torch.device("cpu"),
                                          group=pairs[rank // 2])
@@ -418,7 +422,9 @@ def measure_pipeline(base: ModelSpec, world: int, reps: int, micro_batches: int 
         def run() -> None:
             schedule.step(*((tokens,) if stage_id == 0 else ()), target=tokens if stage_id == 1 else None)
         run()
-        return statistics.median(_lockstep_cpu_times(run, reps))
+        times[f"pipeline 1f1b x{m} micro-batches, rank {rank} (stage {stage_id}) of {world}"] = samples = (
+            _lockstep_cpu_times(run, reps))
+        return statistics.median(samples)
 
     per_micro_batch = (step_time(micro_batches) - step_time(2)) / (micro_batches - 2)
     tokens = torch.randint(0, spec.vocab_size, (1, spec.seq_len))
@@ -431,8 +437,9 @@ def measure_pipeline(base: ModelSpec, world: int, reps: int, micro_batches: int 
 
         def plain() -> None:
             cross_entropy_loss(part(hidden), tokens).backward()
-    plain_s = statistics.median(_timings(plain, 0.0, min_reps=reps))
-    return {"pipeline_micro_batch_s": max(0.0, per_micro_batch - plain_s)}
+    alone = times[f"pipeline stage alone x1 micro-batch, rank {rank} (stage {stage_id}) of {world}"] = _timings(
+        plain, 0.0, min_reps=reps)
+    return {"pipeline_micro_batch_s": max(0.0, per_micro_batch - statistics.median(alone)), "times": times}
 
 
 #: the runtime's FSDP2 layouts a plan's ZeRO stage picks (runtime/mesh.py dp_layout, parallelize.apply_fsdp):
@@ -693,6 +700,8 @@ def combine_ranks(ranks: list[dict[str, Any]], ranks_per_host: int, repeats: Rep
         for rank, r in enumerate(ranks):
             repeats[f"core share rank {rank} of {world}"] = r["core_share"]
         repeats.update(ranks[0].get("tensor_parallel", {}).get("times", {}))
+        for r in ranks:
+            repeats.update(r.get("pipeline", {}).get("times", {}))
     return {"world": ranks_per_host, "process_start_s": statistics.median(r["start_s"] for r in ranks),
             "core_share": [statistics.median(r["core_share"]) for r in ranks],
             "elementwise": [r["elementwise"][0] for r in ranks],
