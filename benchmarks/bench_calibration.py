@@ -1,8 +1,9 @@
 """Predicted vs measured step time after `bastion calibrate --quick`, on this machine.
 
 1. `bastion calibrate --quick` writes a machine profile (benchmarks/results/calibration_profile.toml);
-2. each plan family of the equivalence suite (dp, ZeRO-3, tp+sp, a pipeline schedule, cp, hybrid) and the
-   `make run` demo's plan trains `tiny` and `small` for a few steps with `bastion train --cluster cpu:N@PROFILE`;
+2. each plan family of the equivalence suite (dp, ZeRO-3, tp+sp, pipeline schedules 1F1B and interleaved 1F1B,
+   cp, hybrid pp × dp) and the `make run` demo's plan (pp × dp zero-bubble on `tiny`) trains `tiny` and `small`
+   for a few steps with `bastion train --cluster cpu:N@PROFILE`;
 3. the run's summary.json holds the measured median step (steps after the first) and the profile's prediction
    with its p10-p90 interval; the datasheet prediction (plain `cpu:N`) is computed alongside;
 4. each plan runs `--repeats` times: the table gives the median of the runs' step times and their spread (half
@@ -17,7 +18,9 @@ Nothing here is fitted to the measured step times: the profile comes from microb
     .venv/bin/python benchmarks/bench_calibration.py [--quick] [--only tiny] [--plans dp,zero3] [--repeats 3]
                                                      [--profile EXISTING.toml]
 
-`--quick` (tiny only, 3 repeats) takes under 10 minutes on an idle 2-core host.
+`--quick` (tiny only, 3 repeats) takes about 11 minutes on an idle 2-core host; `small` with one repeat against
+the profile that wrote (`--only small --repeats 1 --profile benchmarks/results/calibration_profile.toml --out
+benchmarks/results/calibration_small.json`) about 5 more.
 """
 
 from __future__ import annotations
@@ -44,10 +47,12 @@ FAMILIES = {
     "zero3": dict(dp=4, zero_stage=3, micro_batch=1, **FP32),
     "tp-sp": dict(dp=2, tp=2, sequence_parallel=True, zero_stage=3, micro_batch=2, **FP32),
     "pp-1f1b": dict(pp=2, pp_schedule="1f1b", micro_batch=2, **FP32),
+    # a second schedule, with two chunks per rank (the demo's plan runs a third, zero-bubble, with dp)
+    "pp-interleaved": dict(pp=2, pp_schedule="interleaved-1f1b", vpp=2, micro_batch=2, **FP32),
     "cp": dict(cp=2, dp=2, micro_batch=2, **FP32),
     "hybrid-pp-dp": dict(pp=2, dp=2, pp_schedule="1f1b", micro_batch=2, **FP32),
 }
-STEPS = {"tiny": 6, "small": 3}
+STEPS = {"tiny": 6, "small": 4}
 SEQ = {"tiny": 64, "small": 256}
 CORES = os.cpu_count() or 1
 #: other processes runnable on average while a run's steps ran, at or above which the run is marked loaded (half
@@ -55,48 +60,38 @@ CORES = os.cpu_count() or 1
 OTHER_LOAD_LIMIT = 0.5
 
 
-def _run_processes(run_dir: Path) -> tuple[dict[int, float], int]:
-    """One pass over /proc: each of the run's worker processes' CPU seconds (user + system) so far, by pid, and
-    the threads runnable now (state R) of every process of the run — its workers, torchrun's agent and the front
-    `bastion train` process (each names the run directory on its command line). /proc/loadavg counts threads,
-    and a gloo worker runs several, so counting the run's processes alone would take its own threads for other
-    load."""
-    workers, runnable = {}, 0
+def _run_runnable(run_dir: Path) -> int:
+    """One pass over /proc: the threads runnable now (state R) of every process of the run — its workers,
+    torchrun's agent and the front `bastion train` process (each names the run directory on its command line).
+    /proc/loadavg counts threads, and a gloo worker runs several, so counting the run's processes alone would take
+    its own threads for other load."""
+    runnable = 0
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            text = cmdline.read_text()
-            if str(run_dir) not in text:
+            if str(run_dir) not in cmdline.read_text():
                 continue
             for stat in (cmdline.parent / "task").glob("*/stat"):
                 runnable += stat.read_text().rsplit(")", 1)[1].split()[0] == "R"
-            if "_worker" in text and "local_agent" not in text:
-                fields = (cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()
-                workers[int(cmdline.parent.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         except (OSError, IndexError, ValueError):
             continue
-    return workers, runnable
+    return runnable
 
 
 def _bastion(*args: str, run_dir: Path | None = None) -> tuple[subprocess.CompletedProcess, dict]:
     """Run the CLI; with `run_dir` (a training run), also sample every 0.2 s, once its first step is recorded:
-    the host's runnable processes (/proc/loadavg) other than the run's runnable workers and this sampler, and
-    the workers' CPU time at each newly recorded step."""
+    the host's runnable processes (/proc/loadavg) other than the run's runnable workers and this sampler."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.Popen([sys.executable, "-m", "bastion", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    samples: dict = {"runnable": [], "steps": []}  # steps: (records, wall, {worker pid: CPU s})
+    samples: dict = {"runnable": []}
 
     def sample() -> None:
         metrics = run_dir / "metrics.jsonl" if run_dir else None
         while proc.poll() is None:
             if metrics is not None and metrics.exists():
                 runnable = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
-                workers, own_runnable = _run_processes(run_dir)
                 # other load: runnable threads that are neither the run's nor this sampler's
-                samples["runnable"].append(max(0, runnable - own_runnable - 1))
-                steps = metrics.read_text().count('"step_time_s"')
-                if not samples["steps"] or steps > samples["steps"][-1][0]:
-                    samples["steps"].append((steps, time.perf_counter(), workers))
+                samples["runnable"].append(max(0, runnable - _run_runnable(run_dir) - 1))
             time.sleep(0.2)
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -145,8 +140,6 @@ def _run(model: str, name: str, plan: dict, profile: Path, data: Path, work: Pat
     # runnable processes besides the run's own ranks and the sampler while the steps ran
     runnable = samples["runnable"]
     background = statistics.fmean(runnable) if runnable else None
-    # the samples taken while every worker of the first sample still ran (they exit at the end)
-    steps = [st for st in samples["steps"] if samples["steps"] and st[2] and set(samples["steps"][0][2]) <= set(st[2])]
     load_after = os.getloadavg()[0]
     row = {"model": model, "plan": name, "processes": world, "plan_fields": plan, "wall_s": time.time() - started,
            "load_avg_1m_before": load_before, "load_avg_1m_after": load_after,
@@ -161,14 +154,12 @@ def _run(model: str, name: str, plan: dict, profile: Path, data: Path, work: Pat
     row.update(measured_s=measured, predicted_s=predicted, ratio=predicted / measured,
                interval_s=[summary["predicted"].get("step_time_p10_s"), summary["predicted"].get("step_time_p90_s")],
                rates=summary["predicted"].get("rates"), datasheet_s=_prediction(model, plan, f"cpu:{world}"),
-               sections_s=_sections(run_dir))
-    if len(steps) >= 2 and steps[-1][0] > steps[0][0]:
-        # CPU seconds per step per rank, whatever else the host ran: the profile's prediction on whole cores
-        # (core share 1) against what the ranks used between the first and the last sampled step
-        (n0, _, cpu0), (n1, _, cpu1) = steps[0], steps[-1]
-        ranks = [pid for pid in cpu0 if pid in cpu1]
-        row["measured_cpu_s_per_rank"] = sum(cpu1[p] - cpu0[p] for p in ranks) / (n1 - n0) / max(len(ranks), 1)
-        row["predicted_cpu_s_per_rank"] = _prediction(model, plan, cluster, background_load=2.0 - world)
+               sections_s=_sections(run_dir), cpu_sections_s=_sections(run_dir, "rank_cpu_sections_s"))
+    if row["cpu_sections_s"].get("step"):
+        # CPU seconds per step per rank (the trainer's own per-section CPU time, whatever else the host ran): the
+        # profile's prediction on whole cores (core share 1) against what the ranks used, on average
+        row["measured_cpu_s_per_rank"] = statistics.fmean(row["cpu_sections_s"]["step"])
+        row["predicted_cpu_s_per_rank"] = _prediction(model, plan, cluster, background_load=CORES - world)
         if row["measured_cpu_s_per_rank"] > 0:
             row["ratio_cpu"] = row["predicted_cpu_s_per_rank"] / row["measured_cpu_s_per_rank"]
     if background is not None:
@@ -178,13 +169,14 @@ def _run(model: str, name: str, plan: dict, profile: Path, data: Path, work: Pat
     return row
 
 
-def _sections(run_dir: Path) -> dict[str, list[float]]:
+def _sections(run_dir: Path, key: str = "rank_sections_s") -> dict[str, list[float]]:
     """Each rank's median section times over the steps after the first (runtime/stragglers.py SECTIONS:
-    forward_backward, optimizer, sync_wait, step): within one run their ratios say which part of the step a
-    prediction misses, whatever the host's load did to the whole."""
+    forward_backward, optimizer, sync_wait, step), wall (`rank_sections_s`) or CPU (`rank_cpu_sections_s`):
+    within one run their ratios say which part of the step a prediction misses, whatever the host's load did to
+    the whole; the CPU seconds say how much of a section a rank computed rather than waited."""
     from bastion.rundir.metrics import read_records
 
-    steps = [r["rank_sections_s"] for r in read_records(run_dir) if "rank_sections_s" in r][1:]
+    steps = [r[key] for r in read_records(run_dir) if key in r][1:]
     if not steps:
         return {}
     return {name: [statistics.median(s[name][rank] for s in steps) for rank in range(len(steps[0][name]))]
@@ -237,12 +229,13 @@ def _table(rows: list[dict]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny only: under 10 minutes on an idle 2-core host")
+    parser.add_argument("--quick", action="store_true", help="tiny only: about 11 minutes on an idle 2-core host")
     parser.add_argument("--only", default=None, help="models, comma-separated (default tiny,small; --quick tiny)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each plan (the median is reported)")
     parser.add_argument("--plans", default="", help="plan names, comma-separated (default: all + demo)")
     parser.add_argument("--profile", type=Path, help="use this profile instead of calibrating")
-    parser.add_argument("--out", type=Path, default=RESULTS / "calibration.json", help="results file")
+    parser.add_argument("--out", type=Path, help="results file (default calibration.json; with --repredict "
+                                                 "calibration_repredicted.json, never the table it reads)")
     parser.add_argument("--repredict", type=Path, metavar="RESULTS.json",
                         help="run nothing: predict a recorded table's plans again with today's predictor and the "
                              "profile (a model change judged against the same measurements); prints, writes --out")
@@ -250,7 +243,8 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     profile = args.profile or RESULTS / "calibration_profile.toml"
     if args.repredict:
-        return _repredict(args.repredict, profile.resolve(), args.out)
+        return _repredict(args.repredict, profile.resolve(), args.out or RESULTS / "calibration_repredicted.json")
+    args.out = args.out or RESULTS / "calibration.json"
     calibrate_s = None
     if args.profile is None:
         started = time.time()
@@ -289,8 +283,8 @@ def main() -> int:
               "note": "measured = the median over the repeats of each run's median step time after the first step "
                       "(summary.json); spread = half their range / that median; profile = the prediction with "
                       "--cluster cpu:N@PROFILE, p10-p90 its interval; datasheet = plain cpu:N; cpu ratio = the "
-                      "profile's prediction on whole cores / the ranks' CPU seconds per step; at run load = the "
-                      "profile's prediction with its background_load replaced by the runnable processes counted "
+                      "profile's prediction on whole cores / the ranks' CPU seconds per step (the trainer's own, "
+                      "mean over ranks); at run load = the profile's prediction with its background_load replaced by the runnable processes counted "
                       "(/proc/loadavg) while the run's steps ran, less its own runnable ranks and the sampler, / measured; "
                       f"loaded = those other runnable processes averaged {OTHER_LOAD_LIMIT} or more (the 1-minute "
                       "load average, which lags and counts the benchmark's own ranks, is recorded, not judged)."}

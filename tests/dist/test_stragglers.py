@@ -53,6 +53,14 @@ def test_a_slow_rank_is_named_and_a_clean_run_names_none(tmp_path: Path, token_d
     assert all(len(r["rank_sections_s"][name]) == 2 for r in steps for name in ("forward_backward", "optimizer",
                                                                                     "sync_wait", "step"))
     assert all(r["rank_sections_s"]["sync_wait"][0] > r["rank_sections_s"]["sync_wait"][1] for r in steps[1:])
+    # and their CPU seconds: rank 1 sleeps (its step's wall time, not its CPU time) and rank 0 waits for it in
+    # the closing collective blocked, not spinning: a waiting rank leaves its core to others
+    cpu = [r["rank_cpu_sections_s"] for r in steps[1:]]
+    wall = [r["rank_sections_s"] for r in steps[1:]]
+    assert all(len(c[name]) == 2 for c in cpu for name in ("forward_backward", "optimizer", "sync_wait", "step"))
+    assert all(c["step"][1] < 0.75 * w["step"][1] for c, w in zip(cpu, wall, strict=True))
+    assert all(c["sync_wait"][0] < 0.5 * w["sync_wait"][0] for c, w in zip(cpu, wall, strict=True))
+    assert all(c["forward_backward"][rank] > 0 for c in cpu for rank in (0, 1))
     summary = json.loads((slow / "summary.json").read_text())
     assert summary["stragglers"] == [{"rank": 1, "step": events[0]["step"], "factor": events[0]["factor"]}]
     assert "rank 1 is a straggler" in output

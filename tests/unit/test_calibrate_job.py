@@ -150,16 +150,22 @@ def test_fsdp_measurements_travel_with_the_host_spanning_collectives() -> None:
         # per block: 1 ms without FSDP2, +2 ms under it; the root unit +3 ms (wall, the slowest rank's)
         rows = [[zero, size, layers, [(1e-3 * layers + (zero >= 0) * (2e-3 * layers + 3e-3)) * slow] * 3]
                 for zero in (-1, *FSDP_STAGES) for layers in (1, 3)]
+        # around its barriers a rank had more of a core (0.8) than while all were busy (0.5): not what converts
         return {"rows": rows, "times": {f"{zero} {size} {layers}": t for zero, size, layers, t in rows},
-                "core_share": 0.5}
+                "core_share": 0.8}
 
     def rank(slow: float) -> dict:
         rows = [[op, size, nbytes, [1e-4 + nbytes * 1e-9] * 3, 1 if size == 2 else 2]
                 for op in ("all_reduce",) for size in (2, 4) for nbytes in (4096, 1 << 20)]
         return {"start_s": 1.0, "core_share": [0.5] * 3, "elementwise": [[1 << 20, 1e-3]], "collectives": rows,
-                "fsdp": [fsdp(2, slow), fsdp(4, slow)]}
+                "fsdp": [fsdp(2, slow), fsdp(4, slow)],
+                "pipeline": {"pipeline_micro_batch_s": 1e-3 * slow, "times": {f"pipeline, rank {slow}": [slow]}}}
 
-    shared = combine_ranks([rank(1.0), rank(1.0), rank(1.0), rank(2.0)], ranks_per_host=2)
+    repeats: dict = {}
+    shared = combine_ranks([rank(1.0), rank(1.0), rank(1.0), rank(2.0)], ranks_per_host=2, repeats=repeats)
+    # the pipeline's figure is the slowest stage's; every rank's repeats are kept
+    assert shared["pipeline_micro_batch_s"] == 2e-3
+    assert repeats["pipeline, rank 1.0"] == [1.0] and repeats["pipeline, rank 2.0"] == [2.0]
     raw = {"dispatch_s": 1e-6, "gemm": [[64, 64, 64, 1e-4]], "attention": [[64, 16, 2, 1e-4, 3e-4]],
            "elementwise": [[1 << 20, 1e-3]], "host": {"layer_s": 1e-3}, "shared": shared}
     fitted = fit_profile(raw, 1e11, 2)

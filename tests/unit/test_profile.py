@@ -323,14 +323,16 @@ def test_a_garbled_fsdp_unit_row_is_a_guidance_error(tmp_path: Path, row: dict) 
         read_profile(write(tmp_path, {**profile_data(), "fsdp_unit": units}))
 
 
-def _fsdp_estimate(tmp_path: Path, name: str, zero: int, **changes: object) -> estimate:
+def _fsdp_estimate(tmp_path: Path, name: str, zero: int, plan: ParallelPlan | None = None,
+                   **changes: object) -> estimate:
+    """`tiny` on a profile with [[fsdp_unit]] rows (dp 4 unless `plan`), `changes` made to it."""
     data = {**profile_data(), "fsdp_unit": _fsdp_units(changes.pop("unit_s", 0.01))}
     data["host"]["layer_fsdp_s"] = changes.pop("layer_fsdp_s", 0.006)
     for line in data["collective"]:
         if line["op"] == changes.get("op"):
             line.update(changes["line"])
     cluster = load_cluster(str(write(tmp_path, data, f"{name}.toml")))
-    plan = ParallelPlan(dp=4, zero_stage=zero, micro_batch=1, global_batch=8, precision="fp32")
+    plan = plan or ParallelPlan(dp=4, zero_stage=zero, micro_batch=1, global_batch=8, precision="fp32")
     return estimate(load_model("tiny"), cluster, plan)
 
 
@@ -351,3 +353,41 @@ def test_a_profiled_hosts_fsdp_costs_the_measured_unit_plus_only_its_bytes(tmp_p
     for op in ("all_gather", "all_reduce"):
         narrow = _fsdp_estimate(tmp_path, f"narrow-{op}", zero, op=op, line={"bandwidth_gbs": 0.001})
         assert (narrow.time.dp_comm > base.time.dp_comm) == ((op == "all_reduce") == (zero == 0)), op
+
+
+def _pipelined_fsdp(tmp_path: Path, name: str, zero: int, micro_batch: int, **changes: object) -> estimate:
+    plan = ParallelPlan(pp=2, dp=2, zero_stage=zero, micro_batch=micro_batch, global_batch=8, precision="fp32")
+    return _fsdp_estimate(tmp_path, name, zero, plan, **{"layer_fsdp_s": 0.001, **changes})
+
+
+@pytest.mark.parametrize("zero", [0, 2])
+def test_under_a_pipeline_fsdp2_gathers_and_reduces_once_per_step_and_hooks_each_micro_batch(
+        tmp_path: Path, zero: int) -> None:
+    # torch.distributed.pipelining turns FSDP2's gradient sync off for every micro-batch and reduces once per
+    # step: the measured unit cost (the first micro-batch's hooks in it) counts once whatever the micro-batches,
+    # the hooks once per further micro-batch
+    share = 2 / 4.5
+    units = 2 + 1  # a stage's 2 blocks and its root unit
+    for micro_batch, m in ((4, 1), (1, 4)):
+        base = _pipelined_fsdp(tmp_path, f"base-{micro_batch}", zero, micro_batch)
+        dearer = _pipelined_fsdp(tmp_path, f"dearer-{micro_batch}", zero, micro_batch, unit_s=0.02)
+        assert dearer.time.dp_comm - base.time.dp_comm == pytest.approx(2 * 0.01 * (1 + zero) / share, rel=1e-6)
+        hooks = _pipelined_fsdp(tmp_path, f"hooks-{micro_batch}", zero, micro_batch, layer_fsdp_s=0.002)
+        assert hooks.time.dp_comm - base.time.dp_comm == pytest.approx((m - 1) * units * 0.001 / share, abs=1e-12)
+    # the gradients' bytes once per step too, not per micro-batch
+    op = "all_reduce" if zero == 0 else "reduce_scatter"
+    one = _pipelined_fsdp(tmp_path, "one", zero, 4)
+    one_narrow = _pipelined_fsdp(tmp_path, "one-narrow", zero, 4, op=op, line={"bandwidth_gbs": 0.001})
+    four = _pipelined_fsdp(tmp_path, "four", zero, 1)
+    four_narrow = _pipelined_fsdp(tmp_path, "four-narrow", zero, 1, op=op, line={"bandwidth_gbs": 0.001})
+    assert four_narrow.time.dp_comm - four.time.dp_comm == pytest.approx(
+        one_narrow.time.dp_comm - one.time.dp_comm, rel=1e-9)
+
+
+def test_under_a_pipeline_zero3_still_gathers_every_micro_batch(tmp_path: Path) -> None:
+    one = _pipelined_fsdp(tmp_path, "one", 3, 4)
+    four = _pipelined_fsdp(tmp_path, "four", 3, 1)
+    one_dear = _pipelined_fsdp(tmp_path, "one-dear", 3, 4, unit_s=0.02)
+    four_dear = _pipelined_fsdp(tmp_path, "four-dear", 3, 1, unit_s=0.02)
+    assert four_dear.time.dp_comm - four.time.dp_comm == pytest.approx(
+        4 * (one_dear.time.dp_comm - one.time.dp_comm), rel=1e-6)

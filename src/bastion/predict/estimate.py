@@ -325,15 +325,22 @@ def _host_saturated(node: Cluster) -> bool:
 
 
 def _runtime_fsdp_comm(node: Cluster, model: ModelSpec, plan: ParallelPlan, layers: int, has_first: bool,
-                       has_last: bool) -> float:
-    """Seconds of one micro-batch's FSDP2 collectives on one rank of bastion's runtime, none hidden: every plan
-    with dp × cp > 1 runs FSDP2 (runtime/parallelize.py), which gathers each unit (a block; the rest of the
-    stage as one root unit) for the forward, again for the backward under ZeRO-3 (resharded after forward), and
-    reduce-scatters its gradients in every micro-batch's backward. Where the profile timed FSDP2's units on real
-    groups of the plan's layout, each unit costs that (hooks, latency, waiting) plus its collectives' bytes."""
+                       has_last: bool) -> tuple[float, float]:
+    """Seconds of FSDP2's collectives on one rank of bastion's runtime, none hidden, as (per micro-batch, once
+    per step): every plan with dp × cp > 1 runs FSDP2 (runtime/parallelize.py), which gathers each unit (a
+    block; the rest of the stage as one root unit) for the forward, again for the backward under ZeRO-3
+    (resharded after forward), and reduces its gradients. Where the profile timed FSDP2's units on real groups of
+    the plan's layout, each unit costs that (hooks, latency, waiting) plus its collectives' bytes.
+
+    Without a pipeline the training loop runs every micro-batch's backward with gradient sync on, so all of it
+    recurs per micro-batch. Under a pipeline schedule torch.distributed.pipelining turns FSDP2's gradient sync
+    and resharding after backward off for every micro-batch and reduces once per step (PipelineStage's
+    backward_maybe_with_nosync, perform_reduce_grad): ZeRO 0-2 then gather and reduce once per step, leaving
+    each further micro-batch FSDP2's hooks (the profile's one-process layer_fsdp_s per unit); ZeRO-3, resharded
+    after every forward, still gathers per micro-batch and reduces its gradients' bytes once."""
     shard = plan.dp * plan.cp
     if shard <= 1:
-        return 0.0
+        return 0.0, 0.0
     group = comm.place_group(node, shard, plan.tp)
     # the routed experts are their own unit over the expert data-parallel ranks (runtime/parallelize.py)
     expert_group = moe.expert_data_parallel_group(node, shard, plan.tp, plan.ep, plan.etp)
@@ -344,27 +351,34 @@ def _runtime_fsdp_comm(node: Cluster, model: ModelSpec, plan: ParallelPlan, laye
     units = layer * layers + [(root, group)]
     gathers = 2 if plan.zero_stage == 3 else 1
     measured = _measured_fsdp(node, plan)
-    if measured is None:
-        return sum(gathers * comm.all_gather_time(node, float(n * p_bytes), g)
-                   + comm.reduce_scatter_time(node, float(n * g_bytes), g) for n, g in units)
-    # the profile timed FSDP2's units on real groups at a negligible size (hooks, the collectives' latency, the
-    # waiting): per unit that, plus only the bytes of its collectives at the measured bandwidth. ZeRO 0 runs
-    # FSDP2 replicated (runtime/mesh.py dp_layout): no gather, its gradients all-reduced.
     share = node.accelerator.core_share(node.gpus_per_node)
+    if measured is None:
+        gather = sum(gathers * comm.all_gather_time(node, float(n * p_bytes), g) for n, g in units)
+        reduce = sum(comm.reduce_scatter_time(node, float(n * g_bytes), g) for n, g in units)
+        fixed = 0.0
+    else:
+        # the profile timed FSDP2's units on real groups at a negligible size (hooks, the collectives' latency,
+        # the waiting): per unit that, plus only the bytes of its collectives at the measured bandwidth. ZeRO 0
+        # runs FSDP2 replicated (runtime/mesh.py dp_layout): no gather, its gradients all-reduced.
+        def bytes_term(op: str, nbytes: float, g: comm.GroupPlacement) -> float:
+            if g.size <= 1 or nbytes <= 0:
+                return 0.0
+            at_size = node.profile.collective_wall_time(op, g.size, nbytes, share) or 0.0
+            return at_size - (node.profile.collective_wall_time(op, g.size, 0.0, share) or 0.0)
 
-    def bytes_term(op: str, nbytes: float, g: comm.GroupPlacement) -> float:
-        if g.size <= 1 or nbytes <= 0:
-            return 0.0
-        at_size = node.profile.collective_wall_time(op, g.size, nbytes, share) or 0.0
-        return at_size - (node.profile.collective_wall_time(op, g.size, 0.0, share) or 0.0)
-
-    def unit_bytes(n: int, g: comm.GroupPlacement) -> float:
-        if plan.zero_stage == 0:
-            return bytes_term("all_reduce", float(n * g_bytes), g)
-        return gathers * bytes_term("all_gather", float(n * p_bytes), g) + bytes_term("reduce_scatter",
-                                                                                       float(n * g_bytes), g)
-    fixed = (len(layer) * layers * measured.unit_s + measured.root_s) / share
-    return fixed + sum(unit_bytes(n, g) for n, g in units)
+        fixed = (len(layer) * layers * measured.unit_s + measured.root_s) / share
+        gather = sum(gathers * bytes_term("all_gather", float(n * p_bytes), g) for n, g in units
+                     if plan.zero_stage > 0)
+        reduce = sum(bytes_term("all_reduce" if plan.zero_stage == 0 else "reduce_scatter", float(n * g_bytes), g)
+                     for n, g in units)
+    if plan.pp <= 1:
+        return fixed + gather + reduce, 0.0
+    if plan.zero_stage == 3:
+        return fixed + gather, reduce
+    # (without measured units the hooks are already in the host overhead per micro-batch: _micro_batch_overhead)
+    hooks = 0.0 if measured is None else (len(layer) * layers + 1) * node.profile.host_overheads.layer_fsdp_s / share
+    once = fixed + gather + reduce
+    return min(hooks, once), max(0.0, once - hooks)
 
 
 def _measured_fsdp(node: Cluster, plan: ParallelPlan) -> FsdpUnitCost | None:
@@ -783,8 +797,9 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
                    for i in representatives]
     saturated = _host_saturated(node)
     if saturated:
+        fsdp = {i: _runtime_fsdp_comm(node, model, plan, *roles[i]) for i in representatives}
         stage_times = [replace(t, host_overhead=_micro_batch_overhead(node, plan, *roles[i]),
-                               fsdp_exposed=_runtime_fsdp_comm(node, model, plan, *roles[i]),
+                               fsdp_exposed=fsdp[i][0],
                                tp_comm=t.tp_comm + _tp_ends_comm(cluster, model, plan, s, *roles[i]))
                        for t, i in zip(stage_times, representatives, strict=True)]
     slowest = max(stage_times, key=lambda t: t.total)
@@ -809,7 +824,8 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
 
     # data parallelism (ZeRO 0-2): gradients are reduced once per step; DDP's buckets overlap the reduction with
     # the last micro-batch's backward, except the last bucket. ZeRO 1/2 then all-gather the updated parameters.
-    dp_comm = m * slowest.fsdp_exposed
+    # FSDP2's once-per-step part under a pipeline schedule (its gradient reduction after the last backward)
+    dp_comm = m * slowest.fsdp_exposed + (max(once for _, once in fsdp.values()) if saturated else 0.0)
     worst = max(representatives, key=lambda i: sum(stage_states(model, plan, i)))
     worst_states = stage_states(model, plan, worst)
     p_bytes, g_bytes, o_bytes = state_bytes_per_param(plan.precision)
@@ -893,6 +909,9 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
          f"each") if acc.host_cores else "",
         ("pipeline ranks idle in the bubble leave their cores to the busy ranks; a hop adds only its bytes to "
          "the schedule's measured per-micro-batch cost") if saturated and plan.pp > 1 else "",
+        ("under the pipeline schedule FSDP2 reduces gradients once per step (its sync off for each micro-batch)"
+         + ("; ZeRO-3 gathers every micro-batch" if plan.zero_stage == 3 else ", gathers once, its hooks run "
+            "every micro-batch")) if saturated and plan.pp > 1 and plan.dp * plan.cp > 1 else "",
         "loss: fused cross-entropy kernel" if options.fused_cross_entropy
         else "loss: plain PyTorch cross-entropy on fp32 logits",
         (f"partial recompute: the first {plan.recompute_layers} layers of each pipeline chunk recomputed whole, "

@@ -42,6 +42,9 @@ class StepRecord(TypedDict):
     #: every rank's section times of the step, seconds: {"forward_backward" | "optimizer" | "sync_wait" | "step":
     #: [rank 0's, rank 1's, ...]} (runtime/stragglers.py says what each covers; absent before they were recorded)
     rank_sections_s: NotRequired[dict[str, list[float]]]
+    #: the same sections' CPU seconds on every rank (the process's threads; a rank blocked on a peer adds none;
+    #: absent before they were recorded)
+    rank_cpu_sections_s: NotRequired[dict[str, list[float]]]
     #: --fault-tolerance torchft: the replica groups that took part in the step, and the [start, end) global
     #: sample ids of the groups that did not (not trained on: the step's batch was the participants' shares)
     replica_groups: NotRequired[list[int]]

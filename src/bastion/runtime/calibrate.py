@@ -392,8 +392,10 @@ def measure_pipeline(base: ModelSpec, world: int, reps: int, micro_batches: int 
     """CPU seconds per micro-batch that the runtime's pipeline schedule (1F1B over 2 stages, every pair of
     `world` ranks at once) adds to its stage's own forward + backward: torch.distributed.pipelining's
     bookkeeping and its send/recv's host work, at negligible shapes (one block per stage). The difference of a
-    step of `micro_batches` and a step of 2 (the fewest 2 stages run), per extra micro-batch, less the stage module's own forward +
-    backward timed plainly in the same process; the median of `reps` (every rank the same number)."""
+    step of `micro_batches` and a step of 2 (the fewest 2 stages run), per extra micro-batch, less the stage
+    module's own forward + backward timed plainly in the same process; the median of `reps` (every rank the same
+    number). `times`: this rank's repeats of the three by name, for the profile's [repeats] (each rank's, as the
+    fitted figure is the larger of the stages' and a noisy rank sets it)."""
     from torch.distributed import pipelining
 
     from bastion.runtime.model import build_model, init_weights
@@ -409,6 +411,8 @@ def measure_pipeline(base: ModelSpec, world: int, reps: int, micro_batches: int 
     init_weights(part, spec, 0)
     found = schedule_class(get_schedule("1f1b"), torch.device("cpu"))
 
+    times: dict[str, list[float]] = {}
+
     def step_time(m: int) -> float:
         stage = pipelining.PipelineStage(part, stage_index=stage_id, num_stages=2, device=torch.device("cpu"),
                                          group=pairs[rank // 2])
@@ -418,7 +422,9 @@ def measure_pipeline(base: ModelSpec, world: int, reps: int, micro_batches: int 
         def run() -> None:
             schedule.step(*((tokens,) if stage_id == 0 else ()), target=tokens if stage_id == 1 else None)
         run()
-        return statistics.median(_lockstep_cpu_times(run, reps))
+        times[f"pipeline 1f1b x{m} micro-batches, rank {rank} (stage {stage_id}) of {world}"] = samples = (
+            _lockstep_cpu_times(run, reps))
+        return statistics.median(samples)
 
     per_micro_batch = (step_time(micro_batches) - step_time(2)) / (micro_batches - 2)
     tokens = torch.randint(0, spec.vocab_size, (1, spec.seq_len))
@@ -431,8 +437,9 @@ def measure_pipeline(base: ModelSpec, world: int, reps: int, micro_batches: int 
 
         def plain() -> None:
             cross_entropy_loss(part(hidden), tokens).backward()
-    plain_s = statistics.median(_timings(plain, 0.0, min_reps=reps))
-    return {"pipeline_micro_batch_s": max(0.0, per_micro_batch - plain_s)}
+    alone = times[f"pipeline stage alone x1 micro-batch, rank {rank} (stage {stage_id}) of {world}"] = _timings(
+        plain, 0.0, min_reps=reps)
+    return {"pipeline_micro_batch_s": max(0.0, per_micro_batch - statistics.median(alone)), "times": times}
 
 
 #: the runtime's FSDP2 layouts a plan's ZeRO stage picks (runtime/mesh.py dp_layout, parallelize.apply_fsdp):
@@ -451,8 +458,8 @@ def measure_fsdp(base: ModelSpec, world: int, group_size: int, reps: int) -> dic
 
     Returns `rows`: [zero_stage, group_size, layers, this rank's repeats] (the rows without FSDP2 have
     zero_stage -1), `times`: the same repeats by measurement name, and `core_share`: this rank's CPU time / wall
-    time over the models without FSDP2 (the share of a core it had while these ran: the host's other load comes
-    and goes, so it is measured in the same window)."""
+    time over the models without FSDP2 (the share of a core it had while these ran; recorded in the profile's
+    [raw], not what the fit converts with: `fsdp_unit_costs` says why)."""
     from bastion.runtime.mesh import MESH_DIMS, RuntimeMesh
     from bastion.runtime.model import build_model, init_weights
     from bastion.runtime.parallelize import apply_fsdp, cross_entropy_loss
@@ -501,20 +508,24 @@ def measure_fsdp(base: ModelSpec, world: int, group_size: int, reps: int) -> dic
     return {"rows": rows, "times": times, "core_share": eager_cpu / eager_wall}
 
 
-def fsdp_unit_costs(rows: list[list[Any]], shares: dict[int, float]) -> list[dict[str, Any]]:
+def fsdp_unit_costs(rows: list[list[Any]], share: float) -> list[dict[str, Any]]:
     """Per FSDP2 unit, forward + backward, from `measure_fsdp`'s rows ([zero_stage, group_size, layers,
     seconds]): a block's unit is what a block costs more under FSDP2 than without it (the difference of the 3-
     and 1-block models, over 2 blocks), the root unit (embedding, final norm, LM head) what the 1-block model
-    costs more beyond its block's unit. Wall seconds × the share of a core the ranks had meanwhile (`shares`, by
-    group size): seconds on whole cores, which the predictor divides by the share a plan's ranks get (as it does
-    a collective line)."""
+    costs more beyond its block's unit. Wall seconds × `share`, the share of a core each of the measured world's
+    ranks gets when all are busy (the GEMM windows' share, which the profile's background_load says): seconds on
+    whole cores, which the predictor divides by Accelerator.core_share of a plan's ranks, so a plan of the
+    measured world's size at the measured load gets back the wall time measured. (The share the ranks had while
+    the models without FSDP2 ran, `measure_fsdp`'s `core_share`, is higher: they wait at each repeat's barrier
+    and then run on a partly idle host; converting with it and back with the busy share made every unit
+    0.60 / 0.485 = 1.24× (groups of 4) and 0.64 / 0.485 = 1.33× (groups of 2) its measured wall time on the
+    2026-12-07 4-rank profile.)"""
     at = {(zero, size, layers): t for zero, size, layers, t in rows}
     costs = []
     for zero, size in sorted({(z, g) for z, g, _ in at if z >= 0}):
         eager_block = (at[(-1, size, 3)] - at[(-1, size, 1)]) / 2
         block = (at[(zero, size, 3)] - at[(zero, size, 1)]) / 2 - eager_block
         root = at[(zero, size, 1)] - at[(-1, size, 1)] - block
-        share = min(1.0, shares[size])
         costs.append({"zero_stage": zero, "group_size": size, "unit_s": max(0.0, block) * share,
                       "root_s": max(0.0, root) * share})
     return costs
@@ -689,6 +700,8 @@ def combine_ranks(ranks: list[dict[str, Any]], ranks_per_host: int, repeats: Rep
         for rank, r in enumerate(ranks):
             repeats[f"core share rank {rank} of {world}"] = r["core_share"]
         repeats.update(ranks[0].get("tensor_parallel", {}).get("times", {}))
+        for r in ranks:
+            repeats.update(r.get("pipeline", {}).get("times", {}))
     return {"world": ranks_per_host, "process_start_s": statistics.median(r["start_s"] for r in ranks),
             "core_share": [statistics.median(r["core_share"]) for r in ranks],
             "elementwise": [r["elementwise"][0] for r in ranks],
@@ -754,7 +767,7 @@ def fit_profile(raw: dict[str, Any], peak_flops_core: float, host_cores: int) ->
         # `hosts`: how many hosts one group spanned (1: inside a node; more: across the network, a calibrate job)
         collectives.append({"op": op, "group_size": size, "latency_us": latency * 1e6,
                             "bandwidth_gbs": 1e-9 / per_byte, "hosts": hosts_spanned[(op, size)]})
-    fsdp_units = fsdp_unit_costs(shared.get("fsdp", []), shared.get("fsdp_core_share", {}))
+    fsdp_units = fsdp_unit_costs(shared.get("fsdp", []), share)
     host = dict(raw["host"])
     host["process_start_s"] = shared["process_start_s"]
     host["pipeline_micro_batch_s"] = shared.get("pipeline_micro_batch_s", 0.0)

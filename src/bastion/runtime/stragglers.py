@@ -1,6 +1,8 @@
 """Finding the slow rank: per-rank section times of every step, gathered to rank 0, judged over a window.
 
-What is measured, per rank and step (seconds, `time.perf_counter`, no extra barrier):
+What is measured, per rank and step (seconds, `time.perf_counter`, no extra barrier; and each section's CPU
+seconds, `time.process_time`: the process's threads, gloo's included, so a rank blocked waiting for a peer adds
+wall time but next to no CPU time — what a calibration pass decomposes a step with on shared cores):
   forward_backward  batch, forward and backward, gradient placement (FSDP's all-gathers and reduce-scatters run
                     inside it, so it includes waiting for peers there)
   optimizer         gradient-norm clipping (one small all-reduce), the update, the LR schedule
@@ -13,7 +15,7 @@ that lands inside FSDP's own collectives (a slower device mid-backward) makes ev
 does not single out a rank this way; it shows against the predicted step time instead (when the cluster was named
 with --cluster, so the prediction is for this hardware).
 
-The gather is one `all_gather` of four floats per rank per step, after the step's time is taken. Rank 0 judges:
+The gather is one `all_gather` of eight floats per rank per step (wall and CPU), after the step's time is taken. Rank 0 judges:
 a rank whose median compute time over the last `window` steps is at least `factor` × the median of its peers'
 medians (or of the predicted step time) is a straggler; each such episode is one `straggler` event (rundir
 records.py) and one entry of summary.json's `stragglers`.
@@ -41,16 +43,20 @@ if TYPE_CHECKING:
 SECTIONS = ("forward_backward", "optimizer", "sync_wait", "step")
 
 
-def gather_sections(local: dict[str, float], device: torch.device) -> dict[str, list[float]]:
-    """Every rank's section times (collective): section -> [rank 0's, rank 1's, ...]."""
-    mine = torch.tensor([local[name] for name in SECTIONS], dtype=torch.float64, device=device)
+def gather_sections(wall: dict[str, float], cpu: dict[str, float], device: torch.device
+                    ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Every rank's section times, wall and CPU (collective): two tables section -> [rank 0's, rank 1's, ...]."""
+    mine = torch.tensor([wall[name] for name in SECTIONS] + [cpu[name] for name in SECTIONS], dtype=torch.float64,
+                        device=device)
     if not dist.is_initialized() or dist.get_world_size() == 1:
         rows = [mine]
     else:
         rows = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
         dist.all_gather(rows, mine)
     table = torch.stack(rows).cpu().tolist()
-    return {name: [round(row[i], 6) for row in table] for i, name in enumerate(SECTIONS)}
+    n = len(SECTIONS)
+    return ({name: [round(row[i], 6) for row in table] for i, name in enumerate(SECTIONS)},
+            {name: [round(row[n + i], 6) for row in table] for i, name in enumerate(SECTIONS)})
 
 
 def compute_times(sections: dict[str, list[float]]) -> list[float]:

@@ -222,10 +222,10 @@ class Trainer(Stateful):
         return float(total) / (self.config.eval_batches * self.plan.dp * self.plan.cp * self.plan.tp)
 
     def train_step(self, hooks: StepHooks | None = None) -> dict[str, Any]:
-        """One optimizer step; the record holds every rank's section times (`rank_sections_s`, gathered: a
-        collective, runtime/stragglers.py)."""
+        """One optimizer step; the record holds every rank's section times, wall and CPU (`rank_sections_s`,
+        `rank_cpu_sections_s`, gathered: a collective, runtime/stragglers.py)."""
         device = self.rmesh.device
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         replicas = self.replicas
         previous_groups: list[int] = []
         if replicas is not None:  # the step's quorum: a restarted group heals here (state, data position, step)
@@ -241,7 +241,7 @@ class Trainer(Stateful):
             hooks.after_backward(self.step + 1, self.model.parameters())
         if replicas is not None:  # the group's reduced gradients averaged over the participating groups
             replicas.average([_local(p.grad) for p in self.model.parameters() if p.grad is not None], local_loss)
-        backward_done = time.perf_counter()
+        backward_done, backward_done_cpu = time.perf_counter(), time.process_time()
         grad_norm = clip_grad_norm(self.model, self.config.max_grad_norm, self.rmesh)
         if hooks is not None:  # raises BadStep before a NaN/spiking update is applied
             hooks.check_grad_norm(self.step + 1, grad_norm, self.last_sample_ids[0])
@@ -254,22 +254,24 @@ class Trainer(Stateful):
         self.scheduler.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        optimizer_done = time.perf_counter()
+        optimizer_done, optimizer_done_cpu = time.perf_counter(), time.process_time()
         if hooks is not None:
             hooks.before_sync(self.step + 1, optimizer_done - start)
-        sync_start = time.perf_counter()
+        sync_start, sync_start_cpu = time.perf_counter(), time.process_time()
         # every dp × cp × tp rank of the last stage holds the mean over the same number of tokens (tp ranks the
         # same value); the other stages contribute 0
         dist.all_reduce(local_loss)
         loss = float(local_loss) / (self.plan.dp * self.plan.cp * self.plan.tp)
-        end = time.perf_counter()
+        end, end_cpu = time.perf_counter(), time.process_time()
         step_time = end - start
-        sections = gather_sections({"forward_backward": backward_done - start,
-                                    "optimizer": optimizer_done - backward_done, "sync_wait": end - sync_start,
-                                    "step": step_time}, device)
+        sections, cpu_sections = gather_sections(
+            {"forward_backward": backward_done - start, "optimizer": optimizer_done - backward_done,
+             "sync_wait": end - sync_start, "step": step_time},
+            {"forward_backward": backward_done_cpu - start_cpu, "optimizer": optimizer_done_cpu - backward_done_cpu,
+             "sync_wait": end_cpu - sync_start_cpu, "step": end_cpu - start_cpu}, device)
         self.step += 1
         record = {"step": self.step, "loss": loss, "grad_norm": grad_norm, "lr": lr, "step_time_s": step_time,
-                  "rank_sections_s": sections}
+                  "rank_sections_s": sections, "rank_cpu_sections_s": cpu_sections}
         if replicas is not None:
             record.update(replicas.step_fields(self.step, self.last_sample_ids, previous_groups))
         if self.spec.num_experts:  # after the step's timing: one small all-reduce of routing counters
