@@ -34,7 +34,10 @@ PROFILE_FORMAT = 1
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "send_recv")
 #: Accelerator fields a profile may replace
 ACCELERATOR_FIELDS = ("matmul_efficiency", "hbm_bandwidth_gbs", "background_load", "gemm_efficiency_curve",
-                      "attention_efficiency_curve")
+                      "attention_efficiency_curve", "gemm_shape_efficiency", "attention_layout_efficiency")
+#: the measured curves a profile may hold, by the number of columns of their rows
+_CURVE_WIDTHS = {"gemm_efficiency_curve": 2, "attention_efficiency_curve": 3, "gemm_shape_efficiency": 4,
+                 "attention_layout_efficiency": 4}
 _FIX = "run `bastion calibrate --out PROFILE.toml` on the machine again, and pass that file."
 
 
@@ -232,10 +235,8 @@ def read_profile(path: str | Path) -> MachineProfile:
         if key not in ACCELERATOR_FIELDS:
             raise ConfigError(f"{where}: not a field a profile may set.",
                               fix=f"use only {', '.join(ACCELERATOR_FIELDS)}.")
-        if key == "gemm_efficiency_curve":
-            overrides[key] = _curve(value, 2, where)
-        elif key == "attention_efficiency_curve":
-            overrides[key] = _curve(value, 3, where)
+        if key in _CURVE_WIDTHS:
+            overrides[key] = _curve(value, _CURVE_WIDTHS[key], where)
         else:
             overrides[key] = _number(acc, key, where)
     host = _table(data, "host", path)
