@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from bastion.cli import main
 from bastion.predict import compute, estimate
 from bastion.predict.calibration import (
     attention_efficiency_measured,
@@ -22,6 +21,7 @@ from bastion.specs import ParallelPlan, load_model
 from bastion.specs.hardware import load_accelerator, load_cluster
 from bastion.specs.profile import PROFILE_FORMAT, profile_toml, read_profile
 from bastion.specs.profile_compare import compare_profiles
+from helpers.cli import run, user_error
 
 CARD = "h100-sxm"
 #: a grid of (m, k, n) over the shapes transformer training runs (tokens × hidden × width)
@@ -67,13 +67,6 @@ def write(tmp_path: Path, data: dict, name: str = "h100.toml") -> Path:
     path = tmp_path / name
     path.write_text(profile_toml(data, "test GPU profile"))
     return path
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    out, err = capsys.readouterr()
-    return int(exc.value.code or 0), out, err
 
 
 def test_a_gpu_profile_round_trips_into_the_cards_accelerator(tmp_path: Path) -> None:
@@ -178,20 +171,17 @@ def test_a_garbled_gpu_profile_is_a_guidance_error(tmp_path: Path, capsys: pytes
     data = gpu_profile()
     data["accelerator"][field] = value
     path = write(tmp_path, data)
-    code, _, err = run(["estimate", "--model", "llama3-8b", "--cluster", f"{CARD}:8@{path}", "--tp", "8",
-                        "--global-batch", "8"], capsys)
-    assert code == 2 and message in err and "bastion calibrate" in err and "Traceback" not in err
+    user_error(["estimate", "--model", "llama3-8b", "--cluster", f"{CARD}:8@{path}", "--tp", "8",
+                "--global-batch", "8"], capsys, message, "bastion calibrate")
 
 
 def test_a_missing_gpu_profile_or_one_of_another_card_is_a_guidance_error(tmp_path: Path,
                                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(["estimate", "--model", "llama3-8b", "--cluster", f"{CARD}:8@{tmp_path / 'none.toml'}",
-                        "--tp", "8", "--global-batch", "8"], capsys)
-    assert code == 2 and "Machine profile not found" in err and "bastion calibrate" in err
+    user_error(["estimate", "--model", "llama3-8b", "--cluster", f"{CARD}:8@{tmp_path / 'none.toml'}", "--tp", "8",
+                "--global-batch", "8"], capsys, "Machine profile not found", "bastion calibrate")
     path = write(tmp_path, gpu_profile())
-    code, _, err = run(["estimate", "--model", "llama3-8b", "--cluster", f"h200:8@{path}", "--tp", "8",
-                        "--global-batch", "8"], capsys)
-    assert code == 2 and f"{CARD}:8@{path}" in err
+    user_error(["estimate", "--model", "llama3-8b", "--cluster", f"h200:8@{path}", "--tp", "8", "--global-batch",
+                "8"], capsys, f"{CARD}:8@{path}")
 
 
 def test_calibrating_a_gpu_without_cuda_says_where_to_run_it(tmp_path: Path,
@@ -201,13 +191,10 @@ def test_calibrating_a_gpu_without_cuda_says_where_to_run_it(tmp_path: Path,
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    code, _, err = run(["calibrate", "--quick", "--accelerator", CARD, "--nproc", "1", "--out",
-                        str(tmp_path / "p.toml"), "--no-progress"], capsys)
-    assert code == 2 and "no CUDA device" in err and "--on slurm" in err and "GPU node" in err
+    user_error(["calibrate", "--quick", "--accelerator", CARD, "--nproc", "1", "--out", str(tmp_path / "p.toml"),
+                "--no-progress"], capsys, "no CUDA device", "--on slurm", "GPU node")
     assert not (tmp_path / "p.toml").exists()
-    code, _, err = run(["calibrate", "--quick", "--accelerator", "tpu-v5p", "--out", str(tmp_path / "p.toml")],
-                       capsys)
-    assert code == 2 and "TPU" in err
+    user_error(["calibrate", "--quick", "--accelerator", "tpu-v5p", "--out", str(tmp_path / "p.toml")], capsys, "TPU")
 
 
 def test_a_gpu_calibrate_job_requests_the_gpus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
