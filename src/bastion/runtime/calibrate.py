@@ -17,6 +17,11 @@ time budget, or runs a fixed count where ranks must stay in step. Memory: the la
 checkpoint state), 32 MiB (elementwise) and the collectives' buffers (at most 16 MiB per rank), a few hundred
 MiB per process with torch itself. `fit_profile` turns the raw measurements into the rates specs/profile.py
 reads.
+
+A GPU node runs the same kernel functions on a `Device` (bf16, wall time between torch.cuda.synchronize()
+calls, the caching allocator capped at GPU_MEMORY_SHARE of the card): GEMMs, SDPA on the flash kernel where it
+runs, elementwise bandwidth, per-op dispatch, checkpoint I/O, plus an AdamW step and NCCL collectives among the
+node's GPUs (none with one); `fit_device_profile` turns them into the GPU rates of specs/profile.py.
 """
 
 from __future__ import annotations
@@ -820,7 +825,8 @@ def device_facts(device: Device, memory_share: float = GPU_MEMORY_SHARE) -> dict
         return {"device_name": platform.processor() or platform.machine(), "device_kind": device.kind}
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
     try:
-        nccl = ".".join(map(str, torch.cuda.nccl.version()))
+        version = torch.cuda.nccl.version()  # a tuple in recent torch, an int in older ones
+        nccl = ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
     except (AttributeError, RuntimeError):
         nccl = "none"
     return {"device_name": props.name, "device_kind": device.kind, "compute_capability": f"{props.major}.{props.minor}",
