@@ -898,6 +898,7 @@ def measure_device_collectives(world: int, message_bytes: list[int], reps: int =
         return []
     import torch.multiprocessing as mp
 
+    torch.cuda.empty_cache()  # what this process measured with: rank 0 shares its GPU
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
