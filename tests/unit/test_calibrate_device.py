@@ -48,6 +48,8 @@ def test_the_gpu_measurements_run_on_a_stand_in_and_write_a_profile_that_predict
     assert [tuple(row[:3]) for row in raw["gemm"]] == shapes
     assert raw["collectives"] == []  # one device: nothing to measure
     assert raw["attention_backends"] == ["default"]
+    # tiny's grouped-query layout (4 heads, 2 kv heads), as the runtime calls SDPA
+    assert raw["attention_layouts"] == [(64, 16, 4, 2)] and "attention s64 d16 h4 kv2 fwd+bwd" in repeats
     assert raw["optimizer_params_s"][0] == 1 << 16 and raw["optimizer_params_s"][1] > 0
     # bf16 operands: the elementwise row counts two bytes an element
     assert raw["elementwise"][0][0] == 3.0 * 2 * 2**20

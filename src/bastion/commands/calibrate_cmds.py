@@ -164,11 +164,12 @@ def _plan(settings: dict) -> tuple[list, list, float, list[int]]:
     return specs, shapes, QUICK_BUDGET_S if quick else FULL_BUDGET_S, QUICK_MESSAGES if quick else FULL_MESSAGES
 
 
-def _attention_layouts(settings: dict) -> list[tuple[int, int, int]]:
-    """(sequence length, head size, heads) of the attention measured: each model's, and (not --quick) at 2× and 4×
-    its sequence length."""
+def _attention_layouts(settings: dict, grouped: bool = False) -> list[tuple[int, ...]]:
+    """(sequence length, head size, heads[, kv heads with `grouped`]) of the attention measured: each model's,
+    and (not --quick) at 2× and 4× its sequence length."""
     factors = (1,) if settings["quick"] else (1, 2, 4)
-    return sorted({(s.seq_len * f, s.head_dim, s.num_heads) for s in _specs(settings) for f in factors})
+    return sorted({(s.seq_len * f, s.head_dim, s.num_heads, *((s.num_kv_heads,) if grouped else ()))
+                   for s in _specs(settings) for f in factors})
 
 
 def _measure_single(settings: dict, progress: bool) -> tuple[dict, dict]:
@@ -292,11 +293,13 @@ def _measure_one_device(settings: dict, progress: bool, device: Any = None) -> t
     raw: dict = {"attention_batch_tokens": GPU_ATTENTION_TOKENS, "facts": cal.device_facts(device)}
     repeats: dict[str, list[float]] = {}
     params = QUICK_OPTIMIZER_PARAMS if quick else FULL_OPTIMIZER_PARAMS
+    raw["attention_layouts"] = layouts = _attention_layouts(settings, grouped=True)
     steps = {
         "dispatch": lambda: raw.update(dispatch_s=cal.measure_dispatch(budget, repeats, device)),
         "GEMMs": lambda: raw.update(gemm=cal.measure_gemms(shapes, budget, repeats, device)),
+        # grouped-query where the model is, as the runtime calls SDPA
         "attention": lambda: raw.update(attention=cal.measure_attention(
-            _attention_layouts(settings), budget, repeats, device, GPU_ATTENTION_TOKENS, backends)),
+            layouts, budget, repeats, device, GPU_ATTENTION_TOKENS, backends)),
         "elementwise": lambda: raw.update(elementwise=cal.measure_elementwise(
             QUICK_GPU_ELEMENTWISE_MIB if quick else FULL_GPU_ELEMENTWISE_MIB, budget, repeats, device)),
         "optimizer": lambda: raw.update(optimizer_params_s=[
@@ -329,6 +332,7 @@ def _write_device_profile(settings: dict, measured: tuple[dict, dict], machine: 
                "collectives": f"nccl among {settings['nproc']} GPUs" if raw["collectives"] else "single device"}
     raw_table = {"dispatch_s": raw["dispatch_s"], "gemm_m_k_n_s": raw["gemm"],
                  "attention_seq_headdim_heads_fwd_s_fwdbwd_s": raw["attention"],
+                 "attention_seq_headdim_heads_kvheads": [list(layout) for layout in raw["attention_layouts"]],
                  "attention_batch_tokens": raw["attention_batch_tokens"], "elementwise_bytes_s": raw["elementwise"],
                  "elementwise_streamed_gbs": streamed_gbs, "optimizer_params_s": raw["optimizer_params_s"],
                  "collective_op_size_bytes_s": [row[:4] for row in raw["collectives"]]}

@@ -154,7 +154,7 @@ def sdpa_backend(device: Device, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
         try:
             with sdpa_kernel(backend):
-                F.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward()
+                _causal_sdpa(q, k, v).sum().backward()
         except RuntimeError:
             continue
         finally:
@@ -206,29 +206,39 @@ def measure_gemms(shapes: list[tuple[int, int, int]], budget_s: float,
     return rows
 
 
-def measure_attention(layouts: list[tuple[int, int, int]], budget_s: float, repeats: Repeats | None = None,
+def _causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal SDPA as runtime/model.py calls it: grouped-query where k and v have fewer heads than q."""
+    if k.shape[1] != q.shape[1]:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def measure_attention(layouts: list[tuple[int, ...]], budget_s: float, repeats: Repeats | None = None,
                       device: Device | None = None, batch_tokens: int = 0,
                       backends: dict[str, str] | None = None) -> list[list[float]]:
-    """[seq_len, head_dim, heads, forward s, forward + backward s] of causal SDPA, batch max(1, batch_tokens //
-    seq_len) (1 by default), in the device's dtype. On a GPU the flash kernel where it runs these shapes (else
-    the next fused one, `sdpa_backend`); `backends` gets each layout's kernel by measurement name."""
+    """[seq_len, head_dim, heads, forward s, forward + backward s] of causal SDPA per layout (seq_len, head_dim,
+    heads[, kv heads: grouped-query attention, as the runtime runs it]), batch max(1, batch_tokens // seq_len)
+    (1 by default), in the device's dtype. On a GPU the flash kernel where it runs these shapes (else the next
+    fused one, `sdpa_backend`); `backends` gets each layout's kernel by measurement name."""
     device = device or CPU
     rows = []
-    for seq, head_dim, heads in layouts:
+    for seq, head_dim, heads, *grouped in layouts:
+        kv_heads = grouped[0] if grouped else heads
         batch = max(1, batch_tokens // seq)
-        q, k, v = (device.tensor(batch, heads, seq, head_dim, requires_grad=True) for _ in range(3))
-        name = f"attention s{seq} d{head_dim} h{heads}"
+        q = device.tensor(batch, heads, seq, head_dim, requires_grad=True)
+        k, v = (device.tensor(batch, kv_heads, seq, head_dim, requires_grad=True) for _ in range(2))
+        name = f"attention s{seq} d{head_dim} h{heads}" + (f" kv{kv_heads}" if kv_heads != heads else "")
         backend, kernel = sdpa_backend(device, q, k, v)
         if backends is not None:
             backends[name] = backend
 
         def fwd(q: torch.Tensor = q, k: torch.Tensor = k, v: torch.Tensor = v, kernel: Any = kernel) -> Any:
             with kernel():
-                return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                return _causal_sdpa(q, k, v)
 
         def fwdbwd(q: torch.Tensor = q, k: torch.Tensor = k, v: torch.Tensor = v, kernel: Any = kernel) -> None:
             with kernel():
-                F.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward()
+                _causal_sdpa(q, k, v).sum().backward()
         rows.append([seq, head_dim, heads, device.median_time(fwd, budget_s, f"{name} fwd", repeats),
                      device.median_time(fwdbwd, budget_s, f"{name} fwd+bwd", repeats)])
         del q, k, v
