@@ -1,4 +1,4 @@
-"""`bastion calibrate`: measure this machine (runtime/calibrate.py) and write a machine profile
+"""`bastion calibrate`: measure this machine's host CPUs or GPUs (runtime/calibrate.py) and write a machine profile
 (specs/profile.py) that `--cluster PROFILE.toml` makes the predictor use; `--compare A B` lists the measurements of
 two profiles that differ beyond their noise (specs/profile_compare.py)."""
 
@@ -74,9 +74,10 @@ def calibrate_command(
                                                         "writing."),
     as_json: options.AsJson = False,
 ) -> None:
-    """Measure this machine's GEMM, attention, memory, dispatch, checkpoint I/O and gloo collective rates; write a
-    profile (or, with --compare A B, say which measurements changed between two profiles). With --on slurm|k8s the
-    measurements run as a job on the machines a training job would use, the collectives across their ranks."""
+    """Measure this machine's GEMM, attention, memory, dispatch, checkpoint I/O and collective rates (host CPUs:
+    gloo; a GPU kind: its CUDA devices in bf16, the optimizer step, NCCL); write a profile (or, with --compare A B,
+    say which measurements changed between two profiles). With --on slurm|k8s the measurements run as a job on
+    the machines a training job would use, the collectives across their ranks."""
     from bastion.errors import ConfigError
     from bastion.launch.request import check_engine
 

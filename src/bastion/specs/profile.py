@@ -3,15 +3,17 @@ scaling in the predictor. Torch-free: reading, checking, writing and applying a 
 
 A profile is data. `[machine]` says where and when it was measured; `[accelerator]` overrides fields of the
 catalog row the predictor already reads (specs/hardware.py Accelerator: efficiencies, memory bandwidth, how well
-ranks share the cores); `[host]` holds the costs a datasheet has no field for (eager PyTorch's per-layer dispatch,
-the extra of DTensor and of FSDP2's hooks, fixed per micro-batch and per optimizer step, checkpoint write and
-read bandwidth to the run directory's filesystem); each `[[collective]]` a latency/bandwidth line for one
-collective on one group size (gloo on shared cores); each `[[tp_collective]]` how many collectives of an op the
-runtime's tensor parallelism issues per block and for the model's ends (counted, not timed); each
-`[[fsdp_unit]]` what the runtime's FSDP2 costs per unit (a block; the root unit apart) on real groups of one size
-under one ZeRO layout, at a negligible size (its hooks, its collectives' latency, the waiting). `[raw]` keeps the
-measurements the rates were derived from, `[repeats]` every measurement's repeats (seconds): its noise band,
-which `bastion calibrate --compare` (specs/profile_compare.py) judges a change against.
+ranks share the cores; on a GPU, bf16 GEMM efficiency by shape and attention by sequence length and head size in
+place of the H200 curves scaled by datasheet ratios); `[host]` holds the costs a datasheet has no field for (eager
+PyTorch's per-layer dispatch, the extra of DTensor and of FSDP2's hooks, fixed per micro-batch and per optimizer
+step, checkpoint write and read bandwidth to the run directory's filesystem); each `[[collective]]` a
+latency/bandwidth line for one collective on one group size (gloo on shared cores, or NCCL among a GPU node's
+devices); each `[[tp_collective]]` how many collectives of an op the runtime's tensor parallelism issues per block
+and for the model's ends (counted, not timed); each `[[fsdp_unit]]` what the runtime's FSDP2 costs per unit (a
+block; the root unit apart) on real groups of one size under one ZeRO layout, at a negligible size (its hooks, its
+collectives' latency, the waiting). `[raw]` keeps the measurements the rates were derived from, `[repeats]` every
+measurement's repeats (seconds): its noise band, which `bastion calibrate --compare` (specs/profile_compare.py)
+judges a change against.
 
 On the command line a profile is a cluster: `--cluster PROFILE.toml` (the accelerator and rank count it was
 measured with) or `--cluster ACCEL:N@PROFILE.toml` (N ranks, the profile's rates).
