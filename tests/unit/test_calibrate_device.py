@@ -76,6 +76,8 @@ def test_the_fit_turns_known_times_into_known_rates() -> None:
            "attention_batch_tokens": tokens,
            "elementwise": [[3e9, 3e9 / 3000e9], [1e9, 1e9 / 2500e9]],
            "host": {"checkpoint_write_gbs": 2.0, "checkpoint_read_gbs": 9.0},
+           # a fused AdamW step over 1e8 parameters in 1.5 ms
+           "optimizer_params_s": [100_000_000, 1.5e-3],
            # all-reduce on 8 GPUs: 15 us + bytes / 120 GB/s
            "collectives": [["all_reduce", 8, b, 15e-6 + b / 120e9, 1] for b in (4096, 65536, 1 << 20, 8 << 20)]}
     fitted = cal.fit_device_profile(raw, peak)
@@ -84,6 +86,8 @@ def test_the_fit_turns_known_times_into_known_rates() -> None:
     assert acc["attention_layout_efficiency"] == [[seq, head_dim, pytest.approx(0.5), pytest.approx(0.4)]]
     # the fastest stream, as the datasheet bandwidth the calibration's effective bytes assume
     assert acc["hbm_bandwidth_gbs"] == pytest.approx(3000 / reference_streaming_fraction())
+    # the step as effective bytes per parameter at that bandwidth: 1.5e-11 s × 3362 GB/s
+    assert acc["adamw_bytes_per_param"] == pytest.approx(1.5e-11 * acc["hbm_bandwidth_gbs"] * 1e9)
     (line,) = fitted["collective"]
     assert line["op"] == "all_reduce" and line["group_size"] == 8
     assert line["latency_us"] == pytest.approx(15.0) and line["bandwidth_gbs"] == pytest.approx(120.0)

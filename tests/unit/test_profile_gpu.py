@@ -14,6 +14,7 @@ from bastion.predict.calibration import (
     attention_efficiency_measured,
     device_scale,
     gemm_efficiency_measured,
+    load_calibration,
     reference_streaming_fraction,
 )
 from bastion.predict.comm import all_reduce_time, place_group
@@ -138,6 +139,18 @@ def test_measured_hbm_bandwidth_is_costed_through_the_calibrations_streaming_eff
     data["accelerator"]["hbm_bandwidth_gbs"] = 2000.0
     acc = load_cluster(f"{CARD}:8@{write(tmp_path, data)}").accelerator
     assert compute.membound_time(acc, 2e9) == pytest.approx(1e-3)
+
+
+def test_a_measured_optimizer_step_replaces_the_calibrations_bytes_per_parameter(tmp_path: Path) -> None:
+    model = load_model("llama3-8b")
+    plan = ParallelPlan(tp=8, micro_batch=1, global_batch=8, precision="fp32")
+    membound = load_calibration().membound
+    data = gpu_profile()
+    data["accelerator"]["adamw_bytes_per_param"] = 2 * membound["adamw_bytes"]
+    sheet = estimate(model, load_cluster(f"{CARD}:8"), plan)
+    profiled = estimate(model, load_cluster(f"{CARD}:8@{write(tmp_path, data)}"), plan)
+    # fp32: the optimizer's whole cost is AdamW's bytes, measured at twice the calibration's
+    assert profiled.time.optimizer == pytest.approx(2 * sheet.time.optimizer, rel=1e-9)
 
 
 def test_nccl_lines_cost_groups_inside_a_node_and_the_network_the_rest(tmp_path: Path) -> None:

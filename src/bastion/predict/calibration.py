@@ -283,7 +283,9 @@ def profiled_rates_note(acc: Accelerator, measured_collectives: bool) -> str:
                  + ("" if acc.attention_layout_efficiency else " (not measured: datasheet)"))
     return (f"{gemm} and {attention} from the profile (between measured points, the H200 curves' shape); "
             f"memory-bound work at {acc.hbm_bandwidth_gbs:.4g} GB/s (the profile's streaming rate / the H200's "
-            f"{reference_streaming_fraction():.3f} of its datasheet, as the effective bytes assume); collectives "
+            f"{reference_streaming_fraction():.3f} of its datasheet, as the effective bytes assume)"
+            + (f", AdamW {acc.adamw_bytes_per_param:.3g} effective bytes per parameter (measured)"
+               if acc.adamw_bytes_per_param else "") + "; collectives "
             + ("inside a node from the profile's NCCL lines, across nodes on the datasheet network"
                if measured_collectives else "on the datasheet network (the profile measured one device)")
             + "; fp8 GEMMs on the H200 curve scaled by datasheet ratios")

@@ -157,9 +157,12 @@ def cross_entropy_bytes_per_token(model: ModelSpec, tp: int, fused: bool) -> flo
     return per_entry * model.vocab_size / tp
 
 
-def optimizer_bytes_per_param(precision: str) -> float:
+def optimizer_bytes_per_param(precision: str, acc: Accelerator | None = None) -> float:
+    """Effective bytes per parameter of an optimizer step: AdamW's (a machine profile's measurement on `acc`,
+    else the H200's), plus the low-precision copy of the weights outside fp32."""
     cal = load_calibration().membound
-    return cal["adamw_bytes"] + (0.0 if precision == "fp32" else cal["mixed_precision_copy_bytes"])
+    adamw = acc.adamw_bytes_per_param if acc is not None and acc.adamw_bytes_per_param > 0 else cal["adamw_bytes"]
+    return adamw + (0.0 if precision == "fp32" else cal["mixed_precision_copy_bytes"])
 
 
 def unfused_softmax_bytes_per_score(dropout: bool) -> float:

@@ -848,7 +848,7 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
             dp_comm += gather
 
     optimizer = compute.membound_time(acc, worst_states[2] / o_bytes * compute.optimizer_bytes_per_param(
-        plan.precision))
+        plan.precision, acc))
 
     step_overhead = max(_step_overhead(node, model, plan, *roles[i]) for i in representatives)
     time = TimeBreakdown(

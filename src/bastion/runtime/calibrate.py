@@ -960,8 +960,8 @@ def fit_device_profile(raw: dict[str, Any], peak_bf16_flops: float) -> dict[str,
     that forward + backward), by sequence length and head size; memory-bound work is costed as effective bytes
     calibrated on the H200 (predict/data/membound.toml), so the bandwidth written is the datasheet bandwidth
     that, at the H200's streaming efficiency, gives the measured elementwise rate; collectives a latency +
-    bytes/bandwidth line per op and group size (wall time). What it does not measure (fp8 GEMMs) keeps the
-    catalog row's datasheet scaling."""
+    bytes/bandwidth line per op and group size (wall time); the fused AdamW step as effective bytes per parameter
+    at that bandwidth. What it does not measure (fp8 GEMMs) keeps the catalog row's datasheet scaling."""
     from bastion.predict.calibration import reference_streaming_fraction
 
     gemm = [[m, k, n, min(1.0, 2.0 * m * k * n / t / peak_bf16_flops)] for m, k, n, t in raw["gemm"]]
@@ -981,11 +981,15 @@ def fit_device_profile(raw: dict[str, Any], peak_bf16_flops: float) -> dict[str,
         latency, per_byte = _line_fit(points)
         collectives.append({"op": op, "group_size": size, "latency_us": latency * 1e6,
                             "bandwidth_gbs": 1e-9 / per_byte, "hosts": spans[(op, size)]})
+    hbm_gbs = streamed_gbs / reference_streaming_fraction()
+    params, step_s = raw["optimizer_params_s"]
     # the catalog's matmul_efficiency stays: it sets the level of what was not measured here (fp8 GEMMs, other
     # attention kernels) from the datasheet, as without a profile
     return {
         "accelerator": {
-            "hbm_bandwidth_gbs": streamed_gbs / reference_streaming_fraction(),
+            "hbm_bandwidth_gbs": hbm_gbs,
+            # the step's time as effective bytes at that bandwidth, as predict/data/membound.toml costs it
+            "adamw_bytes_per_param": step_s / params * hbm_gbs * 1e9,
             "gemm_shape_efficiency": gemm,
             "attention_layout_efficiency": attention,
         },
