@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import traceback
 from collections import Counter
 from collections.abc import Callable
@@ -425,6 +426,8 @@ def run_calibrate(ctx: dict, out: Path) -> dict:
         result["error"] = f"the profile does not load as a cluster: {exc}"
         return result
     result["profile_cluster"] = ctx["profile_cluster"] = cluster
+    # where and how it measured: the device, its driver / CUDA / torch, the SDPA kernel, single device or NCCL
+    result["machine"] = tomllib.loads(profile.read_text())["machine"]
     return result
 
 

@@ -114,7 +114,7 @@ def test_k8s_calibrate_manifests_pass_the_strict_offline_validator(tmp_path: Pat
      ["outside --run-dir"]),
     (["--on", "mars"], ["Unknown launch engine"]),
     (["--on", "slurm", "--compare", "a.toml", "b.toml"], ["--compare"]),
-    (["--on", "slurm", "--accelerator", "h100-sxm", "--dry-run"], ["GPU calibration"]),
+    (["--on", "slurm", "--accelerator", "tpu-v5p", "--dry-run"], ["TPU"]),
 ])
 def test_bad_combinations_are_refused_with_guidance(tmp_path: Path, capsys, args: list[str],
                                                     needles: list[str]) -> None:

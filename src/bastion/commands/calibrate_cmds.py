@@ -1,4 +1,4 @@
-"""`bastion calibrate`: measure this machine (runtime/calibrate.py) and write a machine profile
+"""`bastion calibrate`: measure this machine's host CPUs or GPUs (runtime/calibrate.py) and write a machine profile
 (specs/profile.py) that `--cluster PROFILE.toml` makes the predictor use; `--compare A B` lists the measurements of
 two profiles that differ beyond their noise (specs/profile_compare.py)."""
 
@@ -8,6 +8,7 @@ import datetime
 import platform
 import socket
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -31,7 +32,11 @@ def calibrate_command(
                               "--nodes × --nproc ranks in a job)."),
     models: str = typer.Option("tiny,small", "--models", help="Comma-separated models whose GEMM and attention "
                                "shapes to measure."),
-    accelerator: str = typer.Option("cpu", "--accelerator", help="Catalog row the profile's rates replace."),
+    accelerator: str = typer.Option("cpu", "--accelerator", help="Catalog row the profile's rates replace: cpu "
+                                    "(this host's cores) or a GPU kind (this node's CUDA devices; --nproc of them "
+                                    "for the NCCL collectives)."),
+    any_device: bool = typer.Option(False, "--any-device", help="A GPU kind: measure this node's CUDA device as "
+                                    "--accelerator even when its name is not one the catalog row lists."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     run_dir: Path = typer.Option(Path("."), "--run-dir", help="A directory on the filesystem checkpoints will be "
                                  "written to (its write/read bandwidth is measured there). A job also keeps its "
@@ -69,9 +74,10 @@ def calibrate_command(
                                                         "writing."),
     as_json: options.AsJson = False,
 ) -> None:
-    """Measure this machine's GEMM, attention, memory, dispatch, checkpoint I/O and gloo collective rates; write a
-    profile (or, with --compare A B, say which measurements changed between two profiles). With --on slurm|k8s the
-    measurements run as a job on the machines a training job would use, the collectives across their ranks."""
+    """Measure this machine's GEMM, attention, memory, dispatch, checkpoint I/O and collective rates (host CPUs:
+    gloo; a GPU kind: its CUDA devices in bf16, the optimizer step, NCCL); write a profile (or, with --compare A B,
+    say which measurements changed between two profiles). With --on slurm|k8s the measurements run as a job on
+    the machines a training job would use, the collectives across their ranks."""
     from bastion.errors import ConfigError
     from bastion.launch.request import check_engine
 
@@ -97,6 +103,10 @@ def calibrate_command(
     if on == "local":
         _refuse_job_options("local", [flag for flag, value in given.items() if value],
                             "they are options of a Slurm or Kubernetes job (--on slurm or --on k8s)")
+        if settings["device"] == "cuda":
+            _check_cuda_here(settings, any_device)
+            _write_device_profile(settings, _measure_device(settings, progress), _this_machine())
+            return
         _write_profile(settings, _measure_here(settings, progress), machine=_this_machine())
         return
     from bastion.commands.calibrate_job import CalibrateJob, run_job
@@ -130,12 +140,14 @@ def _settings(quick: bool, nproc: int, models: str, accelerator: str, run_dir: P
     from bastion.specs.model import load_model
 
     acc = load_accelerator(accelerator)
-    if acc.arch != "cpu":
-        raise ConfigError(f"`bastion calibrate` measures host CPUs here; '{accelerator}' is a {acc.arch} device.",
-                          fix="use --accelerator cpu (GPU calibration is not implemented yet).")
+    if acc.arch == "tpu":
+        raise ConfigError(f"`bastion calibrate` measures host CPUs and GPUs through torch.cuda; '{accelerator}' is "
+                          "a TPU.", fix="use --accelerator cpu or a GPU kind; a TPU keeps its datasheet rates.")
     specs = [load_model(name.strip()) for name in models.split(",") if name.strip()]
+    if not specs:
+        raise ConfigError("--models names no model.", fix="e.g. --models tiny,small.")
     return {"quick": quick, "nproc": nproc, "accelerator": accelerator, "run_dir": str(run_dir), "out": str(out),
-            "models": [spec.to_dict() for spec in specs]}
+            "models": [spec.to_dict() for spec in specs], "device": "cpu" if acc.arch == "cpu" else "cuda"}
 
 
 def _specs(settings: dict) -> list:
@@ -153,6 +165,14 @@ def _plan(settings: dict) -> tuple[list, list, float, list[int]]:
     return specs, shapes, QUICK_BUDGET_S if quick else FULL_BUDGET_S, QUICK_MESSAGES if quick else FULL_MESSAGES
 
 
+def _attention_layouts(settings: dict, grouped: bool = False) -> list[tuple[int, ...]]:
+    """(sequence length, head size, heads[, kv heads with `grouped`]) of the attention measured: each model's,
+    and (not --quick) at 2× and 4× its sequence length."""
+    factors = (1,) if settings["quick"] else (1, 2, 4)
+    return sorted({(s.seq_len * f, s.head_dim, s.num_heads, *((s.num_kv_heads,) if grouped else ()))
+                   for s in _specs(settings) for f in factors})
+
+
 def _measure_single(settings: dict, progress: bool) -> tuple[dict, dict]:
     """The one-process measurements (one thread, as a training rank runs): (raw, repeats)."""
     from rich.progress import Progress
@@ -162,8 +182,7 @@ def _measure_single(settings: dict, progress: bool) -> tuple[dict, dict]:
     quick = settings["quick"]
     specs, shapes, budget, _ = _plan(settings)
     cal.one_thread()  # a training rank runs one thread
-    factors = (1,) if quick else (1, 2, 4)
-    layouts = sorted({(s.seq_len * f, s.head_dim, s.num_heads) for s in specs for f in factors})
+    layouts = _attention_layouts(settings)
     steps = ["dispatch", "GEMMs", "attention", "elementwise", "runtime blocks", "checkpoint I/O"]
     raw: dict = {}
     repeats: dict[str, list[float]] = {}
@@ -211,6 +230,126 @@ def _measure_here(settings: dict, progress: bool) -> tuple[dict, dict]:
     return raw, repeats
 
 
+#: the tokens per attention measurement on a GPU (batch = this // sequence length), as the H200 calibration's
+#: SDPA rows: enough (batch × heads) tiles to fill the card, as a training micro-batch does
+GPU_ATTENTION_TOKENS = 8192
+#: fp32 parameters of the AdamW step measured on a GPU (16 bytes each with gradient and moments: 1 / 4 GiB)
+QUICK_OPTIMIZER_PARAMS, FULL_OPTIMIZER_PARAMS = 1 << 26, 1 << 28
+#: the elementwise multiply's operands on a GPU, MiB (large enough to stream from HBM, not from L2)
+QUICK_GPU_ELEMENTWISE_MIB, FULL_GPU_ELEMENTWISE_MIB = (256,), (256, 1024)
+#: repeats of every NCCL collective (each rank the same number; the median of the slowest rank's)
+NCCL_REPS = 10
+
+
+def _check_cuda_here(settings: dict, any_device: bool) -> None:
+    """A GPU kind is measured on this machine's CUDA devices: there must be --nproc of them, and (unless
+    --any-device) the first must be the card the catalog row names."""
+    import torch
+
+    from bastion.errors import ConfigError
+    from bastion.specs.hardware import accelerator_for_device
+
+    accelerator, nproc = settings["accelerator"], settings["nproc"]
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--accelerator {accelerator} measures that GPU, and this machine has no CUDA device "
+                          f"(torch {torch.__version__}).",
+                          fix="run `bastion calibrate` on the GPU node, or as a job on one with --on slurm or "
+                              "--on k8s (one rank per GPU: --nproc GPUS_PER_NODE).",
+                          hint=f"bastion calibrate --accelerator {accelerator} --on slurm --nproc 8 --dry-run")
+    name = torch.cuda.get_device_name(0)
+    found = accelerator_for_device(name)
+    if found != accelerator and not any_device:
+        raise ConfigError(f"This machine's GPU is '{name}' (catalog row {found or 'none'}), not --accelerator "
+                          f"{accelerator}.", fix=(f"use --accelerator {found}" if found else "name its catalog row")
+                          + f", or add --any-device to measure it as {accelerator} anyway.")
+    count = torch.cuda.device_count()
+    if nproc > count:
+        raise ConfigError(f"--nproc {nproc} asks for {nproc} GPUs; this machine has {count}.",
+                          fix=f"use --nproc {count} (1: one device, no collectives to measure).")
+
+
+def _measure_device(settings: dict, progress: bool, device: Any = None) -> tuple[dict, dict]:
+    """Everything, on this node's GPUs: the one-device measurements on the first (runtime/calibrate.py's
+    device-generic functions, bf16, timed between synchronisations, its memory capped at GPU_MEMORY_SHARE),
+    then NCCL collectives among --nproc of them (none with one). (raw, repeats). `device`: another
+    runtime/calibrate.py Device to measure instead of the CUDA one (the tests' CPU stand-in)."""
+    from bastion.runtime import calibrate as cal
+
+    raw, repeats = _measure_one_device(settings, progress, device)
+    _, _, _, messages = _plan(settings)
+    raw["collectives"] = cal.measure_device_collectives(settings["nproc"], messages, NCCL_REPS, repeats)
+    return raw, repeats
+
+
+def _measure_one_device(settings: dict, progress: bool, device: Any = None) -> tuple[dict, dict]:
+    """The one-device measurements on the current CUDA device (or `device`): (raw, repeats)."""
+    from rich.progress import Progress
+
+    from bastion.runtime import calibrate as cal
+
+    quick = settings["quick"]
+    _, shapes, budget, _ = _plan(settings)
+    device = device or cal.prepare_cuda()
+    backends: dict[str, str] = {}
+    raw: dict = {"attention_batch_tokens": GPU_ATTENTION_TOKENS, "facts": cal.device_facts(device)}
+    repeats: dict[str, list[float]] = {}
+    params = QUICK_OPTIMIZER_PARAMS if quick else FULL_OPTIMIZER_PARAMS
+    raw["attention_layouts"] = layouts = _attention_layouts(settings, grouped=True)
+    steps = {
+        "dispatch": lambda: raw.update(dispatch_s=cal.measure_dispatch(budget, repeats, device)),
+        "GEMMs": lambda: raw.update(gemm=cal.measure_gemms(shapes, budget, repeats, device)),
+        # grouped-query where the model is, as the runtime calls SDPA
+        "attention": lambda: raw.update(attention=cal.measure_attention(
+            layouts, budget, repeats, device, GPU_ATTENTION_TOKENS, backends)),
+        "elementwise": lambda: raw.update(elementwise=cal.measure_elementwise(
+            QUICK_GPU_ELEMENTWISE_MIB if quick else FULL_GPU_ELEMENTWISE_MIB, budget, repeats, device)),
+        "optimizer": lambda: raw.update(optimizer_params_s=[
+            params, cal.measure_optimizer_step(params, budget, repeats, device)]),
+        "checkpoint I/O": lambda: raw.update(host=cal.measure_checkpoint_io(
+            Path(settings["run_dir"]), QUICK_CHECKPOINT_MIB if quick else FULL_CHECKPOINT_MIB, budget, repeats,
+            device)),
+    }
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("calibrating", total=len(steps))
+        for name, step in steps.items():
+            bar.update(task, description=f"calibrate: {name}")
+            step()
+            bar.advance(task)
+    raw["attention_backends"] = sorted(set(backends.values()))
+    return raw, repeats
+
+
+def _write_device_profile(settings: dict, measured: tuple[dict, dict], machine: dict) -> None:
+    """Fit a GPU's rates (runtime/calibrate.py fit_device_profile), write the profile TOML, say so."""
+    from bastion.runtime import calibrate as cal
+    from bastion.specs.hardware import load_accelerator
+
+    raw, repeats = measured
+    acc = load_accelerator(settings["accelerator"])
+    fitted = cal.fit_device_profile(raw, acc.peak_tflops("bf16") * 1e12)
+    streamed_gbs = max(b / t for b, t in raw["elementwise"]) / 1e9
+    facts = raw["facts"]
+    machine = {**_machine_table(settings, machine), **facts, "sdpa_backend": raw["attention_backends"],
+               "collectives": f"nccl among {settings['nproc']} GPUs" if raw["collectives"] else "single device"}
+    raw_table = {"dispatch_s": raw["dispatch_s"], "gemm_m_k_n_s": raw["gemm"],
+                 "attention_seq_headdim_heads_fwd_s_fwdbwd_s": raw["attention"],
+                 "attention_seq_headdim_heads_kvheads": [list(layout) for layout in raw["attention_layouts"]],
+                 "attention_batch_tokens": raw["attention_batch_tokens"], "elementwise_bytes_s": raw["elementwise"],
+                 "elementwise_streamed_gbs": streamed_gbs, "optimizer_params_s": raw["optimizer_params_s"],
+                 "collective_op_size_bytes_s": [row[:4] for row in raw["collectives"]]}
+    out = Path(settings["out"])
+    _save_profile(out, {"machine": machine, **fitted, "raw": raw_table, "repeats": repeats})
+    a, h = fitted["accelerator"], fitted["host"]
+    largest = max(a["gemm_shape_efficiency"], key=lambda row: row[0] * row[1] * row[2])
+    typer.echo(f"wrote {out}: {facts['device_name']} bf16 GEMM {largest[3]:.2f} of the datasheet peak "
+               f"at the largest shape, attention {', '.join(raw['attention_backends'])}, elementwise "
+               f"{streamed_gbs:.4g} GB/s ({streamed_gbs / acc.hbm_bandwidth_gbs:.0%} of the datasheet), "
+               f"{len(fitted['collective'])} NCCL collective lines"
+               f"{'' if raw['collectives'] else ' (single device)'}, checkpoint write "
+               f"{h['checkpoint_write_gbs']:.2g} GB/s / read {h['checkpoint_read_gbs']:.2g} GB/s in "
+               f"{settings['run_dir']}")
+
+
 def _this_machine() -> dict:
     return {"host": socket.gethostname(), "platform": platform.platform(), "processor": platform.processor(),
             "os_cpus": _cpus(), "load_average_1m": _load_average()}
@@ -221,16 +360,12 @@ def _write_profile(settings: dict, measured: tuple[dict, dict], machine: dict) -
     `machine`: where it was measured (host, platform, ...; a job: every host)."""
     from bastion.runtime import calibrate as cal
     from bastion.specs.hardware import load_accelerator
-    from bastion.specs.profile import PROFILE_FORMAT, profile_toml
 
     raw, repeats = measured
     acc = load_accelerator(settings["accelerator"])
     out, run_dir = Path(settings["out"]), settings["run_dir"]
     fitted = cal.fit_profile(raw, acc.peak_tflops("fp32") * 1e12, acc.host_cores)
-    machine = {"format": PROFILE_FORMAT, "accelerator": settings["accelerator"], "nproc": settings["nproc"],
-               "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), **machine,
-               "torch": cal.torch_version(), "cores": acc.host_cores, "quick": settings["quick"],
-               "models": [s["name"] for s in settings["models"]]}
+    machine = {**_machine_table(settings, machine), "cores": acc.host_cores}
     shared = raw.pop("shared")
     raw_table = {"dispatch_s": raw["dispatch_s"], "gemm_m_k_n_s": raw["gemm"],
                  "attention_seq_headdim_heads_fwd_s_fwdbwd_s": raw["attention"],
@@ -240,13 +375,7 @@ def _write_profile(settings: dict, measured: tuple[dict, dict], machine: dict) -
                  # zero_stage -1: the same models without FSDP2
                  "fsdp_zero_size_layers_s": shared["fsdp"],
                  "fsdp_core_share_size_share": [[g, s] for g, s in shared["fsdp_core_share"].items()]}
-    data = {"machine": machine, **fitted, "raw": raw_table, "repeats": repeats}
-    header = ("bastion machine profile, written by `bastion calibrate`. Use it with --cluster PROFILE.toml or\n"
-              "--cluster cpu:N@PROFILE.toml. [accelerator] replaces catalog fields; [host], [[collective]] and\n"
-              "[[fsdp_unit]] are measured terms the catalog has no field for; [raw] holds the measurements\n"
-              "(seconds), [repeats] each measurement's repeats (its noise band, for `bastion calibrate --compare A B`).")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(profile_toml(data, header))
+    _save_profile(out, {"machine": machine, **fitted, "raw": raw_table, "repeats": repeats})
     a, h = fitted["accelerator"], fitted["host"]
     typer.echo(f"wrote {out}: GEMM {a['matmul_efficiency']:.2f} of a core's peak at the largest shape, "
                f"memory {a['hbm_bandwidth_gbs']:.2g} GB/s, background load {a['background_load']:.1f}, "
@@ -254,6 +383,28 @@ def _write_profile(settings: dict, measured: tuple[dict, dict], machine: dict) -
                f"+{1e3 * h['layer_fsdp_s']:.2f} FSDP), process start {h['process_start_s']:.1f} s, "
                f"checkpoint write {h['checkpoint_write_gbs']:.2g} GB/s / read {h['checkpoint_read_gbs']:.2g} GB/s "
                f"in {run_dir}" + _fsdp_summary(fitted["fsdp_unit"]))
+
+
+def _machine_table(settings: dict, machine: dict) -> dict:
+    """The profile's [machine] table: what was measured, when, where (`machine`), with which torch."""
+    from bastion.runtime import calibrate as cal
+    from bastion.specs.profile import PROFILE_FORMAT
+
+    return {"format": PROFILE_FORMAT, "accelerator": settings["accelerator"], "nproc": settings["nproc"],
+            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), **machine,
+            "torch": cal.torch_version(), "quick": settings["quick"],
+            "models": [s["name"] for s in settings["models"]]}
+
+
+def _save_profile(out: Path, data: dict) -> None:
+    from bastion.specs.profile import profile_toml
+
+    header = ("bastion machine profile, written by `bastion calibrate`. Use it with --cluster PROFILE.toml or\n"
+              "--cluster ACCEL:N@PROFILE.toml. [accelerator] replaces catalog fields; [host], [[collective]] and\n"
+              "[[fsdp_unit]] are measured terms the catalog has no field for; [raw] holds the measurements\n"
+              "(seconds), [repeats] each measurement's repeats (its noise band, for `bastion calibrate --compare A B`).")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(profile_toml(data, header))
 
 
 def _fsdp_summary(units: list[dict]) -> str:
@@ -280,6 +431,9 @@ def calibrate_worker_command(
     if not isinstance(settings, dict):
         raise ConfigError(f"{config_path} is not a calibrate job's config (it has no `calibrate` table).",
                           fix="start calibrate jobs with `bastion calibrate --on slurm|k8s`.")
+    if settings.get("device") == "cuda":
+        _device_worker(settings)
+        return
     done = cal.job_rank(ranks_config(settings), lambda: _measure_single(settings, progress=False))
     if done is None:
         return
@@ -289,6 +443,22 @@ def calibrate_worker_command(
     machine = {**_this_machine(), "host": hosts[0], "hosts": sorted(set(hosts)), "nodes": len(set(hosts)),
                "rank_hosts": hosts}
     _write_profile(settings, (raw, repeats), machine)
+
+
+def _device_worker(settings: dict) -> None:
+    """One rank of a GPU calibrate job (one per GPU): rank 0 measures its node's first GPU, then every rank the
+    NCCL collectives over the whole job; rank 0 writes the profile."""
+    from bastion.runtime import calibrate as cal
+
+    _, _, _, messages = _plan(settings)
+    done = cal.device_job_rank(messages, NCCL_REPS, lambda: _measure_one_device(settings, progress=False))
+    if done is None:
+        return
+    hosts, (raw, repeats), ranks = done
+    raw["collectives"] = cal.combine_device_ranks(ranks, hosts, repeats)
+    machine = {**_this_machine(), "host": hosts[0], "hosts": sorted(set(hosts)), "nodes": len(set(hosts)),
+               "rank_hosts": hosts}
+    _write_device_profile(settings, (raw, repeats), machine)
 
 
 def _load_average() -> float:

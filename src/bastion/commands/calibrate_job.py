@@ -97,7 +97,8 @@ def run_job(job: CalibrateJob) -> None:
     layout = WorkerLayout(nodes=job.nodes, procs_per_node=settings["nproc"])
     config = job_config(settings, run_dir, layout.world_size)
     req = LaunchRequest(engine=job.engine, run_config=config, data_dir=run_dir, run_dir=run_dir, layout=layout,
-                        device="cpu", name=job.name, worker_entry=CALIBRATE_WORKER)
+                        device="gpu" if settings["device"] == "cuda" else "cpu", name=job.name,
+                        worker_entry=CALIBRATE_WORKER)
     where = f"the profile will be written to {out}"
     if job.engine == "slurm":
         # a failed calibration is not resumed: no requeue; the profile's directory is mounted into a container

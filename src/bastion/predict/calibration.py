@@ -86,6 +86,15 @@ def load_calibration() -> Calibration:
                        attention=attention, head_dim_factor=head_dim_factor, membound=membound, network=network)
 
 
+@cache
+def reference_streaming_fraction() -> float:
+    """The fraction of its datasheet HBM bandwidth the calibration card streamed in a plain copy (reads + writes):
+    the efficiency membound.toml's effective bytes already hold, which a measured bandwidth is divided by to
+    stand in for a datasheet one."""
+    main = json.loads((DATA_DIR / CALIBRATION_FILE).read_text())
+    return float(main["copy_GBps_rw"]) / H200_HBM_GBS
+
+
 def interpolate_log(x: float, xs: list[float], ys: list[float]) -> float:
     """Piecewise-linear in log2(x) through (xs, ys), held flat outside the measured range."""
     if x <= xs[0]:
@@ -172,6 +181,38 @@ def attention_efficiency_measured(seq_len: int, head_dim: int, pass_: str) -> fl
     return base * factor
 
 
+@cache
+def profiled_gemm_efficiency(measured: tuple[tuple[float, ...], ...], m: int, k: int, n: int) -> float:
+    """Fraction of the bf16 peak an (m×k)·(k×n) GEMM reaches on a card a machine profile measured (`measured`:
+    its (m, k, n, efficiency) rows): the measured efficiency at a measured shape; elsewhere the calibration
+    curve's shape times the measured / calibration ratio, inverse-distance weighted in (log m, log k, log n) over
+    the measured shapes (the nearest ones dominate)."""
+    weight_sum = value_sum = 0.0
+    for pm, pk, pn, efficiency in measured:
+        d2 = (math.log2(pm / max(m, 1))) ** 2 + (math.log2(pk / max(k, 1))) ** 2 + (math.log2(pn / max(n, 1))) ** 2
+        if d2 < 1e-9:
+            return efficiency
+        w = 1.0 / (d2 * d2)
+        weight_sum += w
+        value_sum += w * efficiency / gemm_efficiency_measured("bf16", int(pm), int(pk), int(pn))
+    return gemm_efficiency_measured("bf16", m, k, n) * value_sum / weight_sum
+
+
+@cache
+def profiled_attention_efficiency(measured: tuple[tuple[float, ...], ...], seq_len: int, head_dim: int,
+                                  pass_: str) -> float:
+    """Fraction of the bf16 peak causal attention reaches (pass_ `fwd` or `fwdbwd`) on a card a machine profile
+    measured (`measured`: its (seq_len, head_dim, fwd, fwdbwd efficiency) rows): the calibration curve times the
+    measured / calibration ratio of the nearest measured head size, interpolated in log2 seq_len (held flat
+    outside the measured lengths)."""
+    column = 2 if pass_ == "fwd" else 3
+    nearest = min({row[1] for row in measured}, key=lambda d: abs(math.log2(d / max(head_dim, 1))))
+    rows = sorted(row for row in measured if row[1] == nearest)
+    ratios = [row[column] / attention_efficiency_measured(int(row[0]), int(row[1]), pass_) for row in rows]
+    ratio = interpolate_log(float(seq_len), [row[0] for row in rows], ratios)
+    return attention_efficiency_measured(seq_len, head_dim, pass_) * ratio
+
+
 #: published GEMM/attention rates of other accelerators, relative to the calibration card's in the same benchmark
 ACCELERATOR_RATES_FILE = "accelerator_rates.toml"
 #: the curves device_scale carries: GEMMs in bf16 (or fp16/fp32), GEMMs in fp8, flash attention
@@ -233,3 +274,18 @@ def rates_note(acc: Accelerator) -> str:
     levels = ", ".join(f"{curve} x{device_scale(acc, curve):.3f}" for curve in CURVES)
     return (f"{curves}; level from {acc.name}'s own published measurements ({levels} of the H200's; "
             f"predict/data/{ACCELERATOR_RATES_FILE}: {own.source})")
+
+
+def profiled_rates_note(acc: Accelerator, measured_collectives: bool) -> str:
+    """The assumption line for a GPU whose rates a machine profile measured (its label is in the `rates:` line)."""
+    gemm = ("bf16 GEMM efficiency by shape" + ("" if acc.gemm_shape_efficiency else " (not measured: datasheet)"))
+    attention = ("causal attention by sequence length and head size"
+                 + ("" if acc.attention_layout_efficiency else " (not measured: datasheet)"))
+    return (f"{gemm} and {attention} from the profile (between measured points, the H200 curves' shape); "
+            f"memory-bound work at {acc.hbm_bandwidth_gbs:.4g} GB/s (the profile's streaming rate / the H200's "
+            f"{reference_streaming_fraction():.3f} of its datasheet, as the effective bytes assume)"
+            + (f", AdamW {acc.adamw_bytes_per_param:.3g} effective bytes per parameter (measured)"
+               if acc.adamw_bytes_per_param else "") + "; collectives "
+            + ("inside a node from the profile's NCCL lines, across nodes on the datasheet network"
+               if measured_collectives else "on the datasheet network (the profile measured one device)")
+            + "; fp8 GEMMs on the H200 curve scaled by datasheet ratios")

@@ -90,12 +90,13 @@ def all_reduce_time(cluster: Cluster, nbytes: float, g: GroupPlacement) -> float
     """Seconds to all-reduce `nbytes` (each rank's buffer) over group g."""
     if g.size <= 1 or nbytes <= 0:
         return 0.0
-    return _profiled(cluster, "all_reduce", g.size, nbytes) or _hierarchical_transfer_time(cluster, 2.0, nbytes, g) + _tree_latency(cluster, g)
+    return _profiled(cluster, "all_reduce", g.size, nbytes, g.domains > 1) or _hierarchical_transfer_time(cluster, 2.0, nbytes, g) + _tree_latency(cluster, g)
 
 
-def _profiled(cluster: Cluster, op: str, size: int, nbytes: float) -> float | None:
-    """The machine profile's measured time (always > 0), or None on datasheet rates."""
-    if cluster.profile is None:
+def _profiled(cluster: Cluster, op: str, size: int, nbytes: float, spans_domains: bool = False) -> float | None:
+    """The machine profile's measured time (always > 0), or None on datasheet rates. A GPU profile measured NCCL
+    inside one node: a group that spans scale-up domains runs on the datasheet network instead."""
+    if cluster.profile is None or (spans_domains and cluster.accelerator.host_cores <= 0):
         return None
     return cluster.profile.collective_wall_time(op, size, nbytes,
                                                 cluster.accelerator.core_share(cluster.gpus_per_node))
@@ -106,7 +107,7 @@ def all_gather_time(cluster: Cluster, nbytes: float, g: GroupPlacement) -> float
     """Seconds to all-gather (or reduce-scatter) a buffer of `nbytes` in total (the unsharded size)."""
     if g.size <= 1 or nbytes <= 0:
         return 0.0
-    return _profiled(cluster, "all_gather", g.size, nbytes) or _hierarchical_transfer_time(cluster, 1.0, nbytes, g) + _ring_latency(cluster, g)
+    return _profiled(cluster, "all_gather", g.size, nbytes, g.domains > 1) or _hierarchical_transfer_time(cluster, 1.0, nbytes, g) + _ring_latency(cluster, g)
 
 
 @lru_cache(maxsize=65536)
@@ -114,14 +115,14 @@ def reduce_scatter_time(cluster: Cluster, nbytes: float, g: GroupPlacement) -> f
     """Seconds to reduce-scatter a buffer of `nbytes` in total: an all-gather's traffic in reverse."""
     if g.size <= 1 or nbytes <= 0:
         return 0.0
-    return _profiled(cluster, "reduce_scatter", g.size, nbytes) or all_gather_time(cluster, nbytes, g)
+    return _profiled(cluster, "reduce_scatter", g.size, nbytes, g.domains > 1) or all_gather_time(cluster, nbytes, g)
 
 
 def p2p_time(cluster: Cluster, nbytes: float, crosses_domain: bool) -> float:
     """Seconds to send `nbytes` to a neighbouring pipeline stage."""
     if nbytes <= 0:
         return 0.0
-    measured = _profiled(cluster, "send_recv", 2, nbytes)
+    measured = _profiled(cluster, "send_recv", 2, nbytes, crosses_domain)
     if measured is not None:
         return measured
     net = cluster.network
@@ -141,7 +142,7 @@ def all_to_all_time(cluster: Cluster, nbytes: float, g: GroupPlacement) -> float
     taken at the bytes each link carries in the call; the exchanges wait one hop's latency."""
     if g.size <= 1 or nbytes <= 0:
         return 0.0
-    measured = _profiled(cluster, "all_to_all", g.size, nbytes)
+    measured = _profiled(cluster, "all_to_all", g.size, nbytes, g.domains > 1)
     if measured:
         return measured
     per_peer = nbytes / g.size

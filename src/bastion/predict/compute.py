@@ -17,6 +17,8 @@ from bastion.predict.calibration import (
     gemm_efficiency_measured,
     interpolate_log,
     load_calibration,
+    profiled_attention_efficiency,
+    profiled_gemm_efficiency,
 )
 from bastion.predict.kernels import DEFAULT_FP8_RECIPE, DEFAULT_KERNEL, fp8_recipe, kernel_efficiency
 from bastion.specs.hardware import Accelerator
@@ -61,7 +63,10 @@ def gemm_time(acc: Accelerator, precision: str, m: int, k: int, n: int, recipe: 
         eff = cpu_curve_efficiency(acc.gemm_efficiency_curve, 2.0 * m * k * n, 1, acc.matmul_efficiency)
     else:
         curve = "fp8" if precision == "fp8" else "bf16"
-        eff = min(MAX_EFFICIENCY, gemm_efficiency_measured(curve, m, k, n) * device_scale(acc, curve))
+        if acc.gemm_shape_efficiency and curve == "bf16":  # a machine profile measured this card's GEMMs
+            eff = min(MAX_EFFICIENCY, profiled_gemm_efficiency(acc.gemm_shape_efficiency, m, k, n))
+        else:
+            eff = min(MAX_EFFICIENCY, gemm_efficiency_measured(curve, m, k, n) * device_scale(acc, curve))
         kernel = fp8_recipe(recipe) if precision == "fp8" else None
         if kernel is not None and kernel.gemm_efficiency_cap is not None and kernel.gemm_cap_arch == acc.arch:
             eff = min(eff, kernel.gemm_efficiency_cap)
@@ -86,15 +91,23 @@ def flash_attention_time(acc: Accelerator, precision: str, flops_fwd: float, seq
         eff = cpu_curve_efficiency(acc.attention_efficiency_curve, float(seq_len), 1 if pass_ == "fwd" else 2,
                                    acc.matmul_efficiency)
     else:
-        scale = device_scale(acc, "attention")
-        eff = min(MAX_EFFICIENCY, attention_efficiency_measured(seq_len, head_dim, pass_) * scale)
+        eff = _gpu_attention_efficiency(acc, seq_len, head_dim, pass_)
         if kernel != DEFAULT_KERNEL:
-            best = min(MAX_EFFICIENCY, attention_efficiency_measured(1 << 30, head_dim, pass_) * scale)
+            best = _gpu_attention_efficiency(acc, 1 << 30, head_dim, pass_)
             eff = kernel_efficiency(kernel, acc.arch, eff, best, acc.sustained_matmul_efficiency)
     if efficiency_cap is not None:
         eff = min(eff, efficiency_cap)
     flops = flops_fwd * (3.5 if pass_ == "fwdbwd" else 1.0)
     return flops / (attention_peak_flops(acc, precision) * eff)
+
+
+def _gpu_attention_efficiency(acc: Accelerator, seq_len: int, head_dim: int, pass_: str) -> float:
+    """The flash kernel's fraction of the bf16 peak on a GPU: a machine profile's measurement where it has one,
+    else the H200 curve at the device's level."""
+    if acc.attention_layout_efficiency:
+        return min(MAX_EFFICIENCY, profiled_attention_efficiency(acc.attention_layout_efficiency, seq_len, head_dim,
+                                                                 pass_))
+    return min(MAX_EFFICIENCY, attention_efficiency_measured(seq_len, head_dim, pass_) * device_scale(acc, "attention"))
 
 
 def fp8_cast_bytes(m: int, k: int, n: int, recipe: str = DEFAULT_FP8_RECIPE) -> float:
@@ -144,9 +157,12 @@ def cross_entropy_bytes_per_token(model: ModelSpec, tp: int, fused: bool) -> flo
     return per_entry * model.vocab_size / tp
 
 
-def optimizer_bytes_per_param(precision: str) -> float:
+def optimizer_bytes_per_param(precision: str, acc: Accelerator | None = None) -> float:
+    """Effective bytes per parameter of an optimizer step: AdamW's (a machine profile's measurement on `acc`,
+    else the H200's), plus the low-precision copy of the weights outside fp32."""
     cal = load_calibration().membound
-    return cal["adamw_bytes"] + (0.0 if precision == "fp32" else cal["mixed_precision_copy_bytes"])
+    adamw = acc.adamw_bytes_per_param if acc is not None and acc.adamw_bytes_per_param > 0 else cal["adamw_bytes"]
+    return adamw + (0.0 if precision == "fp32" else cal["mixed_precision_copy_bytes"])
 
 
 def unfused_softmax_bytes_per_score(dropout: bool) -> float:

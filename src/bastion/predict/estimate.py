@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 from bastion.errors import PlanError
 from bastion.predict import comm, compute, flops, moe, schedule
-from bastion.predict.calibration import load_calibration, rates_note
+from bastion.predict.calibration import load_calibration, profiled_rates_note, rates_note
 from bastion.predict.kernels import fp8_recipe
 from bastion.predict.memory import (
     MemoryBreakdown,
@@ -864,7 +864,7 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
             dp_comm += gather
 
     optimizer = compute.membound_time(acc, worst_states[2] / o_bytes * compute.optimizer_bytes_per_param(
-        plan.precision))
+        plan.precision, acc))
 
     step_overhead = max(_step_overhead(node, model, plan, *roles[i]) for i in representatives)
     time = TimeBreakdown(
@@ -891,13 +891,13 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
             "tensor) measured; tensor-parallel collectives per block counted as the runtime issues them"
             + ("; FSDP2's fixed cost per unit (hooks, collective latency, waiting) measured on real groups, its "
                "collectives adding only their bytes" if node.profile.fsdp_units else "")
-            if node.profile else ""),
+            if node.profile and not is_gpu else ""),
         (f"attention: fused flash kernel '{options.attention_kernel}' (causal blocks skipped, no s×s scores stored)"
          + (f", at most {options.attention_efficiency_cap:g} of the bf16 peak"
             if options.attention_efficiency_cap is not None else "")) if options.flash_attention
         else "attention: unfused softmax (s×s scores stored and streamed)",
         schedule.bubble_note(plan.pp_schedule) if plan.pp > 1 else "no pipeline: no bubble",
-        rates_note(acc) if is_gpu
+        (profiled_rates_note(acc, bool(node.profile.collectives)) if node.profile else rates_note(acc)) if is_gpu
         else (f"a CPU runs every GEMM and attention at its catalog matmul_efficiency {acc.matmul_efficiency:g}, "
               f"memory-bound work at {acc.hbm_bandwidth_gbs:.3g} GB/s") if not node.profile else "",
         "tensor-parallel collectives are not overlapped with compute" if plan.tp > 1 else "",

@@ -17,10 +17,16 @@ time budget, or runs a fixed count where ranks must stay in step. Memory: the la
 checkpoint state), 32 MiB (elementwise) and the collectives' buffers (at most 16 MiB per rank), a few hundred
 MiB per process with torch itself. `fit_profile` turns the raw measurements into the rates specs/profile.py
 reads.
+
+A GPU node runs the same kernel functions on a `Device` (bf16, wall time between torch.cuda.synchronize()
+calls, the caching allocator capped at GPU_MEMORY_SHARE of the card): GEMMs, SDPA on the flash kernel where it
+runs, elementwise bandwidth, per-op dispatch, checkpoint I/O, plus an AdamW step and NCCL collectives among the
+node's GPUs (none with one); `fit_device_profile` turns them into the GPU rates of specs/profile.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -29,7 +35,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +60,19 @@ MIN_REPEAT_S = 2e-3
 
 
 def _timings(fn: Callable[[], Any], budget_s: float, min_reps: int = 3, max_reps: int = 200,
-             clock: Callable[[], float] = time.process_time) -> list[float]:
+             clock: Callable[[], float] = time.process_time, sync: Callable[[], Any] | None = None) -> list[float]:
     """Seconds of one fn() in each repeat, after one warm-up, repeated until `budget_s` of wall time is spent
     (at least min_reps); a repeat runs fn() as many times as take MIN_REPEAT_S. By default the seconds are this
     process's CPU time: what the work costs a core, whatever else the host runs meanwhile (how much of a core a
-    rank gets is measured apart: `core_share`)."""
+    rank gets is measured apart: `core_share`). `sync` (a device's: its work runs asynchronously) waits for the
+    queued work: after a first warm-up (a library's one-time set-up), around the second, which sizes a repeat."""
+    if sync is not None:
+        fn()
+        sync()
     start = time.perf_counter()
     fn()
+    if sync is not None:
+        sync()
     calls = max(1, math.ceil(MIN_REPEAT_S / max(time.perf_counter() - start, 1e-9)))
     times: list[float] = []
     start = time.perf_counter()
@@ -73,9 +85,9 @@ def _timings(fn: Callable[[], Any], budget_s: float, min_reps: int = 3, max_reps
 
 
 def _median_time(fn: Callable[[], Any], budget_s: float, name: str, repeats: Repeats | None,
-                 clock: Callable[[], float] = time.process_time) -> float:
+                 clock: Callable[[], float] = time.process_time, sync: Callable[[], Any] | None = None) -> float:
     """The median of `_timings` (robust to the repeat a busy host delays), its repeats kept under `name`."""
-    times = _timings(fn, budget_s, clock=clock)
+    times = _timings(fn, budget_s, clock=clock, sync=sync)
     if repeats is not None:
         repeats[name] = times
     return statistics.median(times)
@@ -87,6 +99,69 @@ def core_share(work: Callable[[], Any], wall_s: float) -> float:
     while time.perf_counter() - start < wall_s:
         work()
     return (time.process_time() - start_cpu) / (time.perf_counter() - start)
+
+
+# ---- where the kernels run --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Device:
+    """Where the microbenchmarks run and how a repeat is timed: the same functions measure a host CPU or a GPU,
+    only the clock, the dtype and the tensors' device differ."""
+
+    #: the torch device type: "cpu" or "cuda"
+    kind: str
+    #: the dtype training computes in there, as the predictor assumes: fp32 on a CPU, bf16 on a GPU
+    dtype: torch.dtype
+    #: reads a repeat's time: this process's CPU time on a CPU (what the work costs a core); on a GPU wall time
+    #: read after the device's queue drained (its kernels run asynchronously to the host)
+    clock: Callable[[], float]
+    #: waits for the device's queued work; None on a CPU (its ops are done when they return)
+    sync: Callable[[], Any] | None = None
+
+    @property
+    def element_bytes(self) -> int:
+        return torch.empty((), dtype=self.dtype).element_size()
+
+    def tensor(self, *shape: int, requires_grad: bool = False) -> torch.Tensor:
+        """Random values of `shape` on the device, in its dtype."""
+        return torch.randn(*shape, device=self.kind, dtype=self.dtype, requires_grad=requires_grad)
+
+    def median_time(self, fn: Callable[[], Any], budget_s: float, name: str, repeats: Repeats | None) -> float:
+        return _median_time(fn, budget_s, name, repeats, self.clock, self.sync)
+
+
+CPU = Device("cpu", torch.float32, time.process_time)
+
+
+def cuda_device() -> Device:
+    """The current CUDA device, timed by wall clock after torch.cuda.synchronize() (a repeat lasts at least
+    MIN_REPEAT_S, so the synchronisation's few microseconds are noise)."""
+    def synced_clock() -> float:
+        torch.cuda.synchronize()
+        return time.perf_counter()
+    return Device("cuda", torch.bfloat16, synced_clock, torch.cuda.synchronize)
+
+
+def sdpa_backend(device: Device, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+                 ) -> tuple[str, Callable[[], contextlib.AbstractContextManager]]:
+    """(the kernel's name, a context that selects it) for causal SDPA on q, k, v: on a GPU the first of flash,
+    cuDNN, memory-efficient that runs forward and backward at this shape (training's kernels); on a CPU
+    PyTorch's own choice."""
+    if device.kind == "cpu":
+        return "default", contextlib.nullcontext
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
+        try:
+            with sdpa_kernel(backend):
+                _causal_sdpa(q, k, v).sum().backward()
+        except RuntimeError:
+            continue
+        finally:
+            for t in (q, k, v):
+                t.grad = None
+        return backend.name.lower(), lambda backend=backend: sdpa_kernel(backend)
+    return "default", contextlib.nullcontext
 
 
 # ---- single-process kernels -------------------------------------------------------------------------------
@@ -107,61 +182,92 @@ def gemm_shapes(models: list[ModelSpec], micro_batches: tuple[int, ...], tps: tu
     return sorted(shapes, key=lambda s: s[0] * s[1] * s[2])
 
 
-def measure_dispatch(budget_s: float, repeats: Repeats | None = None) -> float:
-    """Seconds of one eager op on tiny tensors (what every op pays before its kernel does any work)."""
-    a, b = torch.ones(8), torch.ones(8)
+def measure_dispatch(budget_s: float, repeats: Repeats | None = None, device: Device | None = None) -> float:
+    """Seconds of one eager op on tiny tensors (what every op pays before its kernel does any work; on a GPU, a
+    tiny kernel's launch)."""
+    device = device or CPU
+    a, b = device.tensor(8), device.tensor(8)
 
     def ops() -> None:
         for _ in range(100):
             torch.add(a, b)
-    return _median_time(ops, budget_s, "dispatch x100", repeats) / 100
+    return device.median_time(ops, budget_s, "dispatch x100", repeats) / 100
 
 
 def measure_gemms(shapes: list[tuple[int, int, int]], budget_s: float,
-                  repeats: Repeats | None = None) -> list[list[float]]:
-    """[m, k, n, seconds] per shape (fp32, one thread)."""
+                  repeats: Repeats | None = None, device: Device | None = None) -> list[list[float]]:
+    """[m, k, n, seconds] per shape (in the device's dtype: fp32 on one CPU thread, bf16 on a GPU)."""
+    device = device or CPU
     rows = []
     for m, k, n in shapes:
-        a, b = torch.randn(m, k), torch.randn(k, n)
-        rows.append([m, k, n, _median_time(lambda a=a, b=b: a @ b, budget_s, f"gemm {m}x{k}x{n}", repeats)])
+        a, b = device.tensor(m, k), device.tensor(k, n)
+        rows.append([m, k, n, device.median_time(lambda a=a, b=b: a @ b, budget_s, f"gemm {m}x{k}x{n}", repeats)])
+        del a, b
     return rows
 
 
-def measure_attention(layouts: list[tuple[int, int, int]], budget_s: float,
-                      repeats: Repeats | None = None) -> list[list[float]]:
-    """[seq_len, head_dim, heads, forward s, forward + backward s] of causal SDPA, batch 1 (fp32)."""
-    rows = []
-    for seq, head_dim, heads in layouts:
-        q, k, v = (torch.randn(1, heads, seq, head_dim, requires_grad=True) for _ in range(3))
-        name = f"attention s{seq} d{head_dim} h{heads}"
-        fwd = _median_time(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
-                           budget_s, f"{name} fwd", repeats)
+def _causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal SDPA as runtime/model.py calls it: grouped-query where k and v have fewer heads than q."""
+    if k.shape[1] != q.shape[1]:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
-        def fwdbwd(q: torch.Tensor = q, k: torch.Tensor = k, v: torch.Tensor = v) -> None:
-            F.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward()
-        rows.append([seq, head_dim, heads, fwd, _median_time(fwdbwd, budget_s, f"{name} fwd+bwd", repeats)])
+
+def measure_attention(layouts: list[tuple[int, ...]], budget_s: float, repeats: Repeats | None = None,
+                      device: Device | None = None, batch_tokens: int = 0,
+                      backends: dict[str, str] | None = None) -> list[list[float]]:
+    """[seq_len, head_dim, heads, forward s, forward + backward s] of causal SDPA per layout (seq_len, head_dim,
+    heads[, kv heads: grouped-query attention, as the runtime runs it]), batch max(1, batch_tokens // seq_len)
+    (1 by default), in the device's dtype. On a GPU the flash kernel where it runs these shapes (else the next
+    fused one, `sdpa_backend`); `backends` gets each layout's kernel by measurement name."""
+    device = device or CPU
+    rows = []
+    for seq, head_dim, heads, *grouped in layouts:
+        kv_heads = grouped[0] if grouped else heads
+        batch = max(1, batch_tokens // seq)
+        q = device.tensor(batch, heads, seq, head_dim, requires_grad=True)
+        k, v = (device.tensor(batch, kv_heads, seq, head_dim, requires_grad=True) for _ in range(2))
+        name = f"attention s{seq} d{head_dim} h{heads}" + (f" kv{kv_heads}" if kv_heads != heads else "")
+        backend, kernel = sdpa_backend(device, q, k, v)
+        if backends is not None:
+            backends[name] = backend
+
+        def fwd(q: torch.Tensor = q, k: torch.Tensor = k, v: torch.Tensor = v, kernel: Any = kernel) -> Any:
+            with kernel():
+                return _causal_sdpa(q, k, v)
+
+        def fwdbwd(q: torch.Tensor = q, k: torch.Tensor = k, v: torch.Tensor = v, kernel: Any = kernel) -> None:
+            with kernel():
+                _causal_sdpa(q, k, v).sum().backward()
+        rows.append([seq, head_dim, heads, device.median_time(fwd, budget_s, f"{name} fwd", repeats),
+                     device.median_time(fwdbwd, budget_s, f"{name} fwd+bwd", repeats)])
+        del q, k, v
     return rows
 
 
 def measure_elementwise(sizes_mib: tuple[int, ...], budget_s: float,
-                        repeats: Repeats | None = None) -> list[list[float]]:
+                        repeats: Repeats | None = None, device: Device | None = None) -> list[list[float]]:
     """[bytes moved, seconds] of an eager multiply into a fresh tensor (two reads, one write), as eager training
     runs its norms, activations and residuals."""
+    device = device or CPU
     rows = []
     for mib in sizes_mib:
-        n = mib * 2**20 // 4
-        a, b = torch.randn(n), torch.randn(n)
-        rows.append([3.0 * n * 4, _median_time(lambda a=a, b=b: a * b, budget_s, f"elementwise {mib} MiB",
-                                                 repeats)])
+        n = mib * 2**20 // device.element_bytes
+        a, b = device.tensor(n), device.tensor(n)
+        rows.append([3.0 * n * device.element_bytes,
+                     device.median_time(lambda a=a, b=b: a * b, budget_s, f"elementwise {mib} MiB", repeats)])
+        del a, b
     return rows
 
 
 def measure_checkpoint_io(directory: Path, mib: int, budget_s: float,
-                          repeats: Repeats | None = None) -> dict[str, float]:
+                          repeats: Repeats | None = None, device: Device | None = None) -> dict[str, float]:
     """Write and read bandwidth, bytes/s, of `torch.save` / `torch.load` of a `mib` MiB state to a file in
     `directory` (the run directory's filesystem), the write fsynced as a checkpoint commit is. Wall time: the
-    device's time is the point, not this process's CPU. The file is removed."""
-    state = {"weight": torch.randn(mib * 2**20 // 4)}
+    device's time is the point, not this process's CPU. On a GPU the state lives on it (the save copies it to
+    the host, the load back). The file is removed."""
+    device = device or CPU
+    state = {"weight": torch.randn(mib * 2**20 // 4, device=device.kind)}
     nbytes = float(mib * 2**20)
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".bastion-calibrate-io-", dir=directory) as tmp:
@@ -173,10 +279,11 @@ def measure_checkpoint_io(directory: Path, mib: int, budget_s: float,
                 f.flush()
                 os.fsync(f.fileno())
 
-        write_s = _median_time(write, budget_s, f"checkpoint write {mib} MiB", repeats, time.perf_counter)
+        write_s = _median_time(write, budget_s, f"checkpoint write {mib} MiB", repeats, time.perf_counter,
+                               device.sync)
         # the read finds the file in the page cache, as a restore soon after the save does
-        read_s = _median_time(lambda: torch.load(path, weights_only=True), budget_s,
-                              f"checkpoint read {mib} MiB", repeats, time.perf_counter)
+        read_s = _median_time(lambda: torch.load(path, weights_only=True, map_location=device.kind), budget_s,
+                              f"checkpoint read {mib} MiB", repeats, time.perf_counter, device.sync)
     return {"checkpoint_write_gbs": nbytes / write_s / 1e9, "checkpoint_read_gbs": nbytes / read_s / 1e9}
 
 
@@ -278,23 +385,25 @@ def collective_groups(world: int) -> list[int]:
     return [g for g in range(2, world + 1) if world % g == 0]
 
 
-def _run_collective(op: str, group: Any, group_ranks: list[int], nbytes: int) -> Callable[[], None]:
+def _run_collective(op: str, group: Any, group_ranks: list[int], nbytes: int,
+                    device: str = "cpu") -> Callable[[], None]:
+    """A call of `op` on fp32 buffers of `nbytes` (the collective's full buffer) on `device`."""
     size = len(group_ranks)
     numel = max(size, nbytes // 4 // size * size)
     if op == "all_reduce":
-        buf = torch.ones(numel)
+        buf = torch.ones(numel, device=device)
         return lambda: dist.all_reduce(buf, group=group)
     if op == "all_gather":
-        out, mine = torch.empty(numel), torch.ones(numel // size)
+        out, mine = torch.empty(numel, device=device), torch.ones(numel // size, device=device)
         return lambda: dist.all_gather_into_tensor(out, mine, group=group)
     if op == "reduce_scatter":
-        full, mine = torch.ones(numel), torch.empty(numel // size)
+        full, mine = torch.ones(numel, device=device), torch.empty(numel // size, device=device)
         return lambda: dist.reduce_scatter_tensor(mine, full, group=group)
     # send_recv: pairs exchange (a pipeline hop in each direction at once)
     me = dist.get_rank()
     index = group_ranks.index(me)
     peer = group_ranks[index ^ 1]
-    out, inbox = torch.ones(numel), torch.empty(numel)
+    out, inbox = torch.ones(numel, device=device), torch.empty(numel, device=device)
 
     def exchange() -> None:
         reqs = [dist.isend(out, peer, group=group), dist.irecv(inbox, peer, group=group)]
@@ -713,6 +822,193 @@ def combine_ranks(ranks: list[dict[str, Any]], ranks_per_host: int, repeats: Rep
                             for (op, size, nbytes), t in sorted(slowest.items())],
             "fsdp": [[*key, statistics.median(t)] for key, t in sorted(fsdp_slowest.items())],
             "fsdp_core_share": {size: statistics.fmean(s) for size, s in sorted(fsdp_shares.items())}}
+
+
+# ---- a GPU node -------------------------------------------------------------------------------------------
+
+#: the share of a GPU's memory `bastion calibrate` may hold at most (torch.cuda.set_per_process_memory_fraction);
+#: its largest tensors (an LM head GEMM's operands and output, the elementwise and optimizer buffers) stay far
+#: below it on a 40 GB+ card
+GPU_MEMORY_SHARE = 0.5
+
+
+def prepare_cuda(memory_share: float = GPU_MEMORY_SHARE) -> Device:
+    """The current CUDA device for measuring, its caching allocator capped at `memory_share` of the card's
+    memory (an out-of-memory error past it, never another process's memory)."""
+    torch.cuda.set_per_process_memory_fraction(memory_share)
+    return cuda_device()
+
+
+def device_facts(device: Device, memory_share: float = GPU_MEMORY_SHARE) -> dict[str, Any]:
+    """What the profile records about the GPUs: name, compute capability, memory, count, driver / CUDA / NCCL
+    versions and the memory share the measurements were held to (a CPU stand-in: its processor's name)."""
+    if device.kind != "cuda":
+        import platform
+
+        return {"device_name": platform.processor() or platform.machine(), "device_kind": device.kind}
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    try:
+        version = torch.cuda.nccl.version()  # a tuple in recent torch, an int in older ones
+        nccl = ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
+    except (AttributeError, RuntimeError):
+        nccl = "none"
+    return {"device_name": props.name, "device_kind": device.kind, "compute_capability": f"{props.major}.{props.minor}",
+            "device_memory_gib": round(props.total_memory / 2**30, 2), "device_count": torch.cuda.device_count(),
+            "driver": _nvidia_driver(), "cuda": str(torch.version.cuda), "nccl": nccl,
+            "memory_share": memory_share}
+
+
+def _nvidia_driver() -> str:
+    """The NVIDIA driver's version (from the kernel module; 'unknown' where it cannot be read)."""
+    try:
+        return Path("/proc/driver/nvidia/version").read_text().split("Kernel Module", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "unknown"
+
+
+def measure_optimizer_step(params: int, budget_s: float, repeats: Repeats | None = None,
+                           device: Device | None = None, tensors: int = 8) -> float:
+    """Seconds of one AdamW step (PyTorch's default implementation for the device: fused on a GPU) over `params`
+    fp32 parameters in `tensors` tensors, their gradients set: the optimizer's memory-bound pass."""
+    device = device or CPU
+    weights = [torch.zeros(params // tensors, device=device.kind, requires_grad=True) for _ in range(tensors)]
+    for w in weights:
+        w.grad = torch.ones_like(w)
+    opt = torch.optim.AdamW(weights, lr=1e-4, betas=(0.9, 0.95), eps=1e-8, fused=device.kind == "cuda")
+    return device.median_time(opt.step, budget_s, f"optimizer AdamW {params} params", repeats)
+
+
+def _device_rank_main(rank: int, world: int, init: str, out_dir: str, message_bytes: list[int], reps: int) -> None:
+    torch.cuda.set_device(rank)
+    dist.init_process_group("nccl", init_method=init, rank=rank, world_size=world)
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(_device_collectives(rank, world, message_bytes, reps)))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _device_collectives(rank: int, world: int, message_bytes: list[int], reps: int) -> list[list[Any]]:
+    """[op, group size, bytes, every repeat's wall seconds] on this rank, for every group size a plan of `world`
+    GPUs forms (all groups of a size at once), timed between device synchronisations."""
+    rows = []
+    for size in collective_groups(world):
+        groups = [list(range(start, start + size)) for start in range(0, world, size)]
+        handles = [dist.new_group(ranks) for ranks in groups]
+        mine = rank // size
+        for op in ("all_reduce", "all_gather", "reduce_scatter", "send_recv"):
+            if op == "send_recv" and size != 2:
+                continue
+            for nbytes in message_bytes:
+                fn = _run_collective(op, handles[mine], groups[mine], nbytes, "cuda")
+                fn()  # NCCL sets up a communicator's channels on its first call
+                torch.cuda.synchronize()
+                dist.barrier()
+                times = []
+                for _ in range(reps):
+                    start = time.perf_counter()
+                    fn()
+                    torch.cuda.synchronize()
+                    times.append(time.perf_counter() - start)
+                rows.append([op, size, nbytes, times])
+    return rows
+
+
+def measure_device_collectives(world: int, message_bytes: list[int], reps: int = 10,
+                               repeats: Repeats | None = None) -> list[list[Any]]:
+    """NCCL collectives among this node's first `world` GPUs (one process each): [op, group size, bytes, the
+    median of the slowest rank's wall seconds per repeat, hosts spanned (1)], as `combine_ranks` gives gloo's.
+    Fewer than two GPUs: none (a single device has no collectives to measure)."""
+    if world < 2:
+        return []
+    import torch.multiprocessing as mp
+
+    torch.cuda.empty_cache()  # what this process measured with: rank 0 shares its GPU
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory(prefix="bastion-calibrate-nccl-") as tmp:
+        mp.start_processes(_device_rank_main, args=(world, f"tcp://127.0.0.1:{port}", tmp, message_bytes, reps),
+                           nprocs=world, start_method="spawn")
+        ranks = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(world)]
+    return combine_device_ranks(ranks, [socket.gethostname()] * world, repeats)
+
+
+def combine_device_ranks(ranks: list[list[list[Any]]], hosts: list[str], repeats: Repeats | None) -> list[list[Any]]:
+    """Every rank's `_device_collectives` rows, in rank order, as [op, group size, bytes, median seconds, hosts
+    the first group of that size spans]: repeat j of a collective ends when its slowest member's does."""
+    rows = []
+    for i, (op, size, nbytes, times) in enumerate(ranks[0]):
+        slowest = [max(r[i][3][j] for r in ranks) for j in range(len(times))]
+        if repeats is not None:
+            repeats[f"nccl {op} {size} ranks {nbytes} B"] = slowest
+        rows.append([op, size, nbytes, statistics.median(slowest), len(set(hosts[:size]))])
+    return rows
+
+
+def device_job_rank(message_bytes: list[int], reps: int, single: Callable[[], Any]
+                    ) -> tuple[list[str], Any, list[list[Any]]] | None:
+    """One rank of a GPU calibrate job under torchrun (one agent per node, one rank per GPU): rank 0 first runs
+    `single()` (the one-device measurements, on its node's first GPU) while the others wait to join; then every
+    rank measures NCCL collectives over the whole job (groups larger than a node's GPUs span nodes). Rank 0 gets
+    (each rank's host, single()'s result, every rank's `_device_collectives` rows in rank order, for
+    `combine_device_ranks`); the other ranks None."""
+    torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    single_result = single() if int(os.environ["RANK"]) == 0 else None
+    # the other ranks wait here for rank 0 (the default init timeout bounds it)
+    dist.init_process_group("nccl")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    hosts: list[Any] = [None] * world
+    dist.all_gather_object(hosts, os.environ.get("SLURMD_NODENAME") or socket.gethostname())
+    rows = _device_collectives(rank, world, message_bytes, reps)
+    gathered: list[Any] | None = [None] * world if rank == 0 else None
+    dist.gather_object(rows, gathered, dst=0)
+    dist.barrier()
+    dist.destroy_process_group()
+    return None if gathered is None else (hosts, single_result, gathered)
+
+
+def fit_device_profile(raw: dict[str, Any], peak_bf16_flops: float) -> dict[str, Any]:
+    """The rates of specs/profile.py from a GPU's raw measurements (`raw`: as commands/calibrate_cmds.py
+    gathers them). Each GEMM's efficiency is its FLOPs / time / the bf16 datasheet peak, by shape; attention's
+    the same with the predictor's causal FLOPs (flops.py: 2 · heads · s² · head_dim per sequence forward, 3.5×
+    that forward + backward), by sequence length and head size; memory-bound work is costed as effective bytes
+    calibrated on the H200 (predict/data/membound.toml), so the bandwidth written is the datasheet bandwidth
+    that, at the H200's streaming efficiency, gives the measured elementwise rate; collectives a latency +
+    bytes/bandwidth line per op and group size (wall time); the fused AdamW step as effective bytes per parameter
+    at that bandwidth. What it does not measure (fp8 GEMMs) keeps the catalog row's datasheet scaling."""
+    from bastion.predict.calibration import reference_streaming_fraction
+
+    gemm = [[m, k, n, min(1.0, 2.0 * m * k * n / t / peak_bf16_flops)] for m, k, n, t in raw["gemm"]]
+    attention = []
+    for seq, head_dim, heads, fwd, fwdbwd in raw["attention"]:
+        flops = 2.0 * max(1, raw["attention_batch_tokens"] // seq) * heads * seq * seq * head_dim
+        attention.append([seq, head_dim, min(1.0, flops / fwd / peak_bf16_flops),
+                          min(1.0, 3.5 * flops / fwdbwd / peak_bf16_flops)])
+    streamed_gbs = max(b / t for b, t in raw["elementwise"]) / 1e9
+    by_line: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    spans: dict[tuple[str, int], int] = {}
+    for op, size, nbytes, t, hosts in raw["collectives"]:
+        by_line.setdefault((op, size), []).append((float(nbytes), t))
+        spans[(op, size)] = hosts
+    collectives = []
+    for (op, size), points in sorted(by_line.items()):
+        latency, per_byte = _line_fit(points)
+        collectives.append({"op": op, "group_size": size, "latency_us": latency * 1e6,
+                            "bandwidth_gbs": 1e-9 / per_byte, "hosts": spans[(op, size)]})
+    hbm_gbs = streamed_gbs / reference_streaming_fraction()
+    params, step_s = raw["optimizer_params_s"]
+    # the catalog's matmul_efficiency stays: it sets the level of what was not measured here (fp8 GEMMs, other
+    # attention kernels) from the datasheet, as without a profile
+    return {
+        "accelerator": {
+            "hbm_bandwidth_gbs": hbm_gbs,
+            # the step's time as effective bytes at that bandwidth, as predict/data/membound.toml costs it
+            "adamw_bytes_per_param": step_s / params * hbm_gbs * 1e9,
+            "gemm_shape_efficiency": gemm,
+            "attention_layout_efficiency": attention,
+        },
+        "host": {k: raw["host"][k] for k in ("checkpoint_write_gbs", "checkpoint_read_gbs")},
+        "collective": collectives,
+    }
 
 
 # ---- fitting ----------------------------------------------------------------------------------------------

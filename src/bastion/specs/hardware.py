@@ -81,6 +81,14 @@ class Accelerator:
     gemm_efficiency_curve: tuple[tuple[float, ...], ...] = ()
     #: (sequence length, forward, forward + backward fraction of the peak) of causal SDPA; empty = matmul_efficiency
     attention_efficiency_curve: tuple[tuple[float, ...], ...] = ()
+    #: measured by `bastion calibrate` on a GPU, never in the catalog: (m, k, n, fraction of the bf16 datasheet
+    #: peak) of GEMMs at the predictor's shapes; replaces the H200 curve's level scaled by datasheet ratios
+    gemm_shape_efficiency: tuple[tuple[float, ...], ...] = ()
+    #: the same for causal SDPA: (sequence length, head size, forward, forward + backward fraction of the bf16 peak)
+    attention_layout_efficiency: tuple[tuple[float, ...], ...] = ()
+    #: measured by `bastion calibrate` on a GPU: a fused fp32 AdamW step's seconds per parameter × hbm_bandwidth_gbs,
+    #: the effective bytes per parameter predict/data/membound.toml's adamw_bytes holds for the H200; 0 = that
+    adamw_bytes_per_param: float = 0.0
     #: a part sold at a lower board power than its sibling on the same die and datasheet peaks (PCIe cards): the
     #: fraction of the sibling's sustained tensor-core clock it holds under a dense GEMM load at that power, which
     #: scales the sibling's matmul_efficiency it shares (1 = the same part, or one whose power cap is already in

@@ -3,15 +3,17 @@ scaling in the predictor. Torch-free: reading, checking, writing and applying a 
 
 A profile is data. `[machine]` says where and when it was measured; `[accelerator]` overrides fields of the
 catalog row the predictor already reads (specs/hardware.py Accelerator: efficiencies, memory bandwidth, how well
-ranks share the cores); `[host]` holds the costs a datasheet has no field for (eager PyTorch's per-layer dispatch,
-the extra of DTensor and of FSDP2's hooks, fixed per micro-batch and per optimizer step, checkpoint write and
-read bandwidth to the run directory's filesystem); each `[[collective]]` a latency/bandwidth line for one
-collective on one group size (gloo on shared cores); each `[[tp_collective]]` how many collectives of an op the
-runtime's tensor parallelism issues per block and for the model's ends (counted, not timed); each
-`[[fsdp_unit]]` what the runtime's FSDP2 costs per unit (a block; the root unit apart) on real groups of one size
-under one ZeRO layout, at a negligible size (its hooks, its collectives' latency, the waiting). `[raw]` keeps the
-measurements the rates were derived from, `[repeats]` every measurement's repeats (seconds): its noise band,
-which `bastion calibrate --compare` (specs/profile_compare.py) judges a change against.
+ranks share the cores; on a GPU, bf16 GEMM efficiency by shape and attention by sequence length and head size in
+place of the H200 curves scaled by datasheet ratios); `[host]` holds the costs a datasheet has no field for (eager
+PyTorch's per-layer dispatch, the extra of DTensor and of FSDP2's hooks, fixed per micro-batch and per optimizer
+step, checkpoint write and read bandwidth to the run directory's filesystem); each `[[collective]]` a
+latency/bandwidth line for one collective on one group size (gloo on shared cores, or NCCL among a GPU node's
+devices); each `[[tp_collective]]` how many collectives of an op the runtime's tensor parallelism issues per block
+and for the model's ends (counted, not timed); each `[[fsdp_unit]]` what the runtime's FSDP2 costs per unit (a
+block; the root unit apart) on real groups of one size under one ZeRO layout, at a negligible size (its hooks, its
+collectives' latency, the waiting). `[raw]` keeps the measurements the rates were derived from, `[repeats]` every
+measurement's repeats (seconds): its noise band, which `bastion calibrate --compare` (specs/profile_compare.py)
+judges a change against.
 
 On the command line a profile is a cluster: `--cluster PROFILE.toml` (the accelerator and rank count it was
 measured with) or `--cluster ACCEL:N@PROFILE.toml` (N ranks, the profile's rates).
@@ -34,7 +36,11 @@ PROFILE_FORMAT = 1
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "send_recv")
 #: Accelerator fields a profile may replace
 ACCELERATOR_FIELDS = ("matmul_efficiency", "hbm_bandwidth_gbs", "background_load", "gemm_efficiency_curve",
-                      "attention_efficiency_curve")
+                      "attention_efficiency_curve", "gemm_shape_efficiency", "attention_layout_efficiency",
+                      "adamw_bytes_per_param")
+#: the measured curves a profile may hold, by the number of columns of their rows
+_CURVE_WIDTHS = {"gemm_efficiency_curve": 2, "attention_efficiency_curve": 3, "gemm_shape_efficiency": 4,
+                 "attention_layout_efficiency": 4}
 _FIX = "run `bastion calibrate --out PROFILE.toml` on the machine again, and pass that file."
 
 
@@ -233,10 +239,8 @@ def read_profile(path: str | Path) -> MachineProfile:
         if key not in ACCELERATOR_FIELDS:
             raise ConfigError(f"{where}: not a field a profile may set.",
                               fix=f"use only {', '.join(ACCELERATOR_FIELDS)}.")
-        if key == "gemm_efficiency_curve":
-            overrides[key] = _curve(value, 2, where)
-        elif key == "attention_efficiency_curve":
-            overrides[key] = _curve(value, 3, where)
+        if key in _CURVE_WIDTHS:
+            overrides[key] = _curve(value, _CURVE_WIDTHS[key], where)
         else:
             overrides[key] = _number(acc, key, where)
     host = _table(data, "host", path)
