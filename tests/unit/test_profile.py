@@ -391,3 +391,15 @@ def test_under_a_pipeline_zero3_still_gathers_every_micro_batch(tmp_path: Path) 
     four_dear = _pipelined_fsdp(tmp_path, "four-dear", 3, 1, unit_s=0.02)
     assert four_dear.time.dp_comm - four.time.dp_comm == pytest.approx(
         4 * (one_dear.time.dp_comm - one.time.dp_comm), rel=1e-6)
+
+
+def test_the_attention_curve_is_read_at_the_layout_it_was_measured_at(tmp_path: Path) -> None:
+    """calibrate keys the attention curve by seq_len · head_dim; the predictor must read it there: a layout of
+    seq 256 × head dim 64 gets the point measured at 16,384, not the clamped low end (seq 256 alone)."""
+    from bastion.predict import compute
+    from bastion.specs.profile import cluster_from_profile
+
+    acc = cluster_from_profile(f"cpu:4@{write(tmp_path, profile_data())}").accelerator
+    small_layout = compute.flash_attention_time(acc, "fp32", 1e9, 256, 64, "fwd") * 0.2
+    tiny_layout = compute.flash_attention_time(acc, "fp32", 1e9, 64, 16, "fwd") * 0.1
+    assert small_layout == pytest.approx(tiny_layout)  # time × efficiency: each at its own measured efficiency (0.2 and 0.1)

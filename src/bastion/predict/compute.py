@@ -88,7 +88,9 @@ def flash_attention_time(acc: Accelerator, precision: str, flops_fwd: float, seq
     (kernels.py); `efficiency_cap` bounds the fraction of the peak it reaches
     (PredictOptions.attention_efficiency_cap)."""
     if is_cpu(acc):
-        eff = cpu_curve_efficiency(acc.attention_efficiency_curve, float(seq_len), 1 if pass_ == "fwd" else 2,
+        # the profile's curve is keyed by seq_len · head_dim (runtime/calibrate.py fit_profile): one model's layouts
+        # differ in both, and a per-row work measure keeps tiny's and small's points apart
+        eff = cpu_curve_efficiency(acc.attention_efficiency_curve, float(seq_len * head_dim), 1 if pass_ == "fwd" else 2,
                                    acc.matmul_efficiency)
     else:
         eff = _gpu_attention_efficiency(acc, seq_len, head_dim, pass_)

@@ -79,7 +79,8 @@ class Accelerator:
     background_load: float = 0.0
     #: (GEMM FLOPs, fraction of the peak) points, interpolated in log FLOPs; empty = matmul_efficiency everywhere
     gemm_efficiency_curve: tuple[tuple[float, ...], ...] = ()
-    #: (sequence length, forward, forward + backward fraction of the peak) of causal SDPA; empty = matmul_efficiency
+    #: (sequence length × head dim, forward, forward + backward fraction of the peak) of causal SDPA; empty =
+    #: matmul_efficiency
     attention_efficiency_curve: tuple[tuple[float, ...], ...] = ()
     #: measured by `bastion calibrate` on a GPU, never in the catalog: (m, k, n, fraction of the bf16 datasheet
     #: peak) of GEMMs at the predictor's shapes; replaces the H200 curve's level scaled by datasheet ratios
