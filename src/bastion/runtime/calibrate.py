@@ -441,8 +441,9 @@ def measure_pipeline(base: ModelSpec, world: int, reps: int, micro_batches: tupl
     process-CPU figure 0.3-3.3 ms per micro-batch between reruns; in training runs that CPU shows as waiting
     does (an interleaved-1F1B `tiny` run at load 7-9: the last stage's process CPU 45-77 ms per step, the
     first's 31-39), which is the bubble's and the shared cores' to account for, not a per micro-batch term.
-    `times`: this rank's rounds, the three series by name (each rank's, as the fitted figure is the larger of
-    the stages' and a noisy rank sets it)."""
+    Returns this rank's `stage`, its `rounds` [(long step, short step, stage alone per micro-batch)] and the
+    micro-batches the steps differ by (`added`), for `combine_ranks` to pool by stage; `times`: the three series
+    by name, for the profile's [repeats] (each rank's: a noisy rank moves its stage's figure)."""
     from torch.distributed import pipelining
 
     from bastion.runtime.model import build_model, init_weights
@@ -497,7 +498,7 @@ def measure_pipeline(base: ModelSpec, world: int, reps: int, micro_batches: tupl
     names = (f"x{long} micro-batches", f"x{short} micro-batches", "stage alone x1 micro-batch")
     times = {f"pipeline 1f1b {what}, rank {rank} (stage {stage_id}) of {world}": [r[i] for r in rounds]
              for i, what in enumerate(names)}
-    return {"pipeline_micro_batch_s": pipeline_extra(rounds, long - short), "times": times}
+    return {"stage": stage_id, "rounds": rounds, "added": long - short, "times": times}
 
 
 def pipeline_extra(rounds: list[tuple[float, float, float]], added: int) -> float:
@@ -771,13 +772,22 @@ def combine_ranks(ranks: list[dict[str, Any]], ranks_per_host: int, repeats: Rep
             "core_share": [statistics.median(r["core_share"]) for r in ranks],
             "elementwise": [r["elementwise"][0] for r in ranks],
             "tensor_parallel": ranks[0].get("tensor_parallel"),
-            # a pipeline step waits for its slowest stage: the larger of the two stages' extras
-            "pipeline_micro_batch_s": max((r["pipeline"]["pipeline_micro_batch_s"] for r in ranks if "pipeline" in r),
-                                          default=0.0),
+            "pipeline_micro_batch_s": _slowest_stage_extra([r["pipeline"] for r in ranks if "pipeline" in r]),
             "collectives": [[op, size, nbytes, statistics.median(t), spans[(op, size, nbytes)]]
                             for (op, size, nbytes), t in sorted(slowest.items())],
             "fsdp": [[*key, statistics.median(t)] for key, t in sorted(fsdp_slowest.items())],
             "fsdp_core_share": {size: statistics.fmean(s) for size, s in sorted(fsdp_shares.items())}}
+
+
+def _slowest_stage_extra(measured: list[dict[str, Any]]) -> float:
+    """`measure_pipeline`'s per micro-batch extra from every rank's rounds: each stage's from the rounds of all
+    its ranks (every pair measures the same stage work; the larger of per-rank figures would pick the noisiest
+    rank: 0.59-0.96 ms among 4 ranks at background load 10.7), the larger of the two stages' (a pipeline step
+    waits for its slowest stage); 0 without pipeline pairs."""
+    stages: dict[int, list[tuple[float, float, float]]] = {}
+    for rank in measured:
+        stages.setdefault(rank["stage"], []).extend(tuple(r) for r in rank["rounds"])
+    return max((pipeline_extra(rounds, measured[0]["added"]) for rounds in stages.values()), default=0.0)
 
 
 # ---- fitting ----------------------------------------------------------------------------------------------
