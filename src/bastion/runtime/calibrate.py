@@ -436,8 +436,8 @@ def measure_pipeline(base: ModelSpec, world: int, reps: int, micro_batches: tupl
     the plain runs) / that difference, so what a step costs once (its start, the warm-up and drain of the
     schedule) cancels, and so does a load that shifts between rounds; the median of the rounds
     (`pipeline_extra`). Thread CPU time (`time.thread_time`), not the process's: gloo's transport threads
-    (`gloo_tcp_loop`) burn CPU that grows with the time a rank waits for its peer, not with micro-batches
-    (0.5 or 15-20 ms per probe step, from one step to the next, 2 ranks at load 6), which moved the old
+    (`gloo_tcp_loop`) use CPU that follows the waits for a peer rather than the micro-batches (0.5 or 15-20 ms
+    per probe step, from one step to the next, 2 ranks at load 6), which moved the old
     process-CPU figure 0.3-3.3 ms per micro-batch between reruns; in training runs that CPU shows as waiting
     does (an interleaved-1F1B `tiny` run at load 7-9: the last stage's process CPU 45-77 ms per step, the
     first's 31-39), which is the bubble's and the shared cores' to account for, not a per micro-batch term.
