@@ -508,6 +508,17 @@ def pipeline_extra(rounds: list[tuple[float, float, float]], added: int) -> floa
     return max(0.0, statistics.median((long - short) / added - alone for long, short, alone in rounds))
 
 
+def _slowest_stage_extra(measured: list[dict[str, Any]]) -> float:
+    """`measure_pipeline`'s per micro-batch extra from every rank's rounds: each stage's from the rounds of all
+    its ranks (every pair measures the same stage work; the larger of per-rank figures would pick the noisiest
+    rank: 0.59-0.96 ms among 4 ranks at background load 10.7), the larger of the two stages' (a pipeline step
+    waits for its slowest stage); 0 without pipeline pairs."""
+    stages: dict[int, list[tuple[float, float, float]]] = {}
+    for rank in measured:
+        stages.setdefault(rank["stage"], []).extend(tuple(r) for r in rank["rounds"])
+    return max((pipeline_extra(rounds, measured[0]["added"]) for rounds in stages.values()), default=0.0)
+
+
 #: the runtime's FSDP2 layouts a plan's ZeRO stage picks (runtime/mesh.py dp_layout, parallelize.apply_fsdp):
 #: 0 replicates over the group (HSDP, shard 1: gradients all-reduced), 1-2 shard without resharding after
 #: forward, 3 reshards after forward (a second all-gather in backward); stage 2 stands for 1 and 2
@@ -777,17 +788,6 @@ def combine_ranks(ranks: list[dict[str, Any]], ranks_per_host: int, repeats: Rep
                             for (op, size, nbytes), t in sorted(slowest.items())],
             "fsdp": [[*key, statistics.median(t)] for key, t in sorted(fsdp_slowest.items())],
             "fsdp_core_share": {size: statistics.fmean(s) for size, s in sorted(fsdp_shares.items())}}
-
-
-def _slowest_stage_extra(measured: list[dict[str, Any]]) -> float:
-    """`measure_pipeline`'s per micro-batch extra from every rank's rounds: each stage's from the rounds of all
-    its ranks (every pair measures the same stage work; the larger of per-rank figures would pick the noisiest
-    rank: 0.59-0.96 ms among 4 ranks at background load 10.7), the larger of the two stages' (a pipeline step
-    waits for its slowest stage); 0 without pipeline pairs."""
-    stages: dict[int, list[tuple[float, float, float]]] = {}
-    for rank in measured:
-        stages.setdefault(rank["stage"], []).extend(tuple(r) for r in rank["rounds"])
-    return max((pipeline_extra(rounds, measured[0]["added"]) for rounds in stages.values()), default=0.0)
 
 
 # ---- fitting ----------------------------------------------------------------------------------------------
