@@ -154,17 +154,21 @@ def test_fsdp_measurements_travel_with_the_host_spanning_collectives() -> None:
         return {"rows": rows, "times": {f"{zero} {size} {layers}": t for zero, size, layers, t in rows},
                 "core_share": 0.8}
 
-    def rank(slow: float) -> dict:
+    def rank(slow: float, stage: int) -> dict:
         rows = [[op, size, nbytes, [1e-4 + nbytes * 1e-9] * 3, 1 if size == 2 else 2]
                 for op in ("all_reduce",) for size in (2, 4) for nbytes in (4096, 1 << 20)]
         return {"start_s": 1.0, "core_share": [0.5] * 3, "elementwise": [[1 << 20, 1e-3]], "collectives": rows,
                 "fsdp": [fsdp(2, slow), fsdp(4, slow)],
-                "pipeline": {"pipeline_micro_batch_s": 1e-3 * slow, "times": {f"pipeline, rank {slow}": [slow]}}}
+                # 3 rounds of (6-, 2-micro-batch step, stage alone): the schedule adds `slow` ms per micro-batch
+                "pipeline": {"stage": stage, "added": 4, "rounds": [[4e-3 + 4 * (2e-3 + 1e-3 * slow), 4e-3, 2e-3]] * 3,
+                             "times": {f"pipeline, rank {slow}": [slow]}}}
 
     repeats: dict = {}
-    shared = combine_ranks([rank(1.0), rank(1.0), rank(1.0), rank(2.0)], ranks_per_host=2, repeats=repeats)
-    # the pipeline's figure is the slowest stage's; every rank's repeats are kept
-    assert shared["pipeline_micro_batch_s"] == 2e-3
+    shared = combine_ranks([rank(1.0, 0), rank(1.0, 1), rank(1.0, 0), rank(2.0, 1)], ranks_per_host=2,
+                           repeats=repeats)
+    # the pipeline's figure is the slowest stage's (stage 1: its ranks' rounds pooled, 1 and 2 ms); every rank's
+    # repeats are kept
+    assert shared["pipeline_micro_batch_s"] == pytest.approx(1.5e-3)
     assert repeats["pipeline, rank 1.0"] == [1.0] and repeats["pipeline, rank 2.0"] == [2.0]
     raw = {"dispatch_s": 1e-6, "gemm": [[64, 64, 64, 1e-4]], "attention": [[64, 16, 2, 1e-4, 3e-4]],
            "elementwise": [[1 << 20, 1e-3]], "host": {"layer_s": 1e-3}, "shared": shared}

@@ -814,8 +814,9 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
         act_bytes = tokens * model.hidden_size * activation_dtype_bytes(plan.precision) / plan.tp
         hop = comm.p2p_time(cluster, float(act_bytes), pp_group.domains > 1)
         if saturated and node.profile.host_overheads.pipeline_micro_batch_s > 0:
-            # the profile's pipeline_micro_batch_s ran the schedule's send/recv at a negligible size (their
-            # latency and host work): only the bytes remain
+            # a hop's fixed cost: its calls' host work is in the profile's pipeline_micro_batch_s (real pipeline
+            # pairs, negligible size); the rest of the send/recv line's latency is waiting for a peer that shares
+            # the cores, the shared-core bubble's: only the bytes remain
             hop -= node.profile.collective_wall_time("send_recv", 2, 0.0,
                                                      node.accelerator.core_share(node.gpus_per_node)) or 0.0
         pp_comm = 2 * hop * (m * plan.vpp + plan.pp - 1)

@@ -11,8 +11,9 @@ plan of N ranks forms (all groups of a size at once), what the runtime's FSDP2 c
 each of those sizes, and, on tensor-parallel and pipeline pairs of the runtime's real code, what tensor
 parallelism and the pipeline schedule cost a rank and which collectives they issue.
 
-Every figure is the median of repeats (CPU time unless said otherwise: what the work costs a core, whatever
-else the host runs); every repeat is kept (`Repeats`) for the profile's noise bands. Each benchmark stops after a
+Every figure is the median of repeats unless said otherwise (the optimizer's is a low quantile) and CPU time
+unless said otherwise (what the work costs a core, whatever else the host runs; the pipeline's and the
+optimizer's the rank's own thread's); every repeat is kept (`Repeats`) for the profile's noise bands. Each benchmark stops after a
 time budget, or runs a fixed count where ranks must stay in step. Memory: the largest tensors are 64 MiB (the
 checkpoint state), 32 MiB (elementwise) and the collectives' buffers (at most 16 MiB per rank), a few hundred
 MiB per process with torch itself. `fit_profile` turns the raw measurements into the rates specs/profile.py
@@ -315,6 +316,41 @@ def _blocks_time(module: Any, spec: ModelSpec, budget_s: float, name: str, repea
     return _median_time(run, budget_s, f"blocks x{len(module.layers)} {name}", repeats)
 
 
+#: the fewest rounds of the optimizer probe (`optimizer_seconds`), whatever its time budget: its statistic is a low
+#: quantile, which needs enough rounds that a few undisturbed ones are among them
+OPTIMIZER_ROUNDS = 15
+
+
+def optimizer_seconds(steps: dict[str, tuple[Callable[[], Any], int]], budget_s: float,
+                      repeats: Repeats | None = None) -> dict[str, float]:
+    """Seconds per parameter tensor of each named optimizer step (step(), its tensor count): the thread CPU time
+    (`time.thread_time`) of one step, the lower quartile of at least OPTIMIZER_ROUNDS rounds (more while
+    `budget_s` lasts), the steps taking turns within a round so each sees the same load, after two warm-up steps
+    each (AdamW creates its state in the first), over the tensor count.
+
+    Why not the median of a process's CPU time: the DTensor step of `tiny` (39 tensors) gave 27 ms on the
+    2026-12-07 09:33 profile (3 repeats) and 19-45 ms on reruns, against 17-18 ms of CPU per rank in the
+    optimizer section of dp and ZeRO-3 training runs and 16.5-19 ms from this probe at load 6-12. What disturbs
+    a repeat (another process evicting the caches, a garbage collection) only adds time, so a low quantile is
+    the step's own cost; the thread's clock leaves out gloo's threads, whose share of clipping's all-reduces
+    the predictor charges apart (the step's scalar all-reduces)."""
+    for step, _ in steps.values():
+        step()
+        step()
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < OPTIMIZER_ROUNDS or (time.perf_counter() - start < budget_s and rounds < 200):
+        for name, (step, _) in steps.items():
+            before = time.thread_time()
+            step()
+            samples[name].append(time.thread_time() - before)
+        rounds += 1
+    if repeats is not None:
+        repeats.update({f"optimizer {name} x{n} tensors": samples[name] for name, (_, n) in steps.items()})
+    return {name: statistics.quantiles(samples[name], n=4)[0] / n for name, (_, n) in steps.items()}
+
+
 def measure_host_overheads(base: ModelSpec, budget_s: float, repeats: Repeats | None = None) -> dict[str, float]:
     """Seconds of host work of the runtime's model at negligible shapes, one process (a world-1 gloo group so
     DTensor and FSDP2 run their real code paths): per block forward + backward eager, and the extra of tensor
@@ -359,7 +395,7 @@ def measure_host_overheads(base: ModelSpec, budget_s: float, repeats: Repeats | 
         cross_entropy_loss(eager(tokens), tokens).backward()
     ends = max(0.0, _median_time(whole, budget_s, f"model x{layers} eager", repeats) - layers * per_layer)
 
-    def optimizer_time(module: Any, name: str) -> tuple[float, int]:
+    def optimizer_step(module: Any) -> tuple[Callable[[], None], int]:
         params = list(module.parameters())
         for p in params:
             p.grad = torch.zeros_like(p)
@@ -369,13 +405,13 @@ def measure_host_overheads(base: ModelSpec, budget_s: float, repeats: Repeats | 
         def step() -> None:
             clip_grad_norm(model, 1.0, rmesh)
             opt.step()
-        return _median_time(step, budget_s, f"optimizer {name} x{len(params)} tensors", repeats), len(params)
+        return step, len(params)
 
-    plain_s, n_plain = optimizer_time(eager, "plain")
-    dtensor_s, n_dtensor = optimizer_time(fsdp, "dtensor")
+    optimizer = optimizer_seconds({"plain": optimizer_step(eager), "dtensor": optimizer_step(fsdp)}, budget_s,
+                                  repeats)
     return {"layer_s": per_layer, "layer_tp_s": max(0.0, tp_extra), "layer_sp_s": max(0.0, sp_extra),
             "layer_fsdp_s": max(0.0, fsdp_extra), "micro_batch_s": ends,
-            "optimizer_per_tensor_s": plain_s / n_plain, "optimizer_dtensor_per_tensor_s": dtensor_s / n_dtensor}
+            "optimizer_per_tensor_s": optimizer["plain"], "optimizer_dtensor_per_tensor_s": optimizer["dtensor"]}
 
 
 # ---- N processes sharing the host --------------------------------------------------------------------------
@@ -497,14 +533,26 @@ def measure_tensor_parallel(base: ModelSpec, world: int, reps: int) -> dict[str,
             "micro_batch_sp_s": max(0.0, ends["tp+sp"] - ends["tp"])}
 
 
-def measure_pipeline(base: ModelSpec, world: int, reps: int, micro_batches: int = 6) -> dict[str, Any]:
-    """CPU seconds per micro-batch that the runtime's pipeline schedule (1F1B over 2 stages, every pair of
-    `world` ranks at once) adds to its stage's own forward + backward: torch.distributed.pipelining's
-    bookkeeping and its send/recv's host work, at negligible shapes (one block per stage). The difference of a
-    step of `micro_batches` and a step of 2 (the fewest 2 stages run), per extra micro-batch, less the stage
-    module's own forward + backward timed plainly in the same process; the median of `reps` (every rank the same
-    number). `times`: this rank's repeats of the three by name, for the profile's [repeats] (each rank's, as the
-    fitted figure is the larger of the stages' and a noisy rank sets it)."""
+def measure_pipeline(base: ModelSpec, world: int, reps: int, micro_batches: tuple[int, int] = (2, 6)
+                     ) -> dict[str, Any]:
+    """Seconds per micro-batch that the runtime's pipeline schedule (1F1B over 2 stages, every pair of `world`
+    ranks at once) adds to its stage's own forward + backward on the rank's thread: torch.distributed.
+    pipelining's bookkeeping and its send/recv's calls, at negligible shapes (one block per stage).
+
+    `reps` rounds, each under one load (every rank the same number, from a barrier): a step of
+    `micro_batches[0]` micro-batches (2: the fewest 2 stages run), a step of `micro_batches[1]`, and the stage
+    module's own forward + backward timed plainly as often as the two steps differ in micro-batches; a round's figure is (long step − short step −
+    the plain runs) / that difference, so what a step costs once (its start, the warm-up and drain of the
+    schedule) cancels, and so does a load that shifts between rounds; the median of the rounds
+    (`pipeline_extra`). Thread CPU time (`time.thread_time`), not the process's: gloo's transport threads
+    (`gloo_tcp_loop`) use CPU that follows the waits for a peer rather than the micro-batches (0.5 or 15-20 ms
+    per probe step, from one step to the next, 2 ranks at load 6), which moved the old
+    process-CPU figure 0.3-3.3 ms per micro-batch between reruns; in training runs that CPU shows as waiting
+    does (an interleaved-1F1B `tiny` run at load 7-9: the last stage's process CPU 45-77 ms per step, the
+    first's 31-39), which is the bubble's and the shared cores' to account for, not a per micro-batch term.
+    Returns this rank's `stage`, its `rounds` [(long step, short step, stage alone per micro-batch)] and the
+    micro-batches the steps differ by (`added`), for `combine_ranks` to pool by stage; `times`: the three series
+    by name, for the profile's [repeats] (each rank's: a noisy rank moves its stage's figure)."""
     from torch.distributed import pipelining
 
     from bastion.runtime.model import build_model, init_weights
@@ -520,35 +568,64 @@ def measure_pipeline(base: ModelSpec, world: int, reps: int, micro_batches: int 
     init_weights(part, spec, 0)
     found = schedule_class(get_schedule("1f1b"), torch.device("cpu"))
 
-    times: dict[str, list[float]] = {}
-
-    def step_time(m: int) -> float:
+    def step(m: int) -> Callable[[], None]:
         stage = pipelining.PipelineStage(part, stage_index=stage_id, num_stages=2, device=torch.device("cpu"),
                                          group=pairs[rank // 2])
         schedule = found(stage, n_microbatches=m, loss_fn=cross_entropy_loss)
         tokens = torch.randint(0, spec.vocab_size, (m, spec.seq_len))
+        return lambda: schedule.step(*((tokens,) if stage_id == 0 else ()),
+                                     target=tokens if stage_id == 1 else None)
 
-        def run() -> None:
-            schedule.step(*((tokens,) if stage_id == 0 else ()), target=tokens if stage_id == 1 else None)
-        run()
-        times[f"pipeline 1f1b x{m} micro-batches, rank {rank} (stage {stage_id}) of {world}"] = samples = (
-            _lockstep_cpu_times(run, reps))
-        return statistics.median(samples)
-
-    per_micro_batch = (step_time(micro_batches) - step_time(2)) / (micro_batches - 2)
     tokens = torch.randint(0, spec.vocab_size, (1, spec.seq_len))
-    if stage_id == 0:
-        def plain() -> None:
+    hidden = torch.randn(1, spec.seq_len, spec.hidden_size, requires_grad=True)
+
+    def plain() -> None:
+        if stage_id == 0:
             out = part(tokens)
             out.backward(torch.ones_like(out))
-    else:
-        hidden = torch.randn(1, spec.seq_len, spec.hidden_size, requires_grad=True)
-
-        def plain() -> None:
+        else:
             cross_entropy_loss(part(hidden), tokens).backward()
-    alone = times[f"pipeline stage alone x1 micro-batch, rank {rank} (stage {stage_id}) of {world}"] = _timings(
-        plain, 0.0, min_reps=reps)
-    return {"pipeline_micro_batch_s": max(0.0, per_micro_batch - statistics.median(alone)), "times": times}
+
+    short, long = micro_batches
+    steps = {m: step(m) for m in micro_batches}
+    for _ in range(2):  # warm-up: the schedules' shape inference and buffers, the allocator's caches
+        for run in steps.values():
+            run()
+        plain()
+    rounds: list[tuple[float, float, float]] = []
+    for _ in range(reps):
+        taken = []
+        for run in steps.values():
+            dist.barrier()
+            before = time.thread_time()
+            run()
+            taken.append(time.thread_time() - before)
+        before = time.thread_time()
+        for _ in range(long - short):
+            plain()
+        rounds.append((taken[1], taken[0], (time.thread_time() - before) / (long - short)))
+    names = (f"x{long} micro-batches", f"x{short} micro-batches", "stage alone x1 micro-batch")
+    times = {f"pipeline 1f1b {what}, rank {rank} (stage {stage_id}) of {world}": [r[i] for r in rounds]
+             for i, what in enumerate(names)}
+    return {"stage": stage_id, "rounds": rounds, "added": long - short, "times": times}
+
+
+def pipeline_extra(rounds: list[tuple[float, float, float]], added: int) -> float:
+    """The schedule's seconds per micro-batch from `measure_pipeline`'s rounds (a step of more micro-batches, a
+    step of `added` fewer, the stage alone per micro-batch): each round's (long − short) / added − alone, the
+    median over the rounds (a round a busy host disturbed is one of many), never below 0."""
+    return max(0.0, statistics.median((long - short) / added - alone for long, short, alone in rounds))
+
+
+def _slowest_stage_extra(measured: list[dict[str, Any]]) -> float:
+    """`measure_pipeline`'s per micro-batch extra from every rank's rounds: each stage's from the rounds of all
+    its ranks (every pair measures the same stage work; the larger of per-rank figures would pick the noisiest
+    rank: 0.59-0.96 ms among 4 ranks at background load 10.7), the larger of the two stages' (a pipeline step
+    waits for its slowest stage); 0 without pipeline pairs."""
+    stages: dict[int, list[tuple[float, float, float]]] = {}
+    for rank in measured:
+        stages.setdefault(rank["stage"], []).extend(tuple(r) for r in rank["rounds"])
+    return max((pipeline_extra(rounds, measured[0]["added"]) for rounds in stages.values()), default=0.0)
 
 
 #: the runtime's FSDP2 layouts a plan's ZeRO stage picks (runtime/mesh.py dp_layout, parallelize.apply_fsdp):
@@ -815,9 +892,7 @@ def combine_ranks(ranks: list[dict[str, Any]], ranks_per_host: int, repeats: Rep
             "core_share": [statistics.median(r["core_share"]) for r in ranks],
             "elementwise": [r["elementwise"][0] for r in ranks],
             "tensor_parallel": ranks[0].get("tensor_parallel"),
-            # a pipeline step waits for its slowest stage: the larger of the two stages' extras
-            "pipeline_micro_batch_s": max((r["pipeline"]["pipeline_micro_batch_s"] for r in ranks if "pipeline" in r),
-                                          default=0.0),
+            "pipeline_micro_batch_s": _slowest_stage_extra([r["pipeline"] for r in ranks if "pipeline" in r]),
             "collectives": [[op, size, nbytes, statistics.median(t), spans[(op, size, nbytes)]]
                             for (op, size, nbytes), t in sorted(slowest.items())],
             "fsdp": [[*key, statistics.median(t)] for key, t in sorted(fsdp_slowest.items())],

@@ -68,8 +68,9 @@ class HostOverheads:
     #: LM head's redistributions), and under sequence parallelism on top of it
     micro_batch_tp_s: float = 0.0
     micro_batch_sp_s: float = 0.0
-    #: extra per micro-batch and pipeline stage of the runtime's pipeline schedule (torch.distributed.pipelining's
-    #: bookkeeping, its send/recv's host work at a negligible size)
+    #: extra per micro-batch and pipeline stage of the runtime's pipeline schedule on the rank's own thread
+    #: (torch.distributed.pipelining's bookkeeping, its send/recv calls at a negligible size; runtime/calibrate.py
+    #: measure_pipeline says why not gloo's threads)
     pipeline_micro_batch_s: float = 0.0
     #: per optimizer step and parameter tensor: AdamW and gradient clipping on plain tensors
     optimizer_per_tensor_s: float = 0.0
