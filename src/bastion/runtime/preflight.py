@@ -52,10 +52,6 @@ def runtime_refusal(spec: ModelSpec, plan: ParallelPlan) -> BastionError | None:
         check_runtime_supports(spec)
     except ConfigError as refusal:
         return refusal
-    if plan.activation_offload:
-        return PlanError(f"The runtime does not execute activation_offload = {plan.activation_offload} yet (the "
-                         f"predictor and planner model it).", fix="set activation_offload = 0 in the plan to train it.",
-                         reason="runtime limitation")
     if spec.tied_embeddings and (plan.pp > 1 or plan.tp > 1):
         return PlanError(f"{spec.name} ties its embedding and LM head; the runtime ties them only on a single "
                          f"stage without tensor parallelism.", fix="use pp = 1 and tp = 1 for this model.",
