@@ -760,8 +760,8 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     model = model.with_seq_len(s)  # learned position tables are sized by the sequence length
     plan.validate(model, cluster, s, allow_folding=True)
     if plan.folds_experts and options.moe_expert_layout == "bastion":
-        # bastion's layout carves ep from dp × cp and has no folded form: a folded plan (which train refuses) is
-        # costed as Megatron-Core lays it out
+        # bastion's runtime folds ep over tp ranks as Megatron-Core lays it out (etp 1, each tp rank routing its
+        # sequence-parallel shard, ep groups of consecutive ranks; runtime/mesh.py)
         options = replace(options, moe_expert_layout="megatron")
     _check_offload(plan, cluster)
     node = cluster

@@ -335,17 +335,20 @@ def moe_blocks(parts: list[nn.Module]) -> list[tuple[int, MoE]]:
 
 
 @torch.no_grad()
-def scale_expert_gradients(parts: list[nn.Module], ep: int) -> None:
+def scale_expert_gradients(parts: list[nn.Module], plan: ParallelPlan) -> None:
     """Make routed-expert gradients the data-parallel mean. An expert's gradient arrives (through the combine
-    all_to_all) summed over the ep ranks whose tokens it served, and FSDP then averages it over the dp × cp / ep
-    ranks holding the same experts only: one more 1 / ep gives the mean over all dp × cp ranks, as for every other
-    parameter (torchtitan sets FSDP's gradient divide factor to the same effect)."""
-    if ep == 1:
+    all_to_all) summed over the ep ranks whose tokens it served, and FSDP then averages it over the
+    expert_data_parallel ranks holding the same experts only, where every other parameter's gradient is averaged
+    over the dp × cp ranks (after a sum over tp where each tp rank routes its own sequence shard): a factor of
+    expert_data_parallel / (dp × cp) makes up the difference — 1 / ep when ep is carved from dp × cp, tp / ep when
+    folded over tp ranks too (torchtitan sets FSDP's gradient divide factor to the same effect)."""
+    if plan.ep == 1:
         return
+    factor = plan.expert_data_parallel / plan.shard_degree
     for _, block in moe_blocks(parts):
         for param in block.experts.parameters():
             if param.grad is not None:
-                param.grad.mul_(1.0 / ep)
+                param.grad.mul_(factor)
 
 
 def step_stats(parts: list[nn.Module], spec: ModelSpec, plan: ParallelPlan, device: torch.device) -> dict:

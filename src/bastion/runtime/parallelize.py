@@ -8,7 +8,7 @@ Order (the one PyTorch documents, and torchtitan uses):
   1c. expert parallel  - (ep > 1) routed experts become DTensors split on dim 0 over the ep ranks, and each MoE block
                         dispatches its tokens to them with all_to_all (runtime/moe.py); with etp = tp also split in
                         width over tp; before FSDP, which then shards the local experts over the remaining
-                        data-parallel ranks (runtime/mesh.py)
+                        data-parallel ranks (runtime/mesh.py; ep groups may also span tp ranks: parallel folding)
   1d. split sequences - (MoE with cp > 1, or sp with etp = 1) each rank routes only its shard of every sequence:
                         the MoE blocks learn which ranks hold the other shards (for the sequence-wise aux loss)
                         and, under sp, sum the router's and routed experts' gradients over tp (runtime/moe.py)
@@ -172,7 +172,10 @@ def apply_moe_sequence_split(module: Transformer, rmesh: RuntimeMesh) -> None:
         if isinstance(sub, MoE):
             sub.sequence_split = split
             if tp_shards:
-                sub.router.grad_sum_mesh = sub.experts.grad_sum_mesh = rmesh.tp_mesh
+                sub.router.grad_sum_mesh = rmesh.tp_mesh
+                # experts replicated over tp sum there too; folded over the tp ranks they are distinct experts,
+                # whose gradients the combine all_to_all already brings in from every rank that routed to them
+                sub.experts.grad_sum_mesh = None if plan.folds_experts else rmesh.tp_mesh
 
 
 # ---- 2. tensor parallel (+ sequence parallel, + loss parallel) -------------------------------------------

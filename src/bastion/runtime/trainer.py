@@ -240,7 +240,7 @@ class Trainer(Stateful):
         local_loss = self._forward_backward(inputs, targets)
         if self.model.offload is not None:
             self.offloaded_bytes = self.model.offload.take_bytes_moved()
-        scale_expert_gradients(self.model.parts, self.plan.ep)
+        scale_expert_gradients(self.model.parts, self.plan)
         align_gradient_placements(self.model)
         if hooks is not None:
             hooks.after_backward(self.step + 1, self.model.parameters())
