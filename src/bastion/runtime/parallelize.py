@@ -397,7 +397,9 @@ def parallelize(spec: ModelSpec, plan: ParallelPlan, rmesh: RuntimeMesh, config:
         if offload is not None:
             apply_activation_offload(part, plan, offload)
         if config.compile:
-            apply_compile(part, whole_model=plan.num_gpus == 1)
+            # per block under offload: a whole-model graph traces the blocks' offload hooks away (measured: nothing
+            # moved); a compiled block still runs its own hooks around its graph
+            apply_compile(part, whole_model=plan.num_gpus == 1 and offload is None)
         if use_fsdp:
             apply_fsdp(part, rmesh, plan.zero_stage, compute_dtype)
         part.to_empty(device=device)
