@@ -534,14 +534,15 @@ def every_second_matmul_saved_tensors(model: ModelSpec, a: int, flash_attention:
 
 
 @lru_cache(maxsize=256)
-def head_saved_tensors(model: ModelSpec, precision: str = "bf16", fused_rmsnorm: bool = True
-                       ) -> tuple[SavedTensor, ...]:
-    """What the last stage keeps ahead of the logits: the final norm's tensors and the LM head's input.
+def head_saved_tensors(model: ModelSpec, precision: str = "bf16", fused_rmsnorm: bool = True,
+                       sp_gathered_inputs: bool = False) -> tuple[SavedTensor, ...]:
+    """What the last stage keeps ahead of the logits: the final norm's tensors and the LM head's input (a
+    column-parallel matmul's: whole under DTensor sequence parallelism, PredictOptions.sp_gathered_inputs).
 
     The logits and the loss's buffers are counted apart (`stage_memory`'s `logits`)."""
     a = activation_dtype_bytes(precision)
     return (*norm_saved_tensors("norm", model, a, fused_rmsnorm),
-            SavedTensor("output.input", a * model.hidden_size, "seq"))
+            SavedTensor("output.input", a * model.hidden_size, "replicated" if sp_gathered_inputs else "seq"))
 
 
 def loss_saved_bytes_per_token(model: ModelSpec, tp: int, precision: str = "bf16",
@@ -737,8 +738,8 @@ def stage_memory(model: ModelSpec, plan: ParallelPlan, seq_len: int, stage: int,
     logits = 0.0
     if has_last:
         # the final norm and the LM head's input, once per micro-batch (the head is never checkpointed)
-        activations += tokens * saved_bytes_per_token(head_saved_tensors(model, plan.precision, fused_rmsnorm),
-                                                      plan.tp, plan.sequence_parallel)
+        head = head_saved_tensors(model, plan.precision, fused_rmsnorm, options.sp_gathered_inputs)
+        activations += tokens * saved_bytes_per_token(head, plan.tp, plan.sequence_parallel)
         # plain: besides the saved log-softmax output, the logits in the compute dtype (or their fp32 copy) and
         # the fp32 gradient at the loss; fused: the logits and their gradient written in place
         transient = 0.0 if options.fused_cross_entropy else (a + 4) * model.vocab_size / plan.tp
