@@ -60,14 +60,6 @@ def runtime_refusal(spec: ModelSpec, plan: ParallelPlan) -> BastionError | None:
     if spec.position_embedding == "learned" and plan.tp > 1:
         return PlanError("Tensor parallelism with learned position embeddings is not implemented.",
                          fix="use tp = 1 for this model, or a RoPE model.", reason="runtime limitation")
-    if spec.num_experts and spec.aux_loss_coeff and plan.cp > 1 and plan.tp > 1:
-        # measured (2026-12-07): tiny-moe cp2 × tp2 (with or without sp, ep 1 or 2, or folded ep 4) leaves the
-        # single-process run from step 2 (losses by up to 1.9e-5, the last layers' experts by 1.7e-3 after 6
-        # steps), and matches it without the aux loss, or with cp or tp alone; not yet explained
-        return PlanError(f"{spec.name}'s auxiliary balancing loss under cp = {plan.cp} × tp = {plan.tp} does not "
-                         f"train like a single process yet (it drifts from the single-process run).",
-                         fix="use cp = 1 or tp = 1 for this model (or aux_loss_coeff = 0 in the model file).",
-                         reason="runtime limitation")
     folding = plan.folding_refusal()  # `validate` refuses it too, except for `bastion estimate`
     if folding is not None:
         return folding
