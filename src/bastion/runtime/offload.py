@@ -41,8 +41,8 @@ class _ForwardCopies:
     def restore(self, key: int, non_blocking: bool) -> torch.UntypedStorage:
         storage = self.restored.get(key)
         if storage is None:
-            host = self.host[key]
-            storage = host if self.device.type == "cpu" else host.to(self.device, non_blocking=non_blocking)
+            # the same call on CPU (where it hands back the host storage itself), so CPU runs check it
+            storage = self.host[key].to(device=self.device, non_blocking=non_blocking)
             self.restored[key] = storage
         return storage
 
