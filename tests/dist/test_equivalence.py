@@ -2,7 +2,8 @@
 
 Real gloo processes (torchrun), several plans per launch; the reference is an independent single-process loop
 (conftest.reference_run). Also checks, on the same runs, that each rank's parameter/gradient/optimizer bytes
-equal the predictor's `model_state_bytes` exactly, and that every plan reports the same params_sha256 layout.
+equal the predictor's `model_state_bytes` exactly, that every plan reports the same params_sha256 layout, and
+that the ranks of plans with activation offload move the predictor's `offloaded_bytes_per_step` to host memory.
 """
 
 from __future__ import annotations
@@ -39,6 +40,15 @@ WORLD2 = {
     "pp2-dualpipev": dict(pp=2, pp_schedule="dualpipev", vpp=2, micro_batch=2, global_batch=8, **FP32),
     "tp2-selective-recompute": dict(tp=2, sequence_parallel=True, recompute="selective", micro_batch=4,
                                     global_batch=8, **FP32),
+    # activation offload (runtime/offload.py) composed with FSDP2 ZeRO-3 and partial recompute (layers 1 and 2
+    # offloaded, after the recomputed layer 0), with a pipeline (each stage's first layer), with tp + sp and
+    # selective recompute (DTensor saved tensors); check_group also checks each rank's bytes moved
+    "dp2-zero3-recompute1-offload2": dict(dp=2, zero_stage=3, recompute="full", recompute_layers=1,
+                                          activation_offload=2, micro_batch=2, global_batch=8, **FP32),
+    "pp2-1f1b-offload1": dict(pp=2, pp_schedule="1f1b", activation_offload=1, micro_batch=2, global_batch=8,
+                              **FP32),
+    "tp2-sp-selective-offload2": dict(tp=2, sequence_parallel=True, recompute="selective", activation_offload=2,
+                                      micro_batch=4, global_batch=8, **FP32),
 }
 #: tiny's 4 layers on 3 stages: the embedding and the LM head take a layer's slot each (1 + 2 + 1 layers)
 WORLD3 = {

@@ -1,9 +1,11 @@
 """Expert parallelism trains exactly like one process: tiny-moe (first layer dense, 8 experts, top-2, one shared
 expert, aux loss) under ep2, ep4, ep2 × dp2 with ZeRO-3, ep2 × tp2 (with and without sequence parallelism),
-ep4 carved from dp2 × cp2, and ep2 × pp2, against the independent single-process fp32 reference; per-step loss
-and final parameters within 1e-5, each rank's parameter/gradient/optimizer bytes equal to the predictor's
-`model_state_bytes` (routed experts split over ep, then sharded over dp × cp / ep), and the logged aux loss the
-same under every plan (a rank that routes only a shard of each sequence still computes the whole sequence's)."""
+ep4 carved from dp2 × cp2, ep2 × pp2, and ep groups folded over tp ranks (Megatron-Core's parallel folding: tp2
+ep2 sp, tp2 ep4 dp2 sp), against the independent single-process fp32 reference; per-step loss and final
+parameters within 1e-5, each rank's parameter/gradient/optimizer bytes equal to the predictor's
+`model_state_bytes` (routed experts split over ep, then sharded over the expert-data-parallel ranks), and the
+logged aux loss the same under every plan (a rank that routes only a shard of each sequence still computes the
+whole sequence's)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ WORLD2 = {
     # the recomputed forward re-runs the dispatch and combine all_to_alls inside backward
     "moe-ep2-full-recompute": dict(dp=2, ep=2, zero_stage=3, recompute="full", micro_batch=2, global_batch=8,
                                    **FP32),
+    # parallel folding: the ep group is the tp group, each tp rank dispatching its own sequence shard
+    "moe-tp2-ep2-sp-folded": dict(tp=2, ep=2, sequence_parallel=True, micro_batch=2, global_batch=8, **FP32),
 }
 WORLD4 = {
     "moe-ep4-zero2": dict(dp=4, ep=4, zero_stage=2, micro_batch=1, global_batch=8, **FP32),
@@ -35,6 +39,9 @@ WORLD4 = {
     "moe-ep4-dp2-cp2-zero2": dict(dp=2, cp=2, ep=4, zero_stage=2, micro_batch=2, global_batch=8, **FP32),
     "moe-ep2-pp2-1f1b": dict(dp=2, ep=2, pp=2, zero_stage=3, pp_schedule="1f1b", micro_batch=2,
                              global_batch=8, **FP32),
+    # parallel folding: one ep group over both replicas' tp ranks (2 experts a rank), FSDP over the others
+    "moe-tp2-ep4-dp2-sp-folded-zero3": dict(dp=2, tp=2, ep=4, sequence_parallel=True, zero_stage=3,
+                                            micro_batch=2, global_batch=8, **FP32),
 }
 
 

@@ -166,6 +166,7 @@ def check_group(results: dict, reference: tuple[list[float], dict], model: str =
     record(found)
     if state_bytes:
         check_model_state_bytes(results, model)
+    check_offloaded_bytes(results, model)
 
 
 def check_model_state_bytes(results: dict, model: str) -> None:
@@ -185,3 +186,26 @@ def check_model_state_bytes(results: dict, model: str) -> None:
                 assert measured["grads"] < predicted.pop("grads")
                 measured.pop("grads")
             assert measured == predicted, f"{name} rank {rank['rank']}: measured {measured} != {predicted}"
+
+
+def check_offloaded_bytes(results: dict, model: str) -> None:
+    """Each rank of a plan with activation_offload copied to host memory in a step exactly the predictor's
+    `offloaded_bytes_per_step` for bastion's runtime (its software stack; the CPU's composite norms), and a rank
+    of a plan without it nothing."""
+    from bastion.predict.memory import offloaded_bytes_per_step
+    from bastion.predict.software import software_stack
+    from bastion.specs.model import load_model
+    from bastion.specs.plan import ParallelPlan
+
+    spec = load_model(model)
+    for name, result in results.items():
+        plan = ParallelPlan.from_dict(result.summary["plan"])
+        measured = result.summary["measured"]
+        for rank, moved in zip(measured["model_state_bytes_by_rank"], measured["offloaded_bytes_by_rank"],
+                               strict=True):
+            if not plan.activation_offload:
+                assert moved is None, name
+                continue
+            predicted = offloaded_bytes_per_step(spec, plan, spec.seq_len, rank["pp_rank"], False,
+                                                 software_stack("bastion").options)
+            assert moved == predicted > 0, f"{name} rank {rank['rank']}: moved {moved} != predicted {predicted}"

@@ -50,7 +50,10 @@ def test_partial_recompute_counts_layers_per_pipeline_chunk() -> None:
     interleaved = plan(pp_schedule="interleaved-1f1b", vpp=2, recompute="full", recompute_layers=3,
                        activation_offload=12)
     assert recomputed_layers(MODEL, interleaved, 1) == 6
-    assert offloaded_layers(MODEL, interleaved, 1) == 18  # never a chunk's last layer: 9 of each 10
+    # offloaded: of each chunk's 7 layers that keep their activations, all but the chunk's last
+    assert offloaded_layers(MODEL, interleaved, 1) == 12
+    assert offloaded_layers(MODEL, replace(interleaved, recompute="none", recompute_layers=0), 1) == 18
+    assert offloaded_layers(MODEL, replace(interleaved, recompute_layers=0), 1) == 0  # every layer recomputed
 
 
 def test_activation_offload_saves_memory_and_costs_what_the_host_link_cannot_hide() -> None:

@@ -156,7 +156,8 @@ def test_the_bastion_layout_is_what_bastions_runtime_routes_and_where_it_puts_th
                  for layout in ("megatron", "bastion") for etp in (1, 4)}
     assert per_token["megatron", 1] < per_token["bastion", 4] < per_token["bastion", 1]
     assert activation_bytes_per_token(model, 4096, 4, True, "none", "bf16", runtime_options, True, 1) == (
-        activation_bytes_per_token(model, 4096, 4, True, "none", "bf16", PredictOptions(), True, 1))
+        activation_bytes_per_token(model, 4096, 4, True, "none", "bf16",
+                                   replace(runtime_options, moe_expert_layout="megatron"), True, 1))
 
 
 # ---- parallel folding: ep wider than dp × cp (Megatron-Core lays the experts' grid over tp × cp × dp) -------
@@ -166,11 +167,14 @@ QWEN3_235B = load_model("qwen3-235b-a22b")
 FOLDED = ParallelPlan(dp=4, tp=2, pp=2, ep=8, zero_stage=1, global_batch=64, sequence_parallel=True)
 
 
-def test_folded_expert_parallelism_is_refused_unless_allowed() -> None:
+def test_folded_expert_parallelism_is_refused_unless_allowed_or_run() -> None:
     assert FOLDED.folds_experts and not replace(FOLDED, ep=4).folds_experts
-    with pytest.raises(PlanError, match="parallel folding"):
-        FOLDED.validate(QWEN3_235B)  # the runtime's and the planner's check
-    FOLDED.validate(QWEN3_235B, allow_folding=True)
+    FOLDED.validate(QWEN3_235B)  # etp 1 under sp: bastion's runtime folds it (runtime/mesh.py)
+    unshardable = replace(FOLDED, sequence_parallel=False)  # every tp rank would dispatch the same tokens
+    with pytest.raises(PlanError, match="parallel folding") as caught:
+        unshardable.validate(QWEN3_235B)  # the runtime's and the planner's check
+    assert "sequence parallelism" in caught.value.problem and "sequence_parallel = true" in caught.value.fix
+    unshardable.validate(QWEN3_235B, allow_folding=True)
     with pytest.raises(PlanError, match="does not divide tp × dp × cp"):
         replace(FOLDED, ep=16).validate(QWEN3_235B, allow_folding=True)
 

@@ -26,7 +26,7 @@ from bastion.predict.memory import (
     activation_dtype_bytes,
     fsdp_units,
     has_dense_layers,
-    offloaded_bytes_per_token,
+    kept_layer_bytes_per_token,
     offloaded_layers,
     recomputed_dense_layers,
     recomputed_layers,
@@ -36,6 +36,7 @@ from bastion.predict.memory import (
     stage_memory,
     stage_states,
     state_bytes_per_param,
+    uses_fused_rmsnorm,
 )
 from bastion.predict.options import PredictOptions
 from bastion.specs.hardware import Cluster
@@ -615,11 +616,10 @@ def _stage_time_of(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len:
         # come back during the backward of the layer after it (Transformer Engine's CPU offloading: copies on
         # their own stream, one layer ahead), exposed where the copy outlasts that layer's pass; the copy engine
         # reads them from HBM going out and writes them coming back, bandwidth the layer's kernels lose
-        share = plan.recomputed / layers if plan.recompute == "full" and plan.recomputed >= 0 and layers else \
-            float(plan.recompute == "full")
         tokens = plan.micro_batch * seq_len // plan.cp
-        stored = tokens * offloaded_bytes_per_token(model, seq_len, plan.tp, plan.sequence_parallel, plan.recompute,
-                                                    share, plan.precision, options, plan.etp)
+        fused_rmsnorm = uses_fused_rmsnorm(options, not compute.is_cpu(cluster.accelerator))
+        stored = tokens * kept_layer_bytes_per_token(model, seq_len, plan.tp, plan.cp, plan.sequence_parallel,
+                                                     plan.recompute, plan.precision, options, fused_rmsnorm, plan.etp)
         copy = comm.host_transfer_time(cluster, stored)
         offload = plan.offloaded * (max(0.0, copy - fwd_window) + max(0.0, copy - bwd_window)
                                     + compute.membound_time(cluster.accelerator, 2 * stored))
@@ -775,8 +775,8 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     model = model.with_seq_len(s)  # learned position tables are sized by the sequence length
     plan.validate(model, cluster, s, allow_folding=True)
     if plan.folds_experts and options.moe_expert_layout == "bastion":
-        # bastion's layout carves ep from dp × cp and has no folded form: a folded plan (which train refuses) is
-        # costed as Megatron-Core lays it out
+        # bastion's runtime folds ep over tp ranks as Megatron-Core lays it out (etp 1, each tp rank routing its
+        # sequence-parallel shard, ep groups of consecutive ranks; runtime/mesh.py)
         options = replace(options, moe_expert_layout="megatron")
     _check_offload(plan, cluster)
     node = cluster

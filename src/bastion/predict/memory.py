@@ -423,8 +423,10 @@ def layer_saved_tensors(model: ModelSpec, seq_len: int, recompute: str, precisio
     mm = 1 if fp8_inputs else a
     h, f, heads = model.hidden_size, model.ffn_hidden_size, model.num_heads
     q, kv = model.q_width, model.kv_width
+    # the column-parallel matmuls' input: the sequence shard, or under DTensor SP the gathered whole
+    matmul_input = "replicated" if options.sp_gathered_inputs else "seq"
     saved = norm_saved_tensors("attention_norm", model, a, fused_rmsnorm)
-    saved.append(SavedTensor("attention.qkv_input", mm * h, "seq"))
+    saved.append(SavedTensor("attention.qkv_input", mm * h, matmul_input))
     if model.is_mla:
         saved += mla_saved_tensors(model, a, mm)
     else:
@@ -438,7 +440,8 @@ def layer_saved_tensors(model: ModelSpec, seq_len: int, recompute: str, precisio
     if fp8_inputs:  # the attention kernel keeps its bf16 output; the projection its own fp8 copy
         saved.append(SavedTensor("attention.output_fp8", model.v_width, "tp"))
     if options.flash_attention:
-        saved.append(SavedTensor("attention.logsumexp", STAT_BYTES * heads, "tp", statistic=True))
+        if recompute != "selective":  # selective recomputation re-runs the kernel, log-sum-exp and all
+            saved.append(SavedTensor("attention.logsumexp", STAT_BYTES * heads, "tp", statistic=True))
     elif recompute != "selective":
         saved.append(SavedTensor("attention.softmax", a * heads * seq_len, "tp"))
         if options.dropout:
@@ -447,7 +450,7 @@ def layer_saved_tensors(model: ModelSpec, seq_len: int, recompute: str, precisio
     if options.dropout:
         saved.append(SavedTensor("attention.residual_dropout_mask", h, "seq"))
     saved += norm_saved_tensors("ffn_norm", model, a, fused_rmsnorm)
-    saved.append(SavedTensor("feed_forward.input", mm * h, "seq"))
+    saved.append(SavedTensor("feed_forward.input", mm * h, matmul_input))
     if model.num_experts:
         saved += moe_saved_tensors(model, a, mm, options, routed_whole, experts_split)
     else:
@@ -531,14 +534,15 @@ def every_second_matmul_saved_tensors(model: ModelSpec, a: int, flash_attention:
 
 
 @lru_cache(maxsize=256)
-def head_saved_tensors(model: ModelSpec, precision: str = "bf16", fused_rmsnorm: bool = True
-                       ) -> tuple[SavedTensor, ...]:
-    """What the last stage keeps ahead of the logits: the final norm's tensors and the LM head's input.
+def head_saved_tensors(model: ModelSpec, precision: str = "bf16", fused_rmsnorm: bool = True,
+                       sp_gathered_inputs: bool = False) -> tuple[SavedTensor, ...]:
+    """What the last stage keeps ahead of the logits: the final norm's tensors and the LM head's input (a
+    column-parallel matmul's: whole under DTensor sequence parallelism, PredictOptions.sp_gathered_inputs).
 
     The logits and the loss's buffers are counted apart (`stage_memory`'s `logits`)."""
     a = activation_dtype_bytes(precision)
     return (*norm_saved_tensors("norm", model, a, fused_rmsnorm),
-            SavedTensor("output.input", a * model.hidden_size, "seq"))
+            SavedTensor("output.input", a * model.hidden_size, "replicated" if sp_gathered_inputs else "seq"))
 
 
 def loss_saved_bytes_per_token(model: ModelSpec, tp: int, precision: str = "bf16",
@@ -620,26 +624,54 @@ def recomputed_dense_layers(model: ModelSpec, plan: ParallelPlan, stage: int) ->
                for start, n in _stage_chunks(model, plan, stage))
 
 
+def offloaded_chunk_layers(plan: ParallelPlan, layers: int) -> range:
+    """Positions, within a pipeline chunk of `layers` layers, of the layers whose saved activations go to host
+    memory: the first `activation_offload` of the layers that keep their activations, never the chunk's last,
+    whose backward follows its forward at once (Transformer Engine's get_cpu_offload_context requires
+    num_layers < model_layers for the same reason). A layer recomputed whole (recompute = "full") is never
+    offloaded: it keeps only its input, which its recomputation reads first in the backward (Megatron-Core
+    refuses cpu_offloading with recomputation); so the offloaded layers follow the chunk's recomputed ones.
+    The runtime offloads exactly these (runtime/offload.py)."""
+    first = _recomputed_of_chunk(plan, layers) if plan.recompute == "full" else 0
+    return range(first, first + min(plan.activation_offload, max(layers - 1 - first, 0)))
+
+
 def offloaded_layers(model: ModelSpec, plan: ParallelPlan, stage: int) -> int:
-    """Layers of pipeline rank `stage` whose saved activations go to host memory: `activation_offload` per chunk,
-    never a chunk's last layer, whose backward follows its forward at once (Transformer Engine's
-    get_cpu_offload_context requires num_layers < model_layers for the same reason)."""
+    """Layers of pipeline rank `stage` whose saved activations go to host memory (offloaded_chunk_layers of each
+    of its chunks)."""
     if not plan.activation_offload:
         return 0
-    return sum(min(plan.activation_offload, max(n - 1, 0)) for n in stage_chunk_layers(model, plan, stage))
+    return sum(len(offloaded_chunk_layers(plan, n)) for n in stage_chunk_layers(model, plan, stage))
 
 
-def offloaded_bytes_per_token(model: ModelSpec, seq_len: int, tp: int, sequence_parallel: bool, recompute: str,
-                              recomputed_share: float, precision: str, options: PredictOptions, etp: int = 1) -> float:
-    """What an offloaded layer sends to the host per token (on a GPU: fused norms), averaged over a rank's layers
-    as stage_memory averages them: under full recompute `recomputed_share` of them send their input, the others
-    their saved tensors."""
-    def saved(mode: str) -> float:
-        return activation_bytes_per_token(model, seq_len, tp, sequence_parallel, mode, precision, options, True, etp)
+def gathered_kv_bytes_per_token(model: ModelSpec, tp: int, cp: int, precision: str, options: PredictOptions
+                                ) -> float:
+    """All-gather context parallelism: what attention keeps of the other cp - 1 ranks' K,V for backward."""
+    if cp > 1 and options.context_parallel == "all-gather":
+        return (cp - 1) * 2 * model.kv_width / tp * activation_dtype_bytes(precision)
+    return 0.0
 
-    if recompute != "full":
-        return saved(recompute)
-    return recomputed_share * saved("full") + (1 - recomputed_share) * saved("none")
+
+def kept_layer_bytes_per_token(model: ModelSpec, seq_len: int, tp: int, cp: int, sequence_parallel: bool,
+                               recompute: str, precision: str, options: PredictOptions, fused_rmsnorm: bool,
+                               etp: int = 1) -> float:
+    """What a layer that keeps its activations (not recomputed whole) keeps per token for backward: its saved
+    tensors under the recompute mode (selective, or none) and the gathered K,V. An offloaded layer sends exactly
+    this to host memory."""
+    mode = "none" if recompute == "full" else recompute
+    return (activation_bytes_per_token(model, seq_len, tp, sequence_parallel, mode, precision, options,
+                                       fused_rmsnorm, etp)
+            + gathered_kv_bytes_per_token(model, tp, cp, precision, options))
+
+
+def offloaded_bytes_per_step(model: ModelSpec, plan: ParallelPlan, seq_len: int, stage: int, is_gpu: bool,
+                             options: PredictOptions) -> float:
+    """Bytes one rank of pipeline stage `stage` copies to host memory in an optimizer step: each offloaded layer's
+    kept activations, for every micro-batch (what the runtime's offload hooks count, runtime/offload.py)."""
+    tokens = plan.micro_batch * seq_len / plan.cp
+    per_token = kept_layer_bytes_per_token(model, seq_len, plan.tp, plan.cp, plan.sequence_parallel, plan.recompute,
+                                           plan.precision, options, uses_fused_rmsnorm(options, is_gpu), plan.etp)
+    return offloaded_layers(model, plan, stage) * plan.num_microbatches * tokens * per_token
 
 
 def uses_fused_rmsnorm(options: PredictOptions, is_gpu: bool) -> bool:
@@ -681,26 +713,22 @@ def stage_memory(model: ModelSpec, plan: ParallelPlan, seq_len: int, stage: int,
     in_flight = layer_microbatches_in_flight(plan.pp_schedule, plan.pp, plan.vpp, plan.num_microbatches, stage,
                                              layers)
     fused_rmsnorm = uses_fused_rmsnorm(options, is_gpu)
-    # all-gather context parallelism: attention keeps the gathered K,V of the other cp - 1 ranks for backward
-    gathered_kv = 0.0
-    if plan.cp > 1 and options.context_parallel == "all-gather":
-        gathered_kv = (plan.cp - 1) * 2 * model.kv_width / plan.tp * a
+    gathered_kv = gathered_kv_bytes_per_token(model, plan.tp, plan.cp, plan.precision, options)
     # what an average layer of the stage keeps per token: recomputed layers their input, the others (partial
     # recompute's rest, or every layer of another mode) their saved tensors and the gathered K,V
     recomputed = recomputed_layers(model, plan, stage) / layers if layers else 0.0
-    kept_mode = "none" if plan.recompute == "full" else plan.recompute
+    kept = kept_layer_bytes_per_token(model, seq_len, plan.tp, plan.cp, plan.sequence_parallel, plan.recompute,
+                                      plan.precision, options, fused_rmsnorm, plan.etp)
     per_token = (recomputed * activation_bytes_per_token(model, seq_len, plan.tp, plan.sequence_parallel, "full",
                                                          plan.precision, options, fused_rmsnorm)
-                 + (1 - recomputed) * (activation_bytes_per_token(model, seq_len, plan.tp, plan.sequence_parallel,
-                                                                  kept_mode, plan.precision, options, fused_rmsnorm,
-                                                                  plan.etp)
-                                       + gathered_kv))
+                 + (1 - recomputed) * kept)
     offloaded = offloaded_layers(model, plan, stage) / layers if layers else 0.0
-    # offloaded layers keep nothing on the device between their forward and backward, but the copy in flight
-    # each way (one layer of one micro-batch going out, one coming back) is resident while it moves
-    activations = in_flight * tokens * per_token * (1 - offloaded)
+    # offloaded layers (ones that keep their activations) keep nothing on the device between their forward and
+    # backward, but the copy in flight each way (one layer of one micro-batch going out, one coming back) is
+    # resident while it moves
+    activations = in_flight * tokens * (per_token - offloaded * kept)
     if offloaded:
-        activations += min(2.0, in_flight * offloaded) * tokens * per_token
+        activations += min(2.0, in_flight * offloaded) * tokens * kept
     if plan.recompute != "none":
         # backward re-materialises one layer's full activations at a time on top of the checkpoints (under full
         # recompute, with that layer's gathered K,V)
@@ -710,8 +738,8 @@ def stage_memory(model: ModelSpec, plan: ParallelPlan, seq_len: int, stage: int,
     logits = 0.0
     if has_last:
         # the final norm and the LM head's input, once per micro-batch (the head is never checkpointed)
-        activations += tokens * saved_bytes_per_token(head_saved_tensors(model, plan.precision, fused_rmsnorm),
-                                                      plan.tp, plan.sequence_parallel)
+        head = head_saved_tensors(model, plan.precision, fused_rmsnorm, options.sp_gathered_inputs)
+        activations += tokens * saved_bytes_per_token(head, plan.tp, plan.sequence_parallel)
         # plain: besides the saved log-softmax output, the logits in the compute dtype (or their fp32 copy) and
         # the fp32 gradient at the loss; fused: the logits and their gradient written in place
         transient = 0.0 if options.fused_cross_entropy else (a + 4) * model.vocab_size / plan.tp

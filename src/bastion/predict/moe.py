@@ -16,11 +16,12 @@ every tp rank holds all of the micro-batch's tokens (etp = tp: each computes a s
 them and the outputs are all-reduced, the same bytes as the megatron layout's all-gather and reduce-scatter).
 
 When ep does not divide dp × cp the expert groups take in tensor-parallel ranks too (ParallelPlan.folds_experts):
-costed alike, and predicted only (bastion's runtime does not run it). Node-limited routing (ModelSpec.max_routed_nodes,
-DeepSeek-V3) caps the copies of a token that cross the scale-out network at one per remote node it reaches; a
-hierarchical dispatcher (PredictOptions.moe_dispatcher `deepep` / `hybridep`) sends each token across once per remote
-node holding one of its experts, whatever the routing (remote_domains_per_token). Megatron-Core's `allgather`
-dispatcher gathers every token of the ep group instead of exchanging the routed copies.
+costed in the megatron layout, which is how bastion's runtime folds them (etp = 1 under sp; runtime/mesh.py).
+Node-limited routing (ModelSpec.max_routed_nodes, DeepSeek-V3) caps the copies of a token that cross the
+scale-out network at one per remote node it reaches; a hierarchical dispatcher (PredictOptions.moe_dispatcher
+`deepep` / `hybridep`) sends each token across once per remote node holding one of its experts, whatever the
+routing (remote_domains_per_token). Megatron-Core's `allgather` dispatcher gathers every token of the ep group
+instead of exchanging the routed copies.
 
 The slowest rank sets the pace: it holds the busiest expert, which gets `imbalance` × the mean rows (the other
 experts of the rank the mean). Each expert's GEMM runs at the calibrated efficiency of its own shape (rows =

@@ -77,6 +77,12 @@ class PredictOptions:
     #: SwiGLU as one fused kernel that recomputes silu in backward and keeps only its two inputs (Transformer
     #: Engine, Megatron's bias_swiglu, Liger); False: PyTorch eager keeps silu's output too
     fused_swiglu: bool = False
+    #: under sequence parallelism, what the column-parallel matmuls (QKV, the MLP's first) keep of their input
+    #: for the weight gradient: False = the rank's sequence shard, all-gathered again in backward (Megatron-LM's
+    #: LinearWithGradAccumulationAndAsyncCommunication, Korthikanti et al. 2022 Sec. 4.2.2); True = the whole
+    #: all-gathered input (PyTorch's DTensor SequenceParallel + ColwiseParallel: the gather is an op before the
+    #: matmul, whose saved input is its output; measured with saved-tensor hooks in bastion's runtime)
+    sp_gathered_inputs: bool = False
     #: fraction of the expert-parallel all-to-all (dispatch and combine) the software hides under compute: 0 =
     #: none (bastion's runtime and Megatron-Core's token dispatchers run it between the layer's other
     #: kernels); Megatron-Core >= 0.14 (2025-09) hides it under another micro-batch's compute with the opt-in

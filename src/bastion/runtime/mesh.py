@@ -24,6 +24,15 @@ i mod ep. Routed experts are split over "ep" and sharded (zero 1-3) or replicate
 which FSDP2 needs to compose the experts' DTensor placements with its own. With cp > 1 an ep group may hold cp
 ranks of one replica: each routes its own shard of the sequences (runtime/moe.py's SequenceSplit); an ep group's
 members share a tp index, so its members are tp ranks apart (the predictor's "bastion" layout, predict/moe.py).
+
+Parallel folding (Megatron-Core; ep does not divide dp × cp, ParallelPlan.folds_experts): the ep groups take in
+tensor-parallel ranks. The expert grid is laid over the stage's ranks numbered tp innermost (the predictor's
+memory._local_numel): ep consecutive ranks form an ep group, the ranks ep apart hold the same experts. That grid is
+not a view of the 4-D mesh (it cuts across its dp and tp dimensions), so it is a DeviceMesh of its own over the same
+ranks, (pp, dp_replicate | edp_replicate, edp_shard | dp_shard, ep) with the names the carved layout uses, whose
+groups the experts' DTensors and their FSDP unit share (FSDP2 composes placements of one root mesh). It runs with
+etp = 1 under sequence parallelism: each tp rank routes its own sequence shard, so every rank of an ep group
+dispatches distinct tokens (what ParallelPlan.folding_refusal requires).
 """
 
 from __future__ import annotations
@@ -56,7 +65,8 @@ class RuntimeMesh:
     #: the ranks that share this rank's (pp, dp, tp) coordinates, in cp order; None when cp = 1
     cp_group: dist.ProcessGroup | None = None
     #: `mesh` with the data-parallel dimension unflattened into (expert data parallel, ep) when ep > 1: (pp,
-    #: dp_replicate, edp_shard, ep, tp) under zero 1-3, (pp, edp_replicate, ep, dp_shard, tp) under zero 0
+    #: dp_replicate, edp_shard, ep, tp) under zero 1-3, (pp, edp_replicate, ep, dp_shard, tp) under zero 0; a
+    #: mesh of its own, (pp, ·, ·, ep), when the plan folds ep over tp ranks (_folded_expert_mesh)
     expert_mesh: DeviceMesh | None = None
 
     @property
@@ -121,10 +131,21 @@ def _expert_mesh(plan: ParallelPlan, mesh: DeviceMesh) -> DeviceMesh | None:
     if plan.ep == 1:
         return None
     replicate, shard = dp_layout(plan)
+    if plan.folds_experts:
+        return _folded_expert_mesh(plan, mesh.device_type, zero_sharded=shard > 1)
     if shard > 1:  # zero 1-3: (pp, dp_replicate, edp_shard, ep, tp)
         return mesh._unflatten("dp_shard", (shard // plan.ep, plan.ep), ("edp_shard", "ep"))
     # zero 0: (pp, edp_replicate, ep, dp_shard, tp); expert_dp_mesh picks the two data-parallel names
     return mesh._unflatten("dp_replicate", (replicate // plan.ep, plan.ep), ("edp_replicate", "ep"))
+
+
+def _folded_expert_mesh(plan: ParallelPlan, device_type: str, zero_sharded: bool) -> DeviceMesh:
+    """(pp, ·, ·, ep) over all ranks: a stage's dp × cp × tp ranks (tp innermost) split into consecutive ep groups
+    (collective: every rank builds every group)."""
+    expert_dp = plan.expert_data_parallel
+    sizes = (plan.pp, 1, expert_dp, plan.ep) if zero_sharded else (plan.pp, expert_dp, 1, plan.ep)
+    names = ("pp", "dp_replicate", "edp_shard", "ep") if zero_sharded else ("pp", "edp_replicate", "dp_shard", "ep")
+    return DeviceMesh(device_type, torch.arange(plan.num_gpus).view(sizes), mesh_dim_names=names)
 
 
 def cp_group_ranks(plan: ParallelPlan) -> list[list[int]]:

@@ -270,8 +270,7 @@ class MoE(nn.Module):
             out = self.experts(routed, counts.tolist())
         else:
             out = self._expert_parallel(routed, counts)
-        # un-permute: row j of `out` belongs to pair order[j]
-        unsorted = torch.empty_like(out).index_copy(0, order, out)
+        unsorted = unpermute(out, order)  # row j of `out` belongs to pair order[j]
         combined = (unsorted.view(-1, self.top_k, hidden).float() * weights.unsqueeze(-1)).sum(dim=1)
         y_BSH = combined.to(x_BSH.dtype).view(batch, seq, hidden)
         if self.shared_experts is not None:
@@ -309,8 +308,17 @@ class MoE(nn.Module):
         regroup = torch.cat(by_expert) if by_expert else torch.zeros(0, dtype=torch.int64, device=routed.device)
         local_counts = [sum(from_rank[s][e] for s in range(ep.size)) for e in range(local_experts)]
         out = self.experts(arrived.index_select(0, regroup), local_counts)
-        back = torch.empty_like(out).index_copy(0, regroup, out)
+        back = unpermute(out, regroup)
         return all_to_all_single_autograd(back, send_splits, recv_splits, ep.group)
+
+
+def unpermute(rows: torch.Tensor, permutation: torch.Tensor) -> torch.Tensor:
+    """The rows put back in place: row j of `rows` becomes row permutation[j]. A gather by the inverse
+    permutation rather than index_copy, whose backward keeps all of `rows` (top_k × hidden per token, as much as
+    the permuted input) only for their shape; each row is written once either way, so both are exact."""
+    inverse = torch.empty_like(permutation).scatter_(
+        0, permutation, torch.arange(permutation.numel(), device=permutation.device))
+    return rows.index_select(0, inverse)
 
 
 # ---- what the trainer does around a step ---------------------------------------------------------------------
@@ -327,17 +335,20 @@ def moe_blocks(parts: list[nn.Module]) -> list[tuple[int, MoE]]:
 
 
 @torch.no_grad()
-def scale_expert_gradients(parts: list[nn.Module], ep: int) -> None:
+def scale_expert_gradients(parts: list[nn.Module], plan: ParallelPlan) -> None:
     """Make routed-expert gradients the data-parallel mean. An expert's gradient arrives (through the combine
-    all_to_all) summed over the ep ranks whose tokens it served, and FSDP then averages it over the dp × cp / ep
-    ranks holding the same experts only: one more 1 / ep gives the mean over all dp × cp ranks, as for every other
-    parameter (torchtitan sets FSDP's gradient divide factor to the same effect)."""
-    if ep == 1:
+    all_to_all) summed over the ep ranks whose tokens it served, and FSDP then averages it over the
+    expert_data_parallel ranks holding the same experts only, where every other parameter's gradient is averaged
+    over the dp × cp ranks (after a sum over tp where each tp rank routes its own sequence shard): a factor of
+    expert_data_parallel / (dp × cp) makes up the difference — 1 / ep when ep is carved from dp × cp, tp / ep when
+    folded over tp ranks too (torchtitan sets FSDP's gradient divide factor to the same effect)."""
+    if plan.ep == 1:
         return
+    factor = plan.expert_data_parallel / plan.shard_degree
     for _, block in moe_blocks(parts):
         for param in block.experts.parameters():
             if param.grad is not None:
-                param.grad.mul_(1.0 / ep)
+                param.grad.mul_(factor)
 
 
 def step_stats(parts: list[nn.Module], spec: ModelSpec, plan: ParallelPlan, device: torch.device) -> dict:

@@ -8,7 +8,7 @@ Order (the one PyTorch documents, and torchtitan uses):
   1c. expert parallel  - (ep > 1) routed experts become DTensors split on dim 0 over the ep ranks, and each MoE block
                         dispatches its tokens to them with all_to_all (runtime/moe.py); with etp = tp also split in
                         width over tp; before FSDP, which then shards the local experts over the remaining
-                        data-parallel ranks (runtime/mesh.py)
+                        data-parallel ranks (runtime/mesh.py; ep groups may also span tp ranks: parallel folding)
   1d. split sequences - (MoE with cp > 1, or sp with etp = 1) each rank routes only its shard of every sequence:
                         the MoE blocks learn which ranks hold the other shards (for the sequence-wise aux loss)
                         and, under sp, sum the router's and routed experts' gradients over tp (runtime/moe.py)
@@ -16,6 +16,9 @@ Order (the one PyTorch documents, and torchtitan uses):
                         must come before FSDP so that FSDP shards the already TP-sharded DTensors (2-D)
   3. activation ckpt  - wraps whole blocks (full; the first `recompute_layers` of each chunk when set) or the
                         attention core (selective); wraps TP'd modules
+  3b. activation offload - (activation_offload > 0) saved-tensor hooks around the blocks that keep their
+                        activations, after the recomputed ones (runtime/offload.py); module hooks, so the wrappers
+                        and FSDP's hooks added later leave them in place
   4. torch.compile    - per block (or the whole single-device model), after AC so the wrapper is traced
   5. FSDP2            - outermost, so its all-gather/reduce-scatter hooks run around everything else; over the
                         dp × cp ranks (runtime/mesh.py), so gradients are reduced over cp as well as dp; routed
@@ -41,6 +44,7 @@ from bastion.runtime.float8 import apply_float8, check_fp8_runnable
 from bastion.runtime.mesh import RuntimeMesh
 from bastion.runtime.model import Attention, LatentAttention, Transformer, build_model, init_weights
 from bastion.runtime.moe import ExpertParallelGroup, GroupedExperts, MoE, SequenceSplit, routes_sequence_shard
+from bastion.runtime.offload import ActivationOffload, apply_activation_offload
 from bastion.runtime.preflight import check_runtime_executes
 from bastion.specs.model import ModelSpec
 from bastion.specs.plan import ParallelPlan, chunk_layer_counts
@@ -62,6 +66,8 @@ class ParallelModel:
     autocast_dtype: torch.dtype | None = None
     #: extra per-run notes (e.g. "bf16 requested, fp32 on CPU")
     notes: list[str] = field(default_factory=list)
+    #: the activation-offload hooks of this rank's blocks and the bytes they moved (None: the plan offloads none)
+    offload: ActivationOffload | None = None
 
     @property
     def has_first_stage(self) -> bool:
@@ -166,7 +172,10 @@ def apply_moe_sequence_split(module: Transformer, rmesh: RuntimeMesh) -> None:
         if isinstance(sub, MoE):
             sub.sequence_split = split
             if tp_shards:
-                sub.router.grad_sum_mesh = sub.experts.grad_sum_mesh = rmesh.tp_mesh
+                sub.router.grad_sum_mesh = rmesh.tp_mesh
+                # experts replicated over tp sum there too; folded over the tp ranks they are distinct experts,
+                # whose gradients the combine all_to_all already brings in from every rank that routed to them
+                sub.experts.grad_sum_mesh = None if plan.folds_experts else rmesh.tp_mesh
 
 
 # ---- 2. tensor parallel (+ sequence parallel, + loss parallel) -------------------------------------------
@@ -370,6 +379,7 @@ def parallelize(spec: ModelSpec, plan: ParallelPlan, rmesh: RuntimeMesh, config:
     num_stages = plan.pp * (plan.vpp if plan.pp > 1 else 1)
     stage_ids = stage_ids_for_rank(plan, rmesh.pp_rank)
     full = build_model(spec)
+    offload = ActivationOffload(device) if plan.activation_offload else None
     parts: list[nn.Module] = []
     for sid in stage_ids:
         part = split_stage(full, sid, num_stages, plan.chunk_layers(spec)) if num_stages > 1 else full
@@ -384,8 +394,12 @@ def parallelize(spec: ModelSpec, plan: ParallelPlan, rmesh: RuntimeMesh, config:
         if plan.tp > 1:
             apply_tensor_parallel(part, rmesh, plan.sequence_parallel)
         apply_activation_checkpointing(part, plan.recompute, plan.recompute_layers)
+        if offload is not None:
+            apply_activation_offload(part, plan, offload)
         if config.compile:
-            apply_compile(part, whole_model=plan.num_gpus == 1)
+            # per block under offload: a whole-model graph traces the blocks' offload hooks away (measured: nothing
+            # moved); a compiled block still runs its own hooks around its graph
+            apply_compile(part, whole_model=plan.num_gpus == 1 and offload is None)
         if use_fsdp:
             apply_fsdp(part, rmesh, plan.zero_stage, compute_dtype)
         part.to_empty(device=device)
@@ -393,7 +407,7 @@ def parallelize(spec: ModelSpec, plan: ParallelPlan, rmesh: RuntimeMesh, config:
         part.train()
         parts.append(part)
     model = ParallelModel(parts=parts, stage_ids=stage_ids, num_stages=num_stages, notes=notes,
-                          autocast_dtype=compute_dtype if not use_fsdp else None)
+                          autocast_dtype=compute_dtype if not use_fsdp else None, offload=offload)
     # the aux loss's gradient per micro-batch: the loop divides each micro-batch's loss by their number; a
     # pipeline schedule divides the gradients by it at the end instead (scale_grads)
     for part in parts:

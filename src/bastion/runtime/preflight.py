@@ -37,9 +37,10 @@ def check_runtime_supports(spec: ModelSpec) -> None:
 def check_runtime_executes(spec: ModelSpec, plan: ParallelPlan) -> None:
     """Refuse what the runtime does not execute, for every model, never silently ignored. For a mixture-of-experts
     model it executes ep (carved from dp × cp) with dp, ZeRO 0-3, pp, cp, tp and sp, the experts replicated over
-    tp (etp = 1) or split in width over it (etp = tp); Megatron-Core's parallel folding is not executed: other etp
-    (1 < etp < tp, or etp > tp) is predicted and planned only, ep groups folded over tp ranks (ep not dividing
-    dp × cp, ParallelPlan.folds_experts) predicted only."""
+    tp (etp = 1) or split in width over it (etp = tp), and ep groups folded over tp ranks (ep not dividing dp × cp,
+    ParallelPlan.folds_experts) with etp = 1 under sp; the rest of Megatron-Core's parallel folding is not
+    executed: other etp (1 < etp < tp, or etp > tp) is predicted and planned only, folding with etp > 1 or
+    without sp predicted only."""
     refusal = runtime_refusal(spec, plan)
     if refusal is not None:
         raise refusal
@@ -52,10 +53,6 @@ def runtime_refusal(spec: ModelSpec, plan: ParallelPlan) -> BastionError | None:
         check_runtime_supports(spec)
     except ConfigError as refusal:
         return refusal
-    if plan.activation_offload:
-        return PlanError(f"The runtime does not execute activation_offload = {plan.activation_offload} yet (the "
-                         f"predictor and planner model it).", fix="set activation_offload = 0 in the plan to train it.",
-                         reason="runtime limitation")
     if spec.tied_embeddings and (plan.pp > 1 or plan.tp > 1):
         return PlanError(f"{spec.name} ties its embedding and LM head; the runtime ties them only on a single "
                          f"stage without tensor parallelism.", fix="use pp = 1 and tp = 1 for this model.",

@@ -60,6 +60,8 @@ def write_run_summary(config: TrainConfig, trainer: Trainer, spec: ModelSpec, pl
     dist.all_gather_object(per_rank, mine)
     activation_bytes: list[Any] = [None] * world
     dist.all_gather_object(activation_bytes, trainer.activation_bytes)
+    offloaded_bytes: list[Any] = [None] * world
+    dist.all_gather_object(offloaded_bytes, trainer.offloaded_bytes)
     digest = None
     if config.hash_params or config.save_final_params:
         full = gather_full_params(trainer, rmesh)
@@ -82,6 +84,8 @@ def write_run_summary(config: TrainConfig, trainer: Trainer, spec: ModelSpec, pl
         "peak_mem_kind": "cuda max_memory_allocated" if rmesh.device.type == "cuda" else "process RSS",
         "model_state_bytes_by_rank": per_rank,
         "activation_bytes_by_rank": activation_bytes,
+        # activation offload: bytes each rank copied to host memory in a step (None: the plan offloads none)
+        "offloaded_bytes_by_rank": offloaded_bytes,
         "wall_s": wall_s,
     }
     summary: RunSummary = {  # type: ignore[typeddict-item]  (the accounting fields come from fault_tolerance)

@@ -99,6 +99,9 @@ class Trainer(Stateful):
         #: global sample ids of the last step (every rank computes the same list)
         self.last_sample_ids: list[int] = []
         self.activation_bytes: int | None = None
+        #: bytes the activation-offload hooks copied to host memory in the last step (None: the plan offloads
+        #: none); not the first step's, to which a pipeline stage adds a forward of its own (shape inference)
+        self.offloaded_bytes: int | None = None
         #: parameter bytes as the step computes with them (between forward and backward of the first
         #: micro-batch): FSDP2 holds zero 0-2 parameters unsharded there, zero 3 parameters sharded
         self.params_in_step_bytes: int | None = None
@@ -235,7 +238,9 @@ class Trainer(Stateful):
         inputs, targets = self._local_batch()
         self.optimizer.zero_grad(set_to_none=True)
         local_loss = self._forward_backward(inputs, targets)
-        scale_expert_gradients(self.model.parts, self.plan.ep)
+        if self.model.offload is not None:
+            self.offloaded_bytes = self.model.offload.take_bytes_moved()
+        scale_expert_gradients(self.model.parts, self.plan)
         align_gradient_placements(self.model)
         if hooks is not None:
             hooks.after_backward(self.step + 1, self.model.parameters())
