@@ -51,7 +51,8 @@ def run_cases(tmp_path: Path, data: Path, world: int, cases: dict[str, dict], mo
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     # the cases run in turn and rank 0 writes each one's summary at its end: the first without one failed
     unfinished = [entry["name"] for entry in entries if not (Path(entry["run_dir"]) / "summary.json").exists()]
-    assert done.returncode == 0, (f"torchrun failed ({done.returncode}) in case {unfinished[:1]}:\n"
+    died_in = unfinished[0] if unfinished else "none (after the last one)"
+    assert done.returncode == 0, (f"torchrun failed ({done.returncode}) in case {died_in}:\n"
                                   f"{done.stdout[-4000:]}\n{done.stderr[-8000:]}")
     results = {}
     for entry in entries:

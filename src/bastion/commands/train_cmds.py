@@ -233,11 +233,11 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
 
     p = params
     _check_train_flags(world_size, p["lr"], p["cluster"], p["seed"])
-    from bastion.runtime.float8 import RECIPES
+    from bastion.runtime.train_config import FP8_RECIPES
 
-    if p["fp8_recipe"] not in RECIPES:
-        raise ConfigError(f"Unknown --fp8-recipe '{p['fp8_recipe']}'.{did_you_mean(p['fp8_recipe'], RECIPES)}",
-                          fix=f"use one of {', '.join(RECIPES)}.")
+    if p["fp8_recipe"] not in FP8_RECIPES:
+        raise ConfigError(f"Unknown --fp8-recipe '{p['fp8_recipe']}'.{did_you_mean(p['fp8_recipe'], FP8_RECIPES)}",
+                          fix=f"use one of {', '.join(FP8_RECIPES)}.")
     _check_eval_and_logs(p["eval_every"], p["eval_batches"], p["tensorboard"], p["profile"], p["steps"])
     health = _health_options(p)
     on_failure = _on_failure(p)
