@@ -1,11 +1,14 @@
-"""Fixtures of the multi-process tests (helpers live in equivalence_helpers.py)."""
+"""Fixtures of the multi-process tests, shared by the session (helpers live in tests/helpers/)."""
 
 from __future__ import annotations
 
+import functools
 import sysconfig
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from helpers.equivalence import SharedLaunches
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +31,19 @@ def tiny_reference(tmp_path_factory: pytest.TempPathFactory, token_data: Path) -
     from helpers.reshard import single_process_run
 
     return single_process_run(tmp_path_factory.mktemp("tiny-reference") / "run", token_data)
+
+
+@pytest.fixture(scope="session")
+def equivalence_runs(tmp_path_factory: pytest.TempPathFactory, token_data: Path) -> SharedLaunches:
+    """The cases the collected modules declared (helpers.equivalence.declare) on `token_data`, one torchrun launch
+    per world size for the whole session: `equivalence_runs(names)` -> {name: CaseResult}."""
+    return SharedLaunches(tmp_path_factory.mktemp("equivalence"), token_data)
+
+
+@pytest.fixture(scope="session")
+def equivalence_reference(token_data: Path) -> Callable[[str], tuple[list[float], dict]]:
+    """`equivalence_reference(model)`: the single-process fp32 reference of the equivalence cases (STEPS steps of
+    8 samples on `token_data`: losses and final parameters), computed once per model for the session."""
+    from helpers.equivalence import reference_run
+
+    return functools.cache(lambda model: reference_run(token_data, model, global_batch=8))

@@ -1,6 +1,6 @@
 """Run several training cases in one torchrun launch (start-up costs 10-15 s per launch on 2 cores).
 
-Usage (by tests/dist/conftest.py): torchrun --nproc-per-node N equivalence_worker.py CASES.json
+Usage (helpers/equivalence.run_cases): torchrun --nproc-per-node N equivalence_worker.py CASES.json
 CASES.json: {"data": DIR, "steps": N, "cases": [{"name", "model", "plan", "run_dir", "data"?, "options"?}, ...]}. Each case is a full
 `bastion.runtime.train.train` run in the same process group; rank 0 writes summary.json and final_params.pt.
 """

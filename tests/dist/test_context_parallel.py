@@ -13,48 +13,27 @@ dimension, as torchtitan does), and each rank must hold exactly the predictor's 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from helpers.equivalence import TOLERANCE, max_differences, record, reference_run, run_cases
+from helpers.equivalence import FP32, TOLERANCE, declare, max_differences, record
 
-pytestmark = [pytest.mark.dist, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.dist, pytest.mark.timeout(1800)]
 
-FP32 = {"precision": "fp32"}
-#: a GPT-style model: learned positions, biases, LayerNorm, GELU (the runtime's other code path)
-GPT_TINY = """name = "tiny-gpt"
-num_layers = 2
-hidden_size = 64
-num_heads = 4
-ffn_hidden_size = 256
-ffn_type = "gelu"
-vocab_size = 256
-seq_len = 64
-position_embedding = "learned"
-bias = true
-source = "bastion test model"
-"""
-#: tiny with Qwen3's per-head q/k RMSNorms and a head_dim other than hidden_size / heads
-QK_NORM_TINY = """name = "tiny-qk-norm"
-num_layers = 2
-hidden_size = 64
-num_heads = 4
-num_kv_heads = 2
-head_dim = 32
-qk_norm = true
-ffn_hidden_size = 128
-vocab_size = 256
-seq_len = 64
-source = "bastion test model"
-"""
+#: test models of their own (tests/dist/models/): a GPT-style one (learned positions, biases, LayerNorm, GELU) and
+#: tiny with Qwen3's per-head q/k norms
+GPT_MODEL = str(Path(__file__).with_name("models") / "tiny-gpt.toml")
+QK_NORM_MODEL = str(Path(__file__).with_name("models") / "tiny-qk-norm.toml")
+MODELS = {"cp2-zero3-gpt": GPT_MODEL, "cp2-tp2-zero3-qk-norm": QK_NORM_MODEL}
 
-WORLD2 = {
+WORLD2 = declare(2, {
     "cp2": dict(cp=2, micro_batch=2, global_batch=8, **FP32),
     # dp = 1: ZeRO 3 shards over the two cp ranks alone
     "cp2-zero3-gpt": dict(cp=2, zero_stage=3, micro_batch=4, global_batch=8, **FP32),
-}
-WORLD4 = {
+}, models=MODELS)
+WORLD4 = declare(4, {
     "cp4-zero2": dict(cp=4, zero_stage=2, micro_batch=2, global_batch=8, **FP32),
     "cp2-dp2-zero3": dict(cp=2, dp=2, zero_stage=3, micro_batch=1, global_batch=8, **FP32),
     "cp2-dp2-zero0-full-recompute": dict(cp=2, dp=2, zero_stage=0, recompute="full", micro_batch=2,
@@ -64,39 +43,18 @@ WORLD4 = {
     "pp2-cp2-1f1b": dict(pp=2, cp=2, pp_schedule="1f1b", micro_batch=2, global_batch=8, **FP32),
     "pp2-cp2-zero-bubble": dict(pp=2, cp=2, pp_schedule="zero-bubble", micro_batch=2, global_batch=8, **FP32),
     "cp2-tp2-zero3-qk-norm": dict(cp=2, tp=2, zero_stage=3, micro_batch=2, global_batch=8, **FP32),
-}
+}, models=MODELS)
 
 
-@pytest.fixture(scope="module")
-def gpt_model(tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("models") / "tiny-gpt.toml"
-    path.write_text(GPT_TINY)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def qk_norm_model(tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("models") / "tiny-qk-norm.toml"
-    path.write_text(QK_NORM_TINY)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def references(token_data: Path, gpt_model: str, qk_norm_model: str) -> dict[str, tuple[list[float], dict]]:
-    return {"tiny": reference_run(token_data, "tiny", global_batch=8),
-            gpt_model: reference_run(token_data, gpt_model, global_batch=8),
-            qk_norm_model: reference_run(token_data, qk_norm_model, global_batch=8)}
-
-
-def _check(results: dict, references: dict, models: dict[str, str]) -> None:
+def _check(results: dict, reference: Callable[[str], tuple[list[float], dict]]) -> None:
     from bastion.predict.memory import model_state_bytes
     from bastion.specs.model import load_model
     from bastion.specs.plan import ParallelPlan
 
     found = {}
     for name, result in results.items():
-        model = models.get(name, "tiny")
-        loss_diff, param_diff = max_differences(result, *references[model])
+        model = MODELS.get(name, "tiny")
+        loss_diff, param_diff = max_differences(result, *reference(model))
         print(f"{name:32s} max |loss - ref| {loss_diff:.2e}   max |param - ref| {param_diff:.2e}")
         assert loss_diff < TOLERANCE, f"{name}: loss differs by {loss_diff}"
         assert param_diff < TOLERANCE, f"{name}: parameters differ by {param_diff}"
@@ -117,11 +75,9 @@ def _check(results: dict, references: dict, models: dict[str, str]) -> None:
     record(found)
 
 
-def test_context_parallel_alone_on_2_processes(tmp_path, token_data, references, gpt_model):
-    models = {"cp2-zero3-gpt": gpt_model}
-    _check(run_cases(tmp_path, token_data, 2, WORLD2, models=models), references, models)
+def test_context_parallel_alone_on_2_processes(equivalence_runs, equivalence_reference):
+    _check(equivalence_runs(WORLD2), equivalence_reference)
 
 
-def test_context_parallel_with_dp_tp_pp_on_4_processes(tmp_path, token_data, references, qk_norm_model):
-    models = {"cp2-tp2-zero3-qk-norm": qk_norm_model}
-    _check(run_cases(tmp_path, token_data, 4, WORLD4, models=models), references, models)
+def test_context_parallel_with_dp_tp_pp_on_4_processes(equivalence_runs, equivalence_reference):
+    _check(equivalence_runs(WORLD4), equivalence_reference)

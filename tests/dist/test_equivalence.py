@@ -1,23 +1,22 @@
 """Every parallel plan trains exactly like one process: per-step loss and final parameters within 1e-5.
 
-Real gloo processes (torchrun), several plans per launch; the reference is an independent single-process loop
-(conftest.reference_run). Also checks, on the same runs, that each rank's parameter/gradient/optimizer bytes
-equal the predictor's `model_state_bytes` exactly, that every plan reports the same params_sha256 layout, and
-that the ranks of plans with activation offload move the predictor's `offloaded_bytes_per_step` to host memory.
+Real gloo processes (torchrun): the session's shared launches, one per world size for every equivalence
+module's plans (conftest.equivalence_runs); the reference is an independent single-process loop
+(helpers/equivalence.reference_run). Also checks, on the same runs, that each rank's parameter/gradient/optimizer
+bytes equal the predictor's `model_state_bytes` exactly, that every plan reports the same params_sha256 layout,
+and that the ranks of plans with activation offload move the predictor's `offloaded_bytes_per_step` to host memory.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from helpers.equivalence import FP32, check_group, reference_run, run_cases
+from helpers.equivalence import FP32, check_group, declare
 
-pytestmark = [pytest.mark.dist, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.dist, pytest.mark.timeout(1800)]
 
 
-WORLD4 = {
+WORLD4 = declare(4, {
     "dp4-zero0": dict(dp=4, zero_stage=0, micro_batch=1, global_batch=8, **FP32),
     # zero 1 runs as FSDP2 with unsharded parameters, i.e. like zero 2 (see runtime/mesh.py)
     "dp4-zero1": dict(dp=4, zero_stage=1, micro_batch=2, global_batch=8, **FP32),
@@ -26,8 +25,20 @@ WORLD4 = {
     "tp2-dp2-sp": dict(dp=2, tp=2, sequence_parallel=True, zero_stage=3, micro_batch=2, global_batch=8, **FP32),
     "tp2-dp2-zero0-full-recompute": dict(dp=2, tp=2, zero_stage=0, recompute="full", micro_batch=2,
                                          global_batch=8, **FP32),
-}
-WORLD2 = {
+})
+
+
+def _runnable_on_this_torch(plans: dict[str, dict]) -> dict[str, dict]:
+    """torch < 2.13 on gloo crashes in the V schedules; the runtime refuses them there with guidance."""
+    import torch
+
+    from bastion.specs.schedules import get_schedule
+
+    return {name: plan for name, plan in plans.items()
+            if get_schedule(plan.get("pp_schedule", "1f1b")).refusal(torch.__version__, "cpu") is None}
+
+
+WORLD2 = declare(2, _runnable_on_this_torch({
     "pp2-gpipe": dict(pp=2, pp_schedule="gpipe", micro_batch=2, global_batch=8, **FP32),
     "pp2-1f1b": dict(pp=2, pp_schedule="1f1b", micro_batch=2, global_batch=8, **FP32),
     "pp2-interleaved-1f1b": dict(pp=2, pp_schedule="interleaved-1f1b", vpp=2, micro_batch=2, global_batch=8,
@@ -49,40 +60,28 @@ WORLD2 = {
                               **FP32),
     "tp2-sp-selective-offload2": dict(tp=2, sequence_parallel=True, recompute="selective", activation_offload=2,
                                       micro_batch=4, global_batch=8, **FP32),
-}
+}))
 #: tiny's 4 layers on 3 stages: the embedding and the LM head take a layer's slot each (1 + 2 + 1 layers)
-WORLD3 = {
+WORLD3 = declare(3, {
     "pp3-1f1b-uneven": dict(pp=3, pp_schedule="1f1b", micro_batch=2, global_batch=8, **FP32),
-}
-WORLD8 = {
+})
+WORLD8 = declare(8, {
     "pp2-dp2-tp2": dict(pp=2, dp=2, tp=2, sequence_parallel=True, zero_stage=3, pp_schedule="1f1b",
                         micro_batch=1, global_batch=8, **FP32),
-}
+})
 
 
-@pytest.fixture(scope="module")
-def reference(token_data: Path) -> tuple[list[float], dict]:
-    return reference_run(token_data, "tiny", global_batch=8)
+def test_data_parallel_and_tensor_parallel_on_4_processes(equivalence_runs, equivalence_reference):
+    check_group(equivalence_runs(WORLD4), equivalence_reference("tiny"))
 
 
-def test_data_parallel_and_tensor_parallel_on_4_processes(tmp_path, token_data, reference):
-    check_group(run_cases(tmp_path, token_data, 4, WORLD4), reference)
+def test_every_pipeline_schedule_on_2_processes(equivalence_runs, equivalence_reference):
+    check_group(equivalence_runs(WORLD2), equivalence_reference("tiny"))
 
 
-def test_every_pipeline_schedule_on_2_processes(tmp_path, token_data, reference):
-    import torch
-
-    from bastion.specs.schedules import get_schedule
-
-    # torch < 2.13 on gloo crashes in the V schedules; the runtime refuses them there with guidance
-    runnable = {name: plan for name, plan in WORLD2.items()
-                if get_schedule(plan.get("pp_schedule", "1f1b")).refusal(torch.__version__, "cpu") is None}
-    check_group(run_cases(tmp_path, token_data, 2, runnable), reference)
+def test_uneven_pipeline_split_on_3_processes(equivalence_runs, equivalence_reference):
+    check_group(equivalence_runs(WORLD3), equivalence_reference("tiny"))
 
 
-def test_uneven_pipeline_split_on_3_processes(tmp_path, token_data, reference):
-    check_group(run_cases(tmp_path, token_data, 3, WORLD3), reference)
-
-
-def test_pp2_dp2_tp2_on_8_processes(tmp_path, token_data, reference):
-    check_group(run_cases(tmp_path, token_data, 8, WORLD8), reference)
+def test_pp2_dp2_tp2_on_8_processes(equivalence_runs, equivalence_reference):
+    check_group(equivalence_runs(WORLD8), equivalence_reference("tiny"))

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers.equivalence import (FP32, MOE_PARAM_TOLERANCE, check_group, check_model_state_bytes, reference_run,
-                                 run_cases)
+from helpers.equivalence import FP32, MOE_PARAM_TOLERANCE, check_group, check_model_state_bytes, declare
 
-pytestmark = [pytest.mark.dist, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.dist, pytest.mark.timeout(1800)]
 
 LAYOUTS = {
     # tiny-moe's dense first layer alone on stage 0, its three MoE layers on stage 1
@@ -28,47 +27,34 @@ LAYOUTS = {
     "dense-pp2-layout-3-1": ("tiny", dict(pp=2, pp_schedule="gpipe", pipeline_layout="3,1", micro_batch=2,
                                           global_batch=8, **FP32)),
 }
+declare(2, {name: plan for name, (_, plan) in LAYOUTS.items()}, models={name: m for name, (m, _) in LAYOUTS.items()})
 
 MLA = "tiny-mla"
 #: tiny-mla: MLA attention and the sigmoid router whose bias moves after every step (router_bias_update_rate)
-MLA_PLANS = {
+MLA_PLANS = declare(2, {
     "mla-dp2-zero2": dict(dp=2, zero_stage=2, micro_batch=2, global_batch=8, **FP32),
     # heads split: wq_b and wkv_b colwise, wo rowwise; the shared rotary key's gradient summed over tp
     "mla-tp2": dict(tp=2, micro_batch=4, global_batch=8, **FP32),
     "mla-pp2-1f1b": dict(pp=2, pp_schedule="1f1b", micro_batch=2, global_batch=8, **FP32),
     # the routing bias updated from the global loads on both expert-parallel ranks alike
     "mla-ep2-zero3": dict(dp=2, ep=2, zero_stage=3, micro_batch=2, global_batch=8, **FP32),
-}
+}, MLA)
 
 
 @pytest.fixture(scope="module")
-def references(token_data: Path) -> dict[str, tuple[list[float], dict]]:
-    """The single-process reference of each model, computed once for the module's tests."""
-    return {model: reference_run(token_data, model, global_batch=8) for model in ("tiny", "tiny-moe", MLA)}
-
-
-@pytest.fixture(scope="module")
-def two_process_runs(tmp_path_factory, token_data: Path) -> dict:
-    """The layout and MLA plans of world 2 in one launch (each launch costs 10-15 s of start-up)."""
-    models = {**{name: model for name, (model, _) in LAYOUTS.items()}, **dict.fromkeys(MLA_PLANS, MLA)}
-    plans = {**{name: plan for name, (_, plan) in LAYOUTS.items()}, **MLA_PLANS}
-    return run_cases(tmp_path_factory.mktemp("world2"), token_data, 2, plans, models=models)
-
-
-@pytest.fixture(scope="module")
-def layout_runs(two_process_runs: dict) -> dict:
-    return {name: two_process_runs[name] for name in LAYOUTS}
+def layout_runs(equivalence_runs) -> dict:
+    return equivalence_runs(LAYOUTS)
 
 
 def _of_model(results: dict, model: str) -> dict:
     return {name: result for name, result in results.items() if LAYOUTS[name][0] == model}
 
 
-def test_uneven_pipeline_layouts_and_partial_recompute_train_like_one_process(layout_runs, references):
+def test_uneven_pipeline_layouts_and_partial_recompute_train_like_one_process(layout_runs, equivalence_reference):
     from bastion.specs.model import load_model
 
     for model in ("tiny-moe", "tiny"):
-        check_group(_of_model(layout_runs, model), references[model], model, state_bytes=False)
+        check_group(_of_model(layout_runs, model), equivalence_reference(model), model, state_bytes=False)
     # the layout was run, not the even split (which trains the same): stage 0 holds the embedding and its layers
     for name, first_layers in (("moe-pp2-layout-1-3", 1), ("dense-pp2-layout-3-1", 3)):
         spec = load_model(LAYOUTS[name][0])
@@ -87,12 +73,12 @@ def test_model_state_bytes_of_uneven_layouts_equal_the_predictors(layout_runs):
 
 
 @pytest.fixture(scope="module")
-def mla_runs(two_process_runs: dict) -> dict:
-    return {name: two_process_runs[name] for name in MLA_PLANS}
+def mla_runs(equivalence_runs) -> dict:
+    return equivalence_runs(MLA_PLANS)
 
 
-def test_latent_attention_and_routing_bias_train_like_one_process(mla_runs, references):
-    check_group(mla_runs, references[MLA], MLA, state_bytes=False)
+def test_latent_attention_and_routing_bias_train_like_one_process(mla_runs, equivalence_reference):
+    check_group(mla_runs, equivalence_reference(MLA), MLA, state_bytes=False)
     from bastion.rundir.metrics import read_records
     from bastion.rundir.records import is_step
 
@@ -106,7 +92,7 @@ def test_model_state_bytes_of_mla_equal_the_predictors(mla_runs):
 
 
 #: expert tensor parallelism: each expert's w1/w3 split colwise and w2 rowwise over the attention's tp ranks
-ETP_PLANS = {
+ETP_PLANS = declare(4, {
     # 2-D (ep, tp) expert DTensors
     "moe-ep2-tp2-etp2-zero3": dict(dp=2, ep=2, tp=2, etp=2, zero_stage=3, micro_batch=2, global_batch=8, **FP32),
     # sp: the block gathers the whole sequence (every etp rank needs the same rows) and keeps its output's shard
@@ -114,16 +100,16 @@ ETP_PLANS = {
                                       global_batch=8, **FP32),
     # no expert parallelism: the experts split over tp only, like a dense MLP
     "moe-dp2-tp2-etp2-zero0": dict(dp=2, tp=2, etp=2, zero_stage=0, micro_batch=2, global_batch=8, **FP32),
-}
+}, "tiny-moe")
 
 
 @pytest.fixture(scope="module")
-def etp_runs(tmp_path_factory, token_data: Path) -> dict:
-    return run_cases(tmp_path_factory.mktemp("etp"), token_data, 4, ETP_PLANS, model="tiny-moe")
+def etp_runs(equivalence_runs) -> dict:
+    return equivalence_runs(ETP_PLANS)
 
 
-def test_expert_tensor_parallelism_trains_like_one_process(etp_runs, references):
-    check_group(etp_runs, references["tiny-moe"], "tiny-moe", param_tolerance=MOE_PARAM_TOLERANCE,
+def test_expert_tensor_parallelism_trains_like_one_process(etp_runs, equivalence_reference):
+    check_group(etp_runs, equivalence_reference("tiny-moe"), "tiny-moe", param_tolerance=MOE_PARAM_TOLERANCE,
                 state_bytes=False)
     # the experts were split, not replicated over tp: each rank holds half its etp = 1 expert bytes (fp32; the
     # expert data-parallel degree is 1 in both plans, so ZeRO does not shard the experts further)

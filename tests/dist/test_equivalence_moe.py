@@ -12,12 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers.equivalence import FP32, MOE_PARAM_TOLERANCE, check_group, reference_run, run_cases
+from helpers.equivalence import FP32, MOE_PARAM_TOLERANCE, check_group, declare
 
-pytestmark = [pytest.mark.dist, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.dist, pytest.mark.timeout(1800)]
 
 MODEL = "tiny-moe"
-WORLD2 = {
+WORLD2 = declare(2, {
     # zero 0: non-expert parameters replicated, experts split in two (the HSDP mesh's replicate dim unflattened)
     "moe-ep2-zero0": dict(dp=2, ep=2, zero_stage=0, micro_batch=2, global_batch=8, **FP32),
     # the recomputed forward re-runs the dispatch and combine all_to_alls inside backward
@@ -25,8 +25,8 @@ WORLD2 = {
                                    **FP32),
     # parallel folding: the ep group is the tp group, each tp rank dispatching its own sequence shard
     "moe-tp2-ep2-sp-folded": dict(tp=2, ep=2, sequence_parallel=True, micro_batch=2, global_batch=8, **FP32),
-}
-WORLD4 = {
+}, MODEL)
+WORLD4 = declare(4, {
     "moe-ep4-zero2": dict(dp=4, ep=4, zero_stage=2, micro_batch=1, global_batch=8, **FP32),
     # experts split over 2 ranks and each half sharded over the 2 ranks that hold it
     "moe-ep2-dp2-zero3": dict(dp=4, ep=2, zero_stage=3, micro_batch=1, global_batch=8, **FP32),
@@ -42,12 +42,7 @@ WORLD4 = {
     # parallel folding: one ep group over both replicas' tp ranks (2 experts a rank), FSDP over the others
     "moe-tp2-ep4-dp2-sp-folded-zero3": dict(dp=2, tp=2, ep=4, sequence_parallel=True, zero_stage=3,
                                             micro_batch=2, global_batch=8, **FP32),
-}
-
-
-@pytest.fixture(scope="module")
-def reference(token_data: Path) -> tuple[list[float], dict]:
-    return reference_run(token_data, MODEL, global_batch=8)
+}, MODEL)
 
 
 def _check_routing_logged(results: dict) -> None:
@@ -68,15 +63,15 @@ def _check_routing_logged(results: dict) -> None:
         assert losses == pytest.approx(first, rel=1e-5), name
 
 
-def test_expert_parallel_on_2_processes(tmp_path, token_data, reference):
-    results = run_cases(tmp_path, token_data, 2, WORLD2, model=MODEL)
-    check_group(results, reference, MODEL, param_tolerance=MOE_PARAM_TOLERANCE)
+def test_expert_parallel_on_2_processes(equivalence_runs, equivalence_reference):
+    results = equivalence_runs(WORLD2)
+    check_group(results, equivalence_reference(MODEL), MODEL, param_tolerance=MOE_PARAM_TOLERANCE)
     _check_routing_logged(results)
 
 
-def test_expert_parallel_with_zero_and_pipeline_on_4_processes(tmp_path, token_data, reference):
-    results = run_cases(tmp_path, token_data, 4, WORLD4, model=MODEL)
-    check_group(results, reference, MODEL, param_tolerance=MOE_PARAM_TOLERANCE)
+def test_expert_parallel_with_zero_and_pipeline_on_4_processes(equivalence_runs, equivalence_reference):
+    results = equivalence_runs(WORLD4)
+    check_group(results, equivalence_reference(MODEL), MODEL, param_tolerance=MOE_PARAM_TOLERANCE)
     _check_routing_logged(results)
 
 

@@ -27,37 +27,52 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", TORCH_DISABLE_SHARE_RDZV_TCP_STORE="
            PYTHONPATH=os.pathsep.join([_SOURCES, *filter(None, [os.environ.get("PYTHONPATH")])]))
 
 
-@pytest.mark.parametrize("models", [
-    {make_llama: {"dp2tp2": {"dp": 2, "tp": 2, "zero_stage": 3},
-                  "pp2dp2": {"dp": 2, "pp": 2, "pp_schedule": "1f1b", "zero_stage": 3}}},
-    {make_mixtral: {"dp4ep2": {"dp": 4, "ep": 2, "zero_stage": 3}, "dp2tp2ep2": {"dp": 2, "tp": 2, "ep": 2}},
-     make_qwen3_moe: {"dp2tp2ep2": {"dp": 2, "tp": 2, "ep": 2, "zero_stage": 3}}},
-], ids=["llama", "mixtral-qwen3-moe"])
-def test_loaded_weights_give_transformers_logits_under_tp_dp_and_pp(tmp_path, models):
-    """Each rank reads only its shard of every tensor (a mixture's experts: its own experts, each from its own
-    HF tensor) and the plan's logits equal transformers' (one launch for the models of a parameter)."""
+#: the plans each group of HF models is loaded under (test id -> {model maker: {plan name: plan}})
+LOGITS_CASES = {
+    "llama": {make_llama: {"dp2tp2": {"dp": 2, "tp": 2, "zero_stage": 3},
+                           "pp2dp2": {"dp": 2, "pp": 2, "pp_schedule": "1f1b", "zero_stage": 3}}},
+    "mixtral-qwen3-moe": {
+        make_mixtral: {"dp4ep2": {"dp": 4, "ep": 2, "zero_stage": 3}, "dp2tp2ep2": {"dp": 2, "tp": 2, "ep": 2}},
+        make_qwen3_moe: {"dp2tp2ep2": {"dp": 2, "tp": 2, "ep": 2, "zero_stage": 3}}},
+}
+
+
+@pytest.fixture(scope="module")
+def loaded_logits(tmp_path_factory) -> dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """Every case of LOGITS_CASES in one torchrun launch of 4 processes (start-up dominates these forwards):
+    test id -> {case: (the plan's logits, transformers' logits)}."""
     from bastion.launch.local import free_port
 
+    tmp_path = tmp_path_factory.mktemp("hf-logits")
     tokens = tokens_for(96)
     cases, expected = [], {}
-    for make, plans in models.items():
-        hf_dir = tmp_path / make.__name__
-        reference = make(hf_dir)
-        with torch.no_grad():
-            logits = reference(tokens).logits
-        for name, plan in plans.items():
-            case = f"{make.__name__}-{name}"
-            path = tmp_path / f"{case}.json"
-            path.write_text(json.dumps({**plan, "micro_batch": 1, "global_batch": 4, "precision": "fp32"}))
-            cases.append({"hf_dir": str(hf_dir), "plan": str(path), "out": str(tmp_path / f"{case}.pt")})
-            expected[case] = logits
+    for group, models in LOGITS_CASES.items():
+        for make, plans in models.items():
+            hf_dir = tmp_path / make.__name__
+            reference = make(hf_dir)
+            with torch.no_grad():
+                logits = reference(tokens).logits
+            for name, plan in plans.items():
+                case = f"{make.__name__}-{name}"
+                path = tmp_path / f"{case}.json"
+                path.write_text(json.dumps({**plan, "micro_batch": 1, "global_batch": 4, "precision": "fp32"}))
+                cases.append({"hf_dir": str(hf_dir), "plan": str(path), "out": str(tmp_path / f"{case}.pt")})
+                expected.setdefault(group, {})[case] = logits
     (tmp_path / "cases.json").write_text(json.dumps({"tokens": tokens.tolist(), "cases": cases}))
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=4", "--rdzv-backend=c10d",
                f"--rdzv-endpoint=127.0.0.1:{free_port()}", str(WORKER), str(tmp_path / "cases.json")]
-    done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-6000:]
-    for case, logits in expected.items():
-        assert float((torch.load(tmp_path / f"{case}.pt") - logits).abs().max()) < 1e-5, case
+    return {group: {case: (torch.load(tmp_path / f"{case}.pt"), logits) for case, logits in of_group.items()}
+            for group, of_group in expected.items()}
+
+
+@pytest.mark.parametrize("group", list(LOGITS_CASES))
+def test_loaded_weights_give_transformers_logits_under_tp_dp_and_pp(loaded_logits, group):
+    """Each rank reads only its shard of every tensor (a mixture's experts: its own experts, each from its own
+    HF tensor) and the plan's logits equal transformers'."""
+    for case, (got, logits) in loaded_logits[group].items():
+        assert float((got - logits).abs().max()) < 1e-5, case
 
 
 def _bastion(*args: str, cwd: Path) -> subprocess.CompletedProcess:

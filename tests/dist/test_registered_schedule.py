@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers.equivalence import max_differences, reference_run, run_cases
+from helpers.equivalence import max_differences, run_cases
 from registered_schedule_worker import ALIAS, register
 
 pytestmark = [pytest.mark.dist, pytest.mark.timeout(600)]
@@ -24,8 +24,9 @@ def registered() -> Iterator[None]:
     del SCHEDULES[ALIAS.name]
 
 
-def test_registered_schedule_matches_one_process(tmp_path: Path, token_data: Path, registered: None) -> None:
-    ref_losses, ref_params = reference_run(token_data, "tiny", global_batch=8)
+def test_registered_schedule_matches_one_process(tmp_path: Path, token_data: Path, registered: None,
+                                                equivalence_reference) -> None:
+    ref_losses, ref_params = equivalence_reference("tiny")
     plan = dict(pp=2, pp_schedule=ALIAS.name, vpp=2, micro_batch=2, global_batch=8, precision="fp32")
     result = run_cases(tmp_path, token_data, 2, {"alias": plan}, worker=WORKER)["alias"]
     loss_diff, param_diff = max_differences(result, ref_losses, ref_params)

@@ -1,6 +1,7 @@
-"""Helpers of the multi-process equivalence tests: a torchrun launcher for groups of cases, and a single-process
-fp32 reference written independently of the parallel runtime (plain loop, torch's own clip_grad_norm_, the whole
-global batch in one forward)."""
+"""Helpers of the multi-process equivalence tests: a torchrun launcher for groups of cases, the cases the test
+modules declare (run together, one launch per world size, by the session's `equivalence_runs`), and a
+single-process fp32 reference written independently of the parallel runtime (plain loop, torch's own
+clip_grad_norm_, the whole global batch in one forward)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +49,11 @@ def run_cases(tmp_path: Path, data: Path, world: int, cases: dict[str, dict], mo
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={world}", "--rdzv-backend=c10d",
                f"--rdzv-endpoint=127.0.0.1:{port}", str(worker), str(cases_path)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"torchrun failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-8000:]}"
+    # the cases run in turn and rank 0 writes each one's summary at its end: the first without one failed
+    unfinished = [entry["name"] for entry in entries if not (Path(entry["run_dir"]) / "summary.json").exists()]
+    died_in = unfinished[0] if unfinished else "none (after the last one)"
+    assert done.returncode == 0, (f"torchrun failed ({done.returncode}) in case {died_in}:\n"
+                                  f"{done.stdout[-4000:]}\n{done.stderr[-8000:]}")
     results = {}
     for entry in entries:
         run_dir = Path(entry["run_dir"])
@@ -55,6 +61,61 @@ def run_cases(tmp_path: Path, data: Path, world: int, cases: dict[str, dict], mo
         params = torch.load(run_dir / "final_params.pt")
         results[entry["name"]] = CaseResult(entry["name"], summary, params)
     return results
+
+
+@dataclass(frozen=True)
+class DeclaredCase:
+    world: int
+    plan: dict
+    model: str
+
+
+#: every case the collected test modules declared (name -> case): `SharedLaunches` runs them all, one torchrun
+#: launch per world size, since start-up (import torch, gloo rendezvous) dominates a 6-step tiny run
+DECLARED: dict[str, DeclaredCase] = {}
+
+
+def declare(world: int, cases: dict[str, dict], model: str = "tiny", models: dict[str, str] | None = None
+            ) -> dict[str, dict]:
+    """Declare `cases` (name -> plan dict, trained on `world` processes; `models` overrides `model` per case) for
+    the session's shared launches, at a test module's import (collection ends before any test runs, so the first
+    launch of a world size holds every collected module's cases). Returns `cases`."""
+    for name, plan in cases.items():
+        case = DeclaredCase(world, plan, (models or {}).get(name, model))
+        assert DECLARED.get(name, case) == case, f"two equivalence cases named {name!r}"
+        DECLARED[name] = case
+    return cases
+
+
+class SharedLaunches:
+    """The declared cases' runs: the first request for a world size runs every case declared for it in one torchrun
+    launch (under `root`, on `data`); later requests read the kept results. A launch that failed fails every
+    request for its cases, with the case that failed it, and is not run again."""
+
+    def __init__(self, root: Path, data: Path) -> None:
+        self.root, self.data = root, data
+        self._results: dict[int, dict[str, CaseResult]] = {}
+        self._failures: dict[int, str] = {}
+
+    def __call__(self, names: Iterable[str]) -> dict[str, CaseResult]:
+        names = list(names)
+        for world in sorted({DECLARED[name].world for name in names}):
+            self._launch(world)
+        return {name: self._results[DECLARED[name].world][name] for name in names}
+
+    def _launch(self, world: int) -> None:
+        if world in self._failures:
+            raise AssertionError(f"the shared {world}-process launch failed earlier: {self._failures[world]}")
+        if world in self._results:
+            return
+        cases = {name: case for name, case in DECLARED.items() if case.world == world}
+        try:
+            self._results[world] = run_cases(
+                self.root / f"world{world}", self.data, world, {name: case.plan for name, case in cases.items()},
+                models={name: case.model for name, case in cases.items()}, timeout=300 + 60 * len(cases))
+        except AssertionError as failure:
+            self._failures[world] = str(failure)
+            raise
 
 
 def reference_run(data: Path, model: str, global_batch: int, steps: int = STEPS, seed: int = 0

@@ -26,6 +26,22 @@ def test_help_lists_every_command_without_importing_torch() -> None:
         == ["--version", "--install-completion", "--show-completion", "-h"]
 
 
+def test_a_resolved_training_run_does_not_import_torch_in_the_front_process(tmp_path: Path) -> None:
+    """`bastion train` / `launch` check and resolve a run in a process that only starts others: torch (about 2 CPU
+    seconds to import) is for the workers and torchrun's agent, not for it."""
+    from bastion.runtime.data import prepare_dataset
+
+    prepare_dataset([Path(__file__)], tmp_path / "data")
+    (tmp_path / "plan.json").write_text('{"dp": 2, "micro_batch": 1, "global_batch": 2}')
+    argv = ["launch", "--on", "local", "--device", "cpu", "--model", "tiny", "--plan", str(tmp_path / "plan.json"),
+            "--data", str(tmp_path / "data"), "--run-dir", str(tmp_path / "run"), "--steps", "3", "--dry-run"]
+    code = (f"import sys\nfrom bastion.cli import main\ntry:\n    main({argv!r})\n"
+            "except SystemExit as exc:\n    code = exc.code\nprint('TORCH', 'torch' in sys.modules, code)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "bastion _worker" in proc.stdout   # the run was resolved into its worker command
+    assert proc.stdout.strip().endswith("TORCH False 0"), proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
 def test_every_command_has_help(capsys) -> None:
     for name in COMMANDS:  # in this process: the torch-free import is the test above's
         code, out, err = run([name, "--help"], capsys)

@@ -167,9 +167,9 @@ def test_a_scheduled_jobs_rank_zero_refuses_a_run_dir_in_use(setup, capsys, monk
     config = _written_config(setup, monkeypatch)
     for key, value in (("RANK", "0"), ("WORLD_SIZE", "4"), ("LOCAL_RANK", "0")):
         monkeypatch.setenv(key, value)
-    from bastion.commands import train_cmds
+    from bastion.launch import worker
 
-    monkeypatch.setattr(train_cmds, "_PREDECESSOR_EXIT_S", 1.0)   # a requeued job waits this long, then gives up
+    monkeypatch.setattr(worker, "PREDECESSOR_EXIT_S", 1.0)   # a requeued job waits this long, then gives up
     with acquire(setup[0] / "run"):   # another run holds it
         _fails_with(["_worker", config], capsys, "is in use by another run", "To fix:")
 
@@ -183,13 +183,13 @@ def test_a_worker_refuses_a_config_for_another_world_size(setup, capsys, monkeyp
 
 def test_the_worker_builds_its_train_config_from_the_run_config_alone(setup, monkeypatch, tmp_path):
     pytest.importorskip("torch", reason="TrainConfig lives with the runtime")
-    from bastion.commands.train_cmds import _train_config
+    from bastion.launch.worker import train_config_of
     from bastion.specs.model import load_model
     from bastion.specs.plan import ParallelPlan
 
     with open(_written_config(setup, monkeypatch)) as file:
         config = json.load(file)
-    train = _train_config(config)
+    train = train_config_of(config)
     # the resolved model and plan travel in the config: the worker reads no file (and writes none) for them
     assert isinstance(train.plan, ParallelPlan) and train.plan.dp == 4 and train.steps == 3
     assert train.model == load_model("tiny") and train.resolved_plan() is train.plan
@@ -197,5 +197,5 @@ def test_the_worker_builds_its_train_config_from_the_run_config_alone(setup, mon
     # a model file: the worker takes the spec shipped in the config, not the launching machine's file
     config["train"]["model"] = "/nowhere/on/this/machine.toml"
     config["model"]["num_layers"] = 3
-    train = _train_config(config)
+    train = train_config_of(config)
     assert train.resolved_model().num_layers == 3

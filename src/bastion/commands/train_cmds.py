@@ -233,11 +233,11 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
 
     p = params
     _check_train_flags(world_size, p["lr"], p["cluster"], p["seed"])
-    from bastion.runtime.float8 import RECIPES
+    from bastion.runtime.train_config import FP8_RECIPES
 
-    if p["fp8_recipe"] not in RECIPES:
-        raise ConfigError(f"Unknown --fp8-recipe '{p['fp8_recipe']}'.{did_you_mean(p['fp8_recipe'], RECIPES)}",
-                          fix=f"use one of {', '.join(RECIPES)}.")
+    if p["fp8_recipe"] not in FP8_RECIPES:
+        raise ConfigError(f"Unknown --fp8-recipe '{p['fp8_recipe']}'.{did_you_mean(p['fp8_recipe'], FP8_RECIPES)}",
+                          fix=f"use one of {', '.join(FP8_RECIPES)}.")
     _check_eval_and_logs(p["eval_every"], p["eval_batches"], p["tensorboard"], p["profile"], p["steps"])
     health = _health_options(p)
     on_failure = _on_failure(p)
@@ -481,59 +481,11 @@ def _run_shrinking(run: ResolvedRun, config_path: Path, python: str) -> int:
 def worker_command(
     config_path: Path = typer.Argument(..., help="run_config.json written by `bastion train` / `bastion launch`."),
 ) -> None:
-    """One training worker, started by torchrun (locally, under srun, in a pod); reads only CONFIG_PATH."""
-    from bastion.errors import ConfigError
-    from bastion.launch.worker import LOCAL_NAMES_ONLY, confine_name_lookups, read_run_config
+    """One training worker, started by torchrun (locally, under srun, in a pod); reads only CONFIG_PATH. A worker
+    started as `python -m bastion _worker CONFIG` comes straight to launch/worker.py (bastion/__main__.py)."""
+    from bastion.launch.worker import start_worker
 
-    if os.environ.get(LOCAL_NAMES_ONLY) == "1":
-        confine_name_lookups()  # before torch opens its first socket
-    config = read_run_config(config_path)
-    from bastion.launch.replica_groups import GROUP_ENV, REPLICA_GROUPS_KEY, group_config
-
-    if REPLICA_GROUPS_KEY in config:  # --fault-tolerance torchft: this process runs one replica group's plan
-        config = group_config(config, int(os.environ.get(GROUP_ENV, "-1")))
-    world = os.environ.get("WORLD_SIZE")
-    if world is not None:  # an elastic job (launch/elastic.py) runs the plan for the world it was started in
-        from bastion.launch.elastic import prepare_worker
-
-        config = prepare_worker(config, int(world), int(os.environ.get("RANK", "0")))
-    if world is None or int(world) != config["world_size"]:
-        raise ConfigError(f"{config_path} is a run of {config['world_size']} workers, but this process's "
-                          f"WORLD_SIZE is {world}.", fix="start workers with `bastion train` or `bastion launch`.")
-    if config.get("run_dir_lock") != "launcher" and os.environ.get("RANK") == "0":
-        # a scheduler started the job (Slurm, Kubernetes): rank 0 holds the run directory until it exits (the
-        # kernel releases a flock with its process; a restarted group's new rank 0 takes it again)
-        from bastion.rundir.lock import acquire
-
-        _held.append(acquire(Path(config["train"]["run_dir"]), wait_s=_PREDECESSOR_EXIT_S))
-    from bastion.runtime.worker import run_worker
-
-    run_worker(_train_config(config))
-
-
-#: how long a scheduled job's rank 0 waits for the run directory's lock (a requeued job's predecessor may still be
-#: exiting on another node)
-_PREDECESSOR_EXIT_S = 60.0
-#: the run directory's lock, when this worker holds it (for the life of the process)
-_held: list[Any] = []
-
-
-def _train_config(config: dict[str, Any]):
-    """TrainConfig from the run config, with the model and plan it resolved (read once, by the front process)."""
-    from bastion.runtime.resilience_config import ResilienceConfig
-    from bastion.runtime.train_config import TrainConfig
-    from bastion.specs.model import model_from_mapping
-    from bastion.specs.plan import ParallelPlan
-
-    train = dict(config["train"])
-    resilience = dict(train.pop("resilience"))
-    for key in ("inject", "skip_batches"):
-        resilience[key] = tuple(resilience[key])
-    if "betas" in train:
-        train["betas"] = tuple(train["betas"])
-    train["plan"] = ParallelPlan.from_dict(config["plan"], "the run config's plan")
-    train["model"] = model_from_mapping(config["model"], "the run config's model")
-    return TrainConfig(**train, resilience=ResilienceConfig(**resilience))
+    start_worker(config_path)
 
 
 def _check_train_flags(nproc: int | None, lr: float, cluster: str | None, seed: int) -> None:

@@ -22,9 +22,8 @@ import torch
 from torch import nn
 
 from bastion.errors import PlanError
+from bastion.runtime.train_config import FP8_RECIPES
 
-#: torchao Float8LinearRecipeName values bastion accepts (the software facts' fp8_recipe names map here)
-RECIPES = ("tensorwise", "rowwise", "rowwise_with_gw_hp")
 #: the module names (last part) that stay in high precision even when they are nn.Linear
 KEEP_HIGH_PRECISION = ("output",)
 #: _scaled_mm's alignment: both GEMM dimensions of a converted layer are multiples of this
@@ -73,8 +72,8 @@ def convertible(module: nn.Module, name: str) -> bool:
 def apply_float8(part: nn.Module, recipe: str = "tensorwise", emulate: bool = False) -> int:
     """Swap the part's convertible linear layers for torchao Float8Linear (before FSDP wraps them); returns how
     many were converted."""
-    if recipe not in RECIPES:
-        raise PlanError(f"Unknown fp8 recipe '{recipe}'.", fix=f"use one of {', '.join(RECIPES)}.",
+    if recipe not in FP8_RECIPES:
+        raise PlanError(f"Unknown fp8 recipe '{recipe}'.", fix=f"use one of {', '.join(FP8_RECIPES)}.",
                         reason="bad field")
     from torchao.float8 import Float8LinearConfig, convert_to_float8_training
 

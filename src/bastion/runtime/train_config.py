@@ -21,6 +21,11 @@ def profile_steps(text: str | None) -> tuple[int, int] | None:
     return int(start), int(end)
 
 
+#: torchao Float8LinearRecipeName values bastion accepts (the software facts' fp8_recipe names map here); kept
+#: here, torch-free, so that `bastion train` checks --fp8-recipe without importing torch in the front process
+FP8_RECIPES = ("tensorwise", "rowwise", "rowwise_with_gw_hp")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run (the CLI builds it from `bastion train` options)."""
@@ -56,7 +61,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     #: torch.compile each block (the whole model on one device)
     compile: bool = False
-    #: torchao scaling recipe of an fp8 plan (runtime/float8.py)
+    #: torchao scaling recipe of an fp8 plan (runtime/float8.py): one of FP8_RECIPES
     fp8_recipe: str = "tensorwise"
     #: cluster spec used for MFU and the prediction (default cpu:<world> on CPU)
     cluster: str | None = None
