@@ -403,3 +403,72 @@ def test_the_attention_curve_is_read_at_the_layout_it_was_measured_at(tmp_path: 
     small_layout = compute.flash_attention_time(acc, "fp32", 1e9, 256, 64, "fwd") * 0.2
     tiny_layout = compute.flash_attention_time(acc, "fp32", 1e9, 64, 16, "fwd") * 0.1
     assert small_layout == pytest.approx(tiny_layout)  # time × efficiency: each at its own measured efficiency (0.2 and 0.1)
+
+
+# ---- the elementwise bandwidth by working set (cache-resident to DRAM-sized), host CPUs only ----------------
+
+#: a curve as calibrate fits it: ops of 48 KiB moved stream 4× the reference rate, 48 MiB (the reference) 1×
+_CURVE = [[48 * 2**10, 4.0], [48 * 2**20, 1.0]]
+
+
+def _with_curve() -> dict:
+    data = profile_data()
+    data["accelerator"]["elementwise_bandwidth_curve"] = _CURVE
+    return data
+
+
+def test_the_elementwise_curve_round_trips_and_sets_the_rate_by_op_size(tmp_path: Path) -> None:
+    from bastion.predict import compute
+    from bastion.specs.profile import cluster_from_profile
+
+    profile = read_profile(write(tmp_path, _with_curve()))
+    assert dict(profile.accelerator_overrides)["elementwise_bandwidth_curve"] == tuple(map(tuple, _CURVE))
+    acc = cluster_from_profile(f"cpu:4@{tmp_path / 'profile.toml'}").accelerator
+    streamed = 1e6 / 3.0e9
+    assert compute.membound_time(acc, 1e6, 48 * 2**10) == pytest.approx(streamed / 4)
+    assert compute.membound_time(acc, 1e6, 48 * 2**20) == pytest.approx(streamed)
+    # log-interpolated between the points, clamped beyond them; an unknown op size streams
+    assert compute.membound_time(acc, 1e6, 48 * 2**15) == pytest.approx(streamed / 2.5)
+    assert compute.membound_time(acc, 1e6, 1.0) == pytest.approx(streamed / 4)
+    assert compute.membound_time(acc, 1e6) == pytest.approx(streamed)
+
+
+def test_without_the_curve_or_on_a_gpu_memory_bound_work_streams_at_every_size(tmp_path: Path) -> None:
+    """A profile measured before the working-set sweep loads and costs memory-bound work as before: every op at
+    hbm_bandwidth_gbs; a GPU's memory-bound work never reads the curve."""
+    from bastion.predict import compute
+    from bastion.specs.hardware import load_accelerator
+    from bastion.specs.profile import cluster_from_profile
+
+    old = cluster_from_profile(f"cpu:4@{write(tmp_path, profile_data())}").accelerator
+    assert old.elementwise_bandwidth_curve == ()
+    for op_bytes in (0.0, 1e3, 48 * 2**10, 1e9):
+        assert compute.membound_time(old, 1e6, op_bytes) == pytest.approx(1e6 / 3.0e9)
+    gpu = replace(load_accelerator("h100-sxm"), elementwise_bandwidth_curve=tuple(map(tuple, _CURVE)))
+    assert compute.membound_time(gpu, 1e6, 48 * 2**10) == compute.membound_time(gpu, 1e6)
+
+
+def test_small_activations_make_a_profiled_hosts_memory_bound_term_cheaper(tmp_path: Path,
+                                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """tiny's micro-batch of 256 tokens: its activations' ops move 100s of KiB, read from the curve's cached end;
+    the same plan on the same profile without the curve streams them, 1.6-4× slower."""
+    plan = ("--dp", "4", "--micro-batch", "1", "--seq-len", "256")
+    cached = _estimate(str(write(tmp_path, _with_curve(), "curve.toml")), capsys, *plan)
+    streamed = _estimate(str(write(tmp_path, profile_data(), "old.toml")), capsys, *plan)
+    ratio = streamed["time"]["memory_bound"] / cached["time"]["memory_bound"]
+    assert 1.6 < ratio < 4.0
+    assert cached["time"]["compute"] == streamed["time"]["compute"]
+
+
+def test_calibrate_fits_the_curve_from_the_sweep_without_the_ops_dispatch() -> None:
+    from bastion.runtime.calibrate import SHARED_ELEMENTWISE_MIB, elementwise_bandwidth_curve
+
+    reference = 3.0 * SHARED_ELEMENTWISE_MIB * 2**20
+    dispatch = 5e-6
+    rows = [[48e3, dispatch + 48e3 / 40e9],  # cache: 40 GB/s once the op's dispatch is off
+            [4.8e5, dispatch + 4.8e5 / 4e9],  # slower than the reference by noise: held at the reference's
+            [reference, dispatch + reference / 10e9],
+            [4 * reference, dispatch + 4 * reference / 8e9]]  # past the reference: may be slower than it
+    curve = elementwise_bandwidth_curve(rows, dispatch)
+    assert [row[0] for row in curve] == [48e3, 4.8e5, reference, 4 * reference]
+    assert [row[1] for row in curve] == pytest.approx([4.0, 1.0, 1.0, 0.8], rel=1e-3)

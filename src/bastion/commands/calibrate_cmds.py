@@ -198,6 +198,7 @@ def _measure_single(settings: dict, progress: bool) -> tuple[dict, dict]:
                 raw["attention"] = cal.measure_attention(layouts, budget, repeats)
             elif name == "elementwise":
                 raw["elementwise"] = cal.measure_elementwise((4, 16) if quick else (4, 16, 32), budget, repeats)
+                raw["elementwise_working_sets"] = cal.measure_elementwise_working_sets(budget, repeats)
             elif name == "runtime blocks":
                 raw["host"] = cal.measure_host_overheads(specs[0], budget, repeats)
             else:
@@ -369,8 +370,9 @@ def _write_profile(settings: dict, measured: tuple[dict, dict], machine: dict) -
     shared = raw.pop("shared")
     raw_table = {"dispatch_s": raw["dispatch_s"], "gemm_m_k_n_s": raw["gemm"],
                  "attention_seq_headdim_heads_fwd_s_fwdbwd_s": raw["attention"],
-                 "elementwise_bytes_s": raw["elementwise"], "shared_gemm_shape": raw["shared_gemm_shape"],
-                 "shared_core_share_per_rank": shared["core_share"], "shared_elementwise_bytes_s": shared["elementwise"],
+                 "elementwise_bytes_s": raw["elementwise"],
+                 "elementwise_working_sets_bytes_s": raw["elementwise_working_sets"],
+                 "shared_gemm_shape": raw["shared_gemm_shape"], "shared_core_share_per_rank": shared["core_share"], "shared_elementwise_bytes_s": shared["elementwise"],
                  "collective_op_size_bytes_s": [row[:4] for row in shared["collectives"]],
                  # zero_stage -1: the same models without FSDP2
                  "fsdp_zero_size_layers_s": shared["fsdp"],

@@ -132,24 +132,44 @@ def ring_merge_bytes_per_token(q_width: int, kv_width: int, cp: int) -> tuple[fl
     return merges * q_width, merges * (q_width + 2 * kv_width)
 
 
-def membound_time(acc: Accelerator, effective_bytes: float) -> float:
-    """Seconds for memory-bound work of `effective_bytes` (bytes as if streamed at the full HBM bandwidth)."""
-    return effective_bytes / (acc.hbm_bandwidth_gbs * 1e9)
+def membound_time(acc: Accelerator, effective_bytes: float, op_bytes: float = 0.0) -> float:
+    """Seconds for memory-bound work of `effective_bytes` (bytes as if streamed at the full HBM bandwidth), done
+    by elementwise ops that each move about `op_bytes` (0: unknown, streamed). On a host CPU whose machine profile
+    measured the elementwise_bandwidth_curve, an op that small runs from the caches at that curve's bandwidth;
+    a GPU, a profile without the curve or an unknown size stream at hbm_bandwidth_gbs."""
+    rate = acc.hbm_bandwidth_gbs * 1e9
+    if op_bytes > 0 and is_cpu(acc):
+        rate *= cpu_curve_efficiency(acc.elementwise_bandwidth_curve, op_bytes, 1, 1.0)
+    return effective_bytes / rate
+
+
+def elementwise_op_bytes(tokens: int, width: float, precision: str) -> float:
+    """Bytes one eager elementwise op over a (tokens × width) activation moves: two operands read, one written
+    (what runtime/calibrate.py measure_elementwise_working_sets times)."""
+    return 3.0 * tokens * width * (4 if precision == "fp32" else 2)
 
 
 @lru_cache(maxsize=4096)
-def layer_membound_bytes_per_token(model: ModelSpec, tp: int, sequence_parallel: bool, precision: str,
-                                   dropout: bool) -> float:
-    """Effective bytes per token of one layer's memory-bound work, forward + backward: two norms, two residual
-    adds, the MLP activation, dropout. Norm/residual/dropout work on the full hidden state, split by tp only
-    under sequence parallelism; the MLP activation is split by tp."""
+def layer_membound_parts(model: ModelSpec, tp: int, sequence_parallel: bool, precision: str,
+                         dropout: bool) -> tuple[tuple[float, float], tuple[float, float]]:
+    """One layer's memory-bound work, forward + backward, as ((effective bytes per token, width of the
+    activation its ops run over) of the hidden-state ops, (the same) of the MLP activation). The two norms, two
+    residual adds and dropout work on the full hidden state, split by tp only under sequence parallelism; the
+    MLP activation is split by tp."""
     cal = load_calibration().membound
     h, f = model.hidden_size, model.ffn_hidden_size
     norm = interpolate_log(float(h), [float(x) for x in cal["norm_hidden"]], [float(x) for x in cal["norm_bytes"]])
     replicated = (2 * norm + cal["residual_bytes"] + (cal["dropout_bytes"] if dropout else 0.0)) * h
     act = (cal["swiglu_bytes"] if model.ffn_type == "swiglu" else cal["gelu_bytes"]) * f
-    per_token = replicated / (tp if sequence_parallel else 1) + act / tp
-    return per_token * (2.0 if precision == "fp32" else 1.0)
+    dtype = 2.0 if precision == "fp32" else 1.0
+    hidden_split = tp if sequence_parallel else 1
+    return (replicated / hidden_split * dtype, h / hidden_split), (act / tp * dtype, f / tp)
+
+
+def layer_membound_bytes_per_token(model: ModelSpec, tp: int, sequence_parallel: bool, precision: str,
+                                   dropout: bool) -> float:
+    """Effective bytes per token of one layer's memory-bound work, forward + backward (layer_membound_parts)."""
+    return sum(per_token for per_token, _ in layer_membound_parts(model, tp, sequence_parallel, precision, dropout))
 
 
 def cross_entropy_bytes_per_token(model: ModelSpec, tp: int, fused: bool) -> float:

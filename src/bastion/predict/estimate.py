@@ -448,10 +448,12 @@ def _layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: i
     gemm_fwd = _layer_gemm_fwd_time(model, cluster, plan, tokens, options.fp8_recipe)
     attn_fwd, attn_fwdbwd = attention_times(model, cluster, plan, seq_len, options)
     layer_compute = 3 * gemm_fwd + attn_fwdbwd
-    membound_per_token = compute.layer_membound_bytes_per_token(model, plan.tp, plan.sequence_parallel,
-                                                                plan.precision, options.dropout)
+    # (effective bytes per token, activation width) of the hidden-state ops and of the MLP activation
+    membound_parts = list(compute.layer_membound_parts(model, plan.tp, plan.sequence_parallel, plan.precision,
+                                                       options.dropout))
     if options.compiled:
-        membound_per_token *= load_calibration().membound["compiled_layer_membound_fraction"]
+        fraction = load_calibration().membound["compiled_layer_membound_fraction"]
+        membound_parts = [(per_token * fraction, width) for per_token, width in membound_parts]
     routed = None
     if model.num_experts:
         imbalance, _ = moe.imbalance(model, options)
@@ -462,11 +464,16 @@ def _layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: i
         # the per-token membound above counts a dense MLP's activation; an MoE layer runs its shared experts' on
         # every token (the routed experts' is in the routed cost)
         dtype = 2.0 if plan.precision == "fp32" else 1.0
-        membound_per_token += dtype * (moe.mlp_activation_bytes_per_token(model, _mlp_width(model))
-                                       - moe.mlp_activation_bytes_per_token(model, model.ffn_hidden_size)) / plan.tp
+        (act_per_token, act_width) = membound_parts[1]
+        membound_parts[1] = (act_per_token + dtype * (moe.mlp_activation_bytes_per_token(model, _mlp_width(model))
+                                                      - moe.mlp_activation_bytes_per_token(
+                                                          model, model.ffn_hidden_size)) / plan.tp, act_width)
         gemm_fwd += routed.gemm_fwd
         layer_compute += 3 * routed.gemm_fwd
-    layer_membound = (compute.membound_time(acc, tokens * membound_per_token)
+    # each op's size decides, on a host CPU with a measured curve, whether it streams from the caches
+    layer_membound = (sum(compute.membound_time(acc, tokens * per_token,
+                                                compute.elementwise_op_bytes(tokens, width, plan.precision))
+                          for per_token, width in membound_parts)
                       + _layer_fp8_cast_time(model, cluster, plan, tokens, options.fp8_recipe)
                       + (routed.membound if routed else 0.0))
     if plan.recompute == "full":
@@ -548,7 +555,8 @@ def _head_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: in
     head_precision = "bf16" if plan.precision == "fp8" else plan.precision
     head_fwd = compute.gemm_time(acc, head_precision, tokens, model.hidden_size, model.vocab_size // plan.tp)
     return 3 * head_fwd, compute.membound_time(acc, tokens * compute.cross_entropy_bytes_per_token(
-        model, plan.tp, options.fused_cross_entropy))
+        model, plan.tp, options.fused_cross_entropy), compute.elementwise_op_bytes(
+        tokens, model.vocab_size / plan.tp, head_precision))
 
 
 @lru_cache(maxsize=16384)

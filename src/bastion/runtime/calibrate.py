@@ -261,6 +261,41 @@ def measure_elementwise(sizes_mib: tuple[int, ...], budget_s: float,
     return rows
 
 
+#: operand sizes of the working-set sweep on a host CPU, KiB: from inside a core's L2 to well past the L3 (a
+#: `tiny` block's activations are tens of KiB, a large model's micro-batch many MiB); SHARED_ELEMENTWISE_MIB
+#: among them is the rate the profile's hbm_bandwidth_gbs is measured at, which the curve is relative to
+ELEMENTWISE_WORKING_SETS_KIB = (16, 64, 256, 1024, 4096, 16384, 65536)
+#: the operand size every rank streams at once in measure_shared (the node's memory bandwidth)
+SHARED_ELEMENTWISE_MIB = 16
+
+
+def measure_elementwise_working_sets(budget_s: float, repeats: Repeats | None = None) -> list[list[float]]:
+    """[bytes moved, CPU seconds] of the eager multiply of `measure_elementwise` at every operand size of
+    ELEMENTWISE_WORKING_SETS_KIB, one process: a small op's operands stay in the caches and stream faster than
+    DRAM allows (fit_profile turns these into the profile's elementwise_bandwidth_curve)."""
+    rows = []
+    for kib in ELEMENTWISE_WORKING_SETS_KIB:
+        n = kib * 2**10 // CPU.element_bytes
+        a, b = CPU.tensor(n), CPU.tensor(n)
+        rows.append([3.0 * n * CPU.element_bytes,
+                     CPU.median_time(lambda a=a, b=b: a * b, budget_s, f"elementwise {kib} KiB", repeats)])
+        del a, b
+    return rows
+
+
+def elementwise_bandwidth_curve(rows: list[list[float]], dispatch_s: float) -> list[list[float]]:
+    """[bytes moved, bandwidth / the bandwidth at SHARED_ELEMENTWISE_MIB] from `measure_elementwise_working_sets`
+    rows. One op's dispatch (`dispatch_s`) comes off each time: the profile's layer_s and micro_batch_s already
+    charge it, and at tens of KiB it is most of the op's time. The bandwidth never falls below the reference
+    size's in the curve's cache-resident part, so a noisy small repeat cannot make a small op dearer than
+    streaming it from DRAM."""
+    reference_bytes = 3.0 * SHARED_ELEMENTWISE_MIB * 2**20
+    rates = {nbytes: nbytes / max(t - dispatch_s, t * 0.05) for nbytes, t in rows}
+    reference = rates.get(reference_bytes) or min(rates.values())
+    return [[nbytes, max(1.0, rate / reference) if nbytes < reference_bytes else rate / reference]
+            for nbytes, rate in sorted(rates.items())]
+
+
 def measure_checkpoint_io(directory: Path, mib: int, budget_s: float,
                           repeats: Repeats | None = None, device: Device | None = None) -> dict[str, float]:
     """Write and read bandwidth, bytes/s, of `torch.save` / `torch.load` of a `mib` MiB state to a file in
@@ -733,7 +768,7 @@ def measure_ranks(rank: int, world: int, config: dict[str, Any], hosts: list[str
         shares.append(core_share(lambda: a @ b, max(0.4, budget * 10)))
     result["core_share"] = shares
     dist.barrier()
-    result["elementwise"] = measure_elementwise((16,), budget * 2)
+    result["elementwise"] = measure_elementwise((SHARED_ELEMENTWISE_MIB,), budget * 2)
     if world % 2 == 0:
         result["tensor_parallel"] = measure_tensor_parallel(config["probe_model"], world,
                                                             3 * config["collective_reps"])
@@ -1156,6 +1191,9 @@ def fit_profile(raw: dict[str, Any], peak_flops_core: float, host_cores: int) ->
             "background_load": background,
             "gemm_efficiency_curve": [[f, e] for f, e in sorted(gemm.items())],
             "attention_efficiency_curve": [[x, *effs] for x, effs in sorted(attention.items())],
+            # absent from a profile measured before the sweep: memory-bound work at hbm_bandwidth_gbs, any size
+            **({"elementwise_bandwidth_curve": elementwise_bandwidth_curve(raw["elementwise_working_sets"], dispatch)}
+               if raw.get("elementwise_working_sets") else {}),
         },
         "host": host,
         "collective": collectives,
