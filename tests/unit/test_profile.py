@@ -461,14 +461,13 @@ def test_small_activations_make_a_profiled_hosts_memory_bound_term_cheaper(tmp_p
 
 
 def test_calibrate_fits_the_curve_from_the_sweep_without_the_ops_dispatch() -> None:
-    from bastion.runtime.calibrate import SHARED_ELEMENTWISE_MIB, elementwise_bandwidth_curve
+    from bastion.runtime.calibrate import elementwise_bandwidth_curve
 
-    reference = 3.0 * SHARED_ELEMENTWISE_MIB * 2**20
     dispatch = 5e-6
     rows = [[48e3, dispatch + 48e3 / 40e9],  # cache: 40 GB/s once the op's dispatch is off
-            [4.8e5, dispatch + 4.8e5 / 4e9],  # slower than the reference by noise: held at the reference's
-            [reference, dispatch + reference / 10e9],
-            [4 * reference, dispatch + 4 * reference / 8e9]]  # past the reference: may be slower than it
+            [4.8e6, dispatch + 4.8e6 / 20e9],
+            [4.8e7, dispatch + 4.8e7 / 3e9],  # slower than DRAM by noise: held at DRAM's rate
+            [1.9e8, dispatch + 1.9e8 / 4e9]]  # the largest: DRAM
     curve = elementwise_bandwidth_curve(rows, dispatch)
-    assert [row[0] for row in curve] == [48e3, 4.8e5, reference, 4 * reference]
-    assert [row[1] for row in curve] == pytest.approx([4.0, 1.0, 1.0, 0.8], rel=1e-3)
+    assert [row[0] for row in curve] == [48e3, 4.8e6, 4.8e7, 1.9e8]
+    assert [row[1] for row in curve] == pytest.approx([10.0, 5.0, 1.0, 1.0], rel=1e-3)

@@ -261,12 +261,9 @@ def measure_elementwise(sizes_mib: tuple[int, ...], budget_s: float,
     return rows
 
 
-#: operand sizes of the working-set sweep on a host CPU, KiB: from inside a core's L2 to well past the L3 (a
-#: `tiny` block's activations are tens of KiB, a large model's micro-batch many MiB); SHARED_ELEMENTWISE_MIB
-#: among them is the rate the profile's hbm_bandwidth_gbs is measured at, which the curve is relative to
+#: operand sizes of the working-set sweep on a host CPU, KiB: from inside a core's L2 to past the L3 (a `tiny`
+#: block's activations are tens of KiB, a large model's micro-batch many MiB); the largest streams from DRAM
 ELEMENTWISE_WORKING_SETS_KIB = (16, 64, 256, 1024, 4096, 16384, 65536)
-#: the operand size every rank streams at once in measure_shared (the node's memory bandwidth)
-SHARED_ELEMENTWISE_MIB = 16
 
 
 def measure_elementwise_working_sets(budget_s: float, repeats: Repeats | None = None) -> list[list[float]]:
@@ -284,16 +281,15 @@ def measure_elementwise_working_sets(budget_s: float, repeats: Repeats | None = 
 
 
 def elementwise_bandwidth_curve(rows: list[list[float]], dispatch_s: float) -> list[list[float]]:
-    """[bytes moved, bandwidth / the bandwidth at SHARED_ELEMENTWISE_MIB] from `measure_elementwise_working_sets`
-    rows. One op's dispatch (`dispatch_s`) comes off each time: the profile's layer_s and micro_batch_s already
-    charge it, and at tens of KiB it is most of the op's time. The bandwidth never falls below the reference
-    size's in the curve's cache-resident part, so a noisy small repeat cannot make a small op dearer than
-    streaming it from DRAM."""
-    reference_bytes = 3.0 * SHARED_ELEMENTWISE_MIB * 2**20
+    """[bytes moved, bandwidth / the largest size's] from `measure_elementwise_working_sets` rows. The largest
+    size streams from DRAM, as the shared ranks' 16 MiB each do together (hbm_bandwidth_gbs: one rank's CPU-time
+    rate there, 4.6-5.4 GB/s on the 2026-12-07 profile, against 4.1 GB/s of one process at 64 MiB at load 50),
+    so the ratio carries the profile's DRAM rate to a cache-resident op. One op's dispatch (`dispatch_s`) comes
+    off each time: the profile's layer_s and micro_batch_s already charge it, and at tens of KiB it is most of
+    the op's time. No size is taken slower than DRAM (a noisy repeat cannot make a small op dearer)."""
     rates = {nbytes: nbytes / max(t - dispatch_s, t * 0.05) for nbytes, t in rows}
-    reference = rates.get(reference_bytes) or min(rates.values())
-    return [[nbytes, max(1.0, rate / reference) if nbytes < reference_bytes else rate / reference]
-            for nbytes, rate in sorted(rates.items())]
+    dram = rates[max(rates)]
+    return [[nbytes, max(1.0, rate / dram)] for nbytes, rate in sorted(rates.items())]
 
 
 def measure_checkpoint_io(directory: Path, mib: int, budget_s: float,
@@ -768,7 +764,7 @@ def measure_ranks(rank: int, world: int, config: dict[str, Any], hosts: list[str
         shares.append(core_share(lambda: a @ b, max(0.4, budget * 10)))
     result["core_share"] = shares
     dist.barrier()
-    result["elementwise"] = measure_elementwise((SHARED_ELEMENTWISE_MIB,), budget * 2)
+    result["elementwise"] = measure_elementwise((16,), budget * 2)
     if world % 2 == 0:
         result["tensor_parallel"] = measure_tensor_parallel(config["probe_model"], world,
                                                             3 * config["collective_reps"])

@@ -83,8 +83,8 @@ class Accelerator:
     #: matmul_efficiency
     attention_efficiency_curve: tuple[tuple[float, ...], ...] = ()
     #: measured by `bastion calibrate` on a host CPU: (bytes one eager elementwise op moves, its bandwidth / the
-    #: rate hbm_bandwidth_gbs was measured at) from cache-resident to DRAM-sized operands, interpolated in log
-    #: bytes; empty = hbm_bandwidth_gbs at every size (predict/compute.py membound_time)
+    #: bandwidth streaming from DRAM, ≥ 1) from cache-resident to DRAM-sized operands, interpolated in log bytes;
+    #: empty = hbm_bandwidth_gbs at every size (predict/compute.py membound_time)
     elementwise_bandwidth_curve: tuple[tuple[float, ...], ...] = ()
     #: measured by `bastion calibrate` on a GPU, never in the catalog: (m, k, n, fraction of the bf16 datasheet
     #: peak) of GEMMs at the predictor's shapes; replaces the H200 curve's level scaled by datasheet ratios
