@@ -52,6 +52,11 @@ def test_a_real_profile_reads_back_with_what_the_predictor_uses(profile: Path) -
     assert sorted((u.zero_stage, u.group_size) for u in read.fsdp_units) == [(0, 2), (2, 2), (3, 2)]
     assert all(u.unit_s >= 0 and u.root_s >= 0 for u in read.fsdp_units)
     assert "model x3 fsdp zero 3, groups of 2 of 2 ranks" in repeats
+    # the elementwise sweep, cache-resident to DRAM-sized, relative to its largest (DRAM) size
+    curve = dict(read.accelerator_overrides)["elementwise_bandwidth_curve"]
+    swept = tomllib.loads(profile.read_text())["raw"]["elementwise_working_sets_bytes_s"]
+    assert [row[0] for row in curve] == [row[0] for row in swept] and len(curve) >= 5 and curve[-1][1] == 1.0
+    assert all(ratio >= 1.0 for _, ratio in curve) and "elementwise 16 KiB" in repeats
 
 
 def test_compare_finds_the_edited_measurement(profile: Path, tmp_path: Path, capsys) -> None:

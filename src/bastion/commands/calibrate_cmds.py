@@ -380,7 +380,8 @@ def _write_profile(settings: dict, measured: tuple[dict, dict], machine: dict) -
     _save_profile(out, {"machine": machine, **fitted, "raw": raw_table, "repeats": repeats})
     a, h = fitted["accelerator"], fitted["host"]
     typer.echo(f"wrote {out}: GEMM {a['matmul_efficiency']:.2f} of a core's peak at the largest shape, "
-               f"memory {a['hbm_bandwidth_gbs']:.2g} GB/s, background load {a['background_load']:.1f}, "
+               f"memory {a['hbm_bandwidth_gbs']:.2g} GB/s (cache-resident elementwise up to "
+               f"{max(r for _, r in a['elementwise_bandwidth_curve']):.1f}x), background load {a['background_load']:.1f}, "
                f"block dispatch {1e3 * h['layer_s']:.2f} ms (+{1e3 * h['layer_tp_s']:.2f} DTensor, "
                f"+{1e3 * h['layer_fsdp_s']:.2f} FSDP), process start {h['process_start_s']:.1f} s, "
                f"checkpoint write {h['checkpoint_write_gbs']:.2g} GB/s / read {h['checkpoint_read_gbs']:.2g} GB/s "

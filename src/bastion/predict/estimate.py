@@ -900,6 +900,8 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
             "tensor) measured; tensor-parallel collectives per block counted as the runtime issues them"
             + ("; FSDP2's fixed cost per unit (hooks, collective latency, waiting) measured on real groups, its "
                "collectives adding only their bytes" if node.profile.fsdp_units else "")
+            + ("; each elementwise op at the bandwidth measured for its size (cache-resident to DRAM)"
+               if acc.elementwise_bandwidth_curve else "")
             if node.profile and not is_gpu else ""),
         (f"attention: fused flash kernel '{options.attention_kernel}' (causal blocks skipped, no s×s scores stored)"
          + (f", at most {options.attention_efficiency_cap:g} of the bf16 peak"
