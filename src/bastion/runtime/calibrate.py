@@ -250,13 +250,19 @@ def measure_elementwise(sizes_mib: tuple[int, ...], budget_s: float,
                         repeats: Repeats | None = None, device: Device | None = None) -> list[list[float]]:
     """[bytes moved, seconds] of an eager multiply into a fresh tensor (two reads, one write), as eager training
     runs its norms, activations and residuals."""
-    device = device or CPU
+    return _elementwise_rows({f"elementwise {mib} MiB": mib * 2**20 for mib in sizes_mib}, budget_s, repeats,
+                             device or CPU)
+
+
+def _elementwise_rows(operand_bytes: dict[str, int], budget_s: float, repeats: Repeats | None,
+                      device: Device) -> list[list[float]]:
+    """[bytes moved, seconds] of the multiply on operands of each size, its repeats kept under its name."""
     rows = []
-    for mib in sizes_mib:
-        n = mib * 2**20 // device.element_bytes
+    for name, size in operand_bytes.items():
+        n = size // device.element_bytes
         a, b = device.tensor(n), device.tensor(n)
         rows.append([3.0 * n * device.element_bytes,
-                     device.median_time(lambda a=a, b=b: a * b, budget_s, f"elementwise {mib} MiB", repeats)])
+                     device.median_time(lambda a=a, b=b: a * b, budget_s, name, repeats)])
         del a, b
     return rows
 
@@ -270,14 +276,8 @@ def measure_elementwise_working_sets(budget_s: float, repeats: Repeats | None = 
     """[bytes moved, CPU seconds] of the eager multiply of `measure_elementwise` at every operand size of
     ELEMENTWISE_WORKING_SETS_KIB, one process: a small op's operands stay in the caches and stream faster than
     DRAM allows (fit_profile turns these into the profile's elementwise_bandwidth_curve)."""
-    rows = []
-    for kib in ELEMENTWISE_WORKING_SETS_KIB:
-        n = kib * 2**10 // CPU.element_bytes
-        a, b = CPU.tensor(n), CPU.tensor(n)
-        rows.append([3.0 * n * CPU.element_bytes,
-                     CPU.median_time(lambda a=a, b=b: a * b, budget_s, f"elementwise {kib} KiB", repeats)])
-        del a, b
-    return rows
+    return _elementwise_rows({f"elementwise {kib} KiB": kib * 2**10 for kib in ELEMENTWISE_WORKING_SETS_KIB},
+                             budget_s, repeats, CPU)
 
 
 def elementwise_bandwidth_curve(rows: list[list[float]], dispatch_s: float) -> list[list[float]]:
