@@ -1,11 +1,11 @@
 """Expert parallelism trains exactly like one process: tiny-moe (first layer dense, 8 experts, top-2, one shared
 expert, aux loss) under ep2, ep4, ep2 × dp2 with ZeRO-3, ep2 × tp2 (with and without sequence parallelism),
 ep4 carved from dp2 × cp2, ep2 × pp2, and ep groups folded over tp ranks (Megatron-Core's parallel folding: tp2
-ep2 sp, tp2 ep4 dp2 sp), against the independent single-process fp32 reference; per-step loss and final
-parameters within 1e-5 (cp2 × tp2 with sp, with and without ep, for one step only: see ONE_STEP), each rank's parameter/gradient/optimizer bytes equal to the predictor's
-`model_state_bytes` (routed experts split over ep, then sharded over the expert-data-parallel ranks), and the
-logged aux loss the same under every plan (a rank that routes only a shard of each sequence still computes the
-whole sequence's)."""
+ep2 sp, tp2 ep4 dp2 sp), and cp2 × tp2 with sp (with and without ep2) for one step only (see ONE_STEP), against
+the independent single-process fp32 reference; per-step loss and final parameters within 1e-5, each rank's
+parameter/gradient/optimizer bytes equal to the predictor's `model_state_bytes` (routed experts split over ep,
+then sharded over the expert-data-parallel ranks), and the logged aux loss the same under every plan (a rank
+that routes only a shard of each sequence still computes the whole sequence's)."""
 
 from __future__ import annotations
 
