@@ -1,7 +1,8 @@
 """Run several training cases in one torchrun launch (start-up costs 10-15 s per launch on 2 cores).
 
 Usage (helpers/equivalence.run_cases): torchrun --nproc-per-node N equivalence_worker.py CASES.json
-CASES.json: {"data": DIR, "steps": N, "cases": [{"name", "model", "plan", "run_dir", "data"?, "options"?}, ...]}. Each case is a full
+CASES.json: {"data": DIR, "steps": N, "cases": [{"name", "model", "plan", "run_dir", "data"?, "steps"?,
+"options"?}, ...]} (a case's "steps" overrides N). Each case is a full
 `bastion.runtime.train.train` run in the same process group; rank 0 writes summary.json and final_params.pt.
 """
 
@@ -44,8 +45,8 @@ def main(cases_path: str) -> None:
     def cases() -> None:
         for case in spec["cases"]:
             train(TrainConfig(model=case["model"], plan=case["plan"], data=case.get("data", spec["data"]),
-                              steps=spec["steps"], run_dir=case["run_dir"], seed=spec.get("seed", 0),
-                              progress=False, save_final_params=True,
+                              steps=case.get("steps", spec["steps"]), run_dir=case["run_dir"],
+                              seed=spec.get("seed", 0), progress=False, save_final_params=True,
                               **{"resilience": REFERENCE_RUN, **case.get("options", {})}))
 
     run_in_group(cases)

@@ -1,18 +1,18 @@
 """Expert parallelism trains exactly like one process: tiny-moe (first layer dense, 8 experts, top-2, one shared
 expert, aux loss) under ep2, ep4, ep2 × dp2 with ZeRO-3, ep2 × tp2 (with and without sequence parallelism),
 ep4 carved from dp2 × cp2, ep2 × pp2, and ep groups folded over tp ranks (Megatron-Core's parallel folding: tp2
-ep2 sp, tp2 ep4 dp2 sp), against the independent single-process fp32 reference; per-step loss and final
-parameters within 1e-5, each rank's parameter/gradient/optimizer bytes equal to the predictor's
-`model_state_bytes` (routed experts split over ep, then sharded over the expert-data-parallel ranks), and the
-logged aux loss the same under every plan (a rank that routes only a shard of each sequence still computes the
-whole sequence's)."""
+ep2 sp, tp2 ep4 dp2 sp), and cp2 × tp2 with sp (with and without ep2) for one step only (see ONE_STEP), against
+the independent single-process fp32 reference; per-step loss and final parameters within 1e-5, each rank's
+parameter/gradient/optimizer bytes equal to the predictor's `model_state_bytes` (routed experts split over ep,
+then sharded over the expert-data-parallel ranks), and the logged aux loss the same under every plan (a rank
+that routes only a shard of each sequence still computes the whole sequence's)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from helpers.equivalence import FP32, MOE_PARAM_TOLERANCE, check_group, declare
+from helpers.equivalence import FP32, MOE_PARAM_TOLERANCE, check_group, declare, reference_run, well_conditioned
 
 pytestmark = [pytest.mark.dist, pytest.mark.timeout(1800)]
 
@@ -43,24 +43,42 @@ WORLD4 = declare(4, {
     "moe-tp2-ep4-dp2-sp-folded-zero3": dict(dp=2, tp=2, ep=4, sequence_parallel=True, zero_stage=3,
                                             micro_batch=2, global_batch=8, **FP32),
 }, MODEL)
+#: cp2 × tp2 for one step only: over 6 steps it drifts past 1e-5 (loss 1.9e-5 by step 6) because at step 2 a
+#: routing near-tie (layer 3, two experts' scores 1.2e-7 apart) flips under fp32 reduction-order noise, and every
+#: later difference follows from the flip; step 1 agrees to 3e-7 relative (aux loss, per-expert counts and
+#: probabilities, router gradients), so its loss and the parameters after it are held to the dense tolerance
+#: (those AdamW's first step leaves insensitive to fp32 noise: helpers.equivalence.CONDITIONED_EPS)
+ONE_STEP = declare(4, {
+    # sp with cp: each rank routes a quarter of each sequence; the aux loss needs the whole sequence's counts
+    "moe-cp2-tp2-sp-zero3-1step": dict(cp=2, tp=2, sequence_parallel=True, zero_stage=3, micro_batch=2,
+                                       global_batch=8, **FP32),
+    # ep carved from cp (dp × cp = 2): the two cp ranks of a tp rank split the experts
+    "moe-ep2-cp2-tp2-sp-zero3-1step": dict(cp=2, tp=2, ep=2, sequence_parallel=True, zero_stage=3,
+                                           micro_batch=2, global_batch=8, **FP32),
+}, MODEL, steps=1)
+
+
+def _step_records(result) -> list[dict]:  # noqa: ANN001
+    from bastion.rundir.metrics import read_records
+    from bastion.rundir.records import is_step
+
+    return [r for r in read_records(Path(result.summary["config"]["run_dir"])) if is_step(r)]
 
 
 def _check_routing_logged(results: dict) -> None:
+    """Each step routed every token of every MoE layer, and each step's logged aux loss is the same under every
+    plan of `results` (over the steps they share)."""
     aux_losses = {}
     for name, result in results.items():
-        run_dir = Path(result.summary["config"]["run_dir"])
-        from bastion.rundir.metrics import read_records
-        from bastion.rundir.records import is_step
-
-        steps = [r for r in read_records(run_dir) if is_step(r)]
-        assert len(steps) == 6, name
+        steps = _step_records(result)
+        assert len(steps) == result.summary["config"]["steps"], name
         for record in steps:  # every routed choice of every MoE layer is counted once
             assert sum(record["expert_tokens"]) == 3 * 8 * 64 * 2, name
             assert record["expert_imbalance"] >= 1.0 and record["moe_aux_loss"] > 0, name
         aux_losses[name] = [record["moe_aux_loss"] for record in steps]
-    first = next(iter(aux_losses.values()))
+    first = max(aux_losses.values(), key=len)
     for name, losses in aux_losses.items():  # the whole sequences' loss, however the tokens were split
-        assert losses == pytest.approx(first, rel=1e-5), name
+        assert losses == pytest.approx(first[:len(losses)], rel=1e-5), name
 
 
 def test_expert_parallel_on_2_processes(equivalence_runs, equivalence_reference):
@@ -73,6 +91,19 @@ def test_expert_parallel_with_zero_and_pipeline_on_4_processes(equivalence_runs,
     results = equivalence_runs(WORLD4)
     check_group(results, equivalence_reference(MODEL), MODEL, param_tolerance=MOE_PARAM_TOLERANCE)
     _check_routing_logged(results)
+
+
+def test_context_and_tensor_parallel_first_step_trains_like_one_process(equivalence_runs, token_data):
+    results = equivalence_runs(ONE_STEP)
+    gradients = []
+    reference = reference_run(token_data, MODEL, global_batch=8, steps=1, gradients=gradients)
+    check_group(results, reference, MODEL, compared=well_conditioned(gradients[0]))
+    # against the 6-step plans' first step too: the same aux loss, and each expert got the same tokens
+    six_steps = equivalence_runs(WORLD4)
+    _check_routing_logged(results | six_steps)
+    first_counts = _step_records(six_steps["moe-ep2-tp2-sp"])[0]["expert_tokens"]
+    for name, result in results.items():
+        assert _step_records(result)[0]["expert_tokens"] == first_counts, name
 
 
 def test_quick_moe_demo_trains_an_expert_parallel_plan(tmp_path):

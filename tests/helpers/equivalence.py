@@ -26,11 +26,11 @@ class CaseResult:
 
 def run_cases(tmp_path: Path, data: Path, world: int, cases: dict[str, dict], model: str = "tiny",
               steps: int = STEPS, timeout: int = 900, models: dict[str, str] | None = None,
-              worker: Path = WORKER) -> dict[str, CaseResult]:
+              worker: Path = WORKER, case_steps: dict[str, int] | None = None) -> dict[str, CaseResult]:
     """Run every plan of `cases` (name -> plan dict) in one torchrun launch of `world` processes.
 
-    `models` (case name -> model preset or file) overrides `model` for some cases; `worker` is the script
-    torchrun starts (equivalence_worker.py or one that wraps it)."""
+    `models` (case name -> model preset or file) and `case_steps` (case name -> steps) override `model` and
+    `steps` for some cases; `worker` is the script torchrun starts (equivalence_worker.py or one that wraps it)."""
     import torch
 
     from bastion.specs.plan import ParallelPlan
@@ -39,7 +39,7 @@ def run_cases(tmp_path: Path, data: Path, world: int, cases: dict[str, dict], mo
     for name, plan in cases.items():
         plan_path = ParallelPlan(**plan).save(tmp_path / f"{name}.json")
         entries.append({"name": name, "model": (models or {}).get(name, model), "plan": str(plan_path),
-                        "run_dir": str(tmp_path / name)})
+                        "run_dir": str(tmp_path / name), "steps": (case_steps or {}).get(name, steps)})
     cases_path = tmp_path / "cases.json"
     cases_path.write_text(json.dumps({"data": str(data), "steps": steps, "cases": entries}))
     env = dict(os.environ, OMP_NUM_THREADS="1", TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
@@ -68,6 +68,7 @@ class DeclaredCase:
     world: int
     plan: dict
     model: str
+    steps: int = STEPS
 
 
 #: every case the collected test modules declared (name -> case): `SharedLaunches` runs them all, one torchrun
@@ -75,13 +76,15 @@ class DeclaredCase:
 DECLARED: dict[str, DeclaredCase] = {}
 
 
-def declare(world: int, cases: dict[str, dict], model: str = "tiny", models: dict[str, str] | None = None
-            ) -> dict[str, dict]:
-    """Declare `cases` (name -> plan dict, trained on `world` processes; `models` overrides `model` per case) for
-    the session's shared launches, at a test module's import (collection ends before any test runs, so the first
-    launch of a world size holds every collected module's cases). Returns `cases`."""
+def declare(world: int, cases: dict[str, dict], model: str = "tiny", models: dict[str, str] | None = None,
+            steps: int = STEPS) -> dict[str, dict]:
+    """Declare `cases` (name -> plan dict, trained on `world` processes for `steps` steps; `models` overrides
+    `model` per case) for the session's shared launches, at a test module's import (collection ends before any
+    test runs, so the first launch of a world size holds every collected module's cases). Compare a case of
+    fewer steps than STEPS with the reference of as many (`reference_run(steps=...)`: the lr schedule depends on
+    the run's length). Returns `cases`."""
     for name, plan in cases.items():
-        case = DeclaredCase(world, plan, (models or {}).get(name, model))
+        case = DeclaredCase(world, plan, (models or {}).get(name, model), steps)
         assert DECLARED.get(name, case) == case, f"two equivalence cases named {name!r}"
         DECLARED[name] = case
     return cases
@@ -112,15 +115,17 @@ class SharedLaunches:
         try:
             self._results[world] = run_cases(
                 self.root / f"world{world}", self.data, world, {name: case.plan for name, case in cases.items()},
-                models={name: case.model for name, case in cases.items()}, timeout=300 + 60 * len(cases))
+                models={name: case.model for name, case in cases.items()}, timeout=300 + 60 * len(cases),
+                case_steps={name: case.steps for name, case in cases.items()})
         except AssertionError as failure:
             self._failures[world] = str(failure)
             raise
 
 
-def reference_run(data: Path, model: str, global_batch: int, steps: int = STEPS, seed: int = 0
-                  ) -> tuple[list[float], dict]:
-    """Single-process fp32 training with the same model init, data order and hyper-parameters."""
+def reference_run(data: Path, model: str, global_batch: int, steps: int = STEPS, seed: int = 0,
+                  gradients: list[dict] | None = None) -> tuple[list[float], dict]:
+    """Single-process fp32 training with the same model init, data order and hyper-parameters; `gradients`, when
+    given, receives each step's clipped gradients (name -> tensor)."""
     import torch
 
     from bastion.runtime.data import GlobalSampler, open_dataset
@@ -138,7 +143,7 @@ def reference_run(data: Path, model: str, global_batch: int, steps: int = STEPS,
     no_decay = [p for p in net.parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": defaults.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=defaults.lr, betas=(0.9, 0.95), eps=1e-8)
+                                  lr=defaults.lr, betas=defaults.betas, eps=defaults.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, steps, defaults.warmup_steps, defaults.min_lr_ratio))
     sampler = GlobalSampler(open_dataset(data, spec.seq_len, spec.vocab_size), global_batch, seed)
@@ -150,6 +155,8 @@ def reference_run(data: Path, model: str, global_batch: int, steps: int = STEPS,
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), defaults.max_grad_norm)
+        if gradients is not None:
+            gradients.append({name: p.grad.detach().clone() for name, p in net.named_parameters()})
         optimizer.step()
         scheduler.step()
         _update_routing_biases(net)
@@ -174,13 +181,34 @@ def _update_routing_biases(net) -> None:  # noqa: ANN001
             block.reset_stats()
 
 
-def max_differences(result: CaseResult, ref_losses: list[float], ref_params: dict) -> tuple[float, float]:
+def max_differences(result: CaseResult, ref_losses: list[float], ref_params: dict, compared: dict | None = None
+                    ) -> tuple[float, float]:
+    """The largest loss and parameter differences from the reference; `compared` (name -> boolean mask) limits
+    the parameter comparison to some elements."""
     losses = result.summary["losses"]
     assert len(losses) == len(ref_losses)
     loss_diff = max(abs(a - b) for a, b in zip(losses, ref_losses, strict=True))
     assert set(result.params) == set(ref_params), "parameter names differ from the plain model's"
-    param_diff = max(float((result.params[n] - ref_params[n]).abs().max()) for n in ref_params)
-    return loss_diff, param_diff
+    diffs = {n: (result.params[n] - ref_params[n]).abs() for n in ref_params}
+    if compared is not None:
+        diffs = {n: diff.masked_fill(~compared[n], 0) for n, diff in diffs.items()}
+    return loss_diff, max(float(diff.max()) for diff in diffs.values())
+
+
+#: AdamW's first step moves each element by lr · g / (|g| + eps), g its clipped gradient: where |g| is within a
+#: few eps of zero the step moves by up to lr / eps times the gradient's fp32 reduction noise (measured
+#: 2026-12-07: one element of layer 2's wv, g = -1.2e-9, 2.4e-5 off under tiny-moe ep2 × cp2 × tp2 while every
+#: element with |g| >= 10 eps was within 8e-8). A one-step comparison checks the elements with |g| at least this
+#: many eps (97% of tiny-moe's; a doubled aux-loss coefficient moves 1334 of them by more than 1e-5)
+CONDITIONED_EPS = 10
+
+
+def well_conditioned(gradients: dict) -> dict:
+    """The elements (name -> boolean mask) whose first AdamW step is insensitive to fp32 noise in `gradients`
+    (reference_run's clipped gradients of step 1): |g| >= CONDITIONED_EPS · eps."""
+    from bastion.runtime.train_config import TrainConfig
+
+    return {name: grad.abs() >= CONDITIONED_EPS * TrainConfig.eps for name, grad in gradients.items()}
 
 
 #: the plans of the equivalence tests train in fp32, as the reference does
@@ -211,14 +239,15 @@ def record(results: dict) -> None:
 
 
 def check_group(results: dict, reference: tuple[list[float], dict], model: str = "tiny",
-                param_tolerance: float = TOLERANCE, state_bytes: bool = True) -> None:
-    """Every run of `results` matches the single-process `reference` within TOLERANCE, and (`state_bytes`) each
-    rank's parameter / gradient / optimizer bytes equal the predictor's `model_state_bytes`; the differences are
-    recorded."""
+                param_tolerance: float = TOLERANCE, state_bytes: bool = True, compared: dict | None = None
+                ) -> None:
+    """Every run of `results` matches the single-process `reference` within TOLERANCE (the parameters'
+    `compared` elements, max_differences), and (`state_bytes`) each rank's parameter / gradient / optimizer bytes
+    equal the predictor's `model_state_bytes`; the differences are recorded."""
     ref_losses, ref_params = reference
     found = {}
     for name, result in results.items():
-        loss_diff, param_diff = max_differences(result, ref_losses, ref_params)
+        loss_diff, param_diff = max_differences(result, ref_losses, ref_params, compared)
         found[name] = {"max_loss_diff": loss_diff, "max_param_diff": param_diff,
                        "losses": result.summary["losses"]}
         print(f"{name:32s} max |loss - ref| {loss_diff:.2e}   max |param - ref| {param_diff:.2e}")
