@@ -23,6 +23,9 @@ MAX_SEQ_LEN = 2**24
 MAX_LAYERS = 2**14
 #: widths: hidden, FFN, head dim, vocabulary, head and expert counts
 MAX_WIDTH = 2**24
+#: tokens of one training job the scheduling simulator replays (the largest published runs train on ~4e13; the
+#: simulator draws each failure of a job, so their number, and its run time, grow with the tokens)
+MAX_JOB_TOKENS = 1e16
 
 
 def _limit(x: float) -> str:
