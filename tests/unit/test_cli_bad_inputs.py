@@ -282,3 +282,28 @@ def test_report_of_a_run_file_nested_too_deeply(name: str, tmp_path: Path, capsy
     else:
         (tmp_path / name).write_text(deep)
         user_error(["report", str(tmp_path), "--json"], capsys, f"{name} is not valid JSON")
+
+
+@pytest.mark.parametrize(("name", "field", "value", "expected"), [
+    # each used to end in a TypeError / AttributeError / ValueError traceback while the panel or the goodput
+    # was being written
+    ("plan.json", "pp", "x", "plan.json is damaged"),
+    ("plan.json", "global_batch", "x", "plan.json is damaged"),
+    ("summary.json", "predicted", "x", "summary.json is damaged: 'predicted' is \"x\", not an object"),
+    ("summary.json", "measured", -1, "'measured' is -1, not an object"),
+    ("summary.json", "world_size", "x", "'world_size' is \"x\", not a whole number"),
+    ("summary.json", "world_size", -1, "'world_size' is -1, not >= 1"),
+    ("summary.json", "plan", {"pp": None}, "summary.json is damaged"),
+    ("run_config.json", "train", "x", "run_config.json is damaged: 'train' is \"x\", not an object"),
+])
+def test_report_of_a_run_file_with_a_damaged_field(name: str, field: str, value: object, expected: str,
+                                                   tmp_path: Path, capsys: CaptureFixture) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(ROOT / "tests" / "unit" / "data" / "run_clean", run)
+    data = json.loads((run / name).read_text())
+    (run / name).write_text(json.dumps({**data, field: value}))
+    message = user_error(["report", str(run), "--html", str(tmp_path / "r.html")], capsys, expected,
+                         f"move {name} aside")
+    assert str(run / name) in message and not (tmp_path / "r.html").exists()
