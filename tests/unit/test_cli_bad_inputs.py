@@ -293,6 +293,7 @@ def test_report_of_a_run_file_nested_too_deeply(name: str, tmp_path: Path, capsy
     ("summary.json", "measured", -1, "'measured' is -1, not an object"),
     ("summary.json", "world_size", "x", "'world_size' is \"x\", not a whole number"),
     ("summary.json", "world_size", -1, "'world_size' is -1, not >= 1"),
+    ("summary.json", "checkpoint_stall_s", -1, "'checkpoint_stall_s' is -1, not >= 0"),
     ("summary.json", "plan", {"pp": None}, "summary.json is damaged"),
     ("run_config.json", "train", "x", "run_config.json is damaged: 'train' is \"x\", not an object"),
 ])
@@ -307,3 +308,29 @@ def test_report_of_a_run_file_with_a_damaged_field(name: str, field: str, value:
     message = user_error(["report", str(run), "--html", str(tmp_path / "r.html")], capsys, expected,
                          f"move {name} aside")
     assert str(run / name) in message and not (tmp_path / "r.html").exists()
+
+
+# ---- command lines click cannot parse ------------------------------------------------------------------
+@pytest.mark.parametrize(("argv", "expected"), [
+    # each printed click's "Usage: … Error: …" (exit 2, but no "To fix:" and not bastion's form)
+    (["estimate", "--bogus"], "No such option: --bogus. To fix: see `"),
+    (["bogus"], "No such command 'bogus'. Did you mean 'logs'? To fix: see `"),
+    (["estimate", "--cluster", "cpu:4"], "Missing option '--model' / '-m'."),
+    (["train", "--seed", "abc"], "Invalid value for '--seed'"),
+    (["launch", "--nodes", "many", "--dry-run"], "Invalid value for '--nodes'"),
+    (["logs", "run", "-n", "all"], "Invalid value for '--lines' / '-n'"),
+    (["calibrate", "--nproc", "four"], "Invalid value for '--nproc'"),
+])
+def test_a_command_line_that_does_not_parse_is_guidance(argv: list[str], expected: str, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    message = user_error(argv, capsys, expected)
+    assert f"{argv[0]} -h` for its" in message or argv == ["bogus"]
+    assert not list(tmp_path.iterdir())   # nothing started, nothing written
+
+
+def test_the_help_of_a_bare_group_and_a_success_keep_their_exit_codes(capsys: CaptureFixture) -> None:
+    code, out, err = run(["data"], capsys)
+    assert code == 2 and "Usage:" in err + out and "prepare" in err + out
+    assert run(["--version"], capsys)[0] == 0 and run(["estimate", "-h"], capsys)[0] == 0

@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from bastion.rundir.checkpoints import with_manifest
 from bastion.rundir.layout import (
@@ -29,7 +29,13 @@ from bastion.rundir.layout import (
 )
 from bastion.rundir.metrics import metrics_path, read_metrics
 from bastion.rundir.records import is_event, is_step
-from bastion.rundir.summary import RunSummary, read_json_object, stale_summary_reason, summary_is_final
+from bastion.rundir.summary import (
+    Accounting,
+    RunSummary,
+    read_json_object,
+    stale_summary_reason,
+    summary_is_final,
+)
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,11 @@ class RunFiles:
         return f"finished: {self.summary.get('steps')} steps"
 
 
+#: the least value of the counts and times of summary.json and run_config.json the report computes with
+_LOWEST = {"world_size": 1, **dict.fromkeys((name for name, kind in get_type_hints(Accounting).items()
+                                            if kind in (int, float)), 0)}
+
+
 def load_run(run_dir: Path) -> RunFiles:
     """Read RUN_DIR; raise RunDirError with guidance when there is nothing to report on."""
     run_dir = Path(run_dir)
@@ -100,9 +111,11 @@ def load_run(run_dir: Path) -> RunFiles:
     model = read_json_object(run_dir / MODEL_FILE)
     run_config = read_json_object(run_dir / RUN_CONFIG_FILE, RunConfigFile)
     for name, data in ((SUMMARY_FILE, summary), (RUN_CONFIG_FILE, run_config)):
-        if data is not None and data.get("world_size", 1) < 1:
-            raise RunDirError(f"{run_dir / name} is damaged: 'world_size' is {data['world_size']}, not >= 1.",
-                              fix=f"move {name} aside (or restore it); it was not written so by `bastion train`.")
+        for key, lowest in _LOWEST.items():
+            if data is not None and isinstance(data.get(key), int | float) and data[key] < lowest:
+                raise RunDirError(f"{run_dir / name} is damaged: '{key}' is {data[key]}, not >= {lowest}.",
+                                  fix=f"move {name} aside (or restore it); it was not written so by "
+                                      f"`bastion train`.")
     _check_plans(run_dir, plan=plan, summary=summary, run_config=run_config)
     metrics = read_metrics(run_dir)
     records, bad = metrics.records, metrics.unreadable
