@@ -334,3 +334,32 @@ def test_the_help_of_a_bare_group_and_a_success_keep_their_exit_codes(capsys: Ca
     code, out, err = run(["data"], capsys)
     assert code == 2 and "Usage:" in err + out and "prepare" in err + out
     assert run(["--version"], capsys)[0] == 0 and run(["estimate", "-h"], capsys)[0] == 0
+
+
+# ---- outputs over the command's own inputs ---------------------------------------------------------------
+def test_report_html_over_a_file_of_the_run_is_refused(tmp_path: Path, capsys: CaptureFixture) -> None:
+    # `report RUN --html RUN/metrics.jsonl` used to replace the run's metrics with the page
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(ROOT / "tests" / "unit" / "data" / "run_clean", run_dir)
+    metrics = (run_dir / "metrics.jsonl").read_bytes()
+    user_error(["report", str(run_dir), "--html", str(run_dir / "metrics.jsonl")], capsys,
+               "Cannot write the HTML report", "the command reads that file")
+    assert (run_dir / "metrics.jsonl").read_bytes() == metrics
+    code, _, err = run(["report", str(run_dir), "--html", str(run_dir / "report.html")], capsys)
+    assert code == 0 and (run_dir / "report.html").is_file(), err   # a page beside the run's files is the usual place
+
+
+@pytest.mark.parametrize("which", ["model", "cluster"])
+def test_plan_save_over_its_model_or_cluster_file_is_refused(which: str, tmp_path: Path,
+                                                            capsys: CaptureFixture) -> None:
+    model, cluster = tmp_path / "model.json", tmp_path / "cluster.json"
+    model.write_text(json.dumps({"num_layers": 2, "hidden_size": 64, "num_heads": 4, "ffn_hidden_size": 128,
+                                 "vocab_size": 256, "seq_len": 64}))
+    cluster.write_text(json.dumps({"accelerator": "cpu", "num_nodes": 1, "gpus_per_node": 4}))
+    target = model if which == "model" else cluster
+    before = target.read_bytes()
+    user_error(["plan", "--model", str(model), "--cluster", str(cluster), "--global-batch", "8",
+                "--save", str(target)], capsys, "Cannot write the plan", "the command reads that file")
+    assert target.read_bytes() == before
