@@ -363,3 +363,11 @@ def test_plan_save_over_its_model_or_cluster_file_is_refused(which: str, tmp_pat
     user_error(["plan", "--model", str(model), "--cluster", str(cluster), "--global-batch", "8",
                 "--save", str(target)], capsys, "Cannot write the plan", "the command reads that file")
     assert target.read_bytes() == before
+
+
+def test_simulate_html_over_its_inventory_is_refused_before_the_sweep(tmp_path: Path, capsys: CaptureFixture) -> None:
+    cluster = tmp_path / "cluster.toml"
+    cluster.write_text(Path(SIM_CLUSTER).read_text())
+    user_error(["simulate", "--cluster", str(cluster), "--synthetic", "2", "--sweep", "cluster_size=64,128",
+                "--html", str(cluster)], capsys, "Cannot write the sweep's HTML page", "the command reads that file")
+    assert cluster.read_text() == Path(SIM_CLUSTER).read_text()
