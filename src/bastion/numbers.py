@@ -26,6 +26,9 @@ MAX_WIDTH = 2**24
 #: tokens of one training job the scheduling simulator replays (the largest published runs train on ~4e13; the
 #: simulator draws each failure of a job, so their number, and its run time, grow with the tokens)
 MAX_JOB_TOKENS = 1e16
+#: seconds from a simulated job's start to its first step (a week: far above any scheduler's; the simulator draws
+#: node failures over that time too, so an unbounded one runs without end)
+MAX_LAUNCH_LATENCY_S = 7 * 24 * 3600.0
 
 
 def _limit(x: float) -> str:

@@ -89,7 +89,7 @@ from pathlib import Path
 from typing import Any
 
 from bastion.errors import BastionError, ConfigError, did_you_mean
-from bastion.numbers import MAX_DEVICES, MAX_GLOBAL_BATCH, MAX_JOB_TOKENS, MAX_SEQ_LEN
+from bastion.numbers import MAX_DEVICES, MAX_GLOBAL_BATCH, MAX_JOB_TOKENS, MAX_LAUNCH_LATENCY_S, MAX_SEQ_LEN
 from bastion.predict.software import software_stack
 from bastion.specs import Cluster, load_cluster
 from bastion.specs._files import read_mapping
@@ -384,7 +384,8 @@ def inventory_from_mapping(data: dict[str, Any], what: str) -> Inventory:
     if quota_sum > total:
         raise ConfigError(f"Tenant quotas in {what} add up to {quota_sum} GPUs but the pools hold {total}.",
                           fix="quotas are guaranteed shares: make them sum to at most the cluster's GPUs.")
-    launch_s = _number(data.get("launch_latency_s", 0), "launch_latency_s", what, minimum=0)
+    launch_s = _number(data.get("launch_latency_s", 0), "launch_latency_s", what, minimum=0,
+                       maximum=MAX_LAUNCH_LATENCY_S)
     return Inventory(name=str(data.get("name", what)), pools=tuple(pools), tenants=tuple(tenants),
                      launch_hours=launch_s / 3600.0, node_failures=_node_failures(data.get("node_failures"), what))
 
