@@ -97,6 +97,11 @@ BAD_JOBS = {
                                      "'global_batch' in"),
     "gpus beyond anything": (GOOD_JOB + "gpus = 1e30\n", "'gpus' in"),
     "seq_len beyond anything": (GOOD_JOB.replace("seq_len = 2048", "seq_len = 1e30"), "'seq_len' in"),
+    # with node failures, a span of 1e12 hours (or a 1e30-hour service) drew failures without end
+    "submit beyond anything": (GOOD_JOB.replace("submit_hours = 0", "submit_hours = 1e12"), "'submit_hours' in"),
+    "service beyond anything": ('[[job]]\nid = "s"\ntenant = "research"\nkind = "inference"\ngpus = 8\n'
+                                'accelerator = "h100-sxm"\nsubmit_hours = 0\nduration_hours = 1e30\n',
+                                "'duration_hours' in"),
 }
 
 

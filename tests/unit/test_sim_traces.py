@@ -109,6 +109,8 @@ BAD_GENERIC = {
     # a NaN submit time used to stall the simulated clock for ever; an infinite one is no time either
     "nan time": ("submit_time,duration_s,gpus,queue,user,time_limit_s,final_state,accelerator\n"
                  "nan,1,1,a,u,,,\n", "submit_time in"),
+    "a run beyond a year": ("submit_time,duration_s,gpus,queue,user,time_limit_s,final_state,accelerator\n"
+                            "0,1e12,1,a,u,,,\n", "beyond anything bastion simulates"),
     "infinite start": ("submit_time,duration_s,gpus,queue,user,time_limit_s,final_state,accelerator,start_time\n"
                        "0,1,1,a,u,,,,inf\n", "start_time in"),
 }

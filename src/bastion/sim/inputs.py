@@ -89,7 +89,15 @@ from pathlib import Path
 from typing import Any
 
 from bastion.errors import BastionError, ConfigError, did_you_mean
-from bastion.numbers import MAX_DEVICES, MAX_GLOBAL_BATCH, MAX_JOB_TOKENS, MAX_LAUNCH_LATENCY_S, MAX_SEQ_LEN
+from bastion.numbers import (
+    MAX_DEVICES,
+    MAX_GLOBAL_BATCH,
+    MAX_JOB_HOURS,
+    MAX_JOB_TOKENS,
+    MAX_LAUNCH_LATENCY_S,
+    MAX_SEQ_LEN,
+    MAX_SUBMIT_HOURS,
+)
 from bastion.predict.software import software_stack
 from bastion.specs import Cluster, load_cluster
 from bastion.specs._files import read_mapping
@@ -471,7 +479,8 @@ def job_from_mapping(item: dict[str, Any], where: str, inventory: Inventory) -> 
                tokens=_number(item["tokens"], "tokens", where, minimum=0, strictly=True, maximum=MAX_JOB_TOKENS),
                global_batch=int(_number(item["global_batch"], "global_batch", where, integer=True, minimum=1,
                                         maximum=MAX_GLOBAL_BATCH)),
-               submit_hours=_number(item["submit_hours"], "submit_hours", where, minimum=0),
+               submit_hours=_number(item["submit_hours"], "submit_hours", where, minimum=0,
+                                    maximum=MAX_SUBMIT_HOURS),
                seq_len=None if seq_len is None else int(_number(seq_len, "seq_len", where, integer=True, minimum=1,
                                                                 maximum=MAX_SEQ_LEN)),
                gpus=None if gpus is None else int(_number(gpus, "gpus", where, integer=True, minimum=1,
@@ -532,7 +541,7 @@ def _recorded_job(item: dict[str, Any], where: str, job_id: str, tenant: str, po
     accelerator = item.get("accelerator")
     seq_len = item.get("seq_len")
     recording = Recording(
-        duration_hours=_number(item["duration_hours"], "duration_hours", where, minimum=0),
+        duration_hours=_number(item["duration_hours"], "duration_hours", where, minimum=0, maximum=MAX_JOB_HOURS),
         gpus=_number(item["gpus"], "gpus", where, minimum=0, strictly=True),
         accelerator=None if accelerator is None else catalog_accelerator(_string(accelerator, "accelerator", where),
                                                                          where),
@@ -544,7 +553,8 @@ def _recorded_job(item: dict[str, Any], where: str, job_id: str, tenant: str, po
                tokens=_number(item.get("tokens", 0), "tokens", where, minimum=0, maximum=MAX_JOB_TOKENS),
                global_batch=int(_number(item.get("global_batch", 0), "global_batch", where, integer=True, minimum=0,
                                         maximum=MAX_GLOBAL_BATCH)),
-               submit_hours=_number(item["submit_hours"], "submit_hours", where, minimum=0),
+               submit_hours=_number(item["submit_hours"], "submit_hours", where, minimum=0,
+                                    maximum=MAX_SUBMIT_HOURS),
                seq_len=None if seq_len is None else int(_number(seq_len, "seq_len", where, integer=True, minimum=1,
                                                                 maximum=MAX_SEQ_LEN)),
                priority=int(_number(item.get("priority", 0), "priority", where, integer=True)),

@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bastion.errors import BastionError, ConfigError, did_you_mean
+from bastion.numbers import MAX_JOB_HOURS, MAX_SUBMIT_HOURS
 from bastion.sim.inputs import (
     DEFAULT_QUEUE,
     Inventory,
@@ -144,8 +145,23 @@ def _number(text: str, name: str, where: str, *, positive: bool = False) -> floa
     return value
 
 
-def _queues(jobs: list[Job], inventory: Inventory) -> tuple[list[Job], Inventory]:
-    """Jobs with each queue mapped to a tenant (`Inventory.queue_for`), and the inventory they need."""
+def _within_bounds(path: Path, jobs: list[Job]) -> None:
+    """A trace whose submissions span more than MAX_SUBMIT_HOURS, or a job longer than MAX_JOB_HOURS, is refused:
+    the simulator draws node failures over the whole span."""
+    longest = max(jobs, key=lambda j: j.recorded.duration_hours if j.recorded else 0.0)
+    latest = max(jobs, key=lambda j: j.submit_hours)
+    if latest.submit_hours > MAX_SUBMIT_HOURS or (longest.recorded and
+                                                  longest.recorded.duration_hours > MAX_JOB_HOURS):
+        raise ConfigError(f"The trace '{path}' spans {latest.submit_hours:.3g} hours of submissions and its longest "
+                          f"job runs {longest.recorded.duration_hours if longest.recorded else 0:.3g} hours: beyond "
+                          f"anything bastion simulates (at most {MAX_SUBMIT_HOURS:g} and {MAX_JOB_HOURS:g}).",
+                          fix="replay a window of the trace (its rows of a few months), or correct its times.")
+
+
+def _queues(path: Path, jobs: list[Job], inventory: Inventory) -> tuple[list[Job], Inventory]:
+    """Jobs with each queue mapped to a tenant (`Inventory.queue_for`), and the inventory they need; a trace
+    beyond the simulated bounds is refused (`_within_bounds`)."""
+    _within_bounds(path, jobs)
     mapped = [replace(job, tenant=inventory.queue_for(job.tenant)) for job in jobs]
     if any(job.tenant == DEFAULT_QUEUE for job in mapped):
         inventory = inventory.with_default_queue()
@@ -199,7 +215,7 @@ def read_generic(path: Path, inventory: Inventory) -> Trace:
             for submit, queue, recording, line in parsed]
     if any(j.submit_hours < 0 for j in jobs):
         raise ConfigError(f"The trace '{path}' has a negative submit_time.", fix="give seconds from the trace's start.")
-    jobs, inventory = _queues(jobs, inventory)
+    jobs, inventory = _queues(path, jobs, inventory)
     return Trace(Workload(path.stem, tuple(jobs)), inventory, {})
 
 
@@ -308,7 +324,7 @@ def _finish(path: Path, parsed: list[tuple[float, str, Recording]], inventory: I
     for submit, key, recording in parsed:
         jobs.append(Job(id=job_id(key), tenant=queue(key), model="", tokens=0.0, global_batch=0,
                         submit_hours=(submit - origin) / 3600.0, recorded=_started_hours(recording, origin)))
-    jobs, inventory = _queues(jobs, inventory)
+    jobs, inventory = _queues(path, jobs, inventory)
     notes = tuple(f"{n} jobs on {name}, which the catalog does not know: durations taken as recorded on every pool"
                   for name, n in sorted(unknown.items()))
     return Trace(Workload(path.stem, tuple(jobs)), inventory, dict(skipped), notes)
