@@ -13,6 +13,8 @@ import sys
 from collections.abc import Iterator
 
 import typer
+from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+from typer.exceptions import Abort
 
 from bastion.errors import USER_ERROR_EXIT, BastionError
 
@@ -88,10 +90,33 @@ def main(argv: list[str] | None = None) -> None:
         _main(argv)
 
 
+def usage_error(exc: UsageError) -> BastionError:
+    """A command line click cannot parse (an unknown option or command, a missing one, a value of the wrong type)
+    as a guidance error: what is wrong, and where the options and their values are listed."""
+    problem = exc.format_message().strip()
+    path = exc.ctx.command_path if exc.ctx is not None else app.info.name
+    group = exc.ctx is not None and hasattr(exc.ctx.command, "commands")
+    return BastionError(problem if problem.endswith((".", "?")) else f"{problem}.",
+                        fix=f"see `{path} -h` for {'its commands' if group else 'its options and the values they take'}.")
+
+
 def _main(argv: list[str] | None) -> None:
     debug = os.environ.get("BASTION_DEBUG") == "1"
     try:
-        app(args=argv, standalone_mode=True)
+        # not standalone: a usage error reaches this function, to be told like every other mistake
+        code = app(args=argv, standalone_mode=False)
+    except NoArgsIsHelpError as exc:  # `bastion` or a command group alone: its help, as click prints it
+        exc.show()
+        sys.exit(exc.exit_code)
+    except UsageError as exc:
+        report_error(usage_error(exc))
+        sys.exit(USER_ERROR_EXIT)
+    except ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except Abort:
+        typer.echo("Aborted!", err=True)
+        sys.exit(1)
     except BastionError as exc:
         if debug:
             raise
@@ -110,6 +135,8 @@ def _main(argv: list[str] | None) -> None:
                                   fix="check the path (its length, that it exists, its permissions) and the free "
                                       "space, or give another path."))
         sys.exit(USER_ERROR_EXIT)
+    # every command returns None; typer.Exit(code) comes back as its code
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,16 @@ MAX_SEQ_LEN = 2**24
 MAX_LAYERS = 2**14
 #: widths: hidden, FFN, head dim, vocabulary, head and expert counts
 MAX_WIDTH = 2**24
+#: tokens of one training job the scheduling simulator replays (the largest published runs train on ~4e13; the
+#: simulator draws each failure of a job, so their number, and its run time, grow with the tokens)
+MAX_JOB_TOKENS = 1e16
+#: seconds from a simulated job's start to its first step (a week: far above any scheduler's; the simulator draws
+#: node failures over that time too, so an unbounded one runs without end)
+MAX_LAUNCH_LATENCY_S = 7 * 24 * 3600.0
+#: hours of one simulated job's run, and of the span its submissions cover (a year and ten: longer than any
+#: recorded trace; the simulator draws node failures over them, so their number grows with the span)
+MAX_JOB_HOURS = 365 * 24.0
+MAX_SUBMIT_HOURS = 10 * 365 * 24.0
 
 
 def _limit(x: float) -> str:

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +37,16 @@ def check_output_dir(path: Path, what: str, fix: str) -> Path:
     return path
 
 
-def check_output_file(path: Path, what: str, fix: str) -> Path:
-    """A file `path` can be written (its directory created if missing): not a directory, and its directory
-    takes new files (check_output_dir)."""
+def check_output_file(path: Path, what: str, fix: str, keep: Iterable[str | Path] = ()) -> Path:
+    """A file `path` can be written (its directory created if missing): not a directory, not one of the files
+    `keep` (the command's inputs: writing would replace what it read), and its directory takes new files
+    (check_output_dir)."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"Cannot write {what} to {path}: it is a directory.", fix=fix)
+    if path.exists() and any(Path(kept).exists() and path.samefile(kept) for kept in keep):
+        raise ConfigError(f"Cannot write {what} to {path}: the command reads that file, and writing would "
+                          f"replace it.", fix=fix)
     if path.exists() and not os.access(path, os.W_OK):
         raise ConfigError(f"Cannot write {what} to {path}: the file is not writable.", fix=fix)
     check_output_dir(path.parent, what, fix)

@@ -282,3 +282,92 @@ def test_report_of_a_run_file_nested_too_deeply(name: str, tmp_path: Path, capsy
     else:
         (tmp_path / name).write_text(deep)
         user_error(["report", str(tmp_path), "--json"], capsys, f"{name} is not valid JSON")
+
+
+@pytest.mark.parametrize(("name", "field", "value", "expected"), [
+    # each used to end in a TypeError / AttributeError / ValueError traceback while the panel or the goodput
+    # was being written
+    ("plan.json", "pp", "x", "plan.json is damaged"),
+    ("plan.json", "global_batch", "x", "plan.json is damaged"),
+    ("summary.json", "predicted", "x", "summary.json is damaged: 'predicted' is \"x\", not an object"),
+    ("summary.json", "measured", -1, "'measured' is -1, not an object"),
+    ("summary.json", "world_size", "x", "'world_size' is \"x\", not a whole number"),
+    ("summary.json", "world_size", -1, "'world_size' is -1, not >= 1"),
+    ("summary.json", "checkpoint_stall_s", -1, "'checkpoint_stall_s' is -1, not >= 0"),
+    ("summary.json", "plan", {"pp": None}, "summary.json is damaged"),
+    ("run_config.json", "train", "x", "run_config.json is damaged: 'train' is \"x\", not an object"),
+])
+def test_report_of_a_run_file_with_a_damaged_field(name: str, field: str, value: object, expected: str,
+                                                   tmp_path: Path, capsys: CaptureFixture) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(ROOT / "tests" / "unit" / "data" / "run_clean", run)
+    data = json.loads((run / name).read_text())
+    (run / name).write_text(json.dumps({**data, field: value}))
+    message = user_error(["report", str(run), "--html", str(tmp_path / "r.html")], capsys, expected,
+                         f"move {name} aside")
+    assert str(run / name) in message and not (tmp_path / "r.html").exists()
+
+
+# ---- command lines click cannot parse ------------------------------------------------------------------
+@pytest.mark.parametrize(("argv", "expected"), [
+    # each printed click's "Usage: … Error: …" (exit 2, but no "To fix:" and not bastion's form)
+    (["estimate", "--bogus"], "No such option: --bogus. To fix: see `"),
+    (["bogus"], "No such command 'bogus'. Did you mean 'logs'? To fix: see `"),
+    (["estimate", "--cluster", "cpu:4"], "Missing option '--model' / '-m'."),
+    (["train", "--seed", "abc"], "Invalid value for '--seed'"),
+    (["launch", "--nodes", "many", "--dry-run"], "Invalid value for '--nodes'"),
+    (["logs", "run", "-n", "all"], "Invalid value for '--lines' / '-n'"),
+    (["calibrate", "--nproc", "four"], "Invalid value for '--nproc'"),
+])
+def test_a_command_line_that_does_not_parse_is_guidance(argv: list[str], expected: str, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    message = user_error(argv, capsys, expected)
+    assert f"{argv[0]} -h` for its" in message or argv == ["bogus"]
+    assert not list(tmp_path.iterdir())   # nothing started, nothing written
+
+
+def test_the_help_of_a_bare_group_and_a_success_keep_their_exit_codes(capsys: CaptureFixture) -> None:
+    code, out, err = run(["data"], capsys)
+    assert code == 2 and "Usage:" in err + out and "prepare" in err + out
+    assert run(["--version"], capsys)[0] == 0 and run(["estimate", "-h"], capsys)[0] == 0
+
+
+# ---- outputs over the command's own inputs ---------------------------------------------------------------
+def test_report_html_over_a_file_of_the_run_is_refused(tmp_path: Path, capsys: CaptureFixture) -> None:
+    # `report RUN --html RUN/metrics.jsonl` used to replace the run's metrics with the page
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(ROOT / "tests" / "unit" / "data" / "run_clean", run_dir)
+    metrics = (run_dir / "metrics.jsonl").read_bytes()
+    user_error(["report", str(run_dir), "--html", str(run_dir / "metrics.jsonl")], capsys,
+               "Cannot write the HTML report", "the command reads that file")
+    assert (run_dir / "metrics.jsonl").read_bytes() == metrics
+    code, _, err = run(["report", str(run_dir), "--html", str(run_dir / "report.html")], capsys)
+    assert code == 0 and (run_dir / "report.html").is_file(), err   # a page beside the run's files is the usual place
+
+
+@pytest.mark.parametrize("which", ["model", "cluster"])
+def test_plan_save_over_its_model_or_cluster_file_is_refused(which: str, tmp_path: Path,
+                                                            capsys: CaptureFixture) -> None:
+    model, cluster = tmp_path / "model.json", tmp_path / "cluster.json"
+    model.write_text(json.dumps({"num_layers": 2, "hidden_size": 64, "num_heads": 4, "ffn_hidden_size": 128,
+                                 "vocab_size": 256, "seq_len": 64}))
+    cluster.write_text(json.dumps({"accelerator": "cpu", "num_nodes": 1, "gpus_per_node": 4}))
+    target = model if which == "model" else cluster
+    before = target.read_bytes()
+    user_error(["plan", "--model", str(model), "--cluster", str(cluster), "--global-batch", "8",
+                "--save", str(target)], capsys, "Cannot write the plan", "the command reads that file")
+    assert target.read_bytes() == before
+
+
+def test_simulate_html_over_its_inventory_is_refused_before_the_sweep(tmp_path: Path, capsys: CaptureFixture) -> None:
+    cluster = tmp_path / "cluster.toml"
+    cluster.write_text(Path(SIM_CLUSTER).read_text())
+    user_error(["simulate", "--cluster", str(cluster), "--synthetic", "2", "--sweep", "cluster_size=64,128",
+                "--html", str(cluster)], capsys, "Cannot write the sweep's HTML page", "the command reads that file")
+    assert cluster.read_text() == Path(SIM_CLUSTER).read_text()

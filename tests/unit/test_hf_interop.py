@@ -410,6 +410,70 @@ def test_export_bad_inputs_are_guidance_and_write_nothing(tmp_path, capsys, toke
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
+@pytest.mark.parametrize(("flag", "value", "phrase"), [
+    ("--max-shard-mb", "inf", "--max-shard-mb must be finite"),   # was an OverflowError once the tensors were read
+    ("--max-shard-mb", "abc", "--max-shard-mb must be a number"),
+    ("--step", "abc", "--step must be a whole number"),
+    ("--step", "-1", "--step must be >= 0"),
+])
+def test_export_numbers_are_checked_before_anything_is_read(tmp_path, capsys, flag, value, phrase):
+    make_llama(tmp_path / "hf")
+    save_as_checkpoint(tmp_path / "hf", tmp_path / "run")
+    _fails_with(["export", str(tmp_path / "run"), "--out", str(tmp_path / "out"), "--no-tokenizer", flag, value],
+                capsys, phrase)
+    assert not (tmp_path / "out").exists()
+
+
+def _with_run_files(run: Path, run_config: object, meta: object | None = None) -> None:
+    (run / "run_config.json").write_text(json.dumps(run_config))
+    if meta is not None:
+        (run.parent / "data").mkdir(exist_ok=True)
+        (run.parent / "data" / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(("run_config", "meta", "phrase"), [
+    # a run_config.json whose train section, or a dataset whose meta.json, is not an object (AttributeError once)
+    ({"train": 5}, None, "wrote"),                                   # no train config: no tokenizer to ship
+    ({"train": {"data": "DATA"}}, [], "meta.json is not a JSON object"),
+    ({"train": {"data": "DATA"}}, 5, "meta.json is not a JSON object"),
+])
+def test_export_of_a_run_with_damaged_run_files(tmp_path, capsys, run_config, meta, phrase):
+    make_llama(tmp_path / "hf")
+    save_as_checkpoint(tmp_path / "hf", tmp_path / "run")
+    data = str(tmp_path / "data")
+    _with_run_files(tmp_path / "run", json.loads(json.dumps(run_config).replace("DATA", data)), meta)
+    argv = ["export", str(tmp_path / "run"), "--out", str(tmp_path / "out")]
+    if phrase == "wrote":
+        main_ok(argv)
+        assert phrase in capsys.readouterr().out
+    else:
+        _fails_with(argv, capsys, phrase, "--tokenizer")
+        assert not (tmp_path / "out").exists()
+
+
+def test_export_of_a_run_on_a_mixture_ships_the_datasets_tokenizer(tmp_path, capsys, tokenized_data):
+    # run_config.json keeps a mixture as DIR_A=W,DIR_B=W: it was read as one directory, "cannot be read"
+    make_llama(tmp_path / "hf")
+    save_as_checkpoint(tmp_path / "hf", tmp_path / "run")
+    _with_run_files(tmp_path / "run", {"train": {"data": f"{tokenized_data}=0.7,{tokenized_data}-copy=0.3"}})
+    main_ok(["export", str(tmp_path / "run"), "--out", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "tokenizer.json").read_bytes() == (tokenized_data / "tokenizer.json").read_bytes()
+
+
+@pytest.mark.parametrize("files", [["not", "a", "table"], {".metadata": {"sha256": "0" * 64}},
+                                   {".metadata": {"bytes": "12", "sha256": "0" * 64}}, {".metadata": 5}])
+def test_a_checkpoint_whose_manifest_lists_files_badly_is_not_exported(tmp_path, capsys, files):
+    from bastion.rundir.checkpoints import MANIFEST
+
+    make_llama(tmp_path / "hf")
+    step_dir = save_as_checkpoint(tmp_path / "hf", tmp_path / "run")
+    manifest = json.loads((step_dir / MANIFEST).read_text())
+    (step_dir / MANIFEST).write_text(json.dumps(dict(manifest, files=files)))   # was a KeyError / AttributeError
+    _fails_with(["export", str(tmp_path / "run"), "--out", str(tmp_path / "out"), "--no-tokenizer"], capsys,
+                "cannot be exported", "manifest does not give every file its bytes and sha256")
+    assert not (tmp_path / "out").exists()
+
+
 # ---- train --init-from: checked before any worker starts ------------------------------------------------
 @pytest.fixture()
 def train_setup(tmp_path, monkeypatch):

@@ -109,6 +109,15 @@ def test_validate_holdout_family_reports_each_family_held_out(capsys: pytest.Cap
     assert code == 2 and "--holdout family" in err
 
 
+def test_validate_holdout_family_of_one_family_is_guidance(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    # holding the only family out left nothing to calibrate on: a ValueError traceback
+    lines = PUBLIC_CASES.read_text().splitlines()
+    (tmp_path / "one.csv").write_text("\n".join(lines[:3]) + "\n")
+    code, out, err = run(["validate", str(tmp_path / "one.csv"), "--holdout", "family"], capsys)
+    assert code == 2 and out == "" and "To fix:" in err and "Traceback" not in err
+    assert "at least two publication families" in " ".join(err.split())
+
+
 def test_estimate_shows_the_interval_and_an_unknown_framework_widens_it(capsys: pytest.CaptureFixture[str]) -> None:
     widths = {}
     for flags in ([], ["--framework", "maxtext"]):

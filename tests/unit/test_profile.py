@@ -81,6 +81,20 @@ def test_missing_or_garbled_profile_is_a_guidance_error(tmp_path: Path, capsys: 
     assert code == 2 and "To fix:" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(("table", "field"), [("accelerator", "hbm_bandwidth_gbs"),
+                                              ("accelerator", "matmul_efficiency"), ("machine", "nproc")])
+def test_a_profile_rate_of_zero_is_a_guidance_error(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    table: str, field: str) -> None:
+    # a zero bandwidth or efficiency used to be a ZeroDivisionError traceback inside the estimate
+    data = profile_data()
+    data[table][field] = 0
+    path = write(tmp_path, data)
+    code, out, err = run(["estimate", "--model", "tiny", "--cluster", f"cpu:4@{path}", "--global-batch", "8"],
+                         capsys)
+    assert code == 2 and out == "" and "To fix:" in err and "Traceback" not in err
+    assert f"'{field}' must be a positive number, got 0" in " ".join(err.split())
+
+
 def _estimate(cluster: str, capsys: pytest.CaptureFixture[str], *plan: str) -> dict:
     code, out, err = run(["estimate", "--model", "tiny", "--cluster", cluster, "--global-batch", "8",
                           "--precision", "fp32", "--json", *plan], capsys)

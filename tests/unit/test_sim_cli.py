@@ -90,17 +90,30 @@ BAD_JOBS = {
     "duplicate id": (GOOD_JOB * 2, "twice"),
     "unknown model": (GOOD_JOB.replace("llama-1.5b", "llama-9z"), "Unknown model"),
     "submit as text": (GOOD_JOB.replace("submit_hours = 0", 'submit_hours = "soon"'), "'submit_hours'"),
+    # sizes beyond anything: each used to run unbounded (a failure drawn per MTBF of a 1e30-token job, a planner
+    # enumerating a 1e30-sequence batch)
+    "tokens beyond anything": (GOOD_JOB.replace("tokens = 1e9", "tokens = 1e30"), "'tokens' in"),
+    "global batch beyond anything": (GOOD_JOB.replace("global_batch = 64", "global_batch = 1e30"),
+                                     "'global_batch' in"),
+    "gpus beyond anything": (GOOD_JOB + "gpus = 1e30\n", "'gpus' in"),
+    "seq_len beyond anything": (GOOD_JOB.replace("seq_len = 2048", "seq_len = 1e30"), "'seq_len' in"),
+    # with node failures, a span of 1e12 hours (or a 1e30-hour service) drew failures without end
+    "submit beyond anything": (GOOD_JOB.replace("submit_hours = 0", "submit_hours = 1e12"), "'submit_hours' in"),
+    "service beyond anything": ('[[job]]\nid = "s"\ntenant = "research"\nkind = "inference"\ngpus = 8\n'
+                                'accelerator = "h100-sxm"\nsubmit_hours = 0\nduration_hours = 1e30\n',
+                                "'duration_hours' in"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD_JOBS))
-def test_bad_workload_file_is_a_guidance_error(tmp_path, capsys, case) -> None:
+def test_bad_workload_file_is_a_guidance_error(tmp_path, capsys, hang_guard, case) -> None:
     text, expected = BAD_JOBS[case]
     (tmp_path / "c.toml").write_text(GOOD_CLUSTER)
     (tmp_path / "w.toml").write_text(text)
-    code, _, err = cli(capsys, "--cluster", str(tmp_path / "c.toml"), "--workload", str(tmp_path / "w.toml"))
+    with hang_guard(60, case):
+        code, _, err = cli(capsys, "--cluster", str(tmp_path / "c.toml"), "--workload", str(tmp_path / "w.toml"))
     assert code == 2, err
-    assert expected in err
+    assert expected in err and "To fix:" in err
     assert "Traceback" not in err
 
 

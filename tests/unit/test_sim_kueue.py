@@ -97,6 +97,7 @@ def test_queues_never_hold_more_than_quota_plus_what_they_may_borrow(seed) -> No
     ({"node_failures": {"repair_hours": 0}}, "must be > 0"),
     ({"node_failures": 5}, "must be a table"),
     ({"launch_latency_s": -5}, "must be >= 0"),
+    ({"launch_latency_s": 1e30}, "must be <= 604800"),   # ran without end, drawing node failures
 ])
 def test_bad_queue_and_failure_fields_are_guidance_errors(extra, message) -> None:
     from bastion.errors import ConfigError

@@ -65,7 +65,9 @@ def test_parse_sweep_scales_pools_alike() -> None:
                                            ("cluster_size=8,x", "'x' is not a number"),
                                            ("cluster_size=0", "must be > 0"),
                                            ("cluster_size=8.5", "whole number"),
-                                           ("launch_latency_s=-1", "must be >= 0")])
+                                           ("launch_latency_s=-1", "must be >= 0"),
+                                           # the inventory field's limit (with node failures, 1e30 s ran without end)
+                                           ("launch_latency_s=1e30", "must be <= 604800")])
 def test_a_bad_sweep_is_a_guidance_error(tiny, capsys, text, message) -> None:
     with pytest.raises(SystemExit) as exc:
         main([*tiny, "--sweep", text])

@@ -106,18 +106,53 @@ BAD_GENERIC = {
                             "0,1,1,a,u,,,v100\n", "'v100', which the catalog does not know"),
     "bad time": ("submit_time,duration_s,gpus,queue,user,time_limit_s,final_state,accelerator\n"
                  "yesterday,1,1,a,u,,,\n", "neither seconds nor ISO 8601"),
+    # a NaN submit time used to stall the simulated clock for ever; an infinite one is no time either
+    "nan time": ("submit_time,duration_s,gpus,queue,user,time_limit_s,final_state,accelerator\n"
+                 "nan,1,1,a,u,,,\n", "submit_time in"),
+    "a run beyond a year": ("submit_time,duration_s,gpus,queue,user,time_limit_s,final_state,accelerator\n"
+                            "0,1e12,1,a,u,,,\n", "beyond anything bastion simulates"),
+    "infinite start": ("submit_time,duration_s,gpus,queue,user,time_limit_s,final_state,accelerator,start_time\n"
+                       "0,1,1,a,u,,,,inf\n", "start_time in"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD_GENERIC))
-def test_a_bad_generic_trace_is_a_guidance_error_from_the_cli(tmp_path, capsys, case) -> None:
+def test_a_bad_generic_trace_is_a_guidance_error_from_the_cli(tmp_path, capsys, hang_guard, case) -> None:
     text, expected = BAD_GENERIC[case]
     (tmp_path / "t.csv").write_text(text)
-    with pytest.raises(SystemExit) as exc:
+    with pytest.raises(SystemExit) as exc, hang_guard(60, case):
         main(["simulate", "--cluster", str(Path(__file__).parents[2] / "examples" / "sim" / "cluster.toml"),
               "--trace", str(tmp_path / "t.csv")])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and expected in err and "To fix:" in err and "Traceback" not in err
+
+
+PAI_ROWS = "j0,worker,1,Terminated,100,200,600,29,100,\n"
+HELIOS_ROWS = "job_id,user,gpu_num,state,submit_time,start_time,duration,vc\n1,u,8,COMPLETED,100,150,3600,vcA\n"
+#: a row of a public trace with a NaN or infinite number (once a stalled clock or an OverflowError in the
+#: node count), beside a sound row
+NON_FINITE = {
+    "pai nan start": ("pai", PAI_ROWS + "j1,worker,1,Terminated,nan,200,600,29,100,\n"),
+    "pai infinite instances": ("pai", PAI_ROWS + "j1,worker,inf,Terminated,100,200,600,29,100,\n"),
+    "pai GPUs overflowing": ("pai", PAI_ROWS + "j1,worker,1e308,Terminated,100,200,600,29,1e308,\n"),
+    "helios infinite gpus": ("helios", HELIOS_ROWS + "2,u,inf,COMPLETED,100,150,3600,vcA\n"),
+    "helios nan submit": ("helios", HELIOS_ROWS + "2,u,8,COMPLETED,nan,150,3600,vcA\n"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NON_FINITE))
+def test_a_non_finite_number_leaves_its_row_of_a_public_trace_out(tmp_path, capsys, hang_guard, case) -> None:
+    trace_format, text = NON_FINITE[case]
+    (tmp_path / "t.csv").write_text(text)
+    trace = load_trace(tmp_path / "t.csv", trace_format, inventory())
+    assert len(trace.workload.jobs) == 1 and sum(trace.skipped.values()) == 1
+    # alone, it leaves nothing to replay: a guidance error, not a hang or a traceback
+    (tmp_path / "t.csv").write_text(text.replace(PAI_ROWS, "").replace(HELIOS_ROWS, HELIOS_ROWS.splitlines()[0] + "\n"))
+    with pytest.raises(SystemExit) as exc, hang_guard(60, case):
+        main(["simulate", "--cluster", str(Path(__file__).parents[2] / "examples" / "sim" / "cluster.toml"),
+              "--trace", str(tmp_path / "t.csv"), "--trace-format", trace_format])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "no job that can be replayed" in err and "To fix:" in err, err
 
 
 def test_an_unknown_trace_format_names_the_known_ones() -> None:

@@ -143,6 +143,21 @@ def test_launch_takes_the_same_file(project, capsys, monkeypatch):
     assert train["data"] == str(project / "data")
 
 
+@pytest.mark.parametrize("value", ["0", "1e30", "[]", "true"])
+def test_a_path_setting_that_is_no_string_is_refused_by_train_and_launch(project, capsys, monkeypatch, value):
+    # `bastion launch` took run_dir = 0 as given and ended in a TypeError traceback (Path(0))
+    (project / "bad.toml").write_text(RUN_TOML.replace('run_dir = "run"', f"run_dir = {value}"))
+    monkeypatch.chdir(project)
+    for command in (["train"], ["launch", "--on", "slurm", "--dry-run"]):
+        user_error([*command, "--config", str(project / "bad.toml")], capsys, "run_dir must be a path (a string)")
+    assert sorted(p.name for p in project.iterdir()) == ["bad.toml", "data", "plan.json", "run.toml", "t.txt"]
+
+
+def test_set_takes_a_path_as_written(project, capsys, monkeypatch):
+    monkeypatch.chdir(project)
+    assert resolved(["--config", str(project / "run.toml"), "--set", "run_dir=0"])["run_dir"] == "0"
+
+
 def test_launch_takes_max_restarts_from_the_file_unless_a_flag_overrides_it(project, capsys, monkeypatch):
     monkeypatch.chdir(project)
     (project / "run.toml").write_text(RUN_TOML.replace('seq_len = 64', 'seq_len = 64\nmax_restarts = 3'))

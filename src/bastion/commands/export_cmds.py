@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from bastion.cli import app
+from bastion.commands.options import number_option
 from bastion.errors import CheckpointError, ConfigError, DataError
 
 FORMATS = ("hf",)
 DTYPES = ("saved", "float32", "bfloat16", "float16")
+#: the largest --max-shard-mb: a petabyte, far above any model, and still a whole number of bytes
+MAX_SHARD_MB = 1e9
 
 
 @app.command("export")
@@ -24,15 +28,18 @@ def export_command(
     out: Path = typer.Option(..., "--out", help="Directory to write (new, or empty)."),
     export_format: str = typer.Option("hf", "--format", help="Output format: hf (transformers' Llama, Mixtral, "
                                       "DeepSeek-V3, Qwen3 or Qwen3-MoE, as the model is)."),
-    step: int | None = typer.Option(None, "--step", help="Export this step's checkpoint (default: the newest)."),
+    step: Annotated[int | None, number_option("--step", help="Export this step's checkpoint (default: the "
+                                              "newest).", integer=True, low=0)] = None,
     tokenizer: Path | None = typer.Option(None, "--tokenizer", help="Tokenizer to ship (tokenizer.json or a "
                                           "directory of tokenizer files); default: the one the run's dataset "
                                           "was prepared with."),
     no_tokenizer: bool = typer.Option(False, "--no-tokenizer", help="Ship no tokenizer files."),
     dtype: str = typer.Option("saved", "--dtype", help="Weight type: saved (the checkpoint's), float32, bfloat16 "
                                                        "or float16."),
-    max_shard_mb: float = typer.Option(5000.0, "--max-shard-mb", help="Split model.safetensors into shards of at "
-                                       "most this many MB (with model.safetensors.index.json)."),
+    max_shard_mb: Annotated[float, number_option("--max-shard-mb", help="Split model.safetensors into shards of "
+                                                 "at most this many MB (with model.safetensors.index.json).",
+                                                 above=0, high=MAX_SHARD_MB, fix="e.g. --max-shard-mb 5000.")
+                            ] = 5000.0,
     checkpoint_key_file: Path | None = typer.Option(None, "--checkpoint-key-file", help="Key the checkpoints "
                                                     "were saved with (default: $BASTION_CHECKPOINT_KEY)."),
     as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
@@ -46,8 +53,6 @@ def export_command(
         raise ConfigError(f"--format {export_format!r} is not known.", fix=f"use one of: {', '.join(FORMATS)}.")
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype!r} is not known.", fix=f"use one of: {', '.join(DTYPES)}.")
-    if not max_shard_mb > 0:
-        raise ConfigError(f"--max-shard-mb must be > 0, got {max_shard_mb:g}.", fix="e.g. --max-shard-mb 5000.")
     if tokenizer is not None and no_tokenizer:
         raise ConfigError("--tokenizer and --no-tokenizer contradict each other.", fix="give one of them.")
     _check_out(out)
@@ -146,11 +151,14 @@ def _tokenizer_files(train: dict | None, given: Path | None) -> list[Path]:
         return found
     if train is None:
         return []
-    from bastion.runtime.data import META_FILE, TOKENIZER_FILE
+    from bastion.runtime.data import META_FILE, TOKENIZER_FILE, parse_data_mixture
 
-    data = Path(train.get("data") or "")
+    # the first dataset of a mixture (DIR_A=0.7,DIR_B=0.3): the datasets of one run share their tokenizer
+    data = Path(parse_data_mixture(str(train.get("data") or ""))[0][0])
     try:
         meta = json.loads((data / META_FILE).read_text())
+        if not isinstance(meta, dict):
+            raise ValueError(f"{META_FILE} is not a JSON object")
     except (OSError, ValueError) as exc:
         raise DataError(f"The run's dataset {data} cannot be read ({exc}), so its tokenizer is unknown.",
                         fix="give --tokenizer PATH (the tokenizer.json the data was prepared with), or "
@@ -175,7 +183,8 @@ def _run_train_config(run_dir: Path, checkpoint: Path) -> dict | None:
         path = candidate / RUN_CONFIG_FILE
         if path.is_file():
             try:
-                return json.loads(path.read_text())["train"]
+                train = json.loads(path.read_text())["train"]
             except (OSError, ValueError, KeyError, TypeError):
                 return None
+            return train if isinstance(train, dict) else None
     return None

@@ -119,7 +119,8 @@ def plan_command(
     if save is not None:
         from bastion.specs.plan import ParallelPlan
 
-        ParallelPlan.check_save_path(save)  # before the search, not after it
+        # before the search, not after it; never over the model or cluster file (or profile) it reads
+        ParallelPlan.check_save_path(save, keep=(model, cluster.rpartition("@")[2]))
     model_spec = load_model(model)
     cluster_spec = load_cluster(cluster)
     seq = seq_len or model_spec.seq_len

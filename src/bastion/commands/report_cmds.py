@@ -38,9 +38,11 @@ def report_command(
         raise ConfigError(f"--html {html} is a directory.", fix=f"name the page to write: --html {html / 'report.html'}")
     if html is not None:
         from bastion.outputs import check_output_file
+        from bastion.rundir.occupant import RUN_ENTRIES
 
         check_output_file(html, "the HTML report", fix=f"name a page to write in a directory you can write to, "
-                                                       f"e.g. --html {Path('report.html')}")
+                                                       f"e.g. --html {Path('report.html')}",
+                          keep=[run_dir / name for run_dir in run_dirs for name in RUN_ENTRIES])
     if cluster is not None:
         from bastion.specs.hardware import load_cluster
 

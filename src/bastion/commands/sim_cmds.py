@@ -71,6 +71,13 @@ def simulate_command(
     if html is not None and sweep is None:
         raise ConfigError("--html draws a sweep's charts: it needs --sweep.",
                           fix="add --sweep NAME=V1,V2,... (e.g. cluster_size=64,128,256), or leave --html out.")
+    if html is not None:  # before the sweep runs, and never over an input file
+        from pathlib import Path
+
+        from bastion.outputs import check_output_file
+
+        check_output_file(Path(html), "the sweep's HTML page", fix="give --html a new page, e.g. --html sweep.html.",
+                          keep=[name for name in (cluster, workload, trace) if name is not None])
     if queues not in (None, "global", "per-queue"):
         raise ConfigError(f"Unknown --queues '{queues}'.", fix="use global or per-queue.")
     per_queue = queues == "per-queue" if queues is not None else trace is not None

@@ -111,6 +111,9 @@ def load_config_file(path: Path) -> dict[str, Any]:
         _check_key(key, str(path))
         if key == "data":
             value = _mixture_text(value, str(path))
+        elif key in PATH_KEYS and not isinstance(value, str) and not (key == "plan" and isinstance(value, dict)):
+            raise ConfigError(f"{path}: {key} must be a path (a string), got {value!r}.",
+                              fix=f'write it in quotes, e.g. {key} = "{value}".')
         if key in PATH_KEYS:
             value = _relative_to(value, Path(path).parent, key)
         values[KEYS[key]] = value
@@ -130,6 +133,8 @@ def parse_sets(sets: list[str]) -> dict[str, Any]:
         try:
             value = tomllib.loads(f"v = {raw.strip()}")["v"]
         except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        if key in PATH_KEYS and not isinstance(value, str):  # a directory named 0 is a path, not a number
             value = raw.strip()
         values[KEYS[key]] = _mixture_text(value, f"--set {item}") if key == "data" else value
     return values

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bastion.errors import ConfigError
 from bastion.predict.calibration import DATA_DIR
 from bastion.predict.frameworks import FACT_COLUMNS, MOE_FACT_COLUMNS
 from bastion.predict.intervals import (
@@ -187,6 +188,12 @@ METHOD = (f"leave-one-family-out (family = {FAMILY_COLUMN}): point predictions h
 
 def leave_one_family_out(paths: Sequence[Path]) -> HoldoutReport:
     cases, skipped = predict_rows(paths)
+    families = sorted({c.family for c in cases})
+    if len(families) < 2:  # holding the one family out leaves no residual to calibrate its interval on
+        raise ConfigError(f"--holdout family needs predicted rows of at least two publication families "
+                          f"({FAMILY_COLUMN}); the case files give {len(families)}"
+                          f"{' (' + families[0] + ')' if families else ''}.",
+                          fix="add case files with rows of other families, or leave --holdout out.")
     attach_held_out_intervals(cases)
     return HoldoutReport(cases=cases, skipped=skipped)
 

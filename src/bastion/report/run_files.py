@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from bastion.rundir.checkpoints import with_manifest
 from bastion.rundir.layout import (
@@ -23,12 +23,19 @@ from bastion.rundir.layout import (
     RUN_CONFIG_FILE,
     RUN_MARKERS,
     SUMMARY_FILE,
+    RunConfigFile,
     RunDirError,
     checkpoints_dir,
 )
 from bastion.rundir.metrics import metrics_path, read_metrics
 from bastion.rundir.records import is_event, is_step
-from bastion.rundir.summary import read_json_object, stale_summary_reason, summary_is_final
+from bastion.rundir.summary import (
+    Accounting,
+    RunSummary,
+    read_json_object,
+    stale_summary_reason,
+    summary_is_final,
+)
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,11 @@ class RunFiles:
         return f"finished: {self.summary.get('steps')} steps"
 
 
+#: the least value of the counts and times of summary.json and run_config.json the report computes with
+_LOWEST = {"world_size": 1, **dict.fromkeys((name for name, kind in get_type_hints(Accounting).items()
+                                            if kind in (int, float)), 0)}
+
+
 def load_run(run_dir: Path) -> RunFiles:
     """Read RUN_DIR; raise RunDirError with guidance when there is nothing to report on."""
     run_dir = Path(run_dir)
@@ -94,10 +106,17 @@ def load_run(run_dir: Path) -> RunFiles:
     if not any((run_dir / name).is_file() for name in RUN_MARKERS):
         raise RunDirError(f"{run_dir} is not a run directory: it has none of {', '.join(RUN_MARKERS)}.",
                           fix="pass the directory given to `bastion train --run-dir`.")
-    summary = read_json_object(run_dir / SUMMARY_FILE)
+    summary = read_json_object(run_dir / SUMMARY_FILE, RunSummary)
     plan = read_json_object(run_dir / PLAN_FILE)
     model = read_json_object(run_dir / MODEL_FILE)
-    run_config = read_json_object(run_dir / RUN_CONFIG_FILE)
+    run_config = read_json_object(run_dir / RUN_CONFIG_FILE, RunConfigFile)
+    for name, data in ((SUMMARY_FILE, summary), (RUN_CONFIG_FILE, run_config)):
+        for key, lowest in _LOWEST.items():
+            if data is not None and isinstance(data.get(key), int | float) and data[key] < lowest:
+                raise RunDirError(f"{run_dir / name} is damaged: '{key}' is {data[key]}, not >= {lowest}.",
+                                  fix=f"move {name} aside (or restore it); it was not written so by "
+                                      f"`bastion train`.")
+    _check_plans(run_dir, plan=plan, summary=summary, run_config=run_config)
     metrics = read_metrics(run_dir)
     records, bad = metrics.records, metrics.unreadable
     if not any(is_step(r) for r in records):
@@ -122,6 +141,26 @@ def load_run(run_dir: Path) -> RunFiles:
     return RunFiles(path=run_dir, records=records, unreadable_lines=bad, summary=summary, plan=plan, model=model,
                     checkpoint_steps=[c.step for c in with_manifest(checkpoints_dir(run_dir))], metrics_age_s=age,
                     stale_summary=stale, run_config=run_config)
+
+
+def _check_plans(run_dir: Path, **files: dict[str, Any] | None) -> None:
+    """Every plan the report shows (plan.json, and the copies in summary.json and run_config.json) is a
+    ParallelPlan: a damaged one is named here, not met as a TypeError while the panel is written."""
+    from bastion.errors import BastionError
+    from bastion.specs.plan import ParallelPlan
+
+    names = {"plan": PLAN_FILE, "summary": SUMMARY_FILE, "run_config": RUN_CONFIG_FILE}
+    for key, data in files.items():
+        plan = data if key == "plan" else (data or {}).get("plan")
+        if plan is None:
+            continue
+        where = names[key] if key == "plan" else f"the plan in {names[key]}"
+        try:
+            ParallelPlan.from_dict(plan, where)
+        except BastionError as exc:
+            raise RunDirError(f"{run_dir / names[key]} is damaged: {exc.problem}",
+                              fix=f"move {names[key]} aside (or restore it); it was not written so by "
+                                  f"`bastion train`.") from exc
 
 
 def finite(value: Any) -> float | None:

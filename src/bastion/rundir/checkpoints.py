@@ -134,6 +134,10 @@ def verify(path: Path, key: bytes | None = None) -> str | None:
         return "manifest is not valid JSON"
     if manifest.get("format") != MANIFEST_FORMAT:
         return f"unknown manifest format {manifest.get('format')!r}"
+    if not isinstance(files, dict) or not all(
+            isinstance(e, dict) and type(e.get("bytes")) is int and isinstance(e.get("sha256"), str)
+            for e in files.values()):
+        return "manifest does not give every file its bytes and sha256"
     if key is not None:
         mac = manifest.get(MANIFEST_MAC)
         if not isinstance(mac, str):

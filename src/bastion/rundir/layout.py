@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from bastion.errors import BastionError
 
@@ -55,6 +55,19 @@ class RunDirError(BastionError):
     """A directory that is not (yet) a readable `bastion train` run directory."""
 
     reason = "bad run directory"
+
+
+class RunConfigFile(TypedDict, total=False):
+    """run_config.json as launch/worker.py writes it (a calibration job's holds `calibrate` instead of a model)."""
+
+    format: int
+    world_size: int
+    #: the train options (TrainConfig fields)
+    train: dict[str, Any]
+    #: ModelSpec.to_dict and ParallelPlan.to_dict
+    model: dict[str, Any]
+    plan: dict[str, Any]
+    calibrate: dict[str, Any]
 
 
 def replica_group_path(run_dir: Path, group: int) -> Path:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, NotRequired, TypedDict
+from types import UnionType
+from typing import Any, NotRequired, TypedDict, Union, get_args, get_origin, get_type_hints, is_typeddict
 
 from bastion.rundir.layout import SUMMARY_FILE, RunDirError
 from bastion.rundir.records import (
@@ -151,8 +152,42 @@ def write_summary(run_dir: Path, summary: RunSummary) -> None:
     summary_path(run_dir).write_text(json.dumps(summary, indent=2) + "\n")
 
 
-def read_json_object(path: Path) -> dict[str, Any] | None:
-    """A JSON object file of the run directory; None when absent; RunDirError with guidance when unreadable."""
+def _json_types(hint: Any) -> tuple[type, ...]:
+    """The JSON values (as json.loads makes them) a field typed `hint` may hold; () for any."""
+    if hint is Any:
+        return ()
+    if get_origin(hint) in (Union, UnionType):
+        return tuple(t for arg in get_args(hint) for t in (_json_types(arg) or (object,)))
+    base = get_origin(hint) or hint
+    if base is float:
+        return (int, float)
+    if base is type(None):
+        return (type(None),)
+    return (dict,) if is_typeddict(base) else (base,)
+
+
+def field_problem(data: dict[str, Any], shape: Any) -> str | None:
+    """The first field of `data` whose value is not of the type the TypedDict `shape` gives it (a bool is no
+    number), or None: a file of the run directory damaged by hand or by another program, told before a reader
+    meets it as a TypeError."""
+    for name, hint in get_type_hints(shape).items():
+        allowed = _json_types(hint)
+        if name not in data or not allowed or object in allowed:
+            continue
+        value = data[name]
+        if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
+            names = {**_JSON_NAMES, int: "a number" if float in allowed else "a whole number", float: "a number"}
+            kinds = " or ".join(sorted({names.get(t, t.__name__) for t in allowed}))
+            return f"'{name}' is {json.dumps(value)[:40]}, not {kinds}"
+    return None
+
+
+_JSON_NAMES = {dict: "an object", list: "a list", str: "a string", bool: "true or false", type(None): "null"}
+
+
+def read_json_object(path: Path, shape: Any = None) -> dict[str, Any] | None:
+    """A JSON object file of the run directory (whose fields have the types of the TypedDict `shape`, when
+    given); None when absent; RunDirError with guidance when unreadable."""
     if not path.is_file():
         return None
     try:
@@ -166,6 +201,10 @@ def read_json_object(path: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise RunDirError(f"{path} holds {type(data).__name__}, not a JSON object.",
                           fix=f"move {path.name} aside; it was not written by `bastion train`.")
+    problem = field_problem(data, shape) if shape is not None else None
+    if problem is not None:
+        raise RunDirError(f"{path} is damaged: {problem}.",
+                          fix=f"move {path.name} aside (or restore it); it was not written so by `bastion train`.")
     return data
 
 

@@ -89,6 +89,15 @@ from pathlib import Path
 from typing import Any
 
 from bastion.errors import BastionError, ConfigError, did_you_mean
+from bastion.numbers import (
+    MAX_DEVICES,
+    MAX_GLOBAL_BATCH,
+    MAX_JOB_HOURS,
+    MAX_JOB_TOKENS,
+    MAX_LAUNCH_LATENCY_S,
+    MAX_SEQ_LEN,
+    MAX_SUBMIT_HOURS,
+)
 from bastion.predict.software import software_stack
 from bastion.specs import Cluster, load_cluster
 from bastion.specs._files import read_mapping
@@ -300,7 +309,7 @@ def _require(item: dict[str, Any], keys: tuple[str, ...], what: str, example: st
 
 
 def _number(value: Any, name: str, what: str, *, integer: bool = False, minimum: float | None = None,
-            strictly: bool = False) -> float:
+            strictly: bool = False, maximum: float | None = None) -> float:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if ok and integer:
         ok = float(value).is_integer()
@@ -310,6 +319,9 @@ def _number(value: Any, name: str, what: str, *, integer: bool = False, minimum:
     if minimum is not None and (value < minimum or (strictly and value == minimum)):
         bound = f"> {minimum:g}" if strictly else f">= {minimum:g}"
         raise ConfigError(f"'{name}' in {what} must be {bound}, got {value!r}.", fix=f"correct '{name}'.")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"'{name}' in {what} must be <= {maximum:g}, got {value!r}: that is beyond anything "
+                          f"bastion simulates.", fix=f"correct '{name}'.")
     return int(value) if integer else float(value)
 
 
@@ -380,7 +392,8 @@ def inventory_from_mapping(data: dict[str, Any], what: str) -> Inventory:
     if quota_sum > total:
         raise ConfigError(f"Tenant quotas in {what} add up to {quota_sum} GPUs but the pools hold {total}.",
                           fix="quotas are guaranteed shares: make them sum to at most the cluster's GPUs.")
-    launch_s = _number(data.get("launch_latency_s", 0), "launch_latency_s", what, minimum=0)
+    launch_s = _number(data.get("launch_latency_s", 0), "launch_latency_s", what, minimum=0,
+                       maximum=MAX_LAUNCH_LATENCY_S)
     return Inventory(name=str(data.get("name", what)), pools=tuple(pools), tenants=tuple(tenants),
                      launch_hours=launch_s / 3600.0, node_failures=_node_failures(data.get("node_failures"), what))
 
@@ -457,17 +470,21 @@ def job_from_mapping(item: dict[str, Any], where: str, inventory: Inventory) -> 
         return _recorded_job(item, where, job_id, tenant, pools)
     seq_len = item.get("seq_len")
     gpus = item.get("gpus")
-    sizes = {key: int(_number(item[key], key, where, integer=True, minimum=1))
+    sizes = {key: int(_number(item[key], key, where, integer=True, minimum=1, maximum=MAX_DEVICES))
              for key in ("min_gpus", "max_gpus") if key in item}
     if sizes and (len(sizes) != 2 or gpus is not None or sizes["min_gpus"] > sizes["max_gpus"]):
         raise ConfigError(f"{where}: an elastic job gives 'min_gpus' <= 'max_gpus' and no 'gpus'.",
                           fix="e.g. min_gpus = 8, max_gpus = 64 (or a fixed gpus = 16 alone).")
     return Job(id=job_id, tenant=tenant, model=_string(item["model"], "model", where),
-               tokens=_number(item["tokens"], "tokens", where, minimum=0, strictly=True),
-               global_batch=int(_number(item["global_batch"], "global_batch", where, integer=True, minimum=1)),
-               submit_hours=_number(item["submit_hours"], "submit_hours", where, minimum=0),
-               seq_len=None if seq_len is None else int(_number(seq_len, "seq_len", where, integer=True, minimum=1)),
-               gpus=None if gpus is None else int(_number(gpus, "gpus", where, integer=True, minimum=1)),
+               tokens=_number(item["tokens"], "tokens", where, minimum=0, strictly=True, maximum=MAX_JOB_TOKENS),
+               global_batch=int(_number(item["global_batch"], "global_batch", where, integer=True, minimum=1,
+                                        maximum=MAX_GLOBAL_BATCH)),
+               submit_hours=_number(item["submit_hours"], "submit_hours", where, minimum=0,
+                                    maximum=MAX_SUBMIT_HOURS),
+               seq_len=None if seq_len is None else int(_number(seq_len, "seq_len", where, integer=True, minimum=1,
+                                                                maximum=MAX_SEQ_LEN)),
+               gpus=None if gpus is None else int(_number(gpus, "gpus", where, integer=True, minimum=1,
+                                                          maximum=MAX_DEVICES)),
                priority=int(_number(item.get("priority", 0), "priority", where, integer=True)),
                pools=pools, kind=kind, **sizes)
 
@@ -524,7 +541,7 @@ def _recorded_job(item: dict[str, Any], where: str, job_id: str, tenant: str, po
     accelerator = item.get("accelerator")
     seq_len = item.get("seq_len")
     recording = Recording(
-        duration_hours=_number(item["duration_hours"], "duration_hours", where, minimum=0),
+        duration_hours=_number(item["duration_hours"], "duration_hours", where, minimum=0, maximum=MAX_JOB_HOURS),
         gpus=_number(item["gpus"], "gpus", where, minimum=0, strictly=True),
         accelerator=None if accelerator is None else catalog_accelerator(_string(accelerator, "accelerator", where),
                                                                          where),
@@ -533,10 +550,13 @@ def _recorded_job(item: dict[str, Any], where: str, job_id: str, tenant: str, po
                                                             strictly=True),
         final_state=final_state(_string(item.get("final_state", "completed"), "final_state", where), where))
     return Job(id=job_id, tenant=tenant, model=str(item.get("model", "")),
-               tokens=_number(item.get("tokens", 0), "tokens", where, minimum=0),
-               global_batch=int(_number(item.get("global_batch", 0), "global_batch", where, integer=True, minimum=0)),
-               submit_hours=_number(item["submit_hours"], "submit_hours", where, minimum=0),
-               seq_len=None if seq_len is None else int(_number(seq_len, "seq_len", where, integer=True, minimum=1)),
+               tokens=_number(item.get("tokens", 0), "tokens", where, minimum=0, maximum=MAX_JOB_TOKENS),
+               global_batch=int(_number(item.get("global_batch", 0), "global_batch", where, integer=True, minimum=0,
+                                        maximum=MAX_GLOBAL_BATCH)),
+               submit_hours=_number(item["submit_hours"], "submit_hours", where, minimum=0,
+                                    maximum=MAX_SUBMIT_HOURS),
+               seq_len=None if seq_len is None else int(_number(seq_len, "seq_len", where, integer=True, minimum=1,
+                                                                maximum=MAX_SEQ_LEN)),
                priority=int(_number(item.get("priority", 0), "priority", where, integer=True)),
                pools=pools, recorded=recording, kind=kind,
                slo_wait_hours=None if slo is None else _number(slo, "slo_wait_s", where, minimum=0) / 3600.0)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from bastion.errors import ConfigError, did_you_mean
+from bastion.numbers import MAX_LAUNCH_LATENCY_S
 from bastion.sim.engine import SimConfig, SimResult
 from bastion.sim.inputs import Inventory, make_pool
 
@@ -44,6 +45,8 @@ PARAMETERS: dict[str, tuple[Callable[[Inventory, SimConfig, float], tuple[Invent
     "fair_half_life": (_half_life, 0.0, True, False),
     "launch_latency_s": (_launch, 0.0, False, False),
 }
+#: parameter -> the largest value it may take (the inventory field's own limit)
+HIGHEST = {"launch_latency_s": MAX_LAUNCH_LATENCY_S}
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,9 @@ def parse_sweep(text: str) -> Sweep:
         if math.isnan(value) or value < low or (strictly and value == low):
             raise ConfigError(f"--sweep {name}: {item.strip()} must be {'>' if strictly else '>='} {low:g}.",
                               fix=example)
+        if value > HIGHEST.get(name, math.inf):
+            raise ConfigError(f"--sweep {name}: {item.strip()} must be <= {HIGHEST[name]:g}: that is beyond "
+                              f"anything bastion simulates.", fix=example)
         if whole and not value.is_integer():
             raise ConfigError(f"--sweep {name}: {item.strip()} must be a whole number.", fix=example)
         parsed.append(value)

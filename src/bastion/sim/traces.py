@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bastion.errors import BastionError, ConfigError, did_you_mean
+from bastion.numbers import MAX_JOB_HOURS, MAX_SUBMIT_HOURS
 from bastion.sim.inputs import (
     DEFAULT_QUEUE,
     Inventory,
@@ -97,10 +98,19 @@ def _header(path: Path, what: str, required: tuple[str, ...]) -> tuple[dict[str,
     return names, rows
 
 
+def _finite(text: str) -> float:
+    """A trace cell's number; ValueError when it is not one or not finite (a NaN or infinite time or GPU count
+    would stall the simulated clock or overflow a node count)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"not a finite number: {text!r}")
+    return value
+
+
 def _seconds(text: str) -> tuple[float, bool]:
     """(seconds, whether it was a date): a number of seconds, or ISO 8601 (naive = UTC) as epoch seconds."""
     try:
-        return float(text), False
+        return _finite(text), False
     except ValueError:
         stamp = datetime.fromisoformat(text)
         if stamp.tzinfo is None:
@@ -135,8 +145,23 @@ def _number(text: str, name: str, where: str, *, positive: bool = False) -> floa
     return value
 
 
-def _queues(jobs: list[Job], inventory: Inventory) -> tuple[list[Job], Inventory]:
-    """Jobs with each queue mapped to a tenant (`Inventory.queue_for`), and the inventory they need."""
+def _within_bounds(path: Path, jobs: list[Job]) -> None:
+    """A trace whose submissions span more than MAX_SUBMIT_HOURS, or a job longer than MAX_JOB_HOURS, is refused:
+    the simulator draws node failures over the whole span."""
+    longest = max(jobs, key=lambda j: j.recorded.duration_hours if j.recorded else 0.0)
+    latest = max(jobs, key=lambda j: j.submit_hours)
+    if latest.submit_hours > MAX_SUBMIT_HOURS or (longest.recorded and
+                                                  longest.recorded.duration_hours > MAX_JOB_HOURS):
+        raise ConfigError(f"The trace '{path}' spans {latest.submit_hours:.3g} hours of submissions and its longest "
+                          f"job runs {longest.recorded.duration_hours if longest.recorded else 0:.3g} hours: beyond "
+                          f"anything bastion simulates (at most {MAX_SUBMIT_HOURS:g} and {MAX_JOB_HOURS:g}).",
+                          fix="replay a window of the trace (its rows of a few months), or correct its times.")
+
+
+def _queues(path: Path, jobs: list[Job], inventory: Inventory) -> tuple[list[Job], Inventory]:
+    """Jobs with each queue mapped to a tenant (`Inventory.queue_for`), and the inventory they need; a trace
+    beyond the simulated bounds is refused (`_within_bounds`)."""
+    _within_bounds(path, jobs)
     mapped = [replace(job, tenant=inventory.queue_for(job.tenant)) for job in jobs]
     if any(job.tenant == DEFAULT_QUEUE for job in mapped):
         inventory = inventory.with_default_queue()
@@ -190,7 +215,7 @@ def read_generic(path: Path, inventory: Inventory) -> Trace:
             for submit, queue, recording, line in parsed]
     if any(j.submit_hours < 0 for j in jobs):
         raise ConfigError(f"The trace '{path}' has a negative submit_time.", fix="give seconds from the trace's start.")
-    jobs, inventory = _queues(jobs, inventory)
+    jobs, inventory = _queues(path, jobs, inventory)
     return Trace(Workload(path.stem, tuple(jobs)), inventory, {})
 
 
@@ -224,7 +249,7 @@ def read_pai(path: Path, inventory: Inventory) -> Trace:
     if job_table.exists() and job_table != path:
         for _, row in _headerless(job_table, "PAI job table", PAI_JOB_COLUMNS):
             try:
-                submitted[row["job_name"]] = (float(row["start_time"]), row.get("user", ""))
+                submitted[row["job_name"]] = (_finite(row["start_time"]), row.get("user", ""))
             except (KeyError, ValueError):
                 continue
     parsed = []
@@ -234,14 +259,17 @@ def read_pai(path: Path, inventory: Inventory) -> Trace:
             skipped["not finished (Running or Waiting)"] += 1
             continue
         try:
-            start = min(float(r["start_time"]) for r in rows)
-            end = max(float(r["end_time"]) for r in rows)
-            gpus = sum(float(r["inst_num"]) * float(r["plan_gpu"] or 0) / 100.0 for r in rows)
+            start = min(_finite(r["start_time"]) for r in rows)
+            end = max(_finite(r["end_time"]) for r in rows)
+            gpus = sum(_finite(r["inst_num"]) * _finite(r["plan_gpu"] or "0") / 100.0 for r in rows)
         except (KeyError, ValueError):
             skipped["no start, end or GPU request"] += 1
             continue
         if not gpus > 0:
             skipped["CPU only"] += 1
+            continue
+        if not math.isfinite(gpus) or not math.isfinite(end - start):
+            skipped["no start, end or GPU request"] += 1
             continue
         submit, user = submitted.get(name, (start, ""))
         recording = Recording(duration_hours=max(0.0, end - start) / 3600.0, gpus=round(gpus, 2),
@@ -265,10 +293,10 @@ def read_helios(path: Path, inventory: Inventory) -> Trace:
             skipped[f"state {cell['state'] or 'empty'}"] += 1
             continue
         try:
-            gpus = float(cell["gpu_num"])
+            gpus = _finite(cell["gpu_num"])
             submit, _ = _seconds(cell["submit_time"])
             start, _ = _seconds(cell["start_time"])
-            duration = float(cell["duration"])
+            duration = _finite(cell["duration"])
         except ValueError:
             skipped["no GPU count, times or duration"] += 1
             continue
@@ -289,11 +317,14 @@ def _finish(path: Path, parsed: list[tuple[float, str, Recording]], inventory: I
                           f"{' (' + ', '.join(f'{n} {why}' for why, n in skipped.items()) + ')' if skipped else ''}.",
                           fix="check --trace-format and the file.")
     origin = min(submit for submit, _, _ in parsed)
+    if not math.isfinite(max(submit for submit, _, _ in parsed) - origin):
+        raise ConfigError(f"The trace '{path}' has times too far apart to replay.",
+                          fix="check the submit and start times (seconds since the epoch, or ISO 8601).")
     jobs = []
     for submit, key, recording in parsed:
         jobs.append(Job(id=job_id(key), tenant=queue(key), model="", tokens=0.0, global_batch=0,
                         submit_hours=(submit - origin) / 3600.0, recorded=_started_hours(recording, origin)))
-    jobs, inventory = _queues(jobs, inventory)
+    jobs, inventory = _queues(path, jobs, inventory)
     notes = tuple(f"{n} jobs on {name}, which the catalog does not know: durations taken as recorded on every pool"
                   for name, n in sorted(unknown.items()))
     return Trace(Workload(path.stem, tuple(jobs)), inventory, dict(skipped), notes)

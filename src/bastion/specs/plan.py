@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from pathlib import Path
@@ -359,8 +360,9 @@ class ParallelPlan:
         return "\n".join(lines) + "\n"
 
     @staticmethod
-    def check_save_path(path: str | Path) -> Path:
-        """Where a plan can be written so that `load` reads it back: a .json or .toml file, not a directory."""
+    def check_save_path(path: str | Path, keep: Iterable[str | Path] = ()) -> Path:
+        """Where a plan can be written so that `load` reads it back: a .json or .toml file, not a directory, not
+        one of the files `keep` (the model or cluster file the plan is searched for)."""
         path = Path(path)
         if path.suffix not in (".json", ".toml"):
             raise ConfigError(f"Cannot save a plan as '{path}': plan files end in .json or .toml.",
@@ -368,7 +370,8 @@ class ParallelPlan:
         if path.is_dir():
             raise ConfigError(f"Cannot save the plan to {path}: it is a directory.",
                               fix=f"give a file name, e.g. {path / 'plan.json'}.")
-        return check_output_file(path, "the plan", fix="give --save a path in a directory you can write to.")
+        return check_output_file(path, "the plan", fix="give --save a path in a directory you can write to.",
+                                 keep=keep)
 
     def save(self, path: str | Path) -> Path:
         """Write the plan (TOML for .toml, else JSON) atomically: a reader sees the old file or the new one."""

@@ -201,10 +201,17 @@ def _table(data: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
     return value
 
 
+#: measured fields a prediction divides by (a rate or a count of 0 would be a ZeroDivisionError, not an estimate)
+_POSITIVE = ("nproc", "matmul_efficiency", "hbm_bandwidth_gbs")
+
+
 def _number(table: dict[str, Any], key: str, where: str) -> float:
     value = table.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{where}: '{key}' must be a non-negative number, got {value!r}.", fix=_FIX)
+    positive = key in _POSITIVE
+    if (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0
+            or (positive and value == 0)):
+        raise ConfigError(f"{where}: '{key}' must be a {'positive' if positive else 'non-negative'} number, got "
+                          f"{value!r}.", fix=_FIX)
     return float(value)
 
 
