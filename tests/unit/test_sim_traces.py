@@ -113,6 +113,9 @@ BAD_GENERIC = {
                             "0,1e12,1,a,u,,,\n", "beyond anything bastion simulates"),
     "infinite start": ("submit_time,duration_s,gpus,queue,user,time_limit_s,final_state,accelerator,start_time\n"
                        "0,1,1,a,u,,,,inf\n", "start_time in"),
+    # Unix epoch seconds instead of seconds from the trace's start: said so, with the way out
+    "epoch seconds": ("submit_time,duration_s,gpus,queue,user,time_limit_s,final_state,accelerator\n"
+                      "1733500000,3600,1,a,u,,,\n1733503600,600,2,a,u,,,\n", "looks like Unix epoch seconds"),
 }
 
 

@@ -155,7 +155,10 @@ def _within_bounds(path: Path, jobs: list[Job]) -> None:
         raise ConfigError(f"The trace '{path}' spans {latest.submit_hours:.3g} hours of submissions and its longest "
                           f"job runs {longest.recorded.duration_hours if longest.recorded else 0:.3g} hours: beyond "
                           f"anything bastion simulates (at most {MAX_SUBMIT_HOURS:g} and {MAX_JOB_HOURS:g}).",
-                          fix="replay a window of the trace (its rows of a few months), or correct its times.")
+                          fix="replay a window of the trace (its rows of a few months), or correct its times.",
+                          hint=None if min(j.submit_hours for j in jobs) <= MAX_SUBMIT_HOURS else
+                          "its first submission too is that far from 0: submit_time looks like Unix epoch seconds; "
+                          "give seconds from the trace's start (subtract the first submit_time) or ISO 8601 dates.")
 
 
 def _queues(path: Path, jobs: list[Job], inventory: Inventory) -> tuple[list[Job], Inventory]:
