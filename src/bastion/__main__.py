@@ -1,12 +1,13 @@
 """`python -m bastion ...` — the same CLI; torchrun (here, under srun, in a pod) starts each worker as `-m bastion
-_worker RUN_CONFIG` (launch/worker.py), which goes straight to the worker: building the whole CLI (typer and every
+_worker RUN_CONFIG` (runtime/worker_entry.py), which goes straight to the worker: building the whole CLI (typer and every
 command module, about 0.4 CPU-s) for each worker of each launch and restart is time every run waits for."""
 
 import os
 import sys
 from pathlib import Path
 
-from bastion.launch.worker import TRAIN_WORKER, start_worker
+from bastion.launch.worker import TRAIN_WORKER
+from bastion.runtime.worker_entry import start_worker
 
 if len(sys.argv) == 3 and sys.argv[1] == TRAIN_WORKER:
     from bastion.errors import USER_ERROR_EXIT, BastionError

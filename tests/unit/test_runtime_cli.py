@@ -167,7 +167,7 @@ def test_a_scheduled_jobs_rank_zero_refuses_a_run_dir_in_use(setup, capsys, monk
     config = _written_config(setup, monkeypatch)
     for key, value in (("RANK", "0"), ("WORLD_SIZE", "4"), ("LOCAL_RANK", "0")):
         monkeypatch.setenv(key, value)
-    from bastion.launch import worker
+    from bastion.runtime import worker_entry as worker
 
     monkeypatch.setattr(worker, "PREDECESSOR_EXIT_S", 1.0)   # a requeued job waits this long, then gives up
     with acquire(setup[0] / "run"):   # another run holds it
@@ -183,7 +183,7 @@ def test_a_worker_refuses_a_config_for_another_world_size(setup, capsys, monkeyp
 
 def test_the_worker_builds_its_train_config_from_the_run_config_alone(setup, monkeypatch, tmp_path):
     pytest.importorskip("torch", reason="TrainConfig lives with the runtime")
-    from bastion.launch.worker import train_config_of
+    from bastion.runtime.worker_entry import train_config_of
     from bastion.specs.model import load_model
     from bastion.specs.plan import ParallelPlan
 

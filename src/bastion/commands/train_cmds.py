@@ -483,7 +483,7 @@ def worker_command(
 ) -> None:
     """One training worker, started by torchrun (locally, under srun, in a pod); reads only CONFIG_PATH. A worker
     started as `python -m bastion _worker CONFIG` comes straight to launch/worker.py (bastion/__main__.py)."""
-    from bastion.launch.worker import start_worker
+    from bastion.runtime.worker_entry import start_worker
 
     start_worker(config_path)
 
