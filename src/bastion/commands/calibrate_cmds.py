@@ -245,25 +245,23 @@ NCCL_REPS = 10
 def _check_cuda_here(settings: dict, any_device: bool) -> None:
     """A GPU kind is measured on this machine's CUDA devices: there must be --nproc of them, and (unless
     --any-device) the first must be the card the catalog row names."""
-    import torch
-
     from bastion.errors import ConfigError
+    from bastion.runtime import calibrate as cal
     from bastion.specs.hardware import accelerator_for_device
 
     accelerator, nproc = settings["accelerator"], settings["nproc"]
-    if not torch.cuda.is_available():
+    count, name = cal.cuda_devices()
+    if not count:
         raise ConfigError(f"--accelerator {accelerator} measures that GPU, and this machine has no CUDA device "
-                          f"(torch {torch.__version__}).",
+                          f"(torch {cal.torch_version()}).",
                           fix="run `bastion calibrate` on the GPU node, or as a job on one with --on slurm or "
                               "--on k8s (one rank per GPU: --nproc GPUS_PER_NODE).",
                           hint=f"bastion calibrate --accelerator {accelerator} --on slurm --nproc 8 --dry-run")
-    name = torch.cuda.get_device_name(0)
     found = accelerator_for_device(name)
     if found != accelerator and not any_device:
         raise ConfigError(f"This machine's GPU is '{name}' (catalog row {found or 'none'}), not --accelerator "
                           f"{accelerator}.", fix=(f"use --accelerator {found}" if found else "name its catalog row")
                           + f", or add --any-device to measure it as {accelerator} anyway.")
-    count = torch.cuda.device_count()
     if nproc > count:
         raise ConfigError(f"--nproc {nproc} asks for {nproc} GPUs; this machine has {count}.",
                           fix=f"use --nproc {count} (1: one device, no collectives to measure).")

@@ -938,6 +938,16 @@ def combine_ranks(ranks: list[dict[str, Any]], ranks_per_host: int, repeats: Rep
 GPU_MEMORY_SHARE = 0.5
 
 
+def cuda_devices() -> tuple[int, str]:
+    """(CUDA devices this process sees, the first one's name; 0 and "" without CUDA) — what `bastion calibrate`
+    checks before measuring a GPU kind here."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return 0, ""
+    return torch.cuda.device_count(), torch.cuda.get_device_name(0)
+
+
 def prepare_cuda(memory_share: float = GPU_MEMORY_SHARE) -> Device:
     """The current CUDA device for measuring, its caching allocator capped at `memory_share` of the card's
     memory (an out-of-memory error past it, never another process's memory)."""
