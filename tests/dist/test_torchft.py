@@ -1,13 +1,13 @@
 """--fault-tolerance torchft end to end: real `bastion train` launches (gloo), 2 replica groups × 1 process.
 
-Two launches: a plain dp2 run as the reference, and a torchft run of the same plan in which group 1's worker is
-killed at step KILL_AT. Before the kill both groups step together and the losses are the dp2 run's; at the kill
-group 0 keeps stepping alone (never restarted; the step records say which groups took part and which samples were
-dropped), group 1's torchrun restarts it, it heals from group 0 and rejoins; at the end both groups hold
-bit-identical parameters. Group 0's rank waits 0.5 s before each step's closing collective (`flaky-link`) and the
-run is long enough that it is still going when group 1 is back (a process start takes 5-25 s on this machine,
-quiet or loaded); a longer wait would let a quickly restarted group 1 be back before its peers' next quorum, so it
-would never be dropped.
+Two launches: a plain dp2 run as the reference, and a torchft run of the same plan in which group 1's node is
+lost at step KILL_AT and back from step BACK_AT. Before the loss both groups step together and the losses are the
+dp2 run's; at the loss group 0 keeps stepping alone (never restarted; the step records say which groups took part
+and which samples were dropped), group 1's torchrun restarts its worker, which stays out until its node is back
+(group 0 has finished step BACK_AT - 1: a quickly restarted worker could otherwise be back before group 0's next
+quorum and never be dropped), heals from group 0 and rejoins; at the end both groups hold bit-identical
+parameters. Group 0's rank waits 0.5 s before each step's closing collective (`flaky-link`), so the run is still
+going when group 1 is back (a process start takes 5-25 s on this machine, quiet or loaded).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ pytestmark = [pytest.mark.dist, pytest.mark.timeout(900)]
 
 STEPS = 40
 KILL_AT = 4
+BACK_AT = 8
 PLAN = {"dp": 2, "pp": 1, "tp": 1, "zero_stage": 0, "micro_batch": 1, "global_batch": 4, "precision": "fp32"}
 
 
@@ -44,7 +45,7 @@ def test_a_killed_replica_group_is_dropped_restarted_healed_and_rejoins(tmp_path
     reference = json.loads((train(tmp_path, token_data, "dp2", "--nproc", "2", "--checkpoint-every", "never")
                             / "summary.json").read_text())["losses"]
     run_dir = train(tmp_path, token_data, "ft", "--fault-tolerance", "torchft", "--max-restarts", "1",
-                    "--inject", f"kill:rank=1,step={KILL_AT}", "--inject", "flaky-link:rank=0,delay_ms=500")
+                    "--inject", f"lose-node:rank=1,step={KILL_AT},back_at={BACK_AT}", "--inject", "flaky-link:rank=0,delay_ms=500")
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     steps = {r["step"]: r for r in records if "event" not in r}
     assert sorted(steps) == list(range(1, STEPS + 1))  # every step once: group 0 never went back
@@ -52,10 +53,11 @@ def test_a_killed_replica_group_is_dropped_restarted_healed_and_rejoins(tmp_path
     for step in range(1, KILL_AT):
         assert steps[step]["replica_groups"] == [0, 1] and steps[step]["dropped_sample_ids"] == []
         assert steps[step]["loss"] == pytest.approx(reference[step - 1], abs=1e-5)
-    # group 1 died at the start of KILL_AT: group 0 stepped alone, group 1's share (samples 2..3 of the step's 4)
+    # group 1's node was lost at the start of KILL_AT and was back for BACK_AT at the earliest: group 0 stepped alone, group 1's share (samples 2..3 of the step's 4)
     # was not trained on; then group 1 rejoined and both stepped to the end
     alone = [s for s in steps if steps[s]["replica_groups"] == [0]]
-    assert alone and alone[0] == KILL_AT and alone == list(range(KILL_AT, alone[-1] + 1)) and alone[-1] < STEPS
+    assert alone and alone[0] == KILL_AT and alone == list(range(KILL_AT, alone[-1] + 1))
+    assert BACK_AT - 1 <= alone[-1] < STEPS
     for step in alone:
         start = (step - 1) * 4
         assert steps[step]["dropped_sample_ids"] == [[start + 2, start + 4]]

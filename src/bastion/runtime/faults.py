@@ -13,7 +13,8 @@ does not fire it again. Each firing is recorded in metrics.jsonl as {"event": "f
   lose-node         like kill, but the rank's node is gone (until step `back_at`, if given): under --on-failure
                     shrink the launcher re-plans for the ranks left and continues, and grows back at the first
                     checkpoint boundary at or after `back_at` (launch/shrink.py); under requeue it is a kill whose
-                    restart gets a replacement node
+                    restart gets a replacement node; under --fault-tolerance torchft the restarted replica group
+                    stays out of the quorum until the other groups have finished step `back_at` - 1
   kill-during-save  SIGKILL the committing rank after the checkpoint of the first save at or after `step` is
                     written but before it is committed (no manifest, no rename)
   corrupt-latest    after `step` (default: as soon as two checkpoints exist) flip bytes in the newest committed
@@ -165,6 +166,14 @@ def fault_fired_recently(run_dir: Path, within_s: float = CONSEQUENCE_WINDOW_S) 
         if now - fired <= within_s:
             return True
     return False
+
+
+def node_back_at(faults: list[FaultSpec], run_dir: Path, ranks: range) -> int | None:
+    """The latest `back_at` of the `lose-node` faults of `ranks` that have fired (None: no node of theirs is
+    waited for)."""
+    waits = [f.back_at for f in faults if f.kind == "lose-node" and f.rank in ranks and f.back_at is not None
+             and (Path(run_dir) / "faults" / f"{f.fault_id}.fired").exists()]
+    return max(waits, default=None)
 
 
 class FaultInjector:

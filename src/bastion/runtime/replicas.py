@@ -48,13 +48,20 @@ class RunEndedWithoutGroup(Exception):
 
 
 class ReplicaGroups:
-    def __init__(self, group: int, groups: int, train_state: Any, run_dir: Path) -> None:
+    def __init__(self, group: int, groups: int, train_state: Any, run_dir: Path,
+                 back_at: int | None = None) -> None:
         from torchft import Manager, ProcessGroupGloo
 
         # a warning on every reconfiguration that concerns NCCL's flight recorder, which gloo has not
         logging.getLogger("torchft.manager").addFilter(lambda record: "flight recorder" not in str(record.msg))
         self.group, self.groups = group, groups
         self.run_dir = Path(run_dir)
+        #: this group's workers were restarted (torchrun): it has to heal from a live peer
+        self.restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+        if self.restarted and back_at is not None:
+            # a lost node of this group is back from step `back_at` on (`--inject lose-node:...,back_at=N`): until
+            # then nothing of the group exists for the lighthouse (no manager, no heartbeat)
+            self._wait_for_node(back_at)
         self.rank = dist.get_rank()
         timeout = timedelta(seconds=TIMEOUT_S)
         # init_sync False: every group initialises the same parameters from the run's seed
@@ -64,8 +71,6 @@ class ReplicaGroups:
                                connect_timeout=timeout, rank=self.rank, world_size=dist.get_world_size(),
                                replica_id=f"bastion_group_{group}", hostname="127.0.0.1", init_sync=False)
         self._joined = False
-        #: this group's workers were restarted (torchrun): it has to heal from a live peer
-        self.restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
         #: the groups that took part in the last step
         self.participants: list[int] = list(range(groups))
 
@@ -84,6 +89,17 @@ class ReplicaGroups:
             raise RuntimeError(f"Replica group {self.group} restarted, but no live replica group was there to heal "
                                f"from within {JOIN_S:.0f} s (torchft keeps no checkpoints here).")
         self._joined = True
+
+    def _wait_for_node(self, back_at: int) -> None:
+        """Until the other groups' step records reach step back_at - 1."""
+        while True:
+            done = max((r["step"] for r in read_metrics(self.run_dir).records if "event" not in r and "step" in r),
+                       default=0)
+            if done >= back_at - 1:
+                return
+            if self._run_finished():
+                raise RunEndedWithoutGroup(f"replica group {self.group}'s node came back after the run had finished")
+            time.sleep(0.2)
 
     def _run_finished(self) -> bool:
         summary = read_summary(self.run_dir)

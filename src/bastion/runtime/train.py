@@ -20,6 +20,7 @@ import torch.distributed as dist
 from bastion.rundir.layout import write_run_files
 from bastion.rundir.metrics import MetricsWriter, log_event
 from bastion.rundir.summary import eval_summary, perplexity
+from bastion.runtime.faults import node_back_at, parse_fault
 from bastion.runtime.health import leave_out_failing_devices, run_health_check
 from bastion.runtime.mesh import build_mesh
 from bastion.runtime.metrics import current_memory_bytes, model_flops_per_token, model_state_bytes_measured
@@ -117,7 +118,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if grouped:  # after the health check's collectives: the lighthouse then finds the group ready to step
         from bastion.runtime.replicas import ReplicaGroups
 
-        trainer.replicas = ReplicaGroups(config.replica_group, config.replica_groups, trainer, run_dir)
+        group_ranks = range(config.replica_group * world, (config.replica_group + 1) * world)
+        back_at = node_back_at([parse_fault(s) for s in config.resilience.inject], run_dir, group_ranks)
+        trainer.replicas = ReplicaGroups(config.replica_group, config.replica_groups, trainer, run_dir, back_at)
     peak = peak_flops(cluster_name, plan.precision, device)
     tokens_per_step = plan.global_batch * spec.seq_len
     flops_per_step = model_flops_per_token(spec, spec.seq_len) * tokens_per_step
