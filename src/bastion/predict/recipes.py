@@ -50,14 +50,15 @@ class ModelRecipe:
 
     def __post_init__(self) -> None:
         where = f"recipes.toml [[{self.framework}]] {self.recipe!r}"
+        fix = f"correct that entry of bastion's packaged {RECIPES_FILE} (or reinstall bastion if you did not edit it)."
         if self.vpp is not None and self.vpp > 1 and self.pp is None:
-            raise ConfigError(f"{where}: vpp = {self.vpp} without the pp it was chosen for.")
+            raise ConfigError(f"{where}: vpp = {self.vpp} without the pp it was chosen for.", fix=fix)
         if self.recompute is not None and self.recompute not in RECOMPUTE_MODES:
-            raise ConfigError(f"{where}: unknown recompute {self.recompute!r}.")
+            raise ConfigError(f"{where}: unknown recompute {self.recompute!r}.", fix=fix)
         if self.zero_stage is not None and self.zero_stage not in (0, 1, 2, 3):
-            raise ConfigError(f"{where}: zero_stage {self.zero_stage} is not 0-3.")
+            raise ConfigError(f"{where}: zero_stage {self.zero_stage} is not 0-3.", fix=fix)
         if self.params_b is not None and self.params_b <= 0:
-            raise ConfigError(f"{where}: params_b {self.params_b} is not a positive size.")
+            raise ConfigError(f"{where}: params_b {self.params_b} is not a positive size.", fix=fix)
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,8 @@ def model_recipes() -> dict[str, tuple[ModelRecipe, ...]]:
     out = {}
     for name, entries in table.items():
         if name not in FRAMEWORKS:  # a typo must not silently drop a framework's recipes
-            raise ConfigError(f"recipes.toml names an unknown framework '{name}'.")
+            raise ConfigError(f"recipes.toml names an unknown framework '{name}'.",
+                              fix=f"use one of {', '.join(sorted(FRAMEWORKS))} in {RECIPES_FILE}.")
         out[name] = tuple(ModelRecipe(framework=name, **entry) for entry in entries)
     return out
 
