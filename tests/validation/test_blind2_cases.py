@@ -25,7 +25,6 @@ import pytest
 import test_software_facts
 
 from bastion.predict.frameworks import FACT_COLUMNS, MOE_FACT_COLUMNS, framework_releases
-from bastion.predict.holdout import FAMILY_COLUMN, family_notes
 from bastion.predict.validate import COLUMNS, MOE_COLUMNS, PUBLIC_CASES, read_cases, validate_cases
 
 DATA = Path(__file__).parent / "data"
@@ -50,11 +49,7 @@ def test_every_row_names_a_framework_bastion_has_releases_for() -> None:
 
 
 def test_its_families_are_new_and_declared_out_of_sample() -> None:
-    families = {r[FAMILY_COLUMN] for r in ROWS}
-    seen = {r[FAMILY_COLUMN] for path in OTHER_CASE_FILES for r in read_cases(path)}
-    assert families == {"flagperf", "nemo_launcher_2022", "nemo_launcher_2023"} and not families & seen
-    notes = family_notes()
-    assert all(notes[f]["in_sample"] is False and "blind" in notes[f]["why"] for f in families)
+    checks.assert_families_new_and_blind(BLIND2, OTHER_CASE_FILES, {"flagperf", "nemo_launcher_2022", "nemo_launcher_2023"})
 
 
 def test_no_prediction_depends_on_the_publication(tmp_path: Path) -> None:
