@@ -8,7 +8,8 @@ them blanked), and how often the published step time falls in the p10-p90 interv
     in-sample case files, none of these rows) — what a user is shown;
   - held out within the file: `bastion validate FILE --holdout family`, each family's interval calibrated on the
     other families of this file only.
-Prints the table and writes benchmarks/results/heldout_<date>.json (the date of the run). Another case file of held-out
+The same shipped-interval figures are also given per software framework (the rows' `framework` fact), and every
+predicted row's error is listed. Prints the table and writes benchmarks/results/heldout_<date>.json (the date of the run). Another case file of held-out
 families can be given as the argument (`bench_heldout.py tests/validation/data/blind_cases.csv`): its figures go to
 benchmarks/results/<name>_<date>.json, <name> being the file's name without `_cases.csv`.
 """
@@ -49,11 +50,14 @@ def shipped_interval_figures(cases: list[CaseResult]) -> dict[str, Any]:
 
 
 def measure(case_file: Path = HELDOUT) -> dict[str, Any]:
-    family_of = {r["case_id"]: r[FAMILY_COLUMN] for r in read_cases(case_file)}
+    rows = {r["case_id"]: r for r in read_cases(case_file)}
+    family_of = {case_id: r[FAMILY_COLUMN] for case_id, r in rows.items()}
     report = validate_cases(case_file)
     by_family: dict[str, list[CaseResult]] = defaultdict(list)
+    by_framework: dict[str, list[CaseResult]] = defaultdict(list)
     for case in report.cases:
         by_family[family_of[case.case_id]].append(case)
+        by_framework[rows[case.case_id].get("framework", "") or "(none)"].append(case)
     held_out = leave_one_family_out([case_file])
     lofo = held_out.families()
     git = ["git", "-C", str(ROOT)]
@@ -66,6 +70,11 @@ def measure(case_file: Path = HELDOUT) -> dict[str, Any]:
         "rows": len(family_of), "predicted": len(report.cases), "skipped": report.skipped,
         "shipped_interval": {"all": shipped_interval_figures(report.cases),
                              **{f: shipped_interval_figures(cs) for f, cs in sorted(by_family.items())}},
+        # the row's `framework` fact: how the figure differs for stacks bastion has entries for and for the rest
+        "shipped_interval_by_framework": {f: shipped_interval_figures(cs) for f, cs in sorted(by_framework.items())},
+        "cases": [{"case_id": c.case_id, "published_s": c.published_s, "predicted_s": c.predicted_s,
+                   "rel_error": c.rel_error, "p10_s": c.p10_s, "p90_s": c.p90_s, "software": c.software}
+                  for c in report.cases],
         "holdout_within_file": {"method": "bastion validate FILE --holdout family (predict/holdout.py)",
                                 "all": held_out.summary()["all_families"],
                                 **{f: {s: v[s] for s in (KNOWN, UNKNOWN)} for f, v in lofo.items()}},
@@ -89,6 +98,11 @@ def main() -> None:
         print(f"{name:20s} {k['n']:4d} {k['median_abs_rel_error']:9.1%} {k['p90_abs_rel_error']:6.1%} "
               f"{k['coverage']:6.0%} {k['median_interval_width']:6.1%} | {u['median_abs_rel_error']:9.1%} "
               f"{h['coverage']:14.0%}")
+    for name, k in out["shipped_interval_by_framework"].items():
+        print(f"framework {name:10s} {k['n']:4d} {k['median_abs_rel_error']:9.1%} {k['p90_abs_rel_error']:6.1%} "
+              f"{k['coverage']:6.0%} {k['median_interval_width']:6.1%}")
+    for skipped in out["skipped"]:
+        print(f"refused {skipped['case_id']}: {skipped['reason']}")
     print("cover/width: the shipped interval (intervals.json); held-out cover: --holdout family within this file")
     print(f"recorded in {path}")
 

@@ -1,6 +1,6 @@
-"""Checks shared by the case files of published runs held out of the predictor (heldout_cases.csv, blind_cases.csv):
-each row states its evidence, every row is predicted or refused with a reason, and a family's figures stay near
-what was measured once."""
+"""Checks shared by the case files of published runs held out of the predictor (heldout_cases.csv, blind_cases.csv,
+blind2_cases.csv): each row states its evidence, a blind file's families are new and declared out of sample, every row
+is predicted or refused with a reason, and a family's figures stay near what was measured once."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from bastion.predict.holdout import FAMILY_COLUMN
+from bastion.predict.holdout import FAMILY_COLUMN, family_notes
 from bastion.predict.validate import CaseResult, ValidationReport, read_cases
 from bastion.stats import percentile
 
@@ -30,6 +30,16 @@ def assert_rows_state_their_evidence(path: Path, columns: list[str]) -> None:
         for column in filter(None, row["inferred"].split(";")):
             assert column in columns, (row["case_id"], column)
     assert len({r["case_id"] for r in rows}) == len(rows)
+
+
+def assert_families_new_and_blind(path: Path, other_case_files: tuple[Path, ...], families: set[str]) -> None:
+    """The file's families are exactly `families`, none appears in another case file, and holdout.toml lists each as
+    out of sample because it was compiled blind."""
+    found = {r[FAMILY_COLUMN] for r in read_cases(path)}
+    seen = {r[FAMILY_COLUMN] for other in other_case_files for r in read_cases(other)}
+    assert found == families and not found & seen
+    notes = family_notes()
+    assert all(notes[f]["in_sample"] is False and "blind" in notes[f]["why"] for f in found)
 
 
 def assert_each_row_predicted_or_refused(path: Path, report: ValidationReport, refused: set[str]) -> None:

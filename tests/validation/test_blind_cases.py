@@ -25,13 +25,12 @@ import pytest
 import test_software_facts
 
 from bastion.predict.frameworks import FACT_COLUMNS
-from bastion.predict.holdout import FAMILY_COLUMN, family_notes
 from bastion.predict.validate import COLUMNS, MOE_COLUMNS, PUBLIC_CASES, read_cases, validate_cases
 
 DATA = Path(__file__).parent / "data"
 BLIND = DATA / "blind_cases.csv"
 OTHER_CASE_FILES = (PUBLIC_CASES, DATA / "nemo_cases.csv", DATA / "torchtitan_cases.csv",
-                    DATA / "heldout_cases.csv", DATA / "moe_cases.csv")
+                    DATA / "heldout_cases.csv", DATA / "moe_cases.csv", DATA / "blind2_cases.csv")
 ROWS = read_cases(BLIND)
 REPORT = validate_cases(BLIND)
 #: family -> (rows predicted, median |error|, p90 |error|, coverage of the shipped interval), measured at 315109c
@@ -46,11 +45,8 @@ def test_the_file_has_the_moe_case_file_columns_and_states_its_evidence() -> Non
 
 
 def test_its_families_are_new_and_declared_out_of_sample() -> None:
-    families = {r[FAMILY_COLUMN] for r in ROWS}
-    seen = {r[FAMILY_COLUMN] for path in OTHER_CASE_FILES for r in read_cases(path)}
-    assert len(families) == 5 and not families & seen
-    notes = family_notes()
-    assert all(notes[f]["in_sample"] is False and "blind" in notes[f]["why"] for f in families)
+    families = {"dgxc_maxtext", "dgxc_paxml", "jax_toolbox_pax", "tpu_recipes_v5p", "maxtext_tiering"}
+    checks.assert_families_new_and_blind(BLIND, OTHER_CASE_FILES, families)
 
 
 def test_no_prediction_depends_on_the_publication(tmp_path: Path) -> None:
