@@ -102,6 +102,9 @@ def test_only_the_writing_group_saves_and_a_restarted_group_reads_the_disk_only_
     restarted_resilience.start()
     assert restarted.step == 0  # not from disk: its first quorum heals it from a live peer
     assert restarted_resilience.resume_from_disk() == 2 * EVERY  # no peer was live: the newest checkpoint
+    resumes = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+               if '"resume"' in line]
+    assert [(r["replica_group"], r["resumed_from_step"]) for r in resumes] == [(0, 2 * EVERY)]
     assert restarted.step == 2 * EVERY and restarted.sampler.consumed_samples == trainer.sampler.consumed_samples
     assert all(torch.equal(a, b) for a, b in zip(_params(restarted), _params(trainer), strict=True))
 

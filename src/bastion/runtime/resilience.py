@@ -149,8 +149,14 @@ class Resilience:
 
     def resume_from_disk(self) -> int | None:
         """Restore the newest committed checkpoint of this run (collective); its step, or None when there is
-        none (a restarted torchft group that found no live peer to heal from)."""
-        return self.resumed_from if self._restore_newest() is not None else None
+        none (a restarted torchft group that found no live peer to heal from; rank 0 logs a `resume` event, its
+        `restart` event having been logged before it knew where its state would come from)."""
+        if self._restore_newest() is None:
+            return None
+        if self.rank == 0:
+            log_event(self.run_dir, "resume", attempt=self.attempt, resumed_from_step=self.resumed_from,
+                      world_size=self.world, plan=self.plan.to_dict(), replica_group=self.replica_group)
+        return self.resumed_from
 
     def _report_bad(self, info: checkpoint_files.CheckpointInfo, reason: str, moved: Path) -> None:
         log_event(self.run_dir, "checkpoint_corrupt", step=info.step, reason=reason, moved_to=str(moved))
