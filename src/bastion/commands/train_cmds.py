@@ -113,8 +113,9 @@ def train_command(
     fault_tolerance: str = typer.Option("none", "--fault-tolerance", help="none, or torchft: the plan's "
                                         "data-parallel replicas run as replica groups (each its own torchrun); "
                                         "a failed group is restarted and heals from a live peer while the others "
-                                        "keep stepping (its samples of the steps it missed are not trained on). "
-                                        "Needs pip install 'bastion[ft]'."),
+                                        "keep stepping (its samples of the steps it missed are not trained on); "
+                                        "one group writes the run's checkpoints, which a new launch resumes "
+                                        "when every group was lost. Needs pip install 'bastion[ft]'."),
     replica_groups: Annotated[int | None, number_option(
         "--replica-groups", help="With --fault-tolerance torchft: how many groups the plan's dp replicas form (a "
         "divisor of dp, >= 2; default dp: every replica its own group).", integer=True, low=2, high=1024,
