@@ -77,6 +77,25 @@ def test_unfinished_save_does_not_exist(tmp_path):
     assert cf.newest_valid(tmp_path / "nothing-here") is None
 
 
+def test_a_bad_checkpoint_another_process_set_aside_first_is_passed_over(tmp_path, monkeypatch):
+    # the torchft replica groups of a fresh launch each check the run's one checkpoint directory: the group
+    # that finds a bad checkpoint second finds it gone, and both fall back to the same previous one
+    _commit(tmp_path, 3)
+    _commit(tmp_path, 6)
+    verify = cf.verify
+
+    def another_group_moves_it_first(path, key=None):
+        if path.name == cf.step_dir_name(6):
+            cf.quarantine(path, "bad (seen by another group)")
+            return "bad"
+        return verify(path, key)
+
+    monkeypatch.setattr(cf, "verify", another_group_moves_it_first)
+    seen = []
+    assert cf.newest_valid(tmp_path, on_bad=lambda *bad: seen.append(bad)).step == 3
+    assert seen == [] and len(list((tmp_path / "quarantine").glob("step-*[0-9]"))) == 1
+
+
 def test_retention_keeps_last_k_and_every_nth(tmp_path):
     for step in range(2, 21, 2):
         _commit(tmp_path, step)

@@ -37,9 +37,8 @@ def _train(tmp_path: Path, plan: dict, *extra: str) -> list[str]:
 @pytest.mark.parametrize(("plan", "extra", "expected"), [
     ({**DP4, "dp": 1, "global_batch": 2}, [], "needs data-parallel replicas to drop, but the plan has dp 1"),
     (DP4, ["--replica-groups", "3"], "--replica-groups 3 does not split the plan's dp 4"),
-    (DP4, ["--checkpoint-every", "2"], "keeps no checkpoints"),
+    (DP4, ["--checkpoint-every", "auto"], "--checkpoint-every auto is not supported"),
     (DP4, ["--on-failure", "shrink"], "--on-failure shrink and --fault-tolerance torchft"),
-    (DP4, ["--stop-after-step", "2"], "--stop-after-step checkpoints and stops"),
 ])
 def test_refused_before_anything_is_written(plan: dict, extra: list[str], expected: str, tmp_path: Path,
                                             capsys: CaptureFixture) -> None:
@@ -67,9 +66,13 @@ def test_a_plan_splits_into_groups_of_its_inner_dimensions() -> None:
     inner = replica_groups.group_plan(plan, spec, 2)
     assert (inner.dp, inner.global_batch, inner.zero_stage, inner.num_gpus) == (2, 4, 3, 2)
     assert replica_groups.group_plan(plan, spec, 4).dp == 1
-    section = replica_groups.check_fault_tolerance("torchft", plan, spec, None, 0, None)
+    section = replica_groups.check_fault_tolerance("torchft", plan, spec, None, 0)
     assert section == {"mode": "torchft", "groups": 4, "group_world_size": 1}
-    assert replica_groups.check_fault_tolerance("none", plan, spec, None, 0, None) is None
+    assert replica_groups.check_fault_tolerance("none", plan, spec, None, 0) is None
+    # checkpoints are kept (one group writes them); only auto's per-group interval choice is refused
+    assert replica_groups.check_fault_tolerance("torchft", plan, spec, 2, 5)["groups"] == 2
+    with pytest.raises(ConfigError, match="auto is not supported"):
+        replica_groups.check_fault_tolerance("torchft", plan, spec, 2, -1)
 
 
 def test_a_group_runs_its_share_of_the_plan() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -113,8 +113,9 @@ def train_command(
     fault_tolerance: str = typer.Option("none", "--fault-tolerance", help="none, or torchft: the plan's "
                                         "data-parallel replicas run as replica groups (each its own torchrun); "
                                         "a failed group is restarted and heals from a live peer while the others "
-                                        "keep stepping (its samples of the steps it missed are not trained on). "
-                                        "Needs pip install 'bastion[ft]'."),
+                                        "keep stepping (its samples of the steps it missed are not trained on); "
+                                        "one group writes the run's checkpoints, which a new launch resumes "
+                                        "when every group was lost. Needs pip install 'bastion[ft]'."),
     replica_groups: Annotated[int | None, number_option(
         "--replica-groups", help="With --fault-tolerance torchft: how many groups the plan's dp replicas form (a "
         "divisor of dp, >= 2; default dp: every replica its own group).", integer=True, low=2, high=1024,
@@ -259,8 +260,6 @@ def resolve_run(params: dict[str, Any], world_size: int | None, paths_here: bool
         raise ConfigError(f"--inject {needs_checkpoints[0]} needs checkpoints, but --checkpoint-every is 0.",
                           fix="add --checkpoint-every N.")
     replica_section = _replica_groups(p, request, resilience, on_failure)
-    if replica_section is not None:  # every group would save into the same directory: no final checkpoint
-        resilience = replace(resilience, save_final=False)
     asked = on_failure
     if on_failure == "spares" and engine == "local":
         print("bastion: --on-failure spares on this machine: a restart gets its replacement at once, which is what "
@@ -343,16 +342,13 @@ def _replica_groups(p: dict[str, Any], request: Any, resilience: Any, on_failure
 
     mode = p.get("fault_tolerance", "none")
     section = check_fault_tolerance(mode, request.plan, request.spec, p.get("replica_groups"),
-                                    resilience.checkpoint_every, resilience.resume_from)
+                                    resilience.checkpoint_every)
     if section is None:
         return None
     if on_failure not in ("requeue", "auto"):
         raise ConfigError(f"--on-failure {on_failure} and --fault-tolerance torchft both decide what a failure "
                           f"does.", fix="drop --on-failure: under torchft a failed replica group is restarted "
                                         "(--max-restarts) and heals from a live peer.")
-    if resilience.stop_after_step:
-        raise ConfigError("--stop-after-step checkpoints and stops, but --fault-tolerance torchft keeps no "
-                          "checkpoints.", fix="drop --stop-after-step (or --fault-tolerance).")
     if p["eval_every"]:
         raise ConfigError("--eval-every is not supported with --fault-tolerance torchft (each replica group "
                           "would evaluate only its share).", fix="drop --eval-every, or --fault-tolerance.")

@@ -14,6 +14,11 @@ quorum) and that group's torchrun restarts it; the restarted group heals from a 
 checkpoint transport: model, optimizer, LR schedule, data position, step) and rejoins at the next step. The
 samples of a step that a group missed are not trained on (torchft's semantics: that step's batch is the
 participating groups' shares); metrics.jsonl and the summary record which.
+
+Checkpoints are the run's normal ones (--checkpoint-every, --stop-after-step, the final step; RUN_DIR/checkpoints),
+written by one group, the leading group of the step's quorum (runtime/replicas.py): its plan is every group's, so
+the checkpoint's sharding is the group's plan. If every group dies, the next launch (or torchrun's restart of
+every group) loads the newest committed checkpoint in every group; a single restarted group heals from a peer.
 """
 
 from __future__ import annotations
@@ -76,9 +81,10 @@ def group_plan(plan: ParallelPlan, spec: ModelSpec, groups: int) -> ParallelPlan
 
 
 def check_fault_tolerance(mode: str, plan: ParallelPlan, spec: ModelSpec, groups: int | None,
-                          checkpoint_every: int, resume_from: str | None) -> dict[str, Any] | None:
+                          checkpoint_every: int) -> dict[str, Any] | None:
     """`--fault-tolerance` checked against the plan and this environment: the run config's replica-group section
-    (None for `none`). Refused when torchft is not installed or the plan has no replicas to drop."""
+    (None for `none`). Refused when torchft is not installed, the plan has no replicas to drop, or with
+    `--checkpoint-every auto` (-1)."""
     from bastion.errors import did_you_mean
 
     if mode not in FAULT_TOLERANCE:
@@ -95,12 +101,13 @@ def check_fault_tolerance(mode: str, plan: ParallelPlan, spec: ModelSpec, groups
         raise ConfigError("--fault-tolerance torchft needs the torchft package, which is not installed.",
                           fix="install bastion's ft extra, or leave --fault-tolerance at none.",
                           hint="pip install 'bastion[ft]'")
-    if checkpoint_every != 0 or resume_from:
-        # every group would write the same checkpoint directory; a restarted group heals from a live peer instead
-        raise ConfigError("--fault-tolerance torchft keeps no checkpoints: a restarted replica group heals from a "
-                          "live peer.",
-                          fix="drop --checkpoint-every and --resume-from (the run trains from step 0 and saves "
-                              "no checkpoint), or leave --fault-tolerance at none.")
+    if checkpoint_every < 0:
+        # auto times a probe save on each group and picks from its own figures: the groups (and so the group that
+        # writes, which changes with the quorum) could pick different intervals
+        raise ConfigError("--checkpoint-every auto is not supported with --fault-tolerance torchft (each replica "
+                          "group would choose its own interval).",
+                          fix="give --checkpoint-every N (a step count; one replica group writes each checkpoint), "
+                              "or leave --fault-tolerance at none.")
     return {"mode": mode, "groups": groups, "group_world_size": inner.num_gpus}
 
 

@@ -212,8 +212,20 @@ def discard_unfinished(root: Path) -> list[Path]:
     """Set aside temporary directories left by a save that was interrupted. Returns where they went."""
     if not root.is_dir():
         return []
-    return [quarantine(child, "unfinished save (no commit)")
-            for child in sorted(root.iterdir()) if child.name.startswith(".tmp-") and child.is_dir()]
+    moved = [_quarantine_unless_gone(child, "unfinished save (no commit)")
+             for child in sorted(root.iterdir()) if child.name.startswith(".tmp-") and child.is_dir()]
+    return [path for path in moved if path is not None]
+
+
+def _quarantine_unless_gone(path: Path, reason: str) -> Path | None:
+    """`quarantine`, or None when another process set `path` aside first (the torchft replica groups of a fresh
+    launch each check the run's one checkpoint directory)."""
+    try:
+        return quarantine(path, reason)
+    except FileNotFoundError:
+        if path.exists():
+            raise
+        return None
 
 
 def quarantined_checkpoints(root: Path) -> list[Path]:
@@ -234,8 +246,8 @@ def newest_valid(root: Path, on_bad=None, key: bytes | None = None, check=None) 
             reason = check(info.path)
         if reason is None:
             return info
-        moved = quarantine(info.path, reason)
-        if on_bad is not None:
+        moved = _quarantine_unless_gone(info.path, reason)
+        if on_bad is not None and moved is not None:
             on_bad(info, reason, moved)
     return None
 

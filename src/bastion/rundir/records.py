@@ -69,12 +69,13 @@ class EventKind:
 
 RUN_START = EventKind("run_start", "a new run begins in this directory (its wall clock starts here); records "
                       "before the last one belong to an earlier run", ("world_size", "plan"))
-RESUME = EventKind("resume", "a launch continues this run from a checkpoint (--resume, a Slurm requeue)",
-                   ("attempt", "resumed_from_step", "world_size", "plan"))
+RESUME = EventKind("resume", "a launch continues this run from a checkpoint (--resume, a Slurm requeue; under "
+                   "torchft one event per replica group, `replica_group`)",
+                   ("attempt", "resumed_from_step", "world_size", "plan", "replica_group"))
 RESTART = EventKind("restart", "the worker group was restarted after a failure and resumed from a checkpoint "
-                    "(a torchft replica group, `replica_group`: heals from a live peer instead); `attempt` counts "
-                    "from 0 again in each launch", ("attempt", "resumed_from_step", "world_size", "plan",
-                                                    "replica_group"))
+                    "(a torchft replica group, `replica_group`: heals from a live peer instead, from the newest "
+                    "checkpoint only when no peer is live); `attempt` counts from 0 again in each launch",
+                    ("attempt", "resumed_from_step", "world_size", "plan", "replica_group"))
 REPLICA_GROUP_DROP = EventKind("replica_group_drop", "--fault-tolerance torchft: from `step` on the run steps "
                                "without replica groups `groups` (failed or gone); their shares of its batches are "
                                "not trained on", ("step", "groups", "participating"))

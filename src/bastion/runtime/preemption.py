@@ -58,8 +58,8 @@ class PreemptionNotice:
         if resilience.rank == 0:
             log_event(resilience.run_dir, "preempted", step=step, signal=self.signal_number)
             if getattr(resilience, "replica_group", None) is not None:
-                print(f"bastion: SIGTERM received: stopping after step {step} (torchft replica groups keep no "
-                      f"checkpoint: a new run starts at step 0)", flush=True)
+                print(f"bastion: SIGTERM received: stopping after step {step} (the step's leading torchft replica "
+                      f"group checkpoints it; a new launch resumes from the newest checkpoint)", flush=True)
             else:
                 print(f"bastion: SIGTERM received: checkpointing step {step} and stopping; a restart resumes here",
                       flush=True)

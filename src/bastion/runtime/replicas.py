@@ -13,6 +13,17 @@ to the lighthouse) and is what the trainer calls inside a step:
 A group that misses a step (dead, not yet back) contributes nothing to it: its share of that step's global batch
 is not trained on (torchft's semantics). Each step record says which groups took part (`replica_groups`) and which
 samples were dropped (`dropped_sample_ids`); drops and rejoins are events, and the summary counts them.
+
+Checkpoints (the run's normal ones, RUN_DIR/checkpoints): after a committed step every group holds bit-identical
+state, so one copy is enough. The leading group of the step's quorum writes it (`leads`: whichever groups are
+alive, exactly one of them leads, so the rule survives any group's death), its rank 0 commits it. Where a group's
+state comes from when it starts:
+    a fresh launch (attempt 0)    the newest committed checkpoint (runtime/resilience.py, unless --no-resume):
+                                  every group loads the same one, so the groups start identical
+    a restarted group             a live peer at its first quorum (torchft's heal, faster than the disk); only
+                                  when no peer has stepped (every group died and was restarted), the newest
+                                  committed checkpoint (`resume_from_disk`). A restarted group never reads the
+                                  checkpoint directory while a live peer may be writing into it.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -49,7 +61,10 @@ class RunEndedWithoutGroup(Exception):
 
 class ReplicaGroups:
     def __init__(self, group: int, groups: int, train_state: Any, run_dir: Path,
-                 back_at: int | None = None) -> None:
+                 back_at: int | None = None, resume_from_disk: Callable[[], int | None] | None = None) -> None:
+        """`train_state`: the trainer (already resumed from a checkpoint on a fresh launch). `resume_from_disk`:
+        restores the newest committed checkpoint (collective within the group), returning its step or None; a
+        restarted group calls it when no live peer was there to heal from."""
         from torchft import Manager, ProcessGroupGloo
 
         # a warning on every reconfiguration that concerns NCCL's flight recorder, which gloo has not
@@ -70,6 +85,9 @@ class ReplicaGroups:
                                timeout=timeout, quorum_timeout=timedelta(seconds=JOIN_S),
                                connect_timeout=timeout, rank=self.rank, world_size=dist.get_world_size(),
                                replica_id=f"bastion_group_{group}", hostname="127.0.0.1", init_sync=False)
+        if train_state.step:  # resumed from a checkpoint: torchft counts steps from there (its quorum's max_step)
+            self._set_manager_step(train_state.step)
+        self._resume_from_disk = resume_from_disk
         self._joined = False
         #: the groups that took part in the last step
         self.participants: list[int] = list(range(groups))
@@ -86,9 +104,17 @@ class ReplicaGroups:
             time.sleep(0.5)
             self.manager.start_quorum()
         if self.restarted and self.manager.current_step() == 0:
-            raise RuntimeError(f"Replica group {self.group} restarted, but no live replica group was there to heal "
-                               f"from within {JOIN_S:.0f} s (torchft keeps no checkpoints here).")
+            # every participant is at step 0: no live peer to heal from (all groups died); each of them takes the
+            # same newest committed checkpoint
+            step = self._resume_from_disk() if self._resume_from_disk is not None else None
+            if not step:
+                raise RuntimeError(f"Replica group {self.group} restarted, but no live replica group was there to "
+                                   f"heal from within {JOIN_S:.0f} s, and the run has no committed checkpoint.")
+            self._set_manager_step(step)
         self._joined = True
+
+    def _set_manager_step(self, step: int) -> None:
+        self.manager.load_state_dict({"step": step, "batches_committed": self.manager.batches_committed()})
 
     def _wait_for_node(self, back_at: int) -> None:
         """Until the other groups' step records reach step back_at - 1."""
@@ -126,7 +152,9 @@ class ReplicaGroups:
 
     @property
     def leads(self) -> bool:
-        """This group is the first of the last quorum: its rank 0 writes metrics.jsonl and summary.json."""
+        """This group is the first of the last quorum: its rank 0 writes metrics.jsonl and summary.json, and the
+        group writes the step's checkpoint. Exactly one participating group leads each quorum, whichever are
+        alive; a group outside the quorum (participating rank None) does not."""
         return self.manager.participating_rank() == 0
 
     def step_fields(self, step: int, sample_ids: list[int], previous: list[int]) -> dict[str, Any]:

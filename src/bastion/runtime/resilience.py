@@ -28,6 +28,7 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,8 @@ class Resilience:
     def __init__(self, config: ResilienceConfig, run_dir: Path, train_state: Stateful, spec: Any, plan: Any,
                  replica_group: int | None = None) -> None:
         """`replica_group`: this worker's torchft replica group (runtime/replicas.py), whose ranks are numbered
-        after the lower groups' in --inject; its restarts are tagged with it, and only group 0 starts the run."""
+        after the lower groups' in --inject; its restarts are tagged with it, only group 0 starts the run, and
+        the group saves a checkpoint only when `writes_checkpoint()` says so (runtime/replicas.py's `leads`)."""
         self.config = config
         self.run_dir = Path(run_dir)
         #: what a checkpoint holds of the training (runtime/trainer.py's Trainer): read and restored as a whole
@@ -91,6 +93,9 @@ class Resilience:
                                 async_save=config.async_checkpoint, key=checkpoint_key(config.checkpoint_key_file)),
             rank=self.rank, world_size=self.world, async_group=async_group)
         self.replica_group = replica_group
+        #: whether this worker's group writes the current step's checkpoint (set by the replica groups; one
+        #: group writes, the others hold the same state)
+        self.writes_checkpoint: Callable[[], bool] = lambda: True
         fault_rank = self.rank + (replica_group or 0) * self.world
         self.injector = FaultInjector([parse_fault(s) for s in config.inject], self.run_dir, fault_rank)
         self.checkpointer.before_commit = self.injector.before_commit
@@ -118,7 +123,9 @@ class Resilience:
         """Resume when there is something to resume from (collective); log the start or restart."""
         started = time.time()
         source = None
-        if self.config.resume or self.attempt > 0:
+        # a restarted torchft group heals from a live peer first (runtime/replicas.py, `resume_from_disk`)
+        restarted_group = self.replica_group is not None and self.attempt > 0
+        if (self.config.resume or self.attempt > 0) and not restarted_group:
             source = self._restore_newest()
             deliberate = self.config.restart_from_scratch or not self.config.resume or bool(self.config.resume_from)
             if source is None and not deliberate and checkpoint_files.quarantined_checkpoints(
@@ -139,6 +146,17 @@ class Resilience:
             log_event(self.run_dir, "restart" if self.attempt > 0 else "resume", attempt=self.attempt,
                       resumed_from_step=self.resumed_from or 0, world_size=self.world, plan=self.plan.to_dict(),
                       **group)
+
+    def resume_from_disk(self) -> int | None:
+        """Restore the newest committed checkpoint of this run (collective); its step, or None when there is
+        none (a restarted torchft group that found no live peer to heal from; rank 0 logs a `resume` event, its
+        `restart` event having been logged before it knew where its state would come from)."""
+        if self._restore_newest() is None:
+            return None
+        if self.rank == 0:
+            log_event(self.run_dir, "resume", attempt=self.attempt, resumed_from_step=self.resumed_from,
+                      world_size=self.world, plan=self.plan.to_dict(), replica_group=self.replica_group)
+        return self.resumed_from
 
     def _report_bad(self, info: checkpoint_files.CheckpointInfo, reason: str, moved: Path) -> None:
         log_event(self.run_dir, "checkpoint_corrupt", step=info.step, reason=reason, moved_to=str(moved))
@@ -249,8 +267,8 @@ class Resilience:
         self._step_times.append(record["step_time_s"])
         self.checkpointer.poll()
         self._log_commits()
-        if self.replica_group is not None:
-            pass  # torchft replica groups keep no checkpoints (all would write the same directory): peers heal
+        if not self.writes_checkpoint():
+            pass  # another torchft replica group, holding the same state, writes this step's checkpoint
         elif self.config.checkpoint_every < 0 and self.checkpointer.config.every == 0 and step >= AUTO_PROBE_STEP:
             self.save(step)
             self._choose_auto_interval()

@@ -120,7 +120,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
         group_ranks = range(config.replica_group * world, (config.replica_group + 1) * world)
         back_at = node_back_at([parse_fault(s) for s in config.resilience.inject], run_dir, group_ranks)
-        trainer.replicas = ReplicaGroups(config.replica_group, config.replica_groups, trainer, run_dir, back_at)
+        replicas = ReplicaGroups(config.replica_group, config.replica_groups, trainer, run_dir, back_at,
+                                 resume_from_disk=resilience.resume_from_disk)
+        trainer.replicas = replicas
+        resilience.writes_checkpoint = lambda: replicas.leads  # one group writes; all hold the same state
     peak = peak_flops(cluster_name, plan.precision, device)
     tokens_per_step = plan.global_batch * spec.seq_len
     flops_per_step = model_flops_per_token(spec, spec.seq_len) * tokens_per_step

@@ -1,0 +1,114 @@
+"""Checkpoints under --fault-tolerance torchft (runtime/replicas.py, runtime/resilience.py), in one process: the
+leading group of the step's quorum writes them (one copy: the groups hold the same state), the others save
+nothing; a fresh launch's group starts from the newest committed checkpoint, a restarted group does not read the
+disk at its start (it heals from a live peer first) and reads it only when asked (`resume_from_disk`: no peer)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from bastion.rundir import checkpoints as checkpoint_files
+from bastion.rundir.layout import checkpoints_dir
+from bastion.runtime.data import prepare_dataset
+from bastion.runtime.mesh import build_mesh
+from bastion.runtime.replicas import ReplicaGroups
+from bastion.runtime.resilience import Resilience
+from bastion.runtime.resilience_config import ResilienceConfig
+from bastion.runtime.train_config import TrainConfig
+from bastion.runtime.trainer import Trainer
+from bastion.specs.model import load_model
+from bastion.specs.plan import ParallelPlan
+
+PLAN = {"dp": 1, "micro_batch": 2, "global_batch": 4, "precision": "fp32"}
+EVERY = 2
+
+
+class QuorumRank:
+    """torchft's Manager as `leads` asks it: this group's rank in the step's quorum (None: not in it)."""
+
+    def __init__(self, rank: int | None) -> None:
+        self.rank = rank
+
+    def participating_rank(self) -> int | None:
+        return self.rank
+
+
+def _replicas_at(rank: int | None) -> ReplicaGroups:
+    replicas = object.__new__(ReplicaGroups)  # no torchft Manager: only its quorum rank is asked
+    replicas.manager = QuorumRank(rank)
+    return replicas
+
+
+@pytest.mark.parametrize(("quorum_rank", "writes"), [(0, True), (1, False), (None, False)])
+def test_the_leading_group_of_the_quorum_writes(quorum_rank: int | None, writes: bool) -> None:
+    # group 1 leads a quorum that group 0 is not in (its rank there is 0): the rule survives any group's death
+    assert _replicas_at(quorum_rank).leads is writes
+
+
+@pytest.fixture()
+def group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Builds (trainer, resilience) of replica group `g` of one run (tiny model, a single-process gloo group)."""
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    (tmp_path / "t.txt").write_bytes(b"the quick brown fox jumps over the lazy dog. " * 400)
+    prepare_dataset([tmp_path / "t.txt"], tmp_path / "data")
+    (tmp_path / "plan.json").write_text(json.dumps(PLAN))
+    plan = ParallelPlan.load(tmp_path / "plan.json")
+    spec = load_model("tiny", 32)
+    rmesh = build_mesh(plan, torch.device("cpu"))
+    made: list[Resilience] = []
+
+    def make(g: int, attempt: int = 0) -> tuple[Trainer, Resilience]:
+        monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", str(attempt))
+        config = TrainConfig(model="tiny", plan=str(tmp_path / "plan.json"), data=str(tmp_path / "data"), steps=10,
+                             run_dir=str(tmp_path / "run"), seq_len=32, warmup_steps=2)
+        trainer = Trainer(config, spec, plan, rmesh)
+        resilience = Resilience(ResilienceConfig(checkpoint_every=EVERY, async_checkpoint=False), tmp_path / "run",
+                                trainer, spec, plan, replica_group=g)
+        made.append(resilience)
+        return trainer, resilience
+
+    try:
+        yield make
+    finally:
+        for resilience in made:
+            resilience.checkpointer.close()
+            resilience.watchdog.close()
+        dist.destroy_process_group()
+
+
+def _params(trainer: Trainer) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in trainer.model.parameters()]
+
+
+def test_only_the_writing_group_saves_and_a_restarted_group_reads_the_disk_only_without_a_peer(group,
+                                                                                             tmp_path: Path) -> None:
+    trainer, resilience = group(1)
+    resilience.start()
+    leading = False
+    resilience.writes_checkpoint = lambda: leading
+    for step in range(1, 2 * EVERY + 1):
+        leading = step > EVERY  # group 1 leads once group 0 is gone
+        record = trainer.train_step(hooks=resilience)
+        resilience.after_step(record)
+    saved = [c.step for c in checkpoint_files.committed(checkpoints_dir(tmp_path / "run"))]
+    assert saved == [2 * EVERY]  # step EVERY was another group's to write
+
+    restarted, restarted_resilience = group(0, attempt=1)
+    restarted_resilience.start()
+    assert restarted.step == 0  # not from disk: its first quorum heals it from a live peer
+    assert restarted_resilience.resume_from_disk() == 2 * EVERY  # no peer was live: the newest checkpoint
+    resumes = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+               if '"resume"' in line]
+    assert [(r["replica_group"], r["resumed_from_step"]) for r in resumes] == [(0, 2 * EVERY)]
+    assert restarted.step == 2 * EVERY and restarted.sampler.consumed_samples == trainer.sampler.consumed_samples
+    assert all(torch.equal(a, b) for a, b in zip(_params(restarted), _params(trainer), strict=True))
+
+    relaunched, relaunched_resilience = group(0)
+    relaunched_resilience.start()  # a fresh launch (attempt 0): every group loads the newest checkpoint
+    assert relaunched.step == 2 * EVERY
+    assert all(torch.equal(a, b) for a, b in zip(_params(relaunched), _params(trainer), strict=True))
