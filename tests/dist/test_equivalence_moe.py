@@ -1,7 +1,8 @@
 """Expert parallelism trains exactly like one process: tiny-moe (first layer dense, 8 experts, top-2, one shared
 expert, aux loss) under ep2, ep4, ep2 × dp2 with ZeRO-3, ep2 × tp2 (with and without sequence parallelism),
 ep4 carved from dp2 × cp2, ep2 × pp2, and ep groups folded over tp ranks (Megatron-Core's parallel folding: tp2
-ep2 sp, tp2 ep4 dp2 sp), and cp2 × tp2 with sp (with and without ep2) for one step only (see ONE_STEP), against
+ep2 sp, tp2 ep4 dp2 sp, tp2 ep2 sp × pp2), and cp2 × tp2 with sp (with ep2 carved from cp, ep4 folded over cp
+and tp, and without ep) for one step only (see ONE_STEP), against
 the independent single-process fp32 reference; per-step loss and final parameters within 1e-5, each rank's
 parameter/gradient/optimizer bytes equal to the predictor's `model_state_bytes` (routed experts split over ep,
 then sharded over the expert-data-parallel ranks), and the logged aux loss the same under every plan (a rank
@@ -42,6 +43,9 @@ WORLD4 = declare(4, {
     # parallel folding: one ep group over both replicas' tp ranks (2 experts a rank), FSDP over the others
     "moe-tp2-ep4-dp2-sp-folded-zero3": dict(dp=2, tp=2, ep=4, sequence_parallel=True, zero_stage=3,
                                             micro_batch=2, global_batch=8, **FP32),
+    # parallel folding on each pipeline stage: a stage's two tp ranks form its ep group (the expert mesh's pp dim)
+    "moe-tp2-ep2-pp2-sp-folded": dict(tp=2, ep=2, pp=2, sequence_parallel=True, pp_schedule="1f1b",
+                                      micro_batch=2, global_batch=8, **FP32),
 }, MODEL)
 #: cp2 × tp2 for one step only: over 6 steps it drifts past 1e-5 (loss 1.9e-5 by step 6) because at step 2 a
 #: routing near-tie (layer 3, two experts' scores 1.2e-7 apart) flips under fp32 reduction-order noise, and every
@@ -55,6 +59,9 @@ ONE_STEP = declare(4, {
     # ep carved from cp (dp × cp = 2): the two cp ranks of a tp rank split the experts
     "moe-ep2-cp2-tp2-sp-zero3-1step": dict(cp=2, tp=2, ep=2, sequence_parallel=True, zero_stage=3,
                                            micro_batch=2, global_batch=8, **FP32),
+    # parallel folding with cp: ep4 over both cp ranks' tp ranks, each routing a quarter of each sequence
+    "moe-cp2-tp2-ep4-sp-folded-zero3-1step": dict(cp=2, tp=2, ep=4, sequence_parallel=True, zero_stage=3,
+                                                  micro_batch=2, global_batch=8, **FP32),
 }, MODEL, steps=1)
 
 
