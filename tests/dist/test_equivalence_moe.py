@@ -1,11 +1,12 @@
 """Expert parallelism trains exactly like one process: tiny-moe (first layer dense, 8 experts, top-2, one shared
 expert, aux loss) under ep2, ep4, ep2 × dp2 with ZeRO-3, ep2 × tp2 (with and without sequence parallelism),
 ep4 carved from dp2 × cp2, ep2 × pp2, and ep groups folded over tp ranks (Megatron-Core's parallel folding: tp2
-ep2 sp, tp2 ep4 dp2 sp), and cp2 × tp2 with sp (with and without ep2) for one step only (see ONE_STEP), against
-the independent single-process fp32 reference; per-step loss and final parameters within 1e-5, each rank's
-parameter/gradient/optimizer bytes equal to the predictor's `model_state_bytes` (routed experts split over ep,
-then sharded over the expert-data-parallel ranks), and the logged aux loss the same under every plan (a rank
-that routes only a shard of each sequence still computes the whole sequence's)."""
+ep2 sp, tp2 ep4 dp2 sp, tp2 ep2 sp × pp2, tp2 ep4 dp2 without sp), and cp2 × tp2 with sp (with ep2 carved from
+cp, ep4 folded over cp and tp, and without ep) and tp2 ep2 folded without sp for one step only (see ONE_STEP and
+ONE_STEP_2), against the independent single-process fp32 reference; per-step loss and final parameters within
+1e-5, each rank's parameter/gradient/optimizer bytes equal to the predictor's `model_state_bytes` (routed experts
+split over ep, then sharded over the expert-data-parallel ranks), and the logged aux loss the same under every
+plan (a rank that routes only a shard of each sequence still computes the whole sequence's)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,11 @@ WORLD4 = declare(4, {
     # parallel folding: one ep group over both replicas' tp ranks (2 experts a rank), FSDP over the others
     "moe-tp2-ep4-dp2-sp-folded-zero3": dict(dp=2, tp=2, ep=4, sequence_parallel=True, zero_stage=3,
                                             micro_batch=2, global_batch=8, **FP32),
+    # parallel folding on each pipeline stage: a stage's two tp ranks form its ep group (the expert mesh's pp dim)
+    "moe-tp2-ep2-pp2-sp-folded": dict(tp=2, ep=2, pp=2, sequence_parallel=True, pp_schedule="1f1b",
+                                      micro_batch=2, global_batch=8, **FP32),
+    # parallel folding without sp: each tp rank routes its slice of the replicated activation, gathered after
+    "moe-tp2-ep4-dp2-folded-zero3": dict(dp=2, tp=2, ep=4, zero_stage=3, micro_batch=2, global_batch=8, **FP32),
 }, MODEL)
 #: cp2 × tp2 for one step only: over 6 steps it drifts past 1e-5 (loss 1.9e-5 by step 6) because at step 2 a
 #: routing near-tie (layer 3, two experts' scores 1.2e-7 apart) flips under fp32 reduction-order noise, and every
@@ -55,6 +61,15 @@ ONE_STEP = declare(4, {
     # ep carved from cp (dp × cp = 2): the two cp ranks of a tp rank split the experts
     "moe-ep2-cp2-tp2-sp-zero3-1step": dict(cp=2, tp=2, ep=2, sequence_parallel=True, zero_stage=3,
                                            micro_batch=2, global_batch=8, **FP32),
+    # parallel folding with cp: ep4 over both cp ranks' tp ranks, each routing a quarter of each sequence
+    "moe-cp2-tp2-ep4-sp-folded-zero3-1step": dict(cp=2, tp=2, ep=4, sequence_parallel=True, zero_stage=3,
+                                                  micro_batch=2, global_batch=8, **FP32),
+}, MODEL, steps=1)
+#: tp2 × ep2 folded without sp flips the same near-tie at step 2 (layer 3: expert 5's and 6's scores of one token
+#: 1.2e-7 apart; one routed choice moves from 5 to 6, loss 6.7e-6 off at step 2, 1.9e-5 by step 6), while its step
+#: 1 agrees as closely as the cp × tp plans' and tp2 × ep4 × dp2 without sp keeps every choice over 6 steps
+ONE_STEP_2 = declare(2, {
+    "moe-tp2-ep2-folded-1step": dict(tp=2, ep=2, micro_batch=2, global_batch=8, **FP32),
 }, MODEL, steps=1)
 
 
@@ -94,7 +109,7 @@ def test_expert_parallel_with_zero_and_pipeline_on_4_processes(equivalence_runs,
 
 
 def test_context_and_tensor_parallel_first_step_trains_like_one_process(equivalence_runs, token_data):
-    results = equivalence_runs(ONE_STEP)
+    results = equivalence_runs(ONE_STEP | ONE_STEP_2)
     gradients = []
     reference = reference_run(token_data, MODEL, global_batch=8, steps=1, gradients=gradients)
     check_group(results, reference, MODEL, compared=well_conditioned(gradients[0]))

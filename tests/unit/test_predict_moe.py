@@ -169,12 +169,14 @@ FOLDED = ParallelPlan(dp=4, tp=2, pp=2, ep=8, zero_stage=1, global_batch=64, seq
 
 def test_folded_expert_parallelism_is_refused_unless_allowed_or_run() -> None:
     assert FOLDED.folds_experts and not replace(FOLDED, ep=4).folds_experts
-    FOLDED.validate(QWEN3_235B)  # etp 1 under sp: bastion's runtime folds it (runtime/mesh.py)
-    unshardable = replace(FOLDED, sequence_parallel=False)  # every tp rank would dispatch the same tokens
+    FOLDED.validate(QWEN3_235B)  # etp 1: bastion's runtime folds it (runtime/mesh.py), with or without sp
+    replace(FOLDED, sequence_parallel=False).validate(QWEN3_235B)
+    split = replace(FOLDED, tp=4, dp=2, ep=4, etp=2)  # the experts split in width over tp ranks too
+    assert split.folds_experts
     with pytest.raises(PlanError, match="parallel folding") as caught:
-        unshardable.validate(QWEN3_235B)  # the runtime's and the planner's check
-    assert "sequence parallelism" in caught.value.problem and "sequence_parallel = true" in caught.value.fix
-    unshardable.validate(QWEN3_235B, allow_folding=True)
+        split.validate(QWEN3_235B)  # the runtime's and the planner's check
+    assert "etp = 2" in caught.value.problem and "set etp = 1" in caught.value.fix
+    split.validate(QWEN3_235B, allow_folding=True)
     with pytest.raises(PlanError, match="does not divide tp × dp × cp"):
         replace(FOLDED, ep=16).validate(QWEN3_235B, allow_folding=True)
 

@@ -126,7 +126,8 @@ def test_runtime_status_names_every_plan_train_refuses_with_its_fix():
               "learned position embeddings"),
              (load_model("bloom-176b"), ParallelPlan(**fp32), "ALiBi"),
              (load_model("tiny-moe"), ParallelPlan(dp=4, tp=2, ep=2, etp=4, **fp32), "etp = 4"),
-             (load_model("tiny-moe"), ParallelPlan(dp=4, tp=2, ep=8, **fp32), "ep = 8 does not divide dp × cp"))
+             (load_model("small-moe"), ParallelPlan(dp=2, tp=4, ep=4, etp=2, **fp32),
+              "ep = 4 does not divide dp × cp"))
     for spec, plan, problem in cases:
         status = runtime_status(spec, plan)
         assert status["executes"] is False and problem in status["refusal"] and status["fix"], problem

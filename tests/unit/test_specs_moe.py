@@ -108,13 +108,14 @@ def test_plans_with_ep_are_checked_and_what_the_runtime_cannot_run_is_refused():
                  ParallelPlan(dp=2, ep=2, tp=2, etp=2, sequence_parallel=True, **fp32),
                  ParallelPlan(dp=2, ep=2, cp=2, **fp32)):
         check_runtime_executes(tiny, plan)
-    # parallel folding with etp 1 under sp: the ep groups take in the tp ranks, each dispatching its own shard
+    # parallel folding with etp 1, with or without sp: the ep groups take in the tp ranks, each dispatching its
+    # own shard of the sequence (without sp its slice of the replicated activation)
     for plan in (ParallelPlan(tp=2, ep=2, sequence_parallel=True, **fp32),
-                 ParallelPlan(dp=2, tp=2, ep=4, sequence_parallel=True, **fp32)):
+                 ParallelPlan(dp=2, tp=2, ep=4, sequence_parallel=True, **fp32), ParallelPlan(tp=2, ep=2, **fp32)):
         assert plan.folds_experts
         check_runtime_executes(tiny, plan)
-    with pytest.raises(PlanError, match="without sequence parallelism"):
-        check_runtime_executes(tiny, ParallelPlan(tp=2, ep=2, **fp32))
+    with pytest.raises(PlanError, match="tp = 2 does not divide seq_len 63"):  # the slices must be whole
+        check_runtime_executes(tiny.with_seq_len(63), ParallelPlan(tp=2, ep=2, **fp32))
     folded = ParallelPlan(dp=4, ep=2, tp=2, etp=4, **fp32)
     folded.validate(tiny)  # the spec and the predictor accept Megatron's parallel folding
     with pytest.raises(PlanError, match="does not execute etp = 4 with tp = 2") as caught:

@@ -782,10 +782,10 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     s = seq_len or model.seq_len
     model = model.with_seq_len(s)  # learned position tables are sized by the sequence length
     plan.validate(model, cluster, s, allow_folding=True)
-    if plan.folds_experts and options.moe_expert_layout == "bastion":
+    if options.moe_expert_layout == "bastion" and moe.runtime_layout(plan) != "bastion":
         # bastion's runtime folds ep over tp ranks as Megatron-Core lays it out (etp 1, each tp rank routing its
-        # sequence-parallel shard, ep groups of consecutive ranks; runtime/mesh.py)
-        options = replace(options, moe_expert_layout="megatron")
+        # own 1/tp of the tokens, ep groups of consecutive ranks; runtime/mesh.py)
+        options = replace(options, moe_expert_layout=moe.runtime_layout(plan))
     _check_offload(plan, cluster)
     node = cluster
     cluster = per_rank(cluster)

@@ -16,7 +16,8 @@ every tp rank holds all of the micro-batch's tokens (etp = tp: each computes a s
 them and the outputs are all-reduced, the same bytes as the megatron layout's all-gather and reduce-scatter).
 
 When ep does not divide dp × cp the expert groups take in tensor-parallel ranks too (ParallelPlan.folds_experts):
-costed in the megatron layout, which is how bastion's runtime folds them (etp = 1 under sp; runtime/mesh.py).
+costed in the megatron layout, which is how bastion's runtime folds them (etp = 1, each tp rank routing its own
+1/tp of the tokens, with or without sp; runtime/mesh.py, `runtime_layout`).
 Node-limited routing (ModelSpec.max_routed_nodes, DeepSeek-V3) caps the copies of a token that cross the
 scale-out network at one per remote node it reaches; a hierarchical dispatcher (PredictOptions.moe_dispatcher
 `deepep` / `hybridep`) sends each token across once per remote node holding one of its experts, whatever the
@@ -114,6 +115,12 @@ class RoutingLayout(NamedTuple):
     gathered: int
     #: how many ranks apart an ep group's members are
     ep_stride: int
+
+
+def runtime_layout(plan: ParallelPlan) -> str:
+    """The layout bastion's runtime runs a plan's MoE layers in: its own, or Megatron-Core's where it folds ep
+    over tp ranks (each tp rank then routes its own 1/tp of the tokens, as Megatron's ranks do)."""
+    return "megatron" if plan.folds_experts else "bastion"
 
 
 def routing_layout(tp: int, etp: int, sequence_parallel: bool, layout: str) -> RoutingLayout:

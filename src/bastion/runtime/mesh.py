@@ -31,8 +31,9 @@ memory._local_numel): ep consecutive ranks form an ep group, the ranks ep apart 
 not a view of the 4-D mesh (it cuts across its dp and tp dimensions), so it is a DeviceMesh of its own over the same
 ranks, (pp, dp_replicate | edp_replicate, edp_shard | dp_shard, ep) with the names the carved layout uses, whose
 groups the experts' DTensors and their FSDP unit share (FSDP2 composes placements of one root mesh). It runs with
-etp = 1 under sequence parallelism: each tp rank routes its own sequence shard, so every rank of an ep group
-dispatches distinct tokens (what ParallelPlan.folding_refusal requires).
+etp = 1: each tp rank routes its own shard of the sequence (its sequence-parallel shard, or without sp its slice
+of the replicated activation; runtime/parallelize.py), so every rank of an ep group dispatches distinct tokens
+(what ParallelPlan.folding_refusal requires).
 """
 
 from __future__ import annotations

@@ -20,11 +20,12 @@ Transformer's loss applied per sequence): aux = coeff · E · Σ_i f_i · P_i pe
 sequence's top_k choices that went to expert i, P_i the mean (normalised) score of expert i; the mean over
 sequences. Per sequence, so splitting the batch into micro-batches and data-parallel ranks does not change it.
 
-Split sequences (`SequenceSplit`): under context parallelism, and under sequence parallelism with etp = 1, a rank
-routes only its shard of each sequence (the block is token-wise; each rank dispatches its own tokens over ep).
+Split sequences (`SequenceSplit`): under context parallelism, under sequence parallelism with etp = 1, and with
+ep folded over the tp ranks (`routes_sequence_shard`), a rank routes only its shard of each sequence (the block is
+token-wise; each rank dispatches its own tokens over ep).
 The aux loss then needs the whole sequence's counts f_i, which are summed over the ranks holding the other shards
 (no gradient flows through them); P_i is linear in the scores, so each rank keeps its shard's part of it and the
-parts add up to the single-process loss. Under sp each tp rank routes a different shard, so the router's and
+parts add up to the single-process loss. When each tp rank routes a different shard, the router's and
 routed experts' gradients (replicated weights, `grad_sum_mesh`) are summed over tp, as Megatron sums the
 gradients of sequence-parallel replicated weights.
 
@@ -65,12 +66,14 @@ class SequenceSplit:
 
 
 def routes_sequence_shard(plan: ParallelPlan) -> bool:
-    """Each tp rank routes its own sequence-parallel shard of the tokens (sp with etp = 1); otherwise the tp
-    ranks of a replica route the same tokens (with etp = tp each computes a slice of every expert's width). The
-    predictor's "bastion" layout (predict/moe.py) is the home of the rule."""
-    from bastion.predict.moe import routing_layout
+    """Each tp rank routes its own shard of the sequence: its sequence-parallel shard (sp with etp = 1), or, with
+    ep folded over the tp ranks (etp = 1), without sp its slice of the replicated activation (an ep group
+    spanning tp ranks must not dispatch a token once per tp rank); otherwise the tp ranks of a replica route the
+    same tokens (with etp = tp each computes a slice of every expert's width). The predictor's layouts
+    (predict/moe.py's routing_layout and runtime_layout) are the home of the rule."""
+    from bastion.predict.moe import routing_layout, runtime_layout
 
-    return routing_layout(plan.tp, plan.etp, plan.sequence_parallel, "bastion").token_share < 1
+    return routing_layout(plan.tp, plan.etp, plan.sequence_parallel, runtime_layout(plan)).token_share < 1
 
 
 def with_summed_gradient(mesh: object, weight: torch.Tensor) -> torch.Tensor:

@@ -9,9 +9,10 @@ Order (the one PyTorch documents, and torchtitan uses):
                         dispatches its tokens to them with all_to_all (runtime/moe.py); with etp = tp also split in
                         width over tp; before FSDP, which then shards the local experts over the remaining
                         data-parallel ranks (runtime/mesh.py; ep groups may also span tp ranks: parallel folding)
-  1d. split sequences - (MoE with cp > 1, or sp with etp = 1) each rank routes only its shard of every sequence:
-                        the MoE blocks learn which ranks hold the other shards (for the sequence-wise aux loss)
-                        and, under sp, sum the router's and routed experts' gradients over tp (runtime/moe.py)
+  1d. split sequences - (MoE with cp > 1, sp with etp = 1, or ep folded over tp ranks) each rank routes only its
+                        shard of every sequence: the MoE blocks learn which ranks hold the other shards (for the
+                        sequence-wise aux loss) and, when the tp ranks route different shards, sum the router's
+                        and replicated experts' gradients over tp (runtime/moe.py)
   2. tensor parallel  - DTensor column/row split (+ sequence parallel, + loss parallel on the LM head) on each chunk;
                         must come before FSDP so that FSDP shards the already TP-sharded DTensors (2-D)
   3. activation ckpt  - wraps whole blocks (full; the first `recompute_layers` of each chunk when set) or the
@@ -193,7 +194,9 @@ def _moe_tensor_parallel_plan(block: nn.Module, sequence_parallel: bool, routes_
     the shared experts split like a dense MLP. Under sp: with etp = 1 each rank routes its own sequence shard and
     only the shared experts gather the sequence (as a dense MLP does); with etp = tp the block gathers the whole
     sequence (every tp rank must hold the same rows) and hands back this rank's shard of the output (Megatron's
-    all-gather before and reduce-scatter after the experts, here an all-reduce and a slice)."""
+    all-gather before and reduce-scatter after the experts, here an all-reduce and a slice). Folded over the tp
+    ranks without sp (`routes_shard`), the block takes this rank's slice of the replicated activation, runs as
+    under sp, and gathers its output back (a slice and an all-gather; backward an all-gather and a slice)."""
     from torch.distributed.tensor import Replicate, Shard
     from torch.distributed.tensor.parallel import (
         ColwiseParallel,
@@ -204,9 +207,14 @@ def _moe_tensor_parallel_plan(block: nn.Module, sequence_parallel: bool, routes_
 
     shared_out = Shard(1) if routes_shard else Replicate()  # the shared experts' output, added to the routed one
     plan: dict[str, Any] = {}
-    if sequence_parallel and routes_shard:
-        plan["moe"] = PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Shard(1),),
-                                         use_local_output=True)
+    if routes_shard:
+        if sequence_parallel:
+            plan["moe"] = PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Shard(1),),
+                                             use_local_output=True)
+        else:
+            plan["moe"] = PrepareModuleInputOutput(
+                input_layouts=(Replicate(),), desired_input_layouts=(Shard(1),), use_local_input=True,
+                output_layouts=(Shard(1),), desired_output_layouts=(Replicate(),), use_local_output=True)
         if block.moe.shared_experts is not None:
             plan["moe.shared_experts"] = PrepareModuleInput(input_layouts=(Shard(1),),
                                                             desired_input_layouts=(Replicate(),))

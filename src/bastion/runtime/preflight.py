@@ -38,9 +38,9 @@ def check_runtime_executes(spec: ModelSpec, plan: ParallelPlan) -> None:
     """Refuse what the runtime does not execute, for every model, never silently ignored. For a mixture-of-experts
     model it executes ep (carved from dp × cp) with dp, ZeRO 0-3, pp, cp, tp and sp, the experts replicated over
     tp (etp = 1) or split in width over it (etp = tp), and ep groups folded over tp ranks (ep not dividing dp × cp,
-    ParallelPlan.folds_experts) with etp = 1 under sp; the rest of Megatron-Core's parallel folding is not
-    executed: other etp (1 < etp < tp, or etp > tp) is predicted and planned only, folding with etp > 1 or
-    without sp predicted only."""
+    ParallelPlan.folds_experts) with etp = 1, with or without sp; the rest of Megatron-Core's parallel folding is
+    not executed: other etp (1 < etp < tp, or etp > tp) is predicted and planned only, folding with etp > 1
+    predicted only."""
     refusal = runtime_refusal(spec, plan)
     if refusal is not None:
         raise refusal
@@ -63,6 +63,11 @@ def runtime_refusal(spec: ModelSpec, plan: ParallelPlan) -> BastionError | None:
     folding = plan.folding_refusal()  # `validate` refuses it too, except for `bastion estimate`
     if folding is not None:
         return folding
+    if plan.folds_experts and spec.seq_len % plan.tp:  # under sp `validate` refuses it already
+        return PlanError(f"ep = {plan.ep} is folded over the tp ranks, each routing its own 1/tp of every "
+                         f"sequence, but tp = {plan.tp} does not divide seq_len {spec.seq_len}.",
+                         fix="choose tp dividing the sequence length, or ep dividing dp × cp.",
+                         reason="runtime limitation")
     if plan.etp not in (1, plan.tp):
         return PlanError(f"The runtime does not execute etp = {plan.etp} with tp = {plan.tp} yet: it splits the "
                          f"experts over the attention's tp ranks or not at all (the predictor and planner model "

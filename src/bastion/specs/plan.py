@@ -155,25 +155,23 @@ class ParallelPlan:
         """Expert parallelism wider than the data-parallel ranks can hold: ep does not divide dp × cp, so the
         expert groups span tensor-parallel ranks too (Megatron-Core's "parallel folding": the experts' grid etp ×
         ep × expert-dp is laid over the tp × cp × dp ranks of a pipeline stage). bastion's runtime runs it with
-        etp = 1 under sequence parallelism (runtime/mesh.py); `folding_refusal` says when not."""
+        etp = 1, each tp rank routing its own 1/tp of the tokens (runtime/mesh.py); `folding_refusal` says when
+        not."""
         return expert_grid(self.shard_degree, self.tp, self.ep, self.etp)[1]
 
     def folding_refusal(self) -> PlanError | None:
         """Why bastion's runtime refuses this plan's folded expert groups (None when it does not fold, or runs the
         folding): `validate` raises it unless folding is allowed, `bastion estimate` marks the plan with it. The
-        runtime folds ep over tp ranks that each route their own sequence-parallel shard (etp = 1, sp): the members
-        of an ep group then dispatch distinct tokens."""
-        if not self.folds_experts or (self.etp == 1 and self.sequence_parallel):
+        runtime folds ep over tp ranks with the experts whole on each (etp = 1), each tp rank routing its own 1/tp
+        of the tokens (its sequence-parallel shard, or without sp its slice of the replicated activation): the
+        members of an ep group then dispatch distinct tokens."""
+        if not self.folds_experts or self.etp == 1:
             return None
-        why = (f"etp = {self.etp}: bastion's runtime folds expert groups over tensor-parallel ranks only with the "
-               f"experts whole on each rank (etp = 1)" if self.etp != 1 else
-               "without sequence parallelism the tp ranks route the same tokens, so an ep group spanning them "
-               "would dispatch each token twice")
         return PlanError(f"ep = {self.ep} does not divide dp × cp = {self.dp * self.cp}, so the expert groups span "
-                         f"tensor-parallel ranks (Megatron-Core's parallel folding); {why}. `bastion estimate` "
-                         f"predicts it, `bastion train` does not run it.",
-                         fix=f"set etp = 1 and sequence_parallel = true, or pick ep dividing dp × cp = "
-                             f"{self.dp * self.cp}.",
+                         f"tensor-parallel ranks (Megatron-Core's parallel folding); etp = {self.etp}: bastion's "
+                         f"runtime folds expert groups over tensor-parallel ranks only with the experts whole on "
+                         f"each rank (etp = 1). `bastion estimate` predicts it, `bastion train` does not run it.",
+                         fix=f"set etp = 1, or pick ep dividing dp × cp = {self.dp * self.cp}.",
                          reason="ep does not divide dp")
 
     @property
