@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch.distributed.device_mesh import init_device_mesh
 
 from bastion.specs.model import ModelSpec
+from bastion.specs.profile import SYNC_OPS
 
 Progress = Callable[[str], None]
 
@@ -748,6 +749,51 @@ def fsdp_unit_costs(rows: list[list[Any]], share: float) -> list[dict[str, Any]]
     return costs
 
 
+#: CPU seconds of work between two synchronisation points that `measure_sync_wait` loops over (0 is the sync alone)
+SYNC_WORK_S = (0.0, 0.001, 0.003, 0.01)
+
+
+def _cpu_work(seconds: float) -> None:
+    """Spin this thread for `seconds` of its own CPU time (work that needs a core, whatever the wall time)."""
+    start = time.thread_time()
+    while time.thread_time() - start < seconds:
+        pass
+
+
+def measure_sync_wait(rank: int, world: int, reps: int) -> list[list[Any]]:
+    """Every rank of the world at once loops `reps` times over "SYNC_WORK_S of CPU work, then one small blocking
+    synchronisation" (specs/profile.py SYNC_OPS: an all-reduce of one float over the world; a send/recv pair with the
+    neighbouring rank, which the even rank sends first). Rows [op, work_s, wall seconds per iteration]. On shared
+    cores the OS deschedules a rank for a time slice mid-work while its peers reach the sync and wait idle: the
+    wall time per iteration beyond the work at the ranks' core share and the sync alone (`sync_wait_rows`) is
+    that idle cost per synchronisation point."""
+    one = torch.zeros(1)
+    peer = rank ^ 1
+
+    def sync(op: str) -> None:
+        if op == "all_reduce":
+            dist.all_reduce(one)
+        elif rank % 2 == 0:
+            dist.send(one, peer)
+            dist.recv(one, peer)
+        else:
+            dist.recv(one, peer)
+            dist.send(one, peer)
+
+    rows = []
+    for op in SYNC_OPS:
+        if op == "send_recv" and world % 2:
+            continue
+        for work in SYNC_WORK_S:
+            dist.barrier()
+            start = time.perf_counter()
+            for _ in range(reps):
+                _cpu_work(work)
+                sync(op)
+            rows.append([op, work, (time.perf_counter() - start) / reps])
+    return rows
+
+
 def measure_ranks(rank: int, world: int, config: dict[str, Any], hosts: list[str] | None = None) -> dict[str, Any]:
     """What every rank of an initialised gloo group of `world` ranks measures at once (ranks numbered host by
     host): its share of a core while all multiply matrices, elementwise bandwidth, tensor-parallel and pipeline
@@ -771,6 +817,7 @@ def measure_ranks(rank: int, world: int, config: dict[str, Any], hosts: list[str
         result["pipeline"] = measure_pipeline(config["probe_model"], world, 3 * config["collective_reps"])
     result["fsdp"] = [measure_fsdp(config["probe_model"], world, size, 2 * config["collective_reps"])
                       for size in collective_groups(world)]
+    result["sync_wait"] = measure_sync_wait(rank, world, 3 * config["collective_reps"])
     collectives = []
     for size in collective_groups(world):
         groups = [list(range(start, start + size)) for start in range(0, world, size)]
@@ -927,6 +974,9 @@ def combine_ranks(ranks: list[dict[str, Any]], ranks_per_host: int, repeats: Rep
             "collectives": [[op, size, nbytes, statistics.median(t), spans[(op, size, nbytes)]]
                             for (op, size, nbytes), t in sorted(slowest.items())],
             "fsdp": [[*key, statistics.median(t)] for key, t in sorted(fsdp_slowest.items())],
+            # an iteration ends when its slowest rank's does
+            "sync_wait": [[op, work, max(r["sync_wait"][i][2] for r in ranks)]
+                          for i, (op, work, _) in enumerate(ranks[0].get("sync_wait", []))],
             "fsdp_core_share": {size: statistics.fmean(s) for size, s in sorted(fsdp_shares.items())}}
 
 
@@ -1140,13 +1190,26 @@ def _line_fit(points: list[tuple[float, float]]) -> tuple[float, float]:
     return max(0.0, latency), max(per_byte, 1e-15)
 
 
+def sync_wait_rows(rows: list[list[Any]], world: int, share: float) -> list[dict[str, Any]]:
+    """The profile's [[sync_wait]] rows from `measure_sync_wait`'s (slowest rank per iteration): per op and work
+    between syncs, the idle wall seconds a synchronisation point costs beyond the work at the share of a core
+    each busy rank gets (`share`, the GEMM windows', which the profile's background_load says) and the sync
+    alone (the iteration without work: its latency, which the collective lines already charge). `ranks_per_core`
+    is 1 / share: the oversubscription it was measured at, which the predictor scales it by."""
+    alone = {op: wall for op, work, wall in rows if work == 0}
+    return [{"op": op, "ranks": world, "ranks_per_core": 1.0 / share, "work_s": work,
+             "idle_s": max(0.0, wall - alone.get(op, 0.0) - work / share)}
+            for op, work, wall in rows if work > 0]
+
+
 def fit_profile(raw: dict[str, Any], peak_flops_core: float, host_cores: int) -> dict[str, Any]:
     """The rates of specs/profile.py from the raw measurements. Each rate is a measurement through a mechanism,
     not a fit to step times: a GEMM's efficiency is its FLOPs over (CPU time − one op's dispatch) over one core's
     peak; attention's the same with the predictor's causal FLOPs; memory bandwidth the node's (each of N
     processes' elementwise rate × the cores); the background load from the share of a core N busy processes
     got; collectives a least-squares latency + bytes/bandwidth line (wall time) per
-    op and group size; FSDP2's fixed cost per unit by ZeRO layout and group size (`fsdp_unit_costs`)."""
+    op and group size; FSDP2's fixed cost per unit by ZeRO layout and group size (`fsdp_unit_costs`); the idle
+    cost of a synchronisation point on shared cores by the work between syncs (`sync_wait_rows`)."""
     dispatch = raw["dispatch_s"]
     gemm = {}
     for m, k, n, t in raw["gemm"]:
@@ -1205,6 +1268,7 @@ def fit_profile(raw: dict[str, Any], peak_flops_core: float, host_cores: int) ->
         "collective": collectives,
         "tp_collective": tensor_parallel["counts"] if tensor_parallel else [],
         "fsdp_unit": fsdp_units,
+        "sync_wait": sync_wait_rows(shared.get("sync_wait", []), world, share),
     }
 
 

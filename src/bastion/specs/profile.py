@@ -11,7 +11,9 @@ latency/bandwidth line for one collective on one group size (gloo on shared core
 devices); each `[[tp_collective]]` how many collectives of an op the runtime's tensor parallelism issues per block
 and for the model's ends (counted, not timed); each `[[fsdp_unit]]` what the runtime's FSDP2 costs per unit (a
 block; the root unit apart) on real groups of one size under one ZeRO layout, at a negligible size (its hooks, its
-collectives' latency, the waiting). `[raw]` keeps the measurements the rates were derived from, `[repeats]` every
+collectives' latency, the waiting); each `[[sync_wait]]` the idle cost of one synchronisation point on
+shared cores by the CPU work between syncs (absent in older profiles: none charged). `[raw]` keeps the
+measurements the rates were derived from, `[repeats]` every
 measurement's repeats (seconds): its noise band, which `bastion calibrate --compare` (specs/profile_compare.py)
 judges a change against.
 
@@ -140,6 +142,26 @@ class CollectiveLine:
         return self.latency_us * 1e-6 + nbytes / (self.bandwidth_gbs * 1e9)
 
 
+#: the synchronisations a [[sync_wait]] row measures (runtime/calibrate.py measure_sync_wait): a small blocking
+#: all-reduce over the whole world, a send/recv pair (an even world)
+SYNC_OPS = ("all_reduce", "send_recv")
+
+
+@dataclass(frozen=True)
+class SyncWait:
+    """Idle wall seconds one synchronisation point (`op`: a small blocking collective, or a send/recv pair)
+    costs ranks that time-share cores, when each does `work_s` of CPU work between syncs: measured on `ranks`
+    ranks at `ranks_per_core` runnable processes per core (the ranks and the background load), beyond the work
+    at their core share and the sync's own latency. The OS deschedules a rank mid-work for a time slice while
+    its peers reach the sync and wait with their cores idle."""
+
+    op: str
+    ranks: int
+    ranks_per_core: float
+    work_s: float
+    idle_s: float
+
+
 @dataclass(frozen=True)
 class MachineProfile:
     """The rates of one machine kind, as measured by `bastion calibrate`."""
@@ -162,6 +184,8 @@ class MachineProfile:
     repeats: tuple[tuple[str, tuple[float, ...]], ...] = ()
     #: measured by `bastion calibrate` on every group size of its world (empty in a profile that did not)
     fsdp_units: tuple[FsdpUnitCost, ...] = ()
+    #: measured by `bastion calibrate` on a host CPU (empty in a profile that did not: no sync cost is charged)
+    sync_waits: tuple[SyncWait, ...] = ()
 
     @property
     def label(self) -> str:
@@ -185,6 +209,23 @@ class MachineProfile:
         if not rows:
             return None
         return min(rows, key=lambda c: (abs(c.group_size - group_size), -c.group_size))
+
+    def sync_idle(self, op: str, ranks_per_core: float, work_s: float) -> float:
+        """Idle wall seconds one `op` synchronisation point costs ranks at `ranks_per_core` runnable processes per
+        core with `work_s` CPU seconds of work between syncs: the measured rows of that op (else of any op),
+        linear in the work from none at none to the largest measured work and held there beyond it, scaled by
+        the oversubscription (ranks_per_core − 1, none on whole cores) over the measured one's. 0 without rows."""
+        rows = sorted((r for r in self.sync_waits if r.op == op), key=lambda r: r.work_s) or sorted(
+            self.sync_waits, key=lambda r: r.work_s)
+        if not rows or ranks_per_core <= 1.0 or work_s <= 0 or rows[0].ranks_per_core <= 1.0:
+            return 0.0
+        points = [(0.0, 0.0)] + [(r.work_s, r.idle_s) for r in rows]
+        idle = points[-1][1]
+        for (w0, i0), (w1, i1) in zip(points, points[1:], strict=False):
+            if work_s <= w1:
+                idle = i0 + (i1 - i0) * (work_s - w0) / (w1 - w0)
+                break
+        return idle * (ranks_per_core - 1.0) / (rows[0].ranks_per_core - 1.0)
 
     def collective_wall_time(self, op: str, group_size: int, nbytes: float, core_share: float) -> float | None:
         """`collective_time` on ranks that get `core_share` of a core each."""
@@ -271,7 +312,23 @@ def read_profile(path: str | Path) -> MachineProfile:
                           host=str(machine.get("host")), torch=str(machine.get("torch")),
                           accelerator_overrides=tuple(sorted(overrides.items())), host_overheads=overheads,
                           collectives=tuple(lines), tp_collectives=_tp_collectives(data, path),
-                          repeats=_repeats(data, path), fsdp_units=_fsdp_units(data, path))
+                          repeats=_repeats(data, path), fsdp_units=_fsdp_units(data, path),
+                          sync_waits=_sync_waits(data, path))
+
+
+def _sync_waits(data: dict[str, Any], path: Path) -> tuple[SyncWait, ...]:
+    rows = []
+    for i, row in enumerate(data.get("sync_wait", [])):
+        where = f"{path} [[sync_wait]] #{i + 1}"
+        if not isinstance(row, dict) or row.get("op") not in SYNC_OPS:
+            raise ConfigError(f"{where}: 'op' must be one of {', '.join(SYNC_OPS)}.", fix=_FIX)
+        work = _number(row, "work_s", where)
+        if work <= 0:
+            raise ConfigError(f"{where}: 'work_s' must be positive.", fix=_FIX)
+        rows.append(SyncWait(op=row["op"], ranks=int(_number(row, "ranks", where)),
+                             ranks_per_core=_number(row, "ranks_per_core", where), work_s=work,
+                             idle_s=_number(row, "idle_s", where)))
+    return tuple(rows)
 
 
 def _fsdp_units(data: dict[str, Any], path: Path) -> tuple[FsdpUnitCost, ...]:
