@@ -760,13 +760,20 @@ def _cpu_work(seconds: float) -> None:
         pass
 
 
+#: rounds of the paired loops `measure_sync_wait` times per op and work (the median of their differences)
+SYNC_ROUNDS = 3
+
+
 def measure_sync_wait(rank: int, world: int, reps: int) -> list[list[Any]]:
     """Every rank of the world at once loops `reps` times over "SYNC_WORK_S of CPU work, then one small blocking
-    synchronisation" (specs/profile.py SYNC_OPS: an all-reduce of one float over the world; a send/recv pair with the
-    neighbouring rank, which the even rank sends first). Rows [op, work_s, wall seconds per iteration]. On shared
-    cores the OS deschedules a rank for a time slice mid-work while its peers reach the sync and wait idle: the
-    wall time per iteration beyond the work at the ranks' core share and the sync alone (`sync_wait_rows`) is
-    that idle cost per synchronisation point."""
+    synchronisation" (specs/profile.py SYNC_OPS: an all-reduce of one float over the world; a send/recv pair
+    with the neighbouring rank, which the even rank sends first), and right before it the same work without the
+    syncs (then one barrier): the wall time of the work alone at the share of a core the ranks have in that
+    window, whatever the host's other load does between windows. Rows [op, work_s, round, wall seconds per
+    iteration with the syncs, without], SYNC_ROUNDS rounds each (work 0: the sync alone). On shared cores the OS
+    deschedules a rank for a time slice mid-work while its peers reach the sync and wait idle, and gloo's
+    transport threads spend CPU while a rank waits: what the synced loop takes beyond the work alone and the
+    sync alone (`sync_wait_rows`) is that cost per synchronisation point."""
     one = torch.zeros(1)
     peer = rank ^ 1
 
@@ -780,17 +787,25 @@ def measure_sync_wait(rank: int, world: int, reps: int) -> list[list[Any]]:
             dist.recv(one, peer)
             dist.send(one, peer)
 
+    def loop(work: float, op: str | None) -> float:
+        dist.barrier()
+        start = time.perf_counter()
+        for _ in range(reps):
+            _cpu_work(work)
+            if op is not None:
+                sync(op)
+        if op is None:
+            dist.barrier()  # the work alone ends when the slowest rank's does
+        return (time.perf_counter() - start) / reps
+
     rows = []
     for op in SYNC_OPS:
         if op == "send_recv" and world % 2:
             continue
         for work in SYNC_WORK_S:
-            dist.barrier()
-            start = time.perf_counter()
-            for _ in range(reps):
-                _cpu_work(work)
-                sync(op)
-            rows.append([op, work, (time.perf_counter() - start) / reps])
+            for i in range(SYNC_ROUNDS):
+                alone = loop(work, None) if work > 0 else 0.0
+                rows.append([op, work, i, loop(work, op), alone])
     return rows
 
 
@@ -975,8 +990,8 @@ def combine_ranks(ranks: list[dict[str, Any]], ranks_per_host: int, repeats: Rep
                             for (op, size, nbytes), t in sorted(slowest.items())],
             "fsdp": [[*key, statistics.median(t)] for key, t in sorted(fsdp_slowest.items())],
             # an iteration ends when its slowest rank's does
-            "sync_wait": [[op, work, max(r["sync_wait"][i][2] for r in ranks)]
-                          for i, (op, work, _) in enumerate(ranks[0].get("sync_wait", []))],
+            "sync_wait": [[op, work, i, *(max(r["sync_wait"][j][k] for r in ranks) for k in (3, 4))]
+                          for j, (op, work, i, *_) in enumerate(ranks[0].get("sync_wait", []))],
             "fsdp_core_share": {size: statistics.fmean(s) for size, s in sorted(fsdp_shares.items())}}
 
 
@@ -1190,16 +1205,21 @@ def _line_fit(points: list[tuple[float, float]]) -> tuple[float, float]:
     return max(0.0, latency), max(per_byte, 1e-15)
 
 
-def sync_wait_rows(rows: list[list[Any]], world: int, share: float) -> list[dict[str, Any]]:
-    """The profile's [[sync_wait]] rows from `measure_sync_wait`'s (slowest rank per iteration): per op and work
-    between syncs, the idle wall seconds a synchronisation point costs beyond the work at the share of a core
-    each busy rank gets (`share`, the GEMM windows', which the profile's background_load says) and the sync
-    alone (the iteration without work: its latency, which the collective lines already charge). `ranks_per_core`
-    is 1 / share: the oversubscription it was measured at, which the predictor scales it by."""
-    alone = {op: wall for op, work, wall in rows if work == 0}
-    return [{"op": op, "ranks": world, "ranks_per_core": 1.0 / share, "work_s": work,
-             "idle_s": max(0.0, wall - alone.get(op, 0.0) - work / share)}
-            for op, work, wall in rows if work > 0]
+def sync_wait_rows(rows: list[list[Any]], world: int) -> list[dict[str, Any]]:
+    """The profile's [[sync_wait]] rows from `measure_sync_wait`'s (each round's slowest rank): per op and work
+    between syncs, the median over the rounds of the wall seconds per iteration the synced loop took beyond the
+    work alone in the window before it, less the sync alone (the median of the work-0 rounds: its latency, which
+    the collective lines already charge). `ranks_per_core` is the work alone's wall time / its CPU time (the
+    runnable processes per core in those windows, the median), which the predictor scales the cost by."""
+    alone = {op: statistics.median(synced for o, work, _, synced, _ in rows if o == op and work == 0)
+             for op in {row[0] for row in rows}}
+    by_key: dict[tuple[str, float], list[tuple[float, float]]] = {}
+    for op, work, _, synced, unsynced in rows:
+        if work > 0:
+            by_key.setdefault((op, work), []).append((synced - unsynced - alone[op], unsynced / work))
+    return [{"op": op, "ranks": world, "ranks_per_core": statistics.median(r for _, r in rounds), "work_s": work,
+             "idle_s": max(0.0, statistics.median(idle for idle, _ in rounds))}
+            for (op, work), rounds in sorted(by_key.items())]
 
 
 def fit_profile(raw: dict[str, Any], peak_flops_core: float, host_cores: int) -> dict[str, Any]:
@@ -1268,7 +1288,7 @@ def fit_profile(raw: dict[str, Any], peak_flops_core: float, host_cores: int) ->
         "collective": collectives,
         "tp_collective": tensor_parallel["counts"] if tensor_parallel else [],
         "fsdp_unit": fsdp_units,
-        "sync_wait": sync_wait_rows(shared.get("sync_wait", []), world, share),
+        "sync_wait": sync_wait_rows(shared.get("sync_wait", []), world),
     }
 
 

@@ -147,6 +147,11 @@ class CollectiveLine:
 SYNC_OPS = ("all_reduce", "send_recv")
 
 
+#: runnable processes per core a [[sync_wait]] row must have been measured at to say how the idle time grows
+#: with them (on nearly whole cores the idle time is noise over a near-zero oversubscription)
+MIN_SYNC_OVERSUBSCRIPTION = 1.5
+
+
 @dataclass(frozen=True)
 class SyncWait:
     """Idle wall seconds one synchronisation point (`op`: a small blocking collective, or a send/recv pair)
@@ -212,20 +217,23 @@ class MachineProfile:
 
     def sync_idle(self, op: str, ranks_per_core: float, work_s: float) -> float:
         """Idle wall seconds one `op` synchronisation point costs ranks at `ranks_per_core` runnable processes per
-        core with `work_s` CPU seconds of work between syncs: the measured rows of that op (else of any op),
-        linear in the work from none at none to the largest measured work and held there beyond it, scaled by
-        the oversubscription (ranks_per_core − 1, none on whole cores) over the measured one's. 0 without rows."""
-        rows = sorted((r for r in self.sync_waits if r.op == op), key=lambda r: r.work_s) or sorted(
-            self.sync_waits, key=lambda r: r.work_s)
-        if not rows or ranks_per_core <= 1.0 or work_s <= 0 or rows[0].ranks_per_core <= 1.0:
+        core with `work_s` CPU seconds of work between syncs: each measured row of that op (else of any op) as
+        seconds per runnable process beyond one per core (idle_s / (its ranks_per_core − 1); rows measured on
+        fewer than MIN_SYNC_OVERSUBSCRIPTION say nothing of it and are left out), linear in the work from none
+        at none to the largest measured work and held there beyond it, times the plan's ranks_per_core − 1:
+        none on whole cores, and 0 without usable rows."""
+        usable = [r for r in self.sync_waits if r.ranks_per_core >= MIN_SYNC_OVERSUBSCRIPTION]
+        rows = sorted((r for r in usable if r.op == op), key=lambda r: r.work_s) or sorted(
+            usable, key=lambda r: r.work_s)
+        if not rows or ranks_per_core <= 1.0 or work_s <= 0:
             return 0.0
-        points = [(0.0, 0.0)] + [(r.work_s, r.idle_s) for r in rows]
-        idle = points[-1][1]
+        points = [(0.0, 0.0)] + [(r.work_s, r.idle_s / (r.ranks_per_core - 1.0)) for r in rows]
+        per_process = points[-1][1]
         for (w0, i0), (w1, i1) in zip(points, points[1:], strict=False):
             if work_s <= w1:
-                idle = i0 + (i1 - i0) * (work_s - w0) / (w1 - w0)
+                per_process = i0 + (i1 - i0) * (work_s - w0) / (w1 - w0)
                 break
-        return idle * (ranks_per_core - 1.0) / (rows[0].ranks_per_core - 1.0)
+        return per_process * (ranks_per_core - 1.0)
 
     def collective_wall_time(self, op: str, group_size: int, nbytes: float, core_share: float) -> float | None:
         """`collective_time` on ranks that get `core_share` of a core each."""
