@@ -264,6 +264,14 @@ def _number(table: dict[str, Any], key: str, where: str) -> float:
     return float(value)
 
 
+def _positive(table: dict[str, Any], key: str, where: str) -> float:
+    """A measured rate or size a prediction divides by (or interpolates from): a number above 0."""
+    value = _number(table, key, where)
+    if value <= 0:
+        raise ConfigError(f"{where}: {key} must be positive.", fix=_FIX)
+    return value
+
+
 def _curve(value: Any, width: int, where: str) -> tuple[tuple[float, ...], ...]:
     if not isinstance(value, list) or not value or any(
             not isinstance(row, list) or len(row) != width
@@ -307,13 +315,8 @@ def read_profile(path: str | Path) -> MachineProfile:
         raise ConfigError(f"{path} [host]: unknown field(s) {', '.join(unknown)}.", fix=_FIX)
     overheads = HostOverheads(**{k: _number(host, k, f"{path} [host]") for k in host})
     lines = []
-    for i, row in enumerate(data.get("collective", [])):
-        where = f"{path} [[collective]] #{i + 1}"
-        if not isinstance(row, dict) or row.get("op") not in COLLECTIVES:
-            raise ConfigError(f"{where}: 'op' must be one of {', '.join(COLLECTIVES)}.", fix=_FIX)
-        bandwidth = _number(row, "bandwidth_gbs", where)
-        if bandwidth <= 0:
-            raise ConfigError(f"{where}: bandwidth_gbs must be positive.", fix=_FIX)
+    for where, row in _op_rows(data, path, "collective", COLLECTIVES):
+        bandwidth = _positive(row, "bandwidth_gbs", where)
         lines.append(CollectiveLine(op=row["op"], group_size=int(_number(row, "group_size", where)),
                                     latency_us=_number(row, "latency_us", where), bandwidth_gbs=bandwidth))
     return MachineProfile(path=str(path), accelerator=acc_name, nproc=max(nproc, 1), date=str(machine.get("date")),
@@ -324,15 +327,22 @@ def read_profile(path: str | Path) -> MachineProfile:
                           sync_waits=_sync_waits(data, path))
 
 
+def _op_rows(data: dict[str, Any], path: Path, table: str, ops: tuple[str, ...]
+             ) -> list[tuple[str, dict[str, Any]]]:
+    """The rows of array of tables `table`, each with where it is, once its 'op' is checked to be one of `ops`."""
+    rows = []
+    for i, row in enumerate(data.get(table, [])):
+        where = f"{path} [[{table}]] #{i + 1}"
+        if not isinstance(row, dict) or row.get("op") not in ops:
+            raise ConfigError(f"{where}: 'op' must be one of {', '.join(ops)}.", fix=_FIX)
+        rows.append((where, row))
+    return rows
+
+
 def _sync_waits(data: dict[str, Any], path: Path) -> tuple[SyncWait, ...]:
     rows = []
-    for i, row in enumerate(data.get("sync_wait", [])):
-        where = f"{path} [[sync_wait]] #{i + 1}"
-        if not isinstance(row, dict) or row.get("op") not in SYNC_OPS:
-            raise ConfigError(f"{where}: 'op' must be one of {', '.join(SYNC_OPS)}.", fix=_FIX)
-        work = _number(row, "work_s", where)
-        if work <= 0:
-            raise ConfigError(f"{where}: 'work_s' must be positive.", fix=_FIX)
+    for where, row in _op_rows(data, path, "sync_wait", SYNC_OPS):
+        work = _positive(row, "work_s", where)
         rows.append(SyncWait(op=row["op"], ranks=int(_number(row, "ranks", where)),
                              ranks_per_core=_number(row, "ranks_per_core", where), work_s=work,
                              idle_s=_number(row, "idle_s", where)))
