@@ -497,17 +497,25 @@ def test_sync_wait_rows_round_trip_and_an_old_profile_charges_none(tmp_path: Pat
     profile = read_profile(write(tmp_path, {**profile_data(), "sync_wait": _sync_waits()}))
     assert len(profile.sync_waits) == 6
     # linear in the work from none at none, held at the largest measured work beyond it
-    assert profile.sync_idle("all_reduce", 2.25, 0.0005) == pytest.approx(0.25e-3)
-    assert profile.sync_idle("all_reduce", 2.25, 0.002) == pytest.approx(1.0e-3)
-    assert profile.sync_idle("send_recv", 2.25, 1.0) == pytest.approx(4.0e-3)
+    assert profile.sync_cost("all_reduce", 2.25, 0.0005) == pytest.approx(0.25e-3)
+    assert profile.sync_cost("all_reduce", 2.25, 0.002) == pytest.approx(1.0e-3)
+    assert profile.sync_cost("send_recv", 2.25, 1.0) == pytest.approx(4.0e-3)
     # it grows with the ranks per core beyond one, and vanishes on whole cores
-    assert profile.sync_idle("all_reduce", 3.5, 0.003) == pytest.approx(1.5e-3 * 2.5 / 1.25)
-    assert profile.sync_idle("all_reduce", 1.0, 0.003) == 0.0
+    assert profile.sync_cost("all_reduce", 3.5, 0.003) == pytest.approx(1.5e-3 * 2.5 / 1.25)
+    assert profile.sync_cost("all_reduce", 1.0, 0.003) == 0.0
     old = read_profile(write(tmp_path, profile_data(), "old.toml"))
-    assert old.sync_waits == () and old.sync_idle("all_reduce", 3.0, 0.003) == 0.0
-    # rows measured on nearly whole cores cannot say how it grows with the ranks per core: none charged
+    assert old.sync_waits == () and old.sync_cost("all_reduce", 3.0, 0.003) == 0.0
+    # rows measured on nearly whole cores cannot say how it grows with the ranks per core: no idle time charged
     whole = read_profile(write(tmp_path, {**profile_data(), "sync_wait": _sync_waits(ranks_per_core=1.05)}, "w.toml"))
-    assert whole.sync_idle("all_reduce", 3.0, 0.003) == 0.0
+    assert whole.sync_cost("all_reduce", 3.0, 0.003) == 0.0
+    # gloo's transport CPU per sync, at the plan's share of a core (× its ranks per core), the same linear rule
+    rows = _sync_waits((0.0, 0.0, 0.0))
+    for row in rows:
+        row["transport_cpu_s"] = 0.4e-3
+    transport = read_profile(write(tmp_path, {**profile_data(), "sync_wait": rows}, "t.toml"))
+    assert transport.sync_cost("all_reduce", 2.0, 0.0005) == pytest.approx(0.2e-3 * 2.0)
+    assert transport.sync_cost("all_reduce", 2.0, 0.05) == pytest.approx(0.4e-3 * 2.0)
+    assert transport.sync_cost("all_reduce", 1.0, 0.05) == 0.0
 
 
 @pytest.mark.parametrize("row", [{"op": "barrier"}, {"work_s": 0.0}, {"idle_s": -1.0}])

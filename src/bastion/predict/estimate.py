@@ -76,8 +76,9 @@ class TimeBreakdown:
     #: machine profile measured it; 0 on datasheet rates
     host_overhead: float
     step: float
-    #: on a host CPU whose ranks time-share the cores, with a profile that measured it: the idle time at the
-    #: step's synchronisation points (a rank descheduled mid-work while its peers wait at the sync); in `step`
+    #: on a host CPU whose ranks time-share the cores, with a profile that measured it: what the step's
+    #: synchronisation points cost beyond their latency (a rank descheduled mid-work while its peers wait idle
+    #: at the sync; gloo's transport threads' CPU); in `step`
     sync_wait: float = 0.0
 
     def to_dict(self) -> dict[str, float]:
@@ -352,7 +353,8 @@ def _sync_points(node: Cluster, model: ModelSpec, plan: ParallelPlan, layers: in
 
 def _shared_core_sync_wait(node: Cluster, points: dict[str, float], busy: float) -> float:
     """Seconds a step's synchronisation points (`points`, `_sync_points`) leave the cores idle when the ranks
-    time-share them: each costs the profile's measured idle time (`MachineProfile.sync_idle`) for the CPU work
+    time-share them: each costs the profile's measured idle time and gloo's transport CPU
+    (`MachineProfile.sync_cost`) for the CPU work
     between syncs (the rank's `busy` wall seconds × its core share, spread evenly over the points); none on
     whole cores or without the profile's [[sync_wait]] rows."""
     profile = node.profile
@@ -361,7 +363,7 @@ def _shared_core_sync_wait(node: Cluster, points: dict[str, float], busy: float)
         return 0.0
     share = node.accelerator.core_share(node.gpus_per_node)
     work = busy * share / total
-    return sum(count * profile.sync_idle(op, 1.0 / share, work) for op, count in points.items())
+    return sum(count * profile.sync_cost(op, 1.0 / share, work) for op, count in points.items())
 
 
 def _host_saturated(node: Cluster) -> bool:
@@ -968,8 +970,9 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
         (f"{cluster.gpus_per_node} single-threaded ranks share the host's {acc.host_cores} cores: "
          f"{min(1.0, acc.host_cores / cluster.gpus_per_node):.2g} of a core and {acc.hbm_bandwidth_gbs:.3g} GB/s "
          f"each") if acc.host_cores else "",
-        (f"ranks time-sharing the cores wait idle at each synchronisation point (measured per point by the CPU "
-         f"work between syncs): {time.sync_wait * 1e3:.3g} ms a step") if time.sync_wait else "",
+        (f"ranks time-sharing the cores wait idle at each synchronisation point and gloo's threads take core time "
+         f"(measured per point by the CPU work between syncs): {time.sync_wait * 1e3:.3g} ms a step")
+        if time.sync_wait else "",
         ("pipeline ranks idle in the bubble leave their cores to the busy ranks; a hop adds only its bytes to "
          "the schedule's measured per-micro-batch cost") if saturated and plan.pp > 1 else "",
         ("under the pipeline schedule FSDP2 reduces gradients once per step (its sync off for each micro-batch)"

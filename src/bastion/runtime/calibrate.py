@@ -770,7 +770,8 @@ def measure_sync_wait(rank: int, world: int, reps: int) -> list[list[Any]]:
     with the neighbouring rank, which the even rank sends first), and right before it the same work without the
     syncs (then one barrier): the wall time of the work alone at the share of a core the ranks have in that
     window, whatever the host's other load does between windows. Rows [op, work_s, round, wall seconds per
-    iteration with the syncs, without], SYNC_ROUNDS rounds each (work 0: the sync alone). On shared cores the OS
+    iteration with the syncs, without, CPU seconds per synced iteration of the rank's threads other than its
+    own (gloo's transport)], SYNC_ROUNDS rounds each (work 0: the sync alone). On shared cores the OS
     deschedules a rank for a time slice mid-work while its peers reach the sync and wait idle, and gloo's
     transport threads spend CPU while a rank waits: what the synced loop takes beyond the work alone and the
     sync alone (`sync_wait_rows`) is that cost per synchronisation point."""
@@ -787,16 +788,18 @@ def measure_sync_wait(rank: int, world: int, reps: int) -> list[list[Any]]:
             dist.recv(one, peer)
             dist.send(one, peer)
 
-    def loop(work: float, op: str | None) -> float:
+    def loop(work: float, op: str | None) -> tuple[float, float]:
+        """(wall seconds per iteration, CPU seconds per iteration of the process's other threads)."""
         dist.barrier()
-        start = time.perf_counter()
+        start, process, thread = time.perf_counter(), time.process_time(), time.thread_time()
         for _ in range(reps):
             _cpu_work(work)
             if op is not None:
                 sync(op)
         if op is None:
             dist.barrier()  # the work alone ends when the slowest rank's does
-        return (time.perf_counter() - start) / reps
+        transport = (time.process_time() - process) - (time.thread_time() - thread)
+        return (time.perf_counter() - start) / reps, transport / reps
 
     rows = []
     for op in SYNC_OPS:
@@ -804,8 +807,9 @@ def measure_sync_wait(rank: int, world: int, reps: int) -> list[list[Any]]:
             continue
         for work in SYNC_WORK_S:
             for i in range(SYNC_ROUNDS):
-                alone = loop(work, None) if work > 0 else 0.0
-                rows.append([op, work, i, loop(work, op), alone])
+                alone = loop(work, None)[0] if work > 0 else 0.0
+                synced, transport = loop(work, op)
+                rows.append([op, work, i, synced, alone, transport])
     return rows
 
 
@@ -990,7 +994,9 @@ def combine_ranks(ranks: list[dict[str, Any]], ranks_per_host: int, repeats: Rep
                             for (op, size, nbytes), t in sorted(slowest.items())],
             "fsdp": [[*key, statistics.median(t)] for key, t in sorted(fsdp_slowest.items())],
             # an iteration ends when its slowest rank's does
-            "sync_wait": [[op, work, i, *(max(r["sync_wait"][j][k] for r in ranks) for k in (3, 4))]
+            # an iteration's wall time ends with its slowest rank; gloo's CPU per rank, the median rank's
+            "sync_wait": [[op, work, i, *(max(r["sync_wait"][j][k] for r in ranks) for k in (3, 4)),
+                           statistics.median(r["sync_wait"][j][5] for r in ranks)]
                           for j, (op, work, i, *_) in enumerate(ranks[0].get("sync_wait", []))],
             "fsdp_core_share": {size: statistics.fmean(s) for size, s in sorted(fsdp_shares.items())}}
 
@@ -1210,15 +1216,18 @@ def sync_wait_rows(rows: list[list[Any]], world: int) -> list[dict[str, Any]]:
     between syncs, the median over the rounds of the wall seconds per iteration the synced loop took beyond the
     work alone in the window before it, less the sync alone (the median of the work-0 rounds: its latency, which
     the collective lines already charge). `ranks_per_core` is the work alone's wall time / its CPU time (the
-    runnable processes per core in those windows, the median), which the predictor scales the cost by."""
-    alone = {op: statistics.median(synced for o, work, _, synced, _ in rows if o == op and work == 0)
+    runnable processes per core in those windows, the median), which the predictor scales the cost by;
+    `transport_cpu_s` the CPU gloo's threads spent per synced iteration (the median round), which on shared
+    cores takes core time from the ranks' work."""
+    alone = {op: statistics.median(row[3] for row in rows if row[0] == op and row[1] == 0)
              for op in {row[0] for row in rows}}
-    by_key: dict[tuple[str, float], list[tuple[float, float]]] = {}
-    for op, work, _, synced, unsynced in rows:
+    by_key: dict[tuple[str, float], list[tuple[float, float, float]]] = {}
+    for op, work, _, synced, unsynced, transport in rows:
         if work > 0:
-            by_key.setdefault((op, work), []).append((synced - unsynced - alone[op], unsynced / work))
-    return [{"op": op, "ranks": world, "ranks_per_core": statistics.median(r for _, r in rounds), "work_s": work,
-             "idle_s": max(0.0, statistics.median(idle for idle, _ in rounds))}
+            by_key.setdefault((op, work), []).append((synced - unsynced - alone[op], unsynced / work, transport))
+    return [{"op": op, "ranks": world, "ranks_per_core": statistics.median(r[1] for r in rounds), "work_s": work,
+             "idle_s": max(0.0, statistics.median(r[0] for r in rounds)),
+             "transport_cpu_s": statistics.median(r[2] for r in rounds)}
             for (op, work), rounds in sorted(by_key.items())]
 
 

@@ -157,7 +157,7 @@ class SyncWait:
     """Idle wall seconds one synchronisation point (`op`: a small blocking collective, or a send/recv pair)
     costs ranks that time-share cores, when each does `work_s` of CPU work between syncs: measured on `ranks`
     ranks at `ranks_per_core` runnable processes per core (the ranks and the background load), beyond the work
-    at their core share and the sync's own latency. The OS deschedules a rank mid-work for a time slice while
+    at their core share and the sync's own latency; and the CPU gloo's threads spend per sync. The OS deschedules a rank mid-work for a time slice while
     its peers reach the sync and wait with their cores idle."""
 
     op: str
@@ -165,6 +165,9 @@ class SyncWait:
     ranks_per_core: float
     work_s: float
     idle_s: float
+    #: CPU seconds gloo's transport threads spent per sync (0 in rows measured before it was): on shared cores
+    #: it takes core time from the ranks' work
+    transport_cpu_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -215,30 +218,37 @@ class MachineProfile:
             return None
         return min(rows, key=lambda c: (abs(c.group_size - group_size), -c.group_size))
 
-    def sync_idle(self, op: str, ranks_per_core: float, work_s: float) -> float:
-        """Idle wall seconds one `op` synchronisation point costs ranks at `ranks_per_core` runnable processes per
-        core with `work_s` CPU seconds of work between syncs: each measured row of that op (else of any op) as
-        seconds per runnable process beyond one per core (idle_s / (its ranks_per_core − 1); rows measured on
-        fewer than MIN_SYNC_OVERSUBSCRIPTION say nothing of it and are left out), linear in the work from none
-        at none to the largest measured work and held there beyond it, times the plan's ranks_per_core − 1:
-        none on whole cores, and 0 without usable rows."""
-        usable = [r for r in self.sync_waits if r.ranks_per_core >= MIN_SYNC_OVERSUBSCRIPTION]
-        rows = sorted((r for r in usable if r.op == op), key=lambda r: r.work_s) or sorted(
-            usable, key=lambda r: r.work_s)
+    def sync_cost(self, op: str, ranks_per_core: float, work_s: float) -> float:
+        """Wall seconds one `op` synchronisation point costs a rank beyond its work and the sync's latency, at
+        `ranks_per_core` runnable processes per core with `work_s` CPU seconds of work between syncs; 0 on whole
+        cores (ranks_per_core ≤ 1) and without rows. From the measured rows of that op (else of any op),
+        linear in the work from none at none to the largest measured work and held there beyond it: the idle
+        time as seconds per runnable process beyond one per core (idle_s / (its ranks_per_core − 1); rows
+        measured on fewer than MIN_SYNC_OVERSUBSCRIPTION say nothing of it) times the plan's; plus gloo's
+        transport CPU at the plan's share of a core (× ranks_per_core)."""
+        rows = sorted((r for r in self.sync_waits if r.op == op), key=lambda r: r.work_s) or sorted(
+            self.sync_waits, key=lambda r: r.work_s)
         if not rows or ranks_per_core <= 1.0 or work_s <= 0:
             return 0.0
-        points = [(0.0, 0.0)] + [(r.work_s, r.idle_s / (r.ranks_per_core - 1.0)) for r in rows]
-        per_process = points[-1][1]
-        for (w0, i0), (w1, i1) in zip(points, points[1:], strict=False):
-            if work_s <= w1:
-                per_process = i0 + (i1 - i0) * (work_s - w0) / (w1 - w0)
-                break
-        return per_process * (ranks_per_core - 1.0)
+        oversubscribed = [r for r in rows if r.ranks_per_core >= MIN_SYNC_OVERSUBSCRIPTION]
+        idle = _linear_from_zero([(r.work_s, r.idle_s / (r.ranks_per_core - 1.0)) for r in oversubscribed], work_s)
+        transport = _linear_from_zero([(r.work_s, r.transport_cpu_s) for r in rows], work_s)
+        return idle * (ranks_per_core - 1.0) + transport * ranks_per_core
 
     def collective_wall_time(self, op: str, group_size: int, nbytes: float, core_share: float) -> float | None:
         """`collective_time` on ranks that get `core_share` of a core each."""
         seconds = self.collective_time(op, group_size, nbytes)
         return None if seconds is None else seconds / core_share
+
+
+def _linear_from_zero(points: list[tuple[float, float]], x: float) -> float:
+    """Piecewise linear through (0, 0) and `points` (sorted by x), held at the last point's value beyond it."""
+    if not points:
+        return 0.0
+    for (x0, y0), (x1, y1) in zip([(0.0, 0.0), *points], points, strict=False):
+        if x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return points[-1][1]
 
 
 # ---- reading ----------------------------------------------------------------------------------------------
@@ -345,7 +355,9 @@ def _sync_waits(data: dict[str, Any], path: Path) -> tuple[SyncWait, ...]:
         work = _positive(row, "work_s", where)
         rows.append(SyncWait(op=row["op"], ranks=int(_number(row, "ranks", where)),
                              ranks_per_core=_number(row, "ranks_per_core", where), work_s=work,
-                             idle_s=_number(row, "idle_s", where)))
+                             idle_s=_number(row, "idle_s", where),
+                             transport_cpu_s=_number(row, "transport_cpu_s", where) if "transport_cpu_s" in row
+                             else 0.0))
     return tuple(rows)
 
 
