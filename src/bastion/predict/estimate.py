@@ -328,7 +328,7 @@ def _sync_points(node: Cluster, model: ModelSpec, plan: ParallelPlan, layers: in
     """Blocking synchronisation points of one optimizer step on one rank of bastion's runtime, by kind
     (specs/profile.py SYNC_OPS), counted from what the other terms cost: FSDP2's gathers and reductions per unit
     (`_runtime_fsdp_comm`'s), the tensor-parallel collectives the profile counted, context parallelism's K/V
-    gather and gradient all-reduce per layer, the pipeline's hops (`pp_comm`'s) and the loop's two scalar
+    gather and gradient all-reduce per layer, the pipeline's hops (`pp_comm`'s, as send/recv pairs) and the loop's two scalar
     all-reduces."""
     m = plan.num_microbatches
     collectives = 2.0
@@ -347,8 +347,10 @@ def _sync_points(node: Cluster, model: ModelSpec, plan: ParallelPlan, layers: in
                 collectives += m * (c.per_layer * layers + c.ends * (int(has_first) + int(has_last)) / 2)
     if plan.cp > 1:
         collectives += m * layers * (3 if plan.recompute == "full" else 2)
-    hops = 2.0 * (m * plan.vpp + plan.pp - 1) if plan.pp > 1 else 0.0
-    return {"all_reduce": collectives, "send_recv": hops}
+    # `pp_comm`'s 2 × (m × vpp + pp − 1) hops, a send or a receive each: half as many send/recv pairs (the
+    # probe's unit, specs/profile.py SyncWait)
+    pairs = float(m * plan.vpp + plan.pp - 1) if plan.pp > 1 else 0.0
+    return {"all_reduce": collectives, "send_recv": pairs}
 
 
 def _shared_core_sync_wait(node: Cluster, points: dict[str, float], busy: float) -> float:
