@@ -328,8 +328,8 @@ def _sync_points(node: Cluster, model: ModelSpec, plan: ParallelPlan, layers: in
     """Blocking synchronisation points of one optimizer step on one rank of bastion's runtime, by kind
     (specs/profile.py SYNC_OPS), counted from what the other terms cost: FSDP2's gathers and reductions per unit
     (`_runtime_fsdp_comm`'s), the tensor-parallel collectives the profile counted, context parallelism's K/V
-    gather and gradient all-reduce per layer, the pipeline's hops (`pp_comm`'s, as send/recv pairs) and the loop's two scalar
-    all-reduces."""
+    gather and gradient all-reduce per layer, the pipeline's hops (`pp_comm`'s, as send/recv pairs) and the
+    loop's two scalar all-reduces."""
     m = plan.num_microbatches
     collectives = 2.0
     if plan.dp * plan.cp > 1:
@@ -354,11 +354,10 @@ def _sync_points(node: Cluster, model: ModelSpec, plan: ParallelPlan, layers: in
 
 
 def _shared_core_sync_wait(node: Cluster, points: dict[str, float], busy: float) -> float:
-    """Seconds a step's synchronisation points (`points`, `_sync_points`) leave the cores idle when the ranks
-    time-share them: each costs the profile's measured idle time and gloo's transport CPU
-    (`MachineProfile.sync_cost`) for the CPU work
-    between syncs (the rank's `busy` wall seconds × its core share, spread evenly over the points); none on
-    whole cores or without the profile's [[sync_wait]] rows."""
+    """Seconds a step's synchronisation points (`points`, `_sync_points`) add when the ranks time-share the
+    cores: each costs the profile's measured idle time and gloo's transport CPU (`MachineProfile.sync_cost`) for
+    the CPU work between syncs (the rank's `busy` wall seconds × its core share, spread evenly over the points);
+    none on whole cores or without the profile's [[sync_wait]] rows."""
     profile = node.profile
     total = sum(points.values())
     if profile is None or not profile.sync_waits or total <= 0:

@@ -993,7 +993,6 @@ def combine_ranks(ranks: list[dict[str, Any]], ranks_per_host: int, repeats: Rep
             "collectives": [[op, size, nbytes, statistics.median(t), spans[(op, size, nbytes)]]
                             for (op, size, nbytes), t in sorted(slowest.items())],
             "fsdp": [[*key, statistics.median(t)] for key, t in sorted(fsdp_slowest.items())],
-            # an iteration ends when its slowest rank's does
             # an iteration's wall time ends with its slowest rank; gloo's CPU per rank, the median rank's
             "sync_wait": [[op, work, i, *(max(r["sync_wait"][j][k] for r in ranks) for k in (3, 4)),
                            statistics.median(r["sync_wait"][j][5] for r in ranks)]
@@ -1238,7 +1237,8 @@ def fit_profile(raw: dict[str, Any], peak_flops_core: float, host_cores: int) ->
     processes' elementwise rate × the cores); the background load from the share of a core N busy processes
     got; collectives a least-squares latency + bytes/bandwidth line (wall time) per
     op and group size; FSDP2's fixed cost per unit by ZeRO layout and group size (`fsdp_unit_costs`); the idle
-    cost of a synchronisation point on shared cores by the work between syncs (`sync_wait_rows`)."""
+    time and gloo's CPU a synchronisation point costs on shared cores by the work between syncs
+    (`sync_wait_rows`)."""
     dispatch = raw["dispatch_s"]
     gemm = {}
     for m, k, n, t in raw["gemm"]:
