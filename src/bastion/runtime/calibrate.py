@@ -1212,12 +1212,13 @@ def _line_fit(points: list[tuple[float, float]]) -> tuple[float, float]:
 
 def sync_wait_rows(rows: list[list[Any]], world: int) -> list[dict[str, Any]]:
     """The profile's [[sync_wait]] rows from `measure_sync_wait`'s (each round's slowest rank): per op and work
-    between syncs, the median over the rounds of the wall seconds per iteration the synced loop took beyond the
-    work alone in the window before it, less the sync alone (the median of the work-0 rounds: its latency, which
-    the collective lines already charge). `ranks_per_core` is the work alone's wall time / its CPU time (the
-    runnable processes per core in those windows, the median), which the predictor scales the cost by;
-    `transport_cpu_s` the CPU gloo's threads spent per synced iteration (the median round), which on shared
-    cores takes core time from the ranks' work."""
+    between syncs, the wall seconds per iteration the synced loop took beyond the work alone in the window
+    before it, less the sync alone (the median of the work-0 rounds: its latency, which the collective lines
+    already charge), and `transport_cpu_s`, the CPU gloo's threads spent per synced iteration (the median rank),
+    which on shared cores takes core time from the ranks' work: each the least of the rounds, as the host's
+    other load only adds to both (one round at 3 ms of work once measured 13 ms of idle time at load 4 where
+    its neighbours had 0.5 and 0). `ranks_per_core` is the work alone's wall time / its CPU time (the runnable
+    processes per core in those windows, the median round), which the predictor scales the idle time by."""
     alone = {op: statistics.median(row[3] for row in rows if row[0] == op and row[1] == 0)
              for op in {row[0] for row in rows}}
     by_key: dict[tuple[str, float], list[tuple[float, float, float]]] = {}
@@ -1225,8 +1226,7 @@ def sync_wait_rows(rows: list[list[Any]], world: int) -> list[dict[str, Any]]:
         if work > 0:
             by_key.setdefault((op, work), []).append((synced - unsynced - alone[op], unsynced / work, transport))
     return [{"op": op, "ranks": world, "ranks_per_core": statistics.median(r[1] for r in rounds), "work_s": work,
-             "idle_s": max(0.0, statistics.median(r[0] for r in rounds)),
-             "transport_cpu_s": statistics.median(r[2] for r in rounds)}
+             "idle_s": max(0.0, min(r[0] for r in rounds)), "transport_cpu_s": min(r[2] for r in rounds)}
             for (op, work), rounds in sorted(by_key.items())]
 
 
