@@ -8,9 +8,9 @@
    with its p10-p90 interval; the datasheet prediction (plain `cpu:N`) is computed alongside;
 4. each plan runs `--repeats` times: the table gives the median of the runs' step times and their spread (half
    the range, relative to the median), and the host's 1-minute load average before and after every run; a run
-   during whose steps other threads (not its own workers', agent's or front process's, not this script's) were runnable on average
-   OTHER_LOAD_LIMIT or more is marked `loaded` (another job shared the cores: its step time says more about that
-   job than about the prediction). The load average is recorded but not judged: it lags a minute and counts
+   during whose steps other processes' threads (not the run's: its front process and every descendant, gloo
+   threads included; not this script's) were runnable on average OTHER_LOAD_LIMIT or more is marked `loaded`
+   (another job shared the cores: its step time says more about that job than about the prediction). The load average is recorded but not judged: it lags a minute and counts
    the benchmark's own ranks, of this run and the one before. The table goes to benchmarks/results/calibration.json.
 
 Nothing here is fitted to the measured step times: the profile comes from microbenchmarks only.
@@ -60,26 +60,35 @@ CORES = os.cpu_count() or 1
 OTHER_LOAD_LIMIT = 0.5
 
 
-def _run_runnable(run_dir: Path) -> int:
-    """One pass over /proc: the threads runnable now (state R) of every process of the run — its workers,
-    torchrun's agent and the front `bastion train` process (each names the run directory on its command line).
-    /proc/loadavg counts threads, and a gloo worker runs several, so counting the run's processes alone would take
-    its own threads for other load."""
-    runnable = 0
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+def other_runnable(run_pid: int, proc_root: Path = Path("/proc")) -> int:
+    """One pass over /proc: the threads runnable now (state R) of every process that is neither the run's (the
+    front process `run_pid` and its descendants: torchrun's agent, the workers and their gloo threads) nor this
+    script. Counted per thread, in one pass, rather than /proc/loadavg less the run's threads read a moment
+    later: a worker's runnable gloo threads changed between the two reads and were taken for other load."""
+    parent: dict[int, int] = {}
+    states: dict[int, list[str]] = {}
+    for stat in proc_root.glob("[0-9]*/stat"):
         try:
-            if str(run_dir) not in cmdline.read_text():
-                continue
-            for stat in (cmdline.parent / "task").glob("*/stat"):
-                runnable += stat.read_text().rsplit(")", 1)[1].split()[0] == "R"
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            pid = int(stat.parent.name)
+            parent[pid] = int(fields[1])
+            states[pid] = [t.read_text().rsplit(")", 1)[1].split()[0] for t in (stat.parent / "task").glob("*/stat")]
         except (OSError, IndexError, ValueError):
             continue
-    return runnable
+    ours = {os.getpid(), run_pid}
+    grew = True
+    while grew:
+        grew = False
+        for pid, ppid in parent.items():
+            if ppid in ours and pid not in ours:
+                ours.add(pid)
+                grew = True
+    return sum(state == "R" for pid, threads in states.items() if pid not in ours for state in threads)
 
 
 def _bastion(*args: str, run_dir: Path | None = None) -> tuple[subprocess.CompletedProcess, dict]:
     """Run the CLI; with `run_dir` (a training run), also sample every 0.2 s, once its first step is recorded:
-    the host's runnable processes (/proc/loadavg) other than the run's runnable workers and this sampler."""
+    the host's runnable threads other than the run's and this script's (`other_runnable`)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.Popen([sys.executable, "-m", "bastion", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -89,9 +98,7 @@ def _bastion(*args: str, run_dir: Path | None = None) -> tuple[subprocess.Comple
         metrics = run_dir / "metrics.jsonl" if run_dir else None
         while proc.poll() is None:
             if metrics is not None and metrics.exists():
-                runnable = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
-                # other load: runnable threads that are neither the run's nor this sampler's
-                samples["runnable"].append(max(0, runnable - _run_runnable(run_dir) - 1))
+                samples["runnable"].append(other_runnable(proc.pid))
             time.sleep(0.2)
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -284,8 +291,8 @@ def main() -> int:
                       "(summary.json); spread = half their range / that median; profile = the prediction with "
                       "--cluster cpu:N@PROFILE, p10-p90 its interval; datasheet = plain cpu:N; cpu ratio = the "
                       "profile's prediction on whole cores / the ranks' CPU seconds per step (the trainer's own, "
-                      "mean over ranks); at run load = the profile's prediction with its background_load replaced by the runnable processes counted "
-                      "(/proc/loadavg) while the run's steps ran, less its own runnable ranks and the sampler, / measured; "
+                      "mean over ranks); at run load = the profile's prediction with its background_load replaced by the runnable threads counted "
+                      "while the run's steps ran, not the run's own (its process tree) nor the sampler's, / measured; "
                       f"loaded = those other runnable processes averaged {OTHER_LOAD_LIMIT} or more (the 1-minute "
                       "load average, which lags and counts the benchmark's own ranks, is recorded, not judged)."}
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -485,3 +485,73 @@ def test_calibrate_fits_the_curve_from_the_sweep_without_the_ops_dispatch() -> N
     curve = elementwise_bandwidth_curve(rows, dispatch)
     assert [row[0] for row in curve] == [48e3, 4.8e6, 4.8e7, 1.9e8]
     assert [row[1] for row in curve] == pytest.approx([10.0, 5.0, 1.0, 1.0], rel=1e-3)
+
+
+def _sync_waits(idle_ms: tuple[float, ...] = (0.5, 1.5, 4.0), ranks_per_core: float = 2.25) -> list[dict]:
+    """[[sync_wait]] rows as `bastion calibrate` writes them (4 ranks, background 0.5, on 2 cores)."""
+    return [{"op": op, "ranks": 4, "ranks_per_core": ranks_per_core, "work_s": work, "idle_s": idle * 1e-3}
+            for op in ("all_reduce", "send_recv") for work, idle in zip((0.001, 0.003, 0.01), idle_ms, strict=True)]
+
+
+def test_sync_wait_rows_round_trip_and_an_old_profile_charges_none(tmp_path: Path) -> None:
+    profile = read_profile(write(tmp_path, {**profile_data(), "sync_wait": _sync_waits()}))
+    assert len(profile.sync_waits) == 6
+    # linear in the work from none at none, held at the largest measured work beyond it
+    assert profile.sync_cost("all_reduce", 2.25, 0.0005) == pytest.approx(0.25e-3)
+    assert profile.sync_cost("all_reduce", 2.25, 0.002) == pytest.approx(1.0e-3)
+    assert profile.sync_cost("send_recv", 2.25, 1.0) == pytest.approx(4.0e-3)
+    # it grows with the ranks per core beyond one, and vanishes on whole cores
+    assert profile.sync_cost("all_reduce", 3.5, 0.003) == pytest.approx(1.5e-3 * 2.5 / 1.25)
+    assert profile.sync_cost("all_reduce", 1.0, 0.003) == 0.0
+    old = read_profile(write(tmp_path, profile_data(), "old.toml"))
+    assert old.sync_waits == () and old.sync_cost("all_reduce", 3.0, 0.003) == 0.0
+    # rows measured on nearly whole cores cannot say how it grows with the ranks per core: no idle time charged
+    whole = read_profile(write(tmp_path, {**profile_data(), "sync_wait": _sync_waits(ranks_per_core=1.05)}, "w.toml"))
+    assert whole.sync_cost("all_reduce", 3.0, 0.003) == 0.0
+    # gloo's transport CPU per sync, at the plan's share of a core (× its ranks per core), the same linear rule
+    rows = _sync_waits((0.0, 0.0, 0.0))
+    for row in rows:
+        row["transport_cpu_s"] = 0.4e-3
+    transport = read_profile(write(tmp_path, {**profile_data(), "sync_wait": rows}, "t.toml"))
+    assert transport.sync_cost("all_reduce", 2.0, 0.0005) == pytest.approx(0.2e-3 * 2.0)
+    assert transport.sync_cost("all_reduce", 2.0, 0.05) == pytest.approx(0.4e-3 * 2.0)
+    assert transport.sync_cost("all_reduce", 1.0, 0.05) == 0.0
+
+
+@pytest.mark.parametrize("row", [{"op": "barrier"}, {"work_s": 0.0}, {"idle_s": -1.0}])
+def test_a_garbled_sync_wait_row_is_a_guidance_error(tmp_path: Path, row: dict) -> None:
+    rows = _sync_waits()
+    rows[0].update(row)
+    with pytest.raises(ConfigError, match=r"\[\[sync_wait\]\] #1"):
+        read_profile(write(tmp_path, {**profile_data(), "sync_wait": rows}))
+
+
+@pytest.mark.parametrize("plan", [
+    ParallelPlan(dp=4, zero_stage=3, micro_batch=1, global_batch=8, precision="fp32"),
+    ParallelPlan(tp=2, dp=2, sequence_parallel=True, micro_batch=1, global_batch=8, precision="fp32"),
+    ParallelPlan(pp=2, dp=2, micro_batch=1, global_batch=8, precision="fp32"),
+    ParallelPlan(cp=4, micro_batch=1, global_batch=4, precision="fp32")], ids=["zero3", "tp_sp", "pp_dp", "cp"])
+def test_ranks_sharing_cores_pay_the_measured_idle_time_per_sync_point(tmp_path: Path, plan: ParallelPlan) -> None:
+    model = load_model("tiny")
+    old = write(tmp_path, profile_data(), "old.toml")
+    new = write(tmp_path, {**profile_data(), "sync_wait": _sync_waits()}, "new.toml")
+    before = estimate(model, load_cluster(f"cpu:4@{old}"), plan)
+    after = estimate(model, load_cluster(f"cpu:4@{new}"), plan)
+    assert before.time.sync_wait == 0.0
+    assert after.time.sync_wait > 0.0
+    assert after.time.step == pytest.approx(before.time.step + after.time.sync_wait, rel=1e-9)
+    # more ranks per core idle longer at every sync point; on whole cores (2 ranks, no background) none
+    crowded = estimate(model, load_cluster(f"cpu:8@{new}"), replace(plan, dp=plan.dp * 2,
+                                                                      global_batch=plan.global_batch * 2))
+    assert crowded.time.sync_wait > after.time.sync_wait
+    data = profile_data()
+    data["accelerator"]["background_load"] = 0.0
+    whole = write(tmp_path, {**data, "sync_wait": _sync_waits()}, "whole.toml")
+    half = replace(plan, dp=max(plan.dp // 2, 1), cp=max(plan.cp // 2, 1) if plan.cp > 1 else 1,
+                   global_batch=plan.global_batch // 2)
+    assert estimate(model, load_cluster(f"cpu:2@{whole}"), half).time.sync_wait == 0.0
+
+
+def test_sync_wait_is_no_term_on_a_gpu(tmp_path: Path) -> None:
+    plan = ParallelPlan(dp=8, zero_stage=3, micro_batch=1, global_batch=8)
+    assert estimate(load_model("tiny"), load_cluster("h100-sxm:8"), plan).time.sync_wait == 0.0

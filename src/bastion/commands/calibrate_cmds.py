@@ -374,7 +374,10 @@ def _write_profile(settings: dict, measured: tuple[dict, dict], machine: dict) -
                  "collective_op_size_bytes_s": [row[:4] for row in shared["collectives"]],
                  # zero_stage -1: the same models without FSDP2
                  "fsdp_zero_size_layers_s": shared["fsdp"],
-                 "fsdp_core_share_size_share": [[g, s] for g, s in shared["fsdp_core_share"].items()]}
+                 "fsdp_core_share_size_share": [[g, s] for g, s in shared["fsdp_core_share"].items()],
+                 # every rank looping over work_s of CPU work, with one small blocking sync after each and without
+                 # (the slowest rank's wall seconds per iteration)
+                 "sync_wait_op_work_round_synced_s_alone_s": shared.get("sync_wait", [])}
     _save_profile(out, {"machine": machine, **fitted, "raw": raw_table, "repeats": repeats})
     a, h = fitted["accelerator"], fitted["host"]
     typer.echo(f"wrote {out}: GEMM {a['matmul_efficiency']:.2f} of a core's peak at the largest shape, "

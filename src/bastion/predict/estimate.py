@@ -76,6 +76,10 @@ class TimeBreakdown:
     #: machine profile measured it; 0 on datasheet rates
     host_overhead: float
     step: float
+    #: on a host CPU whose ranks time-share the cores, with a profile that measured it: what the step's
+    #: synchronisation points cost beyond their latency (a rank descheduled mid-work while its peers wait idle
+    #: at the sync; gloo's transport threads' CPU); in `step`
+    sync_wait: float = 0.0
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -317,6 +321,50 @@ def _shared_core_bubble(node: Cluster, busy: float, bubble: float) -> float:
     busy_ranks = ranks * busy / (busy + bubble)
     path = (busy + bubble) * acc.core_share(ranks) / min(1.0, acc.host_cores / (busy_ranks + acc.background_load))
     return max(0.0, path - busy)
+
+
+def _sync_points(node: Cluster, model: ModelSpec, plan: ParallelPlan, layers: int, has_first: bool,
+                 has_last: bool) -> dict[str, float]:
+    """Blocking synchronisation points of one optimizer step on one rank of bastion's runtime, by kind
+    (specs/profile.py SYNC_OPS), counted from what the other terms cost: FSDP2's gathers and reductions per unit
+    (`_runtime_fsdp_comm`'s), the tensor-parallel collectives the profile counted, context parallelism's K/V
+    gather and gradient all-reduce per layer, the pipeline's hops (`pp_comm`'s, as send/recv pairs) and the
+    loop's two scalar all-reduces."""
+    m = plan.num_microbatches
+    collectives = 2.0
+    if plan.dp * plan.cp > 1:
+        units = len(fsdp_units(model, plan.tp, "layer", plan.ep, plan.etp)) * layers + 1
+        gathers = 2 if plan.zero_stage == 3 else 1 if plan.zero_stage > 0 else 0
+        if plan.pp <= 1:
+            collectives += m * units * (gathers + 1)
+        elif plan.zero_stage == 3:
+            collectives += m * units * gathers + units
+        else:
+            collectives += units * (gathers + 1)
+    if plan.tp > 1 and node.profile is not None:
+        for c in node.profile.tp_collectives:
+            if c.sequence_parallel == plan.sequence_parallel:
+                collectives += m * (c.per_layer * layers + c.ends * (int(has_first) + int(has_last)) / 2)
+    if plan.cp > 1:
+        collectives += m * layers * (3 if plan.recompute == "full" else 2)
+    # `pp_comm`'s 2 × (m × vpp + pp − 1) hops, a send or a receive each: half as many send/recv pairs (the
+    # probe's unit, specs/profile.py SyncWait)
+    pairs = float(m * plan.vpp + plan.pp - 1) if plan.pp > 1 else 0.0
+    return {"all_reduce": collectives, "send_recv": pairs}
+
+
+def _shared_core_sync_wait(node: Cluster, points: dict[str, float], busy: float) -> float:
+    """Seconds a step's synchronisation points (`points`, `_sync_points`) add when the ranks time-share the
+    cores: each costs the profile's measured idle time and gloo's transport CPU (`MachineProfile.sync_cost`) for
+    the CPU work between syncs (the rank's `busy` wall seconds × its core share, spread evenly over the points);
+    none on whole cores or without the profile's [[sync_wait]] rows."""
+    profile = node.profile
+    total = sum(points.values())
+    if profile is None or not profile.sync_waits or total <= 0:
+        return 0.0
+    share = node.accelerator.core_share(node.gpus_per_node)
+    work = busy * share / total
+    return sum(count * profile.sync_cost(op, 1.0 / share, work) for op, count in points.items())
 
 
 def _host_saturated(node: Cluster) -> bool:
@@ -876,6 +924,11 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
         plan.precision, acc))
 
     step_overhead = max(_step_overhead(node, model, plan, *roles[i]) for i in representatives)
+    sync_wait = 0.0
+    if saturated:
+        slowest_role = roles[representatives[stage_times.index(slowest)]]
+        sync_wait = _shared_core_sync_wait(node, _sync_points(node, model, plan, *slowest_role),
+                                           m * slowest.total + step_overhead)
     time = TimeBreakdown(
         compute=m * slowest.compute, recompute=m * slowest.recompute, memory_bound=m * slowest.memory_bound,
         tp_comm=m * slowest.tp_comm, cp_comm=m * slowest.cp_comm, ep_comm=m * slowest.ep_comm,
@@ -883,7 +936,7 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
         bubble=bubble, optimizer=optimizer, offload=m * slowest.offload,
         host_overhead=m * slowest.host_overhead + step_overhead,
         step=m * slowest.total + bubble + pp_comm + (dp_comm - m * slowest.fsdp_exposed) + optimizer
-        + step_overhead)
+        + step_overhead + sync_wait, sync_wait=sync_wait)
 
     tokens_per_step = plan.global_batch * s
     model_flops = flops.model_flops_per_token(model, s) * tokens_per_step
@@ -918,6 +971,9 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
         (f"{cluster.gpus_per_node} single-threaded ranks share the host's {acc.host_cores} cores: "
          f"{min(1.0, acc.host_cores / cluster.gpus_per_node):.2g} of a core and {acc.hbm_bandwidth_gbs:.3g} GB/s "
          f"each") if acc.host_cores else "",
+        (f"ranks time-sharing the cores wait idle at each synchronisation point and gloo's threads take core time "
+         f"(measured per point by the CPU work between syncs): {time.sync_wait * 1e3:.3g} ms a step")
+        if time.sync_wait else "",
         ("pipeline ranks idle in the bubble leave their cores to the busy ranks; a hop adds only its bytes to "
          "the schedule's measured per-micro-batch cost") if saturated and plan.pp > 1 else "",
         ("under the pipeline schedule FSDP2 reduces gradients once per step (its sync off for each micro-batch)"

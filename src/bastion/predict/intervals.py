@@ -73,7 +73,9 @@ TERM_CLASS = {"tp_comm": COMM, "dp_comm": COMM, "pp_comm": COMM, "recompute": RE
               # rows (moe_cases.csv is kept out of sample), so their share takes the prior
               "ep_comm": UNVALIDATED, "etp_comm": UNVALIDATED,
               # activation offload's exposed host copies: no calibration row offloads
-              "offload": UNVALIDATED}
+              "offload": UNVALIDATED,
+              # synchronisation points of ranks time-sharing a host CPU's cores: no published row runs so
+              "sync_wait": UNVALIDATED}
 #: the terms every published row exercises (κ = 0)
 CORE_TERMS = ("compute", "memory_bound", "optimizer", "host_overhead")
 #: a class is "large" in a row from a tenth of the predicted step (stated before looking at the rows)

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch.distributed.device_mesh import init_device_mesh
 
 from bastion.specs.model import ModelSpec
+from bastion.specs.profile import SYNC_OPS
 
 Progress = Callable[[str], None]
 
@@ -748,6 +749,70 @@ def fsdp_unit_costs(rows: list[list[Any]], share: float) -> list[dict[str, Any]]
     return costs
 
 
+#: CPU seconds of work between two synchronisation points that `measure_sync_wait` loops over (0 is the sync alone)
+SYNC_WORK_S = (0.0, 0.001, 0.003, 0.01)
+
+
+def _cpu_work(seconds: float) -> None:
+    """Spin this thread for `seconds` of its own CPU time (work that needs a core, whatever the wall time)."""
+    start = time.thread_time()
+    while time.thread_time() - start < seconds:
+        pass
+
+
+#: rounds of the paired loops `measure_sync_wait` times per op and work (the median of their differences)
+SYNC_ROUNDS = 3
+
+
+def measure_sync_wait(rank: int, world: int, reps: int) -> list[list[Any]]:
+    """Every rank of the world at once loops `reps` times over "SYNC_WORK_S of CPU work, then one small blocking
+    synchronisation" (specs/profile.py SYNC_OPS: an all-reduce of one float over the world; a send/recv pair
+    with the neighbouring rank, which the even rank sends first), and right before it the same work without the
+    syncs (then one barrier): the wall time of the work alone at the share of a core the ranks have in that
+    window, whatever the host's other load does between windows. Rows [op, work_s, round, wall seconds per
+    iteration with the syncs, without, CPU seconds per synced iteration of the rank's threads other than its
+    own (gloo's transport)], SYNC_ROUNDS rounds each (work 0: the sync alone). On shared cores the OS
+    deschedules a rank for a time slice mid-work while its peers reach the sync and wait idle, and gloo's
+    transport threads spend CPU while a rank waits: what the synced loop takes beyond the work alone and the
+    sync alone (`sync_wait_rows`) is that cost per synchronisation point."""
+    one = torch.zeros(1)
+    peer = rank ^ 1
+
+    def sync(op: str) -> None:
+        if op == "all_reduce":
+            dist.all_reduce(one)
+        elif rank % 2 == 0:
+            dist.send(one, peer)
+            dist.recv(one, peer)
+        else:
+            dist.recv(one, peer)
+            dist.send(one, peer)
+
+    def loop(work: float, op: str | None) -> tuple[float, float]:
+        """(wall seconds per iteration, CPU seconds per iteration of the process's other threads)."""
+        dist.barrier()
+        start, process, thread = time.perf_counter(), time.process_time(), time.thread_time()
+        for _ in range(reps):
+            _cpu_work(work)
+            if op is not None:
+                sync(op)
+        if op is None:
+            dist.barrier()  # the work alone ends when the slowest rank's does
+        transport = (time.process_time() - process) - (time.thread_time() - thread)
+        return (time.perf_counter() - start) / reps, transport / reps
+
+    rows = []
+    for op in SYNC_OPS:
+        if op == "send_recv" and world % 2:
+            continue
+        for work in SYNC_WORK_S:
+            for i in range(SYNC_ROUNDS):
+                alone = loop(work, None)[0] if work > 0 else 0.0
+                synced, transport = loop(work, op)
+                rows.append([op, work, i, synced, alone, transport])
+    return rows
+
+
 def measure_ranks(rank: int, world: int, config: dict[str, Any], hosts: list[str] | None = None) -> dict[str, Any]:
     """What every rank of an initialised gloo group of `world` ranks measures at once (ranks numbered host by
     host): its share of a core while all multiply matrices, elementwise bandwidth, tensor-parallel and pipeline
@@ -771,6 +836,7 @@ def measure_ranks(rank: int, world: int, config: dict[str, Any], hosts: list[str
         result["pipeline"] = measure_pipeline(config["probe_model"], world, 3 * config["collective_reps"])
     result["fsdp"] = [measure_fsdp(config["probe_model"], world, size, 2 * config["collective_reps"])
                       for size in collective_groups(world)]
+    result["sync_wait"] = measure_sync_wait(rank, world, 3 * config["collective_reps"])
     collectives = []
     for size in collective_groups(world):
         groups = [list(range(start, start + size)) for start in range(0, world, size)]
@@ -927,6 +993,10 @@ def combine_ranks(ranks: list[dict[str, Any]], ranks_per_host: int, repeats: Rep
             "collectives": [[op, size, nbytes, statistics.median(t), spans[(op, size, nbytes)]]
                             for (op, size, nbytes), t in sorted(slowest.items())],
             "fsdp": [[*key, statistics.median(t)] for key, t in sorted(fsdp_slowest.items())],
+            # an iteration's wall time ends with its slowest rank; gloo's CPU per rank, the median rank's
+            "sync_wait": [[op, work, i, *(max(r["sync_wait"][j][k] for r in ranks) for k in (3, 4)),
+                           statistics.median(r["sync_wait"][j][5] for r in ranks)]
+                          for j, (op, work, i, *_) in enumerate(ranks[0].get("sync_wait", []))],
             "fsdp_core_share": {size: statistics.fmean(s) for size, s in sorted(fsdp_shares.items())}}
 
 
@@ -1140,13 +1210,35 @@ def _line_fit(points: list[tuple[float, float]]) -> tuple[float, float]:
     return max(0.0, latency), max(per_byte, 1e-15)
 
 
+def sync_wait_rows(rows: list[list[Any]], world: int) -> list[dict[str, Any]]:
+    """The profile's [[sync_wait]] rows from `measure_sync_wait`'s (each round's slowest rank): per op and work
+    between syncs, the wall seconds per iteration the synced loop took beyond the work alone in the window
+    before it, less the sync alone (the median of the work-0 rounds: its latency, which the collective lines
+    already charge), and `transport_cpu_s`, the CPU gloo's threads spent per synced iteration (the median rank),
+    which on shared cores takes core time from the ranks' work: each the least of the rounds, as the host's
+    other load only adds to both (one round at 3 ms of work once measured 13 ms of idle time at load 4 where
+    its neighbours had 0.5 and 0). `ranks_per_core` is the work alone's wall time / its CPU time (the runnable
+    processes per core in those windows, the median round), which the predictor scales the idle time by."""
+    alone = {op: statistics.median(row[3] for row in rows if row[0] == op and row[1] == 0)
+             for op in {row[0] for row in rows}}
+    by_key: dict[tuple[str, float], list[tuple[float, float, float]]] = {}
+    for op, work, _, synced, unsynced, transport in rows:
+        if work > 0:
+            by_key.setdefault((op, work), []).append((synced - unsynced - alone[op], unsynced / work, transport))
+    return [{"op": op, "ranks": world, "ranks_per_core": statistics.median(r[1] for r in rounds), "work_s": work,
+             "idle_s": max(0.0, min(r[0] for r in rounds)), "transport_cpu_s": min(r[2] for r in rounds)}
+            for (op, work), rounds in sorted(by_key.items())]
+
+
 def fit_profile(raw: dict[str, Any], peak_flops_core: float, host_cores: int) -> dict[str, Any]:
     """The rates of specs/profile.py from the raw measurements. Each rate is a measurement through a mechanism,
     not a fit to step times: a GEMM's efficiency is its FLOPs over (CPU time − one op's dispatch) over one core's
     peak; attention's the same with the predictor's causal FLOPs; memory bandwidth the node's (each of N
     processes' elementwise rate × the cores); the background load from the share of a core N busy processes
     got; collectives a least-squares latency + bytes/bandwidth line (wall time) per
-    op and group size; FSDP2's fixed cost per unit by ZeRO layout and group size (`fsdp_unit_costs`)."""
+    op and group size; FSDP2's fixed cost per unit by ZeRO layout and group size (`fsdp_unit_costs`); the idle
+    time and gloo's CPU a synchronisation point costs on shared cores by the work between syncs
+    (`sync_wait_rows`)."""
     dispatch = raw["dispatch_s"]
     gemm = {}
     for m, k, n, t in raw["gemm"]:
@@ -1205,6 +1297,7 @@ def fit_profile(raw: dict[str, Any], peak_flops_core: float, host_cores: int) ->
         "collective": collectives,
         "tp_collective": tensor_parallel["counts"] if tensor_parallel else [],
         "fsdp_unit": fsdp_units,
+        "sync_wait": sync_wait_rows(shared.get("sync_wait", []), world),
     }
 
 

@@ -11,7 +11,9 @@ latency/bandwidth line for one collective on one group size (gloo on shared core
 devices); each `[[tp_collective]]` how many collectives of an op the runtime's tensor parallelism issues per block
 and for the model's ends (counted, not timed); each `[[fsdp_unit]]` what the runtime's FSDP2 costs per unit (a
 block; the root unit apart) on real groups of one size under one ZeRO layout, at a negligible size (its hooks, its
-collectives' latency, the waiting). `[raw]` keeps the measurements the rates were derived from, `[repeats]` every
+collectives' latency, the waiting); each `[[sync_wait]]` the idle cost of one synchronisation point on
+shared cores by the CPU work between syncs (absent in older profiles: none charged). `[raw]` keeps the
+measurements the rates were derived from, `[repeats]` every
 measurement's repeats (seconds): its noise band, which `bastion calibrate --compare` (specs/profile_compare.py)
 judges a change against.
 
@@ -140,6 +142,34 @@ class CollectiveLine:
         return self.latency_us * 1e-6 + nbytes / (self.bandwidth_gbs * 1e9)
 
 
+#: the synchronisations a [[sync_wait]] row measures (runtime/calibrate.py measure_sync_wait): a small blocking
+#: all-reduce over the whole world, a send/recv pair (an even world)
+SYNC_OPS = ("all_reduce", "send_recv")
+
+
+#: runnable processes per core a [[sync_wait]] row must have been measured at to say how the idle time grows
+#: with them (on nearly whole cores the idle time is noise over a near-zero oversubscription)
+MIN_SYNC_OVERSUBSCRIPTION = 1.5
+
+
+@dataclass(frozen=True)
+class SyncWait:
+    """Idle wall seconds one synchronisation point (`op`: a small blocking collective, or a send/recv pair)
+    costs ranks that time-share cores, when each does `work_s` of CPU work between syncs: measured on `ranks`
+    ranks at `ranks_per_core` runnable processes per core (the ranks and the background load), beyond the work
+    at their core share and the sync's own latency; and the CPU gloo's threads spend per sync. The OS deschedules a rank mid-work for a time slice while
+    its peers reach the sync and wait with their cores idle."""
+
+    op: str
+    ranks: int
+    ranks_per_core: float
+    work_s: float
+    idle_s: float
+    #: CPU seconds gloo's transport threads spent per sync (0 in rows measured before it was): on shared cores
+    #: it takes core time from the ranks' work
+    transport_cpu_s: float = 0.0
+
+
 @dataclass(frozen=True)
 class MachineProfile:
     """The rates of one machine kind, as measured by `bastion calibrate`."""
@@ -162,6 +192,8 @@ class MachineProfile:
     repeats: tuple[tuple[str, tuple[float, ...]], ...] = ()
     #: measured by `bastion calibrate` on every group size of its world (empty in a profile that did not)
     fsdp_units: tuple[FsdpUnitCost, ...] = ()
+    #: measured by `bastion calibrate` on a host CPU (empty in a profile that did not: no sync cost is charged)
+    sync_waits: tuple[SyncWait, ...] = ()
 
     @property
     def label(self) -> str:
@@ -186,10 +218,37 @@ class MachineProfile:
             return None
         return min(rows, key=lambda c: (abs(c.group_size - group_size), -c.group_size))
 
+    def sync_cost(self, op: str, ranks_per_core: float, work_s: float) -> float:
+        """Wall seconds one `op` synchronisation point costs a rank beyond its work and the sync's latency, at
+        `ranks_per_core` runnable processes per core with `work_s` CPU seconds of work between syncs; 0 on whole
+        cores (ranks_per_core ≤ 1) and without rows. From the measured rows of that op (else of any op),
+        linear in the work from none at none to the largest measured work and held there beyond it: the idle
+        time as seconds per runnable process beyond one per core (idle_s / (its ranks_per_core − 1); rows
+        measured on fewer than MIN_SYNC_OVERSUBSCRIPTION say nothing of it) times the plan's; plus gloo's
+        transport CPU at the plan's share of a core (× ranks_per_core)."""
+        rows = sorted((r for r in self.sync_waits if r.op == op), key=lambda r: r.work_s) or sorted(
+            self.sync_waits, key=lambda r: r.work_s)
+        if not rows or ranks_per_core <= 1.0 or work_s <= 0:
+            return 0.0
+        oversubscribed = [r for r in rows if r.ranks_per_core >= MIN_SYNC_OVERSUBSCRIPTION]
+        idle = _linear_from_zero([(r.work_s, r.idle_s / (r.ranks_per_core - 1.0)) for r in oversubscribed], work_s)
+        transport = _linear_from_zero([(r.work_s, r.transport_cpu_s) for r in rows], work_s)
+        return idle * (ranks_per_core - 1.0) + transport * ranks_per_core
+
     def collective_wall_time(self, op: str, group_size: int, nbytes: float, core_share: float) -> float | None:
         """`collective_time` on ranks that get `core_share` of a core each."""
         seconds = self.collective_time(op, group_size, nbytes)
         return None if seconds is None else seconds / core_share
+
+
+def _linear_from_zero(points: list[tuple[float, float]], x: float) -> float:
+    """Piecewise linear through (0, 0) and `points` (sorted by x), held at the last point's value beyond it."""
+    if not points:
+        return 0.0
+    for (x0, y0), (x1, y1) in zip([(0.0, 0.0), *points], points, strict=False):
+        if x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return points[-1][1]
 
 
 # ---- reading ----------------------------------------------------------------------------------------------
@@ -213,6 +272,14 @@ def _number(table: dict[str, Any], key: str, where: str) -> float:
         raise ConfigError(f"{where}: '{key}' must be a {'positive' if positive else 'non-negative'} number, got "
                           f"{value!r}.", fix=_FIX)
     return float(value)
+
+
+def _positive(table: dict[str, Any], key: str, where: str) -> float:
+    """A measured rate or size a prediction divides by (or interpolates from): a number above 0."""
+    value = _number(table, key, where)
+    if value <= 0:
+        raise ConfigError(f"{where}: {key} must be positive.", fix=_FIX)
+    return value
 
 
 def _curve(value: Any, width: int, where: str) -> tuple[tuple[float, ...], ...]:
@@ -258,20 +325,40 @@ def read_profile(path: str | Path) -> MachineProfile:
         raise ConfigError(f"{path} [host]: unknown field(s) {', '.join(unknown)}.", fix=_FIX)
     overheads = HostOverheads(**{k: _number(host, k, f"{path} [host]") for k in host})
     lines = []
-    for i, row in enumerate(data.get("collective", [])):
-        where = f"{path} [[collective]] #{i + 1}"
-        if not isinstance(row, dict) or row.get("op") not in COLLECTIVES:
-            raise ConfigError(f"{where}: 'op' must be one of {', '.join(COLLECTIVES)}.", fix=_FIX)
-        bandwidth = _number(row, "bandwidth_gbs", where)
-        if bandwidth <= 0:
-            raise ConfigError(f"{where}: bandwidth_gbs must be positive.", fix=_FIX)
+    for where, row in _op_rows(data, path, "collective", COLLECTIVES):
+        bandwidth = _positive(row, "bandwidth_gbs", where)
         lines.append(CollectiveLine(op=row["op"], group_size=int(_number(row, "group_size", where)),
                                     latency_us=_number(row, "latency_us", where), bandwidth_gbs=bandwidth))
     return MachineProfile(path=str(path), accelerator=acc_name, nproc=max(nproc, 1), date=str(machine.get("date")),
                           host=str(machine.get("host")), torch=str(machine.get("torch")),
                           accelerator_overrides=tuple(sorted(overrides.items())), host_overheads=overheads,
                           collectives=tuple(lines), tp_collectives=_tp_collectives(data, path),
-                          repeats=_repeats(data, path), fsdp_units=_fsdp_units(data, path))
+                          repeats=_repeats(data, path), fsdp_units=_fsdp_units(data, path),
+                          sync_waits=_sync_waits(data, path))
+
+
+def _op_rows(data: dict[str, Any], path: Path, table: str, ops: tuple[str, ...]
+             ) -> list[tuple[str, dict[str, Any]]]:
+    """The rows of array of tables `table`, each with where it is, once its 'op' is checked to be one of `ops`."""
+    rows = []
+    for i, row in enumerate(data.get(table, [])):
+        where = f"{path} [[{table}]] #{i + 1}"
+        if not isinstance(row, dict) or row.get("op") not in ops:
+            raise ConfigError(f"{where}: 'op' must be one of {', '.join(ops)}.", fix=_FIX)
+        rows.append((where, row))
+    return rows
+
+
+def _sync_waits(data: dict[str, Any], path: Path) -> tuple[SyncWait, ...]:
+    rows = []
+    for where, row in _op_rows(data, path, "sync_wait", SYNC_OPS):
+        work = _positive(row, "work_s", where)
+        rows.append(SyncWait(op=row["op"], ranks=int(_number(row, "ranks", where)),
+                             ranks_per_core=_number(row, "ranks_per_core", where), work_s=work,
+                             idle_s=_number(row, "idle_s", where),
+                             transport_cpu_s=_number(row, "transport_cpu_s", where) if "transport_cpu_s" in row
+                             else 0.0))
+    return tuple(rows)
 
 
 def _fsdp_units(data: dict[str, Any], path: Path) -> tuple[FsdpUnitCost, ...]:
