@@ -96,6 +96,27 @@ def conformal_quantile(residuals: Iterable[float], level: float = LEVEL) -> floa
     return values[min(k, len(values)) - 1]
 
 
+def family_conformal_quantile(residuals: Iterable[tuple[str, float]], level: float = LEVEL) -> float:
+    """The split-conformal quantile of |residual| with publication families, not rows, as the exchangeable units
+    (Dunn, Wasserman and Ramdas 2022, "Distribution-free prediction sets for two-layer hierarchical models", pooled
+    CDFs): each of the K families carries weight 1/K shared equally among its rows, and the quantile is the
+    smallest |r| whose cumulative weight reaches level·(K+1)/K (the family-level counterpart of ceil((n+1)·level)),
+    the largest |r| when that exceeds 1. `residuals`: (family, residual) pairs."""
+    by_family: dict[str, list[float]] = {}
+    for family, r in residuals:
+        by_family.setdefault(family, []).append(abs(r))
+    if not by_family:
+        raise ValueError("no residuals to calibrate an interval on")
+    k = len(by_family)
+    weighted = sorted((r, 1.0 / (k * len(rs))) for rs in by_family.values() for r in rs)
+    target, reached = level * (k + 1) / k, 0.0
+    for r, weight in weighted:
+        reached += weight
+        if reached >= target - 1e-12:  # the weights' float sum may fall short of 1 by rounding
+            return r
+    return weighted[-1][0]
+
+
 def bounds(predicted_s: float, q: float) -> tuple[float, float]:
     return predicted_s * math.exp(-q), predicted_s * math.exp(q)
 
