@@ -10,6 +10,10 @@ reported as in-sample.
 
 Every row is predicted twice: with its software facts (stratum "software known") and with them blanked (the
 documented default stack, stratum "software unknown"), each with its own held-out interval.
+
+The same machinery calibrates the shipped interval (calibrate): q from the out-of-sample rows of the files compiled
+blind, the width factor from the development files; cross_fit reports its honest coverage, each out-of-sample
+family's interval with q computed without that family (predict/intervals.py says why).
 """
 
 from __future__ import annotations
