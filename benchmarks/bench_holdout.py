@@ -1,9 +1,12 @@
-"""The predictor's honest figures: leave-one-family-out over the project's three case files (issue 13 §3).
+"""The predictor's honest figures: leave-one-family-out over the project's three case files (issue 13 §3), and the
+calibration of the interval every prediction carries.
 
 Prints the per-family table (which families are in-sample and why, |error| with the software known and with it
-blanked, held-out interval coverage and width) and writes benchmarks/results/holdout.json. With
---write-intervals it also rewrites src/bastion/predict/data/intervals.json, the interval calibration every
-prediction carries (run it after a change to the predictor).
+blanked, held-out interval coverage and width) and writes benchmarks/results/holdout.json. Then the shipped
+interval: q per stratum from the out-of-sample rows of the files compiled blind (CALIBRATION_FILES), the width
+factor from the development files, and its cross-fitted coverage (each out-of-sample family's interval with q
+computed without it) per stratum, case file and family -> benchmarks/results/intervals_crossfit.json. With
+--write-intervals it also rewrites src/bastion/predict/data/intervals.json (run it after a change to the predictor).
 """
 
 from __future__ import annotations
@@ -13,14 +16,18 @@ import json
 import subprocess
 from pathlib import Path
 
-from bastion.predict.holdout import calibrate, leave_one_family_out
+from bastion.predict.holdout import calibrate, cross_fit, leave_one_family_out, out_of_sample_rows
 from bastion.predict.intervals import INTERVALS, KNOWN, UNKNOWN
 from bastion.predict.validate import PUBLIC_CASES
 
 ROOT = Path(__file__).parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "holdout.json"
-CASE_FILES = (PUBLIC_CASES, ROOT / "tests" / "validation" / "data" / "nemo_cases.csv",
-              ROOT / "tests" / "validation" / "data" / "torchtitan_cases.csv")
+CROSS_FIT = ROOT / "benchmarks" / "results" / "intervals_crossfit.json"
+DATA = ROOT / "tests" / "validation" / "data"
+#: the development files: every family in-sample (holdout.toml); the interval's width factor is derived from them
+CASE_FILES = (PUBLIC_CASES, DATA / "nemo_cases.csv", DATA / "torchtitan_cases.csv")
+#: the files compiled blind: their out-of-sample rows calibrate the interval's q
+CALIBRATION_FILES = (DATA / "heldout_cases.csv", DATA / "blind_cases.csv", DATA / "blind2_cases.csv")
 
 
 def main() -> None:
@@ -49,13 +56,25 @@ def main() -> None:
                 else:
                     print(f"{scope} ({stratum}): no rows")
     print(f"recorded in {RESULTS}")
-    stored = calibrate(CASE_FILES, commit)
+    out_of_sample = out_of_sample_rows(CALIBRATION_FILES)
+    stored = calibrate(out_of_sample, CASE_FILES, commit)
     for stratum, s in stored["strata"].items():
         spread = s["spread"]
-        print(f"{stratum}: q {s['q']:.3f}; width factor s0 {spread['s0']:.3f} on {spread['baseline_rows']} "
-              f"baseline rows; coverage {spread['coverage']}")
+        print(f"{stratum}: q {s['q']:.3f} on {s['rows']} rows of {len(s['families'])} out-of-sample families; width "
+              f"factor s0 {spread['s0']:.3f} on {spread['baseline_rows']} baseline rows; coverage "
+              f"{spread['coverage']}")
         for name, c in spread["classes"].items():
             print(f"  {name:24s} kappa {c['kappa']:6.2f}  {c.get('large_rows', '-'):>4} large rows  {c['how']}")
+    crossed = cross_fit(out_of_sample, {s: v["spread"] for s, v in stored["strata"].items()})
+    print("cross-fitted (each out-of-sample family's q computed without it):")
+    for stratum, groups in crossed.items():
+        for name, e in groups.items():
+            if name != "family_mean_coverage":
+                print(f"  {stratum:16s} {name:22s} {e['n']:4d} rows  coverage {e['coverage']:5.0%}  median width "
+                      f"{e['median_interval_width']:5.0%}  |err| median {e['median_abs_rel_error']:5.1%}")
+        print(f"  {stratum:16s} mean of the families' coverage {groups['family_mean_coverage']:.0%}")
+    CROSS_FIT.write_text(json.dumps({"commit": commit, "level": stored["level"], "strata": crossed}, indent=1) + "\n")
+    print(f"recorded in {CROSS_FIT}")
     if args.write_intervals:
         INTERVALS.write_text(json.dumps(stored, indent=1) + "\n")
         print(f"interval calibration written to {INTERVALS}")

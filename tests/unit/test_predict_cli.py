@@ -118,16 +118,17 @@ def test_validate_holdout_family_of_one_family_is_guidance(tmp_path, capsys: pyt
     assert "at least two publication families" in " ".join(err.split())
 
 
-def test_estimate_shows_the_interval_and_an_unknown_framework_widens_it(capsys: pytest.CaptureFixture[str]) -> None:
-    widths = {}
+def test_estimate_shows_the_interval_of_its_software_stratum(capsys: pytest.CaptureFixture[str]) -> None:
+    # an unknown framework takes the software-unknown calibration; it is not always wider: calibrated out of sample
+    # both strata's q are alike and the width factors differ (predict/intervals.py)
+    notes = {}
     for flags in ([], ["--framework", "maxtext"]):
         code, out, _ = run(["estimate", "-m", "tiny", "-c", "cpu:2", "--json", *flags], capsys)
         assert code == 0
         est = json.loads(out)
         assert est["predicted_p10_s"] < est["step_time_s"] < est["predicted_p90_s"]
-        assert any(a.startswith("interval p10-p90") for a in est["assumptions"])
-        widths[bool(flags)] = est["predicted_p90_s"] / est["predicted_p10_s"]
-    assert widths[True] > widths[False]
+        notes[bool(flags)] = next(a for a in est["assumptions"] if a.startswith("interval p10-p90"))
+    assert "(software known)" in notes[False] and "(software unknown)" in notes[True]
 
 
 def test_plan_and_cost_json_carry_the_interval(capsys: pytest.CaptureFixture[str]) -> None:

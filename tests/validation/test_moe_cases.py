@@ -34,6 +34,10 @@ median |error| 16.8%, p90 31.0% (issue 14's 20% / 35% met, in-sample), interval 
 35%: E0005 -43% (TP4 EP8 on H100), E0018 -53% (the DeepSeek-V3 GB200 baseline, MCore 0.13), E0028 -50%
 (torchtitan's default all-to-all, the same inputs as E0022 but for the dispatcher, which bastion costs alike inside
 one node).
+
+Branch intervals2 (2026-12-07): the shipped interval's q is calibrated on the out-of-sample rows of the files compiled
+blind (predict/intervals.py); the software-known q went from 0.164 to 0.314, so the interval coverage of these rows
+went from 75.9% to 89.7% (predictions unchanged).
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ SKIPPED = {s["case_id"]: s["reason"] for s in REPORT.skipped}
 NOT_IN_CATALOGUE = {"tpu-v6e"}
 #: (rows predicted, median |error|, p90 |error|, interval coverage) as measured on branch moeacc; in-sample (the
 #: dispatcher and overlap facts were added after the rows' errors were seen)
-RECORDED = (29, 0.168, 0.310, 0.759)
+RECORDED = (29, 0.168, 0.310, 0.897)
 #: how far a figure may move, either way, before the record must be updated: 2 points of median, 3 of p90, one row
 #: of coverage
 MEDIAN_SLACK, P90_SLACK, COVERAGE_SLACK = 0.02, 0.03, 1 / 29

@@ -10,6 +10,10 @@ reported as in-sample.
 
 Every row is predicted twice: with its software facts (stratum "software known") and with them blanked (the
 documented default stack, stratum "software unknown"), each with its own held-out interval.
+
+The same machinery calibrates the shipped interval (calibrate): q from the out-of-sample rows of the files compiled
+blind, the width factor from the development files; cross_fit reports its honest coverage, each out-of-sample
+family's interval with q computed without that family (predict/intervals.py says why).
 """
 
 from __future__ import annotations
@@ -33,9 +37,9 @@ from bastion.predict.intervals import (
     UNKNOWN,
     StepShares,
     bounds,
-    conformal_quantile,
     derive_spread,
     estimate_shares,
+    family_conformal_quantile,
     log_residual,
     width_factor,
 )
@@ -60,6 +64,11 @@ class HeldOutCase:
     shares: dict[str, StepShares]
     #: stratum -> (p10, p90), calibrated without this row's family
     interval: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: whether the row's own software facts name a known framework (or stack): its prediction with them is then
+    #: of the software-known stratum, else it too runs on the default stack
+    software_known: bool = True
+    #: the name of the case file the row is from
+    case_file: str = ""
 
     def rel_error(self, stratum: str = KNOWN) -> float:
         return (self.predicted_s[stratum] - self.published_s) / self.published_s
@@ -93,7 +102,8 @@ def predict_rows(paths: Sequence[Path]) -> tuple[list[HeldOutCase], list[dict[st
                                      published_s=given.published_s,
                                      predicted_s={KNOWN: given.predicted_s, UNKNOWN: blank.predicted_s},
                                      shares={KNOWN: estimate_shares(given_est, model),
-                                             UNKNOWN: estimate_shares(blank_est, model)}))
+                                             UNKNOWN: estimate_shares(blank_est, model)},
+                                     software_known=given.software_known, case_file=Path(path).name))
     return cases, skipped
 
 
@@ -112,14 +122,27 @@ class Calibration:
         return bounds(case.predicted_s[stratum], self.q[stratum] * self.width(case, stratum))
 
 
-def fit(cases: Iterable[HeldOutCase]) -> Calibration:
-    """Per stratum: κ and the coverage from its residuals, and the conformal quantile of |ln(published /
-    predicted)| over `cases` (the width factor only widens it, predict/intervals.py)."""
+def in_stratum(case: HeldOutCase, stratum: str, by_software: bool) -> bool:
+    """Whether the case's prediction in `stratum` calibrates that stratum. by_software (the shipped calibration):
+    the software-known stratum takes only the rows whose facts name a known framework; every row's blanked
+    prediction runs on the default stack, so the software-unknown stratum takes every row. Otherwise (the
+    within-files check of `--holdout family`) both strata take every row."""
+    return not by_software or stratum == UNKNOWN or case.software_known
+
+
+def fit(cases: Iterable[HeldOutCase], spread: dict[str, dict[str, Any]] | None = None,
+        by_software: bool = False) -> Calibration:
+    """Per stratum: the family-weighted conformal quantile of |ln(published / predicted)| over the cases of the
+    stratum (in_stratum), and κ and the coverage from their residuals unless `spread` gives them (the width factor
+    only widens the interval, predict/intervals.py)."""
     cases = list(cases)
-    residuals = {s: [log_residual(c.published_s, c.predicted_s[s]) for c in cases] for s in STRATA}
-    spread = {s: derive_spread([(c.family, r, c.shares[s]) for c, r in zip(cases, residuals[s], strict=True)])
-              for s in STRATA}
-    q = {s: conformal_quantile(residuals[s]) for s in STRATA}
+    members = {s: [c for c in cases if in_stratum(c, s, by_software)] for s in STRATA}
+    residuals = {s: [(c.family, log_residual(c.published_s, c.predicted_s[s])) for c in members[s]] for s in STRATA}
+    if spread is None:
+        spread = {s: derive_spread([(c.family, r, c.shares[s]) for c, (_, r) in zip(members[s], residuals[s],
+                                                                                        strict=True)])
+                  for s in STRATA}
+    q = {s: family_conformal_quantile(residuals[s]) for s in STRATA}
     return Calibration(spread, q)
 
 
@@ -179,7 +202,8 @@ class HoldoutReport:
 
 
 METHOD = (f"leave-one-family-out (family = {FAMILY_COLUMN}): point predictions have no constant fitted to "
-          f"published times, so only the interval is re-calibrated per held-out family: the split-conformal quantile "
+          f"published times, so only the interval is re-calibrated per held-out family: the family-weighted conformal "
+          f"quantile "
           f"(level {LEVEL}) of |ln(published/predicted)| and the width factor's κ per class and coverage, over the "
           f"other families' rows, per stratum (software "
           f"known: the row's facts; unknown: facts blanked, the documented default stack). Families whose "
@@ -198,15 +222,52 @@ def leave_one_family_out(paths: Sequence[Path]) -> HoldoutReport:
     return HoldoutReport(cases=cases, skipped=skipped)
 
 
-def calibrate(paths: Sequence[Path], commit: str = "") -> dict[str, Any]:
-    """The content of data/intervals.json: the calibration over every row of the case files."""
+def out_of_sample_rows(paths: Sequence[Path]) -> list[HeldOutCase]:
+    """The rows of the case files whose families the predictor has not seen (data/holdout.toml)."""
+    notes = family_notes()
     cases, _ = predict_rows(paths)
-    calibration = fit(cases)
+    return [c for c in cases if not notes.get(c.family, {}).get("in_sample", False)]
+
+
+def calibrate(out_of_sample: Sequence[HeldOutCase], spread_paths: Sequence[Path],
+              commit: str = "") -> dict[str, Any]:
+    """The content of data/intervals.json: q per stratum from the out-of-sample rows (out_of_sample_rows of the
+    files compiled blind), the width factor (κ per class, coverage) from every row of `spread_paths` (the
+    development files; predict/intervals.py says why)."""
+    development, _ = predict_rows(spread_paths)
+    calibration = fit(out_of_sample, spread=fit(development).spread, by_software=True)
+    members = {s: [c for c in out_of_sample if in_stratum(c, s, True)] for s in STRATA}
     return {"method": "split-conformal widened per plan (predict/intervals.py): w = sqrt(1 + sum_c (kappa_c * "
-                      "share_c)^2) per plan; q = ceil((n+1)*level)-th smallest |ln(published/predicted)|; interval = "
-                      "predicted * exp(-q*w) .. predicted * exp(q*w) (p10-p90); kappa_c derived from the rows "
-                      "where class c is at least large_share of the step, or the stated prior",
+                      "share_c)^2) per plan; q = the family-weighted conformal quantile of |ln(published/predicted)| "
+                      "over the out-of-sample rows of the stratum (each family weight 1/K, level*(K+1)/K); interval "
+                      "= predicted * exp(-q*w) .. predicted * exp(q*w) (p10-p90); kappa_c derived from the "
+                      "development rows where class c is at least large_share of the step, or the stated prior",
             "level": LEVEL, "computed": datetime.now(UTC).strftime("%Y-%m-%d"), "commit": commit,
-            "case_files": [Path(p).name for p in paths],
-            "strata": {s: {"q": calibration.q[s], "rows": len(cases), "families": sorted({c.family for c in cases}),
+            "case_files": sorted({c.case_file for c in out_of_sample}),
+            "spread_case_files": [Path(p).name for p in spread_paths],
+            "strata": {s: {"q": calibration.q[s], "rows": len(members[s]),
+                           "families": sorted({c.family for c in members[s]}),
                            "spread": calibration.spread[s]} for s in STRATA}}
+
+
+def cross_fit(out_of_sample: Sequence[HeldOutCase], spread: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The honest coverage of the shipped calibration: each out-of-sample family's interval with q computed without
+    it (leave-one-family-out over the calibration set; the width factor's `spread` comes from other files), per
+    stratum over all its rows, per case file and per family, with |error| and the median width."""
+    out: dict[str, Any] = {}
+    for s in STRATA:
+        members = [c for c in out_of_sample if in_stratum(c, s, True)]
+        for family in {c.family for c in members}:
+            calibration = fit((c for c in out_of_sample if c.family != family), spread=spread, by_software=True)
+            for c in members:
+                if c.family == family:
+                    c.interval[s] = calibration.interval(c, s)
+        groups: dict[str, list[HeldOutCase]] = defaultdict(list)
+        for c in members:
+            groups["all"].append(c)
+            groups[c.case_file].append(c)
+            groups[c.family].append(c)
+        out[s] = {name: _errors(cases, s) for name, cases in groups.items()}
+        out[s]["family_mean_coverage"] = statistics.mean(
+            out[s][f]["coverage"] for f in {c.family for c in members})
+    return out

@@ -537,8 +537,9 @@ def _estimates(model: ModelSpec, cluster: Cluster, plans: list[ParallelPlan],
 def validate_cases(path: Path | str = PUBLIC_CASES, options: PredictOptions | None = None,
                    software: str | None = None) -> ValidationReport:
     """Predict every row of a case file, each with its software (row_software) unless `software` or `options`
-    says otherwise, and its stored p10-p90 interval (predict/intervals.py; calibrated on the project's case
-    files, so in-sample for their rows); rows that cannot be predicted are listed with their reason."""
+    says otherwise, and its stored p10-p90 interval (predict/intervals.py; its q calibrated on the out-of-sample
+    rows of the files compiled blind, its width factor on the development files, so in-sample for the rows of
+    both); rows that cannot be predicted are listed with their reason."""
     if software:
         software_stack(software)  # an unknown name is the caller's mistake, not every row's
     rows = read_cases(Path(path))
