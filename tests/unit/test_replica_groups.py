@@ -4,6 +4,11 @@ before anything is written into the run directory; and how a plan splits into re
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -85,3 +90,29 @@ def test_a_group_runs_its_share_of_the_plan() -> None:
     assert mine["train"] == {"steps": 4, "replica_group": 1, "replica_groups": 2}
     with pytest.raises(ConfigError, match="not a replica group"):
         replica_groups.group_config(config, 2)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_the_lighthouse_ends_when_the_launcher_is_killed() -> None:
+    """A `bastion train` killed by SIGKILL runs no `finally`: the lighthouse must end by itself, not listen for good
+    (seen: lighthouses left over from killed test runs)."""
+    launcher = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, time\n"
+        "from bastion.launch.replica_groups import _ends_with_parent\n"
+        "child = subprocess.Popen(['sleep', '300'], preexec_fn=_ends_with_parent, start_new_session=True)\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(300)\n")], stdout=subprocess.PIPE, text=True)
+    child = int(launcher.stdout.readline())
+    os.kill(launcher.pid, signal.SIGKILL)
+    launcher.wait()
+    deadline = time.monotonic() + 10
+    state = "running"
+    while time.monotonic() < deadline:
+        try:  # gone, or a zombie waiting for init to reap it: either way it no longer runs
+            state = Path(f"/proc/{child}/status").read_text().split("State:")[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            state = "gone"
+        if state in ("gone", "Z"):
+            break
+        time.sleep(0.1)
+    assert state in ("gone", "Z")

@@ -152,6 +152,17 @@ def _wait_for_port(port: int, process: subprocess.Popen, timeout_s: float) -> No
                       fix="rerun; on a loaded machine the start can take long.")
 
 
+def _ends_with_parent() -> None:
+    """In the lighthouse's child before exec: SIGTERM it when the process that started it dies, even by SIGKILL
+    (a killed `bastion train` would otherwise leave a lighthouse listening for good). Linux only; elsewhere
+    `_end` in the launcher's `finally` is all there is."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def _end(process: subprocess.Popen) -> None:
     if process.poll() is None:
         with contextlib.suppress(ProcessLookupError):
@@ -174,7 +185,8 @@ def run_replica_groups(config_path: Path, groups: int, group_world_size: int, ma
     port = free_port()
     out = sys.stderr if stdout_to_stderr else None
     lighthouse = subprocess.Popen(lighthouse_command(port, python), stdout=out, stderr=subprocess.DEVNULL,
-                                  start_new_session=True, env={"RUST_LOG": "warn", **os.environ})
+                                  start_new_session=True, env={"RUST_LOG": "warn", **os.environ},
+                                  preexec_fn=_ends_with_parent)
     processes: list[subprocess.Popen] = []
     try:
         _wait_for_port(port, lighthouse, _LIGHTHOUSE_START_S)
