@@ -555,3 +555,19 @@ def test_ranks_sharing_cores_pay_the_measured_idle_time_per_sync_point(tmp_path:
 def test_sync_wait_is_no_term_on_a_gpu(tmp_path: Path) -> None:
     plan = ParallelPlan(dp=8, zero_stage=3, micro_batch=1, global_batch=8)
     assert estimate(load_model("tiny"), load_cluster("h100-sxm:8"), plan).time.sync_wait == 0.0
+
+
+def test_measured_fsdp_units_carry_their_own_waiting(tmp_path: Path) -> None:
+    """[[fsdp_unit]] rows were timed on real groups of ranks sharing the cores, waiting included: a plan costed by
+    them charges no further sync wait for FSDP2's collectives, only for the loop's two scalar all-reduces; without
+    the rows every unit's gathers and reductions are sync points."""
+    def sync_wait(units: bool) -> float:
+        data = {**profile_data(), "sync_wait": _sync_waits()}
+        if units:
+            data["fsdp_unit"] = _fsdp_units()
+        cluster = load_cluster(str(write(tmp_path, data, f"units-{units}.toml")))
+        plan = ParallelPlan(dp=4, zero_stage=3, micro_batch=1, global_batch=8, precision="fp32")
+        return estimate(load_model("tiny"), cluster, plan).time.sync_wait
+
+    with_units, without = sync_wait(True), sync_wait(False)
+    assert 0 < with_units < without / 10

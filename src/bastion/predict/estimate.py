@@ -327,12 +327,14 @@ def _sync_points(node: Cluster, model: ModelSpec, plan: ParallelPlan, layers: in
                  has_last: bool) -> dict[str, float]:
     """Blocking synchronisation points of one optimizer step on one rank of bastion's runtime, by kind
     (specs/profile.py SYNC_OPS), counted from what the other terms cost: FSDP2's gathers and reductions per unit
-    (`_runtime_fsdp_comm`'s), the tensor-parallel collectives the profile counted, context parallelism's K/V
+    (`_runtime_fsdp_comm`'s; none where the profile measured the units on real groups, which already holds their
+    waiting), the tensor-parallel collectives the profile counted, context parallelism's K/V
     gather and gradient all-reduce per layer, the pipeline's hops (`pp_comm`'s, as send/recv pairs) and the
     loop's two scalar all-reduces."""
     m = plan.num_microbatches
     collectives = 2.0
-    if plan.dp * plan.cp > 1:
+    # where the profile timed FSDP2's units on real groups (_runtime_fsdp_comm), their waiting is in that figure
+    if plan.dp * plan.cp > 1 and _measured_fsdp(node, plan) is None:
         units = len(fsdp_units(model, plan.tp, "layer", plan.ep, plan.etp)) * layers + 1
         gathers = 2 if plan.zero_stage == 3 else 1 if plan.zero_stage > 0 else 0
         if plan.pp <= 1:
