@@ -41,6 +41,7 @@ class QuorumRank:
 def _replicas_at(rank: int | None) -> ReplicaGroups:
     replicas = object.__new__(ReplicaGroups)  # no torchft Manager: only its quorum rank is asked
     replicas.manager = QuorumRank(rank)
+    replicas._joined = True
     return replicas
 
 
@@ -90,7 +91,7 @@ def test_only_the_writing_group_saves_and_a_restarted_group_reads_the_disk_only_
     trainer, resilience = group(1)
     resilience.start()
     leading = False
-    resilience.writes_checkpoint = lambda: leading
+    resilience.leads = lambda: leading
     for step in range(1, 2 * EVERY + 1):
         leading = step > EVERY  # group 1 leads once group 0 is gone
         record = trainer.train_step(hooks=resilience)
