@@ -98,9 +98,8 @@ def test_before_the_first_quorum_group_0_of_a_fresh_launch_leads(group: int, res
 @pytest.fixture()
 def replica_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Builds (trainer, resilience) of replica group 0 of a two-group run (tiny model, a single-process gloo
-    group), with the given ResilienceConfig fields."""
+    group) at torchrun's `attempt`, with the given ResilienceConfig fields."""
     dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
-    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
     (tmp_path / "t.txt").write_bytes(b"the quick brown fox jumps over the lazy dog. " * 400)
     prepare_dataset([tmp_path / "t.txt"], tmp_path / "data")
     (tmp_path / "plan.json").write_text(json.dumps(GROUP_PLAN))
@@ -109,7 +108,8 @@ def replica_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     spec = load_model("tiny", 32)
     made: list[Resilience] = []
 
-    def make(**resilience: object) -> tuple[Trainer, Resilience]:
+    def make(attempt: int = 0, **resilience: object) -> tuple[Trainer, Resilience]:
+        monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", str(attempt))
         config = TrainConfig(model="tiny", plan=str(tmp_path / "plan.json"), data=str(tmp_path / "data"), steps=10,
                              run_dir=str(tmp_path / "run"), seq_len=32, warmup_steps=2, replica_group=0,
                              replica_groups=GROUPS)
@@ -163,3 +163,20 @@ def test_a_bad_step_is_skipped_without_reading_the_checkpoints(replica_group, tm
     assert rollback["skipped_sample_ids"] == [2 * RUN_BATCH, 3 * RUN_BATCH] and rollback["resumed_from_step"] == 2
     assert resilience.skip_starts == {2 * RUN_BATCH}
     assert json.loads((tmp_path / "run" / "skipped_batches.json").read_text()) == [2 * RUN_BATCH]
+
+
+def test_a_group_resumed_from_disk_skips_a_rejected_batch_right_after_the_checkpoint(replica_group) -> None:
+    # every group died after the step following a checkpoint was rejected: the restarted groups load that
+    # checkpoint inside their first quorum, after before_step skipped from the position it replaced
+    trainer, resilience = replica_group(checkpoint_every=1)
+    resilience.start()
+    for _ in range(2):
+        resilience.after_step(trainer.train_step(hooks=resilience))
+    trainer.sampler.next_global_batch()
+    resilience.rollback(BadStep(3, 2 * RUN_BATCH, "gradient norm is nan"))
+
+    restarted, restarted_resilience = replica_group(attempt=1)
+    restarted_resilience.start()
+    restarted_resilience.before_step(1, restarted.sampler)
+    assert restarted_resilience.resume_from_disk() == 2
+    assert restarted.sampler.consumed_samples == 3 * RUN_BATCH  # past the rejected batch, as the others were

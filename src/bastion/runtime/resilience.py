@@ -169,6 +169,9 @@ class Resilience:
         if self.rank == 0:
             log_event(self.run_dir, "resume", attempt=self.attempt, resumed_from_step=self.resumed_from,
                       world_size=self.world, plan=self.plan.to_dict(), replica_group=self.replica_group)
+        # inside the step's quorum, after before_step had skipped from the position the disk now replaced: the
+        # checkpoint may end right before a batch the groups rejected
+        self._skip_known_bad(self.resumed_from + 1, self.train_state.sampler)
         return self.resumed_from
 
     def _report_bad(self, info: checkpoint_files.CheckpointInfo, reason: str, moved: Path) -> None:
@@ -239,13 +242,16 @@ class Resilience:
     # ---- per step ------------------------------------------------------------------------------------
     def before_step(self, step: int, sampler: GlobalSampler) -> None:
         """Advance `sampler` (the trainer's data position) past known-bad batches; fire step-start faults."""
+        self._skip_known_bad(step, sampler)
+        self.watchdog.step_began(step)  # armed first, so a hang fault is caught on the hung rank itself
+        self.injector.at_step_start(step)
+
+    def _skip_known_bad(self, step: int, sampler: GlobalSampler) -> None:
         while sampler.consumed_samples in self.skip_starts:
             start = sampler.consumed_samples
             sampler.next_global_batch()
             if self.rank == 0 and self.leads():
                 log_event(self.run_dir, "skip_batch", step=step, sample_ids=[start, start + self.global_batch])
-        self.watchdog.step_began(step)  # armed first, so a hang fault is caught on the hung rank itself
-        self.injector.at_step_start(step)
 
     def after_backward(self, step: int, parameters: list[torch.nn.Parameter]) -> None:
         self.injector.poison_gradients(step, parameters)
