@@ -11,18 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from bastion.rundir.metrics import read_metrics
-from bastion.runtime.data import prepare_dataset
-from bastion.runtime.mesh import build_mesh
 from bastion.runtime.replicas import ReplicaGroups, StepNotCommitted
-from bastion.runtime.resilience import BadStep, Resilience
-from bastion.runtime.resilience_config import ResilienceConfig
-from bastion.runtime.train_config import TrainConfig
-from bastion.runtime.trainer import Trainer
-from bastion.specs.model import load_model
-from bastion.specs.plan import ParallelPlan
+from bastion.runtime.resilience import BadStep
+from helpers.replica_group import replica_group_builder
 
 GROUP_PLAN = {"dp": 1, "micro_batch": 2, "global_batch": 2, "precision": "fp32"}
 GROUPS = 2
@@ -99,32 +92,9 @@ def test_before_the_first_quorum_group_0_of_a_fresh_launch_leads(group: int, res
 def replica_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Builds (trainer, resilience) of replica group 0 of a two-group run (tiny model, a single-process gloo
     group) at torchrun's `attempt`, with the given ResilienceConfig fields."""
-    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
-    (tmp_path / "t.txt").write_bytes(b"the quick brown fox jumps over the lazy dog. " * 400)
-    prepare_dataset([tmp_path / "t.txt"], tmp_path / "data")
-    (tmp_path / "plan.json").write_text(json.dumps(GROUP_PLAN))
-    (tmp_path / "run").mkdir()
-    plan = ParallelPlan.load(tmp_path / "plan.json")
-    spec = load_model("tiny", 32)
-    made: list[Resilience] = []
-
-    def make(attempt: int = 0, **resilience: object) -> tuple[Trainer, Resilience]:
-        monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", str(attempt))
-        config = TrainConfig(model="tiny", plan=str(tmp_path / "plan.json"), data=str(tmp_path / "data"), steps=10,
-                             run_dir=str(tmp_path / "run"), seq_len=32, warmup_steps=2, replica_group=0,
-                             replica_groups=GROUPS)
-        trainer = Trainer(config, spec, plan, build_mesh(plan, torch.device("cpu")))
-        made.append(Resilience(ResilienceConfig(async_checkpoint=False, **resilience), tmp_path / "run", trainer,
-                               spec, plan, replica_group=0, replica_groups=GROUPS))
-        return trainer, made[-1]
-
-    try:
-        yield make
-    finally:
-        for resilience in made:
-            resilience.checkpointer.close()
-            resilience.watchdog.close()
-        dist.destroy_process_group()
+    with replica_group_builder(tmp_path, monkeypatch, GROUP_PLAN) as make:
+        yield lambda attempt=0, **resilience: make(attempt, train={"replica_group": 0, "replica_groups": GROUPS},
+                                                   resilience=resilience, replica_group=0, replica_groups=GROUPS)
 
 
 def _events(run_dir: Path, kind: str) -> list[dict]:
