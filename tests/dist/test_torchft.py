@@ -14,7 +14,10 @@ then launched again (it resumes from the newest committed checkpoint in every gr
 data positions, sample accounting and final parameters are those of an uninterrupted torchft run, bit for bit (and
 its losses the plain dp2 run's, within 1e-5). The third: both groups killed at ALL_DIE_AT: with no live peer to
 heal from, every restarted group loads the newest committed checkpoint, and the run again ends as the
-uninterrupted one.
+uninterrupted one. The fourth: NaN gradients at NAN_AT in one group (averaged into every group's): every group
+rejects the step, none applies it, and all skip its batch without a rollback (the checkpoint another group may be
+writing is no common point): the run is a `--skip-batch NAN_AT` torchft run's, bit for bit, the batch counted
+once for the run.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ CKPT_EVERY = 5
 STOP_AT = 10
 RESUMED_STEPS = 20
 ALL_DIE_AT = 7
+NAN_AT = 6
 PLAN = {"dp": 2, "pp": 1, "tp": 1, "zero_stage": 0, "micro_batch": 1, "global_batch": 4, "precision": "fp32"}
 
 
@@ -164,3 +168,36 @@ def test_when_every_group_dies_each_resumes_from_the_newest_checkpoint(tmp_path,
     replayed = [r["step"] for r in records if "event" not in r]
     assert replayed == [*range(1, ALL_DIE_AT), *range(CKPT_EVERY + 1, RESUMED_STEPS + 1)]
     _same_run(run_dir, uninterrupted)
+
+
+def test_a_nan_step_is_rejected_and_skipped_by_every_group_alike(tmp_path, token_data, uninterrupted) -> None:
+    batch = PLAN["global_batch"]
+    bad = [(NAN_AT - 1) * batch, NAN_AT * batch]  # the run's step NAN_AT: both groups' shares
+    # the reference: the batch of the run's step NAN_AT skipped (--skip-batch counts the run's steps)
+    skipped = train(tmp_path, token_data, "skipped", "--fault-tolerance", "torchft", "--checkpoint-every", "never",
+                    "--skip-batch", str(NAN_AT), steps=RESUMED_STEPS)
+    records = [json.loads(line) for line in (skipped / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    assert [r["sample_ids"] for r in records if r.get("event") == "skip_batch"] == [bad]  # once for the run
+    reference, whole = _steps(skipped), _steps(uninterrupted)
+    assert [reference[s]["loss"] for s in range(1, NAN_AT)] == [whole[s]["loss"] for s in range(1, NAN_AT)]
+    assert reference[NAN_AT]["sample_ids"] == [bad[1], bad[1] + batch]
+
+    run_dir = train(tmp_path, token_data, "nan", "--fault-tolerance", "torchft", "--checkpoint-every", "3",
+                    "--inject", f"nan:step={NAN_AT}", steps=RESUMED_STEPS)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    assert [r["step"] for r in records if "event" not in r] == list(range(1, RESUMED_STEPS + 1))  # nothing replayed
+    [rollback] = [r for r in records if r.get("event") == "rollback"]  # one verdict, logged once for the run
+    assert (rollback["step"], rollback["skipped_sample_ids"], rollback["resumed_from_step"]) == (NAN_AT, bad,
+                                                                                                 NAN_AT - 1)
+    steps = _steps(run_dir)
+    for step in steps:
+        assert steps[step]["loss"] == reference[step]["loss"], step
+        assert steps[step]["sample_ids"] == reference[step]["sample_ids"]
+        assert steps[step]["replica_groups"] == [0, 1]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    groups = [json.loads((run_dir / "replica_groups" / f"group-{g}.json").read_text()) for g in (0, 1)]
+    assert [g["steps"] for g in groups] == [RESUMED_STEPS, RESUMED_STEPS]
+    assert groups[0]["params_sha256"] == groups[1]["params_sha256"] == summary["params_sha256"]
+    assert summary["params_sha256"] == json.loads((skipped / "summary.json").read_text())["params_sha256"]
+    assert summary["rollbacks"] == 1 and summary["skipped_batch_starts"] == [bad[0]]
+    assert summary["replica_groups"]["samples_trained"] == RESUMED_STEPS * batch  # the skipped batch is no step's

@@ -103,6 +103,14 @@ def test_nan_guard_flags_non_finite_and_spikes_only_after_history():
     assert guard.check(5.0) is None
 
 
+def test_nan_guard_judges_without_remembering():
+    # a verdict another torchft replica group may overrule: only a step taken as good joins the history
+    guard = NanGuard(NanGuardConfig(spike_factor=10, window=5, min_history=1))
+    assert guard.judge(1.0) is None and guard.judge(50.0) is None  # nothing remembered: no history to judge by
+    guard.remember(1.0)
+    assert "× the recent median" in guard.judge(50.0)
+
+
 def test_auto_interval_uses_daly_and_default_failure_data():
     choice = choose_interval(stall_s=0.5, step_s=0.25, num_devices=4, mtbf_hours=1.0)
     assert choice.interval_s == pytest.approx(daly_interval(0.5, 3600.0))

@@ -10,19 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from bastion.rundir import checkpoints as checkpoint_files
 from bastion.rundir.layout import checkpoints_dir
-from bastion.runtime.data import prepare_dataset
-from bastion.runtime.mesh import build_mesh
 from bastion.runtime.replicas import ReplicaGroups
-from bastion.runtime.resilience import Resilience
-from bastion.runtime.resilience_config import ResilienceConfig
-from bastion.runtime.train_config import TrainConfig
 from bastion.runtime.trainer import Trainer
-from bastion.specs.model import load_model
-from bastion.specs.plan import ParallelPlan
+from helpers.replica_group import replica_group_builder
 
 PLAN = {"dp": 1, "micro_batch": 2, "global_batch": 4, "precision": "fp32"}
 EVERY = 2
@@ -41,6 +34,7 @@ class QuorumRank:
 def _replicas_at(rank: int | None) -> ReplicaGroups:
     replicas = object.__new__(ReplicaGroups)  # no torchft Manager: only its quorum rank is asked
     replicas.manager = QuorumRank(rank)
+    replicas._joined = True
     return replicas
 
 
@@ -53,32 +47,8 @@ def test_the_leading_group_of_the_quorum_writes(quorum_rank: int | None, writes:
 @pytest.fixture()
 def group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Builds (trainer, resilience) of replica group `g` of one run (tiny model, a single-process gloo group)."""
-    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
-    (tmp_path / "t.txt").write_bytes(b"the quick brown fox jumps over the lazy dog. " * 400)
-    prepare_dataset([tmp_path / "t.txt"], tmp_path / "data")
-    (tmp_path / "plan.json").write_text(json.dumps(PLAN))
-    plan = ParallelPlan.load(tmp_path / "plan.json")
-    spec = load_model("tiny", 32)
-    rmesh = build_mesh(plan, torch.device("cpu"))
-    made: list[Resilience] = []
-
-    def make(g: int, attempt: int = 0) -> tuple[Trainer, Resilience]:
-        monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", str(attempt))
-        config = TrainConfig(model="tiny", plan=str(tmp_path / "plan.json"), data=str(tmp_path / "data"), steps=10,
-                             run_dir=str(tmp_path / "run"), seq_len=32, warmup_steps=2)
-        trainer = Trainer(config, spec, plan, rmesh)
-        resilience = Resilience(ResilienceConfig(checkpoint_every=EVERY, async_checkpoint=False), tmp_path / "run",
-                                trainer, spec, plan, replica_group=g)
-        made.append(resilience)
-        return trainer, resilience
-
-    try:
-        yield make
-    finally:
-        for resilience in made:
-            resilience.checkpointer.close()
-            resilience.watchdog.close()
-        dist.destroy_process_group()
+    with replica_group_builder(tmp_path, monkeypatch, PLAN) as make:
+        yield lambda g, attempt=0: make(attempt, resilience={"checkpoint_every": EVERY}, replica_group=g)
 
 
 def _params(trainer: Trainer) -> list[torch.Tensor]:
@@ -90,7 +60,7 @@ def test_only_the_writing_group_saves_and_a_restarted_group_reads_the_disk_only_
     trainer, resilience = group(1)
     resilience.start()
     leading = False
-    resilience.writes_checkpoint = lambda: leading
+    resilience.leads = lambda: leading
     for step in range(1, 2 * EVERY + 1):
         leading = step > EVERY  # group 1 leads once group 0 is gone
         record = trainer.train_step(hooks=resilience)

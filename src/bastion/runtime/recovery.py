@@ -1,7 +1,9 @@
 """Deciding what to do after something went wrong. Pure Python (what it cost: rundir/accounting.py).
 
 - `NanGuard`: a step whose global gradient norm is NaN/Inf, or k× above the recent median, is "bad": the
-  trainer rolls back to the last good checkpoint, replays up to the offending batch and skips it.
+  trainer rolls back to the last good checkpoint, replays up to the offending batch and skips it (under
+  --fault-tolerance torchft the replica groups share the verdict and skip it without a rollback:
+  runtime/resilience.py).
 - `choose_interval`: `--checkpoint-every auto` = Daly's optimum for the measured save stall and the MTBF.
 """
 
@@ -35,6 +37,14 @@ class NanGuard:
 
     def check(self, grad_norm: float) -> str | None:
         """None for a good step (remembered), else why it is bad."""
+        reason = self.judge(grad_norm)
+        if reason is None:
+            self.remember(grad_norm)
+        return reason
+
+    def judge(self, grad_norm: float) -> str | None:
+        """Why a step of this norm is bad (None: good), remembering nothing: the verdict may still be overruled
+        (another torchft replica group found the step bad)."""
         if not math.isfinite(grad_norm):
             return f"gradient norm is {grad_norm}"
         cfg = self.config
@@ -42,8 +52,11 @@ class NanGuard:
             median = statistics.median(self._norms)
             if grad_norm > cfg.spike_factor * median:
                 return f"gradient norm {grad_norm:.3g} is {grad_norm / median:.0f}× the recent median {median:.3g}"
-        self._norms.append(grad_norm)
         return None
+
+    def remember(self, grad_norm: float) -> None:
+        """`grad_norm` was a good step's: part of the recent history spikes are judged against."""
+        self._norms.append(grad_norm)
 
 
 # ---- automatic checkpoint interval -------------------------------------------------------------------

@@ -7,6 +7,9 @@ to the lighthouse) and is what the trainer calls inside a step:
                                reads its batch); the first call waits for every group to be there
     average(tensors, loss)     one managed all-reduce across the participating groups, averaging the gradients
                                (after the group's own reduction) and the loss, and telling which groups took part
+    agree(reason)              the NaN guard's verdict of the step, shared: bad in every group when any judged it
+                               so, and then no group commits the step (torchft is told its gradients are bad); a
+                               failed exchange: not committed, retried on the same batch
     should_commit()            every group agrees to apply the update (False after a failed all-reduce: the step
                                is retried on the same batch)
 
@@ -147,6 +150,25 @@ class ReplicaGroups:
         loss.copy_(flat[offset])
         self.participants = [g for g in range(self.groups) if flat[offset + 1 + g] > 0.5]
 
+    def agree(self, reason: str | None) -> str | None:
+        """The step's verdict in every participating group: `reason` (this group's: None when good), or why
+        another group found the step bad. The groups average the same gradients, but a spike is judged against
+        each group's own history of norms, which a healed group lacks. A bad step is then voted down in every
+        group (torchft's protocol for gradients that must be discarded: its step count stays where every
+        group's is) and the caller skips it. Raises StepNotCommitted when the exchange failed (the gradients
+        themselves may then be corrupt): the step is retried on the same batch."""
+        flag = torch.tensor([0.0 if reason is None else 1.0])
+        self.manager.allreduce(flag).wait()
+        if self.manager.errored() is not None:
+            self.manager.should_commit()  # False; the group's ranks vote together once per step, as torchft asks
+            raise StepNotCommitted("the replica groups could not share the step's verdict")
+        if reason is None and flag.item() > 0:
+            reason = "another replica group judged the step bad (gradient norm)"
+        if reason is not None:
+            self.manager.report_error(RuntimeError(f"the step's gradients are bad: {reason}"))
+            self.manager.should_commit()  # False in every group
+        return reason
+
     def should_commit(self) -> bool:
         return self.manager.should_commit()
 
@@ -154,7 +176,10 @@ class ReplicaGroups:
     def leads(self) -> bool:
         """This group is the first of the last quorum: its rank 0 writes metrics.jsonl and summary.json, and the
         group writes the step's checkpoint. Exactly one participating group leads each quorum, whichever are
-        alive; a group outside the quorum (participating rank None) does not."""
+        alive; a group outside the quorum (participating rank None) does not. Before its first quorum (a batch
+        skipped before step 1's), group 0 of a fresh launch leads: every group starts from the same state."""
+        if not self._joined:
+            return self.group == 0 and not self.restarted
         return self.manager.participating_rank() == 0
 
     def step_fields(self, step: int, sample_ids: list[int], previous: list[int]) -> dict[str, Any]:

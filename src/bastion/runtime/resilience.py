@@ -20,6 +20,14 @@ authenticated, with a checkpoint key), its DCP metadata is the kind bastion writ
 any of these is quarantined and the previous one is tried. When every one was bad the run is refused rather
 than restarted at step 0, unless --restart-from-scratch says that is intended. Elastic restarts come from
 torchrun's agent (`--max-restarts`); everything a restarted worker needs is on disk.
+
+Under --fault-tolerance torchft (runtime/replicas.py) a bad step is every replica group's: the groups average
+their gradients before the check, and the verdict is shared (`agree`: bad when any group judges it so, as a
+spike can be judged against a healed group's shorter history). Every group then reports it to torchft as not
+committed and skips the batch without a rollback: the update was never applied, so each group still holds the
+state of the step before, bit-identical to the others'. No group reads the checkpoint directory while the
+leading group may be writing into it. Batches are counted in the run's global batch (every group's share), so
+`--skip-batch N` names the run's step N; the leading group logs the run's events of a skip once.
 """
 
 from __future__ import annotations
@@ -72,10 +80,11 @@ class BadStep(Exception):
 
 class Resilience:
     def __init__(self, config: ResilienceConfig, run_dir: Path, train_state: Stateful, spec: Any, plan: Any,
-                 replica_group: int | None = None) -> None:
-        """`replica_group`: this worker's torchft replica group (runtime/replicas.py), whose ranks are numbered
-        after the lower groups' in --inject; its restarts are tagged with it, only group 0 starts the run, and
-        the group saves a checkpoint only when `writes_checkpoint()` says so (runtime/replicas.py's `leads`)."""
+                 replica_group: int | None = None, replica_groups: int = 1) -> None:
+        """`replica_group`: this worker's torchft replica group (runtime/replicas.py, one of `replica_groups`),
+        whose ranks are numbered after the lower groups' in --inject; its restarts are tagged with it, only group
+        0 starts the run, and the group saves a checkpoint and logs a skipped batch only when `leads()` says so
+        (runtime/replicas.py's `leads`)."""
         self.config = config
         self.run_dir = Path(run_dir)
         #: what a checkpoint holds of the training (runtime/trainer.py's Trainer): read and restored as a whole
@@ -93,9 +102,13 @@ class Resilience:
                                 async_save=config.async_checkpoint, key=checkpoint_key(config.checkpoint_key_file)),
             rank=self.rank, world_size=self.world, async_group=async_group)
         self.replica_group = replica_group
-        #: whether this worker's group writes the current step's checkpoint (set by the replica groups; one
-        #: group writes, the others hold the same state)
-        self.writes_checkpoint: Callable[[], bool] = lambda: True
+        #: samples per step of the run (every replica group's share): the unit batches are skipped in
+        self.global_batch = plan.global_batch * replica_groups
+        #: whether this worker's group writes the current step's checkpoint and the run's skip records (set by
+        #: the replica groups; one group writes, the others hold the same state)
+        self.leads: Callable[[], bool] = lambda: True
+        #: the step's verdict as every replica group takes it, from this group's (set by the replica groups)
+        self.agree: Callable[[str | None], str | None] = lambda reason: reason
         fault_rank = self.rank + (replica_group or 0) * self.world
         self.injector = FaultInjector([parse_fault(s) for s in config.inject], self.run_dir, fault_rank)
         self.checkpointer.before_commit = self.injector.before_commit
@@ -103,7 +116,7 @@ class Resilience:
         self.watchdog = StepWatchdog(WatchdogConfig(factor=config.hang_factor, min_timeout_s=config.hang_min_s,
                                                     startup_timeout_s=10 * config.hang_min_s),
                                      self.run_dir, self.rank)
-        self.skip_starts: set[int] = {(s - 1) * plan.global_batch for s in config.skip_batches}
+        self.skip_starts: set[int] = {(s - 1) * self.global_batch for s in config.skip_batches}
         self.resumed_from: int | None = None
         self._step_times: list[float] = []
         self._commits_logged = 0
@@ -156,6 +169,9 @@ class Resilience:
         if self.rank == 0:
             log_event(self.run_dir, "resume", attempt=self.attempt, resumed_from_step=self.resumed_from,
                       world_size=self.world, plan=self.plan.to_dict(), replica_group=self.replica_group)
+        # inside the step's quorum, after before_step had skipped from the position the disk now replaced: the
+        # checkpoint may end right before a batch the groups rejected
+        self._skip_known_bad(self.resumed_from + 1, self.train_state.sampler)
         return self.resumed_from
 
     def _report_bad(self, info: checkpoint_files.CheckpointInfo, reason: str, moved: Path) -> None:
@@ -226,13 +242,16 @@ class Resilience:
     # ---- per step ------------------------------------------------------------------------------------
     def before_step(self, step: int, sampler: GlobalSampler) -> None:
         """Advance `sampler` (the trainer's data position) past known-bad batches; fire step-start faults."""
+        self._skip_known_bad(step, sampler)
+        self.watchdog.step_began(step)  # armed first, so a hang fault is caught on the hung rank itself
+        self.injector.at_step_start(step)
+
+    def _skip_known_bad(self, step: int, sampler: GlobalSampler) -> None:
         while sampler.consumed_samples in self.skip_starts:
             start = sampler.consumed_samples
             sampler.next_global_batch()
-            if self.rank == 0:
-                log_event(self.run_dir, "skip_batch", step=step, sample_ids=[start, start + self.plan.global_batch])
-        self.watchdog.step_began(step)  # armed first, so a hang fault is caught on the hung rank itself
-        self.injector.at_step_start(step)
+            if self.rank == 0 and self.leads():
+                log_event(self.run_dir, "skip_batch", step=step, sample_ids=[start, start + self.global_batch])
 
     def after_backward(self, step: int, parameters: list[torch.nn.Parameter]) -> None:
         self.injector.poison_gradients(step, parameters)
@@ -243,9 +262,10 @@ class Resilience:
         waited = self.checkpointer.wait_staged()
         if waited > 0 and self.rank == 0:
             log_event(self.run_dir, "checkpoint_wait", step=step, stall_s=round(waited, 6))
-        reason = self.nan_guard.check(grad_norm)
+        reason = self.agree(self.nan_guard.judge(grad_norm))
         if reason is not None:
             raise BadStep(step, batch_start, reason)
+        self.nan_guard.remember(grad_norm)
 
     def before_sync(self, step: int, compute_s: float) -> None:
         """Local work done, the closing collective next: the slow and flaky-link faults act here."""
@@ -267,7 +287,7 @@ class Resilience:
         self._step_times.append(record["step_time_s"])
         self.checkpointer.poll()
         self._log_commits()
-        if not self.writes_checkpoint():
+        if not self.leads():
             pass  # another torchft replica group, holding the same state, writes this step's checkpoint
         elif self.config.checkpoint_every < 0 and self.checkpointer.config.every == 0 and step >= AUTO_PROBE_STEP:
             self.save(step)
@@ -325,23 +345,26 @@ class Resilience:
 
     # ---- NaN / spike rollback ----------------------------------------------------------------------
     def rollback(self, bad: BadStep) -> None:
-        """Skip the offending batch from now on and continue from the last good checkpoint."""
+        """Skip the offending batch from now on and continue from the last good checkpoint (under torchft: from
+        the state before the step, which every replica group holds; the sampler is past the batch already)."""
         self.watchdog.step_ended(bad.step)
         self.skip_starts.add(bad.batch_start)
-        if self.rank == 0:
+        logs = self.rank == 0 and self.leads()
+        if logs:
             self._skips_file.write_text(json.dumps(sorted(self.skip_starts)))
         self.checkpointer.wait()
         self._log_commits()
-        source = self._restore_newest()
-        # nothing to roll back to: the update was never applied, so dropping the batch is enough
+        # nothing to roll back to (no checkpoint; or torchft, where the checkpoint another group may still be
+        # writing is no common point): the update was never applied, so dropping the batch is enough
+        source = self._restore_newest() if self.replica_group is None else None
         resumed = self.resumed_from if source is not None else bad.step - 1
-        if self.rank == 0:
+        end = bad.batch_start + self.global_batch
+        if logs:
             log_event(self.run_dir, "rollback", step=bad.step, reason=bad.reason,
-                      skipped_sample_ids=[bad.batch_start, bad.batch_start + self.plan.global_batch],
-                      resumed_from_step=resumed, checkpoint=source is not None)
+                      skipped_sample_ids=[bad.batch_start, end], resumed_from_step=resumed,
+                      checkpoint=source is not None)
             print(f"bastion: step {bad.step} rejected ({bad.reason}); rolled back to step {resumed} "
-                  f"and skipping samples {bad.batch_start}..{bad.batch_start + self.plan.global_batch - 1}",
-                  flush=True)
+                  f"and skipping samples {bad.batch_start}..{end - 1}", flush=True)
 
     # ---- end ---------------------------------------------------------------------------------------------
     def finish(self) -> dict[str, Any]:

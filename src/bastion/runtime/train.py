@@ -102,7 +102,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     trainer = Trainer(config, spec, plan, rmesh)
     # the trainer is the state resilience checkpoints and restores (Stateful); its step hooks come per call
     resilience = Resilience(config.resilience, run_dir, trainer, spec, plan,
-                            replica_group=config.replica_group if grouped else None)
+                            replica_group=config.replica_group if grouped else None,
+                            replica_groups=config.replica_groups)
     resilience.start()
     if config.init_from and trainer.step == 0:  # a fresh run: resumed runs hold their own weights
         from bastion.runtime.hf_weights import load_hf_weights
@@ -123,7 +124,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
         replicas = ReplicaGroups(config.replica_group, config.replica_groups, trainer, run_dir, back_at,
                                  resume_from_disk=resilience.resume_from_disk)
         trainer.replicas = replicas
-        resilience.writes_checkpoint = lambda: replicas.leads  # one group writes; all hold the same state
+        resilience.leads = lambda: replicas.leads  # one group writes; all hold the same state
+        resilience.agree = replicas.agree  # one verdict on a bad step for every group
     peak = peak_flops(cluster_name, plan.precision, device)
     tokens_per_step = plan.global_batch * spec.seq_len
     flops_per_step = model_flops_per_token(spec, spec.seq_len) * tokens_per_step

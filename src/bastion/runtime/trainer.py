@@ -248,12 +248,15 @@ class Trainer(Stateful):
             replicas.average([_local(p.grad) for p in self.model.parameters() if p.grad is not None], local_loss)
         backward_done, backward_done_cpu = time.perf_counter(), time.process_time()
         grad_norm = clip_grad_norm(self.model, self.config.max_grad_norm, self.rmesh)
-        if hooks is not None:  # raises BadStep before a NaN/spiking update is applied
-            hooks.check_grad_norm(self.step + 1, grad_norm, self.last_sample_ids[0])
-        if replicas is not None and not replicas.should_commit():
+        try:
+            if hooks is not None:  # raises BadStep before a NaN/spiking update is applied
+                hooks.check_grad_norm(self.step + 1, grad_norm, self.last_sample_ids[0])
+            if replicas is not None and not replicas.should_commit():
+                raise StepNotCommitted(f"step {self.step + 1}")
+        except StepNotCommitted:  # retried on the same batch (the verdict could not be shared, or a peer failed)
             self.sampler.load_state_dict(position)
             self.optimizer.zero_grad(set_to_none=True)
-            raise StepNotCommitted(f"step {self.step + 1}")
+            raise
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
