@@ -43,6 +43,8 @@ OUT_OF_MEMORY = "out of memory"
 EstimateFn = Callable[[ModelSpec, Cluster, ParallelPlan, int], Any]
 TimeBoundFn = Callable[[ModelSpec, Cluster, ParallelPlan, int], float]
 MemoryBoundFn = Callable[[ModelSpec, Cluster, ParallelPlan, int], float]
+#: -> a predict.estimate.StepFloor: the step and its terms no ZeRO stage or recompute mode of a plan goes below
+StepFloorFn = Callable[[ModelSpec, Cluster, ParallelPlan, int], Any]
 
 #: the census reason of plans the step-time bound settles under the default objective
 BOUNDED_OUT = get_objective(DEFAULT_OBJECTIVE).bounded_reason
@@ -187,6 +189,13 @@ def default_time_bound(options: Any = None) -> TimeBoundFn:
     return partial(step_time_lower_bound, options=options)
 
 
+def default_step_floor(options: Any = None) -> StepFloorFn:
+    """The predictor's step-time lower bound with its terms' (valid as `default_time_bound`)."""
+    from bastion.predict.estimate import step_floor
+
+    return partial(step_floor, options=options)
+
+
 def default_memory_bound(options: Any = None) -> MemoryBoundFn:
     """The predictor's memory lower bound (valid for a plan and all its recompute modes)."""
     from bastion.predict.estimate import memory_lower_bound
@@ -206,14 +215,18 @@ def search(request: PlanRequest, estimate: EstimateFn | None = None,
     the plan will run on) goes to the predictor's functions; None = bastion's runtime.
     """
     started = time.perf_counter()
+    step_floor = None
     if estimate is None:
+        # the terms' floors come with the predictor's own step bound only (a time_bound given is all that is known)
+        step_floor = None if time_bound else default_step_floor(options)
         estimate, time_bound = default_estimate(options), time_bound or default_time_bound(options)
         memory_bound = memory_bound or default_memory_bound(options)
     objective = get_objective(request.objective)
     # learned position tables are sized by the sequence length: the bounds must see the model the predictor
     # costs (estimate resizes it the same way)
     model = request.model.with_seq_len(request.seq_len)
-    floors = Floors(model, request.global_batch, request.seq_len, time_bound, memory_bound, request.software_known)
+    floors = Floors(model, request.global_batch, request.seq_len, time_bound, memory_bound, request.software_known,
+                    step_floor)
     by_bound = request.prune and objective.can_bound(floors)
     space = _bound_groups(request, model, objective, by_bound, state_bytes, floors)
     found = _predict_best_first(request, model, objective, by_bound, space, estimate)
