@@ -12,7 +12,7 @@ data-parallel gradient reduction that the last backward does not hide, and the o
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 from typing import Any, NamedTuple
 
@@ -82,7 +82,11 @@ class TimeBreakdown:
     sync_wait: float = 0.0
 
     def to_dict(self) -> dict[str, float]:
-        return asdict(self)
+        # not asdict: its deep copy of every float is most of the cost of the planner's per-plan shares
+        return {name: getattr(self, name) for name in _TIME_TERMS}
+
+
+_TIME_TERMS = tuple(f.name for f in fields(TimeBreakdown))
 
 
 @dataclass(frozen=True)
@@ -813,24 +817,12 @@ def step_floor(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: 
     return _step_floor(model.with_seq_len(s), cluster, plan, s, _plan_options(plan, options))
 
 
-@lru_cache(maxsize=8192)
 def _step_floor(model: ModelSpec, node: Cluster, plan: ParallelPlan, s: int, options: PredictOptions) -> StepFloor:
     cluster = per_rank(node)
     key = _StageKey(1, plan.tp, plan.cp, 0, plan.micro_batch, "none", plan.sequence_parallel, plan.precision,
                     *_expert_key(plan, options))
-    stages = _stages(model, plan)
-    moe_layer = _layer_costs(model, cluster, key, s, options)
-    dense_layer = (_layer_costs(moe.dense_layer_model(model), cluster, key, s, options)
-                   if has_dense_layers(model) else moe_layer)
-    head = _head_costs(model, cluster, key, s, options)
-    # per costed rank, what _stage_time_of(...) is for this key (no ZeRO-3, no host overheads)
-    ranks = []
-    for (layers, _, has_last), dense in ((stages.roles[i], stages.dense[i]) for i in stages.costed):
-        c = _LayerCosts(*((layers - dense) * a + dense * b for a, b in zip(moe_layer, dense_layer, strict=True)))
-        terms = {"compute": c.compute + (head[0] if has_last else 0.0), "tp_comm": c.tp, "cp_comm": c.cp,
-                 "ep_comm": c.ep, "etp_comm": c.etp}
-        ranks.append((sum(terms.values()) + c.recompute + c.membound + (head[1] if has_last else 0.0), terms))
-    slowest = max(total for total, _ in ranks)
+    slowest, least = _micro_batch_floor(model, cluster, key, s, options, plan.pp_schedule, plan.pp, plan.vpp,
+                                        plan.chunk_layers(model))
     m = plan.num_microbatches
     bubble = schedule.bubble_fraction(plan.pp_schedule, plan.pp, plan.vpp, m) * m * slowest
     if _host_saturated(node):
@@ -838,10 +830,41 @@ def _step_floor(model: ModelSpec, node: Cluster, plan: ParallelPlan, s: int, opt
             bubble = _shared_core_bubble(node, m * slowest, bubble)
         return StepFloor((m * slowest + bubble) * (1 - 1e-12), {})
     pp_comm = _pp_comm(node, cluster, model, plan, s, False)
-    terms = {name: m * min(t[name] for _, t in ranks) for name in ranks[0][1]}
     # the margin absorbs rounding in a differently ordered sum
-    return StepFloor((m * slowest + bubble + pp_comm) * (1 - 1e-12),
-                     {name: v * (1 - 1e-12) for name, v in {**terms, "bubble": bubble, "pp_comm": pp_comm}.items()})
+    margin = 1 - 1e-12
+    terms = {name: m * v * margin for name, v in least.items()}
+    terms.update(bubble=bubble * margin, pp_comm=pp_comm * margin)
+    return StepFloor((m * slowest + bubble + pp_comm) * margin, terms)
+
+
+#: the TimeBreakdown terms step_floor bounds per rank -> the _LayerCosts field they sum
+_FLOORED_TERMS = {"compute": "compute", "tp_comm": "tp", "cp_comm": "cp", "ep_comm": "ep", "etp_comm": "etp"}
+
+
+def _micro_batch_floor(model: ModelSpec, cluster: Cluster, key: _StageKey, s: int, options: PredictOptions,
+                       pp_schedule: str, pp: int, vpp: int, counts: tuple[int, ...] | None
+                       ) -> tuple[float, dict[str, float]]:
+    """Per micro-batch: the slowest costed rank's total under `key` (no recompute, no ZeRO-3, no host overheads:
+    what _stage_time_of(...).total is there), and per term the least any costed rank has."""
+    stages = _stages_of(model, pp_schedule, pp, vpp, counts)
+    moe_layer = _layer_costs(model, cluster, key, s, options)
+    dense_layer = (_layer_costs(moe.dense_layer_model(model), cluster, key, s, options)
+                   if has_dense_layers(model) else moe_layer)
+    head = _head_costs(model, cluster, key, s, options)
+    moe_total, dense_total = sum(moe_layer[2:]), sum(dense_layer[2:])  # every field but the forward parts
+    slowest = 0.0
+    least = dict.fromkeys(_FLOORED_TERMS, float("inf"))
+    for i in stages.costed:
+        layers, _, has_last = stages.roles[i]
+        dense = stages.dense[i]
+        experts = layers - dense
+        slowest = max(slowest, experts * moe_total + dense * dense_total + (sum(head) if has_last else 0.0))
+        for term, cost in _FLOORED_TERMS.items():
+            value = experts * getattr(moe_layer, cost) + dense * getattr(dense_layer, cost)
+            if term == "compute" and has_last:
+                value += head[0]
+            least[term] = min(least[term], value)
+    return slowest, least
 
 
 def memory_lower_bound(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int | None = None,
