@@ -12,7 +12,7 @@ from bastion.planner.search import PlanRequest, search
 from bastion.planner.space import SearchSpace, enumerate_space, uneven_layout
 from bastion.predict import PredictOptions, comm, compute, estimate, flops, moe
 from bastion.predict.calibration import gemm_efficiency_measured, small_m_factor
-from bastion.predict.estimate import step_time_lower_bound
+from bastion.predict.estimate import step_floor, step_time_lower_bound
 from bastion.predict.memory import (
     activation_bytes_per_token,
     fsdp_unit_numels,
@@ -363,10 +363,14 @@ def test_step_time_floor_holds_for_moe_plans_with_etp_and_layouts() -> None:
     assert any(leaf.pipeline_layout for leaf in enum.leaves) and any(leaf.etp > 1 for leaf in enum.leaves)
     checked = 0
     for leaf in enum.leaves[::37]:
-        floor = step_time_lower_bound(model, cluster, leaf.plan(32), 512)
+        floor = step_floor(model, cluster, leaf.plan(32), 512)
+        assert floor.step == step_time_lower_bound(model, cluster, leaf.plan(32), 512)
         for zero in leaf.zero_stages:
             for recompute in RECOMPUTE_MODES:
-                assert floor <= estimate(model, cluster, leaf.plan(32, zero, recompute), 512).step_time_s
+                est = estimate(model, cluster, leaf.plan(32, zero, recompute), 512)
+                assert floor.step <= est.step_time_s
+                # the all-to-all, expert-TP and pipeline terms every plan of the leaf pays (the p90 floor's width)
+                assert all(seconds <= getattr(est.time, term) for term, seconds in floor.terms.items()), leaf
                 checked += 1
     assert checked > 100
 
