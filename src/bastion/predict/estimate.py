@@ -846,25 +846,30 @@ def _micro_batch_floor(model: ModelSpec, cluster: Cluster, key: _StageKey, s: in
                        ) -> tuple[float, dict[str, float]]:
     """Per micro-batch: the slowest costed rank's total under `key` (no recompute, no ZeRO-3, no host overheads:
     what _stage_time_of(...).total is there), and per term the least any costed rank has."""
-    stages = _stages_of(model, pp_schedule, pp, vpp, counts)
     moe_layer = _layer_costs(model, cluster, key, s, options)
     dense_layer = (_layer_costs(moe.dense_layer_model(model), cluster, key, s, options)
                    if has_dense_layers(model) else moe_layer)
     head = _head_costs(model, cluster, key, s, options)
     moe_total, dense_total = sum(moe_layer[2:]), sum(dense_layer[2:])  # every field but the forward parts
+    # per floored term: a layer with experts, one without, the LM head (its GEMMs are compute)
+    per_term = [(getattr(moe_layer, cost), getattr(dense_layer, cost), head[0] if term == "compute" else 0.0)
+                for term, cost in _FLOORED_TERMS.items()]
     slowest = 0.0
-    least = dict.fromkeys(_FLOORED_TERMS, float("inf"))
-    for i in stages.costed:
-        layers, _, has_last = stages.roles[i]
-        dense = stages.dense[i]
-        experts = layers - dense
-        slowest = max(slowest, experts * moe_total + dense * dense_total + (sum(head) if has_last else 0.0))
-        for term, cost in _FLOORED_TERMS.items():
-            value = experts * getattr(moe_layer, cost) + dense * getattr(dense_layer, cost)
-            if term == "compute" and has_last:
-                value += head[0]
-            least[term] = min(least[term], value)
-    return slowest, least
+    least = [float("inf")] * len(per_term)
+    for experts, dense, has_last in _costed_ranks(model, pp_schedule, pp, vpp, counts):
+        slowest = max(slowest, experts * moe_total + dense * dense_total + has_last * (head[0] + head[1]))
+        for j, (with_experts, without, lm_head) in enumerate(per_term):
+            least[j] = min(least[j], experts * with_experts + dense * without + has_last * lm_head)
+    return slowest, dict(zip(_FLOORED_TERMS, least, strict=True))
+
+
+@lru_cache(maxsize=4096)
+def _costed_ranks(model: ModelSpec, pp_schedule: str, pp: int, vpp: int, counts: tuple[int, ...] | None
+                  ) -> tuple[tuple[int, int, bool], ...]:
+    """(layers with experts, layers without, has the LM head) of each costed rank (_Stages.costed), each once."""
+    stages = _stages_of(model, pp_schedule, pp, vpp, counts)
+    return tuple(dict.fromkeys((stages.roles[i][0] - stages.dense[i], stages.dense[i], stages.roles[i][2])
+                               for i in stages.costed))
 
 
 def memory_lower_bound(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int | None = None,
