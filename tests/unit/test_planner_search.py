@@ -299,7 +299,8 @@ def test_search_is_deterministic_and_worker_processes_change_nothing() -> None:
 
 def test_best_first_rounds_share_one_forked_pool_and_match_the_serial_search(monkeypatch) -> None:
     """Rounds of 8, 16, 32 ... plans, predicted by two worker processes forked once and reused, give the serial
-    search's answer and census exactly (the workers see the groups as they were at the fork)."""
+    search's answer and census exactly (the workers see the groups as they were at the fork; the groups' floors,
+    computed by workers of their own, order them as the serial search's)."""
     import sys
 
     from bastion.planner import parallel
@@ -324,6 +325,22 @@ def test_best_first_rounds_share_one_forked_pool_and_match_the_serial_search(mon
     assert (forked.predicted, forked.rejected) == (serial.predicted, serial.rejected)
     assert serial.predicted > 8 + 16 + 32, "the search must take several rounds for this test to mean anything"
     assert [p.forks for p in pools] == [0, 1]
+
+
+def test_map_in_workers_returns_the_serial_results_in_order() -> None:
+    import os
+
+    from bastion.planner.parallel import map_in_workers
+
+    items = list(range(101))
+    parent = os.getpid()
+    # the items and the function are read as forked: a closure over local state works, and the results come back
+    # in order from other processes
+    results = map_in_workers(lambda i: (i * i, os.getpid() != parent), items, workers=2)
+    assert [square for square, _ in results] == [i * i for i in items]
+    assert all(in_worker for _, in_worker in results)
+    assert map_in_workers(lambda i: (i * i, os.getpid() != parent), items[:3], workers=1) == [
+        (0, False), (1, False), (4, False)]
 
 
 def test_pins_restrict_the_space_without_counting_rejections() -> None:

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 from bastion.errors import ConfigError, PlanError
 from bastion.planner.bounds import StateBytesFn, StateLowerBound
 from bastion.planner.objectives import DEFAULT_OBJECTIVE, Floors, Objective, get_objective
-from bastion.planner.parallel import Outcome, PredictionPool, outcome_of
+from bastion.planner.parallel import Outcome, PredictionPool, map_in_workers, outcome_of
 from bastion.planner.space import (
     Enumeration,
     Leaf,
@@ -295,6 +295,7 @@ def _bound_groups(request: PlanRequest, model: ModelSpec, objective: Objective, 
     objective's floor. A ParallelPlan is built only for a plan that is predicted."""
     batch, seq_len = request.global_batch, request.seq_len
     space = _BoundedSpace(groups=[], jobs=0)
+    kept: list[tuple[Cluster, Leaf, dict[int, float], tuple[MemoryChoice, ...]]] = []
     for count in request.counts:
         cluster = _resize(request.cluster, count)
         enum = enumerate_space(model, cluster, batch, seq_len, request.space)
@@ -313,13 +314,20 @@ def _bound_groups(request: PlanRequest, model: ModelSpec, objective: Objective, 
                         states[z] = objective.memory_floor(floors, cluster, leaf, z, state)
                         if states[z] > capacity:  # kept: if nothing fits, the leanest of these is reported
                             space.floor_oom.append((states[z], cluster, leaf, z, choices))
-            zeros = tuple(z for z, state in states.items() if state <= capacity)
-            space.count(OUT_OF_MEMORY, (len(leaf.zero_stages) - len(zeros)) * len(choices))
-            if not zeros:
-                continue
-            floor = objective.floor(floors, cluster, leaf, {z: states[z] for z in zeros}) if by_bound else 0.0
-            space.groups.append(_Group(floor, space.jobs, cluster, leaf, zeros, choices))
-            space.jobs += len(zeros) * len(choices)
+            memory = {z: state for z, state in states.items() if state <= capacity}
+            space.count(OUT_OF_MEMORY, (len(leaf.zero_stages) - len(memory)) * len(choices))
+            if memory:
+                kept.append((cluster, leaf, memory, choices))
+
+    def floor_of(group: tuple[Cluster, Leaf, dict[int, float], tuple[MemoryChoice, ...]]) -> float:
+        cluster, leaf, memory, _ = group
+        return objective.floor(floors, cluster, leaf, memory)
+
+    # each group's floor is independent of the others': on many groups, worker processes share them out
+    group_floors = map_in_workers(floor_of, kept, request.workers) if by_bound else [0.0] * len(kept)
+    for floor, (cluster, leaf, memory, choices) in zip(group_floors, kept, strict=True):
+        space.groups.append(_Group(floor, space.jobs, cluster, leaf, tuple(memory), choices))
+        space.jobs += len(memory) * len(choices)
     if by_bound:
         space.groups.sort(key=lambda g: (g.floor, g.first))
     return space
