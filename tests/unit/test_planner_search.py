@@ -8,11 +8,13 @@ predictor is used in test_planner_predictor.py.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field, replace
 
 import pytest
 
 from bastion.errors import ConfigError, PlanError
+from bastion.planner.objectives import Floors
 from bastion.planner.search import PlanRequest, search
 from bastion.planner.space import (
     SearchSpace,
@@ -182,20 +184,59 @@ def test_objective_bounds_change_nothing_but_the_work(objective: str) -> None:
             assert estimate(req.model, cluster, plan, req.seq_len).step_time_s > slowest_shown
 
 
-def test_step_time_floor_is_below_every_zero_stage_and_memory_choice() -> None:
-    from bastion.predict.estimate import step_time_lower_bound
+@pytest.mark.parametrize("name, cluster_name, batch, seq, every",
+                         [("llama3-8b", "h100-sxm:32", 128, 8192, 23), ("mixtral-8x7b", "h100-sxm:64", 64, 4096, 97)])
+def test_step_time_floor_and_its_terms_are_below_every_zero_stage_and_memory_choice(name, cluster_name, batch, seq,
+                                                                                     every) -> None:
+    from bastion.planner.objectives.time_p90 import TimeP90
+    from bastion.planner.search import default_step_floor, default_time_bound
+    from bastion.predict.estimate import step_floor, step_time_lower_bound
+    from bastion.predict.intervals import step_interval
 
-    model, cluster = load_model("llama3-8b"), load_cluster("h100-sxm:32")
-    enum = enumerate_space(model, cluster, 128, 8192, SearchSpace())
-    checked = 0
-    for leaf in enum.leaves[::23]:
-        floor = step_time_lower_bound(model, cluster, leaf.plan(128), 8192)
+    model, cluster = load_model(name), load_cluster(cluster_name)
+    floors = Floors(model, batch, seq, default_time_bound(), None, step_floor=default_step_floor())
+    enum = enumerate_space(model, cluster, batch, seq, SearchSpace())
+    checked, bounded_terms = 0, set()
+    for leaf in enum.leaves[::every]:
+        floor = step_floor(model, cluster, leaf.plan(batch), seq)
+        assert floor.step == step_time_lower_bound(model, cluster, leaf.plan(batch), seq)
+        p90_floor = TimeP90().floor(floors, cluster, leaf, {})
+        bounded_terms |= {term for term, seconds in floor.terms.items() if seconds > 0}
         for zero in leaf.zero_stages:
             for recompute in memory_choices(SearchSpace(), model, cluster, leaf.pp, leaf.vpp):
-                step = estimate(model, cluster, leaf.plan(128, zero, recompute), 8192).step_time_s
-                assert floor <= step, (leaf, zero, recompute)
+                est = estimate(model, cluster, leaf.plan(batch, zero, recompute), seq)
+                assert floor.step <= est.step_time_s, (leaf, zero, recompute)
+                for term, seconds in floor.terms.items():
+                    assert seconds <= getattr(est.time, term), (term, leaf, zero, recompute)
+                assert p90_floor <= step_interval(est, model)[1], (leaf, zero, recompute)
                 checked += 1
-    assert checked > 500
+    assert checked > 300
+    # the terms every plan of a leaf pays are bounded, not just listed as 0
+    assert {"compute", "tp_comm", "bubble", "pp_comm"} <= bounded_terms
+    assert model.num_experts == 0 or "ep_comm" in bounded_terms
+
+
+def test_the_least_p90_is_the_least_over_every_step_and_term_above_their_floors() -> None:
+    """least_p90 against a brute-force minimum of the interval's p90 over steps and term seconds above the floors,
+    where the floors sit on either side of the turning point of step · exp(q · w)."""
+    from bastion.predict.intervals import least_p90, shares_width, step_shares, stratum_q
+
+    model = load_model("llama3-8b")
+    q = stratum_q()
+    for step_floor, terms in ((10.0, {"bubble": 1.0, "pp_comm": 0.5}), (1.0, {"bubble": 2.0, "ep_comm": 3.0}),
+                              (2.0, {}), (1.0, {"compute": 0.5, "cp_comm": 0.2})):
+        least = least_p90(step_floor, terms, "zbv", 8, 2, 8192, model)
+        found = math.inf
+        for grow in (1.0, 1.01, 1.1, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0):
+            for extra in (0.0, 0.1, 1.0):
+                seconds = {name: value * (1 + extra) for name, value in terms.items()}
+                step = max(step_floor * grow, sum(seconds.values()))
+                shares = step_shares(seconds, step, ParallelPlan(pp=8, vpp=2, pp_schedule="zbv", cp=2), 8192, model)
+                found = min(found, step * math.exp(q * shares_width(shares)))
+        assert least <= found * (1 + 1e-12), (step_floor, terms)
+        assert least >= step_floor * math.exp(q) * (1 - 1e-12)
+        # the brute force reaches it within its grid's resolution
+        assert found <= least * 1.05, (step_floor, terms, least, found)
 
 
 def test_memory_floor_is_below_every_memory_choice() -> None:
@@ -258,7 +299,8 @@ def test_search_is_deterministic_and_worker_processes_change_nothing() -> None:
 
 def test_best_first_rounds_share_one_forked_pool_and_match_the_serial_search(monkeypatch) -> None:
     """Rounds of 8, 16, 32 ... plans, predicted by two worker processes forked once and reused, give the serial
-    search's answer and census exactly (the workers see the groups as they were at the fork)."""
+    search's answer and census exactly (the workers see the groups as they were at the fork; the groups' floors,
+    computed by workers of their own, order them as the serial search's)."""
     import sys
 
     from bastion.planner import parallel
@@ -283,6 +325,22 @@ def test_best_first_rounds_share_one_forked_pool_and_match_the_serial_search(mon
     assert (forked.predicted, forked.rejected) == (serial.predicted, serial.rejected)
     assert serial.predicted > 8 + 16 + 32, "the search must take several rounds for this test to mean anything"
     assert [p.forks for p in pools] == [0, 1]
+
+
+def test_map_in_workers_returns_the_serial_results_in_order() -> None:
+    import os
+
+    from bastion.planner.parallel import map_in_workers
+
+    items = list(range(101))
+    parent = os.getpid()
+    # the items and the function are read as forked: a closure over local state works, and the results come back
+    # in order from other processes
+    results = map_in_workers(lambda i: (i * i, os.getpid() != parent), items, workers=2)
+    assert [square for square, _ in results] == [i * i for i in items]
+    assert all(in_worker for _, in_worker in results)
+    assert map_in_workers(lambda i: (i * i, os.getpid() != parent), items[:3], workers=1) == [
+        (0, False), (1, False), (4, False)]
 
 
 def test_pins_restrict_the_space_without_counting_rejections() -> None:

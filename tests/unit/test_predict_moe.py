@@ -12,7 +12,7 @@ from bastion.planner.search import PlanRequest, search
 from bastion.planner.space import SearchSpace, enumerate_space, uneven_layout
 from bastion.predict import PredictOptions, comm, compute, estimate, flops, moe
 from bastion.predict.calibration import gemm_efficiency_measured, small_m_factor
-from bastion.predict.estimate import step_time_lower_bound
+from bastion.predict.estimate import step_floor, step_time_lower_bound
 from bastion.predict.memory import (
     activation_bytes_per_token,
     fsdp_unit_numels,
@@ -356,17 +356,24 @@ def test_mla_parameters_are_the_runtimes_tensors_split_by_head_under_tp() -> Non
         assert layer_numel(dense, 2) == layer_numel(dense, 1) - (per_head + mlp) // 2, q_lora
 
 
-def test_step_time_floor_holds_for_moe_plans_with_etp_and_layouts() -> None:
+@pytest.mark.parametrize("options", [PredictOptions(), PredictOptions(moe_expert_layout="bastion")],
+                         ids=["megatron", "bastion"])
+def test_step_time_floor_holds_for_moe_plans_with_etp_and_layouts(options: PredictOptions) -> None:
     model = replace(load_model("tiny-moe"), num_layers=5)  # 5 layers: uneven layouts on pp 2 and 4
     cluster = load_cluster("h100-sxm:16")
     enum = enumerate_space(model, cluster, 32, 512, SearchSpace())
     assert any(leaf.pipeline_layout for leaf in enum.leaves) and any(leaf.etp > 1 for leaf in enum.leaves)
     checked = 0
     for leaf in enum.leaves[::37]:
-        floor = step_time_lower_bound(model, cluster, leaf.plan(32), 512)
+        # under bastion's layout a plan that folds ep over tp ranks runs Megatron-Core's: the floor sees the same
+        floor = step_floor(model, cluster, leaf.plan(32), 512, options)
+        assert floor.step == step_time_lower_bound(model, cluster, leaf.plan(32), 512, options)
         for zero in leaf.zero_stages:
             for recompute in RECOMPUTE_MODES:
-                assert floor <= estimate(model, cluster, leaf.plan(32, zero, recompute), 512).step_time_s
+                est = estimate(model, cluster, leaf.plan(32, zero, recompute), 512, options=options)
+                assert floor.step <= est.step_time_s
+                # the all-to-all, expert-TP and pipeline terms every plan of the leaf pays (the p90 floor's width)
+                assert all(seconds <= getattr(est.time, term) for term, seconds in floor.terms.items()), leaf
                 checked += 1
     assert checked > 100
 

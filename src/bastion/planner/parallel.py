@@ -6,7 +6,8 @@ big enough to need them, and kept for the later rounds. The plans to predict are
 search's groups of plans), a list complete before any worker is forked: forking hands every worker that list and
 the parent's imported predictor with its warm caches, so a round only sends a range of unit indices and gets back
 compact outcomes, in order — the same as a serial loop (tests check that). Small rounds, and platforms without
-`fork`, run in this process.
+`fork`, run in this process. The groups' floors, all needed before the first round, are shared out the same way
+by `map_in_workers` (a pool of its own, ended once they are computed).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from bastion.errors import PlanError
 MIN_PARALLEL_JOBS = 1500
 #: slices per worker: more slices balance uneven plans (deep pipelines cost more) at a small overhead
 SLICES_PER_WORKER = 8
+#: below this many items, forking workers for `map_in_workers` costs more than it saves (a plan group's floor
+#: takes tens of microseconds)
+MIN_PARALLEL_ITEMS = 4000
 
 #: (fits, step_time_s, tokens_per_s, mfu, memory_total_bytes, the step's term shares for its interval) or the
 #: PlanError the predictor raised
@@ -49,6 +53,35 @@ def outcome_of(estimate: Callable[..., Any], model: Any, cluster: Any, plan: Any
         return exc
     return (bool(est.fits), float(est.step_time_s), float(est.tokens_per_s), float(est.mfu),
             float(est.memory.total), step_shares(est.time, est.step_time_s, plan, seq_len, model))
+
+
+# set just before forking by map_in_workers: (the function, its items); read by the workers
+_MAPPED: tuple[Callable[[Any], Any], Sequence[Any]] | None = None
+
+
+def _map_slice(bounds: tuple[int, int]) -> list[Any]:
+    assert _MAPPED is not None, "workers are forked after the items are set"
+    fn, items = _MAPPED
+    return [fn(item) for item in items[bounds[0]:bounds[1]]]
+
+
+def map_in_workers(fn: Callable[[Any], Any], items: Sequence[Any], workers: int = 0) -> list[Any]:
+    """`[fn(item) for item in items]`, in forked worker processes when there are many items (`workers` as
+    PredictionPool's, with MIN_PARALLEL_ITEMS). The workers read `fn` and `items` as forked (nothing of them is
+    pickled); only the results come back, in order."""
+    size = workers or (available_cpus() if len(items) >= MIN_PARALLEL_ITEMS else 1)
+    if size <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        return [fn(item) for item in items]
+    global _MAPPED
+    _MAPPED = (fn, items)
+    try:
+        step = max(1, -(-len(items) // (size * SLICES_PER_WORKER)))
+        with multiprocessing.get_context("fork").Pool(size, initializer=_die_with_parent) as pool:
+            parts = pool.map(_map_slice, [(i, min(i + step, len(items))) for i in range(0, len(items), step)],
+                             chunksize=1)
+    finally:
+        _MAPPED = None
+    return [result for part in parts for result in part]
 
 
 def _die_with_parent() -> None:

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 from bastion.errors import ConfigError, PlanError
 from bastion.planner.bounds import StateBytesFn, StateLowerBound
 from bastion.planner.objectives import DEFAULT_OBJECTIVE, Floors, Objective, get_objective
-from bastion.planner.parallel import Outcome, PredictionPool, outcome_of
+from bastion.planner.parallel import Outcome, PredictionPool, map_in_workers, outcome_of
 from bastion.planner.space import (
     Enumeration,
     Leaf,
@@ -43,6 +43,8 @@ OUT_OF_MEMORY = "out of memory"
 EstimateFn = Callable[[ModelSpec, Cluster, ParallelPlan, int], Any]
 TimeBoundFn = Callable[[ModelSpec, Cluster, ParallelPlan, int], float]
 MemoryBoundFn = Callable[[ModelSpec, Cluster, ParallelPlan, int], float]
+#: -> a predict.estimate.StepFloor: the step and its terms no ZeRO stage or recompute mode of a plan goes below
+StepFloorFn = Callable[[ModelSpec, Cluster, ParallelPlan, int], Any]
 
 #: the census reason of plans the step-time bound settles under the default objective
 BOUNDED_OUT = get_objective(DEFAULT_OBJECTIVE).bounded_reason
@@ -187,6 +189,13 @@ def default_time_bound(options: Any = None) -> TimeBoundFn:
     return partial(step_time_lower_bound, options=options)
 
 
+def default_step_floor(options: Any = None) -> StepFloorFn:
+    """The predictor's step-time lower bound with its terms' (valid as `default_time_bound`)."""
+    from bastion.predict.estimate import step_floor
+
+    return partial(step_floor, options=options)
+
+
 def default_memory_bound(options: Any = None) -> MemoryBoundFn:
     """The predictor's memory lower bound (valid for a plan and all its recompute modes)."""
     from bastion.predict.estimate import memory_lower_bound
@@ -206,14 +215,18 @@ def search(request: PlanRequest, estimate: EstimateFn | None = None,
     the plan will run on) goes to the predictor's functions; None = bastion's runtime.
     """
     started = time.perf_counter()
+    step_floor = None
     if estimate is None:
+        # the terms' floors come with the predictor's own step bound only (a time_bound given is all that is known)
+        step_floor = None if time_bound else default_step_floor(options)
         estimate, time_bound = default_estimate(options), time_bound or default_time_bound(options)
         memory_bound = memory_bound or default_memory_bound(options)
     objective = get_objective(request.objective)
     # learned position tables are sized by the sequence length: the bounds must see the model the predictor
     # costs (estimate resizes it the same way)
     model = request.model.with_seq_len(request.seq_len)
-    floors = Floors(model, request.global_batch, request.seq_len, time_bound, memory_bound, request.software_known)
+    floors = Floors(model, request.global_batch, request.seq_len, time_bound, memory_bound, request.software_known,
+                    step_floor)
     by_bound = request.prune and objective.can_bound(floors)
     space = _bound_groups(request, model, objective, by_bound, state_bytes, floors)
     found = _predict_best_first(request, model, objective, by_bound, space, estimate)
@@ -282,6 +295,7 @@ def _bound_groups(request: PlanRequest, model: ModelSpec, objective: Objective, 
     objective's floor. A ParallelPlan is built only for a plan that is predicted."""
     batch, seq_len = request.global_batch, request.seq_len
     space = _BoundedSpace(groups=[], jobs=0)
+    kept: list[tuple[Cluster, Leaf, dict[int, float], tuple[MemoryChoice, ...]]] = []
     for count in request.counts:
         cluster = _resize(request.cluster, count)
         enum = enumerate_space(model, cluster, batch, seq_len, request.space)
@@ -300,13 +314,20 @@ def _bound_groups(request: PlanRequest, model: ModelSpec, objective: Objective, 
                         states[z] = objective.memory_floor(floors, cluster, leaf, z, state)
                         if states[z] > capacity:  # kept: if nothing fits, the leanest of these is reported
                             space.floor_oom.append((states[z], cluster, leaf, z, choices))
-            zeros = tuple(z for z, state in states.items() if state <= capacity)
-            space.count(OUT_OF_MEMORY, (len(leaf.zero_stages) - len(zeros)) * len(choices))
-            if not zeros:
-                continue
-            floor = objective.floor(floors, cluster, leaf, {z: states[z] for z in zeros}) if by_bound else 0.0
-            space.groups.append(_Group(floor, space.jobs, cluster, leaf, zeros, choices))
-            space.jobs += len(zeros) * len(choices)
+            memory = {z: state for z, state in states.items() if state <= capacity}
+            space.count(OUT_OF_MEMORY, (len(leaf.zero_stages) - len(memory)) * len(choices))
+            if memory:
+                kept.append((cluster, leaf, memory, choices))
+
+    def floor_of(group: tuple[Cluster, Leaf, dict[int, float], tuple[MemoryChoice, ...]]) -> float:
+        cluster, leaf, memory, _ = group
+        return objective.floor(floors, cluster, leaf, memory)
+
+    # each group's floor is independent of the others': on many groups, worker processes share them out
+    group_floors = map_in_workers(floor_of, kept, request.workers) if by_bound else [0.0] * len(kept)
+    for floor, (cluster, leaf, memory, choices) in zip(group_floors, kept, strict=True):
+        space.groups.append(_Group(floor, space.jobs, cluster, leaf, tuple(memory), choices))
+        space.jobs += len(memory) * len(choices)
     if by_bound:
         space.groups.sort(key=lambda g: (g.floor, g.first))
     return space

@@ -12,7 +12,7 @@ data-parallel gradient reduction that the last backward does not hide, and the o
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 from typing import Any, NamedTuple
 
@@ -82,7 +82,11 @@ class TimeBreakdown:
     sync_wait: float = 0.0
 
     def to_dict(self) -> dict[str, float]:
-        return asdict(self)
+        # not asdict: its deep copy of every float is most of the cost of the planner's per-plan shares
+        return {name: getattr(self, name) for name in _TIME_TERMS}
+
+
+_TIME_TERMS = tuple(f.name for f in fields(TimeBreakdown))
 
 
 @dataclass(frozen=True)
@@ -609,15 +613,6 @@ def _head_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: in
         tokens, model.vocab_size / plan.tp, head_precision))
 
 
-@lru_cache(maxsize=16384)
-def _layer_total(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: int, options: PredictOptions,
-                 moe_layer: bool) -> float:
-    """Seconds of one layer (an MoE model's layer with experts, or without them) in a rank's per-micro-batch
-    total, with no ZeRO-3 gathers (the step-time bound's unit)."""
-    costs = _layer_costs(model if moe_layer else moe.dense_layer_model(model), cluster, plan, seq_len, options)
-    return costs.compute + costs.recompute + costs.membound + costs.tp + costs.cp + costs.ep + costs.etp
-
-
 @lru_cache(maxsize=65536)
 def _stage_time_of(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: int, layers: int,
                    has_first: bool, has_last: bool, options: PredictOptions, dense: int = 0,
@@ -724,6 +719,34 @@ def _check_offload(plan: ParallelPlan, cluster: Cluster) -> None:
                             "accelerator's catalog entry.", reason="no host link")
 
 
+def _plan_options(plan: ParallelPlan, options: PredictOptions) -> PredictOptions:
+    """The software options the plan runs under: bastion's runtime folds ep over tp ranks as Megatron-Core lays it
+    out (etp 1, each tp rank routing its own 1/tp of the tokens, ep groups of consecutive ranks; runtime/mesh.py)."""
+    if options.moe_expert_layout == "bastion" and moe.runtime_layout(plan) != "bastion":
+        return replace(options, moe_expert_layout=moe.runtime_layout(plan))
+    return options
+
+
+def _pp_comm(node: Cluster, cluster: Cluster, model: ModelSpec, plan: ParallelPlan, seq_len: int,
+             saturated: bool) -> float:
+    """Seconds of the pipeline's point-to-point transfers on the critical path (`cluster`: as one rank sees it):
+    what every ZeRO stage and recompute mode of the plan pays alike."""
+    if plan.pp == 1:
+        return 0.0
+    pp_group = comm.place_group(cluster, plan.pp, plan.tp * plan.cp * plan.dp)
+    tokens = plan.micro_batch * seq_len // plan.cp
+    # Megatron's scatter/gather optimisation sends 1/tp of the activation per TP rank
+    act_bytes = tokens * model.hidden_size * activation_dtype_bytes(plan.precision) / plan.tp
+    hop = comm.p2p_time(cluster, float(act_bytes), pp_group.domains > 1)
+    if saturated and node.profile.host_overheads.pipeline_micro_batch_s > 0:
+        # a hop's fixed cost: its calls' host work is in the profile's pipeline_micro_batch_s (real pipeline
+        # pairs, negligible size); the rest of the send/recv line's latency is waiting for a peer that shares
+        # the cores, the shared-core bubble's: only the bytes remain
+        hop -= node.profile.collective_wall_time("send_recv", 2, 0.0,
+                                                 node.accelerator.core_share(node.gpus_per_node)) or 0.0
+    return 2 * hop * (plan.num_microbatches * plan.vpp + plan.pp - 1)
+
+
 class _Stages(NamedTuple):
     """The pipeline ranks the predictor costs: every rank's (layers, has the embedding, has the LM head), the
     ranks whose memory or time can be the worst, and each rank's layers without experts."""
@@ -758,36 +781,95 @@ def per_rank(cluster: Cluster) -> Cluster:
     return replace(cluster, accelerator=acc.shared_by(cluster.gpus_per_node))
 
 
+class StepFloor(NamedTuple):
+    """What every ZeRO stage and recompute mode of a plan pays at least: the step, and per TimeBreakdown term its
+    seconds (terms not listed: 0)."""
+
+    step: float
+    terms: dict[str, float]
+
+
 def step_time_lower_bound(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int | None = None,
                           options: PredictOptions | None = None) -> float:
     """A bound `estimate(...).step_time_s` can never go below, for `plan` and every plan that differs from it
     only in zero_stage, recompute, recompute_layers or activation_offload (the planner prunes with it; pruned ==
-    unpruned is tested).
+    unpruned is tested). See `step_floor` for why it holds."""
+    return step_floor(model, cluster, plan, seq_len, options).step
 
-    Why it holds: with no recompute and no ZeRO-3 a rank's per-micro-batch time has the least of every term
-    (recompute adds a forward, full recompute more memory-bound and TP work, ZeRO-3 exposed gathers), and the
-    step is m times the slowest rank's time, plus the bubble proportional to it, plus terms that are never
-    negative; on a host whose ranks share its cores, the busy time plus the bubble that adds
-    (`_shared_core_bubble`) grows with both, so the bound's smaller busy time and bubble give a smaller sum."""
+
+def step_floor(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int | None = None,
+               options: PredictOptions | None = None) -> StepFloor:
+    """The step and the terms of `estimate(...).time` that `plan` and every plan differing from it only in
+    zero_stage, recompute, recompute_layers or activation_offload pay at least (tests check every one).
+
+    Why it holds. With no recompute and no ZeRO-3 a rank's per-micro-batch time has the least of every term
+    (recompute adds a forward, full recompute more memory-bound, TP, CP and all-to-all work, ZeRO-3 exposed
+    gathers, offload exposed copies), so each rank's real total is at least its total here, and the slowest rank's
+    at least the largest of these. The step is m times the slowest rank's time, plus the bubble proportional to it,
+    plus the pipeline's transfers (the same for every ZeRO stage and recompute mode: `_pp_comm`), plus terms that
+    are never negative. Per term: the slowest rank's tensor-, context-parallel, all-to-all and compute seconds are
+    at least the least any rank has here; the bubble at least its fraction of m × this slowest total; pp_comm is
+    exact. On a host whose ranks share its cores, the busy time plus the bubble that adds
+    (`_shared_core_bubble`) grows with both, so the bound's smaller busy time and bubble give a smaller sum; there
+    the transfers are inside that sum and no term is bounded alone (the bubble alone need not grow)."""
     options = options or DEFAULT_OPTIONS
     s = seq_len or model.seq_len
-    model = model.with_seq_len(s)
-    node = cluster
-    cluster = per_rank(cluster)
+    return _step_floor(model.with_seq_len(s), cluster, plan, s, _plan_options(plan, options))
+
+
+def _step_floor(model: ModelSpec, node: Cluster, plan: ParallelPlan, s: int, options: PredictOptions) -> StepFloor:
+    cluster = per_rank(node)
     key = _StageKey(1, plan.tp, plan.cp, 0, plan.micro_batch, "none", plan.sequence_parallel, plan.precision,
                     *_expert_key(plan, options))
-    stages = _stages(model, plan)
-    moe_layer = _layer_total(model, cluster, key, s, options, True)
-    dense_layer = _layer_total(model, cluster, key, s, options, False) if has_dense_layers(model) else 0.0
-    head = sum(_head_costs(model, cluster, key, s, options))
-    # what _stage_time_of(...).total is for this key (no ZeRO-3, no host overheads), from cached per-layer sums
-    slowest = max((layers - dense) * moe_layer + dense * dense_layer + (head if has_last else 0.0)
-                  for (layers, _, has_last), dense in ((stages.roles[i], stages.dense[i]) for i in stages.costed))
+    slowest, least = _micro_batch_floor(model, cluster, key, s, options, plan.pp_schedule, plan.pp, plan.vpp,
+                                        plan.chunk_layers(model))
     m = plan.num_microbatches
     bubble = schedule.bubble_fraction(plan.pp_schedule, plan.pp, plan.vpp, m) * m * slowest
-    if _host_saturated(node) and plan.pp > 1:
-        bubble = _shared_core_bubble(node, m * slowest, bubble)
-    return (m * slowest + bubble) * (1 - 1e-12)  # the margin absorbs rounding in a differently ordered sum
+    if _host_saturated(node):
+        if plan.pp > 1:
+            bubble = _shared_core_bubble(node, m * slowest, bubble)
+        return StepFloor((m * slowest + bubble) * (1 - 1e-12), {})
+    pp_comm = _pp_comm(node, cluster, model, plan, s, False)
+    # the margin absorbs rounding in a differently ordered sum
+    margin = 1 - 1e-12
+    terms = {name: m * v * margin for name, v in least.items()}
+    terms.update(bubble=bubble * margin, pp_comm=pp_comm * margin)
+    return StepFloor((m * slowest + bubble + pp_comm) * margin, terms)
+
+
+#: the TimeBreakdown terms step_floor bounds per rank -> the _LayerCosts field they sum
+_FLOORED_TERMS = {"compute": "compute", "tp_comm": "tp", "cp_comm": "cp", "ep_comm": "ep", "etp_comm": "etp"}
+
+
+def _micro_batch_floor(model: ModelSpec, cluster: Cluster, key: _StageKey, s: int, options: PredictOptions,
+                       pp_schedule: str, pp: int, vpp: int, counts: tuple[int, ...] | None
+                       ) -> tuple[float, dict[str, float]]:
+    """Per micro-batch: the slowest costed rank's total under `key` (no recompute, no ZeRO-3, no host overheads:
+    what _stage_time_of(...).total is there), and per term the least any costed rank has."""
+    moe_layer = _layer_costs(model, cluster, key, s, options)
+    dense_layer = (_layer_costs(moe.dense_layer_model(model), cluster, key, s, options)
+                   if has_dense_layers(model) else moe_layer)
+    head = _head_costs(model, cluster, key, s, options)
+    moe_total, dense_total = sum(moe_layer[2:]), sum(dense_layer[2:])  # every field but the forward parts
+    # per floored term: a layer with experts, one without, the LM head (its GEMMs are compute)
+    per_term = [(getattr(moe_layer, cost), getattr(dense_layer, cost), head[0] if term == "compute" else 0.0)
+                for term, cost in _FLOORED_TERMS.items()]
+    slowest = 0.0
+    least = [float("inf")] * len(per_term)
+    for experts, dense, has_last in _costed_ranks(model, pp_schedule, pp, vpp, counts):
+        slowest = max(slowest, experts * moe_total + dense * dense_total + has_last * (head[0] + head[1]))
+        for j, (with_experts, without, lm_head) in enumerate(per_term):
+            least[j] = min(least[j], experts * with_experts + dense * without + has_last * lm_head)
+    return slowest, dict(zip(_FLOORED_TERMS, least, strict=True))
+
+
+@lru_cache(maxsize=4096)
+def _costed_ranks(model: ModelSpec, pp_schedule: str, pp: int, vpp: int, counts: tuple[int, ...] | None
+                  ) -> tuple[tuple[int, int, bool], ...]:
+    """(layers with experts, layers without, has the LM head) of each costed rank (_Stages.costed), each once."""
+    stages = _stages_of(model, pp_schedule, pp, vpp, counts)
+    return tuple(dict.fromkeys((stages.roles[i][0] - stages.dense[i], stages.dense[i], stages.roles[i][2])
+                               for i in stages.costed))
 
 
 def memory_lower_bound(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int | None = None,
@@ -832,10 +914,7 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     s = seq_len or model.seq_len
     model = model.with_seq_len(s)  # learned position tables are sized by the sequence length
     plan.validate(model, cluster, s, allow_folding=True)
-    if options.moe_expert_layout == "bastion" and moe.runtime_layout(plan) != "bastion":
-        # bastion's runtime folds ep over tp ranks as Megatron-Core lays it out (etp 1, each tp rank routing its
-        # own 1/tp of the tokens, ep groups of consecutive ranks; runtime/mesh.py)
-        options = replace(options, moe_expert_layout=moe.runtime_layout(plan))
+    options = _plan_options(plan, options)
     _check_offload(plan, cluster)
     node = cluster
     cluster = per_rank(cluster)
@@ -864,22 +943,9 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
 
     # pipeline: bubble and the point-to-point transfers on the critical path
     bubble = schedule.bubble_fraction(plan.pp_schedule, plan.pp, plan.vpp, m) * m * slowest.total
-    pp_comm = 0.0
-    if plan.pp > 1:
-        pp_group = comm.place_group(cluster, plan.pp, plan.tp * plan.cp * plan.dp)
-        tokens = plan.micro_batch * s // plan.cp
-        # Megatron's scatter/gather optimisation sends 1/tp of the activation per TP rank
-        act_bytes = tokens * model.hidden_size * activation_dtype_bytes(plan.precision) / plan.tp
-        hop = comm.p2p_time(cluster, float(act_bytes), pp_group.domains > 1)
-        if saturated and node.profile.host_overheads.pipeline_micro_batch_s > 0:
-            # a hop's fixed cost: its calls' host work is in the profile's pipeline_micro_batch_s (real pipeline
-            # pairs, negligible size); the rest of the send/recv line's latency is waiting for a peer that shares
-            # the cores, the shared-core bubble's: only the bytes remain
-            hop -= node.profile.collective_wall_time("send_recv", 2, 0.0,
-                                                     node.accelerator.core_share(node.gpus_per_node)) or 0.0
-        pp_comm = 2 * hop * (m * plan.vpp + plan.pp - 1)
-        if saturated:
-            bubble = _shared_core_bubble(node, m * slowest.total + pp_comm, bubble)
+    pp_comm = _pp_comm(node, cluster, model, plan, s, saturated)
+    if plan.pp > 1 and saturated:
+        bubble = _shared_core_bubble(node, m * slowest.total + pp_comm, bubble)
 
     # data parallelism (ZeRO 0-2): gradients are reduced once per step; DDP's buckets overlap the reduction with
     # the last micro-batch's backward, except the last bucket. ZeRO 1/2 then all-gather the updated parameters.

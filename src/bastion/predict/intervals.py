@@ -279,6 +279,37 @@ def shares_width(s: StepShares, software_known: bool = True) -> float:
     return width_factor(s, stored_intervals()["strata"][stratum(software_known)]["spread"])
 
 
+def least_p90(step_floor: float, term_floors: Mapping[str, float], pp_schedule: str, pp: int, cp: int,
+              seq_len: int, model: ModelSpec, software_known: bool = True) -> float:
+    """The smallest p90 a prediction of `model` can have whose step is at least `step_floor` seconds and whose
+    terms are at least `term_floors` seconds (estimate.TimeBreakdown names; the rest at least 0), for a plan of
+    this pipeline schedule and depth and context-parallel degree (what decides each term's class).
+
+    Why it holds. p90 = step · exp(q · w) with w = sqrt(1 + Σ_c (κ_c · x_c / step)²), x_c the class's seconds.
+    Each x_c is a sum of terms (and, for context parallelism, the compute term × attention's FLOPs part), so x_c
+    ≥ a_c, the same sum of the floors; with K² = Σ_c (κ_c · a_c)², p90 ≥ f(step) = step · exp(q · sqrt(1 +
+    K²/step²)). d ln f / d step = (1 − q · u² / sqrt(1 + u²)) / step with u = K / step: u² / sqrt(1 + u²) grows
+    with u, so f falls while u > u* (q · u*² = sqrt(1 + u*²)) and rises after: its least value over step ≥
+    step_floor is at step_floor when K / step_floor ≤ u*, else at step = K / u*."""
+    q, kappa, coverage = _stratum_widths(software_known)
+    # class_shares is linear in the terms: given seconds, it returns each class's seconds
+    seconds = StepShares(terms=term_floors, attention=term_floors.get("compute", 0.0) * attention_fraction(
+        model, seq_len), pp_schedule=pp_schedule, pp=pp, cp=cp, seq_len=seq_len)
+    k = math.sqrt(sum((kappa[c] * a) ** 2 for c, a in class_shares(seconds, coverage).items()))
+    if k == 0 or q <= 0:
+        return step_floor * math.exp(q)
+    u_star = math.sqrt((1 + math.sqrt(1 + 4 * q * q)) / (2 * q * q))
+    step = max(step_floor, k / u_star)
+    return step * math.exp(q * math.sqrt(1 + (k / step) ** 2))
+
+
+@cache
+def _stratum_widths(software_known: bool) -> tuple[float, dict[str, float], Coverage]:
+    """q, κ per class and the coverage of a stratum's stored calibration (least_p90 asks per plan group)."""
+    spread = stored_intervals()["strata"][stratum(software_known)]["spread"]
+    return (stratum_q(software_known), {c: v["kappa"] for c, v in spread["classes"].items()}, _coverage(spread))
+
+
 def step_interval(est: Any, model: ModelSpec, software_known: bool = True) -> tuple[float, float]:
     """(p10, p90) of the step time of a predict.Estimate of `model`, from the stored calibration."""
     return bounds(est.step_time_s,

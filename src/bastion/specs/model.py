@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -245,8 +246,9 @@ class ModelSpec:
         """Inner width of one expert (routed or shared)."""
         return self.moe_ffn_hidden_size or self.ffn_hidden_size
 
-    @property
+    @cached_property
     def num_moe_layers(self) -> int:
+        # cached: the predictor's FLOPs count asks for it on every plan
         return sum(self.is_moe_layer(i) for i in range(self.num_layers))
 
     def is_moe_layer(self, index: int) -> bool:

@@ -19,7 +19,9 @@ from functools import cached_property
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
-    from bastion.planner.search import MemoryBoundFn, RankedPlan, TimeBoundFn
+    from collections.abc import Mapping
+
+    from bastion.planner.search import MemoryBoundFn, RankedPlan, StepFloorFn, TimeBoundFn
     from bastion.planner.space import Leaf
     from bastion.specs.hardware import Cluster
     from bastion.specs.model import ModelSpec
@@ -38,11 +40,23 @@ class Floors:
     memory_bound: MemoryBoundFn | None
     #: whether the software is known (the stratum of the plans' intervals, predict/intervals.py)
     software_known: bool = True
+    #: the step and the step-time terms no ZeRO stage or recompute mode of a plan goes below (the predictor's
+    #: `step_floor`; None: only `time_bound`'s step is known)
+    step_floor: StepFloorFn | None = None
 
     def step_time(self, cluster: Cluster, leaf: Leaf) -> float:
         """Seconds no plan of `leaf` (any ZeRO stage, any recompute mode) steps in less than."""
+        return self.step_terms(cluster, leaf)[0]
+
+    def step_terms(self, cluster: Cluster, leaf: Leaf) -> tuple[float, Mapping[str, float]]:
+        """`step_time` and the seconds of each step-time term (estimate.TimeBreakdown names) no plan of `leaf`
+        goes below (empty when only the step is bounded)."""
+        plan = leaf.plan(self.global_batch)
+        if self.step_floor is not None:
+            floor = self.step_floor(self.model, cluster, plan, self.seq_len)
+            return floor.step, floor.terms
         assert self.time_bound is not None
-        return self.time_bound(self.model, cluster, leaf.plan(self.global_batch), self.seq_len)
+        return self.time_bound(self.model, cluster, plan, self.seq_len), {}
 
     def memory(self, cluster: Cluster, leaf: Leaf, zero: int) -> float:
         """Bytes per device no plan of `leaf` at ZeRO stage `zero` (any recompute mode) uses less than."""

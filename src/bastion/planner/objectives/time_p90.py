@@ -1,12 +1,13 @@
 """`time-p90` (the default): the shortest step at the upper end of its p10-p90 interval. The interval widens with
 the share of the predicted step that rests on the terms the published runs validate least (predict/intervals.py:
 context parallelism at chunks shorter than any published run's, bubbles of schedules or depths none ran, ...), so
-a plan that looks fast only through those terms pays for the uncertainty instead of winning on it. Every plan's
-interval is at least the stratum's narrowest (width factor 1), so the step-time floor × exp(q) bounds it."""
+a plan that looks fast only through those terms pays for the uncertainty instead of winning on it. Its floor:
+the least p90 of a step at least the step-time floor whose terms are at least their floors (intervals.least_p90:
+the bubble, pipeline transfers and all-to-all every plan of a group pays widen it); with the step's floor alone,
+that floor × exp(q) (every interval is at least the stratum's narrowest, width factor 1)."""
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 from bastion.planner.objectives.base import Floors, Objective
@@ -31,6 +32,8 @@ class TimeP90(Objective):
         return plan.p90_s
 
     def floor(self, floors: Floors, cluster: Cluster, leaf: Leaf, memory: dict[int, float]) -> float:
-        from bastion.predict.intervals import stratum_q
+        from bastion.predict.intervals import least_p90
 
-        return floors.step_time(cluster, leaf) * math.exp(stratum_q(floors.software_known)) * (1 - 1e-9)
+        step, terms = floors.step_terms(cluster, leaf)
+        return least_p90(step, terms, leaf.pp_schedule, leaf.pp, leaf.cp, floors.seq_len, floors.model,
+                         floors.software_known) * (1 - 1e-9)
