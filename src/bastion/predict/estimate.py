@@ -353,9 +353,9 @@ def _sync_points(node: Cluster, model: ModelSpec, plan: ParallelPlan, layers: in
                 collectives += m * (c.per_layer * layers + c.ends * (int(has_first) + int(has_last)) / 2)
     if plan.cp > 1:
         collectives += m * layers * (3 if plan.recompute == "full" else 2)
-    # `pp_comm`'s 2 × (m × vpp + pp − 1) hops, a send or a receive each: half as many send/recv pairs (the
-    # probe's unit, specs/profile.py SyncWait)
-    pairs = float(m * plan.vpp + plan.pp - 1) if plan.pp > 1 else 0.0
+    # `pp_comm`'s hops, a send or a receive each: half as many send/recv pairs (the probe's unit,
+    # specs/profile.py SyncWait)
+    pairs = _pp_hops(plan) / 2
     return {"all_reduce": collectives, "send_recv": pairs}
 
 
@@ -744,7 +744,12 @@ def _pp_comm(node: Cluster, cluster: Cluster, model: ModelSpec, plan: ParallelPl
         # the cores, the shared-core bubble's: only the bytes remain
         hop -= node.profile.collective_wall_time("send_recv", 2, 0.0,
                                                  node.accelerator.core_share(node.gpus_per_node)) or 0.0
-    return 2 * hop * (plan.num_microbatches * plan.vpp + plan.pp - 1)
+    return hop * _pp_hops(plan)
+
+
+def _pp_hops(plan: ParallelPlan) -> float:
+    """Sends and receives on a pipeline rank's critical path per step: 2 × (m × vpp + pp − 1)."""
+    return 2.0 * (plan.num_microbatches * plan.vpp + plan.pp - 1) if plan.pp > 1 else 0.0
 
 
 class _Stages(NamedTuple):

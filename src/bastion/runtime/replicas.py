@@ -128,7 +128,7 @@ class ReplicaGroups:
                 return
             if self._run_finished():
                 raise RunEndedWithoutGroup(f"replica group {self.group}'s node came back after the run had finished")
-            time.sleep(0.2)
+            time.sleep(1.0)  # each look reads the whole metrics.jsonl: a step or two late is no matter here
 
     def _run_finished(self) -> bool:
         summary = read_summary(self.run_dir)
