@@ -340,13 +340,12 @@ def _sync_points(node: Cluster, model: ModelSpec, plan: ParallelPlan, layers: in
     # where the profile timed FSDP2's units on real groups (_runtime_fsdp_comm), their waiting is in that figure
     if plan.dp * plan.cp > 1 and _measured_fsdp(node, plan) is None:
         units = len(fsdp_units(model, plan.tp, "layer", plan.ep, plan.etp)) * layers + 1
-        gathers = 2 if plan.zero_stage == 3 else 1 if plan.zero_stage > 0 else 0
-        if plan.pp <= 1:
-            collectives += m * units * (gathers + 1)
-        elif plan.zero_stage == 3:
-            collectives += m * units * gathers + units
-        else:
-            collectives += units * (gathers + 1)
+        schedule = _fsdp_schedule(plan)
+        # ZeRO 0 runs FSDP2 replicated (runtime/mesh.py dp_layout): its gradients' all-reduce, no gather
+        gathers_per_mb, gathers_once = (0, 0) if plan.zero_stage == 0 else (schedule.gathers_per_micro_batch,
+                                                                           schedule.gathers_once)
+        collectives += units * (m * (gathers_per_mb + schedule.reduces_per_micro_batch) + gathers_once
+                                + schedule.reduces_once)
     if plan.tp > 1 and node.profile is not None:
         for c in node.profile.tp_collectives:
             if c.sequence_parallel == plan.sequence_parallel:
@@ -379,20 +378,42 @@ def _host_saturated(node: Cluster) -> bool:
     return node.profile is not None and node.accelerator.host_cores > 0
 
 
-def _runtime_fsdp_comm(node: Cluster, model: ModelSpec, plan: ParallelPlan, layers: int, has_first: bool,
-                       has_last: bool) -> tuple[float, float]:
-    """Seconds of FSDP2's collectives on one rank of bastion's runtime, none hidden, as (per micro-batch, once
-    per step): every plan with dp × cp > 1 runs FSDP2 (runtime/parallelize.py), which gathers each unit (a
-    block; the rest of the stage as one root unit) for the forward, again for the backward under ZeRO-3
-    (resharded after forward), and reduces its gradients. Where the profile timed FSDP2's units on real groups of
-    the plan's layout, each unit costs that (hooks, latency, waiting) plus its collectives' bytes.
+@dataclass(frozen=True)
+class FsdpSchedule:
+    """How often bastion's runtime runs FSDP2's collectives for each unit in one optimizer step: per
+    micro-batch, and once per step (`_fsdp_schedule`)."""
+
+    gathers_per_micro_batch: int
+    reduces_per_micro_batch: int
+    gathers_once: int
+    reduces_once: int
+
+
+def _fsdp_schedule(plan: ParallelPlan) -> FsdpSchedule:
+    """FSDP2's collectives per unit (a block; the stage's root) in bastion's runtime, the one home of that rule
+    for its time (`_runtime_fsdp_comm`) and its synchronisation points (`_sync_points`): each unit is gathered for
+    the forward, again for the backward under ZeRO-3 (resharded after forward), and its gradients reduced.
 
     Without a pipeline the training loop runs every micro-batch's backward with gradient sync on, so all of it
     recurs per micro-batch. Under a pipeline schedule torch.distributed.pipelining turns FSDP2's gradient sync
     and resharding after backward off for every micro-batch and reduces once per step (PipelineStage's
-    backward_maybe_with_nosync, perform_reduce_grad): ZeRO 0-2 then gather and reduce once per step, leaving
-    each further micro-batch FSDP2's hooks (the profile's one-process layer_fsdp_s per unit); ZeRO-3, resharded
-    after every forward, still gathers per micro-batch and reduces its gradients' bytes once."""
+    backward_maybe_with_nosync, perform_reduce_grad): ZeRO 0-2 then gather and reduce once per step; ZeRO-3,
+    resharded after every forward, still gathers per micro-batch and reduces once."""
+    gathers = 2 if plan.zero_stage == 3 else 1
+    if plan.pp <= 1:
+        return FsdpSchedule(gathers, 1, 0, 0)
+    if plan.zero_stage == 3:
+        return FsdpSchedule(gathers, 0, 0, 1)
+    return FsdpSchedule(0, 0, gathers, 1)
+
+
+def _runtime_fsdp_comm(node: Cluster, model: ModelSpec, plan: ParallelPlan, layers: int, has_first: bool,
+                       has_last: bool) -> tuple[float, float]:
+    """Seconds of FSDP2's collectives on one rank of bastion's runtime, none hidden, as (per micro-batch, once
+    per step): every plan with dp × cp > 1 runs FSDP2 (runtime/parallelize.py), on the schedule
+    `_fsdp_schedule` says. Where the profile timed FSDP2's units on real groups of the plan's layout, each unit
+    costs that (hooks, latency, waiting) plus its collectives' bytes. A micro-batch that runs no collective under
+    a pipeline schedule still runs FSDP2's hooks (the profile's one-process layer_fsdp_s per unit)."""
     shard = plan.dp * plan.cp
     if shard <= 1:
         return 0.0, 0.0
@@ -404,11 +425,10 @@ def _runtime_fsdp_comm(node: Cluster, model: ModelSpec, plan: ParallelPlan, laye
     layer = [(n, expert_group if expert else group) for n, expert in fsdp_units(model, plan.tp, "layer", plan.ep,
                                                                                 plan.etp)]
     units = layer * layers + [(root, group)]
-    gathers = 2 if plan.zero_stage == 3 else 1
     measured = _measured_fsdp(node, plan)
     share = node.accelerator.core_share(node.gpus_per_node)
     if measured is None:
-        gather = sum(gathers * comm.all_gather_time(node, float(n * p_bytes), g) for n, g in units)
+        gather = sum(comm.all_gather_time(node, float(n * p_bytes), g) for n, g in units)
         reduce = sum(comm.reduce_scatter_time(node, float(n * g_bytes), g) for n, g in units)
         fixed = 0.0
     else:
@@ -422,18 +442,18 @@ def _runtime_fsdp_comm(node: Cluster, model: ModelSpec, plan: ParallelPlan, laye
             return at_size - (node.profile.collective_wall_time(op, g.size, 0.0, share) or 0.0)
 
         fixed = (len(layer) * layers * measured.unit_s + measured.root_s) / share
-        gather = sum(gathers * bytes_term("all_gather", float(n * p_bytes), g) for n, g in units
-                     if plan.zero_stage > 0)
+        gather = sum(bytes_term("all_gather", float(n * p_bytes), g) for n, g in units if plan.zero_stage > 0)
         reduce = sum(bytes_term("all_reduce" if plan.zero_stage == 0 else "reduce_scatter", float(n * g_bytes), g)
                      for n, g in units)
-    if plan.pp <= 1:
-        return fixed + gather + reduce, 0.0
-    if plan.zero_stage == 3:
-        return fixed + gather, reduce
+    schedule = _fsdp_schedule(plan)
+    per_micro_batch = schedule.gathers_per_micro_batch * gather + schedule.reduces_per_micro_batch * reduce
+    once = schedule.gathers_once * gather + schedule.reduces_once * reduce
+    if schedule.gathers_per_micro_batch:  # the measured unit cost recurs with the gathers
+        return fixed + per_micro_batch, once
     # (without measured units the hooks are already in the host overhead per micro-batch: _micro_batch_overhead)
     hooks = 0.0 if measured is None else (len(layer) * layers + 1) * node.profile.host_overheads.layer_fsdp_s / share
-    once = fixed + gather + reduce
-    return min(hooks, once), max(0.0, once - hooks)
+    once += fixed
+    return per_micro_batch + min(hooks, once), max(0.0, once - hooks)
 
 
 def _measured_fsdp(node: Cluster, plan: ParallelPlan) -> FsdpUnitCost | None:
