@@ -1,0 +1,74 @@
+"""The predictor on the third blind file: data/blind3_cases.csv holds 33 published runs (30 dense, 3 mixture-of-experts)
+from seven publication families, committed before any prediction was made on them (f6bea4b; predictor code and data
+last changed in 0314257), so that changes made after blind2 was seen can be judged on rows nobody has looked at.
+Provenance: data/SOURCES.md. Figures: benchmarks/bench_heldout.py tests/validation/data/blind3_cases.csv, run once after
+the freeze -> benchmarks/results/blind3_2026-12-07.json.
+
+Measured (33 of 33 rows predicted, none refused; |error| median / p90, signed median, and how often the published step
+time lies in the p10-p90 interval every prediction carries):
+    fms_fsdp_readme             4 rows  10.9% / 21.4%   -1%  coverage 100%  (IBM fms-fsdp, 128 A100: 7B/13B -12/-26%,
+                                                                             34B/70B full AC +10%)
+    ibm_fsdp_blog_2403          8 rows  19.0% / 36.6%  -19%  coverage  75%  (A100 -22..+7%; 96 H100 -17..-40%)
+    ibm_fsdp_compile_blog_2405  8 rows  11.7% / 23.3%  -11%  coverage 100%  (torch.compile; A100 -11..+15%, H100 -11..-26%)
+    tinyllama                   1 row   22.3%          +22%  coverage 100%
+    megatron_fsdp_v2_qwen3      3 rows  54.6% / 69.1%  -55%  coverage   0%  (Qwen3-30B-A3B on 8 GB200: -52%, -55%, MXFP8 -73%)
+    mlperf_training_v31_gpt3    7 rows  12.5% / 12.9%  +12%  coverage 100%  (GPT-3 175B FP8, NeMo 23.09, 512-10,752 H100)
+    mlperf_training_v40_gpt3    2 rows  19.3% / 19.4%  +19%  coverage 100%  (NeMo 24.04, 10,752 / 11,616 H100)
+    all                        33 rows  13.1% / 39.0%    0%  coverage  85%,  median interval width 81%
+By framework: other (fms-fsdp, TinyLlama) 21 rows 13.2% / 26.3%, coverage 90%; nemo (MLPerf) 9 rows 12.6% / 19.2%, 100%;
+megatron-lm (Megatron-FSDP) 3 rows 54.6% / 69.1%, 0%. These assertions hold the figures near what was measured so that a
+regression shows; they do not assert a target.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import published_case_checks as checks
+import pytest
+import test_software_facts
+
+from bastion.predict.frameworks import FACT_COLUMNS, MOE_FACT_COLUMNS, framework_releases
+from bastion.predict.validate import COLUMNS, MOE_COLUMNS, PUBLIC_CASES, read_cases, validate_cases
+
+DATA = Path(__file__).parent / "data"
+BLIND3 = DATA / "blind3_cases.csv"
+OTHER_CASE_FILES = (PUBLIC_CASES, DATA / "nemo_cases.csv", DATA / "torchtitan_cases.csv",
+                    DATA / "heldout_cases.csv", DATA / "moe_cases.csv", DATA / "blind_cases.csv",
+                    DATA / "blind2_cases.csv")
+FAMILIES = {"ibm_fsdp_blog_2403", "fms_fsdp_readme", "ibm_fsdp_compile_blog_2405", "tinyllama",
+            "megatron_fsdp_v2_qwen3", "mlperf_training_v31_gpt3", "mlperf_training_v40_gpt3"}
+ROWS = read_cases(BLIND3)
+REPORT = validate_cases(BLIND3)
+#: family -> (rows predicted, median |error|, p90 |error|, coverage of the shipped interval), measured at f6bea4b
+MEASURED = {"all": (33, 0.131, 0.390, 0.848), "fms_fsdp_readme": (4, 0.109, 0.214, 1.0),
+            "ibm_fsdp_blog_2403": (8, 0.190, 0.366, 0.750), "ibm_fsdp_compile_blog_2405": (8, 0.117, 0.233, 1.0),
+            "megatron_fsdp_v2_qwen3": (3, 0.546, 0.691, 0.0), "mlperf_training_v31_gpt3": (7, 0.125, 0.129, 1.0),
+            "mlperf_training_v40_gpt3": (2, 0.193, 0.194, 1.0), "tinyllama": (1, 0.223, 0.223, 1.0)}
+
+
+def test_the_file_has_the_moe_case_file_columns_and_states_its_evidence() -> None:
+    checks.assert_rows_state_their_evidence(BLIND3, [*COLUMNS, *FACT_COLUMNS, *MOE_COLUMNS, *MOE_FACT_COLUMNS])
+    assert {r["model"] for r in ROWS if r["num_experts"]} == {"Qwen3-30B-A3B"}
+
+
+def test_its_frameworks_are_known_or_declared_other() -> None:
+    assert {r["framework"] for r in ROWS} == {"other", "nemo", "megatron-lm"}
+    assert all(framework_releases().get(r["framework"]) for r in ROWS if r["framework"] != "other")
+
+
+def test_its_families_are_new_and_declared_out_of_sample() -> None:
+    checks.assert_families_new_and_blind(BLIND3, OTHER_CASE_FILES, FAMILIES)
+
+
+def test_no_prediction_depends_on_the_publication(tmp_path: Path) -> None:
+    test_software_facts.test_blanking_source_group_source_and_notes_changes_no_prediction(BLIND3, tmp_path)
+
+
+def test_every_row_is_predicted_or_refused_with_a_reason() -> None:
+    checks.assert_each_row_predicted_or_refused(BLIND3, REPORT, refused=set())  # none was refused when measured
+
+
+@pytest.mark.parametrize("family", sorted(MEASURED))
+def test_blind3_figures_stay_near_what_was_measured(family: str) -> None:
+    checks.assert_figures_near(checks.cases_by_family(BLIND3, REPORT)[family], MEASURED[family])
