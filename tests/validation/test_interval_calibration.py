@@ -72,7 +72,9 @@ def test_the_stored_q_is_that_of_todays_predictor() -> None:
 
 
 def test_a_family_is_never_in_its_own_q() -> None:
-    family = "nemo_launcher_2023"  # the rows furthest off in the known stratum: they would set its q
+    # the rows furthest off in the known stratum, which would set its q: flagperf (its Mixtral row) since the
+    # NeMo Megatron 2022-23 entries (branch nemoold) brought nemo_launcher_2023 from -20% to -8%
+    family = "flagperf"
     others = fit((c for c in ROWS if c.family != family), spread=SPREAD, by_software=True)
     everyone = fit(ROWS, spread=SPREAD, by_software=True)
     case = next(c for c in ROWS if c.family == family)
