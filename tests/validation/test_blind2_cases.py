@@ -28,7 +28,7 @@ megatron-deepspeed rows unchanged):
     nemo_launcher_2023  6 rows   7.9% / 13.0%  (GPT 5B: -16..-5%)
     all                23 rows   2.6% /  9.7%;  nemo 16 rows 3.6% / 9.2%
 Coverage of the shipped interval is 100% on every family, as it was just before the change (the intervals widened
-since the first measurement: median width 64%). MEASURED holds these figures; only the point predictions of the
+since the first measurement: median width 62% after the recalibration that followed these entries, a82da6c). MEASURED holds these figures; only the point predictions of the
 flagperf rows are still out of sample.
 """
 
