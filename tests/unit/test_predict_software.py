@@ -12,7 +12,13 @@ import pytest
 
 from bastion.errors import ConfigError
 from bastion.predict import PredictOptions, estimate
-from bastion.predict.frameworks import SoftwareFacts, facts_from_row, framework_releases, resolve
+from bastion.predict.frameworks import (
+    SoftwareFacts,
+    default_recipe,
+    facts_from_row,
+    framework_releases,
+    resolve,
+)
 from bastion.predict.kernels import attention_kernels, kernel_efficiency
 from bastion.predict.options import PRODUCTION_STACK
 from bastion.predict.software import software_stack, software_stacks
@@ -105,6 +111,20 @@ def test_a_framework_release_picks_the_entry_it_falls_under() -> None:
     assert resolve(SoftwareFacts(framework="megatron-lm", version="2018-01"))[0].name == "megatron-lm-2021"
     stack, _, notes = resolve(SoftwareFacts(framework="megatron-lm"))
     assert stack.name == "production" and "framework_version not given" in notes[0]
+
+
+def test_nemo_megatron_releases_of_2022_23_run_megatron_attention_and_their_own_recipes() -> None:
+    # the launcher's GPT-3 configs: unfused attention with dropout, no Transformer Engine, until the 2024 entries
+    for version in ("2022-01", "2022-09", "2023-11"):
+        stack, options, _ = resolve(SoftwareFacts(framework="nemo", version=version))
+        assert stack.name == "nemo-megatron-2022" and not options.flash_attention and options.dropout
+    assert resolve(SoftwareFacts(framework="nemo", version="2024-01"))[0].name == "nemo-2024-03"
+    recipe = {v: default_recipe(SoftwareFacts(framework="nemo", version=v))[0]
+              for v in ("2022-05", "2022-06", "2022-08")}
+    # sequence parallelism and selective recompute from 22.06; the distributed optimizer only from 22.08
+    assert recipe["2022-05"] == {"sequence_parallel": False, "zero_stage": 0}
+    assert recipe["2022-06"] == {"sequence_parallel": True, "recompute": "selective", "zero_stage": 0}
+    assert recipe["2022-08"] == {"sequence_parallel": True, "recompute": "selective"}
 
 
 def test_an_unknown_framework_takes_the_documented_default_and_says_so() -> None:

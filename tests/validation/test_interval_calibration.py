@@ -37,9 +37,10 @@ ROWS = out_of_sample_rows(CALIBRATION_FILES)
 STORED = stored_intervals()
 SPREAD = {s: STORED["strata"][s]["spread"] for s in STRATA}
 CROSS_FIT = cross_fit(ROWS, SPREAD)
-#: (stratum, case file or "all") -> (rows, cross-fitted coverage, median width) as measured at branch intervals2
-MEASURED = {(KNOWN, "all"): (93, 0.989, 0.685), (KNOWN, "heldout_cases.csv"): (70, 1.0, 0.695),
-            (KNOWN, "blind2_cases.csv"): (23, 0.957, 0.641),
+#: (stratum, case file or "all") -> (rows, cross-fitted coverage, median width) as measured at branch intervals2; the
+#: known stratum re-measured at branch nemoold (the NeMo Megatron 2022-23 entries: its widths 1.8-1.9 points narrower)
+MEASURED = {(KNOWN, "all"): (93, 0.989, 0.667), (KNOWN, "heldout_cases.csv"): (70, 1.0, 0.677),
+            (KNOWN, "blind2_cases.csv"): (23, 0.957, 0.622),
             (UNKNOWN, "all"): (136, 0.934, 0.692), (UNKNOWN, "heldout_cases.csv"): (72, 1.0, 0.692),
             (UNKNOWN, "blind_cases.csv"): (41, 0.780, 0.810), (UNKNOWN, "blind2_cases.csv"): (23, 1.0, 0.671)}
 #: a width may move by 5 points before the record must be updated; a coverage by one row
@@ -72,7 +73,9 @@ def test_the_stored_q_is_that_of_todays_predictor() -> None:
 
 
 def test_a_family_is_never_in_its_own_q() -> None:
-    family = "nemo_launcher_2023"  # the rows furthest off in the known stratum: they would set its q
+    # the rows furthest off in the known stratum, which would set its q: flagperf (its Mixtral row) since the
+    # NeMo Megatron 2022-23 entries (branch nemoold) brought nemo_launcher_2023 from -20% to -8%
+    family = "flagperf"
     others = fit((c for c in ROWS if c.family != family), spread=SPREAD, by_software=True)
     everyone = fit(ROWS, spread=SPREAD, by_software=True)
     case = next(c for c in ROWS if c.family == family)
