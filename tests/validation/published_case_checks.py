@@ -32,14 +32,17 @@ def assert_rows_state_their_evidence(path: Path, columns: list[str]) -> None:
     assert len({r["case_id"] for r in rows}) == len(rows)
 
 
-def assert_families_new_and_blind(path: Path, other_case_files: tuple[Path, ...], families: set[str]) -> None:
-    """The file's families are exactly `families`, none appears in another case file, and holdout.toml lists each as
-    out of sample because it was compiled blind."""
+def assert_families_new_and_blind(path: Path, other_case_files: tuple[Path, ...], families: set[str],
+                                  seen_since: frozenset[str] = frozenset()) -> None:
+    """The file's families are exactly `families`, none appears in another case file, holdout.toml says each was
+    compiled blind, and lists as in-sample exactly `seen_since`: the families something in the predictor was chosen
+    after seeing (its `why` says what), every other one out of sample."""
     found = {r[FAMILY_COLUMN] for r in read_cases(path)}
     seen = {r[FAMILY_COLUMN] for other in other_case_files for r in read_cases(other)}
     assert found == families and not found & seen
     notes = family_notes()
-    assert all(notes[f]["in_sample"] is False and "blind" in notes[f]["why"] for f in found)
+    assert all("blind" in notes[f]["why"] for f in found)
+    assert {f for f in found if notes[f]["in_sample"]} == seen_since
 
 
 def assert_each_row_predicted_or_refused(path: Path, report: ValidationReport, refused: set[str]) -> None:

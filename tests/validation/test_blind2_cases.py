@@ -67,7 +67,9 @@ def test_every_row_names_a_framework_bastion_has_releases_for() -> None:
 
 
 def test_its_families_are_new_and_declared_out_of_sample() -> None:
-    checks.assert_families_new_and_blind(BLIND2, OTHER_CASE_FILES, {"flagperf", "nemo_launcher_2022", "nemo_launcher_2023"})
+    # the NeMo 2022-23 entries of frameworks.toml were added after these NeMo rows' errors were seen
+    checks.assert_families_new_and_blind(BLIND2, OTHER_CASE_FILES, {"flagperf", "nemo_launcher_2022", "nemo_launcher_2023"},
+                                         seen_since=frozenset({"nemo_launcher_2022", "nemo_launcher_2023"}))
 
 
 def test_no_prediction_depends_on_the_publication(tmp_path: Path) -> None:

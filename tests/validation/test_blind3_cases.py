@@ -58,7 +58,9 @@ def test_its_frameworks_are_known_or_declared_other() -> None:
 
 
 def test_its_families_are_new_and_declared_out_of_sample() -> None:
-    checks.assert_families_new_and_blind(BLIND3, OTHER_CASE_FILES, FAMILIES)
+    # NeMo 2023-03's fp8 attention entry (frameworks.toml) was added after the MLPerf v3.1 rows were seen
+    checks.assert_families_new_and_blind(BLIND3, OTHER_CASE_FILES, FAMILIES,
+                                         seen_since=frozenset({"mlperf_training_v31_gpt3"}))
 
 
 def test_no_prediction_depends_on_the_publication(tmp_path: Path) -> None:

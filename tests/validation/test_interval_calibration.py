@@ -32,7 +32,7 @@ from bastion.predict.validate import PUBLIC_CASES
 
 DATA = Path(__file__).parent / "data"
 DEVELOPMENT_FILES = (PUBLIC_CASES, DATA / "nemo_cases.csv", DATA / "torchtitan_cases.csv")
-CALIBRATION_FILES = (DATA / "heldout_cases.csv", DATA / "blind_cases.csv", DATA / "blind2_cases.csv")
+CALIBRATION_FILES = tuple(DATA / f"{name}_cases.csv" for name in ("heldout", "blind", "blind2", "blind3"))
 ROWS = out_of_sample_rows(CALIBRATION_FILES)
 STORED = stored_intervals()
 SPREAD = {s: STORED["strata"][s]["spread"] for s in STRATA}

@@ -741,9 +741,13 @@ def _check_offload(plan: ParallelPlan, cluster: Cluster) -> None:
 
 def _plan_options(plan: ParallelPlan, options: PredictOptions) -> PredictOptions:
     """The software options the plan runs under: bastion's runtime folds ep over tp ranks as Megatron-Core lays it
-    out (etp 1, each tp rank routing its own 1/tp of the tokens, ep groups of consecutive ranks; runtime/mesh.py)."""
+    out (etp 1, each tp rank routing its own 1/tp of the tokens, ep groups of consecutive ranks; runtime/mesh.py);
+    an fp8 plan runs the flash kernel its fp8 library brings where the stack says so (fp8_attention_kernel)."""
     if options.moe_expert_layout == "bastion" and moe.runtime_layout(plan) != "bastion":
-        return replace(options, moe_expert_layout=moe.runtime_layout(plan))
+        options = replace(options, moe_expert_layout=moe.runtime_layout(plan))
+    if plan.precision == "fp8" and options.fp8_attention_kernel:
+        options = replace(options, flash_attention=True, attention_kernel=options.fp8_attention_kernel,
+                          fp8_attention_kernel="")
     return options
 
 

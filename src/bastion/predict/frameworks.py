@@ -45,6 +45,8 @@ class FrameworkRelease:
     #: documented
     moe_dispatcher: str = ""
     moe_dispatcher_source: str = ""
+    #: the flash kernel the release's fp8 plans run (PredictOptions.fp8_attention_kernel; "" = the stack's)
+    fp8_attention_kernel: str = ""
 
 
 #: what a framework's default recipe may fill in: sequence_parallel (when tp > 1), recompute and zero_stage
@@ -163,6 +165,10 @@ def resolve(facts: SoftwareFacts) -> tuple[SoftwareStack, PredictOptions, list[s
     options = stack.options
     if release is not None and release.moe_dispatcher:
         options = replace(options, moe_dispatcher=release.moe_dispatcher)
+    if release is not None and release.fp8_attention_kernel:
+        options = replace(options, fp8_attention_kernel=release.fp8_attention_kernel)
+        notes.append(f"fp8 plans: attention as {release.fp8_attention_kernel} (the release's fp8 library brings "
+                     f"its own kernel; predict/data/frameworks.toml)")
     if facts.moe_dispatcher:
         options = replace(options, moe_dispatcher=facts.moe_dispatcher)
         notes.append(f"moe_dispatcher: {facts.moe_dispatcher} (given)")
@@ -180,10 +186,10 @@ def resolve(facts: SoftwareFacts) -> tuple[SoftwareStack, PredictOptions, list[s
             notes.append(f"attention_kernel {facts.attention_kernel}: not modelled yet, the release's kernel "
                          f"({options.attention_kernel}) stands")
         elif kernel == "":
-            options = replace(options, flash_attention=False)
+            options = replace(options, flash_attention=False, fp8_attention_kernel="")
             notes.append("attention_kernel: unfused (given)")
         else:
-            options = replace(options, flash_attention=True, attention_kernel=kernel)
+            options = replace(options, flash_attention=True, attention_kernel=kernel, fp8_attention_kernel="")
             notes.append(f"attention_kernel: {facts.attention_kernel} (given), at the rate of {kernel}")
     if facts.fp8_recipe:
         options = replace(options, fp8_recipe=facts.fp8_recipe)

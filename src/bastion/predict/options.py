@@ -25,6 +25,10 @@ class PredictOptions:
     #: instructions); `flash-attn-2` stays at ~35% of the peak on Hopper and later; `flash-attn-triton` (2022-23)
     #: is slower still
     attention_kernel: str = "sdpa"
+    #: the flash kernel an fp8 plan's attention runs where the stack's fp8 comes with a library that brings its own
+    #: ("" = as any other plan): NeMo Megatron 2023's fp8 needs Transformer Engine, whose DotProductAttention is
+    #: a flash kernel while the same release's bf16 configs run Megatron's unfused attention
+    fp8_attention_kernel: str = ""
     #: the flash kernel never exceeds this fraction of the card's bf16 peak (None: the calibrated rate of torch
     #: 2.11's SDPA, scaled by matmul_efficiency). For kernels that do not use the card's newest tensor-core
     #: instructions: FlashAttention-2 on Hopper reaches about 0.35 (Shah et al. 2024, FlashAttention-3, abstract),
@@ -119,6 +123,8 @@ class PredictOptions:
         from bastion.predict.kernels import attention_kernel
 
         attention_kernel(self.attention_kernel)  # a ConfigError with the known names if it is not one
+        if self.fp8_attention_kernel:
+            attention_kernel(self.fp8_attention_kernel)
         from bastion.predict.kernels import fp8_recipe
 
         fp8_recipe(self.fp8_recipe)  # likewise
