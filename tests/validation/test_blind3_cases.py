@@ -18,6 +18,12 @@ time lies in the p10-p90 interval every prediction carries):
 By framework: other (fms-fsdp, TinyLlama) 21 rows 13.2% / 26.3%, coverage 90%; nemo (MLPerf) 9 rows 12.6% / 19.2%, 100%;
 megatron-lm (Megatron-FSDP) 3 rows 54.6% / 69.1%, 0%. These assertions hold the figures near what was measured so that a
 regression shows; they do not assert a target.
+
+Afterwards: the NeMo Megatron 2022-23 entries (branch nemoold, written without seeing this file) moved the MLPerf v3.1
+rows (NeMo 23.09, fp8) from 12.5% to 19.3% — an out-of-sample test they failed; a NeMo 2023-03 entry (fp8 plans run
+Transformer Engine's flash attention, cited) was added after seeing that: 13.8% / 14.3%, and that family is in-sample
+since (holdout.toml). The other six families are unchanged and remain out of sample; all 33 rows 14.3% / 39.0%,
+coverage 85% (MEASURED below).
 """
 
 from __future__ import annotations
@@ -40,10 +46,11 @@ FAMILIES = {"ibm_fsdp_blog_2403", "fms_fsdp_readme", "ibm_fsdp_compile_blog_2405
             "megatron_fsdp_v2_qwen3", "mlperf_training_v31_gpt3", "mlperf_training_v40_gpt3"}
 ROWS = read_cases(BLIND3)
 REPORT = validate_cases(BLIND3)
-#: family -> (rows predicted, median |error|, p90 |error|, coverage of the shipped interval), measured at f6bea4b
-MEASURED = {"all": (33, 0.131, 0.390, 0.848), "fms_fsdp_readme": (4, 0.109, 0.214, 1.0),
+#: family -> (rows predicted, median |error|, p90 |error|, coverage of the shipped interval), measured at f6bea4b;
+#: all and mlperf_training_v31_gpt3 re-measured after the NeMo 2023-03 entry
+MEASURED = {"all": (33, 0.143, 0.390, 0.848), "fms_fsdp_readme": (4, 0.109, 0.214, 1.0),
             "ibm_fsdp_blog_2403": (8, 0.190, 0.366, 0.750), "ibm_fsdp_compile_blog_2405": (8, 0.117, 0.233, 1.0),
-            "megatron_fsdp_v2_qwen3": (3, 0.546, 0.691, 0.0), "mlperf_training_v31_gpt3": (7, 0.125, 0.129, 1.0),
+            "megatron_fsdp_v2_qwen3": (3, 0.546, 0.691, 0.0), "mlperf_training_v31_gpt3": (7, 0.138, 0.143, 1.0),
             "mlperf_training_v40_gpt3": (2, 0.193, 0.194, 1.0), "tinyllama": (1, 0.223, 0.223, 1.0)}
 
 
