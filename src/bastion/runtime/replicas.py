@@ -64,10 +64,12 @@ class RunEndedWithoutGroup(Exception):
 
 class ReplicaGroups:
     def __init__(self, group: int, groups: int, train_state: Any, run_dir: Path,
-                 back_at: int | None = None, resume_from_disk: Callable[[], int | None] | None = None) -> None:
+                 back_at: int | None = None, resume_from_disk: Callable[[], int | None] | None = None,
+                 restarted_at: Callable[[int], None] | None = None) -> None:
         """`train_state`: the trainer (already resumed from a checkpoint on a fresh launch). `resume_from_disk`:
         restores the newest committed checkpoint (collective within the group), returning its step or None; a
-        restarted group calls it when no live peer was there to heal from."""
+        restarted group calls it when no live peer was there to heal from. `restarted_at(step)`: a restarted
+        group's state is in place, at `step` (healed from a peer or loaded from disk), in its first quorum."""
         from torchft import Manager, ProcessGroupGloo
 
         # a warning on every reconfiguration that concerns NCCL's flight recorder, which gloo has not
@@ -91,6 +93,7 @@ class ReplicaGroups:
         if train_state.step:  # resumed from a checkpoint: torchft counts steps from there (its quorum's max_step)
             self._set_manager_step(train_state.step)
         self._resume_from_disk = resume_from_disk
+        self._restarted_at = restarted_at
         self._joined = False
         #: the groups that took part in the last step
         self.participants: list[int] = list(range(groups))
@@ -106,7 +109,13 @@ class ReplicaGroups:
                 raise RunEndedWithoutGroup(f"replica group {self.group} came back after the run had finished")
             time.sleep(0.5)
             self.manager.start_quorum()
-        if self.restarted and self.manager.current_step() == 0:
+        # in the quorum from here on: `leads` is the quorum's (the leading group logs a batch the disk's data
+        # position skips, below)
+        self._joined = True
+        if not self.restarted:
+            return
+        step = self.manager.current_step()  # healed from a live peer in the quorum: that peer's step
+        if step == 0:
             # every participant is at step 0: no live peer to heal from (all groups died); each of them takes the
             # same newest committed checkpoint
             step = self._resume_from_disk() if self._resume_from_disk is not None else None
@@ -114,7 +123,8 @@ class ReplicaGroups:
                 raise RuntimeError(f"Replica group {self.group} restarted, but no live replica group was there to "
                                    f"heal from within {JOIN_S:.0f} s, and the run has no committed checkpoint.")
             self._set_manager_step(step)
-        self._joined = True
+        if self._restarted_at is not None:
+            self._restarted_at(step)
 
     def _set_manager_step(self, step: int) -> None:
         self.manager.load_state_dict({"step": step, "batches_committed": self.manager.batches_committed()})
