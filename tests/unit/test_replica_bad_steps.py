@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from bastion.runtime.replicas import ReplicaGroups, StepNotCommitted
 from bastion.runtime.resilience import BadStep
@@ -80,6 +81,19 @@ def test_a_failed_verdict_exchange_retries_the_batch(reason: str | None) -> None
     peers = Peers(others=[0.0], fails=True)
     with pytest.raises(StepNotCommitted):
         _replicas(peers).agree(reason)
+    assert peers.votes == [False]
+
+
+def test_an_exchange_failed_on_another_rank_of_the_group_retries_the_batch_here_too(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # this rank's exchange with its peers went through and found the step bad; the group's other rank's failed:
+    # every rank of the group retries the batch (none skips it), and votes the step down once
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    monkeypatch.setattr(dist, "all_reduce", lambda tensor, op=None, group=None: tensor.fill_(1))
+    peers = Peers(others=[1.0])
+    with pytest.raises(StepNotCommitted):
+        _replicas(peers).agree("gradient norm is nan")
     assert peers.votes == [False]
 
 

@@ -9,7 +9,7 @@ to the lighthouse) and is what the trainer calls inside a step:
                                (after the group's own reduction) and the loss, and telling which groups took part
     agree(reason)              the NaN guard's verdict of the step, shared: bad in every group when any judged it
                                so, and then no group commits the step (torchft is told its gradients are bad); a
-                               failed exchange: not committed, retried on the same batch
+                               failed exchange (on any rank of the group): not committed, retried on the same batch
     should_commit()            every group agrees to apply the update (False after a failed all-reduce: the step
                                is retried on the same batch)
 
@@ -166,10 +166,15 @@ class ReplicaGroups:
         each group's own history of norms, which a healed group lacks. A bad step is then voted down in every
         group (torchft's protocol for gradients that must be discarded: its step count stays where every
         group's is) and the caller skips it. Raises StepNotCommitted when the exchange failed (the gradients
-        themselves may then be corrupt): the step is retried on the same batch."""
+        themselves may then be corrupt): the step is retried on the same batch, by every rank of the group when
+        any of them failed (each exchanges with its own peers in the other groups: a group whose ranks took
+        different ways, one retrying the batch, another skipping it, would train its shards on different data)."""
         flag = torch.tensor([0.0 if reason is None else 1.0])
         self.manager.allreduce(flag).wait()
-        if self.manager.errored() is not None:
+        if _on_any_rank(self.manager.errored() is not None):
+            if self.manager.errored() is None:  # another rank's exchange failed: this rank votes it down too
+                self.manager.report_error(RuntimeError("another rank of the replica group could not share the "
+                                                       "step's verdict"))
             self.manager.should_commit()  # False; the group's ranks vote together once per step, as torchft asks
             raise StepNotCommitted("the replica groups could not share the step's verdict")
         if reason is None and flag.item() > 0:
@@ -211,6 +216,15 @@ class ReplicaGroups:
 
     def shutdown(self) -> None:
         self.manager.shutdown(wait=False)
+
+
+def _on_any_rank(flag: bool) -> bool:
+    """Whether `flag` is set on any rank of this replica group (a collective of the group's own ranks)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    shared = torch.tensor([int(flag)], dtype=torch.int32)
+    dist.all_reduce(shared, op=dist.ReduceOp.MAX)
+    return bool(shared.item())
 
 
 def replica_summary(run_dir: Path, groups: int, global_batch: int) -> dict[str, Any]:
