@@ -58,6 +58,7 @@ def train(tmp_path: Path, token_data: Path, name: str, *extra: str, steps: int =
          "--steps", str(steps), "--run-dir", str(run_dir), "--no-progress", *extra],
         capture_output=True, text=True, timeout=800, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    (tmp_path / f"{name}.out").write_text(result.stdout + result.stderr)  # what the person saw
     return run_dir
 
 
@@ -235,3 +236,7 @@ def test_a_nan_step_is_skipped_alike_by_every_rank_of_groups_of_several_ranks(tm
     assert groups[0]["params_sha256"] == groups[1]["params_sha256"] == summary["params_sha256"]
     assert summary["params_sha256"] == json.loads((skipped / "summary.json").read_text())["params_sha256"]
     assert summary["skipped_batch_starts"] == [bad[0]] and summary["plan"]["dp"] == SHARDED_PLAN["dp"]
+    said = (tmp_path / "nan.out").read_text()  # skipped, not rolled back: the console says which
+    assert f"step {NAN_AT} rejected (gradient norm is nan); its update was not applied in any replica group, " \
+           f"continuing from step {NAN_AT - 1} and skipping samples {bad[0]}..{bad[1] - 1}" in said
+    assert "1 bad step(s) skipped" in said and "rolled back" not in said and "rollback(s)" not in said
