@@ -156,19 +156,20 @@ class Resilience:
             log_event(self.run_dir, "run_start", world_size=self.world, plan=self.plan.to_dict(), time=started)
         # a restarted torchft group knows its step only in its first quorum (`restarted_at`)
         if (self.attempt > 0 or source is not None) and not restarted_group:
-            self._log_start("restart" if self.attempt > 0 else "resume", self.resumed_from or 0)
+            self._log_start(self.resumed_from or 0)
 
-    def _log_start(self, kind: str, step: int) -> None:
-        """Rank 0: the `restart` or `resume` event of this process start, resumed from `step`."""
+    def _log_start(self, step: int) -> None:
+        """Rank 0: the `restart` (torchrun restarted the workers) or `resume` (a launch) event of this process
+        start, resumed from `step`."""
         if self.rank == 0:
             group = {} if self.replica_group is None else {"replica_group": self.replica_group}
-            log_event(self.run_dir, kind, attempt=self.attempt, resumed_from_step=step, world_size=self.world,
-                      plan=self.plan.to_dict(), **group)
+            log_event(self.run_dir, "restart" if self.attempt > 0 else "resume", attempt=self.attempt,
+                      resumed_from_step=step, world_size=self.world, plan=self.plan.to_dict(), **group)
 
     def restarted_at(self, step: int) -> None:
         """A restarted torchft replica group's state is in place, at `step`: healed from a live peer, or loaded
         from disk by `resume_from_disk` (runtime/replicas.py, the group's first quorum). Logs its restart."""
-        self._log_start("restart", step)
+        self._log_start(step)
 
     def resume_from_disk(self) -> int | None:
         """Restore the newest committed checkpoint of this run (collective); its step, or None when there is
