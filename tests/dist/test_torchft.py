@@ -177,6 +177,27 @@ def test_when_every_group_dies_each_resumes_from_the_newest_checkpoint(tmp_path,
     _same_run(run_dir, uninterrupted)
 
 
+def _skipped_as(run_dir: Path, skipped: Path, bad: list[int], steps: int) -> dict:
+    """`run_dir`'s run rejected its step NAN_AT (samples `bad`) once, retried and replayed nothing, and trained
+    as `skipped`'s (`--skip-batch NAN_AT`) did, bit for bit, every group on every step; its summary."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    assert [r["step"] for r in records if "event" not in r] == list(range(1, steps + 1))  # nothing replayed
+    [rollback] = [r for r in records if r.get("event") == "rollback"]  # one verdict, logged once for the run
+    assert (rollback["step"], rollback["skipped_sample_ids"], rollback["resumed_from_step"]) == (NAN_AT, bad,
+                                                                                                 NAN_AT - 1)
+    mine, reference = _steps(run_dir), _steps(skipped)
+    for step in mine:
+        assert mine[step]["loss"] == reference[step]["loss"], step
+        assert mine[step]["sample_ids"] == reference[step]["sample_ids"]
+        assert mine[step]["replica_groups"] == [0, 1]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    groups = [json.loads((run_dir / "replica_groups" / f"group-{g}.json").read_text()) for g in (0, 1)]
+    assert [g["steps"] for g in groups] == [steps, steps]
+    assert groups[0]["params_sha256"] == groups[1]["params_sha256"] == summary["params_sha256"]
+    assert summary["params_sha256"] == json.loads((skipped / "summary.json").read_text())["params_sha256"]
+    return summary
+
+
 def test_a_nan_step_is_rejected_and_skipped_by_every_group_alike(tmp_path, token_data, uninterrupted) -> None:
     batch = PLAN["global_batch"]
     bad = [(NAN_AT - 1) * batch, NAN_AT * batch]  # the run's step NAN_AT: both groups' shares
@@ -191,21 +212,7 @@ def test_a_nan_step_is_rejected_and_skipped_by_every_group_alike(tmp_path, token
 
     run_dir = train(tmp_path, token_data, "nan", "--fault-tolerance", "torchft", "--checkpoint-every", "3",
                     "--inject", f"nan:step={NAN_AT}", steps=RESUMED_STEPS)
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    assert [r["step"] for r in records if "event" not in r] == list(range(1, RESUMED_STEPS + 1))  # nothing replayed
-    [rollback] = [r for r in records if r.get("event") == "rollback"]  # one verdict, logged once for the run
-    assert (rollback["step"], rollback["skipped_sample_ids"], rollback["resumed_from_step"]) == (NAN_AT, bad,
-                                                                                                 NAN_AT - 1)
-    steps = _steps(run_dir)
-    for step in steps:
-        assert steps[step]["loss"] == reference[step]["loss"], step
-        assert steps[step]["sample_ids"] == reference[step]["sample_ids"]
-        assert steps[step]["replica_groups"] == [0, 1]
-    summary = json.loads((run_dir / "summary.json").read_text())
-    groups = [json.loads((run_dir / "replica_groups" / f"group-{g}.json").read_text()) for g in (0, 1)]
-    assert [g["steps"] for g in groups] == [RESUMED_STEPS, RESUMED_STEPS]
-    assert groups[0]["params_sha256"] == groups[1]["params_sha256"] == summary["params_sha256"]
-    assert summary["params_sha256"] == json.loads((skipped / "summary.json").read_text())["params_sha256"]
+    summary = _skipped_as(run_dir, skipped, bad, RESUMED_STEPS)
     assert summary["rollbacks"] == 1 and summary["skipped_batch_starts"] == [bad[0]]
     assert summary["replica_groups"]["samples_trained"] == RESUMED_STEPS * batch  # the skipped batch is no step's
 
@@ -220,21 +227,8 @@ def test_a_nan_step_is_skipped_alike_by_every_rank_of_groups_of_several_ranks(tm
     # them from the managed all-reduce, every rank's clipping norm from its group's
     run_dir = train(tmp_path, token_data, "nan", *ft, "--checkpoint-every", "3", "--inject",
                     f"nan:rank=3,step={NAN_AT}", steps=SHARDED_STEPS, plan=SHARDED_PLAN)
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    assert [r["step"] for r in records if "event" not in r] == list(range(1, SHARDED_STEPS + 1))  # none retried
-    [rollback] = [r for r in records if r.get("event") == "rollback"]
-    assert (rollback["step"], rollback["skipped_sample_ids"]) == (NAN_AT, bad)
-    steps, reference = _steps(run_dir), _steps(skipped)
-    for step in steps:
-        assert steps[step]["loss"] == reference[step]["loss"], step
-        assert steps[step]["sample_ids"] == reference[step]["sample_ids"]
-        assert steps[step]["replica_groups"] == [0, 1]
     # every rank holds its shard of the same parameters as the reference's (the hash is of the gathered model)
-    summary = json.loads((run_dir / "summary.json").read_text())
-    groups = [json.loads((run_dir / "replica_groups" / f"group-{g}.json").read_text()) for g in (0, 1)]
-    assert [g["steps"] for g in groups] == [SHARDED_STEPS, SHARDED_STEPS]
-    assert groups[0]["params_sha256"] == groups[1]["params_sha256"] == summary["params_sha256"]
-    assert summary["params_sha256"] == json.loads((skipped / "summary.json").read_text())["params_sha256"]
+    summary = _skipped_as(run_dir, skipped, bad, SHARDED_STEPS)
     assert summary["skipped_batch_starts"] == [bad[0]] and summary["plan"]["dp"] == SHARDED_PLAN["dp"]
     said = (tmp_path / "nan.out").read_text()  # skipped, not rolled back: the console says which
     assert f"step {NAN_AT} rejected (gradient norm is nan); its update was not applied in any replica group, " \
