@@ -4,7 +4,8 @@
 to the lighthouse) and is what the trainer calls inside a step:
 
     begin_step()               the step's quorum (sync: a restarted group heals here, from a live peer, before it
-                               reads its batch); the first call waits for every group to be there
+                               reads its batch, or loads the disk, and then logs its restart, at the step it
+                               got); the first call waits for every group to be there
     average(tensors, loss)     one managed all-reduce across the participating groups, averaging the gradients
                                (after the group's own reduction) and the loss, and telling which groups took part
     agree(reason)              the NaN guard's verdict of the step, shared: bad in every group when any judged it
