@@ -17,7 +17,9 @@ heal from, every restarted group loads the newest committed checkpoint, and the 
 uninterrupted one. The fourth: NaN gradients at NAN_AT in one group (averaged into every group's): every group
 rejects the step, none applies it, and all skip its batch without a rollback (the checkpoint another group may be
 writing is no common point): the run is a `--skip-batch NAN_AT` torchft run's, bit for bit, the batch counted
-once for the run.
+once for the run. The fifth: the same with groups of two ranks each (SHARDED_PLAN: 2 groups × 2 processes, ZeRO-3
+inside a group), the NaN on one rank of the non-leading group only: every rank of every group skips the same
+step, and the run is the same plan's `--skip-batch` run, bit for bit.
 """
 
 from __future__ import annotations
@@ -42,17 +44,21 @@ RESUMED_STEPS = 20
 ALL_DIE_AT = 7
 NAN_AT = 6
 PLAN = {"dp": 2, "pp": 1, "tp": 1, "zero_stage": 0, "micro_batch": 1, "global_batch": 4, "precision": "fp32"}
+#: two replica groups of two FSDP ranks each (`--replica-groups 2`), two micro-batches per rank
+SHARDED_PLAN = {**PLAN, "dp": 4, "zero_stage": 3, "global_batch": 8}
+SHARDED_STEPS = 10
 
 
-def train(tmp_path: Path, token_data: Path, name: str, *extra: str, steps: int = STEPS) -> Path:
-    plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps(PLAN))
+def train(tmp_path: Path, token_data: Path, name: str, *extra: str, steps: int = STEPS, plan: dict = PLAN) -> Path:
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(plan))
     run_dir = tmp_path / name
     result = subprocess.run(
-        [sys.executable, "-m", "bastion", "train", "--model", "tiny", "--plan", str(plan), "--data", str(token_data),
+        [sys.executable, "-m", "bastion", "train", "--model", "tiny", "--plan", str(plan_file), "--data", str(token_data),
          "--steps", str(steps), "--run-dir", str(run_dir), "--no-progress", *extra],
         capture_output=True, text=True, timeout=800, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    (tmp_path / f"{name}.out").write_text(result.stdout + result.stderr)  # what the person saw
     return run_dir
 
 
@@ -81,7 +87,8 @@ def test_a_killed_replica_group_is_dropped_restarted_healed_and_rejoins(tmp_path
               if r.get("event") in ("replica_group_drop", "replica_group_join")]
     assert events == [("replica_group_drop", KILL_AT, [1]), ("replica_group_join", alone[-1] + 1, [1])]
     restarts = [r for r in records if r.get("event") == "restart"]
-    assert [r["replica_group"] for r in restarts] == [1]  # group 0 was never restarted
+    # group 0 was never restarted; group 1 logged its restart once healed, at group 0's step then
+    assert [(r["replica_group"], r["resumed_from_step"]) for r in restarts] == [(1, alone[-1])]
     groups = [json.loads((run_dir / "replica_groups" / f"group-{g}.json").read_text()) for g in (0, 1)]
     assert [g["restarts"] for g in groups] == [0, 1] and [g["steps"] for g in groups] == [STEPS, STEPS]
     assert groups[0]["params_sha256"] == groups[1]["params_sha256"] is not None  # healed: bit-identical
@@ -162,12 +169,33 @@ def test_when_every_group_dies_each_resumes_from_the_newest_checkpoint(tmp_path,
                     "--inject", f"kill:rank=0,step={ALL_DIE_AT}",
                     "--inject", f"kill:rank=1,step={ALL_DIE_AT}", steps=RESUMED_STEPS)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    assert sorted(r["replica_group"] for r in records if r.get("event") == "restart") == [0, 1]
-    resumes = [(r["replica_group"], r["resumed_from_step"]) for r in records if r.get("event") == "resume"]
-    assert sorted(resumes) == [(0, CKPT_EVERY), (1, CKPT_EVERY)]  # from disk: no peer was live
+    restarts = [(r["replica_group"], r["resumed_from_step"]) for r in records if r.get("event") == "restart"]
+    assert sorted(restarts) == [(0, CKPT_EVERY), (1, CKPT_EVERY)]  # from disk: no peer was live
+    assert not [r for r in records if r.get("event") == "resume"]
     replayed = [r["step"] for r in records if "event" not in r]
     assert replayed == [*range(1, ALL_DIE_AT), *range(CKPT_EVERY + 1, RESUMED_STEPS + 1)]
     _same_run(run_dir, uninterrupted)
+
+
+def _skipped_as(run_dir: Path, skipped: Path, bad: list[int], steps: int) -> dict:
+    """`run_dir`'s run rejected its step NAN_AT (samples `bad`) once, retried and replayed nothing, and trained
+    as `skipped`'s (`--skip-batch NAN_AT`) did, bit for bit, every group on every step; its summary."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    assert [r["step"] for r in records if "event" not in r] == list(range(1, steps + 1))  # nothing replayed
+    [rollback] = [r for r in records if r.get("event") == "rollback"]  # one verdict, logged once for the run
+    assert (rollback["step"], rollback["skipped_sample_ids"], rollback["resumed_from_step"]) == (NAN_AT, bad,
+                                                                                                 NAN_AT - 1)
+    mine, reference = _steps(run_dir), _steps(skipped)
+    for step in mine:
+        assert mine[step]["loss"] == reference[step]["loss"], step
+        assert mine[step]["sample_ids"] == reference[step]["sample_ids"]
+        assert mine[step]["replica_groups"] == [0, 1]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    groups = [json.loads((run_dir / "replica_groups" / f"group-{g}.json").read_text()) for g in (0, 1)]
+    assert [g["steps"] for g in groups] == [steps, steps]
+    assert groups[0]["params_sha256"] == groups[1]["params_sha256"] == summary["params_sha256"]
+    assert summary["params_sha256"] == json.loads((skipped / "summary.json").read_text())["params_sha256"]
+    return summary
 
 
 def test_a_nan_step_is_rejected_and_skipped_by_every_group_alike(tmp_path, token_data, uninterrupted) -> None:
@@ -184,20 +212,25 @@ def test_a_nan_step_is_rejected_and_skipped_by_every_group_alike(tmp_path, token
 
     run_dir = train(tmp_path, token_data, "nan", "--fault-tolerance", "torchft", "--checkpoint-every", "3",
                     "--inject", f"nan:step={NAN_AT}", steps=RESUMED_STEPS)
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    assert [r["step"] for r in records if "event" not in r] == list(range(1, RESUMED_STEPS + 1))  # nothing replayed
-    [rollback] = [r for r in records if r.get("event") == "rollback"]  # one verdict, logged once for the run
-    assert (rollback["step"], rollback["skipped_sample_ids"], rollback["resumed_from_step"]) == (NAN_AT, bad,
-                                                                                                 NAN_AT - 1)
-    steps = _steps(run_dir)
-    for step in steps:
-        assert steps[step]["loss"] == reference[step]["loss"], step
-        assert steps[step]["sample_ids"] == reference[step]["sample_ids"]
-        assert steps[step]["replica_groups"] == [0, 1]
-    summary = json.loads((run_dir / "summary.json").read_text())
-    groups = [json.loads((run_dir / "replica_groups" / f"group-{g}.json").read_text()) for g in (0, 1)]
-    assert [g["steps"] for g in groups] == [RESUMED_STEPS, RESUMED_STEPS]
-    assert groups[0]["params_sha256"] == groups[1]["params_sha256"] == summary["params_sha256"]
-    assert summary["params_sha256"] == json.loads((skipped / "summary.json").read_text())["params_sha256"]
+    summary = _skipped_as(run_dir, skipped, bad, RESUMED_STEPS)
     assert summary["rollbacks"] == 1 and summary["skipped_batch_starts"] == [bad[0]]
     assert summary["replica_groups"]["samples_trained"] == RESUMED_STEPS * batch  # the skipped batch is no step's
+
+
+def test_a_nan_step_is_skipped_alike_by_every_rank_of_groups_of_several_ranks(tmp_path, token_data) -> None:
+    batch = SHARDED_PLAN["global_batch"]
+    bad = [(NAN_AT - 1) * batch, NAN_AT * batch]
+    ft = ("--fault-tolerance", "torchft", "--replica-groups", "2")
+    skipped = train(tmp_path, token_data, "skipped", *ft, "--checkpoint-every", "never", "--skip-batch",
+                    str(NAN_AT), steps=SHARDED_STEPS, plan=SHARDED_PLAN)
+    # group 1's second rank (the run's rank 3) alone: its shards of the gradients are NaN, group 0's rank 1 gets
+    # them from the managed all-reduce, every rank's clipping norm from its group's
+    run_dir = train(tmp_path, token_data, "nan", *ft, "--checkpoint-every", "3", "--inject",
+                    f"nan:rank=3,step={NAN_AT}", steps=SHARDED_STEPS, plan=SHARDED_PLAN)
+    # every rank holds its shard of the same parameters as the reference's (the hash is of the gathered model)
+    summary = _skipped_as(run_dir, skipped, bad, SHARDED_STEPS)
+    assert summary["skipped_batch_starts"] == [bad[0]] and summary["plan"]["dp"] == SHARDED_PLAN["dp"]
+    said = (tmp_path / "nan.out").read_text()  # skipped, not rolled back: the console says which
+    assert f"step {NAN_AT} rejected (gradient norm is nan); its update was not applied in any replica group, " \
+           f"continuing from step {NAN_AT - 1} and skipping samples {bad[0]}..{bad[1] - 1}" in said
+    assert "1 bad step(s) skipped" in said and "rolled back" not in said and "rollback(s)" not in said

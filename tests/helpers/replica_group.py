@@ -1,5 +1,6 @@
 """One torchft replica group's trainer and resilience in this process (a single-process gloo group, the tiny model,
-no torchft Manager): what the unit tests of runtime/replicas.py's rules build."""
+no torchft Manager): what the unit tests of runtime/replicas.py's rules build; and a restarted group's
+`ReplicaGroups` whose first quorum is a stand-in (`restarted_group`)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from bastion.rundir.metrics import read_metrics
 from bastion.runtime.data import prepare_dataset
 from bastion.runtime.mesh import build_mesh
+from bastion.runtime.replicas import ReplicaGroups
 from bastion.runtime.resilience import Resilience
 from bastion.runtime.resilience_config import ResilienceConfig
 from bastion.runtime.train_config import TrainConfig
@@ -57,3 +60,46 @@ def replica_group_builder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, plan:
             resilience.checkpointer.close()
             resilience.watchdog.close()
         dist.destroy_process_group()
+
+
+class FirstQuorum:
+    """torchft's Manager as a restarted group's first quorum (`begin_step`) asks it: every group is there, at the
+    quorum's `step` (0: no live peer had stepped; else the group was healed from a peer at that step), this group
+    at `rank` in it."""
+
+    def __init__(self, groups: int, step: int, rank: int = 0) -> None:
+        self.groups, self.step, self.rank = groups, step, rank
+
+    def start_quorum(self) -> None:
+        pass
+
+    def num_participants(self) -> int:
+        return self.groups
+
+    def current_step(self) -> int:
+        return self.step
+
+    def participating_rank(self) -> int:
+        return self.rank
+
+    def batches_committed(self) -> int:
+        return 0
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = state["step"]
+
+
+def restarted_group(quorum: FirstQuorum, group: int, resilience: Resilience) -> ReplicaGroups:
+    """Replica group `group` restarted by torchrun, wired to `resilience` as runtime/train.py wires it, with
+    `quorum` as its Manager."""
+    replicas = object.__new__(ReplicaGroups)  # no torchft Manager: the stand-in answers what begin_step asks
+    replicas.manager, replicas.group, replicas.groups = quorum, group, quorum.groups
+    replicas.restarted, replicas._joined, replicas.run_dir = True, False, resilience.run_dir
+    replicas._resume_from_disk, replicas._restarted_at = resilience.resume_from_disk, resilience.restarted_at
+    resilience.leads = lambda: replicas.leads
+    return replicas
+
+
+def events(run_dir: Path, kind: str) -> list[dict[str, Any]]:
+    """The run's events of `kind`, in order."""
+    return [r for r in read_metrics(run_dir).records if r.get("event") == kind]

@@ -1,11 +1,11 @@
 """Checkpoints under --fault-tolerance torchft (runtime/replicas.py, runtime/resilience.py), in one process: the
 leading group of the step's quorum writes them (one copy: the groups hold the same state), the others save
 nothing; a fresh launch's group starts from the newest committed checkpoint, a restarted group does not read the
-disk at its start (it heals from a live peer first) and reads it only when asked (`resume_from_disk`: no peer)."""
+disk at its start (it heals from a live peer first) and reads it only when its first quorum finds no peer to heal
+from; its `restart` event, logged then, gives the step it got."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ from bastion.rundir import checkpoints as checkpoint_files
 from bastion.rundir.layout import checkpoints_dir
 from bastion.runtime.replicas import ReplicaGroups
 from bastion.runtime.trainer import Trainer
-from helpers.replica_group import replica_group_builder
+from helpers.replica_group import FirstQuorum, events, replica_group_builder, restarted_group
 
 PLAN = {"dp": 1, "micro_batch": 2, "global_batch": 4, "precision": "fp32"}
 EVERY = 2
@@ -71,10 +71,12 @@ def test_only_the_writing_group_saves_and_a_restarted_group_reads_the_disk_only_
     restarted, restarted_resilience = group(0, attempt=1)
     restarted_resilience.start()
     assert restarted.step == 0  # not from disk: its first quorum heals it from a live peer
-    assert restarted_resilience.resume_from_disk() == 2 * EVERY  # no peer was live: the newest checkpoint
-    resumes = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-               if '"resume"' in line]
-    assert [(r["replica_group"], r["resumed_from_step"]) for r in resumes] == [(0, 2 * EVERY)]
+    assert not events(tmp_path / "run", "restart")  # where its state comes from is not known yet
+    # its first quorum: every group at step 0, no peer was live: the newest checkpoint
+    restarted_group(FirstQuorum(groups=2, step=0), 0, restarted_resilience).begin_step()
+    restarts = events(tmp_path / "run", "restart")
+    assert [(r["replica_group"], r["resumed_from_step"]) for r in restarts] == [(0, 2 * EVERY)]
+    assert not events(tmp_path / "run", "resume")  # one event for the one restart
     assert restarted.step == 2 * EVERY and restarted.sampler.consumed_samples == trainer.sampler.consumed_samples
     assert all(torch.equal(a, b) for a, b in zip(_params(restarted), _params(trainer), strict=True))
 
@@ -82,3 +84,11 @@ def test_only_the_writing_group_saves_and_a_restarted_group_reads_the_disk_only_
     relaunched_resilience.start()  # a fresh launch (attempt 0): every group loads the newest checkpoint
     assert relaunched.step == 2 * EVERY
     assert all(torch.equal(a, b) for a, b in zip(_params(relaunched), _params(trainer), strict=True))
+
+
+def test_a_restarted_group_healed_by_a_peer_logs_the_peers_step(group, tmp_path: Path) -> None:
+    _, resilience = group(1, attempt=1)
+    resilience.start()
+    # healed in the quorum from a peer at step 7 (this run has no checkpoint: reading the disk would fail)
+    restarted_group(FirstQuorum(groups=2, step=7, rank=1), 1, resilience).begin_step()
+    assert [(r["replica_group"], r["resumed_from_step"]) for r in events(tmp_path / "run", "restart")] == [(1, 7)]

@@ -543,10 +543,12 @@ def _print_time_breakdown(run_dir: Path) -> None:
 
     shares = ", ".join(f"{name.removesuffix('_s').replace('_', ' ')} {parts[name]:.1f} s"
                        for name in ("productive_s", "lost_s", "checkpoint_stall_s", "recovery_s", "other_s"))
+    groups = summary.get("replica_groups")
+    # under torchft a bad step is skipped by every group, nothing is rolled back (runtime/resilience.py)
+    refused = "bad step(s) skipped" if groups else "rollback(s)"
     Console(stderr=True).print(
         f"[bold]where the time went[/] ({parts['wall_s']:.1f} s): {shares}; goodput {summary['goodput']:.1%}, "
-        f"{summary['restarts']} restart(s), {summary['rollbacks']} rollback(s), {summary['lost_steps']} lost step(s)")
-    groups = summary.get("replica_groups")
+        f"{summary['restarts']} restart(s), {summary['rollbacks']} {refused}, {summary['lost_steps']} lost step(s)")
     if groups:  # --fault-tolerance torchft: say which samples were not trained on, never claim them all
         Console(stderr=True).print(
             f"[bold]replica groups[/] ({groups['groups']}): {groups['drops']} drop(s), {groups['rejoins']} "

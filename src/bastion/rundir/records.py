@@ -74,7 +74,8 @@ RESUME = EventKind("resume", "a launch continues this run from a checkpoint (--r
                    ("attempt", "resumed_from_step", "world_size", "plan", "replica_group"))
 RESTART = EventKind("restart", "the worker group was restarted after a failure and resumed from a checkpoint "
                     "(a torchft replica group, `replica_group`: heals from a live peer instead, from the newest "
-                    "checkpoint only when no peer is live); `attempt` counts from 0 again in each launch",
+                    "checkpoint only when no peer is live, and logs it in its first quorum, when it knows the "
+                    "step); `attempt` counts from 0 again in each launch",
                     ("attempt", "resumed_from_step", "world_size", "plan", "replica_group"))
 REPLICA_GROUP_DROP = EventKind("replica_group_drop", "--fault-tolerance torchft: from `step` on the run steps "
                                "without replica groups `groups` (failed or gone); their shares of its batches are "

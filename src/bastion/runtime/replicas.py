@@ -4,12 +4,13 @@
 to the lighthouse) and is what the trainer calls inside a step:
 
     begin_step()               the step's quorum (sync: a restarted group heals here, from a live peer, before it
-                               reads its batch); the first call waits for every group to be there
+                               reads its batch, or loads the disk, and then logs its restart, at the step it
+                               got); the first call waits for every group to be there
     average(tensors, loss)     one managed all-reduce across the participating groups, averaging the gradients
                                (after the group's own reduction) and the loss, and telling which groups took part
     agree(reason)              the NaN guard's verdict of the step, shared: bad in every group when any judged it
                                so, and then no group commits the step (torchft is told its gradients are bad); a
-                               failed exchange: not committed, retried on the same batch
+                               failed exchange (on any rank of the group): not committed, retried on the same batch
     should_commit()            every group agrees to apply the update (False after a failed all-reduce: the step
                                is retried on the same batch)
 
@@ -64,10 +65,12 @@ class RunEndedWithoutGroup(Exception):
 
 class ReplicaGroups:
     def __init__(self, group: int, groups: int, train_state: Any, run_dir: Path,
-                 back_at: int | None = None, resume_from_disk: Callable[[], int | None] | None = None) -> None:
+                 back_at: int | None = None, resume_from_disk: Callable[[], int | None] | None = None,
+                 restarted_at: Callable[[int], None] | None = None) -> None:
         """`train_state`: the trainer (already resumed from a checkpoint on a fresh launch). `resume_from_disk`:
         restores the newest committed checkpoint (collective within the group), returning its step or None; a
-        restarted group calls it when no live peer was there to heal from."""
+        restarted group calls it when no live peer was there to heal from. `restarted_at(step)`: a restarted
+        group's state is in place, at `step` (healed from a peer or loaded from disk), in its first quorum."""
         from torchft import Manager, ProcessGroupGloo
 
         # a warning on every reconfiguration that concerns NCCL's flight recorder, which gloo has not
@@ -91,6 +94,7 @@ class ReplicaGroups:
         if train_state.step:  # resumed from a checkpoint: torchft counts steps from there (its quorum's max_step)
             self._set_manager_step(train_state.step)
         self._resume_from_disk = resume_from_disk
+        self._restarted_at = restarted_at
         self._joined = False
         #: the groups that took part in the last step
         self.participants: list[int] = list(range(groups))
@@ -106,7 +110,13 @@ class ReplicaGroups:
                 raise RunEndedWithoutGroup(f"replica group {self.group} came back after the run had finished")
             time.sleep(0.5)
             self.manager.start_quorum()
-        if self.restarted and self.manager.current_step() == 0:
+        # in the quorum from here on: `leads` is the quorum's (the leading group logs a batch the disk's data
+        # position skips, below)
+        self._joined = True
+        if not self.restarted:
+            return
+        step = self.manager.current_step()  # healed from a live peer in the quorum: that peer's step
+        if step == 0:
             # every participant is at step 0: no live peer to heal from (all groups died); each of them takes the
             # same newest committed checkpoint
             step = self._resume_from_disk() if self._resume_from_disk is not None else None
@@ -114,7 +124,8 @@ class ReplicaGroups:
                 raise RuntimeError(f"Replica group {self.group} restarted, but no live replica group was there to "
                                    f"heal from within {JOIN_S:.0f} s, and the run has no committed checkpoint.")
             self._set_manager_step(step)
-        self._joined = True
+        if self._restarted_at is not None:
+            self._restarted_at(step)
 
     def _set_manager_step(self, step: int) -> None:
         self.manager.load_state_dict({"step": step, "batches_committed": self.manager.batches_committed()})
@@ -156,10 +167,15 @@ class ReplicaGroups:
         each group's own history of norms, which a healed group lacks. A bad step is then voted down in every
         group (torchft's protocol for gradients that must be discarded: its step count stays where every
         group's is) and the caller skips it. Raises StepNotCommitted when the exchange failed (the gradients
-        themselves may then be corrupt): the step is retried on the same batch."""
+        themselves may then be corrupt): the step is retried on the same batch, by every rank of the group when
+        any of them failed (each exchanges with its own peers in the other groups: a group whose ranks took
+        different ways, one retrying the batch, another skipping it, would train its shards on different data)."""
         flag = torch.tensor([0.0 if reason is None else 1.0])
         self.manager.allreduce(flag).wait()
-        if self.manager.errored() is not None:
+        if _on_any_rank(self.manager.errored() is not None):
+            if self.manager.errored() is None:  # another rank's exchange failed: this rank votes it down too
+                self.manager.report_error(RuntimeError("another rank of the replica group could not share the "
+                                                       "step's verdict"))
             self.manager.should_commit()  # False; the group's ranks vote together once per step, as torchft asks
             raise StepNotCommitted("the replica groups could not share the step's verdict")
         if reason is None and flag.item() > 0:
@@ -201,6 +217,15 @@ class ReplicaGroups:
 
     def shutdown(self) -> None:
         self.manager.shutdown(wait=False)
+
+
+def _on_any_rank(flag: bool) -> bool:
+    """Whether `flag` is set on any rank of this replica group (a collective of the group's own ranks)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    shared = torch.tensor([int(flag)], dtype=torch.int32)
+    dist.all_reduce(shared, op=dist.ReduceOp.MAX)
+    return bool(shared.item())
 
 
 def replica_summary(run_dir: Path, groups: int, global_batch: int) -> dict[str, Any]:

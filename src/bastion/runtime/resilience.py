@@ -154,21 +154,28 @@ class Resilience:
         # a restart or a continuation of this run directory's own checkpoints keeps counting
         if self.rank == 0 and self.attempt == 0 and not continuing and not self.replica_group:
             log_event(self.run_dir, "run_start", world_size=self.world, plan=self.plan.to_dict(), time=started)
-        if self.rank == 0 and (self.attempt > 0 or source is not None):
+        # a restarted torchft group knows its step only in its first quorum (`restarted_at`)
+        if (self.attempt > 0 or source is not None) and not restarted_group:
+            self._log_start(self.resumed_from or 0)
+
+    def _log_start(self, step: int) -> None:
+        """Rank 0: the `restart` (torchrun restarted the workers) or `resume` (a launch) event of this process
+        start, resumed from `step`."""
+        if self.rank == 0:
             group = {} if self.replica_group is None else {"replica_group": self.replica_group}
             log_event(self.run_dir, "restart" if self.attempt > 0 else "resume", attempt=self.attempt,
-                      resumed_from_step=self.resumed_from or 0, world_size=self.world, plan=self.plan.to_dict(),
-                      **group)
+                      resumed_from_step=step, world_size=self.world, plan=self.plan.to_dict(), **group)
+
+    def restarted_at(self, step: int) -> None:
+        """A restarted torchft replica group's state is in place, at `step`: healed from a live peer, or loaded
+        from disk by `resume_from_disk` (runtime/replicas.py, the group's first quorum). Logs its restart."""
+        self._log_start(step)
 
     def resume_from_disk(self) -> int | None:
         """Restore the newest committed checkpoint of this run (collective); its step, or None when there is
-        none (a restarted torchft group that found no live peer to heal from; rank 0 logs a `resume` event, its
-        `restart` event having been logged before it knew where its state would come from)."""
+        none (a restarted torchft group that found no live peer to heal from)."""
         if self._restore_newest() is None:
             return None
-        if self.rank == 0:
-            log_event(self.run_dir, "resume", attempt=self.attempt, resumed_from_step=self.resumed_from,
-                      world_size=self.world, plan=self.plan.to_dict(), replica_group=self.replica_group)
         # inside the step's quorum, after before_step had skipped from the position the disk now replaced: the
         # checkpoint may end right before a batch the groups rejected
         self._skip_known_bad(self.resumed_from + 1, self.train_state.sampler)
@@ -363,8 +370,13 @@ class Resilience:
             log_event(self.run_dir, "rollback", step=bad.step, reason=bad.reason,
                       skipped_sample_ids=[bad.batch_start, end], resumed_from_step=resumed,
                       checkpoint=source is not None)
-            print(f"bastion: step {bad.step} rejected ({bad.reason}); rolled back to step {resumed} "
-                  f"and skipping samples {bad.batch_start}..{end - 1}", flush=True)
+            if source is not None:
+                done = f"rolled back to the checkpoint of step {resumed}"
+            else:
+                anywhere = "" if self.replica_group is None else " in any replica group"
+                done = f"its update was not applied{anywhere}, continuing from step {resumed}"
+            print(f"bastion: step {bad.step} rejected ({bad.reason}); {done} and skipping samples "
+                  f"{bad.batch_start}..{end - 1}", flush=True)
 
     # ---- end ---------------------------------------------------------------------------------------------
     def finish(self) -> dict[str, Any]:

@@ -122,7 +122,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         group_ranks = range(config.replica_group * world, (config.replica_group + 1) * world)
         back_at = node_back_at([parse_fault(s) for s in config.resilience.inject], run_dir, group_ranks)
         replicas = ReplicaGroups(config.replica_group, config.replica_groups, trainer, run_dir, back_at,
-                                 resume_from_disk=resilience.resume_from_disk)
+                                 resume_from_disk=resilience.resume_from_disk, restarted_at=resilience.restarted_at)
         trainer.replicas = replicas
         resilience.leads = lambda: replicas.leads  # one group writes; all hold the same state
         resilience.agree = replicas.agree  # one verdict on a bad step for every group
