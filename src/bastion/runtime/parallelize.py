@@ -136,8 +136,9 @@ def apply_context_parallel(module: Transformer, rmesh: RuntimeMesh) -> None:
 # ---- 1c. expert parallel -----------------------------------------------------------------------------------
 def apply_expert_parallel(module: Transformer, rmesh: RuntimeMesh) -> None:
     """Split every routed-expert tensor on dim 0 over the ep ranks and give each MoE block its ep group; with
-    etp = tp also each expert's inner width over the tp ranks (w1/w3 on dim 1, w2 on dim 2: colwise, rowwise),
-    one 2-D (ep, tp) DTensor, which FSDP2 then shards over the expert data-parallel ranks (EP + TP)."""
+    etp > 1 also each expert's inner width over the etp ranks (w1/w3 on dim 1, w2 on dim 2: colwise, rowwise),
+    one 2-D (ep, etp) DTensor, which FSDP2 then shards over the expert data-parallel ranks (EP + TP). The etp
+    ranks hold different rows when the tp ranks route their own sequence shards (folded ep, runtime/moe.py)."""
     from torch.distributed.tensor import Shard, distribute_tensor
 
     plan = rmesh.plan
@@ -145,14 +146,12 @@ def apply_expert_parallel(module: Transformer, rmesh: RuntimeMesh) -> None:
     if plan.ep > 1:
         ep_mesh = rmesh.ep_mesh
         group = ExpertParallelGroup(group=ep_mesh.get_group(), size=ep_mesh.size(), rank=rmesh.ep_rank)
-    if plan.etp > 1:
-        mesh = rmesh.expert_mesh["ep", "tp"] if plan.ep > 1 else rmesh.tp_mesh
-    else:
-        mesh = rmesh.ep_mesh
+    mesh = rmesh.expert_shard_mesh
     for sub in module.modules():
         if isinstance(sub, MoE):
             sub.ep = group
-            sub.experts.etp_mesh = rmesh.tp_mesh if plan.etp > 1 else None
+            sub.experts.etp_mesh = rmesh.etp_mesh
+            sub.experts.etp_gathers_rows = plan.etp > 1 and routes_sequence_shard(plan)
             for name, param in list(sub.experts.named_parameters(recurse=False)):
                 width_dim = 2 if name == "w2" else 1
                 placements = ([Shard(0)] if plan.ep > 1 else []) + ([Shard(width_dim)] if plan.etp > 1 else [])
