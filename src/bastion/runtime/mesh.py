@@ -20,8 +20,8 @@ Expert parallelism (ep > 1) is carved from the data-parallel ranks, as in Megatr
 dimension is unflattened into (dp × cp / ep, ep), ep innermost, so rank i of that dimension holds expert group
 i mod ep. Routed experts are split over "ep" and sharded (zero 1-3) or replicated (zero 0) over the other factor
 (`expert_dp_mesh`); every other parameter keeps the whole dp × cp dimension. With expert tensor parallelism
-(etp = tp) the experts are also split in width over "tp": 2-D ("ep", "tp") DTensors. Both meshes are views of one root mesh,
-which FSDP2 needs to compose the experts' DTensor placements with its own. With cp > 1 an ep group may hold cp
+(etp = tp) the experts are also split in width over "tp": 2-D ("ep", "tp") DTensors (1 < etp < tp: below). Both
+meshes are views of one root mesh, which FSDP2 needs to compose the experts' DTensor placements with its own. With cp > 1 an ep group may hold cp
 ranks of one replica: each routes its own shard of the sequences (runtime/moe.py's SequenceSplit); an ep group's
 members share a tp index, so its members are tp ranks apart (the predictor's "bastion" layout, predict/moe.py).
 

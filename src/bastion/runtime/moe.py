@@ -10,8 +10,10 @@ One code path for every plan, so a run on many ranks computes what one process c
             regrouped by local expert. torch's functional `all_to_all_single_autograd` carries the gradient
             back with the splits swapped (the same collective torchtitan's ExpertParallel uses)
   experts   one SwiGLU/GELU MLP per expert over its contiguous rows: `torch._grouped_mm` on CUDA cards that have
-            it (bf16), otherwise an exact per-expert loop (CPU); dropless, no capacity factor. With etp = tp each
-            tp rank computes its slice of every expert's width on the same rows and the outputs are summed
+            it (bf16), otherwise an exact per-expert loop (CPU); dropless, no capacity factor. With etp > 1 each
+            etp rank computes its slice of every expert's width on the same rows and the outputs are summed;
+            where the etp ranks received different rows (ep folded over tp ranks, each routing its own shard)
+            the rows are all-gathered over etp first and the summed outputs reduce-scattered back (Megatron-Core)
   combine   the reverse all_to_all, un-permute, and the top_k outputs of a token summed with their router weights
             in a fixed order; the shared experts (one MLP of their summed width) are added for every token
 
@@ -67,9 +69,9 @@ class SequenceSplit:
 
 def routes_sequence_shard(plan: ParallelPlan) -> bool:
     """Each tp rank routes its own shard of the sequence: its sequence-parallel shard (sp with etp = 1), or, with
-    ep folded over the tp ranks (etp = 1), without sp its slice of the replicated activation (an ep group
+    ep folded over the tp ranks (any etp), without sp its slice of the replicated activation (an ep group
     spanning tp ranks must not dispatch a token once per tp rank); otherwise the tp ranks of a replica route the
-    same tokens (with etp = tp each computes a slice of every expert's width). The predictor's layouts
+    same tokens (with etp > 1 each computes a slice of every expert's width). The predictor's layouts
     (predict/moe.py's routing_layout and runtime_layout) are the home of the rule."""
     from bastion.predict.moe import routing_layout, runtime_layout
 

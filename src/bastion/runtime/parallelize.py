@@ -6,8 +6,8 @@ Order (the one PyTorch documents, and torchtitan uses):
   1b. context parallel - (cp > 1) the chunk's attention gathers keys/values over the cp group and masks by global
                         position; positions are the global ones of this rank's tokens (runtime/context_parallel.py)
   1c. expert parallel  - (ep > 1) routed experts become DTensors split on dim 0 over the ep ranks, and each MoE block
-                        dispatches its tokens to them with all_to_all (runtime/moe.py); with etp = tp also split in
-                        width over tp; before FSDP, which then shards the local experts over the remaining
+                        dispatches its tokens to them with all_to_all (runtime/moe.py); with etp > 1 also split in
+                        width over etp of the tp ranks; before FSDP, which then shards the local experts over the remaining
                         data-parallel ranks (runtime/mesh.py; ep groups may also span tp ranks: parallel folding)
   1d. split sequences - (MoE with cp > 1, sp with etp = 1, or ep folded over tp ranks) each rank routes only its
                         shard of every sequence: the MoE blocks learn which ranks hold the other shards (for the
@@ -189,13 +189,15 @@ def _head_split_projections(block: nn.Module) -> tuple[str, ...]:
 
 def _moe_tensor_parallel_plan(block: nn.Module, sequence_parallel: bool, routes_shard: bool) -> dict[str, Any]:
     """An MoE block's TP plan: router and routed experts replicated over tp (etp = 1: each tp rank routes the
-    tokens it holds and runs its ep group's experts on them) or split in width by apply_expert_parallel (etp = tp);
+    tokens it holds and runs its ep group's experts on them) or split in width by apply_expert_parallel (etp > 1);
     the shared experts split like a dense MLP. Under sp: with etp = 1 each rank routes its own sequence shard and
-    only the shared experts gather the sequence (as a dense MLP does); with etp = tp the block gathers the whole
-    sequence (every tp rank must hold the same rows) and hands back this rank's shard of the output (Megatron's
-    all-gather before and reduce-scatter after the experts, here an all-reduce and a slice). Folded over the tp
-    ranks without sp (`routes_shard`), the block takes this rank's slice of the replicated activation, runs as
-    under sp, and gathers its output back (a slice and an all-gather; backward an all-gather and a slice)."""
+    only the shared experts gather the sequence (as a dense MLP does); with etp > 1 (not folded) the block gathers
+    the whole sequence (every etp rank must hold the same rows) and hands back this rank's shard of the output
+    (Megatron's all-gather before and reduce-scatter after the experts, here an all-reduce and a slice). Folded
+    over the tp ranks (`routes_shard`, any etp) each rank routes its own sequence shard as with etp = 1 (the etp
+    ranks gather their rows inside the experts, runtime/moe.py); without sp the block takes this rank's slice of
+    the replicated activation, runs as under sp, and gathers its output back (a slice and an all-gather; backward
+    an all-gather and a slice)."""
     from torch.distributed.tensor import Replicate, Shard
     from torch.distributed.tensor.parallel import (
         ColwiseParallel,
