@@ -58,6 +58,9 @@ NARROW_ETP = declare(4, {
     # each tp rank routes its own quarter of the sequence, the 2 etp ranks gather their rows and each computes
     # its half of every local expert's width
     "mla-tp4-ep2-etp2-folded": dict(tp=4, ep=2, etp=2, micro_batch=2, global_batch=8, **FP32),
+    # the same under sp (Megatron-Core's setting): each tp rank routes its sequence-parallel shard
+    "mla-tp4-ep2-etp2-sp-folded": dict(tp=4, ep=2, etp=2, sequence_parallel=True, micro_batch=2, global_batch=8,
+                                       **FP32),
     # not folded: tp 4 unflattened into (2, etp 2); the tp ranks 2 apart hold the same halves
     "mla-tp4-etp2": dict(tp=4, etp=2, micro_batch=2, global_batch=8, **FP32),
 }, ETP_MODEL)
@@ -134,7 +137,7 @@ def test_expert_tensor_parallelism_narrower_than_tp_folded_or_not_trains_like_on
     spec = load_model(ETP_MODEL)
     whole_experts = 4 * spec.num_moe_layers * spec.routed_expert_params()
     plain = ParallelPlan(tp=4, **FP32)  # the experts whole on every rank
-    for name, share in (("mla-tp4-ep2-etp2-folded", 4), ("mla-tp4-etp2", 2)):
+    for name, share in (("mla-tp4-ep2-etp2-folded", 4), ("mla-tp4-ep2-etp2-sp-folded", 4), ("mla-tp4-etp2", 2)):
         for rank in results[name].summary["measured"]["model_state_bytes_by_rank"]:
             whole = model_state_bytes(spec, plain, rank["pp_rank"], rank["dp_rank"], rank["tp_rank"])["params"]
             assert rank["params"] == whole - whole_experts + whole_experts // share, (name, rank)

@@ -261,8 +261,11 @@ def apply_tensor_parallel(module: Transformer, rmesh: RuntimeMesh, sequence_para
         if sequence_parallel:
             plan.update({
                 "attention_norm": SequenceParallel(),
+                # MLA's down projections are plain replicated Linears: they take the gathered sequence as a local
+                # tensor, as without sp (their consumers' colwise inputs sum its gradient over tp)
                 "attention": PrepareModuleInput(input_layouts=(Shard(1), None),
-                                                desired_input_layouts=(Replicate(), None)),
+                                                desired_input_layouts=(Replicate(), None),
+                                                use_local_output=isinstance(block.attention, LatentAttention)),
                 "ffn_norm": SequenceParallel(),
             })
         if block.moe is not None:
