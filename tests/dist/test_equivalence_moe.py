@@ -1,7 +1,8 @@
 """Expert parallelism trains exactly like one process: tiny-moe (first layer dense, 8 experts, top-2, one shared
 expert, aux loss) under ep2, ep4, ep2 × dp2 with ZeRO-3, ep2 × tp2 (with and without sequence parallelism),
 ep4 carved from dp2 × cp2, ep2 × pp2, and ep groups folded over tp ranks (Megatron-Core's parallel folding: tp2
-ep2 sp, tp2 ep4 dp2 sp, tp2 ep2 sp × pp2, tp2 ep4 dp2 without sp), and cp2 × tp2 with sp (with ep2 carved from
+ep2 sp, tp2 ep4 dp2 sp, tp2 ep2 sp × pp2, tp2 ep4 dp2 without sp), expert tensor parallelism narrower than tp
+(tiny-mla tp4 with etp2: folded under ep2, and without ep), and cp2 × tp2 with sp (with ep2 carved from
 cp, ep4 folded over cp and tp, and without ep) and tp2 ep2 folded without sp for one step only (see ONE_STEP and
 ONE_STEP_2), against the independent single-process fp32 reference; per-step loss and final parameters within
 1e-5, each rank's parameter/gradient/optimizer bytes equal to the predictor's `model_state_bytes` (routed experts
@@ -49,6 +50,20 @@ WORLD4 = declare(4, {
     # parallel folding without sp: each tp rank routes its slice of the replicated activation, gathered after
     "moe-tp2-ep4-dp2-folded-zero3": dict(dp=2, tp=2, ep=4, zero_stage=3, micro_batch=2, global_batch=8, **FP32),
 }, MODEL)
+#: expert tensor parallelism narrower than tp (tiny-mla: tiny-moe's experts with four key/value heads, so tp 4 is
+#: valid; tiny-moe's two key/value heads stop at tp 2, where no folded plan with etp 2 fits in 4 ranks)
+ETP_MODEL = "tiny-mla"
+NARROW_ETP = declare(4, {
+    # Megatron-Core's parallel folding with etp 2: the expert grid (ep 2, etp 2) over the 4 tp ranks, etp innermost;
+    # each tp rank routes its own quarter of the sequence, the 2 etp ranks gather their rows and each computes
+    # its half of every local expert's width
+    "mla-tp4-ep2-etp2-folded": dict(tp=4, ep=2, etp=2, micro_batch=2, global_batch=8, **FP32),
+    # the same under sp (Megatron-Core's setting): each tp rank routes its sequence-parallel shard
+    "mla-tp4-ep2-etp2-sp-folded": dict(tp=4, ep=2, etp=2, sequence_parallel=True, micro_batch=2, global_batch=8,
+                                       **FP32),
+    # not folded: tp 4 unflattened into (2, etp 2); the tp ranks 2 apart hold the same halves
+    "mla-tp4-etp2": dict(tp=4, etp=2, micro_batch=2, global_batch=8, **FP32),
+}, ETP_MODEL)
 #: cp2 × tp2 for one step only: over 6 steps it drifts past 1e-5 (loss 1.9e-5 by step 6) because at step 2 a
 #: routing near-tie (layer 3, two experts' scores 1.2e-7 apart) flips under fp32 reduction-order noise, and every
 #: later difference follows from the flip; step 1 agrees to 3e-7 relative (aux loss, per-expert counts and
@@ -106,6 +121,26 @@ def test_expert_parallel_with_zero_and_pipeline_on_4_processes(equivalence_runs,
     results = equivalence_runs(WORLD4)
     check_group(results, equivalence_reference(MODEL), MODEL, param_tolerance=MOE_PARAM_TOLERANCE)
     _check_routing_logged(results)
+
+
+def test_expert_tensor_parallelism_narrower_than_tp_folded_or_not_trains_like_one_process(
+        equivalence_runs, equivalence_reference):
+    """Losses, parameters and each rank's model-state bytes (the experts split over ep and etp: a quarter of
+    every expert's weights on each rank of the folded plan, half on each of the other) match."""
+    results = equivalence_runs(NARROW_ETP)
+    check_group(results, equivalence_reference(ETP_MODEL), ETP_MODEL, param_tolerance=MOE_PARAM_TOLERANCE)
+    _check_routing_logged(results)
+    from bastion.predict.memory import model_state_bytes
+    from bastion.specs.model import load_model
+    from bastion.specs.plan import ParallelPlan
+
+    spec = load_model(ETP_MODEL)
+    whole_experts = 4 * spec.num_moe_layers * spec.routed_expert_params()
+    plain = ParallelPlan(tp=4, **FP32)  # the experts whole on every rank
+    for name, share in (("mla-tp4-ep2-etp2-folded", 4), ("mla-tp4-ep2-etp2-sp-folded", 4), ("mla-tp4-etp2", 2)):
+        for rank in results[name].summary["measured"]["model_state_bytes_by_rank"]:
+            whole = model_state_bytes(spec, plain, rank["pp_rank"], rank["dp_rank"], rank["tp_rank"])["params"]
+            assert rank["params"] == whole - whole_experts + whole_experts // share, (name, rank)
 
 
 def test_context_and_tensor_parallel_first_step_trains_like_one_process(equivalence_runs, token_data):

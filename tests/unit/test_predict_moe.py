@@ -167,18 +167,15 @@ QWEN3_235B = load_model("qwen3-235b-a22b")
 FOLDED = ParallelPlan(dp=4, tp=2, pp=2, ep=8, zero_stage=1, global_batch=64, sequence_parallel=True)
 
 
-def test_folded_expert_parallelism_is_refused_unless_allowed_or_run() -> None:
+def test_folded_expert_parallelism_validates_with_any_etp_whose_grid_fits() -> None:
     assert FOLDED.folds_experts and not replace(FOLDED, ep=4).folds_experts
     FOLDED.validate(QWEN3_235B)  # etp 1: bastion's runtime folds it (runtime/mesh.py), with or without sp
     replace(FOLDED, sequence_parallel=False).validate(QWEN3_235B)
     split = replace(FOLDED, tp=4, dp=2, ep=4, etp=2)  # the experts split in width over tp ranks too
     assert split.folds_experts
-    with pytest.raises(PlanError, match="parallel folding") as caught:
-        split.validate(QWEN3_235B)  # the runtime's and the planner's check
-    assert "etp = 2" in caught.value.problem and "set etp = 1" in caught.value.fix
-    split.validate(QWEN3_235B, allow_folding=True)
+    split.validate(QWEN3_235B)
     with pytest.raises(PlanError, match="does not divide tp × dp × cp"):
-        replace(FOLDED, ep=16).validate(QWEN3_235B, allow_folding=True)
+        replace(FOLDED, ep=16).validate(QWEN3_235B)
 
 
 def test_folded_experts_split_over_tp_and_dp_ranks() -> None:

@@ -114,8 +114,8 @@ def test_recompute_layers_wraps_the_first_layers_of_each_chunk(full_layers, wrap
 
 def test_runtime_status_names_every_plan_train_refuses_with_its_fix():
     """What `plan` and `estimate` report per plan: tied embeddings split over stages or tp ranks, learned positions
-    under tp, ALiBi, and parallel folding (etp other than 1 or tp; ep folded over tp ranks) are refused by
-    `bastion train`; the rest executes."""
+    under tp, ALiBi, and etp wider than tp without folding are refused by `bastion train`; the rest executes
+    (parallel folding with etp > 1 among it)."""
     from bastion.runtime.preflight import runtime_status
 
     tiny = load_model("tiny")
@@ -125,15 +125,16 @@ def test_runtime_status_names_every_plan_train_refuses_with_its_fix():
              (dataclasses.replace(tiny, position_embedding="learned"), ParallelPlan(tp=2, **fp32),
               "learned position embeddings"),
              (load_model("bloom-176b"), ParallelPlan(**fp32), "ALiBi"),
-             (load_model("tiny-moe"), ParallelPlan(dp=4, tp=2, ep=2, etp=4, **fp32), "etp = 4"),
-             (load_model("small-moe"), ParallelPlan(dp=2, tp=4, ep=4, etp=2, **fp32),
-              "ep = 4 does not divide dp × cp"))
+             (load_model("tiny-moe"), ParallelPlan(dp=4, tp=2, ep=2, etp=4, **fp32), "etp = 4"))
     for spec, plan, problem in cases:
         status = runtime_status(spec, plan)
         assert status["executes"] is False and problem in status["refusal"] and status["fix"], problem
+    # ep 4 folded over dp 2 × tp 4, each expert split over 2 of the tp ranks (Megatron-Core's parallel folding)
+    folded = ParallelPlan(dp=2, tp=4, ep=4, etp=2, **fp32)
+    assert folded.folds_experts and runtime_status(load_model("small-moe"), folded) == {"executes": True}
 
 
-def test_preflight_accepts_layouts_partial_recompute_mla_and_etp_tp_offload_and_refuses_other_etp():
+def test_preflight_accepts_layouts_partial_recompute_mla_and_etp_dividing_tp_offload_and_refuses_wider_etp():
     from bastion.errors import PlanError
     from bastion.runtime.preflight import check_runtime_executes, check_runtime_supports
 
@@ -143,6 +144,7 @@ def test_preflight_accepts_layouts_partial_recompute_mla_and_etp_tp_offload_and_
     check_runtime_executes(mla, ParallelPlan(pp=2, pipeline_layout="1,3", recompute="full", recompute_layers=1,
                                              **fp32))
     check_runtime_executes(mla, ParallelPlan(dp=2, tp=2, ep=2, etp=2, **fp32))
+    check_runtime_executes(mla, ParallelPlan(tp=4, etp=2, **fp32))  # each expert split over 2 of the 4 tp ranks
     check_runtime_executes(mla, ParallelPlan(activation_offload=1, recompute="full", recompute_layers=1, **fp32))
     with pytest.raises(PlanError, match="does not execute etp"):
         check_runtime_executes(mla, ParallelPlan(dp=4, tp=2, ep=2, etp=4, **fp32))

@@ -116,8 +116,14 @@ def test_plans_with_ep_are_checked_and_what_the_runtime_cannot_run_is_refused():
         check_runtime_executes(tiny, plan)
     with pytest.raises(PlanError, match="tp = 2 does not divide seq_len 63"):  # the slices must be whole
         check_runtime_executes(tiny.with_seq_len(63), ParallelPlan(tp=2, ep=2, **fp32))
-    folded = ParallelPlan(dp=4, ep=2, tp=2, etp=4, **fp32)
-    folded.validate(tiny)  # the spec and the predictor accept Megatron's parallel folding
+    # with etp > 1 too: each expert's width split over etp of the tp ranks, which gather their rows
+    mla = load_model("tiny-mla")
+    for plan in (ParallelPlan(tp=4, ep=2, etp=2, sequence_parallel=True, **fp32), ParallelPlan(tp=4, ep=2, etp=2,
+                                                                                                **fp32)):
+        assert plan.folds_experts
+        check_runtime_executes(mla, plan)
+    wide = ParallelPlan(dp=4, ep=2, tp=2, etp=4, **fp32)  # ep 2 divides dp 4: not folded, etp wider than tp
+    wide.validate(tiny)  # the spec and the predictor accept it
     with pytest.raises(PlanError, match="does not execute etp = 4 with tp = 2") as caught:
-        check_runtime_executes(tiny, folded)
-    assert caught.value.reason == "runtime limitation" and "etp = 1" in caught.value.fix
+        check_runtime_executes(tiny, wide)
+    assert caught.value.reason == "runtime limitation" and "divisor of tp = 2" in caught.value.fix

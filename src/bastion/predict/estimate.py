@@ -942,7 +942,7 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     options = options or DEFAULT_OPTIONS
     s = seq_len or model.seq_len
     model = model.with_seq_len(s)  # learned position tables are sized by the sequence length
-    plan.validate(model, cluster, s, allow_folding=True)
+    plan.validate(model, cluster, s)
     options = _plan_options(plan, options)
     _check_offload(plan, cluster)
     node = cluster

@@ -16,8 +16,9 @@ every tp rank holds all of the micro-batch's tokens (etp = tp: each computes a s
 them and the outputs are all-reduced, the same bytes as the megatron layout's all-gather and reduce-scatter).
 
 When ep does not divide dp × cp the expert groups take in tensor-parallel ranks too (ParallelPlan.folds_experts):
-costed in the megatron layout, which is how bastion's runtime folds them (etp = 1, each tp rank routing its own
-1/tp of the tokens, with or without sp; runtime/mesh.py, `runtime_layout`).
+costed in the megatron layout, which is how bastion's runtime folds them (each tp rank routing its own 1/tp of
+the tokens, with or without sp, the etp ranks all-gathering their received rows; runtime/mesh.py,
+`runtime_layout`).
 Node-limited routing (ModelSpec.max_routed_nodes, DeepSeek-V3) caps the copies of a token that cross the
 scale-out network at one per remote node it reaches; a hierarchical dispatcher (PredictOptions.moe_dispatcher
 `deepep` / `hybridep`) sends each token across once per remote node holding one of its experts, whatever the

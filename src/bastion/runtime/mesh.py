@@ -20,8 +20,8 @@ Expert parallelism (ep > 1) is carved from the data-parallel ranks, as in Megatr
 dimension is unflattened into (dp × cp / ep, ep), ep innermost, so rank i of that dimension holds expert group
 i mod ep. Routed experts are split over "ep" and sharded (zero 1-3) or replicated (zero 0) over the other factor
 (`expert_dp_mesh`); every other parameter keeps the whole dp × cp dimension. With expert tensor parallelism
-(etp = tp) the experts are also split in width over "tp": 2-D ("ep", "tp") DTensors. Both meshes are views of one root mesh,
-which FSDP2 needs to compose the experts' DTensor placements with its own. With cp > 1 an ep group may hold cp
+(etp = tp) the experts are also split in width over "tp": 2-D ("ep", "tp") DTensors (1 < etp < tp: below). Both
+meshes are views of one root mesh, which FSDP2 needs to compose the experts' DTensor placements with its own. With cp > 1 an ep group may hold cp
 ranks of one replica: each routes its own shard of the sequences (runtime/moe.py's SequenceSplit); an ep group's
 members share a tp index, so its members are tp ranks apart (the predictor's "bastion" layout, predict/moe.py).
 
@@ -30,10 +30,19 @@ tensor-parallel ranks. The expert grid is laid over the stage's ranks numbered t
 memory._local_numel): ep consecutive ranks form an ep group, the ranks ep apart hold the same experts. That grid is
 not a view of the 4-D mesh (it cuts across its dp and tp dimensions), so it is a DeviceMesh of its own over the same
 ranks, (pp, dp_replicate | edp_replicate, edp_shard | dp_shard, ep) with the names the carved layout uses, whose
-groups the experts' DTensors and their FSDP unit share (FSDP2 composes placements of one root mesh). It runs with
-etp = 1: each tp rank routes its own shard of the sequence (its sequence-parallel shard, or without sp its slice
-of the replicated activation; runtime/parallelize.py), so every rank of an ep group dispatches distinct tokens
-(what ParallelPlan.folding_refusal requires).
+groups the experts' DTensors and their FSDP unit share (FSDP2 composes placements of one root mesh). Each tp rank
+routes its own shard of the sequence (its sequence-parallel shard, or without sp its slice of the replicated
+activation; runtime/parallelize.py), so every rank of an ep group dispatches distinct tokens. With etp > 1 the
+grid gains an innermost "etp" dimension (etp consecutive ranks split each expert's width, the ep groups' members
+are etp ranks apart, as the predictor lays it out): the etp ranks all-gather the rows their ep groups received,
+each computes its slice of the width on all of them, and the partial outputs are reduce-scattered back
+(runtime/moe.py, Megatron-Core's expert-tensor-parallel all-gather and reduce-scatter).
+
+Expert tensor parallelism narrower than tp without folding (1 < etp < tp, ep dividing dp × cp): the tp dimension
+is unflattened into ("etp_replicate", "etp"), etp innermost (etp rank = tp rank mod etp, as the predictor's
+memory._local_numel has it); the tp ranks of a replica route the same tokens, the etp ranks sum their slices'
+outputs, and the tp / etp ranks holding the same slice compute the same gradient (replicated there, as a weight
+replicated over tp is).
 """
 
 from __future__ import annotations
@@ -67,8 +76,28 @@ class RuntimeMesh:
     cp_group: dist.ProcessGroup | None = None
     #: `mesh` with the data-parallel dimension unflattened into (expert data parallel, ep) when ep > 1: (pp,
     #: dp_replicate, edp_shard, ep, tp) under zero 1-3, (pp, edp_replicate, ep, dp_shard, tp) under zero 0; a
-    #: mesh of its own, (pp, ·, ·, ep), when the plan folds ep over tp ranks (_folded_expert_mesh)
+    #: mesh of its own, (pp, ·, ·, ep[, etp]), when the plan folds ep over tp ranks (_folded_expert_mesh); with
+    #: 1 < etp < tp the tp dimension unflattened into ("etp_replicate", "etp") too
     expert_mesh: DeviceMesh | None = None
+
+    @property
+    def etp_mesh(self) -> DeviceMesh | None:
+        """The ranks that split each routed expert's width (None: etp = 1): the tp ranks (etp = tp), or the
+        expert mesh's "etp" dimension."""
+        if self.plan.etp == 1:
+            return None
+        if self.expert_mesh is not None and "etp" in self.expert_mesh.mesh_dim_names:
+            return self.expert_mesh["etp"]
+        return self.tp_mesh
+
+    @property
+    def expert_shard_mesh(self) -> DeviceMesh:
+        """The mesh the routed experts' DTensors live on: ep (dim 0), then the etp ranks (each expert's width)."""
+        if self.plan.ep == 1:
+            return self.etp_mesh
+        if self.plan.etp == 1:
+            return self.ep_mesh
+        return self.expert_mesh["ep", self.etp_mesh.mesh_dim_names[0]]
 
     @property
     def ep_mesh(self) -> DeviceMesh:
@@ -129,23 +158,29 @@ def build_mesh(plan: ParallelPlan, device: torch.device) -> RuntimeMesh:
 
 
 def _expert_mesh(plan: ParallelPlan, mesh: DeviceMesh) -> DeviceMesh | None:
-    if plan.ep == 1:
+    narrow_etp = 1 < plan.etp < plan.tp
+    if plan.ep == 1 and not narrow_etp:
         return None
     replicate, shard = dp_layout(plan)
     if plan.folds_experts:
         return _folded_expert_mesh(plan, mesh.device_type, zero_sharded=shard > 1)
     if shard > 1:  # zero 1-3: (pp, dp_replicate, edp_shard, ep, tp)
-        return mesh._unflatten("dp_shard", (shard // plan.ep, plan.ep), ("edp_shard", "ep"))
-    # zero 0: (pp, edp_replicate, ep, dp_shard, tp); expert_dp_mesh picks the two data-parallel names
-    return mesh._unflatten("dp_replicate", (replicate // plan.ep, plan.ep), ("edp_replicate", "ep"))
+        expert_mesh = mesh._unflatten("dp_shard", (shard // plan.ep, plan.ep), ("edp_shard", "ep"))
+    else:  # zero 0: (pp, edp_replicate, ep, dp_shard, tp); expert_dp_mesh picks the two data-parallel names
+        expert_mesh = mesh._unflatten("dp_replicate", (replicate // plan.ep, plan.ep), ("edp_replicate", "ep"))
+    if narrow_etp:
+        expert_mesh = expert_mesh._unflatten("tp", (plan.tp // plan.etp, plan.etp), ("etp_replicate", "etp"))
+    return expert_mesh
 
 
 def _folded_expert_mesh(plan: ParallelPlan, device_type: str, zero_sharded: bool) -> DeviceMesh:
-    """(pp, ·, ·, ep) over all ranks: a stage's dp × cp × tp ranks (tp innermost) split into consecutive ep groups
-    (collective: every rank builds every group)."""
+    """(pp, ·, ·, ep[, etp]) over all ranks: a stage's dp × cp × tp ranks (tp innermost) split into consecutive
+    etp groups (etp > 1), the ranks etp apart into ep groups (collective: every rank builds every group)."""
     expert_dp = plan.expert_data_parallel
     sizes = (plan.pp, 1, expert_dp, plan.ep) if zero_sharded else (plan.pp, expert_dp, 1, plan.ep)
     names = ("pp", "dp_replicate", "edp_shard", "ep") if zero_sharded else ("pp", "edp_replicate", "dp_shard", "ep")
+    if plan.etp > 1:
+        sizes, names = (*sizes, plan.etp), (*names, "etp")
     return DeviceMesh(device_type, torch.arange(plan.num_gpus).view(sizes), mesh_dim_names=names)
 
 

@@ -10,8 +10,10 @@ One code path for every plan, so a run on many ranks computes what one process c
             regrouped by local expert. torch's functional `all_to_all_single_autograd` carries the gradient
             back with the splits swapped (the same collective torchtitan's ExpertParallel uses)
   experts   one SwiGLU/GELU MLP per expert over its contiguous rows: `torch._grouped_mm` on CUDA cards that have
-            it (bf16), otherwise an exact per-expert loop (CPU); dropless, no capacity factor. With etp = tp each
-            tp rank computes its slice of every expert's width on the same rows and the outputs are summed
+            it (bf16), otherwise an exact per-expert loop (CPU); dropless, no capacity factor. With etp > 1 each
+            etp rank computes its slice of every expert's width on the same rows and the outputs are summed;
+            where the etp ranks received different rows (ep folded over tp ranks, each routing its own shard)
+            the rows are all-gathered over etp first and the summed outputs reduce-scattered back (Megatron-Core)
   combine   the reverse all_to_all, un-permute, and the top_k outputs of a token summed with their router weights
             in a fixed order; the shared experts (one MLP of their summed width) are added for every token
 
@@ -67,9 +69,9 @@ class SequenceSplit:
 
 def routes_sequence_shard(plan: ParallelPlan) -> bool:
     """Each tp rank routes its own shard of the sequence: its sequence-parallel shard (sp with etp = 1), or, with
-    ep folded over the tp ranks (etp = 1), without sp its slice of the replicated activation (an ep group
+    ep folded over the tp ranks (any etp), without sp its slice of the replicated activation (an ep group
     spanning tp ranks must not dispatch a token once per tp rank); otherwise the tp ranks of a replica route the
-    same tokens (with etp = tp each computes a slice of every expert's width). The predictor's layouts
+    same tokens (with etp > 1 each computes a slice of every expert's width). The predictor's layouts
     (predict/moe.py's routing_layout and runtime_layout) are the home of the rule."""
     from bastion.predict.moe import routing_layout, runtime_layout
 
@@ -132,9 +134,12 @@ class GroupedExperts(nn.Module):
         self.w1 = nn.Parameter(torch.empty(e, f, h))
         self.w2 = nn.Parameter(torch.empty(e, h, f))
         self.w3 = nn.Parameter(torch.empty(e, f, h)) if self.swiglu else None
-        #: expert tensor parallelism (set by parallelize): the tp sub-mesh over which each expert's inner width
-        #: is split; every rank of it holds the same rows, computes its slice, and the outputs are summed
+        #: expert tensor parallelism (set by parallelize): the ranks over which each expert's inner width is
+        #: split; each computes its slice on the same rows and the outputs are summed
         self.etp_mesh = None
+        #: the etp ranks received different rows (their tp ranks route their own sequence shards, ep folded over
+        #: tp ranks): the rows are all-gathered over etp first and the summed outputs scattered back
+        self.etp_gathers_rows = False
         #: the tp sub-mesh when each tp rank routes its own sequence shard (sp, etp = 1): gradients summed over it
         self.grad_sum_mesh = None
 
@@ -145,9 +150,43 @@ class GroupedExperts(nn.Module):
         """Rows of `x_TH` grouped by local expert, `counts[e]` rows for local expert e."""
         if self.etp_mesh is None:
             return self._local_experts(x_TH, counts)
+        if self.etp_gathers_rows:
+            return self._gathered_experts(x_TH, counts)
         from bastion.runtime.model import sum_gradient_over, sum_over
 
         return sum_over(self.etp_mesh, self._local_experts(sum_gradient_over(self.etp_mesh, x_TH), counts))
+
+    def _gathered_experts(self, x_TH: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """Megatron-Core's expert tensor parallelism: the etp ranks' rows all-gathered (each padded to the most
+        any of them holds, as the collective needs equal sizes), regrouped by local expert (sources in etp rank
+        order), this rank's slice of the width computed on all of them, and the partial outputs reduce-scattered
+        back to the ranks that sent the rows. Backward: the gradients all-gathered, the input gradients
+        reduce-scattered (the functional collectives' autograd)."""
+        from torch.distributed._functional_collectives import (
+            all_gather_tensor,
+            all_gather_tensor_autograd,
+            reduce_scatter_tensor_autograd,
+        )
+
+        group, size = self.etp_mesh.get_group(), self.etp_mesh.size()
+        mine = torch.tensor(counts, dtype=torch.int64, device=x_TH.device)
+        per_rank = torch.ops._c10d_functional.wait_tensor(all_gather_tensor(mine, 0, group)).view(size, -1).tolist()
+        most = max(1, max(sum(row) for row in per_rank))  # never an empty collective
+        padded = F.pad(x_TH, (0, 0, 0, most - x_TH.shape[0]))
+        gathered = all_gather_tensor_autograd(padded, 0, group)
+        by_expert = []
+        for expert in range(len(counts)):
+            for source, row in enumerate(per_rank):
+                start = source * most + sum(row[:expert])
+                by_expert.append(torch.arange(start, start + row[expert], device=x_TH.device))
+        regroup = torch.cat(by_expert)
+        out = self._local_experts(gathered.index_select(0, regroup),
+                                  [sum(row[e] for row in per_rank) for e in range(len(counts))])
+        # back to the gathered layout, padding rows zero: a gather from the outputs and one zero row
+        inverse = torch.full((size * most,), regroup.numel(), dtype=torch.int64, device=x_TH.device)
+        inverse.scatter_(0, regroup, torch.arange(regroup.numel(), device=x_TH.device))
+        partial = torch.cat([out, out.new_zeros(1, out.shape[1])]).index_select(0, inverse)
+        return reduce_scatter_tensor_autograd(partial, "sum", 0, group)[:x_TH.shape[0]]
 
     def _local_experts(self, x_TH: torch.Tensor, counts: list[int]) -> torch.Tensor:
         w1, w2 = (with_summed_gradient(self.grad_sum_mesh, _local(w)) for w in (self.w1, self.w2))

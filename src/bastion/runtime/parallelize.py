@@ -6,8 +6,8 @@ Order (the one PyTorch documents, and torchtitan uses):
   1b. context parallel - (cp > 1) the chunk's attention gathers keys/values over the cp group and masks by global
                         position; positions are the global ones of this rank's tokens (runtime/context_parallel.py)
   1c. expert parallel  - (ep > 1) routed experts become DTensors split on dim 0 over the ep ranks, and each MoE block
-                        dispatches its tokens to them with all_to_all (runtime/moe.py); with etp = tp also split in
-                        width over tp; before FSDP, which then shards the local experts over the remaining
+                        dispatches its tokens to them with all_to_all (runtime/moe.py); with etp > 1 also split in
+                        width over etp of the tp ranks; before FSDP, which then shards the local experts over the remaining
                         data-parallel ranks (runtime/mesh.py; ep groups may also span tp ranks: parallel folding)
   1d. split sequences - (MoE with cp > 1, sp with etp = 1, or ep folded over tp ranks) each rank routes only its
                         shard of every sequence: the MoE blocks learn which ranks hold the other shards (for the
@@ -136,8 +136,9 @@ def apply_context_parallel(module: Transformer, rmesh: RuntimeMesh) -> None:
 # ---- 1c. expert parallel -----------------------------------------------------------------------------------
 def apply_expert_parallel(module: Transformer, rmesh: RuntimeMesh) -> None:
     """Split every routed-expert tensor on dim 0 over the ep ranks and give each MoE block its ep group; with
-    etp = tp also each expert's inner width over the tp ranks (w1/w3 on dim 1, w2 on dim 2: colwise, rowwise),
-    one 2-D (ep, tp) DTensor, which FSDP2 then shards over the expert data-parallel ranks (EP + TP)."""
+    etp > 1 also each expert's inner width over the etp ranks (w1/w3 on dim 1, w2 on dim 2: colwise, rowwise),
+    one 2-D (ep, etp) DTensor, which FSDP2 then shards over the expert data-parallel ranks (EP + TP). The etp
+    ranks hold different rows when the tp ranks route their own sequence shards (folded ep, runtime/moe.py)."""
     from torch.distributed.tensor import Shard, distribute_tensor
 
     plan = rmesh.plan
@@ -145,14 +146,12 @@ def apply_expert_parallel(module: Transformer, rmesh: RuntimeMesh) -> None:
     if plan.ep > 1:
         ep_mesh = rmesh.ep_mesh
         group = ExpertParallelGroup(group=ep_mesh.get_group(), size=ep_mesh.size(), rank=rmesh.ep_rank)
-    if plan.etp > 1:
-        mesh = rmesh.expert_mesh["ep", "tp"] if plan.ep > 1 else rmesh.tp_mesh
-    else:
-        mesh = rmesh.ep_mesh
+    mesh = rmesh.expert_shard_mesh
     for sub in module.modules():
         if isinstance(sub, MoE):
             sub.ep = group
-            sub.experts.etp_mesh = rmesh.tp_mesh if plan.etp > 1 else None
+            sub.experts.etp_mesh = rmesh.etp_mesh
+            sub.experts.etp_gathers_rows = plan.etp > 1 and routes_sequence_shard(plan)
             for name, param in list(sub.experts.named_parameters(recurse=False)):
                 width_dim = 2 if name == "w2" else 1
                 placements = ([Shard(0)] if plan.ep > 1 else []) + ([Shard(width_dim)] if plan.etp > 1 else [])
@@ -190,13 +189,15 @@ def _head_split_projections(block: nn.Module) -> tuple[str, ...]:
 
 def _moe_tensor_parallel_plan(block: nn.Module, sequence_parallel: bool, routes_shard: bool) -> dict[str, Any]:
     """An MoE block's TP plan: router and routed experts replicated over tp (etp = 1: each tp rank routes the
-    tokens it holds and runs its ep group's experts on them) or split in width by apply_expert_parallel (etp = tp);
+    tokens it holds and runs its ep group's experts on them) or split in width by apply_expert_parallel (etp > 1);
     the shared experts split like a dense MLP. Under sp: with etp = 1 each rank routes its own sequence shard and
-    only the shared experts gather the sequence (as a dense MLP does); with etp = tp the block gathers the whole
-    sequence (every tp rank must hold the same rows) and hands back this rank's shard of the output (Megatron's
-    all-gather before and reduce-scatter after the experts, here an all-reduce and a slice). Folded over the tp
-    ranks without sp (`routes_shard`), the block takes this rank's slice of the replicated activation, runs as
-    under sp, and gathers its output back (a slice and an all-gather; backward an all-gather and a slice)."""
+    only the shared experts gather the sequence (as a dense MLP does); with etp > 1 (not folded) the block gathers
+    the whole sequence (every etp rank must hold the same rows) and hands back this rank's shard of the output
+    (Megatron's all-gather before and reduce-scatter after the experts, here an all-reduce and a slice). Folded
+    over the tp ranks (`routes_shard`, any etp) each rank routes its own sequence shard as with etp = 1 (the etp
+    ranks gather their rows inside the experts, runtime/moe.py); without sp the block takes this rank's slice of
+    the replicated activation, runs as under sp, and gathers its output back (a slice and an all-gather; backward
+    an all-gather and a slice)."""
     from torch.distributed.tensor import Replicate, Shard
     from torch.distributed.tensor.parallel import (
         ColwiseParallel,
@@ -260,8 +261,11 @@ def apply_tensor_parallel(module: Transformer, rmesh: RuntimeMesh, sequence_para
         if sequence_parallel:
             plan.update({
                 "attention_norm": SequenceParallel(),
+                # MLA's down projections are plain replicated Linears: they take the gathered sequence as a local
+                # tensor, as without sp (their consumers' colwise inputs sum its gradient over tp)
                 "attention": PrepareModuleInput(input_layouts=(Shard(1), None),
-                                                desired_input_layouts=(Replicate(), None)),
+                                                desired_input_layouts=(Replicate(), None),
+                                                use_local_output=isinstance(block.attention, LatentAttention)),
                 "ffn_norm": SequenceParallel(),
             })
         if block.moe is not None:

@@ -37,10 +37,10 @@ def check_runtime_supports(spec: ModelSpec) -> None:
 def check_runtime_executes(spec: ModelSpec, plan: ParallelPlan) -> None:
     """Refuse what the runtime does not execute, for every model, never silently ignored. For a mixture-of-experts
     model it executes ep (carved from dp × cp) with dp, ZeRO 0-3, pp, cp, tp and sp, the experts replicated over
-    tp (etp = 1) or split in width over it (etp = tp), and ep groups folded over tp ranks (ep not dividing dp × cp,
-    ParallelPlan.folds_experts) with etp = 1, with or without sp; the rest of Megatron-Core's parallel folding is
-    not executed: other etp (1 < etp < tp, or etp > tp) is predicted and planned only, folding with etp > 1
-    predicted only."""
+    tp (etp = 1) or split in width over tp ranks (etp dividing tp), and Megatron-Core's parallel folding (ep
+    groups folded over tp ranks when ep does not divide dp × cp, ParallelPlan.folds_experts) with any etp the plan
+    validates, with or without sp; etp wider than tp without folding (the experts' width split over data-parallel
+    ranks) is predicted and planned only."""
     refusal = runtime_refusal(spec, plan)
     if refusal is not None:
         raise refusal
@@ -60,19 +60,17 @@ def runtime_refusal(spec: ModelSpec, plan: ParallelPlan) -> BastionError | None:
     if spec.position_embedding == "learned" and plan.tp > 1:
         return PlanError("Tensor parallelism with learned position embeddings is not implemented.",
                          fix="use tp = 1 for this model, or a RoPE model.", reason="runtime limitation")
-    folding = plan.folding_refusal()  # `validate` refuses it too, except for `bastion estimate`
-    if folding is not None:
-        return folding
     if plan.folds_experts and spec.seq_len % plan.tp:  # under sp `validate` refuses it already
         return PlanError(f"ep = {plan.ep} is folded over the tp ranks, each routing its own 1/tp of every "
                          f"sequence, but tp = {plan.tp} does not divide seq_len {spec.seq_len}.",
                          fix="choose tp dividing the sequence length, or ep dividing dp × cp.",
                          reason="runtime limitation")
-    if plan.etp not in (1, plan.tp):
-        return PlanError(f"The runtime does not execute etp = {plan.etp} with tp = {plan.tp} yet: it splits the "
-                         f"experts over the attention's tp ranks or not at all (the predictor and planner model "
-                         f"any etp, Megatron-Core's parallel folding).",
-                         fix=f"set etp = 1 or etp = tp = {plan.tp} in the plan to train it.",
+    if not plan.folds_experts and plan.tp % plan.etp:
+        return PlanError(f"The runtime does not execute etp = {plan.etp} with tp = {plan.tp} when ep = {plan.ep} "
+                         f"divides dp × cp = {plan.shard_degree}: it splits the experts' width over tp ranks "
+                         f"only, etp dividing tp (the predictor and planner model any etp, Megatron-Core's "
+                         f"parallel folding).",
+                         fix=f"set etp = 1 or another divisor of tp = {plan.tp} in the plan to train it.",
                          hint="bastion plan ... --fix etp=1 finds the best plan the runtime executes.",
                          reason="runtime limitation")
     return None

@@ -155,24 +155,8 @@ class ParallelPlan:
         """Expert parallelism wider than the data-parallel ranks can hold: ep does not divide dp × cp, so the
         expert groups span tensor-parallel ranks too (Megatron-Core's "parallel folding": the experts' grid etp ×
         ep × expert-dp is laid over the tp × cp × dp ranks of a pipeline stage). bastion's runtime runs it with
-        etp = 1, each tp rank routing its own 1/tp of the tokens (runtime/mesh.py); `folding_refusal` says when
-        not."""
+        each tp rank routing its own 1/tp of the tokens, the etp ranks gathering their rows (runtime/mesh.py)."""
         return expert_grid(self.shard_degree, self.tp, self.ep, self.etp)[1]
-
-    def folding_refusal(self) -> PlanError | None:
-        """Why bastion's runtime refuses this plan's folded expert groups (None when it does not fold, or runs the
-        folding): `validate` raises it unless folding is allowed, `bastion estimate` marks the plan with it. The
-        runtime folds ep over tp ranks with the experts whole on each (etp = 1), each tp rank routing its own 1/tp
-        of the tokens (its sequence-parallel shard, or without sp its slice of the replicated activation): the
-        members of an ep group then dispatch distinct tokens."""
-        if not self.folds_experts or self.etp == 1:
-            return None
-        return PlanError(f"ep = {self.ep} does not divide dp × cp = {self.dp * self.cp}, so the expert groups span "
-                         f"tensor-parallel ranks (Megatron-Core's parallel folding); etp = {self.etp}: bastion's "
-                         f"runtime folds expert groups over tensor-parallel ranks only with the experts whole on "
-                         f"each rank (etp = 1). `bastion estimate` predicts it, `bastion train` does not run it.",
-                         fix=f"set etp = 1, or pick ep dividing dp × cp = {self.dp * self.cp}.",
-                         reason="ep does not divide dp")
 
     @property
     def expert_data_parallel(self) -> int:
@@ -249,11 +233,8 @@ class ParallelPlan:
                 raise PlanError("pipeline_layout has a negative layer count.",
                                 fix="give each chunk 0 or more layers.", reason="bad pipeline layout")
 
-    def validate(self, model: ModelSpec, cluster: Cluster | None = None, seq_len: int | None = None,
-                 allow_folding: bool = False) -> None:
-        """Raise PlanError (with guidance) for every inconsistency with the model and the cluster.
-        `allow_folding`: accept expert parallelism folded over tensor-parallel ranks (`folds_experts`), which the
-        predictor costs but bastion's runtime and planner do not run."""
+    def validate(self, model: ModelSpec, cluster: Cluster | None = None, seq_len: int | None = None) -> None:
+        """Raise PlanError (with guidance) for every inconsistency with the model and the cluster."""
         s = seq_len or model.seq_len
         if cluster is not None and self.num_gpus != cluster.num_gpus:
             raise PlanError(
@@ -318,9 +299,6 @@ class ParallelPlan:
                             f"the ranks of one pipeline stage (Megatron-Core's parallel folding).",
                             fix="pick ep and etp whose product divides tp × dp × cp.",
                             reason="ep does not divide dp")
-        folding = None if allow_folding else self.folding_refusal()
-        if folding is not None:
-            raise folding
         schedule = get_schedule(self.pp_schedule)
         if self.pp > 1 and schedule.microbatches_multiple_of_pp and self.num_microbatches % self.pp:
             raise PlanError(
