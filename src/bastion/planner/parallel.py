@@ -4,10 +4,11 @@ Predictions are independent pure functions of (cluster, plan). The planner predi
 most promising plans first, until a bound settles the rest), so the workers are forked once, at the first round
 big enough to need them, and kept for the later rounds. The plans to predict are described by *units* (the
 search's groups of plans), a list complete before any worker is forked: forking hands every worker that list and
-the parent's imported predictor with its warm caches, so a round only sends a range of unit indices and gets back
-compact outcomes, in order — the same as a serial loop (tests check that). Small rounds, and platforms without
-`fork`, run in this process. The groups' floors, all needed before the first round, are shared out the same way
-by `map_in_workers` (a pool of its own, ended once they are computed).
+the parent's imported predictor with its warm caches, so a round only sends the indices of its units and gets
+back compact outcomes, in order — the same as a serial loop (tests check that). Small rounds, and platforms without
+`fork`, run in this process. The groups' floors, computed in batches as the best-first order needs them, are
+shared out the same way by `map_in_workers` when a batch is large (a pool of its own, ended once they are
+computed).
 """
 
 from __future__ import annotations
@@ -97,14 +98,14 @@ def _die_with_parent() -> None:
 
 
 def _predict_units(estimate: Callable[..., Any], model: Any, seq_len: int, units: Sequence[Any], jobs_of: JobsFn,
-                   lo: int, hi: int) -> list[Outcome]:
+                   indices: Sequence[int]) -> list[Outcome]:
     return [outcome_of(estimate, model, cluster, plan, seq_len)
-            for unit in units[lo:hi] for cluster, plan in jobs_of(unit)]
+            for i in indices for cluster, plan in jobs_of(units[i])]
 
 
-def _run_slice(bounds: tuple[int, int]) -> list[Outcome]:
+def _run_slice(indices: Sequence[int]) -> list[Outcome]:
     assert _SHARED is not None, "workers are forked after the units are set"
-    return _predict_units(*_SHARED, *bounds)
+    return _predict_units(*_SHARED, indices)
 
 
 class PredictionPool:
@@ -138,14 +139,14 @@ class PredictionPool:
             self._pool = None
             _SHARED = None
 
-    def predict(self, lo: int, hi: int, jobs: int) -> list[Outcome]:
-        """Outcomes of every plan of units lo..hi-1 (`jobs` of them), in order."""
+    def predict(self, indices: Sequence[int], jobs: int) -> list[Outcome]:
+        """Outcomes of every plan of the units at `indices` (`jobs` plans), in order."""
         pool = self._pool or self._start(jobs)
         if pool is None:
-            return _predict_units(*self._shared, lo, hi)
-        size = max(1, -(-(hi - lo) // (self._size * SLICES_PER_WORKER)))
-        bounds = [(i, min(i + size, hi)) for i in range(lo, hi, size)]
-        return [outcome for part in pool.map(_run_slice, bounds, chunksize=1) for outcome in part]
+            return _predict_units(*self._shared, indices)
+        size = max(1, -(-len(indices) // (self._size * SLICES_PER_WORKER)))
+        slices = [indices[i:i + size] for i in range(0, len(indices), size)]
+        return [outcome for part in pool.map(_run_slice, slices, chunksize=1) for outcome in part]
 
     def _start(self, jobs: int) -> Any:
         workers = self._workers

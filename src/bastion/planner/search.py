@@ -13,6 +13,7 @@ Pruning never changes the answer (tests compare against `prune=False`), only how
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import math
 import time
@@ -45,11 +46,15 @@ TimeBoundFn = Callable[[ModelSpec, Cluster, ParallelPlan, int], float]
 MemoryBoundFn = Callable[[ModelSpec, Cluster, ParallelPlan, int], float]
 #: -> a predict.estimate.StepFloor: the step and its terms no ZeRO stage or recompute mode of a plan goes below
 StepFloorFn = Callable[[ModelSpec, Cluster, ParallelPlan, int], Any]
+#: -> seconds of one micro-batch over all pipeline ranks (predict.estimate.micro_batch_work)
+MicroBatchWorkFn = Callable[[ModelSpec, Cluster, ParallelPlan, int], float]
 
 #: the census reason of plans the step-time bound settles under the default objective
 BOUNDED_OUT = get_objective(DEFAULT_OBJECTIVE).bounded_reason
 #: plans predicted in the first round under the time bound; each later round doubles
 FIRST_CHUNK = 1024
+#: groups whose exact floor is computed at once when the quick floors leave the order open; each later batch doubles
+FIRST_FLOORS = 256
 
 
 @dataclass(frozen=True)
@@ -196,6 +201,13 @@ def default_step_floor(options: Any = None) -> StepFloorFn:
     return partial(step_floor, options=options)
 
 
+def default_micro_batch_work(options: Any = None) -> MicroBatchWorkFn:
+    """The predictor's micro-batch work over all pipeline ranks (its quick step floor's ingredient)."""
+    from bastion.predict.estimate import micro_batch_work
+
+    return partial(micro_batch_work, options=options)
+
+
 def default_memory_bound(options: Any = None) -> MemoryBoundFn:
     """The predictor's memory lower bound (valid for a plan and all its recompute modes)."""
     from bastion.predict.estimate import memory_lower_bound
@@ -215,10 +227,12 @@ def search(request: PlanRequest, estimate: EstimateFn | None = None,
     the plan will run on) goes to the predictor's functions; None = bastion's runtime.
     """
     started = time.perf_counter()
-    step_floor = None
+    step_floor = work = None
     if estimate is None:
-        # the terms' floors come with the predictor's own step bound only (a time_bound given is all that is known)
+        # the terms' floors and the quick floor come with the predictor's own step bound only (a time_bound given
+        # is all that is known)
         step_floor = None if time_bound else default_step_floor(options)
+        work = None if time_bound else default_micro_batch_work(options)
         estimate, time_bound = default_estimate(options), time_bound or default_time_bound(options)
         memory_bound = memory_bound or default_memory_bound(options)
     objective = get_objective(request.objective)
@@ -226,7 +240,7 @@ def search(request: PlanRequest, estimate: EstimateFn | None = None,
     # costs (estimate resizes it the same way)
     model = request.model.with_seq_len(request.seq_len)
     floors = Floors(model, request.global_batch, request.seq_len, time_bound, memory_bound, request.software_known,
-                    step_floor)
+                    step_floor, work)
     by_bound = request.prune and objective.can_bound(floors)
     space = _bound_groups(request, model, objective, by_bound, state_bytes, floors)
     found = _predict_best_first(request, model, objective, by_bound, space, estimate)
@@ -251,7 +265,8 @@ def search(request: PlanRequest, estimate: EstimateFn | None = None,
 class _Group(NamedTuple):
     """The plans of one leaf that the memory bound leaves: its ZeRO stages × its recompute / offload choices."""
 
-    #: the objective's floor for every plan of the group (0 when the search is not best-first)
+    #: a floor of the objective for every plan of the group: its quick floor, or its floor where the objective
+    #: has no quick one (_BoundedSpace.exact_floor None); 0 when the search is not best-first
     floor: float
     #: enumeration index of its first plan (the deterministic tie-breaker)
     first: int
@@ -259,15 +274,20 @@ class _Group(NamedTuple):
     leaf: Leaf
     zeros: tuple[int, ...]
     choices: tuple[MemoryChoice, ...]
+    #: ZeRO stage -> its memory floor (what Objective.floor reads)
+    memory: dict[int, float]
 
 
 @dataclass
 class _BoundedSpace:
     """Phases 1-2: the space enumerated for every GPU count, what the bounds settled, and what is left."""
 
+    #: sorted by (floor, first)
     groups: list[_Group]
     #: plans in the groups
     jobs: int
+    #: the objective's floor of a group, when the groups' `floor` is only its quick floor
+    exact_floor: Callable[[_Group], float] | None = None
     evaluated: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     fixes: dict[str, str] = field(default_factory=dict)
@@ -287,6 +307,8 @@ class _Predicted:
     #: (bytes, plan) of the leanest predicted plan that did not fit
     leanest: tuple[float, ParallelPlan] | None
     predicted: int
+    #: groups whose exact floor was computed (the rest were ordered or settled by their quick floor)
+    refined: int = 0
 
 
 def _bound_groups(request: PlanRequest, model: ModelSpec, objective: Objective, by_bound: bool,
@@ -319,18 +341,76 @@ def _bound_groups(request: PlanRequest, model: ModelSpec, objective: Objective, 
             if memory:
                 kept.append((cluster, leaf, memory, choices))
 
-    def floor_of(group: tuple[Cluster, Leaf, dict[int, float], tuple[MemoryChoice, ...]]) -> float:
-        cluster, leaf, memory, _ = group
-        return objective.floor(floors, cluster, leaf, memory)
+    def floor_of(group: _Group) -> float:
+        return objective.floor(floors, group.cluster, group.leaf, group.memory)
 
-    # each group's floor is independent of the others': on many groups, worker processes share them out
-    group_floors = map_in_workers(floor_of, kept, request.workers) if by_bound else [0.0] * len(kept)
-    for floor, (cluster, leaf, memory, choices) in zip(group_floors, kept, strict=True):
-        space.groups.append(_Group(floor, space.jobs, cluster, leaf, tuple(memory), choices))
+    quick = by_bound
+    for cluster, leaf, memory, choices in kept:
+        floor = objective.quick_floor(floors, cluster, leaf, memory) if by_bound else 0.0
+        quick = quick and floor is not None
+        space.groups.append(_Group(floor or 0.0, space.jobs, cluster, leaf, tuple(memory), choices, memory))
         space.jobs += len(memory) * len(choices)
+    if by_bound and not quick:
+        # no quick floor: every group's floor, independent of the others' (on many groups, worker processes
+        # share them out)
+        exact = map_in_workers(floor_of, space.groups, request.workers)
+        space.groups = [group._replace(floor=floor) for group, floor in zip(space.groups, exact, strict=True)]
     if by_bound:
         space.groups.sort(key=lambda g: (g.floor, g.first))
+    space.exact_floor = floor_of if quick else None
     return space
+
+
+class _FloorOrder:
+    """The groups best floor first (then in enumeration order), with each group's exact floor computed only when
+    the order needs it.
+
+    The groups come sorted by floors at most their exact ones (the objective's quick floors). The next group is
+    the least exact floor computed so far once it is below the quick floor of every group not yet refined: their
+    exact floors are at least that, so none of them comes earlier. Groups are refined in the quick order, in
+    batches that double (in worker processes when a batch is large: map_in_workers); a group whose quick floor is
+    above the threshold asked is never refined, nor are those after it."""
+
+    def __init__(self, groups: list[_Group], exact: Callable[[_Group], float] | None, workers: int) -> None:
+        self.groups = groups
+        self._exact = exact
+        self._workers = workers
+        #: the first group not refined
+        self._next = 0
+        #: (exact floor, first, index) of the groups refined and not yet taken
+        self._heap: list[tuple[float, int, int]] = []
+        self._batch = FIRST_FLOORS
+        #: exact floors computed (tests check the quick floors spare most)
+        self.refined = 0
+
+    def left(self) -> bool:
+        """Whether a group was not taken."""
+        return self._next < len(self.groups) or bool(self._heap)
+
+    def take(self, threshold: float) -> int | None:
+        """The index of the next group in order of (exact floor, first), if that floor is at most `threshold`."""
+        groups, heap = self.groups, self._heap
+        while True:
+            more = self._next < len(groups)
+            if heap and (not more or heap[0][0] < groups[self._next].floor):
+                return heapq.heappop(heap)[2] if heap[0][0] <= threshold else None
+            if not more or groups[self._next].floor > threshold:
+                return None
+            self._refine()
+
+    def _refine(self) -> None:
+        lo = self._next
+        if self._exact is None:  # the floors are exact
+            hi = len(self.groups)
+            floors = [group.floor for group in self.groups[lo:]]
+        else:
+            hi = min(len(self.groups), lo + self._batch)
+            floors = map_in_workers(self._exact, self.groups[lo:hi], self._workers)
+            self.refined += hi - lo
+            self._batch *= 2
+        self._heap.extend((floor, self.groups[i].first, i) for i, floor in zip(range(lo, hi), floors, strict=True))
+        heapq.heapify(self._heap)
+        self._next = hi
 
 
 def _predict_best_first(request: PlanRequest, model: ModelSpec, objective: Objective, by_bound: bool,
@@ -348,22 +428,27 @@ def _predict_best_first(request: PlanRequest, model: ModelSpec, objective: Objec
     keep = max(request.top_k, 2)
     found = _Predicted(ranked=[], leanest=None, predicted=0)
     groups = space.groups
-    done, chunk, threshold = 0, FIRST_CHUNK if by_bound else math.inf, math.inf
+    order = _FloorOrder(groups, space.exact_floor, request.workers)
+    chunk, threshold = FIRST_CHUNK if by_bound else math.inf, math.inf
     with PredictionPool(estimate, model, request.seq_len, groups, jobs_of, request.workers) as pool:
-        while done < len(groups) and groups[done].floor <= threshold:
-            start, jobs = done, 0
-            while done < len(groups) and groups[done].floor <= threshold and jobs < chunk:
-                jobs += len(groups[done].zeros) * len(groups[done].choices)
-                done += 1
-            outcomes = iter(pool.predict(start, done, jobs))
+        while True:
+            taken: list[int] = []
+            jobs = 0
+            while jobs < chunk and (index := order.take(threshold)) is not None:
+                taken.append(index)
+                jobs += len(groups[index].zeros) * len(groups[index].choices)
+            if not taken:
+                break
+            outcomes = iter(pool.predict(taken, jobs))
             found.predicted += jobs
-            for group in groups[start:done]:
+            for group in (groups[i] for i in taken):
                 for k, (cluster, plan) in enumerate(jobs_of(group)):
                     _record(found, space, group.first + k, cluster, plan, next(outcomes), request.software_known)
             chunk *= 2
             if by_bound:
                 threshold = _threshold(found.ranked, objective, keep)
-    if done < len(groups):
+    found.refined = order.refined
+    if order.left():
         space.count(objective.bounded_reason, space.jobs - found.predicted)
     return found
 

@@ -37,3 +37,8 @@ class TimeP90(Objective):
         step, terms = floors.step_terms(cluster, leaf)
         return least_p90(step, terms, leaf.pp_schedule, leaf.pp, leaf.cp, floors.seq_len, floors.model,
                          floors.software_known) * (1 - 1e-9)
+
+    def floor_at_step(self, floors: Floors, cluster: Cluster, leaf: Leaf, step: float) -> float:
+        from bastion.predict.intervals import narrowest_p90
+
+        return narrowest_p90(step, floors.software_known) * (1 - 1e-9)
