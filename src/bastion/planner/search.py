@@ -327,9 +327,16 @@ def _bound_groups(request: PlanRequest, model: ModelSpec, objective: Objective, 
             space.count(reason, plans, enum.fixes.get(reason))
         bound = StateLowerBound(model, cluster, state_bytes) if request.prune else None
         capacity = cluster.accelerator.hbm_bytes
+        # (pp, vpp) -> memory_choices (the only arguments of it that vary here)
+        choices_of: dict[tuple[int, int], tuple[MemoryChoice, ...]] = {}
         for leaf in enum.leaves:
-            choices = memory_choices(request.space, model, cluster, leaf.pp, leaf.vpp)
-            states = {z: bound.state_bytes(leaf, batch, z) if bound is not None else 0.0 for z in leaf.zero_stages}
+            choices = choices_of.get((leaf.pp, leaf.vpp))
+            if choices is None:
+                choices = choices_of[leaf.pp, leaf.vpp] = memory_choices(request.space, model, cluster, leaf.pp,
+                                                                         leaf.vpp)
+            zeros = leaf.zero_stages
+            states = dict(zip(zeros, bound.states(leaf, batch, zeros) if bound is not None else [0.0] * len(zeros),
+                              strict=True))
             if bound is not None:
                 for z, state in states.items():
                     if state <= capacity:

@@ -41,7 +41,7 @@ from bastion.predict.memory import (
 from bastion.predict.options import PredictOptions
 from bastion.specs.hardware import Cluster
 from bastion.specs.model import ModelSpec
-from bastion.specs.plan import ParallelPlan
+from bastion.specs.plan import ParallelPlan, expert_grid
 from bastion.specs.profile import FsdpUnitCost
 
 DEFAULT_OPTIONS = PredictOptions()
@@ -868,17 +868,21 @@ def _micro_batch_floor(model: ModelSpec, cluster: Cluster, key: _StageKey, s: in
     return slowest, dict(zip(_FLOORED_TERMS, least, strict=True))
 
 
-#: the plan fields `micro_batch_work` reads (dp only through _plan_options' folds_experts): a caller may cache
-#: it by them
-MICRO_BATCH_WORK_FIELDS = ("dp", "tp", "cp", "ep", "etp", "micro_batch", "sequence_parallel", "precision")
+def work_key(plan: Any) -> tuple:
+    """What `micro_batch_work` reads of a plan — a ParallelPlan, or anything with its dp, tp, cp, ep, etp,
+    micro_batch, sequence_parallel and precision (the planner's leaves) —: a caller may cache it by this. dp and cp
+    count only through whether the expert groups fold over tp ranks (ParallelPlan.folds_experts, which
+    _plan_options reads)."""
+    folds = expert_grid(plan.dp * plan.cp, plan.tp, plan.ep, plan.etp)[1]
+    return plan.tp, plan.cp, plan.ep, plan.etp, plan.micro_batch, plan.sequence_parallel, plan.precision, folds
 
 
 def micro_batch_work(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int | None = None,
                      options: PredictOptions | None = None) -> float:
     """Seconds of one micro-batch summed over all of `plan`'s pipeline ranks (every layer once, the LM head
     once), with no recompute, no ZeRO-3 and no host work: the sum over the ranks of `step_floor`'s per-rank
-    totals. It reads of `plan` only MICRO_BATCH_WORK_FIELDS, not its pipeline; `quick_step_floor` makes it a
-    step floor for any pipeline."""
+    totals. It reads of `plan` only its `work_key`, not its pipeline; `quick_step_floor` makes it a step floor for
+    any pipeline."""
     options = _plan_options(plan, options or DEFAULT_OPTIONS)
     s = seq_len or model.seq_len
     model = model.with_seq_len(s)

@@ -47,8 +47,8 @@ class Floors:
     step_floor: StepFloorFn | None = None
     #: the predictor's `micro_batch_work` (None: no quick step floor)
     micro_batch_work: MicroBatchWorkFn | None = None
-    #: (cluster, the leaf's MICRO_BATCH_WORK_FIELDS) -> (its micro_batch_work, micro-batches per step)
-    _work: dict[tuple, tuple[float, int]] = field(default_factory=dict, compare=False, repr=False)
+    #: (cluster, a leaf's work_key) -> its micro_batch_work
+    _work: dict[tuple, float] = field(default_factory=dict, compare=False, repr=False)
 
     def step_time(self, cluster: Cluster, leaf: Leaf) -> float:
         """Seconds no plan of `leaf` (any ZeRO stage, any recompute mode) steps in less than."""
@@ -66,19 +66,19 @@ class Floors:
 
     def quick_step_time(self, cluster: Cluster, leaf: Leaf) -> float | None:
         """Seconds at most `step_time`'s, for much less work (None without `micro_batch_work`): the predictor's
-        `quick_step_floor`, from the leaf's micro-batch work, computed once per value of the fields it reads
-        (tests compare it with the uncached figure)."""
+        `quick_step_floor`, from the leaf's micro-batch work, computed once per `work_key` (tests compare it with
+        the uncached figure)."""
         if self.micro_batch_work is None:
             return None
-        from bastion.predict.estimate import MICRO_BATCH_WORK_FIELDS, quick_step_floor
+        from bastion.predict.estimate import quick_step_floor, work_key
 
-        key = (cluster, *(getattr(leaf, name) for name in MICRO_BATCH_WORK_FIELDS))
-        known = self._work.get(key)
-        if known is None:
-            plan = leaf.plan(self.global_batch)
-            known = self._work[key] = (self.micro_batch_work(self.model, cluster, plan, self.seq_len),
-                                       plan.num_microbatches)
-        work, microbatches = known
+        key = (cluster, work_key(leaf))
+        work = self._work.get(key)
+        if work is None:
+            work = self._work[key] = self.micro_batch_work(self.model, cluster, leaf.plan(self.global_batch),
+                                                           self.seq_len)
+        # micro-batches per step: ParallelPlan.grad_accumulation
+        microbatches = self.global_batch // (leaf.micro_batch * leaf.dp)
         return quick_step_floor(cluster, work, leaf.pp_schedule, leaf.pp, leaf.vpp, microbatches)
 
     def memory(self, cluster: Cluster, leaf: Leaf, zero: int) -> float:
