@@ -6,7 +6,9 @@
    computed once per (degrees, schedule, precision, ZeRO stage) group; when it already exceeds device memory,
    every plan of the group is out of memory whatever its micro-batch, recompute or sequence parallelism.
 3. rank: the predictor evaluates the survivors; plans that fit are sorted by the objective (objectives/), whose
-   floor also orders the groups best first and settles those that cannot enter the answer.
+   floor also orders the groups best first and settles those that cannot enter the answer. A cheaper quick floor
+   (m × the micro-batch's work over the pipeline ranks / pp, plus the bubble) orders them first; the exact floor
+   is computed only for groups the quick one cannot place or settle (_FloorOrder).
 
 Pruning never changes the answer (tests compare against `prune=False`), only how many plans the predictor sees.
 """
@@ -314,7 +316,8 @@ class _Predicted:
 def _bound_groups(request: PlanRequest, model: ModelSpec, objective: Objective, by_bound: bool,
                   state_bytes: StateBytesFn | None, floors: Floors) -> _BoundedSpace:
     """1-2. Enumerate every GPU count and drop the groups the memory bounds settle; give each survivor the
-    objective's floor. A ParallelPlan is built only for a plan that is predicted."""
+    objective's quick floor (its floor where it has none), sorted best first. A ParallelPlan is built only for a
+    plan that is predicted (and one per work_key for the quick floors)."""
     batch, seq_len = request.global_batch, request.seq_len
     space = _BoundedSpace(groups=[], jobs=0)
     kept: list[tuple[Cluster, Leaf, dict[int, float], tuple[MemoryChoice, ...]]] = []

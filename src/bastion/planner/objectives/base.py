@@ -21,7 +21,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from bastion.planner.search import MemoryBoundFn, MicroBatchWorkFn, RankedPlan, StepFloorFn, TimeBoundFn
     from bastion.planner.space import Leaf
@@ -70,8 +70,7 @@ class Floors:
         the uncached figure)."""
         if self.micro_batch_work is None:
             return None
-        from bastion.predict.estimate import quick_step_floor, work_key
-
+        work_key, quick_step_floor = self._quick_step
         key = (cluster, work_key(leaf))
         work = self._work.get(key)
         if work is None:
@@ -80,6 +79,13 @@ class Floors:
         # micro-batches per step: ParallelPlan.grad_accumulation
         microbatches = self.global_batch // (leaf.micro_batch * leaf.dp)
         return quick_step_floor(cluster, work, leaf.pp_schedule, leaf.pp, leaf.vpp, microbatches)
+
+    @cached_property
+    def _quick_step(self) -> tuple[Callable[[Leaf], tuple], Callable[..., float]]:
+        """The predictor's (work_key, quick_step_floor), imported once (quick_step_time runs per leaf)."""
+        from bastion.predict.estimate import quick_step_floor, work_key
+
+        return work_key, quick_step_floor
 
     def memory(self, cluster: Cluster, leaf: Leaf, zero: int) -> float:
         """Bytes per device no plan of `leaf` at ZeRO stage `zero` (any recompute mode) uses less than."""
