@@ -248,6 +248,33 @@ def test_quick_floors_are_below_the_floors_and_their_cache_is_the_uncached_figur
     assert len(floors._work) < len(leaves), "leaves must share cached work for this test to mean anything"
 
 
+@pytest.mark.parametrize("name, cluster_name, batch, seq, every",
+                         [("llama3-8b", "h100-sxm:32", 128, 8192, 31), ("deepseek-v3", "h100-sxm:256", 1024, 4096, 211),
+                          ("tiny", "cpu:4", 8, 64, 5)])
+def test_memory_fit_is_the_estimates_fit_and_total(name, cluster_name, batch, seq, every) -> None:
+    """The planner times only the plans memory_fit says fit: it must say what estimate says, and raise its
+    PlanErrors (here: offload on an accelerator without a host link)."""
+    from bastion.predict.estimate import memory_fit
+
+    model, cluster = load_model(name), load_cluster(cluster_name)
+    space = SearchSpace(recompute=("none", "full"))
+    fitting = checked = 0
+    for leaf in enumerate_space(model, cluster, batch, seq, space).leaves[::every]:
+        for zero in leaf.zero_stages:
+            for choice in memory_choices(space, model, cluster, leaf.pp, leaf.vpp):
+                plan = leaf.plan(batch, zero, choice)
+                est = estimate(model, cluster, plan, seq, detail=False)
+                assert memory_fit(model, cluster, plan, seq) == (est.fits, est.memory.total), plan
+                fitting += est.fits
+                checked += 1
+    # both outcomes must occur on the GPUs for this test to mean anything (every tiny plan fits a CPU host)
+    assert fitting > 0 and (fitting < checked or name == "tiny")
+    offloaded = ParallelPlan(dp=4, activation_offload=1, global_batch=8)
+    for predict in (estimate, memory_fit):
+        with pytest.raises(PlanError, match="host link"):
+            predict(load_model("tiny"), load_cluster("cpu:4"), offloaded, 64)
+
+
 def test_floor_order_takes_the_groups_by_exact_floor_and_refines_only_what_it_needs() -> None:
     """_FloorOrder against sorting every exact floor: the same groups in the same order up to each threshold, with
     exact floors computed for only a part of the groups when the quick floors settle the rest."""

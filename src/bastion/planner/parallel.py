@@ -33,9 +33,11 @@ MIN_PARALLEL_ITEMS = 4000
 Outcome = tuple[bool, float, float, float, float, Any] | PlanError
 #: a unit's plans: (cluster, plan) pairs, in the order their outcomes are returned
 JobsFn = Callable[[Any], Sequence[tuple[Any, Any]]]
+#: (model, cluster, plan, seq_len) -> (fits, memory total bytes), as the estimate would say
+FitFn = Callable[[Any, Any, Any, int], tuple[bool, float]]
 
 # set just before forking; read by the workers (fork copies it, nothing is pickled)
-_SHARED: tuple[Callable[..., Any], Any, int, Sequence[Any], JobsFn] | None = None
+_SHARED: tuple[Callable[..., Any], Any, int, Sequence[Any], JobsFn, FitFn | None] | None = None
 
 
 def available_cpus() -> int:
@@ -45,10 +47,17 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def outcome_of(estimate: Callable[..., Any], model: Any, cluster: Any, plan: Any, seq_len: int) -> Outcome:
+def outcome_of(estimate: Callable[..., Any], model: Any, cluster: Any, plan: Any, seq_len: int,
+               fit: FitFn | None = None) -> Outcome:
+    """The plan's outcome; with `fit` (the predictor's memory_fit: `estimate`'s fits and memory total, and its
+    PlanErrors) asked first, a plan that does not fit is not timed (its other figures are 0)."""
     from bastion.predict.intervals import step_shares
 
     try:
+        if fit is not None:
+            fits, total = fit(model, cluster, plan, seq_len)
+            if not fits:
+                return (False, 0.0, 0.0, 0.0, float(total), None)
         est = estimate(model, cluster, plan, seq_len)
     except PlanError as exc:
         return exc
@@ -98,8 +107,8 @@ def _die_with_parent() -> None:
 
 
 def _predict_units(estimate: Callable[..., Any], model: Any, seq_len: int, units: Sequence[Any], jobs_of: JobsFn,
-                   indices: Sequence[int]) -> list[Outcome]:
-    return [outcome_of(estimate, model, cluster, plan, seq_len)
+                   fit: FitFn | None, indices: Sequence[int]) -> list[Outcome]:
+    return [outcome_of(estimate, model, cluster, plan, seq_len, fit)
             for i in indices for cluster, plan in jobs_of(units[i])]
 
 
@@ -113,12 +122,12 @@ class PredictionPool:
     once and reused. Use as a context manager, so the workers end with the search.
 
     `workers`: 0 = one per available CPU once a round has MIN_PARALLEL_JOBS plans, 1 = this process only,
-    n > 1 = n workers for every round.
+    n > 1 = n workers for every round. `fit`: asked before `estimate` (outcome_of).
     """
 
     def __init__(self, estimate: Callable[..., Any], model: Any, seq_len: int, units: Sequence[Any],
-                 jobs_of: JobsFn, workers: int = 0) -> None:
-        self._shared = (estimate, model, seq_len, units, jobs_of)
+                 jobs_of: JobsFn, workers: int = 0, fit: FitFn | None = None) -> None:
+        self._shared = (estimate, model, seq_len, units, jobs_of, fit)
         self._workers = workers
         self._pool: Any = None
         self._size = 1

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 from bastion.errors import ConfigError, PlanError
 from bastion.planner.bounds import StateBytesFn, StateLowerBound
 from bastion.planner.objectives import DEFAULT_OBJECTIVE, Floors, Objective, get_objective
-from bastion.planner.parallel import Outcome, PredictionPool, map_in_workers, outcome_of
+from bastion.planner.parallel import FitFn, Outcome, PredictionPool, map_in_workers, outcome_of
 from bastion.planner.space import (
     Enumeration,
     Leaf,
@@ -189,6 +189,14 @@ def default_estimate(options: Any = None) -> EstimateFn:
     return call
 
 
+def default_memory_fit(options: Any = None) -> FitFn:
+    """The predictor's memory_fit: its estimate's fits and memory total without the step time (a plan that does
+    not fit is then not timed)."""
+    from bastion.predict.estimate import memory_fit
+
+    return partial(memory_fit, options=options)
+
+
 def default_time_bound(options: Any = None) -> TimeBoundFn:
     """The predictor's step-time lower bound (valid for a plan and all its ZeRO stages and recompute modes)."""
     from bastion.predict.estimate import step_time_lower_bound
@@ -229,12 +237,13 @@ def search(request: PlanRequest, estimate: EstimateFn | None = None,
     the plan will run on) goes to the predictor's functions; None = bastion's runtime.
     """
     started = time.perf_counter()
-    step_floor = work = None
+    step_floor = work = fit = None
     if estimate is None:
         # the terms' floors and the quick floor come with the predictor's own step bound only (a time_bound given
         # is all that is known)
         step_floor = None if time_bound else default_step_floor(options)
         work = None if time_bound else default_micro_batch_work(options)
+        fit = default_memory_fit(options)
         estimate, time_bound = default_estimate(options), time_bound or default_time_bound(options)
         memory_bound = memory_bound or default_memory_bound(options)
     objective = get_objective(request.objective)
@@ -245,10 +254,10 @@ def search(request: PlanRequest, estimate: EstimateFn | None = None,
                     step_floor, work)
     by_bound = request.prune and objective.can_bound(floors)
     space = _bound_groups(request, model, objective, by_bound, state_bytes, floors)
-    found = _predict_best_first(request, model, objective, by_bound, space, estimate)
+    found = _predict_best_first(request, model, objective, by_bound, space, estimate, fit)
     leanest = found.leanest
     if not found.ranked and space.floor_oom:
-        leanest = _leanest_settled(request, model, space, estimate, leanest)
+        leanest = _leanest_settled(request, model, space, estimate, leanest, fit)
     ranked = sorted(found.ranked, key=objective.key)
     # the few plans shown get their full Estimate (breakdowns) from one more, exact, prediction
     keep = max(request.top_k, 2)
@@ -424,7 +433,7 @@ class _FloorOrder:
 
 
 def _predict_best_first(request: PlanRequest, model: ModelSpec, objective: Objective, by_bound: bool,
-                        space: _BoundedSpace, estimate: EstimateFn) -> _Predicted:
+                        space: _BoundedSpace, estimate: EstimateFn, fit: FitFn | None = None) -> _Predicted:
     """3. Predict the survivors (in worker processes when there are many). Under a bound, groups are predicted
     in order of their floor, in rounds that double, and once the top K (and the best plan with other degrees,
     which the report explains) are known, every plan whose floor is worse than all of them is settled
@@ -440,7 +449,7 @@ def _predict_best_first(request: PlanRequest, model: ModelSpec, objective: Objec
     groups = space.groups
     order = _FloorOrder(groups, space.exact_floor, request.workers)
     chunk, threshold = FIRST_CHUNK if by_bound else math.inf, math.inf
-    with PredictionPool(estimate, model, request.seq_len, groups, jobs_of, request.workers) as pool:
+    with PredictionPool(estimate, model, request.seq_len, groups, jobs_of, request.workers, fit) as pool:
         while True:
             taken: list[int] = []
             jobs = 0
@@ -483,7 +492,8 @@ def _record(found: _Predicted, space: _BoundedSpace, order: int, cluster: Cluste
 
 
 def _leanest_settled(request: PlanRequest, model: ModelSpec, space: _BoundedSpace, estimate: EstimateFn,
-                     leanest: tuple[float, ParallelPlan] | None) -> tuple[float, ParallelPlan] | None:
+                     leanest: tuple[float, ParallelPlan] | None, fit: FitFn | None = None
+                     ) -> tuple[float, ParallelPlan] | None:
     """Nothing fits: the leanest plan for the advice, also among those the memory floor settled (already counted
     out of memory), best floor first, until no floor can beat the leanest found."""
     for floor, cluster, leaf, zero, choices in sorted(space.floor_oom, key=lambda f: f[0]):
@@ -491,7 +501,7 @@ def _leanest_settled(request: PlanRequest, model: ModelSpec, space: _BoundedSpac
             break
         for choice in choices:
             plan = leaf.plan(request.global_batch, zero, choice)
-            outcome = outcome_of(estimate, model, cluster, plan, request.seq_len)
+            outcome = outcome_of(estimate, model, cluster, plan, request.seq_len, fit)
             if not isinstance(outcome, PlanError) and (leanest is None or outcome[4] < leanest[0]):
                 leanest = (outcome[4], plan)
     return leanest

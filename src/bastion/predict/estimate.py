@@ -953,17 +953,36 @@ def memory_lower_bound(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, s
     return (worst + reserve) * (1 - 1e-12)  # the margin absorbs rounding in a differently ordered sum
 
 
-def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int | None = None,
-             options: PredictOptions | None = None, detail: bool = True) -> Estimate:
-    """Predict memory per device and time per optimizer step. Raises PlanError for an inconsistent plan;
-    a plan that does not fit in memory is returned with `fits = False`. With `detail=False` (the planner's
-    bulk calls) `memory_by_stage` lists only one rank per role; every other figure is the same."""
+def _checked(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int | None,
+             options: PredictOptions | None) -> tuple[ModelSpec, int, PredictOptions]:
+    """The model at the sequence length, the sequence length and the plan's software options, once the plan is
+    checked (PlanError)."""
     options = options or DEFAULT_OPTIONS
     s = seq_len or model.seq_len
     model = model.with_seq_len(s)  # learned position tables are sized by the sequence length
     plan.validate(model, cluster, s, allow_folding=True)
     options = _plan_options(plan, options)
     _check_offload(plan, cluster)
+    return model, s, options
+
+
+def memory_fit(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int | None = None,
+               options: PredictOptions | None = None) -> tuple[bool, float]:
+    """`estimate`'s (fits, memory.total) without the step time (the planner asks it first: a plan that does not
+    fit needs nothing more); raises PlanError where `estimate` does."""
+    model, s, options = _checked(model, cluster, plan, seq_len, options)
+    acc = per_rank(cluster).accelerator
+    total = max(stage_memory(model, plan, s, i, not compute.is_cpu(acc), options).total
+                for i in _stages(model, plan).costed)
+    return total <= acc.hbm_bytes, total
+
+
+def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int | None = None,
+             options: PredictOptions | None = None, detail: bool = True) -> Estimate:
+    """Predict memory per device and time per optimizer step. Raises PlanError for an inconsistent plan;
+    a plan that does not fit in memory is returned with `fits = False`. With `detail=False` (the planner's
+    bulk calls) `memory_by_stage` lists only one rank per role; every other figure is the same."""
+    model, s, options = _checked(model, cluster, plan, seq_len, options)
     node = cluster
     cluster = per_rank(cluster)
     acc = cluster.accelerator
