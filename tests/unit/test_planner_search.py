@@ -216,6 +216,125 @@ def test_step_time_floor_and_its_terms_are_below_every_zero_stage_and_memory_cho
     assert model.num_experts == 0 or "ep_comm" in bounded_terms
 
 
+@pytest.mark.parametrize("name, cluster_name, batch, seq, every",
+                         [("llama3-8b", "h100-sxm:32", 128, 8192, 7), ("mixtral-8x7b", "h100-sxm:64", 64, 4096, 29),
+                          ("deepseek-v3", "h100-sxm:256", 1024, 4096, 97), ("tiny", "cpu:4", 8, 64, 3)])
+def test_quick_floors_are_below_the_floors_and_their_cache_is_the_uncached_figure(name, cluster_name, batch, seq,
+                                                                                  every) -> None:
+    """Each leaf's quick step floor, cached by work_key across leaves, is the figure computed afresh for that
+    leaf, and at most its step floor; every objective's quick floor is at most its floor (cpu:4: ranks share a
+    host's cores, where the bubble is left out)."""
+    from bastion.planner.objectives import OBJECTIVES
+    from bastion.planner.search import default_micro_batch_work, default_step_floor, default_time_bound
+    from bastion.predict.estimate import micro_batch_work, quick_step_floor, step_floor
+
+    model, cluster = load_model(name).with_seq_len(seq), load_cluster(cluster_name)
+    floors = Floors(model, batch, seq, default_time_bound(), None, step_floor=default_step_floor(),
+                    micro_batch_work=default_micro_batch_work())
+    leaves = enumerate_space(model, cluster, batch, seq, SearchSpace()).leaves[::every]
+    with_quick = [objective for objective in OBJECTIVES.values()
+                  if objective.quick_floor(floors, cluster, leaves[0], {0: 0.0}) is not None]
+    assert {"time-p90", "throughput", "mfu", "goodput"} <= {objective.name for objective in with_quick}
+    for leaf in leaves:
+        plan = leaf.plan(batch)
+        quick = floors.quick_step_time(cluster, leaf)
+        assert quick == quick_step_floor(cluster, micro_batch_work(model, cluster, plan, seq), leaf.pp_schedule,
+                                         leaf.pp, leaf.vpp, plan.num_microbatches), leaf
+        assert 0 < quick <= step_floor(model, cluster, plan, seq).step, leaf
+        for objective in with_quick:
+            memory = dict.fromkeys(leaf.zero_stages, 0.0)
+            assert (objective.quick_floor(floors, cluster, leaf, memory)
+                    <= objective.floor(floors, cluster, leaf, memory)), (objective.name, leaf)
+    assert len(floors._work) < len(leaves), "leaves must share cached work for this test to mean anything"
+
+
+@pytest.mark.parametrize("name, cluster_name, batch, seq, every",
+                         [("llama3-8b", "h100-sxm:32", 128, 8192, 31), ("deepseek-v3", "h100-sxm:256", 1024, 4096, 211),
+                          ("tiny", "cpu:4", 8, 64, 5)])
+def test_memory_fit_is_the_estimates_fit_and_total(name, cluster_name, batch, seq, every) -> None:
+    """The planner times only the plans memory_fit says fit: it must say what estimate says, and raise its
+    PlanErrors (here: offload on an accelerator without a host link)."""
+    from bastion.predict.estimate import memory_fit
+
+    model, cluster = load_model(name), load_cluster(cluster_name)
+    space = SearchSpace(recompute=("none", "full"))
+    fitting = checked = 0
+    for leaf in enumerate_space(model, cluster, batch, seq, space).leaves[::every]:
+        for zero in leaf.zero_stages:
+            for choice in memory_choices(space, model, cluster, leaf.pp, leaf.vpp):
+                plan = leaf.plan(batch, zero, choice)
+                est = estimate(model, cluster, plan, seq, detail=False)
+                assert memory_fit(model, cluster, plan, seq) == (est.fits, est.memory.total), plan
+                fitting += est.fits
+                checked += 1
+    # both outcomes must occur on the GPUs for this test to mean anything (every tiny plan fits a CPU host)
+    assert fitting > 0 and (fitting < checked or name == "tiny")
+    offloaded = ParallelPlan(dp=4, activation_offload=1, global_batch=8)
+    for predict in (estimate, memory_fit):
+        with pytest.raises(PlanError, match="host link"):
+            predict(load_model("tiny"), load_cluster("cpu:4"), offloaded, 64)
+
+
+def test_floor_order_takes_the_groups_by_exact_floor_and_refines_only_what_it_needs() -> None:
+    """_FloorOrder against sorting every exact floor: the same groups in the same order up to each threshold, with
+    exact floors computed for only a part of the groups when the quick floors settle the rest."""
+    import random
+
+    from bastion.planner import search as search_module
+
+    rng = random.Random(7)
+    exact = [rng.choice([1.0, 2.0, 3.0]) * rng.uniform(1, 100) for _ in range(3000)]
+    quick = [floor / rng.uniform(1, 3) for floor in exact]
+    groups = sorted((search_module._Group(q, i, None, None, (0,), (), {}) for i, q in enumerate(quick)),
+                    key=lambda g: (g.floor, g.first))
+    for threshold in (0.5, 5.0, 40.0, math.inf):
+        order = search_module._FloorOrder(groups, lambda g: exact[g.first], workers=1)
+        taken = []
+        while (index := order.take(threshold)) is not None:
+            taken.append(groups[index].first)
+        assert taken == sorted((i for i, f in enumerate(exact) if f <= threshold), key=lambda i: (exact[i], i))
+        assert order.left() == (threshold < max(exact))
+        if threshold <= 5.0:
+            assert order.refined < len(groups) / 4
+    # without quick floors (exact None) the floors given are taken as exact
+    order = search_module._FloorOrder(groups, None, workers=1)
+    assert [groups[order.take(math.inf)].first for _ in groups] == [g.first for g in groups]
+    assert order.take(math.inf) is None and order.refined == 0
+
+
+@pytest.mark.parametrize("objective", ["time-p90", "mfu"])
+def test_quick_floors_change_nothing_but_the_floors_computed(monkeypatch, objective: str) -> None:
+    """The search ordered by quick floors (exact floors computed lazily) predicts the same plans in the same
+    rounds as the one that computes every group's floor first: same answer, predictions and census."""
+    from bastion.planner import search as search_module
+    from bastion.planner.objectives.base import Objective
+
+    orders: list = []
+
+    class CountingOrder(search_module._FloorOrder):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            orders.append(self)
+
+    monkeypatch.setattr(search_module, "FIRST_CHUNK", 16)
+    monkeypatch.setattr(search_module, "FIRST_FLOORS", 8)
+    monkeypatch.setattr(search_module, "_FloorOrder", CountingOrder)
+    req = PlanRequest(model=load_model("mixtral-8x7b"), cluster=load_cluster("h100-sxm:64"), global_batch=64,
+                      seq_len=4096, top_k=5, workers=1, objective=objective, gpu_counts=(32, 64))
+    lazy = search(req)
+    monkeypatch.setattr(Objective, "quick_floor", lambda *args: None)
+    monkeypatch.setattr(type(search_module.get_objective(objective)), "quick_floor", lambda *args: None)
+    eager = search(req)
+    assert [p.plan for p in lazy.plans] == [p.plan for p in eager.plans]
+    assert [p.p90_s for p in lazy.plans] == [p.p90_s for p in eager.plans]
+    assert (lazy.runner_up.plan, lazy.alternative.plan) == (eager.runner_up.plan, eager.alternative.plan)
+    assert (lazy.predicted, lazy.feasible, lazy.rejected) == (eager.predicted, eager.feasible, eager.rejected)
+    assert lazy.rejected[search_module.get_objective(objective).bounded_reason] > 0
+    groups = len(orders[0].groups)
+    assert 0 < orders[0].refined < groups / 2, "the quick floors must spare most exact floors here"
+    assert orders[1].refined == 0
+
+
 def test_the_least_p90_is_the_least_over_every_step_and_term_above_their_floors() -> None:
     """least_p90 against a brute-force minimum of the interval's p90 over steps and term seconds above the floors,
     where the floors sit on either side of the turning point of step · exp(q · w)."""

@@ -4,10 +4,11 @@ Predictions are independent pure functions of (cluster, plan). The planner predi
 most promising plans first, until a bound settles the rest), so the workers are forked once, at the first round
 big enough to need them, and kept for the later rounds. The plans to predict are described by *units* (the
 search's groups of plans), a list complete before any worker is forked: forking hands every worker that list and
-the parent's imported predictor with its warm caches, so a round only sends a range of unit indices and gets back
-compact outcomes, in order — the same as a serial loop (tests check that). Small rounds, and platforms without
-`fork`, run in this process. The groups' floors, all needed before the first round, are shared out the same way
-by `map_in_workers` (a pool of its own, ended once they are computed).
+the parent's imported predictor with its warm caches, so a round only sends the indices of its units and gets
+back compact outcomes, in order — the same as a serial loop (tests check that). Small rounds, and platforms without
+`fork`, run in this process. The groups' floors, computed in batches as the best-first order needs them, are
+shared out the same way by `map_in_workers` when a batch is large (a pool of its own, ended once they are
+computed).
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ MIN_PARALLEL_ITEMS = 4000
 Outcome = tuple[bool, float, float, float, float, Any] | PlanError
 #: a unit's plans: (cluster, plan) pairs, in the order their outcomes are returned
 JobsFn = Callable[[Any], Sequence[tuple[Any, Any]]]
+#: (model, cluster, plan, seq_len) -> (fits, memory total bytes), as the estimate would say
+FitFn = Callable[[Any, Any, Any, int], tuple[bool, float]]
 
 # set just before forking; read by the workers (fork copies it, nothing is pickled)
-_SHARED: tuple[Callable[..., Any], Any, int, Sequence[Any], JobsFn] | None = None
+_SHARED: tuple[Callable[..., Any], Any, int, Sequence[Any], JobsFn, FitFn | None] | None = None
 
 
 def available_cpus() -> int:
@@ -44,10 +47,17 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def outcome_of(estimate: Callable[..., Any], model: Any, cluster: Any, plan: Any, seq_len: int) -> Outcome:
+def outcome_of(estimate: Callable[..., Any], model: Any, cluster: Any, plan: Any, seq_len: int,
+               fit: FitFn | None = None) -> Outcome:
+    """The plan's outcome; with `fit` (the predictor's memory_fit: `estimate`'s fits and memory total, and its
+    PlanErrors) asked first, a plan that does not fit is not timed (its other figures are 0)."""
     from bastion.predict.intervals import step_shares
 
     try:
+        if fit is not None:
+            fits, total = fit(model, cluster, plan, seq_len)
+            if not fits:
+                return (False, 0.0, 0.0, 0.0, float(total), None)
         est = estimate(model, cluster, plan, seq_len)
     except PlanError as exc:
         return exc
@@ -97,14 +107,14 @@ def _die_with_parent() -> None:
 
 
 def _predict_units(estimate: Callable[..., Any], model: Any, seq_len: int, units: Sequence[Any], jobs_of: JobsFn,
-                   lo: int, hi: int) -> list[Outcome]:
-    return [outcome_of(estimate, model, cluster, plan, seq_len)
-            for unit in units[lo:hi] for cluster, plan in jobs_of(unit)]
+                   fit: FitFn | None, indices: Sequence[int]) -> list[Outcome]:
+    return [outcome_of(estimate, model, cluster, plan, seq_len, fit)
+            for i in indices for cluster, plan in jobs_of(units[i])]
 
 
-def _run_slice(bounds: tuple[int, int]) -> list[Outcome]:
+def _run_slice(indices: Sequence[int]) -> list[Outcome]:
     assert _SHARED is not None, "workers are forked after the units are set"
-    return _predict_units(*_SHARED, *bounds)
+    return _predict_units(*_SHARED, indices)
 
 
 class PredictionPool:
@@ -112,12 +122,12 @@ class PredictionPool:
     once and reused. Use as a context manager, so the workers end with the search.
 
     `workers`: 0 = one per available CPU once a round has MIN_PARALLEL_JOBS plans, 1 = this process only,
-    n > 1 = n workers for every round.
+    n > 1 = n workers for every round. `fit`: asked before `estimate` (outcome_of).
     """
 
     def __init__(self, estimate: Callable[..., Any], model: Any, seq_len: int, units: Sequence[Any],
-                 jobs_of: JobsFn, workers: int = 0) -> None:
-        self._shared = (estimate, model, seq_len, units, jobs_of)
+                 jobs_of: JobsFn, workers: int = 0, fit: FitFn | None = None) -> None:
+        self._shared = (estimate, model, seq_len, units, jobs_of, fit)
         self._workers = workers
         self._pool: Any = None
         self._size = 1
@@ -138,14 +148,14 @@ class PredictionPool:
             self._pool = None
             _SHARED = None
 
-    def predict(self, lo: int, hi: int, jobs: int) -> list[Outcome]:
-        """Outcomes of every plan of units lo..hi-1 (`jobs` of them), in order."""
+    def predict(self, indices: Sequence[int], jobs: int) -> list[Outcome]:
+        """Outcomes of every plan of the units at `indices` (`jobs` plans), in order."""
         pool = self._pool or self._start(jobs)
         if pool is None:
-            return _predict_units(*self._shared, lo, hi)
-        size = max(1, -(-(hi - lo) // (self._size * SLICES_PER_WORKER)))
-        bounds = [(i, min(i + size, hi)) for i in range(lo, hi, size)]
-        return [outcome for part in pool.map(_run_slice, bounds, chunksize=1) for outcome in part]
+            return _predict_units(*self._shared, indices)
+        size = max(1, -(-len(indices) // (self._size * SLICES_PER_WORKER)))
+        slices = [indices[i:i + size] for i in range(0, len(indices), size)]
+        return [outcome for part in pool.map(_run_slice, slices, chunksize=1) for outcome in part]
 
     def _start(self, jobs: int) -> Any:
         workers = self._workers

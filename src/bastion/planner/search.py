@@ -6,13 +6,16 @@
    computed once per (degrees, schedule, precision, ZeRO stage) group; when it already exceeds device memory,
    every plan of the group is out of memory whatever its micro-batch, recompute or sequence parallelism.
 3. rank: the predictor evaluates the survivors; plans that fit are sorted by the objective (objectives/), whose
-   floor also orders the groups best first and settles those that cannot enter the answer.
+   floor also orders the groups best first and settles those that cannot enter the answer. A cheaper quick floor
+   (m × the micro-batch's work over the pipeline ranks / pp, plus the bubble) orders them first; the exact floor
+   is computed only for groups the quick one cannot place or settle (_FloorOrder).
 
 Pruning never changes the answer (tests compare against `prune=False`), only how many plans the predictor sees.
 """
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import math
 import time
@@ -25,7 +28,7 @@ from typing import Any, NamedTuple
 from bastion.errors import ConfigError, PlanError
 from bastion.planner.bounds import StateBytesFn, StateLowerBound
 from bastion.planner.objectives import DEFAULT_OBJECTIVE, Floors, Objective, get_objective
-from bastion.planner.parallel import Outcome, PredictionPool, map_in_workers, outcome_of
+from bastion.planner.parallel import FitFn, Outcome, PredictionPool, map_in_workers, outcome_of
 from bastion.planner.space import (
     Enumeration,
     Leaf,
@@ -45,11 +48,15 @@ TimeBoundFn = Callable[[ModelSpec, Cluster, ParallelPlan, int], float]
 MemoryBoundFn = Callable[[ModelSpec, Cluster, ParallelPlan, int], float]
 #: -> a predict.estimate.StepFloor: the step and its terms no ZeRO stage or recompute mode of a plan goes below
 StepFloorFn = Callable[[ModelSpec, Cluster, ParallelPlan, int], Any]
+#: -> seconds of one micro-batch over all pipeline ranks (predict.estimate.micro_batch_work)
+MicroBatchWorkFn = Callable[[ModelSpec, Cluster, ParallelPlan, int], float]
 
 #: the census reason of plans the step-time bound settles under the default objective
 BOUNDED_OUT = get_objective(DEFAULT_OBJECTIVE).bounded_reason
 #: plans predicted in the first round under the time bound; each later round doubles
 FIRST_CHUNK = 1024
+#: groups whose exact floor is computed at once when the quick floors leave the order open; each later batch doubles
+FIRST_FLOORS = 256
 
 
 @dataclass(frozen=True)
@@ -182,6 +189,14 @@ def default_estimate(options: Any = None) -> EstimateFn:
     return call
 
 
+def default_memory_fit(options: Any = None) -> FitFn:
+    """The predictor's memory_fit: its estimate's fits and memory total without the step time (a plan that does
+    not fit is then not timed)."""
+    from bastion.predict.estimate import memory_fit
+
+    return partial(memory_fit, options=options)
+
+
 def default_time_bound(options: Any = None) -> TimeBoundFn:
     """The predictor's step-time lower bound (valid for a plan and all its ZeRO stages and recompute modes)."""
     from bastion.predict.estimate import step_time_lower_bound
@@ -194,6 +209,13 @@ def default_step_floor(options: Any = None) -> StepFloorFn:
     from bastion.predict.estimate import step_floor
 
     return partial(step_floor, options=options)
+
+
+def default_micro_batch_work(options: Any = None) -> MicroBatchWorkFn:
+    """The predictor's micro-batch work over all pipeline ranks (its quick step floor's ingredient)."""
+    from bastion.predict.estimate import micro_batch_work
+
+    return partial(micro_batch_work, options=options)
 
 
 def default_memory_bound(options: Any = None) -> MemoryBoundFn:
@@ -215,10 +237,13 @@ def search(request: PlanRequest, estimate: EstimateFn | None = None,
     the plan will run on) goes to the predictor's functions; None = bastion's runtime.
     """
     started = time.perf_counter()
-    step_floor = None
+    step_floor = work = fit = None
     if estimate is None:
-        # the terms' floors come with the predictor's own step bound only (a time_bound given is all that is known)
+        # the terms' floors and the quick floor come with the predictor's own step bound only (a time_bound given
+        # is all that is known)
         step_floor = None if time_bound else default_step_floor(options)
+        work = None if time_bound else default_micro_batch_work(options)
+        fit = default_memory_fit(options)
         estimate, time_bound = default_estimate(options), time_bound or default_time_bound(options)
         memory_bound = memory_bound or default_memory_bound(options)
     objective = get_objective(request.objective)
@@ -226,13 +251,13 @@ def search(request: PlanRequest, estimate: EstimateFn | None = None,
     # costs (estimate resizes it the same way)
     model = request.model.with_seq_len(request.seq_len)
     floors = Floors(model, request.global_batch, request.seq_len, time_bound, memory_bound, request.software_known,
-                    step_floor)
+                    step_floor, work)
     by_bound = request.prune and objective.can_bound(floors)
     space = _bound_groups(request, model, objective, by_bound, state_bytes, floors)
-    found = _predict_best_first(request, model, objective, by_bound, space, estimate)
+    found = _predict_best_first(request, model, objective, by_bound, space, estimate, fit)
     leanest = found.leanest
     if not found.ranked and space.floor_oom:
-        leanest = _leanest_settled(request, model, space, estimate, leanest)
+        leanest = _leanest_settled(request, model, space, estimate, leanest, fit)
     ranked = sorted(found.ranked, key=objective.key)
     # the few plans shown get their full Estimate (breakdowns) from one more, exact, prediction
     keep = max(request.top_k, 2)
@@ -251,7 +276,8 @@ def search(request: PlanRequest, estimate: EstimateFn | None = None,
 class _Group(NamedTuple):
     """The plans of one leaf that the memory bound leaves: its ZeRO stages × its recompute / offload choices."""
 
-    #: the objective's floor for every plan of the group (0 when the search is not best-first)
+    #: a floor of the objective for every plan of the group: its quick floor, or its floor where the objective
+    #: has no quick one (_BoundedSpace.exact_floor None); 0 when the search is not best-first
     floor: float
     #: enumeration index of its first plan (the deterministic tie-breaker)
     first: int
@@ -259,15 +285,20 @@ class _Group(NamedTuple):
     leaf: Leaf
     zeros: tuple[int, ...]
     choices: tuple[MemoryChoice, ...]
+    #: ZeRO stage -> its memory floor (what Objective.floor reads)
+    memory: dict[int, float]
 
 
 @dataclass
 class _BoundedSpace:
     """Phases 1-2: the space enumerated for every GPU count, what the bounds settled, and what is left."""
 
+    #: sorted by (floor, first)
     groups: list[_Group]
     #: plans in the groups
     jobs: int
+    #: the objective's floor of a group, when the groups' `floor` is only its quick floor
+    exact_floor: Callable[[_Group], float] | None = None
     evaluated: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     fixes: dict[str, str] = field(default_factory=dict)
@@ -287,12 +318,15 @@ class _Predicted:
     #: (bytes, plan) of the leanest predicted plan that did not fit
     leanest: tuple[float, ParallelPlan] | None
     predicted: int
+    #: groups whose exact floor was computed (the rest were ordered or settled by their quick floor)
+    refined: int = 0
 
 
 def _bound_groups(request: PlanRequest, model: ModelSpec, objective: Objective, by_bound: bool,
                   state_bytes: StateBytesFn | None, floors: Floors) -> _BoundedSpace:
     """1-2. Enumerate every GPU count and drop the groups the memory bounds settle; give each survivor the
-    objective's floor. A ParallelPlan is built only for a plan that is predicted."""
+    objective's quick floor (its floor where it has none), sorted best first. A ParallelPlan is built only for a
+    plan that is predicted (and one per work_key for the quick floors)."""
     batch, seq_len = request.global_batch, request.seq_len
     space = _BoundedSpace(groups=[], jobs=0)
     kept: list[tuple[Cluster, Leaf, dict[int, float], tuple[MemoryChoice, ...]]] = []
@@ -305,9 +339,16 @@ def _bound_groups(request: PlanRequest, model: ModelSpec, objective: Objective, 
             space.count(reason, plans, enum.fixes.get(reason))
         bound = StateLowerBound(model, cluster, state_bytes) if request.prune else None
         capacity = cluster.accelerator.hbm_bytes
+        # (pp, vpp) -> memory_choices (the only arguments of it that vary here)
+        choices_of: dict[tuple[int, int], tuple[MemoryChoice, ...]] = {}
         for leaf in enum.leaves:
-            choices = memory_choices(request.space, model, cluster, leaf.pp, leaf.vpp)
-            states = {z: bound.state_bytes(leaf, batch, z) if bound is not None else 0.0 for z in leaf.zero_stages}
+            choices = choices_of.get((leaf.pp, leaf.vpp))
+            if choices is None:
+                choices = choices_of[leaf.pp, leaf.vpp] = memory_choices(request.space, model, cluster, leaf.pp,
+                                                                         leaf.vpp)
+            zeros = leaf.zero_stages
+            states = dict(zip(zeros, bound.states(leaf, batch, zeros) if bound is not None else [0.0] * len(zeros),
+                              strict=True))
             if bound is not None:
                 for z, state in states.items():
                     if state <= capacity:
@@ -319,22 +360,80 @@ def _bound_groups(request: PlanRequest, model: ModelSpec, objective: Objective, 
             if memory:
                 kept.append((cluster, leaf, memory, choices))
 
-    def floor_of(group: tuple[Cluster, Leaf, dict[int, float], tuple[MemoryChoice, ...]]) -> float:
-        cluster, leaf, memory, _ = group
-        return objective.floor(floors, cluster, leaf, memory)
+    def floor_of(group: _Group) -> float:
+        return objective.floor(floors, group.cluster, group.leaf, group.memory)
 
-    # each group's floor is independent of the others': on many groups, worker processes share them out
-    group_floors = map_in_workers(floor_of, kept, request.workers) if by_bound else [0.0] * len(kept)
-    for floor, (cluster, leaf, memory, choices) in zip(group_floors, kept, strict=True):
-        space.groups.append(_Group(floor, space.jobs, cluster, leaf, tuple(memory), choices))
+    quick = by_bound
+    for cluster, leaf, memory, choices in kept:
+        floor = objective.quick_floor(floors, cluster, leaf, memory) if by_bound else 0.0
+        quick = quick and floor is not None
+        space.groups.append(_Group(floor or 0.0, space.jobs, cluster, leaf, tuple(memory), choices, memory))
         space.jobs += len(memory) * len(choices)
+    if by_bound and not quick:
+        # no quick floor: every group's floor, independent of the others' (on many groups, worker processes
+        # share them out)
+        exact = map_in_workers(floor_of, space.groups, request.workers)
+        space.groups = [group._replace(floor=floor) for group, floor in zip(space.groups, exact, strict=True)]
     if by_bound:
         space.groups.sort(key=lambda g: (g.floor, g.first))
+    space.exact_floor = floor_of if quick else None
     return space
 
 
+class _FloorOrder:
+    """The groups best floor first (then in enumeration order), with each group's exact floor computed only when
+    the order needs it.
+
+    The groups come sorted by floors at most their exact ones (the objective's quick floors). The next group is
+    the least exact floor computed so far once it is below the quick floor of every group not yet refined: their
+    exact floors are at least that, so none of them comes earlier. Groups are refined in the quick order, in
+    batches that double (in worker processes when a batch is large: map_in_workers); a group whose quick floor is
+    above the threshold asked is never refined, nor are those after it."""
+
+    def __init__(self, groups: list[_Group], exact: Callable[[_Group], float] | None, workers: int) -> None:
+        self.groups = groups
+        self._exact = exact
+        self._workers = workers
+        #: the first group not refined
+        self._next = 0
+        #: (exact floor, first, index) of the groups refined and not yet taken
+        self._heap: list[tuple[float, int, int]] = []
+        self._batch = FIRST_FLOORS
+        #: exact floors computed (tests check the quick floors spare most)
+        self.refined = 0
+
+    def left(self) -> bool:
+        """Whether a group was not taken."""
+        return self._next < len(self.groups) or bool(self._heap)
+
+    def take(self, threshold: float) -> int | None:
+        """The index of the next group in order of (exact floor, first), if that floor is at most `threshold`."""
+        groups, heap = self.groups, self._heap
+        while True:
+            more = self._next < len(groups)
+            if heap and (not more or heap[0][0] < groups[self._next].floor):
+                return heapq.heappop(heap)[2] if heap[0][0] <= threshold else None
+            if not more or groups[self._next].floor > threshold:
+                return None
+            self._refine()
+
+    def _refine(self) -> None:
+        lo = self._next
+        if self._exact is None:  # the floors are exact
+            hi = len(self.groups)
+            floors = [group.floor for group in self.groups[lo:]]
+        else:
+            hi = min(len(self.groups), lo + self._batch)
+            floors = map_in_workers(self._exact, self.groups[lo:hi], self._workers)
+            self.refined += hi - lo
+            self._batch *= 2
+        self._heap.extend((floor, self.groups[i].first, i) for i, floor in zip(range(lo, hi), floors, strict=True))
+        heapq.heapify(self._heap)
+        self._next = hi
+
+
 def _predict_best_first(request: PlanRequest, model: ModelSpec, objective: Objective, by_bound: bool,
-                        space: _BoundedSpace, estimate: EstimateFn) -> _Predicted:
+                        space: _BoundedSpace, estimate: EstimateFn, fit: FitFn | None = None) -> _Predicted:
     """3. Predict the survivors (in worker processes when there are many). Under a bound, groups are predicted
     in order of their floor, in rounds that double, and once the top K (and the best plan with other degrees,
     which the report explains) are known, every plan whose floor is worse than all of them is settled
@@ -348,22 +447,27 @@ def _predict_best_first(request: PlanRequest, model: ModelSpec, objective: Objec
     keep = max(request.top_k, 2)
     found = _Predicted(ranked=[], leanest=None, predicted=0)
     groups = space.groups
-    done, chunk, threshold = 0, FIRST_CHUNK if by_bound else math.inf, math.inf
-    with PredictionPool(estimate, model, request.seq_len, groups, jobs_of, request.workers) as pool:
-        while done < len(groups) and groups[done].floor <= threshold:
-            start, jobs = done, 0
-            while done < len(groups) and groups[done].floor <= threshold and jobs < chunk:
-                jobs += len(groups[done].zeros) * len(groups[done].choices)
-                done += 1
-            outcomes = iter(pool.predict(start, done, jobs))
+    order = _FloorOrder(groups, space.exact_floor, request.workers)
+    chunk, threshold = FIRST_CHUNK if by_bound else math.inf, math.inf
+    with PredictionPool(estimate, model, request.seq_len, groups, jobs_of, request.workers, fit) as pool:
+        while True:
+            taken: list[int] = []
+            jobs = 0
+            while jobs < chunk and (index := order.take(threshold)) is not None:
+                taken.append(index)
+                jobs += len(groups[index].zeros) * len(groups[index].choices)
+            if not taken:
+                break
+            outcomes = iter(pool.predict(taken, jobs))
             found.predicted += jobs
-            for group in groups[start:done]:
+            for group in (groups[i] for i in taken):
                 for k, (cluster, plan) in enumerate(jobs_of(group)):
                     _record(found, space, group.first + k, cluster, plan, next(outcomes), request.software_known)
             chunk *= 2
             if by_bound:
                 threshold = _threshold(found.ranked, objective, keep)
-    if done < len(groups):
+    found.refined = order.refined
+    if order.left():
         space.count(objective.bounded_reason, space.jobs - found.predicted)
     return found
 
@@ -388,7 +492,8 @@ def _record(found: _Predicted, space: _BoundedSpace, order: int, cluster: Cluste
 
 
 def _leanest_settled(request: PlanRequest, model: ModelSpec, space: _BoundedSpace, estimate: EstimateFn,
-                     leanest: tuple[float, ParallelPlan] | None) -> tuple[float, ParallelPlan] | None:
+                     leanest: tuple[float, ParallelPlan] | None, fit: FitFn | None = None
+                     ) -> tuple[float, ParallelPlan] | None:
     """Nothing fits: the leanest plan for the advice, also among those the memory floor settled (already counted
     out of memory), best floor first, until no floor can beat the leanest found."""
     for floor, cluster, leaf, zero, choices in sorted(space.floor_oom, key=lambda f: f[0]):
@@ -396,7 +501,7 @@ def _leanest_settled(request: PlanRequest, model: ModelSpec, space: _BoundedSpac
             break
         for choice in choices:
             plan = leaf.plan(request.global_batch, zero, choice)
-            outcome = outcome_of(estimate, model, cluster, plan, request.seq_len)
+            outcome = outcome_of(estimate, model, cluster, plan, request.seq_len, fit)
             if not isinstance(outcome, PlanError) and (leanest is None or outcome[4] < leanest[0]):
                 leanest = (outcome[4], plan)
     return leanest

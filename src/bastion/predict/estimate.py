@@ -41,7 +41,7 @@ from bastion.predict.memory import (
 from bastion.predict.options import PredictOptions
 from bastion.specs.hardware import Cluster
 from bastion.specs.model import ModelSpec
-from bastion.specs.plan import ParallelPlan
+from bastion.specs.plan import ParallelPlan, expert_grid
 from bastion.specs.profile import FsdpUnitCost
 
 DEFAULT_OPTIONS = PredictOptions()
@@ -892,6 +892,49 @@ def _micro_batch_floor(model: ModelSpec, cluster: Cluster, key: _StageKey, s: in
     return slowest, dict(zip(_FLOORED_TERMS, least, strict=True))
 
 
+def work_key(plan: Any) -> tuple:
+    """What `micro_batch_work` reads of a plan — a ParallelPlan, or anything with its dp, tp, cp, ep, etp,
+    micro_batch, sequence_parallel and precision (the planner's leaves) —: a caller may cache it by this. dp and cp
+    count only through whether the expert groups fold over tp ranks (ParallelPlan.folds_experts, which
+    _plan_options reads)."""
+    folds = expert_grid(plan.dp * plan.cp, plan.tp, plan.ep, plan.etp)[1]
+    return plan.tp, plan.cp, plan.ep, plan.etp, plan.micro_batch, plan.sequence_parallel, plan.precision, folds
+
+
+def micro_batch_work(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int | None = None,
+                     options: PredictOptions | None = None) -> float:
+    """Seconds of one micro-batch summed over all of `plan`'s pipeline ranks (every layer once, the LM head
+    once), with no recompute, no ZeRO-3 and no host work: the sum over the ranks of `step_floor`'s per-rank
+    totals. It reads of `plan` only its `work_key`, not its pipeline; `quick_step_floor` makes it a step floor for
+    any pipeline."""
+    options = _plan_options(plan, options or DEFAULT_OPTIONS)
+    s = seq_len or model.seq_len
+    model = model.with_seq_len(s)
+    rank = per_rank(cluster)
+    key = _StageKey(1, plan.tp, plan.cp, 0, plan.micro_batch, "none", plan.sequence_parallel, plan.precision,
+                    *_expert_key(plan, options))
+    moe_total = sum(_layer_costs(model, rank, key, s, options)[2:])  # every field but the forward parts
+    # the pipeline's ranks hold every layer once: the layers without experts (stage_dense_layers) and the rest
+    dense = model.num_layers - model.num_moe_layers if has_dense_layers(model) else 0
+    dense_total = sum(_layer_costs(moe.dense_layer_model(model), rank, key, s, options)[2:]) if dense else 0.0
+    return ((model.num_layers - dense) * moe_total + dense * dense_total
+            + sum(_head_costs(model, rank, key, s, options)))
+
+
+def quick_step_floor(node: Cluster, work: float, pp_schedule: str, pp: int, vpp: int, microbatches: int) -> float:
+    """A step `step_floor(...).step` is never above, for a plan whose `micro_batch_work` is `work`, of this
+    pipeline and micro-batch count: m × work / pp × (1 + the bubble fraction); no stage layout is read.
+
+    Why it holds. `step_floor`'s step is (m × slowest + bubble + pp_comm) with slowest the largest per-rank total
+    of `_micro_batch_floor`, bubble = its fraction × m × slowest, pp_comm ≥ 0; on a host whose ranks share its
+    cores, m × slowest + a bubble ≥ 0 (`_shared_core_bubble`). Each layer sits on one pipeline rank and the LM
+    head on one, so the ranks' totals add up to `work`: the largest is at least their mean, work / pp. The margin
+    covers the different order of the sums."""
+    bubble = 0.0 if _host_saturated(node) else max(0.0, schedule.bubble_fraction(pp_schedule, pp, vpp,
+                                                                                  microbatches))
+    return microbatches * work / pp * (1 + bubble) * (1 - 1e-9)
+
+
 @lru_cache(maxsize=4096)
 def _costed_ranks(model: ModelSpec, pp_schedule: str, pp: int, vpp: int, counts: tuple[int, ...] | None
                   ) -> tuple[tuple[int, int, bool], ...]:
@@ -934,17 +977,36 @@ def memory_lower_bound(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, s
     return (worst + reserve) * (1 - 1e-12)  # the margin absorbs rounding in a differently ordered sum
 
 
-def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int | None = None,
-             options: PredictOptions | None = None, detail: bool = True) -> Estimate:
-    """Predict memory per device and time per optimizer step. Raises PlanError for an inconsistent plan;
-    a plan that does not fit in memory is returned with `fits = False`. With `detail=False` (the planner's
-    bulk calls) `memory_by_stage` lists only one rank per role; every other figure is the same."""
+def _checked(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int | None,
+             options: PredictOptions | None) -> tuple[ModelSpec, int, PredictOptions]:
+    """The model at the sequence length, the sequence length and the plan's software options, once the plan is
+    checked (PlanError)."""
     options = options or DEFAULT_OPTIONS
     s = seq_len or model.seq_len
     model = model.with_seq_len(s)  # learned position tables are sized by the sequence length
     plan.validate(model, cluster, s)
     options = _plan_options(plan, options)
     _check_offload(plan, cluster)
+    return model, s, options
+
+
+def memory_fit(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int | None = None,
+               options: PredictOptions | None = None) -> tuple[bool, float]:
+    """`estimate`'s (fits, memory.total) without the step time (the planner asks it first: a plan that does not
+    fit needs nothing more); raises PlanError where `estimate` does."""
+    model, s, options = _checked(model, cluster, plan, seq_len, options)
+    acc = per_rank(cluster).accelerator
+    total = max(stage_memory(model, plan, s, i, not compute.is_cpu(acc), options).total
+                for i in _stages(model, plan).costed)
+    return total <= acc.hbm_bytes, total
+
+
+def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int | None = None,
+             options: PredictOptions | None = None, detail: bool = True) -> Estimate:
+    """Predict memory per device and time per optimizer step. Raises PlanError for an inconsistent plan;
+    a plan that does not fit in memory is returned with `fits = False`. With `detail=False` (the planner's
+    bulk calls) `memory_by_stage` lists only one rank per role; every other figure is the same."""
+    model, s, options = _checked(model, cluster, plan, seq_len, options)
     node = cluster
     cluster = per_rank(cluster)
     acc = cluster.accelerator

@@ -301,10 +301,16 @@ def least_p90(step_floor: float, term_floors: Mapping[str, float], pp_schedule: 
         model, seq_len), pp_schedule=pp_schedule, pp=pp, cp=cp, seq_len=seq_len)
     k = math.sqrt(sum((kappa[c] * a) ** 2 for c, a in class_shares(seconds, coverage).items()))
     if k == 0 or q <= 0:
-        return step_floor * math.exp(q)
+        return narrowest_p90(step_floor, software_known)
     u_star = math.sqrt((1 + math.sqrt(1 + 4 * q * q)) / (2 * q * q))
     step = max(step_floor, k / u_star)
     return step * math.exp(q * math.sqrt(1 + (k / step) ** 2))
+
+
+def narrowest_p90(step: float, software_known: bool = True) -> float:
+    """The p90 of a `step`-second prediction whose width factor is 1, the narrowest: what the p90 of any
+    prediction of a step at least `step` is at least (least_p90's when no term widens it)."""
+    return step * math.exp(_stratum_widths(software_known)[0])
 
 
 @cache

@@ -8,20 +8,22 @@ The search (search.py) asks an objective three things:
                            below (default: that bound); above device memory settles the stage as out of memory
   floor(...)               per group: the best `value` any plan of it can reach; groups are predicted best floor
                            first, and those whose floor is worse than every plan the answer needs are settled
+  quick_floor(...)         per group, optional: a value no better than `floor`'s, much cheaper; the search
+                           orders the groups by it and computes `floor` only for those it cannot settle
 A floor must never be better than a plan's real value (tests compare every objective's pruned search with the
 exhaustive one). `Floors` hands an objective the predictor's lower bounds for the request.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
-    from bastion.planner.search import MemoryBoundFn, RankedPlan, StepFloorFn, TimeBoundFn
+    from bastion.planner.search import MemoryBoundFn, MicroBatchWorkFn, RankedPlan, StepFloorFn, TimeBoundFn
     from bastion.planner.space import Leaf
     from bastion.specs.hardware import Cluster
     from bastion.specs.model import ModelSpec
@@ -43,6 +45,10 @@ class Floors:
     #: the step and the step-time terms no ZeRO stage or recompute mode of a plan goes below (the predictor's
     #: `step_floor`; None: only `time_bound`'s step is known)
     step_floor: StepFloorFn | None = None
+    #: the predictor's `micro_batch_work` (None: no quick step floor)
+    micro_batch_work: MicroBatchWorkFn | None = None
+    #: (cluster, a leaf's work_key) -> its micro_batch_work
+    _work: dict[tuple, float] = field(default_factory=dict, compare=False, repr=False)
 
     def step_time(self, cluster: Cluster, leaf: Leaf) -> float:
         """Seconds no plan of `leaf` (any ZeRO stage, any recompute mode) steps in less than."""
@@ -57,6 +63,29 @@ class Floors:
             return floor.step, floor.terms
         assert self.time_bound is not None
         return self.time_bound(self.model, cluster, plan, self.seq_len), {}
+
+    def quick_step_time(self, cluster: Cluster, leaf: Leaf) -> float | None:
+        """Seconds at most `step_time`'s, for much less work (None without `micro_batch_work`): the predictor's
+        `quick_step_floor`, from the leaf's micro-batch work, computed once per `work_key` (tests compare it with
+        the uncached figure)."""
+        if self.micro_batch_work is None:
+            return None
+        work_key, quick_step_floor = self._quick_step
+        key = (cluster, work_key(leaf))
+        work = self._work.get(key)
+        if work is None:
+            work = self._work[key] = self.micro_batch_work(self.model, cluster, leaf.plan(self.global_batch),
+                                                           self.seq_len)
+        # micro-batches per step: ParallelPlan.grad_accumulation
+        microbatches = self.global_batch // (leaf.micro_batch * leaf.dp)
+        return quick_step_floor(cluster, work, leaf.pp_schedule, leaf.pp, leaf.vpp, microbatches)
+
+    @cached_property
+    def _quick_step(self) -> tuple[Callable[[Leaf], tuple], Callable[..., float]]:
+        """The predictor's (work_key, quick_step_floor), imported once (quick_step_time runs per leaf)."""
+        from bastion.predict.estimate import quick_step_floor, work_key
+
+        return work_key, quick_step_floor
 
     def memory(self, cluster: Cluster, leaf: Leaf, zero: int) -> float:
         """Bytes per device no plan of `leaf` at ZeRO stage `zero` (any recompute mode) uses less than."""
@@ -102,3 +131,15 @@ class Objective:
         """The best `value` any plan of `leaf` can reach at the ZeRO stages kept (`memory`: stage -> its
         `memory_floor`)."""
         raise NotImplementedError
+
+    def floor_at_step(self, floors: Floors, cluster: Cluster, leaf: Leaf, step: float) -> float | None:
+        """The best `value` a plan of `leaf` whose step lasts at least `step` seconds can reach (None: this
+        objective's floor does not follow the step time)."""
+        return None
+
+    def quick_floor(self, floors: Floors, cluster: Cluster, leaf: Leaf, memory: dict[int, float]) -> float | None:
+        """A value at most `floor`'s for the same group, much cheaper to compute; None: none (every group's
+        `floor` is computed). Default: `floor_at_step` at the predictor's quick step floor, which is at most the
+        step floor `floor` starts from."""
+        quick = floors.quick_step_time(cluster, leaf)
+        return None if quick is None else self.floor_at_step(floors, cluster, leaf, quick)

@@ -73,5 +73,8 @@ class Goodput(Objective):
         return -plan.tokens_per_s * goodput_of(plan)
 
     def floor(self, floors: Floors, cluster: Cluster, leaf: Leaf, memory: dict[int, float]) -> float:
+        return self.floor_at_step(floors, cluster, leaf, floors.step_time(cluster, leaf))
+
+    def floor_at_step(self, floors: Floors, cluster: Cluster, leaf: Leaf, step: float) -> float:
         # goodput <= 1: no plan of the group does better than its fastest possible step
-        return -floors.global_batch * floors.seq_len / floors.step_time(cluster, leaf) * (1 + 1e-9)
+        return -floors.global_batch * floors.seq_len / step * (1 + 1e-9)

@@ -26,5 +26,8 @@ class Mfu(Objective):
         return -plan.mfu
 
     def floor(self, floors: Floors, cluster: Cluster, leaf: Leaf, memory: dict[int, float]) -> float:
+        return self.floor_at_step(floors, cluster, leaf, floors.step_time(cluster, leaf))
+
+    def floor_at_step(self, floors: Floors, cluster: Cluster, leaf: Leaf, step: float) -> float:
         peak = cluster.accelerator.peak_tflops(leaf.precision) * 1e12 * cluster.num_gpus
-        return -floors.flops_per_step / (floors.step_time(cluster, leaf) * peak) * (1 + 1e-9)
+        return -floors.flops_per_step / (step * peak) * (1 + 1e-9)

@@ -28,6 +28,9 @@ class Throughput(Objective):
     def floor(self, floors: Floors, cluster: Cluster, leaf: Leaf, memory: dict[int, float]) -> float:
         return floors.step_time(cluster, leaf)
 
+    def floor_at_step(self, floors: Floors, cluster: Cluster, leaf: Leaf, step: float) -> float:
+        return step
+
 
 class TimeMedian(Throughput):
     """The ranking before intervals: by the point (median) prediction alone, as `throughput`."""
