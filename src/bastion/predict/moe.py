@@ -200,11 +200,14 @@ def expert_gemm_shapes(model: ModelSpec, rows: float, etp: int = 1) -> tuple[tup
 
 
 def expert_forward_time(model: ModelSpec, cluster: Cluster, rows: float, etp: int, precision: str,
-                        fp8_recipe: str = DEFAULT_FP8_RECIPE) -> float:
+                        fp8_recipe: str = DEFAULT_FP8_RECIPE, grouped_gemm: str = DENSE_RATE_GROUPED_GEMM) -> float:
     """Seconds of one expert's forward GEMMs on `rows` tokens: each at the calibrated efficiency of its own
-    shape (the grouped GEMM's rate at that many tokens per expert)."""
-    return sum(compute.gemm_time(cluster.accelerator, precision, *shape, fp8_recipe)
-               for shape in expert_gemm_shapes(model, rows, etp))
+    shape (the grouped GEMM's rate at that many tokens per expert), times the fraction of that rate the
+    `grouped_gemm` implementation reaches on the card (grouped_gemm_rate)."""
+    acc = cluster.accelerator
+    rate, _ = grouped_gemm_rate(grouped_gemm, acc.arch, "fp8" if precision == "fp8" else "bf16")
+    return sum(compute.gemm_time(acc, precision, *shape, fp8_recipe)
+               for shape in expert_gemm_shapes(model, rows, etp)) / rate
 
 
 @lru_cache(maxsize=16384)
@@ -232,10 +235,8 @@ def routed_cost(model: ModelSpec, cluster: Cluster, tokens: int, tp: int, ep: in
     def expert_shapes(rows: float) -> tuple[tuple[int, int, int], ...]:
         return expert_gemm_shapes(model, rows, etp)
 
-    rate, _ = grouped_gemm_rate(grouped_gemm, acc.arch, "fp8" if precision == "fp8" else "bf16")
-
     def expert_fwd(rows: float) -> float:
-        return expert_forward_time(model, cluster, rows, etp, precision, fp8_recipe) / rate
+        return expert_forward_time(model, cluster, rows, etp, precision, fp8_recipe, grouped_gemm)
 
     gemm_fwd = (compute.gemm_time(acc, precision, max(1, round(own_tokens)), h, model.num_experts)
                 + (local_experts - 1) * expert_fwd(mean_rows) + expert_fwd(imbalance_factor * mean_rows))
