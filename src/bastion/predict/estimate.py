@@ -1106,8 +1106,9 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
             + f"; {100 * time.ep_comm / time.step:.1f}% of the step exposed",
             "expert GEMMs at the calibrated efficiency of each expert's own shape (rows = its tokens), grouped GEMM "
             + moe.grouped_gemm_rate(options.grouped_gemm, acc.arch, "fp8" if plan.precision == "fp8" else "bf16")[1],
-            f"token permutation: each routed copy permuted {moe.permute_passes(plan.ep, options.moe_dispatcher)} "
-            "time(s) on each side of the experts (predict/moe.py permute_passes)"]
+            "token permutation: each routed copy permuted "
+            + ("twice" if moe.permute_passes(plan.ep, options.moe_dispatcher) == 2 else "once")
+            + " on each side of the experts (predict/moe.py permute_passes)"]
     return Estimate(model=model.name, cluster=cluster.name, plan=plan, seq_len=s, memory=worst_memory,
                     memory_by_stage=memory_by_stage, time=time, step_time_s=time.step,
                     tokens_per_s=tokens_per_step / time.step, mfu=model_flops / (time.step * peak),

@@ -99,9 +99,10 @@ def grouped_gemm_rate(implementation: str, arch: str, precision: str) -> tuple[f
     grouped_gemm_implementation(implementation)  # a ConfigError with the known names if it is not one
     logs: list[float] = []
     cards: set[str] = set()
-    for bench in grouped_gemm_table().get("benchmark", []):
+    benchmarks = [b for b in grouped_gemm_table().get("benchmark", []) if b["implementation"] == implementation]
+    for bench in benchmarks:
         acc = load_accelerator(bench["accelerator"])
-        if bench["implementation"] != implementation or acc.arch != arch or bench["precision"] != precision:
+        if acc.arch != arch or bench["precision"] != precision:
             continue
         cards.add(acc.name)
         for m, n, k, groups, us in zip(bench["m"], bench["n"], bench["k"], bench["groups"], bench["us"],
@@ -109,7 +110,8 @@ def grouped_gemm_rate(implementation: str, arch: str, precision: str) -> tuple[f
             predicted = _benchmark_predicted_s(acc, precision, bench["passes"], m, n, k, groups)
             logs.append(math.log(predicted / (us * 1e-6)))
     if not logs:
-        return 1.0, f"{implementation}: the dense rate of each expert's shape (no {precision} benchmark on {arch})"
+        return 1.0, (f"{implementation}: the dense rate of each expert's shape"
+                     + (f" (no published {precision} benchmark on {arch})" if benchmarks else ""))
     # a grouped kernel is not taken faster than one GEMM of each group's shape: the one Hopper figure above 1 is a
     # shape past the calibration's largest m (32,768, where the dense curve is clamped)
     rate = min(1.0, math.exp(sum(logs) / len(logs)))
