@@ -244,6 +244,7 @@ def grouped_gemm_rate(spec: Any, rows_per_expert: int, variant: str, ctx: dict) 
     import torch
     from bench_predict_device import timeit
 
+    from bastion.predict.kernels import DENSE_RATE_GROUPED_GEMM
     from bastion.predict.moe import expert_forward_time, expert_gemm_shapes
     from bastion.runtime.moe import GroupedExperts, grouped_mm_available
     from bastion.specs.hardware import load_cluster
@@ -284,7 +285,10 @@ def grouped_gemm_rate(spec: Any, rows_per_expert: int, variant: str, ctx: dict) 
            "forward_backward_tflops": 3 * flops / forward_backward_s / 1e12}
     for source, cluster in clusters(ctx).items():
         if cluster:
-            per_expert = expert_forward_time(spec, load_cluster(cluster), rows_per_expert, 1, precision)
+            # the implementation the runtime ran: torch._grouped_mm at its published rate (data/grouped_gemm.toml)
+            per_expert = expert_forward_time(spec, load_cluster(cluster), rows_per_expert, 1, precision,
+                                             grouped_gemm="torch_grouped_mm" if row["path"] == "torch._grouped_mm"
+                                             else DENSE_RATE_GROUPED_GEMM)
             row[f"{source}_tflops"] = flops / spec.num_experts / per_expert / 1e12
             row[f"{source}_rate_ratio"] = row["forward_tflops"] / row[f"{source}_tflops"]
     with autocast:

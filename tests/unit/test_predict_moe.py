@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from bastion.errors import PlanError
+from bastion.errors import ConfigError, PlanError
 from bastion.planner.search import PlanRequest, search
 from bastion.planner.space import SearchSpace, enumerate_space, uneven_layout
 from bastion.predict import PredictOptions, comm, compute, estimate, flops, moe
@@ -56,6 +56,70 @@ def test_expert_gemms_run_at_their_own_shape_so_few_tokens_per_expert_run_slower
     assert whole.a2a == 0 and split.a2a > 0  # ep = 1 moves nothing
     # fp8 expert GEMMs pay their operands' casts, as the dense ones do
     assert moe.routed_cost(model, H100, 512, 1, 8, 1, "fp8", 1.0).membound > split.membound
+
+
+def test_the_grouped_gemm_rate_is_what_the_published_benchmarks_reach_against_the_dense_rate(monkeypatch) -> None:
+    b200 = load_cluster("b200:8").accelerator
+    # one forward benchmark on a B200 (blackwell): the rate is the dense-rate prediction / the published time
+    dense_s = 4 * compute.gemm_time(b200, "bf16", 1024, 2048, 768)
+    table = {"implementations": {"cublas_per_expert": {}, "torch_grouped_mm": {}},
+             "benchmark": [{"implementation": "torch_grouped_mm", "accelerator": "b200", "precision": "bf16",
+                            "passes": "fwd", "m": [4096], "n": [768], "k": [2048], "groups": [4],
+                            "us": [dense_s * 1e6 / 0.6]}]}
+    monkeypatch.setattr(moe, "grouped_gemm_table", lambda: table)
+    moe.grouped_gemm_rate.cache_clear()
+    try:
+        assert moe.grouped_gemm_rate("torch_grouped_mm", "blackwell", "bf16")[0] == pytest.approx(0.6)
+        # another generation, another precision, another implementation: no benchmark, the dense rate
+        for key in (("torch_grouped_mm", "hopper", "bf16"), ("torch_grouped_mm", "blackwell", "fp8"),
+                    ("cublas_per_expert", "blackwell", "bf16")):
+            rate, note = moe.grouped_gemm_rate(*key)
+            assert rate == 1.0 and "dense rate" in note
+        # a benchmark faster than the dense rate does not make the experts faster than their own GEMMs
+        table["benchmark"][0]["us"] = [dense_s * 1e6 / 1.5]
+        moe.grouped_gemm_rate.cache_clear()
+        assert moe.grouped_gemm_rate("torch_grouped_mm", "blackwell", "bf16")[0] == 1.0
+    finally:
+        moe.grouped_gemm_rate.cache_clear()
+
+
+def test_torch_grouped_mm_runs_the_experts_below_the_dense_rate_on_blackwell_as_published() -> None:
+    model = load_model("qwen3-30b-a3b")
+    b200, h100 = load_cluster("b200:8"), H100
+    # torchao's B200 microbenchmarks run bf16 torch._grouped_mm at about half of the dense rate bastion gives
+    # the same GEMMs; the H200 figure of PyTorch's SM100 GroupMM PR reaches it (capped at 1)
+    blackwell, _ = moe.grouped_gemm_rate("torch_grouped_mm", "blackwell", "bf16")
+    assert 0.4 < blackwell < 0.7
+    assert moe.grouped_gemm_rate("torch_grouped_mm", "hopper", "bf16")[0] == 1.0
+    router = compute.gemm_time(b200.accelerator, "bf16", 4096, model.hidden_size, model.num_experts)
+    dense = moe.routed_cost(model, b200, 4096, 1, 8, 1, "bf16", 1.0)
+    grouped = moe.routed_cost(model, b200, 4096, 1, 8, 1, "bf16", 1.0, grouped_gemm="torch_grouped_mm")
+    assert grouped.gemm_fwd - router == pytest.approx((dense.gemm_fwd - router) / blackwell)
+    assert grouped.membound == dense.membound and grouped.a2a == dense.a2a
+    assert (moe.routed_cost(model, h100, 4096, 1, 8, 1, "bf16", 1.0, grouped_gemm="torch_grouped_mm")
+            == moe.routed_cost(model, h100, 4096, 1, 8, 1, "bf16", 1.0))
+    # the software stacks that run torch._grouped_mm say so, and an unknown implementation is refused
+    assert software_stack("torchtitan-2024").options.grouped_gemm == "torch_grouped_mm"
+    assert software_stack("production").options.grouped_gemm == "cublas_per_expert"
+    with pytest.raises(ConfigError, match="grouped_gemm implementation"):
+        PredictOptions(grouped_gemm="cutlass")
+
+
+def test_an_all_to_all_dispatcher_permutes_every_routed_copy_twice_on_each_side() -> None:
+    model = load_model("qwen3-30b-a3b")
+    tokens, ep = 4096, 8
+    a2a = moe.routed_cost(model, H100, tokens, 1, ep, 1, "bf16", 1.0, dispatcher="alltoall")
+    fused = moe.routed_cost(model, H100, tokens, 1, ep, 1, "bf16", 1.0, dispatcher="deepep")
+    # the global permute before the exchange (and its reverse after the combine) is the only difference: one
+    # more pass of permute_elements over every routed copy of a token
+    facts = moe.moe_facts()
+    routed = tokens * model.top_k
+    extra = routed * model.hidden_size * 2 * facts["permute_elements"] / facts["permute_bandwidth_fraction"]
+    assert a2a.membound - fused.membound == pytest.approx(compute.membound_time(H100.accelerator, extra))
+    # without expert parallelism nothing is exchanged, so the tokens are permuted once whatever the dispatcher
+    assert (moe.routed_cost(model, H100, tokens, 1, 1, 1, "bf16", 1.0, dispatcher="alltoall").membound
+            == moe.routed_cost(model, H100, tokens, 1, 1, 1, "bf16", 1.0, dispatcher="deepep").membound)
+    assert moe.permute_passes(ep, "allgather") == moe.permute_passes(ep, "hybridep") == 1
 
 
 def test_gemms_with_fewer_rows_than_the_calibration_measured_follow_the_published_small_m_rates() -> None:

@@ -24,6 +24,13 @@ rows (NeMo 23.09, fp8) from 12.5% to 19.3% — an out-of-sample test they failed
 Transformer Engine's flash attention, cited) was added after seeing that: 13.8% / 14.3%, and that family is in-sample
 since (holdout.toml). The other six families are unchanged and remain out of sample; all 33 rows 14.3% / 39.0%,
 coverage 85% (MEASURED below).
+
+Afterwards (branch finemoe): mechanisms of fine-grained experts were added after the Megatron-FSDP Qwen3-30B-A3B
+rows' errors were seen (the experts' GEMMs at the published rate of the software's grouped-GEMM implementation, which
+leaves Transformer Engine's per-expert cuBLAS at the dense rate; an all-to-all dispatcher permuting every routed copy
+twice on each side): -52/-55/-73% -> -49/-52/-71%, 52.3% / 67.3%, coverage 0%; that family is in-sample since
+(holdout.toml). The MXFP8 row stays predicted faster than bf16 although it was published 32% slower: its
+quantisation and host work per expert is not modelled. All 33 rows unchanged at 14.3% / 39.0%, coverage 85%.
 """
 
 from __future__ import annotations
@@ -47,10 +54,10 @@ FAMILIES = {"ibm_fsdp_blog_2403", "fms_fsdp_readme", "ibm_fsdp_compile_blog_2405
 ROWS = read_cases(BLIND3)
 REPORT = validate_cases(BLIND3)
 #: family -> (rows predicted, median |error|, p90 |error|, coverage of the shipped interval), measured at f6bea4b;
-#: all and mlperf_training_v31_gpt3 re-measured after the NeMo 2023-03 entry
+#: all and mlperf_training_v31_gpt3 re-measured after the NeMo 2023-03 entry, megatron_fsdp_v2_qwen3 after finemoe
 MEASURED = {"all": (33, 0.143, 0.390, 0.848), "fms_fsdp_readme": (4, 0.109, 0.214, 1.0),
             "ibm_fsdp_blog_2403": (8, 0.190, 0.366, 0.750), "ibm_fsdp_compile_blog_2405": (8, 0.117, 0.233, 1.0),
-            "megatron_fsdp_v2_qwen3": (3, 0.546, 0.691, 0.0), "mlperf_training_v31_gpt3": (7, 0.138, 0.143, 1.0),
+            "megatron_fsdp_v2_qwen3": (3, 0.523, 0.673, 0.0), "mlperf_training_v31_gpt3": (7, 0.138, 0.143, 1.0),
             "mlperf_training_v40_gpt3": (2, 0.193, 0.194, 1.0), "tinyllama": (1, 0.223, 0.223, 1.0)}
 
 
@@ -65,9 +72,10 @@ def test_its_frameworks_are_known_or_declared_other() -> None:
 
 
 def test_its_families_are_new_and_declared_out_of_sample() -> None:
-    # NeMo 2023-03's fp8 attention entry (frameworks.toml) was added after the MLPerf v3.1 rows were seen
+    # NeMo 2023-03's fp8 attention entry (frameworks.toml) was added after the MLPerf v3.1 rows were seen, the
+    # fine-grained MoE mechanisms (predict/moe.py) after the Megatron-FSDP Qwen3 rows were
     checks.assert_families_new_and_blind(BLIND3, OTHER_CASE_FILES, FAMILIES,
-                                         seen_since=frozenset({"mlperf_training_v31_gpt3"}))
+                                         seen_since=frozenset({"mlperf_training_v31_gpt3", "megatron_fsdp_v2_qwen3"}))
 
 
 def test_no_prediction_depends_on_the_publication(tmp_path: Path) -> None:

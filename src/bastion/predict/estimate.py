@@ -534,7 +534,7 @@ def _layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: i
         routed = moe.routed_cost(model, cluster, tokens, plan.tp, plan.ep, plan.etp, plan.precision, imbalance,
                                  options.fp8_recipe, moe.routing_layout(plan.tp, plan.etp, plan.sequence_parallel,
                                                                         options.moe_expert_layout),
-                                 options.moe_dispatcher)
+                                 options.moe_dispatcher, options.grouped_gemm)
         # the per-token membound above counts a dense MLP's activation; an MoE layer runs its shared experts' on
         # every token (the routed experts' is in the routed cost)
         dtype = 2.0 if plan.precision == "fp32" else 1.0
@@ -1166,7 +1166,11 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
             f"expert all-to-all: {100 * overlap:g}% hidden under compute"
             + " (the software stack's moe_a2a_overlap)"
             + f"; {100 * time.ep_comm / time.step:.1f}% of the step exposed",
-            "expert GEMMs at the calibrated efficiency of each expert's own shape (rows = its tokens)"]
+            "expert GEMMs at the calibrated efficiency of each expert's own shape (rows = its tokens), grouped GEMM "
+            + moe.grouped_gemm_rate(options.grouped_gemm, acc.arch, "fp8" if plan.precision == "fp8" else "bf16")[1],
+            "token permutation: each routed copy permuted "
+            + ("twice" if moe.permute_passes(plan.ep, options.moe_dispatcher) == 2 else "once")
+            + " on each side of the experts (predict/moe.py permute_passes)"]
     return Estimate(model=model.name, cluster=cluster.name, plan=plan, seq_len=s, memory=worst_memory,
                     memory_by_stage=memory_by_stage, time=time, step_time_s=time.step,
                     tokens_per_s=tokens_per_step / time.step, mfu=model_flops / (time.step * peak),

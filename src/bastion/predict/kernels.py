@@ -1,10 +1,12 @@
 """Which kernels the training software runs, and what that does to their rates: the flash-attention kernel and
-the fp8 recipe.
+the fp8 recipe, and the experts' grouped GEMM.
 
 The calibrated attention curve is a kernel that uses the card's newest tensor-core instructions. Kernels written
 for an older generation (FlashAttention-2 on a Hopper card) stay far below it, and some are slower everywhere
 (FlashAttention in Triton, 2022-23). data/attention_kernels.toml lists them with their sources. An fp8 recipe
-(data/fp8_recipes.toml) sets how much quantising the GEMM operands costs and the ceiling of its GEMM kernel.
+(data/fp8_recipes.toml) sets how much quantising the GEMM operands costs and the ceiling of its GEMM kernel. A
+grouped-GEMM implementation (data/grouped_gemm.toml) runs an MoE layer's experts at a fraction of the dense rate
+that its published benchmarks set (predict/moe.py grouped_gemm_rate).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass
 from functools import cache
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from bastion.errors import ConfigError
 from bastion.predict.calibration import DATA_DIR
@@ -117,3 +119,18 @@ def fp8_recipes() -> dict[str, Fp8Recipe]:
 
 def fp8_recipe(name: str) -> Fp8Recipe:
     return _named(fp8_recipes(), name, "fp8 recipe")
+
+
+#: the grouped-GEMM implementation that runs each expert's GEMM at the dense rate of its shape (PredictOptions'
+#: default: Transformer Engine's GroupedLinear)
+DENSE_RATE_GROUPED_GEMM = "cublas_per_expert"
+
+
+@cache
+def grouped_gemm_table() -> dict[str, Any]:
+    """data/grouped_gemm.toml: the implementations and their published benchmarks."""
+    return tomllib.loads((DATA_DIR / "grouped_gemm.toml").read_text())
+
+
+def grouped_gemm_implementation(name: str) -> dict[str, str]:
+    return _named(grouped_gemm_table()["implementations"], name, "grouped_gemm implementation")

@@ -28,8 +28,18 @@ instead of exchanging the routed copies.
 The slowest rank sets the pace: it holds the busiest expert, which gets `imbalance` × the mean rows (the other
 experts of the rank the mean). Each expert's GEMM runs at the calibrated efficiency of its own shape (rows =
 that expert's tokens): many experts with few tokens each run far below the dense rate (below the calibration's
-smallest M, at the published small-M rates of data/gemm_small_m.toml). The experts' gradients reduce, and ZeRO-3
-gathers their parameters, over the ranks that hold the same experts (expert_data_parallel_group), not dp × cp.
+smallest M, at the published small-M rates of data/gemm_small_m.toml), times the fraction of that rate the
+software's grouped-GEMM implementation reaches (grouped_gemm_rate: published kernel benchmarks, data/
+grouped_gemm.toml). The experts' gradients reduce, and ZeRO-3 gathers their parameters, over the ranks that hold
+the same experts (expert_data_parallel_group), not dp × cp.
+
+Token permutation: every routed copy of a token is copied into expert order before the experts and back after
+them (data/moe.toml permute_elements). An all-to-all dispatcher with ep > 1 copies it twice on each side: into
+destination-rank order before the exchange, then the received rows into local-expert order (and the reverse for
+the combine) — Megatron-Core's `alltoall` dispatcher ("one global and one local permute before and after EP
+communication"), torchtitan's default expert parallelism and bastion's runtime alike; DeepEP and Hybrid-EP fuse
+the first copy into their communication kernels, and the `allgather` dispatcher only selects its local experts'
+rows from the gathered tokens (permute_passes).
 """
 
 from __future__ import annotations
@@ -42,9 +52,14 @@ from typing import NamedTuple
 
 from bastion.predict import comm, compute
 from bastion.predict.calibration import DATA_DIR, load_calibration
-from bastion.predict.kernels import DEFAULT_FP8_RECIPE
+from bastion.predict.kernels import (
+    DEFAULT_FP8_RECIPE,
+    DENSE_RATE_GROUPED_GEMM,
+    grouped_gemm_implementation,
+    grouped_gemm_table,
+)
 from bastion.predict.options import PredictOptions
-from bastion.specs.hardware import Cluster
+from bastion.specs.hardware import Accelerator, Cluster, load_accelerator
 from bastion.specs.model import ModelSpec
 from bastion.specs.plan import ParallelPlan, expert_grid
 
@@ -63,6 +78,51 @@ DISPATCHER_NOTES = {
 @cache
 def moe_facts() -> dict[str, float]:
     return tomllib.loads((DATA_DIR / "moe.toml").read_text())
+
+
+def _benchmark_predicted_s(acc: Accelerator, precision: str, passes: str, m: int, n: int, k: int,
+                           groups: int) -> float:
+    """The dense-rate seconds of one published grouped-GEMM benchmark: `groups` GEMMs of m / groups rows
+    (m × k by k × n), forward only or forward + backward (the input gradient m × n by n × k, the weight gradient
+    k × m by m × n)."""
+    rows = m // groups
+    shapes = [(rows, k, n)] + ([(rows, n, k), (k, rows, n)] if passes == "fwd_bwd" else [])
+    return groups * sum(compute.gemm_time(acc, precision, *shape) for shape in shapes)
+
+
+@lru_cache(maxsize=64)
+def grouped_gemm_rate(implementation: str, arch: str, precision: str) -> tuple[float, str]:
+    """The fraction of the dense GEMM rate (compute.gemm_time of each expert's shape) `implementation` reaches on
+    cards of tensor-core generation `arch` in `precision`, and where that comes from: the geometric mean of
+    predicted / published seconds over its benchmarks in data/grouped_gemm.toml measured on a card of that
+    generation, at most 1; 1 (the dense rate) where none was published."""
+    grouped_gemm_implementation(implementation)  # a ConfigError with the known names if it is not one
+    logs: list[float] = []
+    cards: set[str] = set()
+    benchmarks = [b for b in grouped_gemm_table().get("benchmark", []) if b["implementation"] == implementation]
+    for bench in benchmarks:
+        acc = load_accelerator(bench["accelerator"])
+        if acc.arch != arch or bench["precision"] != precision:
+            continue
+        cards.add(acc.name)
+        for m, n, k, groups, us in zip(bench["m"], bench["n"], bench["k"], bench["groups"], bench["us"],
+                                       strict=True):
+            predicted = _benchmark_predicted_s(acc, precision, bench["passes"], m, n, k, groups)
+            logs.append(math.log(predicted / (us * 1e-6)))
+    if not logs:
+        return 1.0, (f"{implementation}: the dense rate of each expert's shape"
+                     + (f" (no published {precision} benchmark on {arch})" if benchmarks else ""))
+    # a grouped kernel is not taken faster than one GEMM of each group's shape: the one Hopper figure above 1 is a
+    # shape past the calibration's largest m (32,768, where the dense curve is clamped)
+    rate = min(1.0, math.exp(sum(logs) / len(logs)))
+    return rate, (f"{implementation}: {rate:.2f} × the dense rate on {arch} in {precision} (the geometric mean of "
+                  f"{len(logs)} published kernel benchmarks on {', '.join(sorted(cards))}, data/grouped_gemm.toml)")
+
+
+def permute_passes(ep: int, dispatcher: str) -> int:
+    """How many times each routed copy of a token is permuted on each side of the experts (module docstring): two
+    under an all-to-all dispatcher that exchanges tokens (ep > 1), once otherwise."""
+    return 2 if ep > 1 and dispatcher == "alltoall" else 1
 
 
 def imbalance(model: ModelSpec, options: PredictOptions) -> tuple[float, str]:
@@ -142,20 +202,25 @@ def expert_gemm_shapes(model: ModelSpec, rows: float, etp: int = 1) -> tuple[tup
 
 
 def expert_forward_time(model: ModelSpec, cluster: Cluster, rows: float, etp: int, precision: str,
-                        fp8_recipe: str = DEFAULT_FP8_RECIPE) -> float:
+                        fp8_recipe: str = DEFAULT_FP8_RECIPE, grouped_gemm: str = DENSE_RATE_GROUPED_GEMM) -> float:
     """Seconds of one expert's forward GEMMs on `rows` tokens: each at the calibrated efficiency of its own
-    shape (the grouped GEMM's rate at that many tokens per expert)."""
-    return sum(compute.gemm_time(cluster.accelerator, precision, *shape, fp8_recipe)
-               for shape in expert_gemm_shapes(model, rows, etp))
+    shape (the grouped GEMM's rate at that many tokens per expert), times the fraction of that rate the
+    `grouped_gemm` implementation reaches on the card (grouped_gemm_rate)."""
+    acc = cluster.accelerator
+    rate, _ = grouped_gemm_rate(grouped_gemm, acc.arch, "fp8" if precision == "fp8" else "bf16")
+    return sum(compute.gemm_time(acc, precision, *shape, fp8_recipe)
+               for shape in expert_gemm_shapes(model, rows, etp)) / rate
 
 
 @lru_cache(maxsize=16384)
 def routed_cost(model: ModelSpec, cluster: Cluster, tokens: int, tp: int, ep: int, etp: int, precision: str,
                 imbalance_factor: float, fp8_recipe: str = DEFAULT_FP8_RECIPE,
-                layout: RoutingLayout | None = None, dispatcher: str = "alltoall") -> RoutedCost:
+                layout: RoutingLayout | None = None, dispatcher: str = "alltoall",
+                grouped_gemm: str = DENSE_RATE_GROUPED_GEMM) -> RoutedCost:
     """Costs of one MoE layer's routed experts for `tokens` tokens of a micro-batch on this rank's tp group (an
     fp8 plan's expert GEMMs and their operand quantisation under `fp8_recipe`, as the dense GEMMs); `layout`
-    None: the megatron one; `dispatcher` the token dispatcher (PredictOptions.moe_dispatcher)."""
+    None: the megatron one; `dispatcher` the token dispatcher (PredictOptions.moe_dispatcher); `grouped_gemm` the
+    implementation of the experts' GEMMs (PredictOptions.grouped_gemm)."""
     acc = cluster.accelerator
     h, ef = model.hidden_size, model.expert_width
     a = 4 if precision == "fp32" else 2  # activations travel in the compute dtype (fp8 recipes keep bf16)
@@ -173,12 +238,12 @@ def routed_cost(model: ModelSpec, cluster: Cluster, tokens: int, tp: int, ep: in
         return expert_gemm_shapes(model, rows, etp)
 
     def expert_fwd(rows: float) -> float:
-        return expert_forward_time(model, cluster, rows, etp, precision, fp8_recipe)
+        return expert_forward_time(model, cluster, rows, etp, precision, fp8_recipe, grouped_gemm)
 
     gemm_fwd = (compute.gemm_time(acc, precision, max(1, round(own_tokens)), h, model.num_experts)
                 + (local_experts - 1) * expert_fwd(mean_rows) + expert_fwd(imbalance_factor * mean_rows))
     facts = moe_facts()
-    traffic = (received * h * a * facts["permute_elements"]
+    traffic = (received * h * a * facts["permute_elements"] * permute_passes(ep, dispatcher)
                + own_tokens * model.num_experts * 4 * facts["router_elements"]) / facts["permute_bandwidth_fraction"]
     activation = (layout.gathered * received * mlp_activation_bytes_per_token(model, width)
                   * (2.0 if precision == "fp32" else 1.0))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bastion.predict.kernels import DEFAULT_FP8_RECIPE
+from bastion.predict.kernels import DEFAULT_FP8_RECIPE, DENSE_RATE_GROUPED_GEMM
 from bastion.specs._hashing import cached_hash
 
 SELECTIVE_RECOMPUTE = ("attention-core", "every-second-matmul")
@@ -109,6 +109,11 @@ class PredictOptions:
     #: scale-out network once per remote scale-up domain holding one of its experts and is forwarded over NVLink
     #: there). Framework releases imply one (data/frameworks.toml); a user's explicit fact overrides it
     moe_dispatcher: str = "alltoall"
+    #: the implementation of the experts' grouped GEMMs (data/grouped_gemm.toml, predict/moe.py grouped_gemm_rate):
+    #: `cublas_per_expert` (Transformer Engine's GroupedLinear: one cuBLAS GEMM per expert, at the dense rate of its
+    #: shape) or `torch_grouped_mm` (PyTorch's CUTLASS grouped kernel: torchtitan, bastion's runtime), at the
+    #: fraction of the dense rate its published benchmarks reach on the card's tensor-core generation
+    grouped_gemm: str = DENSE_RATE_GROUPED_GEMM
     #: the busiest expert's routed tokens / the mean in one micro-batch (1 = perfectly balanced); None: from the
     #: model's balancing mechanism (predict/data/moe.toml), as every estimate states
     moe_imbalance: float | None = None
@@ -125,7 +130,7 @@ class PredictOptions:
         attention_kernel(self.attention_kernel)  # a ConfigError with the known names if it is not one
         if self.fp8_attention_kernel:
             attention_kernel(self.fp8_attention_kernel)
-        from bastion.predict.kernels import fp8_recipe
+        from bastion.predict.kernels import fp8_recipe, grouped_gemm_implementation
 
         fp8_recipe(self.fp8_recipe)  # likewise
         if not 0.0 <= self.moe_a2a_overlap <= 1.0 or (self.moe_imbalance is not None and self.moe_imbalance < 1.0):
@@ -140,6 +145,7 @@ class PredictOptions:
 
             raise ConfigError(f"Unknown moe_dispatcher '{self.moe_dispatcher}'.",
                               fix=f"use one of: {', '.join(MOE_DISPATCHERS)}.")
+        grouped_gemm_implementation(self.grouped_gemm)  # likewise
         if self.moe_expert_layout not in ("megatron", "bastion"):
             from bastion.errors import ConfigError
 
