@@ -420,7 +420,7 @@ def _fsdp_summary(units: list[dict]) -> str:
     size = max(u["group_size"] for u in units)
     largest = [u for u in units if u["group_size"] == size]
     costs = ", ".join(f"ZeRO-{u['zero_stage']} {1e3 * u['unit_s']:.2f} ms" for u in largest)
-    cpu = ", ".join(f"ZeRO-{u['zero_stage']} {1e3 * u['unit_cpu_s']:.2f} ms + {1e6 * u['cpu_s_per_byte']:.2f} ms/MB"
+    cpu = ", ".join(f"ZeRO-{u['zero_stage']} {1e3 * u['unit_cpu_s']:.2f} ms + {1e9 * u['cpu_s_per_byte']:.2f} ms/MB"
                     for u in largest if "cpu_s_per_byte" in u)
     return f"; FSDP2 per block on {size} ranks (whole cores): {costs}" + (f" (CPU: {cpu})" if cpu else "")
 
