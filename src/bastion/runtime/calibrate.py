@@ -8,7 +8,7 @@ clipping per parameter tensor; checkpoint write / read bandwidth to the run dire
 processes on the host at once (gloo): their start-up, how GEMM throughput and elementwise bandwidth hold up when
 they share the cores, all-reduce, all-gather, reduce-scatter and send/recv by message size for every group size a
 plan of N ranks forms (all groups of a size at once), what the runtime's FSDP2 costs per unit on real groups of
-each of those sizes, and, on tensor-parallel and pipeline pairs of the runtime's real code, what tensor
+each of those sizes (wall time at a negligible size; CPU time as a line in the unit's bytes), and, on tensor-parallel and pipeline pairs of the runtime's real code, what tensor
 parallelism and the pipeline schedule cost a rank and which collectives they issue.
 
 Every figure is the median of repeats unless said otherwise (the optimizer's is a low quantile) and CPU time
@@ -769,7 +769,8 @@ def _unit_and_root(at: dict[tuple, float], zero: int, size: int, *width: int) ->
     return block, at[(zero, size, 1, *width)] - at[(-1, size, 1, *width)] - block
 
 
-def fsdp_unit_costs(rows: list[list[Any]], share: float, cpu_rows: list[list[Any]] = ()) -> list[dict[str, Any]]:
+def fsdp_unit_costs(rows: list[list[Any]], share: float, cpu_rows: list[list[Any]] | None = None
+                    ) -> list[dict[str, Any]]:
     """Per FSDP2 unit, forward + backward, from `measure_fsdp`'s rows ([zero_stage, group_size, layers,
     seconds]): a block's unit is what a block costs more under FSDP2 than without it (the difference of the 3-
     and 1-block models, over 2 blocks), the root unit (embedding, final norm, LM head) what the 1-block model
@@ -795,7 +796,7 @@ def fsdp_unit_costs(rows: list[list[Any]], share: float, cpu_rows: list[list[Any
         block, root = _unit_and_root(at, zero, size)
         cost = {"zero_stage": zero, "group_size": size, "unit_s": max(0.0, block) * share,
                 "root_s": max(0.0, root) * share}
-        cost.update(_cpu_line(cpu_rows, zero, size))
+        cost.update(_cpu_line(cpu_rows or [], zero, size))
         costs.append(cost)
     return costs
 
@@ -1311,7 +1312,8 @@ def fit_profile(raw: dict[str, Any], peak_flops_core: float, host_cores: int) ->
     peak; attention's the same with the predictor's causal FLOPs; memory bandwidth the node's (each of N
     processes' elementwise rate × the cores); the background load from the share of a core N busy processes
     got; collectives a least-squares latency + bytes/bandwidth line (wall time) per
-    op and group size; FSDP2's fixed cost per unit by ZeRO layout and group size (`fsdp_unit_costs`); the idle
+    op and group size; FSDP2's fixed cost per unit by ZeRO layout and group size and its CPU cost per unit as a
+    line in the unit's parameter bytes (`fsdp_unit_costs`); the idle
     time and gloo's CPU a synchronisation point costs on shared cores by the work between syncs
     (`sync_wait_rows`)."""
     dispatch = raw["dispatch_s"]
