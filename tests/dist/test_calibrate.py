@@ -51,6 +51,8 @@ def test_a_real_profile_reads_back_with_what_the_predictor_uses(profile: Path) -
     # FSDP2 timed on the real pair, in each layout a ZeRO stage runs, with every repeat kept
     assert sorted((u.zero_stage, u.group_size) for u in read.fsdp_units) == [(0, 2), (2, 2), (3, 2)]
     assert all(u.unit_s >= 0 and u.root_s >= 0 for u in read.fsdp_units)
+    # measured at the realistic width too: every layout's CPU cost per unit is a line in its parameter bytes
+    assert all(u.cpu_line and u.unit_cpu_s >= 0 and u.cpu_s_per_byte >= 0 for u in read.fsdp_units)
     assert "model x3 fsdp zero 3, groups of 2 of 2 ranks" in repeats
     # the elementwise sweep, cache-resident to DRAM-sized, relative to its largest (DRAM) size
     curve = dict(read.accelerator_overrides)["elementwise_bandwidth_curve"]

@@ -37,3 +37,33 @@ def test_a_plan_of_the_measured_world_at_the_measured_load_gets_back_the_measure
     acc = replace(load_accelerator("cpu"), background_load=cores / share - world)
     assert acc.host_cores == cores
     assert cost["unit_s"] / acc.core_share(world) == pytest.approx(0.012 - 0.002)
+
+
+def _cpu_rows(zero: int, size: int, per_byte: float) -> list[list]:
+    """[zero_stage, group_size, layers, parameter bytes, CPU s] at two widths: blocks of 0.1 and 12 MB, roots of
+    0.2 MB; without FSDP2 1 ms a block (4 ms wide) and 3 ms the ends; FSDP2 adds 5 ms a block and 2 ms the root
+    at no bytes, plus `per_byte` per byte of each."""
+    rows = []
+    for block, root, eager in ((1e5, 2e5, 1e-3), (12e6, 2e5, 4e-3)):
+        for layers in (1, 3):
+            nbytes = root + layers * block
+            rows.append([-1, size, layers, nbytes, 3e-3 + layers * eager])
+            rows.append([zero, size, layers, nbytes, 3e-3 + layers * eager + 2e-3 + layers * 5e-3 + nbytes * per_byte])
+    return rows
+
+
+def test_the_cpu_cost_per_unit_is_a_line_in_its_parameter_bytes_through_the_two_widths() -> None:
+    wall = [[-1, 4, 1, 0.007], [-1, 4, 3, 0.011], [0, 4, 1, 0.021], [0, 4, 3, 0.045]]
+    (cost,) = fsdp_unit_costs(wall, 0.5, _cpu_rows(0, 4, 2e-9))
+    assert cost["cpu_s_per_byte"] == pytest.approx(2e-9)
+    assert cost["unit_cpu_s"] == pytest.approx(5e-3)
+    assert cost["root_cpu_s"] == pytest.approx(2e-3)
+    # CPU seconds are work: no core share converts them; the wall figures stay as before
+    assert cost["unit_s"] == pytest.approx((0.012 - 0.002) * 0.5)
+
+
+def test_one_width_gives_no_cpu_line() -> None:
+    wall = [[-1, 4, 1, 0.007], [-1, 4, 3, 0.011], [3, 4, 1, 0.021], [3, 4, 3, 0.045]]
+    narrow = [row for row in _cpu_rows(3, 4, 2e-9) if row[3] < 1e6]
+    (cost,) = fsdp_unit_costs(wall, 0.5, narrow)
+    assert set(cost) == {"zero_stage", "group_size", "unit_s", "root_s"}

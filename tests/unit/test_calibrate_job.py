@@ -151,8 +151,12 @@ def test_fsdp_measurements_travel_with_the_host_spanning_collectives() -> None:
         rows = [[zero, size, layers, [(1e-3 * layers + (zero >= 0) * (2e-3 * layers + 3e-3)) * slow] * 3]
                 for zero in (-1, *FSDP_STAGES) for layers in (1, 3)]
         # around its barriers a rank had more of a core (0.8) than while all were busy (0.5): not what converts
+        # CPU at two widths (blocks of 1 and 9 MB): FSDP2 adds 1 ms a block plus 1 ms per MB, × `slow`
+        cpu_rows = [[zero, size, layers, layers * block, [(1e-3 * layers + (zero >= 0) * layers * (1e-3 + block
+                                                                                                  * 1e-9)) * slow]]
+                    for zero in (-1, *FSDP_STAGES) for layers in (1, 3) for block in (1e6, 9e6)]
         return {"rows": rows, "times": {f"{zero} {size} {layers}": t for zero, size, layers, t in rows},
-                "core_share": 0.8}
+                "core_share": 0.8, "cpu_rows": cpu_rows}
 
     def rank(slow: float, stage: int) -> dict:
         rows = [[op, size, nbytes, [1e-4 + nbytes * 1e-9] * 3, 1 if size == 2 else 2]
@@ -178,3 +182,6 @@ def test_fsdp_measurements_travel_with_the_host_spanning_collectives() -> None:
     assert set(units) == {(zero, size) for zero in FSDP_STAGES for size in (2, 4)}
     # rank 3's doubled times are each repeat's: 2 × 2 ms a block, 2 × 3 ms the root, × the core share 0.5
     assert units[(3, 4)]["unit_s"] == pytest.approx(2e-3) and units[(3, 4)]["root_s"] == pytest.approx(3e-3)
+    # CPU is each rank's own work: the mean of the ranks' (1, 1, 1, 2) ×, no core share
+    assert units[(3, 4)]["cpu_s_per_byte"] == pytest.approx(1.25e-9)
+    assert units[(3, 4)]["unit_cpu_s"] == pytest.approx(1.25e-3) and units[(3, 4)]["root_cpu_s"] == 0.0

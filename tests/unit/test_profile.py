@@ -313,8 +313,9 @@ def test_the_planners_step_time_bound_holds_for_pipelines_on_shared_cores(tmp_pa
 
 # ---- FSDP2's measured per-unit cost ------------------------------------------------------------------------
 
-def _fsdp_units(unit_s: float = 0.01, root_s: float = 0.004) -> list[dict]:
-    return [{"zero_stage": zero, "group_size": g, "unit_s": unit_s * (1 + zero), "root_s": root_s}
+def _fsdp_units(unit_s: float = 0.01, root_s: float = 0.004, **cpu: float) -> list[dict]:
+    """Every layout and group size; `cpu`: the CPU line's fields (FsdpUnitCost.cpu_line) on every row."""
+    return [{"zero_stage": zero, "group_size": g, "unit_s": unit_s * (1 + zero), "root_s": root_s, **cpu}
             for zero in (0, 2, 3) for g in (2, 4)]
 
 
@@ -340,7 +341,7 @@ def test_a_garbled_fsdp_unit_row_is_a_guidance_error(tmp_path: Path, row: dict) 
 def _fsdp_estimate(tmp_path: Path, name: str, zero: int, plan: ParallelPlan | None = None,
                    **changes: object) -> estimate:
     """`tiny` on a profile with [[fsdp_unit]] rows (dp 4 unless `plan`), `changes` made to it."""
-    data = {**profile_data(), "fsdp_unit": _fsdp_units(changes.pop("unit_s", 0.01))}
+    data = {**profile_data(), "fsdp_unit": _fsdp_units(changes.pop("unit_s", 0.01), **changes.pop("cpu", {}))}
     data["host"]["layer_fsdp_s"] = changes.pop("layer_fsdp_s", 0.006)
     for line in data["collective"]:
         if line["op"] == changes.get("op"):
@@ -405,6 +406,49 @@ def test_under_a_pipeline_zero3_still_gathers_every_micro_batch(tmp_path: Path) 
     four_dear = _pipelined_fsdp(tmp_path, "four-dear", 3, 1, unit_s=0.02)
     assert four_dear.time.dp_comm - four.time.dp_comm == pytest.approx(
         4 * (one_dear.time.dp_comm - one.time.dp_comm), rel=1e-6)
+
+
+#: an [[fsdp_unit]] row's CPU line (FsdpUnitCost.cpu_line): 20 ms a block's unit, 5 ms the root's, 2 ms per MB
+_CPU_LINE = {"unit_cpu_s": 0.02, "root_cpu_s": 0.005, "cpu_s_per_byte": 2e-9}
+
+
+def test_fsdp_unit_cpu_lines_round_trip_and_their_fields_go_together(tmp_path: Path) -> None:
+    profile = read_profile(write(tmp_path, {**profile_data(), "fsdp_unit": _fsdp_units(**_CPU_LINE)}))
+    cost = profile.fsdp_unit_cost(3, 4)
+    assert cost.cpu_line and (cost.unit_cpu_s, cost.root_cpu_s, cost.cpu_s_per_byte) == (0.02, 0.005, 2e-9)
+    assert cost.unit_s == pytest.approx(0.04)  # the wall figures stay as measured
+    old = read_profile(write(tmp_path, {**profile_data(), "fsdp_unit": _fsdp_units()}, "old.toml"))
+    assert not old.fsdp_unit_cost(3, 4).cpu_line and old.fsdp_unit_cost(3, 4).unit_cpu_s is None
+    with pytest.raises(ConfigError, match=r"\[\[fsdp_unit\]\] #1: .*go together"):
+        read_profile(write(tmp_path, {**profile_data(), "fsdp_unit": _fsdp_units(cpu_s_per_byte=1e-9)}, "half.toml"))
+
+
+@pytest.mark.parametrize("zero", [0, 3])
+def test_a_cpu_line_costs_each_unit_its_cpu_over_the_core_share(tmp_path: Path, zero: int) -> None:
+    from bastion.predict.memory import fsdp_units
+
+    model = load_model("tiny")
+    base = _fsdp_estimate(tmp_path, "cpu", zero, cpu=_CPU_LINE)
+    # the per-byte term: each micro-batch (2) × every unit's fp32 parameter bytes (4 blocks and the root) ×
+    # the slope, on 2 cores / (4 ranks + 0.5 background)
+    dearer = _fsdp_estimate(tmp_path, "cpu-per-byte", zero, cpu={**_CPU_LINE, "cpu_s_per_byte": 3e-9})
+    block = sum(n for n, _ in fsdp_units(model, 1, "layer"))
+    root = 2 * model.vocab_size * model.hidden_size + model.hidden_size
+    share = 2 / 4.5
+    assert dearer.time.step - base.time.step == pytest.approx(
+        2 * (4 * block + root) * 4 * 1e-9 / share, rel=1e-6)
+    fixed = _fsdp_estimate(tmp_path, "cpu-fixed", zero, cpu={**_CPU_LINE, "unit_cpu_s": 0.03, "root_cpu_s": 0.007})
+    assert fixed.time.step - base.time.step == pytest.approx(2 * (4 * 0.01 + 0.002) / share, rel=1e-6)
+    # the wall figures and the collective probe's bytes no longer count: the CPU line holds the unit's bytes
+    assert _fsdp_estimate(tmp_path, "cpu-unit-s", zero, unit_s=0.5, cpu=_CPU_LINE).time.step == base.time.step
+    for op in ("all_gather", "reduce_scatter", "all_reduce"):
+        narrow = _fsdp_estimate(tmp_path, f"cpu-narrow-{op}", zero, op=op, line={"bandwidth_gbs": 0.001},
+                                cpu=_CPU_LINE)
+        assert narrow.time.dp_comm == pytest.approx(base.time.dp_comm, rel=1e-12), op
+    # an older profile's rows (no CPU line) cost the wall figure plus the probe's bytes, as before
+    old = _fsdp_estimate(tmp_path, "old", zero)
+    assert _fsdp_estimate(tmp_path, "old-dearer", zero, unit_s=0.02).time.step > old.time.step
+    assert old.time.step != base.time.step
 
 
 def test_the_attention_curve_is_read_at_the_layout_it_was_measured_at(tmp_path: Path) -> None:

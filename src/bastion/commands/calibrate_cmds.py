@@ -374,6 +374,8 @@ def _write_profile(settings: dict, measured: tuple[dict, dict], machine: dict) -
                  "collective_op_size_bytes_s": [row[:4] for row in shared["collectives"]],
                  # zero_stage -1: the same models without FSDP2
                  "fsdp_zero_size_layers_s": shared["fsdp"],
+                 # the same models' process CPU seconds (all threads) per rank at two widths, by parameter bytes
+                 "fsdp_cpu_zero_size_layers_bytes_s": shared.get("fsdp_cpu", []),
                  "fsdp_core_share_size_share": [[g, s] for g, s in shared["fsdp_core_share"].items()],
                  # every rank looping over work_s of CPU work, with one small blocking sync after each and without
                  # (the slowest rank's wall seconds per iteration)
@@ -416,8 +418,11 @@ def _fsdp_summary(units: list[dict]) -> str:
     if not units:
         return ""
     size = max(u["group_size"] for u in units)
-    costs = ", ".join(f"ZeRO-{u['zero_stage']} {1e3 * u['unit_s']:.2f} ms" for u in units if u["group_size"] == size)
-    return f"; FSDP2 per block on {size} ranks (whole cores): {costs}"
+    largest = [u for u in units if u["group_size"] == size]
+    costs = ", ".join(f"ZeRO-{u['zero_stage']} {1e3 * u['unit_s']:.2f} ms" for u in largest)
+    cpu = ", ".join(f"ZeRO-{u['zero_stage']} {1e3 * u['unit_cpu_s']:.2f} ms + {1e9 * u['cpu_s_per_byte']:.2f} ms/MB"
+                    for u in largest if "cpu_s_per_byte" in u)
+    return f"; FSDP2 per block on {size} ranks (whole cores): {costs}" + (f" (CPU: {cpu})" if cpu else "")
 
 
 @app.command("_calibrate_worker", hidden=True)

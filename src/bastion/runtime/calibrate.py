@@ -8,7 +8,7 @@ clipping per parameter tensor; checkpoint write / read bandwidth to the run dire
 processes on the host at once (gloo): their start-up, how GEMM throughput and elementwise bandwidth hold up when
 they share the cores, all-reduce, all-gather, reduce-scatter and send/recv by message size for every group size a
 plan of N ranks forms (all groups of a size at once), what the runtime's FSDP2 costs per unit on real groups of
-each of those sizes, and, on tensor-parallel and pipeline pairs of the runtime's real code, what tensor
+each of those sizes (wall time at a negligible size; CPU time as a line in the unit's bytes), and, on tensor-parallel and pipeline pairs of the runtime's real code, what tensor
 parallelism and the pipeline schedule cost a rank and which collectives they issue.
 
 Every figure is the median of repeats unless said otherwise (the optimizer's is a low quantile) and CPU time
@@ -666,37 +666,33 @@ def _slowest_stage_extra(measured: list[dict[str, Any]]) -> float:
 FSDP_STAGES = (0, 2, 3)
 
 
-def measure_fsdp(base: ModelSpec, world: int, group_size: int, reps: int) -> dict[str, Any]:
-    """What the runtime's FSDP2 costs a rank per unit on real groups of `group_size` (every rank of `world`
-    calls this, all groups at once): models of 1 and 3 blocks at negligible shapes (the collectives move almost
-    no bytes), forward + backward with the loss, for each of FSDP_STAGES through runtime/parallelize.apply_fsdp,
-    and the same models without FSDP2. Wall seconds of each repeat (from a barrier, every rank the same
-    number of repeats; a repeat ends when its slowest rank's does), the median: FSDP2's hooks, its collectives'
-    latency and the waiting for the group's other ranks, which on shared cores is most of it.
+#: the widths of the second, realistic FSDP2 probe (`small`'s: ~12 MB of fp32 parameters per block), at the
+#: probe's sequence length 16 so its compute stays small: with the negligible widths it makes FSDP2's CPU cost
+#: per unit a line in the unit's parameter bytes (`fsdp_unit_costs`)
+FSDP_WIDE_WIDTHS = {"hidden_size": 512, "ffn_hidden_size": 1408, "num_heads": 8, "num_kv_heads": 4, "head_dim": 64}
 
-    Returns `rows`: [zero_stage, group_size, layers, this rank's repeats] (the rows without FSDP2 have
-    zero_stage -1), `times`: the same repeats by measurement name, and `core_share`: this rank's CPU time / wall
-    time over the models without FSDP2 (the share of a core it had while these ran; recorded in the profile's
-    [raw], not what the fit converts with: `fsdp_unit_costs` says why)."""
-    from bastion.runtime.mesh import MESH_DIMS, RuntimeMesh
+
+def fsdp_wide_probe(base: ModelSpec) -> ModelSpec:
+    """`base` at FSDP_WIDE_WIDTHS (its vocabulary, so the root unit stays small)."""
+    return replace(base, **FSDP_WIDE_WIDTHS)
+
+
+def _fsdp_round_robin(base: ModelSpec, meshes: dict[int, Any], reps: int
+                      ) -> tuple[dict[tuple[int, int], tuple[list[float], list[float]]], dict[int, int], float]:
+    """`measure_fsdp`'s repeats at one width: ({(zero_stage, layers): (wall seconds, process CPU seconds) per
+    repeat}, {layers: fp32 parameter bytes of the model}, this rank's CPU / wall over the models without FSDP2)."""
     from bastion.runtime.model import build_model, init_weights
     from bastion.runtime.parallelize import apply_fsdp, cross_entropy_loss
-    from bastion.specs.plan import ParallelPlan
 
-    meshes = {}
-    for zero in FSDP_STAGES:
-        replicate, shard = (group_size, 1) if zero == 0 else (1, group_size)
-        plan = ParallelPlan(dp=group_size, zero_stage=zero, precision="fp32", micro_batch=1,
-                            global_batch=group_size)
-        mesh = init_device_mesh("cpu", (world // group_size, replicate, shard, 1), mesh_dim_names=MESH_DIMS)
-        meshes[zero] = RuntimeMesh(plan=plan, mesh=mesh, device=torch.device("cpu"))
-    runs = {}
+    runs, param_bytes = {}, {}
     for zero in (-1, *FSDP_STAGES):
         for layers in (1, 3):
             spec = _probe_spec(base, layers)
             module = build_model(spec)
             if zero >= 0:
                 apply_fsdp(module, meshes[zero], zero, None)
+            else:
+                param_bytes[layers] = sum(p.numel() * p.element_size() for p in module.parameters())
             module.to_empty(device="cpu")
             init_weights(module, spec, 0)
             tokens = torch.randint(0, spec.vocab_size, (1, spec.seq_len))
@@ -707,26 +703,74 @@ def measure_fsdp(base: ModelSpec, world: int, group_size: int, reps: int) -> dic
             runs[(zero, layers)] = run
     # round-robin over the variants: the host's other load comes and goes, and each difference taken below is
     # between variants measured under the same load
-    samples: dict[tuple[int, int], list[float]] = {key: [] for key in runs}
+    samples: dict[tuple[int, int], tuple[list[float], list[float]]] = {key: ([], []) for key in runs}
     eager_cpu = eager_wall = 0.0
     for _ in range(reps):
-        for (zero, layers), run in runs.items():
+        for key, run in runs.items():
             dist.barrier()
+            # process CPU: every thread's, gloo's transport included (FSDP2's copies and reductions run on
+            # both the rank's thread and gloo's)
             start, start_cpu = time.perf_counter(), time.process_time()
             run()
-            samples[(zero, layers)].append(time.perf_counter() - start)
-            if zero < 0:
-                eager_cpu += time.process_time() - start_cpu
-                eager_wall += samples[(zero, layers)][-1]
-    rows, times = [], {}
-    for (zero, layers), taken in samples.items():
+            wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+            samples[key][0].append(wall)
+            samples[key][1].append(cpu)
+            if key[0] < 0:
+                eager_cpu += cpu
+                eager_wall += wall
+    return samples, param_bytes, eager_cpu / eager_wall
+
+
+def measure_fsdp(base: ModelSpec, world: int, group_size: int, reps: int, wide_reps: int = 0) -> dict[str, Any]:
+    """What the runtime's FSDP2 costs a rank per unit on real groups of `group_size` (every rank of `world`
+    calls this, all groups at once): models of 1 and 3 blocks at negligible shapes (the collectives move almost
+    no bytes), forward + backward with the loss, for each of FSDP_STAGES through runtime/parallelize.apply_fsdp,
+    and the same models without FSDP2. Wall seconds of each repeat (from a barrier, every rank the same
+    number of repeats; a repeat ends when its slowest rank's does), the median: FSDP2's hooks, its collectives'
+    latency and the waiting for the group's other ranks, which on shared cores is most of it. With `wide_reps`,
+    the same models at FSDP_WIDE_WIDTHS (`fsdp_wide_probe`) too, `wide_reps` repeats each; at both widths this
+    rank's process CPU seconds (all threads) of each repeat.
+
+    Returns `rows`: [zero_stage, group_size, layers, this rank's wall repeats] at the negligible widths (the
+    rows without FSDP2 have zero_stage -1), `cpu_rows`: [zero_stage, group_size, layers, the model's fp32
+    parameter bytes, this rank's CPU repeats] at each width, `times`: the wall repeats by measurement name, and
+    `core_share`: this rank's CPU time / wall time over the models without FSDP2 (the share of a core it had
+    while these ran; recorded in the profile's [raw], not what the fit converts with: `fsdp_unit_costs` says
+    why)."""
+    from bastion.runtime.mesh import MESH_DIMS, RuntimeMesh
+    from bastion.specs.plan import ParallelPlan
+
+    meshes = {}
+    for zero in FSDP_STAGES:
+        replicate, shard = (group_size, 1) if zero == 0 else (1, group_size)
+        plan = ParallelPlan(dp=group_size, zero_stage=zero, precision="fp32", micro_batch=1,
+                            global_batch=group_size)
+        mesh = init_device_mesh("cpu", (world // group_size, replicate, shard, 1), mesh_dim_names=MESH_DIMS)
+        meshes[zero] = RuntimeMesh(plan=plan, mesh=mesh, device=torch.device("cpu"))
+    samples, param_bytes, core_share_ = _fsdp_round_robin(base, meshes, reps)
+    rows, cpu_rows, times = [], [], {}
+    for (zero, layers), (wall, cpu) in samples.items():
         name = "eager" if zero < 0 else f"fsdp zero {zero}"
-        times[f"model x{layers} {name}, groups of {group_size} of {world} ranks"] = taken
-        rows.append([zero, group_size, layers, taken])
-    return {"rows": rows, "times": times, "core_share": eager_cpu / eager_wall}
+        times[f"model x{layers} {name}, groups of {group_size} of {world} ranks"] = wall
+        rows.append([zero, group_size, layers, wall])
+        cpu_rows.append([zero, group_size, layers, param_bytes[layers], cpu])
+    if wide_reps > 0:
+        wide, wide_bytes, _ = _fsdp_round_robin(fsdp_wide_probe(base), meshes, wide_reps)
+        cpu_rows += [[zero, group_size, layers, wide_bytes[layers], cpu] for (zero, layers), (_, cpu) in wide.items()]
+    return {"rows": rows, "cpu_rows": cpu_rows, "times": times, "core_share": core_share_}
 
 
-def fsdp_unit_costs(rows: list[list[Any]], share: float) -> list[dict[str, Any]]:
+def _unit_and_root(at: dict[tuple, float], zero: int, size: int, *width: int) -> tuple[float, float]:
+    """(a block's unit, the root unit): what FSDP2 adds per block (the difference of the 3- and 1-block models,
+    over 2 blocks, beyond the same without FSDP2) and what the 1-block model adds beyond its block's unit;
+    `at` keyed (zero_stage, group_size, layers, *width)."""
+    eager_block = (at[(-1, size, 3, *width)] - at[(-1, size, 1, *width)]) / 2
+    block = (at[(zero, size, 3, *width)] - at[(zero, size, 1, *width)]) / 2 - eager_block
+    return block, at[(zero, size, 1, *width)] - at[(-1, size, 1, *width)] - block
+
+
+def fsdp_unit_costs(rows: list[list[Any]], share: float, cpu_rows: list[list[Any]] | None = None
+                    ) -> list[dict[str, Any]]:
     """Per FSDP2 unit, forward + backward, from `measure_fsdp`'s rows ([zero_stage, group_size, layers,
     seconds]): a block's unit is what a block costs more under FSDP2 than without it (the difference of the 3-
     and 1-block models, over 2 blocks), the root unit (embedding, final norm, LM head) what the 1-block model
@@ -737,16 +781,43 @@ def fsdp_unit_costs(rows: list[list[Any]], share: float) -> list[dict[str, Any]]
     the models without FSDP2 ran, `measure_fsdp`'s `core_share`, is higher: they wait at each repeat's barrier
     and then run on a partly idle host; converting with it and back with the busy share made every unit
     0.60 / 0.485 = 1.24× (groups of 4) and 0.64 / 0.485 = 1.33× (groups of 2) its measured wall time on the
-    2026-12-07 4-rank profile.)"""
+    2026-12-07 4-rank profile.)
+
+    With `cpu_rows` ([zero_stage, group_size, layers, the model's parameter bytes, CPU seconds per rank], at two
+    widths: `combine_ranks`' fsdp_cpu) a layout's row also gets FSDP2's CPU cost per unit as a line in the
+    unit's parameter bytes through the two widths' block units: `cpu_s_per_byte` its slope, `unit_cpu_s` and
+    `root_cpu_s` what the negligible width's block and root units leave at no bytes. On shared cores FSDP2's
+    copies, reductions and gloo's transport over a unit's parameters are CPU work at the shared memory
+    bandwidth, which the negligible shapes (and the collective probe's raw bandwidth) do not see; CPU seconds
+    are work, whatever share of a core the ranks had."""
     at = {(zero, size, layers): t for zero, size, layers, t in rows}
     costs = []
     for zero, size in sorted({(z, g) for z, g, _ in at if z >= 0}):
-        eager_block = (at[(-1, size, 3)] - at[(-1, size, 1)]) / 2
-        block = (at[(zero, size, 3)] - at[(zero, size, 1)]) / 2 - eager_block
-        root = at[(zero, size, 1)] - at[(-1, size, 1)] - block
-        costs.append({"zero_stage": zero, "group_size": size, "unit_s": max(0.0, block) * share,
-                      "root_s": max(0.0, root) * share})
+        block, root = _unit_and_root(at, zero, size)
+        cost = {"zero_stage": zero, "group_size": size, "unit_s": max(0.0, block) * share,
+                "root_s": max(0.0, root) * share}
+        cost.update(_cpu_line(cpu_rows or [], zero, size))
+        costs.append(cost)
     return costs
+
+
+def _cpu_line(cpu_rows: list[list[Any]], zero: int, size: int) -> dict[str, float]:
+    """`fsdp_unit_costs`' CPU fields of one layout and group size ({} unless measured at two widths): the
+    block units' line through the widths, the narrowest width's units less their bytes on it."""
+    # a width is the i-th smallest model of its layer count (a wider probe has more bytes at either count)
+    sizes = {count: sorted({n for _, g, c, n, _ in cpu_rows if (g, c) == (size, count)}) for count in (1, 3)}
+    at = {(z, g, c, sizes[c].index(n)): t for z, g, c, n, t in cpu_rows if g == size and c in sizes}
+    widths = range(min(len(sizes[1]), len(sizes[3])))
+    if len(widths) < 2 or any((k, size, c, w) not in at for k in (-1, zero) for c in (1, 3) for w in widths):
+        return {}
+    units = [_unit_and_root(at, zero, size, w) for w in widths]
+    block_bytes = [(sizes[3][w] - sizes[1][w]) / 2 for w in widths]
+    root_bytes = [sizes[1][w] - block_bytes[w] for w in widths]
+    narrow, wide = widths[0], widths[-1]
+    per_byte = max(0.0, (units[wide][0] - units[narrow][0]) / (block_bytes[wide] - block_bytes[narrow]))
+    return {"unit_cpu_s": max(0.0, units[narrow][0] - per_byte * block_bytes[narrow]),
+            "root_cpu_s": max(0.0, units[narrow][1] - per_byte * root_bytes[narrow]),
+            "cpu_s_per_byte": per_byte}
 
 
 #: CPU seconds of work between two synchronisation points that `measure_sync_wait` loops over (0 is the sync alone)
@@ -834,8 +905,8 @@ def measure_ranks(rank: int, world: int, config: dict[str, Any], hosts: list[str
         result["tensor_parallel"] = measure_tensor_parallel(config["probe_model"], world,
                                                             3 * config["collective_reps"])
         result["pipeline"] = measure_pipeline(config["probe_model"], world, 3 * config["collective_reps"])
-    result["fsdp"] = [measure_fsdp(config["probe_model"], world, size, 2 * config["collective_reps"])
-                      for size in collective_groups(world)]
+    result["fsdp"] = [measure_fsdp(config["probe_model"], world, size, 2 * config["collective_reps"],
+                                   config["collective_reps"]) for size in collective_groups(world)]
     result["sync_wait"] = measure_sync_wait(rank, world, 3 * config["collective_reps"])
     collectives = []
     for size in collective_groups(world):
@@ -968,9 +1039,12 @@ def combine_ranks(ranks: list[dict[str, Any]], ranks_per_host: int, repeats: Rep
     fsdp_slowest: dict[tuple, list[float]] = {}
     fsdp_names: dict[tuple, str] = {}
     fsdp_shares: dict[int, list[float]] = {}
+    fsdp_cpu: dict[tuple, list[float]] = {}
     for r in ranks:
         for size, measured in zip(collective_groups(world), r.get("fsdp", []), strict=False):
             fsdp_shares.setdefault(size, []).append(measured["core_share"])
+            for zero, size, layers, nbytes, cpu in measured.get("cpu_rows", []):
+                fsdp_cpu.setdefault((zero, size, layers, nbytes), []).append(statistics.median(cpu))
             for (zero, size, layers, times), name in zip(measured["rows"], measured["times"], strict=True):
                 key = (zero, size, layers)
                 fsdp_slowest[key] = [max(a, b) for a, b in zip(fsdp_slowest.get(key, times), times, strict=True)]
@@ -993,6 +1067,8 @@ def combine_ranks(ranks: list[dict[str, Any]], ranks_per_host: int, repeats: Rep
             "collectives": [[op, size, nbytes, statistics.median(t), spans[(op, size, nbytes)]]
                             for (op, size, nbytes), t in sorted(slowest.items())],
             "fsdp": [[*key, statistics.median(t)] for key, t in sorted(fsdp_slowest.items())],
+            # CPU is each rank's own work: the mean over ranks of each rank's median repeat
+            "fsdp_cpu": [[*key, statistics.fmean(t)] for key, t in sorted(fsdp_cpu.items())],
             # an iteration's wall time ends with its slowest rank; gloo's CPU per rank, the median rank's
             "sync_wait": [[op, work, i, *(max(r["sync_wait"][j][k] for r in ranks) for k in (3, 4)),
                            statistics.median(r["sync_wait"][j][5] for r in ranks)]
@@ -1236,7 +1312,8 @@ def fit_profile(raw: dict[str, Any], peak_flops_core: float, host_cores: int) ->
     peak; attention's the same with the predictor's causal FLOPs; memory bandwidth the node's (each of N
     processes' elementwise rate × the cores); the background load from the share of a core N busy processes
     got; collectives a least-squares latency + bytes/bandwidth line (wall time) per
-    op and group size; FSDP2's fixed cost per unit by ZeRO layout and group size (`fsdp_unit_costs`); the idle
+    op and group size; FSDP2's fixed cost per unit by ZeRO layout and group size and its CPU cost per unit as a
+    line in the unit's parameter bytes (`fsdp_unit_costs`); the idle
     time and gloo's CPU a synchronisation point costs on shared cores by the work between syncs
     (`sync_wait_rows`)."""
     dispatch = raw["dispatch_s"]
@@ -1271,7 +1348,7 @@ def fit_profile(raw: dict[str, Any], peak_flops_core: float, host_cores: int) ->
         # `hosts`: how many hosts one group spanned (1: inside a node; more: across the network, a calibrate job)
         collectives.append({"op": op, "group_size": size, "latency_us": latency * 1e6,
                             "bandwidth_gbs": 1e-9 / per_byte, "hosts": hosts_spanned[(op, size)]})
-    fsdp_units = fsdp_unit_costs(shared.get("fsdp", []), share)
+    fsdp_units = fsdp_unit_costs(shared.get("fsdp", []), share, shared.get("fsdp_cpu", []))
     host = dict(raw["host"])
     host["process_start_s"] = shared["process_start_s"]
     host["pipeline_micro_batch_s"] = shared.get("pipeline_micro_batch_s", 0.0)

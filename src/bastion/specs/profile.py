@@ -11,7 +11,8 @@ latency/bandwidth line for one collective on one group size (gloo on shared core
 devices); each `[[tp_collective]]` how many collectives of an op the runtime's tensor parallelism issues per block
 and for the model's ends (counted, not timed); each `[[fsdp_unit]]` what the runtime's FSDP2 costs per unit (a
 block; the root unit apart) on real groups of one size under one ZeRO layout, at a negligible size (its hooks, its
-collectives' latency, the waiting); each `[[sync_wait]]` the idle cost of one synchronisation point on
+collectives' latency, the waiting) and, measured at a realistic width too, its CPU seconds per unit as a line in
+the unit's parameter bytes; each `[[sync_wait]]` the idle cost of one synchronisation point on
 shared cores by the CPU work between syncs (absent in older profiles: none charged). `[raw]` keeps the
 measurements the rates were derived from, `[repeats]` every
 measurement's repeats (seconds): its noise band, which `bastion calibrate --compare` (specs/profile_compare.py)
@@ -111,7 +112,11 @@ class FsdpUnitCost:
     groups of the measured world at once) under ZeRO layout `zero_stage`, at shapes whose collectives move almost
     no bytes: its hooks' host work, its collectives' latency and the waiting for the group's other ranks. On whole
     cores (measured wall time × the ranks' core share), as a CollectiveLine is: the predictor divides it by the
-    share a plan's ranks get and adds only the collectives' bytes at the measured bandwidth."""
+    share a plan's ranks get and adds only the collectives' bytes at the measured bandwidth.
+
+    A profile measured at a second, realistic width too (runtime/calibrate.py FSDP_WIDE_WIDTHS) also holds the
+    process CPU seconds (all threads) a rank spends per unit as a line in the unit's parameter bytes (`cpu_line`;
+    None in older profiles, which the predictor costs as above)."""
 
     zero_stage: int
     group_size: int
@@ -119,6 +124,17 @@ class FsdpUnitCost:
     unit_s: float
     #: the root unit (embedding, final norm, LM head), per micro-batch
     root_s: float
+    #: CPU seconds per block's unit at no bytes
+    unit_cpu_s: float | None = None
+    #: CPU seconds per root unit at no bytes
+    root_cpu_s: float | None = None
+    #: CPU seconds per parameter byte of a unit
+    cpu_s_per_byte: float | None = None
+
+    @property
+    def cpu_line(self) -> bool:
+        """Whether the row holds the CPU cost per unit (`unit_cpu_s` + bytes × `cpu_s_per_byte`)."""
+        return self.cpu_s_per_byte is not None
 
 
 def _fsdp_layout(zero_stage: int) -> int:
@@ -361,6 +377,10 @@ def _sync_waits(data: dict[str, Any], path: Path) -> tuple[SyncWait, ...]:
     return tuple(rows)
 
 
+#: an [[fsdp_unit]] row's CPU-line fields (FsdpUnitCost), all or none
+_FSDP_CPU_FIELDS = ("unit_cpu_s", "root_cpu_s", "cpu_s_per_byte")
+
+
 def _fsdp_units(data: dict[str, Any], path: Path) -> tuple[FsdpUnitCost, ...]:
     rows = []
     for i, row in enumerate(data.get("fsdp_unit", [])):
@@ -371,8 +391,12 @@ def _fsdp_units(data: dict[str, Any], path: Path) -> tuple[FsdpUnitCost, ...]:
         size = _number(row, "group_size", where)
         if size < 2 or size != int(size):
             raise ConfigError(f"{where}: 'group_size' must be a whole number of at least 2, got {size:g}.", fix=_FIX)
+        cpu = {key: _number(row, key, where) for key in _FSDP_CPU_FIELDS if key in row}
+        if cpu and len(cpu) != len(_FSDP_CPU_FIELDS):
+            raise ConfigError(f"{where}: {', '.join(_FSDP_CPU_FIELDS)} go together (the CPU cost per unit's line), "
+                              f"got only {', '.join(cpu)}.", fix=_FIX)
         rows.append(FsdpUnitCost(zero_stage=row["zero_stage"], group_size=int(size),
-                                 unit_s=_number(row, "unit_s", where), root_s=_number(row, "root_s", where)))
+                                 unit_s=_number(row, "unit_s", where), root_s=_number(row, "root_s", where), **cpu))
     return tuple(rows)
 
 
