@@ -53,7 +53,7 @@ def test_whole_model_compile_speedup_matches_the_h200_step_it_was_not_fitted_to(
 
 
 def test_the_compiled_runtime_is_a_named_stack() -> None:
-    # bastion's own runtime, compiled: its MoE experts sit in the layout bastion executes, its DTensor sequence
-    # parallelism keeps the matmuls' gathered inputs
-    assert software_stack("bastion-compiled").options == PredictOptions(compiled=True, moe_expert_layout="bastion",
-                                                                         sp_gathered_inputs=True)
+    # bastion's own runtime, compiled: its MoE experts sit in the layout bastion executes and run torch's grouped
+    # GEMM, its DTensor sequence parallelism keeps the matmuls' gathered inputs
+    assert software_stack("bastion-compiled").options == PredictOptions(
+        compiled=True, moe_expert_layout="bastion", sp_gathered_inputs=True, grouped_gemm="torch_grouped_mm")
