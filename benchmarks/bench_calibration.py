@@ -133,8 +133,32 @@ def _prediction(model: str, plan: dict, cluster: str, background_load: float | N
     return estimate(load_model(model), target, ParallelPlan.from_dict(plan)).step_time_s
 
 
+#: the GEMM the host-speed probe times before every run: one the profile also measured ([raw] gemm_m_k_n_s)
+DRIFT_GEMM = (512, 512, 512)
+DRIFT_PROBE = ("import sys, json, torch; torch.set_num_threads(1); sys.path.insert(0, {src!r}); "
+               "from bastion.runtime import calibrate as c; "
+               "print(json.dumps(c.measure_gemms([{shape!r}], 0.5)[0][-1]))")
+
+
+def _host_drift(profile: Path) -> dict:
+    """How fast this host runs the profile's own one-thread GEMM right now, against the profile's time for it
+    (runtime/calibrate.py measure_gemms, in a child process): above 1 the host is slower than when it was
+    profiled, so a run's error splits into the host's drift and the model's."""
+    import tomllib
+
+    done = subprocess.run([sys.executable, "-c", DRIFT_PROBE.format(src=str(ROOT / "src"), shape=DRIFT_GEMM)],
+                          capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        return {"host_gemm_error": done.stderr[-300:]}
+    now = float(done.stdout.strip().splitlines()[-1])
+    raw = tomllib.loads(profile.read_text()).get("raw", {}).get("gemm_m_k_n_s", [])
+    then = next((row[-1] for row in raw if tuple(row[:3]) == DRIFT_GEMM), None)
+    return {"host_gemm_s": now, "profile_gemm_s": then, "host_drift": now / then if then else None}
+
+
 def _run(model: str, name: str, plan: dict, profile: Path, data: Path, work: Path, repeat: int = 0) -> dict:
     world = _world(plan)
+    drift = _host_drift(profile)
     plan_file = work / f"{model}-{name}.json"
     plan_file.write_text(json.dumps(plan))
     run_dir = work / f"run-{model}-{name}-{repeat}"
@@ -150,7 +174,8 @@ def _run(model: str, name: str, plan: dict, profile: Path, data: Path, work: Pat
     load_after = os.getloadavg()[0]
     row = {"model": model, "plan": name, "processes": world, "plan_fields": plan, "wall_s": time.time() - started,
            "load_avg_1m_before": load_before, "load_avg_1m_after": load_after,
-           "loaded": background is None or background >= OTHER_LOAD_LIMIT, "background_load_during_steps": background}
+           "loaded": background is None or background >= OTHER_LOAD_LIMIT, "background_load_during_steps": background,
+           **drift}
     summary_file = run_dir / "summary.json"
     if done.returncode != 0 or not summary_file.exists():
         row["error"] = (done.stderr or done.stdout)[-600:]
@@ -294,7 +319,9 @@ def main() -> int:
                       "mean over ranks); at run load = the profile's prediction with its background_load replaced by the runnable threads counted "
                       "while the run's steps ran, not the run's own (its process tree) nor the sampler's, / measured; "
                       f"loaded = those other runnable processes averaged {OTHER_LOAD_LIMIT} or more (the 1-minute "
-                      "load average, which lags and counts the benchmark's own ranks, is recorded, not judged)."}
+                      "load average, which lags and counts the benchmark's own ranks, is recorded, not judged); "
+                      "host_drift = the profile's own one-thread GEMM timed right before the run / the profile's "
+                      "time for it (above 1: the host is slower now than when profiled)."}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(_table(rows))
     print(f"within 10%: {result['within_10pct']} ({result['within_10pct_unloaded']}); measured inside the "
