@@ -1,13 +1,15 @@
-"""Suite-wide guard: the tests must not rewrite tracked files (benchmarks write results; tests never do).
+"""Suite-wide guards: the tests must not rewrite tracked files (benchmarks write results; tests never do), and
+they see none of the machine profiles the person running them saved.
 
-On when BASTION_CHECK_TRACKED=1 (what `make test` and its tiers set), so that editing a file while a test runs
-during development does not trip it.
+The first is on when BASTION_CHECK_TRACKED=1 (what `make test` and its tiers set), so that editing a file while a
+test runs during development does not trip it.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,17 @@ def _tracked_changes() -> dict[str, str] | None:
     for chunk in done.stdout.split("diff --git ")[1:]:
         per_file[chunk.split("\n", 1)[0]] = chunk
     return per_file
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _own_config_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """bastion's user config directory (saved machine profiles, `--cluster NAME`) is an empty one of the suite's:
+    a profile saved in the real home directory must not change a prediction, and no test may write there.
+    Subprocesses inherit it."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("BASTION_CONFIG_DIR", str(tmp_path_factory.mktemp("bastion-config")))
+    yield
+    patch.undo()
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -17,7 +17,8 @@ def test_json_is_the_documented_object_best_first_and_save_writes_the_winner(tmp
                   "--save", str(saved))
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
-    assert set(data) == {"evaluated", "feasible", "seconds", "objective", "rejected", "plans", "software"}
+    assert set(data) == {"evaluated", "feasible", "seconds", "objective", "rejected", "plans", "software", "rates"}
+    assert data["rates"] == "datasheet: catalog row 'cpu'"
     assert data["objective"] == "time-p90"  # the default: ranked by the upper end of each plan's interval
     assert data["software"] == "bastion"
     assert data["evaluated"] == data["feasible"] + sum(data["rejected"].values())

@@ -1,6 +1,7 @@
 """`bastion calibrate`: measure this machine's host CPUs or GPUs (runtime/calibrate.py) and write a machine profile
-(specs/profile.py) that `--cluster PROFILE.toml` makes the predictor use; `--compare A B` lists the measurements of
-two profiles that differ beyond their noise (specs/profile_compare.py)."""
+(specs/profile.py) that `--cluster PROFILE.toml` makes the predictor use, or save it under a name (`--save-as NAME`:
+then `--cluster NAME`); `--list` lists the saved profiles; `--compare A B` lists the measurements of two profiles
+that differ beyond their noise (specs/profile_compare.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import typer
 from bastion.cli import app
 from bastion.commands import options
 
+#: where the profile goes without --out or --save-as
+DEFAULT_OUT = Path("bastion-profile.toml")
 #: per-measurement time budgets, seconds (quick: the whole run under a minute on 2 cores)
 QUICK_BUDGET_S, FULL_BUDGET_S = 0.04, 0.3
 QUICK_MESSAGES = [4096, 65536, 1 << 20, 8 << 20]
@@ -25,8 +28,17 @@ QUICK_CHECKPOINT_MIB, FULL_CHECKPOINT_MIB = 16, 64
 
 @app.command("calibrate")
 def calibrate_command(
-    out: Path = typer.Option(Path("bastion-profile.toml"), "--out", "-o", help="Where to write the profile (a "
-                             "job: on the filesystem its nodes share; k8s: under --run-dir, on the job's volume)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Where to write the profile (default "
+                                    f"{DEFAULT_OUT}; a job: on the filesystem its nodes share; k8s: under "
+                                    "--run-dir, on the job's volume)."),
+    save_as: str | None = typer.Option(None, "--save-as", metavar="NAME", help="Instead of --out: save the "
+                                       "profile as NAME in your profile directory ($BASTION_CONFIG_DIR/profiles, "
+                                       "else $XDG_CONFIG_HOME/bastion/profiles or ~/.config/bastion/profiles); then "
+                                       "--cluster NAME or ACCEL:N@NAME predicts with it. A project's "
+                                       "./.bastion/profiles/NAME.toml (commit it with the project) is looked for "
+                                       "first."),
+    list_saved: bool = typer.Option(False, "--list", help="Measure nothing: list the saved profiles (the "
+                                    "project's and yours) with their accelerator, date, host and --quick."),
     quick: bool = typer.Option(False, "--quick", help="Fewer shapes and repeats: under a minute."),
     nproc: int = typer.Option(4, "--nproc", help="Ranks that will share each host (the collectives' world: "
                               "--nodes × --nproc ranks in a job)."),
@@ -43,7 +55,7 @@ def calibrate_command(
                                  "script, config and output there (k8s: the path the job's volume is mounted at)."),
     compare: tuple[Path, Path] | None = typer.Option(None, "--compare", help="Measure nothing: list the "
                                                      "measurements of profile A that changed in profile B beyond "
-                                                     "their noise."),
+                                                     "their noise (each a file or a saved name)."),
     min_change: float = typer.Option(0.05, "--min-change", help="With --compare: the smallest relative change "
                                      "reported."),
     on: str = typer.Option("local", "--on", help="local (this machine), slurm (an sbatch job) or k8s (a "
@@ -81,19 +93,24 @@ def calibrate_command(
     from bastion.errors import ConfigError
     from bastion.launch.request import check_engine
 
-    if compare is not None:
+    if list_saved and compare is not None:
+        raise ConfigError("--list and --compare are two different things to show.", fix="give one of them.")
+    if list_saved or compare is not None:
+        flag = "--list" if list_saved else "--compare"
         if on != "local":
-            raise ConfigError("--compare reads two profiles here; it measures nothing, so it runs no job.",
-                              fix="drop --on (or give --on local) with --compare.")
-        _compare(*compare, min_change, as_json)
+            raise ConfigError(f"{flag} reads profiles here; it measures nothing, so it runs no job.",
+                              fix=f"drop --on (or give --on local) with {flag}.")
+        if list_saved:
+            _list_saved(as_json)
+        else:
+            _compare(*compare, min_change, as_json)
         return
 
     check_engine(on)
     if nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {nproc}.", fix="e.g. --nproc 4.")
-    if out.exists() and out.is_dir():
-        raise ConfigError(f"--out {out} is a directory.", fix="give a file name, e.g. --out profile.toml.")
-    settings = _settings(quick, nproc, models, accelerator, run_dir, out)
+    out = _profile_out(out, save_as, on)
+    settings = {**_settings(quick, nproc, models, accelerator, run_dir, out), "name": save_as or ""}
     given = {"--time": time, "--partition": partition, "--account": account, "--qos": qos,
              "--constraint": constraint, "--exclusive": exclusive, "--exclude": exclude,
              "--container-image": container_image, "--sbatch-arg": sbatch_args, "--image": image,
@@ -105,9 +122,9 @@ def calibrate_command(
                             "they are options of a Slurm or Kubernetes job (--on slurm or --on k8s)")
         if settings["device"] == "cuda":
             _check_cuda_here(settings, any_device)
-            _write_device_profile(settings, _measure_device(settings, progress), _this_machine())
+            _write_device_profile(settings, _measure_device(settings, progress), _this_machine(), as_json)
             return
-        _write_profile(settings, _measure_here(settings, progress), machine=_this_machine())
+        _write_profile(settings, _measure_here(settings, progress), _this_machine(), as_json)
         return
     from bastion.commands.calibrate_job import CalibrateJob, run_job
 
@@ -121,6 +138,28 @@ def calibrate_command(
                          k8s_kind=k8s_kind, queue=queue, storage=storage, node_selector=tuple(node_selector),
                          tolerations=tuple(tolerations), manifest=manifest, dry_run=dry_run, submit=submit,
                          as_json=as_json))
+
+
+def _profile_out(out: Path | None, save_as: str | None, on: str) -> Path:
+    """The file the profile is written to: --out, or with --save-as NAME the user's saved profile of that name."""
+    from bastion.errors import ConfigError
+    from bastion.specs.profile import saved_profile_path
+
+    if out is not None and save_as is not None:
+        raise ConfigError("--out and --save-as both say where the profile goes.",
+                          fix="give --save-as NAME (your profile directory) or --out PATH.toml, not both.")
+    if save_as is not None:
+        path = saved_profile_path(save_as)  # a bad name is a guidance error here, before anything is measured
+        if on == "k8s":
+            raise ConfigError(f"--save-as writes to {path.parent}/ on this machine, and a Kubernetes job's pods "
+                              "write the profile on the job's volume.",
+                              fix=f"give --out under --run-dir, then copy the file to {path} (or into the project's "
+                                  "./.bastion/profiles/) to use it as --cluster NAME.")
+        return path
+    out = out or DEFAULT_OUT
+    if out.exists() and out.is_dir():
+        raise ConfigError(f"--out {out} is a directory.", fix="give a file name, e.g. --out profile.toml.")
+    return out
 
 
 def _refuse_job_options(on: str, flags: list[str], why: str) -> None:
@@ -318,8 +357,9 @@ def _measure_one_device(settings: dict, progress: bool, device: Any = None) -> t
     return raw, repeats
 
 
-def _write_device_profile(settings: dict, measured: tuple[dict, dict], machine: dict) -> None:
-    """Fit a GPU's rates (runtime/calibrate.py fit_device_profile), write the profile TOML, say so."""
+def _write_device_profile(settings: dict, measured: tuple[dict, dict], machine: dict, as_json: bool = False) -> None:
+    """Fit a GPU's rates (runtime/calibrate.py fit_device_profile), write the profile TOML, say so (`as_json`: as
+    one JSON object)."""
     from bastion.runtime import calibrate as cal
     from bastion.specs.hardware import load_accelerator
 
@@ -340,13 +380,13 @@ def _write_device_profile(settings: dict, measured: tuple[dict, dict], machine: 
     _save_profile(out, {"machine": machine, **fitted, "raw": raw_table, "repeats": repeats})
     a, h = fitted["accelerator"], fitted["host"]
     largest = max(a["gemm_shape_efficiency"], key=lambda row: row[0] * row[1] * row[2])
-    typer.echo(f"wrote {out}: {facts['device_name']} bf16 GEMM {largest[3]:.2f} of the datasheet peak "
-               f"at the largest shape, attention {', '.join(raw['attention_backends'])}, elementwise "
-               f"{streamed_gbs:.4g} GB/s ({streamed_gbs / acc.hbm_bandwidth_gbs:.0%} of the datasheet), "
-               f"{len(fitted['collective'])} NCCL collective lines"
-               f"{'' if raw['collectives'] else ' (single device)'}, checkpoint write "
-               f"{h['checkpoint_write_gbs']:.2g} GB/s / read {h['checkpoint_read_gbs']:.2g} GB/s in "
-               f"{settings['run_dir']}")
+    _announce(settings, fitted, f"{facts['device_name']} bf16 GEMM {largest[3]:.2f} of the datasheet peak "
+              f"at the largest shape, attention {', '.join(raw['attention_backends'])}, elementwise "
+              f"{streamed_gbs:.4g} GB/s ({streamed_gbs / acc.hbm_bandwidth_gbs:.0%} of the datasheet), "
+              f"{len(fitted['collective'])} NCCL collective lines"
+              f"{'' if raw['collectives'] else ' (single device)'}, checkpoint write "
+              f"{h['checkpoint_write_gbs']:.2g} GB/s / read {h['checkpoint_read_gbs']:.2g} GB/s in "
+              f"{settings['run_dir']}", as_json)
 
 
 def _this_machine() -> dict:
@@ -354,9 +394,9 @@ def _this_machine() -> dict:
             "os_cpus": _cpus(), "load_average_1m": _load_average()}
 
 
-def _write_profile(settings: dict, measured: tuple[dict, dict], machine: dict) -> None:
-    """Fit the rates (runtime/calibrate.py fit_profile), write the profile TOML to the settings' `out`, say so.
-    `machine`: where it was measured (host, platform, ...; a job: every host)."""
+def _write_profile(settings: dict, measured: tuple[dict, dict], machine: dict, as_json: bool = False) -> None:
+    """Fit the rates (runtime/calibrate.py fit_profile), write the profile TOML to the settings' `out`, say so
+    (`as_json`: as one JSON object). `machine`: where it was measured (host, platform, ...; a job: every host)."""
     from bastion.runtime import calibrate as cal
     from bastion.specs.hardware import load_accelerator
 
@@ -370,7 +410,8 @@ def _write_profile(settings: dict, measured: tuple[dict, dict], machine: dict) -
                  "attention_seq_headdim_heads_fwd_s_fwdbwd_s": raw["attention"],
                  "elementwise_bytes_s": raw["elementwise"],
                  "elementwise_working_sets_bytes_s": raw["elementwise_working_sets"],
-                 "shared_gemm_shape": raw["shared_gemm_shape"], "shared_core_share_per_rank": shared["core_share"], "shared_elementwise_bytes_s": shared["elementwise"],
+                 "shared_gemm_shape": raw["shared_gemm_shape"], "shared_core_share_per_rank": shared["core_share"],
+                 "shared_elementwise_bytes_s": shared["elementwise"],
                  "collective_op_size_bytes_s": [row[:4] for row in shared["collectives"]],
                  # zero_stage -1: the same models without FSDP2
                  "fsdp_zero_size_layers_s": shared["fsdp"],
@@ -382,13 +423,84 @@ def _write_profile(settings: dict, measured: tuple[dict, dict], machine: dict) -
                  "sync_wait_op_work_round_synced_s_alone_s": shared.get("sync_wait", [])}
     _save_profile(out, {"machine": machine, **fitted, "raw": raw_table, "repeats": repeats})
     a, h = fitted["accelerator"], fitted["host"]
-    typer.echo(f"wrote {out}: GEMM {a['matmul_efficiency']:.2f} of a core's peak at the largest shape, "
-               f"memory {a['hbm_bandwidth_gbs']:.2g} GB/s (cache-resident elementwise up to "
-               f"{max(r for _, r in a['elementwise_bandwidth_curve']):.1f}x), background load {a['background_load']:.1f}, "
-               f"block dispatch {1e3 * h['layer_s']:.2f} ms (+{1e3 * h['layer_tp_s']:.2f} DTensor, "
-               f"+{1e3 * h['layer_fsdp_s']:.2f} FSDP), process start {h['process_start_s']:.1f} s, "
-               f"checkpoint write {h['checkpoint_write_gbs']:.2g} GB/s / read {h['checkpoint_read_gbs']:.2g} GB/s "
-               f"in {run_dir}" + _fsdp_summary(fitted["fsdp_unit"]))
+    _announce(settings, fitted, f"GEMM {a['matmul_efficiency']:.2f} of a core's peak at the largest shape, "
+              f"memory {a['hbm_bandwidth_gbs']:.2g} GB/s (cache-resident elementwise up to "
+              f"{max(r for _, r in a['elementwise_bandwidth_curve']):.1f}x), background load "
+              f"{a['background_load']:.1f}, block dispatch {1e3 * h['layer_s']:.2f} ms (+{1e3 * h['layer_tp_s']:.2f} "
+              f"DTensor, +{1e3 * h['layer_fsdp_s']:.2f} FSDP), process start {h['process_start_s']:.1f} s, "
+              f"checkpoint write {h['checkpoint_write_gbs']:.2g} GB/s / read {h['checkpoint_read_gbs']:.2g} GB/s "
+              f"in {run_dir}" + _fsdp_summary(fitted["fsdp_unit"]), as_json)
+
+
+def _announce(settings: dict, fitted: dict, summary: str, as_json: bool) -> None:
+    """The closing summary of a written profile: where it went, its headline rates (`summary`), how to use a saved
+    one, and warnings (a busy host: specs/profile.py busy_host_warning); with `as_json` one JSON object."""
+    from bastion.specs.profile import PROJECT_PROFILES_DIR, busy_host_warning
+
+    out, name, accelerator = settings["out"], settings.get("name") or "", settings["accelerator"]
+    background = fitted["accelerator"].get("background_load")
+    warnings = [w for w in [None if background is None else busy_host_warning(background)] if w]
+    notes = []
+    if name:
+        notes.append(f"saved as '{name}': --cluster {name} ({settings['nproc']} ranks) or --cluster "
+                     f"{accelerator}:N@{name} predicts with it")
+        project = PROJECT_PROFILES_DIR / f"{name}.toml"
+        if project.is_file():
+            notes.append(f"./{project} (the project's) has the same name and is used before it in this directory")
+    if as_json:
+        from bastion.outputs import dumps_json
+
+        typer.echo(dumps_json({"profile": str(out), "name": name or None, "accelerator": accelerator,
+                               "quick": settings["quick"], "summary": summary, "background_load": background,
+                               "measured": {"accelerator": fitted["accelerator"], "host": fitted["host"]},
+                               "notes": notes, "warnings": warnings}, indent=2))
+        return
+    typer.echo(f"wrote {out}: {summary}")
+    for line in notes:
+        typer.echo(line)
+    for line in warnings:
+        typer.echo(f"warning: {line}")
+
+
+def _list_saved(as_json: bool) -> None:
+    """`--list`: every saved profile (specs/profile.py saved_profiles) with what and when it measured; one that
+    cannot be read is listed with why."""
+    from bastion.errors import ConfigError
+    from bastion.specs.profile import SAVE_COMMAND, profile_dirs, read_profile, saved_profiles
+
+    rows = []
+    for saved in saved_profiles():
+        row: dict[str, Any] = {"name": saved.name, "scope": saved.scope, "hidden": saved.hidden,
+                               "path": str(saved.path)}
+        try:
+            profile = read_profile(saved.path, saved.name)
+        except ConfigError as exc:
+            row["error"] = exc.problem
+        else:
+            row.update(accelerator=profile.accelerator, nproc=profile.nproc, date=profile.date, host=profile.host,
+                       quick=profile.quick, torch=profile.torch, background_load=profile.background_load)
+        rows.append(row)
+    project, user = profile_dirs()
+    if as_json:
+        from bastion.outputs import dumps_json
+
+        typer.echo(dumps_json({"directories": [f"./{project}", str(user)], "profiles": rows}, indent=2))
+        return
+    if not rows:
+        typer.echo(f"No saved profiles in ./{project}/ or {user}/.\nsave this machine's: "
+                   f"{SAVE_COMMAND.format(name='default')}   # under a minute")
+        return
+    # a line each, not a table: the paths are long, and a narrow terminal would cut a table's cells
+    typer.echo(f"saved machine profiles (a name is looked for in ./{project}/ first, then in {user}/):")
+    width = max(len(row["name"]) for row in rows)
+    for row in rows:
+        where = row["scope"] + (", hidden by the project's" if row["hidden"] else "")
+        if "error" in row:
+            what = f"unreadable: {row['error']}"
+        else:
+            what = (f"{row['accelerator']}, {row['nproc']} ranks{', --quick' if row['quick'] else ''}, measured "
+                    f"{row['date']} on {row['host']}, background load {row['background_load']:.2f}")
+        typer.echo(f"  {row['name']:<{width}}  ({where}) {what}: {row['path']}")
 
 
 def _machine_table(settings: dict, machine: dict) -> dict:
@@ -406,9 +518,10 @@ def _save_profile(out: Path, data: dict) -> None:
     from bastion.specs.profile import profile_toml
 
     header = ("bastion machine profile, written by `bastion calibrate`. Use it with --cluster PROFILE.toml or\n"
-              "--cluster ACCEL:N@PROFILE.toml. [accelerator] replaces catalog fields; [host], [[collective]] and\n"
-              "[[fsdp_unit]] are measured terms the catalog has no field for; [raw] holds the measurements\n"
-              "(seconds), [repeats] each measurement's repeats (its noise band, for `bastion calibrate --compare A B`).")
+              "--cluster ACCEL:N@PROFILE.toml (saved with --save-as NAME: --cluster NAME or ACCEL:N@NAME).\n"
+              "[accelerator] replaces catalog fields; [host], [[collective]] and [[fsdp_unit]] are measured terms\n"
+              "the catalog has no field for; [raw] holds the measurements (seconds), [repeats] each measurement's\n"
+              "repeats (its noise band, for `bastion calibrate --compare A B`).")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(profile_toml(data, header))
 
@@ -478,10 +591,10 @@ def _load_average() -> float:
 
 
 def _compare(before: Path, after: Path, min_change: float, as_json: bool) -> None:
-    from bastion.specs.profile import read_profile
+    from bastion.specs.profile import read_named_or_path
     from bastion.specs.profile_compare import compare_profiles
 
-    comparison = compare_profiles(read_profile(before), read_profile(after), min_change)
+    comparison = compare_profiles(read_named_or_path(str(before)), read_named_or_path(str(after)), min_change)
     if as_json:
         from bastion.outputs import dumps_json
 

@@ -3,7 +3,8 @@
 1. a corpus every machine has: the Python standard library's own .py files (bounded), byte-level tokens
 2. a plan for the local CPU cluster from the planner (the best hybrid plan: at least two parallel dimensions)
 3. `bastion train` of the `small` model on 4 processes with a progress bar
-4. predicted vs measured step time, throughput and per-device memory
+4. predicted vs measured step time, throughput and per-device memory: from this machine's saved profile `default`
+   where there is one (`bastion calibrate --quick --save-as default`), else from the cpu datasheet
 With --moe: the `small-moe` mixture-of-experts model (tiny-moe with --quick) on a plan with expert parallelism.
 """
 
@@ -45,9 +46,36 @@ def _runnable(plan: Any, moe: bool = False) -> bool:
     return plan.cp == 1 and plan.ep == 1 and plan.zero_stage != 1 and sum(d > 1 for d in degrees) >= 2
 
 
-def choose_plan(model_name: str, nproc: int, global_batch: int, seq_len: int, moe: bool = False
-                ) -> tuple[Any, str]:
-    """(plan, how it was chosen)."""
+#: the saved machine profile the demo plans and predicts with where there is one (specs/profile.py saved names)
+DEMO_PROFILE = "default"
+
+
+def prediction_cluster(nproc: int) -> tuple[str, str | None]:
+    """(the --cluster the demo plans and predicts with, a hint line or None): `cpu:N@default` where a saved
+    profile `default` (the project's or the user's) measured this host's CPU, else the cpu datasheet's `cpu:N`
+    with a line saying how to make one. The demo never calibrates by itself: that takes a minute, on a quiet host."""
+    from bastion.errors import ConfigError
+    from bastion.specs.profile import SAVE_COMMAND, find_saved_profile, read_profile
+
+    path = find_saved_profile(DEMO_PROFILE)
+    why = f"no saved profile '{DEMO_PROFILE}'"
+    if path is not None:
+        try:
+            profile = read_profile(path, DEMO_PROFILE)
+        except ConfigError as exc:
+            why = f"profile '{DEMO_PROFILE}' cannot be used ({exc.problem})"
+        else:
+            if profile.accelerator == "cpu":
+                return f"cpu:{nproc}@{DEMO_PROFILE}", None
+            why = f"profile '{DEMO_PROFILE}' ({path}) measured {profile.accelerator}, not this host's CPU"
+    return f"cpu:{nproc}", (f"{why}, so the prediction uses the cpu datasheet; "
+                            f"`{SAVE_COMMAND.format(name=DEMO_PROFILE)}` (under a minute) measures this machine, "
+                            "and the demo then predicts from it.")
+
+
+def choose_plan(model_name: str, nproc: int, global_batch: int, seq_len: int, moe: bool = False,
+                cluster: str | None = None) -> tuple[Any, str]:
+    """(plan, how it was chosen) for `cluster` (default the cpu datasheet's cpu:NPROC)."""
     from bastion.specs.hardware import load_cluster
     from bastion.specs.model import load_model
     from bastion.specs.plan import ParallelPlan
@@ -63,7 +91,7 @@ def choose_plan(model_name: str, nproc: int, global_batch: int, seq_len: int, mo
     except ImportError:
         return fallback, f"fixed {kind} plan (the planner is not installed)"
     pins = {"cp": 1, "tp": 1} if moe else {"cp": 1, "ep": 1}
-    request = PlanRequest(model=load_model(model_name, seq_len), cluster=load_cluster(f"cpu:{nproc}"),
+    request = PlanRequest(model=load_model(model_name, seq_len), cluster=load_cluster(cluster or f"cpu:{nproc}"),
                           global_batch=global_batch, seq_len=seq_len, top_k=200, workers=1,
                           space=SearchSpace(precisions=("fp32",), pins=pins))
     try:
@@ -121,9 +149,10 @@ def demo_command(
     meta = _stdlib_corpus(data_dir, 300_000 if quick else 4_000_000)
     console.print(f"[bold]1. corpus[/]: {meta['num_tokens']:,} byte tokens from {meta['documents']} standard-"
                   f"library files → {data_dir}")
-    plan, how = choose_plan(model, nproc, global_batch, seq_len, moe)
+    cluster, hint = prediction_cluster(nproc)
+    plan, how = choose_plan(model, nproc, global_batch, seq_len, moe, cluster)
     plan_path = plan.save(out / "plan.json")
-    console.print(f"[bold]2. plan[/] for cpu:{nproc}: {_describe(plan)} — {how}")
+    console.print(f"[bold]2. plan[/] for {cluster}: {_describe(plan)} — {how}")
     run_dir = out / "run"
     if run_dir.exists():
         import shutil
@@ -133,6 +162,9 @@ def demo_command(
     # the same path as a user's `bastion train --nproc N` (checks first, then torchrun)
     app(args=["train", "--model", model, "--plan", str(plan_path), "--data", str(data_dir), "--steps", str(steps),
               "--run-dir", str(run_dir), "--nproc", str(nproc),
+              # a profile, named: its rates predict, and the health check judges the all-reduce by them (the
+              # datasheet's cpu:N is train's own default, and a default cluster's bandwidth is only compared)
+              *([] if cluster == f"cpu:{nproc}" else ["--cluster", cluster]),
               # the workers' progress bar is written to stdout, which --json keeps for the one JSON object
               *(["--no-progress"] if as_json else [])], standalone_mode=False)
     summary = read_summary(run_dir)
@@ -141,11 +173,13 @@ def demo_command(
                           fix="look at the training output above for the reason, and run the demo again.")
     if as_json:
         typer.echo(dumps_json(summary))
-        return
-    console.print("[bold]4. predicted vs measured[/]")
-    print_comparison(summary)
-    if moe:
-        _print_routing(run_dir, console)
+    else:
+        console.print("[bold]4. predicted vs measured[/]")
+        print_comparison(summary)
+        if moe:
+            _print_routing(run_dir, console)
+    if hint:
+        console.print(f"hint: {hint}")
 
 
 def _print_routing(run_dir: Path, console: Any) -> None:

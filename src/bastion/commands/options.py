@@ -42,7 +42,10 @@ def _degree(flag: str, help: str) -> Any:  # noqa: A002
 Model = Annotated[str, typer.Option("--model", "-m", help="Model preset (see `bastion models`) or a .toml/.json "
                                                           "model file.")]
 Cluster = Annotated[str, typer.Option("--cluster", "-c", help="Cluster preset, ACCEL:N (e.g. h100-sxm:1024) or a "
-                                                              "cluster file (see `bastion hardware`).")]
+                                                              "cluster file (see `bastion hardware`); or a machine "
+                                                              "profile from `bastion calibrate`: PROFILE.toml, a "
+                                                              "saved profile's NAME (a catalog name wins over a "
+                                                              "profile of the same name), or ACCEL:N@PROFILE.")]
 PlanFile = Annotated[Path | None, typer.Option("--plan", help="ParallelPlan file (JSON/TOML), e.g. from "
                                                               "`bastion plan --save`.")]
 Software = Annotated[str, typer.Option("--software", help="Software stack the plan runs on (`bastion software` "

@@ -118,9 +118,12 @@ def plan_command(
     software = stack.name
     if save is not None:
         from bastion.specs.plan import ParallelPlan
+        from bastion.specs.profile import find_saved_profile
 
-        # before the search, not after it; never over the model or cluster file (or profile) it reads
-        ParallelPlan.check_save_path(save, keep=(model, cluster.rpartition("@")[2]))
+        # before the search, not after it; never over the model or cluster file (or profile, by path or by the
+        # name it was saved under) it reads
+        profile = cluster.rpartition("@")[2]
+        ParallelPlan.check_save_path(save, keep=(model, profile, *filter(None, [find_saved_profile(profile)])))
     model_spec = load_model(model)
     cluster_spec = load_cluster(cluster)
     seq = seq_len or model_spec.seq_len
@@ -136,10 +139,12 @@ def plan_command(
     if save is not None:
         result.plans[0].plan.save(save)
     if as_json:
-        print(dumps_json({**result_json(result), "software": software}, indent=2))
+        print(dumps_json({**result_json(result), "software": software, "rates": cluster_spec.rates_source},
+                         indent=2))
     else:
         print_result(result, save)
         print(f"predicted for software stack '{software}' (`bastion software` lists them; --software to change)")
+        print(f"rates: {cluster_spec.rates_source}")
         best = result.plans[0]
         print(f"winner's step p10-p90: {best.p10_s:.4g}-{best.p90_s:.4g} s "
               f"({interval_note(best.estimate, request.model, known)})")

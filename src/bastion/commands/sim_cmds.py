@@ -20,9 +20,9 @@ MAX_SYNTHETIC_JOBS = 20_000
 @app.command("simulate")
 def simulate_command(
     cluster: str = typer.Option(..., "--cluster", "-c", help="Inventory file ([[pool]] and [[tenant]] tables), or "
-                                "as elsewhere a cluster preset, ACCEL:N (e.g. h100:256) or cluster file: one pool, "
-                                "one tenant. example:sim and example:trace are the inventories shipped with "
-                                "bastion."),
+                                "as elsewhere a cluster preset, ACCEL:N (e.g. h100:256), cluster file or machine "
+                                "profile (PROFILE.toml, a saved NAME, ACCEL:N@PROFILE): one pool, one tenant. "
+                                "example:sim and example:trace are the inventories shipped with bastion."),
     workload: str = typer.Option(None, "--workload", "-w", help="Workload file: [[job]] tables (example:sim: the "
                                  "one shipped with bastion)."),
     synthetic: Annotated[int | None, number_option("--synthetic", help="Instead of --workload: N seeded synthetic "

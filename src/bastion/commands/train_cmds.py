@@ -42,7 +42,9 @@ def train_command(
     fp8_recipe: str = typer.Option("tensorwise", "--fp8-recipe", help="An fp8 plan's torchao scaling: tensorwise, "
                                    "rowwise or rowwise_with_gw_hp (CUDA 8.9+ GPUs with torchao)."),
     cluster: str | None = typer.Option(None, "--cluster", help="Cluster spec for MFU and the prediction "
-                                                               "(default cpu:<world> on CPU)."),
+                                                               "(default cpu:<world> on CPU), as `bastion estimate "
+                                                               "--cluster` takes it (e.g. cpu:4@NAME: a saved "
+                                                               "machine profile's rates)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on rank 0."),
     # ---- fault tolerance (runtime/resilience.py) ----
     checkpoint_every: str = typer.Option("0", "--checkpoint-every", help="Checkpoint every N steps, or `auto` "

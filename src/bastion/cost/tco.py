@@ -89,6 +89,7 @@ def run_cost(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, tokens: flo
     onprem = onprem or OnPremAssumptions()
     assumptions: list[str] = []
     est = estimate(model, cluster, plan, seq_len=seq_len, options=options)
+    assumptions.append(f"step time from rates: {cluster.rates_source}")
     if not est.fits:
         assumptions.append(f"the plan does NOT fit in memory ({est.memory.total / 2**30:.1f} GiB > "
                            f"{est.hbm_bytes / 2**30:.1f} GiB): costs are for a run that cannot start")

@@ -286,6 +286,15 @@ def cluster_presets() -> list[str]:
     return sorted(p.stem for p in (DATA_DIR / "clusters").glob("*.toml"))
 
 
+def catalog_name(name: str) -> str | None:
+    """What `--cluster NAME` means in the catalog ("accelerator 'cpu'", "cluster preset 'dgx-h100'"), or None:
+    a catalog name wins over a saved machine profile of the same name (load_cluster)."""
+    if (DATA_DIR / "clusters" / f"{name.lower()}.toml").exists():
+        return f"cluster preset '{name.lower()}'"
+    accelerator = canonical_accelerator(name)
+    return f"accelerator '{accelerator}'" if accelerator else None
+
+
 _SHORTHAND = re.compile(r"^(?P<acc>[a-z0-9][a-z0-9.\-_]*):(?P<n>\d+)$", re.IGNORECASE)
 #: NAME:COUNT where COUNT is not a device count (negative, a word, a fraction)
 _BAD_COUNT = re.compile(r"^(?P<acc>[a-z0-9][a-z0-9.\-_]*):(?P<n>.*)$", re.IGNORECASE)
@@ -319,8 +328,17 @@ def cluster_from_mapping(data: dict[str, Any], what: str) -> Cluster:
 def load_cluster(spec: str) -> Cluster:
     """A preset (`dgx-h100`), a preset resized (`dgx-h100:1024`), `ACCEL:N` (`h100-sxm:1024` = 128 nodes of 8
     on the accelerator's usual network), a path to a TOML/JSON cluster file, or a machine profile
-    (`PROFILE.toml`, `ACCEL:N@PROFILE.toml`: specs/profile.py)."""
-    from bastion.specs.profile import cluster_from_profile, is_profile_spec
+    (`PROFILE.toml`, `ACCEL:N@PROFILE`, or a saved profile's NAME where no catalog name or file has that name:
+    specs/profile.py)."""
+    from bastion.specs.profile import (
+        SAVE_COMMAND,
+        cluster_from_profile,
+        find_saved_profile,
+        is_profile_name,
+        is_profile_spec,
+        saved_profiles,
+        where_profiles_are,
+    )
 
     if is_profile_spec(spec):
         return cluster_from_profile(spec)
@@ -353,6 +371,16 @@ def load_cluster(spec: str) -> Cluster:
         if count is None:
             raise ConfigError(f"Cluster '{spec}' names an accelerator but not how many.",
                               fix=f"write '{accelerator}:N', e.g. '{accelerator}:{per_node * 16}'.")
+    elif match is None and find_saved_profile(spec):
+        return cluster_from_profile(spec)  # no catalog name: a saved profile's
+    elif match is None and is_profile_name(spec):
+        known = cluster_presets() + accelerator_names() + [p.name for p in saved_profiles()]
+        raise UnknownPresetError(
+            f"Unknown cluster or machine profile '{spec}'.{did_you_mean(spec.lower(), known)} No cluster preset or "
+            f"accelerator has that name, and no saved profile: {where_profiles_are()}.",
+            fix="use a cluster preset or ACCEL:N (`bastion hardware` lists them; e.g. h100-sxm:1024, H100:8), a "
+                "path to a .toml cluster file, or a saved profile's name (`bastion calibrate --list` lists them).",
+            hint=f"{SAVE_COMMAND.format(name=spec)}   # saves this machine's profile as '{spec}' (under a minute)")
     else:
         # NAME:N names an accelerator: suggest one of those (and the names people type for them)
         known = list(accelerator_aliases()) if match else cluster_presets() + accelerator_names()

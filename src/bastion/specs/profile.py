@@ -19,19 +19,23 @@ measurement's repeats (seconds): its noise band, which `bastion calibrate --comp
 judges a change against.
 
 On the command line a profile is a cluster: `--cluster PROFILE.toml` (the accelerator and rank count it was
-measured with) or `--cluster ACCEL:N@PROFILE.toml` (N ranks, the profile's rates).
+measured with) or `--cluster ACCEL:N@PROFILE.toml` (N ranks, the profile's rates). PROFILE may also be the NAME a
+profile was saved under (`bastion calibrate --save-as NAME`): ./.bastion/profiles/NAME.toml (a project's, committed
+with it) is looked for first, then the user's profile directory (`user_profiles_dir`). A bare `--cluster NAME` is
+a profile only where no catalog accelerator or cluster preset has that name (specs/hardware.py load_cluster).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
 import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from bastion.errors import ConfigError
+from bastion.errors import ConfigError, did_you_mean
 from bastion.specs._hashing import cached_hash
 from bastion.specs.hardware import Accelerator, Cluster, default_network, load_accelerator
 
@@ -211,9 +215,22 @@ class MachineProfile:
     #: measured by `bastion calibrate` on a host CPU (empty in a profile that did not: no sync cost is charged)
     sync_waits: tuple[SyncWait, ...] = ()
 
+    #: the name it was saved under and given by (`--cluster NAME`, `ACCEL:N@NAME`); "" when given by its path
+    name: str = ""
+    #: measured with `bastion calibrate --quick`
+    quick: bool = False
+
     @property
     def label(self) -> str:
-        return f"profile {self.path} (measured {self.date} on {self.host}, torch {self.torch})"
+        measured = f"measured {self.date} on {self.host}, torch {self.torch}"
+        if self.name:
+            return f"profile '{self.name}' ({self.path}; {measured})"
+        return f"profile {self.path} ({measured})"
+
+    @property
+    def background_load(self) -> float:
+        """The host's other load while it was measured (0 where the profile did not measure it)."""
+        return float(dict(self.accelerator_overrides).get("background_load", 0.0))
 
     def collective_time(self, op: str, group_size: int, nbytes: float) -> float | None:
         """Seconds for `op` over `group_size` ranks moving `nbytes` (the collective's buffer), from the measured
@@ -255,6 +272,25 @@ class MachineProfile:
         """`collective_time` on ranks that get `core_share` of a core each."""
         seconds = self.collective_time(op, group_size, nbytes)
         return None if seconds is None else seconds / core_share
+
+
+#: the host's other load while calibrating (`[accelerator] background_load`: runnable processes besides the
+#: ranks) at and above which a profile describes a busy host: half a core of other work. At it the core share
+#: the predictor gives each of 4 ranks on 2 cores (Accelerator.core_share: cores / (ranks + load)) is already about
+#: a tenth below a quiet host's, the size of the prediction error bastion aims at. The 2-core development box's
+#: profiles (benchmarks/results/calibration_profile*.toml) measured 0 to 0.32 when quiet, 19 and 21 when loaded
+#: (1-minute load averages of 10 and 122).
+BUSY_HOST_LOAD = 0.5
+
+
+def busy_host_warning(background_load: float) -> str | None:
+    """What to tell the user about a profile measured at `background_load`: None on a quiet host."""
+    if background_load < BUSY_HOST_LOAD:
+        return None
+    return (f"the host was busy while measuring (background load {background_load:.1f}: other work of about "
+            f"{background_load:.1f} cores), so the measurements describe a loaded host and predictions from this "
+            "profile assume that load persists; re-run `bastion calibrate` when the host is quiet for a "
+            "reproducible profile.")
 
 
 def _linear_from_zero(points: list[tuple[float, float]], x: float) -> float:
@@ -306,8 +342,9 @@ def _curve(value: Any, width: int, where: str) -> tuple[tuple[float, ...], ...]:
     return tuple(sorted(tuple(float(x) for x in row) for row in value))
 
 
-def read_profile(path: str | Path) -> MachineProfile:
-    """A profile file, checked; a missing, unreadable or garbled file is a ConfigError that says what to do."""
+def read_profile(path: str | Path, name: str = "") -> MachineProfile:
+    """A profile file, checked; a missing, unreadable or garbled file is a ConfigError that says what to do.
+    `name`: the name it was saved under, when it was given by that name."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Machine profile not found: {path}", fix=_FIX,
@@ -347,6 +384,7 @@ def read_profile(path: str | Path) -> MachineProfile:
                                     latency_us=_number(row, "latency_us", where), bandwidth_gbs=bandwidth))
     return MachineProfile(path=str(path), accelerator=acc_name, nproc=max(nproc, 1), date=str(machine.get("date")),
                           host=str(machine.get("host")), torch=str(machine.get("torch")),
+                          name=name, quick=machine.get("quick") is True,
                           accelerator_overrides=tuple(sorted(overrides.items())), host_overheads=overheads,
                           collectives=tuple(lines), tp_collectives=_tp_collectives(data, path),
                           repeats=_repeats(data, path), fsdp_units=_fsdp_units(data, path),
@@ -435,6 +473,144 @@ def profiled_accelerator(profile: MachineProfile) -> Accelerator:
                    source=f"{profile.label}; catalog row '{acc.name}' for the rest")
 
 
+# ---- saved profiles: a name for a file --------------------------------------------------------------------
+
+#: where a project keeps its profiles (relative to the working directory; looked in before the user's directory,
+#: so a profile committed with a project is the one its commands use)
+PROJECT_PROFILES_DIR = Path(".bastion") / "profiles"
+#: a profile's name: a file name in a profile directory and never a path (no separator, no suffix, no leading
+#: dot), short enough to type
+_PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+#: the command that saves this machine's profile under a name ({name})
+SAVE_COMMAND = "bastion calibrate --quick --save-as {name}"
+
+
+def user_profiles_dir() -> Path:
+    """Where `bastion calibrate --save-as NAME` writes: $BASTION_CONFIG_DIR/profiles, else
+    $XDG_CONFIG_HOME/bastion/profiles, else ~/.config/bastion/profiles."""
+    config = os.environ.get("BASTION_CONFIG_DIR")
+    if config:
+        return Path(config).expanduser() / "profiles"
+    xdg = os.environ.get("XDG_CONFIG_HOME", "")
+    # the XDG spec: a relative XDG_CONFIG_HOME is invalid and is ignored
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".config"
+    return base / "bastion" / "profiles"
+
+
+def profile_dirs() -> tuple[Path, Path]:
+    """The directories a profile name is looked up in, first match wins: the project's, then the user's."""
+    return PROJECT_PROFILES_DIR, user_profiles_dir()
+
+
+def is_profile_name(text: str) -> bool:
+    """Whether `text` has the form of a saved profile's name (letters, digits, '-', '_'; not a path)."""
+    return bool(_PROFILE_NAME.match(text))
+
+
+def check_profile_name(name: str, flag: str = "--save-as") -> str:
+    """`name`, refused with guidance where it could not be a saved profile's name or where `--cluster NAME`
+    would mean a catalog accelerator or cluster preset instead (catalog names win)."""
+    from bastion.specs.hardware import catalog_name
+
+    if not is_profile_name(name):
+        raise ConfigError(f"{flag} '{name}' is not a profile name: a name is 1-64 letters, digits, '-' or '_', "
+                          "starting with a letter or digit (no path separators or dots).",
+                          fix=f"e.g. {flag} default, or {flag} {_sanitised(name)}; to write a file elsewhere "
+                              "give --out PATH.toml.")
+    taken = catalog_name(name)
+    if taken:
+        raise ConfigError(f"{flag} '{name}': --cluster {name} means the catalog's {taken}, not a profile (catalog "
+                          "names win).", fix=f"choose another name, e.g. {flag} {name.lower()}-local.")
+    return name
+
+
+def _sanitised(name: str) -> str:
+    """A valid name made from an invalid one (for the error's example)."""
+    cleaned = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(name).stem).strip("-_")[:64]
+    return cleaned or "default"
+
+
+def saved_profile_path(name: str) -> Path:
+    """The file `bastion calibrate --save-as NAME` writes: NAME.toml in the user's profile directory."""
+    return user_profiles_dir() / f"{check_profile_name(name)}.toml"
+
+
+def find_saved_profile(name: str) -> Path | None:
+    """The file a saved profile's name stands for (the project's first, then the user's), or None."""
+    if not is_profile_name(name):
+        return None
+    for directory in profile_dirs():
+        path = directory / f"{name}.toml"
+        if path.is_file():
+            return path
+    return None
+
+
+@dataclass(frozen=True)
+class SavedProfile:
+    """One profile file in a profile directory."""
+
+    name: str
+    path: Path
+    #: "project" (./.bastion/profiles) or "user" (user_profiles_dir())
+    scope: str
+    #: a user profile that the project's profile of the same name hides
+    hidden: bool = False
+
+
+def saved_profiles() -> list[SavedProfile]:
+    """Every profile in the profile directories, by name, the project's before the user's of the same name."""
+    found: list[SavedProfile] = []
+    for scope, directory in zip(("project", "user"), profile_dirs(), strict=True):
+        if not directory.is_dir():
+            continue
+        taken = {p.name for p in found}
+        found.extend(SavedProfile(name=path.stem, path=path, scope=scope, hidden=path.stem in taken)
+                     for path in sorted(directory.glob("*.toml")) if is_profile_name(path.stem) and path.is_file())
+    return sorted(found, key=lambda p: (p.name, p.hidden))
+
+
+def where_profiles_are() -> str:
+    """Where names are looked up and which are saved there (for an unknown name's error)."""
+    project, user = profile_dirs()
+    names = sorted({p.name for p in saved_profiles()})
+    saved = f"saved: {', '.join(names)}" if names else "none saved yet"
+    return f"looked for NAME.toml in ./{project}/ and then {user}/ ({saved})"
+
+
+def unknown_profile_error(name: str) -> ConfigError:
+    """No saved profile has this name: where bastion looked, the names it found, how to save one."""
+    names = sorted({p.name for p in saved_profiles()})
+    return ConfigError(f"No machine profile named '{name}': {where_profiles_are()}.{did_you_mean(name, names)}",
+                       fix="save this machine's profile under that name, give a saved name, or give a profile "
+                           "file's path.", hint=f"{SAVE_COMMAND.format(name=name)}   # under a minute")
+
+
+def profile_file(ref: str) -> tuple[Path, str]:
+    """(the file, the name it was saved under or "") a profile reference stands for: an existing file as given;
+    else a name, looked up in the profile directories. A reference that is neither a path nor a name, and a
+    name nothing is saved under, are guidance errors; a path that does not exist is read_profile's."""
+    path = Path(ref)
+    if path.is_file():
+        return path, ""
+    if is_profile_name(ref):
+        found = find_saved_profile(ref)
+        if found is None:
+            raise unknown_profile_error(ref)
+        return found, ref
+    if os.sep not in ref and "/" not in ref and path.suffix != ".toml":
+        raise ConfigError(f"'{ref}' is neither a profile file nor a profile name (names are letters, digits, '-' "
+                          "and '_').", fix="give a saved profile's name or the path of a profile file.",
+                          hint="bastion calibrate --list   # the saved profiles")
+    return path, ""
+
+
+def read_named_or_path(ref: str) -> MachineProfile:
+    """The profile a reference (a file's path or a saved name) stands for, checked."""
+    path, name = profile_file(ref)
+    return read_profile(path, name)
+
+
 #: ACCEL:N@PROFILE
 _AT = re.compile(r"^(?P<acc>[a-z0-9][a-z0-9.\-]*):(?P<n>\d+)@(?P<path>.+)$")
 
@@ -453,12 +629,13 @@ def is_profile_spec(spec: str) -> bool:
 
 
 def cluster_from_profile(spec: str) -> Cluster:
-    """`PROFILE.toml` (the profile's accelerator × its measured rank count) or `ACCEL:N@PROFILE.toml`."""
+    """`PROFILE` (the profile's accelerator × its measured rank count) or `ACCEL:N@PROFILE`, PROFILE a file's path
+    or a saved profile's name."""
     match = _AT.match(spec)
     if "@" in spec and not match:
-        raise ConfigError(f"Cluster '{spec}': expected ACCEL:N@PROFILE.toml.",
-                          fix="e.g. cpu:4@profile.toml, or just the profile's path.")
-    profile = read_profile(match["path"] if match else spec)
+        raise ConfigError(f"Cluster '{spec}': expected ACCEL:N@PROFILE (a profile file or a saved name).",
+                          fix="e.g. cpu:4@profile.toml or cpu:4@default, or just the profile's path or name.")
+    profile = read_named_or_path(match["path"] if match else spec)
     if match and match["acc"] != profile.accelerator:
         raise ConfigError(f"Cluster '{spec}' asks for {match['acc']}, but the profile measured "
                           f"'{profile.accelerator}'.", fix=f"write {profile.accelerator}:{match['n']}@{match['path']}.")
