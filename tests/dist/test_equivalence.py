@@ -18,8 +18,10 @@ pytestmark = [pytest.mark.dist, pytest.mark.timeout(1800)]
 
 WORLD4 = declare(4, {
     "dp4-zero0": dict(dp=4, zero_stage=0, micro_batch=1, global_batch=8, **FP32),
-    # zero 1 runs as FSDP2 with unsharded parameters, i.e. like zero 2 (see runtime/mesh.py)
+    # zero 1 runs as FSDP2 with unsharded parameters (runtime/mesh.py): with one micro-batch like zero 2; with
+    # several its gradients accumulate whole and are reduce-scattered once, after the last
     "dp4-zero1": dict(dp=4, zero_stage=1, micro_batch=2, global_batch=8, **FP32),
+    "dp4-zero1-accumulate": dict(dp=4, zero_stage=1, micro_batch=1, global_batch=8, **FP32),
     "dp4-zero2": dict(dp=4, zero_stage=2, micro_batch=2, global_batch=8, **FP32),
     "dp4-zero3": dict(dp=4, zero_stage=3, micro_batch=1, global_batch=8, **FP32),
     "tp2-dp2-sp": dict(dp=2, tp=2, sequence_parallel=True, zero_stage=3, micro_batch=2, global_batch=8, **FP32),

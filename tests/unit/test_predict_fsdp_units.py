@@ -1,11 +1,15 @@
-"""What ZeRO-3 gathers at once: whole layers (FSDP2 per block) or sub-modules (DeepSpeed)."""
+"""What ZeRO-3 gathers at once: whole layers (FSDP2 per block) or sub-modules (DeepSpeed); and how often bastion's
+runtime runs FSDP2's collectives in a step."""
 
 from __future__ import annotations
+
+from dataclasses import astuple
 
 import pytest
 
 from bastion.predict import estimate
-from bastion.predict.memory import fsdp_unit_numels, layer_numel
+from bastion.predict.estimate import _fsdp_schedule, _sync_points
+from bastion.predict.memory import fsdp_unit_numels, fsdp_units, layer_numel
 from bastion.predict.options import PredictOptions
 from bastion.specs import ParallelPlan, load_cluster, load_model
 
@@ -33,3 +37,27 @@ def test_module_gathers_hold_less_memory_and_pay_more_latency() -> None:
     assert by_module.time.dp_comm >= by_layer.time.dp_comm
     with pytest.raises(ValueError, match="fsdp_unit"):
         estimate(model, cluster, plan, options=PredictOptions(fsdp_unit="block"))
+
+
+#: (gathers per micro-batch, reductions per micro-batch, gathers once, reductions once) per FSDP2 unit
+@pytest.mark.parametrize(("pp", "zero", "expected"), [
+    # the training loop: ZeRO 0 and 1 accumulate whole gradients and reduce them after the last micro-batch (the
+    # parameters gathered once); ZeRO 2 reduce-scatters after every micro-batch, ZeRO 3 also gathers twice
+    (1, 0, (0, 0, 1, 1)), (1, 1, (0, 0, 1, 1)), (1, 2, (1, 1, 0, 0)), (1, 3, (2, 1, 0, 0)),
+    # a pipeline schedule defers every stage's reduction; ZeRO 3 still gathers per micro-batch
+    (2, 0, (0, 0, 1, 1)), (2, 1, (0, 0, 1, 1)), (2, 2, (0, 0, 1, 1)), (2, 3, (2, 0, 0, 1)),
+])
+def test_fsdp2_runs_its_collectives_per_micro_batch_or_once_per_step(pp: int, zero: int,
+                                                                    expected: tuple[int, ...]) -> None:
+    plan = ParallelPlan(pp=pp, dp=2, zero_stage=zero, micro_batch=1, global_batch=8)
+    assert astuple(_fsdp_schedule(plan)) == expected
+
+
+def test_a_deferred_reduction_is_one_synchronisation_point_per_unit_a_step() -> None:
+    model, cluster = load_model("tiny"), load_cluster("a100-80g:8")
+    units = len(fsdp_units(model, 1, "layer")) * model.num_layers + 1  # the blocks and the root
+    for zero, per_step in ((0, 1), (1, 2), (2, 4 * 2)):  # 4 micro-batches; ZeRO 1/2 also gather
+        plan = ParallelPlan(dp=2, zero_stage=zero, micro_batch=1, global_batch=8)
+        # and the loop's two scalar all-reduces (gradient norm, logged loss)
+        assert _sync_points(cluster, model, plan, model.num_layers, True, True)["all_reduce"] == (
+            2 + units * per_step), zero

@@ -351,59 +351,71 @@ def _fsdp_estimate(tmp_path: Path, name: str, zero: int, plan: ParallelPlan | No
     return estimate(load_model("tiny"), cluster, plan)
 
 
-@pytest.mark.parametrize("zero", [0, 2, 3])
-def test_a_profiled_hosts_fsdp_costs_the_measured_unit_plus_only_its_bytes(tmp_path: Path, zero: int) -> None:
-    base = _fsdp_estimate(tmp_path, "base", zero)
-    # the measured unit: 4 blocks × 2 micro-batches × 10 ms more per unit, on 2 cores / (4 ranks + 0.5 background)
-    dearer = _fsdp_estimate(tmp_path, "dearer", zero, unit_s=0.02)
-    assert dearer.time.step - base.time.step == pytest.approx(4 * 2 * 0.01 * (1 + zero) / (2 / 4.5), rel=1e-6)
+@pytest.mark.parametrize(("zero", "micro_batch"), [(0, 2), (2, 1), (3, 1)])
+def test_a_profiled_hosts_fsdp_costs_the_measured_unit_plus_only_its_bytes(tmp_path: Path, zero: int,
+                                                                          micro_batch: int) -> None:
+    """Every micro-batch runs the collectives: ZeRO 2 and 3 (2 micro-batches), ZeRO 0 with one (with more, its
+    reduction waits for the last: the next test)."""
+    plan = ParallelPlan(dp=4, zero_stage=zero, micro_batch=micro_batch, global_batch=8, precision="fp32")
+    base = _fsdp_estimate(tmp_path, "base", zero, plan)
+    # the measured unit: 4 blocks × each micro-batch × 10 ms more per unit, on 2 cores / (4 ranks + 0.5 background)
+    dearer = _fsdp_estimate(tmp_path, "dearer", zero, plan, unit_s=0.02)
+    assert dearer.time.step - base.time.step == pytest.approx(
+        4 * plan.grad_accumulation * 0.01 * (1 + zero) / (2 / 4.5), rel=1e-6)
     # its hooks' host work is in it: the one-process FSDP figure no longer adds
-    hooks = _fsdp_estimate(tmp_path, "hooks", zero, layer_fsdp_s=0.5)
+    hooks = _fsdp_estimate(tmp_path, "hooks", zero, plan, layer_fsdp_s=0.5)
     assert hooks.time.step == pytest.approx(base.time.step, rel=1e-12)
     # and so is its collectives' latency: never counted twice
     for op in ("all_gather", "reduce_scatter", "all_reduce"):
-        slow = _fsdp_estimate(tmp_path, f"latency-{op}", zero, op=op, line={"latency_us": 50_000.0})
+        slow = _fsdp_estimate(tmp_path, f"latency-{op}", zero, plan, op=op, line={"latency_us": 50_000.0})
         assert slow.time.dp_comm == pytest.approx(base.time.dp_comm, rel=1e-12), op
     # the bytes: ZeRO 0 runs FSDP2 replicated (gradients all-reduced, nothing gathered), 1-3 gather and scatter
     for op in ("all_gather", "all_reduce"):
-        narrow = _fsdp_estimate(tmp_path, f"narrow-{op}", zero, op=op, line={"bandwidth_gbs": 0.001})
+        narrow = _fsdp_estimate(tmp_path, f"narrow-{op}", zero, plan, op=op, line={"bandwidth_gbs": 0.001})
         assert (narrow.time.dp_comm > base.time.dp_comm) == ((op == "all_reduce") == (zero == 0)), op
 
 
-def _pipelined_fsdp(tmp_path: Path, name: str, zero: int, micro_batch: int, **changes: object) -> estimate:
-    plan = ParallelPlan(pp=2, dp=2, zero_stage=zero, micro_batch=micro_batch, global_batch=8, precision="fp32")
+def _deferred_fsdp(tmp_path: Path, name: str, zero: int, pp: int, micro_batch: int, **changes: object
+                   ) -> estimate:
+    """A plan whose FSDP2 gradient reduction waits for the last micro-batch: 4 ranks, 4 · dp samples a step."""
+    dp = 4 // pp
+    plan = ParallelPlan(pp=pp, dp=dp, zero_stage=zero, micro_batch=micro_batch, global_batch=4 * dp,
+                        precision="fp32")
     return _fsdp_estimate(tmp_path, name, zero, plan, **{"layer_fsdp_s": 0.001, **changes})
 
 
-@pytest.mark.parametrize("zero", [0, 2])
-def test_under_a_pipeline_fsdp2_gathers_and_reduces_once_per_step_and_hooks_each_micro_batch(
-        tmp_path: Path, zero: int) -> None:
-    # torch.distributed.pipelining turns FSDP2's gradient sync off for every micro-batch and reduces once per
-    # step: the measured unit cost (the first micro-batch's hooks in it) counts once whatever the micro-batches,
-    # the hooks once per further micro-batch
+@pytest.mark.parametrize(("pp", "zero"), [(2, 0), (2, 2), (1, 0), (1, 1)])
+def test_fsdp2_that_defers_its_reduction_gathers_and_reduces_once_per_step_and_hooks_each_micro_batch(
+        tmp_path: Path, pp: int, zero: int) -> None:
+    # torch.distributed.pipelining turns FSDP2's gradient sync off for every micro-batch but the last, and so
+    # does the training loop for ZeRO 0 and 1: the measured unit cost (the first micro-batch's hooks in it)
+    # counts once whatever the micro-batches, the hooks once per further micro-batch
     share = 2 / 4.5
-    units = 2 + 1  # a stage's 2 blocks and its root unit
+    blocks = 4 // pp  # a stage's blocks, and its root unit
+    layout = 2 if zero == 1 else zero  # ZeRO-1 runs FSDP2's sharded layout (runtime/mesh.py)
     for micro_batch, m in ((4, 1), (1, 4)):
-        base = _pipelined_fsdp(tmp_path, f"base-{micro_batch}", zero, micro_batch)
-        dearer = _pipelined_fsdp(tmp_path, f"dearer-{micro_batch}", zero, micro_batch, unit_s=0.02)
-        assert dearer.time.dp_comm - base.time.dp_comm == pytest.approx(2 * 0.01 * (1 + zero) / share, rel=1e-6)
-        hooks = _pipelined_fsdp(tmp_path, f"hooks-{micro_batch}", zero, micro_batch, layer_fsdp_s=0.002)
-        assert hooks.time.dp_comm - base.time.dp_comm == pytest.approx((m - 1) * units * 0.001 / share, abs=1e-12)
+        base = _deferred_fsdp(tmp_path, f"base-{micro_batch}", zero, pp, micro_batch)
+        dearer = _deferred_fsdp(tmp_path, f"dearer-{micro_batch}", zero, pp, micro_batch, unit_s=0.02)
+        assert dearer.time.dp_comm - base.time.dp_comm == pytest.approx(blocks * 0.01 * (1 + layout) / share,
+                                                                        rel=1e-6)
+        hooks = _deferred_fsdp(tmp_path, f"hooks-{micro_batch}", zero, pp, micro_batch, layer_fsdp_s=0.002)
+        assert hooks.time.dp_comm - base.time.dp_comm == pytest.approx((m - 1) * (blocks + 1) * 0.001 / share,
+                                                                       abs=1e-12)
     # the gradients' bytes once per step too, not per micro-batch
     op = "all_reduce" if zero == 0 else "reduce_scatter"
-    one = _pipelined_fsdp(tmp_path, "one", zero, 4)
-    one_narrow = _pipelined_fsdp(tmp_path, "one-narrow", zero, 4, op=op, line={"bandwidth_gbs": 0.001})
-    four = _pipelined_fsdp(tmp_path, "four", zero, 1)
-    four_narrow = _pipelined_fsdp(tmp_path, "four-narrow", zero, 1, op=op, line={"bandwidth_gbs": 0.001})
+    one = _deferred_fsdp(tmp_path, "one", zero, pp, 4)
+    one_narrow = _deferred_fsdp(tmp_path, "one-narrow", zero, pp, 4, op=op, line={"bandwidth_gbs": 0.001})
+    four = _deferred_fsdp(tmp_path, "four", zero, pp, 1)
+    four_narrow = _deferred_fsdp(tmp_path, "four-narrow", zero, pp, 1, op=op, line={"bandwidth_gbs": 0.001})
     assert four_narrow.time.dp_comm - four.time.dp_comm == pytest.approx(
         one_narrow.time.dp_comm - one.time.dp_comm, rel=1e-9)
 
 
 def test_under_a_pipeline_zero3_still_gathers_every_micro_batch(tmp_path: Path) -> None:
-    one = _pipelined_fsdp(tmp_path, "one", 3, 4)
-    four = _pipelined_fsdp(tmp_path, "four", 3, 1)
-    one_dear = _pipelined_fsdp(tmp_path, "one-dear", 3, 4, unit_s=0.02)
-    four_dear = _pipelined_fsdp(tmp_path, "four-dear", 3, 1, unit_s=0.02)
+    one = _deferred_fsdp(tmp_path, "one", 3, 2, 4)
+    four = _deferred_fsdp(tmp_path, "four", 3, 2, 1)
+    one_dear = _deferred_fsdp(tmp_path, "one-dear", 3, 2, 4, unit_s=0.02)
+    four_dear = _deferred_fsdp(tmp_path, "four-dear", 3, 2, 1, unit_s=0.02)
     assert four_dear.time.dp_comm - four.time.dp_comm == pytest.approx(
         4 * (one_dear.time.dp_comm - one.time.dp_comm), rel=1e-6)
 
@@ -429,14 +441,16 @@ def test_a_cpu_line_costs_each_units_bytes_at_its_slope_over_the_core_share(tmp_
 
     model = load_model("tiny")
     base = _fsdp_estimate(tmp_path, "cpu", zero, cpu=_CPU_LINE)
-    # the per-byte term: each micro-batch (2) × every unit's fp32 parameter bytes (4 blocks and the root) ×
-    # the slope, on 2 cores / (4 ranks + 0.5 background)
+    # the per-byte term: each time the step runs the unit's collectives (ZeRO 3: both micro-batches; ZeRO 0: once,
+    # its gradients reduced after the last) × every unit's fp32 parameter bytes (4 blocks and the root) × the
+    # slope, on 2 cores / (4 ranks + 0.5 background)
     dearer = _fsdp_estimate(tmp_path, "cpu-per-byte", zero, cpu={**_CPU_LINE, "cpu_s_per_byte": 3e-9})
     block = sum(n for n, _ in fsdp_units(model, 1, "layer"))
     root = 2 * model.vocab_size * model.hidden_size + model.hidden_size
     share = 2 / 4.5
+    runs = 1 if zero == 0 else 2
     assert dearer.time.step - base.time.step == pytest.approx(
-        2 * (4 * block + root) * 4 * 1e-9 / share, rel=1e-6)
+        runs * (4 * block + root) * 4 * 1e-9 / share, rel=1e-6)
     # the size-free part stays the wall figure at negligible size (it holds the waiting the CPU line does not):
     # the line's own fixed CPU seconds do not count, the wall figure does
     fixed = _fsdp_estimate(tmp_path, "cpu-fixed", zero, cpu={**_CPU_LINE, "unit_cpu_s": 0.03, "root_cpu_s": 0.007})

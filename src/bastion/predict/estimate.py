@@ -394,13 +394,14 @@ def _fsdp_schedule(plan: ParallelPlan) -> FsdpSchedule:
     for its time (`_runtime_fsdp_comm`) and its synchronisation points (`_sync_points`): each unit is gathered for
     the forward, again for the backward under ZeRO-3 (resharded after forward), and its gradients reduced.
 
-    Without a pipeline the training loop runs every micro-batch's backward with gradient sync on, so all of it
-    recurs per micro-batch. Under a pipeline schedule torch.distributed.pipelining turns FSDP2's gradient sync
-    and resharding after backward off for every micro-batch and reduces once per step (PipelineStage's
-    backward_maybe_with_nosync, perform_reduce_grad): ZeRO 0-2 then gather and reduce once per step; ZeRO-3,
-    resharded after every forward, still gathers per micro-batch and reduces once."""
+    Where gradient sync and resharding after backward are off for every micro-batch but the last, gradients
+    accumulate whole and are reduced once per step, and ZeRO 0-2 gather once per step; ZeRO-3, resharded after
+    every forward, still gathers per micro-batch. A pipeline schedule does that for every ZeRO stage
+    (torch.distributed.pipelining's backward_maybe_with_nosync, perform_reduce_grad); without one the training
+    loop does it for ZeRO 0 and 1 (runtime/parallelize.py defers_gradient_reduction), while ZeRO 2 and 3 gather
+    and reduce per micro-batch (ZeRO-2's reduce-scatter after every backward keeps its gradients sharded)."""
     gathers = 2 if plan.zero_stage == 3 else 1
-    if plan.pp <= 1:
+    if plan.pp <= 1 and plan.zero_stage >= 2:
         return FsdpSchedule(gathers, 1, 0, 0)
     if plan.zero_stage == 3:
         return FsdpSchedule(gathers, 0, 0, 1)
@@ -412,8 +413,8 @@ def _runtime_fsdp_comm(node: Cluster, model: ModelSpec, plan: ParallelPlan, laye
     """Seconds of FSDP2's collectives on one rank of bastion's runtime, none hidden, as (per micro-batch, once
     per step): every plan with dp × cp > 1 runs FSDP2 (runtime/parallelize.py), on the schedule
     `_fsdp_schedule` says. Where the profile timed FSDP2's units on real groups of the plan's layout, each unit
-    costs that (hooks, latency, waiting) plus its collectives' bytes. A micro-batch that runs no collective under
-    a pipeline schedule still runs FSDP2's hooks (the profile's one-process layer_fsdp_s per unit).
+    costs that (hooks, latency, waiting) plus its collectives' bytes. A micro-batch that runs no collective (its
+    reduction deferred to the last) still runs FSDP2's hooks (the profile's one-process layer_fsdp_s per unit).
 
     Where the profile's row also holds FSDP2's CPU seconds per unit as a line in the unit's parameter bytes
     (FsdpUnitCost.cpu_line), a unit's bytes cost the line's slope / the ranks' core share instead of the
@@ -1056,7 +1057,7 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
 
     # data parallelism (ZeRO 0-2): gradients are reduced once per step; DDP's buckets overlap the reduction with
     # the last micro-batch's backward, except the last bucket. ZeRO 1/2 then all-gather the updated parameters.
-    # FSDP2's once-per-step part under a pipeline schedule (its gradient reduction after the last backward)
+    # FSDP2's once-per-step part (its gradient reduction after the last backward where `_fsdp_schedule` defers it)
     dp_comm = m * slowest.fsdp_exposed + (max(once for _, once in fsdp.values()) if saturated else 0.0)
     worst = max(representatives, key=lambda i: sum(stage_states(model, plan, i)))
     worst_states = stage_states(model, plan, worst)

@@ -3,9 +3,12 @@
 Data parallelism is always FSDP2 over the ("dp_replicate", "dp_shard") sub-mesh, because that is deterministic
 and bitwise-resumable (DDP is not: it rebuilds gradient buckets after the first step, see PYTORCH_NOTES):
   zero 0     -> dp_replicate = dp, dp_shard = 1: HSDP with one shard per replica = all-reduce replication
-  zero 1, 2  -> dp_shard = dp, parameters kept unsharded between forward and backward (FSDP2 shards optimizer
-                state and gradients together; FSDP2 has no optimizer-only mode, and a reduce-scatter plus an
-                all-gather moves the same bytes as zero 1's all-reduce, so stage 1 runs as stage 2)
+  zero 1, 2  -> dp_shard = dp, parameters kept unsharded between forward and backward. FSDP2 has no
+                optimizer-only mode, and a reduce-scatter plus an all-gather moves the same bytes as an
+                all-reduce: zero 1 is the sharded layout whose gradients stay whole while a step accumulates them
+                (the loop turns FSDP2's gradient sync off until the last micro-batch, the parameters staying
+                gathered, runtime/parallelize.py defers_gradient_reduction), so only the optimizer state is
+                sharded then; zero 2 reduce-scatters after every micro-batch, keeping its gradients sharded
   zero 3     -> dp_shard = dp, parameters resharded after forward (full shard)
 tp is the innermost dimension so that a TP group is made of neighbouring ranks (one NVLink domain on GPUs).
 

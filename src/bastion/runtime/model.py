@@ -73,6 +73,29 @@ def sum_over(mesh: DeviceMesh, x: torch.Tensor) -> torch.Tensor:
     return DTensor.from_local(x, mesh, [Partial()], run_check=False).redistribute(mesh, [Replicate()]).to_local()
 
 
+def gradient_in_own_placements(weight: torch.Tensor) -> torch.Tensor:
+    """`weight` unchanged; backward hands its gradient over in `weight`'s own DTensor placements (a plain tensor:
+    unchanged). DTensor's embedding backward gives a vocab-parallel table's gradient replicated, the whole table on
+    every tensor-parallel rank, which a step that accumulates its micro-batches' gradients unreduced (a pipeline
+    schedule, runtime/parallelize.py defers_gradient_reduction) would hold until their reduction; this rank's rows
+    of it are a slice, no communication."""
+    from torch.distributed.tensor import DTensor
+
+    if not isinstance(weight, DTensor):
+        return weight
+    local = weight.to_local(grad_placements=weight.placements)
+    return DTensor.from_local(local, weight.device_mesh, weight.placements, run_check=False, shape=weight.shape,
+                              stride=weight.stride())
+
+
+class Embedding(nn.Embedding):
+    """A token table whose gradient keeps the table's tensor-parallel placements (`gradient_in_own_placements`)."""
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.embedding(tokens, gradient_in_own_placements(self.weight), self.padding_idx, self.max_norm,
+                           self.norm_type, self.scale_grad_by_freq, self.sparse)
+
+
 def rope_width(spec: ModelSpec) -> int:
     """Channels RoPE rotates per head: the whole head, or MLA's rotary part."""
     return spec.qk_rope_head_dim if spec.is_mla else spec.head_dim
@@ -239,7 +262,7 @@ class Transformer(nn.Module):
         super().__init__()
         check_runtime_supports(spec)
         self.spec = spec
-        self.tok_embeddings: nn.Embedding | None = nn.Embedding(spec.vocab_size, spec.hidden_size)
+        self.tok_embeddings: nn.Embedding | None = Embedding(spec.vocab_size, spec.hidden_size)
         self.pos_embeddings: nn.Embedding | None = (
             nn.Embedding(spec.seq_len, spec.hidden_size) if spec.position_embedding == "learned" else None)
         self.layers = nn.ModuleDict({str(i): TransformerBlock(spec, i) for i in range(spec.num_layers)})

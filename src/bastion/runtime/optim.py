@@ -72,8 +72,9 @@ def align_gradient_placements(model: ParallelModel) -> None:
     """Give every DTensor gradient its parameter's placements.
 
     Under sequence parallelism the gradient of a replicated norm weight comes out Partial (each TP rank saw part
-    of the sequence) and a vocab-sharded embedding's gradient comes out Replicate; reducing/slicing here makes
-    the norm, the clipping and the optimizer see the true gradient, and its memory the predicted size.
+    of the sequence), and DTensor gives a vocab-sharded embedding's gradient Replicate (runtime/model.py's
+    Embedding hands it back sharded); reducing/slicing here makes the norm, the clipping and the optimizer see
+    the true gradient, and its memory the predicted size.
     """
     from torch.distributed.tensor import DTensor
 

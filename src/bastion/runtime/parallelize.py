@@ -320,6 +320,26 @@ def apply_fsdp(module: Transformer, rmesh: RuntimeMesh, zero_stage: int, param_d
     fully_shard(module, mesh=rmesh.dp_mesh, reshard_after_forward=reshard, mp_policy=mp_policy)
 
 
+def defers_gradient_reduction(plan: ParallelPlan) -> bool:
+    """Whether the training loop keeps a step's gradients whole and unreduced on every rank until its last
+    micro-batch, which reduces them once (`set_gradient_reduction`), as DDP's no_sync, Megatron and DeepSpeed's
+    ZeRO-1 do: ZeRO 0, and ZeRO 1, which shards the optimizer state alone (the ZeRO paper's P_os; runtime/mesh.py).
+    ZeRO 2 reduce-scatters after every micro-batch's backward, which is what keeps its gradients sharded; ZeRO 3
+    too. A pipeline schedule defers the reduction itself, for every stage (PipelineStage's
+    backward_maybe_with_nosync); predict/estimate.py's _fsdp_schedule models both."""
+    return plan.dp * plan.cp > 1 and plan.zero_stage <= 1
+
+
+def set_gradient_reduction(module: nn.Module, reduce: bool) -> None:
+    """Whether the next backward reduces `module`'s gradients over the data-parallel ranks (FSDP2's gradient sync)
+    and reshards its parameters after: off, gradients accumulate unsharded and the parameters stay gathered for
+    the next micro-batch (as a pipeline stage does between micro-batches). FSDP2 applies both to every unit
+    under `module` — the blocks, the routed experts' own units — and the reduction, when it comes, covers the
+    gradients accumulated so far."""
+    module.set_requires_gradient_sync(reduce)
+    module.set_reshard_after_backward(reduce)
+
+
 # ---- pipeline schedule ------------------------------------------------------------------------------------
 def schedule_class(entry: PipelineSchedule, device: torch.device) -> type:
     """The class that runs a registered schedule on this torch and device — a torch.distributed.pipelining name,

@@ -159,6 +159,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 if trainer.params_in_step_bytes is not None:
                     model_state["params_at_rest"] = model_state["params"]
                     model_state["params"] = trainer.params_in_step_bytes
+                if trainer.grads_in_step_bytes is not None:
+                    model_state["grads_at_rest"] = model_state["grads"]
+                    model_state["grads"] = trainer.grads_in_step_bytes
             step_time = record["step_time_s"]
             record["tokens_per_s"] = tokens_per_step / step_time
             record["mfu"] = flops_per_step / (step_time * world * peak) if peak else None

@@ -29,7 +29,13 @@ from bastion.runtime.optim import (
     clip_grad_norm,
     scheduler_state,
 )
-from bastion.runtime.parallelize import ParallelizeConfig, cross_entropy_loss, parallelize
+from bastion.runtime.parallelize import (
+    ParallelizeConfig,
+    cross_entropy_loss,
+    defers_gradient_reduction,
+    parallelize,
+    set_gradient_reduction,
+)
 from bastion.runtime.preflight import check_eval_schedule
 from bastion.runtime.replicas import ReplicaGroups, StepNotCommitted
 from bastion.runtime.stragglers import gather_sections
@@ -105,6 +111,10 @@ class Trainer(Stateful):
         #: parameter bytes as the step computes with them (between forward and backward of the first
         #: micro-batch): FSDP2 holds zero 0-2 parameters unsharded there, zero 3 parameters sharded
         self.params_in_step_bytes: int | None = None
+        #: gradient bytes while a step accumulates (after the first of several micro-batches' backward), where the
+        #: loop defers their reduction to the last (zero 0 and 1: whole); None where the gradients the step ends
+        #: with are the most it holds
+        self.grads_in_step_bytes: int | None = None
         #: all of this rank's pipeline chunks as one module under the full model's parameter names
         self._rank_module = _state_module(self.model.parts)
 
@@ -181,6 +191,7 @@ class Trainer(Stateful):
                     return torch.zeros((), device=self.rmesh.device)
                 return torch.stack([_plain(loss).detach().float() for loss in losses]).mean()
             part = model.parts[0]
+            deferred = n_micro > 1 and defers_gradient_reduction(self.plan)
             total = torch.zeros((), device=self.rmesh.device)
             for index in range(n_micro):
                 rows = slice(index * self.plan.micro_batch, (index + 1) * self.plan.micro_batch)
@@ -191,7 +202,11 @@ class Trainer(Stateful):
                 if probe is not None:
                     self.activation_bytes = probe.activation_bytes(part.parameters())
                     self.params_in_step_bytes = param_bytes(part.parameters())
+                if deferred:  # one reduction per step, after the last micro-batch's backward
+                    set_gradient_reduction(part, index == n_micro - 1)
                 loss.backward()
+                if deferred and probe is not None:
+                    self.grads_in_step_bytes = _accumulated_gradient_bytes(part)
                 total += _plain(loss).detach().float()
             return total
 
@@ -285,6 +300,14 @@ class Trainer(Stateful):
         if self.spec.num_experts:  # after the step's timing: one small all-reduce of routing counters
             record.update(step_stats(self.model.parts, self.spec, self.plan, device))
         return record
+
+
+def _accumulated_gradient_bytes(part: torch.nn.Module) -> int | None:
+    """Bytes of the gradients a module's parameters hold between micro-batches whose reduction is deferred: the
+    parameters stay gathered then, so these are the whole (tensor-parallel-local) gradients. None under a
+    mixed-precision policy, where FSDP2 keeps them out of `.grad`, in its reduce dtype, until it reduces them."""
+    grads = [p.grad for p in part.parameters() if p.grad is not None]
+    return param_bytes(grads) if grads else None
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:

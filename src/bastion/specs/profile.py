@@ -67,7 +67,8 @@ class HostOverheads:
     layer_sp_s: float = 0.0
     #: extra per block under FSDP2 (its pre/post forward and backward hooks), one process; a profile's
     #: [[fsdp_unit]] rows (real groups, the collectives' latency and waiting included) take its place, but for
-    #: the hooks each further micro-batch of a pipeline schedule runs (predict/estimate.py _runtime_fsdp_comm)
+    #: the hooks each further micro-batch runs where its reduction is deferred (predict/estimate.py
+    #: _runtime_fsdp_comm)
     layer_fsdp_s: float = 0.0
     #: per micro-batch outside the blocks: embedding, final norm, LM head, loss, backward start
     micro_batch_s: float = 0.0
