@@ -28,7 +28,7 @@ estimate_module = importlib.import_module("bastion.predict.estimate")
 def clear_caches() -> None:
     for fn in (compute.gemm_time, compute.flash_attention_time, compute.layer_membound_parts,
                comm.place_group, comm.all_reduce_time, comm.all_gather_time, estimate_module._stage_time_of,
-               estimate_module._layer_costs,
+               estimate_module._layer_costs, estimate_module._unrouted_layer_costs,
                memory._states_of_role, memory._layer_shapes, memory.layer_numel, kernels.kernel_efficiency):
         fn.cache_clear()
 

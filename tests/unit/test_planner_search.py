@@ -316,15 +316,29 @@ def test_quick_floors_change_nothing_but_the_floors_computed(monkeypatch, object
             super().__init__(*args, **kwargs)
             orders.append(self)
 
+    predicted: list[list] = []
+    record = search_module._record
+
+    def recording(found, space, order, cluster, plan, outcome, software_known) -> None:
+        predicted[-1].append(plan)
+        record(found, space, order, cluster, plan, outcome, software_known)
+
     monkeypatch.setattr(search_module, "FIRST_CHUNK", 16)
     monkeypatch.setattr(search_module, "FIRST_FLOORS", 8)
     monkeypatch.setattr(search_module, "_FloorOrder", CountingOrder)
-    req = PlanRequest(model=load_model("mixtral-8x7b"), cluster=load_cluster("h100-sxm:64"), global_batch=64,
+    monkeypatch.setattr(search_module, "_record", recording)
+    # Mixtral 8x22B at batch 64: ep 8 is wider than dp × cp in many plans, so folded layouts are predicted
+    req = PlanRequest(model=load_model("mixtral-8x22b"), cluster=load_cluster("h100-sxm:64"), global_batch=64,
                       seq_len=4096, top_k=5, workers=1, objective=objective, gpu_counts=(32, 64))
+    predicted.append([])
     lazy = search(req)
     monkeypatch.setattr(Objective, "quick_floor", lambda *args: None)
     monkeypatch.setattr(type(search_module.get_objective(objective)), "quick_floor", lambda *args: None)
+    predicted.append([])
     eager = search(req)
+    # the same plans predicted, folded expert layouts (ep wider than dp × cp, over tp ranks) among them
+    assert predicted[0] == predicted[1]
+    assert any(plan.folds_experts and plan.ep > plan.dp * plan.cp for plan in predicted[0])
     assert [p.plan for p in lazy.plans] == [p.plan for p in eager.plans]
     assert [p.p90_s for p in lazy.plans] == [p.p90_s for p in eager.plans]
     assert (lazy.runner_up.plan, lazy.alternative.plan) == (eager.runner_up.plan, eager.alternative.plan)

@@ -15,14 +15,17 @@ Pruning never changes the answer (tests compare against `prune=False`), only how
 
 from __future__ import annotations
 
+import gc
 import heapq
 import itertools
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from bastion.errors import ConfigError, PlanError
@@ -140,8 +143,8 @@ class RankedPlan:
                 "memory_gib": self.memory_gib,
                 "breakdown": {"time_s": self.time_breakdown(), "memory_gib": {
                     k: v / 2**30 for k, v in self.memory_breakdown().items()}},
-                # MoE: where the experts sit (ep group in a node or across nodes, experts per rank, etp) and the
-                # all-to-all's share of the step
+                # MoE: where the experts sit (the ep group's tp and dp × cp ranks, folded over tp ranks or not,
+                # in a node or across nodes, experts per rank, etp) and the all-to-all's share of the step
                 **({"experts": experts} if experts else {})}
 
 
@@ -253,8 +256,9 @@ def search(request: PlanRequest, estimate: EstimateFn | None = None,
     floors = Floors(model, request.global_batch, request.seq_len, time_bound, memory_bound, request.software_known,
                     step_floor, work)
     by_bound = request.prune and objective.can_bound(floors)
-    space = _bound_groups(request, model, objective, by_bound, state_bytes, floors)
-    found = _predict_best_first(request, model, objective, by_bound, space, estimate, fit)
+    with _cyclic_gc_paused():
+        space = _bound_groups(request, model, objective, by_bound, state_bytes, floors)
+        found = _predict_best_first(request, model, objective, by_bound, space, estimate, fit)
     leanest = found.leanest
     if not found.ranked and space.floor_oom:
         leanest = _leanest_settled(request, model, space, estimate, leanest, fit)
@@ -271,6 +275,21 @@ def search(request: PlanRequest, estimate: EstimateFn | None = None,
                         plans=kept[:request.top_k], runner_up=kept[1] if len(kept) > 1 else None,
                         alternative=alternative, seconds=time.perf_counter() - started,
                         enumerations=space.enumerations, leanest_oom=leanest)
+
+
+@contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector: the search holds hundreds of thousands of small tuples (leaves,
+    groups) that form no reference cycles, and every collection would traverse them all again (a tenth of
+    deepseek-v3 × 2,048's planning time). Reference counting frees them as before; a cycle made meanwhile is
+    collected after the search."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class _Group(NamedTuple):
@@ -329,7 +348,7 @@ def _bound_groups(request: PlanRequest, model: ModelSpec, objective: Objective, 
     plan that is predicted (and one per work_key for the quick floors)."""
     batch, seq_len = request.global_batch, request.seq_len
     space = _BoundedSpace(groups=[], jobs=0)
-    kept: list[tuple[Cluster, Leaf, dict[int, float], tuple[MemoryChoice, ...]]] = []
+    quick = by_bound
     for count in request.counts:
         cluster = _resize(request.cluster, count)
         enum = enumerate_space(model, cluster, batch, seq_len, request.space)
@@ -341,41 +360,46 @@ def _bound_groups(request: PlanRequest, model: ModelSpec, objective: Objective, 
         capacity = cluster.accelerator.hbm_bytes
         # (pp, vpp) -> memory_choices (the only arguments of it that vary here)
         choices_of: dict[tuple[int, int], tuple[MemoryChoice, ...]] = {}
+        out_of_memory = 0
         for leaf in enum.leaves:
             choices = choices_of.get((leaf.pp, leaf.vpp))
             if choices is None:
                 choices = choices_of[leaf.pp, leaf.vpp] = memory_choices(request.space, model, cluster, leaf.pp,
                                                                          leaf.vpp)
             zeros = leaf.zero_stages
-            states = dict(zip(zeros, bound.states(leaf, batch, zeros) if bound is not None else [0.0] * len(zeros),
-                              strict=True))
-            if bound is not None:
-                for z, state in states.items():
-                    if state <= capacity:
-                        states[z] = objective.memory_floor(floors, cluster, leaf, z, state)
-                        if states[z] > capacity:  # kept: if nothing fits, the leanest of these is reported
-                            space.floor_oom.append((states[z], cluster, leaf, z, choices))
-            memory = {z: state for z, state in states.items() if state <= capacity}
-            space.count(OUT_OF_MEMORY, (len(leaf.zero_stages) - len(memory)) * len(choices))
+            # ZeRO stage -> its memory floor, for the stages the bounds leave
+            memory: dict[int, float] = {}
+            if bound is None:
+                memory = dict.fromkeys(zeros, 0.0)
+            else:
+                for z, state in zip(zeros, bound.states(leaf, batch, zeros), strict=True):
+                    if state > capacity:
+                        continue
+                    least = objective.memory_floor(floors, cluster, leaf, z, state)
+                    if least > capacity:  # kept: if nothing fits, the leanest of these is reported
+                        space.floor_oom.append((least, cluster, leaf, z, choices))
+                    else:
+                        memory[z] = least
+            out_of_memory += (len(zeros) - len(memory)) * len(choices)
             if memory:
-                kept.append((cluster, leaf, memory, choices))
+                floor = objective.quick_floor(floors, cluster, leaf, memory) if by_bound else 0.0
+                quick = quick and floor is not None
+                space.groups.append(_Group(floor or 0.0, space.jobs, cluster, leaf, tuple(memory), choices, memory))
+                space.jobs += len(memory) * len(choices)
+        if enum.leaves:
+            space.count(OUT_OF_MEMORY, out_of_memory)
 
     def floor_of(group: _Group) -> float:
         return objective.floor(floors, group.cluster, group.leaf, group.memory)
 
-    quick = by_bound
-    for cluster, leaf, memory, choices in kept:
-        floor = objective.quick_floor(floors, cluster, leaf, memory) if by_bound else 0.0
-        quick = quick and floor is not None
-        space.groups.append(_Group(floor or 0.0, space.jobs, cluster, leaf, tuple(memory), choices, memory))
-        space.jobs += len(memory) * len(choices)
     if by_bound and not quick:
         # no quick floor: every group's floor, independent of the others' (on many groups, worker processes
         # share them out)
         exact = map_in_workers(floor_of, space.groups, request.workers)
         space.groups = [group._replace(floor=floor) for group, floor in zip(space.groups, exact, strict=True)]
     if by_bound:
-        space.groups.sort(key=lambda g: (g.floor, g.first))
+        # by floor, then first: the sort is stable and the groups are in enumeration order (first ascending)
+        space.groups.sort(key=itemgetter(0))
     space.exact_floor = floor_of if quick else None
     return space
 

@@ -12,7 +12,6 @@ there is nothing to shard, so only the lowest allowed ZeRO stage is listed.
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -22,7 +21,14 @@ from typing import Any, NamedTuple
 from bastion.errors import ConfigError, PlanError
 from bastion.specs.hardware import Cluster
 from bastion.specs.model import ModelSpec
-from bastion.specs.plan import RECOMPUTE_MODES, ParallelPlan, chunk_layer_counts, parse_layout, uneven_layout
+from bastion.specs.plan import (
+    RECOMPUTE_MODES,
+    ParallelPlan,
+    chunk_layer_counts,
+    expert_grid,
+    parse_layout,
+    uneven_layout,
+)
 from bastion.specs.schedules import DEFAULT_SCHEDULE, SCHEDULES, schedule_names
 
 #: plan fields a user may pin with `--fix FIELD=VALUE`
@@ -78,10 +84,10 @@ class SearchSpace:
         return tuple(v for v in values if self.allows(name, v))
 
 
-@dataclass(frozen=True)
-class Leaf:
+class Leaf(NamedTuple):
     """A statically valid plan skeleton: everything except zero_stage and recompute, which are crossed in
-    at the leaf (neither can make a plan invalid)."""
+    at the leaf (neither can make a plan invalid). A named tuple: the planner makes one per leaf of a space of
+    millions of plans, and a tuple is built several times faster than a frozen dataclass."""
 
     dp: int
     tp: int
@@ -95,7 +101,7 @@ class Leaf:
     sequence_parallel: bool
     #: ZeRO stages to cross in (one when dp = 1)
     zero_stages: tuple[int, ...] = (0,)
-    #: expert tensor parallelism (1: experts whole; tp: split like the attention)
+    #: expert tensor parallelism (1: experts whole; tp: split like the attention; expert_options says between)
     etp: int = 1
     #: per-chunk layer counts when the layers do not split evenly (uneven_layout), else ""
     pipeline_layout: str = ""
@@ -192,18 +198,31 @@ def schedule_options(pp: int, num_layers: int, space: SearchSpace) -> list[tuple
     return [(s, v) for s, v in options if space.allows("pp_schedule", s) and space.allows("vpp", v)]
 
 
-def ep_options(model: ModelSpec, dp: int, space: SearchSpace) -> list[int]:
-    if not model.num_experts:
-        return [1] if space.allows("ep", 1) else []
-    return [e for e in divisors(dp) if model.num_experts % e == 0 and space.allows("ep", e)]
+def expert_options(model: ModelSpec, dp: int, tp: int, cp: int, space: SearchSpace) -> list[tuple[int, int]]:
+    """(ep, etp) pairs to try for one factorisation: ep among the divisors of the expert count, etp from 1 to tp,
+    whose grid etp × ep × expert-dp fits the tp × dp × cp ranks of a pipeline stage (ParallelPlan.validate's
+    rule). ep need not divide dp × cp: wider ep groups fold over tensor-parallel ranks (Megatron-Core's parallel
+    folding, ParallelPlan.folds_experts). Between 1 and tp, an etp that divides the expert width and that
+    bastion's runtime executes (dividing tp, or any where the groups fold: runtime/preflight.py) — the planner
+    searches the layouts `train` runs. etp wider than tp, and a pinned etp the runtime refuses, are searched only
+    when pinned (such plans are marked as not executed). A pinned ep or etp is tried as given, so that `validate`
+    names what is wrong with it (the census counts it) instead of the space dropping it silently."""
+    stage_ranks = tp * dp * cp
+    # the pins with the other field at 1: kept even when its grid does not fit, so validate says why
+    pinned = (space.pins.get("ep", 1), space.pins.get("etp", 1))
+    eps, etps = [1], [1]
+    if model.num_experts:
+        eps = [e for e in divisors(stage_ranks) if model.num_experts % e == 0]
+        etps = [t for t in range(1, tp + 1) if t in (1, tp) or model.expert_width % t == 0]
+    eps = [space.pins["ep"]] if "ep" in space.pins else eps
+    etps = [space.pins["etp"]] if "etp" in space.pins else etps
 
+    def searched(ep: int, etp: int) -> bool:
+        if stage_ranks % (ep * etp):
+            return False
+        return "etp" in space.pins or tp % etp == 0 or expert_grid(dp * cp, tp, ep, etp)[1]
 
-def etp_options(model: ModelSpec, tp: int, space: SearchSpace) -> list[int]:
-    """Expert tensor parallelism: experts whole (1) or split like the attention (tp) — Megatron-Core's parallel
-    folding makes both common; other values are left to --fix."""
-    if "etp" in space.pins:
-        return [space.pins["etp"]]
-    return sorted({1, tp}) if model.num_experts else [1]
+    return [(ep, etp) for ep in eps for etp in etps if searched(ep, etp) or (ep, etp) == pinned]
 
 
 def _validate(plan_fields: dict[str, Any], model: ModelSpec, cluster: Cluster, seq_len: int,
@@ -239,17 +258,50 @@ def enumerate_space(model: ModelSpec, cluster: Cluster, global_batch: int, seq_l
             return space.allowed("sequence_parallel", (True,))
         return space.allowed("sequence_parallel", space.sequence_parallel if tp > 1 else (False,))
 
-    def passing(base: dict[str, Any], name: str, choices: tuple[Any, ...], weight: int) -> list[Any]:
+    def passing(base: dict[str, Any], name: str, choices: tuple[Any, ...], weight: int,
+                census: Counter[str]) -> list[Any]:
         """The `choices` for plan field `name` that pass validation on top of `base`; each failing one adds the
-        `weight` plans under it to the census."""
+        `weight` plans under it to `census`."""
         ok = []
         for value in choices:
             reason = _validate({**base, name: value}, model, cluster, seq_len, fixes)
             if reason:
-                rejected[reason] += weight
+                census[reason] += weight
             else:
                 ok.append(value)
         return ok
+
+    def below_degrees(degrees: dict[str, Any], base: dict[str, Any], schedules: list[tuple[str, int]],
+                      micros: list[int], sps: tuple[bool, ...], width: dict[tuple[str, int], int]
+                      ) -> tuple[list[tuple[str, int, int, str, bool, str]], Counter[str]]:
+        """Under degrees whose `base` plan is valid: the (schedule, vpp, micro-batch, precision, sp, layout) of
+        every valid leaf, and the census of the plans rejected below the degrees."""
+        census: Counter[str] = Counter()
+        skeletons: list[tuple[str, int, int, str, bool, str]] = []
+        widths = sum(width.values())
+        # precision and sequence parallelism are checked once per degrees: neither check looks at the
+        # schedule or the micro-batch. A failing sp setting counts only plans whose precision passed: the
+        # others are in the census already
+        ok_precisions = passing(base, "precision", precisions, widths * len(micros) * len(sps), census)
+        ok_sps = passing(base, "sequence_parallel", sps, widths * len(micros) * len(ok_precisions), census)
+        for schedule, vpp in schedules:
+            layout = uneven_layout(model.num_layers, pp * vpp) if SCHEDULES[schedule].layout.max_vpp else ""
+            reason = _validate({**degrees, "pp_schedule": schedule, "vpp": vpp, "pipeline_layout": layout},
+                               model, cluster, seq_len, fixes)
+            if reason:
+                census[reason] += len(micros) * len(ok_precisions) * len(ok_sps) * width[schedule, vpp]
+                continue
+            for micro in micros:
+                # the only micro-batch-dependent rule is a schedule's micro-batches % pp
+                if SCHEDULES[schedule].microbatches_multiple_of_pp and micro > 1:
+                    reason = _validate({**degrees, "pp_schedule": schedule, "vpp": vpp, "micro_batch": micro,
+                                        "pipeline_layout": layout}, model, cluster, seq_len, fixes)
+                    if reason:
+                        census[reason] += len(ok_precisions) * len(ok_sps) * width[schedule, vpp]
+                        continue
+                skeletons += [(schedule, vpp, micro, precision, sp, layout)
+                              for precision in ok_precisions for sp in ok_sps]
+        return skeletons, census
 
     for dp, tp, pp, cp in factorisations(cluster.num_gpus):
         if not (space.allows("dp", dp) and space.allows("tp", tp) and space.allows("pp", pp)
@@ -263,11 +315,10 @@ def enumerate_space(model: ModelSpec, cluster: Cluster, global_batch: int, seq_l
         # plans under one (schedule, vpp) per micro-batch, precision and sp setting: its memory choices depend
         # on the layers per chunk
         width = {(s, v): len(zeros) * len(memory_choices(space, model, cluster, pp, v)) for s, v in schedules}
-        widths = sum(width.values())
-        below_schedule = len(micros) * len(precisions) * len(sps)
-        for ep, etp in itertools.product(ep_options(model, dp, space), etp_options(model, tp, space)):
+        subtree = sum(width.values()) * len(micros) * len(precisions) * len(sps)
+        below = None
+        for ep, etp in expert_options(model, dp, tp, cp, space):
             degrees = dict(dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, etp=etp, global_batch=global_batch)
-            subtree = widths * below_schedule
             total += subtree
             base = {**degrees, "pp_schedule": DEFAULT_SCHEDULE, "vpp": 1,
                     "pipeline_layout": uneven_layout(model.num_layers, pp)}
@@ -275,28 +326,15 @@ def enumerate_space(model: ModelSpec, cluster: Cluster, global_batch: int, seq_l
             if reason:
                 rejected[reason] += subtree
                 continue
-            # precision and sequence parallelism are checked once per degrees: neither check looks at the
-            # schedule or the micro-batch. A failing sp setting counts only plans whose precision passed: the
-            # others are in the census already
-            ok_precisions = passing(base, "precision", precisions, widths * len(micros) * len(sps))
-            ok_sps = passing(base, "sequence_parallel", sps, widths * len(micros) * len(ok_precisions))
-            for schedule, vpp in schedules:
-                layout = uneven_layout(model.num_layers, pp * vpp) if SCHEDULES[schedule].layout.max_vpp else ""
-                reason = _validate({**degrees, "pp_schedule": schedule, "vpp": vpp, "pipeline_layout": layout},
-                                   model, cluster, seq_len, fixes)
-                if reason:
-                    rejected[reason] += len(micros) * len(ok_precisions) * len(ok_sps) * width[schedule, vpp]
-                    continue
-                for micro in micros:
-                    # the only micro-batch-dependent rule is a schedule's micro-batches % pp
-                    if SCHEDULES[schedule].microbatches_multiple_of_pp and micro > 1:
-                        reason = _validate({**degrees, "pp_schedule": schedule, "vpp": vpp, "micro_batch": micro,
-                                            "pipeline_layout": layout}, model, cluster, seq_len, fixes)
-                        if reason:
-                            rejected[reason] += len(ok_precisions) * len(ok_sps) * width[schedule, vpp]
-                            continue
-                    leaves.extend(Leaf(dp, tp, pp, cp, ep, schedule, vpp, micro, precision, sp, zeros, etp, layout)
-                                  for precision in ok_precisions for sp in ok_sps)
+            # no check past the degrees (precision, sp, schedule, micro-batches) reads ep or etp
+            # (ParallelPlan.validate): the plans below them are checked once, for the first expert layout that
+            # passes, and are the same for every other
+            if below is None:
+                below = below_degrees(degrees, base, schedules, micros, sps, width)
+            skeletons, census = below
+            rejected.update(census)
+            leaves.extend(Leaf(dp, tp, pp, cp, ep, schedule, vpp, micro, precision, sp, zeros, etp, layout)
+                          for schedule, vpp, micro, precision, sp, layout in skeletons)
     return Enumeration(cluster=cluster, leaves=leaves, rejected=rejected, fixes=fixes, total=total)
 
 

@@ -533,6 +533,43 @@ def _counted_tp_comm(cluster: Cluster, plan: ParallelPlan | _StageKey, nbytes: f
 @lru_cache(maxsize=16384)
 def _layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: int,
                  options: PredictOptions) -> _LayerCosts:
+    """One layer's costs per micro-batch on one rank: the layer without its routed experts
+    (`_unrouted_layer_costs`), plus an MoE layer's routed experts (moe.routed_cost), their all-to-all and the
+    recomputation of both."""
+    unrouted = _unrouted_layer_costs(model, cluster, plan._replace(ep=1, etp=1, a2a_overlap=0.0), seq_len, options)
+    gemm_fwd, attn_fwd, layer_compute, layer_recompute, layer_membound, layer_tp, layer_cp = unrouted[:7]
+    routed = None
+    if model.num_experts:
+        imbalance, _ = moe.imbalance(model, options)
+        routed = moe.routed_cost(model, cluster, plan.micro_batch * seq_len // plan.cp, plan.tp, plan.ep, plan.etp,
+                                 plan.precision, imbalance, options.fp8_recipe,
+                                 moe.routing_layout(plan.tp, plan.etp, plan.sequence_parallel,
+                                                    options.moe_expert_layout),
+                                 options.moe_dispatcher, options.grouped_gemm)
+        gemm_fwd += routed.gemm_fwd
+        layer_compute += 3 * routed.gemm_fwd
+        layer_membound += routed.membound
+    if plan.recompute == "full":
+        layer_recompute = gemm_fwd + attn_fwd
+        layer_membound *= 4 / 3  # the forward third of the memory-bound work runs again
+    elif plan.recompute == "selective" and options.selective_recompute == "every-second-matmul":
+        layer_membound *= 4 / 3  # every elementwise op of the forward runs again
+    layer_ep = layer_etp = 0.0
+    if routed is not None:
+        again = 1.5 if plan.recompute == "full" else 1.0  # the recomputed forward dispatches and combines again
+        layer_ep = again * moe.exposed_a2a(routed.a2a, layer_compute, plan.a2a_overlap)
+        layer_etp = again * routed.etp_comm
+    return _LayerCosts(gemm_fwd, attn_fwd, layer_compute, layer_recompute, layer_membound, layer_tp, layer_cp,
+                       layer_ep, layer_etp)
+
+
+@lru_cache(maxsize=16384)
+def _unrouted_layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: int,
+                          options: PredictOptions) -> _LayerCosts:
+    """One layer's costs without an MoE layer's routed experts, which read none of the key's expert fields (the
+    caller clears them, so that the planner's many ep × etp of one configuration share this cache entry). Full
+    recompute and the memory-bound work recomputation adds are left to `_layer_costs`: they grow with the
+    routed experts' work."""
     acc = cluster.accelerator
     tokens = plan.micro_batch * seq_len // plan.cp
     a = activation_dtype_bytes(plan.precision)
@@ -545,13 +582,7 @@ def _layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: i
     if options.compiled:
         fraction = load_calibration().membound["compiled_layer_membound_fraction"]
         membound_parts = [(per_token * fraction, width) for per_token, width in membound_parts]
-    routed = None
     if model.num_experts:
-        imbalance, _ = moe.imbalance(model, options)
-        routed = moe.routed_cost(model, cluster, tokens, plan.tp, plan.ep, plan.etp, plan.precision, imbalance,
-                                 options.fp8_recipe, moe.routing_layout(plan.tp, plan.etp, plan.sequence_parallel,
-                                                                        options.moe_expert_layout),
-                                 options.moe_dispatcher, options.grouped_gemm)
         # the per-token membound above counts a dense MLP's activation; an MoE layer runs its shared experts' on
         # every token (the routed experts' is in the routed cost)
         dtype = 2.0 if plan.precision == "fp32" else 1.0
@@ -559,25 +590,18 @@ def _layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: i
         membound_parts[1] = (act_per_token + dtype * (moe.mlp_activation_bytes_per_token(model, _mlp_width(model))
                                                       - moe.mlp_activation_bytes_per_token(
                                                           model, model.ffn_hidden_size)) / plan.tp, act_width)
-        gemm_fwd += routed.gemm_fwd
-        layer_compute += 3 * routed.gemm_fwd
     # each op's size decides, on a host CPU with a measured curve, whether it streams from the caches
     layer_membound = (sum(compute.membound_time(acc, tokens * per_token,
                                                 compute.elementwise_op_bytes(tokens, width, plan.precision))
                           for per_token, width in membound_parts)
-                      + _layer_fp8_cast_time(model, cluster, plan, tokens, options.fp8_recipe)
-                      + (routed.membound if routed else 0.0))
-    if plan.recompute == "full":
-        layer_recompute = gemm_fwd + attn_fwd
-        layer_membound *= 4 / 3  # the forward third of the memory-bound work runs again
-    elif plan.recompute == "selective" and options.selective_recompute == "every-second-matmul":
+                      + _layer_fp8_cast_time(model, cluster, plan, tokens, options.fp8_recipe))
+    if plan.recompute == "selective" and options.selective_recompute == "every-second-matmul":
         layer_recompute = sum(compute.gemm_time(acc, plan.precision, m, k, n, options.fp8_recipe)
                               for m, k, n in _every_second_matmul_shapes(model, plan, tokens))
-        layer_membound *= 4 / 3  # every elementwise op of the forward runs again
     elif plan.recompute == "selective":
         layer_recompute = attn_fwd
     else:
-        layer_recompute = 0.0
+        layer_recompute = 0.0  # full recompute: _layer_costs
 
     # tensor parallelism: 2 all-reduces (or all-gather + reduce-scatter under SP) forward, 2 backward, 2 more
     # when the whole layer is recomputed; Megatron does not overlap them with compute
@@ -627,13 +651,7 @@ def _layer_costs(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len: i
                 cluster, kv_bytes * plan.cp, cp_group)
         else:
             raise ValueError(f"context_parallel must be 'all-gather' or 'ring', got {options.context_parallel!r}")
-    layer_ep = layer_etp = 0.0
-    if routed is not None:
-        again = 1.5 if plan.recompute == "full" else 1.0  # the recomputed forward dispatches and combines again
-        layer_ep = again * moe.exposed_a2a(routed.a2a, layer_compute, plan.a2a_overlap)
-        layer_etp = again * routed.etp_comm
-    return _LayerCosts(gemm_fwd, attn_fwd, layer_compute, layer_recompute, layer_membound, layer_tp, layer_cp,
-                       layer_ep, layer_etp)
+    return _LayerCosts(gemm_fwd, attn_fwd, layer_compute, layer_recompute, layer_membound, layer_tp, layer_cp)
 
 
 @lru_cache(maxsize=16384)
@@ -893,9 +911,12 @@ def _micro_batch_floor(model: ModelSpec, cluster: Cluster, key: _StageKey, s: in
     """Per micro-batch: the slowest costed rank's total under `key` (no recompute, no ZeRO-3, no host overheads:
     what _stage_time_of(...).total is there), and per term the least any costed rank has."""
     moe_layer = _layer_costs(model, cluster, key, s, options)
-    dense_layer = (_layer_costs(moe.dense_layer_model(model), cluster, key, s, options)
+    # a layer without experts and the LM head read no expert field: keyed without them, every ep × etp of a
+    # configuration shares their cache entries
+    shared = key._replace(ep=1, etp=1, a2a_overlap=0.0)
+    dense_layer = (_layer_costs(moe.dense_layer_model(model), cluster, shared, s, options)
                    if has_dense_layers(model) else moe_layer)
-    head = _head_costs(model, cluster, key, s, options)
+    head = _head_costs(model, cluster, shared, s, options)
     moe_total, dense_total = sum(moe_layer[2:]), sum(dense_layer[2:])  # every field but the forward parts
     # per floored term: a layer with experts, one without, the LM head (its GEMMs are compute)
     per_term = [(getattr(moe_layer, cost), getattr(dense_layer, cost), head[0] if term == "compute" else 0.0)
@@ -931,11 +952,14 @@ def micro_batch_work(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq
     key = _StageKey(1, plan.tp, plan.cp, 0, plan.micro_batch, "none", plan.sequence_parallel, plan.precision,
                     *_expert_key(plan, options))
     moe_total = sum(_layer_costs(model, rank, key, s, options)[2:])  # every field but the forward parts
+    # a layer without experts and the LM head read no expert field: keyed without them, every ep × etp of a
+    # configuration shares their cache entries (the planner asks for thousands)
+    shared = _StageKey(1, plan.tp, plan.cp, 0, plan.micro_batch, "none", plan.sequence_parallel, plan.precision)
     # the pipeline's ranks hold every layer once: the layers without experts (stage_dense_layers) and the rest
     dense = model.num_layers - model.num_moe_layers if has_dense_layers(model) else 0
-    dense_total = sum(_layer_costs(moe.dense_layer_model(model), rank, key, s, options)[2:]) if dense else 0.0
+    dense_total = sum(_layer_costs(moe.dense_layer_model(model), rank, shared, s, options)[2:]) if dense else 0.0
     return ((model.num_layers - dense) * moe_total + dense * dense_total
-            + sum(_head_costs(model, rank, key, s, options)))
+            + sum(_head_costs(model, rank, shared, s, options)))
 
 
 def quick_step_floor(node: Cluster, work: float, pp_schedule: str, pp: int, vpp: int, microbatches: int) -> float:

@@ -333,12 +333,18 @@ def expert_data_parallel_group(cluster: Cluster, shard_degree: int, tp: int, ep:
 def expert_placement(model: ModelSpec, cluster: Cluster, plan: ParallelPlan,
                      layout: RoutingLayout | None = None) -> dict[str, object]:
     """Where a plan puts the experts: the ep group (members `layout.ep_stride` ranks apart; None: the megatron
-    layout's etp) inside one scale-up domain or spread over several, the experts and expert width each rank holds,
-    the ranks that replicate them, and whether the expert groups fold over tensor-parallel ranks (predicted, not
-    run by bastion's runtime)."""
-    ep, etp = plan.ep, plan.etp
-    group = comm.place_group(cluster, ep, layout.ep_stride if layout else etp)
+    layout's etp) inside one scale-up domain or spread over several, and over which ranks of a pipeline stage
+    (numbered tp innermost, then cp, then dp: `tp_ranks` of one tensor-parallel group × `data_parallel_ranks`
+    of dp × cp); the experts and expert width each rank holds, the ranks that replicate them, and whether the
+    expert groups fold over tensor-parallel ranks (ep does not divide dp × cp: Megatron-Core's parallel folding,
+    which bastion's runtime executes)."""
+    ep, etp, tp = plan.ep, plan.etp, plan.tp
+    stride = layout.ep_stride if layout else etp
+    group = comm.place_group(cluster, ep, stride)
     domain = cluster.network.scale_up_size
+    # members `stride` ranks apart: a group whose stride is below tp takes tp // stride ranks of a tp group (the
+    # rest in the next dp × cp coordinates), one with a stride of tp or more one rank of each tp group
+    tp_ranks = min(ep, max(1, tp // stride))
     return {"ep": ep, "etp": etp, "experts_per_rank": model.num_experts // ep,
             "expert_width_per_rank": model.expert_width // etp,
             # ZeRO / FSDP shards the local experts over the ranks that hold the same ones (memory.py)
@@ -346,19 +352,34 @@ def expert_placement(model: ModelSpec, cluster: Cluster, plan: ParallelPlan,
             "folded_over_tp": plan.folds_experts,
             "ep_group": {"ranks_per_scale_up_domain": group.local, "scale_up_domains": group.domains,
                          "spans_domains": group.domains > 1, "scale_up_domain_size": domain,
-                         "all_to_all_over": "scale-out network (NICs)" if group.domains > 1 else "NVLink"},
-            "attention_tp": plan.tp}
+                         "all_to_all_over": "scale-out network (NICs)" if group.domains > 1 else "NVLink",
+                         "rank_stride": stride, "tp_ranks": tp_ranks,
+                         "data_parallel_ranks": -(-ep // tp_ranks)},
+            "attention_tp": tp, "attention_cp": plan.cp}
 
 
 def placement_line(placement: dict[str, object]) -> str:
-    """One line for reports: ep group inside a node or spanning nodes, experts per rank, etp."""
+    """One line for reports: the ep group's ranks (folded over tp ranks or not), inside a node or spanning nodes,
+    experts per rank, etp."""
     group = placement["ep_group"]
     assert isinstance(group, dict)
+    holds = (f"{placement['experts_per_rank']} experts per rank, etp {placement['etp']} (expert width "
+             f"{placement['expert_width_per_rank']} per rank), replicated on {placement['expert_data_parallel']} "
+             f"expert-data-parallel ranks")
+    if placement["ep"] == 1:
+        return f"experts: no expert parallelism (ep 1); {holds}"
+    dp_ranks = "dp × cp" if placement.get("attention_cp", 1) != 1 else "dp"
+    ranks = f"{group['data_parallel_ranks']} {dp_ranks} ranks"
+    if group["tp_ranks"] > 1:
+        ranks = f"{group['tp_ranks']} of the {placement['attention_tp']} tp ranks × {ranks}"
+    if placement.get("folded_over_tp"):
+        over = (f"folded over tensor-parallel ranks (Megatron-Core's parallel folding: ep {placement['ep']} does "
+                f"not divide {dp_ranks}), each group on {ranks}")
+    else:
+        over = f"on {ranks}"
+    if group["rank_stride"] > 1:
+        over += f", members {group['rank_stride']} ranks apart"
     where = (f"spans {group['scale_up_domains']} scale-up domains ({group['ranks_per_scale_up_domain']} ranks in "
              f"each; all-to-all over the scale-out network)" if group["spans_domains"]
              else "inside one scale-up domain (all-to-all over NVLink)")
-    folded = (" (folded over tensor-parallel ranks, Megatron-Core's parallel folding: predicted, not run by "
-              "bastion's runtime)" if placement.get("folded_over_tp") else "")
-    return (f"experts: ep {placement['ep']} group {where}; {placement['experts_per_rank']} experts per rank, "
-            f"etp {placement['etp']} (expert width {placement['expert_width_per_rank']} per rank), replicated on "
-            f"{placement['expert_data_parallel']} expert-data-parallel ranks{folded}")
+    return f"experts: ep {placement['ep']} group {over}; {where}; {holds}"
