@@ -633,3 +633,31 @@ def test_measured_fsdp_units_carry_their_own_waiting(tmp_path: Path) -> None:
 
     with_units, without = sync_wait(True), sync_wait(False)
     assert 0 < with_units < without / 10
+
+
+def _pipelined_zero3(tmp_path: Path, name: str, micro_batch: int, zero3_per_byte: float) -> estimate:
+    """pp 2 × dp 2 ZeRO-3 with a CPU line on every row: ZeRO-2's slope 2e-9, ZeRO-3's `zero3_per_byte`."""
+    data = {**profile_data(), "fsdp_unit": [
+        {**row, **_CPU_LINE, "cpu_s_per_byte": zero3_per_byte if row["zero_stage"] == 3 else 2e-9}
+        for row in _fsdp_units()]}
+    data["host"]["layer_fsdp_s"] = 0.001
+    plan = ParallelPlan(pp=2, dp=2, zero_stage=3, micro_batch=micro_batch, global_batch=8, precision="fp32")
+    return estimate(load_model("tiny"), load_cluster(str(write(tmp_path, data, f"{name}.toml"))), plan)
+
+
+def test_under_a_pipeline_zero3s_cpu_line_recurs_for_its_gathers_and_runs_once_for_its_reduction(
+        tmp_path: Path) -> None:
+    # ZeRO-3's line = two gathers + one reduce-scatter, ZeRO-2's 2e-9 = one of each, so a gather costs their
+    # difference a byte. At 3e-9: gathers 2e-9 (every micro-batch under a pipeline), reduction 1e-9 (once a
+    # step); at 3.5e-9: gathers 3e-9, reduction 0.5e-9. So m micro-batches cost m × 1e-9 - 0.5e-9 more a byte.
+    from bastion.predict.memory import fsdp_units
+
+    model = load_model("tiny")
+    share = 2 / 4.5
+    block = sum(n for n, _ in fsdp_units(model, 1, "layer"))
+    stage_bytes = 4 * (2 * block + model.vocab_size * model.hidden_size + model.hidden_size)  # fp32, one stage
+    for micro_batch, m in ((4, 1), (1, 4)):
+        base = _pipelined_zero3(tmp_path, f"base-{micro_batch}", micro_batch, 3e-9)
+        dearer = _pipelined_zero3(tmp_path, f"dearer-{micro_batch}", micro_batch, 3.5e-9)
+        assert dearer.time.dp_comm - base.time.dp_comm == pytest.approx(
+            stage_bytes * (m * 1e-9 - 0.5e-9) / share, rel=1e-6), m

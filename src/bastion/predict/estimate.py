@@ -438,6 +438,7 @@ def _runtime_fsdp_comm(node: Cluster, model: ModelSpec, plan: ParallelPlan, laye
     units = layer * layers + [(root, group)]
     measured = _measured_fsdp(node, plan)
     share = node.accelerator.core_share(node.gpus_per_node)
+    reduce_once = 0.0  # the CPU line's reduction part, where it runs once per step but the gathers do not
     if measured is None:
         gather = sum(comm.all_gather_time(node, float(n * p_bytes), g) for n, g in units)
         reduce = sum(comm.reduce_scatter_time(node, float(n * g_bytes), g) for n, g in units)
@@ -455,8 +456,12 @@ def _runtime_fsdp_comm(node: Cluster, model: ModelSpec, plan: ParallelPlan, laye
         fixed = (len(layer) * layers * measured.unit_s + measured.root_s) / share
         if measured.cpu_line:
             # the unit's bytes at the CPU line's slope, gathers and reductions included; its size-free part stays
-            # the wall figure, which holds the waiting the CPU line does not
-            fixed += sum(n * p_bytes for n, g in units if g.size > 1) * measured.cpu_s_per_byte / share
+            # the wall figure, which holds the waiting the CPU line does not. Where the gathers recur per
+            # micro-batch but the reduction runs once (ZeRO-3 under a pipeline), only the gathers' part recurs.
+            line = sum(n * p_bytes for n, g in units if g.size > 1) * measured.cpu_s_per_byte / share
+            gathered = _gathers_share_of_cpu_line(node, plan, measured)
+            fixed += line * gathered
+            reduce_once = line * (1.0 - gathered)
             gather = reduce = 0.0
         else:
             gather = sum(bytes_term("all_gather", float(n * p_bytes), g) for n, g in units if plan.zero_stage > 0)
@@ -465,12 +470,32 @@ def _runtime_fsdp_comm(node: Cluster, model: ModelSpec, plan: ParallelPlan, laye
     schedule = _fsdp_schedule(plan)
     per_micro_batch = schedule.gathers_per_micro_batch * gather + schedule.reduces_per_micro_batch * reduce
     once = schedule.gathers_once * gather + schedule.reduces_once * reduce
+    if schedule.gathers_per_micro_batch and not schedule.reduces_per_micro_batch:
+        once += reduce_once  # the reduction's CPU bytes once per step, the gathers' with every micro-batch
+    else:
+        fixed += reduce_once  # every collective recurs together (or all run once: `fixed` moves to `once`)
     if schedule.gathers_per_micro_batch:  # the measured unit cost recurs with the gathers
         return fixed + per_micro_batch, once
     # (without measured units the hooks are already in the host overhead per micro-batch: _micro_batch_overhead)
     hooks = 0.0 if measured is None else (len(layer) * layers + 1) * node.profile.host_overheads.layer_fsdp_s / share
     once += fixed
     return per_micro_batch + min(hooks, once), max(0.0, once - hooks)
+
+
+def _gathers_share_of_cpu_line(node: Cluster, plan: ParallelPlan, measured: FsdpUnitCost) -> float:
+    """The part of a measured CPU line (FsdpUnitCost.cpu_s_per_byte: a unit's forward + backward, every
+    collective of its layout) that its parameter gathers take, the rest its gradient reduction. ZeRO-3 gathers
+    twice and reduce-scatters once, ZeRO-2 gathers once and reduce-scatters once: with both lines of the group
+    measured, a gather's per byte is their difference and the reduce-scatter's what ZeRO-2's leaves; else the
+    three collectives of equal bytes alike. ZeRO 0 and 1 (all-reduce; gathered once per step) are all reduction
+    here: their schedule runs the line together anyway."""
+    if plan.zero_stage != 3:
+        return 0.0
+    zero2 = node.profile.fsdp_unit_cost(2, plan.dp * plan.cp) if node.profile is not None else None
+    if zero2 is not None and zero2.cpu_line and measured.cpu_s_per_byte:
+        gather = max(0.0, measured.cpu_s_per_byte - zero2.cpu_s_per_byte)
+        return min(1.0, 2.0 * gather / measured.cpu_s_per_byte)
+    return 2.0 / 3.0
 
 
 def _measured_fsdp(node: Cluster, plan: ParallelPlan) -> FsdpUnitCost | None:
