@@ -30,8 +30,7 @@ WORLD2 = declare(2, {
                                    **FP32),
     # parallel folding: the ep group is the tp group, each tp rank dispatching its own sequence shard
     "moe-tp2-ep2-sp-folded": dict(tp=2, ep=2, sequence_parallel=True, micro_batch=2, global_batch=8, **FP32),
-    # parallel folding without sp (measured 2026-12-07, AMD EPYC: flips the layer-3 near-tie of step 2, one
-    # routed choice from expert 5 to 6; helpers/routing.py)
+    # parallel folding without sp (flips the near-tie of step 2 on some CPUs: see CP_TP)
     "moe-tp2-ep2-folded": dict(tp=2, ep=2, micro_batch=2, global_batch=8, **FP32),
 }, MODEL)
 WORLD4 = declare(4, {
@@ -70,8 +69,10 @@ NARROW_ETP = declare(4, {
     # not folded: tp 4 unflattened into (2, etp 2); the tp ranks 2 apart hold the same halves
     "mla-tp4-etp2": dict(tp=4, etp=2, micro_batch=2, global_batch=8, **FP32),
 }, ETP_MODEL)
-#: cp2 × tp2 with sp (measured 2026-12-07, AMD EPYC: these flip the layer-3 near-tie of step 2, two experts'
-#: scores of one token 1.2e-7 apart; helpers/routing.py holds them to a reference making the same choice)
+#: cp2 × tp2 with sp, 6 steps like the others: a routing near-tie of step 2 (layer 3, experts 5 and 6 of one token
+#: 1.2e-7 apart) flips under fp32 reduction-order noise in some plans (measured 2026-12-07, AMD EPYC: without ep
+#: and folded ep4, also ep2 × tp2, tp2 ep2 and tp2 ep4 dp2 folded without sp; which plans flip depends on the
+#: CPU), and helpers/routing.py holds those to a reference making the same choice
 CP_TP = declare(4, {
     # sp with cp: each rank routes a quarter of each sequence; the aux loss needs the whole sequence's counts
     "moe-cp2-tp2-sp-zero3": dict(cp=2, tp=2, sequence_parallel=True, zero_stage=3, micro_batch=2, global_batch=8,
