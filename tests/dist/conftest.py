@@ -47,3 +47,14 @@ def equivalence_reference(token_data: Path) -> Callable[[str], tuple[list[float]
     from helpers.equivalence import reference_run
 
     return functools.cache(lambda model: reference_run(token_data, model, global_batch=8))
+
+
+@pytest.fixture(scope="session")
+def moe_reference(token_data: Path) -> Callable[[str], Callable]:
+    """`moe_reference(model)`: a function of a routing flip (None or helpers.routing.RoutingFlip) giving the MoE
+    equivalence cases' single-process reference with its routing (helpers.equivalence.routed_reference), that
+    flip forced; each computed once for the session."""
+    from helpers.equivalence import routed_reference
+
+    cached = functools.cache(lambda model, flip: routed_reference(token_data, model, flip))
+    return lambda model: functools.partial(cached, model)

@@ -9,11 +9,10 @@ tensors, experts split by etp)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from helpers.equivalence import FP32, MOE_PARAM_TOLERANCE, check_group, check_model_state_bytes, declare
+from helpers.equivalence import (FP32, check_group, check_model_state_bytes, check_routed_group, declare,
+                                 step_records)
 
 pytestmark = [pytest.mark.dist, pytest.mark.timeout(1800)]
 
@@ -50,11 +49,12 @@ def _of_model(results: dict, model: str) -> dict:
     return {name: result for name, result in results.items() if LAYOUTS[name][0] == model}
 
 
-def test_uneven_pipeline_layouts_and_partial_recompute_train_like_one_process(layout_runs, equivalence_reference):
+def test_uneven_pipeline_layouts_and_partial_recompute_train_like_one_process(layout_runs, equivalence_reference,
+                                                                              moe_reference):
     from bastion.specs.model import load_model
 
-    for model in ("tiny-moe", "tiny"):
-        check_group(_of_model(layout_runs, model), equivalence_reference(model), model, state_bytes=False)
+    check_routed_group(_of_model(layout_runs, "tiny-moe"), moe_reference("tiny-moe"), "tiny-moe", state_bytes=False)
+    check_group(_of_model(layout_runs, "tiny"), equivalence_reference("tiny"), "tiny", state_bytes=False)
     # the layout was run, not the even split (which trains the same): stage 0 holds the embedding and its layers
     for name, first_layers in (("moe-pp2-layout-1-3", 1), ("dense-pp2-layout-3-1", 3)):
         spec = load_model(LAYOUTS[name][0])
@@ -77,13 +77,10 @@ def mla_runs(equivalence_runs) -> dict:
     return equivalence_runs(MLA_PLANS)
 
 
-def test_latent_attention_and_routing_bias_train_like_one_process(mla_runs, equivalence_reference):
-    check_group(mla_runs, equivalence_reference(MLA), MLA, state_bytes=False)
-    from bastion.rundir.metrics import read_records
-    from bastion.rundir.records import is_step
-
+def test_latent_attention_and_routing_bias_train_like_one_process(mla_runs, moe_reference):
+    check_routed_group(mla_runs, moe_reference(MLA), MLA, state_bytes=False)
     for name, result in mla_runs.items():  # the bias moved every step, by the rate at most per step
-        steps = [r for r in read_records(Path(result.summary["config"]["run_dir"])) if is_step(r)]
+        steps = step_records(result)
         assert [r["router_bias_absmax"] for r in steps] == pytest.approx([0.01 * (i + 1) for i in range(6)]), name
 
 
@@ -108,9 +105,8 @@ def etp_runs(equivalence_runs) -> dict:
     return equivalence_runs(ETP_PLANS)
 
 
-def test_expert_tensor_parallelism_trains_like_one_process(etp_runs, equivalence_reference):
-    check_group(etp_runs, equivalence_reference("tiny-moe"), "tiny-moe", param_tolerance=MOE_PARAM_TOLERANCE,
-                state_bytes=False)
+def test_expert_tensor_parallelism_trains_like_one_process(etp_runs, moe_reference):
+    check_routed_group(etp_runs, moe_reference("tiny-moe"), "tiny-moe", state_bytes=False)
     # the experts were split, not replicated over tp: each rank holds half its etp = 1 expert bytes (fp32; the
     # expert data-parallel degree is 1 in both plans, so ZeRO does not shard the experts further)
     from bastion.predict.memory import model_state_bytes

@@ -1,20 +1,23 @@
 """Expert parallelism trains exactly like one process: tiny-moe (first layer dense, 8 experts, top-2, one shared
 expert, aux loss) under ep2, ep4, ep2 × dp2 with ZeRO-3, ep2 × tp2 (with and without sequence parallelism),
 ep4 carved from dp2 × cp2, ep2 × pp2, and ep groups folded over tp ranks (Megatron-Core's parallel folding: tp2
-ep2 sp, tp2 ep4 dp2 sp, tp2 ep2 sp × pp2, tp2 ep4 dp2 without sp), expert tensor parallelism narrower than tp
-(tiny-mla tp4 with etp2: folded under ep2, and without ep), and cp2 × tp2 with sp (with ep2 carved from
-cp, ep4 folded over cp and tp, and without ep) and tp2 ep2 folded without sp for one step only (see ONE_STEP and
-ONE_STEP_2), against the independent single-process fp32 reference; per-step loss and final parameters within
-1e-5, each rank's parameter/gradient/optimizer bytes equal to the predictor's `model_state_bytes` (routed experts
-split over ep, then sharded over the expert-data-parallel ranks), and the logged aux loss the same under every
-plan (a rank that routes only a shard of each sequence still computes the whole sequence's)."""
+ep2 with and without sp, tp2 ep4 dp2 sp, tp2 ep2 sp × pp2, tp2 ep4 dp2 without sp), expert tensor parallelism
+narrower than tp (tiny-mla tp4 with etp2: folded under ep2, and without ep), and cp2 × tp2 with sp (with ep2
+carved from cp, ep4 folded over cp and tp, and without ep), 6 steps each, against the independent
+single-process fp32 reference: per-step loss and final parameters within 1e-5, each rank's
+parameter/gradient/optimizer bytes equal to the predictor's `model_state_bytes` (routed experts split over ep,
+then sharded over the expert-data-parallel ranks), and each step's logged aux loss and per-layer expert token
+counts the reference's (a rank that routes only a shard of each sequence still computes the whole sequence's
+aux loss). A run whose routing differs from the reference's by one near-tie choice (fp32 reduction order; which
+plans flip depends on the CPU) is held, at the same tolerance, to a reference making that choice the same way
+(helpers/routing.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from helpers.equivalence import FP32, MOE_PARAM_TOLERANCE, check_group, declare, reference_run, well_conditioned
+from helpers.equivalence import FP32, check_routed_group, declare, step_records
 
 pytestmark = [pytest.mark.dist, pytest.mark.timeout(1800)]
 
@@ -27,6 +30,8 @@ WORLD2 = declare(2, {
                                    **FP32),
     # parallel folding: the ep group is the tp group, each tp rank dispatching its own sequence shard
     "moe-tp2-ep2-sp-folded": dict(tp=2, ep=2, sequence_parallel=True, micro_batch=2, global_batch=8, **FP32),
+    # parallel folding without sp (flips the near-tie of step 2 on some CPUs: see CP_TP)
+    "moe-tp2-ep2-folded": dict(tp=2, ep=2, micro_batch=2, global_batch=8, **FP32),
 }, MODEL)
 WORLD4 = declare(4, {
     "moe-ep4-zero2": dict(dp=4, ep=4, zero_stage=2, micro_batch=1, global_batch=8, **FP32),
@@ -64,71 +69,51 @@ NARROW_ETP = declare(4, {
     # not folded: tp 4 unflattened into (2, etp 2); the tp ranks 2 apart hold the same halves
     "mla-tp4-etp2": dict(tp=4, etp=2, micro_batch=2, global_batch=8, **FP32),
 }, ETP_MODEL)
-#: cp2 × tp2 for one step only: over 6 steps it drifts past 1e-5 (loss 1.9e-5 by step 6) because at step 2 a
-#: routing near-tie (layer 3, two experts' scores 1.2e-7 apart) flips under fp32 reduction-order noise, and every
-#: later difference follows from the flip; step 1 agrees to 3e-7 relative (aux loss, per-expert counts and
-#: probabilities, router gradients), so its loss and the parameters after it are held to the dense tolerance
-#: (those AdamW's first step leaves insensitive to fp32 noise: helpers.equivalence.CONDITIONED_EPS)
-ONE_STEP = declare(4, {
+#: cp2 × tp2 with sp, 6 steps like the others: a routing near-tie of step 2 (layer 3, experts 5 and 6 of one token
+#: 1.2e-7 apart) flips under fp32 reduction-order noise in some plans (measured 2026-12-07, AMD EPYC: without ep
+#: and folded ep4, also ep2 × tp2, tp2 ep2 and tp2 ep4 dp2 folded without sp; which plans flip depends on the
+#: CPU), and helpers/routing.py holds those to a reference making the same choice
+CP_TP = declare(4, {
     # sp with cp: each rank routes a quarter of each sequence; the aux loss needs the whole sequence's counts
-    "moe-cp2-tp2-sp-zero3-1step": dict(cp=2, tp=2, sequence_parallel=True, zero_stage=3, micro_batch=2,
-                                       global_batch=8, **FP32),
+    "moe-cp2-tp2-sp-zero3": dict(cp=2, tp=2, sequence_parallel=True, zero_stage=3, micro_batch=2, global_batch=8,
+                                 **FP32),
     # ep carved from cp (dp × cp = 2): the two cp ranks of a tp rank split the experts
-    "moe-ep2-cp2-tp2-sp-zero3-1step": dict(cp=2, tp=2, ep=2, sequence_parallel=True, zero_stage=3,
-                                           micro_batch=2, global_batch=8, **FP32),
+    "moe-ep2-cp2-tp2-sp-zero3": dict(cp=2, tp=2, ep=2, sequence_parallel=True, zero_stage=3, micro_batch=2,
+                                     global_batch=8, **FP32),
     # parallel folding with cp: ep4 over both cp ranks' tp ranks, each routing a quarter of each sequence
-    "moe-cp2-tp2-ep4-sp-folded-zero3-1step": dict(cp=2, tp=2, ep=4, sequence_parallel=True, zero_stage=3,
-                                                  micro_batch=2, global_batch=8, **FP32),
-}, MODEL, steps=1)
-#: tp2 × ep2 folded without sp flips the same near-tie at step 2 (layer 3: expert 5's and 6's scores of one token
-#: 1.2e-7 apart; one routed choice moves from 5 to 6, loss 6.7e-6 off at step 2, 1.9e-5 by step 6), while its step
-#: 1 agrees as closely as the cp × tp plans' and tp2 × ep4 × dp2 without sp keeps every choice over 6 steps
-ONE_STEP_2 = declare(2, {
-    "moe-tp2-ep2-folded-1step": dict(tp=2, ep=2, micro_batch=2, global_batch=8, **FP32),
-}, MODEL, steps=1)
-
-
-def _step_records(result) -> list[dict]:  # noqa: ANN001
-    from bastion.rundir.metrics import read_records
-    from bastion.rundir.records import is_step
-
-    return [r for r in read_records(Path(result.summary["config"]["run_dir"])) if is_step(r)]
+    "moe-cp2-tp2-ep4-sp-folded-zero3": dict(cp=2, tp=2, ep=4, sequence_parallel=True, zero_stage=3, micro_batch=2,
+                                            global_batch=8, **FP32),
+}, MODEL)
 
 
 def _check_routing_logged(results: dict) -> None:
-    """Each step routed every token of every MoE layer, and each step's logged aux loss is the same under every
-    plan of `results` (over the steps they share)."""
-    aux_losses = {}
+    """Each step routed every token of every MoE layer once, and the summed counts are the per-layer ones'."""
     for name, result in results.items():
-        steps = _step_records(result)
-        assert len(steps) == result.summary["config"]["steps"], name
-        for record in steps:  # every routed choice of every MoE layer is counted once
-            assert sum(record["expert_tokens"]) == 3 * 8 * 64 * 2, name
+        for record in step_records(result):
+            by_layer = record["expert_tokens_by_layer"]
+            assert [sum(layer) for layer in by_layer] == [8 * 64 * 2] * 3, name
+            assert record["expert_tokens"] == [sum(column) for column in zip(*by_layer, strict=True)], name
             assert record["expert_imbalance"] >= 1.0 and record["moe_aux_loss"] > 0, name
-        aux_losses[name] = [record["moe_aux_loss"] for record in steps]
-    first = max(aux_losses.values(), key=len)
-    for name, losses in aux_losses.items():  # the whole sequences' loss, however the tokens were split
-        assert losses == pytest.approx(first[:len(losses)], rel=1e-5), name
 
 
-def test_expert_parallel_on_2_processes(equivalence_runs, equivalence_reference):
+def test_expert_parallel_on_2_processes(equivalence_runs, moe_reference):
     results = equivalence_runs(WORLD2)
-    check_group(results, equivalence_reference(MODEL), MODEL, param_tolerance=MOE_PARAM_TOLERANCE)
+    check_routed_group(results, moe_reference(MODEL), MODEL)
     _check_routing_logged(results)
 
 
-def test_expert_parallel_with_zero_and_pipeline_on_4_processes(equivalence_runs, equivalence_reference):
+def test_expert_parallel_with_zero_and_pipeline_on_4_processes(equivalence_runs, moe_reference):
     results = equivalence_runs(WORLD4)
-    check_group(results, equivalence_reference(MODEL), MODEL, param_tolerance=MOE_PARAM_TOLERANCE)
+    check_routed_group(results, moe_reference(MODEL), MODEL)
     _check_routing_logged(results)
 
 
 def test_expert_tensor_parallelism_narrower_than_tp_folded_or_not_trains_like_one_process(
-        equivalence_runs, equivalence_reference):
+        equivalence_runs, moe_reference):
     """Losses, parameters and each rank's model-state bytes (the experts split over ep and etp: a quarter of
     every expert's weights on each rank of the folded plan, half on each of the other) match."""
     results = equivalence_runs(NARROW_ETP)
-    check_group(results, equivalence_reference(ETP_MODEL), ETP_MODEL, param_tolerance=MOE_PARAM_TOLERANCE)
+    check_routed_group(results, moe_reference(ETP_MODEL), ETP_MODEL)
     _check_routing_logged(results)
     from bastion.predict.memory import model_state_bytes
     from bastion.specs.model import load_model
@@ -143,17 +128,10 @@ def test_expert_tensor_parallelism_narrower_than_tp_folded_or_not_trains_like_on
             assert rank["params"] == whole - whole_experts + whole_experts // share, (name, rank)
 
 
-def test_context_and_tensor_parallel_first_step_trains_like_one_process(equivalence_runs, token_data):
-    results = equivalence_runs(ONE_STEP | ONE_STEP_2)
-    gradients = []
-    reference = reference_run(token_data, MODEL, global_batch=8, steps=1, gradients=gradients)
-    check_group(results, reference, MODEL, compared=well_conditioned(gradients[0]))
-    # against the 6-step plans' first step too: the same aux loss, and each expert got the same tokens
-    six_steps = equivalence_runs(WORLD4)
-    _check_routing_logged(results | six_steps)
-    first_counts = _step_records(six_steps["moe-ep2-tp2-sp"])[0]["expert_tokens"]
-    for name, result in results.items():
-        assert _step_records(result)[0]["expert_tokens"] == first_counts, name
+def test_context_and_tensor_parallel_trains_like_one_process(equivalence_runs, moe_reference):
+    results = equivalence_runs(CP_TP)
+    check_routed_group(results, moe_reference(MODEL), MODEL)
+    _check_routing_logged(results)
 
 
 def test_quick_moe_demo_trains_an_expert_parallel_plan(tmp_path):

@@ -9,9 +9,11 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from helpers.routing import LayerCounts, RoutedReference, RoutingFlip, check_routed_run
 
 WORKER = Path(__file__).parents[1] / "dist" / "equivalence_worker.py"
 STEPS = 6
@@ -123,9 +125,12 @@ class SharedLaunches:
 
 
 def reference_run(data: Path, model: str, global_batch: int, steps: int = STEPS, seed: int = 0,
-                  gradients: list[dict] | None = None) -> tuple[list[float], dict]:
+                  gradients: list[dict] | None = None, routing: list[tuple[LayerCounts, float]] | None = None,
+                  flip: RoutingFlip | None = None) -> tuple[list[float], dict]:
     """Single-process fp32 training with the same model init, data order and hyper-parameters; `gradients`, when
-    given, receives each step's clipped gradients (name -> tensor)."""
+    given, receives each step's clipped gradients (name -> tensor), `routing` each step's (tokens routed to each
+    expert per MoE layer, aux loss summed over layers) of an MoE model; `flip` makes that one near-tie choice
+    the other way (`_forced_flip`)."""
     import torch
 
     from bastion.runtime.data import GlobalSampler, open_dataset
@@ -148,6 +153,8 @@ def reference_run(data: Path, model: str, global_batch: int, steps: int = STEPS,
         optimizer, lambda s: lr_factor(s, steps, defaults.warmup_steps, defaults.min_lr_ratio))
     sampler = GlobalSampler(open_dataset(data, spec.seq_len, spec.vocab_size), global_batch, seed)
     losses = []
+    if flip is not None:
+        _forced_flip(net, flip, step_of=lambda: len(losses) + 1)
     for _ in range(steps):
         rows = torch.from_numpy(sampler.tokens_for(sampler.next_global_batch()))
         logits = net(rows[:, :-1])
@@ -159,9 +166,65 @@ def reference_run(data: Path, model: str, global_batch: int, steps: int = STEPS,
             gradients.append({name: p.grad.detach().clone() for name, p in net.named_parameters()})
         optimizer.step()
         scheduler.step()
+        if routing is not None:
+            routing.append(_step_routing(net))
         _update_routing_biases(net)
         losses.append(float(loss.detach()))
     return losses, {name: p.detach().clone() for name, p in net.named_parameters()}
+
+
+def _step_routing(net) -> tuple[LayerCounts, float]:  # noqa: ANN001
+    """The step's tokens routed to each expert per MoE layer and aux loss summed over layers, as the runtime logs
+    them (`expert_tokens_by_layer`, `moe_aux_loss`): the step's one forward covers the whole global batch."""
+    from bastion.runtime.moe import moe_blocks
+
+    calls = [block.calls[-1] for _, block in moe_blocks([net])]
+    return [counts.tolist() for counts, _ in calls], sum(float(aux) for _, aux in calls if aux is not None)
+
+
+def _forced_flip(net, flip: RoutingFlip, step_of: Callable[[], int]) -> None:  # noqa: ANN001
+    """At `flip.step` (`step_of()` is the step being trained), make the `flip.layer`-th MoE layer's router give
+    one token `flip.to_expert` instead of `flip.from_expert`: the token whose k-th choice is from_expert and
+    (k+1)-th to_expert with the two scores nearest (a test-only forward hook on the reference's router; the
+    runtime has none). Its weights are gathered again from the unchanged scores, as Router.forward does."""
+    import torch
+
+    from bastion.runtime.moe import moe_blocks
+
+    _, block = moe_blocks([net])[flip.layer]
+    router = block.router
+
+    def hook(module, inputs, output):  # noqa: ANN001, ANN202
+        if step_of() != flip.step:
+            return None
+        scores, chosen, _ = output
+        k = router.top_k
+        choice = scores.detach() + router.expert_bias if router.bias_update_rate else scores.detach()
+        order = torch.sort(choice, dim=-1, descending=True, stable=True).indices
+        ranked = choice.gather(1, order[:, k - 1:k + 1])
+        candidates = (order[:, k - 1] == flip.from_expert) & (order[:, k] == flip.to_expert)
+        gaps = (ranked[:, 0] - ranked[:, 1]).masked_fill(~candidates, float("inf"))
+        token = int(gaps.argmin())
+        assert float(gaps[token]) <= NEAR_TIE_GAP, (
+            f"{flip}: no reference token is near a tie between those experts (nearest gap {float(gaps[token])})")
+        chosen = chosen.clone()
+        chosen[token, k - 1] = flip.to_expert  # the k-th choice, as the run's sort would place it
+        weights = scores.gather(1, chosen)
+        if router.norm_topk:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        return scores, chosen, weights
+
+    router.register_forward_hook(hook)
+
+
+def routed_reference(data: Path, model: str, flip: RoutingFlip | None = None) -> RoutedReference:
+    """The single-process reference of the MoE equivalence cases (STEPS steps of 8 samples), with its routing;
+    `flip` forced (helpers.routing says when)."""
+    routing: list[tuple[LayerCounts, float]] = []
+    gradients: list[dict] = []
+    losses, params = reference_run(data, model, global_batch=8, gradients=gradients, routing=routing, flip=flip)
+    return RoutedReference(losses, [aux for _, aux in routing], [counts for counts, _ in routing], params,
+                           well_conditioned(gradients[0]))
 
 
 def _update_routing_biases(net) -> None:  # noqa: ANN001
@@ -198,8 +261,9 @@ def max_differences(result: CaseResult, ref_losses: list[float], ref_params: dic
 #: AdamW's first step moves each element by lr · g / (|g| + eps), g its clipped gradient: where |g| is within a
 #: few eps of zero the step moves by up to lr / eps times the gradient's fp32 reduction noise (measured
 #: 2026-12-07: one element of layer 2's wv, g = -1.2e-9, 2.4e-5 off under tiny-moe ep2 × cp2 × tp2 while every
-#: element with |g| >= 10 eps was within 8e-8). A one-step comparison checks the elements with |g| at least this
-#: many eps (97% of tiny-moe's; a doubled aux-loss coefficient moves 1334 of them by more than 1e-5)
+#: element with |g| >= 10 eps was within 8e-8), and later steps carry the move along. The MoE comparisons
+#: (check_routed_group) check the elements with |g| at least this many eps (97% of tiny-moe's; after one step, a
+#: doubled aux-loss coefficient moved 1334 of them by more than 1e-5)
 CONDITIONED_EPS = 10
 
 
@@ -215,12 +279,10 @@ def well_conditioned(gradients: dict) -> dict:
 FP32 = {"precision": "fp32"}
 #: every plan matches the single-process reference to within this (loss per step, each parameter)
 TOLERANCE = 1e-5
-#: mixture-of-experts plans: losses within TOLERANCE as for dense plans; parameters within 2e-5: after 6 AdamW
-#: steps one element of layer 2's wv under ep4 ZeRO-2 differs by 1.2e-5 while every other parameter is within
-#: 2e-6, as expected of an element whose gradient is near zero (not checked): AdamW's m / (sqrt(v) + eps) turns
-#: fp32 reduction-order noise there into lr-sized steps (measured 2026-12-07 on the corpus with end-of-document
-#: tokens; the loss still agrees to 4.8e-7). ep2 × tp2 with etp 2: 1.5e-5, loss within 9.5e-7
-MOE_PARAM_TOLERANCE = 2e-5
+#: a reference choice is forced the other way only where its two scores (the choice's: with the routing bias) are
+#: this close: two runs that agree within TOLERANCE can order two scores differently only where they are within
+#: about that much of each other; a wider gap means the run computed other scores, which must fail
+NEAR_TIE_GAP = TOLERANCE
 #: benchmarks/bench_equivalence.py sets this to benchmarks/results; a plain test run records nothing, so the
 #: suite never rewrites a tracked file
 RESULTS_DIR_VARIABLE = "BASTION_RESULTS_DIR"
@@ -253,6 +315,48 @@ def check_group(results: dict, reference: tuple[list[float], dict], model: str =
         print(f"{name:32s} max |loss - ref| {loss_diff:.2e}   max |param - ref| {param_diff:.2e}")
         assert loss_diff < TOLERANCE, f"{name}: loss differs by {loss_diff}"
         assert param_diff < param_tolerance, f"{name}: parameters differ by {param_diff}"
+    _finish_group(found, results, model, state_bytes)
+
+
+def check_routed_group(results: dict, reference_of: Callable[[RoutingFlip | None], RoutedReference], model: str,
+                       state_bytes: bool = True) -> dict[str, RoutingFlip | None]:
+    """check_group for MoE runs: each run is held to the reference whose routing it followed
+    (helpers.routing.check_routed_run: the plain one, or one forcing its single near-tie flip), every step's
+    loss and logged aux loss within TOLERANCE, and the final parameters within TOLERANCE where the reference's
+    step-1 gradient is well conditioned (`well_conditioned`: 96.8% of tiny-moe's elements). The rest are left
+    out because AdamW's first step turns fp32 reduction-order noise in a gradient within a few eps of zero into
+    a lr-sized move that later steps carry along: after 6 steps one element of layer 2's wv (step-1 gradient
+    -3.7e-9) differs by up to 2.1e-5 under cp2 × tp2, by 1.4e-5 under ep4 ZeRO-2, while every well-conditioned
+    element is within 3.3e-6 and the loss within 9.5e-7 (measured 2026-12-07, AMD EPYC). Returns each run's flip."""
+    found, flips = {}, {}
+    for name, result in results.items():
+        steps = step_records(result)
+        assert len(steps) == result.summary["config"]["steps"], name
+        try:
+            reference, flips[name], loss_diff = check_routed_run(
+                result.summary["losses"], [r["moe_aux_loss"] for r in steps],
+                [r["expert_tokens_by_layer"] for r in steps], reference_of, TOLERANCE)
+        except AssertionError as failure:
+            raise AssertionError(f"{name}: {failure}") from None
+        _, param_diff = max_differences(result, reference.losses, reference.params, reference.compared)
+        found[name] = {"max_loss_diff": loss_diff, "max_param_diff": param_diff, "losses": result.summary["losses"],
+                       "routing_flip": None if flips[name] is None else vars(flips[name])}
+        print(f"{name:32s} max |loss - ref| {loss_diff:.2e}   max |param - ref| {param_diff:.2e}"
+              f"   flip {flips[name]}")
+        assert param_diff < TOLERANCE, f"{name}: parameters differ by {param_diff} (flip {flips[name]})"
+    _finish_group(found, results, model, state_bytes)
+    return flips
+
+
+def step_records(result: CaseResult) -> list[dict]:
+    """The run's step records (metrics.jsonl)."""
+    from bastion.rundir.metrics import read_records
+    from bastion.rundir.records import is_step
+
+    return [r for r in read_records(Path(result.summary["config"]["run_dir"])) if is_step(r)]
+
+
+def _finish_group(found: dict, results: dict, model: str, state_bytes: bool) -> None:
     record(found)
     if state_bytes:
         check_model_state_bytes(results, model)

@@ -30,10 +30,12 @@ class StepRecord(TypedDict):
     #: [first, last + 1) of the global sample ids of the step (absent in records from before it was written)
     sample_ids: NotRequired[list[int]]
     #: mixture-of-experts models only (runtime/moe.py step_stats): the load-balancing loss (coefficient included,
-    #: summed over layers; not part of `loss`), the tokens routed to each expert summed over the MoE layers, and
-    #: the largest per-layer ratio of the busiest expert's tokens to the mean (1.0 = balanced)
+    #: summed over layers; not part of `loss`), the tokens routed to each expert summed over the MoE layers and
+    #: per MoE layer (in layer order; absent in records from before it was written), and the largest per-layer
+    #: ratio of the busiest expert's tokens to the mean (1.0 = balanced)
     moe_aux_loss: NotRequired[float]
     expert_tokens: NotRequired[list[int]]
+    expert_tokens_by_layer: NotRequired[list[list[int]]]
     expert_imbalance: NotRequired[float]
     #: with DeepSeek-V3's auxiliary-loss-free balancing (router_bias_update_rate > 0): the largest |routing bias|
     #: over every MoE layer and expert after the step's update
@@ -52,7 +54,8 @@ class StepRecord(TypedDict):
 
 
 #: the step-record fields only a mixture-of-experts run writes
-MOE_STEP_FIELDS = ("moe_aux_loss", "expert_tokens", "expert_imbalance", "router_bias_absmax")
+MOE_STEP_FIELDS = ("moe_aux_loss", "expert_tokens", "expert_tokens_by_layer", "expert_imbalance",
+                   "router_bias_absmax")
 #: step fields only a --fault-tolerance torchft run writes
 REPLICA_STEP_FIELDS = ("replica_groups", "dropped_sample_ids")
 

@@ -396,8 +396,10 @@ def scale_expert_gradients(parts: list[nn.Module], plan: ParallelPlan) -> None:
 def step_stats(parts: list[nn.Module], spec: ModelSpec, plan: ParallelPlan, device: torch.device) -> dict:
     """The step's routing figures over every rank (collective; every rank calls it), and the counters reset:
     `moe_aux_loss` the load-balancing loss (coefficient included) summed over layers, mean over micro-batches and
-    data-parallel replicas; `expert_tokens` the tokens routed to each expert, summed over layers; `expert_imbalance`
-    the largest per-layer ratio of the busiest expert's tokens to the mean (1.0 = perfectly balanced). The tp ranks
+    data-parallel replicas; `expert_tokens` the tokens routed to each expert, summed over layers, and
+    `expert_tokens_by_layer` the same per MoE layer (what shows a routing difference is one token's choice);
+    `expert_imbalance` the largest per-layer ratio of the busiest expert's tokens to the mean (1.0 = perfectly
+    balanced). The tp ranks
     of a replica route the same tokens and count once (unless each routes its own sequence shard). Only the last micro-batch forwards of a block count: torch
     2.13's pipeline stages run one more forward with grad on their first step to infer shapes. With the
     aux-loss-free bias, the routers' biases are moved by these global loads and `router_bias_absmax` reported."""
@@ -420,6 +422,7 @@ def step_stats(parts: list[nn.Module], spec: ModelSpec, plan: ParallelPlan, devi
     mean = moe_counts.mean(dim=1, keepdim=True).clamp(min=1e-12)
     stats = {"moe_aux_loss": float(packed[counts.numel():].sum()) / copies,
              "expert_tokens": [round(n) for n in moe_counts.sum(dim=0).tolist()],
+             "expert_tokens_by_layer": [[round(n) for n in layer] for layer in moe_counts.tolist()],
              "expert_imbalance": float((moe_counts.max(dim=1, keepdim=True).values / mean).max())}
     if spec.router_bias_update_rate:
         stats["router_bias_absmax"] = update_router_biases(parts, layer_counts, device)
