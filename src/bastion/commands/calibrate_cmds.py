@@ -439,7 +439,8 @@ def _announce(settings: dict, fitted: dict, summary: str, as_json: bool) -> None
 
     out, name, accelerator = settings["out"], settings.get("name") or "", settings["accelerator"]
     background = fitted["accelerator"].get("background_load")
-    warnings = [w for w in [None if background is None else busy_host_warning(background)] if w]
+    busy = None if background is None else busy_host_warning(background)
+    warnings = [busy] if busy else []
     notes = []
     if name:
         notes.append(f"saved as '{name}': --cluster {name} ({settings['nproc']} ranks) or --cluster "

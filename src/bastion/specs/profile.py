@@ -571,10 +571,11 @@ def saved_profiles() -> list[SavedProfile]:
     return sorted(found, key=lambda p: (p.name, p.hidden))
 
 
-def where_profiles_are() -> str:
-    """Where names are looked up and which are saved there (for an unknown name's error)."""
+def where_profiles_are(names: list[str] | None = None) -> str:
+    """Where names are looked up and which are saved there (`names`, else listed here; for an unknown name's
+    error)."""
     project, user = profile_dirs()
-    names = sorted({p.name for p in saved_profiles()})
+    names = sorted({p.name for p in saved_profiles()}) if names is None else names
     saved = f"saved: {', '.join(names)}" if names else "none saved yet"
     return f"looked for NAME.toml in ./{project}/ and then {user}/ ({saved})"
 
@@ -582,7 +583,7 @@ def where_profiles_are() -> str:
 def unknown_profile_error(name: str) -> ConfigError:
     """No saved profile has this name: where bastion looked, the names it found, how to save one."""
     names = sorted({p.name for p in saved_profiles()})
-    return ConfigError(f"No machine profile named '{name}': {where_profiles_are()}.{did_you_mean(name, names)}",
+    return ConfigError(f"No machine profile named '{name}': {where_profiles_are(names)}.{did_you_mean(name, names)}",
                        fix="save this machine's profile under that name, give a saved name, or give a profile "
                            "file's path.", hint=f"{SAVE_COMMAND.format(name=name)}   # under a minute")
 
