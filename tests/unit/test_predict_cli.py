@@ -97,6 +97,28 @@ def test_a_job_filling_rack_scale_domains_in_part_is_split_evenly() -> None:
     assert (dgx.num_nodes, dgx.network.scale_up_size) == (8, 8)
 
 
+def test_a_rows_node_network_replaces_the_catalog_nic_and_slows_fsdp() -> None:
+    """`node_scale_out_gbit` is a node's NICs together (800 Gb/s over 8 H100 = 100 Gb/s each, a quarter of the
+    catalog's 400 Gb/s NIC per GPU); ZeRO-3 over 12 nodes then exposes more of its gathers."""
+    from bastion.predict.validate import COLUMNS, RowSkipped, case_cluster, predict_case
+
+    assumptions: list[str] = []
+    row = {"accelerator": "h100-sxm", "num_gpus": "96", "gpus_per_node": "8"}
+    slow = case_cluster({**row, "node_scale_out_gbit": "800"}, assumptions)
+    assert slow.network.scale_out_bw_gbs == pytest.approx(12.5)
+    assert case_cluster(row, []).network.scale_out_bw_gbs == pytest.approx(50.0)
+    assert any("800 Gb/s per node (given)" in a for a in assumptions)
+    case = {**dict.fromkeys(COLUMNS, ""), "case_id": "X1", "model": "llama2-7b", "num_layers": "32",
+            "hidden_size": "4096", "num_heads": "32", "num_kv_heads": "32", "ffn_hidden_size": "11008",
+            "ffn_type": "swiglu", "vocab_size": "32000", "seq_len": "4096", "global_batch_size": "192",
+            "micro_batch_size": "2", "tp": "1", "pp": "1", "dp": "96", "cp": "1", "vpp": "1", "zero_stage": "3",
+            "recompute": "none", "sequence_parallel": "0", "precision": "bf16", **row, "iteration_time_s": "1.0"}
+    default, given = predict_case(case), predict_case({**case, "node_scale_out_gbit": "800"})
+    assert given.predicted_s > 1.05 * default.predicted_s
+    with pytest.raises(RowSkipped, match="not a positive bandwidth"):
+        case_cluster({**row, "node_scale_out_gbit": "0"}, [])
+
+
 def test_validate_holdout_family_reports_each_family_held_out(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["validate", str(PUBLIC_CASES), "--holdout", "family", "--json"], capsys)
     assert code == 0

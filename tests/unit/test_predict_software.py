@@ -151,6 +151,22 @@ def test_explicit_behaviours_override_what_the_release_implies() -> None:
     assert options == PRODUCTION_STACK and any("not modelled yet" in n for n in notes)
 
 
+def test_sdpa_before_pytorch_2_5_runs_flash_attention_2_and_slows_hopper_only() -> None:
+    """PyTorch's SDPA had no Hopper-native backend before 2.5 (2024-10, its cuDNN backend): an `sdpa` fact with an
+    earlier release month runs at FlashAttention-2's rate, which on an H100 is capped and on an A100 is not."""
+    _, before, notes = resolve(SoftwareFacts(framework="other", version="2024-03", attention_kernel="sdpa"))
+    assert before.attention_kernel == "flash-attn-2" and any("PyTorch 2.5" in n for n in notes)
+    for version in ("2024-10", ""):
+        _, after, _ = resolve(SoftwareFacts(framework="other", version=version, attention_kernel="sdpa"))
+        assert after.attention_kernel == "sdpa"
+    model, plan = load_model("llama3-8b"), ParallelPlan(dp=8, zero_stage=3, micro_batch=1, global_batch=8)
+    step = {(acc, options.attention_kernel): estimate(model, load_cluster(f"{acc}:8"), plan, seq_len=8192,
+                                                      options=options).step_time_s
+            for acc in ("h100-sxm", "a100-80g") for options in (before, after)}
+    assert step["h100-sxm", "flash-attn-2"] > 1.01 * step["h100-sxm", "sdpa"]
+    assert step["a100-80g", "flash-attn-2"] == pytest.approx(step["a100-80g", "sdpa"])
+
+
 def test_the_moe_dispatcher_follows_the_release_and_the_moe_facts_override_it() -> None:
     # Megatron-LM's --moe-token-dispatcher-type defaults to allgather; torchtitan and unknown frameworks keep the
     # stack's all-to-all

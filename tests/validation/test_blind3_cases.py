@@ -31,6 +31,24 @@ leaves Transformer Engine's per-expert cuBLAS at the dense rate; an all-to-all d
 twice on each side): -52/-55/-73% -> -49/-52/-71%, 52.3% / 67.3%, coverage 0%; that family is in-sample since
 (holdout.toml). The MXFP8 row stays predicted faster than bf16 although it was published 32% slower: its
 quantisation and host work per expert is not modelled. All 33 rows unchanged at 14.3% / 39.0%, coverage 85%.
+
+Afterwards (branch fsdpfix): two mechanisms of the IBM PyTorch-FSDP runs were added after their errors were seen,
+each from the publications' or PyTorch's own words, none fitted: (1) the network as published — a new optional
+column node_scale_out_gbit (a node's NICs together: 400 Gb/s on the 128 A100, 800 Gb/s on the 96 H100, 3.2 Tb/s on
+the 464 H100, read per node, inferred), where the catalog had assumed one 200 / 400 Gb/s NIC per GPU, 4x more; the
+March blog itself measured "a 10% gap due to network 'peeking' out" on its H100s; (2) an `sdpa` fact before PyTorch
+2.5 (2024-10, SDPA's first Hopper-native backend, cuDNN) runs FlashAttention-2, capped on Hopper (frameworks.py
+SDPA_HOPPER_KERNEL_SINCE). Moves: ibm_fsdp_blog_2403 19.0% / 36.6% -> 13.0% / 29.4% (signed -19% -> -13%; 96 H100
+-35/-40/-21/-17% -> -28/-34/-14/-11%; A100 -13/-22/0/+7% -> -8/-18/+4/+12%), coverage 75% -> 88%; fms_fsdp_readme
+10.9% / 21.4% -> 8.7% / 11.4% (13B at batch 1 -26% -> -4%); ibm_fsdp_compile_blog_2405 11.7% / 23.3% -> 13.4% /
+21.5% (464 H100 -22/-26/-11/-11% -> -20/-25/-10/-9%, A100 0/-11/+12/+15% -> +6/-6/+17/+20%: the A100 compile rows
+move the wrong way). Those three families are in-sample since (holdout.toml); TinyLlama, the MLPerf rows and the MoE
+family are unchanged. All 33 rows 14.3% / 39.0% -> 14.1% / 32.4%, coverage 85% -> 88%. Not closed: the 96-H100 7B/13B
+rows stay -28/-34% (the blog's own guess is the H100's HBM bandwidth, which the predictor's memory-bound terms
+already carry); the 13B rows ran the blog's "checkpoint every n blocks" (n unpublished, recompute empty), which
+the predictor fills with no recompute, as it fits in memory with FSDP over all ranks — under the HSDP the README
+prints for 7B/13B the model states shard over 8 GPUs only (about 23 GiB more per GPU for 13B), which the columns
+cannot express (see the rows' notes).
 """
 
 from __future__ import annotations
@@ -42,7 +60,14 @@ import pytest
 import test_software_facts
 
 from bastion.predict.frameworks import FACT_COLUMNS, MOE_FACT_COLUMNS, framework_releases
-from bastion.predict.validate import COLUMNS, MOE_COLUMNS, PUBLIC_CASES, read_cases, validate_cases
+from bastion.predict.validate import (
+    COLUMNS,
+    MOE_COLUMNS,
+    NETWORK_COLUMNS,
+    PUBLIC_CASES,
+    read_cases,
+    validate_cases,
+)
 
 DATA = Path(__file__).parent / "data"
 BLIND3 = DATA / "blind3_cases.csv"
@@ -54,15 +79,18 @@ FAMILIES = {"ibm_fsdp_blog_2403", "fms_fsdp_readme", "ibm_fsdp_compile_blog_2405
 ROWS = read_cases(BLIND3)
 REPORT = validate_cases(BLIND3)
 #: family -> (rows predicted, median |error|, p90 |error|, coverage of the shipped interval), measured at f6bea4b;
-#: all and mlperf_training_v31_gpt3 re-measured after the NeMo 2023-03 entry, megatron_fsdp_v2_qwen3 after finemoe
-MEASURED = {"all": (33, 0.143, 0.390, 0.848), "fms_fsdp_readme": (4, 0.109, 0.214, 1.0),
-            "ibm_fsdp_blog_2403": (8, 0.190, 0.366, 0.750), "ibm_fsdp_compile_blog_2405": (8, 0.117, 0.233, 1.0),
+#: all and mlperf_training_v31_gpt3 re-measured after the NeMo 2023-03 entry, megatron_fsdp_v2_qwen3 after finemoe,
+#: all and the three IBM fms-fsdp families after fsdpfix (the docstring's last paragraph: the compile family's median
+#: grew, 11.7% -> 13.4%)
+MEASURED = {"all": (33, 0.141, 0.324, 0.879), "fms_fsdp_readme": (4, 0.087, 0.114, 1.0),
+            "ibm_fsdp_blog_2403": (8, 0.130, 0.294, 0.875), "ibm_fsdp_compile_blog_2405": (8, 0.134, 0.215, 1.0),
             "megatron_fsdp_v2_qwen3": (3, 0.523, 0.673, 0.0), "mlperf_training_v31_gpt3": (7, 0.138, 0.143, 1.0),
             "mlperf_training_v40_gpt3": (2, 0.193, 0.194, 1.0), "tinyllama": (1, 0.223, 0.223, 1.0)}
 
 
 def test_the_file_has_the_moe_case_file_columns_and_states_its_evidence() -> None:
-    checks.assert_rows_state_their_evidence(BLIND3, [*COLUMNS, *FACT_COLUMNS, *MOE_COLUMNS, *MOE_FACT_COLUMNS])
+    checks.assert_rows_state_their_evidence(BLIND3, [*COLUMNS, *FACT_COLUMNS, *MOE_COLUMNS, *MOE_FACT_COLUMNS,
+                                                     *NETWORK_COLUMNS])
     assert {r["model"] for r in ROWS if r["num_experts"]} == {"Qwen3-30B-A3B"}
 
 
@@ -73,9 +101,12 @@ def test_its_frameworks_are_known_or_declared_other() -> None:
 
 def test_its_families_are_new_and_declared_out_of_sample() -> None:
     # NeMo 2023-03's fp8 attention entry (frameworks.toml) was added after the MLPerf v3.1 rows were seen, the
-    # fine-grained MoE mechanisms (predict/moe.py) after the Megatron-FSDP Qwen3 rows were
+    # fine-grained MoE mechanisms (predict/moe.py) after the Megatron-FSDP Qwen3 rows were, the per-node network
+    # column and SDPA-before-2.5 as FlashAttention-2 (fsdpfix) after the IBM fms-fsdp rows were
     checks.assert_families_new_and_blind(BLIND3, OTHER_CASE_FILES, FAMILIES,
-                                         seen_since=frozenset({"mlperf_training_v31_gpt3", "megatron_fsdp_v2_qwen3"}))
+                                         seen_since=frozenset({"mlperf_training_v31_gpt3", "megatron_fsdp_v2_qwen3",
+                                                               "ibm_fsdp_blog_2403", "fms_fsdp_readme",
+                                                               "ibm_fsdp_compile_blog_2405"}))
 
 
 def test_no_prediction_depends_on_the_publication(tmp_path: Path) -> None:

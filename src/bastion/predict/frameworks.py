@@ -24,6 +24,14 @@ FP8_RECIPES = ("tensorwise", "rowwise", "blockwise", "mxfp8", "delayed", "curren
 ATTENTION_KERNELS: dict[str, str | None] = {"flash-attn-2": "flash-attn-2", "flash-attn-3": "sdpa", "cudnn": "sdpa",
                                             "sdpa": "sdpa", "triton": "flash-attn-triton", "unfused": "",
                                             "flex": None}
+#: the release month from which PyTorch's SDPA runs a Hopper-native kernel by default: PyTorch 2.5 (2024-10-17)
+#: "features a new CuDNN backend for SDPA, enabling speedups by default for users of SDPA on H100s or newer GPUs"
+#: (release blog, pytorch/pytorch.github.io _posts/2024-10-17-pytorch2-5.md). Before it SDPA's fastest backend was
+#: its flash backend, FlashAttention-2 since PyTorch 2.2 (attention_kernels.toml `flash-attn-2`), so an `sdpa` fact
+#: with an earlier framework_version runs at FlashAttention-2's rate (on Ampere that is the calibrated rate; on
+#: Hopper the kernel does not use the card's newest instructions). From 2024-10 on `sdpa` keeps the calibrated rate
+#: (torch 2.11's SDPA); which backend each later release prefers by default is not modelled here.
+SDPA_HOPPER_KERNEL_SINCE = "2024-10"
 #: the software columns a case file may carry (after the schema's fixed columns)
 FACT_COLUMNS = ("framework", "framework_version", "compile", "fp8_recipe", "attention_kernel", "tp_overlap",
                 "activation_offload", "recompute_layers", "facts_source")
@@ -189,8 +197,13 @@ def resolve(facts: SoftwareFacts) -> tuple[SoftwareStack, PredictOptions, list[s
             options = replace(options, flash_attention=False, fp8_attention_kernel="")
             notes.append("attention_kernel: unfused (given)")
         else:
+            why = ""
+            if facts.attention_kernel == "sdpa" and facts.version and facts.version < SDPA_HOPPER_KERNEL_SINCE:
+                kernel = "flash-attn-2"
+                why = (f" (PyTorch's SDPA of {facts.version} runs FlashAttention-2: its cuDNN backend came with "
+                       f"PyTorch 2.5, {SDPA_HOPPER_KERNEL_SINCE})")
             options = replace(options, flash_attention=True, attention_kernel=kernel, fp8_attention_kernel="")
-            notes.append(f"attention_kernel: {facts.attention_kernel} (given), at the rate of {kernel}")
+            notes.append(f"attention_kernel: {facts.attention_kernel} (given), at the rate of {kernel}{why}")
     if facts.fp8_recipe:
         options = replace(options, fp8_recipe=facts.fp8_recipe)
         notes.append(f"fp8_recipe: {facts.fp8_recipe} (given; its quantisation traffic and GEMM rate apply to fp8 "

@@ -54,6 +54,9 @@ MLA_COLUMNS = ("q_lora_rank", "kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_
 #: all of them, in the schema's order
 MOE_COLUMNS = ("num_experts", "top_k", "moe_ffn_hidden_size", "num_shared_experts", "ep", "etp", "head_dim", "attention",
                "dense_layers", *MLA_COLUMNS, "pipeline_layout", "max_routed_nodes")
+#: optional cluster columns (CASES_SCHEMA.md), after all the others: what a row says of its network where the
+#: accelerator's catalog default (one NIC per device at the catalog's nic_gbit) is not what the run had
+NETWORK_COLUMNS = ("node_scale_out_gbit",)
 
 
 class RowSkipped(Exception):
@@ -258,6 +261,15 @@ def case_cluster(row: dict[str, str], assumptions: list[str]) -> Cluster:
                                f"{domains} domains of {num_gpus // domains}")
             per_node = num_gpus // domains
     network = default_network(acc)
+    node_gbit = _float(row, "node_scale_out_gbit")
+    if node_gbit is not None:
+        if node_gbit <= 0:
+            raise RowSkipped(f"node_scale_out_gbit = {node_gbit:g} is not a positive bandwidth")
+        # a node's NICs together, as clusters are described (DGX H100: 8 x 400 Gb/s = 3.2 Tb/s); the collectives
+        # spread a node's inter-node traffic over its devices' share of them (predict/comm.py)
+        network = replace(network, scale_out_bw_gbs=node_gbit / 8.0 / per_node)
+        assumptions.append(f"scale-out network: {node_gbit:g} Gb/s per node (given), "
+                           f"{node_gbit / per_node:g} Gb/s per device")
     # NVLink spans one node, except on rack-scale systems whose domain is larger than a tray (NVL72, TPU): a row
     # giving more than 8 there names the part of the domain the job uses
     if acc.scale_up_domain <= 8 or per_node > 8:
