@@ -1,6 +1,7 @@
 """Checks shared by the case files of published runs held out of the predictor (heldout_cases.csv, blind_cases.csv,
-blind2_cases.csv, blind3_cases.csv): each row states its evidence, a blind file's families are new and declared out of
-sample, every row is predicted or refused with a reason, and a family's figures stay near what was measured once."""
+blind2_cases.csv, blind3_cases.csv, blind4_cases.csv): each row states its evidence, a blind file's families are new
+and declared out of sample, every row is predicted or refused with a reason, and a family's figures stay near what was
+measured once."""
 
 from __future__ import annotations
 

@@ -47,7 +47,7 @@ DATA = Path(__file__).parent / "data"
 BLIND2 = DATA / "blind2_cases.csv"
 OTHER_CASE_FILES = (PUBLIC_CASES, DATA / "nemo_cases.csv", DATA / "torchtitan_cases.csv",
                     DATA / "heldout_cases.csv", DATA / "moe_cases.csv", DATA / "blind_cases.csv",
-                    DATA / "blind3_cases.csv")
+                    DATA / "blind3_cases.csv", DATA / "blind4_cases.csv")
 ROWS = read_cases(BLIND2)
 REPORT = validate_cases(BLIND2)
 #: family -> (rows predicted, median |error|, p90 |error|, coverage floor of the shipped interval): the errors

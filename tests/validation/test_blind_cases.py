@@ -34,7 +34,7 @@ DATA = Path(__file__).parent / "data"
 BLIND = DATA / "blind_cases.csv"
 OTHER_CASE_FILES = (PUBLIC_CASES, DATA / "nemo_cases.csv", DATA / "torchtitan_cases.csv",
                     DATA / "heldout_cases.csv", DATA / "moe_cases.csv", DATA / "blind2_cases.csv",
-                    DATA / "blind3_cases.csv")
+                    DATA / "blind3_cases.csv", DATA / "blind4_cases.csv")
 ROWS = read_cases(BLIND)
 REPORT = validate_cases(BLIND)
 #: family -> (rows predicted, median |error|, p90 |error|, coverage of the shipped interval), measured at 315109c
