@@ -146,3 +146,24 @@ def test_estimate_fast_path_equals_the_exact_count(plan: ParallelPlan) -> None:
     for stage in range(plan.pp):
         exact = model_state_bytes(model, plan, stage)
         assert stage_states(model, plan, stage) == (exact["params"], exact["grads"], exact["optimizer"])
+
+
+def test_bastions_runtime_holds_fp32_gradients_under_mixed_precision() -> None:
+    # runtime/parallelize.py: fp32 parameters under autocast on one device; FSDP2 shards fp32 parameters and
+    # reduces (and accumulates unsynced gradients) in reduce_dtype fp32. The bf16 working copy and the fp32
+    # parameters + Adam moments stay ZeRO's 2 and 12 bytes.
+    from bastion.predict import estimate
+    from bastion.predict.software import software_stack
+    from bastion.specs import load_cluster
+
+    assert state_bytes_per_param("bf16", fp32_gradients=True) == (2, 4, 12)
+    assert state_bytes_per_param("fp32", fp32_gradients=True) == (4, 4, 8)
+    model = load_model("llama3-8b")
+    for plan in (ParallelPlan(micro_batch=1, global_batch=4, recompute="full"),
+                 ParallelPlan(dp=8, zero_stage=1, micro_batch=1, global_batch=16, recompute="full"),
+                 ParallelPlan(dp=8, zero_stage=3, micro_batch=1, global_batch=16, recompute="full")):
+        cluster = load_cluster(f"h100-sxm:{plan.num_gpus}")
+        runtime = estimate(model, cluster, plan, options=software_stack("bastion").options).memory
+        other = estimate(model, cluster, plan, options=software_stack("production").options).memory
+        assert runtime.grads == 2 * other.grads
+        assert (runtime.params, runtime.optimizer) == (other.params, other.optimizer)

@@ -89,10 +89,11 @@ def test_an_older_kernel_makes_a_long_sequence_step_slower_on_hopper_not_on_ampe
 def test_the_production_stack_in_the_data_file_is_the_one_the_code_names() -> None:
     assert software_stack("production").options == PRODUCTION_STACK
     # bastion's runtime differs from the defaults only in where it puts the experts (ep carved from dp × cp), in
-    # the kernel its experts' GEMMs run (torch._grouped_mm) and in what its DTensor sequence parallelism keeps of
-    # the matmuls' gathered inputs
+    # the kernel its experts' GEMMs run (torch._grouped_mm), in what its DTensor sequence parallelism keeps of
+    # the matmuls' gathered inputs, in how often FSDP2 runs its collectives and in its fp32 gradients
     assert software_stack("bastion").options == PredictOptions(moe_expert_layout="bastion", sp_gathered_inputs=True,
-                                                               grouped_gemm="torch_grouped_mm")
+                                                               grouped_gemm="torch_grouped_mm", runtime_fsdp=True,
+                                                               fp32_gradients=True)
 
 
 def test_every_stack_and_every_framework_release_cites_its_evidence() -> None:

@@ -262,6 +262,9 @@ class _StageKey(NamedTuple):
     recomputed: int = -1
     #: the rank's layers whose activations are offloaded to host memory
     offloaded: int = 0
+    #: ZeRO-3 whose gradients are reduced once per step, not with every micro-batch's backward
+    #: (`_data_parallel_schedule`: bastion's runtime under a pipeline)
+    deferred_reduction: bool = False
 
 
 def _stage_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: int, layers: int,
@@ -273,7 +276,8 @@ def _stage_time(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len:
     key = _StageKey(plan.shard_degree if zero3 else 1, plan.tp, plan.cp, 3 if zero3 else 0, plan.micro_batch,
                     plan.recompute, plan.sequence_parallel, plan.precision, *_expert_key(plan, options),
                     recomputed if plan.recompute == "full" and recomputed < layers else -1,
-                    offloaded_layers(model, plan, stage))
+                    offloaded_layers(model, plan, stage),
+                    zero3 and not _data_parallel_schedule(plan, options).reduces_per_micro_batch)
     # the layers without experts among the partially recomputed ones (leading dense layers sit in the first chunk)
     dense_recomputed = recomputed_dense_layers(model, plan, stage) if key.recomputed >= 0 else 0
     return _stage_time_of(model, cluster, key, seq_len, layers, has_first, has_last, options, dense,
@@ -408,23 +412,36 @@ def _fsdp_schedule(plan: ParallelPlan) -> FsdpSchedule:
     return FsdpSchedule(0, 0, gathers, 1)
 
 
+def _data_parallel_schedule(plan: ParallelPlan, options: PredictOptions) -> FsdpSchedule:
+    """How often the software runs the data-parallel collectives of each unit in one step, where nothing measured
+    them (datasheet or GPU rates): bastion's runtime as `_fsdp_schedule` says (PredictOptions.runtime_fsdp);
+    other software reduces ZeRO 0-2 gradients once per step, after the last micro-batch, and gathers ZeRO 1/2
+    parameters once (DDP's no_sync, Megatron's distributed optimizer, DeepSpeed), while ZeRO-3 gathers twice and
+    reduce-scatters with every micro-batch."""
+    if options.runtime_fsdp:
+        return _fsdp_schedule(plan)
+    if plan.zero_stage == 3:
+        return FsdpSchedule(2, 1, 0, 0)
+    return FsdpSchedule(0, 0, 1, 1)
+
+
+def _runtime_fsdp_note(plan: ParallelPlan, schedule: FsdpSchedule) -> str:
+    """What the estimate assumes of FSDP2's collectives in bastion's runtime (`_data_parallel_schedule`)."""
+    m = plan.num_microbatches
+    gathers = 0 if plan.zero_stage == 0 else m * schedule.gathers_per_micro_batch + schedule.gathers_once
+    reductions = m * schedule.reduces_per_micro_batch + schedule.reduces_once
+    return (f"FSDP2 as bastion's runtime runs it: each unit gathered {gathers} and its gradients reduced "
+            f"{reductions} time{'s' if reductions != 1 else ''} a step ({m} micro-batch{'es' if m != 1 else ''})")
+
+
 def _runtime_fsdp_comm(node: Cluster, model: ModelSpec, plan: ParallelPlan, layers: int, has_first: bool,
                        has_last: bool) -> tuple[float, float]:
     """Seconds of FSDP2's collectives on one rank of bastion's runtime, none hidden, as (per micro-batch, once
     per step): every plan with dp × cp > 1 runs FSDP2 (runtime/parallelize.py), on the schedule
     `_fsdp_schedule` says. Where the profile timed FSDP2's units on real groups of the plan's layout, each unit
-    costs that (hooks, latency, waiting) plus its collectives' bytes. A micro-batch that runs no collective (its
-    reduction deferred to the last) still runs FSDP2's hooks (the profile's one-process layer_fsdp_s per unit).
-
-    Where the profile's row also holds FSDP2's CPU seconds per unit as a line in the unit's parameter bytes
-    (FsdpUnitCost.cpu_line), a unit's bytes cost the line's slope / the ranks' core share instead of the
-    collective probe's bytes term: on a host whose ranks share the cores the work over a unit's bytes is CPU
-    work, and FSDP2's is more than the raw collective's (its replicate path's copy-in, size-1 reduce-scatter
-    copy, averaging and copy-out, the forward's copies: memory passes at the shared bandwidth), which the line
-    measured at a realistic width holds. The size-free part stays the wall figure at negligible size: it holds
-    the waiting the CPU line does not (charging the line's own fixed CPU seconds instead put `tiny`'s ZeRO-3 at
-    0.65x of its measured step, 0.78x with the wall figure, in the 2026-12-07 19:00 table: a choice made after
-    seeing that table). The waiting stays out of `_sync_points` as before."""
+    costs that (hooks, latency, waiting) plus its collectives' bytes (`_cpu_line_fsdp_comm` where the profile
+    holds them as a CPU line). A micro-batch that runs no collective (its reduction deferred to the last) still
+    runs FSDP2's hooks (the profile's one-process layer_fsdp_s per unit)."""
     shard = plan.dp * plan.cp
     if shard <= 1:
         return 0.0, 0.0
@@ -437,47 +454,67 @@ def _runtime_fsdp_comm(node: Cluster, model: ModelSpec, plan: ParallelPlan, laye
                                                                                 plan.etp)]
     units = layer * layers + [(root, group)]
     measured = _measured_fsdp(node, plan)
-    share = node.accelerator.core_share(node.gpus_per_node)
-    reduce_once = 0.0  # the CPU line's reduction part, where it runs once per step but the gathers do not
+    schedule = _fsdp_schedule(plan)
     if measured is None:
+        # (the hooks are already in the host overhead per micro-batch: _micro_batch_overhead)
         gather = sum(comm.all_gather_time(node, float(n * p_bytes), g) for n, g in units)
         reduce = sum(comm.reduce_scatter_time(node, float(n * g_bytes), g) for n, g in units)
-        fixed = 0.0
-    else:
-        # the profile timed FSDP2's units on real groups at a negligible size (hooks, the collectives' latency,
-        # the waiting): per unit that, plus only the bytes of its collectives at the measured bandwidth. ZeRO 0
-        # runs FSDP2 replicated (runtime/mesh.py dp_layout): no gather, its gradients all-reduced.
-        def bytes_term(op: str, nbytes: float, g: comm.GroupPlacement) -> float:
-            if g.size <= 1 or nbytes <= 0:
-                return 0.0
-            at_size = node.profile.collective_wall_time(op, g.size, nbytes, share) or 0.0
-            return at_size - (node.profile.collective_wall_time(op, g.size, 0.0, share) or 0.0)
+        return _on_fsdp_schedule(schedule, gather, reduce, 0.0, 0.0)
+    # the profile timed FSDP2's units on real groups at a negligible size (hooks, the collectives' latency, the
+    # waiting): per unit that, plus only the bytes of its collectives at the measured bandwidth. ZeRO 0 runs
+    # FSDP2 replicated (runtime/mesh.py dp_layout): no gather, its gradients all-reduced.
+    share = node.accelerator.core_share(node.gpus_per_node)
+    fixed = (len(layer) * layers * measured.unit_s + measured.root_s) / share
+    hooks = (len(layer) * layers + 1) * node.profile.host_overheads.layer_fsdp_s / share
+    if measured.cpu_line:
+        return _cpu_line_fsdp_comm(node, plan, units, measured, schedule, fixed, hooks)
 
-        fixed = (len(layer) * layers * measured.unit_s + measured.root_s) / share
-        if measured.cpu_line:
-            # the unit's bytes at the CPU line's slope, gathers and reductions included; its size-free part stays
-            # the wall figure, which holds the waiting the CPU line does not. Where the gathers recur per
-            # micro-batch but the reduction runs once (ZeRO-3 under a pipeline), only the gathers' part recurs.
-            line = sum(n * p_bytes for n, g in units if g.size > 1) * measured.cpu_s_per_byte / share
-            gathered = _gathers_share_of_cpu_line(node, plan, measured)
-            fixed += line * gathered
-            reduce_once = line * (1.0 - gathered)
-            gather = reduce = 0.0
-        else:
-            gather = sum(bytes_term("all_gather", float(n * p_bytes), g) for n, g in units if plan.zero_stage > 0)
-            reduce = sum(bytes_term("all_reduce" if plan.zero_stage == 0 else "reduce_scatter",
-                                    float(n * g_bytes), g) for n, g in units)
-    schedule = _fsdp_schedule(plan)
+    def bytes_term(op: str, nbytes: float, g: comm.GroupPlacement) -> float:
+        if g.size <= 1 or nbytes <= 0:
+            return 0.0
+        at_size = node.profile.collective_wall_time(op, g.size, nbytes, share) or 0.0
+        return at_size - (node.profile.collective_wall_time(op, g.size, 0.0, share) or 0.0)
+
+    gather = sum(bytes_term("all_gather", float(n * p_bytes), g) for n, g in units if plan.zero_stage > 0)
+    reduce = sum(bytes_term("all_reduce" if plan.zero_stage == 0 else "reduce_scatter", float(n * g_bytes), g)
+                 for n, g in units)
+    return _on_fsdp_schedule(schedule, gather, reduce, fixed, hooks)
+
+
+def _cpu_line_fsdp_comm(node: Cluster, plan: ParallelPlan, units: list[tuple[int, comm.GroupPlacement]],
+                        measured: FsdpUnitCost, schedule: FsdpSchedule, fixed: float, hooks: float
+                        ) -> tuple[float, float]:
+    """`_runtime_fsdp_comm` where the profile's row also holds FSDP2's CPU seconds per unit as a line in the
+    unit's parameter bytes (FsdpUnitCost.cpu_line): a unit's bytes cost the line's slope / the ranks' core share
+    instead of the collective probe's bytes term, gathers and reductions included. On a host whose ranks share the
+    cores the work over a unit's bytes is CPU work, and FSDP2's is more than the raw collective's (its replicate
+    path's copy-in, size-1 reduce-scatter copy, averaging and copy-out, the forward's copies: memory passes at the
+    shared bandwidth), which the line measured at a realistic width holds. The size-free part (`fixed`) stays the
+    wall figure at negligible size: it holds the waiting the CPU line does not (charging the line's own fixed CPU
+    seconds instead put `tiny`'s ZeRO-3 at 0.65x of its measured step, 0.78x with the wall figure, in the
+    2026-12-07 19:00 table: a choice made after seeing that table). The waiting stays out of `_sync_points` as
+    before."""
+    share = node.accelerator.core_share(node.gpus_per_node)
+    p_bytes = state_bytes_per_param(plan.precision)[0]
+    line = sum(n * p_bytes for n, g in units if g.size > 1) * measured.cpu_s_per_byte / share
+    gathered = _gathers_share_of_cpu_line(node, plan, measured)
+    recurring, reduction = fixed + line * gathered, line * (1.0 - gathered)
+    if schedule.gathers_per_micro_batch and not schedule.reduces_per_micro_batch:
+        # the gathers recur per micro-batch but the reduction runs once (ZeRO-3 under a pipeline): only the
+        # gathers' part of the line recurs with the measured unit cost
+        return recurring, reduction
+    return _on_fsdp_schedule(schedule, 0.0, 0.0, recurring + reduction, hooks)
+
+
+def _on_fsdp_schedule(schedule: FsdpSchedule, gather: float, reduce: float, fixed: float, hooks: float
+                      ) -> tuple[float, float]:
+    """(per micro-batch, once per step) seconds of FSDP2's gathers and reductions (`gather`, `reduce`: each
+    once, every unit) on `schedule`, with the measured size-free unit cost `fixed`, which recurs with the
+    gathers, or else runs once; a micro-batch that runs no collective still runs FSDP2's `hooks`."""
     per_micro_batch = schedule.gathers_per_micro_batch * gather + schedule.reduces_per_micro_batch * reduce
     once = schedule.gathers_once * gather + schedule.reduces_once * reduce
-    if schedule.gathers_per_micro_batch and not schedule.reduces_per_micro_batch:
-        once += reduce_once  # the reduction's CPU bytes once per step, the gathers' with every micro-batch
-    else:
-        fixed += reduce_once  # every collective recurs together (or all run once: `fixed` moves to `once`)
-    if schedule.gathers_per_micro_batch:  # the measured unit cost recurs with the gathers
+    if schedule.gathers_per_micro_batch:
         return fixed + per_micro_batch, once
-    # (without measured units the hooks are already in the host overhead per micro-batch: _micro_batch_overhead)
-    hooks = 0.0 if measured is None else (len(layer) * layers + 1) * node.profile.host_overheads.layer_fsdp_s / share
     once += fixed
     return per_micro_batch + min(hooks, once), max(0.0, once - hooks)
 
@@ -699,7 +736,7 @@ def _stage_time_of(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len:
                    dense_recomputed: int = 0) -> _StageTime:
     """`dense` of the stage's `layers` are an MoE model's layers without experts (leading or interleaved),
     `dense_recomputed` of them among the `plan.recomputed` a partial recompute re-runs."""
-    key = plan._replace(dp=1, zero_stage=0, recomputed=-1, offloaded=0)
+    key = plan._replace(dp=1, zero_stage=0, recomputed=-1, offloaded=0, deferred_reduction=False)
     costs = _mean_layer_costs(model, cluster, key, seq_len, layers, dense, plan.recomputed, dense_recomputed,
                               options)
     gemm_fwd, attn_fwd, layer_compute, layer_recompute, layer_membound, layer_tp, layer_cp, layer_ep, layer_etp = costs
@@ -717,7 +754,8 @@ def _stage_time_of(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len:
     membound_t += head_membound
 
     # ZeRO-3 / FSDP: each layer's parameters are all-gathered for the forward and again for the backward, and
-    # its gradients reduce-scattered; prefetching hides them under the neighbouring layer's compute
+    # its gradients reduce-scattered (unless deferred to the step's end: estimate's once-per-step reduction);
+    # prefetching hides them under the neighbouring layer's compute
     # one layer's forward and backward passes: what a prefetched ZeRO-3 gather or an offload copy can hide under
     fwd_window = gemm_fwd + attn_fwd + layer_membound / 4
     bwd_window = layer_compute - gemm_fwd - attn_fwd + layer_recompute + layer_membound * 3 / 4
@@ -728,9 +766,10 @@ def _stage_time_of(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len:
         expert_group = moe.expert_data_parallel_group(cluster, plan.dp, plan.tp, plan.ep, plan.etp)
         units = [(n, expert_group if expert else dp_group)
                  for n, expert in fsdp_units(model, plan.tp, options.fsdp_unit, plan.ep, plan.etp)]
-        p_bytes, g_bytes, _ = state_bytes_per_param(plan.precision)
+        p_bytes, g_bytes, _ = state_bytes_per_param(plan.precision, options.fp32_gradients)
         gather = sum(comm.all_gather_time(cluster, float(n * p_bytes), group) for n, group in units)
-        scatter = sum(comm.reduce_scatter_time(cluster, float(n * g_bytes), group) for n, group in units)
+        scatter = 0.0 if plan.deferred_reduction else sum(comm.reduce_scatter_time(cluster, float(n * g_bytes), group)
+                                                          for n, group in units)
         # while a collective overlaps compute, its NCCL kernels hold SMs: the compute under it runs slower
         slow = load_calibration().network["overlap_slowdown"]
         fwd_comm, bwd_comm = gather, gather + scatter
@@ -741,7 +780,8 @@ def _stage_time_of(model: ModelSpec, cluster: Cluster, plan: _StageKey, seq_len:
             # embedding / LM head tables are gathered too (as their own FSDP unit)
             table_numel = model.vocab_size * model.hidden_size // plan.tp * (int(has_first) + int(has_last))
             t_gather = comm.all_gather_time(cluster, float(table_numel * p_bytes), dp_group)
-            t_scatter = comm.reduce_scatter_time(cluster, float(table_numel * g_bytes), dp_group)
+            t_scatter = 0.0 if plan.deferred_reduction else comm.reduce_scatter_time(
+                cluster, float(table_numel * g_bytes), dp_group)
             fsdp += max(0.0, 2 * t_gather + t_scatter - head_compute)
     offload = 0.0
     if plan.offloaded:
@@ -1034,7 +1074,7 @@ def memory_lower_bound(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, s
             return 1.0
         return sum(1 for n in stage_chunk_layers(model, plan, i) if n) / layers  # each non-empty chunk's last
 
-    worst = max(sum(stage_states(model, plan, i)) + (1 + options.fragmentation) * tokens * inputs_per_token
+    worst = max(sum(stage_states(model, plan, i, options.fp32_gradients)) + (1 + options.fragmentation) * tokens * inputs_per_token
                 * schedule.layer_microbatches_in_flight(plan.pp_schedule, plan.pp, plan.vpp, m, i,
                                                         stages.roles[i][0])
                 * kept(i)
@@ -1104,20 +1144,27 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     if plan.pp > 1 and saturated:
         bubble = _shared_core_bubble(node, m * slowest.total + pp_comm, bubble)
 
-    # data parallelism (ZeRO 0-2): gradients are reduced once per step; DDP's buckets overlap the reduction with
-    # the last micro-batch's backward, except the last bucket. ZeRO 1/2 then all-gather the updated parameters.
+    # data parallelism: the collectives `_data_parallel_schedule` runs per step that the stage time does not hold
+    # (ZeRO 0-2's; ZeRO-3's reduction where it is deferred to the step's end). Each reduction overlaps the backward
+    # it follows, but for the last bucket (DDP's buckets); ZeRO 1/2's gathers the forward that needs them.
     # FSDP2's once-per-step part (its gradient reduction after the last backward where `_fsdp_schedule` defers it)
     dp_comm = m * slowest.fsdp_exposed + (max(once for _, once in fsdp.values()) if saturated else 0.0)
-    worst = max(representatives, key=lambda i: sum(stage_states(model, plan, i)))
-    worst_states = stage_states(model, plan, worst)
-    p_bytes, g_bytes, o_bytes = state_bytes_per_param(plan.precision)
-    if max(plan.shard_degree, plan.expert_data_parallel) > 1 and plan.zero_stage < 3 and not saturated:
+    worst = max(representatives, key=lambda i: sum(stage_states(model, plan, i, options.fp32_gradients)))
+    worst_states = stage_states(model, plan, worst, options.fp32_gradients)
+    p_bytes, g_bytes, o_bytes = state_bytes_per_param(plan.precision, options.fp32_gradients)
+    dp_schedule = _data_parallel_schedule(plan, options)
+    if plan.zero_stage < 3:
+        reductions = m * dp_schedule.reduces_per_micro_batch + dp_schedule.reduces_once
+        gathers = m * dp_schedule.gathers_per_micro_batch + dp_schedule.gathers_once
+    else:  # ZeRO-3's gathers (and its reductions per micro-batch) are in the stage time (`_stage_time_of`)
+        reductions, gathers = dp_schedule.reduces_once, 0
+    if max(plan.shard_degree, plan.expert_data_parallel) > 1 and reductions and not saturated:
         # gradients are reduced over dp × cp (context-parallel ranks hold the same parameters), the routed
         # experts' over the ranks that hold the same experts (Megatron-Core's expert-data-parallel group; folded
         # over tp ranks it is not a subgroup of dp × cp)
         dp_group = comm.place_group(cluster, plan.shard_degree, plan.tp)
         expert_group = moe.expert_data_parallel_group(cluster, plan.shard_degree, plan.tp, plan.ep, plan.etp)
-        expert_grads = stage_expert_grad_bytes(model, plan, worst)
+        expert_grads = stage_expert_grad_bytes(model, plan, worst, options.fp32_gradients)
         if plan.zero_stage < 2:
             dense_grads = worst_states[1] - expert_grads
         else:
@@ -1132,18 +1179,19 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
             reduce = (comm.reduce_scatter_time(cluster, dense_grads, dp_group)
                       + comm.reduce_scatter_time(cluster, expert_grads, expert_group))
             gather = (comm.all_gather_time(cluster, dense_grads / g_bytes * p_bytes, dp_group)
-                      + comm.all_gather_time(cluster, expert_grads / g_bytes * p_bytes, expert_group))
+                      + comm.all_gather_time(cluster, expert_grads / g_bytes * p_bytes, expert_group)
+                      ) if gathers else 0.0
         last_bucket = comm.all_reduce_time(cluster, bucket, last_group)
         slow = load_calibration().network["overlap_slowdown"]
         hidden = min(reduce, slowest.backward)
-        dp_comm += max(reduce - slowest.backward, last_bucket) + slow * hidden
+        dp_comm += reductions * (max(reduce - slowest.backward, last_bucket) + slow * hidden)
         if gather and options.overlap_param_gather:
-            # the next step's first forward hides the gathers, but for the first bucket's
+            # the next forward hides the gathers, but for the first bucket's
             first = comm.all_gather_time(cluster, bucket / g_bytes * p_bytes, last_group)
             shown = min(gather, slowest.forward)
-            dp_comm += max(gather - slowest.forward, first) + slow * shown
+            dp_comm += gathers * (max(gather - slowest.forward, first) + slow * shown)
         else:
-            dp_comm += gather
+            dp_comm += gathers * gather
 
     optimizer = compute.membound_time(acc, worst_states[2] / o_bytes * compute.optimizer_bytes_per_param(
         plan.precision, acc))
@@ -1204,6 +1252,10 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
         ("under the pipeline schedule FSDP2 reduces gradients once per step (its sync off for each micro-batch)"
          + ("; ZeRO-3 gathers every micro-batch" if plan.zero_stage == 3 else ", gathers once, its hooks run "
             "every micro-batch")) if saturated and plan.pp > 1 and plan.dp * plan.cp > 1 else "",
+        _runtime_fsdp_note(plan, dp_schedule) if options.runtime_fsdp and not saturated
+        and plan.shard_degree > 1 else "",
+        "gradients held, accumulated and reduced in fp32 (4 bytes each)"
+        if options.fp32_gradients and plan.precision != "fp32" else "",
         "loss: fused cross-entropy kernel" if options.fused_cross_entropy
         else "loss: plain PyTorch cross-entropy on fp32 logits",
         (f"partial recompute: the first {plan.recompute_layers} layers of each pipeline chunk recomputed whole, "

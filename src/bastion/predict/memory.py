@@ -191,9 +191,12 @@ def stage_param_shapes(model: ModelSpec, plan: ParallelPlan, stage: int) -> list
     return held
 
 
-def state_bytes_per_param(precision: str) -> tuple[int, int, int]:
-    """(parameter, gradient, optimizer) bytes per parameter: ZeRO's 2 + 2 + 12 mixed, or 4 + 4 + 8 fp32."""
-    return (4, 4, 8) if precision == "fp32" else (2, 2, 12)
+def state_bytes_per_param(precision: str, fp32_gradients: bool = False) -> tuple[int, int, int]:
+    """(parameter, gradient, optimizer) bytes per parameter: ZeRO's 2 + 2 + 12 mixed, or 4 + 4 + 8 fp32; mixed
+    with fp32 gradients (PredictOptions.fp32_gradients: bastion's runtime) 2 + 4 + 12."""
+    if precision == "fp32":
+        return 4, 4, 8
+    return (2, 4, 12) if fp32_gradients else (2, 2, 12)
 
 
 def model_state_bytes(model: ModelSpec, plan: ParallelPlan, stage: int, dp_rank: int = 0,
@@ -222,17 +225,19 @@ def model_state_bytes(model: ModelSpec, plan: ParallelPlan, stage: int, dp_rank:
     return {"params": params * p_bytes, "grads": grads * g_bytes, "optimizer": optimizer * o_bytes}
 
 
-def stage_states(model: ModelSpec, plan: ParallelPlan, stage: int) -> tuple[int, int, int]:
-    """(params, grads, optimizer) bytes on rank 0 of a stage, cached by what they depend on: the planner varies
-    batch, recompute and schedule far more often than the degrees that shape the model states."""
+def stage_states(model: ModelSpec, plan: ParallelPlan, stage: int, fp32_gradients: bool = False
+                 ) -> tuple[int, int, int]:
+    """(params, grads, optimizer) bytes on rank 0 of a stage (`fp32_gradients`: state_bytes_per_param's), cached
+    by what they depend on: the planner varies batch, recompute and schedule far more often than the degrees that
+    shape the model states."""
     counts = plan.chunk_layers(model)
     layers, has_first, has_last = stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp, counts)[stage]
     dense = stage_dense_layers(model, plan.pp_schedule, plan.pp, plan.vpp, stage, counts)
     return _states_of_role(model, plan.tp, plan.shard_degree, plan.zero_stage, plan.precision, layers, has_first,
-                           has_last, dense, plan.ep, plan.etp)
+                           has_last, dense, plan.ep, plan.etp, fp32_gradients)
 
 
-def stage_expert_grad_bytes(model: ModelSpec, plan: ParallelPlan, stage: int) -> int:
+def stage_expert_grad_bytes(model: ModelSpec, plan: ParallelPlan, stage: int, fp32_gradients: bool = False) -> int:
     """Bytes of the routed experts' gradients on rank 0 of a stage before any ZeRO sharding of them: the part of
     its gradients that reduces over the expert-data-parallel ranks (ParallelPlan.expert_data_parallel), not over
     dp × cp as the rest does."""
@@ -243,7 +248,7 @@ def stage_expert_grad_bytes(model: ModelSpec, plan: ParallelPlan, stage: int) ->
     moe_layers = layers - stage_dense_layers(model, plan.pp_schedule, plan.pp, plan.vpp, stage, counts)
     numel = sum(_local_numel(p, plan.tp, 0, plan.shard_degree, 0, dp_sharded=False, ep=plan.ep, etp=plan.etp)
                 for p in _layer_shapes(model) if p.expert)
-    return moe_layers * numel * state_bytes_per_param(plan.precision)[1]
+    return moe_layers * numel * state_bytes_per_param(plan.precision, fp32_gradients)[1]
 
 
 @lru_cache(maxsize=65536)
@@ -268,9 +273,9 @@ def has_dense_layers(model: ModelSpec) -> bool:
 
 @lru_cache(maxsize=8192)
 def _states_of_role(model: ModelSpec, tp: int, dp: int, zero_stage: int, precision: str, layers: int,
-                    has_first: bool, has_last: bool, dense_layers: int = 0, ep: int = 1, etp: int = 1
-                    ) -> tuple[int, int, int]:
-    p_bytes, g_bytes, o_bytes = state_bytes_per_param(precision)
+                    has_first: bool, has_last: bool, dense_layers: int = 0, ep: int = 1, etp: int = 1,
+                    fp32_gradients: bool = False) -> tuple[int, int, int]:
+    p_bytes, g_bytes, o_bytes = state_bytes_per_param(precision, fp32_gradients)
     parts = [(_part_numels(model, "layer", tp, dp, ep, etp), layers - dense_layers)]
     if dense_layers:
         parts.append((_part_numels(model, "dense layer", tp, dp, ep, etp), dense_layers))
@@ -707,7 +712,7 @@ def stage_memory(model: ModelSpec, plan: ParallelPlan, seq_len: int, stage: int,
     """Peak memory of one rank of pipeline stage `stage`."""
     layers, _, has_last = stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp,
                                       plan.chunk_layers(model))[stage]
-    params, grads, optimizer = stage_states(model, plan, stage)
+    params, grads, optimizer = stage_states(model, plan, stage, options.fp32_gradients)
     a = activation_dtype_bytes(plan.precision)
     tokens = plan.micro_batch * seq_len / plan.cp  # tokens of one micro-batch on this device
     in_flight = layer_microbatches_in_flight(plan.pp_schedule, plan.pp, plan.vpp, plan.num_microbatches, stage,

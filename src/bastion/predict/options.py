@@ -117,6 +117,17 @@ class PredictOptions:
     #: the busiest expert's routed tokens / the mean in one micro-batch (1 = perfectly balanced); None: from the
     #: model's balancing mechanism (predict/data/moe.toml), as every estimate states
     moe_imbalance: float | None = None
+    #: data parallelism runs as bastion's runtime runs FSDP2: how often each unit is gathered and its gradients
+    #: reduced in a step follows estimate.py's `_fsdp_schedule` (ZeRO-2 reduce-scatters every micro-batch without
+    #: a pipeline; a pipeline schedule defers every stage's reduction to the step's end). False: ZeRO 0-2 reduce
+    #: gradients once per step after the last micro-batch (DDP's no_sync, Megatron's distributed optimizer,
+    #: DeepSpeed) and gather ZeRO-1/2 parameters once; ZeRO-3 gathers and reduce-scatters every micro-batch
+    runtime_fsdp: bool = False
+    #: under mixed precision gradients are held, accumulated and reduced in fp32 (4 bytes each, not 2): bastion's
+    #: runtime keeps fp32 parameters (autocast on one device; FSDP2's fp32 shards with
+    #: MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32), runtime/parallelize.py apply_fsdp), so a
+    #: gradient is fp32 once reduced or accumulated over micro-batches
+    fp32_gradients: bool = False
     #: bytes a ZeRO-0/1/2 data-parallel gradient bucket holds (PyTorch DDP's default bucket_cap_mb = 25)
     dp_bucket_bytes: float = 25e6
     #: device memory the CUDA context, cuBLAS/NCCL workspaces take before the first tensor, GiB (GPUs only)
