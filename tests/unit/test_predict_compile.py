@@ -54,6 +54,8 @@ def test_whole_model_compile_speedup_matches_the_h200_step_it_was_not_fitted_to(
 
 def test_the_compiled_runtime_is_a_named_stack() -> None:
     # bastion's own runtime, compiled: its MoE experts sit in the layout bastion executes and run torch's grouped
-    # GEMM, its DTensor sequence parallelism keeps the matmuls' gathered inputs
+    # GEMM, its DTensor sequence parallelism keeps the matmuls' gathered inputs, FSDP2 runs on the runtime's schedule
+    # with fp32 gradients
     assert software_stack("bastion-compiled").options == PredictOptions(
-        compiled=True, moe_expert_layout="bastion", sp_gathered_inputs=True, grouped_gemm="torch_grouped_mm")
+        compiled=True, moe_expert_layout="bastion", sp_gathered_inputs=True, grouped_gemm="torch_grouped_mm",
+        runtime_fsdp=True, fp32_gradients=True)

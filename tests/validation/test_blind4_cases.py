@@ -22,10 +22,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import published_case_checks as checks
-
-from bastion.predict.frameworks import FACT_COLUMNS, MOE_FACT_COLUMNS, framework_releases
 import pytest
 
+from bastion.predict.frameworks import FACT_COLUMNS, MOE_FACT_COLUMNS, framework_releases
 from bastion.predict.validate import (
     COLUMNS,
     MOE_COLUMNS,
