@@ -68,7 +68,7 @@ def _check(results: dict, reference: Callable[[str], tuple[list[float], dict]]) 
         for rank in ranks:
             measured = {k: rank[k] for k in ("params", "grads", "optimizer")}
             expected = model_state_bytes(spec, plan, rank["pp_rank"], rank["dp_rank"], rank["tp_rank"],
-                                         rank["cp_rank"])
+                                         rank["cp_rank"], runtime_fsdp=True)
             assert measured == expected, f"{name} rank {rank['rank']}: measured {measured} != {expected}"
         found[name] = {"max_loss_diff": loss_diff, "max_param_diff": param_diff,
                        "losses": result.summary["losses"]}

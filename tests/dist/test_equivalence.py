@@ -30,6 +30,14 @@ WORLD4 = declare(4, {
 })
 
 
+#: a pipeline turns FSDP2's gradient sync and resharding after backward off for every backward but the step's one
+#: reduction, whatever the ZeRO stage: each rank holds its stage's parameters gathered and gradients whole then
+WORLD4_PIPELINED = declare(4, {
+    "pp2-dp2-zero1": dict(pp=2, dp=2, zero_stage=1, pp_schedule="1f1b", micro_batch=1, global_batch=8, **FP32),
+    "pp2-dp2-zero3": dict(pp=2, dp=2, zero_stage=3, pp_schedule="1f1b", micro_batch=1, global_batch=8, **FP32),
+})
+
+
 def _runnable_on_this_torch(plans: dict[str, dict]) -> dict[str, dict]:
     """torch < 2.13 on gloo crashes in the V schedules; the runtime refuses them there with guidance."""
     import torch
@@ -75,6 +83,28 @@ WORLD8 = declare(8, {
 
 def test_data_parallel_and_tensor_parallel_on_4_processes(equivalence_runs, equivalence_reference):
     check_group(equivalence_runs(WORLD4), equivalence_reference("tiny"))
+
+
+def test_pipelined_data_parallel_holds_its_states_whole_in_the_step_on_4_processes(equivalence_runs,
+                                                                                    equivalence_reference):
+    """check_group holds each rank's in-step bytes to the predictor's (whole); between steps FSDP2 keeps the
+    parameters and gradients of ZeRO-1 as of ZeRO-3 sharded, which the summary reports as at rest."""
+    from dataclasses import replace
+
+    from bastion.predict.memory import model_state_bytes
+    from bastion.specs.model import load_model
+    from bastion.specs.plan import ParallelPlan
+
+    results = equivalence_runs(WORLD4_PIPELINED)
+    check_group(results, equivalence_reference("tiny"))
+    spec = load_model("tiny")
+    for name, result in results.items():
+        sharded = replace(ParallelPlan.from_dict(result.summary["plan"]), zero_stage=3)
+        for rank in result.summary["measured"]["model_state_bytes_by_rank"]:
+            at_rest = model_state_bytes(spec, sharded, rank["pp_rank"], rank["dp_rank"], rank["tp_rank"])
+            assert (rank["params_at_rest"], rank["grads_at_rest"]) == (at_rest["params"], at_rest["grads"]), \
+                (name, rank)
+            assert rank["params"] > rank["params_at_rest"] and rank["grads"] > rank["grads_at_rest"], (name, rank)
 
 
 def test_every_pipeline_schedule_on_2_processes(equivalence_runs, equivalence_reference):

@@ -364,7 +364,9 @@ def _finish_group(found: dict, results: dict, model: str, state_bytes: bool) -> 
 
 
 def check_model_state_bytes(results: dict, model: str) -> None:
-    """Each rank's parameter / gradient / optimizer bytes equal the predictor's `model_state_bytes`."""
+    """Each rank's parameter / gradient / optimizer bytes, as the step holds them, equal the predictor's
+    `model_state_bytes` for bastion's runtime (runtime_fsdp: a pipeline holds every ZeRO stage's parameters
+    gathered and its gradients whole until the step's one reduction)."""
     from bastion.predict.memory import model_state_bytes
     from bastion.specs.model import load_model
     from bastion.specs.plan import ParallelPlan
@@ -374,9 +376,9 @@ def check_model_state_bytes(results: dict, model: str) -> None:
         plan = ParallelPlan.from_dict(result.summary["plan"])
         for rank in result.summary["measured"]["model_state_bytes_by_rank"]:
             predicted = model_state_bytes(spec, plan, rank["pp_rank"], rank["dp_rank"], rank["tp_rank"],
-                                          rank.get("cp_rank", 0))
+                                          rank.get("cp_rank", 0), runtime_fsdp=True)
             measured = {k: rank[k] for k in ("params", "grads", "optimizer")}
-            if plan.zero_stage == 1 and plan.grad_accumulation == 1:
+            if plan.zero_stage == 1 and plan.grad_accumulation == 1 and plan.pp == 1:
                 # one micro-batch accumulates nothing: FSDP2 reduce-scatters each unit's gradients during the
                 # backward (as under ZeRO-2), fewer bytes than ZeRO-1's whole gradients
                 assert measured["grads"] < predicted.pop("grads")

@@ -167,3 +167,43 @@ def test_bastions_runtime_holds_fp32_gradients_under_mixed_precision() -> None:
         other = estimate(model, cluster, plan, options=software_stack("production").options).memory
         assert runtime.grads == 2 * other.grads
         assert (runtime.params, runtime.optimizer) == (other.params, other.optimizer)
+
+
+@pytest.mark.parametrize("zero_stage", [1, 2, 3])
+def test_bastions_runtime_holds_a_pipeline_stages_states_whole_during_the_step(zero_stage: int) -> None:
+    # torch.distributed.pipelining turns FSDP2's gradient sync and resharding after backward off for every
+    # backward and reduces once per step (perform_reduce_grad), whatever the ZeRO stage: a rank holds its stage's
+    # parameters gathered and its gradients whole until then, as ZeRO 0 holds them; the optimizer stays sharded
+    tiny = load_model("tiny")
+    plan = _plan(dp=2, pp=2, zero_stage=zero_stage, pp_schedule="1f1b")
+    for stage in range(2):
+        whole = model_state_bytes(tiny, dataclasses.replace(plan, zero_stage=0), stage)
+        zero = model_state_bytes(tiny, plan, stage)
+        in_step = model_state_bytes(tiny, plan, stage, runtime_fsdp=True)
+        assert (in_step["params"], in_step["grads"]) == (whole["params"], whole["grads"])
+        assert in_step["optimizer"] == zero["optimizer"] == whole["optimizer"] // 2
+        # other software (runtime_fsdp off) keeps ZeRO's sharding, as bastion's runtime does without a pipeline
+        assert zero["grads"] == (whole["grads"] // 2 if zero_stage >= 2 else whole["grads"])
+        no_pipeline = dataclasses.replace(plan, pp=1, pp_schedule="1f1b")
+        assert (model_state_bytes(tiny, no_pipeline, 0, runtime_fsdp=True)
+                == model_state_bytes(tiny, no_pipeline, 0))
+
+
+def test_bastions_pipeline_memory_counts_the_whole_states_and_the_fast_path_agrees() -> None:
+    from bastion.predict.memory import held_whole_in_step, stage_memory, stage_states
+    from bastion.predict.software import software_stack
+
+    model = load_model("llama2-7b")
+    bastion = software_stack("bastion").options
+    plan = ParallelPlan(dp=4, tp=2, pp=4, vpp=2, pp_schedule="interleaved-1f1b", global_batch=16, zero_stage=3)
+    assert held_whole_in_step(plan, runtime_fsdp=True)
+    assert not held_whole_in_step(plan, runtime_fsdp=False)
+    assert not held_whole_in_step(dataclasses.replace(plan, dp=1, global_batch=4), runtime_fsdp=True)
+    for stage in range(plan.pp):
+        exact = model_state_bytes(model, plan, stage, runtime_fsdp=True)
+        states = stage_states(model, plan, stage, fp32_gradients=False, runtime_fsdp=True)
+        assert states == (exact["params"], exact["grads"], exact["optimizer"])
+        memory = stage_memory(model, plan, model.seq_len, stage, True, bastion)
+        g_bytes = state_bytes_per_param(plan.precision, fp32_gradients=True)[1]
+        assert (memory.params, memory.grads) == (exact["params"], exact["grads"] // 2 * g_bytes)
+        assert memory.params > stage_states(model, plan, stage)[0]

@@ -1074,7 +1074,8 @@ def memory_lower_bound(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, s
             return 1.0
         return sum(1 for n in stage_chunk_layers(model, plan, i) if n) / layers  # each non-empty chunk's last
 
-    worst = max(sum(stage_states(model, plan, i, options.fp32_gradients)) + (1 + options.fragmentation) * tokens * inputs_per_token
+    worst = max(sum(stage_states(model, plan, i, options.fp32_gradients, options.runtime_fsdp))
+                + (1 + options.fragmentation) * tokens * inputs_per_token
                 * schedule.layer_microbatches_in_flight(plan.pp_schedule, plan.pp, plan.vpp, m, i,
                                                         stages.roles[i][0])
                 * kept(i)
@@ -1149,6 +1150,8 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     # it follows, but for the last bucket (DDP's buckets); ZeRO 1/2's gathers the forward that needs them.
     # FSDP2's once-per-step part (its gradient reduction after the last backward where `_fsdp_schedule` defers it)
     dp_comm = m * slowest.fsdp_exposed + (max(once for _, once in fsdp.values()) if saturated else 0.0)
+    # ZeRO's sharding of the states (not as the runtime holds them in a step): the reductions' bytes below
+    # are the sharded gradients times the shard degree
     worst = max(representatives, key=lambda i: sum(stage_states(model, plan, i, options.fp32_gradients)))
     worst_states = stage_states(model, plan, worst, options.fp32_gradients)
     p_bytes, g_bytes, o_bytes = state_bytes_per_param(plan.precision, options.fp32_gradients)

@@ -199,8 +199,23 @@ def state_bytes_per_param(precision: str, fp32_gradients: bool = False) -> tuple
     return (2, 4, 12) if fp32_gradients else (2, 2, 12)
 
 
+def held_whole_in_step(plan: ParallelPlan, runtime_fsdp: bool) -> bool:
+    """Whether a rank holds its parameters gathered and its gradients whole (tensor-parallel-local, not sharded
+    over dp × cp) during a step, whatever its ZeRO stage: where bastion's runtime (`runtime_fsdp`:
+    PredictOptions.runtime_fsdp) reduces the gradients once per step (estimate.py `_fsdp_schedule`, the one home of
+    that rule), FSDP2's gradient sync and resharding after backward are off for every micro-batch before, so the
+    gradients accumulate unsharded and the parameters stay gathered until that reduction. Under a pipeline schedule
+    that is every ZeRO stage (ZeRO-2 and 3 held as ZeRO 0 holds them); without one ZeRO 0 and 1, which ZeRO's
+    sharding already counts whole."""
+    if not runtime_fsdp or plan.shard_degree <= 1:
+        return False
+    from bastion.predict.estimate import _fsdp_schedule  # (estimate imports this module)
+
+    return _fsdp_schedule(plan).reduces_once > 0
+
+
 def model_state_bytes(model: ModelSpec, plan: ParallelPlan, stage: int, dp_rank: int = 0,
-                      tp_rank: int = 0, cp_rank: int = 0) -> dict[str, int]:
+                      tp_rank: int = 0, cp_rank: int = 0, runtime_fsdp: bool = False) -> dict[str, int]:
     """Exact bytes of parameters, gradients and optimizer state on one rank of pipeline stage `stage`.
 
     Sharding is per tensor as PyTorch does it: tensor parallelism splits wq/wk/wv/w1/w3 and the vocabulary
@@ -208,33 +223,46 @@ def model_state_bytes(model: ModelSpec, plan: ParallelPlan, stage: int, dp_rank:
     ZeRO/FSDP then splits each TP-local tensor on dim 0 over the dp × cp ranks (shard index dp_rank·cp + cp_rank,
     as torchtitan's dp_shard_cp mesh and bastion's runtime order them). The optimizer is Adam:
     m and v per parameter (the per-tensor `step` scalars are not counted) plus, under mixed precision, the fp32
-    master copy. Rank 0 of each group holds the largest shard.
+    master copy. Rank 0 of each group holds the largest shard. `runtime_fsdp`: the parameters and gradients as
+    bastion's runtime holds them during a step (`held_whole_in_step`), which a pipeline holds whole; otherwise
+    ZeRO's sharding of them.
     """
     if not 0 <= stage < plan.pp:
         raise ValueError(f"stage {stage} out of range for pp = {plan.pp}")
     p_bytes, g_bytes, o_bytes = state_bytes_per_param(plan.precision)
-    z = plan.zero_stage
+    sharded_params, sharded_grads = _sharded_params_and_grads(plan.zero_stage,
+                                                              held_whole_in_step(plan, runtime_fsdp))
     params = grads = optimizer = 0
     shards, shard = plan.shard_degree, dp_rank * plan.cp + cp_rank
     for shape, copies in stage_param_shapes(model, plan, stage):
         full = _local_numel(shape, plan.tp, tp_rank, shards, shard, dp_sharded=False, ep=plan.ep, etp=plan.etp)
         sharded = _local_numel(shape, plan.tp, tp_rank, shards, shard, dp_sharded=True, ep=plan.ep, etp=plan.etp)
-        params += copies * (sharded if z >= 3 else full)
-        grads += copies * (sharded if z >= 2 else full)
-        optimizer += copies * (sharded if z >= 1 else full)
+        params += copies * (sharded if sharded_params else full)
+        grads += copies * (sharded if sharded_grads else full)
+        optimizer += copies * (sharded if plan.zero_stage >= 1 else full)
     return {"params": params * p_bytes, "grads": grads * g_bytes, "optimizer": optimizer * o_bytes}
 
 
-def stage_states(model: ModelSpec, plan: ParallelPlan, stage: int, fp32_gradients: bool = False
-                 ) -> tuple[int, int, int]:
-    """(params, grads, optimizer) bytes on rank 0 of a stage (`fp32_gradients`: state_bytes_per_param's), cached
-    by what they depend on: the planner varies batch, recompute and schedule far more often than the degrees that
-    shape the model states."""
+def _sharded_params_and_grads(zero_stage: int, whole_in_step: bool) -> tuple[bool, bool]:
+    """Whether parameters (ZeRO-3) and gradients (ZeRO >= 2) are sharded over dp × cp: neither where they are held
+    whole during the step (`held_whole_in_step`). The optimizer state is sharded under ZeRO >= 1."""
+    if whole_in_step:
+        return False, False
+    return zero_stage >= 3, zero_stage >= 2
+
+
+def stage_states(model: ModelSpec, plan: ParallelPlan, stage: int, fp32_gradients: bool = False,
+                 runtime_fsdp: bool = False) -> tuple[int, int, int]:
+    """(params, grads, optimizer) bytes on rank 0 of a stage (`fp32_gradients`: state_bytes_per_param's;
+    `runtime_fsdp`: as bastion's runtime holds them during a step, `model_state_bytes`), cached by what they depend
+    on: the planner varies batch, recompute and schedule far more often than the degrees that shape the model
+    states."""
     counts = plan.chunk_layers(model)
     layers, has_first, has_last = stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp, counts)[stage]
     dense = stage_dense_layers(model, plan.pp_schedule, plan.pp, plan.vpp, stage, counts)
     return _states_of_role(model, plan.tp, plan.shard_degree, plan.zero_stage, plan.precision, layers, has_first,
-                           has_last, dense, plan.ep, plan.etp, fp32_gradients)
+                           has_last, dense, plan.ep, plan.etp, fp32_gradients,
+                           held_whole_in_step(plan, runtime_fsdp))
 
 
 def stage_expert_grad_bytes(model: ModelSpec, plan: ParallelPlan, stage: int, fp32_gradients: bool = False) -> int:
@@ -274,7 +302,7 @@ def has_dense_layers(model: ModelSpec) -> bool:
 @lru_cache(maxsize=8192)
 def _states_of_role(model: ModelSpec, tp: int, dp: int, zero_stage: int, precision: str, layers: int,
                     has_first: bool, has_last: bool, dense_layers: int = 0, ep: int = 1, etp: int = 1,
-                    fp32_gradients: bool = False) -> tuple[int, int, int]:
+                    fp32_gradients: bool = False, whole_in_step: bool = False) -> tuple[int, int, int]:
     p_bytes, g_bytes, o_bytes = state_bytes_per_param(precision, fp32_gradients)
     parts = [(_part_numels(model, "layer", tp, dp, ep, etp), layers - dense_layers)]
     if dense_layers:
@@ -284,12 +312,12 @@ def _states_of_role(model: ModelSpec, tp: int, dp: int, zero_stage: int, precisi
     if has_last:
         parts.append((_part_numels(model, "head" if model.tied_embeddings and has_first else "head+output", tp, dp,
                                    ep, etp), 1))
-    z = zero_stage
+    sharded_params, sharded_grads = _sharded_params_and_grads(zero_stage, whole_in_step)
     params = grads = optimizer = 0
     for (full, sharded), copies in parts:
-        params += copies * (sharded if z >= 3 else full)
-        grads += copies * (sharded if z >= 2 else full)
-        optimizer += copies * (sharded if z >= 1 else full)
+        params += copies * (sharded if sharded_params else full)
+        grads += copies * (sharded if sharded_grads else full)
+        optimizer += copies * (sharded if zero_stage >= 1 else full)
     return params * p_bytes, grads * g_bytes, optimizer * o_bytes
 
 
@@ -712,7 +740,7 @@ def stage_memory(model: ModelSpec, plan: ParallelPlan, seq_len: int, stage: int,
     """Peak memory of one rank of pipeline stage `stage`."""
     layers, _, has_last = stage_roles(model.num_layers, plan.pp_schedule, plan.pp, plan.vpp,
                                       plan.chunk_layers(model))[stage]
-    params, grads, optimizer = stage_states(model, plan, stage, options.fp32_gradients)
+    params, grads, optimizer = stage_states(model, plan, stage, options.fp32_gradients, options.runtime_fsdp)
     a = activation_dtype_bytes(plan.precision)
     tokens = plan.micro_batch * seq_len / plan.cp  # tokens of one micro-batch on this device
     in_flight = layer_microbatches_in_flight(plan.pp_schedule, plan.pp, plan.vpp, plan.num_microbatches, stage,

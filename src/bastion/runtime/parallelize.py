@@ -25,13 +25,15 @@ Order (the one PyTorch documents, and torchtitan uses):
                         dp × cp ranks (runtime/mesh.py), so gradients are reduced over cp as well as dp; routed
                         experts get their own FSDP unit over the expert data-parallel ranks
 Then the chunks are materialised (to_empty + deterministic init) and, with pp > 1, wrapped in PipelineStages and a
-schedule. Pipelining is an alpha API in torch 2.13: it is touched only here (`build_schedule`).
+schedule. Pipelining is an alpha API in torch 2.13: it is touched only here (`build_schedule`,
+`observe_gradient_reductions`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +65,8 @@ class ParallelModel:
     num_stages: int
     #: torch.distributed.pipelining schedule when pp > 1, else None
     schedule: Any | None = None
+    #: the schedule's PipelineStages, one per part (pp > 1; empty otherwise)
+    stages: list[Any] = field(default_factory=list)
     #: wrap forward in torch.autocast(bf16): bf16 compute without FSDP's mixed-precision policy
     autocast_dtype: torch.dtype | None = None
     #: extra per-run notes (e.g. "bf16 requested, fp32 on CPU")
@@ -360,7 +364,8 @@ def schedule_class(entry: PipelineSchedule, device: torch.device) -> type:
 
 
 def build_schedule(parts: list[nn.Module], stage_ids: list[int], num_stages: int, plan: ParallelPlan,
-                   rmesh: RuntimeMesh, loss_fn: Callable) -> Any:
+                   rmesh: RuntimeMesh, loss_fn: Callable) -> tuple[Any, list[Any]]:
+    """The schedule that runs `parts` and its PipelineStages, one per part."""
     from torch.distributed import pipelining
 
     found = schedule_class(get_schedule(plan.pp_schedule), rmesh.device)
@@ -369,8 +374,33 @@ def build_schedule(parts: list[nn.Module], stage_ids: list[int], num_stages: int
                                        group=rmesh.pp_group) for part, sid in zip(parts, stage_ids, strict=True)]
     n_micro = plan.grad_accumulation
     if issubclass(found, pipelining.schedules.PipelineScheduleSingle):
-        return found(stages[0], n_microbatches=n_micro, loss_fn=loss_fn)
-    return found(stages, n_microbatches=n_micro, loss_fn=loss_fn)
+        return found(stages[0], n_microbatches=n_micro, loss_fn=loss_fn), stages
+    return found(stages, n_microbatches=n_micro, loss_fn=loss_fn), stages
+
+
+@contextlib.contextmanager
+def observe_gradient_reductions(model: ParallelModel, observe: Callable[[nn.Module], None]) -> Iterator[None]:
+    """Within it, `observe(part)` runs for each pipeline stage of `model` right before the schedule reduces that
+    stage's gradients, once per step after the stage's last backward: PipelineStage.perform_reduce_grad (torch
+    2.13), which turns FSDP2's gradient sync and resharding after backward back on and runs its post-backward,
+    the schedule having turned both off for every backward before (backward_maybe_with_nosync). There the stage
+    holds the most of a step: its gradients accumulated whole and, under every ZeRO stage, its parameters
+    gathered. A torch whose stages have no perform_reduce_grad observes nothing."""
+    observed = [stage for stage in model.stages if hasattr(stage, "perform_reduce_grad")]
+    for stage in observed:
+        reduce = stage.perform_reduce_grad
+
+        def observed_reduce(*args: Any, _reduce: Callable = reduce, _part: nn.Module = stage.submod,
+                            **kwargs: Any) -> Any:
+            observe(_part)
+            return _reduce(*args, **kwargs)
+
+        stage.perform_reduce_grad = observed_reduce  # on the instance: the class's method comes back on del
+    try:
+        yield
+    finally:
+        for stage in observed:
+            del stage.perform_reduce_grad
 
 
 # ---- the chain --------------------------------------------------------------------------------------------
@@ -447,5 +477,5 @@ def parallelize(spec: ModelSpec, plan: ParallelPlan, rmesh: RuntimeMesh, config:
             if isinstance(sub, MoE):
                 sub.aux_grad_scale = 1.0 if plan.pp > 1 else 1.0 / plan.grad_accumulation
     if plan.pp > 1:
-        model.schedule = build_schedule(parts, stage_ids, num_stages, plan, rmesh, cross_entropy_loss)
+        model.schedule, model.stages = build_schedule(parts, stage_ids, num_stages, plan, rmesh, cross_entropy_loss)
     return model

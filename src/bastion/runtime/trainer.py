@@ -33,6 +33,7 @@ from bastion.runtime.parallelize import (
     ParallelizeConfig,
     cross_entropy_loss,
     defers_gradient_reduction,
+    observe_gradient_reductions,
     parallelize,
     set_gradient_reduction,
 )
@@ -109,11 +110,14 @@ class Trainer(Stateful):
         #: none); not the first step's, to which a pipeline stage adds a forward of its own (shape inference)
         self.offloaded_bytes: int | None = None
         #: parameter bytes as the step computes with them (between forward and backward of the first
-        #: micro-batch): FSDP2 holds zero 0-2 parameters unsharded there, zero 3 parameters sharded
+        #: micro-batch): FSDP2 holds zero 0-2 parameters unsharded there, zero 3 parameters sharded; under a
+        #: pipeline, right before each stage's gradient reduction (`_held_before_reduction`), where every zero stage
+        #: holds them unsharded
         self.params_in_step_bytes: int | None = None
         #: gradient bytes while a step accumulates (after the first of several micro-batches' backward), where the
-        #: loop defers their reduction to the last (zero 0 and 1: whole); None where the gradients the step ends
-        #: with are the most it holds
+        #: loop defers their reduction to the last (zero 0 and 1: whole); under a pipeline, which defers it for every
+        #: zero stage, right before each stage's reduction (whole); None where the gradients the step ends with are
+        #: the most it holds, or where FSDP2 keeps them out of `.grad` (`_accumulated_gradient_bytes`)
         self.grads_in_step_bytes: int | None = None
         #: all of this rank's pipeline chunks as one module under the full model's parameter names
         self._rank_module = _state_module(self.model.parts)
@@ -185,8 +189,15 @@ class Trainer(Stateful):
                 losses: list[torch.Tensor] = []
                 args = (inputs,) if model.has_first_stage else ()
                 target = targets if model.has_last_stage else None
-                with self._autocast():
+                held: list[tuple[int, int | None]] = []
+                observing = (observe_gradient_reductions(model, lambda part: held.append(_held_before_reduction(part)))
+                             if self.step == 0 else contextlib.nullcontext())
+                with observing, self._autocast():
                     model.schedule.step(*args, target=target, losses=losses)
+                if held:  # each stage's most, summed over this rank's stages
+                    self.params_in_step_bytes = sum(params for params, _ in held)
+                    grads = [grads for _, grads in held if grads is not None]
+                    self.grads_in_step_bytes = sum(grads) if len(grads) == len(held) else None
                 if not model.has_last_stage:
                     return torch.zeros((), device=self.rmesh.device)
                 return torch.stack([_plain(loss).detach().float() for loss in losses]).mean()
@@ -300,6 +311,16 @@ class Trainer(Stateful):
         if self.spec.num_experts:  # after the step's timing: one small all-reduce of routing counters
             record.update(step_stats(self.model.parts, self.spec, self.plan, device))
         return record
+
+
+def _held_before_reduction(part: torch.nn.Module) -> tuple[int, int | None]:
+    """(parameter, gradient) bytes a pipeline stage holds right before the schedule reduces its gradients: the
+    most of its step, every ZeRO stage's parameters gathered and gradients whole (runtime/parallelize.py
+    observe_gradient_reductions). A rank with several stages (interleaved schedules) holds all their gradients
+    whole together at its first stage's reduction (each accumulates from its first backward to its own
+    reduction), but there another ZeRO-3 stage that has run a forward since its latest backward holds its
+    parameters resharded: the sum over the stages is then the most the rank could hold, not one moment's bytes."""
+    return param_bytes(part.parameters()), _accumulated_gradient_bytes(part)
 
 
 def _accumulated_gradient_bytes(part: torch.nn.Module) -> int | None:
