@@ -661,3 +661,60 @@ def test_under_a_pipeline_zero3s_cpu_line_recurs_for_its_gathers_and_runs_once_f
         dearer = _pipelined_zero3(tmp_path, f"dearer-{micro_batch}", micro_batch, 3.5e-9)
         assert dearer.time.dp_comm - base.time.dp_comm == pytest.approx(
             stage_bytes * (m * 1e-9 - 0.5e-9) / share, rel=1e-6), m
+
+
+def _time_shared(curve: list[list[float]]) -> dict:
+    data = profile_data()
+    return {**data, "accelerator": {**data["accelerator"], "time_shared_gemm_efficiency_curve": curve}}
+
+
+def test_ranks_time_sharing_the_cores_run_their_gemms_at_the_rate_measured_while_they_did(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """More ranks than cores (4 on the profile's 2): the GEMMs at the time-shared curve's efficiency; as many ranks
+    as cores (2) or a profile without the curve: the one-process curve."""
+    from bastion.predict import compute
+    from bastion.specs.profile import cluster_from_profile
+
+    slower = [[1e6, 0.4], [1e9, 0.35]]  # large GEMMs half as efficient once their caches are shared
+    path = write(tmp_path, _time_shared(slower))
+    assert dict(read_profile(path).accelerator_overrides)["time_shared_gemm_efficiency_curve"] == ((1e6, 0.4),
+                                                                                                   (1e9, 0.35))
+    acc = cluster_from_profile(f"cpu:4@{path}").accelerator
+    old = cluster_from_profile(f"cpu:4@{write(tmp_path, profile_data(), 'old.toml')}").accelerator
+    shape = ("fp32", 1024, 1024, 1024)  # 2.1 GFLOP: beyond both curves' last point, 0.7 alone and 0.35 shared
+    assert compute.gemm_time(acc.shared_by(2), *shape) == compute.gemm_time(old.shared_by(2), *shape)
+    assert compute.gemm_time(acc.shared_by(4), *shape) == pytest.approx(2 * compute.gemm_time(old.shared_by(4), *shape))
+    # a plan of 4 ranks pays it in its compute term; one of 2 ranks does not (small: GEMMs beyond the test
+    # profile's memory roofline)
+    def compute_s(cluster: str, dp: int) -> float:
+        code, out, err = run(["estimate", "--model", "small", "--cluster", cluster, "--global-batch", "8",
+                              "--precision", "fp32", "--json", "--dp", str(dp), "--micro-batch", "1"], capsys)
+        assert code == 0, err
+        return json.loads(out)["time"]["compute"]
+
+    without = tmp_path / "old.toml"
+    assert compute_s(f"cpu:4@{path}", 4) > 1.2 * compute_s(f"cpu:4@{without}", 4)
+    assert compute_s(f"cpu:2@{path}", 2) == compute_s(f"cpu:2@{without}", 2)
+
+
+def test_calibrate_fits_the_time_shared_curve_only_with_more_ranks_than_cores() -> None:
+    """combine_ranks + fit_profile: each rank's CPU seconds per GEMM while all multiplied at once, the median rank's,
+    become the time-shared curve when the ranks outnumbered the cores; with one rank per core there is none."""
+    from bastion.runtime.calibrate import combine_ranks, fit_profile
+
+    def rank(seconds: float) -> dict:
+        return {"start_s": 1.0, "core_share": [0.5] * 3, "elementwise": [[1 << 20, 1e-3]], "collectives": [],
+                "gemm": [[64, 64, 64, 1e-5], [512, 512, 512, seconds]]}
+
+    raw = {"dispatch_s": 0.0, "gemm": [[64, 64, 64, 1e-5], [512, 512, 512, 2e-3]],
+           "attention": [[64, 16, 2, 1e-4, 3e-4]], "elementwise": [[1 << 20, 1e-3]], "host": {"layer_s": 1e-3}}
+    ranks = [rank(2.4e-3), rank(2.6e-3), rank(2.5e-3), rank(9e-3)]  # one rank disturbed: the median's 2.55 ms
+    fitted = fit_profile({**raw, "shared": combine_ranks(ranks, ranks_per_host=4)}, 1e12, 2)["accelerator"]
+    alone = dict(map(tuple, fitted["gemm_efficiency_curve"]))
+    shared = dict(map(tuple, fitted["time_shared_gemm_efficiency_curve"]))
+    flops = 2.0 * 512**3
+    assert alone[flops] == pytest.approx(flops / 2e-3 / 1e12)
+    assert shared[flops] == pytest.approx(flops / 2.55e-3 / 1e12)
+    assert shared[2.0 * 64**3] == pytest.approx(alone[2.0 * 64**3])
+    one_per_core = fit_profile({**raw, "shared": combine_ranks(ranks[:2], ranks_per_host=2)}, 1e11, 2)
+    assert "time_shared_gemm_efficiency_curve" not in one_per_core["accelerator"]

@@ -254,7 +254,7 @@ def ranks_config(settings: dict) -> dict:
     from bastion.runtime import calibrate as cal
 
     specs, shapes, budget, messages = _plan(settings)
-    return cal.ranks_config(shapes[len(shapes) // 2], messages, budget, specs[0])
+    return cal.ranks_config(shapes[len(shapes) // 2], messages, budget, specs[0], gemm_shapes=shapes)
 
 
 def _measure_here(settings: dict, progress: bool) -> tuple[dict, dict]:
@@ -266,7 +266,8 @@ def _measure_here(settings: dict, progress: bool) -> tuple[dict, dict]:
     if progress:
         typer.echo(f"calibrate: {settings['nproc']} processes", err=True)
     raw["shared"] = cal.measure_shared(settings["nproc"], tuple(config["gemm_shape"]), config["message_bytes"],
-                                       config["budget_s"], config["probe_model"], repeats=repeats)
+                                       config["budget_s"], config["probe_model"], repeats=repeats,
+                                       gemm_shapes=[tuple(s) for s in config["gemm_shapes"]])
     return raw, repeats
 
 
@@ -412,6 +413,8 @@ def _write_profile(settings: dict, measured: tuple[dict, dict], machine: dict, a
                  "elementwise_working_sets_bytes_s": raw["elementwise_working_sets"],
                  "shared_gemm_shape": raw["shared_gemm_shape"], "shared_core_share_per_rank": shared["core_share"],
                  "shared_elementwise_bytes_s": shared["elementwise"],
+                 # the GEMM sweep with every rank multiplying at once (each rank's CPU seconds, the median rank's)
+                 "shared_gemm_m_k_n_s": shared.get("gemm", []),
                  "collective_op_size_bytes_s": [row[:4] for row in shared["collectives"]],
                  # zero_stage -1: the same models without FSDP2
                  "fsdp_zero_size_layers_s": shared["fsdp"],

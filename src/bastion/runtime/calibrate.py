@@ -901,6 +901,11 @@ def measure_ranks(rank: int, world: int, config: dict[str, Any], hosts: list[str
     result["core_share"] = shares
     dist.barrier()
     result["elementwise"] = measure_elementwise((16,), budget * 2)
+    # the one-process GEMM sweep again with every rank multiplying at once: a rank's CPU time per GEMM grows when
+    # more ranks than cores time-share them (each switch refills the caches its operands had), the more the larger
+    # the operands (`fit_profile`'s time_shared_gemm_efficiency_curve)
+    dist.barrier()
+    result["gemm"] = measure_gemms([(m, k, n) for m, k, n in config.get("gemm_shapes", [])], budget)
     if world % 2 == 0:
         result["tensor_parallel"] = measure_tensor_parallel(config["probe_model"], world,
                                                             3 * config["collective_reps"])
@@ -947,11 +952,14 @@ def _rank_main(rank: int, world: int, init: str, out_dir: str, spawned_at: float
 
 
 def ranks_config(gemm_shape: tuple[int, int, int], message_bytes: list[int], budget_s: float,
-                 probe_model: ModelSpec, collective_reps: int = 7) -> dict[str, Any]:
-    """What `measure_ranks` measures with: the shared GEMM's shape, the collectives' message sizes and repeats,
-    the time budget and the model whose blocks probe tensor parallelism and the pipeline schedule."""
-    return {"gemm_shape": list(gemm_shape), "message_bytes": message_bytes, "budget_s": budget_s,
-            "collective_reps": collective_reps, "probe_model": probe_model}
+                 probe_model: ModelSpec, collective_reps: int = 7,
+                 gemm_shapes: list[tuple[int, int, int]] | None = None) -> dict[str, Any]:
+    """What `measure_ranks` measures with: the shared GEMM's shape (the core share), the GEMM shapes every rank
+    times at once (`gemm_shapes`: the one-process sweep's), the collectives' message sizes and repeats, the time
+    budget and the model whose blocks probe tensor parallelism and the pipeline schedule."""
+    return {"gemm_shape": list(gemm_shape), "gemm_shapes": [list(s) for s in gemm_shapes or []],
+            "message_bytes": message_bytes, "budget_s": budget_s, "collective_reps": collective_reps,
+            "probe_model": probe_model}
 
 
 def _process_age() -> float:
@@ -1001,7 +1009,8 @@ def job_rank(config: dict[str, Any], single: Callable[[], Any]) -> tuple[list[st
 
 def measure_shared(world: int, gemm_shape: tuple[int, int, int], message_bytes: list[int], budget_s: float,
                    probe_model: ModelSpec, collective_reps: int = 7,
-                   repeats: Repeats | None = None) -> dict[str, Any]:
+                   repeats: Repeats | None = None, gemm_shapes: list[tuple[int, int, int]] | None = None
+                   ) -> dict[str, Any]:
     """`world` processes on this host at once (gloo): start-up, shared GEMM and elementwise rates, collectives,
     what FSDP2 costs per unit on every group size (`measure_fsdp`: wall time, the slowest rank's per repeat,
     the median) and (an even world) what tensor parallelism costs a rank (`measure_tensor_parallel`, rank 0's).
@@ -1013,7 +1022,7 @@ def measure_shared(world: int, gemm_shape: tuple[int, int, int], message_bytes: 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    config = ranks_config(gemm_shape, message_bytes, budget_s, probe_model, collective_reps)
+    config = ranks_config(gemm_shape, message_bytes, budget_s, probe_model, collective_reps, gemm_shapes)
     with tempfile.TemporaryDirectory(prefix="bastion-calibrate-") as tmp:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         spawned_at = time.time()
@@ -1062,6 +1071,9 @@ def combine_ranks(ranks: list[dict[str, Any]], ranks_per_host: int, repeats: Rep
     return {"world": ranks_per_host, "process_start_s": statistics.median(r["start_s"] for r in ranks),
             "core_share": [statistics.median(r["core_share"]) for r in ranks],
             "elementwise": [r["elementwise"][0] for r in ranks],
+            # each rank's own CPU time per GEMM: the median rank's, shape by shape
+            "gemm": [[*row[:3], statistics.median(r["gemm"][i][3] for r in ranks)]
+                     for i, row in enumerate(ranks[0].get("gemm", []))],
             "tensor_parallel": ranks[0].get("tensor_parallel"),
             "pipeline_micro_batch_s": _slowest_stage_extra([r["pipeline"] for r in ranks if "pipeline" in r]),
             "collectives": [[op, size, nbytes, statistics.median(t), spans[(op, size, nbytes)]]
@@ -1306,10 +1318,19 @@ def sync_wait_rows(rows: list[list[Any]], world: int) -> list[dict[str, Any]]:
             for (op, work), rounds in sorted(by_key.items())]
 
 
+def _gemm_efficiency(rows: list[list[float]], dispatch_s: float, peak_flops_core: float) -> dict[float, float]:
+    """{GEMM FLOPs: fraction of one core's peak} of [m, k, n, CPU seconds] rows, one op's dispatch taken off."""
+    efficiency = {}
+    for m, k, n, t in rows:
+        flops = 2.0 * m * k * n
+        efficiency[flops] = min(1.0, flops / max(t - dispatch_s, 1e-9) / peak_flops_core)
+    return efficiency
+
+
 def fit_profile(raw: dict[str, Any], peak_flops_core: float, host_cores: int) -> dict[str, Any]:
     """The rates of specs/profile.py from the raw measurements. Each rate is a measurement through a mechanism,
     not a fit to step times: a GEMM's efficiency is its FLOPs over (CPU time − one op's dispatch) over one core's
-    peak; attention's the same with the predictor's causal FLOPs; memory bandwidth the node's (each of N
+    peak (alone, and — more ranks than cores — while every rank ran the sweep at once); attention's the same with the predictor's causal FLOPs; memory bandwidth the node's (each of N
     processes' elementwise rate × the cores); the background load from the share of a core N busy processes
     got; collectives a least-squares latency + bytes/bandwidth line (wall time) per
     op and group size; FSDP2's fixed cost per unit by ZeRO layout and group size and its CPU cost per unit as a
@@ -1317,10 +1338,7 @@ def fit_profile(raw: dict[str, Any], peak_flops_core: float, host_cores: int) ->
     time and gloo's CPU a synchronisation point costs on shared cores by the work between syncs
     (`sync_wait_rows`)."""
     dispatch = raw["dispatch_s"]
-    gemm = {}
-    for m, k, n, t in raw["gemm"]:
-        flops = 2.0 * m * k * n
-        gemm[flops] = min(1.0, flops / max(t - dispatch, 1e-9) / peak_flops_core)
+    gemm = _gemm_efficiency(raw["gemm"], dispatch, peak_flops_core)
     attention = {}
     for seq, head_dim, heads, fwd, fwdbwd in raw["attention"]:
         flops = 2.0 * heads * seq * seq * head_dim  # the predictor's causal forward FLOPs (flops.py), batch 1
@@ -1358,6 +1376,8 @@ def fit_profile(raw: dict[str, Any], peak_flops_core: float, host_cores: int) ->
                                                        "micro_batch_sp_s")})
 
     top_gemm = max(gemm)
+    # more ranks than cores: the GEMMs' efficiency per CPU second while every rank ran them at once
+    time_shared = _gemm_efficiency(shared.get("gemm", []), dispatch, peak_flops_core) if world > host_cores else {}
     return {
         "accelerator": {
             "matmul_efficiency": gemm[top_gemm],
@@ -1365,6 +1385,8 @@ def fit_profile(raw: dict[str, Any], peak_flops_core: float, host_cores: int) ->
             "hbm_bandwidth_gbs": (shared_bw if world > 1 else single_bw) * host_cores / 1e9,
             "background_load": background,
             "gemm_efficiency_curve": [[f, e] for f, e in sorted(gemm.items())],
+            **({"time_shared_gemm_efficiency_curve": [[f, e] for f, e in sorted(time_shared.items())]}
+               if time_shared else {}),
             "attention_efficiency_curve": [[x, *effs] for x, effs in sorted(attention.items())],
             # absent from a profile measured before the sweep: memory-bound work at hbm_bandwidth_gbs, any size
             **({"elementwise_bandwidth_curve": elementwise_bandwidth_curve(raw["elementwise_working_sets"], dispatch)}

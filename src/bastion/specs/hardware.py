@@ -79,6 +79,10 @@ class Accelerator:
     background_load: float = 0.0
     #: (GEMM FLOPs, fraction of the peak) points, interpolated in log FLOPs; empty = matmul_efficiency everywhere
     gemm_efficiency_curve: tuple[tuple[float, ...], ...] = ()
+    #: measured by `bastion calibrate` on a host CPU with more ranks than cores: gemm_efficiency_curve's points
+    #: while every rank multiplied at once (per CPU second: time-slicing refills the caches a GEMM's operands had,
+    #: so large operands run slower); used for plans with more ranks than cores (`shared_by`); empty = the curve
+    time_shared_gemm_efficiency_curve: tuple[tuple[float, ...], ...] = ()
     #: (sequence length × head dim, forward, forward + backward fraction of the peak) of causal SDPA; empty =
     #: matmul_efficiency
     attention_efficiency_curve: tuple[tuple[float, ...], ...] = ()
@@ -115,12 +119,15 @@ class Accelerator:
 
     def shared_by(self, ranks: int) -> Accelerator:
         """What one of `ranks` devices on a node gets: itself, unless it is a host CPU whose cores and memory
-        bandwidth the ranks share (each rank runs one thread: at most one core)."""
+        bandwidth the ranks share (each rank runs one thread: at most one core) — and, more ranks than cores, its
+        GEMMs at the efficiency measured while ranks time-shared the cores."""
         if self.host_cores <= 0 or ranks <= 0:
             return self
         share = self.core_share(ranks)
+        time_sliced = ranks > self.host_cores and self.time_shared_gemm_efficiency_curve
         return replace(self, **{f"peak_tflops_{p}": getattr(self, f"peak_tflops_{p}") * share for p in PRECISIONS},
-                       hbm_bandwidth_gbs=self.hbm_bandwidth_gbs * share / self.host_cores)
+                       hbm_bandwidth_gbs=self.hbm_bandwidth_gbs * share / self.host_cores,
+                       **({"gemm_efficiency_curve": self.time_shared_gemm_efficiency_curve} if time_sliced else {}))
 
     def core_share(self, ranks: int) -> float:
         """The share of a core each of `ranks` single-threaded ranks on a host CPU gets (the OS time-slices the

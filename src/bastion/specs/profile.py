@@ -44,10 +44,11 @@ COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "send_recv")
 #: Accelerator fields a profile may replace
 ACCELERATOR_FIELDS = ("matmul_efficiency", "hbm_bandwidth_gbs", "background_load", "gemm_efficiency_curve",
                       "attention_efficiency_curve", "gemm_shape_efficiency", "attention_layout_efficiency",
-                      "adamw_bytes_per_param", "elementwise_bandwidth_curve")
+                      "adamw_bytes_per_param", "elementwise_bandwidth_curve", "time_shared_gemm_efficiency_curve")
 #: the measured curves a profile may hold, by the number of columns of their rows
 _CURVE_WIDTHS = {"gemm_efficiency_curve": 2, "attention_efficiency_curve": 3, "gemm_shape_efficiency": 4,
-                 "attention_layout_efficiency": 4, "elementwise_bandwidth_curve": 2}
+                 "attention_layout_efficiency": 4, "elementwise_bandwidth_curve": 2,
+                 "time_shared_gemm_efficiency_curve": 2}
 _FIX = "run `bastion calibrate --out PROFILE.toml` on the machine again, and pass that file."
 
 
