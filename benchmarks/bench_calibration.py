@@ -120,17 +120,20 @@ def _world(plan: dict) -> int:
 
 
 def _prediction(model: str, plan: dict, cluster: str, background_load: float | None = None) -> float:
-    """The step time predicted for `cluster`; with `background_load`, as if the profile had measured that much
-    other load on the host."""
+    """The step time predicted for `cluster` as `bastion train` predicts its runs (the `bastion` software stack);
+    with `background_load`, as if the profile had measured that much other load on the host."""
     from dataclasses import replace
 
     from bastion.predict import estimate
+    from bastion.predict.software import software_stack
+    from bastion.rundir.predicted import RUNTIME_STACKS
     from bastion.specs import ParallelPlan, load_cluster, load_model
 
     target = load_cluster(cluster)
     if background_load is not None:
         target = replace(target, accelerator=replace(target.accelerator, background_load=background_load))
-    return estimate(load_model(model), target, ParallelPlan.from_dict(plan)).step_time_s
+    return estimate(load_model(model), target, ParallelPlan.from_dict(plan),
+                    options=software_stack(RUNTIME_STACKS[False]).options).step_time_s
 
 
 #: the GEMM the host-speed probe times before every run: one the profile also measured ([raw] gemm_m_k_n_s)

@@ -201,3 +201,28 @@ def test_an_fp8_runs_prediction_is_for_the_torchao_recipe_the_runtime_runs() -> 
     # the bf16 weight-gradient GEMM of rowwise_with_gw_hp is costed as rowwise
     assert step["rowwise"] > step["tensorwise"]
     assert step["rowwise_with_gw_hp"] == step["rowwise"]
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_runs_prediction_is_what_estimate_predicts_for_bastions_runtime(compiled: bool) -> None:
+    """summary.json's prediction is `bastion estimate --software bastion` (`bastion-compiled` for --compile): the
+    stack's options in full — FSDP2 on the runtime's schedule with fp32 gradients, the runtime's expert layout —
+    and the model states a pipelined ZeRO-2 stage holds through the step (its gradients whole)."""
+    from dataclasses import replace
+
+    from bastion.predict import estimate
+    from bastion.predict.memory import model_state_bytes
+    from bastion.predict.software import software_stack
+    from bastion.rundir.predicted import predicted_figures
+    from bastion.specs import ParallelPlan, load_cluster, load_model
+
+    spec = load_model("llama3-8b")
+    plan = ParallelPlan(dp=4, pp=2, zero_stage=2, micro_batch=1, global_batch=32, precision="bf16")
+    figures = predicted_figures(spec, plan, "h100-sxm:8", spec.seq_len, compiled=compiled)
+    options = replace(software_stack("bastion-compiled" if compiled else "bastion").options, fp8_recipe="tensorwise")
+    expected = estimate(spec, load_cluster("h100-sxm:8"), plan, spec.seq_len, options=options)
+    assert figures["step_time_s"] == expected.step_time_s
+    assert figures["memory_bytes"]["grads"] == float(expected.memory.grads)
+    held = model_state_bytes(spec, plan, 0, runtime_fsdp=True)
+    assert figures["model_state_bytes_by_stage"]["0"] == held
+    assert held["grads"] > model_state_bytes(spec, plan, 0)["grads"]  # whole, not sharded over dp 4

@@ -3,6 +3,7 @@ computes them from plan.json + model.json. Torch-free (bastion.predict is)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from bastion.errors import BastionError
@@ -15,6 +16,8 @@ MEMORY_FIELDS = ("params", "grads", "optimizer", "activations", "logits", "comm_
 #: the predictor's fp8 recipe (predict/data/fp8_recipes.toml) for each torchao recipe the runtime runs
 #: (runtime/float8.py RECIPES); rowwise_with_gw_hp's bf16 weight-gradient GEMM is not modelled apart
 RUNTIME_FP8_RECIPES = {"tensorwise": "tensorwise", "rowwise": "rowwise", "rowwise_with_gw_hp": "rowwise"}
+#: the software stack (predict/data/software.toml) a run of bastion's runtime is predicted as: eager, compiled
+RUNTIME_STACKS = {False: "bastion", True: "bastion-compiled"}
 
 
 def predicted_figures(spec: ModelSpec, plan: ParallelPlan, cluster_name: str | None, seq_len: int,
@@ -24,13 +27,17 @@ def predicted_figures(spec: ModelSpec, plan: ParallelPlan, cluster_name: str | N
     if cluster_name is None:
         return {"note": "no cluster spec for this device; pass --cluster for a prediction"}
     try:
-        from bastion.predict import PredictOptions, estimate
+        from bastion.predict import estimate
+        from bastion.predict.software import software_stack
         from bastion.specs.hardware import load_cluster
     except ImportError as exc:
         return {"note": f"bastion.predict is not available ({exc}); no prediction"}
     try:
         cluster = load_cluster(cluster_name)
-        options = PredictOptions(compiled=compiled, fp8_recipe=RUNTIME_FP8_RECIPES.get(fp8_recipe, fp8_recipe))
+        # the stack `bastion estimate --software bastion` predicts (predict/data/software.toml): one description of
+        # what the runtime runs, whichever command asks
+        stack = software_stack(RUNTIME_STACKS[compiled])
+        options = replace(stack.options, fp8_recipe=RUNTIME_FP8_RECIPES.get(fp8_recipe, fp8_recipe))
         est = estimate(spec, cluster, plan, seq_len, options=options)
     except BastionError as exc:
         return {"note": f"no prediction: {exc.problem}"}
@@ -46,7 +53,8 @@ def predicted_figures(spec: ModelSpec, plan: ParallelPlan, cluster_name: str | N
         from bastion.predict.memory import model_state_bytes
 
         out["model_state_bytes_by_stage"] = {
-            str(stage): {k: int(v) for k, v in model_state_bytes(spec, plan, stage).items()}
+            str(stage): {k: int(v) for k, v in model_state_bytes(spec, plan, stage,
+                                                                 runtime_fsdp=options.runtime_fsdp).items()}
             for stage in range(plan.pp)}
     except (ImportError, AttributeError) as exc:
         out["model_state_note"] = f"model_state_bytes unavailable ({exc})"
