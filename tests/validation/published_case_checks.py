@@ -11,8 +11,18 @@ from collections import defaultdict
 from pathlib import Path
 
 from bastion.predict.holdout import FAMILY_COLUMN, family_notes
-from bastion.predict.validate import CaseResult, ValidationReport, read_cases
+from bastion.predict.validate import PUBLIC_CASES, CaseResult, ValidationReport, read_cases
 from bastion.stats import percentile
+
+DATA = Path(__file__).parent / "data"
+#: every case file of published runs the project keeps: a blind file's families must be new to all the others
+CASE_FILES = (PUBLIC_CASES, *(DATA / f"{name}_cases.csv" for name in ("nemo", "torchtitan", "heldout", "moe", "blind",
+                                                                       "blind2", "blind3", "blind4")))
+
+
+def other_case_files(path: Path) -> tuple[Path, ...]:
+    """Every case file but `path` (`CASE_FILES`)."""
+    return tuple(f for f in CASE_FILES if f != path)
 
 #: how far a figure may move before a test calls it a regression: 2 points of |error|, 3 of p90, 5 of coverage
 MEDIAN_SLACK, P90_SLACK, COVERAGE_SLACK = 0.02, 0.03, 0.05

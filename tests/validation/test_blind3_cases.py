@@ -64,16 +64,13 @@ from bastion.predict.validate import (
     COLUMNS,
     MOE_COLUMNS,
     NETWORK_COLUMNS,
-    PUBLIC_CASES,
     read_cases,
     validate_cases,
 )
 
 DATA = Path(__file__).parent / "data"
 BLIND3 = DATA / "blind3_cases.csv"
-OTHER_CASE_FILES = (PUBLIC_CASES, DATA / "nemo_cases.csv", DATA / "torchtitan_cases.csv",
-                    DATA / "heldout_cases.csv", DATA / "moe_cases.csv", DATA / "blind_cases.csv",
-                    DATA / "blind2_cases.csv", DATA / "blind4_cases.csv")
+OTHER_CASE_FILES = checks.other_case_files(BLIND3)
 FAMILIES = {"ibm_fsdp_blog_2403", "fms_fsdp_readme", "ibm_fsdp_compile_blog_2405", "tinyllama",
             "megatron_fsdp_v2_qwen3", "mlperf_training_v31_gpt3", "mlperf_training_v40_gpt3"}
 ROWS = read_cases(BLIND3)

@@ -28,7 +28,6 @@ from bastion.predict.frameworks import FACT_COLUMNS, MOE_FACT_COLUMNS, framework
 from bastion.predict.validate import (
     COLUMNS,
     MOE_COLUMNS,
-    PUBLIC_CASES,
     case_cluster,
     case_model,
     read_cases,
@@ -37,9 +36,7 @@ from bastion.predict.validate import (
 
 DATA = Path(__file__).parent / "data"
 BLIND4 = DATA / "blind4_cases.csv"
-OTHER_CASE_FILES = (PUBLIC_CASES, DATA / "nemo_cases.csv", DATA / "torchtitan_cases.csv",
-                    DATA / "heldout_cases.csv", DATA / "moe_cases.csv", DATA / "blind_cases.csv",
-                    DATA / "blind2_cases.csv", DATA / "blind3_cases.csv")
+OTHER_CASE_FILES = checks.other_case_files(BLIND4)
 FAMILIES = {"mlperf_training_v50_llama405b", "mlperf_training_v41_gpt3", "mlperf_training_v51_llama8b"}
 ROWS = read_cases(BLIND4)
 REPORT = validate_cases(BLIND4)

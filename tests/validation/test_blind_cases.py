@@ -28,13 +28,11 @@ import pytest
 import test_software_facts
 
 from bastion.predict.frameworks import FACT_COLUMNS
-from bastion.predict.validate import COLUMNS, MOE_COLUMNS, PUBLIC_CASES, read_cases, validate_cases
+from bastion.predict.validate import COLUMNS, MOE_COLUMNS, read_cases, validate_cases
 
 DATA = Path(__file__).parent / "data"
 BLIND = DATA / "blind_cases.csv"
-OTHER_CASE_FILES = (PUBLIC_CASES, DATA / "nemo_cases.csv", DATA / "torchtitan_cases.csv",
-                    DATA / "heldout_cases.csv", DATA / "moe_cases.csv", DATA / "blind2_cases.csv",
-                    DATA / "blind3_cases.csv", DATA / "blind4_cases.csv")
+OTHER_CASE_FILES = checks.other_case_files(BLIND)
 ROWS = read_cases(BLIND)
 REPORT = validate_cases(BLIND)
 #: family -> (rows predicted, median |error|, p90 |error|, coverage of the shipped interval), measured at 315109c
