@@ -2,7 +2,8 @@
 expert, aux loss) under ep2, ep4, ep2 × dp2 with ZeRO-3, ep2 × tp2 (with and without sequence parallelism),
 ep4 carved from dp2 × cp2, ep2 × pp2, and ep groups folded over tp ranks (Megatron-Core's parallel folding: tp2
 ep2 with and without sp, tp2 ep4 dp2 sp, tp2 ep2 sp × pp2, tp2 ep4 dp2 without sp), expert tensor parallelism
-narrower than tp (tiny-mla tp4 with etp2: folded under ep2, and without ep), and cp2 × tp2 with sp (with ep2
+narrower than tp (tiny-mla tp4 with etp2: folded under ep2, and without ep; on 8 processes folded under pp2
+1F1B and under ep4 dp2 ZeRO-3, and under dp2 ZeRO-3 with ep2 carved or without ep), and cp2 × tp2 with sp (with ep2
 carved from cp, ep4 folded over cp and tp, and without ep), 6 steps each, against the independent
 single-process fp32 reference: per-step loss and final parameters within 1e-5, each rank's
 parameter/gradient/optimizer bytes equal to the predictor's `model_state_bytes` (routed experts split over ep,
@@ -69,6 +70,22 @@ NARROW_ETP = declare(4, {
     # not folded: tp 4 unflattened into (2, etp 2); the tp ranks 2 apart hold the same halves
     "mla-tp4-etp2": dict(tp=4, etp=2, micro_batch=2, global_batch=8, **FP32),
 }, ETP_MODEL)
+#: etp 2 over tp 4 composed with pp and with ZeRO-3 (8 processes). No 8-rank plan folds ep with etp > 1 and shards
+#: the experts over more than one expert-data-parallel rank (ParallelPlan.expert_grid: folding needs ep not to divide
+#: dp × cp, and tp4 · dp2 / (ep · etp) is then 1), so FSDP inside the expert groups is tested without folding
+NARROW_ETP_8 = declare(8, {
+    # parallel folding on each pipeline stage: a stage's 4 tp ranks hold its (ep 2, etp 2) grid
+    "mla-pp2-tp4-ep2-etp2-folded-1f1b": dict(pp=2, tp=4, ep=2, etp=2, pp_schedule="1f1b", micro_batch=2,
+                                             global_batch=8, **FP32),
+    # ep 2 divides dp 2, so not folded: ep carved from dp, etp 2 from tp 4, FSDP over dp 2 for the rest
+    "mla-dp2-tp4-ep2-etp2-zero3": dict(dp=2, tp=4, ep=2, etp=2, zero_stage=3, micro_batch=2, global_batch=8,
+                                       **FP32),
+    # folded with ZeRO-3: the (ep 4, etp 2) grid over both replicas' tp ranks, FSDP over dp 2 for the rest
+    "mla-dp2-tp4-ep4-etp2-folded-zero3": dict(dp=2, tp=4, ep=4, etp=2, zero_stage=3, micro_batch=2,
+                                              global_batch=8, **FP32),
+    # FSDP inside the expert groups: each etp half of every expert sharded over the 2 expert-data-parallel ranks
+    "mla-dp2-tp4-etp2-zero3": dict(dp=2, tp=4, etp=2, zero_stage=3, micro_batch=2, global_batch=8, **FP32),
+}, ETP_MODEL)
 #: cp2 × tp2 with sp, 6 steps like the others: a routing near-tie of step 2 (layer 3, experts 5 and 6 of one token
 #: 1.2e-7 apart) flips under fp32 reduction-order noise in some plans (measured 2026-12-07, AMD EPYC: without ep
 #: and folded ep4, also ep2 × tp2, tp2 ep2 and tp2 ep4 dp2 folded without sp; which plans flip depends on the
@@ -126,6 +143,20 @@ def test_expert_tensor_parallelism_narrower_than_tp_folded_or_not_trains_like_on
         for rank in results[name].summary["measured"]["model_state_bytes_by_rank"]:
             whole = model_state_bytes(spec, plain, rank["pp_rank"], rank["dp_rank"], rank["tp_rank"])["params"]
             assert rank["params"] == whole - whole_experts + whole_experts // share, (name, rank)
+
+
+def test_expert_tensor_parallelism_narrower_than_tp_with_pipeline_and_zero3_trains_like_one_process(
+        equivalence_runs, moe_reference):
+    """Losses, parameters and each rank's model-state bytes match (a quarter of every expert's weights on each
+    rank of every plan: ep 2 × etp 2, ep 4 × etp 2 sharded over no one, or etp 2 sharded over dp 2)."""
+    results = equivalence_runs(NARROW_ETP_8)
+    check_routed_group(results, moe_reference(ETP_MODEL), ETP_MODEL)
+    _check_routing_logged(results)
+    from bastion.specs.plan import ParallelPlan
+
+    assert ParallelPlan(**NARROW_ETP_8["mla-pp2-tp4-ep2-etp2-folded-1f1b"]).folds_experts
+    assert ParallelPlan(**NARROW_ETP_8["mla-dp2-tp4-ep4-etp2-folded-zero3"]).folds_experts
+    assert ParallelPlan(**NARROW_ETP_8["mla-dp2-tp4-etp2-zero3"]).expert_data_parallel == 2
 
 
 def test_context_and_tensor_parallel_trains_like_one_process(equivalence_runs, moe_reference):
