@@ -2,7 +2,7 @@
 backward (collective_count_worker.py): under ZeRO 0 and 1 each FSDP2 unit's gradients once, however many
 micro-batches the step accumulates (the loop turns FSDP2's gradient sync off until the last one:
 runtime/parallelize.py defers_gradient_reduction), the routed experts' own units included, and ZeRO-1 gathers its
-parameters once; ZeRO-2 reduce-scatters and gathers after every micro-batch. The predictor's `_fsdp_schedule`
+parameters once; ZeRO-2 reduce-scatters and gathers after every micro-batch. The predictor's `fsdp_schedule`
 counts the same. That the deferred reduction still trains exactly like one process: test_equivalence.py
 (dp4-zero0, dp4-zero1-accumulate), test_context_parallel.py, test_equivalence_moe.py (moe-ep2-zero0)."""
 
@@ -88,13 +88,13 @@ def test_the_routed_experts_own_units_reduce_once_a_step_too(counted: dict) -> N
 
 
 def test_the_predictor_counts_the_collectives_the_runtime_runs(counted: dict) -> None:
-    from bastion.predict.estimate import _fsdp_schedule
+    from bastion.predict.comm import fsdp_schedule
     from bastion.specs.plan import ParallelPlan
 
     units = _units("tiny")
     for name in ("zero0-1mb", "zero0-2mb", "zero1-2mb", "zero2-2mb"):
         plan = ParallelPlan(**CASES[name])
-        schedule, m = _fsdp_schedule(plan), plan.grad_accumulation
+        schedule, m = fsdp_schedule(plan), plan.grad_accumulation
         reductions = units * (m * schedule.reduces_per_micro_batch + schedule.reduces_once)
         # ZeRO 0 runs FSDP2 replicated: its "gathers" are copies, no collective (predict/estimate.py _sync_points)
         gathers = 0 if plan.zero_stage == 0 else units * (m * schedule.gathers_per_micro_batch

@@ -9,7 +9,8 @@ from dataclasses import astuple
 import pytest
 
 from bastion.predict import estimate
-from bastion.predict.estimate import _data_parallel_schedule, _fsdp_schedule, _sync_points
+from bastion.predict.comm import fsdp_schedule
+from bastion.predict.estimate import _data_parallel_schedule, _sync_points
 from bastion.predict.memory import fsdp_unit_numels, fsdp_units, layer_numel
 from bastion.predict.options import PredictOptions
 from bastion.predict.software import software_stack
@@ -52,7 +53,7 @@ def test_module_gathers_hold_less_memory_and_pay_more_latency() -> None:
 def test_fsdp2_runs_its_collectives_per_micro_batch_or_once_per_step(pp: int, zero: int,
                                                                     expected: tuple[int, ...]) -> None:
     plan = ParallelPlan(pp=pp, dp=2, zero_stage=zero, micro_batch=1, global_batch=8)
-    assert astuple(_fsdp_schedule(plan)) == expected
+    assert astuple(fsdp_schedule(plan)) == expected
 
 
 def test_a_deferred_reduction_is_one_synchronisation_point_per_unit_a_step() -> None:
@@ -71,7 +72,7 @@ ONCE_PER_STEP = dataclasses.replace(RUNTIME_SCHEDULE, runtime_fsdp=False)
 
 
 def test_on_a_gpu_bastions_zero2_reduces_and_gathers_with_every_micro_batch() -> None:
-    # FSDP2's ZeRO-2 reduce-scatters after each backward and gathers for each forward (`_fsdp_schedule`), where
+    # FSDP2's ZeRO-2 reduce-scatters after each backward and gathers for each forward (`fsdp_schedule`), where
     # DDP-like software reduces once per step: 4 micro-batches pay 4 times the same overlapped collectives
     model, cluster = load_model("llama3-8b"), load_cluster("h100-sxm:8")
     plan = ParallelPlan(dp=8, zero_stage=2, micro_batch=1, global_batch=32, recompute="full")
@@ -105,7 +106,7 @@ def test_on_a_gpu_bastions_zero3_under_a_pipeline_reduces_once_a_step() -> None:
 def test_the_datasheet_schedule_of_bastions_runtime_is_fsdp_schedule() -> None:
     for pp, zero in ((1, 0), (1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)):
         plan = ParallelPlan(pp=pp, dp=2, zero_stage=zero, micro_batch=1, global_batch=8)
-        assert _data_parallel_schedule(plan, RUNTIME_SCHEDULE) == _fsdp_schedule(plan)
+        assert _data_parallel_schedule(plan, RUNTIME_SCHEDULE) == fsdp_schedule(plan)
         # other software: ZeRO 0-2 once per step, ZeRO-3 every micro-batch, with or without a pipeline
         expected = (2, 1, 0, 0) if zero == 3 else (0, 0, 1, 1)
         assert astuple(_data_parallel_schedule(plan, ONCE_PER_STEP)) == expected

@@ -265,9 +265,7 @@ def _measure_here(settings: dict, progress: bool) -> tuple[dict, dict]:
     config = ranks_config(settings)
     if progress:
         typer.echo(f"calibrate: {settings['nproc']} processes", err=True)
-    raw["shared"] = cal.measure_shared(settings["nproc"], tuple(config["gemm_shape"]), config["message_bytes"],
-                                       config["budget_s"], config["probe_model"], repeats=repeats,
-                                       gemm_shapes=[tuple(s) for s in config["gemm_shapes"]])
+    raw["shared"] = cal.measure_shared(settings["nproc"], config, repeats=repeats)
     return raw, repeats
 
 

@@ -20,6 +20,7 @@ from functools import lru_cache
 
 from bastion.predict.calibration import load_calibration
 from bastion.specs.hardware import Cluster
+from bastion.specs.plan import ParallelPlan
 
 
 @dataclass(frozen=True)
@@ -183,3 +184,34 @@ def ring_attention_exposed(cluster: Cluster, kv_bytes: float, cp: int, g: GroupP
     hop = p2p_time(cluster, kv_bytes, g.domains > 1)
     steps = cp - 1
     return (steps * max(0.0, hop - attn_fwd / cp), steps * max(0.0, 2 * hop - attn_bwd / cp))
+
+
+@dataclass(frozen=True)
+class FsdpSchedule:
+    """How often bastion's runtime runs FSDP2's collectives for each unit in one optimizer step: per
+    micro-batch, and once per step (`fsdp_schedule`)."""
+
+    gathers_per_micro_batch: int
+    reduces_per_micro_batch: int
+    gathers_once: int
+    reduces_once: int
+
+
+def fsdp_schedule(plan: ParallelPlan) -> FsdpSchedule:
+    """FSDP2's collectives per unit (a block; the stage's root) in bastion's runtime, the one home of that rule
+    for its time (estimate.py `_runtime_fsdp_comm`, `_data_parallel_schedule`), its synchronisation points
+    (`_sync_points`) and the model states a step holds (memory.py `held_whole_in_step`): each unit is gathered for
+    the forward, again for the backward under ZeRO-3 (resharded after forward), and its gradients reduced.
+
+    Where gradient sync and resharding after backward are off for every micro-batch but the last, gradients
+    accumulate whole and are reduced once per step, and ZeRO 0-2 gather once per step; ZeRO-3, resharded after
+    every forward, still gathers per micro-batch. A pipeline schedule does that for every ZeRO stage
+    (torch.distributed.pipelining's backward_maybe_with_nosync, perform_reduce_grad); without one the training
+    loop does it for ZeRO 0 and 1 (runtime/parallelize.py defers_gradient_reduction), while ZeRO 2 and 3 gather
+    and reduce per micro-batch (ZeRO-2's reduce-scatter after every backward keeps its gradients sharded)."""
+    gathers = 2 if plan.zero_stage == 3 else 1
+    if plan.pp <= 1 and plan.zero_stage >= 2:
+        return FsdpSchedule(gathers, 1, 0, 0)
+    if plan.zero_stage == 3:
+        return FsdpSchedule(gathers, 0, 0, 1)
+    return FsdpSchedule(0, 0, gathers, 1)

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 from bastion.errors import PlanError
 from bastion.predict import comm, compute, flops, moe, schedule
 from bastion.predict.calibration import load_calibration, profiled_rates_note, rates_note
+from bastion.predict.comm import FsdpSchedule, fsdp_schedule
 from bastion.predict.kernels import fp8_recipe
 from bastion.predict.memory import (
     MemoryBreakdown,
@@ -344,7 +345,7 @@ def _sync_points(node: Cluster, model: ModelSpec, plan: ParallelPlan, layers: in
     # where the profile timed FSDP2's units on real groups (_runtime_fsdp_comm), their waiting is in that figure
     if plan.dp * plan.cp > 1 and _measured_fsdp(node, plan) is None:
         units = len(fsdp_units(model, plan.tp, "layer", plan.ep, plan.etp)) * layers + 1
-        schedule = _fsdp_schedule(plan)
+        schedule = fsdp_schedule(plan)
         # ZeRO 0 runs FSDP2 replicated (runtime/mesh.py dp_layout): its gradients' all-reduce, no gather
         gathers_per_mb, gathers_once = (0, 0) if plan.zero_stage == 0 else (schedule.gathers_per_micro_batch,
                                                                            schedule.gathers_once)
@@ -382,44 +383,14 @@ def _host_saturated(node: Cluster) -> bool:
     return node.profile is not None and node.accelerator.host_cores > 0
 
 
-@dataclass(frozen=True)
-class FsdpSchedule:
-    """How often bastion's runtime runs FSDP2's collectives for each unit in one optimizer step: per
-    micro-batch, and once per step (`_fsdp_schedule`)."""
-
-    gathers_per_micro_batch: int
-    reduces_per_micro_batch: int
-    gathers_once: int
-    reduces_once: int
-
-
-def _fsdp_schedule(plan: ParallelPlan) -> FsdpSchedule:
-    """FSDP2's collectives per unit (a block; the stage's root) in bastion's runtime, the one home of that rule
-    for its time (`_runtime_fsdp_comm`) and its synchronisation points (`_sync_points`): each unit is gathered for
-    the forward, again for the backward under ZeRO-3 (resharded after forward), and its gradients reduced.
-
-    Where gradient sync and resharding after backward are off for every micro-batch but the last, gradients
-    accumulate whole and are reduced once per step, and ZeRO 0-2 gather once per step; ZeRO-3, resharded after
-    every forward, still gathers per micro-batch. A pipeline schedule does that for every ZeRO stage
-    (torch.distributed.pipelining's backward_maybe_with_nosync, perform_reduce_grad); without one the training
-    loop does it for ZeRO 0 and 1 (runtime/parallelize.py defers_gradient_reduction), while ZeRO 2 and 3 gather
-    and reduce per micro-batch (ZeRO-2's reduce-scatter after every backward keeps its gradients sharded)."""
-    gathers = 2 if plan.zero_stage == 3 else 1
-    if plan.pp <= 1 and plan.zero_stage >= 2:
-        return FsdpSchedule(gathers, 1, 0, 0)
-    if plan.zero_stage == 3:
-        return FsdpSchedule(gathers, 0, 0, 1)
-    return FsdpSchedule(0, 0, gathers, 1)
-
-
 def _data_parallel_schedule(plan: ParallelPlan, options: PredictOptions) -> FsdpSchedule:
     """How often the software runs the data-parallel collectives of each unit in one step, where nothing measured
-    them (datasheet or GPU rates): bastion's runtime as `_fsdp_schedule` says (PredictOptions.runtime_fsdp);
+    them (datasheet or GPU rates): bastion's runtime as `comm.fsdp_schedule` says (PredictOptions.runtime_fsdp);
     other software reduces ZeRO 0-2 gradients once per step, after the last micro-batch, and gathers ZeRO 1/2
     parameters once (DDP's no_sync, Megatron's distributed optimizer, DeepSpeed), while ZeRO-3 gathers twice and
     reduce-scatters with every micro-batch."""
     if options.runtime_fsdp:
-        return _fsdp_schedule(plan)
+        return fsdp_schedule(plan)
     if plan.zero_stage == 3:
         return FsdpSchedule(2, 1, 0, 0)
     return FsdpSchedule(0, 0, 1, 1)
@@ -438,7 +409,7 @@ def _runtime_fsdp_comm(node: Cluster, model: ModelSpec, plan: ParallelPlan, laye
                        has_last: bool) -> tuple[float, float]:
     """Seconds of FSDP2's collectives on one rank of bastion's runtime, none hidden, as (per micro-batch, once
     per step): every plan with dp × cp > 1 runs FSDP2 (runtime/parallelize.py), on the schedule
-    `_fsdp_schedule` says. Where the profile timed FSDP2's units on real groups of the plan's layout, each unit
+    `comm.fsdp_schedule` says. Where the profile timed FSDP2's units on real groups of the plan's layout, each unit
     costs that (hooks, latency, waiting) plus its collectives' bytes (`_cpu_line_fsdp_comm` where the profile
     holds them as a CPU line). A micro-batch that runs no collective (its reduction deferred to the last) still
     runs FSDP2's hooks (the profile's one-process layer_fsdp_s per unit)."""
@@ -454,7 +425,7 @@ def _runtime_fsdp_comm(node: Cluster, model: ModelSpec, plan: ParallelPlan, laye
                                                                                 plan.etp)]
     units = layer * layers + [(root, group)]
     measured = _measured_fsdp(node, plan)
-    schedule = _fsdp_schedule(plan)
+    schedule = fsdp_schedule(plan)
     if measured is None:
         # (the hooks are already in the host overhead per micro-batch: _micro_batch_overhead)
         gather = sum(comm.all_gather_time(node, float(n * p_bytes), g) for n, g in units)
@@ -1148,7 +1119,7 @@ def estimate(model: ModelSpec, cluster: Cluster, plan: ParallelPlan, seq_len: in
     # data parallelism: the collectives `_data_parallel_schedule` runs per step that the stage time does not hold
     # (ZeRO 0-2's; ZeRO-3's reduction where it is deferred to the step's end). Each reduction overlaps the backward
     # it follows, but for the last bucket (DDP's buckets); ZeRO 1/2's gathers the forward that needs them.
-    # FSDP2's once-per-step part (its gradient reduction after the last backward where `_fsdp_schedule` defers it)
+    # FSDP2's once-per-step part (its gradient reduction after the last backward where `comm.fsdp_schedule` defers it)
     dp_comm = m * slowest.fsdp_exposed + (max(once for _, once in fsdp.values()) if saturated else 0.0)
     # ZeRO's sharding of the states (not as the runtime holds them in a step): the reductions' bytes below
     # are the sharded gradients times the shard degree

@@ -20,6 +20,7 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from functools import lru_cache
 
+from bastion.predict.comm import fsdp_schedule
 from bastion.predict.options import PredictOptions
 from bastion.predict.schedule import (
     layer_microbatches_in_flight,
@@ -202,16 +203,14 @@ def state_bytes_per_param(precision: str, fp32_gradients: bool = False) -> tuple
 def held_whole_in_step(plan: ParallelPlan, runtime_fsdp: bool) -> bool:
     """Whether a rank holds its parameters gathered and its gradients whole (tensor-parallel-local, not sharded
     over dp × cp) during a step, whatever its ZeRO stage: where bastion's runtime (`runtime_fsdp`:
-    PredictOptions.runtime_fsdp) reduces the gradients once per step (estimate.py `_fsdp_schedule`, the one home of
+    PredictOptions.runtime_fsdp) reduces the gradients once per step (comm.py `fsdp_schedule`, the one home of
     that rule), FSDP2's gradient sync and resharding after backward are off for every micro-batch before, so the
     gradients accumulate unsharded and the parameters stay gathered until that reduction. Under a pipeline schedule
     that is every ZeRO stage (ZeRO-2 and 3 held as ZeRO 0 holds them); without one ZeRO 0 and 1, which ZeRO's
     sharding already counts whole."""
     if not runtime_fsdp or plan.shard_degree <= 1:
         return False
-    from bastion.predict.estimate import _fsdp_schedule  # (estimate imports this module)
-
-    return _fsdp_schedule(plan).reduces_once > 0
+    return fsdp_schedule(plan).reduces_once > 0
 
 
 def model_state_bytes(model: ModelSpec, plan: ParallelPlan, stage: int, dp_rank: int = 0,

@@ -118,7 +118,7 @@ class PredictOptions:
     #: model's balancing mechanism (predict/data/moe.toml), as every estimate states
     moe_imbalance: float | None = None
     #: data parallelism runs as bastion's runtime runs FSDP2: how often each unit is gathered and its gradients
-    #: reduced in a step follows estimate.py's `_fsdp_schedule` (ZeRO-2 reduce-scatters every micro-batch without
+    #: reduced in a step follows comm.py's `fsdp_schedule` (ZeRO-2 reduce-scatters every micro-batch without
     #: a pipeline; a pipeline schedule defers every stage's reduction to the step's end). False: ZeRO 0-2 reduce
     #: gradients once per step after the last micro-batch (DDP's no_sync, Megatron's distributed optimizer,
     #: DeepSpeed) and gather ZeRO-1/2 parameters once; ZeRO-3 gathers and reduce-scatters every micro-batch

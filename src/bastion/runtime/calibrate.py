@@ -1007,13 +1007,10 @@ def job_rank(config: dict[str, Any], single: Callable[[], Any]) -> tuple[list[st
     return (hosts, single_result, gathered) if gathered is not None else None
 
 
-def measure_shared(world: int, gemm_shape: tuple[int, int, int], message_bytes: list[int], budget_s: float,
-                   probe_model: ModelSpec, collective_reps: int = 7,
-                   repeats: Repeats | None = None, gemm_shapes: list[tuple[int, int, int]] | None = None
-                   ) -> dict[str, Any]:
-    """`world` processes on this host at once (gloo): start-up, shared GEMM and elementwise rates, collectives,
-    what FSDP2 costs per unit on every group size (`measure_fsdp`: wall time, the slowest rank's per repeat,
-    the median) and (an even world) what tensor parallelism costs a rank (`measure_tensor_parallel`, rank 0's).
+def measure_shared(world: int, config: dict[str, Any], repeats: Repeats | None = None) -> dict[str, Any]:
+    """`world` processes on this host at once (gloo), measuring what `config` (`ranks_config`) says: start-up,
+    shared GEMM and elementwise rates, collectives, what FSDP2 costs per unit on every group size
+    (`measure_fsdp`: wall time, the slowest rank's per repeat, the median) and (an even world) what tensor parallelism costs a rank (`measure_tensor_parallel`, rank 0's).
     Collective times are wall time, the slowest rank's (a collective is done when its last member is), the
     median of the repeats. `core_share` is each rank's share of a core while all ranks multiply matrices at
     once, the median of three windows."""
@@ -1022,7 +1019,6 @@ def measure_shared(world: int, gemm_shape: tuple[int, int, int], message_bytes: 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    config = ranks_config(gemm_shape, message_bytes, budget_s, probe_model, collective_reps, gemm_shapes)
     with tempfile.TemporaryDirectory(prefix="bastion-calibrate-") as tmp:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         spawned_at = time.time()
@@ -1330,8 +1326,9 @@ def _gemm_efficiency(rows: list[list[float]], dispatch_s: float, peak_flops_core
 def fit_profile(raw: dict[str, Any], peak_flops_core: float, host_cores: int) -> dict[str, Any]:
     """The rates of specs/profile.py from the raw measurements. Each rate is a measurement through a mechanism,
     not a fit to step times: a GEMM's efficiency is its FLOPs over (CPU time − one op's dispatch) over one core's
-    peak (alone, and — more ranks than cores — while every rank ran the sweep at once); attention's the same with the predictor's causal FLOPs; memory bandwidth the node's (each of N
-    processes' elementwise rate × the cores); the background load from the share of a core N busy processes
+    peak (alone, and — more ranks than cores — while every rank ran the sweep at once); attention's the same with
+    the predictor's causal FLOPs; memory bandwidth the node's (each of N processes' elementwise rate × the
+    cores); the background load from the share of a core N busy processes
     got; collectives a least-squares latency + bytes/bandwidth line (wall time) per
     op and group size; FSDP2's fixed cost per unit by ZeRO layout and group size and its CPU cost per unit as a
     line in the unit's parameter bytes (`fsdp_unit_costs`); the idle

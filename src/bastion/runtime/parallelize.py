@@ -330,7 +330,7 @@ def defers_gradient_reduction(plan: ParallelPlan) -> bool:
     ZeRO-1 do: ZeRO 0, and ZeRO 1, which shards the optimizer state alone (the ZeRO paper's P_os; runtime/mesh.py).
     ZeRO 2 reduce-scatters after every micro-batch's backward, which is what keeps its gradients sharded; ZeRO 3
     too. A pipeline schedule defers the reduction itself, for every stage (PipelineStage's
-    backward_maybe_with_nosync); predict/estimate.py's _fsdp_schedule models both."""
+    backward_maybe_with_nosync); predict/comm.py's fsdp_schedule models both."""
     return plan.dp * plan.cp > 1 and plan.zero_stage <= 1
 
 
